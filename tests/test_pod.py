@@ -1,0 +1,466 @@
+"""Pod building: hand-written cases plus a brute-force oracle checked with hypothesis."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Sequence
+from typing import TypeVar
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from vastserver.pipeline import pod as pod_module
+from vastserver.pipeline.pod import (
+    TIER_BASE,
+    PodConstraints,
+    PodItem,
+    PodResult,
+    build_pod,
+    capacity_seconds,
+    eligible,
+    tier_bases,
+)
+
+NEG_INF = float("-inf")
+_T = TypeVar("_T")
+
+
+def item(
+    key: int,
+    seconds: float,
+    value: float,
+    *,
+    tier: int = 1,
+    group: str | None = None,
+    first: float | None = None,
+    last: float | None = None,
+    middle: bool = True,
+) -> PodItem:
+    return PodItem(
+        key=key,
+        duration_ms=round(seconds * 1000),
+        value=value,
+        tier=tier,
+        group=f"g{key}" if group is None else group,
+        value_first=first,
+        value_last=last,
+        middle_allowed=middle,
+    )
+
+
+def keys(r: PodResult) -> list[int]:
+    return [it.key for it in r.items]
+
+
+# --- brute-force oracle (independent of the implementation) ------------------------------------
+
+
+def _scale(items: Sequence[PodItem]) -> float:
+    vals = [
+        v
+        for it in items
+        for v in (
+            it.value,
+            it.value if it.value_first is None else it.value_first,
+            it.value if it.value_last is None else it.value_last,
+        )
+        if math.isfinite(v)
+    ]
+    m = max(vals, default=0.0)
+    return m * 1.0000001 if m > 0 else 1.0
+
+
+def _item_ok(it: PodItem, c: PodConstraints) -> bool:
+    d = it.duration_ms
+    if c.min_ad_duration_ms is not None and d < c.min_ad_duration_ms:
+        return False
+    if c.max_ad_duration_ms is not None and d > c.max_ad_duration_ms:
+        return False
+    if c.required_durations_s is not None:
+        rounded = math.floor(d / 1000 + 0.5)
+        if rounded not in c.required_durations_s:
+            return False
+    return True
+
+
+def _slot_values(ordered: Sequence[PodItem]) -> list[float] | None:
+    """Realised values of a pod in play order, or None if a slot permission is violated."""
+    out: list[float] = []
+    n = len(ordered)
+    for i, it in enumerate(ordered):
+        if i == 0:
+            v = it.value if it.value_first is None else it.value_first
+        elif i == n - 1:
+            v = it.value if it.value_last is None else it.value_last
+        else:
+            v = it.value if it.middle_allowed else NEG_INF
+        if v == NEG_INF:
+            return None
+        out.append(v)
+    return out
+
+
+def _set_ok(subset: Sequence[PodItem], c: PodConstraints) -> bool:
+    if not 1 <= len(subset) <= c.max_ads:
+        return False
+    if len({it.group for it in subset}) != len(subset):
+        return False
+    if not all(_item_ok(it, c) for it in subset):
+        return False
+    ceil_s = sum(math.ceil(it.duration_ms / 1000) for it in subset)
+    ms = sum(it.duration_ms for it in subset)
+    return ceil_s <= c.pod_duration_ms // 1000 and ms <= c.pod_duration_ms
+
+
+def pod_score(ordered: Sequence[PodItem], all_items: Sequence[PodItem]) -> float | None:
+    """Score of an ordered pod (None if a slot is not allowed); TIER_BASE as in the spec."""
+    vals = _slot_values(ordered)
+    if vals is None:
+        return None
+    scale = _scale(all_items)
+    return sum(TIER_BASE[it.tier] + v / scale for it, v in zip(ordered, vals, strict=True))
+
+
+def oracle(items: Sequence[PodItem], c: PodConstraints) -> float | None:
+    """Best score over every valid subset and every first/last assignment (None: nothing fits)."""
+    best: float | None = None
+    for n in range(1, min(c.max_ads, len(items)) + 1):
+        for subset in itertools.combinations(items, n):
+            if not _set_ok(subset, c):
+                continue
+            if n == 1:
+                orders: list[Sequence[PodItem]] = [subset]
+            else:
+                orders = []
+                for f, la in itertools.permutations(range(n), 2):
+                    mid = [subset[i] for i in range(n) if i not in (f, la)]
+                    orders.append([subset[f], *mid, subset[la]])
+            for o in orders:
+                s = pod_score(o, items)
+                if s is not None and (best is None or s > best):
+                    best = s
+    return best
+
+
+def assert_valid(r: PodResult, items: Sequence[PodItem], c: PodConstraints) -> None:
+    pod = r.items
+    if not pod:
+        assert r == PodResult((), (0.0,) * 6, 0, 0.0)
+        return
+    assert _set_ok(pod, c)
+    assert all(it in items for it in pod)
+    vals = _slot_values(pod)
+    assert vals is not None, "returned order violates a slot permission"
+    mids = list(pod[1:-1])
+    assert mids == sorted(mids, key=lambda it: (-it.value, it.key))
+    assert r.total_duration_ms == sum(it.duration_ms for it in pod)
+    assert r.value == pytest.approx(sum(vals), rel=1e-12, abs=1e-12)
+    score = pod_score(pod, items)
+    assert score is not None
+    assert r.objective[0] == pytest.approx(score, rel=0, abs=1e-9)
+    tiers = [it.tier for it in pod]
+    assert r.objective[1:5] == tuple(float(tiers.count(t)) for t in (3, 2, 1, 0))
+
+
+# --- property test -----------------------------------------------------------------------------
+
+_VALUES = st.one_of(
+    st.sampled_from([0.0, 1.0, 2.5, 10.0]),
+    st.floats(min_value=0, max_value=100, allow_nan=False, allow_infinity=False),
+)
+_SLOT_VALUES = st.one_of(st.none(), st.none(), st.just(NEG_INF), _VALUES, _VALUES)
+_DURATIONS = st.one_of(
+    st.sampled_from([5000, 6000, 10000, 15000, 15200, 15499, 15500, 20000, 29999, 30000, 30001]),
+    st.integers(min_value=1, max_value=40000),
+)
+
+
+def _mostly_none(s: st.SearchStrategy[_T]) -> st.SearchStrategy[_T | None]:
+    return st.one_of(st.none(), st.none(), st.none(), s)
+
+
+@st.composite
+def pod_items(draw: st.DrawFn, max_size: int = 8) -> list[PodItem]:
+    n = draw(st.integers(min_value=0, max_value=max_size) | st.just(max_size))
+    ks = draw(st.lists(st.integers(0, 1000), min_size=n, max_size=n, unique=True))
+    return [
+        PodItem(
+            key=k,
+            duration_ms=draw(_DURATIONS),
+            value=draw(_VALUES),
+            tier=draw(st.integers(0, 3)),
+            group=draw(st.sampled_from("abcdefg")),
+            value_first=draw(_SLOT_VALUES),
+            value_last=draw(_SLOT_VALUES),
+            middle_allowed=draw(st.sampled_from([True, True, True, False])),
+        )
+        for k in ks
+    ]
+
+
+@st.composite
+def constraints(draw: st.DrawFn) -> PodConstraints:
+    return PodConstraints(
+        pod_duration_ms=draw(
+            st.one_of(
+                st.sampled_from([0, 30000, 30500, 60000, 90000, 120000, 150000]),
+                st.integers(15000, 180000),
+            )
+        ),
+        max_ads=draw(st.integers(1, 10)),
+        min_ad_duration_ms=draw(_mostly_none(st.integers(0, 15000))),
+        max_ad_duration_ms=draw(_mostly_none(st.integers(10000, 40000))),
+        required_durations_s=draw(
+            _mostly_none(
+                st.frozensets(
+                    st.sampled_from([5, 6, 10, 15, 16, 20, 30, 31, 45]), min_size=2, max_size=6
+                )
+            )
+        ),
+    )
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=pod_items(), c=constraints())
+def test_matches_brute_force_oracle(items: list[PodItem], c: PodConstraints) -> None:
+    r = build_pod(items, c)
+    event(f"pod size {len(r.items)}")
+    assert_valid(r, items, c)
+    best = oracle(items, c)
+    if best is None:
+        assert r.items == ()
+    else:
+        assert r.items, "a valid pod exists but none was returned"
+        assert r.objective[0] == pytest.approx(best, rel=0, abs=1e-9)
+    # Deterministic and independent of input order.
+    assert build_pod(items, c) == r
+    assert build_pod(list(reversed(items)), c) == r
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=pod_items(max_size=14), c=constraints())
+def test_matches_oracle_bigger_pools_small_pods(items: list[PodItem], c: PodConstraints) -> None:
+    c = PodConstraints(
+        pod_duration_ms=c.pod_duration_ms,
+        max_ads=min(c.max_ads, 4),
+        min_ad_duration_ms=c.min_ad_duration_ms,
+        max_ad_duration_ms=c.max_ad_duration_ms,
+        required_durations_s=c.required_durations_s,
+    )
+    r = build_pod(items, c)
+    assert_valid(r, items, c)
+    best = oracle(items, c)
+    assert (best is None) == (r.items == ())
+    if best is not None:
+        assert r.objective[0] == pytest.approx(best, rel=0, abs=1e-9)
+
+
+@settings(max_examples=100, deadline=None)
+@given(items=pod_items(max_size=30), c=constraints())
+def test_dominance_pruning_changes_nothing(items: list[PodItem], c: PodConstraints) -> None:
+    r = build_pod(items, c)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(pod_module, "_prune_dominated", lambda groups, max_pod: groups)
+        unpruned = build_pod(items, c)
+    assert r == unpruned
+
+
+def test_large_random_pool_is_valid_and_deterministic() -> None:
+    rng = random.Random(7)
+    items = [
+        PodItem(
+            key=i,
+            duration_ms=rng.choice([6, 10, 15, 15, 30, 30, 60]) * 1000 + rng.choice([0, 0, 250]),
+            value=rng.uniform(0, 30),
+            tier=rng.choice([0, 1, 1, 1, 2, 3]),
+            group=f"g{rng.randrange(120)}",
+            value_first=rng.choice([None, None, None, NEG_INF, 40.0]),
+            value_last=rng.choice([None, None, None, NEG_INF]),
+            middle_allowed=rng.random() > 0.1,
+        )
+        for i in range(200)
+    ]
+    c = PodConstraints(pod_duration_ms=300_000, max_ads=8)
+    r = build_pod(items, c)
+    assert_valid(r, items, c)
+    assert 1 <= len(r.items) <= 8
+    shuffled = items[:]
+    rng.shuffle(shuffled)
+    assert build_pod(shuffled, c) == r
+
+
+# --- hand-written cases --------------------------------------------------------------------------
+
+
+def test_tiers_beat_price() -> None:
+    sponsor = item(0, 30, 1.0, tier=2)
+    cheap_many = [item(k, 10, 100.0, tier=1) for k in (1, 2, 3)]
+    r = build_pod([sponsor, *cheap_many], PodConstraints(pod_duration_ms=30_000, max_ads=4))
+    assert keys(r) == [0]
+    assert r.objective[1:5] == (0.0, 1.0, 0.0, 0.0)
+
+
+def test_one_higher_tier_item_beats_ten_lower() -> None:
+    # The zero-value tier-3 ad fills the whole break; ten pricey tier-2 ads would too.
+    items = [item(0, 100, 0.0, tier=3)] + [item(k, 10, 50.0, tier=2) for k in range(1, 11)]
+    r = build_pod(items, PodConstraints(pod_duration_ms=100_000, max_ads=10))
+    assert keys(r) == [0]
+    # With room for both, the tier-3 ad is kept and the rest is filled by value.
+    r = build_pod(items, PodConstraints(pod_duration_ms=190_000, max_ads=10))
+    assert 0 in keys(r)
+    assert len(r.items) == 10
+
+
+def test_tier_dominance_beyond_ten_ads() -> None:
+    assert tier_bases(10) == TIER_BASE
+    assert tier_bases(12) == (0, 13, 169, 2197)
+    guaranteed = item(0, 120, 0.0, tier=2)
+    standard = [item(k, 10, 100.0, tier=1) for k in range(1, 13)]
+    r = build_pod([guaranteed, *standard], PodConstraints(pod_duration_ms=120_000, max_ads=12))
+    assert keys(r) == [0]
+
+
+def test_higher_value_wins_within_tier() -> None:
+    r = build_pod(
+        [item(0, 30, 5.0), item(1, 30, 9.0), item(2, 30, 7.0)],
+        PodConstraints(pod_duration_ms=30_000, max_ads=3),
+    )
+    assert keys(r) == [1]
+    assert r.value == 9.0
+
+
+def test_separation_one_item_per_group() -> None:
+    items = [item(0, 15, 5.0, group="auto"), item(1, 15, 8.0, group="auto"), item(2, 15, 1.0)]
+    r = build_pod(items, PodConstraints(pod_duration_ms=60_000, max_ads=4))
+    assert sorted(keys(r)) == [1, 2]
+
+
+def test_required_durations_round_to_nearest_second() -> None:
+    c = PodConstraints(pod_duration_ms=120_000, max_ads=4, required_durations_s=frozenset({15}))
+    assert eligible(item(0, 15.4, 1.0), c)
+    assert eligible(item(0, 14.5, 1.0), c)
+    assert not eligible(item(0, 15.5, 1.0), c)  # rounds to 16
+    assert not eligible(item(0, 30, 1.0), c)
+    items = [item(0, 15.0, 1.0), item(1, 30, 100.0), item(2, 15.5, 50.0), item(3, 14.8, 2.0)]
+    r = build_pod(items, c)
+    assert sorted(keys(r)) == [0, 3]
+
+
+def test_min_and_max_ad_duration() -> None:
+    c = PodConstraints(
+        pod_duration_ms=120_000, max_ads=4, min_ad_duration_ms=10_000, max_ad_duration_ms=30_000
+    )
+    assert not eligible(item(0, 6, 1.0), c)
+    assert eligible(item(0, 10, 1.0), c)
+    assert eligible(item(0, 30, 1.0), c)
+    assert not eligible(item(0, 30.001, 1.0), c)
+    items = [item(0, 6, 100.0), item(1, 10, 1.0), item(2, 45, 100.0), item(3, 30, 2.0)]
+    assert sorted(keys(build_pod(items, c))) == [1, 3]
+
+
+def test_eligible_needs_whole_seconds_capacity() -> None:
+    c = PodConstraints(pod_duration_ms=30_500, max_ads=2)
+    assert eligible(item(0, 30, 1.0), c)
+    assert not eligible(item(0, 30.2, 1.0), c)  # fits in ms, but ceil(30.2) = 31 > 30
+    assert capacity_seconds(30_000) == 30
+    assert capacity_seconds(30_001) == 31
+
+
+def test_first_and_last_preferences_set_the_order() -> None:
+    opener = item(0, 10, 5.0, first=20.0)
+    closer = item(1, 10, 5.0, last=20.0)
+    mid_hi = item(2, 10, 10.0)
+    mid_lo = item(3, 10, 9.0)
+    r = build_pod(
+        [mid_lo, closer, mid_hi, opener], PodConstraints(pod_duration_ms=60_000, max_ads=4)
+    )
+    assert keys(r) == [0, 2, 3, 1]
+    assert r.value == 20.0 + 10.0 + 9.0 + 20.0
+
+
+def test_slot_restrictions() -> None:
+    only_last = item(0, 10, 10.0, first=NEG_INF, middle=False)
+    only_first = item(1, 10, 1.0, last=NEG_INF, middle=False)
+    anywhere = item(2, 10, 5.0)
+    c = PodConstraints(pod_duration_ms=60_000, max_ads=3)
+    assert keys(build_pod([only_last, only_first, anywhere], c)) == [1, 2, 0]
+    # Alone, a last-only ad cannot play: a one-ad pod's ad is slot 1.
+    assert build_pod([only_last], c).items == ()
+    assert keys(build_pod([only_last, anywhere], c)) == [2, 0]
+    # Three ads that may not go in the middle: at most two of them.
+    edges = [item(k, 10, 1.0, middle=False) for k in range(3)]
+    assert len(build_pod(edges, c).items) == 2
+
+
+def test_single_ad_uses_first_slot_value() -> None:
+    a = item(0, 30, 10.0, first=1.0)
+    b = item(1, 30, 5.0)
+    r = build_pod([a, b], PodConstraints(pod_duration_ms=30_000, max_ads=2))
+    assert keys(r) == [1]
+    assert r.value == 5.0
+
+
+def test_pod_duration_exactly_filled() -> None:
+    items = [item(0, 15, 1.0), item(1, 15, 1.0), item(2, 16, 0.5)]
+    r = build_pod(items, PodConstraints(pod_duration_ms=30_000, max_ads=4))
+    assert sorted(keys(r)) == [0, 1]
+    assert r.total_duration_ms == 30_000
+
+
+def test_ceil_seconds_rule_is_conservative() -> None:
+    # 15.2 s + 14.8 s = 30.0 s fits in milliseconds, but takes 16 + 15 = 31 capacity seconds.
+    items = [item(0, 15.2, 1.0), item(1, 14.8, 1.0)]
+    r = build_pod(items, PodConstraints(pod_duration_ms=30_000, max_ads=2))
+    assert len(r.items) == 1
+
+
+def test_empty_and_nothing_fits() -> None:
+    c = PodConstraints(pod_duration_ms=30_000, max_ads=3)
+    empty = PodResult(items=(), objective=(0.0,) * 6, total_duration_ms=0, value=0.0)
+    assert build_pod([], c) == empty
+    assert build_pod([item(0, 31, 5.0), item(1, 45, 9.0)], c) == empty
+    assert build_pod([item(0, 10, 1.0)], PodConstraints(pod_duration_ms=0, max_ads=1)) == empty
+    no_first = item(0, 10, 1.0, first=NEG_INF)
+    assert build_pod([no_first], c) == empty
+
+
+def test_max_ads_respected() -> None:
+    items = [item(k, 5, 1.0 + k) for k in range(10)]
+    r = build_pod(items, PodConstraints(pod_duration_ms=120_000, max_ads=3))
+    assert sorted(keys(r)) == [7, 8, 9]
+    r1 = build_pod(items, PodConstraints(pod_duration_ms=120_000, max_ads=1))
+    assert keys(r1) == [9]
+
+
+def test_determinism_and_ties() -> None:
+    c = PodConstraints(pod_duration_ms=30_000, max_ads=1)
+    twins = [item(5, 30, 3.0), item(2, 30, 3.0)]
+    r = build_pod(twins, c)
+    assert keys(r) == [2]  # exact tie: lower key
+    assert build_pod(list(reversed(twins)), c) == r
+    assert all(build_pod(twins, c) == r for _ in range(5))
+    # Exact tie on score: fewer seconds wins.
+    assert keys(build_pod([item(0, 30, 3.0), item(1, 20, 3.0)], c)) == [1]
+    # A zero-value house ad adds nothing to the score, so the tie rule leaves it out.
+    c3 = PodConstraints(pod_duration_ms=60_000, max_ads=3)
+    assert keys(build_pod([item(0, 15, 2.0), item(1, 15, 0.0, tier=0)], c3)) == [0]
+
+
+def test_validation() -> None:
+    with pytest.raises(ValueError):
+        item(0, 0, 1.0)
+    with pytest.raises(ValueError):
+        item(0, 10, -1.0)
+    with pytest.raises(ValueError):
+        item(0, 10, math.nan)
+    with pytest.raises(ValueError):
+        item(0, 10, 1.0, first=math.inf)
+    with pytest.raises(ValueError):
+        item(0, 10, 1.0, tier=4)
+    with pytest.raises(ValueError):
+        PodConstraints(pod_duration_ms=30_000, max_ads=0)
+    with pytest.raises(ValueError):
+        build_pod([item(0, 10, 1.0), item(0, 15, 2.0)], PodConstraints(30_000, 2))

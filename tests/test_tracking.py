@@ -1,0 +1,752 @@
+"""Tests for vastserver.tracking: signed ad tokens, tracking URLs, macros, beacon parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vastserver import tracking
+from vastserver.tracking import (
+    DEFAULT_MACRO_VALUES,
+    EVENTS,
+    LINEAR_EVENTS,
+    MAX_CLOCK_SKEW_S,
+    MAX_TOKEN_LEN,
+    VMAP_BREAK_EVENTS,
+    AdToken,
+    BeaconParams,
+    Keyring,
+    TokenError,
+    TokenErrorKind,
+    TrackingUrls,
+    expand_macros,
+    new_ad_serving_id,
+    parse_beacon_query,
+    sign,
+    verify,
+    viewer_hash,
+)
+
+SECRET_A = "test-secret-aaaaaaaaaaaaaaaaaaaaaaaa"
+SECRET_B = "test-secret-bbbbbbbbbbbbbbbbbbbbbbbb"
+NOW = 1_714_560_000
+MAX_AGE = 3600
+KEYRING = Keyring.from_secrets([SECRET_A])
+B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+MACRO_RE = re.compile(r"\[([A-Z]+)\]")
+
+
+def make_token(**overrides: object) -> AdToken:
+    fields: dict[str, object] = {
+        "ad_serving_id": new_ad_serving_id(random.Random(7)),
+        "line_item_id": "4821",
+        "creative_id": "10293",
+        "campaign_id": "377",
+        "advertiser_id": "52",
+        "viewer_hash": viewer_hash("AEBE52E7-03EE-455A-B3C4-E57283966239", KEYRING),
+        "price_micros": 12_500_000,
+        "served_at": NOW,
+        "pod_position": 2,
+        "session": "6f1c2d3e-4b5a-4c6d-8e7f-0123456789ab",
+        "click_url": "https://www.example-brand.com/ctv?utm_source=vast&cmp=377",
+        "lmt": False,
+    }
+    fields.update(overrides)
+    return AdToken(**fields)  # type: ignore[arg-type]
+
+
+TOKEN = make_token()
+SIGNED = sign(TOKEN, KEYRING)
+
+
+def kind_of(s: str, keyring: Keyring = KEYRING, now: int = NOW) -> TokenErrorKind | None:
+    try:
+        verify(s, keyring, now, MAX_AGE)
+    except TokenError as exc:
+        return exc.kind
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Round trip and format
+# --------------------------------------------------------------------------------------------
+
+
+def test_round_trip() -> None:
+    assert verify(SIGNED, KEYRING, NOW, MAX_AGE) == TOKEN
+
+
+def test_round_trip_lmt_and_empty_strings() -> None:
+    token = make_token(lmt=True, session="", click_url="", price_micros=0, pod_position=1)
+    assert verify(sign(token, KEYRING), KEYRING, NOW, MAX_AGE) == token
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "0",
+        "007",
+        "12345678901234567890",  # too big for a varint: falls back to text
+        "9223372036854775807",
+        "9223372036854775808",
+        "deadbeef",
+        "DEADBEEF",
+        "abc",
+        "6F1C2D3E-4B5A-4C6D-8E7F-0123456789AB",
+        "6f1c2d3e-4b5a-4c6d-8e7f-0123456789ab",
+        "AAAA",
+        "AAB",  # non-canonical base64 (stray low bits)
+        "https://www.",
+        "https://x",
+        "http://x",
+        "https://wwwx",
+        "héllo wörld ✓",
+        "a.b.c",
+        "\x00\n\t",
+    ],
+)
+def test_round_trip_string_encodings(value: str) -> None:
+    token = make_token(line_item_id=value, session=value, click_url=value)
+    assert verify(sign(token, KEYRING), KEYRING, NOW, MAX_AGE) == token
+
+
+def test_token_shape_and_determinism() -> None:
+    payload, kid, sig = SIGNED.split(".")
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", payload)
+    assert kid == KEYRING.primary_kid
+    assert re.fullmatch(r"[0-9a-f]{6}", kid)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", sig)  # 16 bytes
+    assert sign(TOKEN, KEYRING) == SIGNED
+    assert sign(TOKEN, Keyring.from_secrets([SECRET_A])) == SIGNED
+
+
+def test_token_length_for_realistic_values() -> None:
+    assert len(SIGNED) <= 220
+    # String ids instead of numeric ones, a base64-ish session, a plain click URL.
+    other = make_token(
+        line_item_id="li-20931",
+        creative_id="cr-5512",
+        campaign_id="cmp-771",
+        advertiser_id="adv-42",
+        session="s-8c1f02ae9d",
+        click_url="https://brand.example/spring?src=ctv",
+    )
+    assert len(sign(other, KEYRING)) <= 220
+
+
+def test_oversize_token_refused_by_sign() -> None:
+    with pytest.raises(ValueError):
+        sign(make_token(click_url="https://x/" + "a" * 2000), KEYRING)
+
+
+def test_adtoken_validates_fields() -> None:
+    with pytest.raises(ValueError):
+        make_token(price_micros=-1)
+    with pytest.raises(ValueError):
+        make_token(pod_position=0)
+    with pytest.raises(ValueError):
+        make_token(served_at=2**63)
+    with pytest.raises(TypeError):
+        make_token(price_micros=True)
+    with pytest.raises(TypeError):
+        make_token(price_micros=1.5)
+    with pytest.raises(TypeError):
+        make_token(line_item_id=4821)
+    with pytest.raises(TypeError):
+        make_token(lmt=1)
+
+
+def test_sign_rejects_unencodable_text() -> None:
+    with pytest.raises(ValueError):
+        sign(make_token(session="\ud800"), KEYRING)
+
+
+# --------------------------------------------------------------------------------------------
+# Keyring and rotation
+# --------------------------------------------------------------------------------------------
+
+
+def test_keyring_validation() -> None:
+    with pytest.raises(ValueError):
+        Keyring.from_secrets([])
+    with pytest.raises(ValueError):
+        Keyring.from_secrets([""])
+    with pytest.raises(ValueError):
+        Keyring.from_secrets(["short"])
+    with pytest.raises(ValueError):
+        Keyring.from_secrets([SECRET_A, "x" * 15])
+    with pytest.raises(TypeError):
+        Keyring.from_secrets(SECRET_A)
+    with pytest.raises(ValueError):
+        Keyring.parse("")
+    with pytest.raises(ValueError):
+        Keyring.parse(f"{SECRET_A},")
+    with pytest.raises(ValueError):
+        Keyring.parse(f"{SECRET_A},,{SECRET_B}")
+
+
+def test_keyring_parse_and_repr() -> None:
+    ring = Keyring.parse(f" {SECRET_B} , {SECRET_A}\n")
+    assert ring.kids == Keyring.from_secrets([SECRET_B, SECRET_A]).kids
+    assert ring.primary_kid == Keyring.from_secrets([SECRET_B]).primary_kid
+    assert len(set(ring.kids)) == 2
+    assert SECRET_A not in repr(ring) and SECRET_B not in repr(ring)
+    assert Keyring.from_secrets([SECRET_A, SECRET_A]).kids == KEYRING.kids
+
+
+def test_rotation() -> None:
+    old = Keyring.from_secrets([SECRET_A])
+    rotating = Keyring.from_secrets([SECRET_B, SECRET_A])
+    rotated = Keyring.from_secrets([SECRET_B])
+    old_token = sign(TOKEN, old)
+    new_token = sign(TOKEN, rotating)
+    assert new_token.split(".")[1] == rotated.primary_kid
+    assert verify(old_token, rotating, NOW, MAX_AGE) == TOKEN
+    assert verify(new_token, rotating, NOW, MAX_AGE) == TOKEN
+    assert verify(new_token, rotated, NOW, MAX_AGE) == TOKEN
+    assert kind_of(old_token, rotated) is TokenErrorKind.BAD_SIGNATURE
+    assert kind_of(new_token, old) is TokenErrorKind.BAD_SIGNATURE
+
+
+def test_foreign_signature_with_our_kid() -> None:
+    # Signed with a secret we don't have, relabelled with our key id.
+    payload, _, sig = sign(make_token(lmt=True), Keyring.from_secrets([SECRET_B])).split(".")
+    assert kind_of(f"{payload}.{KEYRING.primary_kid}.{sig}") is TokenErrorKind.BAD_SIGNATURE
+    # Our signature moved onto another payload.
+    assert kind_of(f"{payload}.{KEYRING.primary_kid}.{SIGNED.split('.')[2]}") is (
+        TokenErrorKind.BAD_SIGNATURE
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Time
+# --------------------------------------------------------------------------------------------
+
+
+def test_expiry_boundaries() -> None:
+    assert kind_of(SIGNED, now=NOW + MAX_AGE) is None
+    assert kind_of(SIGNED, now=NOW + MAX_AGE + 1) is TokenErrorKind.EXPIRED
+
+
+def test_future_boundaries() -> None:
+    assert kind_of(SIGNED, now=NOW - MAX_CLOCK_SKEW_S) is None
+    assert kind_of(SIGNED, now=NOW - MAX_CLOCK_SKEW_S - 1) is TokenErrorKind.FUTURE
+
+
+def test_signature_checked_before_expiry() -> None:
+    tampered = SIGNED[:-1] + ("A" if SIGNED[-1] != "A" else "Q")
+    assert kind_of(tampered, now=NOW + 10 * MAX_AGE) is TokenErrorKind.BAD_SIGNATURE
+
+
+# --------------------------------------------------------------------------------------------
+# Malformed input and tampering
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        ".",
+        "..",
+        "abc",
+        SIGNED + ".",
+        "." + SIGNED,
+        SIGNED.replace(".", "", 1),
+        SIGNED + "A",  # signature of wrong length
+        SIGNED.split(".")[0] + "." + KEYRING.primary_kid.upper() + "." + SIGNED.split(".")[2],
+        SIGNED.split(".")[0] + "=." + KEYRING.primary_kid + "." + SIGNED.split(".")[2],
+        "A" * (MAX_TOKEN_LEN + 1),
+        SIGNED + "A" * MAX_TOKEN_LEN,
+        " " + SIGNED,
+        SIGNED + "\n",
+        SIGNED.replace("A", "\u0410"),
+    ],
+)
+def test_malformed(bad: str) -> None:
+    assert kind_of(bad) is TokenErrorKind.MALFORMED
+
+
+def test_non_string_input() -> None:
+    assert kind_of(None) is TokenErrorKind.MALFORMED  # type: ignore[arg-type]
+    assert kind_of(b"x") is TokenErrorKind.MALFORMED  # type: ignore[arg-type]
+
+
+def test_bad_version_is_malformed_even_when_signed() -> None:
+    payload = bytearray(tracking._encode_payload(TOKEN))
+    payload[0] = 2
+    assert kind_of(_sign_raw(bytes(payload))) is TokenErrorKind.MALFORMED
+
+
+def test_unknown_kid() -> None:
+    payload, _, sig = SIGNED.split(".")
+    other_kid = "000000" if KEYRING.primary_kid != "000000" else "111111"
+    assert kind_of(f"{payload}.{other_kid}.{sig}") is TokenErrorKind.BAD_SIGNATURE
+
+
+def test_tamper_every_character() -> None:
+    for i, original in enumerate(SIGNED):
+        for replacement in B64_ALPHABET + ".":
+            if replacement == original:
+                continue
+            tampered = SIGNED[:i] + replacement + SIGNED[i + 1 :]
+            assert kind_of(tampered) in (
+                TokenErrorKind.MALFORMED,
+                TokenErrorKind.BAD_SIGNATURE,
+            ), (i, replacement)
+
+
+def test_tamper_every_payload_bit_even_with_valid_base64() -> None:
+    payload_b64, kid, sig = SIGNED.split(".")
+    raw = tracking._b64d(payload_b64)
+    assert raw is not None
+    for i in range(len(raw)):
+        for bit in range(8):
+            mutated = bytearray(raw)
+            mutated[i] ^= 1 << bit
+            s = f"{tracking._b64e(bytes(mutated))}.{kid}.{sig}"
+            assert kind_of(s) in (TokenErrorKind.MALFORMED, TokenErrorKind.BAD_SIGNATURE)
+
+
+def test_truncations_and_extensions() -> None:
+    for n in range(len(SIGNED)):
+        assert kind_of(SIGNED[:n]) is not None
+        assert kind_of(SIGNED[n:]) is not None or n == 0
+    for extra in ("A", "AA", "AAA", "AAAA", "-", "_"):
+        assert kind_of(SIGNED + extra) is TokenErrorKind.MALFORMED
+        payload, kid, sig = SIGNED.split(".")
+        assert kind_of(f"{payload}{extra}.{kid}.{sig}") is not None
+
+
+def _sign_raw(payload: bytes, keyring: Keyring = KEYRING) -> str:
+    """Sign arbitrary payload bytes with a real key, bypassing the encoder."""
+    key = keyring._keys[0]
+    payload_b64 = tracking._b64e(payload)
+    sig = tracking._b64e(tracking._mac(key.token_key, payload_b64, key.kid))
+    return f"{payload_b64}.{key.kid}.{sig}"
+
+
+def test_validly_signed_non_canonical_payloads_are_malformed() -> None:
+    raw = tracking._encode_payload(TOKEN)
+    # Trailing byte.
+    assert kind_of(_sign_raw(raw + b"\x00")) is TokenErrorKind.MALFORMED
+    # Unknown flag bit.
+    assert kind_of(_sign_raw(raw[:1] + b"\x02" + raw[2:])) is TokenErrorKind.MALFORMED
+    # Over-long varint for pod_position (last byte): 2 as 0x82 0x00.
+    assert raw[-1] == 2
+    assert kind_of(_sign_raw(raw[:-1] + b"\x82\x00")) is TokenErrorKind.MALFORMED
+    # "4821" spelled as UTF-8 instead of DEC.
+    dec = bytearray([tracking._K_DEC])
+    tracking._put_varint(dec, 4821)
+    header = bytes(dec)
+    start = raw.index(header)
+    utf8 = bytes([(4 << 3) | tracking._K_UTF8]) + b"4821"
+    swapped = raw[:start] + utf8 + raw[start + len(header) :]
+    assert kind_of(_sign_raw(swapped)) is TokenErrorKind.MALFORMED
+    # pod_position 0.
+    assert kind_of(_sign_raw(raw[:-1] + b"\x00")) is TokenErrorKind.MALFORMED
+    # Empty payload after version.
+    assert kind_of(_sign_raw(bytes([tracking.FORMAT_VERSION]))) is TokenErrorKind.MALFORMED
+
+
+# --------------------------------------------------------------------------------------------
+# Hypothesis fuzzing
+# --------------------------------------------------------------------------------------------
+
+_token_chars = st.sampled_from(B64_ALPHABET + ".")
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.text(), st.text(_token_chars), st.text(_token_chars, min_size=30)))
+def test_fuzz_arbitrary_text(s: str) -> None:
+    kind = kind_of(s)
+    assert kind is not None  # nothing random is ever a valid token
+    assert isinstance(kind, TokenErrorKind)
+
+
+@st.composite
+def mutations(draw: st.DrawFn) -> str:
+    s = SIGNED
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["replace", "insert", "delete", "swap", "truncate", "append"]))
+        i = draw(st.integers(0, max(len(s) - 1, 0)))
+        ch = draw(st.one_of(_token_chars, st.characters()))
+        if op == "replace" and s:
+            s = s[:i] + ch + s[i + 1 :]
+        elif op == "insert":
+            s = s[:i] + ch + s[i:]
+        elif op == "delete" and s:
+            s = s[:i] + s[i + 1 :]
+        elif op == "swap" and len(s) > 1:
+            j = draw(st.integers(0, len(s) - 1))
+            chars = list(s)
+            chars[i], chars[j] = chars[j], chars[i]
+            s = "".join(chars)
+        elif op == "truncate":
+            s = s[:i]
+        else:
+            s = s + ch
+    return s
+
+
+@settings(max_examples=1000)
+@given(mutations())
+def test_fuzz_mutated_token(s: str) -> None:
+    try:
+        got = verify(s, KEYRING, NOW, MAX_AGE)
+    except TokenError as exc:
+        assert isinstance(exc.kind, TokenErrorKind)
+        return
+    # Only an identical string may verify (e.g. a swap of two equal characters).
+    assert s == SIGNED
+    assert got == TOKEN
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=300), st.booleans())
+def test_fuzz_validly_signed_garbage_payload(tail: bytes, versioned: bool) -> None:
+    payload = (bytes([tracking.FORMAT_VERSION]) + tail) if versioned else tail
+    if not payload:
+        return
+    try:
+        got = verify(_sign_raw(payload), KEYRING, NOW, 10**12)
+    except TokenError as exc:
+        assert exc.kind in (TokenErrorKind.MALFORMED, TokenErrorKind.FUTURE)
+        return
+    # If it decoded, it is the one canonical encoding of what it decoded to.
+    assert tracking._encode_payload(got) == payload
+
+
+_ints = st.integers(0, 2**63 - 1)
+_text = st.one_of(
+    st.text(max_size=40),
+    st.from_regex(r"[0-9a-f]{2,20}", fullmatch=True),
+    st.from_regex(r"[0-9]{1,20}", fullmatch=True),
+    st.from_regex(r"[A-Za-z0-9_-]{1,30}", fullmatch=True),
+    st.uuids().map(str),
+    st.text(max_size=40).map(lambda t: "https://www." + t),
+    st.text(max_size=40).map(lambda t: "http://" + t),
+)
+
+
+@settings(max_examples=500)
+@given(
+    st.builds(
+        AdToken,
+        ad_serving_id=_text,
+        line_item_id=_text,
+        creative_id=_text,
+        campaign_id=_text,
+        advertiser_id=_text,
+        viewer_hash=_text,
+        price_micros=_ints,
+        served_at=_ints,
+        pod_position=st.integers(1, 2**63 - 1),
+        session=_text,
+        click_url=_text,
+        lmt=st.booleans(),
+    )
+)
+def test_fuzz_round_trip_any_token(token: AdToken) -> None:
+    s = sign(token, KEYRING)
+    assert len(s) <= MAX_TOKEN_LEN
+    assert verify(s, KEYRING, token.served_at, MAX_AGE) == token
+
+
+# --------------------------------------------------------------------------------------------
+# viewer_hash and ad serving ids
+# --------------------------------------------------------------------------------------------
+
+
+def test_viewer_hash_stable_and_keyed() -> None:
+    device = "AEBE52E7-03EE-455A-B3C4-E57283966239"
+    h = viewer_hash(device, KEYRING)
+    assert re.fullmatch(r"[0-9a-f]{16}", h)
+    assert viewer_hash(device, Keyring.from_secrets([SECRET_A])) == h
+    assert viewer_hash(device, Keyring.from_secrets([SECRET_A, SECRET_B])) == h
+    assert viewer_hash(device, Keyring.from_secrets([SECRET_B])) != h
+    assert viewer_hash(device + "x", KEYRING) != h
+    assert device.lower() not in h and device not in h
+    assert viewer_hash("\ud800", KEYRING)  # never raises
+
+
+def test_new_ad_serving_id_deterministic() -> None:
+    a = [new_ad_serving_id(random.Random(1)) for _ in range(2)]
+    assert a[0] == a[1]
+    rng = random.Random(1)
+    ids = {new_ad_serving_id(rng) for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", i) for i in ids)
+    assert new_ad_serving_id(random.SystemRandom())
+
+
+# --------------------------------------------------------------------------------------------
+# URL builder
+# --------------------------------------------------------------------------------------------
+
+URLS = TrackingUrls("https://ads.example.com")
+
+
+def macros(url: str) -> list[str]:
+    return MACRO_RE.findall(url)
+
+
+def query(url: str) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(url).query, keep_blank_values=True)
+
+
+@pytest.mark.parametrize("event", sorted(EVENTS))
+def test_event_url_macros(event: str) -> None:
+    url = URLS.event(event, SIGNED)
+    assert url.startswith(f"https://ads.example.com/t/{event}?tk={SIGNED}&")
+    assert query(url)["tk"] == [SIGNED]
+    expected = ["CACHEBUSTING", "TIMESTAMP"]
+    if event in LINEAR_EVENTS:
+        expected.append("ADPLAYHEAD")
+    if event == "error":
+        expected.append("ERRORCODE")
+    assert sorted(macros(url)) == sorted(expected)
+    assert "%5B" not in url and "%5D" not in url
+
+
+def test_linear_events_get_playhead() -> None:
+    for event in ("start", "firstQuartile", "midpoint", "thirdQuartile", "complete", "progress"):
+        assert "&ph=[ADPLAYHEAD]" in URLS.event(event, SIGNED)
+    for event in ("impression", "click", "creativeView", "breakStart", "error"):
+        assert "ph=" not in URLS.event(event, SIGNED)
+
+
+def test_required_events_present() -> None:
+    required = {
+        "impression", "error", "click", "loaded", "start", "firstQuartile", "midpoint",
+        "thirdQuartile", "complete", "progress", "pause", "resume", "mute", "unmute", "skip",
+        "closeLinear", "rewind", "playerExpand", "playerCollapse", "fullscreen",
+        "exitFullscreen", "notUsed", "creativeView", "acceptInvitation", "otherAdInteraction",
+        "breakStart", "breakEnd",
+    }  # fmt: skip
+    assert required <= EVENTS
+    assert LINEAR_EVENTS <= EVENTS
+    assert isinstance(EVENTS, frozenset)
+
+
+def test_unknown_event_rejected() -> None:
+    for bad in ("Start", "impressions", "", "start?x=1", "../c"):
+        with pytest.raises(ValueError):
+            URLS.event(bad, SIGNED)
+
+
+def test_impression_error_click() -> None:
+    assert URLS.impression(SIGNED) == URLS.event("impression", SIGNED)
+    assert URLS.error(SIGNED) == URLS.event("error", SIGNED)
+    assert macros(URLS.impression(SIGNED)) == ["CACHEBUSTING", "TIMESTAMP"]
+    assert macros(URLS.error(SIGNED)) == ["CACHEBUSTING", "TIMESTAMP", "ERRORCODE"]
+    click = URLS.click(SIGNED)
+    assert click == f"https://ads.example.com/c?tk={SIGNED}&cb=[CACHEBUSTING]"
+
+
+def test_no_ad_error() -> None:
+    url = URLS.no_ad_error("no_fill")
+    assert url.startswith("https://ads.example.com/t/error?r=no_fill&")
+    assert sorted(macros(url)) == ["CACHEBUSTING", "ERRORCODE", "TIMESTAMP"]
+    assert "tk=" not in url
+    weird = URLS.no_ad_error("no fill & <stuff>" + "x" * 100)
+    assert query(weird)["r"][0] == ("no_fill____stuff_" + "x" * 100)[:64]
+    assert query(URLS.no_ad_error(""))["r"] == ["unknown"]
+
+
+def test_vmap_break_event() -> None:
+    start = URLS.vmap_break_event("breakStart", "sess 1&x", "preroll.1")
+    assert start.startswith("https://ads.example.com/t/breakStart?")
+    assert query(start)["s"] == ["sess 1&x"] and query(start)["b"] == ["preroll.1"]
+    assert sorted(macros(start)) == ["CACHEBUSTING", "TIMESTAMP"]
+    err = URLS.vmap_break_event("error", "s", "b")
+    assert sorted(macros(err)) == ["CACHEBUSTING", "ERRORCODE", "TIMESTAMP"]
+    assert {"breakStart", "breakEnd", "error"} == VMAP_BREAK_EVENTS
+    with pytest.raises(ValueError):
+        URLS.vmap_break_event("start", "s", "b")
+
+
+def test_public_url_validation() -> None:
+    assert (
+        TrackingUrls("http://localhost:8080")
+        .impression("x")
+        .startswith("http://localhost:8080/t/impression?")
+    )
+    assert (
+        TrackingUrls("https://cdn.example.com/ads")
+        .click("x")
+        .startswith("https://cdn.example.com/ads/c?")
+    )
+    for bad in ("https://ads.example.com/", "ads.example.com", "ftp://x", "https://x?a=1", ""):
+        with pytest.raises(ValueError):
+            TrackingUrls(bad)
+
+
+def test_token_is_quoted_if_odd() -> None:
+    url = URLS.impression("a&b=c")
+    assert query(url)["tk"] == ["a&b=c"]
+
+
+# --------------------------------------------------------------------------------------------
+# Macro expansion
+# --------------------------------------------------------------------------------------------
+
+TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2}")
+
+
+def test_expand_macros_defaults() -> None:
+    url = expand_macros(URLS.event("start", SIGNED) + "&e=[ERRORCODE]&u=[UNKNOWNMACRO]")
+    assert "[" not in url and "]" not in url
+    q = dict(parse_qsl(urlsplit(url).query))
+    assert re.fullmatch(r"\d{8}", q["cb"])
+    assert TS_RE.fullmatch(q["ts"])
+    assert q["ph"] == "00:00:05.000"
+    assert q["e"] == "900"
+    assert q["u"] == "-1"
+    assert q["tk"] == SIGNED
+    # Values are percent-encoded in the URL itself.
+    assert "ts=" + q["ts"] not in url
+    assert TS_RE.fullmatch(unquote(url.split("ts=")[1].split("&")[0]))
+    assert set(DEFAULT_MACRO_VALUES) >= {"CACHEBUSTING", "TIMESTAMP", "ADPLAYHEAD", "ERRORCODE"}
+
+
+def test_expand_macros_overrides_and_encoding() -> None:
+    url = expand_macros(
+        "https://x/p?a=[ERRORCODE]&b=[REASON]&c=[ADPLAYHEAD]",
+        {"ERRORCODE": "402", "REASON": "a b&c=d/é"},
+    )
+    q = dict(parse_qsl(urlsplit(url).query))
+    assert q == {"a": "402", "b": "a b&c=d/é", "c": "00:00:05.000"}
+    assert expand_macros("https://x/no-macros") == "https://x/no-macros"
+    assert expand_macros("https://x/[lower]") == "https://x/[lower]"
+
+
+# --------------------------------------------------------------------------------------------
+# Beacon query parsing
+# --------------------------------------------------------------------------------------------
+
+
+def test_parse_expanded_beacon() -> None:
+    url = expand_macros(URLS.error(SIGNED))
+    params = parse_beacon_query(dict(parse_qsl(urlsplit(url).query)))
+    assert params.token == SIGNED
+    assert params.cb == DEFAULT_MACRO_VALUES["CACHEBUSTING"]
+    assert params.ts == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert params.error_code == 900
+    assert params.playhead_ms is None
+
+
+def test_parse_linear_beacon_playhead() -> None:
+    url = expand_macros(URLS.event("midpoint", SIGNED), {"ADPLAYHEAD": "01:02:03.45"})
+    params = parse_beacon_query(dict(parse_qsl(urlsplit(url).query)))
+    assert params.playhead_ms == ((1 * 60 + 2) * 60 + 3) * 1000 + 450
+
+
+def test_parse_unexpanded_macros_are_none() -> None:
+    url = URLS.event("start", SIGNED) + "&ec=[ERRORCODE]"
+    params = parse_beacon_query(dict(parse_qsl(urlsplit(url).query)))
+    assert params == BeaconParams(token=SIGNED, cb=None, ts=None, playhead_ms=None, error_code=None)
+
+
+def test_parse_no_ad_error_and_vmap() -> None:
+    q = dict(parse_qsl(urlsplit(expand_macros(URLS.no_ad_error("no_fill"))).query))
+    params = parse_beacon_query(q)
+    assert params.token is None and params.reason == "no_fill" and params.error_code == 900
+    q = dict(parse_qsl(urlsplit(URLS.vmap_break_event("breakEnd", "s-1", "mid 2")).query))
+    params = parse_beacon_query(q)
+    assert params.session == "s-1" and params.break_id == "mid 2"
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("2024-05-01T12:00:00.000+00:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01T12:00:00.000 02:00", datetime(2024, 5, 1, 10, tzinfo=UTC)),  # raw "+"
+        ("2024-05-01T12:00:00Z", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("2024-05-01T12:00:00", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("1714564800", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("1714564800000", datetime(2024, 5, 1, 12, tzinfo=UTC)),
+        ("[TIMESTAMP]", None),
+        ("-1", None),
+        ("yesterday", None),
+        ("9" * 200, None),
+        ("2024-13-01T00:00:00Z", None),
+    ],
+)
+def test_parse_ts(ts: str, expected: datetime | None) -> None:
+    assert parse_beacon_query({"ts": ts}).ts == expected
+
+
+@pytest.mark.parametrize(
+    ("ph", "expected"),
+    [
+        ("00:00:05.000", 5000),
+        ("00:00:05", 5000),
+        ("00:01:00.5", 60500),
+        ("12.25", 12250),
+        ("[ADPLAYHEAD]", None),
+        ("-1", None),
+        ("00:61:00.000", None),
+        ("abc", None),
+    ],
+)
+def test_parse_playhead(ph: str, expected: int | None) -> None:
+    assert parse_beacon_query({"ph": ph}).playhead_ms == expected
+
+
+@pytest.mark.parametrize(
+    ("ec", "expected"),
+    [("900", 900), ("402", 402), ("1009", 1009), ("[ERRORCODE]", None), ("-1", None),
+     ("9x", None), ("", None), ("9" * 50, None), ("٣", None)],
+)  # fmt: skip
+def test_parse_error_code(ec: str, expected: int | None) -> None:
+    assert parse_beacon_query({"ec": ec}).error_code == expected
+
+
+def test_parse_garbage_cb_and_token() -> None:
+    params = parse_beacon_query({"cb": "[CACHEBUSTING]", "tk": ""})
+    assert params.cb is None and params.token is None
+    assert parse_beacon_query({"cb": "x" * 65}).cb is None
+    assert parse_beacon_query({"cb": "a b"}).cb is None
+    assert parse_beacon_query({"tk": "A" * (MAX_TOKEN_LEN + 1)}).token is None
+    assert parse_beacon_query({}) == BeaconParams(None, None, None, None, None)
+
+
+@settings(max_examples=300)
+@given(
+    st.dictionaries(
+        st.sampled_from(["tk", "cb", "ts", "ph", "ec", "r", "s", "b", "zz"]),
+        st.one_of(st.text(), st.from_regex(r"\[[A-Z]+\]", fullmatch=True)),
+    )
+)
+def test_fuzz_parse_beacon_query_never_raises(q: dict[str, str]) -> None:
+    params = parse_beacon_query(q)
+    assert isinstance(params, BeaconParams)
+    if params.ts is not None:
+        assert params.ts.tzinfo is not None
+
+
+def test_beacon_round_trip_through_verify() -> None:
+    """End to end: build URL, expand like a player, parse like the server, verify."""
+    url = expand_macros(URLS.event("complete", SIGNED))
+    params = parse_beacon_query(dict(parse_qsl(urlsplit(url).query)))
+    assert params.token is not None
+    assert verify(params.token, KEYRING, NOW + 60, MAX_AGE) == TOKEN
+    assert params.ts is not None and params.ts - datetime(2024, 5, 1, 12, tzinfo=UTC) == (
+        timedelta(0)
+    )
+
+
+def test_dataclasses_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TOKEN.price_micros = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        URLS.public_url = "https://x"  # type: ignore[misc]

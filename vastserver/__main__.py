@@ -1,0 +1,3 @@
+from vastserver.cli import main
+
+raise SystemExit(main())

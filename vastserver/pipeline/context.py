@@ -1,0 +1,96 @@
+"""The request model every stage reads: one break, one viewer, one piece of content.
+
+Built by the HTTP layer (query string, OpenRTB JSON) and never mutated afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+
+from vastserver.catalog.model import BreakPosition
+
+Clock = Callable[[], datetime]
+"""Returns the current time as an aware UTC datetime; injected so tests control time."""
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+VAST_VERSIONS: tuple[str, ...] = ("2.0", "3.0", "4.0", "4.1", "4.2", "4.3")
+DEVICE_TYPES: frozenset[str] = frozenset({"ctv", "stb", "mobile", "desktop"})
+PLATFORMS: frozenset[str] = frozenset(
+    {"roku", "tvos", "androidtv", "firetv", "tizen", "webos", "vizio", "web"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakSpec:
+    position: BreakPosition
+    pod_duration_ms: int
+    max_ads: int
+    min_ad_duration_ms: int | None = None
+    max_ad_duration_ms: int | None = None
+    required_durations_s: frozenset[int] | None = None
+    avail: int = 0
+    """Index of this break within the session (0 = first break)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    ip: str | None = None
+    user_agent: str | None = None
+    ifa: str | None = None
+    ifa_type: str | None = None
+    lmt: bool = False
+    device_type: str | None = None
+    platform: str | None = None
+    country: str | None = None
+    region: str | None = None
+    dma: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    id: str | None = None
+    genres: tuple[str, ...] = ()
+    rating: str | None = None
+    live: bool | None = None
+    series: str | None = None
+    channel: str | None = None
+    kids: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AdRequest:
+    brk: BreakSpec
+    device: Device = field(default_factory=Device)
+    content: Content = field(default_factory=Content)
+    session: str | None = None
+    placement: str | None = None
+    vast_version: str = "4.2"
+    debug: bool = False
+    blocked_categories: frozenset[str] = frozenset()
+    blocked_domains: frozenset[str] = frozenset()
+    segments: tuple[str, ...] = ()
+    key_values: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    caller_ip: str | None = None
+    """Who sent the request (an SSAI stitcher when the device headers are present)."""
+    caller_user_agent: str | None = None
+    require_https: bool = True
+
+    def viewer_key(self) -> str:
+        """Stable key for frequency capping: IFA, else a hash input of IP + UA; never cookies.
+
+        With ``lmt`` the viewer has no per-device profile; the session stands in for it.
+        """
+        d = self.device
+        if d.lmt:
+            return f"session:{self.session or ''}"
+        if d.ifa:
+            return f"ifa:{d.ifa}"
+        return f"ipua:{d.ip or ''}|{d.user_agent or ''}"

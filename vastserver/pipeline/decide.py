@@ -1,0 +1,185 @@
+"""The decision: filters -> score -> pod, with a trace of every candidate.
+
+``decide`` is pure and synchronous: retrieval, counter pre-fetch and rendering happen around it
+(``vastserver.service``). Time comes in ``env.now``; randomness (pacing) lives in ``env.gate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from vastserver.catalog.model import Slot
+from vastserver.pipeline.candidates import Candidate, unique_media_key
+from vastserver.pipeline.context import AdRequest
+from vastserver.pipeline.pod import PodConstraints, PodItem, build_pod
+from vastserver.pipeline.reasons import Reason, Stage
+from vastserver.pipeline.scoring import PriceScorer, Scorer, effective_cpm, values
+from vastserver.pipeline.stages import FILTERS, Filter, StageEnv
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """What happened to one candidate."""
+
+    line_item_id: str
+    creative_id: str
+    advertiser_id: str
+    reason: Reason | None
+    prediction: float | None = None
+    value: float | None = None
+    slot: int | None = None
+
+    @property
+    def stage(self) -> Stage | None:
+        return None if self.reason is None else self.reason.stage
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedAd:
+    candidate: Candidate
+    slot: int
+    prediction: float
+    value: float
+    price_cpm: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    request: AdRequest
+    ads: tuple[PlacedAd, ...]
+    traces: tuple[Trace, ...]
+    value: float
+    total_duration_ms: int
+    scorer: str
+    now: datetime
+
+    @property
+    def filled(self) -> bool:
+        return bool(self.ads)
+
+
+def _group_keys(cands: Sequence[Candidate]) -> list[str]:
+    """Separation groups: competitive category (else advertiser), merged with any other
+    candidate that shares a creative or a media file, so a pod never repeats either."""
+    parent = list(range(len(cands)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_seen: dict[str, int] = {}
+    for i, c in enumerate(cands):
+        adv = c.advertiser
+        keys = (
+            f"comp:{adv.competitive_category}" if adv.competitive_category else f"adv:{adv.id}",
+            f"cr:{c.creative.id}",
+            f"media:{unique_media_key(c.creative)}",
+        )
+        for k in keys:
+            j = first_seen.setdefault(k, i)
+            if j != i:
+                parent[find(i)] = find(j)
+    return [f"g{find(i)}" for i in range(len(cands))]
+
+
+def _pod_item(i: int, c: Candidate, value: float, group: str) -> PodItem:
+    slot = c.line_item.slot
+    return PodItem(
+        key=i,
+        duration_ms=c.creative.duration_ms,
+        value=value,
+        tier=int(c.line_item.tier),
+        group=group,
+        value_first=NEG_INF if slot is Slot.LAST else None,
+        value_last=NEG_INF if slot is Slot.FIRST else None,
+        middle_allowed=slot is Slot.ANY,
+    )
+
+
+def decide(
+    req: AdRequest,
+    cands: Sequence[Candidate],
+    env: StageEnv,
+    *,
+    scorer: Scorer | None = None,
+    filters: Sequence[Filter] = FILTERS,
+) -> Decision:
+    scorer = scorer or PriceScorer()
+    traces: list[Trace] = []
+    survivors: list[Candidate] = []
+    for c in cands:
+        reason: Reason | None = None
+        for f in filters:
+            reason = f(req, c, env)
+            if reason is not None:
+                break
+        if reason is None:
+            survivors.append(c)
+        else:
+            traces.append(Trace(c.line_item.id, c.creative.id, c.advertiser.id, reason))
+
+    predictions = scorer.predict(req, survivors) if survivors else []
+    vals = values(survivors, predictions)
+    groups = _group_keys(survivors)
+    items = [
+        _pod_item(i, c, v, g)
+        for i, (c, v, g) in enumerate(zip(survivors, vals, groups, strict=False))
+    ]
+    b = req.brk
+    pod = build_pod(
+        items,
+        PodConstraints(
+            pod_duration_ms=b.pod_duration_ms,
+            max_ads=b.max_ads,
+            min_ad_duration_ms=b.min_ad_duration_ms,
+            max_ad_duration_ms=b.max_ad_duration_ms,
+            required_durations_s=b.required_durations_s,
+        ),
+    )
+    slot_of = {it.key: n for n, it in enumerate(pod.items, start=1)}
+    chosen_groups = {groups[k]: k for k in slot_of}
+    placed: list[PlacedAd] = []
+    for it in pod.items:
+        c = survivors[it.key]
+        placed.append(
+            PlacedAd(c, slot_of[it.key], predictions[it.key], vals[it.key], effective_cpm(c))
+        )
+    for i, c in enumerate(survivors):
+        slot = slot_of.get(i)
+        reason = None
+        if slot is None:
+            winner = chosen_groups.get(groups[i])
+            if winner is None:
+                reason = Reason.NOT_SELECTED
+            elif survivors[winner].creative.id == c.creative.id or unique_media_key(
+                survivors[winner].creative
+            ) == unique_media_key(c.creative):
+                reason = Reason.DUPLICATE_CREATIVE
+            else:
+                reason = Reason.COMPETITIVE_SEPARATION
+        traces.append(
+            Trace(
+                c.line_item.id,
+                c.creative.id,
+                c.advertiser.id,
+                reason,
+                prediction=predictions[i],
+                value=vals[i],
+                slot=slot,
+            )
+        )
+    return Decision(
+        request=req,
+        ads=tuple(placed),
+        traces=tuple(traces),
+        value=sum(p.value for p in placed),
+        total_duration_ms=pod.total_duration_ms,
+        scorer=scorer.name,
+        now=env.now,
+    )

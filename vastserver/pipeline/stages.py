@@ -1,0 +1,150 @@
+"""Per-candidate filters, in pipeline order. Each returns ``None`` (keep) or a :class:`Reason`.
+
+Filters are pure functions of (request, candidate, environment); the environment carries the
+injected time and the pre-fetched delivery state, never app globals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from vastserver.catalog.model import (
+    KIDS_RATINGS,
+    RATING_RANK,
+    Creative,
+    Daypart,
+)
+from vastserver.pipeline.candidates import Candidate, request_values
+from vastserver.pipeline.context import AdRequest
+from vastserver.pipeline.reasons import Reason
+
+ALCOHOL_CATEGORIES: frozenset[str] = frozenset({"IAB8-5", "IAB8-18"})
+"""IAB ad categories for beer/cocktails and wine: never in kids content."""
+
+UNKNOWN_CONTENT_RATING = "TV-PG"
+"""Content without a rating is treated as TV-PG: TV-14/TV-MA creatives need a known rating."""
+
+CTV_DEVICE_TYPES: frozenset[str] = frozenset({"ctv", "stb"})
+PLAYABLE_MIMES: frozenset[str] = frozenset(
+    {"video/mp4", "application/x-mpegurl", "application/vnd.apple.mpegurl", "video/webm"}
+)
+CTV_MIMES: frozenset[str] = frozenset(
+    {"video/mp4", "application/x-mpegurl", "application/vnd.apple.mpegurl"}
+)
+
+
+class DeliveryGate:
+    """Frequency caps and pacing over pre-fetched counters; the delivery issue fills it in.
+
+    The base gate admits everything (no counters yet)."""
+
+    def check(self, req: AdRequest, cand: Candidate) -> Reason | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class StageEnv:
+    now: datetime
+    blocked_categories: frozenset[str] = frozenset()
+    blocked_domains: frozenset[str] = frozenset()
+    gate: DeliveryGate = field(default_factory=DeliveryGate)
+    recent_creatives: frozenset[str] = frozenset()
+    """Creatives already shown in this session's separation window."""
+    recent_competitive: frozenset[str] = frozenset()
+    """Competitive categories shown in this session's separation window."""
+
+
+Filter = Callable[[AdRequest, Candidate, StageEnv], Reason | None]
+
+
+def eligibility(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
+    li, cr, camp = c.line_item, c.creative, c.campaign
+    if li.status != "active" or camp.status != "active":
+        return Reason.INACTIVE
+    now = env.now
+    if not (li.start <= now < li.end) or not (camp.start <= now < camp.end):
+        return Reason.OUT_OF_FLIGHT
+    if req.brk.position not in li.positions:
+        return Reason.BREAK_POSITION
+    if not cr.approved:
+        return Reason.CREATIVE_NOT_APPROVED
+    return duration_fit(req, cr)
+
+
+def duration_fit(req: AdRequest, cr: Creative) -> Reason | None:
+    b = req.brk
+    if cr.duration_ms > b.pod_duration_ms:
+        return Reason.LONGER_THAN_POD
+    if b.min_ad_duration_ms is not None and cr.duration_ms < b.min_ad_duration_ms:
+        return Reason.SHORTER_THAN_MIN
+    if b.max_ad_duration_ms is not None and cr.duration_ms > b.max_ad_duration_ms:
+        return Reason.LONGER_THAN_MAX
+    if b.required_durations_s is not None and (
+        round(cr.duration_ms / 1000) not in b.required_durations_s
+    ):
+        return Reason.DURATION_NOT_REQUIRED
+    return None
+
+
+def _in_daypart(dp: Daypart, now: datetime, default_tz: str) -> bool:
+    local = now.astimezone(ZoneInfo(dp.timezone or default_tz))
+    return local.weekday() in dp.days and dp.start_hour <= local.hour < dp.end_hour
+
+
+def targeting(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
+    t = c.line_item.targeting
+    for dim, rule in t.rules.items():
+        if not rule.allows_any(request_values(req, dim)):
+            return Reason.TARGETING
+    for key, rule in t.key_values.items():
+        v = req.key_values.get(key)
+        if not rule.allows(v):
+            return Reason.TARGETING
+    if t.dayparts and not any(_in_daypart(dp, env.now, c.campaign.timezone) for dp in t.dayparts):
+        return Reason.DAYPART
+    return None
+
+
+def _category_blocked(categories: Sequence[str], blocked: frozenset[str]) -> bool:
+    """IAB categories block by prefix: blocking ``IAB8`` blocks ``IAB8-5``."""
+    return any(cat in blocked or cat.split("-", 1)[0] in blocked for cat in categories)
+
+
+def policy(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
+    cr, adv = c.creative, c.advertiser
+    content_rating = req.content.rating or UNKNOWN_CONTENT_RATING
+    categories = (*adv.categories, *cr.categories)
+    kids = req.content.kids or content_rating in KIDS_RATINGS
+    if kids and any(cat in ALCOHOL_CATEGORIES for cat in categories):
+        return Reason.KIDS_CONTENT
+    if RATING_RANK.get(cr.rating, 0) > RATING_RANK.get(content_rating, 0):
+        return Reason.CONTENT_RATING
+    if env.blocked_domains and adv.domain in env.blocked_domains:
+        return Reason.BLOCKED_ADVERTISER
+    if env.blocked_categories and _category_blocked(categories, env.blocked_categories):
+        return Reason.BLOCKED_CATEGORY
+    ctv = req.device.device_type in CTV_DEVICE_TYPES
+    if ctv and cr.api_framework is not None and cr.api_framework.upper().startswith("VPAID"):
+        return Reason.VPAID_ON_CTV
+    mimes = CTV_MIMES if ctv else PLAYABLE_MIMES
+    playable = [r for r in cr.renditions if r.mime.lower() in mimes]
+    if not playable:
+        return Reason.NO_PLAYABLE_MEDIA
+    if req.require_https and not any(r.url.startswith("https://") for r in playable):
+        return Reason.INSECURE_MEDIA
+    if cr.id in env.recent_creatives:
+        return Reason.STREAM_SEPARATION
+    comp = adv.competitive_category
+    if comp is not None and comp in env.recent_competitive:
+        return Reason.STREAM_SEPARATION
+    return None
+
+
+def delivery(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
+    return env.gate.check(req, c)
+
+
+FILTERS: tuple[Filter, ...] = (eligibility, targeting, policy, delivery)
