@@ -1,0 +1,785 @@
+"""Catalog loading, validation, the demo fixture and the synthetic generator."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vastserver.catalog.gen import generate_catalog, main_gen_catalog
+from vastserver.catalog.load import (
+    CatalogError,
+    CatalogIssue,
+    decode_json,
+    load_catalog,
+    parse_catalog,
+)
+from vastserver.catalog.model import (
+    KIDS_RATINGS,
+    RATING_RANK,
+    AdRules,
+    BreakPosition,
+    BreakRule,
+    Catalog,
+    Slot,
+    Tier,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_PATH = ROOT / "fixtures" / "demo-catalog.json"
+DOCS_PATH = ROOT / "docs" / "catalog.md"
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+Doc = dict[str, Any]
+
+
+def demo_doc() -> Doc:
+    data = json.loads(DEMO_PATH.read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def errors_of(data: object) -> list[CatalogIssue]:
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(data)
+    assert info.value.errors, "CatalogError without issues"
+    return info.value.errors
+
+
+def has_issue(errors: list[CatalogIssue], path: str, fragment: str) -> bool:
+    return any(e.path == path and fragment.lower() in e.message.lower() for e in errors)
+
+
+def describe(errors: list[CatalogIssue]) -> str:
+    return "\n".join(str(e) for e in errors)
+
+
+# --------------------------------------------------------------------------- demo catalog
+
+
+@pytest.fixture(scope="module")
+def demo() -> Catalog:
+    return load_catalog(DEMO_PATH)
+
+
+def test_demo_catalog_loads(demo: Catalog) -> None:
+    assert re.fullmatch(r"demo-2026\.1\+[0-9a-f]{8}", demo.version)
+    assert 6 <= len(demo.advertisers) <= 8
+    assert len(demo.campaigns) == 8
+    assert len(demo.line_items) == 14
+    assert {li.tier for li in demo.line_items.values()} == set(Tier)
+    # Everything serves today and until the end of 2028.
+    for when in (NOW, datetime(2028, 12, 31, 12, tzinfo=UTC)):
+        for li in demo.line_items.values():
+            camp = demo.campaigns[li.campaign_id]
+            assert li.start <= when < li.end and camp.start <= when < camp.end
+            assert li.status == camp.status == "active"
+
+
+def test_demo_creatives(demo: Catalog) -> None:
+    durations = {cr.duration_ms for cr in demo.creatives.values()}
+    assert {6_000, 15_000, 20_000, 30_000, 60_000} <= durations
+    for cr in demo.creatives.values():
+        mp4 = [r for r in cr.renditions if r.mime == "video/mp4"]
+        hls = [r for r in cr.renditions if r.mime.lower() == "application/x-mpegurl"]
+        assert len(mp4) >= 3 and len(hls) == 1 and hls[0].delivery == "streaming"
+        assert all(r.delivery == "progressive" for r in mp4)
+        assert cr.mezzanine is not None
+        urls = [r.url for r in cr.renditions] + [cr.mezzanine.url, cr.click_through or ""]
+        assert all(u.startswith("https://") for u in urls)
+        assert cr.universal_ad_id and cr.click_through
+        adv = demo.advertisers[cr.advertiser_id]
+        if "IAB8-5" in adv.categories:  # beer needs mature content
+            assert cr.rating == "TV-14"
+    assert sum(len(cr.verifications) for cr in demo.creatives.values()) >= 1
+    assert any(i.program == "AdChoices" for cr in demo.creatives.values() for i in cr.icons)
+    beer = [a for a in demo.advertisers.values() if a.competitive_category == "beer"]
+    assert len(beer) == 2
+
+
+def test_demo_ad_rules(demo: Catalog) -> None:
+    default = demo.rules_for(None)
+    assert default.pre == BreakRule(30, 2)
+    assert default.mid == BreakRule(120, 4)
+    assert default.post == BreakRule(60, 2)
+    assert default.midroll_interval_s == 600
+    named = [name for name in demo.ad_rules if name != "default"]
+    assert named
+    assert demo.rules_for("no-such-placement") is default
+    kids = demo.rules_for(named[0])
+    assert kids.post == default.post  # inherited
+
+
+def test_demo_sponsorship(demo: Catalog) -> None:
+    sponsors = [li for li in demo.line_items.values() if li.tier is Tier.SPONSORSHIP]
+    assert len(sponsors) == 1
+    s = sponsors[0]
+    assert s.positions == frozenset({BreakPosition.PRE}) and s.slot is Slot.FIRST
+    assert "series" in s.targeting.rules and s.pricing_model == "flat"
+
+
+def test_demo_broad_fill_for_plain_ctv_request(demo: Catalog) -> None:
+    """A request with only device_type=ctv (content rated TV-PG by default) finds several
+    line items from different competitive categories that fit a 120 s mid-roll."""
+    fits: dict[str | None, list[str]] = {}
+    for li in demo.line_items.values():
+        if BreakPosition.MID not in li.positions or li.targeting.dayparts:
+            continue
+        t = li.targeting
+        if any(
+            not rule.allows_any(("ctv",) if dim == "device_type" else ())
+            for dim, rule in t.rules.items()
+        ):
+            continue
+        if any(not rule.allows(None) for rule in t.key_values.values()):
+            continue
+        creatives = [demo.creatives[c] for c in li.creative_ids]
+        if not any(RATING_RANK[c.rating] <= RATING_RANK["TV-PG"] for c in creatives):
+            continue
+        adv = demo.advertisers[demo.campaigns[li.campaign_id].advertiser_id]
+        fits.setdefault(adv.competitive_category, []).append(li.id)
+    assert len(fits) >= 4, fits
+
+
+def test_demo_kids_line_item_has_kids_safe_creatives(demo: Catalog) -> None:
+    for li in demo.line_items.values():
+        genre = li.targeting.rules.get("genre")
+        if genre is not None and "kids" in genre.include:
+            for cid in li.creative_ids:
+                assert demo.creatives[cid].rating in KIDS_RATINGS
+
+
+# --------------------------------------------------------------------------- immutability
+
+
+def test_catalog_is_read_only(demo: Catalog) -> None:
+    li = next(li for li in demo.line_items.values() if li.targeting.rules)
+    mappings: list[Any] = [
+        demo.advertisers,
+        demo.campaigns,
+        demo.line_items,
+        demo.creatives,
+        demo.ad_rules,
+        li.targeting.rules,
+        li.targeting.key_values,
+    ]
+    for m in mappings:
+        with pytest.raises(TypeError):
+            m["x"] = None
+    assert isinstance(demo.blocked_domains, frozenset)
+    assert isinstance(demo.blocked_categories, frozenset)
+    assert isinstance(li.creative_ids, tuple) and isinstance(li.positions, frozenset)
+    rule = next(iter(li.targeting.rules.values()))
+    assert isinstance(rule.include, frozenset) and isinstance(rule.exclude, frozenset)
+    for cr in demo.creatives.values():
+        assert isinstance(cr.renditions, tuple) and isinstance(cr.verifications, tuple)
+        assert isinstance(cr.categories, tuple) and isinstance(cr.icons, tuple)
+    with pytest.raises(AttributeError):
+        li.price = 1.0  # type: ignore[misc]
+
+
+def test_version_hash_tracks_content_not_formatting(tmp_path: Path) -> None:
+    doc = demo_doc()
+    a = parse_catalog(doc).version
+    pretty = tmp_path / "a.json"
+    pretty.write_text(json.dumps(doc, indent=4), encoding="utf-8")
+    compact = tmp_path / "b.json"
+    compact.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
+    assert load_catalog(pretty).version == load_catalog(compact).version == a
+    doc["line_items"][0]["price"] = 25001
+    b = parse_catalog(doc).version
+    assert b != a and b.split("+")[0] == a.split("+")[0]
+
+
+# --------------------------------------------------------------------------- error classes
+
+Mutation = Callable[[Doc], None]
+
+
+def _set(path: str, value: Any) -> Mutation:
+    """Set the value at a dotted path like ``line_items.0.price``."""
+
+    def apply(doc: Doc) -> None:
+        *parents, last = path.split(".")
+        node: Any = doc
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+
+    return apply
+
+
+def _del(path: str) -> Mutation:
+    def apply(doc: Doc) -> None:
+        *parents, last = path.split(".")
+        node: Any = doc
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node[p]
+        del node[last]
+
+    return apply
+
+
+def _ms(value: int) -> Mutation:
+    """Replace the first creative's ``duration`` by ``duration_ms``."""
+
+    def apply(doc: Doc) -> None:
+        doc["creatives"][0].pop("duration")
+        doc["creatives"][0]["duration_ms"] = value
+
+    return apply
+
+
+def _dup_first(collection: str) -> Mutation:
+    def apply(doc: Doc) -> None:
+        doc[collection].append(copy.deepcopy(doc[collection][0]))
+
+    return apply
+
+
+def _index_of(collection: str, ident: str) -> int:
+    return next(i for i, x in enumerate(demo_doc()[collection]) if x["id"] == ident)
+
+
+N_LI = len(demo_doc()["line_items"])
+N_CR = len(demo_doc()["creatives"])
+N_ADV = len(demo_doc()["advertisers"])
+N_CMP = len(demo_doc()["campaigns"])
+LI_CTV = _index_of("line_items", "li-northstar-winter-ctv")  # device_type targeting
+LI_PRIME = _index_of("line_items", "li-northstar-ev-prime")  # has a daypart
+LI_BLUEFIN = _index_of("line_items", "li-bluefin-5g-ctv")
+LI_HOUSE = _index_of("line_items", "li-house-promo")
+
+ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
+    # wrong / missing types
+    ("price type", _set("line_items.0.price", "10"), "$.line_items[0].price", "expected a number"),
+    ("bool is no int", _set("creatives.0.renditions.0.width", True),
+     "$.creatives[0].renditions[0].width", "expected an integer"),
+    ("missing title", _del("creatives.0.title"), "$.creatives[0].title", "missing"),
+    ("missing tier", _del("line_items.0.tier"), "$.line_items[0].tier", "missing"),
+    ("advertisers not array", _set("advertisers", {}), "$.advertisers", "expected an array"),
+    ("null not allowed", _set("campaigns.0.name", None), "$.campaigns[0].name", "got null"),
+    ("missing version", _del("version"), "$.version", "missing"),
+    ("bad version", _set("version", "demo 1+x"), "$.version", "is not"),
+    # unknown fields
+    ("unknown field", _set("line_items.0.tierr", "standard"), "$.line_items[0].tierr",
+     "did you mean 'tier'"),
+    ("unknown top-level", _set("lineitems", []), "$.lineitems", "unknown field"),
+    ("unknown dimension", _set(f"line_items.{LI_CTV}.targeting.genres", {"include": ["x"]}),
+     f"$.line_items[{LI_CTV}].targeting.genres", "did you mean 'genre'"),
+    ("comment not string", _set("campaigns.0._comment", 5), "$.campaigns[0]._comment",
+     "expected a string"),
+    # enums
+    ("tier", _set("line_items.0.tier", "premium"), "$.line_items[0].tier", "is not one of"),
+    ("rating", _set("creatives.0.rating", "R"), "$.creatives[0].rating", "is not one of"),
+    ("device type", _set(f"line_items.{LI_CTV}.targeting.device_type.include", ["ctv", "tv"]),
+     f"$.line_items[{LI_CTV}].targeting.device_type.include[1]", "is not one of"),
+    ("platform", _set(f"line_items.{LI_CTV}.targeting.platform", {"include": ["xbox"]}),
+     f"$.line_items[{LI_CTV}].targeting.platform.include[0]", "is not one of"),
+    ("targeting rating", _set(f"line_items.{LI_CTV}.targeting.rating", {"exclude": ["PG-13"]}),
+     f"$.line_items[{LI_CTV}].targeting.rating.exclude[0]", "is not one of"),
+    ("country", _set(f"line_items.{LI_CTV}.targeting.country", {"include": ["usa"]}),
+     f"$.line_items[{LI_CTV}].targeting.country.include[0]", "country code"),
+    ("status", _set("campaigns.0.status", "running"), "$.campaigns[0].status", "is not one of"),
+    ("li status", _set("line_items.0.status", "live"), "$.line_items[0].status", "is not one of"),
+    ("pacing delivery", _set(f"line_items.{LI_CTV}.pacing.delivery", "fast"),
+     f"$.line_items[{LI_CTV}].pacing.delivery", "is not one of"),
+    ("rendition delivery", _set("creatives.0.renditions.0.delivery", "download"),
+     "$.creatives[0].renditions[0].delivery", "is not one of"),
+    ("slot", _set("line_items.0.slot", "middle"), "$.line_items[0].slot", "is not one of"),
+    ("positions", _set("line_items.0.positions", ["pre", "preroll"]),
+     "$.line_items[0].positions[1]", "is not one of"),
+    ("empty positions", _set("line_items.0.positions", []), "$.line_items[0].positions",
+     "must not be empty"),
+    ("break dimension", _set(f"line_items.{LI_CTV}.targeting.break", {"include": ["middle"]}),
+     f"$.line_items[{LI_CTV}].targeting.break.include[0]", "is not one of"),
+    ("cap window", _set(f"line_items.{LI_CTV}.frequency_caps.0.window", "2x"),
+     f"$.line_items[{LI_CTV}].frequency_caps[0].window", "window like"),
+    ("cap window zero", _set(f"line_items.{LI_CTV}.frequency_caps.0.window", "0d"),
+     f"$.line_items[{LI_CTV}].frequency_caps[0].window", "window like"),
+    ("cap window word", _set(f"line_items.{LI_CTV}.frequency_caps.0.window", "forever"),
+     f"$.line_items[{LI_CTV}].frequency_caps[0].window", "window like"),
+    ("cap scope", _set(f"line_items.{LI_CTV}.frequency_caps.0.scope", "viewer"),
+     f"$.line_items[{LI_CTV}].frequency_caps[0].scope", "is not one of"),
+    ("cap max", _set(f"line_items.{LI_CTV}.frequency_caps.0.max", 0),
+     f"$.line_items[{LI_CTV}].frequency_caps[0].max", "out of range"),
+    ("pricing model", _set("line_items.0.pricing_model", "CPC"), "$.line_items[0].pricing_model",
+     "is not one of"),
+    # duplicate ids
+    ("dup advertiser", _dup_first("advertisers"), f"$.advertisers[{N_ADV}].id", "duplicate"),
+    ("dup campaign", _dup_first("campaigns"), f"$.campaigns[{N_CMP}].id", "duplicate"),
+    ("dup creative", _dup_first("creatives"), f"$.creatives[{N_CR}].id", "duplicate"),
+    ("dup line item", _dup_first("line_items"), f"$.line_items[{N_LI}].id", "duplicate"),
+    ("dup creative ref", _set("line_items.0.creative_ids", ["cr-streamly-bumper-6"] * 2),
+     "$.line_items[0].creative_ids[1]", "duplicate"),
+    # dangling references
+    ("li campaign", _set("line_items.0.campaign_id", "cmp-nope"), "$.line_items[0].campaign_id",
+     "unknown campaign"),
+    ("li creative", _set(f"line_items.{LI_BLUEFIN}.creative_ids.1", "cr-nope"),
+     f"$.line_items[{LI_BLUEFIN}].creative_ids[1]", "unknown creative"),
+    ("campaign advertiser", _set("campaigns.0.advertiser_id", "adv-nope"),
+     "$.campaigns[0].advertiser_id", "unknown advertiser"),
+    ("creative advertiser", _set("creatives.0.advertiser_id", "adv-nope"),
+     "$.creatives[0].advertiser_id", "unknown advertiser"),
+    ("foreign creative", _set(f"line_items.{LI_HOUSE}.creative_ids.1", "cr-bluefin-5g-30"),
+     f"$.line_items[{LI_HOUSE}].creative_ids[1]", "belongs to advertiser 'adv-bluefin'"),
+    # time
+    ("campaign end<start", _set("campaigns.0.end", "2025-12-31T00:00:00Z"), "$.campaigns[0].end",
+     "after start"),
+    ("li end<start",
+     lambda d: d["line_items"][0].update(start="2027-01-01T00:00:00Z", end="2026-06-01T00:00:00Z"),
+     "$.line_items[0].end", "after start"),
+    ("li end before campaign start", _set("line_items.0.end", "2025-06-01T00:00:00Z"),
+     "$.line_items[0].end", "end must be after start"),
+    ("li outside campaign", _set("line_items.0.end", "2030-01-01T00:00:00Z"),
+     "$.line_items[0].end", "ends after its campaign"),
+    ("li before campaign", _set("line_items.0.start", "2025-01-01T00:00:00Z"),
+     "$.line_items[0].start", "starts before its campaign"),
+    ("naive time", _set("campaigns.0.start", "2026-01-01T00:00:00"), "$.campaigns[0].start",
+     "utc offset"),
+    ("not a time", _set("campaigns.0.start", "next tuesday"), "$.campaigns[0].start",
+     "not an ISO 8601"),
+    ("daypart hours",
+     lambda d: d["line_items"][LI_PRIME]["targeting"]["dayparts"][0].update(
+         start_hour=22, end_hour=6),
+     f"$.line_items[{LI_PRIME}].targeting.dayparts[0].end_hour", "after start_hour"),
+    ("daypart day", _set(f"line_items.{LI_PRIME}.targeting.dayparts.0.days", [0, 7]),
+     f"$.line_items[{LI_PRIME}].targeting.dayparts[0].days[1]", "out of range"),
+    # numbers
+    ("negative price", _set("line_items.0.price", -1), "$.line_items[0].price", ">= 0"),
+    ("negative duration", _set("creatives.0.duration", -15), "$.creatives[0].duration", ">= 0.001"),
+    ("zero duration", _set("creatives.0.duration", 0), "$.creatives[0].duration", ">= 0.001"),
+    ("nan duration", _set("creatives.0.duration", float("nan")), "$.creatives[0].duration",
+     "finite"),
+    ("negative duration_ms", _ms(-5),
+     "$.creatives[0].duration_ms", "out of range"),
+    ("both durations", _set("creatives.0.duration_ms", 15000), "$.creatives[0].duration_ms",
+     "not both"),
+    ("no duration", _del("creatives.0.duration"), "$.creatives[0].duration", "missing"),
+    ("skip too late", _set("creatives.1.skip_offset", 60), "$.creatives[1].skip_offset",
+     "shorter than"),
+    ("negative budget", _set("campaigns.0.budget.impressions", -5),
+     "$.campaigns[0].budget.impressions", "out of range"),
+    ("negative width", _set("creatives.0.renditions.0.width", -640),
+     "$.creatives[0].renditions[0].width", "out of range"),
+    # creatives and URLs
+    ("no renditions", _set("creatives.0.renditions", []), "$.creatives[0].renditions",
+     "must not be empty"),
+    ("ftp url", _set("creatives.0.renditions.0.url", "ftp://cdn.example.com/a.mp4"),
+     "$.creatives[0].renditions[0].url", "http or https"),
+    ("javascript url", _set("creatives.0.click_through", "javascript:alert(1)"),
+     "$.creatives[0].click_through", "http or https"),
+    ("relative url", _set("creatives.0.mezzanine.url", "/mezz/a.mov"),
+     "$.creatives[0].mezzanine.url", "http or https"),
+    ("url with space", _set("creatives.0.renditions.1.url", "https://cdn.example.com/a b.mp4"),
+     "$.creatives[0].renditions[1].url", "whitespace"),
+    ("bad port", _set("creatives.0.renditions.1.url", "https://cdn.example.com:99999/a.mp4"),
+     "$.creatives[0].renditions[1].url", "not a valid URL"),
+    ("bad mime", _set("creatives.0.renditions.0.mime", "mp4"), "$.creatives[0].renditions[0].mime",
+     "MIME type"),
+    ("bad domain", _set("advertisers.0.domain", "https://northstar.example/"),
+     "$.advertisers[0].domain", "domain name"),
+    ("bad category", _set("advertisers.0.categories", ["IAB8-5", "beer"]),
+     "$.advertisers[0].categories[1]", "IAB category"),
+    # time zones
+    ("campaign tz", _set("campaigns.0.timezone", "America/New_Yrok"), "$.campaigns[0].timezone",
+     "did you mean 'America/New_York'"),
+    ("daypart tz", _set(f"line_items.{LI_PRIME}.targeting.dayparts.0.timezone", "Mars/Olympus"),
+     f"$.line_items[{LI_PRIME}].targeting.dayparts[0].timezone", "unknown time zone"),
+    # targeting rules
+    ("overlap", _set(f"line_items.{LI_BLUEFIN}.targeting.genre",
+                     {"include": ["kids"], "exclude": ["kids"]}),
+     f"$.line_items[{LI_BLUEFIN}].targeting.genre.exclude", "both included and excluded"),
+    ("empty rule", _set(f"line_items.{LI_BLUEFIN}.targeting.genre", {}),
+     f"$.line_items[{LI_BLUEFIN}].targeting.genre", "no values"),
+    ("rule as list", _set(f"line_items.{LI_BLUEFIN}.targeting.genre", ["kids"]),
+     f"$.line_items[{LI_BLUEFIN}].targeting.genre", "expected genre rule object"),
+    ("kv key",
+     _set(f"line_items.{LI_BLUEFIN}.targeting.key_values", {"bad key": {"include": ["x"]}}),
+     f'$.line_items[{LI_BLUEFIN}].targeting.key_values["bad key"]', "key name"),
+    ("kv value", _set(f"line_items.{LI_BLUEFIN}.targeting.key_values", {"show": {"include": [1]}}),
+     f"$.line_items[{LI_BLUEFIN}].targeting.key_values.show.include[0]", "expected a string"),
+    # ad rules and blocklist
+    ("break duration", _set("ad_rules.default.mid.duration", -30),
+     "$.ad_rules.default.mid.duration", "out of range"),
+    ("break field", _set("ad_rules.default.mid.length", 30), "$.ad_rules.default.mid.length",
+     "unknown field"),
+    ("placement name", _set("ad_rules.bad name", {}), '$.ad_rules["bad name"]', "placement name"),
+    ("blocklist category", _set("blocklist.categories", ["IAB25", "alcohol"]),
+     "$.blocklist.categories[1]", "IAB category"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "fragment"),
+    [pytest.param(m, p, f, id=name) for name, m, p, f in ERROR_CASES],
+)
+def test_error_is_reported_with_path(mutate: Mutation, path: str, fragment: str) -> None:
+    doc = demo_doc()
+    mutate(doc)
+    errors = errors_of(doc)
+    assert has_issue(errors, path, fragment), describe(errors)
+
+
+def test_all_errors_in_one_document_are_reported() -> None:
+    doc = demo_doc()
+    picks = [ERROR_CASES[i] for i in range(0, len(ERROR_CASES), 7)]
+    # Mutations touching the same node could mask each other; these are spread out.
+    applied = []
+    touched: set[str] = set()
+    for name, mutate, path, fragment in picks:
+        node = re.sub(r"\.(id|end|start|timezone)$", "", path)
+        if any(node.startswith(t) or t.startswith(node) for t in touched):
+            continue
+        touched.add(node)
+        mutate(doc)
+        applied.append((name, path, fragment))
+    assert len(applied) >= 6
+    errors = errors_of(doc)
+    for name, path, fragment in applied:
+        assert has_issue(errors, path, fragment), f"{name}:\n{describe(errors)}"
+
+
+def test_many_errors_in_one_line_item() -> None:
+    doc = demo_doc()
+    li = doc["line_items"][LI_CTV]
+    li.update(tier="gold", price=-3, slot=7, colour="red", creative_ids=["cr-nope", 5])
+    li["targeting"]["device_type"] = {"include": ["toaster"]}
+    li["frequency_caps"][0]["window"] = "3y"
+    del li["name"]
+    errors = errors_of(doc)
+    p = f"$.line_items[{LI_CTV}]"
+    expected = [
+        (f"{p}.tier", "is not one of"),
+        (f"{p}.price", ">= 0"),
+        (f"{p}.slot", "expected one of"),
+        (f"{p}.colour", "unknown field"),
+        (f"{p}.creative_ids[0]", "unknown creative"),
+        (f"{p}.creative_ids[1]", "expected a string"),
+        (f"{p}.targeting.device_type.include[0]", "is not one of"),
+        (f"{p}.frequency_caps[0].window", "window like"),
+        (f"{p}.name", "missing"),
+    ]
+    for path, fragment in expected:
+        assert has_issue(errors, path, fragment), f"{path}:\n{describe(errors)}"
+    assert len(errors) == len(expected), describe(errors)
+
+
+def test_error_message_lists_issues() -> None:
+    doc = demo_doc()
+    doc["line_items"][0]["tier"] = "premium"
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(doc, source="demo.json")
+    text = str(info.value)
+    assert text.startswith("1 error in catalog demo.json:")
+    assert "$.line_items[0].tier" in text
+
+
+def test_root_must_be_object() -> None:
+    value: object
+    for value in ([], "catalog", 3, None):
+        assert errors_of(value)[0].path == "$"
+
+
+def test_minimal_catalog_and_builtin_ad_rules() -> None:
+    cat = parse_catalog({"version": "empty"})
+    assert cat.ad_rules == {"default": AdRules()}
+    assert not cat.line_items and not cat.blocked_domains
+    cat = parse_catalog({"version": "x", "ad_rules": {"app": {"mid": {"max_ads": 6}}}})
+    assert cat.rules_for("app").mid == BreakRule(AdRules().mid.duration_s, 6)
+    assert cat.rules_for("app").pre == AdRules().pre
+
+
+def test_defaults_applied(demo: Catalog) -> None:
+    house = demo.line_items["li-house-promo"]
+    assert house.positions == frozenset(BreakPosition) and house.slot is Slot.ANY
+    assert house.currency == "USD" and house.pricing_model == "CPM"
+    assert not house.targeting.rules and not house.frequency_caps
+    camp = demo.campaigns[house.campaign_id]
+    assert (house.start, house.end) == (camp.start, camp.end)
+
+
+def test_duration_forms() -> None:
+    doc = demo_doc()
+    doc["creatives"][0]["duration"] = 14.967
+    doc["creatives"][1].pop("duration")
+    doc["creatives"][1]["duration_ms"] = 29970
+    cat = parse_catalog(doc)
+    assert cat.creatives[doc["creatives"][0]["id"]].duration_ms == 14967
+    assert cat.creatives[doc["creatives"][1]["id"]].duration_ms == 29970
+
+
+# --------------------------------------------------------------------------- files & JSON
+
+
+def test_load_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path / "missing.json")
+    assert info.value.errors[0].path == "$" and "cannot read" in info.value.errors[0].message
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": "x",\n "advertisers": [}', encoding="utf-8")
+    with pytest.raises(CatalogError) as info:
+        load_catalog(bad)
+    assert "invalid JSON" in info.value.errors[0].message and "line 2" in str(info.value)
+    assert str(bad) in str(info.value)
+
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"version": "caf\xe9"}')
+    with pytest.raises(CatalogError):
+        load_catalog(latin)
+
+
+def test_repeated_json_keys_are_reported(tmp_path: Path) -> None:
+    text = DEMO_PATH.read_text(encoding="utf-8").replace(
+        '"tier": "sponsorship",', '"tier": "sponsorship", "tier": "house",', 1
+    )
+    path = tmp_path / "dup.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(CatalogError) as info:
+        load_catalog(path)
+    assert has_issue(info.value.errors, "$.line_items[0].tier", "more than once")
+
+
+def test_docs_example_loads() -> None:
+    text = DOCS_PATH.read_text(encoding="utf-8")
+    block = text.split("## Complete example", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    cat = parse_catalog(json.loads(block))
+    assert cat.version.startswith("example-1+") and len(cat.line_items) == 1
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**20), max_value=10**20)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=20)
+    | st.sampled_from(["", "US", "ctv", "pre", "TV-14", "1d", "https://x.example/a", "IAB8-5",
+                       "2026-01-01T00:00:00Z", "UTC", "video/mp4", "standard", "adv-x"])
+)  # fmt: skip
+json_values = st.recursive(
+    json_scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+FIELD_NAMES = sorted(
+    {
+        key
+        for collection in ("advertisers", "campaigns", "line_items", "creatives")
+        for item in demo_doc()[collection]
+        for key in item
+    }
+    | {"include", "exclude", "dayparts", "key_values", "genre", "country", "duration_ms",
+       "window", "max", "scope", "days", "start_hour", "end_hour", "timezone", "_comment"}
+)  # fmt: skip
+
+
+def plausible_objects() -> st.SearchStrategy[dict[str, Any]]:
+    return st.dictionaries(st.sampled_from(FIELD_NAMES), json_values, max_size=8)
+
+
+top_level = st.fixed_dictionaries(
+    {},
+    optional={
+        "version": st.one_of(st.just("v1"), json_values),
+        "advertisers": st.lists(plausible_objects(), max_size=3) | json_values,
+        "campaigns": st.lists(plausible_objects(), max_size=3),
+        "line_items": st.lists(plausible_objects(), max_size=3),
+        "creatives": st.lists(plausible_objects(), max_size=3),
+        "ad_rules": st.dictionaries(st.sampled_from(["default", "app", "x y"]), json_values),
+        "blocklist": json_values,
+        "extra": json_values,
+    },
+)
+
+
+def _parse_or_catalog_error(data: object) -> None:
+    try:
+        cat = parse_catalog(data)
+    except CatalogError as exc:
+        assert exc.errors
+        assert all(isinstance(e, CatalogIssue) and e.path.startswith("$") for e in exc.errors)
+        str(exc)
+    else:
+        assert isinstance(cat, Catalog)
+
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FUZZ
+@given(json_values)
+def test_fuzz_arbitrary_json(data: object) -> None:
+    _parse_or_catalog_error(data)
+
+
+@FUZZ
+@given(top_level)
+def test_fuzz_catalog_shaped(data: object) -> None:
+    _parse_or_catalog_error(data)
+
+
+def _containers(node: Any, out: list[Any]) -> list[Any]:
+    if isinstance(node, dict | list):
+        out.append(node)
+        for child in node.values() if isinstance(node, dict) else node:
+            _containers(child, out)
+    return out
+
+
+DEMO = demo_doc()
+DEMO_TEXT = json.dumps(DEMO)
+DEMO_LEAVES = [
+    v
+    for c in _containers(DEMO, [])
+    for v in (c.values() if isinstance(c, dict) else c)
+    if not isinstance(v, dict | list)
+]
+
+
+@FUZZ
+@given(st.data())
+def test_fuzz_demo_mutations(data: st.DataObject) -> None:
+    doc = json.loads(DEMO_TEXT)
+    for _ in range(data.draw(st.integers(1, 4))):
+        containers = _containers(doc, [])
+        node = data.draw(st.sampled_from(containers))
+        op = data.draw(st.sampled_from(["replace", "plausible", "delete", "add", "dup"]))
+        keys: list[Any] = list(node) if isinstance(node, dict) else list(range(len(node)))
+        if op == "add" or not keys:
+            if isinstance(node, dict):
+                node[data.draw(st.sampled_from([*FIELD_NAMES, "zzz"]))] = data.draw(json_values)
+            else:
+                node.append(data.draw(json_values))
+            continue
+        key = data.draw(st.sampled_from(keys))
+        if op == "replace":
+            node[key] = data.draw(json_values)
+        elif op == "plausible":  # a value that is valid somewhere else in the catalog
+            node[key] = data.draw(st.sampled_from(DEMO_LEAVES))
+        elif op == "delete":
+            del node[key]
+        elif isinstance(node, list):
+            node.append(copy.deepcopy(node[key]))
+        else:  # a sibling's value under this key
+            node[key] = copy.deepcopy(node[data.draw(st.sampled_from(keys))])
+    _parse_or_catalog_error(doc)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_fuzz_raw_bytes(raw: bytes) -> None:
+    try:
+        data = decode_json(raw)
+    except CatalogError as exc:
+        assert exc.errors[0].path == "$"
+        return
+    _parse_or_catalog_error(data)
+
+
+def test_deeply_nested_json_is_a_catalog_error() -> None:
+    raw = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(CatalogError):
+        decode_json(raw)
+    deep: Any = "x"
+    for _ in range(2000):
+        deep = {"a": deep}
+    with pytest.raises(CatalogError):
+        parse_catalog({"version": "x", "blocklist": deep, "ad_rules": {"d": deep}})
+
+
+# --------------------------------------------------------------------------- generator
+
+
+@pytest.fixture(scope="module")
+def generated_10k() -> Doc:
+    return generate_catalog(10_000, 42, now=NOW)
+
+
+def test_generator_is_deterministic() -> None:
+    a = json.dumps(generate_catalog(300, 7, now=NOW))
+    b = json.dumps(generate_catalog(300, 7, now=NOW))
+    c = json.dumps(generate_catalog(300, 8, now=NOW))
+    assert a == b and a != c
+    naive = json.dumps(generate_catalog(300, 7, now=NOW.replace(tzinfo=None)))
+    assert naive == a
+
+
+@pytest.mark.parametrize("size", [0, 1, 10, 1000])
+def test_generated_catalog_loads(size: int) -> None:
+    doc = generate_catalog(size, 1, now=NOW)
+    cat = parse_catalog(doc)
+    assert len(cat.line_items) == size
+    if size >= 10:
+        assert cat.advertisers and cat.creatives
+        assert any(li.tier is Tier.HOUSE for li in cat.line_items.values())
+
+
+def test_generated_10k_loads(generated_10k: Doc, tmp_path: Path) -> None:
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(generated_10k), encoding="utf-8")
+    cat = load_catalog(path)
+    assert len(cat.line_items) == 10_000
+    assert 800 <= len(cat.advertisers) <= 1100
+
+
+def test_generated_catalog_is_realistic(generated_10k: Doc) -> None:
+    cat = parse_catalog(generated_10k)
+    items = list(cat.line_items.values())
+    tiers = {t: sum(li.tier is t for li in items) for t in Tier}
+    assert tiers[Tier.STANDARD] > tiers[Tier.GUARANTEED] > tiers[Tier.SPONSORSHIP] > 0
+    assert tiers[Tier.HOUSE] > 0
+    cpm = [li.price for li in items if li.tier in (Tier.STANDARD, Tier.GUARANTEED)]
+    assert min(cpm) >= 5 and max(cpm) <= 60
+    running = sum(li.start <= NOW < li.end for li in items)
+    assert running > len(items) * 0.6
+    dims = [len(li.targeting.rules) for li in items if li.tier is Tier.STANDARD]
+    assert sum(1 <= n <= 3 for n in dims) > len(dims) * 0.6
+    used = {d for li in items for d in li.targeting.rules}
+    assert {"country", "genre", "device_type", "platform", "segment", "dma", "live"} <= used
+    assert any(li.targeting.dayparts for li in items)
+    assert any(li.targeting.key_values for li in items)
+    assert any(li.frequency_caps for li in items)
+    assert any(li.pacing.delivery.value != "asap" for li in items)
+    seconds = {round(cr.duration_ms / 1000) for cr in cat.creatives.values()}
+    assert {6, 15, 20, 30, 60} <= seconds
+    comp = {a.competitive_category for a in cat.advertisers.values()}
+    assert {"auto", "beer", "fast_food", "telecom", "streaming", "insurance", "pharma",
+            "retail"} <= comp  # fmt: skip
+    for cr in list(cat.creatives.values())[:500]:
+        assert cr.mezzanine is not None and len(cr.renditions) >= 4
+        assert all(r.url.startswith("https://") for r in cr.renditions)
+        assert re.fullmatch(r"[A-Z]{4}\d{7}H", cr.universal_ad_id)
+
+
+def test_gen_catalog_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cat.json"
+    argv = ["--line-items", "50", "--seed", "3", "--now", "2026-11-25T12:00:00Z"]
+    assert main_gen_catalog([*argv, "--out", str(out)]) == 0
+    assert len(load_catalog(out).line_items) == 50
+    capsys.readouterr()
+    assert main_gen_catalog(argv) == 0
+    stdout = capsys.readouterr().out
+    assert json.loads(stdout) == json.loads(out.read_text(encoding="utf-8"))
+    assert json.loads(stdout) == generate_catalog(50, 3, now=NOW)
+    assert main_gen_catalog(["--seed", "1"]) == 2
+    assert main_gen_catalog(["--line-items", "-4", "--seed", "1"]) == 2
+    assert main_gen_catalog(["--line-items", "4", "--seed", "1", "--now", "soon"]) == 2
+    assert main_gen_catalog(["--help"]) == 0
+    assert main_gen_catalog([*argv, "--out", str(tmp_path / "no" / "dir.json")]) == 1

@@ -1,0 +1,1191 @@
+"""Load and validate a catalog JSON document into an immutable :class:`Catalog`.
+
+The format is documented in ``docs/catalog.md``. Validation is hand-written in a small
+declarative style: each JSON object kind is an :class:`Obj` listing its fields (a parser plus a
+default), object-level checks, and a ``build`` function turning the parsed fields into a model
+dataclass. Parsers never stop at the first problem: every issue is appended to a shared list
+with the JSON path where it was found, and :func:`parse_catalog` raises one
+:class:`CatalogError` carrying all of them. For any input whatsoever the loader either returns
+a :class:`Catalog` or raises :class:`CatalogError`; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+import gc
+import hashlib
+import json
+import math
+import re
+import zoneinfo
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, Generic, TypeAlias, TypeVar
+from urllib.parse import urlsplit
+
+from vastserver.catalog.model import (
+    RATINGS,
+    AdRules,
+    Advertiser,
+    BreakPosition,
+    BreakRule,
+    Budget,
+    Campaign,
+    Catalog,
+    Creative,
+    Daypart,
+    Delivery,
+    FrequencyCap,
+    Icon,
+    LineItem,
+    Mezzanine,
+    Pacing,
+    Rendition,
+    Rule,
+    Slot,
+    Targeting,
+    Tier,
+    Verification,
+)
+
+__all__ = [
+    "DEVICE_TYPES",
+    "DIMENSIONS",
+    "PLATFORMS",
+    "CatalogError",
+    "CatalogIssue",
+    "load_catalog",
+    "parse_catalog",
+]
+
+# --------------------------------------------------------------------------- vocabulary
+
+DEVICE_TYPES: tuple[str, ...] = ("ctv", "stb", "mobile", "desktop")
+PLATFORMS: tuple[str, ...] = (
+    "roku",
+    "tvos",
+    "androidtv",
+    "firetv",
+    "tizen",
+    "webos",
+    "vizio",
+    "web",
+)
+TIERS: Mapping[str, Tier] = MappingProxyType({t.name.lower(): t for t in Tier})
+STATUSES: tuple[str, ...] = ("active", "paused", "archived")
+GOALS: tuple[str, ...] = ("impressions", "spend", "completions")
+PRICING_MODELS: tuple[str, ...] = ("CPM", "flat")
+CAP_SCOPES: tuple[str, ...] = ("creative", "line_item", "campaign", "advertiser")
+RENDITION_DELIVERIES: tuple[str, ...] = ("progressive", "streaming")
+STREAMING_MIMES: frozenset[str] = frozenset(
+    {"application/x-mpegurl", "application/vnd.apple.mpegurl", "application/dash+xml"}
+)
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_HOST = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}")
+_IAB = re.compile(r"IAB[1-9][0-9]?(-[1-9][0-9]?)?")
+_SLUG = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
+_MIME = re.compile(r"[a-z]+/[A-Za-z0-9][A-Za-z0-9.+-]{0,100}")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_NO_SPACE = re.compile(r"\S{1,128}")
+_WINDOW = re.compile(r"[1-9][0-9]{0,4}[mhdw]|lifetime|pod|session")
+_ICON_X = re.compile(r"left|right|[0-9]{1,4}")
+_ICON_Y = re.compile(r"top|bottom|[0-9]{1,4}")
+_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
+_URL_FAST = re.compile(
+    r"https?://[a-z0-9](?:[a-z0-9.-]{0,252}[a-z0-9])?(?:[/?#][^\s\x00-\x1f\x7f]*)?"
+)
+_URL_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
+_PATH_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+MAX_SECONDS: Final = 3600
+"""Upper bound for creative and icon durations and offsets, in seconds."""
+MAX_MONEY: Final = 1e9
+MAX_COUNT: Final = 10**12
+
+# --------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogIssue:
+    """One problem found in a catalog document, at a JSON path such as ``$.line_items[3].tier``."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class CatalogError(Exception):
+    """A catalog document is unusable; :attr:`errors` lists every issue found."""
+
+    MAX_LISTED: Final = 25
+
+    def __init__(self, errors: list[CatalogIssue], *, source: str = "<memory>") -> None:
+        self.errors: list[CatalogIssue] = list(errors)
+        self.source = source
+        super().__init__(self._summary())
+
+    def _summary(self) -> str:
+        n = len(self.errors)
+        head = f"{n} error{'s' if n != 1 else ''} in catalog {self.source}"
+        lines = [f"  {issue}" for issue in self.errors[: self.MAX_LISTED]]
+        if n > self.MAX_LISTED:
+            lines.append(f"  ... and {n - self.MAX_LISTED} more")
+        return "\n".join([head + ":", *lines]) if lines else head
+
+
+Issues: TypeAlias = list[CatalogIssue]
+
+# --------------------------------------------------------------------------- parser kit
+
+
+class _Invalid(enum.Enum):
+    INVALID = 0
+
+
+INVALID: Final = _Invalid.INVALID
+"""Returned by a parser whose input was invalid (the reason is already in the issue list)."""
+
+T = TypeVar("T")
+Parser: TypeAlias = Callable[[object, str, Issues], T | _Invalid]
+"""``parser(value, json_path, issues)``: the parsed value, or INVALID after recording issues."""
+
+
+def _fail(errs: Issues, path: str, message: str) -> _Invalid:
+    errs.append(CatalogIssue(path, message))
+    return INVALID
+
+
+def _json_type(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list | tuple):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def _show(v: object) -> str:
+    """A short rendering of an offending value for messages."""
+    if isinstance(v, str):
+        text = json.dumps(v if len(v) <= 60 else v[:57] + "...")
+    elif v is None or isinstance(v, bool | int | float):
+        text = json.dumps(v) if not isinstance(v, int) or abs(v) < 10**30 else "<huge integer>"
+    else:
+        text = _json_type(v)
+    return text
+
+
+def _wrong_type(errs: Issues, path: str, expected: str, v: object) -> _Invalid:
+    got = _json_type(v)
+    if v is not None and isinstance(v, str | int | float):
+        got = f"{got} {_show(v)}"
+    return _fail(errs, path, f"expected {expected}, got {got}")
+
+
+def child(path: str, key: object) -> str:
+    """JSON path of ``key`` inside the object at ``path``."""
+    if isinstance(key, str) and _PATH_IDENT.fullmatch(key):
+        return f"{path}.{key}"
+    return f"{path}[{json.dumps(key) if isinstance(key, str) else repr(key)}]"
+
+
+def string(
+    pattern: re.Pattern[str] | None = None, *, what: str = "", max_len: int = 512
+) -> Parser[str]:
+    """A non-empty string, optionally matching ``pattern`` (described as ``what``)."""
+
+    def parse(v: object, path: str, errs: Issues) -> str | _Invalid:
+        if not isinstance(v, str):
+            return _wrong_type(errs, path, "a string", v)
+        if not v or v.isspace():
+            return _fail(errs, path, "must not be empty")
+        if len(v) > max_len:
+            return _fail(errs, path, f"too long ({len(v)} characters, at most {max_len})")
+        if pattern is not None and not pattern.fullmatch(v):
+            return _fail(errs, path, f"{_show(v)} is not {what or 'valid'}")
+        return v
+
+    return parse
+
+
+def enum_of(*choices: str) -> Parser[str]:
+    allowed = frozenset(choices)
+    listing = ", ".join(json.dumps(c) for c in choices)
+
+    def parse(v: object, path: str, errs: Issues) -> str | _Invalid:
+        if not isinstance(v, str):
+            return _wrong_type(errs, path, f"one of {listing}", v)
+        if v not in allowed:
+            return _fail(errs, path, f"{_show(v)} is not one of {listing}")
+        return v
+
+    return parse
+
+
+def integer(lo: int, hi: int) -> Parser[int]:
+    def parse(v: object, path: str, errs: Issues) -> int | _Invalid:
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+                v = int(v)  # 30.0 is as good as 30
+            else:
+                return _wrong_type(errs, path, "an integer", v)
+        if not lo <= v <= hi:
+            return _fail(errs, path, f"{_show(v)} is out of range [{lo}, {hi}]")
+        return v
+
+    return parse
+
+
+def number(lo: float, hi: float, *, lo_exclusive: bool = False) -> Parser[float]:
+    def parse(v: object, path: str, errs: Issues) -> float | _Invalid:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return _wrong_type(errs, path, "a number", v)
+        if isinstance(v, float) and not math.isfinite(v):
+            return _fail(errs, path, f"{v} is not a finite number")
+        if v < lo or (lo_exclusive and v == lo):
+            return _fail(errs, path, f"{_show(v)} must be {'>' if lo_exclusive else '>='} {lo:g}")
+        if v > hi:
+            return _fail(errs, path, f"{_show(v)} must be <= {hi:g}")
+        return float(v)
+
+    return parse
+
+
+def boolean(v: object, path: str, errs: Issues) -> bool | _Invalid:
+    if not isinstance(v, bool):
+        return _wrong_type(errs, path, "true or false", v)
+    return v
+
+
+def nullable(p: Parser[T]) -> Parser[T | None]:
+    def parse(v: object, path: str, errs: Issues) -> T | _Invalid | None:
+        return None if v is None else p(v, path, errs)
+
+    return parse
+
+
+def list_of(p: Parser[T], *, min_len: int = 0, unique: bool = False) -> Parser[tuple[T, ...]]:
+    def parse(v: object, path: str, errs: Issues) -> tuple[T, ...] | _Invalid:
+        if not isinstance(v, list | tuple):
+            return _wrong_type(errs, path, "an array", v)
+        n = len(errs)
+        out: list[T] = []
+        seen: set[object] = set()
+        for i, item in enumerate(v):
+            ipath = f"{path}[{i}]"
+            x = p(item, ipath, errs)
+            if x is INVALID:
+                continue
+            if unique:
+                if x in seen:
+                    _fail(errs, ipath, f"duplicate value {_show(x)}")
+                seen.add(x)
+            out.append(x)
+        if len(v) < min_len:
+            _fail(errs, path, "must not be empty" if min_len == 1 else f"needs {min_len}+ items")
+        return INVALID if len(errs) > n else tuple(out)
+
+    return parse
+
+
+def set_of(p: Parser[T], *, min_len: int = 0) -> Parser[frozenset[T]]:
+    items = list_of(p, min_len=min_len, unique=True)
+
+    def parse(v: object, path: str, errs: Issues) -> frozenset[T] | _Invalid:
+        x = items(v, path, errs)
+        return x if x is INVALID else frozenset(x)
+
+    return parse
+
+
+def map_of(key: Parser[str], value: Parser[T]) -> Parser[Mapping[str, T]]:
+    """A JSON object with free-form keys, as a read-only mapping."""
+
+    def parse(v: object, path: str, errs: Issues) -> Mapping[str, T] | _Invalid:
+        if not isinstance(v, dict):
+            return _wrong_type(errs, path, "an object", v)
+        n = len(errs)
+        _report_duplicate_keys(v, path, errs)
+        out: dict[str, T] = {}
+        for k, item in v.items():
+            kpath = child(path, k)
+            parsed_key = key(k, kpath, errs)
+            x = value(item, kpath, errs)
+            if not isinstance(parsed_key, _Invalid) and not isinstance(x, _Invalid):
+                out[parsed_key] = x
+        return INVALID if len(errs) > n else MappingProxyType(out)
+
+    return parse
+
+
+def datetime_iso(v: object, path: str, errs: Issues) -> datetime | _Invalid:
+    """ISO 8601 date-time with an explicit UTC offset, normalised to UTC."""
+    if not isinstance(v, str):
+        return _wrong_type(errs, path, "an ISO 8601 date-time string", v)
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        return _fail(errs, path, f"{_show(v)} is not an ISO 8601 date-time")
+    if dt.utcoffset() is None:
+        return _fail(errs, path, f"{_show(v)} needs a UTC offset, e.g. 'Z' or '-05:00'")
+    try:
+        return dt.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return _fail(errs, path, f"{_show(v)} is out of range")
+
+
+@cache
+def _known_timezones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
+def timezone_name(v: object, path: str, errs: Issues) -> str | _Invalid:
+    if not isinstance(v, str):
+        return _wrong_type(errs, path, "an IANA time zone name", v)
+    if v not in _known_timezones():
+        close = difflib.get_close_matches(v, sorted(_known_timezones()), n=1) if len(v) < 64 else []
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return _fail(errs, path, f"unknown time zone {_show(v)}{hint}")
+    return v
+
+
+def url(v: object, path: str, errs: Issues) -> str | _Invalid:
+    """An absolute http(s) URL with a host."""
+    if not isinstance(v, str):
+        return _wrong_type(errs, path, "an http(s) URL", v)
+    if len(v) > 4096:
+        return _fail(errs, path, "URL too long (at most 4096 characters)")
+    if _URL_FAST.fullmatch(v):
+        return v  # the common case: a plain http(s) URL with a lowercase host name
+    if _URL_BAD_CHAR.search(v):
+        return _fail(errs, path, f"URL {_show(v)} contains whitespace or control characters")
+    try:
+        parts = urlsplit(v)
+        host = parts.hostname
+        _ = parts.port  # raises ValueError on a bad port
+    except ValueError:
+        return _fail(errs, path, f"{_show(v)} is not a valid URL")
+    if parts.scheme not in ("http", "https"):
+        return _fail(errs, path, f"{_show(v)} must be an http or https URL")
+    if not host:
+        return _fail(errs, path, f"{_show(v)} has no host")
+    return v
+
+
+def _report_duplicate_keys(v: Mapping[Any, Any], path: str, errs: Issues) -> None:
+    if type(v) is _DupDict:
+        for key in v.duplicate_keys:
+            _fail(errs, child(path, key), "key appears more than once in this object")
+
+
+# ---- objects with fixed fields
+
+_REQUIRED: Final = object()
+_ABSENT: Final = object()
+"""Field default meaning: leave the field out of the parsed dict when it is not given."""
+
+
+@dataclass(frozen=True, slots=True)
+class F:
+    """A field: its parser and default (``_REQUIRED``, ``_ABSENT`` or a value)."""
+
+    parser: Parser[Any]
+    default: object = _REQUIRED
+
+
+Check: TypeAlias = Callable[[dict[str, Any], Mapping[Any, Any], str, Issues], None]
+"""Object-level check: ``(parsed_fields, raw_object, path, issues)``; sees only valid fields."""
+
+
+class Obj(Generic[T]):
+    """A JSON object with a fixed set of fields, built into ``T`` when every field is valid.
+
+    Every object may also carry a ``"_comment"`` string, which is ignored.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        fields: Mapping[str, F],
+        build: Callable[[dict[str, Any]], T],
+        checks: Sequence[Check] = (),
+    ) -> None:
+        self.what = what
+        self.fields = dict(fields)
+        self.build = build
+        self.checks = tuple(checks)
+        self._required = tuple(k for k, f in fields.items() if f.default is _REQUIRED)
+        self._defaults = {
+            k: f.default
+            for k, f in fields.items()
+            if f.default is not _REQUIRED and f.default is not _ABSENT
+        }
+
+    def fields_of(self, v: object, path: str, errs: Issues) -> dict[str, Any] | None:
+        """Parse the fields that are valid (with defaults filled in); None if not an object."""
+        if not isinstance(v, dict):
+            _wrong_type(errs, path, f"{self.what} object", v)
+            return None
+        _report_duplicate_keys(v, path, errs)
+        out = dict(self._defaults)
+        fields = self.fields
+        for key, raw in v.items():
+            f = fields.get(key)
+            if f is None:
+                self._extra(key, raw, path, errs)
+                continue
+            x = f.parser(raw, f"{path}.{key}", errs)
+            if x is INVALID:
+                out.pop(key, None)
+            else:
+                out[key] = x
+        for key in self._required:
+            if key not in v:
+                _fail(errs, f"{path}.{key}", f"required field of {self.what} is missing")
+        for check in self.checks:
+            check(out, v, path, errs)
+        return out
+
+    def _extra(self, key: object, raw: object, path: str, errs: Issues) -> None:
+        kpath = child(path, key)
+        if key == "_comment":
+            if not isinstance(raw, str):
+                _wrong_type(errs, kpath, "a string (comments are strings)", raw)
+            return
+        hint = ""
+        if isinstance(key, str) and len(key) <= 64:
+            close = difflib.get_close_matches(key, list(self.fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        _fail(errs, kpath, f"unknown field of {self.what}{hint}")
+
+    def __call__(self, v: object, path: str, errs: Issues) -> T | _Invalid:
+        n = len(errs)
+        d = self.fields_of(v, path, errs)
+        if d is None or len(errs) > n:
+            return INVALID
+        return self.build(d)
+
+
+# ---- reusable checks
+
+
+def either(a: str, b: str, *, required: bool = True) -> Check:
+    """Exactly one (or, if not ``required``, at most one) of fields ``a`` and ``b``."""
+
+    def check(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
+        if a in raw and b in raw:
+            _fail(errs, f"{path}.{b}", f"give either {a!r} or {b!r}, not both")
+        elif required and a not in raw and b not in raw:
+            _fail(errs, f"{path}.{a}", f"required field is missing (or give {b!r})")
+
+    return check
+
+
+def ordered(first: str, second: str) -> Check:
+    """``d[first] < d[second]`` when both are valid."""
+
+    def check(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
+        if first in d and second in d and not d[first] < d[second]:
+            _fail(errs, f"{path}.{second}", f"{second} must be after {first}")
+
+    return check
+
+
+def _seconds_or_ms(d: Mapping[str, Any], name: str) -> int | None:
+    """``name_ms`` if given, else ``name`` (seconds) converted to milliseconds."""
+    ms = d.get(f"{name}_ms")
+    if ms is not None:
+        return int(ms)
+    s = d.get(name)
+    return None if s is None else round(s * 1000)
+
+
+# --------------------------------------------------------------------------- the schema
+
+ID = string(_ID, what="a valid id (letters, digits, '.', '_', ':', '-'; at most 128)")
+NAME = string(max_len=256)
+HOST = string(_HOST, what="a lowercase domain name like 'brand.example'")
+IAB = string(_IAB, what="an IAB category code like 'IAB8-5'")
+MIME = string(_MIME, what="a MIME type like 'video/mp4'")
+CATEGORIES = list_of(IAB, unique=True)
+SECONDS = number(0.001, MAX_SECONDS)
+MILLIS = integer(1, MAX_SECONDS * 1000)
+OFFSET_SECONDS = number(0, MAX_SECONDS)
+OFFSET_MILLIS = integer(0, MAX_SECONDS * 1000)
+PIXELS = integer(1, 16384)
+COUNT = nullable(integer(0, MAX_COUNT))
+MONEY = nullable(number(0, MAX_MONEY))
+
+
+def _rendition(d: dict[str, Any]) -> Rendition:
+    if "delivery" not in d:
+        d["delivery"] = "streaming" if d["mime"].lower() in STREAMING_MIMES else "progressive"
+    return Rendition(**d)
+
+
+RENDITION = Obj(
+    "rendition",
+    {
+        "url": F(url),
+        "mime": F(MIME),
+        "width": F(PIXELS),
+        "height": F(PIXELS),
+        "bitrate_kbps": F(nullable(integer(1, 1_000_000)), None),
+        "codec": F(nullable(NAME), None),
+        "delivery": F(enum_of(*RENDITION_DELIVERIES), _ABSENT),
+    },
+    _rendition,
+)
+
+MEZZANINE = Obj(
+    "mezzanine",
+    {
+        "url": F(url),
+        "mime": F(MIME),
+        "width": F(PIXELS),
+        "height": F(PIXELS),
+        "codec": F(nullable(NAME), None),
+        "file_size": F(nullable(integer(0, 10**15)), None),
+    },
+    lambda d: Mezzanine(**d),
+)
+
+VERIFICATION = Obj(
+    "verification",
+    {
+        "vendor": F(NAME),
+        "js_url": F(url),
+        "api_framework": F(NAME, "omid"),
+        "parameters": F(nullable(string(max_len=8192)), None),
+    },
+    lambda d: Verification(**d),
+)
+
+
+def _icon(d: dict[str, Any]) -> Icon:
+    return Icon(
+        program=d["program"],
+        width=d["width"],
+        height=d["height"],
+        x_position=d["x_position"],
+        y_position=d["y_position"],
+        image_url=d["image_url"],
+        creative_type=d["creative_type"],
+        click_through=d["click_through"],
+        duration_ms=_seconds_or_ms(d, "duration"),
+        offset_ms=_seconds_or_ms(d, "offset"),
+    )
+
+
+ICON = Obj(
+    "icon",
+    {
+        "program": F(NAME),
+        "width": F(PIXELS),
+        "height": F(PIXELS),
+        "x_position": F(string(_ICON_X, what="'left', 'right' or a pixel offset")),
+        "y_position": F(string(_ICON_Y, what="'top', 'bottom' or a pixel offset")),
+        "image_url": F(url),
+        "creative_type": F(MIME),
+        "click_through": F(nullable(url), None),
+        "duration": F(SECONDS, _ABSENT),
+        "duration_ms": F(MILLIS, _ABSENT),
+        "offset": F(OFFSET_SECONDS, _ABSENT),
+        "offset_ms": F(OFFSET_MILLIS, _ABSENT),
+    },
+    _icon,
+    checks=[
+        either("duration", "duration_ms", required=False),
+        either("offset", "offset_ms", required=False),
+    ],
+)
+
+
+def _skip_before_end(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
+    duration, skip = _seconds_or_ms(d, "duration"), _seconds_or_ms(d, "skip_offset")
+    if duration is not None and skip is not None and skip >= duration:
+        name = "skip_offset_ms" if "skip_offset_ms" in d else "skip_offset"
+        _fail(errs, f"{path}.{name}", "skip offset must be shorter than the creative's duration")
+
+
+def _creative(d: dict[str, Any]) -> Creative:
+    duration_ms = _seconds_or_ms(d, "duration")
+    assert duration_ms is not None  # guaranteed by the either() check
+    return Creative(
+        id=d["id"],
+        advertiser_id=d["advertiser_id"],
+        title=d["title"],
+        duration_ms=duration_ms,
+        renditions=d["renditions"],
+        universal_ad_id=d["universal_ad_id"],
+        universal_ad_id_registry=d["universal_ad_id_registry"],
+        ad_id=d["ad_id"],
+        mezzanine=d["mezzanine"],
+        click_through=d["click_through"],
+        categories=d["categories"],
+        rating=d["rating"],
+        approved=d["approved"],
+        skip_offset_ms=_seconds_or_ms(d, "skip_offset"),
+        api_framework=d["api_framework"],
+        verifications=d["verifications"],
+        icons=d["icons"],
+    )
+
+
+CREATIVE = Obj(
+    "creative",
+    {
+        "id": F(ID),
+        "advertiser_id": F(ID),
+        "title": F(NAME),
+        "duration": F(SECONDS, _ABSENT),
+        "duration_ms": F(MILLIS, _ABSENT),
+        "renditions": F(list_of(RENDITION, min_len=1)),
+        "universal_ad_id": F(string(_NO_SPACE, what="an id without spaces (at most 128)")),
+        "universal_ad_id_registry": F(NAME, "ad-id.org"),
+        "ad_id": F(nullable(NAME), None),
+        "mezzanine": F(nullable(MEZZANINE), None),
+        "click_through": F(nullable(url), None),
+        "categories": F(CATEGORIES, ()),
+        "rating": F(enum_of(*RATINGS), "TV-G"),
+        "approved": F(boolean, True),
+        "skip_offset": F(OFFSET_SECONDS, _ABSENT),
+        "skip_offset_ms": F(OFFSET_MILLIS, _ABSENT),
+        "api_framework": F(nullable(NAME), None),
+        "verifications": F(list_of(VERIFICATION), ()),
+        "icons": F(list_of(ICON), ()),
+    },
+    _creative,
+    checks=[
+        either("duration", "duration_ms"),
+        either("skip_offset", "skip_offset_ms", required=False),
+        _skip_before_end,
+    ],
+)
+
+ADVERTISER = Obj(
+    "advertiser",
+    {
+        "id": F(ID),
+        "name": F(NAME),
+        "domain": F(HOST),
+        "categories": F(CATEGORIES, ()),
+        "competitive_category": F(
+            nullable(string(_SLUG, what="a lowercase slug like 'fast_food'")), None
+        ),
+    },
+    lambda d: Advertiser(**d),
+)
+
+BUDGET = Obj(
+    "budget",
+    {
+        "impressions": F(COUNT, None),
+        "spend": F(MONEY, None),
+        "daily_impressions": F(COUNT, None),
+        "daily_spend": F(MONEY, None),
+    },
+    lambda d: Budget(**d),
+)
+
+CAMPAIGN = Obj(
+    "campaign",
+    {
+        "id": F(ID),
+        "advertiser_id": F(ID),
+        "name": F(NAME),
+        "start": F(datetime_iso),
+        "end": F(datetime_iso),
+        "status": F(enum_of(*STATUSES), "active"),
+        "budget": F(BUDGET, Budget()),
+        "goal": F(enum_of(*GOALS), "impressions"),
+        "timezone": F(timezone_name, "UTC"),
+    },
+    lambda d: Campaign(**d),
+    checks=[ordered("start", "end")],
+)
+
+# ---- targeting
+
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_REGION = re.compile(r"[A-Z]{2}-[A-Z0-9]{1,3}")
+_DMA = re.compile(r"[0-9]{3}")
+_LANGUAGE = re.compile(r"[a-z]{2,3}")
+FREE_VALUE = string(max_len=256)
+
+DIMENSIONS: Mapping[str, Parser[str]] = MappingProxyType(
+    {
+        "country": string(_COUNTRY, what="an ISO 3166-1 alpha-2 country code like 'US'"),
+        "region": string(_REGION, what="an ISO 3166-2 region code like 'US-NY'"),
+        "dma": string(_DMA, what="a 3-digit Nielsen DMA code like '501'"),
+        "device_type": enum_of(*DEVICE_TYPES),
+        "platform": enum_of(*PLATFORMS),
+        "genre": FREE_VALUE,
+        "rating": enum_of(*RATINGS),
+        "live": enum_of("1", "0"),
+        "series": FREE_VALUE,
+        "channel": FREE_VALUE,
+        "content_id": FREE_VALUE,
+        "language": string(_LANGUAGE, what="an ISO 639 language code like 'en'"),
+        "segment": FREE_VALUE,
+        "break": enum_of(*(p.value for p in BreakPosition)),
+        "ifa_type": FREE_VALUE,
+    }
+)
+"""Targeting dimension name to the parser of its values."""
+
+
+def _rule_sane(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
+    include, exclude = d.get("include"), d.get("exclude")
+    if include is None or exclude is None:
+        return
+    if not include and not exclude:
+        _fail(errs, path, "rule lists no values: give 'include' and/or 'exclude' values")
+    for value in sorted(include & exclude):
+        _fail(errs, f"{path}.exclude", f"{_show(value)} is both included and excluded")
+
+
+def rule(values: Parser[str], what: str) -> Obj[Rule]:
+    return Obj(
+        what,
+        {"include": F(set_of(values), frozenset()), "exclude": F(set_of(values), frozenset())},
+        lambda d: Rule(**d),
+        checks=[_rule_sane],
+    )
+
+
+DAYPART = Obj(
+    "daypart",
+    {
+        "days": F(set_of(integer(0, 6), min_len=1), frozenset(range(7))),
+        "start_hour": F(integer(0, 23), 0),
+        "end_hour": F(integer(1, 24), 24),
+        "timezone": F(nullable(timezone_name), None),
+    },
+    lambda d: Daypart(**d),
+    checks=[ordered("start_hour", "end_hour")],
+)
+
+EMPTY_MAP: Mapping[str, Rule] = MappingProxyType({})
+
+
+def _targeting(d: dict[str, Any]) -> Targeting:
+    rules = {k: d[k] for k in DIMENSIONS if k in d}
+    return Targeting(
+        rules=MappingProxyType(rules) if rules else EMPTY_MAP,
+        dayparts=d["dayparts"],
+        key_values=d["key_values"],
+    )
+
+
+TARGETING = Obj(
+    "targeting",
+    {
+        **{dim: F(rule(values, f"{dim} rule"), _ABSENT) for dim, values in DIMENSIONS.items()},
+        "dayparts": F(list_of(DAYPART), ()),
+        "key_values": F(
+            map_of(
+                string(_KEY, what="a key name (letters, digits, '_.:-')"),
+                rule(FREE_VALUE, "key-value rule"),
+            ),
+            EMPTY_MAP,
+        ),
+    },
+    _targeting,
+)
+
+FREQUENCY_CAP = Obj(
+    "frequency cap",
+    {
+        "scope": F(enum_of(*CAP_SCOPES), "line_item"),
+        "max": F(integer(1, 1_000_000)),
+        "window": F(
+            string(
+                _WINDOW,
+                what="a window like '30m', '12h', '1d', '1w', 'lifetime', 'pod' or 'session'",
+            )
+        ),
+    },
+    lambda d: FrequencyCap(**d),
+)
+
+PACING = Obj(
+    "pacing",
+    {
+        "delivery": F(enum_of(*(m.value for m in Delivery)), "asap"),
+        "budget": F(BUDGET, Budget()),
+    },
+    lambda d: Pacing(delivery=Delivery(d["delivery"]), budget=d["budget"]),
+)
+
+
+def _line_item(d: dict[str, Any]) -> LineItem:
+    return LineItem(
+        **{k: v for k, v in d.items() if k not in ("tier", "positions", "slot")},
+        tier=TIERS[d["tier"]],
+        positions=frozenset(BreakPosition(p) for p in d["positions"]),
+        slot=Slot(d["slot"]),
+    )
+
+
+LINE_ITEM = Obj(
+    "line item",
+    {
+        "id": F(ID),
+        "campaign_id": F(ID),
+        "name": F(NAME),
+        "tier": F(enum_of(*TIERS)),
+        "creative_ids": F(list_of(ID, min_len=1, unique=True)),
+        "start": F(datetime_iso, _ABSENT),
+        "end": F(datetime_iso, _ABSENT),
+        "status": F(enum_of(*STATUSES), "active"),
+        "pricing_model": F(enum_of(*PRICING_MODELS), "CPM"),
+        "price": F(number(0, MAX_MONEY), 0.0),
+        "currency": F(string(_CURRENCY, what="an ISO 4217 currency code like 'USD'"), "USD"),
+        "targeting": F(TARGETING, Targeting()),
+        "frequency_caps": F(list_of(FREQUENCY_CAP), ()),
+        "pacing": F(PACING, Pacing()),
+        "positions": F(
+            set_of(enum_of(*(p.value for p in BreakPosition)), min_len=1),
+            frozenset(p.value for p in BreakPosition),
+        ),
+        "slot": F(enum_of(*(s.value for s in Slot)), "any"),
+    },
+    _line_item,
+    checks=[ordered("start", "end")],
+)
+
+# ---- ad rules: named placements inherit omitted fields from "default"
+
+BREAK_RULE = Obj(
+    "break rule",
+    {"duration": F(integer(0, 3600), _ABSENT), "max_ads": F(integer(0, 100), _ABSENT)},
+    lambda d: d,
+)
+
+PLACEMENT = Obj(
+    "ad rules",
+    {
+        "pre": F(BREAK_RULE, _ABSENT),
+        "mid": F(BREAK_RULE, _ABSENT),
+        "post": F(BREAK_RULE, _ABSENT),
+        "midroll_interval": F(integer(1, 86_400), _ABSENT),
+        "min_midroll_spacing": F(integer(0, 86_400), _ABSENT),
+    },
+    lambda d: d,
+)
+
+
+def _merge_rules(base: AdRules, d: Mapping[str, Any]) -> AdRules:
+    changes: dict[str, Any] = {}
+    for pos in ("pre", "mid", "post"):
+        if pos in d:
+            old: BreakRule = getattr(base, pos)
+            new = d[pos]
+            changes[pos] = BreakRule(
+                new.get("duration", old.duration_s), new.get("max_ads", old.max_ads)
+            )
+    if "midroll_interval" in d:
+        changes["midroll_interval_s"] = d["midroll_interval"]
+    if "min_midroll_spacing" in d:
+        changes["min_midroll_spacing_s"] = d["min_midroll_spacing"]
+    return replace(base, **changes)
+
+
+PLACEMENTS = map_of(string(_ID, what="a placement name (letters, digits, '._:-')"), PLACEMENT)
+
+BLOCKLIST = Obj(
+    "blocklist",
+    {"domains": F(set_of(HOST), frozenset()), "categories": F(set_of(IAB), frozenset())},
+    lambda d: d,
+)
+
+
+def _raw(v: object, path: str, errs: Issues) -> object:
+    return v
+
+
+RAW_ARRAY = list_of(_raw)
+"""An array whose items are checked later."""
+
+ROOT = Obj(
+    "catalog",
+    {
+        "version": F(
+            string(_VERSION, what="a version like 'demo-2026.1' (letters, digits, '._-')")
+        ),
+        # Collections are parsed entry by entry in _parse, to cross-check references.
+        "advertisers": F(RAW_ARRAY, ()),
+        "campaigns": F(RAW_ARRAY, ()),
+        "line_items": F(RAW_ARRAY, ()),
+        "creatives": F(RAW_ARRAY, ()),
+        "ad_rules": F(PLACEMENTS, MappingProxyType({})),
+        "blocklist": F(BLOCKLIST, {"domains": frozenset(), "categories": frozenset()}),
+    },
+    lambda d: d,
+)
+
+# --------------------------------------------------------------------------- whole catalog
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One element of a top-level collection: its path, valid fields and the raw object."""
+
+    path: str
+    fields: dict[str, Any]
+    raw: dict[Any, Any]
+
+
+def _entries(items: Sequence[object], path: str, obj: Obj[Any], errs: Issues) -> list[_Entry]:
+    out: list[_Entry] = []
+    for i, item in enumerate(items):
+        ipath = f"{path}[{i}]"
+        d = obj.fields_of(item, ipath, errs)
+        if d is not None and isinstance(item, dict):
+            out.append(_Entry(ipath, d, item))
+    return out
+
+
+def _index(entries: list[_Entry], kind: str, errs: Issues) -> dict[str, _Entry]:
+    """Entries by id, reporting duplicate ids."""
+    by_id: dict[str, _Entry] = {}
+    for e in entries:
+        ident = e.fields.get("id")
+        if ident is None:
+            continue
+        first = by_id.get(ident)
+        if first is not None:
+            _fail(errs, f"{e.path}.id", f"duplicate {kind} id {ident!r} (first at {first.path})")
+        else:
+            by_id[ident] = e
+    return by_id
+
+
+def _raw_ids(items: Sequence[object]) -> frozenset[str]:
+    """Ids as written, even of otherwise invalid entries (avoids cascades of dangling refs)."""
+    return frozenset(
+        item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)
+    )
+
+
+def _content_hash(data: object) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building the (acyclic) snapshot: large catalogs build ~40%
+    faster without the collector rescanning the growing heap."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def parse_catalog(data: object, *, source: str = "<memory>") -> Catalog:
+    """Validate a decoded catalog document (see ``docs/catalog.md``) and build the snapshot.
+
+    Raises :class:`CatalogError` listing every problem; never raises anything else.
+    """
+    errs: Issues = []
+    with _gc_paused():
+        try:
+            catalog = _parse(data, errs)
+        except RecursionError:
+            errs.append(CatalogIssue("$", "document is nested too deeply"))
+            catalog = None
+    if errs or catalog is None:
+        raise CatalogError(errs or [CatalogIssue("$", "invalid catalog")], source=source)
+    return catalog
+
+
+def _parse(data: object, errs: Issues) -> Catalog | None:
+    root = ROOT.fields_of(data, "$", errs)
+    if root is None:
+        return None
+
+    advertisers = _entries(root.get("advertisers", ()), "$.advertisers", ADVERTISER, errs)
+    campaigns = _entries(root.get("campaigns", ()), "$.campaigns", CAMPAIGN, errs)
+    creatives = _entries(root.get("creatives", ()), "$.creatives", CREATIVE, errs)
+    line_items = _entries(root.get("line_items", ()), "$.line_items", LINE_ITEM, errs)
+
+    adv_by_id = _index(advertisers, "advertiser", errs)
+    camp_by_id = _index(campaigns, "campaign", errs)
+    cre_by_id = _index(creatives, "creative", errs)
+    _index(line_items, "line item", errs)
+    known_adv = _raw_ids(root.get("advertisers", ()))
+    known_camp = _raw_ids(root.get("campaigns", ()))
+    known_cre = _raw_ids(root.get("creatives", ()))
+
+    for kind, entries in (("campaign", campaigns), ("creative", creatives)):
+        for e in entries:
+            adv = e.fields.get("advertiser_id")
+            if adv is not None and adv not in known_adv:
+                _fail(
+                    errs, f"{e.path}.advertiser_id", f"{kind} refers to unknown advertiser {adv!r}"
+                )
+
+    for e in line_items:
+        _check_line_item_refs(e, camp_by_id, known_camp, cre_by_id, known_cre, errs)
+
+    ad_rules = _ad_rules(root.get("ad_rules", MappingProxyType({})))
+    if errs:
+        return None
+
+    built_campaigns = {cid: CAMPAIGN.build(e.fields) for cid, e in camp_by_id.items()}
+    built_line_items: dict[str, LineItem] = {}
+    for e in line_items:
+        d = e.fields
+        camp = built_campaigns[d["campaign_id"]]
+        d.setdefault("start", camp.start)
+        d.setdefault("end", camp.end)
+        built_line_items[d["id"]] = LINE_ITEM.build(d)
+    blocklist = root["blocklist"]
+    return Catalog(
+        version=f"{root['version']}+{_content_hash(data)}",
+        advertisers=MappingProxyType({k: ADVERTISER.build(e.fields) for k, e in adv_by_id.items()}),
+        campaigns=MappingProxyType(built_campaigns),
+        line_items=MappingProxyType(built_line_items),
+        creatives=MappingProxyType({k: CREATIVE.build(e.fields) for k, e in cre_by_id.items()}),
+        ad_rules=ad_rules,
+        blocked_domains=blocklist["domains"],
+        blocked_categories=blocklist["categories"],
+    )
+
+
+def _check_line_item_refs(
+    e: _Entry,
+    camp_by_id: Mapping[str, _Entry],
+    known_camp: frozenset[str],
+    cre_by_id: Mapping[str, _Entry],
+    known_cre: frozenset[str],
+    errs: Issues,
+) -> None:
+    d, path = e.fields, e.path
+    camp_id = d.get("campaign_id")
+    camp = camp_by_id.get(camp_id) if camp_id is not None else None
+    if camp_id is not None and camp_id not in known_camp:
+        _fail(errs, f"{path}.campaign_id", f"line item refers to unknown campaign {camp_id!r}")
+    camp_adv = camp.fields.get("advertiser_id") if camp is not None else None
+    raw_ids = e.raw.get("creative_ids")
+    for i, cre_id in enumerate(raw_ids if isinstance(raw_ids, list | tuple) else ()):
+        cpath = f"{path}.creative_ids[{i}]"
+        if not isinstance(cre_id, str) or not _ID.fullmatch(cre_id):
+            continue  # already reported as malformed
+        if cre_id not in known_cre:
+            _fail(errs, cpath, f"line item refers to unknown creative {cre_id!r}")
+            continue
+        cre = cre_by_id.get(cre_id)
+        cre_adv = cre.fields.get("advertiser_id") if cre is not None else None
+        if camp_adv is not None and cre_adv is not None and cre_adv != camp_adv:
+            _fail(
+                errs,
+                cpath,
+                f"creative {cre_id!r} belongs to advertiser {cre_adv!r} but campaign "
+                f"{camp_id!r} belongs to advertiser {camp_adv!r}",
+            )
+    if camp is not None:
+        _check_flight(d, camp.fields, path, errs)
+
+
+def _check_flight(d: Mapping[str, Any], camp: Mapping[str, Any], path: str, errs: Issues) -> None:
+    """A line item's flight (defaulting to its campaign's) must lie within the campaign's."""
+    c_start, c_end = camp.get("start"), camp.get("end")
+    start, end = d.get("start", c_start), d.get("end", c_end)
+    if "start" in d and c_start is not None and start < c_start:
+        _fail(errs, f"{path}.start", "line item starts before its campaign")
+    if "end" in d and c_end is not None and end > c_end:
+        _fail(errs, f"{path}.end", "line item ends after its campaign")
+    own_both = "start" in d and "end" in d  # already reported by the object check
+    if not own_both and start is not None and end is not None and not start < end:
+        name = "end" if "end" in d else "start"
+        _fail(errs, f"{path}.{name}", "line item flight is empty (end must be after start)")
+
+
+def _ad_rules(placements: Mapping[str, Any]) -> Mapping[str, AdRules]:
+    default = _merge_rules(AdRules(), placements.get("default", {}))
+    out = {"default": default}
+    for name, d in placements.items():
+        if name != "default":
+            out[name] = _merge_rules(default, d)
+    return MappingProxyType(out)
+
+
+# --------------------------------------------------------------------------- files
+
+
+class _DupDict(dict[str, Any]):
+    """A decoded JSON object that had repeated keys (the last value wins, as in ``json``)."""
+
+    duplicate_keys: tuple[str, ...] = ()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) == len(pairs):
+        return d
+    dup = _DupDict(d)
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for k, _ in pairs:
+        if k in seen and k not in repeated:
+            repeated.append(k)
+        seen.add(k)
+    dup.duplicate_keys = tuple(repeated)
+    return dup
+
+
+def decode_json(raw: bytes | str, *, source: str = "<memory>") -> object:
+    """Decode JSON text, reporting syntax errors (and repeated keys, later) as CatalogError."""
+    try:
+        with _gc_paused():
+            return json.loads(raw, object_pairs_hook=_object_pairs)
+    except json.JSONDecodeError as exc:
+        issue = CatalogIssue(
+            "$", f"invalid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+        )
+    except UnicodeDecodeError as exc:
+        issue = CatalogIssue(
+            "$", f"invalid JSON: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        )
+    except RecursionError:
+        issue = CatalogIssue("$", "invalid JSON: nested too deeply")
+    except ValueError as exc:  # e.g. integers with too many digits
+        issue = CatalogIssue("$", f"invalid JSON: {exc}")
+    raise CatalogError([issue], source=source)
+
+
+def load_catalog(path: Path) -> Catalog:
+    """Read, validate and build the catalog in the JSON file at ``path``."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise CatalogError(
+            [CatalogIssue("$", f"cannot read file: {exc.strerror or exc}")], source=source
+        ) from None
+    return parse_catalog(decode_json(raw, source=source), source=source)

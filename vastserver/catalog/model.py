@@ -1,0 +1,271 @@
+"""Immutable catalog snapshot: advertisers, campaigns, line items, creatives, ad rules.
+
+Everything here is a frozen dataclass built once at load time (see ``catalog.load``). Request
+handling only reads it; a reload builds a new :class:`Catalog` and swaps the reference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum, StrEnum
+from types import MappingProxyType
+
+RATINGS: tuple[str, ...] = ("TV-Y", "TV-Y7", "TV-G", "TV-PG", "TV-14", "TV-MA")
+"""US TV parental guidelines, least to most restrictive audience."""
+
+RATING_RANK: Mapping[str, int] = MappingProxyType({r: i for i, r in enumerate(RATINGS)})
+KIDS_RATINGS: frozenset[str] = frozenset({"TV-Y", "TV-Y7", "TV-G"})
+
+
+class Tier(IntEnum):
+    """Priority tier of a line item; a higher tier always wins over price."""
+
+    HOUSE = 0
+    STANDARD = 1
+    GUARANTEED = 2
+    SPONSORSHIP = 3
+
+
+class BreakPosition(StrEnum):
+    PRE = "pre"
+    MID = "mid"
+    POST = "post"
+
+
+class Slot(StrEnum):
+    """Where in a pod a line item may play."""
+
+    ANY = "any"
+    FIRST = "first"
+    LAST = "last"
+
+
+class Delivery(StrEnum):
+    ASAP = "asap"
+    EVEN = "even"
+    FRONTLOADED = "frontloaded"
+
+
+@dataclass(frozen=True, slots=True)
+class Advertiser:
+    id: str
+    name: str
+    domain: str
+    categories: tuple[str, ...] = ()
+    """IAB ad-product taxonomy codes of what the advertiser sells (e.g. ``IAB8-5``)."""
+    competitive_category: str | None = None
+    """Two advertisers with the same competitive category never share a pod."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rendition:
+    url: str
+    mime: str
+    width: int
+    height: int
+    bitrate_kbps: int | None = None
+    codec: str | None = None
+    delivery: str = "progressive"
+    """``progressive`` or ``streaming`` (HLS/DASH)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mezzanine:
+    url: str
+    mime: str
+    width: int
+    height: int
+    codec: str | None = None
+    file_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    vendor: str
+    js_url: str
+    api_framework: str = "omid"
+    parameters: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Icon:
+    program: str
+    width: int
+    height: int
+    x_position: str
+    y_position: str
+    image_url: str
+    creative_type: str
+    click_through: str | None = None
+    duration_ms: int | None = None
+    offset_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Creative:
+    id: str
+    advertiser_id: str
+    title: str
+    duration_ms: int
+    renditions: tuple[Rendition, ...]
+    universal_ad_id: str
+    universal_ad_id_registry: str = "ad-id.org"
+    ad_id: str | None = None
+    """Advertiser-side creative id (``Creative@adId``); defaults to the universal ad id."""
+    mezzanine: Mezzanine | None = None
+    click_through: str | None = None
+    categories: tuple[str, ...] = ()
+    rating: str = "TV-G"
+    """The least restrictive content rating this creative may run in."""
+    approved: bool = True
+    skip_offset_ms: int | None = None
+    api_framework: str | None = None
+    """``VPAID`` marks interactive creatives that CTV devices cannot run."""
+    verifications: tuple[Verification, ...] = ()
+    icons: tuple[Icon, ...] = ()
+
+    @property
+    def duration_s(self) -> float:
+        return self.duration_ms / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    impressions: int | None = None
+    spend: float | None = None
+    daily_impressions: int | None = None
+    daily_spend: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    id: str
+    advertiser_id: str
+    name: str
+    start: datetime
+    end: datetime
+    status: str = "active"
+    budget: Budget = field(default_factory=Budget)
+    goal: str = "impressions"
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyCap:
+    scope: str
+    """``creative`` | ``line_item`` | ``campaign`` | ``advertiser``."""
+    max: int
+    window: str
+    """``<n>m``, ``<n>h``, ``<n>d``, ``<n>w``, ``lifetime``, ``pod`` or ``session``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    delivery: Delivery = Delivery.ASAP
+    budget: Budget = field(default_factory=Budget)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Include/exclude sets of one targeting dimension; empty include = everything."""
+
+    include: frozenset[str] = frozenset()
+    exclude: frozenset[str] = frozenset()
+
+    def allows(self, value: str | None) -> bool:
+        if value is not None and value in self.exclude:
+            return False
+        if not self.include:
+            return True
+        return value is not None and value in self.include
+
+    def allows_any(self, values: tuple[str, ...]) -> bool:
+        if self.exclude and any(v in self.exclude for v in values):
+            return False
+        if not self.include:
+            return True
+        return any(v in self.include for v in values)
+
+
+@dataclass(frozen=True, slots=True)
+class Daypart:
+    """Allowed weekdays (0 = Monday) and hours ``[start_hour, end_hour)`` in a time zone."""
+
+    days: frozenset[int] = frozenset(range(7))
+    start_hour: int = 0
+    end_hour: int = 24
+    timezone: str | None = None
+    """None: the viewer's time zone when known, else the campaign's."""
+
+
+@dataclass(frozen=True, slots=True)
+class Targeting:
+    rules: Mapping[str, Rule] = field(default_factory=lambda: MappingProxyType({}))
+    """Dimension name (``country``, ``device_type``, ``genre``...) to its rule."""
+    dayparts: tuple[Daypart, ...] = ()
+    key_values: Mapping[str, Rule] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class LineItem:
+    id: str
+    campaign_id: str
+    name: str
+    tier: Tier
+    creative_ids: tuple[str, ...]
+    start: datetime
+    end: datetime
+    status: str = "active"
+    pricing_model: str = "CPM"
+    """``CPM`` (``price`` per thousand) or ``flat`` (fixed price, sponsorships)."""
+    price: float = 0.0
+    currency: str = "USD"
+    targeting: Targeting = field(default_factory=Targeting)
+    frequency_caps: tuple[FrequencyCap, ...] = ()
+    pacing: Pacing = field(default_factory=Pacing)
+    positions: frozenset[BreakPosition] = frozenset(BreakPosition)
+    slot: Slot = Slot.ANY
+
+
+@dataclass(frozen=True, slots=True)
+class BreakRule:
+    duration_s: int
+    max_ads: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdRules:
+    """Break lengths and spacing for one placement."""
+
+    pre: BreakRule = BreakRule(30, 2)
+    mid: BreakRule = BreakRule(90, 4)
+    post: BreakRule = BreakRule(30, 2)
+    midroll_interval_s: int = 600
+    min_midroll_spacing_s: int = 300
+
+    def for_position(self, position: BreakPosition) -> BreakRule:
+        if position is BreakPosition.PRE:
+            return self.pre
+        if position is BreakPosition.MID:
+            return self.mid
+        return self.post
+
+
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    version: str
+    advertisers: Mapping[str, Advertiser]
+    campaigns: Mapping[str, Campaign]
+    line_items: Mapping[str, LineItem]
+    creatives: Mapping[str, Creative]
+    ad_rules: Mapping[str, AdRules]
+    """Placement name to its rules; ``default`` is always present."""
+    blocked_domains: frozenset[str] = frozenset()
+    blocked_categories: frozenset[str] = frozenset()
+
+    def rules_for(self, placement: str | None) -> AdRules:
+        if placement is not None and placement in self.ad_rules:
+            return self.ad_rules[placement]
+        return self.ad_rules["default"]
