@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from vastserver.app import create_app
+from vastserver.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CATALOG = ROOT / "fixtures" / "demo-catalog.json"
+FIXED_NOW = datetime(2026, 11, 25, 20, 0, 0, tzinfo=UTC)
+SECRET = "test-secret-0123456789abcdef"
+ADMIN = "admin-token-0123456789"
+PUBLIC_URL = "https://ads.example.com"
+
+
+class FakeClock:
+    def __init__(self, now: datetime = FIXED_NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def make_settings(**overrides: Any) -> Settings:
+    base: dict[str, object] = {
+        "public_url": PUBLIC_URL,
+        "secret": SECRET,
+        "admin_token": ADMIN,
+        "catalog": str(DEMO_CATALOG),
+    }
+    base.update(overrides)
+    return load_settings({}, base)
+
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, clock: FakeClock) -> ClientFactory:
+    """A real server on loopback (aiohttp's TestServer) with injected clock and seeded RNG."""
+
+    async def factory(seed: int = 1, **overrides: Any) -> TestClient[Any, Any]:
+        app = create_app(make_settings(**overrides), clock=clock, rng=random.Random(seed))
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        return client
+
+    return factory
+
+
+@pytest.fixture
+async def client(make_client: ClientFactory) -> TestClient[Any, Any]:
+    return await make_client()

@@ -1,0 +1,165 @@
+"""Everything we emit, judged by things we did not write: the IAB XSDs, vastlint, and the
+dailymotion player libraries under node. Documents are fetched over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+
+from tests.conftest import FIXED_NOW, ClientFactory
+from tests.support import conformance as c
+from vastserver.catalog.gen import generate_catalog
+
+VERSIONS = ("2.0", "3.0", "4.0", "4.1", "4.2", "4.3")
+
+# VAST 2.0 and 3.0 carry UniversalAdId and Mezzanine as IAB CTV-addendum <Extension>s. The
+# addendum (and VAST 3.0 itself) would put them in Creative/CreativeExtensions, which the only
+# 3.0 XSD we have (Google's draft) rejects; under Linear the XSD passes but vastlint errors.
+# InLine/Extensions passes the XSD with no vastlint error, leaving these warnings for 3.0:
+VAST3_ACCEPTED_LINT_WARNINGS = {
+    # vastlint wants CTV-addendum data in CreativeExtensions for VAST 3.0 (see above).
+    "VAST-2.0-ctv-extension-location": "the addendum's placement fails the 3.0 XSD",
+    # The addendum names the payload elements <UniversalAdId>/<Mezzanine>, like the VAST 4
+    # elements, which vastlint then reads as misplaced VAST 4 elements...
+    "VAST-2.0-extension-misplaced-element": "the addendum's own element names",
+    # ...and as VAST 4 structure inside a version="3.0" document.
+    "VAST-2.0-version-mismatch": "same cause: VAST 4 element names in a 3.0 document",
+}
+
+
+def _lint_allowance(version: str) -> frozenset[str]:
+    return frozenset(VAST3_ACCEPTED_LINT_WARNINGS) if version == "3.0" else frozenset()
+
+
+@pytest.fixture(scope="module")
+def big_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough advertisers and categories for 8-ad pods with competitive separation."""
+    path = tmp_path_factory.mktemp("catalog") / "catalog.json"
+    path.write_text(json.dumps(generate_catalog(400, seed=7, now=FIXED_NOW)))
+    return path
+
+
+def _ads_in(xml: bytes) -> list[etree._Element]:
+    root = etree.fromstring(xml)
+    return [e for e in root if isinstance(e.tag, str) and etree.QName(e).localname == "Ad"]
+
+
+async def _fetch(client: Any, query: str) -> bytes:
+    resp = await client.get("/vast?" + query)
+    assert resp.status == 200, (query, await resp.text())
+    return bytes(await resp.read())
+
+
+def _check_static(xml: bytes, version: str, label: str) -> None:
+    errors = c.validate_vast_xsd(xml, version)
+    assert errors == [], f"{label}: XSD\n" + "\n".join(errors)
+    lint_errors, lint_warnings = c.vastlint_report(xml)
+    assert lint_errors == [], f"{label}: vastlint errors\n" + "\n".join(lint_errors)
+    unexpected = [w for w in lint_warnings if w.split()[0] not in _lint_allowance(version)]
+    assert unexpected == [], f"{label}: vastlint warnings\n" + "\n".join(unexpected)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_pods_of_1_to_8_ads(
+    make_client: ClientFactory, big_catalog: Path, version: str
+) -> None:
+    c.require_spec()
+    client = await make_client(catalog=str(big_catalog))
+    docs: list[tuple[str, bytes, int]] = []
+    for n in range(1, 9):
+        query = f"vast={version}&pod_duration={30 * n}&max_ads={n}&required_durations=30"
+        xml = await _fetch(client, query)
+        ads = _ads_in(xml)
+        assert len(ads) == n, f"{query}: wanted a full pod of {n}, got {len(ads)}"
+        _check_static(xml, version, query)
+        docs.append((query, xml, n))
+    if not c.node_available():
+        return
+    parsed = c.node_parse_many([d[1].decode() for d in docs], "vast")
+    allowed = c.UNAVOIDABLE_CLIENT_WARNINGS[version]
+    for (query, _, n), result in zip(docs, parsed, strict=True):
+        assert result["ok"], (query, result["error"])
+        assert len(result["ads"]) == n, query
+        bad = [w for w in result["warnings"] if not w.startswith(allowed)]
+        assert bad == [], (query, bad)
+        if version != "2.0":
+            assert [int(a["sequence"]) for a in result["ads"]] == list(range(1, n + 1))
+        for ad in result["ads"]:
+            creative = ad["creatives"][0]
+            assert creative["duration"] == 30
+            assert creative["mediaFiles"] >= 1
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_demo_catalog_variants(client: Any, version: str) -> None:
+    """Plain, debug, no-fill and targeting-rich requests against the demo catalog."""
+    c.require_spec()
+    queries = [
+        f"vast={version}",
+        f"vast={version}&pod_duration=120&max_ads=4&debug=1",
+        f"vast={version}&pod_duration=2",
+        f"vast={version}&pod_duration=2&debug=1",
+        f"vast={version}&break=pre&device_type=ctv&platform=roku&rating=TV-14&genre=drama",
+        f"vast={version}&pod_duration=60&rqddurs=6,15,20&lmt=1",
+    ]
+    docs = []
+    for q in queries:
+        xml = await _fetch(client, q)
+        _check_static(xml, version, q)
+        docs.append((q, xml))
+    if not c.node_available():
+        return
+    parsed = c.node_parse_many([d[1].decode() for d in docs], "vast")
+    allowed = c.UNAVOIDABLE_CLIENT_WARNINGS[version]
+    for (q, xml), result in zip(docs, parsed, strict=True):
+        assert result["ok"], (q, result["error"])
+        assert len(result["ads"]) == len(_ads_in(xml)), q
+        bad = [w for w in result["warnings"] if not w.startswith(allowed)]
+        assert bad == [], (q, bad)
+
+
+async def test_vast3_lint_warnings_are_only_the_documented_ones(client: Any) -> None:
+    """The 3.0 warnings we accept exist (so the allowance is not stale) and are all listed."""
+    xml = await _fetch(client, "vast=3.0&pod_duration=60")
+    _, warnings = c.vastlint_report(xml)
+    assert warnings, "vastlint no longer warns on 3.0: drop VAST3_ACCEPTED_LINT_WARNINGS"
+    assert {w.split()[0] for w in warnings} <= set(VAST3_ACCEPTED_LINT_WARNINGS)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "content_duration=1800&cue_points=600,1200",
+        "content_duration=3600&midroll_interval=900&preroll_duration=15",
+        "content_duration=1200&cue_points=25%,75%&postroll=0",
+        "preroll=0&postroll=0",
+        "content_duration=1800&cue_points=600&inline=1",
+        "content_duration=1800&cue_points=600&inline=1&vast=3.0",
+        "content_duration=1800&cue_points=600&inline=1&vast=4.3&debug=1",
+        "content_duration=1800&cue_points=600,1200&inline=1&midroll_duration=1",
+    ],
+)
+async def test_vmap(client: Any, query: str) -> None:
+    c.require_spec()
+    resp = await client.get("/vmap?" + query)
+    assert resp.status == 200
+    xml = bytes(await resp.read())
+    errors = c.validate_vmap_xsd(xml)
+    assert errors == [], "\n".join(errors)
+    lint_errors, lint_warnings = c.vastlint_report(xml)
+    assert lint_errors == []
+    version = "3.0" if "vast=3.0" in query else "4.2"
+    unexpected = [w for w in lint_warnings if w.split()[0] not in _lint_allowance(version)]
+    assert unexpected == [], unexpected
+    if not c.node_available():
+        return
+    parsed = c.node_parse_vmap(xml)
+    assert parsed["ok"], parsed["error"]
+    root = etree.fromstring(xml)
+    assert len(parsed["adBreaks"]) == len(root.findall(f"{{{c.VMAP_NS}}}AdBreak"))
+    for vast in parsed["vast"]:
+        assert vast["ok"], vast["error"]

@@ -1,0 +1,328 @@
+"""The HTTP surface over real loopback HTTP: /vast, /vmap, /decide, beacons, clicks, ops."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from lxml import etree
+
+from tests.conftest import ClientFactory, FakeClock
+from vastserver.tracking import expand_macros
+
+NS = {"v": "http://www.iab.com/VAST", "vmap": "http://www.iab.net/videosuite/vmap"}
+
+
+def _secs(hms: str) -> float:
+    h, m, s = hms.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+async def _vast(client: Any, query: str = "", **kw: Any) -> etree._Element:
+    resp = await client.get("/vast?" + query, **kw)
+    assert resp.status == 200, await resp.text()
+    return etree.fromstring(await resp.read())
+
+
+def _ads(root: etree._Element) -> list[etree._Element]:
+    return root.findall("v:Ad", NS)
+
+
+async def test_health_and_ready(client: Any) -> None:
+    r = await client.get("/healthz")
+    assert r.status == 200
+    r = await client.get("/readyz")
+    body = await r.json()
+    assert r.status == 200 and body["ready"] is True
+    assert body["catalog"]["line_items"] > 0
+
+
+async def test_vast_pod_respects_break(client: Any) -> None:
+    for pod, max_ads in [(30, 2), (60, 3), (120, 4), (300, 8), (15, 1)]:
+        root = await _vast(client, f"pod_duration={pod}&max_ads={max_ads}&device_type=ctv")
+        ads = _ads(root)
+        assert root.get("version") == "4.2"
+        assert 1 <= len(ads) <= max_ads
+        assert [int(a.get("sequence")) for a in ads] == list(range(1, len(ads) + 1))
+        total = sum(_secs(d.text) for d in root.iterfind(".//v:Duration", NS))
+        assert total <= pod
+        serving_ids = [e.text for e in root.iterfind(".//v:AdServingId", NS)]
+        assert len(set(serving_ids)) == len(ads)
+
+
+async def test_vast_aliases_and_required_durations(client: Any) -> None:
+    root = await _vast(client, "poddur=60&maxseq=4&rqddurs=15,30")
+    durations = [_secs(d.text) for d in root.iterfind(".//v:Duration", NS)]
+    assert durations and all(round(d) in (15, 30) for d in durations)
+    assert sum(durations) <= 60
+
+
+async def test_vast_headers_and_cors(client: Any) -> None:
+    resp = await client.get("/vast", headers={"Origin": "https://player.example.tv"})
+    assert resp.headers["Content-Type"] == "application/xml; charset=utf-8"
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://player.example.tv"
+    assert resp.headers["Access-Control-Allow-Credentials"] == "true"
+    pre = await client.options(
+        "/vast",
+        headers={"Origin": "https://p.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert pre.status == 204
+    assert pre.headers["Access-Control-Allow-Origin"] == "https://p.example"
+
+
+async def test_no_fill_is_valid_empty_vast(client: Any) -> None:
+    root = await _vast(client, "pod_duration=2")
+    assert _ads(root) == []
+    err = root.find("v:Error", NS)
+    assert err is not None and "[ERRORCODE]" in err.text
+
+
+async def test_creative_ids_are_stable(make_client: ClientFactory) -> None:
+    a = await make_client(seed=1)
+    b = await make_client(seed=2)
+    ids_a = [
+        c.get("id") for c in (await _vast(a, "pod_duration=120")).iterfind(".//v:Creative", NS)
+    ]
+    ids_b = [
+        c.get("id") for c in (await _vast(b, "pod_duration=120")).iterfind(".//v:Creative", NS)
+    ]
+    assert ids_a and ids_a == ids_b
+    sid_a = [e.text for e in (await _vast(a, "pod_duration=120")).iterfind(".//v:AdServingId", NS)]
+    sid_b = [e.text for e in (await _vast(b, "pod_duration=120")).iterfind(".//v:AdServingId", NS)]
+    assert set(sid_a).isdisjoint(sid_b)
+
+
+BAD_INPUT = [
+    ("pod_duration=abc", "pod_duration"),
+    ("pod_duration=-5", "pod_duration"),
+    ("pod_duration=1e9", "pod_duration"),
+    ("pod_duration=nan", "pod_duration"),
+    ("poddur=inf", "poddur"),
+    ("max_ads=0", "max_ads"),
+    ("max_ads=2.5", "max_ads"),
+    ("maxseq=999", "maxseq"),
+    ("min_ad_duration=x", "min_ad_duration"),
+    ("max_ad_duration=0", "max_ad_duration"),
+    ("min_ad_duration=30&max_ad_duration=15", "min_ad_duration"),
+    ("required_durations=15,abc", "required_durations"),
+    ("rqddurs=0", "rqddurs"),
+    ("break=side", "break"),
+    ("break=7", "break"),
+    ("avail=-1", "avail"),
+    ("vast=5.0", "vast"),
+    ("vast=1.0", "vast"),
+    ("device_type=fridge", "device_type"),
+    ("platform=amiga", "platform"),
+    ("country=USA", "country"),
+    ("rating=R", "rating"),
+    ("live=maybe", "live"),
+    ("lmt=2", "lmt"),
+    ("debug=yes", "debug"),
+    ("language=english!", "language"),
+    ("device_id=" + "x" * 300, "device_id"),
+    ("genre=" + ",".join(["g"] * 40), "genre"),
+    ("session=%00bad", "session"),
+]
+
+
+@pytest.mark.parametrize(("query", "field"), BAD_INPUT)
+async def test_bad_input_is_400_naming_the_field(client: Any, query: str, field: str) -> None:
+    for path in ("/vast", "/decide"):
+        resp = await client.get(f"{path}?{query}")
+        assert resp.status == 400, (path, query)
+        body = await resp.json()
+        assert body["field"] == field and body["why"]
+
+
+BAD_VMAP = [
+    ("content_duration=abc", "content_duration"),
+    ("cue_points=10,abc", "cue_points"),
+    ("cue_points=50%", "cue_points"),
+    ("content_duration=600&cue_points=700", "cue_points"),
+    ("midroll_interval=300", "midroll_interval"),
+    ("content_duration=600&midroll_interval=5", "midroll_interval"),
+    ("preroll=yes", "preroll"),
+    ("inline=2", "inline"),
+    ("midroll_duration=-1", "midroll_duration"),
+    ("device_type=toaster", "device_type"),
+]
+
+
+@pytest.mark.parametrize(("query", "field"), BAD_VMAP)
+async def test_bad_vmap_input_is_400(client: Any, query: str, field: str) -> None:
+    resp = await client.get(f"/vmap?{query}")
+    assert resp.status == 400
+    assert (await resp.json())["field"] == field
+
+
+async def test_bad_device_ip_header_is_400(client: Any) -> None:
+    resp = await client.get("/vast", headers={"X-Device-IP": "not-an-ip"})
+    assert resp.status == 400
+    assert (await resp.json())["field"] == "X-Device-IP"
+
+
+async def test_unknown_params_ignored_and_long_query_refused(client: Any) -> None:
+    assert (await client.get("/vast?foo=bar&utm=1")).status == 200
+    assert (await client.get("/vast?x=" + "a" * 5000)).status == 414
+    assert (await client.get("/vast?x=" + "a" * 9000)).status == 400
+    many = "&".join(f"p{i}=1" for i in range(700))
+    assert (await client.get("/vast?" + many)).status == 414
+
+
+def _urls(root: etree._Element, xpath: str) -> list[str]:
+    return [(e.text or "").strip() for e in root.iterfind(xpath, NS)]
+
+
+def _local(url: str) -> str:
+    """Path and query of one of our absolute URLs, macros expanded as a player would."""
+    parts = urlsplit(expand_macros(url))
+    return f"{parts.path}?{parts.query}"
+
+
+async def test_beacons_verify_tokens(client: Any, clock: FakeClock) -> None:
+    root = await _vast(client, "pod_duration=60")
+    imp = _urls(root, ".//v:Impression")[0]
+    assert imp.startswith("https://ads.example.com/t/impression?tk=")
+    assert (await client.get(_local(imp))).status == 204
+    quartile = next(
+        e.text.strip()
+        for e in root.iterfind(".//v:Tracking", NS)
+        if e.get("event") == "firstQuartile"
+    )
+    assert (await client.get(_local(quartile))).status == 204
+    err = _urls(root, ".//v:InLine/v:Error")[0]
+    assert "ec=[ERRORCODE]" in err
+    assert (await client.get(_local(err))).status == 204
+
+    tk = parse_qs(urlsplit(imp).query)["tk"][0]
+    payload, kid, sig = tk.split(".")
+    forged = f"{payload}.{kid}.{'A' * len(sig)}"
+    assert (await client.get(f"/t/impression?tk={forged}")).status == 403
+    assert (await client.get("/t/impression?tk=garbage")).status == 400
+    assert (await client.get("/t/impression")).status == 400
+    assert (await client.get(f"/t/bogus?tk={tk}")).status == 400
+    clock.now += timedelta(hours=25)
+    assert (await client.get(f"/t/impression?tk={tk}")).status == 403
+
+    metrics = await (await client.get("/metrics")).text()
+    assert 'vastserver_beacons_total{event="impression",result="ok"} 1.0' in metrics
+    assert 'vastserver_beacons_total{event="impression",result="bad_signature"} 1.0' in metrics
+    assert 'vastserver_beacons_total{event="impression",result="expired"} 1.0' in metrics
+
+
+async def test_no_fill_error_beacon_accepted(client: Any) -> None:
+    root = await _vast(client, "pod_duration=2")
+    url = root.find("v:Error", NS).text.strip()
+    assert (await client.get(_local(url))).status == 204
+
+
+async def test_click_redirects_only_to_signed_target(client: Any) -> None:
+    root = await _vast(client, "pod_duration=120&max_ads=4")
+    clicks = _urls(root, ".//v:ClickThrough")
+    assert clicks
+    for url in clicks:
+        assert url.startswith("https://ads.example.com/c?tk=")
+        resp = await client.get(_local(url) + "&url=https://evil.example", allow_redirects=False)
+        assert resp.status == 302
+        target = resp.headers["Location"]
+        assert target.startswith("https://") and "evil" not in target
+    assert (await client.get("/c?url=https://evil.example", allow_redirects=False)).status == 400
+
+
+async def test_ssai_headers_set_device(client: Any) -> None:
+    resp = await client.get(
+        "/decide?pod_duration=30",
+        headers={"X-Device-IP": "203.0.113.9", "X-Device-User-Agent": "Roku/DVP-12.0"},
+    )
+    assert resp.status == 200
+
+
+async def test_debug_extension_explains(client: Any) -> None:
+    root = await _vast(client, "pod_duration=60&debug=1")
+    ext = root.find(".//v:Extension[@type='vastserver-debug']/v:Explanation", NS)
+    assert ext is not None
+    data = json.loads(ext.text)
+    selected = [c for c in data["candidates"] if c["selected"]]
+    assert len(selected) == len(_ads(root))
+    dropped = [c for c in data["candidates"] if not c["selected"]]
+    assert all(c["reason"] and c["stage"] for c in dropped)
+
+
+async def test_decide_json_matches_reasons(client: Any) -> None:
+    data = await (await client.get("/decide?pod_duration=30&max_ads=1")).json()
+    assert data["break"]["pod_duration_ms"] == 30000
+    assert len(data["pod"]["ads"]) <= 1
+    from vastserver.pipeline.reasons import Reason
+
+    reasons = {c["reason"] for c in data["candidates"] if c["reason"]}
+    assert reasons <= {r.value for r in Reason}
+
+
+async def test_vmap_tags(client: Any) -> None:
+    resp = await client.get("/vmap?content_duration=1800&cue_points=600,50%,00:25:00.500")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/xml; charset=utf-8"
+    root = etree.fromstring(await resp.read())
+    breaks = root.findall("vmap:AdBreak", NS)
+    offsets = [b.get("timeOffset") for b in breaks]
+    assert offsets == ["start", "00:10:00.000", "00:15:00.000", "00:25:00.500", "end"]
+    ids = [b.get("breakId") for b in breaks]
+    assert len(set(ids)) == len(ids)
+    for n, b in enumerate(breaks):
+        assert b.get("breakType") == "linear"
+        tag = b.find("vmap:AdSource/vmap:AdTagURI", NS)
+        assert tag.get("templateType") == "vast3"
+        q = parse_qs(urlsplit(tag.text.strip()).query)
+        assert q["avail"] == [str(n)] and q["session"] and q["pod_duration"]
+        assert q["break"][0] in ("pre", "mid", "post")
+        events = [t.get("event") for t in b.iterfind("vmap:TrackingEvents/vmap:Tracking", NS)]
+        assert events == ["breakStart", "breakEnd", "error"]
+
+
+async def test_vmap_interval_and_no_breaks(client: Any) -> None:
+    root = etree.fromstring(
+        await (await client.get("/vmap?content_duration=1900&midroll_interval=600")).read()
+    )
+    offsets = [b.get("timeOffset") for b in root.findall("vmap:AdBreak", NS)]
+    assert offsets == ["start", "00:10:00.000", "00:20:00.000", "00:30:00.000", "end"]
+    empty = await client.get("/vmap?preroll=0&postroll=0")
+    root = etree.fromstring(await empty.read())
+    assert root.tag == "{http://www.iab.net/videosuite/vmap}VMAP"
+    assert root.findall("vmap:AdBreak", NS) == []
+
+
+async def test_vmap_inline_separates_across_breaks(client: Any) -> None:
+    resp = await client.get("/vmap?inline=1&content_duration=1800&cue_points=600,1200")
+    root = etree.fromstring(await resp.read())
+    seen: list[str] = []
+    for b in root.findall("vmap:AdBreak", NS):
+        vast = b.find("vmap:AdSource/vmap:VASTAdData/v:VAST", NS)
+        assert vast is not None
+        seen += [c.get("id") for c in vast.iterfind(".//v:Creative", NS)]
+    assert seen and len(seen) == len(set(seen)), "a creative repeated within the stream"
+
+
+async def test_metrics_exposed(client: Any) -> None:
+    await client.get("/vast?pod_duration=60")
+    await client.get("/vast?pod_duration=abc")
+    text = await (await client.get("/metrics")).text()
+    assert 'vastserver_requests_total{endpoint="vast",outcome="2xx"} 1.0' in text
+    assert 'vastserver_requests_total{endpoint="vast",outcome="4xx"} 1.0' in text
+    assert "vastserver_request_seconds_bucket" in text
+    assert 'vastserver_pods_total{result="filled"} 1.0' in text
+    assert "vastserver_pod_seconds_requested_total 60.0" in text
+    assert "vastserver_ads_per_pod_bucket" in text
+    assert 'vastserver_rejections_total{reason="not_selected",stage="pod"}' in text
+
+
+async def test_admin_reload_requires_token(client: Any) -> None:
+    assert (await client.post("/admin/catalog/reload")).status == 401
+    bad = {"Authorization": "Bearer wrong-token-123456789"}
+    assert (await client.post("/admin/catalog/reload", headers=bad)).status == 401
+    ok = {"Authorization": "Bearer admin-token-0123456789"}
+    resp = await client.post("/admin/catalog/reload", headers=ok)
+    assert resp.status == 200 and (await resp.json())["version"]

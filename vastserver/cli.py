@@ -1,0 +1,135 @@
+"""``vastserver`` command line: ``serve``, ``gen-catalog``."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from vastserver.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("vastserver")
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("serve", help="run the ad server")
+    p.add_argument("--host", help="bind address (VASTSERVER_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (VASTSERVER_PORT, default 8080)")
+    p.add_argument("--catalog", help="catalog JSON (VASTSERVER_CATALOG, default: demo)")
+    p.add_argument("--model", help="model bundle (VASTSERVER_MODEL)")
+    p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    p.add_argument("--redis", help="redis:// URL for shared state (VASTSERVER_REDIS_URL)")
+    p.add_argument("--public-url", dest="public_url", help="VASTSERVER_PUBLIC_URL")
+
+
+def _bind(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run_worker(settings: Settings, sock: socket.socket) -> None:
+    from vastserver.app import create_app
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    app = create_app(settings)
+    # Everything loaded at start-up is long-lived: keep it out of the GC's generations.
+    gc.collect()
+    gc.freeze()
+    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
+
+
+def serve(argv: Sequence[str]) -> int:
+    ap = argparse.ArgumentParser(prog="vastserver")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    _serve_parser(sub)
+    args = ap.parse_args(["serve", *argv])
+    overrides = {k: v for k, v in vars(args).items() if k != "cmd" and v is not None}
+    try:
+        settings = load_settings(os.environ, overrides)
+    except SettingsError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    try:
+        sock = _bind(settings)
+    except OSError as e:
+        print(f"cannot listen on {settings.host}:{settings.port}: {e}", file=sys.stderr)
+        return 2
+    log.info(
+        "serving on http://%s:%d (public %s, %d worker(s))",
+        settings.host,
+        sock.getsockname()[1],
+        settings.public_url,
+        settings.workers,
+    )
+    if settings.workers == 1:
+        _run_worker(settings, sock)
+        return 0
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(target=_run_worker, args=(settings, sock), daemon=False)
+        for _ in range(settings.workers)
+    ]
+    for pr in procs:
+        pr.start()
+    sock.close()
+
+    def stop(signum: int, _frame: object) -> None:
+        for pr in procs:
+            if pr.pid is not None and pr.is_alive():
+                os.kill(pr.pid, signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, stop)
+    for pr in procs:
+        pr.join()
+    return max((pr.exitcode or 0) for pr in procs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=os.environ.get("VASTSERVER_LOG_LEVEL", "INFO"),
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: vastserver {serve,gen-catalog} ...\n\n"
+            "  serve        run the ad server (vastserver serve --help)\n"
+            "  gen-catalog  write a synthetic catalog (vastserver gen-catalog --help)"
+        )
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "serve":
+        return serve(rest)
+    if cmd == "gen-catalog":
+        from vastserver.catalog.gen import main_gen_catalog
+
+        return main_gen_catalog(rest)
+    print(f"vastserver: unknown command {cmd!r}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Machine-readable explanation of a decision, for ``debug=1`` and ``GET /decide``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vastserver.pipeline.decide import Decision
+
+
+def decision_json(d: Decision) -> dict[str, Any]:
+    b = d.request.brk
+    return {
+        "break": {
+            "position": b.position.value,
+            "pod_duration_ms": b.pod_duration_ms,
+            "max_ads": b.max_ads,
+            "min_ad_duration_ms": b.min_ad_duration_ms,
+            "max_ad_duration_ms": b.max_ad_duration_ms,
+            "required_durations_s": (
+                None if b.required_durations_s is None else sorted(b.required_durations_s)
+            ),
+            "avail": b.avail,
+        },
+        "at": d.now.isoformat(),
+        "scorer": d.scorer,
+        "filled": d.filled,
+        "pod": {
+            "value": round(d.value, 6),
+            "duration_ms": d.total_duration_ms,
+            "ads": [
+                {
+                    "slot": a.slot,
+                    "line_item_id": a.candidate.line_item.id,
+                    "creative_id": a.candidate.creative.id,
+                    "advertiser_id": a.candidate.advertiser.id,
+                    "tier": a.candidate.line_item.tier.name.lower(),
+                    "duration_ms": a.candidate.creative.duration_ms,
+                    "prediction": round(a.prediction, 6),
+                    "value": round(a.value, 6),
+                    "price_cpm": a.price_cpm,
+                }
+                for a in d.ads
+            ],
+        },
+        "candidates": [
+            {
+                "line_item_id": t.line_item_id,
+                "creative_id": t.creative_id,
+                "advertiser_id": t.advertiser_id,
+                "selected": t.reason is None,
+                "stage": None if t.stage is None else t.stage.value,
+                "reason": None if t.reason is None else t.reason.value,
+                "prediction": None if t.prediction is None else round(t.prediction, 6),
+                "value": None if t.value is None else round(t.value, 6),
+                "slot": t.slot,
+            }
+            for t in d.traces
+        ],
+    }

@@ -1,0 +1,70 @@
+"""Prometheus metrics. Each app owns its registry so several apps can live in one process."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from vastserver.pipeline.reasons import Reason
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "vastserver_requests_total",
+            "HTTP requests by endpoint and outcome",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "vastserver_request_seconds",
+            "Request latency by endpoint and outcome",
+            ["endpoint", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pods = Counter(
+            "vastserver_pods_total", "Ad pods decided, by filled or empty", ["result"], registry=r
+        )
+        self.ads_per_pod = Histogram(
+            "vastserver_ads_per_pod",
+            "Ads in each decided pod",
+            buckets=(0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20),
+            registry=r,
+        )
+        self.seconds_requested = Counter(
+            "vastserver_pod_seconds_requested_total",
+            "Break seconds asked for",
+            registry=r,
+        )
+        self.seconds_filled = Counter(
+            "vastserver_pod_seconds_filled_total", "Break seconds filled with ads", registry=r
+        )
+        self.rejections = Counter(
+            "vastserver_rejections_total",
+            "Candidates dropped, by pipeline stage and reason",
+            ["stage", "reason"],
+            registry=r,
+        )
+        self.beacons = Counter(
+            "vastserver_beacons_total",
+            "Tracking beacons by event and result",
+            ["event", "result"],
+            registry=r,
+        )
+        self.catalog_info = Gauge(
+            "vastserver_catalog_line_items",
+            "Line items in the loaded catalog snapshot",
+            ["version"],
+            registry=r,
+        )
+        self.catalog_reloads = Counter(
+            "vastserver_catalog_reloads_total", "Catalog reloads by result", ["result"], registry=r
+        )
+        for reason in Reason:
+            self.rejections.labels(reason.stage.value, reason.value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

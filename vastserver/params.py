@@ -1,0 +1,396 @@
+"""Query-string parsing for ``/vast``, ``/vmap`` and ``/decide``.
+
+Unknown parameters are ignored; a malformed known one raises :class:`ParamError` naming the
+field and why, which the HTTP layer answers with 400. Nothing here knows about aiohttp.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from vastserver.catalog.model import RATINGS, AdRules, BreakPosition
+from vastserver.pipeline.context import (
+    DEVICE_TYPES,
+    PLATFORMS,
+    VAST_VERSIONS,
+    AdRequest,
+    BreakSpec,
+    Content,
+    Device,
+)
+
+MAX_POD_S = 900
+MAX_ADS = 20
+MAX_AD_S = 600
+MAX_CONTENT_S = 7 * 24 * 3600
+MAX_LIST = 32
+MAX_TEXT = 256
+MAX_CUE_POINTS = 100
+KV_PREFIX = "kv_"
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
+_COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
+_LANG_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
+_HMS_RE = re.compile(r"^(\d{1,3}):([0-5]\d):([0-5]\d)(\.\d{1,3})?$")
+_BREAK_NAMES = {
+    "pre": BreakPosition.PRE,
+    "mid": BreakPosition.MID,
+    "post": BreakPosition.POST,
+    "1": BreakPosition.PRE,
+    "2": BreakPosition.MID,
+    "3": BreakPosition.POST,
+}
+
+
+class ParamError(ValueError):
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
+        self.why = why
+
+
+def _get(q: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    for n in names:
+        v = q.get(n)
+        if v is not None and v != "":
+            return n, v
+    return None
+
+
+def _num(q: Mapping[str, str], *names: str, lo: float, hi: float) -> float | None:
+    got = _get(q, *names)
+    if got is None:
+        return None
+    name, raw = got
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ParamError(name, f"not a number: {raw[:40]!r}") from None
+    if not math.isfinite(v) or v < lo or v > hi:
+        raise ParamError(name, f"must be between {lo:g} and {hi:g}")
+    return v
+
+
+def _int(q: Mapping[str, str], *names: str, lo: int, hi: int) -> int | None:
+    got = _get(q, *names)
+    if got is None:
+        return None
+    name, raw = got
+    if not re.fullmatch(r"-?\d{1,9}", raw):
+        raise ParamError(name, f"not an integer: {raw[:40]!r}")
+    v = int(raw)
+    if v < lo or v > hi:
+        raise ParamError(name, f"must be between {lo} and {hi}")
+    return v
+
+
+def _flag(q: Mapping[str, str], name: str, default: bool) -> bool:
+    got = _get(q, name)
+    if got is None:
+        return default
+    raw = got[1].lower()
+    if raw in ("1", "true"):
+        return True
+    if raw in ("0", "false"):
+        return False
+    raise ParamError(name, "must be 0 or 1")
+
+
+def _text(q: Mapping[str, str], name: str) -> str | None:
+    got = _get(q, name)
+    if got is None:
+        return None
+    if len(got[1]) > MAX_TEXT or any(ord(ch) < 32 for ch in got[1]):
+        raise ParamError(name, f"must be printable and at most {MAX_TEXT} characters")
+    return got[1]
+
+
+def _token(q: Mapping[str, str], name: str) -> str | None:
+    got = _get(q, name)
+    if got is None:
+        return None
+    if not _TOKEN_RE.match(got[1]):
+        raise ParamError(name, "must be 1-128 characters of letters, digits and _.:@/+-")
+    return got[1]
+
+
+def _choice(
+    q: Mapping[str, str], name: str, allowed: frozenset[str] | tuple[str, ...]
+) -> str | None:
+    got = _get(q, name)
+    if got is None:
+        return None
+    v = got[1] if name == "rating" else got[1].lower()
+    if v not in allowed:
+        raise ParamError(name, f"must be one of {', '.join(sorted(allowed))}")
+    return v
+
+
+def _list(q: Mapping[str, str], *names: str) -> tuple[str, ...]:
+    got = _get(q, *names)
+    if got is None:
+        return ()
+    name, raw = got
+    items = tuple(x.strip() for x in raw.split(",") if x.strip())
+    if len(items) > MAX_LIST:
+        raise ParamError(name, f"at most {MAX_LIST} entries")
+    for x in items:
+        if len(x) > 64 or any(ord(ch) < 32 for ch in x):
+            raise ParamError(name, "entries must be printable and at most 64 characters")
+    return items
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """The HTTP caller and, for SSAI, the device it calls for."""
+
+    caller_ip: str | None
+    caller_user_agent: str | None
+    device_ip: str | None
+    device_user_agent: str | None
+
+
+def client_info(headers: Mapping[str, str], peer: str | None) -> ClientInfo:
+    """Device IP/UA from the IAB SSAI headers when present, else X-Forwarded-For / peer."""
+
+    def ip_header(name: str, raw: str) -> str:
+        try:
+            return str(ipaddress.ip_address(raw.strip()))
+        except ValueError:
+            raise ParamError(name, "not an IP address") from None
+
+    caller_ua = headers.get("User-Agent")
+    caller_ip = peer
+    xff = headers.get("X-Forwarded-For")
+    if xff:
+        caller_ip = ip_header("X-Forwarded-For", xff.split(",")[0])
+    dev_ip = headers.get("X-Device-IP")
+    dev_ua = headers.get("X-Device-User-Agent")
+    return ClientInfo(
+        caller_ip=caller_ip,
+        caller_user_agent=caller_ua,
+        device_ip=ip_header("X-Device-IP", dev_ip) if dev_ip else caller_ip,
+        device_user_agent=dev_ua if dev_ua else caller_ua,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Targeting:
+    """Everything but the break: shared by /vast, /vmap and /decide."""
+
+    client: ClientInfo
+    device: Device
+    content: Content
+    session: str | None
+    placement: str | None
+    vast_version: str
+    debug: bool
+    blocked_categories: frozenset[str]
+    blocked_domains: frozenset[str]
+    segments: tuple[str, ...]
+    key_values: Mapping[str, str]
+
+    def request(self, brk: BreakSpec, *, require_https: bool = True) -> AdRequest:
+        return AdRequest(
+            brk=brk,
+            device=self.device,
+            content=self.content,
+            session=self.session,
+            placement=self.placement,
+            vast_version=self.vast_version,
+            debug=self.debug,
+            blocked_categories=self.blocked_categories,
+            blocked_domains=self.blocked_domains,
+            segments=self.segments,
+            key_values=self.key_values,
+            caller_ip=self.client.caller_ip,
+            caller_user_agent=self.client.caller_user_agent,
+            require_https=require_https,
+        )
+
+
+def parse_targeting(q: Mapping[str, str], client: ClientInfo) -> Targeting:
+    """Viewer, device and content parameters shared by /vast, /vmap and /decide."""
+    rating = _choice(q, "rating", RATINGS)
+    country = _text(q, "country")
+    if country is not None and not _COUNTRY_RE.match(country):
+        raise ParamError("country", "must be an ISO 3166-1 alpha-2 code")
+    language = _text(q, "language")
+    if language is not None and not _LANG_RE.match(language):
+        raise ParamError("language", "must be a language code such as en or en-US")
+    live_raw = _get(q, "live")
+    device = Device(
+        ip=client.device_ip,
+        user_agent=client.device_user_agent,
+        ifa=_token(q, "device_id"),
+        ifa_type=_token(q, "ifa_type"),
+        lmt=_flag(q, "lmt", False),
+        device_type=_choice(q, "device_type", DEVICE_TYPES),
+        platform=_choice(q, "platform", PLATFORMS),
+        country=country.upper() if country else None,
+        region=_token(q, "region"),
+        dma=_token(q, "dma"),
+        language=language.lower() if language else None,
+    )
+    content = Content(
+        id=_token(q, "content_id"),
+        genres=tuple(g.lower() for g in _list(q, "genre")),
+        rating=rating,
+        live=None if live_raw is None else _flag(q, "live", False),
+        series=_token(q, "series"),
+        channel=_token(q, "channel"),
+        kids=_flag(q, "kids", False),
+    )
+    kv = {k[len(KV_PREFIX) :]: v for k, v in q.items() if k.startswith(KV_PREFIX)}
+    if len(kv) > MAX_LIST:
+        raise ParamError("kv_*", f"at most {MAX_LIST} key-values")
+    for k, v in kv.items():
+        if len(k) > 64 or len(v) > MAX_TEXT:
+            raise ParamError(f"kv_{k[:64]}", "key or value too long")
+    version = _get(q, "vast")
+    if version is not None and version[1] not in VAST_VERSIONS:
+        raise ParamError("vast", f"must be one of {', '.join(VAST_VERSIONS)}")
+    return Targeting(
+        client=client,
+        device=device,
+        content=content,
+        session=_token(q, "session"),
+        placement=_token(q, "placement"),
+        vast_version=version[1] if version else "4.2",
+        debug=_flag(q, "debug", False),
+        blocked_categories=frozenset(_list(q, "bcat")),
+        blocked_domains=frozenset(d.lower() for d in _list(q, "badv")),
+        segments=_list(q, "segments"),
+        key_values=MappingProxyType(kv),
+    )
+
+
+def parse_break_position(q: Mapping[str, str]) -> BreakPosition:
+    got = _get(q, "break")
+    if got is None:
+        return BreakPosition.MID
+    pos = _BREAK_NAMES.get(got[1].lower())
+    if pos is None:
+        raise ParamError("break", "must be pre, mid, post or an IAB BREAKPOSITION 1-3")
+    return pos
+
+
+def parse_vast_request(
+    q: Mapping[str, str], client: ClientInfo, rules: AdRules, *, require_https: bool = True
+) -> AdRequest:
+    """Everything ``/vast`` (and ``/decide``) accepts; break defaults come from ad rules."""
+    position = parse_break_position(q)
+    default = rules.for_position(position)
+    pod_s = _num(q, "pod_duration", "poddur", lo=1, hi=MAX_POD_S)
+    max_ads = _int(q, "max_ads", "maxseq", lo=1, hi=MAX_ADS)
+    min_ad = _num(q, "min_ad_duration", lo=0, hi=MAX_AD_S)
+    max_ad = _num(q, "max_ad_duration", lo=1, hi=MAX_AD_S)
+    if min_ad is not None and max_ad is not None and min_ad > max_ad:
+        raise ParamError("min_ad_duration", "must not exceed max_ad_duration")
+    required: frozenset[int] | None = None
+    got = _get(q, "required_durations", "rqddurs")
+    if got is not None:
+        name, _ = got
+        parts = _list(q, name)
+        if not parts:
+            raise ParamError(name, "empty list")
+        try:
+            required = frozenset(int(p) for p in parts)
+        except ValueError:
+            raise ParamError(name, "must be whole seconds, comma separated") from None
+        if any(r < 1 or r > MAX_AD_S for r in required):
+            raise ParamError(name, f"each duration must be between 1 and {MAX_AD_S}")
+    avail = _int(q, "avail", lo=0, hi=10_000)
+    targeting = parse_targeting(q, client)
+    brk = BreakSpec(
+        position=position,
+        pod_duration_ms=_ms(pod_s) or default.duration_s * 1000,
+        max_ads=max_ads or default.max_ads,
+        min_ad_duration_ms=_ms(min_ad),
+        max_ad_duration_ms=_ms(max_ad),
+        required_durations_s=required,
+        avail=avail or 0,
+    )
+    return targeting.request(brk, require_https=require_https)
+
+
+def parse_offset(raw: str, field: str, content_s: float | None) -> float:
+    """A cue point: seconds, ``HH:MM:SS[.mmm]`` or a percentage of the content duration."""
+    raw = raw.strip()
+    if raw.endswith("%"):
+        if content_s is None:
+            raise ParamError(field, "a percentage needs content_duration")
+        try:
+            pct = float(raw[:-1])
+        except ValueError:
+            raise ParamError(field, f"bad percentage {raw[:20]!r}") from None
+        if not 0 <= pct <= 100:
+            raise ParamError(field, "percentages must be between 0 and 100")
+        return content_s * pct / 100
+    m = _HMS_RE.match(raw)
+    if m:
+        frac = float(m.group(4)) if m.group(4) else 0.0
+        return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3)) + frac
+    try:
+        v = float(raw)
+    except ValueError:
+        raise ParamError(
+            field, f"not seconds, HH:MM:SS.mmm or a percentage: {raw[:20]!r}"
+        ) from None
+    if not math.isfinite(v) or v < 0 or v > MAX_CONTENT_S:
+        raise ParamError(field, "offset out of range")
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class VmapQuery:
+    content_duration_s: float | None
+    cue_points_s: tuple[float, ...]
+    preroll: bool
+    postroll: bool
+    preroll_duration_s: float | None
+    midroll_duration_s: float | None
+    postroll_duration_s: float | None
+    inline: bool
+
+
+def parse_vmap_query(q: Mapping[str, str]) -> VmapQuery:
+    content_s = _num(q, "content_duration", lo=1, hi=MAX_CONTENT_S)
+    interval = _num(q, "midroll_interval", lo=30, hi=MAX_CONTENT_S)
+    cues: list[float] = []
+    got = _get(q, "cue_points")
+    if got is not None:
+        raw_points = [p for p in got[1].split(",") if p.strip()]
+        if len(raw_points) > MAX_CUE_POINTS:
+            raise ParamError("cue_points", f"at most {MAX_CUE_POINTS} cue points")
+        cues = [parse_offset(p, "cue_points", content_s) for p in raw_points]
+    elif interval is not None:
+        if content_s is None:
+            raise ParamError("midroll_interval", "needs content_duration")
+        t = interval
+        while t < content_s and len(cues) < MAX_CUE_POINTS:
+            cues.append(t)
+            t += interval
+    if content_s is not None:
+        for c in cues:
+            if c >= content_s:
+                raise ParamError("cue_points", "every cue point must be before content_duration")
+    return VmapQuery(
+        content_duration_s=content_s,
+        cue_points_s=tuple(sorted({c for c in cues if c > 0})),
+        preroll=_flag(q, "preroll", True),
+        postroll=_flag(q, "postroll", True),
+        preroll_duration_s=_num(q, "preroll_duration", lo=1, hi=MAX_POD_S),
+        midroll_duration_s=_num(q, "midroll_duration", lo=1, hi=MAX_POD_S),
+        postroll_duration_s=_num(q, "postroll_duration", lo=1, hi=MAX_POD_S),
+        inline=_flag(q, "inline", False),
+    )

@@ -1,0 +1,461 @@
+"""The one place that emits XML: fully resolved view models printed by Jinja2 templates.
+
+Python decides everything here (which elements a VAST version allows, every URL, every
+formatted number); the templates in ``templates/`` only loop and print. The environment uses
+autoescape and ``StrictUndefined`` and compiles every template at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from markupsafe import Markup
+
+from vastserver import __version__
+from vastserver.catalog.model import Creative
+from vastserver.pipeline.decide import Decision, PlacedAd
+from vastserver.pipeline.schedule import PlannedBreak, hms
+from vastserver.tracking import AdToken, Keyring, TrackingUrls, new_ad_serving_id, sign, viewer_hash
+
+AD_SYSTEM = "vastserver"
+CATEGORY_AUTHORITY = "https://iabtechlab.com"
+UNIVERSAL_AD_ID_EXTENSION = "UniversalAdId"
+MEZZANINE_EXTENSION = "Mezzanine"
+DEBUG_EXTENSION = "vastserver-debug"
+
+# Linear tracking events each version's XSD allows (``skip`` only with a skipoffset).
+_BASE_EVENTS = ("start", "firstQuartile", "midpoint", "thirdQuartile", "complete")
+_PLAYER_EVENTS_V2 = ("pause", "resume", "mute", "unmute", "rewind", "fullscreen", "close")
+LINEAR_EVENTS_BY_VERSION: Mapping[str, tuple[str, ...]] = {
+    "2.0": ("creativeView", *_BASE_EVENTS, *_PLAYER_EVENTS_V2),
+    "3.0": (
+        "creativeView",
+        *_BASE_EVENTS,
+        "pause",
+        "resume",
+        "mute",
+        "unmute",
+        "rewind",
+        "fullscreen",
+        "exitFullscreen",
+        "closeLinear",
+    ),
+    "4.0": (
+        *_BASE_EVENTS,
+        "pause",
+        "resume",
+        "mute",
+        "unmute",
+        "rewind",
+        "playerExpand",
+        "playerCollapse",
+    ),
+    "4.1": (
+        "loaded",
+        *_BASE_EVENTS,
+        "pause",
+        "resume",
+        "mute",
+        "unmute",
+        "rewind",
+        "playerExpand",
+        "playerCollapse",
+        "closeLinear",
+    ),
+}
+LINEAR_EVENTS_BY_VERSION = {
+    **LINEAR_EVENTS_BY_VERSION,
+    "4.2": LINEAR_EVENTS_BY_VERSION["4.1"],
+    "4.3": LINEAR_EVENTS_BY_VERSION["4.1"],
+}
+
+
+def _cdata(url: str) -> Markup:
+    """URLs go out in CDATA (they hold ``&`` and macros); ``]]>`` cannot occur in our URLs,
+    but split it defensively so no input can end the section."""
+    return Markup("<![CDATA[" + url.replace("]]>", "]]]]><![CDATA[>") + "]]>")
+
+
+def duration(ms: int) -> str:
+    return hms(ms / 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class TrackingVM:
+    event: str
+    url: Markup
+    offset: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaFileVM:
+    id: str
+    delivery: str
+    type: str
+    width: int
+    height: int
+    bitrate: int | None
+    codec: str | None
+    url: Markup
+
+
+@dataclass(frozen=True, slots=True)
+class MezzanineVM:
+    url: Markup
+    delivery: str
+    type: str
+    width: int
+    height: int
+    codec: str | None
+    file_size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class VerificationVM:
+    vendor: str
+    api_framework: str
+    js_url: Markup
+    parameters: Markup | None
+
+
+@dataclass(frozen=True, slots=True)
+class IconVM:
+    program: str
+    width: int
+    height: int
+    x_position: str
+    y_position: str
+    duration: str | None
+    offset: str | None
+    creative_type: str
+    image_url: Markup
+    click_through: Markup | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdVM:
+    id: str
+    sequence: int
+    ad_serving_id: str
+    title: str
+    advertiser: str
+    categories: tuple[str, ...]
+    price: str
+    currency: str
+    impression_url: Markup
+    error_url: Markup
+    creative_id: str
+    creative_ad_id: str
+    universal_ad_id: str
+    universal_ad_id_registry: str
+    duration: str
+    skipoffset: str | None
+    tracking: tuple[TrackingVM, ...]
+    click_through: Markup | None
+    media_files: tuple[MediaFileVM, ...]
+    mezzanine: MezzanineVM | None
+    verifications: tuple[VerificationVM, ...]
+    icons: tuple[IconVM, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class VastVM:
+    version: str
+    v4: bool
+    """VAST 4.x: namespace, AdServingId, Category, UniversalAdId elements."""
+    v41: bool
+    """4.1+: Mezzanine attributes, ``adType``."""
+    v3: bool
+    """3.0: Pricing/Advertiser elements."""
+    sequenced: bool
+    """``Ad@sequence`` exists from VAST 3.0 on; a 2.0 "pod" is a list of stand-alone ads."""
+    ad_system_version: str
+    ads: tuple[AdVM, ...]
+    error_url: Markup | None
+    debug_json: Markup | None
+    """The explanation as CDATA, carried by the first ad's ``<Extension>``."""
+    debug_comment: Markup | None
+    """The explanation of a no-fill: VAST has no extension point outside ``<Ad>``, so it
+    travels as an XML comment (``--`` escaped inside JSON strings)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VmapBreakVM:
+    break_id: str
+    time_offset: str
+    ad_source_id: int
+    tag_url: Markup | None
+    vast: Markup | None
+    break_start: Markup
+    break_end: Markup
+    error: Markup
+
+
+class Renderer:
+    def __init__(
+        self,
+        template_dir: Path,
+        *,
+        urls: TrackingUrls,
+        keyring: Keyring,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(template_dir)),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=False,
+        )
+        self.vast_template = self.env.get_template("vast.xml.j2")
+        self.vmap_template = self.env.get_template("vmap.xml.j2")
+        self.urls = urls
+        self.keyring = keyring
+        self.clock = clock
+
+    # ------------------------------------------------------------------ VAST
+
+    def vast(
+        self,
+        decision: Decision,
+        *,
+        rng: random.Random,
+        debug: Mapping[str, Any] | None = None,
+        declaration: bool = True,
+    ) -> str:
+        vm = self.vast_vm(decision, rng=rng, debug=debug)
+        return self.vast_template.render(vm=vm, declaration=declaration)
+
+    def vast_vm(
+        self,
+        decision: Decision,
+        *,
+        rng: random.Random,
+        debug: Mapping[str, Any] | None = None,
+    ) -> VastVM:
+        version = decision.request.vast_version
+        ads = tuple(self._ad_vm(decision, ad, rng) for ad in decision.ads)
+        v4 = version.startswith("4")
+        error_url = None
+        if not ads and v4:
+            # The 2.0 and 3.0 XSDs have no root <Error>; an empty <VAST/> is their no-fill.
+            error_url = _cdata(self.urls.no_ad_error("no_fill"))
+        debug_json = debug_comment = None
+        if debug is not None:
+            text = json.dumps(debug, separators=(",", ":"), sort_keys=True)
+            if ads:
+                debug_json = _cdata(text)
+            else:
+                safe = text.replace("--", "-\\u002d")
+                debug_comment = Markup(f"<!-- {DEBUG_EXTENSION} {safe} -->")
+        return VastVM(
+            version=version,
+            v4=v4,
+            v41=v4 and version != "4.0",
+            v3=version == "3.0",
+            sequenced=version != "2.0",
+            ad_system_version=__version__,
+            ads=ads,
+            error_url=error_url,
+            debug_json=debug_json,
+            debug_comment=debug_comment,
+        )
+
+    def _ad_vm(self, decision: Decision, ad: PlacedAd, rng: random.Random) -> AdVM:
+        req = decision.request
+        c = ad.candidate
+        cr = c.creative
+        ad_serving_id = new_ad_serving_id(rng)
+        base = AdToken(
+            ad_serving_id=ad_serving_id,
+            line_item_id=c.line_item.id,
+            creative_id=cr.id,
+            campaign_id=c.campaign.id,
+            advertiser_id=c.advertiser.id,
+            viewer_hash=viewer_hash(req.viewer_key(), self.keyring),
+            price_micros=round(ad.price_cpm * 1_000_000),
+            served_at=int(decision.now.timestamp()),
+            pod_position=ad.slot,
+            session=req.session or "",
+            click_url="",
+            lmt=req.device.lmt,
+        )
+        # Beacons do not need the click-through; only the /c token carries it, which keeps
+        # the ~16 tracking URLs of every ad short.
+        token = sign(base, self.keyring)
+        click_token = (
+            sign(replace(base, click_url=cr.click_through), self.keyring)
+            if cr.click_through
+            else None
+        )
+        version = req.vast_version
+        events = list(LINEAR_EVENTS_BY_VERSION[version])
+        if cr.skip_offset_ms is not None and version != "2.0":
+            events.append("skip")
+        tracking = tuple(TrackingVM(e, _cdata(self.urls.event(e, token))) for e in events)
+        return AdVM(
+            id=f"{c.line_item.id}-{cr.id}",
+            sequence=ad.slot,
+            ad_serving_id=ad_serving_id,
+            title=cr.title,
+            advertiser=c.advertiser.domain,
+            categories=c.advertiser.categories or cr.categories,
+            price=f"{ad.price_cpm:.2f}",
+            currency=c.line_item.currency,
+            impression_url=_cdata(self.urls.impression(token)),
+            error_url=_cdata(self.urls.error(token)),
+            creative_id=cr.id,
+            creative_ad_id=cr.ad_id or cr.universal_ad_id,
+            universal_ad_id=cr.universal_ad_id,
+            universal_ad_id_registry=cr.universal_ad_id_registry,
+            duration=duration(cr.duration_ms),
+            skipoffset=None
+            if cr.skip_offset_ms is None or version == "2.0"
+            else duration(cr.skip_offset_ms),
+            tracking=tracking,
+            click_through=None if click_token is None else _cdata(self.urls.click(click_token)),
+            media_files=_media_files(cr),
+            mezzanine=_mezzanine(cr),
+            verifications=tuple(
+                VerificationVM(
+                    v.vendor,
+                    v.api_framework,
+                    _cdata(v.js_url),
+                    None if v.parameters is None else _cdata(v.parameters),
+                )
+                for v in cr.verifications
+            ),
+            icons=tuple(
+                IconVM(
+                    program=i.program,
+                    width=i.width,
+                    height=i.height,
+                    x_position=i.x_position,
+                    y_position=i.y_position,
+                    duration=None if i.duration_ms is None else duration(i.duration_ms),
+                    offset=None if i.offset_ms is None else duration(i.offset_ms),
+                    creative_type=i.creative_type,
+                    image_url=_cdata(i.image_url),
+                    click_through=None if i.click_through is None else _cdata(i.click_through),
+                )
+                for i in cr.icons
+            ),
+        )
+
+    # ------------------------------------------------------------------ VMAP
+
+    def vmap_tags(
+        self, breaks: Sequence[PlannedBreak], query: Mapping[str, str], *, session: str
+    ) -> str:
+        """Each break points back at ``/vast`` with its own break parameters filled in."""
+        carried = {k: v for k, v in query.items() if k not in _VMAP_ONLY and k not in _BREAK_PARAMS}
+        out: list[VmapBreakVM] = []
+        for n, b in enumerate(breaks, start=1):
+            params = {
+                **carried,
+                "break": b.position.value,
+                "avail": str(b.avail),
+                "session": session,
+                "pod_duration": _num(b.duration_s),
+                "max_ads": str(b.max_ads),
+            }
+            url = f"{self.urls.public_url}/vast?{urlencode(params)}"
+            out.append(self._break_vm(b, n, session, tag_url=_cdata(url), vast=None))
+        return self.vmap_template.render(breaks=out)
+
+    def vmap_inline(
+        self,
+        breaks: Sequence[PlannedBreak],
+        decisions: Sequence[Decision],
+        *,
+        session: str,
+        rng: random.Random,
+    ) -> str:
+        out: list[VmapBreakVM] = []
+        for n, (b, d) in enumerate(zip(breaks, decisions, strict=True), start=1):
+            doc = Markup(self.vast(d, rng=rng, declaration=False))
+            out.append(self._break_vm(b, n, session, tag_url=None, vast=doc))
+        return self.vmap_template.render(breaks=out)
+
+    def _break_vm(
+        self,
+        b: PlannedBreak,
+        n: int,
+        session: str,
+        *,
+        tag_url: Markup | None,
+        vast: Markup | None,
+    ) -> VmapBreakVM:
+        u = self.urls
+        return VmapBreakVM(
+            break_id=b.break_id,
+            time_offset=b.time_offset,
+            ad_source_id=n,
+            tag_url=tag_url,
+            vast=vast,
+            break_start=_cdata(u.vmap_break_event("breakStart", session, b.break_id)),
+            break_end=_cdata(u.vmap_break_event("breakEnd", session, b.break_id)),
+            error=_cdata(u.vmap_break_event("error", session, b.break_id)),
+        )
+
+
+_VMAP_ONLY = frozenset(
+    {
+        "content_duration",
+        "cue_points",
+        "midroll_interval",
+        "preroll",
+        "postroll",
+        "preroll_duration",
+        "midroll_duration",
+        "postroll_duration",
+        "inline",
+    }
+)
+_BREAK_PARAMS = frozenset(
+    {"break", "avail", "session", "pod_duration", "poddur", "max_ads", "maxseq"}
+)
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if v == int(v) else f"{v:.3f}"
+
+
+def _media_files(cr: Creative) -> tuple[MediaFileVM, ...]:
+    return tuple(
+        MediaFileVM(
+            id=f"{cr.id}-{n}",
+            delivery=r.delivery,
+            type=r.mime,
+            width=r.width,
+            height=r.height,
+            bitrate=r.bitrate_kbps,
+            codec=r.codec,
+            url=_cdata(r.url),
+        )
+        for n, r in enumerate(cr.renditions, start=1)
+    )
+
+
+def _mezzanine(cr: Creative) -> MezzanineVM | None:
+    m = cr.mezzanine
+    if m is None:
+        return None
+    return MezzanineVM(
+        url=_cdata(m.url),
+        delivery="progressive",
+        type=m.mime,
+        width=m.width,
+        height=m.height,
+        codec=m.codec,
+        file_size=m.file_size,
+    )

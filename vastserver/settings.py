@@ -1,0 +1,165 @@
+"""Settings from ``VASTSERVER_*`` environment variables and command-line overrides.
+
+Every problem is collected before start-up stops, so one run shows all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+log = logging.getLogger("vastserver.settings")
+
+
+
+def _project_root() -> Path:
+    """Where ``templates/`` and ``fixtures/`` live: ``VASTSERVER_HOME``, else the source
+    checkout this package runs from, else the working directory (an installed package)."""
+    home = os.environ.get("VASTSERVER_HOME")
+    if home:
+        return Path(home)
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "templates").is_dir():
+        return checkout
+    return Path.cwd()
+
+
+PROJECT_ROOT = _project_root()
+DEFAULT_CATALOG = PROJECT_ROOT / "fixtures" / "demo-catalog.json"
+DEFAULT_MODEL = PROJECT_ROOT / "fixtures" / "demo-model"
+TEMPLATE_DIR = PROJECT_ROOT / "templates"
+
+
+class SettingsError(ValueError):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    public_url: str = "http://127.0.0.1:8080"
+    secrets: tuple[str, ...] = ()
+    """HMAC keys for tracking tokens; the first signs, all verify (key rotation)."""
+    admin_token: str | None = None
+    catalog_path: Path = DEFAULT_CATALOG
+    model_path: Path | None = None
+    redis_url: str | None = None
+    token_max_age_s: int = 24 * 3600
+    template_dir: Path = TEMPLATE_DIR
+    require_https_media: bool = True
+    ephemeral_secret: bool = field(default=False, compare=False)
+
+
+def _int(problems: list[str], name: str, raw: str | None, lo: int, hi: int) -> int | None:
+    if raw is None:
+        return None
+    try:
+        v = int(raw)
+    except ValueError:
+        problems.append(f"{name}: not an integer: {raw!r}")
+        return None
+    if not lo <= v <= hi:
+        problems.append(f"{name}: must be between {lo} and {hi}, got {v}")
+        return None
+    return v
+
+
+def load_settings(
+    env: Mapping[str, str], overrides: Mapping[str, object] | None = None
+) -> Settings:
+    """Build settings: ``overrides`` (command line) win over ``env``; defaults last."""
+    o = dict(overrides or {})
+    problems: list[str] = []
+
+    def pick(key: str, env_name: str) -> str | None:
+        v = o.get(key)
+        if v is not None:
+            return str(v)
+        return env.get(env_name) or None
+
+    host = pick("host", "VASTSERVER_HOST") or "127.0.0.1"
+    port = _int(problems, "port (VASTSERVER_PORT)", pick("port", "VASTSERVER_PORT"), 0, 65535)
+    workers = _int(
+        problems, "workers (VASTSERVER_WORKERS)", pick("workers", "VASTSERVER_WORKERS"), 1, 64
+    )
+    port = 8080 if port is None else port
+    public = pick("public_url", "VASTSERVER_PUBLIC_URL")
+    if public is None:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        public = f"http://{shown}:{port}"
+    parts = urlsplit(public)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        problems.append(
+            f"VASTSERVER_PUBLIC_URL: must be an absolute http(s) base URL, got {public!r}"
+        )
+    public = public.rstrip("/")
+
+    raw_secret = pick("secret", "VASTSERVER_SECRET")
+    ephemeral = False
+    if raw_secret is None:
+        keys: tuple[str, ...] = (secrets.token_urlsafe(32),)
+        ephemeral = True
+    else:
+        keys = tuple(s.strip() for s in raw_secret.split(",") if s.strip())
+        if not keys or any(len(k) < 16 for k in keys):
+            problems.append("VASTSERVER_SECRET: each comma-separated key needs 16+ characters")
+
+    admin = pick("admin_token", "VASTSERVER_ADMIN_TOKEN")
+    if admin is not None and len(admin) < 16:
+        problems.append("VASTSERVER_ADMIN_TOKEN: needs 16+ characters")
+
+    catalog = Path(pick("catalog", "VASTSERVER_CATALOG") or DEFAULT_CATALOG)
+    if not catalog.is_file():
+        problems.append(f"VASTSERVER_CATALOG: no such file: {catalog}")
+    model_raw = pick("model", "VASTSERVER_MODEL")
+    model = Path(model_raw) if model_raw else None
+    if model is not None and not model.exists():
+        problems.append(f"VASTSERVER_MODEL: no such file or directory: {model}")
+
+    redis_url = pick("redis", "VASTSERVER_REDIS_URL")
+    if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
+        problems.append(f"VASTSERVER_REDIS_URL: must be a redis:// URL, got {redis_url!r}")
+    max_age = _int(
+        problems,
+        "VASTSERVER_TOKEN_MAX_AGE",
+        pick("token_max_age", "VASTSERVER_TOKEN_MAX_AGE"),
+        60,
+        30 * 24 * 3600,
+    )
+    https_raw = pick("require_https_media", "VASTSERVER_REQUIRE_HTTPS_MEDIA")
+    require_https = True
+    if https_raw is not None:
+        if https_raw.lower() not in ("0", "1", "true", "false"):
+            problems.append("VASTSERVER_REQUIRE_HTTPS_MEDIA: must be 0 or 1")
+        require_https = https_raw.lower() in ("1", "true")
+
+    if problems:
+        raise SettingsError(problems)
+    if ephemeral:
+        log.warning(
+            "VASTSERVER_SECRET is not set: using a random key for this process only; "
+            "tracking URLs will not verify on other instances or after a restart"
+        )
+    return Settings(
+        host=host,
+        port=port,
+        workers=workers or 1,
+        public_url=public,
+        secrets=keys,
+        admin_token=admin,
+        catalog_path=catalog,
+        model_path=model,
+        redis_url=redis_url,
+        token_max_age_s=max_age or 24 * 3600,
+        require_https_media=require_https,
+        ephemeral_secret=ephemeral,
+    )
