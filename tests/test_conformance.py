@@ -163,3 +163,18 @@ async def test_vmap(client: Any, query: str) -> None:
     assert len(parsed["adBreaks"]) == len(root.findall(f"{{{c.VMAP_NS}}}AdBreak"))
     for vast in parsed["vast"]:
         assert vast["ok"], vast["error"]
+
+
+async def test_progress_offsets_when_configured(make_client: ClientFactory) -> None:
+    c.require_spec()
+    client = await make_client(progress_offsets="5,10")
+    for version in VERSIONS:
+        xml = await _fetch(client, f"vast={version}&pod_duration=120&max_ads=4")
+        _check_static(xml, version, f"progress {version}")
+        root = etree.fromstring(xml)
+        offsets = {
+            e.get("offset")
+            for e in root.iter()
+            if isinstance(e.tag, str) and e.get("event") == "progress"
+        }
+        assert offsets == (set() if version == "2.0" else {"00:00:05.000", "00:00:10.000"})

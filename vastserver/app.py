@@ -6,9 +6,11 @@ injected clock and RNG. State lives under typed ``web.AppKey``s, never in module
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -360,7 +362,13 @@ def create_app(
     snapshot = build_snapshot(catalog, str(settings.catalog_path), clock())
     keyring = Keyring.from_secrets(settings.secrets)
     urls = TrackingUrls(settings.public_url)
-    renderer = Renderer(settings.template_dir, urls=urls, keyring=keyring, clock=clock)
+    renderer = Renderer(
+        settings.template_dir,
+        urls=urls,
+        keyring=keyring,
+        clock=clock,
+        progress_offsets_s=settings.progress_offsets_s,
+    )
     service = AdService(snapshot, clock=clock, metrics=metrics)
     rt = Runtime(
         settings=settings,
@@ -383,6 +391,7 @@ def create_app(
     app.router.add_get("/metrics", metrics_handler, name="metrics")
     app.router.add_post("/admin/catalog/reload", reload_catalog_handler, name="admin_reload")
     app.cleanup_ctx.append(_readiness)
+    app.cleanup_ctx.append(_sighup)
     return app
 
 
@@ -391,3 +400,25 @@ async def _readiness(app: web.Application) -> AsyncIterator[None]:
     rt.ready = True
     yield
     rt.ready = False
+
+
+def reload_from_signal(rt: Runtime) -> None:
+    """SIGHUP: reload the catalog; a bad file is logged and the old snapshot keeps serving."""
+    try:
+        snap = rt.service.reload_catalog()
+    except (CatalogError, OSError) as e:
+        problems = [str(i) for i in e.errors] if isinstance(e, CatalogError) else [str(e)]
+        log.error(json.dumps({"event": "catalog_reload_rejected", "problems": problems[:50]}))
+        return
+    log.info(json.dumps({"event": "catalog_reloaded", "version": snap.catalog.version}))
+
+
+async def _sighup(app: web.Application) -> AsyncIterator[None]:
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload_from_signal, app[RUNTIME])
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+        yield
+        return
+    yield
+    loop.remove_signal_handler(signal.SIGHUP)

@@ -207,6 +207,7 @@ class Renderer:
         urls: TrackingUrls,
         keyring: Keyring,
         clock: Callable[[], datetime],
+        progress_offsets_s: Sequence[float] = (),
     ) -> None:
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(template_dir)),
@@ -221,6 +222,7 @@ class Renderer:
         self.urls = urls
         self.keyring = keyring
         self.clock = clock
+        self.progress_offsets_s = tuple(progress_offsets_s)
 
     # ------------------------------------------------------------------ VAST
 
@@ -301,7 +303,14 @@ class Renderer:
         events = list(LINEAR_EVENTS_BY_VERSION[version])
         if cr.skip_offset_ms is not None and version != "2.0":
             events.append("skip")
-        tracking = tuple(TrackingVM(e, _cdata(self.urls.event(e, token))) for e in events)
+        tracking = [TrackingVM(e, _cdata(self.urls.event(e, token))) for e in events]
+        if version != "2.0":  # progress exists from VAST 3.0 on
+            progress_url = _cdata(self.urls.event("progress", token))
+            tracking += [
+                TrackingVM("progress", progress_url, offset=duration(round(s * 1000)))
+                for s in self.progress_offsets_s
+                if s * 1000 < cr.duration_ms
+            ]
         return AdVM(
             id=f"{c.line_item.id}-{cr.id}",
             sequence=ad.slot,
@@ -321,7 +330,7 @@ class Renderer:
             skipoffset=None
             if cr.skip_offset_ms is None or version == "2.0"
             else duration(cr.skip_offset_ms),
-            tracking=tracking,
+            tracking=tuple(tracking),
             click_through=None if click_token is None else _cdata(self.urls.click(click_token)),
             media_files=_media_files(cr),
             mezzanine=_mezzanine(cr),

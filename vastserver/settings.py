@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 log = logging.getLogger("vastserver.settings")
 
 
-
 def _project_root() -> Path:
     """Where ``templates/`` and ``fixtures/`` live: ``VASTSERVER_HOME``, else the source
     checkout this package runs from, else the working directory (an installed package)."""
@@ -56,6 +55,8 @@ class Settings:
     token_max_age_s: int = 24 * 3600
     template_dir: Path = TEMPLATE_DIR
     require_https_media: bool = True
+    progress_offsets_s: tuple[float, ...] = ()
+    """Extra ``progress`` tracking points (seconds into each ad), e.g. ``(2.0, 10.0)``."""
     ephemeral_secret: bool = field(default=False, compare=False)
 
 
@@ -142,6 +143,22 @@ def load_settings(
             problems.append("VASTSERVER_REQUIRE_HTTPS_MEDIA: must be 0 or 1")
         require_https = https_raw.lower() in ("1", "true")
 
+    progress: list[float] = []
+    progress_raw = pick("progress_offsets", "VASTSERVER_PROGRESS_OFFSETS")
+    if progress_raw:
+        for part in progress_raw.split(","):
+            try:
+                v = float(part)
+            except ValueError:
+                v = -1.0
+            if not 0 < v <= 600:
+                problems.append(
+                    "VASTSERVER_PROGRESS_OFFSETS: comma-separated seconds in (0, 600], "
+                    f"got {part.strip()!r}"
+                )
+                break
+            progress.append(v)
+
     if problems:
         raise SettingsError(problems)
     if ephemeral:
@@ -161,5 +178,6 @@ def load_settings(
         redis_url=redis_url,
         token_max_age_s=max_age or 24 * 3600,
         require_https_media=require_https,
+        progress_offsets_s=tuple(sorted(set(progress))),
         ephemeral_secret=ephemeral,
     )

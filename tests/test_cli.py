@@ -1,0 +1,196 @@
+"""The ``vastserver`` command as a user runs it: real processes, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import DEMO_CATALOG, ROOT
+from vastserver.catalog.load import load_catalog
+
+SECRET = "cli-test-secret-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VASTSERVER_")}
+    env.update(VASTSERVER_SECRET=SECRET, VASTSERVER_ADMIN_TOKEN="cli-admin-token-0123456789")
+    env.update(extra)
+    return env
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+class Server:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "vastserver", "serve", "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(
+            cmd, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise AssertionError(f"server exited early: {out}")
+            try:
+                if _get(self.base + "/readyz", 0.5)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("server did not become ready")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Any]:
+    servers: list[Server] = []
+
+    def make(*args: str, env: dict[str, str] | None = None) -> Server:
+        s = Server(*args, env=env)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        if s.proc.poll() is None:
+            s.proc.kill()
+            s.proc.wait()
+
+
+def test_serve_two_workers_and_clean_shutdown(server_factory: Any) -> None:
+    srv = server_factory("--workers", "2")
+    srv.wait_ready()
+    for _ in range(20):
+        status, body = _get(srv.base + "/vast?pod_duration=60")
+        assert status == 200 and body.startswith(b"<?xml")
+    assert _get(srv.base + "/vast?pod_duration=abc")[0] == 400
+    pids = subprocess.run(
+        ["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert len(pids) == 2, "expected two worker processes"
+    assert srv.stop() == 0
+
+
+def test_sighup_reloads_catalog_and_keeps_old_on_error(server_factory: Any, tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.json"
+    shutil.copy(DEMO_CATALOG, catalog)
+    srv = server_factory("--catalog", str(catalog))
+    srv.wait_ready()
+    v1 = json.loads(_get(srv.base + "/readyz")[1])["catalog"]["version"]
+
+    data = json.loads(catalog.read_text())
+    data["version"] = "reloaded-2"
+    catalog.write_text(json.dumps(data))
+    srv.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    v2 = v1
+    while v2 == v1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        v2 = json.loads(_get(srv.base + "/readyz")[1])["catalog"]["version"]
+    assert v2.startswith("reloaded-2+")
+
+    catalog.write_text('{"version": "broken", "line_items": [{"id": 1}]}')
+    srv.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert srv.proc.poll() is None
+    assert json.loads(_get(srv.base + "/readyz")[1])["catalog"]["version"] == v2
+    assert _get(srv.base + "/vast")[0] == 200
+    assert srv.stop() == 0
+
+
+def test_invalid_settings_list_every_problem() -> None:
+    env = _env(
+        VASTSERVER_PUBLIC_URL="ftp://nope",
+        VASTSERVER_SECRET="short",
+        VASTSERVER_CATALOG="/does/not/exist.json",
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "vastserver", "serve", "--port", "70000", "--workers", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2
+    for name in (
+        "VASTSERVER_PUBLIC_URL",
+        "VASTSERVER_SECRET",
+        "VASTSERVER_CATALOG",
+        "port",
+        "workers",
+    ):
+        assert name in r.stderr, r.stderr
+
+
+def test_gen_catalog_command(tmp_path: Path) -> None:
+    out = tmp_path / "gen.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vastserver",
+            "gen-catalog",
+            "--line-items",
+            "50",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(load_catalog(out).line_items) == 50
+
+
+def test_unknown_command() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "vastserver", "frobnicate"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2 and "unknown command" in r.stderr
