@@ -1,0 +1,616 @@
+"""One contract suite for every ``Store`` backend (memory and Redis), plus backend specifics.
+
+Windows are driven by the explicit ``now``; TTLs (claims, histories, ``ttl_s``) by each
+backend's own clock: the memory store gets a fake clock, Redis really waits (once, ~1 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import random
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.support.redis_server import (  # noqa: F401  (pytest fixtures)
+    RedisServer,
+    free_port,
+    redis_server,
+    redis_url,
+)
+from vastserver.store import (
+    Guard,
+    Guarded,
+    Incr,
+    MemoryStore,
+    Read,
+    RedisStore,
+    Store,
+    StoreUnavailable,
+    Window,
+    open_store,
+)
+
+T0 = 1_800_000_000.0
+"""A multiple of every bucket width used here (so bucket edges are easy to reason about)."""
+LIFE = Window.lifetime()
+W60 = Window(60, 10)
+
+
+class FakeClock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@dataclass
+class Harness:
+    kind: str
+    store: Store
+    clock: FakeClock
+
+    async def pass_time(self, seconds: float) -> None:
+        """Let TTLs run out: the memory store's clock is fake; Redis expires by its own."""
+        self.clock.t += seconds
+        if self.kind == "redis":
+            await asyncio.sleep(seconds)
+
+    async def value(self, key: str, window: Window, now: float) -> int:
+        return (await self.store.read([Read(key, window)], now))[0]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def h(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    clock = FakeClock(T0)
+    store: Store
+    if request.param == "memory":
+        store = MemoryStore(clock=clock)
+    else:
+        store = RedisStore(request.getfixturevalue("redis_url"))
+    yield Harness(request.param, store, clock)
+    await store.close()
+
+
+def one(key: str, window: Window, limit: int, amount: int = 1) -> Guarded:
+    """Guarded increment of ``key`` by ``amount`` while it stays within ``limit``."""
+    return Guarded((Guard(key, window, limit, amount),), (Incr(key, window, amount),))
+
+
+# ---------------------------------------------------------------------- windows
+
+
+async def test_unknown_keys(h: Harness) -> None:
+    s = h.store
+    assert await s.read([Read("nope", W60), Read("nope", LIFE)], T0) == [0, 0]
+    assert await s.read([], T0) == []
+    assert await s.commit([], T0) == []
+    await s.add([], T0)
+    assert await s.history("nope") == []
+    assert await s.ping()
+
+
+async def test_window_counts_then_expires(h: Harness) -> None:
+    s = h.store
+    await s.add([Incr("k", W60, 1)], T0)  # bucket [T0, T0+10)
+    await s.add([Incr("k", W60, 2)], T0 + 25)  # bucket [T0+20, T0+30)
+    assert await h.value("k", W60, T0 + 25) == 3
+    assert await h.value("k", W60, T0 + 60) == 3  # window [T0, T0+60]
+    # over-count by at most one bucket: the event at T0 left the true window at T0+60, but
+    # its bucket still overlaps [now-60, now] until T0+70
+    assert await h.value("k", W60, T0 + 69.9) == 3
+    assert await h.value("k", W60, T0 + 70) == 2
+    assert await h.value("k", W60, T0 + 89.9) == 2
+    assert await h.value("k", W60, T0 + 90) == 0
+
+
+async def test_never_under_counts_and_over_counts_by_at_most_one_bucket(h: Harness) -> None:
+    rng = random.Random(7)
+    w = Window(60, 10)
+    events = sorted(T0 + rng.uniform(0, 400) for _ in range(40))
+    reads = [T0 + rng.uniform(0, 500) for _ in range(60)]
+    timeline = sorted([(t, "add") for t in events] + [(t, "read") for t in reads])
+    seen: list[float] = []
+    for t, what in timeline:
+        if what == "add":
+            await h.store.add([Incr("k", w, 1)], t)
+            seen.append(t)
+            continue
+        got = await h.value("k", w, t)
+        true = sum(1 for e in seen if t - 60 <= e <= t)
+        upper = sum(1 for e in seen if t - 60 - 10 < e <= t)
+        assert true <= got <= upper, (t - T0, got, true, upper)
+
+
+async def test_lifetime_counters(h: Harness) -> None:
+    s = h.store
+    await s.add([Incr("life", LIFE, 3)], T0)
+    assert await s.read([Read("life", LIFE)], T0 + 10**7) == [3]
+    await s.add([Incr("life", LIFE, -5)], T0)
+    assert await h.value("life", LIFE, T0) == 0  # never below zero on read
+    await s.add([Incr("life", LIFE, 4, at=T0 - 10**6)], T0)  # `at` is irrelevant here
+    assert await h.value("life", LIFE, T0) == 2
+
+
+async def test_negative_increments_and_at(h: Harness) -> None:
+    s = h.store
+    r = Window(300, 30)
+    # two reservations, released at the buckets they were made in
+    await s.add([Incr("res", r, 1)], T0 + 5)
+    await s.add([Incr("res", r, 1)], T0 + 40)
+    await s.add([Incr("res", r, -1, at=T0 + 5)], T0 + 100)
+    assert await h.value("res", r, T0 + 100) == 1
+    await s.add([Incr("res", r, -1, at=T0 + 40)], T0 + 110)
+    assert await h.value("res", r, T0 + 110) == 0
+    assert await h.value("res", r, T0 + 340) == 0
+
+    # a release without `at` hits the current bucket; reads never go below zero once the
+    # reservation's bucket has left the window
+    await s.add([Incr("res2", r, 1)], T0)
+    await s.add([Incr("res2", r, -1)], T0 + 200)
+    assert await h.value("res2", r, T0 + 200) == 0
+    assert await h.value("res2", r, T0 + 340) == 0
+
+    # a release whose bucket already left the window changes nothing (it expired already)
+    await s.add([Incr("res3", r, 1)], T0)
+    await s.add([Incr("res3", r, -1, at=T0)], T0 + 400)
+    await s.add([Incr("res3", r, 1)], T0 + 400)
+    assert await h.value("res3", r, T0 + 400) == 1
+
+    # `at` targets an older bucket, which leaves the window earlier than "now" would
+    await s.add([Incr("old", W60, 1, at=T0 - 30), Incr("new", W60, 1)], T0)
+    assert await s.read([Read("old", W60), Read("new", W60)], T0 + 39.9) == [1, 1]
+    assert await s.read([Read("old", W60), Read("new", W60)], T0 + 40) == [0, 1]
+    assert await s.read([Read("old", W60), Read("new", W60)], T0 + 70) == [0, 0]
+
+
+# ---------------------------------------------------------------------- guarded commits
+
+
+async def test_guarded_group_is_all_or_nothing(h: Harness) -> None:
+    s = h.store
+    await s.add([Incr("a", W60, 2)], T0)
+    incrs = (Incr("a", W60, 1), Incr("b", LIFE, 1), Incr("c", LIFE, 5))
+    refused = Guarded((Guard("a", W60, 3), Guard("b", LIFE, 0)), incrs)
+    assert await s.commit([refused], T0) == [False]
+    reads = [Read("a", W60), Read("b", LIFE), Read("c", LIFE)]
+    assert await s.read(reads, T0) == [2, 0, 0]
+    allowed = Guarded((Guard("a", W60, 3), Guard("b", LIFE, 1)), incrs)
+    assert await s.commit([allowed], T0) == [True]
+    assert await s.read(reads, T0) == [3, 1, 5]
+
+
+async def test_groups_apply_in_order_within_a_batch(h: Harness) -> None:
+    s = h.store
+    assert await s.commit([one("x", W60, 3)] * 5, T0) == [True, True, True, False, False]
+    assert await h.value("x", W60, T0) == 3
+    # a later group sees an earlier group's increments of another key
+    batch = [
+        Guarded((), (Incr("y", LIFE, 2),)),
+        Guarded((Guard("y", LIFE, 2),), (Incr("z", LIFE, 1),)),
+        Guarded((Guard("y", LIFE, 3),), (Incr("z", LIFE, 1),)),
+    ]
+    assert await s.commit(batch, T0) == [True, False, True]
+    assert await s.read([Read("y", LIFE), Read("z", LIFE)], T0) == [2, 1]
+
+
+async def test_limit_exactly_reached_then_refused(h: Harness) -> None:
+    s = h.store
+    await s.add([Incr("budget", LIFE, 3)], T0)
+    assert await s.commit([one("budget", LIFE, 5, amount=2)], T0) == [True]
+    assert await h.value("budget", LIFE, T0) == 5
+    assert await s.commit([one("budget", LIFE, 5, amount=2)], T0) == [False]
+    assert await s.commit([one("budget", LIFE, 5, amount=1)], T0) == [False]
+    check_only = Guarded((Guard("budget", LIFE, 5, amount=0),), ())
+    assert await s.commit([check_only], T0) == [True]
+    assert await h.value("budget", LIFE, T0) == 5
+
+
+async def test_guard_extra_counters_add_to_the_sum(h: Harness) -> None:
+    """A cap guard over impressions (a day) plus reservations (5 min), incrementing the latter."""
+    s = h.store
+    day, res = Window(86400, 7200), Window(300, 30)
+    await s.add([Incr("imp", day, 2), Incr("other", LIFE, -9)], T0)
+
+    def reserve() -> Guarded:
+        extra = (Read("res", res), Read("other", LIFE))  # "other" reads 0, never negative
+        return Guarded((Guard("imp", day, 4, 1, extra),), (Incr("res", res, 1),))
+
+    assert await s.commit([reserve(), reserve(), reserve()], T0) == [True, True, False]
+    assert await s.read([Read("imp", day), Read("res", res)], T0) == [2, 2]
+    # the reservations lapse after their window: room again
+    assert await s.commit([reserve()], T0 + 330) == [True]
+
+
+async def test_malformed_batches_apply_nothing(h: Harness) -> None:
+    s = h.store
+    bad_window = Window(60, 0)
+    with pytest.raises(ValueError):
+        await s.add([Incr("a", LIFE), Incr("b", bad_window)], T0)
+    with pytest.raises(ValueError):
+        await s.commit(
+            [Guarded((), (Incr("a", LIFE),)), Guarded((), (Incr("a", LIFE, ttl_s=0),))], T0
+        )
+    with pytest.raises(ValueError):
+        await s.commit([Guarded((Guard("a", LIFE, 9, 1, (Read("b", bad_window),)),), ())], T0)
+    assert await h.value("a", LIFE, T0) == 0
+
+
+async def test_guard_reads_the_window(h: Harness) -> None:
+    s = h.store
+    assert await s.commit([one("cap", W60, 2)] * 3, T0) == [True, True, False]
+    assert await s.commit([one("cap", W60, 2)], T0 + 69) == [False]  # still overlaps
+    assert await s.commit([one("cap", W60, 2)], T0 + 70) == [True]
+
+
+async def test_concurrent_commits_grant_exactly_the_limit(h: Harness) -> None:
+    w = Window(3600, 300)
+    results = await asyncio.gather(*(h.store.commit([one("cap", w, 50)], T0) for _ in range(200)))
+    assert sum(r[0] for r in results) == 50
+    assert await h.value("cap", w, T0) == 50
+
+
+# ---------------------------------------------------------------------- claims, histories
+
+
+async def test_claims_dedupe(h: Harness) -> None:
+    s = h.store
+    assert await s.claim("bc:1:impression", 60)
+    assert not await s.claim("bc:1:impression", 60)
+    assert await s.claim_many(["b", "bc:1:impression", "b", "c"], 60) == [True, False, False, True]
+    assert await s.claim_many([], 60) == []
+    with pytest.raises(ValueError):
+        await s.claim("bad", 0)
+
+
+async def test_kinds_do_not_collide(h: Harness) -> None:
+    s = h.store
+    for key in ("same", "\x01same", "\x00", ""):
+        await s.add([Incr(key, LIFE, 1)], T0)
+        assert await s.claim(key, 60)
+        await s.push_history(key, ["e"], keep=3, ttl_s=60)
+        assert await h.value(key, LIFE, T0) == 1
+        assert await s.history(key) == ["e"]
+        assert not await s.claim(key, 60)
+    assert await h.value("same", LIFE, T0) == 1
+
+
+async def test_histories(h: Harness) -> None:
+    s = h.store
+    await s.push_history("sess", ["a", "b"], keep=3, ttl_s=60)
+    assert await s.history("sess") == ["b", "a"]  # the last entry pushed is the newest
+    await s.push_history("sess", ["c", "d"], keep=3, ttl_s=60)
+    assert await s.history("sess") == ["d", "c", "b"]
+    await s.push_history("sess", [], keep=2, ttl_s=60)
+    assert await s.history("sess") == ["d", "c"]
+    await s.push_history("other", ["x"], keep=1, ttl_s=60)
+    await s.push_history("other", ["y", "z"], keep=1, ttl_s=60)
+    assert await s.history("other") == ["z"]
+    assert await s.history("sess") == ["d", "c"]
+    await s.push_history("sess", ["e"], keep=0, ttl_s=60)
+    assert await s.history("sess") == []
+
+
+async def test_ttls_expire(h: Harness) -> None:
+    """Claims, histories and ``ttl_s`` counters expire by the backend's clock."""
+    s = h.store
+    hour = Window(3600, 300)
+    assert await s.claim("c1", 1)
+    assert await s.claim("c100", 100)
+    await s.push_history("h1", ["x"], keep=5, ttl_s=1)
+    await s.push_history("h100", ["x"], keep=5, ttl_s=100)
+    await s.add(
+        [
+            Incr("life1", LIFE, 4, ttl_s=1),
+            Incr("life", LIFE, 4),
+            Incr("win1", hour, 2, ttl_s=1),
+            Incr("win", hour, 2),
+        ],
+        T0,
+    )
+    await h.pass_time(1.1)
+    assert await s.claim("c1", 1)  # expired: claimable again
+    assert not await s.claim("c100", 100)
+    assert await s.history("h1") == []
+    assert await s.history("h100") == ["x"]
+    reads = [Read("life1", LIFE), Read("life", LIFE), Read("win1", hour), Read("win", hour)]
+    assert await s.read(reads, T0 + 1.1) == [0, 4, 0, 2]
+    # an expired counter starts again from zero
+    await s.add([Incr("life1", LIFE, 1, ttl_s=60)], T0 + 1.1)
+    assert await h.value("life1", LIFE, T0 + 1.1) == 1
+
+
+# ---------------------------------------------------------------------- reference model
+
+KEYS = ("k0", "k1", "k2", "k3")
+WINDOWS = (Window(60, 10), Window(30, 5), LIFE, Window(120, 30))
+"""The window of each key in KEYS (a key is always used with one window)."""
+BIG_TTL = 10**6
+
+
+class Model:
+    """The specification, written differently: buckets overlapping [now - window, now]."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+        self.claimed: set[str] = set()
+        self.hist: dict[str, list[str]] = defaultdict(list)
+
+    def read(self, key: str, w: Window, now: float) -> int:
+        b = self.buckets[key]
+        if w.window_s is None:
+            total = sum(b.values())
+        else:
+            bs, win = w.bucket_s, w.window_s
+            total = sum(c for i, c in b.items() if i * bs <= now and (i + 1) * bs > now - win)
+        return max(total, 0)
+
+    def incr(self, i: Incr, now: float) -> None:
+        w = i.window
+        t = now if i.at is None else i.at
+        idx = 0 if w.window_s is None else math.floor(t / w.bucket_s)
+        self.buckets[i.key][idx] += i.amount
+
+    def commit(self, batch: list[Guarded], now: float) -> list[bool]:
+        out = []
+        for g in batch:
+            ok = all(
+                self.read(x.key, x.window, now)
+                + sum(self.read(e.key, e.window, now) for e in x.extra)
+                + x.amount
+                <= x.limit
+                for x in g.guards
+            )
+            if ok:
+                for i in g.incrs:
+                    self.incr(i, now)
+            out.append(ok)
+        return out
+
+    def claim_many(self, keys: list[str]) -> list[bool]:
+        out = []
+        for k in keys:
+            out.append(k not in self.claimed)
+            self.claimed.add(k)
+        return out
+
+    def push(self, key: str, entries: list[str], keep: int) -> None:
+        self.hist[key] = (list(reversed(entries)) + self.hist[key])[: max(keep, 0)]
+
+
+_incr = st.tuples(st.integers(0, 3), st.integers(-2, 4), st.one_of(st.none(), st.integers(0, 160)))
+_guard = st.tuples(
+    st.integers(0, 3), st.integers(0, 8), st.integers(0, 2), st.lists(st.integers(0, 3), max_size=2)
+)
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("advance"), st.integers(0, 90)),
+        st.tuples(st.just("add"), st.lists(_incr, max_size=4)),
+        st.tuples(
+            st.just("commit"),
+            st.lists(
+                st.tuples(st.lists(_guard, max_size=3), st.lists(_incr, max_size=3)),
+                max_size=4,
+            ),
+        ),
+        st.tuples(st.just("read"), st.lists(st.integers(0, 3), min_size=1, max_size=4)),
+        st.tuples(st.just("claim"), st.lists(st.integers(0, 5), min_size=1, max_size=4)),
+        st.tuples(
+            st.just("push"),
+            st.integers(0, 2),
+            st.lists(st.sampled_from("abcde"), max_size=3),
+            st.integers(0, 4),
+        ),
+        st.tuples(st.just("history"), st.integers(0, 2)),
+    ),
+    max_size=30,
+)
+_example = itertools.count()
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=_ops)
+async def test_matches_reference_model(h: Harness, ops: list[tuple[Any, ...]]) -> None:
+    ns = f"ex{next(_example)}:"  # the store outlives examples: give each its own keys
+    model = Model()
+    s = h.store
+    now = T0
+    h.clock.t = now  # the memory store's TTL clock follows `now` here (Redis: wall clock)
+
+    def incr(spec: tuple[int, int, int | None]) -> Incr:
+        k, amount, back = spec
+        return Incr(ns + KEYS[k], WINDOWS[k], amount, at=None if back is None else now - back)
+
+    for op in ops:
+        kind = op[0]
+        if kind == "advance":
+            now += op[1]
+            h.clock.t = now
+        elif kind == "add":
+            incrs = [incr(x) for x in op[1]]
+            await s.add(incrs, now)
+            for i in incrs:
+                model.incr(i, now)
+        elif kind == "commit":
+            batch = [
+                Guarded(
+                    tuple(
+                        Guard(
+                            ns + KEYS[k],
+                            WINDOWS[k],
+                            lim,
+                            amt,
+                            tuple(Read(ns + KEYS[x], WINDOWS[x]) for x in extra),
+                        )
+                        for k, lim, amt, extra in guards
+                    ),
+                    tuple(incr(x) for x in incrs_),
+                )
+                for guards, incrs_ in op[1]
+            ]
+            assert await s.commit(batch, now) == model.commit(batch, now), op
+        elif kind == "read":
+            reads = [Read(ns + KEYS[k], WINDOWS[k]) for k in op[1]]
+            expected = [model.read(r.key, r.window, now) for r in reads]
+            assert await s.read(reads, now) == expected, (op, now - T0)
+        elif kind == "claim":
+            keys = [f"{ns}c{k}" for k in op[1]]
+            assert await s.claim_many(keys, BIG_TTL) == model.claim_many(keys)
+        elif kind == "push":
+            key = f"{ns}h{op[1]}"
+            await s.push_history(key, op[2], keep=op[3], ttl_s=BIG_TTL)
+            model.push(key, op[2], op[3])
+        else:
+            key = f"{ns}h{op[1]}"
+            assert await s.history(key) == model.hist[key]
+    # finally everything, at the final `now`
+    reads = [Read(ns + k, w) for k, w in zip(KEYS, WINDOWS, strict=True)]
+    assert await s.read(reads, now) == [model.read(r.key, r.window, now) for r in reads]
+
+
+# ---------------------------------------------------------------------- Redis specifics
+
+
+async def test_two_redis_clients_share_guards(redis_url: str) -> None:  # noqa: F811
+    a, b = RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        w = Window(3600, 300)
+        calls = [(a if n % 2 else b).commit([one("cap", w, 50)], T0) for n in range(200)]
+        results = await asyncio.gather(*calls)
+        assert sum(r[0] for r in results) == 50
+        assert await a.read([Read("cap", w)], T0) == await b.read([Read("cap", w)], T0) == [50]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_restart(request: pytest.FixtureRequest) -> None:
+    url: str = request.getfixturevalue("redis_url")
+    server: RedisServer = request.getfixturevalue("redis_server")
+    store = RedisStore(url, socket_timeout=0.1)
+    try:
+        assert await store.commit([one("k", LIFE, 5)], T0) == [True]
+        # 1. restart while the pool holds idle connections: the next call just works
+        server.restart()
+        await asyncio.sleep(0.05)  # the (blocking) restart kept the loop from seeing the EOFs
+        assert await store.commit([one("k", LIFE, 5)], T0) == [True]  # scripts re-loaded
+        assert await store.read([Read("k", LIFE)], T0) == [1]  # no persistence: data lost
+
+        # 2. while it is down every operation fails fast with StoreUnavailable
+        server.stop()
+        ops = [
+            lambda: store.read([Read("k", LIFE)], T0),
+            lambda: store.add([Incr("k", LIFE)], T0),
+            lambda: store.commit([one("k", LIFE, 5)], T0),
+            lambda: store.claim("c", 60),
+            lambda: store.claim_many(["c", "d"], 60),
+            lambda: store.history("h"),
+            lambda: store.push_history("h", ["x"], keep=3, ttl_s=60),
+        ]
+        for op in ops:
+            with pytest.raises(StoreUnavailable):
+                await asyncio.wait_for(op(), 10)  # a hang would fail here, not block
+        assert not await store.ping()
+
+        # 3. back up: the same store object recovers
+        server.start()
+        assert await store.ping()
+        assert await store.commit([one("k", LIFE, 5)], T0) == [True]
+        assert await store.claim_many(["c", "c"], 60) == [True, False]
+        await store.push_history("h", ["x"], keep=3, ttl_s=60)
+        assert await store.history("h") == ["x"]
+    finally:
+        if server.proc is None:
+            server.start()
+        await store.close()
+
+
+async def test_redis_unreachable_raises_store_unavailable() -> None:
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", socket_timeout=0.1)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.read([Read("k", W60)], T0)
+        with pytest.raises(StoreUnavailable):
+            await store.claim_many(["a"], 60)
+        assert not await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_open_store() -> None:
+    mem = open_store(None)
+    assert isinstance(mem, MemoryStore) and mem.name == "memory"
+    red = open_store("redis://127.0.0.1:1/0")  # no I/O until first use
+    assert isinstance(red, RedisStore) and red.name == "redis"
+    await mem.close()
+    await red.close()
+
+
+# ---------------------------------------------------------------------- memory specifics
+
+
+async def test_memory_evicts_least_recently_touched() -> None:
+    s = MemoryStore(max_keys=10, clock=FakeClock(T0))
+    await s.add([Incr(f"k{i}", W60) for i in range(10)], T0)
+    await s.read([Read("k0", W60)], T0)  # touched: now the most recent
+    await s.add([Incr(f"k{i}", W60) for i in range(10, 15)], T0)
+    assert len(s) == 10
+    assert s.evictions == 5
+    values = await s.read([Read(f"k{i}", W60) for i in range(15)], T0)
+    # an evicted counter reads 0 (a cap could be granted again under memory pressure)
+    assert values == [1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    # that read touched k0 first, so k0 is now the least recently touched; claims and
+    # histories count towards max_keys too
+    assert await s.claim("claim", 60)
+    assert len(s) == 10 and s.evictions == 6
+    assert await s.read([Read("k0", W60), Read("k6", W60)], T0) == [0, 1]
+
+
+async def test_memory_sweeps_expired_keys() -> None:
+    clock = FakeClock(T0)
+    s = MemoryStore(clock=clock)
+    # long-lived keys touched first must not hold back the sweeping of short-lived ones
+    await s.add([Incr("long", Window(86400, 7200)), Incr("life", LIFE)], T0)
+    await s.push_history("sess", ["a"], keep=3, ttl_s=86400)
+    peak = 0
+    n = 20_000
+    for i in range(n):
+        clock.t += 0.01
+        await s.claim(f"c{i}", 2)
+        await s.add([Incr(f"v{i}", Window(10, 5))], clock.t)  # expires after 15 s
+        peak = max(peak, len(s))
+    # live: ~200 claims + ~1500 counters, plus up to one 8-s wheel slot of each
+    assert peak < 5_000, peak
+    assert s.expirations > 2 * n - 5_000
+    clock.t += 3600
+    for _ in range(200):
+        await s.read([], clock.t)
+    assert len(s) == 3  # "long", "life", "sess"
+    assert await s.read([Read("long", Window(86400, 7200)), Read("life", LIFE)], clock.t) == [1, 1]
+    assert await s.history("sess") == ["a"]
+    assert not s._wheel or all(len(slot) <= 2 for slot in s._wheel.values())
+
+
+async def test_memory_buckets_are_trimmed() -> None:
+    s = MemoryStore(clock=FakeClock(T0))
+    w = Window(60, 10)
+    for t in range(0, 1000, 3):
+        await s.add([Incr("busy", w)], T0 + t)
+    stored = s._data["busy"]
+    assert isinstance(stored, tuple)
+    assert (len(stored) - 1) // 2 <= 7  # at most window/bucket + 1 buckets kept
+    await s.add([Incr("r", w, 1)], T0)
+    await s.add([Incr("r", w, -1, at=T0)], T0 + 5)
+    assert "r" not in s._data  # a counter back at zero frees its memory

@@ -1,0 +1,122 @@
+"""The one narrow async interface behind which all shared delivery state lives.
+
+Counters (frequency caps, budgets, pacing), dedupe keys (beacons counted once) and short
+per-session histories (stream-level separation). Two backends implement it: ``MemoryStore``
+(one process, bounded) and ``RedisStore`` (several instances); one contract suite tests both.
+
+Windows. A windowed counter is stored as time buckets of ``bucket_s`` seconds; a read over
+``window_s`` sums the buckets that overlap ``[now - window_s, now]``, *including the whole
+oldest bucket*, so a read can over-count by up to one bucket but never under-count. Caps
+checked against such reads are therefore never exceeded in any true sliding window.
+``window_s=None`` is a lifetime counter (a single bucket, no expiry but ``ttl_s``).
+
+Round trips. ``read`` answers a whole batch in one round trip (Redis: one pipeline/Lua
+call); ``commit`` applies a batch of guarded increments atomically per guard group in one
+round trip; ``add`` applies unconditional increments in one round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """How a counter is bucketed and read."""
+
+    window_s: int | None
+    """Length of the sliding window in seconds; None = lifetime."""
+    bucket_s: int
+    """Bucket width; window_s should be a multiple (use ~1/12 of the window or coarser)."""
+
+    @staticmethod
+    def lifetime() -> Window:
+        return Window(None, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    key: str
+    window: Window
+
+
+@dataclass(frozen=True, slots=True)
+class Incr:
+    key: str
+    window: Window
+    amount: int = 1
+    """May be negative (release a reservation). Counters never go below zero on read."""
+    at: float | None = None
+    """Unix time whose bucket is changed; None = now. Lets a release hit the bucket the
+    reservation was made in."""
+    ttl_s: int | None = None
+    """Expiry of the bucket; default window_s + bucket_s (lifetime: none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """Allow a group of increments only while ``read(key) + sum(read(extra)) + amount <= limit``.
+
+    ``extra`` adds other windowed counters to the sum (e.g. a cap's impressions over a day plus
+    its short-lived reservations)."""
+
+    key: str
+    window: Window
+    limit: int
+    amount: int = 1
+    extra: tuple[Read, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Guarded:
+    """Atomically: if every guard holds, apply every increment; else apply nothing."""
+
+    guards: tuple[Guard, ...]
+    incrs: tuple[Incr, ...]
+
+
+class StoreUnavailable(Exception):
+    """The backend cannot be reached; callers apply their fail-open/closed policy."""
+
+
+class Store(Protocol):
+    name: str
+
+    async def read(self, reads: Sequence[Read], now: float) -> list[int]:
+        """Current value of each windowed counter, in order (0 for unknown keys)."""
+        ...
+
+    async def add(self, incrs: Sequence[Incr], now: float) -> None:
+        """Apply unconditional increments."""
+        ...
+
+    async def commit(self, batch: Sequence[Guarded], now: float) -> list[bool]:
+        """Apply each guarded group atomically (all or nothing); True where applied.
+
+        Groups are evaluated in order, each seeing the effects of the ones before."""
+        ...
+
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        """Dedupe: True the first time ``key`` is claimed within ``ttl_s``; False after."""
+        ...
+
+    async def claim_many(self, keys: Sequence[str], ttl_s: int) -> list[bool]:
+        """``claim`` for several keys in one round trip."""
+        ...
+
+    async def history(self, key: str) -> list[str]:
+        """The entries pushed to ``key``, newest first."""
+        ...
+
+    async def push_history(
+        self, key: str, entries: Sequence[str], *, keep: int, ttl_s: int
+    ) -> None:
+        """Prepend entries (the last of ``entries`` ends up newest), keep the newest ``keep``,
+        and expire the whole history ``ttl_s`` after the last push."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,428 @@
+"""``MemoryStore``: the single-process backend (the default), plain dicts, bounded memory.
+
+Every method is ``async`` for the interface but never awaits, so each call is atomic with
+respect to other coroutines: no locks are needed and a ``commit`` batch sees exactly the
+effects of the groups before it.
+
+Time. Windows are bucketed by the ``now`` the caller passes (as in every backend); *expiry*
+(``ttl_s`` of counters, claims and histories) follows the store's own ``clock``, like Redis
+expires keys by the server's clock. In production both are ``time.time``; a test that wants
+TTLs to follow a fake clock passes ``clock=``.
+
+Layout (all in one ``OrderedDict``, kept in least-recently-touched order):
+
+* windowed counter ``key -> (expiry, bucket, count, bucket, count, ...)``: a flat tuple of
+  ints, rebuilt on each write (buckets that left the window are dropped then, and so are
+  buckets whose count reached zero; a counter with no buckets left is deleted);
+* lifetime counter ``key -> count`` (a plain int) or ``(expiry, 0, count)`` when it has a TTL;
+* claim ``"\\x01" + key -> expiry``; history ``"\\x02" + key -> (expiry, (newest, ...))``.
+  Counter keys that start with ``\\x00``-``\\x02`` are escaped with a ``\\x00`` prefix, so
+  the three kinds never collide (Redis uses separate prefixes for the same reason).
+
+Expiries are whole seconds; recent expiry/bucket ints and single-bucket tuples are interned
+(tuples are immutable, and viewers written in the same second mostly hold the very same
+``(expiry, bucket, count)``), so a single-bucket counter costs little more than its key, its
+``OrderedDict`` slot (~80 B) and its timing-wheel slot (~31 B).
+
+Bounded memory:
+
+* **expiry**: every key with an expiry also sits in a coarse timing wheel (slot = expiry //
+  8 s, ``dict`` per slot, a heap of slot ids). Each call deletes up to a few dozen keys
+  from slots that are entirely in the past, so expired keys are reclaimed incrementally
+  (amortised O(1) per key, no background task, no full scans). Reads never return an expired
+  value even before it is swept.
+* **size**: after each call, while more than ``max_keys`` keys are held, the least recently
+  touched key (read or written) is evicted and counted in :attr:`evictions`. **An evicted
+  counter reads 0**, so under memory pressure a cap or budget could be granted again; size
+  ``max_keys`` for the working set (roughly 200 B per counter plus its key) and alert on
+  ``evictions``.
+
+A key must always be used with the same ``Window`` (in both backends: buckets are indices of
+that window's ``bucket_s``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .base import Guarded, Incr, Read, Window
+
+_ESC = "\x00"
+_CLAIM = "\x01"
+_HIST = "\x02"
+
+_SLOT_S = 8
+"""Timing-wheel granularity: expired keys are reclaimed at most this late."""
+_SWEEP_BATCH = 64
+"""Expired keys reclaimed per call at most (keeps every call's latency flat)."""
+_INTERN_MAX = 8192
+
+_Counter = int | tuple[int, ...]
+_History = tuple[int, tuple[str, ...]]
+_Value = int | tuple[int, ...] | _History
+"""What ``_data`` holds (see the module docstring). The map itself is typed ``Any``: the
+kind of each entry is known from its key's namespace, and ``typing.cast`` calls would cost
+more than the rest of a lookup on the hot path."""
+
+
+# ---------------------------------------------------------------------- shared bucket math
+
+
+def bucket_bounds(window: Window, now: float) -> tuple[int, int]:
+    """Inclusive bucket-index range a read at ``now`` sums (lifetime: the single bucket 0)."""
+    if window.window_s is None:
+        return 0, 0
+    bs = window.bucket_s
+    if bs <= 0:
+        raise ValueError(f"bucket_s must be positive for a windowed counter: {window}")
+    return int((now - window.window_s) // bs), int(now // bs)
+
+
+def incr_plan(incr: Incr, now: float) -> tuple[int, int | None, int | None]:
+    """``(bucket index, lowest index still in the window or None, ttl seconds or None)``."""
+    w = incr.window
+    ttl = incr.ttl_s
+    if ttl is not None and ttl <= 0:
+        raise ValueError(f"ttl_s must be positive: {incr}")
+    if w.window_s is None:
+        return 0, None, ttl
+    bs = w.bucket_s
+    if bs <= 0:
+        raise ValueError(f"bucket_s must be positive for a windowed counter: {w}")
+    t = now if incr.at is None else incr.at
+    return (
+        int(t // bs),
+        int((now - w.window_s) // bs),
+        ttl if ttl is not None else w.window_s + bs,
+    )
+
+
+def validate(batch: Sequence[Guarded]) -> None:
+    """Raise ``ValueError`` for a bad window or TTL anywhere in ``batch``, before anything is
+    applied (so a malformed batch never half-applies)."""
+    for group in batch:
+        for g in group.guards:
+            w = g.window
+            if w.window_s is not None and w.bucket_s <= 0:
+                raise ValueError(f"bucket_s must be positive for a windowed counter: {w}")
+            for e in g.extra:
+                w = e.window
+                if w.window_s is not None and w.bucket_s <= 0:
+                    raise ValueError(f"bucket_s must be positive for a windowed counter: {w}")
+        for i in group.incrs:
+            w = i.window
+            if w.window_s is not None and w.bucket_s <= 0:
+                raise ValueError(f"bucket_s must be positive for a windowed counter: {w}")
+            if i.ttl_s is not None and i.ttl_s <= 0:
+                raise ValueError(f"ttl_s must be positive: {i}")
+
+
+def _ckey(key: str) -> str:
+    return key if key[:1] > _HIST else _ESC + key
+
+
+class MemoryStore:
+    """Single-process :class:`~vastserver.store.base.Store` (see the module docstring)."""
+
+    name = "memory"
+
+    def __init__(self, max_keys: int = 2_000_000, clock: Callable[[], float] = time.time) -> None:
+        if max_keys < 1:
+            raise ValueError("max_keys must be at least 1")
+        self.max_keys = max_keys
+        self._clock = clock
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self._wheel: dict[int, dict[str, str]] = {}
+        self._slots: list[int] = []
+        self._ints: dict[int, int] = {}
+        self._tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self.evictions = 0
+        """Keys dropped because ``max_keys`` was exceeded (export as a metric)."""
+        self.expirations = 0
+        """Expired keys reclaimed by the sweeper."""
+
+    def __len__(self) -> int:
+        """Keys held (counters, claims and histories; expired ones not yet swept included)."""
+        return len(self._data)
+
+    # ------------------------------------------------------------------ interface
+
+    async def read(self, reads: Sequence[Read], now: float) -> list[int]:
+        wall = self._clock()
+        self._sweep(wall)
+        return [self._get(_ckey(r.key), r.window, now, wall) for r in reads]
+
+    async def add(self, incrs: Sequence[Incr], now: float) -> None:
+        validate((Guarded((), tuple(incrs)),))
+        wall = self._clock()
+        self._sweep(wall)
+        for incr in incrs:
+            self._incr(incr, now, wall)
+        self._evict()
+
+    async def commit(self, batch: Sequence[Guarded], now: float) -> list[bool]:
+        validate(batch)
+        wall = self._clock()
+        self._sweep(wall)
+        get = self._get
+        out: list[bool] = []
+        for group in batch:
+            ok = True
+            for g in group.guards:
+                total = get(_ckey(g.key), g.window, now, wall) + g.amount
+                for e in g.extra:
+                    total += get(_ckey(e.key), e.window, now, wall)
+                if total > g.limit:
+                    ok = False
+                    break
+            if ok:
+                for incr in group.incrs:
+                    self._incr(incr, now, wall)
+            out.append(ok)
+        self._evict()
+        return out
+
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        return (await self.claim_many((key,), ttl_s))[0]
+
+    async def claim_many(self, keys: Sequence[str], ttl_s: int) -> list[bool]:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        wall = self._clock()
+        self._sweep(wall)
+        data = self._data
+        exp = self._intern(math.ceil(wall + ttl_s))
+        out: list[bool] = []
+        for key in keys:
+            k = _CLAIM + key
+            cur: int | None = data.get(k)
+            if cur is not None and cur > wall:
+                data.move_to_end(k)
+                out.append(False)
+                continue
+            self._put(k, cur, exp, exp)
+            out.append(True)
+        self._evict()
+        return out
+
+    async def history(self, key: str) -> list[str]:
+        wall = self._clock()
+        self._sweep(wall)
+        k = _HIST + key
+        cur: _History | None = self._data.get(k)
+        if cur is None or cur[0] <= wall:
+            return []
+        self._data.move_to_end(k)
+        return list(cur[1])
+
+    async def push_history(
+        self, key: str, entries: Sequence[str], *, keep: int, ttl_s: int
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        wall = self._clock()
+        self._sweep(wall)
+        k = _HIST + key
+        cur: _History | None = self._data.get(k)
+        old_exp = None if cur is None else cur[0]
+        items = () if cur is None or cur[0] <= wall else cur[1]
+        new_items = (tuple(reversed(entries)) + items)[: max(keep, 0)]
+        if not new_items:
+            self._put(k, old_exp, None, None)
+            return
+        exp = self._intern(math.ceil(wall + ttl_s))
+        self._put(k, old_exp, (exp, new_items), exp)
+        self._evict()
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._data.clear()
+        self._wheel.clear()
+        self._slots.clear()
+        self._ints.clear()
+        self._tuples.clear()
+
+    # ------------------------------------------------------------------ counters
+
+    def _get(self, key: str, window: Window, now: float, wall: float) -> int:
+        data = self._data
+        v = data.get(key)
+        if v is None:
+            return 0
+        data.move_to_end(key)
+        if type(v) is int:
+            return v if v > 0 else 0
+        t: tuple[int, ...] = v
+        if t[0] <= wall:
+            return 0
+        if window.window_s is None:
+            lo = hi = 0
+        else:
+            bs = window.bucket_s
+            if bs <= 0:
+                raise ValueError(f"bucket_s must be positive for a windowed counter: {window}")
+            lo, hi = int((now - window.window_s) // bs), int(now // bs)
+        if len(t) == 3:
+            c = t[2] if lo <= t[1] <= hi else 0
+            return c if c > 0 else 0
+        s = 0
+        for j in range(1, len(t), 2):
+            if lo <= t[j] <= hi:
+                s += t[j + 1]
+        return s if s > 0 else 0
+
+    def _incr(self, incr: Incr, now: float, wall: float) -> None:
+        idx, lo, ttl = incr_plan(incr, now)
+        key = _ckey(incr.key)
+        amount = incr.amount
+        cur: _Counter | None = self._data.get(key)
+        old_exp: int | None = None
+        live: _Counter | None = cur
+        if type(cur) is tuple:
+            old_exp = cur[0]
+            if old_exp <= wall:
+                live = None
+        new: _Counter | None
+        exp: int | None
+        if lo is None:  # lifetime: a plain int, or (expiry, 0, count) with a TTL
+            if live is None:
+                c = amount
+            elif isinstance(live, int):
+                c = live + amount
+            else:
+                c = live[2] + amount
+            if ttl is not None:
+                exp = self._intern(math.ceil(wall + ttl))
+            elif type(live) is tuple:
+                exp = live[0]
+            else:
+                exp = None
+            if c == 0:
+                new = None
+            elif exp is None:
+                new = c
+            else:
+                new = self._share((exp, 0, c))
+        else:
+            assert ttl is not None
+            exp = self._intern(math.ceil(wall + ttl))
+            parts = [exp]
+            hit = False
+            if type(live) is tuple:
+                for j in range(1, len(live), 2):
+                    b = live[j]
+                    if b < lo:
+                        continue
+                    c = live[j + 1]
+                    if b == idx:
+                        hit = True
+                        c += amount
+                        if c == 0:
+                            continue
+                    parts.append(b)
+                    parts.append(c)
+            if not hit and amount and idx >= lo:
+                parts.append(self._intern(idx))
+                parts.append(amount)
+            if len(parts) == 3:
+                new = self._share((parts[0], parts[1], parts[2]))
+            else:
+                new = tuple(parts) if len(parts) > 1 else None
+        if new is None:
+            exp = None
+        self._put(key, old_exp, new, exp)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _put(self, key: str, old_exp: int | None, new: _Value | None, new_exp: int | None) -> None:
+        """Store (or delete, ``new=None``) ``key`` and keep the timing wheel in step.
+
+        ``old_exp`` is the expiry the stored value has (expired or not), i.e. the wheel slot
+        the key is filed under; ``new_exp`` the expiry of ``new``."""
+        data = self._data
+        if new is None:
+            if data.pop(key, None) is not None and old_exp is not None:
+                self._unschedule(key, old_exp)
+            return
+        data[key] = new
+        data.move_to_end(key)
+        if new_exp is None:
+            if old_exp is not None:
+                self._unschedule(key, old_exp)
+            return
+        new_slot = new_exp // _SLOT_S
+        if old_exp is not None:
+            old_slot = old_exp // _SLOT_S
+            if old_slot == new_slot:
+                return
+            bucket = self._wheel.get(old_slot)
+            if bucket is not None:
+                key = bucket.pop(key, key)  # reuse the stored key object
+        slot = self._wheel.get(new_slot)
+        if slot is None:
+            slot = self._wheel[new_slot] = {}
+            heapq.heappush(self._slots, new_slot)
+        slot[key] = key
+
+    def _unschedule(self, key: str, exp: int) -> None:
+        bucket = self._wheel.get(exp // _SLOT_S)
+        if bucket is not None:
+            bucket.pop(key, None)
+
+    def _sweep(self, wall: float) -> None:
+        """Reclaim up to ``_SWEEP_BATCH`` keys from wheel slots that lie wholly in the past."""
+        slots = self._slots
+        if not slots or (slots[0] + 1) * _SLOT_S > wall:
+            return
+        data, wheel = self._data, self._wheel
+        budget = _SWEEP_BATCH
+        while slots and (slots[0] + 1) * _SLOT_S <= wall:
+            keys = wheel.get(slots[0])
+            while keys and budget:
+                k = keys.popitem()[1]
+                if data.pop(k, None) is not None:
+                    self.expirations += 1
+                budget -= 1
+            if keys:
+                return
+            wheel.pop(heapq.heappop(slots), None)
+            if not budget:
+                return
+
+    def _evict(self) -> None:
+        data = self._data
+        while len(data) > self.max_keys:
+            k, v = data.popitem(last=False)
+            if type(v) is tuple:
+                self._unschedule(k, v[0])
+            elif k[:1] == _CLAIM:
+                self._unschedule(k, v)
+            self.evictions += 1
+
+    def _share(self, t: tuple[int, ...]) -> tuple[int, ...]:
+        """One object for equal single-bucket values: viewers written in the same second
+        usually hold the very same ``(expiry, bucket, count)`` (tuples are immutable)."""
+        tuples = self._tuples
+        u = tuples.get(t)
+        if u is None:
+            if len(tuples) >= _INTERN_MAX:
+                tuples.clear()
+            tuples[t] = u = t
+        return u
+
+    def _intern(self, x: int) -> int:
+        """Share the int objects of recent expiries/bucket indices between keys."""
+        ints = self._ints
+        y = ints.get(x)
+        if y is None:
+            if len(ints) >= _INTERN_MAX:
+                ints.clear()
+            ints[x] = y = x
+        return y

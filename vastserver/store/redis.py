@@ -1,0 +1,275 @@
+"""``RedisStore``: shared state for several server instances, on ``redis.asyncio``.
+
+Key layout (``prefix`` defaults to ``"vs:"``):
+
+* counter ``{prefix}c:{key}``: a hash ``{bucket index: count}`` with ``EXPIRE`` refreshed on
+  every write (default ``window_s + bucket_s``; lifetime counters use the single field
+  ``"0"`` and expire only with an explicit ``ttl_s``). Writes drop fields that have left the
+  window and fields whose count reached 0, so a hash holds at most ``window/bucket + 1``
+  small fields (a listpack in Redis) and an empty one disappears. A key must always be used
+  with the same ``Window``;
+* claim ``{prefix}d:{key}``: ``SET NX EX``;
+* history ``{prefix}h:{key}``: a list, newest first (``LPUSH``/``LTRIM``/``EXPIRE`` in one
+  ``MULTI``), read with ``LRANGE``.
+
+Round trips: ``read`` is one ``EVALSHA`` (sums computed server-side over the window's
+fields, one consistent snapshot); ``commit`` and ``add`` are one ``EVALSHA`` of
+:data:`COMMIT_LUA`, which processes the groups in order, atomically: every guard of a group
+is summed in Lua, then the group's increments are applied only if all guards hold (``add`` is
+a single group without guards). ``claim_many`` and ``push_history`` are one pipeline.
+Scripts are cached by SHA; after a server restart the first call re-loads them
+(redis-py's ``Script`` handles ``NOSCRIPT``). Every key a script touches is passed in
+``KEYS``.
+
+Failures: every Redis or socket error is raised as :class:`StoreUnavailable`. Writes are
+**never retried** (a retried ``commit``, ``add``, ``claim`` or push after an ambiguous failure
+could apply twice or lose a claim); ``read`` and ``history`` retry once on a connection error.
+The connection pool checks a pooled connection before reuse and reconnects one the server
+closed, so after a server restart the next call simply works (a write racing the restart
+itself can still fail once). ``socket_timeout`` bounds connecting, each reply, and waiting for
+a free pooled connection (at most ``max_connections`` per store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.maint_notifications import MaintNotificationsConfig
+
+from .base import Guarded, Incr, Read, StoreUnavailable
+from .memory import bucket_bounds, incr_plan
+
+_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+
+_WSUM_LUA = """
+local function wsum(key, lo, hi)
+  local flat = redis.call('HGETALL', key)
+  local s = 0
+  for i = 1, #flat, 2 do
+    local b = tonumber(flat[i])
+    if b >= lo and b <= hi then s = s + tonumber(flat[i + 1]) end
+  end
+  if s < 0 then return 0 end
+  return s
+end
+"""
+
+READ_LUA = (
+    _WSUM_LUA
+    + """
+-- KEYS: counter hashes; ARGV: lo, hi bucket index per key. Returns the clamped sums.
+local out = {}
+for i = 1, #KEYS do
+  out[i] = wsum(KEYS[i], tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i]))
+end
+return out
+"""
+)
+
+COMMIT_LUA = (
+    _WSUM_LUA
+    + """
+-- KEYS: the counter hash of every guard and increment, in the order they appear below.
+-- ARGV: ngroups, then per group: nguards, nincrs,
+--   per guard: lo, hi, limit, amount, nextra, then lo, hi per extra counter
+--              (holds iff wsum(key) + wsum(each extra) + amount <= limit)
+--   per incr:  field, amount, ttl (0 = leave the TTL), trim ('' = none: drop fields < trim)
+-- Returns 1/0 per group. Groups run in order, each seeing the ones before.
+local a, k = 2, 1
+local out = {}
+for g = 1, tonumber(ARGV[1]) do
+  local ng, ni = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  a = a + 2
+  local ok = 1
+  for _ = 1, ng do
+    local nx = tonumber(ARGV[a + 4])
+    if ok == 1 then
+      local s = wsum(KEYS[k], tonumber(ARGV[a]), tonumber(ARGV[a + 1]))
+      for x = 1, nx do
+        s = s + wsum(KEYS[k + x], tonumber(ARGV[a + 3 + 2 * x]), tonumber(ARGV[a + 4 + 2 * x]))
+      end
+      if s + tonumber(ARGV[a + 3]) > tonumber(ARGV[a + 2]) then ok = 0 end
+    end
+    a = a + 5 + 2 * nx
+    k = k + 1 + nx
+  end
+  for _ = 1, ni do
+    if ok == 1 then
+      local key, field = KEYS[k], ARGV[a]
+      if redis.call('HINCRBY', key, field, ARGV[a + 1]) == 0 then
+        redis.call('HDEL', key, field)
+      end
+      if ARGV[a + 3] ~= '' then
+        local trim = tonumber(ARGV[a + 3])
+        for _, f in ipairs(redis.call('HKEYS', key)) do
+          if tonumber(f) < trim then redis.call('HDEL', key, f) end
+        end
+      end
+      local ttl = tonumber(ARGV[a + 2])
+      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
+    end
+    a = a + 4
+    k = k + 1
+  end
+  out[g] = ok
+end
+return out
+"""
+)
+
+
+class RedisStore:
+    """Shared :class:`~vastserver.store.base.Store` on Redis (see the module docstring)."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "vs:",
+        socket_timeout: float = 0.25,
+        max_connections: int = 64,
+        pool_timeout: float = 1.0,
+    ) -> None:
+        # ``pool_timeout`` bounds waiting for a free pooled connection under a burst of
+        # concurrent requests; ``socket_timeout`` bounds connecting and each reply.
+        self._pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=pool_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            decode_responses=True,
+            # redis-py skips its "is this pooled connection still open?" check on checkout
+            # when RESP3 maintenance notifications are on (its default); we need that check
+            # to reconnect by ourselves after a server restart.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+        )
+        self._client = Redis(connection_pool=self._pool)
+        self._read = self._client.register_script(READ_LUA)
+        self._commit = self._client.register_script(COMMIT_LUA)
+        self._c = prefix + "c:"
+        self._d = prefix + "d:"
+        self._h = prefix + "h:"
+
+    async def read(self, reads: Sequence[Read], now: float) -> list[int]:
+        if not reads:
+            return []
+        c = self._c
+        keys: list[str] = []
+        args: list[int] = []
+        for r in reads:
+            keys.append(c + r.key)
+            args.extend(bucket_bounds(r.window, now))
+        try:
+            try:
+                res = await self._read(keys=keys, args=args)
+            except RedisConnectionError:  # e.g. a pooled connection the server closed
+                res = await self._read(keys=keys, args=args)  # reads are safe to repeat
+        except _FAILURES as e:
+            raise StoreUnavailable(f"redis read failed: {e!r}") from e
+        return [int(x) for x in res]
+
+    async def add(self, incrs: Sequence[Incr], now: float) -> None:
+        if incrs:
+            await self.commit((Guarded((), tuple(incrs)),), now)
+
+    async def commit(self, batch: Sequence[Guarded], now: float) -> list[bool]:
+        if not batch:
+            return []
+        c = self._c
+        keys: list[str] = []
+        args: list[int | str] = [len(batch)]
+        for group in batch:
+            args += (len(group.guards), len(group.incrs))
+            for g in group.guards:
+                keys.append(c + g.key)
+                lo, hi = bucket_bounds(g.window, now)
+                args += (lo, hi, g.limit, g.amount, len(g.extra))
+                for e in g.extra:
+                    keys.append(c + e.key)
+                    args.extend(bucket_bounds(e.window, now))
+            for incr in group.incrs:
+                keys.append(c + incr.key)
+                idx, trim, ttl = incr_plan(incr, now)
+                args += (idx, incr.amount, ttl or 0, "" if trim is None else trim)
+        try:
+            res = await self._commit(keys=keys, args=args)
+        except _FAILURES as e:
+            raise StoreUnavailable(f"redis commit failed: {e!r}") from e
+        return [bool(x) for x in res]
+
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        try:
+            res = await self._client.set(self._d + key, 1, nx=True, ex=ttl_s)
+        except _FAILURES as e:
+            raise StoreUnavailable(f"redis claim failed: {e!r}") from e
+        return bool(res)
+
+    async def claim_many(self, keys: Sequence[str], ttl_s: int) -> list[bool]:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        if not keys:
+            return []
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.set(self._d + key, 1, nx=True, ex=ttl_s)
+                res = await pipe.execute()
+        except _FAILURES as e:
+            raise StoreUnavailable(f"redis claim failed: {e!r}") from e
+        return [bool(x) for x in res]
+
+    async def history(self, key: str) -> list[str]:
+        k = self._h + key
+        try:
+            try:
+                res = await self._client.lrange(k, 0, -1)
+            except RedisConnectionError:
+                res = await self._client.lrange(k, 0, -1)
+        except _FAILURES as e:
+            raise StoreUnavailable(f"redis history failed: {e!r}") from e
+        return [str(x) for x in res]
+
+    async def push_history(
+        self, key: str, entries: Sequence[str], *, keep: int, ttl_s: int
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        k = self._h + key
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                if keep <= 0:
+                    pipe.delete(k)
+                else:
+                    if entries:
+                        pipe.lpush(k, *entries)
+                    pipe.ltrim(k, 0, keep - 1)
+                    pipe.expire(k, ttl_s)
+                await pipe.execute()
+        except _FAILURES as e:
+            raise StoreUnavailable(f"redis history failed: {e!r}") from e
+
+    async def ping(self) -> bool:
+        """True when Redis answers; False (never raises) when it cannot be reached."""
+        try:
+            return bool(await self._client.ping())
+        except _FAILURES:
+            return False
+
+    async def close(self) -> None:
+        try:
+            await self._client.aclose()
+        finally:
+            await self._pool.aclose()
