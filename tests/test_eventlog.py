@@ -1,0 +1,610 @@
+"""The durable event log: format, group commit, rotation, kill -9, disk-full behaviour, reader."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gzip
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vastserver.eventlog import (
+    DROP_BUFFER_FULL,
+    DROP_CLOSED,
+    EventLog,
+    EventLogCorruptError,
+    ReadStats,
+    read_events,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXED_TS = 1_795_636_800.25  # 2026-11-25T20:00:00.25Z
+
+
+def segments(directory: Path) -> list[Path]:
+    return sorted(directory.glob("events-*.jsonl"))
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def make_log(tmp_path: Path) -> Iterator[Callable[..., EventLog]]:
+    logs: list[EventLog] = []
+
+    def make(**kwargs: Any) -> EventLog:
+        kwargs.setdefault("commit_interval_s", 0.01)
+        event_log = EventLog(kwargs.pop("directory", tmp_path / "log"), **kwargs)
+        logs.append(event_log)
+        return event_log
+
+    yield make
+    for event_log in logs:
+        event_log.close()
+
+
+class FaultyDisk:
+    """Replaces the log's file operations; ``mode`` selects how write() fails."""
+
+    def __init__(self, event_log: EventLog) -> None:
+        self.mode: str | None = None  # None, "enospc", "partial", "fsync"
+        self.truncate_fails = False
+        self.writes = 0
+        self.partial_calls = 0
+        self.truncates = 0
+        event_log._os_write = self.write
+        event_log._os_fsync = self.fsync
+        event_log._os_ftruncate = self.ftruncate
+
+    def write(self, fd: int, data: memoryview) -> int:
+        self.writes += 1
+        if self.mode == "enospc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if self.mode == "partial":
+            # Every other call, half of the bytes land (splitting a line); the next call finds
+            # the disk full.
+            self.partial_calls += 1
+            if self.partial_calls % 2:
+                cut = max(1, len(data) // 2)
+                if data[cut - 1] == ord("\n") and cut > 1:
+                    cut -= 1  # always inside a line
+                return os.write(fd, data[:cut])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        if self.mode == "fsync":
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(fd)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        self.truncates += 1
+        if self.truncate_fails:
+            raise OSError(errno.EROFS, "Read-only file system")
+        os.ftruncate(fd, length)
+
+
+# -- format and ordering --------------------------------------------------------------------
+
+
+def test_round_trip_adds_ts_and_seq(make_log: Callable[..., EventLog], tmp_path: Path) -> None:
+    event_log = make_log(clock=lambda: FIXED_TS)
+    records = [
+        {
+            "type": "beacon",
+            "i": i,
+            "name": "Café \u2028 ünïcode \n ☃",  # U+2028 must not split a line on reading
+            "nested": {"list": [1, 2.5, None, True], "empty": {}},
+        }
+        for i in range(2000)
+    ]
+    for record in records:
+        event_log.append(record)
+    event_log.flush()
+
+    back = list(read_events([tmp_path / "log"]))
+    assert [r["seq"] for r in back] == list(range(2000))
+    assert all(r["ts"] == FIXED_TS for r in back)
+    assert [{k: v for k, v in r.items() if k not in ("seq", "ts")} for r in back] == records
+
+    raw = segments(tmp_path / "log")[0].read_bytes()
+    first = raw.split(b"\n", 1)[0].decode()
+    assert first.startswith('{"ts":1795636800.25,"seq":0,"type":"beacon"')
+    assert ", " not in first and ": " not in first  # compact separators
+    assert "Café" in first and "☃" in first  # ensure_ascii=False
+
+
+def test_ts_and_seq_kept_when_present(make_log: Callable[..., EventLog], tmp_path: Path) -> None:
+    event_log = make_log(clock=lambda: FIXED_TS)
+    event_log.append({"ts": 1.5, "seq": 99, "a": 1})
+    event_log.append({"a": 2})
+    event_log.close()
+    back = list(read_events(tmp_path / "log"))
+    assert back == [{"ts": 1.5, "seq": 99, "a": 1}, {"ts": FIXED_TS, "seq": 0, "a": 2}]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (object(), TypeError),
+        ({1, 2}, TypeError),
+        (b"bytes", TypeError),
+        ({(1, 2): "tuple key"}, TypeError),
+        (math.nan, ValueError),
+        (math.inf, ValueError),
+        ("\ud800", ValueError),  # lone surrogate: not encodable as UTF-8
+    ],
+)
+def test_non_json_values_rejected_at_append(
+    make_log: Callable[..., EventLog], tmp_path: Path, value: object, error: type[Exception]
+) -> None:
+    event_log = make_log()
+    with pytest.raises(error):
+        event_log.append({"bad": value})
+    event_log.append({"good": 1})
+    event_log.close()
+    back = list(read_events(tmp_path / "log"))
+    assert [(r["seq"], r["good"]) for r in back] == [(0, 1)]  # no seq consumed by the reject
+    assert event_log.stats()["appended"] == 1
+
+
+def test_concurrent_appenders_keep_seq_in_file_order(
+    make_log: Callable[..., EventLog], tmp_path: Path
+) -> None:
+    event_log = make_log()
+
+    def worker(t: int) -> None:
+        for i in range(2000):
+            event_log.append({"t": t, "i": i})
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    event_log.close()
+    back = list(read_events(tmp_path / "log"))
+    assert [r["seq"] for r in back] == list(range(8000))
+    for t in range(4):
+        assert [r["i"] for r in back if r["t"] == t] == list(range(2000))
+
+
+# -- segments ---------------------------------------------------------------------------------
+
+
+def test_rotation_by_size_never_splits_lines(
+    make_log: Callable[..., EventLog], tmp_path: Path
+) -> None:
+    event_log = make_log(segment_max_bytes=1000)
+    for i in range(500):
+        event_log.append({"i": i, "pad": "x" * (i % 50)})
+        if i % 100 == 0:
+            event_log.flush()  # rotation both inside one commit and across commits
+    event_log.append({"i": 500, "pad": "y" * 3000})  # larger than a segment: gets its own
+    event_log.append({"i": 501})
+    event_log.close()
+
+    files = segments(tmp_path / "log")
+    assert len(files) > 10
+    pid = os.getpid()
+    for f in files:
+        assert f.name.startswith("events-") and f"-{pid}-" in f.name
+        data = f.read_bytes()
+        assert data.endswith(b"\n")
+        assert len(data) <= 1000 or data.count(b"\n") == 1
+        for line in data.splitlines():
+            json.loads(line)
+    assert [r["i"] for r in read_events(tmp_path / "log")] == list(range(502))
+    assert event_log.stats()["segments"] == len(files)
+
+
+def test_segment_names_sort_in_write_order(
+    make_log: Callable[..., EventLog], tmp_path: Path
+) -> None:
+    # A frozen clock: many segments share one timestamp; the counter keeps them ordered.
+    event_log = make_log(segment_max_bytes=100, clock=lambda: FIXED_TS)
+    for i in range(300):
+        event_log.append({"i": i})
+    event_log.close()
+    files = segments(tmp_path / "log")
+    assert len(files) > 20
+    assert files[0].name == f"events-20261125T200000-{os.getpid()}-000001.jsonl"
+    assert [r["i"] for r in read_events(tmp_path / "log")] == list(range(300))
+
+
+def test_max_segments_prunes_oldest(make_log: Callable[..., EventLog], tmp_path: Path) -> None:
+    directory = tmp_path / "log"
+    directory.mkdir()
+    # Another worker's segment that is still being written (it holds the lock): never deleted.
+    foreign = directory / "events-20000101T000000-1-000001.jsonl"
+    foreign.write_text('{"other":1}\n')
+    foreign_fd = os.open(foreign, os.O_RDONLY)
+    fcntl.flock(foreign_fd, fcntl.LOCK_SH)
+    # An old finished (and compressed) segment: deleted like ours.
+    old = directory / "events-20000101T000000-2-000001.jsonl.gz"
+    old.write_bytes(gzip.compress(b'{"old":1}\n'))
+    try:
+        event_log = make_log(directory=directory, segment_max_bytes=200, max_segments=3)
+        for i in range(200):
+            event_log.append({"i": i})
+        event_log.close()
+        files = sorted(p.name for p in directory.iterdir())
+        assert foreign.name in files
+        assert old.name not in files
+        assert len(files) == 3
+        ours = [r["i"] for r in read_events(directory) if "i" in r]
+        assert ours and ours == list(range(ours[0], 200))  # a suffix: the newest survive
+    finally:
+        os.close(foreign_fd)
+
+
+def test_two_logs_in_one_directory_never_collide(tmp_path: Path) -> None:
+    # Same pid and a frozen clock: the names would collide; O_EXCL makes the second pick another.
+    a = EventLog(tmp_path, clock=lambda: FIXED_TS, commit_interval_s=0.01)
+    b = EventLog(tmp_path, clock=lambda: FIXED_TS, commit_interval_s=0.01)
+    for i in range(100):
+        a.append({"w": "a", "i": i})
+        b.append({"w": "b", "i": i})
+    a.close()
+    b.close()
+    assert len(segments(tmp_path)) == 2
+    back = list(read_events(tmp_path))
+    for w in "ab":
+        assert [r["i"] for r in back if r["w"] == w] == list(range(100))
+
+
+# -- group commit and durability -------------------------------------------------------------
+
+
+def test_group_commit_without_flush(make_log: Callable[..., EventLog], tmp_path: Path) -> None:
+    event_log = make_log(commit_interval_s=0.02)
+    for i in range(300):
+        event_log.append({"i": i})
+
+    def all_on_disk() -> bool:
+        return [r["i"] for r in read_events(tmp_path / "log")] == list(range(300))
+
+    wait_for(all_on_disk)
+    # The counters follow the fsync, a moment after the data is readable.
+    wait_for(lambda: event_log.stats()["written"] == 300)
+    assert event_log.stats()["pending"] == 0
+
+
+KILL_CHILD = r"""
+import sys, time
+from pathlib import Path
+from vastserver.eventlog import EventLog
+
+log = EventLog(Path(sys.argv[1]), commit_interval_s=float(sys.argv[2]))
+start = next_report = time.monotonic()
+i = 0
+while True:
+    log.append({"i": i, "pad": "event payload"})
+    now = time.monotonic()
+    if now >= next_report:
+        print(i, flush=True)  # i is appended (queued) by now
+        next_report = now + 0.1
+        if now - start > 30:  # the parent went away
+            break
+    i += 1
+"""
+
+
+def test_kill_9_loses_at_most_the_last_commit_interval(tmp_path: Path) -> None:
+    interval = 0.05
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_CHILD, str(tmp_path), str(interval)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    reports: list[tuple[float, int]] = []  # (when we read it, i appended by then)
+    try:
+        assert proc.stdout is not None
+        while not reports or reports[-1][0] - reports[0][0] < 1.0:
+            line = proc.stdout.readline()
+            if not line:
+                _, err = proc.communicate()
+                pytest.fail(f"child exited early: {err.decode()}")
+            reports.append((time.monotonic(), int(line)))
+        kill_at = time.monotonic()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+
+    margin = 2 * interval + 0.25
+    guaranteed = max(i for t, i in reports if t <= kill_at - margin)
+    stats = ReadStats()
+    on_disk = [r["i"] for r in read_events(tmp_path, stats=stats)]
+    assert stats.torn_lines <= 1
+    assert on_disk == list(range(len(on_disk))), "not a gap-free prefix"
+    assert len(on_disk) > guaranteed, f"lost {guaranteed + 1 - len(on_disk)} committed events"
+
+
+# -- failing disk -----------------------------------------------------------------------------
+
+
+def test_disk_full_buffers_drops_oldest_and_recovers_in_order(
+    make_log: Callable[..., EventLog], tmp_path: Path
+) -> None:
+    drops: list[tuple[int, str]] = []
+    event_log = make_log(buffer_max_events=10, on_drop=lambda n, r: drops.append((n, r)))
+    disk = FaultyDisk(event_log)
+    for i in range(5):
+        event_log.append({"i": i})
+    event_log.flush()
+
+    disk.mode = "enospc"
+    for i in range(5, 30):
+        event_log.append({"i": i})  # never raises, never blocks
+    with pytest.raises(OSError) as info:
+        event_log.flush()
+    assert info.value.errno == errno.ENOSPC
+    assert event_log.dropped_total == 15
+    assert sum(n for n, _ in drops) == 15
+    assert {r for _, r in drops} == {DROP_BUFFER_FULL}
+    stats = event_log.stats()
+    assert stats["pending"] == 10 and stats["written"] == 5 and stats["dropped"] == 15
+    assert "No space left" in stats["last_error"]
+    with pytest.raises(OSError):
+        event_log.flush()  # still failing: retried, still queued
+    assert [r["i"] for r in read_events(tmp_path / "log")] == list(range(5))
+
+    disk.mode = None
+    event_log.flush()
+    event_log.append({"i": 30})
+    event_log.flush()
+    expected = [*range(5), *range(20, 31)]
+    assert [r["i"] for r in read_events(tmp_path / "log")] == expected
+    assert [r["seq"] for r in read_events(tmp_path / "log")] == expected
+    assert event_log.stats()["pending"] == 0
+    assert event_log.stats()["last_error"] is None
+
+
+def test_disk_recovers_without_flush(make_log: Callable[..., EventLog], tmp_path: Path) -> None:
+    event_log = make_log()
+    disk = FaultyDisk(event_log)
+    disk.mode = "enospc"
+    for i in range(50):
+        event_log.append({"i": i})
+    wait_for(lambda: disk.writes >= 3)  # retried every interval
+    assert event_log.stats()["pending"] == 50
+    disk.mode = None
+    wait_for(lambda: event_log.stats()["written"] == 50)
+    assert [r["i"] for r in read_events(tmp_path / "log")] == list(range(50))
+
+
+@pytest.mark.parametrize("mode", ["partial", "fsync"])
+def test_failed_write_is_rolled_back(
+    make_log: Callable[..., EventLog], tmp_path: Path, mode: str
+) -> None:
+    event_log = make_log()
+    disk = FaultyDisk(event_log)
+    for i in range(10):
+        event_log.append({"i": i})
+    event_log.flush()
+    disk.mode = mode
+    for i in range(10, 40):
+        event_log.append({"i": i})
+    with pytest.raises(OSError):
+        event_log.flush()
+    assert disk.truncates >= 1
+    disk.mode = None
+    event_log.flush()
+    stats = ReadStats()
+    assert [r["i"] for r in read_events(tmp_path / "log", stats=stats)] == list(range(40))
+    assert stats.torn_lines == 0 and stats.invalid_lines == 0
+    assert len(segments(tmp_path / "log")) == 1
+
+
+@pytest.mark.parametrize("committed", [0, 10])
+def test_untruncatable_segment_is_abandoned_without_duplicates(
+    make_log: Callable[..., EventLog], tmp_path: Path, committed: int
+) -> None:
+    # E.g. the filesystem was remounted read-only: the torn write cannot be undone. The
+    # complete lines that landed count as written; the rest go to a new segment.
+    event_log = make_log(commit_interval_s=3600)  # one write attempt per flush()
+    disk = FaultyDisk(event_log)
+    for i in range(committed):
+        event_log.append({"i": i})
+    event_log.flush()
+    disk.mode = "partial"
+    disk.truncate_fails = True
+    for i in range(committed, 40):
+        event_log.append({"i": i})
+    with pytest.raises(OSError):
+        event_log.flush()
+    disk.mode = None
+    event_log.flush()
+    stats = ReadStats()
+    assert [r["i"] for r in read_events(tmp_path / "log", stats=stats)] == list(range(40))
+    assert stats.torn_lines == 1  # the torn tail of the abandoned segment
+    assert len(segments(tmp_path / "log")) == 2
+
+
+def test_open_failure_is_retried(make_log: Callable[..., EventLog], tmp_path: Path) -> None:
+    event_log = make_log()
+    real_open = event_log._os_open
+    failing = True
+
+    def flaky_open(path: Path, flags: int, mode: int) -> int:
+        if failing:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, mode)
+
+    event_log._os_open = flaky_open
+    event_log.append({"i": 0})
+    with pytest.raises(OSError):
+        event_log.flush()
+    failing = False
+    event_log.append({"i": 1})
+    event_log.flush()
+    assert [r["i"] for r in read_events(tmp_path / "log")] == [0, 1]
+
+
+def test_directory_removed_at_runtime_is_recreated(
+    make_log: Callable[..., EventLog], tmp_path: Path
+) -> None:
+    event_log = make_log(segment_max_bytes=1)  # one line per segment: none stays open
+    event_log.append({"i": 0})
+    event_log.flush()
+    for f in segments(tmp_path / "log"):
+        f.unlink()
+    (tmp_path / "log").rmdir()
+    for i in range(1, 10):
+        event_log.append({"i": i})
+    event_log.flush()
+    assert [r["i"] for r in read_events(tmp_path / "log")] == list(range(1, 10))
+
+
+def test_close_with_failing_disk_reports_lost_events(
+    make_log: Callable[..., EventLog], tmp_path: Path
+) -> None:
+    drops: list[tuple[int, str]] = []
+    event_log = make_log(on_drop=lambda n, r: drops.append((n, r)))
+    FaultyDisk(event_log).mode = "enospc"
+    for i in range(7):
+        event_log.append({"i": i})
+    event_log.close()  # does not raise
+    assert drops == [(7, DROP_CLOSED)]
+    assert event_log.stats()["dropped"] == 7
+    assert segments(tmp_path / "log") == []  # the empty segment is removed
+
+
+def test_on_drop_errors_do_not_stop_the_writer(
+    make_log: Callable[..., EventLog], tmp_path: Path
+) -> None:
+    def broken(count: int, reason: str) -> None:
+        raise RuntimeError("metrics down")
+
+    event_log = make_log(buffer_max_events=2, on_drop=broken)
+    disk = FaultyDisk(event_log)
+    disk.mode = "enospc"
+    for i in range(5):
+        event_log.append({"i": i})
+    with pytest.raises(OSError):
+        event_log.flush()
+    disk.mode = None
+    event_log.flush()
+    assert [r["i"] for r in read_events(tmp_path / "log")] == [3, 4]
+
+
+# -- lifecycle --------------------------------------------------------------------------------
+
+
+def test_close_flushes_and_rejects_later_appends(tmp_path: Path) -> None:
+    event_log = EventLog(tmp_path, commit_interval_s=3600)  # only close() can write
+    for i in range(100):
+        event_log.append({"i": i})
+    event_log.close()
+    assert [r["i"] for r in read_events(tmp_path)] == list(range(100))
+    with pytest.raises(RuntimeError):
+        event_log.append({"i": 100})
+    event_log.close()  # idempotent
+    event_log.flush()  # nothing to do
+    assert event_log.closed
+    assert event_log.stats() == {
+        "appended": 100,
+        "written": 100,
+        "dropped": 0,
+        "pending": 0,
+        "segments": 1,
+        "last_error": None,
+    }
+
+
+def test_flush_is_prompt_with_long_interval(tmp_path: Path) -> None:
+    with EventLog(tmp_path, commit_interval_s=3600) as event_log:
+        event_log.append({"i": 0})
+        event_log.flush()
+        assert [r["i"] for r in read_events(tmp_path)] == [0]
+    with pytest.raises(RuntimeError):
+        event_log.append({"i": 1})
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_log_inherited_through_fork_is_closed_in_the_child(
+    make_log: Callable[..., EventLog],
+) -> None:
+    event_log = make_log()
+    event_log.append({"i": 0})
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            event_log.append({"i": 1})
+        except RuntimeError:
+            code = 0
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    event_log.append({"i": 2})  # the parent is unaffected
+    event_log.flush()
+
+
+# -- reader -----------------------------------------------------------------------------------
+
+
+def test_reader_skips_a_torn_last_line(tmp_path: Path) -> None:
+    seg = tmp_path / "events-20261125T200000-1-000001.jsonl"
+    seg.write_bytes(b'{"i":0}\n{"i":1}\n{"i":2,"pa')
+    stats = ReadStats()
+    assert [r["i"] for r in read_events([seg], stats=stats)] == [0, 1]
+    assert stats == ReadStats(files=1, events=2, torn_lines=1, invalid_lines=0)
+    # Even a complete object without its newline was not committed: skipped too.
+    seg.write_bytes(b'{"i":0}\n{"i":1}')
+    assert [r["i"] for r in read_events([seg])] == [0]
+
+
+def test_reader_rejects_corruption_before_the_end(tmp_path: Path) -> None:
+    seg = tmp_path / "events-20261125T200000-1-000001.jsonl"
+    seg.write_bytes(b'{"i":0}\n{"i":1,\n[1,2]\n{"i":3}\n')
+    with pytest.raises(EventLogCorruptError, match=r":2: "):
+        list(read_events([seg]))
+    stats = ReadStats()
+    assert [r["i"] for r in read_events([seg], stats=stats, skip_invalid=True)] == [0, 3]
+    assert stats.invalid_lines == 2
+
+
+def test_reader_directories_and_gzip(tmp_path: Path) -> None:
+    (tmp_path / "events-20261125T200000-1-000001.jsonl.gz").write_bytes(
+        gzip.compress(b'{"i":0}\n{"i":1}\n')
+    )
+    (tmp_path / "events-20261125T200000-1-000002.jsonl").write_bytes(b'{"i":2}\n')
+    # Compressed copy next to its original (compression in progress): read once.
+    (tmp_path / "events-20261125T200000-1-000002.jsonl.gz").write_bytes(gzip.compress(b'{"i":2}\n'))
+    # Truncated gzip stream: what decompresses is kept, the rest counts as torn.
+    full = gzip.compress(b"".join(b'{"i":%d}\n' % i for i in range(3, 2000)))
+    (tmp_path / "events-20261125T200001-1-000003.jsonl.gz").write_bytes(full[: len(full) // 2])
+    (tmp_path / "notes.txt").write_text("ignored")
+    stats = ReadStats()
+    got = [r["i"] for r in read_events(tmp_path, stats=stats)]
+    assert got[:3] == [0, 1, 2] and got == list(range(len(got)))
+    assert stats.files == 3 and stats.torn_lines == 1
+    # Files are read in the order given.
+    assert [r["i"] for r in read_events([str(next(tmp_path.glob("*-000002.jsonl")))])] == [2]

@@ -1,0 +1,638 @@
+"""Durable, append-only event log: every ad decision and every counted beacon.
+
+The log is the source for reporting and model training, so it must never lose an event the
+server acknowledged more than one commit interval ago, yet appending must cost the request path
+almost nothing. :class:`EventLog` gets both by *group commit*:
+
+* :meth:`EventLog.append` (request path, asyncio thread) only serialises the record to one JSON
+  line and puts the bytes on an in-memory queue. No file I/O, no fsync, no waiting.
+* A background writer thread wakes every ``commit_interval_s`` (default 50 ms), writes every
+  queued line with one ``write()`` and makes it durable with one ``fsync()``. After ``kill -9``
+  (or a crash) at most the events of the last commit interval are missing; the log on disk is
+  always a gap-free prefix of what was appended, possibly ending in one torn line.
+
+Segments are files ``events-<UTC yyyymmddTHHMMSS>-<pid>-<nnnnnn>.jsonl`` in one directory; the
+pid keeps several server workers writing into the same directory apart. A segment is closed and
+a new one started before a line would take it over ``segment_max_bytes``; lines are never split.
+
+When writing fails (disk full, I/O error, read-only remount) serving continues: the events stay
+queued (at most ``buffer_max_events``; beyond that the oldest are dropped, counted in
+``dropped_total`` and reported through ``on_drop``) and the writer retries every interval, so the
+queued events reach the disk, in order, once it recovers.
+
+:func:`read_events` reads segments back (plain or gzip'd), skipping a torn last line.
+``docs/event-log.md`` documents the format and the record types.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import errno
+import fcntl
+import gzip
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, TypeAlias
+
+__all__ = [
+    "DROP_BUFFER_FULL",
+    "DROP_CLOSED",
+    "EventLog",
+    "EventLogCorruptError",
+    "ReadStats",
+    "read_events",
+]
+
+log = logging.getLogger("vastserver.eventlog")
+
+MiB: Final = 1024 * 1024
+
+#: ``on_drop`` reasons (stable tokens, fit for a metric label).
+DROP_BUFFER_FULL: Final = "buffer_full"
+DROP_CLOSED: Final = "closed"
+
+SEGMENT_PREFIX: Final = "events-"
+SEGMENT_SUFFIX: Final = ".jsonl"
+
+# One shared encoder: json.dumps() with non-default options builds a new encoder on every call.
+# allow_nan=False: NaN/Infinity are not JSON and break strict consumers (jq, Spark, BigQuery).
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+_OPEN_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+
+# Logs that are still open, for the fork and interpreter-exit hooks below.
+_LIVE: weakref.WeakSet[EventLog] = weakref.WeakSet()
+
+
+class EventLog:
+    """Append-only JSON-lines event log with a group-commit writer thread.
+
+    Thread-safe; one instance per process (create it in each worker *after* forking: a log
+    inherited through ``fork()`` is closed in the child). See the module docstring.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_max_bytes: int = 64 * MiB,
+        max_segments: int | None = None,
+        commit_interval_s: float = 0.05,
+        buffer_max_events: int = 100_000,
+        on_drop: Callable[[int, str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if segment_max_bytes < 1:
+            raise ValueError("segment_max_bytes must be >= 1")
+        if max_segments is not None and max_segments < 1:
+            raise ValueError("max_segments must be >= 1 or None")
+        if not commit_interval_s > 0:
+            raise ValueError("commit_interval_s must be > 0")
+        if buffer_max_events < 1:
+            raise ValueError("buffer_max_events must be >= 1")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.segment_max_bytes = segment_max_bytes
+        self.max_segments = max_segments
+        self.commit_interval_s = commit_interval_s
+        self.buffer_max_events = buffer_max_events
+        self._on_drop = on_drop
+        self._clock = clock
+        self._pid = os.getpid()
+
+        # Shared state, guarded by _lock.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._pending: deque[bytes] = deque()
+        self._closed = False  # append() refuses
+        self._closed_reason = "closed"
+        self._stopping = False  # writer: final commit, then exit
+        self._flush_requested = False
+        self._next_seq = 0
+        self._appended = 0
+        self._written = 0
+        self.dropped_total = 0
+        self._drops_unreported = 0
+        self._attempts_started = 0
+        self._attempts_done = 0
+        self._last_error: Exception | None = None
+        self._segments_created = 0
+
+        # Writer-thread state.
+        self._fd: int | None = None
+        self._seg_path: Path | None = None
+        self._seg_size = 0  # bytes written and fsynced to the open segment
+        self._seg_counter = 0
+        self._last_name_time = 0.0
+        self._failing = False
+
+        # File operations, replaceable by tests to simulate a full or failing disk.
+        self._os_open: Callable[[Path, int, int], int] = os.open
+        self._os_write: Callable[[int, memoryview], int] = os.write
+        self._os_fsync: Callable[[int], None] = os.fsync
+        self._os_ftruncate: Callable[[int, int], None] = os.ftruncate
+
+        self._thread = threading.Thread(target=self._run, name="eventlog-writer", daemon=True)
+        self._thread.start()
+        _LIVE.add(self)
+
+    # -- request path ----------------------------------------------------------------------
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        """Queue one record; adds ``ts`` and ``seq`` unless present. Never touches the disk.
+
+        Raises TypeError for values JSON cannot represent (and ValueError for NaN/Infinity
+        and unencodable strings), RuntimeError after :meth:`close`. Disk trouble never raises.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"event log is {self._closed_reason}")
+            rec: dict[str, Any] = {}
+            if "ts" not in record:
+                rec["ts"] = self._clock()
+            assign_seq = "seq" not in record
+            if assign_seq:
+                rec["seq"] = self._next_seq
+            rec.update(record)
+            line = (_ENCODER.encode(rec) + "\n").encode("utf-8")
+            if assign_seq:
+                self._next_seq += 1
+            pending = self._pending
+            if len(pending) >= self.buffer_max_events:
+                pending.popleft()
+                self.dropped_total += 1
+                self._drops_unreported += 1
+            pending.append(line)
+            self._appended += 1
+
+    # -- blocking control ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Block until everything appended so far is written and fsynced (or dropped).
+
+        Raises OSError if the writer's attempt fails; the events stay queued for retry. Blocks
+        the calling thread: from asyncio, call it through ``loop.run_in_executor``.
+        """
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("flush() called from the event log writer thread (on_drop?)")
+        with self._cond:
+            request = self._attempts_started
+            self._flush_requested = True
+            self._cond.notify_all()
+            while self._attempts_done <= request:
+                if not self._thread.is_alive():
+                    return
+                self._cond.wait(0.5)
+            err = self._last_error
+        if err is not None:
+            if isinstance(err, OSError):
+                raise OSError(err.errno, f"event log write failed: {err.strerror or err}") from err
+            raise OSError(errno.EIO, f"event log write failed: {err!r}") from err
+
+    def close(self) -> None:
+        """Write everything, stop the writer thread. Idempotent; later appends raise.
+
+        If the disk still fails at this point the remaining events are dropped and reported
+        through ``on_drop(n, "closed")``; close() itself does not raise for disk state.
+        """
+        with self._cond:
+            self._closed = True
+            self._stopping = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        _LIVE.discard(self)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: appended, written, dropped, pending, segments (created by this log)."""
+        with self._lock:
+            err = self._last_error
+            return {
+                "appended": self._appended,
+                "written": self._written,
+                "dropped": self.dropped_total,
+                "pending": self._appended - self._written - self.dropped_total,
+                "segments": self._segments_created,
+                "last_error": None if err is None else str(err),
+            }
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EventLog({str(self.directory)!r}, closed={self._closed})"
+
+    # -- writer thread ---------------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self.commit_interval_s
+        next_commit = time.monotonic() + interval
+        while True:
+            with self._cond:
+                while not (self._stopping or self._flush_requested):
+                    timeout = next_commit - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    self._cond.wait(timeout)
+                stopping = self._stopping
+                self._flush_requested = False
+                self._attempts_started += 1
+                attempt = self._attempts_started
+                batch = self._pending
+                self._pending = deque()
+            next_commit = time.monotonic() + interval
+
+            had_work = bool(batch)
+            written, err = self._write_batch(batch) if had_work else (0, None)
+
+            reports: list[tuple[int, str]] = []
+            with self._cond:
+                self._written += written
+                if err is not None:
+                    # Unwritten events go back in front of the ones appended meanwhile; keep
+                    # the newest buffer_max_events.
+                    batch.extend(self._pending)
+                    self._pending = batch
+                    overflow = len(batch) - self.buffer_max_events
+                    if overflow > 0:
+                        for _ in range(overflow):
+                            batch.popleft()
+                        self.dropped_total += overflow
+                        self._drops_unreported += overflow
+                if self._drops_unreported:
+                    reports.append((self._drops_unreported, DROP_BUFFER_FULL))
+                    self._drops_unreported = 0
+                if stopping and self._pending:
+                    lost = len(self._pending)
+                    self._pending.clear()
+                    self.dropped_total += lost
+                    reports.append((lost, DROP_CLOSED))
+                self._last_error = err
+            if had_work:
+                self._note_outcome(err, written)
+            for count, reason in reports:
+                self._report_drop(count, reason)
+            with self._cond:
+                self._attempts_done = attempt
+                self._cond.notify_all()
+            if stopping:
+                self._close_segment()
+                return
+
+    def _note_outcome(self, err: Exception | None, written: int) -> None:
+        if err is not None and not self._failing:
+            self._failing = True
+            log.error(
+                "event log %s: write failed (%s); buffering up to %d events and retrying",
+                self.directory,
+                err,
+                self.buffer_max_events,
+            )
+        elif err is None and self._failing:
+            self._failing = False
+            log.warning(
+                "event log %s: writes recovered (%d events written)", self.directory, written
+            )
+
+    def _report_drop(self, count: int, reason: str) -> None:
+        if self._on_drop is None:
+            log.warning("event log %s: dropped %d events (%s)", self.directory, count, reason)
+            return
+        try:
+            self._on_drop(count, reason)
+        except Exception:
+            log.exception("event log on_drop callback failed")
+
+    def _write_batch(self, batch: deque[bytes]) -> tuple[int, Exception | None]:
+        """Write and fsync ``batch``, rotating segments as needed.
+
+        Removes the written lines from the left of ``batch``; returns how many, and the error
+        that stopped it (None when all were written).
+        """
+        written = 0
+        limit = self.segment_max_bytes
+        while batch:
+            try:
+                if self._fd is None:
+                    self._open_segment()
+            except Exception as e:
+                return written, e
+            room = limit - self._seg_size
+            total = sum(map(len, batch))
+            if total <= room:
+                count = len(batch)
+            else:
+                count, size = 0, 0
+                for line in batch:
+                    if size + len(line) > room:
+                        break
+                    size += len(line)
+                    count += 1
+                if count == 0:
+                    if self._seg_size > 0:
+                        self._close_segment()  # full: rotate, never split a line
+                        continue
+                    count = 1  # a single line larger than a segment gets a segment of its own
+            data = (
+                b"".join(batch) if count == len(batch) else b"".join(itertools.islice(batch, count))
+            )
+            err, durable = self._write_chunk(data)
+            if err is None:
+                durable = count
+            elif durable:
+                durable = _complete_lines(batch, durable)
+            for _ in range(durable):
+                batch.popleft()
+            written += durable
+            if err is not None:
+                return written, err
+            if self._seg_size >= limit:
+                self._close_segment()
+        return written, None
+
+    def _write_chunk(self, data: bytes) -> tuple[Exception | None, int]:
+        """One write() + one fsync(). On error, undo the partial write by truncating the
+        segment back to its committed size; if even that fails, abandon the segment and
+        return how many bytes did land (their complete lines count as written, so that the
+        retry in the next segment does not duplicate them)."""
+        fd = self._fd
+        assert fd is not None
+        done = 0
+        try:
+            view = memoryview(data)
+            while done < len(data):
+                n = self._os_write(fd, view[done:])
+                if n <= 0:
+                    raise OSError(errno.EIO, "write() wrote nothing")
+                done += n
+            self._os_fsync(fd)
+        except Exception as e:
+            try:
+                self._os_ftruncate(fd, self._seg_size)
+            except Exception as te:
+                log.error(
+                    "event log: cannot truncate %s after failed write (%s); abandoning it",
+                    self._seg_path,
+                    te,
+                )
+                self._seg_size += done  # keeps the file: its complete lines count as written
+                self._close_segment()
+                return e, done
+            return e, 0
+        self._seg_size += len(data)
+        return None, len(data)
+
+    def _open_segment(self) -> None:
+        now = max(self._clock(), self._last_name_time)  # names sort in creation order
+        self._last_name_time = now
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%S")
+        while True:
+            self._seg_counter += 1
+            name = f"{SEGMENT_PREFIX}{stamp}-{self._pid}-{self._seg_counter:06d}{SEGMENT_SUFFIX}"
+            path = self.directory / name
+            try:
+                fd = self._os_open(path, _OPEN_FLAGS, 0o644)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                # The directory was removed under us: recreate it, else fail this attempt.
+                self.directory.mkdir(parents=True, exist_ok=True)
+                fd = self._os_open(path, _OPEN_FLAGS, 0o644)
+            break
+        # Marks the segment active: pruning (ours or another process's) skips locked files.
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        _fsync_dir(self.directory)  # the new directory entry survives a power cut
+        self._fd, self._seg_path, self._seg_size = fd, path, 0
+        with self._lock:
+            self._segments_created += 1
+        if self.max_segments is not None:
+            self._prune(self.max_segments, name)
+
+    def _close_segment(self) -> None:
+        fd, path, size = self._fd, self._seg_path, self._seg_size
+        self._fd, self._seg_path, self._seg_size = None, None, 0
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        if size == 0 and path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()  # opened but never written (writes failed)
+
+    def _prune(self, keep: int, current: str) -> None:
+        """Delete the oldest segments in the directory beyond ``keep``.
+
+        Covers every process's segments (plain and gzip'd) but never one that is still being
+        written (flock'ed by its writer) nor one newer than our own current segment.
+        """
+        try:
+            names = sorted(n for n in os.listdir(self.directory) if _is_segment_name(n))
+        except OSError as e:
+            log.warning("event log: cannot list %s for pruning: %s", self.directory, e)
+            return
+        excess = len(names) - keep
+        for name in names:
+            if excess <= 0 or name >= current:
+                break
+            if _delete_if_inactive(self.directory / name):
+                excess -= 1
+
+    def _after_fork_in_child(self) -> None:
+        # The writer thread does not exist in the child and the lock may be held by it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._closed = True
+        self._closed_reason = "inherited through fork (create one EventLog per process)"
+        self._pending = deque()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+
+def _complete_lines(batch: deque[bytes], nbytes: int) -> int:
+    """How many lines at the left of ``batch`` fit entirely in the first ``nbytes`` bytes."""
+    count, size = 0, 0
+    for line in batch:
+        size += len(line)
+        if size > nbytes:
+            break
+        count += 1
+    return count
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass  # some filesystems do not support it; the data itself is still fsynced
+    finally:
+        os.close(dfd)
+
+
+def _is_segment_name(name: str) -> bool:
+    return name.startswith(SEGMENT_PREFIX) and (
+        name.endswith(SEGMENT_SUFFIX) or name.endswith(SEGMENT_SUFFIX + ".gz")
+    )
+
+
+def _delete_if_inactive(path: Path) -> bool:
+    """Unlink ``path`` unless a writer holds its lock. True if it is gone afterwards."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # being written
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("event log: cannot delete old segment %s: %s", path, e)
+            return False
+        return True
+    finally:
+        os.close(fd)
+
+
+def _close_all_at_exit() -> None:
+    for event_log in list(_LIVE):
+        try:
+            event_log.close()
+        except Exception:
+            log.exception("closing event log at exit failed")
+
+
+def _after_fork_in_child() -> None:
+    for event_log in list(_LIVE):
+        event_log._after_fork_in_child()
+    _LIVE.clear()
+
+
+atexit.register(_close_all_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+class EventLogCorruptError(ValueError):
+    """A complete line (not a torn tail) that is not a JSON object."""
+
+
+@dataclass
+class ReadStats:
+    """What :func:`read_events` went through; pass one in to have it filled."""
+
+    files: int = 0
+    events: int = 0
+    torn_lines: int = 0  # unterminated last lines (crash mid-write), skipped
+    invalid_lines: int = 0  # complete but unparsable lines, skipped with skip_invalid=True
+
+
+PathArg: TypeAlias = str | os.PathLike[str]
+
+
+def read_events(
+    paths: Iterable[PathArg] | PathArg,
+    *,
+    stats: ReadStats | None = None,
+    skip_invalid: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Yield the records of segment files, in file order then line order.
+
+    ``paths`` are files (``.jsonl`` or ``.jsonl.gz``) or directories; a directory contributes
+    its ``*.jsonl`` and ``*.jsonl.gz`` files in name order (a ``.gz`` whose uncompressed twin
+    is still there is skipped). A file's last line without its newline is a torn write: it is
+    skipped and counted in ``stats.torn_lines``. A complete line that is not a JSON object
+    raises :class:`EventLogCorruptError`, or is counted and skipped with ``skip_invalid``.
+    """
+    st = stats if stats is not None else ReadStats()
+    if isinstance(paths, str | os.PathLike):
+        paths = [paths]
+    for arg in paths:
+        path = Path(arg)
+        if path.is_dir():
+            for file in _segment_files(path):
+                try:
+                    yield from _read_file(file, st, skip_invalid)
+                except FileNotFoundError:
+                    continue  # pruned or compressed while we were reading the directory
+        else:
+            yield from _read_file(path, st, skip_invalid)
+
+
+def _segment_files(directory: Path) -> list[Path]:
+    names = {
+        p.name
+        for p in directory.iterdir()
+        if p.name.endswith(SEGMENT_SUFFIX) or p.name.endswith(SEGMENT_SUFFIX + ".gz")
+    }
+    return [
+        directory / n
+        for n in sorted(names)
+        if not (n.endswith(".gz") and n[: -len(".gz")] in names)
+    ]
+
+
+def _read_file(path: Path, st: ReadStats, skip_invalid: bool) -> Iterator[dict[str, Any]]:
+    gz = path.name.endswith(".gz")
+    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+        st.files += 1
+        lineno = 0
+        try:
+            for raw in f:
+                lineno += 1
+                if not raw.endswith(b"\n"):
+                    st.torn_lines += 1  # only the last line can lack its newline
+                    break
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    if not skip_invalid:
+                        raise EventLogCorruptError(f"{path}:{lineno}: not a JSON object")
+                    st.invalid_lines += 1
+                    continue
+                st.events += 1
+                yield record
+        except (EOFError, gzip.BadGzipFile):
+            if not gz:
+                raise
+            st.torn_lines += 1  # truncated gzip stream: keep what decompressed
