@@ -1,0 +1,752 @@
+"""OpenRTB 2.6 ad-pod BidRequests -> AdRequest: realistic requests, mappings, errors, fuzz."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vastserver.catalog.model import AdRules, BreakPosition, BreakRule, Slot
+from vastserver.openrtb import (
+    MAX_IMPS,
+    OpenRtbPod,
+    country_alpha2,
+    parse_bid_request,
+    platform_of,
+)
+from vastserver.params import MAX_ADS, MAX_POD_S, ClientInfo, ParamError
+
+CLIENT = ClientInfo(
+    caller_ip="198.51.100.10",
+    caller_user_agent="stitcher/1.0",
+    device_ip="198.51.100.77",
+    device_user_agent="Mozilla/5.0 (SMART-TV; Linux; Tizen 7.0)",
+)
+RULES = AdRules(pre=BreakRule(30, 2), mid=BreakRule(90, 4), post=BreakRule(60, 3))
+
+
+def dynamic_pod() -> dict[str, Any]:
+    """A stitcher asking for one dynamic mid-roll pod (MediaTailor-like)."""
+    return {
+        "id": "b6d9c1f0-6a8e-4f41-9d61-2a3f0c9e7a11",
+        "at": 1,
+        "tmax": 1500,
+        "test": 0,
+        "cur": ["USD"],
+        "imp": [
+            {
+                "id": "1",
+                "secure": 1,
+                "bidfloor": 12.0,
+                "bidfloorcur": "USD",
+                "video": {
+                    "mimes": ["video/mp4", "application/x-mpegURL"],
+                    "minduration": 6,
+                    "maxduration": 30,
+                    "protocols": [2, 3, 5, 6, 7, 8, 11, 12, 13, 14],
+                    "w": 1920,
+                    "h": 1080,
+                    "startdelay": -1,
+                    "plcmt": 1,
+                    "linearity": 1,
+                    "podid": "brk-1734",
+                    "podseq": 0,
+                    "poddur": 120,
+                    "maxseq": 4,
+                    "slotinpod": 0,
+                    "mincpmpersec": 0.45,
+                },
+            }
+        ],
+        "app": {
+            "id": "app-77",
+            "bundle": "com.example.ctv",
+            "name": "Example TV",
+            "publisher": {"id": "pub-1"},
+            "content": {
+                "id": "ep-1001",
+                "episode": 3,
+                "title": "Galaxy Patrol: Return",
+                "series": "galaxy-patrol",
+                "season": "1",
+                "genre": "Sports, Comedy",
+                "cat": ["IAB17"],
+                "contentrating": "TV-14",
+                "livestream": 0,
+                "len": 1800,
+                "language": "en",
+                "channel": {"id": "ch-1", "name": "northstar-sports"},
+                "network": {"id": "nw-1", "name": "Northstar"},
+            },
+        },
+        "device": {
+            "ua": "Roku/DVP-12.0 (12.0.0.4182-88)",
+            "ip": "203.0.113.7",
+            "devicetype": 3,
+            "make": "Roku",
+            "model": "Ultra",
+            "os": "Roku OS",
+            "osv": "12.0",
+            "ifa": "e5b1b3e2-7c1d-4f3b-9a55-0c6a1f2d3e4f",
+            "lmt": 0,
+            "language": "en",
+            "geo": {"country": "USA", "region": "CA", "metro": "807", "type": 2},
+            "ext": {"ifa_type": "rida"},
+        },
+        "user": {
+            "data": [
+                {"id": "dmp-1", "segment": [{"id": "cord_cutters"}, {"id": "adults_21plus"}]},
+                {"id": "dmp-2", "segment": [{"id": "cord_cutters"}, {"name": "no id"}]},
+            ]
+        },
+        "bcat": ["IAB25", "IAB26"],
+        "badv": ["Competitor.example"],
+        "regs": {"coppa": 0, "ext": {"gdpr": 0, "us_privacy": "1---"}},
+        "source": {"tid": "c0ffee"},
+    }
+
+
+def dai_pod() -> dict[str, Any]:
+    """A pre-roll with required durations, tvOS over IPv6 (Google-DAI-like)."""
+    return {
+        "id": "dai-req-42",
+        "imp": [
+            {
+                "id": "imp-0",
+                "tagid": "sports-live",
+                "video": {
+                    "mimes": ["video/mp4"],
+                    "protocols": [7, 8],
+                    "rqddurs": [15, 30],
+                    "startdelay": 0,
+                    "podid": 9001,
+                    "poddur": 90,
+                    "maxseq": 3,
+                },
+            }
+        ],
+        "site": {
+            "page": "https://tv.example.com/live",
+            "content": {
+                "id": "live-match-7",
+                "genre": "sports",
+                "livestream": 1,
+                "contentrating": "tv-pg",
+                "network": {"name": "example-sports-net"},
+                "language": "de",
+            },
+        },
+        "device": {
+            "ua": "AppleCoreMedia/1.0.0.21K69 (Apple TV; U; CPU OS 17_0 like Mac OS X)",
+            "ipv6": "2001:db8::42",
+            "devicetype": 7,
+            "make": "Apple",
+            "os": "tvOS",
+            "ifa": "00000000-0000-0000-0000-000000000000",
+            "lmt": 1,
+            "geo": {"country": "GBR", "region": "ENG"},
+        },
+        "ext": {"ifa_type": "IDFA", "vastserver": {"session": "sess-9", "avail": 2}},
+    }
+
+
+def structured_pod() -> dict[str, Any]:
+    """A post-roll of three fixed slots: first 30s, any 15s, last 30s."""
+
+    def imp(i: int, slot: int, dur: int) -> dict[str, Any]:
+        return {
+            "id": f"slot-{i}",
+            "video": {
+                "mimes": ["video/mp4"],
+                "podid": "7",
+                "slotinpod": slot,
+                "minduration": 5,
+                "maxduration": dur,
+                "startdelay": -2,
+                "mincpmpersec": 0.3 + i / 10,
+            },
+        }
+
+    return {
+        "id": "structured-1",
+        "imp": [imp(0, 1, 30), imp(1, 0, 15), imp(2, -1, 30)],
+        "device": {"devicetype": 6, "os": "Fire OS", "make": "Amazon", "geo": {"country": "CAN"}},
+    }
+
+
+def parse(doc: object, rules: AdRules = RULES, *, require_https: bool = False) -> OpenRtbPod:
+    return parse_bid_request(json.dumps(doc).encode(), CLIENT, rules, require_https=require_https)
+
+
+# ------------------------------------------------------------------------ realistic requests
+
+
+def test_dynamic_pod_maps_everything() -> None:
+    pod = parse(dynamic_pod())
+    req = pod.request
+    assert pod.request_id == "b6d9c1f0-6a8e-4f41-9d61-2a3f0c9e7a11"
+    assert pod.imp_ids == ("1",)
+    assert pod.slots == (Slot.ANY,)
+    assert pod.pod_id == "brk-1734"
+    assert pod.floor_cpm_per_s == pytest.approx(0.45)
+    brk = req.brk
+    assert brk.position is BreakPosition.MID
+    assert brk.pod_duration_ms == 120_000
+    assert brk.max_ads == 4
+    assert brk.min_ad_duration_ms == 6_000
+    assert brk.max_ad_duration_ms == 30_000
+    assert brk.required_durations_s is None
+    d = req.device
+    assert d.ip == "203.0.113.7"  # the body's device IP wins over the header's
+    assert d.user_agent == "Roku/DVP-12.0 (12.0.0.4182-88)"
+    assert d.ifa == "e5b1b3e2-7c1d-4f3b-9a55-0c6a1f2d3e4f"
+    assert d.ifa_type == "rida"
+    assert d.lmt is False
+    assert (d.device_type, d.platform) == ("ctv", "roku")
+    assert (d.country, d.region, d.dma, d.language) == ("US", "US-CA", "807", "en")
+    c = req.content
+    assert c.id == "ep-1001"
+    assert c.genres == ("sports", "comedy", "iab17")
+    assert c.rating == "TV-14"
+    assert c.live is False
+    assert c.series == "galaxy-patrol"
+    assert c.channel == "northstar-sports"
+    assert c.kids is False
+    assert req.segments == ("cord_cutters", "adults_21plus")
+    assert req.blocked_categories == frozenset({"IAB25", "IAB26"})
+    assert req.blocked_domains == frozenset({"competitor.example"})
+    assert req.vast_version == "4.2"
+    assert req.require_https is True  # imp.secure = 1
+    assert req.caller_ip == "198.51.100.10"
+    assert req.caller_user_agent == "stitcher/1.0"
+    assert req.placement is None
+    assert req.debug is False
+
+
+def test_dai_like_pre_roll_with_required_durations() -> None:
+    pod = parse(dai_pod())
+    req = pod.request
+    assert pod.pod_id == "9001"  # integer podids (OpenRTB < 2.6-202303) become strings
+    assert pod.floor_cpm_per_s is None
+    brk = req.brk
+    assert brk.position is BreakPosition.PRE
+    assert (brk.pod_duration_ms, brk.max_ads) == (90_000, 3)
+    assert brk.required_durations_s == frozenset({15, 30})
+    assert brk.min_ad_duration_ms is None and brk.max_ad_duration_ms is None
+    assert brk.avail == 2
+    d = req.device
+    assert d.ip == "2001:db8::42"
+    assert d.ifa is None  # the all-zero IFA of limited ad tracking
+    assert d.lmt is True
+    assert d.ifa_type == "idfa"
+    assert (d.device_type, d.platform) == ("stb", "tvos")
+    assert (d.country, d.region, d.dma) == ("GB", "GB-ENG", None)
+    assert d.language == "de"  # no device language: the content's
+    c = req.content
+    assert c.live is True
+    assert c.rating == "TV-PG"
+    assert c.channel == "example-sports-net"  # no channel: the network
+    assert req.session == "sess-9"
+    assert req.placement == "sports-live"  # from imp.tagid
+    assert req.vast_version == "4.0"  # the highest VAST the player lists
+    assert req.require_https is False
+    assert req.viewer_key() == "session:sess-9"
+
+
+def test_structured_pod_of_three_slots() -> None:
+    pod = parse(structured_pod())
+    brk = pod.request.brk
+    assert pod.imp_ids == ("slot-0", "slot-1", "slot-2")
+    assert pod.slots == (Slot.FIRST, Slot.ANY, Slot.LAST)
+    assert brk.position is BreakPosition.POST
+    assert brk.pod_duration_ms == 75_000  # 30 + 15 + 30
+    assert brk.max_ads == 3
+    assert brk.min_ad_duration_ms == 5_000
+    assert brk.max_ad_duration_ms == 30_000
+    assert pod.floor_cpm_per_s == pytest.approx(0.5)  # the highest of the imps' floors
+    d = pod.request.device
+    assert (d.device_type, d.platform, d.country) == ("ctv", "firetv", "CA")
+    # Nothing in the body: the HTTP layer's device IP and UA.
+    assert d.ip == CLIENT.device_ip
+    assert d.user_agent == CLIENT.device_user_agent
+
+
+def test_structured_slot_lengths_from_rqddurs() -> None:
+    doc = structured_pod()
+    for imp in doc["imp"]:
+        del imp["video"]["maxduration"], imp["video"]["minduration"]
+        imp["video"]["rqddurs"] = [15, 30]
+    brk = parse(doc).request.brk
+    assert brk.pod_duration_ms == 90_000
+    assert brk.required_durations_s == frozenset({15, 30})
+
+
+def test_hybrid_pod_adds_up() -> None:
+    doc = structured_pod()
+    doc["imp"][1]["video"] = {"podid": "7", "poddur": 60, "maxseq": 2, "startdelay": -2}
+    brk = parse(doc).request.brk
+    assert brk.pod_duration_ms == 120_000  # 30 + 60 + 30
+    assert brk.max_ads == 4
+    assert brk.min_ad_duration_ms is None  # the dynamic part has no minimum
+
+
+def test_single_imp_without_pod_is_one_ad() -> None:
+    doc = {"id": "r", "imp": [{"id": "a", "video": {"maxduration": 30, "startdelay": 0}}]}
+    brk = parse(doc).request.brk
+    assert (brk.position, brk.pod_duration_ms, brk.max_ads) == (BreakPosition.PRE, 30_000, 1)
+    bare = parse({"id": "r", "imp": [{"id": "a", "video": {}}]}).request.brk
+    assert (bare.position, bare.pod_duration_ms, bare.max_ads) == (BreakPosition.MID, 90_000, 1)
+
+
+def test_dynamic_pod_without_maxseq_uses_ad_rules() -> None:
+    doc = dynamic_pod()
+    del doc["imp"][0]["video"]["maxseq"]
+    doc["imp"][0]["video"]["startdelay"] = -2
+    assert parse(doc).request.brk.max_ads == RULES.post.max_ads
+
+
+def test_rules_callable_gets_the_placement() -> None:
+    seen: list[str | None] = []
+    special = AdRules(mid=BreakRule(120, 6))
+
+    def rules_for(placement: str | None) -> AdRules:
+        seen.append(placement)
+        return special if placement == "news-vod" else RULES
+
+    doc = dynamic_pod()
+    del doc["imp"][0]["video"]["maxseq"]
+    doc["imp"][0]["ext"] = {"vastserver": {"placement": "news-vod"}}
+    doc["ext"] = {"vastserver": {"placement": "ignored-imp-wins"}}
+    pod = parse_bid_request(json.dumps(doc).encode(), CLIENT, rules_for)
+    assert seen == ["news-vod"]
+    assert pod.request.placement == "news-vod"
+    assert pod.request.brk.max_ads == 6
+    assert pod.request.require_https is True  # the default
+
+
+def test_vastserver_extension() -> None:
+    doc = dynamic_pod()
+    doc["ext"] = {
+        "vastserver": {"placement": "p1", "debug": 1, "vast": "4.1", "kv": {"tier": "gold"}}
+    }
+    req = parse(doc).request
+    assert req.placement == "p1"
+    assert req.debug is True
+    assert req.vast_version == "4.1"
+    assert dict(req.key_values) == {"tier": "gold"}
+
+
+# ---------------------------------------------------------------------------- break position
+
+
+@pytest.mark.parametrize(
+    ("startdelay", "podseq", "expected"),
+    [
+        (0, None, BreakPosition.PRE),
+        (5, None, BreakPosition.MID),
+        (600, None, BreakPosition.MID),
+        (-1, None, BreakPosition.MID),
+        (-2, None, BreakPosition.POST),
+        (None, 1, BreakPosition.PRE),
+        (None, -1, BreakPosition.POST),
+        (None, 0, BreakPosition.MID),
+        (None, None, BreakPosition.MID),
+        (0, -1, BreakPosition.PRE),  # startdelay wins over podseq
+        (-2, 1, BreakPosition.POST),
+    ],
+)
+def test_break_position(startdelay: int | None, podseq: int | None, expected: str) -> None:
+    video: dict[str, Any] = {"poddur": 60}
+    if startdelay is not None:
+        video["startdelay"] = startdelay
+    if podseq is not None:
+        video["podseq"] = podseq
+    pod = parse({"id": "r", "imp": [{"id": "a", "video": video}]})
+    assert pod.request.brk.position is expected
+
+
+# ----------------------------------------------------------------------------- device mapping
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [(1, "mobile"), (2, "desktop"), (3, "ctv"), (4, "mobile"), (5, "mobile"), (6, "ctv"),
+     (7, "stb"), (8, None), (99, None)],
+)  # fmt: skip
+def test_device_types(code: int, expected: str | None) -> None:
+    doc = dynamic_pod()
+    doc["device"] = {"devicetype": code}
+    assert parse(doc).request.device.device_type == expected
+
+
+@pytest.mark.parametrize(
+    ("os_name", "make", "device_type", "expected"),
+    [
+        ("Roku OS", None, None, "roku"),
+        (None, "Roku", None, "roku"),
+        ("tvOS", "Apple", "stb", "tvos"),
+        ("Fire OS", "Amazon", "ctv", "firetv"),
+        ("Android", "Amazon", "ctv", "firetv"),
+        ("Android TV", "Sony", "ctv", "androidtv"),
+        ("Android", "Nvidia", "stb", "androidtv"),
+        ("Android", "Samsung", "mobile", None),
+        ("Tizen", "Samsung", "ctv", "tizen"),
+        ("webOS TV", "LG", "ctv", "webos"),
+        ("SmartCast", None, "ctv", "vizio"),
+        ("Linux", "Vizio", "ctv", "vizio"),
+        ("iOS", "Apple", "mobile", None),
+        (None, None, None, None),
+    ],
+)
+def test_platforms(
+    os_name: str | None, make: str | None, device_type: str | None, expected: str | None
+) -> None:
+    assert platform_of(os_name, make, device_type) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("USA", "US"), ("usa", "US"), ("GBR", "GB"), ("DEU", "DE"), ("JPN", "JP"), ("BRA", "BR"),
+     ("US", "US"), ("XYZ", None), ("U", None), ("USAA", None), ("12", None), (None, None)],
+)  # fmt: skip
+def test_countries(raw: str | None, expected: str | None) -> None:
+    assert country_alpha2(raw) == expected
+
+
+def test_geo_codes_degrade_to_none() -> None:
+    doc = dynamic_pod()
+    doc["device"]["geo"] = {"country": "XYZ", "region": "Calif.", "metro": "LA"}
+    doc["device"]["language"] = "english"
+    doc["device"]["ext"] = {"ifa_type": "not a token"}
+    doc["app"]["content"]["language"] = "??"
+    d = parse(doc).request.device
+    assert (d.country, d.region, d.dma, d.language, d.ifa_type) == (None, None, None, None, None)
+
+
+def test_region_without_country_is_dropped_and_full_codes_kept() -> None:
+    doc = dynamic_pod()
+    doc["device"]["geo"] = {"region": "NY"}
+    assert parse(doc).request.device.region is None
+    doc["device"]["geo"] = {"region": "us-ny"}
+    assert parse(doc).request.device.region == "US-NY"
+
+
+def test_language_from_langb() -> None:
+    doc = dynamic_pod()
+    del doc["device"]["language"]
+    doc["device"]["langb"] = "es-MX"
+    assert parse(doc).request.device.language == "es"
+
+
+def test_coppa_marks_kids_content() -> None:
+    doc = dynamic_pod()
+    doc["regs"] = {"coppa": 1}
+    assert parse(doc).request.content.kids is True
+    del doc["app"]
+    assert parse(doc).request.content.kids is True
+
+
+def test_content_odds_and_ends() -> None:
+    doc = dynamic_pod()
+    content = doc["app"]["content"]
+    content["contentrating"] = "R"
+    content["genre"] = ["Drama", "drama", " "]
+    content["cat"] = []
+    del content["channel"]
+    req = parse(doc).request
+    assert req.content.rating is None
+    assert req.content.genres == ("drama",)
+    assert req.content.channel == "Northstar"
+    doc["site"] = {"content": {"id": "site-content"}}
+    assert parse(doc).request.content.id == "ep-1001"  # app wins over site
+
+
+def test_https_setting_is_never_relaxed_by_the_body() -> None:
+    doc = dynamic_pod()
+    doc["imp"][0]["secure"] = 0
+    pod = parse_bid_request(json.dumps(doc).encode(), CLIENT, RULES, require_https=True)
+    assert pod.request.require_https is True
+
+
+def test_vast_version_from_protocols() -> None:
+    doc = dynamic_pod()
+    for protocols, expected in (([2, 3], "3.0"), ([15, 16], "4.3"), ([1, 4], "4.2"), ([], "4.2")):
+        doc["imp"][0]["video"]["protocols"] = protocols
+        assert parse(doc).request.vast_version == expected
+
+
+def test_body_may_be_text() -> None:
+    pod = parse_bid_request(json.dumps(dynamic_pod()), CLIENT, RULES)
+    assert pod.imp_ids == ("1",)
+
+
+# ------------------------------------------------------------------------- malformed requests
+
+Mutation = Callable[[dict[str, Any]], object]
+
+
+def _set(path: str, value: object) -> Mutation:
+    """Set a dotted path with [i] indexes in the dynamic pod."""
+
+    def apply(doc: dict[str, Any]) -> object:
+        parts = path.replace("[", ".").replace("]", "").split(".")
+        cur: Any = doc
+        for p in parts[:-1]:
+            cur = cur[int(p)] if isinstance(cur, list) else cur.setdefault(p, {})
+        last = parts[-1]
+        if isinstance(cur, list):
+            cur[int(last)] = value
+        elif value is _DELETE:
+            del cur[last]
+        else:
+            cur[last] = value
+        return doc
+
+    return apply
+
+
+_DELETE = object()
+
+
+def _many_imps(n: int) -> Mutation:
+    def apply(doc: dict[str, Any]) -> object:
+        doc["imp"] = [{"id": f"i{k}", "video": {"podid": "p", "maxduration": 5}} for k in range(n)]
+        return doc
+
+    return apply
+
+
+def _second_imp(video: dict[str, Any], imp_id: str = "2") -> Mutation:
+    def apply(doc: dict[str, Any]) -> object:
+        doc["imp"].append({"id": imp_id, "video": video})
+        return doc
+
+    return apply
+
+
+def _two_first_slots(doc: dict[str, Any]) -> object:
+    doc["imp"][0]["video"]["slotinpod"] = 1
+    return _second_imp({"podid": "brk-1734", "maxduration": 30, "slotinpod": 1})(doc)
+
+
+MALFORMED: list[tuple[str, Mutation, str]] = [
+    ("top level array", lambda d: [d], "body"),
+    ("top level string", lambda d: "hello", "body"),
+    ("id missing", _set("id", _DELETE), "id"),
+    ("id number", _set("id", 7), "id"),
+    ("id empty", _set("id", ""), "id"),
+    ("id control chars", _set("id", "a\nb"), "id"),
+    ("id too long", _set("id", "x" * 300), "id"),
+    ("imp missing", _set("imp", _DELETE), "imp"),
+    ("imp empty", _set("imp", []), "imp"),
+    ("imp object", _set("imp", {"id": "1"}), "imp"),
+    ("imp entry not object", _set("imp[0]", 5), "imp[0]"),
+    ("imp id missing", _set("imp[0].id", _DELETE), "imp[0].id"),
+    ("no video", _set("imp[0].video", _DELETE), "imp[0].video"),
+    ("video null", _set("imp[0].video", None), "imp[0].video"),
+    ("video array", _set("imp[0].video", []), "imp[0].video"),
+    ("banner only", lambda d: {"id": "r", "imp": [{"id": "1", "banner": {}}]}, "imp[0].video"),
+    ("poddur string", _set("imp[0].video.poddur", "120"), "imp[0].video.poddur"),
+    ("poddur bool", _set("imp[0].video.poddur", True), "imp[0].video.poddur"),
+    ("poddur zero", _set("imp[0].video.poddur", 0), "imp[0].video.poddur"),
+    ("poddur absurd", _set("imp[0].video.poddur", 10**9), "imp[0].video.poddur"),
+    ("poddur huge int", _set("imp[0].video.poddur", 10**400), "imp[0].video.poddur"),
+    ("poddur too long", _set("imp[0].video.poddur", MAX_POD_S + 1), "imp[0].video.poddur"),
+    ("maxseq fraction", _set("imp[0].video.maxseq", 2.5), "imp[0].video.maxseq"),
+    ("maxseq zero", _set("imp[0].video.maxseq", 0), "imp[0].video.maxseq"),
+    ("maxseq absurd", _set("imp[0].video.maxseq", MAX_ADS + 1), "imp[0].video.maxseq"),
+    ("min > max", _set("imp[0].video.minduration", 45), "imp[0].video.minduration"),
+    ("maxduration negative", _set("imp[0].video.maxduration", -5), "imp[0].video.maxduration"),
+    ("rqddurs not list", _set("imp[0].video.rqddurs", 15), "imp[0].video.rqddurs"),
+    ("rqddurs empty", _set("imp[0].video.rqddurs", []), "imp[0].video.rqddurs"),
+    ("rqddurs entry", _set("imp[0].video.rqddurs", [15, "30"]), "imp[0].video.rqddurs[1]"),
+    ("rqddurs zero", _set("imp[0].video.rqddurs", [0]), "imp[0].video.rqddurs[0]"),
+    ("slotinpod 3", _set("imp[0].video.slotinpod", 3), "imp[0].video.slotinpod"),
+    ("startdelay -3", _set("imp[0].video.startdelay", -3), "imp[0].video.startdelay"),
+    ("podseq 2", _set("imp[0].video.podseq", 2), "imp[0].video.podseq"),
+    ("podid object", _set("imp[0].video.podid", {}), "imp[0].video.podid"),
+    ("floor negative", _set("imp[0].video.mincpmpersec", -1), "imp[0].video.mincpmpersec"),
+    ("floor absurd", _set("imp[0].video.mincpmpersec", 1e300), "imp[0].video.mincpmpersec"),
+    ("floor in EUR", _set("imp[0].bidfloorcur", "EUR"), "imp[0].bidfloorcur"),
+    ("protocols string", _set("imp[0].video.protocols", "7"), "imp[0].video.protocols"),
+    ("secure 2", _set("imp[0].secure", 2), "imp[0].secure"),
+    ("too many imps", _many_imps(MAX_IMPS + 1), "imp"),
+    ("too many slots", _many_imps(MAX_ADS + 1), "imp"),
+    ("two pods", _second_imp({"podid": "other", "poddur": 30}), "imp"),
+    ("duplicate imp id", _second_imp({"podid": "brk-1734", "maxduration": 30}, "1"), "imp[1].id"),
+    (
+        "slot without length",
+        _second_imp({"podid": "brk-1734", "startdelay": -1}),
+        "imp[1].video.maxduration",
+    ),
+    ("two first slots", _two_first_slots, "imp[1].video.slotinpod"),
+    (
+        "positions disagree",
+        _second_imp({"podid": "brk-1734", "maxduration": 30, "startdelay": 0}),
+        "imp[1].video.startdelay",
+    ),
+    (
+        "pod too long",
+        _second_imp({"podid": "brk-1734", "poddur": MAX_POD_S}),
+        "imp",
+    ),
+    ("device array", _set("device", []), "device"),
+    ("device ip bad", _set("device.ip", "999.1.1.1"), "device.ip"),
+    ("device ipv6 bad", _set("device.ipv6", "2001:db8::zz"), "device.ipv6"),
+    ("device ua number", _set("device.ua", 5), "device.ua"),
+    ("device ua huge", _set("device.ua", "x" * 5000), "device.ua"),
+    ("devicetype string", _set("device.devicetype", "3"), "device.devicetype"),
+    ("lmt 2", _set("device.lmt", 2), "device.lmt"),
+    ("geo array", _set("device.geo", []), "device.geo"),
+    ("country number", _set("device.geo.country", 840), "device.geo.country"),
+    ("ifa number", _set("device.ifa", 123), "device.ifa"),
+    ("app string", _set("app", "x"), "app"),
+    ("content array", _set("app.content", []), "app.content"),
+    ("genre number", _set("app.content.genre", 3), "app.content.genre"),
+    ("cat string", _set("app.content.cat", "IAB1"), "app.content.cat"),
+    ("livestream 2", _set("app.content.livestream", 2), "app.content.livestream"),
+    ("channel string", _set("app.content.channel", "abc"), "app.content.channel"),
+    ("user data object", _set("user.data", {}), "user.data"),
+    ("segment list", _set("user.data[0].segment", "x"), "user.data[0].segment"),
+    ("segment id number", _set("user.data[0].segment[0].id", 1), "user.data[0].segment[0].id"),
+    ("bcat string", _set("bcat", "IAB25"), "bcat"),
+    ("badv entry", _set("badv", [None]), "badv[0]"),
+    ("bcat huge", _set("bcat", ["IAB1"] * 600), "bcat"),
+    ("regs coppa 5", _set("regs.coppa", 5), "regs.coppa"),
+    ("ext array", _set("ext", []), "ext"),
+    ("our ext string", _set("ext.vastserver", "x"), "ext.vastserver"),
+    ("placement bad", _set("ext.vastserver.placement", "a b"), "ext.vastserver.placement"),
+    ("session bad", _set("ext.vastserver.session", "é"), "ext.vastserver.session"),
+    ("avail negative", _set("ext.vastserver.avail", -1), "ext.vastserver.avail"),
+    ("vast 5", _set("ext.vastserver.vast", "5.0"), "ext.vastserver.vast"),
+    ("kv value", _set("ext.vastserver.kv", {"a": 1}), "ext.vastserver.kv.a"),
+    ("imp ext string", _set("imp[0].ext", "x"), "imp[0].ext"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"), [(m, f) for _, m, f in MALFORMED], ids=[n for n, _, _ in MALFORMED]
+)
+def test_malformed_requests_name_the_field(mutate: Mutation, field: str) -> None:
+    doc = mutate(dynamic_pod())
+    with pytest.raises(ParamError) as err:
+        parse(doc)
+    assert err.value.field == field, err.value.why
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b"not json",
+        b"\xff\xfe\x00",
+        b'{"id": NaN}',
+        b'{"id": "r", "imp": [{"id": "1", "video": {"poddur": Infinity}}]}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"id": 1e999999}',
+        b'{"id": "' + b"9" * 5000 + b'"}',
+        b'{"a": ' + b"1" * 5000 + b"}",
+    ],
+)
+def test_bad_bodies(body: bytes) -> None:
+    with pytest.raises(ParamError) as err:
+        parse_bid_request(body, CLIENT, RULES)
+    assert err.value.field in ("body", "id", "imp")
+
+
+# ----------------------------------------------------------------------------------- fuzzing
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=-3, max_value=1000)
+    | st.floats()
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+def _check(doc: object) -> None:
+    try:
+        body = json.dumps(doc).encode("utf-8", "surrogatepass")
+    except (ValueError, OverflowError):
+        return
+    try:
+        pod = parse_bid_request(body, CLIENT, RULES)
+    except ParamError:
+        return
+    brk = pod.request.brk
+    assert 1 <= brk.max_ads <= MAX_ADS
+    assert 0 < brk.pod_duration_ms <= MAX_POD_S * 1000
+    assert len(pod.imp_ids) == len(pod.slots) >= 1
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(JSON)
+def test_fuzz_arbitrary_json(doc: object) -> None:
+    _check(doc)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_arbitrary_bytes(body: bytes) -> None:
+    try:
+        parse_bid_request(body, CLIENT, RULES)
+    except ParamError:
+        pass
+
+
+def _paths(node: object, prefix: tuple[str | int, ...] = ()) -> list[tuple[str | int, ...]]:
+    out: list[tuple[str | int, ...]] = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.extend(_paths(v, (*prefix, k)))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out.extend(_paths(v, (*prefix, i)))
+    return out
+
+
+BASES = (dynamic_pod(), dai_pod(), structured_pod())
+PATHS = [(b, p) for b, doc in enumerate(BASES) for p in _paths(doc)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.tuples(st.sampled_from(PATHS), JSON, st.booleans()), min_size=1, max_size=4),
+    st.integers(min_value=0, max_value=len(BASES) - 1),
+)
+def test_fuzz_mutated_requests(
+    edits: list[tuple[tuple[int, tuple[str | int, ...]], object, bool]], base: int
+) -> None:
+    doc = copy.deepcopy(BASES[base])
+    for (b, path), value, delete in edits:
+        if b != base:
+            continue
+        cur: Any = doc
+        try:
+            for p in path[:-1]:
+                cur = cur[p]
+            if delete and isinstance(cur, dict):
+                cur.pop(path[-1], None)
+            else:
+                cur[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier edit changed the shape
+    _check(doc)
+
+
+def test_every_base_request_parses() -> None:
+    for doc in BASES:
+        _check(doc)
+        parse(doc)

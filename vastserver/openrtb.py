@@ -1,0 +1,796 @@
+"""OpenRTB 2.6 BidRequest for a CTV ad pod -> the same :class:`AdRequest` ``/vast`` builds.
+
+``POST /openrtb2/pod`` receives one BidRequest describing one ad break (an SSAI stitcher such as
+MediaTailor or a DAI service asks for a pod). :func:`parse_bid_request` maps it onto the
+request model every pipeline stage reads, plus what the model has no place for (the floor,
+the impression ids, the slot of each impression).
+
+Policy for malformed input, so callers know what to expect:
+
+* Anything that shapes the pod (ids, imp list, durations, counts, positions) and every JSON
+  type error raises :class:`~vastserver.params.ParamError` naming a JSON path such as
+  ``imp[0].video.poddur``. The HTTP layer answers 400.
+* Targeting codes from the seller's vocabulary (country, region, metro, language, platform,
+  ifa_type, content rating, an unknown device type) degrade to ``None`` when unknown or
+  ill-shaped: targeting simply does not match, the request still serves.
+* Nothing but ``ParamError`` escapes (the tests fuzz this).
+
+Pods
+----
+* Dynamic pod: one imp with ``video.poddur`` (seconds) and ``video.maxseq`` (max ads; the ad
+  rules' default when absent). ``minduration``/``maxduration``/``rqddurs`` bound each ad.
+* Structured pod: several imps sharing a ``podid`` (or all without one) and no ``poddur``;
+  each imp is one slot. Pod duration = sum of each slot's ``maxduration`` (or the largest of
+  its ``rqddurs``), max ads = number of imps. ``slotinpod`` per imp: 1 first, -1 last,
+  0 any, 2 first-or-last (reported as ``Slot.ANY``: the catalog has no first-or-last slot).
+* Hybrid pod (structured imps plus a dynamic imp with the same ``podid``): durations and ad
+  counts add up.
+* A single imp with neither ``poddur`` nor ``podid``: a one-ad break whose length is its
+  ``maxduration`` (else the ad rules' default).
+* Imps with different ``podid`` values: 400 (``imp``, one pod per request).
+* ``rqddurs`` takes precedence over ``minduration``/``maxduration`` (the spec makes them
+  mutually exclusive): when every imp lists ``rqddurs`` the break's required durations are
+  their union and min/max are not set.
+
+Break position
+--------------
+``video.startdelay`` wins when present: 0 pre-roll, > 0 or -1 (generic mid) mid-roll,
+-2 post-roll. Otherwise ``video.podseq`` (the pod's place in the content stream): 1 (first
+pod) -> pre, -1 (last pod) -> post, 0 (any) -> mid. Neither -> mid, like ``/vast``. All imps
+of the pod must agree.
+
+Mapped elsewhere
+----------------
+* ``device``: ip/ipv6 (else the HTTP layer's device IP), ua, ifa (the all-zero IFA sent under
+  limited ad tracking is dropped), lmt, devicetype (AdCOM list), os/make -> platform,
+  ``geo.country`` (alpha-3 -> alpha-2; alpha-2 accepted too), ``geo.region`` (prefixed with
+  the country: ``NY`` -> ``US-NY``, the catalog's ISO 3166-2 form), ``geo.metro`` -> dma,
+  language/langb (primary subtag, lowercased), ``device.ext.ifa_type`` or ``ext.ifa_type``.
+* ``app.content`` (else ``site.content``): id, genre (comma string) + cat codes -> genres,
+  contentrating, livestream, series, channel.name (else network.name), language (a fallback
+  for the device language).
+* ``user.data[].segment[].id`` -> segments; ``bcat`` / ``badv`` -> blocked categories /
+  domains; ``regs.coppa`` = 1 -> kids content. GDPR/US-privacy/GPP consent strings
+  (``regs``, ``user.ext.consent``) are ignored for now.
+* ``imp.secure`` = 1 forces HTTPS media even where the server setting allows HTTP.
+* ``video.protocols`` picks the VAST version: 4.2 when listed (or nothing known is listed),
+  else the highest listed.
+* ``video.mincpmpersec`` -> :attr:`OpenRtbPod.floor_cpm_per_s` (the highest over the imps;
+  USD only). ``test`` is ignored.
+* Our own extension ``ext.vastserver`` (top level) and ``imp[].ext.vastserver``:
+  ``placement`` (else ``imp[0].tagid`` when it is a plain token), ``session``, ``avail``,
+  ``debug``, ``vast``, ``kv`` (an object of string values).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import NoReturn
+
+from vastserver.catalog.model import RATINGS, AdRules, BreakPosition, Slot
+from vastserver.params import (
+    MAX_AD_S,
+    MAX_ADS,
+    MAX_CONTENT_S,
+    MAX_LIST,
+    MAX_POD_S,
+    MAX_TEXT,
+    ClientInfo,
+    ParamError,
+)
+from vastserver.pipeline.context import (
+    VAST_VERSIONS,
+    AdRequest,
+    BreakSpec,
+    Content,
+    Device,
+)
+
+MAX_IMPS = 64
+MAX_ID = 256
+MAX_UA = 2048
+MAX_BLOCKLIST = 512
+MAX_SEGMENTS = 256
+MAX_FLOOR_CPM_PER_S = 10_000.0
+
+RulesFor = Callable[[str | None], AdRules]
+"""``Catalog.rules_for``: the placement is only known once the body is parsed."""
+
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
+_BAD_CHARS_RE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+_ALPHA_RE = re.compile(r"^[A-Za-z]{2,3}$")
+_SUBDIVISION_RE = re.compile(r"^[A-Za-z0-9]{1,3}$")
+_REGION_RE = re.compile(r"^[A-Za-z]{2}-[A-Za-z0-9]{1,3}$")
+_DMA_RE = re.compile(r"^\d{3}$")
+_LANG_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
+_ZERO_IFA_RE = re.compile(r"^[0\-]+$")
+
+DEVICE_TYPES_BY_CODE: Mapping[int, str] = MappingProxyType(
+    {1: "mobile", 2: "desktop", 3: "ctv", 4: "mobile", 5: "mobile", 6: "ctv", 7: "stb"}
+)
+"""AdCOM List: Device Types. 8 (out-of-home) and unknown codes map to no device type."""
+
+_SLOTS: Mapping[int, Slot] = MappingProxyType(
+    {1: Slot.FIRST, -1: Slot.LAST, 0: Slot.ANY, 2: Slot.ANY}
+)
+
+_VAST_BY_PROTOCOL: Mapping[int, str] = MappingProxyType(
+    {
+        2: "2.0",
+        5: "2.0",
+        3: "3.0",
+        6: "3.0",
+        7: "4.0",
+        8: "4.0",
+        11: "4.1",
+        12: "4.1",
+        13: "4.2",
+        14: "4.2",
+        15: "4.3",
+        16: "4.3",
+    }
+)
+"""AdCOM List: Creative Subtypes - Audio/Video (VAST inline and wrapper codes)."""
+
+_COUNTRY_PAIRS = """
+USA:US CAN:CA MEX:MX BRA:BR ARG:AR CHL:CL COL:CO PER:PE VEN:VE ECU:EC URY:UY PRY:PY
+BOL:BO CRI:CR PAN:PA GTM:GT HND:HN SLV:SV NIC:NI DOM:DO PRI:PR CUB:CU JAM:JM TTO:TT
+BHS:BS BRB:BB
+GBR:GB IRL:IE FRA:FR DEU:DE ESP:ES PRT:PT ITA:IT NLD:NL BEL:BE LUX:LU CHE:CH AUT:AT
+DNK:DK NOR:NO SWE:SE FIN:FI ISL:IS POL:PL CZE:CZ SVK:SK HUN:HU ROU:RO BGR:BG GRC:GR
+HRV:HR SVN:SI SRB:RS BIH:BA MNE:ME MKD:MK ALB:AL EST:EE LVA:LV LTU:LT UKR:UA BLR:BY
+MDA:MD RUS:RU TUR:TR CYP:CY MLT:MT MCO:MC LIE:LI AND:AD SMR:SM
+ISR:IL SAU:SA ARE:AE QAT:QA KWT:KW BHR:BH OMN:OM JOR:JO LBN:LB IRQ:IQ IRN:IR EGY:EG
+MAR:MA DZA:DZ TUN:TN NGA:NG KEN:KE ZAF:ZA GHA:GH ETH:ET TZA:TZ UGA:UG SEN:SN CIV:CI
+CMR:CM
+IND:IN PAK:PK BGD:BD LKA:LK NPL:NP CHN:CN HKG:HK MAC:MO TWN:TW JPN:JP KOR:KR MNG:MN
+SGP:SG MYS:MY IDN:ID THA:TH VNM:VN PHL:PH KHM:KH MMR:MM AUS:AU NZL:NZ KAZ:KZ UZB:UZ
+GEO:GE ARM:AM AZE:AZ
+"""
+COUNTRY_ALPHA3: Mapping[str, str] = MappingProxyType(
+    {a3: a2 for a3, _, a2 in (pair.partition(":") for pair in _COUNTRY_PAIRS.split())}
+)
+"""ISO 3166-1 alpha-3 -> alpha-2 for the countries CTV traffic commonly comes from."""
+
+_PLATFORM_BY_OS: tuple[tuple[str, str], ...] = (
+    ("roku", "roku"),
+    ("tvos", "tvos"),
+    ("fireos", "firetv"),
+    ("firetv", "firetv"),
+    ("androidtv", "androidtv"),
+    ("googletv", "androidtv"),
+    ("tizen", "tizen"),
+    ("webos", "webos"),
+    ("smartcast", "vizio"),
+    ("vizio", "vizio"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRtbPod:
+    """A parsed BidRequest: the ad request plus what the request model has no place for."""
+
+    request: AdRequest
+    floor_cpm_per_s: float | None
+    """``video.mincpmpersec`` (USD per second of ad), the highest over the pod's imps."""
+    imp_ids: tuple[str, ...]
+    """In request order; a structured pod has one ad per imp."""
+    request_id: str
+    slots: tuple[Slot, ...] = ()
+    """``slotinpod`` of each imp, aligned with :attr:`imp_ids`."""
+    pod_id: str | None = None
+
+
+# ------------------------------------------------------------------------ typed accessors
+
+Obj = dict[str, object]
+
+
+def _fail(path: str, why: str) -> NoReturn:
+    raise ParamError(path, why)
+
+
+def _obj(value: object, path: str) -> Obj:
+    if not isinstance(value, dict):
+        _fail(path, "must be an object")
+    return value
+
+
+def _opt_obj(parent: Obj, key: str, path: str) -> Obj | None:
+    value = parent.get(key)
+    return None if value is None else _obj(value, _join(path, key))
+
+
+def _arr(value: object, path: str, max_items: int) -> list[object]:
+    if not isinstance(value, list):
+        _fail(path, "must be an array")
+    if len(value) > max_items:
+        _fail(path, f"at most {max_items} entries")
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _opt_int(parent: Obj, key: str, path: str, *, lo: int, hi: int) -> int | None:
+    value = parent.get(key)
+    if value is None:
+        return None
+    return _int(value, _join(path, key), lo=lo, hi=hi)
+
+
+def _int(value: object, path: str, *, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(path, "must be an integer")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        _fail(path, "must be an integer")
+    if value < lo or value > hi:
+        _fail(path, f"must be between {lo} and {hi}")
+    return int(value)
+
+
+def _opt_num(parent: Obj, key: str, path: str, *, lo: float, hi: float) -> float | None:
+    value = parent.get(key)
+    if value is None:
+        return None
+    p = _join(path, key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        _fail(p, "must be a number")
+    # Compare before converting: a huge JSON integer would overflow float().
+    if not (isinstance(value, int) or math.isfinite(value)) or value < lo or value > hi:
+        _fail(p, f"must be between {lo:g} and {hi:g}")
+    return float(value)
+
+
+def _opt_flag(parent: Obj, key: str, path: str) -> bool | None:
+    value = parent.get(key)
+    if value is None:
+        return None
+    if value is True or value is False:
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return value == 1
+    _fail(_join(path, key), "must be 0 or 1")
+
+
+def _str(value: object, path: str, max_len: int = MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        _fail(path, "must be a string")
+    if len(value) > max_len or _BAD_CHARS_RE.search(value):
+        _fail(path, f"must be printable and at most {max_len} characters")
+    return value
+
+
+def _opt_str(parent: Obj, key: str, path: str, max_len: int = MAX_TEXT) -> str | None:
+    value = parent.get(key)
+    if value is None:
+        return None
+    s = _str(value, _join(path, key), max_len).strip()
+    return s or None
+
+
+def _opt_token(parent: Obj, key: str, path: str) -> str | None:
+    """Our own identifiers (``ext.vastserver``): the same alphabet ``/vast`` accepts."""
+    s = _opt_str(parent, key, path)
+    if s is not None and not _TOKEN_RE.match(s):
+        _fail(_join(path, key), "must be 1-128 characters of letters, digits and _.:@/+-")
+    return s
+
+
+def _str_list(
+    parent: Obj, key: str, path: str, *, max_items: int, max_len: int = 64
+) -> tuple[str, ...]:
+    value = parent.get(key)
+    if value is None:
+        return ()
+    p = _join(path, key)
+    out: list[str] = []
+    for i, item in enumerate(_arr(value, p, max_items)):
+        s = _str(item, f"{p}[{i}]", max_len).strip()
+        if s:
+            out.append(s)
+    return tuple(out)
+
+
+def _dedupe(items: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+# ------------------------------------------------------------------------------- imps
+
+
+@dataclass(frozen=True, slots=True)
+class _Imp:
+    index: int
+    id: str
+    pod_key: str | None
+    poddur_s: float | None
+    maxseq: int | None
+    min_s: float | None
+    max_s: float | None
+    required: frozenset[int] | None
+    slot: Slot
+    by_startdelay: BreakPosition | None
+    by_podseq: BreakPosition | None
+    floor: float | None
+    secure: bool
+    vast_versions: frozenset[str]
+    ext: Obj | None
+    tagid: str | None
+
+    @property
+    def slot_max_s(self) -> float | None:
+        """The longest ad this imp takes (structured: the slot's length)."""
+        if self.required is not None:
+            return float(max(self.required))
+        return self.max_s
+
+    @property
+    def slot_min_s(self) -> float | None:
+        if self.required is not None:
+            return float(min(self.required))
+        return self.min_s
+
+
+def _position_from_startdelay(v: int) -> BreakPosition:
+    if v == 0:
+        return BreakPosition.PRE
+    if v == -2:
+        return BreakPosition.POST
+    return BreakPosition.MID
+
+
+def _position_from_podseq(v: int) -> BreakPosition:
+    if v == 1:
+        return BreakPosition.PRE
+    if v == -1:
+        return BreakPosition.POST
+    return BreakPosition.MID
+
+
+def _parse_imp(raw: object, i: int) -> _Imp:
+    path = f"imp[{i}]"
+    imp = _obj(raw, path)
+    imp_id = _opt_str(imp, "id", path, MAX_ID)
+    if imp_id is None:
+        _fail(f"{path}.id", "required")
+    vpath = f"{path}.video"
+    if imp.get("video") is None:
+        _fail(vpath, "required: only video ad pods are served")
+    video = _obj(imp["video"], vpath)
+
+    pod_key: str | None = None
+    podid = video.get("podid")
+    if podid is not None:
+        if isinstance(podid, bool) or not isinstance(podid, str | int):
+            _fail(f"{vpath}.podid", "must be a string")
+        pod_key = _str(podid, f"{vpath}.podid", 128) if isinstance(podid, str) else str(podid)
+
+    poddur = _opt_num(video, "poddur", vpath, lo=1, hi=MAX_POD_S)
+    maxseq = _opt_int(video, "maxseq", vpath, lo=1, hi=MAX_ADS)
+    min_s = _opt_num(video, "minduration", vpath, lo=0, hi=MAX_AD_S)
+    max_s = _opt_num(video, "maxduration", vpath, lo=1, hi=MAX_AD_S)
+    if min_s is not None and max_s is not None and min_s > max_s:
+        _fail(f"{vpath}.minduration", "must not exceed maxduration")
+    if min_s == 0:
+        min_s = None  # the spec's default: no minimum
+
+    required: frozenset[int] | None = None
+    if video.get("rqddurs") is not None:
+        rpath = f"{vpath}.rqddurs"
+        items = _arr(video["rqddurs"], rpath, MAX_LIST)
+        if not items:
+            _fail(rpath, "empty list")
+        required = frozenset(
+            _int(v, f"{rpath}[{j}]", lo=1, hi=MAX_AD_S) for j, v in enumerate(items)
+        )
+
+    slot_code = _opt_int(video, "slotinpod", vpath, lo=-1, hi=2)
+    startdelay = _opt_int(video, "startdelay", vpath, lo=-2, hi=MAX_CONTENT_S)
+    podseq = _opt_int(video, "podseq", vpath, lo=-1, hi=1)
+    floor = _opt_num(video, "mincpmpersec", vpath, lo=0, hi=MAX_FLOOR_CPM_PER_S)
+    if floor is not None:
+        cur = _opt_str(imp, "bidfloorcur", path, 8)
+        if cur is not None and cur.upper() != "USD":
+            _fail(f"{path}.bidfloorcur", "only USD floors are supported")
+
+    versions: set[str] = set()
+    if video.get("protocols") is not None:
+        ppath = f"{vpath}.protocols"
+        for j, code in enumerate(_arr(video["protocols"], ppath, MAX_LIST)):
+            v = _VAST_BY_PROTOCOL.get(_int(code, f"{ppath}[{j}]", lo=0, hi=1000))
+            if v is not None:
+                versions.add(v)
+
+    tagid = _opt_str(imp, "tagid", path)
+    return _Imp(
+        index=i,
+        id=imp_id,
+        pod_key=pod_key,
+        poddur_s=poddur,
+        maxseq=maxseq,
+        min_s=min_s,
+        max_s=max_s,
+        required=required,
+        slot=_SLOTS[slot_code or 0],
+        by_startdelay=None if startdelay is None else _position_from_startdelay(startdelay),
+        by_podseq=None if podseq is None else _position_from_podseq(podseq),
+        floor=floor,
+        secure=_opt_flag(imp, "secure", path) is True,
+        vast_versions=frozenset(versions),
+        ext=_opt_obj(imp, "ext", path),
+        tagid=tagid if tagid is not None and _TOKEN_RE.match(tagid) else None,
+    )
+
+
+def _position(imps: list[_Imp]) -> BreakPosition:
+    for attr, name in (("by_startdelay", "startdelay"), ("by_podseq", "podseq")):
+        found: BreakPosition | None = None
+        for imp in imps:
+            pos: BreakPosition | None = getattr(imp, attr)
+            if pos is None:
+                continue
+            if found is not None and pos is not found:
+                _fail(f"imp[{imp.index}].video.{name}", "imps of one pod disagree on the break")
+            found = pos
+        if found is not None:
+            return found
+    return BreakPosition.MID
+
+
+def _break(imps: list[_Imp], rules: AdRules, avail: int) -> BreakSpec:
+    keys = {imp.pod_key for imp in imps}
+    if len(keys) > 1:
+        _fail("imp", "one pod per request: every imp must share one video.podid")
+    for a, b in ((Slot.FIRST, "first"), (Slot.LAST, "last")):
+        claimed = [imp for imp in imps if imp.slot is a]
+        if len(claimed) > 1:
+            _fail(f"imp[{claimed[1].index}].video.slotinpod", f"two imps claim the {b} slot")
+    position = _position(imps)
+    default = rules.for_position(position)
+
+    dynamic = [imp for imp in imps if imp.poddur_s is not None]
+    structured = [imp for imp in imps if imp.poddur_s is None]
+    if len(structured) > MAX_ADS:
+        _fail("imp", f"at most {MAX_ADS} slots in a pod")
+
+    pod_s = 0.0
+    max_ads = 0
+    for imp in dynamic:
+        pod_s += imp.poddur_s or 0.0
+        max_ads += imp.maxseq if imp.maxseq is not None else default.max_ads
+    for imp in structured:
+        slot_s = imp.slot_max_s
+        if slot_s is None:
+            if len(imps) > 1:
+                _fail(
+                    f"imp[{imp.index}].video.maxduration",
+                    "each slot of a structured pod needs maxduration or rqddurs",
+                )
+            slot_s = float(default.duration_s)
+        pod_s += slot_s
+        max_ads += 1
+    if pod_s > MAX_POD_S:
+        _fail("imp", f"the pod lasts {pod_s:g}s, more than {MAX_POD_S}s")
+    max_ads = max(1, min(max_ads, MAX_ADS))
+
+    required: frozenset[int] | None = None
+    min_s: float | None = None
+    max_s: float | None = None
+    if all(imp.required is not None for imp in imps):
+        required = frozenset(d for imp in imps for d in imp.required or ())
+    else:
+        mins = [imp.slot_min_s for imp in imps]
+        maxs = [imp.slot_max_s for imp in imps]
+        if all(m is not None for m in mins):
+            min_s = min(m for m in mins if m is not None)
+        if all(m is not None for m in maxs):
+            max_s = max(m for m in maxs if m is not None)
+        if min_s is not None and max_s is not None and min_s > max_s:
+            min_s = None  # structured slots of different lengths: no common minimum
+    return BreakSpec(
+        position=position,
+        pod_duration_ms=round(pod_s * 1000),
+        max_ads=max_ads,
+        min_ad_duration_ms=None if min_s is None else round(min_s * 1000),
+        max_ad_duration_ms=None if max_s is None else round(max_s * 1000),
+        required_durations_s=required,
+        avail=avail,
+    )
+
+
+def _vast_version(imps: list[_Imp]) -> str:
+    versions = {v for imp in imps for v in imp.vast_versions}
+    if not versions or "4.2" in versions:
+        return "4.2"
+    return max(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+# --------------------------------------------------------------------------- device, content
+
+
+def _ip(dev: Obj, key: str) -> str | None:
+    s = _opt_str(dev, key, "device", 64)
+    if s is None:
+        return None
+    try:
+        return str(ipaddress.ip_address(s))
+    except ValueError:
+        _fail(f"device.{key}", "not an IP address")
+
+
+def country_alpha2(raw: str | None) -> str | None:
+    """OpenRTB's alpha-3 country (alpha-2 tolerated) -> alpha-2; unknown -> None."""
+    if raw is None or not _ALPHA_RE.match(raw):
+        return None
+    code = raw.upper()
+    if len(code) == 2:
+        return code
+    return COUNTRY_ALPHA3.get(code)
+
+
+def region_code(raw: str | None, country: str | None) -> str | None:
+    """ISO 3166-2 as the catalog writes it (``US-NY``); a bare subdivision gets the country."""
+    if raw is None:
+        return None
+    if _REGION_RE.match(raw):
+        return raw.upper()
+    if country is not None and _SUBDIVISION_RE.match(raw):
+        return f"{country}-{raw.upper()}"
+    return None
+
+
+def language_code(raw: str | None) -> str | None:
+    """Primary language subtag, lowercased (``en-US`` -> ``en``): the catalog's form."""
+    if raw is None:
+        return None
+    m = _LANG_RE.match(raw)
+    return m.group(1).lower() if m else None
+
+
+def platform_of(os_name: str | None, make: str | None, device_type: str | None) -> str | None:
+    """Where the OS or the maker names a CTV platform unambiguously."""
+    os_key = re.sub(r"[\s_\-]", "", os_name or "").lower()
+    make_key = re.sub(r"[\s_\-]", "", make or "").lower()
+    for needle, platform in _PLATFORM_BY_OS:
+        if needle in os_key:
+            return platform
+    if os_key.startswith("android"):
+        if make_key.startswith("amazon"):
+            return "firetv"
+        if device_type in ("ctv", "stb"):
+            return "androidtv"
+    if make_key in ("roku", "vizio"):
+        return make_key
+    return None
+
+
+def _device(root: Obj, client: ClientInfo) -> Device:
+    dev = _opt_obj(root, "device", "") or {}
+    ext = _opt_obj(dev, "ext", "device") or {}
+    top_ext = _opt_obj(root, "ext", "") or {}
+
+    ifa = _opt_str(dev, "ifa", "device")
+    if ifa is not None and (not _TOKEN_RE.match(ifa) or _ZERO_IFA_RE.match(ifa)):
+        ifa = None
+    ifa_type = _opt_str(ext, "ifa_type", "device.ext") or _opt_str(top_ext, "ifa_type", "ext")
+    if ifa_type is not None:
+        ifa_type = ifa_type.lower() if _TOKEN_RE.match(ifa_type) else None
+
+    code = dev.get("devicetype")
+    device_type: str | None = None
+    if code is not None:
+        device_type = DEVICE_TYPES_BY_CODE.get(_int(code, "device.devicetype", lo=0, hi=1000))
+
+    geo = _opt_obj(dev, "geo", "device") or {}
+    country = country_alpha2(_opt_str(geo, "country", "device.geo", 16))
+    metro = _opt_str(geo, "metro", "device.geo", 16)
+
+    language = language_code(_opt_str(dev, "language", "device", 32)) or language_code(
+        _opt_str(dev, "langb", "device", 64)
+    )
+    ipv4, ipv6 = _ip(dev, "ip"), _ip(dev, "ipv6")
+    return Device(
+        ip=ipv4 or ipv6 or client.device_ip,
+        user_agent=_opt_str(dev, "ua", "device", MAX_UA) or client.device_user_agent,
+        ifa=ifa,
+        ifa_type=ifa_type,
+        lmt=_opt_flag(dev, "lmt", "device") is True,
+        device_type=device_type,
+        platform=platform_of(
+            _opt_str(dev, "os", "device", 64), _opt_str(dev, "make", "device", 64), device_type
+        ),
+        country=country,
+        region=region_code(_opt_str(geo, "region", "device.geo", 16), country),
+        dma=metro if metro is not None and _DMA_RE.match(metro) else None,
+        language=language,
+    )
+
+
+def _content(root: Obj) -> tuple[Content, str | None]:
+    """The content and its language (a fallback for the device's)."""
+    kids = False
+    regs = _opt_obj(root, "regs", "")
+    if regs is not None:
+        kids = _opt_flag(regs, "coppa", "regs") is True
+    for holder in ("app", "site"):
+        parent = _opt_obj(root, holder, "")
+        if parent is None or parent.get("content") is None:
+            continue
+        path = f"{holder}.content"
+        c = _obj(parent["content"], path)
+        genres: list[str] = []
+        raw_genre = c.get("genre")
+        if isinstance(raw_genre, list):
+            genres.extend(g.lower() for g in _str_list(c, "genre", path, max_items=MAX_LIST))
+        elif raw_genre is not None:
+            text = _str(raw_genre, f"{path}.genre", 1024)
+            genres.extend(g.strip().lower() for g in text.split(",") if g.strip())
+        genres.extend(g.lower() for g in _str_list(c, "cat", path, max_items=MAX_LIST))
+        if len(genres) > MAX_LIST:
+            _fail(f"{path}.genre", f"at most {MAX_LIST} genres and categories")
+        rating = _opt_str(c, "contentrating", path, 32)
+        if rating is not None:
+            rating = rating.upper() if rating.upper() in RATINGS else None
+        channel_name: str | None = None
+        for key in ("channel", "network"):
+            holder_obj = _opt_obj(c, key, path)
+            if holder_obj is not None and channel_name is None:
+                channel_name = _opt_str(holder_obj, "name", f"{path}.{key}", 128)
+        live = _opt_flag(c, "livestream", path)
+        return (
+            Content(
+                id=_opt_str(c, "id", path, 128),
+                genres=_dedupe(genres),
+                rating=rating,
+                live=live,
+                series=_opt_str(c, "series", path, 128),
+                channel=channel_name,
+                kids=kids,
+            ),
+            language_code(_opt_str(c, "language", path, 32))
+            or language_code(_opt_str(c, "langb", path, 64)),
+        )
+    return Content(kids=kids), None
+
+
+def _segments(root: Obj) -> tuple[str, ...]:
+    user = _opt_obj(root, "user", "")
+    if user is None or user.get("data") is None:
+        return ()
+    out: list[str] = []
+    for i, d in enumerate(_arr(user["data"], "user.data", MAX_LIST)):
+        dpath = f"user.data[{i}]"
+        data = _obj(d, dpath)
+        if data.get("segment") is None:
+            continue
+        spath = f"{dpath}.segment"
+        for j, s in enumerate(_arr(data["segment"], spath, MAX_SEGMENTS)):
+            seg_id = _opt_str(_obj(s, f"{spath}[{j}]"), "id", f"{spath}[{j}]", 128)
+            if seg_id is not None:
+                out.append(seg_id)
+    segments = _dedupe(out)
+    if len(segments) > MAX_SEGMENTS:
+        _fail("user.data", f"at most {MAX_SEGMENTS} segments")
+    return segments
+
+
+def _key_values(ours: Obj) -> Mapping[str, str]:
+    raw = _opt_obj(ours, "kv", "ext.vastserver")
+    if raw is None:
+        return MappingProxyType({})
+    if len(raw) > MAX_LIST:
+        _fail("ext.vastserver.kv", f"at most {MAX_LIST} key-values")
+    kv: dict[str, str] = {}
+    for k, v in raw.items():
+        if len(k) > 64 or _BAD_CHARS_RE.search(k):
+            _fail("ext.vastserver.kv", "keys must be printable and at most 64 characters")
+        kv[k] = _str(v, f"ext.vastserver.kv.{k}")
+    return MappingProxyType(kv)
+
+
+# ---------------------------------------------------------------------------------- entry
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ParamError("body", f"{name} is not valid JSON")
+
+
+def _load(body: bytes | str) -> Obj:
+    try:
+        doc: object = json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, ParamError):
+            raise
+        raise ParamError("body", "not valid JSON") from None
+    return _obj(doc, "body")
+
+
+def parse_bid_request(
+    body: bytes | str,
+    client: ClientInfo,
+    rules: AdRules | RulesFor,
+    *,
+    require_https: bool = True,
+) -> OpenRtbPod:
+    """Map an OpenRTB 2.6 BidRequest for one CTV ad pod onto an :class:`AdRequest`.
+
+    ``rules`` is either the ad rules to use or ``Catalog.rules_for``, called with the
+    placement found in the body. Raises :class:`ParamError` (and only that) on bad input.
+    """
+    root = _load(body)
+    request_id = _opt_str(root, "id", "", MAX_ID)
+    if request_id is None:
+        _fail("id", "required")
+    if root.get("imp") is None:
+        _fail("imp", "required")
+    raw_imps = _arr(root["imp"], "imp", MAX_IMPS)
+    if not raw_imps:
+        _fail("imp", "at least one imp is required")
+    imps = [_parse_imp(raw, i) for i, raw in enumerate(raw_imps)]
+    seen: set[str] = set()
+    for imp in imps:
+        if imp.id in seen:
+            _fail(f"imp[{imp.index}].id", "duplicate imp id")
+        seen.add(imp.id)
+
+    top_ext = _opt_obj(root, "ext", "") or {}
+    ours = _opt_obj(top_ext, "vastserver", "ext") or {}
+    placement: str | None = None
+    for imp in imps:
+        if imp.ext is None:
+            continue
+        imp_ours = _opt_obj(imp.ext, "vastserver", f"imp[{imp.index}].ext")
+        if imp_ours is not None:
+            placement = _opt_token(imp_ours, "placement", f"imp[{imp.index}].ext.vastserver")
+        if placement is not None:
+            break
+    placement = placement or _opt_token(ours, "placement", "ext.vastserver") or imps[0].tagid
+
+    resolved = rules if isinstance(rules, AdRules) else rules(placement)
+    avail = _opt_int(ours, "avail", "ext.vastserver", lo=0, hi=10_000) or 0
+    brk = _break(imps, resolved, avail)
+
+    vast = _opt_str(ours, "vast", "ext.vastserver", 8)
+    if vast is not None and vast not in VAST_VERSIONS:
+        _fail("ext.vastserver.vast", f"must be one of {', '.join(VAST_VERSIONS)}")
+
+    device = _device(root, client)
+    content, content_language = _content(root)
+    if device.language is None and content_language is not None:
+        device = replace(device, language=content_language)
+
+    blocked_categories = _str_list(root, "bcat", "", max_items=MAX_BLOCKLIST)
+    blocked_domains = _str_list(root, "badv", "", max_items=MAX_BLOCKLIST, max_len=253)
+    floors = [imp.floor for imp in imps if imp.floor is not None]
+    request = AdRequest(
+        brk=brk,
+        device=device,
+        content=content,
+        session=_opt_token(ours, "session", "ext.vastserver"),
+        placement=placement,
+        vast_version=vast or _vast_version(imps),
+        debug=_opt_flag(ours, "debug", "ext.vastserver") is True,
+        blocked_categories=frozenset(blocked_categories),
+        blocked_domains=frozenset(d.lower() for d in blocked_domains),
+        segments=_segments(root),
+        key_values=_key_values(ours),
+        caller_ip=client.caller_ip,
+        caller_user_agent=client.caller_user_agent,
+        require_https=require_https or any(imp.secure for imp in imps),
+    )
+    return OpenRtbPod(
+        request=request,
+        floor_cpm_per_s=max(floors) if floors else None,
+        imp_ids=tuple(imp.id for imp in imps),
+        request_id=request_id,
+        slots=tuple(imp.slot for imp in imps),
+        pod_id=imps[0].pod_key,
+    )
