@@ -12,6 +12,8 @@ from aiohttp.test_utils import TestClient
 from vastserver.app import create_app
 from vastserver.settings import Settings, load_settings
 
+pytest_plugins = ["tests.support.redis_server"]
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CATALOG = ROOT / "fixtures" / "demo-catalog.json"
 FIXED_NOW = datetime(2026, 11, 25, 20, 0, 0, tzinfo=UTC)
@@ -34,6 +36,7 @@ def make_settings(**overrides: Any) -> Settings:
         "secret": SECRET,
         "admin_token": ADMIN,
         "catalog": str(DEMO_CATALOG),
+        "event_log": "off",
     }
     base.update(overrides)
     return load_settings({}, base)

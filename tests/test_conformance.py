@@ -71,7 +71,10 @@ async def test_pods_of_1_to_8_ads(
     client = await make_client(catalog=str(big_catalog))
     docs: list[tuple[str, bytes, int]] = []
     for n in range(1, 9):
-        query = f"vast={version}&pod_duration={30 * n}&max_ads={n}&required_durations=30"
+        query = (
+            f"vast={version}&pod_duration={30 * n}&max_ads={n}&required_durations=30"
+            f"&device_id=viewer-{version}-{n}"
+        )
         xml = await _fetch(client, query)
         ads = _ads_in(xml)
         assert len(ads) == n, f"{query}: wanted a full pod of {n}, got {len(ads)}"

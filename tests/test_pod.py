@@ -115,6 +115,10 @@ def _set_ok(subset: Sequence[PodItem], c: PodConstraints) -> bool:
     return ceil_s <= c.pod_duration_ms // 1000 and ms <= c.pod_duration_ms
 
 
+def _free(it: PodItem) -> bool:
+    return it.value_first is None and it.value_last is None and it.middle_allowed
+
+
 def pod_score(ordered: Sequence[PodItem], all_items: Sequence[PodItem]) -> float | None:
     """Score of an ordered pod (None if a slot is not allowed); TIER_BASE as in the spec."""
     vals = _slot_values(ordered)
@@ -156,6 +160,10 @@ def assert_valid(r: PodResult, items: Sequence[PodItem], c: PodConstraints) -> N
     assert vals is not None, "returned order violates a slot permission"
     mids = list(pod[1:-1])
     assert mids == sorted(mids, key=lambda it: (-it.value, it.key))
+    # Position-free ads play in descending value order at the edges too.
+    free = [(i, it) for i, it in enumerate(pod) if _free(it)]
+    for (_, a), (_, b) in itertools.pairwise(free):
+        assert (-a.value, a.key) <= (-b.value, b.key), "free ads out of value order"
     assert r.total_duration_ms == sum(it.duration_ms for it in pod)
     assert r.value == pytest.approx(sum(vals), rel=1e-12, abs=1e-12)
     score = pod_score(pod, items)

@@ -15,14 +15,17 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
 
 from aiohttp import web
 
 from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import BreakPosition
+from vastserver.delivery import DeliveryControl
+from vastserver.eventlog import EventLog
 from vastserver.explain import decision_json
+from vastserver.geo import GeoLookup, fill_geo, open_geo
 from vastserver.metrics import Metrics
+from vastserver.openrtb import parse_bid_request
 from vastserver.params import (
     ParamError,
     client_info,
@@ -31,13 +34,18 @@ from vastserver.params import (
     parse_vmap_query,
 )
 from vastserver.pipeline.context import AdRequest, BreakSpec, system_clock
+from vastserver.pipeline.delivery import SeparationRules
 from vastserver.pipeline.schedule import plan_breaks
+from vastserver.records import EventSink, NullSink, beacon_record
 from vastserver.render import Renderer
 from vastserver.service import AdService, build_snapshot
 from vastserver.settings import Settings
+from vastserver.store import open_store
+from vastserver.store.base import Store, StoreUnavailable
 from vastserver.tracking import (
     EVENTS,
     PARAM_TOKEN,
+    AdToken,
     Keyring,
     TokenError,
     TokenErrorKind,
@@ -63,6 +71,10 @@ class Runtime:
     metrics: Metrics
     clock: Callable[[], datetime]
     rng: random.Random
+    geo: GeoLookup
+    store: Store
+    delivery: DeliveryControl
+    events: EventSink
     ready: bool = False
 
 
@@ -165,7 +177,8 @@ def _ad_request(request: web.Request) -> AdRequest:
     client = client_info(request.headers, request.remote)
     placement = q.get("placement")
     rules = rt.service.snapshot.catalog.rules_for(placement)
-    return parse_vast_request(q, client, rules, require_https=rt.settings.require_https_media)
+    req = parse_vast_request(q, client, rules, require_https=rt.settings.require_https_media)
+    return replace(req, device=fill_geo(req.device, rt.geo))
 
 
 async def vast_handler(request: web.Request) -> web.StreamResponse:
@@ -174,9 +187,9 @@ async def vast_handler(request: web.Request) -> web.StreamResponse:
         req = _ad_request(request)
     except ParamError as e:
         return _bad_request(e)
-    decision = rt.service.decide(req)
+    decision = await rt.service.decide(req)
     debug = decision_json(decision) if req.debug else None
-    return _xml(rt.renderer.vast(decision, rng=rt.rng, debug=debug))
+    return _xml(rt.renderer.vast(decision, debug=debug))
 
 
 async def decide_handler(request: web.Request) -> web.StreamResponse:
@@ -185,7 +198,7 @@ async def decide_handler(request: web.Request) -> web.StreamResponse:
         req = _ad_request(request)
     except ParamError as e:
         return _bad_request(e)
-    decision = rt.service.decide(req)
+    decision = await rt.service.decide(req)
     return web.json_response(decision_json(decision))
 
 
@@ -198,6 +211,7 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         targeting = parse_targeting(q, client)
     except ParamError as e:
         return _bad_request(e)
+    targeting = replace(targeting, device=fill_geo(targeting.device, rt.geo))
     rules = rt.service.snapshot.catalog.rules_for(q.get("placement"))
     breaks = plan_breaks(
         rules,
@@ -216,11 +230,61 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
             BreakSpec(BreakPosition.PRE, pod_duration_ms=1000, max_ads=1),
             require_https=rt.settings.require_https_media,
         )
-        decisions = rt.service.decide_stream(base, breaks)
-        body = rt.renderer.vmap_inline(breaks, decisions, session=session, rng=rt.rng)
+        decisions = await rt.service.decide_stream(base, breaks)
+        body = rt.renderer.vmap_inline(breaks, decisions, session=session, debug=targeting.debug)
     else:
         body = rt.renderer.vmap_tags(breaks, q, session=session)
     return _xml(body)
+
+
+async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
+    """OpenRTB 2.6 BidRequest for one CTV pod in, the VAST pod out (same pipeline)."""
+    rt = _rt(request)
+    body = await request.read()
+    try:
+        client = client_info(request.headers, request.remote)
+        pod = parse_bid_request(
+            body,
+            client,
+            rt.service.snapshot.catalog.rules_for,
+            require_https=rt.settings.require_https_media,
+        )
+    except ParamError as e:
+        return _bad_request(e)
+    req = replace(
+        pod.request,
+        device=fill_geo(pod.request.device, rt.geo),
+        floor_cpm_per_s=pod.floor_cpm_per_s,
+    )
+    if req.session is None:
+        req = replace(req, session=new_ad_serving_id(rt.rng))
+    decision = await rt.service.decide(req)
+    debug = decision_json(decision) if req.debug else None
+    return _xml(rt.renderer.vast(decision, debug=debug))
+
+
+def _verify(rt: Runtime, raw: str | None) -> AdToken:
+    return verify(
+        raw or "",
+        rt.keyring,
+        now=int(rt.clock().timestamp()),
+        max_age_s=rt.settings.token_max_age_s,
+    )
+
+
+async def _count(
+    rt: Runtime, request: web.Request, event: str, token: AdToken, error_code: int | None
+) -> web.StreamResponse | None:
+    """Count a verified beacon once; None when done, else the response to send (503)."""
+    try:
+        result = await rt.delivery.on_beacon(event, token, rt.service.snapshot.catalog)
+    except StoreUnavailable:
+        rt.metrics.beacons.labels(event, "store_unavailable").inc()
+        return web.Response(status=503, text="try again", headers={"Retry-After": "1"})
+    label = "ok" if result.counted else ("replay" if result.replay else result.reason)
+    rt.metrics.beacons.labels(event, label).inc()
+    _record_beacon(rt, request, event, token, result.counted, label, error_code)
+    return None
 
 
 async def beacon_handler(request: web.Request) -> web.StreamResponse:
@@ -235,69 +299,76 @@ async def beacon_handler(request: web.Request) -> web.StreamResponse:
         # Tokenless beacons: the no-fill <Error> and VMAP break events. Advisory only.
         if event in ("error", "breakStart", "breakEnd"):
             rt.metrics.beacons.labels(event, "advisory").inc()
-            _log_event(rt, request, event, None, params.error_code)
+            _record_beacon(rt, request, event, None, False, "advisory", params.error_code)
             return web.Response(status=204)
         rt.metrics.beacons.labels(event, "malformed").inc()
         return web.Response(status=400, text="missing tk")
     try:
-        token = verify(
-            params.token or "",
-            rt.keyring,
-            now=int(rt.clock().timestamp()),
-            max_age_s=rt.settings.token_max_age_s,
-        )
+        token = _verify(rt, params.token)
     except TokenError as e:
         rt.metrics.beacons.labels(event, e.kind.value).inc()
         log.info(json.dumps({"event": "beacon_rejected", "name": event, "why": e.kind.value}))
         status = 400 if e.kind is TokenErrorKind.MALFORMED else 403
         return web.Response(status=status, text=e.kind.value)
-    rt.metrics.beacons.labels(event, "ok").inc()
-    _log_event(rt, request, event, token.ad_serving_id, params.error_code, token=token)
-    return web.Response(status=204)
+    failed = await _count(rt, request, event, token, params.error_code)
+    return failed or web.Response(status=204)
 
 
-def _log_event(
+def _record_beacon(
     rt: Runtime,
     request: web.Request,
     event: str,
-    ad_serving_id: str | None,
+    token: AdToken | None,
+    counted: bool,
+    result: str,
     error_code: int | None,
-    token: Any = None,
 ) -> None:
-    rec: dict[str, Any] = {
-        "event": "beacon",
-        "name": event,
-        "at": rt.clock().isoformat(),
-        "ad_serving_id": ad_serving_id,
-        "caller_ip": request.remote,
-        "device_ip": request.headers.get("X-Device-IP"),
-    }
-    if error_code is not None:
-        rec["error_code"] = error_code
-    if token is not None:
-        rec.update(line_item_id=token.line_item_id, creative_id=token.creative_id)
-    log.info(json.dumps(rec))
+    """Every beacon goes to the event log, counted or not (replays are evidence too)."""
+    rt.events.append(
+        beacon_record(
+            event,
+            token,
+            counted=counted,
+            result=result,
+            caller_ip=request.remote,
+            device_ip=request.headers.get("X-Device-IP"),
+            device_user_agent=request.headers.get("X-Device-User-Agent"),
+            error_code=error_code,
+            at=rt.clock().isoformat(),
+        )
+    )
 
 
 async def click_handler(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
     params = parse_beacon_query(_query(request))
     try:
-        token = verify(
-            params.token or "",
-            rt.keyring,
-            now=int(rt.clock().timestamp()),
-            max_age_s=rt.settings.token_max_age_s,
-        )
+        token = _verify(rt, params.token)
     except TokenError as e:
         rt.metrics.beacons.labels("click", e.kind.value).inc()
         status = 400 if e.kind is TokenErrorKind.MALFORMED else 403
         return web.Response(status=status, text=e.kind.value)
-    rt.metrics.beacons.labels("click", "ok").inc()
-    _log_event(rt, request, "click", token.ad_serving_id, None, token=token)
+    # A click that cannot be counted right now still takes the viewer to the advertiser.
+    await _count(rt, request, "click", token, None)
     if not token.click_url:
         return web.Response(status=204)
     raise web.HTTPFound(location=token.click_url)
+
+
+async def line_items_handler(request: web.Request) -> web.StreamResponse:
+    if not _authorized(request):
+        return web.json_response({"error": "unauthorized"}, status=401)
+    rt = _rt(request)
+    catalog = rt.service.snapshot.catalog
+    li_id = request.match_info.get("id")
+    if li_id is not None and li_id not in catalog.line_items:
+        return web.json_response({"error": "not_found", "id": li_id[:128]}, status=404)
+    ids = [li_id] if li_id is not None else sorted(catalog.line_items)
+    try:
+        stats = await rt.delivery.line_item_stats(catalog, ids)
+    except StoreUnavailable:
+        return web.json_response({"error": "store_unavailable"}, status=503)
+    return web.json_response(stats[0] if li_id is not None else stats)
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:
@@ -369,7 +440,35 @@ def create_app(
         clock=clock,
         progress_offsets_s=settings.progress_offsets_s,
     )
-    service = AdService(snapshot, clock=clock, metrics=metrics)
+    rng = rng or random.SystemRandom()
+    store = open_store(settings.redis_url, clock=lambda: clock().timestamp())
+    delivery = DeliveryControl(
+        store,
+        clock=clock,
+        rng=rng,
+        token_max_age_s=settings.token_max_age_s,
+        separation=SeparationRules(
+            creative_breaks=settings.separation_breaks,
+            creative_minutes=settings.separation_minutes,
+            competitive_breaks=settings.competitive_separation_breaks,
+        ),
+    )
+    events: EventSink = NullSink()
+    if settings.event_log_dir is not None:
+        events = EventLog(
+            settings.event_log_dir,
+            commit_interval_s=settings.event_log_commit_ms / 1000,
+            on_drop=metrics.events_dropped.inc_by_reason,
+        )
+    service = AdService(
+        snapshot,
+        clock=clock,
+        metrics=metrics,
+        keyring=keyring,
+        delivery=delivery,
+        rng=rng,
+        events=events,
+    )
     rt = Runtime(
         settings=settings,
         service=service,
@@ -377,22 +476,51 @@ def create_app(
         keyring=keyring,
         metrics=metrics,
         clock=clock,
-        rng=rng or random.SystemRandom(),
+        rng=rng,
+        geo=open_geo(settings.geo_path),
+        store=store,
+        delivery=delivery,
+        events=events,
     )
     app = web.Application(middlewares=[metrics_mw, cors_mw, limits_mw], client_max_size=256 * 1024)
     app[RUNTIME] = rt
     app.router.add_get("/vast", vast_handler, name="vast")
     app.router.add_get("/vmap", vmap_handler, name="vmap")
     app.router.add_get("/decide", decide_handler, name="decide")
+    app.router.add_post("/openrtb2/pod", openrtb_pod_handler, name="openrtb_pod")
     app.router.add_get("/t/{event}", beacon_handler, name="beacon")
     app.router.add_get("/c", click_handler, name="click")
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_handler, name="metrics")
     app.router.add_post("/admin/catalog/reload", reload_catalog_handler, name="admin_reload")
+    app.router.add_get("/admin/line-items", line_items_handler, name="admin_line_items")
+    app.router.add_get("/admin/line-items/{id}", line_items_handler, name="admin_line_item")
+    app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(_pacing)
     app.cleanup_ctx.append(_readiness)
     app.cleanup_ctx.append(_sighup)
     return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    """Close the store and flush the event log when the app stops (after in-flight requests)."""
+    rt = app[RUNTIME]
+    yield
+    await rt.store.close()
+    if isinstance(rt.events, EventLog):
+        await asyncio.to_thread(rt.events.close)
+
+
+async def _pacing(app: web.Application) -> AsyncIterator[None]:
+    rt = app[RUNTIME]
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        rt.delivery.run_pacing(lambda: rt.service.snapshot.catalog, stop), name="pacing"
+    )
+    yield
+    stop.set()
+    await task
 
 
 async def _readiness(app: web.Application) -> AsyncIterator[None]:

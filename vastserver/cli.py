@@ -28,6 +28,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
     p.add_argument("--redis", help="redis:// URL for shared state (VASTSERVER_REDIS_URL)")
     p.add_argument("--public-url", dest="public_url", help="VASTSERVER_PUBLIC_URL")
+    p.add_argument(
+        "--event-log",
+        dest="event_log",
+        help="event log directory, or 'off' (VASTSERVER_EVENT_LOG_DIR, default var/events)",
+    )
 
 
 def _bind(settings: Settings) -> socket.socket:
@@ -115,14 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: vastserver {serve,gen-catalog} ...\n\n"
+            "usage: vastserver {serve,gen-catalog,report} ...\n\n"
             "  serve        run the ad server (vastserver serve --help)\n"
-            "  gen-catalog  write a synthetic catalog (vastserver gen-catalog --help)"
+            "  gen-catalog  write a synthetic catalog (vastserver gen-catalog --help)\n"
+            "  report       delivery per line item from the event log (vastserver report --help)"
         )
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd == "serve":
         return serve(rest)
+    if cmd == "report":
+        from vastserver.report import main_report
+
+        return main_report(rest)
     if cmd == "gen-catalog":
         from vastserver.catalog.gen import main_gen_catalog
 

@@ -63,8 +63,26 @@ class Metrics:
         self.catalog_reloads = Counter(
             "vastserver_catalog_reloads_total", "Catalog reloads by result", ["result"], registry=r
         )
+        self.events_dropped = DropCounter(
+            Counter(
+                "vastserver_event_log_dropped_total",
+                "Event-log records dropped (buffer full while the disk failed), by reason",
+                ["reason"],
+                registry=r,
+            )
+        )
         for reason in Reason:
             self.rejections.labels(reason.stage.value, reason.value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DropCounter:
+    """Adapter for ``EventLog(on_drop=...)``: count dropped records by reason."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+
+    def inc_by_reason(self, count: int, reason: str) -> None:
+        self.counter.labels(reason).inc(count)

@@ -145,6 +145,10 @@ def _list(q: Mapping[str, str], *names: str) -> tuple[str, ...]:
     return items
 
 
+def _upper(v: str | None) -> str | None:
+    return None if v is None else v.upper()
+
+
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
 
@@ -237,9 +241,9 @@ def parse_targeting(q: Mapping[str, str], client: ClientInfo) -> Targeting:
         device_type=_choice(q, "device_type", DEVICE_TYPES),
         platform=_choice(q, "platform", PLATFORMS),
         country=country.upper() if country else None,
-        region=_token(q, "region"),
+        region=_upper(_token(q, "region")),
         dma=_token(q, "dma"),
-        language=language.lower() if language else None,
+        language=language.split("-")[0].lower() if language else None,
     )
     content = Content(
         id=_token(q, "content_id"),
@@ -314,7 +318,7 @@ def parse_vast_request(
     brk = BreakSpec(
         position=position,
         pod_duration_ms=_ms(pod_s) or default.duration_s * 1000,
-        max_ads=max_ads or default.max_ads,
+        max_ads=default.max_ads if max_ads is None else max_ads,
         min_ad_duration_ms=_ms(min_ad),
         max_ad_duration_ms=_ms(max_ad),
         required_durations_s=required,

@@ -8,7 +8,6 @@ autoescape and ``StrictUndefined`` and compiles every template at start-up.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -21,9 +20,10 @@ from markupsafe import Markup
 
 from vastserver import __version__
 from vastserver.catalog.model import Creative
+from vastserver.explain import decision_json
 from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.pipeline.schedule import PlannedBreak, hms
-from vastserver.tracking import AdToken, Keyring, TrackingUrls, new_ad_serving_id, sign, viewer_hash
+from vastserver.tracking import AdToken, Keyring, TrackingUrls, sign
 
 AD_SYSTEM = "vastserver"
 CATEGORY_AUTHORITY = "https://iabtechlab.com"
@@ -230,22 +230,20 @@ class Renderer:
         self,
         decision: Decision,
         *,
-        rng: random.Random,
         debug: Mapping[str, Any] | None = None,
         declaration: bool = True,
     ) -> str:
-        vm = self.vast_vm(decision, rng=rng, debug=debug)
+        vm = self.vast_vm(decision, debug=debug)
         return self.vast_template.render(vm=vm, declaration=declaration)
 
     def vast_vm(
         self,
         decision: Decision,
         *,
-        rng: random.Random,
         debug: Mapping[str, Any] | None = None,
     ) -> VastVM:
         version = decision.request.vast_version
-        ads = tuple(self._ad_vm(decision, ad, rng) for ad in decision.ads)
+        ads = tuple(self._ad_vm(decision, ad) for ad in decision.ads)
         v4 = version.startswith("4")
         error_url = None
         if not ads and v4:
@@ -272,18 +270,18 @@ class Renderer:
             debug_comment=debug_comment,
         )
 
-    def _ad_vm(self, decision: Decision, ad: PlacedAd, rng: random.Random) -> AdVM:
+    def _ad_vm(self, decision: Decision, ad: PlacedAd) -> AdVM:
         req = decision.request
         c = ad.candidate
         cr = c.creative
-        ad_serving_id = new_ad_serving_id(rng)
+        ad_serving_id = ad.ad_serving_id
         base = AdToken(
             ad_serving_id=ad_serving_id,
             line_item_id=c.line_item.id,
             creative_id=cr.id,
             campaign_id=c.campaign.id,
             advertiser_id=c.advertiser.id,
-            viewer_hash=viewer_hash(req.viewer_key(), self.keyring),
+            viewer_hash=decision.viewer_hash,
             price_micros=round(ad.price_cpm * 1_000_000),
             served_at=int(decision.now.timestamp()),
             pod_position=ad.slot,
@@ -387,11 +385,12 @@ class Renderer:
         decisions: Sequence[Decision],
         *,
         session: str,
-        rng: random.Random,
+        debug: bool = False,
     ) -> str:
         out: list[VmapBreakVM] = []
         for n, (b, d) in enumerate(zip(breaks, decisions, strict=True), start=1):
-            doc = Markup(self.vast(d, rng=rng, declaration=False))
+            explain = decision_json(d) if debug else None
+            doc = Markup(self.vast(d, debug=explain, declaration=False))
             out.append(self._break_vm(b, n, session, tag_url=None, vast=doc))
         return self.vmap_template.render(breaks=out)
 

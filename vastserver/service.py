@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -14,13 +15,17 @@ from pathlib import Path
 
 from vastserver.catalog.load import load_catalog
 from vastserver.catalog.model import Catalog
+from vastserver.delivery import DeliveryControl
 from vastserver.metrics import Metrics
 from vastserver.pipeline.candidates import CatalogIndex, build_index
 from vastserver.pipeline.context import AdRequest, BreakSpec
-from vastserver.pipeline.decide import Decision, decide
+from vastserver.pipeline.decide import Decision, decide, screen
+from vastserver.pipeline.delivery import Viewer
 from vastserver.pipeline.schedule import PlannedBreak
 from vastserver.pipeline.scoring import PriceScorer, Scorer
-from vastserver.pipeline.stages import StageEnv
+from vastserver.pipeline.stages import DELIVERY_FILTERS, PRE_DELIVERY_FILTERS, StageEnv
+from vastserver.records import EventSink, NullSink, decision_record
+from vastserver.tracking import Keyring, new_ad_serving_id, viewer_hash
 
 log = logging.getLogger("vastserver.service")
 
@@ -46,12 +51,20 @@ class AdService:
         *,
         clock: Callable[[], datetime],
         metrics: Metrics,
+        keyring: Keyring,
+        delivery: DeliveryControl,
+        rng: random.Random,
         scorer: Scorer | None = None,
+        events: EventSink | None = None,
     ) -> None:
         self._snapshot = snapshot
         self.clock = clock
         self.metrics = metrics
+        self.keyring = keyring
+        self.delivery = delivery
+        self.rng = rng
         self.scorer: Scorer = scorer or PriceScorer()
+        self.events: EventSink = events or NullSink()
         self._set_catalog_metric(snapshot)
 
     @property
@@ -81,57 +94,64 @@ class AdService:
         )
         return snap
 
-    def _env(
-        self,
-        req: AdRequest,
-        now: datetime,
-        recent_creatives: frozenset[str] = frozenset(),
-        recent_competitive: frozenset[str] = frozenset(),
-    ) -> StageEnv:
+    def _env(self, req: AdRequest, now: datetime) -> StageEnv:
         cat = self._snapshot.catalog
         return StageEnv(
             now=now,
             blocked_categories=cat.blocked_categories | req.blocked_categories,
             blocked_domains=cat.blocked_domains | req.blocked_domains,
-            recent_creatives=recent_creatives,
-            recent_competitive=recent_competitive,
         )
 
-    def decide(
+    async def decide(
         self,
         req: AdRequest,
         *,
-        recent_creatives: frozenset[str] = frozenset(),
-        recent_competitive: frozenset[str] = frozenset(),
+        request_id: str | None = None,
     ) -> Decision:
+        """retrieve -> pure filters -> counters (one store round trip) -> delivery filter,
+        score, pod -> reserve (one round trip) -> ad serving ids -> metrics and event log."""
         snap = self._snapshot
         now = self.clock()
         cands = snap.index.retrieve(req)
-        env = self._env(req, now, recent_creatives, recent_competitive)
-        d = decide(req, cands, env, scorer=self.scorer)
+        env = self._env(req, now)
+        screened = screen(req, cands, env, PRE_DELIVERY_FILTERS)
+        vh = viewer_hash(req.viewer_key(), self.keyring)
+        viewer = Viewer.of(req, vh)
+        pre = await self.delivery.prefetch(
+            screened.survivors, viewer, now, session=req.session, avail=req.brk.avail
+        )
+        env = replace(
+            env,
+            gate=pre.gate,
+            viewer_exposures=pre.exposures,
+            recent_creatives=pre.recent_creatives,
+            recent_competitive=pre.recent_competitive,
+            completion_rates=self.delivery.completion_rates,
+        )
+        d = decide(
+            req,
+            screened.survivors,
+            env,
+            scorer=self.scorer,
+            filters=DELIVERY_FILTERS,
+            prior=screened.traces,
+        )
+        d = await self.delivery.commit(d, viewer)
+        await self.delivery.remember(d)
+        d = replace(
+            d,
+            viewer_hash=vh,
+            ads=tuple(replace(a, ad_serving_id=new_ad_serving_id(self.rng)) for a in d.ads),
+        )
         self._observe(d)
+        self.delivery.note_rejections(d)
+        self.events.append(decision_record(d, request_id=request_id, arm=None, model_version=None))
         return d
 
-    def decide_stream(self, base: AdRequest, breaks: list[PlannedBreak]) -> list[Decision]:
-        """Decide every break of a stream in order; a creative or competitive category shown
-        in one break is kept out of the following breaks (stream-level separation)."""
-        shown_creatives: set[str] = set()
-        shown_categories: set[str] = set()
-        out: list[Decision] = []
-        for b in breaks:
-            req = replace(base, brk=break_spec(b, base.brk))
-            d = self.decide(
-                req,
-                recent_creatives=frozenset(shown_creatives),
-                recent_competitive=frozenset(shown_categories),
-            )
-            for ad in d.ads:
-                shown_creatives.add(ad.candidate.creative.id)
-                comp = ad.candidate.advertiser.competitive_category
-                if comp:
-                    shown_categories.add(comp)
-            out.append(d)
-        return out
+    async def decide_stream(self, base: AdRequest, breaks: list[PlannedBreak]) -> list[Decision]:
+        """Decide every break of a stream in order. Each decision lands in the session's
+        history before the next is made, so stream-level separation applies across them."""
+        return [await self.decide(replace(base, brk=break_spec(b, base.brk))) for b in breaks]
 
     def _observe(self, d: Decision) -> None:
         m = self.metrics

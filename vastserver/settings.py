@@ -55,6 +55,17 @@ class Settings:
     token_max_age_s: int = 24 * 3600
     template_dir: Path = TEMPLATE_DIR
     require_https_media: bool = True
+    geo_path: Path | None = None
+    """CIDR CSV or MaxMind ``.mmdb`` for IP geolocation; None = the bundled demo table."""
+    event_log_dir: Path | None = None
+    """Directory of the durable event log; None disables it (tests of other features)."""
+    event_log_commit_ms: int = 50
+    separation_breaks: int = 3
+    """Stream separation: a creative does not play again within this many breaks..."""
+    separation_minutes: int = 30
+    """...nor within this many minutes of the same session."""
+    competitive_separation_breaks: int = 1
+    """A competitive category sits out this many breaks after it played."""
     progress_offsets_s: tuple[float, ...] = ()
     """Extra ``progress`` tracking points (seconds into each ad), e.g. ``(2.0, 10.0)``."""
     ephemeral_secret: bool = field(default=False, compare=False)
@@ -143,6 +154,45 @@ def load_settings(
             problems.append("VASTSERVER_REQUIRE_HTTPS_MEDIA: must be 0 or 1")
         require_https = https_raw.lower() in ("1", "true")
 
+    geo_raw = pick("geo", "VASTSERVER_GEO_DB")
+    geo_path = Path(geo_raw) if geo_raw else None
+    if geo_path is not None and not geo_path.is_file():
+        problems.append(f"VASTSERVER_GEO_DB: no such file: {geo_path}")
+
+    event_dir_raw = pick("event_log", "VASTSERVER_EVENT_LOG_DIR")
+    event_dir: Path | None = PROJECT_ROOT / "var" / "events"
+    if event_dir_raw is not None:
+        event_dir = None if event_dir_raw.lower() in ("", "off", "none") else Path(event_dir_raw)
+    commit_ms = _int(
+        problems,
+        "VASTSERVER_EVENT_LOG_COMMIT_MS",
+        pick("event_log_commit_ms", "VASTSERVER_EVENT_LOG_COMMIT_MS"),
+        1,
+        10_000,
+    )
+
+    sep_breaks = _int(
+        problems,
+        "VASTSERVER_SEPARATION_BREAKS",
+        pick("separation_breaks", "VASTSERVER_SEPARATION_BREAKS"),
+        0,
+        100,
+    )
+    sep_minutes = _int(
+        problems,
+        "VASTSERVER_SEPARATION_MINUTES",
+        pick("separation_minutes", "VASTSERVER_SEPARATION_MINUTES"),
+        0,
+        24 * 60,
+    )
+    comp_breaks = _int(
+        problems,
+        "VASTSERVER_COMPETITIVE_SEPARATION_BREAKS",
+        pick("competitive_separation_breaks", "VASTSERVER_COMPETITIVE_SEPARATION_BREAKS"),
+        0,
+        100,
+    )
+
     progress: list[float] = []
     progress_raw = pick("progress_offsets", "VASTSERVER_PROGRESS_OFFSETS")
     if progress_raw:
@@ -179,5 +229,11 @@ def load_settings(
         token_max_age_s=max_age or 24 * 3600,
         require_https_media=require_https,
         progress_offsets_s=tuple(sorted(set(progress))),
+        event_log_dir=event_dir,
+        geo_path=geo_path,
+        event_log_commit_ms=commit_ms or 50,
+        separation_breaks=3 if sep_breaks is None else sep_breaks,
+        separation_minutes=30 if sep_minutes is None else sep_minutes,
+        competitive_separation_breaks=1 if comp_breaks is None else comp_breaks,
         ephemeral_secret=ephemeral,
     )

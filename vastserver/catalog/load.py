@@ -788,8 +788,19 @@ DAYPART = Obj(
 EMPTY_MAP: Mapping[str, Rule] = MappingProxyType({})
 
 
+CASE_FOLDED = frozenset({"genre"})
+"""Dimensions matched case-insensitively: requests lower-case them, so the catalog does too."""
+
+
+def _fold(r: Rule) -> Rule:
+    return Rule(
+        include=frozenset(v.lower() for v in r.include),
+        exclude=frozenset(v.lower() for v in r.exclude),
+    )
+
+
 def _targeting(d: dict[str, Any]) -> Targeting:
-    rules = {k: d[k] for k in DIMENSIONS if k in d}
+    rules = {k: _fold(d[k]) if k in CASE_FOLDED else d[k] for k in DIMENSIONS if k in d}
     return Targeting(
         rules=MappingProxyType(rules) if rules else EMPTY_MAP,
         dayparts=d["dayparts"],

@@ -82,6 +82,8 @@ class AdRequest:
     """Who sent the request (an SSAI stitcher when the device headers are present)."""
     caller_user_agent: str | None = None
     require_https: bool = True
+    floor_cpm_per_s: float | None = None
+    """OpenRTB ``mincpmpersec``: an ad's CPM divided by its seconds must reach this."""
 
     def viewer_key(self) -> str:
         """Stable key for frequency capping: IFA, else a hash input of IP + UA; never cookies.

@@ -13,9 +13,15 @@ from datetime import datetime
 from vastserver.catalog.model import Slot
 from vastserver.pipeline.candidates import Candidate, unique_media_key
 from vastserver.pipeline.context import AdRequest
-from vastserver.pipeline.pod import PodConstraints, PodItem, build_pod
+from vastserver.pipeline.pod import PodConstraints, PodItem, PodResult, build_pod
 from vastserver.pipeline.reasons import Reason, Stage
-from vastserver.pipeline.scoring import PriceScorer, Scorer, effective_cpm, values
+from vastserver.pipeline.scoring import (
+    PriceScorer,
+    Scorer,
+    ScoringContext,
+    effective_cpm,
+    values,
+)
 from vastserver.pipeline.stages import FILTERS, Filter, StageEnv
 
 NEG_INF = float("-inf")
@@ -45,6 +51,8 @@ class PlacedAd:
     prediction: float
     value: float
     price_cpm: float
+    ad_serving_id: str = ""
+    """Assigned once the pod is final (after delivery commits)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,36 +64,40 @@ class Decision:
     total_duration_ms: int
     scorer: str
     now: datetime
+    viewer_hash: str = ""
 
     @property
     def filled(self) -> bool:
         return bool(self.ads)
 
 
-def _group_keys(cands: Sequence[Candidate]) -> list[str]:
-    """Separation groups: competitive category (else advertiser), merged with any other
-    candidate that shares a creative or a media file, so a pod never repeats either."""
-    parent = list(range(len(cands)))
+def _group_key(c: Candidate) -> str:
+    """Separation group: the competitive category, else the advertiser. Creatives belong to
+    one advertiser, so the group also keeps a creative from playing twice in a pod."""
+    adv = c.advertiser
+    return f"comp:{adv.competitive_category}" if adv.competitive_category else f"adv:{adv.id}"
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    first_seen: dict[str, int] = {}
+def _media_duplicates(
+    cands: Sequence[Candidate], vals: Sequence[float], groups: Sequence[str]
+) -> set[int]:
+    """Candidates to drop because the same media file serves in another group.
+
+    Two advertisers sharing a video is rare; the best candidate for the file (tier, then
+    value, then order) stays and the others from other groups go. (Keeping the choice out of
+    the optimiser keeps its groups a partition, which is what makes it exact.)"""
+    best: dict[str, int] = {}
     for i, c in enumerate(cands):
-        adv = c.advertiser
-        keys = (
-            f"comp:{adv.competitive_category}" if adv.competitive_category else f"adv:{adv.id}",
-            f"cr:{c.creative.id}",
-            f"media:{unique_media_key(c.creative)}",
-        )
-        for k in keys:
-            j = first_seen.setdefault(k, i)
-            if j != i:
-                parent[find(i)] = find(j)
-    return [f"g{find(i)}" for i in range(len(cands))]
+        key = unique_media_key(c.creative)
+        j = best.get(key)
+        if j is None or (int(c.line_item.tier), vals[i]) > (
+            int(cands[j].line_item.tier),
+            vals[j],
+        ):
+            best[key] = i
+    return {
+        i for i, c in enumerate(cands) if groups[best[unique_media_key(c.creative)]] != groups[i]
+    }
 
 
 def _pod_item(i: int, c: Candidate, value: float, group: str) -> PodItem:
@@ -102,15 +114,16 @@ def _pod_item(i: int, c: Candidate, value: float, group: str) -> PodItem:
     )
 
 
-def decide(
-    req: AdRequest,
-    cands: Sequence[Candidate],
-    env: StageEnv,
-    *,
-    scorer: Scorer | None = None,
-    filters: Sequence[Filter] = FILTERS,
-) -> Decision:
-    scorer = scorer or PriceScorer()
+@dataclass(frozen=True, slots=True)
+class Screened:
+    survivors: tuple[Candidate, ...]
+    traces: tuple[Trace, ...]
+
+
+def screen(
+    req: AdRequest, cands: Sequence[Candidate], env: StageEnv, filters: Sequence[Filter]
+) -> Screened:
+    """Run per-candidate filters in order; the first that objects names the reason."""
     traces: list[Trace] = []
     survivors: list[Candidate] = []
     for c in cands:
@@ -123,25 +136,48 @@ def decide(
             survivors.append(c)
         else:
             traces.append(Trace(c.line_item.id, c.creative.id, c.advertiser.id, reason))
+    return Screened(tuple(survivors), tuple(traces))
 
-    predictions = scorer.predict(req, survivors) if survivors else []
+
+def decide(
+    req: AdRequest,
+    cands: Sequence[Candidate],
+    env: StageEnv,
+    *,
+    scorer: Scorer | None = None,
+    filters: Sequence[Filter] = FILTERS,
+    prior: Sequence[Trace] = (),
+) -> Decision:
+    """Filter, score and build the pod. ``prior`` carries traces of an earlier ``screen``."""
+    scorer = scorer or PriceScorer()
+    screened = screen(req, cands, env, filters)
+    traces: list[Trace] = [*prior, *screened.traces]
+    survivors = list(screened.survivors)
+
+    ctx = ScoringContext(env.now, env.viewer_exposures, env.completion_rates)
+    predictions = scorer.predict(req, survivors, ctx) if survivors else []
     vals = values(survivors, predictions)
-    groups = _group_keys(survivors)
+    groups = [_group_key(c) for c in survivors]
+    dup_media = _media_duplicates(survivors, vals, groups)
     items = [
         _pod_item(i, c, v, g)
-        for i, (c, v, g) in enumerate(zip(survivors, vals, groups, strict=False))
+        for i, (c, v, g) in enumerate(zip(survivors, vals, groups, strict=True))
+        if i not in dup_media
     ]
     b = req.brk
-    pod = build_pod(
-        items,
-        PodConstraints(
-            pod_duration_ms=b.pod_duration_ms,
-            max_ads=b.max_ads,
-            min_ad_duration_ms=b.min_ad_duration_ms,
-            max_ad_duration_ms=b.max_ad_duration_ms,
-            required_durations_s=b.required_durations_s,
-        ),
-    )
+    if b.max_ads < 1 or b.pod_duration_ms < 1000:
+        pod = PodResult((), (), 0, 0.0)  # the ad rules disable this break
+    else:
+        pod = build_pod(
+            items,
+            PodConstraints(
+                pod_duration_ms=b.pod_duration_ms,
+                max_ads=b.max_ads,
+                min_ad_duration_ms=b.min_ad_duration_ms,
+                max_ad_duration_ms=b.max_ad_duration_ms,
+                required_durations_s=b.required_durations_s,
+            ),
+        )
     slot_of = {it.key: n for n, it in enumerate(pod.items, start=1)}
     chosen_groups = {groups[k]: k for k in slot_of}
     placed: list[PlacedAd] = []
@@ -153,7 +189,9 @@ def decide(
     for i, c in enumerate(survivors):
         slot = slot_of.get(i)
         reason = None
-        if slot is None:
+        if i in dup_media:
+            reason = Reason.DUPLICATE_CREATIVE
+        elif slot is None:
             winner = chosen_groups.get(groups[i])
             if winner is None:
                 reason = Reason.NOT_SELECTED

@@ -208,7 +208,7 @@ def capacity_seconds(duration_ms: int) -> int:
     return -(-duration_ms // 1000)
 
 
-def _rounded_seconds(duration_ms: int) -> int:
+def rounded_seconds(duration_ms: int) -> int:
     """Duration rounded to the nearest whole second, halves up (15.5 s -> 16)."""
     return (duration_ms + 500) // 1000
 
@@ -222,7 +222,7 @@ def eligible(item: PodItem, c: PodConstraints) -> bool:
         return False
     if c.max_ad_duration_ms is not None and d > c.max_ad_duration_ms:
         return False
-    if c.required_durations_s is not None and _rounded_seconds(d) not in c.required_durations_s:
+    if c.required_durations_s is not None and rounded_seconds(d) not in c.required_durations_s:
         return False
     return d <= c.pod_duration_ms and capacity_seconds(d) <= c.pod_duration_ms // 1000
 
@@ -419,13 +419,38 @@ def _backtrack(
     return chosen
 
 
+def _position_free(item: PodItem) -> bool:
+    """An ad worth the same in every slot (no slot preference or restriction)."""
+    return item.value_first is None and item.value_last is None and item.middle_allowed
+
+
+def _by_value(o: _Option) -> tuple[float, int]:
+    return (-o.item.value, o.item.key)
+
+
+def _play_order(first: list[_Option], middle: list[_Option], last: list[_Option]) -> list[_Option]:
+    """Play order realising the optimum: slot-bound ads stay where the optimiser put them;
+    position-free ads (same value in every slot) play highest value first: the best of them
+    takes a free first slot, the least a free last slot, the rest join the middle, which plays
+    in descending value. Moving free ads never changes the score."""
+    free = sorted(
+        [o for o in (*first, *middle, *last) if _position_free(o.item)], key=_by_value
+    )
+    if first and _position_free(first[0].item):
+        first = [free.pop(0)]
+    if last and _position_free(last[0].item):
+        last = [free.pop()]
+    mid = sorted([*free, *(o for o in middle if not _position_free(o.item))], key=_by_value)
+    return [*first, *mid, *last]
+
+
 def _result(chosen: list[_Option], bases: tuple[int, int, int, int], scale: float) -> PodResult:
     first = [o for o in chosen if o.role == _FIRST]
     last = [o for o in chosen if o.role == _LAST]
     middle = sorted(
         (o for o in chosen if o.role == _MIDDLE), key=lambda o: (-o.item.value, o.item.key)
     )
-    ordered = first + middle + last
+    ordered = _play_order(first, middle, last)
     realised = [
         o.item.first_value
         if o.role == _FIRST

@@ -46,7 +46,7 @@ class Reason(StrEnum):
     FREQUENCY_CAP = "frequency_cap"
     BUDGET_EXHAUSTED = "budget_exhausted"
     PACING_THROTTLE = "pacing_throttle"
-    # scoring
+    # pricing
     BELOW_FLOOR = "below_floor"
     # pod building
     DUPLICATE_CREATIVE = "duplicate_creative"
@@ -80,7 +80,7 @@ _STAGE_OF: dict[Reason, Stage] = {
     Reason.FREQUENCY_CAP: Stage.FREQUENCY,
     Reason.BUDGET_EXHAUSTED: Stage.PACING,
     Reason.PACING_THROTTLE: Stage.PACING,
-    Reason.BELOW_FLOOR: Stage.SCORING,
+    Reason.BELOW_FLOOR: Stage.POLICY,
     Reason.DUPLICATE_CREATIVE: Stage.POD,
     Reason.COMPETITIVE_SEPARATION: Stage.POD,
     Reason.NOT_SELECTED: Stage.POD,

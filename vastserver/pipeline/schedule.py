@@ -45,11 +45,15 @@ def plan_breaks(
     midroll_duration_s: float | None = None,
     postroll_duration_s: float | None = None,
 ) -> list[PlannedBreak]:
-    """Pre-roll, one mid-roll per cue point (sorted, ascending), post-roll; avail = index."""
+    """Pre-roll, one mid-roll per cue point (sorted, ascending), post-roll; avail = index.
+
+    Breaks the ad rules disable (``max_ads`` 0 or no duration) are left out."""
     out: list[PlannedBreak] = []
 
     def add(pos: BreakPosition, offset: float | None, override: float | None, bid: str) -> None:
         rule = rules.for_position(pos)
+        if rule.max_ads < 1 or (override is None and rule.duration_s < 1):
+            return  # the placement's ad rules disable this break
         out.append(
             PlannedBreak(
                 break_id=bid,

@@ -5,7 +5,9 @@ Until a model is loaded the value is ``price x tier weight`` (:class:`PriceScore
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from vastserver.catalog.model import Tier
@@ -27,11 +29,29 @@ def effective_cpm(cand: Candidate) -> float:
     return max(li.price, HOUSE_FLOOR_PRICE)
 
 
+@dataclass(frozen=True, slots=True)
+class ScoringContext:
+    """Per-request facts a model may use beyond the request and the candidate.
+
+    Fetched with the delivery counters (no extra round trip) or kept fresh by the pacing loop.
+    """
+
+    now: datetime
+    viewer_exposures: int = 0
+    """Impressions this viewer counted in the last 24 h."""
+    completion_rates: Mapping[str, float] = field(default_factory=dict)
+    """Line item id -> historic completion rate (absent: unknown)."""
+
+
 class Scorer(Protocol):
     name: str
+    version: str
 
-    def predict(self, req: AdRequest, cands: Sequence[Candidate]) -> list[float]:
-        """Predicted probability of the outcome we value (completion), one per candidate."""
+    def predict(
+        self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
+    ) -> list[float]:
+        """Predicted probability of the outcome we value (completion), one per candidate,
+        all finite and in [0, 1]."""
         ...
 
 
@@ -39,8 +59,11 @@ class PriceScorer:
     """No model: every candidate is predicted to complete; value is price-driven."""
 
     name = "price"
+    version = "price-v1"
 
-    def predict(self, req: AdRequest, cands: Sequence[Candidate]) -> list[float]:
+    def predict(
+        self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
+    ) -> list[float]:
         return [1.0] * len(cands)
 
 

@@ -6,7 +6,7 @@ injected time and the pre-fetched delivery state, never app globals.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -19,6 +19,7 @@ from vastserver.catalog.model import (
 )
 from vastserver.pipeline.candidates import Candidate, request_values
 from vastserver.pipeline.context import AdRequest
+from vastserver.pipeline.pod import rounded_seconds
 from vastserver.pipeline.reasons import Reason
 
 ALCOHOL_CATEGORIES: frozenset[str] = frozenset({"IAB8-5", "IAB8-18"})
@@ -28,12 +29,15 @@ UNKNOWN_CONTENT_RATING = "TV-PG"
 """Content without a rating is treated as TV-PG: TV-14/TV-MA creatives need a known rating."""
 
 CTV_DEVICE_TYPES: frozenset[str] = frozenset({"ctv", "stb"})
-PLAYABLE_MIMES: frozenset[str] = frozenset(
-    {"video/mp4", "application/x-mpegurl", "application/vnd.apple.mpegurl", "video/webm"}
-)
 CTV_MIMES: frozenset[str] = frozenset(
-    {"video/mp4", "application/x-mpegurl", "application/vnd.apple.mpegurl"}
+    {
+        "video/mp4",
+        "application/x-mpegurl",
+        "application/vnd.apple.mpegurl",
+        "application/dash+xml",
+    }
 )
+PLAYABLE_MIMES: frozenset[str] = CTV_MIMES | {"video/webm"}
 
 
 class DeliveryGate:
@@ -55,6 +59,10 @@ class StageEnv:
     """Creatives already shown in this session's separation window."""
     recent_competitive: frozenset[str] = frozenset()
     """Competitive categories shown in this session's separation window."""
+    viewer_exposures: int = 0
+    """Impressions this viewer counted in the last 24 h (for scoring)."""
+    completion_rates: Mapping[str, float] = field(default_factory=dict)
+    """Line item id -> historic completion rate (for scoring)."""
 
 
 Filter = Callable[[AdRequest, Candidate, StageEnv], Reason | None]
@@ -83,7 +91,7 @@ def duration_fit(req: AdRequest, cr: Creative) -> Reason | None:
     if b.max_ad_duration_ms is not None and cr.duration_ms > b.max_ad_duration_ms:
         return Reason.LONGER_THAN_MAX
     if b.required_durations_s is not None and (
-        round(cr.duration_ms / 1000) not in b.required_durations_s
+        rounded_seconds(cr.duration_ms) not in b.required_durations_s
     ):
         return Reason.DURATION_NOT_REQUIRED
     return None
@@ -133,18 +141,37 @@ def policy(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     playable = [r for r in cr.renditions if r.mime.lower() in mimes]
     if not playable:
         return Reason.NO_PLAYABLE_MEDIA
-    if req.require_https and not any(r.url.startswith("https://") for r in playable):
+    if req.require_https and not any(r.url[:8].lower() == "https://" for r in playable):
         return Reason.INSECURE_MEDIA
-    if cr.id in env.recent_creatives:
+    return None
+
+
+def stream_separation(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
+    """Within a session: no creative again inside the separation window, no competitor of a
+    recent break (windows from settings; history fetched with the delivery counters)."""
+    if c.creative.id in env.recent_creatives:
         return Reason.STREAM_SEPARATION
-    comp = adv.competitive_category
+    comp = c.advertiser.competitive_category
     if comp is not None and comp in env.recent_competitive:
         return Reason.STREAM_SEPARATION
     return None
+
+
+def floor(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
+    """Price floor per second of ad time (OpenRTB ``mincpmpersec``)."""
+    f = req.floor_cpm_per_s
+    if f is None:
+        return None
+    seconds = c.creative.duration_ms / 1000
+    return Reason.BELOW_FLOOR if c.line_item.price < f * seconds else None
 
 
 def delivery(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     return env.gate.check(req, c)
 
 
-FILTERS: tuple[Filter, ...] = (eligibility, targeting, policy, delivery)
+PRE_DELIVERY_FILTERS: tuple[Filter, ...] = (eligibility, targeting, policy, floor)
+"""Filters that need no counters; delivery runs after the counters are fetched."""
+DELIVERY_FILTERS: tuple[Filter, ...] = (stream_separation, delivery)
+"""Filters that read state fetched from the store (one round trip after the pure filters)."""
+FILTERS: tuple[Filter, ...] = (*PRE_DELIVERY_FILTERS, *DELIVERY_FILTERS)

@@ -1,0 +1,146 @@
+"""Beacons over real HTTP: counted once, never when forged or expired, logged durably."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from lxml import etree
+
+from tests.conftest import ADMIN, ClientFactory, FakeClock
+from vastserver.eventlog import read_events
+from vastserver.tracking import expand_macros
+
+NS = {"v": "http://www.iab.com/VAST"}
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def _local(url: str) -> str:
+    parts = urlsplit(expand_macros(url.strip()))
+    return f"{parts.path}?{parts.query}"
+
+
+async def _first_ad(client: Any, query: str = "pod_duration=30&max_ads=1&device_id=d1") -> Any:
+    resp = await client.get("/vast?" + query)
+    root = etree.fromstring(await resp.read())
+    ad = root.find("v:Ad", NS)
+    assert ad is not None
+    return ad
+
+
+def _tracking(ad: Any, event: str) -> str:
+    if event == "impression":
+        return ad.find(".//v:Impression", NS).text
+    return next(t.text for t in ad.iterfind(".//v:Tracking", NS) if t.get("event") == event)
+
+
+async def _stats(client: Any, li: str) -> dict[str, Any]:
+    resp = await client.get(f"/admin/line-items/{li}", headers=AUTH)
+    assert resp.status == 200
+    return dict(await resp.json())
+
+
+async def test_impression_counted_once_and_forgeries_ignored(client: Any, clock: FakeClock) -> None:
+    ad = await _first_ad(client)
+    imp = _tracking(ad, "impression")
+    tk = parse_qs(urlsplit(imp).query)["tk"][0]
+    li = next(
+        x
+        for x in (await (await client.get("/admin/line-items", headers=AUTH)).json())
+        if x["served"] == 1
+    )["id"]
+    for _ in range(3):
+        assert (await client.get(_local(imp))).status == 204
+    complete = _tracking(ad, "complete")
+    assert (await client.get(_local(complete))).status == 204
+    assert (await client.get(_local(complete))).status == 204
+    before = await _stats(client, li)
+    assert before["delivered_impressions"] == 1 and before["completes"] == 1
+
+    payload, kid, sig = tk.split(".")
+    forged_sig = f"{payload}.{kid}.{sig[::-1]}"
+    forged_kid = f"{payload}.000000.{sig}"
+    tampered = f"{payload[:-2]}AA.{kid}.{sig}"
+    for bad in (forged_sig, forged_kid, tampered, "x.y.z", ""):
+        resp = await client.get(f"/t/impression?tk={bad}")
+        assert resp.status in (400, 403)
+    clock.now += timedelta(hours=25)
+    assert (await client.get(_local(imp))).status == 403
+    assert await _stats(client, li) == before
+
+    text = await (await client.get("/metrics")).text()
+    assert 'vastserver_beacons_total{event="impression",result="replay"} 2.0' in text
+    assert 'vastserver_beacons_total{event="impression",result="expired"} 1.0' in text
+
+
+async def test_admin_line_items_auth(client: Any) -> None:
+    assert (await client.get("/admin/line-items")).status == 401
+    assert (
+        await client.get("/admin/line-items", headers={"Authorization": "Bearer x"})
+    ).status == 401
+    rows = await (await client.get("/admin/line-items", headers=AUTH)).json()
+    assert rows and {
+        "id",
+        "budget",
+        "served",
+        "delivered_impressions",
+        "completes",
+        "spend",
+        "target_now",
+        "throttle",
+        "cap_hits",
+    } <= set(rows[0])
+    assert (await client.get("/admin/line-items/nope", headers=AUTH)).status == 404
+
+
+async def test_event_log_records_decisions_and_beacons(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    client: Any = await make_client(event_log=str(tmp_path))
+    ad = await _first_ad(client)
+    assert (await client.get(_local(_tracking(ad, "impression")))).status == 204
+    assert (await client.get(_local(_tracking(ad, "impression")))).status == 204
+    await client.close()  # clean shutdown flushes the log
+    records = list(read_events([tmp_path]))
+    decisions = [r for r in records if r["type"] == "decision"]
+    beacons = [r for r in records if r["type"] == "beacon"]
+    assert len(decisions) == 1 and decisions[0]["filled"]
+    asid = decisions[0]["ad_serving_ids"][0]
+    assert [(b["ad_serving_id"], b["counted"], b["result"]) for b in beacons] == [
+        (asid, True, "ok"),
+        (asid, False, "replay"),
+    ]
+    assert decisions[0]["context"]["device_type"] is None
+    assert decisions[0]["ads"][0]["line_item_id"] == beacons[0]["line_item_id"]
+
+
+async def test_report_from_event_log(
+    make_client: ClientFactory, tmp_path: Path, capsys: Any
+) -> None:
+    import json
+
+    from tests.conftest import DEMO_CATALOG
+    from vastserver.report import main_report
+
+    client: Any = await make_client(event_log=str(tmp_path))
+    served: list[Any] = []
+    for i in range(4):
+        served.append(await _first_ad(client, f"pod_duration=30&max_ads=1&device_id=r{i}"))
+    for ad in served[:3]:
+        assert (await client.get(_local(_tracking(ad, "impression")))).status == 204
+    assert (await client.get(_local(_tracking(served[0], "complete")))).status == 204
+    await client.close()
+
+    assert main_report([str(tmp_path), "--json", "--catalog", str(DEMO_CATALOG)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["decisions"] == 4 and data["filled"] == 4
+    totals = {
+        k: sum(r[k] for r in data["line_items"]) for k in ("served", "impressions", "completes")
+    }
+    assert totals == {"served": 4, "impressions": 3, "completes": 1}
+    assert main_report([str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "fill rate: 100.0%" in text
+    assert main_report([str(tmp_path / "missing")]) == 2

@@ -1,0 +1,281 @@
+"""Delivery control with an injected clock: caps, reservations, budgets, pacing, beacons."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.delivery_support import Clock, base_catalog, make_service, request, tokens_for
+from vastserver.catalog.model import Delivery
+from vastserver.pipeline.delivery import (
+    HOURLY_TRAFFIC,
+    PIController,
+    SeparationRules,
+    cap_window,
+    daily_target_fraction,
+    target_fraction,
+)
+from vastserver.store.base import Window
+from vastserver.store.memory import MemoryStore
+
+T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
+
+
+def _setup(
+    catalog: dict[str, Any], now: datetime = T0, seed: int = 1, separation: bool = True
+) -> tuple[Any, Clock]:
+    clock = Clock(now)
+    store = MemoryStore(clock=lambda: clock.now.timestamp())
+    rules = None if separation else SeparationRules(0, 0, 0)
+    return make_service(catalog, store, clock, seed=seed, separation=rules), clock
+
+
+def _with_li_a(**fields: Any) -> dict[str, Any]:
+    cat = base_catalog()
+    cat["line_items"][0].update(fields)
+    return cat
+
+
+async def _serve_and_confirm(svc: Any, req: Any) -> list[str]:
+    """Decide, then fire every ad's impression (a player that plays everything)."""
+    d = await svc.decide(req)
+    for tok in tokens_for(svc, d):
+        await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)
+    return [a.candidate.line_item.id for a in d.ads]
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_cap_windows() -> None:
+    assert cap_window("30m") == Window(1800, 150)
+    assert cap_window("1d") == Window(86400, 7200)
+    assert cap_window("lifetime") == Window(None, 0)
+    assert cap_window("pod") is None
+    with pytest.raises(ValueError):
+        cap_window("3y")
+
+
+def test_target_curves() -> None:
+    start, end = T0, T0 + timedelta(days=2)
+    mid = T0 + timedelta(days=1)
+    even = target_fraction(mid, start, end, Delivery.EVEN)
+    assert even == pytest.approx(0.5, abs=1e-9)
+    assert target_fraction(mid, start, end, Delivery.FRONTLOADED) > even
+    assert target_fraction(mid, start, end, Delivery.ASAP) == 1.0
+    assert target_fraction(start - timedelta(hours=1), start, end, Delivery.EVEN) == 0.0
+    assert target_fraction(end, start, end, Delivery.EVEN) == 1.0
+    # Even pacing follows the traffic shape inside a day.
+    six_pm = T0 + timedelta(hours=18)
+    assert daily_target_fraction(six_pm, "UTC", Delivery.EVEN) == pytest.approx(
+        sum(HOURLY_TRAFFIC[:18]) / sum(HOURLY_TRAFFIC)
+    )
+    # The day is the campaign's local day.
+    ny = daily_target_fraction(six_pm, "America/New_York", Delivery.EVEN)
+    assert ny == pytest.approx(sum(HOURLY_TRAFFIC[:13]) / sum(HOURLY_TRAFFIC))
+
+
+def test_pi_controller_directions() -> None:
+    c = PIController()
+    behind = c.update(delivered=50, target=100)
+    assert behind == 1.0
+    c = PIController()
+    ahead = c.update(delivered=120, target=100)
+    assert ahead == c.p_min
+    c = PIController()
+    ps = [c.update(delivered=100, target=100) for _ in range(5)]
+    assert all(c.p_min <= p <= 1 for p in ps)
+
+
+# ----------------------------------------------------------------------------- caps
+
+
+async def test_frequency_cap_per_hour() -> None:
+    cat = _with_li_a(frequency_caps=[{"scope": "line_item", "max": 2, "window": "1h"}])
+    svc, clock = _setup(cat)
+    seen = []
+    for i in range(6):
+        clock.now = T0 + timedelta(minutes=5 * i)
+        seen.append("li-a" in await _serve_and_confirm(svc, request("viewer-1")))
+    assert seen == [True, True, False, False, False, False]
+    # another viewer is unaffected
+    assert "li-a" in await _serve_and_confirm(svc, request("viewer-2"))
+    # 1 h after the first impressions, plus one bucket, the cap opens again
+    clock.now = T0 + timedelta(minutes=65)
+    assert "li-a" in await _serve_and_confirm(svc, request("viewer-1"))
+    d = await svc.decide(request("viewer-1"))
+    assert "li-a" not in [a.candidate.line_item.id for a in d.ads]
+    reasons = {t.line_item_id: t.reason for t in d.traces}
+    assert reasons["li-a"].value == "frequency_cap"
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    gaps=st.lists(st.integers(min_value=0, max_value=3600), min_size=5, max_size=40),
+    cap=st.integers(min_value=1, max_value=4),
+)
+def test_cap_never_exceeded_in_any_window(gaps: list[int], cap: int) -> None:
+    """Whatever the request timing, no sliding 1 h window holds more than ``cap`` impressions."""
+
+    async def run() -> list[datetime]:
+        cat = _with_li_a(frequency_caps=[{"scope": "campaign", "max": cap, "window": "1h"}])
+        svc, clock = _setup(cat)
+        shown: list[datetime] = []
+        for g in gaps:
+            clock.now += timedelta(seconds=g)
+            if "li-a" in await _serve_and_confirm(svc, request("viewer-x")):
+                shown.append(clock.now)
+        return shown
+
+    shown = asyncio.run(run())
+    for i, t in enumerate(shown):
+        in_window = [u for u in shown[i:] if u - t < timedelta(hours=1)]
+        assert len(in_window) <= cap
+
+
+async def test_parallel_burst_cannot_overshoot_cap() -> None:
+    """SSAI prefetch: many parallel decisions for one viewer before any impression."""
+    cat = _with_li_a(frequency_caps=[{"scope": "line_item", "max": 3, "window": "1d"}])
+    svc, _ = _setup(cat)
+    decisions = await asyncio.gather(*(svc.decide(request("viewer-1")) for _ in range(50)))
+    served = sum("li-a" in [a.candidate.line_item.id for a in d.ads] for d in decisions)
+    assert served == 3
+
+
+async def test_reservation_lapses_without_impression() -> None:
+    cat = _with_li_a(frequency_caps=[{"scope": "line_item", "max": 1, "window": "1d"}])
+    svc, clock = _setup(cat)
+    d = await svc.decide(request("v"))
+    assert "li-a" in [a.candidate.line_item.id for a in d.ads]
+    d2 = await svc.decide(request("v"))
+    assert "li-a" not in [a.candidate.line_item.id for a in d2.ads]
+    clock.now += timedelta(minutes=6)  # past RESERVATION_S with no impression
+    d3 = await svc.decide(request("v"))
+    assert "li-a" in [a.candidate.line_item.id for a in d3.ads]
+
+
+async def test_not_used_releases_and_blocks_late_impression() -> None:
+    cat = _with_li_a(frequency_caps=[{"scope": "line_item", "max": 1, "window": "1d"}])
+    svc, _ = _setup(cat)
+    d = await svc.decide(request("v"))
+    tok = next(t for t in tokens_for(svc, d) if t.line_item_id == "li-a")
+    res = await svc.delivery.on_beacon("notUsed", tok, svc.snapshot.catalog)
+    assert res.counted
+    d2 = await svc.decide(request("v"))
+    assert "li-a" in [a.candidate.line_item.id for a in d2.ads]
+    late = await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)
+    assert not late.counted and late.reason == "already_settled"
+
+
+async def test_lmt_uses_session_caps_only() -> None:
+    cat = _with_li_a(
+        frequency_caps=[
+            {"scope": "line_item", "max": 1, "window": "1d"},
+            {"scope": "line_item", "max": 2, "window": "session"},
+        ]
+    )
+    svc, _ = _setup(cat, separation=False)  # the cap, not stream separation, is under test
+    got = [
+        "li-a" in await _serve_and_confirm(svc, request(None, lmt=True, session="s1"))
+        for _ in range(4)
+    ]
+    assert got == [True, True, False, False]  # the 1/day device cap does not apply
+    assert "li-a" in await _serve_and_confirm(svc, request(None, lmt=True, session="s2"))
+
+
+async def test_replayed_beacons_count_once() -> None:
+    svc, _ = _setup(base_catalog())
+    d = await svc.decide(request("v"))
+    tok = tokens_for(svc, d)[0]
+    results = [
+        await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog) for _ in range(5)
+    ]
+    assert [r.counted for r in results] == [True, False, False, False, False]
+    assert all(r.replay for r in results[1:])
+    stats = await svc.delivery.line_item_stats(svc.snapshot.catalog, [tok.line_item_id])
+    assert stats[0]["delivered_impressions"] == 1
+
+
+# ----------------------------------------------------------------------------- budgets
+
+
+async def test_lifetime_budget_not_overdelivered() -> None:
+    cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 30}})
+    svc, clock = _setup(cat)
+    n = 0
+    for i in range(200):
+        clock.now = T0 + timedelta(seconds=i)
+        n += "li-a" in await _serve_and_confirm(svc, request(f"v{i}"))
+    assert n == 30
+
+
+async def test_budget_holds_under_parallel_burst() -> None:
+    cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 10}})
+    svc, _ = _setup(cat)
+    decisions = await asyncio.gather(*(svc.decide(request(f"v{i}")) for i in range(80)))
+    served = sum("li-a" in [a.candidate.line_item.id for a in d.ads] for d in decisions)
+    assert served == 10
+
+
+async def test_even_pacing_tracks_the_daily_curve() -> None:
+    """A day of traffic (3x the budget's worth) against an even line item: at every hour the
+    delivery stays within 3 % of the daily budget from the target curve, and never over."""
+    budget = 1000
+    cat = _with_li_a(pacing={"delivery": "even", "budget": {"daily_impressions": budget}})
+    svc, clock = _setup(cat)
+    rng = random.Random(7)
+    delivered = 0
+    for minute in range(24 * 60):
+        clock.now = T0 + timedelta(minutes=minute)
+        await svc.delivery.update_pacing(svc.snapshot.catalog)
+        n = rng.gauss(3 * budget * HOURLY_TRAFFIC[minute // 60] / 60, 0.5)
+        for k in range(max(0, round(n))):
+            clock.now = T0 + timedelta(minutes=minute, seconds=k)
+            delivered += "li-a" in await _serve_and_confirm(svc, request(f"v{minute}-{k}"))
+        if minute % 60 == 59:
+            clock.now = T0 + timedelta(minutes=minute, seconds=59.999)
+            target = budget * daily_target_fraction(clock.now, "UTC", Delivery.EVEN)
+            assert abs(delivered - target) <= 0.03 * budget, (minute // 60, delivered, target)
+    assert budget * 0.97 <= delivered <= budget * 1.01
+
+
+async def test_admin_view_fields() -> None:
+    cat = _with_li_a(
+        pacing={"delivery": "even", "budget": {"impressions": 500}},
+        frequency_caps=[{"scope": "line_item", "max": 1, "window": "1d"}],
+    )
+    svc, _ = _setup(cat)
+    await _serve_and_confirm(svc, request("v1"))
+    await _serve_and_confirm(svc, request("v1"))
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    [row] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
+    for key in (
+        "id",
+        "budget",
+        "served",
+        "delivered_impressions",
+        "completes",
+        "spend",
+        "target_now",
+        "throttle",
+        "cap_hits",
+    ):
+        assert key in row
+    assert row["served"] == 1 and row["delivered_impressions"] == 1
+    assert row["spend"] == pytest.approx(0.02)  # one impression at a $20 CPM
+    assert row["cap_hits"] == 1
+    assert row["budget"]["impressions"] == 500
+
+
+def test_catalog_copy_is_untouched() -> None:
+    a = base_catalog()
+    b = copy.deepcopy(a)
+    _with_li_a(price=1)
+    assert a == b

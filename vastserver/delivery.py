@@ -1,0 +1,446 @@
+"""Delivery control, the async part: counters in the store, beacons counted once, pacing.
+
+Per decision: one store round trip reads every cap/budget counter the candidates need
+(:meth:`DeliveryControl.gate`), the pure pipeline decides, then :meth:`commit` reserves the
+chosen ads with guards in one more round trip (an ad whose guard lost a race is dropped).
+
+Failure policy when the store is unreachable (documented per counter type):
+
+* **frequency caps fail open**: serving goes on without them (a viewer may see an extra ad;
+  missing an ad break costs more than an extra exposure);
+* **budgets fail closed**: line items with an impression or spend budget do not serve until the
+  store answers again (overdelivery is money we cannot bill);
+* **pacing** keeps the last throttle it computed.
+* Beacons that cannot be counted are answered 503 so a stitcher or player retries them; the
+  dedupe key makes the retry safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from vastserver.catalog.model import Budget, Catalog, Delivery, LineItem
+from vastserver.pipeline.candidates import Candidate
+from vastserver.pipeline.decide import Decision, PlacedAd
+from vastserver.pipeline.delivery import (
+    LIFETIME,
+    CountsGate,
+    PIController,
+    SeparationRules,
+    Viewer,
+    daily_target_fraction,
+    history_entries,
+    history_key,
+    impression_increments,
+    local_day,
+    reads_for,
+    recent_from_history,
+    release_increments,
+    reservation_guards,
+    target_fraction,
+)
+from vastserver.pipeline.reasons import Reason
+from vastserver.store.base import Guarded, Incr, Read, Store, StoreUnavailable, Window
+from vastserver.tracking import AdToken
+
+log = logging.getLogger("vastserver.delivery")
+
+COUNTED_EVENTS = (
+    "impression",
+    "start",
+    "firstQuartile",
+    "midpoint",
+    "thirdQuartile",
+    "complete",
+    "click",
+    "error",
+    "skip",
+)
+"""Events with a per-line-item counter (each counted once per ad serving id)."""
+PACING_INTERVAL_S = 10.0
+
+
+def _ev_key(li_id: str, event: str) -> str:
+    return f"li:{li_id}:ev:{event}"
+
+
+def served_key(li_id: str) -> str:
+    return f"li:{li_id}:served"
+
+
+def spend_key(li_id: str) -> str:
+    return f"li:{li_id}:spend_micros"
+
+
+@dataclass(frozen=True, slots=True)
+class BeaconResult:
+    counted: bool
+    replay: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Prefetched:
+    gate: CountsGate
+    exposures: int
+    recent_creatives: frozenset[str]
+    recent_competitive: frozenset[str]
+
+
+HISTORY_KEEP = 64
+HISTORY_TTL_S = 12 * 3600
+
+
+@dataclass(slots=True)
+class LineItemPacing:
+    controller: PIController = field(default_factory=PIController)
+    target_now: float = 0.0
+    delivered: int = 0
+    budget: float | None = None
+
+
+class DeliveryControl:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Callable[[], datetime],
+        rng: random.Random,
+        token_max_age_s: int,
+        separation: SeparationRules | None = None,
+    ) -> None:
+        self.store = store
+        self.separation = separation or SeparationRules()
+        self.clock = clock
+        self.rng = rng
+        self.token_max_age_s = token_max_age_s
+        self.throttle: dict[str, float] = {}
+        self.exhausted: frozenset[str] = frozenset()
+        self.pacing: dict[str, LineItemPacing] = {}
+        self.cap_hits: Counter[str] = Counter()
+        self.completion_rates: dict[str, float] = {}
+        self.store_errors = 0
+
+    # ------------------------------------------------------------------ decisions
+
+    async def prefetch(
+        self,
+        cands: Sequence[Candidate],
+        viewer: Viewer,
+        now: datetime,
+        *,
+        session: str | None = None,
+        avail: int = 0,
+    ) -> Prefetched:
+        """Everything the delivery filters need, fetched together: cap and budget counters,
+        the viewer's recent exposures (one ``read``) and, with a session, its recent history
+        (one ``history``), issued concurrently."""
+        exposure = exposure_read(viewer)
+        reads = [*reads_for(cands, viewer, now), exposure]
+        counts: dict[Read, int] = {}
+        exhausted = self.exhausted
+        entries: list[str] = []
+        read_task = self.store.read(reads, now.timestamp())
+        try:
+            if session:
+                values, entries = await asyncio.gather(
+                    read_task, self.store.history(history_key(session))
+                )
+            else:
+                values = await read_task
+            counts = dict(zip(reads, values, strict=True))
+        except StoreUnavailable:
+            self.store_errors += 1
+            # caps fail open (no counts); budgets fail closed; separation fails open
+            exhausted = exhausted | {c.line_item.id for c in cands if _has_budget(c)}
+        gate = CountsGate(
+            counts=counts,
+            viewer=viewer,
+            now=now,
+            throttle=self.throttle,
+            rng=self.rng,
+            exhausted=exhausted,
+        )
+        creatives, comps = recent_from_history(entries, avail, now.timestamp(), self.separation)
+        return Prefetched(gate, counts.get(exposure, 0), creatives, comps)
+
+    async def remember(self, d: Decision) -> None:
+        """Add a decided break to its session's history (stream-level separation)."""
+        session = d.request.session
+        if not session or not d.ads:
+            return
+        entries = history_entries(
+            d.request.brk.avail,
+            d.now.timestamp(),
+            [(a.candidate.creative.id, a.candidate.advertiser.competitive_category) for a in d.ads],
+        )
+        try:
+            await self.store.push_history(
+                history_key(session), entries, keep=HISTORY_KEEP, ttl_s=HISTORY_TTL_S
+            )
+        except StoreUnavailable:
+            self.store_errors += 1
+
+    async def commit(self, d: Decision, viewer: Viewer) -> Decision:
+        """Reserve caps and budgets for the chosen ads; drop any that lost a race."""
+        if not d.ads:
+            return d
+        now = d.now
+        batch: list[Guarded] = []
+        for ad in d.ads:
+            guards, incrs = reservation_guards(ad.candidate, viewer, now, ad.price_cpm)
+            li = ad.candidate.line_item.id
+            day = local_day(now, ad.candidate.campaign.timezone)
+            incrs = (
+                *incrs,
+                Incr(served_key(li), LIFETIME, 1),
+                Incr(f"{served_key(li)}:d:{day}", LIFETIME, 1, ttl_s=3 * 86400),
+            )
+            batch.append(Guarded(guards, incrs))
+        try:
+            ok = await self.store.commit(batch, now.timestamp())
+        except StoreUnavailable:
+            self.store_errors += 1
+            # Caps fail open; budgeted line items fail closed.
+            ok = [not _has_budget(ad.candidate) for ad in d.ads]
+        if all(ok):
+            return d
+        kept: list[PlacedAd] = []
+        lost: dict[str, Reason] = {}
+        for ad, fine in zip(d.ads, ok, strict=True):
+            if fine:
+                kept.append(replace(ad, slot=len(kept) + 1))
+            else:
+                has_cap = bool(ad.candidate.line_item.frequency_caps)
+                lost[ad.candidate.key] = (
+                    Reason.FREQUENCY_CAP if has_cap else Reason.BUDGET_EXHAUSTED
+                )
+        slots = {a.candidate.key: a.slot for a in kept}
+        traces = tuple(
+            replace(t, reason=lost[k], slot=None)
+            if (k := f"{t.line_item_id}/{t.creative_id}") in lost
+            else (replace(t, slot=slots[k]) if k in slots else t)
+            for t in d.traces
+        )
+        return replace(
+            d,
+            ads=tuple(kept),
+            traces=traces,
+            value=sum(a.value for a in kept),
+            total_duration_ms=sum(a.candidate.creative.duration_ms for a in kept),
+        )
+
+    def note_rejections(self, d: Decision) -> None:
+        for t in d.traces:
+            if t.reason is Reason.FREQUENCY_CAP:
+                self.cap_hits[t.line_item_id] += 1
+
+    # ------------------------------------------------------------------ beacons
+
+    async def on_beacon(self, event: str, token: AdToken, catalog: Catalog) -> BeaconResult:
+        """Count a verified beacon once per (ad serving id, event).
+
+        ``notUsed`` releases the serve's reservations when no impression came first; an
+        impression after ``notUsed`` (or the reverse) is not counted."""
+        if event not in COUNTED_EVENTS and event != "notUsed":
+            return BeaconResult(counted=False, reason="not_counted_event")
+        settle_event = event in ("impression", "notUsed")
+        keys = [f"bc:{token.ad_serving_id}:{event}"]
+        if settle_event:
+            keys.append(f"bc:{token.ad_serving_id}:settled")
+        ttl = self.token_max_age_s + 3600
+        claims = await self.store.claim_many(keys, ttl)
+        if not claims[0]:
+            return BeaconResult(counted=False, replay=True, reason="replay")
+        if settle_event and not claims[1]:
+            # the other settling event came first
+            return BeaconResult(counted=False, reason="already_settled")
+        cand = _candidate(catalog, token)
+        now = self.clock()
+        served_at = float(token.served_at)
+        served_dt = datetime.fromtimestamp(served_at, UTC)
+        price = token.price_micros / 1_000_000
+        viewer = Viewer(token.viewer_hash, token.session or None, token.lmt)
+        incrs: list[Incr] = []
+        if event == "notUsed":
+            if cand is not None:
+                incrs += release_increments(cand, viewer, served_at, served_dt, price)
+        else:
+            li = token.line_item_id
+            incrs.append(Incr(_ev_key(li, event), LIFETIME, 1))
+            if cand is not None:
+                day = local_day(served_dt, cand.campaign.timezone)
+                incrs.append(Incr(f"{_ev_key(li, event)}:d:{day}", LIFETIME, 1, ttl_s=3 * 86400))
+            if event == "impression":
+                incrs.append(Incr(spend_key(li), LIFETIME, token.price_micros // 1000))
+                incrs.append(Incr(exposure_read(viewer).key, EXPOSURE_WINDOW, 1))
+                if cand is not None:
+                    incrs += impression_increments(cand, viewer, served_at, served_dt, price)
+        if incrs:
+            await self.store.add(incrs, now.timestamp())
+        return BeaconResult(counted=True)
+
+    # ------------------------------------------------------------------ pacing
+
+    async def update_pacing(self, catalog: Catalog) -> None:
+        """Recompute each budgeted line item's serve probability from shared counters."""
+        now = self.clock()
+        items = [li for li in catalog.line_items.values() if _li_budget(li) is not None]
+        reads: list[Read] = []
+        for li in items:
+            reads.append(Read(_ev_key(li.id, "impression"), LIFETIME))
+            camp = catalog.campaigns[li.campaign_id]
+            reads.append(
+                Read(f"{_ev_key(li.id, 'impression')}:d:{local_day(now, camp.timezone)}", LIFETIME)
+            )
+        if not reads:
+            return
+        try:
+            values = await self.store.read(reads, now.timestamp())
+        except StoreUnavailable:
+            self.store_errors += 1
+            return
+        throttle: dict[str, float] = {}
+        exhausted: set[str] = set()
+        for i, li in enumerate(items):
+            camp = catalog.campaigns[li.campaign_id]
+            lifetime, today = values[2 * i], values[2 * i + 1]
+            b = li.pacing.budget
+            state = self.pacing.setdefault(li.id, LineItemPacing())
+            if b.daily_impressions is not None:
+                budget: float = b.daily_impressions
+                delivered = today
+                frac = daily_target_fraction(now, camp.timezone, li.pacing.delivery)
+            else:
+                budget = float(b.impressions or 0)
+                delivered = lifetime
+                frac = target_fraction(now, li.start, li.end, li.pacing.delivery, camp.timezone)
+            target = budget * frac
+            state.budget, state.delivered, state.target_now = budget, delivered, target
+            if delivered >= budget:
+                exhausted.add(li.id)
+            if li.pacing.delivery is Delivery.ASAP:
+                continue
+            throttle[li.id] = state.controller.update(delivered, target)
+        self.throttle = throttle
+        self.exhausted = frozenset(exhausted)
+
+    async def update_rates(self, catalog: Catalog, min_impressions: int = 20) -> None:
+        """Historic completion rate per line item (a model feature), from shared counters."""
+        ids = sorted(catalog.line_items)
+        reads = [Read(_ev_key(li, ev), LIFETIME) for li in ids for ev in ("impression", "complete")]
+        if not reads:
+            return
+        try:
+            values = await self.store.read(reads, self.clock().timestamp())
+        except StoreUnavailable:
+            self.store_errors += 1
+            return
+        rates: dict[str, float] = {}
+        for i, li in enumerate(ids):
+            imps, completes = values[2 * i], values[2 * i + 1]
+            if imps >= min_impressions:
+                rates[li] = min(1.0, completes / imps)
+        self.completion_rates = rates
+
+    async def run_pacing(self, catalog_ref: Callable[[], Catalog], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.update_pacing(catalog_ref())
+                await self.update_rates(catalog_ref())
+            except Exception:  # a pacing bug must never take serving down
+                log.exception("pacing update failed")
+            try:
+                await asyncio.wait_for(stop.wait(), PACING_INTERVAL_S)
+            except TimeoutError:
+                pass
+
+    # ------------------------------------------------------------------ reporting
+
+    async def line_item_stats(self, catalog: Catalog, ids: Sequence[str]) -> list[dict[str, Any]]:
+        now = self.clock()
+        reads: list[Read] = []
+        per = ("served", "impression", "complete", "spend")
+        for li_id in ids:
+            reads += [
+                Read(served_key(li_id), LIFETIME),
+                Read(_ev_key(li_id, "impression"), LIFETIME),
+                Read(_ev_key(li_id, "complete"), LIFETIME),
+                Read(spend_key(li_id), LIFETIME),
+            ]
+        values = await self.store.read(reads, now.timestamp()) if reads else []
+        out = []
+        for n, li_id in enumerate(ids):
+            li = catalog.line_items[li_id]
+            v = dict(zip(per, values[n * 4 : n * 4 + 4], strict=True))
+            pacing = self.pacing.get(li_id)
+            b = li.pacing.budget
+            out.append(
+                {
+                    "id": li_id,
+                    "name": li.name,
+                    "tier": li.tier.name.lower(),
+                    "delivery": li.pacing.delivery.value,
+                    "budget": {
+                        "impressions": b.impressions,
+                        "daily_impressions": b.daily_impressions,
+                        "spend": b.spend,
+                        "daily_spend": b.daily_spend,
+                    },
+                    "served": v["served"],
+                    "delivered_impressions": v["impression"],
+                    "completes": v["complete"],
+                    "spend": v["spend"] / 1_000_000,
+                    "target_now": None if pacing is None else round(pacing.target_now, 3),
+                    "throttle": self.throttle.get(li_id, 1.0),
+                    "exhausted": li_id in self.exhausted,
+                    "cap_hits": self.cap_hits.get(li_id, 0),
+                }
+            )
+        return out
+
+
+EXPOSURE_WINDOW = Window(86400, 3600)
+
+
+def exposure_read(viewer: Viewer) -> Read:
+    """Impressions a viewer counted over the last 24 h (a model feature: ad fatigue)."""
+    subject = f"s:{viewer.session or '-'}" if viewer.lmt else f"v:{viewer.hash}"
+    return Read(f"vx:{subject}", EXPOSURE_WINDOW)
+
+
+def _li_budget(li: LineItem) -> int | None:
+    b = li.pacing.budget
+    return b.daily_impressions if b.daily_impressions is not None else b.impressions
+
+
+def _has_budget(c: Candidate) -> bool:
+    """Whether the line item or its campaign has any impression or spend budget."""
+
+    def any_limit(b: Budget) -> bool:
+        return any(
+            v is not None for v in (b.impressions, b.daily_impressions, b.spend, b.daily_spend)
+        )
+
+    return any_limit(c.line_item.pacing.budget) or any_limit(c.campaign.budget)
+
+
+def _candidate(catalog: Catalog, token: AdToken) -> Candidate | None:
+    li = catalog.line_items.get(token.line_item_id)
+    cr = catalog.creatives.get(token.creative_id)
+    if li is None or cr is None:
+        return None
+    camp = catalog.campaigns.get(li.campaign_id)
+    if camp is None:
+        return None
+    adv = catalog.advertisers.get(camp.advertiser_id)
+    if adv is None:
+        return None
+    return Candidate(li, cr, camp, adv)

@@ -1,0 +1,416 @@
+"""Delivery control, the pure part: counter keys, cap and budget checks, pacing curves.
+
+The async side (``vastserver.delivery``) reads every counter a request needs in one store
+round trip, hands the numbers to :class:`CountsGate`, and after the pod is chosen commits
+reservations with guards so parallel requests cannot overshoot a cap or a budget.
+
+Counting model
+--------------
+* A frequency cap of ``max`` per ``window`` holds while
+  ``impressions(window) + reservations(RESERVATION_S) < max``. A served ad reserves one unit
+  for :data:`RESERVATION_S`; its impression beacon converts the reservation into an
+  impression; ``notUsed`` (or no beacon at all) lets the reservation lapse.
+* Budgets work the same way per line item and per campaign: delivered impressions (or spend
+  in micros) plus in-flight reservations must stay under the budget. Daily budgets use the
+  calendar day in the campaign's time zone.
+* ``lmt=1`` viewers have no per-device profile: only ``session`` caps apply, keyed by the
+  session id.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from vastserver.catalog.model import Budget, Delivery, FrequencyCap
+from vastserver.pipeline.candidates import Candidate
+from vastserver.pipeline.context import AdRequest
+from vastserver.pipeline.reasons import Reason
+from vastserver.pipeline.stages import DeliveryGate
+from vastserver.store.base import Guard, Incr, Read, Window
+
+RESERVATION_S = 300
+"""How long a served ad holds its cap/budget unit without an impression (SSAI prefetch)."""
+SESSION_TTL_S = 12 * 3600
+DAY_TTL_S = 3 * 24 * 3600
+_WINDOW_RE = re.compile(r"^(\d+)([mhdw])$")
+_UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+RESERVATION_WINDOW = Window(RESERVATION_S, 30)
+LIFETIME = Window.lifetime()
+
+
+def cap_window(spec: str) -> Window | None:
+    """Bucketed window for a cap's ``window``; None for ``pod`` (enforced by separation:
+    a pod never holds two ads of one advertiser) and handled by the caller for ``session``."""
+    if spec == "lifetime" or spec == "session":
+        return LIFETIME
+    if spec == "pod":
+        return None
+    m = _WINDOW_RE.match(spec)
+    if m is None:
+        raise ValueError(f"bad cap window {spec!r}")
+    seconds = int(m.group(1)) * _UNIT_S[m.group(2)]
+    bucket = max(60, seconds // 12)
+    return Window(seconds, bucket)
+
+
+def _scope_id(cap: FrequencyCap, cand: Candidate) -> str:
+    match cap.scope:
+        case "creative":
+            return cand.creative.id
+        case "campaign":
+            return cand.campaign.id
+        case "advertiser":
+            return cand.advertiser.id
+        case _:
+            return cand.line_item.id
+
+
+@dataclass(frozen=True, slots=True)
+class CapCheck:
+    """One cap applied to one viewer: the impression counter and its reservation twin."""
+
+    impressions: Read
+    reservations: Read
+    limit: int
+    ttl_s: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Who frequency caps count for; rebuilt from the signed token when a beacon arrives."""
+
+    hash: str
+    """Keyed hash of the viewer key (IFA, else IP + UA)."""
+    session: str | None
+    lmt: bool
+
+    @staticmethod
+    def of(req: AdRequest, viewer_hash: str) -> Viewer:
+        return Viewer(viewer_hash, req.session, req.device.lmt)
+
+
+def cap_checks(cap: FrequencyCap, cand: Candidate, viewer: Viewer) -> CapCheck | None:
+    if viewer.lmt and cap.window != "session":
+        return None
+    if cap.window == "session":
+        if not viewer.session:
+            return None
+        subject = f"s:{viewer.session}"
+        ttl: int | None = SESSION_TTL_S
+    else:
+        subject = f"v:{viewer.hash}"
+        ttl = None
+    window = cap_window(cap.window)
+    if window is None:
+        return None
+    base = f"fc:{cap.scope}:{_scope_id(cap, cand)}:{cap.window}:{subject}"
+    return CapCheck(
+        impressions=Read(base + ":i", window),
+        reservations=Read(base + ":r", RESERVATION_WINDOW),
+        limit=cap.max,
+        ttl_s=ttl,
+    )
+
+
+def local_day(now: datetime, tz: str) -> str:
+    return now.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    delivered: Read
+    reservations: Read
+    limit: int
+    amount: int
+    ttl_s: int | None
+
+
+def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> list[BudgetCheck]:
+    out: list[BudgetCheck] = []
+    spend_amount = max(1, price_micros // 1000)  # micros of currency per impression
+
+    def add(kind: str, limit: float | None, amount: int, daily: bool) -> None:
+        if limit is None:
+            return
+        key = f"{prefix}:{kind}:{'d:' + day if daily else 'life'}"
+        lim = int(limit * 1_000_000) if kind == "spend" else int(limit)
+        out.append(
+            BudgetCheck(
+                delivered=Read(key, LIFETIME),
+                reservations=Read(key + ":r", RESERVATION_WINDOW),
+                limit=lim,
+                amount=amount,
+                ttl_s=DAY_TTL_S if daily else None,
+            )
+        )
+
+    add("imp", budget.impressions, 1, False)
+    add("imp", budget.daily_impressions, 1, True)
+    add("spend", budget.spend, spend_amount, False)
+    add("spend", budget.daily_spend, spend_amount, True)
+    return out
+
+
+def budget_checks(cand: Candidate, now: datetime, price_cpm: float) -> list[BudgetCheck]:
+    li, camp = cand.line_item, cand.campaign
+    day = local_day(now, camp.timezone)
+    micros = round(price_cpm * 1_000_000)
+    return [
+        *_budget_checks(f"li:{li.id}", li.pacing.budget, day, micros),
+        *_budget_checks(f"cp:{camp.id}", camp.budget, day, micros),
+    ]
+
+
+# --------------------------------------------------------------------------- pacing
+
+
+HOURLY_TRAFFIC: tuple[float, ...] = (
+    0.020, 0.012, 0.008, 0.006, 0.006, 0.008, 0.015, 0.025,
+    0.030, 0.032, 0.034, 0.036, 0.040, 0.040, 0.042, 0.045,
+    0.050, 0.058, 0.068, 0.080, 0.085, 0.082, 0.065, 0.043,
+)  # fmt: skip
+"""A typical CTV day: share of daily traffic per local hour (sums to 1)."""
+
+
+def _day_fraction(local: datetime, shape: Sequence[float]) -> float:
+    """Share of a day's traffic that has passed at ``local`` time, following ``shape``."""
+    h = local.hour
+    within = (local.minute * 60 + local.second) / 3600
+    return sum(shape[:h]) + shape[h] * within
+
+
+def target_fraction(
+    now: datetime,
+    start: datetime,
+    end: datetime,
+    delivery: Delivery,
+    tz: str = "UTC",
+    shape: Sequence[float] = HOURLY_TRAFFIC,
+) -> float:
+    """Where delivery should be now, as a fraction of the flight's budget (0..1).
+
+    ``even`` follows the hourly traffic shape across the flight's days; ``frontloaded``
+    asks for 1.5x the even pace early, tapering (``f**(1/1.5)``-shaped); ``asap`` wants
+    everything now (1.0).
+    """
+    if now <= start:
+        return 0.0
+    if now >= end:
+        return 1.0
+    if delivery is Delivery.ASAP:
+        return 1.0
+    zone = ZoneInfo(tz)
+    s, e, n = start.astimezone(zone), end.astimezone(zone), now.astimezone(zone)
+    total_norm = sum(shape)
+
+    def traffic_until(t: datetime) -> float:
+        days = (t.date() - s.date()).days
+        return days + _day_fraction(t, shape) / total_norm - _day_fraction(s, shape) / total_norm
+
+    whole = traffic_until(e)
+    frac = traffic_until(n) / whole if whole > 0 else 1.0
+    frac = min(1.0, max(0.0, frac))
+    if delivery is Delivery.FRONTLOADED:
+        return float(frac ** (1 / 1.5))
+    return frac
+
+
+def daily_target_fraction(now: datetime, tz: str, delivery: Delivery) -> float:
+    """Fraction of a *daily* budget that should be delivered by now (local day)."""
+    local = now.astimezone(ZoneInfo(tz))
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return target_fraction(now, start, start + timedelta(days=1), delivery, tz)
+
+
+@dataclass(slots=True)
+class PIController:
+    """Serve probability from delivered vs target, a proportional-integral controller.
+
+    error = (target - delivered) / max(target, floor) (positive when behind);
+    p = clamp(p_base + kp * error + ki * integral, p_min, 1).
+
+    Tuning: ``kp=1.5`` reacts to a 10 % shortfall with +15 points of probability;
+    ``ki=0.2`` per update (every ~10 s) removes a steady offset within a few minutes; the
+    integral is clamped (anti-windup) to ``+-2`` so a long outage does not cause a burst.
+    ``p_min`` keeps a trickle so delivery can be observed. A line item ahead of its target
+    by more than ``tolerance`` is throttled to ``p_min``.
+    """
+
+    kp: float = 1.5
+    ki: float = 0.2
+    p_base: float = 0.5
+    p_min: float = 0.02
+    integral_limit: float = 2.0
+    tolerance: float = 0.01
+    integral: float = 0.0
+    p: float = 1.0
+
+    def update(self, delivered: float, target: float, floor: float = 10.0) -> float:
+        if target <= 0:
+            self.p = self.p_min
+            return self.p
+        error = (target - delivered) / max(target, floor)
+        self.integral = max(-self.integral_limit, min(self.integral_limit, self.integral + error))
+        p = self.p_base + self.kp * error + self.ki * self.integral
+        if delivered > target * (1 + self.tolerance):
+            p = self.p_min
+        self.p = max(self.p_min, min(1.0, p))
+        return self.p
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+@dataclass(slots=True)
+class CountsGate(DeliveryGate):
+    """Checks caps, budgets and pacing against counts fetched before the decision."""
+
+    counts: Mapping[Read, int]
+    viewer: Viewer
+    now: datetime
+    throttle: Mapping[str, float] = field(default_factory=dict)
+    """Line item id -> serve probability from pacing (absent = 1)."""
+    rng: random.Random = field(default_factory=random.Random)
+    exhausted: frozenset[str] = frozenset()
+    """Line items known to be out of budget (from the pacing loop)."""
+
+    def check(self, req: AdRequest, cand: Candidate) -> Reason | None:
+        li = cand.line_item
+        if li.id in self.exhausted:
+            return Reason.BUDGET_EXHAUSTED
+        for cap in li.frequency_caps:
+            chk = cap_checks(cap, cand, self.viewer)
+            if chk is None:
+                continue
+            used = self.counts.get(chk.impressions, 0) + self.counts.get(chk.reservations, 0)
+            if used >= chk.limit:
+                return Reason.FREQUENCY_CAP
+        for b in budget_checks(cand, self.now, li.price):
+            used = self.counts.get(b.delivered, 0) + self.counts.get(b.reservations, 0)
+            if used + b.amount > b.limit:
+                return Reason.BUDGET_EXHAUSTED
+        p = self.throttle.get(li.id, 1.0)
+        if p < 1.0 and self.rng.random() >= p:
+            return Reason.PACING_THROTTLE
+        return None
+
+
+def reads_for(cands: Iterable[Candidate], viewer: Viewer, now: datetime) -> list[Read]:
+    """Every counter the gate may look at, deduplicated, for one store round trip."""
+    seen: dict[Read, None] = {}
+    for c in cands:
+        for cap in c.line_item.frequency_caps:
+            chk = cap_checks(cap, c, viewer)
+            if chk is not None:
+                seen[chk.impressions] = None
+                seen[chk.reservations] = None
+        for b in budget_checks(c, now, c.line_item.price):
+            seen[b.delivered] = None
+            seen[b.reservations] = None
+    return list(seen)
+
+
+def reservation_guards(
+    cand: Candidate, viewer: Viewer, now: datetime, price_cpm: float
+) -> tuple[tuple[Guard, ...], tuple[Incr, ...]]:
+    """Guards (cap and budget still open) and the reservation increments for one served ad."""
+    guards: list[Guard] = []
+    incrs: list[Incr] = []
+    for cap in cand.line_item.frequency_caps:
+        chk = cap_checks(cap, cand, viewer)
+        if chk is None:
+            continue
+        guards.append(
+            Guard(chk.impressions.key, chk.impressions.window, chk.limit, 1, (chk.reservations,))
+        )
+        incrs.append(Incr(chk.reservations.key, RESERVATION_WINDOW, 1))
+    for b in budget_checks(cand, now, price_cpm):
+        guards.append(Guard(b.delivered.key, LIFETIME, b.limit, b.amount, (b.reservations,)))
+        incrs.append(Incr(b.reservations.key, RESERVATION_WINDOW, b.amount))
+    return tuple(guards), tuple(incrs)
+
+
+def impression_increments(
+    cand: Candidate, viewer: Viewer, served_at: float, now: datetime, price_cpm: float
+) -> list[Incr]:
+    """What one counted impression changes: caps and budgets move from reserved to delivered.
+
+    ``now`` picks the daily budget key; use the serve time so a late beacon lands on the day
+    its reservation was made."""
+    out: list[Incr] = []
+    for cap in cand.line_item.frequency_caps:
+        chk = cap_checks(cap, cand, viewer)
+        if chk is None:
+            continue
+        out.append(Incr(chk.impressions.key, chk.impressions.window, 1, ttl_s=chk.ttl_s))
+        out.append(Incr(chk.reservations.key, RESERVATION_WINDOW, -1, at=served_at))
+    for b in budget_checks(cand, now, price_cpm):
+        out.append(Incr(b.delivered.key, LIFETIME, b.amount, ttl_s=b.ttl_s))
+        out.append(Incr(b.reservations.key, RESERVATION_WINDOW, -b.amount, at=served_at))
+    return out
+
+
+def release_increments(
+    cand: Candidate, viewer: Viewer, served_at: float, now: datetime, price_cpm: float
+) -> list[Incr]:
+    """``notUsed`` before any impression: give the reservations back."""
+    out: list[Incr] = []
+    for cap in cand.line_item.frequency_caps:
+        chk = cap_checks(cap, cand, viewer)
+        if chk is not None:
+            out.append(Incr(chk.reservations.key, RESERVATION_WINDOW, -1, at=served_at))
+    for b in budget_checks(cand, now, price_cpm):
+        out.append(Incr(b.reservations.key, RESERVATION_WINDOW, -b.amount, at=served_at))
+    return out
+
+
+# --------------------------------------------------------------------------- stream separation
+
+
+@dataclass(frozen=True, slots=True)
+class SeparationRules:
+    creative_breaks: int = 3
+    """A creative does not play again within this many breaks of a session..."""
+    creative_minutes: float = 30.0
+    """...nor within this many minutes."""
+    competitive_breaks: int = 1
+    """A competitive category stays out of the next this-many breaks (0: off)."""
+
+
+def history_key(session: str) -> str:
+    return f"ss:{session}"
+
+
+def history_entries(avail: int, at: float, shown: Iterable[tuple[str, str | None]]) -> list[str]:
+    """Session-history entries for the ads of one break: ``avail|unix|creative|category``."""
+    return [f"{avail}|{at:.0f}|{cr}|{comp or ''}" for cr, comp in shown]
+
+
+def recent_from_history(
+    entries: Iterable[str], avail: int, now: float, rules: SeparationRules
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(creatives, competitive categories) a break at ``avail`` must avoid.
+
+    The same avail again (a retried request) counts as distance 0: it is blocked too."""
+    creatives: set[str] = set()
+    comps: set[str] = set()
+    for e in entries:
+        parts = e.split("|")
+        if len(parts) != 4:
+            continue
+        try:
+            e_avail, e_at = int(parts[0]), float(parts[1])
+        except ValueError:
+            continue
+        distance = avail - e_avail
+        if 0 <= distance < rules.creative_breaks or now - e_at < rules.creative_minutes * 60:
+            creatives.add(parts[2])
+        if parts[3] and rules.competitive_breaks > 0 and 0 <= distance <= rules.competitive_breaks:
+            comps.add(parts[3])
+    return frozenset(creatives), frozenset(comps)
