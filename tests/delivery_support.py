@@ -106,13 +106,19 @@ def make_service(
 ) -> AdService:
     cat = parse_catalog(json.loads(json.dumps(catalog)))
     rng = random.Random(seed)
+    metrics = Metrics()
     delivery = DeliveryControl(
-        store, clock=clock, rng=rng, token_max_age_s=86400, separation=separation
+        store,
+        clock=clock,
+        rng=rng,
+        token_max_age_s=86400,
+        separation=separation,
+        metrics=metrics,
     )
     return AdService(
         build_snapshot(cat, "<test>", clock()),
         clock=clock,
-        metrics=Metrics(),
+        metrics=metrics,
         keyring=Keyring.from_secrets([SECRET]),
         delivery=delivery,
         rng=rng,

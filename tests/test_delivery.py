@@ -272,6 +272,10 @@ async def test_admin_view_fields() -> None:
     assert row["spend"] == pytest.approx(0.02)  # one impression at a $20 CPM
     assert row["cap_hits"] == 1
     assert row["budget"]["impressions"] == 500
+    text = svc.metrics.render().decode()
+    assert 'vastserver_line_item_delivered_impressions{line_item="li-a"} 1.0' in text
+    assert 'vastserver_line_item_throttle{line_item="li-a"}' in text
+    assert 'line_item="li-b"' not in text  # no budget: no per-line-item series
 
 
 def test_catalog_copy_is_untouched() -> None:

@@ -346,6 +346,7 @@ async def click_handler(request: web.Request) -> web.StreamResponse:
         token = _verify(rt, params.token)
     except TokenError as e:
         rt.metrics.beacons.labels("click", e.kind.value).inc()
+        log.info(json.dumps({"event": "beacon_rejected", "name": "click", "why": e.kind.value}))
         status = 400 if e.kind is TokenErrorKind.MALFORMED else 403
         return web.Response(status=status, text=e.kind.value)
     # A click that cannot be counted right now still takes the viewer to the advertiser.
@@ -452,6 +453,7 @@ def create_app(
             creative_minutes=settings.separation_minutes,
             competitive_breaks=settings.competitive_separation_breaks,
         ),
+        metrics=metrics,
     )
     events: EventSink = NullSink()
     if settings.event_log_dir is not None:

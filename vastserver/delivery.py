@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vastserver.catalog.model import Budget, Catalog, Delivery, LineItem
+from vastserver.metrics import Metrics
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.pipeline.delivery import (
@@ -115,8 +116,10 @@ class DeliveryControl:
         rng: random.Random,
         token_max_age_s: int,
         separation: SeparationRules | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.separation = separation or SeparationRules()
         self.clock = clock
         self.rng = rng
@@ -127,6 +130,11 @@ class DeliveryControl:
         self.cap_hits: Counter[str] = Counter()
         self.completion_rates: dict[str, float] = {}
         self.store_errors = 0
+
+    def _store_error(self, op: str = "delivery") -> None:
+        self.store_errors += 1
+        if self.metrics is not None:
+            self.metrics.store_errors.labels(op).inc()
 
     # ------------------------------------------------------------------ decisions
 
@@ -157,7 +165,7 @@ class DeliveryControl:
                 values = await read_task
             counts = dict(zip(reads, values, strict=True))
         except StoreUnavailable:
-            self.store_errors += 1
+            self._store_error()
             # caps fail open (no counts); budgets fail closed; separation fails open
             exhausted = exhausted | {c.line_item.id for c in cands if _has_budget(c)}
         gate = CountsGate(
@@ -186,7 +194,7 @@ class DeliveryControl:
                 history_key(session), entries, keep=HISTORY_KEEP, ttl_s=HISTORY_TTL_S
             )
         except StoreUnavailable:
-            self.store_errors += 1
+            self._store_error()
 
     async def commit(self, d: Decision, viewer: Viewer) -> Decision:
         """Reserve caps and budgets for the chosen ads; drop any that lost a race."""
@@ -207,7 +215,7 @@ class DeliveryControl:
         try:
             ok = await self.store.commit(batch, now.timestamp())
         except StoreUnavailable:
-            self.store_errors += 1
+            self._store_error()
             # Caps fail open; budgeted line items fail closed.
             ok = [not _has_budget(ad.candidate) for ad in d.ads]
         if all(ok):
@@ -305,7 +313,7 @@ class DeliveryControl:
         try:
             values = await self.store.read(reads, now.timestamp())
         except StoreUnavailable:
-            self.store_errors += 1
+            self._store_error()
             return
         throttle: dict[str, float] = {}
         exhausted: set[str] = set()
@@ -331,6 +339,25 @@ class DeliveryControl:
             throttle[li.id] = state.controller.update(delivered, target)
         self.throttle = throttle
         self.exhausted = frozenset(exhausted)
+        self._export_pacing(now, items)
+
+    def _export_pacing(self, now: datetime, items: Sequence[LineItem]) -> None:
+        """Per-line-item gauges, only for budgeted line items in flight (bounded labels)."""
+        m = self.metrics
+        if m is None:
+            return
+        for g in (m.li_delivered, m.li_pacing_ratio, m.li_throttle):
+            g.clear()
+        for li in items:
+            if not (li.start <= now < li.end):
+                continue
+            state = self.pacing.get(li.id)
+            if state is None:
+                continue
+            m.li_delivered.labels(li.id).set(state.delivered)
+            if state.target_now > 0:
+                m.li_pacing_ratio.labels(li.id).set(state.delivered / state.target_now)
+            m.li_throttle.labels(li.id).set(self.throttle.get(li.id, 1.0))
 
     async def update_rates(self, catalog: Catalog, min_impressions: int = 20) -> None:
         """Historic completion rate per line item (a model feature), from shared counters."""
@@ -341,7 +368,7 @@ class DeliveryControl:
         try:
             values = await self.store.read(reads, self.clock().timestamp())
         except StoreUnavailable:
-            self.store_errors += 1
+            self._store_error()
             return
         rates: dict[str, float] = {}
         for i, li in enumerate(ids):

@@ -71,6 +71,31 @@ class Metrics:
                 registry=r,
             )
         )
+        li_labels = ["line_item"]
+        self.li_delivered = Gauge(
+            "vastserver_line_item_delivered_impressions",
+            "Delivered impressions of budgeted, in-flight line items (today for daily budgets)",
+            li_labels,
+            registry=r,
+        )
+        self.li_pacing_ratio = Gauge(
+            "vastserver_line_item_pacing_ratio",
+            "Delivered / where the pacing curve says delivery should be now",
+            li_labels,
+            registry=r,
+        )
+        self.li_throttle = Gauge(
+            "vastserver_line_item_throttle",
+            "Serve probability the pacing controller set (1 = unthrottled)",
+            li_labels,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "vastserver_store_errors_total",
+            "State-store calls that failed (fail-open/closed policy applied)",
+            ["op"],
+            registry=r,
+        )
         for reason in Reason:
             self.rejections.labels(reason.stage.value, reason.value)
 
