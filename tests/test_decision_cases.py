@@ -51,7 +51,7 @@ CASE_KEYS = frozenset(
 )
 SESSION_KEYS = frozenset({"query", "headers"})
 ENDPOINTS = ("decide", "vmap")
-DECIDE_EXPECT_KEYS = frozenset({"pod", "rejected", "not_in_pod", "not_retrieved"})
+DECIDE_EXPECT_KEYS = frozenset({"pod", "rejected", "not_in_pod"})
 VMAP_EXPECT_KEYS = frozenset({"breaks", "not_in_pod"})
 REASONS = frozenset(r.value for r in Reason)
 VMAP_NS = "http://www.iab.net/videosuite/vmap"
@@ -84,7 +84,6 @@ class Case:
     """``vmap``: the exact ordered pod of every break, in schedule order."""
     rejected: Mapping[str, str]
     not_in_pod: tuple[str, ...]
-    not_retrieved: tuple[str, ...]
     xfail: str | None
 
 
@@ -276,7 +275,6 @@ def parse_case(data: object, name: str) -> Case:
     pod: tuple[str, ...] | None = None
     breaks: tuple[tuple[str, ...], ...] | None = None
     rejected: dict[str, str] = {}
-    not_retrieved: tuple[str, ...] = ()
     if endpoint == "decide":
         _keys(expect, DECIDE_EXPECT_KEYS, "expect")
         if "pod" not in expect:
@@ -290,7 +288,6 @@ def parse_case(data: object, name: str) -> Case:
                     f"({', '.join(sorted(REASONS))})"
                 )
             rejected[k] = reason
-        not_retrieved = _key_list(expect.get("not_retrieved", []), "expect.not_retrieved")
         all_pod: set[str] = set(pod)
     else:
         _keys(expect, VMAP_EXPECT_KEYS, "expect (vmap)")
@@ -303,17 +300,15 @@ def parse_case(data: object, name: str) -> Case:
     not_in_pod = _key_list(expect.get("not_in_pod", []), "expect.not_in_pod")
 
     known = _known_candidates(catalog)
-    mentioned = [*all_pod, *rejected, *not_in_pod, *not_retrieved]
+    mentioned = [*all_pod, *rejected, *not_in_pod]
     for k in mentioned:
         if k not in known:
             raise CaseFileError(
                 f"expect mentions {k!r}, which is not a line_item/creative pair of the catalog"
             )
-    for k in [*rejected, *not_in_pod, *not_retrieved]:
+    for k in [*rejected, *not_in_pod]:
         if k in all_pod:
             raise CaseFileError(f"expect: {k!r} is both in the pod and expected out of it")
-    if set(rejected) & set(not_retrieved):
-        raise CaseFileError("expect: a candidate cannot be both 'rejected' and 'not_retrieved'")
 
     return Case(
         name=name,
@@ -329,7 +324,6 @@ def parse_case(data: object, name: str) -> Case:
         breaks=breaks,
         rejected=rejected,
         not_in_pod=not_in_pod,
-        not_retrieved=not_retrieved,
         xfail=xfail,
     )
 
@@ -447,9 +441,6 @@ async def _run_decide(client: Any, case: Case) -> list[str]:
     for k in case.not_in_pod:
         if k in actual:
             problems.append(f"{k} must not be in the pod")
-    for k in case.not_retrieved:
-        if k in traces:
-            problems.append(f"{k} must be dropped by retrieval, but candidates[] has {traces[k]}")
     _fail(case, problems, shown)
     return actual
 

@@ -198,7 +198,7 @@ async def decide_handler(request: web.Request) -> web.StreamResponse:
         req = _ad_request(request)
     except ParamError as e:
         return _bad_request(e)
-    decision = await rt.service.decide(req)
+    decision = await rt.service.decide(req, explain=True)
     return web.json_response(decision_json(decision))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -17,10 +17,12 @@ from vastserver.catalog.load import load_catalog
 from vastserver.catalog.model import Catalog
 from vastserver.delivery import DeliveryControl
 from vastserver.metrics import Metrics
-from vastserver.pipeline.candidates import CatalogIndex, build_index
+from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest, BreakSpec
-from vastserver.pipeline.decide import Decision, decide, screen
+from vastserver.pipeline.decide import Decision, Trace, decide, screen
 from vastserver.pipeline.delivery import Viewer
+from vastserver.pipeline.matching import CatalogIndex, build_index
+from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.schedule import PlannedBreak
 from vastserver.pipeline.scoring import PriceScorer, Scorer
 from vastserver.pipeline.stages import DELIVERY_FILTERS, PRE_DELIVERY_FILTERS, StageEnv
@@ -56,7 +58,9 @@ class AdService:
         rng: random.Random,
         scorer: Scorer | None = None,
         events: EventSink | None = None,
+        candidate_limit: int = 200,
     ) -> None:
+        self.candidate_limit = candidate_limit
         self._snapshot = snapshot
         self.clock = clock
         self.metrics = metrics
@@ -107,18 +111,18 @@ class AdService:
         req: AdRequest,
         *,
         request_id: str | None = None,
+        explain: bool = False,
     ) -> Decision:
         """retrieve -> pure filters -> counters (one store round trip) -> delivery filter,
         score, pod -> reserve (one round trip) -> ad serving ids -> metrics and event log."""
         snap = self._snapshot
         now = self.clock()
-        cands = snap.index.retrieve(req)
         env = self._env(req, now)
-        screened = screen(req, cands, env, PRE_DELIVERY_FILTERS)
+        kept, dropped = snap.index.select(req, env, self.candidate_limit)
         vh = viewer_hash(req.viewer_key(), self.keyring)
         viewer = Viewer.of(req, vh)
         pre = await self.delivery.prefetch(
-            screened.survivors, viewer, now, session=req.session, avail=req.brk.avail
+            kept, viewer, now, session=req.session, avail=req.brk.avail
         )
         env = replace(
             env,
@@ -128,14 +132,10 @@ class AdService:
             recent_competitive=pre.recent_competitive,
             completion_rates=self.delivery.completion_rates,
         )
-        d = decide(
-            req,
-            screened.survivors,
-            env,
-            scorer=self.scorer,
-            filters=DELIVERY_FILTERS,
-            prior=screened.traces,
-        )
+        prior: tuple[Trace, ...] = ()
+        if explain or req.debug:
+            prior = self._explain_dropped(req, env, kept)
+        d = decide(req, kept, env, scorer=self.scorer, filters=DELIVERY_FILTERS, prior=prior)
         d = await self.delivery.commit(d, viewer)
         await self.delivery.remember(d)
         d = replace(
@@ -143,7 +143,7 @@ class AdService:
             viewer_hash=vh,
             ads=tuple(replace(a, ad_serving_id=new_ad_serving_id(self.rng)) for a in d.ads),
         )
-        self._observe(d)
+        self._observe(d, dropped if not prior else {})
         self.delivery.note_rejections(d)
         self.events.append(decision_record(d, request_id=request_id, arm=None, model_version=None))
         return d
@@ -153,8 +153,27 @@ class AdService:
         history before the next is made, so stream-level separation applies across them."""
         return [await self.decide(replace(base, brk=break_spec(b, base.brk))) for b in breaks]
 
-    def _observe(self, d: Decision) -> None:
+    def _explain_dropped(
+        self, req: AdRequest, env: StageEnv, kept: list[Candidate]
+    ) -> tuple[Trace, ...]:
+        """The explanation's view of everything not kept: the per-candidate filters (the
+        specification the bitsets are tested against) name each reason; what passed them but
+        fell beyond the candidate limit is ``outranked``."""
+        passed = {id(c) for c in kept}
+        rest = [c for c in self._snapshot.index.candidates if id(c) not in passed]
+        screened = screen(req, rest, env, PRE_DELIVERY_FILTERS)
+        return (
+            *screened.traces,
+            *(
+                Trace(c.line_item.id, c.creative.id, c.advertiser.id, Reason.OUTRANKED)
+                for c in screened.survivors
+            ),
+        )
+
+    def _observe(self, d: Decision, dropped: Mapping[Reason, int]) -> None:
         m = self.metrics
+        for reason, n in dropped.items():
+            m.rejections.labels(reason.stage.value, reason.value).inc(n)
         m.pods.labels("filled" if d.filled else "empty").inc()
         m.ads_per_pod.observe(len(d.ads))
         m.seconds_requested.inc(d.request.brk.pod_duration_ms / 1000)

@@ -1,20 +1,15 @@
-"""Candidates (line item x creative pairs) and the retrieval index built at catalog load.
+"""Candidates: the line item x creative pairs a decision chooses from.
 
-Retrieval narrows the catalog to the line items whose *include* rules can match the request,
-using an inverted index per targeting dimension, so a request touches the line items that match
-rather than the whole catalog. The filters in ``stages`` then decide every remaining rule.
+The index that narrows them per request is :mod:`vastserver.pipeline.matching`.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from types import MappingProxyType
 
 from vastserver.catalog.model import (
     Advertiser,
-    BreakPosition,
     Campaign,
     Catalog,
     Creative,
@@ -33,20 +28,6 @@ class Candidate:
     @property
     def key(self) -> str:
         return f"{self.line_item.id}/{self.creative.id}"
-
-
-INDEXED_DIMENSIONS: tuple[str, ...] = (
-    "country",
-    "device_type",
-    "platform",
-    "genre",
-    "series",
-    "channel",
-    "content_id",
-    "language",
-    "segment",
-)
-"""Dimensions with an inverted index on their include lists (the selective ones)."""
 
 
 def request_values(req: AdRequest, dimension: str) -> tuple[str, ...]:
@@ -89,88 +70,26 @@ def request_values(req: AdRequest, dimension: str) -> tuple[str, ...]:
     return () if single is None else (single,)
 
 
-@dataclass(frozen=True, slots=True)
-class CatalogIndex:
-    """Candidates grouped by line item plus inverted indexes over include rules.
-
-    ``by_position[pos]`` holds the ordinals of line items that may serve at ``pos``;
-    ``include[dim][value]`` the ordinals whose ``dim`` rule includes ``value``;
-    ``restricted[dim]`` the ordinals that have a non-empty include rule on ``dim``.
-    Retrieval = by_position minus, for each indexed dimension, the restricted line items that
-    the request's values do not reach. Set operations on ints keep it cheap.
-    """
-
-    catalog: Catalog
-    line_items: tuple[LineItem, ...]
-    candidates: tuple[tuple[Candidate, ...], ...]
-    by_position: Mapping[BreakPosition, frozenset[int]]
-    include: Mapping[str, Mapping[str, frozenset[int]]]
-    restricted: Mapping[str, frozenset[int]]
-
-    def retrieve(self, req: AdRequest) -> list[Candidate]:
-        pool = set(self.by_position[req.brk.position])
-        for dim in INDEXED_DIMENSIONS:
-            restricted = self.restricted.get(dim)
-            if not restricted:
-                continue
-            reach: set[int] = set()
-            by_value = self.include[dim]
-            for v in request_values(req, dim):
-                hit = by_value.get(v)
-                if hit:
-                    reach |= hit
-            pool -= restricted - reach
-        out: list[Candidate] = []
-        for i in sorted(pool):
-            out.extend(self.candidates[i])
-        return out
-
-    def all_candidates(self, position: BreakPosition) -> list[Candidate]:
-        out: list[Candidate] = []
-        for i in sorted(self.by_position[position]):
-            out.extend(self.candidates[i])
-        return out
-
-
-def build_index(catalog: Catalog) -> CatalogIndex:
-    items = tuple(sorted(catalog.line_items.values(), key=lambda li: li.id))
-    cands: list[tuple[Candidate, ...]] = []
-    by_pos: dict[BreakPosition, set[int]] = {p: set() for p in BreakPosition}
-    include: dict[str, dict[str, set[int]]] = {d: defaultdict(set) for d in INDEXED_DIMENSIONS}
-    restricted: dict[str, set[int]] = {d: set() for d in INDEXED_DIMENSIONS}
-    for i, li in enumerate(items):
+def all_candidates(catalog: Catalog) -> tuple[Candidate, ...]:
+    """Every line item x creative pair, in a stable order (line item id, then creative)."""
+    out: list[Candidate] = []
+    for li in sorted(catalog.line_items.values(), key=lambda li: li.id):
         campaign = catalog.campaigns[li.campaign_id]
         advertiser = catalog.advertisers[campaign.advertiser_id]
-        cands.append(
-            tuple(
-                Candidate(li, catalog.creatives[cid], campaign, advertiser)
-                for cid in li.creative_ids
-            )
+        out.extend(
+            Candidate(li, catalog.creatives[cid], campaign, advertiser) for cid in li.creative_ids
         )
-        for pos in li.positions:
-            by_pos[pos].add(i)
-        for dim in INDEXED_DIMENSIONS:
-            rule = li.targeting.rules.get(dim)
-            if rule is not None and rule.include:
-                restricted[dim].add(i)
-                for v in rule.include:
-                    include[dim][v].add(i)
-    return CatalogIndex(
-        catalog=catalog,
-        line_items=items,
-        candidates=tuple(cands),
-        by_position=MappingProxyType({p: frozenset(s) for p, s in by_pos.items()}),
-        include=MappingProxyType(
-            {
-                d: MappingProxyType({v: frozenset(s) for v, s in m.items()})
-                for d, m in include.items()
-            }
-        ),
-        restricted=MappingProxyType({d: frozenset(s) for d, s in restricted.items()}),
-    )
+    return tuple(out)
 
 
 def unique_media_key(creative: Creative) -> str:
     """The media identity used to refuse the same video twice in a pod."""
     urls: Iterable[str] = (r.url for r in creative.renditions)
     return min(urls, default=creative.id)
+
+
+def separation_group(c: Candidate) -> str:
+    """Separation group: the competitive category, else the advertiser. Creatives belong to
+    one advertiser, so the group also keeps a creative from playing twice in a pod."""
+    adv = c.advertiser
+    return f"comp:{adv.competitive_category}" if adv.competitive_category else f"adv:{adv.id}"

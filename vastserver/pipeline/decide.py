@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from vastserver.catalog.model import Slot
-from vastserver.pipeline.candidates import Candidate, unique_media_key
+from vastserver.pipeline.candidates import Candidate, separation_group, unique_media_key
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.pod import PodConstraints, PodItem, PodResult, build_pod
 from vastserver.pipeline.reasons import Reason, Stage
@@ -69,13 +69,6 @@ class Decision:
     @property
     def filled(self) -> bool:
         return bool(self.ads)
-
-
-def _group_key(c: Candidate) -> str:
-    """Separation group: the competitive category, else the advertiser. Creatives belong to
-    one advertiser, so the group also keeps a creative from playing twice in a pod."""
-    adv = c.advertiser
-    return f"comp:{adv.competitive_category}" if adv.competitive_category else f"adv:{adv.id}"
 
 
 def _media_duplicates(
@@ -157,7 +150,7 @@ def decide(
     ctx = ScoringContext(env.now, env.viewer_exposures, env.completion_rates)
     predictions = scorer.predict(req, survivors, ctx) if survivors else []
     vals = values(survivors, predictions)
-    groups = [_group_key(c) for c in survivors]
+    groups = [separation_group(c) for c in survivors]
     dup_media = _media_duplicates(survivors, vals, groups)
     items = [
         _pod_item(i, c, v, g)

@@ -46,8 +46,10 @@ class Reason(StrEnum):
     FREQUENCY_CAP = "frequency_cap"
     BUDGET_EXHAUSTED = "budget_exhausted"
     PACING_THROTTLE = "pacing_throttle"
-    # pricing
+    # pricing and ranking
     BELOW_FLOOR = "below_floor"
+    OUTRANKED = "outranked"
+    """Beyond the per-request candidate limit on price x tier before scoring."""
     # pod building
     DUPLICATE_CREATIVE = "duplicate_creative"
     COMPETITIVE_SEPARATION = "competitive_separation"
@@ -81,6 +83,7 @@ _STAGE_OF: dict[Reason, Stage] = {
     Reason.BUDGET_EXHAUSTED: Stage.PACING,
     Reason.PACING_THROTTLE: Stage.PACING,
     Reason.BELOW_FLOOR: Stage.POLICY,
+    Reason.OUTRANKED: Stage.SCORING,
     Reason.DUPLICATE_CREATIVE: Stage.POD,
     Reason.COMPETITIVE_SEPARATION: Stage.POD,
     Reason.NOT_SELECTED: Stage.POD,

@@ -1,0 +1,472 @@
+"""Bitset matching: the request-independent part of every filter, precomputed at catalog load.
+
+Each candidate (line item x creative) has an ordinal; a set of candidates is a Python ``int``
+used as a bitset. At load time we build, for every targeting dimension and value, every
+content rating, category, domain, duration, media capability and flight boundary, the bitset
+of candidates it admits or excludes. A request then costs a few dozen big-int AND/OR/NOT
+operations (microseconds for 100k candidates) plus a per-candidate look only at the few
+candidates with rules no bitset can answer (dayparts, key-values, price floors): the work
+grows with the number of *matching* candidates, not the catalog size.
+
+The per-candidate filters in :mod:`stages` remain the specification: ``tests/test_matching``
+checks on random catalogs and requests that a candidate survives the bitsets (plus
+:func:`residual`) exactly when it survives those filters, and the ``debug`` explanation uses
+the filters to name the reason for every candidate the bitsets dropped.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from vastserver.catalog.model import (
+    KIDS_RATINGS,
+    RATING_RANK,
+    RATINGS,
+    BreakPosition,
+    Catalog,
+)
+from vastserver.pipeline.candidates import (
+    Candidate,
+    all_candidates,
+    request_values,
+    separation_group,
+)
+from vastserver.pipeline.context import AdRequest
+from vastserver.pipeline.pod import rounded_seconds
+from vastserver.pipeline.reasons import Reason
+from vastserver.pipeline.scoring import TIER_WEIGHT, effective_cpm
+from vastserver.pipeline.stages import (
+    ALCOHOL_CATEGORIES,
+    CTV_DEVICE_TYPES,
+    CTV_MIMES,
+    PLAYABLE_MIMES,
+    UNKNOWN_CONTENT_RATING,
+    StageEnv,
+    _in_daypart,
+    floor,
+)
+
+DIMENSIONS: tuple[str, ...] = (
+    "country",
+    "region",
+    "dma",
+    "device_type",
+    "platform",
+    "genre",
+    "rating",
+    "live",
+    "series",
+    "channel",
+    "content_id",
+    "language",
+    "segment",
+    "break",
+    "ifa_type",
+)
+"""Every catalog targeting dimension; all are answered by bitsets."""
+
+
+def _bits(ordinals: Iterable[int]) -> int:
+    """A bitset from ordinals, built in a bytearray (linear, unlike repeated big-int ORs)."""
+    buf = bytearray()
+    for i in ordinals:
+        byte = i >> 3
+        if byte >= len(buf):
+            buf.extend(bytes(byte + 1 - len(buf)))
+        buf[byte] |= 1 << (i & 7)
+    return int.from_bytes(buf, "little")
+
+
+def bit_ordinals(mask: int) -> npt.NDArray[np.intp]:
+    """Ordinals of the set bits, ascending (numpy unpacks the bytes: linear in the size of
+    the bitset, unlike peeling bits off a big int one by one, which is quadratic)."""
+    if not mask:
+        return np.empty(0, dtype=np.intp)
+    raw = np.frombuffer(mask.to_bytes((mask.bit_length() + 7) // 8, "little"), dtype=np.uint8)
+    return np.flatnonzero(np.unpackbits(raw, bitorder="little"))
+
+
+def iter_bits(mask: int) -> list[int]:
+    return bit_ordinals(mask).tolist()  # type: ignore[no-any-return]
+
+
+def _rank_in_group(groups: npt.NDArray[np.int32]) -> npt.NDArray[np.intp]:
+    """For each position, how many earlier positions share its group (0 for the first)."""
+    n = len(groups)
+    order = np.argsort(groups, kind="stable")
+    sorted_g = groups[order]
+    starts = np.flatnonzero(np.r_[True, sorted_g[1:] != sorted_g[:-1]])
+    run_start = np.repeat(starts, np.diff(np.r_[starts, n]))
+    ranks = np.empty(n, dtype=np.intp)
+    ranks[order] = np.arange(n) - run_start
+    return ranks
+
+
+@dataclass(slots=True)
+class _FlightCache:
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+    mask: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BitIndex:
+    candidates: tuple[Candidate, ...]
+    all: int
+    static_ok: int
+    """Line item and campaign active, creative approved."""
+    position: Mapping[BreakPosition, int]
+    include: Mapping[str, Mapping[str, int]]
+    restricted: Mapping[str, int]
+    exclude: Mapping[str, Mapping[str, int]]
+    rating_ok: Mapping[str, int]
+    alcohol: int
+    category: Mapping[str, int]
+    """IAB code (and its top-level prefix) -> candidates whose advertiser or creative has it."""
+    domain: Mapping[str, int]
+    vpaid: int
+    ctv_playable: int
+    ctv_https: int
+    any_playable: int
+    any_https: int
+    duration: Mapping[int, int]
+    creative: Mapping[str, int]
+    competitive: Mapping[str, int]
+    residual: int
+    """Candidates with dayparts or key-value rules: checked one by one."""
+    group: tuple[int, ...]
+    """Separation-group number of each candidate (for the per-group limit)."""
+    group_array: npt.NDArray[np.int32]
+    flights: tuple[tuple[datetime, datetime, int], ...]
+    boundaries: tuple[datetime, ...]
+    _flight_cache: _FlightCache = field(default_factory=_FlightCache)
+
+    # ------------------------------------------------------------------ flight
+
+    def in_flight(self, now: datetime) -> int:
+        """Candidates whose line item and campaign flights contain ``now``; cached until the
+        next flight boundary."""
+        c = self._flight_cache
+        if (
+            c.valid_from is not None
+            and c.valid_until is not None
+            and c.valid_from <= now < c.valid_until
+        ):
+            return c.mask
+        mask = 0
+        for start, end, bit in self.flights:
+            if start <= now < end:
+                mask |= bit
+        i = bisect.bisect_right(self.boundaries, now)
+        prev = self.boundaries[i - 1] if i > 0 else datetime.min.replace(tzinfo=now.tzinfo)
+        nxt = (
+            self.boundaries[i]
+            if i < len(self.boundaries)
+            else datetime.max.replace(tzinfo=now.tzinfo)
+        )
+        c.valid_from, c.valid_until, c.mask = prev, nxt, mask
+        return mask
+
+    # ------------------------------------------------------------------ matching
+
+    def match(self, req: AdRequest, env: StageEnv) -> tuple[int, dict[Reason, int]]:
+        """Candidates passing every bitset-answerable check, and how many each check dropped.
+
+        Steps run in the order of the per-candidate filters so the counts attribute each
+        candidate to the same first failing check (residual checks excepted)."""
+        dropped: dict[Reason, int] = {}
+        m = self.all
+
+        def keep(bits: int, reason: Reason) -> None:
+            nonlocal m
+            new = m & bits
+            lost = (m ^ new).bit_count()
+            if lost:
+                dropped[reason] = dropped.get(reason, 0) + lost
+            m = new
+
+        b = req.brk
+        keep(self.static_ok, Reason.INACTIVE)  # (unapproved creatives are attributed here)
+        keep(self.in_flight(env.now), Reason.OUT_OF_FLIGHT)
+        keep(self.position[b.position], Reason.BREAK_POSITION)
+        b_min, b_max, req_s = b.min_ad_duration_ms, b.max_ad_duration_ms, b.required_durations_s
+        keep(self._durations(lambda ms: ms <= b.pod_duration_ms), Reason.LONGER_THAN_POD)
+        if b_min is not None:
+            keep(self._durations(lambda ms: ms >= b_min), Reason.SHORTER_THAN_MIN)
+        if b_max is not None:
+            keep(self._durations(lambda ms: ms <= b_max), Reason.LONGER_THAN_MAX)
+        if req_s is not None:
+            keep(
+                self._durations(lambda ms: rounded_seconds(ms) in req_s),
+                Reason.DURATION_NOT_REQUIRED,
+            )
+        targeted = m
+        for dim in DIMENSIONS:
+            values = request_values(req, dim)
+            restricted = self.restricted.get(dim, 0)
+            if restricted:
+                reach = 0
+                inc = self.include[dim]
+                for v in values:
+                    reach |= inc.get(v, 0)
+                m &= ~(restricted & ~reach)
+            exc = self.exclude.get(dim)
+            if exc:
+                for v in values:
+                    m &= ~exc.get(v, 0)
+        lost = (targeted ^ m).bit_count()
+        if lost:
+            dropped[Reason.TARGETING] = dropped.get(Reason.TARGETING, 0) + lost
+        rating = req.content.rating or UNKNOWN_CONTENT_RATING
+        if req.content.kids or rating in KIDS_RATINGS:
+            keep(~self.alcohol, Reason.KIDS_CONTENT)
+        keep(self.rating_ok[rating], Reason.CONTENT_RATING)
+        for d in env.blocked_domains:
+            keep(~self.domain.get(d, 0), Reason.BLOCKED_ADVERTISER)
+        for code in env.blocked_categories:
+            keep(~self.category.get(code, 0), Reason.BLOCKED_CATEGORY)
+        if req.device.device_type in CTV_DEVICE_TYPES:
+            keep(~self.vpaid, Reason.VPAID_ON_CTV)
+            keep(self.ctv_playable, Reason.NO_PLAYABLE_MEDIA)
+            if req.require_https:
+                keep(self.ctv_https, Reason.INSECURE_MEDIA)
+        else:
+            keep(self.any_playable, Reason.NO_PLAYABLE_MEDIA)
+            if req.require_https:
+                keep(self.any_https, Reason.INSECURE_MEDIA)
+        return m, dropped
+
+    def _durations(self, fits: Callable[[int], bool]) -> int:
+        mask = 0
+        for ms, bits in self.duration.items():
+            if fits(ms):
+                mask |= bits
+        return mask
+
+    def separation_mask(self, creatives: Iterable[str], competitive: Iterable[str]) -> int:
+        out = 0
+        for cid in creatives:
+            out |= self.creative.get(cid, 0)
+        for comp in competitive:
+            out |= self.competitive.get(comp, 0)
+        return out
+
+    def survivors(
+        self, req: AdRequest, env: StageEnv, limit: int | None = None, per_group: int = 3
+    ) -> tuple[list[Candidate], dict[Reason, int]]:
+        """Candidates passing every pre-delivery check (bitsets, then residual rules one by
+        one) and the drop counts by reason.
+
+        Candidates are numbered best first (tier, then CPM x tier weight: an upper bound on
+        value, since a prediction is at most 1), so with a ``limit`` the scan stops after the
+        ``limit`` best, keeping at most ``per_group`` per separation group (a pod holds one
+        per group; spares cover duration fit). The rest count as ``outranked``. The work is
+        then bounded by the limit, not by how many candidates match."""
+        mask, dropped = self.match(req, env)
+        out: list[Candidate] = []
+        check_all = req.floor_cpm_per_s is not None
+        residual = self.residual
+        cands = self.candidates
+        groups = self.group
+        ords = bit_ordinals(mask)
+        outranked = 0
+        if limit is not None and len(ords) > limit:
+            # Vectorised pre-selection: a candidate with 2 x per_group better candidates in
+            # its group cannot make the cut unless most of those fail a residual rule, so the
+            # Python loop below only sees a bounded number of candidates.
+            ranks = _rank_in_group(self.group_array[ords])
+            pre = ords[ranks < 2 * per_group]
+            outranked += len(ords) - len(pre)
+            ords = pre
+        per: dict[int, int] = {}
+        for n, i in enumerate(ords.tolist()):
+            if limit is not None and len(out) >= limit:
+                outranked += len(ords) - n  # not looked at: outranked (or residual-failing)
+                break
+            c = cands[i]
+            if check_all or residual >> i & 1:
+                reason = residual_check(req, c, env)
+                if reason is not None:
+                    dropped[reason] = dropped.get(reason, 0) + 1
+                    continue
+            if limit is not None:
+                g = groups[i]
+                if per.get(g, 0) >= per_group:
+                    outranked += 1
+                    continue
+                per[g] = per.get(g, 0) + 1
+            out.append(c)
+        if outranked:
+            dropped[Reason.OUTRANKED] = outranked
+        return out, dropped
+
+
+def residual_check(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
+    """What bitsets cannot answer: key-values, dayparts, the per-second price floor."""
+    t = c.line_item.targeting
+    for key, rule in t.key_values.items():
+        if not rule.allows(req.key_values.get(key)):
+            return Reason.TARGETING
+    if t.dayparts and not any(_in_daypart(dp, env.now, c.campaign.timezone) for dp in t.dayparts):
+        return Reason.DAYPART
+    return floor(req, c, env)
+
+
+def _category_keys(codes: Iterable[str]) -> set[str]:
+    keys: set[str] = set()
+    for code in codes:
+        keys.add(code)
+        keys.add(code.split("-", 1)[0])
+    return keys
+
+
+def build_bit_index(catalog: Catalog, candidates: Sequence[Candidate]) -> BitIndex:
+    n = len(candidates)
+    position: dict[BreakPosition, set[int]] = {p: set() for p in BreakPosition}
+    include: dict[str, dict[str, set[int]]] = {d: defaultdict(set) for d in DIMENSIONS}
+    exclude: dict[str, dict[str, set[int]]] = {d: defaultdict(set) for d in DIMENSIONS}
+    restricted: dict[str, set[int]] = {d: set() for d in DIMENSIONS}
+    rating_ok: dict[str, set[int]] = {r: set() for r in RATINGS}
+    category: dict[str, set[int]] = defaultdict(set)
+    domain: dict[str, set[int]] = defaultdict(set)
+    duration: dict[int, set[int]] = defaultdict(set)
+    creative: dict[str, set[int]] = defaultdict(set)
+    competitive: dict[str, set[int]] = defaultdict(set)
+    static_ok: set[int] = set()
+    alcohol: set[int] = set()
+    vpaid: set[int] = set()
+    ctv_playable: set[int] = set()
+    ctv_https: set[int] = set()
+    any_playable: set[int] = set()
+    any_https: set[int] = set()
+    residual: set[int] = set()
+    flights: dict[tuple[datetime, datetime], set[int]] = defaultdict(set)
+    boundaries: set[datetime] = set()
+
+    for i, c in enumerate(candidates):
+        li, cr, camp, adv = c.line_item, c.creative, c.campaign, c.advertiser
+        if li.status == "active" and camp.status == "active" and cr.approved:
+            static_ok.add(i)
+        start, end = max(li.start, camp.start), min(li.end, camp.end)
+        if start < end:
+            flights[(start, end)].add(i)
+        boundaries.update((li.start, li.end, camp.start, camp.end))
+        for p in li.positions:
+            position[p].add(i)
+        for dim in DIMENSIONS:
+            rule = li.targeting.rules.get(dim)
+            if rule is None:
+                continue
+            if rule.include:
+                restricted[dim].add(i)
+                for v in rule.include:
+                    include[dim][v].add(i)
+            for v in rule.exclude:
+                exclude[dim][v].add(i)
+        rank = RATING_RANK.get(cr.rating, 0)
+        for r in RATINGS:
+            if rank <= RATING_RANK[r]:
+                rating_ok[r].add(i)
+        codes = (*adv.categories, *cr.categories)
+        if any(code in ALCOHOL_CATEGORIES for code in codes):
+            alcohol.add(i)
+        for key in _category_keys(codes):
+            category[key].add(i)
+        domain[adv.domain].add(i)
+        if cr.api_framework is not None and cr.api_framework.upper().startswith("VPAID"):
+            vpaid.add(i)
+        ctv = [r for r in cr.renditions if r.mime.lower() in CTV_MIMES]
+        anyp = [r for r in cr.renditions if r.mime.lower() in PLAYABLE_MIMES]
+        if ctv:
+            ctv_playable.add(i)
+        if any(r.url[:8].lower() == "https://" for r in ctv):
+            ctv_https.add(i)
+        if anyp:
+            any_playable.add(i)
+        if any(r.url[:8].lower() == "https://" for r in anyp):
+            any_https.add(i)
+        duration[cr.duration_ms].add(i)
+        creative[cr.id].add(i)
+        if adv.competitive_category:
+            competitive[adv.competitive_category].add(i)
+        if li.targeting.dayparts or li.targeting.key_values:
+            residual.add(i)
+
+    group_ids: dict[str, int] = {}
+    group = tuple(group_ids.setdefault(separation_group(c), len(group_ids)) for c in candidates)
+
+    def bitmap(m: Mapping[str, set[int]]) -> dict[str, int]:
+        return {k: _bits(v) for k, v in m.items()}
+
+    return BitIndex(
+        candidates=tuple(candidates),
+        all=(1 << n) - 1,
+        static_ok=_bits(static_ok),
+        position={p: _bits(s) for p, s in position.items()},
+        include={d: bitmap(m) for d, m in include.items()},
+        restricted={d: _bits(s) for d, s in restricted.items() if s},
+        exclude={d: bitmap(m) for d, m in exclude.items() if m},
+        rating_ok=bitmap(rating_ok),
+        alcohol=_bits(alcohol),
+        category=bitmap(category),
+        domain=bitmap(domain),
+        vpaid=_bits(vpaid),
+        ctv_playable=_bits(ctv_playable),
+        ctv_https=_bits(ctv_https),
+        any_playable=_bits(any_playable),
+        any_https=_bits(any_https),
+        duration={ms: _bits(s) for ms, s in duration.items()},
+        creative=bitmap(creative),
+        competitive=bitmap(competitive),
+        residual=_bits(residual),
+        group=group,
+        group_array=np.array(group, dtype=np.int32),
+        flights=tuple((s, e, _bits(ix)) for (s, e), ix in flights.items()),
+        boundaries=tuple(sorted(boundaries)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogIndex:
+    """What a catalog snapshot serves from: every candidate and the bitsets over them."""
+
+    catalog: Catalog
+    bits: BitIndex
+
+    @property
+    def candidates(self) -> tuple[Candidate, ...]:
+        return self.bits.candidates
+
+    def all_candidates(self, position: BreakPosition) -> list[Candidate]:
+        """Candidates whose line item may play at ``position`` (no other check)."""
+        cands = self.bits.candidates
+        return [cands[i] for i in iter_bits(self.bits.position[position])]
+
+    def select(
+        self, req: AdRequest, env: StageEnv, limit: int | None = None
+    ) -> tuple[list[Candidate], dict[Reason, int]]:
+        """The best ``limit`` candidates passing every pre-delivery check (all without a
+        limit), and drop counts by reason (``outranked`` for those beyond the limit)."""
+        return self.bits.survivors(req, env, limit)
+
+
+def upper_bound(c: Candidate) -> float:
+    """The most a candidate can be worth: price x tier weight (predictions are <= 1)."""
+    return effective_cpm(c) * TIER_WEIGHT[c.line_item.tier]
+
+
+def build_index(catalog: Catalog) -> CatalogIndex:
+    """Number candidates best first (tier, upper bound, then id) so a limited scan of the
+    matching bitset finds the most valuable candidates first."""
+    ranked = sorted(
+        all_candidates(catalog),
+        key=lambda c: (-int(c.line_item.tier), -upper_bound(c), c.line_item.id, c.creative.id),
+    )
+    return CatalogIndex(catalog, build_bit_index(catalog, ranked))
