@@ -99,11 +99,15 @@ class AdService:
         return snap
 
     def _env(self, req: AdRequest, now: datetime) -> StageEnv:
+        """Blocklists: the catalog's, the placement's and the request's (bcat/badv)."""
         cat = self._snapshot.catalog
+        rules = cat.rules_for(req.placement)
         return StageEnv(
             now=now,
-            blocked_categories=cat.blocked_categories | req.blocked_categories,
-            blocked_domains=cat.blocked_domains | req.blocked_domains,
+            blocked_categories=(
+                cat.blocked_categories | rules.blocked_categories | req.blocked_categories
+            ),
+            blocked_domains=cat.blocked_domains | rules.blocked_domains | req.blocked_domains,
         )
 
     async def decide(

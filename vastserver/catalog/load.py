@@ -850,12 +850,22 @@ PACING = Obj(
 
 
 def _line_item(d: dict[str, Any]) -> LineItem:
+    prices = d["slot_prices"]
     return LineItem(
-        **{k: v for k, v in d.items() if k not in ("tier", "positions", "slot")},
+        **{k: v for k, v in d.items() if k not in ("tier", "positions", "slot", "slot_prices")},
         tier=TIERS[d["tier"]],
         positions=frozenset(BreakPosition(p) for p in d["positions"]),
         slot=Slot(d["slot"]),
+        first_slot_price=prices.get("first"),
+        last_slot_price=prices.get("last"),
     )
+
+
+SLOT_PRICES = Obj(
+    "slot prices",
+    {"first": F(number(0, MAX_MONEY), _ABSENT), "last": F(number(0, MAX_MONEY), _ABSENT)},
+    lambda d: d,
+)
 
 
 LINE_ITEM = Obj(
@@ -880,12 +890,19 @@ LINE_ITEM = Obj(
             frozenset(p.value for p in BreakPosition),
         ),
         "slot": F(enum_of(*(s.value for s in Slot)), "any"),
+        "slot_prices": F(SLOT_PRICES, {}),
     },
     _line_item,
     checks=[ordered("start", "end")],
 )
 
 # ---- ad rules: named placements inherit omitted fields from "default"
+
+BLOCKLIST = Obj(
+    "blocklist",
+    {"domains": F(set_of(HOST), frozenset()), "categories": F(set_of(IAB), frozenset())},
+    lambda d: d,
+)
 
 BREAK_RULE = Obj(
     "break rule",
@@ -901,6 +918,7 @@ PLACEMENT = Obj(
         "post": F(BREAK_RULE, _ABSENT),
         "midroll_interval": F(integer(1, 86_400), _ABSENT),
         "min_midroll_spacing": F(integer(0, 86_400), _ABSENT),
+        "blocklist": F(BLOCKLIST, _ABSENT),
     },
     lambda d: d,
 )
@@ -919,16 +937,13 @@ def _merge_rules(base: AdRules, d: Mapping[str, Any]) -> AdRules:
         changes["midroll_interval_s"] = d["midroll_interval"]
     if "min_midroll_spacing" in d:
         changes["min_midroll_spacing_s"] = d["min_midroll_spacing"]
+    if "blocklist" in d:
+        changes["blocked_domains"] = base.blocked_domains | d["blocklist"]["domains"]
+        changes["blocked_categories"] = base.blocked_categories | d["blocklist"]["categories"]
     return replace(base, **changes)
 
 
 PLACEMENTS = map_of(string(_ID, what="a placement name (letters, digits, '._:-')"), PLACEMENT)
-
-BLOCKLIST = Obj(
-    "blocklist",
-    {"domains": F(set_of(HOST), frozenset()), "categories": F(set_of(IAB), frozenset())},
-    lambda d: d,
-)
 
 
 def _raw(v: object, path: str, errs: Issues) -> object:

@@ -227,6 +227,10 @@ class LineItem:
     pacing: Pacing = field(default_factory=Pacing)
     positions: frozenset[BreakPosition] = frozenset(BreakPosition)
     slot: Slot = Slot.ANY
+    first_slot_price: float | None = None
+    """CPM paid when the ad plays first in its pod (a premium for the first impression)."""
+    last_slot_price: float | None = None
+    """CPM paid when the ad plays last in a pod of two or more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +248,10 @@ class AdRules:
     post: BreakRule = BreakRule(30, 2)
     midroll_interval_s: int = 600
     min_midroll_spacing_s: int = 300
+    blocked_domains: frozenset[str] = frozenset()
+    """Advertiser domains this placement never shows (added to the catalog's blocklist)."""
+    blocked_categories: frozenset[str] = frozenset()
+    """IAB categories this placement never shows (prefix match, like ``bcat``)."""
 
     def for_position(self, position: BreakPosition) -> BreakRule:
         if position is BreakPosition.PRE:

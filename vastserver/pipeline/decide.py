@@ -93,17 +93,34 @@ def _media_duplicates(
     }
 
 
+def slot_price(c: Candidate, slot: int, pod_size: int) -> float:
+    """The CPM a line item pays in a given slot: its first/last-slot price when it has one."""
+    li = c.line_item
+    if slot == 1 and li.first_slot_price is not None:
+        return li.first_slot_price
+    if slot == pod_size and pod_size > 1 and li.last_slot_price is not None:
+        return li.last_slot_price
+    return effective_cpm(c)
+
+
 def _pod_item(i: int, c: Candidate, value: float, group: str) -> PodItem:
-    slot = c.line_item.slot
+    """Slot restrictions become -inf slot values; slot prices scale the value (value is
+    linear in price)."""
+    li = c.line_item
+    base = effective_cpm(c)
+
+    def at(price: float | None) -> float | None:
+        return None if price is None else value * price / base
+
     return PodItem(
         key=i,
         duration_ms=c.creative.duration_ms,
         value=value,
-        tier=int(c.line_item.tier),
+        tier=int(li.tier),
         group=group,
-        value_first=NEG_INF if slot is Slot.LAST else None,
-        value_last=NEG_INF if slot is Slot.FIRST else None,
-        middle_allowed=slot is Slot.ANY,
+        value_first=NEG_INF if li.slot is Slot.LAST else at(li.first_slot_price),
+        value_last=NEG_INF if li.slot is Slot.FIRST else at(li.last_slot_price),
+        middle_allowed=li.slot is Slot.ANY,
     )
 
 
@@ -174,11 +191,13 @@ def decide(
     slot_of = {it.key: n for n, it in enumerate(pod.items, start=1)}
     chosen_groups = {groups[k]: k for k in slot_of}
     placed: list[PlacedAd] = []
+    n_ads = len(pod.items)
     for it in pod.items:
         c = survivors[it.key]
-        placed.append(
-            PlacedAd(c, slot_of[it.key], predictions[it.key], vals[it.key], effective_cpm(c))
-        )
+        slot = slot_of[it.key]
+        price = slot_price(c, slot, n_ads)
+        value = vals[it.key] * price / effective_cpm(c)
+        placed.append(PlacedAd(c, slot, predictions[it.key], value, price))
     for i, c in enumerate(survivors):
         slot = slot_of.get(i)
         reason = None

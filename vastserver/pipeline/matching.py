@@ -458,8 +458,11 @@ class CatalogIndex:
 
 
 def upper_bound(c: Candidate) -> float:
-    """The most a candidate can be worth: price x tier weight (predictions are <= 1)."""
-    return effective_cpm(c) * TIER_WEIGHT[c.line_item.tier]
+    """The most a candidate can be worth: its best slot price x tier weight (predictions
+    are <= 1)."""
+    li = c.line_item
+    price = max(effective_cpm(c), li.first_slot_price or 0.0, li.last_slot_price or 0.0)
+    return price * TIER_WEIGHT[li.tier]
 
 
 def build_index(catalog: Catalog) -> CatalogIndex:
