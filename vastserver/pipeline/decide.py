@@ -194,10 +194,10 @@ def decide(
     n_ads = len(pod.items)
     for it in pod.items:
         c = survivors[it.key]
-        slot = slot_of[it.key]
-        price = slot_price(c, slot, n_ads)
+        position = slot_of[it.key]
+        price = slot_price(c, position, n_ads)
         value = vals[it.key] * price / effective_cpm(c)
-        placed.append(PlacedAd(c, slot, predictions[it.key], value, price))
+        placed.append(PlacedAd(c, position, predictions[it.key], value, price))
     for i, c in enumerate(survivors):
         slot = slot_of.get(i)
         reason = None
