@@ -32,7 +32,11 @@ def free_port() -> int:
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VASTSERVER_")}
-    env.update(VASTSERVER_SECRET=SECRET, VASTSERVER_ADMIN_TOKEN="cli-admin-token-0123456789")
+    env.update(
+        VASTSERVER_SECRET=SECRET,
+        VASTSERVER_ADMIN_TOKEN="cli-admin-token-0123456789",
+        VASTSERVER_DRAIN_MS="200",
+    )
     env.update(extra)
     return env
 

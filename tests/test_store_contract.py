@@ -75,7 +75,7 @@ async def h(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     if request.param == "memory":
         store = MemoryStore(clock=clock)
     else:
-        store = RedisStore(request.getfixturevalue("redis_url"))
+        store = RedisStore(request.getfixturevalue("redis_url"), pool_timeout=5.0)
     yield Harness(request.param, store, clock)
     await store.close()
 
@@ -484,7 +484,9 @@ async def test_matches_reference_model(h: Harness, ops: list[tuple[Any, ...]]) -
 
 
 async def test_two_redis_clients_share_guards(redis_url: str) -> None:  # noqa: F811
-    a, b = RedisStore(redis_url), RedisStore(redis_url)
+    # Generous timeouts: this proves atomicity across clients, not latency on a busy machine.
+    a = RedisStore(redis_url, socket_timeout=2.0, pool_timeout=5.0)
+    b = RedisStore(redis_url, socket_timeout=2.0, pool_timeout=5.0)
     try:
         w = Window(3600, 300)
         calls = [(a if n % 2 else b).commit([one("cap", w, 50)], T0) for n in range(200)]

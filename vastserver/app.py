@@ -7,13 +7,15 @@ injected clock and RNG. State lives under typed ``web.AppKey``s, never in module
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import random
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from aiohttp import web
@@ -24,6 +26,8 @@ from vastserver.delivery import DeliveryControl
 from vastserver.eventlog import EventLog
 from vastserver.explain import decision_json
 from vastserver.geo import GeoLookup, fill_geo, open_geo
+from vastserver.logs import REQUEST_ID, Sampler
+from vastserver.logs import event as log_event
 from vastserver.metrics import Metrics
 from vastserver.openrtb import parse_bid_request
 from vastserver.params import (
@@ -42,6 +46,7 @@ from vastserver.service import AdService, build_snapshot
 from vastserver.settings import Settings
 from vastserver.store import open_store
 from vastserver.store.base import Store, StoreUnavailable
+from vastserver.store.timed import TimedStore
 from vastserver.tracking import (
     EVENTS,
     PARAM_TOKEN,
@@ -76,6 +81,8 @@ class Runtime:
     delivery: DeliveryControl
     events: EventSink
     ready: bool = False
+    in_flight: int = 0
+    log_sampler: Sampler = field(default_factory=Sampler)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -120,6 +127,68 @@ async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamRespon
         outcome = f"{status // 100}xx"
         rt.metrics.requests.labels(endpoint, outcome).inc()
         rt.metrics.latency.labels(endpoint, outcome).observe(time.perf_counter() - t0)
+
+
+_RID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+DECISION_ENDPOINTS = frozenset({"vast", "vmap", "decide", "openrtb_pod"})
+
+
+@web.middleware
+async def request_id_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request gets an id (a sane incoming X-Request-Id is kept): it is in every log
+    line of the request, the response header, the event log and the debug explanation."""
+    incoming = request.headers.get("X-Request-Id", "")
+    rid = incoming if 0 < len(incoming) <= 64 and set(incoming) <= _RID_OK else None
+    rid = rid or os.urandom(8).hex()
+    token = REQUEST_ID.set(rid)
+    try:
+        try:
+            resp = await handler(request)
+        except web.HTTPException as e:
+            e.headers["X-Request-Id"] = rid
+            raise
+        resp.headers["X-Request-Id"] = rid
+        return resp
+    finally:
+        REQUEST_ID.reset(token)
+
+
+@web.middleware
+async def guard_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bound the decision requests in flight (shed the excess at once with a no-fill), and
+    turn any unexpected error into a no-fill (players) or a 503, logged, never a 500 page."""
+    rt = _rt(request)
+    endpoint = request.match_info.route.name or ""
+    decision = endpoint in DECISION_ENDPOINTS
+    if decision:
+        if rt.in_flight >= rt.settings.max_in_flight:
+            rt.metrics.shed.labels(endpoint).inc()
+            return _no_fill(rt, endpoint, "overload")
+        rt.in_flight += 1
+        rt.metrics.in_flight.set(rt.in_flight)
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log_event(log, "unhandled_error", logging.ERROR, endpoint=endpoint, exc_info=True)
+        rt.metrics.degradations.labels("internal_error").inc()
+        if decision:
+            return _no_fill(rt, endpoint, "internal_error")
+        return web.Response(status=503, text="temporarily unavailable")
+    finally:
+        if decision:
+            rt.in_flight -= 1
+            rt.metrics.in_flight.set(rt.in_flight)
+
+
+def _no_fill(rt: Runtime, endpoint: str, reason: str) -> web.StreamResponse:
+    """The cheapest valid answer: an empty VAST (or VMAP) for players, 503 for JSON APIs."""
+    if endpoint == "vmap":
+        return _xml(rt.renderer.empty_vmap())
+    if endpoint in ("vast", "openrtb_pod"):
+        return _xml(rt.renderer.empty_vast(reason))
+    return web.json_response({"error": reason}, status=503, headers={"Retry-After": "1"})
 
 
 @web.middleware
@@ -187,9 +256,13 @@ async def vast_handler(request: web.Request) -> web.StreamResponse:
         req = _ad_request(request)
     except ParamError as e:
         return _bad_request(e)
-    decision = await rt.service.decide(req)
-    debug = decision_json(decision) if req.debug else None
+    decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=_deadline(rt))
+    debug = decision_json(decision, request_id=REQUEST_ID.get()) if req.debug else None
     return _xml(rt.renderer.vast(decision, debug=debug))
+
+
+def _deadline(rt: Runtime) -> float:
+    return asyncio.get_running_loop().time() + rt.settings.deadline_ms / 1000
 
 
 async def decide_handler(request: web.Request) -> web.StreamResponse:
@@ -198,8 +271,10 @@ async def decide_handler(request: web.Request) -> web.StreamResponse:
         req = _ad_request(request)
     except ParamError as e:
         return _bad_request(e)
-    decision = await rt.service.decide(req, explain=True)
-    return web.json_response(decision_json(decision))
+    decision = await rt.service.decide(
+        req, request_id=REQUEST_ID.get(), explain=True, deadline=_deadline(rt)
+    )
+    return web.json_response(decision_json(decision, request_id=REQUEST_ID.get()))
 
 
 async def vmap_handler(request: web.Request) -> web.StreamResponse:
@@ -230,7 +305,7 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
             BreakSpec(BreakPosition.PRE, pod_duration_ms=1000, max_ads=1),
             require_https=rt.settings.require_https_media,
         )
-        decisions = await rt.service.decide_stream(base, breaks)
+        decisions = await rt.service.decide_stream(base, breaks, deadline=_deadline(rt))
         body = rt.renderer.vmap_inline(breaks, decisions, session=session, debug=targeting.debug)
     else:
         body = rt.renderer.vmap_tags(breaks, q, session=session)
@@ -258,7 +333,7 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
     )
     if req.session is None:
         req = replace(req, session=new_ad_serving_id(rt.rng))
-    decision = await rt.service.decide(req)
+    decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=_deadline(rt))
     debug = decision_json(decision) if req.debug else None
     return _xml(rt.renderer.vast(decision, debug=debug))
 
@@ -307,7 +382,8 @@ async def beacon_handler(request: web.Request) -> web.StreamResponse:
         token = _verify(rt, params.token)
     except TokenError as e:
         rt.metrics.beacons.labels(event, e.kind.value).inc()
-        log.info(json.dumps({"event": "beacon_rejected", "name": event, "why": e.kind.value}))
+        if rt.log_sampler():
+            log_event(log, "beacon_rejected", beacon=event, why=e.kind.value, caller=request.remote)
         status = 400 if e.kind is TokenErrorKind.MALFORMED else 403
         return web.Response(status=status, text=e.kind.value)
     failed = await _count(rt, request, event, token, params.error_code)
@@ -346,7 +422,10 @@ async def click_handler(request: web.Request) -> web.StreamResponse:
         token = _verify(rt, params.token)
     except TokenError as e:
         rt.metrics.beacons.labels("click", e.kind.value).inc()
-        log.info(json.dumps({"event": "beacon_rejected", "name": "click", "why": e.kind.value}))
+        if rt.log_sampler():
+            log_event(
+                log, "beacon_rejected", beacon="click", why=e.kind.value, caller=request.remote
+            )
         status = 400 if e.kind is TokenErrorKind.MALFORMED else 403
         return web.Response(status=status, text=e.kind.value)
     # A click that cannot be counted right now still takes the viewer to the advertiser.
@@ -442,7 +521,10 @@ def create_app(
         progress_offsets_s=settings.progress_offsets_s,
     )
     rng = rng or random.SystemRandom()
-    store = open_store(settings.redis_url, clock=lambda: clock().timestamp())
+    store = TimedStore(
+        open_store(settings.redis_url, clock=lambda: clock().timestamp()),
+        lambda op, dt: metrics.store_seconds.labels(op).observe(dt),
+    )
     delivery = DeliveryControl(
         store,
         clock=clock,
@@ -460,10 +542,11 @@ def create_app(
         events = EventLog(
             settings.event_log_dir,
             commit_interval_s=settings.event_log_commit_ms / 1000,
-            on_drop=metrics.events_dropped.inc_by_reason,
+            on_drop=lambda n, why: _events_dropped(metrics, n, why),
         )
     service = AdService(
         snapshot,
+        candidate_limit=settings.candidate_limit,
         clock=clock,
         metrics=metrics,
         keyring=keyring,
@@ -484,7 +567,10 @@ def create_app(
         delivery=delivery,
         events=events,
     )
-    app = web.Application(middlewares=[metrics_mw, cors_mw, limits_mw], client_max_size=256 * 1024)
+    app = web.Application(
+        middlewares=[request_id_mw, metrics_mw, cors_mw, limits_mw, guard_mw],
+        client_max_size=256 * 1024,
+    )
     app[RUNTIME] = rt
     app.router.add_get("/vast", vast_handler, name="vast")
     app.router.add_get("/vmap", vmap_handler, name="vmap")
@@ -499,10 +585,35 @@ def create_app(
     app.router.add_get("/admin/line-items", line_items_handler, name="admin_line_items")
     app.router.add_get("/admin/line-items/{id}", line_items_handler, name="admin_line_item")
     app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.append(_loop_lag)
     app.cleanup_ctx.append(_pacing)
     app.cleanup_ctx.append(_readiness)
     app.cleanup_ctx.append(_sighup)
     return app
+
+
+def _events_dropped(metrics: Metrics, count: int, reason: str) -> None:
+    """EventLog drop callback (runs on its writer thread): a metric and a log line."""
+    metrics.events_dropped.inc_by_reason(count, reason)
+    log_event(log, "event_log_dropped", logging.ERROR, count=count, reason=reason)
+
+
+async def _loop_lag(app: web.Application) -> AsyncIterator[None]:
+    """Sample how late the event loop wakes a 0.5 s timer: the lag every request also sees."""
+    metrics = app[RUNTIME].metrics
+    loop = asyncio.get_running_loop()
+
+    async def sample() -> None:
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.5)
+            metrics.loop_lag.observe(max(0.0, loop.time() - t - 0.5))
+
+    task = asyncio.create_task(sample(), name="loop-lag")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
@@ -538,9 +649,9 @@ def reload_from_signal(rt: Runtime) -> None:
         snap = rt.service.reload_catalog()
     except (CatalogError, OSError) as e:
         problems = [str(i) for i in e.errors] if isinstance(e, CatalogError) else [str(e)]
-        log.error(json.dumps({"event": "catalog_reload_rejected", "problems": problems[:50]}))
+        log_event(log, "catalog_reload_rejected", logging.ERROR, problems=problems[:50])
         return
-    log.info(json.dumps({"event": "catalog_reloaded", "version": snap.catalog.version}))
+    log_event(log, "catalog_reloaded", version=snap.catalog.version)
 
 
 async def _sighup(app: web.Application) -> AsyncIterator[None]:

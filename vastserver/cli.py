@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
 import multiprocessing
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from vastserver.logs import configure as configure_logs
+from vastserver.logs import event
 from vastserver.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("vastserver")
@@ -60,7 +63,32 @@ def _run_worker(settings: Settings, sock: socket.socket) -> None:
     # Everything loaded at start-up is long-lived: keep it out of the GC's generations.
     gc.collect()
     gc.freeze()
-    web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
+    asyncio.run(_serve_until_signal(app, sock, settings))
+
+
+async def _serve_until_signal(
+    app: web.Application, sock: socket.socket, settings: Settings
+) -> None:
+    """Serve until SIGTERM/SIGINT, then shut down gracefully: /readyz turns false at once (so a
+    load balancer stops sending), the listener closes after ``drain`` seconds, in-flight
+    requests finish, and the cleanup contexts flush the event log and close the store."""
+    from vastserver.app import RUNTIME
+
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    rt = app[RUNTIME]
+    rt.ready = False
+    event(log, "draining", seconds=settings.drain_s, in_flight=rt.in_flight)
+    await asyncio.sleep(settings.drain_s)
+    await runner.cleanup()
+    event(log, "stopped")
 
 
 def serve(argv: Sequence[str]) -> int:
@@ -79,12 +107,12 @@ def serve(argv: Sequence[str]) -> int:
     except OSError as e:
         print(f"cannot listen on {settings.host}:{settings.port}: {e}", file=sys.stderr)
         return 2
-    log.info(
-        "serving on http://%s:%d (public %s, %d worker(s))",
-        settings.host,
-        sock.getsockname()[1],
-        settings.public_url,
-        settings.workers,
+    event(
+        log,
+        "listening",
+        url=f"http://{settings.host}:{sock.getsockname()[1]}",
+        public_url=settings.public_url,
+        workers=settings.workers,
     )
     if settings.workers == 1:
         _run_worker(settings, sock)
@@ -113,11 +141,7 @@ def serve(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=os.environ.get("VASTSERVER_LOG_LEVEL", "INFO"),
-        format="%(message)s",
-        stream=sys.stderr,
-    )
+    configure_logs(os.environ.get("VASTSERVER_LOG_LEVEL", "INFO"))
     if not argv or argv[0] in ("-h", "--help"):
         print(
             "usage: vastserver {serve,gen-catalog,report} ...\n\n"

@@ -152,32 +152,42 @@ class DeliveryControl:
         (one ``history``), issued concurrently."""
         exposure = exposure_read(viewer)
         reads = [*reads_for(cands, viewer, now), exposure]
-        counts: dict[Read, int] = {}
-        exhausted = self.exhausted
-        entries: list[str] = []
-        read_task = self.store.read(reads, now.timestamp())
         try:
             if session:
                 values, entries = await asyncio.gather(
-                    read_task, self.store.history(history_key(session))
+                    self.store.read(reads, now.timestamp()),
+                    self.store.history(history_key(session)),
                 )
             else:
-                values = await read_task
-            counts = dict(zip(reads, values, strict=True))
+                values, entries = await self.store.read(reads, now.timestamp()), []
         except StoreUnavailable:
             self._store_error()
-            # caps fail open (no counts); budgets fail closed; separation fails open
-            exhausted = exhausted | {c.line_item.id for c in cands if _has_budget(c)}
+            return self.degraded(cands, viewer, now)
+        counts = dict(zip(reads, values, strict=True))
         gate = CountsGate(
             counts=counts,
             viewer=viewer,
             now=now,
             throttle=self.throttle,
             rng=self.rng,
-            exhausted=exhausted,
+            exhausted=self.exhausted,
         )
         creatives, comps = recent_from_history(entries, avail, now.timestamp(), self.separation)
         return Prefetched(gate, counts.get(exposure, 0), creatives, comps)
+
+    def degraded(self, cands: Sequence[Candidate], viewer: Viewer, now: datetime) -> Prefetched:
+        """No counters (store down or too slow): caps and stream separation fail open,
+        budgeted line items fail closed."""
+        exhausted = self.exhausted | {c.line_item.id for c in cands if _has_budget(c)}
+        gate = CountsGate(
+            counts={},
+            viewer=viewer,
+            now=now,
+            throttle=self.throttle,
+            rng=self.rng,
+            exhausted=exhausted,
+        )
+        return Prefetched(gate, 0, frozenset(), frozenset())
 
     async def remember(self, d: Decision) -> None:
         """Add a decided break to its session's history (stream-level separation)."""
@@ -196,8 +206,9 @@ class DeliveryControl:
         except StoreUnavailable:
             self._store_error()
 
-    async def commit(self, d: Decision, viewer: Viewer) -> Decision:
-        """Reserve caps and budgets for the chosen ads; drop any that lost a race."""
+    async def commit(self, d: Decision, viewer: Viewer, within: float | None = None) -> Decision:
+        """Reserve caps and budgets for the chosen ads; drop any that lost a race. A store
+        failure or a commit slower than ``within`` seconds applies the failure policy."""
         if not d.ads:
             return d
         now = d.now
@@ -213,9 +224,9 @@ class DeliveryControl:
             )
             batch.append(Guarded(guards, incrs))
         try:
-            ok = await self.store.commit(batch, now.timestamp())
-        except StoreUnavailable:
-            self._store_error()
+            ok = await asyncio.wait_for(self.store.commit(batch, now.timestamp()), within)
+        except (StoreUnavailable, TimeoutError):
+            self._store_error("commit")
             # Caps fail open; budgeted line items fail closed.
             ok = [not _has_budget(ad.candidate) for ad in d.ads]
         if all(ok):

@@ -7,9 +7,10 @@ from typing import Any
 from vastserver.pipeline.decide import Decision
 
 
-def decision_json(d: Decision) -> dict[str, Any]:
+def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
     b = d.request.brk
     return {
+        "request_id": request_id,
         "break": {
             "position": b.position.value,
             "pod_duration_ms": b.pod_duration_ms,

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from vastserver.pipeline.reasons import Reason
 
@@ -94,6 +101,48 @@ class Metrics:
             "vastserver_store_errors_total",
             "State-store calls that failed (fail-open/closed policy applied)",
             ["op"],
+            registry=r,
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory...
+        self.in_flight = Gauge(
+            "vastserver_in_flight_requests", "Decision requests being served now", registry=r
+        )
+        self.shed = Counter(
+            "vastserver_shed_total",
+            "Requests answered at once with a no-fill because too many were in flight",
+            ["endpoint"],
+            registry=r,
+        )
+        self.degradations = Counter(
+            "vastserver_degradations_total",
+            "Decisions that degraded to meet their deadline or survive a fault, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "vastserver_store_seconds",
+            "State-store call latency by operation",
+            ["op"],
+            buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.model_seconds = Histogram(
+            "vastserver_model_seconds",
+            "Scoring latency per request (one batched call)",
+            ["scorer"],
+            buckets=(0.0001, 0.0003, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "vastserver_event_loop_lag_seconds",
+            "How late the event loop runs a timer (sampled every 0.5 s)",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "vastserver_model_info",
+            "The scorer serving decisions (1 for the active one)",
+            ["scorer", "version"],
             registry=r,
         )
         for reason in Reason:

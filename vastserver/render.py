@@ -358,6 +358,25 @@ class Renderer:
             ),
         )
 
+    def empty_vast(self, reason: str, version: str = "4.2") -> str:
+        """A valid no-fill VAST without a decision (load shedding, internal errors)."""
+        vm = VastVM(
+            version=version,
+            v4=True,
+            v41=True,
+            v3=False,
+            sequenced=True,
+            ad_system_version=__version__,
+            ads=(),
+            error_url=_cdata(self.urls.no_ad_error(reason)),
+            debug_json=None,
+            debug_comment=None,
+        )
+        return self.vast_template.render(vm=vm, declaration=True)
+
+    def empty_vmap(self) -> str:
+        return self.vmap_template.render(breaks=[])
+
     # ------------------------------------------------------------------ VMAP
 
     def vmap_tags(

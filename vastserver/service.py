@@ -5,10 +5,12 @@ Data flows one way: request -> retrieve candidates -> (counters) -> pure ``decid
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +26,7 @@ from vastserver.pipeline.delivery import Viewer
 from vastserver.pipeline.matching import CatalogIndex, build_index
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.schedule import PlannedBreak
-from vastserver.pipeline.scoring import PriceScorer, Scorer
+from vastserver.pipeline.scoring import PriceScorer, Scorer, ScoringContext
 from vastserver.pipeline.stages import DELIVERY_FILTERS, PRE_DELIVERY_FILTERS, StageEnv
 from vastserver.records import EventSink, NullSink, decision_record
 from vastserver.tracking import Keyring, new_ad_serving_id, viewer_hash
@@ -44,6 +46,32 @@ class Snapshot:
 
 def build_snapshot(catalog: Catalog, source: str, now: datetime) -> Snapshot:
     return Snapshot(catalog=catalog, index=build_index(catalog), source=source, loaded_at=now)
+
+
+MIN_STORE_WAIT_S = 0.005
+"""A store call always gets at least this long, even past the deadline (a reservation that
+never reaches the store would let a cap overshoot)."""
+SCORING_RESERVE_S = 0.002
+"""Score with the model only if at least this much of the deadline is left."""
+
+
+class TimedScorer:
+    """Times each batched prediction for the model latency metric."""
+
+    def __init__(self, inner: Scorer, metrics: Metrics) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.version = inner.version
+        self._hist = metrics.model_seconds.labels(inner.name)
+
+    def predict(
+        self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
+    ) -> list[float]:
+        t = time.perf_counter()
+        try:
+            return self.inner.predict(req, cands, ctx)
+        finally:
+            self._hist.observe(time.perf_counter() - t)
 
 
 class AdService:
@@ -68,6 +96,9 @@ class AdService:
         self.delivery = delivery
         self.rng = rng
         self.scorer: Scorer = scorer or PriceScorer()
+        self._fallback: Scorer = PriceScorer()
+        self._timed: Scorer = TimedScorer(self.scorer, metrics)
+        metrics.model_info.labels(self.scorer.name, self.scorer.version).set(1)
         self.events: EventSink = events or NullSink()
         self._set_catalog_metric(snapshot)
 
@@ -116,18 +147,34 @@ class AdService:
         *,
         request_id: str | None = None,
         explain: bool = False,
+        deadline: float | None = None,
     ) -> Decision:
         """retrieve -> pure filters -> counters (one store round trip) -> delivery filter,
-        score, pod -> reserve (one round trip) -> ad serving ids -> metrics and event log."""
+        score, pod -> reserve (one round trip) -> ad serving ids -> metrics and event log.
+
+        ``deadline`` (event-loop time) bounds the store calls; when it runs short the decision
+        degrades instead of waiting: counters missing -> the store failure policy (caps open,
+        budgets closed); no time left to score -> price-only values; a slow reservation ->
+        budgeted ads dropped. Each degradation is counted by reason."""
+        loop = asyncio.get_running_loop()
+
+        def left(floor: float = 0.0) -> float | None:
+            return None if deadline is None else max(floor, deadline - loop.time())
+
         snap = self._snapshot
         now = self.clock()
         env = self._env(req, now)
         kept, dropped = snap.index.select(req, env, self.candidate_limit)
         vh = viewer_hash(req.viewer_key(), self.keyring)
         viewer = Viewer.of(req, vh)
-        pre = await self.delivery.prefetch(
-            kept, viewer, now, session=req.session, avail=req.brk.avail
-        )
+        try:
+            pre = await asyncio.wait_for(
+                self.delivery.prefetch(kept, viewer, now, session=req.session, avail=req.brk.avail),
+                left(MIN_STORE_WAIT_S),
+            )
+        except TimeoutError:
+            self.metrics.degradations.labels("store_timeout").inc()
+            pre = self.delivery.degraded(kept, viewer, now)
         env = replace(
             env,
             gate=pre.gate,
@@ -139,9 +186,20 @@ class AdService:
         prior: tuple[Trace, ...] = ()
         if explain or req.debug:
             prior = self._explain_dropped(req, env, kept)
-        d = decide(req, kept, env, scorer=self.scorer, filters=DELIVERY_FILTERS, prior=prior)
-        d = await self.delivery.commit(d, viewer)
-        await self.delivery.remember(d)
+        scorer = self._timed
+        remaining = left()
+        if remaining is not None and remaining < SCORING_RESERVE_S:
+            self.metrics.degradations.labels("scoring_skipped").inc()
+            scorer = self._fallback
+        d = decide(req, kept, env, scorer=scorer, filters=DELIVERY_FILTERS, prior=prior)
+        before = len(d.ads)
+        d = await self.delivery.commit(d, viewer, within=left(MIN_STORE_WAIT_S))
+        if len(d.ads) < before and self.delivery.store_errors:
+            self.metrics.degradations.labels("commit_failed").inc()
+        try:
+            await asyncio.wait_for(self.delivery.remember(d), left(MIN_STORE_WAIT_S))
+        except TimeoutError:
+            self.metrics.degradations.labels("history_timeout").inc()
         d = replace(
             d,
             viewer_hash=vh,
@@ -149,13 +207,23 @@ class AdService:
         )
         self._observe(d, dropped if not prior else {})
         self.delivery.note_rejections(d)
-        self.events.append(decision_record(d, request_id=request_id, arm=None, model_version=None))
+        self.events.append(
+            decision_record(
+                d, request_id=request_id, arm=None, model_version=getattr(scorer, "version", None)
+            )
+        )
         return d
 
-    async def decide_stream(self, base: AdRequest, breaks: list[PlannedBreak]) -> list[Decision]:
-        """Decide every break of a stream in order. Each decision lands in the session's
-        history before the next is made, so stream-level separation applies across them."""
-        return [await self.decide(replace(base, brk=break_spec(b, base.brk))) for b in breaks]
+    async def decide_stream(
+        self, base: AdRequest, breaks: list[PlannedBreak], *, deadline: float | None = None
+    ) -> list[Decision]:
+        """Decide every break of a stream in order (sharing one deadline). Each decision lands
+        in the session's history before the next is made, so stream-level separation applies
+        across them."""
+        return [
+            await self.decide(replace(base, brk=break_spec(b, base.brk)), deadline=deadline)
+            for b in breaks
+        ]
 
     def _explain_dropped(
         self, req: AdRequest, env: StageEnv, kept: list[Candidate]

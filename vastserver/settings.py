@@ -66,6 +66,14 @@ class Settings:
     """...nor within this many minutes of the same session."""
     competitive_separation_breaks: int = 1
     """A competitive category sits out this many breaks after it played."""
+    deadline_ms: int = 150
+    """Time budget of one /vast, /vmap or /decide request; past it the decision degrades."""
+    max_in_flight: int = 256
+    """Decision requests served at once; beyond it requests are shed with a no-fill."""
+    drain_s: float = 2.0
+    """On SIGTERM: seconds between turning /readyz false and closing the listener."""
+    candidate_limit: int = 200
+    """Most candidates scored per request (best by price x tier; the rest are outranked)."""
     progress_offsets_s: tuple[float, ...] = ()
     """Extra ``progress`` tracking points (seconds into each ad), e.g. ``(2.0, 10.0)``."""
     ephemeral_secret: bool = field(default=False, compare=False)
@@ -193,6 +201,27 @@ def load_settings(
         100,
     )
 
+    deadline_ms = _int(
+        problems, "VASTSERVER_DEADLINE_MS", pick("deadline_ms", "VASTSERVER_DEADLINE_MS"), 5, 10_000
+    )
+    max_in_flight = _int(
+        problems,
+        "VASTSERVER_MAX_IN_FLIGHT",
+        pick("max_in_flight", "VASTSERVER_MAX_IN_FLIGHT"),
+        1,
+        100_000,
+    )
+    drain_ms = _int(
+        problems, "VASTSERVER_DRAIN_MS", pick("drain_ms", "VASTSERVER_DRAIN_MS"), 0, 120_000
+    )
+    candidate_limit = _int(
+        problems,
+        "VASTSERVER_CANDIDATE_LIMIT",
+        pick("candidate_limit", "VASTSERVER_CANDIDATE_LIMIT"),
+        1,
+        100_000,
+    )
+
     progress: list[float] = []
     progress_raw = pick("progress_offsets", "VASTSERVER_PROGRESS_OFFSETS")
     if progress_raw:
@@ -229,6 +258,10 @@ def load_settings(
         token_max_age_s=max_age or 24 * 3600,
         require_https_media=require_https,
         progress_offsets_s=tuple(sorted(set(progress))),
+        deadline_ms=150 if deadline_ms is None else deadline_ms,
+        max_in_flight=256 if max_in_flight is None else max_in_flight,
+        drain_s=2.0 if drain_ms is None else drain_ms / 1000,
+        candidate_limit=200 if candidate_limit is None else candidate_limit,
         event_log_dir=event_dir,
         geo_path=geo_path,
         event_log_commit_ms=commit_ms or 50,

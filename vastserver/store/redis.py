@@ -134,7 +134,7 @@ class RedisStore:
         url: str,
         *,
         prefix: str = "vs:",
-        socket_timeout: float = 0.25,
+        socket_timeout: float = 1.0,
         max_connections: int = 64,
         pool_timeout: float = 1.0,
     ) -> None:

@@ -1,0 +1,248 @@
+"""Deadlines, load shedding, faults while serving, hostile input, request ids, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import random
+import signal
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from lxml import etree
+
+from tests.conftest import ClientFactory, make_settings
+from tests.test_cli import Server, _env, _get
+from vastserver.app import RUNTIME
+from vastserver.catalog.model import AdRules
+from vastserver.eventlog import read_events
+from vastserver.params import ClientInfo, ParamError, parse_vast_request, parse_vmap_query
+
+NS = {"v": "http://www.iab.com/VAST"}
+VAST_PARAMS = [
+    "pod_duration", "poddur", "max_ads", "maxseq", "min_ad_duration", "max_ad_duration",
+    "required_durations", "rqddurs", "break", "avail", "session", "device_id", "ifa_type", "lmt",
+    "device_type", "platform", "country", "region", "dma", "language", "content_id", "genre",
+    "rating", "live", "series", "channel", "kids", "segments", "bcat", "badv", "placement",
+    "vast", "debug", "kv_show",
+]  # fmt: skip
+VMAP_PARAMS = [
+    "content_duration", "cue_points", "midroll_interval", "preroll", "postroll",
+    "preroll_duration", "midroll_duration", "postroll_duration", "inline",
+]  # fmt: skip
+
+
+def _metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# ----------------------------------------------------------------------------- deadlines
+
+
+async def test_hanging_store_degrades_instead_of_hanging(make_client: ClientFactory) -> None:
+    client: Any = await make_client(deadline_ms=50)
+    rt = client.server.app[RUNTIME]
+
+    async def hang(*args: Any, **kw: Any) -> Any:
+        await asyncio.sleep(30)
+
+    rt.store.inner.read = hang
+    rt.store.inner.commit = hang
+    rt.store.inner.push_history = hang
+    resp = await asyncio.wait_for(client.get("/vast?pod_duration=60&session=s1"), 10)
+    assert resp.status == 200
+    root = etree.fromstring(await resp.read())
+    assert root.findall("v:Ad", NS), "caps fail open: the pod still fills"
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, 'vastserver_degradations_total{reason="store_timeout"}') == 1
+    assert _metric(text, 'vastserver_degradations_total{reason="history_timeout"}') == 1
+
+
+async def test_internal_error_is_a_no_fill_not_a_500(make_client: ClientFactory) -> None:
+    client: Any = await make_client()
+    rt = client.server.app[RUNTIME]
+
+    async def boom(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("bug")
+
+    rt.service.decide = boom
+    resp = await client.get("/vast")
+    assert resp.status == 200
+    root = etree.fromstring(await resp.read())
+    assert root.findall("v:Ad", NS) == [] and root.find("v:Error", NS) is not None
+    assert (await client.get("/decide")).status == 503
+    vmap = await client.get("/vmap?content_duration=600&inline=1")
+    assert vmap.status == 200 and b"vmap:VMAP" in await vmap.read()
+
+
+# ----------------------------------------------------------------------------- overload
+
+
+async def test_overload_sheds_with_no_fill(make_client: ClientFactory) -> None:
+    client: Any = await make_client(max_in_flight=2)
+    rt = client.server.app[RUNTIME]
+    real = rt.service.decide
+    gate = asyncio.Event()
+
+    async def slow(*args: Any, **kw: Any) -> Any:
+        await gate.wait()
+        return await real(*args, **kw)
+
+    rt.service.decide = slow
+    pending = [asyncio.create_task(client.get("/vast?pod_duration=30")) for _ in range(2)]
+    await asyncio.sleep(0.2)
+    shed = [await client.get("/vast?pod_duration=30") for _ in range(3)]
+    for r in shed:
+        assert r.status == 200
+        assert etree.fromstring(await r.read()).findall("v:Ad", NS) == []
+    gate.set()
+    done = await asyncio.gather(*pending)
+    assert all(r.status == 200 for r in done)
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, 'vastserver_shed_total{endpoint="vast"}') == 3
+    assert _metric(text, "vastserver_in_flight_requests") == 0
+
+
+# ----------------------------------------------------------------------------- disk full
+
+
+async def test_disk_full_event_log_keeps_serving(
+    make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client: Any = await make_client(event_log=str(tmp_path))
+    rt = client.server.app[RUNTIME]
+    full = True
+
+    def write(fd: int, data: Any) -> int:
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, data)
+
+    rt.events._os_write = write  # the writer's I/O hook: a full disk, then a recovered one
+    for i in range(5):
+        assert (await client.get(f"/vast?pod_duration=30&device_id=d{i}")).status == 200
+    await asyncio.sleep(0.3)
+    assert rt.events.stats()["pending"] >= 5
+    full = False
+    await client.close()  # shutdown flushes what was buffered
+    decisions = [r for r in read_events([tmp_path]) if r["type"] == "decision"]
+    assert len(decisions) == 5
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(VAST_PARAMS + VMAP_PARAMS + ["x", "kv_", "kv_a"]),
+        st.text(max_size=80),
+        max_size=12,
+    )
+)
+def test_query_parsing_raises_only_param_errors(q: dict[str, str]) -> None:
+    client = ClientInfo("203.0.113.1", "ua", "203.0.113.1", "ua")
+    try:
+        parse_vast_request(q, client, AdRules())
+    except ParamError as e:
+        assert e.field and e.why
+    try:
+        parse_vmap_query(q)
+    except ParamError as e:
+        assert e.field and e.why
+
+
+async def test_garbage_over_http_never_500(client: Any) -> None:
+    rng = random.Random(99)
+    alphabet = string.printable + "é中\u202e%&=;"
+    for i in range(250):
+        q = {
+            rng.choice(VAST_PARAMS + VMAP_PARAMS): "".join(
+                rng.choice(alphabet) for _ in range(rng.randint(0, 40))
+            )
+            for _ in range(rng.randint(1, 6))
+        }
+        path = rng.choice(["/vast", "/vmap", "/decide"])
+        resp = await client.get(path, params=q)
+        assert resp.status in (200, 400), (i, path, q, resp.status)
+    for body in (
+        b"{",
+        b"[]",
+        b'{"id": 1}',
+        b"\xff\xfe",
+        b"{}" * 1000,
+        json.dumps({"imp": []}).encode(),
+    ):
+        resp = await client.post("/openrtb2/pod", data=body)
+        assert resp.status == 400
+    big = b"{" + b'"a":1,' * 100_000 + b'"b":1}'
+    assert (await client.post("/openrtb2/pod", data=big)).status == 413
+
+
+async def test_request_id_echoed_and_in_debug(client: Any) -> None:
+    resp = await client.get("/vast?pod_duration=60&debug=1", headers={"X-Request-Id": "abc-123"})
+    assert resp.headers["X-Request-Id"] == "abc-123"
+    root = etree.fromstring(await resp.read())
+    ext = root.find(".//v:Extension[@type='vastserver-debug']/v:Explanation", NS)
+    assert json.loads(ext.text)["request_id"] == "abc-123"
+    weird = await client.get("/vast", headers={"X-Request-Id": "<script>" * 20})
+    rid = weird.headers["X-Request-Id"]
+    assert rid != "<script>" * 20 and len(rid) == 16
+
+
+def test_logs_are_json_lines_with_request_id(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from vastserver.logs import REQUEST_ID, JsonFormatter, event
+
+    logger = logging.getLogger("vastserver.test")
+    token = REQUEST_ID.set("rid-1")
+    try:
+        with caplog.at_level(logging.INFO, logger="vastserver.test"):
+            event(logger, "beacon_rejected", why='quote " and \n newline')
+    finally:
+        REQUEST_ID.reset(token)
+    line = JsonFormatter().format(caplog.records[0])
+    data = json.loads(line)
+    assert "\n" not in line
+    assert data["event"] == "beacon_rejected" and data["why"].endswith("newline")
+
+
+# ----------------------------------------------------------------------------- shutdown
+
+
+def test_sigterm_drains_then_flushes(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    srv = Server("--event-log", str(events), env=_env(VASTSERVER_DRAIN_MS="1500"))
+    try:
+        srv.wait_ready()
+        for i in range(5):
+            assert _get(f"{srv.base}/vast?pod_duration=30&device_id=t{i}")[0] == 200
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        try:
+            status = _get(f"{srv.base}/readyz")[0]
+        except OSError:
+            status = -1
+        assert status == 503, "readiness must turn false while draining"
+        assert srv.proc.wait(20) == 0
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+    decisions = [r for r in read_events([events]) if r["type"] == "decision"]
+    assert len(decisions) == 5
+
+
+def test_settings_validation(tmp_path: Path) -> None:
+    s = make_settings(deadline_ms="40", max_in_flight="7", drain_ms="0")
+    assert (s.deadline_ms, s.max_in_flight, s.drain_s) == (40, 7, 0.0)

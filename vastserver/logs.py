@@ -1,0 +1,82 @@
+"""Structured JSON logs: one object per line, with the request id of the request being served.
+
+``event(logger, "name", field=value, ...)`` logs a structured event; every value is JSON
+encoded, so nothing a client sent can break a line or forge another. Hot paths log through a
+:class:`Sampler` so a flood of identical events costs little and cannot fill the disk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextvars import ContextVar
+from typing import Any
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("vastserver_request_id", default=None)
+MAX_FIELD = 512
+
+
+def _clip(v: Any) -> Any:
+    if isinstance(v, str) and len(v) > MAX_FIELD:
+        return v[:MAX_FIELD] + "..."
+    return v
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update({k: _clip(v) for k, v in fields.items()})
+        else:
+            out["msg"] = _clip(record.getMessage())
+        rid = REQUEST_ID.get()
+        if rid is not None and "request_id" not in out:
+            out["request_id"] = rid
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=True, default=str, separators=(",", ":"))
+
+
+def configure(level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def event(
+    logger: logging.Logger,
+    name: str,
+    level: int = logging.INFO,
+    *,
+    exc_info: bool = False,
+    **fields: Any,
+) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, name, exc_info=exc_info, extra={"fields": {"event": name, **fields}})
+
+
+class Sampler:
+    """Let through the first ``burst`` events of each second, then one in ``every``."""
+
+    def __init__(self, every: int = 100, burst: int = 10) -> None:
+        self.every = every
+        self.burst = burst
+        self._second = 0
+        self._count = 0
+
+    def __call__(self) -> bool:
+        now = int(time.monotonic())
+        if now != self._second:
+            self._second, self._count = now, 0
+        self._count += 1
+        return self._count <= self.burst or self._count % self.every == 0

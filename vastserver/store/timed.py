@@ -1,0 +1,72 @@
+"""A Store wrapper that reports how long each call takes (for the store latency metric)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from .base import Guarded, Incr, Read, Store
+
+
+class TimedStore:
+    def __init__(self, inner: Store, observe: Callable[[str, float], None]) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._observe = observe
+
+    async def read(self, reads: Sequence[Read], now: float) -> list[int]:
+        t = time.perf_counter()
+        try:
+            return await self.inner.read(reads, now)
+        finally:
+            self._observe("read", time.perf_counter() - t)
+
+    async def add(self, incrs: Sequence[Incr], now: float) -> None:
+        t = time.perf_counter()
+        try:
+            await self.inner.add(incrs, now)
+        finally:
+            self._observe("add", time.perf_counter() - t)
+
+    async def commit(self, batch: Sequence[Guarded], now: float) -> list[bool]:
+        t = time.perf_counter()
+        try:
+            return await self.inner.commit(batch, now)
+        finally:
+            self._observe("commit", time.perf_counter() - t)
+
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        t = time.perf_counter()
+        try:
+            return await self.inner.claim(key, ttl_s)
+        finally:
+            self._observe("claim", time.perf_counter() - t)
+
+    async def claim_many(self, keys: Sequence[str], ttl_s: int) -> list[bool]:
+        t = time.perf_counter()
+        try:
+            return await self.inner.claim_many(keys, ttl_s)
+        finally:
+            self._observe("claim", time.perf_counter() - t)
+
+    async def history(self, key: str) -> list[str]:
+        t = time.perf_counter()
+        try:
+            return await self.inner.history(key)
+        finally:
+            self._observe("history", time.perf_counter() - t)
+
+    async def push_history(
+        self, key: str, entries: Sequence[str], *, keep: int, ttl_s: int
+    ) -> None:
+        t = time.perf_counter()
+        try:
+            await self.inner.push_history(key, entries, keep=keep, ttl_s=ttl_s)
+        finally:
+            self._observe("push_history", time.perf_counter() - t)
+
+    async def ping(self) -> bool:
+        return await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
