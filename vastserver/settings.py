@@ -106,6 +106,10 @@ def load_settings(
             return str(v)
         return env.get(env_name) or None
 
+    def integer(key: str, env_name: str, lo: int, hi: int, default: int) -> int:
+        v = _int(problems, env_name, pick(key, env_name), lo, hi)
+        return default if v is None else v
+
     host = pick("host", "VASTSERVER_HOST") or "127.0.0.1"
     port = _int(problems, "port (VASTSERVER_PORT)", pick("port", "VASTSERVER_PORT"), 0, 65535)
     workers = _int(
@@ -148,13 +152,7 @@ def load_settings(
     redis_url = pick("redis", "VASTSERVER_REDIS_URL")
     if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         problems.append(f"VASTSERVER_REDIS_URL: must be a redis:// URL, got {redis_url!r}")
-    max_age = _int(
-        problems,
-        "VASTSERVER_TOKEN_MAX_AGE",
-        pick("token_max_age", "VASTSERVER_TOKEN_MAX_AGE"),
-        60,
-        30 * 24 * 3600,
-    )
+    max_age = integer("token_max_age", "VASTSERVER_TOKEN_MAX_AGE", 60, 30 * 86400, 86400)
     https_raw = pick("require_https_media", "VASTSERVER_REQUIRE_HTTPS_MEDIA")
     require_https = True
     if https_raw is not None:
@@ -171,56 +169,18 @@ def load_settings(
     event_dir: Path | None = PROJECT_ROOT / "var" / "events"
     if event_dir_raw is not None:
         event_dir = None if event_dir_raw.lower() in ("", "off", "none") else Path(event_dir_raw)
-    commit_ms = _int(
-        problems,
-        "VASTSERVER_EVENT_LOG_COMMIT_MS",
-        pick("event_log_commit_ms", "VASTSERVER_EVENT_LOG_COMMIT_MS"),
-        1,
-        10_000,
+    commit_ms = integer("event_log_commit_ms", "VASTSERVER_EVENT_LOG_COMMIT_MS", 1, 10_000, 50)
+
+    sep_breaks = integer("separation_breaks", "VASTSERVER_SEPARATION_BREAKS", 0, 100, 3)
+    sep_minutes = integer("separation_minutes", "VASTSERVER_SEPARATION_MINUTES", 0, 1440, 30)
+    comp_breaks = integer(
+        "competitive_separation_breaks", "VASTSERVER_COMPETITIVE_SEPARATION_BREAKS", 0, 100, 1
     )
 
-    sep_breaks = _int(
-        problems,
-        "VASTSERVER_SEPARATION_BREAKS",
-        pick("separation_breaks", "VASTSERVER_SEPARATION_BREAKS"),
-        0,
-        100,
-    )
-    sep_minutes = _int(
-        problems,
-        "VASTSERVER_SEPARATION_MINUTES",
-        pick("separation_minutes", "VASTSERVER_SEPARATION_MINUTES"),
-        0,
-        24 * 60,
-    )
-    comp_breaks = _int(
-        problems,
-        "VASTSERVER_COMPETITIVE_SEPARATION_BREAKS",
-        pick("competitive_separation_breaks", "VASTSERVER_COMPETITIVE_SEPARATION_BREAKS"),
-        0,
-        100,
-    )
-
-    deadline_ms = _int(
-        problems, "VASTSERVER_DEADLINE_MS", pick("deadline_ms", "VASTSERVER_DEADLINE_MS"), 5, 10_000
-    )
-    max_in_flight = _int(
-        problems,
-        "VASTSERVER_MAX_IN_FLIGHT",
-        pick("max_in_flight", "VASTSERVER_MAX_IN_FLIGHT"),
-        1,
-        100_000,
-    )
-    drain_ms = _int(
-        problems, "VASTSERVER_DRAIN_MS", pick("drain_ms", "VASTSERVER_DRAIN_MS"), 0, 120_000
-    )
-    candidate_limit = _int(
-        problems,
-        "VASTSERVER_CANDIDATE_LIMIT",
-        pick("candidate_limit", "VASTSERVER_CANDIDATE_LIMIT"),
-        1,
-        100_000,
-    )
+    deadline_ms = integer("deadline_ms", "VASTSERVER_DEADLINE_MS", 5, 10_000, 150)
+    max_in_flight = integer("max_in_flight", "VASTSERVER_MAX_IN_FLIGHT", 1, 100_000, 256)
+    drain_ms = integer("drain_ms", "VASTSERVER_DRAIN_MS", 0, 120_000, 2000)
+    candidate_limit = integer("candidate_limit", "VASTSERVER_CANDIDATE_LIMIT", 1, 100_000, 200)
 
     progress: list[float] = []
     progress_raw = pick("progress_offsets", "VASTSERVER_PROGRESS_OFFSETS")
@@ -255,18 +215,18 @@ def load_settings(
         catalog_path=catalog,
         model_path=model,
         redis_url=redis_url,
-        token_max_age_s=max_age or 24 * 3600,
+        token_max_age_s=max_age,
         require_https_media=require_https,
         progress_offsets_s=tuple(sorted(set(progress))),
-        deadline_ms=150 if deadline_ms is None else deadline_ms,
-        max_in_flight=256 if max_in_flight is None else max_in_flight,
-        drain_s=2.0 if drain_ms is None else drain_ms / 1000,
-        candidate_limit=200 if candidate_limit is None else candidate_limit,
+        deadline_ms=deadline_ms,
+        max_in_flight=max_in_flight,
+        drain_s=drain_ms / 1000,
+        candidate_limit=candidate_limit,
         event_log_dir=event_dir,
         geo_path=geo_path,
-        event_log_commit_ms=commit_ms or 50,
-        separation_breaks=3 if sep_breaks is None else sep_breaks,
-        separation_minutes=30 if sep_minutes is None else sep_minutes,
-        competitive_separation_breaks=1 if comp_breaks is None else comp_breaks,
+        event_log_commit_ms=commit_ms,
+        separation_breaks=sep_breaks,
+        separation_minutes=sep_minutes,
+        competitive_separation_breaks=comp_breaks,
         ephemeral_secret=ephemeral,
     )
