@@ -1,0 +1,192 @@
+"""Training: labels from counted beacons, time hold-out, beats the no-skill baseline."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from vastserver.catalog.load import load_catalog
+from vastserver.ml.model import ModelBundle
+from vastserver.ml.synth import SynthConfig, generate_events
+from vastserver.ml.train import (
+    TrainConfig,
+    auc,
+    calibration,
+    load_dataset,
+    log_loss,
+    main_train,
+    train_bundle,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CATALOG = ROOT / "fixtures" / "demo-catalog.json"
+
+MIN_AUC = 0.62
+MIN_LOG_LOSS_GAIN = 0.03
+"""Hold-out margins over the no-skill baseline. Over seeds 1-8 of this data size (and of 300
+sessions) the model scored AUC 0.69-0.79 and log loss 7-22 % below the baseline."""
+
+
+def test_auc_matches_pairwise_definition() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    p = np.round(rng.random(200), 1)  # many ties
+    pos, neg = p[y == 1], p[y == 0]
+    pairs = [(a > b) + 0.5 * (a == b) for a, b in product(pos, neg)]
+    assert auc(y, p) == pytest.approx(sum(pairs) / len(pairs))
+    assert auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert auc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]) == 0.0
+    assert np.isnan(auc([1, 1], [0.2, 0.3]))
+
+
+def test_log_loss_and_calibration() -> None:
+    assert log_loss([1, 0], [0.5, 0.5]) == pytest.approx(np.log(2))
+    assert log_loss([1], [1.0]) < 1e-12 and log_loss([1], [0.0]) < 40  # clipped, finite
+    y = [0] * 50 + [1] * 50
+    p = [i / 100 for i in range(100)]
+    table = calibration(y, p, bins=10)
+    assert len(table) == 10 and sum(b["count"] for b in table) == 100
+    assert table[0]["observed"] == 0.0 and table[-1]["observed"] == 1.0
+    assert table[0]["predicted"] == pytest.approx(0.045)
+
+
+def _write_log(path: Path, records: list[dict[str, Any]]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "events-20261101T000000-1-000001.jsonl", "w", encoding="utf-8") as f:
+        for i, r in enumerate(records):
+            f.write(json.dumps({"ts": 0.0, "seq": i, **r}) + "\n")
+
+
+def _decision(at: datetime, viewer: str, ads: list[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "type": "decision",
+        "at": at.isoformat(),
+        "viewer": viewer,
+        "ad_serving_ids": [sid for sid, _ in ads],
+        "context": {
+            "device_type": "ctv", "platform": "roku", "genres": ["drama"], "rating": "TV-PG",
+            "live": False, "break": "mid", "avail": 1, "pod_duration_ms": 60000, "max_ads": 3,
+        },
+        "ads": [
+            {"ad_serving_id": sid, "line_item_id": li, "creative_id": "cr", "slot": n + 1,
+             "pod_size": len(ads), "tier": "standard", "creative_duration_ms": 15000,
+             "categories": ["IAB2"], "competitive_category": "auto"}
+            for n, (sid, li) in enumerate(ads)
+        ],
+    }  # fmt: skip
+
+
+def _beacon(at: datetime, event: str, sid: str, li: str, counted: bool = True) -> dict[str, Any]:
+    return {
+        "type": "beacon", "at": at.isoformat(), "event": event, "counted": counted,
+        "result": "ok" if counted else "replay", "ad_serving_id": sid, "line_item_id": li,
+        "viewer": "v1",
+    }  # fmt: skip
+
+
+def test_labels_join_counted_beacons_and_history_is_strictly_before(tmp_path: Path) -> None:
+    t = datetime(2026, 11, 1, 20, 0, tzinfo=UTC)
+    s = timedelta(seconds=1)
+    recs = [
+        _decision(t, "v1", [("a1", "li-1"), ("a2", "li-2"), ("a3", "li-3")]),
+        _beacon(t + s, "impression", "a1", "li-1"),
+        _beacon(t + 2 * s, "complete", "a1", "li-1"),
+        _beacon(t + 3 * s, "impression", "a2", "li-2"),
+        _beacon(t + 4 * s, "complete", "a2", "li-2", counted=False),  # not counted: label 0
+        _beacon(t + 5 * s, "click", "a2", "li-2"),
+        _beacon(t + 6 * s, "impression", "zz", "li-9"),  # unknown ad: ignored for labels
+        # a3 never made an impression: not in the completion dataset
+        _decision(t + 6 * s, "v1", [("b1", "li-1")]),  # same time as a beacon: sees it not
+        _beacon(t + 7 * s, "impression", "b1", "li-1"),
+        {"type": "something-else", "at": "garbage"},
+        {"type": "decision", "at": "not a time"},  # malformed: skipped, counted
+    ]
+    _write_log(tmp_path / "ev", recs)
+    ds = load_dataset([tmp_path / "ev"])
+    assert ds.decisions == 2 and ds.ads_served == 4 and ds.skipped_records == 1
+    assert [(r.ad.creative_duration_ms, c, k) for r, c, k in zip(
+        ds.rows, ds.complete, ds.click, strict=True)] == [
+        (15000, 1, 0), (15000, 0, 1), (15000, 0, 0)]  # fmt: skip
+    assert [r.viewer_exposures for r in ds.rows] == [0, 0, 2]  # "zz" at t+6 s comes after b1
+    assert ds.max_time == (t + 7 * s).timestamp()
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    cat = load_catalog(DEMO_CATALOG)
+    out: dict[int, Path] = {}
+    for seed in (1, 2):
+        path = tmp_path_factory.mktemp(f"log{seed}") / "events"
+        generate_events(path, cat, SynthConfig(seed=seed, sessions=500, days=2))
+        out[seed] = path
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_model_beats_no_skill_baseline_on_holdout(
+    seed: int, logs: dict[int, Path], tmp_path: Path
+) -> None:
+    ds = load_dataset([logs[seed]])
+    metrics = train_bundle(ds, tmp_path / "bundle", TrainConfig(seed=seed))
+    h = metrics["completion"]["holdout"]
+    assert h["rows"] >= 400
+    assert h["model"]["auc"] >= MIN_AUC, h["model"]["auc"]
+    assert h["model"]["log_loss"] <= (1 - MIN_LOG_LOSS_GAIN) * h["baseline"]["log_loss"]
+    assert h["log_loss_improvement"] >= MIN_LOG_LOSS_GAIN
+    # roughly calibrated on the hold-out, and deciles ordered
+    table = h["model"]["calibration"]
+    mean_pred = sum(b["predicted"] * b["count"] for b in table) / h["rows"]
+    assert abs(mean_pred - h["observed_rate"]) < 0.08
+    assert table[-1]["observed"] > table[0]["observed"] + 0.2
+    assert "skipped" in metrics["click"]  # too few clicks at this size
+    # the hold-out is the latest 20 % by time
+    meta = json.loads((tmp_path / "bundle" / "metadata.json").read_text())
+    assert meta["data"]["train_time_range"][1] < meta["data"]["holdout_time_range"][0]
+    assert meta["data"]["holdout_rows"] == pytest.approx(0.2 * len(ds.rows), rel=0.05)
+
+
+def test_bundle_is_reproducible_and_loads(logs: dict[int, Path], tmp_path: Path) -> None:
+    ds = load_dataset([logs[1]])
+    for name in ("a", "b"):
+        train_bundle(ds, tmp_path / name, TrainConfig(seed=3))
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == ["metadata.json", "metrics.json", "model.ubj", "schema.json"]
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
+    assert meta["created_at"] == datetime.fromtimestamp(ds.max_time or 0, UTC).isoformat()
+    assert meta["schema_version"] == "features-v1" and meta["seed"] == 3
+    bundle = ModelBundle.load(tmp_path / "a")
+    assert bundle.version == meta["model_id"]
+    assert bundle.click_booster is None
+
+
+def test_click_model_trained_when_enough_clicks(logs: dict[int, Path], tmp_path: Path) -> None:
+    ds = load_dataset([logs[2]])
+    clicks = sum(ds.click)
+    assert 0 < clicks < 50
+    metrics = train_bundle(ds, tmp_path / "m", TrainConfig(seed=1, min_click_positives=3))
+    assert "holdout" in metrics["click"]
+    assert (tmp_path / "m" / "click_model.ubj").exists()
+    assert ModelBundle.load(tmp_path / "m").click_booster is not None
+    # retraining with the default threshold removes the stale click model
+    train_bundle(ds, tmp_path / "m", TrainConfig(seed=1))
+    assert not (tmp_path / "m" / "click_model.ubj").exists()
+
+
+def test_cli(logs: dict[int, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bundle"
+    assert main_train(["--events", str(logs[1]), "--out", str(out), "--seed", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "AUC" in err and "baseline" in err
+    assert ModelBundle.load(out).metadata["seed"] == 4
+    assert main_train(["--events", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main_train(["--events", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 1
+    assert main_train(["--events", str(logs[1]), "--out", str(out), "--holdout-frac", "1"]) == 2

@@ -1,0 +1,363 @@
+"""Model bundles and the model scorer used by the decision pipeline.
+
+:meth:`ModelBundle.load` validates a bundle directory written by ``vastserver train`` and
+raises :class:`ModelError` with a message fit for an operator when anything is off: a missing
+file, unreadable JSON, a feature schema of another version (``features.SCHEMA_VERSION``), a
+model file xgboost cannot parse (truncated, garbage), a feature count that does not match the
+schema, or a canary batch (rows built from the bundle's own vocabularies) that does not score
+finite values in [0, 1].
+
+:class:`ModelScorer` implements the pipeline's ``Scorer`` protocol: all candidates of a
+request are encoded into one float32 matrix (:class:`~vastserver.ml.features.ServingEncoder`)
+and scored with a single ``inplace_predict`` (no DMatrix per request) on a booster limited to
+one thread (server workers are processes; one request must not fan out over the cores).
+Outputs are clipped to ``[1e-6, 1 - 1e-6]``; a non-finite output is replaced by the fallback
+(the training base rate unless given) and counted in :attr:`ModelScorer.nonfinite_total`.
+
+Forking: once a process has loaded an xgboost model, its OpenMP runtime is initialised and
+**children forked afterwards hang on their first prediction** (checked with xgboost 3.2). Load
+bundles in each worker *after* the fork; to validate a bundle in a parent that forks later
+(fail fast at start-up), use :func:`check_bundle`, which loads it in a fresh ``spawn``
+interpreter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import xgboost as xgb
+
+from vastserver.ml.features import SCHEMA_VERSION, FeatureSchema, SchemaError, ServingEncoder
+from vastserver.pipeline.candidates import Candidate
+from vastserver.pipeline.context import AdRequest
+from vastserver.pipeline.scoring import ScoringContext
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "CLICK_MODEL_FILE",
+    "METADATA_FILE",
+    "METRICS_FILE",
+    "MODEL_FILE",
+    "SCHEMA_FILE",
+    "ModelBundle",
+    "ModelError",
+    "ModelScorer",
+    "bundle_id",
+    "check_bundle",
+    "file_sha256",
+    "measure_latency",
+]
+
+BUNDLE_FORMAT: Final = "vastserver-model-bundle/1"
+MODEL_FILE: Final = "model.ubj"
+CLICK_MODEL_FILE: Final = "click_model.ubj"
+SCHEMA_FILE: Final = "schema.json"
+METADATA_FILE: Final = "metadata.json"
+METRICS_FILE: Final = "metrics.json"
+
+P_MIN: Final = 1e-6
+P_MAX: Final = 1.0 - 1e-6
+
+
+class ModelError(Exception):
+    """A model bundle that cannot be served (the message says why)."""
+
+
+def bundle_id(model: bytes, schema: bytes) -> str:
+    """Short content hash of what determines the predictions (model file + feature schema)."""
+    h = hashlib.sha256()
+    h.update(hashlib.sha256(model).digest())
+    h.update(hashlib.sha256(schema).digest())
+    return "m-" + h.hexdigest()[:12]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"model bundle {path.parent}: missing {path.name}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"model bundle {path.parent}: cannot read {path.name}: {e}") from None
+
+
+def file_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_verified(root: Path, name: str, sums: dict[str, Any]) -> bytes:
+    try:
+        data = (root / name).read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model bundle {root}: missing {name}") from None
+    except OSError as e:
+        raise ModelError(f"model bundle {root}: cannot read {name}: {e}") from None
+    if file_sha256(data) != sums.get(name):
+        raise ModelError(
+            f"model bundle {root}: {name} is corrupt (sha256 does not match {METADATA_FILE}; "
+            "truncated or modified)"
+        )
+    return data
+
+
+def _load_booster(path: Path, data: bytes, n_features: int) -> Any:
+    if not data:
+        raise ModelError(f"model bundle {path.parent}: {path.name} is empty")
+    booster = xgb.Booster()
+    try:
+        booster.load_model(bytearray(data))
+    except xgb.core.XGBoostError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(
+            f"model bundle {path.parent}: {path.name} is not a valid xgboost model ({first})"
+        ) from None
+    got = booster.num_features()
+    if got != n_features:
+        raise ModelError(
+            f"model bundle {path.parent}: {path.name} expects {got} features, "
+            f"the schema defines {n_features}"
+        )
+    booster.set_param({"nthread": 1})
+    return booster
+
+
+def _predict(booster: Any, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+    out = booster.inplace_predict(x, validate_features=False)
+    return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelBundle:
+    path: Path
+    schema: FeatureSchema
+    booster: Any
+    """xgboost.Booster for P(complete | impression), nthread=1."""
+    click_booster: Any | None
+    metadata: dict[str, Any]
+    metrics: dict[str, Any]
+    version: str
+    """Content hash of the model file and the schema (``m-<12 hex>``)."""
+
+    @property
+    def base_rate(self) -> float:
+        rate = self.metadata.get("base_rate")
+        if isinstance(rate, int | float) and 0.0 <= rate <= 1.0:
+            return float(rate)
+        return 0.5
+
+    @staticmethod
+    def load(path: Path | str) -> ModelBundle:
+        """Load and validate a bundle directory; ModelError says what is wrong.
+
+        Every file's SHA-256 must match ``metadata.json`` before anything is parsed: a
+        truncated or modified model file is refused deterministically (xgboost's parser does
+        not reliably reject every truncated file)."""
+        root = Path(path)
+        if not root.is_dir():
+            raise ModelError(f"model bundle {root}: not a directory")
+        metadata = _read_json(root / METADATA_FILE)
+        if not isinstance(metadata, dict):
+            raise ModelError(f"model bundle {root}: {METADATA_FILE} is not a JSON object")
+        fmt = metadata.get("format")
+        if fmt != BUNDLE_FORMAT:
+            raise ModelError(
+                f"model bundle {root}: format {fmt!r} is not supported (expected {BUNDLE_FORMAT})"
+            )
+        sums = metadata.get("sha256")
+        if not isinstance(sums, dict) or MODEL_FILE not in sums or SCHEMA_FILE not in sums:
+            raise ModelError(f"model bundle {root}: {METADATA_FILE} lacks the files' sha256")
+        if (root / CLICK_MODEL_FILE).exists() and CLICK_MODEL_FILE not in sums:
+            raise ModelError(
+                f"model bundle {root}: {CLICK_MODEL_FILE} is not listed in {METADATA_FILE}"
+            )
+        schema_bytes = _read_verified(root, SCHEMA_FILE, sums)
+        try:
+            schema_doc = json.loads(schema_bytes)
+        except ValueError as e:
+            raise ModelError(f"model bundle {root}: {SCHEMA_FILE} is not JSON: {e}") from None
+        got_version = schema_doc.get("version") if isinstance(schema_doc, dict) else None
+        if got_version != SCHEMA_VERSION:
+            raise ModelError(
+                f"model bundle {root}: feature schema {got_version!r} does not match this "
+                f"server's {SCHEMA_VERSION!r}; retrain the model with this version"
+            )
+        try:
+            schema = FeatureSchema.from_json(schema_doc)
+        except SchemaError as e:
+            raise ModelError(f"model bundle {root}: {SCHEMA_FILE}: {e}") from None
+        metrics = _read_json(root / METRICS_FILE) if (root / METRICS_FILE).exists() else {}
+        model_bytes = _read_verified(root, MODEL_FILE, sums)
+        booster = _load_booster(root / MODEL_FILE, model_bytes, schema.n_features)
+        click_booster = None
+        if CLICK_MODEL_FILE in sums:
+            click_bytes = _read_verified(root, CLICK_MODEL_FILE, sums)
+            click_booster = _load_booster(root / CLICK_MODEL_FILE, click_bytes, schema.n_features)
+        bundle = ModelBundle(
+            path=root,
+            schema=schema,
+            booster=booster,
+            click_booster=click_booster,
+            metadata=metadata,
+            metrics=metrics if isinstance(metrics, dict) else {},
+            version=bundle_id(model_bytes, schema_bytes),
+        )
+        bundle.canary()
+        return bundle
+
+    def canary(self) -> None:
+        """Score rows built from the schema's vocabularies; ModelError unless finite in [0,1]."""
+        x = self.schema.vectorize(self.schema.canary_rows())
+        for name, booster in (("completion", self.booster), ("click", self.click_booster)):
+            if booster is None:
+                continue
+            try:
+                p = _predict(booster, x)
+            except (xgb.core.XGBoostError, ValueError) as e:
+                raise ModelError(f"model bundle {self.path}: {name} canary failed: {e}") from None
+            if p.shape != (len(x),):
+                raise ModelError(
+                    f"model bundle {self.path}: {name} canary gave shape {p.shape}, "
+                    f"expected ({len(x)},)"
+                )
+            if not np.all(np.isfinite(p)) or p.min() < 0.0 or p.max() > 1.0:
+                raise ModelError(
+                    f"model bundle {self.path}: {name} canary scores are not finite "
+                    f"probabilities (min {p.min()}, max {p.max()})"
+                )
+
+
+class ModelScorer:
+    """``Scorer`` backed by a model bundle: P(complete | impression) per candidate."""
+
+    name = "model"
+
+    def __init__(self, bundle: ModelBundle, *, fallback: float | None = None) -> None:
+        self.bundle = bundle
+        self.version: str = bundle.version
+        fb = bundle.base_rate if fallback is None else fallback
+        if not (math.isfinite(fb) and 0.0 <= fb <= 1.0):
+            raise ValueError(f"fallback must be a probability, got {fb}")
+        self.fallback = fb
+        self.encoder = ServingEncoder(bundle.schema)
+        self._booster = bundle.booster
+        self.nonfinite_total = 0
+        """Predictions that came out NaN/inf and were replaced by ``fallback``."""
+        self.predictions_total = 0
+
+    def features(
+        self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
+    ) -> npt.NDArray[np.float32]:
+        return self.encoder.encode(req, cands, ctx)
+
+    def predict(
+        self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
+    ) -> list[float]:
+        n = len(cands)
+        if n == 0:
+            return []
+        x = self.encoder.encode(req, cands, ctx)
+        p = _predict(self._booster, x)
+        if p.shape != (n,):
+            # Never seen with a validated bundle; keep serving on the fallback.
+            self.nonfinite_total += n
+            self.predictions_total += n
+            return [self.fallback] * n
+        bad = ~np.isfinite(p)
+        if bad.any():
+            self.nonfinite_total += int(bad.sum())
+            p[bad] = self.fallback
+        np.clip(p, P_MIN, P_MAX, out=p)
+        self.predictions_total += n
+        result: list[float] = p.tolist()
+        return result
+
+    def predict_click(
+        self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
+    ) -> list[float] | None:
+        """P(click | impression) per candidate from the click model; None without one.
+        Same batching, clipping and fallback (0 for clicks) as :meth:`predict`."""
+        booster = self.bundle.click_booster
+        if booster is None:
+            return None
+        n = len(cands)
+        if n == 0:
+            return []
+        p = _predict(booster, self.encoder.encode(req, cands, ctx))
+        if p.shape != (n,):
+            self.nonfinite_total += n
+            return [0.0] * n
+        bad = ~np.isfinite(p)
+        if bad.any():
+            self.nonfinite_total += int(bad.sum())
+            p[bad] = 0.0
+        np.clip(p, 0.0, P_MAX, out=p)
+        clicks: list[float] = p.tolist()
+        return clicks
+
+
+def measure_latency(
+    scorer: ModelScorer,
+    req: AdRequest,
+    cands: Sequence[Candidate],
+    ctx: ScoringContext,
+    sizes: Sequence[int] = (10, 100, 1000),
+    repeats: int = 200,
+) -> dict[int, dict[str, float]]:
+    """Median/p99 wall time (µs) of ``predict`` for batches of each size (candidates are
+    repeated cyclically to reach the size). For reports and benchmarks, not serving."""
+    out: dict[int, dict[str, float]] = {}
+    for size in sizes:
+        batch = [cands[i % len(cands)] for i in range(size)]
+        scorer.predict(req, batch, ctx)  # warm the caches
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            scorer.predict(req, batch, ctx)
+            samples.append((time.perf_counter() - t0) * 1e6)
+        samples.sort()
+        out[size] = {
+            "median_us": round(samples[len(samples) // 2], 1),
+            "p99_us": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 1),
+        }
+    return out
+
+
+def _check_in_child(path: str) -> dict[str, Any]:
+    try:
+        bundle = ModelBundle.load(path)
+    except ModelError as e:
+        return {"error": str(e)}
+    except Exception as e:  # report anything else as a bad bundle, with its type
+        return {"error": f"model bundle {path}: {type(e).__name__}: {e}"}
+    return {
+        "version": bundle.version,
+        "schema_version": bundle.schema.version,
+        "click_model": bundle.click_booster is not None,
+        "created_at": bundle.metadata.get("created_at"),
+    }
+
+
+def check_bundle(path: Path | str, timeout_s: float = 120.0) -> dict[str, Any]:
+    """Validate a bundle like :meth:`ModelBundle.load`, but in a fresh ``spawn`` process, so
+    the caller's process never initialises xgboost (safe to ``fork`` workers afterwards).
+    Returns ``{"version", "schema_version", "click_model", "created_at"}``; raises
+    ModelError when the bundle is bad or the check does not finish in ``timeout_s``."""
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        pending = pool.apply_async(_check_in_child, (str(path),))
+        try:
+            result: dict[str, Any] = pending.get(timeout_s)
+        except multiprocessing.TimeoutError:
+            raise ModelError(f"model bundle {path}: check timed out after {timeout_s} s") from None
+    if "error" in result:
+        raise ModelError(str(result["error"]))
+    return result
