@@ -37,6 +37,8 @@ def make_settings(**overrides: Any) -> Settings:
         "admin_token": ADMIN,
         "catalog": str(DEMO_CATALOG),
         "event_log": "off",
+        # Rule and delivery tests reason in price x tier; model tests turn the model on.
+        "model": "off",
     }
     base.update(overrides)
     return load_settings({}, base)

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ from vastserver.geo import GeoLookup, fill_geo, open_geo
 from vastserver.logs import REQUEST_ID, Sampler
 from vastserver.logs import event as log_event
 from vastserver.metrics import Metrics
+from vastserver.models import ModelManager
 from vastserver.openrtb import parse_bid_request
 from vastserver.params import (
     ParamError,
@@ -82,6 +84,7 @@ class Runtime:
     events: EventSink
     ready: bool = False
     in_flight: int = 0
+    background: set[asyncio.Task[bool]] = field(default_factory=set)
     log_sampler: Sampler = field(default_factory=Sampler)
 
 
@@ -435,6 +438,17 @@ async def click_handler(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound(location=token.click_url)
 
 
+async def reload_model_handler(request: web.Request) -> web.StreamResponse:
+    if not _authorized(request):
+        return web.json_response({"error": "unauthorized"}, status=401)
+    models = _rt(request).service.models
+    if models.model_path is None:
+        return web.json_response({"error": "no model configured"}, status=409)
+    ok = await models.reload()
+    body = {"version": models.primary.version, "reloaded": ok}
+    return web.json_response(body, status=200 if ok else 422)
+
+
 async def line_items_handler(request: web.Request) -> web.StreamResponse:
     if not _authorized(request):
         return web.json_response({"error": "unauthorized"}, status=401)
@@ -458,10 +472,20 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 async def readyz(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
     snap = rt.service.snapshot
-    body = {
+    models = rt.service.models
+    body: dict[str, Any] = {
         "ready": rt.ready,
         "catalog": {"version": snap.catalog.version, "line_items": len(snap.catalog.line_items)},
-        "model": {"loaded": False, "scorer": rt.service.scorer.name},
+        "model": {
+            "ready": models.ready,
+            "scorer": models.primary.name,
+            "version": models.primary.version,
+            "error": models.error,
+            "shadow": None
+            if rt.service.models.shadow is None
+            else rt.service.models.shadow.version,
+            "experiment": models.experiment,
+        },
     }
     return web.json_response(body, status=200 if rt.ready else 503)
 
@@ -544,8 +568,18 @@ def create_app(
             commit_interval_s=settings.event_log_commit_ms / 1000,
             on_drop=lambda n, why: _events_dropped(metrics, n, why),
         )
+    models = ModelManager(
+        metrics,
+        model_path=settings.model_path,
+        shadow_path=settings.shadow_model_path,
+        shadow_sample=settings.shadow_sample,
+        experiment=settings.experiment,
+        arms=settings.arms,
+        rng=random.Random(rng.random()),
+    )
     service = AdService(
         snapshot,
+        models=models,
         candidate_limit=settings.candidate_limit,
         clock=clock,
         metrics=metrics,
@@ -582,11 +616,13 @@ def create_app(
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_handler, name="metrics")
     app.router.add_post("/admin/catalog/reload", reload_catalog_handler, name="admin_reload")
+    app.router.add_post("/admin/model/reload", reload_model_handler, name="admin_model_reload")
     app.router.add_get("/admin/line-items", line_items_handler, name="admin_line_items")
     app.router.add_get("/admin/line-items/{id}", line_items_handler, name="admin_line_item")
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(_loop_lag)
     app.cleanup_ctx.append(_pacing)
+    app.cleanup_ctx.append(_model_watch)
     app.cleanup_ctx.append(_readiness)
     app.cleanup_ctx.append(_sighup)
     return app
@@ -625,6 +661,20 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(rt.events.close)
 
 
+async def _model_watch(app: web.Application) -> AsyncIterator[None]:
+    rt = app[RUNTIME]
+    if rt.settings.model_watch_s <= 0 or rt.service.models.model_path is None:
+        yield
+        return
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        rt.service.models.watch(rt.settings.model_watch_s, stop), name="model-watch"
+    )
+    yield
+    stop.set()
+    await task
+
+
 async def _pacing(app: web.Application) -> AsyncIterator[None]:
     rt = app[RUNTIME]
     stop = asyncio.Event()
@@ -644,7 +694,11 @@ async def _readiness(app: web.Application) -> AsyncIterator[None]:
 
 
 def reload_from_signal(rt: Runtime) -> None:
-    """SIGHUP: reload the catalog; a bad file is logged and the old snapshot keeps serving."""
+    """SIGHUP: reload the catalog and the model; whatever fails validation is logged and the
+    old one keeps serving."""
+    task = asyncio.get_running_loop().create_task(rt.service.models.reload())
+    rt.background.add(task)
+    task.add_done_callback(rt.background.discard)
     try:
         snap = rt.service.reload_catalog()
     except (CatalogError, OSError) as e:

@@ -145,6 +145,25 @@ class Metrics:
             ["scorer", "version"],
             registry=r,
         )
+        self.model_fallback = Counter(
+            "vastserver_model_fallback_total",
+            "Times the price scorer stood in for the model, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.model_score = Histogram(
+            "vastserver_model_score",
+            "Predicted completion of the ads served (drift shows here first)",
+            ["scorer"],
+            buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+            registry=r,
+        )
+        self.experiment_decisions = Counter(
+            "vastserver_experiment_decisions_total",
+            "Decisions per experiment arm",
+            ["experiment", "arm", "result"],
+            registry=r,
+        )
         for reason in Reason:
             self.rejections.labels(reason.stage.value, reason.value)
 

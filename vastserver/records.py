@@ -53,8 +53,15 @@ def context_record(req: AdRequest) -> dict[str, Any]:
 
 
 def decision_record(
-    d: Decision, *, request_id: str | None, arm: str | None, model_version: str | None
+    d: Decision,
+    *,
+    request_id: str | None,
+    arm: str | None,
+    model_version: str | None,
+    experiment: str | None = None,
+    shadow: tuple[str, list[float]] | None = None,
 ) -> dict[str, Any]:
+    """``shadow``: (shadow model version, its predictions for the served ads, in order)."""
     return {
         "type": "decision",
         "at": d.now.isoformat(),
@@ -66,8 +73,10 @@ def decision_record(
         "filled": d.filled,
         "duration_ms": d.total_duration_ms,
         "scorer": d.scorer,
+        "experiment": experiment,
         "arm": arm,
         "model_version": model_version,
+        "shadow_version": None if shadow is None else shadow[0],
         "ads": [
             {
                 "ad_serving_id": a.ad_serving_id,
@@ -84,8 +93,9 @@ def decision_record(
                 "price_cpm": a.price_cpm,
                 "prediction": a.prediction,
                 "value": a.value,
+                **({} if shadow is None else {"shadow_prediction": shadow[1][i]}),
             }
-            for a in d.ads
+            for i, a in enumerate(d.ads)
         ],
     }
 

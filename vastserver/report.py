@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -184,11 +185,46 @@ def report_json(rep: DeliveryReport, catalog: Catalog | None) -> dict[str, Any]:
     }
 
 
+def _ci(lo_hi: tuple[float, float], pct: bool = True) -> str:
+    lo, hi = lo_hi
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]%" if pct else f"[{lo:.4f}, {hi:.4f}]"
+
+
+def _render_extras(doc: Mapping[str, Any], out: TextIO) -> None:
+    exp = doc.get("experiment")
+    if exp is not None:
+        out.write(f"experiment {exp['experiment']}\n")
+        out.write(
+            f"{'arm':<14}{'decisions':>10}{'fill':>8}{'fill 95% CI':>18}{'impr':>8}"
+            f"{'compl%':>8}{'compl 95% CI':>18}{'rev/dec':>10}{'rev/dec 95% CI':>22}\n"
+        )
+        for a in exp["arms"]:
+            out.write(
+                f"{a['arm']:<14}{a['decisions']:>10}{_fmt(a['fill_rate'], True):>8}"
+                f"{_ci(a['fill_rate_ci']):>18}{a['impressions']:>8}"
+                f"{_fmt(a['completion_rate'], True):>8}{_ci(a['completion_rate_ci']):>18}"
+                f"{a['revenue_per_decision']:>10.4f}"
+                f"{_ci(a['revenue_per_decision_ci'], pct=False):>22}\n"
+            )
+    cal = doc.get("calibration")
+    if cal is not None:
+        out.write(
+            f"\ncalibration over {cal['ads']} impressions ({', '.join(cal['model_versions'])})\n"
+        )
+        out.write(f"{'decile':>7}{'n':>8}{'predicted':>11}{'observed':>10}\n")
+        for r in cal["deciles"]:
+            out.write(f"{r['decile']:>7}{r['n']:>8}{r['predicted']:>11.3f}{r['observed']:>10.3f}\n")
+
+
 def main_report(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="vastserver report", description=__doc__)
     ap.add_argument("events", nargs="*", default=["var/events"], help="event-log files/dirs")
     ap.add_argument("--catalog", help="catalog JSON, for pacing targets")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ap.add_argument("--experiment", help="compare the arms of this experiment")
+    ap.add_argument(
+        "--model", action="store_true", help="predicted vs observed completion per decile"
+    )
     args = ap.parse_args(list(argv))
     catalog = None
     if args.catalog:
@@ -203,6 +239,19 @@ def main_report(argv: Sequence[str]) -> int:
         print(f"no such event log: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
     stats = ReadStats()
+    if args.experiment or args.model:
+        records = list(read_events(paths, stats=stats, skip_invalid=True))
+        doc: dict[str, Any] = {}
+        if args.experiment:
+            doc["experiment"] = experiment_report(records, args.experiment)
+        if args.model:
+            doc["calibration"] = calibration_report(records)
+        if args.json:
+            json.dump(doc, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            _render_extras(doc, sys.stdout)
+        return 0
     rep = build_report(read_events(paths, stats=stats, skip_invalid=True), stats.torn_lines)
     if args.json:
         json.dump(report_json(rep, catalog), sys.stdout, indent=2)
@@ -211,3 +260,128 @@ def main_report(argv: Sequence[str]) -> int:
         render_text(rep, catalog, sys.stdout)
     return 0
 
+
+# --------------------------------------------------------------------------- experiments
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mean_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float, float]:
+    """Mean and a normal-approximation 95 % interval."""
+    n = len(values)
+    if n == 0:
+        return (0.0, 0.0, 0.0)
+    mean = sum(values) / n
+    if n == 1:
+        return (mean, mean, mean)
+    var = sum((v - mean) ** 2 for v in values) / (n - 1)
+    half = z * math.sqrt(var / n)
+    return (mean, mean - half, mean + half)
+
+
+@dataclass(slots=True)
+class _Arm:
+    decisions: int = 0
+    filled: int = 0
+    impressions: int = 0
+    completes: int = 0
+    revenue_by_decision: dict[str, float] = field(default_factory=dict)
+
+
+def experiment_report(records: Iterable[Mapping[str, Any]], name: str) -> dict[str, Any]:
+    """Compare the arms of one experiment: fill, completion rate and revenue per decision,
+    each with a 95 % interval. Beacons are joined to decisions by ad serving id."""
+    arms: dict[str, _Arm] = {}
+    arm_of_ad: dict[str, tuple[str, str]] = {}
+    beacons: list[Mapping[str, Any]] = []
+    for rec in records:
+        if rec.get("type") == "decision" and rec.get("experiment") == name:
+            arm_name = str(rec.get("arm"))
+            arm = arms.setdefault(arm_name, _Arm())
+            arm.decisions += 1
+            did = f"{rec.get('seq')}-{rec.get('at')}"
+            arm.revenue_by_decision[did] = 0.0
+            if rec.get("ads"):
+                arm.filled += 1
+            for asid in rec.get("ad_serving_ids") or []:
+                arm_of_ad[str(asid)] = (arm_name, did)
+        elif rec.get("type") == "beacon" and rec.get("counted"):
+            beacons.append(rec)
+    for b in beacons:
+        hit = arm_of_ad.get(str(b.get("ad_serving_id")))
+        if hit is None:
+            continue
+        arm = arms[hit[0]]
+        if b.get("event") == "impression":
+            arm.impressions += 1
+            arm.revenue_by_decision[hit[1]] += float(b.get("price_cpm") or 0) / 1000
+        elif b.get("event") == "complete":
+            arm.completes += 1
+    out = []
+    for arm_name in sorted(arms):
+        a = arms[arm_name]
+        rev = list(a.revenue_by_decision.values())
+        rev_mean, rev_lo, rev_hi = mean_ci(rev)
+        out.append(
+            {
+                "arm": arm_name,
+                "decisions": a.decisions,
+                "fill_rate": a.filled / a.decisions if a.decisions else None,
+                "fill_rate_ci": wilson(a.filled, a.decisions),
+                "impressions": a.impressions,
+                "completion_rate": a.completes / a.impressions if a.impressions else None,
+                "completion_rate_ci": wilson(a.completes, a.impressions),
+                "revenue": round(sum(rev), 6),
+                "revenue_per_decision": rev_mean,
+                "revenue_per_decision_ci": (rev_lo, rev_hi),
+            }
+        )
+    return {"experiment": name, "arms": out}
+
+
+def calibration_report(records: Iterable[Mapping[str, Any]], bins: int = 10) -> dict[str, Any]:
+    """Predicted vs observed completion per decile of prediction, over served ads that got a
+    counted impression (the model's drift shows as a gap between the two columns)."""
+    predicted: dict[str, tuple[float, str | None]] = {}
+    impressed: set[str] = set()
+    completed: set[str] = set()
+    for rec in records:
+        if rec.get("type") == "decision":
+            for ad in rec.get("ads") or []:
+                p = ad.get("prediction")
+                if isinstance(p, int | float):
+                    predicted[str(ad.get("ad_serving_id"))] = (float(p), rec.get("model_version"))
+        elif rec.get("type") == "beacon" and rec.get("counted"):
+            asid = str(rec.get("ad_serving_id"))
+            if rec.get("event") == "impression":
+                impressed.add(asid)
+            elif rec.get("event") == "complete":
+                completed.add(asid)
+    rows = sorted((predicted[a][0], a in completed) for a in impressed if a in predicted)
+    seen = [predicted[a][1] for a in impressed if a in predicted]
+    versions = sorted({str(v) for v in seen if v})
+    out = []
+    n = len(rows)
+    for k in range(bins):
+        chunk = rows[k * n // bins : (k + 1) * n // bins]
+        if not chunk:
+            continue
+        out.append(
+            {
+                "decile": k + 1,
+                "n": len(chunk),
+                "predicted": sum(p for p, _ in chunk) / len(chunk),
+                "observed": sum(1 for _, c in chunk if c) / len(chunk),
+            }
+        )
+    gap = max((abs(r["predicted"] - r["observed"]) for r in out), default=None)
+    return {"ads": n, "model_versions": versions, "deciles": out, "max_gap": gap}

@@ -19,6 +19,7 @@ from vastserver.catalog.load import load_catalog
 from vastserver.catalog.model import Catalog
 from vastserver.delivery import DeliveryControl
 from vastserver.metrics import Metrics
+from vastserver.models import ModelManager
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import Decision, Trace, decide, screen
@@ -84,6 +85,7 @@ class AdService:
         keyring: Keyring,
         delivery: DeliveryControl,
         rng: random.Random,
+        models: ModelManager | None = None,
         scorer: Scorer | None = None,
         events: EventSink | None = None,
         candidate_limit: int = 200,
@@ -95,10 +97,8 @@ class AdService:
         self.keyring = keyring
         self.delivery = delivery
         self.rng = rng
-        self.scorer: Scorer = scorer or PriceScorer()
+        self.models = models or ModelManager.fixed(metrics, scorer)
         self._fallback: Scorer = PriceScorer()
-        self._timed: Scorer = TimedScorer(self.scorer, metrics)
-        metrics.model_info.labels(self.scorer.name, self.scorer.version).set(1)
         self.events: EventSink = events or NullSink()
         self._set_catalog_metric(snapshot)
 
@@ -186,10 +186,12 @@ class AdService:
         prior: tuple[Trace, ...] = ()
         if explain or req.debug:
             prior = self._explain_dropped(req, env, kept)
-        scorer = self._timed
+        arm, chosen = self.models.choose(req)
+        scorer: Scorer = TimedScorer(chosen, self.metrics)
         remaining = left()
         if remaining is not None and remaining < SCORING_RESERVE_S:
             self.metrics.degradations.labels("scoring_skipped").inc()
+            self.metrics.model_fallback.labels("deadline").inc()
             scorer = self._fallback
         d = decide(req, kept, env, scorer=scorer, filters=DELIVERY_FILTERS, prior=prior)
         before = len(d.ads)
@@ -207,12 +209,39 @@ class AdService:
         )
         self._observe(d, dropped if not prior else {})
         self.delivery.note_rejections(d)
+        shadow = None
+        if d.ads and self.models.shadow is not None:
+            ctx = ScoringContext(now, pre.exposures, self.delivery.completion_rates)
+            scores = self.models.shadow_scores(req, [a.candidate for a in d.ads], ctx)
+            if scores is not None:
+                shadow = (self.models.shadow.version, scores)
+        score_hist = self.metrics.model_score.labels(scorer.name)
+        for a in d.ads:
+            score_hist.observe(a.prediction)
+        if arm is not None:
+            self.metrics.experiment_decisions.labels(
+                self.models.experiment or "", arm, "filled" if d.ads else "empty"
+            ).inc()
         self.events.append(
             decision_record(
-                d, request_id=request_id, arm=None, model_version=getattr(scorer, "version", None)
+                d,
+                request_id=request_id,
+                arm=arm,
+                experiment=self.models.experiment if arm is not None else None,
+                model_version=scorer.version,
+                shadow=shadow,
             )
         )
         return d
+
+    @property
+    def scorer(self) -> Scorer:
+        """The primary scorer (the model, or the price fallback)."""
+        return self.models.primary
+
+    @scorer.setter
+    def scorer(self, scorer: Scorer) -> None:
+        self.models.use(scorer)
 
     async def decide_stream(
         self, base: AdRequest, breaks: list[PlannedBreak], *, deadline: float | None = None

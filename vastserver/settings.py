@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vastserver.models import ArmsError, ArmSpec, parse_arms
+
 log = logging.getLogger("vastserver.settings")
 
 
@@ -51,6 +53,14 @@ class Settings:
     admin_token: str | None = None
     catalog_path: Path = DEFAULT_CATALOG
     model_path: Path | None = None
+    """Model bundle; None serves with the price scorer. A missing or broken bundle is not a
+    settings error: the server starts with the price scorer and reports the model not ready."""
+    shadow_model_path: Path | None = None
+    shadow_sample: float = 0.1
+    experiment: str | None = None
+    arms: tuple[ArmSpec, ...] = ()
+    model_watch_s: float = 5.0
+    """How often the model bundle's files are checked for changes (0: never)."""
     redis_url: str | None = None
     token_max_age_s: int = 24 * 3600
     template_dir: Path = TEMPLATE_DIR
@@ -145,9 +155,34 @@ def load_settings(
     if not catalog.is_file():
         problems.append(f"VASTSERVER_CATALOG: no such file: {catalog}")
     model_raw = pick("model", "VASTSERVER_MODEL")
-    model = Path(model_raw) if model_raw else None
-    if model is not None and not model.exists():
-        problems.append(f"VASTSERVER_MODEL: no such file or directory: {model}")
+    model: Path | None
+    if model_raw is None:
+        model = DEFAULT_MODEL if DEFAULT_MODEL.is_dir() else None
+    elif model_raw.lower() in ("off", "none", "price"):
+        model = None
+    else:
+        model = Path(model_raw)
+    shadow_raw = pick("shadow_model", "VASTSERVER_SHADOW_MODEL")
+    shadow = Path(shadow_raw) if shadow_raw else None
+    if shadow is not None and not shadow.is_dir():
+        problems.append(f"VASTSERVER_SHADOW_MODEL: no such directory: {shadow}")
+    shadow_pct = integer("shadow_sample_pct", "VASTSERVER_SHADOW_SAMPLE_PCT", 0, 100, 10)
+    watch_s = integer("model_watch_s", "VASTSERVER_MODEL_WATCH_S", 0, 3600, 5)
+    experiment = pick("experiment", "VASTSERVER_EXPERIMENT")
+    arms_raw = pick("arms", "VASTSERVER_ARMS")
+    arms: tuple[ArmSpec, ...] = ()
+    if experiment is not None and arms_raw is None:
+        problems.append("VASTSERVER_ARMS: an experiment needs arms, e.g. 'model:50,price:50'")
+    if arms_raw is not None:
+        try:
+            arms = tuple(parse_arms(arms_raw))
+        except ArmsError as e:
+            problems.append(f"VASTSERVER_ARMS: {e}")
+        for a in arms:
+            if a.bundle is not None and not a.bundle.is_dir():
+                problems.append(f"VASTSERVER_ARMS: arm {a.name}: no such bundle {a.bundle}")
+        if experiment is None:
+            problems.append("VASTSERVER_EXPERIMENT: arms need an experiment name")
 
     redis_url = pick("redis", "VASTSERVER_REDIS_URL")
     if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
@@ -214,6 +249,11 @@ def load_settings(
         admin_token=admin,
         catalog_path=catalog,
         model_path=model,
+        shadow_model_path=shadow,
+        shadow_sample=shadow_pct / 100,
+        experiment=experiment,
+        arms=arms,
+        model_watch_s=float(watch_s),
         redis_url=redis_url,
         token_max_age_s=max_age,
         require_https_media=require_https,

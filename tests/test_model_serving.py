@@ -1,0 +1,183 @@
+"""The model in the decision path: fallback, hot reload, shadow, experiments, reports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+
+from tests.conftest import ADMIN, ROOT, ClientFactory
+from vastserver.eventlog import read_events
+from vastserver.report import calibration_report, experiment_report, main_report, wilson
+from vastserver.tracking import expand_macros
+
+DEMO_MODEL = ROOT / "fixtures" / "demo-model"
+NS = {"v": "http://www.iab.com/VAST"}
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def _metric(text: str, start: str) -> float:
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines() if x.startswith(start))
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(DEMO_MODEL, dst)
+    return dst
+
+
+async def test_model_scores_the_decision(make_client: ClientFactory) -> None:
+    client: Any = await make_client(model=str(DEMO_MODEL))
+    ready = await (await client.get("/readyz")).json()
+    assert ready["model"]["ready"] and ready["model"]["scorer"] == "model"
+    assert ready["model"]["version"].startswith("m-")
+    data = await (await client.get("/decide?pod_duration=120&max_ads=4&device_type=ctv")).json()
+    assert data["scorer"] == "model"
+    preds = [c["prediction"] for c in data["candidates"] if c["prediction"] is not None]
+    assert preds and all(0 < p < 1 for p in preds) and len(set(preds)) > 1
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, 'vastserver_model_seconds_count{scorer="model"}') >= 1
+    assert _metric(text, 'vastserver_model_score_count{scorer="model"}') >= 1
+    assert 'vastserver_model_info{scorer="model",version="m-' in text
+
+
+async def test_missing_model_falls_back_to_price(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    client: Any = await make_client(model=str(tmp_path / "nope"))
+    ready = await client.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200, "the server serves; only the model is not ready"
+    assert body["model"]["ready"] is False and body["model"]["scorer"] == "price"
+    assert body["model"]["error"]
+    assert (await client.get("/vast?pod_duration=60")).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, 'vastserver_model_fallback_total{reason="load_failed"}') == 1
+
+
+async def test_corrupt_model_reload_keeps_the_old_one(
+    make_client: ClientFactory, model_copy: Path
+) -> None:
+    client: Any = await make_client(model=str(model_copy), model_watch_s="0")
+    v1 = (await (await client.get("/readyz")).json())["model"]["version"]
+    data = (model_copy / "model.ubj").read_bytes()
+    (model_copy / "model.ubj").write_bytes(data[: len(data) // 2])
+    resp = await client.post("/admin/model/reload", headers=AUTH)
+    assert resp.status == 422 and (await resp.json())["reloaded"] is False
+    assert (await (await client.get("/readyz")).json())["model"]["version"] == v1
+    assert (await client.get("/vast")).status == 200
+    (model_copy / "model.ubj").write_bytes(data)
+    resp = await client.post("/admin/model/reload", headers=AUTH)
+    assert resp.status == 200 and (await resp.json())["version"] == v1
+    assert (await client.post("/admin/model/reload")).status == 401
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, 'vastserver_model_fallback_total{reason="reload_rejected"}') == 1
+
+
+async def test_watched_bundle_reloads_when_files_change(
+    make_client: ClientFactory, model_copy: Path, tmp_path: Path
+) -> None:
+    client: Any = await make_client(model=str(model_copy), model_watch_s="1")
+    rt = client.server.app
+    from vastserver.app import RUNTIME
+
+    models = rt[RUNTIME].service.models
+    before = models.primary
+    schema = model_copy / "schema.json"
+    schema.write_text(schema.read_text() + " ")  # checksum now mismatches: rejected
+    for _ in range(40):
+        await asyncio.sleep(0.1)
+        text = await (await client.get("/metrics")).text()
+        if _metric(text, 'vastserver_model_fallback_total{reason="reload_rejected"}'):
+            break
+    assert _metric(text, 'vastserver_model_fallback_total{reason="reload_rejected"}') == 1
+    assert models.primary is before
+
+
+async def test_shadow_and_experiment_are_logged(
+    make_client: ClientFactory, tmp_path: Path, capsys: Any
+) -> None:
+    events = tmp_path / "events"
+    client: Any = await make_client(
+        model=str(DEMO_MODEL),
+        shadow_model=str(DEMO_MODEL),
+        shadow_sample_pct="100",
+        experiment="rank-1",
+        arms="model:50,price:50",
+        event_log=str(events),
+    )
+    arms: dict[str, str] = {}
+    for i in range(60):
+        resp = await client.get(f"/vast?pod_duration=60&max_ads=2&device_id=viewer-{i}")
+        root = etree.fromstring(await resp.read())
+        for n, ad in enumerate(root.findall("v:Ad", NS)):
+            imp = ad.find(".//v:Impression", NS).text.strip()
+            path = imp.split("ads.example.com", 1)[1]
+            assert (await client.get(expand_macros(path))).status == 204
+            if n == 0:
+                complete = next(
+                    t.text.strip()
+                    for t in ad.iterfind(".//v:Tracking", NS)
+                    if t.get("event") == "complete"
+                )
+                await client.get(expand_macros(complete.split("ads.example.com", 1)[1]))
+    # the same viewer always lands in the same arm
+    for i in (3, 3, 7):
+        await client.get(f"/vast?pod_duration=60&device_id=viewer-{i}")
+    await client.close()
+    records = list(read_events([events]))
+    decisions = [r for r in records if r["type"] == "decision"]
+    for d in decisions:
+        vid = d["viewer"]
+        assert arms.setdefault(vid, d["arm"]) == d["arm"], "arm must be sticky per viewer"
+        assert d["experiment"] == "rank-1"
+        assert d["model_version"] == ("price-v1" if d["arm"] == "price" else d["model_version"])
+        if d["ads"]:
+            assert d["shadow_version"] and all("shadow_prediction" in a for a in d["ads"])
+    assert {"model", "price"} <= set(arms.values())
+
+    rep = experiment_report(records, "rank-1")
+    by_arm = {a["arm"]: a for a in rep["arms"]}
+    assert by_arm["model"]["decisions"] + by_arm["price"]["decisions"] == len(decisions)
+    assert by_arm["model"]["impressions"] > 0 and by_arm["price"]["impressions"] > 0
+    lo, hi = by_arm["model"]["completion_rate_ci"]
+    assert lo <= by_arm["model"]["completion_rate"] <= hi
+    cal = calibration_report(records)
+    assert cal["ads"] > 0 and cal["deciles"]
+
+    assert main_report([str(events), "--experiment", "rank-1", "--model"]) == 0
+    out = capsys.readouterr().out
+    assert "experiment rank-1" in out and "calibration over" in out
+
+
+def test_wilson_interval() -> None:
+    lo, hi = wilson(50, 100)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.19, abs=0.01)
+    assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_bad_experiment_settings_are_refused() -> None:
+    from vastserver.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as e:
+        load_settings({}, {"experiment": "x"})
+    assert "VASTSERVER_ARMS" in str(e.value)
+    with pytest.raises(SettingsError):
+        load_settings({}, {"experiment": "x", "arms": "a:0"})
+    with pytest.raises(SettingsError):
+        load_settings({}, {"arms": "a:1"})
+    ok = load_settings({}, {"experiment": "x", "arms": f"model:1,challenger:1:{DEMO_MODEL}"})
+    assert [a.name for a in ok.arms] == ["model", "challenger"]
+
+
+def test_demo_model_beats_no_skill_on_its_hold_out() -> None:
+    holdout = json.loads((DEMO_MODEL / "metrics.json").read_text())["completion"]["holdout"]
+    model, baseline = holdout["model"], holdout["baseline"]
+    assert model["auc"] >= 0.65 > baseline["auc"]
+    assert model["log_loss"] <= 0.95 * baseline["log_loss"]
