@@ -37,11 +37,11 @@ from vastserver.pipeline.delivery import (
     SeparationRules,
     Viewer,
     daily_target_fraction,
+    gate_checks,
     history_entries,
     history_key,
     impression_increments,
     local_day,
-    reads_for,
     recent_from_history,
     release_increments,
     reservation_guards,
@@ -151,7 +151,8 @@ class DeliveryControl:
         the viewer's recent exposures (one ``read``) and, with a session, its recent history
         (one ``history``), issued concurrently."""
         exposure = exposure_read(viewer)
-        reads = [*reads_for(cands, viewer, now), exposure]
+        checks, reads = gate_checks(cands, viewer, now)
+        reads.append(exposure)
         try:
             if session:
                 values, entries = await asyncio.gather(
@@ -171,6 +172,7 @@ class DeliveryControl:
             throttle=self.throttle,
             rng=self.rng,
             exhausted=self.exhausted,
+            checks=checks,
         )
         creatives, comps = recent_from_history(entries, avail, now.timestamp(), self.separation)
         return Prefetched(gate, counts.get(exposure, 0), creatives, comps)

@@ -88,7 +88,7 @@ class AdService:
         models: ModelManager | None = None,
         scorer: Scorer | None = None,
         events: EventSink | None = None,
-        candidate_limit: int = 200,
+        candidate_limit: int = 64,
     ) -> None:
         self.candidate_limit = candidate_limit
         self._snapshot = snapshot

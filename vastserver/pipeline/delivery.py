@@ -157,9 +157,17 @@ def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> 
     return out
 
 
-def budget_checks(cand: Candidate, now: datetime, price_cpm: float) -> list[BudgetCheck]:
+def budget_checks(
+    cand: Candidate, now: datetime, price_cpm: float, days: dict[str, str] | None = None
+) -> list[BudgetCheck]:
+    """``days`` caches the local date per time zone across calls of one request."""
     li, camp = cand.line_item, cand.campaign
-    day = local_day(now, camp.timezone)
+    if days is None:
+        day = local_day(now, camp.timezone)
+    else:
+        day = days.get(camp.timezone) or days.setdefault(
+            camp.timezone, local_day(now, camp.timezone)
+        )
     micros = round(price_cpm * 1_000_000)
     return [
         *_budget_checks(f"li:{li.id}", li.pacing.budget, day, micros),
@@ -267,6 +275,72 @@ class PIController:
 # --------------------------------------------------------------------------- the gate
 
 
+@dataclass(frozen=True, slots=True)
+class CandidateChecks:
+    """The counters that decide one candidate: caps as (impressions, reservations, limit),
+    budgets as (delivered, reservations, limit, amount)."""
+
+    caps: tuple[tuple[Read, Read, int], ...]
+    budgets: tuple[tuple[Read, Read, int, int], ...]
+
+
+NO_CHECKS = CandidateChecks((), ())
+
+
+def gate_checks(
+    cands: Iterable[Candidate], viewer: Viewer, now: datetime
+) -> tuple[dict[int, CandidateChecks], list[Read]]:
+    """Every candidate's checks (keyed by ``id(candidate)``) and all the counters they read,
+    deduplicated, for one store round trip. Candidates sharing a line item, campaign or cap
+    scope share the work: this runs on the request path for every kept candidate."""
+    by_id: dict[int, CandidateChecks] = {}
+    seen: dict[Read, None] = {}
+    budgets_of: dict[tuple[int, int], tuple[tuple[Read, Read, int, int], ...]] = {}
+    days: dict[str, str] = {}
+    caps_of: dict[tuple[int, str], tuple[tuple[Read, Read, int], ...]] = {}
+    for c in cands:
+        li = c.line_item
+        if not li.frequency_caps and not _has_any_budget(c):
+            by_id[id(c)] = NO_CHECKS
+            continue
+        ckey = (id(li), c.creative.id)
+        caps = caps_of.get(ckey)
+        if caps is None:
+            found = []
+            for cap in li.frequency_caps:
+                chk = cap_checks(cap, c, viewer)
+                if chk is not None:
+                    found.append((chk.impressions, chk.reservations, chk.limit))
+            caps = caps_of[ckey] = tuple(found)
+        bkey = (id(li), id(c.campaign))
+        budgets = budgets_of.get(bkey)
+        if budgets is None:
+            budgets = budgets_of[bkey] = tuple(
+                (b.delivered, b.reservations, b.limit, b.amount)
+                for b in budget_checks(c, now, li.price, days)
+            )
+        for imp, rsv, _ in caps:
+            seen[imp] = None
+            seen[rsv] = None
+        for dlv, rsv, _, _ in budgets:
+            seen[dlv] = None
+            seen[rsv] = None
+        by_id[id(c)] = CandidateChecks(caps, budgets)
+    return by_id, list(seen)
+
+
+def _has_any_budget(c: Candidate) -> bool:
+    for b in (c.line_item.pacing.budget, c.campaign.budget):
+        if (
+            b.impressions is not None
+            or b.daily_impressions is not None
+            or b.spend is not None
+            or b.daily_spend is not None
+        ):
+            return True
+    return False
+
+
 @dataclass(slots=True)
 class CountsGate(DeliveryGate):
     """Checks caps, budgets and pacing against counts fetched before the decision."""
@@ -279,21 +353,23 @@ class CountsGate(DeliveryGate):
     rng: random.Random = field(default_factory=random.Random)
     exhausted: frozenset[str] = frozenset()
     """Line items known to be out of budget (from the pacing loop)."""
+    checks: Mapping[int, CandidateChecks] | None = None
+    """Precomputed per candidate (``gate_checks``); computed on demand when absent."""
 
     def check(self, req: AdRequest, cand: Candidate) -> Reason | None:
         li = cand.line_item
         if li.id in self.exhausted:
             return Reason.BUDGET_EXHAUSTED
-        for cap in li.frequency_caps:
-            chk = cap_checks(cap, cand, self.viewer)
-            if chk is None:
-                continue
-            used = self.counts.get(chk.impressions, 0) + self.counts.get(chk.reservations, 0)
-            if used >= chk.limit:
+        chk = None if self.checks is None else self.checks.get(id(cand))
+        if chk is None:
+            found, _ = gate_checks([cand], self.viewer, self.now)
+            chk = found[id(cand)]
+        counts = self.counts
+        for imp, rsv, limit in chk.caps:
+            if counts.get(imp, 0) + counts.get(rsv, 0) >= limit:
                 return Reason.FREQUENCY_CAP
-        for b in budget_checks(cand, self.now, li.price):
-            used = self.counts.get(b.delivered, 0) + self.counts.get(b.reservations, 0)
-            if used + b.amount > b.limit:
+        for dlv, rsv, limit, amount in chk.budgets:
+            if counts.get(dlv, 0) + counts.get(rsv, 0) + amount > limit:
                 return Reason.BUDGET_EXHAUSTED
         p = self.throttle.get(li.id, 1.0)
         if p < 1.0 and self.rng.random() >= p:
@@ -303,17 +379,7 @@ class CountsGate(DeliveryGate):
 
 def reads_for(cands: Iterable[Candidate], viewer: Viewer, now: datetime) -> list[Read]:
     """Every counter the gate may look at, deduplicated, for one store round trip."""
-    seen: dict[Read, None] = {}
-    for c in cands:
-        for cap in c.line_item.frequency_caps:
-            chk = cap_checks(cap, c, viewer)
-            if chk is not None:
-                seen[chk.impressions] = None
-                seen[chk.reservations] = None
-        for b in budget_checks(c, now, c.line_item.price):
-            seen[b.delivered] = None
-            seen[b.reservations] = None
-    return list(seen)
+    return gate_checks(cands, viewer, now)[1]
 
 
 def reservation_guards(
