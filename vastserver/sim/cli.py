@@ -1,0 +1,243 @@
+"""``vastserver simulate``: a CTV traffic simulator against in-process servers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vastserver.sim.config import DEFAULT_START, Faults, SimConfig
+from vastserver.sim.harness import SimError
+from vastserver.sim.report import render_text, write_outputs
+from vastserver.sim.runner import generated_catalog, run_comparison, run_simulation
+
+__all__ = ["build_parser", "config_from_args", "main_simulate"]
+
+DEFAULT_LINE_ITEMS = 60
+DEFAULT_BUDGET_PER_HOUSEHOLD = 0.15
+
+
+def _rate(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return v
+
+
+def _time(text: str) -> datetime:
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vastserver simulate",
+        description=(
+            "Simulate CTV households against in-process vastserver instances on an "
+            "accelerated clock and check caps, separation, budgets and pacing."
+        ),
+    )
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--households", type=_positive_int, default=2000, metavar="N")
+    p.add_argument(
+        "--hours",
+        type=_positive_float,
+        default=24.0,
+        metavar="H",
+        help="simulated hours in which sessions start (default 24)",
+    )
+    p.add_argument(
+        "--start",
+        type=_time,
+        default=DEFAULT_START,
+        metavar="ISO",
+        help=f"simulated start time (default {DEFAULT_START.isoformat()})",
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--catalog", type=Path, metavar="PATH", help="catalog JSON to serve")
+    src.add_argument(
+        "--line-items",
+        type=_positive_int,
+        metavar="N",
+        help=f"serve a generated catalog (default {DEFAULT_LINE_ITEMS} line items)",
+    )
+    p.add_argument(
+        "--budget-per-household",
+        type=_positive_float,
+        metavar="F",
+        help="daily impression budget per budgeted line item = F x households "
+        f"(generated catalogs: default {DEFAULT_BUDGET_PER_HOUSEHOLD}; "
+        "--catalog: keep its budgets unless given)",
+    )
+    p.add_argument("--out", type=Path, metavar="DIR", help="write report.json, report.txt, plots")
+    p.add_argument("--instances", type=int, choices=(1, 2), default=1)
+    p.add_argument("--redis", metavar="URL", help="redis:// URL shared by the instances")
+    p.add_argument(
+        "--flush-redis",
+        action="store_true",
+        help="allow deleting existing server keys (vs:*) in that Redis database",
+    )
+    p.add_argument("--model", type=Path, metavar="PATH", help="model bundle for the server")
+    p.add_argument(
+        "--compare-model",
+        action="store_true",
+        help="run price-only and --model on the same seed; report the lift",
+    )
+    p.add_argument(
+        "--ssai-share",
+        type=_rate,
+        default=0.3,
+        metavar="F",
+        help="share of sessions played through an SSAI stitcher (default 0.3)",
+    )
+    p.add_argument(
+        "--sessions-per-household",
+        type=_positive_float,
+        default=1.8,
+        metavar="F",
+        help="mean sessions per household per day (default 1.8)",
+    )
+    d = Faults()
+    p.add_argument("--lost-beacons", type=_rate, default=d.lost, metavar="P")
+    p.add_argument("--duplicate-beacons", type=_rate, default=d.duplicate, metavar="P")
+    p.add_argument("--late-beacons", type=_rate, default=d.late, metavar="P")
+    p.add_argument(
+        "--late-seconds",
+        type=float,
+        nargs=2,
+        default=(d.late_min_s, d.late_max_s),
+        metavar=("MIN", "MAX"),
+        help="how late a late beacon is (default 60 600)",
+    )
+    p.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="server setting override by load_settings name, e.g. separation_breaks=2 (repeatable)",
+    )
+    p.add_argument(
+        "--event-log", type=Path, metavar="DIR", help="let the servers write their event logs here"
+    )
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of text")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    faults = Faults(
+        lost=args.lost_beacons,
+        duplicate=args.duplicate_beacons,
+        late=args.late_beacons,
+        late_min_s=args.late_seconds[0],
+        late_max_s=args.late_seconds[1],
+    )
+    catalog_path: Path | None = args.catalog
+    doc = None
+    if catalog_path is None:
+        doc = generated_catalog(
+            args.line_items or DEFAULT_LINE_ITEMS,
+            args.seed,
+            now=args.start,
+            households=args.households,
+            budget_per_household=args.budget_per_household or DEFAULT_BUDGET_PER_HOUSEHOLD,
+        )
+    elif args.budget_per_household is not None:
+        import json
+
+        from vastserver.sim.runner import fit_budgets
+
+        doc = fit_budgets(
+            json.loads(catalog_path.read_text(encoding="utf-8")),
+            households=args.households,
+            per_household=args.budget_per_household,
+            seed=args.seed,
+        )
+        catalog_path = None
+    settings: dict[str, object] = {}
+    for item in args.setting:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--setting wants NAME=VALUE, got {item!r}")
+        settings[name.strip()] = value.strip()
+    return SimConfig(
+        seed=args.seed,
+        settings=settings,
+        households=args.households,
+        hours=args.hours,
+        start=args.start,
+        catalog_path=catalog_path,
+        catalog_doc=doc,
+        instances=args.instances,
+        redis_url=args.redis,
+        flush_redis=args.flush_redis,
+        model_path=args.model,
+        ssai_share=args.ssai_share,
+        sessions_per_household=args.sessions_per_household,
+        faults=faults,
+        env=dict(os.environ),
+        event_log_dir=args.event_log,
+    )
+
+
+def main_simulate(argv: Sequence[str]) -> int:
+    """``vastserver simulate ...``: 0 when every guarantee held, 1 when one failed, 2 on a
+    usage or set-up error."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:  # --help or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    if args.compare_model and args.model is None:
+        print("simulate: --compare-model needs --model PATH", file=sys.stderr)
+        return 2
+    try:
+        config = config_from_args(args)
+        if args.compare_model:
+            report = run_comparison(config, args.out)
+            verdicts = [all(arm["verdicts"].values()) for arm in report["arms"].values()]
+            ok = all(verdicts)
+        else:
+            report = run_simulation(config, args.out)
+            ok = all(report["verdicts"].values())
+    except (SimError, OSError, ValueError) as e:
+        print(f"simulate: {e}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        written = write_outputs(report, args.out)
+        print(f"simulate: wrote {', '.join(written)} to {args.out}", file=sys.stderr)
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_text(report))
+    return 0 if ok else 1

@@ -1,0 +1,53 @@
+"""What the simulator observed: every served pod and ad, and how each ad played out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Pod", "ServedAd"]
+
+
+@dataclass(slots=True)
+class ServedAd:
+    serving_id: str
+    pod: int
+    """Index into the run's pod list."""
+    slot: int
+    line_item: str
+    creative: str
+    campaign: str
+    advertiser: str
+    category: str | None
+    """The advertiser's competitive category."""
+    price_micros: int
+    served_ms: int
+    duration_ms: int
+    session: str
+    """The session the server keyed this ad on (from the signed token)."""
+    viewer_key: str
+    """Who the server should cap for (the simulator's own computation)."""
+    viewer_hash: str
+    """Who the server did cap for (from the signed token)."""
+    lmt: bool
+    played_ms: int | None = None
+    """When its impression happened (the viewer saw it), None if never played."""
+    impression_arrival_ms: int | None = None
+    """When the server counted its impression (simulator's replica of the dedupe rules)."""
+    complete: bool = False
+    """The viewer watched it to the end (ground truth)."""
+
+
+@dataclass(slots=True)
+class Pod:
+    index: int
+    session_plan: int
+    session: str
+    avail: int
+    position: str
+    requested_ms: int
+    filled_ms: int
+    served_ms: int
+    ads: list[str] = field(default_factory=list)
+    """Serving ids in play order."""
+    ssai: bool = False
+    played: bool = False

@@ -1,0 +1,577 @@
+"""The simulation report: JSON (every number), text (the verdicts first) and optional plots.
+
+Every number in the report is a function of the seed and the configuration; only the
+``run`` section (wall-clock seconds, host facts) differs between two runs of one seed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from vastserver.catalog.model import Budget, Catalog, Delivery
+from vastserver.pipeline.delivery import RESERVATION_S, SeparationRules, local_day
+from vastserver.sim.checks import check_frequency_caps, check_separation, check_viewer_identity
+from vastserver.sim.engine import Engine
+from vastserver.sim.records import ServedAd
+
+__all__ = [
+    "OVERDELIVERY_LIMIT_PCT",
+    "build_report",
+    "comparison_report",
+    "deterministic_part",
+    "render_text",
+    "verdicts",
+    "write_outputs",
+]
+
+OVERDELIVERY_LIMIT_PCT = 1.0
+
+
+def _rate(num: float, den: float) -> float | None:
+    return round(num / den, 6) if den else None
+
+
+def _budget_rows(
+    owner: str,
+    kind: str,
+    budget: Budget,
+    ads: Sequence[ServedAd],
+    catalog: Catalog,
+    start: datetime,
+) -> list[dict[str, Any]]:
+    """Delivered vs limit for every limit of one budget, with the server's integer units
+    (spend in micros per impression: ``max(1, price_micros // 1000)``)."""
+    counted = [a for a in ads if a.impression_arrival_ms is not None]
+    late = {
+        a.serving_id
+        for a in counted
+        if (a.impression_arrival_ms or 0) > a.served_ms + RESERVATION_S * 1000
+    }
+    tz_of = {a.serving_id: catalog.campaigns[a.campaign].timezone for a in counted}
+    rows: list[dict[str, Any]] = []
+
+    def add(limit_kind: str, limit: float | None, daily: bool, spend: bool) -> None:
+        if limit is None:
+            return
+        lim = int(limit * 1_000_000) if spend else int(limit)
+        groups: dict[str, list[ServedAd]] = defaultdict(list)
+        for a in counted:
+            day = ""
+            if daily:
+                served = start + timedelta(milliseconds=a.served_ms)
+                day = local_day(served, tz_of[a.serving_id])
+            groups[day].append(a)
+        if not groups:
+            groups[""] = []
+        for day, items in sorted(groups.items()):
+            used = sum(max(1, a.price_micros // 1000) for a in items) if spend else len(items)
+            over = max(0, used - lim)
+            rows.append(
+                {
+                    "owner": owner,
+                    "kind": kind,
+                    "limit": limit_kind,
+                    "day": day or None,
+                    "budget": lim if not spend else lim / 1_000_000,
+                    "delivered": used if not spend else used / 1_000_000,
+                    "overdelivery_pct": round(100.0 * over / lim, 3) if lim else 0.0,
+                    "late_impressions_after_reservation": sum(
+                        1 for a in items if a.serving_id in late
+                    ),
+                }
+            )
+
+    add("impressions", budget.impressions, False, False)
+    add("daily_impressions", budget.daily_impressions, True, False)
+    add("spend", budget.spend, False, True)
+    add("daily_spend", budget.daily_spend, True, True)
+    return rows
+
+
+def _hourly(engine: Engine) -> list[dict[str, Any]]:
+    per: dict[int, Counter[str]] = defaultdict(Counter)
+    for p in engine.pods:
+        h = p.served_ms // 3_600_000
+        per[h]["pods"] += 1
+        per[h]["filled"] += bool(p.ads)
+    for a in engine.ads.values():
+        if a.played_ms is not None:
+            h = a.played_ms // 3_600_000
+            per[h]["impressions"] += 1
+            per[h]["completes"] += a.complete
+    out = []
+    for h in sorted(per):
+        c = per[h]
+        out.append(
+            {
+                "hour": h,
+                "pods": c["pods"],
+                "fill_rate": _rate(c["filled"], c["pods"]),
+                "impressions": c["impressions"],
+                "completion_rate": _rate(c["completes"], c["impressions"]),
+            }
+        )
+    return out
+
+
+def _pacing(engine: Engine, catalog: Catalog, served: Mapping[str, int]) -> list[dict[str, Any]]:
+    out = []
+    for li_id in engine.budgeted:
+        li = catalog.line_items[li_id]
+        b = li.pacing.budget
+        budget = b.daily_impressions if b.daily_impressions is not None else b.impressions
+        rows = []
+        worst = 0.0
+        for s in engine.samples:
+            target = s.expected_target.get(li_id)
+            delivered = s.delivered.get(li_id, 0)
+            rows.append(
+                {
+                    "at_h": round(s.at_ms / 3_600_000, 3),
+                    "delivered": delivered,
+                    "server_delivered_lifetime": s.server_delivered.get(li_id, 0),
+                    "target": None if target is None else round(target, 2),
+                    "server_target": s.server_target.get(li_id),
+                    "throttle": round(s.throttle.get(li_id, 1.0), 4),
+                }
+            )
+            if (
+                target is not None
+                and budget
+                and s.at_ms >= 3_600_000
+                and li.pacing.delivery is not Delivery.ASAP
+                and served.get(li_id, 0) > 0
+            ):
+                worst = max(worst, abs(delivered - target) / budget * 100)
+        out.append(
+            {
+                "line_item": li_id,
+                "tier": li.tier.name.lower(),
+                "delivery": li.pacing.delivery.value,
+                "budget_kind": "daily_impressions"
+                if b.daily_impressions is not None
+                else "impressions",
+                "budget": budget,
+                "served": served.get(li_id, 0),
+                "max_abs_deviation_pct_of_budget": round(worst, 3)
+                if served.get(li_id, 0)
+                else None,
+                "samples": rows,
+            }
+        )
+    return out
+
+
+def build_report(
+    engine: Engine,
+    catalog: Catalog,
+    *,
+    config: Mapping[str, Any],
+    separation: SeparationRules,
+    final_rows: Sequence[Mapping[str, Any]],
+    server_metrics: Mapping[str, Mapping[str, int]],
+    scorer: Mapping[str, Any],
+    world: Mapping[str, int],
+) -> dict[str, Any]:
+    st = engine.stats
+    ads = list(engine.ads.values())
+    caps = check_frequency_caps(catalog, ads, engine.pods)
+    sep = check_separation(engine.pods, engine.ads, separation)
+    identity = check_viewer_identity(ads)
+
+    # Budgets: every line item and campaign limit, from the impressions the server counted.
+    by_li: dict[str, list[ServedAd]] = defaultdict(list)
+    by_camp: dict[str, list[ServedAd]] = defaultdict(list)
+    for a in ads:
+        by_li[a.line_item].append(a)
+        by_camp[a.campaign].append(a)
+    budgets: list[dict[str, Any]] = []
+    for li in sorted(catalog.line_items.values(), key=lambda x: x.id):
+        budgets += _budget_rows(
+            li.id, "line_item", li.pacing.budget, by_li[li.id], catalog, engine.clock.start
+        )
+    for camp in sorted(catalog.campaigns.values(), key=lambda x: x.id):
+        budgets += _budget_rows(
+            camp.id, "campaign", camp.budget, by_camp[camp.id], catalog, engine.clock.start
+        )
+    worst_over = max((r["overdelivery_pct"] for r in budgets), default=0.0)
+
+    # The server's counters must equal the simulator's replica of its counting rules.
+    mismatches = []
+    for row in final_rows:
+        li_id = str(row.get("id"))
+        for event, field in (("impression", "delivered_impressions"), ("complete", "completes")):
+            want = engine.counted[(li_id, event)]
+            got = int(row.get(field, 0))
+            if want != got:
+                mismatches.append(
+                    {"line_item": li_id, "event": event, "simulator": want, "server": got}
+                )
+    instance_mismatch = sorted({m for s in engine.samples for m in s.mismatch_between_instances})
+
+    played = [a for a in ads if a.played_ms is not None]
+    completes = sum(a.complete for a in played)
+    counted_imps = sum(engine.counted[(li, "impression")] for li in catalog.line_items)
+    counted_completes = sum(engine.counted[(li, "complete")] for li in catalog.line_items)
+    revenue = sum(a.price_micros / 1e9 for a in ads if a.impression_arrival_ms is not None)
+    statuses = dict(sorted(engine.statuses.items()))
+    report: dict[str, Any] = {
+        "config": dict(config),
+        "scorer": dict(scorer),
+        "world": dict(world),
+        "traffic": {
+            "sessions": st["sessions"],
+            "sessions_player": st["sessions_player"],
+            "sessions_ssai": st["sessions_ssai"],
+            "vast_requests": st["vast_requests"],
+            "pods": st["pods"],
+            "pods_filled": st["pods_filled"],
+            "fill_rate": _rate(st["pods_filled"], st["pods"]),
+            "time_fill_rate": _rate(st["pod_ms_filled"], st["pod_ms_requested"]),
+            "ads_served": st["ads_served"],
+            "ads_played": st["impressions_true"],
+            "ads_failed": {
+                "error": st["ads_failed_error"],
+                "not_used": st["ads_failed_not_used"],
+                "silent": st["ads_failed_silent"],
+            },
+            "ads_unplayed_after_leaving": st["ads_unplayed"],
+            "pods_prefetched_unplayed": st["pods_prefetched_unplayed"],
+            "sessions_left_during_ad": st["sessions_left_during_ad"],
+            "sessions_left_before_break": st["sessions_left_before_break"],
+            "requests": {
+                f"{ep} {status}": n for (ep, status), n in sorted(engine.servers.requests.items())
+            },
+            "requests_per_instance": {
+                str(i): n for i, n in sorted(engine.servers.per_instance.items())
+            },
+        },
+        "beacons": {
+            "fired": st["beacons_fired"],
+            "sent": st["beacons_sent"],
+            "lost": st["beacons_lost"],
+            "late": st["beacons_late"],
+            "duplicated": st["beacons_duplicated"],
+            "replays_sent": st["replays_sent"],
+            "settle_conflicts": st["settle_conflicts"],
+            "statuses": statuses,
+            "server_metrics": dict(server_metrics.get("beacons", {})),
+        },
+        "completion": {
+            "impressions": len(played),
+            "completes": completes,
+            "rate": _rate(completes, len(played)),
+            "server_counted_impressions": counted_imps,
+            "server_counted_completes": counted_completes,
+            "server_counted_rate": _rate(counted_completes, counted_imps),
+            "revenue": round(revenue, 4),
+        },
+        "frequency_caps": caps.as_dict(),
+        "competitive_separation": sep.as_dict(),
+        "viewer_identity": identity,
+        "delivery": {
+            "max_overdelivery_pct": worst_over,
+            "budgets": budgets,
+            "pacing": _pacing(
+                engine, catalog, {str(r.get("id")): int(r.get("served", 0)) for r in final_rows}
+            ),
+        },
+        "server": {
+            "scorer_calls": dict(server_metrics.get("scorer_calls", {})),
+            "pods": dict(server_metrics.get("pods", {})),
+            "degradations": dict(server_metrics.get("degradations", {})),
+            "shed": dict(server_metrics.get("shed", {})),
+            "store_errors": dict(server_metrics.get("store_errors", {})),
+        },
+        "hourly": _hourly(engine),
+        "consistency": {
+            "server_vs_simulator_counts": mismatches,
+            "instances_disagree_on": instance_mismatch,
+            "anomalies": st["anomalies"],
+            "anomaly_examples": list(engine.anomalies),
+        },
+    }
+    report["verdicts"] = verdicts(report)
+    return report
+
+
+def verdicts(report: Mapping[str, Any]) -> dict[str, bool]:
+    d = report["delivery"]
+    return {
+        "frequency_caps": report["frequency_caps"]["violations"] == 0,
+        "competitive_separation": report["competitive_separation"]["violations"] == 0,
+        "stream_separation": report["competitive_separation"]["stream_creative_repeats"] == 0,
+        "overdelivery_within_1pct": d["max_overdelivery_pct"] <= OVERDELIVERY_LIMIT_PCT,
+        "fill_rate_positive": (report["traffic"]["fill_rate"] or 0) > 0,
+        "counts_match_server": not report["consistency"]["server_vs_simulator_counts"],
+        "instances_agree": not report["consistency"]["instances_disagree_on"],
+        "no_anomalies": report["consistency"]["anomalies"] == 0,
+        "no_degradations": not (
+            report["server"]["degradations"]
+            or report["server"]["shed"]
+            or report["server"]["store_errors"]
+        ),
+        "scorer_used": _scorer_used(report),
+        "viewer_identity": (
+            report["viewer_identity"]["viewers_with_several_hashes"] == 0
+            and report["viewer_identity"]["hashes_shared_by_several_viewers"] == 0
+        ),
+    }
+
+
+def _scorer_used(report: Mapping[str, Any]) -> bool:
+    """The configured scorer scored the decisions, and no other (timed) scorer did."""
+    calls = report["server"]["scorer_calls"]
+    name = report["scorer"].get("name")
+    if not report["traffic"]["pods"]:
+        return True
+    return set(calls) <= {name} and calls.get(name, 0) > 0
+
+
+def deterministic_part(report: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything but the ``run`` section (wall time and host facts)."""
+    out = {k: v for k, v in report.items() if k != "run"}
+    if "arms" in out:
+        out["arms"] = {k: deterministic_part(v) for k, v in out["arms"].items()}
+    return out
+
+
+def comparison_report(price: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+    def arm(r: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "scorer": r["scorer"],
+            "completion_rate": r["completion"]["rate"],
+            "impressions": r["completion"]["impressions"],
+            "completes": r["completion"]["completes"],
+            "revenue": r["completion"]["revenue"],
+            "fill_rate": r["traffic"]["fill_rate"],
+            "verdicts": r["verdicts"],
+        }
+
+    p, m = price["completion"]["rate"], model["completion"]["rate"]
+    lift = round((m / p - 1.0) * 100, 3) if p and m is not None else None
+    return {
+        "comparison": {
+            "price": arm(price),
+            "model": arm(model),
+            "completion_lift_pct": lift,
+            "completes_lift_pct": round(
+                (model["completion"]["completes"] / price["completion"]["completes"] - 1) * 100, 3
+            )
+            if price["completion"]["completes"]
+            else None,
+            "revenue_change_pct": round(
+                (model["completion"]["revenue"] / price["completion"]["revenue"] - 1) * 100, 3
+            )
+            if price["completion"]["revenue"]
+            else None,
+        },
+        "arms": {"price": price, "model": model},
+    }
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.2f} %"
+
+
+def _nonzero(server: Mapping[str, Any]) -> str:
+    bad = {k: server[k] for k in ("degradations", "shed", "store_errors") if server[k]}
+    return json.dumps(bad) if bad else ""
+
+
+def render_text(report: Mapping[str, Any]) -> str:
+    if "arms" in report:
+        c = report["comparison"]
+        lines = [
+            "vastserver simulate: model ranking vs price-only ranking (same seed)",
+            "",
+            f"  {'':<22}{'price':>14}{'model':>14}",
+        ]
+        for label, key, fmt in (
+            ("completion rate", "completion_rate", _pct),
+            ("impressions", "impressions", str),
+            ("completes", "completes", str),
+            ("revenue", "revenue", lambda v: f"{v:.2f}"),
+            ("fill rate", "fill_rate", _pct),
+        ):
+            lines.append(f"  {label:<22}{fmt(c['price'][key]):>14}{fmt(c['model'][key]):>14}")
+        lines += [
+            f"  scorers: {c['price']['scorer'].get('name')} "
+            f"({c['price']['scorer'].get('version')}) vs {c['model']['scorer'].get('name')} "
+            f"({c['model']['scorer'].get('version')})",
+            f"  completion-rate lift: {c['completion_lift_pct']} %   "
+            f"completes lift: {c['completes_lift_pct']} %   "
+            f"revenue change: {c['revenue_change_pct']} %",
+            "",
+        ]
+        for name in ("price", "model"):
+            lines += [f"==== {name} arm ====", render_text(report["arms"][name]), ""]
+        return "\n".join(lines)
+
+    t, b, c = report["traffic"], report["beacons"], report["completion"]
+    caps, sep, d = report["frequency_caps"], report["competitive_separation"], report["delivery"]
+    cfg = report["config"]
+    v = report["verdicts"]
+
+    def ok(flag: bool) -> str:
+        return "PASS" if flag else "FAIL"
+
+    lines = [
+        f"vastserver simulate: seed {cfg['seed']}, {cfg['households']} households, "
+        f"{cfg['hours']} h from {cfg['start']}, {cfg['instances']} instance(s)"
+        f"{' on Redis' if cfg.get('redis') else ''}, scorer {report['scorer'].get('name')}",
+        "",
+        "Guarantees",
+        f"  [{ok(v['frequency_caps'])}] frequency-cap violations: {caps['violations']} "
+        f"({caps['cap_checks']} cap checks over {caps['plays_checked']} plays; over cap "
+        f"because of beacon faults: {caps['over_cap_by_cause']['beacon_faults']}, "
+        f"scope semantics: {caps['over_cap_by_cause']['scope_semantics']})",
+        f"  [{ok(v['competitive_separation'])}] competitive-separation violations: "
+        f"{sep['violations']} (in pod {sep['in_pod_competitive']}, across breaks "
+        f"{sep['cross_break_competitive']}; {sep['pods_checked']} pods)",
+        f"  [{ok(v['overdelivery_within_1pct'])}] max overdelivery: "
+        f"{d['max_overdelivery_pct']:.3f} % of budget (limit {OVERDELIVERY_LIMIT_PCT} %)",
+        f"  [{ok(v['fill_rate_positive'])}] fill rate: {_pct(t['fill_rate'])} of pods, "
+        f"{_pct(t['time_fill_rate'])} of break time",
+        f"  [{ok(v['counts_match_server'])}] server counters match the simulator's replica: "
+        f"{len(report['consistency']['server_vs_simulator_counts'])} mismatches",
+        f"  [{ok(v['instances_agree'])}] instances agree on delivery counters",
+        f"  [{ok(v['viewer_identity'])}] one viewer hash per viewer "
+        f"({report['viewer_identity']['viewers']} viewers)",
+        f"  [{ok(v['no_anomalies'])}] protocol anomalies: {report['consistency']['anomalies']}",
+        f"  [{ok(v['no_degradations'])}] no decision degraded, shed or hit a store error "
+        f"{_nonzero(report['server'])}",
+        f"  [{ok(v['scorer_used'])}] decisions scored by '{report['scorer'].get('name')}' "
+        f"(scorer calls: {report['server']['scorer_calls']})",
+        f"  [{ok(v['stream_separation'])}] stream separation (a creative again within "
+        f"{cfg['separation']['creative_breaks']} breaks or "
+        f"{cfg['separation']['creative_minutes']} min of a session): "
+        f"{sep['stream_creative_repeats']}",
+        "",
+        "Traffic",
+        f"  sessions {t['sessions']} (player {t['sessions_player']}, SSAI {t['sessions_ssai']}), "
+        f"pods {t['pods']} (filled {t['pods_filled']}), ads served {t['ads_served']}, "
+        f"played {t['ads_played']}",
+        f"  completion rate {_pct(c['rate'])} (ground truth; server counted "
+        f"{_pct(c['server_counted_rate'])}), revenue {c['revenue']:.2f}",
+        f"  beacons fired {b['fired']}: lost {b['lost']}, late {b['late']}, duplicated "
+        f"{b['duplicated']}, sent {b['sent']} (replays {b['replays_sent']}, "
+        f"impression/notUsed conflicts {b['settle_conflicts']})",
+        "",
+        "Pacing (budgeted line items live in the window: delivered in the budget's period vs",
+        "the curve at the end of the window; max |delivered - target| after the first hour)",
+    ]
+    horizon_h = float(cfg["hours"])
+    for p in d["pacing"]:
+        within = [x for x in p["samples"] if x["at_h"] <= horizon_h + 1e-9]
+        last = within[-1] if within else {}
+        dev = p["max_abs_deviation_pct_of_budget"]
+        if not p["served"]:
+            verdict = "never served (no matching traffic)"
+        elif p["delivery"] == "asap":
+            verdict = "asap: no curve"
+        else:
+            verdict = f"max |dev| {dev:.2f} % of budget"
+        lines.append(
+            f"  {p['line_item']:<30} {p['delivery']:<11} budget {p['budget']:>8} "
+            f"delivered {last.get('delivered', 0):>7} target {last.get('target') or 0:>9.1f}  "
+            f"{verdict}"
+        )
+    over = [r for r in d["budgets"] if r["overdelivery_pct"] > 0]
+    if over:
+        lines.append("")
+        lines.append("Budgets delivered beyond their limit")
+        for r in over[:20]:
+            lines.append(
+                f"  {r['kind']} {r['owner']} {r['limit']} {r['day'] or ''}: {r['delivered']} of "
+                f"{r['budget']} (+{r['overdelivery_pct']} %; impressions counted after their "
+                f"reservation lapsed: {r['late_impressions_after_reservation']})"
+            )
+    if caps["examples"]:
+        lines += ["", "Frequency-cap excess examples (first few)"]
+        for e in caps["examples"][:5]:
+            lines.append(f"  {json.dumps(e)[:300]}")
+    if report["consistency"]["anomaly_examples"]:
+        lines += ["", "Anomalies (first few)"]
+        lines += [f"  {a}" for a in report["consistency"]["anomaly_examples"][:10]]
+    run = report.get("run")
+    if run:
+        lines += ["", f"Run: {run.get('wall_seconds')} s wall clock"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _plots(report: Mapping[str, Any], out: Path, prefix: str = "") -> list[str]:
+    """PNG plots when matplotlib is installed; an empty list otherwise."""
+    try:
+        mpl: Any = importlib.import_module("matplotlib")
+        mpl.use("Agg")
+        plt: Any = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        return []
+    written: list[str] = []
+    pacing = report["delivery"]["pacing"]
+    if pacing:
+        n = min(len(pacing), 12)
+        cols = min(3, n)
+        rows = (n + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+        for k, p in enumerate(pacing[:n]):
+            ax = axes[k // cols][k % cols]
+            xs = [s["at_h"] for s in p["samples"]]
+            ax.plot(xs, [s["delivered"] for s in p["samples"]], label="delivered")
+            ax.plot(xs, [s["target"] or 0 for s in p["samples"]], "--", label="target curve")
+            ax.axhline(p["budget"], color="grey", lw=0.8, label="budget")
+            ax.set_title(f"{p['line_item']} ({p['delivery']})", fontsize=9)
+            ax.set_xlabel("simulated hours")
+            ax.legend(fontsize=7)
+        for k in range(n, rows * cols):
+            axes[k // cols][k % cols].axis("off")
+        fig.tight_layout()
+        name = f"{prefix}pacing.png"
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+    hourly = report["hourly"]
+    if hourly:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        hs = [h["hour"] for h in hourly]
+        ax.bar(hs, [h["pods"] for h in hourly], color="#9bb", label="pods requested")
+        ax.set_xlabel("simulated hour")
+        ax.set_ylabel("pods")
+        ax2 = ax.twinx()
+        ax2.plot(hs, [h["fill_rate"] or 0 for h in hourly], "o-", label="fill rate")
+        ax2.plot(hs, [h["completion_rate"] or 0 for h in hourly], "s-", label="completion rate")
+        ax2.set_ylim(0, 1.05)
+        ax2.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        name = f"{prefix}traffic.png"
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def write_outputs(report: dict[str, Any], out: Path) -> list[str]:
+    """``report.json``, ``report.txt`` and the plots (when matplotlib is installed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    plots: list[str] = []
+    if "arms" in report:
+        for name, arm in report["arms"].items():
+            plots += _plots(arm, out, prefix=f"{name}-")
+    else:
+        plots = _plots(report, out)
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    (out / "report.txt").write_text(render_text(report) + "\n")
+    return ["report.json", "report.txt", *plots]
