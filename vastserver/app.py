@@ -531,7 +531,10 @@ def create_app(
     *,
     clock: Callable[[], datetime] = system_clock,
     rng: random.Random | None = None,
+    background_pacing: bool = True,
 ) -> web.Application:
+    """Build the app. ``background_pacing=False`` leaves the pacing and completion-rate
+    updates to the caller (a simulator driving them on its own clock)."""
     metrics = Metrics()
     catalog = load_catalog(settings.catalog_path)
     snapshot = build_snapshot(catalog, str(settings.catalog_path), clock())
@@ -565,6 +568,7 @@ def create_app(
     if settings.event_log_dir is not None:
         events = EventLog(
             settings.event_log_dir,
+            clock=lambda: clock().timestamp(),
             commit_interval_s=settings.event_log_commit_ms / 1000,
             on_drop=lambda n, why: _events_dropped(metrics, n, why),
         )
@@ -621,7 +625,8 @@ def create_app(
     app.router.add_get("/admin/line-items/{id}", line_items_handler, name="admin_line_item")
     app.cleanup_ctx.append(_resources)
     app.cleanup_ctx.append(_loop_lag)
-    app.cleanup_ctx.append(_pacing)
+    if background_pacing:
+        app.cleanup_ctx.append(_pacing)
     app.cleanup_ctx.append(_model_watch)
     app.cleanup_ctx.append(_readiness)
     app.cleanup_ctx.append(_sighup)

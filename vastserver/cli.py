@@ -144,12 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logs(os.environ.get("VASTSERVER_LOG_LEVEL", "INFO"))
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: vastserver {serve,gen-catalog,gen-events,train,report} ...\n\n"
+            "usage: vastserver {serve,gen-catalog,gen-events,train,report,simulate,bench} ...\n\n"
             "  serve        run the ad server (vastserver serve --help)\n"
             "  gen-catalog  write a synthetic catalog (vastserver gen-catalog --help)\n"
             "  gen-events   write a synthetic event log from a hidden viewer model\n"
             "  train        train the completion model from event logs\n"
-            "  report       delivery per line item from the event log (vastserver report --help)"
+            "  report       delivery per line item from the event log (vastserver report --help)\n"
+            "  simulate     CTV households against the real server, guarantees checked\n"
+            "  bench        throughput and latency against a static baseline"
         )
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
@@ -163,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vastserver.ml.train import main_train
 
         return main_train(rest)
+    if cmd == "simulate":
+        from vastserver.sim.cli import main_simulate
+
+        return main_simulate(rest)
     if cmd == "report":
         from vastserver.report import main_report
 

@@ -34,6 +34,7 @@ from vastserver.pipeline.delivery import (
     LIFETIME,
     CountsGate,
     PIController,
+    ScopeCaps,
     SeparationRules,
     Viewer,
     daily_target_fraction,
@@ -45,6 +46,7 @@ from vastserver.pipeline.delivery import (
     recent_from_history,
     release_increments,
     reservation_guards,
+    scope_caps,
     target_fraction,
 )
 from vastserver.pipeline.reasons import Reason
@@ -129,6 +131,7 @@ class DeliveryControl:
         self.pacing: dict[str, LineItemPacing] = {}
         self.cap_hits: Counter[str] = Counter()
         self.completion_rates: dict[str, float] = {}
+        self._scopes: tuple[Catalog, ScopeCaps] | None = None
         self.store_errors = 0
 
     def _store_error(self, op: str = "delivery") -> None:
@@ -208,7 +211,20 @@ class DeliveryControl:
         except StoreUnavailable:
             self._store_error()
 
-    async def commit(self, d: Decision, viewer: Viewer, within: float | None = None) -> Decision:
+    def scopes(self, catalog: Catalog) -> ScopeCaps:
+        """Cap counters per scope for a catalog snapshot (built once per snapshot)."""
+        cached = self._scopes
+        if cached is None or cached[0] is not catalog:
+            cached = self._scopes = (catalog, scope_caps(catalog))
+        return cached[1]
+
+    async def commit(
+        self,
+        d: Decision,
+        viewer: Viewer,
+        within: float | None = None,
+        catalog: Catalog | None = None,
+    ) -> Decision:
         """Reserve caps and budgets for the chosen ads; drop any that lost a race. A store
         failure or a commit slower than ``within`` seconds applies the failure policy."""
         if not d.ads:
@@ -216,7 +232,8 @@ class DeliveryControl:
         now = d.now
         batch: list[Guarded] = []
         for ad in d.ads:
-            guards, incrs = reservation_guards(ad.candidate, viewer, now, ad.price_cpm)
+            scopes = None if catalog is None else self.scopes(catalog)
+            guards, incrs = reservation_guards(ad.candidate, viewer, now, ad.price_cpm, scopes)
             li = ad.candidate.line_item.id
             day = local_day(now, ad.candidate.campaign.timezone)
             incrs = (
@@ -292,7 +309,9 @@ class DeliveryControl:
         incrs: list[Incr] = []
         if event == "notUsed":
             if cand is not None:
-                incrs += release_increments(cand, viewer, served_at, served_dt, price)
+                incrs += release_increments(
+                    cand, viewer, served_at, served_dt, price, self.scopes(catalog)
+                )
         else:
             li = token.line_item_id
             incrs.append(Incr(_ev_key(li, event), LIFETIME, 1))
@@ -303,7 +322,9 @@ class DeliveryControl:
                 incrs.append(Incr(spend_key(li), LIFETIME, token.price_micros // 1000))
                 incrs.append(Incr(exposure_read(viewer).key, EXPOSURE_WINDOW, 1))
                 if cand is not None:
-                    incrs += impression_increments(cand, viewer, served_at, served_dt, price)
+                    incrs += impression_increments(
+                        cand, viewer, served_at, served_dt, price, self.scopes(catalog)
+                    )
         if incrs:
             await self.store.add(incrs, now.timestamp())
         return BeaconResult(counted=True)
@@ -407,19 +428,22 @@ class DeliveryControl:
     async def line_item_stats(self, catalog: Catalog, ids: Sequence[str]) -> list[dict[str, Any]]:
         now = self.clock()
         reads: list[Read] = []
-        per = ("served", "impression", "complete", "spend")
+        per = ("served", "impression", "complete", "spend", "today")
         for li_id in ids:
+            tz = catalog.campaigns[catalog.line_items[li_id].campaign_id].timezone
             reads += [
                 Read(served_key(li_id), LIFETIME),
                 Read(_ev_key(li_id, "impression"), LIFETIME),
                 Read(_ev_key(li_id, "complete"), LIFETIME),
                 Read(spend_key(li_id), LIFETIME),
+                Read(f"{_ev_key(li_id, 'impression')}:d:{local_day(now, tz)}", LIFETIME),
             ]
         values = await self.store.read(reads, now.timestamp()) if reads else []
         out = []
+        k = len(per)
         for n, li_id in enumerate(ids):
             li = catalog.line_items[li_id]
-            v = dict(zip(per, values[n * 4 : n * 4 + 4], strict=True))
+            v = dict(zip(per, values[n * k : n * k + k], strict=True))
             pacing = self.pacing.get(li_id)
             b = li.pacing.budget
             out.append(
@@ -436,6 +460,8 @@ class DeliveryControl:
                     },
                     "served": v["served"],
                     "delivered_impressions": v["impression"],
+                    "delivered_today": v["today"],
+                    "target_period": "today" if b.daily_impressions is not None else "flight",
                     "completes": v["complete"],
                     "spend": v["spend"] / 1_000_000,
                     "target_now": None if pacing is None else round(pacing.target_now, 3),

@@ -195,7 +195,9 @@ class AdService:
             scorer = self._fallback
         d = decide(req, kept, env, scorer=scorer, filters=DELIVERY_FILTERS, prior=prior)
         before = len(d.ads)
-        d = await self.delivery.commit(d, viewer, within=left(MIN_STORE_WAIT_S))
+        d = await self.delivery.commit(
+            d, viewer, within=left(MIN_STORE_WAIT_S), catalog=snap.catalog
+        )
         if len(d.ads) < before and self.delivery.store_errors:
             self.metrics.degradations.labels("commit_failed").inc()
         try:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from vastserver.catalog.model import Budget, Delivery, FrequencyCap
+from vastserver.catalog.model import Budget, Catalog, Delivery, FrequencyCap
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.reasons import Reason
@@ -382,10 +382,59 @@ def reads_for(cands: Iterable[Candidate], viewer: Viewer, now: datetime) -> list
     return gate_checks(cands, viewer, now)[1]
 
 
+ScopeCaps = Mapping[tuple[str, str], tuple[str, ...]]
+"""(scope, scope id) -> the cap windows any line item defines for it."""
+
+
+def scope_caps(catalog: Catalog) -> ScopeCaps:
+    """Which counters exist: a campaign cap on one line item counts the impressions of every
+    line item of that campaign (likewise advertiser and creative caps), so each impression
+    increments every counter its creative, line item, campaign and advertiser have."""
+    out: dict[tuple[str, str], dict[str, None]] = {}
+    for li in catalog.line_items.values():
+        camp = catalog.campaigns[li.campaign_id]
+        for cap in li.frequency_caps:
+            if cap.window == "pod":
+                continue
+            match cap.scope:
+                case "creative":
+                    ids: tuple[str, ...] = li.creative_ids
+                case "campaign":
+                    ids = (camp.id,)
+                case "advertiser":
+                    ids = (camp.advertiser_id,)
+                case _:
+                    ids = (li.id,)
+            for scope_id in ids:
+                out.setdefault((cap.scope, scope_id), {})[cap.window] = None
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def counted_caps(cand: Candidate, scopes: ScopeCaps | None) -> tuple[FrequencyCap, ...]:
+    """The cap counters one impression of ``cand`` moves (its own caps without ``scopes``)."""
+    if scopes is None:
+        return cand.line_item.frequency_caps
+    out: list[FrequencyCap] = []
+    for scope, scope_id in (
+        ("creative", cand.creative.id),
+        ("line_item", cand.line_item.id),
+        ("campaign", cand.campaign.id),
+        ("advertiser", cand.advertiser.id),
+    ):
+        for window in scopes.get((scope, scope_id), ()):
+            out.append(FrequencyCap(scope, 0, window))
+    return tuple(out)
+
+
 def reservation_guards(
-    cand: Candidate, viewer: Viewer, now: datetime, price_cpm: float
+    cand: Candidate,
+    viewer: Viewer,
+    now: datetime,
+    price_cpm: float,
+    scopes: ScopeCaps | None = None,
 ) -> tuple[tuple[Guard, ...], tuple[Incr, ...]]:
-    """Guards (cap and budget still open) and the reservation increments for one served ad."""
+    """Guards (the ad's own caps and budgets still open) and the reservation increments
+    (every counter an impression of it would move) for one served ad."""
     guards: list[Guard] = []
     incrs: list[Incr] = []
     for cap in cand.line_item.frequency_caps:
@@ -395,7 +444,10 @@ def reservation_guards(
         guards.append(
             Guard(chk.impressions.key, chk.impressions.window, chk.limit, 1, (chk.reservations,))
         )
-        incrs.append(Incr(chk.reservations.key, RESERVATION_WINDOW, 1))
+    for cap in counted_caps(cand, scopes):
+        chk = cap_checks(cap, cand, viewer)
+        if chk is not None:
+            incrs.append(Incr(chk.reservations.key, RESERVATION_WINDOW, 1))
     for b in budget_checks(cand, now, price_cpm):
         guards.append(Guard(b.delivered.key, LIFETIME, b.limit, b.amount, (b.reservations,)))
         incrs.append(Incr(b.reservations.key, RESERVATION_WINDOW, b.amount))
@@ -403,14 +455,19 @@ def reservation_guards(
 
 
 def impression_increments(
-    cand: Candidate, viewer: Viewer, served_at: float, now: datetime, price_cpm: float
+    cand: Candidate,
+    viewer: Viewer,
+    served_at: float,
+    now: datetime,
+    price_cpm: float,
+    scopes: ScopeCaps | None = None,
 ) -> list[Incr]:
     """What one counted impression changes: caps and budgets move from reserved to delivered.
 
     ``now`` picks the daily budget key; use the serve time so a late beacon lands on the day
     its reservation was made."""
     out: list[Incr] = []
-    for cap in cand.line_item.frequency_caps:
+    for cap in counted_caps(cand, scopes):
         chk = cap_checks(cap, cand, viewer)
         if chk is None:
             continue
@@ -423,11 +480,16 @@ def impression_increments(
 
 
 def release_increments(
-    cand: Candidate, viewer: Viewer, served_at: float, now: datetime, price_cpm: float
+    cand: Candidate,
+    viewer: Viewer,
+    served_at: float,
+    now: datetime,
+    price_cpm: float,
+    scopes: ScopeCaps | None = None,
 ) -> list[Incr]:
     """``notUsed`` before any impression: give the reservations back."""
     out: list[Incr] = []
-    for cap in cand.line_item.frequency_caps:
+    for cap in counted_caps(cand, scopes):
         chk = cap_checks(cap, cand, viewer)
         if chk is not None:
             out.append(Incr(chk.reservations.key, RESERVATION_WINDOW, -1, at=served_at))
@@ -455,7 +517,7 @@ def history_key(session: str) -> str:
 
 def history_entries(avail: int, at: float, shown: Iterable[tuple[str, str | None]]) -> list[str]:
     """Session-history entries for the ads of one break: ``avail|unix|creative|category``."""
-    return [f"{avail}|{at:.0f}|{cr}|{comp or ''}" for cr, comp in shown]
+    return [f"{avail}|{at:.3f}|{cr}|{comp or ''}" for cr, comp in shown]
 
 
 def recent_from_history(
