@@ -103,7 +103,7 @@ async def test_overload_sheds_with_no_fill(make_client: ClientFactory) -> None:
     await asyncio.sleep(0.2)
     shed = [await client.get("/vast?pod_duration=30") for _ in range(3)]
     for r in shed:
-        assert r.status == 200
+        assert r.status == 200 and r.headers["X-Shed"] == "1"
         assert etree.fromstring(await r.read()).findall("v:Ad", NS) == []
     gate.set()
     done = await asyncio.gather(*pending)

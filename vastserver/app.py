@@ -166,7 +166,9 @@ async def guard_mw(request: web.Request, handler: Handler) -> web.StreamResponse
     if decision:
         if rt.in_flight >= rt.settings.max_in_flight:
             rt.metrics.shed.labels(endpoint).inc()
-            return _no_fill(rt, endpoint, "overload")
+            resp = _no_fill(rt, endpoint, "overload")
+            resp.headers["X-Shed"] = "1"  # lets load tests tell shed from admitted requests
+            return resp
         rt.in_flight += 1
         rt.metrics.in_flight.set(rt.in_flight)
     try:
