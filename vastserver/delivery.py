@@ -68,6 +68,8 @@ COUNTED_EVENTS = (
 )
 """Events with a per-line-item counter (each counted once per ad serving id)."""
 PACING_INTERVAL_S = 10.0
+PACING_CHUNK = 500
+"""Line items per store read in the background loops, which yield to serving in between."""
 
 
 def _ev_key(li_id: str, event: str) -> str:
@@ -132,6 +134,8 @@ class DeliveryControl:
         self.cap_hits: Counter[str] = Counter()
         self.completion_rates: dict[str, float] = {}
         self._scopes: tuple[Catalog, ScopeCaps] | None = None
+        self.active: set[str] = set()
+        """Line items this instance has served or counted beacons for."""
         self.store_errors = 0
 
     def _store_error(self, op: str = "delivery") -> None:
@@ -229,6 +233,7 @@ class DeliveryControl:
         failure or a commit slower than ``within`` seconds applies the failure policy."""
         if not d.ads:
             return d
+        self.active.update(ad.candidate.line_item.id for ad in d.ads)
         now = d.now
         batch: list[Guarded] = []
         for ad in d.ads:
@@ -301,6 +306,7 @@ class DeliveryControl:
             # the other settling event came first
             return BeaconResult(counted=False, reason="already_settled")
         cand = _candidate(catalog, token)
+        self.active.add(token.line_item_id)
         now = self.clock()
         served_at = float(token.served_at)
         served_dt = datetime.fromtimestamp(served_at, UTC)
@@ -332,48 +338,67 @@ class DeliveryControl:
     # ------------------------------------------------------------------ pacing
 
     async def update_pacing(self, catalog: Catalog) -> None:
-        """Recompute each budgeted line item's serve probability from shared counters."""
+        """Recompute each budgeted, in-flight line item's serve probability from shared
+        counters, in chunks that yield to the event loop (a 100k catalog must not stall
+        serving)."""
         now = self.clock()
-        items = [li for li in catalog.line_items.values() if _li_budget(li) is not None]
-        reads: list[Read] = []
-        for li in items:
-            reads.append(Read(_ev_key(li.id, "impression"), LIFETIME))
-            camp = catalog.campaigns[li.campaign_id]
-            reads.append(
-                Read(f"{_ev_key(li.id, 'impression')}:d:{local_day(now, camp.timezone)}", LIFETIME)
-            )
-        if not reads:
-            return
-        try:
-            values = await self.store.read(reads, now.timestamp())
-        except StoreUnavailable:
-            self._store_error()
-            return
+        items = [
+            li
+            for li in catalog.line_items.values()
+            if _li_budget(li) is not None and li.start <= now < li.end
+        ]
+        days: dict[str, str] = {}
         throttle: dict[str, float] = {}
         exhausted: set[str] = set()
-        for i, li in enumerate(items):
-            camp = catalog.campaigns[li.campaign_id]
-            lifetime, today = values[2 * i], values[2 * i + 1]
-            b = li.pacing.budget
-            state = self.pacing.setdefault(li.id, LineItemPacing())
-            if b.daily_impressions is not None:
-                budget: float = b.daily_impressions
-                delivered = today
-                frac = daily_target_fraction(now, camp.timezone, li.pacing.delivery)
-            else:
-                budget = float(b.impressions or 0)
-                delivered = lifetime
-                frac = target_fraction(now, li.start, li.end, li.pacing.delivery, camp.timezone)
-            target = budget * frac
-            state.budget, state.delivered, state.target_now = budget, delivered, target
-            if delivered >= budget:
-                exhausted.add(li.id)
-            if li.pacing.delivery is Delivery.ASAP:
-                continue
-            throttle[li.id] = state.controller.update(delivered, target)
+        for start in range(0, len(items), PACING_CHUNK):
+            chunk = items[start : start + PACING_CHUNK]
+            reads: list[Read] = []
+            for li in chunk:
+                tz = catalog.campaigns[li.campaign_id].timezone
+                day = days.get(tz) or days.setdefault(tz, local_day(now, tz))
+                reads.append(Read(_ev_key(li.id, "impression"), LIFETIME))
+                reads.append(Read(f"{_ev_key(li.id, 'impression')}:d:{day}", LIFETIME))
+            try:
+                values = await self.store.read(reads, now.timestamp())
+            except StoreUnavailable:
+                self._store_error()
+                return
+            for i, li in enumerate(chunk):
+                self._pace_one(
+                    catalog, li, now, values[2 * i], values[2 * i + 1], throttle, exhausted
+                )
+            await asyncio.sleep(0)
         self.throttle = throttle
         self.exhausted = frozenset(exhausted)
         self._export_pacing(now, items)
+
+    def _pace_one(
+        self,
+        catalog: Catalog,
+        li: LineItem,
+        now: datetime,
+        lifetime: int,
+        today: int,
+        throttle: dict[str, float],
+        exhausted: set[str],
+    ) -> None:
+        camp = catalog.campaigns[li.campaign_id]
+        b = li.pacing.budget
+        state = self.pacing.setdefault(li.id, LineItemPacing())
+        if b.daily_impressions is not None:
+            budget: float = b.daily_impressions
+            delivered = today
+            frac = daily_target_fraction(now, camp.timezone, li.pacing.delivery)
+        else:
+            budget = float(b.impressions or 0)
+            delivered = lifetime
+            frac = target_fraction(now, li.start, li.end, li.pacing.delivery, camp.timezone)
+        target = budget * frac
+        state.budget, state.delivered, state.target_now = budget, delivered, target
+        if delivered >= budget:
+            exhausted.add(li.id)
+        if li.pacing.delivery is not Delivery.ASAP:
+            throttle[li.id] = state.controller.update(delivered, target)
 
     def _export_pacing(self, now: datetime, items: Sequence[LineItem]) -> None:
         """Per-line-item gauges, only for budgeted line items in flight (bounded labels)."""
@@ -383,8 +408,8 @@ class DeliveryControl:
         for g in (m.li_delivered, m.li_pacing_ratio, m.li_throttle):
             g.clear()
         for li in items:
-            if not (li.start <= now < li.end):
-                continue
+            if li.id not in self.active:
+                continue  # only line items this instance has served: bounded label sets
             state = self.pacing.get(li.id)
             if state is None:
                 continue
@@ -394,21 +419,25 @@ class DeliveryControl:
             m.li_throttle.labels(li.id).set(self.throttle.get(li.id, 1.0))
 
     async def update_rates(self, catalog: Catalog, min_impressions: int = 20) -> None:
-        """Historic completion rate per line item (a model feature), from shared counters."""
-        ids = sorted(catalog.line_items)
-        reads = [Read(_ev_key(li, ev), LIFETIME) for li in ids for ev in ("impression", "complete")]
-        if not reads:
-            return
-        try:
-            values = await self.store.read(reads, self.clock().timestamp())
-        except StoreUnavailable:
-            self._store_error()
-            return
+        """Historic completion rate (a model feature) of the line items this instance has
+        served, from shared counters, in chunks that yield to the event loop."""
+        ids = sorted(li for li in self.active if li in catalog.line_items)
         rates: dict[str, float] = {}
-        for i, li in enumerate(ids):
-            imps, completes = values[2 * i], values[2 * i + 1]
-            if imps >= min_impressions:
-                rates[li] = min(1.0, completes / imps)
+        for start in range(0, len(ids), PACING_CHUNK):
+            chunk = ids[start : start + PACING_CHUNK]
+            reads = [
+                Read(_ev_key(li, ev), LIFETIME) for li in chunk for ev in ("impression", "complete")
+            ]
+            try:
+                values = await self.store.read(reads, self.clock().timestamp())
+            except StoreUnavailable:
+                self._store_error()
+                return
+            for i, li in enumerate(chunk):
+                imps, completes = values[2 * i], values[2 * i + 1]
+                if imps >= min_impressions:
+                    rates[li] = min(1.0, completes / imps)
+            await asyncio.sleep(0)
         self.completion_rates = rates
 
     async def run_pacing(self, catalog_ref: Callable[[], Catalog], stop: asyncio.Event) -> None:
