@@ -165,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vastserver.ml.train import main_train
 
         return main_train(rest)
+    if cmd == "bench":
+        from vastserver.bench import main_bench
+
+        return main_bench(rest)
     if cmd == "simulate":
         from vastserver.sim.cli import main_simulate
 

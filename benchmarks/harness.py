@@ -1,0 +1,1235 @@
+"""``vastserver bench``: the orchestration, the targets and the report.
+
+One run measures, on this machine and in the same session:
+
+1. **micro-benchmarks** (in-process, no HTTP, each in a fresh process): per-request ``/vast``
+   work at each catalog size, scoring with 10/100/1,000 candidates, pods of 1/4/8 ads, and the
+   memory of the in-memory frequency store with 1M viewers (:mod:`benchmarks.micro`);
+2. **HTTP runs**: for each worker count and catalog size, the real server
+   (``python -m vastserver serve``) is started on loopback, VAST responses are fetched to
+   harvest signed beacon URLs, then each endpoint's request list is replayed closed-loop
+   (wrk when installed, else :mod:`benchmarks.loadgen` in its own process), and the 4-ad
+   ``/vast`` once more at a fixed rate of half the measured maximum;
+3. the **baseline**: :mod:`benchmarks.static_server` with the same worker count, answering the
+   same request lists with a real pre-rendered 4-ad VAST document (and VMAP, and 204 for
+   beacons), measured the same way.
+
+Ratios are real / baseline for the same endpoint and worker count, so the machine's speed and
+load mostly cancel out. The targets of the performance issue are evaluated from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from benchmarks import procstat, profiling, reqmix, wrkdrv
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "bench-secret-0123456789abcdef-not-for-production"
+ENDPOINTS: tuple[str, ...] = ("vast_pod4", "vast", "vmap", "beacon", "mix")
+TARGET_LINE_ITEMS = 10_000
+ENDPOINT_NOTES = {
+    "vast_pod4": "/vast, 4-ad pods of 120 s (30 % SSAI headers)",
+    "vast": "/vast, pods of 1-8 ads, mixed VAST versions (30 % SSAI headers)",
+    "vmap": "/vmap, ad-tag schedules (pre, 3 mids, post)",
+    "beacon": "/t/{event}, harvested signed beacons replayed (204)",
+    "mix": "session mix: 1 VMAP / 4 breaks, 1 VAST per break, 6 beacons per ad",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(slots=True)
+class Options:
+    quick: bool
+    duration: float
+    connections: int
+    sizes: list[int]
+    http_sizes: list[int]
+    workers: list[int]
+    out: Path | None
+    cache_dir: Path
+    model: Path | None
+    model_source: str
+    event_log: str
+    tool: str
+    seed: int
+    store_viewers: int
+    micro_budget: float
+    harvest_s: float
+    profile: bool
+    warmup: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        out = [int(x.replace("_", "")) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma list of integers: {text!r}") from None
+    if not out or any(x < 1 for x in out):
+        raise argparse.ArgumentTypeError(f"need positive integers: {text!r}")
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="vastserver bench",
+        description="Benchmark the server against a static aiohttp baseline on this machine "
+        "(see docs/benchmark.md).",
+    )
+    ap.add_argument("--quick", action="store_true", help="small sizes, short runs (the test)")
+    ap.add_argument("--duration", type=float, help="seconds per load run (default 10; quick 1)")
+    ap.add_argument("--connections", type=int, help="concurrent connections (default 32)")
+    ap.add_argument("--sizes", type=_int_list, help="catalog sizes (default 1000,10000,100000)")
+    ap.add_argument(
+        "--http-sizes", type=_int_list, help="catalog sizes for the HTTP runs (default: --sizes)"
+    )
+    ap.add_argument("--workers", type=_int_list, help="server worker counts (default 1,2)")
+    ap.add_argument("--out", type=Path, help="write the JSON report here")
+    ap.add_argument(
+        "--cache-dir", type=Path, default=None, help="generated catalogs (default var/bench-cache)"
+    )
+    model = ap.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, help="model bundle (default fixtures/demo-model)")
+    model.add_argument("--no-model", action="store_true", help="price scorer only")
+    ap.add_argument("--event-log", choices=("off", "on"), default="off")
+    ap.add_argument("--tool", choices=("auto", "wrk", "aiohttp"), default="auto")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--store-viewers", type=int, help="viewers in the store test (default 1M)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
+    ap.add_argument(
+        "--compare",
+        type=Path,
+        nargs=2,
+        metavar=("OLD", "NEW"),
+        help="compare two JSON reports (ratios and targets) and exit; runs nothing",
+    )
+    return ap
+
+
+def resolve(args: argparse.Namespace) -> Options:
+    quick: bool = args.quick
+    sizes: list[int] = args.sizes or ([1000] if quick else [1000, 10_000, 100_000])
+    cache = args.cache_dir or (ROOT / "var" / "bench-cache")
+    notes: list[str] = []
+    model: Path | None = None
+    source = "none"
+    if args.model is not None:
+        model, source = args.model.resolve(), "--model"
+    elif not args.no_model:
+        demo = ROOT / "fixtures" / "demo-model"
+        if demo.is_dir():
+            model, source = demo, "fixtures/demo-model"
+        elif not quick:
+            source = "train"  # a stand-in is trained into the cache (see ensure_model)
+    return Options(
+        quick=quick,
+        duration=args.duration or (1.0 if quick else 10.0),
+        connections=args.connections or (8 if quick else 32),
+        sizes=sizes,
+        http_sizes=args.http_sizes or sizes,
+        workers=args.workers or ([1] if quick else [1, 2]),
+        out=args.out,
+        cache_dir=cache,
+        model=model,
+        model_source=source,
+        event_log=args.event_log,
+        tool=args.tool,
+        seed=args.seed,
+        store_viewers=args.store_viewers or (10_000 if quick else 1_000_000),
+        micro_budget=0.5 if quick else 5.0,
+        harvest_s=1.0 if quick else 15.0,
+        profile=not args.no_profile,
+        warmup=0.0 if quick else 1.0,
+        notes=notes,
+    )
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def _py(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    env["VASTSERVER_SECRET"] = SECRET
+    env["VASTSERVER_LOG_LEVEL"] = "WARNING"
+    env.pop("VASTSERVER_REDIS_URL", None)
+    return env
+
+
+def ensure_catalog(opts: Options, n: int) -> Path:
+    day = datetime.now(UTC).strftime("%Y%m%d")
+    opts.cache_dir.mkdir(parents=True, exist_ok=True)
+    path = opts.cache_dir / f"catalog-{n}-s{opts.seed}-{day}.json"
+    if not path.exists():
+        log(f"generating a {n:,}-line-item catalog -> {path}")
+        t0 = time.perf_counter()
+        cmd = _py("-m", "vastserver", "gen-catalog", "--line-items", str(n))
+        cmd += ["--seed", str(opts.seed), "--out", str(path), "--compact"]
+        subprocess.run(cmd, check=True, env=_env(), cwd=ROOT, capture_output=True)
+        log(f"  generated in {time.perf_counter() - t0:.1f}s")
+    return path
+
+
+def ensure_model(opts: Options) -> None:
+    """No model given and no demo model: train a stand-in bundle once into the cache."""
+    if opts.model_source != "train":
+        return
+    out = opts.cache_dir / f"bench-model-s{opts.seed}"
+    if not (out / "model.ubj").exists():
+        log(f"fixtures/demo-model absent: training a stand-in model -> {out}")
+        events = opts.cache_dir / f"bench-events-s{opts.seed}-{os.getpid()}"
+        code = (
+            "import sys\n"
+            "from vastserver.ml.synth import main_gen_events\n"
+            "from vastserver.ml.train import main_train\n"
+            f"rc = main_gen_events(['--out', {str(events)!r}, '--seed', '{opts.seed}', "
+            "'--sessions', '1500', '--days', '2'])\n"
+            f"rc = rc or main_train(['--events', {str(events)!r}, '--out', {str(out)!r}])\n"
+            "sys.exit(rc)\n"
+        )
+        r = subprocess.run(_py("-c", code), env=_env(), cwd=ROOT, capture_output=True, text=True)
+        shutil.rmtree(events, ignore_errors=True)
+        if r.returncode != 0:
+            opts.model, opts.model_source = None, "none"
+            opts.notes.append(f"stand-in model training failed: {r.stderr[-300:]}")
+            log("  training failed: no model")
+            return
+    opts.model = out
+    opts.model_source = "stand-in trained by bench (fixtures/demo-model absent)"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass(slots=True)
+class Server:
+    proc: subprocess.Popen[bytes]
+    port: int
+    logfile: Path
+    started_s: float
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+def _wait_ready(srv: Server, path: str, timeout_s: float) -> dict[str, Any]:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    last = ""
+    while time.monotonic() < deadline:
+        if srv.proc.poll() is not None:
+            tail = srv.logfile.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"server exited with {srv.proc.returncode}: {tail}")
+        try:
+            with urllib.request.urlopen(srv.url + path, timeout=2) as r:
+                if r.status == 200:
+                    doc: dict[str, Any] = json.loads(r.read() or b"{}")
+                    return doc
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            last = str(e)
+        time.sleep(0.2)
+    raise RuntimeError(f"server not ready after {timeout_s:.0f}s: {last}")
+
+
+def start_real(
+    opts: Options, catalog: Path, workers: int, workdir: Path
+) -> tuple[Server, dict[str, Any]]:
+    port = free_port()
+    logfile = workdir / f"server-{workers}w-{port}.log"
+    cmd = _py("-m", "vastserver", "serve", "--host", "127.0.0.1", "--port", str(port))
+    cmd += ["--workers", str(workers), "--catalog", str(catalog)]
+    cmd += ["--public-url", f"http://127.0.0.1:{port}"]
+    if opts.event_log == "on":
+        ev = workdir / f"events-{port}"
+        ev.mkdir()
+        cmd += ["--event-log", str(ev)]
+    else:
+        cmd += ["--event-log", "off"]
+    if opts.model is not None:
+        cmd += ["--model", str(opts.model)]
+    t0 = time.perf_counter()
+    with logfile.open("wb") as lf:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=lf, stderr=subprocess.STDOUT)
+    srv = Server(proc, port, logfile, 0.0)
+    try:
+        ready = _wait_ready(srv, "/readyz", 600)
+        if workers > 1:  # /readyz answers once one worker is up: wait for them all
+            _wait_workers(srv, workers, 600)
+    except Exception:
+        stop(srv)
+        raise
+    srv.started_s = time.perf_counter() - t0
+    return srv, ready
+
+
+def _wait_workers(srv: Server, workers: int, timeout_s: float) -> None:
+    """Every worker has loaded the catalog once its RSS stops growing and it idles."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(procstat.tree(srv.pid)) >= workers + 1:
+            break
+        time.sleep(0.2)
+    wait_idle(srv.pid, timeout_s=max(1.0, deadline - time.monotonic()))
+
+
+def start_static(vast: Path, vmap: Path, workers: int, workdir: Path) -> Server:
+    port = free_port()
+    logfile = workdir / f"static-{workers}w-{port}.log"
+    cmd = _py("-m", "benchmarks.static_server", "--port", str(port), "--workers", str(workers))
+    cmd += ["--vast", str(vast), "--vmap", str(vmap)]
+    t0 = time.perf_counter()
+    with logfile.open("wb") as lf:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=lf, stderr=subprocess.STDOUT)
+    srv = Server(proc, port, logfile, 0.0)
+    try:
+        _wait_ready(srv, "/healthz", 60)
+        if workers > 1:
+            _wait_workers(srv, workers, 60)
+    except Exception:
+        stop(srv)
+        raise
+    srv.started_s = time.perf_counter() - t0
+    return srv
+
+
+def stop(srv: Server) -> None:
+    """SIGTERM the server (its parent forwards it to the workers), then SIGKILL leftovers."""
+    pids = procstat.tree(srv.pid)
+    if srv.proc.poll() is None:
+        srv.proc.send_signal(signal.SIGTERM)
+    try:
+        srv.proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        srv.proc.kill()
+        srv.proc.wait(timeout=10)
+    for p in pids[1:]:
+        try:
+            os.kill(p, 0)
+        except OSError:
+            continue
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def wait_idle(pid: int, timeout_s: float = 120.0, step: float = 0.25) -> float:
+    """Wait until the server tree uses < 10 % of a core (a closed-loop run leaves queued
+    requests behind when the load generator stops); returns the seconds waited."""
+    t0 = time.monotonic()
+    prev = procstat.sample(pid).cpu_s
+    while time.monotonic() - t0 < timeout_s:
+        time.sleep(step)
+        cur = procstat.sample(pid).cpu_s
+        if cur - prev < 0.1 * step:
+            break
+        prev = cur
+    return time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------- harvest
+
+
+@dataclass(slots=True)
+class Harvest:
+    files: dict[str, Path]
+    vast_doc: bytes | None
+    vmap_doc: bytes | None
+    pods: int
+    ads: int
+    beacons: int
+    mix_proportions: dict[str, float]
+    fill_rate: float
+    seconds: float
+
+
+async def _fetch(session: aiohttp.ClientSession, base: str, line: reqmix.Line) -> tuple[int, str]:
+    async with session.get(base + line.path, headers=dict(line.headers)) as r:
+        return r.status, await r.text()
+
+
+async def _harvest(
+    base: str, lines: dict[str, list[reqmix.Line]], budget_s: float, max_pods: int
+) -> tuple[list[reqmix.HarvestedPod], bytes | None, bytes | None]:
+    rng = random.Random(11)
+    pods: list[reqmix.HarvestedPod] = []
+    vast_doc: bytes | None = None
+    vmap_doc: bytes | None = None
+    timeout = aiohttp.ClientTimeout(total=max(60.0, budget_s * 4))
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        status, body = await _fetch(session, base, lines["vmap"][0])
+        if status == 200:
+            vmap_doc = body.encode()
+        best: tuple[int, bytes] | None = None
+        for line in lines["vast_pod4"][:40]:
+            status, body = await _fetch(session, base, line)
+            n = reqmix.ad_count(body) if status == 200 else -1
+            if best is None or abs(n - 4) < abs(best[0] - 4):
+                best = (n, body.encode())
+            if n == 4:
+                break
+        vast_doc = best[1] if best else None
+        deadline = time.monotonic() + budget_s
+        queue = list(lines["vast"])
+
+        async def worker() -> None:
+            while queue and time.monotonic() < deadline and len(pods) < max_pods:
+                line = queue.pop()
+                status, body = await _fetch(session, base, line)
+                if status == 200:
+                    pods.append(reqmix.HarvestedPod(line, body, reqmix.beacons_of(body, rng)))
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+    return pods, vast_doc, vmap_doc
+
+
+def harvest(opts: Options, srv: Server, workdir: Path, tag: str) -> Harvest:
+    rng = random.Random(opts.seed)
+    lines = {
+        # enough distinct viewers that few repeat within a run (repeats hit frequency caps,
+        # and a pod with fewer ads is cheaper)
+        "vast_pod4": reqmix.vast_pod4_lines(rng, 2000),
+        "vast": reqmix.vast_lines(rng, 2000),
+        "vmap": reqmix.vmap_lines(rng, 200),
+    }
+    t0 = time.perf_counter()
+    pods, vast_doc, vmap_doc = asyncio.run(
+        _harvest(srv.url, lines, opts.harvest_s, 60 if opts.quick else 400)
+    )
+    files: dict[str, Path] = {}
+    for kind, ls in lines.items():
+        files[kind] = workdir / f"{tag}-{kind}.txt"
+        reqmix.write_lines(files[kind], ls)
+    beacons = [b for p in pods for ad in p.beacons for b in ad]
+    mix = reqmix.session_mix(pods, lines["vmap"])
+    if beacons:
+        files["beacon"] = workdir / f"{tag}-beacon.txt"
+        reqmix.write_lines(files["beacon"], beacons)
+    if mix:
+        files["mix"] = workdir / f"{tag}-mix.txt"
+        reqmix.write_lines(files["mix"], mix)
+    ads = sum(len(p.beacons) for p in pods)
+    return Harvest(
+        files=files,
+        vast_doc=vast_doc,
+        vmap_doc=vmap_doc,
+        pods=len(pods),
+        ads=ads,
+        beacons=len(beacons),
+        mix_proportions=reqmix.proportions(mix),
+        fill_rate=round(sum(1 for p in pods if p.beacons) / max(1, len(pods)), 3),
+        seconds=round(time.perf_counter() - t0, 2),
+    )
+
+
+# --------------------------------------------------------------------------- load runs
+
+
+def _tool(opts: Options) -> str | None:
+    wrk = wrkdrv.available()
+    if opts.tool == "wrk":
+        if wrk is None:
+            raise SystemExit("--tool wrk: wrk is not installed (apt-get install wrk)")
+        return wrk
+    if opts.tool == "aiohttp":
+        return None
+    return wrk
+
+
+def run_load(
+    opts: Options,
+    srv: Server,
+    requests_file: Path,
+    workdir: Path,
+    *,
+    rate: float | None = None,
+    duration: float | None = None,
+) -> dict[str, Any]:
+    """One measured run; adds ``cpu_us_per_req`` and ``rss_mb`` to the tool's result."""
+    dur = duration or opts.duration
+    wrk = _tool(opts)
+    if rate is None and wrk is not None:
+        if opts.warmup > 0:
+            wrkdrv.run(
+                wrk,
+                url=srv.url,
+                requests_file=requests_file,
+                duration=opts.warmup,
+                connections=opts.connections,
+                threads=1,
+                server_pid=None,
+                workdir=workdir,
+            )
+            wait_idle(srv.pid)
+        res = wrkdrv.run(
+            wrk,
+            url=srv.url,
+            requests_file=requests_file,
+            duration=dur,
+            connections=opts.connections,
+            threads=1,
+            server_pid=srv.pid,
+            workdir=workdir,
+        )
+    else:
+        out = workdir / f"loadgen-{time.monotonic_ns()}.json"
+        cmd = _py("-m", "benchmarks.loadgen", "--url", srv.url, "--requests", str(requests_file))
+        cmd += ["--duration", str(dur), "--connections", str(opts.connections)]
+        cmd += ["--server-pid", str(srv.pid), "--out", str(out)]
+        if rate is not None:
+            cmd += ["--rate", f"{rate:.3f}"]
+        elif opts.warmup > 0:
+            cmd += ["--warmup", str(opts.warmup)]
+        subprocess.run(cmd, check=True, cwd=ROOT, env=_env(), timeout=dur * 4 + 300)
+        res = json.loads(out.read_text())
+        out.unlink()
+    cpu = res.get("server_cpu_s")
+    n = int(res.get("requests") or 0)
+    res["cpu_us_per_req"] = round(cpu / n * 1e6, 1) if cpu is not None and n else None
+    tree = procstat.sample(srv.pid)
+    res["rss_mb"] = round(tree.rss / 2**20, 1)
+    res["rss_worker_max_mb"] = round(tree.rss_max / 2**20, 1)
+    res["drain_s"] = round(wait_idle(srv.pid), 2)
+    res.pop("stdout_tail", None)
+    return res
+
+
+def idle_probe(srv: Server, seconds: float, interval: float = 0.05) -> dict[str, Any]:
+    """With no load: ``/healthz`` every ``interval`` for ``seconds`` (longer than the 10 s
+    pacing period). The slowest probe shows how long background work (pacing, rates) blocks
+    the event loop; CPU per second shows what it costs."""
+    import urllib.request
+
+    lat: list[float] = []
+    before = procstat.sample(srv.pid)
+    t_end = time.perf_counter() + seconds
+    per_s: list[float] = []
+    mark, prev = time.perf_counter(), before.cpu_s
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        try:
+            with urllib.request.urlopen(srv.url + "/healthz", timeout=30) as r:
+                r.read()
+        except OSError:
+            pass
+        lat.append(time.perf_counter() - t0)
+        if time.perf_counter() - mark >= 1.0:
+            cur = procstat.sample(srv.pid).cpu_s
+            per_s.append(round((cur - prev) / (time.perf_counter() - mark), 3))
+            mark, prev = time.perf_counter(), cur
+        time.sleep(max(0.0, interval - (time.perf_counter() - t0)))
+    after = procstat.sample(srv.pid)
+    lat.sort()
+    return {
+        "seconds": seconds,
+        "probes": len(lat),
+        "probe_p50_ms": round(lat[len(lat) // 2] * 1000, 2) if lat else None,
+        "probe_max_ms": round(lat[-1] * 1000, 2) if lat else None,
+        "cpu_share": round(procstat.cpu_delta(before, after) / seconds, 4),
+        "cpu_share_max_1s": max(per_s, default=None),
+    }
+
+
+def _profile_run(
+    opts: Options, srv: Server, requests_file: Path, workdir: Path, name: str
+) -> dict[str, Any]:
+    """A closed-loop run with py-spy attached (not a measured run: sampling pauses the
+    server 200 times a second)."""
+    dur = opts.duration if opts.quick else max(5.0, opts.duration)
+    raw = (opts.out.parent if opts.out else workdir) / f"{_stem(opts)}profile-{name}.txt"
+    rec = profiling.start_record(srv.pid, dur + 1, raw, subprocesses=True)
+    if rec is None:
+        return {"error": "py-spy not installed (pip install py-spy)"}
+    time.sleep(0.5)
+    try:
+        res = run_load(opts, srv, requests_file, workdir, duration=dur)
+    finally:
+        prof = profiling.finish_record(rec, raw, timeout_s=dur + 60)
+    prof["load"] = {"requests": res.get("requests"), "rps": res.get("rps")}
+    return prof
+
+
+def _stem(opts: Options) -> str:
+    return (opts.out.stem + ".") if opts.out else ""
+
+
+def http_real(
+    opts: Options, workers: int, size: int, catalog: Path, workdir: Path, do_profile: bool
+) -> tuple[dict[str, Any], Harvest | None]:
+    log(f"real server: {workers} worker(s), {size:,} line items")
+    entry: dict[str, Any] = {"server": "vastserver", "workers": workers, "line_items": size}
+    try:
+        srv, ready = start_real(opts, catalog, workers, workdir)
+    except Exception as e:
+        entry["error"] = f"start failed: {e}"
+        log(f"  {entry['error'][:300]}")
+        return entry, None
+    try:
+        entry["startup_s"] = round(srv.started_s, 2)
+        entry["readyz"] = ready
+        entry["rss_idle_mb"] = round(procstat.sample(srv.pid).rss / 2**20, 1)
+        hv = harvest(opts, srv, workdir, f"w{workers}-n{size}")
+        entry["harvest"] = {
+            "pods": hv.pods,
+            "ads": hv.ads,
+            "beacons": hv.beacons,
+            "fill_rate": hv.fill_rate,
+            "seconds": hv.seconds,
+            "mix_proportions": hv.mix_proportions,
+            "vast_pod4_doc_bytes": len(hv.vast_doc or b""),
+            "vast_pod4_doc_ads": reqmix.ad_count((hv.vast_doc or b"").decode()),
+        }
+        wait_idle(srv.pid)
+        eps: dict[str, Any] = {}
+        for ep in ENDPOINTS:
+            f = hv.files.get(ep)
+            if f is None:
+                eps[ep] = {"error": "nothing harvested (no fill)"}
+                continue
+            log(f"  {ep}")
+            eps[ep] = run_load(opts, srv, f, workdir)
+        entry["endpoints"] = eps
+        if workers == 1:
+            log("  idle: /healthz probes over a pacing period")
+            idle_s = 3.0 if opts.quick else 11.0
+            rec = None
+            raw = (opts.out.parent if opts.out else workdir) / f"{_stem(opts)}profile-idle.txt"
+            if opts.profile and size == max(opts.http_sizes):
+                rec = profiling.start_record(srv.pid, idle_s, raw, subprocesses=True)
+            entry["idle"] = idle_probe(srv, idle_s)
+            if rec is not None:
+                entry.setdefault("profiles", {})["idle"] = profiling.finish_record(
+                    rec, raw, timeout_s=idle_s + 30
+                )
+        mx = float(eps["vast_pod4"].get("rps") or 0.0)
+        if mx > 0:
+            rate = max(0.5, mx / 2)
+            log(f"  vast_pod4 at a fixed {rate:.1f} req/s (half of the maximum)")
+            entry["fixed_rate"] = run_load(opts, srv, hv.files["vast_pod4"], workdir, rate=rate)
+        if do_profile and opts.profile:
+            log("  profiling /vast (4-ad pods) and beacons with py-spy")
+            profs = entry.setdefault("profiles", {})
+            profs["vast_pod4"] = _profile_run(opts, srv, hv.files["vast_pod4"], workdir, "vast")
+            if "beacon" in hv.files:
+                profs["beacon"] = _profile_run(opts, srv, hv.files["beacon"], workdir, "beacon")
+        entry["rss_end_mb"] = round(procstat.sample(srv.pid).rss / 2**20, 1)
+        return entry, hv
+    except Exception as e:
+        entry["error"] = f"{type(e).__name__}: {e}"
+        log(f"  failed: {entry['error'][:300]}")
+        return entry, None
+    finally:
+        stop(srv)
+
+
+def http_baseline(opts: Options, workers: int, hv: Harvest, workdir: Path) -> dict[str, Any]:
+    log(f"static baseline: {workers} worker(s)")
+    entry: dict[str, Any] = {"server": "static", "workers": workers}
+    vast = workdir / "static-vast.xml"
+    vmap = workdir / "static-vmap.xml"
+    vast.write_bytes(hv.vast_doc or b"<VAST/>")
+    vmap.write_bytes(hv.vmap_doc or b"<vmap:VMAP/>")
+    entry["vast_doc_bytes"] = vast.stat().st_size
+    entry["vmap_doc_bytes"] = vmap.stat().st_size
+    try:
+        srv = start_static(vast, vmap, workers, workdir)
+    except Exception as e:
+        entry["error"] = f"start failed: {e}"
+        return entry
+    try:
+        entry["rss_idle_mb"] = round(procstat.sample(srv.pid).rss / 2**20, 1)
+        eps: dict[str, Any] = {}
+        for ep in ENDPOINTS:
+            f = hv.files.get(ep)
+            if f is None:
+                eps[ep] = {"error": "no request list"}
+                continue
+            log(f"  {ep}")
+            eps[ep] = run_load(opts, srv, f, workdir)
+        entry["endpoints"] = eps
+        a = float(eps["vast_pod4"].get("rps") or 0.0)
+        b = float(eps["vast"].get("rps") or 0.0)
+        if a > 0 and b > 0:
+            # vast_pod4 and vast get the very same bytes from the baseline: any difference
+            # between the two runs is the machine's noise
+            entry["noise"] = {"same_work_rps_spread": round(abs(a - b) / ((a + b) / 2), 3)}
+        if a > 0:
+            entry["fixed_rate"] = run_load(opts, srv, hv.files["vast_pod4"], workdir, rate=a / 2)
+        return entry
+    except Exception as e:
+        entry["error"] = f"{type(e).__name__}: {e}"
+        return entry
+    finally:
+        stop(srv)
+
+
+def add_ratios(real: dict[str, Any], base: dict[str, Any] | None) -> None:
+    for ep, r in (real.get("endpoints") or {}).items():
+        b = ((base or {}).get("endpoints") or {}).get(ep) or {}
+        thr = cpu = None
+        if r.get("rps") and b.get("rps"):
+            thr = round(r["rps"] / b["rps"], 4)
+        if r.get("cpu_us_per_req") and b.get("cpu_us_per_req"):
+            cpu = round(r["cpu_us_per_req"] / b["cpu_us_per_req"], 2)
+        r["ratio"] = {"throughput": thr, "cpu": cpu}
+
+
+# --------------------------------------------------------------------------- micro
+
+
+def run_micro(opts: Options, catalogs: dict[int, Path], workdir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"scaling": {}, "scoring": None, "store": None}
+    model_args = ["--model", str(opts.model)] if opts.model is not None else []
+    budget = str(opts.micro_budget)
+
+    def micro(what: str, catalog: Path, *extra: str) -> dict[str, Any]:
+        f = workdir / f"micro-{what}-{time.monotonic_ns()}.json"
+        cmd = _py("-m", "benchmarks.micro", what, "--catalog", str(catalog), "--out", str(f))
+        r = subprocess.run(
+            [*cmd, *extra], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=3600
+        )
+        if r.returncode != 0:
+            return {"error": r.stderr[-1500:]}
+        doc: dict[str, Any] = json.loads(f.read_text())
+        return doc
+
+    for n in sorted(catalogs):
+        log(f"micro: /vast work in process at {n:,} line items")
+        out["scaling"][str(n)] = micro("scaling", catalogs[n], *model_args, "--budget", budget)
+    ref = _reference_size(list(catalogs))
+    log(f"micro: scoring 10/100/1,000 candidates and pods of 1/4/8 ({ref:,} line items)")
+    out["scoring"] = micro(
+        "scoring", catalogs[ref], *model_args, "--budget", str(3 * float(budget))
+    )
+    log(f"micro: frequency store with {opts.store_viewers:,} viewers")
+    out["store"] = micro("store", catalogs[min(catalogs)], "--viewers", str(opts.store_viewers))
+    return out
+
+
+def _reference_size(sizes: Sequence[int]) -> int:
+    return min(sizes, key=lambda n: (abs(math.log(n / TARGET_LINE_ITEMS)), -n))
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def _status(value: float | None, ok: bool) -> str:
+    return "not measured" if value is None else ("met" if ok else "missed")
+
+
+def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    runs = [r for r in report["http"]["runs"] if r.get("endpoints")]
+    bases = {b["workers"]: b for b in report["http"]["baseline"] if b.get("endpoints")}
+    one = [r for r in runs if r["workers"] == 1]
+    ref = min(
+        one,
+        key=lambda r: (abs(math.log(r["line_items"] / TARGET_LINE_ITEMS)), -r["line_items"]),
+        default=None,
+    )
+    targets: list[dict[str, Any]] = []
+    base1 = bases.get(1)
+
+    def at(run: dict[str, Any] | None) -> dict[str, Any]:
+        if run is None:
+            return {}
+        scorer = ((run.get("readyz") or {}).get("model") or {}).get("scorer")
+        return {
+            "workers": 1,
+            "line_items": run["line_items"],
+            "as_specified": run["line_items"] == TARGET_LINE_ITEMS,
+            "server_scorer": scorer,
+        }
+
+    # 1. /vast throughput vs the static baseline
+    ratio = None
+    notes: list[str] = []
+    if ref is not None and base1 is not None:
+        ratio = ref["endpoints"]["vast_pod4"].get("ratio", {}).get("throughput")
+        scorer = at(ref).get("server_scorer")
+        if scorer != "model":
+            notes.append(
+                f"the server scored with {scorer!r}, not the model: it did not load the "
+                "bundle passed with --model (model wiring) or no model was available"
+            )
+    targets.append(
+        {
+            "id": "vast_throughput",
+            "description": "/vast, 4-ad pod, 10k line items, model on, 1 worker: throughput "
+            ">= 25 % of the static baseline",
+            "threshold": 0.25,
+            "measured": ratio,
+            "unit": "ratio",
+            "status": _status(ratio, ratio is not None and ratio >= 0.25),
+            "at": at(ref),
+            "detail": None
+            if ref is None or base1 is None
+            else {
+                "vast_rps": ref["endpoints"]["vast_pod4"].get("rps"),
+                "baseline_rps": base1["endpoints"]["vast_pod4"].get("rps"),
+            },
+            "notes": notes,
+            "profile": "profiles.vast_http, profiles.vast_inprocess",
+        }
+    )
+    # 2. p99 at half of that load
+    fr = (ref or {}).get("fixed_rate") or {}
+    p99 = (fr.get("latency_ms") or {}).get("p99")
+    targets.append(
+        {
+            "id": "vast_p99_half_load",
+            "description": "p99 <= 5 ms at half of the measured maximum /vast rate "
+            "(fixed-rate open-loop run, latency from each request's due time)",
+            "threshold": 5.0,
+            "measured": p99,
+            "unit": "ms",
+            "status": _status(p99, p99 is not None and p99 <= 5.0),
+            "at": at(ref),
+            "detail": None
+            if not fr
+            else {
+                "rate": fr.get("target_rate"),
+                "achieved_rps": fr.get("rps"),
+                "requests": fr.get("requests"),
+                "p50_ms": (fr.get("latency_ms") or {}).get("p50"),
+                "service_p99_ms": (fr.get("service_ms") or {}).get("p99"),
+                "generator_saturated": fr.get("generator_saturated"),
+            },
+            "notes": ["the load generator could not keep the schedule: latencies are inflated"]
+            if fr.get("generator_saturated")
+            else [],
+            "profile": "profiles.vast_http, profiles.vast_inprocess",
+        }
+    )
+    # 3. 100k vs 1k per-request time (in process)
+    scaling = report["micro"]["scaling"] if report.get("micro") else {}
+    ok_sizes = sorted(int(k) for k, v in scaling.items() if "scorers" in v)
+    measured = None
+    detail: dict[str, Any] | None = None
+    notes = []
+    if len(ok_sizes) >= 2:
+        lo, hi = ok_sizes[0], ok_sizes[-1]
+        scorer = "model" if "model" in scaling[str(hi)]["scorers"] else "price"
+        s_lo = scaling[str(lo)]["scorers"][scorer]
+        s_hi = scaling[str(hi)]["scorers"][scorer]
+        t_lo = s_lo.get("cpu_median_ms", s_lo["median_ms"])
+        t_hi = s_hi.get("cpu_median_ms", s_hi["median_ms"])
+        measured = round(t_hi / t_lo, 2) if t_lo else None
+        detail = {
+            "small": lo,
+            "large": hi,
+            "scorer": scorer,
+            "small_cpu_ms": t_lo,
+            "large_cpu_ms": t_hi,
+            "wall_ratio": round(s_hi["median_ms"] / s_lo["median_ms"], 2)
+            if s_lo["median_ms"]
+            else None,
+        }
+        if (lo, hi) != (1000, 100_000):
+            notes.append(f"measured {hi:,} vs {lo:,} line items, not 100k vs 1k")
+    targets.append(
+        {
+            "id": "scaling_100k_vs_1k",
+            "description": "per-request /vast time at 100k line items <= 1.5x that at 1k "
+            "(in-process, median CPU time per request)",
+            "threshold": 1.5,
+            "measured": measured,
+            "unit": "ratio",
+            "status": _status(measured, measured is not None and measured <= 1.5),
+            "at": detail or {},
+            "notes": notes,
+            "profile": "micro.scaling.<size>.profile",
+        }
+    )
+    # 4. beacon throughput
+    ratio = None
+    if ref is not None and base1 is not None:
+        ratio = (ref["endpoints"].get("beacon") or {}).get("ratio", {}).get("throughput")
+    targets.append(
+        {
+            "id": "beacon_throughput",
+            "description": "a beacon at >= 50 % of the static baseline's throughput (1 worker)",
+            "threshold": 0.5,
+            "measured": ratio,
+            "unit": "ratio",
+            "status": _status(ratio, ratio is not None and ratio >= 0.5),
+            "at": at(ref),
+            "detail": None
+            if ref is None or base1 is None
+            else {
+                "beacon_rps": (ref["endpoints"].get("beacon") or {}).get("rps"),
+                "baseline_rps": (base1["endpoints"].get("beacon") or {}).get("rps"),
+            },
+            "notes": [],
+            "profile": "profiles.beacon_http",
+        }
+    )
+    return targets
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _f(x: Any, nd: int = 1) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, int | float):
+        if isinstance(x, float) and math.isnan(x):
+            return "-"
+        return f"{x:,.{nd}f}"
+    return str(x)
+
+
+def render_table(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    hdr = (
+        f"| {'workers':>7} | {'line items':>10} | {'endpoint':<9} | {'req/s':>9} | {'p50 ms':>7} "
+        f"| {'p90 ms':>7} | {'p99 ms':>8} | {'p99.9 ms':>8} | {'CPU µs/req':>10} | {'RSS MB':>7} "
+        f"| {'thr ratio':>9} | {'CPU ratio':>9} |"
+    )
+    lines.append(hdr)
+    lines.append("|" + "|".join("-" * (len(c)) for c in hdr.split("|")[1:-1]) + "|")
+    rows = [*report["http"]["baseline"], *report["http"]["runs"]]
+    rows.sort(key=lambda r: (r["workers"], r.get("line_items", 0)))
+    for r in rows:
+        name = "static" if r["server"] == "static" else f"{r['line_items']:,}"
+        if r.get("error"):
+            lines.append(f"| {r['workers']:>7} | {name:>10} | error: {r['error'][:80]} |")
+            continue
+        for ep, e in (r.get("endpoints") or {}).items():
+            if e.get("error"):
+                continue
+            lat = e.get("latency_ms") or {}
+            ratio = e.get("ratio") or {}
+            lines.append(
+                f"| {r['workers']:>7} | {name:>10} | {ep:<9} | {_f(e.get('rps')):>9} "
+                f"| {_f(lat.get('p50'), 2):>7} | {_f(lat.get('p90'), 2):>7} "
+                f"| {_f(lat.get('p99'), 2):>8} | {_f(lat.get('p999'), 2):>8} "
+                f"| {_f(e.get('cpu_us_per_req'), 0):>10} | {_f(e.get('rss_mb'), 0):>7} "
+                f"| {_f(ratio.get('throughput'), 3):>9} | {_f(ratio.get('cpu'), 1):>9} |"
+            )
+        fr = r.get("fixed_rate")
+        if fr:
+            lat = fr.get("latency_ms") or {}
+            half = "@half*" if fr.get("generator_saturated") else "@half"
+            lines.append(
+                f"| {r['workers']:>7} | {name:>10} | {half:<9} | {_f(fr.get('rps')):>9} "
+                f"| {_f(lat.get('p50'), 2):>7} | {_f(lat.get('p90'), 2):>7} "
+                f"| {_f(lat.get('p99'), 2):>8} | {_f(lat.get('p999'), 2):>8} "
+                f"| {_f(fr.get('cpu_us_per_req'), 0):>10} | {_f(fr.get('rss_mb'), 0):>7} "
+                f"| {'':>9} | {'':>9} |"
+            )
+    return "\n".join(lines)
+
+
+def render_micro(report: dict[str, Any]) -> str:
+    m = report.get("micro") or {}
+    out: list[str] = []
+    sc = m.get("scaling") or {}
+    if sc:
+        out.append(
+            "| line items | scorer | CPU median ms | wall median ms | wall p90 ms | ads/pod "
+            "| RSS MB |"
+        )
+        out.append("|---:|---|---:|---:|---:|---:|---:|")
+        for n, v in sorted(sc.items(), key=lambda kv: int(kv[0])):
+            if "scorers" not in v:
+                out.append(f"| {int(n):,} | error | {str(v.get('error'))[-100:]} | | | | |")
+                continue
+            for name, s in v["scorers"].items():
+                out.append(
+                    f"| {int(n):,} | {name} | {_f(s.get('cpu_median_ms'), 2)} "
+                    f"| {_f(s['median_ms'], 2)} | {_f(s['p90_ms'], 2)} | {_f(s['ads_mean'], 2)} "
+                    f"| {_f(v['rss_mb'], 0)} |"
+                )
+    scoring = m.get("scoring") or {}
+    if scoring.get("scored_candidates"):
+        out.append("")
+        out.append(
+            "| scored candidates (CPU median) | model predict ms | decide, price ms "
+            "| decide, model ms |"
+        )
+        out.append("|---:|---:|---:|---:|")
+        for n, e in scoring["scored_candidates"].items():
+
+            def med(x: Any) -> str:
+                if not isinstance(x, dict):
+                    return str(x)
+                return _f(x.get("cpu_median_ms", x.get("median_ms")), 3)
+
+            out.append(
+                f"| {int(n):,} | {med(e.get('model_predict'))} | {med(e.get('decide_price'))} "
+                f"| {med(e.get('decide_model', 'no model'))} |"
+            )
+        out.append("")
+        n_li = scoring.get("line_items", 0)
+        out.append(f"| ads per pod ({n_li:,} line items) | CPU median ms/req | wall median ms |")
+        out.append("|---:|---:|---:|")
+        for k, s in (scoring.get("pods") or {}).items():
+            out.append(f"| {k} | {_f(s.get('cpu_median_ms'), 2)} | {_f(s.get('median_ms'), 2)} |")
+    st = m.get("store") or {}
+    if "viewers" in st:
+        out.append("")
+        out.append(
+            f"frequency store: {st['viewers']:,} viewers -> {st['keys']:,} keys, "
+            f"{_f(st['rss_delta_mb'])} MB RSS ({_f(st['bytes_per_viewer'], 0)} B/viewer; "
+            f"1M viewers ≈ {_f(st['projected_1m_viewers_mb'], 0)} MB)"
+        )
+    return "\n".join(out)
+
+
+def render_idle(report: dict[str, Any]) -> str:
+    out = [
+        "| line items | slowest /healthz probe ms | median probe ms | idle CPU share "
+        "| worst 1 s CPU share |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["http"]["runs"]:
+        i = r.get("idle")
+        if r["workers"] != 1 or not i:
+            continue
+        out.append(
+            f"| {r['line_items']:,} | {_f(i['probe_max_ms'], 1)} | {_f(i['probe_p50_ms'], 2)} "
+            f"| {_f(i['cpu_share'], 3)} | {_f(i['cpu_share_max_1s'], 2)} |"
+        )
+    return "\n".join(out)
+
+
+def render_targets(report: dict[str, Any]) -> str:
+    out = []
+    for t in report["targets"]:
+        m = t["measured"]
+        unit = " ms" if t["unit"] == "ms" else "x"
+        shown = "-" if m is None else f"{m:g}{unit}"
+        extra = ""
+        if t.get("at") and t["at"].get("as_specified") is False:
+            extra = f" (at {t['at'].get('line_items'):,} line items)"
+        status = t["status"].upper()
+        out.append(f"- {t['id']}: {status}: measured {shown}{extra} — {t['description']}")
+        for n in t.get("notes") or []:
+            out.append(f"    note: {n}")
+    return "\n".join(out)
+
+
+def render_profiles(report: dict[str, Any], n: int = 12) -> str:
+    out: list[str] = []
+    for name, p in (report.get("profiles") or {}).items():
+        if not isinstance(p, dict):
+            continue
+        if p.get("error"):
+            out.append(f"{name}: {p['error']}")
+            continue
+        if "vastserver_inclusive" in p:
+            out.append(f"{name} (py-spy, {p.get('samples')} samples): self")
+            out += [f"  {f['pct']:5.1f}%  {f['frame']}" for f in p["self"][:n]]
+            out.append(f"{name}: inclusive, vastserver frames")
+            out += [f"  {f['pct']:5.1f}%  {f['frame']}" for f in p["vastserver_inclusive"][:n]]
+        elif "cumulative_vastserver" in p:
+            out.append(f"{name} (cProfile, {p.get('total_s')} s): self")
+            out += [f"  {f['self_pct']:5.1f}%  {f['frame']}" for f in p["self"][:n]]
+            out.append(f"{name}: cumulative, vastserver frames")
+            out += [f"  {f['cum_pct']:5.1f}%  {f['frame']}" for f in p["cumulative_vastserver"][:n]]
+    return "\n".join(out)
+
+
+def _ratio_rows(report: dict[str, Any]) -> dict[tuple[int, int, str], dict[str, Any]]:
+    out: dict[tuple[int, int, str], dict[str, Any]] = {}
+    for r in report["http"]["runs"]:
+        for ep, e in (r.get("endpoints") or {}).items():
+            out[(r["workers"], r["line_items"], ep)] = e
+    return out
+
+
+def compare(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Side by side: throughput and CPU ratios to the baseline, and the targets. Ratios (not
+    raw req/s) are compared, so two runs on differently loaded machines stay comparable."""
+    a, b = _ratio_rows(old), _ratio_rows(new)
+    lines = [
+        "| workers | line items | endpoint | thr ratio old | thr ratio new | change "
+        "| CPU ratio old | CPU ratio new |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for key in sorted(set(a) | set(b)):
+        ra = (a.get(key) or {}).get("ratio") or {}
+        rb = (b.get(key) or {}).get("ratio") or {}
+        ta, tb = ra.get("throughput"), rb.get("throughput")
+        change = f"{tb / ta:.2f}x" if ta and tb else "-"
+        lines.append(
+            f"| {key[0]} | {key[1]:,} | {key[2]} | {_f(ta, 3)} | {_f(tb, 3)} | {change} "
+            f"| {_f(ra.get('cpu'), 1)} | {_f(rb.get('cpu'), 1)} |"
+        )
+    lines.append("")
+    old_t = {t["id"]: t for t in old.get("targets") or []}
+    for t in new.get("targets") or []:
+        o = old_t.get(t["id"]) or {}
+        lines.append(
+            f"- {t['id']}: {o.get('status', '-')} ({_f(o.get('measured'), 3)}) -> "
+            f"{t['status']} ({_f(t.get('measured'), 3)})"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _loop_name() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def main(argv: Sequence[str]) -> int:
+    try:
+        args = parser().parse_args(list(argv))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    if args.compare:
+        old, new = (json.loads(Path(p).read_text()) for p in args.compare)
+        print(compare(old, new))
+        return 0
+    opts = resolve(args)
+    t_start = time.perf_counter()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    if opts.out is not None:
+        opts.out.parent.mkdir(parents=True, exist_ok=True)
+    wrk = _tool(opts)
+    with tempfile.TemporaryDirectory(prefix="vastserver-bench-") as tmp:
+        workdir = Path(tmp)
+        all_sizes = sorted(set(opts.sizes) | set(opts.http_sizes))
+        catalogs = {n: ensure_catalog(opts, n) for n in all_sizes}
+        ensure_model(opts)
+        report: dict[str, Any] = {
+            "meta": {
+                "started": started,
+                "host": {
+                    "cpus": os.cpu_count(),
+                    "platform": platform.platform(),
+                    "python": platform.python_version(),
+                    "event_loop": _loop_name(),
+                    "load_tool": wrkdrv.version(wrk) if wrk else "aiohttp loadgen",
+                    "py_spy": profiling.py_spy() is not None,
+                    "loadavg_start": list(os.getloadavg()),
+                },
+                "options": {
+                    "quick": opts.quick,
+                    "duration_s": opts.duration,
+                    "connections": opts.connections,
+                    "sizes": opts.sizes,
+                    "http_sizes": opts.http_sizes,
+                    "workers": opts.workers,
+                    "event_log": opts.event_log,
+                    "seed": opts.seed,
+                    "store_viewers": opts.store_viewers,
+                },
+                "model": {
+                    "path": str(opts.model) if opts.model else None,
+                    "source": opts.model_source,
+                },
+                "endpoints": ENDPOINT_NOTES,
+                "notes": opts.notes,
+            },
+            "micro": None,
+            "http": {"runs": [], "baseline": []},
+            "profiles": {},
+        }
+        report["micro"] = run_micro(opts, {n: catalogs[n] for n in opts.sizes}, workdir)
+        ref_size = _reference_size(opts.http_sizes)
+        for w in opts.workers:
+            harvested: Harvest | None = None
+            for n in opts.http_sizes:
+                entry, hv = http_real(
+                    opts, w, n, catalogs[n], workdir, do_profile=(w == 1 and n == ref_size)
+                )
+                report["http"]["runs"].append(entry)
+                if hv is not None and (harvested is None or n == ref_size):
+                    harvested = hv
+            if harvested is None:
+                report["http"]["baseline"].append(
+                    {"server": "static", "workers": w, "error": "no real run to take lists from"}
+                )
+                continue
+            base = http_baseline(opts, w, harvested, workdir)
+            report["http"]["baseline"].append(base)
+            for r in report["http"]["runs"]:
+                if r["workers"] == w:
+                    add_ratios(r, base)
+        for r in report["http"]["runs"]:
+            for name, p in (r.pop("profiles", None) or {}).items():
+                key = f"{name.replace('_pod4', '')}_http"
+                if name == "idle":
+                    key = f"idle_http_{r['line_items']}"
+                report["profiles"][key] = p
+        scoring = (report["micro"] or {}).get("scoring") or {}
+        if isinstance(scoring, dict) and "profile_vast_path" in scoring:
+            report["profiles"]["vast_inprocess"] = scoring.pop("profile_vast_path")
+        report["targets"] = evaluate_targets(report)
+        report["meta"]["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        report["meta"]["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
+        report["meta"]["host"]["loadavg_end"] = list(os.getloadavg())
+    text = "\n\n".join(
+        [
+            "HTTP (ratios: this row / the static baseline with the same workers; @half: vast_pod4 "
+            "at a fixed rate of half its maximum, * = the load generator could not keep up)",
+            render_table(report),
+            "Idle server, 1 worker (background work blocking the event loop)",
+            render_idle(report),
+            "In-process micro-benchmarks",
+            render_micro(report),
+            "Targets",
+            render_targets(report),
+            "Top frames",
+            render_profiles(report),
+            f"elapsed {report['meta']['elapsed_s']} s",
+        ]
+    )
+    print(text)
+    if opts.out is not None:
+        opts.out.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+        log(f"wrote {opts.out}")
+    return 0

@@ -1,0 +1,291 @@
+"""aiohttp load generator, run in its own process (``python -m benchmarks.loadgen``).
+
+Two modes over a request list (:mod:`benchmarks.reqmix`), cycled in order:
+
+* **closed loop** (default): ``--connections N`` clients each send a request, wait for the
+  whole response, send the next, for ``--duration`` seconds. Throughput = responses
+  completed inside the window / window.
+* **fixed rate** (``--rate R``): request *i* is due at ``start + i / R`` whatever happened to
+  the earlier ones (open loop, what wrk2 does), sent on one of at most ``--connections``
+  connections. Latency is measured from the **due time**, not from when a connection became
+  free, so a server that stalls is charged for the requests queued behind the stall
+  (no coordinated omission). The pure service time is reported alongside.
+
+With ``--server-pid`` the server's process-tree CPU time is sampled exactly at the window's
+start and end, so CPU per request = CPU in the window / responses in the window.
+
+Writes one JSON document to ``--out``; see :func:`summarize` for its shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from benchmarks import procstat
+from benchmarks.reqmix import Line, read_lines
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of an ascending sequence; NaN when empty."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q / 100.0 * len(sorted_values) - 1e-9))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def _ms(x: float) -> float | None:
+    return None if math.isnan(x) else round(x * 1000.0, 3)
+
+
+def latency_summary(latencies_s: Sequence[float]) -> dict[str, float | None]:
+    """p50/p90/p99/p99.9/mean/max in milliseconds (None when there is no sample)."""
+    xs = sorted(latencies_s)
+    return {
+        "p50": _ms(percentile(xs, 50)),
+        "p90": _ms(percentile(xs, 90)),
+        "p99": _ms(percentile(xs, 99)),
+        "p999": _ms(percentile(xs, 99.9)),
+        "mean": _ms(sum(xs) / len(xs)) if xs else None,
+        "max": _ms(xs[-1]) if xs else None,
+    }
+
+
+@dataclass(slots=True)
+class Recorder:
+    window_end: float = math.inf
+    latencies: list[float] = field(default_factory=list)
+    service: list[float] = field(default_factory=list)
+    by_kind: dict[str, list[float]] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
+    late_sends: int = 0
+    """Fixed rate: requests sent more than 1 ms after their due time (all connections busy,
+    or the generator itself behind)."""
+    dispatch_late: int = 0
+    """Fixed rate: requests the generator itself dispatched more than 1 ms late."""
+    dispatch_rate: float | None = None
+    """Fixed rate: requests dispatched per second, as achieved by the generator."""
+
+    def ok(self, kind: str, due: float, sent: float, done: float, status: int, n: int) -> None:
+        if done > self.window_end:
+            return
+        self.latencies.append(done - due)
+        self.service.append(done - sent)
+        self.by_kind.setdefault(kind, []).append(done - due)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.bytes += n
+
+    def error(self, what: str, done: float) -> None:
+        if done <= self.window_end:
+            self.errors[what] = self.errors.get(what, 0) + 1
+
+
+def _prepare(base_url: str, lines: Sequence[Line]) -> list[tuple[str, str, dict[str, str]]]:
+    return [(ln.kind, base_url + ln.path, dict(ln.headers)) for ln in lines]
+
+
+async def _one(
+    session: aiohttp.ClientSession,
+    req: tuple[str, str, dict[str, str]],
+    due: float,
+    rec: Recorder | None,
+) -> None:
+    kind, url, headers = req
+    sent = time.perf_counter()
+    try:
+        async with session.get(url, headers=headers, allow_redirects=False) as resp:
+            body = await resp.read()
+            status = resp.status
+    except (TimeoutError, aiohttp.ClientError, OSError) as e:
+        if rec is not None:
+            rec.error(type(e).__name__, time.perf_counter())
+        return
+    if rec is not None:
+        rec.ok(kind, due, sent, time.perf_counter(), status, len(body))
+
+
+async def closed_loop(
+    session: aiohttp.ClientSession,
+    reqs: Sequence[tuple[str, str, dict[str, str]]],
+    connections: int,
+    deadline: float,
+    rec: Recorder | None,
+    start_index: int = 0,
+) -> int:
+    """Run ``connections`` clients until ``deadline``; returns the next list index."""
+    if rec is not None:
+        rec.window_end = deadline
+    state = {"i": start_index}
+
+    async def client() -> None:
+        while time.perf_counter() < deadline:
+            i = state["i"]
+            state["i"] = i + 1
+            now = time.perf_counter()
+            await _one(session, reqs[i % len(reqs)], now, rec)
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return state["i"]
+
+
+async def fixed_rate(
+    session: aiohttp.ClientSession,
+    reqs: Sequence[tuple[str, str, dict[str, str]]],
+    connections: int,
+    duration: float,
+    rate: float,
+    rec: Recorder,
+    start_index: int = 0,
+) -> None:
+    start = time.perf_counter()
+    rec.window_end = math.inf  # every scheduled request counts, however late it completes
+    sem = asyncio.Semaphore(connections)
+    total = max(1, int(duration * rate))
+    tasks: list[asyncio.Task[None]] = []
+
+    async def send(req: tuple[str, str, dict[str, str]], due: float) -> None:
+        async with sem:
+            if time.perf_counter() - due > 0.001:
+                rec.late_sends += 1
+            await _one(session, req, due, rec)
+
+    for i in range(total):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        elif delay < -0.001:
+            rec.dispatch_late += 1
+        tasks.append(asyncio.create_task(send(reqs[(start_index + i) % len(reqs)], due)))
+    spent = time.perf_counter() - start
+    rec.dispatch_rate = total / spent if spent > 0 else None
+    await asyncio.gather(*tasks)
+
+
+async def _sample_at(when: float, pid: int | None) -> procstat.TreeSample | None:
+    delay = when - time.perf_counter()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return procstat.sample(pid) if pid else None
+
+
+def summarize(
+    rec: Recorder,
+    *,
+    mode: str,
+    window_s: float,
+    connections: int,
+    rate: float | None,
+    cpu_s: float | None,
+) -> dict[str, Any]:
+    n = len(rec.latencies)
+    return {
+        "tool": "aiohttp",
+        "mode": mode,
+        "connections": connections,
+        "target_rate": rate,
+        "window_s": window_s,
+        "requests": n,
+        "rps": n / window_s if window_s > 0 else 0.0,
+        "latency_ms": latency_summary(rec.latencies),
+        "service_ms": latency_summary(rec.service),
+        "by_kind": {
+            k: {"requests": len(v), "latency_ms": latency_summary(v)}
+            for k, v in sorted(rec.by_kind.items())
+        },
+        "statuses": {str(k): v for k, v in sorted(rec.statuses.items())},
+        "errors": rec.errors,
+        "bytes": rec.bytes,
+        "late_sends": rec.late_sends,
+        "dispatch_late": rec.dispatch_late,
+        "dispatch_rate": rec.dispatch_rate,
+        # fixed rate: the generator itself could not keep the schedule, so the latencies
+        # measure the generator as much as the server
+        "generator_saturated": rate is not None
+        and (
+            rec.dispatch_late > 0.05 * max(1, n)
+            or (rec.dispatch_rate is not None and rec.dispatch_rate < 0.95 * rate)
+        ),
+        "server_cpu_s": cpu_s,
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    lines = read_lines(args.requests)
+    reqs = _prepare(args.url.rstrip("/"), lines)
+    connector = aiohttp.TCPConnector(limit=args.connections, limit_per_host=args.connections)
+    timeout = aiohttp.ClientTimeout(total=args.timeout)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False
+    ) as session:
+        index = 0
+        if args.warmup > 0:
+            deadline = time.perf_counter() + args.warmup
+            index = await closed_loop(session, reqs, args.connections, deadline, None)
+        rec = Recorder()
+        pid: int | None = args.server_pid
+        before = procstat.sample(pid) if pid else None
+        t0 = time.perf_counter()
+        after: procstat.TreeSample | None = None
+        if args.rate:
+            await fixed_rate(session, reqs, args.connections, args.duration, args.rate, rec, index)
+            mode = "fixed-rate"
+            window = time.perf_counter() - t0
+            after = procstat.sample(pid) if pid else None
+        else:
+            deadline = t0 + args.duration
+            sampler = asyncio.create_task(_sample_at(deadline, pid))
+            await closed_loop(session, reqs, args.connections, deadline, rec, index)
+            mode = "closed"
+            window = args.duration
+            # sampled at the deadline, like the responses counted: requests still in flight
+            # then are left out of both
+            after = await sampler
+    cpu = procstat.cpu_delta(before, after) if before and after else None
+    return summarize(
+        rec,
+        mode=mode,
+        window_s=window,
+        connections=args.connections,
+        rate=args.rate,
+        cpu_s=cpu,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.loadgen")
+    ap.add_argument("--url", required=True, help="base URL, e.g. http://127.0.0.1:8080")
+    ap.add_argument("--requests", type=Path, required=True, help="request list file")
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--warmup", type=float, default=0.0)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rate", type=float, default=None, help="fixed rate (requests/s)")
+    ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--server-pid", type=int, default=None)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(run(args))
+    args.out.write_text(json.dumps(result, indent=1, allow_nan=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
