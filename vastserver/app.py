@@ -546,7 +546,6 @@ def create_app(
         settings.template_dir,
         urls=urls,
         keyring=keyring,
-        clock=clock,
         progress_offsets_s=settings.progress_offsets_s,
     )
     rng = rng or random.SystemRandom()

@@ -8,9 +8,8 @@ autoescape and ``StrictUndefined`` and compiles every template at start-up.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -206,7 +205,6 @@ class Renderer:
         *,
         urls: TrackingUrls,
         keyring: Keyring,
-        clock: Callable[[], datetime],
         progress_offsets_s: Sequence[float] = (),
     ) -> None:
         self.env = jinja2.Environment(
@@ -221,7 +219,6 @@ class Renderer:
         self.vmap_template = self.env.get_template("vmap.xml.j2")
         self.urls = urls
         self.keyring = keyring
-        self.clock = clock
         self.progress_offsets_s = tuple(progress_offsets_s)
 
     # ------------------------------------------------------------------ VAST

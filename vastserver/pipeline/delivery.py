@@ -377,11 +377,6 @@ class CountsGate(DeliveryGate):
         return None
 
 
-def reads_for(cands: Iterable[Candidate], viewer: Viewer, now: datetime) -> list[Read]:
-    """Every counter the gate may look at, deduplicated, for one store round trip."""
-    return gate_checks(cands, viewer, now)[1]
-
-
 ScopeCaps = Mapping[tuple[str, str], tuple[str, ...]]
 """(scope, scope id) -> the cap windows any line item defines for it."""
 
