@@ -64,6 +64,7 @@ from vastserver.catalog.gen import (
 )
 from vastserver.catalog.load import CatalogError, load_catalog, parse_catalog
 from vastserver.catalog.model import AdRules, BreakPosition, Catalog
+from vastserver.cliargs import iso_datetime, positive_float, positive_int
 from vastserver.delivery import DeliveryControl
 from vastserver.eventlog import EventLog
 from vastserver.metrics import Metrics
@@ -599,34 +600,6 @@ def generate_events(out_dir: Path, catalog: Catalog, config: SynthConfig) -> Syn
 # ------------------------------------------------------------------------------ CLI
 
 
-def _parse_start(text: str) -> datetime:
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return n
-
-
-def _positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return x
-
-
 def main_gen_events(argv: Sequence[str]) -> int:
     """``gen-events --out DIR --seed S [--catalog PATH | --line-items N] [--sessions N]
     [--days D] [--start ISO] [--scorer explore|price]``."""
@@ -640,20 +613,20 @@ def main_gen_events(argv: Sequence[str]) -> int:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--catalog", type=Path, metavar="PATH", help="catalog JSON (default: demo)")
     src.add_argument(
-        "--line-items", type=_positive_int, metavar="N", help="generate a catalog (seeded)"
+        "--line-items", type=positive_int, metavar="N", help="generate a catalog (seeded)"
     )
-    p.add_argument("--sessions", type=_positive_int, default=DEFAULT_SESSIONS, metavar="N")
-    p.add_argument("--days", type=_positive_float, default=3.0, metavar="D")
+    p.add_argument("--sessions", type=positive_int, default=DEFAULT_SESSIONS, metavar="N")
+    p.add_argument("--days", type=positive_float, default=3.0, metavar="D")
     p.add_argument(
         "--start",
-        type=_parse_start,
+        type=iso_datetime,
         default=DEFAULT_START,
         metavar="ISO",
         help=f"simulated start time (default {DEFAULT_START.isoformat()})",
     )
     p.add_argument("--scorer", choices=("explore", "price"), default="explore")
     p.add_argument(
-        "--pacing-interval", type=_positive_float, default=60.0, metavar="S",
+        "--pacing-interval", type=positive_float, default=60.0, metavar="S",
         help="simulated seconds between pacing/completion-rate refreshes (default 60)",
     )  # fmt: skip
     try:

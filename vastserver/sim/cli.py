@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
+from vastserver.cliargs import iso_datetime, positive_float, positive_int, unit_fraction
 from vastserver.sim.config import DEFAULT_START, Faults, SimConfig
 from vastserver.sim.harness import SimError
 from vastserver.sim.report import render_text, write_outputs
@@ -20,44 +20,6 @@ DEFAULT_LINE_ITEMS = 60
 DEFAULT_BUDGET_PER_HOUSEHOLD = 0.15
 
 
-def _rate(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return v
-
-
-def _time(text: str) -> datetime:
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vastserver simulate",
@@ -67,17 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--households", type=_positive_int, default=2000, metavar="N")
+    p.add_argument("--households", type=positive_int, default=2000, metavar="N")
     p.add_argument(
         "--hours",
-        type=_positive_float,
+        type=positive_float,
         default=24.0,
         metavar="H",
         help="simulated hours in which sessions start (default 24)",
     )
     p.add_argument(
         "--start",
-        type=_time,
+        type=iso_datetime,
         default=DEFAULT_START,
         metavar="ISO",
         help=f"simulated start time (default {DEFAULT_START.isoformat()})",
@@ -86,13 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--catalog", type=Path, metavar="PATH", help="catalog JSON to serve")
     src.add_argument(
         "--line-items",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help=f"serve a generated catalog (default {DEFAULT_LINE_ITEMS} line items)",
     )
     p.add_argument(
         "--budget-per-household",
-        type=_positive_float,
+        type=positive_float,
         metavar="F",
         help="daily impression budget per budgeted line item = F x households "
         f"(generated catalogs: default {DEFAULT_BUDGET_PER_HOUSEHOLD}; "
@@ -114,22 +76,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ssai-share",
-        type=_rate,
+        type=unit_fraction,
         default=0.3,
         metavar="F",
         help="share of sessions played through an SSAI stitcher (default 0.3)",
     )
     p.add_argument(
         "--sessions-per-household",
-        type=_positive_float,
+        type=positive_float,
         default=1.8,
         metavar="F",
         help="mean sessions per household per day (default 1.8)",
     )
     d = Faults()
-    p.add_argument("--lost-beacons", type=_rate, default=d.lost, metavar="P")
-    p.add_argument("--duplicate-beacons", type=_rate, default=d.duplicate, metavar="P")
-    p.add_argument("--late-beacons", type=_rate, default=d.late, metavar="P")
+    p.add_argument("--lost-beacons", type=unit_fraction, default=d.lost, metavar="P")
+    p.add_argument("--duplicate-beacons", type=unit_fraction, default=d.duplicate, metavar="P")
+    p.add_argument("--late-beacons", type=unit_fraction, default=d.late, metavar="P")
     p.add_argument(
         "--late-seconds",
         type=float,
