@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from vastserver.catalog.model import Budget, Catalog, Delivery, LineItem
+from vastserver.catalog.model import Catalog, Delivery, LineItem
 from vastserver.metrics import Metrics
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, PlacedAd
@@ -39,6 +39,7 @@ from vastserver.pipeline.delivery import (
     Viewer,
     daily_target_fraction,
     gate_checks,
+    has_budget,
     history_entries,
     history_key,
     impression_increments,
@@ -187,7 +188,7 @@ class DeliveryControl:
     def degraded(self, cands: Sequence[Candidate], viewer: Viewer, now: datetime) -> Prefetched:
         """No counters (store down or too slow): caps and stream separation fail open,
         budgeted line items fail closed."""
-        exhausted = self.exhausted | {c.line_item.id for c in cands if _has_budget(c)}
+        exhausted = self.exhausted | {c.line_item.id for c in cands if has_budget(c)}
         gate = CountsGate(
             counts={},
             viewer=viewer,
@@ -252,7 +253,7 @@ class DeliveryControl:
         except (StoreUnavailable, TimeoutError):
             self._store_error("commit")
             # Caps fail open; budgeted line items fail closed.
-            ok = [not _has_budget(ad.candidate) for ad in d.ads]
+            ok = [not has_budget(ad.candidate) for ad in d.ads]
         if all(ok):
             return d
         kept: list[PlacedAd] = []
@@ -514,17 +515,6 @@ def exposure_read(viewer: Viewer) -> Read:
 def _li_budget(li: LineItem) -> int | None:
     b = li.pacing.budget
     return b.daily_impressions if b.daily_impressions is not None else b.impressions
-
-
-def _has_budget(c: Candidate) -> bool:
-    """Whether the line item or its campaign has any impression or spend budget."""
-
-    def any_limit(b: Budget) -> bool:
-        return any(
-            v is not None for v in (b.impressions, b.daily_impressions, b.spend, b.daily_spend)
-        )
-
-    return any_limit(c.line_item.pacing.budget) or any_limit(c.campaign.budget)
 
 
 def _candidate(catalog: Catalog, token: AdToken) -> Candidate | None:

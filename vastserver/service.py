@@ -194,11 +194,11 @@ class AdService:
             self.metrics.model_fallback.labels("deadline").inc()
             scorer = self._fallback
         d = decide(req, kept, env, scorer=scorer, filters=DELIVERY_FILTERS, prior=prior)
-        before = len(d.ads)
+        before, errors = len(d.ads), self.delivery.store_errors
         d = await self.delivery.commit(
             d, viewer, within=left(MIN_STORE_WAIT_S), catalog=snap.catalog
         )
-        if len(d.ads) < before and self.delivery.store_errors:
+        if len(d.ads) < before and self.delivery.store_errors > errors:
             self.metrics.degradations.labels("commit_failed").inc()
         try:
             await asyncio.wait_for(self.delivery.remember(d), left(MIN_STORE_WAIT_S))

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from vastserver.catalog.model import RATINGS
+from vastserver.catalog.model import PLATFORMS, RATINGS
 
 __all__ = ["generate_catalog", "main_gen_catalog"]
 
@@ -94,8 +94,6 @@ CAMPAIGN_SEASONS: tuple[str, ...] = (
 COUNTRIES = ("US", "US", "US", "US", "CA", "GB", "AU", "DE", "MX")
 REGIONS = ("US-CA", "US-NY", "US-TX", "US-FL", "US-IL", "US-PA", "US-OH", "US-GA", "CA-ON", "CA-QC")
 DMAS = ("501", "803", "602", "504", "623", "807", "506", "511", "524", "618", "753", "539")
-DEVICE_TYPES = ("ctv", "stb", "mobile", "desktop")
-PLATFORMS = ("roku", "tvos", "androidtv", "firetv", "tizen", "webos", "vizio", "web")
 GENRES = (
     "drama", "comedy", "news", "sports", "kids", "documentary", "reality", "movies",
     "animation", "lifestyle", "crime", "scifi",

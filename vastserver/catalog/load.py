@@ -30,6 +30,8 @@ from typing import Any, Final, Generic, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 from vastserver.catalog.model import (
+    DEVICE_TYPES,
+    PLATFORMS,
     RATINGS,
     AdRules,
     Advertiser,
@@ -66,17 +68,6 @@ __all__ = [
 
 # --------------------------------------------------------------------------- vocabulary
 
-DEVICE_TYPES: tuple[str, ...] = ("ctv", "stb", "mobile", "desktop")
-PLATFORMS: tuple[str, ...] = (
-    "roku",
-    "tvos",
-    "androidtv",
-    "firetv",
-    "tizen",
-    "webos",
-    "vizio",
-    "web",
-)
 TIERS: Mapping[str, Tier] = MappingProxyType({t.name.lower(): t for t in Tier})
 STATUSES: tuple[str, ...] = ("active", "paused", "archived")
 GOALS: tuple[str, ...] = ("impressions", "spend", "completions")

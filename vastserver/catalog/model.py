@@ -17,6 +17,17 @@ RATINGS: tuple[str, ...] = ("TV-Y", "TV-Y7", "TV-G", "TV-PG", "TV-14", "TV-MA")
 
 RATING_RANK: Mapping[str, int] = MappingProxyType({r: i for i, r in enumerate(RATINGS)})
 KIDS_RATINGS: frozenset[str] = frozenset({"TV-Y", "TV-Y7", "TV-G"})
+DEVICE_TYPES: tuple[str, ...] = ("ctv", "stb", "mobile", "desktop")
+PLATFORMS: tuple[str, ...] = (
+    "roku",
+    "tvos",
+    "androidtv",
+    "firetv",
+    "tizen",
+    "webos",
+    "vizio",
+    "web",
+)
 
 
 class Tier(IntEnum):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
 
+from vastserver.catalog import model as catalog_model
 from vastserver.catalog.model import BreakPosition
 
 Clock = Callable[[], datetime]
@@ -21,10 +22,8 @@ def system_clock() -> datetime:
 
 
 VAST_VERSIONS: tuple[str, ...] = ("2.0", "3.0", "4.0", "4.1", "4.2", "4.3")
-DEVICE_TYPES: frozenset[str] = frozenset({"ctv", "stb", "mobile", "desktop"})
-PLATFORMS: frozenset[str] = frozenset(
-    {"roku", "tvos", "androidtv", "firetv", "tizen", "webos", "vizio", "web"}
-)
+DEVICE_TYPES: frozenset[str] = frozenset(catalog_model.DEVICE_TYPES)
+PLATFORMS: frozenset[str] = frozenset(catalog_model.PLATFORMS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -300,7 +300,7 @@ def gate_checks(
     caps_of: dict[tuple[int, str], tuple[tuple[Read, Read, int], ...]] = {}
     for c in cands:
         li = c.line_item
-        if not li.frequency_caps and not _has_any_budget(c):
+        if not li.frequency_caps and not has_budget(c):
             by_id[id(c)] = NO_CHECKS
             continue
         ckey = (id(li), c.creative.id)
@@ -329,7 +329,8 @@ def gate_checks(
     return by_id, list(seen)
 
 
-def _has_any_budget(c: Candidate) -> bool:
+def has_budget(c: Candidate) -> bool:
+    """Whether the line item or its campaign has any impression or spend budget."""
     for b in (c.line_item.pacing.budget, c.campaign.budget):
         if (
             b.impressions is not None

@@ -433,9 +433,7 @@ def _play_order(first: list[_Option], middle: list[_Option], last: list[_Option]
     position-free ads (same value in every slot) play highest value first: the best of them
     takes a free first slot, the least a free last slot, the rest join the middle, which plays
     in descending value. Moving free ads never changes the score."""
-    free = sorted(
-        [o for o in (*first, *middle, *last) if _position_free(o.item)], key=_by_value
-    )
+    free = sorted([o for o in (*first, *middle, *last) if _position_free(o.item)], key=_by_value)
     if first and _position_free(first[0].item):
         first = [free.pop(0)]
     if last and _position_free(last[0].item):

@@ -41,9 +41,9 @@ PLAYABLE_MIMES: frozenset[str] = CTV_MIMES | {"video/webm"}
 
 
 class DeliveryGate:
-    """Frequency caps and pacing over pre-fetched counters; the delivery issue fills it in.
+    """Caps, budgets and pacing over pre-fetched counters (``pipeline.delivery.CountsGate``).
 
-    The base gate admits everything (no counters yet)."""
+    This base gate admits everything: pure callers without a store (tests, tools)."""
 
     def check(self, req: AdRequest, cand: Candidate) -> Reason | None:
         return None
