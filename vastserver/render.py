@@ -8,6 +8,8 @@ autoescape and ``StrictUndefined`` and compiles every template at start-up.
 from __future__ import annotations
 
 import json
+import re
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -15,11 +17,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
-from markupsafe import Markup
+from cachetools import LRUCache
+from markupsafe import Markup, escape
 
 from vastserver import __version__
 from vastserver.catalog.model import Creative
 from vastserver.explain import decision_json
+from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.pipeline.schedule import PlannedBreak, hms
 from vastserver.tracking import AdToken, Keyring, TrackingUrls, sign
@@ -29,6 +33,11 @@ CATEGORY_AUTHORITY = "https://iabtechlab.com"
 UNIVERSAL_AD_ID_EXTENSION = "UniversalAdId"
 MEZZANINE_EXTENSION = "Mezzanine"
 DEBUG_EXTENSION = "vastserver-debug"
+FRAGMENT_CACHE_SIZE = 4096
+"""Rendered ads kept (per candidate and VAST version): ~5-8 KB each."""
+_DYNAMIC = ("token", "click_token", "sequence", "ad_serving_id", "price")
+"""The values of an ad that depend on the request (see :class:`Renderer`)."""
+_Fragment = tuple[tuple[str, ...], tuple[int, ...]]
 
 # Linear tracking events each version's XSD allows (``skip`` only with a skipoffset).
 _BASE_EVENTS = ("start", "firstQuartile", "midpoint", "thirdQuartile", "complete")
@@ -142,7 +151,7 @@ class IconVM:
 @dataclass(frozen=True, slots=True)
 class AdVM:
     id: str
-    sequence: int
+    sequence: str
     ad_serving_id: str
     title: str
     advertiser: str
@@ -166,7 +175,9 @@ class AdVM:
 
 
 @dataclass(frozen=True, slots=True)
-class VastVM:
+class VersionVM:
+    """What a VAST version allows, for the ad template."""
+
     version: str
     v4: bool
     """VAST 4.x: namespace, AdServingId, Category, UniversalAdId elements."""
@@ -177,13 +188,31 @@ class VastVM:
     sequenced: bool
     """``Ad@sequence`` exists from VAST 3.0 on; a 2.0 "pod" is a list of stand-alone ads."""
     ad_system_version: str
-    ads: tuple[AdVM, ...]
+
+    @staticmethod
+    def of(version: str) -> VersionVM:
+        v4 = version.startswith("4")
+        return VersionVM(
+            version=version,
+            v4=v4,
+            v41=v4 and version != "4.0",
+            v3=version == "3.0",
+            sequenced=version != "2.0",
+            ad_system_version=__version__,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VastVM:
+    version: str
+    v4: bool
+    ads: tuple[Markup, ...]
+    """Each ``<Ad>`` as rendered by the ad template, in pod order."""
     error_url: Markup | None
-    debug_json: Markup | None
-    """The explanation as CDATA, carried by the first ad's ``<Extension>``."""
     debug_comment: Markup | None
     """The explanation of a no-fill: VAST has no extension point outside ``<Ad>``, so it
-    travels as an XML comment (``--`` escaped inside JSON strings)."""
+    travels as an XML comment (``--`` escaped inside JSON strings). A filled pod carries it
+    in the first ad's ``<Extension>``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +228,12 @@ class VmapBreakVM:
 
 
 class Renderer:
+    """Renders decisions. An ad's ``<Ad>`` depends on the request only through five values
+    (its two signed tokens, slot, ad serving id and price); everything else comes from the
+    catalog. So each (candidate, VAST version) is rendered by the ad template once, with
+    placeholders for those five, and later ads are the cached text with the values put in
+    (XML-escaped like the template would). A debug explanation is rendered in full."""
+
     def __init__(
         self,
         template_dir: Path,
@@ -206,6 +241,7 @@ class Renderer:
         urls: TrackingUrls,
         keyring: Keyring,
         progress_offsets_s: Sequence[float] = (),
+        fragment_cache_size: int = FRAGMENT_CACHE_SIZE,
     ) -> None:
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(template_dir)),
@@ -216,10 +252,22 @@ class Renderer:
             keep_trailing_newline=False,
         )
         self.vast_template = self.env.get_template("vast.xml.j2")
+        self.ad_template = self.env.get_template("vast_ad.xml.j2")
         self.vmap_template = self.env.get_template("vmap.xml.j2")
         self.urls = urls
         self.keyring = keyring
         self.progress_offsets_s = tuple(progress_offsets_s)
+        # Placeholders in the token alphabet (they pass URL quoting and escaping untouched),
+        # random per process so no catalog text can contain one; all of one length, so none
+        # is a prefix of another.
+        stem = "Q" + secrets.token_hex(12)
+        self._placeholders = tuple(f"{stem}{n}" for n in range(len(_DYNAMIC)))
+        self._split = re.compile("(" + "|".join(self._placeholders) + ")")
+        self._slot_of = {ph: n for n, ph in enumerate(self._placeholders)}
+        self._fragments: LRUCache[tuple[int, str], tuple[Candidate, _Fragment]] = LRUCache(
+            maxsize=fragment_cache_size
+        )
+        self._versions = {v: VersionVM.of(v) for v in LINEAR_EVENTS_BY_VERSION}
 
     # ------------------------------------------------------------------ VAST
 
@@ -230,8 +278,9 @@ class Renderer:
         debug: Mapping[str, Any] | None = None,
         declaration: bool = True,
     ) -> str:
-        vm = self.vast_vm(decision, debug=debug)
-        return self.vast_template.render(vm=vm, declaration=declaration)
+        return self.vast_template.render(
+            vm=self.vast_vm(decision, debug=debug), declaration=declaration
+        )
 
     def vast_vm(
         self,
@@ -240,40 +289,41 @@ class Renderer:
         debug: Mapping[str, Any] | None = None,
     ) -> VastVM:
         version = decision.request.vast_version
-        ads = tuple(self._ad_vm(decision, ad) for ad in decision.ads)
-        v4 = version.startswith("4")
-        error_url = None
-        if not ads and v4:
-            # The 2.0 and 3.0 XSDs have no root <Error>; an empty <VAST/> is their no-fill.
-            error_url = _cdata(self.urls.no_ad_error("no_fill"))
+        ver = self._versions[version]
         debug_json = debug_comment = None
         if debug is not None:
             text = json.dumps(debug, separators=(",", ":"), sort_keys=True)
-            if ads:
+            if decision.ads:
                 debug_json = _cdata(text)
             else:
                 safe = text.replace("--", "-\\u002d")
                 debug_comment = Markup(f"<!-- {DEBUG_EXTENSION} {safe} -->")
+        if debug_json is None:
+            ads = tuple(self._ad_fast(decision, ad, ver) for ad in decision.ads)
+        else:
+            ads = tuple(
+                self._ad_full(decision, ad, ver, debug_json if n == 0 else None)
+                for n, ad in enumerate(decision.ads)
+            )
+        error_url = None
+        if not ads and ver.v4:
+            # The 2.0 and 3.0 XSDs have no root <Error>; an empty <VAST/> is their no-fill.
+            error_url = _cdata(self.urls.no_ad_error("no_fill"))
         return VastVM(
             version=version,
-            v4=v4,
-            v41=v4 and version != "4.0",
-            v3=version == "3.0",
-            sequenced=version != "2.0",
-            ad_system_version=__version__,
+            v4=ver.v4,
             ads=ads,
             error_url=error_url,
-            debug_json=debug_json,
             debug_comment=debug_comment,
         )
 
-    def _ad_vm(self, decision: Decision, ad: PlacedAd) -> AdVM:
+    def _dynamic(self, decision: Decision, ad: PlacedAd) -> tuple[str, str, str, str, str]:
+        """The request-dependent values of one ad, in :data:`_DYNAMIC` order."""
         req = decision.request
         c = ad.candidate
         cr = c.creative
-        ad_serving_id = ad.ad_serving_id
         base = AdToken(
-            ad_serving_id=ad_serving_id,
+            ad_serving_id=ad.ad_serving_id,
             line_item_id=c.line_item.id,
             creative_id=cr.id,
             campaign_id=c.campaign.id,
@@ -292,9 +342,51 @@ class Renderer:
         click_token = (
             sign(replace(base, click_url=cr.click_through), self.keyring)
             if cr.click_through
-            else None
+            else ""
         )
-        version = req.vast_version
+        return token, click_token, str(ad.slot), ad.ad_serving_id, f"{ad.price_cpm:.2f}"
+
+    def _ad_full(
+        self, decision: Decision, ad: PlacedAd, ver: VersionVM, debug_json: Markup | None
+    ) -> Markup:
+        vm = self._ad_vm(ad.candidate, ver, *self._dynamic(decision, ad))
+        return Markup(self.ad_template.render(ver=ver, ad=vm, debug_json=debug_json))
+
+    def _ad_fast(self, decision: Decision, ad: PlacedAd, ver: VersionVM) -> Markup:
+        statics, slots = self._fragment(ad.candidate, ver)
+        values = [escape(v) for v in self._dynamic(decision, ad)]
+        out = [statics[0]]
+        for slot, text in zip(slots, statics[1:], strict=True):
+            out.append(values[slot])
+            out.append(text)
+        return Markup("".join(out))
+
+    def _fragment(self, c: Candidate, ver: VersionVM) -> _Fragment:
+        """The ad template's text for ``c`` cut at the placeholders: the static pieces, and
+        between each two the index of the :data:`_DYNAMIC` value that goes there."""
+        key = (id(c), ver.version)
+        hit = self._fragments.get(key)
+        if hit is not None and hit[0] is c:  # the entry holds ``c``: its id is not reused
+            return hit[1]
+        ph = self._placeholders
+        vm = self._ad_vm(c, ver, ph[0], ph[1] if c.creative.click_through else "", *ph[2:])
+        pieces = self._split.split(self.ad_template.render(ver=ver, ad=vm, debug_json=None))
+        frag = (tuple(pieces[0::2]), tuple(self._slot_of[p] for p in pieces[1::2]))
+        self._fragments[key] = (c, frag)
+        return frag
+
+    def _ad_vm(
+        self,
+        c: Candidate,
+        ver: VersionVM,
+        token: str,
+        click_token: str,
+        sequence: str,
+        ad_serving_id: str,
+        price: str,
+    ) -> AdVM:
+        cr = c.creative
+        version = ver.version
         events = list(LINEAR_EVENTS_BY_VERSION[version])
         if cr.skip_offset_ms is not None and version != "2.0":
             events.append("skip")
@@ -308,12 +400,12 @@ class Renderer:
             ]
         return AdVM(
             id=f"{c.line_item.id}-{cr.id}",
-            sequence=ad.slot,
+            sequence=sequence,
             ad_serving_id=ad_serving_id,
             title=cr.title,
             advertiser=c.advertiser.domain,
             categories=c.advertiser.categories or cr.categories,
-            price=f"{ad.price_cpm:.2f}",
+            price=price,
             currency=c.line_item.currency,
             impression_url=_cdata(self.urls.impression(token)),
             error_url=_cdata(self.urls.error(token)),
@@ -326,7 +418,7 @@ class Renderer:
             if cr.skip_offset_ms is None or version == "2.0"
             else duration(cr.skip_offset_ms),
             tracking=tuple(tracking),
-            click_through=None if click_token is None else _cdata(self.urls.click(click_token)),
+            click_through=_cdata(self.urls.click(click_token)) if click_token else None,
             media_files=_media_files(cr),
             mezzanine=_mezzanine(cr),
             verifications=tuple(
@@ -360,13 +452,8 @@ class Renderer:
         vm = VastVM(
             version=version,
             v4=True,
-            v41=True,
-            v3=False,
-            sequenced=True,
-            ad_system_version=__version__,
             ads=(),
             error_url=_cdata(self.urls.no_ad_error(reason)),
-            debug_json=None,
             debug_comment=None,
         )
         return self.vast_template.render(vm=vm, declaration=True)

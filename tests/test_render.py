@@ -1,0 +1,118 @@
+"""The renderer's cached ad fragments give exactly what a full template render gives."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lxml import etree
+
+from tests.conftest import FIXED_NOW, FakeClock, make_settings
+from vastserver.app import RUNTIME, create_app
+from vastserver.catalog.gen import generate_catalog
+from vastserver.params import client_info, parse_vast_request
+from vastserver.pipeline.decide import Decision
+from vastserver.render import LINEAR_EVENTS_BY_VERSION, Renderer, VersionVM
+
+VERSIONS = sorted(LINEAR_EVENTS_BY_VERSION)
+
+
+def _runtime(catalog: Path, **overrides: Any) -> Any:
+    app = create_app(
+        make_settings(catalog=str(catalog), **overrides),
+        clock=FakeClock(),
+        rng=random.Random(3),
+    )
+    return app[RUNTIME]
+
+
+async def _decisions(rt: Any, version: str, n: int) -> list[Decision]:
+    out = []
+    rng = random.Random(version)
+    for i in range(n):
+        q = {
+            "device_id": f"viewer-{i}",
+            "device_type": rng.choice(["ctv", "stb", "mobile"]),
+            "country": "US",
+            "pod_duration": str(30 * rng.randint(1, 6)),
+            "max_ads": str(rng.randint(1, 6)),
+            "vast": version,
+            "session": f"s-{i}",
+        }
+        rules = rt.service.snapshot.catalog.rules_for(None)
+        req = parse_vast_request(q, client_info({}, "127.0.0.1"), rules)
+        out.append(await rt.service.decide(req))
+    return out
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("render") / "catalog.json"
+    doc = generate_catalog(400, 11, now=FIXED_NOW)
+    # text that must be escaped, in every kind of field the fragment carries
+    icon = next(cr["icons"][0] for cr in doc["creatives"] if cr.get("icons"))
+    for n, cr in enumerate(doc["creatives"]):
+        if n % 3 == 0:
+            cr["title"] = 'Tom & Jerry\'s <"best"> ]]> ad'
+        if n % 4 == 1:
+            cr.pop("click_through", None)
+        if n % 5 == 2:
+            cr["skip_offset"] = 5
+            cr["icons"] = [{**icon, "image_url": icon["image_url"] + "?x=1&y=2", "duration": 5}]
+    path.write_text(json.dumps(doc))
+    return path
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_cached_fragment_equals_full_render(catalog: Path, version: str) -> None:
+    rt = _runtime(catalog, progress_offsets="5,10")
+    r: Renderer = rt.renderer
+    ver = VersionVM.of(version)
+    decisions = await _decisions(rt, version, 40)
+    ads = [(d, a) for d in decisions for a in d.ads]
+    assert len(ads) >= 40
+    assert any(a.candidate.creative.click_through for _, a in ads)
+    assert any(not a.candidate.creative.click_through for _, a in ads)
+    assert any(a.candidate.creative.icons for _, a in ads)
+    assert any(a.candidate.creative.verifications for _, a in ads)
+    assert any("&amp;" in r._ad_full(d, a, ver, None) for d, a in ads)
+    for _ in range(2):  # the second pass takes every fragment from the cache
+        for d, a in ads:
+            assert r._ad_fast(d, a, ver) == r._ad_full(d, a, ver, None)
+    # whole documents parse and carry each ad's own tokens
+    for d in decisions:
+        root = etree.fromstring(r.vast(d).encode())
+        imps = [e.text for e in root.iter("{*}Impression")]
+        assert len(imps) == len(d.ads) == len(set(imps))
+
+
+async def test_debug_render_carries_the_explanation_once(catalog: Path) -> None:
+    rt = _runtime(catalog)
+    d = next(d for d in await _decisions(rt, "4.2", 10) if len(d.ads) >= 2)
+    xml = rt.renderer.vast(d, debug={"note": "why"})
+    assert xml.count("vastserver-debug") == 1
+    plain = rt.renderer.vast(d)
+    assert "vastserver-debug" not in plain
+    # without the extension, the debug rendering is the cached one
+    root = etree.fromstring(xml.encode())
+    for ext in root.iter("{*}Extensions"):
+        ext.getparent().remove(ext)
+    assert etree.tostring(root) == etree.tostring(etree.fromstring(plain.encode()))
+
+
+def test_fragment_cache_is_bounded(catalog: Path) -> None:
+    rt = _runtime(catalog)
+    r = Renderer(
+        Path(__file__).resolve().parent.parent / "templates",
+        urls=rt.renderer.urls,
+        keyring=rt.renderer.keyring,
+        fragment_cache_size=3,
+    )
+    cands = rt.service.snapshot.index.candidates[:10]
+    ver = VersionVM.of("4.2")
+    for c in cands:
+        r._fragment(c, ver)
+    assert len(r._fragments) == 3
