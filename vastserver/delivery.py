@@ -33,6 +33,7 @@ from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.pipeline.delivery import (
     LIFETIME,
     CountsGate,
+    GateCache,
     PIController,
     ScopeCaps,
     SeparationRules,
@@ -138,6 +139,8 @@ class DeliveryControl:
         self.active: set[str] = set()
         """Line items this instance has served or counted beacons for."""
         self.store_errors = 0
+        self.gate_cache = GateCache()
+        """Viewer-independent counter keys of line items, reused across requests."""
 
     def _store_error(self, op: str = "delivery") -> None:
         self.store_errors += 1
@@ -159,7 +162,7 @@ class DeliveryControl:
         the viewer's recent exposures (one ``read``) and, with a session, its recent history
         (one ``history``), issued concurrently."""
         exposure = exposure_read(viewer)
-        checks, reads = gate_checks(cands, viewer, now)
+        checks, reads = gate_checks(cands, viewer, now, self.gate_cache)
         reads.append(exposure)
         try:
             if session:
@@ -172,7 +175,7 @@ class DeliveryControl:
         except StoreUnavailable:
             self._store_error()
             return self.degraded(cands, viewer, now)
-        counts = dict(zip(reads, values, strict=True))
+        counts = {r.key: v for r, v in zip(reads, values, strict=True)}
         gate = CountsGate(
             counts=counts,
             viewer=viewer,
@@ -183,7 +186,7 @@ class DeliveryControl:
             checks=checks,
         )
         creatives, comps = recent_from_history(entries, avail, now.timestamp(), self.separation)
-        return Prefetched(gate, counts.get(exposure, 0), creatives, comps)
+        return Prefetched(gate, counts.get(exposure.key, 0), creatives, comps)
 
     def degraded(self, cands: Sequence[Candidate], viewer: Viewer, now: datetime) -> Prefetched:
         """No counters (store down or too slow): caps and stream separation fail open,

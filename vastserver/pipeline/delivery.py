@@ -277,56 +277,133 @@ class PIController:
 
 @dataclass(frozen=True, slots=True)
 class CandidateChecks:
-    """The counters that decide one candidate: caps as (impressions, reservations, limit),
-    budgets as (delivered, reservations, limit, amount)."""
+    """The counters that decide one candidate, by counter key: caps as (impressions,
+    reservations, limit), budgets as (delivered, reservations, limit, amount)."""
 
-    caps: tuple[tuple[Read, Read, int], ...]
-    budgets: tuple[tuple[Read, Read, int, int], ...]
+    caps: tuple[tuple[str, str, int], ...]
+    budgets: tuple[tuple[str, str, int, int], ...]
 
 
 NO_CHECKS = CandidateChecks((), ())
 
 
+@dataclass(frozen=True, slots=True)
+class _CapTemplate:
+    """A cap's counter keys without the viewer: ``prefix + subject + ":i"`` / ``":r"``."""
+
+    prefix: str
+    window: Window
+    limit: int
+    session: bool
+
+
+_Budgets = tuple[tuple[Read, ...], tuple[tuple[str, str, int, int], ...]]
+"""The counters to read, and the checks by key."""
+
+
+@dataclass(slots=True)
+class GateCache:
+    """What :func:`gate_checks` can reuse across requests: each line item's budget counters
+    (per local day) and cap key templates, which do not depend on the viewer. Owned by the
+    caller; entries hold the line item they were built from and are rebuilt when a catalog
+    reload replaced it. Cleared whole when ``max_entries`` is reached."""
+
+    max_entries: int = 50_000
+    budgets: dict[tuple[str, str, str], tuple[object, _Budgets]] = field(default_factory=dict)
+    caps: dict[tuple[str, str], tuple[object, tuple[_CapTemplate, ...]]] = field(
+        default_factory=dict
+    )
+
+    def _room(self) -> None:
+        if len(self.budgets) + len(self.caps) >= self.max_entries:
+            self.budgets.clear()
+            self.caps.clear()
+
+
+def _cap_templates(c: Candidate) -> tuple[_CapTemplate, ...]:
+    out = []
+    for cap in c.line_item.frequency_caps:
+        window = cap_window(cap.window)
+        if window is None:
+            continue
+        out.append(
+            _CapTemplate(
+                prefix=f"fc:{cap.scope}:{_scope_id(cap, c)}:{cap.window}:",
+                window=window,
+                limit=cap.max,
+                session=cap.window == "session",
+            )
+        )
+    return tuple(out)
+
+
 def gate_checks(
-    cands: Iterable[Candidate], viewer: Viewer, now: datetime
+    cands: Iterable[Candidate],
+    viewer: Viewer,
+    now: datetime,
+    cache: GateCache | None = None,
 ) -> tuple[dict[int, CandidateChecks], list[Read]]:
     """Every candidate's checks (keyed by ``id(candidate)``) and all the counters they read,
-    deduplicated, for one store round trip. Candidates sharing a line item, campaign or cap
-    scope share the work: this runs on the request path for every kept candidate."""
+    deduplicated, for one store round trip. This runs on the request path for every kept
+    candidate: the viewer-independent parts come from ``cache`` when one is given.
+
+    Equivalent to :func:`cap_checks` and :func:`budget_checks` per candidate (a test holds
+    them together)."""
+    cache = cache if cache is not None else GateCache()
+    cache._room()
     by_id: dict[int, CandidateChecks] = {}
-    seen: dict[Read, None] = {}
-    budgets_of: dict[tuple[int, int], tuple[tuple[Read, Read, int, int], ...]] = {}
+    reads: dict[str, Read] = {}
     days: dict[str, str] = {}
-    caps_of: dict[tuple[int, str], tuple[tuple[Read, Read, int], ...]] = {}
+    subjects = (
+        None if viewer.lmt else f"v:{viewer.hash}",
+        f"s:{viewer.session}" if viewer.session else None,
+    )
     for c in cands:
         li = c.line_item
         if not li.frequency_caps and not has_budget(c):
             by_id[id(c)] = NO_CHECKS
             continue
-        ckey = (id(li), c.creative.id)
-        caps = caps_of.get(ckey)
-        if caps is None:
+        caps: tuple[tuple[str, str, int], ...] = ()
+        if li.frequency_caps:
+            ckey = (li.id, c.creative.id)
+            hit = cache.caps.get(ckey)
+            if hit is None or hit[0] is not li:
+                hit = cache.caps[ckey] = (li, _cap_templates(c))
             found = []
-            for cap in li.frequency_caps:
-                chk = cap_checks(cap, c, viewer)
-                if chk is not None:
-                    found.append((chk.impressions, chk.reservations, chk.limit))
-            caps = caps_of[ckey] = tuple(found)
-        bkey = (id(li), id(c.campaign))
-        budgets = budgets_of.get(bkey)
-        if budgets is None:
-            budgets = budgets_of[bkey] = tuple(
-                (b.delivered, b.reservations, b.limit, b.amount)
-                for b in budget_checks(c, now, li.price, days)
+            for t in hit[1]:
+                subject = subjects[t.session]
+                if subject is None:
+                    continue
+                base = t.prefix + subject
+                imp, rsv = base + ":i", base + ":r"
+                if imp not in reads:
+                    reads[imp] = Read(imp, t.window)
+                    reads[rsv] = Read(rsv, RESERVATION_WINDOW)
+                found.append((imp, rsv, t.limit))
+            caps = tuple(found)
+        camp = c.campaign
+        day = days.get(camp.timezone)
+        if day is None:
+            day = days[camp.timezone] = local_day(now, camp.timezone)
+        bkey = (li.id, camp.id, day)
+        bhit = cache.budgets.get(bkey)
+        if bhit is None or bhit[0] is not li:
+            found_b = budget_checks(c, now, li.price, days)
+            bhit = cache.budgets[bkey] = (
+                li,
+                (
+                    tuple(r for b in found_b for r in (b.delivered, b.reservations)),
+                    tuple(
+                        (b.delivered.key, b.reservations.key, b.limit, b.amount) for b in found_b
+                    ),
+                ),
             )
-        for imp, rsv, _ in caps:
-            seen[imp] = None
-            seen[rsv] = None
-        for dlv, rsv, _, _ in budgets:
-            seen[dlv] = None
-            seen[rsv] = None
+        budget_reads, budgets = bhit[1]
+        for r in budget_reads:
+            if r.key not in reads:
+                reads[r.key] = r
         by_id[id(c)] = CandidateChecks(caps, budgets)
-    return by_id, list(seen)
+    return by_id, list(reads.values())
 
 
 def has_budget(c: Candidate) -> bool:
@@ -346,7 +423,8 @@ def has_budget(c: Candidate) -> bool:
 class CountsGate(DeliveryGate):
     """Checks caps, budgets and pacing against counts fetched before the decision."""
 
-    counts: Mapping[Read, int]
+    counts: Mapping[str, int]
+    """Counter key -> value."""
     viewer: Viewer
     now: datetime
     throttle: Mapping[str, float] = field(default_factory=dict)

@@ -1,0 +1,86 @@
+"""``gate_checks`` (the request path, with its cross-request cache) reads and checks exactly
+what ``cap_checks`` and ``budget_checks`` (the per-candidate specification) define."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from tests.conftest import FIXED_NOW
+from vastserver.catalog.gen import generate_catalog
+from vastserver.catalog.load import parse_catalog
+from vastserver.pipeline.candidates import Candidate, all_candidates
+from vastserver.pipeline.delivery import (
+    GateCache,
+    Viewer,
+    budget_checks,
+    cap_checks,
+    gate_checks,
+)
+from vastserver.store.base import Read
+
+VIEWERS = [
+    Viewer("00aa11bb22cc33dd", "sess-1", False),
+    Viewer("00aa11bb22cc33dd", None, False),
+    Viewer("99aa11bb22cc33dd", "sess-2", True),
+]
+
+
+@pytest.fixture(scope="module")
+def cands() -> list[Candidate]:
+    cat = parse_catalog(generate_catalog(300, 5, now=FIXED_NOW))
+    out = all_candidates(cat)
+    assert any(c.line_item.frequency_caps for c in out)
+    return list(out)
+
+
+def _spec(
+    cands: list[Candidate], viewer: Viewer, now: datetime
+) -> tuple[dict[int, tuple[object, object]], dict[str, Read]]:
+    by_id: dict[int, tuple[object, object]] = {}
+    reads: dict[str, Read] = {}
+    for c in cands:
+        caps: list[tuple[str, str, int]] = []
+        for cap in c.line_item.frequency_caps:
+            chk = cap_checks(cap, c, viewer)
+            if chk is not None:
+                caps.append((chk.impressions.key, chk.reservations.key, chk.limit))
+                reads[chk.impressions.key] = chk.impressions
+                reads[chk.reservations.key] = chk.reservations
+        budgets: list[tuple[str, str, int, int]] = []
+        for b in budget_checks(c, now, c.line_item.price):
+            budgets.append((b.delivered.key, b.reservations.key, b.limit, b.amount))
+            reads[b.delivered.key] = b.delivered
+            reads[b.reservations.key] = b.reservations
+        by_id[id(c)] = (tuple(caps), tuple(budgets))
+    return by_id, reads
+
+
+@pytest.mark.parametrize("viewer", VIEWERS)
+def test_gate_checks_match_the_per_candidate_checks(cands: list[Candidate], viewer: Viewer) -> None:
+    cache = GateCache()
+    # the same cache across viewers and across a local midnight (daily budget keys change)
+    for now in (FIXED_NOW, FIXED_NOW + timedelta(hours=6), FIXED_NOW):
+        for v in (viewer, VIEWERS[0]):
+            checks, reads = gate_checks(cands, v, now, cache)
+            want, want_reads = _spec(cands, v, now)
+            got = {k: (c.caps, c.budgets) for k, c in checks.items()}
+            assert got == want
+            assert {r.key: r for r in reads} == want_reads
+            assert len(reads) == len({r.key for r in reads})
+
+
+def test_cache_is_bounded_and_rebuilt_for_a_new_line_item(cands: list[Candidate]) -> None:
+    cache = GateCache(max_entries=50)
+    gate_checks(cands, VIEWERS[0], FIXED_NOW, cache)
+    assert len(cache.budgets) + len(cache.caps) <= 50 + len(cands) * 2
+    gate_checks(cands[:10], VIEWERS[0], FIXED_NOW, cache)
+    assert len(cache.budgets) + len(cache.caps) <= 20
+    # a reloaded catalog has new objects under the same ids: entries are rebuilt, not reused
+    reloaded = all_candidates(parse_catalog(generate_catalog(300, 5, now=FIXED_NOW)))
+    checks, _ = gate_checks(reloaded[:10], VIEWERS[0], FIXED_NOW, cache)
+    for c in reloaded[:10]:
+        hit = cache.budgets.get((c.line_item.id, c.campaign.id, "2026-11-25"))
+        assert hit is None or hit[0] is c.line_item
+    assert set(checks) == {id(c) for c in reloaded[:10]}
