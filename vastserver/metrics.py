@@ -164,8 +164,11 @@ class Metrics:
             ["experiment", "arm", "result"],
             registry=r,
         )
-        for reason in Reason:
-            self.rejections.labels(reason.stage.value, reason.value)
+        self.rejected: dict[Reason, Counter] = {
+            reason: self.rejections.labels(reason.stage.value, reason.value) for reason in Reason
+        }
+        """Each reason's child of ``rejections``, bound once (``labels()`` costs ~2.5 µs and
+        a decision counts dozens of rejections)."""
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -275,15 +275,19 @@ class AdService:
 
     def _observe(self, d: Decision, dropped: Mapping[Reason, int]) -> None:
         m = self.metrics
+        rejected = m.rejected
         for reason, n in dropped.items():
-            m.rejections.labels(reason.stage.value, reason.value).inc(n)
+            rejected[reason].inc(n)
         m.pods.labels("filled" if d.filled else "empty").inc()
         m.ads_per_pod.observe(len(d.ads))
         m.seconds_requested.inc(d.request.brk.pod_duration_ms / 1000)
         m.seconds_filled.inc(d.total_duration_ms / 1000)
+        tally: dict[Reason, int] = {}
         for t in d.traces:
             if t.reason is not None:
-                m.rejections.labels(t.reason.stage.value, t.reason.value).inc()
+                tally[t.reason] = tally.get(t.reason, 0) + 1
+        for reason, n in tally.items():
+            rejected[reason].inc(n)
 
 
 def break_spec(b: PlannedBreak, like: BreakSpec) -> BreakSpec:
