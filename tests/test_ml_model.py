@@ -103,7 +103,7 @@ def test_batch_equals_one_by_one(bundle: ModelBundle, cands: list[Candidate]) ->
     scorer = ModelScorer(bundle)
     req, ctx = _req(), _ctx(cands)
     batch = scorer.predict(req, cands, ctx)
-    single = [scorer.predict(req, [c], ctx)[0] for c in cands]
+    single = [ModelScorer(bundle).predict(req, [c], ctx)[0] for c in cands]
     assert batch == single
     assert scorer.predict(req, [], ctx) == []
     # the booster is the same xgboost model: DMatrix prediction agrees
@@ -112,6 +112,33 @@ def test_batch_equals_one_by_one(bundle: ModelBundle, cands: list[Candidate]) ->
     x = scorer.features(req, cands, ctx)
     ref = bundle.booster.predict(xgb.DMatrix(x, feature_names=list(bundle.schema.features)))
     np.testing.assert_allclose(batch, np.clip(ref, 1e-6, 1 - 1e-6), rtol=1e-6)
+
+
+def test_score_cache_changes_no_score(bundle: ModelBundle, cands: list[Candidate]) -> None:
+    scorer = ModelScorer(bundle, score_cache_contexts=2)
+    req, ctx = _req(), _ctx(cands)
+    first = scorer.predict(req, cands[:5], ctx)
+    assert scorer.cache_hits_total == 0
+    # a partly overlapping batch: the known ones are hits, the rest predicted
+    again = scorer.predict(req, cands[3:8], ctx)
+    assert scorer.cache_hits_total == 2
+    assert again == ModelScorer(bundle).predict(req, cands[3:8], ctx)
+    assert again[:2] == first[3:5]
+    # other exposures, other request features: other contexts, fresh predictions
+    more = ScoringContext(NOW, 9, ctx.completion_rates)
+    assert scorer.predict(req, cands[:5], more) == ModelScorer(bundle).predict(req, cands[:5], more)
+    mobile = _req("mobile")
+    assert scorer.predict(mobile, cands[:5], ctx) == ModelScorer(bundle).predict(
+        mobile, cands[:5], ctx
+    )
+    assert len(scorer._scores) == 2  # bounded
+    # new completion rates (a new snapshot object): nothing cached is reused
+    hits = scorer.cache_hits_total
+    rates = ScoringContext(NOW, 4, {c.line_item.id: 0.05 for c in cands})
+    got = scorer.predict(req, cands[:5], rates)
+    assert scorer.cache_hits_total == hits
+    assert got == ModelScorer(bundle).predict(req, cands[:5], rates)
+    assert got != first
 
 
 class _FakeBooster:

@@ -36,8 +36,15 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
+from cachetools import LRUCache
 
-from vastserver.ml.features import SCHEMA_VERSION, FeatureSchema, SchemaError, ServingEncoder
+from vastserver.ml.features import (
+    SCHEMA_VERSION,
+    FeatureSchema,
+    RequestPart,
+    SchemaError,
+    ServingEncoder,
+)
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.scoring import ScoringContext
@@ -57,6 +64,10 @@ __all__ = [
     "file_sha256",
     "measure_latency",
 ]
+
+SCORE_CACHE_CONTEXTS = 4096
+"""Scoring contexts (request features x viewer exposures) whose scores are kept; each holds
+the scores of the candidates seen in it (a few dozen)."""
 
 BUNDLE_FORMAT: Final = "vastserver-model-bundle/1"
 MODEL_FILE: Final = "model.ubj"
@@ -240,7 +251,13 @@ class ModelScorer:
 
     name = "model"
 
-    def __init__(self, bundle: ModelBundle, *, fallback: float | None = None) -> None:
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        *,
+        fallback: float | None = None,
+        score_cache_contexts: int = SCORE_CACHE_CONTEXTS,
+    ) -> None:
         self.bundle = bundle
         self.version: str = bundle.version
         fb = bundle.base_rate if fallback is None else fallback
@@ -252,6 +269,13 @@ class ModelScorer:
         self.nonfinite_total = 0
         """Predictions that came out NaN/inf and were replaced by ``fallback``."""
         self.predictions_total = 0
+        """Scores returned (cached or predicted)."""
+        self.cache_hits_total = 0
+        """Scores taken from the score cache."""
+        self._scores: LRUCache[tuple[RequestPart, int], dict[int, tuple[Candidate, float]]] = (
+            LRUCache(maxsize=score_cache_contexts)
+        )
+        self._cached_rates: object = None
 
     def features(
         self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
@@ -261,22 +285,53 @@ class ModelScorer:
     def predict(
         self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
     ) -> list[float]:
+        """Scores from the cache where the same candidate was scored in the same context
+        (request features and viewer exposures, under the same completion-rate snapshot);
+        the others in one batched call. The same features give the same prediction, so the
+        cache changes no score."""
         n = len(cands)
         if n == 0:
             return []
+        if ctx.completion_rates is not self._cached_rates:
+            self._scores.clear()  # the rate features changed: every cached score is stale
+            self._cached_rates = ctx.completion_rates
+        key = (RequestPart.from_request(req, ctx.now), ctx.viewer_exposures)
+        known = self._scores.get(key)
+        if known is None:
+            known = self._scores[key] = {}
+        out: list[float] = []
+        missing: list[int] = []
+        for i, c in enumerate(cands):
+            hit = known.get(id(c))
+            if hit is not None and hit[0] is c:  # holding ``c`` keeps its id from reuse
+                out.append(hit[1])
+            else:
+                out.append(0.0)
+                missing.append(i)
+        self.predictions_total += n
+        self.cache_hits_total += n - len(missing)
+        if missing:
+            batch = [cands[i] for i in missing]
+            for i, c, score in zip(missing, batch, self._score(req, batch, ctx), strict=True):
+                out[i] = score
+                known[id(c)] = (c, score)
+        return out
+
+    def _score(
+        self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
+    ) -> list[float]:
+        n = len(cands)
         x = self.encoder.encode(req, cands, ctx)
         p = _predict(self._booster, x)
         if p.shape != (n,):
             # Never seen with a validated bundle; keep serving on the fallback.
             self.nonfinite_total += n
-            self.predictions_total += n
             return [self.fallback] * n
         bad = ~np.isfinite(p)
         if bad.any():
             self.nonfinite_total += int(bad.sum())
             p[bad] = self.fallback
         np.clip(p, P_MIN, P_MAX, out=p)
-        self.predictions_total += n
         result: list[float] = p.tolist()
         return result
 
