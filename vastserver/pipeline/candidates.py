@@ -6,7 +6,7 @@ The index that narrows them per request is :mod:`vastserver.pipeline.matching`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vastserver.catalog.model import (
     Advertiser,
@@ -24,6 +24,15 @@ class Candidate:
     creative: Creative
     campaign: Campaign
     advertiser: Advertiser
+    media_key: str = field(init=False, compare=False, repr=False)
+    """:func:`unique_media_key` of the creative (computed once: candidates live as long as
+    their catalog snapshot and every decision asks)."""
+    group: str = field(init=False, compare=False, repr=False)
+    """:func:`separation_group` of the candidate."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "media_key", _media_key(self.creative))
+        object.__setattr__(self, "group", _group(self.advertiser))
 
     @property
     def key(self) -> str:
@@ -82,14 +91,21 @@ def all_candidates(catalog: Catalog) -> tuple[Candidate, ...]:
     return tuple(out)
 
 
-def unique_media_key(creative: Creative) -> str:
-    """The media identity used to refuse the same video twice in a pod."""
+def _media_key(creative: Creative) -> str:
     urls: Iterable[str] = (r.url for r in creative.renditions)
     return min(urls, default=creative.id)
+
+
+def _group(adv: Advertiser) -> str:
+    return f"comp:{adv.competitive_category}" if adv.competitive_category else f"adv:{adv.id}"
+
+
+def unique_media_key(creative: Creative) -> str:
+    """The media identity used to refuse the same video twice in a pod."""
+    return _media_key(creative)
 
 
 def separation_group(c: Candidate) -> str:
     """Separation group: the competitive category, else the advertiser. Creatives belong to
     one advertiser, so the group also keeps a creative from playing twice in a pod."""
-    adv = c.advertiser
-    return f"comp:{adv.competitive_category}" if adv.competitive_category else f"adv:{adv.id}"
+    return c.group

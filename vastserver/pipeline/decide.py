@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from vastserver.catalog.model import Slot
-from vastserver.pipeline.candidates import Candidate, separation_group, unique_media_key
+from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.pod import PodConstraints, PodItem, PodResult, build_pod
 from vastserver.pipeline.reasons import Reason, Stage
@@ -81,16 +81,14 @@ def _media_duplicates(
     the optimiser keeps its groups a partition, which is what makes it exact.)"""
     best: dict[str, int] = {}
     for i, c in enumerate(cands):
-        key = unique_media_key(c.creative)
+        key = c.media_key
         j = best.get(key)
         if j is None or (int(c.line_item.tier), vals[i]) > (
             int(cands[j].line_item.tier),
             vals[j],
         ):
             best[key] = i
-    return {
-        i for i, c in enumerate(cands) if groups[best[unique_media_key(c.creative)]] != groups[i]
-    }
+    return {i for i, c in enumerate(cands) if groups[best[c.media_key]] != groups[i]}
 
 
 def slot_price(c: Candidate, slot: int, pod_size: int) -> float:
@@ -167,7 +165,7 @@ def decide(
     ctx = ScoringContext(env.now, env.viewer_exposures, env.completion_rates)
     predictions = scorer.predict(req, survivors, ctx) if survivors else []
     vals = values(survivors, predictions)
-    groups = [separation_group(c) for c in survivors]
+    groups = [c.group for c in survivors]
     dup_media = _media_duplicates(survivors, vals, groups)
     items = [
         _pod_item(i, c, v, g)
@@ -207,9 +205,10 @@ def decide(
             winner = chosen_groups.get(groups[i])
             if winner is None:
                 reason = Reason.NOT_SELECTED
-            elif survivors[winner].creative.id == c.creative.id or unique_media_key(
-                survivors[winner].creative
-            ) == unique_media_key(c.creative):
+            elif (
+                survivors[winner].creative.id == c.creative.id
+                or survivors[winner].media_key == c.media_key
+            ):
                 reason = Reason.DUPLICATE_CREATIVE
             else:
                 reason = Reason.COMPETITIVE_SEPARATION
