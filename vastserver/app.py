@@ -128,8 +128,8 @@ async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamRespon
         raise
     finally:
         outcome = f"{status // 100}xx"
-        rt.metrics.requests.labels(endpoint, outcome).inc()
-        rt.metrics.latency.labels(endpoint, outcome).observe(time.perf_counter() - t0)
+        rt.metrics.requests_by(endpoint, outcome).inc()
+        rt.metrics.latency_by(endpoint, outcome).observe(time.perf_counter() - t0)
 
 
 _RID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -359,10 +359,10 @@ async def _count(
     try:
         result = await rt.delivery.on_beacon(event, token, rt.service.snapshot.catalog)
     except StoreUnavailable:
-        rt.metrics.beacons.labels(event, "store_unavailable").inc()
+        rt.metrics.beacons_by(event, "store_unavailable").inc()
         return web.Response(status=503, text="try again", headers={"Retry-After": "1"})
     label = "ok" if result.counted else ("replay" if result.replay else result.reason)
-    rt.metrics.beacons.labels(event, label).inc()
+    rt.metrics.beacons_by(event, label).inc()
     _record_beacon(rt, request, event, token, result.counted, label, error_code)
     return None
 
@@ -371,22 +371,22 @@ async def beacon_handler(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
     event = request.match_info["event"]
     if event not in EVENTS:
-        rt.metrics.beacons.labels("unknown", "bad_event").inc()
+        rt.metrics.beacons_by("unknown", "bad_event").inc()
         return web.Response(status=400, text="unknown event")
     q = _query(request)
     params = parse_beacon_query(q)
     if PARAM_TOKEN not in q:
         # Tokenless beacons: the no-fill <Error> and VMAP break events. Advisory only.
         if event in ("error", "breakStart", "breakEnd"):
-            rt.metrics.beacons.labels(event, "advisory").inc()
+            rt.metrics.beacons_by(event, "advisory").inc()
             _record_beacon(rt, request, event, None, False, "advisory", params.error_code)
             return web.Response(status=204)
-        rt.metrics.beacons.labels(event, "malformed").inc()
+        rt.metrics.beacons_by(event, "malformed").inc()
         return web.Response(status=400, text="missing tk")
     try:
         token = _verify(rt, params.token)
     except TokenError as e:
-        rt.metrics.beacons.labels(event, e.kind.value).inc()
+        rt.metrics.beacons_by(event, e.kind.value).inc()
         if rt.log_sampler():
             log_event(log, "beacon_rejected", beacon=event, why=e.kind.value, caller=request.remote)
         status = 400 if e.kind is TokenErrorKind.MALFORMED else 403
@@ -426,7 +426,7 @@ async def click_handler(request: web.Request) -> web.StreamResponse:
     try:
         token = _verify(rt, params.token)
     except TokenError as e:
-        rt.metrics.beacons.labels("click", e.kind.value).inc()
+        rt.metrics.beacons_by("click", e.kind.value).inc()
         if rt.log_sampler():
             log_event(
                 log, "beacon_rejected", beacon="click", why=e.kind.value, caller=request.remote
@@ -551,7 +551,7 @@ def create_app(
     rng = rng or random.SystemRandom()
     store = TimedStore(
         open_store(settings.redis_url, clock=lambda: clock().timestamp()),
-        lambda op, dt: metrics.store_seconds.labels(op).observe(dt),
+        lambda op, dt: metrics.store_seconds_by(op).observe(dt),
     )
     delivery = DeliveryControl(
         store,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -170,8 +172,36 @@ class Metrics:
         """Each reason's child of ``rejections``, bound once (``labels()`` costs ~2.5 µs and
         a decision counts dozens of rejections)."""
 
+        self.requests_by = Children(self.requests)
+        self.latency_by = Children(self.latency)
+        self.beacons_by = Children(self.beacons)
+        self.store_seconds_by = Children(self.store_seconds)
+        self.pods_by = Children(self.pods)
+        self.model_score_by = Children(self.model_score)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+M = TypeVar("M", Counter, Histogram, Gauge)
+
+
+class Children(Generic[M]):
+    """A labelled metric's children, memoised by label values: ``labels()`` costs ~2.5 µs,
+    a dict lookup ~50 ns, and the hot paths count several per request. Only for labels
+    from closed sets (route names, outcomes, reasons), as every label here is."""
+
+    __slots__ = ("_by", "metric")
+
+    def __init__(self, metric: M) -> None:
+        self.metric: M = metric
+        self._by: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *values: str) -> M:
+        child = self._by.get(values)
+        if child is None:
+            child = self._by[values] = self.metric.labels(*values)
+        return child
 
 
 class DropCounter:

@@ -217,7 +217,7 @@ class AdService:
             scores = self.models.shadow_scores(req, [a.candidate for a in d.ads], ctx)
             if scores is not None:
                 shadow = (self.models.shadow.version, scores)
-        score_hist = self.metrics.model_score.labels(scorer.name)
+        score_hist = self.metrics.model_score_by(scorer.name)
         for a in d.ads:
             score_hist.observe(a.prediction)
         if arm is not None:
@@ -278,7 +278,7 @@ class AdService:
         rejected = m.rejected
         for reason, n in dropped.items():
             rejected[reason].inc(n)
-        m.pods.labels("filled" if d.filled else "empty").inc()
+        m.pods_by("filled" if d.filled else "empty").inc()
         m.ads_per_pod.observe(len(d.ads))
         m.seconds_requested.inc(d.request.brk.pod_duration_ms / 1000)
         m.seconds_filled.inc(d.total_duration_ms / 1000)
