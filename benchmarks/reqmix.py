@@ -125,9 +125,29 @@ def _ifa(rng: random.Random) -> str:
     return f"{_hex(rng, 8)}-{_hex(rng, 4)}-4{_hex(rng, 3)}-a{_hex(rng, 3)}-{_hex(rng, 12)}"
 
 
+def _content_meta(content_id: str) -> dict[str, str]:
+    """What a content item is: genre, rating, series or channel, live. Fixed per content id
+    (an episode does not change genre between viewers), as a publisher's CMS would send."""
+    rng = random.Random(f"content:{content_id}")
+    meta = {
+        "genre": ",".join(rng.sample(GENRES, rng.randint(1, 2))),
+        "rating": rng.choice(_RATINGS),
+    }
+    if rng.random() < 0.5:
+        meta["series"] = rng.choice(SERIES)
+    if rng.random() < 0.3:
+        meta["channel"] = rng.choice(CHANNELS)
+        meta["live"] = "1" if rng.random() < 0.5 else "0"
+    return meta
+
+
+CONTENT_META: dict[str, dict[str, str]] = {cid: _content_meta(cid) for cid in CONTENT_IDS}
+
+
 def targeting(rng: random.Random) -> dict[str, str]:
     """Viewer, device and content parameters of one session."""
     device_type = _weighted(rng, _DEVICE_MIX)
+    content_id = rng.choice(CONTENT_IDS)
     q: dict[str, str] = {
         "device_id": _ifa(rng),
         "ifa_type": "rida" if device_type in ("ctv", "stb") else "aaid",
@@ -135,16 +155,10 @@ def targeting(rng: random.Random) -> dict[str, str]:
         "platform": rng.choice(PLATFORMS if device_type != "desktop" else ("web",)),
         "country": _weighted(rng, _COUNTRY_MIX),
         "language": rng.choice(LANGUAGES),
-        "content_id": rng.choice(CONTENT_IDS),
-        "genre": ",".join(rng.sample(GENRES, rng.randint(1, 2))),
-        "rating": rng.choice(_RATINGS),
+        "content_id": content_id,
+        **CONTENT_META[content_id],
         "session": _hex(rng, 16),
     }
-    if rng.random() < 0.5:
-        q["series"] = rng.choice(SERIES)
-    if rng.random() < 0.3:
-        q["channel"] = rng.choice(CHANNELS)
-        q["live"] = "1" if rng.random() < 0.5 else "0"
     if rng.random() < 0.6:
         q["segments"] = ",".join(rng.sample(SEGMENTS, rng.randint(1, 3)))
     if rng.random() < 0.05:
