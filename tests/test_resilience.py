@@ -59,6 +59,8 @@ async def test_hanging_store_degrades_instead_of_hanging(make_client: ClientFact
     rt.store.inner.read = hang
     rt.store.inner.commit = hang
     rt.store.inner.push_history = hang
+    rt.store.local = False  # a store that can hang waits on something (a network backend)
+    assert rt.delivery.store is rt.store
     resp = await asyncio.wait_for(client.get("/vast?pod_duration=60&session=s1"), 10)
     assert resp.status == 200
     root = etree.fromstring(await resp.read())

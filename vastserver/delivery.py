@@ -53,6 +53,7 @@ from vastserver.pipeline.delivery import (
 )
 from vastserver.pipeline.reasons import Reason
 from vastserver.store.base import Guarded, Incr, Read, Store, StoreUnavailable, Window
+from vastserver.store.base import within as within_timeout
 from vastserver.tracking import AdToken
 
 log = logging.getLogger("vastserver.delivery")
@@ -165,11 +166,14 @@ class DeliveryControl:
         checks, reads = gate_checks(cands, viewer, now, self.gate_cache)
         reads.append(exposure)
         try:
-            if session:
+            if session and not self.store.local:
                 values, entries = await asyncio.gather(
                     self.store.read(reads, now.timestamp()),
                     self.store.history(history_key(session)),
                 )
+            elif session:  # nothing to overlap: a local store never waits
+                values = await self.store.read(reads, now.timestamp())
+                entries = await self.store.history(history_key(session))
             else:
                 values, entries = await self.store.read(reads, now.timestamp()), []
         except StoreUnavailable:
@@ -252,7 +256,7 @@ class DeliveryControl:
             )
             batch.append(Guarded(guards, incrs))
         try:
-            ok = await asyncio.wait_for(self.store.commit(batch, now.timestamp()), within)
+            ok = await within_timeout(self.store, self.store.commit(batch, now.timestamp()), within)
         except (StoreUnavailable, TimeoutError):
             self._store_error("commit")
             # Caps fail open; budgeted line items fail closed.

@@ -30,6 +30,7 @@ from vastserver.pipeline.schedule import PlannedBreak
 from vastserver.pipeline.scoring import PriceScorer, Scorer, ScoringContext
 from vastserver.pipeline.stages import DELIVERY_FILTERS, PRE_DELIVERY_FILTERS, StageEnv
 from vastserver.records import EventSink, NullSink, decision_record
+from vastserver.store.base import within
 from vastserver.tracking import Keyring, new_ad_serving_id, viewer_hash
 
 log = logging.getLogger("vastserver.service")
@@ -168,7 +169,8 @@ class AdService:
         vh = viewer_hash(req.viewer_key(), self.keyring)
         viewer = Viewer.of(req, vh)
         try:
-            pre = await asyncio.wait_for(
+            pre = await within(
+                self.delivery.store,
                 self.delivery.prefetch(kept, viewer, now, session=req.session, avail=req.brk.avail),
                 left(MIN_STORE_WAIT_S),
             )
@@ -201,7 +203,7 @@ class AdService:
         if len(d.ads) < before and self.delivery.store_errors > errors:
             self.metrics.degradations.labels("commit_failed").inc()
         try:
-            await asyncio.wait_for(self.delivery.remember(d), left(MIN_STORE_WAIT_S))
+            await within(self.delivery.store, self.delivery.remember(d), left(MIN_STORE_WAIT_S))
         except TimeoutError:
             self.metrics.degradations.labels("history_timeout").inc()
         d = replace(

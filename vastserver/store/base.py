@@ -17,9 +17,12 @@ round trip; ``add`` applies unconditional increments in one round trip.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,10 @@ class StoreUnavailable(Exception):
 
 class Store(Protocol):
     name: str
+    local: bool
+    """True when no call ever waits on I/O (the in-memory store): a call finishes before any
+    timeout around it could fire, so callers may await it directly, without ``wait_for`` or
+    ``gather`` (~17-27 µs of event-loop work each)."""
 
     async def read(self, reads: Sequence[Read], now: float) -> list[int]:
         """Current value of each windowed counter, in order (0 for unknown keys)."""
@@ -120,3 +127,11 @@ class Store(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+async def within(store: Store, call: Awaitable[T], seconds: float | None) -> T:
+    """Await ``call`` (work on ``store``) for at most ``seconds`` (``TimeoutError`` past
+    it). A local store's call cannot outlast any limit: it is awaited directly."""
+    if store.local or seconds is None:
+        return await call
+    return await asyncio.wait_for(call, seconds)

@@ -130,6 +130,7 @@ class MemoryStore:
     """Single-process :class:`~vastserver.store.base.Store` (see the module docstring)."""
 
     name = "memory"
+    local = True
 
     def __init__(self, max_keys: int = 2_000_000, clock: Callable[[], float] = time.time) -> None:
         if max_keys < 1:

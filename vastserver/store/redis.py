@@ -128,6 +128,7 @@ class RedisStore:
     """Shared :class:`~vastserver.store.base.Store` on Redis (see the module docstring)."""
 
     name = "redis"
+    local = False
 
     def __init__(
         self,

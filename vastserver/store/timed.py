@@ -12,6 +12,7 @@ class TimedStore:
     def __init__(self, inner: Store, observe: Callable[[str, float], None]) -> None:
         self.inner = inner
         self.name = inner.name
+        self.local = inner.local
         self._observe = observe
 
     async def read(self, reads: Sequence[Read], now: float) -> list[int]:
