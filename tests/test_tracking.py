@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import random
 import re
@@ -355,6 +357,341 @@ def test_validly_signed_non_canonical_payloads_are_malformed() -> None:
     assert kind_of(_sign_raw(raw[:-1] + b"\x00")) is TokenErrorKind.MALFORMED
     # Empty payload after version.
     assert kind_of(_sign_raw(bytes([tracking.FORMAT_VERSION]))) is TokenErrorKind.MALFORMED
+
+
+# --------------------------------------------------------------------------------------------
+# Byte-identical output, canonical checks and memo caches (fast sign/verify)
+# --------------------------------------------------------------------------------------------
+
+# Tokens and strings computed with the original, un-memoized implementation: the fast path
+# must keep producing exactly these bytes.
+GOLDEN_FIELDS: list[dict[str, object]] = [
+    {
+        "ad_serving_id": "q0Zb8c1Rr2Vt3Xy4Wz5A6g",
+        "line_item_id": "li-000123",
+        "creative_id": "cr-000123-1",
+        "campaign_id": "cp-00042",
+        "advertiser_id": "adv-0007",
+        "viewer_hash": "9f86d081884c7d65",
+        "price_micros": 12_500_000,
+        "served_at": 1_714_560_000,
+        "pod_position": 1,
+        "session": "0123456789abcdef",
+        "click_url": "",
+        "lmt": False,
+    },
+    {
+        "ad_serving_id": "AAAAAAAAAAAAAAAAAAAAAA",
+        "line_item_id": "4821",
+        "creative_id": "10293",
+        "campaign_id": "377",
+        "advertiser_id": "52",
+        "viewer_hash": "deadbeefcafef00d",
+        "price_micros": 0,
+        "served_at": 0,
+        "pod_position": 4,
+        "session": "6f1c2d3e-4b5a-4c6d-8e7f-0123456789ab",
+        "click_url": "https://www.example-brand.com/ctv?utm_source=vast&cmp=377",
+        "lmt": True,
+    },
+    {
+        "ad_serving_id": "_-_-",
+        "line_item_id": "9223372036854775807",
+        "creative_id": "9223372036854775808",
+        "campaign_id": "007",
+        "advertiser_id": "DEADBEEF",
+        "viewer_hash": "",
+        "price_micros": 2**63 - 1,
+        "served_at": 2**63 - 1,
+        "pod_position": 2**63 - 1,
+        "session": "6F1C2D3E-4B5A-4C6D-8E7F-0123456789AB",
+        "click_url": "http://brand.example/x?y=1",
+        "lmt": False,
+    },
+    {
+        "ad_serving_id": "AAB",
+        "line_item_id": "héllo wörld ✓",
+        "creative_id": "a.b.c",
+        "campaign_id": "0",
+        "advertiser_id": "abc",
+        "viewer_hash": "\x00\n\t",
+        "price_micros": 127,
+        "served_at": 128,
+        "pod_position": 3,
+        "session": "https://www.",
+        "click_url": "https://brand.example/spring?src=ctv",
+        "lmt": True,
+    },
+]
+GOLDEN_SIGNED = [
+    "AQCCAatGW_HNUa9lbd18uFs-QOpIbGktMDAwMTIzWGNyLTAwMDEyMy0xMnKftNNONjJp2_7TTTtBn4bQgYhMfWVB"
+    "ASNFZ4mrze8AoPj6BYC4yLEGAQ.a92df7.HVsXFAtL0PXGUFZTEmsElw",
+    "AQGCAQAAAAAAAAAAAAAAAAAAAAAD1SUDtVAD-QIDNEHerb7vyv7wDQRvHC0-S1pMbY5_ASNFZ4mr7QJleGFtcGxl"
+    "LWJyYW5kLmNvbS9jdHY_dXRtX3NvdXJjZT12YXN0JmNtcD0zNzcAAAQ.a92df7.r3eoQaPrR9vLpJBylBfpdA",
+    "AQAa_-_-A___________f3L3bbffvbTfrznjvvnzTxgwMDcyDEADBEEFANoB6F1C2D3E-4B5A-4C6D-8E7F-0123"
+    "456789ABnwFicmFuZC5leGFtcGxlL3g_eT0x__________9___________9___________9_.a92df7."
+    "-8Pykw08uLHYzOGaaomwew",
+    "AQEYQUFCiAFow6lsbG8gd8O2cmxkIOKckyhhLmIuYwMAEmm3GAAKCQXmAWJyYW5kLmV4YW1wbGUvc3ByaW5nP3Ny"
+    "Yz1jdHZ_gAED.a92df7.kizkQUj7JHi8zl5aSH7Wcw",
+]
+GOLDEN_SIGNED_ROTATING = (
+    "AQCCAatGW_HNUa9lbd18uFs-QOpIbGktMDAwMTIzWGNyLTAwMDEyMy0xMnKftNNONjJp2_7TTTtBn4bQgYhMfWVB"
+    "ASNFZ4mrze8AoPj6BYC4yLEGAQ.e72a44.DaDSJcJVsO4Kp1oE6KztYg"
+)
+
+
+@pytest.mark.parametrize("fields, expected", list(zip(GOLDEN_FIELDS, GOLDEN_SIGNED, strict=True)))
+def test_sign_is_byte_identical_to_the_original_encoder(
+    fields: dict[str, object], expected: str
+) -> None:
+    token = AdToken(**fields)  # type: ignore[arg-type]
+    for _ in range(2):  # cold, then with every string already memoized
+        assert sign(token, KEYRING) == expected
+        assert verify(expected, KEYRING, token.served_at, MAX_AGE) == token
+
+
+def test_sign_is_byte_identical_with_rotating_keyring() -> None:
+    token = AdToken(**GOLDEN_FIELDS[0])  # type: ignore[arg-type]
+    rotating = Keyring.from_secrets([SECRET_B, SECRET_A])
+    assert sign(token, rotating) == GOLDEN_SIGNED_ROTATING
+    assert verify(GOLDEN_SIGNED[0], rotating, NOW, MAX_AGE) == token
+
+
+def test_fast_mac_matches_reference_hmac() -> None:
+    for keyring in (KEYRING, Keyring.from_secrets([SECRET_B])):
+        key = keyring._keys[0]
+        for payload_b64 in ("A", SIGNED.split(".")[0], "x" * 1500):
+            msg = f"{payload_b64}.{key.kid}".encode("ascii")
+            assert tracking._key_mac(key, msg) == tracking._mac(key.token_key, payload_b64, key.kid)
+
+
+class _Str(str):
+    __slots__ = ()
+
+
+class _Int(int):
+    __slots__ = ()
+
+
+def test_str_and_int_subclasses_sign_like_plain_values_without_touching_caches() -> None:
+    fields = dict(GOLDEN_FIELDS[0])
+    for name in tracking._STRING_FIELDS:
+        fields[name] = _Str(fields[name])
+    token = AdToken(**fields)  # type: ignore[arg-type]
+    before = tracking._encode_str.cache_info()
+    assert sign(token, KEYRING) == GOLDEN_SIGNED[0]
+    assert tracking._encode_str.cache_info() == before
+    fields = dict(GOLDEN_FIELDS[0], price_micros=_Int(12_500_000), pod_position=_Int(1))
+    assert sign(AdToken(**fields), KEYRING) == GOLDEN_SIGNED[0]  # type: ignore[arg-type]
+
+
+def _str_field(text: str, kind: int = tracking._K_UTF8) -> bytes:
+    """``text`` as a string field of the given UTF-8-bodied kind, canonical or not."""
+    raw = text.encode("utf-8")
+    header = bytearray()
+    tracking._put_varint(header, (len(raw) << 3) | kind)
+    return bytes(header) + raw
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    tracking._put_varint(out, value)
+    return bytes(out)
+
+
+def _padded(encoded_varint: bytes) -> bytes:
+    """The same varint with one redundant trailing group (``... 0x80 | last, 0x00``)."""
+    return encoded_varint[:-1] + bytes((encoded_varint[-1] | 0x80, 0))
+
+
+def _payload_with(index: int, field: bytes) -> bytes:
+    """TOKEN's canonical payload with item ``index`` (8 strings, then 3 ints) replaced."""
+    parts = [_reference_encode_str(getattr(TOKEN, name)) for name in tracking._STRING_FIELDS]
+    parts += [_varint_bytes(getattr(TOKEN, name)) for name in tracking._INT_FIELDS]
+    parts[index] = field
+    return bytes((tracking.FORMAT_VERSION, 0)) + b"".join(parts)
+
+
+def _field_index(name: str) -> int:
+    return (tracking._STRING_FIELDS + tracking._INT_FIELDS).index(name)
+
+
+def _non_canonical_cases() -> list[tuple[str, str, bytes]]:
+    b64_of_hex = tracking._b64d(TOKEN.viewer_hash)
+    assert b64_of_hex is not None and len(b64_of_hex) == 12  # hex text is base64url too
+    dec = _varint_bytes(4821)
+    return [
+        ("decimal as UTF-8", "line_item_id", _str_field("4821")),
+        ("decimal, padded varint", "line_item_id", bytes((tracking._K_DEC,)) + _padded(dec)),
+        ("decimal, padded header", "line_item_id", _padded(bytes((tracking._K_DEC,))) + dec),
+        ("decimal as UTF-8 (campaign)", "campaign_id", _str_field("377")),
+        ("hex as UTF-8", "viewer_hash", _str_field(TOKEN.viewer_hash)),
+        ("hex as base64", "viewer_hash", bytes(((12 << 3) | tracking._K_B64,)) + b64_of_hex),
+        ("uuid as UTF-8", "session", _str_field(TOKEN.session)),
+        ("base64 as UTF-8", "ad_serving_id", _str_field(TOKEN.ad_serving_id)),
+        ("https://www. as UTF-8", "click_url", _str_field(TOKEN.click_url)),
+        ("https://www. as https://", "click_url", _str_field(TOKEN.click_url[8:], 6)),
+        ("empty as HEX", "click_url", bytes((tracking._K_HEX,))),
+        ("empty as B64", "click_url", bytes((tracking._K_B64,))),
+        ("empty, padded header", "click_url", b"\x80\x00"),
+        ("price, padded varint", "price_micros", _padded(_varint_bytes(TOKEN.price_micros))),
+        ("served_at, padded varint", "served_at", _padded(_varint_bytes(TOKEN.served_at))),
+        ("pod_position, padded varint", "pod_position", _padded(_varint_bytes(2))),
+    ]
+
+
+def test_payload_helper_builds_the_canonical_payload() -> None:
+    assert _sign_raw(_payload_with(0, _reference_encode_str(TOKEN.ad_serving_id))) == SIGNED
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_non_canonical_spellings_are_rejected(warm: bool) -> None:
+    for label, name, field in _non_canonical_cases():
+        payload = _payload_with(_field_index(name), field)
+        s = _sign_raw(payload)
+        if warm:  # the canonical token and this very spelling are both already memoized
+            assert verify(SIGNED, KEYRING, NOW, MAX_AGE) == TOKEN
+            kind_of(s)
+        with pytest.raises(TokenError) as info:
+            verify(s, KEYRING, NOW, MAX_AGE)
+        # Parsed fine (any other defect has another detail); only canonicality failed.
+        assert info.value.kind is TokenErrorKind.MALFORMED, label
+        assert info.value.detail == "non-canonical encoding", label
+    assert verify(SIGNED, KEYRING, NOW, MAX_AGE) == TOKEN
+
+
+def test_error_precedence_is_unchanged() -> None:
+    # A non-canonical field plus a later defect reports the later defect, as the original
+    # parse-then-re-encode check did.
+    non_canonical = _payload_with(_field_index("line_item_id"), _str_field("4821"))
+    with pytest.raises(TokenError) as info:
+        verify(_sign_raw(non_canonical + b"\x00"), KEYRING, NOW, MAX_AGE)
+    assert info.value.detail == "trailing bytes"
+    pod_zero = non_canonical[:-1] + b"\x00"
+    with pytest.raises(TokenError) as info:
+        verify(_sign_raw(pod_zero), KEYRING, NOW, MAX_AGE)
+    assert info.value.detail == "bad field value"
+    bad_utf8 = _payload_with(_field_index("click_url"), b"\x10\xff\xfe")
+    with pytest.raises(TokenError) as info:
+        verify(_sign_raw(bad_utf8), KEYRING, NOW, MAX_AGE)
+    assert info.value.detail == "invalid UTF-8"
+
+
+def test_memoized_decoding_still_checks_time_every_call() -> None:
+    assert verify(SIGNED, KEYRING, NOW, MAX_AGE) == TOKEN
+    assert kind_of(SIGNED, now=NOW + MAX_AGE + 1) is TokenErrorKind.EXPIRED
+    assert kind_of(SIGNED, now=NOW - MAX_CLOCK_SKEW_S - 1) is TokenErrorKind.FUTURE
+    assert verify(SIGNED, KEYRING, NOW, MAX_AGE) == TOKEN
+    assert kind_of(SIGNED, keyring=Keyring.from_secrets([SECRET_B])) is (
+        TokenErrorKind.BAD_SIGNATURE
+    )
+
+
+def test_memo_caches_are_bounded() -> None:
+    caches = {
+        "encode_str": tracking._encode_str,
+        "decode_str": tracking._decode_str,
+        "varint": tracking._varint,
+        "decode_payload": tracking._decode_payload_cached,
+    }
+    for name, cache in caches.items():
+        maxsize = cache.cache_info().maxsize
+        assert maxsize is not None and 0 < maxsize <= 16384, name
+    n = max(cache.cache_info().maxsize or 0 for cache in caches.values()) + 100
+    rng = random.Random(11)
+    for i in range(n):
+        token = make_token(
+            ad_serving_id=new_ad_serving_id(rng),
+            viewer_hash=f"{i:016x}",
+            session=f"s-{i}",
+            price_micros=1_000_000 + i,
+        )
+        assert verify(sign(token, KEYRING), KEYRING, NOW, MAX_AGE) == token
+    for name, cache in caches.items():
+        info = cache.cache_info()
+        assert info.currsize == info.maxsize, name  # full, and no bigger
+
+
+# The original (un-memoized) string encoder and strict base64 decoder, kept as references.
+_REF_DEC_RE = re.compile(r"0|[1-9][0-9]{0,18}")
+_REF_HEX_RE = re.compile(r"(?:[0-9a-f]{2})+")
+_REF_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _reference_b64d(text: str) -> bytes | None:
+    if len(text) % 4 == 1 or re.fullmatch(r"[A-Za-z0-9_-]+", text) is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() == text else None
+
+
+def _reference_encode_str(value: str) -> bytes:
+    out = bytearray()
+    if _REF_DEC_RE.fullmatch(value) and int(value) <= 2**63 - 1:
+        tracking._put_varint(out, tracking._K_DEC)
+        tracking._put_varint(out, int(value))
+    elif _REF_UUID_RE.fullmatch(value):
+        tracking._put_varint(out, tracking._K_UUID)
+        out += bytes.fromhex(value.replace("-", ""))
+    elif _REF_HEX_RE.fullmatch(value):
+        raw = bytes.fromhex(value)
+        tracking._put_varint(out, (len(raw) << 3) | tracking._K_HEX)
+        out += raw
+    elif value and (b64 := _reference_b64d(value)) is not None:
+        tracking._put_varint(out, (len(b64) << 3) | tracking._K_B64)
+        out += b64
+    else:
+        kind = tracking._K_UTF8
+        for prefix_kind, prefix in ((5, "https://www."), (6, "https://"), (7, "http://")):
+            if value.startswith(prefix):
+                kind, value = prefix_kind, value[len(prefix) :]
+                break
+        raw = value.encode("utf-8")
+        tracking._put_varint(out, (len(raw) << 3) | kind)
+        out += raw
+    return bytes(out)
+
+
+_any_field_text = st.one_of(
+    st.text(max_size=40),
+    st.text(st.sampled_from(B64_ALPHABET + "=+/"), max_size=30),
+    st.text(st.sampled_from("0123456789abcdefABCDEF-"), max_size=40),
+    st.uuids().map(str),
+    st.uuids().map(lambda u: str(u).upper()),
+    st.integers(0, 2**64).map(str),
+    st.sampled_from(["https://www.", "https://", "http://", "https://wwwx", ""]).flatmap(
+        lambda p: st.text(max_size=20).map(lambda t: p + t)
+    ),
+)
+
+
+@settings(max_examples=1000)
+@given(_any_field_text)
+def test_string_codec_matches_the_reference(text: str) -> None:
+    try:
+        expected = _reference_encode_str(text)
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            tracking._encode_str(text)
+        return
+    assert tracking._encode_str(text) == expected
+    assert tracking._encode_str_uncached(text) == expected
+    assert tracking._decode_str(expected) == text
+    assert tracking._b64d(text) == _reference_b64d(text)
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.binary(max_size=40), _any_field_text.map(_reference_encode_str)))
+def test_field_decoder_accepts_only_the_reference_encoding(field: bytes) -> None:
+    try:
+        got = tracking._decode_str_uncached(field)
+    except (TokenError, UnicodeEncodeError):
+        return
+    if got is not None:
+        assert _reference_encode_str(got) == field
 
 
 # --------------------------------------------------------------------------------------------
