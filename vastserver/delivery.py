@@ -275,9 +275,9 @@ class DeliveryControl:
                 )
         slots = {a.candidate.key: a.slot for a in kept}
         traces = tuple(
-            replace(t, reason=lost[k], slot=None)
+            t._replace(reason=lost[k], slot=None)
             if (k := f"{t.line_item_id}/{t.creative_id}") in lost
-            else (replace(t, slot=slots[k]) if k in slots else t)
+            else (t._replace(slot=slots[k]) if k in slots else t)
             for t in d.traces
         )
         return replace(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from vastserver.catalog.model import Slot
 from vastserver.pipeline.candidates import Candidate
@@ -27,9 +28,9 @@ from vastserver.pipeline.stages import FILTERS, Filter, StageEnv
 NEG_INF = float("-inf")
 
 
-@dataclass(frozen=True, slots=True)
-class Trace:
-    """What happened to one candidate."""
+class Trace(NamedTuple):
+    """What happened to one candidate. (A NamedTuple: a decision builds one per candidate,
+    and a tuple is built ~5x faster than a frozen dataclass.)"""
 
     line_item_id: str
     creative_id: str

@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from vastserver.catalog.model import Budget, Catalog, Delivery, FrequencyCap
@@ -275,8 +276,7 @@ class PIController:
 # --------------------------------------------------------------------------- the gate
 
 
-@dataclass(frozen=True, slots=True)
-class CandidateChecks:
+class CandidateChecks(NamedTuple):
     """The counters that decide one candidate, by counter key: caps as (impressions,
     reservations, limit), budgets as (delivered, reservations, limit, amount)."""
 
