@@ -114,6 +114,30 @@ def test_batch_equals_one_by_one(bundle: ModelBundle, cands: list[Candidate]) ->
     np.testing.assert_allclose(batch, np.clip(ref, 1e-6, 1 - 1e-6), rtol=1e-6)
 
 
+def test_direct_predictor_gives_exactly_inplace_predict(
+    bundle: ModelBundle, cands: list[Candidate]
+) -> None:
+    from vastserver.ml.model import _DensePredictor, _predict
+
+    scorer = ModelScorer(bundle)
+    fast = scorer._fast
+    assert fast is not None  # this xgboost passes the start-up check
+    for device in ("ctv", "mobile", None):
+        x = scorer.features(_req(device), cands, _ctx(cands))
+        for rows in (x[:1], x[:7], x, x[::2]):  # x[::2] is not contiguous
+            assert np.array_equal(fast(rows), _predict(bundle.booster, rows))
+
+    # anything that disagrees with inplace_predict is refused at start-up
+    class _Off:
+        handle = bundle.booster.handle
+
+        def inplace_predict(self, x: Any, **kw: Any) -> Any:
+            return bundle.booster.inplace_predict(x, **kw) + 0.25
+
+    rows = bundle.schema.vectorize(bundle.schema.canary_rows())
+    assert _DensePredictor.for_booster(_Off(), rows) is None
+
+
 def test_score_cache_changes_no_score(bundle: ModelBundle, cands: list[Candidate]) -> None:
     scorer = ModelScorer(bundle, score_cache_contexts=2)
     req, ctx = _req(), _ctx(cands)
