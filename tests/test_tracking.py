@@ -1087,3 +1087,68 @@ def test_dataclasses_are_frozen() -> None:
         TOKEN.price_micros = 1  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         URLS.public_url = "https://x"  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"tk": SIGNED},
+        {"tk": SIGNED, "ec": "402", "ts": "2026-11-25T20:00:00Z", "ph": "00:00:05.000"},
+        {"tk": "x" * (MAX_TOKEN_LEN + 1), "ec": "[ERRORCODE]"},
+        {"tk": "[TOKEN]", "ec": "-1"},
+        {"tk": "", "ec": "abc"},
+        {"ec": "99999999999"},
+        {"ec": "0402"},
+        {"ec": "402 "},
+    ],
+)
+def test_beacon_counting_params_agree_with_the_full_parse(query: dict[str, str]) -> None:
+    full = parse_beacon_query(query)
+    assert tracking.beacon_counting_params(query) == (full.token, full.error_code)
+
+
+def test_verified_token_cache_holds_only_good_signatures_per_keyring() -> None:
+    ring = Keyring.from_secrets([SECRET_A, SECRET_B])
+    token = make_token(ad_serving_id=new_ad_serving_id(random.Random(99)))
+    good = sign(token, ring)
+    payload, kid, sig = good.split(".")
+    forged = f"{payload}.{kid}.{'A' * len(sig)}"
+    for _ in range(2):  # the second time from the cache: same verdicts
+        assert verify(good, ring, NOW, MAX_AGE) == token
+        with pytest.raises(TokenError) as e:
+            verify(forged, ring, NOW, MAX_AGE)
+        assert e.value.kind is TokenErrorKind.BAD_SIGNATURE
+    assert good in ring._verified and forged not in ring._verified
+    # time checks still apply to a cached token
+    with pytest.raises(TokenError) as e:
+        verify(good, ring, NOW + MAX_AGE + 1, MAX_AGE)
+    assert e.value.kind is TokenErrorKind.EXPIRED
+    with pytest.raises(TokenError) as e:
+        verify(good, ring, NOW - MAX_CLOCK_SKEW_S - 1, MAX_AGE)
+    assert e.value.kind is TokenErrorKind.FUTURE
+    # a rotated keyring that dropped the key does not inherit what the old one verified
+    rotated = Keyring.from_secrets([SECRET_B])
+    with pytest.raises(TokenError):
+        verify(sign(token, Keyring.from_secrets([SECRET_A])), rotated, NOW, MAX_AGE)
+
+    class Sneaky(str):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        def __hash__(self) -> int:
+            return hash(good)
+
+    with pytest.raises(TokenError):
+        verify(Sneaky(forged), ring, NOW, MAX_AGE)
+
+
+def test_verified_token_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracking, "_VERIFIED_CACHE_SIZE", 5)
+    ring = Keyring.from_secrets([SECRET_A])
+    for n in range(12):
+        verify(sign(make_token(pod_position=n + 1), ring), ring, NOW, MAX_AGE)
+        assert len(ring._verified) <= 5

@@ -295,9 +295,12 @@ class Keyring:
     every viewer hash; anything keyed by viewer hash (frequency caps) starts over.
     """
 
-    __slots__ = ("_by_kid", "_keys")
+    __slots__ = ("_by_kid", "_keys", "_verified")
 
     def __init__(self, secrets: Sequence[str]) -> None:
+        self._verified: dict[str, AdToken] = {}
+        """Token strings whose signature verified under these keys (a keyring's keys never
+        change), so the beacons after an ad's first skip the decoding and the HMAC."""
         if isinstance(secrets, str):
             raise TypeError("Keyring needs a sequence of secrets, not a single string")
         keys: list[_Key] = []
@@ -373,6 +376,8 @@ _PREFIX_BY_KIND = dict(_URL_PREFIXES)
 _STR_CACHE_SIZE = 4096
 """Entries in each of the string encode/decode memo caches."""
 _TOKEN_CACHE_SIZE = 4096
+_VERIFIED_CACHE_SIZE = 8192
+"""Verified token strings a :class:`Keyring` remembers (cleared whole when full)."""
 """Decoded payloads memoized by :func:`verify` (every beacon of one ad carries one token)."""
 _VARINT_CACHE_SIZE = 1024
 """Encoded ints memoized (prices repeat, ``served_at`` repeats within a second)."""
@@ -661,17 +666,8 @@ def sign(token: AdToken, keyring: Keyring) -> str:
     return out
 
 
-def verify(s: str, keyring: Keyring, now: int, max_age_s: int) -> AdToken:
-    """Check and decode a token string from a request.
-
-    Raises only :class:`TokenError`, whatever ``s`` is. The signature is checked before the
-    payload is parsed; expiry (``served_at + max_age_s < now``) and the future check
-    (``served_at > now + MAX_CLOCK_SKEW_S``) only after the signature is known good.
-    """
-    if not isinstance(s, str):
-        raise _malformed("not a string")
-    if len(s) > MAX_TOKEN_LEN:
-        raise _malformed("oversize")
+def _verify_signed(s: str, keyring: Keyring) -> AdToken:
+    """The signature and payload part of :func:`verify` (everything but the time checks)."""
     m = _TOKEN_RE.fullmatch(s)
     if m is None:
         raise _malformed("wrong shape")
@@ -692,7 +688,29 @@ def verify(s: str, keyring: Keyring, now: int, max_age_s: int) -> AdToken:
         ok |= hmac.compare_digest(_key_mac(key, msg), sig)
     if not ok:
         raise TokenError(TokenErrorKind.BAD_SIGNATURE, "signature mismatch")
-    token: AdToken = _decode_payload_cached(payload)
+    decoded: AdToken = _decode_payload_cached(payload)
+    return decoded
+
+
+def verify(s: str, keyring: Keyring, now: int, max_age_s: int) -> AdToken:
+    """Check and decode a token string from a request.
+
+    Raises only :class:`TokenError`, whatever ``s`` is. The signature is checked before the
+    payload is parsed; expiry (``served_at + max_age_s < now``) and the future check
+    (``served_at > now + MAX_CLOCK_SKEW_S``) only after the signature is known good.
+    """
+    if not isinstance(s, str):
+        raise _malformed("not a string")
+    if len(s) > MAX_TOKEN_LEN:
+        raise _malformed("oversize")
+    exact = type(s) is str  # a str subclass could redefine equality: never from the cache
+    token = keyring._verified.get(s) if exact else None
+    if token is None:
+        token = _verify_signed(s, keyring)
+        if exact:
+            if len(keyring._verified) >= _VERIFIED_CACHE_SIZE:
+                keyring._verified.clear()
+            keyring._verified[s] = token
     if token.served_at > now + MAX_CLOCK_SKEW_S:
         raise TokenError(TokenErrorKind.FUTURE, "served_at in the future")
     if token.served_at + max_age_s < now:
@@ -1009,4 +1027,16 @@ def parse_beacon_query(query: Mapping[str, str]) -> BeaconParams:
         reason=_match(_REASON_RE, _get(query, PARAM_REASON)),
         session=_short(_get(query, PARAM_SESSION)),
         break_id=_short(_get(query, PARAM_BREAK)),
+    )
+
+
+def beacon_counting_params(query: Mapping[str, str]) -> tuple[str | None, int | None]:
+    """What counting a beacon needs of its query: ``(token, error_code)``, exactly as
+    :func:`parse_beacon_query` gives them, without parsing the parameters only a log or an
+    analysis reads (timestamp, playhead, cache buster...). The beacon path calls this."""
+    token = _get(query, PARAM_TOKEN)
+    ec = _match(_EC_RE, _get(query, PARAM_ERRORCODE))
+    return (
+        token if token is not None and len(token) <= MAX_TOKEN_LEN else None,
+        int(ec) if ec is not None else None,
     )
