@@ -57,8 +57,8 @@ from vastserver.tracking import (
     TokenError,
     TokenErrorKind,
     TrackingUrls,
+    beacon_counting_params,
     new_ad_serving_id,
-    parse_beacon_query,
     verify,
 )
 
@@ -111,57 +111,72 @@ def _xml(body: str) -> web.Response:
 # ---------------------------------------------------------------------------- middlewares
 
 
-@web.middleware
-async def metrics_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count and time every request by route name (bounded labels) and status class."""
-    rt = _rt(request)
-    t0 = time.perf_counter()
-    route = request.match_info.route
-    endpoint = route.name or "unmatched"
-    status = 500
-    try:
-        resp = await handler(request)
-        status = resp.status
-        return resp
-    except web.HTTPException as e:
-        status = e.status
-        raise
-    finally:
-        outcome = f"{status // 100}xx"
-        rt.metrics.requests_by(endpoint, outcome).inc()
-        rt.metrics.latency_by(endpoint, outcome).observe(time.perf_counter() - t0)
-
-
 _RID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 DECISION_ENDPOINTS = frozenset({"vast", "vmap", "decide", "openrtb_pod"})
 
 
 @web.middleware
-async def request_id_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every request gets an id (a sane incoming X-Request-Id is kept): it is in every log
-    line of the request, the response header, the event log and the debug explanation."""
+async def edge_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """What every request goes through, outermost first (one middleware rather than five
+    layers: a beacon's whole budget is a few dozen µs):
+
+    1. **request id**: a sane incoming ``X-Request-Id`` is kept, else one is made; it is in
+       every log line of the request, the response header, the event log and the debug
+       explanation;
+    2. **metrics**: count and time every request by route name (bounded labels) and status
+       class;
+    3. **CORS**: HTML5 CTV players fetch cross-origin with credentials: answer preflights,
+       echo the ``Origin``;
+    4. **limits**: an over-long query string is refused (414);
+    5. **guard**: bound the decision requests in flight (shed the excess at once with a
+       no-fill), and turn any unexpected error into a no-fill (players) or a 503, logged,
+       never a 500 page.
+    """
+    rt = _rt(request)
+    t0 = time.perf_counter()
+    name = request.match_info.route.name
     incoming = request.headers.get("X-Request-Id", "")
     rid = incoming if 0 < len(incoming) <= 64 and set(incoming) <= _RID_OK else None
     rid = rid or os.urandom(8).hex()
-    token = REQUEST_ID.set(rid)
+    ctx_token = REQUEST_ID.set(rid)
+    origin = request.headers.get("Origin")
+    status = 500
     try:
         try:
-            resp = await handler(request)
+            resp = await _guarded(rt, request, handler, name or "", origin)
         except web.HTTPException as e:
+            status = e.status
+            if origin:
+                _cors_headers(e, origin)
             e.headers["X-Request-Id"] = rid
             raise
+        status = resp.status
+        if origin:
+            _cors_headers(resp, origin)
         resp.headers["X-Request-Id"] = rid
         return resp
     finally:
-        REQUEST_ID.reset(token)
+        outcome = f"{status // 100}xx"
+        endpoint = name or "unmatched"
+        rt.metrics.requests_by(endpoint, outcome).inc()
+        rt.metrics.latency_by(endpoint, outcome).observe(time.perf_counter() - t0)
+        REQUEST_ID.reset(ctx_token)
 
 
-@web.middleware
-async def guard_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Bound the decision requests in flight (shed the excess at once with a no-fill), and
-    turn any unexpected error into a no-fill (players) or a 503, logged, never a 500 page."""
-    rt = _rt(request)
-    endpoint = request.match_info.route.name or ""
+async def _guarded(
+    rt: Runtime, request: web.Request, handler: Handler, endpoint: str, origin: str | None
+) -> web.StreamResponse:
+    """Steps 3-5 of :func:`edge_mw` (CORS preflight, limits, guard) around the handler."""
+    if origin and request.method == "OPTIONS":
+        resp: web.StreamResponse = web.Response(status=204)
+        resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        req_headers = request.headers.get("Access-Control-Request-Headers")
+        if req_headers:
+            resp.headers["Access-Control-Allow-Headers"] = req_headers[:512]
+        resp.headers["Access-Control-Max-Age"] = "600"
+        return resp
+    if len(request.rel_url.raw_query_string) > MAX_QUERY:
+        return web.Response(status=414, text="query string too long")
     decision = endpoint in DECISION_ENDPOINTS
     if decision:
         if rt.in_flight >= rt.settings.max_in_flight:
@@ -196,42 +211,11 @@ def _no_fill(rt: Runtime, endpoint: str, reason: str) -> web.StreamResponse:
     return web.json_response({"error": reason}, status=503, headers={"Retry-After": "1"})
 
 
-@web.middleware
-async def cors_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """HTML5 CTV players fetch cross-origin with credentials: echo the Origin."""
-    origin = request.headers.get("Origin")
-    if request.method == "OPTIONS" and origin:
-        resp: web.StreamResponse = web.Response(status=204)
-        resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-        req_headers = request.headers.get("Access-Control-Request-Headers")
-        if req_headers:
-            resp.headers["Access-Control-Allow-Headers"] = req_headers[:512]
-        resp.headers["Access-Control-Max-Age"] = "600"
-    else:
-        try:
-            resp = await handler(request)
-        except web.HTTPException as e:
-            resp = e
-            if origin:
-                _cors_headers(resp, origin)
-            raise
-    if origin:
-        _cors_headers(resp, origin)
-    return resp
-
-
 def _cors_headers(resp: web.StreamResponse, origin: str) -> None:
     resp.headers["Access-Control-Allow-Origin"] = origin
     resp.headers["Access-Control-Allow-Credentials"] = "true"
     resp.headers["Access-Control-Expose-Headers"] = "X-Request-Id"
     resp.headers["Vary"] = "Origin"
-
-
-@web.middleware
-async def limits_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if len(request.rel_url.raw_query_string) > MAX_QUERY:
-        return web.Response(status=414, text="query string too long")
-    return await handler(request)
 
 
 # ---------------------------------------------------------------------------- handlers
@@ -374,24 +358,24 @@ async def beacon_handler(request: web.Request) -> web.StreamResponse:
         rt.metrics.beacons_by("unknown", "bad_event").inc()
         return web.Response(status=400, text="unknown event")
     q = _query(request)
-    params = parse_beacon_query(q)
+    raw_token, error_code = beacon_counting_params(q)
     if PARAM_TOKEN not in q:
         # Tokenless beacons: the no-fill <Error> and VMAP break events. Advisory only.
         if event in ("error", "breakStart", "breakEnd"):
             rt.metrics.beacons_by(event, "advisory").inc()
-            _record_beacon(rt, request, event, None, False, "advisory", params.error_code)
+            _record_beacon(rt, request, event, None, False, "advisory", error_code)
             return web.Response(status=204)
         rt.metrics.beacons_by(event, "malformed").inc()
         return web.Response(status=400, text="missing tk")
     try:
-        token = _verify(rt, params.token)
+        token = _verify(rt, raw_token)
     except TokenError as e:
         rt.metrics.beacons_by(event, e.kind.value).inc()
         if rt.log_sampler():
             log_event(log, "beacon_rejected", beacon=event, why=e.kind.value, caller=request.remote)
         status = 400 if e.kind is TokenErrorKind.MALFORMED else 403
         return web.Response(status=status, text=e.kind.value)
-    failed = await _count(rt, request, event, token, params.error_code)
+    failed = await _count(rt, request, event, token, error_code)
     return failed or web.Response(status=204)
 
 
@@ -405,6 +389,8 @@ def _record_beacon(
     error_code: int | None,
 ) -> None:
     """Every beacon goes to the event log, counted or not (replays are evidence too)."""
+    if isinstance(rt.events, NullSink):
+        return  # no log: not even the record's construction
     rt.events.append(
         beacon_record(
             event,
@@ -422,9 +408,9 @@ def _record_beacon(
 
 async def click_handler(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
-    params = parse_beacon_query(_query(request))
+    raw_token, _ = beacon_counting_params(_query(request))
     try:
-        token = _verify(rt, params.token)
+        token = _verify(rt, raw_token)
     except TokenError as e:
         rt.metrics.beacons_by("click", e.kind.value).inc()
         if rt.log_sampler():
@@ -607,7 +593,7 @@ def create_app(
         events=events,
     )
     app = web.Application(
-        middlewares=[request_id_mw, metrics_mw, cors_mw, limits_mw, guard_mw],
+        middlewares=[edge_mw],
         client_max_size=256 * 1024,
     )
     app[RUNTIME] = rt

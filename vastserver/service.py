@@ -226,16 +226,17 @@ class AdService:
             self.metrics.experiment_decisions.labels(
                 self.models.experiment or "", arm, "filled" if d.ads else "empty"
             ).inc()
-        self.events.append(
-            decision_record(
-                d,
-                request_id=request_id,
-                arm=arm,
-                experiment=self.models.experiment if arm is not None else None,
-                model_version=scorer.version,
-                shadow=shadow,
+        if not isinstance(self.events, NullSink):  # no log: skip building the record
+            self.events.append(
+                decision_record(
+                    d,
+                    request_id=request_id,
+                    arm=arm,
+                    experiment=self.models.experiment if arm is not None else None,
+                    model_version=scorer.version,
+                    shadow=shadow,
+                )
             )
-        )
         return d
 
     @property
