@@ -3,7 +3,7 @@ what ``cap_checks`` and ``budget_checks`` (the per-candidate specification) defi
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -84,3 +84,21 @@ def test_cache_is_bounded_and_rebuilt_for_a_new_line_item(cands: list[Candidate]
         hit = cache.budgets.get((c.line_item.id, c.campaign.id, "2026-11-25"))
         assert hit is None or hit[0] is c.line_item
     assert set(checks) == {id(c) for c in reloaded[:10]}
+
+
+@pytest.mark.parametrize(
+    "tz",
+    ["UTC", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "America/St_Johns",
+     "Australia/Eucla", "Pacific/Chatham", "Europe/London"],
+)  # fmt: skip
+def test_local_day_memo_equals_the_direct_conversion(tz: str) -> None:
+    from zoneinfo import ZoneInfo
+
+    from vastserver.pipeline.delivery import local_day
+
+    zone = ZoneInfo(tz)
+    # every 7 s across two days around a DST change (2026-03-08 in the US, 03-29 in Europe)
+    for start in (datetime(2026, 3, 7, 0, 0, tzinfo=UTC), datetime(2026, 3, 28, 0, 0, tzinfo=UTC)):
+        for k in range(0, 2 * 86400, 7):
+            now = start + timedelta(seconds=k, microseconds=k % 1000)
+            assert local_day(now, tz) == now.astimezone(zone).strftime("%Y-%m-%d")
