@@ -146,3 +146,72 @@ def test_ten_thousand_line_items_do_not_cost_ten_thousand_evaluations(
     # at one by one.
     assert calls < len(index.candidates) / 10
     assert survivors
+
+
+def _reference_survivors(
+    index: CatalogIndex, req: Any, env: StageEnv, limit: int, per_group: int
+) -> tuple[list[str], dict[Any, int]]:
+    """The limited scan written plainly: rank every match within its group, skip those with
+    2 x per_group better matches in their group, then take the best ``limit`` passing the
+    residual rules, at most ``per_group`` per group; everything else is outranked."""
+    bits = index.bits
+    mask, dropped = bits.match(req, env)
+    ords = [i for i in range(len(bits.candidates)) if mask >> i & 1]
+    outranked = 0
+    if len(ords) > limit:
+        seen: dict[int, int] = {}
+        pre = []
+        for i in ords:
+            g = bits.group[i]
+            if seen.get(g, 0) < 2 * per_group:
+                pre.append(i)
+            seen[g] = seen.get(g, 0) + 1
+        outranked += len(ords) - len(pre)
+        ords = pre
+    out: list[str] = []
+    per: dict[int, int] = {}
+    for n, i in enumerate(ords):
+        if len(out) >= limit:
+            outranked += len(ords) - n
+            break
+        c = bits.candidates[i]
+        if req.floor_cpm_per_s is not None or bits.residual >> i & 1:
+            reason = matching.residual_check(req, c, env)
+            if reason is not None:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                continue
+        g = bits.group[i]
+        if per.get(g, 0) >= per_group:
+            outranked += 1
+            continue
+        per[g] = per.get(g, 0) + 1
+        out.append(c.key)
+    if outranked:
+        dropped[matching.Reason.OUTRANKED] = outranked
+    return out, dropped
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.sampled_from([1, 2, 5, 20]), st.sampled_from([1, 3]), st.booleans())
+def test_limited_scan_matches_the_plain_reference(
+    case: tuple[int, dict[str, str], timedelta], limit: int, per_group: int, tiny_chunks: bool
+) -> None:
+    seed, q, shift = case
+    catalog, index = catalog_and_index(seed)
+    req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=True)
+    env = StageEnv(now=NOW + shift, blocked_categories=req.blocked_categories)
+    want = _reference_survivors(index, req, env, limit, per_group)
+    width = 8 if tiny_chunks else matching._CHUNK_BITS
+    saved = matching._CHUNK_BITS, matching._CHUNK_MASK
+    matching._CHUNK_BITS, matching._CHUNK_MASK = width, (1 << width) - 1
+    try:
+        got, dropped = index.bits.survivors(req, env, limit, per_group)
+    finally:
+        matching._CHUNK_BITS, matching._CHUNK_MASK = saved
+    assert ([c.key for c in got], dropped) == want
+
+
+@given(st.integers(min_value=0, max_value=2**300))
+def test_ordinal_chunks_list_every_set_bit_in_order(mask: int) -> None:
+    flat = [i for chunk in matching.ordinal_chunks(mask) for i in chunk]
+    assert flat == [i for i in range(mask.bit_length()) if mask >> i & 1]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -97,16 +97,20 @@ def iter_bits(mask: int) -> list[int]:
     return bit_ordinals(mask).tolist()  # type: ignore[no-any-return]
 
 
-def _rank_in_group(groups: npt.NDArray[np.int32]) -> npt.NDArray[np.intp]:
-    """For each position, how many earlier positions share its group (0 for the first)."""
-    n = len(groups)
-    order = np.argsort(groups, kind="stable")
-    sorted_g = groups[order]
-    starts = np.flatnonzero(np.r_[True, sorted_g[1:] != sorted_g[:-1]])
-    run_start = np.repeat(starts, np.diff(np.r_[starts, n]))
-    ranks = np.empty(n, dtype=np.intp)
-    ranks[order] = np.arange(n) - run_start
-    return ranks
+_CHUNK_BITS = 4096
+_CHUNK_MASK = (1 << _CHUNK_BITS) - 1
+
+
+def ordinal_chunks(mask: int) -> Iterator[list[int]]:
+    """The set bits' ordinals, ascending, a chunk of :data:`_CHUNK_BITS` bits at a time: a
+    scan that stops early never unpacks the rest of a large bitset."""
+    offset = 0
+    while mask:
+        low = mask & _CHUNK_MASK
+        if low:
+            yield (bit_ordinals(low) + offset).tolist()
+        mask >>= _CHUNK_BITS
+        offset += _CHUNK_BITS
 
 
 @dataclass(slots=True)
@@ -141,9 +145,10 @@ class BitIndex:
     competitive: Mapping[str, int]
     residual: int
     """Candidates with dayparts or key-value rules: checked one by one."""
+    residual_flags: bytes
+    """``residual`` as one byte per candidate (testing bit i of a big int costs O(size))."""
     group: tuple[int, ...]
     """Separation-group number of each candidate (for the per-group limit)."""
-    group_array: npt.NDArray[np.int32]
     flights: tuple[tuple[datetime, datetime, int], ...]
     boundaries: tuple[datetime, ...]
     _flight_cache: _FlightCache = field(default_factory=_FlightCache)
@@ -272,37 +277,47 @@ class BitIndex:
         mask, dropped = self.match(req, env)
         out: list[Candidate] = []
         check_all = req.floor_cpm_per_s is not None
-        residual = self.residual
+        residual = self.residual_flags
         cands = self.candidates
         groups = self.group
-        ords = bit_ordinals(mask)
-        outranked = 0
-        if limit is not None and len(ords) > limit:
-            # Vectorised pre-selection: a candidate with 2 x per_group better candidates in
-            # its group cannot make the cut unless most of those fail a residual rule, so the
-            # Python loop below only sees a bounded number of candidates.
-            ranks = _rank_in_group(self.group_array[ords])
-            pre = ords[ranks < 2 * per_group]
-            outranked += len(ords) - len(pre)
-            ords = pre
+        total = mask.bit_count()
+        # A candidate with 2 x per_group better matching candidates in its group cannot make
+        # the cut unless most of those fail a residual rule: skipped without a look, so the
+        # work stays bounded when a few groups hold most of the matches.
+        presort = limit is not None and total > limit
+        cap = 2 * per_group
+        seen: dict[int, int] = {}
         per: dict[int, int] = {}
-        for n, i in enumerate(ords.tolist()):
-            if limit is not None and len(out) >= limit:
-                outranked += len(ords) - n  # not looked at: outranked (or residual-failing)
-                break
-            c = cands[i]
-            if check_all or residual >> i & 1:
-                reason = residual_check(req, c, env)
-                if reason is not None:
-                    dropped[reason] = dropped.get(reason, 0) + 1
-                    continue
-            if limit is not None:
+        looked = outranked = 0
+        full = False
+        for chunk in ordinal_chunks(mask):  # best first, and only as far as needed
+            for i in chunk:
+                if limit is not None and len(out) >= limit:
+                    full = True
+                    break
+                looked += 1
                 g = groups[i]
-                if per.get(g, 0) >= per_group:
-                    outranked += 1
-                    continue
-                per[g] = per.get(g, 0) + 1
-            out.append(c)
+                if presort:
+                    rank = seen.get(g, 0)
+                    seen[g] = rank + 1
+                    if rank >= cap:
+                        outranked += 1
+                        continue
+                c = cands[i]
+                if check_all or residual[i]:
+                    reason = residual_check(req, c, env)
+                    if reason is not None:
+                        dropped[reason] = dropped.get(reason, 0) + 1
+                        continue
+                if limit is not None:
+                    if per.get(g, 0) >= per_group:
+                        outranked += 1
+                        continue
+                    per[g] = per.get(g, 0) + 1
+                out.append(c)
+            if full:
+                break
+        outranked += total - looked  # not looked at: outranked (or residual-failing)
         if outranked:
             dropped[Reason.OUTRANKED] = outranked
         return out, dropped
@@ -426,8 +441,8 @@ def build_bit_index(catalog: Catalog, candidates: Sequence[Candidate]) -> BitInd
         creative=bitmap(creative),
         competitive=bitmap(competitive),
         residual=_bits(residual),
+        residual_flags=bytes(i in residual for i in range(len(candidates))),
         group=group,
-        group_array=np.array(group, dtype=np.int32),
         flights=tuple((s, e, _bits(ix)) for (s, e), ix in flights.items()),
         boundaries=tuple(sorted(boundaries)),
     )
