@@ -1,12 +1,18 @@
-"""Pod building: hand-written cases plus a brute-force oracle checked with hypothesis."""
+"""Pod building: hand-written cases plus a brute-force oracle checked with hypothesis.
+
+``build_pod`` has two exact paths, a branch and bound (the "search") and the dynamic programme
+it falls back to (the "dp"); the oracle tests run each of them on its own (``pod_path``).
+``tests/test_pod_fast.py`` checks that both always return the same pod.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import random
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -26,6 +32,27 @@ from vastserver.pipeline.pod import (
 
 NEG_INF = float("-inf")
 _T = TypeVar("_T")
+PATHS = ("search", "dp")
+
+
+def _no_dp(*args: Any) -> None:
+    raise AssertionError("the search should have decided this pod")
+
+
+@contextlib.contextmanager
+def pod_path(path: str) -> Iterator[None]:
+    """Force ``build_pod`` down one path: "search" (never the DP, whatever the pod size or
+    work), "dp" (never the search) or "default"."""
+    with pytest.MonkeyPatch.context() as m:
+        if path == "search":
+            m.setattr(pod_module, "_SEARCH_MAX_ADS", 10**6)
+            m.setattr(pod_module, "_SEARCH_BUDGET", 10**12)
+            m.setattr(pod_module, "_dp_pod", _no_dp)
+        elif path == "dp":
+            m.setattr(pod_module, "_SEARCH_MAX_ADS", 0)
+        else:
+            assert path == "default"
+        yield
 
 
 def item(
@@ -231,26 +258,31 @@ def constraints(draw: st.DrawFn) -> PodConstraints:
     )
 
 
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(items=pod_items(), c=constraints())
-def test_matches_brute_force_oracle(items: list[PodItem], c: PodConstraints) -> None:
-    r = build_pod(items, c)
-    event(f"pod size {len(r.items)}")
-    assert_valid(r, items, c)
-    best = oracle(items, c)
-    if best is None:
-        assert r.items == ()
-    else:
-        assert r.items, "a valid pod exists but none was returned"
-        assert r.objective[0] == pytest.approx(best, rel=0, abs=1e-9)
-    # Deterministic and independent of input order.
-    assert build_pod(items, c) == r
-    assert build_pod(list(reversed(items)), c) == r
+def test_matches_brute_force_oracle(path: str, items: list[PodItem], c: PodConstraints) -> None:
+    with pod_path(path):
+        r = build_pod(items, c)
+        event(f"pod size {len(r.items)}")
+        assert_valid(r, items, c)
+        best = oracle(items, c)
+        if best is None:
+            assert r.items == ()
+        else:
+            assert r.items, "a valid pod exists but none was returned"
+            assert r.objective[0] == pytest.approx(best, rel=0, abs=1e-9)
+        # Deterministic and independent of input order.
+        assert build_pod(items, c) == r
+        assert build_pod(list(reversed(items)), c) == r
 
 
+@pytest.mark.parametrize("path", PATHS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(items=pod_items(max_size=14), c=constraints())
-def test_matches_oracle_bigger_pools_small_pods(items: list[PodItem], c: PodConstraints) -> None:
+def test_matches_oracle_bigger_pools_small_pods(
+    path: str, items: list[PodItem], c: PodConstraints
+) -> None:
     c = PodConstraints(
         pod_duration_ms=c.pod_duration_ms,
         max_ads=min(c.max_ads, 4),
@@ -258,7 +290,8 @@ def test_matches_oracle_bigger_pools_small_pods(items: list[PodItem], c: PodCons
         max_ad_duration_ms=c.max_ad_duration_ms,
         required_durations_s=c.required_durations_s,
     )
-    r = build_pod(items, c)
+    with pod_path(path):
+        r = build_pod(items, c)
     assert_valid(r, items, c)
     best = oracle(items, c)
     assert (best is None) == (r.items == ())
@@ -269,10 +302,13 @@ def test_matches_oracle_bigger_pools_small_pods(items: list[PodItem], c: PodCons
 @settings(max_examples=100, deadline=None)
 @given(items=pod_items(max_size=30), c=constraints())
 def test_dominance_pruning_changes_nothing(items: list[PodItem], c: PodConstraints) -> None:
-    r = build_pod(items, c)
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(pod_module, "_prune_dominated", lambda groups, max_pod: groups)
-        unpruned = build_pod(items, c)
+    # Only the DP prunes the whole option list (the search asks the same tests per candidate,
+    # which tests/test_pod_fast.py checks).
+    with pod_path("dp"):
+        r = build_pod(items, c)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(pod_module, "_prune_dominated", lambda groups, max_pod: groups)
+            unpruned = build_pod(items, c)
     assert r == unpruned
 
 
@@ -298,6 +334,14 @@ def test_large_random_pool_is_valid_and_deterministic() -> None:
     shuffled = items[:]
     rng.shuffle(shuffled)
     assert build_pod(shuffled, c) == r
+    with pod_path("dp"):
+        assert build_pod(shuffled, c) == r
+    c4 = PodConstraints(pod_duration_ms=120_000, max_ads=4)
+    with pod_path("search"):
+        r4 = build_pod(items, c4)
+    assert_valid(r4, items, c4)
+    with pod_path("dp"):
+        assert build_pod(shuffled, c4) == r4
 
 
 # --- hand-written cases --------------------------------------------------------------------------
