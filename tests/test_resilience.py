@@ -199,7 +199,7 @@ async def test_request_id_echoed_and_in_debug(client: Any) -> None:
     assert json.loads(ext.text)["request_id"] == "abc-123"
     weird = await client.get("/vast", headers={"X-Request-Id": "<script>" * 20})
     rid = weird.headers["X-Request-Id"]
-    assert rid != "<script>" * 20 and len(rid) == 16
+    assert rid != "<script>" * 20 and len(rid) == 20 and set(rid) <= set("0123456789abcdef")
 
 
 def test_logs_are_json_lines_with_request_id(caplog: pytest.LogCaptureFixture) -> None:
@@ -248,3 +248,23 @@ def test_sigterm_drains_then_flushes(tmp_path: Path) -> None:
 def test_settings_validation(tmp_path: Path) -> None:
     s = make_settings(deadline_ms="40", max_in_flight="7", drain_ms="0")
     assert (s.deadline_ms, s.max_in_flight, s.drain_s) == (40, 7, 0.0)
+
+
+def test_generated_request_ids_are_unique_across_forked_workers() -> None:
+    import multiprocessing
+
+    from vastserver import app as app_module
+
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+
+    def worker() -> None:
+        child.send([app_module._new_request_id() for _ in range(3)])
+
+    p = ctx.Process(target=worker)
+    p.start()
+    theirs = parent.recv()
+    p.join(10)
+    ours = [app_module._new_request_id() for _ in range(3)]
+    assert len(set(ours)) == 3 and len(set(theirs)) == 3
+    assert {r[:12] for r in ours}.isdisjoint({r[:12] for r in theirs})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -112,6 +113,23 @@ def _xml(body: str) -> web.Response:
 
 
 _RID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+_rid_prefix = os.urandom(6).hex()
+_rid_seq = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """A random per-process prefix and a counter: unique, and no system call per request."""
+    return f"{_rid_prefix}{next(_rid_seq):08x}"
+
+
+def _reset_request_ids() -> None:
+    """Forked workers must not share the parent's prefix."""
+    global _rid_prefix, _rid_seq
+    _rid_prefix = os.urandom(6).hex()
+    _rid_seq = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_reset_request_ids)
 DECISION_ENDPOINTS = frozenset({"vast", "vmap", "decide", "openrtb_pod"})
 
 
@@ -137,7 +155,7 @@ async def edge_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     name = request.match_info.route.name
     incoming = request.headers.get("X-Request-Id", "")
     rid = incoming if 0 < len(incoming) <= 64 and set(incoming) <= _RID_OK else None
-    rid = rid or os.urandom(8).hex()
+    rid = rid or _new_request_id()
     ctx_token = REQUEST_ID.set(rid)
     origin = request.headers.get("Origin")
     status = 500
@@ -357,7 +375,7 @@ async def beacon_handler(request: web.Request) -> web.StreamResponse:
     if event not in EVENTS:
         rt.metrics.beacons_by("unknown", "bad_event").inc()
         return web.Response(status=400, text="unknown event")
-    q = _query(request)
+    q = request.query  # first value wins, as in _query; no copy on the hot path
     raw_token, error_code = beacon_counting_params(q)
     if PARAM_TOKEN not in q:
         # Tokenless beacons: the no-fill <Error> and VMAP break events. Advisory only.

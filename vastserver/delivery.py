@@ -94,6 +94,9 @@ class BeaconResult:
     reason: str = ""
 
 
+REPLAY = BeaconResult(counted=False, replay=True, reason="replay")
+
+
 @dataclass(frozen=True, slots=True)
 class Prefetched:
     gate: CountsGate
@@ -309,7 +312,7 @@ class DeliveryControl:
         ttl = self.token_max_age_s + 3600
         claims = await self.store.claim_many(keys, ttl)
         if not claims[0]:
-            return BeaconResult(counted=False, replay=True, reason="replay")
+            return REPLAY
         if settle_event and not claims[1]:
             # the other settling event came first
             return BeaconResult(counted=False, reason="already_settled")
