@@ -198,3 +198,25 @@ def test_unknown_command() -> None:
         cwd=ROOT,
     )
     assert r.returncode == 2 and "unknown command" in r.stderr
+
+
+async def test_gc_maintenance_freezes_on_schedule_and_stops_at_once() -> None:
+    import asyncio
+    import gc
+
+    from vastserver.cli import gc_maintenance
+
+    gc.unfreeze()
+    stop = asyncio.Event()
+    task = asyncio.create_task(gc_maintenance(stop, at_s=(0.05, 0.1), every_s=0.1))
+    try:
+        await asyncio.sleep(0.08)
+        assert gc.get_freeze_count() > 0  # the first scheduled freeze has run
+        gc.unfreeze()
+        await asyncio.sleep(0.3)
+        assert gc.get_freeze_count() > 0  # and the later ones keep coming
+        stop.set()
+        await asyncio.wait_for(task, 1.0)  # returns promptly once stopped
+    finally:
+        task.cancel()
+        gc.unfreeze()

@@ -82,13 +82,48 @@ async def _serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    gc_task = asyncio.create_task(gc_maintenance(stop))
     await stop.wait()
+    gc_task.cancel()
     rt = app[RUNTIME]
     rt.ready = False
     event(log, "draining", seconds=settings.drain_s, in_flight=rt.in_flight)
     await asyncio.sleep(settings.drain_s)
     await runner.cleanup()
     event(log, "stopped")
+
+
+GC_FREEZE_AT_S = (10.0, 30.0, 60.0, 120.0, 300.0)
+GC_FREEZE_EVERY_S = 600.0
+
+
+async def gc_maintenance(
+    stop: asyncio.Event,
+    at_s: Sequence[float] = GC_FREEZE_AT_S,
+    every_s: float = GC_FREEZE_EVERY_S,
+) -> None:
+    """Keep long-lived objects out of the cyclic collector's way.
+
+    A full collection traverses every tracked object; once traffic has warmed the caches
+    (fragments, scores, counter keys, tokens) they hold hundreds of thousands, and each full
+    collection paused serving for 20-40 ms at 10k line items (the p99 at half load). So at
+    the given times after start and then every ``every_s``: one full collection (no cyclic
+    garbage gets frozen), then ``gc.freeze()``. Frozen objects are still freed by reference
+    counting when a cache evicts them; only cycles created before a freeze and broken later
+    could outlive it, and none of the caches form cycles."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    times = list(at_s)
+    while not stop.is_set():
+        due = times.pop(0) if times else None
+        wait = (start + due - loop.time()) if due is not None else every_s
+        try:
+            await asyncio.wait_for(stop.wait(), max(0.0, wait))
+            return
+        except TimeoutError:
+            pass
+        gc.collect()
+        gc.freeze()
 
 
 def serve(argv: Sequence[str]) -> int:

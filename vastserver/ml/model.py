@@ -66,6 +66,8 @@ __all__ = [
     "measure_latency",
 ]
 
+ALIVE_MAX = 400_000
+"""Candidates the score cache may pin between two rate refreshes (then it starts over)."""
 SCORE_CACHE_CONTEXTS = 4096
 """Scoring contexts (request features x viewer exposures) whose scores are kept; each holds
 the scores of the candidates seen in it (a few dozen)."""
@@ -345,9 +347,14 @@ class ModelScorer:
         """Scores returned (cached or predicted)."""
         self.cache_hits_total = 0
         """Scores taken from the score cache."""
-        self._scores: LRUCache[tuple[RequestPart, int], dict[int, tuple[Candidate, float]]] = (
-            LRUCache(maxsize=score_cache_contexts)
+        self._scores: LRUCache[tuple[RequestPart, int], dict[int, float]] = LRUCache(
+            maxsize=score_cache_contexts
         )
+        self._alive: dict[int, Candidate] = {}
+        """Every candidate scored under the current rates, by id: holding them keeps their ids
+        from being reused, so the per-context dicts can map plain ids to plain floats (which
+        the garbage collector does not track: hundreds of thousands of cached scores must
+        not lengthen every full collection)."""
         self._cached_rates: object = None
 
     def features(
@@ -365,19 +372,21 @@ class ModelScorer:
         n = len(cands)
         if n == 0:
             return []
-        if ctx.completion_rates is not self._cached_rates:
+        if ctx.completion_rates is not self._cached_rates or len(self._alive) > ALIVE_MAX:
             self._scores.clear()  # the rate features changed: every cached score is stale
+            self._alive.clear()
             self._cached_rates = ctx.completion_rates
         key = (RequestPart.from_request(req, ctx.now), ctx.viewer_exposures)
         known = self._scores.get(key)
         if known is None:
             known = self._scores[key] = {}
+        alive = self._alive
         out: list[float] = []
         missing: list[int] = []
         for i, c in enumerate(cands):
             hit = known.get(id(c))
-            if hit is not None and hit[0] is c:  # holding ``c`` keeps its id from reuse
-                out.append(hit[1])
+            if hit is not None and alive.get(id(c)) is c:
+                out.append(hit)
             else:
                 out.append(0.0)
                 missing.append(i)
@@ -387,7 +396,8 @@ class ModelScorer:
             batch = [cands[i] for i in missing]
             for i, c, score in zip(missing, batch, self._score(req, batch, ctx), strict=True):
                 out[i] = score
-                known[id(c)] = (c, score)
+                known[id(c)] = score
+                alive[id(c)] = c
         return out
 
     def _score(
