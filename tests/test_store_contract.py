@@ -616,3 +616,26 @@ async def test_memory_buckets_are_trimmed() -> None:
     await s.add([Incr("r", w, 1)], T0)
     await s.add([Incr("r", w, -1, at=T0)], T0 + 5)
     assert "r" not in s._data  # a counter back at zero frees its memory
+
+
+def test_memory_read_equals_its_single_counter_read() -> None:
+    """MemoryStore.read inlines _get (the guards' read) for speed: they must agree."""
+    from vastserver.store.memory import _ckey
+
+    clock_now = [T0]
+    store = MemoryStore(clock=lambda: clock_now[0])
+    rng = random.Random(4)
+    windows = [LIFE, W60, Window(300, 30), Window(3600, 300)]
+    keys = [f"k{i}" for i in range(30)] + ["\x01odd", "h:x"]
+    window_of = {k: rng.choice(windows) for k in keys}
+    for step in range(400):
+        now = T0 + step * 3.7
+        clock_now[0] = now
+        k = rng.choice(keys)
+        ttl = rng.choice([None, None, 5, 50])
+        incr = Incr(k, window_of[k], rng.randint(-2, 3), ttl_s=ttl)
+        asyncio.run(store.add([incr], now))
+        reads = [Read(key, window_of[key]) for key in keys]
+        got = asyncio.run(store.read(reads, now))
+        want = [store._get(_ckey(r.key), r.window, now, clock_now[0]) for r in reads]
+        assert got == want
