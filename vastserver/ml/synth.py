@@ -70,7 +70,7 @@ from vastserver.eventlog import EventLog
 from vastserver.metrics import Metrics
 from vastserver.ml.truth import AdExposure, Outcome, ViewerModel
 from vastserver.pipeline.candidates import Candidate
-from vastserver.pipeline.context import AdRequest, BreakSpec, Content, Device
+from vastserver.pipeline.context import AdRequest, BreakSpec, Content, Device, SimClock
 from vastserver.pipeline.decide import Decision
 from vastserver.pipeline.scoring import PriceScorer, Scorer, ScoringContext
 from vastserver.records import beacon_record
@@ -128,20 +128,6 @@ class ExplorationScorer:
     ) -> list[float]:
         r = self.rng.random
         return [0.25 + 0.75 * r() for _ in cands]
-
-
-class SimClock:
-    """Simulated time in whole milliseconds after ``start``."""
-
-    def __init__(self, start: datetime) -> None:
-        self.start = start
-        self.ms = 0
-
-    def __call__(self) -> datetime:
-        return self.start + timedelta(milliseconds=self.ms)
-
-    def ts(self) -> float:
-        return self().timestamp()
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 from vastserver.catalog import model as catalog_model
@@ -19,6 +19,26 @@ Clock = Callable[[], datetime]
 
 def system_clock() -> datetime:
     return datetime.now(UTC)
+
+
+class SimClock:
+    """Simulated time in whole milliseconds after ``start`` (the data generator and the
+    simulator drive it; the servers they run read it as their clock)."""
+
+    def __init__(self, start: datetime) -> None:
+        self.start = start
+        self.ms = 0
+
+    def __call__(self) -> datetime:
+        return self.start + timedelta(milliseconds=self.ms)
+
+    def at(self, ms: int) -> datetime:
+        """The time ``ms`` milliseconds after ``start``."""
+        return self.start + timedelta(milliseconds=ms)
+
+    def ts(self) -> float:
+        """Now as Unix seconds (for stores and logs that take a float clock)."""
+        return self().timestamp()
 
 
 VAST_VERSIONS: tuple[str, ...] = ("2.0", "3.0", "4.0", "4.1", "4.2", "4.3")

@@ -21,13 +21,13 @@ import random
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from vastserver.app import RUNTIME, Runtime, create_app
+from vastserver.pipeline.context import SimClock
 from vastserver.settings import Settings, load_settings
 
 __all__ = [
@@ -60,20 +60,6 @@ SCORER_ENV = frozenset(
 
 class SimError(RuntimeError):
     """The simulation cannot run (bad settings, a server that would not start...)."""
-
-
-class SimClock:
-    """Simulated time: whole milliseconds after ``start``; the servers read it too."""
-
-    def __init__(self, start: datetime) -> None:
-        self.start = start
-        self.ms = 0
-
-    def __call__(self) -> datetime:
-        return self.start + timedelta(milliseconds=self.ms)
-
-    def at(self, ms: int) -> datetime:
-        return self.start + timedelta(milliseconds=ms)
 
 
 @dataclass(frozen=True, slots=True)
