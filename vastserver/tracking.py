@@ -1014,16 +1014,15 @@ def parse_beacon_query(query: Mapping[str, str]) -> BeaconParams:
 
     Unexpanded macros (``[ERRORCODE]``), ``-1``/``-2`` and garbage all become ``None``.
     """
-    token = _get(query, PARAM_TOKEN)
+    token, error_code = beacon_counting_params(query)
     ph = _get(query, PARAM_PLAYHEAD)
     ts = _get(query, PARAM_TIMESTAMP)
-    ec = _match(_EC_RE, _get(query, PARAM_ERRORCODE))
     return BeaconParams(
-        token=token if token is not None and len(token) <= MAX_TOKEN_LEN else None,
+        token=token,
         cb=_match(_CB_RE, _get(query, PARAM_CACHEBUSTER)),
         ts=_parse_ts(ts) if ts is not None else None,
         playhead_ms=_parse_playhead(ph) if ph is not None else None,
-        error_code=int(ec) if ec is not None else None,
+        error_code=error_code,
         reason=_match(_REASON_RE, _get(query, PARAM_REASON)),
         session=_short(_get(query, PARAM_SESSION)),
         break_id=_short(_get(query, PARAM_BREAK)),

@@ -97,6 +97,11 @@ class Viewer:
         return Viewer(viewer_hash, req.session, req.device.lmt)
 
 
+def cap_key_prefix(cap: FrequencyCap, cand: Candidate) -> str:
+    """A cap counter's key up to the viewer or session it counts for."""
+    return f"fc:{cap.scope}:{_scope_id(cap, cand)}:{cap.window}:"
+
+
 def cap_checks(cap: FrequencyCap, cand: Candidate, viewer: Viewer) -> CapCheck | None:
     if viewer.lmt and cap.window != "session":
         return None
@@ -111,7 +116,7 @@ def cap_checks(cap: FrequencyCap, cand: Candidate, viewer: Viewer) -> CapCheck |
     window = cap_window(cap.window)
     if window is None:
         return None
-    base = f"fc:{cap.scope}:{_scope_id(cap, cand)}:{cap.window}:{subject}"
+    base = cap_key_prefix(cap, cand) + subject
     return CapCheck(
         impressions=Read(base + ":i", window),
         reservations=Read(base + ":r", RESERVATION_WINDOW),
@@ -337,7 +342,7 @@ def _cap_templates(c: Candidate) -> tuple[_CapTemplate, ...]:
             continue
         out.append(
             _CapTemplate(
-                prefix=f"fc:{cap.scope}:{_scope_id(cap, c)}:{cap.window}:",
+                prefix=cap_key_prefix(cap, c),
                 window=window,
                 limit=cap.max,
                 session=cap.window == "session",
