@@ -203,8 +203,10 @@ class _DensePredictor:
             size *= int(shape[i])
         if size != len(x):
             raise ValueError(f"prediction of {size} values for {len(x)} rows")
-        # a view of xgboost's per-thread buffer: copy before the next call reuses it
-        return np.ctypeslib.as_array(preds, (size,)).astype(np.float64)
+        # copy out of xgboost's per-thread buffer before the next call reuses it (string_at
+        # rather than np.ctypeslib.as_array, whose ctypes array type makes a reference cycle)
+        raw = ctypes.string_at(preds, 4 * size)
+        return np.frombuffer(raw, dtype=np.float32).astype(np.float64)
 
     @staticmethod
     def for_booster(booster: Any, rows: npt.NDArray[np.float32]) -> _DensePredictor | None:

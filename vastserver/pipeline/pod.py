@@ -514,10 +514,15 @@ def _search(
                         more = ends + _slot_need(rec[4])
                         if more in _FEASIBLE_ENDS:
                             path.append(rec)
-                            visit(q + 1, k + 1, used + w, v + rec[0], more)
+                            visit(q + 1, k + 1, used + w, v + rec[0], more)  # noqa: F821 (del below)
                             path.pop()
 
-    visit(0, 0, 0, 0.0, 0)
+    try:
+        visit(0, 0, 0, 0.0, 0)
+    finally:
+        # visit refers to itself through its closure: without this the whole search (its
+        # records, paths and candidates) would be cyclic garbage left to the collector
+        del visit
     if best_fold == _NEG_INF:
         return None
     if len(winners) == 1:  # one pod: only its role assignment is left to pick
