@@ -98,6 +98,10 @@ def requests(draw: st.DrawFn) -> tuple[int, dict[str, str], timedelta]:
     maybe("channel", _vocab(catalog, "channel"))
     maybe("segments", _vocab(catalog, "segment"))
     maybe("bcat", ["IAB8", "IAB8-5", "IAB19", "IAB1-7", "IAB22"])
+    domains = sorted({a.domain for a in catalog.advertisers.values()})
+    if draw(st.booleans()):
+        picked = draw(st.lists(st.sampled_from(domains), min_size=1, max_size=3))
+        q["badv"] = ",".join(picked + ["not-in-the-catalog.example"])
     q["seed"] = str(seed)
     shift = timedelta(hours=draw(st.integers(-24 * 400, 24 * 400)))
     return seed, q, shift
@@ -109,7 +113,11 @@ def test_bitsets_agree_with_the_filters(case: tuple[int, dict[str, str], timedel
     seed, q, shift = case
     catalog, index = catalog_and_index(seed)
     req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=True)
-    env = StageEnv(now=NOW + shift, blocked_categories=req.blocked_categories)
+    env = StageEnv(
+        now=NOW + shift,
+        blocked_categories=req.blocked_categories,
+        blocked_domains=req.blocked_domains,
+    )
     fast, dropped = index.select(req, env)
     slow = screen(req, index.candidates, env, PRE_DELIVERY_FILTERS)
     assert [c.key for c in fast] == [c.key for c in slow.survivors]
@@ -199,7 +207,11 @@ def test_limited_scan_matches_the_plain_reference(
     seed, q, shift = case
     catalog, index = catalog_and_index(seed)
     req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=True)
-    env = StageEnv(now=NOW + shift, blocked_categories=req.blocked_categories)
+    env = StageEnv(
+        now=NOW + shift,
+        blocked_categories=req.blocked_categories,
+        blocked_domains=req.blocked_domains,
+    )
     want = _reference_survivors(index, req, env, limit, per_group)
     width = 8 if tiny_chunks else matching._CHUNK_BITS
     saved = matching._CHUNK_BITS, matching._CHUNK_MASK

@@ -93,6 +93,19 @@ def bit_ordinals(mask: int) -> npt.NDArray[np.intp]:
     return np.flatnonzero(np.unpackbits(raw, bitorder="little"))
 
 
+def mask_of(ordinals: npt.NDArray[np.int32], n: int) -> int:
+    """The bitset of ``ordinals`` (each below ``n``): linear in ``n``, one allocation."""
+    if not len(ordinals):
+        return 0
+    flags = np.zeros(n, dtype=np.bool_)
+    flags[ordinals] = True
+    return int.from_bytes(np.packbits(flags, bitorder="little").tobytes(), "little")
+
+
+def _ordinals(ix: Iterable[int]) -> npt.NDArray[np.int32]:
+    return np.array(sorted(ix), dtype=np.int32)
+
+
 def iter_bits(mask: int) -> list[int]:
     return bit_ordinals(mask).tolist()  # type: ignore[no-any-return]
 
@@ -120,6 +133,10 @@ class _FlightCache:
     mask: int = 0
 
 
+_DOMAIN_MASKS = 256
+"""Advertiser-domain bitsets kept built (the blocklists in use are few)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BitIndex:
     candidates: tuple[Candidate, ...]
@@ -136,24 +153,28 @@ class BitIndex:
     alcohol: int
     category: Mapping[str, int]
     """IAB code (and its top-level prefix) -> candidates whose advertiser or creative has it."""
-    domain: Mapping[str, int]
+    domain: Mapping[str, npt.NDArray[np.int32]]
+    """Advertiser domain -> its candidates' ordinals. A few candidates in a bitset as wide
+    as the catalog: kept as ordinals and built when a blocklist names the domain (dense, the
+    domains of a 100k catalog took 140 MB)."""
     vpaid: int
     ctv_playable: int
     ctv_https: int
     any_playable: int
     any_https: int
     duration: Mapping[int, int]
-    creative: Mapping[str, int]
-    competitive: Mapping[str, int]
     residual: int
     """Candidates with dayparts or key-value rules: checked one by one."""
     residual_flags: bytes
     """``residual`` as one byte per candidate (testing bit i of a big int costs O(size))."""
     group: tuple[int, ...]
     """Separation-group number of each candidate (for the per-group limit)."""
-    flights: tuple[tuple[datetime, datetime, int], ...]
+    flights: tuple[tuple[datetime, datetime, npt.NDArray[np.int32]], ...]
+    """(start, end, ordinals) per distinct flight window; the in-flight bitset is built from
+    them at each flight boundary (as bitsets they took 200 MB on a 100k catalog)."""
     boundaries: tuple[datetime, ...]
     _flight_cache: _FlightCache = field(default_factory=_FlightCache)
+    _domain_masks: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ flight
 
@@ -167,10 +188,8 @@ class BitIndex:
             and c.valid_from <= now < c.valid_until
         ):
             return c.mask
-        mask = 0
-        for start, end, bit in self.flights:
-            if start <= now < end:
-                mask |= bit
+        live = [ords for start, end, ords in self.flights if start <= now < end]
+        mask = mask_of(np.concatenate(live), self.n_all) if live else 0
         i = bisect.bisect_right(self.boundaries, now)
         prev = self.boundaries[i - 1] if i > 0 else datetime.min.replace(tzinfo=now.tzinfo)
         nxt = (
@@ -246,7 +265,7 @@ class BitIndex:
             drop(self.alcohol, Reason.KIDS_CONTENT)
         keep(self.rating_ok[rating], Reason.CONTENT_RATING)
         for d in env.blocked_domains:
-            drop(self.domain.get(d, 0), Reason.BLOCKED_ADVERTISER)
+            drop(self._domain_mask(d), Reason.BLOCKED_ADVERTISER)
         for code in env.blocked_categories:
             drop(self.category.get(code, 0), Reason.BLOCKED_CATEGORY)
         if req.device.device_type in CTV_DEVICE_TYPES:
@@ -267,13 +286,16 @@ class BitIndex:
                 mask |= bits
         return mask
 
-    def separation_mask(self, creatives: Iterable[str], competitive: Iterable[str]) -> int:
-        out = 0
-        for cid in creatives:
-            out |= self.creative.get(cid, 0)
-        for comp in competitive:
-            out |= self.competitive.get(comp, 0)
-        return out
+    def _domain_mask(self, domain: str) -> int:
+        cache = self._domain_masks
+        mask = cache.get(domain)
+        if mask is None:
+            ords = self.domain.get(domain)
+            mask = 0 if ords is None else mask_of(ords, self.n_all)
+            if len(cache) >= _DOMAIN_MASKS:
+                cache.clear()
+            cache[domain] = mask
+        return mask
 
     def survivors(
         self, req: AdRequest, env: StageEnv, limit: int | None = None, per_group: int = 3
@@ -364,8 +386,6 @@ def build_bit_index(catalog: Catalog, candidates: Sequence[Candidate]) -> BitInd
     category: dict[str, set[int]] = defaultdict(set)
     domain: dict[str, set[int]] = defaultdict(set)
     duration: dict[int, set[int]] = defaultdict(set)
-    creative: dict[str, set[int]] = defaultdict(set)
-    competitive: dict[str, set[int]] = defaultdict(set)
     static_ok: set[int] = set()
     alcohol: set[int] = set()
     vpaid: set[int] = set()
@@ -420,9 +440,6 @@ def build_bit_index(catalog: Catalog, candidates: Sequence[Candidate]) -> BitInd
         if any(r.url[:8].lower() == "https://" for r in anyp):
             any_https.add(i)
         duration[cr.duration_ms].add(i)
-        creative[cr.id].add(i)
-        if adv.competitive_category:
-            competitive[adv.competitive_category].add(i)
         if li.targeting.dayparts or li.targeting.key_values:
             residual.add(i)
 
@@ -444,19 +461,17 @@ def build_bit_index(catalog: Catalog, candidates: Sequence[Candidate]) -> BitInd
         rating_ok=bitmap(rating_ok),
         alcohol=_bits(alcohol),
         category=bitmap(category),
-        domain=bitmap(domain),
+        domain={d: _ordinals(ix) for d, ix in domain.items()},
         vpaid=_bits(vpaid),
         ctv_playable=_bits(ctv_playable),
         ctv_https=_bits(ctv_https),
         any_playable=_bits(any_playable),
         any_https=_bits(any_https),
         duration={ms: _bits(s) for ms, s in duration.items()},
-        creative=bitmap(creative),
-        competitive=bitmap(competitive),
         residual=_bits(residual),
         residual_flags=bytes(i in residual for i in range(len(candidates))),
         group=group,
-        flights=tuple((s, e, _bits(ix)) for (s, e), ix in flights.items()),
+        flights=tuple((s, e, _ordinals(ix)) for (s, e), ix in flights.items()),
         boundaries=tuple(sorted(boundaries)),
     )
 
