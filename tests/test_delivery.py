@@ -203,6 +203,28 @@ async def test_replayed_beacons_count_once() -> None:
     assert stats[0]["delivered_impressions"] == 1
 
 
+async def test_beacon_candidates_follow_the_catalog_snapshot() -> None:
+    from vastserver.catalog.load import parse_catalog
+
+    svc, _ = _setup(base_catalog())
+    d = await svc.decide(request("v"))
+    tok = tokens_for(svc, d)[0]
+    old = svc.snapshot.catalog
+    first = svc.delivery.candidate(old, tok)
+    assert first is not None and first.line_item is old.line_items[tok.line_item_id]
+    assert svc.delivery.candidate(old, tok) is first  # one ad's beacons share the lookup
+    # a reloaded catalog: the line item's new version, or nothing once it is gone
+    cat = base_catalog()
+    for li in cat["line_items"]:
+        if li["id"] == tok.line_item_id:
+            li["name"] = "renamed"
+    new = parse_catalog(cat)
+    again = svc.delivery.candidate(new, tok)
+    assert again is not None and again.line_item is new.line_items[tok.line_item_id]
+    cat["line_items"] = [li for li in cat["line_items"] if li["id"] != tok.line_item_id]
+    assert svc.delivery.candidate(parse_catalog(cat), tok) is None
+
+
 # ----------------------------------------------------------------------------- budgets
 
 

@@ -141,6 +141,7 @@ class DeliveryControl:
         self.cap_hits: Counter[str] = Counter()
         self.completion_rates: dict[str, float] = {}
         self._scopes: tuple[Catalog, ScopeCaps] | None = None
+        self._cands: tuple[Catalog, dict[tuple[str, str], Candidate | None]] | None = None
         self.active: set[str] = set()
         """Line items this instance has served or counted beacons for."""
         self.store_errors = 0
@@ -227,6 +228,17 @@ class DeliveryControl:
             )
         except StoreUnavailable:
             self._store_error()
+
+    def candidate(self, catalog: Catalog, token: AdToken) -> Candidate | None:
+        """The token's candidate in ``catalog`` (None if the catalog no longer has it). Every
+        counted beacon needs it: kept per snapshot, as each ad's beacons come in a burst."""
+        cached = self._cands
+        if cached is None or cached[0] is not catalog or len(cached[1]) >= CANDIDATE_CACHE_SIZE:
+            cached = self._cands = (catalog, {})
+        cands, key = cached[1], (token.line_item_id, token.creative_id)
+        if key not in cands:
+            cands[key] = _candidate(catalog, token)
+        return cands[key]
 
     def scopes(self, catalog: Catalog) -> ScopeCaps:
         """Cap counters per scope for a catalog snapshot (built once per snapshot)."""
@@ -318,7 +330,7 @@ class DeliveryControl:
         if settle_event and not claims[1]:
             # the other settling event came first
             return BeaconResult(counted=False, reason="already_settled")
-        cand = _candidate(catalog, token)
+        cand = self.candidate(catalog, token)
         self.active.add(token.line_item_id)
         now = self.clock()
         served_at = float(token.served_at)
@@ -534,6 +546,9 @@ def exposure_read(viewer: Viewer) -> Read:
 def _li_budget(li: LineItem) -> int | None:
     b = li.pacing.budget
     return b.daily_impressions if b.daily_impressions is not None else b.impressions
+
+
+CANDIDATE_CACHE_SIZE = 50_000
 
 
 def _candidate(catalog: Catalog, token: AdToken) -> Candidate | None:
