@@ -101,7 +101,7 @@ def requests(draw: st.DrawFn) -> tuple[int, dict[str, str], timedelta]:
     domains = sorted({a.domain for a in catalog.advertisers.values()})
     if draw(st.booleans()):
         picked = draw(st.lists(st.sampled_from(domains), min_size=1, max_size=3))
-        q["badv"] = ",".join(picked + ["not-in-the-catalog.example"])
+        q["badv"] = ",".join([*picked, "not-in-the-catalog.example"])
     q["seed"] = str(seed)
     shift = timedelta(hours=draw(st.integers(-24 * 400, 24 * 400)))
     return seed, q, shift
