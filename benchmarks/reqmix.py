@@ -36,10 +36,10 @@ from vastserver.catalog.gen import (
     CONTENT_IDS,
     GENRES,
     LANGUAGES,
-    PLATFORMS,
     SEGMENTS,
     SERIES,
 )
+from vastserver.catalog.model import PLATFORMS
 
 KINDS: tuple[str, ...] = ("vast_pod4", "vast", "vmap", "beacon", "mix")
 BEACON_EVENTS: tuple[str, ...] = (

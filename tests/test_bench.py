@@ -108,6 +108,12 @@ def test_quick_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
                 assert _num(e["latency_ms"][q])
             assert _num(e["ratio"]["throughput"]) and _num(e["ratio"]["cpu"])
         assert r["fixed_rate"]["mode"] == "fixed-rate"
+        # first-time beacons of freshly served ads: the server counted (some of) them, where
+        # the replayed list is answered without counting after its first pass
+        fresh = r["endpoints"]["beacon_new"]
+        assert fresh["requests"] > 0 and _num(fresh["ratio"]["throughput"])
+        assert r["harvest_fresh"]["beacons"] > 0
+        assert fresh["counted_share"] is not None and fresh["counted_share"] > 0
     for b in bases:
         assert "error" not in b, b.get("error")
         assert b["vast_doc_bytes"] > 1000  # a real pre-rendered pod, not a stub
@@ -124,3 +130,4 @@ def test_quick_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert targets[tid]["status"] in ("met", "missed")
         assert _num(targets[tid]["measured"])
     assert targets["scaling_100k_vs_1k"]["status"] == "not measured"  # one size in --quick
+    assert targets["beacon_throughput"]["detail"]["endpoint"] == "beacon_new"
