@@ -106,20 +106,19 @@ def _pod_item(i: int, c: Candidate, value: float, group: str) -> PodItem:
     """Slot restrictions become -inf slot values; slot prices scale the value (value is
     linear in price)."""
     li = c.line_item
-    base = effective_cpm(c)
-
-    def at(price: float | None) -> float | None:
-        return None if price is None else value * price / base
-
+    slot = li.slot
+    first = last = None
+    if slot is Slot.LAST:
+        first = NEG_INF
+    elif li.first_slot_price is not None:
+        first = value * li.first_slot_price / effective_cpm(c)
+    if slot is Slot.FIRST:
+        last = NEG_INF
+    elif li.last_slot_price is not None:
+        last = value * li.last_slot_price / effective_cpm(c)
+    # positional: a decision builds one per candidate, and keywords cost a third of the call
     return PodItem(
-        key=i,
-        duration_ms=c.creative.duration_ms,
-        value=value,
-        tier=int(li.tier),
-        group=group,
-        value_first=NEG_INF if li.slot is Slot.LAST else at(li.first_slot_price),
-        value_last=NEG_INF if li.slot is Slot.FIRST else at(li.last_slot_price),
-        middle_allowed=li.slot is Slot.ANY,
+        i, c.creative.duration_ms, value, int(li.tier), group, first, last, slot is Slot.ANY
     )
 
 
