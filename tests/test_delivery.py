@@ -22,7 +22,7 @@ from vastserver.pipeline.delivery import (
     daily_target_fraction,
     target_fraction,
 )
-from vastserver.store.base import Window
+from vastserver.store.base import StoreUnavailable, Window
 from vastserver.store.memory import MemoryStore
 
 T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
@@ -199,6 +199,47 @@ async def test_replayed_beacons_count_once() -> None:
     ]
     assert [r.counted for r in results] == [True, False, False, False, False]
     assert all(r.replay for r in results[1:])
+    stats = await svc.delivery.line_item_stats(svc.snapshot.catalog, [tok.line_item_id])
+    assert stats[0]["delivered_impressions"] == 1
+
+
+class _CountFailsOnce:
+    """A memory store whose first counting write (``add`` or ``claim_and_add``) fails as a
+    Redis outage would, applying nothing."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner = inner
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _fail_once(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise StoreUnavailable("down")
+
+    async def add(self, incrs: Any, now: float) -> None:
+        self._fail_once()
+        await self.inner.add(incrs, now)
+
+    async def claim_and_add(self, keys: Any, ttl_s: int, incrs: Any, now: float) -> list[bool]:
+        self._fail_once()
+        return await self.inner.claim_and_add(keys, ttl_s, incrs, now)
+
+
+async def test_a_beacon_whose_count_failed_is_counted_when_retried() -> None:
+    clock = Clock(T0)
+    store = _CountFailsOnce(MemoryStore(clock=lambda: clock.now.timestamp()))
+    svc = make_service(base_catalog(), store, clock)  # type: ignore[arg-type]
+    d = await svc.decide(request("v"))
+    tok = tokens_for(svc, d)[0]
+    with pytest.raises(StoreUnavailable):  # the handler answers 503: the player retries
+        await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)
+    retried = await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)
+    assert retried.counted
+    again = await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)
+    assert again.replay
     stats = await svc.delivery.line_item_stats(svc.snapshot.catalog, [tok.line_item_id])
     assert stats[0]["delivered_impressions"] == 1
 

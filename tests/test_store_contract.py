@@ -271,6 +271,37 @@ async def test_claims_dedupe(h: Harness) -> None:
         await s.claim("bad", 0)
 
 
+async def test_claim_and_add_counts_only_new_claims(h: Harness) -> None:
+    s = h.store
+    n = [Read("beacons", LIFE)]
+    assert await s.claim_and_add(["x:imp", "x:settled"], 60, [Incr("beacons", LIFE, 2)], T0) == [
+        True,
+        True,
+    ]
+    assert await s.read(n, T0) == [2]
+    # a replay: nothing claimed, nothing counted
+    assert await s.claim_and_add(["x:imp", "x:settled"], 60, [Incr("beacons", LIFE, 2)], T0) == [
+        False,
+        False,
+    ]
+    # one claim new, one taken: the new one is claimed, the increments are not applied
+    got = await s.claim_and_add(["y:imp", "x:settled"], 60, [Incr("beacons", LIFE, 5)], T0)
+    assert got == [True, False]
+    assert await s.read(n, T0) == [2]
+    assert not await s.claim("y:imp", 60)
+    # claims share the claim_many namespace; no keys: the increments apply
+    assert await s.claim_and_add(["c"], 60, [], T0) == [True]
+    assert await s.claim_many(["c"], 60) == [False]
+    assert await s.claim_and_add([], 60, [Incr("beacons", LIFE, 1)], T0) == []
+    assert await s.read(n, T0) == [3]
+    # a malformed increment fails the whole call before anything is claimed
+    with pytest.raises(ValueError):
+        await s.claim_and_add(["z"], 60, [Incr("beacons", LIFE, 1, ttl_s=0)], T0)
+    assert await s.claim_many(["z"], 60) == [True]
+    with pytest.raises(ValueError):
+        await s.claim_and_add(["w"], 0, [], T0)
+
+
 async def test_kinds_do_not_collide(h: Harness) -> None:
     s = h.store
     for key in ("same", "\x01same", "\x00", ""):
@@ -404,6 +435,11 @@ _ops = st.lists(
         st.tuples(st.just("read"), st.lists(st.integers(0, 3), min_size=1, max_size=4)),
         st.tuples(st.just("claim"), st.lists(st.integers(0, 5), min_size=1, max_size=4)),
         st.tuples(
+            st.just("claim_add"),
+            st.lists(st.integers(0, 5), min_size=1, max_size=3),
+            st.lists(_incr, max_size=3),
+        ),
+        st.tuples(
             st.just("push"),
             st.integers(0, 2),
             st.lists(st.sampled_from("abcde"), max_size=3),
@@ -468,6 +504,14 @@ async def test_matches_reference_model(h: Harness, ops: list[tuple[Any, ...]]) -
         elif kind == "claim":
             keys = [f"{ns}c{k}" for k in op[1]]
             assert await s.claim_many(keys, BIG_TTL) == model.claim_many(keys)
+        elif kind == "claim_add":
+            keys = [f"{ns}c{k}" for k in op[1]]
+            incrs = [incr(x) for x in op[2]]
+            claims = model.claim_many(keys)
+            if all(claims):
+                for i in incrs:
+                    model.incr(i, now)
+            assert await s.claim_and_add(keys, BIG_TTL, incrs, now) == claims, op
         elif kind == "push":
             key = f"{ns}h{op[1]}"
             await s.push_history(key, op[2], keep=op[3], ttl_s=BIG_TTL)
@@ -518,6 +562,7 @@ async def test_redis_restart(request: pytest.FixtureRequest) -> None:
             lambda: store.commit([one("k", LIFE, 5)], T0),
             lambda: store.claim("c", 60),
             lambda: store.claim_many(["c", "d"], 60),
+            lambda: store.claim_and_add(["c"], 60, [Incr("k", LIFE)], T0),
             lambda: store.history("h"),
             lambda: store.push_history("h", ["x"], keep=3, ttl_s=60),
         ]
@@ -531,6 +576,7 @@ async def test_redis_restart(request: pytest.FixtureRequest) -> None:
         assert await store.ping()
         assert await store.commit([one("k", LIFE, 5)], T0) == [True]
         assert await store.claim_many(["c", "c"], 60) == [True, False]
+        assert await store.claim_and_add(["e"], 60, [Incr("k", LIFE)], T0) == [True]
         await store.push_history("h", ["x"], keep=3, ttl_s=60)
         assert await store.history("h") == ["x"]
     finally:

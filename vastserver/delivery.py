@@ -323,16 +323,7 @@ class DeliveryControl:
         keys = [f"bc:{token.ad_serving_id}:{event}"]
         if settle_event:
             keys.append(f"bc:{token.ad_serving_id}:settled")
-        ttl = self.token_max_age_s + 3600
-        claims = await self.store.claim_many(keys, ttl)
-        if not claims[0]:
-            return REPLAY
-        if settle_event and not claims[1]:
-            # the other settling event came first
-            return BeaconResult(counted=False, reason="already_settled")
         cand = self.candidate(catalog, token)
-        self.active.add(token.line_item_id)
-        now = self.clock()
         served_at = float(token.served_at)
         served_dt = datetime.fromtimestamp(served_at, UTC)
         price = token.price_micros / 1_000_000
@@ -356,8 +347,16 @@ class DeliveryControl:
                     incrs += impression_increments(
                         cand, viewer, served_at, served_dt, price, self.scopes(catalog)
                     )
-        if incrs:
-            await self.store.add(incrs, now.timestamp())
+        # Claimed and counted in one atomic call: a failure leaves no claim behind, so the
+        # retried beacon is counted (a claim that outlived a failed count lost the beacon).
+        ttl = self.token_max_age_s + 3600
+        claims = await self.store.claim_and_add(keys, ttl, incrs, self.clock().timestamp())
+        if not claims[0]:
+            return REPLAY
+        if settle_event and not claims[1]:
+            # the other settling event came first
+            return BeaconResult(counted=False, reason="already_settled")
+        self.active.add(token.line_item_id)
         return BeaconResult(counted=True)
 
     # ------------------------------------------------------------------ pacing

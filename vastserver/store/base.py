@@ -110,6 +110,14 @@ class Store(Protocol):
         """``claim`` for several keys in one round trip."""
         ...
 
+    async def claim_and_add(
+        self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float
+    ) -> list[bool]:
+        """``claim_many(keys)`` and, when every claim is new, ``add(incrs)``: atomically, in
+        one round trip. A failed call has done neither, so a beacon whose count failed can be
+        retried and counted; one that got through is never counted twice."""
+        ...
+
     async def history(self, key: str) -> list[str]:
         """The entries pushed to ``key``, newest first."""
         ...

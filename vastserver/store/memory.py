@@ -251,6 +251,20 @@ class MemoryStore:
         self._evict()
         return out
 
+    async def claim_and_add(
+        self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float
+    ) -> list[bool]:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        validate((Guarded((), tuple(incrs)),))  # before anything is applied
+        claims = await self.claim_many(keys, ttl_s)
+        if incrs and all(claims):
+            wall = self._clock()
+            for incr in incrs:
+                self._incr(incr, now, wall)
+            self._evict()
+        return claims
+
     async def history(self, key: str) -> list[str]:
         wall = self._clock()
         self._sweep(wall)

@@ -16,7 +16,10 @@ Round trips: ``read`` is one ``EVALSHA`` (sums computed server-side over the win
 fields, one consistent snapshot); ``commit`` and ``add`` are one ``EVALSHA`` of
 :data:`COMMIT_LUA`, which processes the groups in order, atomically: every guard of a group
 is summed in Lua, then the group's increments are applied only if all guards hold (``add`` is
-a single group without guards). ``claim_many`` and ``push_history`` are one pipeline.
+a single group without guards). ``claim_and_add`` is one ``EVALSHA`` of
+:data:`CLAIM_ADD_LUA` (claims, then the increments only if every claim is new: a beacon is
+claimed and counted together or not at all). ``claim_many`` and ``push_history`` are one
+pipeline.
 Scripts are cached by SHA; after a server restart the first call re-loads them
 (redis-py's ``Script`` handles ``NOSCRIPT``). Every key a script touches is passed in
 ``KEYS``.
@@ -72,8 +75,25 @@ return out
 """
 )
 
+_INCR_LUA = """
+-- One increment (see COMMIT_LUA): count, drop a zero field, trim old fields, set the TTL.
+local function incr(key, field, amount, ttl, trim)
+  if redis.call('HINCRBY', key, field, amount) == 0 then
+    redis.call('HDEL', key, field)
+  end
+  if trim ~= '' then
+    local t = tonumber(trim)
+    for _, f in ipairs(redis.call('HKEYS', key)) do
+      if tonumber(f) < t then redis.call('HDEL', key, f) end
+    end
+  end
+  if tonumber(ttl) > 0 then redis.call('EXPIRE', key, ttl) end
+end
+"""
+
 COMMIT_LUA = (
     _WSUM_LUA
+    + _INCR_LUA
     + """
 -- KEYS: the counter hash of every guard and increment, in the order they appear below.
 -- ARGV: ngroups, then per group: nguards, nincrs,
@@ -100,24 +120,38 @@ for g = 1, tonumber(ARGV[1]) do
     k = k + 1 + nx
   end
   for _ = 1, ni do
-    if ok == 1 then
-      local key, field = KEYS[k], ARGV[a]
-      if redis.call('HINCRBY', key, field, ARGV[a + 1]) == 0 then
-        redis.call('HDEL', key, field)
-      end
-      if ARGV[a + 3] ~= '' then
-        local trim = tonumber(ARGV[a + 3])
-        for _, f in ipairs(redis.call('HKEYS', key)) do
-          if tonumber(f) < trim then redis.call('HDEL', key, f) end
-        end
-      end
-      local ttl = tonumber(ARGV[a + 2])
-      if ttl > 0 then redis.call('EXPIRE', key, ttl) end
-    end
+    if ok == 1 then incr(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]) end
     a = a + 4
     k = k + 1
   end
   out[g] = ok
+end
+return out
+"""
+)
+
+CLAIM_ADD_LUA = (
+    _INCR_LUA
+    + """
+-- KEYS: the claim keys, then the counter hash of every increment.
+-- ARGV: nclaims, ttl, then per incr: field, amount, ttl, trim (as in COMMIT_LUA).
+-- Returns 1/0 per claim (SET NX EX); the increments apply only if every claim is new.
+local n = tonumber(ARGV[1])
+local out, all = {}, 1
+for i = 1, n do
+  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[2]) then
+    out[i] = 1
+  else
+    out[i] = 0
+    all = 0
+  end
+end
+if all == 1 then
+  local a = 3
+  for k = n + 1, #KEYS do
+    incr(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+    a = a + 4
+  end
 end
 return out
 """
@@ -158,6 +192,7 @@ class RedisStore:
         self._client = Redis(connection_pool=self._pool)
         self._read = self._client.register_script(READ_LUA)
         self._commit = self._client.register_script(COMMIT_LUA)
+        self._claim_add = self._client.register_script(CLAIM_ADD_LUA)
         self._c = prefix + "c:"
         self._d = prefix + "d:"
         self._h = prefix + "h:"
@@ -228,6 +263,26 @@ class RedisStore:
                 for key in keys:
                     pipe.set(self._d + key, 1, nx=True, ex=ttl_s)
                 res = await pipe.execute()
+        except _FAILURES as e:
+            raise StoreUnavailable(f"redis claim failed: {e!r}") from e
+        return [bool(x) for x in res]
+
+    async def claim_and_add(
+        self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float
+    ) -> list[bool]:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be positive")
+        if not keys:
+            await self.add(incrs, now)
+            return []
+        redis_keys = [self._d + key for key in keys]
+        args: list[int | str] = [len(keys), ttl_s]
+        for incr in incrs:
+            redis_keys.append(self._c + incr.key)
+            idx, trim, ttl = incr_plan(incr, now)
+            args += (idx, incr.amount, ttl or 0, "" if trim is None else trim)
+        try:
+            res = await self._claim_add(keys=redis_keys, args=args)
         except _FAILURES as e:
             raise StoreUnavailable(f"redis claim failed: {e!r}") from e
         return [bool(x) for x in res]

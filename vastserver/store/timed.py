@@ -50,6 +50,15 @@ class TimedStore:
         finally:
             self._observe("claim", time.perf_counter() - t)
 
+    async def claim_and_add(
+        self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float
+    ) -> list[bool]:
+        t = time.perf_counter()
+        try:
+            return await self.inner.claim_and_add(keys, ttl_s, incrs, now)
+        finally:
+            self._observe("claim", time.perf_counter() - t)
+
     async def history(self, key: str) -> list[str]:
         t = time.perf_counter()
         try:
