@@ -234,15 +234,22 @@ class RedisStore:
                 for e in g.extra:
                     keys.append(c + e.key)
                     args.extend(bucket_bounds(e.window, now))
-            for incr in group.incrs:
-                keys.append(c + incr.key)
-                idx, trim, ttl = incr_plan(incr, now)
-                args += (idx, incr.amount, ttl or 0, "" if trim is None else trim)
+            self._incr_args(group.incrs, now, keys, args)
         try:
             res = await self._commit(keys=keys, args=args)
         except _FAILURES as e:
             raise StoreUnavailable(f"redis commit failed: {e!r}") from e
         return [bool(x) for x in res]
+
+    def _incr_args(
+        self, incrs: Sequence[Incr], now: float, keys: list[str], args: list[int | str]
+    ) -> None:
+        """Append each increment's counter key and its ``field, amount, ttl, trim`` (the
+        scripts' increment arguments)."""
+        for incr in incrs:
+            keys.append(self._c + incr.key)
+            idx, trim, ttl = incr_plan(incr, now)
+            args += (idx, incr.amount, ttl or 0, "" if trim is None else trim)
 
     async def claim(self, key: str, ttl_s: int) -> bool:
         if ttl_s <= 0:
@@ -277,10 +284,7 @@ class RedisStore:
             return []
         redis_keys = [self._d + key for key in keys]
         args: list[int | str] = [len(keys), ttl_s]
-        for incr in incrs:
-            redis_keys.append(self._c + incr.key)
-            idx, trim, ttl = incr_plan(incr, now)
-            args += (idx, incr.amount, ttl or 0, "" if trim is None else trim)
+        self._incr_args(incrs, now, redis_keys, args)
         try:
             res = await self._claim_add(keys=redis_keys, args=args)
         except _FAILURES as e:
