@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
 
 
 def iso_datetime(text: str) -> datetime:
@@ -15,32 +19,34 @@ def iso_datetime(text: str) -> datetime:
     return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
 
 
-def positive_int(text: str) -> int:
+def _bounded(text: str, kind: Callable[[str], N], ok: Callable[[N], bool], why: str) -> N:
     try:
-        n = int(text)
+        x = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return n
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not ok(x):
+        raise argparse.ArgumentTypeError(why)
+    return x
+
+
+def positive_int(text: str) -> int:
+    return _bounded(text, int, lambda n: n >= 1, "must be >= 1")
+
+
+def non_negative_int(text: str) -> int:
+    return _bounded(text, int, lambda n: n >= 0, "must be >= 0")
 
 
 def positive_float(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return x
+    return _bounded(text, float, lambda x: x > 0, "must be > 0")
 
 
 def unit_fraction(text: str) -> float:
     """A share between 0 and 1 inclusive."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1")
-    return x
+    return _bounded(text, float, lambda x: 0.0 <= x <= 1.0, "must be between 0 and 1")
+
+
+def open_fraction(text: str) -> float:
+    """A share strictly between 0 and 1."""
+    return _bounded(text, float, lambda x: 0.0 < x < 1.0, "must be between 0 and 1 (exclusive)")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vastserver.catalog.model import PLATFORMS, RATINGS
+from vastserver.cliargs import iso_datetime, non_negative_int
 
 __all__ = ["generate_catalog", "main_gen_catalog"]
 
@@ -590,35 +591,17 @@ def generate_catalog(line_items: int, seed: int, *, now: datetime) -> dict[str, 
 # --------------------------------------------------------------------------- CLI
 
 
-def _parse_now(text: str) -> datetime:
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
-
-
-def _non_negative(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return n
-
-
 def main_gen_catalog(argv: list[str]) -> int:
     """``gen-catalog --line-items N --seed S [--out PATH] [--now ISO] [--compact]``."""
     parser = argparse.ArgumentParser(
         prog="vastserver gen-catalog",
         description="Write a synthetic catalog (JSON, see docs/catalog.md).",
     )
-    parser.add_argument("--line-items", type=_non_negative, required=True, metavar="N")
+    parser.add_argument("--line-items", type=non_negative_int, required=True, metavar="N")
     parser.add_argument("--seed", type=int, required=True, metavar="S")
     parser.add_argument("--out", type=Path, metavar="PATH", help="output file (default: stdout)")
     parser.add_argument(
-        "--now", type=_parse_now, metavar="ISO", help="reference time for flights (default: now)"
+        "--now", type=iso_datetime, metavar="ISO", help="reference time for flights (default: now)"
     )
     parser.add_argument("--compact", action="store_true", help="no indentation")
     try:

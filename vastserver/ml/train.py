@@ -51,6 +51,7 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
+from vastserver.cliargs import open_fraction
 from vastserver.eventlog import EventLogCorruptError, ReadStats, read_events
 from vastserver.ml.features import (
     SCHEMA_VERSION,
@@ -515,16 +516,6 @@ def train_bundle(ds: Dataset, out: Path, config: TrainConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ CLI
 
 
-def _fraction(text: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < x < 1.0:
-        raise argparse.ArgumentTypeError("must be between 0 and 1 (exclusive)")
-    return x
-
-
 def _summary(metrics: dict[str, Any]) -> str:
     c = metrics["completion"]["holdout"]
     lines = [
@@ -558,7 +549,7 @@ def main_train(argv: Sequence[str]) -> int:
     )  # fmt: skip
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
     p.add_argument("--seed", type=int, default=0, metavar="S")
-    p.add_argument("--holdout-frac", type=_fraction, default=0.2, metavar="F")
+    p.add_argument("--holdout-frac", type=open_fraction, default=0.2, metavar="F")
     p.add_argument("--rounds", type=int, default=COMPLETION_ROUNDS, metavar="N")
     p.add_argument("--max-depth", type=int, default=4, metavar="D")
     p.add_argument("--min-click-positives", type=int, default=50, metavar="N")
