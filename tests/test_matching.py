@@ -16,6 +16,7 @@ from vastserver.catalog.load import parse_catalog
 from vastserver.catalog.model import RATINGS, Catalog
 from vastserver.params import ClientInfo, parse_vast_request
 from vastserver.pipeline import matching
+from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.decide import screen
 from vastserver.pipeline.matching import CatalogIndex, build_index
 from vastserver.pipeline.stages import PRE_DELIVERY_FILTERS, StageEnv
@@ -107,17 +108,22 @@ def requests(draw: st.DrawFn) -> tuple[int, dict[str, str], timedelta]:
     return seed, q, shift
 
 
+def _env(req: AdRequest, shift: timedelta) -> StageEnv:
+    """The request's blocklists (bcat, badv) at ``NOW + shift``."""
+    return StageEnv(
+        now=NOW + shift,
+        blocked_categories=req.blocked_categories,
+        blocked_domains=req.blocked_domains,
+    )
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(requests())
 def test_bitsets_agree_with_the_filters(case: tuple[int, dict[str, str], timedelta]) -> None:
     seed, q, shift = case
     catalog, index = catalog_and_index(seed)
     req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=True)
-    env = StageEnv(
-        now=NOW + shift,
-        blocked_categories=req.blocked_categories,
-        blocked_domains=req.blocked_domains,
-    )
+    env = _env(req, shift)
     fast, dropped = index.select(req, env)
     slow = screen(req, index.candidates, env, PRE_DELIVERY_FILTERS)
     assert [c.key for c in fast] == [c.key for c in slow.survivors]
@@ -207,11 +213,7 @@ def test_limited_scan_matches_the_plain_reference(
     seed, q, shift = case
     catalog, index = catalog_and_index(seed)
     req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=True)
-    env = StageEnv(
-        now=NOW + shift,
-        blocked_categories=req.blocked_categories,
-        blocked_domains=req.blocked_domains,
-    )
+    env = _env(req, shift)
     want = _reference_survivors(index, req, env, limit, per_group)
     width = 8 if tiny_chunks else matching._CHUNK_BITS
     saved = matching._CHUNK_BITS, matching._CHUNK_MASK
