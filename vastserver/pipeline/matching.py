@@ -73,17 +73,6 @@ DIMENSIONS: tuple[str, ...] = (
 """Every catalog targeting dimension; all are answered by bitsets."""
 
 
-def _bits(ordinals: Iterable[int]) -> int:
-    """A bitset from ordinals, built in a bytearray (linear, unlike repeated big-int ORs)."""
-    buf = bytearray()
-    for i in ordinals:
-        byte = i >> 3
-        if byte >= len(buf):
-            buf.extend(bytes(byte + 1 - len(buf)))
-        buf[byte] |= 1 << (i & 7)
-    return int.from_bytes(buf, "little")
-
-
 def bit_ordinals(mask: int) -> npt.NDArray[np.intp]:
     """Ordinals of the set bits, ascending (numpy unpacks the bytes: linear in the size of
     the bitset, unlike peeling bits off a big int one by one, which is quadratic)."""
@@ -103,7 +92,13 @@ def mask_of(ordinals: npt.NDArray[np.int32], n: int) -> int:
 
 
 def _ordinals(ix: Iterable[int]) -> npt.NDArray[np.int32]:
-    return np.array(sorted(ix), dtype=np.int32)
+    return np.fromiter(ix, dtype=np.int32)
+
+
+def _bits(ix: Iterable[int]) -> int:
+    """A bitset from ordinals (linear, unlike repeated big-int ORs)."""
+    ords = _ordinals(ix)
+    return mask_of(ords, int(ords.max()) + 1) if len(ords) else 0
 
 
 def iter_bits(mask: int) -> list[int]:
