@@ -43,7 +43,7 @@ from typing import Any
 
 import aiohttp
 
-from benchmarks import procstat, profiling, reqmix, wrkdrv
+from benchmarks import procstat, profiling, redisproc, reqmix, wrkdrv
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789abcdef-not-for-production"
@@ -281,12 +281,14 @@ def _wait_ready(srv: Server, path: str, timeout_s: float) -> dict[str, Any]:
 
 
 def start_real(
-    opts: Options, catalog: Path, workers: int, workdir: Path
+    opts: Options, catalog: Path, workers: int, workdir: Path, redis_url: str | None = None
 ) -> tuple[Server, dict[str, Any]]:
     port = free_port()
     logfile = workdir / f"server-{workers}w-{port}.log"
     cmd = _py("-m", "vastserver", "serve", "--host", "127.0.0.1", "--port", str(port))
     cmd += ["--workers", str(workers), "--catalog", str(catalog)]
+    if redis_url is not None:
+        cmd += ["--redis", redis_url]
     cmd += ["--public-url", f"http://127.0.0.1:{port}"]
     if opts.event_log == "on":
         ev = workdir / f"events-{port}"
@@ -676,13 +678,53 @@ def _stem(opts: Options) -> str:
     return (opts.out.stem + ".") if opts.out else ""
 
 
+class SharedStore:
+    """The Redis that multi-worker runs share their counters through (forked workers cannot
+    share the in-memory store, and the server refuses to start them without one). Started on
+    first use, emptied before each server, stopped at the end."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.server: redisproc.RedisServer | None = None
+
+    def url(self) -> str:
+        """A fresh (flushed) database's URL; RuntimeError when redis-server is missing."""
+        if self.server is None:
+            exe = shutil.which("redis-server")
+            if exe is None:
+                raise RuntimeError(
+                    "more than one worker needs a shared store: redis-server is not on PATH"
+                )
+            d = self.workdir / "redis"
+            d.mkdir(exist_ok=True)
+            self.server = redisproc.RedisServer(exe, d)
+            self.server.start()
+        self.server.flushall()
+        return self.server.url
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
 def http_real(
-    opts: Options, workers: int, size: int, catalog: Path, workdir: Path, do_profile: bool
+    opts: Options,
+    workers: int,
+    size: int,
+    catalog: Path,
+    workdir: Path,
+    do_profile: bool,
+    shared: SharedStore | None = None,
 ) -> tuple[dict[str, Any], Harvest | None]:
     log(f"real server: {workers} worker(s), {size:,} line items")
     entry: dict[str, Any] = {"server": "vastserver", "workers": workers, "line_items": size}
+    entry["store"] = "memory" if workers == 1 else "redis"
     try:
-        srv, ready = start_real(opts, catalog, workers, workdir)
+        redis_url = None
+        if workers > 1:
+            redis_url = (shared or SharedStore(workdir)).url()
+        srv, ready = start_real(opts, catalog, workers, workdir, redis_url)
     except Exception as e:
         entry["error"] = f"start failed: {e}"
         log(f"  {entry['error'][:300]}")
@@ -1283,25 +1325,39 @@ def main(argv: Sequence[str]) -> int:
         }
         report["micro"] = run_micro(opts, {n: catalogs[n] for n in opts.sizes}, workdir)
         ref_size = _reference_size(opts.http_sizes)
-        for w in opts.workers:
-            harvested: Harvest | None = None
-            for n in opts.http_sizes:
-                entry, hv = http_real(
-                    opts, w, n, catalogs[n], workdir, do_profile=(w == 1 and n == ref_size)
-                )
-                report["http"]["runs"].append(entry)
-                if hv is not None and (harvested is None or n == ref_size):
-                    harvested = hv
-            if harvested is None:
-                report["http"]["baseline"].append(
-                    {"server": "static", "workers": w, "error": "no real run to take lists from"}
-                )
-                continue
-            base = http_baseline(opts, w, harvested, workdir)
-            report["http"]["baseline"].append(base)
-            for r in report["http"]["runs"]:
-                if r["workers"] == w:
-                    add_ratios(r, base)
+        shared = SharedStore(workdir)
+        try:
+            for w in opts.workers:
+                harvested: Harvest | None = None
+                for n in opts.http_sizes:
+                    entry, hv = http_real(
+                        opts,
+                        w,
+                        n,
+                        catalogs[n],
+                        workdir,
+                        do_profile=(w == 1 and n == ref_size),
+                        shared=shared,
+                    )
+                    report["http"]["runs"].append(entry)
+                    if hv is not None and (harvested is None or n == ref_size):
+                        harvested = hv
+                if harvested is None:
+                    report["http"]["baseline"].append(
+                        {
+                            "server": "static",
+                            "workers": w,
+                            "error": "no real run to take lists from",
+                        }
+                    )
+                    continue
+                base = http_baseline(opts, w, harvested, workdir)
+                report["http"]["baseline"].append(base)
+                for r in report["http"]["runs"]:
+                    if r["workers"] == w:
+                        add_ratios(r, base)
+        finally:
+            shared.close()
         for r in report["http"]["runs"]:
             for name, p in (r.pop("profiles", None) or {}).items():
                 key = f"{name.replace('_pod4', '')}_http"

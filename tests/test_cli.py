@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -99,8 +100,8 @@ def server_factory() -> Iterator[Any]:
             s.proc.wait()
 
 
-def test_serve_two_workers_and_clean_shutdown(server_factory: Any) -> None:
-    srv = server_factory("--workers", "2")
+def test_serve_two_workers_and_clean_shutdown(server_factory: Any, redis_url: str) -> None:
+    srv = server_factory("--workers", "2", "--redis", redis_url, "--event-log", "off")
     srv.wait_ready()
     for _ in range(20):
         status, body = _get(srv.base + "/vast?pod_duration=60")
@@ -110,7 +111,37 @@ def test_serve_two_workers_and_clean_shutdown(server_factory: Any) -> None:
         ["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True, check=False
     ).stdout.split()
     assert len(pids) == 2, "expected two worker processes"
+
+    # A beacon replayed over fresh connections reaches both workers (SO_REUSEPORT spreads
+    # connections); the impression still counts once, in the store they share.
+    _, body = _get(srv.base + "/vast?pod_duration=30&max_ads=1&device_id=two-workers-1")
+    imp = re.search(rb"<Impression[^>]*>\s*<!\[CDATA\[(.*?)\]\]>", body)
+    assert imp is not None, body[:300]
+    for _ in range(30):
+        assert _get(imp.group(1).decode())[0] == 204
+    req = urllib.request.Request(
+        srv.base + "/admin/line-items",
+        headers={"Authorization": "Bearer cli-admin-token-0123456789"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        stats = json.loads(r.read())
+    assert sum(li["delivered_impressions"] for li in stats) == 1
     assert srv.stop() == 0
+
+
+def test_serve_refuses_workers_without_a_shared_store() -> None:
+    """Forked workers cannot share the in-memory store: without Redis each would count caps,
+    budgets and beacon replays on its own, so ``--workers 2`` alone is a settings error."""
+    r = subprocess.run(
+        [sys.executable, "-m", "vastserver", "serve", "--port", str(free_port()), "--workers", "2"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2
+    assert "VASTSERVER_WORKERS" in r.stderr and "VASTSERVER_REDIS_URL" in r.stderr, r.stderr
 
 
 def test_sighup_reloads_catalog_and_keeps_old_on_error(server_factory: Any, tmp_path: Path) -> None:

@@ -187,6 +187,14 @@ def load_settings(
     redis_url = pick("redis", "VASTSERVER_REDIS_URL")
     if redis_url is not None and urlsplit(redis_url).scheme not in ("redis", "rediss", "unix"):
         problems.append(f"VASTSERVER_REDIS_URL: must be a redis:// URL, got {redis_url!r}")
+    if workers is not None and workers > 1 and redis_url is None:
+        # Forked workers cannot share the in-memory store: each would keep its own caps,
+        # budgets and beacon claims, so a replay reaching another worker would count again.
+        problems.append(
+            f"VASTSERVER_WORKERS: {workers} workers need VASTSERVER_REDIS_URL (--redis): "
+            "each worker's in-memory store would count frequency caps, budgets and beacon "
+            "replays on its own; share them through Redis or run one worker"
+        )
     max_age = integer("token_max_age", "VASTSERVER_TOKEN_MAX_AGE", 60, 30 * 86400, 86400)
     https_raw = pick("require_https_media", "VASTSERVER_REQUIRE_HTTPS_MEDIA")
     require_https = True
