@@ -17,6 +17,9 @@ from vastserver.pipeline.delivery import (
     budget_checks,
     cap_checks,
     gate_checks,
+    reservation_guards,
+    reservation_plan,
+    scope_caps,
 )
 from vastserver.store.base import Read
 
@@ -74,16 +77,32 @@ def test_gate_checks_match_the_per_candidate_checks(cands: list[Candidate], view
 def test_cache_is_bounded_and_rebuilt_for_a_new_line_item(cands: list[Candidate]) -> None:
     cache = GateCache(max_entries=50)
     gate_checks(cands, VIEWERS[0], FIXED_NOW, cache)
-    assert len(cache.budgets) + len(cache.caps) <= 50 + len(cands) * 2
+    assert len(cache.entries) <= 50 + len(cands)
     gate_checks(cands[:10], VIEWERS[0], FIXED_NOW, cache)
-    assert len(cache.budgets) + len(cache.caps) <= 20
+    assert len(cache.entries) <= 10
     # a reloaded catalog has new objects under the same ids: entries are rebuilt, not reused
     reloaded = all_candidates(parse_catalog(generate_catalog(300, 5, now=FIXED_NOW)))
     checks, _ = gate_checks(reloaded[:10], VIEWERS[0], FIXED_NOW, cache)
     for c in reloaded[:10]:
-        hit = cache.budgets.get((c.line_item.id, c.campaign.id, "2026-11-25"))
-        assert hit is None or hit[0] is c.line_item
+        assert cache.entries[id(c)].cand is c
     assert set(checks) == {id(c) for c in reloaded[:10]}
+    want, _ = _spec(reloaded[:10], VIEWERS[0], FIXED_NOW)
+    assert {k: (c.caps, c.budgets) for k, c in checks.items()} == want
+
+
+def test_reservation_plan_matches_reservation_guards(cands: list[Candidate]) -> None:
+    cat = parse_catalog(generate_catalog(300, 5, now=FIXED_NOW))
+    scoped = all_candidates(cat)
+    scopes = scope_caps(cat)
+    cache = GateCache()
+    for now in (FIXED_NOW, FIXED_NOW + timedelta(hours=6), FIXED_NOW):
+        for viewer in VIEWERS:
+            for c in scoped:
+                for price in (c.line_item.price, c.line_item.price * 1.5 + 0.01):
+                    for sc in (scopes, None):
+                        want = reservation_guards(c, viewer, now, price, sc)
+                        assert reservation_plan(c, viewer, now, price, sc, cache) == want
+    assert any(reservation_guards(c, VIEWERS[0], FIXED_NOW, 1.0, scopes)[0] for c in scoped)
 
 
 @pytest.mark.parametrize(

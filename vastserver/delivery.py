@@ -47,7 +47,7 @@ from vastserver.pipeline.delivery import (
     local_day,
     recent_from_history,
     release_increments,
-    reservation_guards,
+    reservation_plan,
     scope_caps,
     target_fraction,
 )
@@ -263,7 +263,9 @@ class DeliveryControl:
         batch: list[Guarded] = []
         for ad in d.ads:
             scopes = None if catalog is None else self.scopes(catalog)
-            guards, incrs = reservation_guards(ad.candidate, viewer, now, ad.price_cpm, scopes)
+            guards, incrs = reservation_plan(
+                ad.candidate, viewer, now, ad.price_cpm, scopes, self.gate_cache
+            )
             li = ad.candidate.line_item.id
             day = local_day(now, ad.candidate.campaign.timezone)
             incrs = (

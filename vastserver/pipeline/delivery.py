@@ -311,32 +311,50 @@ class _CapTemplate:
     session: bool
 
 
-_Budgets = tuple[tuple[Read, ...], tuple[tuple[str, str, int, int], ...]]
-"""The counters to read, and the checks by key."""
+@dataclass(slots=True)
+class _GateEntry:
+    """One candidate's viewer-independent checks. Holds the candidate, so its ``id`` (the
+    cache key) cannot be reused by another object while the entry lives."""
+
+    cand: Candidate
+    caps: tuple[_CapTemplate, ...]
+    tz: str | None
+    """The campaign's time zone when the candidate has a budget (daily keys), else None."""
+    day: str = ""
+    """The local day the budget fields below are for."""
+    reads: dict[str, Read] = field(default_factory=dict)
+    budgets: tuple[tuple[str, str, int, int], ...] = ()
+    checks: CandidateChecks = NO_CHECKS
+    """``CandidateChecks((), budgets)``: the whole answer for a candidate without caps."""
+    counted: tuple[object, tuple[_CapTemplate, ...]] | None = None
+    """(the scopes they were built for, templates of the caps an impression moves)."""
+    reserve: dict[tuple[str, int], tuple[tuple[Guard, ...], tuple[Incr, ...]]] = field(
+        default_factory=dict
+    )
+    """(local day, price in micros) -> the budget guards and reservation increments."""
 
 
 @dataclass(slots=True)
 class GateCache:
-    """What :func:`gate_checks` can reuse across requests: each line item's budget counters
-    (per local day) and cap key templates, which do not depend on the viewer. Owned by the
-    caller; entries hold the line item they were built from and are rebuilt when a catalog
-    reload replaced it. Cleared whole when ``max_entries`` is reached."""
+    """What :func:`gate_checks` can reuse across requests: each candidate's cap key templates
+    and budget counters (per local day), which do not depend on the viewer. Owned by the
+    caller; an entry is rebuilt when a catalog reload replaced its candidate. Cleared whole
+    when ``max_entries`` is reached."""
 
     max_entries: int = 50_000
-    budgets: dict[tuple[str, str, str], tuple[object, _Budgets]] = field(default_factory=dict)
-    caps: dict[tuple[str, str], tuple[object, tuple[_CapTemplate, ...]]] = field(
-        default_factory=dict
-    )
+    entries: dict[int, _GateEntry] = field(default_factory=dict)
 
     def _room(self) -> None:
-        if len(self.budgets) + len(self.caps) >= self.max_entries:
-            self.budgets.clear()
-            self.caps.clear()
+        if len(self.entries) >= self.max_entries:
+            self.entries.clear()
 
 
-def _cap_templates(c: Candidate) -> tuple[_CapTemplate, ...]:
+def _cap_templates(
+    c: Candidate, caps: Iterable[FrequencyCap] | None = None
+) -> tuple[_CapTemplate, ...]:
+    """Key templates of ``caps`` (default: the line item's own) as ``cap_checks`` builds them."""
     out = []
-    for cap in c.line_item.frequency_caps:
+    for cap in c.line_item.frequency_caps if caps is None else caps:
         window = cap_window(cap.window)
         if window is None:
             continue
@@ -351,6 +369,18 @@ def _cap_templates(c: Candidate) -> tuple[_CapTemplate, ...]:
     return tuple(out)
 
 
+def _gate_entry(c: Candidate) -> _GateEntry:
+    return _GateEntry(c, _cap_templates(c), c.campaign.timezone if has_budget(c) else None)
+
+
+def _set_day(e: _GateEntry, now: datetime, day: str, days: dict[str, str]) -> None:
+    found = budget_checks(e.cand, now, e.cand.line_item.price, days)
+    e.day = day
+    e.reads = {r.key: r for b in found for r in (b.delivered, b.reservations)}
+    e.budgets = tuple((b.delivered.key, b.reservations.key, b.limit, b.amount) for b in found)
+    e.checks = CandidateChecks((), e.budgets)
+
+
 def gate_checks(
     cands: Iterable[Candidate],
     viewer: Viewer,
@@ -359,12 +389,14 @@ def gate_checks(
 ) -> tuple[dict[int, CandidateChecks], list[Read]]:
     """Every candidate's checks (keyed by ``id(candidate)``) and all the counters they read,
     deduplicated, for one store round trip. This runs on the request path for every kept
-    candidate: the viewer-independent parts come from ``cache`` when one is given.
+    candidate: the viewer-independent parts come from ``cache`` when one is given, so a
+    candidate without caps costs a lookup and a dict update.
 
     Equivalent to :func:`cap_checks` and :func:`budget_checks` per candidate (a test holds
     them together)."""
     cache = cache if cache is not None else GateCache()
     cache._room()
+    entries = cache.entries
     by_id: dict[int, CandidateChecks] = {}
     reads: dict[str, Read] = {}
     days: dict[str, str] = {}
@@ -373,50 +405,33 @@ def gate_checks(
         f"s:{viewer.session}" if viewer.session else None,
     )
     for c in cands:
-        li = c.line_item
-        if not li.frequency_caps and not has_budget(c):
-            by_id[id(c)] = NO_CHECKS
+        e = entries.get(id(c))
+        if e is None or e.cand is not c:
+            e = entries[id(c)] = _gate_entry(c)
+        budgets: tuple[tuple[str, str, int, int], ...] = ()
+        if e.tz is not None:
+            day = days.get(e.tz)
+            if day is None:
+                day = days[e.tz] = local_day(now, e.tz)
+            if e.day != day:
+                _set_day(e, now, day, days)
+            reads.update(e.reads)
+            budgets = e.budgets
+        if not e.caps:
+            by_id[id(c)] = e.checks
             continue
-        caps: tuple[tuple[str, str, int], ...] = ()
-        if li.frequency_caps:
-            ckey = (li.id, c.creative.id)
-            hit = cache.caps.get(ckey)
-            if hit is None or hit[0] is not li:
-                hit = cache.caps[ckey] = (li, _cap_templates(c))
-            found = []
-            for t in hit[1]:
-                subject = subjects[t.session]
-                if subject is None:
-                    continue
-                base = t.prefix + subject
-                imp, rsv = base + ":i", base + ":r"
-                if imp not in reads:
-                    reads[imp] = Read(imp, t.window)
-                    reads[rsv] = Read(rsv, RESERVATION_WINDOW)
-                found.append((imp, rsv, t.limit))
-            caps = tuple(found)
-        camp = c.campaign
-        day = days.get(camp.timezone)
-        if day is None:
-            day = days[camp.timezone] = local_day(now, camp.timezone)
-        bkey = (li.id, camp.id, day)
-        bhit = cache.budgets.get(bkey)
-        if bhit is None or bhit[0] is not li:
-            found_b = budget_checks(c, now, li.price, days)
-            bhit = cache.budgets[bkey] = (
-                li,
-                (
-                    tuple(r for b in found_b for r in (b.delivered, b.reservations)),
-                    tuple(
-                        (b.delivered.key, b.reservations.key, b.limit, b.amount) for b in found_b
-                    ),
-                ),
-            )
-        budget_reads, budgets = bhit[1]
-        for r in budget_reads:
-            if r.key not in reads:
-                reads[r.key] = r
-        by_id[id(c)] = CandidateChecks(caps, budgets)
+        found = []
+        for t in e.caps:
+            subject = subjects[t.session]
+            if subject is None:
+                continue
+            base = t.prefix + subject
+            imp, rsv = base + ":i", base + ":r"
+            if imp not in reads:
+                reads[imp] = Read(imp, t.window)
+                reads[rsv] = Read(rsv, RESERVATION_WINDOW)
+            found.append((imp, rsv, t.limit))
+        by_id[id(c)] = CandidateChecks(tuple(found), budgets)
     return by_id, list(reads.values())
 
 
@@ -540,6 +555,59 @@ def reservation_guards(
         guards.append(Guard(b.delivered.key, LIFETIME, b.limit, b.amount, (b.reservations,)))
         incrs.append(Incr(b.reservations.key, RESERVATION_WINDOW, b.amount))
     return tuple(guards), tuple(incrs)
+
+
+def reservation_plan(
+    cand: Candidate,
+    viewer: Viewer,
+    now: datetime,
+    price_cpm: float,
+    scopes: ScopeCaps | None,
+    cache: GateCache,
+) -> tuple[tuple[Guard, ...], tuple[Incr, ...]]:
+    """:func:`reservation_guards` for the request path: the viewer-independent parts (cap key
+    templates, budget guards per local day and price) come from ``cache``. Equal to it (a
+    test holds them together)."""
+    cache._room()
+    e = cache.entries.get(id(cand))
+    if e is None or e.cand is not cand:
+        e = cache.entries[id(cand)] = _gate_entry(cand)
+    if e.counted is None or e.counted[0] is not scopes:
+        e.counted = (scopes, _cap_templates(cand, counted_caps(cand, scopes)))
+    subjects = (
+        None if viewer.lmt else f"v:{viewer.hash}",
+        f"s:{viewer.session}" if viewer.session else None,
+    )
+    guards: list[Guard] = []
+    incrs: list[Incr] = []
+    for t in e.caps:
+        subject = subjects[t.session]
+        if subject is not None:
+            base = t.prefix + subject
+            guards.append(
+                Guard(base + ":i", t.window, t.limit, 1, (Read(base + ":r", RESERVATION_WINDOW),))
+            )
+    for t in e.counted[1]:
+        subject = subjects[t.session]
+        if subject is not None:
+            incrs.append(Incr(t.prefix + subject + ":r", RESERVATION_WINDOW, 1))
+    if e.tz is None:
+        return tuple(guards), tuple(incrs)
+    micros = round(price_cpm * 1_000_000)
+    key = (local_day(now, e.tz), micros)
+    budget = e.reserve.get(key)
+    if budget is None:
+        if len(e.reserve) >= 8:  # slot prices x days: a handful
+            e.reserve.clear()
+        found = budget_checks(cand, now, price_cpm)
+        budget = e.reserve[key] = (
+            tuple(
+                Guard(b.delivered.key, LIFETIME, b.limit, b.amount, (b.reservations,))
+                for b in found
+            ),
+            tuple(Incr(b.reservations.key, RESERVATION_WINDOW, b.amount) for b in found),
+        )
+    return (*guards, *budget[0]), (*incrs, *budget[1])
 
 
 def impression_increments(
