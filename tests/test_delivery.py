@@ -16,13 +16,18 @@ from tests.delivery_support import Clock, base_catalog, make_service, request, t
 from vastserver.catalog.model import Delivery
 from vastserver.pipeline.delivery import (
     HOURLY_TRAFFIC,
+    LIFETIME,
+    RESERVATION_WINDOW,
+    ROOMY_IMPRESSIONS,
+    ROOMY_S,
     PIController,
     SeparationRules,
     cap_window,
     daily_target_fraction,
     target_fraction,
 )
-from vastserver.store.base import StoreUnavailable, Window
+from vastserver.pipeline.reasons import Reason
+from vastserver.store.base import Incr, Read, StoreUnavailable, Window
 from vastserver.store.memory import MemoryStore
 
 T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
@@ -277,6 +282,63 @@ async def test_lifetime_budget_not_overdelivered() -> None:
         clock.now = T0 + timedelta(seconds=i)
         n += "li-a" in await _serve_and_confirm(svc, request(f"v{i}"))
     assert n == 30
+
+
+def _spy_reads(store: Any) -> list[set[str]]:
+    """The keys of each ``read`` on ``store`` from now on (an instance attribute shadows the
+    method)."""
+    seen: list[set[str]] = []
+    real_read = store.read
+
+    async def read(reads: Any, now: float) -> list[int]:
+        seen.append({r.key for r in reads})
+        return await real_read(reads, now)
+
+    store.read = read
+    return seen
+
+
+async def test_a_roomy_budget_skips_the_pre_check_but_never_overdelivers() -> None:
+    """A budget with room for ROOMY_IMPRESSIONS more is not read for ROOMY_S. Spent meanwhile
+    (as another instance would), it is still refused by the reservation at commit; once the
+    pause is over the pre-check reads it again and drops the line item."""
+    cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 1500}})
+    svc, clock = _setup(cat)
+    store = svc.delivery.store
+    read_keys = _spy_reads(store)
+    budget_key = "li:li-a:imp:life"
+
+    def li_a(d: Any) -> tuple[bool, Any]:
+        served = "li-a" in [a.candidate.line_item.id for a in d.ads]
+        return served, next(t.reason for t in d.traces if t.line_item_id == "li-a")
+
+    assert li_a(await svc.decide(request("v0"))) == (True, None)
+    assert budget_key in read_keys[-1]
+    # another instance spends the rest: 1,499 delivered + this instance's 1 reservation
+    await store.add([Incr(budget_key, LIFETIME, 1499)], clock.now.timestamp())
+
+    clock.now = T0 + timedelta(seconds=ROOMY_S / 2)
+    assert li_a(await svc.decide(request("v1"))) == (False, Reason.BUDGET_EXHAUSTED)
+    assert budget_key not in read_keys[-1]  # refused by the reservation, not the pre-check
+
+    clock.now = T0 + timedelta(seconds=ROOMY_S * 2)
+    assert li_a(await svc.decide(request("v2"))) == (False, Reason.BUDGET_EXHAUSTED)
+    assert budget_key in read_keys[-1]  # read again: the pre-check dropped it
+    ts = clock.now.timestamp()
+    counted = await store.read(
+        [Read(budget_key, LIFETIME), Read(budget_key + ":r", RESERVATION_WINDOW)], ts
+    )
+    assert counted == [1499, 1]  # one reservation (the first serve): the budget is exactly spent
+
+
+async def test_a_budget_near_its_end_is_read_on_every_request() -> None:
+    cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": ROOMY_IMPRESSIONS - 1}})
+    svc, clock = _setup(cat)
+    read_keys = _spy_reads(svc.delivery.store)
+    for i in range(3):
+        clock.now = T0 + timedelta(milliseconds=10 * i)
+        await svc.decide(request(f"v{i}"))
+        assert "li:li-a:imp:life" in read_keys[-1]
 
 
 async def test_budget_holds_under_parallel_burst() -> None:

@@ -12,11 +12,14 @@ from vastserver.catalog.gen import generate_catalog
 from vastserver.catalog.load import parse_catalog
 from vastserver.pipeline.candidates import Candidate, all_candidates
 from vastserver.pipeline.delivery import (
+    ROOMY_IMPRESSIONS,
+    ROOMY_S,
     GateCache,
     Viewer,
     budget_checks,
     cap_checks,
     gate_checks,
+    note_headroom,
     reservation_guards,
     reservation_plan,
     scope_caps,
@@ -88,6 +91,44 @@ def test_cache_is_bounded_and_rebuilt_for_a_new_line_item(cands: list[Candidate]
     assert set(checks) == {id(c) for c in reloaded[:10]}
     want, _ = _spec(reloaded[:10], VIEWERS[0], FIXED_NOW)
     assert {k: (c.caps, c.budgets) for k, c in checks.items()} == want
+
+
+def test_roomy_candidates_skip_their_budgets_until_the_pause_ends(cands: list[Candidate]) -> None:
+    cache = GateCache()
+    viewer = VIEWERS[0]
+    checks, _ = gate_checks(cands, viewer, FIXED_NOW, cache)
+    budgeted = [id(c) for c in cands if checks[id(c)].budgets]
+    # every other budgeted candidate has its first budget nearly spent
+    counts = {checks[k].budgets[0][0]: checks[k].budgets[0][2] - 1 for k in budgeted[::2]}
+
+    def has_room(k: int) -> bool:
+        return all(
+            limit - counts.get(dlv, 0) - counts.get(rsv, 0) >= ROOMY_IMPRESSIONS * amount
+            for dlv, rsv, limit, amount in checks[k].budgets
+        )
+
+    roomy = {k for k in budgeted if has_room(k)}
+    assert roomy and set(budgeted) - roomy
+    note_headroom(cands, checks, counts, FIXED_NOW, cache)
+
+    later = FIXED_NOW + timedelta(seconds=ROOMY_S / 2)
+    got, reads = gate_checks(cands, viewer, later, cache)
+    want, _ = _spec(cands, viewer, later)
+    needed: set[str] = set()
+    for c in cands:
+        caps, budgets = want[id(c)]
+        if id(c) in roomy:
+            budgets = ()
+        assert (got[id(c)].caps, got[id(c)].budgets) == (caps, budgets)
+        needed |= {k for cap in caps for k in cap[:2]} | {k for b in budgets for k in b[:2]}
+    assert {r.key for r in reads} == needed
+
+    # the pause is over: everything is read and checked again
+    after = FIXED_NOW + timedelta(seconds=ROOMY_S * 1.5)
+    got, reads = gate_checks(cands, viewer, after, cache)
+    want, want_reads = _spec(cands, viewer, after)
+    assert {k: (c.caps, c.budgets) for k, c in got.items()} == want
+    assert {r.key: r for r in reads} == want_reads
 
 
 def test_reservation_plan_matches_reservation_guards(cands: list[Candidate]) -> None:

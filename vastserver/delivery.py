@@ -45,6 +45,7 @@ from vastserver.pipeline.delivery import (
     history_key,
     impression_increments,
     local_day,
+    note_headroom,
     recent_from_history,
     release_increments,
     reservation_plan,
@@ -186,6 +187,7 @@ class DeliveryControl:
             self._store_error()
             return self.degraded(cands, viewer, now)
         counts = {r.key: v for r, v in zip(reads, values, strict=True)}
+        note_headroom(cands, checks, counts, now, self.gate_cache)
         gate = CountsGate(
             counts=counts,
             viewer=viewer,

@@ -43,6 +43,13 @@ _WINDOW_RE = re.compile(r"^(\d+)([mhdw])$")
 _UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 RESERVATION_WINDOW = Window(RESERVATION_S, 30)
+ROOMY_S = 1.0
+"""How long a candidate whose budgets all had room to spare skips the budget pre-check."""
+ROOMY_IMPRESSIONS = 1000
+"""The room (in impressions of the candidate, for every one of its budgets) that lets it skip
+the pre-check for :data:`ROOMY_S`. The reservation at commit still checks every budget
+exactly, so a skipped pre-check never lets a budget overdeliver: at worst an ad that the
+pre-check would have dropped is chosen and then lost at commit."""
 LIFETIME = Window.lifetime()
 
 
@@ -326,6 +333,8 @@ class _GateEntry:
     budgets: tuple[tuple[str, str, int, int], ...] = ()
     checks: CandidateChecks = NO_CHECKS
     """``CandidateChecks((), budgets)``: the whole answer for a candidate without caps."""
+    roomy_until: float = 0.0
+    """Unix time until which the budgets of ``day`` are taken to have room (not read)."""
     counted: tuple[object, tuple[_CapTemplate, ...]] | None = None
     """(the scopes they were built for, templates of the caps an impression moves)."""
     reserve: dict[tuple[str, int], tuple[tuple[Guard, ...], tuple[Incr, ...]]] = field(
@@ -379,6 +388,7 @@ def _set_day(e: _GateEntry, now: datetime, day: str, days: dict[str, str]) -> No
     e.reads = {r.key: r for b in found for r in (b.delivered, b.reservations)}
     e.budgets = tuple((b.delivered.key, b.reservations.key, b.limit, b.amount) for b in found)
     e.checks = CandidateChecks((), e.budgets)
+    e.roomy_until = 0.0
 
 
 def gate_checks(
@@ -393,7 +403,8 @@ def gate_checks(
     candidate without caps costs a lookup and a dict update.
 
     Equivalent to :func:`cap_checks` and :func:`budget_checks` per candidate (a test holds
-    them together)."""
+    them together), except for the budgets of a candidate that :func:`note_headroom` found
+    roomy within the last :data:`ROOMY_S`: those are neither read nor checked."""
     cache = cache if cache is not None else GateCache()
     cache._room()
     entries = cache.entries
@@ -404,21 +415,24 @@ def gate_checks(
         None if viewer.lmt else f"v:{viewer.hash}",
         f"s:{viewer.session}" if viewer.session else None,
     )
+    ts = now.timestamp()
     for c in cands:
         e = entries.get(id(c))
         if e is None or e.cand is not c:
             e = entries[id(c)] = _gate_entry(c)
         budgets: tuple[tuple[str, str, int, int], ...] = ()
+        plain = NO_CHECKS
         if e.tz is not None:
             day = days.get(e.tz)
             if day is None:
                 day = days[e.tz] = local_day(now, e.tz)
             if e.day != day:
                 _set_day(e, now, day, days)
-            reads.update(e.reads)
-            budgets = e.budgets
+            if e.roomy_until <= ts:
+                reads.update(e.reads)
+                budgets, plain = e.budgets, e.checks
         if not e.caps:
-            by_id[id(c)] = e.checks
+            by_id[id(c)] = plain
             continue
         found = []
         for t in e.caps:
@@ -433,6 +447,34 @@ def gate_checks(
             found.append((imp, rsv, t.limit))
         by_id[id(c)] = CandidateChecks(tuple(found), budgets)
     return by_id, list(reads.values())
+
+
+def note_headroom(
+    cands: Iterable[Candidate],
+    checks: Mapping[int, CandidateChecks],
+    counts: Mapping[str, int],
+    now: datetime,
+    cache: GateCache,
+) -> None:
+    """After the counters of :func:`gate_checks` were read: mark the candidates whose every
+    budget has room for :data:`ROOMY_IMPRESSIONS` more impressions, so the next requests of
+    the coming :data:`ROOMY_S` neither read nor pre-check those budgets (most budgets are far
+    from spent, and their counters were most of a decision's reads). A budget near its end is
+    read on every request."""
+    ts = now.timestamp()
+    entries = cache.entries
+    for c in cands:
+        chk = checks.get(id(c))
+        if chk is None or not chk.budgets:
+            continue
+        e = entries.get(id(c))
+        if e is None or e.cand is not c or chk.budgets is not e.budgets:
+            continue
+        for dlv, rsv, limit, amount in chk.budgets:
+            if limit - counts.get(dlv, 0) - counts.get(rsv, 0) < ROOMY_IMPRESSIONS * amount:
+                break
+        else:
+            e.roomy_until = ts + ROOMY_S
 
 
 def has_budget(c: Candidate) -> bool:
