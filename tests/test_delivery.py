@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -269,6 +270,23 @@ async def test_beacon_candidates_follow_the_catalog_snapshot() -> None:
     assert again is not None and again.line_item is new.line_items[tok.line_item_id]
     cat["line_items"] = [li for li in cat["line_items"] if li["id"] != tok.line_item_id]
     assert svc.delivery.candidate(parse_catalog(cat), tok) is None
+
+
+async def test_a_catalog_reload_drops_the_old_candidates_gate_entries(tmp_path: Any) -> None:
+    svc, _ = _setup(base_catalog())
+    await svc.decide(request("v"))
+    old = set(svc.delivery.gate_cache.entries)
+    assert old
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(base_catalog()))
+    svc.reload_catalog(path)
+    assert not svc.delivery.gate_cache.entries
+    d = await svc.decide(request("v2"))
+    assert d.ads
+    held = [e.cand for e in svc.delivery.gate_cache.entries.values()]
+    assert held and all(
+        c.line_item is svc.snapshot.catalog.line_items[c.line_item.id] for c in held
+    )
 
 
 # ----------------------------------------------------------------------------- budgets

@@ -23,7 +23,7 @@ from vastserver.models import ModelManager
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import Decision, Trace, decide, screen
-from vastserver.pipeline.delivery import Viewer
+from vastserver.pipeline.delivery import GateCache, Viewer
 from vastserver.pipeline.matching import CatalogIndex, build_index
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.schedule import PlannedBreak
@@ -123,6 +123,8 @@ class AdService:
             self.metrics.catalog_reloads.labels("rejected").inc()
             raise
         self._snapshot = snap
+        # the per-candidate gate entries hold the old snapshot's candidates: let them go
+        self.delivery.gate_cache = GateCache()
         self.metrics.catalog_reloads.labels("ok").inc()
         self._set_catalog_metric(snap)
         log.info(
