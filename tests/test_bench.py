@@ -69,6 +69,36 @@ def test_top_frames_from_collapsed_stacks() -> None:
     assert top["vastserver_inclusive"][0]["frame"] == "decide (vastserver/service.py)"
 
 
+def test_multi_worker_runs_share_one_flushed_redis(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forked workers share counters only through Redis: the harness starts one redis-server
+    for its multi-worker runs, empties it before each server, and says so when it cannot."""
+    import shutil
+
+    from benchmarks import redisproc
+    from benchmarks.harness import SharedStore
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not on PATH")
+    shared = SharedStore(tmp_path)
+    try:
+        url = shared.url()
+        assert url.startswith("redis://127.0.0.1:")
+        assert shared.server is not None and shared.server.port is not None
+        port = shared.server.port
+        assert redisproc.command(port, "SET", "left-over", "1") == b"+OK"
+        assert shared.url() == url  # the same server, flushed
+        assert redisproc.command(port, "EXISTS", "left-over") == b":0"
+    finally:
+        shared.close()
+    assert shared.server is None
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="redis-server is not on PATH"):
+        SharedStore(tmp_path).url()
+
+
 def test_quick_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "results.json"
     code = main_bench(
