@@ -326,27 +326,72 @@ async def test_a_roomy_budget_skips_the_pre_check_but_never_overdelivers() -> No
     read_keys = _spy_reads(store)
     budget_key = "li:li-a:imp:life"
 
-    def li_a(d: Any) -> tuple[bool, Any]:
-        served = "li-a" in [a.candidate.line_item.id for a in d.ads]
-        return served, next(t.reason for t in d.traces if t.line_item_id == "li-a")
-
-    assert li_a(await svc.decide(request("v0"))) == (True, None)
+    assert _li_a_outcome(await svc.decide(request("v0"))) == (True, None)
     assert budget_key in read_keys[-1]
     # another instance spends the rest: 1,499 delivered + this instance's 1 reservation
     await store.add([Incr(budget_key, LIFETIME, 1499)], clock.now.timestamp())
 
     clock.now = T0 + timedelta(seconds=ROOMY_S / 2)
-    assert li_a(await svc.decide(request("v1"))) == (False, Reason.BUDGET_EXHAUSTED)
-    assert budget_key not in read_keys[-1]  # refused by the reservation, not the pre-check
+    n = len(read_keys)
+    assert _li_a_outcome(await svc.decide(request("v1"))) == (False, Reason.BUDGET_EXHAUSTED)
+    # not read by the pre-check; refused by the reservation, then read back to name the guard
+    assert budget_key not in read_keys[n] and budget_key in read_keys[n + 1]
 
     clock.now = T0 + timedelta(seconds=ROOMY_S * 2)
-    assert li_a(await svc.decide(request("v2"))) == (False, Reason.BUDGET_EXHAUSTED)
+    assert _li_a_outcome(await svc.decide(request("v2"))) == (False, Reason.BUDGET_EXHAUSTED)
     assert budget_key in read_keys[-1]  # read again: the pre-check dropped it
     ts = clock.now.timestamp()
     counted = await store.read(
         [Read(budget_key, LIFETIME), Read(budget_key + ":r", RESERVATION_WINDOW)], ts
     )
     assert counted == [1499, 1]  # one reservation (the first serve): the budget is exactly spent
+
+
+def _li_a_outcome(d: Any) -> tuple[bool, Any]:
+    served = "li-a" in [a.candidate.line_item.id for a in d.ads]
+    return served, next(t.reason for t in d.traces if t.line_item_id == "li-a")
+
+
+_CAPPED_AND_BUDGETED = {
+    "frequency_caps": [{"scope": "line_item", "max": 3, "window": "1d"}],
+    "pacing": {"delivery": "asap", "budget": {"impressions": 1500}},
+}
+
+
+async def test_a_refused_reservation_names_the_guard_that_failed() -> None:
+    """A line item with a cap and a budget, refused at commit: the trace names the budget
+    when the budget ran out, the cap when the cap did (read back after the refusal)."""
+    svc, clock = _setup(_with_li_a(**_CAPPED_AND_BUDGETED))
+    store = svc.delivery.store
+    assert _li_a_outcome(await svc.decide(request("v0"))) == (True, None)  # budget now roomy
+    await store.add([Incr("li:li-a:imp:life", LIFETIME, 1499)], clock.now.timestamp())
+    clock.now = T0 + timedelta(seconds=ROOMY_S / 2)
+    assert _li_a_outcome(await svc.decide(request("v1"))) == (False, Reason.BUDGET_EXHAUSTED)
+
+    # the cap: another request of the same viewer reserves it between prefetch and commit
+    svc, clock = _setup(_with_li_a(**_CAPPED_AND_BUDGETED))
+    store = svc.delivery.store
+    real_commit = store.commit
+
+    async def commit(batch: Any, now: float) -> list[bool]:
+        for g in batch[0].guards:
+            if g.key.startswith("fc:"):
+                await store.add([Incr(g.extra[0].key, RESERVATION_WINDOW, g.limit)], now)
+        return await real_commit(batch, now)
+
+    store.commit = commit
+    assert _li_a_outcome(await svc.decide(request("v2"))) == (False, Reason.FREQUENCY_CAP)
+
+
+async def test_a_store_failure_at_commit_drops_budgeted_ads_as_budget_exhausted() -> None:
+    svc, _ = _setup(_with_li_a(**_CAPPED_AND_BUDGETED))
+
+    async def down(batch: Any, now: float) -> list[bool]:
+        raise StoreUnavailable("down")
+
+    svc.delivery.store.commit = down
+    # budgets fail closed; the capped line item's loss is not a cap hit
+    assert _li_a_outcome(await svc.decide(request("v0"))) == (False, Reason.BUDGET_EXHAUSTED)
 
 
 async def test_a_budget_near_its_end_is_read_on_every_request() -> None:

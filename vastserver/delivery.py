@@ -44,6 +44,7 @@ from vastserver.pipeline.delivery import (
     history_entries,
     history_key,
     impression_increments,
+    is_cap_key,
     local_day,
     note_headroom,
     recent_from_history,
@@ -276,24 +277,29 @@ class DeliveryControl:
                 Incr(f"{served_key(li)}:d:{day}", LIFETIME, 1, ttl_s=3 * 86400),
             )
             batch.append(Guarded(guards, incrs))
+        store_failed = False
         try:
             ok = await within_timeout(self.store, self.store.commit(batch, now.timestamp()), within)
         except (StoreUnavailable, TimeoutError):
             self._store_error("commit")
             # Caps fail open; budgeted line items fail closed.
             ok = [not has_budget(ad.candidate) for ad in d.ads]
+            store_failed = True
         if all(ok):
             return d
+        refused = [g for g, fine in zip(batch, ok, strict=True) if not fine]
+        reasons = (
+            [Reason.BUDGET_EXHAUSTED] * len(refused)
+            if store_failed
+            else await self._refusal_reasons(refused, now, within)
+        )
         kept: list[PlacedAd] = []
         lost: dict[str, Reason] = {}
         for ad, fine in zip(d.ads, ok, strict=True):
             if fine:
                 kept.append(replace(ad, slot=len(kept) + 1))
             else:
-                has_cap = bool(ad.candidate.line_item.frequency_caps)
-                lost[ad.candidate.key] = (
-                    Reason.FREQUENCY_CAP if has_cap else Reason.BUDGET_EXHAUSTED
-                )
+                lost[ad.candidate.key] = reasons[len(lost)]
         slots = {a.candidate.key: a.slot for a in kept}
         traces = tuple(
             t._replace(reason=lost[k], slot=None)
@@ -308,6 +314,43 @@ class DeliveryControl:
             value=sum(a.value for a in kept),
             total_duration_ms=sum(a.candidate.creative.duration_ms for a in kept),
         )
+
+    async def _refusal_reasons(
+        self, refused: Sequence[Guarded], now: datetime, within: float | None
+    ) -> list[Reason]:
+        """Why the store refused each group: the first guard that no longer holds, read back
+        (one more round trip, only when a reservation was refused). A cap guard gives
+        ``frequency_cap``, a budget guard ``budget_exhausted``; when the read fails or every
+        guard holds again (a race that resolved), a group with any budget guard is taken as
+        ``budget_exhausted``."""
+        reads: dict[str, Read] = {}
+        for group in refused:
+            for g in group.guards:
+                reads.setdefault(g.key, Read(g.key, g.window))
+                for e in g.extra:
+                    reads.setdefault(e.key, e)
+        want = list(reads.values())
+        try:
+            got = await within_timeout(self.store, self.store.read(want, now.timestamp()), within)
+            counts: dict[str, int] | None = {r.key: v for r, v in zip(want, got, strict=True)}
+        except (StoreUnavailable, TimeoutError):
+            counts = None
+        out: list[Reason] = []
+        for group in refused:
+            reason = None
+            if counts is not None:
+                for g in group.guards:
+                    total = counts[g.key] + sum(counts[e.key] for e in g.extra) + g.amount
+                    if total > g.limit:
+                        reason = (
+                            Reason.FREQUENCY_CAP if is_cap_key(g.key) else Reason.BUDGET_EXHAUSTED
+                        )
+                        break
+            if reason is None:
+                caps_only = all(is_cap_key(g.key) for g in group.guards)
+                reason = Reason.FREQUENCY_CAP if caps_only else Reason.BUDGET_EXHAUSTED
+            out.append(reason)
+        return out
 
     def note_rejections(self, d: Decision) -> None:
         for t in d.traces:

@@ -106,7 +106,15 @@ class Viewer:
 
 def cap_key_prefix(cap: FrequencyCap, cand: Candidate) -> str:
     """A cap counter's key up to the viewer or session it counts for."""
-    return f"fc:{cap.scope}:{_scope_id(cap, cand)}:{cap.window}:"
+    return f"{_CAP_KEY}{cap.scope}:{_scope_id(cap, cand)}:{cap.window}:"
+
+
+_CAP_KEY = "fc:"
+
+
+def is_cap_key(key: str) -> bool:
+    """Whether a counter key is a frequency cap's (budgets' keys start ``li:`` / ``cp:``)."""
+    return key.startswith(_CAP_KEY)
 
 
 def cap_checks(cap: FrequencyCap, cand: Candidate, viewer: Viewer) -> CapCheck | None:
