@@ -19,6 +19,8 @@ from vastserver.pipeline.delivery import (
     budget_checks,
     cap_checks,
     gate_checks,
+    impression_increments,
+    impression_plan,
     note_headroom,
     reservation_guards,
     reservation_plan,
@@ -129,6 +131,23 @@ def test_roomy_candidates_skip_their_budgets_until_the_pause_ends(cands: list[Ca
     want, want_reads = _spec(cands, viewer, after)
     assert {k: (c.caps, c.budgets) for k, c in got.items()} == want
     assert {r.key: r for r in reads} == want_reads
+
+
+def test_impression_plan_matches_impression_increments() -> None:
+    cat = parse_catalog(generate_catalog(300, 5, now=FIXED_NOW))
+    scoped = all_candidates(cat)
+    scopes = scope_caps(cat)
+    cache = GateCache()
+    served = (FIXED_NOW, FIXED_NOW + timedelta(hours=6, seconds=17), FIXED_NOW)
+    for at in served:
+        for viewer in VIEWERS:
+            for c in scoped:
+                for price in (c.line_item.price, c.line_item.price * 1.5 + 0.01):
+                    for sc in (scopes, None):
+                        ts = at.timestamp()
+                        want = impression_increments(c, viewer, ts, at, price, sc)
+                        assert impression_plan(c, viewer, ts, price, sc, cache) == want
+    assert any(impression_increments(c, VIEWERS[0], 0.0, FIXED_NOW, 1.0, scopes) for c in scoped)
 
 
 def test_reservation_plan_matches_reservation_guards(cands: list[Candidate]) -> None:

@@ -553,8 +553,10 @@ def create_app(
         progress_offsets_s=settings.progress_offsets_s,
     )
     rng = rng or random.SystemRandom()
+    # the store's expiry clock: time.time is system_clock's timestamp, without a datetime
+    store_clock = time.time if clock is system_clock else (lambda: clock().timestamp())
     store = TimedStore(
-        open_store(settings.redis_url, clock=lambda: clock().timestamp()),
+        open_store(settings.redis_url, clock=store_clock),
         lambda op, dt: metrics.store_seconds_by(op).observe(dt),
     )
     delivery = DeliveryControl(

@@ -43,9 +43,10 @@ from vastserver.pipeline.delivery import (
     has_budget,
     history_entries,
     history_key,
-    impression_increments,
+    impression_plan,
     is_cap_key,
     local_day,
+    local_day_at,
     note_headroom,
     recent_from_history,
     release_increments,
@@ -372,27 +373,29 @@ class DeliveryControl:
             keys.append(f"bc:{token.ad_serving_id}:settled")
         cand = self.candidate(catalog, token)
         served_at = float(token.served_at)
-        served_dt = datetime.fromtimestamp(served_at, UTC)
         price = token.price_micros / 1_000_000
-        viewer = Viewer(token.viewer_hash, token.session or None, token.lmt)
         incrs: list[Incr] = []
         if event == "notUsed":
             if cand is not None:
+                viewer = Viewer(token.viewer_hash, token.session or None, token.lmt)
+                served_dt = datetime.fromtimestamp(served_at, UTC)
                 incrs += release_increments(
                     cand, viewer, served_at, served_dt, price, self.scopes(catalog)
                 )
         else:
             li = token.line_item_id
-            incrs.append(Incr(_ev_key(li, event), LIFETIME, 1))
+            ev_key = _ev_key(li, event)
+            incrs.append(Incr(ev_key, LIFETIME, 1))
             if cand is not None:
-                day = local_day(served_dt, cand.campaign.timezone)
-                incrs.append(Incr(f"{_ev_key(li, event)}:d:{day}", LIFETIME, 1, ttl_s=3 * 86400))
+                day = local_day_at(served_at, cand.campaign.timezone)
+                incrs.append(Incr(f"{ev_key}:d:{day}", LIFETIME, 1, ttl_s=3 * 86400))
             if event == "impression":
+                viewer = Viewer(token.viewer_hash, token.session or None, token.lmt)
                 incrs.append(Incr(spend_key(li), LIFETIME, token.price_micros // 1000))
                 incrs.append(Incr(exposure_read(viewer).key, EXPOSURE_WINDOW, 1))
                 if cand is not None:
-                    incrs += impression_increments(
-                        cand, viewer, served_at, served_dt, price, self.scopes(catalog)
+                    incrs += impression_plan(
+                        cand, viewer, served_at, price, self.scopes(catalog), self.gate_cache
                     )
         # Claimed and counted in one atomic call: a failure leaves no claim behind, so the
         # retried beacon is counted (a claim that outlived a failed count lost the beacon).

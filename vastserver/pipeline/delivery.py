@@ -24,7 +24,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -138,6 +138,11 @@ def cap_checks(cap: FrequencyCap, cand: Candidate, viewer: Viewer) -> CapCheck |
         limit=cap.max,
         ttl_s=ttl,
     )
+
+
+def local_day_at(ts: float, tz: str) -> str:
+    """:func:`local_day` from a unix time (no datetime built)."""
+    return _local_day(tz, int(ts // 60))
 
 
 def local_day(now: datetime, tz: str) -> str:
@@ -349,6 +354,11 @@ class _GateEntry:
         default_factory=dict
     )
     """(local day, price in micros) -> the budget guards and reservation increments."""
+    settle: dict[tuple[str, int], tuple[tuple[str, int, int | None, str], ...]] = field(
+        default_factory=dict
+    )
+    """(local day, price in micros) -> per budget (delivered key, amount, ttl, reservation
+    key): what a counted impression moves."""
 
 
 @dataclass(slots=True)
@@ -607,6 +617,19 @@ def reservation_guards(
     return tuple(guards), tuple(incrs)
 
 
+def _counted_entry(
+    cand: Candidate, scopes: ScopeCaps | None, cache: GateCache
+) -> tuple[_GateEntry, tuple[_CapTemplate, ...]]:
+    """``cand``'s cache entry, and the templates of the caps an impression of it moves."""
+    cache._room()
+    e = cache.entries.get(id(cand))
+    if e is None or e.cand is not cand:
+        e = cache.entries[id(cand)] = _gate_entry(cand)
+    if e.counted is None or e.counted[0] is not scopes:
+        e.counted = (scopes, _cap_templates(cand, counted_caps(cand, scopes)))
+    return e, e.counted[1]
+
+
 def reservation_plan(
     cand: Candidate,
     viewer: Viewer,
@@ -618,12 +641,7 @@ def reservation_plan(
     """:func:`reservation_guards` for the request path: the viewer-independent parts (cap key
     templates, budget guards per local day and price) come from ``cache``. Equal to it (a
     test holds them together)."""
-    cache._room()
-    e = cache.entries.get(id(cand))
-    if e is None or e.cand is not cand:
-        e = cache.entries[id(cand)] = _gate_entry(cand)
-    if e.counted is None or e.counted[0] is not scopes:
-        e.counted = (scopes, _cap_templates(cand, counted_caps(cand, scopes)))
+    e, counted = _counted_entry(cand, scopes, cache)
     subjects = (
         None if viewer.lmt else f"v:{viewer.hash}",
         f"s:{viewer.session}" if viewer.session else None,
@@ -637,7 +655,7 @@ def reservation_plan(
             guards.append(
                 Guard(base + ":i", t.window, t.limit, 1, (Read(base + ":r", RESERVATION_WINDOW),))
             )
-    for t in e.counted[1]:
+    for t in counted:
         subject = subjects[t.session]
         if subject is not None:
             incrs.append(Incr(t.prefix + subject + ":r", RESERVATION_WINDOW, 1))
@@ -682,6 +700,51 @@ def impression_increments(
     for b in budget_checks(cand, now, price_cpm):
         out.append(Incr(b.delivered.key, LIFETIME, b.amount, ttl_s=b.ttl_s))
         out.append(Incr(b.reservations.key, RESERVATION_WINDOW, -b.amount, at=served_at))
+    return out
+
+
+def impression_plan(
+    cand: Candidate,
+    viewer: Viewer,
+    served_at: float,
+    price_cpm: float,
+    scopes: ScopeCaps | None,
+    cache: GateCache,
+) -> list[Incr]:
+    """:func:`impression_increments` (with ``now`` the serve time) for the beacon path: the
+    cap key templates and budget keys come from ``cache``. Equal to it (a test holds them
+    together)."""
+    e, counted = _counted_entry(cand, scopes, cache)
+    out: list[Incr] = []
+    lmt, session = viewer.lmt, viewer.session
+    for t in counted:
+        if t.session:
+            if not session:
+                continue
+            base = t.prefix + "s:" + session
+            ttl: int | None = SESSION_TTL_S
+        else:
+            if lmt:
+                continue
+            base = t.prefix + "v:" + viewer.hash
+            ttl = None
+        out.append(Incr(base + ":i", t.window, 1, None, ttl))
+        out.append(Incr(base + ":r", RESERVATION_WINDOW, -1, served_at))
+    if e.tz is None:
+        return out
+    key = (local_day_at(served_at, e.tz), round(price_cpm * 1_000_000))
+    budgets = e.settle.get(key)
+    if budgets is None:
+        if len(e.settle) >= 8:
+            e.settle.clear()
+        served = datetime.fromtimestamp(served_at, UTC)
+        budgets = e.settle[key] = tuple(
+            (b.delivered.key, b.amount, b.ttl_s, b.reservations.key)
+            for b in budget_checks(cand, served, price_cpm)
+        )
+    for dlv, amount, b_ttl, rsv in budgets:
+        out.append(Incr(dlv, LIFETIME, amount, None, b_ttl))
+        out.append(Incr(rsv, RESERVATION_WINDOW, -amount, served_at))
     return out
 
 
