@@ -350,15 +350,8 @@ class _GateEntry:
     """Unix time until which the budgets of ``day`` are taken to have room (not read)."""
     counted: tuple[object, tuple[_CapTemplate, ...]] | None = None
     """(the scopes they were built for, templates of the caps an impression moves)."""
-    reserve: dict[tuple[str, int], tuple[tuple[Guard, ...], tuple[Incr, ...]]] = field(
-        default_factory=dict
-    )
-    """(local day, price in micros) -> the budget guards and reservation increments."""
-    settle: dict[tuple[str, int], tuple[tuple[str, int, int | None, str], ...]] = field(
-        default_factory=dict
-    )
-    """(local day, price in micros) -> per budget (delivered key, amount, ttl, reservation
-    key): what a counted impression moves."""
+    priced: dict[tuple[str, int], tuple[BudgetCheck, ...]] = field(default_factory=dict)
+    """(local day, price in micros) -> the candidate's budget checks at that price."""
 
 
 @dataclass(slots=True)
@@ -400,8 +393,31 @@ def _gate_entry(c: Candidate) -> _GateEntry:
     return _GateEntry(c, _cap_templates(c), c.campaign.timezone if has_budget(c) else None)
 
 
+def _priced(
+    e: _GateEntry, now: datetime, day: str, price_cpm: float, days: dict[str, str] | None = None
+) -> tuple[BudgetCheck, ...]:
+    """``budget_checks`` of ``e``'s candidate on the local ``day`` at ``price_cpm``, kept in
+    the entry (the gate prices at the line item's price; slot prices add a few more)."""
+    key = (day, round(price_cpm * 1_000_000))
+    found = e.priced.get(key)
+    if found is None:
+        if len(e.priced) >= 8:  # slot prices x days: a handful
+            e.priced.clear()
+        found = e.priced[key] = tuple(budget_checks(e.cand, now, price_cpm, days))
+    return found
+
+
+def _subjects(viewer: Viewer) -> tuple[str | None, str | None]:
+    """Who a cap counts for, indexed by ``_CapTemplate.session``: the viewer (not under
+    ``lmt``) for windowed caps, the session for session caps (as :func:`cap_checks`)."""
+    return (
+        None if viewer.lmt else f"v:{viewer.hash}",
+        f"s:{viewer.session}" if viewer.session else None,
+    )
+
+
 def _set_day(e: _GateEntry, now: datetime, day: str, days: dict[str, str]) -> None:
-    found = budget_checks(e.cand, now, e.cand.line_item.price, days)
+    found = _priced(e, now, day, e.cand.line_item.price, days)
     e.day = day
     e.reads = {r.key: r for b in found for r in (b.delivered, b.reservations)}
     e.budgets = tuple((b.delivered.key, b.reservations.key, b.limit, b.amount) for b in found)
@@ -429,10 +445,7 @@ def gate_checks(
     by_id: dict[int, CandidateChecks] = {}
     reads: dict[str, Read] = {}
     days: dict[str, str] = {}
-    subjects = (
-        None if viewer.lmt else f"v:{viewer.hash}",
-        f"s:{viewer.session}" if viewer.session else None,
-    )
+    subjects = _subjects(viewer)
     ts = now.timestamp()
     for c in cands:
         e = entries.get(id(c))
@@ -639,13 +652,10 @@ def reservation_plan(
     cache: GateCache,
 ) -> tuple[tuple[Guard, ...], tuple[Incr, ...]]:
     """:func:`reservation_guards` for the request path: the viewer-independent parts (cap key
-    templates, budget guards per local day and price) come from ``cache``. Equal to it (a
+    templates, budget checks per local day and price) come from ``cache``. Equal to it (a
     test holds them together)."""
     e, counted = _counted_entry(cand, scopes, cache)
-    subjects = (
-        None if viewer.lmt else f"v:{viewer.hash}",
-        f"s:{viewer.session}" if viewer.session else None,
-    )
+    subjects = _subjects(viewer)
     guards: list[Guard] = []
     incrs: list[Incr] = []
     for t in e.caps:
@@ -661,21 +671,10 @@ def reservation_plan(
             incrs.append(Incr(t.prefix + subject + ":r", RESERVATION_WINDOW, 1))
     if e.tz is None:
         return tuple(guards), tuple(incrs)
-    micros = round(price_cpm * 1_000_000)
-    key = (local_day(now, e.tz), micros)
-    budget = e.reserve.get(key)
-    if budget is None:
-        if len(e.reserve) >= 8:  # slot prices x days: a handful
-            e.reserve.clear()
-        found = budget_checks(cand, now, price_cpm)
-        budget = e.reserve[key] = (
-            tuple(
-                Guard(b.delivered.key, LIFETIME, b.limit, b.amount, (b.reservations,))
-                for b in found
-            ),
-            tuple(Incr(b.reservations.key, RESERVATION_WINDOW, b.amount) for b in found),
-        )
-    return (*guards, *budget[0]), (*incrs, *budget[1])
+    for b in _priced(e, now, local_day(now, e.tz), price_cpm):
+        guards.append(Guard(b.delivered.key, LIFETIME, b.limit, b.amount, (b.reservations,)))
+        incrs.append(Incr(b.reservations.key, RESERVATION_WINDOW, b.amount))
+    return tuple(guards), tuple(incrs)
 
 
 def impression_increments(
@@ -716,35 +715,21 @@ def impression_plan(
     together)."""
     e, counted = _counted_entry(cand, scopes, cache)
     out: list[Incr] = []
-    lmt, session = viewer.lmt, viewer.session
+    subjects = _subjects(viewer)
     for t in counted:
-        if t.session:
-            if not session:
-                continue
-            base = t.prefix + "s:" + session
-            ttl: int | None = SESSION_TTL_S
-        else:
-            if lmt:
-                continue
-            base = t.prefix + "v:" + viewer.hash
-            ttl = None
-        out.append(Incr(base + ":i", t.window, 1, None, ttl))
+        subject = subjects[t.session]
+        if subject is None:
+            continue
+        base = t.prefix + subject
+        out.append(Incr(base + ":i", t.window, 1, None, SESSION_TTL_S if t.session else None))
         out.append(Incr(base + ":r", RESERVATION_WINDOW, -1, served_at))
     if e.tz is None:
         return out
-    key = (local_day_at(served_at, e.tz), round(price_cpm * 1_000_000))
-    budgets = e.settle.get(key)
-    if budgets is None:
-        if len(e.settle) >= 8:
-            e.settle.clear()
-        served = datetime.fromtimestamp(served_at, UTC)
-        budgets = e.settle[key] = tuple(
-            (b.delivered.key, b.amount, b.ttl_s, b.reservations.key)
-            for b in budget_checks(cand, served, price_cpm)
-        )
-    for dlv, amount, b_ttl, rsv in budgets:
-        out.append(Incr(dlv, LIFETIME, amount, None, b_ttl))
-        out.append(Incr(rsv, RESERVATION_WINDOW, -amount, served_at))
+    day = local_day_at(served_at, e.tz)
+    served = datetime.fromtimestamp(served_at, UTC)
+    for b in _priced(e, served, day, price_cpm):
+        out.append(Incr(b.delivered.key, LIFETIME, b.amount, None, b.ttl_s))
+        out.append(Incr(b.reservations.key, RESERVATION_WINDOW, -b.amount, served_at))
     return out
 
 
