@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
+import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -163,46 +164,61 @@ def test_ten_thousand_line_items_do_not_cost_ten_thousand_evaluations(
 
 
 def _reference_survivors(
-    index: CatalogIndex, req: Any, env: StageEnv, limit: int, per_group: int
+    catalog: Catalog, index: CatalogIndex, req: Any, env: StageEnv, limit: int, per_group: int
 ) -> tuple[list[str], dict[Any, int]]:
-    """The limited scan written plainly: rank every match within its group, skip those with
-    2 x per_group better matches in their group, then take the best ``limit`` passing the
-    residual rules, at most ``per_group`` per group; everything else is outranked."""
+    """The limited scan written plainly over the whole catalog's match: skip a match with
+    2 x per_group better matches in its group, then take the best ``limit`` passing the
+    residual rules, at most ``per_group`` per group. The scan stops in the chunk where the
+    limit fills: the checks' counts cover the chunks up to it (a catalog of just those
+    candidates, matched whole), and every candidate after the last one kept that is not
+    counted by a check is outranked."""
     bits = index.bits
-    mask, dropped = bits.match(req, env)
+    mask, checks = bits.match(req, env)
     ords = [i for i in range(len(bits.candidates)) if mask >> i & 1]
     outranked = 0
-    if len(ords) > limit:
-        seen: dict[int, int] = {}
-        pre = []
-        for i in ords:
-            g = bits.group[i]
-            if seen.get(g, 0) < 2 * per_group:
-                pre.append(i)
-            seen[g] = seen.get(g, 0) + 1
-        outranked += len(ords) - len(pre)
-        ords = pre
+    residual: dict[Any, int] = {}
+    seen: dict[int, int] = {}
     out: list[str] = []
     per: dict[int, int] = {}
-    for n, i in enumerate(ords):
-        if len(out) >= limit:
-            outranked += len(ords) - n
-            break
+    for i in ords:
+        g = bits.group[i]
+        seen[g] = seen.get(g, 0) + 1
+        if seen[g] > 2 * per_group:
+            outranked += 1
+            continue
         c = bits.candidates[i]
-        if req.floor_cpm_per_s is not None or bits.residual >> i & 1:
+        if req.floor_cpm_per_s is not None or bits.residual_flags[i]:
             reason = matching.residual_check(req, c, env)
             if reason is not None:
-                dropped[reason] = dropped.get(reason, 0) + 1
+                residual[reason] = residual.get(reason, 0) + 1
                 continue
-        g = bits.group[i]
         if per.get(g, 0) >= per_group:
             outranked += 1
             continue
         per[g] = per.get(g, 0) + 1
         out.append(c.key)
+        if len(out) == limit:
+            width = bits.chunk_bits
+            end = min(len(bits.candidates), (i // width + 1) * width)
+            examined = matching.build_bit_index(catalog, bits.candidates[:end], width)
+            _, checks = examined.match(req, env)
+            outranked += len(bits.candidates) - (i + 1)
+            outranked -= sum(v for v in checks.values())
+            outranked += sum(1 for j in range(i + 1) if not mask >> j & 1)
+            break
+    dropped = dict(checks)
+    for reason, count in residual.items():
+        dropped[reason] = dropped.get(reason, 0) + count
     if outranked:
         dropped[matching.Reason.OUTRANKED] = outranked
     return out, dropped
+
+
+@cache
+def chunked_index(seed: int, width: int) -> CatalogIndex:
+    """The seed's catalog indexed with ``width``-candidate chunks."""
+    catalog, index = catalog_and_index(seed)
+    return CatalogIndex(catalog, matching.build_bit_index(catalog, index.candidates, width))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -211,21 +227,73 @@ def test_limited_scan_matches_the_plain_reference(
     case: tuple[int, dict[str, str], timedelta], limit: int, per_group: int, tiny_chunks: bool
 ) -> None:
     seed, q, shift = case
-    catalog, index = catalog_and_index(seed)
+    catalog, whole = catalog_and_index(seed)
+    index = chunked_index(seed, 8) if tiny_chunks else whole
     req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=True)
     env = _env(req, shift)
-    want = _reference_survivors(index, req, env, limit, per_group)
-    width = 8 if tiny_chunks else matching._CHUNK_BITS
-    saved = matching._CHUNK_BITS, matching._CHUNK_MASK
-    matching._CHUNK_BITS, matching._CHUNK_MASK = width, (1 << width) - 1
-    try:
-        got, dropped = index.bits.survivors(req, env, limit, per_group)
-    finally:
-        matching._CHUNK_BITS, matching._CHUNK_MASK = saved
+    want = _reference_survivors(catalog, index, req, env, limit, per_group)
+    got, dropped = index.bits.survivors(req, env, limit, per_group)
     assert ([c.key for c in got], dropped) == want
+    assert len(got) + sum(dropped.values()) == len(index.candidates)
 
 
-@given(st.integers(min_value=0, max_value=2**300))
-def test_ordinal_chunks_list_every_set_bit_in_order(mask: int) -> None:
-    flat = [i for chunk in matching.ordinal_chunks(mask) for i in chunk]
-    assert flat == [i for i in range(mask.bit_length()) if mask >> i & 1]
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.sampled_from([8, 16, 64]))
+def test_chunk_width_changes_nothing_without_a_limit(
+    case: tuple[int, dict[str, str], timedelta], width: int
+) -> None:
+    seed, q, shift = case
+    catalog, whole = catalog_and_index(seed)
+    req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=True)
+    env = _env(req, shift)
+    want = whole.bits.survivors(req, env)
+    got = chunked_index(seed, width).bits.survivors(req, env)
+    assert [c.key for c in got[0]] == [c.key for c in want[0]]
+    assert got[1] == want[1]
+    assert whole.bits.match(req, env) == chunked_index(seed, width).bits.match(req, env)
+
+
+@given(st.integers(min_value=0, max_value=2**300), st.sampled_from([8, 64, 8192]))
+def test_chunks_hold_every_bit_in_order(mask: int, width: int) -> None:
+    n = max(1, mask.bit_length())
+    ords = [i for i in range(mask.bit_length()) if mask >> i & 1]
+    chunks = matching.split_chunks(np.array(ords, dtype=np.int32), n, width)
+    assert len(chunks) == -(-n // width)
+    assert all(c.bit_length() <= width for c in chunks)
+    assert matching.join_chunks(chunks, width) == mask
+    assert matching.chunk_ordinals(chunks, width) == ords
+
+
+def test_a_scan_stops_at_the_chunk_where_the_limit_fills() -> None:
+    """With a limit that fills in the first chunk, later chunks are not evaluated: their
+    candidates count as outranked, whatever they would have failed."""
+    catalog = parse_catalog(generate_catalog(2_000, seed=5, now=NOW))
+    whole = build_index(catalog)
+    index = CatalogIndex(catalog, matching.build_bit_index(catalog, whole.candidates, 256))
+    q = {"device_type": "ctv", "platform": "roku", "country": "US", "pod_duration": "60"}
+    req = parse_vast_request(q, CLIENT, catalog.rules_for(None))
+    env = StageEnv(now=NOW)
+    evaluated: list[int] = []
+    real = matching.BitIndex.match_chunk
+
+    def spy(self: matching.BitIndex, plan: Any, k: int, dropped: Any) -> int:
+        evaluated.append(k)
+        return real(self, plan, k, dropped)
+
+    matching.BitIndex.match_chunk = spy  # type: ignore[method-assign]
+    try:
+        got, dropped = index.select(req, env, 4)
+    finally:
+        matching.BitIndex.match_chunk = real  # type: ignore[method-assign]
+    assert len(got) == 4
+    assert len(index.candidates) > 8 * 256
+    assert evaluated == [0]
+    # The first chunk's checks are counted; the other chunks' candidates are outranked.
+    assert sum(v for r, v in dropped.items() if r != matching.Reason.OUTRANKED) <= 256
+    assert dropped[matching.Reason.OUTRANKED] >= len(index.candidates) - 256
+    assert len(got) + sum(dropped.values()) == len(index.candidates)
+    # Without a limit every chunk is evaluated and agrees with the one-chunk index.
+    want = whole.select(req, env)
+    got_all = index.select(req, env)
+    assert [c.key for c in got_all[0]] == [c.key for c in want[0]]
+    assert got_all[1] == want[1]

@@ -1,12 +1,13 @@
 """Bitset matching: the request-independent part of every filter, precomputed at catalog load.
 
-Each candidate (line item x creative) has an ordinal; a set of candidates is a Python ``int``
-used as a bitset. At load time we build, for every targeting dimension and value, every
-content rating, category, domain, duration, media capability and flight boundary, the bitset
-of candidates it admits or excludes. A request then costs a few dozen big-int AND/OR/NOT
-operations (microseconds for 100k candidates) plus a per-candidate look only at the few
-candidates with rules no bitset can answer (dayparts, key-values, price floors): the work
-grows with the number of *matching* candidates, not the catalog size.
+Each candidate (line item x creative) has an ordinal, best first (tier, then value); a set of
+candidates is a bitset, cut into chunks of :data:`CHUNK_BITS` candidates, each a Python
+``int``. At load time we build, for every targeting dimension and value, every content
+rating, category, domain, duration, media capability and flight boundary, the bitset of
+candidates it admits or excludes. A request then costs a few dozen AND/XOR operations per
+chunk, plus a per-candidate look only at the candidates with rules no bitset can answer
+(dayparts, key-values, price floors), and it stops at the chunk where its candidate limit
+fills: the work grows with the limit, not with the catalog size.
 
 The per-candidate filters in :mod:`stages` remain the specification: ``tests/test_matching``
 checks on random catalogs and requests that a candidate survives the bitsets (plus
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -82,98 +83,145 @@ def bit_ordinals(mask: int) -> npt.NDArray[np.intp]:
     return np.flatnonzero(np.unpackbits(raw, bitorder="little"))
 
 
-def mask_of(ordinals: npt.NDArray[np.int32], n: int) -> int:
-    """The bitset of ``ordinals`` (each below ``n``): linear in ``n``, one allocation."""
-    if not len(ordinals):
-        return 0
-    flags = np.zeros(n, dtype=np.bool_)
-    flags[ordinals] = True
-    return int.from_bytes(np.packbits(flags, bitorder="little").tobytes(), "little")
-
-
 def _ordinals(ix: Iterable[int]) -> npt.NDArray[np.int32]:
     return np.fromiter(ix, dtype=np.int32)
 
 
-def _bits(ix: Iterable[int]) -> int:
-    """A bitset from ordinals (linear, unlike repeated big-int ORs)."""
-    ords = _ordinals(ix)
-    return mask_of(ords, int(ords.max()) + 1) if len(ords) else 0
+Chunks = tuple[int, ...]
+"""A bitset over the catalog's candidates, cut into chunks of ``chunk_bits`` bits: bit ``j`` of
+chunk ``k`` is candidate ``k * chunk_bits + j``. A request evaluates its checks one chunk at a
+time, best candidates first, and stops at the chunk where its candidate limit fills, so the
+cost of a match follows the limit, not the catalog size."""
+
+CHUNK_BITS = 8192
+"""Candidates per chunk (1 KB integers: an AND costs little more than the interpreter's
+dispatch, and a 100k catalog's ~180k candidates make 23 chunks)."""
 
 
-def iter_bits(mask: int) -> list[int]:
-    return bit_ordinals(mask).tolist()  # type: ignore[no-any-return]
+def split_chunks(ordinals: npt.NDArray[np.int32], n: int, width: int) -> Chunks:
+    """The bitset of ``ordinals`` (each below ``n``) as ``ceil(n / width)`` chunks."""
+    count = -(-n // width)
+    if not len(ordinals):
+        return (0,) * count
+    flags = np.zeros(count * width, dtype=np.bool_)
+    flags[ordinals] = True
+    raw = np.packbits(flags, bitorder="little").tobytes()
+    step = width // 8
+    return tuple(int.from_bytes(raw[i : i + step], "little") for i in range(0, len(raw), step))
 
 
-_CHUNK_BITS = 4096
-_CHUNK_MASK = (1 << _CHUNK_BITS) - 1
+def join_chunks(chunks: Chunks, width: int) -> int:
+    """The chunks as one bitset."""
+    step = width // 8
+    return int.from_bytes(b"".join(c.to_bytes(step, "little") for c in chunks), "little")
 
 
-def ordinal_chunks(mask: int) -> Iterator[list[int]]:
-    """The set bits' ordinals, ascending, a chunk of :data:`_CHUNK_BITS` bits at a time: a
-    scan that stops early never unpacks the rest of a large bitset."""
-    offset = 0
-    while mask:
-        low = mask & _CHUNK_MASK
-        if low:
-            yield (bit_ordinals(low) + offset).tolist()
-        mask >>= _CHUNK_BITS
-        offset += _CHUNK_BITS
+def chunk_ordinals(chunks: Chunks, width: int) -> list[int]:
+    """The set bits' ordinals, ascending."""
+    out: list[int] = []
+    for k, c in enumerate(chunks):
+        if c:
+            out.extend((bit_ordinals(c) + k * width).tolist())
+    return out
 
 
 @dataclass(slots=True)
 class _FlightCache:
     valid_from: datetime | None = None
     valid_until: datetime | None = None
-    mask: int = 0
+    mask: Chunks = ()
 
 
 _DOMAIN_MASKS = 256
 """Advertiser-domain bitsets kept built (the blocklists in use are few)."""
 
+_DURATION_MASKS = 256
+"""Duration-fit bitsets kept built, by (check, bound): pods come in a few lengths."""
+
+_Step = tuple[bool, Reason, Chunks]
+"""One request check: (keep or drop, reason, the bitset kept or dropped)."""
+
+_DimCheck = tuple[Chunks | None, tuple[Chunks, ...], tuple[Chunks, ...]]
+"""One targeting dimension: (its restricted candidates, the includes and the excludes of
+the request's values)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MatchPlan:
+    """A request's checks with every bitset looked up: evaluated chunk by chunk."""
+
+    before: tuple[_Step, ...]
+    """Status, flight, position, durations: before targeting."""
+    targeting: tuple[_DimCheck, ...]
+    after: tuple[_Step, ...]
+    """Kids, rating, blocklists, media: after targeting."""
+
+
+def _apply(
+    steps: Sequence[_Step], k: int, m: int, count: int, dropped: dict[Reason, int]
+) -> tuple[int, int]:
+    """Chunk ``k`` of ``m`` (``count`` set bits) after ``steps``, and its popcount; adds what
+    each step dropped to ``dropped``. Stops at an empty chunk. Only non-negative ints (``~x``
+    and ``&`` with the negative result cost more); ``bit_count`` is paid only when a step
+    drops something."""
+    for keep, reason, bits in steps:
+        new = m & bits[k] if keep else m ^ (m & bits[k])
+        if new != m:
+            n = new.bit_count()
+            dropped[reason] = dropped.get(reason, 0) + count - n
+            if not n:
+                return 0, 0
+            m, count = new, n
+    return m, count
+
 
 @dataclass(frozen=True, slots=True)
 class BitIndex:
     candidates: tuple[Candidate, ...]
-    all: int
     n_all: int
-    """``all.bit_count()``."""
-    static_ok: int
+    chunk_bits: int
+    all: Chunks
+    all_counts: tuple[int, ...]
+    """Popcount of each chunk of ``all`` (the last chunk may be partial)."""
+    static_ok: Chunks
     """Line item and campaign active, creative approved."""
-    position: Mapping[BreakPosition, int]
-    include: Mapping[str, Mapping[str, int]]
-    restricted: Mapping[str, int]
-    exclude: Mapping[str, Mapping[str, int]]
-    rating_ok: Mapping[str, int]
-    alcohol: int
-    category: Mapping[str, int]
+    position: Mapping[BreakPosition, Chunks]
+    include: Mapping[str, Mapping[str, Chunks]]
+    restricted: Mapping[str, Chunks]
+    exclude: Mapping[str, Mapping[str, Chunks]]
+    rating_ok: Mapping[str, Chunks]
+    alcohol: Chunks
+    category: Mapping[str, Chunks]
     """IAB code (and its top-level prefix) -> candidates whose advertiser or creative has it."""
     domain: Mapping[str, npt.NDArray[np.int32]]
     """Advertiser domain -> its candidates' ordinals. A few candidates in a bitset as wide
     as the catalog: kept as ordinals and built when a blocklist names the domain (dense, the
     domains of a 100k catalog took 140 MB)."""
-    vpaid: int
-    ctv_playable: int
-    ctv_https: int
-    any_playable: int
-    any_https: int
-    duration: Mapping[int, int]
-    residual: int
-    """Candidates with dayparts or key-value rules: checked one by one."""
+    vpaid: Chunks
+    ctv_playable: Chunks
+    ctv_https: Chunks
+    any_playable: Chunks
+    any_https: Chunks
+    duration: Mapping[int, Chunks]
     residual_flags: bytes
-    """``residual`` as one byte per candidate (testing bit i of a big int costs O(size))."""
+    """One byte per candidate: 1 for dayparts or key-value rules (checked one by one)."""
     group: tuple[int, ...]
     """Separation-group number of each candidate (for the per-group limit)."""
+    n_groups: int
     flights: tuple[tuple[datetime, datetime, npt.NDArray[np.int32]], ...]
     """(start, end, ordinals) per distinct flight window; the in-flight bitset is built from
     them at each flight boundary (as bitsets they took 200 MB on a 100k catalog)."""
     boundaries: tuple[datetime, ...]
     _flight_cache: _FlightCache = field(default_factory=_FlightCache)
-    _domain_masks: dict[str, int] = field(default_factory=dict)
+    _domain_masks: dict[str, Chunks] = field(default_factory=dict)
+    _duration_masks: dict[tuple[str, object], Chunks] = field(default_factory=dict)
+
+    def _chunks(self, ordinals: npt.NDArray[np.int32]) -> Chunks:
+        return split_chunks(ordinals, self.n_all, self.chunk_bits)
 
     # ------------------------------------------------------------------ flight
 
-    def in_flight(self, now: datetime) -> int:
+    def in_flight(self, now: datetime) -> Chunks:
         """Candidates whose line item and campaign flights contain ``now``; cached until the
         next flight boundary."""
         c = self._flight_cache
@@ -184,7 +232,7 @@ class BitIndex:
         ):
             return c.mask
         live = [ords for start, end, ords in self.flights if start <= now < end]
-        mask = mask_of(np.concatenate(live), self.n_all) if live else 0
+        mask = self._chunks(np.concatenate(live) if live else _ordinals(()))
         i = bisect.bisect_right(self.boundaries, now)
         prev = self.boundaries[i - 1] if i > 0 else datetime.min.replace(tzinfo=now.tzinfo)
         nxt = (
@@ -197,96 +245,141 @@ class BitIndex:
 
     # ------------------------------------------------------------------ matching
 
-    def match(self, req: AdRequest, env: StageEnv) -> tuple[int, dict[Reason, int]]:
-        """Candidates passing every bitset-answerable check, and how many each check dropped.
-
-        Steps run in the order of the per-candidate filters so the counts attribute each
-        candidate to the same first failing check (residual checks excepted)."""
-        dropped: dict[Reason, int] = {}
-        # Only non-negative ints: ``~x`` on a 100k-bit int and ``&`` with the negative result
-        # cost ~10x a plain ``&``, and so does ``bit_count``, paid only when a step drops
-        # something (``count`` tracks the popcount of ``m``).
-        m = self.all
-        count = self.n_all
-
-        def note(new: int, reason: Reason) -> None:
-            nonlocal m, count
-            if new != m:
-                n = new.bit_count()
-                dropped[reason] = dropped.get(reason, 0) + count - n
-                m, count = new, n
-
-        def keep(bits: int, reason: Reason) -> None:
-            note(m & bits, reason)
-
-        def drop(bits: int, reason: Reason) -> None:
-            hit = m & bits
-            if hit:
-                note(m ^ hit, reason)
-
+    def plan(self, req: AdRequest, env: StageEnv) -> MatchPlan:
+        """The request's checks, in the order of the per-candidate filters so the counts
+        attribute each candidate to the same first failing check (residual checks
+        excepted)."""
         b = req.brk
-        keep(self.static_ok, Reason.INACTIVE)  # (unapproved creatives are attributed here)
-        keep(self.in_flight(env.now), Reason.OUT_OF_FLIGHT)
-        keep(self.position[b.position], Reason.BREAK_POSITION)
+        before: list[_Step] = [
+            (True, Reason.INACTIVE, self.static_ok),  # (unapproved creatives counted here)
+            (True, Reason.OUT_OF_FLIGHT, self.in_flight(env.now)),
+            (True, Reason.BREAK_POSITION, self.position[b.position]),
+        ]
         b_min, b_max, req_s = b.min_ad_duration_ms, b.max_ad_duration_ms, b.required_durations_s
-        keep(self._durations(lambda ms: ms <= b.pod_duration_ms), Reason.LONGER_THAN_POD)
-        if b_min is not None:
-            keep(self._durations(lambda ms: ms >= b_min), Reason.SHORTER_THAN_MIN)
-        if b_max is not None:
-            keep(self._durations(lambda ms: ms <= b_max), Reason.LONGER_THAN_MAX)
-        if req_s is not None:
-            keep(
-                self._durations(lambda ms: rounded_seconds(ms) in req_s),
-                Reason.DURATION_NOT_REQUIRED,
+        pod_ms = b.pod_duration_ms
+        before.append(
+            (
+                True,
+                Reason.LONGER_THAN_POD,
+                self._durations(("pod", pod_ms), lambda ms: ms <= pod_ms),
             )
-        t = m
+        )
+        if b_min is not None:
+            before.append(
+                (
+                    True,
+                    Reason.SHORTER_THAN_MIN,
+                    self._durations(("min", b_min), lambda ms: ms >= b_min),
+                )
+            )
+        if b_max is not None:
+            before.append(
+                (
+                    True,
+                    Reason.LONGER_THAN_MAX,
+                    self._durations(("max", b_max), lambda ms: ms <= b_max),
+                )
+            )
+        if req_s is not None:
+            before.append(
+                (
+                    True,
+                    Reason.DURATION_NOT_REQUIRED,
+                    self._durations(("req", req_s), lambda ms: rounded_seconds(ms) in req_s),
+                )
+            )
+        targeting: list[_DimCheck] = []
         for dim in DIMENSIONS:
             values = request_values(req, dim)
-            restricted = self.restricted.get(dim, 0)
-            if restricted:
-                out = t & restricted  # restricted in this dimension...
-                if out:
-                    inc = self.include[dim]
-                    for v in values:
-                        out ^= out & inc.get(v, 0)  # ...and not reached by any value
-                    t ^= out
+            restricted = self.restricted.get(dim)
+            includes: tuple[Chunks, ...] = ()
+            if restricted is not None:
+                inc = self.include[dim]
+                includes = tuple(x for v in values if (x := inc.get(v)) is not None)
             exc = self.exclude.get(dim)
+            excludes: tuple[Chunks, ...] = ()
             if exc:
-                for v in values:
-                    t ^= t & exc.get(v, 0)
-        note(t, Reason.TARGETING)
+                excludes = tuple(x for v in values if (x := exc.get(v)) is not None)
+            if restricted is not None or excludes:
+                targeting.append((restricted, includes, excludes))
+        after: list[_Step] = []
         rating = req.content.rating or UNKNOWN_CONTENT_RATING
         if req.content.kids or rating in KIDS_RATINGS:
-            drop(self.alcohol, Reason.KIDS_CONTENT)
-        keep(self.rating_ok[rating], Reason.CONTENT_RATING)
+            after.append((False, Reason.KIDS_CONTENT, self.alcohol))
+        after.append((True, Reason.CONTENT_RATING, self.rating_ok[rating]))
         for d in env.blocked_domains:
-            drop(self._domain_mask(d), Reason.BLOCKED_ADVERTISER)
+            after.append((False, Reason.BLOCKED_ADVERTISER, self._domain_mask(d)))
         for code in env.blocked_categories:
-            drop(self.category.get(code, 0), Reason.BLOCKED_CATEGORY)
+            got = self.category.get(code)
+            if got is not None:
+                after.append((False, Reason.BLOCKED_CATEGORY, got))
         if req.device.device_type in CTV_DEVICE_TYPES:
-            drop(self.vpaid, Reason.VPAID_ON_CTV)
-            keep(self.ctv_playable, Reason.NO_PLAYABLE_MEDIA)
+            after.append((False, Reason.VPAID_ON_CTV, self.vpaid))
+            after.append((True, Reason.NO_PLAYABLE_MEDIA, self.ctv_playable))
             if req.require_https:
-                keep(self.ctv_https, Reason.INSECURE_MEDIA)
+                after.append((True, Reason.INSECURE_MEDIA, self.ctv_https))
         else:
-            keep(self.any_playable, Reason.NO_PLAYABLE_MEDIA)
+            after.append((True, Reason.NO_PLAYABLE_MEDIA, self.any_playable))
             if req.require_https:
-                keep(self.any_https, Reason.INSECURE_MEDIA)
-        return m, dropped
+                after.append((True, Reason.INSECURE_MEDIA, self.any_https))
+        return MatchPlan(tuple(before), tuple(targeting), tuple(after))
 
-    def _durations(self, fits: Callable[[int], bool]) -> int:
-        mask = 0
-        for ms, bits in self.duration.items():
-            if fits(ms):
-                mask |= bits
+    def match_chunk(self, plan: MatchPlan, k: int, dropped: dict[Reason, int]) -> int:
+        """Chunk ``k`` of the candidates passing every check of ``plan``; adds how many of the
+        chunk each check dropped to ``dropped``."""
+        # Only non-negative ints (``~x`` and ``&`` with the negative result cost more), and
+        # ``bit_count`` is paid only when a step drops something (``count`` tracks the
+        # popcount of ``m``).
+        m, count = _apply(plan.before, k, self.all[k], self.all_counts[k], dropped)
+        if not m:
+            return 0
+        t = m
+        for restricted, includes, excludes in plan.targeting:
+            if restricted is not None:
+                out = t & restricted[k]  # restricted in this dimension...
+                if out:
+                    for inc in includes:
+                        out ^= out & inc[k]  # ...and not reached by any value
+                    t ^= out
+            for exc in excludes:
+                t ^= t & exc[k]
+        if t != m:
+            n = t.bit_count()
+            dropped[Reason.TARGETING] = dropped.get(Reason.TARGETING, 0) + count - n
+            if not n:
+                return 0
+            m, count = t, n
+        return _apply(plan.after, k, m, count, dropped)[0]
+
+    def match(self, req: AdRequest, env: StageEnv) -> tuple[int, dict[Reason, int]]:
+        """Candidates (over the whole catalog) passing every bitset-answerable check, and
+        how many each check dropped."""
+        plan = self.plan(req, env)
+        dropped: dict[Reason, int] = {}
+        chunks = tuple(self.match_chunk(plan, k, dropped) for k in range(len(self.all)))
+        return join_chunks(chunks, self.chunk_bits), dropped
+
+    def _durations(self, key: tuple[str, object], fits: Callable[[int], bool]) -> Chunks:
+        cache = self._duration_masks
+        mask = cache.get(key)
+        if mask is None:
+            acc = [0] * len(self.all)
+            for ms, bits in self.duration.items():
+                if fits(ms):
+                    for k, c in enumerate(bits):
+                        acc[k] |= c
+            mask = tuple(acc)
+            if len(cache) >= _DURATION_MASKS:
+                cache.clear()
+            cache[key] = mask
         return mask
 
-    def _domain_mask(self, domain: str) -> int:
+    def _domain_mask(self, domain: str) -> Chunks:
         cache = self._domain_masks
         mask = cache.get(domain)
         if mask is None:
             ords = self.domain.get(domain)
-            mask = 0 if ords is None else mask_of(ords, self.n_all)
+            mask = self._chunks(_ordinals(()) if ords is None else ords)
             if len(cache) >= _DOMAIN_MASKS:
                 cache.clear()
             cache[domain] = mask
@@ -299,54 +392,71 @@ class BitIndex:
         one) and the drop counts by reason.
 
         Candidates are numbered best first (tier, then CPM x tier weight: an upper bound on
-        value, since a prediction is at most 1), so with a ``limit`` the scan stops after the
-        ``limit`` best, keeping at most ``per_group`` per separation group (a pod holds one
-        per group; spares cover duration fit). The rest count as ``outranked``. The work is
-        then bounded by the limit, not by how many candidates match."""
-        mask, dropped = self.match(req, env)
+        value, since a prediction is at most 1), so with a ``limit`` the scan keeps the
+        ``limit`` best, at most ``per_group`` per separation group (a pod holds one per
+        group; spares cover duration fit), and stops at the chunk where the limit fills:
+        what follows was not examined and counts as ``outranked``, whatever it would have
+        failed. So the drop counts by check cover the chunks examined, and the work is
+        bounded by the limit, not by the catalog or how many candidates match."""
+        plan = self.plan(req, env)
+        dropped: dict[Reason, int] = {}
         out: list[Candidate] = []
         check_all = req.floor_cpm_per_s is not None
         residual = self.residual_flags
         cands = self.candidates
         groups = self.group
-        total = mask.bit_count()
+        width = self.chunk_bits
         # A candidate with 2 x per_group better matching candidates in its group cannot make
         # the cut unless most of those fail a residual rule: skipped without a look, so the
         # work stays bounded when a few groups hold most of the matches.
-        presort = limit is not None and total > limit
         cap = 2 * per_group
-        seen: dict[int, int] = {}
-        per: dict[int, int] = {}
-        looked = outranked = 0
-        full = False
-        for chunk in ordinal_chunks(mask):  # best first, and only as far as needed
-            for i in chunk:
-                if limit is not None and len(out) >= limit:
-                    full = True
-                    break
-                looked += 1
+        n_chunks = len(self.all)
+        if limit is None:
+            for k in range(n_chunks):
+                m = self.match_chunk(plan, k, dropped)
+                for i in (bit_ordinals(m) + k * width).tolist() if m else ():
+                    c = cands[i]
+                    if check_all or residual[i]:
+                        reason = residual_check(req, c, env)
+                        if reason is not None:
+                            dropped[reason] = dropped.get(reason, 0) + 1
+                            continue
+                    out.append(c)
+            return out, dropped
+        # Per group: matches seen (for the 2 x per_group skip) and candidates kept.
+        seen = [0] * self.n_groups
+        per = [0] * self.n_groups
+        examined = failed = 0  # matches in the chunks evaluated; of them, residual drops
+        k = 0
+        while k < n_chunks and len(out) < limit:
+            m = self.match_chunk(plan, k, dropped)
+            k += 1
+            if not m:
+                continue
+            ords = (bit_ordinals(m) + (k - 1) * width).tolist()
+            examined += len(ords)
+            for i in ords:
                 g = groups[i]
-                if presort:
-                    rank = seen.get(g, 0)
-                    seen[g] = rank + 1
-                    if rank >= cap:
-                        outranked += 1
-                        continue
+                rank = seen[g]
+                seen[g] = rank + 1
+                if rank >= cap:
+                    continue
                 c = cands[i]
                 if check_all or residual[i]:
                     reason = residual_check(req, c, env)
                     if reason is not None:
                         dropped[reason] = dropped.get(reason, 0) + 1
+                        failed += 1
                         continue
-                if limit is not None:
-                    if per.get(g, 0) >= per_group:
-                        outranked += 1
-                        continue
-                    per[g] = per.get(g, 0) + 1
+                if per[g] >= per_group:
+                    continue
+                per[g] += 1
                 out.append(c)
-            if full:
-                break
-        outranked += total - looked  # not looked at: outranked (or residual-failing)
+                if len(out) >= limit:
+                    break
+        # Every examined match neither kept nor dropped by a residual rule, and every
+        # candidate of the chunks not evaluated, was outranked.
+        outranked = examined - len(out) - failed + sum(self.all_counts[k:])
         if outranked:
             dropped[Reason.OUTRANKED] = outranked
         return out, dropped
@@ -371,7 +481,11 @@ def _category_keys(codes: Iterable[str]) -> set[str]:
     return keys
 
 
-def build_bit_index(catalog: Catalog, candidates: Sequence[Candidate]) -> BitIndex:
+def build_bit_index(
+    catalog: Catalog, candidates: Sequence[Candidate], chunk_bits: int = CHUNK_BITS
+) -> BitIndex:
+    if chunk_bits <= 0 or chunk_bits % 8:
+        raise ValueError(f"chunk_bits must be a positive multiple of 8, not {chunk_bits}")
     n = len(candidates)
     position: dict[BreakPosition, set[int]] = {p: set() for p in BreakPosition}
     include: dict[str, dict[str, set[int]]] = {d: defaultdict(set) for d in DIMENSIONS}
@@ -441,31 +555,40 @@ def build_bit_index(catalog: Catalog, candidates: Sequence[Candidate]) -> BitInd
     group_ids: dict[str, int] = {}
     group = tuple(group_ids.setdefault(separation_group(c), len(group_ids)) for c in candidates)
 
-    def bitmap(m: Mapping[str, set[int]]) -> dict[str, int]:
-        return {k: _bits(v) for k, v in m.items()}
+    zero = split_chunks(_ordinals(()), n, chunk_bits)
 
+    def chunks(ix: Iterable[int]) -> Chunks:
+        ords = _ordinals(ix)
+        return split_chunks(ords, n, chunk_bits) if len(ords) else zero
+
+    def bitmap(m: Mapping[str, set[int]]) -> dict[str, Chunks]:
+        return {k: chunks(v) for k, v in m.items()}
+
+    every = split_chunks(np.arange(n, dtype=np.int32), n, chunk_bits)
     return BitIndex(
         candidates=tuple(candidates),
-        all=(1 << n) - 1,
         n_all=n,
-        static_ok=_bits(static_ok),
-        position={p: _bits(s) for p, s in position.items()},
+        chunk_bits=chunk_bits,
+        all=every,
+        all_counts=tuple(c.bit_count() for c in every),
+        static_ok=chunks(static_ok),
+        position={p: chunks(s) for p, s in position.items()},
         include={d: bitmap(m) for d, m in include.items()},
-        restricted={d: _bits(s) for d, s in restricted.items() if s},
+        restricted={d: chunks(s) for d, s in restricted.items() if s},
         exclude={d: bitmap(m) for d, m in exclude.items() if m},
         rating_ok=bitmap(rating_ok),
-        alcohol=_bits(alcohol),
+        alcohol=chunks(alcohol),
         category=bitmap(category),
         domain={d: _ordinals(ix) for d, ix in domain.items()},
-        vpaid=_bits(vpaid),
-        ctv_playable=_bits(ctv_playable),
-        ctv_https=_bits(ctv_https),
-        any_playable=_bits(any_playable),
-        any_https=_bits(any_https),
-        duration={ms: _bits(s) for ms, s in duration.items()},
-        residual=_bits(residual),
+        vpaid=chunks(vpaid),
+        ctv_playable=chunks(ctv_playable),
+        ctv_https=chunks(ctv_https),
+        any_playable=chunks(any_playable),
+        any_https=chunks(any_https),
+        duration={ms: chunks(s) for ms, s in duration.items()},
         residual_flags=bytes(i in residual for i in range(len(candidates))),
         group=group,
+        n_groups=len(group_ids),
         flights=tuple((s, e, _ordinals(ix)) for (s, e), ix in flights.items()),
         boundaries=tuple(sorted(boundaries)),
     )
@@ -484,8 +607,10 @@ class CatalogIndex:
 
     def all_candidates(self, position: BreakPosition) -> list[Candidate]:
         """Candidates whose line item may play at ``position`` (no other check)."""
-        cands = self.bits.candidates
-        return [cands[i] for i in iter_bits(self.bits.position[position])]
+        bits = self.bits
+        return [
+            bits.candidates[i] for i in chunk_ordinals(bits.position[position], bits.chunk_bits)
+        ]
 
     def select(
         self, req: AdRequest, env: StageEnv, limit: int | None = None
