@@ -135,6 +135,10 @@ class _FlightCache:
 _DOMAIN_MASKS = 256
 """Advertiser-domain bitsets kept built (the blocklists in use are few)."""
 
+_PASS_MASKS = 1024
+"""Single-value targeting bitsets kept built, by (dimension, value). A dimension with no
+rules has none, so only targeted values take room: 23 chunks of 1 KB each at 100k."""
+
 _DURATION_MASKS = 256
 """Duration-fit bitsets kept built, by (check, bound): pods come in a few lengths."""
 
@@ -152,7 +156,10 @@ class MatchPlan:
 
     before: tuple[_Step, ...]
     """Status, flight, position, durations: before targeting."""
+    passes: tuple[Chunks, ...]
+    """Targeting of the dimensions where the request has one value (or none): what passes."""
     targeting: tuple[_DimCheck, ...]
+    """Targeting of the dimensions where it has several."""
     after: tuple[_Step, ...]
     """Kids, rating, blocklists, media: after targeting."""
 
@@ -215,6 +222,7 @@ class BitIndex:
     _flight_cache: _FlightCache = field(default_factory=_FlightCache)
     _domain_masks: dict[str, Chunks] = field(default_factory=dict)
     _duration_masks: dict[tuple[str, object], Chunks] = field(default_factory=dict)
+    _passes: dict[tuple[str, tuple[str, ...]], Chunks] = field(default_factory=dict)
 
     def _chunks(self, ordinals: npt.NDArray[np.int32]) -> Chunks:
         return split_chunks(ordinals, self.n_all, self.chunk_bits)
@@ -288,9 +296,15 @@ class BitIndex:
                     self._durations(("req", req_s), lambda ms: rounded_seconds(ms) in req_s),
                 )
             )
+        passes: list[Chunks] = []
         targeting: list[_DimCheck] = []
         for dim in DIMENSIONS:
             values = request_values(req, dim)
+            if len(values) <= 1:  # one value (or none): one cached bitset
+                got = self._pass(dim, values)
+                if got is not None:
+                    passes.append(got)
+                continue
             restricted = self.restricted.get(dim)
             includes: tuple[Chunks, ...] = ()
             if restricted is not None:
@@ -322,7 +336,7 @@ class BitIndex:
             after.append((True, Reason.NO_PLAYABLE_MEDIA, self.any_playable))
             if req.require_https:
                 after.append((True, Reason.INSECURE_MEDIA, self.any_https))
-        return MatchPlan(tuple(before), tuple(targeting), tuple(after))
+        return MatchPlan(tuple(before), tuple(passes), tuple(targeting), tuple(after))
 
     def match_chunk(self, plan: MatchPlan, k: int, dropped: dict[Reason, int]) -> int:
         """Chunk ``k`` of the candidates passing every check of ``plan``; adds how many of the
@@ -334,6 +348,8 @@ class BitIndex:
         if not m:
             return 0
         t = m
+        for ok in plan.passes:
+            t &= ok[k]
         for restricted, includes, excludes in plan.targeting:
             if restricted is not None:
                 out = t & restricted[k]  # restricted in this dimension...
@@ -370,6 +386,35 @@ class BitIndex:
                         acc[k] |= c
             mask = tuple(acc)
             if len(cache) >= _DURATION_MASKS:
+                cache.clear()
+            cache[key] = mask
+        return mask
+
+    def _pass(self, dim: str, values: tuple[str, ...]) -> Chunks | None:
+        """The candidates a dimension lets through for ``values`` (at most one: a cache
+        entry per value in use), or None when the dimension has no rules."""
+        key = (dim, values)
+        cache = self._passes
+        mask = cache.get(key)
+        if mask is None:
+            restricted = self.restricted.get(dim)
+            exc = self.exclude.get(dim)
+            if restricted is None and not exc:
+                return None
+            inc = self.include.get(dim, {})
+            acc = list(self.all)
+            for k in range(len(acc)):
+                if restricted is not None:
+                    out = acc[k] & restricted[k]
+                    for v in values:
+                        if v in inc:
+                            out ^= out & inc[v][k]
+                    acc[k] ^= out
+                for v in values:
+                    if exc and v in exc:
+                        acc[k] ^= acc[k] & exc[v][k]
+            mask = tuple(acc)
+            if len(cache) >= _PASS_MASKS:
                 cache.clear()
             cache[key] = mask
         return mask
