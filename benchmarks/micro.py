@@ -12,6 +12,12 @@
     scored) with the price scorer and the model. Pods of 1 / 4 / 8 ads: the full in-process
     path. A cProfile of the in-process ``/vast`` path (4-ad pods).
 
+``python -m benchmarks.micro blocks --catalog PATH [--model DIR]``
+    A worker for :func:`interleaved`: builds the server's objects with the model scorer (the
+    price scorer without a model), serves a warm-up, freezes the heap as ``serve`` does, prints
+    ``ready`` and then answers each ``run N`` line on stdin with one JSON line: the CPU and
+    wall time of each of the next N ``/vast`` requests of its list. ``quit`` or EOF ends it.
+
 ``python -m benchmarks.micro store --catalog PATH --viewers N --out FILE``
     Memory of the in-memory frequency store holding N distinct viewers, each of whom was
     served one ad (reservation commit) and counted one impression (cap, budget and exposure
@@ -219,6 +225,90 @@ def scaling(catalog: Path, model: Path | None, budget_s: float) -> dict[str, Any
     return out
 
 
+# --------------------------------------------------------------------------- interleaved
+
+
+def blocks(catalog: Path, model: Path | None) -> int:
+    """The ``blocks`` worker (module docstring)."""
+    b = Bench.build(catalog, model)
+    if model is None:
+        b.set_scorer("price", None)
+    for i in range(200):
+        b.serve(*b.queries[i % len(b.queries)])
+    gc.collect()
+    gc.freeze()  # as ``vastserver serve`` does once the catalog is loaded
+    print("ready", flush=True)
+    i = 200
+    clock, cpu = time.perf_counter, time.process_time
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "quit":
+            break
+        if cmd[0] != "run" or len(cmd) != 2:
+            print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
+            continue
+        walls: list[float] = []
+        cpus: list[float] = []
+        for _ in range(int(cmd[1])):
+            c0, t0 = cpu(), clock()
+            b.serve(*b.queries[i % len(b.queries)])
+            walls.append(clock() - t0)
+            cpus.append(cpu() - c0)
+            i += 1
+        print(json.dumps({"wall": walls, "cpu": cpus}), flush=True)
+    return 0
+
+
+def interleaved(
+    workers: dict[int, Any], *, rounds: int, block: int, timeout_s: float = 300.0
+) -> dict[str, Any]:
+    """Per-request ``/vast`` CPU time at each catalog size, measured in turns.
+
+    ``workers`` maps a size to a started ``blocks`` process (stdin and stdout pipes, text
+    mode, ``ready`` already read). Each round gives every size one block of the next
+    ``block`` requests of the same list, one size after the other, so a slow drift of the
+    machine's speed (which moved a 1k figure by 2x within 20 minutes here) lands on every
+    size alike; measuring the sizes one after the other, minutes apart, it lands on their
+    ratio. Every size serves the same requests, and no request twice when ``rounds x block``
+    stays within the list (3,000): a viewer served again meets her caps and the scores
+    cached for her, so a size that got through more requests in the same time would look
+    cheaper. The medians pool every round's requests; ``round_ratios`` are each round's
+    median ratio of the largest size to the smallest."""
+    import select
+
+    samples: dict[int, Samples] = {n: Samples([], []) for n in workers}
+    per_round: list[dict[int, float]] = []
+    for _ in range(rounds):
+        medians: dict[int, float] = {}
+        for n, proc in workers.items():
+            proc.stdin.write(f"run {block}\n")
+            proc.stdin.flush()
+            ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+            if not ready:
+                raise TimeoutError(f"the {n:,} line-item worker did not answer in {timeout_s} s")
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the {n:,} line-item worker ended")
+            got = json.loads(line)
+            if "error" in got:
+                raise RuntimeError(got["error"])
+            samples[n].wall.extend(got["wall"])
+            samples[n].cpu.extend(got["cpu"])
+            medians[n] = statistics.median(got["cpu"])
+        per_round.append(medians)
+    lo, hi = min(workers), max(workers)
+    stats = {str(n): _stats_ms(xs) for n, xs in samples.items()}
+    lo_ms = stats[str(lo)]["cpu_median_ms"]
+    return {
+        "sizes": sorted(workers),
+        "rounds": rounds,
+        "block": block,
+        "per_size": stats,
+        "ratio": round(stats[str(hi)]["cpu_median_ms"] / lo_ms, 3) if lo_ms else None,
+        "round_ratios": [round(r[hi] / r[lo], 3) if r[lo] else None for r in per_round],
+    }
+
+
 # --------------------------------------------------------------------------- scoring, pods
 
 
@@ -372,13 +462,17 @@ def store_memory(catalog: Path, viewers: int) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.micro")
-    ap.add_argument("what", choices=("scaling", "scoring", "store"))
+    ap.add_argument("what", choices=("scaling", "scoring", "store", "blocks"))
     ap.add_argument("--catalog", type=Path, required=True)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--budget", type=float, default=5.0, help="seconds per measurement")
     ap.add_argument("--viewers", type=int, default=1_000_000)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.what == "blocks":
+        return blocks(args.catalog, args.model)
+    if args.out is None:
+        ap.error("--out is required")
     if args.what == "scaling":
         result = scaling(args.catalog, args.model, args.budget)
     elif args.what == "scoring":

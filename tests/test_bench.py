@@ -161,3 +161,53 @@ def test_quick_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert _num(targets[tid]["measured"])
     assert targets["scaling_100k_vs_1k"]["status"] == "not measured"  # one size in --quick
     assert targets["beacon_throughput"]["detail"]["endpoint"] == "beacon_new"
+
+
+def test_sizes_measured_in_turns_serve_the_same_requests(tmp_path: Path) -> None:
+    """Two real ``blocks`` workers (200 and 600 line items) take turns: every size serves
+    every round's block, the same number of requests, and the ratio is of their medians."""
+    import subprocess
+    import sys
+
+    from benchmarks import harness
+
+    catalogs = {}
+    for n in (200, 600):
+        path = tmp_path / f"catalog-{n}.json"
+        args = ["gen-catalog", "--line-items", str(n), "--seed", "3", "--out", str(path)]
+        subprocess.run(
+            [sys.executable, "-m", "vastserver", *args, "--compact"],
+            check=True,
+            cwd=ROOT,
+            capture_output=True,
+        )
+        catalogs[n] = path
+    opts = harness.resolve(harness.parser().parse_args(["--quick", "--cache-dir", str(tmp_path)]))
+    got = harness.run_interleaved(opts, catalogs, [])
+    assert "error" not in got, got
+    assert got["sizes"] == [200, 600] and got["rounds"] == harness.INTERLEAVED_ROUNDS
+    for n in ("200", "600"):
+        stats = got["per_size"][n]
+        assert stats["n"] == got["rounds"] * got["block"]  # the same requests, none skipped
+        assert _num(stats["cpu_median_ms"]) and stats["cpu_median_ms"] > 0
+    want = got["per_size"]["600"]["cpu_median_ms"] / got["per_size"]["200"]["cpu_median_ms"]
+    assert got["ratio"] == pytest.approx(want, rel=1e-2)
+    assert len(got["round_ratios"]) == got["rounds"]
+    # the scaling target takes its figure from the turns
+    report: dict[str, Any] = {
+        "micro": {"scaling": {}, "interleaved": got},
+        "http": {"runs": [], "baseline": []},
+    }
+    target = next(t for t in harness.evaluate_targets(report) if t["id"] == "scaling_100k_vs_1k")
+    assert target["measured"] == round(got["ratio"], 2)
+    assert target["at"]["small"] == 200 and target["at"]["large"] == 600
+    assert "not 100k vs 1k" in target["notes"][0]
+
+
+def test_a_worker_that_cannot_start_is_reported(tmp_path: Path) -> None:
+    from benchmarks import harness
+
+    opts = harness.resolve(harness.parser().parse_args(["--quick", "--cache-dir", str(tmp_path)]))
+    missing = {1: tmp_path / "no-such-catalog.json", 2: tmp_path / "nor-this.json"}
+    got = harness.run_interleaved(opts, missing, [])
+    assert "did not start" in got["error"]
