@@ -391,9 +391,9 @@ def search_options(items: Sequence[PodItem], c: PodConstraints) -> set[tuple[int
     for it in pod_module._eligible(items, c):
         gains = pod_module._role_gains(it, bases, scale, c.max_ads)
         if max(gains) != NEG_INF:
-            light.append((max(gains), it, gains))
+            light.append((max(gains), it, gains, pod_module.capacity_seconds(it.duration_ms)))
     light.sort(key=lambda e: e[0], reverse=True)
-    members: dict[str, list[tuple[float, PodItem, tuple[float, float, float]]]] = {}
+    members: dict[str, list[tuple[float, PodItem, tuple[float, float, float], int]]] = {}
     for e in light:
         members.setdefault(e[1].group, []).append(e)
     neg_tops = [-g[0][0] for g in members.values()]

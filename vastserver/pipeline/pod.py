@@ -124,6 +124,7 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -360,12 +361,16 @@ _SEARCH_BUDGET = 200
 """Work units (one or two microseconds each) the search may spend before the DP takes over."""
 
 
+_UNSEEN: Any = object()
+"""Not looked at yet by ``live`` (its memo holds None for candidates without options)."""
+
+
 class _OverBudget(Exception):
     """The search gave up; the DP decides."""
 
 
-# A candidate before the pruning tests: (best gain, item, gains by role).
-_Light = tuple[float, PodItem, tuple[float, float, float]]
+# A candidate before the pruning tests: (best gain, item, gains by role, capacity seconds).
+_Light = tuple[float, PodItem, tuple[float, float, float], int]
 # A candidate with the options the DP keeps:
 # (best gain, seconds, group rank, key, gains by role, item, uniform). Gains are -inf for the
 # options the DP does not have. ``uniform`` is 2 when the first, last and middle gains all equal
@@ -403,14 +408,15 @@ def _search(
     for it in cands:
         if it.value_first is None and it.value_last is None and it.middle_allowed:
             g = bases[it.tier] + it.value / scale
-            light.append((g, it, (g, g if allow_last else _NEG_INF, g if allow_mid else _NEG_INF)))
+            gains = (g, g if allow_last else _NEG_INF, g if allow_mid else _NEG_INF)
+            light.append((g, it, gains, -(-it.duration_ms // 1000)))
         else:
             gains = _role_gains(it, bases, scale, max_ads)
             top = max(gains)
             if top == _NEG_INF:
                 slotless.append(it)  # no option, but it still counts for its group's rank
             else:
-                light.append((top, it, gains))
+                light.append((top, it, gains, -(-it.duration_ms // 1000)))
     if not light:
         return None
     light.sort(key=_first, reverse=True)
@@ -431,7 +437,7 @@ def _search(
         acc -= t
         pre.append(acc)
     tol = 1e-9 * (1.0 + acc)  # far above any rounding in sums of these gains
-    min_w = capacity_seconds(min([e[1].duration_ms for e in light]))
+    min_w = min([e[3] for e in light])
     ranks: dict[str, int] = {}
     kept: dict[int, _Rec | None] = {}
     steps = 0
@@ -456,7 +462,7 @@ def _search(
                 ranks[it.group] = rank
             gf, gl, gm = gains
             uni = (2 if gm == top else 1) if gf == top and gl == top else 0
-            rec = (top, capacity_seconds(it.duration_ms), rank, it.key, gains, it, uni)
+            rec = (top, e[3], rank, it.key, gains, it, uni)
         kept[it.key] = rec
         return rec
 
@@ -508,9 +514,11 @@ def _search(
             for e in grp:
                 if v + e[0] + rest < thr:
                     break
-                w = -(-e[1].duration_ms // 1000)
+                w = e[3]
                 if w <= room:
-                    rec = live(e)
+                    rec = kept.get(e[1].key, _UNSEEN)
+                    if rec is _UNSEEN:
+                        rec = live(e)
                     if rec is not None:
                         more = ends + _slot_need(rec[4])
                         if more in _FEASIBLE_ENDS:
@@ -568,8 +576,7 @@ def _kept_gains(
     lists all candidates by best gain, descending; ``group`` those of the item's group;
     ``neg_tops`` the groups' best gains, negated (ascending).
     """
-    _, it, gains = e
-    w = -(-it.duration_ms // 1000)
+    _, it, gains, w = e
     out = list(gains)
     scan: list[int] = []
     above_g = _NEG_INF
@@ -596,7 +603,7 @@ def _kept_gains(
                 break  # no later candidate beats any of these gains
             work += 1
             grp = o[1].group
-            if grp == it.group or -(-o[1].duration_ms // 1000) > w:
+            if grp == it.group or o[3] > w:
                 continue
             for role in scan:
                 if o[2][role] > gains[role] and out[role] != _NEG_INF:
@@ -614,7 +621,7 @@ def _dominated_in_group(it: PodItem, w: int, role: int, g: float, group: list[_L
     for o in group:
         go = o[2][role]
         if go >= g and o[1] is not it:
-            ow = -(-o[1].duration_ms // 1000)
+            ow = o[3]
             if ow <= w and (ow < w or go > g or o[1].key < it.key):
                 return True
     return False
