@@ -202,6 +202,13 @@ def test_sizes_measured_in_turns_serve_the_same_requests(tmp_path: Path) -> None
     assert target["measured"] == round(got["ratio"], 2)
     assert target["at"]["small"] == 200 and target["at"]["large"] == 600
     assert "not 100k vs 1k" in target["notes"][0]
+    # judged on the unrounded ratio: 1.503 shows as 1.5 and still misses
+    report["micro"]["interleaved"] = {**got, "ratio": 1.503}
+    target = next(t for t in harness.evaluate_targets(report) if t["id"] == "scaling_100k_vs_1k")
+    assert (target["measured"], target["status"]) == (1.5, "missed")
+    report["micro"]["interleaved"] = {**got, "ratio": 1.5}
+    target = next(t for t in harness.evaluate_targets(report) if t["id"] == "scaling_100k_vs_1k")
+    assert target["status"] == "met"
 
 
 def test_a_worker_that_cannot_start_is_reported(tmp_path: Path) -> None:
