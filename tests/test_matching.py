@@ -297,3 +297,18 @@ def test_a_scan_stops_at_the_chunk_where_the_limit_fills() -> None:
     got_all = index.select(req, env)
     assert [c.key for c in got_all[0]] == [c.key for c in want[0]]
     assert got_all[1] == want[1]
+
+
+def test_values_no_rule_names_share_one_cached_bitset() -> None:
+    """A long tail of content ids, series or countries that no line item targets must not
+    take a cache entry each, and they still match as the filters say."""
+    catalog, _ = catalog_and_index(1)
+    index = build_index(catalog)  # its own caches
+    env = StageEnv(now=NOW)
+    for n in range(300):
+        q = {"content_id": f"tail-{n}", "series": f"tail-series-{n}", "country": "ZZ"}
+        req = parse_vast_request(q, CLIENT, catalog.rules_for(None))
+        fast, _ = index.select(req, env)
+        slow = screen(req, index.candidates, env, PRE_DELIVERY_FILTERS)
+        assert [c.key for c in fast] == [c.key for c in slow.survivors]
+    assert len(index.bits._passes) <= len(matching.DIMENSIONS)

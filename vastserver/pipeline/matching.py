@@ -136,8 +136,8 @@ _DOMAIN_MASKS = 256
 """Advertiser-domain bitsets kept built (the blocklists in use are few)."""
 
 _PASS_MASKS = 1024
-"""Single-value targeting bitsets kept built, by (dimension, value). A dimension with no
-rules has none, so only targeted values take room: 23 chunks of 1 KB each at 100k."""
+"""Single-value targeting bitsets kept built, by (dimension, value named by a rule): at most
+the catalog's targeted values plus one per dimension, 23 chunks of 1 KB each at 100k."""
 
 _DURATION_MASKS = 256
 """Duration-fit bitsets kept built, by (check, bound): pods come in a few lengths."""
@@ -391,28 +391,34 @@ class BitIndex:
         return mask
 
     def _pass(self, dim: str, values: tuple[str, ...]) -> Chunks | None:
-        """The candidates a dimension lets through for ``values`` (at most one: a cache
-        entry per value in use), or None when the dimension has no rules."""
-        key = (dim, values)
+        """The candidates a dimension lets through for ``values`` (none or one), or None
+        when the dimension has no rules. Kept per (dimension, value named by a rule): values
+        no rule names all pass the same candidates and share one entry, so a long tail of
+        content ids or segments does not crowd the cache."""
+        restricted = self.restricted.get(dim)
+        exc = self.exclude.get(dim)
+        if restricted is None and not exc:
+            return None
+        inc = self.include.get(dim, {})
+        known = values  # (at most one value: the plan sends longer lists the chunked way)
+        if values and values[0] not in inc and (exc is None or values[0] not in exc):
+            known = ()
+        key = (dim, known)
         cache = self._passes
         mask = cache.get(key)
         if mask is None:
-            restricted = self.restricted.get(dim)
-            exc = self.exclude.get(dim)
-            if restricted is None and not exc:
-                return None
-            inc = self.include.get(dim, {})
             acc = list(self.all)
             for k in range(len(acc)):
                 if restricted is not None:
                     out = acc[k] & restricted[k]
-                    for v in values:
+                    for v in known:
                         if v in inc:
                             out ^= out & inc[v][k]
                     acc[k] ^= out
-                for v in values:
-                    if exc and v in exc:
-                        acc[k] ^= acc[k] & exc[v][k]
+                if exc:
+                    for v in known:
+                        if v in exc:
+                            acc[k] ^= acc[k] & exc[v][k]
             mask = tuple(acc)
             if len(cache) >= _PASS_MASKS:
                 cache.clear()
