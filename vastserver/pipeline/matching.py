@@ -182,6 +182,21 @@ def _apply(
     return m, count
 
 
+def _targeted(t: int, k: int, check: _DimCheck) -> int:
+    """Chunk ``k`` of ``t`` without what one targeting dimension drops: the candidates it
+    restricts that none of the request's values reaches, and those a value excludes."""
+    restricted, includes, excludes = check
+    if restricted is not None:
+        out = t & restricted[k]  # restricted in this dimension...
+        if out:
+            for inc in includes:
+                out ^= out & inc[k]  # ...and not reached by any value
+            t ^= out
+    for exc in excludes:
+        t ^= t & exc[k]
+    return t
+
+
 @dataclass(frozen=True, slots=True)
 class BitIndex:
     candidates: tuple[Candidate, ...]
@@ -305,17 +320,9 @@ class BitIndex:
                 if got is not None:
                     passes.append(got)
                 continue
-            restricted = self.restricted.get(dim)
-            includes: tuple[Chunks, ...] = ()
-            if restricted is not None:
-                inc = self.include[dim]
-                includes = tuple(x for v in values if (x := inc.get(v)) is not None)
-            exc = self.exclude.get(dim)
-            excludes: tuple[Chunks, ...] = ()
-            if exc:
-                excludes = tuple(x for v in values if (x := exc.get(v)) is not None)
-            if restricted is not None or excludes:
-                targeting.append((restricted, includes, excludes))
+            check = self._dim_check(dim, values)
+            if check is not None:
+                targeting.append(check)
         after: list[_Step] = []
         rating = req.content.rating or UNKNOWN_CONTENT_RATING
         if req.content.kids or rating in KIDS_RATINGS:
@@ -350,15 +357,8 @@ class BitIndex:
         t = m
         for ok in plan.passes:
             t &= ok[k]
-        for restricted, includes, excludes in plan.targeting:
-            if restricted is not None:
-                out = t & restricted[k]  # restricted in this dimension...
-                if out:
-                    for inc in includes:
-                        out ^= out & inc[k]  # ...and not reached by any value
-                    t ^= out
-            for exc in excludes:
-                t ^= t & exc[k]
+        for check in plan.targeting:
+            t = _targeted(t, k, check)
         if t != m:
             n = t.bit_count()
             dropped[Reason.TARGETING] = dropped.get(Reason.TARGETING, 0) + count - n
@@ -390,36 +390,42 @@ class BitIndex:
             cache[key] = mask
         return mask
 
+    def _dim_check(self, dim: str, values: tuple[str, ...]) -> _DimCheck | None:
+        """The bitsets a dimension's targeting needs for the request's ``values``; None when
+        no rule of the dimension can drop anything for them."""
+        restricted = self.restricted.get(dim)
+        includes: tuple[Chunks, ...] = ()
+        if restricted is not None:
+            inc = self.include[dim]
+            includes = tuple(x for v in values if (x := inc.get(v)) is not None)
+        exc = self.exclude.get(dim)
+        excludes: tuple[Chunks, ...] = ()
+        if exc:
+            excludes = tuple(x for v in values if (x := exc.get(v)) is not None)
+        if restricted is None and not excludes:
+            return None
+        return restricted, includes, excludes
+
     def _pass(self, dim: str, values: tuple[str, ...]) -> Chunks | None:
         """The candidates a dimension lets through for ``values`` (none or one), or None
-        when the dimension has no rules. Kept per (dimension, value named by a rule): values
+        when it drops nothing for them. Kept per (dimension, value named by a rule): values
         no rule names all pass the same candidates and share one entry, so a long tail of
         content ids or segments does not crowd the cache."""
         restricted = self.restricted.get(dim)
         exc = self.exclude.get(dim)
-        if restricted is None and not exc:
+        v = values[0] if values else None
+        named = v is not None and (
+            (restricted is not None and v in self.include[dim]) or (exc is not None and v in exc)
+        )
+        if restricted is None and not named:
             return None
-        inc = self.include.get(dim, {})
-        known = values  # (at most one value: the plan sends longer lists the chunked way)
-        if values and values[0] not in inc and (exc is None or values[0] not in exc):
-            known = ()
-        key = (dim, known)
+        key = (dim, values if named else ())
         cache = self._passes
         mask = cache.get(key)
         if mask is None:
-            acc = list(self.all)
-            for k in range(len(acc)):
-                if restricted is not None:
-                    out = acc[k] & restricted[k]
-                    for v in known:
-                        if v in inc:
-                            out ^= out & inc[v][k]
-                    acc[k] ^= out
-                if exc:
-                    for v in known:
-                        if v in exc:
-                            acc[k] ^= acc[k] & exc[v][k]
-            mask = tuple(acc)
+            check = self._dim_check(dim, key[1])
+            assert check is not None  # restricted, or the value is excluded
+            mask = tuple(_targeted(m, k, check) for k, m in enumerate(self.all))
             if len(cache) >= _PASS_MASKS:
                 cache.clear()
             cache[key] = mask
