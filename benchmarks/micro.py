@@ -244,7 +244,7 @@ def blocks(catalog: Path, model: Path | None) -> int:
         cmd = line.split()
         if not cmd or cmd[0] == "quit":
             break
-        if cmd[0] != "run" or len(cmd) != 2:
+        if cmd[0] != "run" or len(cmd) != 2 or not cmd[1].isdigit():
             print(json.dumps({"error": f"unknown command {line.strip()!r}"}), flush=True)
             continue
         walls: list[float] = []

@@ -218,3 +218,29 @@ def test_a_worker_that_cannot_start_is_reported(tmp_path: Path) -> None:
     missing = {1: tmp_path / "no-such-catalog.json", 2: tmp_path / "nor-this.json"}
     got = harness.run_interleaved(opts, missing, [])
     assert "did not start" in got["error"]
+
+
+def test_a_blocks_worker_answers_a_bad_command_and_keeps_serving(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "catalog.json"
+    args = ["gen-catalog", "--line-items", "50", "--seed", "3", "--out", str(path)]
+    subprocess.run([sys.executable, "-m", "vastserver", *args], check=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.micro", "blocks", "--catalog", str(path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate("run abc\nfly 2\nrun 3\nquit\n", timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = out.splitlines()
+    assert lines[0] == "ready" and proc.returncode == 0
+    assert "unknown command 'run abc'" in json.loads(lines[1])["error"]
+    assert "unknown command 'fly 2'" in json.loads(lines[2])["error"]
+    assert len(json.loads(lines[3])["cpu"]) == 3
