@@ -138,6 +138,33 @@ def test_direct_predictor_gives_exactly_inplace_predict(
     assert _DensePredictor.for_booster(_Off(), rows) is None
 
 
+def test_direct_predictor_shares_its_proxy_safely_across_threads(
+    bundle: ModelBundle, cands: list[Candidate]
+) -> None:
+    """The predictor keeps one xgboost proxy matrix for all calls; calls from several
+    threads at once (a model reload's canary beside serving) must still each get the
+    predictions of their own rows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vastserver.ml.model import _predict
+
+    scorer = ModelScorer(bundle)
+    fast = scorer._fast
+    assert fast is not None
+    mats = [
+        scorer.features(_req(device), cands, _ctx(cands))[: 1 + 3 * i]
+        for i, device in enumerate(("ctv", "mobile", None, "ctv"))
+    ]
+    want = [_predict(bundle.booster, m) for m in mats]
+    assert len({w.shape for w in want}) == len(want)  # distinct sizes: a mix-up would show
+
+    def hammer(i: int) -> bool:
+        return all(np.array_equal(fast(mats[i]), want[i]) for _ in range(300))
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(hammer, range(4)))
+
+
 def test_score_cache_changes_no_score(bundle: ModelBundle, cands: list[Candidate]) -> None:
     scorer = ModelScorer(bundle, score_cache_contexts=2)
     req, ctx = _req(), _ctx(cands)
