@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -197,6 +197,15 @@ def _targeted(t: int, k: int, check: _DimCheck) -> int:
     return t
 
 
+def _duration_fits(rule: str, bound: int | frozenset[int], ms: int) -> bool:
+    """Whether a creative of ``ms`` passes one duration check (see ``BitIndex._durations``)."""
+    if rule == "req":
+        assert isinstance(bound, frozenset)
+        return rounded_seconds(ms) in bound
+    assert isinstance(bound, int)
+    return ms >= bound if rule == "min" else ms <= bound  # "min", or "pod" and "max"
+
+
 @dataclass(frozen=True, slots=True)
 class BitIndex:
     candidates: tuple[Candidate, ...]
@@ -236,7 +245,7 @@ class BitIndex:
     boundaries: tuple[datetime, ...]
     _flight_cache: _FlightCache = field(default_factory=_FlightCache)
     _domain_masks: dict[str, Chunks] = field(default_factory=dict)
-    _duration_masks: dict[tuple[str, object], Chunks] = field(default_factory=dict)
+    _duration_masks: dict[tuple[str, int | frozenset[int]], Chunks] = field(default_factory=dict)
     _passes: dict[tuple[str, tuple[str, ...]], Chunks] = field(default_factory=dict)
 
     def _chunks(self, ordinals: npt.NDArray[np.int32]) -> Chunks:
@@ -278,39 +287,14 @@ class BitIndex:
             (True, Reason.OUT_OF_FLIGHT, self.in_flight(env.now)),
             (True, Reason.BREAK_POSITION, self.position[b.position]),
         ]
-        b_min, b_max, req_s = b.min_ad_duration_ms, b.max_ad_duration_ms, b.required_durations_s
-        pod_ms = b.pod_duration_ms
-        before.append(
-            (
-                True,
-                Reason.LONGER_THAN_POD,
-                self._durations(("pod", pod_ms), lambda ms: ms <= pod_ms),
-            )
-        )
-        if b_min is not None:
-            before.append(
-                (
-                    True,
-                    Reason.SHORTER_THAN_MIN,
-                    self._durations(("min", b_min), lambda ms: ms >= b_min),
-                )
-            )
-        if b_max is not None:
-            before.append(
-                (
-                    True,
-                    Reason.LONGER_THAN_MAX,
-                    self._durations(("max", b_max), lambda ms: ms <= b_max),
-                )
-            )
-        if req_s is not None:
-            before.append(
-                (
-                    True,
-                    Reason.DURATION_NOT_REQUIRED,
-                    self._durations(("req", req_s), lambda ms: rounded_seconds(ms) in req_s),
-                )
-            )
+        for reason, rule, bound in (
+            (Reason.LONGER_THAN_POD, "pod", b.pod_duration_ms),
+            (Reason.SHORTER_THAN_MIN, "min", b.min_ad_duration_ms),
+            (Reason.LONGER_THAN_MAX, "max", b.max_ad_duration_ms),
+            (Reason.DURATION_NOT_REQUIRED, "req", b.required_durations_s),
+        ):
+            if bound is not None:
+                before.append((True, reason, self._durations(rule, bound)))
         passes: list[Chunks] = []
         targeting: list[_DimCheck] = []
         for dim in DIMENSIONS:
@@ -375,13 +359,17 @@ class BitIndex:
         chunks = tuple(self.match_chunk(plan, k, dropped) for k in range(len(self.all)))
         return join_chunks(chunks, self.chunk_bits), dropped
 
-    def _durations(self, key: tuple[str, object], fits: Callable[[int], bool]) -> Chunks:
+    def _durations(self, rule: str, bound: int | frozenset[int]) -> Chunks:
+        """Candidates whose duration passes one duration check of a break: ``pod`` (fits in
+        ``bound`` ms), ``min``/``max`` (at least / at most ``bound`` ms) or ``req`` (rounds to
+        one of the ``bound`` seconds). Kept per (rule, bound): pods come in a few lengths."""
+        key = (rule, bound)
         cache = self._duration_masks
         mask = cache.get(key)
         if mask is None:
             acc = [0] * len(self.all)
             for ms, bits in self.duration.items():
-                if fits(ms):
+                if _duration_fits(rule, bound, ms):
                     for k, c in enumerate(bits):
                         acc[k] |= c
             mask = tuple(acc)

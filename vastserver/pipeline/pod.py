@@ -409,14 +409,14 @@ def _search(
         if it.value_first is None and it.value_last is None and it.middle_allowed:
             g = bases[it.tier] + it.value / scale
             gains = (g, g if allow_last else _NEG_INF, g if allow_mid else _NEG_INF)
-            light.append((g, it, gains, -(-it.duration_ms // 1000)))
+            light.append((g, it, gains, capacity_seconds(it.duration_ms)))
         else:
             gains = _role_gains(it, bases, scale, max_ads)
             top = max(gains)
             if top == _NEG_INF:
                 slotless.append(it)  # no option, but it still counts for its group's rank
             else:
-                light.append((top, it, gains, -(-it.duration_ms // 1000)))
+                light.append((top, it, gains, capacity_seconds(it.duration_ms)))
     if not light:
         return None
     light.sort(key=_first, reverse=True)
@@ -443,11 +443,10 @@ def _search(
     steps = 0
 
     def live(e: _Light) -> _Rec | None:
-        """The candidate with only the options the DP keeps; None if it keeps none."""
+        """The candidate with only the options the DP keeps; None if it keeps none. Memoised
+        in ``kept``, which the caller reads first."""
         nonlocal steps
         it = e[1]
-        if it.key in kept:
-            return kept[it.key]
         gains, work = _kept_gains(e, members[it.group], light, neg_tops, max_pod)
         steps += work // 4
         top = max(gains)
