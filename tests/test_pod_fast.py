@@ -399,8 +399,9 @@ def search_options(items: Sequence[PodItem], c: PodConstraints) -> set[tuple[int
     neg_tops = [-g[0][0] for g in members.values()]
     max_pod = min(c.max_ads, len(members))
     out = set()
+    rivals = pod_module._Rivals(light, max_pod)
     for e in light:
-        gains, _ = pod_module._kept_gains(e, members[e[1].group], light, neg_tops, max_pod)
+        gains = pod_module._kept_gains(e, members[e[1].group], neg_tops, rivals)
         w = math.ceil(e[1].duration_ms / 1000)
         out |= {(role, w, g, e[1].key) for role, g in enumerate(gains) if g != NEG_INF}
     return out

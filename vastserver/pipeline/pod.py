@@ -440,6 +440,7 @@ def _search(
     min_w = min([e[3] for e in light])
     ranks: dict[str, int] = {}
     kept: dict[int, _Rec | None] = {}
+    rivals = _Rivals(light, max_pod)
     steps = 0
 
     def live(e: _Light) -> _Rec | None:
@@ -447,8 +448,9 @@ def _search(
         in ``kept``, which the caller reads first."""
         nonlocal steps
         it = e[1]
-        gains, work = _kept_gains(e, members[it.group], light, neg_tops, max_pod)
-        steps += work // 4
+        before = rivals.work
+        gains = _kept_gains(e, members[it.group], neg_tops, rivals)
+        steps += (1 + rivals.work - before) // 4
         top = max(gains)
         rec = None
         if top != _NEG_INF:
@@ -507,9 +509,10 @@ def _search(
             return
         for q in range(p, n_groups):
             rest = pre[q + r if q + r < n_groups else n_groups] - pre[q + 1]
-            grp = glist[q]
-            if v + grp[0][0] + rest < thr:
+            if v - neg_tops[q] + rest < thr:
                 break  # groups come by best gain: no later one does better
+            grp = glist[q]
+            dead = False
             for e in grp:
                 if v + e[0] + rest < thr:
                     break
@@ -518,12 +521,15 @@ def _search(
                     rec = kept.get(e[1].key, _UNSEEN)
                     if rec is _UNSEEN:
                         rec = live(e)
+                        dead = rec is None or dead
                     if rec is not None:
                         more = ends + _slot_need(rec[4])
                         if more in _FEASIBLE_ENDS:
                             path.append(rec)
                             visit(q + 1, k + 1, used + w, v + rec[0], more)  # noqa: F821 (del below)
                             path.pop()
+            if dead:  # later visits skip the members the DP keeps no option of
+                glist[q] = [x for x in grp if kept.get(x[1].key, _UNSEEN) is not None]
 
     try:
         visit(0, 0, 0, 0.0, 0)
@@ -562,22 +568,22 @@ _FEASIBLE_ENDS = frozenset(
 
 
 def _kept_gains(
-    e: _Light, group: list[_Light], light: list[_Light], neg_tops: list[float], max_pod: int
-) -> tuple[tuple[float, float, float], int]:
+    e: _Light, group: list[_Light], neg_tops: list[float], rivals: _Rivals
+) -> tuple[float, float, float]:
     """The candidate's gains by role with -inf for the options :func:`_group_options` and
-    :func:`_prune_dominated` drop, and the number of candidates looked at.
+    :func:`_prune_dominated` drop.
 
     The same two tests, asked for one item. Within its group, an option is dropped when
     another of the same role has no more seconds, at least its gain and sorts before it by
     (seconds, -gain, key). Across groups, it is dropped when ``max_pod`` other groups hold a
     same-role option with no more seconds and a strictly higher gain (counting options the
-    first test drops changes nothing: each has a kept one that is at least as good). ``light``
-    lists all candidates by best gain, descending; ``group`` those of the item's group;
+    first test drops changes nothing: each has a kept one that is at least as good).
+    ``group`` lists the candidates of the item's group by best gain, descending;
     ``neg_tops`` the groups' best gains, negated (ascending).
     """
     _, it, gains, w = e
     out = list(gains)
-    scan: list[int] = []
+    max_pod = rivals.max_pod
     above_g = _NEG_INF
     above = 0
     for role, g in enumerate(gains):
@@ -591,27 +597,72 @@ def _kept_gains(
             above = bisect.bisect_left(neg_tops, -g)  # groups whose best gain beats g
             if group[0][0] > g:
                 above -= 1
-        if above >= max_pod:
-            scan.append(role)
-    work = 1
-    if scan:
-        low = min([gains[role] for role in scan])
-        seen: list[set[str]] = [set(), set(), set()]
-        for o in light:
-            if o[0] <= low:
-                break  # no later candidate beats any of these gains
-            work += 1
-            grp = o[1].group
-            if grp == it.group or o[3] > w:
+        if above >= max_pod and rivals.outnumbered(it.group, role, g, w):
+            out[role] = _NEG_INF
+    return (out[0], out[1], out[2])
+
+
+def _role_gain_key(role: int) -> Any:
+    def key(e: _Light) -> float:
+        return e[2][role]
+
+    return key
+
+
+_ROLE_GAIN_KEYS = tuple(_role_gain_key(role) for role in range(3))
+
+
+class _Rivals:
+    """The cross-group test of :func:`_kept_gains` for one search: the best ``max_pod + 1``
+    groups by gain in a role, among the options of at most so many seconds, listed once per
+    (role, seconds) asked. ``max_pod`` groups other than a candidate's beat its gain exactly
+    when ``max_pod`` of those listed do: if all ``max_pod + 1`` beat it, one at most is its
+    own; if one does not, no group after it does either. So a test costs ``max_pod`` steps,
+    not a scan of the candidates."""
+
+    __slots__ = ("light", "max_pod", "orders", "tops", "work")
+
+    def __init__(self, light: list[_Light], max_pod: int) -> None:
+        self.light = light
+        self.max_pod = max_pod
+        self.orders: list[list[_Light] | None] = [None, None, None]
+        self.tops: dict[tuple[int, int], list[tuple[float, str]]] = {}
+        self.work = 0  # candidates looked at, for the search's budget
+
+    def outnumbered(self, group: str, role: int, g: float, w: int) -> bool:
+        """Whether ``max_pod`` groups other than ``group`` hold an option in ``role`` with
+        at most ``w`` seconds and a gain above ``g``."""
+        top = self.tops.get((role, w))
+        if top is None:
+            top = self.tops[(role, w)] = self._top(role, w)
+        n = 0
+        for h, grp in top:
+            if h <= g:
+                break
+            if grp != group:
+                n += 1
+        return n >= self.max_pod
+
+    def _top(self, role: int, w: int) -> list[tuple[float, str]]:
+        order = self.orders[role]
+        if order is None:
+            order = self.orders[role] = sorted(self.light, key=_ROLE_GAIN_KEYS[role], reverse=True)
+        top: list[tuple[float, str]] = []
+        named: set[str] = set()
+        for o in order:
+            h = o[2][role]
+            if h == _NEG_INF:
+                break
+            self.work += 1
+            if o[3] > w:
                 continue
-            for role in scan:
-                if o[2][role] > gains[role] and out[role] != _NEG_INF:
-                    seen[role].add(grp)
-                    if len(seen[role]) >= max_pod:
-                        out[role] = _NEG_INF
-                        if all(out[x] == _NEG_INF for x in scan):
-                            return (out[0], out[1], out[2]), work
-    return (out[0], out[1], out[2]), work
+            grp = o[1].group
+            if grp not in named:
+                named.add(grp)
+                top.append((h, grp))
+                if len(top) > self.max_pod:
+                    break
+        return top
 
 
 def _dominated_in_group(it: PodItem, w: int, role: int, g: float, group: list[_Light]) -> bool:
