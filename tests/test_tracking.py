@@ -774,9 +774,8 @@ _text = st.one_of(
 )
 
 
-@settings(max_examples=500)
-@given(
-    st.builds(
+def _tokens(click_url: st.SearchStrategy[str] = _text) -> st.SearchStrategy[AdToken]:
+    return st.builds(
         AdToken,
         ad_serving_id=_text,
         line_item_id=_text,
@@ -788,10 +787,13 @@ _text = st.one_of(
         served_at=_ints,
         pod_position=st.integers(1, 2**63 - 1),
         session=_text,
-        click_url=_text,
+        click_url=click_url,
         lmt=st.booleans(),
     )
-)
+
+
+@settings(max_examples=500)
+@given(_tokens())
 def test_fuzz_round_trip_any_token(token: AdToken) -> None:
     s = sign(token, KEYRING)
     assert len(s) <= MAX_TOKEN_LEN
@@ -1152,3 +1154,13 @@ def test_verified_token_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     for n in range(12):
         verify(sign(make_token(pod_position=n + 1), ring), ring, NOW, MAX_AGE)
         assert len(ring._verified) <= 5
+
+
+@settings(max_examples=300)
+@given(_tokens(st.one_of(st.just(""), _text)), _text)
+def test_sign_with_click_is_two_signs(token: AdToken, click_url: str) -> None:
+    """The shared-encoding pair is exactly the beacon token and the click token."""
+    got = tracking.sign_with_click(token, click_url, KEYRING)
+    clicked = dataclasses.replace(token, click_url=click_url)
+    assert got == (sign(token, KEYRING), sign(clicked, KEYRING))
+    assert verify(got[1], KEYRING, token.served_at, MAX_AGE).click_url == click_url

@@ -11,7 +11,7 @@ import json
 import re
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -26,7 +26,7 @@ from vastserver.explain import decision_json
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.pipeline.schedule import PlannedBreak, hms
-from vastserver.tracking import AdToken, Keyring, TrackingUrls, sign
+from vastserver.tracking import AdToken, Keyring, TrackingUrls, sign, sign_with_click
 
 AD_SYSTEM = "vastserver"
 CATEGORY_AUTHORITY = "https://iabtechlab.com"
@@ -338,12 +338,10 @@ class Renderer:
         )
         # Beacons do not need the click-through; only the /c token carries it, which keeps
         # the ~16 tracking URLs of every ad short.
-        token = sign(base, self.keyring)
-        click_token = (
-            sign(replace(base, click_url=cr.click_through), self.keyring)
-            if cr.click_through
-            else ""
-        )
+        if cr.click_through:
+            token, click_token = sign_with_click(base, cr.click_through, self.keyring)
+        else:
+            token, click_token = sign(base, self.keyring), ""
         return token, click_token, str(ad.slot), ad.ad_serving_id, f"{ad.price_cpm:.2f}"
 
     def _ad_full(

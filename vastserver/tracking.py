@@ -83,7 +83,7 @@ import hmac
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from urllib.parse import quote, urlsplit
@@ -116,6 +116,7 @@ __all__ = [
     "new_ad_serving_id",
     "parse_beacon_query",
     "sign",
+    "sign_with_click",
     "verify",
     "viewer_hash",
 ]
@@ -493,6 +494,12 @@ _encode_str = functools.lru_cache(maxsize=_STR_CACHE_SIZE)(_encode_str_uncached)
 
 
 def _encode_payload(token: AdToken) -> bytes:
+    return b"".join(_payload_parts(token))
+
+
+def _payload_parts(token: AdToken) -> tuple[bytes, bytes, bytes]:
+    """The payload in three parts: the fields before the click URL, the click URL's field
+    (the last string field) and the fields after it."""
     strings = (
         token.ad_serving_id,
         token.line_item_id,
@@ -501,16 +508,21 @@ def _encode_payload(token: AdToken) -> bytes:
         token.advertiser_id,
         token.viewer_hash,
         token.session,
-        token.click_url,
-    )  # in _STRING_FIELDS order
+    )  # in _STRING_FIELDS order, then click_url
     ints = (token.price_micros, token.served_at, token.pod_position)  # _INT_FIELDS order
     encode_str: Callable[[str], bytes] = _encode_str
     encode_int: Callable[[int], bytes] = _varint
-    if set(map(type, strings)) != _ONLY_STR or set(map(type, ints)) != _ONLY_INT:
+    if (
+        set(map(type, strings)) != _ONLY_STR
+        or type(token.click_url) is not str
+        or set(map(type, ints)) != _ONLY_INT
+    ):
         # str/int subclasses may hash or compare oddly: keep them away from the caches.
         encode_str, encode_int = _encode_str_uncached, _varint_uncached
-    return b"".join(
-        (_HEAD_LMT if token.lmt else _HEAD, *map(encode_str, strings), *map(encode_int, ints))
+    return (
+        b"".join((_HEAD_LMT if token.lmt else _HEAD, *map(encode_str, strings))),
+        encode_str(token.click_url),
+        b"".join(map(encode_int, ints)),
     )
 
 
@@ -658,8 +670,25 @@ def sign(token: AdToken, keyring: Keyring) -> str:
     Deterministic (same token and key give the same string). ``ValueError`` if a string field
     cannot be UTF-8 encoded or the result would exceed :data:`MAX_TOKEN_LEN`.
     """
+    return _sign_payload(_encode_payload(token), keyring._keys[0])
+
+
+def sign_with_click(token: AdToken, click_url: str, keyring: Keyring) -> tuple[str, str]:
+    """``sign(token)`` and ``sign(replace(token, click_url=click_url))`` for a ``token``
+    without a click URL, sharing the encoding of every other field (a served ad gets both:
+    its beacons carry the first, its ``/c`` click-through the second)."""
+    if token.click_url or type(click_url) is not str:
+        return sign(token, keyring), sign(replace(token, click_url=click_url), keyring)
+    head, none, tail = _payload_parts(token)
     key = keyring._keys[0]
-    signed = f"{_b64e(_encode_payload(token))}.{key.kid}"
+    return (
+        _sign_payload(head + none + tail, key),
+        _sign_payload(head + _encode_str(click_url) + tail, key),
+    )
+
+
+def _sign_payload(payload: bytes, key: _Key) -> str:
+    signed = f"{_b64e(payload)}.{key.kid}"
     out = f"{signed}.{_b64e(_key_mac(key, signed.encode('ascii')))}"
     if len(out) > MAX_TOKEN_LEN:
         raise ValueError(f"token would be {len(out)} chars, over {MAX_TOKEN_LEN}")
