@@ -357,8 +357,11 @@ def _role_gains(
 
 _SEARCH_MAX_ADS = 6
 """Larger pods go straight to the DP: they often have too many near-optimal combinations."""
-_SEARCH_BUDGET = 200
-"""Work units (one or two microseconds each) the search may spend before the DP takes over."""
+_SEARCH_BUDGET = 300
+"""Work units (one or two microseconds each) the search may spend before the DP takes over.
+At 200, 13 of 3,000 recorded 4-ad requests on a 10k catalog gave up after ~250 us and paid
+the DP's ~420 us on top (up to 900 us in all); at 300 none did, and a case that does give
+up (every pod tied) costs 4-12 % more."""
 
 
 _UNSEEN: Any = object()
