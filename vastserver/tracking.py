@@ -679,10 +679,10 @@ def sign_with_click(token: AdToken, click_url: str, keyring: Keyring) -> tuple[s
     its beacons carry the first, its ``/c`` click-through the second)."""
     if token.click_url or type(click_url) is not str:
         return sign(token, keyring), sign(replace(token, click_url=click_url), keyring)
-    head, none, tail = _payload_parts(token)
+    head, no_click, tail = _payload_parts(token)
     key = keyring._keys[0]
     return (
-        _sign_payload(head + none + tail, key),
+        _sign_payload(head + no_click + tail, key),
         _sign_payload(head + _encode_str(click_url) + tail, key),
     )
 

@@ -122,7 +122,7 @@ from __future__ import annotations
 import bisect
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -582,7 +582,8 @@ def _kept_gains(
     same-role option with no more seconds and a strictly higher gain (counting options the
     first test drops changes nothing: each has a kept one that is at least as good).
     ``group`` lists the candidates of the item's group by best gain, descending;
-    ``neg_tops`` the groups' best gains, negated (ascending).
+    ``neg_tops`` the groups' best gains, negated (ascending); ``rivals`` answers the
+    cross-group test for the search.
     """
     _, it, gains, w = e
     out = list(gains)
@@ -605,7 +606,7 @@ def _kept_gains(
     return (out[0], out[1], out[2])
 
 
-def _role_gain_key(role: int) -> Any:
+def _role_gain_key(role: int) -> Callable[[_Light], float]:
     def key(e: _Light) -> float:
         return e[2][role]
 
