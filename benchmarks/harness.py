@@ -31,6 +31,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -710,6 +711,80 @@ class SharedStore:
             self.server = None
 
 
+PAIRED_ROUNDS = 3
+"""Rounds of the throughput targets' runs taken in turns with the static baseline."""
+
+
+def _pair(
+    opts: Options,
+    real: Server,
+    static: Server,
+    real_list: Path,
+    static_list: Path,
+    workdir: Path,
+    real_first: bool,
+) -> dict[str, Any]:
+    """One closed-loop run on each server, one right after the other."""
+    order = [("real", real, real_list), ("static", static, static_list)]
+    if not real_first:
+        order.reverse()
+    got: dict[str, Any] = {"first": order[0][0]}
+    for name, srv, f in order:
+        res = run_load(opts, srv, f, workdir)
+        got[f"{name}_rps"] = res.get("rps")
+        got[f"{name}_cpu_us_per_req"] = res.get("cpu_us_per_req")
+    r, b = got.get("real_rps"), got.get("static_rps")
+    got["ratio"] = round(r / b, 4) if r and b else None
+    return got
+
+
+def run_paired(
+    opts: Options, srv: Server, hv: Harvest, workdir: Path, tag: str, fresh_want: int
+) -> dict[str, Any]:
+    """The two throughput targets' ratios measured in turns with the static baseline.
+
+    The baseline's own runs come minutes after the real server's, and this machine's speed
+    drifts within minutes (the same static work moved by up to 37 % within one run), so a
+    ratio of two runs minutes apart carries that drift. Here a static server (the same
+    pre-rendered pod) runs beside the real one and each round measures both right after
+    each other, alternating which goes first: 4-ad pods for new viewers, then first-time
+    beacons of pods served for that round. The target takes the median round's ratio."""
+    vast = workdir / f"{tag}-paired-vast.xml"
+    vmap = workdir / f"{tag}-paired-vmap.xml"
+    vast.write_bytes(hv.vast_doc or b"<VAST/>")
+    vmap.write_bytes(hv.vmap_doc or b"<vmap:VMAP/>")
+    try:
+        static = start_static(vast, vmap, 1, workdir)
+    except Exception as e:
+        return {"error": f"static start failed: {e}"}
+    rounds = 1 if opts.quick else PAIRED_ROUNDS
+    per_ep: dict[str, list[dict[str, Any]]] = {"vast_pod4": [], FRESH_BEACONS: []}
+    try:
+        for i in range(rounds):
+            rtag = f"{tag}-paired{i}"
+            lines = workdir / f"{rtag}-vast_pod4.txt"
+            rng = random.Random(opts.seed + 3000 + i)  # new viewers each round
+            reqmix.write_lines(lines, reqmix.vast_pod4_lines(rng, 2000))
+            per_ep["vast_pod4"].append(_pair(opts, srv, static, lines, lines, workdir, i % 2 == 1))
+            f, _ = harvest_fresh(opts, srv, workdir, rtag, fresh_want, hv.beacons / max(1, hv.pods))
+            if f is not None:
+                wait_idle(srv.pid)
+                per_ep[FRESH_BEACONS].append(_pair(opts, srv, static, f, f, workdir, i % 2 == 0))
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    finally:
+        stop(static)
+    out: dict[str, Any] = {"rounds": rounds}
+    for ep, pairs in per_ep.items():
+        ratios = [p["ratio"] for p in pairs if p["ratio"] is not None]
+        out[ep] = {
+            "pairs": pairs,
+            "ratios": ratios,
+            "median_ratio": round(statistics.median(ratios), 4) if ratios else None,
+        }
+    return out
+
+
 def http_real(
     opts: Options,
     workers: int,
@@ -718,6 +793,7 @@ def http_real(
     workdir: Path,
     do_profile: bool,
     shared: SharedStore | None = None,
+    paired: bool = False,
 ) -> tuple[dict[str, Any], Harvest | None]:
     log(f"real server: {workers} worker(s), {size:,} line items")
     entry: dict[str, Any] = {"server": "vastserver", "workers": workers, "line_items": size}
@@ -789,6 +865,10 @@ def http_real(
                     before, beacon_results(srv) if workers == 1 else None
                 )
                 hv.files[FRESH_BEACONS] = f
+        if paired and hv.vast_doc and replayed.get("rps"):
+            log("  vast_pod4 and first-time beacons in turns with a static server")
+            want = int(float(replayed["rps"]) * (opts.warmup + opts.duration) * 1.25)
+            entry["paired"] = run_paired(opts, srv, hv, workdir, f"w{workers}-n{size}", want)
         if do_profile and opts.profile:
             log("  profiling /vast (4-ad pods) and beacons with py-spy")
             profs = entry.setdefault("profiles", {})
@@ -972,9 +1052,23 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             "server_scorer": scorer,
         }
 
+    paired = (ref or {}).get("paired") or {}
+
+    def in_turns(ep: str) -> dict[str, Any] | None:
+        """The paired rounds' figures for ``ep`` when they gave a ratio."""
+        got = paired.get(ep) or {}
+        if got.get("median_ratio") is None:
+            return None
+        return {
+            "method": f"in turns with a static server: median of {len(got['ratios'])} "
+            "round(s), each one run per server",
+            "round_ratios": got["ratios"],
+        }
+
     # 1. /vast throughput vs the static baseline
     ratio = None
     notes: list[str] = []
+    turns1 = in_turns("vast_pod4")
     if ref is not None and base1 is not None:
         ratio = ref["endpoints"]["vast_pod4"].get("ratio", {}).get("throughput")
         scorer = at(ref).get("server_scorer")
@@ -983,6 +1077,8 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 f"the server scored with {scorer!r}, not the model: it did not load the "
                 "bundle passed with --model (model wiring) or no model was available"
             )
+    if turns1 is not None:
+        ratio = paired["vast_pod4"]["median_ratio"]
     targets.append(
         {
             "id": "vast_throughput",
@@ -998,6 +1094,10 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             else {
                 "vast_rps": ref["endpoints"]["vast_pod4"].get("rps"),
                 "baseline_rps": base1["endpoints"]["vast_pod4"].get("rps"),
+                "separate_runs_ratio": ref["endpoints"]["vast_pod4"]
+                .get("ratio", {})
+                .get("throughput"),
+                **(turns1 or {}),
             },
             "notes": notes,
             "profile": "profiles.vast_http, profiles.vast_inprocess",
@@ -1106,13 +1206,18 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         if ep == "beacon":
             notes4.append("no first-time beacon run: measured on replayed beacons")
         ratio = (eps_r.get(ep) or {}).get("ratio", {}).get("throughput")
+        turns4 = in_turns(FRESH_BEACONS) if ep == FRESH_BEACONS else None
         detail4 = {
             "endpoint": ep,
             "beacon_rps": (eps_r.get(ep) or {}).get("rps"),
             "baseline_rps": (eps_b.get(ep) or {}).get("rps"),
             "counted_share": (eps_r.get(ep) or {}).get("counted_share"),
             "replayed_beacon_ratio": (eps_r.get("beacon") or {}).get("ratio", {}).get("throughput"),
+            "separate_runs_ratio": ratio,
+            **(turns4 or {}),
         }
+        if turns4 is not None:
+            ratio = paired[FRESH_BEACONS]["median_ratio"]
     targets.append(
         {
             "id": "beacon_throughput",
@@ -1286,6 +1391,13 @@ def render_targets(report: dict[str, Any]) -> str:
             extra = f" (at {t['at'].get('line_items'):,} line items)"
         status = t["status"].upper()
         out.append(f"- {t['id']}: {status}: measured {shown}{extra} — {t['description']}")
+        detail = t.get("detail") or {}
+        if detail.get("round_ratios"):
+            rounds = ", ".join(f"{x:g}" for x in detail["round_ratios"])
+            out.append(
+                f"    {detail['method']} ({rounds}); "
+                f"separate runs: {_f(detail.get('separate_runs_ratio'), 4)}"
+            )
         for n in t.get("notes") or []:
             out.append(f"    note: {n}")
     return "\n".join(out)
@@ -1429,6 +1541,7 @@ def main(argv: Sequence[str]) -> int:
                         workdir,
                         do_profile=(w == 1 and n == ref_size),
                         shared=shared,
+                        paired=(w == 1 and n == ref_size),
                     )
                     report["http"]["runs"].append(entry)
                     if hv is not None and (harvested is None or n == ref_size):

@@ -161,6 +161,19 @@ def test_quick_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert _num(targets[tid]["measured"])
     assert targets["scaling_100k_vs_1k"]["status"] == "not measured"  # one size in --quick
     assert targets["beacon_throughput"]["detail"]["endpoint"] == "beacon_new"
+    # the two throughput targets take their ratio from runs in turns with a static server
+    paired = runs[0]["paired"]
+    assert "error" not in paired, paired
+    for ep, tid in (("vast_pod4", "vast_throughput"), ("beacon_new", "beacon_throughput")):
+        got = paired[ep]
+        assert len(got["pairs"]) == paired["rounds"] == 1  # --quick: one round
+        pair = got["pairs"][0]
+        assert _num(pair["real_rps"]) and _num(pair["static_rps"])
+        assert pair["ratio"] == pytest.approx(pair["real_rps"] / pair["static_rps"], rel=1e-3)
+        assert targets[tid]["measured"] == got["median_ratio"] == got["ratios"][0]
+        assert targets[tid]["detail"]["round_ratios"] == got["ratios"]
+        assert _num(targets[tid]["detail"]["separate_runs_ratio"])
+    assert "in turns with a static server" in printed
 
 
 def test_sizes_measured_in_turns_serve_the_same_requests(tmp_path: Path) -> None:
