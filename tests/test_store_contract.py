@@ -685,3 +685,73 @@ def test_memory_read_equals_its_single_counter_read() -> None:
         got = asyncio.run(store.read(reads, now))
         want = [store._get(_ckey(r.key), r.window, now, clock_now[0]) for r in reads]
         assert got == want
+
+
+# hiredis packs the Redis store's commands (redis-py's asyncio connections would in Python)
+_args = st.lists(
+    st.one_of(
+        st.text(max_size=40),
+        st.binary(max_size=40),
+        st.integers(min_value=-(2**63), max_value=2**63),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    head=st.sampled_from(["EVALSHA", "SET", "SCRIPT LOAD", b"CLIENT SETNAME", b"LRANGE"]),
+    args=_args,
+)
+def test_redis_commands_pack_as_redis_py_packs_them(head: str | bytes, args: list[Any]) -> None:
+    """The store's connections send the very bytes redis-py's own packer gives."""
+    from redis.asyncio.connection import AbstractConnection, Connection
+
+    from vastserver.store.redis import _hiredis_pack, _hiredis_packing
+
+    assert _hiredis_pack is not None  # hiredis is a dependency
+    conn = _hiredis_packing(Connection)()
+    assert b"".join(conn.pack_command(head, *args)) == b"".join(
+        AbstractConnection.pack_command(conn, head, *args)
+    )
+
+
+def test_redis_packing_leaves_other_arguments_to_redis_py() -> None:
+    """A float, a lone surrogate or another encoding take redis-py's path, errors included."""
+    from redis.asyncio.connection import AbstractConnection, Connection
+    from redis.exceptions import DataError
+
+    from vastserver.store.redis import _hiredis_packing
+
+    conn = _hiredis_packing(Connection)()
+    assert conn.pack_command("SET", "k", 1.5) == AbstractConnection.pack_command(
+        conn, "SET", "k", 1.5
+    )
+    with pytest.raises(DataError):
+        conn.pack_command("SET", "k", True)
+    with pytest.raises(UnicodeEncodeError):
+        conn.pack_command("SET", "k", "\ud800")
+    latin = _hiredis_packing(Connection)(encoding="latin-1")
+    assert (
+        b"".join(latin.pack_command("SET", "k", "é"))
+        == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n\xe9\r\n"
+    )
+
+
+async def test_redis_store_connections_pack_with_hiredis(redis_url: str) -> None:  # noqa: F811
+    """Whatever the URL's connection class, the store's pool makes it pack with hiredis."""
+    from vastserver.store.redis import _pack_command
+
+    store = RedisStore(redis_url)
+    try:
+        cls = store._pool.connection_class
+        assert cls.pack_command is _pack_command
+        assert cls.__mro__[1].__name__ == "Connection"  # redis:// is plain TCP
+        assert await store.read([Read("k", LIFE)], T0) == [0]
+    finally:
+        await store.close()
+    unix = RedisStore("unix:///tmp/no-such-redis.sock")
+    try:
+        assert unix._pool.connection_class.__mro__[1].__name__ == "UnixDomainSocketConnection"
+    finally:
+        await unix.close()

@@ -36,9 +36,11 @@ a free pooled connection (at most ``max_connections`` per store).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -48,7 +50,47 @@ from redis.maint_notifications import MaintNotificationsConfig
 from .base import Guarded, Incr, Read, StoreUnavailable
 from .memory import bucket_bounds, incr_plan
 
+_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - a dependency; without it redis-py packs as before
+    _hiredis_pack = None
+
 _FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+
+_PLAIN_ARGS = frozenset({str, bytes, int})
+
+
+def _pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
+    """``pack_command`` of our connections: hiredis' C packer for the arguments we send.
+
+    redis-py's sync connections pack with ``hiredis.pack_command`` when hiredis is
+    installed, its asyncio ones always in Python (redis/redis-py#4176): per argument an
+    encode and a concatenation of the growing buffer. A decision's scripts carry a few
+    hundred keys and arguments, and that packing took more of its client time than any
+    other part of the Redis calls. Arguments of any other type than ``str``, ``bytes`` and
+    ``int``, or a connection set to another encoding than strict UTF-8, take redis-py's
+    own path, with its conversions and errors."""
+    enc = self.encoder
+    if (
+        _hiredis_pack is None
+        or not set(map(type, args)) <= _PLAIN_ARGS
+        or enc.encoding != "utf-8"
+        or enc.encoding_errors != "strict"
+    ):
+        return AbstractConnection.pack_command(self, *args)
+    head = args[0]  # a command name may hold literal arguments: "SCRIPT LOAD"
+    if isinstance(head, str):
+        args = (*head.encode().split(), *args[1:])
+    elif b" " in head:
+        args = (*head.split(), *args[1:])
+    return [_hiredis_pack(args)]
+
+
+def _hiredis_packing(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``cls`` (TCP, TLS or Unix socket, as the URL chose) packing with :func:`_pack_command`."""
+    return type(f"Hiredis{cls.__name__}", (cls,), {"pack_command": _pack_command})
+
 
 _WSUM_LUA = """
 local function wsum(key, lo, hi)
@@ -189,6 +231,7 @@ class RedisStore:
             # to reconnect by ourselves after a server restart.
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
+        self._pool.connection_class = _hiredis_packing(self._pool.connection_class)
         self._client = Redis(connection_pool=self._pool)
         self._read = self._client.register_script(READ_LUA)
         self._commit = self._client.register_script(COMMIT_LUA)
