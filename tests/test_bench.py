@@ -169,7 +169,8 @@ def test_quick_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         assert len(got["pairs"]) == paired["rounds"] == 1  # --quick: one round
         pair = got["pairs"][0]
         assert _num(pair["real_rps"]) and _num(pair["static_rps"])
-        assert pair["ratio"] == pytest.approx(pair["real_rps"] / pair["static_rps"], rel=1e-3)
+        # rounded to 4 decimals
+        assert pair["ratio"] == pytest.approx(pair["real_rps"] / pair["static_rps"], abs=5e-5)
         assert targets[tid]["measured"] == got["median_ratio"] == got["ratios"][0]
         assert targets[tid]["detail"]["round_ratios"] == got["ratios"]
         assert _num(targets[tid]["detail"]["separate_runs_ratio"])
