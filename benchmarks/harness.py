@@ -719,18 +719,17 @@ def _pair(
     opts: Options,
     real: Server,
     static: Server,
-    real_list: Path,
-    static_list: Path,
+    requests_file: Path,
     workdir: Path,
     real_first: bool,
 ) -> dict[str, Any]:
-    """One closed-loop run on each server, one right after the other."""
-    order = [("real", real, real_list), ("static", static, static_list)]
+    """One closed-loop run of the same list on each server, one right after the other."""
+    order = [("real", real), ("static", static)]
     if not real_first:
         order.reverse()
     got: dict[str, Any] = {"first": order[0][0]}
-    for name, srv, f in order:
-        res = run_load(opts, srv, f, workdir)
+    for name, srv in order:
+        res = run_load(opts, srv, requests_file, workdir)
         got[f"{name}_rps"] = res.get("rps")
         got[f"{name}_cpu_us_per_req"] = res.get("cpu_us_per_req")
     r, b = got.get("real_rps"), got.get("static_rps")
@@ -765,11 +764,11 @@ def run_paired(
             lines = workdir / f"{rtag}-vast_pod4.txt"
             rng = random.Random(opts.seed + 3000 + i)  # new viewers each round
             reqmix.write_lines(lines, reqmix.vast_pod4_lines(rng, 2000))
-            per_ep["vast_pod4"].append(_pair(opts, srv, static, lines, lines, workdir, i % 2 == 1))
+            per_ep["vast_pod4"].append(_pair(opts, srv, static, lines, workdir, i % 2 == 1))
             f, _ = harvest_fresh(opts, srv, workdir, rtag, fresh_want, hv.beacons / max(1, hv.pods))
             if f is not None:
                 wait_idle(srv.pid)
-                per_ep[FRESH_BEACONS].append(_pair(opts, srv, static, f, f, workdir, i % 2 == 0))
+                per_ep[FRESH_BEACONS].append(_pair(opts, srv, static, f, workdir, i % 2 == 0))
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
     finally:
@@ -849,10 +848,11 @@ def http_real(
             rate = max(0.5, mx / 2)
             log(f"  vast_pod4 at a fixed {rate:.1f} req/s (half of the maximum)")
             entry["fixed_rate"] = run_load(opts, srv, hv.files["vast_pod4"], workdir, rate=rate)
-        replayed = eps.get("beacon") or {}
-        if replayed.get("rps") and hv.pods:
+        # first-time beacons for about one run at the replayed beacons' rate
+        replayed_rps = float((eps.get("beacon") or {}).get("rps") or 0.0)
+        want = int(replayed_rps * (opts.warmup + opts.duration) * 1.25)
+        if want and hv.pods:
             # After the /vast runs: the new pods' reservations must not change those.
-            want = int(float(replayed["rps"]) * (opts.warmup + opts.duration) * 1.25)
             log(f"  {FRESH_BEACONS}: serving pods for ~{want:,} first-time beacons")
             tag = f"w{workers}-n{size}"
             f, info = harvest_fresh(opts, srv, workdir, tag, want, hv.beacons / hv.pods)
@@ -865,9 +865,8 @@ def http_real(
                     before, beacon_results(srv) if workers == 1 else None
                 )
                 hv.files[FRESH_BEACONS] = f
-        if paired and hv.vast_doc and replayed.get("rps"):
+        if paired and hv.vast_doc and want:
             log("  vast_pod4 and first-time beacons in turns with a static server")
-            want = int(float(replayed["rps"]) * (opts.warmup + opts.duration) * 1.25)
             entry["paired"] = run_paired(opts, srv, hv, workdir, f"w{workers}-n{size}", want)
         if do_profile and opts.profile:
             log("  profiling /vast (4-ad pods) and beacons with py-spy")
