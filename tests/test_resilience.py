@@ -220,6 +220,40 @@ def test_logs_are_json_lines_with_request_id(caplog: pytest.LogCaptureFixture) -
     assert data["event"] == "beacon_rejected" and data["why"].endswith("newline")
 
 
+def test_every_log_line_has_an_event(caplog: pytest.LogCaptureFixture) -> None:
+    """A library's plain message gets the generic event; ours log structured fields at the
+    top level, not a JSON string inside ``msg``."""
+    import logging
+
+    from vastserver.logs import PLAIN_EVENT, JsonFormatter
+    from vastserver.settings import load_settings
+
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("aiohttp.server").error("Error handling request %s", "x\ny")
+        load_settings({}, {})  # no secret: warns
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    assert lines[0]["event"] == PLAIN_EVENT and lines[0]["msg"] == "Error handling request x\ny"
+    assert lines[1]["event"] == "ephemeral_secret" and "msg" not in lines[1]
+    assert "VASTSERVER_SECRET" in lines[1]["detail"]
+
+
+def test_catalog_reload_logs_a_structured_event(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from vastserver.app import create_app
+    from vastserver.logs import JsonFormatter
+
+    app = create_app(make_settings())
+    service = app[RUNTIME].service
+    with caplog.at_level(logging.INFO, logger="vastserver.service"):
+        snap = service.reload_catalog()
+    line = json.loads(JsonFormatter().format(caplog.records[-1]))
+    assert line["event"] == "catalog_reload" and line["version"] == snap.catalog.version
+    assert "msg" not in line
+
+
 # ----------------------------------------------------------------------------- shutdown
 
 

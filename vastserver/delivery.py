@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vastserver.catalog.model import Catalog, Delivery, LineItem
+from vastserver.logs import event
 from vastserver.metrics import Metrics
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, PlacedAd
@@ -527,7 +528,7 @@ class DeliveryControl:
                 await self.update_pacing(catalog_ref())
                 await self.update_rates(catalog_ref())
             except Exception:  # a pacing bug must never take serving down
-                log.exception("pacing update failed")
+                event(log, "pacing_update_failed", logging.ERROR, exc_info=True)
             try:
                 await asyncio.wait_for(stop.wait(), PACING_INTERVAL_S)
             except TimeoutError:

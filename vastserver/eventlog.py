@@ -46,6 +46,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeAlias
 
+from vastserver.logs import event
+
 __all__ = [
     "DROP_BUFFER_FULL",
     "DROP_CLOSED",
@@ -306,26 +308,39 @@ class EventLog:
     def _note_outcome(self, err: Exception | None, written: int) -> None:
         if err is not None and not self._failing:
             self._failing = True
-            log.error(
-                "event log %s: write failed (%s); buffering up to %d events and retrying",
-                self.directory,
-                err,
-                self.buffer_max_events,
+            event(
+                log,
+                "event_log_write_failed",
+                logging.ERROR,
+                directory=str(self.directory),
+                error=str(err),
+                buffering_up_to=self.buffer_max_events,
             )
         elif err is None and self._failing:
             self._failing = False
-            log.warning(
-                "event log %s: writes recovered (%d events written)", self.directory, written
+            event(
+                log,
+                "event_log_recovered",
+                logging.WARNING,
+                directory=str(self.directory),
+                written=written,
             )
 
     def _report_drop(self, count: int, reason: str) -> None:
         if self._on_drop is None:
-            log.warning("event log %s: dropped %d events (%s)", self.directory, count, reason)
+            event(
+                log,
+                "event_log_dropped",
+                logging.WARNING,
+                directory=str(self.directory),
+                count=count,
+                reason=reason,
+            )
             return
         try:
             self._on_drop(count, reason)
         except Exception:
-            log.exception("event log on_drop callback failed")
+            event(log, "event_log_on_drop_failed", logging.ERROR, exc_info=True)
 
     def _write_batch(self, batch: deque[bytes]) -> tuple[int, Exception | None]:
         """Write and fsync ``batch``, rotating segments as needed.
@@ -394,10 +409,12 @@ class EventLog:
             try:
                 self._os_ftruncate(fd, self._seg_size)
             except Exception as te:
-                log.error(
-                    "event log: cannot truncate %s after failed write (%s); abandoning it",
-                    self._seg_path,
-                    te,
+                event(
+                    log,
+                    "event_log_segment_abandoned",
+                    logging.ERROR,
+                    segment=str(self._seg_path),
+                    error=str(te),
                 )
                 self._seg_size += done  # keeps the file: its complete lines count as written
                 self._close_segment()
@@ -453,7 +470,13 @@ class EventLog:
         try:
             names = sorted(n for n in os.listdir(self.directory) if _is_segment_name(n))
         except OSError as e:
-            log.warning("event log: cannot list %s for pruning: %s", self.directory, e)
+            event(
+                log,
+                "event_log_prune_failed",
+                logging.WARNING,
+                directory=str(self.directory),
+                error=str(e),
+            )
             return
         excess = len(names) - keep
         for name in names:
@@ -523,7 +546,7 @@ def _delete_if_inactive(path: Path) -> bool:
         except FileNotFoundError:
             pass
         except OSError as e:
-            log.warning("event log: cannot delete old segment %s: %s", path, e)
+            event(log, "event_log_prune_failed", logging.WARNING, segment=str(path), error=str(e))
             return False
         return True
     finally:
@@ -535,7 +558,7 @@ def _close_all_at_exit() -> None:
         try:
             event_log.close()
         except Exception:
-            log.exception("closing event log at exit failed")
+            event(log, "event_log_close_failed", logging.ERROR, exc_info=True)
 
 
 def _after_fork_in_child() -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from vastserver.logs import event
 from vastserver.pipeline.context import Device
 from vastserver.settings import PROJECT_ROOT
 
@@ -275,7 +276,7 @@ class MaxMindLookup:
         except (ValueError, TypeError, OSError, RuntimeError) as e:
             # RuntimeError: maxminddb's InvalidDatabaseError (a corrupt record). Geo is a
             # targeting hint: an unknown location, never a failed ad request.
-            log.debug("geo lookup failed for %s: %s", canonical, e)
+            event(log, "geo_lookup_failed", logging.DEBUG, ip=canonical, error=str(e))
             return None
         return geo_from_record(record)
 
@@ -287,7 +288,7 @@ def open_geo(path: Path | None) -> GeoLookup:
     """None: the demo CIDR table; ``*.mmdb``: MaxMind; ``*.csv``: a CIDR table."""
     if path is None:
         if not DEFAULT_GEO_CSV.is_file():
-            log.warning("no geo table at %s: IP geolocation disabled", DEFAULT_GEO_CSV)
+            event(log, "geo_disabled", logging.WARNING, missing=str(DEFAULT_GEO_CSV))
             return CidrTable(())
         return CidrTable.from_csv(DEFAULT_GEO_CSV)
     suffix = path.suffix.lower()

@@ -1,8 +1,10 @@
 """Structured JSON logs: one object per line, with the request id of the request being served.
 
 ``event(logger, "name", field=value, ...)`` logs a structured event; every value is JSON
-encoded, so nothing a client sent can break a line or forge another. Hot paths log through a
-:class:`Sampler` so a flood of identical events costs little and cannot fill the disk.
+encoded, so nothing a client sent can break a line or forge another. A plain message (from a
+library) becomes ``{"event": "log", "msg": ...}``, so every line has an ``event``. Hot paths
+log through a :class:`Sampler` so a flood of identical events costs little and cannot fill
+the disk.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("vastserver_request_id", default=None)
 MAX_FIELD = 512
+PLAIN_EVENT = "log"
+"""The ``event`` of a line logged as a plain message rather than through :func:`event`."""
 
 
 def _clip(v: Any) -> Any:
@@ -34,7 +38,8 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             out.update({k: _clip(v) for k, v in fields.items()})
-        else:
+        else:  # a plain message (a library's, or Python's own): every line has an event
+            out["event"] = PLAIN_EVENT
             out["msg"] = _clip(record.getMessage())
         rid = REQUEST_ID.get()
         if rid is not None and "request_id" not in out:

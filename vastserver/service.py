@@ -6,7 +6,6 @@ Data flows one way: request -> retrieve candidates -> (counters) -> pure ``decid
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from vastserver.catalog.load import load_catalog
 from vastserver.catalog.model import Catalog
 from vastserver.delivery import DeliveryControl
+from vastserver.logs import event
 from vastserver.metrics import Metrics
 from vastserver.models import ModelManager
 from vastserver.pipeline.candidates import Candidate
@@ -127,9 +127,7 @@ class AdService:
         self.delivery.gate_cache = GateCache()
         self.metrics.catalog_reloads.labels("ok").inc()
         self._set_catalog_metric(snap)
-        log.info(
-            json.dumps({"event": "catalog_reload", "version": snap.catalog.version}),
-        )
+        event(log, "catalog_reload", version=snap.catalog.version)
         return snap
 
     def _env(self, req: AdRequest, now: datetime) -> StageEnv:

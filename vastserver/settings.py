@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vastserver.logs import event
 from vastserver.models import ArmsError, ArmSpec, parse_arms
 
 log = logging.getLogger("vastserver.settings")
@@ -244,9 +245,12 @@ def load_settings(
     if problems:
         raise SettingsError(problems)
     if ephemeral:
-        log.warning(
-            "VASTSERVER_SECRET is not set: using a random key for this process only; "
-            "tracking URLs will not verify on other instances or after a restart"
+        event(
+            log,
+            "ephemeral_secret",
+            logging.WARNING,
+            detail="VASTSERVER_SECRET is not set: using a random key for this process only; "
+            "tracking URLs will not verify on other instances or after a restart",
         )
     return Settings(
         host=host,
