@@ -146,3 +146,26 @@ async def test_report_from_event_log(
     text = capsys.readouterr().out
     assert "fill rate: 100.0%" in text
     assert main_report([str(tmp_path / "missing")]) == 2
+
+
+async def test_head_neither_decides_nor_counts(client: Any) -> None:
+    """HEAD is safe by HTTP's rules: no decision (it would reserve caps and budget), no
+    counted beacon, no click."""
+    for path in ("/vast?pod_duration=30", "/vmap?content_duration=600", "/decide"):
+        assert (await client.head(path)).status == 405
+    ad = await _first_ad(client)
+    li = next(
+        x
+        for x in (await (await client.get("/admin/line-items", headers=AUTH)).json())
+        if x["served"] == 1
+    )["id"]
+    imp = _local(_tracking(ad, "impression"))
+    assert (await client.head(imp)).status == 405
+    click = _local(ad.find(".//v:ClickThrough", NS).text)
+    assert (await client.head(click, allow_redirects=False)).status == 405
+    stats = await _stats(client, li)
+    assert stats["served"] == 1 and stats["delivered_impressions"] == 0
+    assert (await client.get(imp)).status == 204
+    assert (await _stats(client, li))["delivered_impressions"] == 1
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert (await client.head(path)).status == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import logging
 import os
 import random
 import signal
@@ -113,6 +114,56 @@ async def test_overload_sheds_with_no_fill(make_client: ClientFactory) -> None:
     text = await (await client.get("/metrics")).text()
     assert _metric(text, 'vastserver_shed_total{endpoint="vast"}') == 3
     assert _metric(text, "vastserver_in_flight_requests") == 0
+
+
+async def test_stalled_request_bodies_hold_no_decision_slot(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More stalled OpenRTB uploads than there are decision slots: ads are still served, and
+    each stalled upload gets a 408 once the body timeout passes."""
+    import vastserver.app as appmod
+
+    monkeypatch.setattr(appmod, "BODY_TIMEOUT_S", 1.0)
+    client: Any = await make_client(max_in_flight=2)
+    host, port = client.server.host, client.server.port
+    stalled = []
+    for _ in range(4):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"POST /openrtb2/pod HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        stalled.append((reader, writer))
+    await asyncio.sleep(0.2)
+    r = await client.get("/vast?pod_duration=30")
+    assert r.status == 200 and "X-Shed" not in r.headers
+    assert etree.fromstring(await r.read()).findall("v:Ad", NS)
+    for reader, writer in stalled:
+        head = await asyncio.wait_for(reader.readline(), 5)
+        assert head.startswith(b"HTTP/1.1 408"), head
+        writer.close()
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, "vastserver_shed_total") == 0
+    assert _metric(text, 'vastserver_degradations_total{reason="internal_error"}') == 0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_undecodable_body_is_a_400(
+    client: Any, encoding: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(2):  # the connection closes after each: the next request gets a new one
+        r = await client.post(
+            "/openrtb2/pod",
+            data=b"not compressed at all",
+            headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+        )
+        assert r.status == 400 and r.headers["Connection"] == "close"
+        why = await r.text()
+        assert why == f"body: 400, message: Can not decode content-encoding: {encoding}"
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, 'vastserver_degradations_total{reason="internal_error"}') == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # ----------------------------------------------------------------------------- disk full
@@ -277,6 +328,38 @@ def test_sigterm_drains_then_flushes(tmp_path: Path) -> None:
             srv.proc.kill()
     decisions = [r for r in read_events([events]) if r["type"] == "decision"]
     assert len(decisions) == 5
+
+
+def test_malformed_http_is_logged_sampled_without_tracebacks() -> None:
+    """Requests aiohttp cannot parse get its 400; the server's log keeps them as sampled
+    one-line warnings, so a client cannot fill the disk with tracebacks."""
+    import socket
+
+    bad = [
+        b"GET /vast?a=\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /vast HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n",
+        b"POST /openrtb2/pod HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+        b"GET /vast HTTP/1.1\r\nHost: x\r\nContent-Encoding: zstd-nope\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ]
+    srv = Server(env=_env(VASTSERVER_EVENT_LOG_DIR="off"))
+    try:
+        srv.wait_ready()
+        statuses = []
+        for raw in bad * 10:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+                s.sendall(raw)
+                statuses.append(s.recv(64).split(b" ", 2)[1])
+        assert set(statuses) == {b"400"}, statuses
+        assert _get(f"{srv.base}/vast?pod_duration=30")[0] == 200
+    finally:
+        srv.stop()
+    assert srv.proc.stdout is not None
+    lines = [json.loads(line) for line in srv.proc.stdout.read().decode().splitlines()]
+    noted = [x for x in lines if x["event"] == "bad_http_request"]
+    assert noted and all(x["level"] == "warning" and x["status"] == 400 for x in noted)
+    assert len(noted) <= 20  # sampled: at most 10 a second, then 1 in 100
+    assert not [x for x in lines if "exc" in x or x["level"] == "error"]
 
 
 def test_settings_validation(tmp_path: Path) -> None:

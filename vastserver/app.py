@@ -68,6 +68,9 @@ log = logging.getLogger("vastserver.http")
 XML_TYPE = "application/xml"
 MAX_QUERY = 4096
 """Longest query string we read; aiohttp itself refuses request lines over 8190 bytes."""
+BODY_TIMEOUT_S = 10.0
+"""A request body must arrive within this long (408 after it). Bodies are read before a
+request takes a decision slot, so slow or stalled uploads cannot hold the slots."""
 
 
 @dataclass(slots=True)
@@ -145,7 +148,9 @@ async def edge_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
        class;
     3. **CORS**: HTML5 CTV players fetch cross-origin with credentials: answer preflights,
        echo the ``Origin``;
-    4. **limits**: an over-long query string is refused (414);
+    4. **limits**: an over-long query string is refused (414); a body is read in full, within
+       :data:`BODY_TIMEOUT_S` (408), before the guard, and one that cannot be decoded is
+       refused (400);
     5. **guard**: bound the decision requests in flight (shed the excess at once with a
        no-fill), and turn any unexpected error into a no-fill (players) or a 503, logged,
        never a 500 page.
@@ -195,6 +200,10 @@ async def _guarded(
         return resp
     if len(request.rel_url.raw_query_string) > MAX_QUERY:
         return web.Response(status=414, text="query string too long")
+    if request.body_exists:
+        refused = await _read_body(request)
+        if refused is not None:
+            return refused
     decision = endpoint in DECISION_ENDPOINTS
     if decision:
         if rt.in_flight >= rt.settings.max_in_flight:
@@ -218,6 +227,27 @@ async def _guarded(
         if decision:
             rt.in_flight -= 1
             rt.metrics.in_flight.set(rt.in_flight)
+
+
+async def _read_body(request: web.Request) -> web.StreamResponse | None:
+    """Read (and keep: ``request.read()`` returns it again) the whole body; None when read,
+    else the answer. Over ``client_max_size`` aiohttp raises its 413 (an HTTPException)."""
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            await request.read()
+    except TimeoutError:
+        return web.Response(status=408, text="body: not received in time")
+    except web.RequestPayloadError as e:  # a bad Content-Encoding, a broken chunked body
+        # The rest of the body cannot be parsed: mark it read, so aiohttp does not read it
+        # again after the answer (and log that as an unhandled error), and close the
+        # connection after the answer.
+        request.content.feed_eof()
+        resp = web.Response(status=400, text="body: " + " ".join(str(e).split())[:200])
+        resp.force_close()
+        return resp
+    except ConnectionError:  # the client went away mid-body: nobody reads the answer
+        return web.Response(status=400, text="body: connection lost")
+    return None
 
 
 def _no_fill(rt: Runtime, endpoint: str, reason: str) -> web.StreamResponse:
@@ -617,12 +647,15 @@ def create_app(
         client_max_size=256 * 1024,
     )
     app[RUNTIME] = rt
-    app.router.add_get("/vast", vast_handler, name="vast")
-    app.router.add_get("/vmap", vmap_handler, name="vmap")
-    app.router.add_get("/decide", decide_handler, name="decide")
+    # A HEAD is safe by HTTP's rules: it must not make a decision (which reserves caps and
+    # budget) or count a beacon, so these routes answer it 405 (aiohttp adds HEAD to GET
+    # routes unless told not to).
+    app.router.add_get("/vast", vast_handler, name="vast", allow_head=False)
+    app.router.add_get("/vmap", vmap_handler, name="vmap", allow_head=False)
+    app.router.add_get("/decide", decide_handler, name="decide", allow_head=False)
     app.router.add_post("/openrtb2/pod", openrtb_pod_handler, name="openrtb_pod")
-    app.router.add_get("/t/{event}", beacon_handler, name="beacon")
-    app.router.add_get("/c", click_handler, name="click")
+    app.router.add_get("/t/{event}", beacon_handler, name="beacon", allow_head=False)
+    app.router.add_get("/c", click_handler, name="click", allow_head=False)
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
     app.router.add_get("/metrics", metrics_handler, name="metrics")

@@ -16,6 +16,8 @@ import time
 from contextvars import ContextVar
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 REQUEST_ID: ContextVar[str | None] = ContextVar("vastserver_request_id", default=None)
 MAX_FIELD = 512
 PLAIN_EVENT = "log"
@@ -56,6 +58,9 @@ def configure(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if isinstance(level, str) else level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server.filters):
+        server.addFilter(MalformedRequests())
 
 
 def event(
@@ -85,3 +90,27 @@ class Sampler:
             self._second, self._count = now, 0
         self._count += 1
         return self._count <= self.burst or self._count % self.every == 0
+
+
+class MalformedRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (bad request line, header, length or
+    encoding) with a 400 and logs it at ERROR with a traceback: any client could fill the
+    disk. On ``aiohttp.server`` this keeps such records as sampled one-line warnings
+    ``bad_http_request`` (status and reason, no traceback) and passes everything else."""
+
+    def __init__(self, sampler: Sampler | None = None) -> None:
+        super().__init__()
+        self.sampler = sampler or Sampler()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if not self.sampler():
+            return False
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        why = " ".join(str(exc.message).split())
+        record.fields = {"event": "bad_http_request", "status": exc.code, "why": why}
+        return True
