@@ -283,6 +283,22 @@ async def test_vmap_tags(client: Any) -> None:
         assert events == ["breakStart", "breakEnd", "error"]
 
 
+async def test_vmap_tags_stay_within_what_vast_reads(client: Any) -> None:
+    """A VMAP query whose ad tags /vast would refuse (over 4 KiB once encoded) is a 400,
+    not a schedule whose every break goes unfilled; at the limit, each tag is served."""
+    slashes = "/" * 1400  # 1,400 characters that encode to 4,200
+    resp = await client.get(f"/vmap?content_duration=600&content_url=https:{slashes}")
+    assert resp.status == 400 and (await resp.json())["field"] == "query"
+    resp = await client.get(f"/vmap?content_duration=600&content_url=https:{slashes[:1300]}")
+    assert resp.status == 200
+    root = etree.fromstring(await resp.read())
+    for tag in root.iterfind(".//vmap:AdTagURI", NS):
+        parts = urlsplit(tag.text.strip())
+        assert 3900 < len(parts.query) <= 4096
+        vast = await client.get(f"{parts.path}?{parts.query}")
+        assert vast.status == 200 and etree.fromstring(await vast.read()).tag.endswith("VAST")
+
+
 async def test_vmap_interval_and_no_breaks(client: Any) -> None:
     root = etree.fromstring(
         await (await client.get("/vmap?content_duration=1900&midroll_interval=600")).read()

@@ -345,7 +345,10 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         decisions = await rt.service.decide_stream(base, breaks, deadline=_deadline(rt))
         body = rt.renderer.vmap_inline(breaks, decisions, session=session, debug=targeting.debug)
     else:
-        body = rt.renderer.vmap_tags(breaks, q, session=session)
+        try:
+            body = rt.renderer.vmap_tags(breaks, q, session=session, max_query=MAX_QUERY)
+        except ParamError as e:
+            return _bad_request(e)
     return _xml(body)
 
 

@@ -23,6 +23,7 @@ from markupsafe import Markup, escape
 from vastserver import __version__
 from vastserver.catalog.model import Creative
 from vastserver.explain import decision_json
+from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.pipeline.schedule import PlannedBreak, hms
@@ -462,9 +463,17 @@ class Renderer:
     # ------------------------------------------------------------------ VMAP
 
     def vmap_tags(
-        self, breaks: Sequence[PlannedBreak], query: Mapping[str, str], *, session: str
+        self,
+        breaks: Sequence[PlannedBreak],
+        query: Mapping[str, str],
+        *,
+        session: str,
+        max_query: int | None = None,
     ) -> str:
-        """Each break points back at ``/vast`` with its own break parameters filled in."""
+        """Each break points back at ``/vast`` with its own break parameters filled in.
+
+        ``ParamError`` (field ``query``) when a tag's query string would be longer than
+        ``max_query``: ``/vast`` would refuse it, and every break would go unfilled."""
         carried = {k: v for k, v in query.items() if k not in _VMAP_ONLY and k not in _BREAK_PARAMS}
         out: list[VmapBreakVM] = []
         for n, b in enumerate(breaks, start=1):
@@ -476,7 +485,14 @@ class Renderer:
                 "pod_duration": _num(b.duration_s),
                 "max_ads": str(b.max_ads),
             }
-            url = f"{self.urls.public_url}/vast?{urlencode(params)}"
+            tag_query = urlencode(params)
+            if max_query is not None and len(tag_query) > max_query:
+                raise ParamError(
+                    "query",
+                    f"too long to carry into the breaks' ad tags: {len(tag_query)} characters"
+                    f" once encoded, /vast reads at most {max_query}",
+                )
+            url = f"{self.urls.public_url}/vast?{tag_query}"
             out.append(self._break_vm(b, n, session, tag_url=_cdata(url), vast=None))
         return self.vmap_template.render(breaks=out)
 
