@@ -385,3 +385,20 @@ def test_generated_request_ids_are_unique_across_forked_workers() -> None:
     ours = [app_module._new_request_id() for _ in range(3)]
     assert len(set(ours)) == 3 and len(set(theirs)) == 3
     assert {r[:12] for r in ours}.isdisjoint({r[:12] for r in theirs})
+
+
+async def test_memory_store_evictions_are_exported(client: Any) -> None:
+    """The in-memory store's LRU evictions (an evicted counter reads 0) are a metric, so an
+    undersized store can be alerted on."""
+    from vastserver.store.memory import MemoryStore
+
+    store = client.server.app[RUNTIME].store.inner
+    assert isinstance(store, MemoryStore)
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, "vastserver_store_evictions_total") == 0
+    store.max_keys = 2
+    for i in range(3):
+        assert (await client.get(f"/vast?pod_duration=60&device_id=ev{i}")).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert store.evictions > 0
+    assert _metric(text, "vastserver_store_evictions_total") == store.evictions

@@ -49,6 +49,7 @@ from vastserver.service import AdService, build_snapshot
 from vastserver.settings import Settings
 from vastserver.store import open_store
 from vastserver.store.base import Store, StoreUnavailable
+from vastserver.store.memory import MemoryStore
 from vastserver.store.timed import TimedStore
 from vastserver.tracking import (
     EVENTS,
@@ -588,8 +589,11 @@ def create_app(
     rng = rng or random.SystemRandom()
     # the store's expiry clock: time.time is system_clock's timestamp, without a datetime
     store_clock = time.time if clock is system_clock else (lambda: clock().timestamp())
+    inner = open_store(settings.redis_url, clock=store_clock)
+    if isinstance(inner, MemoryStore):
+        metrics.watch_store_evictions(lambda: inner.evictions)
     store = TimedStore(
-        open_store(settings.redis_url, clock=store_clock),
+        inner,
         lambda op, dt: metrics.store_seconds_by(op).observe(dt),
     )
     delivery = DeliveryControl(

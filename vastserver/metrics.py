@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from prometheus_client import (
@@ -12,6 +13,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from vastserver.pipeline.reasons import Reason
 
@@ -179,8 +182,25 @@ class Metrics:
         self.pods_by = Children(self.pods)
         self.model_score_by = Children(self.model_score)
 
+    def watch_store_evictions(self, count: Callable[[], int]) -> None:
+        """Export ``vastserver_store_evictions_total``, read from ``count`` at each scrape
+        (the in-memory store's LRU evictions: an evicted counter reads 0)."""
+        self.registry.register(_EvictionCollector(count))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EvictionCollector(Collector):
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "vastserver_store_evictions",
+            "Keys the in-memory store evicted to stay within its size (they read 0 after)",
+            value=self._count(),
+        )
 
 
 M = TypeVar("M", Counter, Histogram, Gauge)
