@@ -169,3 +169,43 @@ async def test_head_neither_decides_nor_counts(client: Any) -> None:
     assert (await _stats(client, li))["delivered_impressions"] == 1
     for path in ("/healthz", "/readyz", "/metrics"):
         assert (await client.head(path)).status == 200
+
+
+async def test_a_token_counts_only_on_its_own_events_path(client: Any) -> None:
+    """Each URL's token is signed for its event: the impression URL's token sent as a
+    complete, a quartile or a click is a bad signature and counts nothing; the complete
+    URL's as an impression neither. notUsed takes the impression's token."""
+    ad = await _first_ad(client)
+    li = next(
+        x
+        for x in (await (await client.get("/admin/line-items", headers=AUTH)).json())
+        if x["served"] == 1
+    )["id"]
+    imp_tk = parse_qs(urlsplit(_tracking(ad, "impression")).query)["tk"][0]
+    complete_tk = parse_qs(urlsplit(_tracking(ad, "complete")).query)["tk"][0]
+    pause_tk = parse_qs(urlsplit(_tracking(ad, "pause")).query)["tk"][0]
+    assert len({imp_tk, complete_tk, pause_tk}) == 3
+    assert imp_tk.split(".")[0] == complete_tk.split(".")[0]  # one payload, scoped tags
+    for path, tk in [
+        ("/t/complete", imp_tk),
+        ("/t/midpoint", imp_tk),
+        ("/t/click", imp_tk),
+        ("/c", imp_tk),
+        ("/t/impression", complete_tk),
+        ("/t/impression", pause_tk),
+        ("/t/notUsed", complete_tk),
+    ]:
+        resp = await client.get(f"{path}?tk={tk}", allow_redirects=False)
+        assert resp.status == 403 and await resp.text() == "bad_signature", path
+    stats = await _stats(client, li)
+    assert stats["delivered_impressions"] == 0 and stats["completes"] == 0
+    assert (await client.get(_local(_tracking(ad, "complete")))).status == 204
+    assert (await _stats(client, li))["completes"] == 1
+    # the player-derived notUsed URL (the impression's token) settles the ad
+    assert (await client.get(f"/t/notUsed?tk={imp_tk}")).status == 204
+    assert (await client.get(_local(_tracking(ad, "impression")))).status == 204
+    assert (await _stats(client, li))["delivered_impressions"] == 0  # settled by notUsed
+    text = await (await client.get("/metrics")).text()
+    assert 'vastserver_beacons_total{event="complete",result="bad_signature"} 1.0' in text
+    assert 'vastserver_beacons_total{event="notUsed",result="ok"} 1.0' in text
+    assert 'vastserver_beacons_total{event="impression",result="already_settled"} 1.0' in text

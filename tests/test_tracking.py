@@ -65,12 +65,12 @@ def make_token(**overrides: object) -> AdToken:
 
 
 TOKEN = make_token()
-SIGNED = sign(TOKEN, KEYRING)
+SIGNED = sign(TOKEN, KEYRING, "impression")
 
 
 def kind_of(s: str, keyring: Keyring = KEYRING, now: int = NOW) -> TokenErrorKind | None:
     try:
-        verify(s, keyring, now, MAX_AGE)
+        verify(s, keyring, now, MAX_AGE, "impression")
     except TokenError as exc:
         return exc.kind
     return None
@@ -82,12 +82,12 @@ def kind_of(s: str, keyring: Keyring = KEYRING, now: int = NOW) -> TokenErrorKin
 
 
 def test_round_trip() -> None:
-    assert verify(SIGNED, KEYRING, NOW, MAX_AGE) == TOKEN
+    assert verify(SIGNED, KEYRING, NOW, MAX_AGE, "impression") == TOKEN
 
 
 def test_round_trip_lmt_and_empty_strings() -> None:
     token = make_token(lmt=True, session="", click_url="", price_micros=0, pod_position=1)
-    assert verify(sign(token, KEYRING), KEYRING, NOW, MAX_AGE) == token
+    assert verify(sign(token, KEYRING, "impression"), KEYRING, NOW, MAX_AGE, "impression") == token
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_round_trip_lmt_and_empty_strings() -> None:
 )
 def test_round_trip_string_encodings(value: str) -> None:
     token = make_token(line_item_id=value, session=value, click_url=value)
-    assert verify(sign(token, KEYRING), KEYRING, NOW, MAX_AGE) == token
+    assert verify(sign(token, KEYRING, "impression"), KEYRING, NOW, MAX_AGE, "impression") == token
 
 
 def test_token_shape_and_determinism() -> None:
@@ -126,8 +126,8 @@ def test_token_shape_and_determinism() -> None:
     assert kid == KEYRING.primary_kid
     assert re.fullmatch(r"[0-9a-f]{6}", kid)
     assert re.fullmatch(r"[A-Za-z0-9_-]{22}", sig)  # 16 bytes
-    assert sign(TOKEN, KEYRING) == SIGNED
-    assert sign(TOKEN, Keyring.from_secrets([SECRET_A])) == SIGNED
+    assert sign(TOKEN, KEYRING, "impression") == SIGNED
+    assert sign(TOKEN, Keyring.from_secrets([SECRET_A]), "impression") == SIGNED
 
 
 def test_token_length_for_realistic_values() -> None:
@@ -141,12 +141,12 @@ def test_token_length_for_realistic_values() -> None:
         session="s-8c1f02ae9d",
         click_url="https://brand.example/spring?src=ctv",
     )
-    assert len(sign(other, KEYRING)) <= 220
+    assert len(sign(other, KEYRING, "impression")) <= 220
 
 
 def test_oversize_token_refused_by_sign() -> None:
     with pytest.raises(ValueError):
-        sign(make_token(click_url="https://x/" + "a" * 2000), KEYRING)
+        sign(make_token(click_url="https://x/" + "a" * 2000), KEYRING, "impression")
 
 
 def test_adtoken_validates_fields() -> None:
@@ -168,7 +168,7 @@ def test_adtoken_validates_fields() -> None:
 
 def test_sign_rejects_unencodable_text() -> None:
     with pytest.raises(ValueError):
-        sign(make_token(session="\ud800"), KEYRING)
+        sign(make_token(session="\ud800"), KEYRING, "impression")
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,19 +208,21 @@ def test_rotation() -> None:
     old = Keyring.from_secrets([SECRET_A])
     rotating = Keyring.from_secrets([SECRET_B, SECRET_A])
     rotated = Keyring.from_secrets([SECRET_B])
-    old_token = sign(TOKEN, old)
-    new_token = sign(TOKEN, rotating)
+    old_token = sign(TOKEN, old, "impression")
+    new_token = sign(TOKEN, rotating, "impression")
     assert new_token.split(".")[1] == rotated.primary_kid
-    assert verify(old_token, rotating, NOW, MAX_AGE) == TOKEN
-    assert verify(new_token, rotating, NOW, MAX_AGE) == TOKEN
-    assert verify(new_token, rotated, NOW, MAX_AGE) == TOKEN
+    assert verify(old_token, rotating, NOW, MAX_AGE, "impression") == TOKEN
+    assert verify(new_token, rotating, NOW, MAX_AGE, "impression") == TOKEN
+    assert verify(new_token, rotated, NOW, MAX_AGE, "impression") == TOKEN
     assert kind_of(old_token, rotated) is TokenErrorKind.BAD_SIGNATURE
     assert kind_of(new_token, old) is TokenErrorKind.BAD_SIGNATURE
 
 
 def test_foreign_signature_with_our_kid() -> None:
     # Signed with a secret we don't have, relabelled with our key id.
-    payload, _, sig = sign(make_token(lmt=True), Keyring.from_secrets([SECRET_B])).split(".")
+    payload, _, sig = sign(
+        make_token(lmt=True), Keyring.from_secrets([SECRET_B]), "impression"
+    ).split(".")
     assert kind_of(f"{payload}.{KEYRING.primary_kid}.{sig}") is TokenErrorKind.BAD_SIGNATURE
     # Our signature moved onto another payload.
     assert kind_of(f"{payload}.{KEYRING.primary_kid}.{SIGNED.split('.')[2]}") is (
@@ -282,9 +284,12 @@ def test_non_string_input() -> None:
     assert kind_of(b"x") is TokenErrorKind.MALFORMED  # type: ignore[arg-type]
 
 
-def test_bad_version_is_malformed_even_when_signed() -> None:
+@pytest.mark.parametrize("version", [0, 1, 3, 255])
+def test_bad_version_is_malformed_even_when_signed(version: int) -> None:
+    """Version 1 tokens (one tag for every event) are refused too."""
     payload = bytearray(tracking._encode_payload(TOKEN))
-    payload[0] = 2
+    assert payload[0] == tracking.FORMAT_VERSION == 2
+    payload[0] = version
     assert kind_of(_sign_raw(bytes(payload))) is TokenErrorKind.MALFORMED
 
 
@@ -332,7 +337,7 @@ def _sign_raw(payload: bytes, keyring: Keyring = KEYRING) -> str:
     """Sign arbitrary payload bytes with a real key, bypassing the encoder."""
     key = keyring._keys[0]
     payload_b64 = tracking._b64e(payload)
-    sig = tracking._b64e(tracking._mac(key.token_key, payload_b64, key.kid))
+    sig = tracking._b64e(tracking._mac(key.token_key, payload_b64, key.kid, "impression"))
     return f"{payload_b64}.{key.kid}.{sig}"
 
 
@@ -423,7 +428,7 @@ GOLDEN_FIELDS: list[dict[str, object]] = [
         "lmt": True,
     },
 ]
-GOLDEN_SIGNED = [
+GOLDEN_SIGNED_V1 = [
     "AQCCAatGW_HNUa9lbd18uFs-QOpIbGktMDAwMTIzWGNyLTAwMDEyMy0xMnKftNNONjJp2_7TTTtBn4bQgYhMfWVB"
     "ASNFZ4mrze8AoPj6BYC4yLEGAQ.a92df7.HVsXFAtL0PXGUFZTEmsElw",
     "AQGCAQAAAAAAAAAAAAAAAAAAAAAD1SUDtVAD-QIDNEHerb7vyv7wDQRvHC0-S1pMbY5_ASNFZ4mr7QJleGFtcGxl"
@@ -434,35 +439,64 @@ GOLDEN_SIGNED = [
     "AQEYQUFCiAFow6lsbG8gd8O2cmxkIOKckyhhLmIuYwMAEmm3GAAKCQXmAWJyYW5kLmV4YW1wbGUvc3ByaW5nP3Ny"
     "Yz1jdHZ_gAED.a92df7.kizkQUj7JHi8zl5aSH7Wcw",
 ]
-GOLDEN_SIGNED_ROTATING = (
+GOLDEN_SIGNED_ROTATING_V1 = (
     "AQCCAatGW_HNUa9lbd18uFs-QOpIbGktMDAwMTIzWGNyLTAwMDEyMy0xMnKftNNONjJp2_7TTTtBn4bQgYhMfWVB"
     "ASNFZ4mrze8AoPj6BYC4yLEGAQ.e72a44.DaDSJcJVsO4Kp1oE6KztYg"
 )
 
 
-@pytest.mark.parametrize("fields, expected", list(zip(GOLDEN_FIELDS, GOLDEN_SIGNED, strict=True)))
+"""Tokens the original (version 1) encoder made: one tag, over ``"<payload>.<kid>"``."""
+
+
+def _as_v2(v1: str, keyring: Keyring, scope: str) -> str:
+    """The version 2 token of a version 1 one: the same payload bytes after the version
+    byte, and the reference HMAC over ``"<payload>.<kid>.<scope>"``."""
+    payload_b64, kid, _ = v1.split(".")
+    raw = tracking._b64d(payload_b64)
+    assert raw is not None and raw[0] == 1
+    payload_b64 = tracking._b64e(bytes((2,)) + raw[1:])
+    key = next(k for k in keyring._keys if k.kid == kid)
+    sig = tracking._mac(key.token_key, payload_b64, kid, scope)
+    return f"{payload_b64}.{kid}.{tracking._b64e(sig)}"
+
+
+GOLDEN_SIGNED = [_as_v2(v1, KEYRING, "impression") for v1 in GOLDEN_SIGNED_V1]
+
+
+@pytest.mark.parametrize("fields, v1", list(zip(GOLDEN_FIELDS, GOLDEN_SIGNED_V1, strict=True)))
+@pytest.mark.parametrize("scope", [*tracking.BEACON_SCOPES, tracking.CLICK_SCOPE])
 def test_sign_is_byte_identical_to_the_original_encoder(
-    fields: dict[str, object], expected: str
+    fields: dict[str, object], v1: str, scope: str
 ) -> None:
+    """The payload is the original encoder's (but for the version byte), the tag the
+    reference HMAC of the scope, and the token verifies for that scope only."""
     token = AdToken(**fields)  # type: ignore[arg-type]
+    expected = _as_v2(v1, KEYRING, scope)
     for _ in range(2):  # cold, then with every string already memoized
-        assert sign(token, KEYRING) == expected
-        assert verify(expected, KEYRING, token.served_at, MAX_AGE) == token
+        assert sign(token, KEYRING, scope) == expected
+        assert verify(expected, KEYRING, token.served_at, MAX_AGE, scope) == token
+    for other in {*tracking.BEACON_SCOPES, tracking.CLICK_SCOPE} - {scope}:
+        with pytest.raises(TokenError) as e:
+            verify(expected, KEYRING, token.served_at, MAX_AGE, other)
+        assert e.value.kind is TokenErrorKind.BAD_SIGNATURE
 
 
 def test_sign_is_byte_identical_with_rotating_keyring() -> None:
     token = AdToken(**GOLDEN_FIELDS[0])  # type: ignore[arg-type]
     rotating = Keyring.from_secrets([SECRET_B, SECRET_A])
-    assert sign(token, rotating) == GOLDEN_SIGNED_ROTATING
-    assert verify(GOLDEN_SIGNED[0], rotating, NOW, MAX_AGE) == token
+    expected = _as_v2(GOLDEN_SIGNED_ROTATING_V1, rotating, "impression")
+    assert sign(token, rotating, "impression") == expected
+    assert verify(GOLDEN_SIGNED[0], rotating, NOW, MAX_AGE, "impression") == token
 
 
 def test_fast_mac_matches_reference_hmac() -> None:
     for keyring in (KEYRING, Keyring.from_secrets([SECRET_B])):
         key = keyring._keys[0]
         for payload_b64 in ("A", SIGNED.split(".")[0], "x" * 1500):
-            msg = f"{payload_b64}.{key.kid}".encode("ascii")
-            assert tracking._key_mac(key, msg) == tracking._mac(key.token_key, payload_b64, key.kid)
+            for scope in tracking.BEACON_SCOPES:
+                msg = f"{payload_b64}.{key.kid}.{scope}".encode("ascii")
+                ref = tracking._mac(key.token_key, payload_b64, key.kid, scope)
+                assert tracking._key_mac(key, msg) == ref
 
 
 class _Str(str):
@@ -479,10 +513,10 @@ def test_str_and_int_subclasses_sign_like_plain_values_without_touching_caches()
         fields[name] = _Str(fields[name])
     token = AdToken(**fields)  # type: ignore[arg-type]
     before = tracking._encode_str.cache_info()
-    assert sign(token, KEYRING) == GOLDEN_SIGNED[0]
+    assert sign(token, KEYRING, "impression") == GOLDEN_SIGNED[0]
     assert tracking._encode_str.cache_info() == before
     fields = dict(GOLDEN_FIELDS[0], price_micros=_Int(12_500_000), pod_position=_Int(1))
-    assert sign(AdToken(**fields), KEYRING) == GOLDEN_SIGNED[0]  # type: ignore[arg-type]
+    assert sign(AdToken(**fields), KEYRING, "impression") == GOLDEN_SIGNED[0]  # type: ignore[arg-type]
 
 
 def _str_field(text: str, kind: int = tracking._K_UTF8) -> bytes:
@@ -550,14 +584,14 @@ def test_non_canonical_spellings_are_rejected(warm: bool) -> None:
         payload = _payload_with(_field_index(name), field)
         s = _sign_raw(payload)
         if warm:  # the canonical token and this very spelling are both already memoized
-            assert verify(SIGNED, KEYRING, NOW, MAX_AGE) == TOKEN
+            assert verify(SIGNED, KEYRING, NOW, MAX_AGE, "impression") == TOKEN
             kind_of(s)
         with pytest.raises(TokenError) as info:
-            verify(s, KEYRING, NOW, MAX_AGE)
+            verify(s, KEYRING, NOW, MAX_AGE, "impression")
         # Parsed fine (any other defect has another detail); only canonicality failed.
         assert info.value.kind is TokenErrorKind.MALFORMED, label
         assert info.value.detail == "non-canonical encoding", label
-    assert verify(SIGNED, KEYRING, NOW, MAX_AGE) == TOKEN
+    assert verify(SIGNED, KEYRING, NOW, MAX_AGE, "impression") == TOKEN
 
 
 def test_error_precedence_is_unchanged() -> None:
@@ -565,23 +599,23 @@ def test_error_precedence_is_unchanged() -> None:
     # parse-then-re-encode check did.
     non_canonical = _payload_with(_field_index("line_item_id"), _str_field("4821"))
     with pytest.raises(TokenError) as info:
-        verify(_sign_raw(non_canonical + b"\x00"), KEYRING, NOW, MAX_AGE)
+        verify(_sign_raw(non_canonical + b"\x00"), KEYRING, NOW, MAX_AGE, "impression")
     assert info.value.detail == "trailing bytes"
     pod_zero = non_canonical[:-1] + b"\x00"
     with pytest.raises(TokenError) as info:
-        verify(_sign_raw(pod_zero), KEYRING, NOW, MAX_AGE)
+        verify(_sign_raw(pod_zero), KEYRING, NOW, MAX_AGE, "impression")
     assert info.value.detail == "bad field value"
     bad_utf8 = _payload_with(_field_index("click_url"), b"\x10\xff\xfe")
     with pytest.raises(TokenError) as info:
-        verify(_sign_raw(bad_utf8), KEYRING, NOW, MAX_AGE)
+        verify(_sign_raw(bad_utf8), KEYRING, NOW, MAX_AGE, "impression")
     assert info.value.detail == "invalid UTF-8"
 
 
 def test_memoized_decoding_still_checks_time_every_call() -> None:
-    assert verify(SIGNED, KEYRING, NOW, MAX_AGE) == TOKEN
+    assert verify(SIGNED, KEYRING, NOW, MAX_AGE, "impression") == TOKEN
     assert kind_of(SIGNED, now=NOW + MAX_AGE + 1) is TokenErrorKind.EXPIRED
     assert kind_of(SIGNED, now=NOW - MAX_CLOCK_SKEW_S - 1) is TokenErrorKind.FUTURE
-    assert verify(SIGNED, KEYRING, NOW, MAX_AGE) == TOKEN
+    assert verify(SIGNED, KEYRING, NOW, MAX_AGE, "impression") == TOKEN
     assert kind_of(SIGNED, keyring=Keyring.from_secrets([SECRET_B])) is (
         TokenErrorKind.BAD_SIGNATURE
     )
@@ -606,7 +640,9 @@ def test_memo_caches_are_bounded() -> None:
             session=f"s-{i}",
             price_micros=1_000_000 + i,
         )
-        assert verify(sign(token, KEYRING), KEYRING, NOW, MAX_AGE) == token
+        assert (
+            verify(sign(token, KEYRING, "impression"), KEYRING, NOW, MAX_AGE, "impression") == token
+        )
     for name, cache in caches.items():
         info = cache.cache_info()
         assert info.currsize == info.maxsize, name  # full, and no bigger
@@ -738,7 +774,7 @@ def mutations(draw: st.DrawFn) -> str:
 @given(mutations())
 def test_fuzz_mutated_token(s: str) -> None:
     try:
-        got = verify(s, KEYRING, NOW, MAX_AGE)
+        got = verify(s, KEYRING, NOW, MAX_AGE, "impression")
     except TokenError as exc:
         assert isinstance(exc.kind, TokenErrorKind)
         return
@@ -754,7 +790,7 @@ def test_fuzz_validly_signed_garbage_payload(tail: bytes, versioned: bool) -> No
     if not payload:
         return
     try:
-        got = verify(_sign_raw(payload), KEYRING, NOW, 10**12)
+        got = verify(_sign_raw(payload), KEYRING, NOW, 10**12, "impression")
     except TokenError as exc:
         assert exc.kind in (TokenErrorKind.MALFORMED, TokenErrorKind.FUTURE)
         return
@@ -795,9 +831,9 @@ def _tokens(click_url: st.SearchStrategy[str] = _text) -> st.SearchStrategy[AdTo
 @settings(max_examples=500)
 @given(_tokens())
 def test_fuzz_round_trip_any_token(token: AdToken) -> None:
-    s = sign(token, KEYRING)
+    s = sign(token, KEYRING, "impression")
     assert len(s) <= MAX_TOKEN_LEN
-    assert verify(s, KEYRING, token.served_at, MAX_AGE) == token
+    assert verify(s, KEYRING, token.served_at, MAX_AGE, "impression") == token
 
 
 # --------------------------------------------------------------------------------------------
@@ -1075,13 +1111,38 @@ def test_fuzz_parse_beacon_query_never_raises(q: dict[str, str]) -> None:
 
 def test_beacon_round_trip_through_verify() -> None:
     """End to end: build URL, expand like a player, parse like the server, verify."""
-    url = expand_macros(URLS.event("complete", SIGNED))
+    url = expand_macros(URLS.event("complete", sign(TOKEN, KEYRING, "complete")))
     params = parse_beacon_query(dict(parse_qsl(urlsplit(url).query)))
     assert params.token is not None
-    assert verify(params.token, KEYRING, NOW + 60, MAX_AGE) == TOKEN
+    assert verify(params.token, KEYRING, NOW + 60, MAX_AGE, "complete") == TOKEN
     assert params.ts is not None and params.ts - datetime(2024, 5, 1, 12, tzinfo=UTC) == (
         timedelta(0)
     )
+
+
+def test_every_counted_event_has_its_own_scope() -> None:
+    """A token for one counted event never counts as another; notUsed takes the
+    impression's token (players derive its URL from the impression URL)."""
+    from vastserver.delivery import COUNTED_EVENTS
+
+    scopes = [tracking.scope_of(e) for e in COUNTED_EVENTS]
+    assert len(set(scopes)) == len(scopes) and tracking.OTHER_SCOPE not in scopes
+    assert set(scopes) <= {*tracking.BEACON_SCOPES, tracking.CLICK_SCOPE}
+    assert tracking.scope_of("notUsed") == "impression"
+    for event in tracking.EVENTS - set(COUNTED_EVENTS) - {"notUsed"}:
+        assert tracking.scope_of(event) == tracking.OTHER_SCOPE, event
+
+
+def test_a_verified_token_is_cached_for_its_scope_only() -> None:
+    ring = Keyring.from_secrets([SECRET_A])
+    good = sign(TOKEN, ring, "impression")
+    assert verify(good, ring, NOW, MAX_AGE, "impression") == TOKEN
+    assert verify(good, ring, NOW, MAX_AGE, "notUsed") == TOKEN
+    for event in ("complete", "click", "mute", "start"):
+        with pytest.raises(TokenError) as e:
+            verify(good, ring, NOW, MAX_AGE, event)
+        assert e.value.kind is TokenErrorKind.BAD_SIGNATURE
+    assert ring._verified[good] == (TOKEN, "impression")
 
 
 def test_dataclasses_are_frozen() -> None:
@@ -1116,26 +1177,32 @@ def test_beacon_counting_params_agree_with_the_full_parse(query: dict[str, str])
 def test_verified_token_cache_holds_only_good_signatures_per_keyring() -> None:
     ring = Keyring.from_secrets([SECRET_A, SECRET_B])
     token = make_token(ad_serving_id=new_ad_serving_id(random.Random(99)))
-    good = sign(token, ring)
+    good = sign(token, ring, "impression")
     payload, kid, sig = good.split(".")
     forged = f"{payload}.{kid}.{'A' * len(sig)}"
     for _ in range(2):  # the second time from the cache: same verdicts
-        assert verify(good, ring, NOW, MAX_AGE) == token
+        assert verify(good, ring, NOW, MAX_AGE, "impression") == token
         with pytest.raises(TokenError) as e:
-            verify(forged, ring, NOW, MAX_AGE)
+            verify(forged, ring, NOW, MAX_AGE, "impression")
         assert e.value.kind is TokenErrorKind.BAD_SIGNATURE
     assert good in ring._verified and forged not in ring._verified
     # time checks still apply to a cached token
     with pytest.raises(TokenError) as e:
-        verify(good, ring, NOW + MAX_AGE + 1, MAX_AGE)
+        verify(good, ring, NOW + MAX_AGE + 1, MAX_AGE, "impression")
     assert e.value.kind is TokenErrorKind.EXPIRED
     with pytest.raises(TokenError) as e:
-        verify(good, ring, NOW - MAX_CLOCK_SKEW_S - 1, MAX_AGE)
+        verify(good, ring, NOW - MAX_CLOCK_SKEW_S - 1, MAX_AGE, "impression")
     assert e.value.kind is TokenErrorKind.FUTURE
     # a rotated keyring that dropped the key does not inherit what the old one verified
     rotated = Keyring.from_secrets([SECRET_B])
     with pytest.raises(TokenError):
-        verify(sign(token, Keyring.from_secrets([SECRET_A])), rotated, NOW, MAX_AGE)
+        verify(
+            sign(token, Keyring.from_secrets([SECRET_A]), "impression"),
+            rotated,
+            NOW,
+            MAX_AGE,
+            "impression",
+        )
 
     class Sneaky(str):
         def __eq__(self, other: object) -> bool:
@@ -1145,22 +1212,31 @@ def test_verified_token_cache_holds_only_good_signatures_per_keyring() -> None:
             return hash(good)
 
     with pytest.raises(TokenError):
-        verify(Sneaky(forged), ring, NOW, MAX_AGE)
+        verify(Sneaky(forged), ring, NOW, MAX_AGE, "impression")
 
 
 def test_verified_token_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tracking, "_VERIFIED_CACHE_SIZE", 5)
     ring = Keyring.from_secrets([SECRET_A])
     for n in range(12):
-        verify(sign(make_token(pod_position=n + 1), ring), ring, NOW, MAX_AGE)
+        verify(
+            sign(make_token(pod_position=n + 1), ring, "impression"),
+            ring,
+            NOW,
+            MAX_AGE,
+            "impression",
+        )
         assert len(ring._verified) <= 5
 
 
 @settings(max_examples=300)
 @given(_tokens(st.one_of(st.just(""), _text)), _text)
-def test_sign_with_click_is_two_signs(token: AdToken, click_url: str) -> None:
-    """The shared-encoding pair is exactly the beacon token and the click token."""
+def test_sign_with_click_is_separate_signs(token: AdToken, click_url: str) -> None:
+    """The shared-encoding result is exactly the beacon token signed for each beacon scope
+    and the click token signed for the click scope."""
     got = tracking.sign_with_click(token, click_url, KEYRING)
     clicked = dataclasses.replace(token, click_url=click_url)
-    assert got == (sign(token, KEYRING), sign(clicked, KEYRING))
-    assert verify(got[1], KEYRING, token.served_at, MAX_AGE).click_url == click_url
+    beacons = tuple(sign(token, KEYRING, scope) for scope in tracking.BEACON_SCOPES)
+    assert got == (beacons, sign(clicked, KEYRING, "click"))
+    assert tracking.sign_scopes(token, KEYRING) == beacons
+    assert verify(got[1], KEYRING, token.served_at, MAX_AGE, "click").click_url == click_url

@@ -379,12 +379,14 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
     return _xml(rt.renderer.vast(decision, debug=debug))
 
 
-def _verify(rt: Runtime, raw: str | None) -> AdToken:
+def _verify(rt: Runtime, raw: str | None, event: str) -> AdToken:
+    """The token of a beacon or click that came on ``event``'s path (signed for its scope)."""
     return verify(
         raw or "",
         rt.keyring,
         now=int(rt.clock().timestamp()),
         max_age_s=rt.settings.token_max_age_s,
+        event=event,
     )
 
 
@@ -420,7 +422,7 @@ async def beacon_handler(request: web.Request) -> web.StreamResponse:
         rt.metrics.beacons_by(event, "malformed").inc()
         return web.Response(status=400, text="missing tk")
     try:
-        token = _verify(rt, raw_token)
+        token = _verify(rt, raw_token, event)
     except TokenError as e:
         rt.metrics.beacons_by(event, e.kind.value).inc()
         if rt.log_sampler():
@@ -462,7 +464,7 @@ async def click_handler(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
     raw_token, _ = beacon_counting_params(_query(request))
     try:
-        token = _verify(rt, raw_token)
+        token = _verify(rt, raw_token, "click")
     except TokenError as e:
         rt.metrics.beacons_by("click", e.kind.value).inc()
         if rt.log_sampler():

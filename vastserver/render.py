@@ -27,7 +27,15 @@ from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.pipeline.schedule import PlannedBreak, hms
-from vastserver.tracking import AdToken, Keyring, TrackingUrls, sign, sign_with_click
+from vastserver.tracking import (
+    BEACON_SCOPES,
+    AdToken,
+    Keyring,
+    TrackingUrls,
+    scope_of,
+    sign_scopes,
+    sign_with_click,
+)
 
 AD_SYSTEM = "vastserver"
 CATEGORY_AUTHORITY = "https://iabtechlab.com"
@@ -36,8 +44,17 @@ MEZZANINE_EXTENSION = "Mezzanine"
 DEBUG_EXTENSION = "vastserver-debug"
 FRAGMENT_CACHE_SIZE = 4096
 """Rendered ads kept (per candidate and VAST version): ~5-8 KB each."""
-_DYNAMIC = ("token", "click_token", "sequence", "ad_serving_id", "price")
-"""The values of an ad that depend on the request (see :class:`Renderer`)."""
+_DYNAMIC = (
+    *(f"token:{scope}" for scope in BEACON_SCOPES),
+    "click_token",
+    "sequence",
+    "ad_serving_id",
+    "price",
+)
+"""The values of an ad that depend on the request (see :class:`Renderer`): its token signed
+for each beacon scope (in :data:`BEACON_SCOPES` order), then the click token and the rest."""
+_N_SCOPES = len(BEACON_SCOPES)
+_SCOPE_INDEX = {scope: n for n, scope in enumerate(BEACON_SCOPES)}
 _Fragment = tuple[tuple[str, ...], tuple[int, ...]]
 
 # Linear tracking events each version's XSD allows (``skip`` only with a skipoffset).
@@ -262,7 +279,7 @@ class Renderer:
         # random per process so no catalog text can contain one; all of one length, so none
         # is a prefix of another.
         stem = "Q" + secrets.token_hex(12)
-        self._placeholders = tuple(f"{stem}{n}" for n in range(len(_DYNAMIC)))
+        self._placeholders = tuple(f"{stem}{n:03d}" for n in range(len(_DYNAMIC)))
         self._split = re.compile("(" + "|".join(self._placeholders) + ")")
         self._slot_of = {ph: n for n, ph in enumerate(self._placeholders)}
         self._fragments: LRUCache[tuple[int, str], tuple[Candidate, _Fragment]] = LRUCache(
@@ -318,7 +335,7 @@ class Renderer:
             debug_comment=debug_comment,
         )
 
-    def _dynamic(self, decision: Decision, ad: PlacedAd) -> tuple[str, str, str, str, str]:
+    def _dynamic(self, decision: Decision, ad: PlacedAd) -> tuple[str, ...]:
         """The request-dependent values of one ad, in :data:`_DYNAMIC` order."""
         req = decision.request
         c = ad.candidate
@@ -340,20 +357,24 @@ class Renderer:
         # Beacons do not need the click-through; only the /c token carries it, which keeps
         # the ~16 tracking URLs of every ad short.
         if cr.click_through:
-            token, click_token = sign_with_click(base, cr.click_through, self.keyring)
+            tokens, click_token = sign_with_click(base, cr.click_through, self.keyring)
         else:
-            token, click_token = sign(base, self.keyring), ""
-        return token, click_token, str(ad.slot), ad.ad_serving_id, f"{ad.price_cpm:.2f}"
+            tokens, click_token = sign_scopes(base, self.keyring), ""
+        return (*tokens, click_token, str(ad.slot), ad.ad_serving_id, f"{ad.price_cpm:.2f}")
 
     def _ad_full(
         self, decision: Decision, ad: PlacedAd, ver: VersionVM, debug_json: Markup | None
     ) -> Markup:
-        vm = self._ad_vm(ad.candidate, ver, *self._dynamic(decision, ad))
+        dyn = self._dynamic(decision, ad)
+        vm = self._ad_vm(ad.candidate, ver, dyn[:_N_SCOPES], *dyn[_N_SCOPES:])
         return Markup(self.ad_template.render(ver=ver, ad=vm, debug_json=debug_json))
 
     def _ad_fast(self, decision: Decision, ad: PlacedAd, ver: VersionVM) -> Markup:
         statics, slots = self._fragment(ad.candidate, ver)
-        values = [escape(v) for v in self._dynamic(decision, ad)]
+        dyn = self._dynamic(decision, ad)
+        # The tokens are base64url, dots and hex (nothing to escape); the rest is escaped
+        # as the template would (a test holds this path equal to the template's).
+        values = [*dyn[:_N_SCOPES], *map(escape, dyn[_N_SCOPES:])]
         out = [statics[0]]
         for slot, text in zip(slots, statics[1:], strict=True):
             out.append(values[slot])
@@ -368,7 +389,13 @@ class Renderer:
         if hit is not None and hit[0] is c:  # the entry holds ``c``: its id is not reused
             return hit[1]
         ph = self._placeholders
-        vm = self._ad_vm(c, ver, ph[0], ph[1] if c.creative.click_through else "", *ph[2:])
+        vm = self._ad_vm(
+            c,
+            ver,
+            ph[:_N_SCOPES],
+            ph[_N_SCOPES] if c.creative.click_through else "",
+            *ph[_N_SCOPES + 1 :],
+        )
         pieces = self._split.split(self.ad_template.render(ver=ver, ad=vm, debug_json=None))
         frag = (tuple(pieces[0::2]), tuple(self._slot_of[p] for p in pieces[1::2]))
         self._fragments[key] = (c, frag)
@@ -378,20 +405,25 @@ class Renderer:
         self,
         c: Candidate,
         ver: VersionVM,
-        token: str,
+        tokens: Sequence[str],
         click_token: str,
         sequence: str,
         ad_serving_id: str,
         price: str,
     ) -> AdVM:
+        """``tokens``: the ad's token signed for each of :data:`BEACON_SCOPES`, in order."""
+
+        def url(event: str) -> Markup:
+            return _cdata(self.urls.event(event, tokens[_SCOPE_INDEX[scope_of(event)]]))
+
         cr = c.creative
         version = ver.version
         events = list(LINEAR_EVENTS_BY_VERSION[version])
         if cr.skip_offset_ms is not None and version != "2.0":
             events.append("skip")
-        tracking = [TrackingVM(e, _cdata(self.urls.event(e, token))) for e in events]
+        tracking = [TrackingVM(e, url(e)) for e in events]
         if version != "2.0":  # progress exists from VAST 3.0 on
-            progress_url = _cdata(self.urls.event("progress", token))
+            progress_url = url("progress")
             tracking += [
                 TrackingVM("progress", progress_url, offset=duration(round(s * 1000)))
                 for s in self.progress_offsets_s
@@ -406,8 +438,8 @@ class Renderer:
             categories=c.advertiser.categories or cr.categories,
             price=price,
             currency=c.line_item.currency,
-            impression_url=_cdata(self.urls.impression(token)),
-            error_url=_cdata(self.urls.error(token)),
+            impression_url=url("impression"),
+            error_url=url("error"),
             creative_id=cr.id,
             creative_ad_id=cr.ad_id or cr.universal_ad_id,
             universal_ad_id=cr.universal_ad_id,

@@ -4,6 +4,14 @@ Every served ad carries a signed :class:`AdToken` in its impression, tracking, e
 URLs. The beacon handler verifies the token (:func:`verify`) and counts the event against the
 line item, creative, campaign and advertiser inside it, without any server-side state.
 
+Each URL's token is signed for the **scope** of its event (:func:`scope_of`): every counted
+event has its own (``impression``, ``start``, the quartiles, ``complete``, ``skip``,
+``error``, ``click``; ``notUsed`` shares the impression's, since players derive it from the
+impression URL), and the uncounted ones (``pause``, ``mute``, ``progress``...) share
+``other``. The payload is the same in all of an ad's URLs; only the tag differs. So a token
+taken from one URL does not verify on another event's path: whoever saw only the impression
+URL cannot make up a ``complete`` or a click.
+
 Token format
 ============
 
@@ -11,7 +19,7 @@ Token format
 
 * ``payload``: base64url, no padding, of a compact binary layout::
 
-      u8      format version (currently 1)
+      u8      format version (currently 2: the tag binds the event scope)
       u8      flags (bit 0 = lmt; the other bits must be 0)
       8 x str ad_serving_id, line_item_id, creative_id, campaign_id, advertiser_id,
               viewer_hash, session, click_url
@@ -46,10 +54,12 @@ Token format
   canonical check is done field by field while decoding (each string field's bytes must be
   what ``_encode_str`` gives for the decoded string, each varint must be minimal), which is
   equivalent to re-encoding the whole token. :func:`verify` also memoizes whole decoded
-  payloads (after the signature check), since every beacon of one ad carries the same token.
+  payloads (after the signature check), since every beacon of one ad carries the same
+  payload.
 
 * ``kid``: 6 lowercase hex chars identifying the signing secret (see :class:`Keyring`).
-* ``sig``: base64url of HMAC-SHA256(token key, ``"<payload>.<kid>"``) truncated to 16 bytes.
+* ``sig``: base64url of HMAC-SHA256(token key, ``"<payload>.<kid>.<scope>"``) truncated to
+  16 bytes; the scope is not in the token: the verifier takes it from the event's path.
 
 Why a 128-bit tag is enough: the tag is a MAC, not a hash, so birthday collisions (2**64 work)
 give an attacker nothing; forging needs the tag of a payload nobody signed, and without the
@@ -86,9 +96,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
 __all__ = [
+    "BEACON_SCOPES",
+    "CLICK_SCOPE",
     "DEFAULT_MACRO_VALUES",
     "EVENTS",
     "FORMAT_VERSION",
@@ -96,6 +112,7 @@ __all__ = [
     "MAX_CLOCK_SKEW_S",
     "MAX_TOKEN_LEN",
     "MIN_SECRET_LEN",
+    "OTHER_SCOPE",
     "PARAM_BREAK",
     "PARAM_CACHEBUSTER",
     "PARAM_ERRORCODE",
@@ -115,14 +132,51 @@ __all__ = [
     "expand_macros",
     "new_ad_serving_id",
     "parse_beacon_query",
+    "scope_of",
     "sign",
+    "sign_scopes",
     "sign_with_click",
     "verify",
     "viewer_hash",
 ]
 
-FORMAT_VERSION = 1
-"""First byte of every token payload; bump when the layout changes."""
+FORMAT_VERSION = 2
+"""First byte of every token payload; bump when the layout or the signed message changes
+(1: one tag for every event; 2: the tag binds the event scope)."""
+OTHER_SCOPE = "other"
+"""The scope every uncounted event's URL shares."""
+BEACON_SCOPES: tuple[str, ...] = (
+    "impression",
+    "start",
+    "firstQuartile",
+    "midpoint",
+    "thirdQuartile",
+    "complete",
+    "skip",
+    "error",
+    OTHER_SCOPE,
+)
+"""The scopes of an ad's ``/t/`` URLs, in the order :func:`sign_scopes` returns them."""
+CLICK_SCOPE = "click"
+"""The scope of the click token (``/c``, and ``/t/click``)."""
+_SCOPE_OF: Mapping[str, str] = MappingProxyType(
+    {
+        **{s: s for s in BEACON_SCOPES if s != OTHER_SCOPE},
+        CLICK_SCOPE: CLICK_SCOPE,
+        "notUsed": "impression",
+    }
+)
+
+
+_SCOPE_BYTES: Mapping[str, bytes] = MappingProxyType(
+    {s: s.encode("ascii") for s in (*BEACON_SCOPES, CLICK_SCOPE)}
+)
+
+
+def scope_of(event: str) -> str:
+    """The scope a token must be signed for to count as ``event``."""
+    return _SCOPE_OF.get(event, OTHER_SCOPE)
+
 
 MAX_TOKEN_LEN = 2048
 """Longest token string :func:`verify` will look at (and :func:`sign` will produce)."""
@@ -137,6 +191,8 @@ VIEWER_HASH_LEN = 16
 """Hex characters in a :func:`viewer_hash` (64 bits)."""
 
 _SIG_LEN = 16
+_SIG_B64_LEN = 22
+_SHA256_BLOCK = 64
 _KID_LEN = 6
 _MAX_INT = 2**63 - 1
 _FLAG_LMT = 0x01
@@ -269,9 +325,14 @@ class _Key:
     kid: str
     token_key: bytes
     viewer_key: bytes
-    token_hmac: hmac.HMAC = field(compare=False)
-    """HMAC-SHA256 keyed with ``token_key`` and fed nothing: :func:`_key_mac` copies it, which
-    skips re-keying (two SHA-256 block compressions and Python-level setup) on every call."""
+    token_inner: _Hash = field(compare=False)
+    """SHA-256 fed ``token_key XOR ipad``: HMAC's inner hash before the message (RFC 2104)."""
+    token_outer: _Hash = field(compare=False)
+    """SHA-256 fed ``token_key XOR opad``: HMAC's outer hash before the inner digest.
+
+    :func:`_key_mac` and :func:`_sign_payload` copy these two (one C call each) rather than
+    an ``hmac.HMAC`` object, whose ``copy()`` costs ~1 µs of Python per tag; an ad's ~10
+    scoped tags are signed on every ``/vast``. Tests hold the result to ``hmac.new``."""
 
     def __repr__(self) -> str:
         return f"_Key(kid={self.kid!r})"
@@ -282,8 +343,14 @@ def _derive_key(secret: str) -> _Key:
     kid = hashlib.sha256(_LABEL_KID + b"\x00" + raw).hexdigest()[:_KID_LEN]
     token_key = hmac.new(raw, _LABEL_TOKEN, hashlib.sha256).digest()
     viewer_key = hmac.new(raw, _LABEL_VIEWER, hashlib.sha256).digest()
-    token_hmac = hmac.new(token_key, digestmod=hashlib.sha256)
-    return _Key(kid=kid, token_key=token_key, viewer_key=viewer_key, token_hmac=token_hmac)
+    block = token_key.ljust(_SHA256_BLOCK, b"\0")  # a 32-byte key is shorter than a block
+    return _Key(
+        kid=kid,
+        token_key=token_key,
+        viewer_key=viewer_key,
+        token_inner=hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+        token_outer=hashlib.sha256(bytes(b ^ 0x5C for b in block)),
+    )
 
 
 class Keyring:
@@ -299,9 +366,10 @@ class Keyring:
     __slots__ = ("_by_kid", "_keys", "_verified")
 
     def __init__(self, secrets: Sequence[str]) -> None:
-        self._verified: dict[str, AdToken] = {}
+        self._verified: dict[str, tuple[AdToken, str]] = {}
         """Token strings whose signature verified under these keys (a keyring's keys never
-        change), so the beacons after an ad's first skip the decoding and the HMAC."""
+        change), with the scope it verified for, so a replayed beacon skips the decoding and
+        the HMAC."""
         if isinstance(secrets, str):
             raise TypeError("Keyring needs a sequence of secrets, not a single string")
         keys: list[_Key] = []
@@ -646,17 +714,20 @@ Only :func:`verify` uses it, after the signature check, so only payloads we sign
 """
 
 
-def _mac(key: bytes, payload_b64: str, kid: str) -> bytes:
-    """Reference tag of ``"<payload>.<kid>"`` under a raw token key (tests, tools)."""
-    msg = f"{payload_b64}.{kid}".encode("ascii")
+def _mac(key: bytes, payload_b64: str, kid: str, scope: str) -> bytes:
+    """Reference tag of ``"<payload>.<kid>.<scope>"`` under a raw token key (tests, tools)."""
+    msg = f"{payload_b64}.{kid}.{scope}".encode("ascii")
     return hmac.new(key, msg, hashlib.sha256).digest()[:_SIG_LEN]
 
 
 def _key_mac(key: _Key, msg: bytes) -> bytes:
-    """Same as ``_mac(key.token_key, ...)`` for ``msg = b"<payload>.<kid>"``, but faster."""
-    h = key.token_hmac.copy()
-    h.update(msg)
-    return h.digest()[:_SIG_LEN]
+    """Same as ``_mac(key.token_key, ...)`` for ``msg = b"<payload>.<kid>.<scope>"``, but
+    faster."""
+    inner = key.token_inner.copy()
+    inner.update(msg)
+    outer = key.token_outer.copy()
+    outer.update(inner.digest())
+    return outer.digest()[:_SIG_LEN]
 
 
 # --------------------------------------------------------------------------------------------
@@ -664,38 +735,62 @@ def _key_mac(key: _Key, msg: bytes) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def sign(token: AdToken, keyring: Keyring) -> str:
-    """Encode and sign ``token`` with the keyring's first secret.
+def sign(token: AdToken, keyring: Keyring, event: str) -> str:
+    """Encode ``token`` and sign it for ``event``'s scope with the keyring's first secret.
 
-    Deterministic (same token and key give the same string). ``ValueError`` if a string field
-    cannot be UTF-8 encoded or the result would exceed :data:`MAX_TOKEN_LEN`.
+    Deterministic (same token, scope and key give the same string). ``ValueError`` if a
+    string field cannot be UTF-8 encoded or the result would exceed :data:`MAX_TOKEN_LEN`.
     """
-    return _sign_payload(_encode_payload(token), keyring._keys[0])
+    return _sign_payload(_encode_payload(token), keyring._keys[0], (scope_of(event),))[0]
 
 
-def sign_with_click(token: AdToken, click_url: str, keyring: Keyring) -> tuple[str, str]:
-    """``sign(token)`` and ``sign(replace(token, click_url=click_url))`` for a ``token``
-    without a click URL, sharing the encoding of every other field (a served ad gets both:
-    its beacons carry the first, its ``/c`` click-through the second)."""
+def sign_scopes(
+    token: AdToken, keyring: Keyring, scopes: Sequence[str] = BEACON_SCOPES
+) -> tuple[str, ...]:
+    """``token`` signed for each of ``scopes``, in order, encoded once."""
+    return _sign_payload(_encode_payload(token), keyring._keys[0], scopes)
+
+
+def sign_with_click(
+    token: AdToken, click_url: str, keyring: Keyring, scopes: Sequence[str] = BEACON_SCOPES
+) -> tuple[tuple[str, ...], str]:
+    """``sign_scopes(token)`` and the click token, ``replace(token, click_url=click_url)``
+    signed for :data:`CLICK_SCOPE`, for a ``token`` without a click URL, sharing the
+    encoding of every other field (a served ad gets both: its beacons carry the first, its
+    ``/c`` click-through the second)."""
     if token.click_url or type(click_url) is not str:
-        return sign(token, keyring), sign(replace(token, click_url=click_url), keyring)
+        click = replace(token, click_url=click_url)
+        return sign_scopes(token, keyring, scopes), sign(click, keyring, CLICK_SCOPE)
     head, no_click, tail = _payload_parts(token)
     key = keyring._keys[0]
     return (
-        _sign_payload(head + no_click + tail, key),
-        _sign_payload(head + _encode_str(click_url) + tail, key),
+        _sign_payload(head + no_click + tail, key, scopes),
+        _sign_payload(head + _encode_str(click_url) + tail, key, (CLICK_SCOPE,))[0],
     )
 
 
-def _sign_payload(payload: bytes, key: _Key) -> str:
+def _sign_payload(payload: bytes, key: _Key, scopes: Sequence[str]) -> tuple[str, ...]:
     signed = f"{_b64e(payload)}.{key.kid}"
-    out = f"{signed}.{_b64e(_key_mac(key, signed.encode('ascii')))}"
-    if len(out) > MAX_TOKEN_LEN:
-        raise ValueError(f"token would be {len(out)} chars, over {MAX_TOKEN_LEN}")
-    return out
+    if len(signed) + 1 + _SIG_B64_LEN > MAX_TOKEN_LEN:
+        raise ValueError(
+            f"token would be {len(signed) + 1 + _SIG_B64_LEN} chars, over {MAX_TOKEN_LEN}"
+        )
+    # HMAC as in _key_mac, the payload's blocks hashed once: each scope only adds its name
+    base = key.token_inner.copy()
+    base.update(signed.encode("ascii") + b".")
+    outer = key.token_outer
+    prefix = signed + "."
+    out = []
+    for scope in scopes:
+        inner = base.copy()
+        inner.update(_SCOPE_BYTES.get(scope) or scope.encode("ascii"))
+        h = outer.copy()
+        h.update(inner.digest())
+        out.append(prefix + _b64e(h.digest()[:_SIG_LEN]))
+    return tuple(out)
 
 
-def _verify_signed(s: str, keyring: Keyring) -> AdToken:
+def _verify_signed(s: str, keyring: Keyring, scope: str) -> AdToken:
     """The signature and payload part of :func:`verify` (everything but the time checks)."""
     m = _TOKEN_RE.fullmatch(s)
     if m is None:
@@ -711,7 +806,7 @@ def _verify_signed(s: str, keyring: Keyring) -> AdToken:
     keys = keyring._by_kid.get(kid, ())
     if not keys:
         raise TokenError(TokenErrorKind.BAD_SIGNATURE, "unknown key id")
-    msg = f"{payload_b64}.{kid}".encode("ascii")
+    msg = f"{payload_b64}.{kid}.{scope}".encode("ascii")
     ok = False
     for key in keys:
         ok |= hmac.compare_digest(_key_mac(key, msg), sig)
@@ -721,25 +816,29 @@ def _verify_signed(s: str, keyring: Keyring) -> AdToken:
     return decoded
 
 
-def verify(s: str, keyring: Keyring, now: int, max_age_s: int) -> AdToken:
-    """Check and decode a token string from a request.
+def verify(s: str, keyring: Keyring, now: int, max_age_s: int, event: str) -> AdToken:
+    """Check and decode a token string from a request for ``event`` (the path it came on).
 
-    Raises only :class:`TokenError`, whatever ``s`` is. The signature is checked before the
-    payload is parsed; expiry (``served_at + max_age_s < now``) and the future check
+    Raises only :class:`TokenError`, whatever ``s`` is. The signature is checked, for
+    ``event``'s scope, before the payload is parsed (a token signed for another scope is a
+    ``BAD_SIGNATURE``); expiry (``served_at + max_age_s < now``) and the future check
     (``served_at > now + MAX_CLOCK_SKEW_S``) only after the signature is known good.
     """
     if not isinstance(s, str):
         raise _malformed("not a string")
     if len(s) > MAX_TOKEN_LEN:
         raise _malformed("oversize")
+    scope = scope_of(event)
     exact = type(s) is str  # a str subclass could redefine equality: never from the cache
-    token = keyring._verified.get(s) if exact else None
-    if token is None:
-        token = _verify_signed(s, keyring)
+    hit = keyring._verified.get(s) if exact else None
+    if hit is not None and hit[1] == scope:
+        token = hit[0]
+    else:
+        token = _verify_signed(s, keyring, scope)
         if exact:
             if len(keyring._verified) >= _VERIFIED_CACHE_SIZE:
                 keyring._verified.clear()
-            keyring._verified[s] = token
+            keyring._verified[s] = (token, scope)
     if token.served_at > now + MAX_CLOCK_SKEW_S:
         raise TokenError(TokenErrorKind.FUTURE, "served_at in the future")
     if token.served_at + max_age_s < now:

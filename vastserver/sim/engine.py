@@ -394,12 +394,13 @@ class Engine:
 
     # ------------------------------------------------------------------ fetching
 
-    def _token(self, url: str) -> AdToken | None:
+    def _token(self, url: str, event: str) -> AdToken | None:
         raw = query_param(url, PARAM_TOKEN)
         if raw is None:
             return None
         try:
-            return verify(raw, self.keyring, int(self.clock().timestamp()), self.max_age_s)
+            now = int(self.clock().timestamp())
+            return verify(raw, self.keyring, now, self.max_age_s, event)
         except TokenError as e:
             self.anomaly(f"served a token that does not verify: {e}")
             return None
@@ -440,7 +441,7 @@ class Engine:
         if record.filled_ms > requested_ms:
             self.anomaly(f"pod of {record.filled_ms} ms for a {requested_ms} ms break")
         for ad in pod.ads:
-            tok = self._token(ad.impression_url)
+            tok = self._token(ad.impression_url, "impression")
             if tok is None:
                 continue
             if tok.creative_id != ad.creative_id:
