@@ -98,6 +98,16 @@ async def test_creative_ids_are_stable(make_client: ClientFactory) -> None:
 
 BAD_INPUT = [
     ("pod_duration=abc", "pod_duration"),
+    # what Python's float()/int() take but no client means: underscores, signs written as
+    # '+' (a space once decoded), padding, exponents, other scripts' digits
+    ("pod_duration=1_20", "pod_duration"),
+    ("pod_duration=+120", "pod_duration"),
+    ("pod_duration=%20120", "pod_duration"),
+    ("pod_duration=12e1", "pod_duration"),
+    ("pod_duration=%D9%A1%D9%A2%D9%A0", "pod_duration"),
+    ("max_ads=%D9%A3", "max_ads"),
+    ("avail=1_0", "avail"),
+    ("required_durations=%D9%A1%D9%A5", "required_durations"),
     ("pod_duration=-5", "pod_duration"),
     ("pod_duration=1e9", "pod_duration"),
     ("pod_duration=nan", "pod_duration"),
@@ -140,6 +150,11 @@ async def test_bad_input_is_400_naming_the_field(client: Any, query: str, field:
 
 BAD_VMAP = [
     ("content_duration=abc", "content_duration"),
+    ("content_duration=6_00", "content_duration"),
+    ("content_duration=600&cue_points=1_00", "cue_points"),
+    ("content_duration=600&cue_points=%D9%A1%D9%A0%D9%A0", "cue_points"),
+    ("content_duration=600&cue_points=1_0%25", "cue_points"),
+    ("content_duration=600&cue_points=00:%D9%A1%D9%A0:00", "cue_points"),
     ("cue_points=10,abc", "cue_points"),
     ("cue_points=50%", "cue_points"),
     ("content_duration=600&cue_points=700", "cue_points"),

@@ -36,7 +36,11 @@ KV_PREFIX = "kv_"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
 _COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
 _LANG_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
-_HMS_RE = re.compile(r"^(\d{1,3}):([0-5]\d):([0-5]\d)(\.\d{1,3})?$")
+_HMS_RE = re.compile(r"^([0-9]{1,3}):([0-5][0-9]):([0-5][0-9])(\.[0-9]{1,3})?$")
+# Numbers as people and players write them, in ASCII: Python's int() and float() also take
+# "1_0", "+5", " 7", "1e3" and other scripts' digits ("١٢٠"), which a client never means.
+_INT_RE = re.compile(r"-?[0-9]{1,9}")
+_DEC_RE = re.compile(r"-?(?:[0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})")
 _BREAK_NAMES = {
     "pre": BreakPosition.PRE,
     "mid": BreakPosition.MID,
@@ -67,10 +71,9 @@ def _num(q: Mapping[str, str], *names: str, lo: float, hi: float) -> float | Non
     if got is None:
         return None
     name, raw = got
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ParamError(name, f"not a number: {raw[:40]!r}") from None
+    if not _DEC_RE.fullmatch(raw):
+        raise ParamError(name, f"not a number: {raw[:40]!r}")
+    v = float(raw)
     if not math.isfinite(v) or v < lo or v > hi:
         raise ParamError(name, f"must be between {lo:g} and {hi:g}")
     return v
@@ -81,7 +84,7 @@ def _int(q: Mapping[str, str], *names: str, lo: int, hi: int) -> int | None:
     if got is None:
         return None
     name, raw = got
-    if not re.fullmatch(r"-?\d{1,9}", raw):
+    if not _INT_RE.fullmatch(raw):
         raise ParamError(name, f"not an integer: {raw[:40]!r}")
     v = int(raw)
     if v < lo or v > hi:
@@ -307,10 +310,9 @@ def parse_vast_request(
         parts = _list(q, name)
         if not parts:
             raise ParamError(name, "empty list")
-        try:
-            required = frozenset(int(p) for p in parts)
-        except ValueError:
-            raise ParamError(name, "must be whole seconds, comma separated") from None
+        if not all(_INT_RE.fullmatch(p) for p in parts):
+            raise ParamError(name, "must be whole seconds, comma separated")
+        required = frozenset(int(p) for p in parts)
         if any(r < 1 or r > MAX_AD_S for r in required):
             raise ParamError(name, f"each duration must be between 1 and {MAX_AD_S}")
     avail = _int(q, "avail", lo=0, hi=10_000)
@@ -333,10 +335,9 @@ def parse_offset(raw: str, field: str, content_s: float | None) -> float:
     if raw.endswith("%"):
         if content_s is None:
             raise ParamError(field, "a percentage needs content_duration")
-        try:
-            pct = float(raw[:-1])
-        except ValueError:
-            raise ParamError(field, f"bad percentage {raw[:20]!r}") from None
+        if not _DEC_RE.fullmatch(raw[:-1]):
+            raise ParamError(field, f"bad percentage {raw[:20]!r}")
+        pct = float(raw[:-1])
         if not 0 <= pct <= 100:
             raise ParamError(field, "percentages must be between 0 and 100")
         return content_s * pct / 100
@@ -344,12 +345,9 @@ def parse_offset(raw: str, field: str, content_s: float | None) -> float:
     if m:
         frac = float(m.group(4)) if m.group(4) else 0.0
         return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3)) + frac
-    try:
-        v = float(raw)
-    except ValueError:
-        raise ParamError(
-            field, f"not seconds, HH:MM:SS.mmm or a percentage: {raw[:20]!r}"
-        ) from None
+    if not _DEC_RE.fullmatch(raw):
+        raise ParamError(field, f"not seconds, HH:MM:SS.mmm or a percentage: {raw[:20]!r}")
+    v = float(raw)
     if not math.isfinite(v) or v < 0 or v > MAX_CONTENT_S:
         raise ParamError(field, "offset out of range")
     return v
