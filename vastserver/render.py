@@ -246,11 +246,12 @@ class VmapBreakVM:
 
 
 class Renderer:
-    """Renders decisions. An ad's ``<Ad>`` depends on the request only through five values
-    (its two signed tokens, slot, ad serving id and price); everything else comes from the
-    catalog. So each (candidate, VAST version) is rendered by the ad template once, with
-    placeholders for those five, and later ads are the cached text with the values put in
-    (XML-escaped like the template would). A debug explanation is rendered in full."""
+    """Renders decisions. An ad's ``<Ad>`` depends on the request only through the values
+    in :data:`_DYNAMIC` (its token signed for each beacon scope, its click token, slot, ad
+    serving id and price); everything else comes from the catalog. So each (candidate, VAST
+    version) is rendered by the ad template once, with placeholders for those values, and
+    later ads are the cached text with the values put in (XML-escaped like the template
+    would). A debug explanation is rendered in full."""
 
     def __init__(
         self,

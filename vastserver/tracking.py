@@ -19,7 +19,9 @@ Token format
 
 * ``payload``: base64url, no padding, of a compact binary layout::
 
-      u8      format version (currently 2: the tag binds the event scope)
+      u8      format version (currently 2: the tag binds the event scope; version 1
+              tokens, with one tag over ``"<payload>.<kid>"`` for every event, verify on
+              any path until they expire)
       u8      flags (bit 0 = lmt; the other bits must be 0)
       8 x str ad_serving_id, line_item_id, creative_id, campaign_id, advertiser_id,
               viewer_hash, session, click_url
@@ -142,7 +144,9 @@ __all__ = [
 
 FORMAT_VERSION = 2
 """First byte of every token payload; bump when the layout or the signed message changes
-(1: one tag for every event; 2: the tag binds the event scope)."""
+(1: one tag for every event; 2: the tag binds the event scope). :func:`verify` still takes
+version 1 tokens, on any event's path, until they expire (``TOKEN_MAX_AGE`` after they were
+served): beacons in flight across the upgrade are counted."""
 OTHER_SCOPE = "other"
 """The scope every uncounted event's URL shares."""
 BEACON_SCOPES: tuple[str, ...] = (
@@ -343,7 +347,9 @@ def _derive_key(secret: str) -> _Key:
     kid = hashlib.sha256(_LABEL_KID + b"\x00" + raw).hexdigest()[:_KID_LEN]
     token_key = hmac.new(raw, _LABEL_TOKEN, hashlib.sha256).digest()
     viewer_key = hmac.new(raw, _LABEL_VIEWER, hashlib.sha256).digest()
-    block = token_key.ljust(_SHA256_BLOCK, b"\0")  # a 32-byte key is shorter than a block
+    if len(token_key) > _SHA256_BLOCK:  # RFC 2104: a longer key is hashed first (never here:
+        token_key = hashlib.sha256(token_key).digest()  # token_key is a 32-byte digest)
+    block = token_key.ljust(_SHA256_BLOCK, b"\0")
     return _Key(
         kid=kid,
         token_key=token_key,
@@ -447,11 +453,12 @@ _STR_CACHE_SIZE = 4096
 _TOKEN_CACHE_SIZE = 4096
 _VERIFIED_CACHE_SIZE = 8192
 """Verified token strings a :class:`Keyring` remembers (cleared whole when full)."""
-"""Decoded payloads memoized by :func:`verify` (every beacon of one ad carries one token)."""
+"""Decoded payloads memoized by :func:`verify` (every beacon of one ad carries one payload)."""
 _VARINT_CACHE_SIZE = 1024
 """Encoded ints memoized (prices repeat, ``served_at`` repeats within a second)."""
 
 _VERSION_BYTE = bytes((FORMAT_VERSION,))
+_LEGACY_VERSION_BYTE = b"\x01"
 _HEAD = bytes((FORMAT_VERSION, 0))
 _HEAD_LMT = bytes((FORMAT_VERSION, _FLAG_LMT))
 _SMALL_VARINTS = tuple(bytes((i,)) for i in range(0x80))
@@ -747,7 +754,8 @@ def sign(token: AdToken, keyring: Keyring, event: str) -> str:
 def sign_scopes(
     token: AdToken, keyring: Keyring, scopes: Sequence[str] = BEACON_SCOPES
 ) -> tuple[str, ...]:
-    """``token`` signed for each of ``scopes``, in order, encoded once."""
+    """``token`` signed for each of ``scopes`` (scope names, not event names: see
+    :func:`scope_of`), in order, encoded once. ``ValueError`` for an unknown scope."""
     return _sign_payload(_encode_payload(token), keyring._keys[0], scopes)
 
 
@@ -782,8 +790,11 @@ def _sign_payload(payload: bytes, key: _Key, scopes: Sequence[str]) -> tuple[str
     prefix = signed + "."
     out = []
     for scope in scopes:
+        scope_bytes = _SCOPE_BYTES.get(scope)
+        if scope_bytes is None:
+            raise ValueError(f"unknown token scope {scope!r}")
         inner = base.copy()
-        inner.update(_SCOPE_BYTES.get(scope) or scope.encode("ascii"))
+        inner.update(scope_bytes)
         h = outer.copy()
         h.update(inner.digest())
         out.append(prefix + _b64e(h.digest()[:_SIG_LEN]))
@@ -801,12 +812,20 @@ def _verify_signed(s: str, keyring: Keyring, scope: str) -> AdToken:
     sig = _b64d_alphabet(sig_b64)
     if payload is None or sig is None or len(sig) != _SIG_LEN:
         raise _malformed("bad base64")
-    if payload[:1] != _VERSION_BYTE:
+    version = payload[:1]
+    if version == _VERSION_BYTE:
+        msg = f"{payload_b64}.{kid}.{scope}".encode("ascii")
+    elif version == _LEGACY_VERSION_BYTE:
+        # Served before the upgrade to version 2, with one tag for every event: still
+        # counted (on any event's path, as then) until it expires, so no beacon in flight
+        # across the upgrade is lost. Version 2 has the same layout after this byte.
+        msg = f"{payload_b64}.{kid}".encode("ascii")
+        payload = _VERSION_BYTE + payload[1:]
+    else:
         raise _malformed("unsupported version")
     keys = keyring._by_kid.get(kid, ())
     if not keys:
         raise TokenError(TokenErrorKind.BAD_SIGNATURE, "unknown key id")
-    msg = f"{payload_b64}.{kid}.{scope}".encode("ascii")
     ok = False
     for key in keys:
         ok |= hmac.compare_digest(_key_mac(key, msg), sig)
