@@ -15,7 +15,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -346,8 +346,16 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         decisions = await rt.service.decide_stream(base, breaks, deadline=_deadline(rt))
         body = rt.renderer.vmap_inline(breaks, decisions, session=session, debug=targeting.debug)
     else:
+
+        def as_vast(params: Mapping[str, str]) -> object:  # what each tag's /vast will parse
+            return parse_vast_request(
+                params, client, rules, require_https=rt.settings.require_https_media
+            )
+
         try:
-            body = rt.renderer.vmap_tags(breaks, q, session=session, max_query=MAX_QUERY)
+            body = rt.renderer.vmap_tags(
+                breaks, q, session=session, max_query=MAX_QUERY, check=as_vast
+            )
         except ParamError as e:
             return _bad_request(e)
     return _xml(body)

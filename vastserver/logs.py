@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("vastserver_request_id", default=None)
 MAX_FIELD = 512
@@ -94,9 +95,11 @@ class Sampler:
 
 class MalformedRequests(logging.Filter):
     """aiohttp answers a request it cannot parse (bad request line, header, length or
-    encoding) with a 400 and logs it at ERROR with a traceback: any client could fill the
-    disk. On ``aiohttp.server`` this keeps such records as sampled one-line warnings
-    ``bad_http_request`` (status and reason, no traceback) and passes everything else."""
+    encoding) with a 400 and logs it at ERROR with a traceback; so it does for a body it
+    cannot decode that it reads after an early answer (a 414, a CORS preflight, its own
+    417): any client could fill the disk. On ``aiohttp.server`` this keeps such records as
+    sampled one-line warnings ``bad_http_request`` (status and reason, no traceback) and
+    passes everything else."""
 
     def __init__(self, sampler: Sampler | None = None) -> None:
         super().__init__()
@@ -104,13 +107,20 @@ class MalformedRequests(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError):
+        if isinstance(exc, HttpProcessingError):
+            status, why = exc.code, str(exc.message)
+        elif isinstance(exc, RequestPayloadError):
+            status, why = 400, str(exc)
+        else:
             return True
         if not self.sampler():
             return False
         record.exc_info = None
         record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
-        why = " ".join(str(exc.message).split())
-        record.fields = {"event": "bad_http_request", "status": exc.code, "why": why}
+        record.fields = {
+            "event": "bad_http_request",
+            "status": status,
+            "why": " ".join(why.split()),
+        }
         return True

@@ -40,6 +40,9 @@ _HMS_RE = re.compile(r"^([0-9]{1,3}):([0-5][0-9]):([0-5][0-9])(\.[0-9]{1,3})?$")
 # Numbers as people and players write them, in ASCII: Python's int() and float() also take
 # "1_0", "+5", " 7", "1e3" and other scripts' digits ("١٢٠"), which a client never means.
 _INT_RE = re.compile(r"-?[0-9]{1,9}")
+_SPACE = " \t"
+"""What list items and offsets may be padded with: ASCII blanks (``15, 30``, or ``15,+30`` as
+a form encodes it), not the Unicode spaces str.strip() would also take."""
 _DEC_RE = re.compile(r"-?(?:[0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})")
 _BREAK_NAMES = {
     "pre": BreakPosition.PRE,
@@ -117,7 +120,7 @@ def _token(q: Mapping[str, str], name: str) -> str | None:
     got = _get(q, name)
     if got is None:
         return None
-    if not _TOKEN_RE.match(got[1]):
+    if not _TOKEN_RE.fullmatch(got[1]):  # not match(): its "$" lets a final "\n" through
         raise ParamError(name, "must be 1-128 characters of letters, digits and _.:@/+-")
     return got[1]
 
@@ -139,7 +142,7 @@ def _list(q: Mapping[str, str], *names: str) -> tuple[str, ...]:
     if got is None:
         return ()
     name, raw = got
-    items = tuple(x.strip() for x in raw.split(",") if x.strip())
+    items = tuple(x.strip(_SPACE) for x in raw.split(",") if x.strip(_SPACE))
     if len(items) > MAX_LIST:
         raise ParamError(name, f"at most {MAX_LIST} entries")
     for x in items:
@@ -331,7 +334,7 @@ def parse_vast_request(
 
 def parse_offset(raw: str, field: str, content_s: float | None) -> float:
     """A cue point: seconds, ``HH:MM:SS[.mmm]`` or a percentage of the content duration."""
-    raw = raw.strip()
+    raw = raw.strip(_SPACE)
     if raw.endswith("%"):
         if content_s is None:
             raise ParamError(field, "a percentage needs content_duration")
@@ -371,7 +374,7 @@ def parse_vmap_query(q: Mapping[str, str]) -> VmapQuery:
     cues: list[float] = []
     got = _get(q, "cue_points")
     if got is not None:
-        raw_points = [p for p in got[1].split(",") if p.strip()]
+        raw_points = [p for p in got[1].split(",") if p.strip(_SPACE)]
         if len(raw_points) > MAX_CUE_POINTS:
             raise ParamError("cue_points", f"at most {MAX_CUE_POINTS} cue points")
         cues = [parse_offset(p, "cue_points", content_s) for p in raw_points]

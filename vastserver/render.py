@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -502,11 +502,15 @@ class Renderer:
         *,
         session: str,
         max_query: int | None = None,
+        check: Callable[[Mapping[str, str]], object] | None = None,
     ) -> str:
         """Each break points back at ``/vast`` with its own break parameters filled in.
 
         ``ParamError`` (field ``query``) when a tag's query string would be longer than
-        ``max_query``: ``/vast`` would refuse it, and every break would go unfilled."""
+        ``max_query``: ``/vast`` would refuse it, and every break would go unfilled. ``check``
+        gets the first tag's parameters (the others differ only in the break parameters
+        made here), so that what ``/vast`` would refuse is refused now (its ``ParamError``
+        propagates)."""
         carried = {k: v for k, v in query.items() if k not in _VMAP_ONLY and k not in _BREAK_PARAMS}
         out: list[VmapBreakVM] = []
         for n, b in enumerate(breaks, start=1):
@@ -518,6 +522,8 @@ class Renderer:
                 "pod_duration": _num(b.duration_s),
                 "max_ads": str(b.max_ads),
             }
+            if n == 1 and check is not None:
+                check(params)
             tag_query = urlencode(params)
             if max_query is not None and len(tag_query) > max_query:
                 raise ParamError(
