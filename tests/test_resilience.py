@@ -50,6 +50,62 @@ def _metric(text: str, line_start: str) -> float:
 # ----------------------------------------------------------------------------- deadlines
 
 
+class _Remote:
+    local = False
+
+
+async def test_within_keeps_its_limit_when_the_call_swallows_the_cancel() -> None:
+    """redis-py on Python 3.11 can drop a cancel and wait on for its socket timeout; the
+    deadline must hold anyway, and the abandoned call's outcome must not go unretrieved."""
+    from vastserver.store.base import within
+
+    finished = asyncio.Event()
+
+    async def stubborn() -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # what a swallowed cancel costs: the rest of the wait
+            finished.set()
+            raise RuntimeError("socket timeout") from None
+        return "never"
+
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, ctx: unhandled.append(ctx))
+    t0 = loop.time()
+    with pytest.raises(TimeoutError):
+        await within(_Remote(), stubborn(), 0.05)  # type: ignore[arg-type]
+    assert loop.time() - t0 < 0.2
+    await asyncio.wait_for(finished.wait(), 2)
+    await asyncio.sleep(0.01)
+    import gc
+
+    gc.collect()
+    assert unhandled == []
+    assert await within(_Remote(), asyncio.sleep(0, "ok"), 1.0) == "ok"  # type: ignore[arg-type]
+
+
+async def test_within_cancels_the_call_with_its_caller() -> None:
+    from vastserver.store.base import within
+
+    cancelled = asyncio.Event()
+
+    async def call() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    outer = asyncio.ensure_future(within(_Remote(), call(), 5.0))  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    outer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outer
+    await asyncio.wait_for(cancelled.wait(), 1)
+
+
 async def test_hanging_store_degrades_instead_of_hanging(make_client: ClientFactory) -> None:
     client: Any = await make_client(deadline_ms=50)
     rt = client.server.app[RUNTIME]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Sequence
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -136,7 +136,32 @@ class Store(Protocol):
 
 async def within(store: Store, call: Awaitable[T], seconds: float | None) -> T:
     """Await ``call`` (work on ``store``) for at most ``seconds`` (``TimeoutError`` past
-    it). A local store's call cannot outlast any limit: it is awaited directly."""
+    it). A local store's call cannot outlast any limit: it is awaited directly.
+
+    Past the limit the call is cancelled and left behind, not awaited: a client library
+    may swallow the cancellation (redis-py's asyncio connections wrap each socket write in
+    ``asyncio.wait_for``, which on Python 3.11 drops an outer cancel that lands as the write
+    completes, and then wait for the reply up to their socket timeout), and ``wait_for``
+    here would wait for it. A hung Redis held bursts of requests ~1 s past a 150 ms
+    deadline that way."""
     if store.local or seconds is None:
         return await call
-    return await asyncio.wait_for(call, seconds)
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=seconds)
+    except BaseException:  # our caller was cancelled: so is the call
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise
+    if not done:
+        task.cancel()
+        task.add_done_callback(_retrieve)
+        raise TimeoutError(f"store call still running after {seconds:.3f} s")
+    return task.result()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Take an abandoned call's outcome, so asyncio does not log it as never retrieved
+    (its failure was already answered by the timeout)."""
+    if not task.cancelled():
+        task.exception()
