@@ -394,6 +394,28 @@ async def test_a_store_failure_at_commit_drops_budgeted_ads_as_budget_exhausted(
     assert _li_a_outcome(await svc.decide(request("v0"))) == (False, Reason.BUDGET_EXHAUSTED)
 
 
+async def test_store_failures_are_logged_sampled(caplog: pytest.LogCaptureFixture) -> None:
+    """An outage fails every request: each failure is counted, the first few each second
+    are logged (with the operation and the error), not all of them."""
+    import logging
+
+    svc, _ = _setup(_with_li_a(**_CAPPED_AND_BUDGETED))
+
+    async def down(*args: Any, **kw: Any) -> Any:
+        raise StoreUnavailable("connection refused")
+
+    svc.delivery.store.commit = down
+    svc.delivery.store.read = down
+    with caplog.at_level(logging.WARNING, logger="vastserver.delivery"):
+        for i in range(40):
+            await svc.decide(request(f"v{i}"))
+    logged = [r for r in caplog.records if getattr(r, "fields", {}).get("event") == "store_error"]
+    assert svc.delivery.store_errors == 80  # a read and a commit a request
+    assert 1 <= len(logged) <= 20
+    fields = logged[0].fields  # type: ignore[attr-defined]
+    assert fields["op"] in ("delivery", "commit") and "connection refused" in fields["error"]
+
+
 async def test_a_budget_near_its_end_is_read_on_every_request() -> None:
     cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": ROOMY_IMPRESSIONS - 1}})
     svc, clock = _setup(cat)

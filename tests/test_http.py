@@ -38,6 +38,7 @@ async def test_health_and_ready(client: Any) -> None:
     body = await r.json()
     assert r.status == 200 and body["ready"] is True
     assert body["catalog"]["line_items"] > 0
+    assert body["store"] == {"backend": "memory", "reachable": True}
 
 
 async def test_vast_pod_respects_break(client: Any) -> None:

@@ -163,3 +163,22 @@ def test_two_server_processes_on_one_redis(redis_url: str, tmp_path: Path) -> No
     finally:
         for s in servers:
             s.stop()
+
+
+async def test_readyz_reports_the_store_and_stays_ready_without_it(
+    make_client: Any, redis_server: RedisServer, redis_url: str
+) -> None:
+    """Without its store an instance still serves (caps open, budgets closed): /readyz
+    stays 200 and says the store is unreachable, then reachable again."""
+    client = await make_client(redis=redis_url)
+    body = await (await client.get("/readyz")).json()
+    assert body["store"] == {"backend": "redis", "reachable": True}
+    redis_server.stop()
+    try:
+        r = await client.get("/readyz")
+        assert r.status == 200
+        assert (await r.json())["store"] == {"backend": "redis", "reachable": False}
+    finally:
+        redis_server.start()
+    body = await (await client.get("/readyz")).json()
+    assert body["store"]["reachable"] is True

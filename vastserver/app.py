@@ -48,7 +48,7 @@ from vastserver.render import Renderer
 from vastserver.service import AdService, build_snapshot
 from vastserver.settings import Settings
 from vastserver.store import open_store
-from vastserver.store.base import Store, StoreUnavailable
+from vastserver.store.base import Store, StoreUnavailable, within
 from vastserver.store.memory import MemoryStore
 from vastserver.store.timed import TimedStore
 from vastserver.tracking import (
@@ -69,6 +69,8 @@ log = logging.getLogger("vastserver.http")
 XML_TYPE = "application/xml"
 MAX_QUERY = 4096
 """Longest query string we read; aiohttp itself refuses request lines over 8190 bytes."""
+READYZ_STORE_TIMEOUT_S = 0.25
+"""How long ``/readyz`` waits for the store's ping."""
 BODY_TIMEOUT_S = 10.0
 """A request body must arrive within this long (408 after it). Bodies are read before a
 request takes a decision slot, so slow or stalled uploads cannot hold the slots."""
@@ -536,8 +538,18 @@ async def readyz(request: web.Request) -> web.StreamResponse:
             else rt.service.models.shadow.version,
             "experiment": models.experiment,
         },
+        # Informational: without its store an instance still serves (caps fail open,
+        # budgets closed), which beats every instance leaving the load balancer at once.
+        "store": {"backend": rt.store.name, "reachable": await _store_reachable(rt.store)},
     }
     return web.json_response(body, status=200 if rt.ready else 503)
+
+
+async def _store_reachable(store: Store) -> bool:
+    try:
+        return await within(store, store.ping(), READYZ_STORE_TIMEOUT_S)
+    except TimeoutError:
+        return False
 
 
 async def metrics_handler(request: web.Request) -> web.StreamResponse:

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vastserver.catalog.model import Catalog, Delivery, LineItem
-from vastserver.logs import event
+from vastserver.logs import Sampler, event
 from vastserver.metrics import Metrics
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, PlacedAd
@@ -149,14 +149,19 @@ class DeliveryControl:
         self.active: set[str] = set()
         """Line items this instance has served or counted beacons for."""
         self.store_errors = 0
+        self._error_sampler = Sampler()
         self._budgeted_of: tuple[Catalog, list[LineItem]] | None = None
         self.gate_cache = GateCache()
         """Viewer-independent counter keys of line items, reused across requests."""
 
-    def _store_error(self, op: str = "delivery") -> None:
+    def _store_error(self, err: BaseException, op: str = "delivery") -> None:
+        """Count (and log, sampled: an outage fails every request) a store call that failed;
+        the caller applies the fail-open/closed policy."""
         self.store_errors += 1
         if self.metrics is not None:
             self.metrics.store_errors.labels(op).inc()
+        if self._error_sampler():
+            event(log, "store_error", logging.WARNING, op=op, error=repr(err)[:200])
 
     # ------------------------------------------------------------------ decisions
 
@@ -186,8 +191,8 @@ class DeliveryControl:
                 entries = await self.store.history(history_key(session))
             else:
                 values, entries = await self.store.read(reads, now.timestamp()), []
-        except StoreUnavailable:
-            self._store_error()
+        except StoreUnavailable as e:
+            self._store_error(e)
             return self.degraded(cands, viewer, now)
         counts = {r.key: v for r, v in zip(reads, values, strict=True)}
         note_headroom(cands, checks, counts, now, self.gate_cache)
@@ -231,8 +236,8 @@ class DeliveryControl:
             await self.store.push_history(
                 history_key(session), entries, keep=HISTORY_KEEP, ttl_s=HISTORY_TTL_S
             )
-        except StoreUnavailable:
-            self._store_error()
+        except StoreUnavailable as e:
+            self._store_error(e)
 
     def candidate(self, catalog: Catalog, token: AdToken) -> Candidate | None:
         """The token's candidate in ``catalog`` (None if the catalog no longer has it). Every
@@ -282,8 +287,8 @@ class DeliveryControl:
         store_failed = False
         try:
             ok = await within_timeout(self.store, self.store.commit(batch, now.timestamp()), within)
-        except (StoreUnavailable, TimeoutError):
-            self._store_error("commit")
+        except (StoreUnavailable, TimeoutError) as e:
+            self._store_error(e, "commit")
             # Caps fail open; budgeted line items fail closed.
             ok = [not has_budget(ad.candidate) for ad in d.ads]
             store_failed = True
@@ -431,8 +436,8 @@ class DeliveryControl:
                 reads.append(Read(f"{_ev_key(li.id, 'impression')}:d:{day}", LIFETIME))
             try:
                 values = await self.store.read(reads, now.timestamp())
-            except StoreUnavailable:
-                self._store_error()
+            except StoreUnavailable as e:
+                self._store_error(e)
                 return
             for i, li in enumerate(chunk):
                 self._pace_one(
@@ -512,8 +517,8 @@ class DeliveryControl:
             ]
             try:
                 values = await self.store.read(reads, self.clock().timestamp())
-            except StoreUnavailable:
-                self._store_error()
+            except StoreUnavailable as e:
+                self._store_error(e)
                 return
             for i, li in enumerate(chunk):
                 imps, completes = values[2 * i], values[2 * i + 1]
