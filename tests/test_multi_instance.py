@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -182,3 +183,62 @@ async def test_readyz_reports_the_store_and_stays_ready_without_it(
         redis_server.start()
     body = await (await client.get("/readyz")).json()
     assert body["store"]["reachable"] is True
+
+
+def _two_free_ports() -> int:
+    """A port p with p and p + 1 free."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = int(a.getsockname()[1])
+            if p >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", p + 1))
+                except OSError:
+                    continue
+                return p
+    raise AssertionError("no two consecutive free ports")
+
+
+def _counter(text: str, prefix: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+    )
+
+
+def test_each_worker_answers_metrics_on_its_own_port(redis_url: str) -> None:
+    """--workers 2 on one port: a scrape of the shared port reaches one worker, so each
+    worker also serves /metrics on METRICS_PORT + i, and their counts add up."""
+    mport = _two_free_ports()
+    srv = Server(
+        "--workers",
+        "2",
+        "--redis",
+        redis_url,
+        "--event-log",
+        "off",
+        "--metrics-port",
+        str(mport),
+    )
+    try:
+        srv.wait_ready()
+        n = 60
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(
+                pool.map(
+                    lambda i: _get(f"{srv.base}/vast?pod_duration=30&device_id=m{i}")[0], range(n)
+                )
+            )
+        assert statuses == [200] * n
+        texts = [_get(f"http://127.0.0.1:{mport + i}/metrics")[1].decode() for i in range(2)]
+        per_worker = [_counter(t, 'vastserver_requests_total{endpoint="vast"') for t in texts]
+        assert sum(per_worker) == n
+        with pytest.raises(urllib.error.HTTPError) as e:  # only /metrics there
+            _get(f"http://127.0.0.1:{mport}/vast")
+        assert e.value.code == 404
+    finally:
+        assert srv.stop() == 0

@@ -427,6 +427,21 @@ def test_settings_validation(tmp_path: Path) -> None:
     assert (s.deadline_ms, s.max_in_flight, s.drain_s) == (40, 7, 0.0)
 
 
+def test_metrics_port_settings() -> None:
+    from vastserver.settings import SettingsError
+
+    s = make_settings(metrics_port="9100", workers="2", redis="redis://127.0.0.1:6379/0")
+    assert (s.metrics_port, s.workers) == (9100, 2)
+    assert make_settings().metrics_port is None
+    for bad, why in [
+        ({"metrics_port": "0"}, "between 1 and 65535"),
+        ({"metrics_port": "65535", "workers": "2", "redis": "redis://x"}, "ports 65535-65536"),
+        ({"metrics_port": "8079", "workers": "2", "redis": "redis://x"}, "include VASTSERVER_PORT"),
+    ]:
+        with pytest.raises(SettingsError, match=why):
+            make_settings(**bad)
+
+
 def test_generated_request_ids_are_unique_across_forked_workers() -> None:
     import multiprocessing
 

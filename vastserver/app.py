@@ -553,11 +553,28 @@ async def _store_reachable(store: Store) -> bool:
 
 
 async def metrics_handler(request: web.Request) -> web.StreamResponse:
-    rt = _rt(request)
+    return _metrics_response(_rt(request))
+
+
+def _metrics_response(rt: Runtime) -> web.Response:
     resp = web.Response(body=rt.metrics.render())
     resp.content_type = "text/plain"
     resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
     return resp
+
+
+def metrics_app(main: web.Application) -> web.Application:
+    """A side app answering ``GET /metrics`` with ``main``'s metrics, for a worker's own
+    port (``VASTSERVER_METRICS_PORT``): workers sharing the main port each count their
+    own requests, and a scrape there reaches one of them."""
+    rt = main[RUNTIME]
+
+    async def handler(_request: web.Request) -> web.StreamResponse:
+        return _metrics_response(rt)
+
+    side = web.Application()
+    side.router.add_get("/metrics", handler)
+    return side
 
 
 def _authorized(request: web.Request) -> bool:

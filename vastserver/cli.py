@@ -32,6 +32,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--redis", help="redis:// URL for shared state (VASTSERVER_REDIS_URL)")
     p.add_argument("--public-url", dest="public_url", help="VASTSERVER_PUBLIC_URL")
     p.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        help="worker i also serves /metrics on this port + i (VASTSERVER_METRICS_PORT)",
+    )
+    p.add_argument(
         "--event-log",
         dest="event_log",
         help="event log directory, or 'off' (VASTSERVER_EVENT_LOG_DIR, default var/events)",
@@ -50,7 +56,7 @@ def _bind(settings: Settings) -> socket.socket:
     return sock
 
 
-def _run_worker(settings: Settings, sock: socket.socket) -> None:
+def _run_worker(settings: Settings, sock: socket.socket, index: int = 0) -> None:
     from vastserver.app import create_app
 
     try:
@@ -63,21 +69,28 @@ def _run_worker(settings: Settings, sock: socket.socket) -> None:
     # Everything loaded at start-up is long-lived: keep it out of the GC's generations.
     gc.collect()
     gc.freeze()
-    asyncio.run(_serve_until_signal(app, sock, settings))
+    asyncio.run(_serve_until_signal(app, sock, settings, index))
 
 
 async def _serve_until_signal(
-    app: web.Application, sock: socket.socket, settings: Settings
+    app: web.Application, sock: socket.socket, settings: Settings, index: int = 0
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully: /readyz turns false at once (so a
     load balancer stops sending), the listener closes after ``drain`` seconds, in-flight
     requests finish, and the cleanup contexts flush the event log and close the store."""
-    from vastserver.app import RUNTIME
+    from vastserver.app import RUNTIME, metrics_app
 
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
     await runner.setup()
     site = web.SockSite(runner, sock)
     await site.start()
+    side: web.AppRunner | None = None
+    if settings.metrics_port is not None:
+        # The workers share the main port, so a scrape there reaches one of them at random:
+        # each worker also answers /metrics on a port of its own.
+        side = web.AppRunner(metrics_app(app), access_log=None, handle_signals=False)
+        await side.setup()
+        await web.TCPSite(side, settings.host, settings.metrics_port + index).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,6 +103,8 @@ async def _serve_until_signal(
     event(log, "draining", seconds=settings.drain_s, in_flight=rt.in_flight)
     await asyncio.sleep(settings.drain_s)
     await runner.cleanup()
+    if side is not None:
+        await side.cleanup()
     event(log, "stopped")
 
 
@@ -154,8 +169,8 @@ def serve(argv: Sequence[str]) -> int:
         return 0
     ctx = multiprocessing.get_context("fork")
     procs = [
-        ctx.Process(target=_run_worker, args=(settings, sock), daemon=False)
-        for _ in range(settings.workers)
+        ctx.Process(target=_run_worker, args=(settings, sock, i), daemon=False)
+        for i in range(settings.workers)
     ]
     for pr in procs:
         pr.start()

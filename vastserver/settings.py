@@ -48,6 +48,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
+    metrics_port: int | None = None
+    """Worker ``i`` (0-based) also answers ``GET /metrics`` on ``metrics_port + i``."""
     public_url: str = "http://127.0.0.1:8080"
     secrets: tuple[str, ...] = ()
     """HMAC keys for tracking tokens; the first signs, all verify (key rotation)."""
@@ -127,6 +129,23 @@ def load_settings(
         problems, "workers (VASTSERVER_WORKERS)", pick("workers", "VASTSERVER_WORKERS"), 1, 64
     )
     port = 8080 if port is None else port
+    metrics_port = _int(
+        problems,
+        "metrics_port (VASTSERVER_METRICS_PORT)",
+        pick("metrics_port", "VASTSERVER_METRICS_PORT"),
+        1,
+        65535,
+    )
+    if metrics_port is not None:
+        last = metrics_port + (workers or 1) - 1
+        if last > 65535:
+            problems.append(
+                f"VASTSERVER_METRICS_PORT: {workers} workers need ports {metrics_port}-{last}"
+            )
+        elif metrics_port <= port <= last:
+            problems.append(
+                f"VASTSERVER_METRICS_PORT: ports {metrics_port}-{last} include VASTSERVER_PORT"
+            )
     public = pick("public_url", "VASTSERVER_PUBLIC_URL")
     if public is None:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -256,6 +275,7 @@ def load_settings(
         host=host,
         port=port,
         workers=workers or 1,
+        metrics_port=metrics_port,
         public_url=public,
         secrets=keys,
         admin_token=admin,
