@@ -486,6 +486,37 @@ def test_error_message_lists_issues() -> None:
     assert "$.line_items[0].tier" in text
 
 
+def test_strings_xml_cannot_carry_are_errors() -> None:
+    """Every catalog string may end up in a VAST document: control characters, lone
+    surrogates and U+FFFF are refused (they broke the XML, or its UTF-8 encoding)."""
+    doc = demo_doc()
+    doc["creatives"][0]["title"] = "bad\u0000title"
+    doc["creatives"][1]["title"] = "esc\u001b[31m"
+    doc["creatives"][2]["title"] = "half a pair \ud800"
+    doc["creatives"][3]["title"] = "\uffff"
+    doc["creatives"][4]["click_through"] = "https://brand.example/\ud800"
+    doc["campaigns"][0]["start"] = "2026-01-01T00:00:00\u0000Z"
+    errors = errors_of(doc)
+    for n, char in enumerate(("U+0000", "U+001B", "U+D800", "U+FFFF")):
+        assert has_issue(errors, f"$.creatives[{n}].title", f"contains {char}"), errors
+    assert has_issue(errors, "$.creatives[4].click_through", "control characters")
+    assert has_issue(errors, "$.campaigns[0].start", "is not an ISO 8601 date-time")
+    ok = demo_doc()
+    ok["creatives"][0]["title"] = "Tab\tnew line\n, emoji \U0001f600 and \u00e9"
+    assert parse_catalog(ok).creatives[ok["creatives"][0]["id"]].title.startswith("Tab")
+
+
+def test_flight_years_out_of_range_are_errors() -> None:
+    """Pacing does calendar arithmetic across a flight in its time zone: year 1 overflowed
+    it and stopped pacing for every line item."""
+    doc = demo_doc()
+    doc["campaigns"][0]["start"] = "0001-01-01T00:00:00Z"
+    doc["campaigns"][1]["end"] = "9999-12-31T00:00:00Z"
+    errors = errors_of(doc)
+    assert has_issue(errors, "$.campaigns[0].start", "out of range (years 1970-2999)")
+    assert has_issue(errors, "$.campaigns[1].end", "out of range (years 1970-2999)")
+
+
 def test_root_must_be_object() -> None:
     value: object
     for value in ([], "catalog", 3, None):

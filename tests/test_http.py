@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -370,3 +371,33 @@ async def test_admin_reload_requires_token(client: Any) -> None:
     ok = {"Authorization": "Bearer admin-token-0123456789"}
     resp = await client.post("/admin/catalog/reload", headers=ok)
     assert resp.status == 200 and (await resp.json())["version"]
+
+
+async def test_a_slow_catalog_reload_does_not_stall_serving(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reload loads and indexes in a worker thread (a 100k catalog takes ~15 s, and a
+    catalog path that blocks would block forever): requests are served meanwhile."""
+    import threading
+    import time
+
+    import vastserver.service as service_module
+
+    real = service_module._load_snapshot
+    release = threading.Event()
+
+    def slow(*args: Any) -> Any:
+        release.wait(10)  # a long parse, or a FIFO nobody writes to
+        return real(*args)
+
+    monkeypatch.setattr(service_module, "_load_snapshot", slow)
+    ok = {"Authorization": "Bearer admin-token-0123456789"}
+    reload = asyncio.ensure_future(client.post("/admin/catalog/reload", headers=ok))
+    await asyncio.sleep(0.1)
+    t0 = time.monotonic()
+    resp = await client.get("/vast?pod_duration=30")
+    assert resp.status == 200 and _ads(etree.fromstring(await resp.read()))
+    assert time.monotonic() - t0 < 1.0 and not reload.done()
+    release.set()
+    done = await asyncio.wait_for(reload, 10)
+    assert done.status == 200 and (await done.json())["version"]

@@ -91,7 +91,7 @@ class Runtime:
     events: EventSink
     ready: bool = False
     in_flight: int = 0
-    background: set[asyncio.Task[bool]] = field(default_factory=set)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
     log_sampler: Sampler = field(default_factory=Sampler)
 
 
@@ -592,7 +592,7 @@ async def reload_catalog_handler(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "unauthorized"}, status=401)
     rt = _rt(request)
     try:
-        snap = rt.service.reload_catalog()
+        snap = await rt.service.reload_catalog_in_thread()
     except CatalogError as e:
         return web.json_response(
             {"error": "catalog_invalid", "issues": [str(i) for i in e.errors]}, status=422
@@ -785,16 +785,27 @@ async def _readiness(app: web.Application) -> AsyncIterator[None]:
 
 
 def reload_from_signal(rt: Runtime) -> None:
-    """SIGHUP: reload the catalog and the model; whatever fails validation is logged and the
-    old one keeps serving."""
-    task = asyncio.get_running_loop().create_task(rt.service.models.reload())
-    rt.background.add(task)
-    task.add_done_callback(rt.background.discard)
+    """SIGHUP: reload the catalog and the model, in the background; whatever fails
+    validation is logged and the old one keeps serving."""
+    loop = asyncio.get_running_loop()
+    for coro in (rt.service.models.reload(), _reload_catalog_logged(rt)):
+        task = loop.create_task(coro)
+        rt.background.add(task)
+        task.add_done_callback(rt.background.discard)
+
+
+async def _reload_catalog_logged(rt: Runtime) -> None:
     try:
-        snap = rt.service.reload_catalog()
+        snap = await rt.service.reload_catalog_in_thread()
     except (CatalogError, OSError) as e:
         problems = [str(i) for i in e.errors] if isinstance(e, CatalogError) else [str(e)]
-        log_event(log, "catalog_reload_rejected", logging.ERROR, problems=problems[:50])
+        log_event(
+            log,
+            "catalog_reload_rejected",
+            logging.ERROR,
+            problems=problems[:50],
+            problem_count=len(problems),
+        )
         return
     log_event(log, "catalog_reloaded", version=snap.catalog.version)
 

@@ -50,6 +50,10 @@ def build_snapshot(catalog: Catalog, source: str, now: datetime) -> Snapshot:
     return Snapshot(catalog=catalog, index=build_index(catalog), source=source, loaded_at=now)
 
 
+def _load_snapshot(source: Path, now: datetime) -> Snapshot:
+    return build_snapshot(load_catalog(source), str(source), now)
+
+
 MIN_STORE_WAIT_S = 0.005
 """A store call always gets at least this long, even past the deadline (a reservation that
 never reaches the store would let a cap overshoot)."""
@@ -94,6 +98,7 @@ class AdService:
         self.candidate_limit = candidate_limit
         self._snapshot = snapshot
         self.clock = clock
+        self._reloading = asyncio.Lock()
         self.metrics = metrics
         self.keyring = keyring
         self.delivery = delivery
@@ -114,14 +119,31 @@ class AdService:
     def reload_catalog(self, path: Path | None = None) -> Snapshot:
         """Load, validate and index a new catalog, then swap it in with one assignment.
 
-        Any error leaves the old snapshot serving (the caller reports the error)."""
+        Any error leaves the old snapshot serving (the caller reports the error). This runs
+        on the caller's thread: the server uses :meth:`reload_catalog_in_thread`."""
         source = Path(path or self._snapshot.source)
         try:
-            catalog = load_catalog(source)
-            snap = build_snapshot(catalog, str(source), self.clock())
+            snap = _load_snapshot(source, self.clock())
         except Exception:
             self.metrics.catalog_reloads.labels("rejected").inc()
             raise
+        return self._install(snap)
+
+    async def reload_catalog_in_thread(self, path: Path | None = None) -> Snapshot:
+        """:meth:`reload_catalog` with the loading and indexing in a worker thread, so the
+        event loop keeps serving meanwhile (a 100k catalog takes ~15 s; a catalog path that
+        blocks, such as a FIFO, blocks only the thread). One reload at a time; the swap
+        happens on the loop."""
+        async with self._reloading:
+            source = Path(path or self._snapshot.source)
+            try:
+                snap = await asyncio.to_thread(_load_snapshot, source, self.clock())
+            except Exception:
+                self.metrics.catalog_reloads.labels("rejected").inc()
+                raise
+            return self._install(snap)
+
+    def _install(self, snap: Snapshot) -> Snapshot:
         self._snapshot = snap
         # the per-candidate gate entries hold the old snapshot's candidates: let them go
         self.delivery.gate_cache = GateCache()

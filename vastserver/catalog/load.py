@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import functools
 import gc
 import hashlib
 import json
@@ -90,10 +91,13 @@ _WINDOW = re.compile(r"[1-9][0-9]{0,4}[mhdw]|lifetime|pod|session")
 _ICON_X = re.compile(r"left|right|[0-9]{1,4}")
 _ICON_Y = re.compile(r"top|bottom|[0-9]{1,4}")
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
-_URL_FAST = re.compile(
-    r"https?://[a-z0-9](?:[a-z0-9.-]{0,252}[a-z0-9])?(?:[/?#][^\s\x00-\x1f\x7f]*)?"
-)
+_URL_FAST = re.compile(r"https?://[a-z0-9](?:[a-z0-9.-]{0,252}[a-z0-9])?(?:[/?#][!-~]*)?")
 _URL_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
+MIN_YEAR, MAX_YEAR = 1970, 2999
+"""The years a catalog date-time may fall in."""
+_NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+"""What XML 1.0 cannot carry (control characters, lone surrogates, U+FFFE/U+FFFF): every
+catalog string may end up in a VAST document, which must stay well-formed UTF-8."""
 _PATH_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 MAX_SECONDS: Final = 3600
@@ -211,6 +215,9 @@ def string(
             return _fail(errs, path, "must not be empty")
         if len(v) > max_len:
             return _fail(errs, path, f"too long ({len(v)} characters, at most {max_len})")
+        bad = _NOT_XML_CHAR.search(v)
+        if bad is not None:
+            return _fail(errs, path, f"contains {_char(bad.group())}, which XML cannot carry")
         if pattern is not None and not pattern.fullmatch(v):
             return _fail(errs, path, f"{_show(v)} is not {what or 'valid'}")
         return v
@@ -332,6 +339,8 @@ def datetime_iso(v: object, path: str, errs: Issues) -> datetime | _Invalid:
     """ISO 8601 date-time with an explicit UTC offset, normalised to UTC."""
     if not isinstance(v, str):
         return _wrong_type(errs, path, "an ISO 8601 date-time string", v)
+    if _NOT_XML_CHAR.search(v) or not v.isascii():
+        return _fail(errs, path, f"{_show(v)} is not an ISO 8601 date-time")
     try:
         dt = datetime.fromisoformat(v)
     except ValueError:
@@ -339,9 +348,14 @@ def datetime_iso(v: object, path: str, errs: Issues) -> datetime | _Invalid:
     if dt.utcoffset() is None:
         return _fail(errs, path, f"{_show(v)} needs a UTC offset, e.g. 'Z' or '-05:00'")
     try:
-        return dt.astimezone(UTC)
+        utc = dt.astimezone(UTC)
     except (OverflowError, ValueError):
         return _fail(errs, path, f"{_show(v)} is out of range")
+    if not MIN_YEAR <= utc.year <= MAX_YEAR:
+        # pacing does calendar arithmetic in the campaign's time zone across the flight:
+        # year 1 or 9999 would overflow it (and no flight runs then)
+        return _fail(errs, path, f"{_show(v)} is out of range (years {MIN_YEAR}-{MAX_YEAR})")
+    return utc
 
 
 @cache
@@ -353,10 +367,20 @@ def timezone_name(v: object, path: str, errs: Issues) -> str | _Invalid:
     if not isinstance(v, str):
         return _wrong_type(errs, path, "an IANA time zone name", v)
     if v not in _known_timezones():
-        close = difflib.get_close_matches(v, sorted(_known_timezones()), n=1) if len(v) < 64 else []
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return _fail(errs, path, f"unknown time zone {_show(v)}{hint}")
+        return _fail(errs, path, f"unknown time zone {_show(v)}{_timezone_hint(v)}")
     return v
+
+
+@functools.lru_cache(maxsize=256)
+def _timezone_hint(v: str) -> str:
+    """A "did you mean" for a time zone name (~3 ms over ~600 names: a catalog repeating one
+    bad name thousands of times pays it once)."""
+    close = difflib.get_close_matches(v, sorted(_known_timezones()), n=1) if len(v) < 64 else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _char(c: str) -> str:
+    return f"U+{ord(c):04X}"
 
 
 def url(v: object, path: str, errs: Issues) -> str | _Invalid:
@@ -367,7 +391,7 @@ def url(v: object, path: str, errs: Issues) -> str | _Invalid:
         return _fail(errs, path, "URL too long (at most 4096 characters)")
     if _URL_FAST.fullmatch(v):
         return v  # the common case: a plain http(s) URL with a lowercase host name
-    if _URL_BAD_CHAR.search(v):
+    if _URL_BAD_CHAR.search(v) or _NOT_XML_CHAR.search(v):
         return _fail(errs, path, f"URL {_show(v)} contains whitespace or control characters")
     try:
         parts = urlsplit(v)
