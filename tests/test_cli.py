@@ -251,3 +251,22 @@ async def test_gc_maintenance_freezes_on_schedule_and_stops_at_once() -> None:
     finally:
         task.cancel()
         gc.unfreeze()
+
+
+@pytest.mark.parametrize(
+    "argv, why",
+    [
+        (["--days", "inf"], "--days: must be > 0 and finite"),
+        (["--days", "nan"], "--days: must be > 0 and finite"),
+        (["--start", "9999-12-31T23:00:00+00:00"], "--start: out of range (years 1970-2999)"),
+        (["--start", "0001-01-01T00:00:00"], "--start: out of range (years 1970-2999)"),
+    ],
+)
+def test_gen_events_refuses_arguments_it_cannot_simulate(
+    argv: list[str], why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vastserver.cli import main
+
+    assert main(["gen-events", "--out", str(tmp_path / "ev"), "--seed", "1", *argv]) == 2
+    assert why in capsys.readouterr().err
+    assert not (tmp_path / "ev").exists()

@@ -608,3 +608,86 @@ def test_reader_directories_and_gzip(tmp_path: Path) -> None:
     assert stats.files == 3 and stats.torn_lines == 1
     # Files are read in the order given.
     assert [r["i"] for r in read_events([str(next(tmp_path.glob("*-000002.jsonl")))])] == [2]
+
+
+def test_report_skips_and_counts_damaged_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A damaged or hand-edited log gives a report of what is readable and says how much
+    was skipped, never a traceback."""
+    from vastserver.report import main_report
+
+    at = "2026-11-26T12:00:00+00:00"
+    good = [
+        {"type": "decision", "at": at, "ads": [{"line_item_id": "li-1", "ad_serving_id": "a1"}]},
+        {
+            "type": "beacon",
+            "at": at,
+            "counted": True,
+            "line_item_id": "li-1",
+            "ad_serving_id": "a1",
+            "event": "impression",
+            "price_cpm": 20.0,
+        },
+    ]
+    bad = [
+        {"type": "decision", "at": at, "ads": "abc"},
+        {"type": "decision", "at": at, "ads": 5},
+        {"type": "decision", "at": at, "ads": [None]},
+        {"type": "decision", "at": at, "ads": [{"ad_serving_id": ["x"]}]},
+        {
+            "type": "beacon",
+            "at": at,
+            "counted": True,
+            "line_item_id": "li-1",
+            "event": "impression",
+            "price_cpm": "abc",
+        },
+        {
+            "type": "beacon",
+            "at": "2026-11-26T13:50:53",
+            "counted": True,
+            "line_item_id": "li-1",
+            "event": "impression",
+        },
+        {
+            "type": "beacon",
+            "at": at,
+            "counted": True,
+            "line_item_id": "li-1",
+            "event": "impression",
+            "price_cpm": float("nan"),
+        },
+    ]
+    lines = [json.dumps(r) for r in good + bad] + ["not json at all", '{"torn": ']
+    (tmp_path / "events-1.jsonl").write_text("\n".join(lines))  # the last line has no \n
+    for extra in ([], ["--model"], ["--experiment", "x"]):
+        assert main_report([str(tmp_path), "--json", *extra]) == 0
+        doc = json.loads(capsys.readouterr().out)
+    assert main_report([str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["decisions"] == 1 and doc["torn_lines"] == 1
+    assert doc["invalid_records"] == len(bad) + 1
+    (row,) = doc["line_items"]
+    assert (row["served"], row["impressions"], row["spend"]) == (1, 1, 0.02)
+    assert main_report([str(tmp_path)]) == 0
+    assert f"invalid records skipped: {len(bad) + 1}" in capsys.readouterr().out
+    (tmp_path / "events-2.jsonl").mkdir()  # not a segment: skipped
+    assert main_report([str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["decisions"] == 1
+
+
+def test_report_on_an_unreadable_log_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vastserver.report as report
+
+    def denied(*args: object, **kw: object) -> Any:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "events-1.jsonl"))
+        yield  # a generator, like read_events
+
+    monkeypatch.setattr(report, "read_events", denied)
+    for extra in ([], ["--model"]):
+        assert report.main_report([str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("cannot read the event log: [Errno 13] Permission denied")

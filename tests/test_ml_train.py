@@ -106,10 +106,15 @@ def test_labels_join_counted_beacons_and_history_is_strictly_before(tmp_path: Pa
         _beacon(t + 7 * s, "impression", "b1", "li-1"),
         {"type": "something-else", "at": "garbage"},
         {"type": "decision", "at": "not a time"},  # malformed: skipped, counted
+        # damaged records: skipped and counted, not a traceback
+        {**_beacon(t + 7 * s, "impression", "x", "li-1"), "ad_serving_id": ["x"]},
+        {**_beacon(t + 7 * s, "impression", "x", "li-1"), "ad_serving_id": {"a": 1}},
+        {**_beacon(t, "impression", "x", "li-1"), "at": "9999-12-31T23:59:59-14:00"},
+        _decision(t + 7 * s, "v1", [("c1", "li-1")]) | {"ads": [{"ad_serving_id": ["c1"]}]},
     ]
     _write_log(tmp_path / "ev", recs)
     ds = load_dataset([tmp_path / "ev"])
-    assert ds.decisions == 2 and ds.ads_served == 4 and ds.skipped_records == 1
+    assert ds.decisions == 3 and ds.ads_served == 5 and ds.skipped_records == 4
     assert [(r.ad.creative_duration_ms, c, k) for r, c, k in zip(
         ds.rows, ds.complete, ds.click, strict=True)] == [
         (15000, 1, 0), (15000, 0, 1), (15000, 0, 0)]  # fmt: skip

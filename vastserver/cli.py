@@ -190,6 +190,16 @@ def serve(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # the reader of our output went away (`vastserver report --json | head`): stop
+        # quietly, and keep Python from complaining again when it flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     configure_logs(os.environ.get("VASTSERVER_LOG_LEVEL", "INFO"))
     if not argv or argv[0] in ("-h", "--help"):

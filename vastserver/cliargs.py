@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -11,12 +12,16 @@ N = TypeVar("N", int, float)
 
 
 def iso_datetime(text: str) -> datetime:
-    """An ISO 8601 date-time; without an offset it is taken as UTC."""
+    """An ISO 8601 date-time in the years 1970-2999 (simulated clocks run days past it and
+    catalogs refuse other years); without an offset it is taken as UTC."""
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {text!r}") from None
-    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+    dt = dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+    if not 1970 <= dt.astimezone(UTC).year <= 2999:
+        raise argparse.ArgumentTypeError(f"out of range (years 1970-2999): {text!r}")
+    return dt
 
 
 def _bounded(text: str, kind: Callable[[str], N], ok: Callable[[N], bool], why: str) -> N:
@@ -39,7 +44,7 @@ def non_negative_int(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    return _bounded(text, float, lambda x: x > 0, "must be > 0")
+    return _bounded(text, float, lambda x: 0 < x < math.inf, "must be > 0 and finite")
 
 
 def unit_fraction(text: str) -> float:

@@ -624,7 +624,8 @@ def _segment_files(directory: Path) -> list[Path]:
     names = {
         p.name
         for p in directory.iterdir()
-        if p.name.endswith(SEGMENT_SUFFIX) or p.name.endswith(SEGMENT_SUFFIX + ".gz")
+        if (p.name.endswith(SEGMENT_SUFFIX) or p.name.endswith(SEGMENT_SUFFIX + ".gz"))
+        and p.is_file()  # not a directory (or a dangling link) that happens to be named so
     }
     return [
         directory / n

@@ -11,7 +11,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import Catalog, LineItem
-from vastserver.eventlog import ReadStats, read_events
+from vastserver.eventlog import EventLogCorruptError, ReadStats, read_events
 from vastserver.pipeline.delivery import daily_target_fraction, target_fraction
 
 
@@ -48,6 +48,8 @@ class DeliveryReport:
     first_at: datetime | None
     last_at: datetime | None
     torn_lines: int
+    invalid_records: int = 0
+    """Lines that were not JSON objects, and records with fields of the wrong type."""
 
     @property
     def fill_rate(self) -> float | None:
@@ -58,10 +60,69 @@ def _at(rec: Mapping[str, Any]) -> datetime | None:
     raw = rec.get("at")
     if isinstance(raw, str):
         try:
-            return datetime.fromisoformat(raw)
+            at = datetime.fromisoformat(raw)
         except ValueError:
             return None
+        return at if at.utcoffset() is not None else None
     return None
+
+
+def _opt_str(v: object) -> bool:
+    return v is None or isinstance(v, str)
+
+
+def _well_formed(rec: Mapping[str, Any]) -> bool:
+    """The fields the reports read have the types the server writes (a damaged or hand-made
+    log may hold anything): ``at`` a date-time with an offset; a decision's ``ads`` a list of
+    objects with string ids and numeric predictions, its ``ad_serving_ids`` strings; a
+    beacon's ids strings, ``counted`` a bool and ``price_cpm`` a finite number."""
+    if not isinstance(rec.get("at"), str) or _at(rec) is None:
+        return False
+    kind = rec.get("type")
+    if kind == "decision":
+        ads = rec.get("ads", [])
+        ids = rec.get("ad_serving_ids", [])
+        if not isinstance(ads, list) or not isinstance(ids, list):
+            return False
+        if not all(isinstance(a, str) for a in ids):
+            return False
+        for ad in ads:
+            if not isinstance(ad, dict):
+                return False
+            if not (_opt_str(ad.get("line_item_id")) and _opt_str(ad.get("ad_serving_id"))):
+                return False
+            p = ad.get("prediction")
+            if p is not None and not (isinstance(p, int | float) and math.isfinite(p)):
+                return False
+        return _opt_str(rec.get("experiment")) and _opt_str(rec.get("model_version"))
+    if kind == "beacon":
+        price = rec.get("price_cpm")
+        return (
+            isinstance(rec.get("counted", False), bool)
+            and _opt_str(rec.get("line_item_id"))
+            and _opt_str(rec.get("ad_serving_id"))
+            and _opt_str(rec.get("event"))
+            and (
+                price is None
+                or (
+                    (isinstance(price, int | float) and not isinstance(price, bool))
+                    and math.isfinite(price)
+                )
+            )
+        )
+    return True
+
+
+def well_formed(
+    records: Iterable[Mapping[str, Any]], skipped: list[int]
+) -> Iterator[Mapping[str, Any]]:
+    """``records`` without the malformed ones (see :func:`_well_formed`), counted in
+    ``skipped[0]``."""
+    for rec in records:
+        if _well_formed(rec):
+            yield rec
+        else:
+            skipped[0] += 1
 
 
 def build_report(records: Iterable[Mapping[str, Any]], torn_lines: int = 0) -> DeliveryReport:
@@ -132,7 +193,8 @@ def render_text(rep: DeliveryReport, catalog: Catalog | None, out: TextIO) -> No
     out.write(f"events: {span}\n")
     out.write(
         f"decisions: {rep.decisions}  filled: {rep.filled}  fill rate: {_fmt(rep.fill_rate, True)}"
-        f"  torn lines skipped: {rep.torn_lines}\n\n"
+        f"  torn lines skipped: {rep.torn_lines}"
+        f"  invalid records skipped: {rep.invalid_records}\n\n"
     )
     header = (
         f"{'line item':<34}{'served':>8}{'impr':>8}{'compl':>8}{'compl%':>8}"
@@ -181,6 +243,8 @@ def report_json(rep: DeliveryReport, catalog: Catalog | None) -> dict[str, Any]:
         "fill_rate": rep.fill_rate,
         "first_at": rep.first_at.isoformat() if rep.first_at else None,
         "last_at": rep.last_at.isoformat() if rep.last_at else None,
+        "torn_lines": rep.torn_lines,
+        "invalid_records": rep.invalid_records,
         "line_items": rows,
     }
 
@@ -240,7 +304,11 @@ def main_report(argv: Sequence[str]) -> int:
         return 2
     stats = ReadStats()
     if args.experiment or args.model:
-        records = list(read_events(paths, stats=stats, skip_invalid=True))
+        try:
+            records = list(well_formed(read_events(paths, stats=stats, skip_invalid=True), [0]))
+        except (OSError, EventLogCorruptError) as e:
+            print(f"cannot read the event log: {e}", file=sys.stderr)
+            return 2
         doc: dict[str, Any] = {}
         if args.experiment:
             doc["experiment"] = experiment_report(records, args.experiment)
@@ -252,7 +320,15 @@ def main_report(argv: Sequence[str]) -> int:
         else:
             _render_extras(doc, sys.stdout)
         return 0
-    rep = build_report(read_events(paths, stats=stats, skip_invalid=True), stats.torn_lines)
+    skipped = [0]
+    try:
+        rep = build_report(well_formed(read_events(paths, stats=stats, skip_invalid=True), skipped))
+    except (OSError, EventLogCorruptError) as e:
+        print(f"cannot read the event log: {e}", file=sys.stderr)
+        return 2
+    # the counts are known once the records have been read
+    rep.torn_lines = stats.torn_lines
+    rep.invalid_records = stats.invalid_lines + skipped[0]
     if args.json:
         json.dump(report_json(rep, catalog), sys.stdout, indent=2)
         sys.stdout.write("\n")

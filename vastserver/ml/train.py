@@ -180,6 +180,9 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
             continue
         sid = rec.get("ad_serving_id")
         ev = rec.get("event")
+        if not _opt_str(sid) or not isinstance(ev, str):
+            ds.skipped_records += 1  # a damaged or hand-made record
+            continue
         if not rec.get("counted") or not sid or ev not in ("impression", "complete", "click"):
             continue
         if ev == "impression":
@@ -203,7 +206,7 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
         ctx = decision["context"]
         for ad in ads:
             sid = ad.get("ad_serving_id") if isinstance(ad, dict) else None
-            if sid not in impressed:
+            if not isinstance(sid, str) or sid not in impressed:
                 continue
             try:
                 row = from_record(ctx, ad, history.history(decision, ad))
@@ -217,8 +220,18 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
     return ds
 
 
+_MAX_TIME = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
+
+
+def _opt_str(v: object) -> bool:
+    return v is None or isinstance(v, str)
+
+
 def _record_time(rec: dict[str, Any]) -> float:
-    return parse_time(str(rec["at"])).timestamp()
+    t = parse_time(str(rec["at"])).timestamp()
+    if not 0 <= t < _MAX_TIME:  # the rest of training formats these times as UTC dates
+        raise ValueError(f"time out of range: {rec['at']!r}")
+    return t
 
 
 # ------------------------------------------------------------------------------ metrics
