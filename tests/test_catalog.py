@@ -506,6 +506,40 @@ def test_strings_xml_cannot_carry_are_errors() -> None:
     assert parse_catalog(ok).creatives[ok["creatives"][0]["id"]].title.startswith("Tab")
 
 
+def test_click_throughs_must_fit_the_token_and_a_redirect() -> None:
+    """A click-through rides in the signed click token (2,048 characters at most) and ends in
+    a redirect's Location: one too long made every ad of its creative unservable, and ones
+    a redirect cannot carry made /c fail after counting the click."""
+    import random
+
+    rng = random.Random(5)
+    noise = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(1400))
+    doc = demo_doc()
+    doc["creatives"][0]["click_through"] = "https://brand.example/" + noise
+    doc["creatives"][1]["click_through"] = "http://a.com\\@b.com/"
+    doc["creatives"][2]["click_through"] = "http://\u200d.com/"
+    doc["creatives"][3]["click_through"] = "http://\ufdd0.com/"
+    errors = errors_of(doc)
+    assert has_issue(errors, "$.creatives[0].click_through", "too long for a click-through")
+    for n in (1, 2, 3):
+        assert any(e.path == f"$.creatives[{n}].click_through" for e in errors), errors
+    ok = demo_doc()
+    ok["creatives"][0]["click_through"] = "https://brand.example/" + noise[:900]
+    parse_catalog(ok)
+
+
+def test_a_fifo_at_the_catalog_path_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "catalog.json"
+    os.mkfifo(fifo)
+    with pytest.raises(CatalogError, match="not a regular file"):
+        load_catalog(fifo)
+    (tmp_path / "dir.json").mkdir()
+    with pytest.raises(CatalogError, match="cannot read file"):
+        load_catalog(tmp_path / "dir.json")
+
+
 def test_flight_years_out_of_range_are_errors() -> None:
     """Pacing does calendar arithmetic across a flight in its time zone: year 1 overflowed
     it and stopped pacing for every line item."""

@@ -270,3 +270,14 @@ def test_gen_events_refuses_arguments_it_cannot_simulate(
     assert main(["gen-events", "--out", str(tmp_path / "ev"), "--seed", "1", *argv]) == 2
     assert why in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()
+
+
+def test_a_busy_metrics_port_is_a_clean_start_up_error() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        srv = Server("--metrics-port", str(port))
+        out = srv.proc.stdout.read().decode() if srv.proc.stdout else ""
+        assert srv.proc.wait(20) == 2
+    assert f"cannot listen on 127.0.0.1:{port} (metrics)" in out and "Traceback" not in out

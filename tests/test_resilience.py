@@ -477,3 +477,31 @@ async def test_memory_store_evictions_are_exported(client: Any) -> None:
     text = await (await client.get("/metrics")).text()
     assert store.evictions > 0
     assert _metric(text, "vastserver_store_evictions_total") == store.evictions
+
+
+async def test_a_burst_of_sighups_reloads_twice_not_once_each(client: Any) -> None:
+    """Signals that arrive during a reload make one more reload after it."""
+    from vastserver.app import reload_from_signal
+
+    rt = client.server.app[RUNTIME]
+    calls = 0
+    gate = asyncio.Event()
+    real = rt.service.reload_catalog_in_thread
+
+    async def slow_reload(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return await real(*args)
+
+    rt.service.reload_catalog_in_thread = slow_reload
+    for _ in range(20):
+        reload_from_signal(rt)
+    await asyncio.sleep(0.05)
+    assert calls == 1
+    gate.set()
+    await asyncio.wait_for(rt.sighup_task, 10)
+    assert calls == 2 and rt.sighup_again is False
+    reload_from_signal(rt)  # a later signal reloads again
+    await asyncio.wait_for(rt.sighup_task, 10)
+    assert calls == 3

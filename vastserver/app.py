@@ -92,6 +92,8 @@ class Runtime:
     ready: bool = False
     in_flight: int = 0
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    sighup_task: asyncio.Task[None] | None = None
+    sighup_again: bool = False
     log_sampler: Sampler = field(default_factory=Sampler)
 
 
@@ -594,11 +596,13 @@ async def reload_catalog_handler(request: web.Request) -> web.StreamResponse:
     try:
         snap = await rt.service.reload_catalog_in_thread()
     except CatalogError as e:
-        return web.json_response(
-            {"error": "catalog_invalid", "issues": [str(i) for i in e.errors]}, status=422
-        )
+        issues = [str(i) for i in e.errors]
+        _log_reload_rejected(issues, logging.WARNING, "admin")
+        return web.json_response({"error": "catalog_invalid", "issues": issues}, status=422)
     except OSError as e:
+        _log_reload_rejected([str(e)], logging.WARNING, "admin")
         return web.json_response({"error": "catalog_unreadable", "why": str(e)}, status=422)
+    log_event(log, "catalog_reloaded", version=snap.catalog.version, via="admin")
     return web.json_response({"version": snap.catalog.version})
 
 
@@ -786,12 +790,25 @@ async def _readiness(app: web.Application) -> AsyncIterator[None]:
 
 def reload_from_signal(rt: Runtime) -> None:
     """SIGHUP: reload the catalog and the model, in the background; whatever fails
-    validation is logged and the old one keeps serving."""
-    loop = asyncio.get_running_loop()
-    for coro in (rt.service.models.reload(), _reload_catalog_logged(rt)):
-        task = loop.create_task(coro)
-        rt.background.add(task)
-        task.add_done_callback(rt.background.discard)
+    validation is logged and the old one keeps serving. Signals that arrive while a reload
+    runs make one more reload after it, not one each (a burst of SIGHUPs queued a full
+    catalog load apiece)."""
+    if rt.sighup_task is not None and not rt.sighup_task.done():
+        rt.sighup_again = True
+        return
+    task = asyncio.get_running_loop().create_task(_reload_on_signal(rt))
+    rt.sighup_task = task
+    rt.background.add(task)
+    task.add_done_callback(rt.background.discard)
+
+
+async def _reload_on_signal(rt: Runtime) -> None:
+    while True:
+        await rt.service.models.reload()
+        await _reload_catalog_logged(rt)
+        if not rt.sighup_again:
+            return
+        rt.sighup_again = False
 
 
 async def _reload_catalog_logged(rt: Runtime) -> None:
@@ -799,15 +816,20 @@ async def _reload_catalog_logged(rt: Runtime) -> None:
         snap = await rt.service.reload_catalog_in_thread()
     except (CatalogError, OSError) as e:
         problems = [str(i) for i in e.errors] if isinstance(e, CatalogError) else [str(e)]
-        log_event(
-            log,
-            "catalog_reload_rejected",
-            logging.ERROR,
-            problems=problems[:50],
-            problem_count=len(problems),
-        )
+        _log_reload_rejected(problems, logging.ERROR, "signal")
         return
-    log_event(log, "catalog_reloaded", version=snap.catalog.version)
+    log_event(log, "catalog_reloaded", version=snap.catalog.version, via="signal")
+
+
+def _log_reload_rejected(problems: list[str], level: int, via: str) -> None:
+    log_event(
+        log,
+        "catalog_reload_rejected",
+        level,
+        problems=problems[:50],
+        problem_count=len(problems),
+        via=via,
+    )
 
 
 async def _sighup(app: web.Application) -> AsyncIterator[None]:

@@ -44,19 +44,24 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
-def _bind(settings: Settings) -> socket.socket:
+def _bind(settings: Settings, port: int | None = None) -> socket.socket:
+    """The listening socket: the shared main port (SO_REUSEPORT), or with ``port`` a
+    worker's own metrics port (bound here, before any worker starts, so a port in use is a
+    clean start-up error)."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if hasattr(socket, "SO_REUSEPORT"):
+    if port is None and hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((settings.host, settings.port))
+    sock.bind((settings.host, settings.port if port is None else port))
     sock.listen(1024)
     sock.set_inheritable(True)
     return sock
 
 
-def _run_worker(settings: Settings, sock: socket.socket, index: int = 0) -> None:
+def _run_worker(
+    settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None = None
+) -> None:
     from vastserver.app import create_app
 
     try:
@@ -69,11 +74,14 @@ def _run_worker(settings: Settings, sock: socket.socket, index: int = 0) -> None
     # Everything loaded at start-up is long-lived: keep it out of the GC's generations.
     gc.collect()
     gc.freeze()
-    asyncio.run(_serve_until_signal(app, sock, settings, index))
+    asyncio.run(_serve_until_signal(app, sock, settings, metrics_sock))
 
 
 async def _serve_until_signal(
-    app: web.Application, sock: socket.socket, settings: Settings, index: int = 0
+    app: web.Application,
+    sock: socket.socket,
+    settings: Settings,
+    metrics_sock: socket.socket | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then shut down gracefully: /readyz turns false at once (so a
     load balancer stops sending), the listener closes after ``drain`` seconds, in-flight
@@ -85,12 +93,12 @@ async def _serve_until_signal(
     site = web.SockSite(runner, sock)
     await site.start()
     side: web.AppRunner | None = None
-    if settings.metrics_port is not None:
+    if metrics_sock is not None:
         # The workers share the main port, so a scrape there reaches one of them at random:
         # each worker also answers /metrics on a port of its own.
         side = web.AppRunner(metrics_app(app), access_log=None, handle_signals=False)
         await side.setup()
-        await web.TCPSite(side, settings.host, settings.metrics_port + index).start()
+        await web.SockSite(side, metrics_sock).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -157,6 +165,15 @@ def serve(argv: Sequence[str]) -> int:
     except OSError as e:
         print(f"cannot listen on {settings.host}:{settings.port}: {e}", file=sys.stderr)
         return 2
+    metrics_socks: list[socket.socket | None] = [None] * settings.workers
+    if settings.metrics_port is not None:
+        for i in range(settings.workers):
+            port = settings.metrics_port + i
+            try:
+                metrics_socks[i] = _bind(settings, port)
+            except OSError as e:
+                print(f"cannot listen on {settings.host}:{port} (metrics): {e}", file=sys.stderr)
+                return 2
     event(
         log,
         "listening",
@@ -165,16 +182,19 @@ def serve(argv: Sequence[str]) -> int:
         workers=settings.workers,
     )
     if settings.workers == 1:
-        _run_worker(settings, sock)
+        _run_worker(settings, sock, metrics_socks[0])
         return 0
     ctx = multiprocessing.get_context("fork")
     procs = [
-        ctx.Process(target=_run_worker, args=(settings, sock, i), daemon=False)
+        ctx.Process(target=_run_worker, args=(settings, sock, metrics_socks[i]), daemon=False)
         for i in range(settings.workers)
     ]
     for pr in procs:
         pr.start()
     sock.close()
+    for ms in metrics_socks:
+        if ms is not None:
+            ms.close()
 
     def stop(signum: int, _frame: object) -> None:
         for pr in procs:

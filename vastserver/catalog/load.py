@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import difflib
 import enum
+import errno
 import functools
 import gc
 import hashlib
 import json
 import math
+import os
 import re
+import stat
 import zoneinfo
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -29,6 +32,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final, Generic, TypeAlias, TypeVar
 from urllib.parse import urlsplit
+
+from yarl import URL as YarlURL
 
 from vastserver.catalog.model import (
     DEVICE_TYPES,
@@ -406,6 +411,29 @@ def url(v: object, path: str, errs: Issues) -> str | _Invalid:
     return v
 
 
+CLICK_URL_MAX_BYTES = 1024
+"""A click-through travels inside the signed click token (at most 2,048 characters, with
+the other fields and base64's growth): a longer one would make every ad of its creative
+unservable."""
+
+
+def click_url(v: object, path: str, errs: Issues) -> str | _Invalid:
+    """:func:`url`, short enough for the click token, and one a redirect can carry."""
+    got = url(v, path, errs)
+    if isinstance(got, _Invalid):
+        return got
+    size = len(got.encode("utf-8"))
+    if size > CLICK_URL_MAX_BYTES:
+        return _fail(errs, path, f"too long for a click-through ({size} bytes, at most 1024)")
+    if "\\" in got:
+        return _fail(errs, path, f"{_show(got)} contains a backslash")
+    try:
+        YarlURL(got)  # what the /c redirect builds its Location from
+    except ValueError as e:
+        return _fail(errs, path, f"{_show(got)} cannot be redirected to ({e})")
+    return got
+
+
 def _report_duplicate_keys(v: Mapping[Any, Any], path: str, errs: Issues) -> None:
     if type(v) is _DupDict:
         for key in v.duplicate_keys:
@@ -621,7 +649,7 @@ ICON = Obj(
         "y_position": F(string(_ICON_Y, what="'top', 'bottom' or a pixel offset")),
         "image_url": F(url),
         "creative_type": F(MIME),
-        "click_through": F(nullable(url), None),
+        "click_through": F(nullable(click_url), None),
         "duration": F(SECONDS, _ABSENT),
         "duration_ms": F(MILLIS, _ABSENT),
         "offset": F(OFFSET_SECONDS, _ABSENT),
@@ -679,7 +707,7 @@ CREATIVE = Obj(
         "universal_ad_id_registry": F(NAME, "ad-id.org"),
         "ad_id": F(nullable(NAME), None),
         "mezzanine": F(nullable(MEZZANINE), None),
-        "click_through": F(nullable(url), None),
+        "click_through": F(nullable(click_url), None),
         "categories": F(CATEGORIES, ()),
         "rating": F(enum_of(*RATINGS), "TV-G"),
         "approved": F(boolean, True),
@@ -1220,11 +1248,26 @@ def decode_json(raw: bytes | str, *, source: str = "<memory>") -> object:
     raise CatalogError([issue], source=source)
 
 
+def _read_regular_file(path: Path) -> bytes:
+    """The file's bytes; ``OSError`` unless it is a regular file. Opened without blocking
+    and checked on the open descriptor: a FIFO put at the catalog path would otherwise block
+    the read (and the reload, and every reload after it) until someone writes to it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def load_catalog(path: Path) -> Catalog:
     """Read, validate and build the catalog in the JSON file at ``path``."""
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = _read_regular_file(Path(path))
     except OSError as exc:
         raise CatalogError(
             [CatalogIssue("$", f"cannot read file: {exc.strerror or exc}")], source=source
