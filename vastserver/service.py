@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
-from vastserver.catalog.load import load_catalog
+from vastserver.catalog.load import gc_paused, load_catalog
 from vastserver.catalog.model import Catalog
 from vastserver.delivery import DeliveryControl
 from vastserver.logs import event
@@ -51,7 +51,9 @@ def build_snapshot(catalog: Catalog, source: str, now: datetime) -> Snapshot:
 
 
 def _load_snapshot(source: Path, now: datetime) -> Snapshot:
-    return build_snapshot(load_catalog(source), str(source), now)
+    catalog = load_catalog(source)
+    with gc_paused():  # the index is acyclic too; collections would hold the GIL meanwhile
+        return build_snapshot(catalog, str(source), now)
 
 
 MIN_STORE_WAIT_S = 0.005

@@ -1063,7 +1063,7 @@ def _content_hash(data: object) -> str:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while building the (acyclic) snapshot: large catalogs build ~40%
     faster without the collector rescanning the growing heap."""
     was_enabled = gc.isenabled()
@@ -1081,7 +1081,7 @@ def parse_catalog(data: object, *, source: str = "<memory>") -> Catalog:
     Raises :class:`CatalogError` listing every problem; never raises anything else.
     """
     errs: Issues = []
-    with _gc_paused():
+    with gc_paused():
         try:
             catalog = _parse(data, errs)
         except RecursionError:
@@ -1231,7 +1231,7 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def decode_json(raw: bytes | str, *, source: str = "<memory>") -> object:
     """Decode JSON text, reporting syntax errors (and repeated keys, later) as CatalogError."""
     try:
-        with _gc_paused():
+        with gc_paused():
             return json.loads(raw, object_pairs_hook=_object_pairs)
     except json.JSONDecodeError as exc:
         issue = CatalogIssue(
