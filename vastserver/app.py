@@ -555,10 +555,7 @@ async def _store_reachable(store: Store) -> bool:
 
 
 async def metrics_handler(request: web.Request) -> web.StreamResponse:
-    return _metrics_response(_rt(request))
-
-
-def _metrics_response(rt: Runtime) -> web.Response:
+    rt = _rt(request)
     resp = web.Response(body=rt.metrics.render())
     resp.content_type = "text/plain"
     resp.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"
@@ -569,13 +566,9 @@ def metrics_app(main: web.Application) -> web.Application:
     """A side app answering ``GET /metrics`` with ``main``'s metrics, for a worker's own
     port (``VASTSERVER_METRICS_PORT``): workers sharing the main port each count their
     own requests, and a scrape there reaches one of them."""
-    rt = main[RUNTIME]
-
-    async def handler(_request: web.Request) -> web.StreamResponse:
-        return _metrics_response(rt)
-
     side = web.Application()
-    side.router.add_get("/metrics", handler)
+    side[RUNTIME] = main[RUNTIME]
+    side.router.add_get("/metrics", metrics_handler)
     return side
 
 
@@ -602,7 +595,6 @@ async def reload_catalog_handler(request: web.Request) -> web.StreamResponse:
     except OSError as e:
         _log_reload_rejected([str(e)], logging.WARNING, "admin")
         return web.json_response({"error": "catalog_unreadable", "why": str(e)}, status=422)
-    log_event(log, "catalog_reloaded", version=snap.catalog.version, via="admin")
     return web.json_response({"version": snap.catalog.version})
 
 
@@ -812,13 +804,12 @@ async def _reload_on_signal(rt: Runtime) -> None:
 
 
 async def _reload_catalog_logged(rt: Runtime) -> None:
+    """The service logs a reload it installs (``catalog_reload``); this logs a rejection."""
     try:
-        snap = await rt.service.reload_catalog_in_thread()
+        await rt.service.reload_catalog_in_thread()
     except (CatalogError, OSError) as e:
         problems = [str(i) for i in e.errors] if isinstance(e, CatalogError) else [str(e)]
         _log_reload_rejected(problems, logging.ERROR, "signal")
-        return
-    log_event(log, "catalog_reloaded", version=snap.catalog.version, via="signal")
 
 
 def _log_reload_rejected(problems: list[str], level: int, via: str) -> None:

@@ -58,22 +58,10 @@ from vastserver.pipeline.delivery import (
 from vastserver.pipeline.reasons import Reason
 from vastserver.store.base import Guarded, Incr, Read, Store, StoreUnavailable, Window
 from vastserver.store.base import within as within_timeout
-from vastserver.tracking import AdToken
+from vastserver.tracking import COUNTED_EVENTS, AdToken
 
 log = logging.getLogger("vastserver.delivery")
 
-COUNTED_EVENTS = (
-    "impression",
-    "start",
-    "firstQuartile",
-    "midpoint",
-    "thirdQuartile",
-    "complete",
-    "click",
-    "error",
-    "skip",
-)
-"""Events with a per-line-item counter (each counted once per ad serving id)."""
 PACING_INTERVAL_S = 10.0
 PACING_CHUNK = 100
 """Line items per store read in the background loops, which yield to serving in between

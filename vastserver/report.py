@@ -47,7 +47,7 @@ class DeliveryReport:
     filled: int
     first_at: datetime | None
     last_at: datetime | None
-    torn_lines: int
+    torn_lines: int = 0
     invalid_records: int = 0
     """Lines that were not JSON objects, and records with fields of the wrong type."""
 
@@ -125,7 +125,7 @@ def well_formed(
             skipped[0] += 1
 
 
-def build_report(records: Iterable[Mapping[str, Any]], torn_lines: int = 0) -> DeliveryReport:
+def build_report(records: Iterable[Mapping[str, Any]]) -> DeliveryReport:
     items: dict[str, LineItemDelivery] = {}
     decisions = filled = 0
     first: datetime | None = None
@@ -168,7 +168,7 @@ def build_report(records: Iterable[Mapping[str, Any]], torn_lines: int = 0) -> D
                     it.errors += 1
                 case _:
                     pass
-    return DeliveryReport(items, decisions, filled, first, last, torn_lines)
+    return DeliveryReport(items, decisions, filled, first, last)
 
 
 def pacing_target(li: LineItem, catalog: Catalog, at: datetime) -> float | None:

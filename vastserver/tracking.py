@@ -107,6 +107,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BEACON_SCOPES",
     "CLICK_SCOPE",
+    "COUNTED_EVENTS",
     "DEFAULT_MACRO_VALUES",
     "EVENTS",
     "FORMAT_VERSION",
@@ -147,28 +148,30 @@ FORMAT_VERSION = 2
 (1: one tag for every event; 2: the tag binds the event scope). :func:`verify` still takes
 version 1 tokens, on any event's path, until they expire (``TOKEN_MAX_AGE`` after they were
 served): beacons in flight across the upgrade are counted."""
-OTHER_SCOPE = "other"
-"""The scope every uncounted event's URL shares."""
-BEACON_SCOPES: tuple[str, ...] = (
+COUNTED_EVENTS: tuple[str, ...] = (
     "impression",
     "start",
     "firstQuartile",
     "midpoint",
     "thirdQuartile",
     "complete",
-    "skip",
+    "click",
     "error",
+    "skip",
+)
+"""Events with a per-line-item counter (each counted once per ad serving id); each is its
+own token scope."""
+OTHER_SCOPE = "other"
+"""The scope every uncounted event's URL shares."""
+CLICK_SCOPE = "click"
+"""The scope of the click token (``/c``, and ``/t/click``)."""
+BEACON_SCOPES: tuple[str, ...] = (
+    *(e for e in COUNTED_EVENTS if e != CLICK_SCOPE),
     OTHER_SCOPE,
 )
 """The scopes of an ad's ``/t/`` URLs, in the order :func:`sign_scopes` returns them."""
-CLICK_SCOPE = "click"
-"""The scope of the click token (``/c``, and ``/t/click``)."""
 _SCOPE_OF: Mapping[str, str] = MappingProxyType(
-    {
-        **{s: s for s in BEACON_SCOPES if s != OTHER_SCOPE},
-        CLICK_SCOPE: CLICK_SCOPE,
-        "notUsed": "impression",
-    }
+    {**{e: e for e in COUNTED_EVENTS}, "notUsed": "impression"}
 )
 
 
@@ -732,6 +735,11 @@ def _key_mac(key: _Key, msg: bytes) -> bytes:
     faster."""
     inner = key.token_inner.copy()
     inner.update(msg)
+    return _finish_mac(key, inner)
+
+
+def _finish_mac(key: _Key, inner: _Hash) -> bytes:
+    """The tag from HMAC's inner hash once it has been fed the message."""
     outer = key.token_outer.copy()
     outer.update(inner.digest())
     return outer.digest()[:_SIG_LEN]
@@ -786,7 +794,6 @@ def _sign_payload(payload: bytes, key: _Key, scopes: Sequence[str]) -> tuple[str
     # HMAC as in _key_mac, the payload's blocks hashed once: each scope only adds its name
     base = key.token_inner.copy()
     base.update(signed.encode("ascii") + b".")
-    outer = key.token_outer
     prefix = signed + "."
     out = []
     for scope in scopes:
@@ -795,9 +802,7 @@ def _sign_payload(payload: bytes, key: _Key, scopes: Sequence[str]) -> tuple[str
             raise ValueError(f"unknown token scope {scope!r}")
         inner = base.copy()
         inner.update(scope_bytes)
-        h = outer.copy()
-        h.update(inner.digest())
-        out.append(prefix + _b64e(h.digest()[:_SIG_LEN]))
+        out.append(prefix + _b64e(_finish_mac(key, inner)))
     return tuple(out)
 
 

@@ -149,13 +149,11 @@ async def within(store: Store, call: Awaitable[T], seconds: float | None) -> T:
     task = asyncio.ensure_future(call)
     try:
         done, _ = await asyncio.wait((task,), timeout=seconds)
-    except BaseException:  # our caller was cancelled: so is the call
-        task.cancel()
-        task.add_done_callback(_retrieve)
-        raise
+    finally:  # past the limit, or our caller was cancelled: so is the call
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_retrieve)
     if not done:
-        task.cancel()
-        task.add_done_callback(_retrieve)
         raise TimeoutError(f"store call still running after {seconds:.3f} s")
     return task.result()
 
