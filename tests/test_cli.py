@@ -171,6 +171,33 @@ def test_sighup_reloads_catalog_and_keeps_old_on_error(server_factory: Any, tmp_
     assert srv.stop() == 0
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sighup_during_start_up_reloads_once_started(
+    server_factory: Any, redis_url: str, workers: int
+) -> None:
+    """An operator's SIGHUP can reach the server while it is still loading its catalog (a
+    deploy tool that reloads right after starting, a 100k catalog that takes 20 s). Its
+    default action kills the process; the server notes it instead and reloads once up."""
+    extra = ("--workers", "2", "--redis", redis_url) if workers == 2 else ()
+    srv = server_factory("--event-log", "off", *extra)
+    assert srv.proc.stdout is not None
+    lines: list[str] = []
+    while not any('"listening"' in line for line in lines):
+        line = srv.proc.stdout.readline().decode()
+        assert line, "server exited before listening: " + "".join(lines)
+        lines.append(line)
+    # "listening" is logged before the catalog and the model are loaded (by each worker).
+    srv.proc.send_signal(signal.SIGHUP)
+    srv.wait_ready()
+    assert _get(srv.base + "/vast?pod_duration=60")[0] == 200
+    assert srv.proc.poll() is None
+    time.sleep(1.0)  # the reload runs in the background once the server is up
+    assert srv.stop() == 0
+    lines += srv.proc.stdout.read().decode().splitlines()
+    reloads = [line for line in lines if '"event":"catalog_reload"' in line]
+    assert len(reloads) == workers, lines
+
+
 def test_invalid_settings_list_every_problem() -> None:
     env = _env(
         VASTSERVER_PUBLIC_URL="ftp://nope",

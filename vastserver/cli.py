@@ -154,6 +154,9 @@ def serve(argv: Sequence[str]) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     _serve_parser(sub)
     args = ap.parse_args(["serve", *argv])
+    from vastserver.app import hold_sighup, take_early_sighup
+
+    hold_sighup()  # a SIGHUP during start-up reloads once started; its default kills
     overrides = {k: v for k, v in vars(args).items() if k != "cmd" and v is not None}
     try:
         settings = load_settings(os.environ, overrides)
@@ -204,6 +207,8 @@ def serve(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, stop)
+    if take_early_sighup():  # came while the workers were being started: pass it on
+        stop(signal.SIGHUP, None)
     for pr in procs:
         pr.join()
     return max((pr.exitcode or 0) for pr in procs)
