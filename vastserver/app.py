@@ -288,7 +288,13 @@ def _ad_request(request: web.Request) -> AdRequest:
     client = client_info(request.headers, request.remote)
     placement = q.get("placement")
     rules = rt.service.snapshot.catalog.rules_for(placement)
-    req = parse_vast_request(q, client, rules, require_https=rt.settings.require_https_media)
+    req = parse_vast_request(
+        q,
+        client,
+        rules,
+        require_https=rt.settings.require_https_media,
+        tcf_vendor_id=rt.settings.tcf_vendor_id,
+    )
     return replace(req, device=fill_geo(req.device, rt.geo))
 
 
@@ -325,7 +331,7 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
     try:
         client = client_info(request.headers, request.remote)
         vq = parse_vmap_query(q)
-        targeting = parse_targeting(q, client)
+        targeting = parse_targeting(q, client, tcf_vendor_id=rt.settings.tcf_vendor_id)
     except ParamError as e:
         return _bad_request(e)
     targeting = replace(targeting, device=fill_geo(targeting.device, rt.geo))
@@ -353,7 +359,11 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
 
         def as_vast(params: Mapping[str, str]) -> object:  # what each tag's /vast will parse
             return parse_vast_request(
-                params, client, rules, require_https=rt.settings.require_https_media
+                params,
+                client,
+                rules,
+                require_https=rt.settings.require_https_media,
+                tcf_vendor_id=rt.settings.tcf_vendor_id,
             )
 
         try:
@@ -376,6 +386,7 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
             client,
             rt.service.snapshot.catalog.rules_for,
             require_https=rt.settings.require_https_media,
+            tcf_vendor_id=rt.settings.tcf_vendor_id,
         )
     except ParamError as e:
         return _bad_request(e)

@@ -22,6 +22,12 @@ def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
             ),
             "avail": b.avail,
         },
+        "viewer": {
+            # under limited ad tracking, or without GDPR consent to a device identifier:
+            # caps and history follow the session, not the device
+            "limited_tracking": d.request.device.lmt,
+            "segments": list(d.request.segments),
+        },
         "at": d.now.isoformat(),
         "scorer": d.scorer,
         "filled": d.filled,

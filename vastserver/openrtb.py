@@ -50,8 +50,12 @@ Mapped elsewhere
   contentrating, livestream, series, channel.name (else network.name), language (a fallback
   for the device language).
 * ``user.data[].segment[].id`` -> segments; ``bcat`` / ``badv`` -> blocked categories /
-  domains; ``regs.coppa`` = 1 -> kids content. GDPR/US-privacy/GPP consent strings
-  (``regs``, ``user.ext.consent``) are ignored for now.
+  domains; ``regs.coppa`` = 1 -> kids content.
+* GDPR: ``regs.gdpr`` (2.5: ``regs.ext.gdpr``) and the TCF v2 string in ``user.consent``
+  (2.5: ``user.ext.consent``), as ``gdpr``/``gdpr_consent`` on ``/vast``
+  (:mod:`vastserver.consent`): without consent to a device identifier the IFA is dropped and
+  the viewer counts as under limited ad tracking; without consent to personalised ads the
+  segments are dropped. US privacy and GPP strings are not interpreted.
 * ``imp.secure`` = 1 forces HTTPS media even where the server setting allows HTTP.
 * ``video.protocols`` picks the VAST version: 4.2 when listed (or nothing known is listed),
   else the highest listed.
@@ -74,6 +78,7 @@ from types import MappingProxyType
 from typing import NoReturn
 
 from vastserver.catalog.model import RATINGS, AdRules, BreakPosition, Slot
+from vastserver.consent import MAX_TC_STRING, Permissions, permissions
 from vastserver.params import (
     MAX_AD_S,
     MAX_ADS,
@@ -661,6 +666,22 @@ def _content(root: Obj) -> tuple[Content, str | None]:
     return Content(kids=kids), None
 
 
+def _consent(root: Obj, tcf_vendor_id: int | None) -> Permissions:
+    """``regs.gdpr`` and ``user.consent`` (2.6), else ``regs.ext.gdpr`` and
+    ``user.ext.consent`` (2.5); without a ``gdpr`` flag the GDPR applies when a consent
+    string is given, as on ``/vast``."""
+    regs = _opt_obj(root, "regs", "") or {}
+    gdpr = _opt_flag(regs, "gdpr", "regs")
+    if gdpr is None:
+        gdpr = _opt_flag(_opt_obj(regs, "ext", "regs") or {}, "gdpr", "regs.ext")
+    user = _opt_obj(root, "user", "") or {}
+    consent = _opt_str(user, "consent", "user", MAX_TC_STRING)
+    if consent is None:
+        user_ext = _opt_obj(user, "ext", "user") or {}
+        consent = _opt_str(user_ext, "consent", "user.ext", MAX_TC_STRING)
+    return permissions(bool(consent) if gdpr is None else gdpr, consent, tcf_vendor_id)
+
+
 def _segments(root: Obj) -> tuple[str, ...]:
     user = _opt_obj(root, "user", "")
     if user is None or user.get("data") is None:
@@ -719,6 +740,7 @@ def parse_bid_request(
     rules: AdRules | RulesFor,
     *,
     require_https: bool = True,
+    tcf_vendor_id: int | None = None,
 ) -> OpenRtbPod:
     """Map an OpenRTB 2.6 BidRequest for one CTV ad pod onto an :class:`AdRequest`.
 
@@ -762,7 +784,10 @@ def parse_bid_request(
     if vast is not None and vast not in VAST_VERSIONS:
         _fail("ext.vastserver.vast", f"must be one of {', '.join(VAST_VERSIONS)}")
 
+    allowed = _consent(root, tcf_vendor_id)
     device = _device(root, client)
+    if not allowed.device_id:
+        device = replace(device, ifa=None, lmt=True)
     content, content_language = _content(root)
     if device.language is None and content_language is not None:
         device = replace(device, language=content_language)
@@ -780,7 +805,7 @@ def parse_bid_request(
         debug=_opt_flag(ours, "debug", "ext.vastserver") is True,
         blocked_categories=frozenset(blocked_categories),
         blocked_domains=frozenset(d.lower() for d in blocked_domains),
-        segments=_segments(root),
+        segments=_segments(root) if allowed.segments else (),
         key_values=_key_values(ours),
         caller_ip=client.caller_ip,
         caller_user_agent=client.caller_user_agent,

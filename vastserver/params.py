@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from vastserver.catalog.model import RATINGS, AdRules, BreakPosition
+from vastserver.consent import MAX_TC_STRING, Permissions, permissions
 from vastserver.pipeline.context import (
     DEVICE_TYPES,
     PLATFORMS,
@@ -228,8 +229,24 @@ class Targeting:
         )
 
 
-def parse_targeting(q: Mapping[str, str], client: ClientInfo) -> Targeting:
-    """Viewer, device and content parameters shared by /vast, /vmap and /decide."""
+def parse_consent(q: Mapping[str, str], tcf_vendor_id: int | None) -> Permissions:
+    """``gdpr`` (0/1) and ``gdpr_consent`` (a TCF v2 string): what the decision may use.
+    Without ``gdpr`` the GDPR applies when a consent string is given."""
+    got = _get(q, "gdpr_consent")
+    consent = got[1] if got else None
+    if consent is not None and len(consent) > MAX_TC_STRING:
+        raise ParamError("gdpr_consent", f"at most {MAX_TC_STRING} characters")
+    applies = _flag(q, "gdpr", bool(consent))
+    return permissions(applies, consent, tcf_vendor_id)
+
+
+def parse_targeting(
+    q: Mapping[str, str], client: ClientInfo, *, tcf_vendor_id: int | None = None
+) -> Targeting:
+    """Viewer, device and content parameters shared by /vast, /vmap and /decide. Without
+    consent to use a device identifier the viewer counts as under limited ad tracking, and
+    without consent to personalised ads the segments are ignored (:mod:`vastserver.consent`)."""
+    allowed = parse_consent(q, tcf_vendor_id)
     rating = _choice(q, "rating", RATINGS)
     country = _text(q, "country")
     if country is not None and not _COUNTRY_RE.match(country):
@@ -241,9 +258,9 @@ def parse_targeting(q: Mapping[str, str], client: ClientInfo) -> Targeting:
     device = Device(
         ip=client.device_ip,
         user_agent=client.device_user_agent,
-        ifa=_token(q, "device_id"),
+        ifa=_token(q, "device_id") if allowed.device_id else None,
         ifa_type=_token(q, "ifa_type"),
-        lmt=_flag(q, "lmt", False),
+        lmt=_flag(q, "lmt", False) or not allowed.device_id,
         device_type=_choice(q, "device_type", DEVICE_TYPES),
         platform=_choice(q, "platform", PLATFORMS),
         country=country.upper() if country else None,
@@ -279,7 +296,7 @@ def parse_targeting(q: Mapping[str, str], client: ClientInfo) -> Targeting:
         debug=_flag(q, "debug", False),
         blocked_categories=frozenset(_list(q, "bcat")),
         blocked_domains=frozenset(d.lower() for d in _list(q, "badv")),
-        segments=_list(q, "segments"),
+        segments=_list(q, "segments") if allowed.segments else (),
         key_values=MappingProxyType(kv),
     )
 
@@ -295,7 +312,12 @@ def parse_break_position(q: Mapping[str, str]) -> BreakPosition:
 
 
 def parse_vast_request(
-    q: Mapping[str, str], client: ClientInfo, rules: AdRules, *, require_https: bool = True
+    q: Mapping[str, str],
+    client: ClientInfo,
+    rules: AdRules,
+    *,
+    require_https: bool = True,
+    tcf_vendor_id: int | None = None,
 ) -> AdRequest:
     """Everything ``/vast`` (and ``/decide``) accepts; break defaults come from ad rules."""
     position = parse_break_position(q)
@@ -319,7 +341,7 @@ def parse_vast_request(
         if any(r < 1 or r > MAX_AD_S for r in required):
             raise ParamError(name, f"each duration must be between 1 and {MAX_AD_S}")
     avail = _int(q, "avail", lo=0, hi=10_000)
-    targeting = parse_targeting(q, client)
+    targeting = parse_targeting(q, client, tcf_vendor_id=tcf_vendor_id)
     brk = BreakSpec(
         position=position,
         pod_duration_ms=_ms(pod_s) or default.duration_s * 1000,

@@ -50,6 +50,8 @@ class Settings:
     workers: int = 1
     metrics_port: int | None = None
     """Worker ``i`` (0-based) also answers ``GET /metrics`` on ``metrics_port + i``."""
+    tcf_vendor_id: int | None = None
+    """Our IAB TCF vendor id: under the GDPR, consent strings must also consent to it."""
     public_url: str = "http://127.0.0.1:8080"
     secrets: tuple[str, ...] = ()
     """HMAC keys for tracking tokens; the first signs, all verify (key rotation)."""
@@ -146,6 +148,10 @@ def load_settings(
             problems.append(
                 f"VASTSERVER_METRICS_PORT: ports {metrics_port}-{last} include VASTSERVER_PORT"
             )
+    tcf_vendor_id = _int(
+        problems, "VASTSERVER_TCF_VENDOR_ID", pick("tcf_vendor_id", "VASTSERVER_TCF_VENDOR_ID"),
+        1, 65535,
+    )  # fmt: skip
     public = pick("public_url", "VASTSERVER_PUBLIC_URL")
     if public is None:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -276,6 +282,7 @@ def load_settings(
         port=port,
         workers=workers or 1,
         metrics_port=metrics_port,
+        tcf_vendor_id=tcf_vendor_id,
         public_url=public,
         secrets=keys,
         admin_token=admin,
