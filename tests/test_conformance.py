@@ -3,6 +3,7 @@ dailymotion player libraries under node. Documents are fetched over real HTTP.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from lxml import etree
 
 from tests.conftest import FIXED_NOW, ClientFactory
 from tests.support import conformance as c
+from vastserver.app import RUNTIME
 from vastserver.catalog.gen import generate_catalog
 
 VERSIONS = ("2.0", "3.0", "4.0", "4.1", "4.2", "4.3")
@@ -166,6 +168,44 @@ async def test_vmap(client: Any, query: str) -> None:
     assert len(parsed["adBreaks"]) == len(root.findall(f"{{{c.VMAP_NS}}}AdBreak"))
     for vast in parsed["vast"]:
         assert vast["ok"], vast["error"]
+
+
+async def test_inline_vmap_with_breaks_left_as_tags_at_the_deadline(
+    make_client: ClientFactory,
+) -> None:
+    """Breaks not decided by the deadline go out as ad tags beside the inline pods: the
+    mixed document is valid VMAP, and the player library reads both kinds of break."""
+    c.require_spec()
+    client: Any = await make_client(deadline_ms=60)
+    service = client.server.app[RUNTIME].service
+    decide = service.decide
+
+    async def slow_decide(*args: Any, **kw: Any) -> Any:
+        await asyncio.sleep(0.04)  # a busy server: two decisions fill the deadline
+        return await decide(*args, **kw)
+
+    service.decide = slow_decide
+    resp = await client.get("/vmap?content_duration=3600&midroll_interval=600&inline=1")
+    assert resp.status == 200
+    xml = bytes(await resp.read())
+    root = etree.fromstring(xml)
+    sources = root.findall(f"{{{c.VMAP_NS}}}AdBreak/{{{c.VMAP_NS}}}AdSource")
+    kinds = [etree.QName(s[0]).localname for s in sources]
+    assert kinds == ["VASTAdData"] * 2 + ["AdTagURI"] * (len(sources) - 2), kinds
+    assert len(sources) == 7  # pre, 5 mid-rolls, post
+    assert errors_of(xml) == []
+    if not c.node_available():
+        return
+    parsed = c.node_parse_vmap(xml)
+    assert parsed["ok"], parsed["error"]
+    assert len(parsed["adBreaks"]) == 7
+    for vast in parsed["vast"]:
+        assert vast["ok"], vast["error"]
+
+
+def errors_of(xml: bytes) -> list[str]:
+    lint_errors, lint_warnings = c.vastlint_report(xml)
+    return c.validate_vmap_xsd(xml) + lint_errors + lint_warnings
 
 
 async def test_progress_offsets_when_configured(make_client: ClientFactory) -> None:

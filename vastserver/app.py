@@ -354,7 +354,11 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
             require_https=rt.settings.require_https_media,
         )
         decisions = await rt.service.decide_stream(base, breaks, deadline=_deadline(rt))
-        body = rt.renderer.vmap_inline(breaks, decisions, session=session, debug=targeting.debug)
+        # breaks left undecided at the deadline go out as ad tags (their parameters were
+        # checked when the request was parsed: the same ones /vast parses)
+        body = rt.renderer.vmap_inline(
+            breaks, decisions, session=session, debug=targeting.debug, query=q
+        )
     else:
 
         def as_vast(params: Mapping[str, str]) -> object:  # what each tag's /vast will parse

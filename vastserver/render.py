@@ -511,9 +511,39 @@ class Renderer:
         gets the first tag's parameters (the others differ only in the break parameters
         made here), so that what ``/vast`` would refuse is refused now (its ``ParamError``
         propagates)."""
-        carried = {k: v for k, v in query.items() if k not in _VMAP_ONLY and k not in _BREAK_PARAMS}
+        return self.vmap_inline(
+            breaks,
+            [None] * len(breaks),
+            session=session,
+            query=query,
+            max_query=max_query,
+            check=check,
+        )
+
+    def vmap_inline(
+        self,
+        breaks: Sequence[PlannedBreak],
+        decisions: Sequence[Decision | None],
+        *,
+        session: str,
+        debug: bool = False,
+        query: Mapping[str, str] | None = None,
+        max_query: int | None = None,
+        check: Callable[[Mapping[str, str]], object] | None = None,
+    ) -> str:
+        """Each decided break's pod inline; a break without a decision (None) as an ad tag
+        built from ``query``, as :meth:`vmap_tags` builds them."""
+        carried = {
+            k: v for k, v in (query or {}).items() if k not in _VMAP_ONLY and k not in _BREAK_PARAMS
+        }
         out: list[VmapBreakVM] = []
-        for n, b in enumerate(breaks, start=1):
+        checked = check is None
+        for n, (b, d) in enumerate(zip(breaks, decisions, strict=True), start=1):
+            if d is not None:
+                explain = decision_json(d) if debug else None
+                doc = Markup(self.vast(d, debug=explain, declaration=False))
+                out.append(self._break_vm(b, n, session, tag_url=None, vast=doc))
+                continue
             params = {
                 **carried,
                 "break": b.position.value,
@@ -522,8 +552,9 @@ class Renderer:
                 "pod_duration": _num(b.duration_s),
                 "max_ads": str(b.max_ads),
             }
-            if n == 1 and check is not None:
+            if not checked and check is not None:
                 check(params)
+                checked = True
             tag_query = urlencode(params)
             if max_query is not None and len(tag_query) > max_query:
                 raise ParamError(
@@ -533,21 +564,6 @@ class Renderer:
                 )
             url = f"{self.urls.public_url}/vast?{tag_query}"
             out.append(self._break_vm(b, n, session, tag_url=_cdata(url), vast=None))
-        return self.vmap_template.render(breaks=out)
-
-    def vmap_inline(
-        self,
-        breaks: Sequence[PlannedBreak],
-        decisions: Sequence[Decision],
-        *,
-        session: str,
-        debug: bool = False,
-    ) -> str:
-        out: list[VmapBreakVM] = []
-        for n, (b, d) in enumerate(zip(breaks, decisions, strict=True), start=1):
-            explain = decision_json(d) if debug else None
-            doc = Markup(self.vast(d, debug=explain, declaration=False))
-            out.append(self._break_vm(b, n, session, tag_url=None, vast=doc))
         return self.vmap_template.render(breaks=out)
 
     def _break_vm(

@@ -63,17 +63,6 @@ SCORING_RESERVE_S = 0.002
 """Score with the model only if at least this much of the deadline is left."""
 
 
-@dataclass(slots=True)
-class StoreWait:
-    """How long a request's store calls still get once its deadline has passed: at first
-    :data:`MIN_STORE_WAIT_S`; none after one of its calls failed past the deadline. An
-    inline VMAP decides many breaks under one deadline, and with the store hung each break
-    waited out the floor three times (102 breaks took 2 s); the breaks after the first
-    failure degrade at once instead."""
-
-    floor: float = MIN_STORE_WAIT_S
-
-
 class TimedScorer:
     """Times each batched prediction for the model latency metric."""
 
@@ -184,7 +173,6 @@ class AdService:
         request_id: str | None = None,
         explain: bool = False,
         deadline: float | None = None,
-        wait: StoreWait | None = None,
     ) -> Decision:
         """retrieve -> pure filters -> counters (one store round trip) -> delivery filter,
         score, pod -> reserve (one round trip) -> ad serving ids -> metrics and event log.
@@ -192,18 +180,11 @@ class AdService:
         ``deadline`` (event-loop time) bounds the store calls; when it runs short the decision
         degrades instead of waiting: counters missing -> the store failure policy (caps open,
         budgets closed); no time left to score -> price-only values; a slow reservation ->
-        budgeted ads dropped. Each degradation is counted by reason. ``wait`` is shared by
-        the decisions of one request (:class:`StoreWait`)."""
+        budgeted ads dropped. Each degradation is counted by reason."""
         loop = asyncio.get_running_loop()
-        if wait is None:
-            wait = StoreWait()
 
         def left(floor: float = 0.0) -> float | None:
             return None if deadline is None else max(floor, deadline - loop.time())
-
-        def failed_late() -> None:
-            if deadline is not None and loop.time() >= deadline:
-                wait.floor = 0.0
 
         snap = self._snapshot
         now = self.clock()
@@ -215,11 +196,10 @@ class AdService:
             pre = await within(
                 self.delivery.store,
                 self.delivery.prefetch(kept, viewer, now, session=req.session, avail=req.brk.avail),
-                left(wait.floor),
+                left(MIN_STORE_WAIT_S),
             )
         except TimeoutError:
             self.metrics.degradations.labels("store_timeout").inc()
-            failed_late()
             pre = self.delivery.degraded(kept, viewer, now)
         env = replace(
             env,
@@ -241,16 +221,15 @@ class AdService:
             scorer = self._fallback
         d = decide(req, kept, env, scorer=scorer, filters=DELIVERY_FILTERS, prior=prior)
         before, errors = len(d.ads), self.delivery.store_errors
-        d = await self.delivery.commit(d, viewer, within=left(wait.floor), catalog=snap.catalog)
-        if self.delivery.store_errors > errors:
-            failed_late()
-            if len(d.ads) < before:
-                self.metrics.degradations.labels("commit_failed").inc()
+        d = await self.delivery.commit(
+            d, viewer, within=left(MIN_STORE_WAIT_S), catalog=snap.catalog
+        )
+        if len(d.ads) < before and self.delivery.store_errors > errors:
+            self.metrics.degradations.labels("commit_failed").inc()
         try:
-            await within(self.delivery.store, self.delivery.remember(d), left(wait.floor))
+            await within(self.delivery.store, self.delivery.remember(d), left(MIN_STORE_WAIT_S))
         except TimeoutError:
             self.metrics.degradations.labels("history_timeout").inc()
-            failed_late()
         d = replace(
             d,
             viewer_hash=vh,
@@ -295,17 +274,21 @@ class AdService:
 
     async def decide_stream(
         self, base: AdRequest, breaks: list[PlannedBreak], *, deadline: float | None = None
-    ) -> list[Decision]:
-        """Decide every break of a stream in order (sharing one deadline). Each decision lands
+    ) -> list[Decision | None]:
+        """Decide the breaks of a stream in order, sharing one deadline. Each decision lands
         in the session's history before the next is made, so stream-level separation applies
-        across them."""
-        wait = StoreWait()
-        return [
-            await self.decide(
-                replace(base, brk=break_spec(b, base.brk)), deadline=deadline, wait=wait
-            )
-            for b in breaks
-        ]
+        across them. The first break is always decided; once the deadline has passed the
+        later ones are not (None): the caller sends those as ad tags to fetch when due, so
+        a long schedule costs at most about a deadline of work."""
+        loop = asyncio.get_running_loop()
+        out: list[Decision | None] = []
+        for b in breaks:
+            if out and deadline is not None and loop.time() >= deadline:
+                out.append(None)
+                continue
+            req = replace(base, brk=break_spec(b, base.brk))
+            out.append(await self.decide(req, deadline=deadline))
+        return out
 
     def _explain_dropped(
         self, req: AdRequest, env: StageEnv, kept: list[Candidate]

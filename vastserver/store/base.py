@@ -18,7 +18,6 @@ round trip; ``add`` applies unconditional increments in one round trip.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Awaitable, Sequence
 from typing import Any, NamedTuple, Protocol, TypeVar
 
@@ -144,15 +143,9 @@ async def within(store: Store, call: Awaitable[T], seconds: float | None) -> T:
     ``asyncio.wait_for``, which on Python 3.11 drops an outer cancel that lands as the write
     completes, and then wait for the reply up to their socket timeout), and ``wait_for``
     here would wait for it. A hung Redis held bursts of requests ~1 s past a 150 ms
-    deadline that way. With no time (``seconds`` <= 0) the call is not started at all."""
+    deadline that way."""
     if store.local or seconds is None:
         return await call
-    if seconds <= 0:  # no time at all: the call is not started (a started one may take effect)
-        if inspect.iscoroutine(call):
-            call.close()
-        elif isinstance(call, asyncio.Future):
-            call.cancel()
-        raise TimeoutError("no time left for a store call")
     task = asyncio.ensure_future(call)
     try:
         done, _ = await asyncio.wait((task,), timeout=seconds)
