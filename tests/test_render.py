@@ -62,6 +62,10 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if n % 5 == 2:
             cr["skip_offset"] = 5
             cr["icons"] = [{**icon, "image_url": icon["image_url"] + "?x=1&y=2", "duration": 5}]
+        if n % 7 == 3:  # a third-party tag, served as a <Wrapper>
+            for key in ("renditions", "mezzanine", "click_through"):
+                cr.pop(key, None)
+            cr["vast_tag_url"] = f"https://tp.example/vast?c={n}&a=<b>&ord=[CACHEBUSTING]"
     path.write_text(json.dumps(doc))
     return path
 
@@ -78,6 +82,8 @@ async def test_cached_fragment_equals_full_render(catalog: Path, version: str) -
     assert any(not a.candidate.creative.click_through for _, a in ads)
     assert any(a.candidate.creative.icons for _, a in ads)
     assert any(a.candidate.creative.verifications for _, a in ads)
+    assert any(a.candidate.creative.vast_tag_url for _, a in ads)
+    assert any("<Wrapper" in r._ad_full(d, a, ver, None) for d, a in ads)
     assert any("&amp;" in r._ad_full(d, a, ver, None) for d, a in ads)
     for _ in range(2):  # the second pass takes every fragment from the cache
         for d, a in ads:

@@ -190,6 +190,10 @@ class AdVM:
     mezzanine: MezzanineVM | None
     verifications: tuple[VerificationVM, ...]
     icons: tuple[IconVM, ...]
+    wrapper_url: Markup | None = None
+    """A third-party tag's URL: the ad is a ``<Wrapper>`` (no media of its own)."""
+    click_tracking: Markup | None = None
+    """A wrapper's click beacon (``/t/click``): its click-through is the tag's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,9 +360,11 @@ class Renderer:
             lmt=req.device.lmt,
         )
         # Beacons do not need the click-through; only the /c token carries it, which keeps
-        # the ~16 tracking URLs of every ad short.
-        if cr.click_through:
-            tokens, click_token = sign_with_click(base, cr.click_through, self.keyring)
+        # the ~16 tracking URLs of every ad short. A wrapper's click token (for its
+        # /t/click beacon) has no click-through: the tag's ad brings its own.
+        if cr.click_through or cr.vast_tag_url:
+            click_url = cr.click_through or ""
+            tokens, click_token = sign_with_click(base, click_url, self.keyring)
         else:
             tokens, click_token = sign_scopes(base, self.keyring), ""
         return (*tokens, click_token, str(ad.slot), ad.ad_serving_id, f"{ad.price_cpm:.2f}")
@@ -394,7 +400,7 @@ class Renderer:
             c,
             ver,
             ph[:_N_SCOPES],
-            ph[_N_SCOPES] if c.creative.click_through else "",
+            ph[_N_SCOPES] if c.creative.click_through or c.creative.vast_tag_url else "",
             *ph[_N_SCOPES + 1 :],
         )
         pieces = self._split.split(self.ad_template.render(ver=ver, ad=vm, debug_json=None))
@@ -419,6 +425,7 @@ class Renderer:
 
         cr = c.creative
         version = ver.version
+        wrapper = cr.vast_tag_url is not None
         events = list(LINEAR_EVENTS_BY_VERSION[version])
         if cr.skip_offset_ms is not None and version != "2.0":
             events.append("skip")
@@ -450,7 +457,11 @@ class Renderer:
             if cr.skip_offset_ms is None or version == "2.0"
             else duration(cr.skip_offset_ms),
             tracking=tuple(tracking),
-            click_through=_cdata(self.urls.click(click_token)) if click_token else None,
+            click_through=(
+                _cdata(self.urls.click(click_token)) if click_token and not wrapper else None
+            ),
+            wrapper_url=_cdata(cr.vast_tag_url) if cr.vast_tag_url is not None else None,
+            click_tracking=_cdata(self.urls.event("click", click_token)) if wrapper else None,
             media_files=_media_files(cr),
             mezzanine=_mezzanine(cr),
             verifications=tuple(

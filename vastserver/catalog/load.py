@@ -668,6 +668,18 @@ def _skip_before_end(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs:
         _fail(errs, f"{path}.{name}", "skip offset must be shorter than the creative's duration")
 
 
+def _media_or_tag(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
+    """Renditions, or a third-party VAST tag (served as a Wrapper, which carries no media,
+    mezzanine or click-through of its own: the tag's ad has them)."""
+    if raw.get("vast_tag_url") is None:
+        if "renditions" not in raw:
+            _fail(errs, f"{path}.renditions", "required field is missing (or give 'vast_tag_url')")
+        return
+    for key in ("renditions", "mezzanine", "click_through"):
+        if raw.get(key) not in (None, []):
+            _fail(errs, f"{path}.{key}", "not with 'vast_tag_url' (the tag's ad has its own)")
+
+
 def _creative(d: dict[str, Any]) -> Creative:
     duration_ms = _seconds_or_ms(d, "duration")
     assert duration_ms is not None  # guaranteed by the either() check
@@ -676,7 +688,8 @@ def _creative(d: dict[str, Any]) -> Creative:
         advertiser_id=d["advertiser_id"],
         title=d["title"],
         duration_ms=duration_ms,
-        renditions=d["renditions"],
+        renditions=d.get("renditions", ()),
+        vast_tag_url=d["vast_tag_url"],
         universal_ad_id=d["universal_ad_id"],
         universal_ad_id_registry=d["universal_ad_id_registry"],
         ad_id=d["ad_id"],
@@ -700,7 +713,8 @@ CREATIVE = Obj(
         "title": F(NAME),
         "duration": F(SECONDS, _ABSENT),
         "duration_ms": F(MILLIS, _ABSENT),
-        "renditions": F(list_of(RENDITION, min_len=1)),
+        "renditions": F(list_of(RENDITION, min_len=1), _ABSENT),
+        "vast_tag_url": F(nullable(url), None),
         "universal_ad_id": F(string(_NO_SPACE, what="an id without spaces (at most 128)")),
         "universal_ad_id_registry": F(NAME, "ad-id.org"),
         "ad_id": F(nullable(NAME), None),
@@ -720,6 +734,7 @@ CREATIVE = Obj(
         either("duration", "duration_ms"),
         either("skip_offset", "skip_offset_ms", required=False),
         _skip_before_end,
+        _media_or_tag,
     ],
 )
 

@@ -121,6 +121,7 @@ class Creative:
     title: str
     duration_ms: int
     renditions: tuple[Rendition, ...]
+    """Empty for a third-party tag (``vast_tag_url``)."""
     universal_ad_id: str
     universal_ad_id_registry: str = "ad-id.org"
     ad_id: str | None = None
@@ -136,6 +137,9 @@ class Creative:
     """``VPAID`` marks interactive creatives that CTV devices cannot run."""
     verifications: tuple[Verification, ...] = ()
     icons: tuple[Icon, ...] = ()
+    vast_tag_url: str | None = None
+    """A third-party VAST tag: the ad goes out as a ``<Wrapper>`` pointing at it, with our
+    tracking; ``duration_ms`` is then the duration the tag's ad was trafficked at."""
 
     @property
     def duration_s(self) -> float:

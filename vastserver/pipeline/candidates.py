@@ -92,6 +92,8 @@ def all_candidates(catalog: Catalog) -> tuple[Candidate, ...]:
 
 
 def _media_key(creative: Creative) -> str:
+    if creative.vast_tag_url is not None:
+        return creative.vast_tag_url  # the same tag twice in a pod is the same ad twice
     urls: Iterable[str] = (r.url for r in creative.renditions)
     return min(urls, default=creative.id)
 

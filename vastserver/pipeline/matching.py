@@ -52,6 +52,7 @@ from vastserver.pipeline.stages import (
     StageEnv,
     _in_daypart,
     floor,
+    playable_urls,
 )
 
 DIMENSIONS: tuple[str, ...] = (
@@ -586,15 +587,15 @@ def build_bit_index(
         domain[adv.domain].add(i)
         if cr.api_framework is not None and cr.api_framework.upper().startswith("VPAID"):
             vpaid.add(i)
-        ctv = [r for r in cr.renditions if r.mime.lower() in CTV_MIMES]
-        anyp = [r for r in cr.renditions if r.mime.lower() in PLAYABLE_MIMES]
+        ctv = playable_urls(cr, CTV_MIMES)
+        anyp = playable_urls(cr, PLAYABLE_MIMES)
         if ctv:
             ctv_playable.add(i)
-        if any(r.url[:8].lower() == "https://" for r in ctv):
+        if any(u[:8].lower() == "https://" for u in ctv):
             ctv_https.add(i)
         if anyp:
             any_playable.add(i)
-        if any(r.url[:8].lower() == "https://" for r in anyp):
+        if any(u[:8].lower() == "https://" for u in anyp):
             any_https.add(i)
         duration[cr.duration_ms].add(i)
         if li.targeting.dayparts or li.targeting.key_values:

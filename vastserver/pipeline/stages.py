@@ -40,6 +40,15 @@ CTV_MIMES: frozenset[str] = frozenset(
 PLAYABLE_MIMES: frozenset[str] = CTV_MIMES | {"video/webm"}
 
 
+def playable_urls(cr: Creative, mimes: frozenset[str]) -> list[str]:
+    """The URLs a player would fetch for ``cr`` among ``mimes``: its renditions of those
+    types, or for a third-party tag the tag itself (which media it returns is the tag's
+    business: a wrapper counts as playable everywhere, secure when the tag is https)."""
+    if cr.vast_tag_url is not None:
+        return [cr.vast_tag_url]
+    return [r.url for r in cr.renditions if r.mime.lower() in mimes]
+
+
 class DeliveryGate:
     """Caps, budgets and pacing over pre-fetched counters (``pipeline.delivery.CountsGate``).
 
@@ -138,10 +147,10 @@ def policy(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     if ctv and cr.api_framework is not None and cr.api_framework.upper().startswith("VPAID"):
         return Reason.VPAID_ON_CTV
     mimes = CTV_MIMES if ctv else PLAYABLE_MIMES
-    playable = [r for r in cr.renditions if r.mime.lower() in mimes]
+    playable = playable_urls(cr, mimes)
     if not playable:
         return Reason.NO_PLAYABLE_MEDIA
-    if req.require_https and not any(r.url[:8].lower() == "https://" for r in playable):
+    if req.require_https and not any(u[:8].lower() == "https://" for u in playable):
         return Reason.INSECURE_MEDIA
     return None
 
