@@ -29,6 +29,7 @@ from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.pipeline.schedule import PlannedBreak, hms
 from vastserver.tracking import (
     BEACON_SCOPES,
+    LINEAR_EVENTS_BY_VERSION,
     AdToken,
     Keyring,
     TrackingUrls,
@@ -56,52 +57,6 @@ for each beacon scope (in :data:`BEACON_SCOPES` order), then the click token and
 _N_SCOPES = len(BEACON_SCOPES)
 _SCOPE_INDEX = {scope: n for n, scope in enumerate(BEACON_SCOPES)}
 _Fragment = tuple[tuple[str, ...], tuple[int, ...]]
-
-# Linear tracking events each version's XSD allows (``skip`` only with a skipoffset).
-_BASE_EVENTS = ("start", "firstQuartile", "midpoint", "thirdQuartile", "complete")
-_PLAYER_EVENTS_V2 = ("pause", "resume", "mute", "unmute", "rewind", "fullscreen", "close")
-LINEAR_EVENTS_BY_VERSION: Mapping[str, tuple[str, ...]] = {
-    "2.0": ("creativeView", *_BASE_EVENTS, *_PLAYER_EVENTS_V2),
-    "3.0": (
-        "creativeView",
-        *_BASE_EVENTS,
-        "pause",
-        "resume",
-        "mute",
-        "unmute",
-        "rewind",
-        "fullscreen",
-        "exitFullscreen",
-        "closeLinear",
-    ),
-    "4.0": (
-        *_BASE_EVENTS,
-        "pause",
-        "resume",
-        "mute",
-        "unmute",
-        "rewind",
-        "playerExpand",
-        "playerCollapse",
-    ),
-    "4.1": (
-        "loaded",
-        *_BASE_EVENTS,
-        "pause",
-        "resume",
-        "mute",
-        "unmute",
-        "rewind",
-        "playerExpand",
-        "playerCollapse",
-        "closeLinear",
-    ),
-}
-LINEAR_EVENTS_BY_VERSION = {
-    **LINEAR_EVENTS_BY_VERSION,
-    "4.2": LINEAR_EVENTS_BY_VERSION["4.1"],
-    "4.3": LINEAR_EVENTS_BY_VERSION["4.1"],
-}
 
 
 def _cdata(url: str) -> Markup:
@@ -194,6 +149,10 @@ class AdVM:
     """A third-party tag's URL: the ad is a ``<Wrapper>`` (no media of its own)."""
     click_tracking: Markup | None = None
     """A wrapper's click beacon (``/t/click``): its click-through is the tag's."""
+    extra_impressions: tuple[Markup, ...] = ()
+    """The creative's third-party impression trackers (after ours)."""
+    click_trackers: tuple[Markup, ...] = ()
+    """The creative's third-party click trackers (``ClickTracking``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,7 +388,11 @@ class Renderer:
         events = list(LINEAR_EVENTS_BY_VERSION[version])
         if cr.skip_offset_ms is not None and version != "2.0":
             events.append("skip")
-        tracking = [TrackingVM(e, url(e)) for e in events]
+        extra = cr.trackers
+        tracking = []
+        for e in events:  # ours, then the third-party trackers of the same event
+            tracking.append(TrackingVM(e, url(e)))
+            tracking += [TrackingVM(e, _cdata(u)) for u in extra.get(e, ())]
         if version != "2.0":  # progress exists from VAST 3.0 on
             progress_url = url("progress")
             tracking += [
@@ -462,6 +425,8 @@ class Renderer:
             ),
             wrapper_url=_cdata(cr.vast_tag_url) if cr.vast_tag_url is not None else None,
             click_tracking=_cdata(self.urls.event("click", click_token)) if wrapper else None,
+            extra_impressions=tuple(_cdata(u) for u in extra.get("impression", ())),
+            click_trackers=tuple(_cdata(u) for u in extra.get("click", ())),
             media_files=_media_files(cr),
             mezzanine=_mezzanine(cr),
             verifications=tuple(

@@ -112,6 +112,7 @@ __all__ = [
     "EVENTS",
     "FORMAT_VERSION",
     "LINEAR_EVENTS",
+    "LINEAR_EVENTS_BY_VERSION",
     "MAX_CLOCK_SKEW_S",
     "MAX_TOKEN_LEN",
     "MIN_SECRET_LEN",
@@ -932,6 +933,31 @@ LINEAR_EVENTS: frozenset[str] = frozenset(
     }
 )
 """Events whose beacon carries ``ph=[ADPLAYHEAD]``."""
+
+# The linear tracking events each VAST version's XSD allows (``skip`` too, with a skipoffset;
+# ``progress`` with an offset). Ads carry our beacon for each; catalog trackers follow them.
+_BASE_EVENTS = ("start", "firstQuartile", "midpoint", "thirdQuartile", "complete")
+_PLAYBACK_EVENTS = ("pause", "resume", "mute", "unmute", "rewind")
+_PLAYER_EVENTS_V2 = (*_PLAYBACK_EVENTS, "fullscreen", "close")
+_PLAYER_EVENTS_V4 = (*_PLAYBACK_EVENTS, "playerExpand", "playerCollapse")
+LINEAR_EVENTS_BY_VERSION: Mapping[str, tuple[str, ...]] = {
+    "2.0": ("creativeView", *_BASE_EVENTS, *_PLAYER_EVENTS_V2),
+    "3.0": (
+        "creativeView",
+        *_BASE_EVENTS,
+        *_PLAYBACK_EVENTS,
+        "fullscreen",
+        "exitFullscreen",
+        "closeLinear",
+    ),
+    "4.0": (*_BASE_EVENTS, *_PLAYER_EVENTS_V4),
+    "4.1": ("loaded", *_BASE_EVENTS, *_PLAYER_EVENTS_V4, "closeLinear"),
+}
+LINEAR_EVENTS_BY_VERSION = {
+    **LINEAR_EVENTS_BY_VERSION,
+    "4.2": LINEAR_EVENTS_BY_VERSION["4.1"],
+    "4.3": LINEAR_EVENTS_BY_VERSION["4.1"],
+}
 
 VMAP_BREAK_EVENTS: frozenset[str] = frozenset({"breakStart", "breakEnd", "error"})
 """Events a VMAP ``<vmap:Tracking>`` may use."""

@@ -61,6 +61,7 @@ from vastserver.catalog.model import (
     Tier,
     Verification,
 )
+from vastserver.tracking import LINEAR_EVENTS_BY_VERSION
 
 __all__ = [
     "DEVICE_TYPES",
@@ -668,6 +669,24 @@ def _skip_before_end(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs:
         _fail(errs, f"{path}.{name}", "skip offset must be shorter than the creative's duration")
 
 
+TRACKER_EVENTS: tuple[str, ...] = (
+    "impression",
+    "click",
+    *dict.fromkeys(e for events in LINEAR_EVENTS_BY_VERSION.values() for e in events),
+    "skip",
+)
+"""Events a creative's third-party trackers may name (a VAST version without the event
+leaves its trackers out)."""
+MAX_TRACKERS_PER_EVENT = 8
+
+
+def _tracker_urls(v: object, path: str, errs: Issues) -> tuple[str, ...] | _Invalid:
+    got = list_of(url, min_len=1)(v, path, errs)
+    if not isinstance(got, _Invalid) and len(got) > MAX_TRACKERS_PER_EVENT:
+        return _fail(errs, path, f"at most {MAX_TRACKERS_PER_EVENT} trackers an event")
+    return got
+
+
 def _media_or_tag(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
     """Renditions, or a third-party VAST tag (served as a Wrapper, which carries no media,
     mezzanine or click-through of its own: the tag's ad has them)."""
@@ -690,6 +709,7 @@ def _creative(d: dict[str, Any]) -> Creative:
         duration_ms=duration_ms,
         renditions=d.get("renditions", ()),
         vast_tag_url=d["vast_tag_url"],
+        trackers=d["trackers"],
         universal_ad_id=d["universal_ad_id"],
         universal_ad_id_registry=d["universal_ad_id_registry"],
         ad_id=d["ad_id"],
@@ -715,6 +735,7 @@ CREATIVE = Obj(
         "duration_ms": F(MILLIS, _ABSENT),
         "renditions": F(list_of(RENDITION, min_len=1), _ABSENT),
         "vast_tag_url": F(nullable(url), None),
+        "trackers": F(map_of(enum_of(*TRACKER_EVENTS), _tracker_urls), MappingProxyType({})),
         "universal_ad_id": F(string(_NO_SPACE, what="an id without spaces (at most 128)")),
         "universal_ad_id_registry": F(NAME, "ad-id.org"),
         "ad_id": F(nullable(NAME), None),

@@ -140,6 +140,9 @@ class Creative:
     vast_tag_url: str | None = None
     """A third-party VAST tag: the ad goes out as a ``<Wrapper>`` pointing at it, with our
     tracking; ``duration_ms`` is then the duration the tag's ad was trafficked at."""
+    trackers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    """Third-party tracking URLs by event (``impression``, ``click``, linear events): sent
+    beside ours, as the advertiser's ad server or a measurement vendor requires."""
 
     @property
     def duration_s(self) -> float:

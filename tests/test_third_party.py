@@ -1,5 +1,6 @@
-"""Third-party VAST tags: creatives served as ``<Wrapper>`` ads, from the catalog to the
-beacons, judged by the IAB XSDs, vastlint and the player library."""
+"""Third parties in our ads: VAST tags served as ``<Wrapper>`` ads, and tracking pixels beside
+ours, from the catalog to the beacons, judged by the IAB XSDs, vastlint and the player
+library."""
 
 from __future__ import annotations
 
@@ -161,3 +162,69 @@ async def test_an_http_tag_is_insecure_media(make_client: ClientFactory, tmp_pat
     reasons = {t["line_item_id"]: t["reason"] for t in body["candidates"]}
     assert reasons["li-tp"] == "insecure_media"
     assert DEMO_CATALOG.exists()
+
+
+TRACKERS = {
+    "impression": ["https://px.example/imp?c=1&ord=[CACHEBUSTING]", "https://dv.example/i"],
+    "click": ["https://px.example/click?c=1"],
+    "start": ["https://px.example/start"],
+    "complete": ["https://px.example/complete", "https://dv.example/complete"],
+    "loaded": ["https://px.example/loaded"],  # VAST 4.1+ only
+    "creativeView": ["https://px.example/view"],  # VAST 2.0 and 3.0 only
+}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_third_party_trackers_go_beside_ours(
+    make_client: ClientFactory, tmp_path: Path, version: str
+) -> None:
+    c.require_spec()
+    doc = wrapper_doc()
+    for cr in doc["creatives"]:
+        cr["trackers"] = TRACKERS
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc))
+    client: Any = await make_client(catalog=str(path))
+    resp = await client.get(f"/vast?vast={version}&series=tag-show&pod_duration=90&max_ads=3")
+    xml = bytes(await resp.read())
+    root = etree.fromstring(xml)
+    ads = [e for e in root if isinstance(e.tag, str) and etree.QName(e).localname == "Ad"]
+    assert {etree.QName(a[0]).localname for a in ads} == {"Wrapper", "InLine"}
+    for ad in ads:
+        imps = [(e.text or "").strip() for e in ad.iter("{*}Impression")]
+        assert imps[1:] == TRACKERS["impression"] and "/t/impression?" in imps[0]
+        clicks = [(e.text or "").strip() for e in ad.iter("{*}ClickTracking")]
+        assert TRACKERS["click"][0] in clicks
+        by_event: dict[str, list[str]] = {}
+        for t in ad.iter("{*}Tracking"):
+            by_event.setdefault(t.get("event", ""), []).append((t.text or "").strip())
+        assert by_event["complete"][1:] == TRACKERS["complete"]
+        assert by_event["start"][1:] == TRACKERS["start"]
+        assert ("loaded" in by_event) == (version in ("4.1", "4.2", "4.3"))
+        assert ("creativeView" in by_event) == (version in ("2.0", "3.0"))
+        if "loaded" in by_event:
+            assert by_event["loaded"][1:] == TRACKERS["loaded"]
+    assert c.validate_vast_xsd(xml, version) == []
+    lint_errors, lint_warnings = c.vastlint_report(xml)
+    assert lint_errors == []
+    assert [w for w in lint_warnings if w.split()[0] not in _lint_allowance(version)] == []
+    if c.node_available():
+        (result,) = c.node_parse_many([xml.decode()], "vast")
+        assert result["ok"], result["error"]
+
+
+def test_trackers_are_checked() -> None:
+    doc = wrapper_doc()
+    n = len(doc["creatives"]) - 1
+    doc["creatives"][-1]["trackers"] = {
+        "impresion": ["https://px.example/i"],
+        "start": ["not a url"],
+        "complete": [f"https://px.example/{i}" for i in range(9)],
+        "midpoint": [],
+    }
+    errors = errors_of(doc)
+    base = f"$.creatives[{n}].trackers"
+    assert has_issue(errors, f"{base}.impresion", "is not one of")
+    assert any(e.path == f"{base}.start[0]" for e in errors), errors
+    assert has_issue(errors, f"{base}.complete", "at most 8")
+    assert any(e.path == f"{base}.midpoint" for e in errors), errors
