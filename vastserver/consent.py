@@ -27,7 +27,7 @@ and GPP strings are not interpreted.
 from __future__ import annotations
 
 import base64
-import binascii
+import re
 from dataclasses import dataclass
 
 __all__ = ["MAX_TC_STRING", "Permissions", "TcString", "decode_tc_string", "permissions"]
@@ -37,21 +37,27 @@ MAX_TC_STRING = 4096
 
 # Bit offsets of the core segment's fields (TCF v2.x).
 _VERSION = (0, 6)
-_PURPOSES_CONSENT = (152, 24)
+_PURPOSES_CONSENT = (152, 24)  # purposes 1-24: consent
 _PURPOSES_LI = (176, 24)
 _MAX_VENDOR_ID = (213, 16)
 _IS_RANGE = 229
 _VENDOR_SECTION = 230
 
 
+_CORE = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_TC_STRING}}}")
+"""A core segment: base64url without padding (TC strings are written that way)."""
+
+
 class _Bits:
-    """A big-endian bit reader over the decoded bytes."""
+    """A big-endian bit reader over a segment's bits (6 a character)."""
 
     __slots__ = ("_n", "_value")
 
-    def __init__(self, data: bytes) -> None:
-        self._value = int.from_bytes(data, "big")
-        self._n = len(data) * 8
+    def __init__(self, core: str) -> None:
+        pad = -len(core) % 4  # "A" is six zero bits: pad, decode, then drop them again
+        data = base64.urlsafe_b64decode(core + "A" * pad)
+        self._n = 6 * len(core)
+        self._value = int.from_bytes(data, "big") >> (6 * pad)
 
     def read(self, offset: int, length: int) -> int:
         if offset < 0 or offset + length > self._n:
@@ -61,14 +67,42 @@ class _Bits:
     def flag(self, offset: int) -> bool:
         return bool(self.read(offset, 1))
 
+    def text(self) -> str:
+        """The bits as a string of 0s and 1s."""
+        return format(self._value, f"0{self._n}b")
+
 
 @dataclass(frozen=True, slots=True)
 class TcString:
-    """The decoded parts of a TC string's core segment that decisions need."""
+    """The decoded parts of a TC string's core segment that decisions need; the vendor
+    section is read only when asked about a vendor (:meth:`vendor_consents`)."""
 
     purposes_consent: frozenset[int]
     purposes_legitimate_interest: frozenset[int]
-    vendor_consent: frozenset[int]
+    _bits: _Bits
+
+    def vendor_consents(self, vendor_id: int) -> bool:
+        """Whether the vendor section gives ``vendor_id`` consent (``ValueError`` when the
+        section is cut short). A range section is scanned entry by entry, never expanded:
+        the work is bounded by the string's length, whatever ranges it claims."""
+        bits = self._bits
+        max_id = bits.read(*_MAX_VENDOR_ID)
+        if not bits.flag(_IS_RANGE):
+            return 1 <= vendor_id <= max_id and bits.flag(_VENDOR_SECTION + vendor_id - 1)
+        entries = bits.read(_VENDOR_SECTION, 12)
+        text = bits.text()  # slicing text is cheaper than shifting a long int per field
+        at = _VENDOR_SECTION + 12
+        for _ in range(entries):
+            is_range = text[at] == "1"
+            size = 33 if is_range else 17
+            if at + size > len(text):
+                raise ValueError("TC string too short")
+            start = int(text[at + 1 : at + 17], 2)
+            end = int(text[at + 17 : at + 33], 2) if is_range else start
+            at += size
+            if start <= vendor_id <= end:
+                return True
+        return False
 
 
 def _bit_set(bits: _Bits, offset: int, length: int) -> frozenset[int]:
@@ -77,43 +111,20 @@ def _bit_set(bits: _Bits, offset: int, length: int) -> frozenset[int]:
     return frozenset(i + 1 for i in range(length) if value >> (length - 1 - i) & 1)
 
 
-def _vendors(bits: _Bits) -> frozenset[int]:
-    max_id = bits.read(*_MAX_VENDOR_ID)
-    if not bits.flag(_IS_RANGE):
-        return _bit_set(bits, _VENDOR_SECTION, max_id)
-    entries = bits.read(_VENDOR_SECTION, 12)
-    at = _VENDOR_SECTION + 12
-    out: set[int] = set()
-    for _ in range(entries):
-        is_range = bits.flag(at)
-        start = bits.read(at + 1, 16)
-        at += 17
-        end = start
-        if is_range:
-            end = bits.read(at, 16)
-            at += 16
-        if not 1 <= start <= end <= max_id:
-            raise ValueError("bad vendor range")
-        out.update(range(start, end + 1))
-    return frozenset(out)
-
-
 def decode_tc_string(text: str) -> TcString:
     """The core segment of a TCF v2 consent string; ``ValueError`` when it is not one."""
-    if len(text) > MAX_TC_STRING or not text.isascii():
-        raise ValueError("not a TC string")
+    if len(text) > MAX_TC_STRING:
+        raise ValueError("not a TC string: too long")
     core = text.split(".", 1)[0]
-    try:
-        data = base64.urlsafe_b64decode(core + "=" * (-len(core) % 4))
-    except (binascii.Error, ValueError) as e:
-        raise ValueError("TC string is not base64url") from e
-    bits = _Bits(data)
+    if not _CORE.fullmatch(core):
+        raise ValueError("not a TC string: its core segment is not base64url")
+    bits = _Bits(core)
     if bits.read(*_VERSION) != 2:
         raise ValueError("not a version 2 TC string")
     return TcString(
         purposes_consent=_bit_set(bits, *_PURPOSES_CONSENT),
         purposes_legitimate_interest=_bit_set(bits, *_PURPOSES_LI),
-        vendor_consent=_vendors(bits),
+        _bits=bits,
     )
 
 
@@ -145,5 +156,8 @@ def permissions(
         return NONE
     p = tc.purposes_consent
     basic = 2 in p or 2 in tc.purposes_legitimate_interest
-    vendor = vendor_id is None or vendor_id in tc.vendor_consent
+    try:
+        vendor = vendor_id is None or tc.vendor_consents(vendor_id)
+    except ValueError:  # a vendor section cut short
+        return NONE
     return Permissions(device_id=1 in p and basic and vendor, segments=1 in p and 4 in p and vendor)

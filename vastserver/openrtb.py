@@ -672,12 +672,13 @@ def _consent(root: Obj, tcf_vendor_id: int | None) -> Permissions:
     string is given, as on ``/vast``."""
     regs = _opt_obj(root, "regs", "") or {}
     gdpr = _opt_flag(regs, "gdpr", "regs")
-    if gdpr is None:
-        gdpr = _opt_flag(_opt_obj(regs, "ext", "regs") or {}, "gdpr", "regs.ext")
+    regs_ext = regs.get("ext")
+    if gdpr is None and isinstance(regs_ext, dict):
+        gdpr = _opt_flag(regs_ext, "gdpr", "regs.ext")
     user = _opt_obj(root, "user", "") or {}
     consent = _opt_str(user, "consent", "user", MAX_TC_STRING)
-    if consent is None:
-        user_ext = _opt_obj(user, "ext", "user") or {}
+    user_ext = user.get("ext")
+    if consent is None and isinstance(user_ext, dict):  # 2.5 (another ext is not ours)
         consent = _opt_str(user_ext, "consent", "user.ext", MAX_TC_STRING)
     return permissions(bool(consent) if gdpr is None else gdpr, consent, tcf_vendor_id)
 
