@@ -351,6 +351,28 @@ async def test_vmap_inline_separates_across_breaks(client: Any) -> None:
     assert seen and len(seen) == len(set(seen)), "a creative repeated within the stream"
 
 
+async def test_inline_vmap_checks_its_tags_and_keeps_their_duration_rules(client: Any) -> None:
+    """An inline VMAP may send breaks as ad tags (past its deadline), so it is held to
+    what /vast accepts as a tag VMAP is, and decides its breaks by the same rules."""
+    base = "/vmap?inline=1&content_duration=1800&cue_points=600,1200"
+    for bad in (
+        "min_ad_duration=abc",
+        "required_durations=0",
+        "min_ad_duration=10&max_ad_duration=5",
+    ):
+        resp = await client.get(f"{base}&{bad}")
+        assert resp.status == 400, bad
+    slashes = "/" * 1400
+    resp = await client.get(f"{base}&content_url=https:{slashes}")
+    assert resp.status == 400 and (await resp.json())["field"] == "query"
+    resp = await client.get(f"{base}&min_ad_duration=20&max_ad_duration=40&device_id=rules")
+    root = etree.fromstring(await resp.read())
+    durations = [d.text.strip() for d in root.iterfind(".//v:Duration", NS)]
+    assert durations and all("00:00:20" <= d[:8] <= "00:00:40" for d in durations), durations
+    tag = await client.get("/vast?pod_duration=120&min_ad_duration=20&max_ad_duration=40")
+    assert tag.status == 200
+
+
 async def test_metrics_exposed(client: Any) -> None:
     await client.get("/vast?pod_duration=60")
     await client.get("/vast?pod_duration=abc")

@@ -23,7 +23,6 @@ from typing import Any
 from aiohttp import web
 
 from vastserver.catalog.load import CatalogError, load_catalog
-from vastserver.catalog.model import BreakPosition
 from vastserver.delivery import DeliveryControl
 from vastserver.eventlog import EventLog
 from vastserver.explain import decision_json
@@ -40,7 +39,7 @@ from vastserver.params import (
     parse_vast_request,
     parse_vmap_query,
 )
-from vastserver.pipeline.context import AdRequest, BreakSpec, system_clock
+from vastserver.pipeline.context import AdRequest, system_clock
 from vastserver.pipeline.delivery import SeparationRules
 from vastserver.pipeline.schedule import plan_breaks
 from vastserver.records import EventSink, NullSink, beacon_record
@@ -348,34 +347,31 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
     if targeting.session is None:
         targeting = replace(targeting, session=new_ad_serving_id(rt.rng))
     session = targeting.session or ""
-    if vq.inline:
-        base = targeting.request(
-            BreakSpec(BreakPosition.PRE, pod_duration_ms=1000, max_ads=1),
+
+    def as_vast(params: Mapping[str, str]) -> AdRequest:  # what each tag's /vast will parse
+        return parse_vast_request(
+            params,
+            client,
+            rules,
             require_https=rt.settings.require_https_media,
+            tcf_vendor_id=rt.settings.tcf_vendor_id,
         )
-        decisions = await rt.service.decide_stream(base, breaks, deadline=_deadline(rt))
-        # breaks left undecided at the deadline go out as ad tags (their parameters were
-        # checked when the request was parsed: the same ones /vast parses)
-        body = rt.renderer.vmap_inline(
-            breaks, decisions, session=session, debug=targeting.debug, query=q
+
+    try:
+        # Every break's tag is checked as /vast will check it, inline or not: an inline
+        # VMAP sends the breaks left at its deadline as tags.
+        tags, first = rt.renderer.tag_queries(
+            breaks, q, session=session, max_query=MAX_QUERY, check=as_vast
         )
-    else:
-
-        def as_vast(params: Mapping[str, str]) -> object:  # what each tag's /vast will parse
-            return parse_vast_request(
-                params,
-                client,
-                rules,
-                require_https=rt.settings.require_https_media,
-                tcf_vendor_id=rt.settings.tcf_vendor_id,
-            )
-
-        try:
-            body = rt.renderer.vmap_tags(
-                breaks, q, session=session, max_query=MAX_QUERY, check=as_vast
-            )
-        except ParamError as e:
-            return _bad_request(e)
+    except ParamError as e:
+        return _bad_request(e)
+    if not vq.inline or first is None:
+        return _xml(rt.renderer.vmap_tags(breaks, tags, session=session))
+    # The breaks are decided as their tags would be (ad duration rules included), with
+    # the geolocated device.
+    base = replace(first, device=targeting.device)
+    decisions = await rt.service.decide_stream(base, breaks, deadline=_deadline(rt))
+    body = rt.renderer.vmap_inline(breaks, decisions, tags, session=session, debug=base.debug)
     return _xml(body)
 
 

@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import jinja2
@@ -43,6 +43,7 @@ CATEGORY_AUTHORITY = "https://iabtechlab.com"
 UNIVERSAL_AD_ID_EXTENSION = "UniversalAdId"
 MEZZANINE_EXTENSION = "Mezzanine"
 DEBUG_EXTENSION = "vastserver-debug"
+T = TypeVar("T")
 FRAGMENT_CACHE_SIZE = 4096
 """Rendered ads kept (per candidate and VAST version): ~5-8 KB each."""
 _DYNAMIC = (
@@ -471,55 +472,26 @@ class Renderer:
 
     # ------------------------------------------------------------------ VMAP
 
-    def vmap_tags(
+    def tag_queries(
         self,
         breaks: Sequence[PlannedBreak],
         query: Mapping[str, str],
         *,
         session: str,
         max_query: int | None = None,
-        check: Callable[[Mapping[str, str]], object] | None = None,
-    ) -> str:
-        """Each break points back at ``/vast`` with its own break parameters filled in.
+        check: Callable[[Mapping[str, str]], T] | None = None,
+    ) -> tuple[list[str], T | None]:
+        """Each break's ``/vast`` query string: the request's parameters (but the VMAP's own
+        and the break's) with the break's filled in; and what ``check`` makes of the first
+        break's parameters (the others differ only in the break parameters made here), so
+        that what ``/vast`` would refuse is refused now (its ``ParamError`` propagates).
 
-        ``ParamError`` (field ``query``) when a tag's query string would be longer than
-        ``max_query``: ``/vast`` would refuse it, and every break would go unfilled. ``check``
-        gets the first tag's parameters (the others differ only in the break parameters
-        made here), so that what ``/vast`` would refuse is refused now (its ``ParamError``
-        propagates)."""
-        return self.vmap_inline(
-            breaks,
-            [None] * len(breaks),
-            session=session,
-            query=query,
-            max_query=max_query,
-            check=check,
-        )
-
-    def vmap_inline(
-        self,
-        breaks: Sequence[PlannedBreak],
-        decisions: Sequence[Decision | None],
-        *,
-        session: str,
-        debug: bool = False,
-        query: Mapping[str, str] | None = None,
-        max_query: int | None = None,
-        check: Callable[[Mapping[str, str]], object] | None = None,
-    ) -> str:
-        """Each decided break's pod inline; a break without a decision (None) as an ad tag
-        built from ``query``, as :meth:`vmap_tags` builds them."""
-        carried = {
-            k: v for k, v in (query or {}).items() if k not in _VMAP_ONLY and k not in _BREAK_PARAMS
-        }
-        out: list[VmapBreakVM] = []
-        checked = check is None
-        for n, (b, d) in enumerate(zip(breaks, decisions, strict=True), start=1):
-            if d is not None:
-                explain = decision_json(d) if debug else None
-                doc = Markup(self.vast(d, debug=explain, declaration=False))
-                out.append(self._break_vm(b, n, session, tag_url=None, vast=doc))
-                continue
+        ``ParamError`` (field ``query``) when a query string would be longer than
+        ``max_query``: ``/vast`` would refuse it, and the break would go unfilled."""
+        carried = {k: v for k, v in query.items() if k not in _VMAP_ONLY and k not in _BREAK_PARAMS}
+        out: list[str] = []
+        checked: T | None = None
+        for n, b in enumerate(breaks):
             params = {
                 **carried,
                 "break": b.position.value,
@@ -528,9 +500,8 @@ class Renderer:
                 "pod_duration": _num(b.duration_s),
                 "max_ads": str(b.max_ads),
             }
-            if not checked and check is not None:
-                check(params)
-                checked = True
+            if n == 0 and check is not None:
+                checked = check(params)
             tag_query = urlencode(params)
             if max_query is not None and len(tag_query) > max_query:
                 raise ParamError(
@@ -538,8 +509,36 @@ class Renderer:
                     f"too long to carry into the breaks' ad tags: {len(tag_query)} characters"
                     f" once encoded, /vast reads at most {max_query}",
                 )
-            url = f"{self.urls.public_url}/vast?{tag_query}"
-            out.append(self._break_vm(b, n, session, tag_url=_cdata(url), vast=None))
+            out.append(tag_query)
+        return out, checked
+
+    def vmap_tags(
+        self, breaks: Sequence[PlannedBreak], tag_queries: Sequence[str], *, session: str
+    ) -> str:
+        """Each break points back at ``/vast`` with its query (:meth:`tag_queries`)."""
+        return self.vmap_inline(breaks, [None] * len(breaks), tag_queries, session=session)
+
+    def vmap_inline(
+        self,
+        breaks: Sequence[PlannedBreak],
+        decisions: Sequence[Decision | None],
+        tag_queries: Sequence[str],
+        *,
+        session: str,
+        debug: bool = False,
+    ) -> str:
+        """Each decided break's pod inline; a break without a decision (None) as an ad tag
+        with its query (:meth:`tag_queries`)."""
+        out: list[VmapBreakVM] = []
+        rows = zip(breaks, decisions, tag_queries, strict=True)
+        for n, (b, d, tag_query) in enumerate(rows, start=1):
+            if d is not None:
+                explain = decision_json(d) if debug else None
+                doc = Markup(self.vast(d, debug=explain, declaration=False))
+                out.append(self._break_vm(b, n, session, tag_url=None, vast=doc))
+            else:
+                url = _cdata(f"{self.urls.public_url}/vast?{tag_query}")
+                out.append(self._break_vm(b, n, session, tag_url=url, vast=None))
         return self.vmap_template.render(breaks=out)
 
     def _break_vm(
