@@ -72,7 +72,7 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "skip": ["https://px.example/k"],
             }
         if n % 7 == 3:  # a third-party tag, served as a <Wrapper>
-            for key in ("renditions", "mezzanine", "click_through"):
+            for key in ("renditions", "mezzanine", "click_through", "skip_offset"):
                 cr.pop(key, None)
             cr["vast_tag_url"] = f"https://tp.example/vast?c={n}&a=<b>&ord=[CACHEBUSTING]"
     path.write_text(json.dumps(doc))

@@ -86,12 +86,16 @@ def test_a_tag_creative_has_no_media_or_click_through_of_its_own() -> None:
         "width": 1920,
         "height": 1080,
     }
+    cr["skip_offset"] = 5  # a wrapper cannot carry a skipoffset: the tag's ad decides
     errors = errors_of(doc)
-    for key in ("renditions", "click_through", "mezzanine"):
+    for key in ("renditions", "click_through", "mezzanine", "skip_offset"):
         assert has_issue(errors, f"$.creatives[{n}].{key}", "not with 'vast_tag_url'"), errors
     doc = wrapper_doc()
     doc["creatives"][-1]["vast_tag_url"] = "not a url"
     assert any(e.path == f"$.creatives[{n}].vast_tag_url" for e in errors_of(doc))
+    doc = wrapper_doc()
+    doc["creatives"][-1]["renditions"] = []
+    assert has_issue(errors_of(doc), f"$.creatives[{n}].renditions", "not with 'vast_tag_url'")
     doc = wrapper_doc()
     del doc["creatives"][-1]["vast_tag_url"]
     assert has_issue(errors_of(doc), f"$.creatives[{n}].renditions", "or give 'vast_tag_url'")
@@ -228,3 +232,43 @@ def test_trackers_are_checked() -> None:
     assert any(e.path == f"{base}.start[0]" for e in errors), errors
     assert has_issue(errors, f"{base}.complete", "at most 8")
     assert any(e.path == f"{base}.midpoint" for e in errors), errors
+
+
+ANY_URI = etree.XMLSchema(
+    etree.fromstring(
+        b'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">'
+        b'<xs:element name="u" type="xs:anyURI"/></xs:schema>'
+    )
+)
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "https://ad.tp.example/vast?id=1&ord=[CACHEBUSTING]&ts=[TIMESTAMP]",
+        "https://ad.tp.example/vast?p=%%CACHEBUSTER%%",
+        "https://ad.tp.example/vast?q=%ZZ",
+        "https://ad.tp.example/vast?q=%2",
+        "https://ad.tp.example/vast?q=%20&r=%7B",
+        "https://ad.tp.example/vast?a=[]&c=[not-a-macro",
+        "https://ad.tp.example/vast?x=]]>&y=<z>",
+        "https://ad.tp.example/vast#one#two",
+        "https://ad.tp.example/vast?gdpr=${GDPR}&c=\u00e9",
+        "https://[2001:db8::1]/vast?x=1",
+    ],
+)
+def test_catalog_urls_are_what_the_xsd_calls_a_uri(tag: str) -> None:
+    """A URL the catalog accepts must validate as the XSDs' anyURI once a player fills in
+    the IAB macros, and one that would not is refused with the reason (a third-party tag
+    with %%MACRO%% macros produced VAST that failed every XSD)."""
+    filled = re.sub(r"\[[A-Z][A-Z0-9_]*\]", "0", tag)
+    elem = etree.Element("u")
+    elem.text = filled
+    valid = ANY_URI.validate(etree.fromstring(etree.tostring(elem)))
+    doc = wrapper_doc(tag)
+    if valid:
+        assert parse_catalog(doc).creatives["cr-tp-30"].vast_tag_url == tag
+    else:
+        n = len(doc["creatives"]) - 1
+        errors = errors_of(doc)
+        assert has_issue(errors, f"$.creatives[{n}].vast_tag_url", "not a valid URI"), errors

@@ -97,7 +97,11 @@ _WINDOW = re.compile(r"[1-9][0-9]{0,4}[mhdw]|lifetime|pod|session")
 _ICON_X = re.compile(r"left|right|[0-9]{1,4}")
 _ICON_Y = re.compile(r"top|bottom|[0-9]{1,4}")
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
-_URL_FAST = re.compile(r"https?://[a-z0-9](?:[a-z0-9.-]{0,252}[a-z0-9])?(?:[/?#][!-~]*)?")
+_URL_FAST = re.compile(
+    r"https?://[a-z0-9](?:[a-z0-9.-]{0,252}[a-z0-9])?(?:[/?][!-\"$&-Z\\^-~]*)?"
+)  # printable ASCII but for #, %, [ and ]: those take the full check
+_IAB_MACRO = re.compile(r"\[[A-Z][A-Z0-9_]*\]")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _URL_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 MIN_YEAR, MAX_YEAR = 1970, 2999
 """The years a catalog date-time may fall in."""
@@ -409,7 +413,27 @@ def url(v: object, path: str, errs: Issues) -> str | _Invalid:
         return _fail(errs, path, f"{_show(v)} must be an http or https URL")
     if not host:
         return _fail(errs, path, f"{_show(v)} has no host")
+    problem = _not_any_uri(v, len(parts.scheme) + 3 + len(parts.netloc))
+    if problem is not None:
+        return _fail(
+            errs,
+            path,
+            f"{_show(v)} is not a valid URI once a player fills in its IAB macros: {problem}",
+        )
     return v
+
+
+def _not_any_uri(v: str, authority_end: int) -> str | None:
+    """Why ``v`` would fail the VAST XSDs' ``anyURI`` (as the IAB XSDs check it) once a
+    player has filled in its IAB macros (``[CACHEBUSTING]``); None when it would not."""
+    filled = _IAB_MACRO.sub("0", v[authority_end:])
+    if _BAD_PERCENT.search(filled):
+        return "a % not followed by two hex digits (%%MACRO%% macros are not IAB macros)"
+    if "[" in filled or "]" in filled:
+        return "a bracket outside an IAB macro such as [CACHEBUSTING]"
+    if filled.count("#") > 1:
+        return "more than one #"
+    return None
 
 
 CLICK_URL_MAX_BYTES = 1024
@@ -689,13 +713,13 @@ def _tracker_urls(v: object, path: str, errs: Issues) -> tuple[str, ...] | _Inva
 
 def _media_or_tag(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
     """Renditions, or a third-party VAST tag (served as a Wrapper, which carries no media,
-    mezzanine or click-through of its own: the tag's ad has them)."""
+    mezzanine, click-through or skip offset of its own: the tag's ad has them)."""
     if raw.get("vast_tag_url") is None:
         if "renditions" not in raw:
             _fail(errs, f"{path}.renditions", "required field is missing (or give 'vast_tag_url')")
         return
-    for key in ("renditions", "mezzanine", "click_through"):
-        if raw.get(key) not in (None, []):
+    for key in ("renditions", "mezzanine", "click_through", "skip_offset", "skip_offset_ms"):
+        if raw.get(key) is not None:
             _fail(errs, f"{path}.{key}", "not with 'vast_tag_url' (the tag's ad has its own)")
 
 
