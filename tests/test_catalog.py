@@ -848,3 +848,19 @@ def test_gen_catalog_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main_gen_catalog(["--line-items", "4", "--seed", "1", "--now", "soon"]) == 2
     assert main_gen_catalog(["--help"]) == 0
     assert main_gen_catalog([*argv, "--out", str(tmp_path / "no" / "dir.json")]) == 1
+
+
+def test_captions_are_checked() -> None:
+    doc = demo_doc()
+    doc["creatives"][0]["captions"] = [
+        {"url": "https://cdn.example/cc.vtt", "mime": "text/vtt", "language": "en-US"},
+        {"url": "https://cdn.example/cc.xml", "mime": "text/xml", "language": "en"},
+        {"url": "not a url", "mime": "text/vtt", "language": "english!"},
+    ]
+    errors = errors_of(doc)
+    assert has_issue(errors, "$.creatives[0].captions[1].mime", "is not one of")
+    assert any(e.path == "$.creatives[0].captions[2].url" for e in errors), describe(errors)
+    assert has_issue(errors, "$.creatives[0].captions[2].language", "language tag")
+    doc["creatives"][0]["captions"] = doc["creatives"][0]["captions"][:1]
+    (cap,) = parse_catalog(doc).creatives[doc["creatives"][0]["id"]].captions
+    assert (cap.mime, cap.language) == ("text/vtt", "en-US")

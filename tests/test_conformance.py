@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from tests.conftest import FIXED_NOW, ClientFactory
+from tests.conftest import DEMO_CATALOG, FIXED_NOW, ClientFactory
 from tests.support import conformance as c
 from vastserver.app import RUNTIME
 from vastserver.catalog.gen import generate_catalog
@@ -206,6 +206,42 @@ async def test_inline_vmap_with_breaks_left_as_tags_at_the_deadline(
 def errors_of(xml: bytes) -> list[str]:
     lint_errors, lint_warnings = c.vastlint_report(xml)
     return c.validate_vmap_xsd(xml) + lint_errors + lint_warnings
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_closed_captions(make_client: ClientFactory, tmp_path: Path, version: str) -> None:
+    """Caption files go out from VAST 4.1 (the first version with ClosedCaptionFiles) and
+    are left out before it; the document stays valid either way."""
+    c.require_spec()
+    doc = json.loads(DEMO_CATALOG.read_text())
+    for cr in doc["creatives"]:
+        cr["captions"] = [
+            {"url": "https://cdn.example/cc/a.vtt?x=1&y=2", "mime": "text/vtt", "language": "en"},
+            {
+                "url": "https://cdn.example/cc/a.ttml",
+                "mime": "application/ttml+xml",
+                "language": "es",
+            },
+        ]
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc))
+    client: Any = await make_client(catalog=str(path))
+    xml = await _fetch(client, f"vast={version}&pod_duration=120&max_ads=4")
+    root = etree.fromstring(xml)
+    files = root.findall(".//{*}ClosedCaptionFile")
+    if version in ("4.1", "4.2", "4.3"):
+        assert len(files) == 2 * len(_ads_in(xml)) > 0
+        assert [(f.get("type"), f.get("language")) for f in files[:2]] == [
+            ("text/vtt", "en"),
+            ("application/ttml+xml", "es"),
+        ]
+        assert (files[0].text or "").strip() == "https://cdn.example/cc/a.vtt?x=1&y=2"
+    else:
+        assert files == []
+    _check_static(xml, version, f"captions {version}")
+    if c.node_available():
+        (result,) = c.node_parse_many([xml.decode()], "vast")
+        assert result["ok"], result["error"]
 
 
 async def test_progress_offsets_when_configured(make_client: ClientFactory) -> None:

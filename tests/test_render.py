@@ -62,6 +62,19 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if n % 5 == 2:
             cr["skip_offset"] = 5
             cr["icons"] = [{**icon, "image_url": icon["image_url"] + "?x=1&y=2", "duration": 5}]
+        if n % 4 == 3:
+            cr["captions"] = [
+                {
+                    "url": f"https://cdn.example/cc/{n}.vtt?a=1&b=2",
+                    "mime": "text/vtt",
+                    "language": "en",
+                },
+                {
+                    "url": f"https://cdn.example/cc/{n}.ttml",
+                    "mime": "application/ttml+xml",
+                    "language": "es-MX",
+                },
+            ]
         if n % 3 == 1:  # third-party trackers, some of events a version lacks
             cr["trackers"] = {
                 "impression": [f"https://px.example/i?c={n}&a=1", "https://dv.example/i"],
@@ -72,7 +85,7 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "skip": ["https://px.example/k"],
             }
         if n % 7 == 3:  # a third-party tag, served as a <Wrapper>
-            for key in ("renditions", "mezzanine", "click_through", "skip_offset"):
+            for key in ("renditions", "mezzanine", "click_through", "skip_offset", "captions"):
                 cr.pop(key, None)
             cr["vast_tag_url"] = f"https://tp.example/vast?c={n}&a=<b>&ord=[CACHEBUSTING]"
     path.write_text(json.dumps(doc))
@@ -93,6 +106,7 @@ async def test_cached_fragment_equals_full_render(catalog: Path, version: str) -
     assert any(a.candidate.creative.verifications for _, a in ads)
     assert any(a.candidate.creative.vast_tag_url for _, a in ads)
     assert any(a.candidate.creative.trackers for _, a in ads)
+    assert any(a.candidate.creative.captions for _, a in ads)
     assert any(a.candidate.creative.trackers and a.candidate.creative.vast_tag_url for _, a in ads)
     assert any("<Wrapper" in r._ad_full(d, a, ver, None) for d, a in ads)
     assert any("&amp;" in r._ad_full(d, a, ver, None) for d, a in ads)

@@ -87,8 +87,9 @@ def test_a_tag_creative_has_no_media_or_click_through_of_its_own() -> None:
         "height": 1080,
     }
     cr["skip_offset"] = 5  # a wrapper cannot carry a skipoffset: the tag's ad decides
+    cr["captions"] = [{"url": "https://cdn.example/cc.vtt", "mime": "text/vtt", "language": "en"}]
     errors = errors_of(doc)
-    for key in ("renditions", "click_through", "mezzanine", "skip_offset"):
+    for key in ("renditions", "click_through", "mezzanine", "skip_offset", "captions"):
         assert has_issue(errors, f"$.creatives[{n}].{key}", "not with 'vast_tag_url'"), errors
     doc = wrapper_doc()
     doc["creatives"][-1]["vast_tag_url"] = "not a url"

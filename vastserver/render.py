@@ -101,6 +101,13 @@ class MezzanineVM:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptionVM:
+    url: Markup
+    type: str
+    language: str
+
+
+@dataclass(frozen=True, slots=True)
 class VerificationVM:
     vendor: str
     api_framework: str
@@ -150,6 +157,7 @@ class AdVM:
     """A third-party tag's URL: the ad is a ``<Wrapper>`` (no media of its own)."""
     click_tracking: Markup | None = None
     """A wrapper's click beacon (``/t/click``): its click-through is the tag's."""
+    captions: tuple[CaptionVM, ...] = ()
     extra_impressions: tuple[Markup, ...] = ()
     """The creative's third-party impression trackers (after ours)."""
     click_trackers: tuple[Markup, ...] = ()
@@ -426,6 +434,7 @@ class Renderer:
             ),
             wrapper_url=_cdata(cr.vast_tag_url) if cr.vast_tag_url is not None else None,
             click_tracking=_cdata(self.urls.event("click", click_token)) if wrapper else None,
+            captions=tuple(CaptionVM(_cdata(x.url), x.mime, x.language) for x in cr.captions),
             extra_impressions=tuple(_cdata(u) for u in extra.get("impression", ())),
             click_trackers=tuple(_cdata(u) for u in extra.get("click", ())),
             media_files=_media_files(cr),

@@ -45,6 +45,7 @@ from vastserver.catalog.model import (
     BreakRule,
     Budget,
     Campaign,
+    Caption,
     Catalog,
     Creative,
     Daypart,
@@ -635,6 +636,19 @@ MEZZANINE = Obj(
     lambda d: Mezzanine(**d),
 )
 
+CAPTION_MIMES: tuple[str, ...] = ("text/vtt", "application/ttml+xml", "text/srt")
+_LANGUAGE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})*")
+
+CAPTION = Obj(
+    "caption",
+    {
+        "url": F(url),
+        "mime": F(enum_of(*CAPTION_MIMES)),
+        "language": F(string(_LANGUAGE, what="a language tag such as en or es-MX")),
+    },
+    lambda d: Caption(**d),
+)
+
 VERIFICATION = Obj(
     "verification",
     {
@@ -711,14 +725,24 @@ def _tracker_urls(v: object, path: str, errs: Issues) -> tuple[str, ...] | _Inva
     return got
 
 
+_NOT_WITH_TAG = (
+    "renditions",
+    "mezzanine",
+    "click_through",
+    "skip_offset",
+    "skip_offset_ms",
+    "captions",
+)
+
+
 def _media_or_tag(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
     """Renditions, or a third-party VAST tag (served as a Wrapper, which carries no media,
-    mezzanine, click-through or skip offset of its own: the tag's ad has them)."""
+    mezzanine, click-through, skip offset or captions of its own: the tag's ad has them)."""
     if raw.get("vast_tag_url") is None:
         if "renditions" not in raw:
             _fail(errs, f"{path}.renditions", "required field is missing (or give 'vast_tag_url')")
         return
-    for key in ("renditions", "mezzanine", "click_through", "skip_offset", "skip_offset_ms"):
+    for key in _NOT_WITH_TAG:
         if raw.get(key) is not None:
             _fail(errs, f"{path}.{key}", "not with 'vast_tag_url' (the tag's ad has its own)")
 
@@ -733,6 +757,7 @@ def _creative(d: dict[str, Any]) -> Creative:
         duration_ms=duration_ms,
         renditions=d.get("renditions", ()),
         vast_tag_url=d["vast_tag_url"],
+        captions=d["captions"],
         trackers=d["trackers"],
         universal_ad_id=d["universal_ad_id"],
         universal_ad_id_registry=d["universal_ad_id_registry"],
@@ -759,6 +784,7 @@ CREATIVE = Obj(
         "duration_ms": F(MILLIS, _ABSENT),
         "renditions": F(list_of(RENDITION, min_len=1), _ABSENT),
         "vast_tag_url": F(nullable(url), None),
+        "captions": F(list_of(CAPTION), ()),
         "trackers": F(map_of(enum_of(*TRACKER_EVENTS), _tracker_urls), MappingProxyType({})),
         "universal_ad_id": F(string(_NO_SPACE, what="an id without spaces (at most 128)")),
         "universal_ad_id_registry": F(NAME, "ad-id.org"),

@@ -93,6 +93,15 @@ class Mezzanine:
 
 
 @dataclass(frozen=True, slots=True)
+class Caption:
+    """A closed-caption file of a creative (VAST 4.1+ ``ClosedCaptionFile``)."""
+
+    url: str
+    mime: str
+    language: str
+
+
+@dataclass(frozen=True, slots=True)
 class Verification:
     vendor: str
     js_url: str
@@ -140,6 +149,8 @@ class Creative:
     vast_tag_url: str | None = None
     """A third-party VAST tag: the ad goes out as a ``<Wrapper>`` pointing at it, with our
     tracking; ``duration_ms`` is then the duration the tag's ad was trafficked at."""
+    captions: tuple[Caption, ...] = ()
+    """Closed-caption files (sent from VAST 4.1, which has the element)."""
     trackers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     """Third-party tracking URLs by event (``impression``, ``click``, linear events): sent
     beside ours, as the advertiser's ad server or a measurement vendor requires."""
