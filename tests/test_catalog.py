@@ -864,3 +864,13 @@ def test_captions_are_checked() -> None:
     doc["creatives"][0]["captions"] = doc["creatives"][0]["captions"][:1]
     (cap,) = parse_catalog(doc).creatives[doc["creatives"][0]["id"]].captions
     assert (cap.mime, cap.language) == ("text/vtt", "en-US")
+
+
+def test_break_rules_stay_within_what_vast_accepts() -> None:
+    """A VMAP's ad tags carry each break's duration and ad count to /vast, which reads at
+    most 900 s and 20 ads: a placement asking for more made every such tag a 400."""
+    doc = demo_doc()
+    doc["ad_rules"]["big"] = {"pre": {"duration": 1200}, "mid": {"max_ads": 30}}
+    errors = errors_of(doc)
+    assert has_issue(errors, "$.ad_rules.big.pre.duration", "out of range [0, 900]")
+    assert has_issue(errors, "$.ad_rules.big.mid.max_ads", "out of range [0, 20]")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vastserver.catalog.model import AdRules, BreakPosition, BreakRule, Slot
+from vastserver.catalog.model import MAX_ADS, MAX_POD_S, AdRules, BreakPosition, BreakRule, Slot
 from vastserver.openrtb import (
     MAX_IMPS,
     OpenRtbPod,
@@ -19,7 +19,7 @@ from vastserver.openrtb import (
     parse_bid_request,
     platform_of,
 )
-from vastserver.params import MAX_ADS, MAX_POD_S, ClientInfo, ParamError
+from vastserver.params import ClientInfo, ParamError
 
 CLIENT = ClientInfo(
     caller_ip="198.51.100.10",

@@ -82,11 +82,13 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "start": ["https://px.example/s"],
                 "loaded": ["https://px.example/l"],
                 "creativeView": ["https://px.example/v"],
-                "skip": ["https://px.example/k"],
             }
+            if cr.get("skip_offset") is not None or cr.get("skip_offset_ms") is not None:
+                cr["trackers"]["skip"] = ["https://px.example/k"]
         if n % 7 == 3:  # a third-party tag, served as a <Wrapper>
             for key in ("renditions", "mezzanine", "click_through", "skip_offset", "captions"):
                 cr.pop(key, None)
+            cr.get("trackers", {}).pop("skip", None)  # a tag cannot be skippable here
             cr["vast_tag_url"] = f"https://tp.example/vast?c={n}&a=<b>&ord=[CACHEBUSTING]"
     path.write_text(json.dumps(doc))
     return path

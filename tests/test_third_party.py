@@ -256,6 +256,16 @@ ANY_URI = etree.XMLSchema(
         "https://ad.tp.example/vast#one#two",
         "https://ad.tp.example/vast?gdpr=${GDPR}&c=\u00e9",
         "https://[2001:db8::1]/vast?x=1",
+        "https://[2001:db8::1]:8443/vast?x=1",
+        "https://user:pw@ad.tp.example:8080/vast",
+        "https://%%SITE%%.px.example/i",
+        "https://ex%zzmple.com/x",
+        "https://u%zz@example.com/x",
+        "https://px.example:/i",
+        "https://[::1]@px.example/i",
+        "https://a@b@example.com/x",
+        "https://AD.TP.EXAMPLE/Vast?Q=1",
+        "https://xn--bcher-kva.example/v?q=%C3%A9",
     ],
 )
 def test_catalog_urls_are_what_the_xsd_calls_a_uri(tag: str) -> None:
@@ -273,3 +283,19 @@ def test_catalog_urls_are_what_the_xsd_calls_a_uri(tag: str) -> None:
         n = len(doc["creatives"]) - 1
         errors = errors_of(doc)
         assert has_issue(errors, f"$.creatives[{n}].vast_tag_url", "not a valid URI"), errors
+
+
+def test_trackers_are_https_and_skip_needs_a_skip_offset() -> None:
+    doc = demo_doc()
+    cr = doc["creatives"][0]
+    cr.pop("skip_offset", None)
+    cr.pop("skip_offset_ms", None)
+    cr["trackers"] = {"start": ["http://px.example/s"], "skip": ["https://px.example/k"]}
+    errors = errors_of(doc)
+    assert has_issue(errors, "$.creatives[0].trackers.start[0]", "must be https")
+    assert has_issue(errors, "$.creatives[0].trackers.skip", "needs a skip offset")
+    cr["trackers"] = {"start": ["https://px.example/s"], "skip": ["https://px.example/k"]}
+    cr["skip_offset"] = 5
+    creative = parse_catalog(doc).creatives[cr["id"]]
+    assert creative.trackers["skip"] == ("https://px.example/k",)
+    assert hash(creative) == hash(creative)  # trackers do not make a creative unhashable

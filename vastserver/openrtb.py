@@ -77,14 +77,12 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import NoReturn
 
-from vastserver.catalog.model import RATINGS, AdRules, BreakPosition, Slot
+from vastserver.catalog.model import MAX_ADS, MAX_POD_S, RATINGS, AdRules, BreakPosition, Slot
 from vastserver.consent import MAX_TC_STRING, Permissions, permissions
 from vastserver.params import (
     MAX_AD_S,
-    MAX_ADS,
     MAX_CONTENT_S,
     MAX_LIST,
-    MAX_POD_S,
     MAX_TEXT,
     ClientInfo,
     ParamError,

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from vastserver.catalog.model import RATINGS, AdRules, BreakPosition
+from vastserver.catalog.model import MAX_ADS, MAX_POD_S, RATINGS, AdRules, BreakPosition
 from vastserver.consent import MAX_TC_STRING, Permissions, permissions
 from vastserver.pipeline.context import (
     DEVICE_TYPES,
@@ -25,8 +25,6 @@ from vastserver.pipeline.context import (
     Device,
 )
 
-MAX_POD_S = 900
-MAX_ADS = 20
 MAX_AD_S = 600
 MAX_CONTENT_S = 7 * 24 * 3600
 MAX_LIST = 32

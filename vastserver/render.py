@@ -493,7 +493,9 @@ class Renderer:
         """Each break's ``/vast`` query string: the request's parameters (but the VMAP's own
         and the break's) with the break's filled in; and what ``check`` makes of the first
         break's parameters (the others differ only in the break parameters made here), so
-        that what ``/vast`` would refuse is refused now (its ``ParamError`` propagates).
+        that what ``/vast`` would refuse is refused now (its ``ParamError`` propagates). The
+        break parameters stay within what ``/vast`` reads: the catalog's ad rules and the
+        VMAP's break durations are held to the same bounds.
 
         ``ParamError`` (field ``query``) when a query string would be longer than
         ``max_query``: ``/vast`` would refuse it, and the break would go unfilled."""

@@ -37,6 +37,8 @@ from yarl import URL as YarlURL
 
 from vastserver.catalog.model import (
     DEVICE_TYPES,
+    MAX_ADS,
+    MAX_POD_S,
     PLATFORMS,
     RATINGS,
     AdRules,
@@ -103,6 +105,10 @@ _URL_FAST = re.compile(
 )  # printable ASCII but for #, %, [ and ]: those take the full check
 _IAB_MACRO = re.compile(r"\[[A-Z][A-Z0-9_]*\]")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_URI_CHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2}|[^\x00-\x7f])"
+_AUTHORITY = re.compile(  # RFC 3986 (non-ASCII let through, as in IRIs): user@host:port
+    rf"(?:(?:{_URI_CHAR}|:)*@)?(?:\[[0-9A-Fa-f:.]+\]|{_URI_CHAR}+)(?::[0-9]+)?"
+)
 _URL_BAD_CHAR = re.compile(r"[\s\x00-\x1f\x7f]")
 MIN_YEAR, MAX_YEAR = 1970, 2999
 """The years a catalog date-time may fall in."""
@@ -414,7 +420,7 @@ def url(v: object, path: str, errs: Issues) -> str | _Invalid:
         return _fail(errs, path, f"{_show(v)} must be an http or https URL")
     if not host:
         return _fail(errs, path, f"{_show(v)} has no host")
-    problem = _not_any_uri(v, len(parts.scheme) + 3 + len(parts.netloc))
+    problem = _not_any_uri(v, parts.netloc, len(parts.scheme) + 3 + len(parts.netloc))
     if problem is not None:
         return _fail(
             errs,
@@ -424,9 +430,11 @@ def url(v: object, path: str, errs: Issues) -> str | _Invalid:
     return v
 
 
-def _not_any_uri(v: str, authority_end: int) -> str | None:
+def _not_any_uri(v: str, authority: str, authority_end: int) -> str | None:
     """Why ``v`` would fail the VAST XSDs' ``anyURI`` (as the IAB XSDs check it) once a
     player has filled in its IAB macros (``[CACHEBUSTING]``); None when it would not."""
+    if not _AUTHORITY.fullmatch(authority):
+        return "a host, user or port that a URI cannot have"
     filled = _IAB_MACRO.sub("0", v[authority_end:])
     if _BAD_PERCENT.search(filled):
         return "a % not followed by two hex digits (%%MACRO%% macros are not IAB macros)"
@@ -735,6 +743,17 @@ _NOT_WITH_TAG = (
 )
 
 
+def _trackers_sane(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
+    """Pixels are https (vastlint warns on others, and players on https pages drop them);
+    a ``skip`` pixel needs a skip offset (the event is sent only for skippable ads)."""
+    for event, urls in d.get("trackers", {}).items():
+        for i, u in enumerate(urls):
+            if u[:8].lower() != "https://":
+                _fail(errs, f"{path}.trackers.{event}[{i}]", "tracking pixels must be https")
+    if "skip" in d.get("trackers", {}) and _seconds_or_ms(d, "skip_offset") is None:
+        _fail(errs, f"{path}.trackers.skip", "needs a skip offset (only skippable ads send skip)")
+
+
 def _media_or_tag(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
     """Renditions, or a third-party VAST tag (served as a Wrapper, which carries no media,
     mezzanine, click-through, skip offset or captions of its own: the tag's ad has them)."""
@@ -806,6 +825,7 @@ CREATIVE = Obj(
         either("skip_offset", "skip_offset_ms", required=False),
         _skip_before_end,
         _media_or_tag,
+        _trackers_sane,
     ],
 )
 
@@ -1033,7 +1053,7 @@ BLOCKLIST = Obj(
 
 BREAK_RULE = Obj(
     "break rule",
-    {"duration": F(integer(0, 3600), _ABSENT), "max_ads": F(integer(0, 100), _ABSENT)},
+    {"duration": F(integer(0, MAX_POD_S), _ABSENT), "max_ads": F(integer(0, MAX_ADS), _ABSENT)},
     lambda d: d,
 )
 

@@ -151,7 +151,9 @@ class Creative:
     tracking; ``duration_ms`` is then the duration the tag's ad was trafficked at."""
     captions: tuple[Caption, ...] = ()
     """Closed-caption files (sent from VAST 4.1, which has the element)."""
-    trackers: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    trackers: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: MappingProxyType({}), hash=False
+    )
     """Third-party tracking URLs by event (``impression``, ``click``, linear events): sent
     beside ours, as the advertiser's ad server or a measurement vendor requires."""
 
@@ -260,6 +262,12 @@ class LineItem:
     """CPM paid when the ad plays first in its pod (a premium for the first impression)."""
     last_slot_price: float | None = None
     """CPM paid when the ad plays last in a pod of two or more."""
+
+
+MAX_POD_S = 900
+"""The longest break a request (or a catalog's ad rules) may ask for, in seconds."""
+MAX_ADS = 20
+"""The most ads a break may hold."""
 
 
 @dataclass(frozen=True, slots=True)
