@@ -10,6 +10,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import ClientFactory
 from vastserver.app import RUNTIME
@@ -118,6 +120,29 @@ def test_a_string_of_huge_ranges_costs_its_length_not_its_ranges() -> None:
     ]
     cut = _ranges_string([(10, 20)] * 3, {1, 2})[:-10]  # entries promised, not there
     assert permissions(True, cut, 5) == permissions(True, None)
+
+
+def test_a_range_section_ending_on_a_character_boundary_is_no_consent() -> None:
+    """Three entries promised, two single ids given, and the bits end exactly at a
+    character: reading the third entry's first bit ran off the end (IndexError, a 503)."""
+    bits = (
+        format(2, "06b")
+        + "0" * 146
+        + "1" * 24
+        + "0" * 24
+        + "0" * 13
+        + format(65535, "016b")
+        + "1"
+        + format(3, "012b")
+        + "0" + format(5, "016b")
+        + "0" + format(9, "016b")
+    )  # fmt: skip
+    assert len(bits) % 6 == 0
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    text = "".join(alphabet[int(bits[i : i + 6], 2)] for i in range(0, len(bits), 6))
+    assert decode_tc_string(text).vendor_consents(5)
+    assert permissions(True, text, 77) == permissions(True, None)
+    assert permissions(True, text, 9).device_id
 
 
 @pytest.mark.parametrize(
@@ -311,3 +336,20 @@ def test_the_vendor_id_setting_is_range_checked() -> None:
     for bad in ("0", "65536", "abc"):
         with pytest.raises(SettingsError, match="VASTSERVER_TCF_VENDOR_ID"):
             load_settings({"VASTSERVER_TCF_VENDOR_ID": bad})
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.text(
+        alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.",
+        max_size=120,
+    ),
+    st.sampled_from([None, 1, 5, 77, 65535]),
+    st.booleans(),
+)
+def test_no_consent_string_raises(text: str, vendor: int | None, prefix: bool) -> None:
+    """Whatever a client sends, the answer is a set of permissions, never an exception."""
+    if prefix:  # a valid v2 header with every purpose, then anything
+        text = "COwxsONOwxsONKpAAAENAdCAAMAAAAAAAAAAAAAAAAAA"[:40] + text
+    got = permissions(True, text, vendor)
+    assert isinstance(got.device_id, bool) and isinstance(got.segments, bool)

@@ -93,6 +93,8 @@ class TcString:
         text = bits.text()  # slicing text is cheaper than shifting a long int per field
         at = _VENDOR_SECTION + 12
         for _ in range(entries):
+            if at >= len(text):
+                raise ValueError("TC string too short")
             is_range = text[at] == "1"
             size = 33 if is_range else 17
             if at + size > len(text):
