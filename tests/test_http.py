@@ -338,6 +338,10 @@ async def test_vmap_interval_and_no_breaks(client: Any) -> None:
     root = etree.fromstring(await empty.read())
     assert root.tag == "{http://www.iab.net/videosuite/vmap}VMAP"
     assert root.findall("vmap:AdBreak", NS) == []
+    # no break to carry them, but parameters /vast refuses are refused as with breaks
+    for inline in ("0", "1"):
+        bad = await client.get(f"/vmap?preroll=0&postroll=0&inline={inline}&min_ad_duration=x")
+        assert bad.status == 400 and (await bad.json())["field"] == "min_ad_duration"
 
 
 async def test_vmap_inline_separates_across_breaks(client: Any) -> None:

@@ -521,6 +521,8 @@ class Renderer:
                     f" once encoded, /vast reads at most {max_query}",
                 )
             out.append(tag_query)
+        if not breaks and check is not None:  # nothing to serve; the same answer to bad input
+            check({**carried, "session": session})
         return out, checked
 
     def vmap_tags(
