@@ -330,9 +330,8 @@ class Renderer:
         # Beacons do not need the click-through; only the /c token carries it, which keeps
         # the ~16 tracking URLs of every ad short. A wrapper's click token (for its
         # /t/click beacon) has no click-through: the tag's ad brings its own.
-        if cr.click_through or cr.vast_tag_url:
-            click_url = cr.click_through or ""
-            tokens, click_token = sign_with_click(base, click_url, self.keyring)
+        if _has_click_token(cr):
+            tokens, click_token = sign_with_click(base, cr.click_through or "", self.keyring)
         else:
             tokens, click_token = sign_scopes(base, self.keyring), ""
         return (*tokens, click_token, str(ad.slot), ad.ad_serving_id, f"{ad.price_cpm:.2f}")
@@ -368,7 +367,7 @@ class Renderer:
             c,
             ver,
             ph[:_N_SCOPES],
-            ph[_N_SCOPES] if c.creative.click_through or c.creative.vast_tag_url else "",
+            ph[_N_SCOPES] if _has_click_token(c.creative) else "",
             *ph[_N_SCOPES + 1 :],
         )
         pieces = self._split.split(self.ad_template.render(ver=ver, ad=vm, debug_json=None))
@@ -592,6 +591,12 @@ _VMAP_ONLY = frozenset(
 _BREAK_PARAMS = frozenset(
     {"break", "avail", "session", "pod_duration", "poddur", "max_ads", "maxseq"}
 )
+
+
+def _has_click_token(cr: Creative) -> bool:
+    """An ad has a click token when it has a click-through (``/c``) or is a wrapper (its
+    ``/t/click`` beacon); the fast path and the full render must agree on it."""
+    return bool(cr.click_through) or cr.vast_tag_url is not None
 
 
 def _num(v: float) -> str:

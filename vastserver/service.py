@@ -123,13 +123,7 @@ class AdService:
 
         Any error leaves the old snapshot serving (the caller reports the error). This runs
         on the caller's thread: the server uses :meth:`reload_catalog_in_thread`."""
-        source = Path(path or self._snapshot.source)
-        try:
-            snap = _load_snapshot(source, self.clock())
-        except Exception:
-            self.metrics.catalog_reloads.labels("rejected").inc()
-            raise
-        return self._install(snap)
+        return self._install(self._load(Path(path or self._snapshot.source)))
 
     async def reload_catalog_in_thread(self, path: Path | None = None) -> Snapshot:
         """:meth:`reload_catalog` with the loading and indexing in a worker thread, so the
@@ -138,12 +132,15 @@ class AdService:
         happens on the loop."""
         async with self._reloading:
             source = Path(path or self._snapshot.source)
-            try:
-                snap = await asyncio.to_thread(_load_snapshot, source, self.clock())
-            except Exception:
-                self.metrics.catalog_reloads.labels("rejected").inc()
-                raise
-            return self._install(snap)
+            return self._install(await asyncio.to_thread(self._load, source))
+
+    def _load(self, source: Path) -> Snapshot:
+        """Load, validate and index ``source``; a failure is counted and raised."""
+        try:
+            return _load_snapshot(source, self.clock())
+        except Exception:
+            self.metrics.catalog_reloads.labels("rejected").inc()
+            raise
 
     def _install(self, snap: Snapshot) -> Snapshot:
         self._snapshot = snap

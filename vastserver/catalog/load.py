@@ -298,7 +298,9 @@ def nullable(p: Parser[T]) -> Parser[T | None]:
     return parse
 
 
-def list_of(p: Parser[T], *, min_len: int = 0, unique: bool = False) -> Parser[tuple[T, ...]]:
+def list_of(
+    p: Parser[T], *, min_len: int = 0, max_len: int | None = None, unique: bool = False
+) -> Parser[tuple[T, ...]]:
     def parse(v: object, path: str, errs: Issues) -> tuple[T, ...] | _Invalid:
         if not isinstance(v, list | tuple):
             return _wrong_type(errs, path, "an array", v)
@@ -317,6 +319,8 @@ def list_of(p: Parser[T], *, min_len: int = 0, unique: bool = False) -> Parser[t
             out.append(x)
         if len(v) < min_len:
             _fail(errs, path, "must not be empty" if min_len == 1 else f"needs {min_len}+ items")
+        if max_len is not None and len(v) > max_len:
+            _fail(errs, path, f"at most {max_len} items")
         return INVALID if len(errs) > n else tuple(out)
 
     return parse
@@ -726,10 +730,12 @@ leaves its trackers out)."""
 MAX_TRACKERS_PER_EVENT = 8
 
 
-def _tracker_urls(v: object, path: str, errs: Issues) -> tuple[str, ...] | _Invalid:
-    got = list_of(url, min_len=1)(v, path, errs)
-    if not isinstance(got, _Invalid) and len(got) > MAX_TRACKERS_PER_EVENT:
-        return _fail(errs, path, f"at most {MAX_TRACKERS_PER_EVENT} trackers an event")
+def https_url(v: object, path: str, errs: Issues) -> str | _Invalid:
+    """:func:`url`, https only (tracking pixels: vastlint warns on others, and players on
+    https pages drop them)."""
+    got = url(v, path, errs)
+    if isinstance(got, str) and got[:8].lower() != "https://":
+        return _fail(errs, path, "tracking pixels must be https")
     return got
 
 
@@ -743,14 +749,14 @@ _NOT_WITH_TAG = (
 )
 
 
-def _trackers_sane(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
-    """Pixels are https (vastlint warns on others, and players on https pages drop them);
-    a ``skip`` pixel needs a skip offset (the event is sent only for skippable ads)."""
-    for event, urls in d.get("trackers", {}).items():
-        for i, u in enumerate(urls):
-            if u[:8].lower() != "https://":
-                _fail(errs, f"{path}.trackers.{event}[{i}]", "tracking pixels must be https")
-    if "skip" in d.get("trackers", {}) and _seconds_or_ms(d, "skip_offset") is None:
+def _skip_tracker_needs_offset(
+    d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues
+) -> None:
+    """A ``skip`` pixel needs a skip offset (the event is sent only for skippable ads).
+    Read from ``raw``, so that it is reported beside any error in the trackers' URLs."""
+    trackers = raw.get("trackers")
+    skippable = raw.get("skip_offset") is not None or raw.get("skip_offset_ms") is not None
+    if isinstance(trackers, dict) and "skip" in trackers and not skippable:
         _fail(errs, f"{path}.trackers.skip", "needs a skip offset (only skippable ads send skip)")
 
 
@@ -804,7 +810,13 @@ CREATIVE = Obj(
         "renditions": F(list_of(RENDITION, min_len=1), _ABSENT),
         "vast_tag_url": F(nullable(url), None),
         "captions": F(list_of(CAPTION), ()),
-        "trackers": F(map_of(enum_of(*TRACKER_EVENTS), _tracker_urls), MappingProxyType({})),
+        "trackers": F(
+            map_of(
+                enum_of(*TRACKER_EVENTS),
+                list_of(https_url, min_len=1, max_len=MAX_TRACKERS_PER_EVENT),
+            ),
+            MappingProxyType({}),
+        ),
         "universal_ad_id": F(string(_NO_SPACE, what="an id without spaces (at most 128)")),
         "universal_ad_id_registry": F(NAME, "ad-id.org"),
         "ad_id": F(nullable(NAME), None),
@@ -825,7 +837,7 @@ CREATIVE = Obj(
         either("skip_offset", "skip_offset_ms", required=False),
         _skip_before_end,
         _media_or_tag,
-        _trackers_sane,
+        _skip_tracker_needs_offset,
     ],
 )
 
