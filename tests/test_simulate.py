@@ -509,3 +509,52 @@ def test_write_outputs_for_a_comparison(tmp_path: Path, first_run: dict[str, Any
     assert both["comparison"]["completion_lift_pct"] == 0.0
     files = write_outputs(both, tmp_path)
     assert "report.json" in files and "price arm" in (tmp_path / "report.txt").read_text()
+
+
+def test_pacing_figures_read_periods_begun_in_the_window() -> None:
+    """A window opened at 21:00 New York finds li-auto-a's day 90 % gone and nothing
+    delivered: that gap is reported apart, not as a pacing error. In the next day, being
+    behind at full throttle (too little traffic) and the pacing's own error (ahead of the
+    curve, or behind while holding back) are told apart."""
+    from types import SimpleNamespace
+
+    from vastserver.pipeline.context import SimClock
+    from vastserver.sim.engine import Sample
+    from vastserver.sim.report import _pacing
+
+    catalog = parse_catalog(sim_catalog())
+    start = datetime(2026, 11, 26, 2, 0, tzinfo=UTC)  # 21:00 in New York
+    hour = 3_600_000
+
+    def sample(h: float, delivered: int, target: float, throttle: float) -> Sample:
+        return Sample(
+            int(h * hour),
+            {"li-auto-a": delivered},
+            {"li-auto-a": delivered},
+            {"li-auto-a": target},
+            {"li-auto-a": throttle},
+            {"li-auto-a": target},
+        )
+
+    budget = 90  # li-auto-a's daily impressions
+    samples = [
+        sample(0, 0, 80.0, 1.0),  # the day begun before the window: 88.9 % behind
+        sample(2, 9, 88.0, 1.0),
+        sample(5, 4, 4.0, 1.0),  # 02:00: the window's first whole day, on the curve
+        sample(8, 9, 18.0, 1.0),  # behind by 9 while serving every chance: traffic
+        sample(10, 30, 25.5, 0.4),  # ahead by 4.5: the pacing's own error
+        sample(12, 27, 30.0, 0.5),  # behind by 3 while holding back: also the pacing's
+    ]
+    engine = SimpleNamespace(budgeted=["li-auto-a"], samples=samples, clock=SimClock(start))
+    (row,) = _pacing(engine, catalog, {"li-auto-a": 40})  # type: ignore[arg-type]
+    assert row["period_begun_before_window_pct_of_budget"] == round(80 / budget * 100, 3)
+    assert row["max_abs_deviation_pct_of_budget"] == 10.0
+    assert row["behind_at_full_throttle_pct_of_budget"] == 10.0
+    assert row["pacing_deviation_pct_of_budget"] == 5.0
+    assert len(row["samples"]) == len(samples)
+
+    # Only the day begun before the window: no deviation figure at all.
+    engine.samples = samples[:2]
+    (row,) = _pacing(engine, catalog, {"li-auto-a": 9})  # type: ignore[arg-type]
+    assert row["max_abs_deviation_pct_of_budget"] is None
+    assert row["period_begun_before_window_pct_of_budget"] == round(80 / budget * 100, 3)
