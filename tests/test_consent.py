@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Set as AbstractSet
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -15,7 +18,15 @@ from hypothesis import strategies as st
 
 from tests.conftest import ClientFactory
 from vastserver.app import RUNTIME
-from vastserver.consent import decode_tc_string, permissions
+from vastserver.consent import (
+    GppSignals,
+    decode_tc_string,
+    parse_gpp_sid,
+    permissions,
+    read_gpp,
+    request_permissions,
+    us_privacy_opt_out,
+)
 from vastserver.settings import SettingsError, load_settings
 from vastserver.tracking import verify
 
@@ -272,6 +283,18 @@ async def test_without_consent_caps_follow_the_session_not_the_device(
     assert hashes["consent", "a"] not in (hashes["none", "a"], hashes["none", "b"])
 
 
+async def _rtb_viewer(client: Any, body: dict[str, Any]) -> Any:
+    """The ``viewer`` part of the debug explanation of an OpenRTB pod."""
+    resp = await client.post("/openrtb2/pod", data=json.dumps(body))
+    assert resp.status == 200, await resp.text()
+    text = await resp.text()
+    m = re.search(r"<Explanation><!\[CDATA\[(.*?)\]\]></Explanation>", text, re.S)
+    if m is None:
+        m = re.search(r"<!--\s*vastserver-debug\s*(.*?)-->", text, re.S)
+    assert m is not None, text[:400]
+    return json.loads(m.group(1))["viewer"]
+
+
 async def test_openrtb_reads_regs_gdpr_and_user_consent(make_client: ClientFactory) -> None:
     client: Any = await make_client()
 
@@ -286,14 +309,7 @@ async def test_openrtb_reads_regs_gdpr_and_user_consent(make_client: ClientFacto
         }
 
     async def viewer(body: dict[str, Any]) -> Any:
-        resp = await client.post("/openrtb2/pod", data=json.dumps(body))
-        assert resp.status == 200, await resp.text()
-        text = await resp.text()
-        m = re.search(r"<Explanation><!\[CDATA\[(.*?)\]\]></Explanation>", text, re.S)
-        if m is None:
-            m = re.search(r"<!--\s*vastserver-debug\s*(.*?)-->", text, re.S)
-        assert m is not None, text[:400]
-        return json.loads(m.group(1))["viewer"]
+        return await _rtb_viewer(client, body)
 
     full = tc_string({1, 2, 3, 4})
     assert await viewer(bid({}, {})) == {"limited_tracking": False, "segments": ["sports"]}
@@ -353,3 +369,244 @@ def test_no_consent_string_raises(text: str, vendor: int | None, prefix: bool) -
         text = "COwxsONOwxsONKpAAAENAdCAAMAAAAAAAAAAAAAAAAAA"[:40] + text
     got = permissions(True, text, vendor)
     assert isinstance(got.device_id, bool) and isinstance(got.segments, bool)
+
+
+# ------------------------------------------------------------------- US privacy and GPP
+
+
+@pytest.mark.parametrize(
+    ("text", "opted_out"),
+    [
+        ("1YNN", False),
+        ("1NNN", False),
+        ("1---", False),  # the CCPA does not apply
+        ("1YYN", True),
+        ("1NYY", True),
+        ("1-Y-", True),
+        # not a version 1 string: the signal was sent and cannot be read
+        ("2YNN", True),
+        ("1YN", True),
+        ("1ynn", True),
+        ("", True),
+        ("1YNNN", True),
+    ],
+)
+def test_us_privacy_string(text: str, opted_out: bool) -> None:
+    assert us_privacy_opt_out(text) is opted_out
+
+
+# GPP strings written by the IAB reference library (@iabgpp/cmpapi 3.2.0, tests/node/gpp.mjs),
+# with what each of their sections says: opted out of sale, sharing or targeted advertising.
+GPP_REFERENCE: list[tuple[str, dict[int, bool]]] = [
+    ("DBABLA~ClRaAAAAAABA.QA", {7: True}),  # usnat v2
+    ("DBABQw~BmYAAABA.QA", {14: True}),
+    ("DBAC16s~BVoAAAEA.QA~BWAAAACA~Biog.AAA", {12: False, 13: False, 25: False}),
+    ("DBACUyY~BqYAAAABAA.YA~BiqQ.AAA", {17: True, 27: True}),
+    ("DBADBjM~BpQAAABA.QA~BiKAAAQA~BmYAAABA", {8: True, 11: False, 13: True}),
+    ("DBACTzw~1-Y-~BmUAAAEA.QA~BVEAAABA", {6: True, 12: True, 13: True}),
+]
+GPP_WITH_TCF = (
+    "DBADPXhg~CQuSqEAQuSqEAAKAAAENAAFgACglqwAAAAAAAAAAAAAA.IAAA.YAAAAAAAAAAA"
+    "~BpAAAABA.QA~BWIAAAABAA.YA~BmEAAACA.YA"
+)
+
+
+GPP_FULL_CONSENT = (  # EU TCF purposes 1-4 consented; usnat: did not opt out of sale
+    "DBACMMA~CQuSqEAQuSqEAAKAAAENAAFgAPAAAAAAAAAAAAAAAAAA.IAAA.YAAAAAAAAAAA~CAAgAAAAAABA.QA"
+)
+
+
+@pytest.mark.parametrize(("gpp", "sections"), GPP_REFERENCE)
+def test_gpp_sections_read_as_the_reference_library_wrote_them(
+    gpp: str, sections: dict[int, bool]
+) -> None:
+    for sid, opted_out in sections.items():
+        got = read_gpp(gpp, (sid,))
+        assert got.us_opt_out is opted_out, sid
+        assert not got.gdpr_applies and got.tc_string is None
+    # Without gpp_sid every section in the string applies.
+    assert read_gpp(gpp, None).us_opt_out is any(sections.values())
+    # A section the string does not hold counts against the viewer; one it holds that
+    # does not apply is ignored.
+    assert read_gpp(gpp, (9 if 9 not in sections else 10,)).us_opt_out is True
+    assert read_gpp(gpp, ()).us_opt_out is False
+
+
+def test_gpp_eu_tcf_section_is_the_tc_string() -> None:
+    got = read_gpp(GPP_WITH_TCF, (2,))
+    assert got.gdpr_applies and not got.us_opt_out
+    assert got.tc_string == GPP_WITH_TCF.split("~")[1]
+    decode_tc_string(got.tc_string)  # a TC string the decoder reads
+    assert read_gpp(GPP_WITH_TCF, (15,)) == read_gpp(GPP_WITH_TCF, (15, 99))
+    assert read_gpp(GPP_WITH_TCF, (15,)).us_opt_out and not read_gpp(GPP_WITH_TCF, (14,)).us_opt_out
+    # The EU section applies, but the string lacks it: the GDPR applies with no consent.
+    assert read_gpp("DBABQw~BmYAAABA.QA", (2,)) == GppSignals(gdpr_applies=True)
+    assert read_gpp(None, (2,)) == GppSignals(gdpr_applies=True)
+
+
+@pytest.mark.parametrize(
+    "gpp",
+    [
+        "junk",
+        "DBABQw",  # names a section, holds none
+        "DBABQw~BmYAAABA~BmYAAABA",  # holds more sections than it names
+        "CBABQw~BmYAAABA.QA",  # not a GPP header (type 2)
+        "DBABQw~*mYAAABA",  # not base64url
+        "DBABQw~AmYAAABA",  # a usmt section of version 0
+        "DB" + "_" * 400,  # a header of endless Fibonacci codes
+        "DB" + "A" * 3000 + "~BmYAAABA.QA",  # a header naming no section, and one
+        "~~~",
+    ],
+)
+def test_unreadable_gpp_counts_as_an_opt_out(gpp: str) -> None:
+    assert read_gpp(gpp, None).us_opt_out is True
+    assert read_gpp(gpp, (14,)).us_opt_out is True
+    assert read_gpp(gpp, (2,)) == GppSignals(gdpr_applies=True)
+
+
+def test_a_gpp_string_of_no_sections() -> None:
+    for gpp in ("DBAA", "DB" + "A" * 3000):
+        assert read_gpp(gpp, None) == GppSignals()
+        assert read_gpp(gpp, (14,)).us_opt_out is True
+
+
+_GPP_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.~"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=_GPP_ALPHABET, max_size=300))
+def test_gpp_reader_never_raises(text: str) -> None:
+    got = read_gpp(text, None)
+    assert isinstance(got, GppSignals)
+    read_gpp("DB" + text, (2, 6, 7, 8, 27))
+
+
+def test_gpp_sid_is_a_comma_list_of_ids() -> None:
+    assert parse_gpp_sid("7, 8,2") == (7, 8, 2)
+    assert parse_gpp_sid("-1".lstrip("-")) == (1,)
+    for bad in ("x", "7;8", "1.5", "-1", ",".join(["1"] * 65), "99999"):
+        with pytest.raises(ValueError):
+            parse_gpp_sid(bad)
+
+
+def test_gpp_strings_of_the_reference_library_read_alike() -> None:
+    """600 random strings from the reference library: every section reads as it was set."""
+    node_dir = Path(__file__).parent / "node"
+    if shutil.which("node") is None or not (node_dir / "node_modules/@iabgpp/cmpapi").is_dir():
+        pytest.skip("node or @iabgpp/cmpapi missing (`make node-deps`)")
+    proc = subprocess.run(
+        ["node", "gpp.mjs", "600", "17"], cwd=node_dir, capture_output=True, check=True, timeout=120
+    )
+    cases = json.loads(proc.stdout)
+    checked = 0
+    for case in cases:
+        for key, opted_out in case["opted_out"].items():
+            sid = int(key)
+            got = read_gpp(case["gpp"], (sid,))
+            if sid == 2:
+                assert got.gdpr_applies and got.tc_string == case["tc"]
+            else:
+                assert got.us_opt_out is opted_out, (case, sid)
+            checked += 1
+        expected = any(v for v in case["opted_out"].values() if v is not None)
+        assert read_gpp(case["gpp"], None).us_opt_out is expected, case
+    assert checked > 1000
+
+
+@pytest.mark.parametrize(
+    ("signals", "device_id", "segments"),
+    [
+        ({}, True, True),
+        ({"us_privacy": "1YYN"}, True, False),
+        ({"us_privacy": "1YNN"}, True, True),
+        ({"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": (14,)}, True, False),
+        ({"gpp": "DBAC16s~BVoAAAEA.QA~BWAAAACA~Biog.AAA", "gpp_sid": (12,)}, True, True),
+        ({"child_directed": True}, True, False),
+        # the EU TCF section of a GPP string stands in for gdpr_consent
+        ({"gpp": GPP_WITH_TCF, "gpp_sid": (2,)}, None, None),
+        ({"gpp": GPP_FULL_CONSENT, "gpp_sid": (2, 7)}, True, True),
+        ({"gpp": GPP_FULL_CONSENT, "gpp_sid": (2, 7), "us_privacy": "1YYN"}, True, False),
+        ({"gpp": GPP_FULL_CONSENT, "gpp_sid": (2, 7), "gdpr": True}, True, True),
+        ({"gpp_sid": (2,)}, False, False),
+        ({"gdpr": False, "gpp_sid": (2,)}, False, False),
+        ({"gdpr": True, "tc_string": tc_string({1, 2, 3, 4}), "us_privacy": "1YYN"}, True, False),
+    ],
+)
+def test_request_permissions(
+    signals: dict[str, Any], device_id: bool | None, segments: bool | None
+) -> None:
+    got = request_permissions(
+        gdpr=signals.pop("gdpr", None), tc_string=signals.pop("tc_string", None), **signals
+    )
+    if device_id is None:  # as the TC string in the GPP section says
+        assert got == permissions(True, GPP_WITH_TCF.split("~")[1], None)
+    else:
+        assert (got.device_id, got.segments) == (device_id, segments)
+
+
+async def test_us_privacy_gpp_and_kids_drop_segments_not_the_device(
+    make_client: ClientFactory,
+) -> None:
+    client: Any = await make_client()
+    base = "device_id=ifa-usp-1&segments=sports,auto"
+    keep = {"limited_tracking": False, "segments": ["sports", "auto"]}
+    drop = {"limited_tracking": False, "segments": []}
+    assert (await _viewer(client, base + "&us_privacy=1YNN"))[0] == keep
+    assert (await _viewer(client, base + "&us_privacy=1YYN"))[0] == drop
+    assert (await _viewer(client, base + "&us_privacy=garbage"))[0] == drop
+    assert (await _viewer(client, base + "&gpp=DBABQw~BmYAAABA.QA&gpp_sid=14"))[0] == drop
+    assert (await _viewer(client, base + "&gpp=DBABQw~BmYAAABA.QA&gpp_sid=8"))[0] == drop
+    assert (await _viewer(client, base + "&gpp=DBABQw~BmYAAABA.QA&gpp_sid=6,9"))[0] == drop
+    gpp = "DBAC16s~BVoAAAEA.QA~BWAAAACA~Biog.AAA"
+    assert (await _viewer(client, f"{base}&gpp={gpp}&gpp_sid=12,13"))[0] == keep
+    assert (await _viewer(client, base + "&kids=1"))[0] == drop
+    assert (await _viewer(client, base + "&gpp_sid=2"))[0] == {
+        "limited_tracking": True,
+        "segments": [],
+    }
+    for bad in ("gpp_sid=x", "gpp_sid=1.5"):
+        resp = await client.get("/vast?" + bad)
+        assert resp.status == 400
+        assert (await resp.json())["field"] == "gpp_sid"
+    resp = await client.get("/vast?us_privacy=" + "1" * 65)
+    assert resp.status == 400
+    assert (await resp.json())["field"] == "us_privacy"
+
+
+async def test_openrtb_reads_us_privacy_gpp_and_coppa(make_client: ClientFactory) -> None:
+    client: Any = await make_client()
+
+    def bid(regs: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": "r1",
+            "imp": [{"id": "1", "video": {"poddur": 60, "maxseq": 2, "mimes": ["video/mp4"]}}],
+            "device": {"ifa": "ifa-rtb-2", "devicetype": 3},
+            "user": {"data": [{"segment": [{"id": "sports"}]}]},
+            "regs": regs,
+            "ext": {"vastserver": {"debug": 1, "session": "rtb-u"}},
+        }
+
+    async def post(regs: dict[str, Any]) -> Any:
+        return await client.post("/openrtb2/pod", data=json.dumps(bid(regs)))
+
+    async def viewer(regs: dict[str, Any]) -> Any:
+        return await _rtb_viewer(client, bid(regs))
+
+    keep = {"limited_tracking": False, "segments": ["sports"]}
+    drop = {"limited_tracking": False, "segments": []}
+    assert await viewer({"us_privacy": "1YNN"}) == keep
+    assert await viewer({"us_privacy": "1YYN"}) == drop
+    assert await viewer({"ext": {"us_privacy": "1YYN"}}) == drop
+    assert await viewer({"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": [14]}) == drop
+    assert await viewer({"gpp": "DBAC16s~BVoAAAEA.QA~BWAAAACA~Biog.AAA", "gpp_sid": [13]}) == keep
+    assert await viewer({"coppa": 1}) == drop
+    assert await viewer({"gpp_sid": [2]}) == {"limited_tracking": True, "segments": []}
+    for regs, field in (
+        ({"gpp_sid": "7"}, "regs.gpp_sid"),
+        ({"gpp_sid": ["x"]}, "regs.gpp_sid[0]"),
+        ({"gpp": 5}, "regs.gpp"),
+        ({"us_privacy": ["1YNN"]}, "regs.us_privacy"),
+    ):
+        resp = await post(regs)
+        assert resp.status == 400, regs
+        assert (await resp.json())["field"] == field

@@ -1,4 +1,4 @@
-"""GDPR consent: what an IAB TCF v2 consent string lets a decision use.
+"""Privacy signals: what the IAB TCF v2, US Privacy and GPP strings let a decision use.
 
 Under the GDPR, an ad server may read a device identifier (the IFA, or the IP and user
 agent standing in for it) to cap frequencies only with the viewer's consent, and may
@@ -20,8 +20,22 @@ What the server makes of it (:func:`permissions`):
 * GDPR applies but the string is missing, not a version 2 TC string, or cannot be
   decoded: no consent (the same as refusing all).
 
-Only the core segment is read; publisher restrictions are not applied. US privacy (USP)
-and GPP strings are not interpreted.
+Only the core segment is read; publisher restrictions are not applied.
+
+US laws let a viewer opt out of the sale and sharing of their data and of targeted
+advertising; none of them bars frequency capping. So an opt-out drops the **audience
+segments** and keeps the device identifier (:func:`request_permissions`):
+
+* ``us_privacy`` (IAB US Privacy, CCPA: ``1YNN``): opted out when its third character is
+  ``Y``; a string that is not a version 1 one counts as an opt-out;
+* ``gpp`` and ``gpp_sid`` (IAB Global Privacy Platform): of the applicable sections
+  (``gpp_sid``, else all in the string), US Privacy (6), the national section (7) and the
+  state ones (8-27) are read: a SaleOptOut, SharingOptOut or TargetedAdvertisingOptOut of 1
+  (opted out), or a GPC segment with its bit set, is an opt-out; so is an applicable section
+  the string lacks or that cannot be read. An applicable EU TCF section (2) makes the GDPR
+  apply, and its TC string stands in for a missing ``gdpr_consent``;
+* child-directed content (``kids``, OpenRTB ``regs.coppa``): COPPA allows no behavioural
+  advertising there.
 """
 
 from __future__ import annotations
@@ -30,7 +44,21 @@ import base64
 import re
 from dataclasses import dataclass
 
-__all__ = ["MAX_TC_STRING", "Permissions", "TcString", "decode_tc_string", "permissions"]
+__all__ = [
+    "MAX_GPP_SECTIONS",
+    "MAX_TC_STRING",
+    "MAX_US_PRIVACY",
+    "US_SECTIONS",
+    "GppSignals",
+    "Permissions",
+    "TcString",
+    "decode_tc_string",
+    "parse_gpp_sid",
+    "permissions",
+    "read_gpp",
+    "request_permissions",
+    "us_privacy_opt_out",
+]
 
 MAX_TC_STRING = 4096
 """Longer consent strings are refused as malformed (a query string holds at most 4096)."""
@@ -163,3 +191,244 @@ def permissions(
     except ValueError:  # a vendor section cut short
         return NONE
     return Permissions(device_id=1 in p and basic and vendor, segments=1 in p and 4 in p and vendor)
+
+
+# --------------------------------------------------------------------------- US privacy
+
+_USP = re.compile(r"1[YN-]{3}")
+
+
+def us_privacy_opt_out(text: str) -> bool:
+    """Whether an IAB US Privacy string (CCPA, ``1YNN``: version, notice, opt-out of sale,
+    LSPA) says the viewer opted out of the sale of their data. A string that is not a
+    version 1 one counts as an opt-out: the signal was sent, and cannot be read."""
+    if not _USP.fullmatch(text):
+        return True
+    return text[2] == "Y"
+
+
+# --------------------------------------------------------------------------- GPP
+
+MAX_US_PRIVACY = 64
+"""Longer US Privacy strings are refused as malformed (a valid one has 4 characters)."""
+
+MAX_GPP_SECTIONS = 64
+"""A ``gpp_sid`` (or a GPP header) listing more section ids is refused as malformed."""
+
+_GPP_MAX_ID = 1000
+"""Section ids above this (or ranges wider than it) mark a header as garbage: the GPP
+registry's ids are small integers, and expanding a claimed range must stay cheap."""
+
+GPP_TCF_EU = 2
+GPP_USP = 6
+
+
+@dataclass(frozen=True, slots=True)
+class _UsSection:
+    opt_outs: tuple[int, ...]
+    """Bit offsets in the core segment of the 2-bit opt-out fields that bar personalised
+    ads (sale, sharing, targeted advertising): 1 = opted out, 2 = did not, 0 = n/a."""
+    versions: frozenset[int]
+    gpc: bool
+    """Whether the section may carry a GPC segment (type 1: one Global Privacy Control bit)."""
+
+
+def _us(*opt_outs: int, versions: tuple[int, ...] = (1,), gpc: bool = True) -> _UsSection:
+    return _UsSection(opt_outs, frozenset(versions), gpc)
+
+
+US_SECTIONS: dict[int, _UsSection] = {
+    7: _us(18, 20, 22, versions=(1, 2)),  # usnat: SaleOptOut, SharingOptOut, TargetedAdv.
+    8: _us(12, 14),  # usca: SaleOptOut, SharingOptOut
+    9: _us(12, 14, gpc=False),  # usva: SaleOptOut, TargetedAdvertisingOptOut (so on below)
+    10: _us(12, 14),  # usco
+    11: _us(14, 16, gpc=False),  # usut
+    12: _us(12, 14),  # usct
+    13: _us(12, 14, gpc=False),  # usfl
+    14: _us(12, 14),  # usmt
+    15: _us(12, 14),  # usor
+    16: _us(12, 14),  # ustx
+    17: _us(12, 14),  # usde
+    18: _us(14, 16),  # usia
+    19: _us(12, 14),  # usne
+    20: _us(12, 14),  # usnh
+    21: _us(12, 14),  # usnj
+    22: _us(12, 14),  # ustn
+    23: _us(12, 14),  # usmn
+    24: _us(16, 18),  # usmd
+    25: _us(16, 18, gpc=False),  # usin
+    26: _us(16, 18, gpc=False),  # usky
+    27: _us(16, 18, gpc=False),  # usri
+}
+"""The GPP's US sections (national and state), by section id: where their opt-outs of
+sale, sharing and targeted advertising sit (IAB GPP section specifications)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GppSignals:
+    """What a GPP string says about the decision."""
+
+    gdpr_applies: bool = False
+    """The EU TCF section applies (its id is among the applicable ones)."""
+    tc_string: str | None = None
+    """The EU TCF v2 section, a TC string."""
+    us_opt_out: bool = False
+    """An applicable US section (or the US Privacy one) says the viewer opted out of the
+    sale or sharing of their data or of targeted advertising, or it cannot be read."""
+
+
+NO_GPP = GppSignals()
+
+
+def _fib_ranges(text: str, at: int) -> list[int]:
+    """A GPP Fibonacci integer range (12-bit count, then single ids or ranges, each number
+    a Fibonacci code ending in ``11`` and added to the one before); ``ValueError`` when
+    malformed or when it names more ids than allowed."""
+    if at + 12 > len(text):
+        raise ValueError("GPP header too short")
+    count = int(text[at : at + 12], 2)
+    at += 12
+    if count > MAX_GPP_SECTIONS:
+        raise ValueError("GPP header names too many sections")
+    out: list[int] = []
+    offset = 0
+
+    def number() -> int:
+        nonlocal at
+        end = text.find("11", at)
+        if end < 0:
+            raise ValueError("GPP header: unterminated Fibonacci code")
+        a, b, value = 1, 2, 0
+        for bit in text[at : end + 1]:
+            if bit == "1":
+                value += a
+            a, b = b, a + b
+            if value > _GPP_MAX_ID:
+                raise ValueError("GPP header: section id out of range")
+        at = end + 2
+        return value
+
+    for _ in range(count):
+        if at >= len(text):
+            raise ValueError("GPP header too short")
+        is_range = text[at] == "1"
+        at += 1
+        start = number() + offset
+        if is_range:
+            end = number() + start
+            if end > _GPP_MAX_ID or end - start > MAX_GPP_SECTIONS:
+                raise ValueError("GPP header: section range too wide")
+            out.extend(range(start, end + 1))
+            offset = end
+        else:
+            out.append(start)
+            offset = start
+        if start > _GPP_MAX_ID or len(out) > MAX_GPP_SECTIONS:
+            raise ValueError("GPP header names too many sections")
+    return out
+
+
+def _segment_bits(segment: str) -> _Bits:
+    if not _CORE.fullmatch(segment):
+        raise ValueError("GPP segment is not base64url")
+    return _Bits(segment)
+
+
+def _us_opted_out(section: _UsSection, text: str) -> bool:
+    """Whether a US section says the viewer opted out (``ValueError`` when unreadable)."""
+    core, *rest = text.split(".")
+    bits = _segment_bits(core)
+    if bits.read(0, 6) not in section.versions:
+        raise ValueError("GPP US section of an unknown version")
+    if any(bits.read(at, 2) == 1 for at in section.opt_outs):
+        return True
+    if section.gpc:
+        for seg in rest:
+            sub = _segment_bits(seg)
+            if sub.read(0, 2) == 1 and sub.flag(2):  # a GPC segment: the GPC signal set
+                return True
+    return False
+
+
+def read_gpp(gpp: str | None, applicable: tuple[int, ...] | None) -> GppSignals:
+    """The parts of a GPP string the decision needs, for the applicable section ids
+    (``gpp_sid``; without it, every section the string holds). A section that applies but
+    is missing or cannot be read counts against the viewer: no consent for the EU TCF, an
+    opt-out for the US ones. A string whose header cannot be read is one such section."""
+    ids: list[int] = []
+    parts: list[str] = []
+    readable = True
+    if gpp:
+        if len(gpp) > MAX_TC_STRING:
+            readable = False
+        else:
+            header, *parts = gpp.split("~")
+            try:
+                bits = _segment_bits(header)
+                if bits.read(0, 6) != 3 or bits.read(6, 6) != 1:
+                    raise ValueError("not a GPP v1 header")
+                ids = _fib_ranges(bits.text(), 12)
+            except ValueError:
+                readable = False
+            if readable and len(ids) != len(parts):
+                readable = False
+    elif applicable is None:
+        return NO_GPP
+    by_id = dict(zip(ids, parts, strict=False)) if readable else {}
+    wanted = applicable if applicable is not None else tuple(ids)
+    gdpr = GPP_TCF_EU in wanted
+    tc = by_id.get(GPP_TCF_EU) if gdpr else None
+    us_ids = [i for i in wanted if i == GPP_USP or i in US_SECTIONS]
+    opt_out = not readable and (applicable is None or bool(us_ids))
+    for i in us_ids:
+        text = by_id.get(i)
+        if text is None:
+            opt_out = True
+        elif i == GPP_USP:
+            opt_out = opt_out or us_privacy_opt_out(text)
+        else:
+            try:
+                opt_out = opt_out or _us_opted_out(US_SECTIONS[i], text)
+            except ValueError:
+                opt_out = True
+    return GppSignals(gdpr_applies=gdpr, tc_string=tc, us_opt_out=opt_out)
+
+
+def parse_gpp_sid(text: str) -> tuple[int, ...]:
+    """``gpp_sid``: a comma list of section ids (``ValueError`` when it is not one)."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if len(items) > MAX_GPP_SECTIONS:
+        raise ValueError(f"at most {MAX_GPP_SECTIONS} section ids")
+    out = []
+    for x in items:
+        if not x.isdigit() or len(x) > 4:
+            raise ValueError("a comma list of GPP section ids (integers)")
+        out.append(int(x))
+    return tuple(out)
+
+
+def request_permissions(
+    *,
+    gdpr: bool | None,
+    tc_string: str | None,
+    vendor_id: int | None = None,
+    us_privacy: str | None = None,
+    gpp: str | None = None,
+    gpp_sid: tuple[int, ...] | None = None,
+    child_directed: bool = False,
+) -> Permissions:
+    """Every privacy signal of a request, together (see the module's text). Without a
+    ``gdpr`` flag the GDPR applies when a TC string is given, or when the GPP string's
+    applicable sections include the EU TCF one (whose TC string stands in for a missing
+    ``gdpr_consent``). A US opt-out (US Privacy or a GPP US section) and child-directed
+    content bar audience segments; the device identifier stays, for frequency capping."""
+    g = read_gpp(gpp, gpp_sid) if gpp or gpp_sid is not None else NO_GPP
+    applies = (bool(tc_string) if gdpr is None else gdpr) or g.gdpr_applies
+    allowed = permissions(applies, tc_string or g.tc_string, vendor_id)
+    if allowed.segments and (
+        child_directed
+        or g.us_opt_out
+        or (us_privacy is not None and us_privacy_opt_out(us_privacy))
+    ):
+        return Permissions(device_id=allowed.device_id, segments=False)
+    return allowed

@@ -55,7 +55,10 @@ Mapped elsewhere
   (2.5: ``user.ext.consent``), as ``gdpr``/``gdpr_consent`` on ``/vast``
   (:mod:`vastserver.consent`): without consent to a device identifier the IFA is dropped and
   the viewer counts as under limited ad tracking; without consent to personalised ads the
-  segments are dropped. US privacy and GPP strings are not interpreted.
+  segments are dropped.
+* US privacy: ``regs.us_privacy`` (2.5: ``regs.ext.us_privacy``), ``regs.gpp`` and
+  ``regs.gpp_sid`` (:func:`vastserver.consent.request_permissions`): an opt-out of sale,
+  sharing or targeted advertising drops the segments; so does ``regs.coppa`` = 1.
 * ``imp.secure`` = 1 forces HTTPS media even where the server setting allows HTTP.
 * ``video.protocols`` picks the VAST version: 4.2 when listed (or nothing known is listed),
   else the highest listed.
@@ -78,7 +81,13 @@ from types import MappingProxyType
 from typing import NoReturn
 
 from vastserver.catalog.model import MAX_ADS, MAX_POD_S, RATINGS, AdRules, BreakPosition, Slot
-from vastserver.consent import MAX_TC_STRING, Permissions, permissions
+from vastserver.consent import (
+    MAX_GPP_SECTIONS,
+    MAX_TC_STRING,
+    MAX_US_PRIVACY,
+    Permissions,
+    request_permissions,
+)
 from vastserver.params import (
     MAX_AD_S,
     MAX_CONTENT_S,
@@ -664,10 +673,11 @@ def _content(root: Obj) -> tuple[Content, str | None]:
     return Content(kids=kids), None
 
 
-def _consent(root: Obj, tcf_vendor_id: int | None) -> Permissions:
+def _consent(root: Obj, tcf_vendor_id: int | None, *, child_directed: bool) -> Permissions:
     """``regs.gdpr`` and ``user.consent`` (2.6), else ``regs.ext.gdpr`` and
     ``user.ext.consent`` (2.5); without a ``gdpr`` flag the GDPR applies when a consent
-    string is given, as on ``/vast``."""
+    string is given, as on ``/vast``. ``regs.us_privacy`` (2.5: ``regs.ext.us_privacy``),
+    ``regs.gpp`` and ``regs.gpp_sid`` as ``us_privacy``, ``gpp`` and ``gpp_sid`` there."""
     regs = _opt_obj(root, "regs", "") or {}
     gdpr = _opt_flag(regs, "gdpr", "regs")
     regs_ext = regs.get("ext")
@@ -678,7 +688,23 @@ def _consent(root: Obj, tcf_vendor_id: int | None) -> Permissions:
     user_ext = user.get("ext")
     if consent is None and isinstance(user_ext, dict):  # 2.5 (another ext is not ours)
         consent = _opt_str(user_ext, "consent", "user.ext", MAX_TC_STRING)
-    return permissions(bool(consent) if gdpr is None else gdpr, consent, tcf_vendor_id)
+    usp = _opt_str(regs, "us_privacy", "regs", MAX_US_PRIVACY)
+    if usp is None and isinstance(regs_ext, dict):
+        usp = _opt_str(regs_ext, "us_privacy", "regs.ext", MAX_US_PRIVACY)
+    gpp = _opt_str(regs, "gpp", "regs", MAX_TC_STRING)
+    sid: tuple[int, ...] | None = None
+    if regs.get("gpp_sid") is not None:
+        items = _arr(regs["gpp_sid"], "regs.gpp_sid", MAX_GPP_SECTIONS)
+        sid = tuple(_int(x, f"regs.gpp_sid[{i}]", lo=0, hi=9999) for i, x in enumerate(items))
+    return request_permissions(
+        gdpr=gdpr,
+        tc_string=consent,
+        vendor_id=tcf_vendor_id,
+        us_privacy=usp,
+        gpp=gpp,
+        gpp_sid=sid,
+        child_directed=child_directed,
+    )
 
 
 def _segments(root: Obj) -> tuple[str, ...]:
@@ -783,11 +809,11 @@ def parse_bid_request(
     if vast is not None and vast not in VAST_VERSIONS:
         _fail("ext.vastserver.vast", f"must be one of {', '.join(VAST_VERSIONS)}")
 
-    allowed = _consent(root, tcf_vendor_id)
+    content, content_language = _content(root)
+    allowed = _consent(root, tcf_vendor_id, child_directed=content.kids)
     device = _device(root, client)
     if not allowed.device_id:
         device = replace(device, ifa=None, lmt=True)
-    content, content_language = _content(root)
     if device.language is None and content_language is not None:
         device = replace(device, language=content_language)
 

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from vastserver.catalog.model import MAX_ADS, MAX_POD_S, RATINGS, AdRules, BreakPosition
-from vastserver.consent import MAX_TC_STRING, Permissions, permissions
+from vastserver.consent import (
+    MAX_TC_STRING,
+    MAX_US_PRIVACY,
+    Permissions,
+    parse_gpp_sid,
+    request_permissions,
+)
 from vastserver.pipeline.context import (
     DEVICE_TYPES,
     PLATFORMS,
@@ -227,15 +233,39 @@ class Targeting:
         )
 
 
-def parse_consent(q: Mapping[str, str], tcf_vendor_id: int | None) -> Permissions:
-    """``gdpr`` (0/1) and ``gdpr_consent`` (a TCF v2 string): what the decision may use.
-    Without ``gdpr`` the GDPR applies when a consent string is given."""
-    got = _get(q, "gdpr_consent")
-    consent = got[1] if got else None
-    if consent is not None and len(consent) > MAX_TC_STRING:
-        raise ParamError("gdpr_consent", f"at most {MAX_TC_STRING} characters")
-    applies = _flag(q, "gdpr", bool(consent))
-    return permissions(applies, consent, tcf_vendor_id)
+def parse_consent(
+    q: Mapping[str, str], tcf_vendor_id: int | None, *, child_directed: bool = False
+) -> Permissions:
+    """The privacy signals: ``gdpr`` (0/1) and ``gdpr_consent`` (a TCF v2 string; without
+    ``gdpr`` the GDPR applies when one is given), ``us_privacy`` (CCPA), ``gpp`` and
+    ``gpp_sid`` (IAB GPP): what the decision may use (:mod:`vastserver.consent`)."""
+    consent = _long_text(q, "gdpr_consent", MAX_TC_STRING)
+    gpp = _long_text(q, "gpp", MAX_TC_STRING)
+    usp = _long_text(q, "us_privacy", MAX_US_PRIVACY)
+    got = _get(q, "gpp_sid")
+    sid: tuple[int, ...] | None = None
+    if got is not None:
+        try:
+            sid = parse_gpp_sid(got[1])
+        except ValueError as e:
+            raise ParamError("gpp_sid", str(e)) from None
+    return request_permissions(
+        gdpr=_flag(q, "gdpr", False) if _get(q, "gdpr") is not None else None,
+        tc_string=consent,
+        vendor_id=tcf_vendor_id,
+        us_privacy=usp,
+        gpp=gpp,
+        gpp_sid=sid,
+        child_directed=child_directed,
+    )
+
+
+def _long_text(q: Mapping[str, str], name: str, max_len: int) -> str | None:
+    got = _get(q, name)
+    value = got[1] if got else None
+    if value is not None and len(value) > max_len:
+        raise ParamError(name, f"at most {max_len} characters")
+    return value or None
 
 
 def parse_targeting(
@@ -244,7 +274,8 @@ def parse_targeting(
     """Viewer, device and content parameters shared by /vast, /vmap and /decide. Without
     consent to use a device identifier the viewer counts as under limited ad tracking, and
     without consent to personalised ads the segments are ignored (:mod:`vastserver.consent`)."""
-    allowed = parse_consent(q, tcf_vendor_id)
+    kids = _flag(q, "kids", False)
+    allowed = parse_consent(q, tcf_vendor_id, child_directed=kids)
     rating = _choice(q, "rating", RATINGS)
     country = _text(q, "country")
     if country is not None and not _COUNTRY_RE.match(country):
@@ -273,7 +304,7 @@ def parse_targeting(
         live=None if live_raw is None else _flag(q, "live", False),
         series=_token(q, "series"),
         channel=_token(q, "channel"),
-        kids=_flag(q, "kids", False),
+        kids=kids,
     )
     kv = {k[len(KV_PREFIX) :]: v for k, v in q.items() if k.startswith(KV_PREFIX)}
     if len(kv) > MAX_LIST:
