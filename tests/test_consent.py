@@ -483,10 +483,26 @@ def test_gpp_reader_never_raises(text: str) -> None:
 
 def test_gpp_sid_is_a_comma_list_of_ids() -> None:
     assert parse_gpp_sid("7, 8,2") == (7, 8, 2)
-    assert parse_gpp_sid("-1".lstrip("-")) == (1,)
-    for bad in ("x", "7;8", "1.5", "-1", ",".join(["1"] * 65), "99999"):
+    assert parse_gpp_sid("-1") == ()  # what CMPs report when no section applies
+    assert parse_gpp_sid("0,7") == (7,)
+    assert parse_gpp_sid(",") is None  # no ids at all: as if absent, every section applies
+    for bad in ("x", "7;8", "1.5", "--1", ",".join(["1"] * 65), "99999", "\u0667", "\u00b2"):
         with pytest.raises(ValueError):
             parse_gpp_sid(bad)
+
+
+@pytest.mark.parametrize(
+    "gpp",
+    [
+        "DBABLA~BAAq",  # a usnat core cut to 24 bits
+        "DBABBg~BVo",  # a usca core cut to 18 bits
+        "DBABLA~BAAqAAAAAQA.oA",  # usnat, not opted out, a sub-segment of type 2
+        "DBABLA~BAA_AAAAAQA",  # usnat with SaleOptOut 3, a value no version defines
+        "DBAB" + "A" * 4091 + "w",  # a Fibonacci code thousands of bits long
+    ],
+)
+def test_cut_or_undefined_sections_count_as_an_opt_out(gpp: str) -> None:
+    assert read_gpp(gpp, None).us_opt_out is True
 
 
 def test_gpp_strings_of_the_reference_library_read_alike() -> None:
@@ -530,6 +546,11 @@ def test_gpp_strings_of_the_reference_library_read_alike() -> None:
         ({"gpp_sid": (2,)}, False, False),
         ({"gdpr": False, "gpp_sid": (2,)}, False, False),
         ({"gdpr": True, "tc_string": tc_string({1, 2, 3, 4}), "us_privacy": "1YYN"}, True, False),
+        # gdpr=0 wins over a TCF section merely present, not over one gpp_sid names
+        ({"gdpr": False, "gpp": GPP_WITH_TCF}, True, False),
+        ({"gdpr": False, "gpp": GPP_WITH_TCF, "gpp_sid": (2,)}, False, False),
+        ({"gpp": GPP_WITH_TCF}, False, False),
+        ({"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": ()}, True, True),  # -1: none applies
     ],
 )
 def test_request_permissions(
@@ -564,7 +585,10 @@ async def test_us_privacy_gpp_and_kids_drop_segments_not_the_device(
         "limited_tracking": True,
         "segments": [],
     }
-    for bad in ("gpp_sid=x", "gpp_sid=1.5"):
+    assert (await _viewer(client, base + "&gpp=DBABQw~BmYAAABA.QA&gpp_sid=-1"))[0] == keep
+    assert (await _viewer(client, base + "&gpp=DBABQw~BmYAAABA.QA&gpp_sid=,"))[0] == drop
+    assert (await _viewer(client, base + "&gpp=DBABQw~BmYAAABA.QA%20"))[0] == drop
+    for bad in ("gpp_sid=x", "gpp_sid=1.5", "gpp_sid=%D9%A7"):
         resp = await client.get("/vast?" + bad)
         assert resp.status == 400
         assert (await resp.json())["field"] == "gpp_sid"
@@ -601,9 +625,14 @@ async def test_openrtb_reads_us_privacy_gpp_and_coppa(make_client: ClientFactory
     assert await viewer({"gpp": "DBAC16s~BVoAAAEA.QA~BWAAAACA~Biog.AAA", "gpp_sid": [13]}) == keep
     assert await viewer({"coppa": 1}) == drop
     assert await viewer({"gpp_sid": [2]}) == {"limited_tracking": True, "segments": []}
+    assert await viewer({"ext": {"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": [14]}}) == drop
+    assert await viewer({"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": [-1]}) == keep
+    assert await viewer({"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": []}) == drop
     for regs, field in (
         ({"gpp_sid": "7"}, "regs.gpp_sid"),
         ({"gpp_sid": ["x"]}, "regs.gpp_sid[0]"),
+        ({"gpp_sid": [-2]}, "regs.gpp_sid[0]"),
+        ({"ext": {"gpp_sid": "7"}}, "regs.ext.gpp_sid"),
         ({"gpp": 5}, "regs.gpp"),
         ({"us_privacy": ["1YNN"]}, "regs.us_privacy"),
     ):

@@ -52,6 +52,7 @@ __all__ = [
     "GppSignals",
     "Permissions",
     "TcString",
+    "applicable_sections",
     "decode_tc_string",
     "parse_gpp_sid",
     "permissions",
@@ -219,6 +220,9 @@ _GPP_MAX_ID = 1000
 """Section ids above this (or ranges wider than it) mark a header as garbage: the GPP
 registry's ids are small integers, and expanding a claimed range must stay cheap."""
 
+_FIB_MAX_BITS = 16
+"""A Fibonacci code of a number up to ``_GPP_MAX_ID`` has at most 15 bits and its final 1."""
+
 GPP_TCF_EU = 2
 GPP_USP = 6
 
@@ -228,37 +232,42 @@ class _UsSection:
     opt_outs: tuple[int, ...]
     """Bit offsets in the core segment of the 2-bit opt-out fields that bar personalised
     ads (sale, sharing, targeted advertising): 1 = opted out, 2 = did not, 0 = n/a."""
+    min_bits: int
+    """The core segment's length in bits (its shortest version's): a shorter one was cut."""
     versions: frozenset[int]
     gpc: bool
     """Whether the section may carry a GPC segment (type 1: one Global Privacy Control bit)."""
 
 
-def _us(*opt_outs: int, versions: tuple[int, ...] = (1,), gpc: bool = True) -> _UsSection:
-    return _UsSection(opt_outs, frozenset(versions), gpc)
+def _us(
+    *opt_outs: int, bits: int, versions: tuple[int, ...] = (1,), gpc: bool = True
+) -> _UsSection:
+    return _UsSection(opt_outs, bits, frozenset(versions), gpc)
 
 
 US_SECTIONS: dict[int, _UsSection] = {
-    7: _us(18, 20, 22, versions=(1, 2)),  # usnat: SaleOptOut, SharingOptOut, TargetedAdv.
-    8: _us(12, 14),  # usca: SaleOptOut, SharingOptOut
-    9: _us(12, 14, gpc=False),  # usva: SaleOptOut, TargetedAdvertisingOptOut (so on below)
-    10: _us(12, 14),  # usco
-    11: _us(14, 16, gpc=False),  # usut
-    12: _us(12, 14),  # usct
-    13: _us(12, 14, gpc=False),  # usfl
-    14: _us(12, 14),  # usmt
-    15: _us(12, 14),  # usor
-    16: _us(12, 14),  # ustx
-    17: _us(12, 14),  # usde
-    18: _us(14, 16),  # usia
-    19: _us(12, 14),  # usne
-    20: _us(12, 14),  # usnh
-    21: _us(12, 14),  # usnj
-    22: _us(12, 14),  # ustn
-    23: _us(12, 14),  # usmn
-    24: _us(16, 18),  # usmd
-    25: _us(16, 18, gpc=False),  # usin
-    26: _us(16, 18, gpc=False),  # usky
-    27: _us(16, 18, gpc=False),  # usri
+    # usnat: SaleOptOut, SharingOptOut, TargetedAdvertisingOptOut (70 bits in v2, 60 in v1)
+    7: _us(18, 20, 22, bits=60, versions=(1, 2)),
+    8: _us(12, 14, bits=46),  # usca: SaleOptOut, SharingOptOut
+    9: _us(12, 14, bits=40, gpc=False),  # usva: SaleOptOut, TargetedAdvertisingOptOut, ...
+    10: _us(12, 14, bits=38),  # usco
+    11: _us(14, 16, bits=42, gpc=False),  # usut
+    12: _us(12, 14, bits=44),  # usct
+    13: _us(12, 14, bits=46, gpc=False),  # usfl
+    14: _us(12, 14, bits=46),  # usmt
+    15: _us(12, 14, bits=52),  # usor
+    16: _us(12, 14, bits=42),  # ustx
+    17: _us(12, 14, bits=52),  # usde
+    18: _us(14, 16, bits=42),  # usia
+    19: _us(12, 14, bits=42),  # usne
+    20: _us(12, 14, bits=46),  # usnh
+    21: _us(12, 14, bits=54),  # usnj
+    22: _us(12, 14, bits=42),  # ustn
+    23: _us(12, 14, bits=42),  # usmn
+    24: _us(16, 18, bits=22),  # usmd
+    25: _us(16, 18, bits=24, gpc=False),  # usin
+    26: _us(16, 18, bits=24, gpc=False),  # usky
+    27: _us(16, 18, bits=24, gpc=False),  # usri
 }
 """The GPP's US sections (national and state), by section id: where their opt-outs of
 sale, sharing and targeted advertising sit (IAB GPP section specifications)."""
@@ -295,9 +304,9 @@ def _fib_ranges(text: str, at: int) -> list[int]:
 
     def number() -> int:
         nonlocal at
-        end = text.find("11", at)
-        if end < 0:
-            raise ValueError("GPP header: unterminated Fibonacci code")
+        end = text.find("11", at, at + _FIB_MAX_BITS)
+        if end < 0:  # unterminated, or a number beyond any section id
+            raise ValueError("GPP header: a Fibonacci code too long or unterminated")
         a, b, value = 1, 2, 0
         for bit in text[at : end + 1]:
             if bit == "1":
@@ -336,17 +345,22 @@ def _segment_bits(segment: str) -> _Bits:
 
 def _us_opted_out(section: _UsSection, text: str) -> bool:
     """Whether a US section says the viewer opted out (``ValueError`` when unreadable)."""
-    core, *rest = text.split(".")
+    core, *rest = text.split(".", 2)
     bits = _segment_bits(core)
+    if 6 * len(core) < section.min_bits:
+        raise ValueError("GPP US section cut short")
     if bits.read(0, 6) not in section.versions:
         raise ValueError("GPP US section of an unknown version")
-    if any(bits.read(at, 2) == 1 for at in section.opt_outs):
+    values = [bits.read(at, 2) for at in section.opt_outs]
+    if 3 in values:
+        raise ValueError("GPP US section: an opt-out field out of range")
+    if 1 in values:
         return True
-    if section.gpc:
-        for seg in rest:
-            sub = _segment_bits(seg)
-            if sub.read(0, 2) == 1 and sub.flag(2):  # a GPC segment: the GPC signal set
-                return True
+    if section.gpc and rest:  # the sub-segment after the core: GPC, type 1
+        sub = _segment_bits(rest[0])
+        if sub.read(0, 2) != 1:
+            raise ValueError("GPP US section: a sub-segment of an unknown type")
+        return sub.flag(2)
     return False
 
 
@@ -394,17 +408,28 @@ def read_gpp(gpp: str | None, applicable: tuple[int, ...] | None) -> GppSignals:
     return GppSignals(gdpr_applies=gdpr, tc_string=tc, us_opt_out=opt_out)
 
 
-def parse_gpp_sid(text: str) -> tuple[int, ...]:
-    """``gpp_sid``: a comma list of section ids (``ValueError`` when it is not one)."""
+_SID = re.compile(r"-?[0-9]{1,4}")
+
+
+def parse_gpp_sid(text: str) -> tuple[int, ...] | None:
+    """``gpp_sid``: a comma list of section ids (``ValueError`` when it is not one). ``-1``
+    (and 0), which CMPs report when no section applies, name no section; a list with no
+    ids at all is taken as absent (every section in the string applies)."""
     items = [x.strip() for x in text.split(",") if x.strip()]
     if len(items) > MAX_GPP_SECTIONS:
         raise ValueError(f"at most {MAX_GPP_SECTIONS} section ids")
-    out = []
     for x in items:
-        if not x.isdigit() or len(x) > 4:
+        if not _SID.fullmatch(x):
             raise ValueError("a comma list of GPP section ids (integers)")
-        out.append(int(x))
-    return tuple(out)
+    return applicable_sections([int(x) for x in items])
+
+
+def applicable_sections(ids: list[int]) -> tuple[int, ...] | None:
+    """The applicable section ids of a ``gpp_sid`` list: ids below 1 (``-1``: none
+    applies) dropped; an empty list is taken as absent."""
+    if not ids:
+        return None
+    return tuple(i for i in ids if i > 0)
 
 
 def request_permissions(
@@ -420,10 +445,15 @@ def request_permissions(
     """Every privacy signal of a request, together (see the module's text). Without a
     ``gdpr`` flag the GDPR applies when a TC string is given, or when the GPP string's
     applicable sections include the EU TCF one (whose TC string stands in for a missing
-    ``gdpr_consent``). A US opt-out (US Privacy or a GPP US section) and child-directed
+    ``gdpr_consent``); with one, when it says so or ``gpp_sid`` names the EU TCF section
+    (a ``gdpr=0`` wins over a TCF section merely present in a string without
+    ``gpp_sid``). A US opt-out (US Privacy or a GPP US section) and child-directed
     content bar audience segments; the device identifier stays, for frequency capping."""
     g = read_gpp(gpp, gpp_sid) if gpp or gpp_sid is not None else NO_GPP
-    applies = (bool(tc_string) if gdpr is None else gdpr) or g.gdpr_applies
+    if gdpr is None:
+        applies = bool(tc_string) or g.gdpr_applies
+    else:  # an explicit flag wins over a TCF section merely present in the GPP string
+        applies = gdpr or (gpp_sid is not None and GPP_TCF_EU in gpp_sid)
     allowed = permissions(applies, tc_string or g.tc_string, vendor_id)
     if allowed.segments and (
         child_directed

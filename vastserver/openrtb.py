@@ -56,8 +56,8 @@ Mapped elsewhere
   (:mod:`vastserver.consent`): without consent to a device identifier the IFA is dropped and
   the viewer counts as under limited ad tracking; without consent to personalised ads the
   segments are dropped.
-* US privacy: ``regs.us_privacy`` (2.5: ``regs.ext.us_privacy``), ``regs.gpp`` and
-  ``regs.gpp_sid`` (:func:`vastserver.consent.request_permissions`): an opt-out of sale,
+* US privacy: ``regs.us_privacy``, ``regs.gpp`` and ``regs.gpp_sid`` (2.5: under
+  ``regs.ext``) (:func:`vastserver.consent.request_permissions`): an opt-out of sale,
   sharing or targeted advertising drops the segments; so does ``regs.coppa`` = 1.
 * ``imp.secure`` = 1 forces HTTPS media even where the server setting allows HTTP.
 * ``video.protocols`` picks the VAST version: 4.2 when listed (or nothing known is listed),
@@ -86,6 +86,7 @@ from vastserver.consent import (
     MAX_TC_STRING,
     MAX_US_PRIVACY,
     Permissions,
+    applicable_sections,
     request_permissions,
 )
 from vastserver.params import (
@@ -676,8 +677,8 @@ def _content(root: Obj) -> tuple[Content, str | None]:
 def _consent(root: Obj, tcf_vendor_id: int | None, *, child_directed: bool) -> Permissions:
     """``regs.gdpr`` and ``user.consent`` (2.6), else ``regs.ext.gdpr`` and
     ``user.ext.consent`` (2.5); without a ``gdpr`` flag the GDPR applies when a consent
-    string is given, as on ``/vast``. ``regs.us_privacy`` (2.5: ``regs.ext.us_privacy``),
-    ``regs.gpp`` and ``regs.gpp_sid`` as ``us_privacy``, ``gpp`` and ``gpp_sid`` there."""
+    string is given, as on ``/vast``. ``regs.us_privacy``, ``regs.gpp`` and ``regs.gpp_sid``
+    (2.5: under ``regs.ext``) as ``us_privacy``, ``gpp`` and ``gpp_sid`` there."""
     regs = _opt_obj(root, "regs", "") or {}
     gdpr = _opt_flag(regs, "gdpr", "regs")
     regs_ext = regs.get("ext")
@@ -691,11 +692,17 @@ def _consent(root: Obj, tcf_vendor_id: int | None, *, child_directed: bool) -> P
     usp = _opt_str(regs, "us_privacy", "regs", MAX_US_PRIVACY)
     if usp is None and isinstance(regs_ext, dict):
         usp = _opt_str(regs_ext, "us_privacy", "regs.ext", MAX_US_PRIVACY)
-    gpp = _opt_str(regs, "gpp", "regs", MAX_TC_STRING)
+    gpp_holder, gpp_path = regs, "regs"
+    if regs.get("gpp") is None and regs.get("gpp_sid") is None and isinstance(regs_ext, dict):
+        gpp_holder, gpp_path = regs_ext, "regs.ext"  # 2.5
+    gpp = _opt_str(gpp_holder, "gpp", gpp_path, MAX_TC_STRING)
     sid: tuple[int, ...] | None = None
-    if regs.get("gpp_sid") is not None:
-        items = _arr(regs["gpp_sid"], "regs.gpp_sid", MAX_GPP_SECTIONS)
-        sid = tuple(_int(x, f"regs.gpp_sid[{i}]", lo=0, hi=9999) for i, x in enumerate(items))
+    if gpp_holder.get("gpp_sid") is not None:
+        p = f"{gpp_path}.gpp_sid"
+        items = _arr(gpp_holder["gpp_sid"], p, MAX_GPP_SECTIONS)
+        sid = applicable_sections(
+            [_int(x, f"{p}[{i}]", lo=-1, hi=9999) for i, x in enumerate(items)]
+        )
     return request_permissions(
         gdpr=gdpr,
         tc_string=consent,

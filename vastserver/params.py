@@ -265,7 +265,7 @@ def _long_text(q: Mapping[str, str], name: str, max_len: int) -> str | None:
     value = got[1] if got else None
     if value is not None and len(value) > max_len:
         raise ParamError(name, f"at most {max_len} characters")
-    return value or None
+    return value.strip() or None if value else None  # as OpenRTB strips its strings
 
 
 def parse_targeting(
