@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -49,6 +50,7 @@ from vastserver.settings import Settings
 from vastserver.store import open_store
 from vastserver.store.base import Store, StoreUnavailable, within
 from vastserver.store.memory import MemoryStore
+from vastserver.store.statefile import load_state, save_state
 from vastserver.store.timed import TimedStore
 from vastserver.tracking import (
     EVENTS,
@@ -638,6 +640,9 @@ def create_app(
     inner = open_store(settings.redis_url, clock=store_clock)
     if isinstance(inner, MemoryStore):
         metrics.watch_store_evictions(lambda: inner.evictions)
+        if settings.state_file is not None:
+            restored = load_state(inner, settings.state_file)
+            log_event(log, "state_restored", path=str(settings.state_file), keys=restored)
     store = TimedStore(
         inner,
         lambda op, dt: metrics.store_seconds_by(op).observe(dt),
@@ -717,6 +722,8 @@ def create_app(
     app.router.add_get("/admin/line-items", line_items_handler, name="admin_line_items")
     app.router.add_get("/admin/line-items/{id}", line_items_handler, name="admin_line_item")
     app.cleanup_ctx.append(_resources)
+    if settings.state_file is not None and isinstance(inner, MemoryStore):
+        app.cleanup_ctx.append(_state_saver(inner, settings.state_file, settings.state_save_s))
     app.cleanup_ctx.append(_loop_lag)
     if background_pacing:
         app.cleanup_ctx.append(_pacing)
@@ -757,6 +764,48 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await rt.store.close()
     if isinstance(rt.events, EventLog):
         await asyncio.to_thread(rt.events.close)
+
+
+def _state_saver(
+    store: MemoryStore, path: Path, every_s: float
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Write the in-memory store's state file every ``every_s`` and once more on shutdown,
+    after the last request (this context unwinds before ``_resources`` closes the store)."""
+
+    async def save(reason: str) -> None:
+        t = time.perf_counter()
+        try:
+            keys = await save_state(store, path)
+        except OSError as e:
+            log_event(log, "state_save_failed", logging.ERROR, path=str(path), why=str(e))
+            return
+        log_event(
+            log,
+            "state_saved",
+            logging.INFO if reason == "shutdown" else logging.DEBUG,
+            path=str(path),
+            keys=keys,
+            seconds=round(time.perf_counter() - t, 3),
+            reason=reason,
+        )
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+
+        async def periodic() -> None:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), every_s)
+                except TimeoutError:
+                    await save("periodic")
+
+        task = asyncio.create_task(periodic(), name="state-saver")
+        yield
+        stop.set()
+        await task  # a save under way finishes first: two never write at once
+        await save("shutdown")
+
+    return ctx
 
 
 async def _model_watch(app: web.Application) -> AsyncIterator[None]:

@@ -42,6 +42,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         dest="event_log",
         help="event log directory, or 'off' (VASTSERVER_EVENT_LOG_DIR, default var/events)",
     )
+    p.add_argument(
+        "--state-file",
+        dest="state_file",
+        help="keep the in-memory store's caps, budgets and beacon claims in this file across "
+        "restarts, or 'off' (VASTSERVER_STATE_FILE, default off)",
+    )
 
 
 def _bind(settings: Settings, port: int | None = None) -> socket.socket:
@@ -63,6 +69,7 @@ def _run_worker(
     settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None = None
 ) -> None:
     from vastserver.app import create_app
+    from vastserver.store.statefile import StateFileError
 
     try:
         import uvloop
@@ -70,7 +77,11 @@ def _run_worker(
         uvloop.install()
     except ImportError:
         pass
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except StateFileError as e:
+        print(f"{e} (move it away to start with empty state)", file=sys.stderr)
+        sys.exit(2)
     # Everything loaded at start-up is long-lived: keep it out of the GC's generations.
     gc.collect()
     gc.freeze()

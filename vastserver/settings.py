@@ -75,6 +75,11 @@ class Settings:
     event_log_dir: Path | None = None
     """Directory of the durable event log; None disables it (tests of other features)."""
     event_log_commit_ms: int = 50
+    state_file: Path | None = None
+    """The in-memory store's state file (caps, budgets, beacon claims across restarts);
+    None keeps the state in memory only."""
+    state_save_s: int = 60
+    """How often the state file is written (and once more on shutdown)."""
     separation_breaks: int = 3
     """Stream separation: a creative does not play again within this many breaks..."""
     separation_minutes: int = 30
@@ -239,6 +244,18 @@ def load_settings(
     if event_dir_raw is not None:
         event_dir = None if event_dir_raw.lower() in ("", "off", "none") else Path(event_dir_raw)
     commit_ms = integer("event_log_commit_ms", "VASTSERVER_EVENT_LOG_COMMIT_MS", 1, 10_000, 50)
+    state_raw = pick("state_file", "VASTSERVER_STATE_FILE")
+    state_file = None
+    if state_raw is not None and state_raw.lower() not in ("", "off", "none"):
+        state_file = Path(state_raw)
+        if state_file.is_dir():
+            problems.append(f"VASTSERVER_STATE_FILE: a directory, not a file: {state_file}")
+    state_save_s = integer("state_save_s", "VASTSERVER_STATE_SAVE_S", 1, 86_400, 60)
+    if state_file is not None and redis_url:
+        problems.append(
+            "VASTSERVER_STATE_FILE: keeps the in-memory store's state; with "
+            "VASTSERVER_REDIS_URL the state lives in Redis (use its persistence)"
+        )
 
     sep_breaks = integer("separation_breaks", "VASTSERVER_SEPARATION_BREAKS", 0, 100, 3)
     sep_minutes = integer("separation_minutes", "VASTSERVER_SEPARATION_MINUTES", 0, 1440, 30)
@@ -304,6 +321,8 @@ def load_settings(
         event_log_dir=event_dir,
         geo_path=geo_path,
         event_log_commit_ms=commit_ms,
+        state_file=state_file,
+        state_save_s=state_save_s,
         separation_breaks=sep_breaks,
         separation_minutes=sep_minutes,
         competitive_separation_breaks=comp_breaks,

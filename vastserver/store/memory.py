@@ -47,7 +47,7 @@ import heapq
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .base import Guarded, Incr, Read, Window
@@ -303,6 +303,59 @@ class MemoryStore:
         self._slots.clear()
         self._ints.clear()
         self._tuples.clear()
+
+    # ------------------------------------------------------------------ state file
+
+    def items_snapshot(self) -> tuple[float, list[tuple[str, Any]]]:
+        """The store's clock and its entries, least recently used first (one C-speed copy:
+        the values are immutable, so later writes do not change it); expired ones included.
+        For :func:`vastserver.store.statefile.save_state`."""
+        return self._clock(), list(self._data.items())
+
+    def restore(self, entries: Iterable[tuple[str, Any]]) -> int:
+        """Put back entries written by :meth:`items_snapshot` (values as JSON gives them
+        back: arrays for tuples), oldest first; expired ones are skipped. ``ValueError``
+        for a value that does not fit its key's kind. Returns the keys restored."""
+        wall = self._clock()
+        n = 0
+        for key, raw in entries:
+            kind = key[:1]
+            value: _Value
+            if kind == _CLAIM:
+                if type(raw) is not int:
+                    raise ValueError(f"claim {key[1:]!r}: not an expiry")
+                value = exp = raw
+            elif kind == _HIST:
+                if not (
+                    isinstance(raw, list)
+                    and len(raw) == 2
+                    and type(raw[0]) is int
+                    and isinstance(raw[1], list)
+                    and all(isinstance(e, str) for e in raw[1])
+                ):
+                    raise ValueError(f"history {key[1:]!r}: not [expiry, [entries]]")
+                exp = raw[0]
+                value = (exp, tuple(raw[1]))
+            elif type(raw) is int:
+                self._put(key, None, raw, None)
+                n += 1
+                continue
+            else:
+                if not (
+                    isinstance(raw, list)
+                    and len(raw) >= 3
+                    and len(raw) % 2 == 1
+                    and all(type(x) is int for x in raw)
+                ):
+                    raise ValueError(f"counter {key!r}: not an expiry and bucket counts")
+                exp = raw[0]
+                value = self._share(tuple(raw)) if len(raw) == 3 else tuple(raw)
+            if exp <= wall:
+                continue
+            self._put(key, None, value, self._intern(exp))
+            n += 1
+        self._evict()
+        return n
 
     # ------------------------------------------------------------------ counters
 

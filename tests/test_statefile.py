@@ -1,0 +1,259 @@
+"""The in-memory store's state file: what is counted survives a restart.
+
+Round trips through :mod:`vastserver.store.statefile` on a store of every kind of key, files
+that cannot be read back, and the real server stopped (SIGTERM and ``kill -9``) and
+started again on its file, with budgets, delivery and beacon claims checked over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.reqmix import beacons_of
+from tests.test_cli import Server, _env, _get
+from vastserver.settings import SettingsError, load_settings
+from vastserver.store.base import Guard, Guarded, Incr, Read, Window
+from vastserver.store.memory import MemoryStore
+from vastserver.store.statefile import FORMAT, StateFileError, load_state, save_state
+
+HOUR = Window(3600, 600)
+LIFETIME = Window(None, 0)
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def _filled(clock: Clock) -> MemoryStore:
+    s = MemoryStore(clock=clock)
+    now = clock.t
+    await s.add(
+        [
+            Incr("cap:v1:li-a:1h", HOUR, 2),
+            Incr("cap:v1:li-a:1h", HOUR, 1, at=now - 1200),  # an older bucket of the window
+            Incr("li:li-a:served", LIFETIME, 7),
+            Incr("li:li-a:served:d", LIFETIME, 3, ttl_s=90_000),
+            Incr("\x01odd-counter-key", LIFETIME, 5),  # escaped so it is not a claim
+            Incr("short", HOUR, 1, ttl_s=30),  # gone by the time it is read back
+        ],
+        now,
+    )
+    assert await s.claim_many(["imp:ad-1", "imp:ad-2"], 3600) == [True, True]
+    await s.push_history("sess:s1", ["a", "b"], keep=5, ttl_s=3600)
+    return s
+
+
+READS = [
+    Read("cap:v1:li-a:1h", HOUR),
+    Read("li:li-a:served", LIFETIME),
+    Read("li:li-a:served:d", LIFETIME),
+    Read("\x01odd-counter-key", LIFETIME),
+    Read("short", HOUR),
+]
+
+
+async def test_every_kind_of_key_reads_back_as_it_was(tmp_path: Path) -> None:
+    clock = Clock(1_800_000_000.0)
+    old = await _filled(clock)
+    path = tmp_path / "state" / "store.json"  # the directory is made
+    assert await save_state(old, path) == 8
+    assert json.loads(path.read_text().splitlines()[0])["format"] == FORMAT
+    clock.t += 60  # the restart takes a minute: "short" (30 s) expires meanwhile
+    new = MemoryStore(clock=clock)
+    assert load_state(new, path) == 7
+    assert await new.read(READS, clock.t) == [3, 7, 3, 5, 0]
+    assert await old.read(READS, clock.t) == [3, 7, 3, 5, 0]
+    # claims still refuse a second claim, and expire when they would have
+    assert await new.claim_many(["imp:ad-1", "imp:ad-3"], 3600) == [False, True]
+    assert await new.history("sess:s1") == ["b", "a"]
+    # a guarded commit sees the restored count: 3 in the hour, limit 3
+    assert await new.commit(
+        [Guarded((Guard("cap:v1:li-a:1h", HOUR, 3, 1),), (Incr("cap:v1:li-a:1h", HOUR, 1),))],
+        clock.t,
+    ) == [False]
+    clock.t += 3600 + 1  # the claims' and history's hour passes, the lifetime stays
+    assert await new.claim_many(["imp:ad-1"], 3600) == [True]
+    assert await new.history("sess:s1") == []
+    assert (await new.read(READS, clock.t))[1:4] == [7, 3, 5]
+
+
+async def test_least_recently_used_is_evicted_first_after_a_restore(tmp_path: Path) -> None:
+    clock = Clock(1_800_000_000.0)
+    old = MemoryStore(clock=clock)
+    for i in range(10):
+        await old.add([Incr(f"k{i}", LIFETIME, 1)], clock.t)
+    await old.read([Read("k0", LIFETIME)], clock.t)  # k0 is now the most recent
+    path = tmp_path / "s.json"
+    await save_state(old, path)
+    small = MemoryStore(max_keys=3, clock=clock)
+    load_state(small, path)
+    got = await small.read([Read(f"k{i}", LIFETIME) for i in range(10)], clock.t)
+    assert got == [1, 0, 0, 0, 0, 0, 0, 0, 1, 1]
+
+
+async def test_a_big_store_is_written_in_chunks(tmp_path: Path) -> None:
+    clock = Clock(1_800_000_000.0)
+    old = MemoryStore(clock=clock)
+    await old.add([Incr(f"k{i}", LIFETIME, i + 1) for i in range(25_000)], clock.t)
+    path = tmp_path / "s.json"
+    assert await save_state(old, path) == 25_000
+    assert len(path.read_text().splitlines()) == 1 + 3  # header, then 10k keys a line
+    new = MemoryStore(clock=clock)
+    assert load_state(new, path) == 25_000
+    assert await new.read([Read("k24999", LIFETIME)], clock.t) == [25_000]
+
+
+def test_no_file_yet_is_an_empty_start(tmp_path: Path) -> None:
+    assert load_state(MemoryStore(), tmp_path / "none.json") is None
+
+
+H1 = '{"format": "vastserver-memory-store", "version": 1, "keys": 1}\n'
+H2 = '{"format": "vastserver-memory-store", "version": 1, "keys": 2}\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "not a vastserver state file"),
+        ("garbage\n", "not a state file this server wrote"),
+        ('{"format": "other"}\n', "not a vastserver state file"),
+        ('{"format": "vastserver-memory-store", "version": 9}\n', "version 9"),
+        # cut short: fewer keys than the header promised
+        (H2 + '[["a",1]]\n', "1 keys"),
+        (H1 + '[["a",1]\n', "wrote"),
+        (H1 + '[["a","x"]]\n', "'a'"),
+        (H1 + '[["a",[1,2]]]\n', "'a'"),
+        (
+            H1 + '[["\\u0001c",[1]]]\n',
+            "c",
+        ),
+        (
+            H1 + '[["\\u0002h",[1,[2]]]]\n',
+            "h",
+        ),
+        (H1 + '{"a": 1}\n', "array"),
+        (H1 + "[[1, 1]]\n", "pair"),
+    ],
+)
+def test_a_file_that_cannot_be_read_back_is_refused(tmp_path: Path, text: str, why: str) -> None:
+    path = tmp_path / "s.json"
+    path.write_text(text)
+    with pytest.raises(StateFileError) as e:
+        load_state(MemoryStore(), path)
+    assert str(path) in str(e.value) and why in str(e.value)
+
+
+def test_the_state_file_is_for_the_in_memory_store() -> None:
+    with pytest.raises(SettingsError) as e:
+        load_settings({}, {"state_file": "/tmp/x.json", "redis": "redis://127.0.0.1:1/0"})
+    assert "VASTSERVER_STATE_FILE" in str(e.value)
+    s = load_settings({"VASTSERVER_STATE_FILE": "off"}, {})
+    assert s.state_file is None and s.state_save_s == 60
+
+
+# ------------------------------------------------------------------------- the server
+
+ADMIN = {"Authorization": "Bearer cli-admin-token-0123456789"}
+
+
+def _line_items(srv: Server) -> dict[str, dict[str, Any]]:
+    req = urllib.request.Request(srv.base + "/admin/line-items", headers=ADMIN)
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return {li["id"]: li for li in json.loads(r.read())}
+
+
+def _serve_and_count(srv: Server, device: str) -> list[str]:
+    """One pod for ``device``; fires each ad's impression; returns the impression URLs."""
+    status, body = _get(
+        srv.base + f"/vast?pod_duration=60&max_ads=2&device_id={device}&session=s-{device}"
+    )
+    assert status == 200
+    urls = [ad[0].path for ad in beacons_of(body.decode(), random.Random(1))]
+    assert urls and all("/t/impression" in u for u in urls)
+    for u in urls:
+        assert _get(srv.base + u)[0] == 204
+    return urls
+
+
+def _replays(srv: Server) -> float:
+    text = _get(srv.base + "/metrics")[1].decode()
+    m = re.search(r'vastserver_beacons_total\{event="impression",result="replay"\} (\S+)', text)
+    return float(m.group(1)) if m else 0.0
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Server]]:
+    running: list[Server] = []
+    yield running
+    for srv in running:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
+
+
+def test_a_restarted_server_keeps_delivery_and_beacon_claims(
+    servers: list[Server], tmp_path: Path
+) -> None:
+    def server_factory(*args: str, env: dict[str, str]) -> Server:
+        servers.append(Server(*args, env=env))
+        return servers[-1]
+
+    state = tmp_path / "state.json"
+    env = _env(VASTSERVER_STATE_SAVE_S="1")
+    args = ("--event-log", "off", "--state-file", str(state))
+    first = server_factory(*args, env=env)
+    first.wait_ready()
+    urls = _serve_and_count(first, "dev-1")
+    before = _line_items(first)
+    delivered = {k: v["delivered_impressions"] for k, v in before.items()}
+    assert sum(delivered.values()) == len(urls)
+    assert first.stop() == 0  # SIGTERM: saved after the last request
+
+    second = server_factory(*args, env=env)
+    second.wait_ready()
+    after = _line_items(second)
+    assert {k: v["delivered_impressions"] for k, v in after.items()} == delivered
+    assert {k: v["served"] for k, v in after.items()} == {k: v["served"] for k, v in before.items()}
+    assert {k: v["spend"] for k, v in after.items()} == {k: v["spend"] for k, v in before.items()}
+    # the impressions were claimed before the restart: fired again, they are replays
+    for u in urls:
+        assert _get(second.base + u)[0] == 204
+    assert _replays(second) == len(urls)
+    assert {k: v["delivered_impressions"] for k, v in _line_items(second).items()} == delivered
+
+    # kill -9 loses at most the last second: what was counted before it survives
+    more = _serve_and_count(second, "dev-2")
+    time.sleep(2.5)  # two periodic saves
+    second.stop(signal.SIGKILL)
+    third = server_factory(*args, env=env)
+    third.wait_ready()
+    total = sum(v["delivered_impressions"] for v in _line_items(third).values())
+    assert total == len(urls) + len(more)
+    assert third.stop() == 0
+
+
+def test_an_unreadable_state_file_stops_the_start(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text("not json\n")
+    srv = Server("--event-log", "off", "--state-file", str(state))
+    try:
+        assert srv.proc.wait(30) == 2
+        out = srv.proc.stdout.read().decode() if srv.proc.stdout else ""
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+    assert str(state) in out and "move it away" in out
