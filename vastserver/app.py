@@ -50,7 +50,7 @@ from vastserver.settings import Settings
 from vastserver.store import open_store
 from vastserver.store.base import Store, StoreUnavailable, within
 from vastserver.store.memory import MemoryStore
-from vastserver.store.statefile import load_state, save_state
+from vastserver.store.statefile import StateFileError, StateLock, load_state, save_state
 from vastserver.store.timed import TimedStore
 from vastserver.tracking import (
     EVENTS,
@@ -641,7 +641,12 @@ def create_app(
     if isinstance(inner, MemoryStore):
         metrics.watch_store_evictions(lambda: inner.evictions)
         if settings.state_file is not None:
-            restored = load_state(inner, settings.state_file)
+            state_lock = StateLock(settings.state_file)
+            try:
+                restored = load_state(inner, settings.state_file)
+            except StateFileError:
+                state_lock.release()
+                raise
             log_event(log, "state_restored", path=str(settings.state_file), keys=restored)
     store = TimedStore(
         inner,
@@ -723,7 +728,9 @@ def create_app(
     app.router.add_get("/admin/line-items/{id}", line_items_handler, name="admin_line_item")
     app.cleanup_ctx.append(_resources)
     if settings.state_file is not None and isinstance(inner, MemoryStore):
-        app.cleanup_ctx.append(_state_saver(inner, settings.state_file, settings.state_save_s))
+        app.cleanup_ctx.append(
+            _state_saver(inner, settings.state_file, settings.state_save_s, state_lock, metrics)
+        )
     app.cleanup_ctx.append(_loop_lag)
     if background_pacing:
         app.cleanup_ctx.append(_pacing)
@@ -766,19 +773,28 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await asyncio.to_thread(rt.events.close)
 
 
+STATE_SAVE_FAILED = web.AppKey("state_save_failed", bool)
+"""Set when the last state-file save at shutdown failed: the process exits 1."""
+
+
 def _state_saver(
-    store: MemoryStore, path: Path, every_s: float
+    store: MemoryStore, path: Path, every_s: float, lock: StateLock, metrics: Metrics
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """Write the in-memory store's state file every ``every_s`` and once more on shutdown,
-    after the last request (this context unwinds before ``_resources`` closes the store)."""
+    after the last request (this context unwinds before ``_resources`` closes the store);
+    the state lock is held until then."""
 
-    async def save(reason: str) -> None:
+    async def save(reason: str) -> bool:
         t = time.perf_counter()
         try:
             keys = await save_state(store, path)
-        except OSError as e:
-            log_event(log, "state_save_failed", logging.ERROR, path=str(path), why=str(e))
-            return
+        except Exception as e:
+            metrics.state_saves.labels("failed").inc()
+            log_event(
+                log, "state_save_failed", logging.ERROR, path=str(path), why=repr(e), reason=reason
+            )
+            return False
+        metrics.state_saves.labels("ok").inc()
         log_event(
             log,
             "state_saved",
@@ -788,6 +804,7 @@ def _state_saver(
             seconds=round(time.perf_counter() - t, 3),
             reason=reason,
         )
+        return True
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         stop = asyncio.Event()
@@ -803,7 +820,8 @@ def _state_saver(
         yield
         stop.set()
         await task  # a save under way finishes first: two never write at once
-        await save("shutdown")
+        app[STATE_SAVE_FAILED] = not await save("shutdown")
+        lock.release()
 
     return ctx
 

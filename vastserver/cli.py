@@ -68,7 +68,7 @@ def _bind(settings: Settings, port: int | None = None) -> socket.socket:
 def _run_worker(
     settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None = None
 ) -> None:
-    from vastserver.app import create_app
+    from vastserver.app import STATE_SAVE_FAILED, create_app
     from vastserver.store.statefile import StateFileError
 
     try:
@@ -86,6 +86,13 @@ def _run_worker(
     gc.collect()
     gc.freeze()
     asyncio.run(_serve_until_signal(app, sock, settings, metrics_sock))
+    if app.get(STATE_SAVE_FAILED):
+        print(
+            f"{settings.state_file}: the last state save failed; it holds the state of the "
+            "save before (see the state_save_failed log line)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 async def _serve_until_signal(

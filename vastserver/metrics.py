@@ -75,6 +75,12 @@ class Metrics:
         self.catalog_reloads = Counter(
             "vastserver_catalog_reloads_total", "Catalog reloads by result", ["result"], registry=r
         )
+        self.state_saves = Counter(
+            "vastserver_state_saves_total",
+            "Writes of the in-memory store's state file, by result (ok, failed)",
+            ["result"],
+            registry=r,
+        )
         self.events_dropped = DropCounter(
             Counter(
                 "vastserver_event_log_dropped_total",

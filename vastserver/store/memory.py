@@ -306,18 +306,20 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ state file
 
-    def items_snapshot(self) -> tuple[float, list[tuple[str, Any]]]:
-        """The store's clock and its entries, least recently used first (one C-speed copy:
-        the values are immutable, so later writes do not change it); expired ones included.
-        For :func:`vastserver.store.statefile.save_state`."""
-        return self._clock(), list(self._data.items())
+    def items_snapshot(self) -> tuple[float, list[str], list[Any]]:
+        """The store's clock, its keys and their values, in the order the keys were first
+        written (expired ones included). Two C-speed list copies of the dict underneath the
+        ``OrderedDict`` (~30 ms for 2M keys, where walking its recency order takes ~1 s);
+        the values are immutable, so later writes do not change them. For
+        :func:`vastserver.store.statefile.save_state`."""
+        return self._clock(), list(dict.keys(self._data)), list(dict.values(self._data))
 
     def restore(self, entries: Iterable[tuple[str, Any]]) -> int:
         """Put back entries written by :meth:`items_snapshot` (values as JSON gives them
-        back: arrays for tuples), oldest first; expired ones are skipped. ``ValueError``
-        for a value that does not fit its key's kind. Returns the keys restored."""
+        back: arrays for tuples), in order (the later ones are evicted last); expired ones are
+        skipped. ``ValueError`` for a value that does not fit its key's kind. Returns the
+        keys held afterwards."""
         wall = self._clock()
-        n = 0
         for key, raw in entries:
             kind = key[:1]
             value: _Value
@@ -338,7 +340,6 @@ class MemoryStore:
                 value = (exp, tuple(raw[1]))
             elif type(raw) is int:
                 self._put(key, None, raw, None)
-                n += 1
                 continue
             else:
                 if not (
@@ -353,9 +354,8 @@ class MemoryStore:
             if exp <= wall:
                 continue
             self._put(key, None, value, self._intern(exp))
-            n += 1
         self._evict()
-        return n
+        return len(self._data)
 
     # ------------------------------------------------------------------ counters
 

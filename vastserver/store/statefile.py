@@ -5,74 +5,129 @@ restart (a deploy, a crash) would start every budget, cap and beacon claim from 
 line item whose lifetime budget was 90 % delivered would deliver it again. With
 ``VASTSERVER_STATE_FILE`` set the server writes the store's live keys to the file every
 ``VASTSERVER_STATE_SAVE_S`` seconds and once more when it stops, and reads them back when it
-starts. A SIGTERM loses nothing; a ``kill -9`` loses what was counted since the last save.
-(Redis keeps its own state: the file is for the in-memory store only.)
+starts. A SIGTERM loses nothing (a failed last save makes the exit status 1); a ``kill -9``
+loses what was counted since the last save. (Redis keeps its own state: the file is for
+the in-memory store only.)
 
 Expiries and window buckets are stored as the absolute times they already are, so what is
 read back expires when it would have.
 
 Format: UTF-8 text, a JSON header line (``format``, ``version``, ``saved_at``, ``keys``),
-then JSON arrays of ``[key, value]`` pairs, one line per chunk of keys, least recently used
-first. Values are those of the store's layout (see :mod:`vastserver.store.memory`): an int,
-or an array of ints (expiry first), or for a session history ``[expiry, [entries]]``.
+then JSON arrays of ``[key, value]`` pairs, one line per chunk of keys, in the order the
+keys were first written (after a restart the store evicts in that order). Values are those
+of the store's layout (see :mod:`vastserver.store.memory`): an int, or an array of ints
+(expiry first), or for a session history ``[expiry, [entries]]``.
 
-A save is written to a temporary file beside the target, synced and renamed over it, so
-the file is always a whole snapshot. Encoding runs on the event loop a chunk at a time, so
-no request waits for more than one chunk (~10 ms); the write runs in a thread.
+A save copies the keys and values in one step (~35 ms for 2M keys), encodes them on the
+event loop a chunk at a time (~7 ms a turn; the cyclic collector paused meanwhile, so the
+allocations do not set off collections that walk the copies) and writes them in a thread to a
+temporary file (mode 0600) beside the target, synced and renamed over it, so the file is
+always a whole snapshot. One server holds the file at a time: a lock file beside it
+(``flock``) is taken at start and kept while the process lives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import gc
 import itertools
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .memory import MemoryStore
 
-__all__ = ["FORMAT", "VERSION", "StateFileError", "load_state", "save_state"]
+__all__ = ["FORMAT", "VERSION", "StateFileError", "StateLock", "load_state", "save_state"]
 
 FORMAT = "vastserver-memory-store"
 VERSION = 1
+CHUNK = 2_500
+"""Keys encoded per line (and per turn of the event loop: ~7 ms)."""
+MAX_HEADER = 4096
 _SEQ = itertools.count()
-CHUNK = 10_000
-"""Keys encoded per line (and per turn of the event loop)."""
 
 
 class StateFileError(ValueError):
-    """The state file exists but cannot be read back; the message names the file and why."""
+    """The state file exists but cannot be read back (or is held by another server); the
+    message names the file and why."""
+
+
+class StateLock:
+    """An exclusive ``flock`` on ``<file>.lock`` for as long as the process runs: two
+    servers writing one state file would each overwrite what the other counted."""
+
+    def __init__(self, path: Path) -> None:
+        lock = path.with_name(path.name + ".lock")
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StateFileError(f"{path}: cannot open its lock file {lock}: {e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StateFileError(f"{path}: in use by another running server") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
 
 
 async def save_state(store: MemoryStore, path: Path) -> int:
     """Write the store's live keys to ``path`` (atomically); returns how many."""
-    wall, items = store.items_snapshot()
-    lines: list[str] = []
-    kept = 0
-    for start in range(0, len(items), CHUNK):
-        chunk = [kv for kv in items[start : start + CHUNK] if not _expired(kv, wall)]
-        kept += len(chunk)
-        lines.append(json.dumps(chunk, separators=(",", ":")))
-        await asyncio.sleep(0)  # one chunk per turn: requests keep being served
+    # The pairs each chunk allocates would set off the cyclic collector over and over, and
+    # every young collection would walk the two big lists (a full one stalled the loop for
+    # ~140 ms at 2M keys): collection waits until the encoding is done.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        wall, keys, values = store.items_snapshot()
+        lines: list[str] = []
+        kept = 0
+        for start in range(0, len(keys), CHUNK):
+            chunk = [
+                (k, v)
+                for k, v in zip(
+                    keys[start : start + CHUNK], values[start : start + CHUNK], strict=True
+                )
+                if not _expired(k, v, wall)
+            ]
+            kept += len(chunk)
+            lines.append(json.dumps(chunk, separators=(",", ":")))
+            await asyncio.sleep(0)  # one chunk per turn: requests keep being served
+        del keys, values
+    finally:
+        if collecting:
+            gc.enable()
     header = {"format": FORMAT, "version": VERSION, "saved_at": wall, "keys": kept}
     await asyncio.to_thread(_write_atomic, path, [json.dumps(header), *lines])
     return kept
 
 
-def _expired(kv: tuple[str, Any], wall: float) -> bool:
-    key, value = kv
+def _expired(key: str, value: Any, wall: float) -> bool:
     if key[:1] == "\x01":  # a claim: its value is its expiry
         return bool(value <= wall)
     return type(value) is tuple and value[0] <= wall
 
 
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
 def _write_atomic(path: Path, lines: list[str]) -> None:
+    path = path.resolve()  # a symlinked state file: replace its target, keep the link
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{next(_SEQ)}.tmp")
+    tmp = path.with_name(f"{_temp_prefix(path)}{os.getpid()}.{next(_SEQ)}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with open(fd, "w", encoding="utf-8") as f:
             for line in lines:
                 f.write(line)
                 f.write("\n")
@@ -81,34 +136,55 @@ def _write_atomic(path: Path, lines: list[str]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
+    dfd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(fd)  # the rename itself survives a power cut
+        os.fsync(dfd)  # the rename itself survives a power cut
     finally:
-        os.close(fd)
+        os.close(dfd)
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Temporary files a killed save left behind (the lock says no other server writes)."""
+    target = path.resolve()
+    prefix = _temp_prefix(target)
+    try:
+        for p in target.parent.iterdir():
+            if p.name.startswith(prefix) and p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def load_state(store: MemoryStore, path: Path) -> int | None:
     """Read ``path`` into the (empty) store; None when there is no file yet, else the keys
-    restored (expired ones are skipped). ``StateFileError`` when the file cannot be read
-    back: the server then refuses to start rather than forget budgets it has spent."""
+    it holds afterwards (expired ones are skipped). ``StateFileError`` when the file cannot
+    be read back: the server then refuses to start rather than forget budgets it has spent.
+    Call it holding the :class:`StateLock`."""
+    _remove_stale_temps(path)
     try:
-        f = path.open(encoding="utf-8")
+        st = os.stat(path)
     except FileNotFoundError:
         return None
+    except OSError as e:
+        raise StateFileError(f"{path}: cannot read the state file: {e}") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would hang or never end
+        raise StateFileError(f"{path}: not a regular file")
+    try:
+        f = path.open(encoding="utf-8")
     except OSError as e:
         raise StateFileError(f"{path}: cannot read the state file: {e}") from None
     with f:
         try:
             return store.restore(_entries(f, path))
-        except (ValueError, TypeError, UnicodeDecodeError) as e:
-            if isinstance(e, StateFileError):
-                raise
-            raise StateFileError(f"{path}: not a state file this server wrote: {e}") from None
+        except StateFileError:
+            raise
+        except (ValueError, TypeError, UnicodeDecodeError, RecursionError, MemoryError) as e:
+            why = type(e).__name__ if isinstance(e, RecursionError | MemoryError) else str(e)
+            raise StateFileError(f"{path}: not a state file this server wrote: {why}") from None
 
 
-def _entries(f: Any, path: Path) -> Iterator[tuple[str, Any]]:
-    header = json.loads(f.readline() or "null")
+def _entries(f: IO[str], path: Path) -> Iterator[tuple[str, Any]]:
+    header = json.loads(f.readline(MAX_HEADER) or "null")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StateFileError(f"{path}: not a vastserver state file")
     if header.get("version") != VERSION:
