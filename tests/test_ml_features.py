@@ -180,17 +180,26 @@ async def test_serving_and_log_adapters_give_identical_vectors(tmp_path: Path) -
     assert final_rec is not None
 
     by_key = {c.key: c for c in cands}
+    # At serving the creative rates come with the model bundle: a bundle trained on this
+    # log up to the decision carries what the log's history has for each creative then.
+    bundle_rates = {
+        ad["creative_id"]: logged_hist[ad["ad_serving_id"]]["creative_completion_rate"]
+        for ad in final_rec["ads"]
+        if logged_hist[ad["ad_serving_id"]]["creative_completion_rate"] is not None
+    }
+    assert bundle_rates, "some creative must have a completion rate"
     serving_rows: list[FeatureRow] = []
     log_rows: list[FeatureRow] = []
     for ad in final_rec["ads"]:
         cand = by_key[f"{ad['line_item_id']}/{ad['creative_id']}"]
-        serving_rows.append(from_serving(req, cand, ctx))
+        serving_rows.append(from_serving(req, cand, ctx, creative_rates=bundle_rates))
         log_rows.append(from_record(final_rec["context"], ad, logged_hist[ad["ad_serving_id"]]))
     assert log_rows == serving_rows
     assert {r.viewer_exposures for r in log_rows} == {ctx.viewer_exposures}
     assert any(r.completion_rate is not None for r in log_rows)
 
-    schema = learn_schema(log_rows * 30, min_count=1)
+    schema = learn_schema(log_rows * 30, min_count=1, creative_rates=bundle_rates)
+    assert schema.creative_rate_col is not None
     x_log = schema.vectorize(log_rows)
     x_serve = schema.vectorize(serving_rows)
     np.testing.assert_array_equal(x_log, x_serve)
@@ -331,3 +340,70 @@ def test_serving_encoder_survives_a_catalog_swap() -> None:
     enc.encode(req, a, ctx)
     got = enc.encode(req, b, ctx)  # overflows: the table resets before the batch
     np.testing.assert_array_equal(got, schema.vectorize([from_serving(req, c, ctx) for c in b]))
+
+
+def test_creative_rates_are_history_in_training_and_the_bundle_at_serving() -> None:
+    """features-v2: a creative's completion rate, as of each decision in training (only
+    counted beacons before it) and as of the end of the log in the bundle, for serving."""
+    h = LogHistory()
+    t0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+    def beacon(event: str, at: datetime, creative: str, counted: bool = True) -> None:
+        h.observe(
+            {"type": "beacon", "event": event, "counted": counted, "line_item_id": "li-1",
+             "creative_id": creative, "viewer": "v1", "at": at.isoformat()}
+        )  # fmt: skip
+
+    for i in range(20):
+        at = t0 + timedelta(minutes=i)
+        beacon("impression", at, "cr-a")
+        beacon("impression", at, "cr-b")
+        if i % 4 == 0:
+            beacon("complete", at + timedelta(seconds=30), "cr-a")
+        beacon("complete", at + timedelta(seconds=30), "cr-b", counted=i % 2 == 0)
+    decision = {"at": (t0 + timedelta(hours=2)).isoformat(), "viewer": "v1"}
+    ad = {"line_item_id": "li-1", "creative_id": "cr-a"}
+    assert h.history(decision, ad)["creative_completion_rate"] == 5 / 20
+    assert h.history(decision, {**ad, "creative_id": "cr-b"})["creative_completion_rate"] == 0.5
+    assert h.history(decision, ad)["completion_rate"] == 15 / 40  # the line item's, both
+    assert h.history(decision, {**ad, "creative_id": "cr-new"})["creative_completion_rate"] is None
+    assert h.creative_rates() == {"cr-a": 0.25, "cr-b": 0.5}
+
+    # At serving the column comes from the bundle: unknown creatives are missing (NaN).
+    now = datetime(2026, 11, 20, 21, 0, tzinfo=UTC)
+    cands = build_index(parse_catalog(generate_catalog(30, 5, now=now))).all_candidates(
+        BreakPosition.MID
+    )[:6]
+    req = _request("viewer-c")
+    ctx = ScoringContext(now)
+    rates = {cands[0].creative.id: 0.9, cands[1].creative.id: 0.1}
+    rows = [from_serving(req, c, ctx, creative_rates=rates) for c in cands]
+    schema = learn_schema(rows * 20, min_count=1, creative_rates=rates)
+    x = ServingEncoder(schema).encode(req, cands, ctx)
+    col = schema.features.index("creative_completion_rate")
+    assert col == schema.creative_rate_col == schema.n_features - 1
+    for i, c in enumerate(cands):
+        want = rates.get(c.creative.id)
+        assert math.isnan(x[i, col]) if want is None else x[i, col] == np.float32(want)
+    assert not all(c.creative.id in rates for c in cands)
+    np.testing.assert_array_equal(x, schema.vectorize(rows))
+
+
+def test_features_v1_bundles_still_read_without_the_creative_column() -> None:
+    v2 = learn_schema([_row()] * 30, creative_rates={"cr-1": 0.5})
+    doc = v2.to_json()
+    assert doc["creative_rates"] == {"cr-1": 0.5}
+    assert FeatureSchema.from_json(doc).creative_rates == {"cr-1": 0.5}
+    v1 = FeatureSchema(v2.vocabularies, v2.genre_flags, "features-v1")
+    assert v1.creative_rate_col is None and v1.n_features == v2.n_features - 1
+    assert v1.features == v2.features[:-1]
+    again = FeatureSchema.from_json(v1.to_json())
+    assert again.version == "features-v1" and "creative_rates" not in v1.to_json()
+    assert v1.vectorize([_row()]).shape == (1, v1.n_features)
+    with pytest.raises(SchemaError, match="features-v1"):
+        FeatureSchema(v2.vocabularies, v2.genre_flags, "features-v1", {"cr-1": 0.5})
+    for bad in ({"cr-1": 1.5}, {"cr-1": "x"}, {"cr-1": True}):
+        with pytest.raises(SchemaError, match="cr-1"):
+            FeatureSchema.from_json({**doc, "creative_rates": bad})
+    with pytest.raises(SchemaError, match="object"):
+        FeatureSchema.from_json({**doc, "creative_rates": [1]})

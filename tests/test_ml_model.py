@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.conftest import ClientFactory
 from vastserver.catalog.load import load_catalog
 from vastserver.catalog.model import BreakPosition
 from vastserver.delivery import DeliveryControl
@@ -371,3 +372,17 @@ def test_check_bundle_in_a_fresh_process(tmp_path: Path) -> None:
     (path / "model.ubj").write_bytes(b"garbage")
     with pytest.raises(ModelError, match=r"model\.ubj"):
         check_bundle(path)
+
+
+async def test_a_features_v1_bundle_still_loads_and_scores(make_client: ClientFactory) -> None:
+    """Bundles trained before features-v2 (no creative completion rate) keep serving."""
+    v1 = ROOT / "tests" / "data" / "model-features-v1"
+    bundle = ModelBundle.load(v1)
+    assert bundle.schema.version == "features-v1" and bundle.schema.creative_rate_col is None
+    assert ModelBundle.load(DEMO_MODEL).schema.version == SCHEMA_VERSION == "features-v2"
+    client: Any = await make_client(model=str(v1))
+    resp = await client.get("/decide?pod_duration=60&device_type=ctv")
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["scorer"] == "model" and body["pod"]["ads"]
+    assert all(0.0 < a["prediction"] < 1.0 for a in body["pod"]["ads"])

@@ -166,7 +166,8 @@ def test_bundle_is_reproducible_and_loads(logs: dict[int, Path], tmp_path: Path)
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
     meta = json.loads((tmp_path / "a" / "metadata.json").read_text())
     assert meta["created_at"] == datetime.fromtimestamp(ds.max_time or 0, UTC).isoformat()
-    assert meta["schema_version"] == "features-v1" and meta["seed"] == 3
+    assert meta["schema_version"] == "features-v2" and meta["seed"] == 3
+    assert "creative_rates" in json.loads((tmp_path / "a" / "schema.json").read_text())
     bundle = ModelBundle.load(tmp_path / "a")
     assert bundle.version == meta["model_id"]
     assert bundle.click_booster is None

@@ -9,7 +9,8 @@ A :class:`FeatureRow` is the raw input for one (request, ad) pair, in three part
   ``pod_duration_ms``) and the UTC hour of the decision;
 * :class:`AdPart` -- a function of the catalog objects only: creative duration, advertiser
   categories (IAB), competitive category, tier;
-* history -- the line item's historic completion rate and the viewer's recent exposures.
+* history -- the line item's historic completion rate, the viewer's recent exposures and
+  (features-v2) the creative's historic completion rate.
 
 Two adapters build it: :func:`from_serving` (``AdRequest`` + ``Candidate`` +
 ``ScoringContext``) and :func:`from_record` (a decision record's ``context``, one of its
@@ -17,7 +18,7 @@ Two adapters build it: :func:`from_serving` (``AdRequest`` + ``Candidate`` +
 the other one also has, so serving and training see the same values (a test checks it on a
 decision served through ``AdService`` and read back from the event log).
 
-Choices (features-v1)
+Choices (features-v2)
 =====================
 * **Pod slot.** The slot of a candidate is only known after the pod is built from the
   predictions, so it cannot be a feature at scoring time. Training does not use the realised
@@ -32,6 +33,13 @@ Choices (features-v1)
   In training :class:`LogHistory` computes the same quantity from the counted ``impression``
   and ``complete`` beacons logged *strictly before* the decision. The serving value lags by up
   to one refresh of the delivery loop (10 s); that small skew is accepted.
+* **Creative completion rate** (features-v2): the same quantity per creative. Serving has no
+  per-creative counters (they would add a counter to every impression and complete beacon):
+  the bundle carries each creative's rate at the end of the training log
+  (:attr:`FeatureSchema.creative_rates`, creatives with at least :data:`MIN_RATE_IMPRESSIONS`
+  impressions), refreshed whenever a model is trained and hot-reloaded; in training each row
+  sees the rate strictly before its decision (:class:`LogHistory`). A line item's creatives
+  share its price, so this is where the model can pick the one viewers finish more often.
 * **Viewer exposures**: ``ctx.viewer_exposures`` (counted impressions in the last 24 h from the
   store's hour-bucketed window) at serving; in training the counted impressions of the
   same viewer hash in the log, bucketed exactly like the store (``EXPOSURE_WINDOW``).
@@ -43,9 +51,10 @@ Choices (features-v1)
   ``__other__`` column. ``None`` is its own value ``__none__``. Genres add multi-hot flags
   for the most frequent genres (``has_genre=...``) on top of the primary (first) genre.
 
-The vocabularies, the feature names and :data:`SCHEMA_VERSION` form the
-:class:`FeatureSchema`, serialised into the model bundle; a bundle whose schema version
-differs from :data:`SCHEMA_VERSION` is refused (bump the version whenever a feature's meaning
+The vocabularies, the feature names, the creative rates and :data:`SCHEMA_VERSION` form the
+:class:`FeatureSchema`, serialised into the model bundle; a bundle whose schema version is
+not in :data:`SUPPORTED_VERSIONS` is refused (a features-v1 bundle is read without the
+creative column) (bump the version whenever a feature's meaning
 changes).
 
 Vectorising
@@ -65,6 +74,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Final
 
 import numpy as np
@@ -93,7 +103,9 @@ __all__ = [
     "learn_schema",
 ]
 
-SCHEMA_VERSION: Final = "features-v1"
+SCHEMA_VERSION: Final = "features-v2"
+SUPPORTED_VERSIONS: Final = ("features-v1", "features-v2")
+"""Bundles of both load: a features-v1 one has no creative completion-rate column."""
 MIN_RATE_IMPRESSIONS: Final = 20
 """Same threshold as ``DeliveryControl.update_rates(min_impressions=20)``."""
 OTHER: Final = "__other__"
@@ -112,6 +124,7 @@ REQUEST_CATEGORICAL: Final = ("device_type", "platform", "genre", "break")
 AD_NUMERIC: Final = ("creative_duration_s",)
 AD_CATEGORICAL: Final = ("iab", "competitive", "tier")
 HISTORY_NUMERIC: Final = ("completion_rate", "viewer_exposures")
+HISTORY_NUMERIC_V2: Final = (*HISTORY_NUMERIC, "creative_completion_rate")
 CATEGORICALS: Final = REQUEST_CATEGORICAL + AD_CATEGORICAL
 
 Matrix = npt.NDArray[np.float32]
@@ -209,21 +222,29 @@ class FeatureRow:
     completion_rate: float | None
     """The line item's historic completion rate; None = unknown."""
     viewer_exposures: int
+    creative_completion_rate: float | None = None
+    """The creative's historic completion rate (features-v2); None = unknown."""
 
 
 def from_serving(
-    req: AdRequest, cand: Candidate, ctx: ScoringContext, slot_hint: int | None = None
+    req: AdRequest,
+    cand: Candidate,
+    ctx: ScoringContext,
+    slot_hint: int | None = None,
+    creative_rates: Mapping[str, float] | None = None,
 ) -> FeatureRow:
-    """Raw features of a candidate at scoring time.
+    """Raw features of a candidate at scoring time; ``creative_rates`` are the model
+    bundle's (:attr:`FeatureSchema.creative_rates`).
 
-    ``slot_hint`` is ignored by features-v1: the slot is unknown before the pod is built, so
-    the schema uses the break's pod limits instead (see the module docstring)."""
+    ``slot_hint`` is ignored: the slot is unknown before the pod is built, so the schema
+    uses the break's pod limits instead (see the module docstring)."""
     del slot_hint
     return FeatureRow(
         request=RequestPart.from_request(req, ctx.now),
         ad=AdPart.from_candidate(cand),
         completion_rate=ctx.completion_rates.get(cand.line_item.id),
         viewer_exposures=ctx.viewer_exposures,
+        creative_completion_rate=(creative_rates or {}).get(cand.creative.id),
     )
 
 
@@ -237,11 +258,13 @@ def from_record(
     ``viewer_exposures`` and ``completion_rate`` (float or None), as produced by
     :meth:`LogHistory.history`. The realised ``ad["slot"]`` is deliberately not used."""
     rate = history.get("completion_rate")
+    crate = history.get("creative_completion_rate")
     return FeatureRow(
         request=RequestPart.from_context(context, str(history["at"])),
         ad=AdPart.from_ad(ad),
         completion_rate=None if rate is None else float(rate),
         viewer_exposures=int(history.get("viewer_exposures") or 0),
+        creative_completion_rate=None if crate is None else float(crate),
     )
 
 
@@ -277,16 +300,29 @@ class LogHistory:
     def __init__(self) -> None:
         self.impressions: Counter[str] = Counter()
         self.completes: Counter[str] = Counter()
+        self.creative_impressions: Counter[str] = Counter()
+        self.creative_completes: Counter[str] = Counter()
         self._exposures: dict[str, Counter[int]] = {}
 
-    def observe_beacon(self, event: str, line_item_id: str, viewer: str, at_ts: float) -> None:
+    def observe_beacon(
+        self,
+        event: str,
+        line_item_id: str,
+        viewer: str,
+        at_ts: float,
+        creative_id: str | None = None,
+    ) -> None:
         """A *counted* beacon (the caller filters ``counted``)."""
         if event == "impression":
             self.impressions[line_item_id] += 1
+            if creative_id is not None:
+                self.creative_impressions[creative_id] += 1
             bucket = int(at_ts // EXPOSURE_WINDOW.bucket_s)
             self._exposures.setdefault(viewer, Counter())[bucket] += 1
         elif event == "complete":
             self.completes[line_item_id] += 1
+            if creative_id is not None:
+                self.creative_completes[creative_id] += 1
 
     def observe(self, record: Mapping[str, Any]) -> None:
         """Any record; only counted beacons with a token change the history."""
@@ -295,11 +331,13 @@ class LogHistory:
         li = record.get("line_item_id")
         if li is None:
             return
+        cid = record.get("creative_id")
         self.observe_beacon(
             str(record["event"]),
             str(li),
             str(record.get("viewer") or ""),
             parse_time(str(record["at"])).timestamp(),
+            None if cid is None else str(cid),
         )
 
     def viewer_exposures(self, viewer: str, at_ts: float) -> int:
@@ -315,6 +353,21 @@ class LogHistory:
     def completion_rate(self, line_item_id: str) -> float | None:
         return historic_rate(self.impressions[line_item_id], self.completes[line_item_id])
 
+    def creative_completion_rate(self, creative_id: str) -> float | None:
+        return historic_rate(
+            self.creative_impressions[creative_id], self.creative_completes[creative_id]
+        )
+
+    def creative_rates(self) -> dict[str, float]:
+        """Every creative's rate now (those with enough impressions): what a model bundle
+        carries for serving."""
+        out: dict[str, float] = {}
+        for cid in sorted(self.creative_impressions):
+            rate = self.creative_completion_rate(cid)
+            if rate is not None:
+                out[cid] = round(rate, 6)
+        return out
+
     def history(self, decision: Mapping[str, Any], ad: Mapping[str, Any]) -> dict[str, Any]:
         """The ``history`` argument of :func:`from_record` for one ad of a decision record."""
         at = str(decision["at"])
@@ -324,6 +377,11 @@ class LogHistory:
                 str(decision.get("viewer") or ""), parse_time(at).timestamp()
             ),
             "completion_rate": self.completion_rate(str(ad["line_item_id"])),
+            "creative_completion_rate": (
+                None
+                if ad.get("creative_id") is None
+                else self.creative_completion_rate(str(ad["creative_id"]))
+            ),
         }
 
 
@@ -360,7 +418,7 @@ def ad_categories(p: AdPart) -> dict[str, str]:
 
 
 def _feature_names(
-    vocabularies: Mapping[str, tuple[str, ...]], genre_flags: tuple[str, ...]
+    vocabularies: Mapping[str, tuple[str, ...]], genre_flags: tuple[str, ...], version: str
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     def onehot(cats: Iterable[str]) -> list[str]:
         out: list[str] = []
@@ -375,7 +433,11 @@ def _feature_names(
         *(f"has_genre={g}" for g in genre_flags),
     )
     ad = (*AD_NUMERIC, *onehot(AD_CATEGORICAL))
-    return tuple(req), tuple(ad), HISTORY_NUMERIC
+    return (
+        tuple(req),
+        tuple(ad),
+        HISTORY_NUMERIC if version == "features-v1" else HISTORY_NUMERIC_V2,
+    )
 
 
 class FeatureSchema:
@@ -386,12 +448,28 @@ class FeatureSchema:
         vocabularies: Mapping[str, Sequence[str]],
         genre_flags: Sequence[str],
         version: str = SCHEMA_VERSION,
+        creative_rates: Mapping[str, float] | None = None,
     ) -> None:
-        if version != SCHEMA_VERSION:
+        if version not in SUPPORTED_VERSIONS:
             raise SchemaError(
                 f"feature schema version {version!r} is not supported "
-                f"(this build computes {SCHEMA_VERSION!r}); retrain the model"
+                f"(this build reads {', '.join(SUPPORTED_VERSIONS)}); retrain the model"
             )
+        if creative_rates and version == "features-v1":
+            raise SchemaError("a features-v1 schema has no creative completion rates")
+        rates: dict[str, float] = {}
+        for cid, rate in (creative_rates or {}).items():
+            if not (
+                isinstance(cid, str)
+                and isinstance(rate, int | float)
+                and not isinstance(rate, bool)
+                and 0.0 <= rate <= 1.0
+            ):
+                raise SchemaError(f"creative completion rate of {cid!r} is not in [0, 1]")
+            rates[cid] = float(rate)
+        self.creative_rates: Mapping[str, float] = MappingProxyType(rates)
+        """Each creative's historic completion rate when the model was trained (those with
+        enough counted impressions): the creative column's value at serving."""
         missing = [c for c in CATEGORICALS if c not in vocabularies]
         if missing:
             raise SchemaError(f"feature schema lacks vocabularies for {missing}")
@@ -405,13 +483,16 @@ class FeatureSchema:
         self.genre_flags = tuple(str(g) for g in genre_flags)
         if len(set(self.genre_flags)) != len(self.genre_flags):
             raise SchemaError("genre_flags has duplicates")
-        req, ad, hist = _feature_names(self.vocabularies, self.genre_flags)
+        req, ad, hist = _feature_names(self.vocabularies, self.genre_flags, version)
         self.request_features, self.ad_features, self.history_features = req, ad, hist
         self.features: tuple[str, ...] = (*req, *ad, *hist)
         self.n_request, self.n_ad = len(req), len(ad)
         self.n_features = len(self.features)
         self.rate_col = self.n_request + self.n_ad
         self.exposure_col = self.rate_col + 1
+        self.creative_rate_col: int | None = (
+            None if version == "features-v1" else self.exposure_col + 1
+        )
         req_index = {n: i for i, n in enumerate(req)}
         ad_index = {n: i for i, n in enumerate(ad)}
         self._req_onehot = {
@@ -442,6 +523,11 @@ class FeatureSchema:
             "missing": "NaN",
             "other": OTHER,
             "none": NONE,
+            **(
+                {"creative_rates": dict(sorted(self.creative_rates.items()))}
+                if self.creative_rate_col is not None
+                else {}
+            ),
         }
 
     @staticmethod
@@ -458,7 +544,10 @@ class FeatureSchema:
             raise SchemaError("feature schema lacks vocabularies or genre_flags")
         if not all(isinstance(v, list) for v in vocab.values()):
             raise SchemaError("feature schema vocabularies must be lists")
-        schema = FeatureSchema(vocab, flags, version)
+        rates = doc.get("creative_rates")
+        if rates is not None and not isinstance(rates, dict):
+            raise SchemaError("feature schema creative_rates must be an object")
+        schema = FeatureSchema(vocab, flags, version, rates)
         if list(schema.features) != doc.get("features"):
             raise SchemaError(
                 "feature names in the schema do not match the ones its vocabularies define"
@@ -522,6 +611,11 @@ class FeatureSchema:
             NAN if r.completion_rate is None else r.completion_rate for r in rows
         ]
         x[:, self.exposure_col] = [r.viewer_exposures for r in rows]
+        if self.creative_rate_col is not None:
+            x[:, self.creative_rate_col] = [
+                NAN if r.creative_completion_rate is None else r.creative_completion_rate
+                for r in rows
+            ]
         return x
 
     def canary_rows(self) -> list[FeatureRow]:
@@ -562,6 +656,7 @@ class FeatureSchema:
                     ),
                     completion_rate=None if i % 2 else 0.05 * (i % 20),
                     viewer_exposures=i % 30,
+                    creative_completion_rate=None if i % 3 else 0.04 * (i % 25),
                 )
             )
         return rows
@@ -583,9 +678,12 @@ def learn_schema(
     min_count: int = 20,
     max_values: int = 24,
     genre_flags: int = 8,
+    creative_rates: Mapping[str, float] | None = None,
 ) -> FeatureSchema:
     """Vocabularies from training rows: values seen ``min_count``+ times, most frequent first
-    (ties by name), at most ``max_values`` per categorical; the top ``genre_flags`` genres."""
+    (ties by name), at most ``max_values`` per categorical; the top ``genre_flags`` genres.
+    ``creative_rates`` (:meth:`LogHistory.creative_rates` at the end of the log) ride along
+    for serving."""
     counts: dict[str, Counter[str]] = {c: Counter() for c in CATEGORICALS}
     genre_counts: Counter[str] = Counter()
     req_seen: Counter[RequestPart] = Counter(r.request for r in rows)
@@ -606,6 +704,7 @@ def learn_schema(
     return FeatureSchema(
         {cat: top(counts[cat], max_values) for cat in CATEGORICALS},
         top(genre_counts, genre_flags),
+        creative_rates=creative_rates,
     )
 
 
@@ -656,4 +755,7 @@ class ServingEncoder:
         rates = ctx.completion_rates
         x[:, s.rate_col] = [rates.get(c.line_item.id, NAN) for c in cands]
         x[:, s.exposure_col] = ctx.viewer_exposures
+        if s.creative_rate_col is not None:
+            crates = s.creative_rates
+            x[:, s.creative_rate_col] = [crates.get(c.creative.id, NAN) for c in cands]
         return x

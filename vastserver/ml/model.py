@@ -42,7 +42,7 @@ import xgboost as xgb
 from cachetools import LRUCache
 
 from vastserver.ml.features import (
-    SCHEMA_VERSION,
+    SUPPORTED_VERSIONS,
     FeatureSchema,
     RequestPart,
     SchemaError,
@@ -284,10 +284,10 @@ class ModelBundle:
         except ValueError as e:
             raise ModelError(f"model bundle {root}: {SCHEMA_FILE} is not JSON: {e}") from None
         got_version = schema_doc.get("version") if isinstance(schema_doc, dict) else None
-        if got_version != SCHEMA_VERSION:
+        if got_version not in SUPPORTED_VERSIONS:
             raise ModelError(
-                f"model bundle {root}: feature schema {got_version!r} does not match this "
-                f"server's {SCHEMA_VERSION!r}; retrain the model with this version"
+                f"model bundle {root}: feature schema {got_version!r} is not one this server "
+                f"reads ({', '.join(SUPPORTED_VERSIONS)}); retrain the model with this version"
             )
         try:
             schema = FeatureSchema.from_json(schema_doc)

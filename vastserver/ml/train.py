@@ -145,6 +145,13 @@ class Dataset:
     skipped_records: int = 0
     """Records or ads missing fields the features need (skipped, counted)."""
     max_time: float | None = None
+    creative_rates: dict[str, float] = field(default_factory=dict)
+    """Each creative's completion rate over the whole log (enough impressions only): what
+    the bundle carries for serving. Training rows see the rate as of their decision."""
+
+
+def _opt_id(v: object) -> str | None:
+    return None if v is None else str(v)
 
 
 def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
@@ -192,15 +199,17 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
             completed.add(sid)
         else:
             clicked.add(sid)
-        items.append((t, 1, order, (ev, str(rec.get("line_item_id")), rec.get("viewer"))))
+        cid = rec.get("creative_id")
+        beacon = (ev, str(rec.get("line_item_id")), rec.get("viewer"), _opt_id(cid))
+        items.append((t, 1, order, beacon))
     ds.records, ds.files, ds.torn_lines = stats.events, stats.files, stats.torn_lines
     ds.max_time = max_time
     items.sort(key=lambda it: (it[0], it[1], it[2]))
     history = LogHistory()
     for t, kind, _, payload in items:
         if kind == 1:
-            ev, li, viewer = payload
-            history.observe_beacon(ev, li, str(viewer or ""), t)
+            ev, li, viewer, creative = payload
+            history.observe_beacon(ev, li, str(viewer or ""), t, creative)
             continue
         decision, ads = payload
         ctx = decision["context"]
@@ -217,6 +226,7 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
             ds.times.append(t)
             ds.complete.append(1 if sid in completed else 0)
             ds.click.append(1 if sid in clicked else 0)
+    ds.creative_rates = history.creative_rates()
     return ds
 
 
@@ -408,7 +418,7 @@ def train_bundle(ds: Dataset, out: Path, config: TrainConfig) -> dict[str, Any]:
 
     rows_tr = [ds.rows[i] for i in tr]
     rows_ho = [ds.rows[i] for i in ho]
-    schema = learn_schema(rows_tr)
+    schema = learn_schema(rows_tr, creative_rates=ds.creative_rates)
     x_tr = schema.vectorize(rows_tr)
     x_ho = schema.vectorize(rows_ho)
     names = list(schema.features)
