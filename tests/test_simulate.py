@@ -330,6 +330,7 @@ def test_model_comparison_runs_both_arms() -> None:
     assert c["price"]["scorer"]["name"] == "price"
     assert c["model"]["scorer"]["name"] == "model"
     assert c["completion_lift_pct"] is not None
+    assert c["expected_completion_lift_pct"] is not None
     for arm in r["arms"].values():
         _assert_guarantees(arm)
 
@@ -507,6 +508,12 @@ def test_write_outputs_for_a_comparison(tmp_path: Path, first_run: dict[str, Any
 
     both = comparison_report(first_run, first_run)
     assert both["comparison"]["completion_lift_pct"] == 0.0
+    assert both["comparison"]["expected_completion_lift_pct"] == 0.0
+    c = first_run["completion"]
+    # the expected completions are the ground truth's probabilities of the ads played:
+    # close to the drawn ones, not equal
+    assert 0.5 < c["expected_rate"] < 1.0 and c["expected_completes"] != c["completes"]
+    assert abs(c["expected_completes"] - c["completes"]) < 0.05 * c["impressions"]
     files = write_outputs(both, tmp_path)
     assert "report.json" in files and "price arm" in (tmp_path / "report.txt").read_text()
 

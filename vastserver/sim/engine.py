@@ -516,7 +516,10 @@ class Engine:
                 recent_exposures=self._recent(plan.device.key, t),
                 hour_utc=self.clock.at(t).astimezone(UTC).hour,
             )
-            o = self.truth.simulate(x, s.rng)
+            # Common random numbers: the viewer's response to the ad in this slot of this
+            # break draws from its own stream, so two runs of a seed that put different ads
+            # there (model vs price) differ by the ads, not by the luck of the draw.
+            o = self.truth.simulate(x, random.Random(f"{plan.rng_seed}:ad:{i}:{n}"))
             self.stats["ads_attempted"] += 1
             if not o.impression:
                 if o.failure == "error" and ad.error_url:
@@ -535,6 +538,7 @@ class Engine:
             if served is not None:
                 served.played_ms = t
                 served.complete = o.complete
+                served.p_complete = self.truth.params.start_rate * self.truth.p_complete(x)
             self.beacon(s, "impression", sid, ad.impression_url, t + int(s.rng.uniform(50, 400)))
             for ev in o.progress:
                 url = ad.tracking.get(ev)

@@ -35,6 +35,10 @@ class ServedAd:
     """When the server counted its impression (simulator's replica of the dedupe rules)."""
     complete: bool = False
     """The viewer watched it to the end (ground truth)."""
+    p_complete: float | None = None
+    """The ground truth's probability that it would be watched to the end, once played:
+    summed over played ads it gives the completions a ranking earns, without the luck of
+    the draws."""
 
 
 @dataclass(slots=True)

@@ -255,6 +255,7 @@ def build_report(
 
     played = [a for a in ads if a.played_ms is not None]
     completes = sum(a.complete for a in played)
+    expected = sum(a.p_complete or 0.0 for a in played)
     counted_imps = sum(engine.counted[(li, "impression")] for li in catalog.line_items)
     counted_completes = sum(engine.counted[(li, "complete")] for li in catalog.line_items)
     revenue = sum(a.price_micros / 1e9 for a in ads if a.impression_arrival_ms is not None)
@@ -305,6 +306,8 @@ def build_report(
             "impressions": len(played),
             "completes": completes,
             "rate": _rate(completes, len(played)),
+            "expected_completes": round(expected, 3),
+            "expected_rate": _rate(expected, len(played)),
             "server_counted_impressions": counted_imps,
             "server_counted_completes": counted_completes,
             "server_counted_rate": _rate(counted_completes, counted_imps),
@@ -385,6 +388,7 @@ def comparison_report(price: dict[str, Any], model: dict[str, Any]) -> dict[str,
         return {
             "scorer": r["scorer"],
             "completion_rate": r["completion"]["rate"],
+            "expected_completion_rate": r["completion"]["expected_rate"],
             "impressions": r["completion"]["impressions"],
             "completes": r["completion"]["completes"],
             "revenue": r["completion"]["revenue"],
@@ -392,13 +396,17 @@ def comparison_report(price: dict[str, Any], model: dict[str, Any]) -> dict[str,
             "verdicts": r["verdicts"],
         }
 
-    p, m = price["completion"]["rate"], model["completion"]["rate"]
-    lift = round((m / p - 1.0) * 100, 3) if p and m is not None else None
+    def lift(key: str) -> float | None:
+        p, m = price["completion"][key], model["completion"][key]
+        return round((m / p - 1.0) * 100, 3) if p and m is not None else None
+
     return {
         "comparison": {
             "price": arm(price),
             "model": arm(model),
-            "completion_lift_pct": lift,
+            "completion_lift_pct": lift("rate"),
+            "expected_completion_lift_pct": lift("expected_rate"),
+            "expected_completes_lift_pct": lift("expected_completes"),
             "completes_lift_pct": round(
                 (model["completion"]["completes"] / price["completion"]["completes"] - 1) * 100, 3
             )
@@ -436,6 +444,7 @@ def render_text(report: Mapping[str, Any]) -> str:
         ]
         for label, key, fmt in (
             ("completion rate", "completion_rate", _pct),
+            ("expected (truth)", "expected_completion_rate", _pct),
             ("impressions", "impressions", str),
             ("completes", "completes", str),
             ("revenue", "revenue", lambda v: f"{v:.2f}"),
@@ -449,6 +458,9 @@ def render_text(report: Mapping[str, Any]) -> str:
             f"  completion-rate lift: {c['completion_lift_pct']} %   "
             f"completes lift: {c['completes_lift_pct']} %   "
             f"revenue change: {c['revenue_change_pct']} %",
+            f"  expected (the ground truth's probabilities of the ads played, no draw luck): "
+            f"completion-rate lift {c['expected_completion_lift_pct']} %, "
+            f"completes lift {c['expected_completes_lift_pct']} %",
             "",
         ]
         for name in ("price", "model"):
