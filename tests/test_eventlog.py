@@ -691,3 +691,18 @@ def test_report_on_an_unreadable_log_is_a_clear_error(
         assert report.main_report([str(tmp_path), *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith("cannot read the event log: [Errno 13] Permission denied")
+
+
+def test_a_directory_of_instance_logs_reads_them_all(tmp_path: Path) -> None:
+    """``simulate --event-log DIR`` writes DIR/instance-0, DIR/instance-1: train and report
+    given DIR read every instance's segments (before, a parent directory read nothing)."""
+    for i in (1, 0):
+        log = EventLog(tmp_path / "events" / f"instance-{i}", clock=lambda: FIXED_TS)
+        log.append({"type": "decision", "i": i})
+        log.close()
+    (tmp_path / "events" / "notes.txt").write_text("not a segment")
+    back = list(read_events(tmp_path / "events"))
+    assert [r["i"] for r in back] == [0, 1]  # subdirectories in name order
+    loop = tmp_path / "events" / "instance-0" / "loop"
+    loop.symlink_to(tmp_path / "events", target_is_directory=True)  # not followed
+    assert [r["i"] for r in read_events(tmp_path / "events")] == [0, 1]

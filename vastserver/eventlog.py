@@ -601,7 +601,9 @@ def read_events(
 
     ``paths`` are files (``.jsonl`` or ``.jsonl.gz``) or directories; a directory contributes
     its ``*.jsonl`` and ``*.jsonl.gz`` files in name order (a ``.gz`` whose uncompressed twin
-    is still there is skipped). A file's last line without its newline is a torn write: it is
+    is still there is skipped), then its subdirectories' the same way, in name order (the
+    logs of several instances side by side, as ``vastserver simulate --event-log`` writes).
+    A file's last line without its newline is a torn write: it is
     skipped and counted in ``stats.torn_lines``. A complete line that is not a JSON object
     raises :class:`EventLogCorruptError`, or is counted and skipped with ``skip_invalid``.
     """
@@ -620,18 +622,27 @@ def read_events(
             yield from _read_file(path, st, skip_invalid)
 
 
-def _segment_files(directory: Path) -> list[Path]:
+def _segment_files(directory: Path, depth: int = 0) -> list[Path]:
+    entries = list(directory.iterdir())
     names = {
         p.name
-        for p in directory.iterdir()
+        for p in entries
         if (p.name.endswith(SEGMENT_SUFFIX) or p.name.endswith(SEGMENT_SUFFIX + ".gz"))
         and p.is_file()  # not a directory (or a dangling link) that happens to be named so
     }
-    return [
+    out = [
         directory / n
         for n in sorted(names)
         if not (n.endswith(".gz") and n[: -len(".gz")] in names)
     ]
+    if depth < _MAX_DEPTH:
+        for sub in sorted(p for p in entries if p.is_dir() and not p.is_symlink()):
+            out += _segment_files(sub, depth + 1)
+    return out
+
+
+_MAX_DEPTH = 4
+"""How deep directories are searched for segments (no symlinked directories: no loops)."""
 
 
 def _read_file(path: Path, st: ReadStats, skip_invalid: bool) -> Iterator[dict[str, Any]]:
