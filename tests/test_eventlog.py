@@ -706,3 +706,29 @@ def test_a_directory_of_instance_logs_reads_them_all(tmp_path: Path) -> None:
     loop = tmp_path / "events" / "instance-0" / "loop"
     loop.symlink_to(tmp_path / "events", target_is_directory=True)  # not followed
     assert [r["i"] for r in read_events(tmp_path / "events")] == [0, 1]
+
+
+def test_overlapping_paths_read_once_and_an_unlistable_subdirectory_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in (0, 1):
+        log = EventLog(tmp_path / "events" / f"instance-{i}", clock=lambda: FIXED_TS)
+        log.append({"type": "decision", "i": i})
+        log.close()
+    st = ReadStats()
+    both = [tmp_path / "events", tmp_path / "events" / "instance-0"]
+    assert [r["i"] for r in read_events(both, stats=st)] == [0, 1]
+    assert st.repeated_files == 1
+
+    (tmp_path / "events" / "lost+found").mkdir()
+    real_iterdir = Path.iterdir
+
+    def iterdir(self: Path) -> Any:
+        if self.name == "lost+found":  # root-only on a volume of its own
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    st = ReadStats()
+    assert [r["i"] for r in read_events(tmp_path / "events", stats=st)] == [0, 1]
+    assert st.unreadable_dirs == 1

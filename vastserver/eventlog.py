@@ -586,6 +586,8 @@ class ReadStats:
     events: int = 0
     torn_lines: int = 0  # unterminated last lines (crash mid-write), skipped
     invalid_lines: int = 0  # complete but unparsable lines, skipped with skip_invalid=True
+    unreadable_dirs: int = 0  # subdirectories that could not be listed (lost+found), skipped
+    repeated_files: int = 0  # files named twice (a directory and its subdirectory), read once
 
 
 PathArg: TypeAlias = str | os.PathLike[str]
@@ -602,7 +604,9 @@ def read_events(
     ``paths`` are files (``.jsonl`` or ``.jsonl.gz``) or directories; a directory contributes
     its ``*.jsonl`` and ``*.jsonl.gz`` files in name order (a ``.gz`` whose uncompressed twin
     is still there is skipped), then its subdirectories' the same way, in name order (the
-    logs of several instances side by side, as ``vastserver simulate --event-log`` writes).
+    logs of several instances side by side, as ``vastserver simulate --event-log`` writes);
+    a subdirectory that cannot be listed is skipped and counted, and a file reached twice
+    (a directory given with its own subdirectory) is read once.
     A file's last line without its newline is a torn write: it is
     skipped and counted in ``stats.torn_lines``. A complete line that is not a JSON object
     raises :class:`EventLogCorruptError`, or is counted and skipped with ``skip_invalid``.
@@ -610,19 +614,31 @@ def read_events(
     st = stats if stats is not None else ReadStats()
     if isinstance(paths, str | os.PathLike):
         paths = [paths]
+    seen: set[Path] = set()
+
+    def first_time(file: Path) -> bool:
+        key = file.resolve()
+        if key in seen:
+            st.repeated_files += 1
+            return False
+        seen.add(key)
+        return True
+
     for arg in paths:
         path = Path(arg)
         if path.is_dir():
-            for file in _segment_files(path):
+            for file in _segment_files(path, st):
+                if not first_time(file):
+                    continue
                 try:
                     yield from _read_file(file, st, skip_invalid)
                 except FileNotFoundError:
                     continue  # pruned or compressed while we were reading the directory
-        else:
+        elif first_time(path):
             yield from _read_file(path, st, skip_invalid)
 
 
-def _segment_files(directory: Path, depth: int = 0) -> list[Path]:
+def _segment_files(directory: Path, st: ReadStats, depth: int = 0) -> list[Path]:
     entries = list(directory.iterdir())
     names = {
         p.name
@@ -637,7 +653,10 @@ def _segment_files(directory: Path, depth: int = 0) -> list[Path]:
     ]
     if depth < _MAX_DEPTH:
         for sub in sorted(p for p in entries if p.is_dir() and not p.is_symlink()):
-            out += _segment_files(sub, depth + 1)
+            try:
+                out += _segment_files(sub, st, depth + 1)
+            except OSError:  # unreadable (a root-only lost+found) or gone meanwhile
+                st.unreadable_dirs += 1
     return out
 
 
