@@ -316,7 +316,7 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main_simulate(["--catalog", str(tmp_path / "missing.json")]) == 2
 
 
-def test_model_comparison_runs_both_arms() -> None:
+def test_model_comparison_runs_both_arms(tmp_path: Path) -> None:
     from vastserver.ml.model import ModelBundle, ModelError
 
     bundle = ROOT / "fixtures" / "demo-model"
@@ -324,8 +324,11 @@ def test_model_comparison_runs_both_arms() -> None:
         ModelBundle.load(bundle)
     except ModelError as e:
         pytest.skip(f"no loadable model bundle in fixtures/demo-model yet: {e}")
-    cfg = _config(households=80, hours=1.0, model_path=bundle)
+    cfg = _config(households=80, hours=1.0, model_path=bundle, event_log_dir=tmp_path / "log")
     r = run_comparison(cfg)
+    # each arm logs apart: one log holding both runs of the same hours would mislead training
+    for arm in ("price", "model"):
+        assert list((tmp_path / "log" / arm / "instance-0").glob("*.jsonl"))
     c = r["comparison"]
     assert c["price"]["scorer"]["name"] == "price"
     assert c["model"]["scorer"]["name"] == "model"

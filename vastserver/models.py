@@ -7,7 +7,7 @@
   ``vastserver_model_fallback_total{reason="load_failed"}`` counts it.
 * **Hot reload**: SIGHUP, ``POST /admin/model/reload`` or a change of the bundle's files
   (polled every ``VASTSERVER_MODEL_WATCH_S`` seconds) loads the new bundle in a worker thread;
-  only a bundle that validates (files and checksums, schema version == the feature module's,
+  only a bundle that validates (files and checksums, a schema version the feature module reads,
   finite canary scores in [0, 1]) replaces the old one, which keeps serving otherwise.
 * **Shadow**: ``VASTSERVER_SHADOW_MODEL`` is scored on ``VASTSERVER_SHADOW_SAMPLE`` of the
   decisions; its predictions go to the event log next to the served ones, never into a value.

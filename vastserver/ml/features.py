@@ -365,7 +365,7 @@ class LogHistory:
         for cid in sorted(self.creative_impressions):
             rate = self.creative_completion_rate(cid)
             if rate is not None:
-                out[cid] = round(rate, 6)
+                out[cid] = rate  # unrounded: training rows saw exactly these values
         return out
 
     def history(self, decision: Mapping[str, Any], ad: Mapping[str, Any]) -> dict[str, Any]:

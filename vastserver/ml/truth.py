@@ -178,7 +178,7 @@ class ViewerModel:
         return z
 
     def p_complete(self, x: AdExposure) -> float:
-        """P(complete | impression)."""
+        """P(complete | started); given an impression, ``params.start_rate`` times this."""
         return _sigmoid(self.complete_logit(x))
 
     def p_click(self, x: AdExposure) -> float:

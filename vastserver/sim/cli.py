@@ -108,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="server setting override by load_settings name, e.g. separation_breaks=2 (repeatable)",
     )
     p.add_argument(
-        "--event-log", type=Path, metavar="DIR", help="let the servers write their event logs here"
+        "--event-log",
+        type=Path,
+        metavar="DIR",
+        help="let the servers write their event logs here (DIR/instance-N; with "
+        "--compare-model DIR/price/... and DIR/model/...)",
     )
     p.add_argument("--json", action="store_true", help="print the JSON report instead of text")
     return p

@@ -519,7 +519,8 @@ class Engine:
             # Common random numbers: the viewer's response to the ad in this slot of this
             # break draws from its own stream, so two runs of a seed that put different ads
             # there (model vs price) differ by the ads, not by the luck of the draw.
-            o = self.truth.simulate(x, random.Random(f"{plan.rng_seed}:ad:{i}:{n}"))
+            ad_rng = random.Random(f"{plan.rng_seed}:ad:{i}:{n}")
+            o = self.truth.simulate(x, ad_rng)
             self.stats["ads_attempted"] += 1
             if not o.impression:
                 if o.failure == "error" and ad.error_url:
@@ -555,7 +556,7 @@ class Engine:
                 t += ad.duration_ms + 100
                 continue
             t += int(o.watched_fraction * ad.duration_ms)
-            if s.rng.random() < EXIT_ON_ABANDONED_AD:
+            if ad_rng.random() < EXIT_ON_ABANDONED_AD:  # the viewer's, from the slot's stream
                 self.stats["sessions_left_during_ad"] += 1
                 rest = fb.serving_ids[n + 1 :]
                 self._not_used(s, [a.impression_url for a in ads[n + 1 :]], rest, t, ssai_only=True)

@@ -288,8 +288,13 @@ async def run_comparison_async(config: SimConfig, workdir: Path | None = None) -
     if config.model_path is None:
         raise SimError("a model comparison needs a model bundle (--model PATH)")
     t0 = time.perf_counter()
-    price = await run_simulation_async(replace(config, model_path=None), workdir)
-    model = await run_simulation_async(config, workdir)
+
+    def arm(name: str) -> SimConfig:  # each arm logs apart: one log must not hold both
+        log = config.event_log_dir
+        return replace(config, event_log_dir=None if log is None else log / name)
+
+    price = await run_simulation_async(replace(arm("price"), model_path=None), workdir)
+    model = await run_simulation_async(arm("model"), workdir)
     out = comparison_report(price, model)
     out["run"] = {"wall_seconds": round(time.perf_counter() - t0, 2)}
     return out
