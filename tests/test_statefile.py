@@ -325,7 +325,8 @@ def test_a_second_server_on_the_file_and_a_failed_last_save(
     servers.append(second)
     assert second.proc.wait(30) == 2
     out = second.proc.stdout.read().decode() if second.proc.stdout else ""
-    assert "in use by another running server" in out
+    assert "in use by another running server" in out and "stop the other server" in out
+    assert "move it away" not in out
 
     _serve_and_count(first, "dev-3")
     shutil.rmtree(state.parent)

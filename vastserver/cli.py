@@ -80,7 +80,12 @@ def _run_worker(
     try:
         app = create_app(settings)
     except StateFileError as e:
-        print(f"{e} (move it away to start with empty state)", file=sys.stderr)
+        hint = (
+            "stop the other server, or give this one another --state-file"
+            if e.in_use
+            else "move it away to start with empty state"
+        )
+        print(f"{e} ({hint})", file=sys.stderr)
         sys.exit(2)
     # Everything loaded at start-up is long-lived: keep it out of the GC's generations.
     gc.collect()

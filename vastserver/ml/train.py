@@ -568,7 +568,7 @@ def main_train(argv: Sequence[str]) -> int:
     )
     p.add_argument(
         "--events", type=Path, nargs="+", required=True, metavar="PATH",
-        help="event log directories or segment files",
+        help="event log directories (their subdirectories too) or segment files",
     )  # fmt: skip
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
     p.add_argument("--seed", type=int, default=0, metavar="S")

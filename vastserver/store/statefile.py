@@ -55,6 +55,11 @@ class StateFileError(ValueError):
     """The state file exists but cannot be read back (or is held by another server); the
     message names the file and why."""
 
+    def __init__(self, message: str, *, in_use: bool = False) -> None:
+        super().__init__(message)
+        self.in_use = in_use
+        """Another running server holds the file (not a fault of the file itself)."""
+
 
 class StateLock:
     """An exclusive ``flock`` on ``<file>.lock`` for as long as the process runs: two
@@ -71,7 +76,7 @@ class StateLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise StateFileError(f"{path}: in use by another running server") from None
+            raise StateFileError(f"{path}: in use by another running server", in_use=True) from None
         self.fd = fd
 
     def release(self) -> None:
