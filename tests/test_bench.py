@@ -258,3 +258,24 @@ def test_a_blocks_worker_answers_a_bad_command_and_keeps_serving(tmp_path: Path)
     assert "unknown command 'run abc'" in json.loads(lines[1])["error"]
     assert "unknown command 'fly 2'" in json.loads(lines[2])["error"]
     assert len(json.loads(lines[3])["cpu"]) == 3
+
+
+def test_first_time_lists_give_the_warm_up_beacons_of_its_own(tmp_path: Path) -> None:
+    """Both load generators start at a random offset of their list, so a warm-up and a
+    measured run over one first-time list overlap: the run replays beacons the warm-up
+    counted (run 11a counted 0.894 of its 'first-time' beacons). The list is cut in two."""
+    from dataclasses import replace
+
+    from benchmarks.harness import parser, resolve, split_fresh
+
+    opts = resolve(parser().parse_args([]))  # 1 s warm-up, 10 s runs
+    path = tmp_path / "beacons.txt"
+    lines = [f"beacon\t/t/impression?tk={i}\n" for i in range(1100)]
+    path.write_text("".join(lines))
+    warm, measured = split_fresh(opts, path)
+    assert warm is not None
+    got_warm = warm.read_text().splitlines(keepends=True)
+    got_run = measured.read_text().splitlines(keepends=True)
+    assert len(got_warm) == 100 and got_warm + got_run == lines
+    assert not set(got_warm) & set(got_run)
+    assert split_fresh(replace(opts, warmup=0.0), path) == (None, path)  # --quick: no warm-up
