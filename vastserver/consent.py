@@ -364,31 +364,34 @@ def _us_opted_out(section: _UsSection, text: str) -> bool:
     return False
 
 
+def _gpp_sections(gpp: str) -> tuple[list[int], dict[int, str] | None]:
+    """The section ids a GPP header names, and the sections by id (None when the string
+    cannot be read: no header, or not as many sections as it names)."""
+    if len(gpp) > MAX_TC_STRING:
+        return [], None
+    header, *parts = gpp.split("~")
+    try:
+        bits = _segment_bits(header)
+        if bits.read(0, 6) != 3 or bits.read(6, 6) != 1:
+            return [], None  # not a GPP v1 header
+        ids = _fib_ranges(bits.text(), 12)
+    except ValueError:
+        return [], None
+    if len(ids) != len(parts):
+        return ids, None
+    return ids, dict(zip(ids, parts, strict=True))
+
+
 def read_gpp(gpp: str | None, applicable: tuple[int, ...] | None) -> GppSignals:
     """The parts of a GPP string the decision needs, for the applicable section ids
     (``gpp_sid``; without it, every section the string holds). A section that applies but
     is missing or cannot be read counts against the viewer: no consent for the EU TCF, an
     opt-out for the US ones. A string whose header cannot be read is one such section."""
-    ids: list[int] = []
-    parts: list[str] = []
-    readable = True
-    if gpp:
-        if len(gpp) > MAX_TC_STRING:
-            readable = False
-        else:
-            header, *parts = gpp.split("~")
-            try:
-                bits = _segment_bits(header)
-                if bits.read(0, 6) != 3 or bits.read(6, 6) != 1:
-                    raise ValueError("not a GPP v1 header")
-                ids = _fib_ranges(bits.text(), 12)
-            except ValueError:
-                readable = False
-            if readable and len(ids) != len(parts):
-                readable = False
-    elif applicable is None:
+    if not gpp and applicable is None:
         return NO_GPP
-    by_id = dict(zip(ids, parts, strict=False)) if readable else {}
+    ids, sections = _gpp_sections(gpp) if gpp else ([], {})
+    readable = sections is not None
+    by_id = sections or {}
     wanted = applicable if applicable is not None else tuple(ids)
     gdpr = GPP_TCF_EU in wanted
     tc = by_id.get(GPP_TCF_EU) if gdpr else None

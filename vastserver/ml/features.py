@@ -718,22 +718,28 @@ class ServingEncoder:
     candidate object's ``id`` (the catalog index builds candidates once per snapshot and
     retrieval returns those same objects); the entry keeps a reference to the candidate so the
     id cannot be reused while cached, and is checked by identity. The table is reset when it
-    holds ``max_entries`` candidates (old snapshots then fall out).
+    holds ``max_entries`` candidates (old snapshots then fall out). With a creative column
+    (features-v2) the table has one more column: the creative's rate from the bundle, as
+    fixed per candidate as the ad block.
     """
 
     def __init__(self, schema: FeatureSchema, max_entries: int = 200_000) -> None:
         self.schema = schema
         self.max_entries = max_entries
         self._slots: dict[int, tuple[Candidate, int]] = {}
-        self._table = np.zeros((64, schema.n_ad), dtype=np.float32)
+        self._width = schema.n_ad + (schema.creative_rate_col is not None)
+        self._table = np.zeros((64, self._width), dtype=np.float32)
 
     def _slot(self, cand: Candidate) -> int:
         n = len(self._slots)
         if n >= len(self._table):
-            grown = np.zeros((2 * len(self._table), self.schema.n_ad), dtype=np.float32)
+            grown = np.zeros((2 * len(self._table), self._width), dtype=np.float32)
             grown[:n] = self._table[:n]
             self._table = grown
-        self._table[n] = self.schema.encode_ad(AdPart.from_candidate(cand))
+        s = self.schema
+        self._table[n, : s.n_ad] = s.encode_ad(AdPart.from_candidate(cand))
+        if s.creative_rate_col is not None:
+            self._table[n, s.n_ad] = s.creative_rates.get(cand.creative.id, NAN)
         self._slots[id(cand)] = (cand, n)
         return n
 
@@ -751,11 +757,11 @@ class ServingEncoder:
             hit[1] if (hit := slots.get(id(c))) is not None and hit[0] is c else self._slot(c)
             for c in cands
         ]
-        x[:, s.n_request : s.rate_col] = self._table[idx]
+        rows = self._table[idx]
+        x[:, s.n_request : s.rate_col] = rows[:, : s.n_ad]
         rates = ctx.completion_rates
         x[:, s.rate_col] = [rates.get(c.line_item.id, NAN) for c in cands]
         x[:, s.exposure_col] = ctx.viewer_exposures
         if s.creative_rate_col is not None:
-            crates = s.creative_rates
-            x[:, s.creative_rate_col] = [crates.get(c.creative.id, NAN) for c in cands]
+            x[:, s.creative_rate_col] = rows[:, s.n_ad]
         return x

@@ -122,6 +122,14 @@ def validate(batch: Sequence[Guarded]) -> None:
                 raise ValueError(f"ttl_s must be positive: {i}")
 
 
+def entry_expired(key: str, value: Any, wall: float) -> bool:
+    """Whether an entry of the layout above has expired at ``wall``: a claim's value is its
+    expiry, a tuple's first item is; a plain int never expires."""
+    if key[:1] == _CLAIM:
+        return bool(value <= wall)
+    return type(value) is tuple and value[0] <= wall
+
+
 def _ckey(key: str) -> str:
     return key if key[:1] > _HIST else _ESC + key
 

@@ -39,7 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .memory import MemoryStore
+from .memory import MemoryStore, entry_expired
 
 __all__ = ["FORMAT", "VERSION", "StateFileError", "StateLock", "load_state", "save_state"]
 
@@ -102,7 +102,7 @@ async def save_state(store: MemoryStore, path: Path) -> int:
                 for k, v in zip(
                     keys[start : start + CHUNK], values[start : start + CHUNK], strict=True
                 )
-                if not _expired(k, v, wall)
+                if not entry_expired(k, v, wall)
             ]
             kept += len(chunk)
             lines.append(json.dumps(chunk, separators=(",", ":")))
@@ -114,12 +114,6 @@ async def save_state(store: MemoryStore, path: Path) -> int:
     header = {"format": FORMAT, "version": VERSION, "saved_at": wall, "keys": kept}
     await asyncio.to_thread(_write_atomic, path, [json.dumps(header), *lines])
     return kept
-
-
-def _expired(key: str, value: Any, wall: float) -> bool:
-    if key[:1] == "\x01":  # a claim: its value is its expiry
-        return bool(value <= wall)
-    return type(value) is tuple and value[0] <= wall
 
 
 def _temp_prefix(path: Path) -> str:
