@@ -62,6 +62,13 @@ def describe(errors: list[CatalogIssue]) -> str:
     return "\n".join(str(e) for e in errors)
 
 
+def assert_exactly(errors: list[CatalogIssue], expected: list[tuple[str, str]]) -> None:
+    """Each (path, message fragment) is reported, and nothing else."""
+    for path, fragment in expected:
+        assert has_issue(errors, path, fragment), f"{path}:\n{describe(errors)}"
+    assert len(errors) == len(expected), describe(errors)
+
+
 # --------------------------------------------------------------------------- demo catalog
 
 
@@ -260,6 +267,7 @@ LI_CTV = _index_of("line_items", "li-northstar-winter-ctv")  # device_type targe
 LI_PRIME = _index_of("line_items", "li-northstar-ev-prime")  # has a daypart
 LI_BLUEFIN = _index_of("line_items", "li-bluefin-5g-ctv")
 LI_HOUSE = _index_of("line_items", "li-house-promo")
+LI_SPONSOR = _index_of("line_items", "li-streamly-galaxy-sponsor")  # flat
 
 ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
     # wrong / missing types
@@ -421,6 +429,43 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
 ]  # fmt: skip
 
 
+def test_flat_line_item_rules_report_every_breach() -> None:
+    """A flat fee does not grow with impressions: no slot prices, no spend budget of its
+    own; and value_cpm belongs to flat line items only. All three at once are reported."""
+    doc = demo_doc()
+    sponsor = doc["line_items"][LI_SPONSOR]
+    sponsor["slot_prices"] = {"first": 80.0}
+    sponsor["pacing"] = {"budget": {"spend": 1000.0, "daily_spend": 50.0}}
+    doc["line_items"][LI_CTV]["value_cpm"] = 30.0
+    errors = errors_of(doc)
+    p, c = f"$.line_items[{LI_SPONSOR}]", f"$.line_items[{LI_CTV}]"
+    expected = [
+        (f"{p}.slot_prices", "not a price per slot"),
+        (f"{p}.pacing.budget.spend", "spends nothing per impression"),
+        (f"{p}.pacing.budget.daily_spend", "spends nothing per impression"),
+        (f"{c}.value_cpm", "for flat-priced line items"),
+    ]
+    assert_exactly(errors, expected)
+
+
+def test_ranking_cpm_of_flat_line_items() -> None:
+    """A flat line item competes at its value_cpm; else at its fee over its lifetime
+    impression budget; else at its fee read as a CPM. A CPM line item at its price."""
+    doc = demo_doc()
+    sponsor = doc["line_items"][LI_SPONSOR]
+    assert sponsor["price"] == 25000 and "pacing" not in sponsor
+    plain = parse_catalog(copy.deepcopy(doc)).line_items[sponsor["id"]]
+    assert plain.rank_cpm == 25000
+    sponsor["pacing"] = {"budget": {"impressions": 500_000, "daily_impressions": 20_000}}
+    goal = parse_catalog(copy.deepcopy(doc)).line_items[sponsor["id"]]
+    assert goal.rank_cpm == pytest.approx(50.0)  # 25,000 / 500k x 1,000
+    sponsor["value_cpm"] = 72.5
+    valued = parse_catalog(copy.deepcopy(doc)).line_items[sponsor["id"]]
+    assert valued.rank_cpm == 72.5 and valued.value_cpm == 72.5
+    ctv = parse_catalog(doc).line_items[doc["line_items"][LI_CTV]["id"]]
+    assert ctv.pricing_model == "CPM" and ctv.rank_cpm == ctv.price
+
+
 @pytest.mark.parametrize(
     ("mutate", "path", "fragment"),
     [pytest.param(m, p, f, id=name) for name, m, p, f in ERROR_CASES],
@@ -471,9 +516,7 @@ def test_many_errors_in_one_line_item() -> None:
         (f"{p}.frequency_caps[0].window", "window like"),
         (f"{p}.name", "missing"),
     ]
-    for path, fragment in expected:
-        assert has_issue(errors, path, fragment), f"{path}:\n{describe(errors)}"
-    assert len(errors) == len(expected), describe(errors)
+    assert_exactly(errors, expected)
 
 
 def test_error_message_lists_issues() -> None:

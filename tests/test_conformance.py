@@ -110,6 +110,7 @@ async def test_demo_catalog_variants(client: Any, version: str) -> None:
         f"vast={version}&pod_duration=2&debug=1",
         f"vast={version}&break=pre&device_type=ctv&platform=roku&rating=TV-14&genre=drama",
         f"vast={version}&pod_duration=60&rqddurs=6,15,20&lmt=1",
+        f"vast={version}&break=pre&series=galaxy-patrol&pod_duration=60&max_ads=2",
     ]
     docs = []
     for q in queries:
@@ -125,6 +126,27 @@ async def test_demo_catalog_variants(client: Any, version: str) -> None:
         assert len(result["ads"]) == len(_ads_in(xml)), q
         bad = [w for w in result["warnings"] if not w.startswith(allowed)]
         assert bad == [], (q, bad)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_flat_sponsorship_carries_no_price(client: Any, version: str) -> None:
+    """The demo's flat-fee sponsorship owns the Galaxy Patrol pre-roll's first slot; a flat
+    fee has no price per impression, so its ad has no <Pricing>, while the CPM ad after it
+    has its own (VAST 3.0 on: 2.0 has no <Pricing>)."""
+    xml = await _fetch(
+        client, f"vast={version}&break=pre&series=galaxy-patrol&pod_duration=60&max_ads=2"
+    )
+    ads = _ads_in(xml)
+    assert len(ads) == 2
+    first, second = ads
+    assert str(first.get("id")).startswith("li-streamly-galaxy-sponsor-")
+    assert not str(second.get("id")).startswith("li-streamly-galaxy-sponsor-")
+    assert list(first.iter("{*}Pricing")) == []
+    prices = [float(str(e.text)) for e in second.iter("{*}Pricing")]
+    if version == "2.0":
+        assert prices == []
+    else:
+        assert len(prices) == 1 and prices[0] > 0
 
 
 async def test_vast3_lint_warnings_are_only_the_documented_ones(client: Any) -> None:

@@ -456,6 +456,33 @@ async def test_even_pacing_tracks_the_daily_curve() -> None:
     assert budget * 0.97 <= delivered <= budget * 1.01
 
 
+async def test_flat_line_item_spends_nothing_and_keeps_its_impression_budget() -> None:
+    """A flat fee does not grow with impressions: a flat line item's impressions move no
+    spend budget (not even its campaign's), its VAST price is 0, and impression budgets
+    still bind. The CPM control under the same campaign budget stops at the budget."""
+    spend_budget = {"spend": 0.04}  # two impressions at a $20 CPM
+
+    cpm = _with_li_a()
+    cpm["campaigns"][0]["budget"] = spend_budget
+    svc, _ = _setup(cpm)
+    served = [("li-a" in await _serve_and_confirm(svc, request(f"c{i}"))) for i in range(4)]
+    assert served == [True, True, False, False]
+
+    flat = _with_li_a(pricing_model="flat", pacing={"budget": {"impressions": 3}})
+    flat["campaigns"][0]["budget"] = spend_budget
+    svc, _ = _setup(flat)
+    prices = []
+    for i in range(5):
+        d = await svc.decide(request(f"f{i}"))
+        prices += [a.price_cpm for a in d.ads if a.candidate.line_item.id == "li-a"]
+        for tok in tokens_for(svc, d):
+            assert tok.price_micros == 0 or tok.line_item_id != "li-a"
+            await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)
+    assert prices == [0.0, 0.0, 0.0]  # the impression budget (3) binds, spend does not
+    [row] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
+    assert row["delivered_impressions"] == 3 and row["spend"] == 0
+
+
 async def test_admin_view_fields() -> None:
     cat = _with_li_a(
         pacing={"delivery": "even", "budget": {"impressions": 500}},

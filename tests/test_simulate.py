@@ -25,7 +25,7 @@ from vastserver.sim.checks import check_frequency_caps, check_separation, check_
 from vastserver.sim.cli import main_simulate
 from vastserver.sim.config import Faults, SimConfig
 from vastserver.sim.records import Pod, ServedAd
-from vastserver.sim.report import deterministic_part, render_text, write_outputs
+from vastserver.sim.report import _budget_rows, deterministic_part, render_text, write_outputs
 from vastserver.sim.runner import fit_budgets, run_comparison, run_simulation
 from vastserver.sim.vastdoc import parse_duration_ms, parse_vast, parse_vmap
 
@@ -424,6 +424,40 @@ def _ad(sid: str, **kw: Any) -> ServedAd:
     if ad.impression_arrival_ms is None:
         ad.impression_arrival_ms = ad.played_ms + 200
     return ad
+
+
+def test_budget_rows_count_no_spend_for_flat_impressions() -> None:
+    """The simulator's replica of spend counting follows the server: a flat line item's
+    impressions move its campaign's spend budget by nothing, a CPM one's by its price."""
+    doc = sim_catalog()
+    next(c for c in doc["campaigns"] if c["id"] == "cmp-tel")["budget"] = {"spend": 1.0}
+    doc["line_items"].append(
+        {
+            "id": "li-tel-sponsor",
+            "campaign_id": "cmp-tel",
+            "name": "telecom sponsorship",
+            "tier": "sponsorship",
+            "pricing_model": "flat",
+            "price": 5000,
+            "creative_ids": ["cr-tel-15"],
+        }
+    )
+    catalog = parse_catalog(doc, source="test")
+    tel = {"campaign": "cmp-tel", "advertiser": "adv-tel", "category": "telecom"}
+    ads = [
+        _ad("cpm-1", line_item="li-tel", creative="cr-tel-15", price_micros=18_000_000, **tel),
+        *(
+            _ad(
+                f"flat-{i}", line_item="li-tel-sponsor", creative="cr-tel-15", price_micros=0, **tel
+            )
+            for i in range(3)
+        ),
+    ]
+    start = datetime(2026, 11, 25, 20, tzinfo=UTC)
+    [row] = _budget_rows(
+        "cmp-tel", "campaign", catalog.campaigns["cmp-tel"].budget, ads, catalog, start
+    )
+    assert row["limit"] == "spend" and row["delivered"] == pytest.approx(0.018)
 
 
 def test_cap_checker_finds_and_classifies_excess() -> None:

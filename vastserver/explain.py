@@ -45,6 +45,7 @@ def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
                     "prediction": round(a.prediction, 6),
                     "value": round(a.value, 6),
                     "price_cpm": a.price_cpm,
+                    "pricing_model": a.candidate.line_item.pricing_model,
                 }
                 for a in d.ads
             ],

@@ -21,7 +21,7 @@ from cachetools import LRUCache
 from markupsafe import Markup, escape
 
 from vastserver import __version__
-from vastserver.catalog.model import Creative
+from vastserver.catalog.model import FLAT, Creative
 from vastserver.explain import decision_json
 from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
@@ -138,6 +138,8 @@ class AdVM:
     advertiser: str
     categories: tuple[str, ...]
     price: str
+    priced: bool
+    """Whether the ad carries ``<Pricing>``: a flat line item's impression has no price."""
     currency: str
     impression_url: Markup
     error_url: Markup
@@ -416,6 +418,7 @@ class Renderer:
             advertiser=c.advertiser.domain,
             categories=c.advertiser.categories or cr.categories,
             price=price,
+            priced=c.line_item.pricing_model != FLAT,
             currency=c.line_item.currency,
             impression_url=url("impression"),
             error_url=url("error"),

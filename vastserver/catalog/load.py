@@ -37,6 +37,7 @@ from yarl import URL as YarlURL
 
 from vastserver.catalog.model import (
     DEVICE_TYPES,
+    FLAT,
     MAX_ADS,
     MAX_POD_S,
     PLATFORMS,
@@ -81,7 +82,7 @@ __all__ = [
 TIERS: Mapping[str, Tier] = MappingProxyType({t.name.lower(): t for t in Tier})
 STATUSES: tuple[str, ...] = ("active", "paused", "archived")
 GOALS: tuple[str, ...] = ("impressions", "spend", "completions")
-PRICING_MODELS: tuple[str, ...] = ("CPM", "flat")
+PRICING_MODELS: tuple[str, ...] = ("CPM", FLAT)
 CAP_SCOPES: tuple[str, ...] = ("creative", "line_item", "campaign", "advertiser")
 RENDITION_DELIVERIES: tuple[str, ...] = ("progressive", "streaming")
 STREAMING_MIMES: frozenset[str] = frozenset(
@@ -1020,6 +1021,37 @@ def _line_item(d: dict[str, Any]) -> LineItem:
     )
 
 
+def _flat_pricing(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
+    """A flat line item's fee does not grow with impressions: it has no price per slot and
+    no spend budget of its own, and ``value_cpm`` (how it competes) is for it alone."""
+    if "pricing_model" not in d:
+        return
+    if d["pricing_model"] != FLAT:
+        if "value_cpm" in d:
+            _fail(
+                errs,
+                f"{path}.value_cpm",
+                "value_cpm is for flat-priced line items (a CPM line item competes at its price)",
+            )
+        return
+    if d.get("slot_prices"):
+        _fail(
+            errs,
+            f"{path}.slot_prices",
+            "a flat-priced line item is paid its fee, not a price per slot",
+        )
+    pacing = d.get("pacing")
+    if isinstance(pacing, Pacing):
+        for name in ("spend", "daily_spend"):
+            if getattr(pacing.budget, name) is not None:
+                _fail(
+                    errs,
+                    f"{path}.pacing.budget.{name}",
+                    "a flat-priced line item spends nothing per impression; "
+                    "limit it with impressions or daily_impressions",
+                )
+
+
 SLOT_PRICES = Obj(
     "slot prices",
     {"first": F(number(0, MAX_MONEY), _ABSENT), "last": F(number(0, MAX_MONEY), _ABSENT)},
@@ -1050,9 +1082,10 @@ LINE_ITEM = Obj(
         ),
         "slot": F(enum_of(*(s.value for s in Slot)), "any"),
         "slot_prices": F(SLOT_PRICES, {}),
+        "value_cpm": F(number(0, MAX_MONEY), _ABSENT),
     },
     _line_item,
-    checks=[ordered("start", "end")],
+    checks=[ordered("start", "end"), _flat_pricing],
 )
 
 # ---- ad rules: named placements inherit omitted fields from "default"

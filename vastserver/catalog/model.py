@@ -250,7 +250,8 @@ class LineItem:
     end: datetime
     status: str = "active"
     pricing_model: str = "CPM"
-    """``CPM`` (``price`` per thousand) or ``flat`` (fixed price, sponsorships)."""
+    """``CPM`` (``price`` per thousand impressions) or ``flat`` (:data:`FLAT`: ``price`` is
+    a fixed fee for the flight, as sponsorships are sold; an impression costs nothing)."""
     price: float = 0.0
     currency: str = "USD"
     targeting: Targeting = field(default_factory=Targeting)
@@ -262,6 +263,40 @@ class LineItem:
     """CPM paid when the ad plays first in its pod (a premium for the first impression)."""
     last_slot_price: float | None = None
     """CPM paid when the ad plays last in a pod of two or more."""
+    value_cpm: float | None = None
+    """Flat line items only: the CPM the line item is worth when it competes for a slot
+    (what ad servers call its value CPM). See :func:`ranking_cpm`."""
+    rank_cpm: float = field(init=False, compare=False, repr=False)
+    """:func:`ranking_cpm` of this line item (computed once: every decision asks)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rank_cpm", ranking_cpm(self))
+
+
+FLAT = "flat"
+"""The pricing model of a line item bought for a fixed fee."""
+
+
+def ranking_cpm(li: LineItem) -> float:
+    """The CPM a line item competes with. A CPM line item's is its price. A flat one's is
+    its ``value_cpm`` when set; else its fee spread over its lifetime impression budget
+    when it has one; else the fee itself read as a CPM (a fee is large against CPM prices,
+    so a flat sponsorship without a value outranks the CPM line items of its tier, which is
+    what a sponsorship is bought for). Tiers come first either way."""
+    if li.pricing_model != FLAT:
+        return li.price
+    if li.value_cpm is not None:
+        return li.value_cpm
+    goal = li.pacing.budget.impressions
+    if goal:
+        return li.price * 1000 / goal
+    return li.price
+
+
+def billed_cpm(li: LineItem, price_cpm: float) -> float:
+    """What one impression served at ``price_cpm`` (a slot's price) costs, as a CPM: nothing
+    for a flat line item, whose fee does not grow with impressions."""
+    return 0.0 if li.pricing_model == FLAT else price_cpm
 
 
 MAX_POD_S = 900

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from vastserver.catalog.model import Slot
+from vastserver.catalog.model import Slot, billed_cpm
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.pod import PodConstraints, PodItem, PodResult, build_pod
@@ -52,6 +52,7 @@ class PlacedAd:
     prediction: float
     value: float
     price_cpm: float
+    """What the impression costs, as a CPM: the slot's price; 0 for a flat line item."""
     ad_serving_id: str = ""
     """Assigned once the pod is final (after delivery commits)."""
 
@@ -195,7 +196,9 @@ def decide(
         position = slot_of[it.key]
         price = slot_price(c, position, n_ads)
         value = vals[it.key] * price / effective_cpm(c)
-        placed.append(PlacedAd(c, position, predictions[it.key], value, price))
+        placed.append(
+            PlacedAd(c, position, predictions[it.key], value, billed_cpm(c.line_item, price))
+        )
     for i, c in enumerate(survivors):
         slot = slot_of.get(i)
         reason = None

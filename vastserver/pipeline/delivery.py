@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from vastserver.catalog.model import Budget, Catalog, Delivery, FrequencyCap
+from vastserver.catalog.model import FLAT, Budget, Catalog, Delivery, FrequencyCap
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.reasons import Reason
@@ -166,9 +166,12 @@ class BudgetCheck:
     ttl_s: int | None
 
 
-def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> list[BudgetCheck]:
+def _budget_checks(
+    prefix: str, budget: Budget, day: str, price_micros: int | None
+) -> list[BudgetCheck]:
+    """``price_micros`` None: the impression spends nothing (a flat line item), so no spend
+    budget is checked or moved."""
     out: list[BudgetCheck] = []
-    spend_amount = max(1, price_micros // 1000)  # micros of currency per impression
 
     def add(kind: str, limit: float | None, amount: int, daily: bool) -> None:
         if limit is None:
@@ -187,8 +190,10 @@ def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> 
 
     add("imp", budget.impressions, 1, False)
     add("imp", budget.daily_impressions, 1, True)
-    add("spend", budget.spend, spend_amount, False)
-    add("spend", budget.daily_spend, spend_amount, True)
+    if price_micros is not None:
+        spend_amount = max(1, price_micros // 1000)  # micros of currency per impression
+        add("spend", budget.spend, spend_amount, False)
+        add("spend", budget.daily_spend, spend_amount, True)
     return out
 
 
@@ -203,7 +208,7 @@ def budget_checks(
         day = days.get(camp.timezone) or days.setdefault(
             camp.timezone, local_day(now, camp.timezone)
         )
-    micros = round(price_cpm * 1_000_000)
+    micros = None if li.pricing_model == FLAT else round(price_cpm * 1_000_000)
     return [
         *_budget_checks(f"li:{li.id}", li.pacing.budget, day, micros),
         *_budget_checks(f"cp:{camp.id}", camp.budget, day, micros),
@@ -509,13 +514,14 @@ def note_headroom(
 
 
 def has_budget(c: Candidate) -> bool:
-    """Whether the line item or its campaign has any impression or spend budget."""
+    """Whether the line item or its campaign has any impression budget, or a spend budget
+    that its impressions move (a flat line item's move none)."""
+    spends = c.line_item.pricing_model != FLAT
     for b in (c.line_item.pacing.budget, c.campaign.budget):
         if (
             b.impressions is not None
             or b.daily_impressions is not None
-            or b.spend is not None
-            or b.daily_spend is not None
+            or (spends and (b.spend is not None or b.daily_spend is not None))
         ):
             return True
     return False

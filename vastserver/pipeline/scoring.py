@@ -25,8 +25,9 @@ HOUSE_FLOOR_PRICE = 0.01
 
 
 def effective_cpm(cand: Candidate) -> float:
-    li = cand.line_item
-    return max(li.price, HOUSE_FLOOR_PRICE)
+    """The CPM a candidate competes with: its line item's ranking CPM (for a flat line item
+    not its fee; see :func:`vastserver.catalog.model.ranking_cpm`), at least the house floor."""
+    return max(cand.line_item.rank_cpm, HOUSE_FLOOR_PRICE)
 
 
 @dataclass(frozen=True, slots=True)
