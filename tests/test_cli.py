@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DEMO_CATALOG, ROOT
+from tests.conftest import DEMO_CATALOG, ROOT, make_settings
 from vastserver.catalog.load import load_catalog
+from vastserver.cli import _bind
 
 SECRET = "cli-test-secret-0123456789"
 
@@ -297,6 +298,30 @@ def test_gen_events_refuses_arguments_it_cannot_simulate(
     assert main(["gen-events", "--out", str(tmp_path / "ev"), "--seed", "1", *argv]) == 2
     assert why in capsys.readouterr().err
     assert not (tmp_path / "ev").exists()
+
+
+def test_the_port_refuses_connections_until_a_worker_listens() -> None:
+    """The port is bound before anything loads (a port in use is a clean start-up error)
+    but not listening: until a worker has loaded its catalog, model and state and listens,
+    a client is refused at once instead of waiting unanswered in the backlog."""
+    sock = _bind(make_settings(port=0))
+    try:
+        port = sock.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        sock.listen(8)  # what the worker's site does once it is up
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    finally:
+        sock.close()
+
+
+def test_start_up_logs_listening_then_accepting(server_factory: Any) -> None:
+    srv = server_factory("--event-log", "off")
+    srv.wait_ready()
+    assert srv.stop() == 0
+    assert srv.proc.stdout is not None
+    events = [json.loads(line)["event"] for line in srv.proc.stdout.read().decode().splitlines()]
+    assert events.index("listening") < events.index("accepting") < events.index("stopped")
 
 
 def test_a_busy_metrics_port_is_a_clean_start_up_error() -> None:

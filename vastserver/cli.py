@@ -50,17 +50,23 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
+BACKLOG = 1024
+"""Connections the kernel queues for a worker that has not accepted them yet."""
+
+
 def _bind(settings: Settings, port: int | None = None) -> socket.socket:
-    """The listening socket: the shared main port (SO_REUSEPORT), or with ``port`` a
-    worker's own metrics port (bound here, before any worker starts, so a port in use is a
-    clean start-up error)."""
+    """The server socket: the shared main port (SO_REUSEPORT), or with ``port`` a worker's
+    own metrics port. Bound here, before any worker starts, so a port in use is a clean
+    start-up error; but not listening: a worker listens once its catalog, model and state
+    are loaded (seconds for a large state file), so until then a connection is refused at
+    once (a load balancer tries another instance) instead of waiting unanswered in the
+    backlog."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if port is None and hasattr(socket, "SO_REUSEPORT"):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.host, settings.port if port is None else port))
-    sock.listen(1024)
     sock.set_inheritable(True)
     return sock
 
@@ -113,15 +119,16 @@ async def _serve_until_signal(
 
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
     await runner.setup()
-    site = web.SockSite(runner, sock)
-    await site.start()
+    site = web.SockSite(runner, sock, backlog=BACKLOG)
+    await site.start()  # listens: connections were refused until now
+    event(log, "accepting", pid=os.getpid())
     side: web.AppRunner | None = None
     if metrics_sock is not None:
         # The workers share the main port, so a scrape there reaches one of them at random:
         # each worker also answers /metrics on a port of its own.
         side = web.AppRunner(metrics_app(app), access_log=None, handle_signals=False)
         await side.setup()
-        await web.SockSite(side, metrics_sock).start()
+        await web.SockSite(side, metrics_sock, backlog=BACKLOG).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
