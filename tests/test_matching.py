@@ -6,6 +6,7 @@ import json
 import random
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,13 +15,15 @@ from hypothesis import strategies as st
 
 from vastserver.catalog.gen import generate_catalog
 from vastserver.catalog.load import parse_catalog
-from vastserver.catalog.model import RATINGS, Catalog
+from vastserver.catalog.model import RATINGS, BreakPosition, Catalog
 from vastserver.params import ClientInfo, parse_vast_request
 from vastserver.pipeline import matching
-from vastserver.pipeline.context import AdRequest
+from vastserver.pipeline.candidates import all_candidates
+from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import screen
 from vastserver.pipeline.matching import CatalogIndex, build_index
-from vastserver.pipeline.stages import PRE_DELIVERY_FILTERS, StageEnv
+from vastserver.pipeline.reasons import Reason
+from vastserver.pipeline.stages import PRE_DELIVERY_FILTERS, StageEnv, floor
 
 NOW = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 CLIENT = ClientInfo("198.51.100.7", "ua", "198.51.100.7", "ua")
@@ -312,3 +315,26 @@ def test_values_no_rule_names_share_one_cached_bitset() -> None:
         slow = screen(req, index.candidates, env, PRE_DELIVERY_FILTERS)
         assert [c.key for c in fast] == [c.key for c in slow.survivors]
     assert len(index.bits._passes) <= len(matching.DIMENSIONS)
+
+
+def test_price_floor_reads_a_flat_line_items_value_cpm_not_its_fee() -> None:
+    """OpenRTB ``mincpmpersec`` compares the CPM a line item competes with: a CPM line
+    item's price, a flat one's value CPM (its fee is for the whole flight)."""
+    doc = json.loads((Path(__file__).parents[1] / "fixtures" / "demo-catalog.json").read_text())
+    sponsor = next(li for li in doc["line_items"] if li.get("pricing_model") == "flat")
+    sponsor["value_cpm"] = 9.0
+    by_li = {c.line_item.id: c for c in all_candidates(parse_catalog(doc))}
+    flat = by_li[sponsor["id"]]
+    cpm = next(c for c in by_li.values() if c.line_item.price >= 20)
+    env = StageEnv(now=datetime(2026, 11, 25, 20, tzinfo=UTC))
+
+    def at(creative_cpm: float, c: Any) -> Reason | None:
+        """The floor filter at a per-second floor worth ``creative_cpm`` over ``c``'s length."""
+        per_s = creative_cpm / (c.creative.duration_ms / 1000)
+        req = AdRequest(brk=BreakSpec(BreakPosition.PRE, 60_000, 2), floor_cpm_per_s=per_s)
+        return floor(req, c, env)
+
+    # 9 passes the sponsorship (value CPM 9), 9.5 does not; its fee (25,000) plays no part
+    assert at(9.0, flat) is None and at(9.5, flat) is Reason.BELOW_FLOOR
+    assert at(cpm.line_item.price, cpm) is None
+    assert at(cpm.line_item.price + 1, cpm) is Reason.BELOW_FLOOR

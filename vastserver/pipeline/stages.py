@@ -167,12 +167,13 @@ def stream_separation(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | N
 
 
 def floor(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
-    """Price floor per second of ad time (OpenRTB ``mincpmpersec``)."""
+    """Price floor per second of ad time (OpenRTB ``mincpmpersec``), against the CPM the
+    line item competes with (a flat line item's value CPM, not its fee)."""
     f = req.floor_cpm_per_s
     if f is None:
         return None
     seconds = c.creative.duration_ms / 1000
-    return Reason.BELOW_FLOOR if c.line_item.price < f * seconds else None
+    return Reason.BELOW_FLOOR if c.line_item.rank_cpm < f * seconds else None
 
 
 def delivery(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
