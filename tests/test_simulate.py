@@ -316,7 +316,7 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main_simulate(["--catalog", str(tmp_path / "missing.json")]) == 2
 
 
-def test_model_comparison_runs_both_arms(tmp_path: Path) -> None:
+def test_model_comparison_runs_every_arm(tmp_path: Path) -> None:
     from vastserver.ml.model import ModelBundle, ModelError
 
     bundle = ROOT / "fixtures" / "demo-model"
@@ -324,18 +324,28 @@ def test_model_comparison_runs_both_arms(tmp_path: Path) -> None:
         ModelBundle.load(bundle)
     except ModelError as e:
         pytest.skip(f"no loadable model bundle in fixtures/demo-model yet: {e}")
-    cfg = _config(households=80, hours=1.0, model_path=bundle, event_log_dir=tmp_path / "log")
+    # enough traffic that ranking has choices to make (80 households for 1 h fill every pod
+    # with all that is eligible, and the three arms serve the same ads)
+    cfg = _config(households=300, hours=2.0, model_path=bundle, event_log_dir=tmp_path / "log")
     r = run_comparison(cfg)
     # each arm logs apart: one log holding both runs of the same hours would mislead training
-    for arm in ("price", "model"):
+    for arm in ("price", "model", "truth"):
         assert list((tmp_path / "log" / arm / "instance-0").glob("*.jsonl"))
     c = r["comparison"]
     assert c["price"]["scorer"]["name"] == "price"
     assert c["model"]["scorer"]["name"] == "model"
+    assert c["truth"]["scorer"]["name"] == "truth"
     assert c["completion_lift_pct"] is not None
     assert c["expected_completion_lift_pct"] is not None
+    # ranking by the ground truth itself finds completions here that price ranking misses
+    assert c["truth_expected_completion_lift_pct"] > 0
+    share = c["model_share_of_truth_lift_pct"]
+    want = c["expected_completion_lift_pct"] / c["truth_expected_completion_lift_pct"] * 100
+    assert share == pytest.approx(want, abs=0.2)
+    assert set(r["arms"]) == {"price", "model", "truth"}
     for arm in r["arms"].values():
         _assert_guarantees(arm)
+    assert "the perfect model" in render_text(r)
 
 
 def test_scope_cap_counts_the_whole_scope() -> None:

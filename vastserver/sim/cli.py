@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compare-model",
         action="store_true",
-        help="run price-only and --model on the same seed; report the lift",
+        help="run price-only, --model and the ground truth (the perfect model) on the same "
+        "seed; report the lift and the share of the perfect model's lift the model reaches",
     )
     p.add_argument(
         "--ssai-share",

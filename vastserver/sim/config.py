@@ -65,6 +65,9 @@ class SimConfig:
     """Delete the server's ``vs:*`` keys first when the Redis database already has some."""
     model_path: Path | None = None
     """A model bundle for the server (``{"model": PATH}`` settings override); None: price."""
+    truth_ranking: bool = False
+    """Rank with the ground truth itself (:class:`vastserver.sim.truth_scorer.TruthScorer`,
+    the perfect model) instead of price or ``model_path``: a lift's ceiling."""
     ssai_share: float = 0.3
     """Share of sessions played through an SSAI stitcher instead of a client-side player."""
     sessions_per_household: float = 1.8
@@ -97,6 +100,8 @@ class SimConfig:
             problems.append("start must carry a UTC offset")
         if self.catalog_path is None and self.catalog_doc is None:
             problems.append("a catalog (path or document) is required")
+        if self.truth_ranking and self.model_path is not None:
+            problems.append("truth ranking replaces the model: give one or the other")
         if self.sample_every_s < 60:
             problems.append("sample_every_s must be >= 60")
         return problems

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from aiohttp import web
 
 from vastserver.app import RUNTIME, Runtime, create_app
 from vastserver.pipeline.context import SimClock
+from vastserver.pipeline.scoring import Scorer
 from vastserver.settings import Settings, load_settings
 
 __all__ = [
@@ -115,8 +116,16 @@ def server_settings(
 class Servers:
     """One or two in-process server instances and the simulated load balancer."""
 
-    def __init__(self, settings: list[Settings], clock: SimClock, seed: int) -> None:
+    def __init__(
+        self,
+        settings: list[Settings],
+        clock: SimClock,
+        seed: int,
+        scorer: Callable[[], Scorer] | None = None,
+    ) -> None:
+        """``scorer``: makes each instance's scorer, in place of the one its settings load."""
         self.settings = settings
+        self.scorer = scorer
         self.clock = clock
         self.seed = seed
         self.instances: list[Instance] = []
@@ -135,6 +144,8 @@ class Servers:
                 rng=random.Random(f"sim:{self.seed}:server:{i}"),
                 background_pacing=False,
             )
+            if self.scorer is not None:
+                app[RUNTIME].service.models.use(self.scorer())
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)

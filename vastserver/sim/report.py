@@ -392,7 +392,13 @@ def deterministic_part(report: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def comparison_report(price: dict[str, Any], model: dict[str, Any]) -> dict[str, Any]:
+def comparison_report(
+    price: dict[str, Any], model: dict[str, Any], truth: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The arms side by side and each ranking's change against price-only ranking. With the
+    ``truth`` arm (ranked by the ground truth itself, the perfect model), the ceiling of the
+    expected lift and the share of it the model reaches."""
+
     def arm(r: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "scorer": r["scorer"],
@@ -405,30 +411,38 @@ def comparison_report(price: dict[str, Any], model: dict[str, Any]) -> dict[str,
             "verdicts": r["verdicts"],
         }
 
-    def lift(key: str) -> float | None:
-        p, m = price["completion"][key], model["completion"][key]
-        return round((m / p - 1.0) * 100, 3) if p and m is not None else None
+    def change(other: Mapping[str, Any], key: str) -> float | None:
+        """``other``'s ``key`` against the price arm's, in %, unrounded."""
+        p, m = price["completion"][key], other["completion"][key]
+        return (m / p - 1.0) * 100 if p and m is not None else None
 
-    return {
-        "comparison": {
-            "price": arm(price),
-            "model": arm(model),
-            "completion_lift_pct": lift("rate"),
-            "expected_completion_lift_pct": lift("expected_rate"),
-            "expected_completes_lift_pct": lift("expected_completes"),
-            "completes_lift_pct": round(
-                (model["completion"]["completes"] / price["completion"]["completes"] - 1) * 100, 3
-            )
-            if price["completion"]["completes"]
-            else None,
-            "revenue_change_pct": round(
-                (model["completion"]["revenue"] / price["completion"]["revenue"] - 1) * 100, 3
-            )
-            if price["completion"]["revenue"]
-            else None,
-        },
-        "arms": {"price": price, "model": model},
+    def pct(v: float | None) -> float | None:
+        return None if v is None else round(v, 3)
+
+    comparison: dict[str, Any] = {
+        "price": arm(price),
+        "model": arm(model),
+        "completion_lift_pct": pct(change(model, "rate")),
+        "expected_completion_lift_pct": pct(change(model, "expected_rate")),
+        "expected_completes_lift_pct": pct(change(model, "expected_completes")),
+        "completes_lift_pct": pct(change(model, "completes")),
+        "revenue_change_pct": pct(change(model, "revenue")),
     }
+    arms = {"price": price, "model": model}
+    if truth is not None:
+        arms["truth"] = truth
+        ceiling = change(truth, "expected_rate")
+        reached = change(model, "expected_rate")
+        comparison |= {
+            "truth": arm(truth),
+            "truth_expected_completion_lift_pct": pct(ceiling),
+            "truth_expected_completes_lift_pct": pct(change(truth, "expected_completes")),
+            "truth_revenue_change_pct": pct(change(truth, "revenue")),
+            "model_share_of_truth_lift_pct": round(reached / ceiling * 100, 1)
+            if ceiling is not None and reached is not None and ceiling > 0
+            else None,
+        }
+    return {"comparison": comparison, "arms": arms}
 
 
 # ---------------------------------------------------------------------------- text
@@ -446,10 +460,12 @@ def _nonzero(server: Mapping[str, Any]) -> str:
 def render_text(report: Mapping[str, Any]) -> str:
     if "arms" in report:
         c = report["comparison"]
+        names = [n for n in ("price", "model", "truth") if n in c]
         lines = [
-            "vastserver simulate: model ranking vs price-only ranking (same seed)",
+            "vastserver simulate: model ranking vs price-only ranking (same seed)"
+            + (", and the ground truth as the perfect model" if "truth" in c else ""),
             "",
-            f"  {'':<22}{'price':>14}{'model':>14}",
+            f"  {'':<22}" + "".join(f"{n:>14}" for n in names),
         ]
         for label, key, fmt in (
             ("completion rate", "completion_rate", _pct),
@@ -459,7 +475,7 @@ def render_text(report: Mapping[str, Any]) -> str:
             ("revenue", "revenue", lambda v: f"{v:.2f}"),
             ("fill rate", "fill_rate", _pct),
         ):
-            lines.append(f"  {label:<22}{fmt(c['price'][key]):>14}{fmt(c['model'][key]):>14}")
+            lines.append(f"  {label:<22}" + "".join(f"{fmt(c[n][key]):>14}" for n in names))
         lines += [
             f"  scorers: {c['price']['scorer'].get('name')} "
             f"({c['price']['scorer'].get('version')}) vs {c['model']['scorer'].get('name')} "
@@ -470,9 +486,16 @@ def render_text(report: Mapping[str, Any]) -> str:
             f"  expected (the ground truth's probabilities of the ads played, no draw luck): "
             f"completion-rate lift {c['expected_completion_lift_pct']} %, "
             f"completes lift {c['expected_completes_lift_pct']} %",
-            "",
         ]
-        for name in ("price", "model"):
+        if "truth" in c:
+            lines.append(
+                "  the perfect model (ranking by the ground truth itself) would lift the "
+                f"expected completion rate {c['truth_expected_completion_lift_pct']} % "
+                f"(revenue {c['truth_revenue_change_pct']} %): the model reaches "
+                f"{c['model_share_of_truth_lift_pct']} % of that"
+            )
+        lines.append("")
+        for name in names:
             lines += [f"==== {name} arm ====", render_text(report["arms"][name]), ""]
         return "\n".join(lines)
 

@@ -31,6 +31,7 @@ from vastserver.sim.config import SimConfig
 from vastserver.sim.engine import Engine
 from vastserver.sim.harness import PUBLIC_URL, Servers, SimClock, SimError, server_settings
 from vastserver.sim.report import build_report, comparison_report
+from vastserver.sim.truth_scorer import TRUTH_SCORER, TruthScorer
 from vastserver.sim.world import build_world
 
 __all__ = [
@@ -144,11 +145,11 @@ async def _server_metrics(servers: Servers) -> dict[str, dict[str, int]]:
     return {k: dict(sorted(v.items())) for k, v in out.items()}
 
 
-def _scorer(servers: Servers, model: Path | None) -> dict[str, Any]:
+def _scorer(servers: Servers, model: Path | None, truth: bool = False) -> dict[str, Any]:
     """The scorer the servers rank with; the run stops if it is not the one asked for."""
     scorers = servers.scorers()
     name, version, error = scorers[0]
-    want = "price" if model is None else "model"
+    want = TRUTH_SCORER if truth else "price" if model is None else "model"
     if any(n != want for n, _, _ in scorers):
         raise SimError(
             f"the servers score with {sorted({n for n, _, _ in scorers})}, not {want!r}"
@@ -169,6 +170,7 @@ def _config_summary(
         "instances": cfg.instances,
         "redis": bool(cfg.redis_url),
         "model": str(cfg.model_path) if cfg.model_path else None,
+        "truth_ranking": cfg.truth_ranking,
         "ssai_share": cfg.ssai_share,
         "sessions_per_household": cfg.sessions_per_household,
         "catalog": catalog_path.name,
@@ -243,8 +245,10 @@ async def run_simulation_async(config: SimConfig, workdir: Path | None = None) -
         )
         clock = SimClock(config.start)
         try:
-            async with Servers(settings, clock, config.seed) as servers:
-                scorer = _scorer(servers, config.model_path)
+            async with Servers(
+                settings, clock, config.seed, TruthScorer if config.truth_ranking else None
+            ) as servers:
+                scorer = _scorer(servers, config.model_path, config.truth_ranking)
                 engine = Engine(config, world, catalog, servers, clock)
                 await engine.run()
                 final_rows = await engine.line_items(0)
@@ -284,7 +288,8 @@ def run_simulation(config: SimConfig, workdir: Path | None = None) -> dict[str, 
 
 
 async def run_comparison_async(config: SimConfig, workdir: Path | None = None) -> dict[str, Any]:
-    """The same seed twice: price-only ranking, then ``config.model_path``; with the lift."""
+    """The same seed three times: price-only ranking, ``config.model_path``, and the ground
+    truth itself (the perfect model, the ceiling of the lift); with the lifts."""
     if config.model_path is None:
         raise SimError("a model comparison needs a model bundle (--model PATH)")
     t0 = time.perf_counter()
@@ -295,7 +300,10 @@ async def run_comparison_async(config: SimConfig, workdir: Path | None = None) -
 
     price = await run_simulation_async(replace(arm("price"), model_path=None), workdir)
     model = await run_simulation_async(arm("model"), workdir)
-    out = comparison_report(price, model)
+    truth = await run_simulation_async(
+        replace(arm("truth"), model_path=None, truth_ranking=True), workdir
+    )
+    out = comparison_report(price, model, truth)
     out["run"] = {"wall_seconds": round(time.perf_counter() - t0, 2)}
     return out
 
