@@ -448,6 +448,32 @@ def test_flat_line_item_rules_report_every_breach() -> None:
     assert_exactly(errors, expected)
 
 
+def test_a_catalog_has_one_currency() -> None:
+    """Prices are ranked against each other and budgets add them up: a line item that gives
+    another currency than the rest is an error (each one reported); one currency loads, the
+    line items that give none take it, and the catalog says which."""
+    assert parse_catalog(demo_doc()).currency == "USD"
+    doc = demo_doc()
+    for li in doc["line_items"]:
+        li["currency"] = "USD"
+    doc["line_items"][LI_CTV]["currency"] = "EUR"
+    doc["line_items"][LI_PRIME]["currency"] = "GBP"
+    assert_exactly(
+        errors_of(doc),
+        [
+            (f"$.line_items[{LI_CTV}].currency", "EUR differs from USD"),
+            (f"$.line_items[{LI_PRIME}].currency", "GBP differs from USD"),
+        ],
+    )
+    # a line item that gives no currency takes the catalog's
+    for li in doc["line_items"]:
+        del li["currency"]
+    doc["line_items"][LI_PRIME]["currency"] = "EUR"
+    eur = parse_catalog(doc)
+    assert eur.currency == "EUR"
+    assert {li.currency for li in eur.line_items.values()} == {"EUR"}
+
+
 def test_ranking_cpm_of_flat_line_items() -> None:
     """A flat line item competes at its value_cpm; else at its fee over its lifetime
     impression budget; else at its fee read as a CPM. A CPM line item at its price."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import DEMO_CATALOG, ClientFactory
 from vastserver.catalog.model import MAX_ADS, MAX_POD_S, AdRules, BreakPosition, BreakRule, Slot
 from vastserver.openrtb import (
     MAX_IMPS,
@@ -181,6 +183,25 @@ def structured_pod() -> dict[str, Any]:
 
 def parse(doc: object, rules: AdRules = RULES, *, require_https: bool = False) -> OpenRtbPod:
     return parse_bid_request(json.dumps(doc).encode(), CLIENT, rules, require_https=require_https)
+
+
+def test_a_floor_must_be_in_the_catalogs_currency() -> None:
+    """Floors are compared with line item prices, so only the catalog's currency works;
+    an absent bidfloorcur means USD (OpenRTB's default)."""
+    doc = dynamic_pod()
+    body = json.dumps(doc).encode()
+    assert parse_bid_request(body, CLIENT, RULES).floor_cpm_per_s == pytest.approx(0.45)
+    with pytest.raises(ParamError) as usd_in_eur:
+        parse_bid_request(body, CLIENT, RULES, currency="EUR")
+    assert usd_in_eur.value.field == "imp[0].bidfloorcur"
+    assert "USD" in str(usd_in_eur.value) and "EUR" in str(usd_in_eur.value)
+    doc["imp"][0]["bidfloorcur"] = "eur"
+    eur = parse_bid_request(json.dumps(doc).encode(), CLIENT, RULES, currency="EUR")
+    assert eur.floor_cpm_per_s == pytest.approx(0.45)
+    del doc["imp"][0]["bidfloorcur"]
+    with pytest.raises(ParamError) as absent:
+        parse_bid_request(json.dumps(doc).encode(), CLIENT, RULES, currency="EUR")
+    assert "absent, bidfloorcur means USD" in str(absent.value)
 
 
 # ------------------------------------------------------------------------ realistic requests
@@ -750,3 +771,21 @@ def test_every_base_request_parses() -> None:
     for doc in BASES:
         _check(doc)
         parse(doc)
+
+
+async def test_the_endpoint_takes_floors_in_the_catalogs_currency(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    doc = json.loads(DEMO_CATALOG.read_text())
+    for li in doc["line_items"]:
+        li["currency"] = "EUR"
+    path = tmp_path / "eur.json"
+    path.write_text(json.dumps(doc))
+    client = await make_client(catalog=str(path))
+    usd = dynamic_pod()
+    resp = await client.post("/openrtb2/pod", data=json.dumps(usd))
+    assert resp.status == 400 and "bidfloorcur" in await resp.text()
+    eur = dynamic_pod()
+    eur["imp"][0]["bidfloorcur"] = "EUR"
+    resp = await client.post("/openrtb2/pod", data=json.dumps(eur))
+    assert resp.status == 200, await resp.text()

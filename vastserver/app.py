@@ -389,6 +389,7 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
             rt.service.snapshot.catalog.rules_for,
             require_https=rt.settings.require_https_media,
             tcf_vendor_id=rt.settings.tcf_vendor_id,
+            currency=rt.service.snapshot.catalog.currency,
         )
     except ParamError as e:
         return _bad_request(e)

@@ -63,7 +63,8 @@ Mapped elsewhere
 * ``video.protocols`` picks the VAST version: 4.2 when listed (or nothing known is listed),
   else the highest listed.
 * ``video.mincpmpersec`` -> :attr:`OpenRtbPod.floor_cpm_per_s` (the highest over the imps;
-  USD only). ``test`` is ignored.
+  only in the catalog's currency, ``bidfloorcur``, which defaults to USD). ``test`` is
+  ignored.
 * Our own extension ``ext.vastserver`` (top level) and ``imp[].ext.vastserver``:
   ``placement`` (else ``imp[0].tagid`` when it is a plain token), ``session``, ``avail``,
   ``debug``, ``vast``, ``kv`` (an object of string values).
@@ -191,7 +192,8 @@ class OpenRtbPod:
 
     request: AdRequest
     floor_cpm_per_s: float | None
-    """``video.mincpmpersec`` (USD per second of ad), the highest over the pod's imps."""
+    """``video.mincpmpersec`` (the catalog's currency per second of ad), the highest over
+    the pod's imps."""
     imp_ids: tuple[str, ...]
     """In request order; a structured pod has one ad per imp."""
     request_id: str
@@ -368,7 +370,7 @@ def _position_from_podseq(v: int) -> BreakPosition:
     return BreakPosition.MID
 
 
-def _parse_imp(raw: object, i: int) -> _Imp:
+def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
     path = f"imp[{i}]"
     imp = _obj(raw, path)
     imp_id = _opt_str(imp, "id", path, MAX_ID)
@@ -410,9 +412,13 @@ def _parse_imp(raw: object, i: int) -> _Imp:
     podseq = _opt_int(video, "podseq", vpath, lo=-1, hi=1)
     floor = _opt_num(video, "mincpmpersec", vpath, lo=0, hi=MAX_FLOOR_CPM_PER_S)
     if floor is not None:
-        cur = _opt_str(imp, "bidfloorcur", path, 8)
-        if cur is not None and cur.upper() != "USD":
-            _fail(f"{path}.bidfloorcur", "only USD floors are supported")
+        cur = (_opt_str(imp, "bidfloorcur", path, 8) or "USD").upper()  # OpenRTB's default
+        if cur != currency:
+            _fail(
+                f"{path}.bidfloorcur",
+                f"a floor in {cur} cannot be compared with the catalog's prices in {currency}"
+                + ("" if "bidfloorcur" in imp else " (absent, bidfloorcur means USD)"),
+            )
 
     versions: set[str] = set()
     if video.get("protocols") is not None:
@@ -773,11 +779,13 @@ def parse_bid_request(
     *,
     require_https: bool = True,
     tcf_vendor_id: int | None = None,
+    currency: str = "USD",
 ) -> OpenRtbPod:
     """Map an OpenRTB 2.6 BidRequest for one CTV ad pod onto an :class:`AdRequest`.
 
     ``rules`` is either the ad rules to use or ``Catalog.rules_for``, called with the
-    placement found in the body. Raises :class:`ParamError` (and only that) on bad input.
+    placement found in the body; ``currency`` is the catalog's, the only one a price floor
+    may be in. Raises :class:`ParamError` (and only that) on bad input.
     """
     root = _load(body)
     request_id = _opt_str(root, "id", "", MAX_ID)
@@ -788,7 +796,7 @@ def parse_bid_request(
     raw_imps = _arr(root["imp"], "imp", MAX_IMPS)
     if not raw_imps:
         _fail("imp", "at least one imp is required")
-    imps = [_parse_imp(raw, i) for i, raw in enumerate(raw_imps)]
+    imps = [_parse_imp(raw, i, currency) for i, raw in enumerate(raw_imps)]
     seen: set[str] = set()
     for imp in imps:
         if imp.id in seen:

@@ -23,6 +23,7 @@ import os
 import re
 import stat
 import zoneinfo
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -1269,6 +1270,7 @@ def _parse(data: object, errs: Issues) -> Catalog | None:
 
     for e in line_items:
         _check_line_item_refs(e, camp_by_id, known_camp, cre_by_id, known_cre, errs)
+    currency = _catalog_currency(line_items, errs)
 
     ad_rules = _ad_rules(root.get("ad_rules", MappingProxyType({})))
     if errs:
@@ -1292,7 +1294,32 @@ def _parse(data: object, errs: Issues) -> Catalog | None:
         ad_rules=ad_rules,
         blocked_domains=blocklist["domains"],
         blocked_categories=blocklist["categories"],
+        currency=currency,
     )
+
+
+def _catalog_currency(line_items: Sequence[_Entry], errs: Issues) -> str:
+    """The currency most line items give (the first seen of equals; USD when none gives
+    one), which the line items without one take. Prices are ranked against each other,
+    campaign spend budgets add up their line items' spend and price floors compare with
+    them, so every line item that gives another currency is an error."""
+    given = [e for e in line_items if "currency" in e.raw and "currency" in e.fields]
+    counts: Counter[str] = Counter(e.fields["currency"] for e in given)
+    main = counts.most_common(1)[0][0] if counts else "USD"  # stable: ties go to the first
+    for e in given:
+        cur = e.fields["currency"]
+        if cur != main:
+            _fail(
+                errs,
+                f"{e.path}.currency",
+                f"{cur} differs from {main}, the currency of the catalog's other line items: "
+                "prices, budgets and price floors are compared across line items, so a "
+                "catalog has one currency",
+            )
+    for e in line_items:
+        if "currency" not in e.raw:
+            e.fields["currency"] = main
+    return main
 
 
 def _check_line_item_refs(

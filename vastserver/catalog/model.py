@@ -344,6 +344,9 @@ class Catalog:
     """Placement name to its rules; ``default`` is always present."""
     blocked_domains: frozenset[str] = frozenset()
     blocked_categories: frozenset[str] = frozenset()
+    currency: str = "USD"
+    """The one currency all line items price in (prices, budgets and price floors are
+    compared across line items)."""
 
     def rules_for(self, placement: str | None) -> AdRules:
         if placement is not None and placement in self.ad_rules:
