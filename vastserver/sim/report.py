@@ -488,11 +488,17 @@ def render_text(report: Mapping[str, Any]) -> str:
             f"completes lift {c['expected_completes_lift_pct']} %",
         ]
         if "truth" in c:
+            share = c["model_share_of_truth_lift_pct"]
             lines.append(
-                "  the perfect model (ranking by the ground truth itself) would lift the "
-                f"expected completion rate {c['truth_expected_completion_lift_pct']} % "
-                f"(revenue {c['truth_revenue_change_pct']} %): the model reaches "
-                f"{c['model_share_of_truth_lift_pct']} % of that"
+                "  the perfect model (ranking by the ground truth itself): expected "
+                f"completion-rate lift {c['truth_expected_completion_lift_pct']} %, completes "
+                f"lift {c['truth_expected_completes_lift_pct']} %, revenue change "
+                f"{c['truth_revenue_change_pct']} %; "
+                + (
+                    "it does not lift the rate here, so no share is given"
+                    if share is None
+                    else f"the model reaches {share} % of its rate lift"
+                )
             )
         lines.append("")
         for name in names:
