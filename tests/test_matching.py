@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from vastserver.catalog.gen import generate_catalog
 from vastserver.catalog.load import parse_catalog
-from vastserver.catalog.model import RATINGS, BreakPosition, Catalog
+from vastserver.catalog.model import RATINGS, BreakPosition, Catalog, Slot
 from vastserver.params import ClientInfo, parse_vast_request
 from vastserver.pipeline import matching
 from vastserver.pipeline.candidates import all_candidates
@@ -37,6 +37,8 @@ def _mutate(data: dict[str, Any], seed: int) -> dict[str, Any]:
             li["status"] = "paused"
         if rng.random() < 0.1:
             li["positions"] = rng.sample(["pre", "mid", "post"], k=rng.randint(1, 2))
+        if rng.random() < 0.3:  # enough first- and last-only ones for the per-role limit
+            li["slot"] = rng.choice(["first", "last"])
     for cr in data["creatives"]:
         r = rng.random()
         if r < 0.08:
@@ -167,11 +169,18 @@ def test_ten_thousand_line_items_do_not_cost_ten_thousand_evaluations(
 
 
 def _reference_survivors(
-    catalog: Catalog, index: CatalogIndex, req: Any, env: StageEnv, limit: int, per_group: int
+    catalog: Catalog,
+    index: CatalogIndex,
+    req: Any,
+    env: StageEnv,
+    limit: int,
+    per_group: int,
+    per_role: int,
 ) -> tuple[list[str], dict[Any, int]]:
     """The limited scan written plainly over the whole catalog's match: skip a match with
-    2 x per_group better matches in its group, then take the best ``limit`` passing the
-    residual rules, at most ``per_group`` per group. The scan stops in the chunk where the
+    2 x per_group better matches in its group, and one that may only play first (or only
+    last) when ``per_role`` such are kept, then take the best ``limit`` passing the residual
+    rules, at most ``per_group`` per group. The scan stops in the chunk where the
     limit fills: the checks' counts cover the chunks up to it (a catalog of just those
     candidates, matched whole), and every candidate after the last one kept that is not
     counted by a check is outranked."""
@@ -183,6 +192,7 @@ def _reference_survivors(
     seen: dict[int, int] = {}
     out: list[str] = []
     per: dict[int, int] = {}
+    roles: dict[Slot, int] = {}
     for i in ords:
         g = bits.group[i]
         seen[g] = seen.get(g, 0) + 1
@@ -190,6 +200,10 @@ def _reference_survivors(
             outranked += 1
             continue
         c = bits.candidates[i]
+        slot = c.line_item.slot
+        if slot is not Slot.ANY and roles.get(slot, 0) >= per_role:
+            outranked += 1
+            continue
         if req.floor_cpm_per_s is not None or bits.residual_flags[i]:
             reason = matching.residual_check(req, c, env)
             if reason is not None:
@@ -199,6 +213,7 @@ def _reference_survivors(
             outranked += 1
             continue
         per[g] = per.get(g, 0) + 1
+        roles[slot] = roles.get(slot, 0) + 1
         out.append(c.key)
         if len(out) == limit:
             width = bits.chunk_bits
@@ -225,17 +240,27 @@ def chunked_index(seed: int, width: int) -> CatalogIndex:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(requests(), st.sampled_from([1, 2, 5, 20]), st.sampled_from([1, 3]), st.booleans())
+@given(
+    requests(),
+    st.sampled_from([1, 2, 5, 20]),
+    st.sampled_from([1, 3]),
+    st.sampled_from([1, 2, 8]),
+    st.booleans(),
+)
 def test_limited_scan_matches_the_plain_reference(
-    case: tuple[int, dict[str, str], timedelta], limit: int, per_group: int, tiny_chunks: bool
+    case: tuple[int, dict[str, str], timedelta],
+    limit: int,
+    per_group: int,
+    per_role: int,
+    tiny_chunks: bool,
 ) -> None:
     seed, q, shift = case
     catalog, whole = catalog_and_index(seed)
     index = chunked_index(seed, 8) if tiny_chunks else whole
     req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=True)
     env = _env(req, shift)
-    want = _reference_survivors(catalog, index, req, env, limit, per_group)
-    got, dropped = index.bits.survivors(req, env, limit, per_group)
+    want = _reference_survivors(catalog, index, req, env, limit, per_group, per_role)
+    got, dropped = index.bits.survivors(req, env, limit, per_group, per_role)
     assert ([c.key for c in got], dropped) == want
     assert len(got) + sum(dropped.values()) == len(index.candidates)
 

@@ -24,7 +24,7 @@ from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import Decision, Trace, decide, screen
 from vastserver.pipeline.delivery import GateCache, Viewer
-from vastserver.pipeline.matching import CatalogIndex, build_index
+from vastserver.pipeline.matching import CANDIDATE_LIMIT, CatalogIndex, build_index
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.schedule import PlannedBreak
 from vastserver.pipeline.scoring import PriceScorer, Scorer, ScoringContext
@@ -95,7 +95,7 @@ class AdService:
         models: ModelManager | None = None,
         scorer: Scorer | None = None,
         events: EventSink | None = None,
-        candidate_limit: int = 64,
+        candidate_limit: int = CANDIDATE_LIMIT,
     ) -> None:
         self.candidate_limit = candidate_limit
         self._snapshot = snapshot

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from vastserver.logs import event
 from vastserver.models import ArmsError, ArmSpec, parse_arms
+from vastserver.pipeline.matching import CANDIDATE_LIMIT
 
 log = logging.getLogger("vastserver.settings")
 
@@ -92,7 +93,7 @@ class Settings:
     """Decision requests served at once; beyond it requests are shed with a no-fill."""
     drain_s: float = 2.0
     """On SIGTERM: seconds between turning /readyz false and closing the listener."""
-    candidate_limit: int = 64
+    candidate_limit: int = CANDIDATE_LIMIT
     """Most candidates scored per request (best by price x tier; the rest are outranked)."""
     progress_offsets_s: tuple[float, ...] = ()
     """Extra ``progress`` tracking points (seconds into each ad), e.g. ``(2.0, 10.0)``."""
@@ -266,7 +267,9 @@ def load_settings(
     deadline_ms = integer("deadline_ms", "VASTSERVER_DEADLINE_MS", 5, 10_000, 150)
     max_in_flight = integer("max_in_flight", "VASTSERVER_MAX_IN_FLIGHT", 1, 100_000, 256)
     drain_ms = integer("drain_ms", "VASTSERVER_DRAIN_MS", 0, 120_000, 2000)
-    candidate_limit = integer("candidate_limit", "VASTSERVER_CANDIDATE_LIMIT", 1, 100_000, 64)
+    candidate_limit = integer(
+        "candidate_limit", "VASTSERVER_CANDIDATE_LIMIT", 1, 100_000, CANDIDATE_LIMIT
+    )
 
     progress: list[float] = []
     progress_raw = pick("progress_offsets", "VASTSERVER_PROGRESS_OFFSETS")
