@@ -177,10 +177,11 @@ def _reference_survivors(
     per_group: int,
     per_role: int,
 ) -> tuple[list[str], dict[Any, int]]:
-    """The limited scan written plainly over the whole catalog's match: skip a match with
-    2 x per_group better matches in its group, and one that may only play first (or only
-    last) when ``per_role`` such are kept, then take the best ``limit`` passing the residual
-    rules, at most ``per_group`` per group. The scan stops in the chunk where the
+    """The limited scan written plainly over the whole catalog's match: skip a match that
+    may only play first (or only last) when ``per_role`` such are kept, and one with
+    2 x per_group better matches (not so skipped) in its group, then take the best
+    ``limit`` passing the residual rules, at most ``per_group`` per group. The scan stops in
+    the chunk where the
     limit fills: the checks' counts cover the chunks up to it (a catalog of just those
     candidates, matched whole), and every candidate after the last one kept that is not
     counted by a check is outranked."""
@@ -194,14 +195,14 @@ def _reference_survivors(
     per: dict[int, int] = {}
     roles: dict[Slot, int] = {}
     for i in ords:
-        g = bits.group[i]
-        seen[g] = seen.get(g, 0) + 1
-        if seen[g] > 2 * per_group:
-            outranked += 1
-            continue
         c = bits.candidates[i]
         slot = c.line_item.slot
         if slot is not Slot.ANY and roles.get(slot, 0) >= per_role:
+            outranked += 1  # not counted in its group: skipped for its role, not its rank
+            continue
+        g = bits.group[i]
+        seen[g] = seen.get(g, 0) + 1
+        if seen[g] > 2 * per_group:
             outranked += 1
             continue
         if req.floor_cpm_per_s is not None or bits.residual_flags[i]:
@@ -363,3 +364,63 @@ def test_price_floor_reads_a_flat_line_items_value_cpm_not_its_fee() -> None:
     assert at(9.0, flat) is None and at(9.5, flat) is Reason.BELOW_FLOOR
     assert at(cpm.line_item.price, cpm) is None
     assert at(cpm.line_item.price + 1, cpm) is Reason.BELOW_FLOOR
+
+
+def test_candidates_skipped_for_their_slot_do_not_crowd_out_their_group() -> None:
+    """Eight first-slot sponsorships of other advertisers fill the first-only quota; six more
+    of one advertiser are skipped for it, and must not count against that advertiser's
+    group: its any-slot line item, ranked after them, still makes the cut."""
+    flight = {"start": "2026-01-01T00:00:00Z", "end": "2027-12-31T00:00:00Z"}
+    names = [f"a{i}" for i in range(8)] + ["g"]
+    doc: dict[str, Any] = {
+        "version": "roles",
+        "advertisers": [
+            {"id": n, "name": n, "domain": f"{n}.example", "competitive_category": f"cat_{n}"}
+            for n in names
+        ],
+        "campaigns": [{"id": f"c-{n}", "advertiser_id": n, "name": n, **flight} for n in names],
+        "creatives": [
+            {
+                "id": f"cr-{n}",
+                "advertiser_id": n,
+                "title": n,
+                "duration": 15,
+                "universal_ad_id": f"UID-{n}",
+                "renditions": [
+                    {
+                        "url": f"https://cdn.example/{n}.mp4",
+                        "mime": "video/mp4",
+                        "width": 1280,
+                        "height": 720,
+                        "bitrate_kbps": 2500,
+                    }
+                ],
+            }
+            for n in names
+        ],
+        "line_items": [],
+    }
+
+    def li(lid: str, adv: str, tier: str, price: float, **kw: Any) -> dict[str, Any]:
+        return {
+            "id": lid,
+            "campaign_id": f"c-{adv}",
+            "name": lid,
+            "tier": tier,
+            "price": price,
+            "creative_ids": [f"cr-{adv}"],
+            **kw,
+        }
+
+    for i in range(8):  # the best-ranked: they fill the first-only quota
+        doc["line_items"].append(li(f"s-a{i}", f"a{i}", "sponsorship", 90 - i, slot="first"))
+    for j in range(6):
+        doc["line_items"].append(li(f"s-g{j}", "g", "sponsorship", 50 - j, slot="first"))
+    doc["line_items"].append(li("any-g", "g", "guaranteed", 40))
+    catalog = parse_catalog(doc)
+    index = build_index(catalog)
+    req = parse_vast_request({"pod_duration": "60"}, CLIENT, catalog.rules_for(None))
+    kept, dropped = index.select(req, StageEnv(now=NOW), 48)
+    ids = [c.line_item.id for c in kept]
+    assert ids == [f"s-a{i}" for i in range(8)] + ["any-g"]
+    assert dropped == {Reason.OUTRANKED: 6}
