@@ -324,6 +324,24 @@ def test_start_up_logs_listening_then_accepting(server_factory: Any) -> None:
     assert events.index("listening") < events.index("accepting") < events.index("stopped")
 
 
+def test_a_port_taken_while_loading_is_a_clean_start_up_error() -> None:
+    """Another process binds the metrics port too (SO_REUSEADDR: two may bind a port that
+    neither listens on) and listens on it while the server loads: the server cannot listen
+    there once up, and exits 2 with a clear message, not a traceback."""
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", 0))
+        port = busy.getsockname()[1]
+        srv = Server("--metrics-port", str(port))
+        assert srv.proc.stdout is not None
+        line = srv.proc.stdout.readline().decode()
+        assert '"listening"' in line, line  # the server has bound the port too
+        busy.listen(1)
+        out = srv.proc.stdout.read().decode()
+        assert srv.proc.wait(20) == 2, out
+    assert f"cannot listen on 127.0.0.1:{port}" in out and "Traceback" not in out
+
+
 def test_a_busy_metrics_port_is_a_clean_start_up_error() -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -96,7 +96,8 @@ def _run_worker(
     # Everything loaded at start-up is long-lived: keep it out of the GC's generations.
     gc.collect()
     gc.freeze()
-    asyncio.run(_serve_until_signal(app, sock, settings, metrics_sock))
+    if asyncio.run(_serve_until_signal(app, sock, settings, metrics_sock)):
+        sys.exit(2)
     if app.get(STATE_SAVE_FAILED):
         print(
             f"{settings.state_file}: the last state save failed; it holds the state of the "
@@ -111,24 +112,37 @@ async def _serve_until_signal(
     sock: socket.socket,
     settings: Settings,
     metrics_sock: socket.socket | None = None,
-) -> None:
+) -> int:
     """Serve until SIGTERM/SIGINT, then shut down gracefully: /readyz turns false at once (so a
     load balancer stops sending), the listener closes after ``drain`` seconds, in-flight
-    requests finish, and the cleanup contexts flush the event log and close the store."""
+    requests finish, and the cleanup contexts flush the event log and close the store.
+    Returns the exit status: 2 when a port could not be listened on, else 0."""
     from vastserver.app import RUNTIME, metrics_app
 
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
     await runner.setup()
-    site = web.SockSite(runner, sock, backlog=BACKLOG)
-    await site.start()  # listens: connections were refused until now
-    event(log, "accepting", pid=os.getpid())
     side: web.AppRunner | None = None
     if metrics_sock is not None:
         # The workers share the main port, so a scrape there reaches one of them at random:
         # each worker also answers /metrics on a port of its own.
         side = web.AppRunner(metrics_app(app), access_log=None, handle_signals=False)
         await side.setup()
-        await web.SockSite(side, metrics_sock, backlog=BACKLOG).start()
+    listening = sock
+    try:  # listens: connections were refused until now
+        await web.SockSite(runner, sock, backlog=BACKLOG).start()
+        if side is not None and metrics_sock is not None:
+            listening = metrics_sock
+            await web.SockSite(side, metrics_sock, backlog=BACKLOG).start()
+    except OSError as e:
+        # Bound at start, but another process listened there first (SO_REUSEADDR lets two
+        # sockets bind a port that neither listens on yet).
+        host, port = listening.getsockname()[:2]
+        print(f"cannot listen on {host}:{port}: {e}", file=sys.stderr)
+        await runner.cleanup()
+        if side is not None:
+            await side.cleanup()
+        return 2
+    event(log, "accepting", pid=os.getpid())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -144,6 +158,7 @@ async def _serve_until_signal(
     if side is not None:
         await side.cleanup()
     event(log, "stopped")
+    return 0
 
 
 GC_FREEZE_AT_S = (10.0, 30.0, 60.0, 120.0, 300.0)
