@@ -449,26 +449,27 @@ def test_flat_line_item_rules_report_every_breach() -> None:
 
 
 def test_a_catalog_has_one_currency() -> None:
-    """Prices are ranked against each other and budgets add them up: a line item that gives
-    another currency than the rest is an error (each one reported); one currency loads, the
-    line items that give none take it, and the catalog says which."""
+    """Prices are ranked against each other and budgets add them up: line items price in
+    the catalog's currency (top-level, USD by default), a line item that gives none takes
+    it, and one that gives another is an error (each reported): a typo cannot turn the
+    catalog's currency."""
     assert parse_catalog(demo_doc()).currency == "USD"
     doc = demo_doc()
-    for li in doc["line_items"]:
-        li["currency"] = "USD"
     doc["line_items"][LI_CTV]["currency"] = "EUR"
     doc["line_items"][LI_PRIME]["currency"] = "GBP"
     assert_exactly(
         errors_of(doc),
         [
-            (f"$.line_items[{LI_CTV}].currency", "EUR differs from USD"),
-            (f"$.line_items[{LI_PRIME}].currency", "GBP differs from USD"),
+            (f"$.line_items[{LI_CTV}].currency", "EUR differs from the catalog's currency USD"),
+            (f"$.line_items[{LI_PRIME}].currency", "GBP differs from the catalog's currency USD"),
         ],
     )
-    # a line item that gives no currency takes the catalog's
-    for li in doc["line_items"]:
-        del li["currency"]
-    doc["line_items"][LI_PRIME]["currency"] = "EUR"
+    doc["currency"] = "EUR"
+    assert_exactly(
+        errors_of(doc),
+        [(f"$.line_items[{LI_PRIME}].currency", "GBP differs from the catalog's currency EUR")],
+    )
+    del doc["line_items"][LI_PRIME]["currency"]
     eur = parse_catalog(doc)
     assert eur.currency == "EUR"
     assert {li.currency for li in eur.line_items.values()} == {"EUR"}

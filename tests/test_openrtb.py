@@ -777,8 +777,7 @@ async def test_the_endpoint_takes_floors_in_the_catalogs_currency(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
     doc = json.loads(DEMO_CATALOG.read_text())
-    for li in doc["line_items"]:
-        li["currency"] = "EUR"
+    doc["currency"] = "EUR"
     path = tmp_path / "eur.json"
     path.write_text(json.dumps(doc))
     client = await make_client(catalog=str(path))

@@ -23,7 +23,6 @@ import os
 import re
 import stat
 import zoneinfo
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -603,6 +602,7 @@ def _seconds_or_ms(d: Mapping[str, Any], name: str) -> int | None:
 # --------------------------------------------------------------------------- the schema
 
 ID = string(_ID, what="a valid id (letters, digits, '.', '_', ':', '-'; at most 128)")
+CURRENCY = string(_CURRENCY, what="an ISO 4217 currency code like 'USD'")
 NAME = string(max_len=256)
 HOST = string(_HOST, what="a lowercase domain name like 'brand.example'")
 IAB = string(_IAB, what="an IAB category code like 'IAB8-5'")
@@ -1073,7 +1073,7 @@ LINE_ITEM = Obj(
         "status": F(enum_of(*STATUSES), "active"),
         "pricing_model": F(enum_of(*PRICING_MODELS), "CPM"),
         "price": F(number(0, MAX_MONEY), 0.0),
-        "currency": F(string(_CURRENCY, what="an ISO 4217 currency code like 'USD'"), "USD"),
+        "currency": F(CURRENCY, _ABSENT),  # the catalog's when absent
         "targeting": F(TARGETING, Targeting()),
         "frequency_caps": F(list_of(FREQUENCY_CAP), ()),
         "pacing": F(PACING, Pacing()),
@@ -1159,6 +1159,7 @@ ROOT = Obj(
         "creatives": F(RAW_ARRAY, ()),
         "ad_rules": F(PLACEMENTS, MappingProxyType({})),
         "blocklist": F(BLOCKLIST, {"domains": frozenset(), "categories": frozenset()}),
+        "currency": F(CURRENCY, "USD"),
     },
     lambda d: d,
 )
@@ -1270,7 +1271,8 @@ def _parse(data: object, errs: Issues) -> Catalog | None:
 
     for e in line_items:
         _check_line_item_refs(e, camp_by_id, known_camp, cre_by_id, known_cre, errs)
-    currency = _catalog_currency(line_items, errs)
+    currency = root.get("currency", "USD")
+    _check_currency(line_items, currency, errs)
 
     ad_rules = _ad_rules(root.get("ad_rules", MappingProxyType({})))
     if errs:
@@ -1298,28 +1300,23 @@ def _parse(data: object, errs: Issues) -> Catalog | None:
     )
 
 
-def _catalog_currency(line_items: Sequence[_Entry], errs: Issues) -> str:
-    """The currency most line items give (the first seen of equals; USD when none gives
-    one), which the line items without one take. Prices are ranked against each other,
+def _check_currency(line_items: Sequence[_Entry], currency: str, errs: Issues) -> None:
+    """Line items price in the catalog's ``currency``: prices are ranked against each other,
     campaign spend budgets add up their line items' spend and price floors compare with
-    them, so every line item that gives another currency is an error."""
-    given = [e for e in line_items if "currency" in e.raw and "currency" in e.fields]
-    counts: Counter[str] = Counter(e.fields["currency"] for e in given)
-    main = counts.most_common(1)[0][0] if counts else "USD"  # stable: ties go to the first
-    for e in given:
-        cur = e.fields["currency"]
-        if cur != main:
+    them. A line item that gives another is an error (one that gives none takes it)."""
+    for e in line_items:
+        cur = e.fields.get("currency")
+        if cur is None:
+            if "currency" not in e.raw:
+                e.fields["currency"] = currency
+        elif cur != currency:
             _fail(
                 errs,
                 f"{e.path}.currency",
-                f"{cur} differs from {main}, the currency of the catalog's other line items: "
-                "prices, budgets and price floors are compared across line items, so a "
-                "catalog has one currency",
+                f"{cur} differs from the catalog's currency {currency} (its top-level "
+                "'currency'): prices, budgets and price floors are compared across line "
+                "items, so a catalog has one currency",
             )
-    for e in line_items:
-        if "currency" not in e.raw:
-            e.fields["currency"] = main
-    return main
 
 
 def _check_line_item_refs(
