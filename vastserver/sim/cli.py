@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="let the servers write their event logs here (DIR/instance-N; with "
-        "--compare-model DIR/price/... and DIR/model/...)",
+        "--compare-model DIR/price/..., DIR/model/... and DIR/truth/...)",
     )
     p.add_argument("--json", action="store_true", help="print the JSON report instead of text")
     return p

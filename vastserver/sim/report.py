@@ -477,9 +477,10 @@ def render_text(report: Mapping[str, Any]) -> str:
         ):
             lines.append(f"  {label:<22}" + "".join(f"{fmt(c[n][key]):>14}" for n in names))
         lines += [
-            f"  scorers: {c['price']['scorer'].get('name')} "
-            f"({c['price']['scorer'].get('version')}) vs {c['model']['scorer'].get('name')} "
-            f"({c['model']['scorer'].get('version')})",
+            "  scorers: "
+            + " vs ".join(
+                f"{c[n]['scorer'].get('name')} ({c[n]['scorer'].get('version')})" for n in names
+            ),
             f"  completion-rate lift: {c['completion_lift_pct']} %   "
             f"completes lift: {c['completes_lift_pct']} %   "
             f"revenue change: {c['revenue_change_pct']} %",

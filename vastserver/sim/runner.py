@@ -1,9 +1,10 @@
 """Running a simulation end to end: catalog, servers, world, engine, report.
 
 :func:`run_simulation` runs one configuration and returns the report (a JSON-able dict);
-:func:`run_comparison` runs the same seed twice, price-only and with the model, and reports
-the completion lift. Both are synchronous wrappers around ``asyncio.run``; the ``*_async``
-variants run inside an existing loop.
+:func:`run_comparison` runs the same seed three times, price-only, with the model and with
+the ground truth as the perfect model, and reports the completion lifts. Both are
+synchronous wrappers around ``asyncio.run``; the ``*_async`` variants run inside an
+existing loop.
 """
 
 from __future__ import annotations

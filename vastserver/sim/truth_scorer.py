@@ -8,8 +8,10 @@ model's lift can be read as a share of it.
 It knows only what the server knows at decision time: the request's device type, genres, live
 flag and break, the viewer's counted exposures, the hour and each candidate's creative. The
 ad's slot is not known before the pod is built: it scores every candidate as if it played
-first (the slot effect is one shift of the log-odds for every candidate of a request). It
-lives here, never on the serving path: the truth must stay hidden from the server.
+first (the slot effect is one shift of the log-odds for every candidate of a request, which
+keeps their order by probability but can reorder near ties of price x probability: so this
+is the ceiling to a close approximation). It lives here, never on the serving path: the
+truth must stay hidden from the server.
 """
 
 from __future__ import annotations
