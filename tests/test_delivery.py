@@ -483,6 +483,32 @@ async def test_flat_line_item_spends_nothing_and_keeps_its_impression_budget() -
     assert row["delivered_impressions"] == 3 and row["spend"] == 0
 
 
+async def test_spend_follows_the_billed_price_across_a_reload_to_flat(tmp_path: Any) -> None:
+    """A serve reserves spend at its billed price; when a reload turns the line item flat
+    before the impression, the impression still converts that reservation (the token's
+    price decides, not the new catalog), so nothing is left reserved or counted twice."""
+    cat = _with_li_a()
+    cat["campaigns"][0]["budget"] = {"spend": 1.0}
+    svc, _ = _setup(cat)
+    d = await svc.decide(request("r1"))
+    [tok] = [t for t in tokens_for(svc, d) if t.line_item_id == "li-a"]
+    assert tok.price_micros == 20_000_000
+    keys = [
+        Read("cp:cmp-a:spend:life", LIFETIME),
+        Read("cp:cmp-a:spend:life:r", RESERVATION_WINDOW),
+    ]
+    now = svc.clock().timestamp()
+    assert await svc.delivery.store.read(keys, now) == [0, 20_000]  # reserved at $20 CPM
+    flat = _with_li_a(pricing_model="flat")
+    flat["campaigns"][0]["budget"] = {"spend": 1.0}
+    path = tmp_path / "flat.json"
+    path.write_text(json.dumps(flat))
+    svc.reload_catalog(path)
+    result = await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)
+    assert result.counted, result
+    assert await svc.delivery.store.read(keys, now) == [20_000, 0]
+
+
 async def test_admin_view_fields() -> None:
     cat = _with_li_a(
         pacing={"delivery": "even", "budget": {"impressions": 500}},

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from vastserver.catalog.model import FLAT, Budget, Catalog, Delivery, FrequencyCap
+from vastserver.catalog.model import Budget, Catalog, Delivery, FrequencyCap, billed_cpm
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.reasons import Reason
@@ -166,11 +166,9 @@ class BudgetCheck:
     ttl_s: int | None
 
 
-def _budget_checks(
-    prefix: str, budget: Budget, day: str, price_micros: int | None
-) -> list[BudgetCheck]:
-    """``price_micros`` None: the impression spends nothing (a flat line item), so no spend
-    budget is checked or moved."""
+def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> list[BudgetCheck]:
+    """``price_micros``: the impression's billed price as a CPM in micros. An impression
+    that costs nothing (a flat line item's) checks and moves no spend budget."""
     out: list[BudgetCheck] = []
 
     def add(kind: str, limit: float | None, amount: int, daily: bool) -> None:
@@ -190,8 +188,8 @@ def _budget_checks(
 
     add("imp", budget.impressions, 1, False)
     add("imp", budget.daily_impressions, 1, True)
-    if price_micros is not None:
-        spend_amount = max(1, price_micros // 1000)  # micros of currency per impression
+    spend_amount = price_micros // 1000  # micros of currency per impression
+    if spend_amount > 0:
         add("spend", budget.spend, spend_amount, False)
         add("spend", budget.daily_spend, spend_amount, True)
     return out
@@ -200,7 +198,11 @@ def _budget_checks(
 def budget_checks(
     cand: Candidate, now: datetime, price_cpm: float, days: dict[str, str] | None = None
 ) -> list[BudgetCheck]:
-    """``days`` caches the local date per time zone across calls of one request."""
+    """The budgets an impression of ``cand`` billed at ``price_cpm`` checks and moves: its
+    impression budgets, and its spend budgets when it costs something (a flat line item's
+    billed price is 0, :func:`vastserver.catalog.model.billed_cpm`). The price, not the
+    catalog, decides, so a serve and its beacons agree across a catalog reload. ``days``
+    caches the local date per time zone across calls of one request."""
     li, camp = cand.line_item, cand.campaign
     if days is None:
         day = local_day(now, camp.timezone)
@@ -208,7 +210,7 @@ def budget_checks(
         day = days.get(camp.timezone) or days.setdefault(
             camp.timezone, local_day(now, camp.timezone)
         )
-    micros = None if li.pricing_model == FLAT else round(price_cpm * 1_000_000)
+    micros = round(price_cpm * 1_000_000)
     return [
         *_budget_checks(f"li:{li.id}", li.pacing.budget, day, micros),
         *_budget_checks(f"cp:{camp.id}", camp.budget, day, micros),
@@ -422,7 +424,8 @@ def _subjects(viewer: Viewer) -> tuple[str | None, str | None]:
 
 
 def _set_day(e: _GateEntry, now: datetime, day: str, days: dict[str, str]) -> None:
-    found = _priced(e, now, day, e.cand.line_item.price, days)
+    li = e.cand.line_item
+    found = _priced(e, now, day, billed_cpm(li, li.price), days)
     e.day = day
     e.reads = {r.key: r for b in found for r in (b.delivered, b.reservations)}
     e.budgets = tuple((b.delivered.key, b.reservations.key, b.limit, b.amount) for b in found)
@@ -514,14 +517,15 @@ def note_headroom(
 
 
 def has_budget(c: Candidate) -> bool:
-    """Whether the line item or its campaign has any impression budget, or a spend budget
-    that its impressions move (a flat line item's move none)."""
-    spends = c.line_item.pricing_model != FLAT
+    """Whether the line item or its campaign has any impression or spend budget (a spend
+    budget counts for a flat line item too: whether an impression spends is its billed
+    price's to say, and a serve's token may carry a price from before a reload)."""
     for b in (c.line_item.pacing.budget, c.campaign.budget):
         if (
             b.impressions is not None
             or b.daily_impressions is not None
-            or (spends and (b.spend is not None or b.daily_spend is not None))
+            or b.spend is not None
+            or b.daily_spend is not None
         ):
             return True
     return False

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from vastserver.catalog.model import FLAT, Budget, Catalog, Delivery, LineItem
+from vastserver.catalog.model import Budget, Catalog, Delivery, LineItem
 from vastserver.pipeline.delivery import RESERVATION_S, SeparationRules, local_day
 from vastserver.sim.checks import check_frequency_caps, check_separation, check_viewer_identity
 from vastserver.sim.engine import Engine
@@ -47,8 +47,8 @@ def _budget_rows(
     start: datetime,
 ) -> list[dict[str, Any]]:
     """Delivered vs limit for every limit of one budget, with the server's integer units
-    (spend in micros per impression: ``max(1, price_micros // 1000)``, none for a flat line
-    item's)."""
+    (spend in micros per impression: ``price_micros // 1000`` of its billed price, nothing
+    for a flat line item's)."""
     counted = [a for a in ads if a.impression_arrival_ms is not None]
     late = {
         a.serving_id
@@ -72,15 +72,7 @@ def _budget_rows(
         if not groups:
             groups[""] = []
         for day, items in sorted(groups.items()):
-            used = (
-                sum(
-                    max(1, a.price_micros // 1000)
-                    for a in items
-                    if catalog.line_items[a.line_item].pricing_model != FLAT
-                )
-                if spend
-                else len(items)
-            )
+            used = sum(a.price_micros // 1000 for a in items) if spend else len(items)
             over = max(0, used - lim)
             rows.append(
                 {
