@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import FIXED_NOW
 from vastserver.catalog.gen import generate_catalog
 from vastserver.catalog.load import parse_catalog
+from vastserver.catalog.model import billed_cpm
 from vastserver.pipeline.candidates import Candidate, all_candidates
 from vastserver.pipeline.delivery import (
     ROOMY_IMPRESSIONS,
@@ -57,7 +58,7 @@ def _spec(
                 reads[chk.impressions.key] = chk.impressions
                 reads[chk.reservations.key] = chk.reservations
         budgets: list[tuple[str, str, int, int]] = []
-        for b in budget_checks(c, now, c.line_item.price):
+        for b in budget_checks(c, now, billed_cpm(c.line_item, c.line_item.price)):
             budgets.append((b.delivered.key, b.reservations.key, b.limit, b.amount))
             reads[b.delivered.key] = b.delivered
             reads[b.reservations.key] = b.reservations
