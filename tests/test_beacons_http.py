@@ -116,6 +116,7 @@ async def test_event_log_records_decisions_and_beacons(
     ]
     assert decisions[0]["context"]["device_type"] is None
     assert decisions[0]["ads"][0]["line_item_id"] == beacons[0]["line_item_id"]
+    assert decisions[0]["ads"][0]["currency"] == "USD"  # the demo catalog's
 
 
 async def test_report_from_event_log(

@@ -532,7 +532,7 @@ async def test_admin_view_fields() -> None:
     ):
         assert key in row
     assert row["served"] == 1 and row["delivered_impressions"] == 1
-    assert row["spend"] == pytest.approx(0.02)  # one impression at a $20 CPM
+    assert row["spend"] == pytest.approx(0.02) and row["currency"] == "USD"  # at a $20 CPM
     assert row["cap_hits"] == 1
     assert row["budget"]["impressions"] == 500
     text = svc.metrics.render().decode()

@@ -619,7 +619,11 @@ def test_report_skips_and_counts_damaged_records(
 
     at = "2026-11-26T12:00:00+00:00"
     good = [
-        {"type": "decision", "at": at, "ads": [{"line_item_id": "li-1", "ad_serving_id": "a1"}]},
+        {
+            "type": "decision",
+            "at": at,
+            "ads": [{"line_item_id": "li-1", "ad_serving_id": "a1", "currency": "EUR"}],
+        },
         {
             "type": "beacon",
             "at": at,
@@ -635,6 +639,7 @@ def test_report_skips_and_counts_damaged_records(
         {"type": "decision", "at": at, "ads": 5},
         {"type": "decision", "at": at, "ads": [None]},
         {"type": "decision", "at": at, "ads": [{"ad_serving_id": ["x"]}]},
+        {"type": "decision", "at": at, "ads": [{"ad_serving_id": "a2", "currency": 978}]},
         {
             "type": "beacon",
             "at": at,
@@ -670,8 +675,11 @@ def test_report_skips_and_counts_damaged_records(
     assert doc["invalid_records"] == len(bad) + 1
     (row,) = doc["line_items"]
     assert (row["served"], row["impressions"], row["spend"]) == (1, 1, 0.02)
+    assert row["currency"] == "EUR"  # the spend's currency, from the served ads
     assert main_report([str(tmp_path)]) == 0
-    assert f"invalid records skipped: {len(bad) + 1}" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"invalid records skipped: {len(bad) + 1}" in text
+    assert "0.02 EUR" in text
     (tmp_path / "events-2.jsonl").mkdir()  # not a segment: skipped
     assert main_report([str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["decisions"] == 1

@@ -568,6 +568,7 @@ class DeliveryControl:
                     "target_period": "today" if b.daily_impressions is not None else "flight",
                     "completes": v["complete"],
                     "spend": v["spend"] / 1_000_000,
+                    "currency": li.currency,
                     "target_now": None if pacing is None else round(pacing.target_now, 3),
                     "throttle": self.throttle.get(li_id, 1.0),
                     "exhausted": li_id in self.exhausted,

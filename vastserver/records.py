@@ -91,6 +91,7 @@ def decision_record(
                 "categories": list(a.candidate.advertiser.categories),
                 "competitive_category": a.candidate.advertiser.competitive_category,
                 "price_cpm": a.price_cpm,
+                "currency": a.candidate.line_item.currency,
                 "prediction": a.prediction,
                 "value": a.value,
                 **({} if shadow is None else {"shadow_prediction": shadow[1][i]}),

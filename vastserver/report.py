@@ -33,6 +33,8 @@ class LineItemDelivery:
     clicks: int = 0
     errors: int = 0
     spend: float = 0.0
+    currency: str | None = None
+    """The currency of the line item's price, from its served ads (None: none logged)."""
     by_hour: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -89,7 +91,11 @@ def _well_formed(rec: Mapping[str, Any]) -> bool:
         for ad in ads:
             if not isinstance(ad, dict):
                 return False
-            if not (_opt_str(ad.get("line_item_id")) and _opt_str(ad.get("ad_serving_id"))):
+            if not (
+                _opt_str(ad.get("line_item_id"))
+                and _opt_str(ad.get("ad_serving_id"))
+                and _opt_str(ad.get("currency"))
+            ):
                 return False
             p = ad.get("prediction")
             if p is not None and not (isinstance(p, int | float) and math.isfinite(p)):
@@ -148,7 +154,9 @@ def build_report(records: Iterable[Mapping[str, Any]]) -> DeliveryReport:
             ads = rec.get("ads") or []
             filled += bool(ads)
             for ad in ads:
-                item(str(ad.get("line_item_id"))).served += 1
+                it = item(str(ad.get("line_item_id")))
+                it.served += 1
+                it.currency = ad.get("currency") or it.currency
         elif kind == "beacon" and rec.get("counted") and rec.get("line_item_id"):
             it = item(str(rec["line_item_id"]))
             match rec.get("event"):
@@ -198,7 +206,7 @@ def render_text(rep: DeliveryReport, catalog: Catalog | None, out: TextIO) -> No
     )
     header = (
         f"{'line item':<34}{'served':>8}{'impr':>8}{'compl':>8}{'compl%':>8}"
-        f"{'clicks':>7}{'spend':>10}{'target':>9}{'pacing':>8}\n"
+        f"{'clicks':>7}{'spend':>10}{'cur':>4}{'target':>9}{'pacing':>8}\n"
     )
     out.write(header)
     out.write("-" * (len(header) - 1) + "\n")
@@ -211,6 +219,7 @@ def render_text(rep: DeliveryReport, catalog: Catalog | None, out: TextIO) -> No
         out.write(
             f"{li_id[:33]:<34}{it.served:>8}{it.impressions:>8}{it.completes:>8}"
             f"{_fmt(it.completion_rate, True):>8}{it.clicks:>7}{it.spend:>10.2f}"
+            f"{it.currency or '-':>4}"
             f"{('-' if target is None else f'{target:.0f}'):>9}{_fmt(ratio, True):>8}\n"
         )
 
@@ -232,6 +241,7 @@ def report_json(rep: DeliveryReport, catalog: Catalog | None) -> dict[str, Any]:
                 "clicks": it.clicks,
                 "errors": it.errors,
                 "spend": round(it.spend, 6),
+                "currency": it.currency,
                 "pacing_target": target,
                 "pacing_ratio": it.impressions / target if target else None,
                 "impressions_by_hour": it.by_hour,
