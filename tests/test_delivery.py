@@ -394,6 +394,25 @@ async def test_a_store_failure_at_commit_drops_budgeted_ads_as_budget_exhausted(
     assert _li_a_outcome(await svc.decide(request("v0"))) == (False, Reason.BUDGET_EXHAUSTED)
 
 
+@pytest.mark.parametrize("flat", [False, True])
+async def test_an_outage_stops_what_would_spend_but_not_a_flat_line_item(flat: bool) -> None:
+    """With the store down (read and commit), budgets fail closed for what an impression
+    would move: a CPM line item under a campaign spend budget stops; a flat one, which
+    spends nothing, serves on."""
+    cat = _with_li_a(**({"pricing_model": "flat"} if flat else {}))
+    cat["campaigns"][0]["budget"] = {"spend": 100.0}
+    svc, _ = _setup(cat)
+
+    async def down(*args: Any, **kw: Any) -> Any:
+        raise StoreUnavailable("down")
+
+    svc.delivery.store.read = down
+    svc.delivery.store.commit = down
+    d = await svc.decide(request("v0"))
+    assert ("li-a" in [a.candidate.line_item.id for a in d.ads]) == flat
+    assert svc.delivery.store_errors == 2
+
+
 async def test_store_failures_are_logged_sampled(caplog: pytest.LogCaptureFixture) -> None:
     """An outage fails every request: each failure is counted, the first few each second
     are logged (with the operation and the error), not all of them."""

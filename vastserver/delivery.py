@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from vastserver.catalog.model import Catalog, Delivery, LineItem
+from vastserver.catalog.model import Catalog, Delivery, LineItem, billed_cpm
 from vastserver.logs import Sampler, event
 from vastserver.metrics import Metrics
 from vastserver.pipeline.candidates import Candidate
@@ -41,13 +41,13 @@ from vastserver.pipeline.delivery import (
     Viewer,
     daily_target_fraction,
     gate_checks,
-    has_budget,
     history_entries,
     history_key,
     impression_plan,
     is_cap_key,
     local_day,
     local_day_at,
+    moves_budget,
     note_headroom,
     recent_from_history,
     release_increments,
@@ -199,7 +199,11 @@ class DeliveryControl:
     def degraded(self, cands: Sequence[Candidate], viewer: Viewer, now: datetime) -> Prefetched:
         """No counters (store down or too slow): caps and stream separation fail open,
         budgeted line items fail closed."""
-        exhausted = self.exhausted | {c.line_item.id for c in cands if has_budget(c)}
+        exhausted = self.exhausted | {
+            c.line_item.id
+            for c in cands
+            if moves_budget(c, billed_cpm(c.line_item, c.line_item.price))
+        }
         gate = CountsGate(
             counts={},
             viewer=viewer,
@@ -278,7 +282,7 @@ class DeliveryControl:
         except (StoreUnavailable, TimeoutError) as e:
             self._store_error(e, "commit")
             # Caps fail open; budgeted line items fail closed.
-            ok = [not has_budget(ad.candidate) for ad in d.ads]
+            ok = [not moves_budget(ad.candidate, ad.price_cpm) for ad in d.ads]
             store_failed = True
         if all(ok):
             return d

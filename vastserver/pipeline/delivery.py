@@ -516,6 +516,25 @@ def note_headroom(
             e.roomy_until = ts + ROOMY_S
 
 
+def moves_budget(c: Candidate, price_cpm: float) -> bool:
+    """Whether an impression of ``c`` billed at ``price_cpm`` moves a budget: any impression
+    budget of the line item or its campaign, or a spend budget when it costs something
+    (a flat line item's billed price is 0). Who fails closed when the store is down."""
+    costs = spends(price_cpm)
+    for b in (c.line_item.pacing.budget, c.campaign.budget):
+        if b.impressions is not None or b.daily_impressions is not None:
+            return True
+        if costs and (b.spend is not None or b.daily_spend is not None):
+            return True
+    return False
+
+
+def spends(price_cpm: float) -> bool:
+    """Whether an impression billed at ``price_cpm`` moves spend budgets (as
+    :func:`budget_checks` counts it: at least one micro of currency)."""
+    return round(price_cpm * 1_000_000) // 1000 > 0
+
+
 def has_budget(c: Candidate) -> bool:
     """Whether the line item or its campaign has any impression or spend budget (a spend
     budget counts for a flat line item too: whether an impression spends is its billed
