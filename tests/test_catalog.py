@@ -469,6 +469,10 @@ def test_a_catalog_has_one_currency() -> None:
         errors_of(doc),
         [(f"$.line_items[{LI_PRIME}].currency", "GBP differs from the catalog's currency EUR")],
     )
+    # an invalid catalog currency is reported alone, not again on every line item
+    doc["currency"] = "Eur"
+    assert [i.path for i in errors_of(doc)] == ["$.currency"]
+    doc["currency"] = "EUR"
     del doc["line_items"][LI_PRIME]["currency"]
     eur = parse_catalog(doc)
     assert eur.currency == "EUR"
