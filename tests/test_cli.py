@@ -57,7 +57,12 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "vastserver", "serve", "--port", str(self.port), *args]
         self.proc = subprocess.Popen(
-            cmd, env=env or _env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
+            cmd,
+            env=env or _env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,  # its own process group: the tests can pause it whole
         )
 
     def wait_ready(self, timeout: float = 20.0) -> None:
@@ -324,21 +329,30 @@ def test_start_up_logs_listening_then_accepting(server_factory: Any) -> None:
     assert events.index("listening") < events.index("accepting") < events.index("stopped")
 
 
-def test_a_port_taken_while_loading_is_a_clean_start_up_error() -> None:
-    """Another process binds the metrics port too (SO_REUSEADDR: two may bind a port that
-    neither listens on) and listens on it while the server loads: the server cannot listen
-    there once up, and exits 2 with a clear message, not a traceback."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_port_taken_while_loading_is_a_clean_start_up_error(workers: int, redis_url: str) -> None:
+    """Another process binds a metrics port too (SO_REUSEADDR: two may bind a port that
+    neither listens on) and listens on it while the server loads: the worker cannot listen
+    there once up and exits 2 with a clear message, not a traceback; with two workers the
+    other one stops too and the server exits 2. The server is paused (its process group)
+    from the moment it has bound until the other process listens."""
     with socket.socket() as busy:
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         busy.bind(("127.0.0.1", 0))
         port = busy.getsockname()[1]
-        srv = Server("--metrics-port", str(port))
+        first = port - (workers - 1)  # the last worker's metrics port is the busy one
+        extra = ("--workers", "2", "--redis", redis_url) if workers == 2 else ()
+        srv = Server("--metrics-port", str(first), "--event-log", "off", *extra)
         assert srv.proc.stdout is not None
         line = srv.proc.stdout.readline().decode()
-        assert '"listening"' in line, line  # the server has bound the port too
-        busy.listen(1)
+        os.killpg(srv.proc.pid, signal.SIGSTOP)
+        try:
+            assert '"listening"' in line, line  # the server has bound the port too
+            busy.listen(1)
+        finally:
+            os.killpg(srv.proc.pid, signal.SIGCONT)
         out = srv.proc.stdout.read().decode()
-        assert srv.proc.wait(20) == 2, out
+        assert srv.proc.wait(30) == 2, out
     assert f"cannot listen on 127.0.0.1:{port}" in out and "Traceback" not in out
 
 

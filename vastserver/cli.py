@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import multiprocessing
+import multiprocessing.connection as mp_connection
 import os
 import signal
 import socket
@@ -96,15 +97,16 @@ def _run_worker(
     # Everything loaded at start-up is long-lived: keep it out of the GC's generations.
     gc.collect()
     gc.freeze()
-    if asyncio.run(_serve_until_signal(app, sock, settings, metrics_sock)):
-        sys.exit(2)
+    status = asyncio.run(_serve_until_signal(app, sock, settings, metrics_sock))
     if app.get(STATE_SAVE_FAILED):
         print(
             f"{settings.state_file}: the last state save failed; it holds the state of the "
             "save before (see the state_save_failed log line)",
             file=sys.stderr,
         )
-        sys.exit(1)
+        sys.exit(status or 1)
+    if status:
+        sys.exit(status)
 
 
 async def _serve_until_signal(
@@ -254,8 +256,17 @@ def serve(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGHUP, stop)
     if take_early_sighup():  # came while the workers were being started: pass it on
         stop(signal.SIGHUP, None)
-    for pr in procs:
-        pr.join()
+    # A worker that exits 2 could not start (its port, its settings): the server is not what
+    # was asked for, so the others stop too and the parent says so, instead of serving on
+    # short of a worker.
+    pending = list(procs)
+    while pending:
+        mp_connection.wait([pr.sentinel for pr in pending])
+        for pr in [pr for pr in pending if not pr.is_alive()]:
+            pending.remove(pr)
+            pr.join()
+            if pr.exitcode == 2:
+                stop(signal.SIGTERM, None)
     return max((pr.exitcode or 0) for pr in procs)
 
 
