@@ -53,6 +53,7 @@ from vastserver.pipeline.delivery import (
     release_increments,
     reservation_plan,
     scope_caps,
+    spend_micros,
     target_fraction,
 )
 from vastserver.pipeline.reasons import Reason
@@ -389,7 +390,7 @@ class DeliveryControl:
                 incrs.append(Incr(f"{ev_key}:d:{day}", LIFETIME, 1, ttl_s=3 * 86400))
             if event == "impression":
                 viewer = Viewer(token.viewer_hash, token.session or None, token.lmt)
-                incrs.append(Incr(spend_key(li), LIFETIME, token.price_micros // 1000))
+                incrs.append(Incr(spend_key(li), LIFETIME, spend_micros(token.price_micros)))
                 incrs.append(Incr(exposure_read(viewer).key, EXPOSURE_WINDOW, 1))
                 if cand is not None:
                     incrs += impression_plan(

@@ -1272,8 +1272,8 @@ def _parse(data: object, errs: Issues) -> Catalog | None:
     for e in line_items:
         _check_line_item_refs(e, camp_by_id, known_camp, cre_by_id, known_cre, errs)
     currency = root.get("currency", "USD")
-    if "currency" in root or not isinstance(data, dict) or "currency" not in data:
-        _check_currency(line_items, currency, errs)  # (an invalid one is reported alone)
+    if "currency" in root:  # absent means the default; invalid, it is reported alone
+        _check_currency(line_items, currency, errs)
 
     ad_rules = _ad_rules(root.get("ad_rules", MappingProxyType({})))
     if errs:

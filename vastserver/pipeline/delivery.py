@@ -166,6 +166,13 @@ class BudgetCheck:
     ttl_s: int | None
 
 
+def spend_micros(price_micros: int) -> int:
+    """What one impression billed at a CPM of ``price_micros`` (micros of currency per
+    thousand) spends, in whole micros of currency: the one rounding every spend counter,
+    budget check and the simulator's replica share."""
+    return price_micros // 1000
+
+
 def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> list[BudgetCheck]:
     """``price_micros``: the impression's billed price as a CPM in micros. An impression
     that costs nothing (a flat line item's) checks and moves no spend budget."""
@@ -188,7 +195,7 @@ def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> 
 
     add("imp", budget.impressions, 1, False)
     add("imp", budget.daily_impressions, 1, True)
-    spend_amount = price_micros // 1000  # micros of currency per impression
+    spend_amount = spend_micros(price_micros)
     if spend_amount > 0:
         add("spend", budget.spend, spend_amount, False)
         add("spend", budget.daily_spend, spend_amount, True)
@@ -520,32 +527,21 @@ def moves_budget(c: Candidate, price_cpm: float) -> bool:
     """Whether an impression of ``c`` billed at ``price_cpm`` moves a budget: any impression
     budget of the line item or its campaign, or a spend budget when it costs something
     (a flat line item's billed price is 0). Who fails closed when the store is down."""
-    costs = spends(price_cpm)
-    for b in (c.line_item.pacing.budget, c.campaign.budget):
-        if b.impressions is not None or b.daily_impressions is not None:
-            return True
-        if costs and (b.spend is not None or b.daily_spend is not None):
-            return True
-    return False
-
-
-def spends(price_cpm: float) -> bool:
-    """Whether an impression billed at ``price_cpm`` moves spend budgets (as
-    :func:`budget_checks` counts it: at least one micro of currency)."""
-    return round(price_cpm * 1_000_000) // 1000 > 0
+    return _budgeted(c, spend_micros(round(price_cpm * 1_000_000)) > 0)
 
 
 def has_budget(c: Candidate) -> bool:
     """Whether the line item or its campaign has any impression or spend budget (a spend
     budget counts for a flat line item too: whether an impression spends is its billed
     price's to say, and a serve's token may carry a price from before a reload)."""
+    return _budgeted(c, True)
+
+
+def _budgeted(c: Candidate, spends: bool) -> bool:
     for b in (c.line_item.pacing.budget, c.campaign.budget):
-        if (
-            b.impressions is not None
-            or b.daily_impressions is not None
-            or b.spend is not None
-            or b.daily_spend is not None
-        ):
+        if b.impressions is not None or b.daily_impressions is not None:
+            return True
+        if spends and (b.spend is not None or b.daily_spend is not None):
             return True
     return False
 

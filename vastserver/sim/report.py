@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from vastserver.catalog.model import Budget, Catalog, Delivery, LineItem
-from vastserver.pipeline.delivery import RESERVATION_S, SeparationRules, local_day
+from vastserver.pipeline.delivery import RESERVATION_S, SeparationRules, local_day, spend_micros
 from vastserver.sim.checks import check_frequency_caps, check_separation, check_viewer_identity
 from vastserver.sim.engine import Engine
 from vastserver.sim.records import ServedAd
@@ -47,8 +47,8 @@ def _budget_rows(
     start: datetime,
 ) -> list[dict[str, Any]]:
     """Delivered vs limit for every limit of one budget, with the server's integer units
-    (spend in micros per impression: ``price_micros // 1000`` of its billed price, nothing
-    for a flat line item's)."""
+    (spend in micros per impression: :func:`spend_micros` of its billed price, nothing for a
+    flat line item's)."""
     counted = [a for a in ads if a.impression_arrival_ms is not None]
     late = {
         a.serving_id
@@ -72,7 +72,7 @@ def _budget_rows(
         if not groups:
             groups[""] = []
         for day, items in sorted(groups.items()):
-            used = sum(a.price_micros // 1000 for a in items) if spend else len(items)
+            used = sum(spend_micros(a.price_micros) for a in items) if spend else len(items)
             over = max(0, used - lim)
             rows.append(
                 {
