@@ -365,3 +365,43 @@ def test_a_busy_metrics_port_is_a_clean_start_up_error() -> None:
         out = srv.proc.stdout.read().decode() if srv.proc.stdout else ""
         assert srv.proc.wait(20) == 2
     assert f"cannot listen on 127.0.0.1:{port} (metrics)" in out and "Traceback" not in out
+
+
+def _closed_after(sock: socket.socket, limit: float) -> float:
+    """Seconds until the server closes ``sock`` (reads EOF), failing past ``limit``."""
+    t0 = time.monotonic()
+    sock.settimeout(limit)
+    while sock.recv(4096):  # a response sent before the close is read past
+        pass
+    return time.monotonic() - t0
+
+
+def test_idle_and_slow_header_connections_are_closed(server_factory: Any) -> None:
+    """``VASTSERVER_KEEPALIVE_S`` bounds how long a connection may sit idle between requests
+    and how long a client may take to send a request's head; aiohttp's own default is an
+    hour, which lets idle players or a slow-headers client hold descriptors."""
+    srv = server_factory("--event-log", "off", env=_env(VASTSERVER_KEEPALIVE_S="1"))
+    srv.wait_ready()
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as idle:
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(0.3)  # within the timeout the connection still serves
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(4096).startswith(b"HTTP/1.1 200")
+        assert 0.5 < _closed_after(idle, 5) < 3
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as slow:
+        t0 = time.monotonic()
+        for chunk in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"X-A: 1\r\n"):
+            slow.sendall(chunk)  # a head trickled in, never finished
+            time.sleep(0.3)
+        assert _closed_after(slow, 5) + time.monotonic() - t0 < 3
+    assert srv.stop() == 0
+
+
+def test_keepalive_setting_is_range_checked() -> None:
+    from vastserver.settings import SettingsError
+
+    assert make_settings().keepalive_s == 75
+    assert make_settings(keepalive_s="600").keepalive_s == 600
+    with pytest.raises(SettingsError, match="VASTSERVER_KEEPALIVE_S: must be between 1 and 7200"):
+        make_settings(keepalive_s="0")

@@ -121,13 +121,25 @@ async def _serve_until_signal(
     Returns the exit status: 2 when a port could not be listened on, else 0."""
     from vastserver.app import RUNTIME, metrics_app
 
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=30)
+    # aiohttp keeps an idle connection for an hour by default: a fleet of players that each
+    # leave one open would hold a descriptor apiece. The same timer closes a connection
+    # whose request head is still incomplete (slow headers).
+    keepalive = float(settings.keepalive_s)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=30,
+        keepalive_timeout=keepalive,
+    )
     await runner.setup()
     side: web.AppRunner | None = None
     if metrics_sock is not None:
         # The workers share the main port, so a scrape there reaches one of them at random:
         # each worker also answers /metrics on a port of its own.
-        side = web.AppRunner(metrics_app(app), access_log=None, handle_signals=False)
+        side = web.AppRunner(
+            metrics_app(app), access_log=None, handle_signals=False, keepalive_timeout=keepalive
+        )
         await side.setup()
     listening = sock
     try:  # listens: connections were refused until now

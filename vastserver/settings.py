@@ -93,6 +93,9 @@ class Settings:
     """Decision requests served at once; beyond it requests are shed with a no-fill."""
     drain_s: float = 2.0
     """On SIGTERM: seconds between turning /readyz false and closing the listener."""
+    keepalive_s: int = 75
+    """An idle connection is closed after this many seconds, and so is one that has not
+    finished sending a request's head within them (slow headers)."""
     candidate_limit: int = CANDIDATE_LIMIT
     """Most candidates scored per request (best by price x tier; the rest are outranked)."""
     progress_offsets_s: tuple[float, ...] = ()
@@ -267,6 +270,7 @@ def load_settings(
     deadline_ms = integer("deadline_ms", "VASTSERVER_DEADLINE_MS", 5, 10_000, 150)
     max_in_flight = integer("max_in_flight", "VASTSERVER_MAX_IN_FLIGHT", 1, 100_000, 256)
     drain_ms = integer("drain_ms", "VASTSERVER_DRAIN_MS", 0, 120_000, 2000)
+    keepalive_s = integer("keepalive_s", "VASTSERVER_KEEPALIVE_S", 1, 7200, 75)
     candidate_limit = integer(
         "candidate_limit", "VASTSERVER_CANDIDATE_LIMIT", 1, 100_000, CANDIDATE_LIMIT
     )
@@ -320,6 +324,7 @@ def load_settings(
         deadline_ms=deadline_ms,
         max_in_flight=max_in_flight,
         drain_s=drain_ms / 1000,
+        keepalive_s=keepalive_s,
         candidate_limit=candidate_limit,
         event_log_dir=event_dir,
         geo_path=geo_path,
