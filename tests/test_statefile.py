@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from benchmarks.reqmix import beacons_of
+from tests.support.stores import claim_many
 from tests.test_cli import Server, _env, _get
 from vastserver.settings import SettingsError, load_settings
 from vastserver.store.base import Guard, Guarded, Incr, Read, Window
@@ -55,7 +56,7 @@ async def _filled(clock: Clock) -> MemoryStore:
         ],
         now,
     )
-    assert await s.claim_many(["imp:ad-1", "imp:ad-2"], 3600) == [True, True]
+    assert await claim_many(s, ["imp:ad-1", "imp:ad-2"], 3600) == [True, True]
     await s.push_history("sess:s1", ["a", "b"], keep=5, ttl_s=3600)
     return s
 
@@ -81,7 +82,7 @@ async def test_every_kind_of_key_reads_back_as_it_was(tmp_path: Path) -> None:
     assert await new.read(READS, clock.t) == [3, 7, 3, 5, 0]
     assert await old.read(READS, clock.t) == [3, 7, 3, 5, 0]
     # claims still refuse a second claim, and expire when they would have
-    assert await new.claim_many(["imp:ad-1", "imp:ad-3"], 3600) == [False, True]
+    assert await claim_many(new, ["imp:ad-1", "imp:ad-3"], 3600) == [False, True]
     assert await new.history("sess:s1") == ["b", "a"]
     # a guarded commit sees the restored count: 3 in the hour, limit 3
     assert await new.commit(
@@ -89,7 +90,7 @@ async def test_every_kind_of_key_reads_back_as_it_was(tmp_path: Path) -> None:
         clock.t,
     ) == [False]
     clock.t += 3600 + 1  # the claims' and history's hour passes, the lifetime stays
-    assert await new.claim_many(["imp:ad-1"], 3600) == [True]
+    assert await claim_many(new, ["imp:ad-1"], 3600) == [True]
     assert await new.history("sess:s1") == []
     assert (await new.read(READS, clock.t))[1:4] == [7, 3, 5]
 

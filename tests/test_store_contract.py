@@ -25,6 +25,7 @@ from tests.support.redis_server import (  # noqa: F401  (pytest fixtures)
     redis_server,
     redis_url,
 )
+from tests.support.stores import claim, claim_many
 from vastserver.store import (
     Guard,
     Guarded,
@@ -263,12 +264,12 @@ async def test_concurrent_commits_grant_exactly_the_limit(h: Harness) -> None:
 
 async def test_claims_dedupe(h: Harness) -> None:
     s = h.store
-    assert await s.claim("bc:1:impression", 60)
-    assert not await s.claim("bc:1:impression", 60)
-    assert await s.claim_many(["b", "bc:1:impression", "b", "c"], 60) == [True, False, False, True]
-    assert await s.claim_many([], 60) == []
+    assert await claim(s, "bc:1:impression", 60)
+    assert not await claim(s, "bc:1:impression", 60)
+    assert await claim_many(s, ["b", "bc:1:impression", "b", "c"], 60) == [True, False, False, True]
+    assert await claim_many(s, [], 60) == []
     with pytest.raises(ValueError):
-        await s.claim("bad", 0)
+        await claim(s, "bad", 0)
 
 
 async def test_claim_and_add_counts_only_new_claims(h: Harness) -> None:
@@ -288,16 +289,16 @@ async def test_claim_and_add_counts_only_new_claims(h: Harness) -> None:
     got = await s.claim_and_add(["y:imp", "x:settled"], 60, [Incr("beacons", LIFE, 5)], T0)
     assert got == [True, False]
     assert await s.read(n, T0) == [2]
-    assert not await s.claim("y:imp", 60)
-    # claims share the claim_many namespace; no keys: the increments apply
+    assert not await claim(s, "y:imp", 60)
+    # claims with and without increments share one namespace; no keys: the increments apply
     assert await s.claim_and_add(["c"], 60, [], T0) == [True]
-    assert await s.claim_many(["c"], 60) == [False]
+    assert await claim_many(s, ["c"], 60) == [False]
     assert await s.claim_and_add([], 60, [Incr("beacons", LIFE, 1)], T0) == []
     assert await s.read(n, T0) == [3]
     # a malformed increment fails the whole call before anything is claimed
     with pytest.raises(ValueError):
         await s.claim_and_add(["z"], 60, [Incr("beacons", LIFE, 1, ttl_s=0)], T0)
-    assert await s.claim_many(["z"], 60) == [True]
+    assert await claim_many(s, ["z"], 60) == [True]
     with pytest.raises(ValueError):
         await s.claim_and_add(["w"], 0, [], T0)
 
@@ -306,11 +307,11 @@ async def test_kinds_do_not_collide(h: Harness) -> None:
     s = h.store
     for key in ("same", "\x01same", "\x00", ""):
         await s.add([Incr(key, LIFE, 1)], T0)
-        assert await s.claim(key, 60)
+        assert await claim(s, key, 60)
         await s.push_history(key, ["e"], keep=3, ttl_s=60)
         assert await h.value(key, LIFE, T0) == 1
         assert await s.history(key) == ["e"]
-        assert not await s.claim(key, 60)
+        assert not await claim(s, key, 60)
     assert await h.value("same", LIFE, T0) == 1
 
 
@@ -334,8 +335,8 @@ async def test_ttls_expire(h: Harness) -> None:
     """Claims, histories and ``ttl_s`` counters expire by the backend's clock."""
     s = h.store
     hour = Window(3600, 300)
-    assert await s.claim("c1", 1)
-    assert await s.claim("c100", 100)
+    assert await claim(s, "c1", 1)
+    assert await claim(s, "c100", 100)
     await s.push_history("h1", ["x"], keep=5, ttl_s=1)
     await s.push_history("h100", ["x"], keep=5, ttl_s=100)
     await s.add(
@@ -348,8 +349,8 @@ async def test_ttls_expire(h: Harness) -> None:
         T0,
     )
     await h.pass_time(1.1)
-    assert await s.claim("c1", 1)  # expired: claimable again
-    assert not await s.claim("c100", 100)
+    assert await claim(s, "c1", 1)  # expired: claimable again
+    assert not await claim(s, "c100", 100)
     assert await s.history("h1") == []
     assert await s.history("h100") == ["x"]
     reads = [Read("life1", LIFE), Read("life", LIFE), Read("win1", hour), Read("win", hour)]
@@ -503,7 +504,7 @@ async def test_matches_reference_model(h: Harness, ops: list[tuple[Any, ...]]) -
             assert await s.read(reads, now) == expected, (op, now - T0)
         elif kind == "claim":
             keys = [f"{ns}c{k}" for k in op[1]]
-            assert await s.claim_many(keys, BIG_TTL) == model.claim_many(keys)
+            assert await claim_many(s, keys, BIG_TTL) == model.claim_many(keys)
         elif kind == "claim_add":
             keys = [f"{ns}c{k}" for k in op[1]]
             incrs = [incr(x) for x in op[2]]
@@ -560,8 +561,6 @@ async def test_redis_restart(request: pytest.FixtureRequest) -> None:
             lambda: store.read([Read("k", LIFE)], T0),
             lambda: store.add([Incr("k", LIFE)], T0),
             lambda: store.commit([one("k", LIFE, 5)], T0),
-            lambda: store.claim("c", 60),
-            lambda: store.claim_many(["c", "d"], 60),
             lambda: store.claim_and_add(["c"], 60, [Incr("k", LIFE)], T0),
             lambda: store.history("h"),
             lambda: store.push_history("h", ["x"], keep=3, ttl_s=60),
@@ -575,7 +574,7 @@ async def test_redis_restart(request: pytest.FixtureRequest) -> None:
         server.start()
         assert await store.ping()
         assert await store.commit([one("k", LIFE, 5)], T0) == [True]
-        assert await store.claim_many(["c", "c"], 60) == [True, False]
+        assert await claim_many(store, ["c", "c"], 60) == [True, False]
         assert await store.claim_and_add(["e"], 60, [Incr("k", LIFE)], T0) == [True]
         await store.push_history("h", ["x"], keep=3, ttl_s=60)
         assert await store.history("h") == ["x"]
@@ -591,7 +590,7 @@ async def test_redis_unreachable_raises_store_unavailable() -> None:
         with pytest.raises(StoreUnavailable):
             await store.read([Read("k", W60)], T0)
         with pytest.raises(StoreUnavailable):
-            await store.claim_many(["a"], 60)
+            await claim_many(store, ["a"], 60)
         assert not await store.ping()
     finally:
         await store.close()
@@ -621,7 +620,7 @@ async def test_memory_evicts_least_recently_touched() -> None:
     assert values == [1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]
     # that read touched k0 first, so k0 is now the least recently touched; claims and
     # histories count towards max_keys too
-    assert await s.claim("claim", 60)
+    assert await claim(s, "claim", 60)
     assert len(s) == 10 and s.evictions == 6
     assert await s.read([Read("k0", W60), Read("k6", W60)], T0) == [0, 1]
 
@@ -636,7 +635,7 @@ async def test_memory_sweeps_expired_keys() -> None:
     n = 20_000
     for i in range(n):
         clock.t += 0.01
-        await s.claim(f"c{i}", 2)
+        await claim(s, f"c{i}", 2)
         await s.add([Incr(f"v{i}", Window(10, 5))], clock.t)  # expires after 15 s
         peak = max(peak, len(s))
     # live: ~200 claims + ~1500 counters, plus up to one 8-s wheel slot of each

@@ -102,20 +102,13 @@ class Store(Protocol):
         Groups are evaluated in order, each seeing the effects of the ones before."""
         ...
 
-    async def claim(self, key: str, ttl_s: int) -> bool:
-        """Dedupe: True the first time ``key`` is claimed within ``ttl_s``; False after."""
-        ...
-
-    async def claim_many(self, keys: Sequence[str], ttl_s: int) -> list[bool]:
-        """``claim`` for several keys in one round trip."""
-        ...
-
     async def claim_and_add(
         self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float
     ) -> list[bool]:
-        """``claim_many(keys)`` and, when every claim is new, ``add(incrs)``: atomically, in
-        one round trip. A failed call has done neither, so a beacon whose count failed can be
-        retried and counted; one that got through is never counted twice."""
+        """Dedupe: claim each key (True the first time it is claimed within ``ttl_s``, False
+        after, and for a repeat within ``keys``) and, when every claim is new, ``add(incrs)``:
+        atomically, in one round trip. A failed call has done neither, so a beacon whose count
+        failed can be retried and counted; one that got through is never counted twice."""
         ...
 
     async def history(self, key: str) -> list[str]:

@@ -236,12 +236,7 @@ class MemoryStore:
         self._evict()
         return out
 
-    async def claim(self, key: str, ttl_s: int) -> bool:
-        return (await self.claim_many((key,), ttl_s))[0]
-
-    async def claim_many(self, keys: Sequence[str], ttl_s: int) -> list[bool]:
-        if ttl_s <= 0:
-            raise ValueError("ttl_s must be positive")
+    def _claim_many(self, keys: Sequence[str], ttl_s: int) -> list[bool]:
         wall = self._clock()
         self._sweep(wall)
         data = self._data
@@ -265,7 +260,7 @@ class MemoryStore:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         validate((Guarded((), tuple(incrs)),))  # before anything is applied
-        claims = await self.claim_many(keys, ttl_s)
+        claims = self._claim_many(keys, ttl_s)
         if incrs and all(claims):
             wall = self._clock()
             for incr in incrs:

@@ -18,14 +18,13 @@ fields, one consistent snapshot); ``commit`` and ``add`` are one ``EVALSHA`` of
 is summed in Lua, then the group's increments are applied only if all guards hold (``add`` is
 a single group without guards). ``claim_and_add`` is one ``EVALSHA`` of
 :data:`CLAIM_ADD_LUA` (claims, then the increments only if every claim is new: a beacon is
-claimed and counted together or not at all). ``claim_many`` and ``push_history`` are one
-pipeline.
+claimed and counted together or not at all). ``push_history`` is one pipeline.
 Scripts are cached by SHA; after a server restart the first call re-loads them
 (redis-py's ``Script`` handles ``NOSCRIPT``). Every key a script touches is passed in
 ``KEYS``.
 
 Failures: every Redis or socket error is raised as :class:`StoreUnavailable`. Writes are
-**never retried** (a retried ``commit``, ``add``, ``claim`` or push after an ambiguous failure
+**never retried** (a retried ``commit``, ``add``, claim or push after an ambiguous failure
 could apply twice or lose a claim); ``read`` and ``history`` retry once on a connection error.
 The connection pool checks a pooled connection before reuse and reconnects one the server
 closed, so after a server restart the next call simply works (a write racing the restart
@@ -293,29 +292,6 @@ class RedisStore:
             keys.append(self._c + incr.key)
             idx, trim, ttl = incr_plan(incr, now)
             args += (idx, incr.amount, ttl or 0, "" if trim is None else trim)
-
-    async def claim(self, key: str, ttl_s: int) -> bool:
-        if ttl_s <= 0:
-            raise ValueError("ttl_s must be positive")
-        try:
-            res = await self._client.set(self._d + key, 1, nx=True, ex=ttl_s)
-        except _FAILURES as e:
-            raise StoreUnavailable(f"redis claim failed: {e!r}") from e
-        return bool(res)
-
-    async def claim_many(self, keys: Sequence[str], ttl_s: int) -> list[bool]:
-        if ttl_s <= 0:
-            raise ValueError("ttl_s must be positive")
-        if not keys:
-            return []
-        try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.set(self._d + key, 1, nx=True, ex=ttl_s)
-                res = await pipe.execute()
-        except _FAILURES as e:
-            raise StoreUnavailable(f"redis claim failed: {e!r}") from e
-        return [bool(x) for x in res]
 
     async def claim_and_add(
         self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float

@@ -36,20 +36,6 @@ class TimedStore:
         finally:
             self._observe("commit", time.perf_counter() - t)
 
-    async def claim(self, key: str, ttl_s: int) -> bool:
-        t = time.perf_counter()
-        try:
-            return await self.inner.claim(key, ttl_s)
-        finally:
-            self._observe("claim", time.perf_counter() - t)
-
-    async def claim_many(self, keys: Sequence[str], ttl_s: int) -> list[bool]:
-        t = time.perf_counter()
-        try:
-            return await self.inner.claim_many(keys, ttl_s)
-        finally:
-            self._observe("claim", time.perf_counter() - t)
-
     async def claim_and_add(
         self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float
     ) -> list[bool]:
