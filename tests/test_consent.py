@@ -20,6 +20,7 @@ from tests.conftest import ClientFactory
 from vastserver.app import RUNTIME
 from vastserver.consent import (
     GppSignals,
+    Permissions,
     decode_tc_string,
     parse_gpp_sid,
     permissions,
@@ -66,13 +67,36 @@ def test_decodes_what_the_reference_decoder_reads(
 V1_STRING = "BOOlLqOOOlLqTABABAENAk-AAAAXx7_______9______9uz_Gv_r_f__3nW8_3"
 
 
+def _bitfield_section(vendors: AbstractSet[int]) -> str:
+    """A vendor section as a bit field: MaxVendorId, IsRangeEncoding 0, one bit a vendor."""
+    max_vendor = max(vendors, default=0)
+    return (
+        format(max_vendor, "016b")
+        + "0"
+        + "".join("1" if v in vendors else "0" for v in range(1, max_vendor + 1))
+    )
+
+
+def _restrictions_section(restrictions: list[tuple[int, int, list[tuple[int, int]]]]) -> str:
+    """NumPubRestrictions, then each (purpose, type, [(first, last) vendor ranges])."""
+    out = format(len(restrictions), "012b")
+    for purpose, kind, ranges in restrictions:
+        out += format(purpose, "06b") + format(kind, "02b") + format(len(ranges), "012b")
+        for a, b in ranges:
+            single = "0" + format(a, "016b")
+            out += single if a == b else "1" + format(a, "016b") + format(b, "016b")
+    return out
+
+
 def tc_string(
     purposes: AbstractSet[int],
     li: AbstractSet[int] = frozenset(),
     vendors: AbstractSet[int] = frozenset(),
+    restrictions: list[tuple[int, int, list[tuple[int, int]]]] | None = None,
+    li_vendors: AbstractSet[int] = frozenset(),
 ) -> str:
-    """A core segment written field by field (TCF v2 layout), vendors as a bitfield."""
-    max_vendor = max(vendors, default=0)
+    """A core segment written field by field (TCF v2 layout), vendor sections as bit
+    fields, then the publisher restrictions."""
     bits = (
         format(2, "06b")  # version
         + "0" * 146  # created ... special feature opt-ins (we do not read them)
@@ -80,9 +104,9 @@ def tc_string(
         + "".join("1" if p in li else "0" for p in range(1, 25))
         + "0"  # purpose one treatment
         + "0" * 12  # publisher country
-        + format(max_vendor, "016b")
-        + "0"  # bitfield, not ranges
-        + "".join("1" if v in vendors else "0" for v in range(1, max_vendor + 1))
+        + _bitfield_section(vendors)
+        + _bitfield_section(li_vendors)
+        + _restrictions_section(restrictions or [])
     )
     bits += "0" * (-len(bits) % 8)
     raw = int(bits, 2).to_bytes(len(bits) // 8, "big")
@@ -108,6 +132,8 @@ def _ranges_string(entries: list[tuple[int, int]], purposes: AbstractSet[int]) -
         + "1"  # ranges
         + format(len(entries), "012b")
         + "".join("1" + format(a, "016b") + format(b, "016b") for a, b in entries)
+        + _bitfield_section(set())  # no legitimate interests
+        + _restrictions_section([])
     )
     bits += "0" * (-len(bits) % 6)
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
@@ -115,9 +141,9 @@ def _ranges_string(entries: list[tuple[int, int]], purposes: AbstractSet[int]) -
 
 
 def test_a_string_of_huge_ranges_costs_its_length_not_its_ranges() -> None:
-    """712 ranges of 1..65535 fit in 4 KB; expanded, they held the loop for 1.2 s a
+    """711 ranges of 1..65535 fit in 4 KB; expanded, they held the loop for 1.2 s a
     request. Membership is now read off the ranges."""
-    text = _ranges_string([(1, 65535)] * 712, {1, 2, 3, 4})
+    text = _ranges_string([(1, 65535)] * 711, {1, 2, 3, 4})
     assert len(text) <= 4096
     tc = decode_tc_string(text)
     assert tc.vendor_consents(755) and not tc.vendor_consents(0)
@@ -135,7 +161,8 @@ def test_a_string_of_huge_ranges_costs_its_length_not_its_ranges() -> None:
 
 def test_a_range_section_ending_on_a_character_boundary_is_no_consent() -> None:
     """Three entries promised, two single ids given, and the bits end exactly at a
-    character: reading the third entry's first bit ran off the end (IndexError, a 503)."""
+    character: reading the third entry's first bit ran off the end (IndexError, a 503).
+    A string cut short is no consent for any vendor, even one listed before the cut."""
     bits = (
         format(2, "06b")
         + "0" * 146
@@ -151,9 +178,10 @@ def test_a_range_section_ending_on_a_character_boundary_is_no_consent() -> None:
     assert len(bits) % 6 == 0
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
     text = "".join(alphabet[int(bits[i : i + 6], 2)] for i in range(0, len(bits), 6))
-    assert decode_tc_string(text).vendor_consents(5)
-    assert permissions(True, text, 77) == permissions(True, None)
-    assert permissions(True, text, 9).device_id
+    with pytest.raises(ValueError, match="too short"):
+        decode_tc_string(text).vendor_consents(5)
+    for vendor in (5, 9, 77):
+        assert permissions(True, text, vendor) == permissions(True, None)
 
 
 @pytest.mark.parametrize(
@@ -344,6 +372,88 @@ async def test_with_a_vendor_id_the_string_must_consent_to_our_vendor(
         "limited_tracking": True,
         "segments": [],
     }
+
+
+P1_2_4 = {1, 2, 4}
+
+
+@pytest.mark.parametrize(
+    ("consent", "vendor", "device_id", "segments"),
+    [
+        # purpose 1 flatly not allowed for vendors 70-80: nothing personal for vendor 77
+        (tc_string(P1_2_4, vendors={77}, restrictions=[(1, 0, [(70, 80)])]), 77, False, False),
+        # ... but vendor 81 is not restricted, and without our vendor id none applies
+        (tc_string(P1_2_4, vendors={81}, restrictions=[(1, 0, [(70, 80)])]), 81, True, True),
+        (tc_string(P1_2_4, restrictions=[(1, 0, [(70, 80)])]), None, True, True),
+        # purpose 4 not allowed: the device id stays, the segments go
+        (tc_string(P1_2_4, vendors={77}, restrictions=[(4, 0, [(77, 77)])]), 77, True, False),
+        # purpose 2 on legitimate interest only, and the publisher requires consent for it
+        (tc_string({1}, {2}, {77}, restrictions=[(2, 1, [(77, 77)])]), 77, False, False),
+        (tc_string({1, 2}, {2}, {77}, restrictions=[(2, 1, [(77, 77)])]), 77, True, False),
+        # purpose 2 consented only, and the publisher requires legitimate interest for it
+        (tc_string({1, 2}, set(), {77}, restrictions=[(2, 2, [(77, 77)])]), 77, False, False),
+        (tc_string({1, 2}, {2}, {77}, restrictions=[(2, 2, [(77, 77)])]), 77, True, False),
+        # "require legitimate interest" on purpose 1, which has none: purpose 1 is lost
+        (tc_string(P1_2_4, vendors={77}, restrictions=[(1, 2, [(77, 77)])]), 77, False, False),
+        # several restrictions; the one on vendor 77 is in the second
+        (
+            tc_string(P1_2_4, vendors={77}, restrictions=[(4, 0, [(5, 5)]), (4, 0, [(76, 78)])]),
+            77,
+            True,
+            False,
+        ),
+    ],
+)
+def test_publisher_restrictions_on_our_vendor_apply(
+    consent: str, vendor: int | None, device_id: bool, segments: bool
+) -> None:
+    got = permissions(True, consent, vendor)
+    assert (got.device_id, got.segments) == (device_id, segments)
+
+
+def test_restrictions_cut_short_are_no_consent() -> None:
+    """A string whose restriction section promises more than it holds cannot be read: no
+    consent, as for a cut vendor section (without a vendor id it is not read at all)."""
+    whole = tc_string(P1_2_4, vendors={77}, restrictions=[(4, 0, [(76, 78)] * 40)])
+    assert permissions(True, whole, 77) == Permissions(device_id=True, segments=False)
+    cut = whole[: len(whole) // 2 + 20]
+    assert permissions(True, cut, 77) == permissions(True, None)
+    assert permissions(True, cut, None) == permissions(True, tc_string(P1_2_4))
+
+
+def test_tc_strings_of_the_reference_library_read_alike() -> None:
+    """300 random core segments written by the IAB reference library (@iabtechlabtcf/core
+    1.5.21, tests/node/tcf.mjs): purposes, vendors and publisher restrictions read back as
+    written, and the permissions follow the restrictions on each vendor."""
+    node_dir = Path(__file__).parent / "node"
+    if shutil.which("node") is None or not (node_dir / "node_modules/@iabtechlabtcf").is_dir():
+        pytest.skip("node or @iabtechlabtcf/core missing (`make node-deps`)")
+    proc = subprocess.run(
+        ["node", "tcf.mjs", "300", "11"], cwd=node_dir, capture_output=True, check=True, timeout=120
+    )
+    restricted = 0
+    for case in json.loads(proc.stdout):
+        tc = decode_tc_string(case["tc"])
+        assert tc.purposes_consent == set(case["purposes"]), case
+        assert tc.purposes_legitimate_interest == set(case["li"]), case
+        vendors = set(case["vendors"])
+        for vendor in (1, 5, 76, 77, 78, 300, 755, 999, 1000, 1100, 1199, 1200):
+            assert tc.vendor_consents(vendor) is (vendor in vendors), (case, vendor)
+            kinds: dict[int, set[int]] = {}
+            for purpose, kind, listed in case["restrictions"]:
+                if vendor in listed:
+                    kinds.setdefault(purpose, set()).add(kind)
+            assert tc.restrictions(vendor) == kinds, (case, vendor)
+            restricted += bool(kinds)
+            # the policy, from what the library says it wrote
+            consent = {p for p in case["purposes"] if not kinds.get(p, set()) & {0, 2}}
+            li = {p for p in case["li"] if not kinds.get(p, set()) & {0, 1}}
+            mine = vendor in vendors and 1 in consent
+            expected = Permissions(
+                device_id=mine and (2 in consent or 2 in li), segments=mine and 4 in consent
+            )
+            assert permissions(True, case["tc"], vendor) == expected, (case, vendor)
+    assert restricted > 200
 
 
 def test_the_vendor_id_setting_is_range_checked() -> None:

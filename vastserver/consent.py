@@ -16,11 +16,14 @@ What the server makes of it (:func:`permissions`):
   limited ad tracking (session-level caps only, no IFA). **Audience segments** are used
   only with consent to purposes 1 and 4 (select personalised ads); without it they are
   ignored. With ``VASTSERVER_TCF_VENDOR_ID`` set, the string must also give that vendor
-  consent;
+  consent, and the publisher's restrictions on that vendor apply (:meth:`TcString.
+  restrictions`): a purpose the publisher does not allow it counts as refused, "require
+  consent" leaves legitimate interest out, and "require legitimate interest" leaves consent
+  out;
 * GDPR applies but the string is missing, not a version 2 TC string, or cannot be
   decoded: no consent (the same as refusing all).
 
-Only the core segment is read; publisher restrictions are not applied.
+Only the core segment is read (the publisher restrictions are in it).
 
 US laws let a viewer opt out of the sale and sharing of their data and of targeted
 advertising; none of them bars frequency capping. So an opt-out drops the **audience
@@ -112,28 +115,72 @@ class TcString:
 
     def vendor_consents(self, vendor_id: int) -> bool:
         """Whether the vendor section gives ``vendor_id`` consent (``ValueError`` when the
-        section is cut short). A range section is scanned entry by entry, never expanded:
-        the work is bounded by the string's length, whatever ranges it claims."""
+        section is cut short)."""
         bits = self._bits
         max_id = bits.read(*_MAX_VENDOR_ID)
         if not bits.flag(_IS_RANGE):
             return 1 <= vendor_id <= max_id and bits.flag(_VENDOR_SECTION + vendor_id - 1)
-        entries = bits.read(_VENDOR_SECTION, 12)
-        text = bits.text()  # slicing text is cheaper than shifting a long int per field
-        at = _VENDOR_SECTION + 12
-        for _ in range(entries):
-            if at >= len(text):
-                raise ValueError("TC string too short")
-            is_range = text[at] == "1"
-            size = 33 if is_range else 17
-            if at + size > len(text):
-                raise ValueError("TC string too short")
-            start = int(text[at + 1 : at + 17], 2)
-            end = int(text[at + 17 : at + 33], 2) if is_range else start
-            at += size
-            if start <= vendor_id <= end:
-                return True
-        return False
+        return _vendor_section(bits.text(), _MAX_VENDOR_ID[0], vendor_id)[0]
+
+    def restrictions(self, vendor_id: int) -> dict[int, frozenset[int]]:
+        """The publisher's restrictions on ``vendor_id``: purpose id -> restriction types
+        (:data:`NOT_ALLOWED`, :data:`REQUIRE_CONSENT`, :data:`REQUIRE_LI`). They follow the
+        vendor consent and vendor legitimate interest sections; ``ValueError`` when the
+        string is cut short before they end."""
+        text = self._bits.text()
+        at = _vendor_section(text, _MAX_VENDOR_ID[0], vendor_id)[1]  # consents
+        at = _vendor_section(text, at, vendor_id)[1]  # legitimate interests
+        count = _field(text, at, 12)
+        at += 12
+        out: dict[int, set[int]] = {}
+        for _ in range(count):
+            purpose, kind, entries = (
+                _field(text, at, 6),
+                _field(text, at + 6, 2),
+                _field(text, at + 8, 12),
+            )
+            listed, at = _ranges(text, at + 20, entries, vendor_id)
+            if listed:
+                out.setdefault(purpose, set()).add(kind)
+        return {p: frozenset(kinds) for p, kinds in out.items()}
+
+
+NOT_ALLOWED, REQUIRE_CONSENT, REQUIRE_LI = 0, 1, 2
+"""Publisher restriction types (TCF v2 core segment, ``RestrictionType``)."""
+
+
+def _field(text: str, at: int, length: int) -> int:
+    """The unsigned number in bits ``at .. at + length`` of a bit string."""
+    if at + length > len(text):
+        raise ValueError("TC string too short")
+    return int(text[at : at + length], 2)
+
+
+def _ranges(text: str, at: int, entries: int, vendor_id: int) -> tuple[bool, int]:
+    """Whether ``entries`` range entries from ``at`` (``IsARange``, a start vendor id and,
+    for a range, an end one) include ``vendor_id``, and where they end. Scanned entry by
+    entry, never expanded: the work is bounded by the string's length, whatever ranges it
+    claims."""
+    listed = False
+    for _ in range(entries):
+        is_range = _field(text, at, 1) == 1
+        start = _field(text, at + 1, 16)
+        end = _field(text, at + 17, 16) if is_range else start
+        at += 33 if is_range else 17
+        listed = listed or start <= vendor_id <= end
+    return listed, at
+
+
+def _vendor_section(text: str, at: int, vendor_id: int) -> tuple[bool, int]:
+    """A vendor section from ``at`` (``MaxVendorId``, ``IsRangeEncoding``, then a bit field
+    or range entries): whether it lists ``vendor_id``, and where it ends."""
+    max_id = _field(text, at, 16)
+    if _field(text, at + 16, 1) == 0:
+        end = at + 17 + max_id
+        if end > len(text):
+            raise ValueError("TC string too short")
+        return 1 <= vendor_id <= max_id and text[at + 17 + vendor_id - 1] == "1", end
+    return _ranges(text, at + 29, _field(text, at + 17, 12), vendor_id)
 
 
 def _bit_set(bits: _Bits, offset: int, length: int) -> frozenset[int]:
@@ -185,13 +232,25 @@ def permissions(
         tc = decode_tc_string(consent)
     except ValueError:
         return NONE
-    p = tc.purposes_consent
-    basic = 2 in p or 2 in tc.purposes_legitimate_interest
-    try:
-        vendor = vendor_id is None or tc.vendor_consents(vendor_id)
-    except ValueError:  # a vendor section cut short
-        return NONE
-    return Permissions(device_id=1 in p and basic and vendor, segments=1 in p and 4 in p and vendor)
+    consented = set(tc.purposes_consent)
+    interests = set(tc.purposes_legitimate_interest)
+    vendor = True
+    if vendor_id is not None:
+        try:
+            vendor = tc.vendor_consents(vendor_id)
+            restricted = tc.restrictions(vendor_id)
+        except ValueError:  # a vendor section or the restrictions cut short
+            return NONE
+        for purpose, kinds in restricted.items():
+            if kinds & {NOT_ALLOWED, REQUIRE_LI}:
+                consented.discard(purpose)
+            if kinds & {NOT_ALLOWED, REQUIRE_CONSENT}:
+                interests.discard(purpose)
+    basic = 2 in consented or 2 in interests
+    return Permissions(
+        device_id=1 in consented and basic and vendor,
+        segments=1 in consented and 4 in consented and vendor,
+    )
 
 
 # --------------------------------------------------------------------------- US privacy
