@@ -399,6 +399,28 @@ async def test_admin_reload_requires_token(client: Any) -> None:
     assert resp.status == 200 and (await resp.json())["version"]
 
 
+async def raw_request(client: Any, head: bytes) -> tuple[int, bytes]:
+    """Send a request head byte for byte (bytes no HTTP client would send) over loopback;
+    the status and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(head + b"Host: x\r\nConnection: close\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+async def test_a_token_that_is_not_utf8_is_refused_not_an_error(client: Any) -> None:
+    """aiohttp decodes header bytes with surrogateescape; comparing such a value raised,
+    which answered 503 and logged an unhandled error for any caller."""
+    for path in (b"/admin/line-items", b"/admin/catalog/reload", b"/admin/model/reload"):
+        method = b"GET" if path.endswith(b"items") else b"POST"
+        status, _ = await raw_request(
+            client, method + b" " + path + b" HTTP/1.1\r\nAuthorization: Bearer \xff\r\n"
+        )
+        assert status == 401, path
+
+
 async def test_a_slow_catalog_reload_does_not_stall_serving(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -593,7 +593,10 @@ def _authorized(request: web.Request) -> bool:
     got = request.headers.get("Authorization", "")
     if token is None or not got.startswith("Bearer "):
         return False
-    return hmac.compare_digest(got[len("Bearer ") :].encode(), token.encode())
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: encode them back the same
+    # way (a byte that is not UTF-8 would otherwise raise, and answer 503 instead of 401)
+    given = got[len("Bearer ") :].encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(given, token.encode())
 
 
 async def reload_catalog_handler(request: web.Request) -> web.StreamResponse:
