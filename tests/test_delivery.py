@@ -302,6 +302,44 @@ async def test_lifetime_budget_not_overdelivered() -> None:
     assert n == 30
 
 
+async def test_a_budget_a_reload_adds_while_ads_are_in_flight_is_not_overdelivered(
+    tmp_path: Any,
+) -> None:
+    """Ads served before the line item had a budget reserved nothing; their impressions,
+    counted after the reload added one, release reservations that were never made. That
+    left a negative reservation bucket, which hid the next reservations from the guard:
+    13 delivered against a budget of 10 (a reviewer found it). A bucket now stops at zero."""
+    svc, clock = _setup(_with_li_a())
+    before = []
+    for i in range(3):
+        before += [
+            t
+            for t in tokens_for(svc, await svc.decide(request(f"b{i}")))
+            if t.line_item_id == "li-a"
+        ]
+    assert len(before) == 3
+    path = tmp_path / "budgeted.json"
+    path.write_text(
+        json.dumps(_with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 10}}))
+    )
+    svc.reload_catalog(path)
+    clock.now += timedelta(seconds=40)
+    for tok in before:
+        assert (await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)).counted
+    after = []  # served now, their impressions still to come
+    for i in range(30):
+        after += [
+            t
+            for t in tokens_for(svc, await svc.decide(request(f"a{i}")))
+            if t.line_item_id == "li-a"
+        ]
+    assert len(after) == 7
+    for tok in after:
+        assert (await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)).counted
+    [stats] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
+    assert stats["delivered_impressions"] == 10
+
+
 def _spy_reads(store: Any) -> list[set[str]]:
     """The keys of each ``read`` on ``store`` from now on (an instance attribute shadows the
     method)."""

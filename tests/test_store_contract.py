@@ -136,9 +136,9 @@ async def test_lifetime_counters(h: Harness) -> None:
     await s.add([Incr("life", LIFE, 3)], T0)
     assert await s.read([Read("life", LIFE)], T0 + 10**7) == [3]
     await s.add([Incr("life", LIFE, -5)], T0)
-    assert await h.value("life", LIFE, T0) == 0  # never below zero on read
+    assert await h.value("life", LIFE, T0) == 0  # never below zero: -5 emptied it
     await s.add([Incr("life", LIFE, 4, at=T0 - 10**6)], T0)  # `at` is irrelevant here
-    assert await h.value("life", LIFE, T0) == 2
+    assert await h.value("life", LIFE, T0) == 4
 
 
 async def test_negative_increments_and_at(h: Harness) -> None:
@@ -153,12 +153,23 @@ async def test_negative_increments_and_at(h: Harness) -> None:
     assert await h.value("res", r, T0 + 110) == 0
     assert await h.value("res", r, T0 + 340) == 0
 
-    # a release without `at` hits the current bucket; reads never go below zero once the
-    # reservation's bucket has left the window
+    # a release without `at` hits the current bucket: one that holds nothing stays at zero,
+    # so the reservation still counts until its own bucket leaves the window
     await s.add([Incr("res2", r, 1)], T0)
     await s.add([Incr("res2", r, -1)], T0 + 200)
-    assert await h.value("res2", r, T0 + 200) == 0
+    assert await h.value("res2", r, T0 + 200) == 1
     assert await h.value("res2", r, T0 + 340) == 0
+
+    # a release with no reservation behind it leaves no negative bucket: the reservations
+    # made after it count in full (a guard would otherwise let one more through each)
+    await s.add([Incr("orphan", r, -2, at=T0 + 10)], T0 + 20)
+    await s.add([Incr("orphan", r, 1)], T0 + 20)
+    await s.add([Incr("orphan", r, 1)], T0 + 25)
+    assert await h.value("orphan", r, T0 + 30) == 2
+    assert await s.commit([one("orphan", r, 2)], T0 + 30) == [False]
+    await s.add([Incr("life-orphan", LIFE, -3)], T0)
+    await s.add([Incr("life-orphan", LIFE, 1)], T0)
+    assert await h.value("life-orphan", LIFE, T0) == 1
 
     # a release whose bucket already left the window changes nothing (it expired already)
     await s.add([Incr("res3", r, 1)], T0)
@@ -389,7 +400,7 @@ class Model:
         w = i.window
         t = now if i.at is None else i.at
         idx = 0 if w.window_s is None else math.floor(t / w.bucket_s)
-        self.buckets[i.key][idx] += i.amount
+        self.buckets[i.key][idx] = max(self.buckets[i.key][idx] + i.amount, 0)
 
     def commit(self, batch: list[Guarded], now: float) -> list[bool]:
         out = []

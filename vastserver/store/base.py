@@ -49,7 +49,10 @@ class Incr(NamedTuple):
     key: str
     window: Window
     amount: int = 1
-    """May be negative (release a reservation). Counters never go below zero on read."""
+    """May be negative (release a reservation), but a bucket never goes below zero: a
+    decrement beyond what its bucket holds empties it. A release whose reservation was
+    never made (a commit that failed open, a budget added by a reload while the ad was in
+    flight) must not leave a negative bucket that would cancel later reservations."""
     at: float | None = None
     """Unix time whose bucket is changed; None = now. Lets a release hit the bucket the
     reservation was made in."""

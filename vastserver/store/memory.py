@@ -415,7 +415,7 @@ class MemoryStore:
                 exp = live[0]
             else:
                 exp = None
-            if c == 0:
+            if c <= 0:  # a counter never goes below zero (see Incr.amount)
                 new = None
             elif exp is None:
                 new = c
@@ -435,11 +435,11 @@ class MemoryStore:
                     if b == idx:
                         hit = True
                         c += amount
-                        if c == 0:
+                        if c <= 0:
                             continue
                     parts.append(b)
                     parts.append(c)
-            if not hit and amount and idx >= lo:
+            if not hit and amount > 0 and idx >= lo:
                 parts.append(self._intern(idx))
                 parts.append(amount)
             if len(parts) == 3:

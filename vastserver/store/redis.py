@@ -117,9 +117,10 @@ return out
 )
 
 _INCR_LUA = """
--- One increment (see COMMIT_LUA): count, drop a zero field, trim old fields, set the TTL.
+-- One increment (see COMMIT_LUA): count, drop a field at or below zero (a bucket never
+-- goes negative), trim old fields, set the TTL.
 local function incr(key, field, amount, ttl, trim)
-  if redis.call('HINCRBY', key, field, amount) == 0 then
+  if redis.call('HINCRBY', key, field, amount) <= 0 then
     redis.call('HDEL', key, field)
   end
   if trim ~= '' then
