@@ -340,6 +340,52 @@ async def test_a_budget_a_reload_adds_while_ads_are_in_flight_is_not_overdeliver
     assert stats["delivered_impressions"] == 10
 
 
+async def test_impressions_of_a_creative_rotated_out_still_count_to_budgets_and_caps(
+    tmp_path: Any,
+) -> None:
+    """A reload that swaps a line item's creative (a routine rotation) while its ads are
+    in flight: their impressions counted the delivery but skipped the line item's budget
+    and caps and kept their reservations (13 delivered against a budget of 10)."""
+    cat = _with_li_a(
+        pacing={"delivery": "asap", "budget": {"impressions": 10}},
+        frequency_caps=[{"scope": "line_item", "max": 1, "window": "1d"}],
+    )
+    svc, clock = _setup(cat)
+    before = []
+    for i in range(3):
+        before += [
+            t
+            for t in tokens_for(svc, await svc.decide(request(f"b{i}")))
+            if t.line_item_id == "li-a"
+        ]
+    assert len(before) == 3
+    rotated = copy.deepcopy(cat)
+    [cr] = [c for c in rotated["creatives"] if c["id"] == before[0].creative_id]
+    cr["id"] = "cr-a-v2"
+    cr["universal_ad_id"] = "AAAA0009000H"
+    rotated["line_items"][0]["creative_ids"] = ["cr-a-v2"]
+    path = tmp_path / "rotated.json"
+    path.write_text(json.dumps(rotated))
+    svc.reload_catalog(path)
+    assert before[0].creative_id not in svc.snapshot.catalog.creatives
+    for tok in before:
+        assert (await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)).counted
+    clock.now += timedelta(minutes=6)  # past the reservations' window: only counts hold
+    # the three viewers met their cap of 1 on the old creative
+    for i in range(3):
+        assert "li-a" not in [
+            a.candidate.line_item.id for a in (await svc.decide(request(f"b{i}"))).ads
+        ]
+    after = []
+    for i in range(30):
+        after += [
+            t
+            for t in tokens_for(svc, await svc.decide(request(f"a{i}")))
+            if t.line_item_id == "li-a"
+        ]
+    assert len(after) == 7 and {t.creative_id for t in after} == {"cr-a-v2"}
+
+
 def _spy_reads(store: Any) -> list[set[str]]:
     """The keys of each ``read`` on ``store`` from now on (an instance attribute shadows the
     method)."""

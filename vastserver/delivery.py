@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from vastserver.catalog.model import Catalog, Delivery, LineItem, billed_cpm
+from vastserver.catalog.model import Catalog, Creative, Delivery, LineItem, billed_cpm
 from vastserver.logs import Sampler, event
 from vastserver.metrics import Metrics
 from vastserver.pipeline.candidates import Candidate
@@ -601,9 +601,12 @@ CANDIDATE_CACHE_SIZE = 50_000
 
 
 def _candidate(catalog: Catalog, token: AdToken) -> Candidate | None:
+    """The token's line item with its campaign and advertiser, and its creative. A creative
+    rotated out of the catalog since the serve stands in by its id alone: its impression
+    still counts towards the line item's budgets and caps (and the creative's own caps, which
+    are keyed by that id), and releases what the serve reserved."""
     li = catalog.line_items.get(token.line_item_id)
-    cr = catalog.creatives.get(token.creative_id)
-    if li is None or cr is None:
+    if li is None:
         return None
     camp = catalog.campaigns.get(li.campaign_id)
     if camp is None:
@@ -611,4 +614,12 @@ def _candidate(catalog: Catalog, token: AdToken) -> Candidate | None:
     adv = catalog.advertisers.get(camp.advertiser_id)
     if adv is None:
         return None
+    cr = catalog.creatives.get(token.creative_id) or Creative(
+        id=token.creative_id,
+        advertiser_id=adv.id,
+        title="",
+        duration_ms=0,
+        renditions=(),
+        universal_ad_id="",
+    )
     return Candidate(li, cr, camp, adv)
