@@ -302,6 +302,15 @@ async def test_lifetime_budget_not_overdelivered() -> None:
     assert n == 30
 
 
+async def _li_a_tokens(svc: Any, prefix: str, n: int) -> list[Any]:
+    """Serve viewers ``prefix0 .. prefix{n-1}``; the tokens of the li-a ads, not yet played."""
+    out = []
+    for i in range(n):
+        d = await svc.decide(request(f"{prefix}{i}"))
+        out += [t for t in tokens_for(svc, d) if t.line_item_id == "li-a"]
+    return out
+
+
 async def test_a_budget_a_reload_adds_while_ads_are_in_flight_is_not_overdelivered(
     tmp_path: Any,
 ) -> None:
@@ -310,13 +319,7 @@ async def test_a_budget_a_reload_adds_while_ads_are_in_flight_is_not_overdeliver
     left a negative reservation bucket, which hid the next reservations from the guard:
     13 delivered against a budget of 10 (a reviewer found it). A bucket now stops at zero."""
     svc, clock = _setup(_with_li_a())
-    before = []
-    for i in range(3):
-        before += [
-            t
-            for t in tokens_for(svc, await svc.decide(request(f"b{i}")))
-            if t.line_item_id == "li-a"
-        ]
+    before = await _li_a_tokens(svc, "b", 3)
     assert len(before) == 3
     path = tmp_path / "budgeted.json"
     path.write_text(
@@ -326,13 +329,7 @@ async def test_a_budget_a_reload_adds_while_ads_are_in_flight_is_not_overdeliver
     clock.now += timedelta(seconds=40)
     for tok in before:
         assert (await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)).counted
-    after = []  # served now, their impressions still to come
-    for i in range(30):
-        after += [
-            t
-            for t in tokens_for(svc, await svc.decide(request(f"a{i}")))
-            if t.line_item_id == "li-a"
-        ]
+    after = await _li_a_tokens(svc, "a", 30)  # served now, their impressions still to come
     assert len(after) == 7
     for tok in after:
         assert (await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)).counted
@@ -351,13 +348,7 @@ async def test_impressions_of_a_creative_rotated_out_still_count_to_budgets_and_
         frequency_caps=[{"scope": "line_item", "max": 1, "window": "1d"}],
     )
     svc, clock = _setup(cat)
-    before = []
-    for i in range(3):
-        before += [
-            t
-            for t in tokens_for(svc, await svc.decide(request(f"b{i}")))
-            if t.line_item_id == "li-a"
-        ]
+    before = await _li_a_tokens(svc, "b", 3)
     assert len(before) == 3
     rotated = copy.deepcopy(cat)
     [cr] = [c for c in rotated["creatives"] if c["id"] == before[0].creative_id]
@@ -376,13 +367,7 @@ async def test_impressions_of_a_creative_rotated_out_still_count_to_budgets_and_
         assert "li-a" not in [
             a.candidate.line_item.id for a in (await svc.decide(request(f"b{i}"))).ads
         ]
-    after = []
-    for i in range(30):
-        after += [
-            t
-            for t in tokens_for(svc, await svc.decide(request(f"a{i}")))
-            if t.line_item_id == "li-a"
-        ]
+    after = await _li_a_tokens(svc, "a", 30)
     assert len(after) == 7 and {t.creative_id for t in after} == {"cr-a-v2"}
 
 
