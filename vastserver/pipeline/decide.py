@@ -93,14 +93,14 @@ def _media_duplicates(
     return {i for i, c in enumerate(cands) if groups[best[c.media_key]] != groups[i]}
 
 
-def slot_price(c: Candidate, slot: int, pod_size: int) -> float:
-    """The CPM a line item pays in a given slot: its first/last-slot price when it has one."""
+def slot_price(c: Candidate, slot: int, pod_size: int) -> float | None:
+    """The line item's first/last-slot price for a given slot, None when it has none."""
     li = c.line_item
     if slot == 1 and li.first_slot_price is not None:
         return li.first_slot_price
     if slot == pod_size and pod_size > 1 and li.last_slot_price is not None:
         return li.last_slot_price
-    return effective_cpm(c)
+    return None
 
 
 def _pod_item(i: int, c: Candidate, value: float, group: str) -> PodItem:
@@ -194,10 +194,14 @@ def decide(
     for it in pod.items:
         c = survivors[it.key]
         position = slot_of[it.key]
+        # The value was computed at the ranking CPM (with its house floor); a slot price
+        # scales it. The price paid is the slot's, else the line item's own: a house ad at
+        # 0 is billed 0, not the floor that only ranks it.
         price = slot_price(c, position, n_ads)
-        value = vals[it.key] * price / effective_cpm(c)
+        value = vals[it.key] * (1.0 if price is None else price / effective_cpm(c))
+        paid = c.line_item.price if price is None else price
         placed.append(
-            PlacedAd(c, position, predictions[it.key], value, billed_cpm(c.line_item, price))
+            PlacedAd(c, position, predictions[it.key], value, billed_cpm(c.line_item, paid))
         )
     for i, c in enumerate(survivors):
         slot = slot_of.get(i)
