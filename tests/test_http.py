@@ -172,6 +172,15 @@ BAD_VMAP = [
     ("cue_points=10,abc", "cue_points"),
     ("cue_points=50%", "cue_points"),
     ("content_duration=600&cue_points=700", "cue_points"),
+    # VMAP's timeOffset is HH:MM:SS[.mmm]: nothing past 99:59:59.999, in any form
+    ("cue_points=999:59:59", "cue_points"),
+    ("cue_points=100:00:00", "cue_points"),
+    ("cue_points=360000", "cue_points"),
+    ("cue_points=359999.9996", "cue_points"),  # written as 100:00:00.000
+    ("cue_points=00:10:00%0A", "cue_points"),
+    ("content_duration=360000", "content_duration"),
+    ("content_duration=600&cue_points=599.9996", "cue_points"),  # 00:10:00.000, the end
+    ("midroll_interval=360000&content_duration=600", "midroll_interval"),
     ("midroll_interval=300", "midroll_interval"),
     ("content_duration=600&midroll_interval=5", "midroll_interval"),
     ("preroll=yes", "preroll"),
@@ -326,6 +335,47 @@ async def test_vmap_tags_stay_within_what_vast_reads(client: Any) -> None:
         assert 3900 < len(parts.query) <= 4096
         vast = await client.get(f"{parts.path}?{parts.query}")
         assert vast.status == 200 and etree.fromstring(await vast.read()).tag.endswith("VAST")
+
+
+async def _offsets(client: Any, query: str) -> list[str]:
+    resp = await client.get(f"/vmap?{query}")
+    assert resp.status == 200, await resp.text()
+    root = etree.fromstring(await resp.read())
+    return [b.get("timeOffset") for b in root.findall("vmap:AdBreak", NS)]
+
+
+async def test_vmap_cue_points_are_told_apart_as_written(client: Any) -> None:
+    """timeOffset is written to the millisecond: cue points that write the same are one
+    break, and one that writes as 00:00:00.000 is the pre-roll's, not a second break."""
+    assert await _offsets(client, "cue_points=10.0001,10.0002,10&preroll=0&postroll=0") == [
+        "00:00:10.000"
+    ]
+    assert await _offsets(client, "cue_points=0.0001") == ["start", "end"]
+    assert await _offsets(client, "cue_points=0.0001,00:00:00.000,0%25&content_duration=60") == [
+        "start",
+        "end",
+    ]
+    assert await _offsets(client, "cue_points=10.0006,00:00:10.001&postroll=0") == [
+        "start",
+        "00:00:10.001",
+    ]
+
+
+async def test_vmap_offsets_keep_two_digit_hours(client: Any) -> None:
+    """The longest offset VMAP's HH:MM:SS[.mmm] can write is 99:59:59.999, in any form."""
+    last = "content_duration=359999.999&cue_points=99:59:59.998,359999.997,50%25"
+    assert await _offsets(client, f"{last}&preroll=0&postroll=0") == [
+        "50:00:00.000",
+        "99:59:59.997",
+        "99:59:59.998",
+    ]
+    assert await _offsets(client, "cue_points=359999.999&preroll=0&postroll=0") == ["99:59:59.999"]
+    for query in ("cue_points=999:59:59", "content_duration=604800&cue_points=100%25"):
+        resp = await client.get(f"/vmap?{query}")
+        assert resp.status == 400
+        body = await resp.json()
+        assert body["field"] in ("cue_points", "content_duration")
+        assert "99:59:59.999" in body["why"] or "359999.999" in body["why"]
 
 
 async def test_vmap_interval_and_no_breaks(client: Any) -> None:

@@ -92,7 +92,6 @@ from vastserver.consent import (
 )
 from vastserver.params import (
     MAX_AD_S,
-    MAX_CONTENT_S,
     MAX_LIST,
     MAX_TEXT,
     ClientInfo,
@@ -112,6 +111,9 @@ MAX_UA = 2048
 MAX_BLOCKLIST = 512
 MAX_SEGMENTS = 256
 MAX_FLOOR_CPM_PER_S = 10_000.0
+MAX_START_DELAY_S = 7 * 24 * 3600
+"""``video.startdelay`` only picks the break position, so it is not held to /vmap's
+99:59:59.999 (nothing writes it as a VMAP timeOffset)."""
 
 RulesFor = Callable[[str | None], AdRules]
 """``Catalog.rules_for``: the placement is only known once the body is parsed."""
@@ -408,7 +410,7 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
         )
 
     slot_code = _opt_int(video, "slotinpod", vpath, lo=-1, hi=2)
-    startdelay = _opt_int(video, "startdelay", vpath, lo=-2, hi=MAX_CONTENT_S)
+    startdelay = _opt_int(video, "startdelay", vpath, lo=-2, hi=MAX_START_DELAY_S)
     podseq = _opt_int(video, "podseq", vpath, lo=-1, hi=1)
     floor = _opt_num(video, "mincpmpersec", vpath, lo=0, hi=MAX_FLOOR_CPM_PER_S)
     if floor is not None:

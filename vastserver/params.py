@@ -32,7 +32,10 @@ from vastserver.pipeline.context import (
 )
 
 MAX_AD_S = 600
-MAX_CONTENT_S = 7 * 24 * 3600
+MAX_OFFSET_MS = 359_999_999
+"""99:59:59.999: VMAP 1.0 writes a break's ``timeOffset`` as ``HH:MM:SS[.mmm]``, two-digit
+hours, so no cue point, and no content on /vmap, may run longer."""
+MAX_CONTENT_S = MAX_OFFSET_MS / 1000
 MAX_LIST = 32
 MAX_TEXT = 256
 MAX_CUE_POINTS = 100
@@ -41,7 +44,7 @@ KV_PREFIX = "kv_"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
 _COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
 _LANG_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
-_HMS_RE = re.compile(r"^([0-9]{1,3}):([0-5][0-9]):([0-5][0-9])(\.[0-9]{1,3})?$")
+_HMS_RE = re.compile(r"([0-9]{1,3}):([0-5][0-9]):([0-5][0-9])(\.[0-9]{1,3})?")
 # Numbers as people and players write them, in ASCII: Python's int() and float() also take
 # "1_0", "+5", " 7", "1e3" and other scripts' digits ("١٢٠"), which a client never means.
 _INT_RE = re.compile(r"-?[0-9]{1,9}")
@@ -74,6 +77,12 @@ def _get(q: Mapping[str, str], *names: str) -> tuple[str, str] | None:
     return None
 
 
+def _fmt(x: float) -> str:
+    """A bound as people write it, to the millisecond: ``600``, ``359999.999`` (``:g`` would
+    round the latter up to ``360000``, a value the check refuses)."""
+    return f"{x:.3f}".rstrip("0").rstrip(".")
+
+
 def _num(q: Mapping[str, str], *names: str, lo: float, hi: float) -> float | None:
     got = _get(q, *names)
     if got is None:
@@ -83,7 +92,7 @@ def _num(q: Mapping[str, str], *names: str, lo: float, hi: float) -> float | Non
         raise ParamError(name, f"not a number: {raw[:40]!r}")
     v = float(raw)
     if not math.isfinite(v) or v < lo or v > hi:
-        raise ParamError(name, f"must be between {lo:g} and {hi:g}")
+        raise ParamError(name, f"must be between {_fmt(lo)} and {_fmt(hi)}")
     return v
 
 
@@ -384,7 +393,8 @@ def parse_vast_request(
 
 
 def parse_offset(raw: str, field: str, content_s: float | None) -> float:
-    """A cue point: seconds, ``HH:MM:SS[.mmm]`` or a percentage of the content duration."""
+    """A cue point: seconds, ``HH:MM:SS[.mmm]`` or a percentage of the content duration,
+    between 0 and 99:59:59.999 (:data:`MAX_OFFSET_MS`) in every form."""
     raw = raw.strip(_SPACE)
     if raw.endswith("%"):
         if content_s is None:
@@ -394,16 +404,20 @@ def parse_offset(raw: str, field: str, content_s: float | None) -> float:
         pct = float(raw[:-1])
         if not 0 <= pct <= 100:
             raise ParamError(field, "percentages must be between 0 and 100")
-        return content_s * pct / 100
-    m = _HMS_RE.match(raw)
-    if m:
+        v = content_s * pct / 100
+    elif m := _HMS_RE.fullmatch(raw):  # not match(): its "$" lets a final "\n" through
         frac = float(m.group(4)) if m.group(4) else 0.0
-        return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3)) + frac
-    if not _DEC_RE.fullmatch(raw):
+        v = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3)) + frac
+    elif _DEC_RE.fullmatch(raw):
+        v = float(raw)
+    else:
         raise ParamError(field, f"not seconds, HH:MM:SS.mmm or a percentage: {raw[:20]!r}")
-    v = float(raw)
-    if not math.isfinite(v) or v < 0 or v > MAX_CONTENT_S:
-        raise ParamError(field, "offset out of range")
+    if not math.isfinite(v) or v < 0 or round(v * 1000) > MAX_OFFSET_MS:
+        raise ParamError(
+            field,
+            f"offset out of range: must be between 0 and 99:59:59.999 ({_fmt(MAX_CONTENT_S)} s),"
+            " the longest VMAP timeOffset",
+        )
     return v
 
 
@@ -422,27 +436,29 @@ class VmapQuery:
 def parse_vmap_query(q: Mapping[str, str]) -> VmapQuery:
     content_s = _num(q, "content_duration", lo=1, hi=MAX_CONTENT_S)
     interval = _num(q, "midroll_interval", lo=30, hi=MAX_CONTENT_S)
-    cues: list[float] = []
+    content_ms = None if content_s is None else round(content_s * 1000)
+    # timeOffset is written to the millisecond: cue points are compared, de-duplicated and
+    # told from the pre-roll's 0 as they will be written (10.0001 and 10.0002 would
+    # otherwise be two breaks at 00:00:10.000, and 0.0001 a mid-roll beside "start").
+    cues_ms: set[int] = set()
     got = _get(q, "cue_points")
     if got is not None:
         raw_points = [p for p in got[1].split(",") if p.strip(_SPACE)]
         if len(raw_points) > MAX_CUE_POINTS:
             raise ParamError("cue_points", f"at most {MAX_CUE_POINTS} cue points")
-        cues = [parse_offset(p, "cue_points", content_s) for p in raw_points]
+        cues_ms = {round(parse_offset(p, "cue_points", content_s) * 1000) for p in raw_points}
+        if content_ms is not None and any(c >= content_ms for c in cues_ms):
+            raise ParamError("cue_points", "every cue point must be before content_duration")
     elif interval is not None:
-        if content_s is None:
+        if content_ms is None:
             raise ParamError("midroll_interval", "needs content_duration")
-        t = interval
-        while t < content_s and len(cues) < MAX_CUE_POINTS:
-            cues.append(t)
-            t += interval
-    if content_s is not None:
-        for c in cues:
-            if c >= content_s:
-                raise ParamError("cue_points", "every cue point must be before content_duration")
+        n = 1
+        while (t := round(n * interval * 1000)) < content_ms and n <= MAX_CUE_POINTS:
+            cues_ms.add(t)
+            n += 1
     return VmapQuery(
         content_duration_s=content_s,
-        cue_points_s=tuple(sorted({c for c in cues if c > 0})),
+        cue_points_s=tuple(c / 1000 for c in sorted(cues_ms) if c > 0),
         preroll=_flag(q, "preroll", True),
         postroll=_flag(q, "postroll", True),
         preroll_duration_s=_num(q, "preroll_duration", lo=1, hi=MAX_POD_S),
