@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,6 +13,7 @@ import pytest
 from lxml import etree
 
 from tests.conftest import ClientFactory, FakeClock
+from vastserver.eventlog import read_events
 from vastserver.tracking import expand_macros
 
 NS = {"v": "http://www.iab.com/VAST", "vmap": "http://www.iab.net/videosuite/vmap"}
@@ -201,6 +203,51 @@ async def test_bad_device_ip_header_is_400(client: Any) -> None:
     resp = await client.get("/vast", headers={"X-Device-IP": "not-an-ip"})
     assert resp.status == 400
     assert (await resp.json())["field"] == "X-Device-IP"
+
+
+@pytest.mark.parametrize(
+    "xff", ["203.0.113.7:51234", "unknown", "[2001:db8::1]:443", ", 203.0.113.7", "_hidden"]
+)
+async def test_forwarded_for_never_fails_a_request(client: Any, xff: str) -> None:
+    """X-Forwarded-For is what the proxies wrote, read leniently; X-Device-IP wins."""
+    for headers in (
+        {"X-Device-IP": "198.51.100.4", "X-Forwarded-For": xff},
+        {"X-Forwarded-For": xff},
+    ):
+        for path in ("/vast", "/decide", "/vmap"):
+            resp = await client.get(path, headers=headers)
+            assert resp.status == 200, (path, headers, await resp.text())
+    resp = await client.post(
+        "/openrtb2/pod",
+        data=json.dumps({"id": "r", "imp": [{"id": "1", "video": {"poddur": 30}}]}),
+        headers={"X-Forwarded-For": xff},
+    )
+    assert resp.status == 200
+
+
+async def test_non_utf8_user_agents_are_served_and_logged(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A header byte that is not UTF-8 reaches us as a lone surrogate (aiohttp decodes with
+    surrogateescape); it must neither fail the decision nor the event log. With an
+    experiment, the arm is picked from a hash of the IP + UA viewer key."""
+    client: Any = await make_client(event_log=str(tmp_path), experiment="exp1", arms="a:50,b:50")
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        b"GET /vast?pod_duration=60 HTTP/1.1\r\nHost: x\r\n"
+        b"User-Agent: Roku\xff/9\r\nX-Device-User-Agent: Roku\xfe/10\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert _ads(etree.fromstring(body))
+    await client.close()  # flushes the event log
+    decisions = [r for r in read_events([tmp_path]) if r["type"] == "decision"]
+    assert len(decisions) == 1
+    assert decisions[0]["filled"] and decisions[0]["arm"] in ("a", "b")
 
 
 async def test_unknown_params_ignored_and_long_query_refused(client: Any) -> None:

@@ -183,27 +183,64 @@ class ClientInfo:
     device_user_agent: str | None
 
 
+def header_text(value: str) -> str:
+    """A request header's value as valid text. aiohttp decodes header bytes as UTF-8 with
+    ``surrogateescape``, so a byte that is not UTF-8 (``User-Agent: Roku\\xff/9``) arrives
+    as a lone surrogate, which ``.encode("utf-8")`` (the event log, hashing) refuses; here
+    it becomes U+FFFD. ASCII, nearly every header, is returned as it is."""
+    if value.isascii():
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def _forwarded_ip(xff: str) -> str | None:
+    """The client's address from ``X-Forwarded-For``: its first non-empty element, with a
+    port taken off (``203.0.113.7:51234``, ``[2001:db8::1]:443``). None when that element
+    is no address (``unknown``, an RFC 7239 obfuscated ``_identifier``, garbage): the
+    proxies listed after it are not the client either."""
+    first = next((e.strip(_SPACE) for e in xff.split(",") if e.strip(_SPACE)), "")
+    if first.startswith("["):  # [v6] or [v6]:port
+        host, sep, rest = first[1:].partition("]")
+        if not sep or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        first = host
+    elif first.count(":") == 1:  # v4:port (a bare IPv6 address has several colons)
+        first = first.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(first))
+    except ValueError:
+        return None
+
+
 def client_info(headers: Mapping[str, str], peer: str | None) -> ClientInfo:
-    """Device IP/UA from the IAB SSAI headers when present, else X-Forwarded-For / peer."""
+    """Device IP/UA from the IAB SSAI headers when present, else X-Forwarded-For / peer.
 
-    def ip_header(name: str, raw: str) -> str:
-        try:
-            return str(ipaddress.ip_address(raw.strip()))
-        except ValueError:
-            raise ParamError(name, "not an IP address") from None
-
+    ``X-Device-IP`` is set on purpose by the SSAI caller: a malformed one is a 400.
+    ``X-Forwarded-For`` is whatever the proxies in front wrote: read leniently, and when it
+    names no address the peer is the caller."""
     caller_ua = headers.get("User-Agent")
     caller_ip = peer
     xff = headers.get("X-Forwarded-For")
     if xff:
-        caller_ip = ip_header("X-Forwarded-For", xff.split(",")[0])
+        caller_ip = _forwarded_ip(xff) or peer
     dev_ip = headers.get("X-Device-IP")
+    device_ip = caller_ip
+    if dev_ip:
+        try:
+            device_ip = str(ipaddress.ip_address(dev_ip.strip(_SPACE)))
+        except ValueError:
+            raise ParamError("X-Device-IP", "not an IP address") from None
     dev_ua = headers.get("X-Device-User-Agent")
+    caller_ua = header_text(caller_ua) if caller_ua else caller_ua
     return ClientInfo(
         caller_ip=caller_ip,
         caller_user_agent=caller_ua,
-        device_ip=ip_header("X-Device-IP", dev_ip) if dev_ip else caller_ip,
-        device_user_agent=dev_ua if dev_ua else caller_ua,
+        device_ip=device_ip,
+        device_user_agent=header_text(dev_ua) if dev_ua else caller_ua,
     )
 
 
