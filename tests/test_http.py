@@ -250,6 +250,21 @@ async def test_non_utf8_user_agents_are_served_and_logged(
     assert decisions[0]["filled"] and decisions[0]["arm"] in ("a", "b")
 
 
+async def test_badv_takes_domain_names_of_any_legal_length(client: Any) -> None:
+    """A domain name may be 253 characters (OpenRTB's badv takes them): /vast too."""
+    label = "a" * 63
+    longest = f"{label}.{label}.{label}.{'b' * 57}.com"
+    assert len(longest) == 253
+    for path in ("/vast", "/decide", "/vmap"):
+        resp = await client.get(f"{path}?badv=ads.example.{'x' * 60}.com,{longest}")
+        assert resp.status == 200, (path, await resp.text())
+        resp = await client.get(f"{path}?badv=x{longest}")
+        assert resp.status == 400 and (await resp.json())["field"] == "badv"
+    # other lists keep their 64-character entries
+    resp = await client.get(f"/vast?bcat={'c' * 65}")
+    assert resp.status == 400 and (await resp.json())["field"] == "bcat"
+
+
 async def test_unknown_params_ignored_and_long_query_refused(client: Any) -> None:
     assert (await client.get("/vast?foo=bar&utm=1")).status == 200
     assert (await client.get("/vast?x=" + "a" * 5000)).status == 414

@@ -92,6 +92,7 @@ from vastserver.consent import (
 )
 from vastserver.params import (
     MAX_AD_S,
+    MAX_DOMAIN,
     MAX_LIST,
     MAX_TEXT,
     ClientInfo,
@@ -835,7 +836,7 @@ def parse_bid_request(
         device = replace(device, language=content_language)
 
     blocked_categories = _str_list(root, "bcat", "", max_items=MAX_BLOCKLIST)
-    blocked_domains = _str_list(root, "badv", "", max_items=MAX_BLOCKLIST, max_len=253)
+    blocked_domains = _str_list(root, "badv", "", max_items=MAX_BLOCKLIST, max_len=MAX_DOMAIN)
     floors = [imp.floor for imp in imps if imp.floor is not None]
     request = AdRequest(
         brk=brk,

@@ -37,6 +37,8 @@ MAX_OFFSET_MS = 359_999_999
 hours, so no cue point, and no content on /vmap, may run longer."""
 MAX_CONTENT_S = MAX_OFFSET_MS / 1000
 MAX_LIST = 32
+MAX_DOMAIN = 253
+"""The longest domain name (RFC 1035), as OpenRTB's ``badv`` allows it."""
 MAX_TEXT = 256
 MAX_CUE_POINTS = 100
 KV_PREFIX = "kv_"
@@ -151,7 +153,7 @@ def _choice(
     return v
 
 
-def _list(q: Mapping[str, str], *names: str) -> tuple[str, ...]:
+def _list(q: Mapping[str, str], *names: str, max_len: int = 64) -> tuple[str, ...]:
     got = _get(q, *names)
     if got is None:
         return ()
@@ -160,8 +162,8 @@ def _list(q: Mapping[str, str], *names: str) -> tuple[str, ...]:
     if len(items) > MAX_LIST:
         raise ParamError(name, f"at most {MAX_LIST} entries")
     for x in items:
-        if len(x) > 64 or any(ord(ch) < 32 for ch in x):
-            raise ParamError(name, "entries must be printable and at most 64 characters")
+        if len(x) > max_len or any(ord(ch) < 32 for ch in x):
+            raise ParamError(name, f"entries must be printable and at most {max_len} characters")
     return items
 
 
@@ -370,7 +372,7 @@ def parse_targeting(
         vast_version=version[1] if version else "4.2",
         debug=_flag(q, "debug", False),
         blocked_categories=frozenset(_list(q, "bcat")),
-        blocked_domains=frozenset(d.lower() for d in _list(q, "badv")),
+        blocked_domains=frozenset(d.lower() for d in _list(q, "badv", max_len=MAX_DOMAIN)),
         segments=_list(q, "segments") if allowed.segments else (),
         key_values=MappingProxyType(kv),
     )
