@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -12,6 +13,7 @@ import pytest
 from lxml import etree
 
 from tests.conftest import ClientFactory, FakeClock
+from vastserver.eventlog import read_events
 from vastserver.tracking import expand_macros
 
 NS = {"v": "http://www.iab.com/VAST", "vmap": "http://www.iab.net/videosuite/vmap"}
@@ -172,6 +174,15 @@ BAD_VMAP = [
     ("cue_points=10,abc", "cue_points"),
     ("cue_points=50%", "cue_points"),
     ("content_duration=600&cue_points=700", "cue_points"),
+    # VMAP's timeOffset is HH:MM:SS[.mmm]: nothing past 99:59:59.999, in any form
+    ("cue_points=999:59:59", "cue_points"),
+    ("cue_points=100:00:00", "cue_points"),
+    ("cue_points=360000", "cue_points"),
+    ("cue_points=359999.9996", "cue_points"),  # written as 100:00:00.000
+    ("cue_points=00:10:00%0A", "cue_points"),
+    ("content_duration=360000", "content_duration"),
+    ("content_duration=600&cue_points=599.9996", "cue_points"),  # 00:10:00.000, the end
+    ("midroll_interval=360000&content_duration=600", "midroll_interval"),
     ("midroll_interval=300", "midroll_interval"),
     ("content_duration=600&midroll_interval=5", "midroll_interval"),
     ("preroll=yes", "preroll"),
@@ -192,6 +203,66 @@ async def test_bad_device_ip_header_is_400(client: Any) -> None:
     resp = await client.get("/vast", headers={"X-Device-IP": "not-an-ip"})
     assert resp.status == 400
     assert (await resp.json())["field"] == "X-Device-IP"
+
+
+@pytest.mark.parametrize(
+    "xff", ["203.0.113.7:51234", "unknown", "[2001:db8::1]:443", ", 203.0.113.7", "_hidden"]
+)
+async def test_forwarded_for_never_fails_a_request(client: Any, xff: str) -> None:
+    """X-Forwarded-For is what the proxies wrote, read leniently; X-Device-IP wins."""
+    for headers in (
+        {"X-Device-IP": "198.51.100.4", "X-Forwarded-For": xff},
+        {"X-Forwarded-For": xff},
+    ):
+        for path in ("/vast", "/decide", "/vmap"):
+            resp = await client.get(path, headers=headers)
+            assert resp.status == 200, (path, headers, await resp.text())
+    resp = await client.post(
+        "/openrtb2/pod",
+        data=json.dumps({"id": "r", "imp": [{"id": "1", "video": {"poddur": 30}}]}),
+        headers={"X-Forwarded-For": xff},
+    )
+    assert resp.status == 200
+
+
+async def test_non_utf8_user_agents_are_served_and_logged(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A header byte that is not UTF-8 reaches us as a lone surrogate (aiohttp decodes with
+    surrogateescape); it must neither fail the decision nor the event log. With an
+    experiment, the arm is picked from a hash of the IP + UA viewer key."""
+    client: Any = await make_client(event_log=str(tmp_path), experiment="exp1", arms="a:50,b:50")
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        b"GET /vast?pod_duration=60 HTTP/1.1\r\nHost: x\r\n"
+        b"User-Agent: Roku\xff/9\r\nX-Device-User-Agent: Roku\xfe/10\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert _ads(etree.fromstring(body))
+    await client.close()  # flushes the event log
+    decisions = [r for r in read_events([tmp_path]) if r["type"] == "decision"]
+    assert len(decisions) == 1
+    assert decisions[0]["filled"] and decisions[0]["arm"] in ("a", "b")
+
+
+async def test_badv_takes_domain_names_of_any_legal_length(client: Any) -> None:
+    """A domain name may be 253 characters (OpenRTB's badv takes them): /vast too."""
+    label = "a" * 63
+    longest = f"{label}.{label}.{label}.{'b' * 57}.com"
+    assert len(longest) == 253
+    for path in ("/vast", "/decide", "/vmap"):
+        resp = await client.get(f"{path}?badv=ads.example.{'x' * 60}.com,{longest}")
+        assert resp.status == 200, (path, await resp.text())
+        resp = await client.get(f"{path}?badv=x{longest}")
+        assert resp.status == 400 and (await resp.json())["field"] == "badv"
+    # other lists keep their 64-character entries
+    resp = await client.get(f"/vast?bcat={'c' * 65}")
+    assert resp.status == 400 and (await resp.json())["field"] == "bcat"
 
 
 async def test_unknown_params_ignored_and_long_query_refused(client: Any) -> None:
@@ -326,6 +397,47 @@ async def test_vmap_tags_stay_within_what_vast_reads(client: Any) -> None:
         assert 3900 < len(parts.query) <= 4096
         vast = await client.get(f"{parts.path}?{parts.query}")
         assert vast.status == 200 and etree.fromstring(await vast.read()).tag.endswith("VAST")
+
+
+async def _offsets(client: Any, query: str) -> list[str]:
+    resp = await client.get(f"/vmap?{query}")
+    assert resp.status == 200, await resp.text()
+    root = etree.fromstring(await resp.read())
+    return [b.get("timeOffset") for b in root.findall("vmap:AdBreak", NS)]
+
+
+async def test_vmap_cue_points_are_told_apart_as_written(client: Any) -> None:
+    """timeOffset is written to the millisecond: cue points that write the same are one
+    break, and one that writes as 00:00:00.000 is the pre-roll's, not a second break."""
+    assert await _offsets(client, "cue_points=10.0001,10.0002,10&preroll=0&postroll=0") == [
+        "00:00:10.000"
+    ]
+    assert await _offsets(client, "cue_points=0.0001") == ["start", "end"]
+    assert await _offsets(client, "cue_points=0.0001,00:00:00.000,0%25&content_duration=60") == [
+        "start",
+        "end",
+    ]
+    assert await _offsets(client, "cue_points=10.0006,00:00:10.001&postroll=0") == [
+        "start",
+        "00:00:10.001",
+    ]
+
+
+async def test_vmap_offsets_keep_two_digit_hours(client: Any) -> None:
+    """The longest offset VMAP's HH:MM:SS[.mmm] can write is 99:59:59.999, in any form."""
+    last = "content_duration=359999.999&cue_points=99:59:59.998,359999.997,50%25"
+    assert await _offsets(client, f"{last}&preroll=0&postroll=0") == [
+        "50:00:00.000",
+        "99:59:59.997",
+        "99:59:59.998",
+    ]
+    assert await _offsets(client, "cue_points=359999.999&preroll=0&postroll=0") == ["99:59:59.999"]
+    for query in ("cue_points=999:59:59", "content_duration=604800&cue_points=100%25"):
+        resp = await client.get(f"/vmap?{query}")
+        assert resp.status == 400
+        body = await resp.json()
+        assert body["field"] in ("cue_points", "content_duration")
+        assert "99:59:59.999" in body["why"] or "359999.999" in body["why"]
 
 
 async def test_vmap_interval_and_no_breaks(client: Any) -> None:

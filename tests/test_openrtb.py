@@ -362,6 +362,29 @@ def test_vastserver_extension() -> None:
     assert dict(req.key_values) == {"tier": "gold"}
 
 
+def test_imp_vastserver_extension() -> None:
+    """imp[].ext.vastserver carries what the top-level one does; an imp's wins, field by
+    field (the first imp that sets it), over the top level."""
+    doc = _second_imp({"podid": "brk-1734", "maxduration": 30})(dynamic_pod())
+    assert isinstance(doc, dict)
+    doc["imp"][0]["ext"] = {"vastserver": {"session": "s-imp0", "debug": 0, "avail": 3}}
+    doc["imp"][1]["ext"] = {
+        "vastserver": {"placement": "p-imp1", "session": "s-imp1", "vast": "3.0", "kv": {"a": "1"}}
+    }
+    doc["ext"] = {"vastserver": {"placement": "p-top", "debug": 1, "vast": "4.1", "kv": {"b": "2"}}}
+    req = parse(doc).request
+    assert req.placement == "p-imp1"
+    assert req.session == "s-imp0"
+    assert req.brk.avail == 3
+    assert req.debug is False  # imp[0] says 0
+    assert req.vast_version == "3.0"
+    assert dict(req.key_values) == {"a": "1"}
+    doc["imp"][0]["ext"] = {"vastserver": {"debug": 1, "kv": {}}}
+    req = parse(doc).request
+    assert req.debug is True and dict(req.key_values) == {}
+    assert req.session == "s-imp1" and req.brk.avail == 0
+
+
 # ---------------------------------------------------------------------------- break position
 
 
@@ -647,6 +670,44 @@ MALFORMED: list[tuple[str, Mutation, str]] = [
     ("vast 5", _set("ext.vastserver.vast", "5.0"), "ext.vastserver.vast"),
     ("kv value", _set("ext.vastserver.kv", {"a": 1}), "ext.vastserver.kv.a"),
     ("imp ext string", _set("imp[0].ext", "x"), "imp[0].ext"),
+    ("imp our ext string", _set("imp[0].ext.vastserver", "x"), "imp[0].ext.vastserver"),
+    (
+        "imp placement bad",
+        _set("imp[0].ext.vastserver.placement", "a b"),
+        "imp[0].ext.vastserver.placement",
+    ),
+    (
+        "imp session bad",
+        _set("imp[0].ext.vastserver.session", "é"),
+        "imp[0].ext.vastserver.session",
+    ),
+    ("imp avail negative", _set("imp[0].ext.vastserver.avail", -1), "imp[0].ext.vastserver.avail"),
+    ("imp avail string", _set("imp[0].ext.vastserver.avail", "2"), "imp[0].ext.vastserver.avail"),
+    ("imp debug 2", _set("imp[0].ext.vastserver.debug", 2), "imp[0].ext.vastserver.debug"),
+    ("imp debug yes", _set("imp[0].ext.vastserver.debug", "yes"), "imp[0].ext.vastserver.debug"),
+    ("imp vast 5", _set("imp[0].ext.vastserver.vast", "5.0"), "imp[0].ext.vastserver.vast"),
+    ("imp kv array", _set("imp[0].ext.vastserver.kv", []), "imp[0].ext.vastserver.kv"),
+    ("imp kv value", _set("imp[0].ext.vastserver.kv", {"a": 1}), "imp[0].ext.vastserver.kv.a"),
+    (
+        "imp kv key",
+        _set("imp[0].ext.vastserver.kv", {"k" * 65: "v"}),
+        "imp[0].ext.vastserver.kv",
+    ),
+    # the top level is checked even where an imp's extension sets the field
+    (
+        "top placement bad under imp's",
+        lambda d: _set("ext.vastserver.placement", "a b")(
+            _set("imp[0].ext.vastserver.placement", "ok")(d)
+        ),
+        "ext.vastserver.placement",
+    ),
+    (
+        "second imp debug bad",
+        lambda d: _set("imp[1].ext", {"vastserver": {"debug": 2}})(
+            _second_imp({"podid": "brk-1734", "maxduration": 30})(d)
+        ),
+        "imp[1].ext.vastserver.debug",
+    ),
 ]
 
 

@@ -67,7 +67,9 @@ Mapped elsewhere
   ignored.
 * Our own extension ``ext.vastserver`` (top level) and ``imp[].ext.vastserver``:
   ``placement`` (else ``imp[0].tagid`` when it is a plain token), ``session``, ``avail``,
-  ``debug``, ``vast``, ``kv`` (an object of string values).
+  ``debug`` (0/1), ``vast``, ``kv`` (an object of string values), checked as ``/vast``
+  checks its parameters of those names (a 400 names e.g. ``imp[0].ext.vastserver.debug``).
+  Each field comes from the first imp whose extension sets it, else from the top level.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ from vastserver.consent import (
 )
 from vastserver.params import (
     MAX_AD_S,
-    MAX_CONTENT_S,
+    MAX_DOMAIN,
     MAX_LIST,
     MAX_TEXT,
     ClientInfo,
@@ -112,6 +114,9 @@ MAX_UA = 2048
 MAX_BLOCKLIST = 512
 MAX_SEGMENTS = 256
 MAX_FLOOR_CPM_PER_S = 10_000.0
+MAX_START_DELAY_S = 7 * 24 * 3600
+"""``video.startdelay`` only picks the break position, so it is not held to /vmap's
+99:59:59.999 (nothing writes it as a VMAP timeOffset)."""
 
 RulesFor = Callable[[str | None], AdRules]
 """``Catalog.rules_for``: the placement is only known once the body is parsed."""
@@ -408,7 +413,7 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
         )
 
     slot_code = _opt_int(video, "slotinpod", vpath, lo=-1, hi=2)
-    startdelay = _opt_int(video, "startdelay", vpath, lo=-2, hi=MAX_CONTENT_S)
+    startdelay = _opt_int(video, "startdelay", vpath, lo=-2, hi=MAX_START_DELAY_S)
     podseq = _opt_int(video, "podseq", vpath, lo=-1, hi=1)
     floor = _opt_num(video, "mincpmpersec", vpath, lo=0, hi=MAX_FLOOR_CPM_PER_S)
     if floor is not None:
@@ -741,18 +746,63 @@ def _segments(root: Obj) -> tuple[str, ...]:
     return segments
 
 
-def _key_values(ours: Obj) -> Mapping[str, str]:
-    raw = _opt_obj(ours, "kv", "ext.vastserver")
+def _key_values(ours: Obj, path: str) -> Mapping[str, str] | None:
+    p = _join(path, "kv")
+    raw = _opt_obj(ours, "kv", path)
     if raw is None:
-        return MappingProxyType({})
+        return None
     if len(raw) > MAX_LIST:
-        _fail("ext.vastserver.kv", f"at most {MAX_LIST} key-values")
+        _fail(p, f"at most {MAX_LIST} key-values")
     kv: dict[str, str] = {}
     for k, v in raw.items():
         if len(k) > 64 or _BAD_CHARS_RE.search(k):
-            _fail("ext.vastserver.kv", "keys must be printable and at most 64 characters")
-        kv[k] = _str(v, f"ext.vastserver.kv.{k}")
+            _fail(p, "keys must be printable and at most 64 characters")
+        kv[k] = _str(v, f"{p}.{k}")
     return MappingProxyType(kv)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ours:
+    """One ``ext.vastserver`` object (top level or an imp's), checked as ``/vast`` checks
+    the parameters of the same names; None where it does not set a field."""
+
+    placement: str | None = None
+    session: str | None = None
+    avail: int | None = None
+    debug: bool | None = None
+    vast: str | None = None
+    kv: Mapping[str, str] | None = None
+
+
+def _ours(ext: Obj | None, path: str) -> _Ours:
+    """``ext.vastserver`` under ``ext`` (found at ``path``)."""
+    ours = None if ext is None else _opt_obj(ext, "vastserver", path)
+    if ours is None:
+        return _Ours()
+    p = _join(path, "vastserver")
+    vast = _opt_str(ours, "vast", p, 8)
+    if vast is not None and vast not in VAST_VERSIONS:
+        _fail(f"{p}.vast", f"must be one of {', '.join(VAST_VERSIONS)}")
+    return _Ours(
+        placement=_opt_token(ours, "placement", p),
+        session=_opt_token(ours, "session", p),
+        avail=_opt_int(ours, "avail", p, lo=0, hi=10_000),
+        debug=_opt_flag(ours, "debug", p),
+        vast=vast,
+        kv=_key_values(ours, p),
+    )
+
+
+def _merge_ours(layers: list[_Ours]) -> _Ours:
+    """Each field from the first layer that sets it (the imps in order, then the top)."""
+    return _Ours(
+        placement=next((o.placement for o in layers if o.placement is not None), None),
+        session=next((o.session for o in layers if o.session is not None), None),
+        avail=next((o.avail for o in layers if o.avail is not None), None),
+        debug=next((o.debug for o in layers if o.debug is not None), None),
+        vast=next((o.vast for o in layers if o.vast is not None), None),
+        kv=next((o.kv for o in layers if o.kv is not None), None),
+    )
 
 
 # ---------------------------------------------------------------------------------- entry
@@ -803,26 +853,12 @@ def parse_bid_request(
             _fail(f"imp[{imp.index}].id", "duplicate imp id")
         seen.add(imp.id)
 
-    top_ext = _opt_obj(root, "ext", "") or {}
-    ours = _opt_obj(top_ext, "vastserver", "ext") or {}
-    placement: str | None = None
-    for imp in imps:
-        if imp.ext is None:
-            continue
-        imp_ours = _opt_obj(imp.ext, "vastserver", f"imp[{imp.index}].ext")
-        if imp_ours is not None:
-            placement = _opt_token(imp_ours, "placement", f"imp[{imp.index}].ext.vastserver")
-        if placement is not None:
-            break
-    placement = placement or _opt_token(ours, "placement", "ext.vastserver") or imps[0].tagid
+    layers = [_ours(imp.ext, f"imp[{imp.index}].ext") for imp in imps]
+    ours = _merge_ours([*layers, _ours(_opt_obj(root, "ext", ""), "ext")])
+    placement = ours.placement or imps[0].tagid
 
     resolved = rules if isinstance(rules, AdRules) else rules(placement)
-    avail = _opt_int(ours, "avail", "ext.vastserver", lo=0, hi=10_000) or 0
-    brk = _break(imps, resolved, avail)
-
-    vast = _opt_str(ours, "vast", "ext.vastserver", 8)
-    if vast is not None and vast not in VAST_VERSIONS:
-        _fail("ext.vastserver.vast", f"must be one of {', '.join(VAST_VERSIONS)}")
+    brk = _break(imps, resolved, ours.avail or 0)
 
     content, content_language = _content(root)
     allowed = _consent(root, tcf_vendor_id, child_directed=content.kids)
@@ -833,20 +869,20 @@ def parse_bid_request(
         device = replace(device, language=content_language)
 
     blocked_categories = _str_list(root, "bcat", "", max_items=MAX_BLOCKLIST)
-    blocked_domains = _str_list(root, "badv", "", max_items=MAX_BLOCKLIST, max_len=253)
+    blocked_domains = _str_list(root, "badv", "", max_items=MAX_BLOCKLIST, max_len=MAX_DOMAIN)
     floors = [imp.floor for imp in imps if imp.floor is not None]
     request = AdRequest(
         brk=brk,
         device=device,
         content=content,
-        session=_opt_token(ours, "session", "ext.vastserver"),
+        session=ours.session,
         placement=placement,
-        vast_version=vast or _vast_version(imps),
-        debug=_opt_flag(ours, "debug", "ext.vastserver") is True,
+        vast_version=ours.vast or _vast_version(imps),
+        debug=ours.debug is True,
         blocked_categories=frozenset(blocked_categories),
         blocked_domains=frozenset(d.lower() for d in blocked_domains),
         segments=_segments(root) if allowed.segments else (),
-        key_values=_key_values(ours),
+        key_values=ours.kv if ours.kv is not None else MappingProxyType({}),
         caller_ip=client.caller_ip,
         caller_user_agent=client.caller_user_agent,
         require_https=require_https or any(imp.secure for imp in imps),

@@ -32,8 +32,13 @@ from vastserver.pipeline.context import (
 )
 
 MAX_AD_S = 600
-MAX_CONTENT_S = 7 * 24 * 3600
+MAX_OFFSET_MS = 359_999_999
+"""99:59:59.999: VMAP 1.0 writes a break's ``timeOffset`` as ``HH:MM:SS[.mmm]``, two-digit
+hours, so no cue point, and no content on /vmap, may run longer."""
+MAX_CONTENT_S = MAX_OFFSET_MS / 1000
 MAX_LIST = 32
+MAX_DOMAIN = 253
+"""The longest domain name (RFC 1035), as OpenRTB's ``badv`` allows it."""
 MAX_TEXT = 256
 MAX_CUE_POINTS = 100
 KV_PREFIX = "kv_"
@@ -41,7 +46,7 @@ KV_PREFIX = "kv_"
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
 _COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
 _LANG_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
-_HMS_RE = re.compile(r"^([0-9]{1,3}):([0-5][0-9]):([0-5][0-9])(\.[0-9]{1,3})?$")
+_HMS_RE = re.compile(r"([0-9]{1,3}):([0-5][0-9]):([0-5][0-9])(\.[0-9]{1,3})?")
 # Numbers as people and players write them, in ASCII: Python's int() and float() also take
 # "1_0", "+5", " 7", "1e3" and other scripts' digits ("١٢٠"), which a client never means.
 _INT_RE = re.compile(r"-?[0-9]{1,9}")
@@ -74,6 +79,12 @@ def _get(q: Mapping[str, str], *names: str) -> tuple[str, str] | None:
     return None
 
 
+def _fmt(x: float) -> str:
+    """A bound as people write it, to the millisecond: ``600``, ``359999.999`` (``:g`` would
+    round the latter up to ``360000``, a value the check refuses)."""
+    return f"{x:.3f}".rstrip("0").rstrip(".")
+
+
 def _num(q: Mapping[str, str], *names: str, lo: float, hi: float) -> float | None:
     got = _get(q, *names)
     if got is None:
@@ -83,7 +94,7 @@ def _num(q: Mapping[str, str], *names: str, lo: float, hi: float) -> float | Non
         raise ParamError(name, f"not a number: {raw[:40]!r}")
     v = float(raw)
     if not math.isfinite(v) or v < lo or v > hi:
-        raise ParamError(name, f"must be between {lo:g} and {hi:g}")
+        raise ParamError(name, f"must be between {_fmt(lo)} and {_fmt(hi)}")
     return v
 
 
@@ -142,7 +153,7 @@ def _choice(
     return v
 
 
-def _list(q: Mapping[str, str], *names: str) -> tuple[str, ...]:
+def _list(q: Mapping[str, str], *names: str, max_len: int = 64) -> tuple[str, ...]:
     got = _get(q, *names)
     if got is None:
         return ()
@@ -151,8 +162,8 @@ def _list(q: Mapping[str, str], *names: str) -> tuple[str, ...]:
     if len(items) > MAX_LIST:
         raise ParamError(name, f"at most {MAX_LIST} entries")
     for x in items:
-        if len(x) > 64 or any(ord(ch) < 32 for ch in x):
-            raise ParamError(name, "entries must be printable and at most 64 characters")
+        if len(x) > max_len or any(ord(ch) < 32 for ch in x):
+            raise ParamError(name, f"entries must be printable and at most {max_len} characters")
     return items
 
 
@@ -174,27 +185,64 @@ class ClientInfo:
     device_user_agent: str | None
 
 
+def header_text(value: str) -> str:
+    """A request header's value as valid text. aiohttp decodes header bytes as UTF-8 with
+    ``surrogateescape``, so a byte that is not UTF-8 (``User-Agent: Roku\\xff/9``) arrives
+    as a lone surrogate, which ``.encode("utf-8")`` (the event log, hashing) refuses; here
+    it becomes U+FFFD. ASCII, nearly every header, is returned as it is."""
+    if value.isascii():
+        return value
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from a byte
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def _forwarded_ip(xff: str) -> str | None:
+    """The client's address from ``X-Forwarded-For``: its first non-empty element, with a
+    port taken off (``203.0.113.7:51234``, ``[2001:db8::1]:443``). None when that element
+    is no address (``unknown``, an RFC 7239 obfuscated ``_identifier``, garbage): the
+    proxies listed after it are not the client either."""
+    first = next((e.strip(_SPACE) for e in xff.split(",") if e.strip(_SPACE)), "")
+    if first.startswith("["):  # [v6] or [v6]:port
+        host, sep, rest = first[1:].partition("]")
+        if not sep or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return None
+        first = host
+    elif first.count(":") == 1:  # v4:port (a bare IPv6 address has several colons)
+        first = first.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(first))
+    except ValueError:
+        return None
+
+
 def client_info(headers: Mapping[str, str], peer: str | None) -> ClientInfo:
-    """Device IP/UA from the IAB SSAI headers when present, else X-Forwarded-For / peer."""
+    """Device IP/UA from the IAB SSAI headers when present, else X-Forwarded-For / peer.
 
-    def ip_header(name: str, raw: str) -> str:
-        try:
-            return str(ipaddress.ip_address(raw.strip()))
-        except ValueError:
-            raise ParamError(name, "not an IP address") from None
-
+    ``X-Device-IP`` is set on purpose by the SSAI caller: a malformed one is a 400.
+    ``X-Forwarded-For`` is whatever the proxies in front wrote: read leniently, and when it
+    names no address the peer is the caller."""
     caller_ua = headers.get("User-Agent")
     caller_ip = peer
     xff = headers.get("X-Forwarded-For")
     if xff:
-        caller_ip = ip_header("X-Forwarded-For", xff.split(",")[0])
+        caller_ip = _forwarded_ip(xff) or peer
     dev_ip = headers.get("X-Device-IP")
+    device_ip = caller_ip
+    if dev_ip:
+        try:
+            device_ip = str(ipaddress.ip_address(dev_ip.strip(_SPACE)))
+        except ValueError:
+            raise ParamError("X-Device-IP", "not an IP address") from None
     dev_ua = headers.get("X-Device-User-Agent")
+    caller_ua = header_text(caller_ua) if caller_ua else caller_ua
     return ClientInfo(
         caller_ip=caller_ip,
         caller_user_agent=caller_ua,
-        device_ip=ip_header("X-Device-IP", dev_ip) if dev_ip else caller_ip,
-        device_user_agent=dev_ua if dev_ua else caller_ua,
+        device_ip=device_ip,
+        device_user_agent=header_text(dev_ua) if dev_ua else caller_ua,
     )
 
 
@@ -324,7 +372,7 @@ def parse_targeting(
         vast_version=version[1] if version else "4.2",
         debug=_flag(q, "debug", False),
         blocked_categories=frozenset(_list(q, "bcat")),
-        blocked_domains=frozenset(d.lower() for d in _list(q, "badv")),
+        blocked_domains=frozenset(d.lower() for d in _list(q, "badv", max_len=MAX_DOMAIN)),
         segments=_list(q, "segments") if allowed.segments else (),
         key_values=MappingProxyType(kv),
     )
@@ -384,7 +432,8 @@ def parse_vast_request(
 
 
 def parse_offset(raw: str, field: str, content_s: float | None) -> float:
-    """A cue point: seconds, ``HH:MM:SS[.mmm]`` or a percentage of the content duration."""
+    """A cue point: seconds, ``HH:MM:SS[.mmm]`` or a percentage of the content duration,
+    between 0 and 99:59:59.999 (:data:`MAX_OFFSET_MS`) in every form."""
     raw = raw.strip(_SPACE)
     if raw.endswith("%"):
         if content_s is None:
@@ -394,16 +443,20 @@ def parse_offset(raw: str, field: str, content_s: float | None) -> float:
         pct = float(raw[:-1])
         if not 0 <= pct <= 100:
             raise ParamError(field, "percentages must be between 0 and 100")
-        return content_s * pct / 100
-    m = _HMS_RE.match(raw)
-    if m:
+        v = content_s * pct / 100
+    elif m := _HMS_RE.fullmatch(raw):  # not match(): its "$" lets a final "\n" through
         frac = float(m.group(4)) if m.group(4) else 0.0
-        return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3)) + frac
-    if not _DEC_RE.fullmatch(raw):
+        v = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + int(m.group(3)) + frac
+    elif _DEC_RE.fullmatch(raw):
+        v = float(raw)
+    else:
         raise ParamError(field, f"not seconds, HH:MM:SS.mmm or a percentage: {raw[:20]!r}")
-    v = float(raw)
-    if not math.isfinite(v) or v < 0 or v > MAX_CONTENT_S:
-        raise ParamError(field, "offset out of range")
+    if not math.isfinite(v) or v < 0 or round(v * 1000) > MAX_OFFSET_MS:
+        raise ParamError(
+            field,
+            f"offset out of range: must be between 0 and 99:59:59.999 ({_fmt(MAX_CONTENT_S)} s),"
+            " the longest VMAP timeOffset",
+        )
     return v
 
 
@@ -422,27 +475,29 @@ class VmapQuery:
 def parse_vmap_query(q: Mapping[str, str]) -> VmapQuery:
     content_s = _num(q, "content_duration", lo=1, hi=MAX_CONTENT_S)
     interval = _num(q, "midroll_interval", lo=30, hi=MAX_CONTENT_S)
-    cues: list[float] = []
+    content_ms = None if content_s is None else round(content_s * 1000)
+    # timeOffset is written to the millisecond: cue points are compared, de-duplicated and
+    # told from the pre-roll's 0 as they will be written (10.0001 and 10.0002 would
+    # otherwise be two breaks at 00:00:10.000, and 0.0001 a mid-roll beside "start").
+    cues_ms: set[int] = set()
     got = _get(q, "cue_points")
     if got is not None:
         raw_points = [p for p in got[1].split(",") if p.strip(_SPACE)]
         if len(raw_points) > MAX_CUE_POINTS:
             raise ParamError("cue_points", f"at most {MAX_CUE_POINTS} cue points")
-        cues = [parse_offset(p, "cue_points", content_s) for p in raw_points]
+        cues_ms = {round(parse_offset(p, "cue_points", content_s) * 1000) for p in raw_points}
+        if content_ms is not None and any(c >= content_ms for c in cues_ms):
+            raise ParamError("cue_points", "every cue point must be before content_duration")
     elif interval is not None:
-        if content_s is None:
+        if content_ms is None:
             raise ParamError("midroll_interval", "needs content_duration")
-        t = interval
-        while t < content_s and len(cues) < MAX_CUE_POINTS:
-            cues.append(t)
-            t += interval
-    if content_s is not None:
-        for c in cues:
-            if c >= content_s:
-                raise ParamError("cue_points", "every cue point must be before content_duration")
+        n = 1
+        while (t := round(n * interval * 1000)) < content_ms and n <= MAX_CUE_POINTS:
+            cues_ms.add(t)
+            n += 1
     return VmapQuery(
         content_duration_s=content_s,
-        cue_points_s=tuple(sorted({c for c in cues if c > 0})),
+        cue_points_s=tuple(c / 1000 for c in sorted(cues_ms) if c > 0),
         preroll=_flag(q, "preroll", True),
         postroll=_flag(q, "postroll", True),
         preroll_duration_s=_num(q, "preroll_duration", lo=1, hi=MAX_POD_S),

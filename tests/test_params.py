@@ -1,0 +1,102 @@
+"""Request headers: who calls and for which device (params.client_info, header_text)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vastserver.params import ClientInfo, ParamError, client_info, header_text
+
+PEER = "192.0.2.10"
+
+
+@pytest.mark.parametrize(
+    ("xff", "caller"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("203.0.113.7, 10.0.0.1", "203.0.113.7"),
+        ("203.0.113.7:51234", "203.0.113.7"),
+        ("[2001:db8::1]:443", "2001:db8::1"),
+        ("[2001:db8::1]", "2001:db8::1"),
+        ("2001:db8::1", "2001:db8::1"),
+        ("2001:DB8:0::1, 203.0.113.7", "2001:db8::1"),
+        (", 203.0.113.7", "203.0.113.7"),  # a leading empty element
+        (" ,,\t203.0.113.7:80 , 10.0.0.1", "203.0.113.7"),
+        # the first element is the client; when it is no address, the peer is the caller
+        ("unknown", PEER),
+        ("unknown, 203.0.113.7", PEER),
+        ("_hidden, 203.0.113.7", PEER),
+        ("not-an-ip", PEER),
+        ("[2001:db8::1", PEER),
+        ("[2001:db8::1]x", PEER),
+        ("999.1.1.1", PEER),
+        (",", PEER),
+        ("203.0.113.\udcff", PEER),
+    ],
+)
+def test_forwarded_for_is_read_leniently(xff: str, caller: str) -> None:
+    got = client_info({"X-Forwarded-For": xff}, PEER)
+    assert got.caller_ip == caller
+    assert got.device_ip == caller
+
+
+def test_device_ip_wins_over_a_malformed_forwarded_for() -> None:
+    headers = {"X-Device-IP": "198.51.100.4", "X-Forwarded-For": "203.0.113.7:51234:x"}
+    got = client_info(headers, PEER)
+    assert got == ClientInfo(PEER, None, "198.51.100.4", None)
+    headers["X-Forwarded-For"] = "203.0.113.7:51234"
+    assert client_info(headers, PEER).caller_ip == "203.0.113.7"
+
+
+@pytest.mark.parametrize(
+    "device_ip", ["not-an-ip", "198.51.100.4:80", "[2001:db8::1]", "unknown", "1.2.3.\udcff"]
+)
+def test_a_malformed_device_ip_is_refused(device_ip: str) -> None:
+    """X-Device-IP is set on purpose by the SSAI caller: it is held to the letter."""
+    with pytest.raises(ParamError) as err:
+        client_info({"X-Device-IP": device_ip, "X-Forwarded-For": "203.0.113.7"}, PEER)
+    assert err.value.field == "X-Device-IP"
+
+
+def test_header_text() -> None:
+    assert header_text("Roku/DVP-12.0") == "Roku/DVP-12.0"
+    # what aiohttp makes of the bytes b"Roku\xff/9" and of UTF-8 text
+    assert header_text(b"Roku\xff/9".decode("utf-8", "surrogateescape")) == "Roku\ufffd/9"
+    assert header_text(b"T\xc3\xa9l\xc3\xa9".decode("utf-8", "surrogateescape")) == "Télé"
+    assert header_text("a\ud800b") == "a\ufffd\ufffd\ufffdb"  # not from a byte: still text
+
+
+def test_user_agents_are_valid_text() -> None:
+    headers = {
+        "User-Agent": b"Roku\xff/9".decode("utf-8", "surrogateescape"),
+        "X-Device-User-Agent": b"Roku\xfe/10".decode("utf-8", "surrogateescape"),
+    }
+    got = client_info(headers, PEER)
+    assert got.caller_user_agent == "Roku\ufffd/9"
+    assert got.device_user_agent == "Roku\ufffd/10"
+    del headers["X-Device-User-Agent"]
+    assert client_info(headers, PEER).device_user_agent == "Roku\ufffd/9"
+
+
+HEADER = st.text(max_size=60) | st.binary(max_size=60).map(
+    lambda b: b.decode("utf-8", "surrogateescape")
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["X-Forwarded-For", "User-Agent", "X-Device-User-Agent", "X-Device-IP"]),
+        HEADER,
+    )
+)
+def test_only_a_bad_device_ip_is_an_error(headers: dict[str, str]) -> None:
+    try:
+        got = client_info(headers, PEER)
+    except ParamError as e:
+        assert e.field == "X-Device-IP"
+        return
+    for ua in (got.caller_user_agent, got.device_user_agent):
+        if ua is not None:
+            ua.encode("utf-8")  # no lone surrogate left
