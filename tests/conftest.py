@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -67,3 +68,14 @@ def make_client(aiohttp_client: Any, clock: FakeClock) -> ClientFactory:
 @pytest.fixture
 async def client(make_client: ClientFactory) -> TestClient[Any, Any]:
     return await make_client()
+
+
+async def raw_request(client: Any, head: bytes) -> tuple[int, bytes]:
+    """Send a request head byte for byte (bytes no HTTP client would send) over loopback;
+    the status and the body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+    writer.write(head + b"Host: x\r\nConnection: close\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from lxml import etree
 
-from tests.conftest import ADMIN, ClientFactory, FakeClock
+from tests.conftest import ADMIN, ClientFactory, FakeClock, raw_request
 from vastserver.eventlog import read_events
 from vastserver.tracking import expand_macros
 
@@ -117,6 +117,35 @@ async def test_event_log_records_decisions_and_beacons(
     assert decisions[0]["context"]["device_type"] is None
     assert decisions[0]["ads"][0]["line_item_id"] == beacons[0]["line_item_id"]
     assert decisions[0]["ads"][0]["currency"] == "USD"  # the demo catalog's
+
+
+async def test_a_header_that_is_not_utf8_neither_fails_a_beacon_nor_its_record(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A byte that is not UTF-8 in X-Device-User-Agent (or X-Device-IP) made the beacon's
+    record unencodable after the count: the player got a 503 for a counted impression, its
+    retry a replay, and the event log had no record (a reviewer found it)."""
+    client: Any = await make_client(event_log=str(tmp_path))
+    ad = await _first_ad(client)
+    head = b"GET " + _local(_tracking(ad, "impression")).encode() + b" HTTP/1.1\r\n"
+    odd = b"X-Device-User-Agent: Roku\xff/9\r\nX-Device-IP: 198.51.100.4\xff\r\n"
+    assert (await raw_request(client, head + odd))[0] == 204
+    assert (await raw_request(client, head + odd))[0] == 204  # a replay
+    # the analysis fields of the tokenless beacons are in their records too
+    assert (await client.get("/t/breakStart?s=sess-1&b=midroll-1&ph=00:10:00.500")).status == 204
+    assert (await client.get("/t/error?r=no_fill&ec=303")).status == 204
+    await client.close()  # flushes the log
+    beacons = [r for r in read_events([tmp_path]) if r["type"] == "beacon"]
+    assert [(b["event"], b["result"]) for b in beacons] == [
+        ("impression", "ok"),
+        ("impression", "replay"),
+        ("breakStart", "advisory"),
+        ("error", "advisory"),
+    ]
+    assert beacons[0]["device_user_agent"] == "Roku\ufffd/9" and beacons[0]["device_ip"] is None
+    assert (beacons[2]["session"], beacons[2]["break_id"]) == ("sess-1", "midroll-1")
+    assert beacons[2]["playhead_ms"] == 600_500
+    assert (beacons[3]["reason"], beacons[3]["error_code"]) == ("no_fill", 303)
 
 
 async def test_report_from_event_log(

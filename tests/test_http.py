@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from lxml import etree
 
-from tests.conftest import ClientFactory, FakeClock
+from tests.conftest import ClientFactory, FakeClock, raw_request
 from vastserver.eventlog import read_events
 from vastserver.tracking import expand_macros
 
@@ -232,17 +232,12 @@ async def test_non_utf8_user_agents_are_served_and_logged(
     surrogateescape); it must neither fail the decision nor the event log. With an
     experiment, the arm is picked from a hash of the IP + UA viewer key."""
     client: Any = await make_client(event_log=str(tmp_path), experiment="exp1", arms="a:50,b:50")
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(
-        b"GET /vast?pod_duration=60 HTTP/1.1\r\nHost: x\r\n"
-        b"User-Agent: Roku\xff/9\r\nX-Device-User-Agent: Roku\xfe/10\r\n"
-        b"Connection: close\r\n\r\n"
+    status, body = await raw_request(
+        client,
+        b"GET /vast?pod_duration=60 HTTP/1.1\r\n"
+        b"User-Agent: Roku\xff/9\r\nX-Device-User-Agent: Roku\xfe/10\r\n",
     )
-    await writer.drain()
-    raw = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert status == 200, body[:200]
     assert _ads(etree.fromstring(body))
     await client.close()  # flushes the event log
     decisions = [r for r in read_events([tmp_path]) if r["type"] == "decision"]
@@ -509,17 +504,6 @@ async def test_admin_reload_requires_token(client: Any) -> None:
     ok = {"Authorization": "Bearer admin-token-0123456789"}
     resp = await client.post("/admin/catalog/reload", headers=ok)
     assert resp.status == 200 and (await resp.json())["version"]
-
-
-async def raw_request(client: Any, head: bytes) -> tuple[int, bytes]:
-    """Send a request head byte for byte (bytes no HTTP client would send) over loopback;
-    the status and the body."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
-    writer.write(head + b"Host: x\r\nConnection: close\r\n\r\n")
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
-    status_line, _, rest = data.partition(b"\r\n")
-    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
 
 
 async def test_a_token_that_is_not_utf8_is_refused_not_an_error(client: Any) -> None:

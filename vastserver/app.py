@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import json
 import logging
@@ -36,6 +37,7 @@ from vastserver.openrtb import parse_bid_request
 from vastserver.params import (
     ParamError,
     client_info,
+    header_text,
     parse_targeting,
     parse_vast_request,
     parse_vmap_query,
@@ -62,6 +64,7 @@ from vastserver.tracking import (
     TrackingUrls,
     beacon_counting_params,
     new_ad_serving_id,
+    parse_beacon_query,
     verify,
 )
 
@@ -468,22 +471,48 @@ def _record_beacon(
     result: str,
     error_code: int | None,
 ) -> None:
-    """Every beacon goes to the event log, counted or not (replays are evidence too)."""
+    """Every beacon goes to the event log, counted or not (replays are evidence too). Runs
+    after the count: whatever the record holds, the beacon's answer stays the same."""
     if isinstance(rt.events, NullSink):
         return  # no log: not even the record's construction
-    rt.events.append(
-        beacon_record(
-            event,
-            token,
-            counted=counted,
-            result=result,
-            caller_ip=request.remote,
-            device_ip=request.headers.get("X-Device-IP"),
-            device_user_agent=request.headers.get("X-Device-User-Agent"),
-            error_code=error_code,
-            at=rt.clock().isoformat(),
+    params = parse_beacon_query(request.query)  # what only the log reads
+    ua = request.headers.get("X-Device-User-Agent")
+    try:
+        rt.events.append(
+            beacon_record(
+                event,
+                token,
+                counted=counted,
+                result=result,
+                caller_ip=request.remote,
+                device_ip=_ip_or_none(request.headers.get("X-Device-IP")),
+                device_user_agent=header_text(ua[:MAX_LOGGED_UA]) if ua else None,
+                error_code=error_code,
+                at=rt.clock().isoformat(),
+                reason=params.reason,
+                session=params.session,
+                break_id=params.break_id,
+                playhead_ms=params.playhead_ms,
+            )
         )
-    )
+    except (TypeError, ValueError, RuntimeError):  # unencodable, or the log is closing
+        log_event(log, "beacon_not_logged", logging.ERROR, beacon=event, exc_info=True)
+        rt.metrics.events_dropped.inc_by_reason(1, "unrecordable")
+
+
+MAX_LOGGED_UA = 1024
+"""A beacon's ``X-Device-User-Agent`` is logged up to this many characters."""
+
+
+def _ip_or_none(raw: str | None) -> str | None:
+    """A header's IP address, normalised; None when absent or not an address (a beacon is
+    verified by its token: a bad advisory header is not worth refusing it)."""
+    if not raw:
+        return None
+    try:
+        return str(ipaddress.ip_address(raw.strip()))
+    except ValueError:
+        return None
 
 
 async def click_handler(request: web.Request) -> web.StreamResponse:

@@ -112,6 +112,10 @@ def beacon_record(
     device_user_agent: str | None,
     error_code: int | None,
     at: str,
+    reason: str | None = None,
+    session: str | None = None,
+    break_id: str | None = None,
+    playhead_ms: int | None = None,
 ) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "type": "beacon",
@@ -123,6 +127,10 @@ def beacon_record(
         "device_ip": device_ip,
         "device_user_agent": device_user_agent,
         "error_code": error_code,
+        "reason": reason,
+        "session": session,
+        "break_id": break_id,
+        "playhead_ms": playhead_ms,
     }
     if token is not None:
         rec.update(
