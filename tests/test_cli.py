@@ -405,3 +405,40 @@ def test_keepalive_setting_is_range_checked() -> None:
     assert make_settings(keepalive_s="600").keepalive_s == 600
     with pytest.raises(SettingsError, match="VASTSERVER_KEEPALIVE_S: must be between 1 and 7200"):
         make_settings(keepalive_s="0")
+
+
+def test_what_only_loading_finds_wrong_is_a_clean_start_up_error(tmp_path: Path) -> None:
+    """A catalog whose contents are invalid (every problem listed), an event-log directory
+    that cannot be made: exit 2 with the problem, not a traceback and exit 1."""
+    cat = json.loads(DEMO_CATALOG.read_text())
+    cat["line_items"][0]["price"] = "a lot"
+    cat["line_items"][1]["campaign_id"] = "nope"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(cat))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for args, env, expected in (
+        (("--catalog", str(bad)), _env(), ("2 errors in catalog", ".price", ".campaign_id")),
+        (
+            ("--event-log", str(blocker / "events")),
+            _env(),
+            ("cannot start", "a-file/events"),
+        ),
+    ):
+        srv = Server(*args, env=env)
+        out = srv.proc.stdout.read().decode() if srv.proc.stdout else ""
+        assert srv.proc.wait(20) == 2, out
+        assert all(x in out for x in expected) and "Traceback" not in out, out
+
+
+def test_an_unknown_log_level_is_a_settings_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "vastserver", "serve", "--help"],
+        env=_env(VASTSERVER_LOG_LEVEL="bogus"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "VASTSERVER_LOG_LEVEL: must be one of DEBUG, INFO" in proc.stderr

@@ -75,7 +75,11 @@ def _bind(settings: Settings, port: int | None = None) -> socket.socket:
 def _run_worker(
     settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None = None
 ) -> None:
+    from jinja2 import TemplateError
+
     from vastserver.app import STATE_SAVE_FAILED, create_app
+    from vastserver.catalog.load import CatalogError
+    from vastserver.geo import GeoError
     from vastserver.store.statefile import StateFileError
 
     try:
@@ -93,6 +97,12 @@ def _run_worker(
             else "move it away to start with empty state"
         )
         print(f"{e} ({hint})", file=sys.stderr)
+        sys.exit(2)
+    except (CatalogError, GeoError, OSError, TemplateError) as e:
+        # What the settings name but only loading finds wrong: the catalog's contents, the
+        # geo database's rows, an event-log directory that cannot be made, the templates.
+        what = "templates" if isinstance(e, TemplateError) else type(e).__name__
+        print(f"cannot start: {what}: {e}", file=sys.stderr)
         sys.exit(2)
     # Everything loaded at start-up is long-lived: keep it out of the GC's generations.
     gc.collect()
@@ -292,9 +302,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    configure_logs(os.environ.get("VASTSERVER_LOG_LEVEL", "INFO"))
+    level = os.environ.get("VASTSERVER_LOG_LEVEL") or "INFO"
+    if level.upper() not in LOG_LEVELS:
+        print(
+            "invalid settings:\n  - VASTSERVER_LOG_LEVEL: must be one of "
+            f"{', '.join(LOG_LEVELS)}, got {level[:40]!r}",
+            file=sys.stderr,
+        )
+        return 2
+    configure_logs(level)
     if not argv or argv[0] in ("-h", "--help"):
         print(
             "usage: vastserver {serve,gen-catalog,gen-events,train,report,simulate,bench} ...\n\n"
