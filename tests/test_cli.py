@@ -442,3 +442,34 @@ def test_an_unknown_log_level_is_a_settings_error() -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "VASTSERVER_LOG_LEVEL: must be one of DEBUG, INFO" in proc.stderr
+
+
+def test_port_zero_puts_the_port_it_got_in_the_tracking_urls() -> None:
+    """``--port 0`` lets the system pick; the default public URL said port 0, so every
+    tracking URL pointed nowhere."""
+    cmd = [sys.executable, "-m", "vastserver", "serve", "--port", "0", "--event-log", "off"]
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
+    )
+    try:
+        assert proc.stdout is not None
+        listening = json.loads(proc.stdout.readline())
+        port = int(listening["url"].rsplit(":", 1)[1])
+        assert port > 0 and listening["public_url"] == f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, body = _get(f"http://127.0.0.1:{port}/vast?pod_duration=30")
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert status == 200 and f"http://127.0.0.1:{port}/t/impression?".encode() in body
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_the_default_public_url_brackets_an_ipv6_host() -> None:
+    assert make_settings(host="::1", public_url=None).public_url == "http://[::1]:8080"
+    assert make_settings(host="::", public_url=None).public_url == "http://127.0.0.1:8080"

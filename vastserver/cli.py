@@ -13,12 +13,13 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from aiohttp import web
 
 from vastserver.logs import configure as configure_logs
 from vastserver.logs import event
-from vastserver.settings import Settings, SettingsError, load_settings
+from vastserver.settings import Settings, SettingsError, default_public_url, load_settings
 
 log = logging.getLogger("vastserver")
 
@@ -237,6 +238,10 @@ def serve(argv: Sequence[str]) -> int:
     except OSError as e:
         print(f"cannot listen on {settings.host}:{settings.port}: {e}", file=sys.stderr)
         return 2
+    if settings.port == 0 and settings.public_url == default_public_url(settings.host, 0):
+        # the tracking URLs must name the port the system picked, not port 0
+        bound = sock.getsockname()[1]
+        settings = replace(settings, public_url=default_public_url(settings.host, bound))
     metrics_socks: list[socket.socket | None] = [None] * settings.workers
     if settings.metrics_port is not None:
         for i in range(settings.workers):

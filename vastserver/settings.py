@@ -103,6 +103,15 @@ class Settings:
     ephemeral_secret: bool = field(default=False, compare=False)
 
 
+def default_public_url(host: str, port: int) -> str:
+    """The public URL when none is set: the listening address (loopback for a wildcard
+    host, an IPv6 literal in brackets). With port 0 the server puts in the port it got."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
 def _int(problems: list[str], name: str, raw: str | None, lo: int, hi: int) -> int | None:
     if raw is None:
         return None
@@ -163,8 +172,7 @@ def load_settings(
     )  # fmt: skip
     public = pick("public_url", "VASTSERVER_PUBLIC_URL")
     if public is None:
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        public = f"http://{shown}:{port}"
+        public = default_public_url(host, port)
     parts = urlsplit(public)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
         problems.append(
