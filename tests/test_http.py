@@ -517,6 +517,45 @@ async def test_a_token_that_is_not_utf8_is_refused_not_an_error(client: Any) -> 
         assert status == 401, path
 
 
+async def test_a_reload_during_a_decision_leaves_its_explanation_on_one_catalog(
+    tmp_path: Path,
+) -> None:
+    """The debug explanation screened the candidates a decision did not keep from whatever
+    catalog was current after its store round trip: a reload in between mixed the two
+    (the same line item and creative traced twice; a reviewer found it)."""
+    from collections import Counter
+
+    from tests.conftest import DEMO_CATALOG, make_settings
+    from vastserver.app import RUNTIME, create_app
+    from vastserver.params import client_info, parse_vast_request
+
+    app = create_app(make_settings(), background_pacing=False)
+    svc = app[RUNTIME].service
+    other = json.loads(DEMO_CATALOG.read_text())
+    for li in other["line_items"]:
+        li["price"] = li["price"] + 0.5  # another snapshot, the same ids
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(other))
+    req = parse_vast_request(
+        {"pod_duration": "120", "max_ads": "4", "debug": "1"},
+        client_info({"User-Agent": "x"}, "192.0.2.1"),
+        svc.snapshot.catalog.rules_for(None),
+    )
+    calm = await svc.decide(req, explain=True)
+    prefetch = svc.delivery.prefetch
+
+    async def reload_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        svc.reload_catalog(path)
+        return await prefetch(*args, **kwargs)
+
+    svc.delivery.prefetch = reload_meanwhile
+    raced = await svc.decide(req, explain=True)
+    for d in (calm, raced):
+        traced = Counter((t.line_item_id, t.creative_id) for t in d.traces)
+        assert traced.most_common(1)[0][1] == 1
+        assert len(d.traces) == len(calm.traces)
+
+
 async def test_a_slow_catalog_reload_does_not_stall_serving(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

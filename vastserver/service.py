@@ -208,7 +208,7 @@ class AdService:
         )
         prior: tuple[Trace, ...] = ()
         if explain or req.debug:
-            prior = self._explain_dropped(req, env, kept)
+            prior = self._explain_dropped(snap, req, env, kept)
         arm, chosen = self.models.choose(req)
         scorer: Scorer = TimedScorer(chosen, self.metrics)
         remaining = left()
@@ -288,13 +288,14 @@ class AdService:
         return out
 
     def _explain_dropped(
-        self, req: AdRequest, env: StageEnv, kept: list[Candidate]
+        self, snap: Snapshot, req: AdRequest, env: StageEnv, kept: list[Candidate]
     ) -> tuple[Trace, ...]:
-        """The explanation's view of everything not kept: the per-candidate filters (the
+        """The explanation's view of everything ``snap`` (the decision's catalog, even if a
+        reload swapped in another meanwhile) did not keep: the per-candidate filters (the
         specification the bitsets are tested against) name each reason; what passed them but
         fell beyond the candidate limit is ``outranked``."""
         passed = {id(c) for c in kept}
-        rest = [c for c in self._snapshot.index.candidates if id(c) not in passed]
+        rest = [c for c in snap.index.candidates if id(c) not in passed]
         screened = screen(req, rest, env, PRE_DELIVERY_FILTERS)
         return (
             *screened.traces,
