@@ -473,3 +473,12 @@ def test_port_zero_puts_the_port_it_got_in_the_tracking_urls() -> None:
 def test_the_default_public_url_brackets_an_ipv6_host() -> None:
     assert make_settings(host="::1", public_url=None).public_url == "http://[::1]:8080"
     assert make_settings(host="::", public_url=None).public_url == "http://127.0.0.1:8080"
+
+
+def test_an_override_no_setting_reads_is_refused() -> None:
+    """``simulate --setting separation_break=2`` (for separation_breaks) ran as if applied."""
+    from vastserver.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="separation_break: no such setting"):
+        load_settings({}, {"separation_break": "2", "separation_breaks": "2"})
+    assert load_settings({}, {"separation_breaks": "2"}).separation_breaks == 2

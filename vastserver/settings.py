@@ -129,11 +129,14 @@ def _int(problems: list[str], name: str, raw: str | None, lo: int, hi: int) -> i
 def load_settings(
     env: Mapping[str, str], overrides: Mapping[str, object] | None = None
 ) -> Settings:
-    """Build settings: ``overrides`` (command line) win over ``env``; defaults last."""
+    """Build settings: ``overrides`` (command line) win over ``env``; defaults last. An
+    override no setting reads is a problem (a misspelt name must not pass for applied)."""
     o = dict(overrides or {})
     problems: list[str] = []
+    read: set[str] = set()
 
     def pick(key: str, env_name: str) -> str | None:
+        read.add(key)
         v = o.get(key)
         if v is not None:
             return str(v)
@@ -299,6 +302,7 @@ def load_settings(
                 break
             progress.append(v)
 
+    problems += [f"{k}: no such setting" for k in sorted(set(o) - read)]
     if problems:
         raise SettingsError(problems)
     if ephemeral:
