@@ -416,7 +416,7 @@ class Renderer:
             ad_serving_id=ad_serving_id,
             title=cr.title,
             advertiser=c.advertiser.domain,
-            categories=c.advertiser.categories or cr.categories,
+            categories=c.categories,
             price=price,
             priced=c.line_item.pricing_model != FLAT,
             currency=c.line_item.currency,
