@@ -157,6 +157,129 @@ async def test_vast3_lint_warnings_are_only_the_documented_ones(client: Any) -> 
     assert {w.split()[0] for w in warnings} <= set(VAST3_ACCEPTED_LINT_WARNINGS)
 
 
+def _odd_creative(key: str, n: int, **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A creative and a sponsorship line item that serves it alone for ``series=odd-<key>``."""
+    demo = json.loads(DEMO_CATALOG.read_text())
+    cr = {
+        "id": f"cr-odd-{key}",
+        "advertiser_id": "adv-odd",
+        "title": f"odd {key}",
+        "duration": 15,
+        "universal_ad_id": f"ODDX{n:04d}000H",
+        **fields,
+    }
+    if "vast_tag_url" not in fields:
+        cr["renditions"] = demo["creatives"][0]["renditions"]
+    li = {
+        "id": f"li-odd-{key}",
+        "campaign_id": "cmp-odd",
+        "name": f"odd {key}",
+        "tier": "sponsorship",
+        "creative_ids": [cr["id"]],
+        "price": 10,
+        "targeting": {"series": {"include": [f"odd-{key}"]}},
+    }
+    return cr, li
+
+
+def _icon(program: str) -> dict[str, Any]:
+    return {
+        "program": program,
+        "width": 20,
+        "height": 20,
+        "x_position": "right",
+        "y_position": "top",
+        "image_url": f"https://icons.example/{program}.png",
+        "creative_type": "image/png",
+    }
+
+
+ODD_CREATIVES: dict[str, dict[str, Any]] = {
+    # the AdChoices icon second, so that keeping "the first" would be wrong
+    "icons": {
+        "click_through": "https://odd.example/",
+        "icons": [_icon("Logo"), _icon("AdChoices")],
+    },
+    "wrapper-icons": {
+        "vast_tag_url": "https://tag.example/vast?id=1",
+        "icons": [_icon("Logo"), _icon("AdChoices")],
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def odd_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo catalog plus creatives that exercise what versions disagree on."""
+    doc = json.loads(DEMO_CATALOG.read_text())
+    doc["advertisers"].append(
+        {"id": "adv-odd", "name": "Odd", "domain": "odd.example", "categories": ["IAB3"]}
+    )
+    doc["campaigns"].append(
+        {
+            "id": "cmp-odd",
+            "advertiser_id": "adv-odd",
+            "name": "Odd",
+            "start": "2026-01-01T00:00:00Z",
+            "end": "2028-12-31T23:59:59Z",
+        }
+    )
+    for n, (key, fields) in enumerate(ODD_CREATIVES.items()):
+        cr, li = _odd_creative(key, n, **fields)
+        doc["creatives"].append(cr)
+        doc["line_items"].append(li)
+    path = tmp_path_factory.mktemp("odd") / "catalog.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _icon_programs(xml: bytes) -> list[str]:
+    return [str(e.get("program")) for e in etree.fromstring(xml).iter("{*}Icon")]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, version: str) -> None:
+    """Icons, clicks: each version gets what its schema allows, valid and lint-clean."""
+    c.require_spec()
+    client: Any = await make_client(catalog=str(odd_catalog))
+    docs: dict[str, bytes] = {}
+    for key in ODD_CREATIVES:
+        query = f"vast={version}&series=odd-{key}&pod_duration=15&max_ads=1"
+        xml = await _fetch(client, query)
+        (ad,) = _ads_in(xml)
+        assert str(ad.get("id")) == f"li-odd-{key}-cr-odd-{key}"
+        _check_static(xml, version, query)
+        docs[key] = xml
+    # 2.0 has no icons; the 4.0 and 4.1 XSDs allow one (AdChoices first); 3.0 and 4.2+ any
+    want = {"2.0": [], "4.0": ["AdChoices"], "4.1": ["AdChoices"]}.get(
+        version, ["Logo", "AdChoices"]
+    )
+    assert _icon_programs(docs["icons"]) == want
+    assert _icon_programs(docs["wrapper-icons"]) == want
+    if c.node_available():
+        parsed = c.node_parse_many([x.decode() for x in docs.values()], "vast")
+        allowed = c.UNAVOIDABLE_CLIENT_WARNINGS[version]
+        for key, result in zip(docs, parsed, strict=True):
+            assert result["ok"], (key, result["error"])
+            bad = [w for w in result["warnings"] if not w.startswith(allowed)]
+            assert bad == [], (key, bad)
+
+
+@pytest.mark.parametrize("version", ["4.0", "4.1", "4.2"])
+async def test_inline_vmap_with_odd_creatives(
+    make_client: ClientFactory, odd_catalog: Path, version: str
+) -> None:
+    """The pods of an inline VMAP are the /vast ones: valid for their version too."""
+    c.require_spec()
+    client: Any = await make_client(catalog=str(odd_catalog))
+    resp = await client.get(
+        f"/vmap?content_duration=1800&cue_points=600&inline=1&vast={version}&series=odd-icons"
+    )
+    assert resp.status == 200
+    xml = bytes(await resp.read())
+    assert _icon_programs(xml), "the odd-icons sponsorship should be in the breaks"
+    assert errors_of(xml) == []
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -21,7 +21,7 @@ from cachetools import LRUCache
 from markupsafe import Markup, escape
 
 from vastserver import __version__
-from vastserver.catalog.model import FLAT, Creative
+from vastserver.catalog.model import FLAT, Creative, Icon
 from vastserver.explain import decision_json
 from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
@@ -180,6 +180,9 @@ class VersionVM:
     sequenced: bool
     """``Ad@sequence`` exists from VAST 3.0 on; a 2.0 "pod" is a list of stand-alone ads."""
     ad_system_version: str
+    max_icons: int | None
+    """How many ``<Icon>``s a Linear may carry (None: any number). VAST 2.0 has no icons;
+    the 4.0 and 4.1 XSDs allow one ``<Icon>`` in ``<Icons>``; 3.0 and 4.2+ any number."""
 
     @staticmethod
     def of(version: str) -> VersionVM:
@@ -191,7 +194,13 @@ class VersionVM:
             v3=version == "3.0",
             sequenced=version != "2.0",
             ad_system_version=__version__,
+            max_icons=_MAX_ICONS.get(version),
         )
+
+
+_MAX_ICONS = {"2.0": 0, "4.0": 1, "4.1": 1}
+ADCHOICES = "AdChoices"
+"""The icon program kept first when a version allows fewer icons than a creative has."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,7 +472,7 @@ class Renderer:
                     image_url=_cdata(i.image_url),
                     click_through=None if i.click_through is None else _cdata(i.click_through),
                 )
-                for i in cr.icons
+                for i in icons_for(cr.icons, ver.max_icons)
             ),
         )
 
@@ -594,6 +603,17 @@ _VMAP_ONLY = frozenset(
 _BREAK_PARAMS = frozenset(
     {"break", "avail", "session", "pod_duration", "poddur", "max_ads", "maxseq"}
 )
+
+
+def icons_for(icons: Sequence[Icon], limit: int | None) -> tuple[Icon, ...]:
+    """The icons a version with room for ``limit`` of them (None: any number) carries: all
+    when they fit, else the AdChoices icon (the one with a regulatory purpose) before the
+    others, in catalog order."""
+    if limit is None or len(icons) <= limit:
+        return tuple(icons)
+    first = [i for i in icons if i.program.casefold() == ADCHOICES.casefold()]
+    rest = [i for i in icons if i.program.casefold() != ADCHOICES.casefold()]
+    return tuple([*first, *rest][:limit])
 
 
 def _has_click_token(cr: Creative) -> bool:
