@@ -194,6 +194,7 @@ def _icon(program: str) -> dict[str, Any]:
     }
 
 
+OMID_PARAMS = '{"campaign": "cmp-odd", "creative": "<cr-odd>"}'
 ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the AdChoices icon second, so that keeping "the first" would be wrong
     "icons": {
@@ -206,6 +207,16 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
     },
     "no-click": {},
     "click-trackers-only": {"trackers": {"click": ["https://px.example/click"]}},
+    "verification": {
+        "click_through": "https://odd.example/",
+        "verifications": [
+            {
+                "vendor": "verify.example.com-omid",
+                "js_url": "https://verify.example.com/omid.js",
+                "parameters": OMID_PARAMS,
+            }
+        ],
+    },
 }
 
 
@@ -263,6 +274,9 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
     assert list(etree.fromstring(docs["no-click"]).iter("{*}VideoClicks")) == []
     (clicks,) = etree.fromstring(docs["click-trackers-only"]).iter("{*}VideoClicks")
     assert [etree.QName(e).localname for e in clicks] == ["ClickTracking"]
+    # OMID verification exists from VAST 4.0 on (see the template), with its parameters
+    params = etree.fromstring(docs["verification"]).iter("{*}VerificationParameters")
+    assert [e.text for e in params] == ([] if version in ("2.0", "3.0") else [OMID_PARAMS])
     if c.node_available():
         parsed = c.node_parse_many([x.decode() for x in docs.values()], "vast")
         allowed = c.UNAVOIDABLE_CLIENT_WARNINGS[version]

@@ -112,7 +112,7 @@ class VerificationVM:
     vendor: str
     api_framework: str
     js_url: Markup
-    parameters: Markup | None
+    parameters: Markup
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,7 +455,7 @@ class Renderer:
                     v.vendor,
                     v.api_framework,
                     _cdata(v.js_url),
-                    None if v.parameters is None else _cdata(v.parameters),
+                    _cdata(v.parameters),
                 )
                 for v in cr.verifications
             ),
