@@ -18,24 +18,6 @@ from vastserver.catalog.gen import generate_catalog
 
 VERSIONS = ("2.0", "3.0", "4.0", "4.1", "4.2", "4.3")
 
-# VAST 2.0 and 3.0 carry UniversalAdId and Mezzanine as IAB CTV-addendum <Extension>s. The
-# addendum (and VAST 3.0 itself) would put them in Creative/CreativeExtensions, which the only
-# 3.0 XSD we have (Google's draft) rejects; under Linear the XSD passes but vastlint errors.
-# InLine/Extensions passes the XSD with no vastlint error, leaving these warnings for 3.0:
-VAST3_ACCEPTED_LINT_WARNINGS = {
-    # vastlint wants CTV-addendum data in CreativeExtensions for VAST 3.0 (see above).
-    "VAST-2.0-ctv-extension-location": "the addendum's placement fails the 3.0 XSD",
-    # The addendum names the payload elements <UniversalAdId>/<Mezzanine>, like the VAST 4
-    # elements, which vastlint then reads as misplaced VAST 4 elements...
-    "VAST-2.0-extension-misplaced-element": "the addendum's own element names",
-    # ...and as VAST 4 structure inside a version="3.0" document.
-    "VAST-2.0-version-mismatch": "same cause: VAST 4 element names in a 3.0 document",
-}
-
-
-def _lint_allowance(version: str) -> frozenset[str]:
-    return frozenset(VAST3_ACCEPTED_LINT_WARNINGS) if version == "3.0" else frozenset()
-
 
 @pytest.fixture(scope="module")
 def big_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -61,8 +43,7 @@ def _check_static(xml: bytes, version: str, label: str) -> None:
     assert errors == [], f"{label}: XSD\n" + "\n".join(errors)
     lint_errors, lint_warnings = c.vastlint_report(xml)
     assert lint_errors == [], f"{label}: vastlint errors\n" + "\n".join(lint_errors)
-    unexpected = [w for w in lint_warnings if w.split()[0] not in _lint_allowance(version)]
-    assert unexpected == [], f"{label}: vastlint warnings\n" + "\n".join(unexpected)
+    assert lint_warnings == [], f"{label}: vastlint warnings\n" + "\n".join(lint_warnings)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -149,12 +130,20 @@ async def test_flat_sponsorship_carries_no_price(client: Any, version: str) -> N
         assert len(prices) == 1 and prices[0] > 0
 
 
-async def test_vast3_lint_warnings_are_only_the_documented_ones(client: Any) -> None:
-    """The 3.0 warnings we accept exist (so the allowance is not stale) and are all listed."""
-    xml = await _fetch(client, "vast=3.0&pod_duration=60")
-    _, warnings = c.vastlint_report(xml)
-    assert warnings, "vastlint no longer warns on 3.0: drop VAST3_ACCEPTED_LINT_WARNINGS"
-    assert {w.split()[0] for w in warnings} <= set(VAST3_ACCEPTED_LINT_WARNINGS)
+@pytest.mark.parametrize("version", ["2.0", "3.0"])
+async def test_ctv_addendum_extensions_only_where_lint_clean(client: Any, version: str) -> None:
+    """VAST 2.0 carries UniversalAdId and Mezzanine as IAB CTV-addendum InLine <Extension>s.
+    3.0 does not: the addendum wants them in CreativeExtensions there, which the only 3.0 XSD
+    (Google's draft) rejects, and in InLine/Extensions vastlint warns (ctv-extension-location,
+    extension-misplaced-element, version-mismatch). 3.0 keeps the ad id in Creative@AdID."""
+    xml = await _fetch(client, f"vast={version}&pod_duration=60")
+    ads = _ads_in(xml)
+    assert ads
+    for ad in ads:
+        types = [e.get("type") for e in ad.iter("Extension")]
+        assert ("UniversalAdId" in types) == (version == "2.0"), types
+        (creative,) = ad.iter("Creative")
+        assert creative.get("AdID")
 
 
 def _odd_creative(key: str, n: int, **fields: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -323,10 +312,7 @@ async def test_vmap(client: Any, query: str) -> None:
     errors = c.validate_vmap_xsd(xml)
     assert errors == [], "\n".join(errors)
     lint_errors, lint_warnings = c.vastlint_report(xml)
-    assert lint_errors == []
-    version = "3.0" if "vast=3.0" in query else "4.2"
-    unexpected = [w for w in lint_warnings if w.split()[0] not in _lint_allowance(version)]
-    assert unexpected == [], unexpected
+    assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
     if not c.node_available():
         return
     parsed = c.node_parse_vmap(xml)

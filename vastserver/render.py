@@ -183,6 +183,12 @@ class VersionVM:
     max_icons: int | None
     """How many ``<Icon>``s a Linear may carry (None: any number). VAST 2.0 has no icons;
     the 4.0 and 4.1 XSDs allow one ``<Icon>`` in ``<Icons>``; 3.0 and 4.2+ any number."""
+    ctv_extensions: bool
+    """2.0: UniversalAdId and Mezzanine go out as IAB CTV-addendum ``InLine/Extensions``.
+    Not in 3.0: the addendum puts them in ``CreativeExtensions`` there, which the 3.0 XSD
+    rejects, and in ``InLine/Extensions`` vastlint warns (``VAST-2.0-ctv-extension-location``,
+    ``-extension-misplaced-element``, ``-version-mismatch``); 3.0 keeps the ad id in
+    ``Creative@AdID``. 4.x has the elements themselves."""
 
     @staticmethod
     def of(version: str) -> VersionVM:
@@ -195,6 +201,7 @@ class VersionVM:
             sequenced=version != "2.0",
             ad_system_version=__version__,
             max_icons=_MAX_ICONS.get(version),
+            ctv_extensions=version == "2.0",
         )
 
 
