@@ -25,6 +25,7 @@ from vastserver.catalog.model import FLAT, Creative, Icon
 from vastserver.explain import decision_json
 from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
+from vastserver.pipeline.context import DEFAULT_VAST_VERSION
 from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.pipeline.schedule import PlannedBreak, hms
 from vastserver.tracking import (
@@ -483,13 +484,16 @@ class Renderer:
             ),
         )
 
-    def empty_vast(self, reason: str, version: str = "4.2") -> str:
-        """A valid no-fill VAST without a decision (load shedding, internal errors)."""
+    def empty_vast(self, reason: str, version: str = DEFAULT_VAST_VERSION) -> str:
+        """A valid no-fill VAST of ``version`` without a decision (load shedding, internal
+        errors); like a decided no-fill, its root ``<Error>`` (carrying ``reason``) is 4.x
+        only: the 2.0 and 3.0 XSDs have none."""
+        ver = self._versions[version]
         vm = VastVM(
             version=version,
-            v4=True,
+            v4=ver.v4,
             ads=(),
-            error_url=_cdata(self.urls.no_ad_error(reason)),
+            error_url=_cdata(self.urls.no_ad_error(reason)) if ver.v4 else None,
             debug_comment=None,
         )
         return self.vast_template.render(vm=vm, declaration=True)
