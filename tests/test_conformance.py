@@ -295,6 +295,7 @@ async def test_inline_vmap_with_odd_creatives(
     "query",
     [
         "content_duration=1800&cue_points=600,1200",
+        "content_duration=1800&cue_points=600&vast=2.0",
         "content_duration=3600&midroll_interval=900&preroll_duration=15",
         "content_duration=1200&cue_points=25%,75%&postroll=0",
         "preroll=0&postroll=0",

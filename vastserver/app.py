@@ -385,13 +385,16 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         )
     except ParamError as e:
         return _bad_request(e)
+    version = DEFAULT_VAST_VERSION if first is None else first.vast_version
     if not vq.inline or first is None:
-        return _xml(rt.renderer.vmap_tags(breaks, tags, session=session))
+        return _xml(rt.renderer.vmap_tags(breaks, tags, session=session, vast_version=version))
     # The breaks are decided as their tags would be (ad duration rules included), with
     # the geolocated device.
     base = replace(first, device=targeting.device)
     decisions = await rt.service.decide_stream(base, breaks, deadline=_deadline(rt))
-    body = rt.renderer.vmap_inline(breaks, decisions, tags, session=session, debug=base.debug)
+    body = rt.renderer.vmap_inline(
+        breaks, decisions, tags, session=session, debug=base.debug, vast_version=version
+    )
     return _xml(body)
 
 

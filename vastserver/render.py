@@ -230,6 +230,8 @@ class VmapBreakVM:
     time_offset: str
     ad_source_id: int
     tag_url: Markup | None
+    template_type: str
+    """The ad tag's ``templateType`` (:func:`vmap_template_type`)."""
     vast: Markup | None
     break_start: Markup
     break_end: Markup
@@ -548,10 +550,18 @@ class Renderer:
         return out, checked
 
     def vmap_tags(
-        self, breaks: Sequence[PlannedBreak], tag_queries: Sequence[str], *, session: str
+        self,
+        breaks: Sequence[PlannedBreak],
+        tag_queries: Sequence[str],
+        *,
+        session: str,
+        vast_version: str = DEFAULT_VAST_VERSION,
     ) -> str:
-        """Each break points back at ``/vast`` with its query (:meth:`tag_queries`)."""
-        return self.vmap_inline(breaks, [None] * len(breaks), tag_queries, session=session)
+        """Each break points back at ``/vast`` with its query (:meth:`tag_queries`), which
+        answers VAST ``vast_version``."""
+        return self.vmap_inline(
+            breaks, [None] * len(breaks), tag_queries, session=session, vast_version=vast_version
+        )
 
     def vmap_inline(
         self,
@@ -561,19 +571,21 @@ class Renderer:
         *,
         session: str,
         debug: bool = False,
+        vast_version: str = DEFAULT_VAST_VERSION,
     ) -> str:
         """Each decided break's pod inline; a break without a decision (None) as an ad tag
-        with its query (:meth:`tag_queries`)."""
+        with its query (:meth:`tag_queries`), which answers VAST ``vast_version``."""
+        template_type = vmap_template_type(vast_version)
         out: list[VmapBreakVM] = []
         rows = zip(breaks, decisions, tag_queries, strict=True)
         for n, (b, d, tag_query) in enumerate(rows, start=1):
             if d is not None:
                 explain = decision_json(d) if debug else None
                 doc = Markup(self.vast(d, debug=explain, declaration=False))
-                out.append(self._break_vm(b, n, session, tag_url=None, vast=doc))
+                out.append(self._break_vm(b, n, session, template_type, tag_url=None, vast=doc))
             else:
                 url = _cdata(f"{self.urls.public_url}/vast?{tag_query}")
-                out.append(self._break_vm(b, n, session, tag_url=url, vast=None))
+                out.append(self._break_vm(b, n, session, template_type, tag_url=url, vast=None))
         return self.vmap_template.render(breaks=out)
 
     def _break_vm(
@@ -581,6 +593,7 @@ class Renderer:
         b: PlannedBreak,
         n: int,
         session: str,
+        template_type: str,
         *,
         tag_url: Markup | None,
         vast: Markup | None,
@@ -591,6 +604,7 @@ class Renderer:
             time_offset=b.time_offset,
             ad_source_id=n,
             tag_url=tag_url,
+            template_type=template_type,
             vast=vast,
             break_start=_cdata(u.vmap_break_event("breakStart", session, b.break_id)),
             break_end=_cdata(u.vmap_break_event("breakEnd", session, b.break_id)),
@@ -614,6 +628,15 @@ _VMAP_ONLY = frozenset(
 _BREAK_PARAMS = frozenset(
     {"break", "avail", "session", "pod_duration", "poddur", "max_ads", "maxseq"}
 )
+
+
+def vmap_template_type(vast_version: str) -> str:
+    """``AdTagURI@templateType`` for an ad tag answering VAST ``vast_version``. VMAP 1.0
+    (2012) predates VAST 4: its XSD enumerates ``vast1``, ``vast2``, ``vast3`` and
+    ``proprietary`` only, so ``vast4`` would be invalid and ``proprietary`` would say the
+    answer is not VAST. Common practice (e.g. Google Ad Manager's VMAP) is ``vast3`` for
+    VAST 3 and later, so 3.0 and 4.x are ``vast3``, 2.0 ``vast2``."""
+    return "vast2" if vast_version == "2.0" else "vast3"
 
 
 def icons_for(icons: Sequence[Icon], limit: int | None) -> tuple[Icon, ...]:
