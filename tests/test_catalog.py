@@ -268,6 +268,9 @@ LI_PRIME = _index_of("line_items", "li-northstar-ev-prime")  # has a daypart
 LI_BLUEFIN = _index_of("line_items", "li-bluefin-5g-ctv")
 LI_HOUSE = _index_of("line_items", "li-house-promo")
 LI_SPONSOR = _index_of("line_items", "li-streamly-galaxy-sponsor")  # flat
+CR_VERIFIED = _index_of("creatives", "cr-ridgeway-gameday-30")  # has an OMID verification
+VERIF_PARAMS = f"creatives.{CR_VERIFIED}.verifications.0.parameters"
+VERIF_PARAMS_PATH = f"$.creatives[{CR_VERIFIED}].verifications[0].parameters"
 
 ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
     # wrong / missing types
@@ -275,6 +278,10 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
     ("bool is no int", _set("creatives.0.renditions.0.width", True),
      "$.creatives[0].renditions[0].width", "expected an integer"),
     ("missing title", _del("creatives.0.title"), "$.creatives[0].title", "missing"),
+    # a verification's script needs its parameters (vastlint warns without them)
+    ("verification without parameters", _del(VERIF_PARAMS), VERIF_PARAMS_PATH, "missing"),
+    ("verification parameters null", _set(VERIF_PARAMS, None), VERIF_PARAMS_PATH, "got null"),
+    ("verification parameters blank", _set(VERIF_PARAMS, " "), VERIF_PARAMS_PATH, "not be empty"),
     ("missing tier", _del("line_items.0.tier"), "$.line_items[0].tier", "missing"),
     ("advertisers not array", _set("advertisers", {}), "$.advertisers", "expected an array"),
     ("null not allowed", _set("campaigns.0.name", None), "$.campaigns[0].name", "got null"),

@@ -13,6 +13,7 @@ import pytest
 from lxml import etree
 
 from tests.conftest import ClientFactory, FakeClock, raw_request
+from vastserver.app import RUNTIME
 from vastserver.eventlog import read_events
 from vastserver.tracking import expand_macros
 
@@ -376,6 +377,34 @@ async def test_vmap_tags(client: Any) -> None:
         assert q["break"][0] in ("pre", "mid", "post")
         events = [t.get("event") for t in b.iterfind("vmap:TrackingEvents/vmap:Tracking", NS)]
         assert events == ["breakStart", "breakEnd", "error"]
+
+
+@pytest.mark.parametrize(
+    ("query", "template_type"),
+    [("&vast=2.0", "vast2"), ("&vast=3.0", "vast3"), ("&vast=4.1", "vast3"), ("", "vast3")],
+)
+async def test_vmap_template_type_follows_the_tags_vast_version(
+    make_client: ClientFactory, query: str, template_type: str
+) -> None:
+    """VMAP 1.0 names an ad tag's answer vast1, vast2 or vast3 (nothing newer: 4.x is
+    vast3); tags answering VAST 2.0 say vast2, and so do those an inline VMAP leaves for
+    the player at its deadline."""
+    client: Any = await make_client(deadline_ms=60)
+    service = client.server.app[RUNTIME].service
+    decide = service.decide
+
+    async def slow_decide(*args: Any, **kw: Any) -> Any:
+        await asyncio.sleep(0.04)  # two decisions fill the deadline
+        return await decide(*args, **kw)
+
+    service.decide = slow_decide
+    for extra in ("&cue_points=600", "&midroll_interval=600&inline=1"):
+        resp = await client.get(f"/vmap?content_duration=3600{extra}{query}")
+        assert resp.status == 200
+        root = etree.fromstring(await resp.read())
+        tags = root.findall("vmap:AdBreak/vmap:AdSource/vmap:AdTagURI", NS)
+        assert tags  # all 3 breaks; the 7 of the inline one but the first decided
+        assert {t.get("templateType") for t in tags} == {template_type}
 
 
 async def test_vmap_tags_stay_within_what_vast_reads(client: Any) -> None:

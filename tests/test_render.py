@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from tests.conftest import FIXED_NOW, FakeClock, make_settings
+from tests.conftest import DEMO_CATALOG, FIXED_NOW, ClientFactory, FakeClock, make_settings
 from vastserver.app import RUNTIME, create_app
 from vastserver.catalog.gen import generate_catalog
 from vastserver.params import client_info, parse_vast_request
@@ -149,3 +149,32 @@ def test_fragment_cache_is_bounded(catalog: Path) -> None:
     for c in cands:
         r._fragment(c, ver)
     assert len(r._fragments) == 3
+
+
+async def test_category_is_the_advertisers_plus_the_creatives(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A creative's categories add to its advertiser's (docs/catalog.md): <Category> carries
+    both, each once, and brand safety screens the same set (``bcat`` of the creative's own
+    category keeps the ad out)."""
+    doc = json.loads(DEMO_CATALOG.read_text())
+    cr = next(cr for cr in doc["creatives"] if cr["id"] == "cr-streamly-originals-30")
+    cr["categories"] = ["IAB3", "IAB1-7"]  # IAB1-7 is the advertiser's too
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc))
+    client: Any = await make_client(catalog=str(path))
+
+    async def streamly_ads(query: str) -> list[list[str]]:
+        resp = await client.get("/vast?pod_duration=120&max_ads=4&device_type=ctv" + query)
+        assert resp.status == 200
+        root = etree.fromstring(await resp.read())
+        ads = root.findall("{*}Ad")
+        assert ads
+        return [
+            [str(e.text) for e in ad.iter("{*}Category")]
+            for ad in ads
+            if "cr-streamly-originals-30" in str(ad.get("id"))
+        ]
+
+    assert await streamly_ads("") == [["IAB1-7", "IAB3"]]
+    assert await streamly_ads("&bcat=IAB3") == []

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from tests.conftest import ClientFactory, make_settings
+from tests.support import conformance as c
 from tests.test_cli import Server, _env, _get
 from vastserver.app import RUNTIME
 from vastserver.catalog.model import AdRules
@@ -182,6 +183,45 @@ async def test_internal_error_is_a_no_fill_not_a_500(make_client: ClientFactory)
     assert vmap.status == 200 and b"vmap:VMAP" in await vmap.read()
 
 
+def _check_empty_vast(xml: bytes, version: str) -> None:
+    """A no-fill of the asked version: no ad, a root <Error> in 4.x only, schema-valid."""
+    root = etree.fromstring(xml)
+    assert root.get("version") == version
+    children = [etree.QName(e).localname for e in root if isinstance(e.tag, str)]
+    assert "Ad" not in children
+    errors = [e for e in root if isinstance(e.tag, str) and etree.QName(e).localname == "Error"]
+    if version.startswith("4"):
+        assert etree.QName(root).namespace == NS["v"] and len(errors) == 1
+    else:  # the 2.0 and 3.0 XSDs have no namespace and no root <Error>
+        assert etree.QName(root).namespace is None and errors == []
+    if c.SHARED_SPEC is not None:
+        assert c.validate_vast_xsd(xml, version) == []
+        assert c.vastlint_report(xml) == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("query", "version"),
+    [("vast=2.0", "2.0"), ("vast=3.0&vast=4.1", "3.0"), ("vast=4.1", "4.1"), ("", "4.2"),
+     ("vast=", "4.2")],
+)  # fmt: skip
+async def test_internal_error_no_fill_is_of_the_asked_version(
+    make_client: ClientFactory, query: str, version: str
+) -> None:
+    """A player that asked for VAST 2.0 may not read a 4.2 document: the no-fill of an
+    internal error has the version the query asks for (the first ``vast``, as the parser
+    reads it), else the default 4.2."""
+    client: Any = await make_client()
+    rt = client.server.app[RUNTIME]
+
+    async def boom(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("bug")
+
+    rt.service.decide = boom
+    resp = await client.get("/vast?pod_duration=30&" + query)
+    assert resp.status == 200
+    _check_empty_vast(await resp.read(), version)
+
+
 # ----------------------------------------------------------------------------- overload
 
 
@@ -198,15 +238,18 @@ async def test_overload_sheds_with_no_fill(make_client: ClientFactory) -> None:
     rt.service.decide = slow
     pending = [asyncio.create_task(client.get("/vast?pod_duration=30")) for _ in range(2)]
     await asyncio.sleep(0.2)
-    shed = [await client.get("/vast?pod_duration=30") for _ in range(3)]
-    for r in shed:
+    # a shed request gets the version it asks for; one not known (never parsed: shed before
+    # it could be refused) or none, the default
+    asked = {"": "4.2", "vast=2.0": "2.0", "vast=3.0": "3.0", "vast=9.9": "4.2"}
+    shed = [await client.get(f"/vast?pod_duration=30&{q}") for q in asked]
+    for r, version in zip(shed, asked.values(), strict=True):
         assert r.status == 200 and r.headers["X-Shed"] == "1"
-        assert etree.fromstring(await r.read()).findall("v:Ad", NS) == []
+        _check_empty_vast(await r.read(), version)
     gate.set()
     done = await asyncio.gather(*pending)
     assert all(r.status == 200 for r in done)
     text = await (await client.get("/metrics")).text()
-    assert _metric(text, 'vastserver_shed_total{endpoint="vast"}') == 3
+    assert _metric(text, 'vastserver_shed_total{endpoint="vast"}') == 4
     assert _metric(text, "vastserver_in_flight_requests") == 0
 
 

@@ -42,7 +42,12 @@ from vastserver.params import (
     parse_vast_request,
     parse_vmap_query,
 )
-from vastserver.pipeline.context import AdRequest, system_clock
+from vastserver.pipeline.context import (
+    DEFAULT_VAST_VERSION,
+    VAST_VERSIONS,
+    AdRequest,
+    system_clock,
+)
 from vastserver.pipeline.delivery import SeparationRules
 from vastserver.pipeline.schedule import plan_breaks
 from vastserver.records import EventSink, NullSink, beacon_record
@@ -217,7 +222,7 @@ async def _guarded(
     if decision:
         if rt.in_flight >= rt.settings.max_in_flight:
             rt.metrics.shed.labels(endpoint).inc()
-            resp = _no_fill(rt, endpoint, "overload")
+            resp = _no_fill(rt, request, endpoint, "overload")
             resp.headers["X-Shed"] = "1"  # lets load tests tell shed from admitted requests
             return resp
         rt.in_flight += 1
@@ -230,7 +235,7 @@ async def _guarded(
         log_event(log, "unhandled_error", logging.ERROR, endpoint=endpoint, exc_info=True)
         rt.metrics.degradations.labels("internal_error").inc()
         if decision:
-            return _no_fill(rt, endpoint, "internal_error")
+            return _no_fill(rt, request, endpoint, "internal_error")
         return web.Response(status=503, text="temporarily unavailable")
     finally:
         if decision:
@@ -259,13 +264,26 @@ async def _read_body(request: web.Request) -> web.StreamResponse | None:
     return None
 
 
-def _no_fill(rt: Runtime, endpoint: str, reason: str) -> web.StreamResponse:
+def _no_fill(rt: Runtime, request: web.Request, endpoint: str, reason: str) -> web.StreamResponse:
     """The cheapest valid answer: an empty VAST (or VMAP) for players, 503 for JSON APIs."""
     if endpoint == "vmap":
         return _xml(rt.renderer.empty_vmap())
     if endpoint in ("vast", "openrtb_pod"):
-        return _xml(rt.renderer.empty_vast(reason))
+        return _xml(rt.renderer.empty_vast(reason, _asked_vast_version(request, endpoint)))
     return web.json_response({"error": reason}, status=503, headers={"Retry-After": "1"})
+
+
+def _asked_vast_version(request: web.Request, endpoint: str) -> str:
+    """The VAST version a request asks for, where reading it costs next to nothing: the
+    ``vast`` query parameter of ``/vast`` (the first one, as the parser reads it). Anything
+    else gets the default: a player that cannot read a version it did not ask for would
+    otherwise take a shed request for a broken ad server; an OpenRTB request's version is in
+    its JSON body, which the overload path does not parse."""
+    if endpoint == "vast":
+        asked = request.query.get("vast")
+        if asked in VAST_VERSIONS:
+            return asked
+    return DEFAULT_VAST_VERSION
 
 
 def _cors_headers(resp: web.StreamResponse, origin: str) -> None:
@@ -370,13 +388,16 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         )
     except ParamError as e:
         return _bad_request(e)
+    version = DEFAULT_VAST_VERSION if first is None else first.vast_version
     if not vq.inline or first is None:
-        return _xml(rt.renderer.vmap_tags(breaks, tags, session=session))
+        return _xml(rt.renderer.vmap_tags(breaks, tags, session=session, vast_version=version))
     # The breaks are decided as their tags would be (ad duration rules included), with
     # the geolocated device.
     base = replace(first, device=targeting.device)
     decisions = await rt.service.decide_stream(base, breaks, deadline=_deadline(rt))
-    body = rt.renderer.vmap_inline(breaks, decisions, tags, session=session, debug=base.debug)
+    body = rt.renderer.vmap_inline(
+        breaks, decisions, tags, session=session, debug=base.debug, vast_version=version
+    )
     return _xml(body)
 
 

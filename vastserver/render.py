@@ -21,10 +21,11 @@ from cachetools import LRUCache
 from markupsafe import Markup, escape
 
 from vastserver import __version__
-from vastserver.catalog.model import FLAT, Creative
+from vastserver.catalog.model import FLAT, Creative, Icon
 from vastserver.explain import decision_json
 from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
+from vastserver.pipeline.context import DEFAULT_VAST_VERSION
 from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.pipeline.schedule import PlannedBreak, hms
 from vastserver.tracking import (
@@ -112,7 +113,7 @@ class VerificationVM:
     vendor: str
     api_framework: str
     js_url: Markup
-    parameters: Markup | None
+    parameters: Markup
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +181,15 @@ class VersionVM:
     sequenced: bool
     """``Ad@sequence`` exists from VAST 3.0 on; a 2.0 "pod" is a list of stand-alone ads."""
     ad_system_version: str
+    max_icons: int | None
+    """How many ``<Icon>``s a Linear may carry (None: any number). VAST 2.0 has no icons;
+    the 4.0 and 4.1 XSDs allow one ``<Icon>`` in ``<Icons>``; 3.0 and 4.2+ any number."""
+    ctv_extensions: bool
+    """2.0: UniversalAdId and Mezzanine go out as IAB CTV-addendum ``InLine/Extensions``.
+    Not in 3.0: the addendum puts them in ``CreativeExtensions`` there, which the 3.0 XSD
+    rejects, and in ``InLine/Extensions`` vastlint warns (``VAST-2.0-ctv-extension-location``,
+    ``-extension-misplaced-element``, ``-version-mismatch``); 3.0 keeps the ad id in
+    ``Creative@AdID``. 4.x has the elements themselves."""
 
     @staticmethod
     def of(version: str) -> VersionVM:
@@ -191,7 +201,14 @@ class VersionVM:
             v3=version == "3.0",
             sequenced=version != "2.0",
             ad_system_version=__version__,
+            max_icons=_MAX_ICONS.get(version),
+            ctv_extensions=version == "2.0",
         )
+
+
+_MAX_ICONS = {"2.0": 0, "4.0": 1, "4.1": 1}
+ADCHOICES = "AdChoices"
+"""The icon program kept first when a version allows fewer icons than a creative has."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +230,8 @@ class VmapBreakVM:
     time_offset: str
     ad_source_id: int
     tag_url: Markup | None
+    template_type: str
+    """The ad tag's ``templateType`` (:func:`vmap_template_type`)."""
     vast: Markup | None
     break_start: Markup
     break_end: Markup
@@ -416,7 +435,7 @@ class Renderer:
             ad_serving_id=ad_serving_id,
             title=cr.title,
             advertiser=c.advertiser.domain,
-            categories=c.advertiser.categories or cr.categories,
+            categories=c.categories,
             price=price,
             priced=c.line_item.pricing_model != FLAT,
             currency=c.line_item.currency,
@@ -446,7 +465,7 @@ class Renderer:
                     v.vendor,
                     v.api_framework,
                     _cdata(v.js_url),
-                    None if v.parameters is None else _cdata(v.parameters),
+                    _cdata(v.parameters),
                 )
                 for v in cr.verifications
             ),
@@ -463,17 +482,20 @@ class Renderer:
                     image_url=_cdata(i.image_url),
                     click_through=None if i.click_through is None else _cdata(i.click_through),
                 )
-                for i in cr.icons
+                for i in icons_for(cr.icons, ver.max_icons)
             ),
         )
 
-    def empty_vast(self, reason: str, version: str = "4.2") -> str:
-        """A valid no-fill VAST without a decision (load shedding, internal errors)."""
+    def empty_vast(self, reason: str, version: str = DEFAULT_VAST_VERSION) -> str:
+        """A valid no-fill VAST of ``version`` without a decision (load shedding, internal
+        errors); like a decided no-fill, its root ``<Error>`` (carrying ``reason``) is 4.x
+        only: the 2.0 and 3.0 XSDs have none."""
+        ver = self._versions[version]
         vm = VastVM(
             version=version,
-            v4=True,
+            v4=ver.v4,
             ads=(),
-            error_url=_cdata(self.urls.no_ad_error(reason)),
+            error_url=_cdata(self.urls.no_ad_error(reason)) if ver.v4 else None,
             debug_comment=None,
         )
         return self.vast_template.render(vm=vm, declaration=True)
@@ -528,10 +550,18 @@ class Renderer:
         return out, checked
 
     def vmap_tags(
-        self, breaks: Sequence[PlannedBreak], tag_queries: Sequence[str], *, session: str
+        self,
+        breaks: Sequence[PlannedBreak],
+        tag_queries: Sequence[str],
+        *,
+        session: str,
+        vast_version: str = DEFAULT_VAST_VERSION,
     ) -> str:
-        """Each break points back at ``/vast`` with its query (:meth:`tag_queries`)."""
-        return self.vmap_inline(breaks, [None] * len(breaks), tag_queries, session=session)
+        """Each break points back at ``/vast`` with its query (:meth:`tag_queries`), which
+        answers VAST ``vast_version``."""
+        return self.vmap_inline(
+            breaks, [None] * len(breaks), tag_queries, session=session, vast_version=vast_version
+        )
 
     def vmap_inline(
         self,
@@ -541,19 +571,21 @@ class Renderer:
         *,
         session: str,
         debug: bool = False,
+        vast_version: str = DEFAULT_VAST_VERSION,
     ) -> str:
         """Each decided break's pod inline; a break without a decision (None) as an ad tag
-        with its query (:meth:`tag_queries`)."""
+        with its query (:meth:`tag_queries`), which answers VAST ``vast_version``."""
+        template_type = vmap_template_type(vast_version)
         out: list[VmapBreakVM] = []
         rows = zip(breaks, decisions, tag_queries, strict=True)
         for n, (b, d, tag_query) in enumerate(rows, start=1):
             if d is not None:
                 explain = decision_json(d) if debug else None
                 doc = Markup(self.vast(d, debug=explain, declaration=False))
-                out.append(self._break_vm(b, n, session, tag_url=None, vast=doc))
+                out.append(self._break_vm(b, n, session, template_type, tag_url=None, vast=doc))
             else:
                 url = _cdata(f"{self.urls.public_url}/vast?{tag_query}")
-                out.append(self._break_vm(b, n, session, tag_url=url, vast=None))
+                out.append(self._break_vm(b, n, session, template_type, tag_url=url, vast=None))
         return self.vmap_template.render(breaks=out)
 
     def _break_vm(
@@ -561,6 +593,7 @@ class Renderer:
         b: PlannedBreak,
         n: int,
         session: str,
+        template_type: str,
         *,
         tag_url: Markup | None,
         vast: Markup | None,
@@ -571,6 +604,7 @@ class Renderer:
             time_offset=b.time_offset,
             ad_source_id=n,
             tag_url=tag_url,
+            template_type=template_type,
             vast=vast,
             break_start=_cdata(u.vmap_break_event("breakStart", session, b.break_id)),
             break_end=_cdata(u.vmap_break_event("breakEnd", session, b.break_id)),
@@ -594,6 +628,26 @@ _VMAP_ONLY = frozenset(
 _BREAK_PARAMS = frozenset(
     {"break", "avail", "session", "pod_duration", "poddur", "max_ads", "maxseq"}
 )
+
+
+def vmap_template_type(vast_version: str) -> str:
+    """``AdTagURI@templateType`` for an ad tag answering VAST ``vast_version``. VMAP 1.0
+    (2012) predates VAST 4: its XSD enumerates ``vast1``, ``vast2``, ``vast3`` and
+    ``proprietary`` only, so ``vast4`` would be invalid and ``proprietary`` would say the
+    answer is not VAST. Common practice (e.g. Google Ad Manager's VMAP) is ``vast3`` for
+    VAST 3 and later, so 3.0 and 4.x are ``vast3``, 2.0 ``vast2``."""
+    return "vast2" if vast_version == "2.0" else "vast3"
+
+
+def icons_for(icons: Sequence[Icon], limit: int | None) -> tuple[Icon, ...]:
+    """The icons a version with room for ``limit`` of them (None: any number) carries: all
+    when they fit, else the AdChoices icon (the one with a regulatory purpose) before the
+    others, in catalog order."""
+    if limit is None or len(icons) <= limit:
+        return tuple(icons)
+    first = [i for i in icons if i.program.casefold() == ADCHOICES.casefold()]
+    rest = [i for i in icons if i.program.casefold() != ADCHOICES.casefold()]
+    return tuple([*first, *rest][:limit])
 
 
 def _has_click_token(cr: Creative) -> bool:

@@ -669,7 +669,9 @@ VERIFICATION = Obj(
         "vendor": F(NAME),
         "js_url": F(url),
         "api_framework": F(NAME, "omid"),
-        "parameters": F(nullable(string(max_len=8192)), None),
+        # Required: an OMID script without its parameters measures nothing (vastlint warns
+        # VAST-4.1-verification-parameters on a <Verification> without them).
+        "parameters": F(string(max_len=8192)),
     },
     lambda d: Verification(**d),
 )

@@ -105,8 +105,10 @@ class Caption:
 class Verification:
     vendor: str
     js_url: str
+    parameters: str
+    """``VerificationParameters``: what the vendor's script is given (required: OMID
+    verification scripts read their measurement ids from it)."""
     api_framework: str = "omid"
-    parameters: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

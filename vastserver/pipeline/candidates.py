@@ -29,10 +29,16 @@ class Candidate:
     their catalog snapshot and every decision asks)."""
     group: str = field(init=False, compare=False, repr=False)
     """:func:`separation_group` of the candidate."""
+    categories: tuple[str, ...] = field(init=False, compare=False, repr=False)
+    """The ad's IAB categories: the advertiser's, then those the creative adds (each once).
+    Brand safety (kids content, ``bcat``, blocklists) judges these and the VAST
+    ``<Category>`` elements carry them, so a publisher sees what the ad was screened on."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "media_key", _media_key(self.creative))
         object.__setattr__(self, "group", _group(self.advertiser))
+        codes = (*self.advertiser.categories, *self.creative.categories)
+        object.__setattr__(self, "categories", tuple(dict.fromkeys(codes)))
 
     @property
     def key(self) -> str:

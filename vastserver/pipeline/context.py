@@ -42,6 +42,8 @@ class SimClock:
 
 
 VAST_VERSIONS: tuple[str, ...] = ("2.0", "3.0", "4.0", "4.1", "4.2", "4.3")
+DEFAULT_VAST_VERSION = "4.2"
+"""The VAST version of a request that does not name one."""
 DEVICE_TYPES: frozenset[str] = frozenset(catalog_model.DEVICE_TYPES)
 PLATFORMS: frozenset[str] = frozenset(catalog_model.PLATFORMS)
 
@@ -91,7 +93,7 @@ class AdRequest:
     content: Content = field(default_factory=Content)
     session: str | None = None
     placement: str | None = None
-    vast_version: str = "4.2"
+    vast_version: str = DEFAULT_VAST_VERSION
     debug: bool = False
     blocked_categories: frozenset[str] = frozenset()
     blocked_domains: frozenset[str] = frozenset()

@@ -612,7 +612,7 @@ def build_bit_index(
         for r in RATINGS:
             if rank <= RATING_RANK[r]:
                 rating_ok[r].add(i)
-        codes = (*adv.categories, *cr.categories)
+        codes = c.categories
         if any(code in ALCOHOL_CATEGORIES for code in codes):
             alcohol.add(i)
         for key in _category_keys(codes):

@@ -133,7 +133,7 @@ def _category_blocked(categories: Sequence[str], blocked: frozenset[str]) -> boo
 def policy(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     cr, adv = c.creative, c.advertiser
     content_rating = req.content.rating or UNKNOWN_CONTENT_RATING
-    categories = (*adv.categories, *cr.categories)
+    categories = c.categories
     kids = req.content.kids or content_rating in KIDS_RATINGS
     if kids and any(cat in ALCOHOL_CATEGORIES for cat in categories):
         return Reason.KIDS_CONTENT
