@@ -1508,8 +1508,18 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
     if args.compare:
-        old, new = (json.loads(Path(p).read_text()) for p in args.compare)
-        print(compare(old, new))
+        reports = []
+        for p in args.compare:
+            try:
+                doc = json.loads(Path(p).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                print(f"bench --compare: {p}: {e}", file=sys.stderr)
+                return 2
+            if not isinstance(doc, dict) or not isinstance(doc.get("http"), dict):
+                print(f"bench --compare: {p}: not a bench report (no 'http')", file=sys.stderr)
+                return 2
+            reports.append(doc)
+        print(compare(reports[0], reports[1]))
         return 0
     opts = resolve(args)
     t_start = time.perf_counter()

@@ -279,3 +279,19 @@ def test_first_time_lists_give_the_warm_up_beacons_of_its_own(tmp_path: Path) ->
     assert len(got_warm) == 100 and got_warm + got_run == lines
     assert not set(got_warm) & set(got_run)
     assert split_fresh(replace(opts, warmup=0.0), path) == (None, path)  # --quick: no warm-up
+
+
+def test_compare_refuses_what_is_not_a_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing file or a JSON file that is no report was a traceback (KeyError: 'http')."""
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"http": {"runs": []}, "targets": []}))
+    other = tmp_path / "other.json"
+    other.write_text("[1, 2]")
+    assert main_bench(["--compare", str(report), str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err
+    assert main_bench(["--compare", str(report), str(other)]) == 2
+    assert "not a bench report" in capsys.readouterr().err
+    assert main_bench(["--compare", str(report), str(report)]) == 0
+    assert "| workers |" in capsys.readouterr().out
