@@ -482,3 +482,12 @@ def test_an_override_no_setting_reads_is_refused() -> None:
     with pytest.raises(SettingsError, match="separation_break: no such setting"):
         load_settings({}, {"separation_break": "2", "separation_breaks": "2"})
     assert load_settings({}, {"separation_breaks": "2"}).separation_breaks == 2
+
+
+def test_a_catalog_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
+    from vastserver.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="VASTSERVER_CATALOG: not a regular file"):
+        make_settings(catalog=str(tmp_path))
+    with pytest.raises(SettingsError, match="VASTSERVER_CATALOG: no such file"):
+        make_settings(catalog=str(tmp_path / "nope.json"))

@@ -103,6 +103,11 @@ class Settings:
     ephemeral_secret: bool = field(default=False, compare=False)
 
 
+def _not_a_file(path: Path) -> str:
+    """Why ``path`` (not a regular file) cannot be read as one."""
+    return f"not a regular file: {path}" if path.exists() else f"no such file: {path}"
+
+
 def default_public_url(host: str, port: int) -> str:
     """The public URL when none is set: the listening address (loopback for a wildcard
     host, an IPv6 literal in brackets). With port 0 the server puts in the port it got."""
@@ -199,7 +204,7 @@ def load_settings(
 
     catalog = Path(pick("catalog", "VASTSERVER_CATALOG") or DEFAULT_CATALOG)
     if not catalog.is_file():
-        problems.append(f"VASTSERVER_CATALOG: no such file: {catalog}")
+        problems.append(f"VASTSERVER_CATALOG: {_not_a_file(catalog)}")
     model_raw = pick("model", "VASTSERVER_MODEL")
     model: Path | None
     if model_raw is None:
@@ -252,7 +257,7 @@ def load_settings(
     geo_raw = pick("geo", "VASTSERVER_GEO_DB")
     geo_path = Path(geo_raw) if geo_raw else None
     if geo_path is not None and not geo_path.is_file():
-        problems.append(f"VASTSERVER_GEO_DB: no such file: {geo_path}")
+        problems.append(f"VASTSERVER_GEO_DB: {_not_a_file(geo_path)}")
 
     event_dir_raw = pick("event_log", "VASTSERVER_EVENT_LOG_DIR")
     event_dir: Path | None = PROJECT_ROOT / "var" / "events"
