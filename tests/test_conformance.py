@@ -112,8 +112,8 @@ async def test_demo_catalog_variants(client: Any, version: str) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_flat_sponsorship_carries_no_price(client: Any, version: str) -> None:
     """The demo's flat-fee sponsorship owns the Galaxy Patrol pre-roll's first slot; a flat
-    fee has no price per impression, so its ad has no <Pricing>, while the CPM ad after it
-    has its own (VAST 3.0 on: 2.0 has no <Pricing>)."""
+    fee has no price per impression, so its ad has no <Pricing>, and neither has the house
+    ad at 0 after it; a CPM ad has its own (VAST 3.0 on: 2.0 has no <Pricing>)."""
     xml = await _fetch(
         client, f"vast={version}&break=pre&series=galaxy-patrol&pod_duration=60&max_ads=2"
     )
@@ -123,7 +123,10 @@ async def test_flat_sponsorship_carries_no_price(client: Any, version: str) -> N
     assert str(first.get("id")).startswith("li-streamly-galaxy-sponsor-")
     assert not str(second.get("id")).startswith("li-streamly-galaxy-sponsor-")
     assert list(first.iter("{*}Pricing")) == []
-    prices = [float(str(e.text)) for e in second.iter("{*}Pricing")]
+    assert str(second.get("id")).startswith("li-house-promo-")
+    assert list(second.iter("{*}Pricing")) == []
+    paid = _ads_in(await _fetch(client, f"vast={version}&pod_duration=30&max_ads=1"))
+    prices = [float(str(e.text)) for e in paid[0].iter("{*}Pricing")]
     if version == "2.0":
         assert prices == []
     else:

@@ -178,3 +178,17 @@ async def test_category_is_the_advertisers_plus_the_creatives(
 
     assert await streamly_ads("") == [["IAB1-7", "IAB3"]]
     assert await streamly_ads("&bcat=IAB3") == []
+
+
+def test_pricing_states_the_cpm_to_the_micro() -> None:
+    """``<Pricing>`` was rounded to cents: 33.333 said 33.33 and 0.0004 said 0.00."""
+    from vastserver.render import cpm_text
+
+    assert [cpm_text(p) for p in (20, 1.5, 33.333, 0.0004, 12.345678, 0)] == [
+        "20.00",
+        "1.50",
+        "33.333",
+        "0.0004",
+        "12.345678",
+        "0.00",
+    ]

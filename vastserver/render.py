@@ -21,7 +21,7 @@ from cachetools import LRUCache
 from markupsafe import Markup, escape
 
 from vastserver import __version__
-from vastserver.catalog.model import FLAT, Creative, Icon
+from vastserver.catalog.model import FLAT, Creative, Icon, LineItem
 from vastserver.explain import decision_json
 from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
@@ -140,7 +140,8 @@ class AdVM:
     categories: tuple[str, ...]
     price: str
     priced: bool
-    """Whether the ad carries ``<Pricing>``: a flat line item's impression has no price."""
+    """Whether the ad carries ``<Pricing>``: not when its impressions cost nothing (a flat
+    line item, a house ad at 0)."""
     currency: str
     impression_url: Markup
     error_url: Markup
@@ -236,6 +237,21 @@ class VmapBreakVM:
     break_start: Markup
     break_end: Markup
     error: Markup
+
+
+def cpm_text(cpm: float) -> str:
+    """A CPM for ``<Pricing>``: to the micro the token carries, at least two decimals
+    (``20.00``, ``33.333``, ``0.0004``); rounding to cents misstated such prices."""
+    whole, _, frac = f"{cpm:.6f}".partition(".")
+    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
+def _priced(li: LineItem) -> bool:
+    """Whether a line item's impressions can cost anything (see :attr:`AdVM.priced`)."""
+    if li.pricing_model == FLAT:
+        return False
+    prices = (li.price, li.first_slot_price, li.last_slot_price)
+    return any(p is not None and p > 0 for p in prices)
 
 
 class Renderer:
@@ -355,7 +371,7 @@ class Renderer:
             tokens, click_token = sign_with_click(base, cr.click_through or "", self.keyring)
         else:
             tokens, click_token = sign_scopes(base, self.keyring), ""
-        return (*tokens, click_token, str(ad.slot), ad.ad_serving_id, f"{ad.price_cpm:.2f}")
+        return (*tokens, click_token, str(ad.slot), ad.ad_serving_id, cpm_text(ad.price_cpm))
 
     def _ad_full(
         self, decision: Decision, ad: PlacedAd, ver: VersionVM, debug_json: Markup | None
@@ -437,7 +453,7 @@ class Renderer:
             advertiser=c.advertiser.domain,
             categories=c.categories,
             price=price,
-            priced=c.line_item.pricing_model != FLAT,
+            priced=_priced(c.line_item),
             currency=c.line_item.currency,
             impression_url=url("impression"),
             error_url=url("error"),
