@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from lxml import etree
@@ -147,7 +148,7 @@ def test_fragment_cache_is_bounded(catalog: Path) -> None:
     cands = rt.service.snapshot.index.candidates[:10]
     ver = VersionVM.of("4.2")
     for c in cands:
-        r._fragment(c, ver)
+        r._fragment(c, ver, True)
     assert len(r._fragments) == 3
 
 
@@ -181,10 +182,11 @@ async def test_category_is_the_advertisers_plus_the_creatives(
 
 
 def test_pricing_states_the_cpm_to_the_micro() -> None:
-    """``<Pricing>`` was rounded to cents: 33.333 said 33.33 and 0.0004 said 0.00."""
+    """``<Pricing>`` was rounded to cents: 33.333 said 33.33 and 0.0004 said 0.00. It is
+    written from the micros the token carries, so the two never differ."""
     from vastserver.render import cpm_text
 
-    assert [cpm_text(p) for p in (20, 1.5, 33.333, 0.0004, 12.345678, 0)] == [
+    assert [cpm_text(m) for m in (20_000_000, 1_500_000, 33_333_000, 400, 12_345_678, 0)] == [
         "20.00",
         "1.50",
         "33.333",
@@ -192,3 +194,28 @@ def test_pricing_states_the_cpm_to_the_micro() -> None:
         "12.345678",
         "0.00",
     ]
+
+
+async def test_pricing_follows_what_each_placed_ad_costs(catalog: Path) -> None:
+    """One line item may cost something in one slot and nothing in another (a slot price,
+    or a price of 0 beside one): <Pricing> is there exactly when the impression costs
+    anything, on the cached path as on the full one, and says what the token carries."""
+    from dataclasses import replace
+
+    from vastserver.tracking import verify
+
+    rt = _runtime(catalog)
+    r: Renderer = rt.renderer
+    ver = VersionVM.of("4.2")
+    d = next(d for d in await _decisions(rt, "4.2", 10) if d.ads)
+    ad = d.ads[0]
+    for price, text in ((0.0, None), (438.7264885, "438.726488"), (2.5, "2.50")):
+        placed = replace(ad, price_cpm=price)
+        doc = replace(d, ads=(placed,))
+        assert r._ad_fast(doc, placed, ver) == r._ad_full(doc, placed, ver, None)
+        root = etree.fromstring(r.vast(doc).encode())
+        assert [e.text for e in root.iter("{*}Pricing")] == ([] if text is None else [text])
+        imp = next(e.text for e in root.iter("{*}Impression") if "/t/impression" in str(e.text))
+        token = parse_qs(urlsplit(str(imp).strip()).query)["tk"][0]
+        micros = verify(token, rt.keyring, now=2_000_000_000, max_age_s=10**9, event="impression")
+        assert micros.price_micros == round(price * 1_000_000)

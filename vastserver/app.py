@@ -68,8 +68,8 @@ from vastserver.tracking import (
     TokenErrorKind,
     TrackingUrls,
     beacon_counting_params,
+    beacon_log_params,
     new_ad_serving_id,
-    parse_beacon_query,
     verify,
 )
 
@@ -496,7 +496,7 @@ def _record_beacon(
     after the count: whatever the record holds, the beacon's answer stays the same."""
     if isinstance(rt.events, NullSink):
         return  # no log: not even the record's construction
-    params = parse_beacon_query(request.query)  # what only the log reads
+    params = beacon_log_params(request.query)  # what only the log reads
     ua = request.headers.get("X-Device-User-Agent")
     try:
         rt.events.append(

@@ -313,7 +313,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     level = os.environ.get("VASTSERVER_LOG_LEVEL") or "INFO"
-    if level.upper() not in LOG_LEVELS:
+    if level.upper() not in logging.getLevelNamesMapping():
         print(
             "invalid settings:\n  - VASTSERVER_LOG_LEVEL: must be one of "
             f"{', '.join(LOG_LEVELS)}, got {level[:40]!r}",

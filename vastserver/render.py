@@ -21,7 +21,7 @@ from cachetools import LRUCache
 from markupsafe import Markup, escape
 
 from vastserver import __version__
-from vastserver.catalog.model import FLAT, Creative, Icon, LineItem
+from vastserver.catalog.model import Creative, Icon
 from vastserver.explain import decision_json
 from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
@@ -140,8 +140,8 @@ class AdVM:
     categories: tuple[str, ...]
     price: str
     priced: bool
-    """Whether the ad carries ``<Pricing>``: not when its impressions cost nothing (a flat
-    line item, a house ad at 0)."""
+    """Whether the ad carries ``<Pricing>``: not when its impression costs nothing (a flat
+    line item, a house ad at 0, a slot priced 0)."""
     currency: str
     impression_url: Markup
     error_url: Markup
@@ -239,19 +239,16 @@ class VmapBreakVM:
     error: Markup
 
 
-def cpm_text(cpm: float) -> str:
-    """A CPM for ``<Pricing>``: to the micro the token carries, at least two decimals
-    (``20.00``, ``33.333``, ``0.0004``); rounding to cents misstated such prices."""
-    whole, _, frac = f"{cpm:.6f}".partition(".")
-    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+def _micros(ad: PlacedAd) -> int:
+    """The billed CPM in micros: what the token carries and ``<Pricing>`` says."""
+    return round(ad.price_cpm * 1_000_000)
 
 
-def _priced(li: LineItem) -> bool:
-    """Whether a line item's impressions can cost anything (see :attr:`AdVM.priced`)."""
-    if li.pricing_model == FLAT:
-        return False
-    prices = (li.price, li.first_slot_price, li.last_slot_price)
-    return any(p is not None and p > 0 for p in prices)
+def cpm_text(micros: int) -> str:
+    """A CPM in micros (as the token carries it) for ``<Pricing>``: every decimal it has, at
+    least two (``20.00``, ``33.333``, ``0.0004``); rounding to cents misstated such prices."""
+    frac = f"{micros % 1_000_000:06d}".rstrip("0").ljust(2, "0")
+    return f"{micros // 1_000_000}.{frac}"
 
 
 class Renderer:
@@ -292,7 +289,7 @@ class Renderer:
         self._placeholders = tuple(f"{stem}{n:03d}" for n in range(len(_DYNAMIC)))
         self._split = re.compile("(" + "|".join(self._placeholders) + ")")
         self._slot_of = {ph: n for n, ph in enumerate(self._placeholders)}
-        self._fragments: LRUCache[tuple[int, str], tuple[Candidate, _Fragment]] = LRUCache(
+        self._fragments: LRUCache[tuple[int, str, bool], tuple[Candidate, _Fragment]] = LRUCache(
             maxsize=fragment_cache_size
         )
         self._versions = {v: VersionVM.of(v) for v in LINEAR_EVENTS_BY_VERSION}
@@ -357,7 +354,7 @@ class Renderer:
             campaign_id=c.campaign.id,
             advertiser_id=c.advertiser.id,
             viewer_hash=decision.viewer_hash,
-            price_micros=round(ad.price_cpm * 1_000_000),
+            price_micros=_micros(ad),
             served_at=int(decision.now.timestamp()),
             pod_position=ad.slot,
             session=req.session or "",
@@ -371,17 +368,17 @@ class Renderer:
             tokens, click_token = sign_with_click(base, cr.click_through or "", self.keyring)
         else:
             tokens, click_token = sign_scopes(base, self.keyring), ""
-        return (*tokens, click_token, str(ad.slot), ad.ad_serving_id, cpm_text(ad.price_cpm))
+        return (*tokens, click_token, str(ad.slot), ad.ad_serving_id, cpm_text(base.price_micros))
 
     def _ad_full(
         self, decision: Decision, ad: PlacedAd, ver: VersionVM, debug_json: Markup | None
     ) -> Markup:
         dyn = self._dynamic(decision, ad)
-        vm = self._ad_vm(ad.candidate, ver, dyn[:_N_SCOPES], *dyn[_N_SCOPES:])
+        vm = self._ad_vm(ad.candidate, ver, _micros(ad) > 0, dyn[:_N_SCOPES], *dyn[_N_SCOPES:])
         return Markup(self.ad_template.render(ver=ver, ad=vm, debug_json=debug_json))
 
     def _ad_fast(self, decision: Decision, ad: PlacedAd, ver: VersionVM) -> Markup:
-        statics, slots = self._fragment(ad.candidate, ver)
+        statics, slots = self._fragment(ad.candidate, ver, _micros(ad) > 0)
         dyn = self._dynamic(decision, ad)
         # The tokens are base64url, dots and hex (nothing to escape); the rest is escaped
         # as the template would (a test holds this path equal to the template's).
@@ -392,10 +389,12 @@ class Renderer:
             out.append(text)
         return Markup("".join(out))
 
-    def _fragment(self, c: Candidate, ver: VersionVM) -> _Fragment:
+    def _fragment(self, c: Candidate, ver: VersionVM, priced: bool) -> _Fragment:
         """The ad template's text for ``c`` cut at the placeholders: the static pieces, and
-        between each two the index of the :data:`_DYNAMIC` value that goes there."""
-        key = (id(c), ver.version)
+        between each two the index of the :data:`_DYNAMIC` value that goes there. With and
+        without ``<Pricing>`` (``priced``): one line item's impression may cost nothing in
+        one slot and something in another."""
+        key = (id(c), ver.version, priced)
         hit = self._fragments.get(key)
         if hit is not None and hit[0] is c:  # the entry holds ``c``: its id is not reused
             return hit[1]
@@ -403,6 +402,7 @@ class Renderer:
         vm = self._ad_vm(
             c,
             ver,
+            priced,
             ph[:_N_SCOPES],
             ph[_N_SCOPES] if _has_click_token(c.creative) else "",
             *ph[_N_SCOPES + 1 :],
@@ -416,6 +416,7 @@ class Renderer:
         self,
         c: Candidate,
         ver: VersionVM,
+        priced: bool,
         tokens: Sequence[str],
         click_token: str,
         sequence: str,
@@ -453,7 +454,7 @@ class Renderer:
             advertiser=c.advertiser.domain,
             categories=c.categories,
             price=price,
-            priced=_priced(c.line_item),
+            priced=priced,
             currency=c.line_item.currency,
             impression_url=url("impression"),
             error_url=url("error"),

@@ -98,7 +98,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, urlsplit
 
 if TYPE_CHECKING:
@@ -128,11 +128,13 @@ __all__ = [
     "VIEWER_HASH_LEN",
     "VMAP_BREAK_EVENTS",
     "AdToken",
+    "BeaconLogParams",
     "BeaconParams",
     "Keyring",
     "TokenError",
     "TokenErrorKind",
     "TrackingUrls",
+    "beacon_log_params",
     "expand_macros",
     "new_ad_serving_id",
     "parse_beacon_query",
@@ -1193,17 +1195,38 @@ def parse_beacon_query(query: Mapping[str, str]) -> BeaconParams:
     Unexpanded macros (``[ERRORCODE]``), ``-1``/``-2`` and garbage all become ``None``.
     """
     token, error_code = beacon_counting_params(query)
-    ph = _get(query, PARAM_PLAYHEAD)
     ts = _get(query, PARAM_TIMESTAMP)
+    logged = beacon_log_params(query)
     return BeaconParams(
         token=token,
         cb=_match(_CB_RE, _get(query, PARAM_CACHEBUSTER)),
         ts=_parse_ts(ts) if ts is not None else None,
-        playhead_ms=_parse_playhead(ph) if ph is not None else None,
+        playhead_ms=logged.playhead_ms,
         error_code=error_code,
+        reason=logged.reason,
+        session=logged.session,
+        break_id=logged.break_id,
+    )
+
+
+class BeaconLogParams(NamedTuple):
+    """What a beacon's event-log record keeps of its query beyond the counting params."""
+
+    reason: str | None
+    session: str | None
+    break_id: str | None
+    playhead_ms: int | None
+
+
+def beacon_log_params(query: Mapping[str, str]) -> BeaconLogParams:
+    """``r``, ``s``, ``b`` and ``ph`` exactly as :func:`parse_beacon_query` gives them, and
+    nothing else: the beacon path calls this only when the event log is on."""
+    ph = _get(query, PARAM_PLAYHEAD)
+    return BeaconLogParams(
         reason=_match(_REASON_RE, _get(query, PARAM_REASON)),
         session=_short(_get(query, PARAM_SESSION)),
         break_id=_short(_get(query, PARAM_BREAK)),
+        playhead_ms=_parse_playhead(ph) if ph is not None else None,
     )
 
 
