@@ -269,6 +269,8 @@ LI_BLUEFIN = _index_of("line_items", "li-bluefin-5g-ctv")
 LI_HOUSE = _index_of("line_items", "li-house-promo")
 LI_SPONSOR = _index_of("line_items", "li-streamly-galaxy-sponsor")  # flat
 CR_VERIFIED = _index_of("creatives", "cr-ridgeway-gameday-30")  # has an OMID verification
+VERIF = f"creatives.{CR_VERIFIED}.verifications.0"
+VERIF_PATH = f"$.creatives[{CR_VERIFIED}].verifications[0]"
 VERIF_PARAMS = f"creatives.{CR_VERIFIED}.verifications.0.parameters"
 VERIF_PARAMS_PATH = f"$.creatives[{CR_VERIFIED}].verifications[0].parameters"
 
@@ -282,6 +284,16 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
     ("verification without parameters", _del(VERIF_PARAMS), VERIF_PARAMS_PATH, "missing"),
     ("verification parameters null", _set(VERIF_PARAMS, None), VERIF_PARAMS_PATH, "got null"),
     ("verification parameters blank", _set(VERIF_PARAMS, " "), VERIF_PARAMS_PATH, "not be empty"),
+    # ... and the other forms vastlint warns on: a vendor not as domain-useCase, a framework
+    # other than (lowercase) omid, a script over http
+    ("verification vendor form", _set(f"{VERIF}.vendor", "acme"), f"{VERIF_PATH}.vendor",
+     "domain-useCase"),
+    ("verification vendor no use case", _set(f"{VERIF}.vendor", "acme.com-"),
+     f"{VERIF_PATH}.vendor", "domain-useCase"),
+    ("verification framework", _set(f"{VERIF}.api_framework", "OMID"),
+     f"{VERIF_PATH}.api_framework", "is not one of"),
+    ("verification script http", _set(f"{VERIF}.js_url", "http://verify.example.com/o.js"),
+     f"{VERIF_PATH}.js_url", "must be https"),
     ("missing tier", _del("line_items.0.tier"), "$.line_items[0].tier", "missing"),
     ("advertisers not array", _set("advertisers", {}), "$.advertisers", "expected an array"),
     ("null not allowed", _set("campaigns.0.name", None), "$.campaigns[0].name", "got null"),

@@ -663,12 +663,28 @@ CAPTION = Obj(
     lambda d: Caption(**d),
 )
 
+_VENDOR = re.compile(r"\S*\.\S*-[^\s-]+")
+"""``domain-useCase`` (``company.com-omid``), the form VAST 4.1 asks verification vendors
+to use so that their names do not collide (vastlint warns on any other)."""
+
+
+def script_url(v: object, path: str, errs: Issues) -> str | _Invalid:
+    """:func:`url`, https only: an OMID verification script is loaded into the player's
+    page (vastlint warns on http)."""
+    got = url(v, path, errs)
+    if isinstance(got, str) and got[:8].lower() != "https://":
+        return _fail(errs, path, "verification scripts must be https")
+    return got
+
+
 VERIFICATION = Obj(
     "verification",
     {
-        "vendor": F(NAME),
-        "js_url": F(url),
-        "api_framework": F(NAME, "omid"),
+        "vendor": F(string(_VENDOR, what="a vendor as domain-useCase, e.g. company.com-omid")),
+        "js_url": F(script_url),
+        # OMID is the one JavaScript verification framework VAST names (vastlint warns on
+        # any other value, and on "OMID": the attribute is case-sensitive).
+        "api_framework": F(enum_of("omid"), "omid"),
         # Required: an OMID script without its parameters measures nothing (vastlint warns
         # VAST-4.1-verification-parameters on a <Verification> without them).
         "parameters": F(string(max_len=8192)),
