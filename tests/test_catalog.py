@@ -294,6 +294,11 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
      f"{VERIF_PATH}.api_framework", "is not one of"),
     ("verification script http", _set(f"{VERIF}.js_url", "http://verify.example.com/o.js"),
      f"{VERIF_PATH}.js_url", "must be https"),
+    # URLs vastlint would warn on: a character no URI holds unencoded, an unknown macro
+    ("url brace", _set("creatives.0.click_through", "https://a.example/c?g=${GDPR}"),
+     "$.creatives[0].click_through", "percent-encode it (%7B)"),
+    ("url unknown macro", _set("creatives.0.click_through", "https://a.example/c?s=[STOREID]"),
+     "$.creatives[0].click_through", "[STOREID] is no IAB VAST macro"),
     ("missing tier", _del("line_items.0.tier"), "$.line_items[0].tier", "missing"),
     ("advertisers not array", _set("advertisers", {}), "$.advertisers", "expected an array"),
     ("null not allowed", _set("campaigns.0.name", None), "$.campaigns[0].name", "got null"),

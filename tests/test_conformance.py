@@ -15,6 +15,7 @@ from tests.conftest import DEMO_CATALOG, FIXED_NOW, ClientFactory
 from tests.support import conformance as c
 from vastserver.app import RUNTIME
 from vastserver.catalog.gen import generate_catalog
+from vastserver.catalog.load import IAB_MACROS
 
 VERSIONS = ("2.0", "3.0", "4.0", "4.1", "4.2", "4.3")
 
@@ -186,6 +187,7 @@ def _icon(program: str) -> dict[str, Any]:
     }
 
 
+MACROS = sorted(IAB_MACROS)
 OMID_PARAMS = '{"campaign": "cmp-odd", "creative": "<cr-odd>"}'
 ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the AdChoices icon second, so that keeping "the first" would be wrong
@@ -198,6 +200,15 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
         "icons": [_icon("Logo"), _icon("AdChoices")],
     },
     "no-click": {},
+    # every IAB macro the catalog takes, in a third-party tracker: vastlint knows them all
+    "every-macro": {
+        "click_through": "https://odd.example/",
+        "trackers": {
+            "start": [
+                "https://px.example/m?" + "&".join(f"m{i}=[{m}]" for i, m in enumerate(MACROS))
+            ]
+        },
+    },
     "click-trackers-only": {"trackers": {"click": ["https://px.example/click"]}},
     "verification": {
         "click_through": "https://odd.example/",

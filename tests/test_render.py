@@ -79,7 +79,7 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if n % 3 == 1:  # third-party trackers, some of events a version lacks
             cr["trackers"] = {
                 "impression": [f"https://px.example/i?c={n}&a=1", "https://dv.example/i"],
-                "click": ["https://px.example/c?x=<y>"],
+                "click": ["https://px.example/c?x=1&y=2"],
                 "start": ["https://px.example/s"],
                 "loaded": ["https://px.example/l"],
                 "creativeView": ["https://px.example/v"],
@@ -90,7 +90,7 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for key in ("renditions", "mezzanine", "click_through", "skip_offset", "captions"):
                 cr.pop(key, None)
             cr.get("trackers", {}).pop("skip", None)  # a tag cannot be skippable here
-            cr["vast_tag_url"] = f"https://tp.example/vast?c={n}&a=<b>&ord=[CACHEBUSTING]"
+            cr["vast_tag_url"] = f"https://tp.example/vast?c={n}&a=b&ord=[CACHEBUSTING]"
     path.write_text(json.dumps(doc))
     return path
 

@@ -102,9 +102,29 @@ _ICON_X = re.compile(r"left|right|[0-9]{1,4}")
 _ICON_Y = re.compile(r"top|bottom|[0-9]{1,4}")
 _KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
 _URL_FAST = re.compile(
-    r"https?://[a-z0-9](?:[a-z0-9.-]{0,252}[a-z0-9])?(?:[/?][!-\"$&-Z\\^-~]*)?"
-)  # printable ASCII but for #, %, [ and ]: those take the full check
+    r"https?://[a-z0-9](?:[a-z0-9.-]{0,252}[a-z0-9])?(?:[/?][!$&-;=?-Z_a-z~]*)?"
+)  # the characters a URI may hold but #, % and brackets: those take the full check
+_URL_UNSAFE = re.compile(r'["<>\\^`{|}]')
+"""Printable characters no URI may hold unencoded (RFC 3986); vastlint warns on them in a
+URL with macros (``VAST-2.0-macro-uri-unencoded``)."""
 _IAB_MACRO = re.compile(r"\[[A-Z][A-Z0-9_]*\]")
+# fmt: off
+IAB_MACROS: Final = frozenset((
+        "ADCATEGORIES", "ADCOUNT", "ADPLAYHEAD", "ADSERVINGID", "ADTYPE", "APIFRAMEWORKS",
+        "APPBUNDLE", "ASSETURI", "BLOCKEDADCATEGORIES", "BREAKMAXADLENGTH", "BREAKMAXADS",
+        "BREAKMAXDURATION", "BREAKMINADLENGTH", "BREAKMINDURATION", "BREAKPOSITION",
+        "CACHEBUSTING", "CLICKPOS", "CLIENTUA", "CONTENTID", "CONTENTPLAYHEAD", "CONTENTURI",
+        "DEVICEIP", "DEVICEUA", "DOMAIN", "ERRORCODE", "EXTENSIONS", "GDPR", "GDPRCONSENT",
+        "IFA", "IFATYPE", "INVENTORYSTATE", "LATLONG", "LIMITADTRACKING", "MEDIAMIME",
+        "MEDIAPLAYHEAD", "OMIDPARTNER", "PAGEURL", "PLACEMENTTYPE", "PLAYERCAPABILITIES",
+        "PLAYERSIZE", "PLAYERSTATE", "PODSEQUENCE", "REASON", "REGULATIONS", "SERVERSIDE",
+        "SERVERUA", "TIMESTAMP", "TRANSACTIONID", "UNIVERSALADID", "VASTVERSIONS",
+        "VERIFICATIONVENDORS",
+))
+# fmt: on
+"""The IAB VAST macros a catalog URL may carry for the player to fill in: those the
+``vastlint`` linter knows (0.16; it warns ``VAST-2.0-macro-unknown`` on any other, e.g.
+``[CLICKTYPE]``, ``[STOREID]`` or ``[STOREURL]``, which it does not list)."""
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _URI_CHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2}|[^\x00-\x7f])"
 _AUTHORITY = re.compile(  # RFC 3986 (non-ASCII let through, as in IRIs): user@host:port
@@ -415,6 +435,23 @@ def url(v: object, path: str, errs: Issues) -> str | _Invalid:
         return v  # the common case: a plain http(s) URL with a lowercase host name
     if _URL_BAD_CHAR.search(v) or _NOT_XML_CHAR.search(v):
         return _fail(errs, path, f"URL {_show(v)} contains whitespace or control characters")
+    unsafe = _URL_UNSAFE.search(v)
+    if unsafe is not None:
+        c = unsafe.group()
+        return _fail(
+            errs,
+            path,
+            f"URL {_show(v)} contains {c}, which a URI cannot hold: percent-encode it "
+            f"(%{ord(c):02X}); ${{...}} macros (TCF's ${{GDPR}}) are not filled in here",
+        )
+    unknown = [m for m in _IAB_MACRO.findall(v) if m[1:-1] not in IAB_MACROS]
+    if unknown:
+        return _fail(
+            errs,
+            path,
+            f"URL {_show(v)}: {unknown[0]} is no IAB VAST macro that players fill in "
+            "(percent-encode its brackets if it is meant literally)",
+        )
     try:
         parts = urlsplit(v)
         host = parts.hostname
