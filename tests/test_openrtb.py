@@ -288,7 +288,9 @@ def test_structured_pod_of_three_slots() -> None:
     assert brk.pod_duration_ms == 75_000  # 30 + 15 + 30
     assert brk.max_ads == 3
     assert brk.min_ad_duration_ms == 5_000
-    assert brk.max_ad_duration_ms == 30_000
+    # every ad fits every slot: at most the 15 s of the shortest (a 30 s ad could otherwise
+    # be placed in it; the optimiser chooses the order)
+    assert brk.max_ad_duration_ms == 15_000
     assert pod.floor_cpm_per_s == pytest.approx(0.5)  # the highest of the imps' floors
     d = pod.request.device
     assert (d.device_type, d.platform, d.country) == ("ctv", "firetv", "CA")
@@ -313,7 +315,45 @@ def test_hybrid_pod_adds_up() -> None:
     brk = parse(doc).request.brk
     assert brk.pod_duration_ms == 120_000  # 30 + 60 + 30
     assert brk.max_ads == 4
-    assert brk.min_ad_duration_ms is None  # the dynamic part has no minimum
+    # the dynamic part's ads may land in the structured slots too: they follow those rules
+    assert (brk.min_ad_duration_ms, brk.max_ad_duration_ms) == (5_000, 30_000)
+
+
+def test_slots_of_different_rules_take_what_fits_every_slot() -> None:
+    """A reviewer's structured pod: slot 1 up to 30 s, the last up to 15 s. The pod
+    optimiser orders the ads, so a 30 s ad played last; every ad now fits every slot. Slots
+    that require disjoint durations (15 s first, 30 s last) have no such ad: a 400."""
+    doc = structured_pod()
+    imps = doc["imp"][:2]
+    imps[0]["video"].update(slotinpod=1, maxduration=30)
+    imps[1]["video"].update(slotinpod=-1, maxduration=15)
+    doc["imp"] = imps
+    brk = parse(doc).request.brk
+    assert (brk.pod_duration_ms, brk.max_ads, brk.max_ad_duration_ms) == (45_000, 2, 15_000)
+    for imp, durs in zip(imps, ([15, 30], [30, 60]), strict=True):
+        del imp["video"]["maxduration"], imp["video"]["minduration"]
+        imp["video"]["rqddurs"] = durs
+    assert parse(doc).request.brk.required_durations_s == frozenset({30})
+    imps[1]["video"]["rqddurs"] = [60]
+    with pytest.raises(ParamError) as e:
+        parse(doc)
+    assert e.value.field == "imp" and "no ad duration fits every slot" in e.value.why
+
+
+def test_bidfloor_is_the_floor_where_mincpmpersec_is_not_given() -> None:
+    """OpenRTB 2.6 7.6: buyers look for mincpmpersec, else bidfloor. bidfloor was ignored,
+    so ads under it were served; it is now a per-ad CPM floor, in the catalog's currency."""
+    doc = dynamic_pod()
+    assert parse(doc).floor_cpm is None  # mincpmpersec given: it rules
+    del doc["imp"][0]["video"]["mincpmpersec"]
+    pod = parse(doc)
+    assert (pod.floor_cpm_per_s, pod.floor_cpm) == (None, 12.0)
+    doc["imp"][0]["bidfloorcur"] = "EUR"
+    with pytest.raises(ParamError) as e:
+        parse(doc)
+    assert e.value.field == "imp[0].bidfloorcur"
+    doc["imp"][0]["bidfloor"] = 0  # OpenRTB's default: no floor, any currency
+    assert parse(doc).floor_cpm is None
 
 
 def test_single_imp_without_pod_is_one_ad() -> None:
@@ -849,3 +889,59 @@ async def test_the_endpoint_takes_floors_in_the_catalogs_currency(
     eur["imp"][0]["bidfloorcur"] = "EUR"
     resp = await client.post("/openrtb2/pod", data=json.dumps(eur))
     assert resp.status == 200, await resp.text()
+
+
+async def test_floors_hold_against_the_least_a_line_item_pays(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Two floors were passed under: bidfloor (ignored) and a slot price below the line
+    item's CPM (the floor compared the CPM, the ad billed the slot's price). Every ad now
+    pays at least the per-ad floor and mincpmpersec x its seconds, in whatever slot."""
+    from lxml import etree
+
+    doc = json.loads(DEMO_CATALOG.read_text())
+    for li in doc["line_items"]:
+        if li.get("pricing_model", "CPM") != "flat" and li["price"] > 0:
+            li["slot_prices"] = {"last": li["price"] / 4}  # a cheap last slot
+    path = tmp_path / "slots.json"
+    path.write_text(json.dumps(doc))
+    client = await make_client(catalog=str(path))
+
+    async def prices(pod: dict[str, Any]) -> list[tuple[float, float]]:
+        """(price, seconds) of each priced ad."""
+        resp = await client.post("/openrtb2/pod", data=json.dumps(pod))
+        assert resp.status == 200, await resp.text()
+        out = []
+        for ad in etree.fromstring(await resp.read()).iter("{*}Ad"):
+            for e in ad.iter("{*}Pricing"):
+                h, m, sec = str(next(ad.iter("{*}Duration")).text).split(":")
+                out.append((float(str(e.text)), int(h) * 3600 + int(m) * 60 + float(sec)))
+        return out
+
+    pod = dynamic_pod()
+    del pod["imp"][0]["video"]["mincpmpersec"]
+    for n, floor in enumerate((0.0, 4.0, 6.0)):
+        pod["imp"][0]["bidfloor"] = floor
+        pod["device"]["ifa"] = f"floor-viewer-{n}"
+        got = await prices(pod)
+        assert got and all(p >= floor for p, _ in got), (floor, got)
+    pod["imp"][0]["bidfloor"] = 0.0
+    pod["imp"][0]["video"]["mincpmpersec"] = 0.2
+    pod["device"]["ifa"] = "floor-viewer-per-s"
+    got = await prices(pod)
+    assert got and all(p >= 0.2 * seconds for p, seconds in got), got
+
+
+def test_bcat_in_another_taxonomy_is_refused_not_ignored() -> None:
+    """bcat codes are in the cattax taxonomy; "1" in Content Taxonomy 2.x is Automotive,
+    which the catalog's IAB 1.0 codes never match: the block would silently do nothing."""
+    doc = dynamic_pod()
+    doc["cattax"] = 7
+    with pytest.raises(ParamError) as e:
+        parse(doc)
+    assert e.value.field == "cattax"
+    doc["cattax"] = 1
+    parse(doc)
+    del doc["bcat"]
+    doc["cattax"] = 7  # nothing to block: nothing misread
+    parse(doc)

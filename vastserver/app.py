@@ -421,6 +421,7 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
         pod.request,
         device=fill_geo(pod.request.device, rt.geo),
         floor_cpm_per_s=pod.floor_cpm_per_s,
+        floor_cpm=pod.floor_cpm,
     )
     if req.session is None:
         req = replace(req, session=new_ad_serving_id(rt.rng))

@@ -62,9 +62,11 @@ Mapped elsewhere
 * ``imp.secure`` = 1 forces HTTPS media even where the server setting allows HTTP.
 * ``video.protocols`` picks the VAST version: 4.2 when listed (or nothing known is listed),
   else the highest listed.
-* ``video.mincpmpersec`` -> :attr:`OpenRtbPod.floor_cpm_per_s` (the highest over the imps;
-  only in the catalog's currency, ``bidfloorcur``, which defaults to USD). ``test`` is
-  ignored.
+* ``video.mincpmpersec`` -> :attr:`OpenRtbPod.floor_cpm_per_s` (the highest over the imps);
+  where an imp has none, a non-zero ``bidfloor`` -> :attr:`OpenRtbPod.floor_cpm` (OpenRTB
+  2.6 7.6). Only in the catalog's currency (``bidfloorcur``, which defaults to USD).
+  ``test`` is ignored.
+* ``cattax`` other than 1 with a ``bcat``: a 400 (the catalog's categories are IAB 1.0).
 * Our own extension ``ext.vastserver`` (top level) and ``imp[].ext.vastserver``:
   ``placement`` (else ``imp[0].tagid`` when it is a plain token), ``session``, ``avail``,
   ``debug`` (0/1), ``vast``, ``kv`` (an object of string values), checked as ``/vast``
@@ -114,6 +116,7 @@ MAX_UA = 2048
 MAX_BLOCKLIST = 512
 MAX_SEGMENTS = 256
 MAX_FLOOR_CPM_PER_S = 10_000.0
+MAX_BIDFLOOR_CPM = 1_000_000.0
 MAX_START_DELAY_S = 7 * 24 * 3600
 """``video.startdelay`` only picks the break position, so it is not held to /vmap's
 99:59:59.999 (nothing writes it as a VMAP timeOffset)."""
@@ -199,6 +202,8 @@ class OpenRtbPod:
     floor_cpm_per_s: float | None
     """``video.mincpmpersec`` (the catalog's currency per second of ad), the highest over
     the pod's imps."""
+    floor_cpm: float | None
+    """``bidfloor`` of the imps without ``mincpmpersec`` (a CPM per ad), the highest."""
     imp_ids: tuple[str, ...]
     """In request order; a structured pod has one ad per imp."""
     request_id: str
@@ -340,6 +345,7 @@ class _Imp:
     by_startdelay: BreakPosition | None
     by_podseq: BreakPosition | None
     floor: float | None
+    floor_cpm: float | None
     secure: bool
     vast_versions: frozenset[str]
     ext: Obj | None
@@ -416,7 +422,10 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
     startdelay = _opt_int(video, "startdelay", vpath, lo=-2, hi=MAX_START_DELAY_S)
     podseq = _opt_int(video, "podseq", vpath, lo=-1, hi=1)
     floor = _opt_num(video, "mincpmpersec", vpath, lo=0, hi=MAX_FLOOR_CPM_PER_S)
-    if floor is not None:
+    # OpenRTB 2.6 7.6: mincpmpersec when given, else the per-ad bidfloor (default 0)
+    bidfloor = _opt_num(imp, "bidfloor", path, lo=0, hi=MAX_BIDFLOOR_CPM)
+    floor_cpm = bidfloor if floor is None and bidfloor else None
+    if floor is not None or floor_cpm is not None:
         cur = (_opt_str(imp, "bidfloorcur", path, 8) or "USD").upper()  # OpenRTB's default
         if cur != currency:
             _fail(
@@ -447,6 +456,7 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
         by_startdelay=None if startdelay is None else _position_from_startdelay(startdelay),
         by_podseq=None if podseq is None else _position_from_podseq(podseq),
         floor=floor,
+        floor_cpm=floor_cpm,
         secure=_opt_flag(imp, "secure", path) is True,
         vast_versions=frozenset(versions),
         ext=_opt_obj(imp, "ext", path),
@@ -505,20 +515,31 @@ def _break(imps: list[_Imp], rules: AdRules, avail: int) -> BreakSpec:
         _fail("imp", f"the pod lasts {pod_s:g}s, more than {MAX_POD_S}s")
     max_ads = max(1, min(max_ads, MAX_ADS))
 
+    # One duration rule holds for every ad of the pod, and the pod optimiser chooses which ad
+    # plays in which slot: so the rule is what every slot accepts (the longest minimum, the
+    # shortest maximum, the durations all slots require), and any ad fits any slot. Slots of
+    # different lengths get ads that fit the shortest (fewer seconds filled, none overrun).
     required: frozenset[int] | None = None
     min_s: float | None = None
     max_s: float | None = None
-    if all(imp.required is not None for imp in imps):
-        required = frozenset(d for imp in imps for d in imp.required or ())
-    else:
-        mins = [imp.slot_min_s for imp in imps]
-        maxs = [imp.slot_max_s for imp in imps]
-        if all(m is not None for m in mins):
-            min_s = min(m for m in mins if m is not None)
-        if all(m is not None for m in maxs):
-            max_s = max(m for m in maxs if m is not None)
-        if min_s is not None and max_s is not None and min_s > max_s:
-            min_s = None  # structured slots of different lengths: no common minimum
+    lists = [imp.required for imp in imps if imp.required is not None]
+    if lists:
+        required = frozenset.intersection(*lists)
+    mins = [m for m in (imp.slot_min_s for imp in imps) if m is not None]
+    maxs = [m for m in (imp.slot_max_s for imp in imps) if m is not None]
+    min_s = max(mins) if mins else None
+    max_s = min(maxs) if maxs else None
+    if required is not None:
+        required = frozenset(
+            d for d in required if (min_s is None or d >= min_s) and (max_s is None or d <= max_s)
+        )
+        min_s = max_s = None  # the required durations say it all
+    if required == frozenset() or (min_s is not None and max_s is not None and min_s > max_s):
+        _fail(
+            "imp",
+            "no ad duration fits every slot of the pod (their minduration, maxduration and "
+            "rqddurs do not overlap); the slots of one pod share one duration rule",
+        )
     return BreakSpec(
         position=position,
         pod_duration_ms=round(pod_s * 1000),
@@ -869,8 +890,16 @@ def parse_bid_request(
         device = replace(device, language=content_language)
 
     blocked_categories = _str_list(root, "bcat", "", max_items=MAX_BLOCKLIST)
+    cattax = _opt_int(root, "cattax", "", lo=0, hi=10_000)
+    if blocked_categories and cattax not in (None, 1):
+        # bcat codes name categories in the cattax taxonomy; ours are IAB Content Category
+        # Taxonomy 1.0 (cattax 1, OpenRTB's default): another's codes would block nothing
+        _fail(
+            "cattax", "bcat in a taxonomy other than 1 (IAB Content Category 1.0) is not supported"
+        )
     blocked_domains = _str_list(root, "badv", "", max_items=MAX_BLOCKLIST, max_len=MAX_DOMAIN)
     floors = [imp.floor for imp in imps if imp.floor is not None]
+    ad_floors = [imp.floor_cpm for imp in imps if imp.floor_cpm is not None]
     request = AdRequest(
         brk=brk,
         device=device,
@@ -890,6 +919,7 @@ def parse_bid_request(
     return OpenRtbPod(
         request=request,
         floor_cpm_per_s=max(floors) if floors else None,
+        floor_cpm=max(ad_floors) if ad_floors else None,
         imp_ids=tuple(imp.id for imp in imps),
         request_id=request_id,
         slots=tuple(imp.slot for imp in imps),

@@ -105,6 +105,9 @@ class AdRequest:
     require_https: bool = True
     floor_cpm_per_s: float | None = None
     """OpenRTB ``mincpmpersec``: an ad's CPM divided by its seconds must reach this."""
+    floor_cpm: float | None = None
+    """OpenRTB ``bidfloor`` (where no ``mincpmpersec`` is given): an ad's CPM must reach
+    this."""
 
     def viewer_key(self) -> str:
         """Stable key for frequency capping: IFA, else a hash input of IP + UA; never cookies.

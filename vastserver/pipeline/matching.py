@@ -477,7 +477,7 @@ class BitIndex:
         plan = self.plan(req, env)
         dropped: dict[Reason, int] = {}
         out: list[Candidate] = []
-        check_all = req.floor_cpm_per_s is not None
+        check_all = req.floor_cpm_per_s is not None or req.floor_cpm is not None
         residual = self.residual_flags
         cands = self.candidates
         groups = self.group

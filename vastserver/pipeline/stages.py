@@ -167,13 +167,22 @@ def stream_separation(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | N
 
 
 def floor(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
-    """Price floor per second of ad time (OpenRTB ``mincpmpersec``), against the CPM the
-    line item competes with (a flat line item's value CPM, not its fee)."""
-    f = req.floor_cpm_per_s
-    if f is None:
+    """Price floors (OpenRTB ``mincpmpersec`` per second of ad time, ``bidfloor`` per ad)
+    against the least the line item pays in any slot: its CPM, or a lower slot price (a
+    flat line item's value CPM, not its fee)."""
+    per_s, per_ad = req.floor_cpm_per_s, req.floor_cpm
+    if per_s is None and per_ad is None:
         return None
-    seconds = c.creative.duration_ms / 1000
-    return Reason.BELOW_FLOOR if c.line_item.rank_cpm < f * seconds else None
+    li = c.line_item
+    least = li.rank_cpm
+    for p in (li.first_slot_price, li.last_slot_price):
+        if p is not None and p < least:
+            least = p
+    if per_s is not None and least < per_s * c.creative.duration_ms / 1000:
+        return Reason.BELOW_FLOOR
+    if per_ad is not None and least < per_ad:
+        return Reason.BELOW_FLOOR
+    return None
 
 
 def delivery(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
