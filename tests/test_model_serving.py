@@ -100,6 +100,40 @@ async def test_watched_bundle_reloads_when_files_change(
     assert models.primary is before
 
 
+async def test_a_bundle_completed_while_a_reload_refused_it_is_picked_up(
+    make_client: ClientFactory, model_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer finishes writing while a reload validates (and refuses) the half-written
+    bundle: the reload recorded the files as they were after loading, so the watcher never
+    saw a change and the old model served for good (a reviewer found it)."""
+    import vastserver.models as models_module
+    from vastserver.app import RUNTIME
+
+    client: Any = await make_client(model=str(model_copy), model_watch_s="1")
+    models = client.server.app[RUNTIME].service.models
+    before = models.primary
+    schema = model_copy / "schema.json"
+    good = schema.read_text()
+    schema.write_text(good + " ")  # half-written: the checksum does not match
+    real = models_module.load_scorer
+
+    def load_while_the_trainer_finishes(path: Path) -> Any:
+        try:
+            return real(path)
+        finally:
+            schema.write_text(good)  # the last file lands during the load
+
+    monkeypatch.setattr(models_module, "load_scorer", load_while_the_trainer_finishes)
+    resp = await client.post("/admin/model/reload", headers=AUTH)
+    assert resp.status == 422
+    monkeypatch.setattr(models_module, "load_scorer", real)
+    for _ in range(50):
+        await asyncio.sleep(0.1)
+        if models.primary is not before:
+            break
+    assert models.primary is not before and models.primary.version == before.version
+
+
 async def test_shadow_and_experiment_are_logged(
     make_client: ClientFactory, tmp_path: Path, capsys: Any
 ) -> None:

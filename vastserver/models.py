@@ -171,14 +171,17 @@ class ModelManager:
         if self.model_path is None:
             return False
         path = self.model_path
+        # The files as they were before loading: if the trainer finishes writing while a
+        # half-written bundle is validated (and refused), the watcher sees them change.
+        fp = await asyncio.to_thread(_fingerprint, path)
         try:
             scorer = await asyncio.to_thread(load_scorer, path)
         except Exception as e:
             self.metrics.model_fallback.labels("reload_rejected").inc()
             event(log, "model_rejected", logging.ERROR, path=str(path), error=str(e)[:300])
-            self._fingerprint = _fingerprint(path)
+            self._fingerprint = fp
             return False
-        self.primary, self.error, self._fingerprint = scorer, None, _fingerprint(path)
+        self.primary, self.error, self._fingerprint = scorer, None, fp
         event(log, "model_loaded", version=scorer.version, path=str(path))
         self._export()
         return True
