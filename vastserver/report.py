@@ -436,12 +436,16 @@ def experiment_report(records: Iterable[Mapping[str, Any]], name: str) -> dict[s
 
 def calibration_report(records: Iterable[Mapping[str, Any]], bins: int = 10) -> dict[str, Any]:
     """Predicted vs observed completion per decile of prediction, over served ads that got a
-    counted impression (the model's drift shows as a gap between the two columns)."""
+    counted impression (the model's drift shows as a gap between the two columns). Only
+    decisions the model scored count: the price scorer's constant (an experiment's price
+    arm, a deadline fallback) predicts nothing."""
     predicted: dict[str, tuple[float, str | None]] = {}
     impressed: set[str] = set()
     completed: set[str] = set()
     for rec in records:
         if rec.get("type") == "decision":
+            if rec.get("scorer") != "model":
+                continue
             for ad in rec.get("ads") or []:
                 p = ad.get("prediction")
                 if isinstance(p, int | float):
@@ -452,7 +456,12 @@ def calibration_report(records: Iterable[Mapping[str, Any]], bins: int = 10) -> 
                 impressed.add(asid)
             elif rec.get("event") == "complete":
                 completed.add(asid)
-    rows = sorted((predicted[a][0], a in completed) for a in impressed if a in predicted)
+    # by prediction alone: sorting on (prediction, completed) would put a tie's misses in
+    # one decile and its completions in the next
+    rows = sorted(
+        ((predicted[a][0], a in completed) for a in impressed if a in predicted),
+        key=lambda row: row[0],
+    )
     seen = [predicted[a][1] for a in impressed if a in predicted]
     versions = sorted({str(v) for v in seen if v})
     out = []
