@@ -634,3 +634,40 @@ def test_catalog_copy_is_untouched() -> None:
     b = copy.deepcopy(a)
     _with_li_a(price=1)
     assert a == b
+
+
+async def test_completion_rates_cover_line_items_this_instance_has_not_served() -> None:
+    """After a restart (state file, Redis) or on another worker, the shared counters hold
+    a line item's completes, but only line items served here were read: the model got no
+    rate where training gave it one (a reviewer found it). The first pass reads them all,
+    then those with impressions, and all again every RATES_SCAN_S."""
+    from vastserver.delivery import RATES_SCAN_S, _ev_key
+
+    svc, clock = _setup(base_catalog())
+    d = svc.delivery
+    cat = svc.snapshot.catalog
+    a, b = sorted(cat.line_items)[:2]
+    now = clock.now.timestamp()
+    await d.store.add(
+        [
+            Incr(_ev_key(a, "impression"), LIFETIME, 1000),
+            Incr(_ev_key(a, "complete"), LIFETIME, 900),
+        ],
+        now,
+    )
+    assert not d.active
+    await d.update_rates(cat)
+    assert d.completion_rates == {a: 0.9}
+    # another instance serves b meanwhile: seen on the next full pass, not before
+    await d.store.add(
+        [Incr(_ev_key(b, "impression"), LIFETIME, 100), Incr(_ev_key(b, "complete"), LIFETIME, 50)],
+        now,
+    )
+    t = [1000.0]
+    d._monotonic = lambda: t[0]
+    d._rates_scan = (cat, t[0])
+    await d.update_rates(cat)
+    assert d.completion_rates == {a: 0.9}
+    t[0] += RATES_SCAN_S
+    await d.update_rates(cat)
+    assert d.completion_rates == {a: 0.9, b: 0.5}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -65,6 +66,9 @@ log = logging.getLogger("vastserver.delivery")
 
 PACING_INTERVAL_S = 10.0
 PACING_CHUNK = 100
+RATES_SCAN_S = 600.0
+"""How often the completion rates are read for every line item of the catalog (between
+those passes, for the ones known to have impressions)."""
 """Line items per store read in the background loops, which yield to serving in between
 (~3-5 ms of work per chunk: a request arriving meanwhile waits at most that long)."""
 
@@ -137,6 +141,11 @@ class DeliveryControl:
         self._cands: tuple[Catalog, dict[tuple[str, str], Candidate | None]] | None = None
         self.active: set[str] = set()
         """Line items this instance has served or counted beacons for."""
+        self._rated: set[str] = set()
+        """Line items the last completion-rate pass found with impressions."""
+        self._rates_scan: tuple[Catalog, float] | None = None
+        """The catalog and (monotonic) time of the last pass over all its line items."""
+        self._monotonic = time.monotonic
         self.store_errors = 0
         self._error_sampler = Sampler()
         self._budgeted_of: tuple[Catalog, list[LineItem]] | None = None
@@ -499,9 +508,20 @@ class DeliveryControl:
             m.li_throttle.labels(li.id).set(self.throttle.get(li.id, 1.0))
 
     async def update_rates(self, catalog: Catalog, min_impressions: int = 20) -> None:
-        """Historic completion rate (a model feature) of the line items this instance has
-        served, from shared counters, in chunks that yield to the event loop."""
-        ids = sorted(li for li in self.active if li in catalog.line_items)
+        """Historic completion rate (a model feature) of the line items with impressions,
+        from shared counters, in chunks that yield to the event loop. Every line item of the
+        catalog is read on its first pass (after a start or a reload) and every
+        :data:`RATES_SCAN_S`; in between, those found with impressions and those this
+        instance served. (Only served ones, a restarted or other instance fed the model no
+        rate where training had one.)"""
+        now = self._monotonic()
+        scan = self._rates_scan
+        full = scan is None or scan[0] is not catalog or now - scan[1] >= RATES_SCAN_S
+        if full:
+            ids = sorted(catalog.line_items)
+        else:
+            ids = sorted(li for li in self.active | self._rated if li in catalog.line_items)
+        rated: set[str] = set()
         rates: dict[str, float] = {}
         for start in range(0, len(ids), PACING_CHUNK):
             chunk = ids[start : start + PACING_CHUNK]
@@ -515,10 +535,15 @@ class DeliveryControl:
                 return
             for i, li in enumerate(chunk):
                 imps, completes = values[2 * i], values[2 * i + 1]
+                if imps:
+                    rated.add(li)
                 if imps >= min_impressions:
                     rates[li] = min(1.0, completes / imps)
             await asyncio.sleep(0)
         self.completion_rates = rates
+        self._rated = rated
+        if full:
+            self._rates_scan = (catalog, now)
 
     async def run_pacing(self, catalog_ref: Callable[[], Catalog], stop: asyncio.Event) -> None:
         while not stop.is_set():
