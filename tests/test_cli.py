@@ -289,8 +289,9 @@ async def test_gc_maintenance_freezes_on_schedule_and_stops_at_once() -> None:
 @pytest.mark.parametrize(
     "argv, why",
     [
-        (["--days", "inf"], "--days: must be > 0 and finite"),
-        (["--days", "nan"], "--days: must be > 0 and finite"),
+        (["--days", "inf"], "--days: must be at least 1/24 (an hour) and finite"),
+        (["--days", "1e-9"], "--days: must be at least 1/24 (an hour) and finite"),
+        (["--days", "nan"], "--days: must be at least 1/24 (an hour) and finite"),
         (["--start", "9999-12-31T23:00:00+00:00"], "--start: out of range (years 1970-2999)"),
         (["--start", "0001-01-01T00:00:00"], "--start: out of range (years 1970-2999)"),
     ],

@@ -252,6 +252,16 @@ def test_vocabulary_other_bucket_and_none() -> None:
     assert y.dtype == np.float32
 
 
+def test_values_xgboost_cannot_name_stay_out_of_the_vocabulary() -> None:
+    """A free-text genre such as "drama<hd>", seen often enough, became the feature name
+    "genre=drama<hd>", which xgboost refuses: train died with a traceback."""
+    rows = [_row(platform="roku")] * 30 + [_row(platform="tv[4k]<x>")] * 30
+    schema = learn_schema(rows, min_count=20)
+    assert schema.vocabularies["platform"] == ("roku",)
+    x = schema.vectorize([_row(platform="tv[4k]<x>")])
+    assert x[0, schema.features.index(f"platform={OTHER}")] == 1.0
+
+
 def test_schema_round_trip_and_versioning() -> None:
     schema = learn_schema([_row()] * 30 + [_row(genres=("news", "sports"))] * 30)
     doc = schema.to_json()

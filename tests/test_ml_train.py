@@ -196,3 +196,23 @@ def test_cli(logs: dict[int, Path], tmp_path: Path, capsys: pytest.CaptureFixtur
     (tmp_path / "empty").mkdir()
     assert main_train(["--events", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 1
     assert main_train(["--events", str(logs[1]), "--out", str(out), "--holdout-frac", "1"]) == 2
+    # a click model needs a positive to learn from (else its AUC is NaN, no JSON number)
+    for flag in ("--min-click-positives", "--rounds", "--max-depth", "--threads"):
+        assert main_train(["--events", str(logs[1]), "--out", str(out), flag, "0"]) == 2, flag
+
+
+def test_a_log_read_twice_gives_each_served_ad_once(logs: dict[int, Path], tmp_path: Path) -> None:
+    """Two copies of the same segments (under other names, in one directory) doubled the
+    rows and every history feature: serving counts each impression once (a reviewer found
+    it). Decisions whose ads, and counted beacons whose (ad, event), were read before are
+    duplicates, counted and left out."""
+    import shutil
+
+    once = load_dataset([logs[1]])
+    twice_dir = tmp_path / "twice"
+    shutil.copytree(logs[1], twice_dir / "a")
+    shutil.copytree(logs[1], twice_dir / "b")
+    twice = load_dataset([twice_dir])
+    assert len(twice.rows) == len(once.rows) and twice.rows == once.rows
+    assert twice.complete == once.complete and twice.counted_impressions == once.counted_impressions
+    assert twice.duplicate_records > 0 and once.duplicate_records == 0

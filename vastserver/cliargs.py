@@ -47,6 +47,14 @@ def positive_float(text: str) -> float:
     return _bounded(text, float, lambda x: 0 < x < math.inf, "must be > 0 and finite")
 
 
+def at_least_an_hour(text: str) -> float:
+    """A number of days, at least one hour's worth (1/24) and finite (``gen-events --days``:
+    sessions are placed by hour, and a shorter run would never place one)."""
+    return _bounded(
+        text, float, lambda x: 1 / 24 <= x < math.inf, "must be at least 1/24 (an hour) and finite"
+    )
+
+
 def unit_fraction(text: str) -> float:
     """A share between 0 and 1 inclusive."""
     return _bounded(text, float, lambda x: 0.0 <= x <= 1.0, "must be between 0 and 1")

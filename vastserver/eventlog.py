@@ -38,6 +38,7 @@ import os
 import threading
 import time
 import weakref
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -686,7 +687,7 @@ def _read_file(path: Path, st: ReadStats, skip_invalid: bool) -> Iterator[dict[s
                     continue
                 st.events += 1
                 yield record
-        except (EOFError, gzip.BadGzipFile):
+        except (EOFError, gzip.BadGzipFile, zlib.error):
             if not gz:
                 raise
-            st.torn_lines += 1  # truncated gzip stream: keep what decompressed
+            st.torn_lines += 1  # truncated or damaged gzip stream: keep what decompressed

@@ -47,7 +47,8 @@ Choices (features-v2)
   unknown completion rate.
 * **Categoricals** are one-hot over a vocabulary learned at training time (values seen at
   least ``min_count`` times in the training rows, most frequent first, at most
-  ``max_values``); anything else, including values first seen in serving, goes to the
+  ``max_values``; a value with ``[``, ``]`` or ``<``, which xgboost refuses in a feature
+  name, is never one); anything else, including values first seen in serving, goes to the
   ``__other__`` column. ``None`` is its own value ``__none__``. Genres add multi-hot flags
   for the most frequent genres (``has_genre=...``) on top of the primary (first) genre.
 
@@ -70,6 +71,7 @@ no per-candidate dicts or dataclasses.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -109,6 +111,8 @@ SUPPORTED_VERSIONS: Final = ("features-v1", "features-v2")
 MIN_RATE_IMPRESSIONS: Final = 20
 """Same threshold as ``DeliveryControl.update_rates(min_impressions=20)``."""
 OTHER: Final = "__other__"
+_UNNAMEABLE = re.compile(r"[\[\]<]")
+"""What xgboost refuses in a feature name (free-text genres may hold it)."""
 NONE: Final = "__none__"
 
 REQUEST_NUMERIC: Final = (
@@ -698,7 +702,11 @@ def learn_schema(
             counts[cat][value] += n
 
     def top(c: Counter[str], k: int) -> tuple[str, ...]:
-        ranked = sorted(((-n, v) for v, n in c.items() if n >= min_count and v != OTHER))
+        ranked = sorted(
+            (-n, v)
+            for v, n in c.items()
+            if n >= min_count and v != OTHER and not _UNNAMEABLE.search(v)
+        )
         return tuple(v for _, v in ranked[:k])
 
     return FeatureSchema(

@@ -64,7 +64,7 @@ from vastserver.catalog.gen import (
 )
 from vastserver.catalog.load import CatalogError, load_catalog, parse_catalog
 from vastserver.catalog.model import AdRules, BreakPosition, Catalog
-from vastserver.cliargs import iso_datetime, positive_float, positive_int
+from vastserver.cliargs import at_least_an_hour, iso_datetime, positive_float, positive_int
 from vastserver.delivery import DeliveryControl
 from vastserver.eventlog import EventLog
 from vastserver.metrics import Metrics
@@ -602,7 +602,7 @@ def main_gen_events(argv: Sequence[str]) -> int:
         "--line-items", type=positive_int, metavar="N", help="generate a catalog (seeded)"
     )
     p.add_argument("--sessions", type=positive_int, default=DEFAULT_SESSIONS, metavar="N")
-    p.add_argument("--days", type=positive_float, default=3.0, metavar="D")
+    p.add_argument("--days", type=at_least_an_hour, default=3.0, metavar="D")
     p.add_argument(
         "--start",
         type=iso_datetime,

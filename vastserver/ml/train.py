@@ -51,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from vastserver.cliargs import open_fraction
+from vastserver.cliargs import open_fraction, positive_int
 from vastserver.eventlog import EventLogCorruptError, ReadStats, read_events
 from vastserver.ml.features import (
     SCHEMA_VERSION,
@@ -144,6 +144,8 @@ class Dataset:
     torn_lines: int = 0
     skipped_records: int = 0
     """Records or ads missing fields the features need (skipped, counted)."""
+    duplicate_records: int = 0
+    """Decisions whose ads, and counted beacons whose (ad, event), were read before."""
     max_time: float | None = None
     creative_rates: dict[str, float] = field(default_factory=dict)
     """Each creative's completion rate over the whole log (enough impressions only): what
@@ -164,6 +166,10 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
     clicked: set[str] = set()
     ds = Dataset()
     max_time: float | None = None
+    # Each served ad is decided once and each of its events counted once: a record seen again
+    # (the same segment copied under another name, two copies of a log) is a duplicate.
+    served: set[str] = set()
+    counted: set[tuple[str, str]] = set()
     for order, rec in enumerate(read_events(list(paths), stats=stats)):
         typ = rec.get("type")
         if typ not in ("decision", "beacon"):
@@ -179,6 +185,12 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
             if not isinstance(ctx, dict) or not isinstance(ads, list):
                 ds.skipped_records += 1
                 continue
+            sids = [a.get("ad_serving_id") for a in ads if isinstance(a, dict)]
+            ids = [s for s in sids if isinstance(s, str)]  # a damaged record may hold anything
+            if ids and all(s in served for s in ids):
+                ds.duplicate_records += 1
+                continue
+            served.update(ids)
             ds.decisions += 1
             ds.ads_served += len(ads)
             if ads:
@@ -192,6 +204,10 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
             continue
         if not rec.get("counted") or not sid or ev not in ("impression", "complete", "click"):
             continue
+        if (sid, ev) in counted:
+            ds.duplicate_records += 1
+            continue
+        counted.add((sid, ev))
         if ev == "impression":
             impressed.add(sid)
             ds.counted_impressions += 1
@@ -219,7 +235,7 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
                 continue
             try:
                 row = from_record(ctx, ad, history.history(decision, ad))
-            except (KeyError, TypeError, ValueError):
+            except (KeyError, TypeError, ValueError, OverflowError):  # int(1e999) overflows
                 ds.skipped_records += 1
                 continue
             ds.rows.append(row)
@@ -490,6 +506,7 @@ def train_bundle(ds: Dataset, out: Path, config: TrainConfig) -> dict[str, Any]:
             "records": ds.records,
             "torn_lines": ds.torn_lines,
             "skipped_records": ds.skipped_records,
+            "duplicate_records": ds.duplicate_records,
             "decisions": ds.decisions,
             "ads_served": ds.ads_served,
             "counted_impressions": ds.counted_impressions,
@@ -573,11 +590,12 @@ def main_train(argv: Sequence[str]) -> int:
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
     p.add_argument("--seed", type=int, default=0, metavar="S")
     p.add_argument("--holdout-frac", type=open_fraction, default=0.2, metavar="F")
-    p.add_argument("--rounds", type=int, default=COMPLETION_ROUNDS, metavar="N")
-    p.add_argument("--max-depth", type=int, default=4, metavar="D")
-    p.add_argument("--min-click-positives", type=int, default=50, metavar="N")
+    p.add_argument("--rounds", type=positive_int, default=COMPLETION_ROUNDS, metavar="N")
+    p.add_argument("--max-depth", type=positive_int, default=4, metavar="D")
+    # at least one positive: a click model of none has an undefined AUC (NaN in metrics.json)
+    p.add_argument("--min-click-positives", type=positive_int, default=50, metavar="N")
     p.add_argument(
-        "--threads", type=int, default=DEFAULT_THREADS, metavar="N",
+        "--threads", type=positive_int, default=DEFAULT_THREADS, metavar="N",
         help="training threads (the trees do not depend on it)",
     )  # fmt: skip
     try:
