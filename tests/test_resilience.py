@@ -138,6 +138,11 @@ async def test_an_inline_vmap_past_its_deadline_sends_the_rest_as_tags(
     client: Any = await make_client(deadline_ms=50)
     rt = client.server.app[RUNTIME]
     started = 0
+    for _ in range(500):  # the pacing loop's first pass (it reads every line item's rates)
+        if rt.delivery._rates_scan is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert rt.delivery._rates_scan is not None  # the next pass is 10 s away
 
     async def hang(*args: Any, **kw: Any) -> Any:
         nonlocal started

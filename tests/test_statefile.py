@@ -310,6 +310,15 @@ def test_one_server_holds_the_file_at_a_time(tmp_path: Path) -> None:
         StateLock(path)
     first.release()
     StateLock(path).release()
+    # a symlink to the file is the same file: the saves follow it, so must the lock (two
+    # servers on two paths to one file each counted caps on their own; a reviewer found it)
+    (tmp_path / "other").mkdir()
+    link = tmp_path / "other" / "s.json"
+    link.symlink_to(path)
+    first = StateLock(path)
+    with pytest.raises(StateFileError, match="in use by another running server"):
+        StateLock(link)
+    first.release()
 
 
 def test_a_second_server_on_the_file_and_a_failed_last_save(

@@ -66,7 +66,10 @@ class StateLock:
     servers writing one state file would each overwrite what the other counted."""
 
     def __init__(self, path: Path) -> None:
-        lock = path.with_name(path.name + ".lock")
+        # Beside the file the saves write (they follow symlinks): two paths to one file, one
+        # of them a symlink, must take the same lock.
+        real = path.resolve()
+        lock = real.with_name(real.name + ".lock")
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
