@@ -492,3 +492,35 @@ def test_a_catalog_path_that_is_a_directory_says_so(tmp_path: Path) -> None:
         make_settings(catalog=str(tmp_path))
     with pytest.raises(SettingsError, match="VASTSERVER_CATALOG: no such file"):
         make_settings(catalog=str(tmp_path / "nope.json"))
+
+
+def test_an_admin_reload_reaches_every_worker(
+    server_factory: Any, tmp_path: Path, redis_url: str
+) -> None:
+    """POST /admin/catalog/reload lands on one worker; with --workers 2 the other kept the
+    old catalog for good (a line item paused through the API served on; a reviewer found
+    it). The worker that reloaded asks the parent to SIGHUP them all."""
+    catalog = tmp_path / "catalog.json"
+    shutil.copy(DEMO_CATALOG, catalog)
+    srv = server_factory(
+        "--catalog", str(catalog), "--workers", "2", "--redis", redis_url, "--event-log", "off"
+    )
+    srv.wait_ready()
+    data = json.loads(catalog.read_text())
+    data["version"] = "admin-2"
+    catalog.write_text(json.dumps(data))
+    req = urllib.request.Request(
+        srv.base + "/admin/catalog/reload",
+        method="POST",
+        headers={"Authorization": "Bearer cli-admin-token-0123456789"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert json.loads(r.read())["version"].startswith("admin-2+")
+    deadline = time.monotonic() + 15
+    while True:  # fresh connections: SO_REUSEPORT spreads them over both workers
+        seen = {json.loads(_get(srv.base + "/readyz")[1])["catalog"]["version"] for _ in range(30)}
+        if all(v.startswith("admin-2+") for v in seen) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert all(v.startswith("admin-2+") for v in seen), seen
+    assert srv.stop() == 0

@@ -564,6 +564,8 @@ async def reload_model_handler(request: web.Request) -> web.StreamResponse:
     if models.model_path is None:
         return web.json_response({"error": "no model configured"}, status=409)
     ok = await models.reload()
+    if ok:
+        _reload_the_other_workers(_rt(request))
     body = {"version": models.primary.version, "reloaded": ok}
     return web.json_response(body, status=200 if ok else 422)
 
@@ -663,7 +665,16 @@ async def reload_catalog_handler(request: web.Request) -> web.StreamResponse:
     except OSError as e:
         _log_reload_rejected([str(e)], logging.WARNING, "admin")
         return web.json_response({"error": "catalog_unreadable", "why": str(e)}, status=422)
+    _reload_the_other_workers(rt)
     return web.json_response({"version": snap.catalog.version})
+
+
+def _reload_the_other_workers(rt: Runtime) -> None:
+    """An admin reload reaches one worker (the one its connection landed on): with several,
+    ask the parent to SIGHUP them all, as a SIGHUP to the server does. This worker reloads
+    once more then, which changes nothing."""
+    if rt.settings.workers > 1:
+        os.kill(os.getppid(), signal.SIGHUP)
 
 
 # ---------------------------------------------------------------------------- factory
