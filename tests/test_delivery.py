@@ -671,3 +671,22 @@ async def test_completion_rates_cover_line_items_this_instance_has_not_served() 
     t[0] += RATES_SCAN_S
     await d.update_rates(cat)
     assert d.completion_rates == {a: 0.9, b: 0.5}
+
+
+async def test_a_lifetime_cap_counter_expires_a_year_after_the_last_impression() -> None:
+    """Each viewer keeps a counter per capped scope; "lifetime" ones had no expiry, so Redis
+    and the state file grew for good with viewers long gone (a reviewer found it). They now
+    last LIFETIME_CAP_TTL_S (366 days) after the viewer's last impression in the scope."""
+    from vastserver.pipeline.delivery import LIFETIME_CAP_TTL_S
+
+    cat = _with_li_a(frequency_caps=[{"scope": "line_item", "max": 1, "window": "lifetime"}])
+    cat["campaigns"][0]["end"] = "2029-12-31T23:59:59Z"
+    cat["line_items"][0]["end"] = "2029-12-31T23:59:59Z"
+    svc, clock = _setup(cat, separation=False)
+    assert "li-a" in await _serve_and_confirm(svc, request("v"))
+    clock.now += timedelta(days=300)
+    assert "li-a" not in await _serve_and_confirm(svc, request("v"))  # capped for good...
+    keys = [k for k in svc.delivery.store._data if ":lifetime:v:" in k and k.endswith(":i")]
+    assert len(keys) == 1
+    clock.now += timedelta(seconds=LIFETIME_CAP_TTL_S - 300 * 86400 + 60)
+    assert "li-a" in await _serve_and_confirm(svc, request("v"))  # ...until the key expired

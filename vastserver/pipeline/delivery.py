@@ -38,6 +38,10 @@ from vastserver.store.base import Guard, Incr, Read, Window
 RESERVATION_S = 300
 """How long a served ad holds its cap/budget unit without an impression (SSAI prefetch)."""
 SESSION_TTL_S = 12 * 3600
+LIFETIME_CAP_TTL_S = 366 * 86400
+"""A viewer's ``lifetime`` cap counter lasts this long after her last impression in its
+scope: every viewer keeps a counter per capped scope, and without an expiry the store
+(Redis, the state file) would grow for good with viewers long gone."""
 DAY_TTL_S = 3 * 24 * 3600
 _WINDOW_RE = re.compile(r"^(\d+)([mhdw])$")
 _UNIT_S = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -104,6 +108,15 @@ class Viewer:
         return Viewer(viewer_hash, req.session, req.device.lmt)
 
 
+def _cap_ttl(window: str) -> int | None:
+    """The expiry a cap counter is written with; None: its window's own (see ``incr_plan``)."""
+    if window == "session":
+        return SESSION_TTL_S
+    if window == "lifetime":
+        return LIFETIME_CAP_TTL_S
+    return None
+
+
 def cap_key_prefix(cap: FrequencyCap, cand: Candidate) -> str:
     """A cap counter's key up to the viewer or session it counts for."""
     return f"{_CAP_KEY}{cap.scope}:{_scope_id(cap, cand)}:{cap.window}:"
@@ -124,10 +137,9 @@ def cap_checks(cap: FrequencyCap, cand: Candidate, viewer: Viewer) -> CapCheck |
         if not viewer.session:
             return None
         subject = f"s:{viewer.session}"
-        ttl: int | None = SESSION_TTL_S
     else:
         subject = f"v:{viewer.hash}"
-        ttl = None
+    ttl = _cap_ttl(cap.window)
     window = cap_window(cap.window)
     if window is None:
         return None
@@ -343,6 +355,7 @@ class _CapTemplate:
     window: Window
     limit: int
     session: bool
+    ttl_s: int | None
 
 
 @dataclass(slots=True)
@@ -398,6 +411,7 @@ def _cap_templates(
                 window=window,
                 limit=cap.max,
                 session=cap.window == "session",
+                ttl_s=_cap_ttl(cap.window),
             )
         )
     return tuple(out)
@@ -746,7 +760,7 @@ def impression_plan(
         if subject is None:
             continue
         base = t.prefix + subject
-        out.append(Incr(base + ":i", t.window, 1, None, SESSION_TTL_S if t.session else None))
+        out.append(Incr(base + ":i", t.window, 1, None, t.ttl_s))
         out.append(Incr(base + ":r", RESERVATION_WINDOW, -1, served_at))
     if e.tz is None:
         return out
