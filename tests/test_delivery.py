@@ -690,3 +690,26 @@ async def test_a_lifetime_cap_counter_expires_a_year_after_the_last_impression()
     assert len(keys) == 1
     clock.now += timedelta(seconds=LIFETIME_CAP_TTL_S - 300 * 86400 + 60)
     assert "li-a" in await _serve_and_confirm(svc, request("v"))  # ...until the key expired
+
+
+@pytest.mark.parametrize(
+    ("tz", "day"),
+    [("America/New_York", "2026-11-01"), ("America/New_York", "2026-03-08"),
+     ("Europe/Berlin", "2026-10-25"), ("Europe/Berlin", "2026-03-29")],
+)  # fmt: skip
+def test_the_daily_target_never_steps_back_across_a_clock_change(tz: str, day: str) -> None:
+    """At the fall-back the local hour repeats: the even target read the repeated hour as
+    new and stepped back (0.028 to 0.0215), throttling the line item for an hour (a
+    reviewer found it). Minute by minute over both clock-change days it only grows."""
+    from zoneinfo import ZoneInfo
+
+    local_midnight = datetime.fromisoformat(day).replace(tzinfo=ZoneInfo(tz))
+    t = local_midnight.astimezone(UTC)
+    last = -1.0
+    for _ in range(26 * 60):
+        f = daily_target_fraction(t, tz, Delivery.EVEN)
+        if t.astimezone(ZoneInfo(tz)).date() == local_midnight.date():
+            assert f >= last, (t, f, last)
+            last = f
+        t += timedelta(minutes=1)
+    assert last > 0.99

@@ -248,8 +248,13 @@ HOURLY_TRAFFIC: tuple[float, ...] = (
 
 
 def _day_fraction(local: datetime, shape: Sequence[float]) -> float:
-    """Share of a day's traffic that has passed at ``local`` time, following ``shape``."""
+    """Share of a day's traffic that has passed at ``local`` time, following ``shape``. In
+    the hour a clock turned back repeats (``fold`` 1), that hour's share has passed: the
+    target holds still instead of stepping back an hour (which throttled even pacing to its
+    minimum for the repeated hour)."""
     h = local.hour
+    if local.fold and local.utcoffset() != local.replace(fold=0).utcoffset():
+        return sum(shape[: h + 1])
     within = (local.minute * 60 + local.second) / 3600
     return sum(shape[:h]) + shape[h] * within
 
@@ -293,7 +298,7 @@ def target_fraction(
 def daily_target_fraction(now: datetime, tz: str, delivery: Delivery) -> float:
     """Fraction of a *daily* budget that should be delivered by now (local day)."""
     local = now.astimezone(ZoneInfo(tz))
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
     return target_fraction(now, start, start + timedelta(days=1), delivery, tz)
 
 
