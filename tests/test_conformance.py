@@ -204,9 +204,8 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
     "every-macro": {
         "click_through": "https://odd.example/",
         "trackers": {
-            "start": [
-                "https://px.example/m?" + "&".join(f"m{i}=[{m}]" for i, m in enumerate(MACROS))
-            ]
+            event: ["https://px.example/m?" + "&".join(f"m{i}=[{m}]" for i, m in enumerate(MACROS))]
+            for event in ("impression", "start", "click")
         },
     },
     "click-trackers-only": {"trackers": {"click": ["https://px.example/click"]}},

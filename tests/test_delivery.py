@@ -663,12 +663,10 @@ async def test_completion_rates_cover_line_items_this_instance_has_not_served() 
         [Incr(_ev_key(b, "impression"), LIFETIME, 100), Incr(_ev_key(b, "complete"), LIFETIME, 50)],
         now,
     )
-    t = [1000.0]
-    d._monotonic = lambda: t[0]
-    d._rates_scan = (cat, t[0])
+    clock.now += timedelta(seconds=RATES_SCAN_S - 1)
     await d.update_rates(cat)
     assert d.completion_rates == {a: 0.9}
-    t[0] += RATES_SCAN_S
+    clock.now += timedelta(seconds=1)  # the injected clock, as the simulator's
     await d.update_rates(cat)
     assert d.completion_rates == {a: 0.9, b: 0.5}
 

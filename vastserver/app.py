@@ -103,6 +103,8 @@ class Runtime:
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     sighup_task: asyncio.Task[None] | None = None
     sighup_again: bool = False
+    sighup_skip: bool = False
+    """Let the next SIGHUP pass: the parent echoing this worker's own admin reload."""
     log_sampler: Sampler = field(default_factory=Sampler)
 
 
@@ -564,8 +566,6 @@ async def reload_model_handler(request: web.Request) -> web.StreamResponse:
     if models.model_path is None:
         return web.json_response({"error": "no model configured"}, status=409)
     ok = await models.reload()
-    if ok:
-        _reload_the_other_workers(_rt(request))
     body = {"version": models.primary.version, "reloaded": ok}
     return web.json_response(body, status=200 if ok else 422)
 
@@ -670,10 +670,11 @@ async def reload_catalog_handler(request: web.Request) -> web.StreamResponse:
 
 
 def _reload_the_other_workers(rt: Runtime) -> None:
-    """An admin reload reaches one worker (the one its connection landed on): with several,
-    ask the parent to SIGHUP them all, as a SIGHUP to the server does. This worker reloads
-    once more then, which changes nothing."""
+    """An admin catalog reload reaches one worker (the one its connection landed on): with
+    several, ask the parent to SIGHUP them all, as a SIGHUP to the server does; this worker,
+    which has just reloaded, lets that SIGHUP pass (a 100k catalog takes seconds to load)."""
     if rt.settings.workers > 1:
+        rt.sighup_skip = True
         os.kill(os.getppid(), signal.SIGHUP)
 
 
@@ -929,6 +930,9 @@ def reload_from_signal(rt: Runtime) -> None:
     validation is logged and the old one keeps serving. Signals that arrive while a reload
     runs make one more reload after it, not one each (a burst of SIGHUPs queued a full
     catalog load apiece)."""
+    if rt.sighup_skip:  # the echo of this worker's own admin reload (see above)
+        rt.sighup_skip = False
+        return
     if rt.sighup_task is not None and not rt.sighup_task.done():
         rt.sighup_again = True
         return

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -144,8 +143,7 @@ class DeliveryControl:
         self._rated: set[str] = set()
         """Line items the last completion-rate pass found with impressions."""
         self._rates_scan: tuple[Catalog, float] | None = None
-        """The catalog and (monotonic) time of the last pass over all its line items."""
-        self._monotonic = time.monotonic
+        """The catalog and (clock) time of the last pass over all its line items."""
         self.store_errors = 0
         self._error_sampler = Sampler()
         self._budgeted_of: tuple[Catalog, list[LineItem]] | None = None
@@ -514,7 +512,7 @@ class DeliveryControl:
         :data:`RATES_SCAN_S`; in between, those found with impressions and those this
         instance served. (Only served ones, a restarted or other instance fed the model no
         rate where training had one.)"""
-        now = self._monotonic()
+        now = self.clock().timestamp()
         scan = self._rates_scan
         full = scan is None or scan[0] is not catalog or now - scan[1] >= RATES_SCAN_S
         if full:

@@ -534,12 +534,11 @@ def _break(imps: list[_Imp], rules: AdRules, avail: int) -> BreakSpec:
             d for d in required if (min_s is None or d >= min_s) and (max_s is None or d <= max_s)
         )
         min_s = max_s = None  # the required durations say it all
-    if required == frozenset() or (min_s is not None and max_s is not None and min_s > max_s):
-        _fail(
-            "imp",
-            "no ad duration fits every slot of the pod (their minduration, maxduration and "
-            "rqddurs do not overlap); the slots of one pod share one duration rule",
-        )
+    if min_s is not None and max_s is not None and min_s > max_s:
+        required, min_s, max_s = frozenset(), None, None
+    # No duration fits every slot (e.g. slots of exactly 30, 15 and 30 s): a valid request
+    # this server cannot fill without placing each ad in a slot of its length, so the pod
+    # stays empty (every candidate duration_not_required), a no-fill rather than an error.
     return BreakSpec(
         position=position,
         pod_duration_ms=round(pod_s * 1000),

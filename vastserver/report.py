@@ -456,12 +456,14 @@ def calibration_report(records: Iterable[Mapping[str, Any]], bins: int = 10) -> 
                 impressed.add(asid)
             elif rec.get("event") == "complete":
                 completed.add(asid)
-    # by prediction alone: sorting on (prediction, completed) would put a tie's misses in
-    # one decile and its completions in the next
-    rows = sorted(
-        ((predicted[a][0], a in completed) for a in impressed if a in predicted),
-        key=lambda row: row[0],
-    )
+    # by prediction, then ad serving id (stable across runs): sorting on (prediction,
+    # completed) would put a tie's misses in one decile and its completions in the next
+    rows = [
+        (predicted[a][0], a in completed)
+        for a in sorted(
+            (a for a in impressed if a in predicted), key=lambda a: (predicted[a][0], a)
+        )
+    ]
     seen = [predicted[a][1] for a in impressed if a in predicted]
     versions = sorted({str(v) for v in seen if v})
     out = []

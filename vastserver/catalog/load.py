@@ -113,18 +113,21 @@ IAB_MACROS: Final = frozenset((
         "ADCATEGORIES", "ADCOUNT", "ADPLAYHEAD", "ADSERVINGID", "ADTYPE", "APIFRAMEWORKS",
         "APPBUNDLE", "ASSETURI", "BLOCKEDADCATEGORIES", "BREAKMAXADLENGTH", "BREAKMAXADS",
         "BREAKMAXDURATION", "BREAKMINADLENGTH", "BREAKMINDURATION", "BREAKPOSITION",
-        "CACHEBUSTING", "CLICKPOS", "CLIENTUA", "CONTENTID", "CONTENTPLAYHEAD", "CONTENTURI",
-        "DEVICEIP", "DEVICEUA", "DOMAIN", "ERRORCODE", "EXTENSIONS", "GDPR", "GDPRCONSENT",
+        "CACHEBUSTING", "CLICKPOS", "CLIENTUA", "CONTENTID", "CONTENTURI",
+        "DEVICEIP", "DEVICEUA", "DOMAIN", "EXTENSIONS", "GDPR", "GDPRCONSENT",
         "IFA", "IFATYPE", "INVENTORYSTATE", "LATLONG", "LIMITADTRACKING", "MEDIAMIME",
-        "MEDIAPLAYHEAD", "OMIDPARTNER", "PAGEURL", "PLACEMENTTYPE", "PLAYERCAPABILITIES",
-        "PLAYERSIZE", "PLAYERSTATE", "PODSEQUENCE", "REASON", "REGULATIONS", "SERVERSIDE",
+        "OMIDPARTNER", "PAGEURL", "PLACEMENTTYPE", "PLAYERCAPABILITIES",
+        "PLAYERSIZE", "PLAYERSTATE", "PODSEQUENCE", "REGULATIONS", "SERVERSIDE",
         "SERVERUA", "TIMESTAMP", "TRANSACTIONID", "UNIVERSALADID", "VASTVERSIONS",
         "VERIFICATIONVENDORS",
 ))
 # fmt: on
 """The IAB VAST macros a catalog URL may carry for the player to fill in: those the
 ``vastlint`` linter knows (0.16; it warns ``VAST-2.0-macro-unknown`` on any other, e.g.
-``[CLICKTYPE]``, ``[STOREID]`` or ``[STOREURL]``, which it does not list)."""
+``[CLICKTYPE]``, ``[STOREID]`` or ``[STOREURL]``, which it does not list), less those it
+warns on in a catalog URL: ``[CONTENTPLAYHEAD]`` and ``[MEDIAPLAYHEAD]`` (deprecated in
+VAST 4.1, ``[ADPLAYHEAD]`` stays) and ``[ERRORCODE]`` and ``[REASON]`` (for Error URLs
+only, which are ours)."""
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _URI_CHAR = r"(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2}|[^\x00-\x7f])"
 _AUTHORITY = re.compile(  # RFC 3986 (non-ASCII let through, as in IRIs): user@host:port

@@ -169,7 +169,6 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
     # Each served ad is decided once and each of its events counted once: a record seen again
     # (the same segment copied under another name, two copies of a log) is a duplicate.
     served: set[str] = set()
-    counted: set[tuple[str, str]] = set()
     for order, rec in enumerate(read_events(list(paths), stats=stats)):
         typ = rec.get("type")
         if typ not in ("decision", "beacon"):
@@ -204,10 +203,10 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
             continue
         if not rec.get("counted") or not sid or ev not in ("impression", "complete", "click"):
             continue
-        if (sid, ev) in counted:
+        seen = impressed if ev == "impression" else completed if ev == "complete" else clicked
+        if sid in seen:
             ds.duplicate_records += 1
             continue
-        counted.add((sid, ev))
         if ev == "impression":
             impressed.add(sid)
             ds.counted_impressions += 1
