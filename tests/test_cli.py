@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -85,9 +86,15 @@ class Server:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.kill()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group: killing the parent alone would leave
+        its workers running, orphaned, after a failed test."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 @pytest.fixture
@@ -101,9 +108,7 @@ def server_factory() -> Iterator[Any]:
 
     yield make
     for s in servers:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait()
+        s.kill()  # the group: workers too, even when the parent is already gone
 
 
 def test_serve_two_workers_and_clean_shutdown(server_factory: Any, redis_url: str) -> None:
