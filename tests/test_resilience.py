@@ -466,8 +466,7 @@ def test_sigterm_drains_then_flushes(tmp_path: Path) -> None:
         assert status == 503, "readiness must turn false while draining"
         assert srv.proc.wait(20) == 0
     finally:
-        if srv.proc.poll() is None:
-            srv.proc.kill()
+        srv.kill()
     decisions = [r for r in read_events([events]) if r["type"] == "decision"]
     assert len(decisions) == 5
 

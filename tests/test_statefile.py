@@ -207,9 +207,7 @@ def servers() -> Iterator[list[Server]]:
     running: list[Server] = []
     yield running
     for srv in running:
-        if srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait()
+        srv.kill()
 
 
 def test_a_restarted_server_keeps_delivery_and_beacon_claims(
@@ -261,8 +259,7 @@ def test_an_unreadable_state_file_stops_the_start(tmp_path: Path) -> None:
         assert srv.proc.wait(30) == 2
         out = srv.proc.stdout.read().decode() if srv.proc.stdout else ""
     finally:
-        if srv.proc.poll() is None:
-            srv.proc.kill()
+        srv.kill()
     assert str(state) in out and "move it away" in out
 
 
