@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import itertools
 import json
 import logging
@@ -38,6 +37,7 @@ from vastserver.params import (
     ParamError,
     client_info,
     header_text,
+    ip_or_none,
     parse_targeting,
     parse_vast_request,
     parse_vmap_query,
@@ -509,7 +509,7 @@ def _record_beacon(
                 counted=counted,
                 result=result,
                 caller_ip=request.remote,
-                device_ip=_ip_or_none(request.headers.get("X-Device-IP")),
+                device_ip=ip_or_none(request.headers.get("X-Device-IP")),
                 device_user_agent=header_text(ua[:MAX_LOGGED_UA]) if ua else None,
                 error_code=error_code,
                 at=rt.clock().isoformat(),
@@ -526,17 +526,6 @@ def _record_beacon(
 
 MAX_LOGGED_UA = 1024
 """A beacon's ``X-Device-User-Agent`` is logged up to this many characters."""
-
-
-def _ip_or_none(raw: str | None) -> str | None:
-    """A header's IP address, normalised; None when absent or not an address (a beacon is
-    verified by its token: a bad advisory header is not worth refusing it)."""
-    if not raw:
-        return None
-    try:
-        return str(ipaddress.ip_address(raw.strip()))
-    except ValueError:
-        return None
 
 
 async def click_handler(request: web.Request) -> web.StreamResponse:

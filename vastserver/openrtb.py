@@ -81,9 +81,9 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from vastserver.catalog.model import MAX_ADS, MAX_POD_S, RATINGS, AdRules, BreakPosition, Slot
 from vastserver.consent import (
@@ -815,14 +815,11 @@ def _ours(ext: Obj | None, path: str) -> _Ours:
 
 def _merge_ours(layers: list[_Ours]) -> _Ours:
     """Each field from the first layer that sets it (the imps in order, then the top)."""
-    return _Ours(
-        placement=next((o.placement for o in layers if o.placement is not None), None),
-        session=next((o.session for o in layers if o.session is not None), None),
-        avail=next((o.avail for o in layers if o.avail is not None), None),
-        debug=next((o.debug for o in layers if o.debug is not None), None),
-        vast=next((o.vast for o in layers if o.vast is not None), None),
-        kv=next((o.kv for o in layers if o.kv is not None), None),
-    )
+    firsts: dict[str, Any] = {}
+    for f in fields(_Ours):
+        values = (getattr(o, f.name) for o in layers)
+        firsts[f.name] = next((v for v in values if v is not None), None)
+    return _Ours(**firsts)
 
 
 # ---------------------------------------------------------------------------------- entry

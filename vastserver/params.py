@@ -212,8 +212,15 @@ def _forwarded_ip(xff: str) -> str | None:
         first = host
     elif first.count(":") == 1:  # v4:port (a bare IPv6 address has several colons)
         first = first.partition(":")[0]
+    return ip_or_none(first)
+
+
+def ip_or_none(text: str | None) -> str | None:
+    """``text`` as a normalised IP address; None when absent or not one."""
+    if not text:
+        return None
     try:
-        return str(ipaddress.ip_address(first))
+        return str(ipaddress.ip_address(text.strip(_SPACE)))
     except ValueError:
         return None
 

@@ -703,25 +703,34 @@ CAPTION = Obj(
     lambda d: Caption(**d),
 )
 
+
+def https_only(what: str) -> Parser[str]:
+    """:func:`url`, https only: vastlint warns on http tracking pixels and verification
+    scripts, and players on https pages drop them (the error says ``<what> must be
+    https``)."""
+
+    def parse(v: object, path: str, errs: Issues) -> str | _Invalid:
+        got = url(v, path, errs)
+        if isinstance(got, str) and got[:8].lower() != "https://":
+            return _fail(errs, path, f"{what} must be https")
+        return got
+
+    return parse
+
+
+https_url = https_only("tracking pixels")
+
+
 _VENDOR = re.compile(r"\S*\.\S*-[^\s-]+")
 """``domain-useCase`` (``company.com-omid``), the form VAST 4.1 asks verification vendors
 to use so that their names do not collide (vastlint warns on any other)."""
-
-
-def script_url(v: object, path: str, errs: Issues) -> str | _Invalid:
-    """:func:`url`, https only: an OMID verification script is loaded into the player's
-    page (vastlint warns on http)."""
-    got = url(v, path, errs)
-    if isinstance(got, str) and got[:8].lower() != "https://":
-        return _fail(errs, path, "verification scripts must be https")
-    return got
 
 
 VERIFICATION = Obj(
     "verification",
     {
         "vendor": F(string(_VENDOR, what="a vendor as domain-useCase, e.g. company.com-omid")),
-        "js_url": F(script_url),
+        "js_url": F(https_only("verification scripts")),
         # OMID is the one JavaScript verification framework VAST names (vastlint warns on
         # any other value, and on "OMID": the attribute is case-sensitive).
         "api_framework": F(enum_of("omid"), "omid"),
@@ -788,15 +797,6 @@ TRACKER_EVENTS: tuple[str, ...] = (
 """Events a creative's third-party trackers may name (a VAST version without the event
 leaves its trackers out)."""
 MAX_TRACKERS_PER_EVENT = 8
-
-
-def https_url(v: object, path: str, errs: Issues) -> str | _Invalid:
-    """:func:`url`, https only (tracking pixels: vastlint warns on others, and players on
-    https pages drop them)."""
-    got = url(v, path, errs)
-    if isinstance(got, str) and got[:8].lower() != "https://":
-        return _fail(errs, path, "tracking pixels must be https")
-    return got
 
 
 _NOT_WITH_TAG = (

@@ -270,9 +270,15 @@ class LineItem:
     (what ad servers call its value CPM). See :func:`ranking_cpm`."""
     rank_cpm: float = field(init=False, compare=False, repr=False)
     """:func:`ranking_cpm` of this line item (computed once: every decision asks)."""
+    floor_cpm: float = field(init=False, compare=False, repr=False)
+    """What price floors compare: the least the line item competes with or pays in any
+    slot (its ranking CPM, or a lower slot price)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "rank_cpm", ranking_cpm(self))
+        rank = ranking_cpm(self)
+        slots = [p for p in (self.first_slot_price, self.last_slot_price) if p is not None]
+        object.__setattr__(self, "rank_cpm", rank)
+        object.__setattr__(self, "floor_cpm", min([rank, *slots]))
 
 
 FLAT = "flat"

@@ -173,11 +173,7 @@ def floor(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     per_s, per_ad = req.floor_cpm_per_s, req.floor_cpm
     if per_s is None and per_ad is None:
         return None
-    li = c.line_item
-    least = li.rank_cpm
-    for p in (li.first_slot_price, li.last_slot_price):
-        if p is not None and p < least:
-            least = p
+    least = c.line_item.floor_cpm
     if per_s is not None and least < per_s * c.creative.duration_ms / 1000:
         return Reason.BELOW_FLOOR
     if per_ad is not None and least < per_ad:
