@@ -8,8 +8,8 @@
 * ``GET /t/{event}``, ``GET /c``: 204 with no body (what a beacon answers);
 * ``GET /healthz``, ``GET /readyz``: 200.
 
-Workers are started as ``vastserver serve --workers N`` starts them (one socket with
-SO_REUSEPORT bound by the parent, N forked processes; one worker runs in the parent), with
+Workers are started as ``vastserver serve --workers N`` starts them (one socket
+bound by the parent, N forked processes accepting on it; one worker runs in the parent), with
 uvloop when it is installed, ``access_log=None``, and the same response headers
 (``Content-Type: application/xml; charset=utf-8``, ``Cache-Control: no-store``). Whatever
 the real server costs beyond this is the ad server's own work.
@@ -58,8 +58,6 @@ def make_app(vast: bytes, vmap: bytes) -> web.Application:
 def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if hasattr(socket, "SO_REUSEPORT"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(1024)
     sock.set_inheritable(True)

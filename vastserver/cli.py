@@ -30,7 +30,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--port", type=int, help="port (VASTSERVER_PORT, default 8080)")
     p.add_argument("--catalog", help="catalog JSON (VASTSERVER_CATALOG, default: demo)")
     p.add_argument("--model", help="model bundle (VASTSERVER_MODEL)")
-    p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    p.add_argument("--workers", type=int, help="worker processes accepting on the one port")
     p.add_argument("--redis", help="redis:// URL for shared state (VASTSERVER_REDIS_URL)")
     p.add_argument("--public-url", dest="public_url", help="VASTSERVER_PUBLIC_URL")
     p.add_argument(
@@ -57,17 +57,18 @@ BACKLOG = 1024
 
 
 def _bind(settings: Settings, port: int | None = None) -> socket.socket:
-    """The server socket: the shared main port (SO_REUSEPORT), or with ``port`` a worker's
-    own metrics port. Bound here, before any worker starts, so a port in use is a clean
-    start-up error; but not listening: a worker listens once its catalog, model and state
-    are loaded (seconds for a large state file), so until then a connection is refused at
-    once (a load balancer tries another instance) instead of waiting unanswered in the
-    backlog."""
+    """The server socket: the main port, or with ``port`` a worker's own metrics port.
+    Bound here, before any worker starts, so a port in use is a clean start-up error; but
+    not listening: a worker listens once its catalog, model and state are loaded (seconds
+    for a large state file), so until then a connection is refused at once (a load balancer
+    tries another instance) instead of waiting unanswered in the backlog.
+
+    The workers are forked with this one socket and all accept on it, so no SO_REUSEPORT:
+    that would only let *another* server bind the same port and silently take part of its
+    traffic, with its own memory of caps and budgets."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if port is None and hasattr(socket, "SO_REUSEPORT"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((settings.host, settings.port if port is None else port))
     sock.set_inheritable(True)
     return sock
