@@ -463,6 +463,48 @@ async def test_a_store_failure_at_commit_drops_budgeted_ads_as_budget_exhausted(
     assert _li_a_outcome(await svc.decide(request("v0"))) == (False, Reason.BUDGET_EXHAUSTED)
 
 
+@pytest.mark.parametrize(
+    ("li_b", "before", "after"),
+    [
+        # last-only: alone in slot 1 it may not play at all
+        ({"slot": "last", "slot_prices": {"last": 30}}, [("li-a", 1, 20.0), ("li-b", 2, 30.0)], []),
+        # any slot, a last-slot price: moving up it would be billed 30 as slot 1 of one
+        ({"slot_prices": {"last": 30}}, [("li-a", 1, 20.0), ("li-b", 2, 30.0)], []),
+        # a first-slot price, already first: it stays, at its price
+        (
+            {"slot_prices": {"first": 30}},
+            [("li-b", 1, 30.0), ("li-a", 2, 20.0)],
+            [("li-b", 1, 30.0)],
+        ),
+    ],
+)
+async def test_ads_left_after_a_refusal_keep_their_slot_rules_and_prices(
+    li_b: dict[str, Any], before: list[Any], after: list[Any]
+) -> None:
+    """li-a is budgeted and the store fails at commit (budgets fail closed): the ad left
+    moves up only where its line item may play at the price it was reserved at."""
+    cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 1500}})
+    cat["line_items"][1].update(tier="standard", price=10, **li_b)
+
+    def placed(d: Any) -> list[Any]:
+        return [(a.candidate.line_item.id, a.slot, a.price_cpm) for a in d.ads]
+
+    svc, _ = _setup(cat)
+    assert placed(await svc.decide(request("v0", pod_s=30, max_ads=2))) == before
+
+    async def down(batch: Any, now: float) -> list[bool]:
+        raise StoreUnavailable("down")
+
+    svc, _ = _setup(cat)
+    svc.delivery.store.commit = down
+    d = await svc.decide(request("v1", pod_s=30, max_ads=2))
+    assert placed(d) == after
+    reasons = {t.line_item_id: (t.reason, t.slot) for t in d.traces}
+    assert reasons["li-a"] == (Reason.BUDGET_EXHAUSTED, None)
+    assert reasons["li-b"] == ((None, 1) if after else (Reason.NOT_SELECTED, None))
+    assert d.total_duration_ms == 15_000 * len(after)
+
+
 @pytest.mark.parametrize("flat", [False, True])
 async def test_an_outage_stops_what_would_spend_but_not_a_flat_line_item(flat: bool) -> None:
     """With the store down (read and commit), budgets fail closed for what an impression

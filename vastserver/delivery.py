@@ -30,7 +30,7 @@ from vastserver.catalog.model import Catalog, Creative, Delivery, LineItem, bill
 from vastserver.logs import Sampler, event
 from vastserver.metrics import Metrics
 from vastserver.pipeline.candidates import Candidate
-from vastserver.pipeline.decide import Decision, PlacedAd
+from vastserver.pipeline.decide import Decision, close_ranks
 from vastserver.pipeline.delivery import (
     LIFETIME,
     CountsGate,
@@ -300,13 +300,13 @@ class DeliveryControl:
             if store_failed
             else await self._refusal_reasons(refused, now, within)
         )
-        kept: list[PlacedAd] = []
         lost: dict[str, Reason] = {}
         for ad, fine in zip(d.ads, ok, strict=True):
-            if fine:
-                kept.append(replace(ad, slot=len(kept) + 1))
-            else:
+            if not fine:
                 lost[ad.candidate.key] = reasons[len(lost)]
+        kept, moved_out = close_ranks([ad for ad, fine in zip(d.ads, ok, strict=True) if fine])
+        for ad in moved_out:
+            lost[ad.candidate.key] = Reason.NOT_SELECTED
         slots = {a.candidate.key: a.slot for a in kept}
         traces = tuple(
             t._replace(reason=lost[k], slot=None)

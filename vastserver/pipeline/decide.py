@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NamedTuple
 
@@ -101,6 +101,48 @@ def slot_price(c: Candidate, slot: int, pod_size: int) -> float | None:
     if slot == pod_size and pod_size > 1 and li.last_slot_price is not None:
         return li.last_slot_price
     return None
+
+
+def slot_allows(c: Candidate, slot: int, pod_size: int) -> bool:
+    """Whether the line item may play in ``slot`` of a pod of ``pod_size``: the optimiser's
+    slot permissions (a one-ad pod's only ad is slot 1, so never a last-only one)."""
+    rule = c.line_item.slot
+    if rule is Slot.FIRST:
+        return slot == 1
+    if rule is Slot.LAST:
+        return pod_size > 1 and slot == pod_size
+    return True
+
+
+def billed_at(c: Candidate, slot: int, pod_size: int) -> float:
+    """What an impression of ``c`` costs in ``slot`` of a pod of ``pod_size``: the slot's
+    price, else the line item's own; nothing for a flat line item."""
+    price = slot_price(c, slot, pod_size)
+    return billed_cpm(c.line_item, c.line_item.price if price is None else price)
+
+
+def close_ranks(ads: Sequence[PlacedAd]) -> tuple[list[PlacedAd], list[PlacedAd]]:
+    """The ads of a pod some of whose ads were refused at commit, renumbered 1..n, and the
+    ones that cannot stay. An ad moving up may land in a slot its line item does not allow
+    (a last-only ad left alone in slot 1) or that has another price (a first-slot price):
+    it was reserved, and would be billed, at its old slot's price, so it goes too (its
+    reservation lapses unspent), one at a time from the first, until the rest agree."""
+    kept = list(ads)
+    dropped: list[PlacedAd] = []
+    while True:
+        n = len(kept)
+        bad = next(
+            (
+                i
+                for i, a in enumerate(kept)
+                if not slot_allows(a.candidate, i + 1, n)
+                or billed_at(a.candidate, i + 1, n) != a.price_cpm
+            ),
+            None,
+        )
+        if bad is None:
+            return [replace(a, slot=i) for i, a in enumerate(kept, start=1)], dropped
+        dropped.append(kept.pop(bad))
 
 
 def _pod_item(i: int, c: Candidate, value: float, group: str) -> PodItem:
@@ -199,9 +241,8 @@ def decide(
         # 0 is billed 0, not the floor that only ranks it.
         price = slot_price(c, position, n_ads)
         value = vals[it.key] * (1.0 if price is None else price / effective_cpm(c))
-        paid = c.line_item.price if price is None else price
         placed.append(
-            PlacedAd(c, position, predictions[it.key], value, billed_cpm(c.line_item, paid))
+            PlacedAd(c, position, predictions[it.key], value, billed_at(c, position, n_ads))
         )
     for i, c in enumerate(survivors):
         slot = slot_of.get(i)
