@@ -535,6 +535,70 @@ async def test_admin_reload_requires_token(client: Any) -> None:
     assert resp.status == 200 and (await resp.json())["version"]
 
 
+async def test_explanations_need_the_admin_token_by_default(make_client: ClientFactory) -> None:
+    """An explanation lists every candidate (line items, advertisers, prices) and costs far
+    more than a request: by default (``VASTSERVER_DEBUG_ACCESS=admin``) only the admin
+    bearer gets one, and a 401 names what was refused."""
+    from tests.test_openrtb import dynamic_pod
+
+    client = await make_client(debug_access="admin")
+    ok = {"Authorization": "Bearer admin-token-0123456789"}
+    bad = {"Authorization": "Bearer wrong-token-123456789"}
+    rtb = dynamic_pod()
+    rtb["imp"][0]["ext"] = {"vastserver": {"debug": 1}}
+    refused = [
+        ("GET", "/decide?pod_duration=60", "Authorization"),
+        ("GET", "/vast?pod_duration=60&debug=1", "debug"),
+        ("GET", "/vmap?content_duration=1800&cue_points=600&debug=1", "debug"),
+        ("GET", "/vmap?content_duration=1800&cue_points=600&debug=1&inline=1", "debug"),
+        ("POST", "/openrtb2/pod", "imp[].ext.vastserver.debug"),
+    ]
+    for method, path, field in refused:
+        data = json.dumps(rtb) if method == "POST" else None
+        for headers in ({}, bad):
+            resp = await client.request(method, path, data=data, headers=headers)
+            assert resp.status == 401, (path, await resp.text())
+            assert (await resp.json())["field"] == field
+            assert resp.headers["WWW-Authenticate"] == "Bearer"
+        resp = await client.request(method, path, data=data, headers=ok)
+        assert resp.status == 200, (path, await resp.text())
+        text = await resp.text()
+        # an explanation, or (VMAP of tags) tags that ask /vast for one
+        assert any(x in text for x in ('"candidates"', "vastserver-debug", "debug=1")), path
+    # without debug, nothing changes for players
+    assert (await client.get("/vast?pod_duration=60&debug=0")).status == 200
+    assert (await client.get("/vmap?content_duration=1800&cue_points=600")).status == 200
+
+
+async def test_an_admin_token_read_with_a_trailing_newline_still_matches(
+    make_client: ClientFactory,
+) -> None:
+    """A token from a mounted secret file ends in a newline no header can carry."""
+    client = await make_client(admin_token="admin-token-0123456789\n")
+    ok = {"Authorization": "Bearer admin-token-0123456789"}
+    assert (await client.get("/admin/line-items", headers=ok)).status == 200
+
+
+async def test_the_admin_api_and_metrics_answer_no_cors(client: Any) -> None:
+    evil = {"Origin": "https://evil.example"}
+    pre = await client.options(
+        "/admin/catalog/reload",
+        headers={
+            **evil,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert pre.status != 204 and "Access-Control-Allow-Origin" not in pre.headers
+    for path in ("/admin/line-items", "/metrics"):
+        resp = await client.get(path, headers=evil)
+        assert "Access-Control-Allow-Origin" not in resp.headers, path
+        assert "Access-Control-Allow-Credentials" not in resp.headers, path
+    assert (await client.get("/vast", headers=evil)).headers["Access-Control-Allow-Origin"] == (
+        "https://evil.example"
+    )
+
+
 async def test_a_token_that_is_not_utf8_is_refused_not_an_error(client: Any) -> None:
     """aiohttp decodes header bytes with surrogateescape; comparing such a value raised,
     which answered 503 and logged an unhandled error for any caller."""

@@ -392,7 +392,8 @@ async def test_stream_separation_minutes_are_exact(tmp_path: Path) -> None:
         redis_url=None,
         model=None,
         event_log=None,
-        extra={"separation_breaks": 0},  # minutes only (30 by default)
+        # minutes only (30 by default); /decide for anyone (no bearer token here)
+        extra={"separation_breaks": 0, "debug_access": "open"},
         env={},
     )
     clock = SimClock(START)

@@ -150,6 +150,9 @@ def _reset_request_ids() -> None:
 
 os.register_at_fork(after_in_child=_reset_request_ids)
 DECISION_ENDPOINTS = frozenset({"vast", "vmap", "decide", "openrtb_pod"})
+NO_CORS = ("/admin/", "/metrics")
+"""Paths that answer no CORS preflight and carry no CORS headers: operators' tools, not
+players."""
 
 
 @web.middleware
@@ -163,7 +166,7 @@ async def edge_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     2. **metrics**: count and time every request by route name (bounded labels) and status
        class;
     3. **CORS**: HTML5 CTV players fetch cross-origin with credentials: answer preflights,
-       echo the ``Origin``;
+       echo the ``Origin`` (not on the admin API and ``/metrics``, :data:`NO_CORS`);
     4. **limits**: an over-long query string is refused (414); a body is read in full, within
        :data:`BODY_TIMEOUT_S` (408), before the guard, and one that cannot be decoded is
        refused (400);
@@ -179,6 +182,8 @@ async def edge_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = rid or _new_request_id()
     ctx_token = REQUEST_ID.set(rid)
     origin = request.headers.get("Origin")
+    if origin and request.path.startswith(NO_CORS):
+        origin = None  # no browser page calls these, whatever token it holds
     status = 500
     try:
         try:
@@ -328,9 +333,28 @@ async def vast_handler(request: web.Request) -> web.StreamResponse:
         req = _ad_request(request)
     except ParamError as e:
         return _bad_request(e)
+    if req.debug and not _may_explain(request):
+        return _explain_refused("debug")
     decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=_deadline(rt))
     debug = decision_json(decision, request_id=REQUEST_ID.get()) if req.debug else None
     return _xml(rt.renderer.vast(decision, debug=debug))
+
+
+def _may_explain(request: web.Request) -> bool:
+    """``/decide`` and ``debug=1`` list every candidate (line items, advertisers, prices)
+    and cost far more than a request's deadline on a large catalog: by default only the
+    admin bearer token gets them (``VASTSERVER_DEBUG_ACCESS=open`` opens them)."""
+    return _rt(request).settings.open_debug or _authorized(request)
+
+
+def _explain_refused(field: str) -> web.Response:
+    body = {
+        "error": "unauthorized",
+        "field": field,
+        "why": "a decision explanation needs 'Authorization: Bearer <VASTSERVER_ADMIN_TOKEN>' "
+        "(or VASTSERVER_DEBUG_ACCESS=open)",
+    }
+    return web.json_response(body, status=401, headers={"WWW-Authenticate": "Bearer"})
 
 
 def _deadline(rt: Runtime) -> float:
@@ -339,6 +363,8 @@ def _deadline(rt: Runtime) -> float:
 
 async def decide_handler(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
+    if not _may_explain(request):
+        return _explain_refused("Authorization")
     try:
         req = _ad_request(request)
     except ParamError as e:
@@ -390,6 +416,8 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         )
     except ParamError as e:
         return _bad_request(e)
+    if first is not None and first.debug and not _may_explain(request):
+        return _explain_refused("debug")  # inline, or in every break's tag
     version = DEFAULT_VAST_VERSION if first is None else first.vast_version
     if not vq.inline or first is None:
         return _xml(rt.renderer.vmap_tags(breaks, tags, session=session, vast_version=version))
@@ -425,6 +453,8 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
         floor_cpm_per_s=pod.floor_cpm_per_s,
         floor_cpm=pod.floor_cpm,
     )
+    if req.debug and not _may_explain(request):
+        return _explain_refused("imp[].ext.vastserver.debug")
     if req.session is None:
         req = replace(req, session=new_ad_serving_id(rt.rng))
     decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=_deadline(rt))

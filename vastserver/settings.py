@@ -57,6 +57,10 @@ class Settings:
     secrets: tuple[str, ...] = ()
     """HMAC keys for tracking tokens; the first signs, all verify (key rotation)."""
     admin_token: str | None = None
+    open_debug: bool = False
+    """Whether ``GET /decide`` and ``debug=1`` answer anyone. By default they need the admin
+    bearer token: an explanation lists every candidate (line items, advertisers, prices),
+    and one over a large catalog costs far more than a request's deadline."""
     catalog_path: Path = DEFAULT_CATALOG
     model_path: Path | None = None
     """Model bundle; None serves with the price scorer. A missing or broken bundle is not a
@@ -199,8 +203,15 @@ def load_settings(
             problems.append("VASTSERVER_SECRET: each comma-separated key needs 16+ characters")
 
     admin = pick("admin_token", "VASTSERVER_ADMIN_TOKEN")
-    if admin is not None and len(admin) < 16:
-        problems.append("VASTSERVER_ADMIN_TOKEN: needs 16+ characters")
+    if admin is not None:
+        # a token read from a mounted secret file often ends in a newline, which no
+        # Authorization header carries (aiohttp strips header values): it could never match
+        admin = admin.strip()
+        if len(admin) < 16:
+            problems.append("VASTSERVER_ADMIN_TOKEN: needs 16+ characters")
+    debug_access = pick("debug_access", "VASTSERVER_DEBUG_ACCESS") or "admin"
+    if debug_access not in ("admin", "open"):
+        problems.append(f"VASTSERVER_DEBUG_ACCESS: admin or open, got {debug_access[:40]!r}")
 
     catalog = Path(pick("catalog", "VASTSERVER_CATALOG") or DEFAULT_CATALOG)
     if not catalog.is_file():
@@ -327,6 +338,7 @@ def load_settings(
         public_url=public,
         secrets=keys,
         admin_token=admin,
+        open_debug=debug_access == "open",
         catalog_path=catalog,
         model_path=model,
         shadow_model_path=shadow,
