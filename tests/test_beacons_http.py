@@ -239,3 +239,43 @@ async def test_a_token_counts_only_on_its_own_events_path(client: Any) -> None:
     assert 'vastserver_beacons_total{event="complete",result="bad_signature"} 1.0' in text
     assert 'vastserver_beacons_total{event="notUsed",result="ok"} 1.0' in text
     assert 'vastserver_beacons_total{event="impression",result="already_settled"} 1.0' in text
+
+
+async def test_a_replay_after_its_claim_was_evicted_is_not_counted(
+    make_client: ClientFactory, clock: FakeClock
+) -> None:
+    """In the in-memory store a flood of new viewers (ids anyone may choose) evicts the
+    least recently used keys, beacon claims first (written once, never touched): a replay
+    after that must still not count. A token issued after the eviction counts as usual."""
+    from vastserver.app import RUNTIME
+    from vastserver.store.memory import MemoryStore
+
+    client = await make_client(memory_max_keys=1000)
+    store = client.server.app[RUNTIME].store.inner
+    assert isinstance(store, MemoryStore)
+    imp = _local(_tracking(await _first_ad(client), "impression"))
+    assert (await client.get(imp)).status == 204
+    before = _metric_ok(await (await client.get("/metrics")).text())
+    assert before == 1
+    i = 0
+    while store.claim_horizon == 0:  # until the claim is evicted
+        clock.now += timedelta(milliseconds=100)
+        resp = await client.get(f"/vast?pod_duration=60&max_ads=2&device_id=f{i}&session=s{i}")
+        assert resp.status == 200
+        i += 1
+        assert i < 2000, "the claim was never evicted"
+    assert (await client.get(imp)).status == 204
+    text = await (await client.get("/metrics")).text()
+    assert _metric_ok(text) == 1
+    assert store.forgotten >= 1
+    assert f"vastserver_store_claims_forgotten_total {float(store.forgotten)}" in text
+    clock.now += timedelta(seconds=5)
+    late = await _first_ad(client, "pod_duration=30&device_id=late")
+    fresh = _local(_tracking(late, "impression"))
+    assert (await client.get(fresh)).status == 204
+    assert _metric_ok(await (await client.get("/metrics")).text()) == 2
+
+
+def _metric_ok(text: str) -> float:
+    line = 'vastserver_beacons_total{event="impression",result="ok"} '
+    return next((float(x[len(line) :]) for x in text.splitlines() if x.startswith(line)), 0.0)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from benchmarks.reqmix import beacons_of
-from tests.support.stores import claim_many
+from tests.support.stores import claim, claim_many
 from tests.test_cli import Server, _env, _get
 from vastserver.settings import SettingsError, load_settings
 from vastserver.store.base import Guard, Guarded, Incr, Read, Window
@@ -110,6 +110,25 @@ async def test_the_first_written_keys_are_evicted_first_after_a_restore(tmp_path
     got = await small.read([Read(f"k{i}", LIFETIME) for i in range(10)], clock.t)
     assert got == [0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
     assert small.evictions == 7
+
+
+async def test_the_claim_horizon_survives_a_restart(tmp_path: Path) -> None:
+    """Claims evicted before a save stay refused after the restart: their replays would
+    otherwise be counted again."""
+    clock = Clock(1_800_000_000.0)
+    old = MemoryStore(max_keys=2, clock=clock)
+    assert await claim(old, "bc:a:impression", 3600)
+    await old.add([Incr("k1", LIFETIME, 1), Incr("k2", LIFETIME, 1)], clock.t)
+    assert old.claim_horizon > 0
+    path = tmp_path / "s.json"
+    await save_state(old, path)
+    new = MemoryStore(clock=clock)
+    load_state(new, path)
+    assert new.claim_horizon == old.claim_horizon
+    assert not await claim(new, "bc:a:impression", 3600)
+    path.write_text(re.sub(r'"claim_horizon": \d+', '"claim_horizon": -5', path.read_text()))
+    with pytest.raises(StateFileError, match="claim_horizon"):
+        load_state(MemoryStore(clock=clock), path)
 
 
 async def test_a_big_store_is_written_in_chunks(tmp_path: Path) -> None:

@@ -636,6 +636,33 @@ async def test_memory_evicts_least_recently_touched() -> None:
     assert await s.read([Read("k0", W60), Read("k6", W60)], T0) == [0, 1]
 
 
+async def test_memory_refuses_claims_that_may_have_been_evicted() -> None:
+    """A claim is written once and never touched, so it is soon the least recently used: a
+    replay after its eviction must not be claimed (counted) again. Claims with an expiry up
+    to the latest evicted live claim's are refused; later ones are claimed as usual."""
+    clock = FakeClock(T0)
+    s = MemoryStore(max_keys=5, clock=clock)
+    assert await claim(s, "bc:old:impression", 3600)
+    clock.t += 10
+    assert await claim(s, "bc:new:impression", 3600)  # 10 s later: a later expiry
+    await s.add([Incr(f"viewer{i}", W60) for i in range(4)], T0)  # evicts the first claim
+    assert s.evictions == 1 and s.claim_horizon == math.ceil(T0 + 3600)
+    clock.t -= 10
+    assert s.forgotten == 0
+    assert await claim_many(s, ["bc:old:impression", "bc:old:settled"], 3600) == [False, False]
+    assert s.forgotten == 2  # the replay, and a first claim just as old: both refused
+    clock.t += 10
+    assert not await claim(s, "bc:new:impression", 3600)  # still held: a plain duplicate
+    assert await claim(s, "bc:newer:impression", 3600 + 5)
+    assert s.forgotten == 2
+    # a claim that had expired when it was evicted moves no horizon
+    t = MemoryStore(max_keys=1, clock=clock)
+    assert await claim(t, "short", 1)
+    clock.t += 5
+    await t.add([Incr("x", W60)], clock.t)
+    assert t.evictions == 1 and t.claim_horizon == 0
+
+
 async def test_memory_sweeps_expired_keys() -> None:
     clock = FakeClock(T0)
     s = MemoryStore(clock=clock)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -405,8 +406,12 @@ class DeliveryControl:
                     )
         # Claimed and counted in one atomic call: a failure leaves no claim behind, so the
         # retried beacon is counted (a claim that outlived a failed count lost the beacon).
-        ttl = self.token_max_age_s + 3600
-        claims = await self.store.claim_and_add(keys, ttl, incrs, self.clock().timestamp())
+        # A claim lasts until an hour after its token stops verifying: an expiry fixed by the
+        # serve time, so claims expire in the order their tokens were issued (what the
+        # in-memory store's refusal of possibly evicted claims relies on).
+        now = self.clock().timestamp()
+        ttl = max(1, math.ceil(served_at + self.token_max_age_s + 3600 - now))
+        claims = await self.store.claim_and_add(keys, ttl, incrs, now)
         if not claims[0]:
             return REPLAY
         if settle_event and not claims[1]:

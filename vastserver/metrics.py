@@ -188,24 +188,35 @@ class Metrics:
         self.pods_by = Children(self.pods)
         self.model_score_by = Children(self.model_score)
 
-    def watch_store_evictions(self, count: Callable[[], int]) -> None:
-        """Export ``vastserver_store_evictions_total``, read from ``count`` at each scrape
-        (the in-memory store's LRU evictions: an evicted counter reads 0)."""
-        self.registry.register(_EvictionCollector(count))
+    def watch_store_evictions(
+        self, evictions: Callable[[], int], forgotten: Callable[[], int]
+    ) -> None:
+        """Export ``vastserver_store_evictions_total`` and
+        ``vastserver_store_claims_forgotten_total``, read at each scrape (the in-memory
+        store's LRU evictions, and the beacon claims it refused since such a claim may have
+        been evicted)."""
+        self.registry.register(_EvictionCollector(evictions, forgotten))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
 class _EvictionCollector(Collector):
-    def __init__(self, count: Callable[[], int]) -> None:
-        self._count = count
+    def __init__(self, evictions: Callable[[], int], forgotten: Callable[[], int]) -> None:
+        self._evictions = evictions
+        self._forgotten = forgotten
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(
             "vastserver_store_evictions",
             "Keys the in-memory store evicted to stay within its size (they read 0 after)",
-            value=self._count(),
+            value=self._evictions(),
+        )
+        yield CounterMetricFamily(
+            "vastserver_store_claims_forgotten",
+            "Beacon claims refused (not counted) because an earlier claim of the same token "
+            "may have been evicted",
+            value=self._forgotten(),
         )
 
 

@@ -84,6 +84,8 @@ class Settings:
     """The in-memory store's state file (caps, budgets, beacon claims across restarts);
     None keeps the state in memory only."""
     state_save_s: int = 60
+    memory_max_keys: int = 2_000_000
+    """Keys the in-memory store holds before it evicts the least recently used."""
     """How often the state file is written (and once more on shutdown)."""
     separation_breaks: int = 3
     """Stream separation: a creative does not play again within this many breaks..."""
@@ -282,6 +284,9 @@ def load_settings(
         if state_file.is_dir():
             problems.append(f"VASTSERVER_STATE_FILE: a directory, not a file: {state_file}")
     state_save_s = integer("state_save_s", "VASTSERVER_STATE_SAVE_S", 1, 86_400, 60)
+    max_keys = integer(
+        "memory_max_keys", "VASTSERVER_MEMORY_MAX_KEYS", 1_000, 1_000_000_000, 2_000_000
+    )
     if state_file is not None and redis_url:
         problems.append(
             "VASTSERVER_STATE_FILE: keeps the in-memory store's state; with "
@@ -360,6 +365,7 @@ def load_settings(
         event_log_commit_ms=commit_ms,
         state_file=state_file,
         state_save_s=state_save_s,
+        memory_max_keys=max_keys,
         separation_breaks=sep_breaks,
         separation_minutes=sep_minutes,
         competitive_separation_breaks=comp_breaks,

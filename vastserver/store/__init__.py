@@ -38,12 +38,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-def open_store(redis_url: str | None, *, clock: Callable[[], float] = time.time) -> Store:
+def open_store(
+    redis_url: str | None,
+    *,
+    clock: Callable[[], float] = time.time,
+    max_keys: int = 2_000_000,
+) -> Store:
     """``RedisStore`` when a URL is configured (several instances share state), else the
-    single-process ``MemoryStore`` (whose expiries follow ``clock``). No I/O here: Redis
-    connects on first use."""
+    single-process ``MemoryStore`` (whose expiries follow ``clock``, holding at most
+    ``max_keys``). No I/O here: Redis connects on first use."""
     if redis_url:
         from .redis import RedisStore
 
         return RedisStore(redis_url)
-    return MemoryStore(clock=clock)
+    return MemoryStore(max_keys=max_keys, clock=clock)

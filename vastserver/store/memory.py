@@ -36,6 +36,14 @@ Bounded memory:
   counter reads 0**, so under memory pressure a cap or budget could be granted again; size
   ``max_keys`` for the working set (roughly 200 B per counter plus its key) and alert on
   ``evictions``.
+* **evicted claims fail closed**: a claim is written once and not touched again, so claims
+  are among the first keys evicted, and a replayed beacon whose claim was evicted would be
+  counted a second time. So the store keeps :attr:`claim_horizon`, the latest expiry of a
+  claim evicted while still live, and refuses a new claim whose expiry is not past it (by
+  :data:`HORIZON_SLACK_S`), counting it in :attr:`forgotten`. The beacon path sets a claim's
+  expiry from the token's serve time (a fixed time after it), so expiries follow the order
+  tokens were issued in: under memory pressure the first beacons of the oldest tokens are
+  refused (lost, never counted twice), and newer tokens are claimed as usual.
 
 A key must always be used with the same ``Window`` (in both backends: buckets are indices of
 that window's ``bucket_s``).
@@ -61,6 +69,9 @@ _SLOT_S = 8
 _SWEEP_BATCH = 64
 """Expired keys reclaimed per call at most (keeps every call's latency flat)."""
 _INTERN_MAX = 8192
+HORIZON_SLACK_S = 2
+"""Two claims for one token made at different times may get expiries this far apart (each
+rounds the caller's relative TTL and the store's clock up)."""
 
 _Counter = int | tuple[int, ...]
 _History = tuple[int, tuple[str, ...]]
@@ -152,6 +163,11 @@ class MemoryStore:
         self._tuples: dict[tuple[int, ...], tuple[int, ...]] = {}
         self.evictions = 0
         """Keys dropped because ``max_keys`` was exceeded (export as a metric)."""
+        self.claim_horizon = 0
+        """The latest expiry of a claim evicted while it was live (see the module docstring);
+        kept in the state file."""
+        self.forgotten = 0
+        """Claims refused because an equal one may have been evicted (export as a metric)."""
         self.expirations = 0
         """Expired keys reclaimed by the sweeper."""
 
@@ -241,12 +257,17 @@ class MemoryStore:
         self._sweep(wall)
         data = self._data
         exp = self._intern(math.ceil(wall + ttl_s))
+        forgettable = exp <= self.claim_horizon + HORIZON_SLACK_S
         out: list[bool] = []
         for key in keys:
             k = _CLAIM + key
             cur: int | None = data.get(k)
             if cur is not None and cur > wall:
                 data.move_to_end(k)
+                out.append(False)
+                continue
+            if forgettable:  # its first claim may be among the evicted ones
+                self.forgotten += 1
                 out.append(False)
                 continue
             self._put(k, cur, exp, exp)
@@ -515,6 +536,8 @@ class MemoryStore:
                 self._unschedule(k, v[0])
             elif k[:1] == _CLAIM:
                 self._unschedule(k, v)
+                if v > self.claim_horizon and v > self._clock():
+                    self.claim_horizon = v
             self.evictions += 1
 
     def _share(self, t: tuple[int, ...]) -> tuple[int, ...]:

@@ -114,7 +114,14 @@ async def save_state(store: MemoryStore, path: Path) -> int:
     finally:
         if collecting:
             gc.enable()
-    header = {"format": FORMAT, "version": VERSION, "saved_at": wall, "keys": kept}
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "saved_at": wall,
+        "keys": kept,
+        # claims evicted before this save stay refused after a restart (MemoryStore)
+        "claim_horizon": store.claim_horizon,
+    }
     await asyncio.to_thread(_write_atomic, path, [json.dumps(header), *lines])
     return kept
 
@@ -177,7 +184,7 @@ def load_state(store: MemoryStore, path: Path) -> int | None:
         raise StateFileError(f"{path}: cannot read the state file: {e}") from None
     with f:
         try:
-            return store.restore(_entries(f, path))
+            return store.restore(_entries(f, path, store))
         except StateFileError:
             raise
         except (ValueError, TypeError, UnicodeDecodeError, RecursionError, MemoryError) as e:
@@ -185,7 +192,7 @@ def load_state(store: MemoryStore, path: Path) -> int | None:
             raise StateFileError(f"{path}: not a state file this server wrote: {why}") from None
 
 
-def _entries(f: IO[str], path: Path) -> Iterator[tuple[str, Any]]:
+def _entries(f: IO[str], path: Path, store: MemoryStore) -> Iterator[tuple[str, Any]]:
     header = json.loads(f.readline(MAX_HEADER) or "null")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StateFileError(f"{path}: not a vastserver state file")
@@ -193,6 +200,10 @@ def _entries(f: IO[str], path: Path) -> Iterator[tuple[str, Any]]:
         raise StateFileError(
             f"{path}: state file version {header.get('version')!r}; this server reads {VERSION}"
         )
+    horizon = header.get("claim_horizon", 0)  # absent from files of earlier servers
+    if type(horizon) is not int or horizon < 0:
+        raise StateFileError(f"{path}: claim_horizon is not a time")
+    store.claim_horizon = max(store.claim_horizon, horizon)
     expected = header.get("keys")
     seen = 0
     for line in f:
