@@ -1351,12 +1351,48 @@ def _parse(data: object, errs: Issues) -> Catalog | None:
         advertisers=MappingProxyType({k: ADVERTISER.build(e.fields) for k, e in adv_by_id.items()}),
         campaigns=MappingProxyType(built_campaigns),
         line_items=MappingProxyType(built_line_items),
-        creatives=MappingProxyType({k: CREATIVE.build(e.fields) for k, e in cre_by_id.items()}),
+        creatives=MappingProxyType(
+            media_keys({k: CREATIVE.build(e.fields) for k, e in cre_by_id.items()})
+        ),
         ad_rules=ad_rules,
         blocked_domains=blocklist["domains"],
         blocked_categories=blocklist["categories"],
         currency=currency,
     )
+
+
+def media_keys(creatives: Mapping[str, Creative]) -> dict[str, Creative]:
+    """``creatives`` with their :attr:`Creative.media_key`: creatives that share a video
+    file (any rendition URL), a third-party tag or a Universal Ad Id show the viewer the
+    same ad, so they share one key (the least of their identities), and a pod holds one of
+    them at most. (Two creatives can share a file at one rendition and not at another.)"""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = parent.setdefault(x, x)
+        while root != parent[root]:
+            root = parent[root]
+        while x != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    def identities(c: Creative) -> list[str]:
+        out = [f"url:{r.url}" for r in c.renditions]
+        if c.vast_tag_url is not None:
+            out.append(f"url:{c.vast_tag_url}")
+        if c.universal_ad_id.strip().lower() not in ("", "unknown"):
+            out.append(f"uaid:{c.universal_ad_id_registry}:{c.universal_ad_id}")
+        return out or [f"creative:{c.id}"]
+
+    for c in creatives.values():
+        first, *rest = identities(c)
+        root = find(first)
+        for x in rest:
+            other = find(x)
+            if other != root:  # the smaller identity stays the root
+                root, other = min(root, other), max(root, other)
+                parent[other] = root
+    return {k: replace(c, media_key=find(identities(c)[0])) for k, c in creatives.items()}
 
 
 def _check_currency(line_items: Sequence[_Entry], currency: str, errs: Issues) -> None:

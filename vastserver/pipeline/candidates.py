@@ -98,6 +98,8 @@ def all_candidates(catalog: Catalog) -> tuple[Candidate, ...]:
 
 
 def _media_key(creative: Creative) -> str:
+    if creative.media_key:  # the catalog's: shared by every creative with the same video
+        return creative.media_key
     if creative.vast_tag_url is not None:
         return creative.vast_tag_url  # the same tag twice in a pod is the same ad twice
     urls: Iterable[str] = (r.url for r in creative.renditions)
