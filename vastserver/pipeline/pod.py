@@ -243,6 +243,12 @@ def capacity_seconds(duration_ms: int) -> int:
     return -(-duration_ms // 1000)
 
 
+def fitting_ms(pod_duration_ms: int) -> int:
+    """The longest ad a break of ``pod_duration_ms`` takes under the capacity rule
+    (``capacity_seconds(d) <= pod_duration_ms // 1000``, i.e. ``d <= 1000 * that``)."""
+    return pod_duration_ms // 1000 * 1000
+
+
 def rounded_seconds(duration_ms: int) -> int:
     """Duration rounded to the nearest whole second, halves up (15.5 s -> 16)."""
     return (duration_ms + 500) // 1000
