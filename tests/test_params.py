@@ -100,3 +100,27 @@ def test_only_a_bad_device_ip_is_an_error(headers: dict[str, str]) -> None:
     for ua in (got.caller_user_agent, got.device_user_agent):
         if ua is not None:
             ua.encode("utf-8")  # no lone surrogate left
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("99999999999999999999999", "must be between"),
+        ("-99999999999999999999999", "must be between"),
+        ("60.0000000000001", "at most 9 decimal places"),
+        ("6e1", "not a number"),
+        ("abc", "not a number"),
+    ],
+)
+def test_a_number_too_long_to_read_is_out_of_range_not_malformed(raw: str, why: str) -> None:
+    from vastserver.catalog.model import AdRules
+    from vastserver.params import parse_vast_request
+
+    client = client_info({}, "127.0.0.1")
+    with pytest.raises(ParamError) as e:
+        parse_vast_request({"pod_duration": raw}, client, AdRules())
+    assert e.value.field == "pod_duration" and why in e.value.why
+    with pytest.raises(ParamError) as e:
+        parse_vast_request({"max_ads": raw}, client, AdRules())
+    assert e.value.field == "max_ads"
+    assert ("must be between" in e.value.why) == raw.lstrip("-").isdigit()

@@ -54,6 +54,9 @@ _SPACE = " \t"
 """What list items and offsets may be padded with: ASCII blanks (``15, 30``, or ``15,+30`` as
 a form encodes it), not the Unicode spaces str.strip() would also take."""
 _DEC_RE = re.compile(r"-?(?:[0-9]{1,12}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})")
+_LONG_NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+"""A number, of any length: one with more digits than the checks above read is out of
+range (or needlessly precise), not "not a number"."""
 _BREAK_NAMES = {
     "pre": BreakPosition.PRE,
     "mid": BreakPosition.MID,
@@ -91,6 +94,10 @@ def _num(q: Mapping[str, str], *names: str, lo: float, hi: float) -> float | Non
         return None
     name, raw = got
     if not _DEC_RE.fullmatch(raw):
+        if _LONG_NUMBER_RE.fullmatch(raw):
+            raise ParamError(
+                name, f"must be between {_fmt(lo)} and {_fmt(hi)}, at most 9 decimal places"
+            )
         raise ParamError(name, f"not a number: {raw[:40]!r}")
     v = float(raw)
     if not math.isfinite(v) or v < lo or v > hi:
@@ -104,6 +111,8 @@ def _int(q: Mapping[str, str], *names: str, lo: int, hi: int) -> int | None:
         return None
     name, raw = got
     if not _INT_RE.fullmatch(raw):
+        if _LONG_NUMBER_RE.fullmatch(raw) and "." not in raw:
+            raise ParamError(name, f"must be between {lo} and {hi}")
         raise ParamError(name, f"not an integer: {raw[:40]!r}")
     v = int(raw)
     if v < lo or v > hi:
