@@ -28,9 +28,11 @@ Pods
 * A single imp with neither ``poddur`` nor ``podid``: a one-ad break whose length is its
   ``maxduration`` (else the ad rules' default).
 * Imps with different ``podid`` values: 400 (``imp``, one pod per request).
-* ``rqddurs`` takes precedence over ``minduration``/``maxduration`` (the spec makes them
-  mutually exclusive): when every imp lists ``rqddurs`` the break's required durations are
-  their union and min/max are not set.
+* One duration rule holds for every ad of the pod (the optimiser picks each ad's slot), so
+  it is what every imp accepts: the longest ``minduration``, the shortest ``maxduration``
+  and, as soon as any imp lists ``rqddurs`` (which the spec makes exclusive of min/max), the
+  durations every listing imp requires (their intersection) that also fit the other imps'
+  min/max, with min/max then unset. No common duration: the pod stays empty (a no-fill).
 
 Break position
 --------------
