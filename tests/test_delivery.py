@@ -6,6 +6,7 @@ import asyncio
 import copy
 import json
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -503,6 +504,49 @@ async def test_ads_left_after_a_refusal_keep_their_slot_rules_and_prices(
     assert reasons["li-a"] == (Reason.BUDGET_EXHAUSTED, None)
     assert reasons["li-b"] == ((None, 1) if after else (Reason.NOT_SELECTED, None))
     assert d.total_duration_ms == 15_000 * len(after)
+
+
+@pytest.mark.parametrize("shared", ["rendition", "universal_ad_id", "none"])
+async def test_creatives_showing_one_video_never_share_a_pod(shared: str) -> None:
+    """Two advertisers' creatives that share a video file at one rendition (not at their
+    first), or a Universal Ad Id, are one ad to the viewer: a pod holds one of them."""
+    cat = base_catalog()
+    cat["line_items"][1].update(tier="standard", price=10)
+    a, b = cat["creatives"]
+    one = {
+        "url": "https://cdn.example.com/shared/1080.mp4",
+        "mime": "video/mp4",
+        "width": 1920,
+        "height": 1080,
+        "bitrate_kbps": 5000,
+    }
+    if shared == "rendition":
+        a["renditions"] = [copy.deepcopy(a["renditions"][0]), one]
+        b["renditions"] = [one]
+    elif shared == "universal_ad_id":
+        b["universal_ad_id"] = a["universal_ad_id"]
+    svc, _ = _setup(cat)
+    d = await svc.decide(request("v0", pod_s=30, max_ads=2))
+    got = [a.candidate.creative.id for a in d.ads]
+    if shared == "none":
+        assert got == ["cr-a", "cr-b"]
+    else:
+        assert got == ["cr-a"]
+        reasons = {t.creative_id: t.reason for t in d.traces}
+        assert reasons["cr-b"] is Reason.DUPLICATE_CREATIVE
+
+
+async def test_an_ad_a_break_cannot_hold_in_whole_seconds_is_longer_than_the_pod() -> None:
+    """The optimiser counts an ad's seconds rounded up: a 15.2 s ad does not fit a 15.5 s
+    break, and its trace says so (not ``not_selected``, as if it were outbid)."""
+    cat = _with_li_a()
+    cat["creatives"][0]["duration"] = 15.2
+    svc, _ = _setup(cat)
+    req = request("v0", pod_s=30, max_ads=2)
+    req = replace(req, brk=replace(req.brk, pod_duration_ms=15_500))
+    d = await svc.decide(req, explain=True)  # every candidate traced
+    assert "li-a" not in [a.candidate.line_item.id for a in d.ads]
+    assert {t.line_item_id: t.reason for t in d.traces}["li-a"] is Reason.LONGER_THAN_POD
 
 
 @pytest.mark.parametrize("flat", [False, True])
