@@ -338,9 +338,20 @@ def _guarded(fn: Callable[[], T]) -> T | str:
         return f"unavailable: {type(e).__name__}: {e}"
 
 
+def predict_cold(scorer: Any, req: Any, cands: Sequence[Any], now: datetime) -> list[float]:
+    """``scorer.predict`` as a new request gets it: in a new context (its own completion-rate
+    mapping, which the model's score cache is kept under), so the candidates are scored, not
+    looked up in the cache the previous timed call filled. ``StageEnv(now=now)`` does the
+    same for ``decide``."""
+    from vastserver.pipeline.scoring import ScoringContext
+
+    out: list[float] = scorer.predict(req, cands, ScoringContext(now))
+    return out
+
+
 def scoring(catalog: Path, model: Path | None, budget_s: float) -> dict[str, Any]:
     from vastserver.pipeline.decide import decide
-    from vastserver.pipeline.scoring import PriceScorer, ScoringContext
+    from vastserver.pipeline.scoring import PriceScorer
     from vastserver.pipeline.stages import StageEnv
 
     b = Bench.build(catalog, model)
@@ -351,8 +362,6 @@ def scoring(catalog: Path, model: Path | None, budget_s: float) -> dict[str, Any
     rng = random.Random(3)
     rng.shuffle(pool)
     now = datetime.now(UTC)
-    env = StageEnv(now=now)
-    ctx = ScoringContext(now)
     model_scorer: Any = None
     if model is not None:
         from vastserver.ml.model import ModelBundle, ModelScorer
@@ -365,13 +374,13 @@ def scoring(catalog: Path, model: Path | None, budget_s: float) -> dict[str, Any
         part = budget_s / 6
 
         def predict_t(c: list[Any] = cands, part: float = part) -> dict[str, float | int]:
-            fn = lambda _i: model_scorer.predict(req, c, ctx)  # noqa: E731
+            fn = lambda _i: predict_cold(model_scorer, req, c, now)  # noqa: E731
             return _stats_ms(_timed(fn, budget_s=part, min_n=20, max_n=20000))
 
         def decide_t(
             scorer: Any, c: list[Any] = cands, part: float = part
         ) -> dict[str, float | int]:
-            fn = lambda _i: decide(req, c, env, scorer=scorer, filters=())  # noqa: E731
+            fn = lambda _i: decide(req, c, StageEnv(now=now), scorer=scorer, filters=())  # noqa: E731
             return _stats_ms(_timed(fn, budget_s=part, min_n=10, max_n=20000))
 
         entry["model_predict"] = _guarded(predict_t) if model_scorer is not None else "no model"
@@ -441,9 +450,11 @@ def store_memory(catalog: Path, viewers: int) -> dict[str, Any]:
         imp.append(Incr(exposure_read(v).key, exposure_window, 1))
         _run_sync(store.add(imp, ts))
     elapsed = time.perf_counter() - t0
-    del hashes
     gc.collect()
     rss1 = procstat.rss_bytes(pid)
+    # the hashes live until after the final reading: freed before it, their memory could go
+    # back to the OS and come off the store's figure
+    del hashes
     delta = rss1 - rss0
     per_viewer = delta / viewers if viewers else 0.0
     return {
@@ -455,7 +466,7 @@ def store_memory(catalog: Path, viewers: int) -> dict[str, Any]:
         "projected_1m_viewers_mb": round(per_viewer * 1_000_000 / 2**20, 1),
         "write_us_per_viewer": round(elapsed / max(1, viewers) * 1e6, 2),
         "method": "RSS delta after gc.collect() (viewer hashes made before the baseline and "
-        "freed before the final reading); each viewer: one reservation commit and one "
+        "kept alive to the final reading); each viewer: one reservation commit and one "
         "counted impression (caps, budgets, 24 h exposure)",
     }
 

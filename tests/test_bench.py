@@ -295,3 +295,28 @@ def test_compare_refuses_what_is_not_a_report(
     assert "not a bench report" in capsys.readouterr().err
     assert main_bench(["--compare", str(report), str(report)]) == 0
     assert "| workers |" in capsys.readouterr().out
+
+
+def test_micro_model_figures_score_instead_of_hitting_the_cache(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    from datetime import UTC, datetime
+
+    from benchmarks.micro import Bench, _all_candidates, predict_cold
+    from vastserver.ml.model import ModelBundle, ModelScorer
+
+    demo = ROOT / "fixtures" / "demo-model"
+    if not demo.is_dir():
+        pytest.skip("fixtures/demo-model absent")
+    path = tmp_path / "catalog.json"
+    args = ["gen-catalog", "--line-items", "200", "--seed", "3", "--out", str(path)]
+    subprocess.run([sys.executable, "-m", "vastserver", *args], check=True, cwd=ROOT)
+    b = Bench.build(path, None)
+    q, h = b.queries[0]
+    req = b.request(q, h)
+    cands = _all_candidates(b.rt.service.snapshot.catalog)[:100]
+    m = ModelScorer(ModelBundle.load(demo))
+    now = datetime.now(UTC)
+    first = predict_cold(m, req, cands, now)
+    assert predict_cold(m, req, cands, now) == first
+    assert m.predictions_total == 200 and m.cache_hits_total == 0
