@@ -186,11 +186,13 @@ def _py(*args: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
+    """The environment of every process the bench starts: the caller's, without any
+    ``VASTSERVER_*`` setting but the ones set here (a model, a store or a limit exported in
+    the caller's shell would otherwise change what is measured behind the report's back)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VASTSERVER_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     env["VASTSERVER_SECRET"] = SECRET
     env["VASTSERVER_LOG_LEVEL"] = "WARNING"
-    env.pop("VASTSERVER_REDIS_URL", None)
     return env
 
 
@@ -395,6 +397,9 @@ class Harvest:
     mix_proportions: dict[str, float]
     fill_rate: float
     seconds: float
+    vast_rps: float
+    """/vast responses per second while harvesting (4 clients): the estimate the request
+    lists are sized from."""
 
 
 async def _fetch(session: aiohttp.ClientSession, base: str, line: reqmix.Line) -> tuple[int, str]:
@@ -404,7 +409,9 @@ async def _fetch(session: aiohttp.ClientSession, base: str, line: reqmix.Line) -
 
 async def _harvest(
     base: str, lines: dict[str, list[reqmix.Line]], budget_s: float, max_pods: int
-) -> tuple[list[reqmix.HarvestedPod], bytes | None, bytes | None]:
+) -> tuple[list[reqmix.HarvestedPod], bytes | None, bytes | None, float]:
+    """Pods with their beacons, the baseline's 4-ad VAST (the first of ``lines["probe"]``
+    answered with 4 ads, else the closest), a VMAP, and the /vast rate while harvesting."""
     rng = random.Random(11)
     pods: list[reqmix.HarvestedPod] = []
     vast_doc: bytes | None = None
@@ -415,7 +422,7 @@ async def _harvest(
         if status == 200:
             vmap_doc = body.encode()
         best: tuple[int, bytes] | None = None
-        for line in lines["vast_pod4"][:40]:
+        for line in lines["probe"]:
             status, body = await _fetch(session, base, line)
             n = reqmix.ad_count(body) if status == 200 else -1
             if best is None or abs(n - 4) < abs(best[0] - 4):
@@ -423,8 +430,10 @@ async def _harvest(
             if n == 4:
                 break
         vast_doc = best[1] if best else None
+        t0 = time.perf_counter()
         pods = await _serve_pods(session, base, lines["vast"], budget_s, max_pods, rng)
-    return pods, vast_doc, vmap_doc
+        rate = len(pods) / max(1e-3, time.perf_counter() - t0)
+    return pods, vast_doc, vmap_doc, rate
 
 
 async def _serve_pods(
@@ -465,7 +474,9 @@ def harvest_fresh(
     """Serve new pods (new viewers) for about ``beacons`` first-time beacons, at most 45 s
     (quick: 2 s), and write their beacons as a request list."""
     max_pods = max(1, math.ceil(beacons / max(1.0, per_pod)))
-    lines = reqmix.vast_lines(random.Random(opts.seed + 1000), max_pods)
+    # new viewers for each call (the tag names it): pods served again to the viewers of an
+    # earlier call would be cut short by their frequency caps
+    lines = reqmix.vast_lines(random.Random(f"{opts.seed}-fresh-{tag}"), max_pods)
     t0 = time.perf_counter()
     budget = 2.0 if opts.quick else 45.0
     pods = asyncio.run(_harvest_fresh(srv.url, lines, budget, max_pods))
@@ -511,19 +522,39 @@ def counted_share(before: dict[str, float] | None, after: dict[str, float] | Non
     return round(ok / total, 3) if total > 0 else None
 
 
+VIEWER_MARGIN = 3.0
+"""Distinct viewers in a /vast list per request a run is expected to send."""
+MIN_VIEWERS = 2000
+MAX_VIEWERS = 400_000
+
+
+def viewers_needed(opts: Options, rps: float, seconds: float | None = None) -> int:
+    """Viewers for a list that a run (warm-up and measured run, or ``seconds``) at about
+    ``rps`` never goes through twice: a viewer served again is capped (frequency caps),
+    gets a shorter pod, and a shorter pod is cheaper than the 4-ad decision measured."""
+    secs = opts.warmup + opts.duration if seconds is None else seconds
+    return max(MIN_VIEWERS, min(MAX_VIEWERS, math.ceil(rps * secs * VIEWER_MARGIN)))
+
+
 def harvest(opts: Options, srv: Server, workdir: Path, tag: str) -> Harvest:
     rng = random.Random(opts.seed)
     lines = {
-        # enough distinct viewers that few repeat within a run (repeats hit frequency caps,
-        # and a pod with fewer ads is cheaper)
-        "vast_pod4": reqmix.vast_pod4_lines(rng, 2000),
         "vast": reqmix.vast_lines(rng, 2000),
         "vmap": reqmix.vmap_lines(rng, 200),
+        # viewers of their own, seen by no measured run, for the baseline's 4-ad document
+        "probe": reqmix.vast_pod4_lines(random.Random(f"{opts.seed}-probe"), 40),
     }
     t0 = time.perf_counter()
-    pods, vast_doc, vmap_doc = asyncio.run(
+    pods, vast_doc, vmap_doc, rate = asyncio.run(
         _harvest(srv.url, lines, opts.harvest_s, 60 if opts.quick else 400)
     )
+    # The replayed lists: the /vast ones sized from the harvest's rate, so that no viewer
+    # comes twice within a run (the harvest's own pods were served to the first list's
+    # viewers: the /vast endpoint list is a new one)
+    n = viewers_needed(opts, rate)
+    lines["vast_pod4"] = reqmix.vast_pod4_lines(random.Random(f"{opts.seed}-pod4-{tag}"), n)
+    lines["vast"] = reqmix.vast_lines(random.Random(f"{opts.seed}-vast-{tag}"), n)
+    del lines["probe"]
     files: dict[str, Path] = {}
     for kind, ls in lines.items():
         files[kind] = workdir / f"{tag}-{kind}.txt"
@@ -547,6 +578,7 @@ def harvest(opts: Options, srv: Server, workdir: Path, tag: str) -> Harvest:
         mix_proportions=reqmix.proportions(mix),
         fill_rate=round(sum(1 for p in pods if p.beacons) / max(1, len(pods)), 3),
         seconds=round(time.perf_counter() - t0, 2),
+        vast_rps=round(rate, 1),
     )
 
 
@@ -750,24 +782,39 @@ def _pair(
     workdir: Path,
     real_first: bool,
     fresh: bool = False,
+    beacons: bool = False,
 ) -> dict[str, Any]:
     """One closed-loop run of the same list on each server, one right after the other
-    (``fresh``: a first-time list, see :func:`run_fresh`)."""
+    (``fresh``: a first-time list, see :func:`run_fresh`; ``beacons``: the share of its
+    beacons the real server counted is ``counted_share``)."""
     order = [("real", real), ("static", static)]
     if not real_first:
         order.reverse()
     got: dict[str, Any] = {"first": order[0][0]}
     for name, srv in order:
+        before = beacon_results(srv) if beacons and name == "real" else None
         res = (run_fresh if fresh else run_load)(opts, srv, requests_file, workdir)
+        if beacons and name == "real":
+            got["counted_share"] = counted_share(before, beacon_results(srv))
+        got["tool"] = res.get("tool")
         got[f"{name}_rps"] = res.get("rps")
         got[f"{name}_cpu_us_per_req"] = res.get("cpu_us_per_req")
+        got[f"{name}_requests"] = res.get("requests")
+        got[f"{name}_errors"] = res.get("errors") or {}
+        got[f"{name}_bytes_per_response"] = res.get("bytes_per_response")
     r, b = got.get("real_rps"), got.get("static_rps")
     got["ratio"] = round(r / b, 4) if r and b else None
     return got
 
 
 def run_paired(
-    opts: Options, srv: Server, hv: Harvest, workdir: Path, tag: str, fresh_want: int
+    opts: Options,
+    srv: Server,
+    hv: Harvest,
+    workdir: Path,
+    tag: str,
+    fresh_want: int,
+    viewers: int,
 ) -> dict[str, Any]:
     """The two throughput targets' ratios measured in turns with the static baseline.
 
@@ -776,7 +823,10 @@ def run_paired(
     ratio of two runs minutes apart carries that drift. Here a static server (the same
     pre-rendered pod) runs beside the real one and each round measures both right after
     each other, alternating which goes first: 4-ad pods for new viewers, then first-time
-    beacons of pods served for that round. The target takes the median round's ratio."""
+    beacons of pods served for that round. The target takes the median round's ratio.
+    Each round's pods go to ``viewers`` new viewers (none twice within a run), its beacons to
+    pods served for it alone; each pair records its errors, bytes per response and (beacons)
+    the share of the real server's beacons that were counted, which the targets check."""
     vast = workdir / f"{tag}-paired-vast.xml"
     vmap = workdir / f"{tag}-paired-vmap.xml"
     vast.write_bytes(hv.vast_doc or b"<VAST/>")
@@ -792,13 +842,15 @@ def run_paired(
             rtag = f"{tag}-paired{i}"
             lines = workdir / f"{rtag}-vast_pod4.txt"
             rng = random.Random(opts.seed + 3000 + i)  # new viewers each round
-            reqmix.write_lines(lines, reqmix.vast_pod4_lines(rng, 2000))
-            per_ep["vast_pod4"].append(_pair(opts, srv, static, lines, workdir, i % 2 == 1))
+            reqmix.write_lines(lines, reqmix.vast_pod4_lines(rng, viewers))
+            per_ep["vast_pod4"].append(
+                _pair(opts, srv, static, lines, workdir, i % 2 == 1, fresh=True)
+            )
             f, _ = harvest_fresh(opts, srv, workdir, rtag, fresh_want, hv.beacons / max(1, hv.pods))
             if f is not None:
                 wait_idle(srv.pid)
                 per_ep[FRESH_BEACONS].append(
-                    _pair(opts, srv, static, f, workdir, i % 2 == 0, fresh=True)
+                    _pair(opts, srv, static, f, workdir, i % 2 == 0, fresh=True, beacons=True)
                 )
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
@@ -851,6 +903,8 @@ def http_real(
             "mix_proportions": hv.mix_proportions,
             "vast_pod4_doc_bytes": len(hv.vast_doc or b""),
             "vast_pod4_doc_ads": reqmix.ad_count((hv.vast_doc or b"").decode()),
+            "vast_rps": hv.vast_rps,
+            "vast_viewers": len(hv.files["vast_pod4"].read_text().splitlines()),
         }
         wait_idle(srv.pid)
         eps: dict[str, Any] = {}
@@ -860,7 +914,10 @@ def http_real(
                 eps[ep] = {"error": "nothing harvested (no fill)"}
                 continue
             log(f"  {ep}")
-            eps[ep] = run_load(opts, srv, f, workdir)
+            # /vast: the warm-up and the run each get viewers of their own (run_fresh)
+            eps[ep] = (run_fresh if ep in ("vast_pod4", "vast") else run_load)(
+                opts, srv, f, workdir
+            )
         entry["endpoints"] = eps
         if workers == 1:
             log("  idle: /healthz probes over a pacing period")
@@ -875,17 +932,22 @@ def http_real(
                     rec, raw, timeout_s=idle_s + 30
                 )
         mx = float(eps["vast_pod4"].get("rps") or 0.0)
+        tag = f"w{workers}-n{size}"
         if mx > 0:
             rate = max(0.5, mx / 2)
             log(f"  vast_pod4 at a fixed {rate:.1f} req/s (half of the maximum)")
-            entry["fixed_rate"] = run_load(opts, srv, hv.files["vast_pod4"], workdir, rate=rate)
+            # viewers of its own: the closed-loop runs' viewers are capped by now
+            fixed = workdir / f"{tag}-vast_pod4-fixed.txt"
+            rng = random.Random(f"{opts.seed}-fixed-{tag}")
+            n = viewers_needed(opts, rate, opts.duration)
+            reqmix.write_lines(fixed, reqmix.vast_pod4_lines(rng, n))
+            entry["fixed_rate"] = run_load(opts, srv, fixed, workdir, rate=rate)
         # first-time beacons for about one run at the replayed beacons' rate
         replayed_rps = float((eps.get("beacon") or {}).get("rps") or 0.0)
         want = int(replayed_rps * (opts.warmup + opts.duration) * 1.25)
         if want and hv.pods:
             # After the /vast runs: the new pods' reservations must not change those.
             log(f"  {FRESH_BEACONS}: serving pods for ~{want:,} first-time beacons")
-            tag = f"w{workers}-n{size}"
             f, info = harvest_fresh(opts, srv, workdir, tag, want, hv.beacons / hv.pods)
             entry["harvest_fresh"] = info
             if f is not None:
@@ -898,7 +960,8 @@ def http_real(
                 hv.files[FRESH_BEACONS] = f
         if paired and hv.vast_doc and want:
             log("  vast_pod4 and first-time beacons in turns with a static server")
-            entry["paired"] = run_paired(opts, srv, hv, workdir, f"w{workers}-n{size}", want)
+            viewers = viewers_needed(opts, mx)
+            entry["paired"] = run_paired(opts, srv, hv, workdir, tag, want, viewers)
         if do_profile and opts.profile:
             log("  profiling /vast (4-ad pods) and beacons with py-spy")
             profs = entry.setdefault("profiles", {})
@@ -1055,8 +1118,82 @@ def _reference_size(sizes: Sequence[int]) -> int:
 # --------------------------------------------------------------------------- targets
 
 
-def _status(value: float | None, ok: bool) -> str:
-    return "not measured" if value is None else ("met" if ok else "missed")
+MAX_ERROR_SHARE = 0.01
+"""A run with more failed requests than this share is not judged."""
+MIN_COUNTED_SHARE = 0.99
+"""First-time beacons: a run whose real server counted fewer than this share of its beacons
+replayed some (answered without counting, cheaper): not judged."""
+FULL_POD_BYTES = (0.8, 1.25)
+"""Mean bytes per real ``/vast`` response over the baseline's 4-ad document: outside this
+band the pods were not the 4-ad pods the baseline serves (no-fills, capped viewers)."""
+
+
+def _status(value: float | None, ok: bool, problems: Sequence[str] = ()) -> str:
+    """``not measured`` without a value, ``invalid`` when the runs behind it were not sound
+    (``problems``: then the value is not judged), else ``met`` or ``missed``."""
+    if value is None:
+        return "not measured"
+    if problems:
+        return "invalid"
+    return "met" if ok else "missed"
+
+
+def run_problems(
+    res: dict[str, Any] | None,
+    what: str,
+    pod_bytes: float | None = None,
+    *,
+    requests: str = "requests",
+    errors: str = "errors",
+    per_response: str = "bytes_per_response",
+) -> list[str]:
+    """Why the figures of one run (a load tool's result, or one side of a paired round, its
+    keys named by ``requests``/``errors``/``per_response``) cannot be judged: it failed,
+    too many of its requests failed (non-2xx, shed, connection errors, 4-ad requests answered
+    without an ad), or, given the 4-ad document's size ``pod_bytes``, its responses were not
+    full pods."""
+    if not res:
+        return [f"{what}: no run"]
+    if res.get("error"):
+        return [f"{what}: {str(res['error'])[:200]}"]
+    out: list[str] = []
+    n = int(res.get(requests) or 0)
+    errs = res.get(errors) or {}
+    failed = sum(int(v) for v in errs.values())
+    if n == 0:
+        out.append(f"{what}: no responses")
+    elif failed > MAX_ERROR_SHARE * n:
+        kinds = ", ".join(f"{k} {v:,}" for k, v in sorted(errs.items()))
+        out.append(f"{what}: {failed:,} of {n:,} requests failed ({kinds})")
+    bpr = res.get(per_response)
+    if pod_bytes and bpr is not None:
+        lo, hi = FULL_POD_BYTES
+        if not lo <= bpr / pod_bytes <= hi:
+            out.append(
+                f"{what}: {bpr:,.0f} bytes per response where the 4-ad pod has "
+                f"{pod_bytes:,.0f}: the pods were not full (no-fills, capped viewers)"
+            )
+    return out
+
+
+def _doc_problems(run: dict[str, Any]) -> list[str]:
+    """The baseline's document must be a 4-ad pod, or the ratios compare unlike work."""
+    h = run.get("harvest") or {}
+    ads = h.get("vast_pod4_doc_ads")
+    if ads is not None and ads < 4:
+        return [f"the baseline's '4-ad' document has {ads} ad(s): the real server did not fill"]
+    return []
+
+
+def _counted_problem(share: float | None, what: str) -> list[str]:
+    if share is None:
+        return [f"{what}: the share of counted beacons was not measured"]
+    if share < MIN_COUNTED_SHARE:
+        return [
+            f"{what}: the server counted {share:.3f} of the first-time beacons (< "
+            f"{MIN_COUNTED_SHARE}): the rest were replays, answered uncounted"
+        ]
+    return []
 
 
 def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1083,6 +1220,56 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         }
 
     paired = (ref or {}).get("paired") or {}
+    pod_bytes = float(((ref or {}).get("harvest") or {}).get("vast_pod4_doc_bytes") or 0) or None
+
+    def run_level(vast: bool) -> list[str]:
+        """What makes every figure of the reference run unsound (``vast``: the /vast ones)."""
+        if ref is None:
+            return []
+        out = [f"the run failed: {str(ref['error'])[:200]}"] if ref.get("error") else []
+        if vast:
+            out += _doc_problems(ref)
+            scorer = at(ref).get("server_scorer")
+            if scorer != "model":
+                out.append(
+                    f"the server scored with {scorer!r}, not the model: it did not load the "
+                    "bundle passed with --model (model wiring) or no model was available"
+                )
+        return out
+
+    def pair_problems(ep: str, bytes_ref: float | None, beacons: bool) -> list[str]:
+        out: list[str] = []
+        for i, p in enumerate((paired.get(ep) or {}).get("pairs") or [], 1):
+            for side in ("real", "static"):
+                out += run_problems(
+                    p,
+                    f"round {i} ({side})",
+                    bytes_ref if side == "real" else None,
+                    requests=f"{side}_requests",
+                    errors=f"{side}_errors",
+                    per_response=f"{side}_bytes_per_response",
+                )
+            if beacons:
+                out += _counted_problem(p.get("counted_share"), f"round {i}")
+        return out
+
+    def not_wrk(*tools: Any) -> list[str]:
+        """Throughput is the server's only when the client is not the bottleneck: wrk."""
+        other = sorted({str(t) for t in tools if t is not None and t != "wrk"})
+        if not other:
+            return []
+        return [
+            f"measured with {', '.join(other)}, not wrk: the load generator, not the server, "
+            "may be the bottleneck (install wrk)"
+        ]
+
+    def judged(
+        value: float | None, ok: bool, problems: list[str], tool: list[str], notes: list[str]
+    ) -> str:
+        notes += [f"not judged: {p}" for p in problems] + tool
+        if value is not None and tool and not problems:
+            return "not measured"
+        return _status(value, ok, problems)
 
     def in_turns(ep: str) -> dict[str, Any] | None:
         """The paired rounds' figures for ``ep`` when they gave a ratio."""
@@ -1098,17 +1285,19 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     # 1. /vast throughput vs the static baseline
     ratio = None
     notes: list[str] = []
+    problems = run_level(vast=True)
+    tools: list[Any] = []
     turns1 = in_turns("vast_pod4")
     if ref is not None and base1 is not None:
-        ratio = ref["endpoints"]["vast_pod4"].get("ratio", {}).get("throughput")
-        scorer = at(ref).get("server_scorer")
-        if scorer != "model":
-            notes.append(
-                f"the server scored with {scorer!r}, not the model: it did not load the "
-                "bundle passed with --model (model wiring) or no model was available"
-            )
+        real1, stat1 = ref["endpoints"].get("vast_pod4"), base1["endpoints"].get("vast_pod4")
+        ratio = (real1 or {}).get("ratio", {}).get("throughput")
+        problems += run_problems(real1, "separate run (real)", pod_bytes)
+        problems += run_problems(stat1, "separate run (static)")
+        tools += [(real1 or {}).get("tool"), (stat1 or {}).get("tool")]
     if turns1 is not None:
         ratio = paired["vast_pod4"]["median_ratio"]
+        problems += pair_problems("vast_pod4", pod_bytes, beacons=False)
+        tools += [p.get("tool") for p in paired["vast_pod4"]["pairs"]]
     targets.append(
         {
             "id": "vast_throughput",
@@ -1117,7 +1306,9 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             "threshold": 0.25,
             "measured": ratio,
             "unit": "ratio",
-            "status": _status(ratio, ratio is not None and ratio >= 0.25),
+            "status": judged(
+                ratio, ratio is not None and ratio >= 0.25, problems, not_wrk(*tools), notes
+            ),
             "at": at(ref),
             "detail": None
             if ref is None or base1 is None
@@ -1127,6 +1318,8 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "separate_runs_ratio": ref["endpoints"]["vast_pod4"]
                 .get("ratio", {})
                 .get("throughput"),
+                "bytes_per_response": ref["endpoints"]["vast_pod4"].get("bytes_per_response"),
+                "pod_doc_bytes": pod_bytes,
                 **(turns1 or {}),
             },
             "notes": notes,
@@ -1136,6 +1329,12 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     # 2. p99 at half of that load
     fr = (ref or {}).get("fixed_rate") or {}
     p99 = (fr.get("latency_ms") or {}).get("p99")
+    notes2 = ["the load generator could not keep the schedule: latencies are inflated"]
+    if not fr.get("generator_saturated"):
+        notes2 = []
+    problems2 = run_level(vast=True)
+    if ref is not None:
+        problems2 += run_problems(fr or None, "fixed-rate run", pod_bytes)
     targets.append(
         {
             "id": "vast_p99_half_load",
@@ -1144,7 +1343,7 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             "threshold": 5.0,
             "measured": p99,
             "unit": "ms",
-            "status": _status(p99, p99 is not None and p99 <= 5.0),
+            "status": judged(p99, p99 is not None and p99 <= 5.0, problems2, [], notes2),
             "at": at(ref),
             "detail": None
             if not fr
@@ -1155,10 +1354,10 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "p50_ms": (fr.get("latency_ms") or {}).get("p50"),
                 "service_p99_ms": (fr.get("service_ms") or {}).get("p99"),
                 "generator_saturated": fr.get("generator_saturated"),
+                "errors": fr.get("errors"),
+                "bytes_per_response": fr.get("bytes_per_response"),
             },
-            "notes": ["the load generator could not keep the schedule: latencies are inflated"]
-            if fr.get("generator_saturated")
-            else [],
+            "notes": notes2,
             "profile": "profiles.vast_http, profiles.vast_inprocess",
         }
     )
@@ -1230,11 +1429,19 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = None
     detail4: dict[str, Any] | None = None
     notes4: list[str] = []
+    problems4 = run_level(vast=False)
+    tools4: list[Any] = []
     if ref is not None and base1 is not None:
         eps_r, eps_b = ref["endpoints"], base1["endpoints"]
         ep = FRESH_BEACONS if (eps_r.get(FRESH_BEACONS) or {}).get("rps") else "beacon"
         if ep == "beacon":
             notes4.append("no first-time beacon run: measured on replayed beacons")
+        else:
+            share = (eps_r.get(ep) or {}).get("counted_share")
+            problems4 += _counted_problem(share, "separate run")
+        problems4 += run_problems(eps_r.get(ep), "separate run (real)")
+        problems4 += run_problems(eps_b.get(ep), "separate run (static)")
+        tools4 += [(eps_r.get(ep) or {}).get("tool"), (eps_b.get(ep) or {}).get("tool")]
         ratio = (eps_r.get(ep) or {}).get("ratio", {}).get("throughput")
         turns4 = in_turns(FRESH_BEACONS) if ep == FRESH_BEACONS else None
         detail4 = {
@@ -1248,6 +1455,8 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         }
         if turns4 is not None:
             ratio = paired[FRESH_BEACONS]["median_ratio"]
+            problems4 += pair_problems(FRESH_BEACONS, None, beacons=True)
+            tools4 += [p.get("tool") for p in paired[FRESH_BEACONS]["pairs"]]
     targets.append(
         {
             "id": "beacon_throughput",
@@ -1256,7 +1465,9 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             "threshold": 0.5,
             "measured": ratio,
             "unit": "ratio",
-            "status": _status(ratio, ratio is not None and ratio >= 0.5),
+            "status": judged(
+                ratio, ratio is not None and ratio >= 0.5, problems4, not_wrk(*tools4), notes4
+            ),
             "at": at(ref),
             "detail": detail4,
             "notes": notes4,
@@ -1428,6 +1639,11 @@ def render_targets(report: dict[str, Any]) -> str:
                 f"    {detail['method']} ({rounds}); "
                 f"separate runs: {_f(detail.get('separate_runs_ratio'), 4)}"
             )
+        if detail.get("bytes_per_response") and detail.get("pod_doc_bytes"):
+            out.append(
+                f"    mean bytes per /vast response {_f(detail['bytes_per_response'], 0)} "
+                f"(the 4-ad document: {_f(detail['pod_doc_bytes'], 0)})"
+            )
         for n in t.get("notes") or []:
             out.append(f"    note: {n}")
     return "\n".join(out)
@@ -1519,7 +1735,13 @@ def main(argv: Sequence[str]) -> int:
                 print(f"bench --compare: {p}: not a bench report (no 'http')", file=sys.stderr)
                 return 2
             reports.append(doc)
-        print(compare(reports[0], reports[1]))
+        try:
+            text = compare(reports[0], reports[1])
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+            # the right top-level shape, broken inside (a missing list, a string for a number)
+            print(f"bench --compare: not a well-formed bench report ({e!r})", file=sys.stderr)
+            return 2
+        print(text)
         return 0
     opts = resolve(args)
     t_start = time.perf_counter()

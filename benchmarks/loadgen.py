@@ -14,6 +14,13 @@ Two modes over a request list (:mod:`benchmarks.reqmix`), cycled in order:
 With ``--server-pid`` the server's process-tree CPU time is sampled exactly at the window's
 start and end, so CPU per request = CPU in the window / responses in the window.
 
+Every answer is checked: a status of 400 or more (``errors.status``), a shed request
+(``X-Shed: 1``: the server answers overload with a 200 no-fill, ``errors.shed``) and, for the
+4-ad ``vast_pod4`` lines, a VAST without an ``<Ad>`` (``errors.empty_vast``: internal errors
+answer that way too) count as errors. A failed request (an error answer, or a connection that
+failed) still counts in ``requests`` and its latency (to the answer, or to the failure) in the
+percentiles, so a run of fast failures cannot pass for a fast run.
+
 Writes one JSON document to ``--out``; see :func:`summarize` for its shape.
 """
 
@@ -23,6 +30,7 @@ import argparse
 import asyncio
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -34,6 +42,8 @@ import aiohttp
 
 from benchmarks import procstat
 from benchmarks.reqmix import Line, read_lines
+
+AD_OPEN = re.compile(rb"<Ad[\s>]")
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -78,18 +88,51 @@ class Recorder:
     dispatch_rate: float | None = None
     """Fixed rate: requests dispatched per second, as achieved by the generator."""
 
-    def ok(self, kind: str, due: float, sent: float, done: float, status: int, n: int) -> None:
+    def ok(
+        self,
+        kind: str,
+        due: float,
+        sent: float,
+        done: float,
+        status: int,
+        n: int,
+        problem: str | None = None,
+    ) -> None:
+        """An answer; ``problem`` (see :func:`answer_problem`) makes it an error too."""
         if done > self.window_end:
             return
+        self._timed(kind, due, sent, done)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.bytes += n
+        if problem is not None:
+            self.errors[problem] = self.errors.get(problem, 0) + 1
+
+    def error(self, what: str, done: float, kind: str = "", due: float = math.nan) -> None:
+        """A request that got no answer: an error, timed to the failure when ``due`` is
+        given (a failure is a request's outcome: leaving it out would make the percentiles
+        of a failing server look good)."""
+        if done > self.window_end:
+            return
+        self.errors[what] = self.errors.get(what, 0) + 1
+        if not math.isnan(due):
+            self._timed(kind, due, due, done)
+
+    def _timed(self, kind: str, due: float, sent: float, done: float) -> None:
         self.latencies.append(done - due)
         self.service.append(done - sent)
         self.by_kind.setdefault(kind, []).append(done - due)
-        self.statuses[status] = self.statuses.get(status, 0) + 1
-        self.bytes += n
 
-    def error(self, what: str, done: float) -> None:
-        if done <= self.window_end:
-            self.errors[what] = self.errors.get(what, 0) + 1
+
+def answer_problem(kind: str, status: int, shed: bool, body: bytes) -> str | None:
+    """Why an answer does not count as served (None when it does): a status of 400 or more,
+    a shed request, or a 4-ad request answered without an ad."""
+    if status >= 400:
+        return "status"
+    if shed:
+        return "shed"
+    if kind == "vast_pod4" and not AD_OPEN.search(body):
+        return "empty_vast"
+    return None
 
 
 def _prepare(base_url: str, lines: Sequence[Line]) -> list[tuple[str, str, dict[str, str]]]:
@@ -108,12 +151,14 @@ async def _one(
         async with session.get(url, headers=headers, allow_redirects=False) as resp:
             body = await resp.read()
             status = resp.status
+            shed = resp.headers.get("X-Shed") == "1"
     except (TimeoutError, aiohttp.ClientError, OSError) as e:
         if rec is not None:
-            rec.error(type(e).__name__, time.perf_counter())
+            rec.error(type(e).__name__, time.perf_counter(), kind, due)
         return
     if rec is not None:
-        rec.ok(kind, due, sent, time.perf_counter(), status, len(body))
+        problem = answer_problem(kind, status, shed, body)
+        rec.ok(kind, due, sent, time.perf_counter(), status, len(body), problem)
 
 
 async def closed_loop(
@@ -191,6 +236,7 @@ def summarize(
     cpu_s: float | None,
 ) -> dict[str, Any]:
     n = len(rec.latencies)
+    answered = sum(rec.statuses.values())
     return {
         "tool": "aiohttp",
         "mode": mode,
@@ -208,6 +254,7 @@ def summarize(
         "statuses": {str(k): v for k, v in sorted(rec.statuses.items())},
         "errors": rec.errors,
         "bytes": rec.bytes,
+        "bytes_per_response": round(rec.bytes / answered, 1) if answered else None,
         "late_sends": rec.late_sends,
         "dispatch_late": rec.dispatch_late,
         "dispatch_rate": rec.dispatch_rate,

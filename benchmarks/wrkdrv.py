@@ -4,7 +4,14 @@ The Lua script loads the list (:mod:`benchmarks.reqmix` format) in each thread's
 pre-formats every request with its headers, and cycles through them from a per-thread random
 offset; ``done`` writes the summary and the latency percentiles as JSON to the file named by
 ``BENCH_WRK_OUT``. Non-2xx/3xx answers count as ``errors.status`` (beacons answer 204, which
-is a success).
+is a success); wrk's ``requests`` include them. Bodies are not read in Lua (a ``response()``
+hook would slow the client down): the mean bytes per response (``bytes_per_response``) is what
+shows that answers were the full documents (a no-fill VAST is a few hundred bytes, a 4-ad pod
+several kB).
+
+The first ``request()`` of a thread creates the file named by ``BENCH_WRK_START``: the
+server's CPU is sampled from then (wrk's own window starts after ``init`` has pre-formatted
+the whole list, which takes a while for a long list), to that moment plus the duration.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from benchmarks import procstat
 LUA = r"""
 local reqs = {}
 local idx = 0
+local started = false
 
 function init(args)
   local f = assert(io.open(args[1], "r"))
@@ -45,6 +53,14 @@ function init(args)
 end
 
 function request()
+  if not started then
+    started = true
+    local mark = os.getenv("BENCH_WRK_START")
+    if mark then
+      local m = io.open(mark, "w")
+      if m then m:close() end
+    end
+  end
   idx = idx % #reqs + 1
   return reqs[idx]
 end
@@ -78,6 +94,14 @@ def version(wrk: str) -> str:
     return text[0] if text else "unknown"
 
 
+def _started(proc: subprocess.Popen[bytes], mark: Path, timeout_s: float) -> float:
+    """When wrk sent its first request (its ``init`` is done): ``perf_counter`` time."""
+    deadline = time.perf_counter() + timeout_s
+    while not mark.exists() and proc.poll() is None and time.perf_counter() < deadline:
+        time.sleep(0.001)
+    return time.perf_counter()
+
+
 def run(
     wrk: str,
     *,
@@ -108,12 +132,13 @@ def run(
         "--",
         str(requests_file),
     ]
-    env = {**os.environ, "BENCH_WRK_OUT": str(out)}
-    before = procstat.sample(server_pid) if server_pid else None
-    t0 = time.perf_counter()
+    mark = workdir / f"wrk-{time.monotonic_ns()}.start"
+    env = {**os.environ, "BENCH_WRK_OUT": str(out), "BENCH_WRK_START": str(mark)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    after: procstat.TreeSample | None = None
+    before = after = None
     if server_pid:
+        t0 = _started(proc, mark, timeout_s + 60)
+        before = procstat.sample(server_pid)
         time.sleep(max(0.0, t0 + secs - time.perf_counter()))
         after = procstat.sample(server_pid)
     stdout, stderr = proc.communicate(timeout=secs + timeout_s + 30)
@@ -121,6 +146,7 @@ def run(
         raise RuntimeError(
             f"wrk failed ({proc.returncode}): {stderr.decode(errors='replace')[-2000:]}"
         )
+    mark.unlink(missing_ok=True)
     doc = json.loads(out.read_text())
     out.unlink()
     window = doc["duration_us"] / 1e6
@@ -141,6 +167,7 @@ def run(
         "latency_ms": lat,
         "errors": errs,
         "bytes": doc["bytes"],
+        "bytes_per_response": round(doc["bytes"] / n, 1) if n else None,
         "server_cpu_s": procstat.cpu_delta(before, after) if before and after else None,
         "stdout_tail": stdout.decode(errors="replace")[-400:],
     }

@@ -138,6 +138,11 @@ def test_quick_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
                 assert _num(e["latency_ms"][q])
             assert _num(e["ratio"]["throughput"]) and _num(e["ratio"]["cpu"])
         assert r["fixed_rate"]["mode"] == "fixed-rate"
+        # responses are checked: none failed, and the 4-ad pods stayed full
+        assert r["endpoints"]["vast_pod4"]["errors"] == {} and r["fixed_rate"]["errors"] == {}
+        pod_bytes = r["harvest"]["vast_pod4_doc_bytes"]
+        for res in (r["endpoints"]["vast_pod4"], r["fixed_rate"]):
+            assert 0.8 <= res["bytes_per_response"] / pod_bytes <= 1.25
         # first-time beacons of freshly served ads: the server counted (some of) them, where
         # the replayed list is answered without counting after its first pass
         fresh = r["endpoints"]["beacon_new"]
@@ -157,8 +162,14 @@ def test_quick_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "beacon_throughput",
     }
     for tid in ("vast_throughput", "vast_p99_half_load", "beacon_throughput"):
-        assert targets[tid]["status"] in ("met", "missed")
-        assert _num(targets[tid]["measured"])
+        t = targets[tid]
+        if tid == "beacon_throughput" and t["status"] == "invalid":
+            # --quick serves first-time pods for 2 s at most: on a busy machine the list can
+            # come out shorter than the run, which then replays some (rightly not judged)
+            assert all("counted" in n for n in t["notes"] if n.startswith("not judged")), t
+        else:
+            assert t["status"] in ("met", "missed"), t
+        assert _num(t["measured"])
     assert targets["scaling_100k_vs_1k"]["status"] == "not measured"  # one size in --quick
     assert targets["beacon_throughput"]["detail"]["endpoint"] == "beacon_new"
     # the two throughput targets take their ratio from runs in turns with a static server
@@ -295,6 +306,315 @@ def test_compare_refuses_what_is_not_a_report(
     assert "not a bench report" in capsys.readouterr().err
     assert main_bench(["--compare", str(report), str(report)]) == 0
     assert "| workers |" in capsys.readouterr().out
+
+
+def test_compare_refuses_a_report_broken_inside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The right top level, broken inside: a KeyError / TypeError traceback, now exit 2."""
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"http": {"runs": []}, "targets": []}))
+    for i, doc in enumerate(
+        [
+            {"http": {}},
+            {"http": {"runs": [{"endpoints": {"vast": {}}}]}},
+            {"http": {"runs": []}, "targets": [1]},
+        ]
+    ):
+        bad = tmp_path / f"bad{i}.json"
+        bad.write_text(json.dumps(doc))
+        assert main_bench(["--compare", str(good), str(bad)]) == 2, doc
+        assert "not a well-formed bench report" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- validity
+
+
+def _pair(real: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {
+        "first": "real",
+        "tool": "wrk",
+        "real_rps": real["rps"],
+        "real_requests": real["requests"],
+        "real_errors": real["errors"],
+        "real_bytes_per_response": real["bytes_per_response"],
+        "static_rps": 10_000.0,
+        "static_requests": 100_000,
+        "static_errors": {},
+        "static_bytes_per_response": real.get("static_bpr", 30_000.0),
+        "ratio": round(real["rps"] / 10_000.0, 4),
+        **extra,
+    }
+
+
+def _report(
+    *,
+    scorer: str = "model",
+    tool: str = "wrk",
+    errors: dict[str, int] | None = None,
+    pod_bytes: float = 30_000.0,
+    doc_ads: int = 4,
+    counted: float | None = 1.0,
+    fixed_errors: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A healthy 1-worker, 10k-line-item report (every target met) with one thing changed."""
+
+    def load(rps: float, n: int, bpr: float, errs: dict[str, int] | None = None) -> dict[str, Any]:
+        return {
+            "tool": tool,
+            "rps": rps,
+            "requests": n,
+            "errors": errs or {},
+            "bytes_per_response": bpr,
+            "latency_ms": {"p99": 3.0},
+        }
+
+    pod4 = load(5_000.0, 50_000, pod_bytes, errors)
+    beacon = {**load(8_000.0, 80_000, 136.0), "counted_share": counted}
+    pod4["ratio"] = {"throughput": 0.5, "cpu": 2.0}
+    beacon["ratio"] = {"throughput": 0.8, "cpu": 2.0}
+    fixed = {**load(2_500.0, 25_000, pod_bytes, fixed_errors), "tool": "aiohttp"}
+    fixed["mode"] = "fixed-rate"
+    run = {
+        "server": "vastserver",
+        "workers": 1,
+        "line_items": 10_000,
+        "readyz": {"model": {"scorer": scorer}},
+        "harvest": {"vast_pod4_doc_bytes": 30_000, "vast_pod4_doc_ads": doc_ads},
+        "endpoints": {"vast_pod4": pod4, "beacon": beacon, "beacon_new": beacon},
+        "fixed_rate": fixed,
+        "paired": {
+            "rounds": 1,
+            "vast_pod4": {"pairs": [_pair(pod4)], "ratios": [0.5], "median_ratio": 0.5},
+            "beacon_new": {
+                "pairs": [_pair(beacon, counted_share=counted, static_bpr=100.0)],
+                "ratios": [0.8],
+                "median_ratio": 0.8,
+            },
+        },
+    }
+    static = load(10_000.0, 100_000, 30_000.0)
+    base = {
+        "server": "static",
+        "workers": 1,
+        "endpoints": {"vast_pod4": static, "beacon": static, "beacon_new": static},
+    }
+    return {"micro": None, "http": {"runs": [run], "baseline": [base]}}
+
+
+def _targets(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    from benchmarks.harness import evaluate_targets
+
+    return {t["id"]: t for t in evaluate_targets(report)}
+
+
+def test_a_healthy_report_meets_its_targets() -> None:
+    t = _targets(_report())
+    for tid in ("vast_throughput", "vast_p99_half_load", "beacon_throughput"):
+        assert t[tid]["status"] == "met", t[tid]
+        assert not t[tid]["notes"]
+
+
+def test_failed_responses_are_not_judged() -> None:
+    """A server whose /vast answers are errors was measured as a normal (fast) one."""
+    t = _targets(_report(errors={"status": 50_000}))
+    assert t["vast_throughput"]["status"] == "invalid"
+    assert any("50,000 of 50,000 requests failed" in n for n in t["vast_throughput"]["notes"])
+    assert t["beacon_throughput"]["status"] == "met"  # its own runs were sound
+    # a few errors (within 1 %) do not void a run
+    assert _targets(_report(errors={"read": 400}))["vast_throughput"]["status"] == "met"
+    # shed and empty answers, as the aiohttp generator classifies them, count the same way
+    t = _targets(_report(errors={"shed": 600, "empty_vast": 100}))
+    assert t["vast_throughput"]["status"] == "invalid"
+
+
+def test_empty_pods_are_not_judged() -> None:
+    """wrk cannot see bodies: 200s with no-fill VASTs show as small responses."""
+    t = _targets(_report(pod_bytes=800.0))
+    assert t["vast_throughput"]["status"] == "invalid"
+    assert t["vast_p99_half_load"]["status"] == "invalid"
+    assert any("not full" in n for n in t["vast_throughput"]["notes"])
+    # the baseline's '4-ad' document came back without its 4 ads
+    t = _targets(_report(doc_ads=0))
+    assert t["vast_throughput"]["status"] == "invalid"
+    assert any("0 ad(s)" in n for n in t["vast_throughput"]["notes"])
+
+
+def test_vast_targets_need_the_model() -> None:
+    t = _targets(_report(scorer="price"))
+    assert t["vast_throughput"]["status"] == "invalid"
+    assert t["vast_p99_half_load"]["status"] == "invalid"
+    assert any("'price'" in n for n in t["vast_p99_half_load"]["notes"])
+    assert t["beacon_throughput"]["status"] == "met"  # beacons do not score
+
+
+def test_replayed_beacons_are_not_judged() -> None:
+    t = _targets(_report(counted=0.9))
+    assert t["beacon_throughput"]["status"] == "invalid"
+    assert any("0.900" in n for n in t["beacon_throughput"]["notes"])
+    t = _targets(_report(counted=None))
+    assert t["beacon_throughput"]["status"] == "invalid"
+
+
+def test_failed_fixed_rate_requests_void_the_p99() -> None:
+    t = _targets(_report(fixed_errors={"ClientConnectionError": 5_000}))
+    assert t["vast_p99_half_load"]["status"] == "invalid"
+    assert t["vast_throughput"]["status"] == "met"
+
+
+def test_throughput_without_wrk_is_not_judged() -> None:
+    """The aiohttp generator is the bottleneck: its ratios can flip to met."""
+    t = _targets(_report(tool="aiohttp"))
+    for tid in ("vast_throughput", "beacon_throughput"):
+        assert t[tid]["status"] == "not measured", t[tid]
+        assert t[tid]["measured"] is not None
+        assert any("not wrk" in n for n in t[tid]["notes"])
+    assert t["vast_p99_half_load"]["status"] == "met"  # fixed rate: always the aiohttp generator
+
+
+def test_failed_requests_stay_in_the_percentiles() -> None:
+    """A request that failed after 500 ms is a 500 ms outcome, not a missing sample."""
+    from benchmarks.loadgen import Recorder, summarize
+
+    rec = Recorder()
+    for i in range(95):
+        rec.ok("vast_pod4", i, i, i + 0.001, 200, 30_000)
+    for i in range(5):
+        rec.error("ClientConnectionError", 100 + i + 0.5, "vast_pod4", 100 + i)
+    got = summarize(rec, mode="fixed-rate", window_s=1.0, connections=8, rate=100.0, cpu_s=None)
+    assert got["requests"] == 100
+    assert got["errors"] == {"ClientConnectionError": 5}
+    assert got["latency_ms"]["p99"] == 500.0
+    assert got["bytes_per_response"] == 30_000.0  # over the answers only
+
+
+def test_answers_are_checked(tmp_path: Path) -> None:
+    """The aiohttp generator against a toy server: non-2xx, shed (200 + X-Shed) and a 4-ad
+    request answered with an empty VAST are errors; a pod with ads is not."""
+    import argparse
+    import asyncio
+
+    from aiohttp import web
+
+    from benchmarks import loadgen
+
+    full = '<VAST version="4.2"><Ad id="1"><InLine/></Ad></VAST>'
+    empty = '<VAST version="4.2"><Error><![CDATA[x]]></Error></VAST>'
+
+    async def handler(request: web.Request) -> web.Response:
+        what = request.query["a"]
+        if what == "500":
+            return web.Response(status=500, text="boom")
+        if what == "shed":
+            return web.Response(text=empty, headers={"X-Shed": "1"})
+        return web.Response(text=empty if what == "empty" else full)
+
+    answers = ["ok", "500", "shed", "empty"]
+    lines = tmp_path / "l.txt"
+    reqmix.write_lines(lines, [reqmix.Line("vast_pod4", f"/vast?a={a}") for a in answers])
+
+    async def go() -> dict[str, Any]:
+        app = web.Application()
+        app.router.add_get("/vast", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            args = argparse.Namespace(
+                requests=lines,
+                url=f"http://127.0.0.1:{port}",
+                connections=1,
+                timeout=10.0,
+                warmup=0.0,
+                server_pid=None,
+                rate=40.0,
+                duration=1.0,
+            )
+            return await loadgen.run(args)
+        finally:
+            await runner.cleanup()
+
+    got = asyncio.run(go())
+    assert got["requests"] == 40
+    assert got["errors"] == {"status": 10, "shed": 10, "empty_vast": 10}
+    assert got["statuses"] == {"200": 30, "500": 10}
+
+
+def test_the_benchmarked_server_gets_no_caller_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VASTSERVER_MODEL exported in the caller's shell made a --no-model run score with it."""
+    from benchmarks import harness
+
+    monkeypatch.setenv("VASTSERVER_MODEL", "/somewhere/model")
+    monkeypatch.setenv("VASTSERVER_REDIS_URL", "redis://elsewhere")
+    monkeypatch.setenv("VASTSERVER_SECRET", "the caller's")
+    monkeypatch.setenv("BENCH_UNRELATED", "kept")
+    env = harness._env()
+    assert not {k for k in env if k.startswith("VASTSERVER_")} - {
+        "VASTSERVER_SECRET",
+        "VASTSERVER_LOG_LEVEL",
+    }
+    assert env["VASTSERVER_SECRET"] == harness.SECRET
+    assert env["BENCH_UNRELATED"] == "kept"
+
+
+def test_vast_lists_never_serve_a_viewer_twice_in_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,000 viewers went round ~3 times in a 10k run: repeat viewers are capped and get
+    smaller (cheaper) pods. Lists are sized from the harvest's /vast rate."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from benchmarks import harness
+
+    opts = harness.resolve(harness.parser().parse_args(["--cache-dir", str(tmp_path)]))
+    assert (opts.warmup, opts.duration) == (1.0, 10.0)
+    assert harness.viewers_needed(opts, 600.0) == 600 * 11 * 3
+    assert harness.viewers_needed(opts, 1.0) == harness.MIN_VIEWERS
+    assert harness.viewers_needed(opts, 300.0, 10.0) == 300 * 10 * 3
+
+    async def fake_harvest(
+        base: str, lines: dict[str, list[reqmix.Line]], budget_s: float, max_pods: int
+    ) -> tuple[list[reqmix.HarvestedPod], bytes, bytes, float]:
+        return [], b"<VAST/>", b"<VMAP/>", 700.0
+
+    monkeypatch.setattr(harness, "_harvest", fake_harvest)
+    srv = cast(harness.Server, SimpleNamespace(url="http://127.0.0.1:1"))
+    hv = harness.harvest(opts, srv, tmp_path, "t")
+    for kind in ("vast_pod4", "vast"):
+        paths = [ln.path for ln in reqmix.read_lines(hv.files[kind])]
+        assert len(paths) == 700 * 11 * 3
+        assert len(set(paths)) == len(paths)  # distinct viewers (distinct requests)
+    assert hv.vast_rps == 700.0
+
+
+def test_first_time_pods_go_to_new_viewers_each_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call drew the same viewers (seed + 1000): the paired rounds served pods to
+    capped viewers again."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from benchmarks import harness
+
+    seen: list[list[str]] = []
+
+    async def fake(
+        base: str, lines: list[reqmix.Line], budget_s: float, max_pods: int
+    ) -> list[reqmix.HarvestedPod]:
+        seen.append([ln.path for ln in lines])
+        return []
+
+    monkeypatch.setattr(harness, "_harvest_fresh", fake)
+    opts = harness.resolve(harness.parser().parse_args(["--quick", "--cache-dir", str(tmp_path)]))
+    srv = cast(harness.Server, SimpleNamespace(url="http://127.0.0.1:1"))
+    for tag in ("w1-n10000", "w1-n10000-paired0", "w1-n10000-paired1"):
+        harness.harvest_fresh(opts, srv, tmp_path, tag, 2000, 20.0)
+    assert len(seen) == 3 and all(len(s) == 100 for s in seen)
+    assert not set(seen[0]) & set(seen[1]) and not set(seen[1]) & set(seen[2])
 
 
 def test_micro_model_figures_score_instead_of_hitting_the_cache(tmp_path: Path) -> None:
