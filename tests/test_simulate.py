@@ -519,6 +519,42 @@ def test_separation_checker_finds_violations() -> None:
     assert rep.competitive_violations == 2
 
 
+def test_one_advertiser_twice_in_a_pod_fails_competitive_separation(
+    first_run: dict[str, Any],
+) -> None:
+    """The server never puts one advertiser (so never one creative) twice in a pod: a pod
+    that holds it fails the verdict, with or without a competitive category."""
+    from vastserver.sim.report import verdicts
+
+    rules = SeparationRules(creative_breaks=3, creative_minutes=30, competitive_breaks=1)
+    house = {"advertiser": "adv-house", "campaign": "cmp-house", "line_item": "li-house"}
+    ads = {
+        x.serving_id: x
+        for x in (
+            # adv-house has no competitive category: two of its creatives in one pod
+            _ad("h1", pod=0, creative="cr-house-10", category=None, **house),
+            _ad("h2", pod=0, creative="cr-house-30", category=None, slot=2, **house),
+            # one creative twice in a pod (an advertiser with a category)
+            _ad("t1", pod=1, creative="cr-tel-15", category="telecom", advertiser="adv-tel"),
+            _ad("t2", pod=1, creative="cr-tel-15", category="telecom", advertiser="adv-tel"),
+        )
+    }
+    pods = [
+        Pod(0, 0, "s1", 0, "pre", 30_000, 40_000, 0, ["h1", "h2"]),
+        Pod(1, 1, "s2", 0, "pre", 30_000, 30_000, 0, ["t1", "t2"]),
+    ]
+    rep = check_separation(pods, ads, rules)
+    assert (rep.in_pod_same_advertiser, rep.in_pod_same_creative) == (2, 1)
+    # one advertiser twice is not also two advertisers of its category
+    assert rep.in_pod_competitive == 0
+    assert rep.competitive_violations == 2
+    v = verdicts({**first_run, "competitive_separation": rep.as_dict()})
+    assert v["competitive_separation"] is False
+    assert "one advertiser twice in a pod 2 (a creative twice 1)" in render_text(
+        {**first_run, "competitive_separation": rep.as_dict(), "verdicts": v}
+    )
+
+
 def test_viewer_identity_checker() -> None:
     ok = [_ad("i1"), _ad("i2")]
     assert check_viewer_identity(ok)["viewers_with_several_hashes"] == 0

@@ -18,8 +18,9 @@
   ``violations`` (must be 0) = ``server`` + ``scope_semantics``: the server had the
   information. ``beacon_faults`` are reported, not counted.
 
-* **Competitive separation**: no pod holds two advertisers of one competitive category (or one
-  advertiser twice), and within a session a category does not come back within
+* **Competitive separation**: no pod holds two advertisers of one competitive category, or one
+  advertiser twice (so no creative twice: ``in_pod_same_creative`` is reported apart, and is
+  always an advertiser twice too), and within a session a category does not come back within
   ``competitive_breaks`` breaks. Checked on every served pod (played or not: the server's
   session history counts served breaks).
 * **Stream separation**: a creative does not come back in a session within
@@ -202,13 +203,16 @@ class SeparationReport:
     pods_checked: int = 0
     in_pod_competitive: int = 0
     in_pod_same_advertiser: int = 0
+    in_pod_same_creative: int = 0
     cross_break_competitive: int = 0
     creative_repeats: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def competitive_violations(self) -> int:
-        return self.in_pod_competitive + self.cross_break_competitive
+        """Pods with two advertisers of one category or one advertiser twice (a creative
+        twice is one advertiser twice), and categories back too soon across breaks."""
+        return self.in_pod_competitive + self.in_pod_same_advertiser + self.cross_break_competitive
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -216,6 +220,7 @@ class SeparationReport:
             "pods_checked": self.pods_checked,
             "in_pod_competitive": self.in_pod_competitive,
             "in_pod_same_advertiser": self.in_pod_same_advertiser,
+            "in_pod_same_creative": self.in_pod_same_creative,
             "cross_break_competitive": self.cross_break_competitive,
             "stream_creative_repeats": self.creative_repeats,
             "examples": self.examples,
@@ -238,14 +243,22 @@ def check_separation(
         out.pods_checked += 1
         by_session[pod.session].append(pod)
         members = [ads[s] for s in pod.ads]
-        cats = [a.category for a in members if a.category]
-        for c in sorted({c for c in cats if cats.count(c) > 1}):
+        # A category held by two advertisers; one advertiser twice is counted below, once.
+        advertisers_of: dict[str, set[str]] = defaultdict(set)
+        for a in members:
+            if a.category:
+                advertisers_of[a.category].add(a.advertiser)
+        for c in sorted(c for c, held in advertisers_of.items() if len(held) > 1):
             out.in_pod_competitive += 1
             example("in_pod_competitive", category=c, session=pod.session, avail=pod.avail)
         advs = [a.advertiser for a in members]
         for adv in sorted({x for x in advs if advs.count(x) > 1}):
             out.in_pod_same_advertiser += 1
-            example("in_pod_same_advertiser", advertiser=adv, session=pod.session)
+            example("in_pod_same_advertiser", advertiser=adv, session=pod.session, avail=pod.avail)
+        creatives = [a.creative for a in members]
+        for cr in sorted({x for x in creatives if creatives.count(x) > 1}):
+            out.in_pod_same_creative += 1
+            example("in_pod_same_creative", creative=cr, session=pod.session, avail=pod.avail)
     for session, plist in by_session.items():
         plist.sort(key=lambda p: (p.avail, p.served_ms))
         for i, later in enumerate(plist):

@@ -517,8 +517,10 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"because of beacon faults: {caps['over_cap_by_cause']['beacon_faults']}, "
         f"scope semantics: {caps['over_cap_by_cause']['scope_semantics']})",
         f"  [{ok(v['competitive_separation'])}] competitive-separation violations: "
-        f"{sep['violations']} (in pod {sep['in_pod_competitive']}, across breaks "
-        f"{sep['cross_break_competitive']}; {sep['pods_checked']} pods)",
+        f"{sep['violations']} (in pod {sep['in_pod_competitive']}, one advertiser twice in a "
+        f"pod {sep['in_pod_same_advertiser']} (a creative twice "
+        f"{sep['in_pod_same_creative']}), across breaks {sep['cross_break_competitive']}; "
+        f"{sep['pods_checked']} pods)",
         f"  [{ok(v['overdelivery_within_1pct'])}] max overdelivery: "
         f"{d['max_overdelivery_pct']:.3f} % of budget (limit {OVERDELIVERY_LIMIT_PCT} %)",
         f"  [{ok(v['fill_rate_positive'])}] fill rate: {_pct(t['fill_rate'])} of pods, "
