@@ -478,8 +478,13 @@ def test_cap_checker_finds_and_classifies_excess() -> None:
     ads = [_ad(f"a{i}", pod=i, served_ms=i * 10 * minute, creative=f"c{i}") for i in range(3)]
     rep = check_frequency_caps(catalog, ads, [])
     assert (rep.server, rep.beacon_faults) == (1, 0)
-    # The first impression arrived after its reservation lapsed: the server could not know.
+    # The first impression arrived after its reservation lapsed, but 4 minutes before the
+    # next serve: the server knew, and served over the cap anyway.
     ads[0].impression_arrival_ms = ads[0].served_ms + (RESERVATION_S + 60) * 1000
+    rep = check_frequency_caps(catalog, ads, [])
+    assert (rep.server, rep.beacon_faults) == (1, 0)
+    # It arrived after the last serve, its reservation long lapsed: the server could not know.
+    ads[0].impression_arrival_ms = ads[2].served_ms + minute
     rep = check_frequency_caps(catalog, ads, [])
     assert (rep.server, rep.beacon_faults) == (0, 1)
     # Lost entirely: same.
@@ -498,6 +503,46 @@ def test_cap_checker_finds_and_classifies_excess() -> None:
     # lmt viewers: only session caps apply.
     lmt = [_ad(f"l{i}", pod=i, served_ms=i * minute, creative=f"c{i}", lmt=True) for i in range(3)]
     assert check_frequency_caps(catalog, lmt, []).cap_checks == 0
+
+
+def test_cap_checker_judges_by_what_the_server_knew_at_the_serve() -> None:
+    """li-beer-a allows one impression per 30 minutes. Whether the server knew the cap was
+    full is decided at the serve of the over-cap ad, never by that ad's own beacon."""
+    catalog = parse_catalog(sim_catalog(), source="test")
+    minute = 60_000
+    beer = {"line_item": "li-beer-a", "creative": "cr-beer-a-15", "campaign": "cmp-beer-a",
+            "advertiser": "adv-beer-a", "category": "beer"}  # fmt: skip
+    # The first play was counted at once; the second serve, 10 minutes later, ignores the
+    # cap; the over-cap ad's own impression beacon is lost (the viewer still saw it).
+    first = _ad("A0", pod=0, served_ms=0, **beer)
+    again = _ad("A1", pod=1, served_ms=10 * minute, **beer)
+    again.impression_arrival_ms = None
+    rep = check_frequency_caps(catalog, [first, again], [])
+    assert (rep.server, rep.beacon_faults, rep.violations) == (1, 0, 1)
+    # The first impression came 6 minutes late (after its 5-minute reservation), 14 minutes
+    # before the second serve: the server had counted it and served again.
+    first = _ad("B0", pod=0, served_ms=0, **beer)
+    first.impression_arrival_ms = (first.played_ms or 0) + 360_000
+    again = _ad("B1", pod=1, served_ms=20 * minute, **beer)
+    rep = check_frequency_caps(catalog, [first, again], [])
+    assert (rep.server, rep.beacon_faults) == (1, 0)
+    # Not yet played, but its reservation was live at the second serve: known too.
+    first = _ad("C0", pod=0, served_ms=0, **beer)
+    first.played_ms, first.impression_arrival_ms = 3 * minute, 3 * minute + 200
+    again = _ad("C1", pod=1, served_ms=minute, **beer)
+    assert check_frequency_caps(catalog, [first, again], []).server == 1
+    # Served later than the over-cap play's serve but played first (a prefetched break):
+    # judged at its own serve, where the earlier serve's reservation was live.
+    early = _ad("D0", pod=0, served_ms=0, **beer)
+    early.played_ms, early.impression_arrival_ms = 12 * minute, 12 * minute + 200
+    late_serve = _ad("D1", pod=1, served_ms=2 * minute, **beer)
+    assert check_frequency_caps(catalog, [early, late_serve], []).server == 1
+    # The first impression lost, reservation lapsed at the second serve: beacon fault.
+    first = _ad("E0", pod=0, served_ms=0, **beer)
+    first.impression_arrival_ms = None
+    again = _ad("E1", pod=1, served_ms=10 * minute, **beer)
+    rep = check_frequency_caps(catalog, [first, again], [])
+    assert (rep.server, rep.beacon_faults, rep.violations) == (0, 1, 0)
 
 
 def test_separation_checker_finds_violations() -> None:

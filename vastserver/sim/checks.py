@@ -4,16 +4,19 @@
   against each cap (same viewer or session, same scope id, inside the window) must not exceed
   ``max``. Each excess is classified:
 
-  - ``server``: even counting only plays whose impression reached the server in time (before
-    the serve's reservation lapsed, :data:`~vastserver.pipeline.delivery.RESERVATION_S`) and
-    only line items carrying the same cap, the cap was exceeded.
+  - ``server``: counting only line items carrying the same cap, one of the plays over the
+    cap was served when the server knew of ``max`` others: each served before it whose
+    impression had been counted by then, or whose reservation
+    (:data:`~vastserver.pipeline.delivery.RESERVATION_S`) was still live (an ad's own
+    impression beacon never counts for its own serve).
   - ``scope_semantics``: exceeded when the scope's plays through line items that do *not*
     carry this cap are counted too, as ``docs/catalog.md`` defines the scope ("what is
     counted": a creative-scope cap counts the creative's impressions). The server keeps one
     counter per cap and bumps it only for line items that carry that cap, so a campaign-,
     advertiser- or creative-scope cap on one line item ignores the other line items' plays.
-  - ``beacon_faults``: exceeded only because impressions were lost or arrived after the
-    reservation lapsed, so the server could not know the viewer had seen the ad.
+  - ``beacon_faults``: exceeded only because impressions were lost, or reached the server
+    after the later serve and after their reservation lapsed, so the server could not know
+    the viewer had seen the ad.
 
   ``violations`` (must be 0) = ``server`` + ``scope_semantics``: the server had the
   information. ``beacon_faults`` are reported, not counted.
@@ -149,14 +152,10 @@ def check_frequency_caps(
             if len(related) <= cap.max:
                 continue
             same = [b for b in related if _carries(catalog, b.line_item, cap)]
-            known = [b for b in same if _in_time(b)]
-            if cap.window == "pod":
-                known = same  # one decision: reservations are not involved
-            known_all = [b for b in related if _in_time(b)] if cap.window != "pod" else related
-            if len(known) > cap.max:
+            if _knew_full(same, cap):
                 out.server += 1
                 cause = "server"
-            elif len(known_all) > cap.max:
+            elif _knew_full(related, cap):
                 out.scope_semantics += 1
                 cause = "scope_semantics"
             else:
@@ -185,11 +184,28 @@ def check_frequency_caps(
     return out
 
 
-def _in_time(ad: ServedAd) -> bool:
-    """The server counted the impression before the serve's reservation lapsed."""
-    return (
-        ad.impression_arrival_ms is not None
-        and ad.impression_arrival_ms <= ad.served_ms + RESERVATION_S * 1000
+def _known_at_serve(b: ServedAd, a: ServedAd) -> bool:
+    """When ``a`` was served, the server knew of ``b``: ``b`` was served before (or in the
+    same pod: one decision), and its impression had been counted or its reservation was
+    still live."""
+    if b.pod == a.pod:
+        return True
+    if (b.served_ms, b.pod) > (a.served_ms, a.pod):
+        return False
+    counted = b.impression_arrival_ms is not None and b.impression_arrival_ms <= a.served_ms
+    return counted or a.served_ms < b.served_ms + RESERVATION_S * 1000
+
+
+def _knew_full(plays: Sequence[ServedAd], cap: FrequencyCap) -> bool:
+    """Over the cap, and for one of ``plays`` the server knew at its serve of ``max`` others
+    among them: it served an ad over a cap it knew was full. Only what the server knew at
+    that serve counts (never the ad's own impression beacon, nor one that arrived later)."""
+    if len(plays) <= cap.max:
+        return False
+    if cap.window == "pod":
+        return True  # one decision: the server knew every ad of the pod
+    return any(
+        sum(1 for b in plays if b is not a and _known_at_serve(b, a)) >= cap.max for a in plays
     )
 
 
