@@ -285,6 +285,38 @@ def test_redis_with_foreign_keys_is_refused(redis_url: str) -> None:
     assert command(port, "EXISTS", "vs:c:someone-else") == b":1"
 
 
+def test_a_server_that_rekeys_the_session_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that keys the ad on a session of its own (written into the token) instead
+    of the one the client sent would escape its session caps if the checks read the token:
+    they read the client's session, and the mismatch itself is an anomaly."""
+    import itertools
+
+    from vastserver import app
+
+    real = app._ad_request
+    n = itertools.count()
+
+    def rekeyed(request: Any) -> Any:
+        req = real(request)
+        if request.path == "/vast" and req.session:
+            req = replace(req, session=f"{req.session}-{next(n)}")
+        return req
+
+    monkeypatch.setattr(app, "_ad_request", rekeyed)
+    r = run_simulation(_config(households=60, hours=1.0))
+    c = r["consistency"]
+    assert c["token_session_mismatches"] == r["traffic"]["ads_served"] > 0
+    assert r["verdicts"]["no_anomalies"] is False
+    assert any("token session" in a for a in c["anomaly_examples"])
+    # li-beer-b's session cap (two adv-beer-b impressions a session) counted on the
+    # client's session: the server, fooled by its own keys, served past it
+    session_caps = [e for e in r["frequency_caps"]["examples"] if e["cap"]["window"] == "session"]
+    assert [e["cause"] for e in session_caps] == ["server"]
+    assert r["verdicts"]["frequency_caps"] is False
+    # separation is checked on the client's session too: categories come back within a break
+    assert r["competitive_separation"]["cross_break_competitive"] > 0
+
+
 def test_cli_writes_report_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     catalog = tmp_path / "catalog.json"
     catalog.write_text(json.dumps(sim_catalog()))

@@ -446,6 +446,11 @@ class Engine:
                 continue
             if tok.creative_id != ad.creative_id:
                 self.anomaly(f"token creative {tok.creative_id} != Creative@id {ad.creative_id}")
+            if tok.session != record.session:
+                # Caps and separation are keyed on the session the client sent: a server
+                # that keys the ad on another one escapes its session caps.
+                self.stats["token_session_mismatches"] += 1
+                self.anomaly(f"token session {tok.session!r} != the request's {record.session!r}")
             camp = self.catalog.campaigns.get(tok.campaign_id)
             adv = self.catalog.advertisers.get(camp.advertiser_id if camp else "")
             served = ServedAd(
@@ -460,8 +465,8 @@ class Engine:
                 price_micros=tok.price_micros,
                 served_ms=self.clock.ms,
                 duration_ms=ad.duration_ms,
-                session=tok.session,
-                viewer_key=s.plan.device.viewer_key(s.plan.household.ip, tok.session),
+                session=record.session,
+                viewer_key=s.plan.device.viewer_key(s.plan.household.ip, record.session),
                 viewer_hash=tok.viewer_hash,
                 lmt=tok.lmt,
             )

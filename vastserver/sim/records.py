@@ -23,7 +23,9 @@ class ServedAd:
     served_ms: int
     duration_ms: int
     session: str
-    """The session the server keyed this ad on (from the signed token)."""
+    """The session the client sent (the break's ad tag; ``Pod.session``): caps, separation
+    and limit-ad-tracking viewers are checked on it. The token's session must equal it (the
+    engine counts an anomaly otherwise)."""
     viewer_key: str
     """Who the server should cap for (the simulator's own computation)."""
     viewer_hash: str

@@ -336,6 +336,7 @@ def build_report(
             "server_vs_simulator_counts": mismatches,
             "instances_disagree_on": instance_mismatch,
             "anomalies": st["anomalies"],
+            "token_session_mismatches": st["token_session_mismatches"],
             "anomaly_examples": list(engine.anomalies),
         },
     }
