@@ -503,6 +503,26 @@ def test_budget_rows_count_no_spend_for_flat_impressions() -> None:
     assert row["limit"] == "spend" and row["delivered"] == pytest.approx(0.018)
 
 
+def test_overdelivery_verdict_reads_impressions_counted_within_their_reservation() -> None:
+    """A late beacon (counted after its ad's reservation lapsed) can push a correct server
+    past a budget: that excess is reported apart, the verdict reads the rest."""
+    catalog = parse_catalog(sim_catalog(), source="test")
+    beer = {"line_item": "li-beer-a", "creative": "cr-beer-a-15", "campaign": "cmp-beer-a",
+            "advertiser": "adv-beer-a", "category": "beer"}  # fmt: skip
+    budget = catalog.line_items["li-beer-a"].pacing.budget  # 30 impressions
+    ads = [_ad(f"b{i}", pod=i, served_ms=i * 60_000, **beer) for i in range(30)]
+    late = _ad("late", pod=30, served_ms=0, **beer)
+    late.impression_arrival_ms = (RESERVATION_S + 1) * 1000
+    [row] = _budget_rows("li-beer-a", "line_item", budget, [*ads, late], catalog, START)
+    assert (row["delivered"], row["delivered_within_reservation"]) == (31, 30)
+    assert row["overdelivery_pct"] == 0.0 and row["overdelivery_with_late_pct"] == 3.333
+    assert row["late_impressions_after_reservation"] == 1
+    # one more counted within its reservation: the server's own overdelivery
+    extra = _ad("extra", pod=31, served_ms=0, **beer)
+    [row] = _budget_rows("li-beer-a", "line_item", budget, [*ads, extra], catalog, START)
+    assert row["overdelivery_pct"] == 3.333
+
+
 def test_cap_checker_finds_and_classifies_excess() -> None:
     catalog = parse_catalog(sim_catalog(), source="test")
     minute = 60_000
