@@ -369,6 +369,7 @@ def test_model_comparison_runs_every_arm(tmp_path: Path) -> None:
     assert c["truth"]["scorer"]["name"] == "truth"
     assert c["completion_lift_pct"] is not None
     assert c["expected_completion_lift_pct"] is not None
+    assert c["verdicts"] == {"model_keeps_expected_completion_rate": True}, c
     # ranking by the ground truth itself finds completions here that price ranking misses
     assert c["truth_expected_completion_lift_pct"] > 0
     share = c["model_share_of_truth_lift_pct"]
@@ -697,6 +698,31 @@ def test_write_outputs_for_a_comparison(tmp_path: Path, first_run: dict[str, Any
     assert abs(c["expected_completes"] - c["completes"]) < 0.05 * c["impressions"]
     files = write_outputs(both, tmp_path)
     assert "report.json" in files and "price arm" in (tmp_path / "report.txt").read_text()
+
+
+def test_comparison_verdict_on_the_models_expected_completion_rate(
+    first_run: dict[str, Any],
+) -> None:
+    """The model arm fails when its expected completions per impression fall below
+    price-only ranking's by more than two standard errors of the difference."""
+    from vastserver.sim.report import comparison_report
+
+    c = first_run["completion"]
+    se = c["expected_rate_stderr"]
+    assert 0 < se < 0.05  # a few hundred plays
+    noise_pct = 2 * (2 * se**2) ** 0.5 / c["expected_rate"] * 100
+
+    def model_arm(rate: float) -> dict[str, Any]:
+        return {**first_run, "completion": {**c, "expected_rate": rate}}
+
+    same = comparison_report(first_run, first_run)["comparison"]
+    assert same["verdicts"] == {"model_keeps_expected_completion_rate": True}
+    assert same["expected_completion_lift_noise_pct"] == pytest.approx(noise_pct, abs=1e-3)
+    within = comparison_report(first_run, model_arm(c["expected_rate"] - 1.5 * se))
+    assert within["comparison"]["verdicts"]["model_keeps_expected_completion_rate"] is True
+    worse = comparison_report(first_run, model_arm(c["expected_rate"] - 3.5 * se))
+    assert worse["comparison"]["verdicts"]["model_keeps_expected_completion_rate"] is False
+    assert "[FAIL] the model's expected completion rate" in render_text(worse)
 
 
 def test_pacing_figures_read_periods_begun_in_the_window() -> None:

@@ -191,7 +191,7 @@ def main_simulate(argv: Sequence[str]) -> int:
         if args.compare_model:
             report = run_comparison(config, args.out)
             verdicts = [all(arm["verdicts"].values()) for arm in report["arms"].values()]
-            ok = all(verdicts)
+            ok = all(verdicts) and all(report["comparison"]["verdicts"].values())
         else:
             report = run_simulation(config, args.out)
             ok = all(report["verdicts"].values())

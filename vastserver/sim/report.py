@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -32,10 +33,22 @@ __all__ = [
 ]
 
 OVERDELIVERY_LIMIT_PCT = 1.0
+LIFT_NOISE_Z = 2.0
+"""The model arm's expected completion rate may fall below price-only's by at most this many
+standard errors of the difference (the arms' sampling noise) before the verdict fails."""
 
 
 def _rate(num: float, den: float) -> float | None:
     return round(num / den, 6) if den else None
+
+
+def _stderr(total: float, total_sq: float, n: int) -> float | None:
+    """Standard error of the mean of ``n`` values from their sum and sum of squares."""
+    if n < 2:
+        return None
+    mean = total / n
+    var = max(0.0, (total_sq - n * mean * mean) / (n - 1))
+    return round(math.sqrt(var / n), 6)
 
 
 def _budget_rows(
@@ -272,6 +285,7 @@ def build_report(
     played = [a for a in ads if a.played_ms is not None]
     completes = sum(a.complete for a in played)
     expected = sum(a.p_complete or 0.0 for a in played)
+    expected_sq = sum((a.p_complete or 0.0) ** 2 for a in played)
     counted_imps = sum(engine.counted[(li, "impression")] for li in catalog.line_items)
     counted_completes = sum(engine.counted[(li, "complete")] for li in catalog.line_items)
     revenue = sum(a.price_micros / 1e9 for a in ads if a.impression_arrival_ms is not None)
@@ -324,6 +338,7 @@ def build_report(
             "rate": _rate(completes, len(played)),
             "expected_completes": round(expected, 3),
             "expected_rate": _rate(expected, len(played)),
+            "expected_rate_stderr": _stderr(expected, expected_sq, len(played)),
             "server_counted_impressions": counted_imps,
             "server_counted_completes": counted_completes,
             "server_counted_rate": _rate(counted_completes, counted_imps),
@@ -428,11 +443,19 @@ def comparison_report(
     def pct(v: float | None) -> float | None:
         return None if v is None else round(v, 3)
 
+    noise = _lift_noise_pct(price["completion"], model["completion"])
+    lift = change(model, "expected_rate")
     comparison: dict[str, Any] = {
         "price": arm(price),
         "model": arm(model),
         "completion_lift_pct": pct(change(model, "rate")),
-        "expected_completion_lift_pct": pct(change(model, "expected_rate")),
+        "expected_completion_lift_pct": pct(lift),
+        "expected_completion_lift_noise_pct": pct(noise),
+        "verdicts": {
+            # the model's expected completions per impression are not below price-only
+            # ranking's beyond the noise (unknown noise or rates: not judged, passes)
+            "model_keeps_expected_completion_rate": lift is None or noise is None or lift >= -noise,
+        },
         "expected_completes_lift_pct": pct(change(model, "expected_completes")),
         "completes_lift_pct": pct(change(model, "completes")),
         "revenue_change_pct": pct(change(model, "revenue")),
@@ -452,6 +475,17 @@ def comparison_report(
             else None,
         }
     return {"comparison": comparison, "arms": arms}
+
+
+def _lift_noise_pct(price: Mapping[str, Any], model: Mapping[str, Any]) -> float | None:
+    """``LIFT_NOISE_Z`` standard errors of the difference of the arms' expected completion
+    rates, as % of price-only's rate; the arms taken as independent samples (they share
+    viewers and draws, so this overstates the noise: the check is lenient)."""
+    p = float(price["expected_rate"] or 0.0)
+    se_p, se_m = price["expected_rate_stderr"], model["expected_rate_stderr"]
+    if not p or se_p is None or se_m is None:
+        return None
+    return LIFT_NOISE_Z * math.sqrt(float(se_p) ** 2 + float(se_m) ** 2) / p * 100
 
 
 # ---------------------------------------------------------------------------- text
@@ -496,6 +530,10 @@ def render_text(report: Mapping[str, Any]) -> str:
             f"  expected (the ground truth's probabilities of the ads played, no draw luck): "
             f"completion-rate lift {c['expected_completion_lift_pct']} %, "
             f"completes lift {c['expected_completes_lift_pct']} %",
+            f"  [{'PASS' if c['verdicts']['model_keeps_expected_completion_rate'] else 'FAIL'}]"
+            f" the model's expected completion rate is not below price-only's beyond the noise "
+            f"(lift {c['expected_completion_lift_pct']} %, allowed down to "
+            f"-{c['expected_completion_lift_noise_pct']} %)",
         ]
         if "truth" in c:
             share = c["model_share_of_truth_lift_pct"]
