@@ -171,6 +171,10 @@ def sim_catalog() -> dict[str, Any]:
                 "name": "house",
                 "tier": "house",
                 "creative_ids": ["cr-house-10", "cr-house-30"],
+                # Two creatives, one of them an hour: separation lets the other come back
+                # the next break, so only the reservation of the first (a look-ahead
+                # stitcher fetches both before either plays) keeps the cap.
+                "frequency_caps": [{"scope": "advertiser", "max": 1, "window": "1h"}],
             },
         ],
         "ad_rules": {
@@ -224,6 +228,7 @@ def test_short_evening_keeps_every_guarantee(first_run: dict[str, Any]) -> None:
     t, b = r["traffic"], r["beacons"]
     # Enough traffic that the checks had something to check, through both client kinds.
     assert t["sessions_player"] > 50 and t["sessions_ssai"] > 20
+    assert 0 < t["sessions_ssai_lookahead"] < t["sessions_ssai"]
     assert t["pods"] > 200 and t["ads_played"] > 300
     assert r["frequency_caps"]["cap_checks"] > 100
     # Budgets were reached (so overdelivery was really tested) ...
@@ -317,6 +322,35 @@ def test_a_server_that_rekeys_the_session_is_caught(monkeypatch: pytest.MonkeyPa
     assert r["competitive_separation"]["cross_break_competitive"] > 0
 
 
+def test_a_cap_check_that_ignores_reservations_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Look-ahead stitchers fetch three breaks before the first plays: li-house's hourly
+    advertiser cap then holds only because each serve counts the reservations of the ones
+    before it. A server that makes no cap reservations serves past it."""
+    from vastserver import delivery
+    from vastserver.pipeline.delivery import is_cap_key
+
+    real = delivery.reservation_plan
+
+    def no_cap_reservations(*args: Any, **kwargs: Any) -> Any:
+        guards, incrs = real(*args, **kwargs)
+        return guards, tuple(i for i in incrs if not is_cap_key(i.key))
+
+    monkeypatch.setattr(delivery, "reservation_plan", no_cap_reservations)
+    r = run_simulation(_config(households=100, hours=2.0, lookahead_share=1.0))
+    assert r["traffic"]["sessions_ssai_lookahead"] == r["traffic"]["sessions_ssai"] > 0
+    assert r["frequency_caps"]["over_cap_by_cause"]["server"] > 0
+    assert r["verdicts"]["frequency_caps"] is False
+    # li-house's hourly advertiser cap, exceeded by two breaks fetched at the same moment
+    caught = [
+        e
+        for e in r["frequency_caps"]["examples"]
+        if e["cause"] == "server"
+        and e["cap"] == {"scope": "advertiser", "max": 1, "window": "1h"}
+        and len({p["served_ms"] for p in e["plays"]}) == 1
+    ]
+    assert caught
+
+
 def test_cli_writes_report_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     catalog = tmp_path / "catalog.json"
     catalog.write_text(json.dumps(sim_catalog()))
@@ -358,7 +392,15 @@ def test_model_comparison_runs_every_arm(tmp_path: Path) -> None:
         pytest.skip(f"no loadable model bundle in fixtures/demo-model yet: {e}")
     # enough traffic that ranking has choices to make (80 households for 1 h fill every pod
     # with all that is eligible, and the three arms serve the same ads)
-    cfg = _config(households=300, hours=2.0, model_path=bundle, event_log_dir=tmp_path / "log")
+    # (no look-ahead stitchers: in this small world their fetches leave price and truth
+    # ranking the same expected rate)
+    cfg = _config(
+        households=300,
+        hours=2.0,
+        model_path=bundle,
+        event_log_dir=tmp_path / "log",
+        lookahead_share=0.0,
+    )
     r = run_comparison(cfg)
     # each arm logs apart: one log holding both runs of the same hours would mislead training
     for arm in ("price", "model", "truth"):
@@ -417,7 +459,12 @@ async def test_stream_separation_minutes_are_exact(tmp_path: Path) -> None:
     from vastserver.sim.harness import PUBLIC_URL, Servers, SimClock, server_settings
 
     doc = sim_catalog()
-    doc["line_items"] = [li for li in doc["line_items"] if li["id"] == "li-house"]
+    # li-house without its cap: the separation alone must keep the creative out
+    doc["line_items"] = [
+        {k: v for k, v in li.items() if k != "frequency_caps"}
+        for li in doc["line_items"]
+        if li["id"] == "li-house"
+    ]
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(doc))
     settings = server_settings(

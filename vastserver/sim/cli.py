@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of sessions played through an SSAI stitcher (default 0.3)",
     )
     p.add_argument(
+        "--lookahead-share",
+        type=unit_fraction,
+        default=0.5,
+        metavar="F",
+        help="share of SSAI sessions whose stitcher fetches three breaks at once (default 0.5)",
+    )
+    p.add_argument(
         "--sessions-per-household",
         type=positive_float,
         default=1.8,
@@ -168,6 +175,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         flush_redis=args.flush_redis,
         model_path=args.model,
         ssai_share=args.ssai_share,
+        lookahead_share=args.lookahead_share,
         sessions_per_household=args.sessions_per_household,
         faults=faults,
         env=dict(os.environ),

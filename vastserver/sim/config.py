@@ -70,6 +70,10 @@ class SimConfig:
     the perfect model) instead of price or ``model_path``: a lift's ceiling."""
     ssai_share: float = 0.3
     """Share of sessions played through an SSAI stitcher instead of a client-side player."""
+    lookahead_share: float = 0.5
+    """Share of SSAI sessions whose stitcher fetches several breaks ahead at once
+    (:data:`~vastserver.sim.engine.LOOKAHEAD_BREAKS`): each of those serves must count the
+    reservations of the others, served but not yet played."""
     sessions_per_household: float = 1.8
     """Mean viewing sessions per household per day (spread by ``HOURLY_TRAFFIC``)."""
     faults: Faults = field(default_factory=Faults)
@@ -94,6 +98,8 @@ class SimConfig:
             problems.append("two instances need a shared state store: give a redis URL")
         if not 0.0 <= self.ssai_share <= 1.0:
             problems.append("ssai_share must be in [0, 1]")
+        if not 0.0 <= self.lookahead_share <= 1.0:
+            problems.append("lookahead_share must be in [0, 1]")
         if self.sessions_per_household <= 0:
             problems.append("sessions_per_household must be > 0")
         if self.start.tzinfo is None:

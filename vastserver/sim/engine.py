@@ -61,6 +61,10 @@ FRACTIONS = {"start": 0.0, "firstQuartile": 0.25, "midpoint": 0.5, "thirdQuartil
 EXIT_ON_ABANDONED_AD = 0.7
 """A viewer who stops watching an ad closes the stream (else the player moves on)."""
 NO_FILL_CODE = "303"
+LOOKAHEAD_BREAKS = 3
+"""A look-ahead stitcher fetches the break that is due and the two after it at once (as a
+live or VOD SSAI that prepares its manifest ahead); the later ones play after their
+5-minute reservation lapsed, so their impressions count as late."""
 
 
 def _hms(ms: int) -> str:
@@ -94,6 +98,8 @@ class FetchedBreak:
     pod_index: int | None
     serving_ids: list[str]
     fetched: bool = False
+    scheduled: bool = False
+    """Its fetch is in the queue (or done)."""
 
 
 @dataclass(slots=True)
@@ -108,6 +114,8 @@ class SessionState:
     """Sim time at which the content was at ``pos_s``."""
     pos_s: float = 0.0
     ended: bool = False
+    lookahead: bool = False
+    """A stitcher fetching :data:`LOOKAHEAD_BREAKS` breaks at once."""
 
 
 Action = Callable[[], Awaitable[None]]
@@ -316,7 +324,12 @@ class Engine:
             }
         else:
             headers = {"User-Agent": d.user_agent, "X-Forwarded-For": h.ip}
-        s = SessionState(plan=plan, rng=rng, headers=headers)
+        # Drawn from a stream of its own, so the session's other draws stay as they were.
+        lookahead = plan.ssai and (
+            random.Random(f"{plan.rng_seed}:lookahead").random() < self.cfg.lookahead_share
+        )
+        s = SessionState(plan=plan, rng=rng, headers=headers, lookahead=lookahead)
+        self.stats["sessions_lookahead"] += lookahead
         q = self._query(plan)
         if plan.ssai:
             # Stitchers name their own sessions; players take the one the VMAP carries.
@@ -366,13 +379,23 @@ class Engine:
         if c > leave_at_s or (fb.vmap.time_offset == "end" and s.plan.watch_fraction < 1.0):
             leave_ms = s.pos_ms + int(max(0.0, leave_at_s - s.pos_s) * 1000)
             if fetch_ms < leave_ms:
-                self.push(fetch_ms, self._fetcher(s, i))
+                self._schedule_fetch(s, i, fetch_ms)
+            if any(b.scheduled for b in s.breaks[i:]):
                 self.push(leave_ms, self._abandoner(s, i))
             else:
                 s.ended = True
             return
-        self.push(fetch_ms, self._fetcher(s, i))
+        self._schedule_fetch(s, i, fetch_ms)
         self.push(max(play_ms, fetch_ms + 1), self._player(s, i))
+
+    def _schedule_fetch(self, s: SessionState, i: int, fetch_ms: int) -> None:
+        """Fetch break ``i`` at ``fetch_ms`` unless it is fetched already; a look-ahead
+        stitcher fetches the breaks after it at the same moment."""
+        last = i + (LOOKAHEAD_BREAKS if s.lookahead else 1)
+        for j in range(i, min(last, len(s.breaks))):
+            if not s.breaks[j].scheduled:
+                s.breaks[j].scheduled = True
+                self.push(fetch_ms, self._fetcher(s, j))
 
     def _fetcher(self, s: SessionState, i: int) -> Action:
         async def go() -> None:
@@ -566,6 +589,7 @@ class Engine:
                 rest = fb.serving_ids[n + 1 :]
                 self._not_used(s, [a.impression_url for a in ads[n + 1 :]], rest, t, ssai_only=True)
                 s.ended = True
+                self._prefetched_unplayed(s, i + 1, t)
                 return
             t += 300
         if not plan.ssai and "breakEnd" in fb.vmap.tracking:
@@ -576,14 +600,19 @@ class Engine:
         self.advance(s)
 
     def abandon(self, s: SessionState, i: int, at_ms: int) -> None:
-        """The viewer left before break ``i`` played: its prefetched ads were never used."""
-        fb = s.breaks[i]
+        """The viewer left before break ``i`` played: its prefetched ads were never used
+        (nor those of the breaks a look-ahead stitcher fetched after it)."""
         s.ended = True
         self.stats["sessions_left_before_break"] += 1
-        if fb.pod is None or not fb.pod.ads:
-            return
-        self.stats["pods_prefetched_unplayed"] += 1
-        self._not_used(s, [a.impression_url for a in fb.pod.ads], fb.serving_ids, at_ms)
+        self._prefetched_unplayed(s, i, at_ms)
+
+    def _prefetched_unplayed(self, s: SessionState, first: int, at_ms: int) -> None:
+        """The session ended: the pods fetched for breaks from ``first`` on never play."""
+        for fb in s.breaks[first:]:
+            if fb.pod is None or not fb.pod.ads:
+                continue
+            self.stats["pods_prefetched_unplayed"] += 1
+            self._not_used(s, [a.impression_url for a in fb.pod.ads], fb.serving_ids, at_ms)
 
     def _not_used(
         self,

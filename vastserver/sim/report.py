@@ -298,6 +298,7 @@ def build_report(
             "sessions": st["sessions"],
             "sessions_player": st["sessions_player"],
             "sessions_ssai": st["sessions_ssai"],
+            "sessions_ssai_lookahead": st["sessions_lookahead"],
             "vast_requests": st["vast_requests"],
             "pods": st["pods"],
             "pods_filled": st["pods_filled"],
@@ -598,7 +599,8 @@ def render_text(report: Mapping[str, Any]) -> str:
         f"{sep['stream_creative_repeats']}",
         "",
         "Traffic",
-        f"  sessions {t['sessions']} (player {t['sessions_player']}, SSAI {t['sessions_ssai']}), "
+        f"  sessions {t['sessions']} (player {t['sessions_player']}, SSAI {t['sessions_ssai']}, "
+        f"{t['sessions_ssai_lookahead']} of them fetching breaks ahead), "
         f"pods {t['pods']} (filled {t['pods_filled']}), ads served {t['ads_served']}, "
         f"played {t['ads_played']}",
         f"  completion rate {_pct(c['rate'])} (ground truth; server counted "

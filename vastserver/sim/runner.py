@@ -173,6 +173,7 @@ def _config_summary(
         "model": str(cfg.model_path) if cfg.model_path else None,
         "truth_ranking": cfg.truth_ranking,
         "ssai_share": cfg.ssai_share,
+        "lookahead_share": cfg.lookahead_share,
         "sessions_per_household": cfg.sessions_per_household,
         "catalog": catalog_path.name,
         "catalog_version": catalog_version,
