@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -225,7 +226,16 @@ def test_each_worker_answers_metrics_on_its_own_port(redis_url: str) -> None:
         str(mport),
     )
     try:
-        srv.wait_ready()
+        srv.wait_ready()  # one worker is up: the other may still be loading
+        deadline = time.monotonic() + 30
+        for i in range(2):  # each worker's own port listens once that worker is up
+            while True:
+                try:
+                    _get(f"http://127.0.0.1:{mport + i}/metrics")
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"worker {i} never listened"
+                    time.sleep(0.1)
         n = 60
         with ThreadPoolExecutor(8) as pool:
             statuses = list(
