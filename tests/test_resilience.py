@@ -13,6 +13,7 @@ import string
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
@@ -26,6 +27,7 @@ from vastserver.app import RUNTIME
 from vastserver.catalog.model import AdRules
 from vastserver.eventlog import read_events
 from vastserver.params import ClientInfo, ParamError, parse_vast_request, parse_vmap_query
+from vastserver.tracking import expand_macros
 
 NS = {"v": "http://www.iab.com/VAST"}
 VAST_PARAMS = [
@@ -126,6 +128,33 @@ async def test_hanging_store_degrades_instead_of_hanging(make_client: ClientFact
     text = await (await client.get("/metrics")).text()
     assert _metric(text, 'vastserver_degradations_total{reason="store_timeout"}') == 1
     assert _metric(text, 'vastserver_degradations_total{reason="history_timeout"}') == 1
+
+
+async def test_a_store_that_fails_at_once_is_a_degradation_and_a_beacon_store_error(
+    make_client: ClientFactory,
+) -> None:
+    """A store that refuses (Redis down) degrades every decision to the failure policy: the
+    degradations metric says so, as it does for a slow store, and a beacon's failed claim
+    counts among the store errors (the alerts on both would otherwise stay silent)."""
+    from vastserver.store.base import StoreUnavailable
+
+    client: Any = await make_client()
+    rt = client.server.app[RUNTIME]
+    resp = await client.get("/vast?pod_duration=30&max_ads=1&device_id=d-down")
+    imp = etree.fromstring(await resp.read()).find(".//v:Impression", NS)
+    assert imp is not None
+
+    async def down(*args: Any, **kw: Any) -> Any:
+        raise StoreUnavailable("connection refused")
+
+    for op in ("read", "commit", "claim_and_add", "history", "push_history"):
+        setattr(rt.store.inner, op, down)
+    assert (await client.get("/vast?pod_duration=60&session=s1")).status == 200
+    url = urlsplit(expand_macros(imp.text.strip()))
+    assert (await client.get(f"{url.path}?{url.query}")).status == 503
+    text = await (await client.get("/metrics")).text()
+    assert _metric(text, 'vastserver_degradations_total{reason="store_unavailable"}') == 1
+    assert _metric(text, 'vastserver_store_errors_total{op="beacon"}') == 1
 
 
 async def test_an_inline_vmap_past_its_deadline_sends_the_rest_as_tags(

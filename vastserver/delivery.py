@@ -101,6 +101,8 @@ class Prefetched:
     exposures: int
     recent_creatives: frozenset[str]
     recent_competitive: frozenset[str]
+    degraded: bool = False
+    """No counters were read (the store failed): the failure policy decides."""
 
 
 HISTORY_KEEP = 64
@@ -221,7 +223,7 @@ class DeliveryControl:
             rng=self.rng,
             exhausted=exhausted,
         )
-        return Prefetched(gate, 0, frozenset(), frozenset())
+        return Prefetched(gate, 0, frozenset(), frozenset(), degraded=True)
 
     async def remember(self, d: Decision) -> None:
         """Add a decided break to its session's history (stream-level separation)."""
@@ -411,7 +413,11 @@ class DeliveryControl:
         # in-memory store's refusal of possibly evicted claims relies on).
         now = self.clock().timestamp()
         ttl = max(1, math.ceil(served_at + self.token_max_age_s + 3600 - now))
-        claims = await self.store.claim_and_add(keys, ttl, incrs, now)
+        try:
+            claims = await self.store.claim_and_add(keys, ttl, incrs, now)
+        except StoreUnavailable as e:
+            self._store_error(e, "beacon")  # the caller answers 503
+            raise
         if not claims[0]:
             return REPLAY
         if settle_event and not claims[1]:

@@ -198,6 +198,9 @@ class AdService:
         except TimeoutError:
             self.metrics.degradations.labels("store_timeout").inc()
             pre = self.delivery.degraded(kept, viewer, now)
+        else:
+            if pre.degraded:  # the store failed at once (down, refused)
+                self.metrics.degradations.labels("store_unavailable").inc()
         env = replace(
             env,
             gate=pre.gate,
