@@ -33,6 +33,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _two_free_ports() -> int:
+    """A port p with p and p + 1 free."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            p = int(a.getsockname()[1])
+            if p >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", p + 1))
+                except OSError:
+                    continue
+                return p
+    raise AssertionError("no two consecutive free ports")
+
+
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VASTSERVER_")}
     env.update(
@@ -138,6 +155,59 @@ def test_serve_two_workers_and_clean_shutdown(server_factory: Any, redis_url: st
         stats = json.loads(r.read())
     assert sum(li["delivered_impressions"] for li in stats) == 1
     assert srv.stop() == 0
+
+
+def test_a_worker_that_dies_is_replaced(server_factory: Any, redis_url: str) -> None:
+    """An OOM kill of one worker must not leave the instance at half capacity with /readyz
+    still 200 and nothing logged: the parent logs ``worker_exited`` and starts another,
+    which serves; a SIGTERM then stops the server cleanly (exit 0)."""
+    mport = _two_free_ports()
+    srv = server_factory(
+        "--workers", "2", "--redis", redis_url, "--event-log", "off", "--metrics-port", str(mport)
+    )
+    srv.wait_ready()
+
+    def workers() -> set[str]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True, check=False
+        ).stdout
+        return set(out.split())
+
+    deadline = time.monotonic() + 20
+    while len(before := workers()) < 2:
+        assert time.monotonic() < deadline, before
+        time.sleep(0.1)
+    victim = sorted(before)[0]
+    os.kill(int(victim), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        now = workers()
+        if len(now) == 2 and victim not in now:
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(0.1)
+    replacement = (now - before).pop()
+    deadline = time.monotonic() + 30
+    for port in (mport, mport + 1):  # each worker's own port: the new one's once it is up
+        while True:
+            try:
+                if _get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, port
+    # every connection is served, by either worker
+    for i in range(20):
+        assert _get(srv.base + f"/vast?pod_duration=30&device_id=r{i}")[0] == 200
+    assert srv.stop() == 0
+    assert srv.proc.stdout is not None
+    lines = [json.loads(x) for x in srv.proc.stdout.read().decode().splitlines() if x]
+    exited = [x for x in lines if x["event"] == "worker_exited"]
+    assert len(exited) == 1 and exited[0]["pid"] == int(victim)
+    # it died young (seconds after its start): started again after a second
+    assert exited[0]["code"] == -signal.SIGKILL and exited[0]["restart_in_s"] == 1.0
+    accepting = {x["pid"] for x in lines if x["event"] == "accepting"}
+    assert int(replacement) in accepting
 
 
 def test_serve_refuses_workers_without_a_shared_store() -> None:

@@ -19,7 +19,7 @@ from lxml import etree
 
 from tests.delivery_support import Clock, base_catalog, make_service, request, tokens_for
 from tests.support.redis_server import RedisServer
-from tests.test_cli import Server, _env
+from tests.test_cli import Server, _env, _two_free_ports
 from vastserver.store.base import StoreUnavailable
 from vastserver.store.redis import RedisStore
 from vastserver.tracking import expand_macros
@@ -184,25 +184,6 @@ async def test_readyz_reports_the_store_and_stays_ready_without_it(
         redis_server.start()
     body = await (await client.get("/readyz")).json()
     assert body["store"]["reachable"] is True
-
-
-def _two_free_ports() -> int:
-    """A port p with p and p + 1 free."""
-    import socket
-
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            p = int(a.getsockname()[1])
-            if p >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", p + 1))
-                except OSError:
-                    continue
-                return p
-    raise AssertionError("no two consecutive free ports")
 
 
 def _counter(text: str, prefix: str) -> float:

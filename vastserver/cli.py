@@ -12,8 +12,10 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
+from multiprocessing.process import BaseProcess
 
 from aiohttp import web
 
@@ -225,7 +227,7 @@ def serve(argv: Sequence[str]) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     _serve_parser(sub)
     args = ap.parse_args(["serve", *argv])
-    from vastserver.app import hold_sighup, take_early_sighup
+    from vastserver.app import hold_sighup
 
     hold_sighup()  # a SIGHUP during start-up reloads once started; its default kills
     overrides = {k: v for k, v in vars(args).items() if k != "cmd" and v is not None}
@@ -262,40 +264,123 @@ def serve(argv: Sequence[str]) -> int:
     if settings.workers == 1:
         _run_worker(settings, sock, metrics_socks[0])
         return 0
+    return _supervise(settings, sock, metrics_socks)
+
+
+_FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+def _worker_process(
+    settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None
+) -> None:
+    """A forked worker, with the signal dispositions of a fresh start (SIGTERM and SIGINT
+    stop it while it loads, a SIGHUP is held until it serves), then unblocked."""
+    from vastserver.app import hold_sighup
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    hold_sighup()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+    _run_worker(settings, sock, metrics_sock)
+
+
+RESPAWN_MAX_DELAY_S = 30.0
+"""A worker that keeps dying young is started again at most this often."""
+YOUNG_S = 10.0
+"""A worker that dies within this many seconds of its start died young (backoff grows)."""
+_STOP_CODES = (0, -signal.SIGTERM, -signal.SIGINT)
+"""Exit codes of a worker that stopped as asked (killed by the signal while loading)."""
+
+
+def _supervise(
+    settings: Settings, sock: socket.socket, metrics_socks: list[socket.socket | None]
+) -> int:
+    """Fork the workers, pass signals on, and replace a worker that dies (an OOM kill, a
+    crash) while the others serve on: logged as ``worker_exited``, started again at once, or
+    after a growing delay (up to :data:`RESPAWN_MAX_DELAY_S`) when it keeps dying young. A
+    worker of the first start that exits 2 could not start (its port, its settings): the
+    server is not what was asked for, so the others stop too and the exit status is 2. After
+    SIGTERM/SIGINT: 0 when every worker stopped as asked, else 1."""
+    from vastserver.app import take_early_sighup
+
     ctx = multiprocessing.get_context("fork")
-    procs = [
-        ctx.Process(target=_run_worker, args=(settings, sock, metrics_socks[i]), daemon=False)
-        for i in range(settings.workers)
-    ]
-    for pr in procs:
-        pr.start()
-    sock.close()
-    for ms in metrics_socks:
-        if ms is not None:
-            ms.close()
+    n = settings.workers
+    procs: list[BaseProcess | None] = [None] * n
+    started = [0.0] * n
+    young = [0] * n
+    first = [True] * n
+    due: dict[int, float] = {}
+    state = {"stopping": False, "status": 0}
+
+    def spawn(i: int) -> None:
+        pr = ctx.Process(target=_worker_process, args=(settings, sock, metrics_socks[i]))
+        # the child must not run this parent's handlers (a replacement is forked after they
+        # are set): signals wait until it has set its own
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+        try:
+            pr.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        procs[i] = pr
+        started[i] = time.monotonic()
 
     def stop(signum: int, _frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT) and not state["stopping"]:
+            state["stopping"] = True
+            # the workers hold the sockets too; once they close theirs, connections are
+            # refused at once (a load balancer moves on), not queued behind ours
+            for s in (sock, *metrics_socks):
+                if s is not None:
+                    s.close()
         for pr in procs:
-            if pr.pid is not None and pr.is_alive():
+            if pr is not None and pr.pid is not None and pr.is_alive():
                 os.kill(pr.pid, signum)
 
+    for i in range(n):
+        spawn(i)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, stop)
     if take_early_sighup():  # came while the workers were being started: pass it on
         stop(signal.SIGHUP, None)
-    # A worker that exits 2 could not start (its port, its settings): the server is not what
-    # was asked for, so the others stop too and the parent says so, instead of serving on
-    # short of a worker.
-    pending = list(procs)
-    while pending:
-        mp_connection.wait([pr.sentinel for pr in pending])
-        for pr in [pr for pr in pending if not pr.is_alive()]:
-            pending.remove(pr)
+    while True:
+        running = [pr for pr in procs if pr is not None]
+        if not running and not due:
+            return state["status"]
+        wait_s = None if not due else max(0.0, min(due.values()) - time.monotonic())
+        mp_connection.wait([pr.sentinel for pr in running], wait_s)
+        now = time.monotonic()
+        for i, pr in enumerate(procs):
+            if pr is None or pr.is_alive():
+                continue
             pr.join()
-            if pr.exitcode == 2:
+            procs[i] = None
+            code = pr.exitcode
+            if state["stopping"]:
+                if code not in _STOP_CODES:
+                    state["status"] = max(state["status"], 1)
+            elif code == 2 and first[i]:
+                state["status"] = 2
                 stop(signal.SIGTERM, None)
-    return max((pr.exitcode or 0) for pr in procs)
+            else:
+                young[i] = young[i] + 1 if now - started[i] < YOUNG_S else 0
+                delay = min(RESPAWN_MAX_DELAY_S, 2.0 ** young[i] - 1)
+                event(
+                    log,
+                    "worker_exited",
+                    logging.ERROR,
+                    pid=pr.pid,
+                    code=code,
+                    restart_in_s=delay,
+                )
+                due[i] = now + delay
+        if state["stopping"]:
+            due.clear()
+        for i, t in list(due.items()):
+            if t <= now:
+                del due[i]
+                first[i] = False
+                spawn(i)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
