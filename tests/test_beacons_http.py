@@ -279,3 +279,26 @@ async def test_a_replay_after_its_claim_was_evicted_is_not_counted(
 def _metric_ok(text: str) -> float:
     line = 'vastserver_beacons_total{event="impression",result="ok"} '
     return next((float(x[len(line) :]) for x in text.splitlines() if x.startswith(line)), 0.0)
+
+
+async def test_a_click_through_is_counted(client: Any) -> None:
+    ad = await _first_ad(client)
+    click = ad.find(".//v:ClickThrough", NS)
+    assert click is not None
+    resp = await client.get(_local(click.text), allow_redirects=False)
+    assert resp.status == 302
+    text = await (await client.get("/metrics")).text()
+    assert 'vastserver_beacons_total{event="click",result="ok"} 1.0' in text
+
+
+async def test_beacons_verify_for_the_configured_token_max_age(
+    make_client: ClientFactory, clock: FakeClock
+) -> None:
+    """VASTSERVER_TOKEN_MAX_AGE, not a fixed day, decides how long a tracking URL counts."""
+    client = await make_client(token_max_age=7 * 86400)
+    imp = _local(_tracking(await _first_ad(client), "impression"))
+    clock.now += timedelta(days=2)
+    assert (await client.get(imp)).status == 204
+    assert _metric_ok(await (await client.get("/metrics")).text()) == 1
+    clock.now += timedelta(days=6)
+    assert (await client.get(imp)).status == 403

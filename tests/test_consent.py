@@ -230,6 +230,8 @@ def test_a_core_segment_cut_at_any_character_still_decodes() -> None:
         (True, tc_string({2, 4}), None, False, False),  # nothing without purpose 1
         (True, tc_string({1, 4}), None, False, True),
         (True, tc_string({1, 2, 3, 4}), None, True, True),
+        # purpose 4 (personalised ads) on legitimate interest only: TCF 2.2 does not allow it
+        (True, tc_string({1, 2, 3}, li={4}), None, True, False),
         (True, tc_string({1, 2, 3, 4}, vendors={5}), 5, True, True),
         (True, tc_string({1, 2, 3, 4}, vendors={5}), 6, False, False),  # not our vendor
     ],

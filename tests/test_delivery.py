@@ -469,6 +469,7 @@ async def test_a_store_failure_at_commit_drops_budgeted_ads_as_budget_exhausted(
     [
         # last-only: alone in slot 1 it may not play at all
         ({"slot": "last", "slot_prices": {"last": 30}}, [("li-a", 1, 20.0), ("li-b", 2, 30.0)], []),
+        ({"slot": "last"}, [("li-a", 1, 20.0), ("li-b", 2, 10.0)], []),  # even at one price
         # any slot, a last-slot price: moving up it would be billed 30 as slot 1 of one
         ({"slot_prices": {"last": 30}}, [("li-a", 1, 20.0), ("li-b", 2, 30.0)], []),
         # a first-slot price, already first: it stays, at its price
@@ -504,6 +505,43 @@ async def test_ads_left_after_a_refusal_keep_their_slot_rules_and_prices(
     assert reasons["li-a"] == (Reason.BUDGET_EXHAUSTED, None)
     assert reasons["li-b"] == ((None, 1) if after else (Reason.NOT_SELECTED, None))
     assert d.total_duration_ms == 15_000 * len(after)
+
+
+async def test_a_beacon_replayed_hours_later_counts_once() -> None:
+    """A claim lasts as long as its token verifies (and an hour more): a replay two hours
+    later, the token still good for a day, is a replay."""
+    svc, clock = _setup(base_catalog())
+    d = await svc.decide(request("v"))
+    tok = tokens_for(svc, d)[0]
+    assert (await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)).counted
+    clock.now += timedelta(hours=2)
+    again = await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)
+    assert again.replay and not again.counted
+    clock.now += timedelta(hours=21, minutes=59)  # 23:59 after the serve: still held
+    again = await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)
+    assert again.replay and not again.counted
+
+
+async def test_an_asap_line_item_is_not_throttled_near_its_budget() -> None:
+    """Only even pacing throttles: an ASAP line item at 80 % of its budget serves on."""
+    svc, _ = _setup(_with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 10}}))
+    for i in range(8):
+        assert "li-a" in await _serve_and_confirm(svc, request(f"v{i}"))
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    assert svc.delivery.throttle.get("li-a", 1.0) == 1.0
+
+
+async def test_a_capped_line_item_leaves_its_slot_to_another_ad() -> None:
+    """A cap already reached is seen before the pod is built (the prefetched counters), so
+    another ad takes the slot, rather than the capped one winning it and being refused at
+    commit, which leaves the slot empty."""
+    svc, clock = _setup(
+        _with_li_a(frequency_caps=[{"scope": "line_item", "max": 1, "window": "1d"}])
+    )
+    assert await _serve_and_confirm(svc, request("v", max_ads=1)) == ["li-a"]
+    clock.now += timedelta(hours=1)
+    d = await svc.decide(request("v", max_ads=1))
+    assert [a.candidate.line_item.id for a in d.ads] == ["li-b"]
 
 
 @pytest.mark.parametrize("shared", ["rendition", "universal_ad_id", "none"])

@@ -371,6 +371,20 @@ async def test_ttls_expire(h: Harness) -> None:
     assert await h.value("life1", LIFE, T0 + 1.1) == 1
 
 
+async def test_each_write_pushes_a_counters_expiry_forward(h: Harness) -> None:
+    """A counter expires its window (or ``ttl_s``) after its *last* write: a cap's counter
+    dropped a window after its first impression would lose later impressions still inside
+    the window, and a lifetime cap would reopen a year after the first, not the last."""
+    s = h.store
+    w = Window(1, 1)  # expiry: window + bucket = 2 s after a write
+    await s.add([Incr("w", w, 1), Incr("life", LIFE, 1, ttl_s=2)], T0)
+    await h.pass_time(1.2)
+    await s.add([Incr("w", w, 1), Incr("life", LIFE, 1, ttl_s=2)], T0 + 1.2)
+    await h.pass_time(1.2)  # 2.4 s after the first write, 1.2 s after the second
+    assert await h.value("life", LIFE, T0 + 2.4) == 2
+    assert await h.value("w", w, T0 + 2.4) == 1  # the bucket of the first left the window
+
+
 # ---------------------------------------------------------------------- reference model
 
 KEYS = ("k0", "k1", "k2", "k3")
