@@ -544,6 +544,41 @@ async def test_a_capped_line_item_leaves_its_slot_to_another_ad() -> None:
     assert [a.candidate.line_item.id for a in d.ads] == ["li-b"]
 
 
+@pytest.mark.parametrize(
+    ("per_ad", "per_s", "served"),
+    [
+        (20.0, None, True),  # a price equal to bidfloor meets it
+        (20.01, None, False),
+        (None, 20.0 / 15, True),  # 15 s at mincpmpersec: exactly the price
+        (None, 20.01 / 15, False),
+    ],
+)
+async def test_a_floor_is_met_by_a_price_equal_to_it(
+    per_ad: float | None, per_s: float | None, served: bool
+) -> None:
+    svc, _ = _setup(base_catalog())
+    req = replace(request("v", max_ads=1), floor_cpm=per_ad, floor_cpm_per_s=per_s)
+    d = await svc.decide(req, explain=True)
+    assert ([a.candidate.line_item.id for a in d.ads] == ["li-a"]) is served
+    reason = {t.line_item_id: t.reason for t in d.traces}["li-a"]
+    assert reason is (None if served else Reason.BELOW_FLOOR)
+
+
+async def test_a_late_beacon_counts_on_the_day_its_ad_was_served() -> None:
+    """An impression served before midnight and beaconed after it counts for the serve
+    day (as its budget counters do), not the day it arrived."""
+    svc, clock = _setup(base_catalog(), now=T0 - timedelta(minutes=1))  # 23:59 UTC
+    d = await svc.decide(request("v", max_ads=1))
+    clock.now = T0 + timedelta(minutes=2)  # 00:01 the next day
+    tok = tokens_for(svc, d)[0]
+    assert (await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)).counted
+    li = d.ads[0].candidate.line_item.id
+    day = (T0 - timedelta(minutes=1)).strftime("%Y-%m-%d")
+    keys = [Read(f"li:{li}:ev:impression:d:{day}", LIFETIME)]
+    store = svc.delivery.store
+    assert await store.read(keys, clock.now.timestamp()) == [1]
+
+
 @pytest.mark.parametrize("shared", ["rendition", "universal_ad_id", "none"])
 async def test_creatives_showing_one_video_never_share_a_pod(shared: str) -> None:
     """Two advertisers' creatives that share a video file at one rendition (not at their
