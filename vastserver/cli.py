@@ -274,11 +274,12 @@ def _worker_process(
     settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None
 ) -> None:
     """A forked worker, with the signal dispositions of a fresh start (SIGTERM and SIGINT
-    stop it while it loads, a SIGHUP is held until it serves), then unblocked."""
+    stop it while it loads, without a traceback; a SIGHUP is held until it serves), then
+    unblocked."""
     from vastserver.app import hold_sighup
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     hold_sighup()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
     _run_worker(settings, sock, metrics_sock)
@@ -313,16 +314,19 @@ def _supervise(
     state = {"stopping": False, "status": 0}
 
     def spawn(i: int) -> None:
-        pr = ctx.Process(target=_worker_process, args=(settings, sock, metrics_socks[i]))
-        # the child must not run this parent's handlers (a replacement is forked after they
-        # are set): signals wait until it has set its own
+        # Signals wait while a worker is forked: the child must not run this parent's
+        # handlers (a replacement is forked after they are set), and a SIGTERM must find the
+        # new worker in ``procs`` (or find the server stopping, and no worker started).
         held = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         try:
+            if state["stopping"]:
+                return
+            pr = ctx.Process(target=_worker_process, args=(settings, sock, metrics_socks[i]))
             pr.start()
+            procs[i] = pr
+            started[i] = time.monotonic()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
-        procs[i] = pr
-        started[i] = time.monotonic()
 
     def stop(signum: int, _frame: object) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT) and not state["stopping"]:
@@ -336,11 +340,11 @@ def _supervise(
             if pr is not None and pr.pid is not None and pr.is_alive():
                 os.kill(pr.pid, signum)
 
-    for i in range(n):
-        spawn(i)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGHUP, stop)
+    for i in range(n):
+        spawn(i)
     if take_early_sighup():  # came while the workers were being started: pass it on
         stop(signal.SIGHUP, None)
     while True:
