@@ -8,6 +8,7 @@ started again on its file, with budgets, delivery and beacon claims checked over
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
@@ -129,6 +130,36 @@ async def test_the_claim_horizon_survives_a_restart(tmp_path: Path) -> None:
     path.write_text(re.sub(r'"claim_horizon": \d+', '"claim_horizon": -5', path.read_text()))
     with pytest.raises(StateFileError, match="claim_horizon"):
         load_state(MemoryStore(clock=clock), path)
+
+
+@pytest.mark.parametrize("days", [7, 1])
+async def test_claims_move_with_the_token_lifetime_across_a_restart(
+    tmp_path: Path, days: int
+) -> None:
+    """A claim expires a fixed time after its token's serve time (the token lifetime and an
+    hour): a server restarted with another VASTSERVER_TOKEN_MAX_AGE moves the claims and the
+    claim horizon with it. Else, after a lowered lifetime, one evicted old claim would put
+    the horizon beyond every new token's claims, and no first beacon would count for days;
+    after a raised one, claims would lapse while their tokens still verify."""
+    clock = Clock(1_800_000_000.0)
+    old = MemoryStore(max_keys=3, clock=clock)
+    old.claim_window_s = 4 * 86400 + 3600
+    for i in range(4):  # the first is evicted: the horizon is its expiry
+        assert await claim(old, f"bc:{i}:impression", old.claim_window_s)
+    assert old.claim_horizon == math.ceil(clock.t) + old.claim_window_s
+    path = tmp_path / "s.json"
+    await save_state(old, path)
+    new = MemoryStore(clock=clock)
+    new.claim_window_s = days * 86400 + 3600
+    load_state(new, path)
+    shift = new.claim_window_s - old.claim_window_s
+    assert new.claim_horizon == old.claim_horizon + shift
+    assert not await claim(new, "bc:1:impression", new.claim_window_s)  # held: a replay
+    assert not await claim(new, "bc:0:impression", new.claim_window_s)  # evicted: refused
+    clock.t += 5
+    assert await claim(new, "bc:later:impression", new.claim_window_s)  # a newer token
+    clock.t += new.claim_window_s - 10  # the restored claims last as the new window says
+    assert not await claim(new, "bc:2:impression", 60)
 
 
 async def test_a_big_store_is_written_in_chunks(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from vastserver.catalog.load import CatalogError, load_catalog
-from vastserver.delivery import DeliveryControl
+from vastserver.delivery import DeliveryControl, claim_window_s
 from vastserver.eventlog import EventLog
 from vastserver.explain import decision_json
 from vastserver.geo import GeoLookup, fill_geo, open_geo
@@ -725,6 +725,7 @@ def create_app(
     store_clock = time.time if clock is system_clock else (lambda: clock().timestamp())
     inner = open_store(settings.redis_url, clock=store_clock, max_keys=settings.memory_max_keys)
     if isinstance(inner, MemoryStore):
+        inner.claim_window_s = claim_window_s(settings.token_max_age_s)
         metrics.watch_store_evictions(lambda: inner.evictions, lambda: inner.forgotten)
         if settings.state_file is not None:
             state_lock = StateLock(settings.state_file)

@@ -77,6 +77,15 @@ def _ev_key(li_id: str, event: str) -> str:
     return f"li:{li_id}:ev:{event}"
 
 
+CLAIM_GRACE_S = 3600
+"""A beacon claim outlives its token's last verifying second by this much."""
+
+
+def claim_window_s(token_max_age_s: int) -> int:
+    """How long after its ad was served a beacon claim expires."""
+    return token_max_age_s + CLAIM_GRACE_S
+
+
 def served_key(li_id: str) -> str:
     return f"li:{li_id}:served"
 
@@ -412,7 +421,7 @@ class DeliveryControl:
         # serve time, so claims expire in the order their tokens were issued (what the
         # in-memory store's refusal of possibly evicted claims relies on).
         now = self.clock().timestamp()
-        ttl = max(1, math.ceil(served_at + self.token_max_age_s + 3600 - now))
+        ttl = max(1, math.ceil(served_at + claim_window_s(self.token_max_age_s) - now))
         try:
             claims = await self.store.claim_and_add(keys, ttl, incrs, now)
         except StoreUnavailable as e:

@@ -167,7 +167,11 @@ class MemoryStore:
         """The latest expiry of a claim evicted while it was live (see the module docstring);
         kept in the state file."""
         self.forgotten = 0
-        """Claims refused because an equal one may have been evicted (export as a metric)."""
+        """Calls whose claims were refused because an equal one may have been evicted
+        (export as a metric)."""
+        self.claim_window_s: int | None = None
+        """How long after its token's serve time a claim expires, when the caller (the beacon
+        path) fixes it so; kept in the state file, see :func:`~.statefile.load_state`."""
         self.expirations = 0
         """Expired keys reclaimed by the sweeper."""
 
@@ -258,6 +262,7 @@ class MemoryStore:
         data = self._data
         exp = self._intern(math.ceil(wall + ttl_s))
         forgettable = exp <= self.claim_horizon + HORIZON_SLACK_S
+        forgot = False
         out: list[bool] = []
         for key in keys:
             k = _CLAIM + key
@@ -267,11 +272,13 @@ class MemoryStore:
                 out.append(False)
                 continue
             if forgettable:  # its first claim may be among the evicted ones
-                self.forgotten += 1
+                forgot = True
                 out.append(False)
                 continue
             self._put(k, cur, exp, exp)
             out.append(True)
+        if forgot:
+            self.forgotten += 1
         self._evict()
         return out
 
@@ -338,11 +345,11 @@ class MemoryStore:
         :func:`vastserver.store.statefile.save_state`."""
         return self._clock(), list(dict.keys(self._data)), list(dict.values(self._data))
 
-    def restore(self, entries: Iterable[tuple[str, Any]]) -> int:
+    def restore(self, entries: Iterable[tuple[str, Any]], claim_shift_s: int = 0) -> int:
         """Put back entries written by :meth:`items_snapshot` (values as JSON gives them
         back: arrays for tuples), in order (the later ones are evicted last); expired ones are
-        skipped. ``ValueError`` for a value that does not fit its key's kind. Returns the
-        keys held afterwards."""
+        skipped, claims' expiries moved by ``claim_shift_s`` first. ``ValueError`` for a value
+        that does not fit its key's kind. Returns the keys held afterwards."""
         wall = self._clock()
         for key, raw in entries:
             kind = key[:1]
@@ -350,7 +357,7 @@ class MemoryStore:
             if kind == _CLAIM:
                 if type(raw) is not int:
                     raise ValueError(f"claim {key[1:]!r}: not an expiry")
-                value = exp = raw
+                value = exp = raw + claim_shift_s
             elif kind == _HIST:
                 if not (
                     isinstance(raw, list)

@@ -121,6 +121,7 @@ async def save_state(store: MemoryStore, path: Path) -> int:
         "keys": kept,
         # claims evicted before this save stay refused after a restart (MemoryStore)
         "claim_horizon": store.claim_horizon,
+        "claim_window_s": store.claim_window_s,
     }
     await asyncio.to_thread(_write_atomic, path, [json.dumps(header), *lines])
     return kept
@@ -184,7 +185,8 @@ def load_state(store: MemoryStore, path: Path) -> int | None:
         raise StateFileError(f"{path}: cannot read the state file: {e}") from None
     with f:
         try:
-            return store.restore(_entries(f, path, store))
+            expected, shift = _header(f, path, store)
+            return store.restore(_entries(f, path, expected), claim_shift_s=shift)
         except StateFileError:
             raise
         except (ValueError, TypeError, UnicodeDecodeError, RecursionError, MemoryError) as e:
@@ -192,7 +194,11 @@ def load_state(store: MemoryStore, path: Path) -> int | None:
             raise StateFileError(f"{path}: not a state file this server wrote: {why}") from None
 
 
-def _entries(f: IO[str], path: Path, store: MemoryStore) -> Iterator[tuple[str, Any]]:
+def _header(f: IO[str], path: Path, store: MemoryStore) -> tuple[Any, int]:
+    """The header's key count, and how far the claims' expiries move: their window is the
+    token lifetime plus an hour (:attr:`MemoryStore.claim_window_s`), and a server started
+    with another ``VASTSERVER_TOKEN_MAX_AGE`` moves them (and the claim horizon) with it, so
+    that claim expiries keep the order of the tokens' serve times."""
     header = json.loads(f.readline(MAX_HEADER) or "null")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StateFileError(f"{path}: not a vastserver state file")
@@ -203,8 +209,18 @@ def _entries(f: IO[str], path: Path, store: MemoryStore) -> Iterator[tuple[str, 
     horizon = header.get("claim_horizon", 0)  # absent from files of earlier servers
     if type(horizon) is not int or horizon < 0:
         raise StateFileError(f"{path}: claim_horizon is not a time")
-    store.claim_horizon = max(store.claim_horizon, horizon)
-    expected = header.get("keys")
+    window = header.get("claim_window_s")
+    if window is not None and (type(window) is not int or window <= 0):
+        raise StateFileError(f"{path}: claim_window_s is not a duration")
+    shift = 0
+    if window is not None and store.claim_window_s is not None:
+        shift = store.claim_window_s - window
+    if horizon:
+        store.claim_horizon = max(store.claim_horizon, horizon + shift)
+    return header.get("keys"), shift
+
+
+def _entries(f: IO[str], path: Path, expected: Any) -> Iterator[tuple[str, Any]]:
     seen = 0
     for line in f:
         chunk = json.loads(line)
