@@ -107,7 +107,8 @@ def test_only_a_bad_device_ip_is_an_error(headers: dict[str, str]) -> None:
     [
         ("99999999999999999999999", "must be between"),
         ("-99999999999999999999999", "must be between"),
-        ("60.0000000000001", "at most 9 decimal places"),
+        ("60.0000000000001", "9 after"),
+        ("0000000000000060", "at most 12 digits"),  # in range, but too many digits
         ("6e1", "not a number"),
         ("abc", "not a number"),
     ],

@@ -96,7 +96,9 @@ def _num(q: Mapping[str, str], *names: str, lo: float, hi: float) -> float | Non
     if not _DEC_RE.fullmatch(raw):
         if _LONG_NUMBER_RE.fullmatch(raw):
             raise ParamError(
-                name, f"must be between {_fmt(lo)} and {_fmt(hi)}, at most 9 decimal places"
+                name,
+                f"must be between {_fmt(lo)} and {_fmt(hi)}, in at most 12 digits before "
+                "the point and 9 after",
             )
         raise ParamError(name, f"not a number: {raw[:40]!r}")
     v = float(raw)
@@ -112,7 +114,7 @@ def _int(q: Mapping[str, str], *names: str, lo: int, hi: int) -> int | None:
     name, raw = got
     if not _INT_RE.fullmatch(raw):
         if _LONG_NUMBER_RE.fullmatch(raw) and "." not in raw:
-            raise ParamError(name, f"must be between {lo} and {hi}")
+            raise ParamError(name, f"must be between {lo} and {hi}, in at most 9 digits")
         raise ParamError(name, f"not an integer: {raw[:40]!r}")
     v = int(raw)
     if v < lo or v > hi:
