@@ -342,9 +342,10 @@ def _supervise(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, stop)
     for i in range(n):
         spawn(i)
+    # until every worker exists a SIGHUP stays held (noted), then it is passed on to all
+    signal.signal(signal.SIGHUP, stop)
     if take_early_sighup():  # came while the workers were being started: pass it on
         stop(signal.SIGHUP, None)
     while True:
