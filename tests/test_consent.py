@@ -544,6 +544,19 @@ def test_gpp_sections_read_as_the_reference_library_wrote_them(
     assert read_gpp(gpp, ()).us_opt_out is False
 
 
+@pytest.mark.parametrize(
+    ("sub", "opted_out"),
+    [
+        ("QA", False),  # the GPC sub-segment (type 1), GPC not set
+        ("YA", True),  # GPC set: an opt-out
+        ("gA", True),  # a sub-segment of another type: unreadable, so an opt-out
+    ],
+)
+def test_gpc_is_read_only_from_its_own_sub_segment(sub: str, opted_out: bool) -> None:
+    gpp = f"DBAC16s~BVoAAAEA.{sub}~BWAAAACA~Biog.AAA"  # the reference's section 12, no opt-out
+    assert read_gpp(gpp, (12,)).us_opt_out is opted_out
+
+
 def test_gpp_eu_tcf_section_is_the_tc_string() -> None:
     got = read_gpp(GPP_WITH_TCF, (2,))
     assert got.gdpr_applies and not got.us_opt_out

@@ -26,6 +26,7 @@ from vastserver.pipeline.delivery import (
     SeparationRules,
     cap_window,
     daily_target_fraction,
+    spend_micros,
     target_fraction,
 )
 from vastserver.pipeline.reasons import Reason
@@ -562,6 +563,29 @@ async def test_a_floor_is_met_by_a_price_equal_to_it(
     assert ([a.candidate.line_item.id for a in d.ads] == ["li-a"]) is served
     reason = {t.line_item_id: t.reason for t in d.traces}["li-a"]
     assert reason is (None if served else Reason.BELOW_FLOOR)
+
+
+async def test_daily_budget_counters_expire_and_lifetime_ones_do_not() -> None:
+    """A daily budget's counter (one per line item and local day) lasts three days, else
+    the store (Redis, the state file) would grow by a key a day per budget for good."""
+    svc, clock = _setup(
+        _with_li_a(
+            pacing={"delivery": "asap", "budget": {"impressions": 100, "daily_impressions": 10}}
+        )
+    )
+    assert "li-a" in await _serve_and_confirm(svc, request("v"))
+    reads = [Read("li:li-a:imp:d:2026-11-25", LIFETIME), Read("li:li-a:imp:life", LIFETIME)]
+    store = svc.delivery.store
+    assert await store.read(reads, clock.now.timestamp()) == [1, 1]
+    clock.now += timedelta(days=3, hours=1)
+    assert await store.read(reads, clock.now.timestamp()) == [0, 1]
+
+
+def test_an_impression_spends_its_price_rounded_down_to_a_micro() -> None:
+    """One rounding for every spend counter and budget check: down, never billing more
+    than the price (a CPM of 20.000999 spends 20,000 micros an impression, not 20,001)."""
+    assert spend_micros(20_000_999) == 20_000
+    assert spend_micros(999) == 0
 
 
 async def test_a_late_beacon_counts_on_the_day_its_ad_was_served() -> None:
