@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from vastserver.logs import event
 from vastserver.models import ArmsError, ArmSpec, parse_arms
 from vastserver.pipeline.matching import CANDIDATE_LIMIT
+from vastserver.store.memory import MAX_KEYS
 
 log = logging.getLogger("vastserver.settings")
 
@@ -84,9 +85,9 @@ class Settings:
     """The in-memory store's state file (caps, budgets, beacon claims across restarts);
     None keeps the state in memory only."""
     state_save_s: int = 60
-    memory_max_keys: int = 2_000_000
-    """Keys the in-memory store holds before it evicts the least recently used."""
     """How often the state file is written (and once more on shutdown)."""
+    memory_max_keys: int = MAX_KEYS
+    """Keys the in-memory store holds before it evicts the least recently used."""
     separation_breaks: int = 3
     """Stream separation: a creative does not play again within this many breaks..."""
     separation_minutes: int = 30
@@ -285,7 +286,7 @@ def load_settings(
             problems.append(f"VASTSERVER_STATE_FILE: a directory, not a file: {state_file}")
     state_save_s = integer("state_save_s", "VASTSERVER_STATE_SAVE_S", 1, 86_400, 60)
     max_keys = integer(
-        "memory_max_keys", "VASTSERVER_MEMORY_MAX_KEYS", 1_000, 1_000_000_000, 2_000_000
+        "memory_max_keys", "VASTSERVER_MEMORY_MAX_KEYS", 1_000, 1_000_000_000, MAX_KEYS
     )
     if state_file is not None and redis_url:
         problems.append(

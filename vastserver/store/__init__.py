@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .base import Guard, Guarded, Incr, Read, Store, StoreUnavailable, Window
-from .memory import MemoryStore
+from .memory import MAX_KEYS, MemoryStore
 
 if TYPE_CHECKING:
     from .redis import RedisStore
@@ -42,7 +42,7 @@ def open_store(
     redis_url: str | None,
     *,
     clock: Callable[[], float] = time.time,
-    max_keys: int = 2_000_000,
+    max_keys: int = MAX_KEYS,
 ) -> Store:
     """``RedisStore`` when a URL is configured (several instances share state), else the
     single-process ``MemoryStore`` (whose expiries follow ``clock``, holding at most

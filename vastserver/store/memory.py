@@ -69,6 +69,9 @@ _SLOT_S = 8
 _SWEEP_BATCH = 64
 """Expired keys reclaimed per call at most (keeps every call's latency flat)."""
 _INTERN_MAX = 8192
+MAX_KEYS = 2_000_000
+"""Keys held by default before the least recently used are evicted
+(``VASTSERVER_MEMORY_MAX_KEYS``)."""
 HORIZON_SLACK_S = 2
 """Two claims for one token made at different times may get expiries this far apart (each
 rounds the caller's relative TTL and the store's clock up)."""
@@ -151,7 +154,7 @@ class MemoryStore:
     name = "memory"
     local = True
 
-    def __init__(self, max_keys: int = 2_000_000, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, max_keys: int = MAX_KEYS, clock: Callable[[], float] = time.time) -> None:
         if max_keys < 1:
             raise ValueError("max_keys must be at least 1")
         self.max_keys = max_keys
