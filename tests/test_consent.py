@@ -19,13 +19,15 @@ from hypothesis import strategies as st
 from tests.conftest import ClientFactory
 from vastserver.app import RUNTIME
 from vastserver.consent import (
+    NO_SIGNALS,
     GppSignals,
     Permissions,
+    PrivacySignals,
     decode_tc_string,
     parse_gpp_sid,
     permissions,
     read_gpp,
-    request_permissions,
+    read_privacy,
     us_privacy_opt_out,
 )
 from vastserver.settings import SettingsError, load_settings
@@ -678,10 +680,10 @@ def test_gpp_strings_of_the_reference_library_read_alike() -> None:
         ({"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": ()}, True, True),  # -1: none applies
     ],
 )
-def test_request_permissions(
+def test_read_privacy_permissions(
     signals: dict[str, Any], device_id: bool | None, segments: bool | None
 ) -> None:
-    got = request_permissions(
+    got, _ = read_privacy(
         gdpr=signals.pop("gdpr", None), tc_string=signals.pop("tc_string", None), **signals
     )
     if device_id is None:  # as the TC string in the GPP section says
@@ -764,3 +766,39 @@ async def test_openrtb_reads_us_privacy_gpp_and_coppa(make_client: ClientFactory
         resp = await post(regs)
         assert resp.status == 400, regs
         assert (await resp.json())["field"] == field
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [
+        ({}, NO_SIGNALS),
+        ({"gdpr": False}, PrivacySignals(gdpr=False)),
+        ({"gdpr": True}, PrivacySignals(gdpr=True)),
+        # without a flag, a TC string makes the GDPR apply (as for the decision)
+        ({"tc_string": "CPxx"}, PrivacySignals(gdpr=True, tc_string="CPxx")),
+        ({"gdpr": False, "tc_string": "CPxx"}, PrivacySignals(gdpr=False, tc_string="CPxx")),
+        ({"us_privacy": "1YNN"}, PrivacySignals(us_privacy="1YNN")),
+        # the GPP string's TCF section: the GDPR applies and its TC string stands in
+        (
+            {"gpp": GPP_WITH_TCF, "gpp_sid": (2,)},
+            PrivacySignals(
+                gdpr=True,
+                tc_string=GPP_WITH_TCF.split("~")[1],
+                gpp=GPP_WITH_TCF,
+                gpp_sid=(2,),
+            ),
+        ),
+        (
+            {"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": ()},
+            PrivacySignals(gpp="DBABQw~BmYAAABA.QA", gpp_sid=()),
+        ),
+    ],
+)
+def test_read_privacy_keeps_the_signals_for_third_parties(
+    signals: dict[str, Any], expected: PrivacySignals
+) -> None:
+    """What fills the privacy macros of third parties' trackers (``${GDPR}``...)."""
+    _, got = read_privacy(
+        gdpr=signals.pop("gdpr", None), tc_string=signals.pop("tc_string", None), **signals
+    )
+    assert got == expected

@@ -27,7 +27,7 @@ Only the core segment is read (the publisher restrictions are in it).
 
 US laws let a viewer opt out of the sale and sharing of their data and of targeted
 advertising; none of them bars frequency capping. So an opt-out drops the **audience
-segments** and keeps the device identifier (:func:`request_permissions`):
+segments** and keeps the device identifier (:func:`read_privacy`):
 
 * ``us_privacy`` (IAB US Privacy, CCPA: ``1YNN``): opted out when its third character is
   ``Y``; a string that is not a version 1 one counts as an opt-out;
@@ -51,16 +51,18 @@ __all__ = [
     "MAX_GPP_SECTIONS",
     "MAX_TC_STRING",
     "MAX_US_PRIVACY",
+    "NO_SIGNALS",
     "US_SECTIONS",
     "GppSignals",
     "Permissions",
+    "PrivacySignals",
     "TcString",
     "applicable_sections",
     "decode_tc_string",
     "parse_gpp_sid",
     "permissions",
     "read_gpp",
-    "request_permissions",
+    "read_privacy",
     "us_privacy_opt_out",
 ]
 
@@ -494,7 +496,26 @@ def applicable_sections(ids: list[int]) -> tuple[int, ...] | None:
     return tuple(i for i in ids if i > 0)
 
 
-def request_permissions(
+@dataclass(frozen=True, slots=True)
+class PrivacySignals:
+    """A request's privacy signals as third parties get them: the values of the privacy
+    macros (``${GDPR}``, ``${GDPR_CONSENT_<vendor>}``...) in the catalog's trackers."""
+
+    gdpr: bool | None = None
+    """Whether the GDPR applies, as the decision resolved it (see :func:`read_privacy`);
+    None: nothing says (the callee decides, by the viewer's IP)."""
+    tc_string: str | None = None
+    """The TC string: ``gdpr_consent``, else the GPP string's EU TCF section's."""
+    us_privacy: str | None = None
+    gpp: str | None = None
+    gpp_sid: tuple[int, ...] | None = None
+    """The applicable GPP sections (``()``: the request said none, ``-1``)."""
+
+
+NO_SIGNALS = PrivacySignals()
+
+
+def read_privacy(
     *,
     gdpr: bool | None,
     tc_string: str | None,
@@ -503,8 +524,9 @@ def request_permissions(
     gpp: str | None = None,
     gpp_sid: tuple[int, ...] | None = None,
     child_directed: bool = False,
-) -> Permissions:
-    """Every privacy signal of a request, together (see the module's text). Without a
+) -> tuple[Permissions, PrivacySignals]:
+    """Every privacy signal of a request, together (see the module's text): what the
+    decision may use, and the signals for third parties' privacy macros. Without a
     ``gdpr`` flag the GDPR applies when a TC string is given, or when the GPP string's
     applicable sections include the EU TCF one (whose TC string stands in for a missing
     ``gdpr_consent``); with one, when it says so or ``gpp_sid`` names the EU TCF section
@@ -516,11 +538,21 @@ def request_permissions(
         applies = bool(tc_string) or g.gdpr_applies
     else:  # an explicit flag wins over a TCF section merely present in the GPP string
         applies = gdpr or (gpp_sid is not None and GPP_TCF_EU in gpp_sid)
-    allowed = permissions(applies, tc_string or g.tc_string, vendor_id)
+    tc = tc_string or g.tc_string
+    allowed = permissions(applies, tc, vendor_id)
     if allowed.segments and (
         child_directed
         or g.us_opt_out
         or (us_privacy is not None and us_privacy_opt_out(us_privacy))
     ):
-        return Permissions(device_id=allowed.device_id, segments=False)
-    return allowed
+        allowed = Permissions(device_id=allowed.device_id, segments=False)
+    if gdpr is None and not applies and us_privacy is None and gpp is None and gpp_sid is None:
+        return allowed, NO_SIGNALS  # the common request: nothing to pass on
+    signals = PrivacySignals(
+        gdpr=True if applies else gdpr,
+        tc_string=tc,
+        us_privacy=us_privacy,
+        gpp=gpp,
+        gpp_sid=gpp_sid,
+    )
+    return allowed, signals

@@ -59,7 +59,7 @@ Mapped elsewhere
   the viewer counts as under limited ad tracking; without consent to personalised ads the
   segments are dropped.
 * US privacy: ``regs.us_privacy``, ``regs.gpp`` and ``regs.gpp_sid`` (2.5: under
-  ``regs.ext``) (:func:`vastserver.consent.request_permissions`): an opt-out of sale,
+  ``regs.ext``) (:func:`vastserver.consent.read_privacy`): an opt-out of sale,
   sharing or targeted advertising drops the segments; so does ``regs.coppa`` = 1.
 * ``imp.secure`` = 1 forces HTTPS media even where the server setting allows HTTP.
 * ``video.protocols`` picks the VAST version: 4.2 when listed (or nothing known is listed),
@@ -93,8 +93,9 @@ from vastserver.consent import (
     MAX_TC_STRING,
     MAX_US_PRIVACY,
     Permissions,
+    PrivacySignals,
     applicable_sections,
-    request_permissions,
+    read_privacy,
 )
 from vastserver.params import (
     MAX_AD_S,
@@ -707,7 +708,9 @@ def _content(root: Obj) -> tuple[Content, str | None]:
     return Content(kids=kids), None
 
 
-def _consent(root: Obj, tcf_vendor_id: int | None, *, child_directed: bool) -> Permissions:
+def _consent(
+    root: Obj, tcf_vendor_id: int | None, *, child_directed: bool
+) -> tuple[Permissions, PrivacySignals]:
     """``regs.gdpr`` and ``user.consent`` (2.6), else ``regs.ext.gdpr`` and
     ``user.ext.consent`` (2.5); without a ``gdpr`` flag the GDPR applies when a consent
     string is given, as on ``/vast``. ``regs.us_privacy``, ``regs.gpp`` and ``regs.gpp_sid``
@@ -736,7 +739,7 @@ def _consent(root: Obj, tcf_vendor_id: int | None, *, child_directed: bool) -> P
         sid = applicable_sections(
             [_int(x, f"{p}[{i}]", lo=-1, hi=9999) for i, x in enumerate(items)]
         )
-    return request_permissions(
+    return read_privacy(
         gdpr=gdpr,
         tc_string=consent,
         vendor_id=tcf_vendor_id,
@@ -880,7 +883,7 @@ def parse_bid_request(
     brk = _break(imps, resolved, ours.avail or 0)
 
     content, content_language = _content(root)
-    allowed = _consent(root, tcf_vendor_id, child_directed=content.kids)
+    allowed, privacy = _consent(root, tcf_vendor_id, child_directed=content.kids)
     device = _device(root, client)
     if not allowed.device_id:
         device = replace(device, ifa=None, lmt=True)
@@ -913,6 +916,7 @@ def parse_bid_request(
         caller_ip=client.caller_ip,
         caller_user_agent=client.caller_user_agent,
         require_https=require_https or any(imp.secure for imp in imps),
+        privacy=privacy,
     )
     return OpenRtbPod(
         request=request,

@@ -17,9 +17,11 @@ from vastserver.catalog.model import MAX_ADS, MAX_POD_S, RATINGS, AdRules, Break
 from vastserver.consent import (
     MAX_TC_STRING,
     MAX_US_PRIVACY,
+    NO_SIGNALS,
     Permissions,
+    PrivacySignals,
     parse_gpp_sid,
-    request_permissions,
+    read_privacy,
 )
 from vastserver.pipeline.context import (
     DEVICE_TYPES,
@@ -279,6 +281,7 @@ class Targeting:
     blocked_domains: frozenset[str]
     segments: tuple[str, ...]
     key_values: Mapping[str, str]
+    privacy: PrivacySignals = NO_SIGNALS
 
     def request(self, brk: BreakSpec, *, require_https: bool = True) -> AdRequest:
         return AdRequest(
@@ -296,15 +299,17 @@ class Targeting:
             caller_ip=self.client.caller_ip,
             caller_user_agent=self.client.caller_user_agent,
             require_https=require_https,
+            privacy=self.privacy,
         )
 
 
 def parse_consent(
     q: Mapping[str, str], tcf_vendor_id: int | None, *, child_directed: bool = False
-) -> Permissions:
+) -> tuple[Permissions, PrivacySignals]:
     """The privacy signals: ``gdpr`` (0/1) and ``gdpr_consent`` (a TCF v2 string; without
     ``gdpr`` the GDPR applies when one is given), ``us_privacy`` (CCPA), ``gpp`` and
-    ``gpp_sid`` (IAB GPP): what the decision may use (:mod:`vastserver.consent`)."""
+    ``gpp_sid`` (IAB GPP): what the decision may use (:mod:`vastserver.consent`), and what
+    third parties' trackers get."""
     consent = _long_text(q, "gdpr_consent", MAX_TC_STRING)
     gpp = _long_text(q, "gpp", MAX_TC_STRING)
     usp = _long_text(q, "us_privacy", MAX_US_PRIVACY)
@@ -315,7 +320,7 @@ def parse_consent(
             sid = parse_gpp_sid(got[1])
         except ValueError as e:
             raise ParamError("gpp_sid", str(e)) from None
-    return request_permissions(
+    return read_privacy(
         gdpr=_flag(q, "gdpr", False) if _get(q, "gdpr") is not None else None,
         tc_string=consent,
         vendor_id=tcf_vendor_id,
@@ -341,7 +346,7 @@ def parse_targeting(
     consent to use a device identifier the viewer counts as under limited ad tracking, and
     without consent to personalised ads the segments are ignored (:mod:`vastserver.consent`)."""
     kids = _flag(q, "kids", False)
-    allowed = parse_consent(q, tcf_vendor_id, child_directed=kids)
+    allowed, privacy = parse_consent(q, tcf_vendor_id, child_directed=kids)
     rating = _choice(q, "rating", RATINGS)
     country = _text(q, "country")
     if country is not None and not _COUNTRY_RE.match(country):
@@ -393,6 +398,7 @@ def parse_targeting(
         blocked_domains=frozenset(d.lower() for d in _list(q, "badv", max_len=MAX_DOMAIN)),
         segments=_list(q, "segments") if allowed.segments else (),
         key_values=MappingProxyType(kv),
+        privacy=privacy,
     )
 
 

@@ -12,6 +12,7 @@ from types import MappingProxyType
 
 from vastserver.catalog import model as catalog_model
 from vastserver.catalog.model import BreakPosition
+from vastserver.consent import NO_SIGNALS, PrivacySignals
 
 Clock = Callable[[], datetime]
 """Returns the current time as an aware UTC datetime; injected so tests control time."""
@@ -108,6 +109,8 @@ class AdRequest:
     floor_cpm: float | None = None
     """OpenRTB ``bidfloor`` (where no ``mincpmpersec`` is given): an ad's CPM must reach
     this."""
+    privacy: PrivacySignals = NO_SIGNALS
+    """The privacy signals, for the privacy macros in third parties' trackers."""
 
     def viewer_key(self) -> str:
         """Stable key for frequency capping: IFA, else a hash input of IP + UA; never cookies.
