@@ -219,3 +219,46 @@ async def test_pricing_follows_what_each_placed_ad_costs(catalog: Path) -> None:
         token = parse_qs(urlsplit(str(imp).strip()).query)["tk"][0]
         micros = verify(token, rt.keyring, now=2_000_000_000, max_age_s=10**9, event="impression")
         assert micros.price_micros == round(price * 1_000_000)
+
+
+async def test_privacy_macros_fill_in_the_cached_fragment_per_request(
+    tmp_path: Path,
+) -> None:
+    """The cached fragment of an ad whose trackers carry privacy macros has a slot for each
+    value: two requests get their own values, both as the template would write them."""
+    doc = generate_catalog(60, 5, now=FIXED_NOW)
+    for n, cr in enumerate(doc["creatives"]):
+        if n % 2 == 0:
+            cr["trackers"] = {
+                "impression": ["https://px.example/i?g=${GDPR}&c=${GDPR_CONSENT_755}&a=1"],
+                "start": ["https://px.example/s?u=${US_PRIVACY}&s=${GPP_SID}&t=[TIMESTAMP]"],
+            }
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc))
+    rt = _runtime(path)
+    r: Renderer = rt.renderer
+    ver = VersionVM.of("4.2")
+    rules = rt.service.snapshot.catalog.rules_for(None)
+    got: dict[str, list[str]] = {}
+    for consent in ("CPaaaaaa.one", "CPbbbbbb.two"):
+        q = {
+            "pod_duration": "120",
+            "max_ads": "4",
+            "country": "US",
+            "gdpr": "1",
+            "gdpr_consent": consent,
+            "us_privacy": "1YNN",
+            "gpp_sid": "7",
+        }
+        d = await rt.service.decide(parse_vast_request(q, client_info({}, "127.0.0.1"), rules))
+        assert any(a.candidate.creative.privacy_macros for a in d.ads)
+        assert any(not a.candidate.creative.privacy_macros for a in d.ads)
+        for a in d.ads:
+            fast = r._ad_fast(d, a, ver)
+            assert fast == r._ad_full(d, a, ver, None)
+            if a.candidate.creative.privacy_macros:
+                assert f"https://px.example/i?g=1&amp;c={consent}&amp;a=1" not in fast  # CDATA
+                assert f"https://px.example/i?g=1&c={consent}&a=1" in fast
+                assert "https://px.example/s?u=1YNN&s=7&t=[TIMESTAMP]" in fast
+                got.setdefault(consent, []).append(fast)
+    assert len(got) == 2

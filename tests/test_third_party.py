@@ -300,3 +300,158 @@ def test_trackers_are_https_and_skip_needs_a_skip_offset() -> None:
     creative = parse_catalog(doc).creatives[cr["id"]]
     assert creative.trackers["skip"] == ("https://px.example/k",)
     assert hash(creative) == hash(creative)  # trackers do not make a creative unhashable
+
+
+PRIVACY_PIXEL = (
+    "https://px.example/imp?gdpr=${GDPR}&gdpr_consent=${GDPR_CONSENT_755}"
+    "&gdpr_pd=${GDPR_PD}&ord=[CACHEBUSTING]"
+)
+PRIVACY_TRACKERS = {
+    "impression": [PRIVACY_PIXEL, "https://dv.example/i?c=1"],
+    "click": ["https://px.example/c?us=${US_PRIVACY}&gpp=${GPP_STRING_32}&sid=${GPP_SID}"],
+    "complete": ["https://px.example/done/${GDPR_CONSENT_1}?g=${GDPR}"],
+}
+
+
+def privacy_doc() -> dict[str, Any]:
+    """:func:`wrapper_doc` with privacy macros in every creative's trackers."""
+    doc = wrapper_doc()
+    for cr in doc["creatives"]:
+        cr["trackers"] = PRIVACY_TRACKERS
+    return doc
+
+
+def test_trackers_may_carry_the_privacy_macros() -> None:
+    catalog = parse_catalog(privacy_doc())
+    cr = catalog.creatives["cr-tp-30"]
+    assert cr.trackers["impression"] == (PRIVACY_PIXEL, "https://dv.example/i?c=1")
+    assert cr.privacy_macros
+    assert not parse_catalog(wrapper_doc()).creatives["cr-tp-30"].privacy_macros
+
+
+def test_unknown_and_misplaced_dollar_macros_are_refused_every_one() -> None:
+    doc = wrapper_doc()
+    n = len(doc["creatives"]) - 1
+    doc["creatives"][-1]["trackers"] = {
+        "impression": [
+            "https://px.example/i?ac=${ADDTL_CONSENT}",  # no request carries it
+            "https://px.example/i?g=${gdpr}",  # the IAB writes them in capitals
+            "https://px.example/i?c=${GDPR_CONSENT_0}",  # GVL ids start at 1
+            "https://px.example/i?c=${GDPR_CONSENT_65536}",  # and are 16-bit
+            "https://px.example/i?c=${GDPR_CONSENT_XXXXX}",
+            "https://px.example/i?g=${GDPR",
+            "https://${GDPR}.px.example/i",
+        ],
+        "start": ["http://px.example/s?g=${GDPR}"],
+    }
+    doc["creatives"][0]["click_through"] = "https://brand.example/?g=${GDPR}"
+    errors = errors_of(doc)
+    base = f"$.creatives[{n}].trackers"
+    for i, macro in enumerate(
+        ("${ADDTL_CONSENT}", "${gdpr}", "${GDPR_CONSENT_0}", "${GDPR_CONSENT_65536}")
+    ):
+        assert has_issue(errors, f"{base}.impression[{i}]", f'{macro}" is no privacy macro')
+    assert has_issue(errors, f"{base}.impression[4]", "is no privacy macro"), errors
+    assert has_issue(errors, f"{base}.impression[5]", "a URI cannot hold"), errors
+    assert has_issue(errors, f"{base}.impression[6]", "after the host"), errors
+    assert has_issue(errors, f"{base}.start[0]", "must be https"), errors
+    # only trackers get them filled in
+    assert has_issue(
+        errors, "$.creatives[0].click_through", "filled in only in a creative's trackers"
+    ), errors
+
+
+def _trackers(xml: bytes) -> tuple[list[str], list[str], list[str]]:
+    """The third-party impression, click and complete URLs of the first ad."""
+    ad = next(e for e in etree.fromstring(xml).iter("{*}Ad"))
+    imps = [(e.text or "").strip() for e in ad.iter("{*}Impression")]
+    clicks = [(e.text or "").strip() for e in ad.iter("{*}ClickTracking")]
+    done = [(t.text or "").strip() for t in ad.iter("{*}Tracking") if t.get("event") == "complete"]
+    return imps[1:], [u for u in clicks if "px.example" in u], done[1:]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_privacy_macros_are_filled_in_per_request(
+    make_client: ClientFactory, tmp_path: Path, version: str
+) -> None:
+    from tests.test_consent import tc_string
+
+    c.require_spec()
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(privacy_doc()))
+    client: Any = await make_client(catalog=str(path))
+    tc = tc_string({1, 2, 3, 4}, vendors={755})
+    base = f"/vast?vast={version}&series=tag-show&pod_duration=90&max_ads=3"
+
+    xml = bytes(await (await client.get(f"{base}&gdpr=1&gdpr_consent={tc}")).read())
+    imps, clicks, done = _trackers(xml)
+    assert imps == [
+        f"https://px.example/imp?gdpr=1&gdpr_consent={tc}&gdpr_pd=1&ord=[CACHEBUSTING]",
+        "https://dv.example/i?c=1",
+    ]
+    assert clicks == ["https://px.example/c?us=&gpp=&sid="]
+    assert done == [f"https://px.example/done/{tc}?g=1"]
+    assert "${" not in xml.decode()
+    assert c.validate_vast_xsd(xml, version) == []
+    lint_errors, lint_warnings = c.vastlint_report(xml)
+    assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
+
+    # nothing sent: the callee decides whether the GDPR applies; no TC string
+    xml = bytes(await (await client.get(base)).read())
+    imps, clicks, done = _trackers(xml)
+    assert imps[0] == "https://px.example/imp?gdpr=&gdpr_consent=&gdpr_pd=1&ord=[CACHEBUSTING]"
+    assert done == ["https://px.example/done/?g="]
+    assert c.validate_vast_xsd(xml, version) == []
+
+    # gdpr=0, US Privacy and GPP; values a URL cannot hold as they are get percent-encoded
+    q = "gdpr=0&us_privacy=1YNN&gpp=DBABQw~BmYAAABA.QA&gpp_sid=7,8&gdpr_consent=a%20b%26c"
+    xml = bytes(await (await client.get(f"{base}&{q}")).read())
+    imps, clicks, done = _trackers(xml)
+    assert imps[0].startswith("https://px.example/imp?gdpr=0&gdpr_consent=a%20b%26c&")
+    assert clicks == ["https://px.example/c?us=1YNN&gpp=DBABQw~BmYAAABA.QA&sid=7,8"]
+    assert c.validate_vast_xsd(xml, version) == []
+    lint_errors, lint_warnings = c.vastlint_report(xml)
+    assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
+
+
+async def test_openrtb_privacy_signals_fill_the_macros(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    from tests.test_consent import GPP_WITH_TCF, tc_string
+
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(privacy_doc()))
+    client: Any = await make_client(catalog=str(path))
+    tc = tc_string({1, 2, 3, 4})
+
+    async def trackers(regs: dict[str, Any], user: dict[str, Any]) -> tuple[list[str], ...]:
+        body = {
+            "id": "r1",
+            "imp": [{"id": "1", "video": {"poddur": 90, "maxseq": 3, "mimes": ["video/mp4"]}}],
+            "site": {"content": {"series": "tag-show"}},
+            "user": user,
+            "regs": regs,
+        }
+        resp = await client.post("/openrtb2/pod", data=json.dumps(body))
+        assert resp.status == 200, await resp.text()
+        text = await resp.text()
+        m = re.search(r"<VAST.*</VAST>", text, re.S)
+        assert m is not None, text[:400]
+        return _trackers(m.group().encode())
+
+    imps, _, done = await trackers({"gdpr": 1}, {"consent": tc})
+    assert (
+        imps[0] == f"https://px.example/imp?gdpr=1&gdpr_consent={tc}&gdpr_pd=1&ord=[CACHEBUSTING]"
+    )
+    assert done == [f"https://px.example/done/{tc}?g=1"]
+    imps, _, _ = await trackers({"ext": {"gdpr": 1}}, {"ext": {"consent": tc}})  # 2.5
+    assert f"gdpr=1&gdpr_consent={tc}&" in imps[0]
+    # a GPP string's EU TCF section makes the GDPR apply and stands in for user.consent
+    _, clicks, done = await trackers(
+        {"gpp": GPP_WITH_TCF, "gpp_sid": [2], "us_privacy": "1YNN"}, {}
+    )
+    assert clicks == [f"https://px.example/c?us=1YNN&gpp={GPP_WITH_TCF}&sid=2"]
+    assert done == [f"https://px.example/done/{GPP_WITH_TCF.split('~')[1]}?g=1"]
+    imps, clicks, _ = await trackers({}, {})
+    assert imps[0] == "https://px.example/imp?gdpr=&gdpr_consent=&gdpr_pd=1&ord=[CACHEBUSTING]"
+    assert clicks == ["https://px.example/c?us=&gpp=&sid="]

@@ -31,9 +31,12 @@ from vastserver.pipeline.schedule import PlannedBreak, hms
 from vastserver.tracking import (
     BEACON_SCOPES,
     LINEAR_EVENTS_BY_VERSION,
+    PRIVACY_MACROS,
     AdToken,
     Keyring,
     TrackingUrls,
+    fill_privacy,
+    privacy_values,
     scope_of,
     sign_scopes,
     sign_with_click,
@@ -53,10 +56,14 @@ _DYNAMIC = (
     "sequence",
     "ad_serving_id",
     "price",
+    *(f"privacy:{name}" for name in PRIVACY_MACROS),
 )
 """The values of an ad that depend on the request (see :class:`Renderer`): its token signed
-for each beacon scope (in :data:`BEACON_SCOPES` order), then the click token and the rest."""
+for each beacon scope (in :data:`BEACON_SCOPES` order), then the click token and the rest,
+then the values of the privacy macros in third parties' trackers (:data:`PRIVACY_MACROS`)."""
 _N_SCOPES = len(BEACON_SCOPES)
+_N_AD = len(_DYNAMIC) - len(PRIVACY_MACROS)
+"""The values before the privacy macros'."""
 _SCOPE_INDEX = {scope: n for n, scope in enumerate(BEACON_SCOPES)}
 _Fragment = tuple[tuple[str, ...], tuple[int, ...]]
 
@@ -239,6 +246,18 @@ class VmapBreakVM:
     error: Markup
 
 
+def _privacy(decision: Decision) -> tuple[str, ...]:
+    """The values of the privacy macros for the decision's request."""
+    p = decision.request.privacy
+    return privacy_values(
+        gdpr=p.gdpr,
+        tc_string=p.tc_string,
+        us_privacy=p.us_privacy,
+        gpp=p.gpp,
+        gpp_sid=p.gpp_sid,
+    )
+
+
 def _micros(ad: PlacedAd) -> int:
     """The billed CPM in micros: what the token carries and ``<Pricing>`` says."""
     return round(ad.price_cpm * 1_000_000)
@@ -374,15 +393,26 @@ class Renderer:
         self, decision: Decision, ad: PlacedAd, ver: VersionVM, debug_json: Markup | None
     ) -> Markup:
         dyn = self._dynamic(decision, ad)
-        vm = self._ad_vm(ad.candidate, ver, _micros(ad) > 0, dyn[:_N_SCOPES], *dyn[_N_SCOPES:])
+        vm = self._ad_vm(
+            ad.candidate,
+            ver,
+            _micros(ad) > 0,
+            dyn[:_N_SCOPES],
+            *dyn[_N_SCOPES:],
+            privacy=_privacy(decision),
+        )
         return Markup(self.ad_template.render(ver=ver, ad=vm, debug_json=debug_json))
 
     def _ad_fast(self, decision: Decision, ad: PlacedAd, ver: VersionVM) -> Markup:
         statics, slots = self._fragment(ad.candidate, ver, _micros(ad) > 0)
         dyn = self._dynamic(decision, ad)
         # The tokens are base64url, dots and hex (nothing to escape); the rest is escaped
-        # as the template would (a test holds this path equal to the template's).
+        # as the template would (a test holds this path equal to the template's). Only a
+        # creative whose trackers carry privacy macros has slots for their values, which
+        # are percent-encoded (nothing to escape either).
         values = [*dyn[:_N_SCOPES], *map(escape, dyn[_N_SCOPES:])]
+        if ad.candidate.creative.privacy_macros:
+            values += _privacy(decision)
         out = [statics[0]]
         for slot, text in zip(slots, statics[1:], strict=True):
             out.append(values[slot])
@@ -405,7 +435,8 @@ class Renderer:
             priced,
             ph[:_N_SCOPES],
             ph[_N_SCOPES] if _has_click_token(c.creative) else "",
-            *ph[_N_SCOPES + 1 :],
+            *ph[_N_SCOPES + 1 : _N_AD],
+            privacy=ph[_N_AD:],
         )
         pieces = self._split.split(self.ad_template.render(ver=ver, ad=vm, debug_json=None))
         frag = (tuple(pieces[0::2]), tuple(self._slot_of[p] for p in pieces[1::2]))
@@ -422,8 +453,11 @@ class Renderer:
         sequence: str,
         ad_serving_id: str,
         price: str,
+        *,
+        privacy: Sequence[str],
     ) -> AdVM:
-        """``tokens``: the ad's token signed for each of :data:`BEACON_SCOPES`, in order."""
+        """``tokens``: the ad's token signed for each of :data:`BEACON_SCOPES`, in order;
+        ``privacy``: the values of the privacy macros (:data:`PRIVACY_MACROS` order)."""
 
         def url(event: str) -> Markup:
             return _cdata(self.urls.event(event, tokens[_SCOPE_INDEX[scope_of(event)]]))
@@ -435,6 +469,8 @@ class Renderer:
         if cr.skip_offset_ms is not None and version != "2.0":
             events.append("skip")
         extra = cr.trackers
+        if cr.privacy_macros:
+            extra = {e: tuple(fill_privacy(u, privacy) for u in us) for e, us in extra.items()}
         tracking = []
         for e in events:  # ours, then the third-party trackers of the same event
             tracking.append(TrackingVM(e, url(e)))

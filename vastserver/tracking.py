@@ -109,12 +109,14 @@ __all__ = [
     "CLICK_SCOPE",
     "COUNTED_EVENTS",
     "DEFAULT_MACRO_VALUES",
+    "DOLLAR_MACRO",
     "EVENTS",
     "FORMAT_VERSION",
     "LINEAR_EVENTS",
     "LINEAR_EVENTS_BY_VERSION",
     "MAX_CLOCK_SKEW_S",
     "MAX_TOKEN_LEN",
+    "MAX_VENDOR_ID",
     "MIN_SECRET_LEN",
     "OTHER_SCOPE",
     "PARAM_BREAK",
@@ -125,6 +127,7 @@ __all__ = [
     "PARAM_SESSION",
     "PARAM_TIMESTAMP",
     "PARAM_TOKEN",
+    "PRIVACY_MACROS",
     "VIEWER_HASH_LEN",
     "VMAP_BREAK_EVENTS",
     "AdToken",
@@ -136,8 +139,12 @@ __all__ = [
     "TrackingUrls",
     "beacon_log_params",
     "expand_macros",
+    "fill_privacy",
+    "has_privacy_macros",
+    "is_privacy_macro",
     "new_ad_serving_id",
     "parse_beacon_query",
+    "privacy_values",
     "scope_of",
     "sign",
     "sign_scopes",
@@ -1108,6 +1115,79 @@ def expand_macros(url: str, values: Mapping[str, str] | None = None) -> str:
         return _q(value)
 
     return _MACRO_RE.sub(repl, url)
+
+
+# --------------------------------------------------------------------------------------------
+# Privacy macros: filled in here, at serve time, in third parties' trackers
+# --------------------------------------------------------------------------------------------
+
+PRIVACY_MACROS: tuple[str, ...] = (
+    "GDPR",
+    "GDPR_CONSENT",
+    "GDPR_PD",
+    "US_PRIVACY",
+    "GPP_STRING",
+    "GPP_SID",
+)
+"""The values of the privacy macros a catalog's third-party trackers may carry, in the order
+:func:`privacy_values` gives them: the IAB TCF v2 URL macros ``${GDPR}``,
+``${GDPR_CONSENT_<vendor>}`` and ``${GDPR_PD}``, US Privacy's ``${US_PRIVACY}`` and GPP's
+``${GPP_STRING_<vendor>}`` and ``${GPP_SID}``. ``<vendor>`` is the GVL id of the vendor the
+URL calls (1-65535); every vendor gets the same string."""
+MAX_VENDOR_ID = 65535
+"""GVL vendor ids are 16-bit (the TC string's ``MaxVendorId``)."""
+_PRIVACY_MACRO = re.compile(
+    r"\$\{(?:(GDPR)|(GDPR_CONSENT)_[1-9][0-9]{0,4}|(GDPR_PD)|(US_PRIVACY)"
+    r"|(GPP_STRING)_[1-9][0-9]{0,4}|(GPP_SID))\}"
+)
+"""A privacy macro; the number of the group that matched is its :data:`PRIVACY_MACROS`
+index plus one (a vendor id above :data:`MAX_VENDOR_ID` is the catalog loader's to refuse)."""
+DOLLAR_MACRO = re.compile(r"\$\{([^{}]*)\}")
+"""Anything written as a ``${...}`` macro (the loader refuses those that are not privacy
+macros)."""
+
+
+def is_privacy_macro(macro: str) -> bool:
+    """Whether ``macro`` (``${...}``) is one :func:`fill_privacy` fills in."""
+    m = _PRIVACY_MACRO.fullmatch(macro)
+    if m is None:
+        return False
+    vendor = macro[2:-1].rpartition("_")[2]
+    return not vendor.isdigit() or int(vendor) <= MAX_VENDOR_ID
+
+
+def has_privacy_macros(url: str) -> bool:
+    return "${" in url and _PRIVACY_MACRO.search(url) is not None
+
+
+def privacy_values(
+    *,
+    gdpr: bool | None,
+    tc_string: str | None,
+    us_privacy: str | None,
+    gpp: str | None,
+    gpp_sid: tuple[int, ...] | None,
+) -> tuple[str, ...]:
+    """The privacy macros' values, in :data:`PRIVACY_MACROS` order, percent-encoded for a
+    URL; empty for a signal the request did not send. ``${GDPR}`` is ``1`` or ``0``, empty
+    when nothing says whether the GDPR applies (the callee then decides by the IP, as the
+    TCF asks); ``${GDPR_PD}`` is the TCF's default, ``1`` (the URL's other parameters may
+    hold personal data: the player fills in ``[IFA]``, ``[DEVICEIP]``...); ``${GPP_SID}``
+    lists the applicable sections (``2,6``), ``-1`` when the request said none applies."""
+    return (
+        "" if gdpr is None else "1" if gdpr else "0",
+        _q(tc_string or ""),
+        "1",
+        _q(us_privacy or ""),
+        _q(gpp or ""),
+        "" if gpp_sid is None else ",".join(map(str, gpp_sid)) or "-1",
+    )
+
+
+def fill_privacy(url: str, values: Sequence[str]) -> str:
+    """``url`` with its privacy macros replaced by ``values`` (:func:`privacy_values`, or
+    anything in that order); other text, IAB ``[MACROS]`` included, stays as it is."""
+    return _PRIVACY_MACRO.sub(lambda m: values[(m.lastindex or 1) - 1], url)
 
 
 @dataclass(frozen=True, slots=True)

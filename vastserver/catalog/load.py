@@ -65,7 +65,12 @@ from vastserver.catalog.model import (
     Tier,
     Verification,
 )
-from vastserver.tracking import LINEAR_EVENTS_BY_VERSION
+from vastserver.tracking import (
+    DOLLAR_MACRO,
+    LINEAR_EVENTS_BY_VERSION,
+    has_privacy_macros,
+    is_privacy_macro,
+)
 
 __all__ = [
     "DEVICE_TYPES",
@@ -430,6 +435,18 @@ def _char(c: str) -> str:
 
 def url(v: object, path: str, errs: Issues) -> str | _Invalid:
     """An absolute http(s) URL with a host."""
+    return _url(v, path, errs, privacy_macros=False)
+
+
+_PRIVACY_MACRO_LIST = (
+    "${GDPR}, ${GDPR_CONSENT_<GVL vendor id>}, ${GDPR_PD}, ${US_PRIVACY}, "
+    "${GPP_STRING_<vendor id>} and ${GPP_SID}"
+)
+
+
+def _url(v: object, path: str, errs: Issues, *, privacy_macros: bool) -> str | _Invalid:
+    """:func:`url`; with ``privacy_macros``, ``${GDPR}``-style privacy macros (which the
+    renderer fills in, :func:`vastserver.tracking.fill_privacy`) may stand after the host."""
     if not isinstance(v, str):
         return _wrong_type(errs, path, "an http(s) URL", v)
     if len(v) > 4096:
@@ -438,14 +455,28 @@ def url(v: object, path: str, errs: Issues) -> str | _Invalid:
         return v  # the common case: a plain http(s) URL with a lowercase host name
     if _URL_BAD_CHAR.search(v) or _NOT_XML_CHAR.search(v):
         return _fail(errs, path, f"URL {_show(v)} contains whitespace or control characters")
-    unsafe = _URL_UNSAFE.search(v)
+    checked = v  # what the URI checks see: privacy macros as a value fills them in
+    if privacy_macros and "${" in v:
+        for m in DOLLAR_MACRO.finditer(v):
+            if not is_privacy_macro(m.group()):
+                return _fail(
+                    errs,
+                    path,
+                    f"URL {_show(v)}: {_show(m.group())} is no privacy macro this server "
+                    f"fills in (those are {_PRIVACY_MACRO_LIST}, as the IAB writes them)",
+                )
+        checked = DOLLAR_MACRO.sub("0", v)
+    unsafe = _URL_UNSAFE.search(checked)
     if unsafe is not None:
         c = unsafe.group()
+        hint = ""
+        if c in "{}" and any(is_privacy_macro(m.group()) for m in DOLLAR_MACRO.finditer(v)):
+            hint = "; privacy macros such as ${GDPR} are filled in only in a creative's trackers"
         return _fail(
             errs,
             path,
             f"URL {_show(v)} contains {c}, which a URI cannot hold: percent-encode it "
-            f"(%{ord(c):02X}); ${{...}} macros (TCF's ${{GDPR}}) are not filled in here",
+            f"(%{ord(c):02X}){hint}",
         )
     unknown = [m for m in _IAB_MACRO.findall(v) if m[1:-1] not in IAB_MACROS]
     if unknown:
@@ -458,14 +489,17 @@ def url(v: object, path: str, errs: Issues) -> str | _Invalid:
     try:
         parts = urlsplit(v)
         host = parts.hostname
-        _ = parts.port  # raises ValueError on a bad port
+        _ = urlsplit(checked).port  # raises ValueError on a bad port
     except ValueError:
         return _fail(errs, path, f"{_show(v)} is not a valid URL")
     if parts.scheme not in ("http", "https"):
         return _fail(errs, path, f"{_show(v)} must be an http or https URL")
     if not host:
         return _fail(errs, path, f"{_show(v)} has no host")
-    problem = _not_any_uri(v, parts.netloc, len(parts.scheme) + 3 + len(parts.netloc))
+    if "${" in parts.netloc:
+        return _fail(errs, path, f"{_show(v)}: privacy macros go after the host")
+    authority_end = len(parts.scheme) + 3 + len(parts.netloc)
+    problem = _not_any_uri(checked, parts.netloc, authority_end)
     if problem is not None:
         return _fail(
             errs,
@@ -704,13 +738,13 @@ CAPTION = Obj(
 )
 
 
-def https_only(what: str) -> Parser[str]:
+def https_only(what: str, *, privacy_macros: bool = False) -> Parser[str]:
     """:func:`url`, https only: vastlint warns on http tracking pixels and verification
     scripts, and players on https pages drop them (the error says ``<what> must be
-    https``)."""
+    https``). ``privacy_macros``: see :func:`_url`."""
 
     def parse(v: object, path: str, errs: Issues) -> str | _Invalid:
-        got = url(v, path, errs)
+        got = _url(v, path, errs, privacy_macros=privacy_macros)
         if isinstance(got, str) and got[:8].lower() != "https://":
             return _fail(errs, path, f"{what} must be https")
         return got
@@ -718,7 +752,8 @@ def https_only(what: str) -> Parser[str]:
     return parse
 
 
-https_url = https_only("tracking pixels")
+tracker_url = https_only("tracking pixels", privacy_macros=True)
+"""A third-party tracker: it may carry privacy macros, which the renderer fills in."""
 
 
 _VENDOR = re.compile(r"\S*\.\S*-[^\s-]+")
@@ -844,6 +879,7 @@ def _creative(d: dict[str, Any]) -> Creative:
         vast_tag_url=d["vast_tag_url"],
         captions=d["captions"],
         trackers=d["trackers"],
+        privacy_macros=any(has_privacy_macros(u) for us in d["trackers"].values() for u in us),
         universal_ad_id=d["universal_ad_id"],
         universal_ad_id_registry=d["universal_ad_id_registry"],
         ad_id=d["ad_id"],
@@ -873,7 +909,7 @@ CREATIVE = Obj(
         "trackers": F(
             map_of(
                 enum_of(*TRACKER_EVENTS),
-                list_of(https_url, min_len=1, max_len=MAX_TRACKERS_PER_EVENT),
+                list_of(tracker_url, min_len=1, max_len=MAX_TRACKERS_PER_EVENT),
             ),
             MappingProxyType({}),
         ),
