@@ -252,13 +252,15 @@ def test_sighup_reloads_catalog_and_keeps_old_on_error(server_factory: Any, tmp_
     assert srv.stop() == 0
 
 
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_sighup_during_start_up_reloads_once_started(
-    server_factory: Any, redis_url: str, workers: int
+    server_factory: Any, redis_url: str, workers: int, sig: signal.Signals
 ) -> None:
     """An operator's SIGHUP can reach the server while it is still loading its catalog (a
     deploy tool that reloads right after starting, a 100k catalog that takes 20 s). Its
-    default action kills the process; the server notes it instead and reloads once up."""
+    default action kills the process; the server notes it instead and reloads once up.
+    The same for SIGUSR1 (the model alone), which a worker's admin model reload sends."""
     extra = ("--workers", "2", "--redis", redis_url) if workers == 2 else ()
     srv = server_factory("--event-log", "off", *extra)
     assert srv.proc.stdout is not None
@@ -268,7 +270,7 @@ def test_a_sighup_during_start_up_reloads_once_started(
         assert line, "server exited before listening: " + "".join(lines)
         lines.append(line)
     # "listening" is logged before the catalog and the model are loaded (by each worker).
-    srv.proc.send_signal(signal.SIGHUP)
+    srv.proc.send_signal(sig)
     srv.wait_ready()
     assert _get(srv.base + "/vast?pod_duration=60")[0] == 200
     assert srv.proc.poll() is None
@@ -276,7 +278,9 @@ def test_a_sighup_during_start_up_reloads_once_started(
     assert srv.stop() == 0
     lines += srv.proc.stdout.read().decode().splitlines()
     reloads = [line for line in lines if '"event":"catalog_reload"' in line]
-    assert len(reloads) == workers, lines
+    assert len(reloads) == (workers if sig == signal.SIGHUP else 0), lines
+    models = [line for line in lines if '"event":"model_loaded"' in line]
+    assert len(models) == 2 * workers, lines  # at start, then once more for the signal
 
 
 def test_invalid_settings_list_every_problem() -> None:
@@ -627,3 +631,61 @@ def test_an_admin_reload_reaches_every_worker(
         time.sleep(0.2)
     assert all(v.startswith("admin-2+") for v in seen), seen
     assert srv.stop() == 0
+
+
+def test_an_admin_model_reload_reaches_every_worker(
+    server_factory: Any, tmp_path: Path, redis_url: str
+) -> None:
+    """POST /admin/model/reload lands on one worker; with --workers 2 the other served the old
+    model until its model watch noticed the files (never, with the watch off). The worker
+    that reloaded asks the parent to send them all SIGUSR1, which reloads the model alone:
+    no worker loads the catalog again for it."""
+    bundle = tmp_path / "model"
+    shutil.copytree(ROOT / "fixtures" / "demo-model", bundle)
+    model_file = bundle / "model.ubj"
+    saved = model_file.read_bytes()
+    model_file.unlink()  # a broken bundle: both workers start on the price scorer
+    mport = _two_free_ports()
+    srv = server_factory(
+        "--model", str(bundle), "--workers", "2", "--redis", redis_url, "--event-log", "off",
+        "--metrics-port", str(mport),
+        env=_env(VASTSERVER_MODEL_WATCH_S="0"),
+    )  # fmt: skip
+    srv.wait_ready()
+
+    def scorers(deadline: float) -> list[str]:
+        """Each worker's scorer, read from its own metrics port."""
+        found = []
+        for port in (mport, mport + 1):
+            while True:
+                try:
+                    status, text = _get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)
+                    if status == 200:
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, port
+                time.sleep(0.1)
+            m = re.search(rb'^vastserver_model_info\{scorer="(\w+)"', text, re.M)
+            assert m is not None, text[:500]
+            found.append(m.group(1).decode())
+        return found
+
+    assert scorers(time.monotonic() + 30) == ["price", "price"]
+    model_file.write_bytes(saved)
+    req = urllib.request.Request(
+        srv.base + "/admin/model/reload",
+        method="POST",
+        headers={"Authorization": "Bearer cli-admin-token-0123456789"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert json.loads(r.read())["reloaded"] is True
+    answered = time.monotonic()
+    while (now := scorers(answered + 30)) != ["model", "model"]:
+        assert time.monotonic() < answered + 3.0, now  # far sooner than any watch would
+        time.sleep(0.05)
+    assert srv.stop() == 0
+    assert srv.proc.stdout is not None
+    lines = [json.loads(x) for x in srv.proc.stdout.read().decode().splitlines() if x]
+    assert sum(x["event"] == "model_loaded" for x in lines) == 2, lines
+    assert not [x for x in lines if x["event"] == "catalog_reload"], lines

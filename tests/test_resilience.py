@@ -614,8 +614,8 @@ async def test_a_burst_of_sighups_reloads_twice_not_once_each(client: Any) -> No
     await asyncio.sleep(0.05)
     assert calls == 1
     gate.set()
-    await asyncio.wait_for(rt.sighup_task, 10)
-    assert calls == 2 and rt.sighup_again is False
+    await asyncio.wait_for(rt.sighup.task, 10)
+    assert calls == 2 and rt.sighup.again is False
     reload_from_signal(rt)  # a later signal reloads again
-    await asyncio.wait_for(rt.sighup_task, 10)
+    await asyncio.wait_for(rt.sighup.task, 10)
     assert calls == 3

@@ -86,6 +86,19 @@ request takes a decision slot, so slow or stalled uploads cannot hold the slots.
 
 
 @dataclass(slots=True)
+class SignalReload:
+    """A reload signal's state in a worker: the reload it started, whether more signals came
+    during it, and whether to let the next one pass."""
+
+    signum: signal.Signals
+    model_only: bool = False
+    task: asyncio.Task[None] | None = None
+    again: bool = False
+    skip: bool = False
+    """Let the next signal pass: the parent echoing this worker's own admin reload."""
+
+
+@dataclass(slots=True)
 class Runtime:
     settings: Settings
     service: AdService
@@ -101,10 +114,12 @@ class Runtime:
     ready: bool = False
     in_flight: int = 0
     background: set[asyncio.Task[Any]] = field(default_factory=set)
-    sighup_task: asyncio.Task[None] | None = None
-    sighup_again: bool = False
-    sighup_skip: bool = False
-    """Let the next SIGHUP pass: the parent echoing this worker's own admin reload."""
+    sighup: SignalReload = field(default_factory=lambda: SignalReload(signal.SIGHUP))
+    """SIGHUP: reload the catalog and the model."""
+    sigusr1: SignalReload = field(
+        default_factory=lambda: SignalReload(signal.SIGUSR1, model_only=True)
+    )
+    """SIGUSR1: reload the model alone (a catalog of 100k line items takes seconds)."""
     log_sampler: Sampler = field(default_factory=Sampler)
 
 
@@ -585,6 +600,8 @@ async def reload_model_handler(request: web.Request) -> web.StreamResponse:
     if models.model_path is None:
         return web.json_response({"error": "no model configured"}, status=409)
     ok = await models.reload()
+    if ok:
+        _reload_the_other_workers(_rt(request), _rt(request).sigusr1)
     body = {"version": models.primary.version, "reloaded": ok}
     return web.json_response(body, status=200 if ok else 422)
 
@@ -684,17 +701,18 @@ async def reload_catalog_handler(request: web.Request) -> web.StreamResponse:
     except OSError as e:
         _log_reload_rejected([str(e)], logging.WARNING, "admin")
         return web.json_response({"error": "catalog_unreadable", "why": str(e)}, status=422)
-    _reload_the_other_workers(rt)
+    _reload_the_other_workers(rt, rt.sighup)
     return web.json_response({"version": snap.catalog.version})
 
 
-def _reload_the_other_workers(rt: Runtime) -> None:
-    """An admin catalog reload reaches one worker (the one its connection landed on): with
-    several, ask the parent to SIGHUP them all, as a SIGHUP to the server does; this worker,
-    which has just reloaded, lets that SIGHUP pass (a 100k catalog takes seconds to load)."""
+def _reload_the_other_workers(rt: Runtime, reload: SignalReload) -> None:
+    """An admin reload reaches one worker (the one its connection landed on): with several,
+    ask the parent to send them all the reload's signal (SIGHUP for the catalog, SIGUSR1 for
+    the model alone), as that signal to the server does; this worker, which has just
+    reloaded, lets it pass (a 100k catalog takes seconds to load)."""
     if rt.settings.workers > 1:
-        rt.sighup_skip = True
-        os.kill(os.getppid(), signal.SIGHUP)
+        reload.skip = True
+        os.kill(os.getppid(), reload.signum)
 
 
 # ---------------------------------------------------------------------------- factory
@@ -945,30 +963,33 @@ async def _readiness(app: web.Application) -> AsyncIterator[None]:
     rt.ready = False
 
 
-def reload_from_signal(rt: Runtime) -> None:
-    """SIGHUP: reload the catalog and the model, in the background; whatever fails
-    validation is logged and the old one keeps serving. Signals that arrive while a reload
-    runs make one more reload after it, not one each (a burst of SIGHUPs queued a full
-    catalog load apiece)."""
-    if rt.sighup_skip:  # the echo of this worker's own admin reload (see above)
-        rt.sighup_skip = False
+def reload_from_signal(rt: Runtime, reload: SignalReload | None = None) -> None:
+    """SIGHUP (``reload`` defaults to ``rt.sighup``): reload the catalog and the model, in the
+    background; SIGUSR1 (``rt.sigusr1``): the model alone. Whatever fails validation is
+    logged and the old one keeps serving. Signals that arrive while a reload runs make one
+    more reload after it, not one each (a burst of SIGHUPs queued a full catalog load
+    apiece)."""
+    reload = rt.sighup if reload is None else reload
+    if reload.skip:  # the echo of this worker's own admin reload (see above)
+        reload.skip = False
         return
-    if rt.sighup_task is not None and not rt.sighup_task.done():
-        rt.sighup_again = True
+    if reload.task is not None and not reload.task.done():
+        reload.again = True
         return
-    task = asyncio.get_running_loop().create_task(_reload_on_signal(rt))
-    rt.sighup_task = task
+    task = asyncio.get_running_loop().create_task(_reload_on_signal(rt, reload))
+    reload.task = task
     rt.background.add(task)
     task.add_done_callback(rt.background.discard)
 
 
-async def _reload_on_signal(rt: Runtime) -> None:
+async def _reload_on_signal(rt: Runtime, reload: SignalReload) -> None:
     while True:
         await rt.service.models.reload()
-        await _reload_catalog_logged(rt)
-        if not rt.sighup_again:
+        if not reload.model_only:
+            await _reload_catalog_logged(rt)
+        if not reload.again:
             return
-        rt.sighup_again = False
+        reload.again = False
 
 
 async def _reload_catalog_logged(rt: Runtime) -> None:
@@ -991,42 +1012,50 @@ def _log_reload_rejected(problems: list[str], level: int, via: str) -> None:
     )
 
 
-_early_sighup = False
+RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
+"""SIGHUP reloads the catalog and the model, SIGUSR1 the model alone."""
+_early_signals: set[int] = set()
 
 
 def hold_sighup() -> None:
-    """From process start until the server's loop takes SIGHUP over (:func:`_sighup`), a
-    SIGHUP is noted instead of taking its default action, which kills the process: before,
-    a reload signal sent while a worker loaded its catalog (15-25 s at 100k line items)
-    stopped the server. A noted SIGHUP makes one reload once the server runs, since the
-    files may have changed after start-up read them. Forked workers inherit the holder."""
-    signal.signal(signal.SIGHUP, _note_sighup)
+    """From process start until the server's loop takes the reload signals over
+    (:func:`_sighup`), a SIGHUP or SIGUSR1 is noted instead of taking its default action,
+    which kills the process: before, a reload signal sent while a worker loaded its catalog
+    (15-25 s at 100k line items) stopped the server. A noted signal makes one reload once
+    the server runs, since the files may have changed after start-up read them. Forked
+    workers inherit the holder, and start with nothing noted: a signal the parent noted
+    before the fork is the parent's to pass on."""
+    _early_signals.clear()
+    for sig in RELOAD_SIGNALS:
+        signal.signal(sig, _note_signal)
 
 
-def _note_sighup(_signum: int, _frame: object) -> None:
-    global _early_sighup
-    _early_sighup = True
+def _note_signal(signum: int, _frame: object) -> None:
+    _early_signals.add(signum)
 
 
-def take_early_sighup() -> bool:
-    """Whether a SIGHUP came while it was held, and forget it."""
-    global _early_sighup
-    noted, _early_sighup = _early_sighup, False
+def take_early_signals() -> list[signal.Signals]:
+    """The reload signals that came while they were held, and forget them."""
+    noted = [sig for sig in RELOAD_SIGNALS if sig in _early_signals]
+    _early_signals.clear()
     return noted
 
 
 async def _sighup(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     rt = app[RUNTIME]
-    before = signal.getsignal(signal.SIGHUP)
+    reloads = {signal.SIGHUP: rt.sighup, signal.SIGUSR1: rt.sigusr1}
+    before = {sig: signal.getsignal(sig) for sig in RELOAD_SIGNALS}
     try:
-        loop.add_signal_handler(signal.SIGHUP, reload_from_signal, rt)
+        for sig, reload in reloads.items():
+            loop.add_signal_handler(sig, reload_from_signal, rt, reload)
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
         yield
         return
-    if take_early_sighup():
-        reload_from_signal(rt)
+    for sig in take_early_signals():
+        reload_from_signal(rt, reloads[sig])
     yield
-    loop.remove_signal_handler(signal.SIGHUP)  # this leaves the default action (terminate)
-    if callable(before) or before == signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, before)  # e.g. the holder, while the process shuts down
+    for sig, handler in before.items():
+        loop.remove_signal_handler(sig)  # this leaves the default action (terminate)
+        if callable(handler) or handler == signal.SIG_IGN:
+            signal.signal(sig, handler)  # e.g. the holder, while the process shuts down

@@ -267,15 +267,15 @@ def serve(argv: Sequence[str]) -> int:
     return _supervise(settings, sock, metrics_socks)
 
 
-_FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+_FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 
 def _worker_process(
     settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None
 ) -> None:
     """A forked worker, with the signal dispositions of a fresh start (SIGTERM and SIGINT
-    stop it while it loads, without a traceback; a SIGHUP is held until it serves), then
-    unblocked."""
+    stop it while it loads, without a traceback; a SIGHUP or SIGUSR1 is held until it
+    serves), then unblocked."""
     from vastserver.app import hold_sighup
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -302,7 +302,7 @@ def _supervise(
     worker of the first start that exits 2 could not start (its port, its settings): the
     server is not what was asked for, so the others stop too and the exit status is 2. After
     SIGTERM/SIGINT: 0 when every worker stopped as asked, else 1."""
-    from vastserver.app import take_early_sighup
+    from vastserver.app import RELOAD_SIGNALS, take_early_signals
 
     ctx = multiprocessing.get_context("fork")
     n = settings.workers
@@ -344,10 +344,12 @@ def _supervise(
     signal.signal(signal.SIGINT, stop)
     for i in range(n):
         spawn(i)
-    # until every worker exists a SIGHUP stays held (noted), then it is passed on to all
-    signal.signal(signal.SIGHUP, stop)
-    if take_early_sighup():  # came while the workers were being started: pass it on
-        stop(signal.SIGHUP, None)
+    # until every worker exists a SIGHUP (catalog and model) or SIGUSR1 (model) stays held
+    # (noted), then it is passed on to all; a worker's admin reload sends one here too
+    for sig in RELOAD_SIGNALS:
+        signal.signal(sig, stop)
+    for sig in take_early_signals():  # came while the workers were being started
+        stop(sig, None)
     while True:
         running = [pr for pr in procs if pr is not None]
         if not running and not due:

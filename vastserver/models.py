@@ -5,8 +5,9 @@
   **price scorer** (every candidate predicted to complete, so value = price x tier weight),
   ``/readyz`` reports ``model.ready: false`` with the error, and
   ``vastserver_model_fallback_total{reason="load_failed"}`` counts it.
-* **Hot reload**: SIGHUP, ``POST /admin/model/reload`` or a change of the bundle's files
-  (polled every ``VASTSERVER_MODEL_WATCH_S`` seconds) loads the new bundle in a worker thread;
+* **Hot reload**: SIGHUP, SIGUSR1 (the model alone), ``POST /admin/model/reload`` (with
+  several workers it reaches them all) or a change of the bundle's files (polled every
+  ``VASTSERVER_MODEL_WATCH_S`` seconds) loads the new bundle in a worker thread;
   only a bundle that validates (files and checksums, a schema version the feature module reads,
   finite canary scores in [0, 1]) replaces the old one, which keeps serving otherwise.
 * **Shadow**: ``VASTSERVER_SHADOW_MODEL`` is scored on ``VASTSERVER_SHADOW_SAMPLE`` of the
