@@ -231,9 +231,11 @@ class _CountFailsOnce:
         self._fail_once()
         await self.inner.add(incrs, now)
 
-    async def claim_and_add(self, keys: Any, ttl_s: int, incrs: Any, now: float) -> list[bool]:
+    async def claim_and_add(
+        self, keys: Any, ttl_s: int, incrs: Any, now: float, *, served_at: float | None = None
+    ) -> list[bool]:
         self._fail_once()
-        return await self.inner.claim_and_add(keys, ttl_s, incrs, now)
+        return await self.inner.claim_and_add(keys, ttl_s, incrs, now, served_at=served_at)
 
 
 async def test_a_beacon_whose_count_failed_is_counted_when_retried() -> None:

@@ -20,6 +20,7 @@ from lxml import etree
 from tests.delivery_support import Clock, base_catalog, make_service, request, tokens_for
 from tests.support.redis_server import RedisServer
 from tests.test_cli import Server, _env, _two_free_ports
+from vastserver.delivery import claim_window_s
 from vastserver.store.base import StoreUnavailable
 from vastserver.store.redis import RedisStore
 from vastserver.tracking import expand_macros
@@ -233,3 +234,49 @@ def test_each_worker_answers_metrics_on_its_own_port(redis_url: str) -> None:
         assert e.value.code == 404
     finally:
         assert srv.stop() == 0
+
+
+async def test_raising_the_token_max_age_on_redis_opens_no_replay_window(redis_url: str) -> None:
+    """A beacon's claim expires a fixed window after its ad was served: the token max age of
+    the instance that counted it, plus an hour. Raised on a Redis fleet, a beacon counted
+    under the old value was counted again when replayed, after its claim lapsed, to an
+    instance with the new value (where its token still verifies). The store keeps the
+    longest claim window any instance claimed with and since when: a token served before it
+    grew is refused as expired past the old window, and every claim lasts the longest."""
+    clock = Clock(T0)
+    old_age, new_age = 3600, 7 * 86400
+    stores = [RedisStore(redis_url), RedisStore(redis_url)]
+    stores[0].claim_window_s = claim_window_s(old_age)
+    stores[1].claim_window_s = claim_window_s(new_age)
+    old, new = (make_service(base_catalog(), s, clock, seed=i) for i, s in enumerate(stores))
+    old.delivery.token_max_age_s, new.delivery.token_max_age_s = old_age, new_age
+    try:
+        tok = tokens_for(old, await old.decide(request("v-old")))[0]
+        assert (await old.delivery.on_beacon("impression", tok, old.snapshot.catalog)).counted
+        claims = [f"vs:d:bc:{tok.ad_serving_id}:{e}" for e in ("impression", "settled")]
+        for key in claims:  # Redis lets them lapse an hour after the old max age...
+            assert 0 < await stores[0]._client.ttl(key) <= claim_window_s(old_age)
+        await stores[0]._client.delete(*claims)  # ...as here, the clock being past that
+        clock.now = T0 + timedelta(seconds=claim_window_s(old_age) + 60)
+        # the new instance's token check lets it through (younger than its max age) ...
+        assert clock.now.timestamp() - tok.served_at < new_age
+        replay = await new.delivery.on_beacon("impression", tok, new.snapshot.catalog)
+        # ... but it was served when the claims lasted the old window: refused, not counted
+        assert not replay.counted and replay.reason == "expired"
+        stats = await new.delivery.line_item_stats(new.snapshot.catalog, [tok.line_item_id])
+        assert stats[0]["delivered_impressions"] == 1
+
+        # a token served since the new window was noted (the new instance's first claim,
+        # above) is countable for the whole new max age
+        clock.now += timedelta(seconds=1)
+        fresh = tokens_for(new, await new.decide(request("v-new")))[0]
+        clock.now += timedelta(seconds=3 * 86400)
+        assert (await new.delivery.on_beacon("impression", fresh, new.snapshot.catalog)).counted
+        # and an instance still on the old value writes claims that last the longest window
+        late = tokens_for(old, await old.decide(request("v-late")))[0]
+        assert (await old.delivery.on_beacon("impression", late, old.snapshot.catalog)).counted
+        ttl = await stores[0]._client.ttl(f"vs:d:bc:{late.ad_serving_id}:impression")
+        assert ttl > claim_window_s(new_age) - 60
+    finally:
+        for s in stores:
+            await s.close()

@@ -27,6 +27,7 @@ from tests.support.redis_server import (  # noqa: F401  (pytest fixtures)
 )
 from tests.support.stores import claim, claim_many
 from vastserver.store import (
+    ClaimExpired,
     Guard,
     Guarded,
     Incr,
@@ -566,6 +567,50 @@ async def test_two_redis_clients_share_guards(redis_url: str) -> None:  # noqa: 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_redis_claims_last_the_longest_claim_window_of_any_client(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Instances on one Redis may run with different token max ages (a rolling change, two
+    deploys): every claim lasts the longest claim window any of them claimed with, whichever
+    started first, so none lets a replay through to one that still verifies the token; a
+    token served before the longest window grew is refused past the window it had then."""
+    day, week = 86400 + 3600, 7 * 86400 + 3600
+    long, short = RedisStore(redis_url), RedisStore(redis_url)
+    long.claim_window_s, short.claim_window_s = week, day
+    try:
+        # the longer one claims first; the shorter one, later, does not shorten the window
+        assert await long.claim_and_add(["a"], day, [], T0, served_at=T0) == [True]
+        assert await short.claim_and_add(["b"], day, [], T0 + 10, served_at=T0 + 5) == [True]
+        assert await short._client.ttl("vs:d:b") > week - 20
+        assert await short.claim_and_add(["b"], day, [], T0 + 3 * 86400, served_at=T0 + 5) == [
+            False
+        ]
+        # without a serve time a claim is as asked
+        assert await short.claim_and_add(["c"], 60, [], T0) == [True]
+        assert 0 < await short._client.ttl("vs:d:c") <= 60
+    finally:
+        await long.close()
+        await short.close()
+    # the shorter one first (on other keys), then the longer one
+    long, short = RedisStore(redis_url, prefix="x:"), RedisStore(redis_url, prefix="x:")
+    long.claim_window_s, short.claim_window_s = week, day
+    try:
+        assert await short.claim_and_add(["a"], day, [], T0, served_at=T0) == [True]
+        assert await long.claim_and_add(["b"], week, [], T0 + 10, served_at=T0 + 10) == [True]
+        assert await short._client.ttl("x:d:a") <= day  # written before the window grew
+        # served before the window grew: refused once a claim of it may have lapsed
+        with pytest.raises(ClaimExpired):
+            await long.claim_and_add(["a"], 60, [Incr("n", LIFE)], T0 + day, served_at=T0)
+        assert await long.read([Read("n", LIFE)], T0 + day) == [0]
+        # served after it: claimed for the longest window, by either
+        now = T0 + 3 * 86400
+        assert await short.claim_and_add(["c"], 60, [], now, served_at=T0 + 11) == [True]
+        assert await short._client.ttl("x:d:c") > T0 + 11 + week - now - 20
+    finally:
+        await long.close()
+        await short.close()
 
 
 async def test_redis_restart(request: pytest.FixtureRequest) -> None:

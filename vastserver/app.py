@@ -741,9 +741,13 @@ def create_app(
     rng = rng or random.SystemRandom()
     # the store's expiry clock: time.time is system_clock's timestamp, without a datetime
     store_clock = time.time if clock is system_clock else (lambda: clock().timestamp())
-    inner = open_store(settings.redis_url, clock=store_clock, max_keys=settings.memory_max_keys)
+    inner = open_store(
+        settings.redis_url,
+        clock=store_clock,
+        max_keys=settings.memory_max_keys,
+        claim_window_s=claim_window_s(settings.token_max_age_s),
+    )
     if isinstance(inner, MemoryStore):
-        inner.claim_window_s = claim_window_s(settings.token_max_age_s)
         metrics.watch_store_evictions(lambda: inner.evictions, lambda: inner.forgotten)
         if settings.state_file is not None:
             state_lock = StateLock(settings.state_file)

@@ -58,7 +58,15 @@ from vastserver.pipeline.delivery import (
     target_fraction,
 )
 from vastserver.pipeline.reasons import Reason
-from vastserver.store.base import Guarded, Incr, Read, Store, StoreUnavailable, Window
+from vastserver.store.base import (
+    ClaimExpired,
+    Guarded,
+    Incr,
+    Read,
+    Store,
+    StoreUnavailable,
+    Window,
+)
 from vastserver.store.base import within as within_timeout
 from vastserver.tracking import COUNTED_EVENTS, AdToken
 
@@ -102,6 +110,8 @@ class BeaconResult:
 
 
 REPLAY = BeaconResult(counted=False, replay=True, reason="replay")
+EXPIRED = BeaconResult(counted=False, reason="expired")
+"""The store refused the beacon: served under a shorter claim window (see ClaimExpired)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +433,9 @@ class DeliveryControl:
         now = self.clock().timestamp()
         ttl = max(1, math.ceil(served_at + claim_window_s(self.token_max_age_s) - now))
         try:
-            claims = await self.store.claim_and_add(keys, ttl, incrs, now)
+            claims = await self.store.claim_and_add(keys, ttl, incrs, now, served_at=served_at)
+        except ClaimExpired:
+            return EXPIRED
         except StoreUnavailable as e:
             self._store_error(e, "beacon")  # the caller answers 503
             raise

@@ -10,13 +10,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import Guard, Guarded, Incr, Read, Store, StoreUnavailable, Window
+from .base import ClaimExpired, Guard, Guarded, Incr, Read, Store, StoreUnavailable, Window
 from .memory import MAX_KEYS, MemoryStore
 
 if TYPE_CHECKING:
     from .redis import RedisStore
 
 __all__ = [
+    "ClaimExpired",
     "Guard",
     "Guarded",
     "Incr",
@@ -43,12 +44,18 @@ def open_store(
     *,
     clock: Callable[[], float] = time.time,
     max_keys: int = MAX_KEYS,
+    claim_window_s: int | None = None,
 ) -> Store:
     """``RedisStore`` when a URL is configured (several instances share state), else the
     single-process ``MemoryStore`` (whose expiries follow ``clock``, holding at most
-    ``max_keys``). No I/O here: Redis connects on first use."""
+    ``max_keys``). ``claim_window_s``: how long after its ad was served a beacon claim
+    expires (each store's ``claim_window_s``). No I/O here: Redis connects on first use."""
     if redis_url:
         from .redis import RedisStore
 
-        return RedisStore(redis_url)
-    return MemoryStore(max_keys=max_keys, clock=clock)
+        shared = RedisStore(redis_url)
+        shared.claim_window_s = claim_window_s
+        return shared
+    local = MemoryStore(max_keys=max_keys, clock=clock)
+    local.claim_window_s = claim_window_s
+    return local

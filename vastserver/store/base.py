@@ -84,6 +84,12 @@ class StoreUnavailable(Exception):
     """The backend cannot be reached; callers apply their fail-open/closed policy."""
 
 
+class ClaimExpired(Exception):
+    """``claim_and_add`` refused a beacon's claims (nothing claimed, nothing counted): its
+    token was served while the claim window was shorter than now, and is older than the
+    window then allowed, so a claim of that time may have lapsed (see :mod:`.redis`)."""
+
+
 class Store(Protocol):
     name: str
     local: bool
@@ -106,12 +112,22 @@ class Store(Protocol):
         ...
 
     async def claim_and_add(
-        self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float
+        self,
+        keys: Sequence[str],
+        ttl_s: int,
+        incrs: Sequence[Incr],
+        now: float,
+        *,
+        served_at: float | None = None,
     ) -> list[bool]:
         """Dedupe: claim each key (True the first time it is claimed within ``ttl_s``, False
         after, and for a repeat within ``keys``) and, when every claim is new, ``add(incrs)``:
         atomically, in one round trip. A failed call has done neither, so a beacon whose count
-        failed can be retried and counted; one that got through is never counted twice."""
+        failed can be retried and counted; one that got through is never counted twice.
+
+        ``served_at``: when the beacon's ad was served (its claims expire a fixed window after
+        it). A store shared by instances whose claim windows differ may lengthen ``ttl_s``
+        to the longest window, or raise :class:`ClaimExpired` (see :mod:`.redis`)."""
         ...
 
     async def history(self, key: str) -> list[str]:

@@ -286,8 +286,16 @@ class MemoryStore:
         return out
 
     async def claim_and_add(
-        self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float
+        self,
+        keys: Sequence[str],
+        ttl_s: int,
+        incrs: Sequence[Incr],
+        now: float,
+        *,
+        served_at: float | None = None,
     ) -> list[bool]:
+        # ``served_at`` is not needed: one process has one claim window, and the state file
+        # moves the claims when a restart changes it.
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         validate((Guarded((), tuple(incrs)),))  # before anything is applied

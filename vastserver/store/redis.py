@@ -9,6 +9,13 @@ Key layout (``prefix`` defaults to ``"vs:"``):
   small fields (a listpack in Redis) and an empty one disappears. A key must always be used
   with the same ``Window``;
 * claim ``{prefix}d:{key}``: ``SET NX EX``;
+* claim windows ``{prefix}claim-windows``: a sorted set of each claim window longer than
+  all before it (member) and when an instance first claimed with it (score). A claim given
+  its beacon's ``served_at`` lasts until ``served_at`` + the longest window, not just the
+  caller's (instances with different ``VASTSERVER_TOKEN_MAX_AGE`` values share the claims);
+  and a beacon served before the longest window grew, past the window it had then less
+  :data:`CLAIM_MARGIN_S`, raises :class:`~.base.ClaimExpired`: its claim may have lapsed,
+  and counting it might count it twice. Entries no verifying token can need are dropped;
 * history ``{prefix}h:{key}``: a list, newest first (``LPUSH``/``LTRIM``/``EXPIRE`` in one
   ``MULTI``), read with ``LRANGE``.
 
@@ -35,6 +42,7 @@ a free pooled connection (at most ``max_connections`` per store).
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -46,7 +54,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from .base import Guarded, Incr, Read, StoreUnavailable
+from .base import ClaimExpired, Guarded, Incr, Read, StoreUnavailable
 from .memory import bucket_bounds, incr_plan
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -58,6 +66,10 @@ except ImportError:  # pragma: no cover - a dependency; without it redis-py pack
 _FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
 _PLAIN_ARGS = frozenset({str, bytes, int})
+
+CLAIM_MARGIN_S = 600
+"""A token served under a shorter claim window is refused this long before a claim written
+with that window expires: claims written by instances whose clocks run ahead still live."""
 
 
 def _pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
@@ -175,13 +187,37 @@ return out
 CLAIM_ADD_LUA = (
     _INCR_LUA
     + """
--- KEYS: the claim keys, then the counter hash of every increment.
--- ARGV: nclaims, ttl, then per incr: field, amount, ttl, trim (as in COMMIT_LUA).
+-- KEYS: the claim windows (a sorted set), the claim keys, then the counter hash of every
+--   increment.
+-- ARGV: nclaims, ttl, served_at, window, now, margin (served_at and window '' when not
+--   known), then per incr: field, amount, ttl, trim (as in COMMIT_LUA).
 -- Returns 1/0 per claim (SET NX EX); the increments apply only if every claim is new.
+-- Returns -1 (nothing claimed or counted) for a token served when the longest claim window
+-- was shorter, older than that window less the margin: a claim of it may have lapsed.
 local n = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+if ARGV[3] ~= '' and ARGV[4] ~= '' then
+  local cw, served, window, now = KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+  local top = redis.call('ZREVRANGE', cw, 0, 0)
+  local longest = 0
+  if #top > 0 then longest = tonumber(top[1]) end
+  if window > longest then
+    -- the longest window from now on; keep only the entries tokens still verifying need
+    redis.call('ZADD', cw, now, window)
+    longest = window
+    local old = redis.call('ZRANGEBYSCORE', cw, '-inf', now - longest)
+    if #old > 1 then redis.call('ZREMRANGEBYRANK', cw, 0, #old - 2) end
+  end
+  -- the longest window registered before the token was served
+  local at = redis.call('ZREVRANGEBYSCORE', cw, '(' .. ARGV[3], '-inf', 'LIMIT', 0, 1)
+  if #at == 0 then at = redis.call('ZRANGE', cw, 0, 0) end
+  if now > served + tonumber(at[1]) - tonumber(ARGV[6]) then return -1 end
+  local need = math.ceil(served + longest - now)
+  if need > ttl then ttl = need end
+end
 local out, all = {}, 1
 for i = 1, n do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[2]) then
+  if redis.call('SET', KEYS[i + 1], '1', 'NX', 'EX', ttl) then
     out[i] = 1
   else
     out[i] = 0
@@ -189,8 +225,8 @@ for i = 1, n do
   end
 end
 if all == 1 then
-  local a = 3
-  for k = n + 1, #KEYS do
+  local a = 7
+  for k = n + 2, #KEYS do
     incr(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
     a = a + 4
   end
@@ -239,6 +275,10 @@ class RedisStore:
         self._c = prefix + "c:"
         self._d = prefix + "d:"
         self._h = prefix + "h:"
+        self._cw = prefix + "claim-windows"
+        self.claim_window_s: int | None = None
+        """How long after its ad was served this instance's beacon claims expire (set by the
+        app from ``VASTSERVER_TOKEN_MAX_AGE``); None: no claim window bookkeeping."""
 
     async def read(self, reads: Sequence[Read], now: float) -> list[int]:
         if not reads:
@@ -295,20 +335,36 @@ class RedisStore:
             args += (idx, incr.amount, ttl or 0, "" if trim is None else trim)
 
     async def claim_and_add(
-        self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float
+        self,
+        keys: Sequence[str],
+        ttl_s: int,
+        incrs: Sequence[Incr],
+        now: float,
+        *,
+        served_at: float | None = None,
     ) -> list[bool]:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         if not keys:
             await self.add(incrs, now)
             return []
-        redis_keys = [self._d + key for key in keys]
-        args: list[int | str] = [len(keys), ttl_s]
+        redis_keys = [self._cw, *(self._d + key for key in keys)]
+        window = self.claim_window_s
+        args: list[int | str] = [
+            len(keys),
+            ttl_s,
+            "" if served_at is None else math.floor(served_at),
+            "" if window is None else window,
+            math.floor(now),
+            CLAIM_MARGIN_S,
+        ]
         self._incr_args(incrs, now, redis_keys, args)
         try:
             res = await self._claim_add(keys=redis_keys, args=args)
         except _FAILURES as e:
             raise StoreUnavailable(f"redis claim failed: {e!r}") from e
+        if res == -1:
+            raise ClaimExpired(f"token served at {served_at} is past the claim window then")
         return [bool(x) for x in res]
 
     async def history(self, key: str) -> list[str]:

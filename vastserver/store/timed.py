@@ -37,11 +37,17 @@ class TimedStore:
             self._observe("commit", time.perf_counter() - t)
 
     async def claim_and_add(
-        self, keys: Sequence[str], ttl_s: int, incrs: Sequence[Incr], now: float
+        self,
+        keys: Sequence[str],
+        ttl_s: int,
+        incrs: Sequence[Incr],
+        now: float,
+        *,
+        served_at: float | None = None,
     ) -> list[bool]:
         t = time.perf_counter()
         try:
-            return await self.inner.claim_and_add(keys, ttl_s, incrs, now)
+            return await self.inner.claim_and_add(keys, ttl_s, incrs, now, served_at=served_at)
         finally:
             self._observe("claim", time.perf_counter() - t)
 
