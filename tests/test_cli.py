@@ -689,3 +689,38 @@ def test_an_admin_model_reload_reaches_every_worker(
     lines = [json.loads(x) for x in srv.proc.stdout.read().decode().splitlines() if x]
     assert sum(x["event"] == "model_loaded" for x in lines) == 2, lines
     assert not [x for x in lines if x["event"] == "catalog_reload"], lines
+
+
+@pytest.mark.parametrize(
+    ("public_url", "warned"),
+    [
+        ("http://ads.example.com", True),
+        ("http://10.0.0.5:8080", True),
+        ("https://ads.example.com", False),
+        ("http://127.0.0.1:8080", False),
+        ("http://localhost:8080", False),
+        ("http://[::1]:8080", False),
+    ],
+)
+def test_an_http_public_url_off_loopback_is_warned_about_at_start(
+    public_url: str, warned: bool
+) -> None:
+    """Every tracking and click URL is built on VASTSERVER_PUBLIC_URL: http:// on a real
+    host serves plain-http trackers (vastlint warns; players on https pages may block them).
+    The server still starts, with one warning line; a loopback URL is development."""
+    srv = Server("--event-log", "off", "--public-url", public_url)
+    try:
+        assert srv.proc.stdout is not None
+        lines: list[dict[str, Any]] = []
+        while not lines or lines[-1]["event"] != "listening":
+            line = srv.proc.stdout.readline().decode()
+            assert line, f"server exited before listening: {lines}"
+            lines.append(json.loads(line))
+    finally:
+        srv.kill()
+    found = [x for x in lines if x["event"] == "insecure_public_url"]
+    if warned:
+        assert len(found) == 1 and found[0]["level"] == "warning", lines
+        assert found[0]["public_url"] == public_url
+    else:
+        assert not found, lines

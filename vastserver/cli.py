@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
 import multiprocessing
 import multiprocessing.connection as mp_connection
@@ -16,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -222,6 +224,22 @@ async def gc_maintenance(
         gc.freeze()
 
 
+def insecure_public_url(url: str) -> bool:
+    """Whether the public URL is ``http://`` on a host other than loopback: every tracking
+    and click URL we emit would be plain http (vastlint warns on them; a player on an https
+    page may block them), which is for development only."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name
+        return True
+
+
 def serve(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="vastserver")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -254,6 +272,16 @@ def serve(argv: Sequence[str]) -> int:
             except OSError as e:
                 print(f"cannot listen on {settings.host}:{port} (metrics): {e}", file=sys.stderr)
                 return 2
+    if insecure_public_url(settings.public_url):
+        event(
+            log,
+            "insecure_public_url",
+            logging.WARNING,
+            public_url=settings.public_url,
+            detail="tracking and click URLs are http:// on a host that is not loopback: "
+            "players on https pages may block them, and beacons travel in the clear; "
+            "set VASTSERVER_PUBLIC_URL to an https:// URL",
+        )
     event(
         log,
         "listening",
