@@ -22,6 +22,7 @@ from vastserver.openrtb import (
     platform_of,
 )
 from vastserver.params import ClientInfo, ParamError
+from vastserver.pipeline.pod import SlotRule
 
 CLIENT = ClientInfo(
     caller_ip="198.51.100.10",
@@ -287,10 +288,9 @@ def test_structured_pod_of_three_slots() -> None:
     assert brk.position is BreakPosition.POST
     assert brk.pod_duration_ms == 75_000  # 30 + 15 + 30
     assert brk.max_ads == 3
-    assert brk.min_ad_duration_ms == 5_000
-    # every ad fits every slot: at most the 15 s of the shortest (a 30 s ad could otherwise
-    # be placed in it; the optimiser chooses the order)
-    assert brk.max_ad_duration_ms == 15_000
+    # each slot takes the ads of its own length (no rule shared by the pod)
+    assert brk.slots == (SlotRule(5_000, 30_000), SlotRule(5_000, 15_000), SlotRule(5_000, 30_000))
+    assert (brk.min_ad_duration_ms, brk.max_ad_duration_ms) == (None, None)
     assert pod.floor_cpm_per_s == pytest.approx(0.5)  # the highest of the imps' floors
     d = pod.request.device
     assert (d.device_type, d.platform, d.country) == ("ctv", "firetv", "CA")
@@ -307,6 +307,7 @@ def test_structured_slot_lengths_from_rqddurs() -> None:
     brk = parse(doc).request.brk
     assert brk.pod_duration_ms == 90_000
     assert brk.required_durations_s == frozenset({15, 30})
+    assert brk.slots is None  # one rule for every slot: the pod optimiser as before
 
 
 def test_hybrid_pod_adds_up() -> None:
@@ -319,28 +320,31 @@ def test_hybrid_pod_adds_up() -> None:
     assert (brk.min_ad_duration_ms, brk.max_ad_duration_ms) == (5_000, 30_000)
 
 
-def test_slots_of_different_rules_take_what_fits_every_slot() -> None:
-    """A reviewer's structured pod: slot 1 up to 30 s, the last up to 15 s. The pod
-    optimiser orders the ads, so a 30 s ad played last; every ad now fits every slot. Slots
-    that require disjoint durations (30 s first, 60 s last; or exactly 30 and 15 s) have no
-    such ad: the pod stays empty (a no-fill), the request is not an error."""
+def test_slots_of_different_rules_each_keep_their_rule() -> None:
+    """Slot 1 up to 30 s, the last up to 15 s: each slot keeps its rule, in slot order
+    (``slotinpod`` 1 first, -1 last, whatever the imps' order); nothing is shared."""
     doc = structured_pod()
     imps = doc["imp"][:2]
-    imps[0]["video"].update(slotinpod=1, maxduration=30)
-    imps[1]["video"].update(slotinpod=-1, maxduration=15)
+    imps[0]["video"].update(slotinpod=-1, maxduration=15)
+    imps[1]["video"].update(slotinpod=1, maxduration=30)
     doc["imp"] = imps
     brk = parse(doc).request.brk
-    assert (brk.pod_duration_ms, brk.max_ads, brk.max_ad_duration_ms) == (45_000, 2, 15_000)
-    for imp, durs in zip(imps, ([15, 30], [30, 60]), strict=True):
+    assert (brk.pod_duration_ms, brk.max_ads) == (45_000, 2)
+    assert brk.slots == (SlotRule(5_000, 30_000), SlotRule(5_000, 15_000))
+    assert (brk.min_ad_duration_ms, brk.max_ad_duration_ms, brk.required_durations_s) == (
+        None,
+        None,
+        None,
+    )
+    for imp, durs in zip(imps, ([15], [30, 60]), strict=True):
         del imp["video"]["maxduration"], imp["video"]["minduration"]
         imp["video"]["rqddurs"] = durs
-    assert parse(doc).request.brk.required_durations_s == frozenset({30})
-    imps[1]["video"]["rqddurs"] = [60]
-    assert parse(doc).request.brk.required_durations_s == frozenset()
-    for imp, length in zip(imps, (30, 15), strict=True):  # exact lengths, pre-2.6 style
-        del imp["video"]["rqddurs"]
-        imp["video"].update(minduration=length, maxduration=length)
-    assert parse(doc).request.brk.required_durations_s == frozenset()
+    brk = parse(doc).request.brk
+    assert brk.slots == (
+        SlotRule(required_s=frozenset({30, 60})),
+        SlotRule(required_s=frozenset({15})),
+    )
+    assert brk.pod_duration_ms == 75_000
 
 
 def test_bidfloor_is_the_floor_where_mincpmpersec_is_not_given() -> None:
@@ -950,19 +954,89 @@ def test_bcat_in_another_taxonomy_is_refused_not_ignored() -> None:
     parse(doc)
 
 
-async def test_slots_no_ad_can_fit_all_of_get_an_empty_pod_not_an_error(
-    make_client: ClientFactory,
+def _ads(xml: bytes) -> list[tuple[int, float]]:
+    """(sequence, seconds) of each ad of a VAST pod, in document order."""
+    from lxml import etree
+
+    out = []
+    for ad in etree.fromstring(xml).iter("{*}Ad"):
+        h, m, sec = str(next(ad.iter("{*}Duration")).text).split(":")
+        out.append((int(ad.get("sequence", "0")), int(h) * 3600 + int(m) * 60 + float(sec)))
+    return out
+
+
+def _xsd_valid(xml: bytes) -> None:
+    from tests.support import conformance
+
+    conformance.require_spec()
+    errors = conformance.validate_vast_xsd(xml, conformance.detect_vast_version(xml))
+    assert errors == [], errors
+
+
+def _exact_slots(*lengths: int, rqddurs: bool) -> dict[str, Any]:
+    doc = structured_pod()
+    doc["imp"] = doc["imp"][: len(lengths)]
+    for imp, length in zip(doc["imp"], lengths, strict=True):
+        del imp["video"]["mincpmpersec"]
+        if rqddurs:
+            del imp["video"]["minduration"], imp["video"]["maxduration"]
+            imp["video"]["rqddurs"] = [length]
+        else:
+            imp["video"].update(minduration=length, maxduration=length)
+    return doc
+
+
+@pytest.mark.parametrize("rqddurs", [True, False], ids=["rqddurs", "min-max"])
+async def test_slots_of_different_lengths_each_get_an_ad_that_fits(
+    make_client: ClientFactory, rqddurs: bool
 ) -> None:
-    """Slots of exactly 30 s and 15 s: no duration fits both, and the optimiser could
-    place either ad in either slot. A valid request all the same: an empty VAST (200)."""
+    """Slots of exactly 30 s then 15 s (a DAI-style structured pod): no duration fits both,
+    which used to leave the pod empty. Each slot now takes an ad of its own length, in slot
+    order, and the VAST is valid."""
+    client = await make_client()
+    resp = await client.post(
+        "/openrtb2/pod", data=json.dumps(_exact_slots(30, 15, rqddurs=rqddurs))
+    )
+    assert resp.status == 200, await resp.text()
+    xml = bytes(await resp.read())
+    assert _ads(xml) == [(1, 30.0), (2, 15.0)]
+    _xsd_valid(xml)
+
+
+async def test_first_and_last_slots_of_different_lengths(make_client: ClientFactory) -> None:
+    """slotinpod -1 on the first imp (15 s) and 1 on the second (30 s, up to): the 30 s slot
+    plays first, then the 15 s one; a three-slot [30, 15, 30] pod fills in that order."""
+    client = await make_client()
+    doc = _exact_slots(15, 30, rqddurs=False)
+    doc["imp"][0]["video"]["slotinpod"] = -1
+    doc["imp"][1]["video"].update(slotinpod=1, minduration=20)
+    resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+    assert resp.status == 200, await resp.text()
+    got = _ads(bytes(await resp.read()))
+    assert [s for s, _ in got] == [1, 2]
+    assert 20 <= got[0][1] <= 30 and got[1][1] == 15.0
+    doc = _exact_slots(30, 15, 30, rqddurs=True)
+    doc["device"]["ifa"] = "slots-viewer-3"
+    resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+    xml = bytes(await resp.read())
+    assert _ads(xml) == [(1, 30.0), (2, 15.0), (3, 30.0)]
+    _xsd_valid(xml)
+
+
+async def test_debug_names_the_ads_no_slot_takes(make_client: ClientFactory) -> None:
+    """debug=1: a 60 s or 20 s ad fits neither the 30 s nor the 15 s slot: fits_no_slot,
+    an eligibility reason; the ads placed are explained slot by slot."""
     from lxml import etree
 
     client = await make_client()
-    doc = structured_pod()
-    doc["imp"] = doc["imp"][:2]
-    for imp, length in zip(doc["imp"], (30, 15), strict=True):
-        imp["video"].update(minduration=length, maxduration=length)
-        del imp["video"]["mincpmpersec"]
+    doc = _exact_slots(30, 15, rqddurs=True)
+    doc["ext"] = {"vastserver": {"debug": 1}}
     resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
     assert resp.status == 200, await resp.text()
-    assert etree.fromstring(await resp.read()).findall("{*}Ad") == []
+    root = etree.fromstring(await resp.read())
+    ext = next(e for e in root.iter("{*}Extension") if e.get("type") == "vastserver-debug")
+    data = json.loads(str(next(ext.iter("{*}Explanation")).text))
+    assert [a["slot"] for a in data["pod"]["ads"]] == [1, 2]
+    reasons = {c["reason"]: c["stage"] for c in data["candidates"] if not c["selected"]}
+    assert reasons.get("fits_no_slot") == "eligibility"
+    assert "duration_not_in_required" not in reasons

@@ -28,11 +28,17 @@ Pods
 * A single imp with neither ``poddur`` nor ``podid``: a one-ad break whose length is its
   ``maxduration`` (else the ad rules' default).
 * Imps with different ``podid`` values: 400 (``imp``, one pod per request).
-* One duration rule holds for every ad of the pod (the optimiser picks each ad's slot), so
-  it is what every imp accepts: the longest ``minduration``, the shortest ``maxduration``
-  and, as soon as any imp lists ``rqddurs`` (which the spec makes exclusive of min/max), the
-  durations every listing imp requires (their intersection) that also fit the other imps'
-  min/max, with min/max then unset. No common duration: the pod stays empty (a no-fill).
+* A structured pod (no dynamic imp) whose imps have different duration rules: each imp is a
+  slot with its own :class:`~vastserver.pipeline.pod.SlotRule` (``BreakSpec.slots``, in play
+  order: the ``slotinpod`` 1 imp, the others in request order, the -1 imp), and the pod
+  optimiser places each ad in a slot it fits (``PodConstraints.slots``). A slot no ad fits
+  stays unfilled, the later ads move up; an ad no slot takes is ``fits_no_slot``.
+* Otherwise one duration rule holds for every ad of the pod (the optimiser picks each ad's
+  slot), so it is what every imp accepts: the longest ``minduration``, the shortest
+  ``maxduration`` and, as soon as any imp lists ``rqddurs`` (which the spec makes exclusive
+  of min/max), the durations every listing imp requires (their intersection) that also fit
+  the other imps' min/max, with min/max then unset. No common duration (a hybrid pod whose
+  rules do not overlap): the pod stays empty (a no-fill).
 
 Break position
 --------------
@@ -112,6 +118,7 @@ from vastserver.pipeline.context import (
     Content,
     Device,
 )
+from vastserver.pipeline.pod import SlotRule
 
 MAX_IMPS = 64
 MAX_ID = 256
@@ -518,7 +525,19 @@ def _break(imps: list[_Imp], rules: AdRules, avail: int) -> BreakSpec:
         _fail("imp", f"the pod lasts {pod_s:g}s, more than {MAX_POD_S}s")
     max_ads = max(1, min(max_ads, MAX_ADS))
 
-    # One duration rule holds for every ad of the pod, and the pod optimiser chooses which ad
+    if not dynamic and len(structured) > 1:
+        rules_by_slot = _slot_rules(structured)
+        if len(set(rules_by_slot)) > 1:
+            # Slots of different lengths: the ad in each slot fits that slot's rule.
+            return BreakSpec(
+                position=position,
+                pod_duration_ms=round(pod_s * 1000),
+                max_ads=max_ads,
+                avail=avail,
+                slots=rules_by_slot,
+            )
+
+    # Otherwise one duration rule holds for every ad of the pod, and the optimiser chooses which ad
     # plays in which slot: so the rule is what every slot accepts (the longest minimum, the
     # shortest maximum, the durations all slots require), and any ad fits any slot. Slots of
     # different lengths get ads that fit the shortest (fewer seconds filled, none overrun).
@@ -539,8 +558,7 @@ def _break(imps: list[_Imp], rules: AdRules, avail: int) -> BreakSpec:
         min_s = max_s = None  # the required durations say it all
     if min_s is not None and max_s is not None and min_s > max_s:
         required, min_s, max_s = frozenset(), None, None
-    # No duration fits every slot (e.g. slots of exactly 30, 15 and 30 s): a valid request
-    # this server cannot fill without placing each ad in a slot of its length, so the pod
+    # No duration fits every slot (only a hybrid pod gets here with such slots): the pod
     # stays empty (every candidate duration_not_required), a no-fill rather than an error.
     return BreakSpec(
         position=position,
@@ -550,6 +568,20 @@ def _break(imps: list[_Imp], rules: AdRules, avail: int) -> BreakSpec:
         max_ad_duration_ms=None if max_s is None else round(max_s * 1000),
         required_durations_s=required,
         avail=avail,
+    )
+
+
+def _slot_rules(imps: list[_Imp]) -> tuple[SlotRule, ...]:
+    """Each slot's duration rule, in play order: the imp claiming the first slot
+    (``slotinpod`` 1), the others in request order, the one claiming the last (-1)."""
+    ordered = sorted(imps, key=lambda imp: (imp.slot is Slot.LAST) - (imp.slot is Slot.FIRST))
+    return tuple(
+        SlotRule(
+            min_ms=None if imp.min_s is None else round(imp.min_s * 1000),
+            max_ms=None if imp.max_s is None else round(imp.max_s * 1000),
+            required_s=imp.required,
+        )
+        for imp in ordered
     )
 
 

@@ -13,6 +13,7 @@ from types import MappingProxyType
 from vastserver.catalog import model as catalog_model
 from vastserver.catalog.model import BreakPosition
 from vastserver.consent import NO_SIGNALS, PrivacySignals
+from vastserver.pipeline.pod import SlotRule
 
 Clock = Callable[[], datetime]
 """Returns the current time as an aware UTC datetime; injected so tests control time."""
@@ -59,6 +60,9 @@ class BreakSpec:
     required_durations_s: frozenset[int] | None = None
     avail: int = 0
     """Index of this break within the session (0 = first break)."""
+    slots: tuple[SlotRule, ...] | None = None
+    """A structured pod whose slots take different durations: slot ``i``'s rule (the ad in
+    it must fit it, on top of the rules above); ``None``: any ad fits any slot."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,6 +227,7 @@ def decide(
                 min_ad_duration_ms=b.min_ad_duration_ms,
                 max_ad_duration_ms=b.max_ad_duration_ms,
                 required_durations_s=b.required_durations_s,
+                slots=b.slots,
             ),
         )
     slot_of = {it.key: n for n, it in enumerate(pod.items, start=1)}

@@ -41,7 +41,7 @@ from vastserver.pipeline.candidates import (
     separation_group,
 )
 from vastserver.pipeline.context import AdRequest
-from vastserver.pipeline.pod import fitting_ms, rounded_seconds
+from vastserver.pipeline.pod import SlotRule, fitting_ms, rounded_seconds
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.scoring import TIER_WEIGHT, effective_cpm
 from vastserver.pipeline.stages import (
@@ -202,8 +202,15 @@ def _targeted(t: int, k: int, check: _DimCheck) -> int:
     return t
 
 
-def _duration_fits(rule: str, bound: int | frozenset[int], ms: int) -> bool:
+DurationBound = int | frozenset[int] | tuple[SlotRule, ...]
+"""The bound of one duration check: ms (pod, min, max), seconds (req) or slot rules (slots)."""
+
+
+def _duration_fits(rule: str, bound: DurationBound, ms: int) -> bool:
     """Whether a creative of ``ms`` passes one duration check (see ``BitIndex._durations``)."""
+    if rule == "slots":
+        assert isinstance(bound, tuple)
+        return any(s.fits(ms) for s in bound)
     if rule == "req":
         assert isinstance(bound, frozenset)
         return rounded_seconds(ms) in bound
@@ -268,7 +275,7 @@ class BitIndex:
     boundaries: tuple[datetime, ...]
     _flight_cache: _FlightCache = field(default_factory=_FlightCache)
     _domain_masks: dict[str, Chunks] = field(default_factory=dict)
-    _duration_masks: dict[tuple[str, int | frozenset[int]], Chunks] = field(default_factory=dict)
+    _duration_masks: dict[tuple[str, DurationBound], Chunks] = field(default_factory=dict)
     _passes: dict[tuple[str, tuple[str, ...]], Chunks] = field(default_factory=dict)
 
     def _chunks(self, ordinals: npt.NDArray[np.int32]) -> Chunks:
@@ -315,6 +322,7 @@ class BitIndex:
             (Reason.SHORTER_THAN_MIN, "min", b.min_ad_duration_ms),
             (Reason.LONGER_THAN_MAX, "max", b.max_ad_duration_ms),
             (Reason.DURATION_NOT_REQUIRED, "req", b.required_durations_s),
+            (Reason.FITS_NO_SLOT, "slots", b.slots),
         ):
             if bound is not None:
                 before.append((True, reason, self._durations(rule, bound)))
@@ -382,7 +390,7 @@ class BitIndex:
         chunks = tuple(self.match_chunk(plan, k, dropped) for k in range(len(self.all)))
         return join_chunks(chunks, self.chunk_bits), dropped
 
-    def _durations(self, rule: str, bound: int | frozenset[int]) -> Chunks:
+    def _durations(self, rule: str, bound: DurationBound) -> Chunks:
         """Candidates whose duration passes one duration check of a break: ``pod`` (fits in
         ``bound`` ms), ``min``/``max`` (at least / at most ``bound`` ms) or ``req`` (rounds to
         one of the ``bound`` seconds). Kept per (rule, bound): pods come in a few lengths."""

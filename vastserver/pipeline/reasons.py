@@ -30,6 +30,8 @@ class Reason(StrEnum):
     SHORTER_THAN_MIN = "shorter_than_min_duration"
     LONGER_THAN_MAX = "longer_than_max_duration"
     DURATION_NOT_REQUIRED = "duration_not_in_required"
+    FITS_NO_SLOT = "fits_no_slot"
+    """A structured pod whose slots take different durations: no slot takes this one."""
     # targeting
     TARGETING = "targeting"
     DAYPART = "daypart"
@@ -69,6 +71,7 @@ _STAGE_OF: dict[Reason, Stage] = {
     Reason.SHORTER_THAN_MIN: Stage.ELIGIBILITY,
     Reason.LONGER_THAN_MAX: Stage.ELIGIBILITY,
     Reason.DURATION_NOT_REQUIRED: Stage.ELIGIBILITY,
+    Reason.FITS_NO_SLOT: Stage.ELIGIBILITY,
     Reason.TARGETING: Stage.TARGETING,
     Reason.DAYPART: Stage.TARGETING,
     Reason.CONTENT_RATING: Stage.POLICY,

@@ -103,6 +103,8 @@ def duration_fit(req: AdRequest, cr: Creative) -> Reason | None:
         rounded_seconds(cr.duration_ms) not in b.required_durations_s
     ):
         return Reason.DURATION_NOT_REQUIRED
+    if b.slots is not None and not any(s.fits(cr.duration_ms) for s in b.slots):
+        return Reason.FITS_NO_SLOT
     return None
 
 

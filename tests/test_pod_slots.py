@@ -1,0 +1,345 @@
+"""Structured pods whose slots take different durations (``PodConstraints.slots``).
+
+The slotted optimiser is checked against a brute-force oracle that tries every assignment of
+ads to slots (each slot empty or holding one ad), written from the rules in the module
+docstring of :mod:`vastserver.pipeline.pod`, not from the implementation.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.test_pod import _item_ok, _scale, item, keys, pod_items
+from vastserver.pipeline.pod import (
+    PodConstraints,
+    PodItem,
+    PodResult,
+    SlotRule,
+    build_pod,
+    tier_bases,
+)
+
+NEG_INF = float("-inf")
+INF = float("inf")
+
+
+# --- brute-force oracle --------------------------------------------------------------------------
+
+
+def _role_value(it: PodItem, position: int, n: int) -> float:
+    """The item's value at ``position`` (0-based) of a pod of ``n`` ads (-inf: not allowed)."""
+    if position == 0:
+        return it.value if it.value_first is None else it.value_first
+    if position == n - 1:
+        return it.value if it.value_last is None else it.value_last
+    return it.value if it.middle_allowed else NEG_INF
+
+
+def _gain(it: PodItem, v: float, c: PodConstraints, scale: float) -> float:
+    return tier_bases(c.max_ads)[it.tier] + v / scale
+
+
+def _fits_break(it: PodItem, c: PodConstraints) -> bool:
+    return _item_ok(it, c) and math.ceil(it.duration_ms / 1000) <= c.pod_duration_ms // 1000
+
+
+def _fits_slot(it: PodItem, rule: SlotRule) -> bool:
+    """The slot's rule read as a break's min / max / required durations."""
+    return _item_ok(it, PodConstraints(0, 1, rule.min_ms, rule.max_ms, rule.required_s))
+
+
+def _rank(items: Sequence[PodItem], c: PodConstraints) -> dict[int, int]:
+    """The documented tie order: ads by their best positive gain over the roles the pod
+    has (first; last with >= 2 ads; middle with >= 3), descending, then by key."""
+    assert c.slots is not None
+    max_ads = min(c.max_ads, len(c.slots))
+    scale = _scale(items)
+    best: list[tuple[float, int]] = []
+    for it in items:
+        vals = [it.value if it.value_first is None else it.value_first]
+        if max_ads >= 2:
+            vals.append(it.value if it.value_last is None else it.value_last)
+        if max_ads >= 3 and it.middle_allowed:
+            vals.append(it.value)
+        gains = [_gain(it, v, c, scale) for v in vals if v != NEG_INF]
+        gains = [g for g in gains if g > 0]
+        if gains:
+            best.append((-max(gains), it.key))
+    return {key: r for r, (_, key) in enumerate(sorted(best))}
+
+
+def slotted_oracle(
+    items: Sequence[PodItem], c: PodConstraints
+) -> tuple[float, tuple[int | None, ...]] | None:
+    """The best (score, key per slot) over every assignment, ties to the lexicographically
+    smallest tuple of ranks (an empty slot after every ad); None when no ad can be placed."""
+    assert c.slots is not None
+    k = len(c.slots)
+    scale = _scale(items)
+    rank = _rank(items, c)
+    by_key = {it.key: it for it in items}
+    best: tuple[float, tuple[float, ...], tuple[int | None, ...]] | None = None
+
+    def walk(j: int, chosen: list[int | None]) -> None:
+        nonlocal best
+        if j == k:
+            pod = [by_key[x] for x in chosen if x is not None]
+            n = len(pod)
+            if not 1 <= n <= c.max_ads:
+                return
+            if len({it.group for it in pod}) != n:
+                return
+            if sum(math.ceil(it.duration_ms / 1000) for it in pod) > c.pod_duration_ms // 1000:
+                return
+            gains = []
+            for p, it in enumerate(pod):
+                v = _role_value(it, p, n)
+                if v == NEG_INF:
+                    return
+                g = _gain(it, v, c, scale)
+                if g <= 0:
+                    return  # an ad that adds nothing is left out
+                gains.append(g)
+            score = math.fsum(gains)
+            order = tuple(INF if x is None else float(rank[x]) for x in chosen)
+            if best is None or score > best[0] or (score == best[0] and order < best[1]):
+                best = (score, order, tuple(chosen))
+            return
+        walk(j + 1, [*chosen, None])
+        for it in items:
+            fits = it.key in rank and _fits_break(it, c) and _fits_slot(it, c.slots[j])
+            if fits and it.key not in chosen:
+                walk(j + 1, [*chosen, it.key])
+
+    walk(0, [])
+    return None if best is None else (best[0], best[2])
+
+
+def check(items: Sequence[PodItem], c: PodConstraints) -> PodResult:
+    r = build_pod(items, c)
+    want = slotted_oracle(items, c)
+    if want is None:
+        assert r.items == () and r.slots == ()
+        return r
+    score, per_slot = want
+    got: list[int | None] = [None] * len(per_slot)
+    for j, it in zip(r.slots, r.items, strict=True):
+        got[j] = it.key
+    assert tuple(got) == per_slot
+    assert r.slots == tuple(sorted(r.slots))
+    assert r.objective[0] == pytest.approx(score, rel=1e-12)
+    n = len(r.items)
+    vals = [_role_value(it, p, n) for p, it in enumerate(r.items)]
+    assert r.value == pytest.approx(sum(vals), rel=1e-12, abs=1e-12)
+    assert r.total_duration_ms == sum(it.duration_ms for it in r.items)
+    # deterministic, whatever the input order
+    assert build_pod(list(reversed(items)), c) == r
+    return r
+
+
+# --- random instances ----------------------------------------------------------------------------
+
+_SLOT_SECONDS = [5, 6, 10, 15, 16, 20, 30, 31, 45]
+
+
+@st.composite
+def slot_rules(draw: st.DrawFn) -> tuple[SlotRule, ...]:
+    out = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["req", "max", "minmax", "any"]))
+        if kind == "req":
+            out.append(
+                SlotRule(required_s=draw(st.frozensets(st.sampled_from(_SLOT_SECONDS), min_size=1)))
+            )
+        elif kind == "max":
+            out.append(SlotRule(max_ms=draw(st.integers(5000, 40000))))
+        elif kind == "minmax":
+            lo = draw(st.integers(0, 20000))
+            out.append(SlotRule(min_ms=lo, max_ms=lo + draw(st.integers(0, 20000))))
+        else:
+            out.append(SlotRule())
+    return tuple(out)
+
+
+@st.composite
+def slotted(draw: st.DrawFn) -> PodConstraints:
+    rules = draw(slot_rules())
+    return PodConstraints(
+        pod_duration_ms=draw(st.sampled_from([0, 15000, 30500, 45000, 60000, 90000, 180000])),
+        max_ads=draw(st.integers(1, len(rules) + 1)),
+        max_ad_duration_ms=draw(st.one_of(st.none(), st.none(), st.integers(10000, 40000))),
+        slots=rules,
+    )
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=pod_items(max_size=7), c=slotted())
+def test_matches_brute_force_oracle(items: list[PodItem], c: PodConstraints) -> None:
+    check(items, c)
+
+
+def test_many_seeded_instances_with_ties_and_duplicates() -> None:
+    """Many small seeded instances heavy in ties (few distinct values and durations), shared
+    groups (duplicate line items / creatives / advertisers), slot roles and slot prices."""
+    rng = random.Random(20261127)
+    for _ in range(1500):
+        n = rng.randint(0, 7)
+        items = [
+            PodItem(
+                key=key,
+                duration_ms=rng.choice([6000, 10000, 15000, 15400, 15600, 20000, 30000, 30001]),
+                value=rng.choice([0.0, 1.0, 2.0, 2.0, 5.0]),
+                tier=rng.choice([0, 1, 1, 2, 3]),
+                group=rng.choice("abcde"),
+                value_first=rng.choice([None, None, NEG_INF, 3.0, 6.0]),
+                value_last=rng.choice([None, None, NEG_INF, 3.0]),
+                middle_allowed=rng.random() < 0.8,
+            )
+            for key in rng.sample(range(100), n)
+        ]
+        rules = tuple(
+            rng.choice(
+                [
+                    SlotRule(required_s=frozenset({30})),
+                    SlotRule(required_s=frozenset({15})),
+                    SlotRule(required_s=frozenset({15, 30})),
+                    SlotRule(max_ms=15000),
+                    SlotRule(min_ms=10000, max_ms=20000),
+                    SlotRule(max_ms=30000),
+                    SlotRule(),
+                ]
+            )
+            for _ in range(rng.randint(1, 4))
+        )
+        c = PodConstraints(
+            pod_duration_ms=rng.choice([30000, 45000, 60000, 75000, 120000]),
+            max_ads=rng.randint(1, len(rules)),
+            slots=rules,
+        )
+        check(items, c)
+
+
+# --- hand-written cases --------------------------------------------------------------------------
+
+
+def test_each_slot_gets_an_ad_of_its_own_length() -> None:
+    """[30 s, 15 s]: the shared rule would have been empty; each slot now takes its ad."""
+    items = [item(1, 30, 5.0), item(2, 15, 4.0), item(3, 30, 1.0), item(4, 15, 9.0)]
+    c = PodConstraints(
+        45000,
+        2,
+        slots=(SlotRule(required_s=frozenset({30})), SlotRule(required_s=frozenset({15}))),
+    )
+    r = build_pod(items, c)
+    assert keys(r) == [1, 4]
+    assert r.slots == (0, 1)
+    assert r.total_duration_ms == 45000
+
+
+def test_an_unfillable_slot_stays_empty_and_later_ads_move_up() -> None:
+    c = PodConstraints(
+        75000,
+        3,
+        slots=(
+            SlotRule(required_s=frozenset({30})),
+            SlotRule(required_s=frozenset({15})),
+            SlotRule(required_s=frozenset({30})),
+        ),
+    )
+    items = [item(1, 30, 5.0), item(2, 30, 4.0)]
+    r = build_pod(items, c)
+    assert keys(r) == [1, 2]
+    assert r.slots == (0, 2)
+
+
+def test_separation_and_roles_per_slot() -> None:
+    # the same group cannot fill both slots; a first-only ad takes the first filled slot
+    c = PodConstraints(
+        45000, 2, slots=(SlotRule(max_ms=30000), SlotRule(required_s=frozenset({15})))
+    )
+    items = [
+        item(1, 30, 9.0, group="a"),
+        item(2, 15, 8.0, group="a"),
+        item(3, 15, 0.5, group="b", last=NEG_INF, middle=False),  # first only
+        item(4, 15, 1.0, group="c"),
+    ]
+    r = build_pod(items, c)
+    assert keys(r) == [1, 4]  # 9 + 1 (3 cannot go last, 2 shares 1's group)
+    # the first-only ad can only open the pod: with slot 1 its own, it does
+    c1 = PodConstraints(45000, 2, slots=(SlotRule(required_s=frozenset({15})), SlotRule()))
+    assert keys(build_pod([items[0], items[2]], c1)) == [3, 1]
+    c2 = PodConstraints(45000, 2, slots=(SlotRule(required_s=frozenset({30})), SlotRule()))
+    assert keys(build_pod([items[0], items[2]], c2)) == [1]
+
+
+def test_slot_prices_follow_the_played_position() -> None:
+    # value_first pays in the first filled slot; value_last in the last of >= 2 ads
+    c = PodConstraints(
+        60000, 2, slots=(SlotRule(required_s=frozenset({30})), SlotRule(required_s=frozenset({30})))
+    )
+    items = [item(1, 30, 5.0, last=20.0), item(2, 30, 6.0)]
+    assert keys(build_pod(items, c)) == [2, 1]
+
+
+def test_higher_tier_wins_its_slot() -> None:
+    c = PodConstraints(
+        45000, 2, slots=(SlotRule(required_s=frozenset({30})), SlotRule(required_s=frozenset({15})))
+    )
+    items = [item(1, 30, 100.0), item(2, 30, 0.1, tier=3), item(3, 15, 1.0)]
+    assert keys(build_pod(items, c)) == [2, 3]
+
+
+def test_pod_duration_still_binds() -> None:
+    c = PodConstraints(
+        40000, 2, slots=(SlotRule(required_s=frozenset({30})), SlotRule(required_s=frozenset({15})))
+    )
+    r = build_pod([item(1, 30, 5.0), item(2, 15, 4.0)], c)
+    assert keys(r) == [1]
+
+
+def test_zero_value_house_ads_are_left_out() -> None:
+    c = PodConstraints(60000, 2, slots=(SlotRule(), SlotRule()))
+    r = build_pod([item(1, 30, 5.0), item(2, 30, 0.0, tier=0)], c)
+    assert keys(r) == [1]
+
+
+def test_without_slots_nothing_changes() -> None:
+    items = [item(1, 30, 5.0), item(2, 15, 4.0)]
+    r = build_pod(items, PodConstraints(45000, 2))
+    assert r.slots == ()
+    with pytest.raises(ValueError):
+        PodConstraints(45000, 2, slots=())
+
+
+def test_candidate_limit_sized_requests_are_fast() -> None:
+    """48 candidates, 8 slots of mixed lengths: exact and quick (also with many ties)."""
+    rng = random.Random(7)
+    rules = tuple(SlotRule(required_s=frozenset({s})) for s in (30, 15, 15, 30, 15, 30, 15, 15))
+    worst = 0.0
+    for tied in (False, True):
+        for _ in range(20):
+            items = [
+                item(
+                    i,
+                    rng.choice([15, 30]),
+                    rng.choice([5.0, 10.0]) if tied else rng.uniform(1, 50),
+                    tier=rng.choice([1, 1, 2]),
+                    group=f"g{rng.randrange(30)}",
+                    first=rng.choice([None, None, NEG_INF, 60.0]),
+                    last=rng.choice([None, None, NEG_INF]),
+                )
+                for i in range(48)
+            ]
+            c = PodConstraints(195000, 8, slots=rules)
+            t0 = time.perf_counter()
+            r = build_pod(items, c)
+            worst = max(worst, time.perf_counter() - t0)
+            assert len(r.items) == 8
+    assert worst < 0.25, f"slowest {worst * 1000:.1f} ms"
