@@ -220,6 +220,8 @@ class AdService:
             self.metrics.model_fallback.labels("deadline").inc()
             scorer = self._fallback
         d = decide(req, kept, env, scorer=scorer, filters=DELIVERY_FILTERS, prior=prior)
+        if not d.pod_exact:
+            self.metrics.degradations.labels("pod_search_budget").inc()
         before, errors = len(d.ads), self.delivery.store_errors
         d = await self.delivery.commit(
             d, viewer, within=left(MIN_STORE_WAIT_S), catalog=snap.catalog

@@ -67,6 +67,9 @@ class Decision:
     scorer: str
     now: datetime
     viewer_hash: str = ""
+    pod_exact: bool = True
+    """False when the structured-pod search ran out of budget (``PodResult.exact``): the pod
+    is valid but may not be the best; the service counts it (``pod_search_budget``)."""
 
     @property
     def filled(self) -> bool:
@@ -280,4 +283,5 @@ def decide(
         total_duration_ms=pod.total_duration_ms,
         scorer=scorer.name,
         now=env.now,
+        pod_exact=pod.exact,
     )

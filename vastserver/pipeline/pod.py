@@ -128,16 +128,35 @@ zero-value house ad) is never taken. Ties: ads are ranked by their best gain ove
 the pod has, descending, then by key; of the pods with the best score, the one whose tuple of
 ranks per slot (an empty slot after every ad) is lexicographically smallest wins.
 
-:func:`_slotted_pod` finds it exactly by depth-first search over the slots in order, each slot
-trying the ads in rank order and then "empty", so pods are met in the tie order and a pod
-replaces the best only when strictly better. A node is cut when an upper bound on what its
-pods can score is no more than the best so far: the settled gains plus, for the slots left,
-either the best gains of distinct unused groups per class of slots that take the same ads, or
-the best gains of distinct unused groups over all those slots (each at most the ads left).
-Both bounds are ``fsum`` of terms dominating the gains of any completion, so they never cut
-a better pod. Measured here: 48 candidates in 30 groups, [30, 15, 15] slots: 0.35 ms median,
-8 ms worst; 8 slots of exactly 30 or 15 s: 0.8 ms median, 45 ms worst; 8 slots of nested
-``maxduration`` (10-60 s): 3 ms median, 190 ms worst (100 requests each, half with tied values).
+:func:`_slotted_pod` searches depth first over the slots in order, each slot trying the ads
+in rank order and then "empty", so pods are met in the tie order and a pod replaces the best
+only when strictly better. What it skips never holds the winner:
+
+* an ad dominated by another of its group (every role's gain as high, no more seconds, every
+  slot it fits, ranked before it), or by ``max_ads`` such ads of distinct other groups;
+* an ad placed after an empty slot it fits (since the ad before it): moved there, the ranks
+  per slot are smaller and the score the same; likewise a middle ad fitting an empty slot
+  after the first, or one that could swap slots with an earlier middle ranked after it;
+* a node whose upper bound is no more than the best so far: the settled gains plus the
+  smaller of two matroid relaxations of what the slots left can add (each its greedy best,
+  at most the ads left): distinct groups matched to distinct slots (a group at its best
+  gain, in any slot one of its ads fits), or ads matched to distinct slots (each at its own
+  gain, a group more than once). The last slot takes no ad that cannot go last, and a child
+  is cut before its own bound is worked out when its gain plus the best ``room - 1`` of its
+  parent's bound cannot beat the best. Bounds are ``fsum`` of terms dominating the gains of
+  any completion, so they never cut a better pod.
+
+The search is exact until it has spent ``_SLOT_BUDGET`` units of work (nodes, candidates
+looked at, bound steps: about 4 ms here); then it returns the best pod found so far, a valid
+pod with ``PodResult.exact`` False, which the service counts as a degradation
+(``pod_search_budget``): the endpoint is public and the search runs on the event loop, so a
+crafted request must not stall the others. Measured here (``python -m
+benchmarks.slotted_pod``; 48 candidates in 30 groups, 100 requests each, half with tied
+values; best of 3 runs per request): [30, 15, 15] slots: 0.23 ms median, 0.4 ms worst, always
+exact; 8 slots of exactly 30 or 15 s: 0.8 ms median, 3.3 ms worst, 17 out of budget; 8 slots
+of nested ``maxduration`` (10-60 s): 0.9 ms median, 4.1 ms worst, 15 out of budget; 8 slots
+of mixed rules: 1.4 ms median, 4.7 ms worst, 27 out of budget. (Before: 190 ms and more
+worst, unbounded.)
 """
 
 from __future__ import annotations
@@ -146,7 +165,7 @@ import bisect
 import math
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -282,6 +301,9 @@ class PodResult:
     """Sum of the realised (unnormalised) slot values of the chosen items."""
     slots: tuple[int, ...] = ()
     """With :attr:`PodConstraints.slots`: the slot (0-based) of each item, ascending."""
+    exact: bool = True
+    """False when a structured pod's search ran out of budget: the best pod it found, valid
+    but maybe not the optimum."""
 
 
 _EMPTY = PodResult(items=(), objective=(0.0,) * 6, total_duration_ms=0, value=0.0)
@@ -1172,19 +1194,96 @@ def _result(chosen: list[_Option], bases: tuple[int, int, int, int], scale: floa
 
 # --- structured pods: a duration rule per slot ----------------------------------------------------
 
-# An ad fitting at least one slot: (rank, item, group, capacity seconds, gain as first, as last,
-# as middle, best of the three). A gain is -inf where the ad cannot take that role.
-_SlotCand = tuple[int, PodItem, str, int, float, float, float, float]
-# A placed ad: (slot, candidate, realised gain).
-_Placed = tuple[int, _SlotCand, float]
+_SLOT_BUDGET = 8000
+"""Nodes plus bound steps the structured-pod search may spend (about a microsecond each)
+before it returns the best pod found so far (``PodResult.exact`` False)."""
 
 
-def _neg_first(e: tuple[float, str]) -> float:
-    return -e[0]
+class _SlotCand:
+    """An ad fitting at least one slot. A gain is -inf where the ad cannot take that role."""
+
+    __slots__ = ("first", "group", "item", "last", "later", "mask", "middle", "rank", "secs")
+
+    def __init__(
+        self, rank: int, item: PodItem, gains: tuple[float, float, float], mask: int
+    ) -> None:
+        self.rank = rank
+        self.item = item
+        self.group = item.group
+        self.secs = capacity_seconds(item.duration_ms)
+        self.first, self.last, self.middle = gains
+        self.later = max(self.last, self.middle)
+        """The best it adds when it is not the pod's first."""
+        self.mask = mask
+        """Bit ``j`` set: it fits slot ``j``."""
+
+    def dominates(self, o: _SlotCand) -> bool:
+        """Whether it can replace ``o`` in any pod for at least the same score, ranking
+        before it: every role's gain as high, no more seconds, every slot ``o`` fits."""
+        return (
+            self.rank < o.rank
+            and self.first >= o.first
+            and self.last >= o.last
+            and self.middle >= o.middle
+            and self.secs <= o.secs
+            and o.mask & ~self.mask == 0
+        )
 
 
-def _rank_key(row: tuple[float, int, PodItem, tuple[float, float, float]]) -> tuple[float, int]:
-    return (row[0], row[1])
+# The best a group adds (any role, or not first), the slots its ads fit, its fewest seconds.
+_GroupBound = tuple[float, str, int, int]
+
+
+class _SlotBudgetSpent(Exception):
+    pass
+
+
+def _undominated(cands: list[_SlotCand], max_ads: int) -> list[_SlotCand]:
+    """``cands`` (in rank order) less those no winning pod holds: an ad dominated by another of
+    its group (the pod holds at most one of them, so the other can take its place), or by
+    ``max_ads`` ads of distinct other groups (a pod holding it leaves one of those groups free)."""
+    kept: list[_SlotCand] = []
+    for c in cands:
+        rivals: set[str] = set()
+        for o in kept:  # every ad dominating ``c`` ranks before it; a dropped one has a kept
+            if o.group not in rivals and o.dominates(c):  # dominator ranked before it
+                if o.group == c.group:
+                    break
+                rivals.add(o.group)
+                if len(rivals) >= max_ads:
+                    break
+        else:
+            kept.append(c)
+    return kept
+
+
+def _bound_lists(cands: list[_SlotCand], later: bool, k: int) -> list[_GroupBound]:
+    """For the bounds, best first: per ad (or per group: ``None`` key dropped) the best it adds
+    in any role (``later``: not as the pod's first), the slots it fits then (the last slot
+    takes no ad that cannot go last), its fewest seconds. A group's entry joins those of its
+    ads."""
+    out: list[_GroupBound] = []
+    for c in cands:
+        g = c.later if later else max(c.first, c.later)
+        if g != _NEG_INF:
+            mask = c.mask & ~(1 << (k - 1)) if later and c.last == _NEG_INF else c.mask
+            out.append((g, c.group, mask, c.secs))
+    out.sort(key=_neg_first_group)
+    return out
+
+
+def _by_group(ads: list[_GroupBound]) -> list[_GroupBound]:
+    best: dict[str, tuple[float, int, int]] = {}
+    for w, grp, mask, secs in ads:
+        w0, m, s0 = best.get(grp, (w, 0, secs))
+        best[grp] = (max(w, w0), m | mask, min(secs, s0))
+    out = [(w, grp, m, secs) for grp, (w, m, secs) in best.items()]
+    out.sort(key=_neg_first_group)
+    return out
+
+
+def _neg_first_group(e: _GroupBound) -> tuple[float, str]:
+    return (-e[0], e[1])
 
 
 def _slotted_pod(items: Sequence[PodItem], c: PodConstraints) -> PodResult:
@@ -1207,138 +1306,197 @@ def _slotted_pod(items: Sequence[PodItem], c: PodConstraints) -> PodResult:
         if top != _NEG_INF:
             rows.append((-top, it.key, it, (gains[0], gains[1], gains[2])))
     rows.sort(key=_rank_key)
-    per_slot: list[list[_SlotCand]] = [[] for _ in slots]
-    for rank, (neg, _, it, (gf, gl, gm)) in enumerate(rows):
-        rec: _SlotCand = (rank, it, it.group, capacity_seconds(it.duration_ms), gf, gl, gm, -neg)
+    cands: list[_SlotCand] = []
+    for rank, (_, _, it, gains) in enumerate(rows):
+        mask = 0
         for j, rule in enumerate(slots):
             if rule.fits(it.duration_ms):
-                per_slot[j].append(rec)
-    # For the bound: slots taking the same ads form a class; its candidates by the best gain
-    # they can add (any role while the pod is empty, else last or middle), best first.
-    class_of: dict[tuple[int, ...], int] = {}
-    slot_class = [class_of.setdefault(tuple(r[0] for r in lst), len(class_of)) for lst in per_slot]
-    by_any: list[list[tuple[float, str]]] = [[] for _ in class_of]
-    by_later: list[list[tuple[float, str]]] = [[] for _ in class_of]
-    for j, lst in enumerate(per_slot):
-        cl = slot_class[j]
-        if not by_any[cl] and lst:
-            by_any[cl] = [(r[7], r[2]) for r in lst]
-            later = [(max(r[5], r[6]), r[2]) for r in lst if max(r[5], r[6]) != _NEG_INF]
-            later.sort(key=_neg_first, reverse=False)
-            by_later[cl] = later
-    # And per suffix of slots j..k-1: every candidate fitting one of them, best first.
-    suffix_any: list[list[tuple[float, str]]] = []
-    suffix_later: list[list[tuple[float, str]]] = []
-    for j in range(k):
-        recs = {r[0]: r for lst in per_slot[j:] for r in lst}
-        suffix_any.append(sorted(((r[7], r[2]) for r in recs.values()), key=_neg_first))
-        suffix_later.append(
-            sorted(
-                ((max(r[5], r[6]), r[2]) for r in recs.values() if max(r[5], r[6]) != _NEG_INF),
-                key=_neg_first,
-            )
-        )
+                mask |= 1 << j
+        if mask:
+            cands.append(_SlotCand(rank, it, gains, mask))
+    cands = _undominated(cands, max_ads)
+    per_slot: list[list[_SlotCand]] = [[x for x in cands if x.mask >> j & 1] for j in range(k)]
+    ad_lists = (_bound_lists(cands, False, k), _bound_lists(cands, True, k))
+    group_lists = (_by_group(ad_lists[0]), _by_group(ad_lists[1]))
+    full = (1 << k) - 1
 
     best_score = 0.0
-    best: list[_Placed] = []
-    done: list[_Placed] = []  # placed ads whose role is settled
+    best: list[tuple[int, _SlotCand]] = []
+    done: list[tuple[int, _SlotCand, float]] = []  # placed ads whose role is settled
     used: set[str] = set()
-    seen_groups: set[str] = set()
+    work = 0
+    match: list[int] = [0] * k  # for the bound: the list index of the group matched to a slot
 
-    def visit(j: int, secs: int, pending: tuple[int, _SlotCand] | None) -> None:
-        """Slots ``j..k-1`` still to decide; ``pending`` is the latest ad when it is not the
-        pod's first: it goes last if no other follows, else in the middle."""
-        nonlocal best_score, best
-        room = max_ads - len(done) - (pending is not None)
-        # An upper bound on what the slots left can add: per class of slots, the best gains
-        # of as many distinct unused groups as it has slots left; the best ``room`` of those.
+    def upper(j: int, room: int, secs_left: int, lst: list[_GroupBound]) -> list[float]:
+        """What slots ``j..k-1`` can add at most: the best gains of unused groups that can be
+        matched to distinct slots (each group taking any slot one of its ads fits, at its best
+        gain), at most ``room`` of them -- a matroid, so the greedy pick is the maximum."""
+        nonlocal work
+        rest = full & ~((1 << j) - 1)
+        free = rest
         tops: list[float] = []
-        if room:
-            counts: dict[int, int] = {}
-            for jj in range(j, k):
-                cl = slot_class[jj]
-                counts[cl] = counts.get(cl, 0) + 1
-            lists = by_any if not done and pending is None else by_later
-            for cl, m in counts.items():
-                taken: set[str] = set()
-                for g, grp in lists[cl]:
-                    if grp not in used and grp not in taken:
-                        tops.append(g)
-                        taken.add(grp)
-                        if len(taken) == m:
-                            break
-            if len(tops) > room:
-                tops.sort(reverse=True)
-                del tops[room:]
+        failed: set[int] = set()
+        for idx, (w, grp, gmask, gsecs) in enumerate(lst):
+            work += 1
+            if grp in used or gsecs > secs_left:
+                continue
+            m = gmask & rest
+            if not m or m in failed:
+                continue
+            avail = m & free
+            if avail:
+                bit = avail & -avail
+            else:
+                bit, steps = _augment_path(m, lst, match, rest, free)
+                work += steps
+            if not bit:  # no room for it (nor for a group fitting no other slots)
+                failed.add(m)
+                continue
+            match[bit.bit_length() - 1] = idx
+            free &= ~bit
+            tops.append(w)
+            if len(tops) == room or not free:
+                break
+        return tops
+
+    def visit(j: int, secs: int, pending: tuple[int, _SlotCand] | None, empty: int) -> None:
+        """Slots ``j..k-1`` still to decide; ``pending`` is the latest ad when it is not the
+        pod's first: it goes last if no other follows, else in the middle. ``empty``: the
+        slots left empty after the pod's first ad."""
+        nonlocal best_score, best, work
+        work += 1
+        if work > _SLOT_BUDGET:
+            raise _SlotBudgetSpent
+        first = not done and pending is None
+        room = max_ads - len(done) - (pending is not None)
         gains = [g for _, _, g in done]
         if pending is not None:
-            gains.append(max(pending[1][5], pending[1][6]))
+            p = pending[1]
+            gains.append(p.later)
+            if p.middle == _NEG_INF:
+                room = 0  # no ad may follow it
+            else:
+                # It goes in the middle if another ad follows: not if it fits an empty slot
+                # after the first (moved there, the ranks per slot are smaller, the score the
+                # same), nor if it could swap with an earlier middle ranked after it.
+                jp = pending[0]
+                if p.mask & empty & ((1 << jp) - 1):
+                    room = 0
+                else:
+                    for s, q, _ in done[1:]:
+                        if q.rank > p.rank and q.mask >> jp & 1 and p.mask >> s & 1:
+                            room = 0
+                            break
+        tops: list[float] = []
+        if room and j < k:
+            # Two bounds on what the slots left add, each a matroid relaxation: groups that can
+            # take distinct slots (a group at its best gain in any slot one of its ads fits),
+            # or ads that can (at their own gain in their own slots, a group more than once).
+            tops = upper(j, room, cap - secs, group_lists[not first])
+            if math.fsum(gains + tops) <= best_score:
+                return  # no pod below this node beats the best (ties: the earlier one stays)
+            if tops:
+                by_ad = upper(j, room, cap - secs, ad_lists[not first])
+                if math.fsum(gains + by_ad) < math.fsum(gains + tops):
+                    tops = by_ad
         if math.fsum(gains + tops) <= best_score:
-            return  # no pod below this node beats the best (ties: the earlier one stays)
-        if tops and j < k:
-            # Another bound: each group adds at most once, its best over the slots left.
-            by_group: list[float] = []
-            want = min(room, k - j)
-            for g, grp in (suffix_any if not done and pending is None else suffix_later)[j]:
-                if grp not in used and grp not in seen_groups:
-                    by_group.append(g)
-                    seen_groups.add(grp)
-                    if len(by_group) == want:
-                        break
-            seen_groups.clear()
-            if math.fsum(gains + by_group) <= best_score:
-                return
+            return
         if not tops:  # the pod closes here: the pending ad goes last
+            last = 0.0
             if pending is not None:
-                last = pending[1][5]
+                last = pending[1].last
                 if last == _NEG_INF:
                     return
                 gains[-1] = last
             score = math.fsum(gains)
             if score > best_score:
                 best_score = score
-                best = [*done] if pending is None else [*done, (pending[0], pending[1], last)]
+                best = [(s, q) for s, q, _ in done]
+                if pending is not None:
+                    best.append(pending)
             return
-        first = not done and pending is None
+        # An ad goes in the first slot it fits after the one before it (else moved there the
+        # ranks per slot are smaller and the score the same): so it fits none of ``gap``.
+        prev = pending[0] if pending is not None else done[-1][0] if done else -1
+        gap = ((1 << j) - 1) & ~((1 << (prev + 1)) - 1)
+        # A child's bound is at most its ad's gain plus the best ``room - 1`` of ``tops``
+        # (a greedy prefix is the matroid's best of that size).
+        rest = gains + tops[: room - 1]
         for rec in per_slot[j]:
-            if rec[2] in used or secs + rec[3] > cap:
+            work += 1
+            if rec.group in used or secs + rec.secs > cap or rec.mask & gap:
+                continue
+            if math.fsum([*rest, rec.first if first else rec.later]) <= best_score:
                 continue
             if first:
-                if rec[4] == _NEG_INF:
+                if rec.first == _NEG_INF:
                     continue
-                done.append((j, rec, rec[4]))
-            elif rec[5] == _NEG_INF and rec[6] == _NEG_INF:
+                done.append((j, rec, rec.first))
+            elif rec.later == _NEG_INF:
                 continue
             elif pending is not None:
-                if pending[1][6] == _NEG_INF:
-                    break  # the pending ad cannot play in the middle: no ad may follow it
-                done.append((pending[0], pending[1], pending[1][6]))
-            used.add(rec[2])
-            visit(j + 1, secs + rec[3], None if first else (j, rec))
-            used.discard(rec[2])
+                done.append((pending[0], pending[1], pending[1].middle))
+            used.add(rec.group)
+            visit(j + 1, secs + rec.secs, None if first else (j, rec), empty)
+            used.discard(rec.group)
             if first or pending is not None:
                 done.pop()
-        visit(j + 1, secs, pending)  # slot j left empty
+        visit(j + 1, secs, pending, empty if first else empty | 1 << j)  # slot j left empty
 
-    visit(0, 0, None)
+    exact = True
+    try:
+        visit(0, 0, None, 0)
+    except _SlotBudgetSpent:
+        exact = False
     if not best:
-        return _EMPTY
-    best.sort(key=_first)
+        return _EMPTY if exact else replace(_EMPTY, exact=False)
     realised: list[float] = []
     n = len(best)
-    for p, (_, rec, _) in enumerate(best):
-        it = rec[1]
+    for p, (_, rec) in enumerate(best):
+        it = rec.item
         realised.append(it.first_value if p == 0 else it.last_value if p == n - 1 else it.value)
-    tiers = [rec[1].tier for _, rec, _ in best]
+    tiers = [rec.item.tier for _, rec in best]
     norm = math.fsum(v / scale for v in realised)
     return PodResult(
-        items=tuple(rec[1] for _, rec, _ in best),
+        items=tuple(rec.item for _, rec in best),
         objective=(
             math.fsum(bases[t] for t in tiers) + norm,
             *(float(tiers.count(t)) for t in (3, 2, 1, 0)),
             norm,
         ),
-        total_duration_ms=sum(rec[1].duration_ms for _, rec, _ in best),
+        total_duration_ms=sum(rec.item.duration_ms for _, rec in best),
         value=math.fsum(realised),
-        slots=tuple(j for j, _, _ in best),
+        slots=tuple(j for j, _ in best),
+        exact=exact,
     )
+
+
+def _augment_path(
+    m: int, lst: list[_GroupBound], match: list[int], rest: int, free: int
+) -> tuple[int, int]:
+    """Shift matched entries along an alternating path from the slots ``m`` to a free slot
+    (Kuhn's augmenting path). Returns the slot bit the new entry takes (0: no path) and the
+    slots looked at."""
+    seen = 0
+
+    def walk(m: int) -> int:
+        nonlocal seen
+        m &= ~seen
+        while m:
+            bit = m & -m
+            m ^= bit
+            seen |= bit
+            s = bit.bit_length() - 1
+            if free & bit:
+                return bit
+            nxt = walk(lst[match[s]][2] & rest & ~seen)
+            if nxt:
+                match[nxt.bit_length() - 1] = match[s]
+                return bit
+        return 0
+
+    return walk(m), seen.bit_count()
+
+
+def _rank_key(row: tuple[float, int, PodItem, tuple[float, float, float]]) -> tuple[float, int]:
+    return (row[0], row[1])
