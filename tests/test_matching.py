@@ -366,6 +366,26 @@ def test_price_floor_reads_a_flat_line_items_value_cpm_not_its_fee() -> None:
     assert at(cpm.line_item.price + 1, cpm) is Reason.BELOW_FLOOR
 
 
+def _creative(n: str, secs: int) -> dict[str, Any]:
+    """Advertiser ``n``'s one creative, ``secs`` long."""
+    return {
+        "id": f"cr-{n}",
+        "advertiser_id": n,
+        "title": n,
+        "duration": secs,
+        "universal_ad_id": f"UID-{n}",
+        "renditions": [
+            {
+                "url": f"https://cdn.example/{n}.mp4",
+                "mime": "video/mp4",
+                "width": 1280,
+                "height": 720,
+                "bitrate_kbps": 2500,
+            }
+        ],
+    }
+
+
 def test_candidates_skipped_for_their_slot_do_not_crowd_out_their_group() -> None:
     """Eight first-slot sponsorships of other advertisers fill the first-only quota; six more
     of one advertiser are skipped for it, and must not count against that advertiser's
@@ -379,25 +399,7 @@ def test_candidates_skipped_for_their_slot_do_not_crowd_out_their_group() -> Non
             for n in names
         ],
         "campaigns": [{"id": f"c-{n}", "advertiser_id": n, "name": n, **flight} for n in names],
-        "creatives": [
-            {
-                "id": f"cr-{n}",
-                "advertiser_id": n,
-                "title": n,
-                "duration": 15,
-                "universal_ad_id": f"UID-{n}",
-                "renditions": [
-                    {
-                        "url": f"https://cdn.example/{n}.mp4",
-                        "mime": "video/mp4",
-                        "width": 1280,
-                        "height": 720,
-                        "bitrate_kbps": 2500,
-                    }
-                ],
-            }
-            for n in names
-        ],
+        "creatives": [_creative(n, 15) for n in names],
         "line_items": [],
     }
 
@@ -424,3 +426,59 @@ def test_candidates_skipped_for_their_slot_do_not_crowd_out_their_group() -> Non
     ids = [c.line_item.id for c in kept]
     assert ids == [f"s-a{i}" for i in range(8)] + ["any-g"]
     assert dropped == {Reason.OUTRANKED: 6}
+
+
+def test_structured_pod_keeps_candidates_for_each_slot_rule() -> None:
+    """[30 s, 15 s, 15 s] slots; 60 30 s line items all priced above the three 15 s ones.
+    Ranked by price alone the candidate limit (48) holds only 30 s ads and the 15 s slots
+    stay empty; each distinct slot rule now keeps its share of the limit (16 for the 30 s
+    slot, 32 for the 15 s ones), so the pod fills all three slots."""
+    from dataclasses import replace
+
+    from vastserver.pipeline.decide import decide
+    from vastserver.pipeline.pod import SlotRule
+
+    flight = {"start": "2026-01-01T00:00:00Z", "end": "2027-12-31T00:00:00Z"}
+    ads = [(f"l{i}", 30, 90.0 - i * 0.5) for i in range(60)]
+    ads += [(f"s{i}", 15, 10.0 - i) for i in range(3)]
+    doc: dict[str, Any] = {
+        "version": "slot-rules",
+        "advertisers": [
+            {"id": n, "name": n, "domain": f"{n}.example", "competitive_category": f"cat_{n}"}
+            for n, _, _ in ads
+        ],
+        "campaigns": [{"id": f"c-{n}", "advertiser_id": n, "name": n, **flight} for n, _, _ in ads],
+        "creatives": [_creative(n, secs) for n, secs, _ in ads],
+        "line_items": [
+            {
+                "id": f"li-{n}",
+                "campaign_id": f"c-{n}",
+                "name": n,
+                "tier": "standard",
+                "price": price,
+                "creative_ids": [f"cr-{n}"],
+            }
+            for n, _, price in ads
+        ],
+    }
+    catalog = parse_catalog(doc)
+    index = build_index(catalog)
+    req = parse_vast_request({"pod_duration": "60"}, CLIENT, catalog.rules_for(None))
+    slots = tuple(SlotRule(required_s=frozenset({s})) for s in (30, 15, 15))
+    req = replace(req, brk=replace(req.brk, pod_duration_ms=60_000, max_ads=3, slots=slots))
+    env = StageEnv(now=NOW)
+    kept, dropped = index.select(req, env, 48)
+    secs = [c.creative.duration_ms // 1000 for c in kept]
+    assert secs.count(15) == 3 and secs.count(30) == 16
+    assert dropped == {Reason.OUTRANKED: 60 - 16}
+    d = decide(req, kept, env)
+    assert [(a.slot, a.candidate.creative.duration_ms) for a in d.ads] == [
+        (1, 30_000),
+        (2, 15_000),
+        (3, 15_000),
+    ]
+    # the same break without slot rules (any ad in any slot): the best 48 by price, as before
+    plain = replace(req, brk=replace(req.brk, slots=None))
+    assert [c.line_item.id for c in index.select(plain, env, 48)[0]] == [
+        f"li-l{i}" for i in range(48)
+    ]

@@ -477,8 +477,9 @@ class BitIndex:
         ``limit`` best, at most ``per_group`` per separation group (a pod holds one per
         group; spares cover duration fit) and at most ``per_slot_role`` that may only play
         first, and as many that may only play last (a pod has one first and one last slot;
-        spares cover caps and budgets, checked later), and stops at the chunk where the
-        limit fills:
+        spares cover caps and budgets, checked later), with slot rules (a structured pod)
+        at most each distinct rule's share of the limit (:class:`_SlotQuota`), and stops at
+        the chunk where the limit fills:
         what follows was not examined and counts as ``outranked``, whatever it would have
         failed. So the drop counts by check cover the chunks examined, and the work is
         bounded by the limit, not by the catalog or how many candidates match."""
@@ -512,6 +513,7 @@ class BitIndex:
         per = [0] * self.n_groups
         roles = self.slot_role
         role_kept = [0, 0, 0]  # any (unlimited), first only, last only
+        rules = _SlotQuota(req.brk.slots, limit) if req.brk.slots is not None else None
         examined = failed = 0  # matches in the chunks evaluated; of them, residual drops
         k = 0
         while k < n_chunks and len(out) < limit:
@@ -525,6 +527,8 @@ class BitIndex:
                 r = roles[i]
                 if r and role_kept[r] >= per_slot_role:
                     continue  # before the group's count: it must not crowd out the group
+                if rules is not None and not rules.room(cands[i].creative.duration_ms):
+                    continue  # the same: every slot it fits has its share
                 g = groups[i]
                 rank = seen[g]
                 seen[g] = rank + 1
@@ -541,6 +545,8 @@ class BitIndex:
                     continue
                 per[g] += 1
                 role_kept[r] += 1
+                if rules is not None:
+                    rules.keep(c.creative.duration_ms)
                 out.append(c)
                 if len(out) >= limit:
                     break
@@ -550,6 +556,35 @@ class BitIndex:
         if outranked:
             dropped[Reason.OUTRANKED] = outranked
         return out, dropped
+
+
+class _SlotQuota:
+    """A structured pod's slots of different rules share the candidate limit: each distinct
+    rule keeps at most its share of it (``limit`` x its slots / all slots, rounded up), so a
+    slot whose ads rank low (15 s ads worth less than 30 s ones) still gets candidates. A
+    candidate is skipped once every rule it fits has its share; kept, it counts for each."""
+
+    __slots__ = ("fits", "kept", "quota", "rules")
+
+    def __init__(self, slots: tuple[SlotRule, ...], limit: int) -> None:
+        self.rules = list(dict.fromkeys(slots))
+        self.quota = [-(-limit * slots.count(rule) // len(slots)) for rule in self.rules]
+        self.kept = [0] * len(self.rules)
+        self.fits: dict[int, list[int]] = {}  # duration (ms) -> the rules it fits
+
+    def _fits(self, ms: int) -> list[int]:
+        f = self.fits.get(ms)
+        if f is None:
+            f = self.fits[ms] = [n for n, rule in enumerate(self.rules) if rule.fits(ms)]
+        return f
+
+    def room(self, ms: int) -> bool:
+        kept, quota = self.kept, self.quota
+        return any(kept[n] < quota[n] for n in self._fits(ms))
+
+    def keep(self, ms: int) -> None:
+        for n in self._fits(ms):
+            self.kept[n] += 1
 
 
 def residual_check(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
