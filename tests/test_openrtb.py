@@ -1040,3 +1040,19 @@ async def test_debug_names_the_ads_no_slot_takes(make_client: ClientFactory) -> 
     reasons = {c["reason"]: c["stage"] for c in data["candidates"] if not c["selected"]}
     assert reasons.get("fits_no_slot") == "eligibility"
     assert "duration_not_in_required" not in reasons
+
+
+async def test_a_structured_pod_search_out_of_budget_is_counted(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its work budget the slot search returns its best pod so far (here none: a budget
+    of 0) and the service counts the degradation, as it does for a slow store."""
+    import vastserver.pipeline.pod as pod_module
+
+    client = await make_client()
+    monkeypatch.setattr(pod_module, "_SLOT_BUDGET", 0)
+    resp = await client.post("/openrtb2/pod", data=json.dumps(_exact_slots(30, 15, rqddurs=True)))
+    assert resp.status in (200, 204), await resp.text()
+    text = await (await client.get("/metrics")).text()
+    line = 'vastserver_degradations_total{reason="pod_search_budget"} 1.0'
+    assert line in text.splitlines()
