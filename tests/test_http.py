@@ -563,11 +563,33 @@ async def test_explanations_need_the_admin_token_by_default(make_client: ClientF
         resp = await client.request(method, path, data=data, headers=ok)
         assert resp.status == 200, (path, await resp.text())
         text = await resp.text()
-        # an explanation, or (VMAP of tags) tags that ask /vast for one
-        assert any(x in text for x in ('"candidates"', "vastserver-debug", "debug=1")), path
+        if "/vmap" in path and "inline=1" not in path:
+            continue  # a VMAP of tags: nothing decided here to explain (see below)
+        assert any(x in text for x in ('"candidates"', "vastserver-debug")), path
     # without debug, nothing changes for players
     assert (await client.get("/vast?pod_duration=60&debug=0")).status == 200
     assert (await client.get("/vmap?content_duration=1800&cue_points=600")).status == 200
+
+
+async def test_a_debug_vmaps_tags_play_without_the_admin_token(make_client: ClientFactory) -> None:
+    """``debug=1`` asks for the VMAP's own explanation: its ad tags do not carry it, since
+    the player fetching them sends no bearer token and would get a 401 for every break."""
+    client = await make_client(debug_access="admin")
+    ok = {"Authorization": "Bearer admin-token-0123456789"}
+    query = "content_duration=1800&cue_points=600&debug=1"
+    for inline in ("", "&inline=1"):
+        resp = await client.get(f"/vmap?{query}{inline}", headers=ok)
+        assert resp.status == 200, await resp.text()
+        root = etree.fromstring(await resp.read())
+        tags = [t.text.strip() for t in root.iterfind(".//vmap:AdTagURI", NS) if t.text]
+        assert inline or len(tags) == 3
+        for tag in tags:
+            assert "debug" not in parse_qs(urlsplit(tag).query), tag
+            played = await client.get(_local(tag))  # as a player: no Authorization
+            assert played.status == 200, (tag, await played.text())
+            assert b"vastserver-debug" not in await played.read()
+        if inline:  # the inline VMAP is what gets explained
+            assert b"vastserver-debug" in etree.tostring(root)
 
 
 async def test_an_admin_token_read_with_a_trailing_newline_still_matches(

@@ -567,8 +567,8 @@ class Renderer:
         max_query: int | None = None,
         check: Callable[[Mapping[str, str]], T] | None = None,
     ) -> tuple[list[str], T | None]:
-        """Each break's ``/vast`` query string: the request's parameters (but the VMAP's own
-        and the break's) with the break's filled in; and what ``check`` makes of the first
+        """Each break's ``/vast`` query string: the request's parameters (but the VMAP's own,
+        ``debug`` and the break's) with the break's filled in; and what ``check`` makes of the first
         break's parameters (the others differ only in the break parameters made here), so
         that what ``/vast`` would refuse is refused now (its ``ParamError`` propagates). The
         break parameters stay within what ``/vast`` reads: the catalog's ad rules and the
@@ -576,7 +576,15 @@ class Renderer:
 
         ``ParamError`` (field ``query``) when a query string would be longer than
         ``max_query``: ``/vast`` would refuse it, and the break would go unfilled."""
-        carried = {k: v for k, v in query.items() if k not in _VMAP_ONLY and k not in _BREAK_PARAMS}
+        carried = {
+            k: v
+            for k, v in query.items()
+            if k not in _VMAP_ONLY and k not in _BREAK_PARAMS and k not in _NOT_CARRIED
+        }
+        # ``debug`` asks for the VMAP's own explanation (an inline VMAP's): it is checked
+        # with the break's parameters, but a tag carrying it would make the player (which
+        # sends no bearer token) fetch a 401 for every break.
+        kept = {k: v for k, v in query.items() if k in _NOT_CARRIED}
         out: list[str] = []
         checked: T | None = None
         for n, b in enumerate(breaks):
@@ -589,7 +597,7 @@ class Renderer:
                 "max_ads": str(b.max_ads),
             }
             if n == 0 and check is not None:
-                checked = check(params)
+                checked = check({**params, **kept})
             tag_query = urlencode(params)
             if max_query is not None and len(tag_query) > max_query:
                 raise ParamError(
@@ -599,7 +607,7 @@ class Renderer:
                 )
             out.append(tag_query)
         if not breaks and check is not None:  # nothing to serve; the same answer to bad input
-            check({**carried, "session": session})
+            check({**carried, **kept, "session": session})
         return out, checked
 
     def vmap_tags(
@@ -681,6 +689,8 @@ _VMAP_ONLY = frozenset(
 _BREAK_PARAMS = frozenset(
     {"break", "avail", "session", "pod_duration", "poddur", "max_ads", "maxseq"}
 )
+# Checked as /vast checks them but not put into the tags (see ``tag_queries``).
+_NOT_CARRIED = frozenset({"debug"})
 
 
 def vmap_template_type(vast_version: str) -> str:
