@@ -382,6 +382,17 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main_simulate(["--catalog", str(tmp_path / "missing.json")]) == 2
 
 
+def test_an_unreachable_redis_is_a_set_up_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/simulator.md: exit 2 on a set-up error (1 is a failed guarantee), a message and
+    no traceback; a password in the URL is not printed."""
+    url = "redis://sim:s3cret@127.0.0.1:1/0"
+    args = ["--instances", "2", "--redis", url, "--households", "5", "--hours", "0.2"]
+    assert main_simulate(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("simulate: the Redis database at redis://sim:***@127.0.0.1:1/0")
+    assert "s3cret" not in err and "Traceback" not in err
+
+
 def test_model_comparison_runs_every_arm(tmp_path: Path) -> None:
     from vastserver.ml.model import ModelBundle, ModelError
 

@@ -10,6 +10,7 @@ existing loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import random
@@ -17,11 +18,12 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from vastserver.catalog.gen import generate_catalog
 from vastserver.catalog.load import CatalogError, load_catalog
@@ -34,6 +36,9 @@ from vastserver.sim.harness import PUBLIC_URL, Servers, SimClock, SimError, serv
 from vastserver.sim.report import build_report, comparison_report
 from vastserver.sim.truth_scorer import TRUTH_SCORER, TruthScorer
 from vastserver.sim.world import build_world
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 __all__ = [
     "fit_budgets",
@@ -83,26 +88,43 @@ def fit_budgets(
 # ---------------------------------------------------------------------------- redis
 
 
-async def _redis_keys(url: str) -> int:
+@contextlib.asynccontextmanager
+async def _redis(url: str) -> AsyncIterator[Redis]:
+    """A client for ``url``; a Redis error (the server unreachable, a refused login...) is
+    a set-up problem, raised as ``SimError``, not a failed guarantee."""
     from redis.asyncio import Redis
+    from redis.exceptions import RedisError
 
     r = Redis.from_url(url)
     try:
+        yield r
+    except RedisError as e:
+        raise SimError(f"the Redis database at {_redacted(url)} is not usable: {e}") from None
+    finally:
+        await r.aclose()
+
+
+def _redacted(url: str) -> str:
+    """``url`` without a password it may carry."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+async def _redis_keys(url: str) -> int:
+    async with _redis(url) as r:
         n = 0
         async for _ in r.scan_iter(match=REDIS_PREFIX + "*", count=1000):
             n += 1
             if n >= 1000:
                 break
         return n
-    finally:
-        await r.aclose()
 
 
 async def _redis_clear(url: str) -> None:
-    from redis.asyncio import Redis
-
-    r = Redis.from_url(url)
-    try:
+    async with _redis(url) as r:
         batch: list[bytes] = []
         async for key in r.scan_iter(match=REDIS_PREFIX + "*", count=1000):
             batch.append(key)
@@ -111,8 +133,6 @@ async def _redis_clear(url: str) -> None:
                 batch.clear()
         if batch:
             await r.delete(*batch)
-    finally:
-        await r.aclose()
 
 
 # ---------------------------------------------------------------------------- one run
