@@ -527,9 +527,19 @@ async def test_metrics_exposed(client: Any) -> None:
 
 
 async def test_admin_reload_requires_token(client: Any) -> None:
-    assert (await client.post("/admin/catalog/reload")).status == 401
     bad = {"Authorization": "Bearer wrong-token-123456789"}
-    assert (await client.post("/admin/catalog/reload", headers=bad)).status == 401
+    admin = [
+        ("POST", "/admin/catalog/reload"),
+        ("POST", "/admin/model/reload"),
+        ("GET", "/admin/line-items"),
+        ("GET", "/admin/line-items/li-1"),
+    ]
+    for method, path in admin:
+        for headers in ({}, bad):
+            resp = await client.request(method, path, headers=headers)
+            assert resp.status == 401, path
+            # RFC 7235 §3.1: a 401 carries a challenge
+            assert resp.headers["WWW-Authenticate"] == "Bearer", path
     ok = {"Authorization": "Bearer admin-token-0123456789"}
     resp = await client.post("/admin/catalog/reload", headers=ok)
     assert resp.status == 200 and (await resp.json())["version"]

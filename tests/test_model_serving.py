@@ -69,7 +69,11 @@ async def test_corrupt_model_reload_keeps_the_old_one(
     data = (model_copy / "model.ubj").read_bytes()
     (model_copy / "model.ubj").write_bytes(data[: len(data) // 2])
     resp = await client.post("/admin/model/reload", headers=AUTH)
-    assert resp.status == 422 and (await resp.json())["reloaded"] is False
+    body = await resp.json()
+    assert resp.status == 422 and body["reloaded"] is False and body["version"] == v1
+    # why it was refused, as a refused catalog reload lists its issues
+    assert body["error"] == "model_invalid" and len(body["issues"]) == 1
+    assert "model.ubj" in body["issues"][0] or "checksum" in body["issues"][0], body
     assert (await (await client.get("/readyz")).json())["model"]["version"] == v1
     assert (await client.get("/vast")).status == 200
     (model_copy / "model.ubj").write_bytes(data)

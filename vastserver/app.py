@@ -362,6 +362,10 @@ def _may_explain(request: web.Request) -> bool:
     return _rt(request).settings.open_debug or _authorized(request)
 
 
+_BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+"""What a 401 asks for (RFC 7235 §3.1: a 401 carries a challenge)."""
+
+
 def _explain_refused(field: str) -> web.Response:
     body = {
         "error": "unauthorized",
@@ -369,7 +373,7 @@ def _explain_refused(field: str) -> web.Response:
         "why": "a decision explanation needs 'Authorization: Bearer <VASTSERVER_ADMIN_TOKEN>' "
         "(or VASTSERVER_DEBUG_ACCESS=open)",
     }
-    return web.json_response(body, status=401, headers={"WWW-Authenticate": "Bearer"})
+    return web.json_response(body, status=401, headers=_BEARER_CHALLENGE)
 
 
 def _deadline(rt: Runtime) -> float:
@@ -595,20 +599,22 @@ async def click_handler(request: web.Request) -> web.StreamResponse:
 
 async def reload_model_handler(request: web.Request) -> web.StreamResponse:
     if not _authorized(request):
-        return web.json_response({"error": "unauthorized"}, status=401)
+        return _unauthorized()
     models = _rt(request).service.models
     if models.model_path is None:
         return web.json_response({"error": "no model configured"}, status=409)
     ok = await models.reload()
     if ok:
         _reload_the_other_workers(_rt(request), _rt(request).sigusr1)
-    body = {"version": models.primary.version, "reloaded": ok}
+    body: dict[str, Any] = {"version": models.primary.version, "reloaded": ok}
+    if not ok:  # why, as a refused catalog reload lists its issues
+        body |= {"error": "model_invalid", "issues": [models.rejected or "rejected"]}
     return web.json_response(body, status=200 if ok else 422)
 
 
 async def line_items_handler(request: web.Request) -> web.StreamResponse:
     if not _authorized(request):
-        return web.json_response({"error": "unauthorized"}, status=401)
+        return _unauthorized()
     rt = _rt(request)
     catalog = rt.service.snapshot.catalog
     li_id = request.match_info.get("id")
@@ -675,6 +681,11 @@ def metrics_app(main: web.Application) -> web.Application:
     return side
 
 
+def _unauthorized() -> web.Response:
+    """The admin API's 401, with the challenge RFC 7235 §3.1 requires of one."""
+    return web.json_response({"error": "unauthorized"}, status=401, headers=_BEARER_CHALLENGE)
+
+
 def _authorized(request: web.Request) -> bool:
     import hmac
 
@@ -690,7 +701,7 @@ def _authorized(request: web.Request) -> bool:
 
 async def reload_catalog_handler(request: web.Request) -> web.StreamResponse:
     if not _authorized(request):
-        return web.json_response({"error": "unauthorized"}, status=401)
+        return _unauthorized()
     rt = _rt(request)
     try:
         snap = await rt.service.reload_catalog_in_thread()

@@ -104,6 +104,8 @@ class ModelManager:
         self.fallback: Scorer = PriceScorer()
         self.primary: Scorer = self.fallback
         self.error: str | None = None
+        self.rejected: str | None = None
+        """Why the last :meth:`reload` kept the old bundle (None after one that loaded)."""
         self.shadow: Scorer | None = None
         self.shadow_sample = shadow_sample
         self.experiment = experiment
@@ -179,10 +181,11 @@ class ModelManager:
             scorer = await asyncio.to_thread(load_scorer, path)
         except Exception as e:
             self.metrics.model_fallback.labels("reload_rejected").inc()
-            event(log, "model_rejected", logging.ERROR, path=str(path), error=str(e)[:300])
+            self.rejected = str(e)[:300]
+            event(log, "model_rejected", logging.ERROR, path=str(path), error=self.rejected)
             self._fingerprint = fp
             return False
-        self.primary, self.error, self._fingerprint = scorer, None, fp
+        self.primary, self.error, self.rejected, self._fingerprint = scorer, None, None, fp
         event(log, "model_loaded", version=scorer.version, path=str(path))
         self._export()
         return True
