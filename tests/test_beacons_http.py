@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from lxml import etree
 
 from tests.conftest import ADMIN, ClientFactory, FakeClock, raw_request
@@ -176,6 +177,41 @@ async def test_report_from_event_log(
     text = capsys.readouterr().out
     assert "fill rate: 100.0%" in text
     assert main_report([str(tmp_path / "missing")]) == 2
+
+
+async def test_report_reads_where_the_server_writes_by_default(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without EVENTS, ``report`` reads the directory the server writes (the same settings
+    resolution: ``VASTSERVER_EVENT_LOG_DIR``, else <project root>/var/events), not
+    ``./var/events`` relative to the working directory."""
+    import json
+
+    from vastserver.report import main_report
+    from vastserver.settings import DEFAULT_EVENT_LOG_DIR, load_settings
+
+    logs = tmp_path / "events"
+    client: Any = await make_client(event_log=str(logs))
+    await _first_ad(client, "pod_duration=30&max_ads=1&device_id=r0")
+    await client.close()
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "var" / "events").mkdir(parents=True)  # what the old default read
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("VASTSERVER_EVENT_LOG_DIR", str(logs))
+    assert main_report(["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["decisions"] == 1
+    with pytest.raises(SystemExit):
+        main_report(["--help"])
+    assert str(logs) in "".join(capsys.readouterr().out.split())  # the default, wrapped
+    monkeypatch.setenv("VASTSERVER_EVENT_LOG_DIR", "off")
+    assert main_report([]) == 2
+    assert "name the EVENTS" in capsys.readouterr().err
+    monkeypatch.delenv("VASTSERVER_EVENT_LOG_DIR")
+    assert load_settings({}).event_log_dir == DEFAULT_EVENT_LOG_DIR
+    assert DEFAULT_EVENT_LOG_DIR.is_absolute()
 
 
 async def test_head_neither_decides_nor_counts(client: Any) -> None:

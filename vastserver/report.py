@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import Catalog, LineItem
 from vastserver.eventlog import EventLogCorruptError, ReadStats, read_events
 from vastserver.pipeline.delivery import daily_target_fraction, target_fraction
+from vastserver.settings import event_log_dir
 
 
 @dataclass(slots=True)
@@ -292,7 +294,14 @@ def _render_extras(doc: Mapping[str, Any], out: TextIO) -> None:
 
 def main_report(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="vastserver report", description=__doc__)
-    ap.add_argument("events", nargs="*", default=["var/events"], help="event-log files/dirs")
+    default_dir = event_log_dir(os.environ.get("VASTSERVER_EVENT_LOG_DIR") or None)
+    ap.add_argument(
+        "events",
+        nargs="*",
+        help="event-log files/dirs (default: the directory the server writes,"
+        " VASTSERVER_EVENT_LOG_DIR, else <VASTSERVER_HOME or the checkout>/var/events:"
+        f" {default_dir or 'off, so name one'})",
+    )
     ap.add_argument("--catalog", help="catalog JSON, for pacing targets")
     ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ap.add_argument("--experiment", help="compare the arms of this experiment")
@@ -307,7 +316,16 @@ def main_report(argv: Sequence[str]) -> int:
         except CatalogError as e:
             print(str(e), file=sys.stderr)
             return 2
-    paths = [Path(p) for p in args.events]
+    if args.events:
+        paths = [Path(p) for p in args.events]
+    elif default_dir is not None:
+        paths = [default_dir]
+    else:
+        print(
+            "the event log is off (VASTSERVER_EVENT_LOG_DIR): name the EVENTS to read",
+            file=sys.stderr,
+        )
+        return 2
     missing = [p for p in paths if not p.exists()]
     if missing:
         print(f"no such event log: {', '.join(map(str, missing))}", file=sys.stderr)

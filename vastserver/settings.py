@@ -138,6 +138,17 @@ def _int(problems: list[str], name: str, raw: str | None, lo: int, hi: int) -> i
     return v
 
 
+DEFAULT_EVENT_LOG_DIR = PROJECT_ROOT / "var" / "events"
+
+
+def event_log_dir(raw: str | None) -> Path | None:
+    """The event log directory a ``VASTSERVER_EVENT_LOG_DIR`` value (None: unset) names:
+    :data:`DEFAULT_EVENT_LOG_DIR` when unset, None when ``off`` (also ``none`` or empty)."""
+    if raw is None:
+        return DEFAULT_EVENT_LOG_DIR
+    return None if raw.lower() in ("", "off", "none") else Path(raw)
+
+
 def load_settings(
     env: Mapping[str, str], overrides: Mapping[str, object] | None = None
 ) -> Settings:
@@ -274,9 +285,7 @@ def load_settings(
         problems.append(f"VASTSERVER_GEO_DB: {_not_a_file(geo_path)}")
 
     event_dir_raw = pick("event_log", "VASTSERVER_EVENT_LOG_DIR")
-    event_dir: Path | None = PROJECT_ROOT / "var" / "events"
-    if event_dir_raw is not None:
-        event_dir = None if event_dir_raw.lower() in ("", "off", "none") else Path(event_dir_raw)
+    event_dir = event_log_dir(event_dir_raw)
     commit_ms = integer("event_log_commit_ms", "VASTSERVER_EVENT_LOG_COMMIT_MS", 1, 10_000, 50)
     state_raw = pick("state_file", "VASTSERVER_STATE_FILE")
     state_file = None
