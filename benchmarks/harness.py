@@ -47,6 +47,7 @@ import aiohttp
 
 from benchmarks import procstat, profiling, redisproc, reqmix, wrkdrv
 from benchmarks.micro import interleaved as interleaved_cpu
+from vastserver.cliargs import HelpWithDefaults
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789abcdef-not-for-production"
@@ -109,6 +110,7 @@ def parser() -> argparse.ArgumentParser:
         prog="vastserver bench",
         description="Benchmark the server against a static aiohttp baseline on this machine "
         "(see docs/benchmark.md).",
+        formatter_class=HelpWithDefaults,
     )
     ap.add_argument("--quick", action="store_true", help="small sizes, short runs (the test)")
     ap.add_argument("--duration", type=float, help="seconds per load run (default 10; quick 1)")
@@ -125,9 +127,19 @@ def parser() -> argparse.ArgumentParser:
     model = ap.add_mutually_exclusive_group()
     model.add_argument("--model", type=Path, help="model bundle (default fixtures/demo-model)")
     model.add_argument("--no-model", action="store_true", help="price scorer only")
-    ap.add_argument("--event-log", choices=("off", "on"), default="off")
-    ap.add_argument("--tool", choices=("auto", "wrk", "aiohttp"), default="auto")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--event-log",
+        choices=("off", "on"),
+        default="off",
+        help="whether the servers write their event log",
+    )
+    ap.add_argument(
+        "--tool",
+        choices=("auto", "wrk", "aiohttp"),
+        default="auto",
+        help="load generator (auto: wrk when installed, else aiohttp)",
+    )
+    ap.add_argument("--seed", type=int, default=1, help="random seed")
     ap.add_argument("--store-viewers", type=int, help="viewers in the store test (default 1M)")
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
     ap.add_argument(

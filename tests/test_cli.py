@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -724,3 +725,74 @@ def test_an_http_public_url_off_loopback_is_warned_about_at_start(
         assert found[0]["public_url"] == public_url
     else:
         assert not found, lines
+
+
+COMMANDS = ("serve", "gen-catalog", "gen-events", "train", "report", "simulate", "bench")
+
+
+class _Parsed(Exception):
+    """Stops a command once its parser is built."""
+
+
+def _parsers(monkeypatch: pytest.MonkeyPatch) -> list[argparse.ArgumentParser]:
+    """Every command's parser, as ``vastserver CMD`` builds it (subparsers included)."""
+    from vastserver.cli import main
+
+    caught: list[argparse.ArgumentParser] = []
+
+    def grab(self: argparse.ArgumentParser, *args: object, **kw: object) -> None:
+        caught.append(self)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", grab)
+    for cmd in COMMANDS:
+        with pytest.raises(_Parsed):
+            main([cmd])
+    out: list[argparse.ArgumentParser] = []
+    while caught:
+        p = caught.pop()
+        out.append(p)
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                caught.extend(a.choices.values())
+    return out
+
+
+def test_every_commands_help_lists_its_options_with_their_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The README: every command's --help lists its options with their defaults."""
+    from vastserver.cliargs import has_default
+
+    parsers = _parsers(monkeypatch)
+    progs = {p.prog for p in parsers}
+    assert {f"vastserver {c}" for c in COMMANDS} <= progs, progs
+    for p in parsers:
+        shown = "".join(p.format_help().split())
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction | argparse._HelpAction):
+                continue
+            where = (p.prog, a.option_strings or a.dest)
+            assert a.help, where  # an option without help gets no line in --help at all
+            line = p._get_formatter()._expand_help(a)
+            assert "".join(line.split()) in shown, where
+            if has_default(a):
+                assert "default" in line, where
+            if p.prog == "vastserver serve":  # defaults from the settings, said in the help
+                assert "default" in line, where
+
+
+def test_help_shows_the_default_of_an_option_that_did_not_say_it() -> None:
+    from vastserver.cliargs import HelpWithDefaults
+
+    p = argparse.ArgumentParser(prog="x", formatter_class=HelpWithDefaults)
+    p.add_argument("--rounds", type=int, default=200, help="boosting rounds")
+    p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    p.add_argument("--out", help="output")
+    p.add_argument("--flag", action="store_true", help="a flag")
+    p.add_argument("--dir", default="/a/very-long-hyphenated-path/" * 3, help="where")
+    text = p.format_help()
+    assert "boosting rounds (default: 200)" in text
+    assert "random seed (default 1)" in text and "(default: 1)" not in text
+    assert "output\n" in text and "a flag\n" in text
+    assert "/a/very-long-hyphenated-path/" * 3 in text  # a path is not broken at a hyphen

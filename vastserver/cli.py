@@ -21,32 +21,64 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from vastserver.cliargs import HelpWithDefaults
 from vastserver.logs import configure as configure_logs
 from vastserver.logs import event
-from vastserver.settings import Settings, SettingsError, default_public_url, load_settings
+from vastserver.settings import (
+    DEFAULT_CATALOG,
+    DEFAULT_EVENT_LOG_DIR,
+    DEFAULT_MODEL,
+    Settings,
+    SettingsError,
+    default_public_url,
+    load_settings,
+)
 
 log = logging.getLogger("vastserver")
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the ad server")
+    # The defaults are the settings' (a flag wins over its environment variable, which
+    # wins over the default), so the parser's own are None and the help says them.
+    p = sub.add_parser("serve", help="run the ad server", formatter_class=HelpWithDefaults)
     p.add_argument("--host", help="bind address (VASTSERVER_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (VASTSERVER_PORT, default 8080)")
-    p.add_argument("--catalog", help="catalog JSON (VASTSERVER_CATALOG, default: demo)")
-    p.add_argument("--model", help="model bundle (VASTSERVER_MODEL)")
-    p.add_argument("--workers", type=int, help="worker processes accepting on the one port")
-    p.add_argument("--redis", help="redis:// URL for shared state (VASTSERVER_REDIS_URL)")
-    p.add_argument("--public-url", dest="public_url", help="VASTSERVER_PUBLIC_URL")
+    p.add_argument(
+        "--catalog", help=f"catalog JSON (VASTSERVER_CATALOG, default {DEFAULT_CATALOG})"
+    )
+    p.add_argument(
+        "--model",
+        help=f"model bundle, or 'off' for price-only scoring (VASTSERVER_MODEL, default "
+        f"{DEFAULT_MODEL})",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes accepting on the one port; more than 1 needs --redis "
+        "(VASTSERVER_WORKERS, default 1)",
+    )
+    p.add_argument(
+        "--redis",
+        help="redis:// URL for shared state (VASTSERVER_REDIS_URL, default none: in-memory)",
+    )
+    p.add_argument(
+        "--public-url",
+        dest="public_url",
+        help="absolute base of the URLs we emit (VASTSERVER_PUBLIC_URL, default "
+        "http://<host>:<port>)",
+    )
     p.add_argument(
         "--metrics-port",
         dest="metrics_port",
         type=int,
-        help="worker i also serves /metrics on this port + i (VASTSERVER_METRICS_PORT)",
+        help="worker i also serves /metrics on this port + i (VASTSERVER_METRICS_PORT, "
+        "default none)",
     )
     p.add_argument(
         "--event-log",
         dest="event_log",
-        help="event log directory, or 'off' (VASTSERVER_EVENT_LOG_DIR, default var/events)",
+        help="event log directory, or 'off' (VASTSERVER_EVENT_LOG_DIR, default "
+        f"{DEFAULT_EVENT_LOG_DIR})",
     )
     p.add_argument(
         "--state-file",

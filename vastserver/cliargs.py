@@ -4,11 +4,35 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+import textwrap
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 N = TypeVar("N", int, float)
+
+
+class HelpWithDefaults(argparse.HelpFormatter):
+    """``--help`` lists every option with its default (the README promises it): an option
+    whose help does not already say its default gets ``(default: X)``; a default of None,
+    False or empty is no value to show. Lines break at spaces only, so a path stays whole."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.nargs == 0 or not has_default(action) or "default" in text.lower():
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        text = re.sub(r"\s+", " ", text).strip()
+        return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+
+
+def has_default(action: argparse.Action) -> bool:
+    """Whether ``action`` has a default worth listing in ``--help``."""
+    d: Any = action.default
+    return d is not argparse.SUPPRESS and d is not None and d is not False and d != [] and d != ()
 
 
 def iso_datetime(text: str) -> datetime:

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 
 from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import Catalog, LineItem
+from vastserver.cliargs import HelpWithDefaults
 from vastserver.eventlog import EventLogCorruptError, ReadStats, read_events
 from vastserver.pipeline.delivery import daily_target_fraction, target_fraction
 from vastserver.settings import event_log_dir
@@ -293,7 +294,9 @@ def _render_extras(doc: Mapping[str, Any], out: TextIO) -> None:
 
 
 def main_report(argv: Sequence[str]) -> int:
-    ap = argparse.ArgumentParser(prog="vastserver report", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="vastserver report", description=__doc__, formatter_class=HelpWithDefaults
+    )
     default_dir = event_log_dir(os.environ.get("VASTSERVER_EVENT_LOG_DIR") or None)
     ap.add_argument(
         "events",

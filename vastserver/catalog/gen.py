@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vastserver.catalog.model import PLATFORMS, RATINGS
-from vastserver.cliargs import iso_datetime, non_negative_int
+from vastserver.cliargs import HelpWithDefaults, iso_datetime, non_negative_int
 
 __all__ = ["generate_catalog", "main_gen_catalog"]
 
@@ -595,10 +595,13 @@ def main_gen_catalog(argv: list[str]) -> int:
     """``gen-catalog --line-items N --seed S [--out PATH] [--now ISO] [--compact]``."""
     parser = argparse.ArgumentParser(
         prog="vastserver gen-catalog",
+        formatter_class=HelpWithDefaults,
         description="Write a synthetic catalog (JSON, see docs/catalog.md).",
     )
-    parser.add_argument("--line-items", type=non_negative_int, required=True, metavar="N")
-    parser.add_argument("--seed", type=int, required=True, metavar="S")
+    parser.add_argument(
+        "--line-items", type=non_negative_int, required=True, metavar="N", help="line items"
+    )
+    parser.add_argument("--seed", type=int, required=True, metavar="S", help="random seed")
     parser.add_argument("--out", type=Path, metavar="PATH", help="output file (default: stdout)")
     parser.add_argument(
         "--now", type=iso_datetime, metavar="ISO", help="reference time for flights (default: now)"

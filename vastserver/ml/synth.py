@@ -64,7 +64,13 @@ from vastserver.catalog.gen import (
 )
 from vastserver.catalog.load import CatalogError, load_catalog, parse_catalog
 from vastserver.catalog.model import AdRules, BreakPosition, Catalog
-from vastserver.cliargs import at_least_an_hour, iso_datetime, positive_float, positive_int
+from vastserver.cliargs import (
+    HelpWithDefaults,
+    at_least_an_hour,
+    iso_datetime,
+    positive_float,
+    positive_int,
+)
 from vastserver.delivery import DeliveryControl
 from vastserver.eventlog import EventLog
 from vastserver.metrics import Metrics
@@ -591,18 +597,25 @@ def main_gen_events(argv: Sequence[str]) -> int:
     [--days D] [--start ISO] [--scorer explore|price]``."""
     p = argparse.ArgumentParser(
         prog="vastserver gen-events",
+        formatter_class=HelpWithDefaults,
         description="Write a synthetic event log (decisions + beacons) by simulating viewing "
         "sessions through the real decision path.",
     )
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="event log directory")
-    p.add_argument("--seed", type=int, required=True, metavar="S")
+    p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--catalog", type=Path, metavar="PATH", help="catalog JSON (default: demo)")
     src.add_argument(
         "--line-items", type=positive_int, metavar="N", help="generate a catalog (seeded)"
     )
-    p.add_argument("--sessions", type=positive_int, default=DEFAULT_SESSIONS, metavar="N")
-    p.add_argument("--days", type=at_least_an_hour, default=3.0, metavar="D")
+    p.add_argument(
+        "--sessions", type=positive_int, default=DEFAULT_SESSIONS, metavar="N",
+        help="viewing sessions to simulate",
+    )  # fmt: skip
+    p.add_argument(
+        "--days", type=at_least_an_hour, default=3.0, metavar="D",
+        help="simulated days the sessions are spread over",
+    )  # fmt: skip
     p.add_argument(
         "--start",
         type=iso_datetime,
@@ -610,7 +623,10 @@ def main_gen_events(argv: Sequence[str]) -> int:
         metavar="ISO",
         help=f"simulated start time (default {DEFAULT_START.isoformat()})",
     )
-    p.add_argument("--scorer", choices=("explore", "price"), default="explore")
+    p.add_argument(
+        "--scorer", choices=("explore", "price"), default="explore",
+        help="explore: random predictions, for varied training data; price: rank by price",
+    )  # fmt: skip
     p.add_argument(
         "--pacing-interval", type=positive_float, default=60.0, metavar="S",
         help="simulated seconds between pacing/completion-rate refreshes (default 60)",

@@ -51,7 +51,7 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from vastserver.cliargs import open_fraction, positive_int
+from vastserver.cliargs import HelpWithDefaults, open_fraction, positive_int
 from vastserver.eventlog import EventLogCorruptError, ReadStats, read_events
 from vastserver.ml.features import (
     SCHEMA_VERSION,
@@ -580,19 +580,31 @@ def main_train(argv: Sequence[str]) -> int:
     """``train --events PATH... --out MODEL_DIR [--seed S] [--holdout-frac 0.2]``."""
     p = argparse.ArgumentParser(
         prog="vastserver train",
+        formatter_class=HelpWithDefaults,
         description="Train the completion (and click) model from event logs into a bundle.",
     )
     p.add_argument(
         "--events", type=Path, nargs="+", required=True, metavar="PATH",
         help="event log directories (their subdirectories too) or segment files",
     )  # fmt: skip
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
-    p.add_argument("--holdout-frac", type=open_fraction, default=0.2, metavar="F")
-    p.add_argument("--rounds", type=positive_int, default=COMPLETION_ROUNDS, metavar="N")
-    p.add_argument("--max-depth", type=positive_int, default=4, metavar="D")
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="MODEL_DIR", help="bundle directory to write"
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="random seed")
+    p.add_argument(
+        "--holdout-frac", type=open_fraction, default=0.2, metavar="F",
+        help="share of the examples held out for evaluation",
+    )  # fmt: skip
+    p.add_argument(
+        "--rounds", type=positive_int, default=COMPLETION_ROUNDS, metavar="N",
+        help="boosting rounds of the completion model",
+    )  # fmt: skip
+    p.add_argument("--max-depth", type=positive_int, default=4, metavar="D", help="tree depth")
     # at least one positive: a click model of none has an undefined AUC (NaN in metrics.json)
-    p.add_argument("--min-click-positives", type=positive_int, default=50, metavar="N")
+    p.add_argument(
+        "--min-click-positives", type=positive_int, default=50, metavar="N",
+        help="clicks needed to train a click model",
+    )  # fmt: skip
     p.add_argument(
         "--threads", type=positive_int, default=DEFAULT_THREADS, metavar="N",
         help="training threads (the trees do not depend on it)",

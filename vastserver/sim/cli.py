@@ -8,7 +8,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from vastserver.cliargs import iso_datetime, positive_float, positive_int, unit_fraction
+from vastserver.cliargs import (
+    HelpWithDefaults,
+    iso_datetime,
+    positive_float,
+    positive_int,
+    unit_fraction,
+)
 from vastserver.sim.config import DEFAULT_START, Faults, SimConfig
 from vastserver.sim.harness import SimError
 from vastserver.sim.report import render_text, write_outputs
@@ -23,13 +29,16 @@ DEFAULT_BUDGET_PER_HOUSEHOLD = 0.15
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vastserver simulate",
+        formatter_class=HelpWithDefaults,
         description=(
             "Simulate CTV households against in-process vastserver instances on an "
             "accelerated clock and check caps, separation, budgets and pacing."
         ),
     )
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--households", type=positive_int, default=2000, metavar="N")
+    p.add_argument(
+        "--households", type=positive_int, default=2000, metavar="N", help="simulated households"
+    )
     p.add_argument(
         "--hours",
         type=positive_float,
@@ -61,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--catalog: keep its budgets unless given)",
     )
     p.add_argument("--out", type=Path, metavar="DIR", help="write report.json, report.txt, plots")
-    p.add_argument("--instances", type=int, choices=(1, 2), default=1)
+    p.add_argument(
+        "--instances",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="server instances (2 share --redis)",
+    )
     p.add_argument("--redis", metavar="URL", help="redis:// URL shared by the instances")
     p.add_argument(
         "--flush-redis",
@@ -97,9 +112,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="mean sessions per household per day (default 1.8)",
     )
     d = Faults()
-    p.add_argument("--lost-beacons", type=unit_fraction, default=d.lost, metavar="P")
-    p.add_argument("--duplicate-beacons", type=unit_fraction, default=d.duplicate, metavar="P")
-    p.add_argument("--late-beacons", type=unit_fraction, default=d.late, metavar="P")
+    p.add_argument(
+        "--lost-beacons", type=unit_fraction, default=d.lost, metavar="P",
+        help="share of beacons the player never sends",
+    )  # fmt: skip
+    p.add_argument(
+        "--duplicate-beacons", type=unit_fraction, default=d.duplicate, metavar="P",
+        help="share of beacons sent twice",
+    )  # fmt: skip
+    p.add_argument(
+        "--late-beacons", type=unit_fraction, default=d.late, metavar="P",
+        help="share of beacons sent late (see --late-seconds)",
+    )  # fmt: skip
     p.add_argument(
         "--late-seconds",
         type=float,
