@@ -524,10 +524,17 @@ def test_what_only_loading_finds_wrong_is_a_clean_start_up_error(tmp_path: Path)
     cat["line_items"][1]["campaign_id"] = "nope"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(cat))
+    geo = tmp_path / "geo.csv"
+    geo.write_text("nonsense,US\n10.0.0.0/8,US\n11.0.0.0/8,USA\n")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for args, env, expected in (
         (("--catalog", str(bad)), _env(), ("2 errors in catalog", ".price", ".campaign_id")),
+        (  # a bad catalog and a bad geo table: both told at once, every row of each
+            ("--catalog", str(bad)),
+            _env(VASTSERVER_GEO_DB=str(geo)),
+            ("2 errors in catalog", ".price", "2 bad rows in geo table", "geo.csv:1:", ":3:"),
+        ),
         (
             ("--event-log", str(blocker / "events")),
             _env(),

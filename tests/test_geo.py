@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from vastserver.geo import (
     DEFAULT_GEO_CSV,
+    MAX_LISTED_ROWS,
     CidrTable,
     GeoError,
     GeoInfo,
@@ -156,6 +157,24 @@ def test_csv_errors_name_the_line(tmp_path: Path, text: str, needle: str) -> Non
         CidrTable.from_csv(write(tmp_path, "# header comment\n" + text))
     assert needle in str(err.value)
     assert ":2:" in str(err.value)
+
+
+def test_csv_errors_name_every_bad_row(tmp_path: Path) -> None:
+    """Every bad row is listed, not only the first, so one start finds them all; past
+    MAX_LISTED_ROWS the rest are counted."""
+    text = "cidr,country,region,dma\n10.0.0.0/8,US,US-NY,501\nbad,US\n11.0.0.0/8,USA\nbad2,US\n"
+    with pytest.raises(GeoError) as err:
+        CidrTable.from_csv(write(tmp_path, text))
+    msg = str(err.value)
+    assert msg.startswith("3 bad rows in geo table")
+    assert ":3: bad CIDR 'bad'" in msg and ":4: country" in msg and ":5: bad CIDR 'bad2'" in msg
+    assert ":2:" not in msg
+    many = "".join(f"bad{i},US\n" for i in range(MAX_LISTED_ROWS + 7))
+    with pytest.raises(GeoError) as err:
+        CidrTable.from_csv(write(tmp_path, many, "many.csv"))
+    lines = str(err.value).splitlines()
+    assert lines[0].startswith(f"{MAX_LISTED_ROWS + 7} bad rows")
+    assert len(lines) == 1 + MAX_LISTED_ROWS + 1 and lines[-1].strip() == "... and 7 more"
 
 
 def test_csv_missing_file(tmp_path: Path) -> None:

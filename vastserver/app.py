@@ -15,7 +15,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -24,10 +24,11 @@ from typing import Any
 from aiohttp import web
 
 from vastserver.catalog.load import CatalogError, load_catalog
+from vastserver.catalog.model import Catalog
 from vastserver.delivery import DeliveryControl, claim_window_s
 from vastserver.eventlog import EventLog
 from vastserver.explain import decision_json
-from vastserver.geo import GeoLookup, fill_geo, open_geo
+from vastserver.geo import GeoError, GeoLookup, MaxMindLookup, fill_geo, open_geo
 from vastserver.logs import REQUEST_ID, Sampler
 from vastserver.logs import event as log_event
 from vastserver.metrics import Metrics
@@ -729,6 +730,36 @@ def _reload_the_other_workers(rt: Runtime, reload: SignalReload) -> None:
 # ---------------------------------------------------------------------------- factory
 
 
+class StartupErrors(Exception):
+    """What loading found wrong in more than one file at start-up, told together (each
+    exception listing every problem of its file), so that one start finds them all."""
+
+    def __init__(self, errors: Sequence[Exception]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(f"{type(e).__name__}: {e}" for e in self.errors))
+
+
+def _load_catalog_and_geo(settings: Settings) -> tuple[Catalog, GeoLookup]:
+    """The catalog and the geo database; when both are bad, :class:`StartupErrors` says
+    what is wrong with each (one bad file raises its own error)."""
+    errors: list[Exception] = []
+    geo: GeoLookup | None = None
+    catalog: Catalog | None = None
+    try:
+        geo = open_geo(settings.geo_path)
+    except GeoError as e:
+        errors.append(e)
+    try:
+        catalog = load_catalog(settings.catalog_path)
+    except CatalogError as e:
+        errors.append(e)
+    if catalog is None or geo is None:
+        if isinstance(geo, MaxMindLookup):
+            geo.close()
+        raise errors[0] if len(errors) == 1 else StartupErrors(errors)
+    return catalog, geo
+
+
 def create_app(
     settings: Settings,
     *,
@@ -739,7 +770,7 @@ def create_app(
     """Build the app. ``background_pacing=False`` leaves the pacing and completion-rate
     updates to the caller (a simulator driving them on its own clock)."""
     metrics = Metrics()
-    catalog = load_catalog(settings.catalog_path)
+    catalog, geo = _load_catalog_and_geo(settings)
     snapshot = build_snapshot(catalog, str(settings.catalog_path), clock())
     keyring = Keyring.from_secrets(settings.secrets)
     urls = TrackingUrls(settings.public_url)
@@ -820,7 +851,7 @@ def create_app(
         metrics=metrics,
         clock=clock,
         rng=rng,
-        geo=open_geo(settings.geo_path),
+        geo=geo,
         store=store,
         delivery=delivery,
         events=events,

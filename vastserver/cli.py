@@ -115,7 +115,7 @@ def _run_worker(
 ) -> None:
     from jinja2 import TemplateError
 
-    from vastserver.app import STATE_SAVE_FAILED, create_app
+    from vastserver.app import STATE_SAVE_FAILED, StartupErrors, create_app
     from vastserver.catalog.load import CatalogError
     from vastserver.geo import GeoError
     from vastserver.store.statefile import StateFileError
@@ -135,6 +135,9 @@ def _run_worker(
             else "move it away to start with empty state"
         )
         print(f"{e} ({hint})", file=sys.stderr)
+        sys.exit(2)
+    except StartupErrors as e:  # several files bad: every problem of each
+        print(f"cannot start:\n{e}", file=sys.stderr)
         sys.exit(2)
     except (CatalogError, GeoError, OSError, TemplateError) as e:
         # What the settings name but only loading finds wrong: the catalog's contents, the

@@ -162,7 +162,8 @@ class CidrTable:
     def from_csv(cls, path: Path | str) -> CidrTable:
         """``cidr,country,region,dma``; ``#`` comments, blank lines and a header row skipped.
 
-        Any bad row raises :class:`GeoError` naming the file and line.
+        Bad rows raise :class:`GeoError`, naming the file and line of every one (the first
+        :data:`MAX_LISTED_ROWS`, and how many more).
         """
         p = Path(path)
         try:
@@ -170,26 +171,22 @@ class CidrTable:
         except (OSError, UnicodeDecodeError) as e:
             raise GeoError(f"{p}: cannot read geo table: {e}") from None
         rows: list[tuple[str, GeoInfo]] = []
+        bad: list[str] = []
         for lineno, fields in enumerate(csv.reader(text.splitlines()), start=1):
             if not fields or not "".join(fields).strip() or fields[0].lstrip().startswith("#"):
                 continue
             if fields[0].strip().lower() == "cidr":
                 continue
-            if len(fields) > 4:
-                raise GeoError(f"{p}:{lineno}: expected cidr,country,region,dma")
-            cidr, country, region, dma = [*(f.strip() for f in fields), "", "", ""][:4]
-            try:
-                ipaddress.ip_network(cidr, strict=True)
-            except ValueError as e:
-                raise GeoError(f"{p}:{lineno}: bad CIDR {cidr!r}: {e}") from None
-            info = normalize(country, region, dma)
-            if country and info.country is None:
-                raise GeoError(f"{p}:{lineno}: country must be ISO 3166-1 alpha-2: {country!r}")
-            if region and info.region is None:
-                raise GeoError(f"{p}:{lineno}: bad region {region!r} (ISO 3166-2, e.g. US-CA)")
-            if dma and info.dma is None:
-                raise GeoError(f"{p}:{lineno}: DMA must be 3 digits: {dma!r}")
-            rows.append((cidr, info))
+            row = _csv_row(fields)
+            if isinstance(row, str):
+                bad.append(f"{p}:{lineno}: {row}")
+            else:
+                rows.append(row)
+        if bad:
+            more = len(bad) - MAX_LISTED_ROWS
+            listed = bad[:MAX_LISTED_ROWS] + ([f"... and {more} more"] if more > 0 else [])
+            head = f"{len(bad)} bad row{'s' if len(bad) != 1 else ''} in geo table {p}"
+            raise GeoError("\n  ".join([head, *listed]))
         return cls(rows)
 
     def lookup(self, ip: str) -> GeoInfo | None:
@@ -198,6 +195,29 @@ class CidrTable:
             return None
         version, n = addr
         return (self._v4 if version == 4 else self._v6).find(n)
+
+
+MAX_LISTED_ROWS = 50
+"""A geo table's bad rows listed in its error; the rest are counted."""
+
+
+def _csv_row(fields: list[str]) -> tuple[str, GeoInfo] | str:
+    """One geo CSV row (``cidr,country,region,dma``), or what is wrong with it."""
+    if len(fields) > 4:
+        return "expected cidr,country,region,dma"
+    cidr, country, region, dma = [*(f.strip() for f in fields), "", "", ""][:4]
+    try:
+        ipaddress.ip_network(cidr, strict=True)
+    except ValueError as e:
+        return f"bad CIDR {cidr!r}: {e}"
+    info = normalize(country, region, dma)
+    if country and info.country is None:
+        return f"country must be ISO 3166-1 alpha-2: {country!r}"
+    if region and info.region is None:
+        return f"bad region {region!r} (ISO 3166-2, e.g. US-CA)"
+    if dma and info.dma is None:
+        return f"DMA must be 3 digits: {dma!r}"
+    return cidr, info
 
 
 class MmdbReader(Protocol):
