@@ -1,10 +1,14 @@
 # vastserver: VAST 4.x / VMAP 1.0 ad decision server.
+# Configured by environment (README, Settings): the entrypoint passes no flag that would
+# override a VASTSERVER_* variable, and the health check reads VASTSERVER_PORT.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    VASTSERVER_HOME=/app
+    VASTSERVER_HOME=/app \
+    VASTSERVER_HOST=0.0.0.0 \
+    VASTSERVER_PORT=8080
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -18,6 +22,5 @@ RUN pip install --no-compile . \
 USER vastserver
 EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=2s --start-period=10s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"
-ENTRYPOINT ["vastserver", "serve", "--host", "0.0.0.0"]
-CMD ["--port", "8080"]
+    CMD python -c "import os,sys,urllib.request; u='http://127.0.0.1:%s/healthz' % os.environ.get('VASTSERVER_PORT', '8080'); sys.exit(0 if urllib.request.urlopen(u, timeout=2).status == 200 else 1)"
+ENTRYPOINT ["vastserver", "serve"]

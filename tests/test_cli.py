@@ -803,3 +803,55 @@ def test_help_shows_the_default_of_an_option_that_did_not_say_it() -> None:
     assert "random seed (default 1)" in text and "(default: 1)" not in text
     assert "output\n" in text and "a flag\n" in text
     assert "/a/very-long-hyphenated-path/" * 3 in text  # a path is not broken at a hyphen
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions (continuation lines joined, comments dropped)."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    out = []
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_the_docker_image_is_configured_by_environment(tmp_path: Path) -> None:
+    """No docker daemon here: the Dockerfile is read. Flags in its ENTRYPOINT/CMD would win
+    over ``-e VASTSERVER_HOST/PORT`` (silently ignored), and a health check on a fixed
+    port would fail a server moved by ``VASTSERVER_PORT``."""
+    import http.server
+    import shlex
+    import threading
+
+    steps = _dockerfile()
+    env: dict[str, str] = {}
+    for word, rest in steps:
+        if word == "ENV":
+            env.update(kv.split("=", 1) for kv in shlex.split(rest))
+    assert env["VASTSERVER_HOST"] == "0.0.0.0" and env["VASTSERVER_PORT"] == "8080"
+    argv = [a for w, rest in steps if w in ("ENTRYPOINT", "CMD") for a in json.loads(rest)]
+    assert argv[:2] == ["vastserver", "serve"]
+    assert not {"--host", "--port"} & set(argv), argv
+    (check,) = [rest for w, rest in steps if w == "HEALTHCHECK"]
+    command = check.partition(" CMD ")[2]
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        for port, ok in ((httpd.server_address[1], True), (free_port(), False)):
+            run_env = {**os.environ, **env, "VASTSERVER_PORT": str(port)}
+            run_env["PATH"] = f"{Path(sys.executable).parent}:{run_env.get('PATH', '')}"
+            proc = subprocess.run(["sh", "-c", command], env=run_env, timeout=30, check=False)
+            assert (proc.returncode == 0) is ok, (port, command)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
