@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from tests.conftest import DEMO_CATALOG, FIXED_NOW, ClientFactory
+from tests.conftest import DEMO_CATALOG, FIXED_NOW, ROOT, ClientFactory
 from tests.support import conformance as c
 from vastserver.app import RUNTIME
 from vastserver.catalog.gen import generate_catalog
@@ -45,6 +45,15 @@ def _check_static(xml: bytes, version: str, label: str) -> None:
     lint_errors, lint_warnings = c.vastlint_report(xml)
     assert lint_errors == [], f"{label}: vastlint errors\n" + "\n".join(lint_errors)
     assert lint_warnings == [], f"{label}: vastlint warnings\n" + "\n".join(lint_warnings)
+
+
+def test_the_readme_says_where_the_conformance_material_is_read() -> None:
+    """The XSDs and samples are not shipped: the set-up notes must say where these tests
+    look for them and that they skip (listed by -ra) without them."""
+    setup = (ROOT / "README.md").read_text().split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    assert c.SPEC_ENV_VAR in setup and "../shared/spec" in setup
+    assert c.PROJECT_ROOT.parent / "shared" / "spec" == c._DEFAULT_SPEC
+    assert "skip" in setup and "-ra" in setup
 
 
 @pytest.mark.parametrize("version", VERSIONS)
