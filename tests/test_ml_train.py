@@ -171,6 +171,10 @@ def test_bundle_is_reproducible_and_loads(logs: dict[int, Path], tmp_path: Path)
     bundle = ModelBundle.load(tmp_path / "a")
     assert bundle.version == meta["model_id"]
     assert bundle.click_booster is None
+    # the demo bundle is what this trainer writes (fixtures/demo-model/README.md: rebuilt
+    # byte for byte): its data counts are the ones written now
+    demo = json.loads((ROOT / "fixtures" / "demo-model" / "metadata.json").read_text())
+    assert sorted(demo["data"]) == sorted(meta["data"])
 
 
 def test_click_model_trained_when_enough_clicks(logs: dict[int, Path], tmp_path: Path) -> None:
