@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from itertools import product
@@ -220,3 +222,54 @@ def test_a_log_read_twice_gives_each_served_ad_once(logs: dict[int, Path], tmp_p
     assert len(twice.rows) == len(once.rows) and twice.rows == once.rows
     assert twice.complete == once.complete and twice.counted_impressions == once.counted_impressions
     assert twice.duplicate_records > 0 and once.duplicate_records == 0
+
+
+def test_a_log_that_starts_late_trains_on_what_was_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second half of a log (retention, a training window) misses the beacons that built
+    the store's completion rates and exposure windows: training takes the history inputs each
+    ad was scored with from its decision record, so re-scoring the training rows with the
+    serving bundle gives back every logged prediction exactly."""
+    import vastserver.ml.train as train_mod
+    from vastserver.eventlog import EventLog, read_events
+    from vastserver.ml.features import FeatureRow, parse_time
+    from vastserver.ml.model import ModelScorer
+    from vastserver.ml.synth import Simulator
+    from vastserver.pipeline.context import SimClock
+
+    bundle = ModelBundle.load(ROOT / "fixtures" / "demo-model")
+    config = SynthConfig(seed=4, sessions=400, days=1)
+    clock = SimClock(config.start)
+    whole = tmp_path / "whole"
+    with EventLog(whole, clock=clock.ts, commit_interval_s=0.2) as log:
+        sim = Simulator(load_catalog(DEMO_CATALOG), log, config, clock)
+        sim.service.log_scoring_inputs = True  # as the server does
+        sim.service.scorer = ModelScorer(bundle)
+        asyncio.run(sim.run())
+        log.flush()
+    recs = list(read_events([whole]))
+    times = sorted(parse_time(r["at"]).timestamp() for r in recs)
+    cut = times[len(times) // 2]
+    _write_log(tmp_path / "tail", [r for r in recs if parse_time(r["at"]).timestamp() >= cut])
+
+    captured: list[tuple[dict[str, Any], FeatureRow]] = []
+    real_from_record = train_mod.from_record
+
+    def capture(ctx: dict[str, Any], ad: dict[str, Any], hist: dict[str, Any]) -> FeatureRow:
+        row = real_from_record(ctx, ad, hist)
+        captured.append((ad, row))
+        return row
+
+    monkeypatch.setattr(train_mod, "from_record", capture)
+    train_mod.load_dataset([tmp_path / "tail"])
+    assert len(captured) > 500
+    rows = [
+        dataclasses.replace(
+            r, creative_completion_rate=bundle.schema.creative_rates.get(ad["creative_id"])
+        )
+        for ad, r in captured
+    ]  # serving reads the creative rates from the bundle (documented)
+    p = np.clip(bundle.booster.inplace_predict(bundle.schema.vectorize(rows)), 1e-6, 1 - 1e-6)
+    logged = np.array([ad["prediction"] for ad, _ in captured])
+    assert float(np.abs(p - logged).max()) < 1e-6

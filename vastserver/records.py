@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.decide import Decision
+from vastserver.pipeline.scoring import ScoringContext
 from vastserver.tracking import AdToken
 
 
@@ -60,8 +61,22 @@ def decision_record(
     model_version: str | None,
     experiment: str | None = None,
     shadow: tuple[str, list[float]] | None = None,
+    scoring: ScoringContext | None = None,
 ) -> dict[str, Any]:
-    """``shadow``: (shadow model version, its predictions for the served ads, in order)."""
+    """``shadow``: (shadow model version, its predictions for the served ads, in order).
+    ``scoring``: the context the ads were scored with; each ad then records the history
+    inputs the scorer was handed (``completion_rate``, ``viewer_exposures``), which training
+    uses instead of rebuilding them from a log that may not reach back far enough."""
+    history: list[dict[str, Any]] = [{} for _ in d.ads]
+    if scoring is not None:
+        rates = scoring.completion_rates
+        history = [
+            {
+                "completion_rate": rates.get(a.candidate.line_item.id),
+                "viewer_exposures": scoring.viewer_exposures,
+            }
+            for a in d.ads
+        ]
     return {
         "type": "decision",
         "at": d.now.isoformat(),
@@ -94,6 +109,7 @@ def decision_record(
                 "currency": a.candidate.line_item.currency,
                 "prediction": a.prediction,
                 "value": a.value,
+                **history[i],
                 **({} if shadow is None else {"shadow_prediction": shadow[1][i]}),
             }
             for i, a in enumerate(d.ads)

@@ -96,8 +96,12 @@ class AdService:
         scorer: Scorer | None = None,
         events: EventSink | None = None,
         candidate_limit: int = CANDIDATE_LIMIT,
+        log_scoring_inputs: bool = True,
     ) -> None:
+        """``log_scoring_inputs``: decision records carry each ad's scoring history inputs
+        (``completion_rate``, ``viewer_exposures``) for training; see ``decision_record``."""
         self.candidate_limit = candidate_limit
+        self.log_scoring_inputs = log_scoring_inputs
         self._snapshot = snapshot
         self.clock = clock
         self._reloading = asyncio.Lock()
@@ -241,7 +245,7 @@ class AdService:
         self.delivery.note_rejections(d)
         shadow = None
         if d.ads and self.models.shadow is not None:
-            ctx = ScoringContext(now, pre.exposures, self.delivery.completion_rates)
+            ctx = ScoringContext(now, pre.exposures, env.completion_rates)
             scores = self.models.shadow_scores(req, [a.candidate for a in d.ads], ctx)
             if scores is not None:
                 shadow = (self.models.shadow.version, scores)
@@ -261,6 +265,11 @@ class AdService:
                     experiment=self.models.experiment if arm is not None else None,
                     model_version=scorer.version,
                     shadow=shadow,
+                    scoring=(
+                        ScoringContext(now, env.viewer_exposures, env.completion_rates)
+                        if self.log_scoring_inputs
+                        else None
+                    ),
                 )
             )
         return d

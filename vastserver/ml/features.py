@@ -373,14 +373,27 @@ class LogHistory:
         return out
 
     def history(self, decision: Mapping[str, Any], ad: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``history`` argument of :func:`from_record` for one ad of a decision record."""
+        """The ``history`` argument of :func:`from_record` for one ad of a decision record.
+
+        An ad that logged the ``completion_rate`` and ``viewer_exposures`` it was scored
+        with gets exactly those: rebuilding them from the log undercounts whatever happened
+        before the log starts (retention, a training window, a restart without state). Only
+        older records without them are rebuilt from the beacons seen so far."""
         at = str(decision["at"])
+        if "viewer_exposures" in ad:
+            exposures = ad["viewer_exposures"]
+        else:
+            exposures = self.viewer_exposures(
+                str(decision.get("viewer") or ""), parse_time(at).timestamp()
+            )
         return {
             "at": at,
-            "viewer_exposures": self.viewer_exposures(
-                str(decision.get("viewer") or ""), parse_time(at).timestamp()
+            "viewer_exposures": exposures,
+            "completion_rate": (
+                ad["completion_rate"]
+                if "completion_rate" in ad
+                else self.completion_rate(str(ad["line_item_id"]))
             ),
-            "completion_rate": self.completion_rate(str(ad["line_item_id"])),
             "creative_completion_rate": (
                 None
                 if ad.get("creative_id") is None

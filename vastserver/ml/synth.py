@@ -7,8 +7,10 @@ in ``--out``. Each served ad's fate is drawn from the hidden viewer model
 (:mod:`vastserver.ml.truth`) and its beacons (``impression``, ``start``, quartiles,
 ``complete``, ``click``, ``error``, ``notUsed``, a few replays) go through
 ``DeliveryControl.on_beacon`` and are logged the way the HTTP beacon handler logs them, so the
-log is exactly the server's format: decision records from ``AdService.decide`` and beacon
-records from ``records.beacon_record``.
+log is the server's format: decision records from ``AdService.decide`` and beacon
+records from ``records.beacon_record`` -- except that decisions leave out the history inputs
+each ad was scored with (``completion_rate``, ``viewer_exposures``), so training rebuilds them
+from the log, which here starts with the store; that keeps the demo bundle reproducible.
 
 Sessions: a viewer (device type, platform, geo, language, segments, a few with limit-ad-
 tracking) from a pool with skewed activity watches one piece of content (genres, rating, live,
@@ -368,6 +370,10 @@ class Simulator:
             rng=service_rng,
             scorer=scorer,
             events=log,
+            # Without the scored ads' history inputs, training rebuilds them from this
+            # complete log, as the demo bundle (fixtures/demo-model) was built: logging them
+            # would change that bundle (the served completion rates lag the log's).
+            log_scoring_inputs=False,
         )
         self.truth = ViewerModel()
         self.queue = _Queue()
