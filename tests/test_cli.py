@@ -855,3 +855,29 @@ def test_the_docker_image_is_configured_by_environment(tmp_path: Path) -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_serve_reports_a_broken_arm_bundle_as_a_settings_problem(tmp_path: Path) -> None:
+    """An arm bundle that does not load would raise in every worker's start (a traceback with
+    one worker, endless restarts with several): ``serve`` checks it first and exits 2 with
+    it listed among the other settings problems."""
+    broken = tmp_path / "empty-bundle"
+    broken.mkdir()
+    env = {
+        **_env(),
+        "VASTSERVER_EXPERIMENT": "x",
+        "VASTSERVER_ARMS": f"a:50:{broken},price:50",
+        "VASTSERVER_ADMIN_TOKEN": "short",
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "vastserver", "serve", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"VASTSERVER_ARMS: arm a: model bundle {broken}" in r.stderr, r.stderr
+    assert "VASTSERVER_ADMIN_TOKEN" in r.stderr  # listed with the others

@@ -285,7 +285,7 @@ def serve(argv: Sequence[str]) -> int:
     hold_sighup()  # a SIGHUP during start-up reloads once started; its default kills
     overrides = {k: v for k, v in vars(args).items() if k != "cmd" and v is not None}
     try:
-        settings = load_settings(os.environ, overrides)
+        settings = load_settings(os.environ, overrides, check_bundles=True)
     except SettingsError as e:
         print(str(e), file=sys.stderr)
         return 2

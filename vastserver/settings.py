@@ -149,11 +149,28 @@ def event_log_dir(raw: str | None) -> Path | None:
     return None if raw.lower() in ("", "off", "none") else Path(raw)
 
 
+def _bundle_problems(what: str, bundle: Path) -> list[str]:
+    from vastserver.ml.model import ModelError, check_bundle
+
+    try:
+        check_bundle(bundle)
+    except ModelError as e:
+        return [f"{what}: {str(e)[:300]}"]
+    return []
+
+
 def load_settings(
-    env: Mapping[str, str], overrides: Mapping[str, object] | None = None
+    env: Mapping[str, str],
+    overrides: Mapping[str, object] | None = None,
+    *,
+    check_bundles: bool = False,
 ) -> Settings:
     """Build settings: ``overrides`` (command line) win over ``env``; defaults last. An
-    override no setting reads is a problem (a misspelt name must not pass for applied)."""
+    override no setting reads is a problem (a misspelt name must not pass for applied).
+
+    ``check_bundles`` (``serve``): validate each experiment arm's model bundle too (in a
+    spawned process, see :func:`vastserver.ml.model.check_bundle`); a bad one is a settings
+    problem, since a worker could not start with it."""
     o = dict(overrides or {})
     problems: list[str] = []
     read: set[str] = set()
@@ -257,6 +274,8 @@ def load_settings(
         for a in arms:
             if a.bundle is not None and not a.bundle.is_dir():
                 problems.append(f"VASTSERVER_ARMS: arm {a.name}: no such bundle {a.bundle}")
+            elif a.bundle is not None and check_bundles:
+                problems += _bundle_problems(f"VASTSERVER_ARMS: arm {a.name}", a.bundle)
         if experiment is None:
             problems.append("VASTSERVER_EXPERIMENT: arms need an experiment name")
 
