@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,8 @@ async def test_model_scores_the_decision(make_client: ClientFactory) -> None:
     preds = [c["prediction"] for c in data["candidates"] if c["prediction"] is not None]
     assert preds and all(0 < p < 1 for p in preds) and len(set(preds)) > 1
     text = await (await client.get("/metrics")).text()
-    assert _metric(text, 'vastserver_model_seconds_count{scorer="model"}') >= 1
-    assert _metric(text, 'vastserver_model_score_count{scorer="model"}') >= 1
+    assert _metric(text, 'vastserver_model_seconds_count{scorer="model",') >= 1
+    assert _metric(text, 'vastserver_model_score_count{scorer="model",') >= 1
     assert 'vastserver_model_info{scorer="model",version="m-' in text
 
 
@@ -191,7 +192,7 @@ async def test_shadow_and_experiment_are_logged(
 
     assert main_report([str(events), "--experiment", "rank-1", "--model"]) == 0
     out = capsys.readouterr().out
-    assert "experiment rank-1" in out and "calibration over" in out
+    assert "experiment rank-1" in out and "calibration of m-" in out
 
 
 def test_wilson_interval() -> None:
@@ -247,3 +248,59 @@ def test_calibration_counts_the_models_predictions_only_and_splits_ties_blind() 
     observed = [d["observed"] for d in cal["deciles"]]
     assert [d["predicted"] for d in cal["deciles"]] == [0.5, 0.5]
     assert sorted(observed) != [0.0, 1.0], observed
+
+
+def test_calibration_keeps_model_versions_apart() -> None:
+    """A challenger arm's predictions were pooled with the primary's deciles."""
+    records: list[dict[str, Any]] = []
+    for i in range(20):
+        for version, p, done in (("m-primary", 0.9, True), ("m-challenger", 0.2, False)):
+            asid = f"{version}-{i}"
+            records += [
+                {"type": "decision", "scorer": "model", "model_version": version,
+                 "ads": [{"ad_serving_id": asid, "prediction": p}]},
+                {"type": "beacon", "counted": True, "ad_serving_id": asid, "event": "impression"},
+            ]  # fmt: skip
+            if done:
+                records.append(
+                    {"type": "beacon", "counted": True, "ad_serving_id": asid, "event": "complete"}
+                )
+    cal = calibration_report(records, bins=2)
+    parts = {p["model_version"]: p for p in cal["by_version"]}
+    assert set(parts) == {"m-primary", "m-challenger"}
+    assert parts["m-primary"]["ads"] == 20 and parts["m-primary"]["max_gap"] == pytest.approx(0.1)
+    assert [d["predicted"] for d in parts["m-challenger"]["deciles"]] == pytest.approx([0.2, 0.2])
+    assert parts["m-challenger"]["max_gap"] == pytest.approx(0.2)
+
+
+async def test_an_arms_bundle_has_its_own_model_metrics(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A challenger arm's scores and latency landed in the primary's ``scorer="model"``
+    series, and ``vastserver_model_info`` did not name its bundle."""
+    import hashlib
+
+    challenger = tmp_path / "challenger"
+    shutil.copytree(DEMO_MODEL, challenger)
+    schema = json.loads((challenger / "schema.json").read_text())
+    cid = sorted(schema["creative_rates"])[0]
+    schema["creative_rates"][cid] = 0.5 * schema["creative_rates"][cid]  # another version
+    raw = json.dumps(schema).encode()
+    (challenger / "schema.json").write_bytes(raw)
+    meta = json.loads((challenger / "metadata.json").read_text())
+    meta["sha256"]["schema.json"] = hashlib.sha256(raw).hexdigest()
+    (challenger / "metadata.json").write_text(json.dumps(meta))
+
+    client: Any = await make_client(
+        model=str(DEMO_MODEL), experiment="x", arms=f"model:50,challenger:50:{challenger}"
+    )
+    for i in range(40):
+        assert (await client.get(f"/vast?pod_duration=120&device_id=v{i}")).status == 200
+    text = await (await client.get("/metrics")).text()
+    versions = re.findall(
+        r'^vastserver_model_info\{scorer="model",version="([^"]+)"\} 1.0$', text, re.M
+    )
+    assert len(set(versions)) == 2, versions  # the primary's and the challenger's
+    for v in versions:
+        assert _metric(text, f'vastserver_model_score_count{{scorer="model",version="{v}"}}') > 0
+        assert _metric(text, f'vastserver_model_seconds_count{{scorer="model",version="{v}"}}') > 0

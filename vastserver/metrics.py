@@ -140,7 +140,7 @@ class Metrics:
         self.model_seconds = Histogram(
             "vastserver_model_seconds",
             "Scoring latency per request (one batched call)",
-            ["scorer"],
+            ["scorer", "version"],
             buckets=(0.0001, 0.0003, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
             registry=r,
         )
@@ -165,7 +165,7 @@ class Metrics:
         self.model_score = Histogram(
             "vastserver_model_score",
             "Predicted completion of the ads served (drift shows here first)",
-            ["scorer"],
+            ["scorer", "version"],
             buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
             registry=r,
         )

@@ -206,6 +206,9 @@ class ModelManager:
     def _export(self) -> None:
         self.metrics.model_info.clear()
         self.metrics.model_info.labels(self.primary.name, self.primary.version).set(1)
+        for _, _, scorer in self.arms:  # an arm's own bundle serves decisions too
+            if scorer is not None:
+                self.metrics.model_info.labels(scorer.name, scorer.version).set(1)
         if self.shadow is not None:
             self.metrics.model_info.labels("shadow", self.shadow.version).set(1)
 

@@ -285,12 +285,16 @@ def _render_extras(doc: Mapping[str, Any], out: TextIO) -> None:
             )
     cal = doc.get("calibration")
     if cal is not None:
-        out.write(
-            f"\ncalibration over {cal['ads']} impressions ({', '.join(cal['model_versions'])})\n"
-        )
-        out.write(f"{'decile':>7}{'n':>8}{'predicted':>11}{'observed':>10}\n")
-        for r in cal["deciles"]:
-            out.write(f"{r['decile']:>7}{r['n']:>8}{r['predicted']:>11.3f}{r['observed']:>10.3f}\n")
+        for part in cal["by_version"]:  # one table per model version: arms apart
+            out.write(
+                f"\ncalibration of {part['model_version'] or 'an unknown version'} over "
+                f"{part['ads']} impressions\n"
+            )
+            out.write(f"{'decile':>7}{'n':>8}{'predicted':>11}{'observed':>10}\n")
+            for r in part["deciles"]:
+                out.write(
+                    f"{r['decile']:>7}{r['n']:>8}{r['predicted']:>11.3f}{r['observed']:>10.3f}\n"
+                )
 
 
 def main_report(argv: Sequence[str]) -> int:
@@ -479,14 +483,19 @@ def calibration_report(records: Iterable[Mapping[str, Any]], bins: int = 10) -> 
                 completed.add(asid)
     # by prediction, then ad serving id (stable across runs): sorting on (prediction,
     # completed) would put a tie's misses in one decile and its completions in the next
-    rows = [
-        (predicted[a][0], a in completed)
-        for a in sorted(
-            (a for a in impressed if a in predicted), key=lambda a: (predicted[a][0], a)
-        )
-    ]
-    seen = [predicted[a][1] for a in impressed if a in predicted]
-    versions = sorted({str(v) for v in seen if v})
+    ads = sorted((a for a in impressed if a in predicted), key=lambda a: (predicted[a][0], a))
+    versions = sorted({str(predicted[a][1]) for a in ads if predicted[a][1]})
+    pooled = _deciles([(predicted[a][0], a in completed) for a in ads], bins)
+    by_version = []
+    for v in sorted({str(predicted[a][1] or "") for a in ads}):
+        # an experiment's challenger and the primary are calibrated apart
+        mine = [(predicted[a][0], a in completed) for a in ads if str(predicted[a][1] or "") == v]
+        by_version.append({"model_version": v or None, **_deciles(mine, bins)})
+    return {"model_versions": versions, **pooled, "by_version": by_version}
+
+
+def _deciles(rows: Sequence[tuple[float, bool]], bins: int) -> dict[str, Any]:
+    """``rows``: (prediction, completed), in prediction order."""
     out = []
     n = len(rows)
     for k in range(bins):
@@ -502,4 +511,4 @@ def calibration_report(records: Iterable[Mapping[str, Any]], bins: int = 10) -> 
             }
         )
     gap = max((abs(r["predicted"] - r["observed"]) for r in out), default=None)
-    return {"ads": n, "model_versions": versions, "deciles": out, "max_gap": gap}
+    return {"ads": n, "deciles": out, "max_gap": gap}

@@ -70,7 +70,7 @@ class TimedScorer:
         self.inner = inner
         self.name = inner.name
         self.version = inner.version
-        self._hist = metrics.model_seconds.labels(inner.name)
+        self._hist = metrics.model_seconds.labels(inner.name, inner.version)
 
     def predict(
         self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
@@ -249,7 +249,7 @@ class AdService:
             scores = self.models.shadow_scores(req, [a.candidate for a in d.ads], ctx)
             if scores is not None:
                 shadow = (self.models.shadow.version, scores)
-        score_hist = self.metrics.model_score_by(scorer.name)
+        score_hist = self.metrics.model_score_by(scorer.name, scorer.version)
         for a in d.ads:
             score_hist.observe(a.prediction)
         if arm is not None:

@@ -159,7 +159,9 @@ async def _server_metrics(servers: Servers) -> dict[str, dict[str, int]]:
             m = _SAMPLE_RE.match(line.strip())
             if m is None or m.group(1) not in WATCHED_METRICS:
                 continue
-            labels = " ".join(v for _, v in _LABEL_RE.findall(m.group(2) or ""))
+            labels = " ".join(  # by scorer, not by its version
+                v for k, v in _LABEL_RE.findall(m.group(2) or "") if k != "version"
+            )
             value = int(float(m.group(3)))
             if value:
                 out[WATCHED_METRICS[m.group(1)]][labels or "total"] += value
