@@ -222,27 +222,29 @@ def test_demo_model_beats_no_skill_on_its_hold_out() -> None:
     assert model["log_loss"] <= 0.95 * baseline["log_loss"]
 
 
+def _served(
+    asid: str, p: float, scorer: str, complete: bool, version: str | None = None
+) -> list[dict[str, Any]]:
+    """A decision's records for one served, impressed ad (completed or not)."""
+    recs: list[dict[str, Any]] = [
+        {"type": "decision", "scorer": scorer, "model_version": version or scorer + "-v",
+         "ads": [{"ad_serving_id": asid, "prediction": p}]},
+        {"type": "beacon", "counted": True, "ad_serving_id": asid, "event": "impression"},
+    ]  # fmt: skip
+    if complete:
+        recs.append({"type": "beacon", "counted": True, "ad_serving_id": asid, "event": "complete"})
+    return recs
+
+
 def test_calibration_counts_the_models_predictions_only_and_splits_ties_blind() -> None:
     """The price arm's constant 1.0 was mixed into the model's deciles, and ties were
     sorted by their outcome, so one decile held a tie's misses and the next its completes."""
 
-    def served(asid: str, p: float, scorer: str, complete: bool) -> list[dict[str, Any]]:
-        recs: list[dict[str, Any]] = [
-            {"type": "decision", "scorer": scorer, "model_version": scorer + "-v",
-             "ads": [{"ad_serving_id": asid, "prediction": p}]},
-            {"type": "beacon", "counted": True, "ad_serving_id": asid, "event": "impression"},
-        ]  # fmt: skip
-        if complete:
-            recs.append(
-                {"type": "beacon", "counted": True, "ad_serving_id": asid, "event": "complete"}
-            )
-        return recs
-
     records: list[dict[str, Any]] = []
     for i in range(40):  # one tie at 0.5, half of it completed
-        records += served(f"m{i}", 0.5, "model", i % 2 == 0)
+        records += _served(f"m{i}", 0.5, "model", i % 2 == 0)
     for i in range(40):  # the price arm: 1.0 for all, none completed
-        records += served(f"p{i}", 1.0, "price", False)
+        records += _served(f"p{i}", 1.0, "price", False)
     cal = calibration_report(records, bins=2)
     assert cal["ads"] == 40 and cal["model_versions"] == ["model-v"]
     observed = [d["observed"] for d in cal["deciles"]]
@@ -255,16 +257,7 @@ def test_calibration_keeps_model_versions_apart() -> None:
     records: list[dict[str, Any]] = []
     for i in range(20):
         for version, p, done in (("m-primary", 0.9, True), ("m-challenger", 0.2, False)):
-            asid = f"{version}-{i}"
-            records += [
-                {"type": "decision", "scorer": "model", "model_version": version,
-                 "ads": [{"ad_serving_id": asid, "prediction": p}]},
-                {"type": "beacon", "counted": True, "ad_serving_id": asid, "event": "impression"},
-            ]  # fmt: skip
-            if done:
-                records.append(
-                    {"type": "beacon", "counted": True, "ad_serving_id": asid, "event": "complete"}
-                )
+            records += _served(f"{version}-{i}", p, "model", done, version)
     cal = calibration_report(records, bins=2)
     parts = {p["model_version"]: p for p in cal["by_version"]}
     assert set(parts) == {"m-primary", "m-challenger"}
