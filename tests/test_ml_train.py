@@ -273,3 +273,21 @@ def test_a_log_that_starts_late_trains_on_what_was_served(
     p = np.clip(bundle.booster.inplace_predict(bundle.schema.vectorize(rows)), 1e-6, 1 - 1e-6)
     logged = np.array([ad["prediction"] for ad, _ in captured])
     assert float(np.abs(p - logged).max()) < 1e-6
+
+
+def test_undefined_metrics_are_null_in_strict_json(
+    logs: dict[int, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A click hold-out without a click has no AUC: metrics.json held a bare NaN, which
+    strict JSON parsers (jq, Spark, BigQuery) refuse. It is null now."""
+    out = tmp_path / "m"
+    argv = ["--events", str(logs[1]), "--out", str(out), "--min-click-positives", "1"]
+    assert main_train([*argv, "--holdout-frac", "0.004"]) == 0
+
+    def refuse(c: str) -> None:
+        raise AssertionError(f"not strict JSON: {c}")
+
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
+    holdout = metrics["click"]["holdout"]
+    assert holdout["positives"] == 0 and holdout["model"]["auc"] is None
+    assert "AUC n/a" in capsys.readouterr().err

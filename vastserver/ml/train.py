@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -312,6 +313,12 @@ def calibration(
     return out
 
 
+def _defined(x: float) -> float | None:
+    """A metric rounded for ``metrics.json``; None (null) where it is undefined (NaN: a
+    hold-out of one class has no AUC), which JSON cannot hold."""
+    return None if not math.isfinite(x) else round(x, 6)
+
+
 def evaluate(y: Vector, p: Vector, base_rate: float) -> dict[str, Any]:
     baseline = np.full(len(y), base_rate)
     m_auc, m_ll = auc(y, p), log_loss(y, p)
@@ -321,18 +328,18 @@ def evaluate(y: Vector, p: Vector, base_rate: float) -> dict[str, Any]:
         "positives": int(y.sum()),
         "observed_rate": round(float(y.mean()), 6) if len(y) else None,
         "model": {
-            "auc": round(m_auc, 6),
-            "log_loss": round(m_ll, 6),
+            "auc": _defined(m_auc),
+            "log_loss": _defined(m_ll),
             "calibration": calibration(y, p),
         },
         "baseline": {
             "description": "training base rate everywhere (no skill)",
             "prediction": round(base_rate, 6),
             "auc": 0.5,
-            "log_loss": round(b_ll, 6),
+            "log_loss": _defined(b_ll),
             "calibration": calibration(y, baseline),
         },
-        "log_loss_improvement": round(1.0 - m_ll / b_ll, 6) if b_ll > 0 else None,
+        "log_loss_improvement": _defined(1.0 - m_ll / b_ll) if b_ll > 0 else None,
     }
 
 
@@ -399,7 +406,8 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    _write_bytes(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    text = json.dumps(doc, indent=2, sort_keys=True, allow_nan=False)  # strict JSON only
+    _write_bytes(path, (text + "\n").encode("utf-8"))
 
 
 def _model_bytes(booster: Any) -> bytes:
@@ -555,12 +563,18 @@ def train_bundle(ds: Dataset, out: Path, config: TrainConfig) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ CLI
 
 
+def _num(x: float | None, spec: str) -> str:
+    """A metric of ``metrics.json`` for the summary; null (undefined) as n/a."""
+    return "n/a" if x is None else format(x, spec)
+
+
 def _summary(metrics: dict[str, Any]) -> str:
     c = metrics["completion"]["holdout"]
     lines = [
         f"completion hold-out ({c['rows']} rows, observed rate {c['observed_rate']}): "
-        f"AUC {c['model']['auc']:.4f} vs baseline 0.5; log loss {c['model']['log_loss']:.4f} "
-        f"vs baseline {c['baseline']['log_loss']:.4f} "
+        f"AUC {_num(c['model']['auc'], '.4f')} vs baseline 0.5; "
+        f"log loss {_num(c['model']['log_loss'], '.4f')} "
+        f"vs baseline {_num(c['baseline']['log_loss'], '.4f')} "
         f"({100 * (c['log_loss_improvement'] or 0):.1f}% better)"
     ]
     k = metrics["click"]
@@ -570,8 +584,9 @@ def _summary(metrics: dict[str, Any]) -> str:
         h = k["holdout"]
         lines.append(
             f"click hold-out ({h['rows']} rows, {h['positives']} clicks): "
-            f"AUC {h['model']['auc']:.4f}; log loss {h['model']['log_loss']:.5f} vs "
-            f"baseline {h['baseline']['log_loss']:.5f}"
+            f"AUC {_num(h['model']['auc'], '.4f')}; "
+            f"log loss {_num(h['model']['log_loss'], '.5f')} vs "
+            f"baseline {_num(h['baseline']['log_loss'], '.5f')}"
         )
     return "\n".join(lines)
 
