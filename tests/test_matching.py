@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -23,7 +24,7 @@ from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import screen
 from vastserver.pipeline.matching import CatalogIndex, build_index
 from vastserver.pipeline.reasons import Reason
-from vastserver.pipeline.stages import PRE_DELIVERY_FILTERS, StageEnv, floor
+from vastserver.pipeline.stages import PRE_DELIVERY_FILTERS, StageEnv, floor, policy
 
 NOW = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 CLIENT = ClientInfo("198.51.100.7", "ua", "198.51.100.7", "ua")
@@ -482,3 +483,90 @@ def test_structured_pod_keeps_candidates_for_each_slot_rule() -> None:
     assert [c.line_item.id for c in index.select(plain, env, 48)[0]] == [
         f"li-l{i}" for i in range(48)
     ]
+
+
+@cache
+def _catalog_with_tags(seed: int) -> tuple[Catalog, CatalogIndex]:
+    """A spiced catalog where some creatives are third-party tags (http or https) and some
+    carry only HLS or serve mp4 over http only, so ``video.mimes`` has wrappers,
+    single-type creatives and mixed schemes to sort.
+    Most line items are live and untargeted, so most candidates reach the media checks."""
+    data = _mutate(generate_catalog(60, seed=seed, now=NOW), seed)
+    rng = random.Random(seed + 100)
+    for li in data["line_items"]:
+        if rng.random() < 0.8:
+            li.pop("targeting", None)
+            li.pop("positions", None)
+            li["status"] = "active"
+            li.pop("start", None)
+            li.pop("end", None)
+    for camp in data["campaigns"]:
+        camp["start"] = min(camp["start"], "2026-01-01T00:00:00Z")
+        camp["end"] = max(camp["end"], "2028-01-01T00:00:00Z")
+    for cr in data["creatives"]:
+        r = rng.random()
+        if r < 0.15:
+            scheme = rng.choice(["https", "http"])
+            kept = ("id", "advertiser_id", "title", "approved", "rating", "universal_ad_id")
+            kept += ("duration", "duration_ms")
+            tag = {k: cr[k] for k in kept if k in cr}
+            cr.clear()
+            cr.update(tag, vast_tag_url=f"{scheme}://tags.example/vast?c={tag['id']}")
+        elif r < 0.3:
+            cr["renditions"] = [
+                rend for rend in cr["renditions"] if rend["mime"] != "video/mp4"
+            ] or cr["renditions"]
+        elif r < 0.45:  # mixed: mp4 over http, HLS over https
+            for rend in cr["renditions"]:
+                if rend["mime"] == "video/mp4":
+                    rend["url"] = rend["url"].replace("https://", "http://")
+    catalog = parse_catalog(json.loads(json.dumps(data)))
+    return catalog, build_index(catalog)
+
+
+MIME_CHOICES = ["video/mp4", "application/x-mpegurl", "video/webm", "video/ogg"]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests(),
+    st.none() | st.frozensets(st.sampled_from(MIME_CHOICES), min_size=1),
+    st.booleans(),
+)
+def test_bitsets_agree_with_the_filters_on_mimes(
+    case: tuple[int, dict[str, str], timedelta], mimes: frozenset[str] | None, https: bool
+) -> None:
+    """OpenRTB ``video.mimes``: the bitsets keep exactly the candidates the policy filter
+    keeps, with and without https media required, wrappers included."""
+    seed, q, _ = case
+    catalog, index = _catalog_with_tags(seed)
+    req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=https)
+    req = replace(req, mimes=mimes)
+    env = _env(req, timedelta(0))
+    fast, dropped = index.select(req, env)
+    slow = screen(req, index.candidates, env, PRE_DELIVERY_FILTERS)
+    assert [c.key for c in fast] == [c.key for c in slow.survivors]
+    assert sum(dropped.values()) == len(index.candidates) - len(fast)
+
+
+def test_mimes_drop_creatives_without_a_listed_type_but_keep_tags() -> None:
+    """Only mp4 listed: an HLS-only creative is ``mime_type``; a tag (media unknown) stays;
+    the same creative passes when HLS is listed too (in any case, with parameters)."""
+    _, index = _catalog_with_tags(1)
+    by_kind: dict[str, Any] = {}
+    for c in index.candidates:
+        types = {r.mime.lower() for r in c.creative.renditions}
+        if c.creative.vast_tag_url is not None:
+            by_kind.setdefault("tag", c)
+        elif types == {"application/x-mpegurl"}:
+            by_kind.setdefault("hls", c)
+    base = AdRequest(brk=BreakSpec(BreakPosition.MID, 120_000, 4), require_https=False)
+    env = StageEnv(now=NOW)
+    mp4 = replace(base, mimes=frozenset({"video/mp4"}))
+    assert policy(mp4, by_kind["tag"], env) is None
+    assert policy(base, by_kind["hls"], env) is None
+    assert policy(mp4, by_kind["hls"], env) is Reason.MIME_TYPE
+    both = replace(base, mimes=frozenset({"application/x-mpegurl", "video/mp4"}))
+    assert policy(both, by_kind["hls"], env) is None
+    _, dropped = index.select(mp4, env)
+    assert dropped.get(Reason.MIME_TYPE, 0) > 0

@@ -1056,3 +1056,106 @@ async def test_a_structured_pod_search_out_of_budget_is_counted(
     text = await (await client.get("/metrics")).text()
     line = 'vastserver_degradations_total{reason="pod_search_budget"} 1.0'
     assert line in text.splitlines()
+
+
+def _explanation(xml: bytes) -> dict[str, Any]:
+    from lxml import etree
+
+    root = etree.fromstring(xml)
+    for ext in root.iter("{*}Extension"):
+        if ext.get("type") == "vastserver-debug":
+            data: dict[str, Any] = json.loads(str(next(ext.iter("{*}Explanation")).text))
+            return data
+    comment = next(c for c in root.iter(etree.Comment) if "vastserver-debug" in str(c.text))
+    data = json.loads(str(comment.text).split("vastserver-debug", 1)[1])
+    return data
+
+
+def _media_types(xml: bytes) -> list[str]:
+    from lxml import etree
+
+    return [str(m.get("type")) for m in etree.fromstring(xml).iter("{*}MediaFile")]
+
+
+def _hls_only_catalog(tmp_path: Path) -> Path:
+    """The demo catalog with Northstar's 15 s winter spot in HLS only."""
+    from tests.test_catalog import demo_doc
+
+    doc = demo_doc()
+    cr = next(c for c in doc["creatives"] if c["id"] == "cr-northstar-winter-15")
+    cr["renditions"] = [r for r in cr["renditions"] if r["mime"] == "application/x-mpegURL"]
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+async def test_video_mimes_pick_the_creatives_and_their_media_files(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``video.mimes`` used to be ignored: every rendition was listed and an HLS-only spot
+    served to a player taking mp4 only. Now only creatives with a listed type serve (the
+    others are ``mime_type``, a policy reason) and the VAST lists only those MediaFiles;
+    the comparison ignores case and parameters."""
+    client = await make_client(catalog=str(_hls_only_catalog(tmp_path)))
+    doc = dynamic_pod()
+    doc["imp"][0]["video"]["mimes"] = ['VIDEO/MP4; codecs="avc1.64001f"']
+    doc["ext"] = {"vastserver": {"debug": 1}}
+    resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+    assert resp.status == 200, await resp.text()
+    xml = bytes(await resp.read())
+    assert _ads(xml), "the pod still fills"
+    assert set(_media_types(xml)) == {"video/mp4"}
+    _xsd_valid(xml)
+    data = _explanation(xml)
+    dropped = {
+        (c["creative_id"], c["reason"], c["stage"]) for c in data["candidates"] if not c["selected"]
+    }
+    assert ("cr-northstar-winter-15", "mime_type", "policy") in dropped
+    assert "cr-northstar-winter-15" not in {a["creative_id"] for a in data["pod"]["ads"]}
+    text = await (await client.get("/metrics")).text()
+    assert any(
+        line.startswith('vastserver_rejections_total{reason="mime_type"')
+        for line in text.splitlines()
+    )
+
+    # HLS accepted: the spot may serve, and only HLS media files are listed
+    doc["imp"][0]["video"]["mimes"] = ["application/x-mpegurl"]
+    doc["device"]["ifa"] = "mimes-viewer-2"
+    resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+    xml = bytes(await resp.read())
+    assert _ads(xml)
+    assert set(_media_types(xml)) == {"application/x-mpegURL"}
+    _xsd_valid(xml)
+    reasons = {c["creative_id"]: c["reason"] for c in _explanation(xml)["candidates"]}
+    assert reasons.get("cr-northstar-winter-15") != "mime_type"
+
+
+@pytest.mark.parametrize(
+    ("mimes", "field"),
+    [
+        ([], "imp[0].video.mimes"),
+        ("video/mp4", "imp[0].video.mimes"),
+        (["video/mp4", 3], "imp[0].video.mimes[1]"),
+        (["mp4"], "imp[0].video.mimes[0]"),
+        ([" ;codecs=x"], "imp[0].video.mimes[0]"),
+    ],
+)
+def test_bad_video_mimes_are_a_400_naming_them(mimes: object, field: str) -> None:
+    doc = dynamic_pod()
+    doc["imp"][0]["video"]["mimes"] = mimes
+    with pytest.raises(ParamError) as e:
+        parse(doc)
+    assert e.value.field == field
+
+
+def test_video_mimes_are_what_every_imp_takes() -> None:
+    """Any ad of a structured pod may go in any of its slots: the types all imps list."""
+    doc = structured_pod()
+    doc["imp"][0]["video"]["mimes"] = ["video/mp4", "Application/X-MpegURL"]
+    doc["imp"][1]["video"]["mimes"] = ["video/mp4", "application/x-mpegurl", "video/webm"]
+    del doc["imp"][2]["video"]["mimes"]  # (OpenRTB requires it; absent restricts nothing)
+    got = parse(doc).request.mimes
+    assert got == frozenset({"video/mp4", "application/x-mpegurl"})
+    for imp in doc["imp"]:
+        imp["video"].pop("mimes", None)
+    assert parse(doc).request.mimes is None

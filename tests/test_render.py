@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -123,6 +124,41 @@ async def test_cached_fragment_equals_full_render(catalog: Path, version: str) -
         assert len(imps) == len(d.ads) == len(set(imps))
 
 
+def _media_types(xml: str) -> list[str]:
+    root = etree.fromstring(xml.encode())
+    return [str(m.get("type")) for m in root.iter("{*}MediaFile")]
+
+
+async def test_listed_mimes_filter_the_media_files_without_poisoning_the_cache(
+    catalog: Path,
+) -> None:
+    """A request listing ``video.mimes`` gets only the MediaFiles of those types, from the
+    cached fragment as from the full render; the fragment of the same ad for a request
+    without mimes (or listing every type it has) keeps them all, before and after."""
+    rt = _runtime(catalog)
+    r: Renderer = rt.renderer
+    ver = VersionVM.of("4.2")
+    d = next(
+        d
+        for d in await _decisions(rt, "4.2", 20)
+        if d.ads and not d.ads[0].candidate.creative.vast_tag_url
+    )
+    ad = d.ads[0]
+    types = {m.mime for m in ad.candidate.creative.renditions}
+    assert {"video/mp4", "application/x-mpegURL"} <= types
+    mp4 = replace(d, request=replace(d.request, mimes=frozenset({"video/mp4"})))
+    every = replace(d, request=replace(d.request, mimes=frozenset(t.lower() for t in types)))
+    full = _media_types(r._ad_full(d, ad, ver, None))
+    assert set(full) == types
+    for _ in range(2):  # the second pass reads the cache
+        for dec, want in ((d, full), (mp4, ["video/mp4"] * full.count("video/mp4")), (every, full)):
+            assert _media_types(r._ad_fast(dec, ad, ver)) == want
+            assert r._ad_fast(dec, ad, ver) == r._ad_full(dec, ad, ver, None)
+    # one entry for "all types" (no mimes, or every type listed), one for mp4 only
+    keys = {k[3] for k in r._fragments if k[0] == id(ad.candidate) and k[1] == "4.2"}
+    assert keys == {None, frozenset({"video/mp4"})}
+
+
 async def test_debug_render_carries_the_explanation_once(catalog: Path) -> None:
     rt = _runtime(catalog)
     d = next(d for d in await _decisions(rt, "4.2", 10) if len(d.ads) >= 2)
@@ -148,7 +184,7 @@ def test_fragment_cache_is_bounded(catalog: Path) -> None:
     cands = rt.service.snapshot.index.candidates[:10]
     ver = VersionVM.of("4.2")
     for c in cands:
-        r._fragment(c, ver, True)
+        r._fragment(c, ver, True, None)
     assert len(r._fragments) == 3
 
 

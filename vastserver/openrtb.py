@@ -68,6 +68,10 @@ Mapped elsewhere
   ``regs.ext``) (:func:`vastserver.consent.read_privacy`): an opt-out of sale,
   sharing or targeted advertising drops the segments; so does ``regs.coppa`` = 1.
 * ``imp.secure`` = 1 forces HTTPS media even where the server setting allows HTTP.
+* ``video.mimes`` -> :attr:`AdRequest.mimes`: lowercased, parameters dropped, the types every
+  imp listing it takes (any ad may go in any slot). Only renditions of those types count (a
+  creative with none is ``mime_type``) and the VAST lists only them; a third-party tag stays
+  (its media are the tag's). An empty list or a malformed type is a 400.
 * ``video.protocols`` picks the VAST version: 4.2 when listed (or nothing known is listed),
   else the highest listed.
 * ``video.mincpmpersec`` -> :attr:`OpenRtbPod.floor_cpm_per_s` (the highest over the imps);
@@ -142,6 +146,8 @@ _REGION_RE = re.compile(r"^[A-Za-z]{2}-[A-Za-z0-9]{1,3}$")
 _DMA_RE = re.compile(r"^\d{3}$")
 _LANG_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
 _ZERO_IFA_RE = re.compile(r"^[0\-]+$")
+_MIME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+\-]*/[a-z0-9][a-z0-9!#$&^_.+\-]*$")
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 
 DEVICE_TYPES_BY_CODE: Mapping[int, str] = MappingProxyType(
     {1: "mobile", 2: "desktop", 3: "ctv", 4: "mobile", 5: "mobile", 6: "ctv", 7: "stb"}
@@ -358,6 +364,7 @@ class _Imp:
     floor_cpm: float | None
     secure: bool
     vast_versions: frozenset[str]
+    mimes: frozenset[str] | None
     ext: Obj | None
     tagid: str | None
 
@@ -469,9 +476,35 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
         floor_cpm=floor_cpm,
         secure=_opt_flag(imp, "secure", path) is True,
         vast_versions=frozenset(versions),
+        mimes=_mimes(video, vpath),
         ext=_opt_obj(imp, "ext", path),
         tagid=tagid if tagid is not None and _TOKEN_RE.match(tagid) else None,
     )
+
+
+def _mimes(video: Obj, vpath: str) -> frozenset[str] | None:
+    """``video.mimes``, each lowercased without parameters (``video/MP4; codecs=x`` ->
+    ``video/mp4``); None when absent."""
+    if video.get("mimes") is None:
+        return None
+    p = f"{vpath}.mimes"
+    items = _arr(video["mimes"], p, MAX_LIST)
+    if not items:
+        _fail(p, "empty list: list the MIME types the player takes, or leave mimes out")
+    out: set[str] = set()
+    for j, item in enumerate(items):
+        mime = _str(item, f"{p}[{j}]", 255).split(";", 1)[0].strip().lower()
+        if not _MIME_RE.match(mime):
+            _fail(f"{p}[{j}]", "not a MIME type such as video/mp4")
+        out.add(mime)
+    return frozenset(out)
+
+
+def _pod_mimes(imps: list[_Imp]) -> frozenset[str] | None:
+    """The types every imp takes (any ad of the pod may go in any slot); None when no imp
+    lists ``mimes``."""
+    lists = [imp.mimes for imp in imps if imp.mimes is not None]
+    return frozenset.intersection(*lists) if lists else None
 
 
 def _position(imps: list[_Imp]) -> BreakPosition:
@@ -948,6 +981,7 @@ def parse_bid_request(
         caller_ip=client.caller_ip,
         caller_user_agent=client.caller_user_agent,
         require_https=require_https or any(imp.secure for imp in imps),
+        mimes=_pod_mimes(imps),
         privacy=privacy,
     )
     return OpenRtbPod(

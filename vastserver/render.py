@@ -66,6 +66,8 @@ _N_AD = len(_DYNAMIC) - len(PRIVACY_MACROS)
 """The values before the privacy macros'."""
 _SCOPE_INDEX = {scope: n for n, scope in enumerate(BEACON_SCOPES)}
 _Fragment = tuple[tuple[str, ...], tuple[int, ...]]
+_FragmentKey = tuple[int, str, bool, frozenset[str] | None]
+"""(candidate id, VAST version, priced, rendition types listed: :func:`listed_types`)."""
 
 
 def _cdata(url: str) -> Markup:
@@ -308,7 +310,7 @@ class Renderer:
         self._placeholders = tuple(f"{stem}{n:03d}" for n in range(len(_DYNAMIC)))
         self._split = re.compile("(" + "|".join(self._placeholders) + ")")
         self._slot_of = {ph: n for n, ph in enumerate(self._placeholders)}
-        self._fragments: LRUCache[tuple[int, str, bool], tuple[Candidate, _Fragment]] = LRUCache(
+        self._fragments: LRUCache[_FragmentKey, tuple[Candidate, _Fragment]] = LRUCache(
             maxsize=fragment_cache_size
         )
         self._versions = {v: VersionVM.of(v) for v in LINEAR_EVENTS_BY_VERSION}
@@ -397,6 +399,7 @@ class Renderer:
             ad.candidate,
             ver,
             _micros(ad) > 0,
+            listed_types(ad.candidate.creative, decision.request.mimes),
             dyn[:_N_SCOPES],
             *dyn[_N_SCOPES:],
             privacy=_privacy(decision),
@@ -404,7 +407,8 @@ class Renderer:
         return Markup(self.ad_template.render(ver=ver, ad=vm, debug_json=debug_json))
 
     def _ad_fast(self, decision: Decision, ad: PlacedAd, ver: VersionVM) -> Markup:
-        statics, slots = self._fragment(ad.candidate, ver, _micros(ad) > 0)
+        media = listed_types(ad.candidate.creative, decision.request.mimes)
+        statics, slots = self._fragment(ad.candidate, ver, _micros(ad) > 0, media)
         dyn = self._dynamic(decision, ad)
         # The tokens are base64url, dots and hex (nothing to escape); the rest is escaped
         # as the template would (a test holds this path equal to the template's). Only a
@@ -419,12 +423,16 @@ class Renderer:
             out.append(text)
         return Markup("".join(out))
 
-    def _fragment(self, c: Candidate, ver: VersionVM, priced: bool) -> _Fragment:
+    def _fragment(
+        self, c: Candidate, ver: VersionVM, priced: bool, media: frozenset[str] | None
+    ) -> _Fragment:
         """The ad template's text for ``c`` cut at the placeholders: the static pieces, and
         between each two the index of the :data:`_DYNAMIC` value that goes there. With and
         without ``<Pricing>`` (``priced``): one line item's impression may cost nothing in
-        one slot and something in another."""
-        key = (id(c), ver.version, priced)
+        one slot and something in another. ``media``: the rendition types listed
+        (:func:`listed_types`), part of the key; ``None`` (all of them) shares the entry of
+        every request that filters nothing out of this creative."""
+        key = (id(c), ver.version, priced, media)
         hit = self._fragments.get(key)
         if hit is not None and hit[0] is c:  # the entry holds ``c``: its id is not reused
             return hit[1]
@@ -433,6 +441,7 @@ class Renderer:
             c,
             ver,
             priced,
+            media,
             ph[:_N_SCOPES],
             ph[_N_SCOPES] if _has_click_token(c.creative) else "",
             *ph[_N_SCOPES + 1 : _N_AD],
@@ -448,6 +457,7 @@ class Renderer:
         c: Candidate,
         ver: VersionVM,
         priced: bool,
+        media: frozenset[str] | None,
         tokens: Sequence[str],
         click_token: str,
         sequence: str,
@@ -456,7 +466,8 @@ class Renderer:
         *,
         privacy: Sequence[str],
     ) -> AdVM:
-        """``tokens``: the ad's token signed for each of :data:`BEACON_SCOPES`, in order;
+        """``media``: the rendition types to list (None: all); ``tokens``: the ad's token
+        signed for each of :data:`BEACON_SCOPES`, in order;
         ``privacy``: the values of the privacy macros (:data:`PRIVACY_MACROS` order)."""
 
         def url(event: str) -> Markup:
@@ -511,7 +522,7 @@ class Renderer:
             captions=tuple(CaptionVM(_cdata(x.url), x.mime, x.language) for x in cr.captions),
             extra_impressions=tuple(_cdata(u) for u in extra.get("impression", ())),
             click_trackers=tuple(_cdata(u) for u in extra.get("click", ())),
-            media_files=_media_files(cr),
+            media_files=_media_files(cr, media),
             mezzanine=_mezzanine(cr),
             verifications=tuple(
                 VerificationVM(
@@ -723,7 +734,19 @@ def _num(v: float) -> str:
     return str(int(v)) if v == int(v) else f"{v:.3f}"
 
 
-def _media_files(cr: Creative) -> tuple[MediaFileVM, ...]:
+def listed_types(cr: Creative, mimes: frozenset[str] | None) -> frozenset[str] | None:
+    """The rendition types of ``cr`` its ``<MediaFiles>`` list for a request accepting
+    ``mimes`` (OpenRTB ``video.mimes``): ``None`` when that is all of them (no ``mimes``,
+    or every type of the creative listed), so such requests share one cached fragment."""
+    if mimes is None:
+        return None
+    types = frozenset(r.mime.lower() for r in cr.renditions)
+    kept = types & mimes
+    return None if kept == types else kept
+
+
+def _media_files(cr: Creative, media: frozenset[str] | None) -> tuple[MediaFileVM, ...]:
+    """The renditions (of the ``media`` types, when given), numbered as in the catalog."""
     return tuple(
         MediaFileVM(
             id=f"{cr.id}-{n}",
@@ -736,6 +759,7 @@ def _media_files(cr: Creative) -> tuple[MediaFileVM, ...]:
             url=_cdata(r.url),
         )
         for n, r in enumerate(cr.renditions, start=1)
+        if media is None or r.mime.lower() in media
     )
 
 

@@ -108,6 +108,10 @@ class AdRequest:
     """Who sent the request (an SSAI stitcher when the device headers are present)."""
     caller_user_agent: str | None = None
     require_https: bool = True
+    mimes: frozenset[str] | None = None
+    """OpenRTB ``video.mimes``, lowercased without parameters: only renditions of these
+    types may play (a creative with none is dropped, the VAST lists only these); ``None``:
+    any type."""
     floor_cpm_per_s: float | None = None
     """OpenRTB ``mincpmpersec``: an ad's CPM divided by its seconds must reach this."""
     floor_cpm: float | None = None

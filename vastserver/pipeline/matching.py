@@ -147,6 +147,9 @@ the catalog's targeted values plus one per dimension, 23 chunks of 1 KB each at 
 _DURATION_MASKS = 256
 """Duration-fit bitsets kept built, by (check, bound): pods come in a few lengths."""
 
+_MIME_MASKS = 64
+"""``video.mimes`` bitsets kept built, by (playable types listed, https only)."""
+
 _Step = tuple[bool, Reason, Chunks]
 """One request check: (keep or drop, reason, the bitset kept or dropped)."""
 
@@ -185,6 +188,13 @@ def _apply(
                 return 0, 0
             m, count = new, n
     return m, count
+
+
+def _or_all(chunks: Iterable[int]) -> int:
+    out = 0
+    for c in chunks:
+        out |= c
+    return out
 
 
 def _targeted(t: int, k: int, check: _DimCheck) -> int:
@@ -260,6 +270,13 @@ class BitIndex:
     ctv_https: Chunks
     any_playable: Chunks
     any_https: Chunks
+    by_mime: Mapping[str, tuple[Chunks, Chunks]]
+    """Playable MIME type (lowercase) -> (candidates with a rendition of that type, those
+    with an https one). Third-party tags are in every type's sets (their media are the
+    tag's; an https tag counts as https media), for requests listing ``video.mimes``."""
+    wrappers: tuple[Chunks, Chunks]
+    """Third-party tags (and the https ones): the ``by_mime`` sets of a type no creative
+    of the catalog has."""
     duration: Mapping[int, Chunks]
     residual_flags: bytes
     """One byte per candidate: 1 for dayparts or key-value rules (checked one by one)."""
@@ -277,6 +294,7 @@ class BitIndex:
     _domain_masks: dict[str, Chunks] = field(default_factory=dict)
     _duration_masks: dict[tuple[str, DurationBound], Chunks] = field(default_factory=dict)
     _passes: dict[tuple[str, tuple[str, ...]], Chunks] = field(default_factory=dict)
+    _mime_masks: dict[tuple[frozenset[str], bool], Chunks] = field(default_factory=dict)
 
     def _chunks(self, ordinals: npt.NDArray[np.int32]) -> Chunks:
         return split_chunks(ordinals, self.n_all, self.chunk_bits)
@@ -352,12 +370,17 @@ class BitIndex:
         if req.device.device_type in CTV_DEVICE_TYPES:
             after.append((False, Reason.VPAID_ON_CTV, self.vpaid))
             after.append((True, Reason.NO_PLAYABLE_MEDIA, self.ctv_playable))
-            if req.require_https:
-                after.append((True, Reason.INSECURE_MEDIA, self.ctv_https))
+            playable, secure = CTV_MIMES, self.ctv_https
         else:
             after.append((True, Reason.NO_PLAYABLE_MEDIA, self.any_playable))
-            if req.require_https:
-                after.append((True, Reason.INSECURE_MEDIA, self.any_https))
+            playable, secure = PLAYABLE_MIMES, self.any_https
+        if req.mimes is not None:
+            # Only the renditions of the listed types count, for being playable and secure.
+            allowed = playable & req.mimes
+            after.append((True, Reason.MIME_TYPE, self._mime_mask(allowed, secure=False)))
+            secure = self._mime_mask(allowed, secure=True)
+        if req.require_https:
+            after.append((True, Reason.INSECURE_MEDIA, secure))
         return MatchPlan(tuple(before), tuple(passes), tuple(targeting), tuple(after))
 
     def match_chunk(self, plan: MatchPlan, k: int, dropped: dict[Reason, int]) -> int:
@@ -446,6 +469,21 @@ class BitIndex:
             assert check is not None  # restricted, or the value is excluded
             mask = tuple(_targeted(m, k, check) for k, m in enumerate(self.all))
             if len(cache) >= _PASS_MASKS:
+                cache.clear()
+            cache[key] = mask
+        return mask
+
+    def _mime_mask(self, mimes: frozenset[str], *, secure: bool) -> Chunks:
+        """Candidates with a rendition (``secure``: an https one) of one of ``mimes``, and
+        third-party tags (``secure``: https ones). Kept per set: callers send a few."""
+        key = (mimes, secure)
+        cache = self._mime_masks
+        mask = cache.get(key)
+        if mask is None:
+            k = int(secure)
+            parts = [self.wrappers[k], *(self.by_mime[m][k] for m in mimes if m in self.by_mime)]
+            mask = tuple(_or_all(chunk) for chunk in zip(*parts, strict=True))
+            if len(cache) >= _MIME_MASKS:
                 cache.clear()
             cache[key] = mask
         return mask
@@ -627,6 +665,8 @@ def build_bit_index(
     ctv_https: set[int] = set()
     any_playable: set[int] = set()
     any_https: set[int] = set()
+    by_mime: dict[str, tuple[set[int], set[int]]] = defaultdict(lambda: (set(), set()))
+    wrappers: tuple[set[int], set[int]] = (set(), set())
     residual: set[int] = set()
     flights: dict[tuple[datetime, datetime], set[int]] = defaultdict(set)
     boundaries: set[datetime] = set()
@@ -673,6 +713,17 @@ def build_bit_index(
             any_playable.add(i)
         if any(u[:8].lower() == "https://" for u in anyp):
             any_https.add(i)
+        if cr.vast_tag_url is not None:
+            wrappers[0].add(i)
+            if cr.vast_tag_url[:8].lower() == "https://":
+                wrappers[1].add(i)
+        else:  # a tag's own renditions are never played (see playable_urls)
+            for rend in cr.renditions:
+                mime = rend.mime.lower()
+                if mime in PLAYABLE_MIMES:
+                    by_mime[mime][0].add(i)
+                    if rend.url[:8].lower() == "https://":
+                        by_mime[mime][1].add(i)
         duration[cr.duration_ms].add(i)
         if li.targeting.dayparts or li.targeting.key_values:
             residual.add(i)
@@ -710,6 +761,8 @@ def build_bit_index(
         ctv_https=chunks(ctv_https),
         any_playable=chunks(any_playable),
         any_https=chunks(any_https),
+        by_mime={m: (chunks(a), chunks(b)) for m, (a, b) in by_mime.items()},
+        wrappers=(chunks(wrappers[0]), chunks(wrappers[1])),
         duration={ms: chunks(s) for ms, s in duration.items()},
         residual_flags=bytes(i in residual for i in range(len(candidates))),
         group=group,

@@ -42,6 +42,9 @@ class Reason(StrEnum):
     BLOCKED_ADVERTISER = "blocked_advertiser"
     NO_PLAYABLE_MEDIA = "no_playable_media"
     INSECURE_MEDIA = "insecure_media"
+    MIME_TYPE = "mime_type"
+    """Playable media, but no rendition of a type the request lists (OpenRTB
+    ``video.mimes``)."""
     VPAID_ON_CTV = "vpaid_on_ctv"
     STREAM_SEPARATION = "stream_separation"
     # delivery control
@@ -80,6 +83,7 @@ _STAGE_OF: dict[Reason, Stage] = {
     Reason.BLOCKED_ADVERTISER: Stage.POLICY,
     Reason.NO_PLAYABLE_MEDIA: Stage.POLICY,
     Reason.INSECURE_MEDIA: Stage.POLICY,
+    Reason.MIME_TYPE: Stage.POLICY,
     Reason.VPAID_ON_CTV: Stage.POLICY,
     Reason.STREAM_SEPARATION: Stage.POLICY,
     Reason.FREQUENCY_CAP: Stage.FREQUENCY,

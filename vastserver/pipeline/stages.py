@@ -152,6 +152,10 @@ def policy(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     playable = playable_urls(cr, mimes)
     if not playable:
         return Reason.NO_PLAYABLE_MEDIA
+    if req.mimes is not None:
+        playable = playable_urls(cr, mimes & req.mimes)
+        if not playable:
+            return Reason.MIME_TYPE
     if req.require_https and not any(u[:8].lower() == "https://" for u in playable):
         return Reason.INSECURE_MEDIA
     return None
