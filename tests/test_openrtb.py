@@ -1159,3 +1159,65 @@ def test_video_mimes_are_what_every_imp_takes() -> None:
     for imp in doc["imp"]:
         imp["video"].pop("mimes", None)
     assert parse(doc).request.mimes is None
+
+
+async def test_a_test_request_reserves_nothing_and_its_beacons_count_nothing(
+    make_client: ClientFactory,
+) -> None:
+    """``test`` = 1 used to be ignored: a test pod reserved caps and budget and its beacons
+    counted as delivery. Now it is decided and rendered as usual, but the line items serve
+    nothing and the ads' beacons (their tokens flagged) answer 204 without counting; the
+    same request without ``test`` counts."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from lxml import etree
+
+    from tests.conftest import ADMIN
+
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    client = await make_client()
+
+    async def serve(test: int, ifa: str) -> list[tuple[str, str]]:
+        doc = dynamic_pod()
+        doc["test"], doc["device"]["ifa"] = test, ifa
+        resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+        assert resp.status == 200, await resp.text()
+        xml = bytes(await resp.read())
+        _xsd_valid(xml)
+        out = []
+        for ad in etree.fromstring(xml).iter("{*}Ad"):
+            imp = urlsplit(str(next(ad.iter("{*}Impression")).text).strip())
+            out.append((str(ad.get("id")), f"{imp.path}?{imp.query}"))
+        return out
+
+    async def served() -> dict[str, tuple[int, int]]:
+        rows = await (await client.get("/admin/line-items", headers=auth)).json()
+        return {r["id"]: (r["served"], r["delivered_impressions"]) for r in rows}
+
+    start = await served()
+    ads = await serve(1, "test-viewer")
+    assert ads, "a test request is decided and rendered as usual"
+    for _, url in ads:
+        assert parse_qs(urlsplit(url).query)["tk"]
+        assert (await client.get(url)).status == 204
+    assert await served() == start
+    text = await (await client.get("/metrics")).text()
+    assert f'vastserver_beacons_total{{event="impression",result="test"}} {len(ads)}.0' in text
+
+    real = await serve(0, "real-viewer")
+    for _, url in real:
+        assert (await client.get(url)).status == 204
+    after = await served()
+    assert sum(s for s, _ in after.values()) == len(real)
+    assert sum(d for _, d in after.values()) == len(real)
+
+
+def test_test_flag_is_read_and_checked() -> None:
+    doc = dynamic_pod()
+    assert parse(doc).request.test is False  # "test": 0
+    doc["test"] = 1
+    assert parse(doc).request.test is True
+    doc["test"] = 2
+    with pytest.raises(ParamError) as e:
+        parse(doc)
+    assert e.value.field == "test"

@@ -92,6 +92,29 @@ def test_round_trip_lmt_and_empty_strings() -> None:
     assert verify(sign(token, KEYRING, "impression"), KEYRING, NOW, MAX_AGE, "impression") == token
 
 
+SIGNED_BEFORE_TEST_FLAG = (
+    "AgGCAWUTJw4mng038qdN5FLmtDgD1SUDtVAD-QIDNEEK5tm9C3tlawRvHC0-S1pMbY5_ASNFZ4mr7QJleGFtcGxl"
+    "LWJyYW5kLmNvbS9jdHY_dXRtX3NvdXJjZT12YXN0JmNtcD0zNzeg-PoFgLjIsQYC.a92df7.OVO6oNfC6HUQHCHYzqdgZQ"
+)
+"""``make_token(lmt=True)`` signed for ``impression`` by the code before the test flag."""
+
+
+def test_test_flag_round_trips_and_old_tokens_still_verify() -> None:
+    """OpenRTB ``test`` = 1 ads carry flag bit 1; a token signed before that bit existed
+    verifies unchanged (not a test), and a token without the flag encodes as before."""
+    for lmt in (False, True):
+        token = make_token(lmt=lmt, test=True)
+        signed = sign(token, KEYRING, "impression")
+        got = verify(signed, KEYRING, NOW, MAX_AGE, "impression")
+        assert got == token and got.test and got.lmt is lmt
+        assert tracking._encode_payload(token)[1] == (0x03 if lmt else 0x02)
+    old = verify(SIGNED_BEFORE_TEST_FLAG, KEYRING, NOW, MAX_AGE, "impression")
+    assert old == make_token(lmt=True) and old.test is False
+    assert sign(make_token(lmt=True), KEYRING, "impression") == SIGNED_BEFORE_TEST_FLAG
+    with pytest.raises(TypeError):
+        make_token(test=1)
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -352,7 +375,7 @@ def test_validly_signed_non_canonical_payloads_are_malformed() -> None:
     # Trailing byte.
     assert kind_of(_sign_raw(raw + b"\x00")) is TokenErrorKind.MALFORMED
     # Unknown flag bit.
-    assert kind_of(_sign_raw(raw[:1] + b"\x02" + raw[2:])) is TokenErrorKind.MALFORMED
+    assert kind_of(_sign_raw(raw[:1] + b"\x04" + raw[2:])) is TokenErrorKind.MALFORMED
     # Over-long varint for pod_position (last byte): 2 as 0x82 0x00.
     assert raw[-1] == 2
     assert kind_of(_sign_raw(raw[:-1] + b"\x82\x00")) is TokenErrorKind.MALFORMED

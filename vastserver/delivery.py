@@ -393,6 +393,8 @@ class DeliveryControl:
 
         ``notUsed`` releases the serve's reservations when no impression came first; an
         impression after ``notUsed`` (or the reverse) is not counted."""
+        if token.test:  # served for a test request: it reserved nothing, it counts nothing
+            return BeaconResult(counted=False, reason="test")
         if event not in COUNTED_EVENTS and event != "notUsed":
             return BeaconResult(counted=False, reason="not_counted_event")
         settle_event = event in ("impression", "notUsed")

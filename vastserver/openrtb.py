@@ -77,7 +77,9 @@ Mapped elsewhere
 * ``video.mincpmpersec`` -> :attr:`OpenRtbPod.floor_cpm_per_s` (the highest over the imps);
   where an imp has none, a non-zero ``bidfloor`` -> :attr:`OpenRtbPod.floor_cpm` (OpenRTB
   2.6 7.6). Only in the catalog's currency (``bidfloorcur``, which defaults to USD).
-  ``test`` is ignored.
+* ``test`` = 1 -> :attr:`AdRequest.test`: the pod is decided and rendered as usual, but the
+  service reserves nothing (caps, budgets, pacing), leaves no session history and logs no
+  decision record, and the ads' tokens carry the test flag, so their beacons count nothing.
 * ``cattax`` other than 1 with a ``bcat``: a 400 (the catalog's categories are IAB 1.0).
 * Our own extension ``ext.vastserver`` (top level) and ``imp[].ext.vastserver``:
   ``placement`` (else ``imp[0].tagid`` when it is a plain token), ``session``, ``avail``,
@@ -982,6 +984,7 @@ def parse_bid_request(
         caller_user_agent=client.caller_user_agent,
         require_https=require_https or any(imp.secure for imp in imps),
         mimes=_pod_mimes(imps),
+        test=_opt_flag(root, "test", "") is True,
         privacy=privacy,
     )
     return OpenRtbPod(

@@ -381,6 +381,7 @@ class Renderer:
             session=req.session or "",
             click_url="",
             lmt=req.device.lmt,
+            test=req.test,
         )
         # Beacons do not need the click-through; only the /c token carries it, which keeps
         # the ~16 tracking URLs of every ad short. A wrapper's click token (for its

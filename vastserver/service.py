@@ -226,23 +226,25 @@ class AdService:
         d = decide(req, kept, env, scorer=scorer, filters=DELIVERY_FILTERS, prior=prior)
         if not d.pod_exact:
             self.metrics.degradations.labels("pod_search_budget").inc()
-        before, errors = len(d.ads), self.delivery.store_errors
-        d = await self.delivery.commit(
-            d, viewer, within=left(MIN_STORE_WAIT_S), catalog=snap.catalog
-        )
-        if len(d.ads) < before and self.delivery.store_errors > errors:
-            self.metrics.degradations.labels("commit_failed").inc()
-        try:
-            await within(self.delivery.store, self.delivery.remember(d), left(MIN_STORE_WAIT_S))
-        except TimeoutError:
-            self.metrics.degradations.labels("history_timeout").inc()
+        if not req.test:  # a test request reserves nothing and leaves no session history
+            before, errors = len(d.ads), self.delivery.store_errors
+            d = await self.delivery.commit(
+                d, viewer, within=left(MIN_STORE_WAIT_S), catalog=snap.catalog
+            )
+            if len(d.ads) < before and self.delivery.store_errors > errors:
+                self.metrics.degradations.labels("commit_failed").inc()
+            try:
+                await within(self.delivery.store, self.delivery.remember(d), left(MIN_STORE_WAIT_S))
+            except TimeoutError:
+                self.metrics.degradations.labels("history_timeout").inc()
         d = replace(
             d,
             viewer_hash=vh,
             ads=tuple(replace(a, ad_serving_id=new_ad_serving_id(self.rng)) for a in d.ads),
         )
         self._observe(d, dropped if not prior else {})
-        self.delivery.note_rejections(d)
+        if not req.test:
+            self.delivery.note_rejections(d)
         shadow = None
         if d.ads and self.models.shadow is not None:
             ctx = ScoringContext(now, pre.exposures, env.completion_rates)
@@ -256,7 +258,8 @@ class AdService:
             self.metrics.experiment_decisions.labels(
                 self.models.experiment or "", arm, "filled" if d.ads else "empty"
             ).inc()
-        if not isinstance(self.events, NullSink):  # no log: skip building the record
+        # no log: skip building the record; a test request is no serve to learn from
+        if not req.test and not isinstance(self.events, NullSink):
             self.events.append(
                 decision_record(
                     d,

@@ -22,7 +22,7 @@ Token format
       u8      format version (currently 2: the tag binds the event scope; version 1
               tokens, with one tag over ``"<payload>.<kid>"`` for every event, verify on
               any path until they expire)
-      u8      flags (bit 0 = lmt; the other bits must be 0)
+      u8      flags (bit 0 = lmt, bit 1 = test; the other bits must be 0)
       8 x str ad_serving_id, line_item_id, creative_id, campaign_id, advertiser_id,
               viewer_hash, session, click_url
       varint  price_micros
@@ -213,6 +213,8 @@ _SHA256_BLOCK = 64
 _KID_LEN = 6
 _MAX_INT = 2**63 - 1
 _FLAG_LMT = 0x01
+_FLAG_TEST = 0x02
+_KNOWN_FLAGS = _FLAG_LMT | _FLAG_TEST
 _STRING_FIELDS = (
     "ad_serving_id",
     "line_item_id",
@@ -295,6 +297,9 @@ class AdToken:
     """Creative click-through, used only by the ``/c`` redirect; may be empty."""
     lmt: bool = False
     """Limit ad tracking was set for this request."""
+    test: bool = False
+    """Served for a test request (OpenRTB ``test`` = 1): its beacons count nothing. Tokens
+    signed before the flag existed have the bit clear, so they verify and count as before."""
 
     def __post_init__(self) -> None:
         # Fast path: the usual all-valid token (exact types). Anything else, including str/int
@@ -315,6 +320,7 @@ class AdToken:
             and 0 <= self.served_at <= _MAX_INT
             and 1 <= self.pod_position <= _MAX_INT
             and type(self.lmt) is bool
+            and type(self.test) is bool
         ):
             return
         for name in _STRING_FIELDS:
@@ -330,6 +336,8 @@ class AdToken:
             raise ValueError("AdToken.pod_position is 1-based")
         if not isinstance(self.lmt, bool):
             raise TypeError("AdToken.lmt must be bool")
+        if not isinstance(self.test, bool):
+            raise TypeError("AdToken.test must be bool")
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,8 +480,8 @@ _VARINT_CACHE_SIZE = 1024
 
 _VERSION_BYTE = bytes((FORMAT_VERSION,))
 _LEGACY_VERSION_BYTE = b"\x01"
-_HEAD = bytes((FORMAT_VERSION, 0))
-_HEAD_LMT = bytes((FORMAT_VERSION, _FLAG_LMT))
+_HEADS = tuple(bytes((FORMAT_VERSION, flags)) for flags in range(_KNOWN_FLAGS + 1))
+"""The version and flags bytes, by flags."""
 _SMALL_VARINTS = tuple(bytes((i,)) for i in range(0x80))
 _ONLY_STR = frozenset((str,))
 _ONLY_INT = frozenset((int,))
@@ -608,7 +616,12 @@ def _payload_parts(token: AdToken) -> tuple[bytes, bytes, bytes]:
         # str/int subclasses may hash or compare oddly: keep them away from the caches.
         encode_str, encode_int = _encode_str_uncached, _varint_uncached
     return (
-        b"".join((_HEAD_LMT if token.lmt else _HEAD, *map(encode_str, strings))),
+        b"".join(
+            (
+                _HEADS[(_FLAG_LMT if token.lmt else 0) | (_FLAG_TEST if token.test else 0)],
+                *map(encode_str, strings),
+            )
+        ),
         encode_str(token.click_url),
         b"".join(map(encode_int, ints)),
     )
@@ -660,7 +673,7 @@ def _decode_payload(payload: bytes) -> AdToken:
     if size < 2:
         raise _malformed("truncated payload")
     flags = payload[1]
-    if flags & ~_FLAG_LMT:
+    if flags & ~_KNOWN_FLAGS:
         raise _malformed("unknown flags")
     canonical = True
     pos = 2
@@ -719,6 +732,7 @@ def _decode_payload(payload: bytes) -> AdToken:
             served_at=ints[1],
             pod_position=ints[2],
             lmt=bool(flags & _FLAG_LMT),
+            test=bool(flags & _FLAG_TEST),
         )
     except (TypeError, ValueError):
         raise _malformed("bad field value") from None
