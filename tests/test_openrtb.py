@@ -197,6 +197,7 @@ def test_a_floor_must_be_in_the_catalogs_currency() -> None:
     assert usd_in_eur.value.field == "imp[0].bidfloorcur"
     assert "USD" in str(usd_in_eur.value) and "EUR" in str(usd_in_eur.value)
     doc["imp"][0]["bidfloorcur"] = "eur"
+    doc["cur"] = ["USD", "EUR"]
     eur = parse_bid_request(json.dumps(doc).encode(), CLIENT, RULES, currency="EUR")
     assert eur.floor_cpm_per_s == pytest.approx(0.45)
     del doc["imp"][0]["bidfloorcur"]
@@ -894,6 +895,7 @@ async def test_the_endpoint_takes_floors_in_the_catalogs_currency(
     assert resp.status == 400 and "bidfloorcur" in await resp.text()
     eur = dynamic_pod()
     eur["imp"][0]["bidfloorcur"] = "EUR"
+    eur["cur"] = ["EUR"]
     resp = await client.post("/openrtb2/pod", data=json.dumps(eur))
     assert resp.status == 200, await resp.text()
 
@@ -1221,3 +1223,68 @@ def test_test_flag_is_read_and_checked() -> None:
     with pytest.raises(ParamError) as e:
         parse(doc)
     assert e.value.field == "test"
+
+
+def test_cur_without_the_catalogs_currency_is_a_400() -> None:
+    """``cur`` used to be ignored: a caller accepting only EUR got USD prices. The catalog
+    prices in one currency, so a ``cur`` without it is a 400 naming ``cur`` (as a floor in
+    another currency is one naming ``bidfloorcur``); absent, any currency goes."""
+    doc = dynamic_pod()
+    body = json.dumps(doc).encode()
+    parse_bid_request(body, CLIENT, RULES, currency="USD")
+    for cur, field in ((["EUR", "GBP"], "cur"), ([], "cur"), (["US-D"], "cur[0]"), ("USD", "cur")):
+        doc["cur"] = cur
+        with pytest.raises(ParamError) as e:
+            parse(doc)
+        assert e.value.field == field, cur
+    doc["cur"] = ["eur", "usd"]
+    parse(doc)
+    del doc["cur"]
+    parse(doc)
+
+
+@pytest.mark.parametrize("tmax", [0, -5, 1.5, "100", 600_001])
+def test_bad_tmax_is_a_400_naming_it(tmax: object) -> None:
+    doc = dynamic_pod()
+    doc["tmax"] = tmax
+    with pytest.raises(ParamError) as e:
+        parse(doc)
+    assert e.value.field == "tmax"
+
+
+def test_tmax_shortens_the_decision_budget() -> None:
+    doc = dynamic_pod()
+    del doc["tmax"]
+    assert parse(doc).decision_budget_ms(150) == 150
+    for tmax, want in ((1500, 150), (120, 100), (60, 40), (10, 5)):
+        doc["tmax"] = tmax
+        assert parse(doc).decision_budget_ms(150) == want, tmax
+
+
+async def test_the_endpoint_decides_within_tmax(make_client: ClientFactory) -> None:
+    """``tmax`` used to be ignored: the decision always had VASTSERVER_DEADLINE_MS (150 ms
+    here) even when the caller gives up sooner. Now its deadline is tmax minus the network
+    allowance when that is shorter."""
+    import asyncio
+
+    from vastserver.app import RUNTIME
+    from vastserver.openrtb import TMAX_NETWORK_ALLOWANCE_MS
+
+    client = await make_client()
+    service = client.app[RUNTIME].service
+    budgets: list[float] = []
+    decide = service.decide
+
+    async def spy(*args: Any, deadline: float | None = None, **kw: Any) -> Any:
+        assert deadline is not None
+        budgets.append(deadline - asyncio.get_running_loop().time())
+        return await decide(*args, deadline=deadline, **kw)
+
+    service.decide = spy
+    for tmax in (1500, 80):
+        doc = dynamic_pod()
+        doc["tmax"] = tmax
+        resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+        assert resp.status == 200, await resp.text()
+    assert 0.1 < budgets[0] <= 0.150
+    assert 0 < budgets[1] <= (80 - TMAX_NETWORK_ALLOWANCE_MS) / 1000

@@ -377,8 +377,11 @@ def _explain_refused(field: str) -> web.Response:
     return web.json_response(body, status=401, headers=_BEARER_CHALLENGE)
 
 
-def _deadline(rt: Runtime) -> float:
-    return asyncio.get_running_loop().time() + rt.settings.deadline_ms / 1000
+def _deadline(rt: Runtime, budget_ms: int | None = None) -> float:
+    """Event-loop time by which the decision must be made: ``VASTSERVER_DEADLINE_MS`` from
+    now, or ``budget_ms`` (a caller's shorter limit, OpenRTB ``tmax``)."""
+    ms = rt.settings.deadline_ms if budget_ms is None else budget_ms
+    return asyncio.get_running_loop().time() + ms / 1000
 
 
 async def decide_handler(request: web.Request) -> web.StreamResponse:
@@ -477,7 +480,8 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
         return _explain_refused("imp[].ext.vastserver.debug")
     if req.session is None:
         req = replace(req, session=new_ad_serving_id(rt.rng))
-    decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=_deadline(rt))
+    deadline = _deadline(rt, pod.decision_budget_ms(rt.settings.deadline_ms))
+    decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=deadline)
     debug = decision_json(decision) if req.debug else None
     return _xml(rt.renderer.vast(decision, debug=debug))
 

@@ -77,6 +77,11 @@ Mapped elsewhere
 * ``video.mincpmpersec`` -> :attr:`OpenRtbPod.floor_cpm_per_s` (the highest over the imps);
   where an imp has none, a non-zero ``bidfloor`` -> :attr:`OpenRtbPod.floor_cpm` (OpenRTB
   2.6 7.6). Only in the catalog's currency (``bidfloorcur``, which defaults to USD).
+* ``tmax`` (1-600,000 ms) -> :meth:`OpenRtbPod.decision_budget_ms`: the decision's deadline
+  is ``tmax`` minus :data:`TMAX_NETWORK_ALLOWANCE_MS` when that is shorter than
+  ``VASTSERVER_DEADLINE_MS``.
+* ``cur``: must list the catalog's currency (else a 400 on ``cur``: no price could be given
+  in an accepted one).
 * ``test`` = 1 -> :attr:`AdRequest.test`: the pod is decided and rendered as usual, but the
   service reserves nothing (caps, budgets, pacing), leaves no session history and logs no
   decision record, and the ads' tokens carry the test flag, so their beacons count nothing.
@@ -136,6 +141,14 @@ MAX_BIDFLOOR_CPM = 1_000_000.0
 MAX_START_DELAY_S = 7 * 24 * 3600
 """``video.startdelay`` only picks the break position, so it is not held to /vmap's
 99:59:59.999 (nothing writes it as a VMAP timeOffset)."""
+
+MAX_TMAX_MS = 600_000
+TMAX_NETWORK_ALLOWANCE_MS = 20
+"""Of the caller's ``tmax``, what the answer's way back (and the request's way in, which
+the handler cannot see) is given; the decision gets the rest."""
+MIN_DECISION_BUDGET_MS = 5
+"""A ``tmax`` shorter than the allowance still leaves the decision this much (the least
+``VASTSERVER_DEADLINE_MS`` allows): a degraded answer rather than none."""
 
 RulesFor = Callable[[str | None], AdRules]
 """``Catalog.rules_for``: the placement is only known once the body is parsed."""
@@ -228,6 +241,17 @@ class OpenRtbPod:
     slots: tuple[Slot, ...] = ()
     """``slotinpod`` of each imp, aligned with :attr:`imp_ids`."""
     pod_id: str | None = None
+    tmax_ms: int | None = None
+    """The caller's ``tmax``: see :func:`decision_budget_ms`."""
+
+    def decision_budget_ms(self, deadline_ms: int) -> int:
+        """The decision's time budget: ``deadline_ms`` (``VASTSERVER_DEADLINE_MS``), or
+        less when ``tmax`` minus :data:`TMAX_NETWORK_ALLOWANCE_MS` is shorter (never below
+        :data:`MIN_DECISION_BUDGET_MS`)."""
+        if self.tmax_ms is None:
+            return deadline_ms
+        own = max(self.tmax_ms - TMAX_NETWORK_ALLOWANCE_MS, MIN_DECISION_BUDGET_MS)
+        return min(own, deadline_ms)
 
 
 # ------------------------------------------------------------------------ typed accessors
@@ -911,6 +935,22 @@ def _load(body: bytes | str) -> Obj:
     return _obj(doc, "body")
 
 
+def _check_currency(root: Obj, currency: str) -> None:
+    """``cur``, the currencies the caller accepts: the catalog prices in one, so a list
+    without it can never be answered (a 400, as a floor in another currency is)."""
+    if root.get("cur") is None:
+        return
+    listed = _str_list(root, "cur", "", max_items=MAX_LIST, max_len=8)
+    if not listed:
+        _fail("cur", "empty list: list the accepted currencies, or leave cur out")
+    codes = [c.upper() for c in listed]
+    for i, code in enumerate(codes):
+        if not _CURRENCY_RE.match(code):
+            _fail(f"cur[{i}]", "not an ISO 4217 currency code such as USD")
+    if currency not in codes:
+        _fail("cur", f"the catalog's prices are in {currency}, which cur does not list")
+
+
 def parse_bid_request(
     body: bytes | str,
     client: ClientInfo,
@@ -930,12 +970,14 @@ def parse_bid_request(
     request_id = _opt_str(root, "id", "", MAX_ID)
     if request_id is None:
         _fail("id", "required")
+    tmax = _opt_int(root, "tmax", "", lo=1, hi=MAX_TMAX_MS)
     if root.get("imp") is None:
         _fail("imp", "required")
     raw_imps = _arr(root["imp"], "imp", MAX_IMPS)
     if not raw_imps:
         _fail("imp", "at least one imp is required")
     imps = [_parse_imp(raw, i, currency) for i, raw in enumerate(raw_imps)]
+    _check_currency(root, currency)  # (after the floors: their error names the imp)
     seen: set[str] = set()
     for imp in imps:
         if imp.id in seen:
@@ -995,4 +1037,5 @@ def parse_bid_request(
         request_id=request_id,
         slots=tuple(imp.slot for imp in imps),
         pod_id=imps[0].pod_key,
+        tmax_ms=tmax,
     )
