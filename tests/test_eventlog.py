@@ -744,3 +744,64 @@ def test_overlapping_paths_read_once_and_an_unlistable_subdirectory_is_skipped(
     st = ReadStats()
     assert [r["i"] for r in read_events(tmp_path / "events", stats=st)] == [0, 1]
     assert st.unreadable_dirs == 1
+
+
+def test_reader_a_line_nested_too_deep_is_an_invalid_line(tmp_path: Path) -> None:
+    """json.loads raises RecursionError, not ValueError, on deep nesting: it escaped as a
+    traceback from train and report instead of counting as a line that is not an object."""
+    seg = tmp_path / "events-20261125T200000-1-000001.jsonl"
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    seg.write_bytes(b'{"i":0}\n' + deep + b'{"i":2}\n')
+    with pytest.raises(EventLogCorruptError, match=r":2: not a JSON object"):
+        list(read_events([seg]))
+    stats = ReadStats()
+    assert [r["i"] for r in read_events([seg], stats=stats, skip_invalid=True)] == [0, 2]
+    assert stats.invalid_lines == 1 and stats.events == 2
+
+
+def test_reader_a_gz_file_that_is_not_gzip_is_named_not_torn(tmp_path: Path) -> None:
+    """A plain log named .jsonl.gz read as one "torn line" and nothing else, so training
+    said only that there were too few served ads. Now it is an error naming the file, or
+    skipped and counted; a gzip file cut short is still read as far as it goes."""
+    plain = tmp_path / "events-20261125T200000-1-000001.jsonl.gz"
+    plain.write_bytes(b'{"i":0}\n{"i":1}\n')
+    with pytest.raises(EventLogCorruptError, match=r"000001\.jsonl\.gz: .*not gzip"):
+        list(read_events(tmp_path))
+    good = tmp_path / "events-20261125T200000-1-000002.jsonl.gz"
+    good.write_bytes(gzip.compress(b'{"i":2}\n'))
+    (tmp_path / "events-20261125T200000-1-000003.jsonl.gz").write_bytes(b"")  # just created
+    (tmp_path / "events-20261125T200000-1-000004.jsonl.gz").write_bytes(b"\x1f")  # cut short
+    stats = ReadStats()
+    assert [r["i"] for r in read_events(tmp_path, stats=stats, skip_invalid=True)] == [2]
+    assert stats.not_gzip_files == 1 and stats.files == 3 and stats.torn_lines == 1
+
+
+def test_train_and_report_on_a_deep_line_and_a_file_not_gzip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI side: train fails with exit 1 and a message naming the file (no traceback),
+    report skips and counts both and exits 0."""
+    from vastserver.ml.train import main_train
+    from vastserver.report import main_report
+
+    events = tmp_path / "events"
+    events.mkdir()
+    rec = {"type": "decision", "at": "2026-11-26T12:00:00+00:00", "ads": []}
+    (events / "events-1.jsonl").write_text(
+        json.dumps(rec) + "\n" + '{"a":' + "[" * 100_000 + "]" * 100_000 + "}\n"
+    )
+    out = tmp_path / "model"
+    assert main_train(["--events", str(events), "--out", str(out)]) == 1
+    assert "events-1.jsonl:2: not a JSON object" in capsys.readouterr().err
+    (events / "events-1.jsonl").rename(events / "events-2.jsonl.gz")
+    assert main_train(["--events", str(events), "--out", str(out)]) == 1
+    assert "events-2.jsonl.gz: named .gz but not gzip-compressed" in capsys.readouterr().err
+    (events / "events-1.jsonl").write_text(json.dumps(rec) + "\n" + "[" * 100_000 + "\n")
+    assert main_report([str(events), "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert (doc["decisions"], doc["invalid_records"], doc["not_gzip_files"]) == (1, 1, 1)
+    assert "skipped 1 file(s) named .jsonl.gz that are not gzip" in captured.err
+    for extra in (["--model"], ["--experiment", "x"]):
+        assert main_report([str(events), *extra]) == 0
+        assert "not gzip" in capsys.readouterr().err

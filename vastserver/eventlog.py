@@ -576,7 +576,8 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class EventLogCorruptError(ValueError):
-    """A complete line (not a torn tail) that is not a JSON object."""
+    """A complete line (not a torn tail) that is not a JSON object, or a file named
+    ``.jsonl.gz`` that is not gzip-compressed."""
 
 
 @dataclass
@@ -589,6 +590,7 @@ class ReadStats:
     invalid_lines: int = 0  # complete but unparsable lines, skipped with skip_invalid=True
     unreadable_dirs: int = 0  # subdirectories that could not be listed (lost+found), skipped
     repeated_files: int = 0  # files named twice (a directory and its subdirectory), read once
+    not_gzip_files: int = 0  # files named .gz that are not gzip, skipped with skip_invalid=True
 
 
 PathArg: TypeAlias = str | os.PathLike[str]
@@ -610,7 +612,10 @@ def read_events(
     (a directory given with its own subdirectory) is read once.
     A file's last line without its newline is a torn write: it is
     skipped and counted in ``stats.torn_lines``. A complete line that is not a JSON object
-    raises :class:`EventLogCorruptError`, or is counted and skipped with ``skip_invalid``.
+    (nested too deep to parse included) raises :class:`EventLogCorruptError`, or is counted
+    and skipped with ``skip_invalid``; so does a ``.gz`` file that is not gzip at all
+    (counted in ``stats.not_gzip_files``), unlike a truncated or damaged gzip stream, whose
+    readable part is kept and whose rest counts as one torn line.
     """
     st = stats if stats is not None else ReadStats()
     if isinstance(paths, str | os.PathLike):
@@ -665,29 +670,52 @@ _MAX_DEPTH = 4
 """How deep directories are searched for segments (no symlinked directories: no loops)."""
 
 
+_GZIP_MAGIC: Final = b"\x1f\x8b"
+
+
 def _read_file(path: Path, st: ReadStats, skip_invalid: bool) -> Iterator[dict[str, Any]]:
     gz = path.name.endswith(".gz")
-    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+    with open(path, "rb") as raw_file:
+        if gz:
+            head = raw_file.read(len(_GZIP_MAGIC))
+            # An empty file or a lone first byte is a gzip file cut short (torn), not another
+            # format: a plain log renamed .gz would otherwise read as one torn line.
+            if head != _GZIP_MAGIC[: len(head)]:
+                if not skip_invalid:
+                    raise EventLogCorruptError(f"{path}: named .gz but not gzip-compressed")
+                st.not_gzip_files += 1
+                return
+            raw_file.seek(0)
         st.files += 1
-        lineno = 0
-        try:
-            for raw in f:
-                lineno += 1
-                if not raw.endswith(b"\n"):
-                    st.torn_lines += 1  # only the last line can lack its newline
-                    break
-                try:
-                    record = json.loads(raw)
-                except ValueError:
-                    record = None
-                if not isinstance(record, dict):
-                    if not skip_invalid:
-                        raise EventLogCorruptError(f"{path}:{lineno}: not a JSON object")
-                    st.invalid_lines += 1
-                    continue
-                st.events += 1
-                yield record
-        except (EOFError, gzip.BadGzipFile, zlib.error):
-            if not gz:
-                raise
-            st.torn_lines += 1  # truncated or damaged gzip stream: keep what decompressed
+        if not gz:
+            yield from _read_lines(raw_file, path, gz, st, skip_invalid)
+            return
+        with gzip.GzipFile(fileobj=raw_file, mode="rb") as f:
+            yield from _read_lines(f, path, gz, st, skip_invalid)
+
+
+def _read_lines(
+    f: Iterable[bytes], path: Path, gz: bool, st: ReadStats, skip_invalid: bool
+) -> Iterator[dict[str, Any]]:
+    lineno = 0
+    try:
+        for raw in f:
+            lineno += 1
+            if not raw.endswith(b"\n"):
+                st.torn_lines += 1  # only the last line can lack its newline
+                break
+            try:
+                record = json.loads(raw)
+            except (ValueError, RecursionError):  # nested deeper than the parser goes
+                record = None
+            if not isinstance(record, dict):
+                if not skip_invalid:
+                    raise EventLogCorruptError(f"{path}:{lineno}: not a JSON object")
+                st.invalid_lines += 1
+                continue
+            st.events += 1
+            yield record
+    except (EOFError, gzip.BadGzipFile, zlib.error):
+        if not gz:
+            raise
+        st.torn_lines += 1  # truncated or damaged gzip stream: keep what decompressed

@@ -55,6 +55,8 @@ class DeliveryReport:
     torn_lines: int = 0
     invalid_records: int = 0
     """Lines that were not JSON objects, and records with fields of the wrong type."""
+    not_gzip_files: int = 0
+    """Files named ``.jsonl.gz`` that are not gzip-compressed (skipped unread)."""
 
     @property
     def fill_rate(self) -> float | None:
@@ -258,6 +260,7 @@ def report_json(rep: DeliveryReport, catalog: Catalog | None) -> dict[str, Any]:
         "last_at": rep.last_at.isoformat() if rep.last_at else None,
         "torn_lines": rep.torn_lines,
         "invalid_records": rep.invalid_records,
+        "not_gzip_files": rep.not_gzip_files,
         "line_items": rows,
     }
 
@@ -344,6 +347,7 @@ def main_report(argv: Sequence[str]) -> int:
         except (OSError, EventLogCorruptError) as e:
             print(f"cannot read the event log: {e}", file=sys.stderr)
             return 2
+        _warn_not_gzip(stats)
         doc: dict[str, Any] = {}
         if args.experiment:
             doc["experiment"] = experiment_report(records, args.experiment)
@@ -364,12 +368,23 @@ def main_report(argv: Sequence[str]) -> int:
     # the counts are known once the records have been read
     rep.torn_lines = stats.torn_lines
     rep.invalid_records = stats.invalid_lines + skipped[0]
+    rep.not_gzip_files = stats.not_gzip_files
+    _warn_not_gzip(stats)
     if args.json:
         json.dump(report_json(rep, catalog), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         render_text(rep, catalog, sys.stdout)
     return 0
+
+
+def _warn_not_gzip(stats: ReadStats) -> None:
+    if stats.not_gzip_files:
+        print(
+            f"report: skipped {stats.not_gzip_files} file(s) named .jsonl.gz that are not "
+            "gzip-compressed (a plain log is read when named .jsonl)",
+            file=sys.stderr,
+        )
 
 
 # --------------------------------------------------------------------------- experiments
