@@ -291,3 +291,70 @@ def test_undefined_metrics_are_null_in_strict_json(
     holdout = metrics["click"]["holdout"]
     assert holdout["positives"] == 0 and holdout["model"]["auc"] is None
     assert "AUC n/a" in capsys.readouterr().err
+
+
+def test_recent_impressions_without_an_outcome_are_left_out(tmp_path: Path) -> None:
+    """Completes arrive seconds to minutes after the impression: an impression near the end
+    of the log with no outcome yet was labelled "not completed". Within the label horizon it
+    is left out and counted; one with an outcome (complete, skip, error) keeps its label, and
+    so does an older one without."""
+    t = datetime(2026, 11, 1, 20, 0, tzinfo=UTC)
+    s = timedelta(seconds=1)
+    end = t + 3600 * s
+    recs = [
+        _decision(t, "v1", [("old", "li-1")]),
+        _beacon(t + s, "impression", "old", "li-1"),  # an hour before the end: label 0
+        _decision(end - 200 * s, "v1", [("done", "li-1"), ("skipped", "li-2")]),
+        _beacon(end - 199 * s, "impression", "done", "li-1"),
+        _beacon(end - 185 * s, "complete", "done", "li-1"),
+        _beacon(end - 184 * s, "impression", "skipped", "li-2"),
+        _beacon(end - 180 * s, "skip", "skipped", "li-2"),
+        _decision(end - 100 * s, "v1", [("waiting", "li-1"), ("failed", "li-2")]),
+        _beacon(end - 99 * s, "impression", "waiting", "li-1"),  # its complete may come
+        _beacon(end - 98 * s, "midpoint", "waiting", "li-1"),
+        _beacon(end - 60 * s, "impression", "failed", "li-2"),
+        _beacon(end - 59 * s, "error", "failed", "li-2"),
+        _decision(end, "v2", []),
+    ]
+    _write_log(tmp_path / "ev", recs)
+    labels = {0.0: [0, 1, 0, 0, 0], 99.0: [0, 1, 0, 0, 0], 100.0: [0, 1, 0, 0]}
+    for horizon, want in labels.items():
+        ds = load_dataset([tmp_path / "ev"], label_horizon_s=horizon)
+        assert ds.complete == want, horizon
+        assert ds.pending_impressions == 5 - len(want)
+        assert ds.pending_times == [(end - 100 * s).timestamp()] * ds.pending_impressions
+    assert load_dataset([tmp_path / "ev"], label_horizon_s=3598).complete == [0, 1, 0, 0]
+    assert load_dataset([tmp_path / "ev"], label_horizon_s=3600).complete == [1, 0, 0]
+    with pytest.raises(ValueError):
+        load_dataset([tmp_path / "ev"], label_horizon_s=-1)
+
+
+def test_label_horizon_option_and_training_rows(
+    logs: dict[int, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``train --label-horizon`` (default 600 s, in --help) leaves recent impressions without
+    an outcome out and says how many, in the summary and the metadata. The hold-out boundary
+    is placed among all impressions, so rows left out of the hold-out do not change which rows
+    train: the model is the one trained with every label."""
+    assert main_train(["--help"]) == 0
+    assert "--label-horizon SECONDS" in (out := capsys.readouterr().out)
+    assert "(default: 600.0)" in out.split("--label-horizon SECONDS", 2)[2]
+    argv = ["--events", str(logs[1]), "--seed", "2"]
+    assert main_train([*argv, "--out", str(tmp_path / "m"), "--label-horizon", "-1"]) == 2
+    capsys.readouterr()
+    assert main_train([*argv, "--out", str(tmp_path / "all"), "--label-horizon", "0"]) == 0
+    assert "left out" not in capsys.readouterr().err
+    assert main_train([*argv, "--out", str(tmp_path / "hour"), "--label-horizon", "3600"]) == 0
+    pending = load_dataset([logs[1]], label_horizon_s=3600).pending_impressions
+    assert pending > 0
+    assert f"left out {pending} impressions of the last 3600 s" in capsys.readouterr().err
+    meta = {n: json.loads((tmp_path / n / "metadata.json").read_text()) for n in ("all", "hour")}
+    assert meta["hour"]["labels"]["pending_impressions"] == pending
+    assert meta["hour"]["labels"]["horizon_s"] == 3600
+    assert meta["all"]["labels"]["pending_impressions"] == 0
+    assert meta["hour"]["data"]["rows"] == meta["all"]["data"]["rows"] - pending
+    assert meta["hour"]["data"]["train_rows"] == meta["all"]["data"]["train_rows"]
+    assert meta["hour"]["model_id"] == meta["all"]["model_id"]
+    assert main_train([*argv, "--out", str(tmp_path / "default")]) == 0
+    default = json.loads((tmp_path / "default" / "metadata.json").read_text())
+    assert default["labels"]["horizon_s"] == 600

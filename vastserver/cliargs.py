@@ -71,6 +71,10 @@ def positive_float(text: str) -> float:
     return _bounded(text, float, lambda x: 0 < x < math.inf, "must be > 0 and finite")
 
 
+def non_negative_float(text: str) -> float:
+    return _bounded(text, float, lambda x: 0 <= x < math.inf, "must be >= 0 and finite")
+
+
 def at_least_an_hour(text: str) -> float:
     """A number of days, at least one hour's worth (1/24) and finite (``gen-events --days``:
     sessions are placed by hour, and a shorter run would never place one)."""

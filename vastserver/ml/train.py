@@ -6,12 +6,15 @@ Dataset
   happened. Ads are joined to **counted** beacons on ``ad_serving_id``. The completion dataset
   holds every served ad with a counted ``impression`` (an ad that never made an impression
   says nothing about completion); label = a counted ``complete`` beacon. The click dataset is
-  the same rows with label = a counted ``click``.
+  the same rows with label = a counted ``click``. Completes arrive up to minutes after the
+  impression, so an impression of the log's last ``--label-horizon`` seconds (600) with no
+  outcome yet (counted ``complete``, ``skip`` or ``error``) is left out, not labelled 0.
 * Features come from :mod:`vastserver.ml.features` (``from_record``); the history features are
   computed by :class:`~vastserver.ml.features.LogHistory` walking all records in time order
   (decisions before beacons at equal times), so each row sees only beacons from strictly
   before its decision -- the information the server had.
-* Hold-out by time: the last ``--holdout-frac`` (default 20 %) of rows by decision time. The
+* Hold-out by time: the last ``--holdout-frac`` (default 20 %) of rows by decision time
+  (placed among all impressions, those left out for want of a label included). The
   feature vocabularies are learned on the training part only.
 
 Model
@@ -52,7 +55,12 @@ import numpy as np
 import numpy.typing as npt
 import xgboost as xgb
 
-from vastserver.cliargs import HelpWithDefaults, open_fraction, positive_int
+from vastserver.cliargs import (
+    HelpWithDefaults,
+    non_negative_float,
+    open_fraction,
+    positive_int,
+)
 from vastserver.eventlog import EventLogCorruptError, ReadStats, read_events
 from vastserver.ml.features import (
     SCHEMA_VERSION,
@@ -88,6 +96,10 @@ __all__ = [
     "main_train",
     "train_bundle",
 ]
+
+DEFAULT_LABEL_HORIZON_S = 600.0
+"""``train --label-horizon``: completes arrive p50 15 s, p99 ~6 min after the impression,
+so an impression of the last 10 minutes without an outcome may still complete."""
 
 DEFAULT_THREADS = 1
 """Training threads. ``hist`` gives the same trees for any thread count (checked), and one
@@ -147,6 +159,12 @@ class Dataset:
     """Records or ads missing fields the features need (skipped, counted)."""
     duplicate_records: int = 0
     """Decisions whose ads, and counted beacons whose (ad, event), were read before."""
+    label_horizon_s: float = 0.0
+    pending_impressions: int = 0
+    """Impressions within ``label_horizon_s`` of the log's last event with no outcome yet
+    (no counted complete, skip or error): left out, their label is not known."""
+    pending_times: list[float] = field(default_factory=list)
+    """Their decision times: the hold-out boundary is placed among all impressions."""
     max_time: float | None = None
     creative_rates: dict[str, float] = field(default_factory=dict)
     """Each creative's completion rate over the whole log (enough impressions only): what
@@ -157,15 +175,25 @@ def _opt_id(v: object) -> str | None:
     return None if v is None else str(v)
 
 
-def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
-    """Read event logs and build the completion/click rows (see the module docstring)."""
+def load_dataset(
+    paths: Iterable[str | os.PathLike[str]], *, label_horizon_s: float = 0.0
+) -> Dataset:
+    """Read event logs and build the completion/click rows (see the module docstring).
+
+    An impression less than ``label_horizon_s`` seconds before the log's last event whose ad
+    has no outcome yet (a counted ``complete``, ``skip`` or ``error``) is left out and
+    counted in ``pending_impressions``: its complete beacon may still be on its way."""
+    if not label_horizon_s >= 0:
+        raise ValueError("label_horizon_s must be >= 0")
     stats = ReadStats()
     # (time, kind, order, payload): kind 0 = decision, 1 = beacon -> decisions first on ties.
     items: list[tuple[float, int, int, Any]] = []
     impressed: set[str] = set()
+    impressed_at: dict[str, float] = {}
+    ended: set[str] = set()  # a counted skip or error: will not complete
     completed: set[str] = set()
     clicked: set[str] = set()
-    ds = Dataset()
+    ds = Dataset(label_horizon_s=label_horizon_s)
     max_time: float | None = None
     # Each served ad is decided once and each of its events counted once: a record seen again
     # (the same segment copied under another name, two copies of a log) is a duplicate.
@@ -202,6 +230,9 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
         if not _opt_str(sid) or not isinstance(ev, str):
             ds.skipped_records += 1  # a damaged or hand-made record
             continue
+        if rec.get("counted") and sid and ev in ("skip", "error"):
+            ended.add(sid)
+            continue
         if not rec.get("counted") or not sid or ev not in ("impression", "complete", "click"):
             continue
         seen = impressed if ev == "impression" else completed if ev == "complete" else clicked
@@ -210,6 +241,7 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
             continue
         if ev == "impression":
             impressed.add(sid)
+            impressed_at[sid] = t
             ds.counted_impressions += 1
         elif ev == "complete":
             completed.add(sid)
@@ -221,6 +253,14 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
     ds.records, ds.files, ds.torn_lines = stats.events, stats.files, stats.torn_lines
     ds.max_time = max_time
     items.sort(key=lambda it: (it[0], it[1], it[2]))
+    # Outcomes arrive up to minutes after the impression (p99 ~6 min): one without any yet
+    # near the end of the log is unknown, not "did not complete".
+    horizon_start = (max_time or 0.0) - label_horizon_s
+    pending = {
+        sid
+        for sid, at in impressed_at.items()
+        if at > horizon_start and sid not in completed and sid not in ended
+    }
     history = LogHistory()
     for t, kind, _, payload in items:
         if kind == 1:
@@ -232,6 +272,10 @@ def load_dataset(paths: Iterable[str | os.PathLike[str]]) -> Dataset:
         for ad in ads:
             sid = ad.get("ad_serving_id") if isinstance(ad, dict) else None
             if not isinstance(sid, str) or sid not in impressed:
+                continue
+            if sid in pending:
+                ds.pending_impressions += 1
+                ds.pending_times.append(t)
                 continue
             try:
                 row = from_record(ctx, ad, history.history(decision, ad))
@@ -418,6 +462,13 @@ def _schema_bytes(schema: FeatureSchema) -> bytes:
     return (json.dumps(schema.to_json(), indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
+def _holdout_start(times: Vector, config: TrainConfig) -> float:
+    """Where the hold-out starts: the time of the latest ``holdout_frac`` of ``times``
+    (sorted decision times)."""
+    n = len(times)
+    return float(times[min(n - 1, max(1, round(n * (1.0 - config.holdout_frac))))])
+
+
 def train_bundle(ds: Dataset, out: Path, config: TrainConfig) -> dict[str, Any]:
     """Train on ``ds`` and write the bundle into ``out``; returns the metrics document."""
     n = len(ds.rows)
@@ -428,8 +479,12 @@ def train_bundle(ds: Dataset, out: Path, config: TrainConfig) -> dict[str, Any]:
     times = np.asarray(ds.times, dtype=np.float64)
     y_all = np.asarray(ds.complete, dtype=np.float64)
     c_all = np.asarray(ds.click, dtype=np.float64)
-    cut = min(n - 1, max(1, round(n * (1.0 - config.holdout_frac))))
-    t_cut = times[cut]
+    # The boundary is placed among all served ads with an impression, those left out for
+    # want of a label included (they are the latest): the label horizon then decides which
+    # recent rows are evaluated, not which rows train.
+    t_cut = _holdout_start(np.sort(np.concatenate((times, ds.pending_times))), config)
+    if not (times >= t_cut).any():  # every impression after the boundary is pending
+        t_cut = _holdout_start(times, config)
     train_mask = times < t_cut
     if not train_mask.any():
         raise TrainError("every row falls in the hold-out (identical decision times)")
@@ -526,6 +581,12 @@ def train_bundle(ds: Dataset, out: Path, config: TrainConfig) -> dict[str, Any]:
                 [_iso(float(times[ho].min())), _iso(float(times[ho].max()))] if len(ho) else None
             ),
         },
+        "labels": {
+            "horizon_s": ds.label_horizon_s,
+            "pending_impressions": ds.pending_impressions,
+            "pending": "impressions within horizon_s of the log's last event with no counted "
+            "complete, skip or error yet: left out, not labelled not-completed",
+        },
         "base_rate": round(base_rate, 6),
         "n_features": schema.n_features,
         "xgboost_version": xgb.__version__,
@@ -621,6 +682,13 @@ def main_train(argv: Sequence[str]) -> int:
         help="clicks needed to train a click model",
     )  # fmt: skip
     p.add_argument(
+        "--label-horizon", type=non_negative_float, default=DEFAULT_LABEL_HORIZON_S,
+        metavar="SECONDS",
+        help="leave out impressions this close to the log's last event that have no outcome "
+        "yet (complete, skip, error) instead of labelling them not completed (completes "
+        "arrive up to minutes late; 0 labels every impression)",
+    )  # fmt: skip
+    p.add_argument(
         "--threads", type=positive_int, default=DEFAULT_THREADS, metavar="N",
         help="training threads (the trees do not depend on it)",
     )  # fmt: skip
@@ -644,7 +712,7 @@ def main_train(argv: Sequence[str]) -> int:
         threads=max(1, args.threads),
     )
     try:
-        ds = load_dataset(args.events)
+        ds = load_dataset(args.events, label_horizon_s=args.label_horizon)
         metrics = train_bundle(ds, args.out, config)
         bundle = ModelBundle.load(args.out)  # what the server will do: fail here, not there
     except (TrainError, EventLogCorruptError, ModelError, OSError) as e:
@@ -655,6 +723,12 @@ def main_train(argv: Sequence[str]) -> int:
         file=sys.stderr,
     )
     print(_summary(metrics), file=sys.stderr)
+    if ds.pending_impressions:
+        print(
+            f"left out {ds.pending_impressions} impressions of the last "
+            f"{ds.label_horizon_s:g} s of the log with no outcome yet (--label-horizon)",
+            file=sys.stderr,
+        )
     return 0
 
 
