@@ -297,3 +297,56 @@ async def test_an_arms_bundle_has_its_own_model_metrics(
     for v in versions:
         assert _metric(text, f'vastserver_model_score_count{{scorer="model",version="{v}"}}') > 0
         assert _metric(text, f'vastserver_model_seconds_count{{scorer="model",version="{v}"}}') > 0
+
+
+def _arm_decision(
+    seq: int, arm: str, scorer: str, complete: bool, experiment: str = "x"
+) -> list[dict[str, Any]]:
+    asid = f"ad-{seq}"
+    recs: list[dict[str, Any]] = [
+        {"type": "decision", "seq": seq, "at": "2026-11-26T12:00:00+00:00",
+         "experiment": experiment, "arm": arm, "scorer": scorer,
+         "ad_serving_ids": [asid], "ads": [{"ad_serving_id": asid}]},
+        {"type": "beacon", "counted": True, "ad_serving_id": asid, "event": "impression",
+         "price_cpm": 10.0},
+    ]  # fmt: skip
+    if complete:
+        recs.append({"type": "beacon", "counted": True, "ad_serving_id": asid, "event": "complete"})
+    return recs
+
+
+def test_experiment_compares_the_decisions_each_arms_model_scored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Decisions of the model arm that the price fallback scored (the primary not loaded,
+    scoring skipped for the deadline) counted as the model's: the comparison mixed price
+    into the model arm. They are left out and counted, and each arm's scorer mix shown."""
+    records: list[dict[str, Any]] = []
+    for i in range(10):
+        records += _arm_decision(i, "model", "model", True)
+        records += _arm_decision(100 + i, "model", "price", False)  # fallback
+        records += _arm_decision(200 + i, "price", "price", i % 2 == 0)
+        records += _arm_decision(300 + i, "challenger", "price", False)  # never scored
+    by_arm = {a["arm"]: a for a in experiment_report(records, "x")["arms"]}
+    model, price = by_arm["model"], by_arm["price"]
+    assert model["scorer_mix"] == {"model": 10, "price": 10}
+    assert (model["decisions"], model["excluded_decisions"], model["impressions"]) == (10, 10, 10)
+    assert model["completion_rate"] == 1.0
+    assert price["scorer_mix"] == {"price": 10}
+    assert (price["decisions"], price["excluded_decisions"], price["completion_rate"]) == (
+        10, 0, 0.5)  # fmt: skip
+    # an arm that never scored with a model (a price arm of another name) is not emptied
+    assert by_arm["challenger"]["decisions"] == 10
+    # the model arm of an experiment whose model never loaded: nothing to compare
+    only_price = [r for i in range(5) for r in _arm_decision(i, "model", "price", True)]
+    (arm,) = experiment_report(only_price, "x")["arms"]
+    assert (arm["decisions"], arm["excluded_decisions"], arm["impressions"]) == (0, 5, 0)
+
+    events = tmp_path / "events"
+    events.mkdir()
+    (events / "events-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main_report([str(events), "--experiment", "x"]) == 0
+    out = capsys.readouterr().out
+    assert "model: decisions by scorer: model 10, price 10; 10 scored by the price" in out
+    assert "price: decisions by scorer: price 10\n" in out
+

@@ -286,6 +286,15 @@ def _render_extras(doc: Mapping[str, Any], out: TextIO) -> None:
                 f"{a['revenue_per_decision']:>10.4f}"
                 f"{_ci(a['revenue_per_decision_ci'], pct=False):>22}\n"
             )
+        for a in exp["arms"]:
+            mix = ", ".join(f"{k} {v}" for k, v in a["scorer_mix"].items())
+            note = (
+                f"; {a['excluded_decisions']} scored by the price fallback (model not "
+                "loaded, or no time left to score) left out of the comparison"
+                if a["excluded_decisions"]
+                else ""
+            )
+            out.write(f"  {a['arm']}: decisions by scorer: {mix}{note}\n")
     cal = doc.get("calibration")
     if cal is not None:
         for part in cal["by_version"]:  # one table per model version: arms apart
@@ -421,27 +430,52 @@ class _Arm:
     impressions: int = 0
     completes: int = 0
     revenue_by_decision: dict[str, float] = field(default_factory=dict)
+    scorer_mix: dict[str, int] = field(default_factory=dict)
+    """Decisions per scorer that made them, all of the arm's (excluded ones too)."""
+    fallback: list[Mapping[str, Any]] = field(default_factory=list)
+    """Price-scored decisions, set aside until it is known whether the arm has a model."""
+    model: bool = False
+    """The arm is scored by a model: its ``model`` arm, or it scored a decision with one."""
 
 
 def experiment_report(records: Iterable[Mapping[str, Any]], name: str) -> dict[str, Any]:
     """Compare the arms of one experiment: fill, completion rate and revenue per decision,
-    each with a 95 % interval. Beacons are joined to decisions by ad serving id."""
+    each with a 95 % interval. Beacons are joined to decisions by ad serving id.
+
+    A model arm is compared over the decisions its model scored: those the price fallback
+    made (the model not loaded, scoring skipped for the deadline) would compare price
+    against price; they are counted in ``excluded_decisions``, and ``scorer_mix`` shows
+    every arm's decisions by scorer."""
     arms: dict[str, _Arm] = {}
     arm_of_ad: dict[str, tuple[str, str]] = {}
     beacons: list[Mapping[str, Any]] = []
+
+    def count(arm_name: str, arm: _Arm, rec: Mapping[str, Any]) -> None:
+        arm.decisions += 1
+        did = f"{rec.get('seq')}-{rec.get('at')}"
+        arm.revenue_by_decision[did] = 0.0
+        if rec.get("ads"):
+            arm.filled += 1
+        for asid in rec.get("ad_serving_ids") or []:
+            arm_of_ad[str(asid)] = (arm_name, did)
+
     for rec in records:
         if rec.get("type") == "decision" and rec.get("experiment") == name:
             arm_name = str(rec.get("arm"))
-            arm = arms.setdefault(arm_name, _Arm())
-            arm.decisions += 1
-            did = f"{rec.get('seq')}-{rec.get('at')}"
-            arm.revenue_by_decision[did] = 0.0
-            if rec.get("ads"):
-                arm.filled += 1
-            for asid in rec.get("ad_serving_ids") or []:
-                arm_of_ad[str(asid)] = (arm_name, did)
+            arm = arms.setdefault(arm_name, _Arm(model=arm_name == "model"))
+            scorer = str(rec.get("scorer") or "unknown")  # older records do not say
+            arm.scorer_mix[scorer] = arm.scorer_mix.get(scorer, 0) + 1
+            arm.model = arm.model or scorer == "model"
+            if scorer == "price":
+                arm.fallback.append(rec)
+            else:
+                count(arm_name, arm, rec)
         elif rec.get("type") == "beacon" and rec.get("counted"):
             beacons.append(rec)
+    for arm_name, arm in arms.items():
+        if not arm.model:  # a price arm: its price decisions are what it is compared on
+            for rec in arm.fallback:
+                count(arm_name, arm, rec)
     for b in beacons:
         hit = arm_of_ad.get(str(b.get("ad_serving_id")))
         if hit is None:
@@ -460,6 +494,8 @@ def experiment_report(records: Iterable[Mapping[str, Any]], name: str) -> dict[s
         out.append(
             {
                 "arm": arm_name,
+                "scorer_mix": dict(sorted(a.scorer_mix.items())),
+                "excluded_decisions": len(a.fallback) if a.model else 0,
                 "decisions": a.decisions,
                 "fill_rate": a.filled / a.decisions if a.decisions else None,
                 "fill_rate_ci": wilson(a.filled, a.decisions),
