@@ -350,3 +350,42 @@ def test_experiment_compares_the_decisions_each_arms_model_scored(
     assert "model: decisions by scorer: model 10, price 10; 10 scored by the price" in out
     assert "price: decisions by scorer: price 10\n" in out
 
+
+def test_lmt_requests_without_a_session_split_across_arms() -> None:
+    """With ``lmt`` and no session every request hashed the same key (``session:``) and so
+    landed in the same arm. They are assigned by a per-request draw of the injected RNG."""
+    import random
+
+    from tests.delivery_support import request
+    from vastserver.metrics import Metrics
+    from vastserver.models import ArmSpec, ModelManager
+
+    def manager(seed: int) -> ModelManager:
+        arms = [ArmSpec("model", 1, None), ArmSpec("price", 1, None)]
+        return ModelManager(
+            Metrics(), model_path=None, experiment="x", arms=arms, rng=random.Random(seed)
+        )
+
+    models = manager(5)
+    anon = [models.choose(request(None, lmt=True))[0] for _ in range(200)]
+    assert 60 < anon.count("model") < 140, anon.count("model")
+    again = manager(5)
+    assert [again.choose(request(None, lmt=True))[0] for _ in range(200)] == anon
+    for session in ("s1", "s2", "s3"):  # a session still sticks to its arm
+        assert len({models.choose(request(None, lmt=True, session=session))[0]
+                    for _ in range(20)}) == 1  # fmt: skip
+    assert len({models.choose(request(f"v{i}"))[0] for i in range(40)}) == 2
+
+
+async def test_lmt_vast_requests_without_a_session_reach_both_arms(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    events = tmp_path / "events"
+    client: Any = await make_client(
+        model=str(DEMO_MODEL), experiment="x", arms="model:50,price:50", event_log=str(events)
+    )
+    for _ in range(40):
+        assert (await client.get("/vast?pod_duration=60&lmt=1")).status == 200
+    await client.close()
+    arms = [r["arm"] for r in read_events([events]) if r["type"] == "decision"]
+    assert len(arms) == 40 and {"model", "price"} == set(arms)

@@ -218,9 +218,14 @@ class ModelManager:
         """The experiment arm (None without an experiment) and the scorer for a request."""
         if not self.arms:
             return None, self.primary
-        key = req.viewer_key() if not req.device.lmt else f"session:{req.session or ''}"
-        h = hashlib.blake2b(f"{self.experiment}|{key}".encode(), digest_size=8).digest()
-        u = int.from_bytes(h, "big") / 2**64
+        if req.device.lmt and not req.session:
+            # Nothing to stick to (no device id, no session): a draw per request. Hashing
+            # the empty session put every such request in the same arm.
+            u = self.rng.random()
+        else:
+            key = req.viewer_key() if not req.device.lmt else f"session:{req.session}"
+            h = hashlib.blake2b(f"{self.experiment}|{key}".encode(), digest_size=8).digest()
+            u = int.from_bytes(h, "big") / 2**64
         acc = 0.0
         for name, share, scorer in self.arms:
             acc += share
