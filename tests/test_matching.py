@@ -19,7 +19,7 @@ from vastserver.catalog.load import parse_catalog
 from vastserver.catalog.model import RATINGS, BreakPosition, Catalog, Slot
 from vastserver.params import ClientInfo, parse_vast_request
 from vastserver.pipeline import matching
-from vastserver.pipeline.candidates import all_candidates
+from vastserver.pipeline.candidates import Candidate, all_candidates
 from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import screen
 from vastserver.pipeline.matching import CatalogIndex, build_index
@@ -294,15 +294,10 @@ def test_chunks_hold_every_bit_in_order(mask: int, width: int) -> None:
     assert matching.chunk_ordinals(chunks, width) == ords
 
 
-def test_a_scan_stops_at_the_chunk_where_the_limit_fills() -> None:
-    """With a limit that fills in the first chunk, later chunks are not evaluated: their
-    candidates count as outranked, whatever they would have failed."""
-    catalog = parse_catalog(generate_catalog(2_000, seed=5, now=NOW))
-    whole = build_index(catalog)
-    index = CatalogIndex(catalog, matching.build_bit_index(catalog, whole.candidates, 256))
-    q = {"device_type": "ctv", "platform": "roku", "country": "US", "pod_duration": "60"}
-    req = parse_vast_request(q, CLIENT, catalog.rules_for(None))
-    env = StageEnv(now=NOW)
+def _select_counting_chunks(
+    index: CatalogIndex, req: AdRequest, env: StageEnv, limit: int
+) -> tuple[list[Candidate], dict[Reason, int], list[int]]:
+    """``index.select`` with a limit, and the chunks it evaluated, in order."""
     evaluated: list[int] = []
     real = matching.BitIndex.match_chunk
 
@@ -312,9 +307,22 @@ def test_a_scan_stops_at_the_chunk_where_the_limit_fills() -> None:
 
     matching.BitIndex.match_chunk = spy  # type: ignore[method-assign]
     try:
-        got, dropped = index.select(req, env, 4)
+        kept, dropped = index.select(req, env, limit)
     finally:
         matching.BitIndex.match_chunk = real  # type: ignore[method-assign]
+    return kept, dropped, evaluated
+
+
+def test_a_scan_stops_at_the_chunk_where_the_limit_fills() -> None:
+    """With a limit that fills in the first chunk, later chunks are not evaluated: their
+    candidates count as outranked, whatever they would have failed."""
+    catalog = parse_catalog(generate_catalog(2_000, seed=5, now=NOW))
+    whole = build_index(catalog)
+    index = CatalogIndex(catalog, matching.build_bit_index(catalog, whole.candidates, 256))
+    q = {"device_type": "ctv", "platform": "roku", "country": "US", "pod_duration": "60"}
+    req = parse_vast_request(q, CLIENT, catalog.rules_for(None))
+    env = StageEnv(now=NOW)
+    got, dropped, evaluated = _select_counting_chunks(index, req, env, 4)
     assert len(got) == 4
     assert len(index.candidates) > 8 * 256
     assert evaluated == [0]
@@ -429,19 +437,10 @@ def test_candidates_skipped_for_their_slot_do_not_crowd_out_their_group() -> Non
     assert dropped == {Reason.OUTRANKED: 6}
 
 
-def test_structured_pod_keeps_candidates_for_each_slot_rule() -> None:
-    """[30 s, 15 s, 15 s] slots; 60 30 s line items all priced above the three 15 s ones.
-    Ranked by price alone the candidate limit (48) holds only 30 s ads and the 15 s slots
-    stay empty; each distinct slot rule now keeps its share of the limit (16 for the 30 s
-    slot, 32 for the 15 s ones), so the pod fills all three slots."""
-    from dataclasses import replace
-
-    from vastserver.pipeline.decide import decide
-    from vastserver.pipeline.pod import SlotRule
-
+def _priced_catalog(ads: list[tuple[str, int, float]]) -> Catalog:
+    """One advertiser, campaign, creative (of ``secs``) and standard line item (at ``price``)
+    per ``(name, secs, price)``."""
     flight = {"start": "2026-01-01T00:00:00Z", "end": "2027-12-31T00:00:00Z"}
-    ads = [(f"l{i}", 30, 90.0 - i * 0.5) for i in range(60)]
-    ads += [(f"s{i}", 15, 10.0 - i) for i in range(3)]
     doc: dict[str, Any] = {
         "version": "slot-rules",
         "advertisers": [
@@ -462,7 +461,22 @@ def test_structured_pod_keeps_candidates_for_each_slot_rule() -> None:
             for n, _, price in ads
         ],
     }
-    catalog = parse_catalog(doc)
+    return parse_catalog(doc)
+
+
+def test_structured_pod_keeps_candidates_for_each_slot_rule() -> None:
+    """[30 s, 15 s, 15 s] slots; 60 30 s line items all priced above the three 15 s ones.
+    Ranked by price alone the candidate limit (48) holds only 30 s ads and the 15 s slots
+    stay empty; each distinct slot rule now keeps its share of the limit (16 for the 30 s
+    slot, 32 for the 15 s ones), so the pod fills all three slots."""
+    from dataclasses import replace
+
+    from vastserver.pipeline.decide import decide
+    from vastserver.pipeline.pod import SlotRule
+
+    ads = [(f"l{i}", 30, 90.0 - i * 0.5) for i in range(60)]
+    ads += [(f"s{i}", 15, 10.0 - i) for i in range(3)]
+    catalog = _priced_catalog(ads)
     index = build_index(catalog)
     req = parse_vast_request({"pod_duration": "60"}, CLIENT, catalog.rules_for(None))
     slots = tuple(SlotRule(required_s=frozenset({s})) for s in (30, 15, 15))
@@ -483,6 +497,79 @@ def test_structured_pod_keeps_candidates_for_each_slot_rule() -> None:
     assert [c.line_item.id for c in index.select(plain, env, 48)[0]] == [
         f"li-l{i}" for i in range(48)
     ]
+
+
+def test_overlapping_slot_rules_keep_the_full_limit_and_a_bounded_scan() -> None:
+    """Slots 'up to 30 s' and 'exactly 15 s' (24 candidates each); one ad in three is 15 s,
+    ranked among the 30 s ones. A 15 s ad fits both rules but takes room from one: the
+    scan keeps 24 30 s ads and 24 15 s ones (the limit), which it finds in the first two
+    64-candidate chunks of four, and stops there. (Charged to both rules, 15 s ads filled
+    both shares, 40 were kept and every chunk of the catalog was evaluated.)"""
+    from vastserver.pipeline.pod import SlotRule
+
+    ads = [(f"a{i:03d}", 15 if i % 3 == 0 else 30, 200.0 - i * 0.5) for i in range(240)]
+    catalog = _priced_catalog(ads)
+    whole = build_index(catalog)
+    index = CatalogIndex(catalog, matching.build_bit_index(catalog, whole.candidates, 64))
+    req = parse_vast_request({"pod_duration": "60"}, CLIENT, catalog.rules_for(None))
+    slots = (SlotRule(max_ms=30_000), SlotRule(required_s=frozenset({15})))
+    req = replace(req, brk=replace(req.brk, pod_duration_ms=60_000, max_ads=2, slots=slots))
+    kept, dropped, evaluated = _select_counting_chunks(index, req, StageEnv(now=NOW), 48)
+    secs = [c.creative.duration_ms // 1000 for c in kept]
+    assert len(kept) == 48 and secs.count(30) == 24 and secs.count(15) == 24
+    # the best 24 of each length: 30 s ads ranked below the 24th were skipped, none else
+    assert [c.line_item.id for c in kept] == [
+        f"li-a{i:03d}" for i in range(70) if i % 3 == 0 or i < 36
+    ]
+    assert evaluated == [0, 1]
+    assert dropped == {Reason.OUTRANKED: 240 - 48}
+
+
+def _quota_feasible(kinds: list[frozenset[int]], quota: list[int]) -> bool:
+    """Whether candidates fitting the rules ``kinds`` can each be charged to one rule they
+    fit within ``quota`` (Hall: no set of rules is fitted only by more than it holds)."""
+    n = len(quota)
+    for mask in range(1 << n):
+        rules = {r for r in range(n) if mask >> r & 1}
+        if sum(k <= rules for k in kinds) > sum(quota[r] for r in rules):
+            return False
+    return True
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([None, 10_000, 15_000]),
+            st.sampled_from([None, 15_000, 30_000, 60_000]),
+            st.sampled_from([None, frozenset({15}), frozenset({30}), frozenset({15, 30})]),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.lists(st.sampled_from([6_000, 10_000, 15_000, 20_000, 30_000, 60_000]), max_size=80),
+    st.integers(min_value=1, max_value=24),
+)
+def test_slot_quota_keeps_a_candidate_when_the_kept_ones_can_still_be_charged(
+    shapes: list[tuple[int | None, int | None, frozenset[int] | None]],
+    durations: list[int],
+    limit: int,
+) -> None:
+    """Fed candidates in rank order, the quota keeps exactly those that, with the ones kept
+    before them, can each be charged to one rule they fit within the rules' shares."""
+    from vastserver.pipeline.pod import SlotRule
+
+    slots = tuple(SlotRule(lo, hi, req) for lo, hi, req in shapes)
+    quota = matching._SlotQuota(slots, limit)
+    kept: list[frozenset[int]] = []
+    for ms in durations:
+        kind = frozenset(n for n, rule in enumerate(quota.rules) if rule.fits(ms))
+        want = bool(kind) and _quota_feasible([*kept, kind], quota.quota)
+        assert quota.room(ms) == want
+        if want:
+            quota.keep(ms)
+            kept.append(kind)
+        assert sum(quota.free) == sum(quota.quota) - len(kept)
+    assert quota.full == (len(kept) == sum(quota.quota))
 
 
 @cache

@@ -516,8 +516,8 @@ class BitIndex:
         group; spares cover duration fit) and at most ``per_slot_role`` that may only play
         first, and as many that may only play last (a pod has one first and one last slot;
         spares cover caps and budgets, checked later), with slot rules (a structured pod)
-        at most each distinct rule's share of the limit (:class:`_SlotQuota`), and stops at
-        the chunk where the limit fills:
+        at most each distinct rule's share of the limit, each kept candidate taking room from
+        one rule it fits (:class:`_SlotQuota`), and stops at the chunk where the limit fills:
         what follows was not examined and counts as ``outranked``, whatever it would have
         failed. So the drop counts by check cover the chunks examined, and the work is
         bounded by the limit, not by the catalog or how many candidates match."""
@@ -554,7 +554,9 @@ class BitIndex:
         rules = _SlotQuota(req.brk.slots, limit) if req.brk.slots is not None else None
         examined = failed = 0  # matches in the chunks evaluated; of them, residual drops
         k = 0
-        while k < n_chunks and len(out) < limit:
+        # (with slot rules each kept candidate takes room from one rule, so the rules are all
+        # full by the time the limit is; ``full`` stops the scan should the shares fall short)
+        while k < n_chunks and len(out) < limit and not (rules is not None and rules.full):
             m = self.match_chunk(plan, k, dropped)
             k += 1
             if not m:
@@ -599,30 +601,88 @@ class BitIndex:
 class _SlotQuota:
     """A structured pod's slots of different rules share the candidate limit: each distinct
     rule keeps at most its share of it (``limit`` x its slots / all slots, rounded up), so a
-    slot whose ads rank low (15 s ads worth less than 30 s ones) still gets candidates. A
-    candidate is skipped once every rule it fits has its share; kept, it counts for each."""
+    slot whose ads rank low (15 s ads worth less than 30 s ones) still gets candidates.
 
-    __slots__ = ("fits", "kept", "quota", "rules")
+    Each kept candidate is charged to ONE rule it fits, so the shares add up to (about) the
+    limit even when rules overlap: a 15 s ad fits both 'up to 30 s' and 'exactly 15 s' and
+    counting it for both would fill both shares with half the limit, then skip everything
+    else while the scan went on over the whole catalog. A candidate is kept when the kept
+    ones plus it can still be charged within the shares: if every rule it fits is full, a
+    kept candidate charged to one of them moves to another rule it fits with room left
+    (an augmenting path over the few rules), so which rule took an earlier ad never costs a
+    later one its place. Once a kind of candidate (the set of rules it fits) cannot be
+    charged, it never can again (more kept candidates only take room), so that answer is
+    remembered; :attr:`full` says no rule has room, and the scan stops."""
+
+    __slots__ = ("charged", "closed", "fits", "free", "quota", "rules")
 
     def __init__(self, slots: tuple[SlotRule, ...], limit: int) -> None:
         self.rules = list(dict.fromkeys(slots))
         self.quota = [-(-limit * slots.count(rule) // len(slots)) for rule in self.rules]
-        self.kept = [0] * len(self.rules)
-        self.fits: dict[int, list[int]] = {}  # duration (ms) -> the rules it fits
+        self.free = list(self.quota)  # per rule: room left
+        # per kind (the rules a duration fits): how many kept candidates are charged to each rule
+        self.charged: dict[tuple[int, ...], list[int]] = {}
+        self.closed: set[tuple[int, ...]] = set()  # kinds that can no longer be charged
+        self.fits: dict[int, tuple[int, ...]] = {}  # duration (ms) -> the rules it fits
 
-    def _fits(self, ms: int) -> list[int]:
+    @property
+    def full(self) -> bool:
+        return not any(self.free)
+
+    def _fits(self, ms: int) -> tuple[int, ...]:
         f = self.fits.get(ms)
         if f is None:
-            f = self.fits[ms] = [n for n, rule in enumerate(self.rules) if rule.fits(ms)]
+            f = self.fits[ms] = tuple(n for n, rule in enumerate(self.rules) if rule.fits(ms))
         return f
 
+    def _path(self, kind: tuple[int, ...]) -> list[tuple[tuple[int, ...], int, int]] | None:
+        """How to make room for a candidate of ``kind``: the moves (kind of a kept candidate,
+        from rule, to rule), the last onto a rule with room left; None if there is no way.
+        Empty when a rule of ``kind`` has room."""
+        free = self.free
+        if any(free[n] for n in kind):
+            return []
+        if kind in self.closed:
+            return None
+        came: dict[int, tuple[tuple[int, ...], int] | None] = dict.fromkeys(kind)
+        todo = list(kind)
+        for r in todo:  # breadth first; grows as rules are reached
+            for other, counts in self.charged.items():
+                if not counts[r]:
+                    continue
+                for to in other:
+                    if to in came:
+                        continue
+                    came[to] = (other, r)
+                    if free[to]:
+                        moves: list[tuple[tuple[int, ...], int, int]] = []
+                        at, step = to, came[to]
+                        while step is not None:
+                            moves.append((step[0], step[1], at))
+                            at = step[1]
+                            step = came[at]
+                        return moves
+                    todo.append(to)
+        self.closed.add(kind)
+        return None
+
     def room(self, ms: int) -> bool:
-        kept, quota = self.kept, self.quota
-        return any(kept[n] < quota[n] for n in self._fits(ms))
+        return self._path(self._fits(ms)) is not None
 
     def keep(self, ms: int) -> None:
-        for n in self._fits(ms):
-            self.kept[n] += 1
+        kind = self._fits(ms)
+        moves = self._path(kind)
+        assert moves is not None  # room() said so
+        for other, frm, to in moves:
+            counts = self.charged[other]
+            counts[frm] -= 1
+            counts[to] += 1
+        # the rule freed by the moves, else (no moves) the one of its rules with most room
+        rule = moves[-1][1] if moves else max(kind, key=self.free.__getitem__)
+        end = moves[0][2] if moves else rule
+        self.free[end] -= 1
+        counts = self.charged.setdefault(kind, [0] * len(self.rules))
+        counts[rule] += 1
 
 
 def residual_check(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
