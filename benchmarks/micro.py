@@ -440,14 +440,15 @@ def store_memory(catalog: Path, viewers: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     now = datetime.now(UTC)
     ts = now.timestamp()
-    exposure_window = exposure_read(Viewer("x", None, False)).window
     for i, vh in enumerate(hashes):
         c = cands[i % len(cands)]
         v = Viewer(vh, None, False)
         guards, incrs = reservation_guards(c, v, now, c.line_item.price)
         _run_sync(store.commit([Guarded(guards, incrs)], ts))
         imp = impression_increments(c, v, ts, now, c.line_item.price)
-        imp.append(Incr(exposure_read(v).key, exposure_window, 1))
+        exposure = exposure_read(v)
+        assert exposure is not None  # a viewer known by device (not lmt) always has one
+        imp.append(Incr(exposure.key, exposure.window, 1))
         _run_sync(store.add(imp, ts))
     elapsed = time.perf_counter() - t0
     gc.collect()

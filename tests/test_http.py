@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from lxml import etree
 
-from tests.conftest import ClientFactory, FakeClock, raw_request
+from tests.conftest import PUBLIC_URL, ClientFactory, FakeClock, raw_request
 from vastserver.app import RUNTIME
 from vastserver.eventlog import read_events
 from vastserver.tracking import expand_macros
@@ -709,3 +709,40 @@ async def test_a_slow_catalog_reload_does_not_stall_serving(
     release.set()
     done = await asyncio.wait_for(reload, 10)
     assert done.status == 200 and (await done.json())["version"]
+
+
+async def test_lmt_viewers_without_a_session_share_no_identity(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``lmt=1`` without a ``session`` (or GDPR without consent) leaves nothing to know the
+    viewer by: such requests must not share one. They keyed on ``session:`` (the empty
+    session), so every one of them had the same viewer hash and one 24 h exposure counter:
+    the impressions one viewer counted became another's ``viewer_exposures`` (a model
+    feature: ad fatigue). With a session, lmt requests remain that session's viewer."""
+    client: Any = await make_client(event_log=str(tmp_path))
+
+    async def serve(query: str, ua: str) -> int:
+        root = await _vast(client, query, headers={"User-Agent": ua})
+        ours = [u for u in _urls(root, ".//v:Impression") if u.startswith(PUBLIC_URL)]
+        for url in ours:
+            assert (await client.get(_local(url))).status == 204
+        return len(ours)
+
+    counted = 0
+    for n in range(3):  # unrelated lmt viewers without a session, their impressions counted
+        counted += await serve("pod_duration=60&lmt=1", f"Roku/{n}")
+    counted += await serve("pod_duration=60&gdpr=1", "Roku/gdpr")  # no consent: as lmt
+    assert counted > 0
+    for _ in range(2):  # one lmt viewer with a session
+        await serve("pod_duration=60&lmt=1&session=s-lmt", "Roku/s")
+    await client.close()  # flushes the event log
+    decisions = [r for r in read_events([tmp_path]) if r["type"] == "decision"]
+    assert len(decisions) == 6 and all(d["ads"] for d in decisions)
+    alone, sessioned = decisions[:4], decisions[4:]
+    assert [{ad["viewer_exposures"] for ad in d["ads"]} for d in alone] == [{0}] * 4
+    assert len({d["viewer"] for d in alone}) == 4
+    # the session's viewer: one hash, and its second break sees the first one's impressions
+    assert sessioned[0]["viewer"] == sessioned[1]["viewer"]
+    assert sessioned[0]["viewer"] not in {d["viewer"] for d in alone}
+    first = len(sessioned[0]["ads"])
+    assert [{ad["viewer_exposures"] for ad in d["ads"]} for d in sessioned] == [{0}, {first}]

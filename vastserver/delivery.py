@@ -197,7 +197,8 @@ class DeliveryControl:
         (one ``history``), issued concurrently."""
         exposure = exposure_read(viewer)
         checks, reads = gate_checks(cands, viewer, now, self.gate_cache)
-        reads.append(exposure)
+        if exposure is not None:
+            reads.append(exposure)
         try:
             if session and not self.store.local:
                 values, entries = await asyncio.gather(
@@ -224,7 +225,8 @@ class DeliveryControl:
             checks=checks,
         )
         creatives, comps = recent_from_history(entries, avail, now.timestamp(), self.separation)
-        return Prefetched(gate, counts.get(exposure.key, 0), creatives, comps)
+        exposures = 0 if exposure is None else counts.get(exposure.key, 0)
+        return Prefetched(gate, exposures, creatives, comps)
 
     def degraded(self, cands: Sequence[Candidate], viewer: Viewer, now: datetime) -> Prefetched:
         """No counters (store down or too slow): caps and stream separation fail open,
@@ -422,7 +424,9 @@ class DeliveryControl:
             if event == "impression":
                 viewer = Viewer(token.viewer_hash, token.session or None, token.lmt)
                 incrs.append(Incr(spend_key(li), LIFETIME, spend_micros(token.price_micros)))
-                incrs.append(Incr(exposure_read(viewer).key, EXPOSURE_WINDOW, 1))
+                exposure = exposure_read(viewer)
+                if exposure is not None:
+                    incrs.append(Incr(exposure.key, EXPOSURE_WINDOW, 1))
                 if cand is not None:
                     incrs += impression_plan(
                         cand, viewer, served_at, price, self.scopes(catalog), self.gate_cache
@@ -643,10 +647,15 @@ class DeliveryControl:
 EXPOSURE_WINDOW = Window(86400, 3600)
 
 
-def exposure_read(viewer: Viewer) -> Read:
-    """Impressions a viewer counted over the last 24 h (a model feature: ad fatigue)."""
-    subject = f"s:{viewer.session or '-'}" if viewer.lmt else f"v:{viewer.hash}"
-    return Read(f"vx:{subject}", EXPOSURE_WINDOW)
+def exposure_read(viewer: Viewer) -> Read | None:
+    """Impressions a viewer counted over the last 24 h (a model feature: ad fatigue); with
+    ``lmt``, the session's. None for ``lmt`` without a session: no viewer to count for (one
+    ``vx:s:-`` counter summed every such viewer's impressions into each one's exposures)."""
+    if not viewer.lmt:
+        return Read(f"vx:v:{viewer.hash}", EXPOSURE_WINDOW)
+    if not viewer.session:
+        return None
+    return Read(f"vx:s:{viewer.session}", EXPOSURE_WINDOW)
 
 
 def _li_budget(li: LineItem) -> int | None:

@@ -218,12 +218,12 @@ class ModelManager:
         """The experiment arm (None without an experiment) and the scorer for a request."""
         if not self.arms:
             return None, self.primary
-        if req.device.lmt and not req.session:
-            # Nothing to stick to (no device id, no session): a draw per request. Hashing
-            # the empty session put every such request in the same arm.
+        key = req.viewer_key()
+        if key is None:
+            # Nothing to stick to (lmt: no device id, and no session): a draw per request.
+            # Hashing the empty session put every such request in the same arm.
             u = self.rng.random()
         else:
-            key = req.viewer_key() if not req.device.lmt else f"session:{req.session}"
             h = hashlib.blake2b(f"{self.experiment}|{key}".encode(), digest_size=8).digest()
             u = int.from_bytes(h, "big") / 2**64
         acc = 0.0

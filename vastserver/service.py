@@ -31,7 +31,7 @@ from vastserver.pipeline.scoring import PriceScorer, Scorer, ScoringContext
 from vastserver.pipeline.stages import DELIVERY_FILTERS, PRE_DELIVERY_FILTERS, StageEnv
 from vastserver.records import EventSink, NullSink, decision_record
 from vastserver.store.base import within
-from vastserver.tracking import Keyring, new_ad_serving_id, viewer_hash
+from vastserver.tracking import Keyring, anonymous_viewer_hash, new_ad_serving_id, viewer_hash
 
 log = logging.getLogger("vastserver.service")
 
@@ -191,7 +191,8 @@ class AdService:
         now = self.clock()
         env = self._env(req, now)
         kept, dropped = snap.index.select(req, env, self.candidate_limit)
-        vh = viewer_hash(req.viewer_key(), self.keyring)
+        key = req.viewer_key()
+        vh = anonymous_viewer_hash(self.rng) if key is None else viewer_hash(key, self.keyring)
         viewer = Viewer.of(req, vh)
         try:
             pre = await within(

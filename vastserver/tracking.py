@@ -907,6 +907,12 @@ def viewer_hash(key: str, keyring: Keyring) -> str:
     return mac.hexdigest()[:VIEWER_HASH_LEN]
 
 
+def anonymous_viewer_hash(rng: random.Random) -> str:
+    """A viewer hash for a request with no viewer key (``lmt`` without a session): drawn at
+    random, so such requests share no identity (caps, exposures, logs) with one another."""
+    return f"{rng.getrandbits(VIEWER_HASH_LEN * 4):0{VIEWER_HASH_LEN}x}"
+
+
 def new_ad_serving_id(rng: random.Random) -> str:
     """22-char base64url id from 128 random bits.
 

@@ -123,14 +123,16 @@ class AdRequest:
     privacy: PrivacySignals = NO_SIGNALS
     """The privacy signals, for the privacy macros in third parties' trackers."""
 
-    def viewer_key(self) -> str:
+    def viewer_key(self) -> str | None:
         """Stable key for frequency capping: IFA, else a hash input of IP + UA; never cookies.
 
-        With ``lmt`` the viewer has no per-device profile; the session stands in for it.
+        With ``lmt`` the viewer has no per-device profile; the session stands in for it, and
+        without a session there is no viewer to know: None (no caps, exposures or history
+        kept for it; every such request is a viewer of its own, not one shared key).
         """
         d = self.device
         if d.lmt:
-            return f"session:{self.session or ''}"
+            return f"session:{self.session}" if self.session else None
         if d.ifa:
             return f"ifa:{d.ifa}"
         return f"ipua:{d.ip or ''}|{d.user_agent or ''}"
