@@ -778,6 +778,8 @@ async def test_openrtb_reads_us_privacy_gpp_and_coppa(make_client: ClientFactory
         ({"tc_string": "CPxx"}, PrivacySignals(gdpr=True, tc_string="CPxx")),
         ({"gdpr": False, "tc_string": "CPxx"}, PrivacySignals(gdpr=False, tc_string="CPxx")),
         ({"us_privacy": "1YNN"}, PrivacySignals(us_privacy="1YNN")),
+        # gdpr=0, but gpp_sid names the EU TCF section: the GDPR applies (docs/catalog.md)
+        ({"gdpr": False, "gpp_sid": (2,)}, PrivacySignals(gdpr=True, gpp_sid=(2,))),
         # the GPP string's TCF section: the GDPR applies and its TC string stands in
         (
             {"gpp": GPP_WITH_TCF, "gpp_sid": (2,)},
