@@ -22,7 +22,7 @@ from tests.support.redis_server import RedisServer
 from tests.test_cli import Server, _env, _two_free_ports
 from vastserver.delivery import claim_window_s
 from vastserver.store.base import StoreUnavailable
-from vastserver.store.redis import RedisStore
+from vastserver.store.redis import CLAIM_MARGIN_S, RedisStore
 from vastserver.tracking import expand_macros
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -267,8 +267,8 @@ async def test_raising_the_token_max_age_on_redis_opens_no_replay_window(redis_u
         assert stats[0]["delivered_impressions"] == 1
 
         # a token served since the new window was noted (the new instance's first claim,
-        # above) is countable for the whole new max age
-        clock.now += timedelta(seconds=1)
+        # above, plus the margin) is countable for the whole new max age
+        clock.now += timedelta(seconds=CLAIM_MARGIN_S + 1)  # in force from then on
         fresh = tokens_for(new, await new.decide(request("v-new")))[0]
         clock.now += timedelta(seconds=3 * 86400)
         assert (await new.delivery.on_beacon("impression", fresh, new.snapshot.catalog)).counted

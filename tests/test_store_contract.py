@@ -39,6 +39,7 @@ from vastserver.store import (
     Window,
     open_store,
 )
+from vastserver.store.redis import CLAIM_MARGIN_S
 
 T0 = 1_800_000_000.0
 """A multiple of every bucket width used here (so bucket edges are easy to reason about)."""
@@ -582,11 +583,11 @@ async def test_redis_claims_last_the_longest_claim_window_of_any_client(
     try:
         # the longer one claims first; the shorter one, later, does not shorten the window
         assert await long.claim_and_add(["a"], day, [], T0, served_at=T0) == [True]
-        assert await short.claim_and_add(["b"], day, [], T0 + 10, served_at=T0 + 5) == [True]
+        # (a window is in force from its first claim plus the margin)
+        s = T0 + CLAIM_MARGIN_S + 5
+        assert await short.claim_and_add(["b"], day, [], s + 5, served_at=s) == [True]
         assert await short._client.ttl("vs:d:b") > week - 20
-        assert await short.claim_and_add(["b"], day, [], T0 + 3 * 86400, served_at=T0 + 5) == [
-            False
-        ]
+        assert await short.claim_and_add(["b"], day, [], T0 + 3 * 86400, served_at=s) == [False]
         # without a serve time a claim is as asked
         assert await short.claim_and_add(["c"], 60, [], T0) == [True]
         assert 0 < await short._client.ttl("vs:d:c") <= 60
@@ -606,11 +607,163 @@ async def test_redis_claims_last_the_longest_claim_window_of_any_client(
         assert await long.read([Read("n", LIFE)], T0 + day) == [0]
         # served after it: claimed for the longest window, by either
         now = T0 + 3 * 86400
-        assert await short.claim_and_add(["c"], 60, [], now, served_at=T0 + 11) == [True]
-        assert await short._client.ttl("x:d:c") > T0 + 11 + week - now - 20
+        s = T0 + 11 + CLAIM_MARGIN_S
+        assert await short.claim_and_add(["c"], 60, [], now, served_at=s) == [True]
+        assert await short._client.ttl("x:d:c") > s + week - now - 20
     finally:
         await long.close()
         await short.close()
+
+
+async def test_redis_claim_window_grown_by_a_slow_clock_refuses_what_it_cannot_cover(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """A longer window is in force from its first claim plus the margin, by the claiming
+    instance's clock: an instance whose clock is behind (less than the margin) once recorded
+    it before tokens another instance served and claimed under the shorter window, and a
+    replay of one, after its claim lapsed, was counted again."""
+    short_w, long_w, skew = 7200, 18000, 60
+    a, b = RedisStore(redis_url), RedisStore(redis_url)
+    a.claim_window_s, b.claim_window_s = short_w, long_w
+    try:
+        assert await a.claim_and_add(["warm"], short_w, [], T0, served_at=T0) == [True]
+        t1 = T0 + 5000
+        s = t1 - 30  # a serves a token 30 s before b's first claim; its beacon comes to a
+        keys, inc = ["tok:impression"], [Incr("n", LIFE)]
+        assert await a.claim_and_add(keys, int(s + short_w - s - 2), inc, s + 2, served_at=s)
+        # b's first claim at true time t1, its clock 60 s behind
+        assert await b.claim_and_add(["other"], long_w, [], t1 - skew, served_at=t1 - 70)
+        await a._client.delete("vs:d:tok:impression")  # the claim lapsed at s + short_w
+        r = s + short_w + 100  # the replay, to b, where the token still verifies
+        with pytest.raises(ClaimExpired):
+            await b.claim_and_add(keys, int(s + long_w - r), inc, r - skew, served_at=s)
+        assert await a.read([Read("n", LIFE)], r) == [1]
+        # the recorded time never moves, and a token served after it lasts the long window
+        before = await a._client.zscore("vs:claim-windows", str(long_w))
+        assert before == t1 - skew + CLAIM_MARGIN_S
+        late = t1 + CLAIM_MARGIN_S
+        assert await b.claim_and_add(["late"], 60, [], late + 9000, served_at=late) == [True]
+        assert await a._client.zscore("vs:claim-windows", str(long_w)) == before
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_claim_windows_recorded_in_the_same_second_compare_as_numbers(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Windows first claimed with in the same second (a fleet started together) have equal
+    scores, which Redis orders by member string: '90000' passed for longer than '176400',
+    the longer window's time was moved on each claim, and a valid token was refused."""
+    day, two_days = 86400 + 3600, 2 * 86400 + 3600
+    a, b = RedisStore(redis_url), RedisStore(redis_url)
+    a.claim_window_s, b.claim_window_s = day, two_days
+    try:
+        assert await a.claim_and_add(["x"], day, [], T0 + 0.2, served_at=T0 - 3) == [True]
+        assert await b.claim_and_add(["y"], two_days, [], T0 + 0.7, served_at=T0 - 5) == [True]
+        s = T0 + 3600
+        now = s + 30 * 3600  # b's token, first beaconed 30 h later, to b
+        assert await b.claim_and_add(["t"], int(s + two_days - now), [], now, served_at=s) == [True]
+        assert await b._client.ttl("vs:d:t") > s + two_days - now - 20
+        assert await b._client.zscore("vs:claim-windows", str(two_days)) == T0 + CLAIM_MARGIN_S
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_claim_window_unused_for_its_length_drops_out(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """One start with a huge token max age made every later claim of the fleet last that
+    long, for good. A window no instance claimed with for its own length drops out; the
+    tokens served while it was in force stay covered until then."""
+    day, month = 86400 + 3600, 30 * 86400 + 3600
+    fleet, once = RedisStore(redis_url), RedisStore(redis_url)
+    fleet.claim_window_s, once.claim_window_s = day, month
+    try:
+        assert await fleet.claim_and_add(["a"], day, [], T0, served_at=T0) == [True]
+        assert await once.claim_and_add(["b"], month, [], T0 + 2, served_at=T0 + 2) == [True]
+        # a token the long instance served once its window was in force, counted by the fleet
+        s = T0 + 2 + CLAIM_MARGIN_S + 1
+        inc = [Incr("n", LIFE)]
+        assert await fleet.claim_and_add(["t"], day, inc, s + 10, served_at=s) == [True]
+        assert await fleet._client.ttl("vs:d:t") > month - 100  # as long as the long window
+        # a month on, still in force: fleet claims last a month
+        t = T0 + 29 * 86400
+        assert await fleet.claim_and_add(["c29"], day, [], t, served_at=t) == [True]
+        assert await fleet._client.ttl("vs:d:c29") > month - 20
+        # replayed to the long instance after its claim lapsed (deleted here) but before it
+        # could have: refused as a duplicate while the claim lives, expired once it may not
+        await fleet._client.delete("vs:d:t")
+        last_use = s + month - 10
+        with pytest.raises(ClaimExpired):
+            await once.claim_and_add(["t"], 60, inc, last_use, served_at=s)
+        # unused for its length (and the margin): the fleet's claims last a day again
+        t = last_use + month + CLAIM_MARGIN_S - 100
+        assert await fleet.claim_and_add(["c59"], day, [], t, served_at=t) == [True]
+        assert await fleet._client.ttl("vs:d:c59") > month - 20
+        t += 200
+        assert await fleet.claim_and_add(["c31"], day, [], t, served_at=t) == [True]
+        assert 0 < await fleet._client.ttl("vs:d:c31") <= day
+        assert await fleet._client.zrange("vs:claim-windows", 0, -1) == [str(day)]
+        # and the long instance back claims with it again, from then on
+        t += 100
+        assert await once.claim_and_add(["d"], month, [], t, served_at=t) == [True]
+        assert await fleet._client.zscore("vs:claim-windows", str(month)) == t + CLAIM_MARGIN_S
+        assert await fleet.read([Read("n", LIFE)], t) == [1]
+    finally:
+        await fleet.close()
+        await once.close()
+
+
+async def test_redis_claim_windows_never_count_a_replay_twice(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Instances with different token max ages and clocks (skew under the margin) that come
+    and go over months, tokens replayed at random times to random instances: each claim is
+    dropped here once Redis would have let it lapse, and no token ever counts twice."""
+    rng = random.Random(7)
+    ages = [3600, 86400, 7 * 86400, 30 * 86400]
+    stores = [RedisStore(redis_url) for _ in ages]
+    for st_, age in zip(stores, ages, strict=True):
+        st_.claim_window_s = age + 3600
+    skews = [rng.uniform(-CLAIM_MARGIN_S / 2.5, CLAIM_MARGIN_S / 2.5) for _ in ages]
+    expiry: dict[str, float] = {}  # claim key -> true time it lapses
+    counted: dict[str, int] = defaultdict(int)
+    tokens: list[tuple[str, float]] = []
+    now = T0
+    try:
+        for step in range(3000):
+            now += rng.choice([1, 30, 600, 3600, 3600, 6 * 3600, 86400, 86400, 20 * 86400])
+            awake = [i for i in range(len(ages)) if (now // (40 * 86400) + i) % 3 != 0]
+            i = rng.choice(awake)
+            clock = now + skews[i]
+            if rng.random() < 0.4 or not tokens:
+                tokens.append((f"t{step}", clock))  # instance i serves a token
+                continue
+            tok, served = rng.choice(tokens[-30:])
+            if clock - served > ages[i]:
+                continue  # i's token check refuses it
+            lapsed = [k for k, t in expiry.items() if t <= now]
+            if lapsed:
+                await stores[0]._client.delete(*(f"vs:d:{k}" for k in lapsed))
+                for k in lapsed:
+                    del expiry[k]
+            ttl = max(1, math.ceil(served + ages[i] + 3600 - clock))
+            try:
+                res = await stores[i].claim_and_add(
+                    [tok], ttl, [Incr(tok, LIFE)], clock, served_at=served
+                )
+            except ClaimExpired:
+                continue
+            if res == [True]:
+                counted[tok] += 1
+                expiry[tok] = now + await stores[i]._client.ttl(f"vs:d:{tok}")
+        assert counted and max(counted.values()) == 1
+        assert len(await stores[0]._client.zrange("vs:claim-windows", 0, -1)) < len(ages)
+    finally:
+        for st_ in stores:
+            await st_.close()
 
 
 async def test_redis_restart(request: pytest.FixtureRequest) -> None:

@@ -9,13 +9,19 @@ Key layout (``prefix`` defaults to ``"vs:"``):
   small fields (a listpack in Redis) and an empty one disappears. A key must always be used
   with the same ``Window``;
 * claim ``{prefix}d:{key}``: ``SET NX EX``;
-* claim windows ``{prefix}claim-windows``: a sorted set of each claim window longer than
-  all before it (member) and when an instance first claimed with it (score). A claim given
-  its beacon's ``served_at`` lasts until ``served_at`` + the longest window, not just the
-  caller's (instances with different ``VASTSERVER_TOKEN_MAX_AGE`` values share the claims);
-  and a beacon served before the longest window grew, past the window it had then less
-  :data:`CLAIM_MARGIN_S`, raises :class:`~.base.ClaimExpired`: its claim may have lapsed,
-  and counting it might count it twice. Entries no verifying token can need are dropped;
+* claim windows ``{prefix}claim-windows``: a sorted set of each claim window an instance
+  claimed with (member) and when it came into force (score: that instance's clock at its
+  first claim plus :data:`CLAIM_MARGIN_S`, so a clock behind by less than the margin errs
+  towards refusing; never moved), and ``{prefix}claim-windows:used``, a hash of when an
+  instance last claimed with each (refreshed at most once a minute). A claim given its
+  beacon's ``served_at`` lasts until ``served_at`` + the longest window recorded, not just
+  the caller's (instances with different ``VASTSERVER_TOKEN_MAX_AGE`` values share the
+  claims); a beacon served before the longest window in force then (compared as numbers),
+  past that window less :data:`CLAIM_MARGIN_S`, raises :class:`~.base.ClaimExpired`: its
+  claim may have lapsed, and counting it might count it twice. A window unused for its own
+  length drops out (never the shortest, which answers for tokens served before every
+  recorded window): dropping one only shortens the window a lookup finds for a token, never
+  a claim already written, so it can refuse more, never count twice;
 * history ``{prefix}h:{key}``: a list, newest first (``LPUSH``/``LTRIM``/``EXPIRE`` in one
   ``MULTI``), read with ``LRANGE``.
 
@@ -187,37 +193,70 @@ return out
 CLAIM_ADD_LUA = (
     _INCR_LUA
     + """
--- KEYS: the claim windows (a sorted set), the claim keys, then the counter hash of every
---   increment.
+-- KEYS: the claim windows (a sorted set: window -> when it came into force), when each was
+--   last claimed with (a hash: window -> time), the claim keys, then the counter hash of
+--   every increment.
 -- ARGV: nclaims, ttl, served_at, window, now, margin (served_at and window '' when not
 --   known), then per incr: field, amount, ttl, trim (as in COMMIT_LUA).
 -- Returns 1/0 per claim (SET NX EX); the increments apply only if every claim is new.
--- Returns -1 (nothing claimed or counted) for a token served when the longest claim window
--- was shorter, older than that window less the margin: a claim of it may have lapsed.
+-- Returns -1 (nothing claimed or counted) for a token served before the longest window in
+-- force when it was served allowed, older than that window less the margin: a claim of it
+-- may have lapsed.
 local n = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 if ARGV[3] ~= '' and ARGV[4] ~= '' then
-  local cw, served, window, now = KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-  local top = redis.call('ZREVRANGE', cw, 0, 0)
-  local longest = 0
-  if #top > 0 then longest = tonumber(top[1]) end
-  if window > longest then
-    -- the longest window from now on; keep only the entries tokens still verifying need
-    redis.call('ZADD', cw, now, window)
-    longest = window
-    local old = redis.call('ZRANGEBYSCORE', cw, '-inf', now - longest)
-    if #old > 1 then redis.call('ZREMRANGEBYRANK', cw, 0, #old - 2) end
+  local cw, used = KEYS[1], KEYS[2]
+  local served, mine, now = tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
+  local margin = tonumber(ARGV[6])
+  local flat = redis.call('ZRANGE', cw, 0, -1, 'WITHSCORES')
+  local seen = {}
+  local lastflat = redis.call('HGETALL', used)
+  for i = 1, #lastflat, 2 do seen[lastflat[i]] = tonumber(lastflat[i + 1]) end
+  local wins, known = {}, false
+  for i = 1, #flat, 2 do
+    wins[#wins + 1] = {flat[i], tonumber(flat[i]), tonumber(flat[i + 1])}
+    if flat[i] == mine then known = true end
   end
-  -- the longest window registered before the token was served
-  local at = redis.call('ZREVRANGEBYSCORE', cw, '(' .. ARGV[3], '-inf', 'LIMIT', 0, 1)
-  if #at == 0 then at = redis.call('ZRANGE', cw, 0, 0) end
-  if now > served + tonumber(at[1]) - tonumber(ARGV[6]) then return -1 end
+  if not known then
+    -- in force from now + margin (an instance whose clock is behind errs towards refusing);
+    -- a recorded time never moves
+    redis.call('ZADD', cw, 'NX', now + margin, mine)
+    wins[#wins + 1] = {mine, tonumber(mine), now + margin}
+  end
+  if seen[mine] == nil or seen[mine] <= now - 60 then
+    redis.call('HSET', used, mine, now)
+    seen[mine] = now
+  end
+  local least = math.huge
+  for _, e in ipairs(wins) do
+    if e[2] < least then least = e[2] end
+  end
+  -- a window no instance claimed with for its own length drops out (never the shortest:
+  -- it answers for tokens served before every window still recorded); the longest window
+  -- in force when the token was served, and the longest of all, by number
+  local longest, at = 0, nil
+  for _, e in ipairs(wins) do
+    local last = seen[e[1]]
+    if last == nil then
+      redis.call('HSET', used, e[1], now)
+      last = now
+    end
+    if e[2] ~= least and now > last + e[2] + margin then
+      redis.call('ZREM', cw, e[1])
+      redis.call('HDEL', used, e[1])
+    else
+      if e[2] > longest then longest = e[2] end
+      if e[3] < served and (at == nil or e[2] > at) then at = e[2] end
+    end
+  end
+  if at == nil then at = least end
+  if now > served + at - margin then return -1 end
   local need = math.ceil(served + longest - now)
   if need > ttl then ttl = need end
 end
 local out, all = {}, 1
 for i = 1, n do
-  if redis.call('SET', KEYS[i + 1], '1', 'NX', 'EX', ttl) then
+  if redis.call('SET', KEYS[i + 2], '1', 'NX', 'EX', ttl) then
     out[i] = 1
   else
     out[i] = 0
@@ -226,7 +265,7 @@ for i = 1, n do
 end
 if all == 1 then
   local a = 7
-  for k = n + 2, #KEYS do
+  for k = n + 3, #KEYS do
     incr(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
     a = a + 4
   end
@@ -276,6 +315,7 @@ class RedisStore:
         self._d = prefix + "d:"
         self._h = prefix + "h:"
         self._cw = prefix + "claim-windows"
+        self._cw_used = prefix + "claim-windows:used"
         self.claim_window_s: int | None = None
         """How long after its ad was served this instance's beacon claims expire (set by the
         app from ``VASTSERVER_TOKEN_MAX_AGE``); None: no claim window bookkeeping."""
@@ -348,7 +388,7 @@ class RedisStore:
         if not keys:
             await self.add(incrs, now)
             return []
-        redis_keys = [self._cw, *(self._d + key for key in keys)]
+        redis_keys = [self._cw, self._cw_used, *(self._d + key for key in keys)]
         window = self.claim_window_s
         args: list[int | str] = [
             len(keys),
