@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -881,3 +882,62 @@ def test_serve_reports_a_broken_arm_bundle_as_a_settings_problem(tmp_path: Path)
     assert "Traceback" not in r.stderr
     assert f"VASTSERVER_ARMS: arm a: model bundle {broken}" in r.stderr, r.stderr
     assert "VASTSERVER_ADMIN_TOKEN" in r.stderr  # listed with the others
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its adopter has not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl(PR_SET_PDEATHSIG)")
+def test_workers_stop_when_their_supervisor_is_killed(server_factory: Any, redis_url: str) -> None:
+    """A SIGKILL of the supervisor left its workers serving, orphaned: the port stayed taken
+    (a restarted server could not bind it) and an admin reload signalled whatever process
+    adopted them. Now they stop with it and free the port."""
+    srv = server_factory("--workers", "2", "--redis", redis_url, "--event-log", "off")
+    srv.wait_ready()
+    deadline = time.monotonic() + 20
+    while len(workers := subprocess.run(
+        ["pgrep", "-P", str(srv.proc.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()) < 2:  # fmt: skip
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.1)
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait()
+    killed = time.monotonic()
+    while not all(_gone(int(w)) for w in workers):
+        assert time.monotonic() < killed + 5, [w for w in workers if not _gone(int(w))]
+        time.sleep(0.05)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=1).close()
+    with socket.socket() as s:  # a restarted server can have it
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", srv.port))
+
+
+def test_an_orphaned_worker_signals_no_one_but_reloads_itself(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An admin reload asked the worker's parent to pass the signal on to every worker: once
+    the supervisor was gone that was whatever adopted the worker (init, as root PID 1). It
+    now signals the supervisor only while it is still the parent."""
+    from types import SimpleNamespace
+
+    from vastserver import app
+
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(app.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    rt: Any = SimpleNamespace(settings=SimpleNamespace(workers=2))
+    reload = app.SignalReload(signal.SIGUSR1, model_only=True)
+    monkeypatch.setattr(app, "SUPERVISOR_PID", os.getppid() + 1)  # not the parent any more
+    with caplog.at_level(logging.WARNING, logger="vastserver.http"):
+        app._reload_the_other_workers(rt, reload)
+    assert sent == [] and not reload.skip
+    assert "supervisor_gone" in caplog.text
+    monkeypatch.setattr(app, "SUPERVISOR_PID", os.getppid())
+    app._reload_the_other_workers(rt, reload)
+    assert sent == [(os.getppid(), signal.SIGUSR1)] and reload.skip

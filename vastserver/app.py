@@ -721,14 +721,29 @@ async def reload_catalog_handler(request: web.Request) -> web.StreamResponse:
     return web.json_response({"version": snap.catalog.version})
 
 
+SUPERVISOR_PID: int | None = None
+"""In a worker of ``serve --workers N``: the process that forked it (set before it starts)."""
+
+
 def _reload_the_other_workers(rt: Runtime, reload: SignalReload) -> None:
     """An admin reload reaches one worker (the one its connection landed on): with several,
-    ask the parent to send them all the reload's signal (SIGHUP for the catalog, SIGUSR1 for
-    the model alone), as that signal to the server does; this worker, which has just
-    reloaded, lets it pass (a 100k catalog takes seconds to load)."""
+    ask the supervisor to send them all the reload's signal (SIGHUP for the catalog, SIGUSR1
+    for the model alone), as that signal to the server does; this worker, which has just
+    reloaded, lets it pass (a 100k catalog takes seconds to load). Only while the supervisor
+    is still this worker's parent: once it died, the process that adopted the worker (init,
+    as root PID 1) must not get a signal meant for it."""
     if rt.settings.workers > 1:
+        if SUPERVISOR_PID is None or os.getppid() != SUPERVISOR_PID:
+            log_event(
+                log,
+                "supervisor_gone",
+                logging.WARNING,
+                supervisor=SUPERVISOR_PID,
+                detail="the reload reached this worker alone",
+            )
+            return
         reload.skip = True
-        os.kill(os.getppid(), reload.signum)
+        os.kill(SUPERVISOR_PID, reload.signum)
 
 
 # ---------------------------------------------------------------------------- factory

@@ -333,14 +333,42 @@ def serve(argv: Sequence[str]) -> int:
 _FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
 
 
+PR_SET_PDEATHSIG = 1
+"""``prctl(2)`` option: the signal this process gets when its parent dies (Linux)."""
+
+
+def _die_with(supervisor: int) -> bool:
+    """Have the kernel send this worker SIGTERM when ``supervisor``, its parent, dies (a
+    SIGKILL, an OOM kill): orphaned workers would serve on unsupervised, holding the port a
+    restarted server needs. False when it is already gone (it died before the call). Where
+    ``prctl`` is missing (not Linux), the worker only checks its parent on an admin reload."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            pass
+        else:
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    return os.getppid() == supervisor
+
+
 def _worker_process(
-    settings: Settings, sock: socket.socket, metrics_sock: socket.socket | None
+    settings: Settings,
+    sock: socket.socket,
+    metrics_sock: socket.socket | None,
+    supervisor: int,
 ) -> None:
     """A forked worker, with the signal dispositions of a fresh start (SIGTERM and SIGINT
     stop it while it loads, without a traceback; a SIGHUP or SIGUSR1 is held until it
-    serves), then unblocked."""
+    serves), then unblocked. It stops when ``supervisor`` dies."""
+    from vastserver import app
     from vastserver.app import hold_sighup
 
+    if not _die_with(supervisor):
+        return  # the supervisor died while forking it
+    app.SUPERVISOR_PID = supervisor
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     hold_sighup()
@@ -384,7 +412,9 @@ def _supervise(
         try:
             if state["stopping"]:
                 return
-            pr = ctx.Process(target=_worker_process, args=(settings, sock, metrics_socks[i]))
+            pr = ctx.Process(
+                target=_worker_process, args=(settings, sock, metrics_socks[i], os.getpid())
+            )
             pr.start()
             procs[i] = pr
             started[i] = time.monotonic()
