@@ -271,18 +271,9 @@ async def test_an_arms_bundle_has_its_own_model_metrics(
 ) -> None:
     """A challenger arm's scores and latency landed in the primary's ``scorer="model"``
     series, and ``vastserver_model_info`` did not name its bundle."""
-    import hashlib
-
     challenger = tmp_path / "challenger"
     shutil.copytree(DEMO_MODEL, challenger)
-    schema = json.loads((challenger / "schema.json").read_text())
-    cid = sorted(schema["creative_rates"])[0]
-    schema["creative_rates"][cid] = 0.5 * schema["creative_rates"][cid]  # another version
-    raw = json.dumps(schema).encode()
-    (challenger / "schema.json").write_bytes(raw)
-    meta = json.loads((challenger / "metadata.json").read_text())
-    meta["sha256"]["schema.json"] = hashlib.sha256(raw).hexdigest()
-    (challenger / "metadata.json").write_text(json.dumps(meta))
+    _another_version(challenger, 0.5)
 
     client: Any = await make_client(
         model=str(DEMO_MODEL), experiment="x", arms=f"model:50,challenger:50:{challenger}"
@@ -389,3 +380,41 @@ async def test_lmt_vast_requests_without_a_session_reach_both_arms(
     await client.close()
     arms = [r["arm"] for r in read_events([events]) if r["type"] == "decision"]
     assert len(arms) == 40 and {"model", "price"} == set(arms)
+
+
+def _another_version(bundle: Path, factor: float) -> None:
+    """Make ``bundle`` another valid version: one creative's rate scaled, checksum updated."""
+    import hashlib
+
+    schema = json.loads((bundle / "schema.json").read_text())
+    cid = sorted(schema["creative_rates"])[0]
+    schema["creative_rates"][cid] = factor * schema["creative_rates"][cid]
+    raw = json.dumps(schema).encode()
+    (bundle / "schema.json").write_bytes(raw)
+    meta = json.loads((bundle / "metadata.json").read_text())
+    meta["sha256"]["schema.json"] = hashlib.sha256(raw).hexdigest()
+    (bundle / "metadata.json").write_text(json.dumps(meta))
+
+
+async def test_model_metrics_keep_no_series_of_versions_swapped_out(
+    make_client: ClientFactory, model_copy: Path
+) -> None:
+    """``vastserver_model_seconds`` and ``vastserver_model_score`` kept the series of every
+    version ever loaded (a scrape grew by ~25 series a retrain, for good). A swap now drops
+    those of versions no longer primary, arm or shadow."""
+    client: Any = await make_client(model=str(model_copy), model_watch_s="0")
+    seen = []
+    for factor in (None, 0.5, 0.25):
+        if factor is not None:
+            _another_version(model_copy, factor)
+            resp = await client.post("/admin/model/reload", headers=AUTH)
+            assert resp.status == 200, await resp.text()
+        seen.append((await (await client.get("/readyz")).json())["model"]["version"])
+        for i in range(5):
+            assert (await client.get(f"/vast?pod_duration=120&device_id=s{i}")).status == 200
+    assert len(set(seen)) == 3, seen
+    text = await (await client.get("/metrics")).text()
+    for name in ("vastserver_model_seconds_count", "vastserver_model_score_count"):
+        assert _metric(text, f'{name}{{scorer="model",version="{seen[2]}"}}') > 0
+        for old in seen[:2]:
+            assert f'version="{old}"' not in text, (name, old)

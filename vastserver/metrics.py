@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Generic, TypeVar
 
 from prometheus_client import (
@@ -187,6 +187,14 @@ class Metrics:
         self.store_seconds_by = Children(self.store_seconds)
         self.pods_by = Children(self.pods)
         self.model_score_by = Children(self.model_score)
+        self.model_seconds_by = Children(self.model_seconds)
+
+    def keep_model_versions(self, scorers: Collection[tuple[str, str]]) -> None:
+        """Drop the ``vastserver_model_seconds`` and ``vastserver_model_score`` series of
+        every ``(scorer, version)`` but ``scorers`` (those still serving or shadowing): each
+        model swap would otherwise leave the old version's series in every scrape for good."""
+        self.model_seconds_by.keep(scorers)
+        self.model_score_by.keep(scorers)
 
     def watch_store_evictions(
         self, evictions: Callable[[], int], forgotten: Callable[[], int]
@@ -239,6 +247,13 @@ class Children(Generic[M]):
         if child is None:
             child = self._by[values] = self.metric.labels(*values)
         return child
+
+    def keep(self, wanted: Collection[tuple[str, ...]]) -> None:
+        """Remove every child but ``wanted`` (from the metric too: it leaves the exposition).
+        Only for a metric whose children are all made here."""
+        for values in [v for v in self._by if v not in wanted]:
+            del self._by[values]
+            self.metric.remove(*values)
 
 
 class DropCounter:

@@ -211,6 +211,10 @@ class ModelManager:
                 self.metrics.model_info.labels(scorer.name, scorer.version).set(1)
         if self.shadow is not None:
             self.metrics.model_info.labels("shadow", self.shadow.version).set(1)
+        live = [self.primary, self.fallback, *(s for _, _, s in self.arms if s is not None)]
+        if self.shadow is not None:
+            live.append(self.shadow)
+        self.metrics.keep_model_versions({(s.name, s.version) for s in live})
 
     # ------------------------------------------------------------------ per decision
 

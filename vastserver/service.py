@@ -70,7 +70,7 @@ class TimedScorer:
         self.inner = inner
         self.name = inner.name
         self.version = inner.version
-        self._hist = metrics.model_seconds.labels(inner.name, inner.version)
+        self._hist = metrics.model_seconds_by(inner.name, inner.version)
 
     def predict(
         self, req: AdRequest, cands: Sequence[Candidate], ctx: ScoringContext
