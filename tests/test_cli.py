@@ -941,3 +941,23 @@ def test_an_orphaned_worker_signals_no_one_but_reloads_itself(
     monkeypatch.setattr(app, "SUPERVISOR_PID", os.getppid())
     app._reload_the_other_workers(rt, reload)
     assert sent == [(os.getppid(), signal.SIGUSR1)] and reload.skip
+
+
+def test_checking_arm_bundles_imports_no_xgboost_in_the_supervisor() -> None:
+    """``serve`` checks each arm's bundle in a spawned child so that the process that forks
+    the workers never initialises xgboost; but the check's module imported xgboost at its
+    top, in that very process."""
+    code = (
+        "import sys\n"
+        "from vastserver.settings import load_settings\n"
+        "env = {'VASTSERVER_EXPERIMENT': 'x',\n"
+        f"       'VASTSERVER_ARMS': 'model:50,c:50:{ROOT / 'fixtures' / 'demo-model'}'}}\n"
+        "s = load_settings(env, check_bundles=True)\n"
+        "assert s.arms and s.arms[1].bundle is not None, s.arms\n"
+        "print('xgboost' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

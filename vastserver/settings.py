@@ -150,7 +150,7 @@ def event_log_dir(raw: str | None) -> Path | None:
 
 
 def _bundle_problems(what: str, bundle: Path) -> list[str]:
-    from vastserver.ml.model import ModelError, check_bundle
+    from vastserver.ml.check import ModelError, check_bundle  # no xgboost in this process
 
     try:
         check_bundle(bundle)
@@ -169,7 +169,7 @@ def load_settings(
     override no setting reads is a problem (a misspelt name must not pass for applied).
 
     ``check_bundles`` (``serve``): validate each experiment arm's model bundle too (in a
-    spawned process, see :func:`vastserver.ml.model.check_bundle`); a bad one is a settings
+    spawned process, see :func:`vastserver.ml.check.check_bundle`); a bad one is a settings
     problem, since a worker could not start with it."""
     o = dict(overrides or {})
     problems: list[str] = []

@@ -17,8 +17,9 @@ Outputs are clipped to ``[1e-6, 1 - 1e-6]``; a non-finite output is replaced by 
 Forking: once a process has loaded an xgboost model, its OpenMP runtime is initialised and
 **children forked afterwards hang on their first prediction** (checked with xgboost 3.2). Load
 bundles in each worker *after* the fork; to validate a bundle in a parent that forks later
-(fail fast at start-up), use :func:`check_bundle`, which loads it in a fresh ``spawn``
-interpreter.
+(fail fast at start-up), use :func:`vastserver.ml.check.check_bundle`, which loads it in a
+fresh ``spawn`` interpreter; import it from :mod:`vastserver.ml.check`, not from here: this
+module imports xgboost, which is what that parent must not do.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import ctypes
 import hashlib
 import json
 import math
-import multiprocessing
 import threading
 import time
 import weakref
@@ -41,6 +41,7 @@ import numpy.typing as npt
 import xgboost as xgb
 from cachetools import LRUCache
 
+from vastserver.ml.check import ModelError, check_bundle
 from vastserver.ml.features import (
     SUPPORTED_VERSIONS,
     FeatureSchema,
@@ -83,10 +84,6 @@ METRICS_FILE: Final = "metrics.json"
 
 P_MIN: Final = 1e-6
 P_MAX: Final = 1.0 - 1e-6
-
-
-class ModelError(Exception):
-    """A model bundle that cannot be served (the message says why)."""
 
 
 def bundle_id(model: bytes, schema: bytes) -> str:
@@ -487,35 +484,3 @@ def measure_latency(
             "p99_us": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 1),
         }
     return out
-
-
-def _check_in_child(path: str) -> dict[str, Any]:
-    try:
-        bundle = ModelBundle.load(path)
-    except ModelError as e:
-        return {"error": str(e)}
-    except Exception as e:  # report anything else as a bad bundle, with its type
-        return {"error": f"model bundle {path}: {type(e).__name__}: {e}"}
-    return {
-        "version": bundle.version,
-        "schema_version": bundle.schema.version,
-        "click_model": bundle.click_booster is not None,
-        "created_at": bundle.metadata.get("created_at"),
-    }
-
-
-def check_bundle(path: Path | str, timeout_s: float = 120.0) -> dict[str, Any]:
-    """Validate a bundle like :meth:`ModelBundle.load`, but in a fresh ``spawn`` process, so
-    the caller's process never initialises xgboost (safe to ``fork`` workers afterwards).
-    Returns ``{"version", "schema_version", "click_model", "created_at"}``; raises
-    ModelError when the bundle is bad or the check does not finish in ``timeout_s``."""
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        pending = pool.apply_async(_check_in_child, (str(path),))
-        try:
-            result: dict[str, Any] = pending.get(timeout_s)
-        except multiprocessing.TimeoutError:
-            raise ModelError(f"model bundle {path}: check timed out after {timeout_s} s") from None
-    if "error" in result:
-        raise ModelError(str(result["error"]))
-    return result
