@@ -44,6 +44,8 @@ async def _decisions(rt: Any, version: str, n: int) -> list[Decision]:
             "vast": version,
             "session": f"s-{i}",
         }
+        if i % 2:  # privacy signals, each request its own, for the macros of tag URLs
+            q |= {"gdpr": "1", "gdpr_consent": f"CPtc{i}.x", "us_privacy": "1YN-"}
         rules = rt.service.snapshot.catalog.rules_for(None)
         req = parse_vast_request(q, client_info({}, "127.0.0.1"), rules)
         out.append(await rt.service.decide(req))
@@ -92,6 +94,8 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 cr.pop(key, None)
             cr.get("trackers", {}).pop("skip", None)  # a tag cannot be skippable here
             cr["vast_tag_url"] = f"https://tp.example/vast?c={n}&a=b&ord=[CACHEBUSTING]"
+            if n % 2 == 0:  # passing the request's privacy signals on to the tag's server
+                cr["vast_tag_url"] += "&gdpr=${GDPR}&tc=${GDPR_CONSENT_755}&us=${US_PRIVACY}"
     path.write_text(json.dumps(doc))
     return path
 
@@ -112,11 +116,24 @@ async def test_cached_fragment_equals_full_render(catalog: Path, version: str) -
     assert any(a.candidate.creative.trackers for _, a in ads)
     assert any(a.candidate.creative.captions for _, a in ads)
     assert any(a.candidate.creative.trackers and a.candidate.creative.vast_tag_url for _, a in ads)
+    filled = [
+        (d, a)
+        for d, a in ads
+        if a.candidate.creative.vast_tag_url and a.candidate.creative.privacy_macros
+    ]
+    assert any(d.request.privacy.tc_string for d, _ in filled)
+    assert any(not d.request.privacy.tc_string for d, _ in filled)
     assert any("<Wrapper" in r._ad_full(d, a, ver, None) for d, a in ads)
     assert any("&amp;" in r._ad_full(d, a, ver, None) for d, a in ads)
     for _ in range(2):  # the second pass takes every fragment from the cache
         for d, a in ads:
             assert r._ad_fast(d, a, ver) == r._ad_full(d, a, ver, None)
+    for d, a in filled:  # each request's own values, in the fast path's tag URL too
+        p = d.request.privacy
+        tc, us = p.tc_string or "", p.us_privacy or ""
+        gdpr = "" if p.gdpr is None else str(int(p.gdpr))
+        want = f"&gdpr={gdpr}&tc={tc}&us={us}]]></VASTAdTagURI>"
+        assert want in r._ad_fast(d, a, ver)
     # whole documents parse and carry each ad's own tokens
     for d in decisions:
         root = etree.fromstring(r.vast(d).encode())
@@ -260,8 +277,9 @@ async def test_pricing_follows_what_each_placed_ad_costs(catalog: Path) -> None:
 async def test_privacy_macros_fill_in_the_cached_fragment_per_request(
     tmp_path: Path,
 ) -> None:
-    """The cached fragment of an ad whose trackers carry privacy macros has a slot for each
-    value: two requests get their own values, both as the template would write them."""
+    """The cached fragment of an ad whose trackers or tag URL carry privacy macros has a slot
+    for each value: two requests get their own values, both as the template would write
+    them."""
     doc = generate_catalog(60, 5, now=FIXED_NOW)
     for n, cr in enumerate(doc["creatives"]):
         if n % 2 == 0:
@@ -269,6 +287,11 @@ async def test_privacy_macros_fill_in_the_cached_fragment_per_request(
                 "impression": ["https://px.example/i?g=${GDPR}&c=${GDPR_CONSENT_755}&a=1"],
                 "start": ["https://px.example/s?u=${US_PRIVACY}&s=${GPP_SID}&t=[TIMESTAMP]"],
             }
+        elif n % 4 == 1:  # a tag passing the signals on (its trackers have no macros)
+            for key in ("renditions", "mezzanine", "click_through", "skip_offset", "captions"):
+                cr.pop(key, None)
+            cr.pop("trackers", None)
+            cr["vast_tag_url"] = f"https://tp.example/v?n={n}&g=${{GDPR}}&c=${{GDPR_CONSENT_1}}"
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(doc))
     rt = _runtime(path)
@@ -292,9 +315,12 @@ async def test_privacy_macros_fill_in_the_cached_fragment_per_request(
         for a in d.ads:
             fast = r._ad_fast(d, a, ver)
             assert fast == r._ad_full(d, a, ver, None)
-            if a.candidate.creative.privacy_macros:
+            if a.candidate.creative.vast_tag_url:
+                assert f"&g=1&c={consent}]]></VASTAdTagURI>" in fast
+                got.setdefault(f"tag {consent}", []).append(fast)
+            elif a.candidate.creative.privacy_macros:
                 assert f"https://px.example/i?g=1&amp;c={consent}&amp;a=1" not in fast  # CDATA
                 assert f"https://px.example/i?g=1&c={consent}&a=1" in fast
                 assert "https://px.example/s?u=1YNN&s=7&t=[TIMESTAMP]" in fast
                 got.setdefault(consent, []).append(fast)
-    assert len(got) == 2
+    assert len(got) == 4

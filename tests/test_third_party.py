@@ -268,13 +268,15 @@ def test_catalog_urls_are_what_the_xsd_calls_a_uri(tag: str) -> None:
     the IAB macros, and one that would not is refused with the reason (a third-party tag
     with %%MACRO%% macros produced VAST that failed every XSD). Characters no URI may hold
     unencoded (``<``, ``{``...) are refused even where libxml2's anyURI lets them by:
-    vastlint warns on them."""
+    vastlint warns on them. A tag's privacy macros (``${GDPR}``) are filled in by the
+    server, percent-encoded: the URI is checked with a value in their place."""
     filled = re.sub(r"\[[A-Z][A-Z0-9_]*\]", "0", tag)
+    filled = re.sub(r"\$\{GDPR\}", "1", filled)
     elem = etree.Element("u")
     elem.text = filled
     valid = ANY_URI.validate(etree.fromstring(etree.tostring(elem)))
     doc = wrapper_doc(tag)
-    if re.search(r'["<>\\^`{|}]', tag):
+    if re.search(r'["<>\\^`{|}]', filled):
         n = len(doc["creatives"]) - 1
         errors = errors_of(doc)
         assert has_issue(errors, f"$.creatives[{n}].vast_tag_url", "a URI cannot hold"), errors
@@ -414,6 +416,23 @@ async def test_privacy_macros_are_filled_in_per_request(
     assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
 
 
+async def _openrtb_pod(client: Any, regs: dict[str, Any], user: dict[str, Any]) -> bytes:
+    """The VAST of a ``/openrtb2/pod`` bid for a Tag Show break with these privacy signals."""
+    body = {
+        "id": "r1",
+        "imp": [{"id": "1", "video": {"poddur": 90, "maxseq": 3, "mimes": ["video/mp4"]}}],
+        "site": {"content": {"series": "tag-show"}},
+        "user": user,
+        "regs": regs,
+    }
+    resp = await client.post("/openrtb2/pod", data=json.dumps(body))
+    assert resp.status == 200, await resp.text()
+    text = await resp.text()
+    m = re.search(r"<VAST.*</VAST>", text, re.S)
+    assert m is not None, text[:400]
+    return m.group().encode()
+
+
 async def test_openrtb_privacy_signals_fill_the_macros(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:
@@ -425,19 +444,7 @@ async def test_openrtb_privacy_signals_fill_the_macros(
     tc = tc_string({1, 2, 3, 4})
 
     async def trackers(regs: dict[str, Any], user: dict[str, Any]) -> tuple[list[str], ...]:
-        body = {
-            "id": "r1",
-            "imp": [{"id": "1", "video": {"poddur": 90, "maxseq": 3, "mimes": ["video/mp4"]}}],
-            "site": {"content": {"series": "tag-show"}},
-            "user": user,
-            "regs": regs,
-        }
-        resp = await client.post("/openrtb2/pod", data=json.dumps(body))
-        assert resp.status == 200, await resp.text()
-        text = await resp.text()
-        m = re.search(r"<VAST.*</VAST>", text, re.S)
-        assert m is not None, text[:400]
-        return _trackers(m.group().encode())
+        return _trackers(await _openrtb_pod(client, regs, user))
 
     imps, _, done = await trackers({"gdpr": 1}, {"consent": tc})
     assert (
@@ -455,3 +462,135 @@ async def test_openrtb_privacy_signals_fill_the_macros(
     imps, clicks, _ = await trackers({}, {})
     assert imps[0] == "https://px.example/imp?gdpr=&gdpr_consent=&gdpr_pd=1&ord=[CACHEBUSTING]"
     assert clicks == ["https://px.example/c?us=&gpp=&sid="]
+
+
+PRIVACY_TAG = (
+    "https://ad.thirdparty.example/vast?id=123&gdpr=${GDPR}&gdpr_consent=${GDPR_CONSENT_755}"
+    "&gdpr_pd=${GDPR_PD}&us_privacy=${US_PRIVACY}&gpp=${GPP_STRING_755}&gpp_sid=${GPP_SID}"
+    "&ord=[CACHEBUSTING]&t=[TIMESTAMP]"
+)
+"""A tag passing every privacy signal on to its ad server, beside player macros."""
+
+
+def _tag(**values: str) -> str:
+    """:data:`PRIVACY_TAG` as it goes out with these values (empty when not given)."""
+    v = {k: values.get(k, "") for k in ("gdpr", "tc", "us", "gpp", "sid")}
+    return (
+        f"https://ad.thirdparty.example/vast?id=123&gdpr={v['gdpr']}&gdpr_consent={v['tc']}"
+        f"&gdpr_pd=1&us_privacy={v['us']}&gpp={v['gpp']}&gpp_sid={v['sid']}"
+        "&ord=[CACHEBUSTING]&t=[TIMESTAMP]"
+    )
+
+
+def test_a_vast_tag_url_may_carry_the_privacy_macros() -> None:
+    cr = parse_catalog(wrapper_doc(PRIVACY_TAG)).creatives["cr-tp-30"]
+    assert cr.vast_tag_url == PRIVACY_TAG and cr.trackers == {}
+    assert cr.privacy_macros  # decided at load: the renderer fills the tag in
+    assert not parse_catalog(wrapper_doc()).creatives["cr-tp-30"].privacy_macros
+
+
+def test_unknown_dollar_macros_in_a_vast_tag_url_are_refused_every_one() -> None:
+    doc = wrapper_doc("https://ad.thirdparty.example/vast?ac=${ADDTL_CONSENT}&g=${GDPR}")
+    n = len(doc["creatives"]) - 1
+    for k, tag in enumerate(
+        (
+            "https://ad.thirdparty.example/vast?c=${GDPR_CONSENT_65536}",
+            "https://${GDPR}.thirdparty.example/vast",
+            "https://ad.thirdparty.example/vast?g=${GDPR",
+        )
+    ):
+        doc["creatives"].append({**doc["creatives"][n], "id": f"cr-tp-bad-{k}"})
+        doc["creatives"][-1]["vast_tag_url"] = tag
+    doc["creatives"][n]["trackers"] = {"impression": ["https://px.example/i?g=${gdpr}"]}
+    errors = errors_of(doc)
+    assert has_issue(
+        errors, f"$.creatives[{n}].vast_tag_url", '"${ADDTL_CONSENT}" is no privacy macro'
+    ), errors
+    assert has_issue(errors, f"$.creatives[{n}].trackers.impression[0]", "is no privacy macro")
+    tag = "vast_tag_url"
+    assert has_issue(errors, f"$.creatives[{n + 1}].{tag}", "is no privacy macro"), errors
+    assert has_issue(errors, f"$.creatives[{n + 2}].{tag}", "after the host"), errors
+    assert has_issue(errors, f"$.creatives[{n + 3}].{tag}", "a URI cannot hold"), errors
+
+
+def _tag_uri(xml: bytes) -> str:
+    """The first ad's (the sponsorship's wrapper) VASTAdTagURI."""
+    ad = next(e for e in etree.fromstring(xml).iter("{*}Ad"))
+    assert etree.QName(ad[0]).localname == "Wrapper"
+    return ad[0].findtext("{*}VASTAdTagURI", "").strip()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_privacy_macros_in_a_vast_tag_url_are_filled_in_per_request(
+    make_client: ClientFactory, tmp_path: Path, version: str
+) -> None:
+    from tests.test_consent import tc_string
+
+    c.require_spec()
+    doc = wrapper_doc(PRIVACY_TAG)
+    doc["creatives"][-1]["trackers"] = {"impression": [PRIVACY_PIXEL]}  # the wrapper's own
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc))
+    client: Any = await make_client(catalog=str(path))
+    base = f"/vast?vast={version}&series=tag-show&pod_duration=90&max_ads=3"
+    docs = []
+    # two consent strings in turn, twice: each request gets its own (the cached fragment
+    # of the wrapper holds slots, never the values of the request that filled it first)
+    tcs = (tc_string({1, 2, 3, 4}, vendors={755}), tc_string({1}, vendors={1, 755}))
+    assert tcs[0] != tcs[1]
+    for tc in (*tcs, *tcs):
+        xml = bytes(await (await client.get(f"{base}&gdpr=1&gdpr_consent={tc}")).read())
+        assert _tag_uri(xml) == _tag(gdpr="1", tc=tc)
+        imps, _, _ = _trackers(xml)
+        assert imps == [
+            f"https://px.example/imp?gdpr=1&gdpr_consent={tc}&gdpr_pd=1&ord=[CACHEBUSTING]"
+        ]
+        docs.append(xml)
+    # no signals: the documented empty values (GDPR_PD is always 1)
+    xml = bytes(await (await client.get(base)).read())
+    assert _tag_uri(xml) == _tag()
+    docs.append(xml)
+    # US Privacy, GPP, gdpr=0; what a URL cannot hold as it is gets percent-encoded
+    q = "gdpr=0&us_privacy=1YNN&gpp=DBABQw~BmYAAABA.QA&gpp_sid=7,8&gdpr_consent=a%20b%26c"
+    xml = bytes(await (await client.get(f"{base}&{q}")).read())
+    want = _tag(gdpr="0", tc="a%20b%26c", us="1YNN", gpp="DBABQw~BmYAAABA.QA", sid="7,8")
+    assert _tag_uri(xml) == want
+    docs.append(xml)
+    # the debug render (the full template path) fills it in alike
+    xml = bytes(await (await client.get(f"{base}&{q}&debug=1")).read())
+    assert _tag_uri(xml) == want
+    docs.append(xml)
+    for xml in docs:
+        assert "${" not in xml.decode()
+        assert c.validate_vast_xsd(xml, version) == []
+        lint_errors, lint_warnings = c.vastlint_report(xml)
+        assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
+    if not c.node_available():
+        return
+    results = c.node_parse_many([d.decode() for d in docs], "vast")
+    for result, xml in zip(results, docs, strict=True):
+        assert result["ok"], result["error"]
+        assert result["ads"][0]["isWrapper"]
+        assert result["ads"][0]["vastAdTagURI"] == _tag_uri(xml)
+
+
+async def test_openrtb_privacy_signals_fill_the_vast_tag_url(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    from tests.test_consent import GPP_WITH_TCF, tc_string
+
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(wrapper_doc(PRIVACY_TAG)))
+    client: Any = await make_client(catalog=str(path))
+
+    async def tag_uri(regs: dict[str, Any], user: dict[str, Any]) -> str:
+        return _tag_uri(await _openrtb_pod(client, regs, user))
+
+    for tc in (tc_string({1, 2, 3, 4}), tc_string({1, 2})):
+        assert await tag_uri({"gdpr": 1}, {"consent": tc}) == _tag(gdpr="1", tc=tc)
+    tc = tc_string({1})
+    assert await tag_uri({"ext": {"gdpr": 1}}, {"ext": {"consent": tc}}) == _tag(gdpr="1", tc=tc)
+    got = await tag_uri({"gpp": GPP_WITH_TCF, "gpp_sid": [2], "us_privacy": "1YNN"}, {})
+    tcf = GPP_WITH_TCF.split("~")[1]
+    assert got == _tag(gdpr="1", tc=tcf, us="1YNN", gpp=GPP_WITH_TCF, sid="2")
+    assert await tag_uri({}, {}) == _tag()

@@ -60,7 +60,8 @@ _DYNAMIC = (
 )
 """The values of an ad that depend on the request (see :class:`Renderer`): its token signed
 for each beacon scope (in :data:`BEACON_SCOPES` order), then the click token and the rest,
-then the values of the privacy macros in third parties' trackers (:data:`PRIVACY_MACROS`)."""
+then the values of the privacy macros in third parties' trackers and VAST tag URLs
+(:data:`PRIVACY_MACROS`)."""
 _N_SCOPES = len(BEACON_SCOPES)
 _N_AD = len(_DYNAMIC) - len(PRIVACY_MACROS)
 """The values before the privacy macros'."""
@@ -275,7 +276,8 @@ def cpm_text(micros: int) -> str:
 class Renderer:
     """Renders decisions. An ad's ``<Ad>`` depends on the request only through the values
     in :data:`_DYNAMIC` (its token signed for each beacon scope, its click token, slot, ad
-    serving id and price); everything else comes from the catalog. So each (candidate, VAST
+    serving id and price, and the privacy macros' values for the creative's trackers and
+    tag URL); everything else comes from the catalog. So each (candidate, VAST
     version) is rendered by the ad template once, with placeholders for those values, and
     later ads are the cached text with the values put in (XML-escaped like the template
     would). A debug explanation is rendered in full."""
@@ -413,8 +415,8 @@ class Renderer:
         dyn = self._dynamic(decision, ad)
         # The tokens are base64url, dots and hex (nothing to escape); the rest is escaped
         # as the template would (a test holds this path equal to the template's). Only a
-        # creative whose trackers carry privacy macros has slots for their values, which
-        # are percent-encoded (nothing to escape either).
+        # creative whose trackers or tag URL carry privacy macros has slots for their
+        # values, which are percent-encoded (nothing to escape either).
         values = [*dyn[:_N_SCOPES], *map(escape, dyn[_N_SCOPES:])]
         if ad.candidate.creative.privacy_macros:
             values += _privacy(decision)
@@ -481,8 +483,10 @@ class Renderer:
         if cr.skip_offset_ms is not None and version != "2.0":
             events.append("skip")
         extra = cr.trackers
+        tag = cr.vast_tag_url
         if cr.privacy_macros:
             extra = {e: tuple(fill_privacy(u, privacy) for u in us) for e, us in extra.items()}
+            tag = None if tag is None else fill_privacy(tag, privacy)
         tracking = []
         for e in events:  # ours, then the third-party trackers of the same event
             tracking.append(TrackingVM(e, url(e)))
@@ -518,7 +522,7 @@ class Renderer:
             click_through=(
                 _cdata(self.urls.click(click_token)) if click_token and not wrapper else None
             ),
-            wrapper_url=_cdata(cr.vast_tag_url) if cr.vast_tag_url is not None else None,
+            wrapper_url=_cdata(tag) if tag is not None else None,
             click_tracking=_cdata(self.urls.event("click", click_token)) if wrapper else None,
             captions=tuple(CaptionVM(_cdata(x.url), x.mime, x.language) for x in cr.captions),
             extra_impressions=tuple(_cdata(u) for u in extra.get("impression", ())),

@@ -446,7 +446,8 @@ _PRIVACY_MACRO_LIST = (
 
 def _url(v: object, path: str, errs: Issues, *, privacy_macros: bool) -> str | _Invalid:
     """:func:`url`; with ``privacy_macros``, ``${GDPR}``-style privacy macros (which the
-    renderer fills in, :func:`vastserver.tracking.fill_privacy`) may stand after the host."""
+    renderer fills in, :func:`vastserver.tracking.fill_privacy`) may stand after the host:
+    in a creative's trackers and its ``vast_tag_url``."""
     if not isinstance(v, str):
         return _wrong_type(errs, path, "an http(s) URL", v)
     if len(v) > 4096:
@@ -471,7 +472,10 @@ def _url(v: object, path: str, errs: Issues, *, privacy_macros: bool) -> str | _
         c = unsafe.group()
         hint = ""
         if c in "{}" and any(is_privacy_macro(m.group()) for m in DOLLAR_MACRO.finditer(v)):
-            hint = "; privacy macros such as ${GDPR} are filled in only in a creative's trackers"
+            hint = (
+                "; privacy macros such as ${GDPR} are filled in only in a creative's"
+                " trackers and vast_tag_url"
+            )
         return _fail(
             errs,
             path,
@@ -756,6 +760,12 @@ tracker_url = https_only("tracking pixels", privacy_macros=True)
 """A third-party tracker: it may carry privacy macros, which the renderer fills in."""
 
 
+def tag_url(v: object, path: str, errs: Issues) -> str | _Invalid:
+    """A third-party VAST tag (``vast_tag_url``): it may carry privacy macros, which the
+    renderer fills in (passing the viewer's consent on to the tag's ad server)."""
+    return _url(v, path, errs, privacy_macros=True)
+
+
 _VENDOR = re.compile(r"\S*\.\S*-[^\s-]+")
 """``domain-useCase`` (``company.com-omid``), the form VAST 4.1 asks verification vendors
 to use so that their names do not collide (vastlint warns on any other)."""
@@ -879,7 +889,8 @@ def _creative(d: dict[str, Any]) -> Creative:
         vast_tag_url=d["vast_tag_url"],
         captions=d["captions"],
         trackers=d["trackers"],
-        privacy_macros=any(has_privacy_macros(u) for us in d["trackers"].values() for u in us),
+        privacy_macros=has_privacy_macros(d["vast_tag_url"] or "")
+        or any(has_privacy_macros(u) for us in d["trackers"].values() for u in us),
         universal_ad_id=d["universal_ad_id"],
         universal_ad_id_registry=d["universal_ad_id_registry"],
         ad_id=d["ad_id"],
@@ -904,7 +915,7 @@ CREATIVE = Obj(
         "duration": F(SECONDS, _ABSENT),
         "duration_ms": F(MILLIS, _ABSENT),
         "renditions": F(list_of(RENDITION, min_len=1), _ABSENT),
-        "vast_tag_url": F(nullable(url), None),
+        "vast_tag_url": F(nullable(tag_url), None),
         "captions": F(list_of(CAPTION), ()),
         "trackers": F(
             map_of(

@@ -159,8 +159,8 @@ class Creative:
     """Third-party tracking URLs by event (``impression``, ``click``, linear events): sent
     beside ours, as the advertiser's ad server or a measurement vendor requires."""
     privacy_macros: bool = field(default=False, compare=False)
-    """Whether a tracker carries privacy macros (``${GDPR}``...) for the renderer to fill in
-    (set at load, so that ads without them skip the work)."""
+    """Whether a tracker or the ``vast_tag_url`` carries privacy macros (``${GDPR}``...) for
+    the renderer to fill in (set at load, so that ads without them skip the work)."""
     media_key: str = field(default="", compare=False)
     """The video's identity, shared by every creative of the catalog showing the same video
     (set at load, see ``catalog.load.media_keys``); empty: the creative's own."""
