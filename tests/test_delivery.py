@@ -26,6 +26,8 @@ from vastserver.pipeline.delivery import (
     SeparationRules,
     cap_window,
     daily_target_fraction,
+    history_entries,
+    recent_from_history,
     spend_micros,
     target_fraction,
 )
@@ -896,3 +898,21 @@ def test_the_daily_target_never_steps_back_across_a_clock_change(tz: str, day: s
             last = f
         t += timedelta(minutes=1)
     assert last > 0.99
+
+
+def test_separation_without_avail_is_by_time_only() -> None:
+    """No ``avail`` (None): breaks cannot be counted; a creative and its competitive category
+    are avoided for ``creative_minutes``, not for the session's whole history."""
+    now = 1_800_000_000.0
+    rules = SeparationRules()
+    old = history_entries(0, now - 3 * 3600, [("cr-car-30", "auto")])
+    assert recent_from_history(old, None, now, rules) == (frozenset(), frozenset())
+    new = history_entries(0, now - 10 * 60, [("cr-car-30", "auto")])
+    assert recent_from_history(new, None, now, rules) == ({"cr-car-30"}, {"auto"})
+    assert recent_from_history(new, None, now, SeparationRules(competitive_breaks=0)) == (
+        {"cr-car-30"},
+        frozenset(),
+    )
+    # with avail the break rule holds, however old the break
+    assert recent_from_history(old, 1, now, rules) == ({"cr-car-30"}, {"auto"})
+    assert recent_from_history(old, 3, now, rules) == (frozenset(), frozenset())

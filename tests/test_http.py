@@ -746,3 +746,42 @@ async def test_lmt_viewers_without_a_session_share_no_identity(
     assert sessioned[0]["viewer"] not in {d["viewer"] for d in alone}
     first = len(sessioned[0]["ads"])
     assert [{ad["viewer_exposures"] for ad in d["ads"]} for d in sessioned] == [{0}, {first}]
+
+
+async def _decided(client: Any, query: str) -> tuple[list[str], dict[str, str]]:
+    """The creatives of a ``/decide`` pod and the separation reasons of the dropped ones."""
+    d = json.loads(await (await client.get("/decide?" + query)).text())
+    seps = {
+        c["creative_id"]: c["reason"]
+        for c in d["candidates"]
+        if c.get("reason") in ("stream_separation", "competitive_separation")
+    }
+    return [a["creative_id"] for a in d["pod"]["ads"]], seps
+
+
+async def test_separation_without_avail_goes_by_minutes(client: Any, clock: FakeClock) -> None:
+    """A stitcher template with ``session`` but no ``avail``: every break looked like avail 0,
+    so what played once stayed blocked for the whole session. Without ``avail`` separation goes
+    by time: blocked within the minutes window (30), free again after it."""
+    q = "pod_duration=60&max_ads=4&device_type=ctv&session=s-live&device_id=ifa-live"
+    first, _ = await _decided(client, q)
+    assert first
+    clock.now += timedelta(minutes=10)
+    soon, seps = await _decided(client, q)
+    assert not set(first) & set(soon)
+    assert {seps[c] for c in first} == {"stream_separation"}
+    clock.now += timedelta(minutes=31)
+    later, seps = await _decided(client, q)
+    assert set(first) <= set(later)
+    assert "stream_separation" not in seps.values()
+
+
+async def test_separation_with_avail_counts_breaks(client: Any, clock: FakeClock) -> None:
+    """A request that sends ``avail`` keeps the break rule: the next break (distance 1 < 3) is
+    blocked even after the minutes window."""
+    q = "pod_duration=60&max_ads=4&device_type=ctv&session=s-vod&device_id=ifa-vod&avail="
+    first, _ = await _decided(client, q + "0")
+    clock.now += timedelta(minutes=31)
+    later, seps = await _decided(client, q + "1")
+    assert first and not set(first) & set(later)
+    assert {seps[c] for c in first} == {"stream_separation"}

@@ -410,6 +410,15 @@ def test_vastserver_extension() -> None:
     assert dict(req.key_values) == {"tier": "gold"}
 
 
+def test_avail_is_known_only_when_sent() -> None:
+    """Stream separation counts breaks by ``avail`` only when the bid request sends it:
+    without, every break would look like avail 0 (the same break, blocked all session)."""
+    assert parse(dynamic_pod()).request.brk.session_avail is None
+    doc = dynamic_pod()
+    doc["ext"] = {"vastserver": {"session": "s-1", "avail": 0}}
+    assert parse(doc).request.brk.session_avail == 0
+
+
 def test_imp_vastserver_extension() -> None:
     """imp[].ext.vastserver carries what the top-level one does; an imp's wins, field by
     field (the first imp that sets it), over the top level."""

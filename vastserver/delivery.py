@@ -190,7 +190,7 @@ class DeliveryControl:
         now: datetime,
         *,
         session: str | None = None,
-        avail: int = 0,
+        avail: int | None = 0,
     ) -> Prefetched:
         """Everything the delivery filters need, fetched together: cap and budget counters,
         the viewer's recent exposures (one ``read``) and, with a session, its recent history

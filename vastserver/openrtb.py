@@ -989,7 +989,7 @@ def parse_bid_request(
     placement = ours.placement or imps[0].tagid
 
     resolved = rules if isinstance(rules, AdRules) else rules(placement)
-    brk = _break(imps, resolved, ours.avail or 0)
+    brk = replace(_break(imps, resolved, ours.avail or 0), avail_given=ours.avail is not None)
 
     content, content_language = _content(root)
     allowed, privacy = _consent(root, tcf_vendor_id, child_directed=content.kids)

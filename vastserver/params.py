@@ -451,6 +451,7 @@ def parse_vast_request(
         max_ad_duration_ms=_ms(max_ad),
         required_durations_s=required,
         avail=avail or 0,
+        avail_given=avail is not None,
     )
     return targeting.request(brk, require_https=require_https)
 

@@ -197,7 +197,9 @@ class AdService:
         try:
             pre = await within(
                 self.delivery.store,
-                self.delivery.prefetch(kept, viewer, now, session=req.session, avail=req.brk.avail),
+                self.delivery.prefetch(
+                    kept, viewer, now, session=req.session, avail=req.brk.session_avail
+                ),
                 left(MIN_STORE_WAIT_S),
             )
         except TimeoutError:
@@ -347,4 +349,5 @@ def break_spec(b: PlannedBreak, like: BreakSpec) -> BreakSpec:
         pod_duration_ms=round(b.duration_s * 1000),
         max_ads=b.max_ads,
         avail=b.avail,
+        avail_given=True,
     )

@@ -60,9 +60,17 @@ class BreakSpec:
     required_durations_s: frozenset[int] | None = None
     avail: int = 0
     """Index of this break within the session (0 = first break)."""
+    avail_given: bool = True
+    """False when the request sent no ``avail`` (``avail`` is then 0 for every break of the
+    session): stream separation cannot count breaks and goes by time alone."""
     slots: tuple[SlotRule, ...] | None = None
     """A structured pod whose slots take different durations: slot ``i``'s rule (the ad in
     it must fit it, on top of the rules above); ``None``: any ad fits any slot."""
+
+    @property
+    def session_avail(self) -> int | None:
+        """The avail stream separation counts breaks by; None when the request sent none."""
+        return self.avail if self.avail_given else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -819,11 +819,14 @@ def history_entries(avail: int, at: float, shown: Iterable[tuple[str, str | None
 
 
 def recent_from_history(
-    entries: Iterable[str], avail: int, now: float, rules: SeparationRules
+    entries: Iterable[str], avail: int | None, now: float, rules: SeparationRules
 ) -> tuple[frozenset[str], frozenset[str]]:
     """(creatives, competitive categories) a break at ``avail`` must avoid.
 
-    The same avail again (a retried request) counts as distance 0: it is blocked too."""
+    The same avail again (a retried request) counts as distance 0: it is blocked too.
+    ``avail`` None (the request sent none, so every break of the session looks like avail 0):
+    breaks cannot be counted, and separation goes by time alone: a creative or competitive
+    category shown within ``creative_minutes`` is avoided, an older one is not."""
     creatives: set[str] = set()
     comps: set[str] = set()
     for e in entries:
@@ -834,9 +837,15 @@ def recent_from_history(
             e_avail, e_at = int(parts[0]), float(parts[1])
         except ValueError:
             continue
-        distance = avail - e_avail
-        if 0 <= distance < rules.creative_breaks or now - e_at < rules.creative_minutes * 60:
+        recent = now - e_at < rules.creative_minutes * 60
+        if avail is None:  # time only
+            creative_out = comp_out = recent
+        else:
+            distance = avail - e_avail
+            creative_out = recent or 0 <= distance < rules.creative_breaks
+            comp_out = 0 <= distance <= rules.competitive_breaks
+        if creative_out:
             creatives.add(parts[2])
-        if parts[3] and rules.competitive_breaks > 0 and 0 <= distance <= rules.competitive_breaks:
+        if parts[3] and rules.competitive_breaks > 0 and comp_out:
             comps.add(parts[3])
     return frozenset(creatives), frozenset(comps)
