@@ -149,6 +149,31 @@ async def test_a_header_that_is_not_utf8_neither_fails_a_beacon_nor_its_record(
     assert (beacons[3]["reason"], beacons[3]["error_code"]) == ("no_fill", 303)
 
 
+async def test_a_beacon_behind_a_proxy_logs_the_device_as_vast_reads_it(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A stitcher (MediaTailor forwards the player's User-Agent and X-Forwarded-For, never
+    X-Device-*) or a player behind a proxy: the beacon's record had no device IP or UA. Now
+    read as /vast reads them; ``caller_ip`` stays the peer, and counting does not change."""
+    client: Any = await make_client(event_log=str(tmp_path))
+    ad = await _first_ad(client)
+    imp = _local(_tracking(ad, "impression"))
+    proxied = {"X-Forwarded-For": "203.0.113.7", "User-Agent": "Roku/DVP-12.0 (12.0.0.4182)"}
+    assert (await client.get(imp, headers=proxied)).status == 204
+    assert (await client.get(imp, headers=proxied)).status == 204  # a replay
+    ssai = {"X-Device-IP": "198.51.100.23", "X-Device-User-Agent": "Roku/9", **proxied}
+    quartile = _local(_tracking(ad, "firstQuartile"))
+    assert (await client.get(quartile, headers=ssai)).status == 204
+    await client.close()  # flushes the log
+    beacons = [r for r in read_events([tmp_path]) if r["type"] == "beacon"]
+    assert [(b["result"], b["device_ip"], b["device_user_agent"]) for b in beacons] == [
+        ("ok", "203.0.113.7", "Roku/DVP-12.0 (12.0.0.4182)"),
+        ("replay", "203.0.113.7", "Roku/DVP-12.0 (12.0.0.4182)"),
+        ("ok", "198.51.100.23", "Roku/9"),
+    ]
+    assert {b["caller_ip"] for b in beacons} == {"127.0.0.1"}
+
+
 async def test_report_from_event_log(
     make_client: ClientFactory, tmp_path: Path, capsys: Any
 ) -> None:

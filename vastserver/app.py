@@ -38,7 +38,6 @@ from vastserver.params import (
     ParamError,
     client_info,
     header_text,
-    ip_or_none,
     parse_targeting,
     parse_vast_request,
     parse_vmap_query,
@@ -554,7 +553,7 @@ def _record_beacon(
     if isinstance(rt.events, NullSink):
         return  # no log: not even the record's construction
     params = beacon_log_params(request.query)  # what only the log reads
-    ua = request.headers.get("X-Device-User-Agent")
+    device_ip, ua = _beacon_device(request)
     try:
         rt.events.append(
             beacon_record(
@@ -563,8 +562,8 @@ def _record_beacon(
                 counted=counted,
                 result=result,
                 caller_ip=request.remote,
-                device_ip=ip_or_none(request.headers.get("X-Device-IP")),
-                device_user_agent=header_text(ua[:MAX_LOGGED_UA]) if ua else None,
+                device_ip=device_ip,
+                device_user_agent=ua[:MAX_LOGGED_UA] if ua else None,
                 error_code=error_code,
                 at=rt.clock().isoformat(),
                 reason=params.reason,
@@ -579,7 +578,20 @@ def _record_beacon(
 
 
 MAX_LOGGED_UA = 1024
-"""A beacon's ``X-Device-User-Agent`` is logged up to this many characters."""
+"""A beacon's device user agent is logged up to this many characters."""
+
+
+def _beacon_device(request: web.Request) -> tuple[str | None, str | None]:
+    """The device IP and UA of a beacon, read as ``/vast`` reads them (:func:`client_info`):
+    ``X-Device-*`` from an SSAI caller, else ``X-Forwarded-For`` / the peer and ``User-Agent``
+    (a stitcher or a player behind a proxy). A malformed ``X-Device-IP``, a 400 for ``/vast``,
+    only leaves the IP out: the beacon has been answered already."""
+    try:
+        client = client_info(request.headers, request.remote)
+    except ParamError:
+        ua = request.headers.get("X-Device-User-Agent") or request.headers.get("User-Agent")
+        return None, header_text(ua) if ua else None
+    return client.device_ip, client.device_user_agent
 
 
 async def click_handler(request: web.Request) -> web.StreamResponse:
