@@ -125,3 +125,30 @@ def test_a_number_too_long_to_read_is_out_of_range_not_malformed(raw: str, why: 
         parse_vast_request({"max_ads": raw}, client, AdRules())
     assert e.value.field == "max_ads"
     assert ("must be between" in e.value.why) == raw.lstrip("-").isdigit()
+
+
+ZERO_IFA = "00000000-0000-0000-0000-000000000000"
+
+
+@pytest.mark.parametrize("ifa", [ZERO_IFA, "00000000000000000000000000000000", "0"])
+def test_the_all_zero_ifa_names_no_viewer(ifa: str) -> None:
+    """A tvOS app without tracking consent sends the all-zero IFA: keyed as an IFA it made
+    every such household one viewer, sharing caps. It is dropped as OpenRTB drops it: each
+    household is then known by its IP + UA, and ``lmt`` stays as sent."""
+    from vastserver.catalog.model import AdRules
+    from vastserver.params import parse_targeting, parse_vast_request
+
+    keys = set()
+    for n in range(3):
+        client = client_info(
+            {"X-Forwarded-For": f"203.0.113.{n}", "User-Agent": f"AppleTV/17.{n}"}, PEER
+        )
+        req = parse_vast_request({"device_id": ifa}, client, AdRules())
+        assert req.device.ifa is None and req.device.lmt is False
+        assert req.viewer_key() == parse_vast_request({}, client, AdRules()).viewer_key()
+        keys.add(req.viewer_key())
+        assert parse_targeting({"device_id": ifa, "lmt": "1"}, client).device.lmt is True
+    assert len(keys) == 3
+    real = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
+    client = client_info({}, PEER)
+    assert parse_vast_request({"device_id": real}, client, AdRules()).device.ifa == real

@@ -121,6 +121,7 @@ from vastserver.params import (
     MAX_TEXT,
     ClientInfo,
     ParamError,
+    real_ifa,
 )
 from vastserver.pipeline.context import (
     VAST_VERSIONS,
@@ -160,7 +161,6 @@ _SUBDIVISION_RE = re.compile(r"^[A-Za-z0-9]{1,3}$")
 _REGION_RE = re.compile(r"^[A-Za-z]{2}-[A-Za-z0-9]{1,3}$")
 _DMA_RE = re.compile(r"^\d{3}$")
 _LANG_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
-_ZERO_IFA_RE = re.compile(r"^[0\-]+$")
 _MIME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+\-]*/[a-z0-9][a-z0-9!#$&^_.+\-]*$")
 _CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 
@@ -716,8 +716,9 @@ def _device(root: Obj, client: ClientInfo) -> Device:
     top_ext = _opt_obj(root, "ext", "") or {}
 
     ifa = _opt_str(dev, "ifa", "device")
-    if ifa is not None and (not _TOKEN_RE.match(ifa) or _ZERO_IFA_RE.match(ifa)):
+    if ifa is not None and not _TOKEN_RE.fullmatch(ifa):
         ifa = None
+    ifa = real_ifa(ifa)
     ifa_type = _opt_str(ext, "ifa_type", "device.ext") or _opt_str(top_ext, "ifa_type", "ext")
     if ifa_type is not None:
         ifa_type = ifa_type.lower() if _TOKEN_RE.match(ifa_type) else None

@@ -46,6 +46,7 @@ MAX_CUE_POINTS = 100
 KV_PREFIX = "kv_"
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
+_ZERO_IFA_RE = re.compile(r"[0\-]+")
 _COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
 _LANG_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
 _HMS_RE = re.compile(r"([0-9]{1,3}):([0-5][0-9]):([0-5][0-9])(\.[0-9]{1,3})?")
@@ -152,6 +153,17 @@ def _token(q: Mapping[str, str], name: str) -> str | None:
     if not _TOKEN_RE.fullmatch(got[1]):  # not match(): its "$" lets a final "\n" through
         raise ParamError(name, "must be 1-128 characters of letters, digits and _.:@/+-")
     return got[1]
+
+
+def real_ifa(ifa: str | None) -> str | None:
+    """``ifa`` unless it is the all-zero IFA (``00000000-0000-0000-0000-000000000000``) a
+    device sends when tracking is not allowed (tvOS/iOS without ATT consent, Android with
+    the ad ID deleted): that names no viewer, and keyed as one it would make every such
+    household one viewer with shared caps. /vast, /vmap, /decide and OpenRTB drop it alike;
+    the viewer is then known as any without an IFA is (``lmt`` as sent)."""
+    if ifa is None or _ZERO_IFA_RE.fullmatch(ifa):
+        return None
+    return ifa
 
 
 def _choice(
@@ -358,7 +370,7 @@ def parse_targeting(
     device = Device(
         ip=client.device_ip,
         user_agent=client.device_user_agent,
-        ifa=_token(q, "device_id") if allowed.device_id else None,
+        ifa=real_ifa(_token(q, "device_id")) if allowed.device_id else None,
         ifa_type=_token(q, "ifa_type"),
         lmt=_flag(q, "lmt", False) or not allowed.device_id,
         device_type=_choice(q, "device_type", DEVICE_TYPES),
