@@ -144,6 +144,8 @@ BAD_INPUT = [
     ("device_id=" + "x" * 300, "device_id"),
     ("genre=" + ",".join(["g"] * 40), "genre"),
     ("session=%00bad", "session"),
+    ("device_ip=203.0.113.999", "device_ip"),
+    ("device_ua=Roku%0A", "device_ua"),
 ]
 
 
@@ -224,6 +226,27 @@ async def test_forwarded_for_never_fails_a_request(client: Any, xff: str) -> Non
         headers={"X-Forwarded-For": xff},
     )
     assert resp.status == 200
+
+
+async def test_device_ip_and_ua_parameters_are_read_and_carried_into_vmap_tags(
+    client: Any,
+) -> None:
+    """An SSAI stitcher without X-Device-* headers (MediaTailor) passes the device's IP and
+    UA as parameters: a bad one is a 400 on every path, and the VMAP's ad tags carry them."""
+    for path in ("/vast", "/decide", "/vmap"):
+        resp = await client.get(f"{path}?device_ip=bad")
+        assert resp.status == 400 and (await resp.json())["field"] == "device_ip", path
+    resp = await client.get(
+        "/vmap?device_ip=2001:db8::7&device_ua=Roku%2FDVP%2012.0",
+        headers={"X-Forwarded-For": "203.0.113.7", "User-Agent": "MediaTailor/1"},
+    )
+    assert resp.status == 200
+    root = etree.fromstring(await resp.read())
+    tags = [t.text.strip() for t in root.iterfind(".//vmap:AdTagURI", NS)]
+    assert tags
+    for tag in tags:
+        q = parse_qs(urlsplit(tag).query)
+        assert q["device_ip"] == ["2001:db8::7"] and q["device_ua"] == ["Roku/DVP 12.0"]
 
 
 async def test_non_utf8_user_agents_are_served_and_logged(

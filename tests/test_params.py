@@ -152,3 +152,35 @@ def test_the_all_zero_ifa_names_no_viewer(ifa: str) -> None:
     real = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
     client = client_info({}, PEER)
     assert parse_vast_request({"device_id": real}, client, AdRules()).device.ifa == real
+
+
+def test_device_ip_and_ua_parameters_rank_below_the_ssai_headers() -> None:
+    """MediaTailor sends no X-Device-* headers but can put ``[session.client_ip]`` and
+    ``[session.user_agent]`` in the ad tag: X-Device-* first, then device_ip / device_ua,
+    then X-Forwarded-For / User-Agent, then the peer."""
+    q = {"device_ip": "2001:DB8::7", "device_ua": "Roku/DVP-12.0"}
+    fwd = {"X-Forwarded-For": "203.0.113.7", "User-Agent": "MediaTailor/1"}
+    ssai = {"X-Device-IP": "198.51.100.4", "X-Device-User-Agent": "AppleTV/17"}
+    assert client_info({**fwd, **ssai}, PEER, q) == ClientInfo(
+        "203.0.113.7", "MediaTailor/1", "198.51.100.4", "AppleTV/17"
+    )
+    assert client_info(fwd, PEER, q) == ClientInfo(
+        "203.0.113.7", "MediaTailor/1", "2001:db8::7", "Roku/DVP-12.0"
+    )
+    assert client_info(fwd, PEER, {"device_ip": "", "device_ua": ""}) == client_info(fwd, PEER)
+    assert client_info({}, PEER, q) == ClientInfo(PEER, None, "2001:db8::7", "Roku/DVP-12.0")
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"device_ip": "not-an-ip"}, "device_ip"),
+        ({"device_ip": "198.51.100.4:80"}, "device_ip"),
+        ({"device_ua": "Roku\n/9"}, "device_ua"),
+        ({"device_ua": "x" * 2049}, "device_ua"),
+    ],
+)
+def test_a_malformed_device_parameter_is_refused(query: dict[str, str], field: str) -> None:
+    with pytest.raises(ParamError) as err:
+        client_info({"X-Forwarded-For": "203.0.113.7"}, PEER, query)
+    assert err.value.field == field

@@ -329,7 +329,7 @@ def _query(request: web.Request) -> dict[str, str]:
 def _ad_request(request: web.Request) -> AdRequest:
     rt = _rt(request)
     q = _query(request)
-    client = client_info(request.headers, request.remote)
+    client = client_info(request.headers, request.remote, q)
     placement = q.get("placement")
     rules = rt.service.snapshot.catalog.rules_for(placement)
     req = parse_vast_request(
@@ -401,7 +401,7 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
     q = _query(request)
     try:
-        client = client_info(request.headers, request.remote)
+        client = client_info(request.headers, request.remote, q)
         vq = parse_vmap_query(q)
         targeting = parse_targeting(q, client, tcf_vendor_id=rt.settings.tcf_vendor_id)
     except ParamError as e:

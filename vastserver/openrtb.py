@@ -119,6 +119,7 @@ from vastserver.params import (
     MAX_DOMAIN,
     MAX_LIST,
     MAX_TEXT,
+    MAX_UA,
     ClientInfo,
     ParamError,
     real_ifa,
@@ -134,7 +135,6 @@ from vastserver.pipeline.pod import SlotRule
 
 MAX_IMPS = 64
 MAX_ID = 256
-MAX_UA = 2048
 MAX_BLOCKLIST = 512
 MAX_SEGMENTS = 256
 MAX_FLOOR_CPM_PER_S = 10_000.0

@@ -250,31 +250,51 @@ def ip_or_none(text: str | None) -> str | None:
         return None
 
 
-def client_info(headers: Mapping[str, str], peer: str | None) -> ClientInfo:
-    """Device IP/UA from the IAB SSAI headers when present, else X-Forwarded-For / peer.
+MAX_UA = 2048
+"""The longest ``device_ua`` parameter read (as OpenRTB's ``device.ua``)."""
 
-    ``X-Device-IP`` is set on purpose by the SSAI caller: a malformed one is a 400.
-    ``X-Forwarded-For`` is whatever the proxies in front wrote: read leniently, and when it
-    names no address the peer is the caller."""
+
+def client_info(
+    headers: Mapping[str, str], peer: str | None, query: Mapping[str, str] | None = None
+) -> ClientInfo:
+    """Device IP/UA, first of: the IAB SSAI headers ``X-Device-IP`` /
+    ``X-Device-User-Agent``; the ``device_ip`` / ``device_ua`` query parameters (what an SSAI
+    stitcher that sends no such headers, MediaTailor, can put in an ad tag:
+    ``[session.client_ip]``, ``[session.user_agent]``); ``X-Forwarded-For`` / ``User-Agent``;
+    the peer.
+
+    ``X-Device-IP`` and ``device_ip`` are set on purpose by the SSAI caller: a malformed one
+    is a 400 naming it. ``X-Forwarded-For`` is whatever the proxies in front wrote: read
+    leniently, and when it names no address the peer is the caller."""
+    q = query or {}
     caller_ua = headers.get("User-Agent")
     caller_ip = peer
     xff = headers.get("X-Forwarded-For")
     if xff:
         caller_ip = _forwarded_ip(xff) or peer
-    dev_ip = headers.get("X-Device-IP")
     device_ip = caller_ip
+    dev_ip = headers.get("X-Device-IP")
+    field = "X-Device-IP"
+    if not dev_ip and (got := _get(q, "device_ip")) is not None:
+        field, dev_ip = got
     if dev_ip:
         try:
             device_ip = str(ipaddress.ip_address(dev_ip.strip(_SPACE)))
         except ValueError:
-            raise ParamError("X-Device-IP", "not an IP address") from None
-    dev_ua = headers.get("X-Device-User-Agent")
+            raise ParamError(field, "not an IP address") from None
     caller_ua = header_text(caller_ua) if caller_ua else caller_ua
+    dev_ua = headers.get("X-Device-User-Agent")
+    if dev_ua:
+        dev_ua = header_text(dev_ua)
+    elif (got := _get(q, "device_ua")) is not None:
+        dev_ua = header_text(got[1])
+        if len(dev_ua) > MAX_UA or any(ord(ch) < 32 or ord(ch) == 127 for ch in dev_ua):
+            raise ParamError("device_ua", f"must be printable and at most {MAX_UA} characters")
     return ClientInfo(
         caller_ip=caller_ip,
         caller_user_agent=caller_ua,
         device_ip=device_ip,
-        device_user_agent=header_text(dev_ua) if dev_ua else caller_ua,
+        device_user_agent=dev_ua or caller_ua,
     )
 
 
