@@ -184,3 +184,23 @@ def test_a_malformed_device_parameter_is_refused(query: dict[str, str], field: s
     with pytest.raises(ParamError) as err:
         client_info({"X-Forwarded-For": "203.0.113.7"}, PEER, query)
     assert err.value.field == field
+
+
+def test_the_nginx_example_keeps_the_stitchers_forwarded_for() -> None:
+    """docs/nginx.conf.example once set X-Forwarded-For to $remote_addr, putting the
+    stitcher's own address where MediaTailor had sent the player's. It must append the
+    peer, so the first element, which the server reads, stays the player's."""
+    from pathlib import Path
+
+    conf = Path(__file__).parent.parent / "docs" / "nginx.conf.example"
+    directives = [
+        line.split("#")[0].split()
+        for line in conf.read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
+    xff = [d for d in directives if d[:2] == ["proxy_set_header", "X-Forwarded-For"]]
+    assert xff == [["proxy_set_header", "X-Forwarded-For", "$proxy_add_x_forwarded_for;"]]
+    # $proxy_add_x_forwarded_for: the header as received, then ", " and the peer
+    player, stitcher = "198.51.100.4", "52.94.10.1"
+    sent = f"{player}, {stitcher}"
+    assert client_info({"X-Forwarded-For": sent}, "10.0.0.2").device_ip == player
