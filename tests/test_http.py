@@ -302,6 +302,28 @@ def _local(url: str) -> str:
     return f"{parts.path}?{parts.query}"
 
 
+async def test_base64_padded_ids_are_served(client: Any) -> None:
+    """A session or device id in base64 ends in ``=`` padding: it was a 400, a whole avail
+    unfilled. It is served, percent-encoded wherever it is put into a URL, and its beacons
+    verify."""
+    session, ifa = "YWJjZA==", "QUJDRA=="
+    resp = await client.get(f"/decide?pod_duration=60&session={session}&device_id={ifa}")
+    assert resp.status == 200, await resp.text()
+    root = await _vast(client, f"pod_duration=60&session={session}&device_id={ifa}&avail=1")
+    imp = _urls(root, ".//v:Impression")[0]
+    assert (await client.get(_local(imp))).status == 204
+    resp = await client.get(f"/vmap?content_duration=600&cue_points=300&session={session}")
+    assert resp.status == 200, await resp.text()
+    vmap = etree.fromstring(await resp.read())
+    for key, xpath in (("session", ".//vmap:AdTagURI"), ("s", ".//vmap:Tracking")):
+        for url in _urls(vmap, xpath):
+            assert f"{key}=YWJjZA%3D%3D&" in url, url
+            assert parse_qs(urlsplit(url).query)[key] == [session]
+    tracking = _urls(vmap, ".//vmap:Tracking")[0]
+    assert (await client.get(_local(tracking))).status == 204
+    assert (await client.get("/vast?session=YW%26Jj")).status == 400  # still a token
+
+
 async def test_beacons_verify_tokens(client: Any, clock: FakeClock) -> None:
     root = await _vast(client, "pod_duration=60")
     imp = _urls(root, ".//v:Impression")[0]

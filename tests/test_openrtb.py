@@ -419,6 +419,20 @@ def test_avail_is_known_only_when_sent() -> None:
     assert parse(doc).request.brk.session_avail == 0
 
 
+def test_base64_padded_session_and_ifa_are_kept() -> None:
+    """As on /vast: a session or IFA in base64 keeps its ``=`` padding; ``placement``, a
+    catalog name, does not take ``=``."""
+    doc = dynamic_pod()
+    doc["ext"] = {"vastserver": {"session": "YWJjZA=="}}
+    doc["device"]["ifa"] = "QUJDRA=="
+    req = parse(doc).request
+    assert (req.session, req.device.ifa) == ("YWJjZA==", "QUJDRA==")
+    doc["ext"] = {"vastserver": {"placement": "p=1"}}
+    with pytest.raises(ParamError) as err:
+        parse(doc)
+    assert err.value.field == "ext.vastserver.placement"
+
+
 def test_imp_vastserver_extension() -> None:
     """imp[].ext.vastserver carries what the top-level one does; an imp's wins, field by
     field (the first imp that sets it), over the top level."""

@@ -122,6 +122,7 @@ from vastserver.params import (
     MAX_UA,
     ClientInfo,
     ParamError,
+    is_id,
     real_ifa,
 )
 from vastserver.pipeline.context import (
@@ -343,11 +344,13 @@ def _opt_str(parent: Obj, key: str, path: str, max_len: int = MAX_TEXT) -> str |
     return s or None
 
 
-def _opt_token(parent: Obj, key: str, path: str) -> str | None:
-    """Our own identifiers (``ext.vastserver``): the same alphabet ``/vast`` accepts."""
+def _opt_token(parent: Obj, key: str, path: str, *, ident: bool = False) -> str | None:
+    """Our own identifiers (``ext.vastserver``): the same alphabet ``/vast`` accepts, which
+    for a session id (``ident``) takes ``=`` too."""
     s = _opt_str(parent, key, path)
-    if s is not None and not _TOKEN_RE.match(s):
-        _fail(_join(path, key), "must be 1-128 characters of letters, digits and _.:@/+-")
+    if s is not None and not (is_id(s) if ident else _TOKEN_RE.match(s)):
+        extra = "=" if ident else ""
+        _fail(_join(path, key), f"must be 1-128 characters of letters, digits and _.:@/+-{extra}")
     return s
 
 
@@ -716,7 +719,7 @@ def _device(root: Obj, client: ClientInfo) -> Device:
     top_ext = _opt_obj(root, "ext", "") or {}
 
     ifa = _opt_str(dev, "ifa", "device")
-    if ifa is not None and not _TOKEN_RE.fullmatch(ifa):
+    if ifa is not None and not is_id(ifa):
         ifa = None
     ifa = real_ifa(ifa)
     ifa_type = _opt_str(ext, "ifa_type", "device.ext") or _opt_str(top_ext, "ifa_type", "ext")
@@ -902,7 +905,7 @@ def _ours(ext: Obj | None, path: str) -> _Ours:
         _fail(f"{p}.vast", f"must be one of {', '.join(VAST_VERSIONS)}")
     return _Ours(
         placement=_opt_token(ours, "placement", p),
-        session=_opt_token(ours, "session", p),
+        session=_opt_token(ours, "session", p, ident=True),
         avail=_opt_int(ours, "avail", p, lo=0, hi=10_000),
         debug=_opt_flag(ours, "debug", p),
         vast=vast,

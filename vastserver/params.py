@@ -46,6 +46,10 @@ MAX_CUE_POINTS = 100
 KV_PREFIX = "kv_"
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
+_ID_RE = re.compile(r"[A-Za-z0-9_.:@/+=\-]{1,128}")
+"""A viewer's or a session's id (``device_id``, ``session``): a token, or base64 with its
+``=`` padding. Every place one is put into a URL percent-encodes it; tracking tokens carry
+it as bytes; store keys take any text."""
 _ZERO_IFA_RE = re.compile(r"[0\-]+")
 _COUNTRY_RE = re.compile(r"^[A-Za-z]{2}$")
 _LANG_RE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
@@ -152,6 +156,20 @@ def _token(q: Mapping[str, str], name: str) -> str | None:
         return None
     if not _TOKEN_RE.fullmatch(got[1]):  # not match(): its "$" lets a final "\n" through
         raise ParamError(name, "must be 1-128 characters of letters, digits and _.:@/+-")
+    return got[1]
+
+
+def is_id(text: str) -> bool:
+    """``text`` may be a ``session`` or ``device_id`` (:data:`_ID_RE`)."""
+    return _ID_RE.fullmatch(text) is not None
+
+
+def _id(q: Mapping[str, str], name: str) -> str | None:
+    got = _get(q, name)
+    if got is None:
+        return None
+    if not is_id(got[1]):
+        raise ParamError(name, "must be 1-128 characters of letters, digits and _.:@/+-=")
     return got[1]
 
 
@@ -390,7 +408,7 @@ def parse_targeting(
     device = Device(
         ip=client.device_ip,
         user_agent=client.device_user_agent,
-        ifa=real_ifa(_token(q, "device_id")) if allowed.device_id else None,
+        ifa=real_ifa(_id(q, "device_id")) if allowed.device_id else None,
         ifa_type=_token(q, "ifa_type"),
         lmt=_flag(q, "lmt", False) or not allowed.device_id,
         device_type=_choice(q, "device_type", DEVICE_TYPES),
@@ -422,7 +440,7 @@ def parse_targeting(
         client=client,
         device=device,
         content=content,
-        session=_token(q, "session"),
+        session=_id(q, "session"),
         placement=_token(q, "placement"),
         vast_version=version[1] if version else "4.2",
         debug=_flag(q, "debug", False),
