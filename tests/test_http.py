@@ -86,6 +86,23 @@ async def test_no_fill_is_valid_empty_vast(client: Any) -> None:
     assert err is not None and "[ERRORCODE]" in err.text
 
 
+async def test_a_zero_length_avail_is_a_no_fill(client: Any) -> None:
+    """pod_duration=0 (an avail with no time left) was a 400; it is the no-fill answer."""
+    for query in ("pod_duration=0", "poddur=0", "pod_duration=0.0&break=pre&max_ads=4"):
+        resp = await client.get("/vast?" + query)
+        assert resp.status == 200, (query, await resp.text())
+        root = etree.fromstring(await resp.read())
+        assert _ads(root) == []
+        err = root.find("v:Error", NS)
+        assert err is not None and "[ERRORCODE]" in err.text
+        resp = await client.get("/decide?" + query)
+        assert resp.status == 200, (query, await resp.text())
+        data = await resp.json()
+        assert data["break"]["pod_duration_ms"] == 0 and data["pod"]["ads"] == []
+    resp = await client.get("/vast?pod_duration=-0.001")
+    assert resp.status == 400 and (await resp.json())["field"] == "pod_duration"
+
+
 async def test_creative_ids_are_stable(make_client: ClientFactory) -> None:
     a = await make_client(seed=1)
     b = await make_client(seed=2)

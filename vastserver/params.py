@@ -473,7 +473,7 @@ def parse_vast_request(
     """Everything ``/vast`` (and ``/decide``) accepts; break defaults come from ad rules."""
     position = parse_break_position(q)
     default = rules.for_position(position)
-    pod_s = _num(q, "pod_duration", "poddur", lo=1, hi=MAX_POD_S)
+    pod_s = _num(q, "pod_duration", "poddur", lo=0, hi=MAX_POD_S)  # 0: an empty avail
     max_ads = _int(q, "max_ads", "maxseq", lo=1, hi=MAX_ADS)
     min_ad = _num(q, "min_ad_duration", lo=0, hi=MAX_AD_S)
     max_ad = _num(q, "max_ad_duration", lo=1, hi=MAX_AD_S)
@@ -495,7 +495,7 @@ def parse_vast_request(
     targeting = parse_targeting(q, client, tcf_vendor_id=tcf_vendor_id)
     brk = BreakSpec(
         position=position,
-        pod_duration_ms=_ms(pod_s) or default.duration_s * 1000,
+        pod_duration_ms=default.duration_s * 1000 if pod_s is None else round(pod_s * 1000),
         max_ads=default.max_ads if max_ads is None else max_ads,
         min_ad_duration_ms=_ms(min_ad),
         max_ad_duration_ms=_ms(max_ad),
