@@ -34,12 +34,15 @@ async def test_golden(make_client: ClientFactory, name: str) -> None:
     resp = await client.get(CASES[name])
     assert resp.status == 200
     body = await resp.text()
-    path: Path = GOLDEN / f"{name}.xml"
+    _compare(body, GOLDEN / f"{name}.xml")
+
+
+def _compare(body: str, path: Path) -> None:
     if UPDATE or not path.exists():
         if not UPDATE and os.environ.get("CI"):
             pytest.fail(f"golden file {path.name} is missing")
         path.write_text(body)
-    assert body == path.read_text(), f"{name} changed; see {path}"
+    assert body == path.read_text(), f"{path.name} changed; see {path}"
 
 
 async def test_same_seed_same_bytes(make_client: ClientFactory) -> None:
@@ -50,3 +53,20 @@ async def test_same_seed_same_bytes(make_client: ClientFactory) -> None:
     body_a = await (await a.get(q)).text()
     assert body_a == await (await b.get(q)).text()
     assert body_a != await (await c.get(q)).text()
+
+
+EXPLAINED = {
+    "vast42-midroll-debug.xml": "/vast?pod_duration=120&max_ads=4&device_type=ctv&debug=1",
+    "decide-midroll.json": "/decide?pod_duration=120&max_ads=4&device_type=ctv",
+}
+"""Explanations (``debug=1`` and ``GET /decide``) of requests without slot rules: what a
+structured pod adds to the explanation must leave these byte for byte as they were."""
+
+
+@pytest.mark.parametrize("name", sorted(EXPLAINED))
+async def test_golden_explanation(make_client: ClientFactory, name: str) -> None:
+    client: Any = await make_client(seed=42)
+    resp = await client.get(EXPLAINED[name], headers={"X-Request-Id": "golden-explain"})
+    assert resp.status == 200
+    body = await resp.text()
+    _compare(body, GOLDEN / name)
