@@ -1067,6 +1067,89 @@ async def test_debug_names_the_ads_no_slot_takes(make_client: ClientFactory) -> 
     assert "duration_not_in_required" not in reasons
 
 
+def _slot_fills(data: dict[str, Any]) -> list[tuple[int, int, str, int]]:
+    """(slot played, slot rule, imp id, duration ms) of each ad an explanation places."""
+    return [(a["slot"], a["slot_rule"], a["imp_id"], a["duration_ms"]) for a in data["pod"]["ads"]]
+
+
+def _rule(imp_id: str, role: str | None, *, seconds: int, rqddurs: bool) -> dict[str, Any]:
+    """A slot rule as the explanation lists it: exactly ``seconds`` long."""
+    ms = None if rqddurs else seconds * 1000
+    return {
+        "imp_id": imp_id,
+        "role": role,
+        "min_duration_ms": ms,
+        "max_duration_ms": ms,
+        "required_durations_s": [seconds] if rqddurs else None,
+    }
+
+
+@pytest.mark.parametrize("rqddurs", [True, False], ids=["rqddurs", "min-max"])
+async def test_debug_lists_the_slot_rules_and_the_imp_each_ad_fills(
+    make_client: ClientFactory, rqddurs: bool
+) -> None:
+    """A [30 s, 15 s] structured pod: the explanation listed neither the slots' rules nor
+    which imp each ad fills (an ad's ``slot`` is its place in play). The break now lists
+    each rule with its imp id and role, and each ad names its rule and imp."""
+    client = await make_client()
+    doc = _exact_slots(30, 15, rqddurs=rqddurs)
+    doc["ext"] = {"vastserver": {"debug": 1}}
+    resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+    assert resp.status == 200, await resp.text()
+    data = _explanation(bytes(await resp.read()))
+    assert data["break"]["slots"] == [
+        _rule("slot-0", "first", seconds=30, rqddurs=rqddurs),
+        _rule("slot-1", None, seconds=15, rqddurs=rqddurs),
+    ]
+    assert _slot_fills(data) == [(1, 0, "slot-0", 30_000), (2, 1, "slot-1", 15_000)]
+
+
+async def test_an_ad_moved_up_past_an_empty_slot_names_the_imp_it_fills(
+    make_client: ClientFactory,
+) -> None:
+    """[45 s, 30 s, 15 s]: no ad lasts 45 s, so the first slot stays empty and the ads
+    play first and second: their ``slot`` (1, 2) is not their imp's place (rules 1 and 2,
+    imps slot-1 and slot-2), which only ``slot_rule`` and ``imp_id`` tell."""
+    client = await make_client()
+    doc = _exact_slots(45, 30, 15, rqddurs=True)
+    doc["ext"] = {"vastserver": {"debug": 1}}
+    resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+    assert resp.status == 200, await resp.text()
+    data = _explanation(bytes(await resp.read()))
+    assert [(r["imp_id"], r["role"]) for r in data["break"]["slots"]] == [
+        ("slot-0", "first"),
+        ("slot-1", None),
+        ("slot-2", "last"),
+    ]
+    assert _slot_fills(data) == [(1, 1, "slot-1", 30_000), (2, 2, "slot-2", 15_000)]
+
+
+async def test_the_decide_explanation_of_a_structured_pod_shows_the_same(
+    make_client: ClientFactory,
+) -> None:
+    """``GET /decide`` takes no slot rules in its query, but its JSON is the same
+    explanation, made with every dropped candidate (``explain``): a structured pod's
+    decision made that way lists the rules and each ad's imp as ``debug=1`` does."""
+    from vastserver.app import RUNTIME
+    from vastserver.explain import decision_json
+
+    client = await make_client()
+    rt = client.app[RUNTIME]
+    doc = _exact_slots(30, 15, rqddurs=True)
+    doc["imp"][0]["video"]["slotinpod"] = 0
+    doc["imp"][1]["video"]["slotinpod"] = -1
+    pod = parse_bid_request(
+        json.dumps(doc).encode(), CLIENT, rt.service.snapshot.catalog.rules_for(None)
+    )
+    decision = await rt.service.decide(pod.request, request_id="twin", explain=True)
+    data = json.loads(json.dumps(decision_json(decision, request_id="twin")))
+    assert data["break"]["slots"] == [
+        _rule("slot-0", None, seconds=30, rqddurs=True),
+        _rule("slot-1", "last", seconds=15, rqddurs=True),
+    ]
+    assert _slot_fills(data) == [(1, 0, "slot-0", 30_000), (2, 1, "slot-1", 15_000)]
+
+
 async def test_a_structured_pod_search_out_of_budget_is_counted(
     make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -319,6 +319,21 @@ def test_without_slots_nothing_changes() -> None:
         PodConstraints(45000, 2, slots=())
 
 
+def test_a_rules_imp_and_role_label_it_without_changing_it() -> None:
+    """A structured pod's rules carry their OpenRTB imp and ``slotinpod`` role for the
+    explanation; two slots of the same durations are still one rule (one candidate quota),
+    and the pod is the one the unlabelled rules give."""
+    a = SlotRule(max_ms=15000, imp_id="imp-a", role="first")
+    b = SlotRule(max_ms=15000, imp_id="imp-b")
+    assert a == b == SlotRule(max_ms=15000) and len({a, b}) == 1
+    items = [item(1, 30, 5.0), item(2, 15, 4.0), item(3, 15, 3.0)]
+    labelled = (SlotRule(required_s=frozenset({30}), imp_id="x", role="first"), a, b)
+    plain = (SlotRule(required_s=frozenset({30})), SlotRule(max_ms=15000), SlotRule(max_ms=15000))
+    r = build_pod(items, PodConstraints(60000, 3, slots=labelled))
+    p = build_pod(items, PodConstraints(60000, 3, slots=plain))
+    assert (keys(r), r.slots) == (keys(p), p.slots) == ([1, 2, 3], (0, 1, 2))
+
+
 def assert_valid(items: Sequence[PodItem], r: PodResult, c: PodConstraints) -> None:
     """Every rule of a structured pod holds (whether or not the pod is the best)."""
     assert c.slots is not None

@@ -4,7 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-from vastserver.pipeline.decide import Decision
+from vastserver.pipeline.context import BreakSpec
+from vastserver.pipeline.decide import Decision, PlacedAd, SlottedAd
+
+
+def _slots(b: BreakSpec) -> dict[str, Any]:
+    """A structured pod's slot rules in play order, each with its imp; nothing without."""
+    if b.slots is None:
+        return {}
+    return {
+        "slots": [
+            {
+                "imp_id": r.imp_id,
+                "role": r.role,
+                "min_duration_ms": r.min_ms,
+                "max_duration_ms": r.max_ms,
+                "required_durations_s": None if r.required_s is None else sorted(r.required_s),
+            }
+            for r in b.slots
+        ]
+    }
+
+
+def _slot_fill(b: BreakSpec, a: PlacedAd) -> dict[str, Any]:
+    """Which slot rule (an index into ``break.slots``) and imp a placed ad fills."""
+    if b.slots is None:
+        return {}
+    if not isinstance(a, SlottedAd):
+        return {"slot_rule": None, "imp_id": None}
+    return {"slot_rule": a.slot_rule, "imp_id": b.slots[a.slot_rule].imp_id}
 
 
 def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
@@ -21,6 +49,7 @@ def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
                 None if b.required_durations_s is None else sorted(b.required_durations_s)
             ),
             "avail": b.avail,
+            **_slots(b),
         },
         "viewer": {
             # under limited ad tracking, or without GDPR consent to a device identifier:
@@ -37,6 +66,7 @@ def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
             "ads": [
                 {
                     "slot": a.slot,
+                    **_slot_fill(b, a),
                     "line_item_id": a.candidate.line_item.id,
                     "creative_id": a.candidate.creative.id,
                     "advertiser_id": a.candidate.advertiser.id,

@@ -30,9 +30,10 @@ Pods
 * Imps with different ``podid`` values: 400 (``imp``, one pod per request).
 * A structured pod (no dynamic imp) whose imps have different duration rules: each imp is a
   slot with its own :class:`~vastserver.pipeline.pod.SlotRule` (``BreakSpec.slots``, in play
-  order: the ``slotinpod`` 1 imp, the others in request order, the -1 imp), and the pod
-  optimiser places each ad in a slot it fits (``PodConstraints.slots``). A slot no ad fits
-  stays unfilled, the later ads move up; an ad no slot takes is ``fits_no_slot``.
+  order: the ``slotinpod`` 1 imp, the others in request order, the -1 imp; each labelled
+  with its imp id and role for the explanation), and the pod optimiser places each ad in a
+  slot it fits (``PodConstraints.slots``). A slot no ad fits stays unfilled, the later ads
+  move up; an ad no slot takes is ``fits_no_slot``.
 * Otherwise one duration rule holds for every ad of the pod (the optimiser picks each ad's
   slot), so it is what every imp accepts: the longest ``minduration``, the shortest
   ``maxduration`` and, as soon as any imp lists ``rqddurs`` (which the spec makes exclusive
@@ -635,13 +636,16 @@ def _break(imps: list[_Imp], rules: AdRules, avail: int) -> BreakSpec:
 
 def _slot_rules(imps: list[_Imp]) -> tuple[SlotRule, ...]:
     """Each slot's duration rule, in play order: the imp claiming the first slot
-    (``slotinpod`` 1), the others in request order, the one claiming the last (-1)."""
+    (``slotinpod`` 1), the others in request order, the one claiming the last (-1); each
+    labelled with its imp and role, for the explanation."""
     ordered = sorted(imps, key=lambda imp: (imp.slot is Slot.LAST) - (imp.slot is Slot.FIRST))
     return tuple(
         SlotRule(
             min_ms=None if imp.min_s is None else round(imp.min_s * 1000),
             max_ms=None if imp.max_s is None else round(imp.max_s * 1000),
             required_s=imp.required,
+            imp_id=imp.id,
+            role=None if imp.slot is Slot.ANY else imp.slot.value,
         )
         for imp in ordered
     )

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import NamedTuple
 
@@ -55,6 +55,17 @@ class PlacedAd:
     """What the impression costs, as a CPM: the slot's price; 0 for a flat line item."""
     ad_serving_id: str = ""
     """Assigned once the pod is final (after delivery commits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SlottedAd(PlacedAd):
+    """An ad of a pod with slot rules (``BreakSpec.slots``), which says whose slot it fills.
+    (A subclass, not a field of :class:`PlacedAd`: a field costs every pod's ads, built on
+    each request, while only structured pods have one to fill.)"""
+
+    slot_rule: int = field(kw_only=True)
+    """The index in ``BreakSpec.slots`` of the rule whose slot this ad fills: ``slot`` is its
+    place among the ads played, which an empty slot before it moves up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +259,11 @@ def decide(
         placed.append(
             PlacedAd(c, position, predictions[it.key], value, billed_at(c, position, n_ads))
         )
+    if pod.slots:  # a structured pod: which slot rule each ad fills
+        placed = [
+            SlottedAd(a.candidate, a.slot, a.prediction, a.value, a.price_cpm, slot_rule=j)
+            for a, j in zip(placed, pod.slots, strict=True)
+        ]
     for i, c in enumerate(survivors):
         slot = slot_of.get(i)
         reason = None

@@ -165,7 +165,7 @@ import bisect
 import math
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -250,6 +250,11 @@ class SlotRule:
     max_ms: int | None = None
     required_s: frozenset[int] | None = None
     """If set, the ad's duration rounded to the nearest second (halves up) must be in it."""
+    imp_id: str | None = field(default=None, compare=False)
+    """Where the rule came from, for the explanation: the OpenRTB imp whose slot it is…"""
+    role: str | None = field(default=None, compare=False)
+    """…and its ``slotinpod`` role, ``"first"`` or ``"last"`` (None: any). Neither is part
+    of the rule: rules of the same durations are equal (one candidate quota, one bound)."""
 
     def fits(self, duration_ms: int) -> bool:
         if self.min_ms is not None and duration_ms < self.min_ms:
