@@ -961,3 +961,52 @@ def test_checking_arm_bundles_imports_no_xgboost_in_the_supervisor() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+async def test_gc_sweep_frees_connections_closed_since_an_earlier_freeze(
+    make_client: Any,
+) -> None:
+    """A connection open at a freeze is a frozen reference cycle (the transport and its
+    socket): once closed, only a collection over the unfrozen heap frees it."""
+    import asyncio
+    import gc
+    from asyncio.selector_events import _SelectorSocketTransport
+
+    from vastserver.cli import gc_maintenance
+
+    def closed_transports() -> int:
+        gc.unfreeze()  # gc.get_objects() skips frozen objects
+        return sum(
+            1
+            for o in gc.get_objects()
+            if isinstance(o, _SelectorSocketTransport) and o.is_closing()
+        )
+
+    client = await make_client()
+    host, port = client.server.host, client.server.port
+    gc.collect()
+    before = closed_transports()
+    writers = []
+    for i in range(20):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"GET /healthz?i={i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writers.append(writer)
+    try:
+        gc.collect()
+        gc.freeze()  # what a scheduled run does, with these 20 connections open
+        for writer in writers:
+            writer.close()
+            await writer.wait_closed()
+        del writer, writers, reader
+        await asyncio.sleep(0.2)  # the server sees the EOFs and closes its side
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            gc_maintenance(stop, at_s=(0.0,), every_s=3600.0, sweep_every_s=0.0)
+        )
+        await asyncio.sleep(0.1)  # its one run is due at once
+        stop.set()
+        await asyncio.wait_for(task, 1.0)
+        assert closed_transports() <= before  # both sides' 20 transports were freed
+    finally:
+        gc.unfreeze()
