@@ -916,3 +916,28 @@ def test_separation_without_avail_is_by_time_only() -> None:
     # with avail the break rule holds, however old the break
     assert recent_from_history(old, 1, now, rules) == ({"cr-car-30"}, {"auto"})
     assert recent_from_history(old, 3, now, rules) == (frozenset(), frozenset())
+
+
+async def test_a_scrape_during_the_pacing_export_sees_every_series() -> None:
+    cat = base_catalog()
+    li_a = cat["line_items"][0]
+    li_a["pacing"] = {"delivery": "even", "budget": {"impressions": 500}}
+    ids = [f"li-p{k}" for k in range(250)]  # more than two export chunks
+    cat["line_items"] = [{**copy.deepcopy(li_a), "id": li_id} for li_id in ids]
+    svc, _ = _setup(cat)
+    svc.delivery.active.update(ids)  # as if this instance had served each
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+
+    def series() -> int:
+        text = svc.metrics.render().decode()
+        return sum(f'vastserver_line_item_throttle{{line_item="{i}"}}' in text for i in ids)
+
+    assert series() == len(ids)
+    seen: list[int] = []
+    task = asyncio.create_task(svc.delivery.update_pacing(svc.snapshot.catalog))
+    while not task.done():  # a scrape at each point where the pass yields
+        seen.append(series())
+        await asyncio.sleep(0)
+    await task
+    assert len(seen) > 3 and set(seen) == {len(ids)}
+    assert series() == len(ids)

@@ -169,6 +169,8 @@ class DeliveryControl:
         self.store_errors = 0
         self._error_sampler = Sampler()
         self._budgeted_of: tuple[Catalog, list[LineItem]] | None = None
+        self._exported: tuple[set[str], set[str]] = (set(), set())
+        """Line items with delivered/throttle gauges, and those with a pacing-ratio one."""
         self.gate_cache = GateCache()
         """Viewer-independent counter keys of line items, reused across requests."""
 
@@ -524,12 +526,15 @@ class DeliveryControl:
             throttle[li.id] = state.controller.update(delivered, target)
 
     async def _export_pacing(self, now: datetime, items: Sequence[LineItem]) -> None:
-        """Per-line-item gauges, only for budgeted line items in flight (bounded labels)."""
+        """Per-line-item gauges, only for budgeted line items in flight (bounded labels).
+
+        The values are gathered first (yielding to the event loop); then, with no await, the
+        new ones are set and only the stale label sets removed: a scrape in between sees the
+        previous pass's series, never a gauge half refilled."""
         m = self.metrics
         if m is None:
             return
-        for g in (m.li_delivered, m.li_pacing_ratio, m.li_throttle):
-            g.clear()
+        rows: list[tuple[str, float, float | None, float]] = []
         for n, li in enumerate(items, start=1):
             if n % PACING_CHUNK == 0:
                 await asyncio.sleep(0)
@@ -538,10 +543,22 @@ class DeliveryControl:
             state = self.pacing.get(li.id)
             if state is None:
                 continue
-            m.li_delivered.labels(li.id).set(state.delivered)
-            if state.target_now > 0:
-                m.li_pacing_ratio.labels(li.id).set(state.delivered / state.target_now)
-            m.li_throttle.labels(li.id).set(self.throttle.get(li.id, 1.0))
+            ratio = state.delivered / state.target_now if state.target_now > 0 else None
+            rows.append((li.id, state.delivered, ratio, self.throttle.get(li.id, 1.0)))
+        delivered_ids = {r[0] for r in rows}
+        ratio_ids = {r[0] for r in rows if r[2] is not None}
+        for li_id, delivered, ratio, throttle in rows:
+            m.li_delivered.labels(li_id).set(delivered)
+            if ratio is not None:
+                m.li_pacing_ratio.labels(li_id).set(ratio)
+            m.li_throttle.labels(li_id).set(throttle)
+        old_delivered, old_ratio = self._exported
+        for stale in old_delivered - delivered_ids:
+            m.li_delivered.remove(stale)
+            m.li_throttle.remove(stale)
+        for stale in old_ratio - ratio_ids:
+            m.li_pacing_ratio.remove(stale)
+        self._exported = (delivered_ids, ratio_ids)
 
     async def update_rates(self, catalog: Catalog, min_impressions: int = 20) -> None:
         """Historic completion rate (a model feature) of the line items with impressions,
