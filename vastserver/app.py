@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
 
 from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import Catalog
@@ -234,6 +235,15 @@ async def _guarded(
             resp.headers["Access-Control-Allow-Headers"] = req_headers[:512]
         resp.headers["Access-Control-Max-Age"] = "600"
         return resp
+    if isinstance(request.match_info, MatchInfoError):
+        # 404/405: answered, not raised (aiohttp's handler raises it; the traceback would
+        # hold the frames in a cycle)
+        unmatched = request.match_info.http_exception
+        return web.Response(
+            status=unmatched.status,
+            text=unmatched.text,
+            headers={k: v for k, v in unmatched.headers.items() if k != "Content-Type"},
+        )
     if len(request.rel_url.raw_query_string) > MAX_QUERY:
         return web.Response(status=414, text="query string too long")
     if request.body_exists:
@@ -611,7 +621,8 @@ async def click_handler(request: web.Request) -> web.StreamResponse:
     await _count(rt, request, "click", token, None)
     if not token.click_url:
         return web.Response(status=204)
-    raise web.HTTPFound(location=token.click_url)
+    # returned, not raised: a raised HTTPFound's traceback holds the frames in a cycle
+    return web.Response(status=302, headers={"Location": token.click_url})
 
 
 async def reload_model_handler(request: web.Request) -> web.StreamResponse:
