@@ -941,3 +941,30 @@ async def test_a_scrape_during_the_pacing_export_sees_every_series() -> None:
     await task
     assert len(seen) > 3 and set(seen) == {len(ids)}
     assert series() == len(ids)
+
+
+async def test_a_reload_that_renames_line_items_drops_their_pacing_state(
+    tmp_path: Any,
+) -> None:
+    cat = _with_li_a(pacing={"delivery": "even", "budget": {"impressions": 500}})
+    svc, _ = _setup(cat)
+    for v in ("v1", "v2", "v3"):
+        await _serve_and_confirm(svc, request(v))
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    assert "li-a" in svc.delivery.pacing and "li-a" in svc.delivery.active
+    text = svc.metrics.render().decode()
+    assert 'vastserver_line_item_throttle{line_item="li-a"}' in text
+    for li in cat["line_items"]:  # the trafficking system ends them and books new ones
+        li["id"] = "new-" + li["id"]
+    path = tmp_path / "renamed.json"
+    path.write_text(json.dumps(cat))
+    svc.reload_catalog(path)
+    for v in ("v4", "v5"):
+        await _serve_and_confirm(svc, request(v))
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    current = set(svc.snapshot.catalog.line_items)
+    assert set(svc.delivery.pacing) <= current and "new-li-a" in svc.delivery.pacing
+    assert svc.delivery.active <= current and svc.delivery.active
+    text = svc.metrics.render().decode()
+    assert 'line_item="li-a"' not in text  # its gauges went with it
+    assert 'vastserver_line_item_throttle{line_item="new-li-a"}' in text

@@ -171,6 +171,9 @@ class DeliveryControl:
         self._budgeted_of: tuple[Catalog, list[LineItem]] | None = None
         self._exported: tuple[set[str], set[str]] = (set(), set())
         """Line items with delivered/throttle gauges, and those with a pacing-ratio one."""
+        self._pruned_for: Catalog | None = None
+        """The snapshot :attr:`pacing` and :attr:`active` were last pruned to."""
+        """Line items with delivered/throttle gauges, and those with a pacing-ratio one."""
         self.gate_cache = GateCache()
         """Viewer-independent counter keys of line items, reused across requests."""
 
@@ -461,6 +464,7 @@ class DeliveryControl:
         """Recompute each budgeted, in-flight line item's serve probability from shared
         counters, in chunks that yield to the event loop (a 100k catalog must not stall
         serving)."""
+        self._forget_retired(catalog)
         now = self.clock()
         items = [li for li in self._budgeted(catalog) if li.start <= now < li.end]
         days: dict[str, str] = {}
@@ -487,6 +491,19 @@ class DeliveryControl:
         self.throttle = throttle
         self.exhausted = frozenset(exhausted)
         await self._export_pacing(now, items)
+
+    def _forget_retired(self, catalog: Catalog) -> None:
+        """Drop the pacing state and served marks of line items no longer in the catalog,
+        once per snapshot (a reload that retires line items must not leave them for the
+        life of the process). A request still on the snapshot before may mark one again;
+        the next snapshot drops it."""
+        if self._pruned_for is catalog:
+            return
+        self._pruned_for = catalog
+        ids = catalog.line_items
+        for li_id in [k for k in self.pacing if k not in ids]:
+            del self.pacing[li_id]
+        self.active.intersection_update(ids)
 
     def _budgeted(self, catalog: Catalog) -> list[LineItem]:
         """The catalog's line items with an impression budget (kept per snapshot: scanning a
