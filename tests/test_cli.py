@@ -1010,3 +1010,41 @@ async def test_gc_sweep_frees_connections_closed_since_an_earlier_freeze(
         assert closed_transports() <= before  # both sides' 20 transports were freed
     finally:
         gc.unfreeze()
+
+
+def test_gc_sweep_setting_is_checked() -> None:
+    from vastserver.settings import SettingsError, load_settings
+
+    assert make_settings().gc_sweep_s == 3600
+    assert load_settings({"VASTSERVER_GC_SWEEP_S": "0"}).gc_sweep_s == 0
+    assert load_settings({"VASTSERVER_GC_SWEEP_S": "86400"}).gc_sweep_s == 86400
+    for bad in ("300", "-1", "x"):
+        with pytest.raises(SettingsError, match="VASTSERVER_GC_SWEEP_S"):
+            load_settings({"VASTSERVER_GC_SWEEP_S": bad})
+
+
+async def test_gc_maintenance_without_a_sweep_never_unfreezes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``VASTSERVER_GC_SWEEP_S=0`` (``sweep_every_s`` None): every run collects and freezes,
+    none walks the frozen heap."""
+    import asyncio
+    import gc
+
+    from vastserver.cli import gc_maintenance
+
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "unfreeze", lambda: calls.append("unfreeze"))
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    monkeypatch.setattr(gc, "collect", lambda *a: calls.append("collect") or 0)
+    for sweep, expect_unfreeze in ((None, False), (0.0, True)):
+        calls.clear()
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            gc_maintenance(stop, at_s=(0.0, 0.02), every_s=3600.0, sweep_every_s=sweep)
+        )
+        await asyncio.sleep(0.15)
+        stop.set()
+        await asyncio.wait_for(task, 1.0)
+        assert calls.count("freeze") == 2, calls
+        assert ("unfreeze" in calls) is expect_unfreeze, calls

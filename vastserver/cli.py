@@ -212,7 +212,7 @@ async def _serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    gc_task = asyncio.create_task(gc_maintenance(stop))
+    gc_task = asyncio.create_task(gc_maintenance(stop, sweep_every_s=settings.gc_sweep_s or None))
     await stop.wait()
     gc_task.cancel()
     rt = app[RUNTIME]
@@ -235,7 +235,7 @@ async def gc_maintenance(
     stop: asyncio.Event,
     at_s: Sequence[float] = GC_FREEZE_AT_S,
     every_s: float = GC_FREEZE_EVERY_S,
-    sweep_every_s: float = GC_SWEEP_EVERY_S,
+    sweep_every_s: float | None = GC_SWEEP_EVERY_S,
 ) -> None:
     """Keep long-lived objects out of the cyclic collector's way.
 
@@ -249,7 +249,9 @@ async def gc_maintenance(
     socket refer to each other), ~1 KB each. So a run at least ``sweep_every_s`` after the
     last sweep unfreezes first: its full collection also walks the frozen heap and frees
     those (one longer pause, logged as ``gc_sweep``: measured ~150 ms with a warm 10k
-    line-item catalog, ~250k objects, and ~1 s at 100k, 1.7M objects, on 2 shared CPUs)."""
+    line-item catalog, ~250k objects, and ~1 s at 100k, 1.7M objects, on 2 shared CPUs).
+    ``sweep_every_s`` None never sweeps (``VASTSERVER_GC_SWEEP_S=0``: no such pause, and
+    those connections stay in memory)."""
     loop = asyncio.get_running_loop()
     start = last_sweep = loop.time()
     times = list(at_s)
@@ -261,7 +263,7 @@ async def gc_maintenance(
             return
         except TimeoutError:
             pass
-        if loop.time() - last_sweep >= sweep_every_s:
+        if sweep_every_s is not None and loop.time() - last_sweep >= sweep_every_s:
             last_sweep = loop.time()
             t0 = time.perf_counter()
             gc.unfreeze()

@@ -88,6 +88,9 @@ class Settings:
     """How often the state file is written (and once more on shutdown)."""
     memory_max_keys: int = MAX_KEYS
     """Keys the in-memory store holds before it evicts the least recently used."""
+    gc_sweep_s: int = 3600
+    """How often ``serve``'s garbage-collector maintenance also walks the frozen heap
+    (``vastserver.cli.gc_maintenance``); 0 never."""
     separation_breaks: int = 3
     """Stream separation: a creative does not play again within this many breaks..."""
     separation_minutes: int = 30
@@ -313,6 +316,12 @@ def load_settings(
         if state_file.is_dir():
             problems.append(f"VASTSERVER_STATE_FILE: a directory, not a file: {state_file}")
     state_save_s = integer("state_save_s", "VASTSERVER_STATE_SAVE_S", 1, 86_400, 60)
+    gc_sweep_s = integer("gc_sweep_s", "VASTSERVER_GC_SWEEP_S", 0, 7 * 86_400, 3600)
+    if 0 < gc_sweep_s < 600:
+        problems.append(
+            "VASTSERVER_GC_SWEEP_S: 0 (never) or at least 600 (a sweep is a pause of up to"
+            f" ~1 s on a large catalog), got {gc_sweep_s}"
+        )
     max_keys = integer(
         "memory_max_keys", "VASTSERVER_MEMORY_MAX_KEYS", 1_000, 1_000_000_000, MAX_KEYS
     )
@@ -394,6 +403,7 @@ def load_settings(
         event_log_commit_ms=commit_ms,
         state_file=state_file,
         state_save_s=state_save_s,
+        gc_sweep_s=gc_sweep_s,
         memory_max_keys=max_keys,
         separation_breaks=sep_breaks,
         separation_minutes=sep_minutes,
