@@ -231,10 +231,9 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def odd_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo catalog plus creatives that exercise what versions disagree on."""
-    doc = json.loads(DEMO_CATALOG.read_text())
+def _with_odd_advertiser() -> dict[str, Any]:
+    """The demo catalog with the advertiser and campaign of :func:`_odd_creative`'s."""
+    doc: dict[str, Any] = json.loads(DEMO_CATALOG.read_text())
     doc["advertisers"].append(
         {"id": "adv-odd", "name": "Odd", "domain": "odd.example", "categories": ["IAB3"]}
     )
@@ -247,6 +246,13 @@ def odd_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "end": "2028-12-31T23:59:59Z",
         }
     )
+    return doc
+
+
+@pytest.fixture(scope="module")
+def odd_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo catalog plus creatives that exercise what versions disagree on."""
+    doc = _with_odd_advertiser()
     for n, (key, fields) in enumerate(ODD_CREATIVES.items()):
         cr, li = _odd_creative(key, n, **fields)
         doc["creatives"].append(cr)
@@ -418,6 +424,90 @@ async def test_closed_captions(make_client: ClientFactory, tmp_path: Path, versi
     if c.node_available():
         (result,) = c.node_parse_many([xml.decode()], "vast")
         assert result["ok"], result["error"]
+
+
+MIXED_MEDIA: dict[str, Any] = {
+    "click_through": "https://odd.example/",
+    "renditions": [
+        {
+            "url": "http://cdn.example/m/1080.mp4",
+            "mime": "video/mp4",
+            "width": 1920,
+            "height": 1080,
+        },
+        {"url": "https://cdn.example/m/360.mp4", "mime": "video/mp4", "width": 640, "height": 360},
+    ],
+    "mezzanine": {
+        "url": "http://cdn.example/m/mezz.mov",
+        "mime": "video/quicktime",
+        "width": 1920,
+        "height": 1080,
+    },
+    "captions": [
+        {"url": "http://cdn.example/m/en.vtt", "mime": "text/vtt", "language": "en"},
+        {"url": "https://cdn.example/m/es.vtt", "mime": "text/vtt", "language": "es"},
+    ],
+}
+
+
+def _media_urls(xml: bytes) -> list[str]:
+    root = etree.fromstring(xml)
+    return [
+        (e.text or "").strip()
+        for e in root.iter("{*}MediaFile", "{*}Mezzanine", "{*}ClosedCaptionFile")
+    ]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_http_media_only_where_https_is_not_required(
+    make_client: ClientFactory, tmp_path: Path, version: str
+) -> None:
+    """A creative with http and https media: where https is required
+    (``VASTSERVER_REQUIRE_HTTPS_MEDIA=1``, the default, or OpenRTB ``imp.secure`` = 1) its
+    http MediaFile, Mezzanine and ClosedCaptionFile are left out, and the document is
+    valid and lint-clean; without that requirement they go out (vastlint warns
+    ``VAST-2.0-mediafile-https`` on an http MediaFile, as the README says)."""
+    c.require_spec()
+    doc = _with_odd_advertiser()
+    cr, li = _odd_creative("mixed", 90, **MIXED_MEDIA)
+    cr["renditions"] = MIXED_MEDIA["renditions"]
+    doc["creatives"].append(cr)
+    doc["line_items"].append(li)
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc))
+    query = f"vast={version}&series=odd-mixed&pod_duration=15&max_ads=1"
+
+    secure_client: Any = await make_client(catalog=str(path))
+    xml = await _fetch(secure_client, query)
+    (ad,) = _ads_in(xml)
+    assert str(ad.get("id")) == "li-odd-mixed-cr-odd-mixed"
+    urls = _media_urls(xml)
+    assert "https://cdn.example/m/360.mp4" in urls
+    assert [u for u in urls if not u.startswith("https://")] == []
+    _check_static(xml, version, "https required: " + query)
+
+    plain: Any = await make_client(catalog=str(path), require_https_media=False)
+    xml = await _fetch(plain, query)
+    assert "http://cdn.example/m/1080.mp4" in _media_urls(xml)
+    assert c.validate_vast_xsd(xml, version) == []
+    # the same server, asked for https media by OpenRTB imp.secure
+    protocol = {"2.0": 2, "3.0": 3, "4.0": 7, "4.1": 11, "4.2": 13, "4.3": 15}[version]
+    bid = {
+        "id": "r1",
+        "imp": [
+            {"id": "1", "secure": 1, "video": {"poddur": 15, "maxseq": 1, "protocols": [protocol]}}
+        ],
+        "app": {"id": "a", "content": {"series": "odd-mixed"}},
+        "device": {"devicetype": 3, "ip": "203.0.113.9", "ua": "Roku/DVP-12.0"},
+    }
+    resp = await plain.post("/openrtb2/pod", json=bid)
+    assert resp.status == 200
+    xml = bytes(await resp.read())
+    (ad,) = _ads_in(xml)
+    assert str(ad.get("id")) == "li-odd-mixed-cr-odd-mixed"
+    urls = _media_urls(xml)
+    assert urls and [u for u in urls if not u.startswith("https://")] == []
+    _check_static(xml, version, "imp.secure")
 
 
 async def test_progress_offsets_when_configured(make_client: ClientFactory) -> None:

@@ -15,8 +15,10 @@ from lxml import etree
 from tests.conftest import DEMO_CATALOG, FIXED_NOW, ClientFactory, FakeClock, make_settings
 from vastserver.app import RUNTIME, create_app
 from vastserver.catalog.gen import generate_catalog
+from vastserver.catalog.model import Caption, Mezzanine
 from vastserver.params import client_info, parse_vast_request
-from vastserver.pipeline.decide import Decision
+from vastserver.pipeline.candidates import Candidate
+from vastserver.pipeline.decide import Decision, PlacedAd
 from vastserver.render import LINEAR_EVENTS_BY_VERSION, Renderer, VersionVM
 
 VERSIONS = sorted(LINEAR_EVENTS_BY_VERSION)
@@ -172,8 +174,64 @@ async def test_listed_mimes_filter_the_media_files_without_poisoning_the_cache(
             assert _media_types(r._ad_fast(dec, ad, ver)) == want
             assert r._ad_fast(dec, ad, ver) == r._ad_full(dec, ad, ver, None)
     # one entry for "all types" (no mimes, or every type listed), one for mp4 only
-    keys = {k[3] for k in r._fragments if k[0] == id(ad.candidate) and k[1] == "4.2"}
+    keys = {k[3][0] for k in r._fragments if k[0] == id(ad.candidate) and k[1] == "4.2"}
     assert keys == {None, frozenset({"video/mp4"})}
+
+
+def _insecure_copy(ad: PlacedAd) -> PlacedAd:
+    """``ad`` with its creative given an http rendition beside its https ones, an http
+    mezzanine and an http caption file beside an https one."""
+    cr = ad.candidate.creative
+    first = cr.renditions[0]
+    http = replace(first, url=first.url.replace("https://", "http://") + "?plain")
+    cr = replace(
+        cr,
+        renditions=(http, *cr.renditions),
+        mezzanine=Mezzanine("http://cdn.example/m.mov", "video/quicktime", 1920, 1080),
+        captions=(
+            Caption("http://cdn.example/cc.vtt", "text/vtt", "en"),
+            Caption("https://cdn.example/cc.ttml", "application/ttml+xml", "es"),
+        ),
+    )
+    c = ad.candidate
+    return replace(ad, candidate=Candidate(c.line_item, cr, c.campaign, c.advertiser))
+
+
+def _media_urls(xml: str) -> list[str]:
+    root = etree.fromstring(xml.encode())
+    return [
+        (e.text or "").strip()
+        for e in root.iter("{*}MediaFile", "{*}Mezzanine", "{*}ClosedCaptionFile")
+    ]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_https_required_leaves_http_media_out_without_poisoning_the_cache(
+    catalog: Path, version: str
+) -> None:
+    """When the request requires https media (the default; OpenRTB ``imp.secure``), no
+    http MediaFile, Mezzanine or ClosedCaptionFile goes out, from the cached fragment as from
+    the full render; a request that does not require it gets every one, before and after
+    (the fragment cache keys on it)."""
+    rt = _runtime(catalog)
+    r: Renderer = rt.renderer
+    ver = VersionVM.of(version)
+    d = next(
+        d
+        for d in await _decisions(rt, version, 20)
+        if d.ads and not d.ads[0].candidate.creative.vast_tag_url
+    )
+    ad = _insecure_copy(d.ads[0])
+    secure = replace(d, request=replace(d.request, require_https=True))
+    plain = replace(d, request=replace(d.request, require_https=False))
+    for _ in range(2):  # the second pass reads the cache
+        kept = _media_urls(r._ad_fast(secure, ad, ver))
+        assert kept and all(u.startswith("https://") for u in kept), kept
+        assert r._ad_fast(secure, ad, ver) == r._ad_full(secure, ad, ver, None)
+        every = _media_urls(r._ad_fast(plain, ad, ver))
+        assert any(u.startswith("http://") for u in every), every
+        assert r._ad_fast(plain, ad, ver) == r._ad_full(plain, ad, ver, None)
+    assert len(every) > len(kept)
 
 
 async def test_debug_render_carries_the_explanation_once(catalog: Path) -> None:
@@ -201,7 +259,7 @@ def test_fragment_cache_is_bounded(catalog: Path) -> None:
     cands = rt.service.snapshot.index.candidates[:10]
     ver = VersionVM.of("4.2")
     for c in cands:
-        r._fragment(c, ver, True, None)
+        r._fragment(c, ver, True, (None, False))
     assert len(r._fragments) == 3
 
 

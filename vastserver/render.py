@@ -67,8 +67,11 @@ _N_AD = len(_DYNAMIC) - len(PRIVACY_MACROS)
 """The values before the privacy macros'."""
 _SCOPE_INDEX = {scope: n for n, scope in enumerate(BEACON_SCOPES)}
 _Fragment = tuple[tuple[str, ...], tuple[int, ...]]
-_FragmentKey = tuple[int, str, bool, frozenset[str] | None]
-"""(candidate id, VAST version, priced, rendition types listed: :func:`listed_types`)."""
+_Media = tuple[frozenset[str] | None, bool]
+"""Which media an ad lists (:func:`media_of`): the rendition types (None: all of them,
+:func:`listed_types`) and whether http media is left out (:func:`https_only`)."""
+_FragmentKey = tuple[int, str, bool, _Media]
+"""(candidate id, VAST version, priced, media)."""
 
 
 def _cdata(url: str) -> Markup:
@@ -402,7 +405,7 @@ class Renderer:
             ad.candidate,
             ver,
             _micros(ad) > 0,
-            listed_types(ad.candidate.creative, decision.request.mimes),
+            media_of(ad.candidate.creative, decision),
             dyn[:_N_SCOPES],
             *dyn[_N_SCOPES:],
             privacy=_privacy(decision),
@@ -410,7 +413,8 @@ class Renderer:
         return Markup(self.ad_template.render(ver=ver, ad=vm, debug_json=debug_json))
 
     def _ad_fast(self, decision: Decision, ad: PlacedAd, ver: VersionVM) -> Markup:
-        media = listed_types(ad.candidate.creative, decision.request.mimes)
+        cr = ad.candidate.creative
+        media = media_of(cr, decision)
         statics, slots = self._fragment(ad.candidate, ver, _micros(ad) > 0, media)
         dyn = self._dynamic(decision, ad)
         # The tokens are base64url, dots and hex (nothing to escape); the rest is escaped
@@ -418,7 +422,7 @@ class Renderer:
         # creative whose trackers or tag URL carry privacy macros has slots for their
         # values, which are percent-encoded (nothing to escape either).
         values = [*dyn[:_N_SCOPES], *map(escape, dyn[_N_SCOPES:])]
-        if ad.candidate.creative.privacy_macros:
+        if cr.privacy_macros:
             values += _privacy(decision)
         out = [statics[0]]
         for slot, text in zip(slots, statics[1:], strict=True):
@@ -426,15 +430,15 @@ class Renderer:
             out.append(text)
         return Markup("".join(out))
 
-    def _fragment(
-        self, c: Candidate, ver: VersionVM, priced: bool, media: frozenset[str] | None
-    ) -> _Fragment:
+    def _fragment(self, c: Candidate, ver: VersionVM, priced: bool, media: _Media) -> _Fragment:
         """The ad template's text for ``c`` cut at the placeholders: the static pieces, and
         between each two the index of the :data:`_DYNAMIC` value that goes there. With and
         without ``<Pricing>`` (``priced``): one line item's impression may cost nothing in
-        one slot and something in another. ``media``: the rendition types listed
-        (:func:`listed_types`), part of the key; ``None`` (all of them) shares the entry of
-        every request that filters nothing out of this creative."""
+        one slot and something in another. ``media`` (:func:`media_of`), part of the key:
+        the rendition types listed, ``None`` (all of them) sharing the entry of every
+        request that filters nothing out of this creative; and whether http media is left
+        out, so that a fragment without it never answers a request that may have it, nor
+        the other way round."""
         key = (id(c), ver.version, priced, media)
         hit = self._fragments.get(key)
         if hit is not None and hit[0] is c:  # the entry holds ``c``: its id is not reused
@@ -460,7 +464,7 @@ class Renderer:
         c: Candidate,
         ver: VersionVM,
         priced: bool,
-        media: frozenset[str] | None,
+        media: _Media,
         tokens: Sequence[str],
         click_token: str,
         sequence: str,
@@ -469,7 +473,8 @@ class Renderer:
         *,
         privacy: Sequence[str],
     ) -> AdVM:
-        """``media``: the rendition types to list (None: all); ``tokens``: the ad's token
+        """``media``: the rendition types to list (None: all) and whether to leave out http
+        renditions, mezzanine and caption files (:func:`media_of`); ``tokens``: the ad's token
         signed for each of :data:`BEACON_SCOPES`, in order;
         ``privacy``: the values of the privacy macros (:data:`PRIVACY_MACROS` order)."""
 
@@ -477,6 +482,7 @@ class Renderer:
             return _cdata(self.urls.event(event, tokens[_SCOPE_INDEX[scope_of(event)]]))
 
         cr = c.creative
+        types, secure = media
         version = ver.version
         wrapper = cr.vast_tag_url is not None
         events = list(LINEAR_EVENTS_BY_VERSION[version])
@@ -524,11 +530,15 @@ class Renderer:
             ),
             wrapper_url=_cdata(tag) if tag is not None else None,
             click_tracking=_cdata(self.urls.event("click", click_token)) if wrapper else None,
-            captions=tuple(CaptionVM(_cdata(x.url), x.mime, x.language) for x in cr.captions),
+            captions=tuple(
+                CaptionVM(_cdata(x.url), x.mime, x.language)
+                for x in cr.captions
+                if not secure or _is_https(x.url)
+            ),
             extra_impressions=tuple(_cdata(u) for u in extra.get("impression", ())),
             click_trackers=tuple(_cdata(u) for u in extra.get("click", ())),
-            media_files=_media_files(cr, media),
-            mezzanine=_mezzanine(cr),
+            media_files=_media_files(cr, types, secure),
+            mezzanine=_mezzanine(cr, secure),
             verifications=tuple(
                 VerificationVM(
                     v.vendor,
@@ -750,8 +760,36 @@ def listed_types(cr: Creative, mimes: frozenset[str] | None) -> frozenset[str] |
     return None if kept == types else kept
 
 
-def _media_files(cr: Creative, media: frozenset[str] | None) -> tuple[MediaFileVM, ...]:
-    """The renditions (of the ``media`` types, when given), numbered as in the catalog."""
+def media_of(cr: Creative, decision: Decision) -> _Media:
+    """Which of ``cr``'s media its ad lists for ``decision``'s request."""
+    req = decision.request
+    return listed_types(cr, req.mimes), https_only(cr, req.require_https)
+
+
+def _is_https(url: str) -> bool:
+    return url[:8].lower() == "https://"
+
+
+def https_only(cr: Creative, require_https: bool) -> bool:
+    """Whether ``cr``'s ad leaves out its http media files, mezzanine and caption files: when
+    the request requires https media (``VASTSERVER_REQUIRE_HTTPS_MEDIA``, OpenRTB
+    ``imp.secure``) and the creative has any. False for a creative whose every such URL is
+    https, so that its requests share one cached fragment whatever they require."""
+    if not require_https:
+        return False
+    m = cr.mezzanine
+    return (
+        any(not _is_https(r.url) for r in cr.renditions)
+        or any(not _is_https(x.url) for x in cr.captions)
+        or (m is not None and not _is_https(m.url))
+    )
+
+
+def _media_files(
+    cr: Creative, media: frozenset[str] | None, secure: bool = False
+) -> tuple[MediaFileVM, ...]:
+    """The renditions (of the ``media`` types, when given; https ones only when ``secure``),
+    numbered as in the catalog."""
     return tuple(
         MediaFileVM(
             id=f"{cr.id}-{n}",
@@ -764,13 +802,14 @@ def _media_files(cr: Creative, media: frozenset[str] | None) -> tuple[MediaFileV
             url=_cdata(r.url),
         )
         for n, r in enumerate(cr.renditions, start=1)
-        if media is None or r.mime.lower() in media
+        if (media is None or r.mime.lower() in media) and (not secure or _is_https(r.url))
     )
 
 
-def _mezzanine(cr: Creative) -> MezzanineVM | None:
+def _mezzanine(cr: Creative, secure: bool = False) -> MezzanineVM | None:
+    """The creative's mezzanine; none when it is http and ``secure`` asks for https."""
     m = cr.mezzanine
-    if m is None:
+    if m is None or (secure and not _is_https(m.url)):
         return None
     return MezzanineVM(
         url=_cdata(m.url),
