@@ -197,6 +197,7 @@ def _icon(program: str) -> dict[str, Any]:
 
 
 MACROS = sorted(IAB_MACROS)
+ADVERTISER_AD_ID = "acme <spot> & 7"
 OMID_PARAMS = '{"campaign": "cmp-odd", "creative": "<cr-odd>"}'
 ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the AdChoices icon second, so that keeping "the first" would be wrong
@@ -228,6 +229,9 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
             }
         ],
     },
+    # the advertiser's own id (text to escape), inline and in a wrapper
+    "ad-id": {"click_through": "https://odd.example/", "ad_id": ADVERTISER_AD_ID},
+    "wrapper-ad-id": {"vast_tag_url": "https://tag.example/vast?id=2", "ad_id": ADVERTISER_AD_ID},
 }
 
 
@@ -294,6 +298,14 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
     # OMID verification exists from VAST 4.0 on (see the template), with its parameters
     params = etree.fromstring(docs["verification"]).iter("{*}VerificationParameters")
     assert [e.text for e in params] == ([] if version in ("2.0", "3.0") else [OMID_PARAMS])
+    # Creative@adId (AdID before 4.0) is the Ad-ID, the universal ad id; the advertiser's
+    # own ad_id goes in an extension, and only where the catalog has one
+    for n, key in enumerate(ODD_CREATIVES):
+        root = etree.fromstring(docs[key])
+        (creative,) = root.iter("{*}Creative")
+        assert creative.get("adId" if version.startswith("4") else "AdID") == f"ODDX{n:04d}000H"
+        own = [e.text for e in root.iter("{*}AdvertiserAdId")]
+        assert own == ([ADVERTISER_AD_ID] if key.endswith("ad-id") else []), key
     if c.node_available():
         parsed = c.node_parse_many([x.decode() for x in docs.values()], "vast")
         allowed = c.UNAVOIDABLE_CLIENT_WARNINGS[version]

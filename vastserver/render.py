@@ -46,6 +46,9 @@ AD_SYSTEM = "vastserver"
 CATEGORY_AUTHORITY = "https://iabtechlab.com"
 UNIVERSAL_AD_ID_EXTENSION = "UniversalAdId"
 MEZZANINE_EXTENSION = "Mezzanine"
+ADVERTISER_AD_ID_EXTENSION = "AdvertiserAdId"
+"""The ``Extension@type`` carrying a creative's advertiser-side ``ad_id``: VAST has no
+element for it (``Creative@adId`` is the Ad-ID, our universal ad id)."""
 DEBUG_EXTENSION = "vastserver-debug"
 T = TypeVar("T")
 FRAGMENT_CACHE_SIZE = 4096
@@ -160,6 +163,11 @@ class AdVM:
     error_url: Markup
     creative_id: str
     creative_ad_id: str
+    """``Creative@adId`` (``AdID`` in 2.0/3.0): "Ad-ID for the creative (formerly ISCI)",
+    the universal ad id."""
+    advertiser_ad_id: str | None
+    """The catalog's ``ad_id`` (the advertiser's own creative id), in an
+    ``<Extension type="AdvertiserAdId">``."""
     universal_ad_id: str
     universal_ad_id_registry: str
     duration: str
@@ -517,7 +525,8 @@ class Renderer:
             impression_url=url("impression"),
             error_url=url("error"),
             creative_id=cr.id,
-            creative_ad_id=cr.ad_id or cr.universal_ad_id,
+            creative_ad_id=cr.universal_ad_id,
+            advertiser_ad_id=cr.ad_id,
             universal_ad_id=cr.universal_ad_id,
             universal_ad_id_registry=cr.universal_ad_id_registry,
             duration=duration(cr.duration_ms),

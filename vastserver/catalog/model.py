@@ -136,7 +136,8 @@ class Creative:
     universal_ad_id: str
     universal_ad_id_registry: str = "ad-id.org"
     ad_id: str | None = None
-    """Advertiser-side creative id (``Creative@adId``); defaults to the universal ad id."""
+    """The advertiser's own creative id: an ``<Extension type="AdvertiserAdId">`` (VAST
+    has no element for it: ``Creative@adId`` is the Ad-ID, the universal ad id)."""
     mezzanine: Mezzanine | None = None
     click_through: str | None = None
     categories: tuple[str, ...] = ()
