@@ -199,6 +199,11 @@ def _icon(program: str) -> dict[str, Any]:
 MACROS = sorted(IAB_MACROS)
 ADVERTISER_AD_ID = "acme <spot> & 7"
 OMID_PARAMS = '{"campaign": "cmp-odd", "creative": "<cr-odd>"}'
+OMID_VERIFICATION = {
+    "vendor": "verify.example.com-omid",
+    "js_url": "https://verify.example.com/omid.js",
+    "parameters": OMID_PARAMS,
+}
 ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the AdChoices icon second, so that keeping "the first" would be wrong
     "icons": {
@@ -221,13 +226,11 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
     "click-trackers-only": {"trackers": {"click": ["https://px.example/click"]}},
     "verification": {
         "click_through": "https://odd.example/",
-        "verifications": [
-            {
-                "vendor": "verify.example.com-omid",
-                "js_url": "https://verify.example.com/omid.js",
-                "parameters": OMID_PARAMS,
-            }
-        ],
+        "verifications": [OMID_VERIFICATION],
+    },
+    "wrapper-verification": {
+        "vast_tag_url": "https://tag.example/vast?id=3",
+        "verifications": [OMID_VERIFICATION],
     },
     # the advertiser's own id (text to escape), inline and in a wrapper
     "ad-id": {"click_through": "https://odd.example/", "ad_id": ADVERTISER_AD_ID},
@@ -295,9 +298,19 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
     assert list(etree.fromstring(docs["no-click"]).iter("{*}VideoClicks")) == []
     (clicks,) = etree.fromstring(docs["click-trackers-only"]).iter("{*}VideoClicks")
     assert [etree.QName(e).localname for e in clicks] == ["ClickTracking"]
-    # OMID verification exists from VAST 4.0 on (see the template), with its parameters
-    params = etree.fromstring(docs["verification"]).iter("{*}VerificationParameters")
-    assert [e.text for e in params] == ([] if version in ("2.0", "3.0") else [OMID_PARAMS])
+    # OMID verification, with its parameters, in every version: an element from 4.1, an
+    # <Extension type="AdVerifications"> before (in wrappers too)
+    for key in ("verification", "wrapper-verification"):
+        root = etree.fromstring(docs[key])
+        params = root.iter("{*}VerificationParameters")
+        assert [e.text for e in params] == [OMID_PARAMS], key
+        (verifications,) = root.iter("{*}AdVerifications")
+        parent = verifications.getparent()
+        assert parent is not None
+        if version in ("4.1", "4.2", "4.3"):
+            assert etree.QName(parent).localname in ("InLine", "Wrapper"), key
+        else:
+            assert parent.get("type") == "AdVerifications", key
     # Creative@adId (AdID before 4.0) is the Ad-ID, the universal ad id; the advertiser's
     # own ad_id goes in an extension, and only where the catalog has one
     for n, key in enumerate(ODD_CREATIVES):
