@@ -294,6 +294,13 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
      f"{VERIF_PATH}.api_framework", "is not one of"),
     ("verification script http", _set(f"{VERIF}.js_url", "http://verify.example.com/o.js"),
      f"{VERIF_PATH}.js_url", "must be https"),
+    # verificationNotExecuted tracking: https, with the [REASON] it exists to report
+    ("not executed no reason", _set(f"{VERIF}.not_executed_urls", ["https://v.example/ne"]),
+     f"{VERIF_PATH}.not_executed_urls[0]", "must carry the [REASON] macro"),
+    ("not executed http", _set(f"{VERIF}.not_executed_urls", ["http://v.example/ne?r=[REASON]"]),
+     f"{VERIF_PATH}.not_executed_urls[0]", "must be https"),
+    ("browser optional", _set(f"{VERIF}.browser_optional", "yes"),
+     f"{VERIF_PATH}.browser_optional", "expected true or false"),
     # URLs vastlint would warn on: a character no URI holds unencoded, an unknown macro
     ("url brace", _set("creatives.0.click_through", "https://a.example/c?g=${GDPR}"),
      "$.creatives[0].click_through", "percent-encode it (%7B)"),
@@ -549,6 +556,42 @@ def test_all_errors_in_one_document_are_reported() -> None:
     errors = errors_of(doc)
     for name, path, fragment in applied:
         assert has_issue(errors, path, fragment), f"{name}:\n{describe(errors)}"
+
+
+def test_every_error_of_a_verification_is_reported() -> None:
+    doc = demo_doc()
+    verification = doc["creatives"][CR_VERIFIED]["verifications"][0]
+    verification.update(
+        browser_optional=1,
+        not_executed_urls=[
+            "https://v.example/ne?r=[REASON]",
+            "https://v.example/ne",
+            "http://v.example/ne?r=[REASON]",
+            "https://v.example/ne?r=[REASON]&s=[STOREID]",
+        ],
+    )
+    p = VERIF_PATH
+    assert_exactly(
+        errors_of(doc),
+        [
+            (f"{p}.browser_optional", "expected true or false"),
+            (f"{p}.not_executed_urls[1]", "must carry the [REASON] macro"),
+            (f"{p}.not_executed_urls[2]", "must be https"),
+            (f"{p}.not_executed_urls[3]", "[STOREID] is no IAB VAST macro"),
+        ],
+    )
+
+
+def test_verification_fields_load() -> None:
+    doc = demo_doc()
+    verification = doc["creatives"][CR_VERIFIED]["verifications"][0]
+    cr_id = doc["creatives"][CR_VERIFIED]["id"]
+    (plain,) = parse_catalog(doc).creatives[cr_id].verifications
+    assert (plain.browser_optional, plain.not_executed_urls) == (False, ())
+    url = "https://v.example/ne?r=[REASON]&cb=[CACHEBUSTING]"
+    verification.update(browser_optional=True, not_executed_urls=[url])
+    (v,) = parse_catalog(doc).creatives[cr_id].verifications
+    assert (v.browser_optional, v.not_executed_urls) == (True, (url,))
 
 
 def test_many_errors_in_one_line_item() -> None:

@@ -199,6 +199,7 @@ def _icon(program: str) -> dict[str, Any]:
 MACROS = sorted(IAB_MACROS)
 ADVERTISER_AD_ID = "acme <spot> & 7"
 OMID_PARAMS = '{"campaign": "cmp-odd", "creative": "<cr-odd>"}'
+NOT_EXECUTED = "https://verify.example.com/ne?r=[REASON]&cb=[CACHEBUSTING]"
 OMID_VERIFICATION = {
     "vendor": "verify.example.com-omid",
     "js_url": "https://verify.example.com/omid.js",
@@ -226,7 +227,13 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
     "click-trackers-only": {"trackers": {"click": ["https://px.example/click"]}},
     "verification": {
         "click_through": "https://odd.example/",
-        "verifications": [OMID_VERIFICATION],
+        "verifications": [
+            {
+                **OMID_VERIFICATION,
+                "browser_optional": True,
+                "not_executed_urls": [NOT_EXECUTED],
+            }
+        ],
     },
     "wrapper-verification": {
         "vast_tag_url": "https://tag.example/vast?id=3",
@@ -311,6 +318,18 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
             assert etree.QName(parent).localname in ("InLine", "Wrapper"), key
         else:
             assert parent.get("type") == "AdVerifications", key
+        # browserOptional as the catalog says (false by default); verificationNotExecuted
+        # tracking only where the catalog has it
+        (script,) = verifications.iter("{*}JavaScriptResource")
+        tracking = [
+            (t.get("event"), (t.text or "").strip()) for t in verifications.iter("{*}Tracking")
+        ]
+        if key == "verification":
+            assert script.get("browserOptional") == "true"
+            assert tracking == [("verificationNotExecuted", NOT_EXECUTED)]
+        else:
+            assert script.get("browserOptional") == "false"
+            assert tracking == []
     # Creative@adId (AdID before 4.0) is the Ad-ID, the universal ad id; the advertiser's
     # own ad_id goes in an extension, and only where the catalog has one
     for n, key in enumerate(ODD_CREATIVES):

@@ -130,6 +130,9 @@ class VerificationVM:
     api_framework: str
     js_url: Markup
     parameters: Markup
+    browser_optional: bool
+    not_executed: tuple[Markup, ...]
+    """``verificationNotExecuted`` tracking URLs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,6 +557,8 @@ class Renderer:
                     v.api_framework,
                     _cdata(v.js_url),
                     _cdata(v.parameters),
+                    v.browser_optional,
+                    tuple(_cdata(u) for u in v.not_executed_urls),
                 )
                 for v in cr.verifications
             ),

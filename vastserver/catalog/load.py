@@ -444,10 +444,18 @@ _PRIVACY_MACRO_LIST = (
 )
 
 
-def _url(v: object, path: str, errs: Issues, *, privacy_macros: bool) -> str | _Invalid:
+def _url(
+    v: object,
+    path: str,
+    errs: Issues,
+    *,
+    privacy_macros: bool,
+    more_macros: frozenset[str] = frozenset(),
+) -> str | _Invalid:
     """:func:`url`; with ``privacy_macros``, ``${GDPR}``-style privacy macros (which the
     renderer fills in, :func:`vastserver.tracking.fill_privacy`) may stand after the host:
-    in a creative's trackers and its ``vast_tag_url``."""
+    in a creative's trackers and its ``vast_tag_url``. ``more_macros``: IAB macros allowed
+    here beside :data:`IAB_MACROS` (``REASON`` in ``verificationNotExecuted`` URLs)."""
     if not isinstance(v, str):
         return _wrong_type(errs, path, "an http(s) URL", v)
     if len(v) > 4096:
@@ -482,7 +490,11 @@ def _url(v: object, path: str, errs: Issues, *, privacy_macros: bool) -> str | _
             f"URL {_show(v)} contains {c}, which a URI cannot hold: percent-encode it "
             f"(%{ord(c):02X}){hint}",
         )
-    unknown = [m for m in _IAB_MACRO.findall(v) if m[1:-1] not in IAB_MACROS]
+    unknown = [
+        m
+        for m in _IAB_MACRO.findall(v)
+        if m[1:-1] not in IAB_MACROS and m[1:-1] not in more_macros
+    ]
     if unknown:
         return _fail(
             errs,
@@ -742,13 +754,15 @@ CAPTION = Obj(
 )
 
 
-def https_only(what: str, *, privacy_macros: bool = False) -> Parser[str]:
+def https_only(
+    what: str, *, privacy_macros: bool = False, more_macros: frozenset[str] = frozenset()
+) -> Parser[str]:
     """:func:`url`, https only: vastlint warns on http tracking pixels and verification
     scripts, and players on https pages drop them (the error says ``<what> must be
-    https``). ``privacy_macros``: see :func:`_url`."""
+    https``). ``privacy_macros``, ``more_macros``: see :func:`_url`."""
 
     def parse(v: object, path: str, errs: Issues) -> str | _Invalid:
-        got = _url(v, path, errs, privacy_macros=privacy_macros)
+        got = _url(v, path, errs, privacy_macros=privacy_macros, more_macros=more_macros)
         if isinstance(got, str) and got[:8].lower() != "https://":
             return _fail(errs, path, f"{what} must be https")
         return got
@@ -771,6 +785,22 @@ _VENDOR = re.compile(r"\S*\.\S*-[^\s-]+")
 to use so that their names do not collide (vastlint warns on any other)."""
 
 
+MAX_TRACKERS_PER_EVENT = 8
+"""Third-party URLs of one event a creative (or a verification) may have."""
+_not_executed_https = https_only(
+    "verificationNotExecuted tracking", more_macros=frozenset({"REASON"})
+)
+
+
+def not_executed_url(v: object, path: str, errs: Issues) -> str | _Invalid:
+    """A ``verificationNotExecuted`` tracking URL: https, with ``[REASON]`` (the code of
+    why the player did not run the script, which is all the event tells)."""
+    got = _not_executed_https(v, path, errs)
+    if isinstance(got, str) and "[REASON]" not in got:
+        return _fail(errs, path, f"{_show(got)} must carry the [REASON] macro")
+    return got
+
+
 VERIFICATION = Obj(
     "verification",
     {
@@ -782,6 +812,8 @@ VERIFICATION = Obj(
         # Required: an OMID script without its parameters measures nothing (vastlint warns
         # VAST-4.1-verification-parameters on a <Verification> without them).
         "parameters": F(string(max_len=8192)),
+        "browser_optional": F(boolean, False),
+        "not_executed_urls": F(list_of(not_executed_url, max_len=MAX_TRACKERS_PER_EVENT), ()),
     },
     lambda d: Verification(**d),
 )
@@ -841,7 +873,6 @@ TRACKER_EVENTS: tuple[str, ...] = (
 )
 """Events a creative's third-party trackers may name (a VAST version without the event
 leaves its trackers out)."""
-MAX_TRACKERS_PER_EVENT = 8
 
 
 _NOT_WITH_TAG = (

@@ -109,6 +109,12 @@ class Verification:
     """``VerificationParameters``: what the vendor's script is given (required: OMID
     verification scripts read their measurement ids from it)."""
     api_framework: str = "omid"
+    browser_optional: bool = False
+    """``JavaScriptResource@browserOptional``: whether the script also runs outside a
+    browser (a native OM SDK); false asks for a browser environment."""
+    not_executed_urls: tuple[str, ...] = ()
+    """``verificationNotExecuted`` tracking URLs (each with ``[REASON]``): the player
+    calls them when it did not run the script."""
 
 
 @dataclass(frozen=True, slots=True)
