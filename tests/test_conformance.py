@@ -567,3 +567,27 @@ async def test_progress_offsets_when_configured(make_client: ClientFactory) -> N
             if isinstance(e.tag, str) and e.get("event") == "progress"
         }
         assert offsets == (set() if version == "2.0" else {"00:00:05.000", "00:00:10.000"})
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_expires_is_the_sooner_of_token_and_reservation_lifetimes(
+    make_client: ClientFactory, version: str
+) -> None:
+    """4.1+ inline ads say how long they stay valid (``<Expires>``, seconds, after
+    ``<Creatives>``): the sooner of the token lifetime and the 5-minute reservation; 4.0
+    and earlier have no such element."""
+    c.require_spec()
+    for max_age, want in ((86400, 300), (120, 120)):
+        client: Any = await make_client(token_max_age=max_age)
+        xml = await _fetch(client, f"vast={version}&pod_duration=120&max_ads=4")
+        _check_static(xml, version, f"expires {version}")
+        ads = _ads_in(xml)
+        assert ads
+        for ad in ads:
+            inline = ad[0]
+            names = [etree.QName(e).localname for e in inline if isinstance(e.tag, str)]
+            if version in ("4.1", "4.2", "4.3"):
+                assert names[names.index("Creatives") + 1] == "Expires", names
+                assert [e.text for e in inline.iter("{*}Expires")] == [str(want)]
+            else:
+                assert "Expires" not in names

@@ -821,6 +821,7 @@ def create_app(
         urls=urls,
         keyring=keyring,
         progress_offsets_s=settings.progress_offsets_s,
+        token_max_age_s=settings.token_max_age_s,
     )
     rng = rng or random.SystemRandom()
     # the store's expiry clock: time.time is system_clock's timestamp, without a datetime

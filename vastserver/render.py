@@ -27,6 +27,7 @@ from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import DEFAULT_VAST_VERSION
 from vastserver.pipeline.decide import Decision, PlacedAd
+from vastserver.pipeline.delivery import RESERVATION_S
 from vastserver.pipeline.schedule import PlannedBreak, hms
 from vastserver.tracking import (
     BEACON_SCOPES,
@@ -186,6 +187,8 @@ class AdVM:
     click_tracking: Markup | None = None
     """A wrapper's click beacon (``/t/click``): its click-through is the tag's."""
     captions: tuple[CaptionVM, ...] = ()
+    expires_s: int | None = None
+    """``<Expires>`` (4.1+ inline): how many seconds the ad stays valid to play."""
     extra_impressions: tuple[Markup, ...] = ()
     """The creative's third-party impression trackers (after ours)."""
     click_trackers: tuple[Markup, ...] = ()
@@ -304,7 +307,10 @@ class Renderer:
         keyring: Keyring,
         progress_offsets_s: Sequence[float] = (),
         fragment_cache_size: int = FRAGMENT_CACHE_SIZE,
+        token_max_age_s: int = 24 * 3600,
     ) -> None:
+        """``token_max_age_s``: how long a tracking token counts (``VASTSERVER_TOKEN_MAX_AGE``),
+        one bound of ``<Expires>`` (:attr:`expires_s`)."""
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(template_dir)),
             autoescape=True,
@@ -319,6 +325,10 @@ class Renderer:
         self.urls = urls
         self.keyring = keyring
         self.progress_offsets_s = tuple(progress_offsets_s)
+        self.expires_s = min(token_max_age_s, RESERVATION_S)
+        """An ad's ``<Expires>``: the sooner of its tokens' expiry (its beacons no longer
+        count) and the end of its cap and budget reservation (an impression after it may
+        overshoot them), so that a prefetching stitcher knows how long it may hold it."""
         # Placeholders in the token alphabet (they pass URL quoting and escaping untouched),
         # random per process so no catalog text can contain one; all of one length, so none
         # is a prefix of another.
@@ -542,6 +552,7 @@ class Renderer:
             ),
             wrapper_url=_cdata(tag) if tag is not None else None,
             click_tracking=_cdata(self.urls.event("click", click_token)) if wrapper else None,
+            expires_s=self.expires_s,
             captions=tuple(
                 CaptionVM(_cdata(x.url), x.mime, x.language)
                 for x in cr.captions

@@ -491,9 +491,7 @@ def _url(
             f"(%{ord(c):02X}){hint}",
         )
     unknown = [
-        m
-        for m in _IAB_MACRO.findall(v)
-        if m[1:-1] not in IAB_MACROS and m[1:-1] not in more_macros
+        m for m in _IAB_MACRO.findall(v) if m[1:-1] not in IAB_MACROS and m[1:-1] not in more_macros
     ]
     if unknown:
         return _fail(
