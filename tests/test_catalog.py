@@ -301,6 +301,11 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
      f"{VERIF_PATH}.not_executed_urls[0]", "must be https"),
     ("browser optional", _set(f"{VERIF}.browser_optional", "yes"),
      f"{VERIF_PATH}.browser_optional", "expected true or false"),
+    # a creative's api_framework: VPAID is what the server acts on, nothing else is taken
+    ("creative framework", _set("creatives.0.api_framework", "MRAID"),
+     "$.creatives[0].api_framework", 'is not one of "VPAID"'),
+    ("creative framework case", _set("creatives.0.api_framework", "vpaid"),
+     "$.creatives[0].api_framework", 'is not one of "VPAID"'),
     # URLs vastlint would warn on: a character no URI holds unencoded, an unknown macro
     ("url brace", _set("creatives.0.click_through", "https://a.example/c?g=${GDPR}"),
      "$.creatives[0].click_through", "percent-encode it (%7B)"),

@@ -873,6 +873,9 @@ TRACKER_EVENTS: tuple[str, ...] = (
 leaves its trackers out)."""
 
 
+CREATIVE_API_FRAMEWORKS: tuple[str, ...] = ("VPAID",)
+"""A creative's ``api_framework`` values: what the server acts on."""
+
 _NOT_WITH_TAG = (
     "renditions",
     "mezzanine",
@@ -963,7 +966,9 @@ CREATIVE = Obj(
         "approved": F(boolean, True),
         "skip_offset": F(OFFSET_SECONDS, _ABSENT),
         "skip_offset_ms": F(OFFSET_MILLIS, _ABSENT),
-        "api_framework": F(nullable(NAME), None),
+        # Only VPAID does anything (it keeps the creative off CTV): another value would be
+        # accepted and ignored.
+        "api_framework": F(nullable(enum_of(*CREATIVE_API_FRAMEWORKS)), None),
         "verifications": F(list_of(VERIFICATION), ()),
         "icons": F(list_of(ICON), ()),
     },
