@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -10,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from lxml import etree
 
-from tests.conftest import ADMIN, ClientFactory, FakeClock, raw_request
+from tests.conftest import ADMIN, DEMO_CATALOG, ClientFactory, FakeClock, raw_request
 from vastserver.eventlog import read_events
 from vastserver.tracking import expand_macros
 
@@ -350,6 +352,68 @@ async def test_a_click_through_is_counted(client: Any) -> None:
     assert resp.status == 302
     text = await (await client.get("/metrics")).text()
     assert 'vastserver_beacons_total{event="click",result="ok"} 1.0' in text
+
+
+def _catalog_with_click_through(tmp_path: Path, click_through: str) -> str:
+    """The demo catalog with every media creative's click-through set to ``click_through``."""
+    doc = json.loads(DEMO_CATALOG.read_text(encoding="utf-8"))
+    for cr in doc["creatives"]:
+        if "vast_tag_url" not in cr:
+            cr["click_through"] = click_through
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    return str(path)
+
+
+async def _click_locations(client: Any) -> list[tuple[str, str, bytes]]:
+    """Each ad's AdServingId, its /c answer's Location and that header's bytes on the wire."""
+    resp = await client.get("/vast?pod_duration=120&max_ads=4&device_type=ctv&device_id=c1")
+    root = etree.fromstring(await resp.read())
+    out = []
+    for ad in root.iterfind("v:Ad", NS):
+        click = ad.find(".//v:ClickThrough", NS)
+        if click is None:
+            continue  # a wrapper: the click-through is the tag's
+        got = await client.get(_local(click.text), allow_redirects=False)
+        assert got.status == 302
+        raw = dict(got.raw_headers)[b"Location"]
+        out.append((ad.findtext(".//v:AdServingId", namespaces=NS), got.headers["Location"], raw))
+    assert out
+    return out
+
+
+async def test_the_click_redirect_fills_the_click_through_macros(
+    make_client: ClientFactory, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The player never sees the click-through (it rides in the signed token), so /c used to
+    send the viewer to `?cb=[CACHEBUSTING]&ts=[TIMESTAMP]` as written: /c fills them in."""
+    catalog = _catalog_with_click_through(
+        tmp_path, "https://brand.example/go?cb=[CACHEBUSTING]&ts=[TIMESTAMP]&id=[ADSERVINGID]"
+    )
+    client = await make_client(catalog=catalog)
+    clock.now = datetime(2026, 11, 25, 20, 0, 1, 250000, tzinfo=UTC)
+    seen = set()
+    for serving_id, location, _ in await _click_locations(client):
+        q = parse_qs(urlsplit(location).query)
+        assert re.fullmatch(r"[0-9]{8}", q["cb"][0]), location
+        assert "ts=2026-11-25T20%3A00%3A01.250%2B00%3A00&" in location  # percent-encoded
+        assert q["id"] == [serving_id]
+        seen.add(q["cb"][0])
+    assert len(seen) > 1  # a cache buster per click
+
+
+async def test_the_click_redirect_sends_an_ascii_location(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """An internationalised click-through went out as raw UTF-8 in the Location header:
+    the host now goes as IDNA, the rest percent-encoded, byte for byte what was written
+    otherwise."""
+    client = await make_client(
+        catalog=_catalog_with_click_through(tmp_path, "https://www.bücher.example/galaxy-ü?q=ä")
+    )
+    for _, location, raw in await _click_locations(client):
+        assert location == "https://www.xn--bcher-kva.example/galaxy-%C3%BC?q=%C3%A4"
+        assert raw == location.encode("ascii")
 
 
 async def test_beacons_verify_for_the_configured_token_max_age(

@@ -674,6 +674,27 @@ def test_click_throughs_must_fit_the_token_and_a_redirect() -> None:
     parse_catalog(ok)
 
 
+def test_a_click_through_carries_only_the_macros_the_click_redirect_fills() -> None:
+    """The player never sees a creative's click-through (it rides in the click token and
+    /c redirects to it): a macro /c cannot fill, such as [IFA], reached the advertiser raw.
+    Each such click-through is refused, naming the field and the macros; an icon's, which
+    the player opens itself, may still carry them."""
+    doc = demo_doc()
+    doc["creatives"][0]["click_through"] = "https://a.example/c?ifa=[IFA]&cb=[CACHEBUSTING]"
+    doc["creatives"][1]["click_through"] = "https://a.example/c?ua=[DEVICEUA]&ip=[DEVICEIP]"
+    errors = errors_of(doc)
+    # [CACHEBUSTING], which /c fills, is not among those named
+    assert has_issue(errors, "$.creatives[0].click_through", ": [IFA] cannot be filled")
+    assert has_issue(errors, "$.creatives[1].click_through", ": [DEVICEIP], [DEVICEUA] cannot")
+    ok = demo_doc()
+    ok["creatives"][0]["click_through"] = (
+        "https://a.example/c?cb=[CACHEBUSTING]&ts=[TIMESTAMP]&asid=[ADSERVINGID]"
+    )
+    with_icon = next(c for c in ok["creatives"] if c.get("icons"))
+    with_icon["icons"][0]["click_through"] = "https://a.example/why?ifa=[IFA]"
+    parse_catalog(ok)
+
+
 def test_a_fifo_at_the_catalog_path_is_an_error_not_a_hang(tmp_path: Path) -> None:
     import os
 

@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import random
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 import pytest
@@ -972,6 +972,26 @@ def test_unknown_event_rejected() -> None:
     for bad in ("Start", "impressions", "", "start?x=1", "../c"):
         with pytest.raises(ValueError):
             URLS.event(bad, SIGNED)
+
+
+def test_click_macros_are_filled_percent_encoded() -> None:
+    """What /c fills in a click-through: an 8-digit cache buster, the click time with
+    milliseconds and the ad serving id, each percent-encoded; a macro it cannot fill (only
+    in a token signed before the loader refused it) is VAST's unknown, -1."""
+    now = datetime(2026, 3, 1, 9, 5, 7, 127000, tzinfo=timezone(timedelta(hours=-5)))
+    got = tracking.fill_click_macros(
+        "https://b.example/?cb=[CACHEBUSTING]&ts=[TIMESTAMP]&a=[ADSERVINGID]&i=[IFA]",
+        now=now,
+        cachebuster=4321,
+        ad_serving_id="a/b+c",
+    )
+    assert got == (
+        "https://b.example/?cb=00004321&ts=2026-03-01T14%3A05%3A07.127%2B00%3A00&a=a%2Fb%2Bc&i=-1"
+    )
+    assert (
+        tracking.fill_click_macros("https://b.example/", now=now, cachebuster=1, ad_serving_id="x")
+        == "https://b.example/"
+    )
 
 
 def test_impression_error_click() -> None:

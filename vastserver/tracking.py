@@ -80,7 +80,9 @@ URLs
 ``{public_url}/c?tk=...`` click redirect. IAB macros (``[CACHEBUSTING]``, ``[TIMESTAMP]``,
 ``[ADPLAYHEAD]``, ``[ERRORCODE]``) are left literal for the player to fill;
 :func:`expand_macros` does what a player does, and :func:`parse_beacon_query` turns the query
-string the server receives back into typed values without ever raising.
+string the server receives back into typed values without ever raising. The click-through
+``/c`` redirects to is the one URL the player never sees: :func:`fill_click_macros` fills
+its macros (:data:`CLICK_MACROS`) at click time.
 
 This module is pure standard library so it can be used from the server, CLI and tests alike.
 """
@@ -106,6 +108,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BEACON_SCOPES",
+    "CLICK_MACROS",
     "CLICK_SCOPE",
     "COUNTED_EVENTS",
     "DEFAULT_MACRO_VALUES",
@@ -138,7 +141,9 @@ __all__ = [
     "TokenErrorKind",
     "TrackingUrls",
     "beacon_log_params",
+    "click_timestamp",
     "expand_macros",
+    "fill_click_macros",
     "fill_privacy",
     "has_privacy_macros",
     "is_privacy_macro",
@@ -1117,6 +1122,34 @@ DEFAULT_MACRO_VALUES: Mapping[str, str] = MappingProxyType(
     }
 )
 """Values :func:`expand_macros` uses when none is given; any other macro becomes ``-1``."""
+
+
+CLICK_MACROS: frozenset[str] = frozenset({"CACHEBUSTING", "TIMESTAMP", "ADSERVINGID"})
+"""The IAB macros a creative's click-through may carry: the player never sees that URL (it
+travels in the signed click token, and ``/c`` redirects to it), so ``/c`` fills them in at
+click time (:func:`fill_click_macros`), and only these can it fill truthfully: a fresh
+cache buster, the time of the click and the ad's serving id (the ``AdServingId`` it went
+out with). The catalog loader refuses any other in a click-through."""
+
+
+def click_timestamp(now: datetime) -> str:
+    """``[TIMESTAMP]`` as VAST 4.x writes it: ISO 8601 with milliseconds, here in UTC."""
+    return now.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def fill_click_macros(url: str, *, now: datetime, cachebuster: int, ad_serving_id: str) -> str:
+    """``url`` (a click-through) with its :data:`CLICK_MACROS` filled in, each value
+    percent-encoded as VAST 4.x asks of a macro's value; ``cachebuster`` is written as the
+    8-digit number VAST asks for. Any other ``[MACRO]`` (only a token signed before the
+    loader refused them carries one) becomes ``-1``, VAST's "unknown"."""
+    if "[" not in url:
+        return url  # the common case: nothing to fill
+    values = {
+        "CACHEBUSTING": f"{cachebuster % 100_000_000:08d}",
+        "TIMESTAMP": click_timestamp(now),
+        "ADSERVINGID": ad_serving_id,
+    }
+    return _MACRO_RE.sub(lambda m: _q(values.get(m.group(1), "-1")), url)
 
 
 def expand_macros(url: str, values: Mapping[str, str] | None = None) -> str:

@@ -66,6 +66,7 @@ from vastserver.catalog.model import (
     Verification,
 )
 from vastserver.tracking import (
+    CLICK_MACROS,
     DOLLAR_MACRO,
     LINEAR_EVENTS_BY_VERSION,
     has_privacy_macros,
@@ -559,6 +560,26 @@ def click_url(v: object, path: str, errs: Issues) -> str | _Invalid:
     return got
 
 
+def creative_click_url(v: object, path: str, errs: Issues) -> str | _Invalid:
+    """A creative's click-through (:func:`click_url`): the player never sees it (``/c``
+    redirects to it), so it may carry only the IAB macros ``/c`` fills in at click time
+    (:data:`~vastserver.tracking.CLICK_MACROS`); any other would reach the advertiser
+    unfilled."""
+    got = click_url(v, path, errs)
+    if isinstance(got, _Invalid):
+        return got
+    unfillable = sorted({m for m in _IAB_MACRO.findall(got) if m[1:-1] not in CLICK_MACROS})
+    if unfillable:
+        allowed = ", ".join(f"[{m}]" for m in sorted(CLICK_MACROS))
+        return _fail(
+            errs,
+            path,
+            f"{_show(got)}: {', '.join(unfillable)} cannot be filled in a click-through (the "
+            f"/c redirect fills only {allowed}; the player never sees this URL)",
+        )
+    return got
+
+
 def _report_duplicate_keys(v: Mapping[Any, Any], path: str, errs: Issues) -> None:
     if type(v) is _DupDict:
         for key in v.duplicate_keys:
@@ -960,7 +981,7 @@ CREATIVE = Obj(
         "universal_ad_id_registry": F(NAME, "ad-id.org"),
         "ad_id": F(nullable(NAME), None),
         "mezzanine": F(nullable(MEZZANINE), None),
-        "click_through": F(nullable(click_url), None),
+        "click_through": F(nullable(creative_click_url), None),
         "categories": F(CATEGORIES, ()),
         "rating": F(enum_of(*RATINGS), "TV-G"),
         "approved": F(boolean, True),
