@@ -984,8 +984,9 @@ LINEAR_EVENTS_BY_VERSION: Mapping[str, tuple[str, ...]] = {
         "exitFullscreen",
         "closeLinear",
     ),
-    "4.0": (*_BASE_EVENTS, *_PLAYER_EVENTS_V4),
-    "4.1": ("loaded", *_BASE_EVENTS, *_PLAYER_EVENTS_V4, "closeLinear"),
+    # The 4.x schemas (vast4.xsd, 4.1, 4.2) keep creativeView for Linear tracking.
+    "4.0": ("creativeView", *_BASE_EVENTS, *_PLAYER_EVENTS_V4),
+    "4.1": ("creativeView", "loaded", *_BASE_EVENTS, *_PLAYER_EVENTS_V4, "closeLinear"),
 }
 LINEAR_EVENTS_BY_VERSION = {
     **LINEAR_EVENTS_BY_VERSION,
