@@ -553,6 +553,36 @@ async def test_vmap_inline_separates_across_breaks(client: Any) -> None:
     assert seen and len(seen) == len(set(seen)), "a creative repeated within the stream"
 
 
+async def test_inline_vmap_sends_breaks_past_the_token_horizon_as_tags(
+    make_client: ClientFactory, clock: FakeClock
+) -> None:
+    """An inline pod's tokens are signed when the VMAP is served: a break that played more
+    than VASTSERVER_TOKEN_MAX_AGE later answered 403 and its impression never counted.
+    Breaks due past a quarter of it are ad tags, decided when the player fetches them."""
+    client: Any = await make_client(token_max_age=3600)  # horizon: 900 s of content
+    query = "inline=1&content_duration=1800&cue_points=600,1200&device_type=ctv"
+    resp = await client.get(f"/vmap?{query}")
+    root = etree.fromstring(await resp.read())
+    breaks = {b.get("breakId"): b for b in root.findall("vmap:AdBreak", NS)}
+    assert list(breaks) == ["preroll", "midroll-1", "midroll-2", "postroll"]
+    inline = {k for k, b in breaks.items() if b.find(".//vmap:VASTAdData", NS) is not None}
+    assert inline == {"preroll", "midroll-1"}
+    tag = _urls(breaks["midroll-2"], "vmap:AdSource/vmap:AdTagURI")[0]
+    assert _urls(breaks["postroll"], "vmap:AdSource/vmap:AdTagURI")
+    clock.now += timedelta(hours=2)  # a viewer who paused: midroll-2 plays late
+    vast = etree.fromstring(await (await client.get(_local(tag))).read())
+    (imp, *_) = _urls(vast, "v:Ad//v:Impression")
+    assert (await client.get(_local(imp))).status == 204
+    text = await (await client.get("/metrics")).text()
+    assert 'vastserver_beacons_total{event="impression",result="ok"} 1.0' in text
+    # With the default max age (a day), a break 8 hours in is a tag, one 5 hours in inline.
+    default: Any = await make_client()
+    resp = await default.get("/vmap?inline=1&content_duration=36000&cue_points=18000,28800")
+    root = etree.fromstring(await resp.read())
+    kinds = [b.find(".//vmap:VASTAdData", NS) is not None for b in root.findall("vmap:AdBreak", NS)]
+    assert kinds == [True, True, False, False]
+
+
 async def test_inline_vmap_checks_its_tags_and_keeps_their_duration_rules(client: Any) -> None:
     """An inline VMAP may send breaks as ad tags (past its deadline), so it is held to
     what /vast accepts as a tag VMAP is, and decides its breaks by the same rules."""

@@ -28,7 +28,7 @@ from aiohttp.web_urldispatcher import MatchInfoError
 from yarl import URL as YarlURL
 
 from vastserver.catalog.load import CatalogError, load_catalog
-from vastserver.catalog.model import Catalog
+from vastserver.catalog.model import BreakPosition, Catalog
 from vastserver.delivery import DeliveryControl, claim_window_s
 from vastserver.eventlog import EventLog
 from vastserver.explain import decision_json
@@ -53,7 +53,7 @@ from vastserver.pipeline.context import (
     system_clock,
 )
 from vastserver.pipeline.delivery import SeparationRules
-from vastserver.pipeline.schedule import plan_breaks
+from vastserver.pipeline.schedule import PlannedBreak, plan_breaks
 from vastserver.records import EventSink, NullSink, beacon_record
 from vastserver.render import Renderer
 from vastserver.service import AdService, build_snapshot
@@ -458,13 +458,34 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
     if not vq.inline or first is None:
         return _xml(rt.renderer.vmap_tags(breaks, tags, session=session, vast_version=version))
     # The breaks are decided as their tags would be (ad duration rules included), with
-    # the geolocated device.
+    # the geolocated device; those that play past the horizon go out as tags.
     base = replace(first, device=targeting.device)
-    decisions = await rt.service.decide_stream(base, breaks, deadline=_deadline(rt))
+    horizon_s = rt.settings.token_max_age_s / INLINE_HORIZON_DIVISOR
+    near = [b for b in breaks if _plays_within(b, vq.content_duration_s, horizon_s)]
+    decisions = await rt.service.decide_stream(base, near, deadline=_deadline(rt))
+    decisions += [None] * (len(breaks) - len(decisions))
     body = rt.renderer.vmap_inline(
         breaks, decisions, tags, session=session, debug=base.debug, vast_version=version
     )
     return _xml(body)
+
+
+INLINE_HORIZON_DIVISOR = 4
+"""An ``inline=1`` VMAP puts a pod inline only for a break due within a quarter of
+``VASTSERVER_TOKEN_MAX_AGE`` of content time (6 hours by default); later ones go out as
+ad tags, decided when the player fetches them. An inline pod's tokens are signed when the
+VMAP is served, and the break plays no sooner than its offset (later when the viewer
+pauses): one played past the token max age would answer 403 ``expired`` and its
+impression would never count. The margin leaves three times the offset for pauses."""
+
+
+def _plays_within(b: PlannedBreak, content_s: float | None, horizon_s: float) -> bool:
+    """Whether break ``b`` is due within ``horizon_s`` seconds of content; a post-roll of
+    content of unknown length is not."""
+    if b.position is BreakPosition.PRE:
+        return True
+    at = content_s if b.position is BreakPosition.POST else b.offset_s
+    return at is not None and at <= horizon_s
 
 
 async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
