@@ -1,0 +1,112 @@
+"""A real player plays our ads: @dailymotion/vmap and @dailymotion/vast-client (VASTClient,
+VASTTracker) run by node (``tests/node/play.mjs``) against the server over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import socket
+from collections import Counter
+from typing import Any
+
+from tests.conftest import ADMIN, FakeClock, make_settings
+from tests.support import conformance as c
+from vastserver.app import create_app
+
+PLAY_SCRIPT = c.NODE_DIR / "play.mjs"
+PORTS = range(19600, 19900)
+"""Where the server listens: it must know its own URL (every tracking URL is absolute)."""
+VMAP_QUERY = "content_duration=1800&cue_points=600&postroll=0&device_type=ctv&device_id=player-1"
+COUNTED = re.compile(r'^vastserver_beacons_total\{event="([A-Za-z]+)",result="([a-z_]+)"\} (\S+)$')
+
+
+def _free_port() -> int:
+    for port in random.Random().sample(PORTS, len(PORTS)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 19600-19899")
+
+
+async def _beacons(client: Any) -> Counter[tuple[str, str]]:
+    text = await (await client.get("/metrics")).text()
+    out: Counter[tuple[str, str]] = Counter()
+    for line in text.splitlines():
+        m = COUNTED.match(line)
+        if m:
+            out[m.group(1), m.group(2)] = int(float(m.group(3)))
+    return out
+
+
+async def _play(base: str) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        "node",
+        str(PLAY_SCRIPT),
+        base,
+        VMAP_QUERY,
+        cwd=c.NODE_DIR,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def test_a_player_plays_the_schedule_and_every_pixel_counts_once(
+    aiohttp_client: Any,
+) -> None:
+    """VMAP -> each break's ad tag -> impression, quartiles and complete, a click, an error
+    with a code and a notUsed, as the libraries fire them: every pixel answers 204 (the
+    click 302), each counts once, and firing them all again counts nothing more."""
+    c.require_node()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings = make_settings(public_url=base)
+    app = create_app(settings, clock=FakeClock(), rng=random.Random(7))
+    client = await aiohttp_client(app, server_kwargs={"port": port})
+
+    played = await _play(base)
+    ads, pixels = played["ads"], played["pixels"]
+    scenarios = Counter(a["scenario"] for a in ads)
+    assert len(ads) >= 4 and set(scenarios) == {"full", "click", "error", "notUsed"}, ads
+    ours = [p for p in pixels if p["status"] is not None]
+    wrong = [p for p in ours if p["status"] != (302 if "/c?" in p["url"] else 204)]
+    assert not wrong, wrong
+    clicks = [p for p in ours if "/c?" in p["url"]]
+    assert len(clicks) == scenarios["click"]
+    assert all(p["location"].startswith("https://") for p in clicks)
+    errors = [p for p in ours if "/t/error?" in p["url"]]
+    assert errors and all("&ec=405" in p["url"] for p in errors)
+
+    counted = await _beacons(client)
+    played_through = scenarios["full"] + scenarios["click"]
+    expected = {
+        "impression": played_through,
+        "start": played_through,
+        "firstQuartile": played_through,
+        "midpoint": played_through,
+        "thirdQuartile": played_through,
+        "complete": played_through,
+        "click": scenarios["click"],
+        "error": scenarios["error"],
+        "notUsed": scenarios["notUsed"],
+    }
+    assert {e: counted[e, "ok"] for e in expected} == expected
+    assert counted["breakStart", "advisory"] == counted["breakEnd", "advisory"] == 2
+
+    for p in ours:  # a replay of every pixel: answered as before, counted never
+        resp = await client.get(p["url"][len(base) :], allow_redirects=False)
+        assert resp.status == p["status"], p
+    again = await _beacons(client)
+    assert {e: again[e, "ok"] for e in expected} == expected
+    assert again["impression", "replay"] == played_through
+    admin = await client.get("/admin/line-items", headers={"Authorization": f"Bearer {ADMIN}"})
+    delivered = sum(row["delivered_impressions"] for row in await admin.json())
+    assert delivered == played_through
