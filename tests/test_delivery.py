@@ -9,14 +9,16 @@ import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.delivery_support import Clock, base_catalog, make_service, request, tokens_for
-from vastserver.catalog.model import Delivery
+from vastserver.catalog.model import Daypart, Delivery
 from vastserver.pipeline.delivery import (
+    HOURLY_SHARE,
     HOURLY_TRAFFIC,
     LIFETIME,
     RESERVATION_WINDOW,
@@ -90,6 +92,109 @@ def test_target_curves() -> None:
     # The day is the campaign's local day.
     ny = daily_target_fraction(six_pm, "America/New_York", Delivery.EVEN)
     assert ny == pytest.approx(sum(HOURLY_TRAFFIC[:13]) / sum(HOURLY_TRAFFIC))
+
+
+PRIME = (Daypart(start_hour=18, end_hour=23),)
+
+
+def test_even_pacing_follows_the_hours_the_dayparts_allow() -> None:
+    """A daily budget dayparted 18-23 (campaign zone): its curve starts at 0 at 18:00 and
+    reaches 1 at 23:00, by the traffic of those five hours alone. It was the whole day's
+    curve: ~60 % of the budget due at 18:00, spent in a burst."""
+    ny = "America/New_York"
+    day = datetime(2026, 6, 10, tzinfo=ZoneInfo(ny))
+
+    def at(hour: float) -> float:
+        t = (day + timedelta(hours=hour)).astimezone(UTC)
+        return daily_target_fraction(t, ny, Delivery.EVEN, PRIME)
+
+    prime = sum(HOURLY_SHARE[18:23])
+    assert at(12) == 0.0 and at(18) == 0.0
+    assert at(20.5) == pytest.approx((sum(HOURLY_SHARE[18:20]) + HOURLY_SHARE[20] / 2) / prime)
+    assert at(23) == 1.0 and at(23.9) == 1.0
+    # a lifetime flight Monday to Sunday, weekdays only: all due by Friday's end
+    weekdays = (Daypart(days=frozenset(range(5))),)
+    mon = datetime(2026, 6, 8, tzinfo=UTC)
+    sun_end = mon + timedelta(days=7)
+    mid_wed = mon + timedelta(days=2, hours=12)
+    f = target_fraction(mid_wed, mon, sun_end, Delivery.EVEN, "UTC", weekdays)
+    assert f == pytest.approx((2 + sum(HOURLY_SHARE[:12])) / 5)
+    sat = mon + timedelta(days=5, hours=1)
+    assert target_fraction(sat, mon, sun_end, Delivery.EVEN, "UTC", weekdays) == 1.0
+    # a daypart in its own zone: 18-23 Los Angeles is 21-02 in New York, so New York's
+    # day holds 00-02 (the evening before in Los Angeles) and 21-24
+    la = (Daypart(start_hour=18, end_hour=23, timezone="America/Los_Angeles"),)
+    at21 = daily_target_fraction(day.replace(hour=21).astimezone(UTC), ny, Delivery.EVEN, la)
+    early, late = sum(HOURLY_SHARE[:2]), sum(HOURLY_SHARE[21:])
+    assert at21 == pytest.approx(early / (early + late))
+
+
+async def test_a_dayparted_daily_budget_spreads_over_its_hours() -> None:
+    """The reviewer's run: 18-23 New York, a daily budget of 1000 and a day's traffic of
+    12000 requests. The first half hour took 454 impressions; now about a tenth."""
+    ny = ZoneInfo("America/New_York")
+    cat = _with_li_a(
+        targeting={"dayparts": [{"start_hour": 18, "end_hour": 23}]},
+        pacing={"delivery": "even", "budget": {"daily_impressions": 1000}},
+    )
+    cat["campaigns"][0]["timezone"] = "America/New_York"
+    t = datetime(2026, 6, 10, 17, 0, tzinfo=ny).astimezone(UTC)
+    end = datetime(2026, 6, 10, 23, 0, tzinfo=ny).astimezone(UTC)
+    svc, clock = _setup(cat, now=t, seed=3)
+    rng = random.Random(5)
+    per_hour: dict[int, int] = {}
+    n = 0
+    while clock.now < end:
+        await svc.delivery.update_pacing(svc.snapshot.catalog)
+        hour = clock.now.astimezone(ny).hour
+        rate = 12000 * HOURLY_SHARE[hour] / 360  # per 10 s
+        for _ in range(int(rate) + (rng.random() < rate - int(rate))):
+            n += 1
+            if "li-a" in await _serve_and_confirm(svc, request(f"v{n}", max_ads=1)):
+                per_hour[hour] = per_hour.get(hour, 0) + 1
+        clock.now += timedelta(seconds=10)
+    total = sum(per_hour.values())
+    assert 950 <= total <= 1010, per_hour
+    share = sum(HOURLY_SHARE[18:23])
+    for hour in range(18, 23):  # each hour near its share of the five
+        assert abs(per_hour.get(hour, 0) - 1000 * HOURLY_SHARE[hour] / share) <= 60, per_hour
+
+
+@pytest.mark.parametrize(
+    ("pacing", "dayparts", "flight", "now"),
+    [
+        ({"delivery": "even", "budget": {"daily_impressions": 900}}, [],
+         ("2026-06-01T00:00:00Z", "2026-06-10T16:00:00Z"), "2026-06-10T15:00:00Z"),
+        ({"delivery": "frontloaded", "budget": {"daily_impressions": 900}},
+         [{"start_hour": 18, "end_hour": 23}],
+         ("2026-06-10T23:00:00Z", "2026-06-20T00:00:00Z"), "2026-06-11T01:30:00Z"),
+        ({"delivery": "even", "budget": {"impressions": 50000}},
+         [{"days": [0, 1, 2, 3, 4], "start_hour": 6, "end_hour": 22}],
+         ("2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z"), "2026-03-09T14:00:00Z"),
+    ],
+)  # fmt: skip
+async def test_the_pacing_loop_targets_what_the_curve_says(
+    pacing: dict[str, Any], dayparts: list[Any], flight: tuple[str, str], now: str
+) -> None:
+    """The pacing loop reads each curve once per pass and keeps each line item's flight
+    bounds; its target equals the pure functions' (and so the report's)."""
+    cat = _with_li_a(
+        pacing=pacing, targeting={"dayparts": dayparts}, start=flight[0], end=flight[1]
+    )
+    cat["campaigns"][0]["timezone"] = "America/New_York"
+    svc, clock = _setup(cat, now=datetime.fromisoformat(now))
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    li = svc.snapshot.catalog.line_items["li-a"]
+    [row] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
+    tz, dps, b = "America/New_York", li.targeting.dayparts, li.pacing.budget
+    if b.daily_impressions is not None:
+        f = daily_target_fraction(clock.now, tz, li.pacing.delivery, dps, li.start, li.end)
+        want = b.daily_impressions * f
+    else:
+        want = b.impressions * target_fraction(
+            clock.now, li.start, li.end, li.pacing.delivery, tz, dps
+        )
+    assert want > 0 and row["target_now"] == pytest.approx(want, abs=1e-3)
 
 
 def test_pi_controller_directions() -> None:

@@ -36,11 +36,12 @@ from vastserver.pipeline.delivery import (
     LIFETIME,
     CountsGate,
     GateCache,
+    PacingCurve,
     PIController,
     ScopeCaps,
     SeparationRules,
     Viewer,
-    daily_target_fraction,
+    curve_fraction,
     gate_checks,
     history_entries,
     history_key,
@@ -50,12 +51,12 @@ from vastserver.pipeline.delivery import (
     local_day_at,
     moves_budget,
     note_headroom,
+    pacing_curve,
     recent_from_history,
     release_increments,
     reservation_plan,
     scope_caps,
     spend_micros,
-    target_fraction,
 )
 from vastserver.pipeline.reasons import Reason
 from vastserver.store.base import (
@@ -128,6 +129,23 @@ HISTORY_KEEP = 64
 HISTORY_TTL_S = 12 * 3600
 
 
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    """A pacing curve read at the pass's time: cumulative traffic now and at the bounds of
+    the local day now falls in (unix times ``day_start``, ``day_end``)."""
+
+    w_now: float
+    day_start: float
+    day_end: float
+    w_day_start: float
+    w_day_end: float
+
+    @staticmethod
+    def of(curve: PacingCurve, ts: float) -> _Mark:
+        day = curve.day(curve.ordinal(ts))
+        return _Mark(curve.at(ts), day.start, day.end, curve.at(day.start), curve.at(day.end))
+
+
 @dataclass(slots=True)
 class LineItemPacing:
     controller: PIController = field(default_factory=PIController)
@@ -169,6 +187,9 @@ class DeliveryControl:
         self.store_errors = 0
         self._error_sampler = Sampler()
         self._budgeted_of: tuple[Catalog, list[LineItem]] | None = None
+        self._curves: tuple[Catalog, dict[str, tuple[PacingCurve, float, float]]] | None = None
+        """Per snapshot: each paced line item's curve, and its cumulative traffic at the
+        flight's start and end (fixed, so computed once)."""
         self._exported: tuple[set[str], set[str]] = (set(), set())
         """Line items with delivered/throttle gauges, and those with a pacing-ratio one."""
         self._pruned_for: Catalog | None = None
@@ -470,6 +491,7 @@ class DeliveryControl:
         days: dict[str, str] = {}
         throttle: dict[str, float] = {}
         exhausted: set[str] = set()
+        marks: dict[PacingCurve, _Mark] = {}
         for start in range(0, len(items), PACING_CHUNK):
             chunk = items[start : start + PACING_CHUNK]
             reads: list[Read] = []
@@ -485,11 +507,14 @@ class DeliveryControl:
                 return
             for i, li in enumerate(chunk):
                 self._pace_one(
-                    catalog, li, now, values[2 * i], values[2 * i + 1], throttle, exhausted
+                    catalog, li, now, values[2 * i], values[2 * i + 1], throttle, exhausted, marks
                 )
             await asyncio.sleep(0)
         self.throttle = throttle
         self.exhausted = frozenset(exhausted)
+        paced = {li.id for li in items}
+        for li_id in [k for k in self.pacing if k not in paced]:
+            del self.pacing[li_id]  # its flight ended (or has not begun): no stale target
         await self._export_pacing(now, items)
 
     def _forget_retired(self, catalog: Catalog) -> None:
@@ -514,6 +539,18 @@ class DeliveryControl:
             cached = self._budgeted_of = (catalog, items)
         return cached[1]
 
+    def _curve(self, catalog: Catalog, li: LineItem) -> tuple[PacingCurve, float, float]:
+        """``li``'s pacing curve, and its cumulative traffic at the flight's start and end."""
+        cached = self._curves
+        if cached is None or cached[0] is not catalog:
+            cached = self._curves = (catalog, {})
+        found = cached[1].get(li.id)
+        if found is None:
+            tz = catalog.campaigns[li.campaign_id].timezone
+            c = pacing_curve(tz, li.targeting.dayparts)
+            found = cached[1][li.id] = (c, c.at(li.start.timestamp()), c.at(li.end.timestamp()))
+        return found
+
     def _pace_one(
         self,
         catalog: Catalog,
@@ -523,18 +560,29 @@ class DeliveryControl:
         today: int,
         throttle: dict[str, float],
         exhausted: set[str],
+        marks: dict[PacingCurve, _Mark],
     ) -> None:
-        camp = catalog.campaigns[li.campaign_id]
+        """One line item's target and throttle. The curve (the CTV day in the campaign's
+        zone, in the hours its dayparts allow) is read once per pass per curve: the same as
+        :func:`daily_target_fraction` and :func:`target_fraction` (a test holds them
+        together)."""
         b = li.pacing.budget
         state = self.pacing.setdefault(li.id, LineItemPacing())
+        curve, w_start, w_end = self._curve(catalog, li)
+        mark = marks.get(curve)
+        if mark is None:
+            mark = marks[curve] = _Mark.of(curve, now.timestamp())
         if b.daily_impressions is not None:
             budget: float = b.daily_impressions
             delivered = today
-            frac = daily_target_fraction(now, camp.timezone, li.pacing.delivery)
+            # the local day, clipped to the flight
+            lo = w_start if li.start.timestamp() > mark.day_start else mark.w_day_start
+            hi = w_end if li.end.timestamp() < mark.day_end else mark.w_day_end
         else:
             budget = float(b.impressions or 0)
             delivered = lifetime
-            frac = target_fraction(now, li.start, li.end, li.pacing.delivery, camp.timezone)
+            lo, hi = w_start, w_end
+        frac = curve_fraction(mark.w_now - lo, hi - lo, li.pacing.delivery)
         target = budget * frac
         state.budget, state.delivered, state.target_now = budget, delivered, target
         if delivered >= budget:

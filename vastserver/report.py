@@ -188,10 +188,11 @@ def pacing_target(li: LineItem, catalog: Catalog, at: datetime) -> float | None:
     """Impressions the pacing curve expected by ``at`` (None without an impression budget)."""
     b = li.pacing.budget
     tz = catalog.campaigns[li.campaign_id].timezone
+    dps = li.targeting.dayparts
     if b.daily_impressions is not None:
-        return b.daily_impressions * daily_target_fraction(at, tz, li.pacing.delivery)
+        return b.daily_impressions * daily_target_fraction(at, tz, li.pacing.delivery, dps)
     if b.impressions is not None:
-        return b.impressions * target_fraction(at, li.start, li.end, li.pacing.delivery, tz)
+        return b.impressions * target_fraction(at, li.start, li.end, li.pacing.delivery, tz, dps)
     return None
 
 

@@ -22,17 +22,24 @@ from __future__ import annotations
 import functools
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
-from vastserver.catalog.model import Budget, Catalog, Delivery, FrequencyCap, billed_cpm
+from vastserver.catalog.model import (
+    Budget,
+    Catalog,
+    Daypart,
+    Delivery,
+    FrequencyCap,
+    billed_cpm,
+)
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.reasons import Reason
-from vastserver.pipeline.stages import DeliveryGate
+from vastserver.pipeline.stages import DeliveryGate, _in_daypart
 from vastserver.store.base import Guard, Incr, Read, Window
 
 RESERVATION_S = 300
@@ -244,19 +251,147 @@ HOURLY_TRAFFIC: tuple[float, ...] = (
     0.030, 0.032, 0.034, 0.036, 0.040, 0.040, 0.042, 0.045,
     0.050, 0.058, 0.068, 0.080, 0.085, 0.082, 0.065, 0.043,
 )  # fmt: skip
-"""A typical CTV day: share of daily traffic per local hour (sums to 1)."""
+"""A typical CTV day: relative traffic per local hour (sums to 0.93, not 1: use
+:data:`HOURLY_SHARE`, the same curve normalised, for shares of a day)."""
+
+HOURLY_SHARE: tuple[float, ...] = tuple(x / sum(HOURLY_TRAFFIC) for x in HOURLY_TRAFFIC)
+"""Share of a day's traffic per local hour (sums to 1)."""
+
+_STEP_S = 900
+"""The pacing curve's resolution: every time zone in use is offset from UTC (and shifts at
+a clock change) by whole quarter hours, so within a quarter hour aligned to UTC no zone's
+local hour (or weekday) changes, and the traffic weight is constant."""
 
 
-def _day_fraction(local: datetime, shape: Sequence[float]) -> float:
-    """Share of a day's traffic that has passed at ``local`` time, following ``shape``. In
-    the hour a clock turned back repeats (``fold`` 1), that hour's share has passed: the
-    target holds still instead of stepping back an hour (which throttled even pacing to its
-    minimum for the repeated hour)."""
-    h = local.hour
-    if local.fold and local.utcoffset() != local.replace(fold=0).utcoffset():
-        return sum(shape[: h + 1])
-    within = (local.minute * 60 + local.second) / 3600
-    return sum(shape[:h]) + shape[h] * within
+class _Day(NamedTuple):
+    start: float
+    """Unix time of the local midnight that begins the day."""
+    end: float
+    """Unix time of the next local midnight."""
+    cum: tuple[float, ...]
+    """Expected traffic from ``start`` to each quarter-hour boundary (``cum[0] == 0``, the
+    last entry the day's whole)."""
+
+
+def _weights(tz: str, dayparts: tuple[Daypart, ...], start: float, end: float) -> tuple[float, ...]:
+    """:attr:`_Day.cum` of the day ``[start, end)``, quarter hour by quarter hour in real
+    time: the hour a spring-forward skips has no quarters, so it adds nothing, and the hour
+    a fall-back repeats adds its share twice. A quarter no daypart allows weighs 0."""
+    zone = ZoneInfo(tz)
+    cum = [0.0]
+    t = start
+    while t < end:
+        step = min(_STEP_S, end - t)
+        at = datetime.fromtimestamp(t, UTC)
+        w = HOURLY_SHARE[at.astimezone(zone).hour] * step / 3600
+        if dayparts and not any(_in_daypart(dp, at, tz) for dp in dayparts):
+            w = 0.0
+        cum.append(cum[-1] + w)
+        t += step
+    return tuple(cum)
+
+
+class PacingCurve:
+    """Expected traffic of a line item over time, in days of traffic: the CTV day
+    (:data:`HOURLY_SHARE`) in the campaign's time zone, restricted to the hours its dayparts
+    allow (others weigh 0). :meth:`at` is cumulative, so the share of a period ``[s, e)``
+    passed at ``t`` is ``(at(t) - at(s)) / (at(e) - at(s))``. Shared by every line item with
+    the same zone and dayparts (:func:`pacing_curve`); days are computed once and kept."""
+
+    __slots__ = ("_back", "_base", "_days", "_fwd", "_shapes", "dayparts", "tz", "zone")
+
+    def __init__(self, tz: str, dayparts: tuple[Daypart, ...]) -> None:
+        self.tz = tz
+        self.zone = ZoneInfo(tz)
+        self.dayparts = dayparts
+        self._days: dict[int, _Day] = {}
+        self._shapes: dict[tuple[object, ...], tuple[float, ...]] = {}
+        self._base: int | None = None
+        self._fwd = [0.0]
+        """``_fwd[i]``: traffic of the ``i`` days from the origin ``_base`` on."""
+        self._back = [0.0]
+        """``_back[i]``: traffic of the ``i`` days before the origin."""
+
+    def day(self, ordinal: int) -> _Day:
+        """The local day of date ordinal ``ordinal``. A day without a clock change (in the
+        campaign's zone or a daypart's) has the weights of any other with its weekday and
+        UTC offsets: those are computed once."""
+        d = self._days.get(ordinal)
+        if d is not None:
+            return d
+        if len(self._days) >= 4096:
+            self._days.clear()
+        day = date.fromordinal(ordinal)
+        nxt = day + timedelta(days=1)
+        start = datetime(day.year, day.month, day.day, tzinfo=self.zone).timestamp()
+        end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.zone).timestamp()
+        key: tuple[object, ...] | None = (day.weekday(), end - start)
+        for z in {self.tz, *(dp.timezone for dp in self.dayparts if dp.timezone)}:
+            zone = ZoneInfo(z)
+            first = datetime.fromtimestamp(start, zone).utcoffset()
+            if first != datetime.fromtimestamp(end - 1, zone).utcoffset():
+                key = None  # a clock change that day
+                break
+            assert key is not None
+            key = (*key, z, first)
+        if key is None:
+            cum = _weights(self.tz, self.dayparts, start, end)
+        else:
+            cum = self._shapes.get(key) or self._shapes.setdefault(
+                key, _weights(self.tz, self.dayparts, start, end)
+            )
+        d = self._days[ordinal] = _Day(start, end, cum)
+        return d
+
+    def ordinal(self, ts: float) -> int:
+        """The date ordinal of the local day holding unix time ``ts``."""
+        return datetime.fromtimestamp(ts, self.zone).toordinal()
+
+    def before(self, ordinal: int) -> float:
+        """Traffic of the days from a fixed origin (the first day asked for) to ``ordinal``,
+        negative before the origin: only differences mean anything, and they never change."""
+        if self._base is None:
+            self._base = ordinal
+        i = ordinal - self._base
+        if i >= 0:
+            fwd = self._fwd
+            while len(fwd) <= i:
+                fwd.append(fwd[-1] + self.day(self._base + len(fwd) - 1).cum[-1])
+            return fwd[i]
+        back = self._back
+        while len(back) <= -i:
+            back.append(back[-1] + self.day(self._base - len(back)).cum[-1])
+        return -back[-i]
+
+    def at(self, ts: float) -> float:
+        """Cumulative traffic at unix time ``ts``."""
+        ordinal = self.ordinal(ts)
+        d = self.day(ordinal)
+        offset = ts - d.start
+        q = min(int(offset // _STEP_S), len(d.cum) - 2)
+        lo, hi = d.cum[q], d.cum[q + 1]
+        step = min(_STEP_S, d.end - d.start - q * _STEP_S)
+        within = lo + (hi - lo) * min(1.0, (offset - q * _STEP_S) / step)
+        return self.before(ordinal) + within
+
+
+@functools.lru_cache(maxsize=1024)
+def pacing_curve(tz: str, dayparts: tuple[Daypart, ...] = ()) -> PacingCurve:
+    """The (shared) :class:`PacingCurve` of a time zone and a line item's dayparts."""
+    return PacingCurve(tz, dayparts)
+
+
+def curve_fraction(done: float, whole: float, delivery: Delivery) -> float:
+    """The target (0..1) when ``done`` of the period's ``whole`` expected traffic has
+    passed. A period whose dayparts allow no hour expects nothing: 0."""
+    if delivery is Delivery.ASAP:
+        return 1.0
+    if whole <= 0:
+        return 0.0
+    frac = min(1.0, max(0.0, done / whole))
+    if delivery is Delivery.FRONTLOADED:
+        return float(frac ** (1 / 1.5))
+    return frac
 
 
 def target_fraction(
@@ -265,41 +400,45 @@ def target_fraction(
     end: datetime,
     delivery: Delivery,
     tz: str = "UTC",
-    shape: Sequence[float] = HOURLY_TRAFFIC,
+    dayparts: tuple[Daypart, ...] = (),
 ) -> float:
     """Where delivery should be now, as a fraction of the flight's budget (0..1).
 
-    ``even`` follows the hourly traffic shape across the flight's days; ``frontloaded``
-    asks for 1.5x the even pace early, tapering (``f**(1/1.5)``-shaped); ``asap`` wants
-    everything now (1.0).
+    ``even`` follows the expected traffic (:class:`PacingCurve`: the CTV day in ``tz``, only
+    in the hours ``dayparts`` allow) across the flight; ``frontloaded`` asks for 1.5x the
+    even pace early, tapering (``f**(1/1.5)``-shaped); ``asap`` wants everything now (1.0).
     """
     if now <= start:
         return 0.0
-    if now >= end:
+    if now >= end or delivery is Delivery.ASAP:
         return 1.0
-    if delivery is Delivery.ASAP:
+    c = pacing_curve(tz, dayparts)
+    s = c.at(start.timestamp())
+    return curve_fraction(c.at(now.timestamp()) - s, c.at(end.timestamp()) - s, delivery)
+
+
+def daily_target_fraction(
+    now: datetime,
+    tz: str,
+    delivery: Delivery,
+    dayparts: tuple[Daypart, ...] = (),
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> float:
+    """Fraction of a *daily* budget that should be delivered by now: the local day in
+    ``tz``, clipped to the flight ``[start, end)`` when given (a flight that ends at noon
+    spends its last daily budget by noon)."""
+    ts = now.timestamp()
+    c = pacing_curve(tz, dayparts)
+    day = c.day(c.ordinal(ts))
+    lo = day.start if start is None else max(day.start, start.timestamp())
+    hi = day.end if end is None else min(day.end, end.timestamp())
+    if ts <= lo:
+        return 0.0
+    if ts >= hi or delivery is Delivery.ASAP:
         return 1.0
-    zone = ZoneInfo(tz)
-    s, e, n = start.astimezone(zone), end.astimezone(zone), now.astimezone(zone)
-    total_norm = sum(shape)
-
-    def traffic_until(t: datetime) -> float:
-        days = (t.date() - s.date()).days
-        return days + _day_fraction(t, shape) / total_norm - _day_fraction(s, shape) / total_norm
-
-    whole = traffic_until(e)
-    frac = traffic_until(n) / whole if whole > 0 else 1.0
-    frac = min(1.0, max(0.0, frac))
-    if delivery is Delivery.FRONTLOADED:
-        return float(frac ** (1 / 1.5))
-    return frac
-
-
-def daily_target_fraction(now: datetime, tz: str, delivery: Delivery) -> float:
-    """Fraction of a *daily* budget that should be delivered by now (local day)."""
-    local = now.astimezone(ZoneInfo(tz))
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
-    return target_fraction(now, start, start + timedelta(days=1), delivery, tz)
+    s = c.at(lo)
+    return curve_fraction(c.at(ts) - s, c.at(hi) - s, delivery)
 
 
 @dataclass(slots=True)
