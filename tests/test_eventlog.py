@@ -689,6 +689,46 @@ def test_report_skips_and_counts_damaged_records(
     assert json.loads(capsys.readouterr().out)["decisions"] == 1
 
 
+def test_report_paces_a_daily_budget_on_the_days_impressions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A daily budget's target is for the campaign's local day of the last event: only the
+    impressions served that day (by ``served_at``, as the server's daily counter) are held
+    against it. The whole log's were (100 a day for three days: a ratio of 4.85, not 1.62)."""
+    from datetime import datetime
+
+    from tests.delivery_support import base_catalog
+    from vastserver.report import main_report
+
+    cat = base_catalog()
+    cat["campaigns"][0]["timezone"] = "America/New_York"
+    cat["line_items"][0]["pacing"] = {"delivery": "even", "budget": {"daily_impressions": 100}}
+    (tmp_path / "catalog.json").write_text(json.dumps(cat))
+    logs = tmp_path / "log"
+    logs.mkdir()
+    recs = []
+    for n in range(300):  # 100 a day at 19:00 New York on 8, 9 and 10 June
+        day = ("2026-06-08", "2026-06-09", "2026-06-10")[n // 100]
+        recs.append(
+            {"type": "beacon", "at": f"{day}T23:00:00+00:00", "event": "impression",
+             "counted": True, "line_item_id": "li-a", "ad_serving_id": f"a{n}",
+             "price_cpm": 20.0}
+        )  # fmt: skip
+    # served at 23:59 New York on the 9th, its beacon after midnight: the 9th's
+    late = dict(recs[0], at="2026-06-10T04:01:00+00:00", ad_serving_id="late")
+    late["served_at"] = int(datetime.fromisoformat("2026-06-10T03:59:00+00:00").timestamp())
+    recs.insert(200, late)
+    (logs / "events-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main_report([str(logs), "--catalog", str(tmp_path / "catalog.json"), "--json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out)["line_items"])
+    assert row["impressions"] == 301 and row["pacing_impressions"] == 100
+    target = row["pacing_target"]
+    assert 60 < target < 63 and row["pacing_ratio"] == pytest.approx(100 / target)
+    assert main_report([str(logs), "--catalog", str(tmp_path / "catalog.json")]) == 0
+    text = capsys.readouterr().out
+    assert f"{100 * 100 / target:.1f}%" in text and "campaign's local day" in text
+
+
 def test_report_on_an_unreadable_log_is_a_clear_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

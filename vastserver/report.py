@@ -22,8 +22,10 @@ from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import Catalog, LineItem
 from vastserver.cliargs import HelpWithDefaults
 from vastserver.eventlog import EventLogCorruptError, ReadStats, read_events
-from vastserver.pipeline.delivery import daily_target_fraction, target_fraction
+from vastserver.pipeline.delivery import daily_target_fraction, local_day_bounds, target_fraction
 from vastserver.settings import event_log_dir
+
+QUARTER_S = 900
 
 
 @dataclass(slots=True)
@@ -39,6 +41,15 @@ class LineItemDelivery:
     currency: str | None = None
     """The currency of the line item's price, from its served ads (None: none logged)."""
     by_hour: dict[str, int] = field(default_factory=dict)
+    by_quarter: dict[int, int] = field(default_factory=dict)
+    """Impressions per UTC quarter hour of their serve (``served_at // 900``; the beacon's
+    ``at`` when the record has none). Every zone's midnight falls on a quarter hour, so
+    these add up to the impressions of any local day: what a daily budget counts."""
+
+    def impressions_between(self, start: float, end: float) -> int:
+        """Impressions served in ``[start, end)`` (unix times on quarter hours)."""
+        lo, hi = start // QUARTER_S, end // QUARTER_S
+        return sum(n for q, n in self.by_quarter.items() if lo <= q < hi)
 
     @property
     def completion_rate(self) -> float | None:
@@ -171,6 +182,16 @@ def build_report(records: Iterable[Mapping[str, Any]]) -> DeliveryReport:
                     if at is not None:
                         hour = at.strftime("%Y-%m-%dT%H")
                         it.by_hour[hour] = it.by_hour.get(hour, 0) + 1
+                    served = rec.get("served_at")
+                    if (
+                        not isinstance(served, int | float)
+                        or isinstance(served, bool)
+                        or not math.isfinite(served)
+                    ):
+                        served = None if at is None else at.timestamp()
+                    if served is not None:
+                        q = int(served // QUARTER_S)
+                        it.by_quarter[q] = it.by_quarter.get(q, 0) + 1
                 case "start":
                     it.starts += 1
                 case "complete":
@@ -196,6 +217,22 @@ def pacing_target(li: LineItem, catalog: Catalog, at: datetime) -> float | None:
     return None
 
 
+def pacing_figures(
+    it: LineItemDelivery, catalog: Catalog | None, at: datetime | None
+) -> tuple[float | None, int]:
+    """(the target at ``at``, the impressions it is compared with): a daily budget's
+    target is for the campaign's local day of ``at``, so only the impressions served that
+    day count, as the server's daily counter does; a lifetime budget's, every impression."""
+    if catalog is None or at is None or it.id not in catalog.line_items:
+        return None, it.impressions
+    li = catalog.line_items[it.id]
+    target = pacing_target(li, catalog, at)
+    if li.pacing.budget.daily_impressions is None:
+        return target, it.impressions
+    day = local_day_bounds(at, catalog.campaigns[li.campaign_id].timezone)
+    return target, it.impressions_between(*day)
+
+
 def _fmt(v: float | None, pct: bool = False) -> str:
     if v is None:
         return "-"
@@ -218,15 +255,18 @@ def render_text(rep: DeliveryReport, catalog: Catalog | None, out: TextIO) -> No
     out.write("-" * (len(header) - 1) + "\n")
     for li_id in sorted(rep.items):
         it = rep.items[li_id]
-        target = None
-        if catalog is not None and rep.last_at is not None and li_id in catalog.line_items:
-            target = pacing_target(catalog.line_items[li_id], catalog, rep.last_at)
-        ratio = it.impressions / target if target else None
+        target, counted = pacing_figures(it, catalog, rep.last_at)
+        ratio = counted / target if target else None
         out.write(
             f"{li_id[:33]:<34}{it.served:>8}{it.impressions:>8}{it.completes:>8}"
             f"{_fmt(it.completion_rate, True):>8}{it.clicks:>7}{it.spend:>10.2f}"
             f"{it.currency or '-':>4}"
             f"{('-' if target is None else f'{target:.0f}'):>9}{_fmt(ratio, True):>8}\n"
+        )
+    if catalog is not None:
+        out.write(
+            "\npacing: impressions / target at the last event; for a daily budget, only the"
+            " impressions served on the campaign's local day of the last event\n"
         )
 
 
@@ -234,9 +274,7 @@ def report_json(rep: DeliveryReport, catalog: Catalog | None) -> dict[str, Any]:
     rows = []
     for li_id in sorted(rep.items):
         it = rep.items[li_id]
-        target = None
-        if catalog is not None and rep.last_at is not None and li_id in catalog.line_items:
-            target = pacing_target(catalog.line_items[li_id], catalog, rep.last_at)
+        target, counted = pacing_figures(it, catalog, rep.last_at)
         rows.append(
             {
                 "line_item_id": li_id,
@@ -249,7 +287,8 @@ def report_json(rep: DeliveryReport, catalog: Catalog | None) -> dict[str, Any]:
                 "spend": round(it.spend, 6),
                 "currency": it.currency,
                 "pacing_target": target,
-                "pacing_ratio": it.impressions / target if target else None,
+                "pacing_impressions": counted if target is not None else None,
+                "pacing_ratio": counted / target if target else None,
                 "impressions_by_hour": it.by_hour,
             }
         )

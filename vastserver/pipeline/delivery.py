@@ -381,6 +381,13 @@ def pacing_curve(tz: str, dayparts: tuple[Daypart, ...] = ()) -> PacingCurve:
     return PacingCurve(tz, dayparts)
 
 
+def local_day_bounds(at: datetime, tz: str) -> tuple[float, float]:
+    """The unix times of the local midnights in ``tz`` that begin and end the day of ``at``."""
+    c = pacing_curve(tz)
+    day = c.day(c.ordinal(at.timestamp()))
+    return day.start, day.end
+
+
 def curve_fraction(done: float, whole: float, delivery: Delivery) -> float:
     """The target (0..1) when ``done`` of the period's ``whole`` expected traffic has
     passed. A period whose dayparts allow no hour expects nothing: 0."""
