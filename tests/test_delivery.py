@@ -197,6 +197,44 @@ async def test_the_pacing_loop_targets_what_the_curve_says(
     assert want > 0 and row["target_now"] == pytest.approx(want, abs=1e-3)
 
 
+def test_a_daily_budget_paces_over_the_part_of_the_day_in_flight() -> None:
+    """A flight that ends at noon spends its last daily budget by noon (it was held to a
+    quarter of it: the curve ran to midnight), and one that starts at 18:00 starts at 0."""
+    ny = "America/New_York"
+    end = datetime(2026, 6, 10, 16, 0, tzinfo=UTC)  # 12:00 New York
+    start = end - timedelta(days=5)
+    last = daily_target_fraction(end - timedelta(seconds=1), ny, Delivery.EVEN, (), start, end)
+    assert last > 0.9999
+    assert daily_target_fraction(end - timedelta(hours=6), ny, Delivery.EVEN, (), start, end) == (
+        pytest.approx(sum(HOURLY_SHARE[:6]) / sum(HOURLY_SHARE[:12]))
+    )
+    evening = datetime(2026, 6, 10, 22, 0, tzinfo=UTC)  # 18:00 New York
+    later = evening + timedelta(days=3)
+    first = daily_target_fraction(
+        evening + timedelta(seconds=1), ny, Delivery.EVEN, (), evening, later
+    )
+    assert first < 0.001
+
+
+async def test_the_last_daily_period_and_the_flights_end() -> None:
+    """Five minutes before a noon end the target is nearly the whole daily budget; after the
+    flight, /admin/line-items shows no target (it kept the last one for good)."""
+    end = datetime(2026, 6, 10, 16, 0, tzinfo=UTC)
+    cat = _with_li_a(
+        end="2026-06-10T16:00:00Z",
+        pacing={"delivery": "even", "budget": {"daily_impressions": 10000}},
+    )
+    cat["campaigns"][0]["timezone"] = "America/New_York"
+    svc, clock = _setup(cat, now=end - timedelta(minutes=5))
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    [row] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
+    assert 9800 < row["target_now"] < 10000 and row["throttle"] == 1.0
+    clock.now = end + timedelta(hours=10)
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    [row] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
+    assert row["target_now"] is None and "li-a" not in svc.delivery.pacing
+
+
 def test_pi_controller_directions() -> None:
     c = PIController()
     behind = c.update(delivered=50, target=100)

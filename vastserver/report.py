@@ -211,7 +211,8 @@ def pacing_target(li: LineItem, catalog: Catalog, at: datetime) -> float | None:
     tz = catalog.campaigns[li.campaign_id].timezone
     dps = li.targeting.dayparts
     if b.daily_impressions is not None:
-        return b.daily_impressions * daily_target_fraction(at, tz, li.pacing.delivery, dps)
+        frac = daily_target_fraction(at, tz, li.pacing.delivery, dps, li.start, li.end)
+        return b.daily_impressions * frac
     if b.impressions is not None:
         return b.impressions * target_fraction(at, li.start, li.end, li.pacing.delivery, tz, dps)
     return None

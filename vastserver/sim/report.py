@@ -155,11 +155,11 @@ FULL_THROTTLE = 0.999
 
 def _period_start(li: LineItem, catalog: Catalog, at: datetime) -> datetime:
     """When the budget's period that holds ``at`` began: the local midnight for a daily
-    budget, else the flight's start."""
+    budget (the flight's start on its first day), else the flight's start."""
     if li.pacing.budget.daily_impressions is None:
         return li.start
     tz = ZoneInfo(catalog.campaigns[li.campaign_id].timezone)
-    return at.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(li.start, at.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0))
 
 
 def _pct_figure(x: float | None) -> float | None:
