@@ -1115,3 +1115,75 @@ async def test_a_reload_that_renames_line_items_drops_their_pacing_state(
     text = svc.metrics.render().decode()
     assert 'line_item="li-a"' not in text  # its gauges went with it
     assert 'vastserver_line_item_throttle{line_item="new-li-a"}' in text
+
+
+@pytest.mark.parametrize(
+    ("li_budget", "campaign_budget", "room"),
+    [
+        ({"impressions": 3, "daily_impressions": 100}, None, 3),  # lifetime beside daily
+        ({"daily_spend": 0.05}, None, 2),  # 0.02 an impression: a third would spend 0.06
+        ({"spend": 0.04}, None, 2),
+        (None, {"impressions": 2}, 2),  # the campaign's budget
+        (None, {"daily_spend": 0.03}, 1),
+    ],
+)
+async def test_a_line_item_is_exhausted_once_any_budget_serving_checks_is_used_up(
+    li_budget: dict[str, Any] | None, campaign_budget: dict[str, Any] | None, room: int
+) -> None:
+    """/admin/line-items' ``exhausted`` and the exhausted gauge follow every budget the
+    serve-time guard checks. Only the paced impression budget (the daily one beside a
+    lifetime one) was: a line item serving refused showed ``exhausted: false``, and one with
+    spend budgets alone had no gauge at all."""
+    cat = _with_li_a()
+    if li_budget is not None:
+        cat["line_items"][0]["pacing"] = {"delivery": "asap", "budget": li_budget}
+    if campaign_budget is not None:
+        cat["campaigns"][0]["budget"] = campaign_budget
+    svc, clock = _setup(cat)
+    catalog = svc.snapshot.catalog
+
+    def gauge() -> str:
+        lines = svc.metrics.render().decode().splitlines()
+        return next(
+            (
+                ln
+                for ln in lines
+                if ln.startswith('vastserver_line_item_exhausted{line_item="li-a"')
+            ),
+            "",
+        )
+
+    for i in range(room):
+        await svc.delivery.update_pacing(catalog)
+        [row] = await svc.delivery.line_item_stats(catalog, ["li-a"])
+        assert row["exhausted"] is False
+        clock.now = T0 + timedelta(seconds=i)
+        assert "li-a" in await _serve_and_confirm(svc, request(f"v{i}"))
+    clock.now = T0 + timedelta(minutes=1)
+    await svc.delivery.update_pacing(catalog)
+    [row] = await svc.delivery.line_item_stats(catalog, ["li-a"])
+    assert row["delivered_impressions"] == room
+    assert row["exhausted"] is True
+    assert gauge().endswith(" 1.0")
+    # serving refuses it for the same reason, before reading a counter
+    assert _li_a_outcome(await svc.decide(request("fresh"))) == (False, Reason.BUDGET_EXHAUSTED)
+
+
+async def test_the_pacing_pass_reads_each_budget_counter_once() -> None:
+    """What the exhausted check costs the pass: a counter per budget serving checks, a
+    campaign's once for all its line items; a line item with one impression budget reads
+    that budget's counter alone (the pacing compares it with the target as well)."""
+    cat = base_catalog()
+    li_a = cat["line_items"][0]
+    li_a["pacing"] = {"delivery": "even", "budget": {"daily_impressions": 50}}
+    ids = [f"li-p{k}" for k in range(250)]  # more than two chunks
+    cat["line_items"] = [{**copy.deepcopy(li_a), "id": li_id} for li_id in ids]
+    cat["line_items"][0]["pacing"]["budget"]["spend"] = 5.0
+    cat["campaigns"][0]["budget"] = {"impressions": 10_000}
+    svc, _ = _setup(cat)
+    read_keys = _spy_reads(svc.delivery.store)
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    keys = [k for chunk in read_keys for k in chunk]
+    day = T0.strftime("%Y-%m-%d")
+    want = {f"li:{i}:imp:d:{day}" for i in ids} | {"li:li-p0:spend:life", "cp:cmp-a:imp:life"}
+    assert sorted(keys) == sorted(want)

@@ -27,13 +27,21 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from vastserver.catalog.model import Catalog, Creative, Delivery, LineItem, billed_cpm
+from vastserver.catalog.model import (
+    Campaign,
+    Catalog,
+    Creative,
+    Delivery,
+    LineItem,
+    billed_cpm,
+)
 from vastserver.logs import Sampler, event
 from vastserver.metrics import Metrics
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, close_ranks
 from vastserver.pipeline.delivery import (
     LIFETIME,
+    BudgetCheck,
     CountsGate,
     GateCache,
     PacingCurve,
@@ -41,16 +49,20 @@ from vastserver.pipeline.delivery import (
     ScopeCaps,
     SeparationRules,
     Viewer,
+    budget_key,
     curve_fraction,
     gate_checks,
     history_entries,
     history_key,
     impression_plan,
     is_cap_key,
+    line_item_budget_checks,
+    line_item_budgeted,
     local_day,
     local_day_at,
     moves_budget,
     note_headroom,
+    over_budget,
     pacing_curve,
     recent_from_history,
     release_increments,
@@ -146,6 +158,10 @@ class _Mark:
         return _Mark(curve.at(ts), day.start, day.end, curve.at(day.start), curve.at(day.end))
 
 
+_DayChecks = dict[str, tuple[str, tuple[BudgetCheck, ...]]]
+"""Line item id -> (local day, the budget checks serving applies to it that day)."""
+
+
 @dataclass(slots=True)
 class LineItemPacing:
     controller: PIController = field(default_factory=PIController)
@@ -187,14 +203,16 @@ class DeliveryControl:
         self.store_errors = 0
         self._error_sampler = Sampler()
         self._budgeted_of: tuple[Catalog, list[LineItem]] | None = None
+        self._checks_of: tuple[Catalog, _DayChecks] | None = None
+        """Per snapshot: each budgeted line item's budget checks, for the local day given."""
         self._curves: tuple[Catalog, dict[str, tuple[PacingCurve, float, float]]] | None = None
         """Per snapshot: each paced line item's curve, and its cumulative traffic at the
         flight's start and end (fixed, so computed once)."""
-        self._exported: tuple[set[str], set[str]] = (set(), set())
-        """Line items with delivered/throttle gauges, and those with a pacing-ratio one."""
+        self._exported: tuple[set[str], set[str], set[str]] = (set(), set(), set())
+        """Line items with throttle/exhausted gauges, those with a delivered one, and those
+        with a pacing-ratio one."""
         self._pruned_for: Catalog | None = None
         """The snapshot :attr:`pacing` and :attr:`active` were last pruned to."""
-        """Line items with delivered/throttle gauges, and those with a pacing-ratio one."""
         self.gate_cache = GateCache()
         """Viewer-independent counter keys of line items, reused across requests."""
 
@@ -482,9 +500,17 @@ class DeliveryControl:
     # ------------------------------------------------------------------ pacing
 
     async def update_pacing(self, catalog: Catalog) -> None:
-        """Recompute each budgeted, in-flight line item's serve probability from shared
-        counters, in chunks that yield to the event loop (a 100k catalog must not stall
-        serving)."""
+        """Recompute each budgeted, in-flight line item's serve probability and whether it is
+        exhausted, from shared counters, in chunks that yield to the event loop (a 100k
+        catalog must not stall serving).
+
+        A line item is exhausted when any budget serving checks for it (its own impression
+        and spend budgets, lifetime and daily, and its campaign's: :func:`budget_checks` at
+        its price) has no room left for one more impression by the delivered counters alone
+        (the test serving applies, :func:`over_budget`): serving refuses it until the next
+        local day (a daily budget) or for good. Each budget's counter is read once a pass (a
+        campaign's once for all its line items); the paced impression budget's is what
+        pacing compares against its target."""
         self._forget_retired(catalog)
         now = self.clock()
         items = [li for li in self._budgeted(catalog) if li.start <= now < li.end]
@@ -492,23 +518,33 @@ class DeliveryControl:
         throttle: dict[str, float] = {}
         exhausted: set[str] = set()
         marks: dict[PacingCurve, _Mark] = {}
+        used: dict[str, int] = {}
+        """Budget counter -> delivered, as read this pass."""
         for start in range(0, len(items), PACING_CHUNK):
             chunk = items[start : start + PACING_CHUNK]
-            reads: list[Read] = []
+            plans: list[tuple[LineItem, str, tuple[BudgetCheck, ...]]] = []
+            reads: dict[str, Read] = {}
             for li in chunk:
-                tz = catalog.campaigns[li.campaign_id].timezone
+                camp = catalog.campaigns[li.campaign_id]
+                tz = camp.timezone
                 day = days.get(tz) or days.setdefault(tz, local_day(now, tz))
-                reads.append(Read(_ev_key(li.id, "impression"), LIFETIME))
-                reads.append(Read(f"{_ev_key(li.id, 'impression')}:d:{day}", LIFETIME))
+                checks = self._budget_checks(catalog, li, camp, day)
+                plans.append((li, day, checks))
+                for b in checks:
+                    if b.delivered.key not in used:
+                        reads.setdefault(b.delivered.key, b.delivered)
+            want = list(reads.values())
             try:
-                values = await self.store.read(reads, now.timestamp())
+                values = await self.store.read(want, now.timestamp())
             except StoreUnavailable as e:
                 self._store_error(e)
                 return
-            for i, li in enumerate(chunk):
-                self._pace_one(
-                    catalog, li, now, values[2 * i], values[2 * i + 1], throttle, exhausted, marks
-                )
+            used.update(zip(reads, values, strict=True))
+            for li, day, checks in plans:
+                if any(over_budget(used[b.delivered.key], b.amount, b.limit) for b in checks):
+                    exhausted.add(li.id)
+                if _li_budget(li) is not None:
+                    self._pace_one(catalog, li, now, day, used, throttle, marks)
             await asyncio.sleep(0)
         self.throttle = throttle
         self.exhausted = frozenset(exhausted)
@@ -516,6 +552,21 @@ class DeliveryControl:
         for li_id in [k for k in self.pacing if k not in paced]:
             del self.pacing[li_id]  # its flight ended (or has not begun): no stale target
         await self._export_pacing(now, items)
+
+    def _budget_checks(
+        self, catalog: Catalog, li: LineItem, camp: Campaign, day: str
+    ) -> tuple[BudgetCheck, ...]:
+        """The budgets serving checks for ``li`` at its price on the local ``day`` (kept per
+        snapshot and line item until the day changes: the pass asks for every budgeted line
+        item every period)."""
+        cached = self._checks_of
+        if cached is None or cached[0] is not catalog:
+            cached = self._checks_of = (catalog, {})
+        found = cached[1].get(li.id)
+        if found is None or found[0] != day:
+            checks = line_item_budget_checks(li, camp, day, billed_cpm(li, li.price))
+            found = cached[1][li.id] = (day, tuple(checks))
+        return found[1]
 
     def _forget_retired(self, catalog: Catalog) -> None:
         """Drop the pacing state and served marks of line items no longer in the catalog,
@@ -531,11 +582,16 @@ class DeliveryControl:
         self.active.intersection_update(ids)
 
     def _budgeted(self, catalog: Catalog) -> list[LineItem]:
-        """The catalog's line items with an impression budget (kept per snapshot: scanning a
-        100k catalog each pacing period would stall serving)."""
+        """The catalog's line items with a budget serving checks: an impression or spend
+        budget of their own or their campaign's (kept per snapshot: scanning a 100k catalog
+        each pacing period would stall serving)."""
         cached = self._budgeted_of
         if cached is None or cached[0] is not catalog:
-            items = [li for li in catalog.line_items.values() if _li_budget(li) is not None]
+            items = [
+                li
+                for li in catalog.line_items.values()
+                if line_item_budgeted(li, catalog.campaigns[li.campaign_id])
+            ]
             cached = self._budgeted_of = (catalog, items)
         return cached[1]
 
@@ -556,42 +612,44 @@ class DeliveryControl:
         catalog: Catalog,
         li: LineItem,
         now: datetime,
-        lifetime: int,
-        today: int,
+        day: str,
+        used: dict[str, int],
         throttle: dict[str, float],
-        exhausted: set[str],
         marks: dict[PacingCurve, _Mark],
     ) -> None:
-        """One line item's target and throttle. The curve (the CTV day in the campaign's
-        zone, in the hours its dayparts allow) is read once per pass per curve: the same as
-        :func:`daily_target_fraction` and :func:`target_fraction` (a test holds them
-        together)."""
+        """The target and throttle of a line item with an impression budget: the daily one
+        when it has one (against the impressions counted on the local ``day``), else the
+        lifetime one. ``used``: the budget counters read this pass. The curve (the CTV day
+        in the campaign's zone, in the hours its dayparts allow) is read once per pass per
+        curve: the same as :func:`daily_target_fraction` and :func:`target_fraction` (a test
+        holds them together)."""
         b = li.pacing.budget
         state = self.pacing.setdefault(li.id, LineItemPacing())
         curve, w_start, w_end = self._curve(catalog, li)
         mark = marks.get(curve)
         if mark is None:
             mark = marks[curve] = _Mark.of(curve, now.timestamp())
+        prefix = f"li:{li.id}"
         if b.daily_impressions is not None:
             budget: float = b.daily_impressions
-            delivered = today
+            delivered = used[budget_key(prefix, "imp", day)]
             # the local day, clipped to the flight
             lo = w_start if li.start.timestamp() > mark.day_start else mark.w_day_start
             hi = w_end if li.end.timestamp() < mark.day_end else mark.w_day_end
         else:
             budget = float(b.impressions or 0)
-            delivered = lifetime
+            delivered = used[budget_key(prefix, "imp", None)]
             lo, hi = w_start, w_end
         frac = curve_fraction(mark.w_now - lo, hi - lo, li.pacing.delivery)
         target = budget * frac
         state.budget, state.delivered, state.target_now = budget, delivered, target
-        if delivered >= budget:
-            exhausted.add(li.id)
         if li.pacing.delivery is not Delivery.ASAP:
             throttle[li.id] = state.controller.update(delivered, target)
 
     async def _export_pacing(self, now: datetime, items: Sequence[LineItem]) -> None:
-        """Per-line-item gauges, only for budgeted line items in flight (bounded labels).
+        """Per-line-item gauges, only for budgeted line items in flight (bounded labels):
+        throttle and exhausted for each, delivered impressions and the pacing ratio for
+        those with an impression budget to pace.
 
         The values are gathered first (yielding to the event loop); then, with no await, the
         new ones are set and only the stale label sets removed: a scrape in between sees the
@@ -599,31 +657,38 @@ class DeliveryControl:
         m = self.metrics
         if m is None:
             return
-        rows: list[tuple[str, float, float | None, float]] = []
+        rows: list[tuple[str, float | None, float | None, float, bool]] = []
         for n, li in enumerate(items, start=1):
             if n % PACING_CHUNK == 0:
                 await asyncio.sleep(0)
             if li.id not in self.active:
                 continue  # only line items this instance has served: bounded label sets
             state = self.pacing.get(li.id)
-            if state is None:
-                continue
-            ratio = state.delivered / state.target_now if state.target_now > 0 else None
-            rows.append((li.id, state.delivered, ratio, self.throttle.get(li.id, 1.0)))
-        delivered_ids = {r[0] for r in rows}
+            delivered = None if state is None else float(state.delivered)
+            ratio = None
+            if state is not None and state.target_now > 0:
+                ratio = state.delivered / state.target_now
+            throttle = self.throttle.get(li.id, 1.0)
+            rows.append((li.id, delivered, ratio, throttle, li.id in self.exhausted))
+        ids = {r[0] for r in rows}
+        delivered_ids = {r[0] for r in rows if r[1] is not None}
         ratio_ids = {r[0] for r in rows if r[2] is not None}
-        for li_id, delivered, ratio, throttle in rows:
-            m.li_delivered.labels(li_id).set(delivered)
+        for li_id, delivered, ratio, throttle, exhausted in rows:
+            if delivered is not None:
+                m.li_delivered.labels(li_id).set(delivered)
             if ratio is not None:
                 m.li_pacing_ratio.labels(li_id).set(ratio)
             m.li_throttle.labels(li_id).set(throttle)
-        old_delivered, old_ratio = self._exported
+            m.li_exhausted.labels(li_id).set(1.0 if exhausted else 0.0)
+        old_ids, old_delivered, old_ratio = self._exported
+        for stale in old_ids - ids:
+            m.li_throttle.remove(stale)
+            m.li_exhausted.remove(stale)
         for stale in old_delivered - delivered_ids:
             m.li_delivered.remove(stale)
-            m.li_throttle.remove(stale)
         for stale in old_ratio - ratio_ids:
             m.li_pacing_ratio.remove(stale)
-        self._exported = (delivered_ids, ratio_ids)
+        self._exported = (ids, delivered_ids, ratio_ids)
 
     async def update_rates(self, catalog: Catalog, min_impressions: int = 20) -> None:
         """Historic completion rate (a model feature) of the line items with impressions,

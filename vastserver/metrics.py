@@ -92,7 +92,8 @@ class Metrics:
         li_labels = ["line_item"]
         self.li_delivered = Gauge(
             "vastserver_line_item_delivered_impressions",
-            "Delivered impressions of budgeted, in-flight line items (today for daily budgets)",
+            "Delivered impressions of in-flight line items with an impression budget (today"
+            " for daily budgets)",
             li_labels,
             registry=r,
         )
@@ -105,6 +106,13 @@ class Metrics:
         self.li_throttle = Gauge(
             "vastserver_line_item_throttle",
             "Serve probability the pacing controller set (1 = unthrottled)",
+            li_labels,
+            registry=r,
+        )
+        self.li_exhausted = Gauge(
+            "vastserver_line_item_exhausted",
+            "1 when a budget serving checks (impressions or spend, lifetime or daily, the line"
+            " item's or its campaign's) is used up: serving refuses the line item",
             li_labels,
             registry=r,
         )

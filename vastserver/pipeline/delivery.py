@@ -30,10 +30,12 @@ from zoneinfo import ZoneInfo
 
 from vastserver.catalog.model import (
     Budget,
+    Campaign,
     Catalog,
     Daypart,
     Delivery,
     FrequencyCap,
+    LineItem,
     billed_cpm,
 )
 from vastserver.pipeline.candidates import Candidate
@@ -192,6 +194,12 @@ def spend_micros(price_micros: int) -> int:
     return price_micros // 1000
 
 
+def budget_key(prefix: str, kind: str, day: str | None) -> str:
+    """The counter of a budget of ``kind`` (``imp``, ``spend``) of ``prefix`` (``li:ID``,
+    ``cp:ID``): the local ``day``'s for a daily budget, else the lifetime one."""
+    return f"{prefix}:{kind}:{'d:' + day if day is not None else 'life'}"
+
+
 def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> list[BudgetCheck]:
     """``price_micros``: the impression's billed price as a CPM in micros. An impression
     that costs nothing (a flat line item's) checks and moves no spend budget."""
@@ -200,7 +208,7 @@ def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> 
     def add(kind: str, limit: float | None, amount: int, daily: bool) -> None:
         if limit is None:
             return
-        key = f"{prefix}:{kind}:{'d:' + day if daily else 'life'}"
+        key = budget_key(prefix, kind, day if daily else None)
         lim = int(limit * 1_000_000) if kind == "spend" else int(limit)
         out.append(
             BudgetCheck(
@@ -236,11 +244,27 @@ def budget_checks(
         day = days.get(camp.timezone) or days.setdefault(
             camp.timezone, local_day(now, camp.timezone)
         )
+    return line_item_budget_checks(li, camp, day, price_cpm)
+
+
+def line_item_budget_checks(
+    li: LineItem, camp: Campaign, day: str, price_cpm: float
+) -> list[BudgetCheck]:
+    """:func:`budget_checks` of line item ``li`` of campaign ``camp`` on the local ``day``
+    (the pacing pass asks per line item, with no creative at hand)."""
     micros = round(price_cpm * 1_000_000)
     return [
         *_budget_checks(f"li:{li.id}", li.pacing.budget, day, micros),
         *_budget_checks(f"cp:{camp.id}", camp.budget, day, micros),
     ]
+
+
+def over_budget(used: int, amount: int, limit: int) -> bool:
+    """Whether one more impression moving a budget by ``amount`` would take it past
+    ``limit`` when ``used`` is already counted against it (delivered, and for a reservation
+    in flight, reserved). The one test of a budget: the serve-time gate and guard, and the
+    pacing pass that marks line items exhausted."""
+    return used + amount > limit
 
 
 # --------------------------------------------------------------------------- pacing
@@ -703,7 +727,13 @@ def has_budget(c: Candidate) -> bool:
 
 
 def _budgeted(c: Candidate, spends: bool) -> bool:
-    for b in (c.line_item.pacing.budget, c.campaign.budget):
+    return line_item_budgeted(c.line_item, c.campaign, spends)
+
+
+def line_item_budgeted(li: LineItem, camp: Campaign, spends: bool = True) -> bool:
+    """:func:`has_budget` (``spends``) or :func:`moves_budget` of line item ``li`` of
+    campaign ``camp``."""
+    for b in (li.pacing.budget, camp.budget):
         if b.impressions is not None or b.daily_impressions is not None:
             return True
         if spends and (b.spend is not None or b.daily_spend is not None):
@@ -740,7 +770,7 @@ class CountsGate(DeliveryGate):
             if counts.get(imp, 0) + counts.get(rsv, 0) >= limit:
                 return Reason.FREQUENCY_CAP
         for dlv, rsv, limit, amount in chk.budgets:
-            if counts.get(dlv, 0) + counts.get(rsv, 0) + amount > limit:
+            if over_budget(counts.get(dlv, 0) + counts.get(rsv, 0), amount, limit):
                 return Reason.BUDGET_EXHAUSTED
         p = self.throttle.get(li.id, 1.0)
         if p < 1.0 and self.rng.random() >= p:
