@@ -830,3 +830,30 @@ def test_pacing_figures_read_periods_begun_in_the_window() -> None:
     (row,) = _pacing(engine, catalog, {"li-auto-a": 9})  # type: ignore[arg-type]
     assert row["max_abs_deviation_pct_of_budget"] is None
     assert row["period_begun_before_window_pct_of_budget"] == round(80 / budget * 100, 3)
+
+
+def test_the_sim_clock_reads_utc_and_adds_elapsed_time() -> None:
+    """A start in another zone is the same instant read in UTC: every logged time was
+    written at the start's offset (``-04:00``), and a ``ZoneInfo`` start added wall-clock
+    time, an hour off across the fall-back. A naive start is refused."""
+    from zoneinfo import ZoneInfo
+
+    from vastserver.cliargs import iso_datetime
+    from vastserver.pipeline.context import SimClock
+
+    ny = ZoneInfo("America/New_York")
+    fall_back = datetime(2026, 11, 1, 0, 0, tzinfo=ny)  # 04:00Z; clocks go back at 06:00Z
+    clock = SimClock(fall_back)
+    for hours in (1, 2, 3):
+        at = clock.at(hours * 3_600_000)
+        assert at.tzinfo is UTC and at.utcoffset() is not None
+        assert at.timestamp() - fall_back.timestamp() == hours * 3600
+    clock.ms = 3 * 3_600_000
+    assert clock() == datetime(2026, 11, 1, 7, 0, tzinfo=UTC)
+    assert clock.ts() == fall_back.timestamp() + 3 * 3600
+    assert clock.start.isoformat() == "2026-11-01T04:00:00+00:00"
+    with pytest.raises(ValueError):
+        SimClock(datetime(2026, 11, 1))
+    start = iso_datetime("2026-11-01T02:00:00-04:00")  # what --start gives the clock
+    assert start.isoformat() == "2026-11-01T06:00:00+00:00"
+    assert SimClock(start)().isoformat() == "2026-11-01T06:00:00+00:00"

@@ -37,7 +37,8 @@ def has_default(action: argparse.Action) -> bool:
 
 def iso_datetime(text: str) -> datetime:
     """An ISO 8601 date-time in the years 1970-2999 (simulated clocks run days past it and
-    catalogs refuse other years); without an offset it is taken as UTC."""
+    catalogs refuse other years); without an offset it is taken as UTC. Returned in UTC
+    (the same instant): clocks started from it read UTC, as the servers' clocks do."""
     try:
         dt = datetime.fromisoformat(text)
     except ValueError:
@@ -45,7 +46,7 @@ def iso_datetime(text: str) -> datetime:
     dt = dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
     if not 1970 <= dt.astimezone(UTC).year <= 2999:
         raise argparse.ArgumentTypeError(f"out of range (years 1970-2999): {text!r}")
-    return dt
+    return dt.astimezone(UTC)
 
 
 def _bounded(text: str, kind: Callable[[str], N], ok: Callable[[N], bool], why: str) -> N:

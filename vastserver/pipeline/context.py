@@ -25,10 +25,15 @@ def system_clock() -> datetime:
 
 class SimClock:
     """Simulated time in whole milliseconds after ``start`` (the data generator and the
-    simulator drive it; the servers they run read it as their clock)."""
+    simulator drive it; the servers they run read it as their clock). Readings are aware UTC
+    datetimes (:data:`Clock`), whatever zone ``start`` is given in: a start kept in its own
+    zone put its offset on every logged time, and a ``ZoneInfo`` one added wall-clock time
+    (an hour off across a clock change), not elapsed time. A naive start is refused."""
 
     def __init__(self, start: datetime) -> None:
-        self.start = start
+        if start.tzinfo is None or start.utcoffset() is None:
+            raise ValueError(f"SimClock needs an aware start, not {start.isoformat()}")
+        self.start = start.astimezone(UTC)
         self.ms = 0
 
     def __call__(self) -> datetime:
