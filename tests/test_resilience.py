@@ -515,9 +515,20 @@ def test_malformed_http_is_logged_sampled_without_tracebacks() -> None:
         b"GET /vast?" + b"a" * 5000 + b" HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
         b"Content-Length: 10\r\n\r\n0123456789",
     ]
+    secret_bad = [
+        b"GET /vast?pod_duration=30&gdpr=1&gdpr_consent=" + _CONSENT.encode() + b"\x01 HTTP/1.1"
+        b"\r\nHost: x\r\n\r\n",
+        b"GET /admin/line-items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + _BEARER.encode() + b"\x7f\r\n\r\n",
+        b"GET /vast HTTP/1.1\r\nHost: x\r\nX-Consent : " + _CONSENT.encode() + b"\r\n\r\n",
+    ]
     srv = Server(env=_env(VASTSERVER_EVENT_LOG_DIR="off"))
     try:
         srv.wait_ready()
+        for raw in secret_bad:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
+                s.sendall(raw)
+                assert s.recv(64).split(b" ", 2)[1] == b"400"
         statuses = []
         for raw in bad * 10:
             with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
@@ -528,12 +539,65 @@ def test_malformed_http_is_logged_sampled_without_tracebacks() -> None:
     finally:
         srv.stop()
     assert srv.proc.stdout is not None
-    lines = [json.loads(line) for line in srv.proc.stdout.read().decode().splitlines()]
+    out = srv.proc.stdout.read().decode()
+    assert _CONSENT[:24] not in out and _BEARER not in out  # no query or header value
+    lines = [json.loads(line) for line in out.splitlines()]
     noted = [x for x in lines if x["event"] == "bad_http_request"]
+    assert {"InvalidURLError", "BadHttpMessage"} <= {x["error"] for x in noted}
     assert noted and all(x["level"] == "warning" and x["status"] == 400 for x in noted)
     assert any("content-encoding: gzip" in x["why"] for x in noted)
     assert len(noted) <= 20  # sampled: at most 10 a second, then 1 in 100
     assert not [x for x in lines if "exc" in x or x["level"] == "error"]
+
+
+_CONSENT = "CPXxRfAPXxRfAAfKABENBCgAAAAAAAAAAYgAAAAAAAA.IGLtVT9fb2vjZ99tkeYwf95y3pwzhheMs8NyZ"
+_BEARER = "adm-secret-token-XYZ-0123"
+
+
+@pytest.mark.parametrize("parser", ["py", "c"])
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (f"GET /vast?gdpr_consent={_CONSENT}\x01 HTTP/1.1\r\nHost: x\r\n\r\n", "url"),
+        (f"GET vast?gdpr_consent={_CONSENT} HTTP/1.1\r\nHost: x\r\n\r\n", "url"),
+        (f"GET /vast?c={_CONSENT} HTTP/9.Z\r\nHost: x\r\n\r\n", "status line"),
+        (f"G\x01T /vast?c={_CONSENT} HTTP/1.1\r\nHost: x\r\n\r\n", "method"),
+        (f"GET /vast?c={_CONSENT}{'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n", "8190 bytes"),
+        (f"GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {_BEARER}\x7f\r\n\r\n", "header"),
+        (f"GET / HTTP/1.1\r\nHost: x\r\nCookie: {_CONSENT}\x00\r\n\r\n", "header"),
+        (f"GET / HTTP/1.1\r\nHost: x\r\nX-Consent : {_CONSENT}\r\n\r\n", "header"),
+        (f"GET / HTTP/1.1\r\nHost: x\r\nX-A: {_CONSENT}{'a' * 9000}\r\n\r\n", "8190 bytes"),
+    ],
+)
+def test_bad_http_request_log_line_carries_no_client_value(parser: str, raw: str, why: str) -> None:
+    """aiohttp's parse errors quote the request line or header line they choke on (a
+    consent string in the query, a bearer token); the log line keeps the error's class and
+    the parser's own words only, from either of aiohttp's parsers."""
+    from unittest import mock
+
+    from aiohttp import http_parser
+
+    from vastserver.logs import JsonFormatter, MalformedRequests
+
+    cls = http_parser.HttpRequestParserPy if parser == "py" else http_parser.HttpRequestParserC
+    loop = asyncio.new_event_loop()
+    try:
+        p = cls(mock.Mock(), loop, 2**16, max_line_size=8190, max_field_size=8190)
+        with pytest.raises(Exception) as caught:
+            p.feed_data(raw.encode("latin-1"))
+    finally:
+        loop.close()
+    if parser == "c":  # the hazard: llhttp's messages quote the whole line
+        assert _CONSENT[:24] in repr(caught.value) or _BEARER in repr(caught.value)
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling "
+                               "request", None, (type(caught.value), caught.value, None))
+    assert MalformedRequests().filter(record)
+    line = JsonFormatter().format(record)
+    assert _CONSENT[:24] not in line and _BEARER not in line and "vast?" not in line
+    out = json.loads(line)
+    assert out["event"] == "bad_http_request" and out["status"] == 400
+    assert out["error"] == type(caught.value).__name__
+    assert why in out["why"].lower(), out
 
 
 def test_settings_validation(tmp_path: Path) -> None:

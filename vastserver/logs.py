@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from contextvars import ContextVar
 from typing import Any
 
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
 from aiohttp.web_protocol import RequestPayloadError
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("vastserver_request_id", default=None)
@@ -98,8 +99,9 @@ class MalformedRequests(logging.Filter):
     encoding) with a 400 and logs it at ERROR with a traceback; so it does for a body it
     cannot decode that it reads after an early answer (a 414, a CORS preflight, its own
     417): any client could fill the disk. On ``aiohttp.server`` this keeps such records as
-    sampled one-line warnings ``bad_http_request`` (status and reason, no traceback) and
-    passes everything else."""
+    sampled one-line warnings ``bad_http_request`` (status, the error's class and a reason
+    with nothing the client sent, see :func:`parse_error_reason`; no traceback) and passes
+    everything else."""
 
     def __init__(self, sampler: Sampler | None = None) -> None:
         super().__init__()
@@ -108,9 +110,9 @@ class MalformedRequests(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError):
-            status, why = exc.code, str(exc.message)
+            status = exc.code
         elif isinstance(exc, RequestPayloadError):
-            status, why = 400, str(exc)
+            status = 400
         else:
             return True
         if not self.sampler():
@@ -121,6 +123,38 @@ class MalformedRequests(logging.Filter):
         record.fields = {
             "event": "bad_http_request",
             "status": status,
-            "why": " ".join(why.split()),
+            "error": type(exc).__name__,
+            "why": parse_error_reason(exc),
         }
         return True
+
+
+# A bytes/str repr as aiohttp quotes what it read: b'...', bytearray(b'...'), '...', "...".
+_QUOTED = re.compile(r"""(?:bytearray\()?b?(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\)?""")
+_FIXED_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9 ,.()`-]*")
+_WRAPPED = re.compile(r"^\d{3}, message:")  # str() of an HttpProcessingError
+
+
+def parse_error_reason(exc: BaseException) -> str:
+    """What aiohttp's parser found wrong, without anything the client sent.
+
+    Its messages quote the offending bytes (the request line with its query string, a
+    header line with its value: consent strings, bearer tokens); those quoted parts are
+    dropped, and only the leading segments made of plain words are kept, so text that is
+    not recognisably the parser's own ends the reason. The Python parser's
+    :class:`InvalidURLError` is the request target alone: it becomes ``Invalid URL``.
+    """
+    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
+    text = _WRAPPED.sub("", str(text), count=1)
+    if isinstance(exc, InvalidURLError) and "\n" not in text:
+        return "Invalid URL"
+    text = re.split(r"['\"]", _QUOTED.sub("", text), maxsplit=1)[0]  # an unbalanced quote: stop
+    kept: list[str] = []
+    for segment in re.split(r"[:\n]", text):
+        segment = " ".join(segment.split())
+        if not segment:
+            continue
+        if not _FIXED_TEXT.fullmatch(segment):
+            break
+        kept.append(segment)
+    return ": ".join(kept)
