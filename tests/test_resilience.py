@@ -424,6 +424,46 @@ async def test_request_id_echoed_and_in_debug(client: Any) -> None:
     assert rid != "<script>" * 20 and len(rid) == 20 and set(rid) <= set("0123456789abcdef")
 
 
+async def test_request_id_in_inline_vmap_and_openrtb_explanations_and_records(
+    client: Any,
+) -> None:
+    """An inline VMAP's breaks and an OpenRTB pod are decided for the request like /vast's
+    pod: their explanations and decision records carry its id."""
+    from tests.test_openrtb import dynamic_pod
+
+    records: list[dict[str, Any]] = []
+
+    class Sink:
+        def append(self, record: Any) -> None:
+            records.append(dict(record))
+
+    client.server.app[RUNTIME].service.events = Sink()
+    query = "content_duration=1800&cue_points=600,1200&inline=1&debug=1&session=rid-s"
+    resp = await client.get(f"/vmap?{query}", headers={"X-Request-Id": "rid-vmap-1"})
+    assert resp.status == 200 and resp.headers["X-Request-Id"] == "rid-vmap-1"
+    root = etree.fromstring(await resp.read())
+    explained = [  # a pod's in an Extension, a no-fill's in a comment
+        *(x.text for x in root.iterfind(".//v:Extension/v:Explanation", NS)),
+        *(x.text.removeprefix(" vastserver-debug") for x in root.iter(etree.Comment)),
+    ]
+    assert len(explained) == 4  # pre-roll, two mid-rolls, post-roll
+    assert {json.loads(x)["request_id"] for x in explained} == {"rid-vmap-1"}
+    decisions = [r for r in records if r["type"] == "decision"]
+    assert len(decisions) == 4 and {r["request_id"] for r in decisions} == {"rid-vmap-1"}
+
+    rtb = dynamic_pod()
+    rtb["imp"][0]["ext"] = {"vastserver": {"debug": 1}}
+    resp = await client.post(
+        "/openrtb2/pod", data=json.dumps(rtb), headers={"X-Request-Id": "rid-ortb-1"}
+    )
+    assert resp.status == 200, await resp.text()
+    ext = etree.fromstring(await resp.read()).find(
+        ".//v:Extension[@type='vastserver-debug']/v:Explanation", NS
+    )
+    assert json.loads(ext.text)["request_id"] == "rid-ortb-1"
+    assert records[-1]["type"] == "decision" and records[-1]["request_id"] == "rid-ortb-1"
+
+
 def test_logs_are_json_lines_with_request_id(caplog: pytest.LogCaptureFixture) -> None:
     import logging
 

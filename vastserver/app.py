@@ -516,7 +516,7 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
         req = replace(req, session=new_ad_serving_id(rt.rng))
     deadline = _deadline(rt, pod.decision_budget_ms(rt.settings.deadline_ms))
     decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=deadline)
-    debug = decision_json(decision) if req.debug else None
+    debug = decision_json(decision, request_id=REQUEST_ID.get()) if req.debug else None
     return _xml(rt.renderer.vast(decision, debug=debug))
 
 

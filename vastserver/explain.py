@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vastserver.logs import REQUEST_ID
 from vastserver.pipeline.context import BreakSpec
 from vastserver.pipeline.decide import Decision, PlacedAd, SlottedAd
 
@@ -36,9 +37,11 @@ def _slot_fill(b: BreakSpec, a: PlacedAd) -> dict[str, Any]:
 
 
 def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
+    """``request_id`` defaults to the id of the request being served (an inline VMAP's
+    breaks are explained where the VAST is rendered, which does not know it)."""
     b = d.request.brk
     return {
-        "request_id": request_id,
+        "request_id": REQUEST_ID.get() if request_id is None else request_id,
         "break": {
             "position": b.position.value,
             "pod_duration_ms": b.pod_duration_ms,

@@ -17,7 +17,7 @@ from pathlib import Path
 from vastserver.catalog.load import gc_paused, load_catalog
 from vastserver.catalog.model import Catalog
 from vastserver.delivery import DeliveryControl
-from vastserver.logs import event
+from vastserver.logs import REQUEST_ID, event
 from vastserver.metrics import Metrics
 from vastserver.models import ModelManager
 from vastserver.pipeline.candidates import Candidate
@@ -290,21 +290,28 @@ class AdService:
         self.models.use(scorer)
 
     async def decide_stream(
-        self, base: AdRequest, breaks: list[PlannedBreak], *, deadline: float | None = None
+        self,
+        base: AdRequest,
+        breaks: list[PlannedBreak],
+        *,
+        request_id: str | None = None,
+        deadline: float | None = None,
     ) -> list[Decision | None]:
         """Decide the breaks of a stream in order, sharing one deadline. Each decision lands
         in the session's history before the next is made, so stream-level separation applies
         across them. The first break is always decided; once the deadline has passed the
         later ones are not (None): the caller sends those as ad tags to fetch when due, so
-        a long schedule costs at most about a deadline of work."""
+        a long schedule costs at most about a deadline of work. Every break's decision
+        record carries ``request_id``, by default the id of the request being served."""
         loop = asyncio.get_running_loop()
+        rid = REQUEST_ID.get() if request_id is None else request_id
         out: list[Decision | None] = []
         for b in breaks:
             if out and deadline is not None and loop.time() >= deadline:
                 out.append(None)
                 continue
             req = replace(base, brk=break_spec(b, base.brk))
-            out.append(await self.decide(req, deadline=deadline))
+            out.append(await self.decide(req, request_id=rid, deadline=deadline))
         return out
 
     def _explain_dropped(
