@@ -122,6 +122,39 @@ async def test_event_log_records_decisions_and_beacons(
     assert decisions[0]["ads"][0]["currency"] == "USD"  # the demo catalog's
 
 
+async def test_a_beacon_answered_503_in_a_store_outage_is_in_the_event_log(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A beacon with a valid token that the store could not count (a 503, retried by the
+    player) is logged all the same, as ``store_unavailable``; its retry once the store is
+    back is the counted one."""
+    from vastserver.app import RUNTIME
+    from vastserver.store.base import StoreUnavailable
+
+    client: Any = await make_client(event_log=str(tmp_path))
+    ad = await _first_ad(client)
+    inner = client.server.app[RUNTIME].store.inner
+    working = inner.claim_and_add
+
+    async def down(*args: Any, **kw: Any) -> Any:
+        raise StoreUnavailable("connection refused")
+
+    inner.claim_and_add = down
+    imp = _local(_tracking(ad, "impression"))
+    resp = await client.get(imp)
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    inner.claim_and_add = working
+    assert (await client.get(imp)).status == 204
+    await client.close()  # flushes the log
+    beacons = [r for r in read_events([tmp_path]) if r["type"] == "beacon"]
+    assert [(b["event"], b["counted"], b["result"]) for b in beacons] == [
+        ("impression", False, "store_unavailable"),
+        ("impression", True, "ok"),
+    ]
+    assert beacons[0]["ad_serving_id"] == beacons[1]["ad_serving_id"]
+    assert beacons[0]["line_item_id"] == beacons[1]["line_item_id"]
+
+
 async def test_a_header_that_is_not_utf8_neither_fails_a_beacon_nor_its_record(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:

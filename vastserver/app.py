@@ -539,6 +539,7 @@ async def _count(
         result = await rt.delivery.on_beacon(event, token, rt.service.snapshot.catalog)
     except StoreUnavailable:
         rt.metrics.beacons_by(event, "store_unavailable").inc()
+        _record_beacon(rt, request, event, token, False, "store_unavailable", error_code)
         return web.Response(status=503, text="try again", headers={"Retry-After": "1"})
     label = "ok" if result.counted else ("replay" if result.replay else result.reason)
     rt.metrics.beacons_by(event, label).inc()
