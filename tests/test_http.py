@@ -618,6 +618,40 @@ async def test_metrics_exposed(client: Any) -> None:
     assert 'vastserver_rejections_total{reason="not_selected",stage="pod"}' in text
 
 
+def _rejections(text: str) -> dict[str, float]:
+    prefix = 'vastserver_rejections_total{reason="'
+    return {
+        line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        # li-northstar-ev-prime fails its daypart (20:00 UTC is 15:00 in New York) and,
+        # under a TV-Y7 rating, the content rating rules too: the index counts one, the
+        # explanation's screen names the other
+        "pod_duration=120&rating=TV-Y7&device_type=ctv",
+        "pod_duration=90&genre=sports&live=1",
+        "pod_duration=60",
+    ],
+)
+async def test_an_explained_request_moves_the_rejection_metrics_as_a_plain_one(
+    client: Any, query: str
+) -> None:
+    """``debug=1`` and ``/decide`` counted the explanation's reasons instead of the index's:
+    the same request moved ``vastserver_rejections_total`` differently once explained."""
+    moved = []
+    for n, path in enumerate(("/vast?", "/vast?debug=1&", "/decide?")):
+        before = _rejections(await (await client.get("/metrics")).text())
+        assert (await client.get(f"{path}{query}&device_id=viewer-{n}")).status == 200
+        after = _rejections(await (await client.get("/metrics")).text())
+        moved.append({k: v - before[k] for k, v in after.items() if v != before[k]})
+    assert moved[0] and moved[1] == moved[0] and moved[2] == moved[0], moved
+
+
 async def test_admin_reload_requires_token(client: Any) -> None:
     bad = {"Authorization": "Bearer wrong-token-123456789"}
     admin = [

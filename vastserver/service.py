@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from itertools import islice
 from pathlib import Path
 
 from vastserver.catalog.load import gc_paused, load_catalog
@@ -245,7 +246,10 @@ class AdService:
             viewer_hash=vh,
             ads=tuple(replace(a, ad_serving_id=new_ad_serving_id(self.rng)) for a in d.ads),
         )
-        self._observe(d, dropped if not prior else {})
+        # The metrics count the index's drops whether or not the request is explained: the
+        # explanation's own screen of the same candidates (``prior``) may name another of
+        # the reasons a candidate fails, and leaves nothing ``outranked`` unexamined.
+        self._observe(d, dropped, explained=len(prior))
         if not req.test:
             self.delivery.note_rejections(d)
         shadow = None
@@ -332,7 +336,9 @@ class AdService:
             ),
         )
 
-    def _observe(self, d: Decision, dropped: Mapping[Reason, int]) -> None:
+    def _observe(self, d: Decision, dropped: Mapping[Reason, int], explained: int = 0) -> None:
+        """Count the decision; its first ``explained`` traces are the explanation's view of
+        what ``dropped`` counts already."""
         m = self.metrics
         rejected = m.rejected
         for reason, n in dropped.items():
@@ -342,7 +348,7 @@ class AdService:
         m.seconds_requested.inc(d.request.brk.pod_duration_ms / 1000)
         m.seconds_filled.inc(d.total_duration_ms / 1000)
         tally: dict[Reason, int] = {}
-        for t in d.traces:
+        for t in islice(d.traces, explained, None):
             if t.reason is not None:
                 tally[t.reason] = tally.get(t.reason, 0) + 1
         for reason, n in tally.items():
