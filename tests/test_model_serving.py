@@ -62,6 +62,28 @@ async def test_missing_model_falls_back_to_price(
     assert _metric(text, 'vastserver_model_fallback_total{reason="load_failed"}') == 1
 
 
+async def test_readyz_tells_a_model_off_by_choice_from_a_broken_one(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``VASTSERVER_MODEL=off`` is price scoring by choice: ready, not configured. A bundle
+    that does not load is configured and not ready, with the error."""
+    off = await (await (await make_client(model="off")).get("/readyz")).json()
+    assert off["model"] == {
+        "configured": False,
+        "ready": True,
+        "scorer": "price",
+        "version": off["model"]["version"],
+        "error": None,
+        "shadow": None,
+        "experiment": None,
+    }
+    broken = await (await (await make_client(model=str(tmp_path / "nope"))).get("/readyz")).json()
+    assert broken["model"]["configured"] is True and broken["model"]["ready"] is False
+    assert broken["model"]["error"] and broken["model"]["scorer"] == "price"
+    good = await (await (await make_client(model=str(DEMO_MODEL))).get("/readyz")).json()
+    assert good["model"]["configured"] is True and good["model"]["ready"] is True
+
+
 async def test_corrupt_model_reload_keeps_the_old_one(
     make_client: ClientFactory, model_copy: Path
 ) -> None:

@@ -730,6 +730,7 @@ async def readyz(request: web.Request) -> web.StreamResponse:
         "ready": rt.ready,
         "catalog": {"version": snap.catalog.version, "line_items": len(snap.catalog.line_items)},
         "model": {
+            "configured": models.configured,
             "ready": models.ready,
             "scorer": models.primary.name,
             "version": models.primary.version,

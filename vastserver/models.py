@@ -4,7 +4,8 @@
   A missing or corrupt bundle at start-up does not stop the server: it serves with the
   **price scorer** (every candidate predicted to complete, so value = price x tier weight),
   ``/readyz`` reports ``model.ready: false`` with the error, and
-  ``vastserver_model_fallback_total{reason="load_failed"}`` counts it.
+  ``vastserver_model_fallback_total{reason="load_failed"}`` counts it. ``VASTSERVER_MODEL=off``
+  is price scoring by choice: ``model.configured: false``, ``model.ready: true``.
 * **Hot reload**: SIGHUP, SIGUSR1 (the model alone), ``POST /admin/model/reload`` (with
   several workers it reaches them all) or a change of the bundle's files (polled every
   ``VASTSERVER_MODEL_WATCH_S`` seconds) loads the new bundle in a worker thread;
@@ -114,8 +115,6 @@ class ModelManager:
         self._fingerprint: tuple[tuple[str, float, int], ...] = ()
         if model_path is not None:
             self._try_load(model_path, at_start=True)
-        else:
-            self.error = "no model configured"
         if shadow_path is not None:
             try:
                 self.shadow = load_scorer(shadow_path)
@@ -147,7 +146,15 @@ class ModelManager:
         self._export()
 
     @property
+    def configured(self) -> bool:
+        """A model was asked for: a bundle path (``VASTSERVER_MODEL`` not ``off``), or a
+        scorer handed in. Without one the price scorer serves by choice."""
+        return self.model_path is not None or self.primary is not self.fallback
+
+    @property
     def ready(self) -> bool:
+        """Serving what was asked for: the configured model, or price scoring when none is
+        (``error`` says why a configured bundle is not serving)."""
         return self.error is None
 
     def _try_load(self, path: Path, *, at_start: bool = False) -> bool:
