@@ -104,7 +104,10 @@ async def test_corrupt_model_reload_keeps_the_old_one(
     assert resp.status == 200 and (await resp.json())["version"] == v1
     assert (await client.post("/admin/model/reload")).status == 401
     text = await (await client.get("/metrics")).text()
-    assert _metric(text, 'vastserver_model_fallback_total{reason="reload_rejected"}') == 1
+    # a rejected reload is no fallback: the old bundle kept serving
+    assert _metric(text, 'vastserver_model_reloads_total{result="rejected"}') == 1
+    assert _metric(text, 'vastserver_model_reloads_total{result="ok"}') == 1
+    assert _metric(text, "vastserver_model_fallback_total") == 0
 
 
 async def test_watched_bundle_reloads_when_files_change(
@@ -121,9 +124,10 @@ async def test_watched_bundle_reloads_when_files_change(
     for _ in range(40):
         await asyncio.sleep(0.1)
         text = await (await client.get("/metrics")).text()
-        if _metric(text, 'vastserver_model_fallback_total{reason="reload_rejected"}'):
+        if _metric(text, 'vastserver_model_reloads_total{result="rejected"}'):
             break
-    assert _metric(text, 'vastserver_model_fallback_total{reason="reload_rejected"}') == 1
+    assert _metric(text, 'vastserver_model_reloads_total{result="rejected"}') == 1
+    assert _metric(text, "vastserver_model_fallback_total") == 0
     assert models.primary is before
 
 

@@ -170,6 +170,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.model_reloads = Counter(
+            "vastserver_model_reloads_total",
+            "Model bundle reloads: ok (swapped in) or rejected (the old one keeps serving)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("ok", "rejected"):  # both series from the start: alerts see a 0
+            self.model_reloads.labels(result)
         self.model_score = Histogram(
             "vastserver_model_score",
             "Predicted completion of the ads served (drift shows here first)",

@@ -11,6 +11,7 @@
   ``VASTSERVER_MODEL_WATCH_S`` seconds) loads the new bundle in a worker thread;
   only a bundle that validates (files and checksums, a schema version the feature module reads,
   finite canary scores in [0, 1]) replaces the old one, which keeps serving otherwise.
+  ``vastserver_model_reloads_total{result}`` counts them, ``ok`` or ``rejected``.
 * **Shadow**: ``VASTSERVER_SHADOW_MODEL`` is scored on ``VASTSERVER_SHADOW_SAMPLE`` of the
   decisions; its predictions go to the event log next to the served ones, never into a value.
 * **Experiments**: ``VASTSERVER_EXPERIMENT=NAME`` with ``VASTSERVER_ARMS=arm:weight[:bundle],...``
@@ -114,7 +115,7 @@ class ModelManager:
         self.rng = rng or random.Random()
         self._fingerprint: tuple[tuple[str, float, int], ...] = ()
         if model_path is not None:
-            self._try_load(model_path, at_start=True)
+            self._try_load(model_path)
         if shadow_path is not None:
             try:
                 self.shadow = load_scorer(shadow_path)
@@ -157,17 +158,16 @@ class ModelManager:
         (``error`` says why a configured bundle is not serving)."""
         return self.error is None
 
-    def _try_load(self, path: Path, *, at_start: bool = False) -> bool:
+    def _try_load(self, path: Path) -> bool:
+        """Load the bundle at start; the price scorer serves in its place if it fails."""
         fp = _fingerprint(path)
         try:
             scorer = load_scorer(path)
         except Exception as e:  # ModelError, or anything a broken file raises
-            reason = "load_failed" if at_start else "reload_rejected"
-            self.metrics.model_fallback.labels(reason).inc()
+            self.metrics.model_fallback.labels("load_failed").inc()
             msg = str(e)[:300]
             event(log, "model_rejected", logging.ERROR, path=str(path), error=msg)
-            if at_start:
-                self.error = msg
+            self.error = msg
             self._fingerprint = fp
             return False
         self.primary, self.error, self._fingerprint = scorer, None, fp
@@ -187,12 +187,14 @@ class ModelManager:
         try:
             scorer = await asyncio.to_thread(load_scorer, path)
         except Exception as e:
-            self.metrics.model_fallback.labels("reload_rejected").inc()
+            # not a fallback: the bundle serving before keeps serving
+            self.metrics.model_reloads.labels("rejected").inc()
             self.rejected = str(e)[:300]
             event(log, "model_rejected", logging.ERROR, path=str(path), error=self.rejected)
             self._fingerprint = fp
             return False
         self.primary, self.error, self.rejected, self._fingerprint = scorer, None, None, fp
+        self.metrics.model_reloads.labels("ok").inc()
         event(log, "model_loaded", version=scorer.version, path=str(path))
         self._export()
         return True
