@@ -300,6 +300,10 @@ def test_invalid_settings_list_every_problem() -> None:
         cwd=ROOT,
     )
     assert r.returncode == 2
+    # one JSON log line, as every line the server writes, with each problem listed
+    (line,) = [json.loads(x) for x in r.stderr.splitlines()]
+    assert line["event"] == "settings_invalid" and line["level"] == "error"
+    assert line["msg"].startswith("invalid settings: ")
     for name in (
         "VASTSERVER_PUBLIC_URL",
         "VASTSERVER_SECRET",
@@ -307,7 +311,8 @@ def test_invalid_settings_list_every_problem() -> None:
         "port",
         "workers",
     ):
-        assert name in r.stderr, r.stderr
+        assert sum(name in p for p in line["problems"]) == 1, line
+        assert name in line["msg"]
 
 
 def test_gen_catalog_command(tmp_path: Path) -> None:
@@ -475,6 +480,10 @@ def test_a_busy_metrics_port_is_a_clean_start_up_error() -> None:
         out = srv.proc.stdout.read().decode() if srv.proc.stdout else ""
         assert srv.proc.wait(20) == 2
     assert f"cannot listen on 127.0.0.1:{port} (metrics)" in out and "Traceback" not in out
+    lines = [json.loads(x) for x in out.splitlines()]  # JSON lines, the failure too
+    (failed,) = [x for x in lines if x["event"] == "listen_failed"]
+    assert (failed["host"], failed["port"], failed["listener"]) == ("127.0.0.1", port, "metrics")
+    assert failed["level"] == "error" and failed["error"]
 
 
 def _closed_after(sock: socket.socket, limit: float) -> float:
@@ -558,7 +567,9 @@ def test_an_unknown_log_level_is_a_settings_error() -> None:
         timeout=30,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "VASTSERVER_LOG_LEVEL: must be one of DEBUG, INFO" in proc.stderr
+    (line,) = [json.loads(x) for x in proc.stderr.splitlines()]
+    assert line["event"] == "settings_invalid"
+    assert line["problems"][0].startswith("VASTSERVER_LOG_LEVEL: must be one of DEBUG, INFO")
 
 
 def test_port_zero_puts_the_port_it_got_in_the_tracking_urls() -> None:

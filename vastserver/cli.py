@@ -202,7 +202,7 @@ async def _serve_until_signal(
         # Bound at start, but another process listened there first (SO_REUSEADDR lets two
         # sockets bind a port that neither listens on yet).
         host, port = listening.getsockname()[:2]
-        print(f"cannot listen on {host}:{port}: {e}", file=sys.stderr)
+        _listen_failed(host, port, e, metrics=listening is metrics_sock)
         await runner.cleanup()
         if side is not None:
             await side.cleanup()
@@ -291,6 +291,33 @@ def insecure_public_url(url: str) -> bool:
         return True
 
 
+def _settings_invalid(problems: list[str]) -> None:
+    """Start-up refused for its settings: one JSON log line listing every problem, with a
+    message for a human (exit status 2, the caller's)."""
+    event(
+        log,
+        "settings_invalid",
+        logging.ERROR,
+        problems=problems,
+        msg="invalid settings: " + "; ".join(problems),
+    )
+
+
+def _listen_failed(host: str, port: int, e: OSError, *, metrics: bool = False) -> None:
+    """A port that cannot be bound or listened on, as a JSON log line (exit status 2)."""
+    what = " (metrics)" if metrics else ""
+    event(
+        log,
+        "listen_failed",
+        logging.ERROR,
+        host=host,
+        port=port,
+        listener="metrics" if metrics else "main",
+        error=str(e),
+        msg=f"cannot listen on {host}:{port}{what}: {e}",
+    )
+
+
 def serve(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="vastserver")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -303,12 +330,12 @@ def serve(argv: Sequence[str]) -> int:
     try:
         settings = load_settings(os.environ, overrides, check_bundles=True)
     except SettingsError as e:
-        print(str(e), file=sys.stderr)
+        _settings_invalid(e.problems)
         return 2
     try:
         sock = _bind(settings)
     except OSError as e:
-        print(f"cannot listen on {settings.host}:{settings.port}: {e}", file=sys.stderr)
+        _listen_failed(settings.host, settings.port, e)
         return 2
     if settings.port == 0 and settings.public_url == default_public_url(settings.host, 0):
         # the tracking URLs must name the port the system picked, not port 0
@@ -321,7 +348,7 @@ def serve(argv: Sequence[str]) -> int:
             try:
                 metrics_socks[i] = _bind(settings, port)
             except OSError as e:
-                print(f"cannot listen on {settings.host}:{port} (metrics): {e}", file=sys.stderr)
+                _listen_failed(settings.host, port, e, metrics=True)
                 return 2
     if insecure_public_url(settings.public_url):
         event(
@@ -516,10 +543,9 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     level = os.environ.get("VASTSERVER_LOG_LEVEL") or "INFO"
     if level.upper() not in logging.getLevelNamesMapping():
-        print(
-            "invalid settings:\n  - VASTSERVER_LOG_LEVEL: must be one of "
-            f"{', '.join(LOG_LEVELS)}, got {level[:40]!r}",
-            file=sys.stderr,
+        configure_logs("INFO")  # to say so
+        _settings_invalid(
+            [f"VASTSERVER_LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}, got {level[:40]!r}"]
         )
         return 2
     configure_logs(level)
