@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from lxml import etree
 
 from tests.conftest import PUBLIC_URL, ClientFactory, FakeClock, raw_request
@@ -616,6 +617,23 @@ async def test_metrics_exposed(client: Any) -> None:
     assert "vastserver_pod_seconds_requested_total 60.0" in text
     assert "vastserver_ads_per_pod_bucket" in text
     assert 'vastserver_rejections_total{reason="not_selected",stage="pod"}' in text
+
+
+async def test_metrics_leave_the_public_port_when_a_metrics_port_is_set(
+    make_client: ClientFactory,
+) -> None:
+    """``/metrics`` has no authentication: with ``VASTSERVER_METRICS_PORT`` it is served on
+    that port alone (``metrics_app``), and the ad port answers 404."""
+    from vastserver.app import metrics_app
+
+    client: Any = await make_client(metrics_port="19950")
+    assert (await client.get("/vast?pod_duration=60")).status == 200
+    assert (await client.get("/metrics")).status == 404
+    side = metrics_app(client.server.app)
+    req = make_mocked_request("GET", "/metrics", app=side)
+    match = await side.router.resolve(req)
+    resp = await match.handler(req)
+    assert resp.status == 200 and b'vastserver_requests_total{endpoint="vast"' in resp.body
 
 
 def _rejections(text: str) -> dict[str, float]:

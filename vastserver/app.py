@@ -978,7 +978,10 @@ def create_app(
     app.router.add_get("/c", click_handler, name="click", allow_head=False)
     app.router.add_get("/healthz", healthz, name="healthz")
     app.router.add_get("/readyz", readyz, name="readyz")
-    app.router.add_get("/metrics", metrics_handler, name="metrics")
+    if settings.metrics_port is None:
+        # With a metrics port of its own, /metrics is served there alone: not to anyone
+        # who reaches the public ad port.
+        app.router.add_get("/metrics", metrics_handler, name="metrics")
     app.router.add_post("/admin/catalog/reload", reload_catalog_handler, name="admin_reload")
     app.router.add_post("/admin/model/reload", reload_model_handler, name="admin_model_reload")
     app.router.add_get("/admin/line-items", line_items_handler, name="admin_line_items")
