@@ -559,7 +559,8 @@ def test_malformed_http_is_logged_sampled_without_tracebacks() -> None:
         b"GET /vast?pod_duration=30&gdpr=1&gdpr_consent=" + _CONSENT.encode() + b"\x01 HTTP/1.1"
         b"\r\nHost: x\r\n\r\n",
         b"GET /admin/line-items HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-        + _BEARER.encode() + b"\x7f\r\n\r\n",
+        + _BEARER.encode()
+        + b"\x7f\r\n\r\n",
         b"GET /vast HTTP/1.1\r\nHost: x\r\nX-Consent : " + _CONSENT.encode() + b"\r\n\r\n",
     ]
     srv = Server(env=_env(VASTSERVER_EVENT_LOG_DIR="off"))
@@ -629,8 +630,15 @@ def test_bad_http_request_log_line_carries_no_client_value(parser: str, raw: str
         loop.close()
     if parser == "c":  # the hazard: llhttp's messages quote the whole line
         assert _CONSENT[:24] in repr(caught.value) or _BEARER in repr(caught.value)
-    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling "
-                               "request", None, (type(caught.value), caught.value, None))
+    record = logging.LogRecord(
+        "aiohttp.server",
+        logging.ERROR,
+        __file__,
+        1,
+        "Error handling request",
+        None,
+        (type(caught.value), caught.value, None),
+    )
     assert MalformedRequests().filter(record)
     line = JsonFormatter().format(record)
     assert _CONSENT[:24] not in line and _BEARER not in line and "vast?" not in line
