@@ -1041,3 +1041,64 @@ def test_break_rules_stay_within_what_vast_accepts() -> None:
     errors = errors_of(doc)
     assert has_issue(errors, "$.ad_rules.big.pre.duration", "out of range [0, 900]")
     assert has_issue(errors, "$.ad_rules.big.mid.max_ads", "out of range [0, 20]")
+
+
+def test_more_universal_ad_ids_load_after_the_primary_one() -> None:
+    doc = demo_doc()
+    cr = doc["creatives"][0]
+    more = [
+        {"registry": "clearcast.co.uk", "value": "ABC/DEF123/030"},
+        {"registry": "registry.example", "value": "X-1"},
+    ]
+    cr["universal_ad_ids"] = more
+    loaded = parse_catalog(doc).creatives[cr["id"]]
+    assert loaded.universal_ad_id == cr["universal_ad_id"]
+    assert [(u.registry, u.value) for u in loaded.more_universal_ad_ids] == [
+        ("clearcast.co.uk", "ABC/DEF123/030"),
+        ("registry.example", "X-1"),
+    ]
+    del cr["universal_ad_ids"]
+    assert parse_catalog(doc).creatives[cr["id"]].more_universal_ad_ids == ()
+
+
+def test_every_error_of_universal_ad_ids_is_reported() -> None:
+    doc = demo_doc()
+    cr = doc["creatives"][0]
+    primary = {"registry": cr.get("universal_ad_id_registry", "ad-id.org")}
+    cr["universal_ad_ids"] = [
+        {"registry": "clearcast.co.uk", "value": "ABC/DEF123/030"},
+        {"registry": "clearcast.co.uk", "value": "ABC/DEF123/030"},
+        {**primary, "value": cr["universal_ad_id"]},
+        {"registry": "registry.example", "value": "Unknown"},
+        {"registry": "", "value": "a b"},
+        {"registry": "registry.example", "value": "Y", "vlaue": "Z"},
+        {"value": "Z"},
+    ]
+    p = "$.creatives[0].universal_ad_ids"
+    assert_exactly(
+        errors_of(doc),
+        [
+            (f"{p}[1].value", "is already given"),
+            (f"{p}[2].value", "is already given"),
+            (f"{p}[3].value", "not 'unknown'"),
+            (f"{p}[4].registry", "must not be empty"),
+            (f"{p}[4].value", "not an id without spaces"),
+            (f"{p}[5].vlaue", "did you mean 'value'"),
+            (f"{p}[6].registry", "required field"),
+        ],
+    )
+    cr["universal_ad_ids"] = [{"registry": "r.example", "value": f"V{n}"} for n in range(9)]
+    assert_exactly(errors_of(doc), [(p, "at most 8 items")])
+
+
+def test_creatives_sharing_any_universal_ad_id_are_one_ad() -> None:
+    """A pod holds one of the creatives that share an id, in any registry."""
+    doc = demo_doc()
+    first, second = doc["creatives"][0], doc["creatives"][1]
+    shared = {"registry": "clearcast.co.uk", "value": "ABC/DEF123/030"}
+    first["universal_ad_ids"] = [shared]
+    creatives = parse_catalog(doc).creatives
+    assert creatives[first["id"]].media_key != creatives[second["id"]].media_key
+    second["universal_ad_ids"] = [{"registry": "registry.example", "value": "X"}, shared]
+    creatives = parse_catalog(doc).creatives
+    assert creatives[first["id"]].media_key == creatives[second["id"]].media_key

@@ -205,6 +205,10 @@ OMID_VERIFICATION = {
     "js_url": "https://verify.example.com/omid.js",
     "parameters": OMID_PARAMS,
 }
+MORE_UAIDS = [
+    {"registry": "clearcast.co.uk", "value": "ODD/CLRC001/015"},
+    {"registry": "registry.example", "value": "x<&>1"},
+]
 ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the AdChoices icon second, so that keeping "the first" would be wrong
     "icons": {
@@ -242,6 +246,8 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the advertiser's own id (text to escape), inline and in a wrapper
     "ad-id": {"click_through": "https://odd.example/", "ad_id": ADVERTISER_AD_ID},
     "wrapper-ad-id": {"vast_tag_url": "https://tag.example/vast?id=2", "ad_id": ADVERTISER_AD_ID},
+    # other registries' ids beside the Ad-ID (text to escape in one)
+    "universal-ad-ids": {"click_through": "https://odd.example/", "universal_ad_ids": MORE_UAIDS},
 }
 
 
@@ -338,6 +344,15 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
         assert creative.get("adId" if version.startswith("4") else "AdID") == f"ODDX{n:04d}000H"
         own = [e.text for e in root.iter("{*}AdvertiserAdId")]
         assert own == ([ADVERTISER_AD_ID] if key.endswith("ad-id") else []), key
+    # every UniversalAdId where the version's XSD allows several (4.2+, and 2.0's CTV
+    # extensions), the primary one first; else the primary one alone (none in 3.0)
+    n = list(ODD_CREATIVES).index("universal-ad-ids")
+    ids = [
+        (e.get("idRegistry"), e.text)
+        for e in etree.fromstring(docs["universal-ad-ids"]).iter("{*}UniversalAdId")
+    ]
+    every = [("ad-id.org", f"ODDX{n:04d}000H"), *((u["registry"], u["value"]) for u in MORE_UAIDS)]
+    assert ids == {"3.0": [], "4.0": every[:1], "4.1": every[:1]}.get(version, every)
     if c.node_available():
         parsed = c.node_parse_many([x.decode() for x in docs.values()], "vast")
         allowed = c.UNAVOIDABLE_CLIENT_WARNINGS[version]

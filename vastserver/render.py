@@ -21,7 +21,7 @@ from cachetools import LRUCache
 from markupsafe import Markup, escape
 
 from vastserver import __version__
-from vastserver.catalog.model import Creative, Icon
+from vastserver.catalog.model import Creative, Icon, UniversalAdId
 from vastserver.explain import decision_json
 from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
@@ -174,6 +174,9 @@ class AdVM:
     ``<Extension type="AdvertiserAdId">``."""
     universal_ad_id: str
     universal_ad_id_registry: str
+    more_universal_ad_ids: tuple[UniversalAdId, ...]
+    """Other registries' ids, after the primary one: where the version has room for them
+    (:attr:`VersionVM.v42`, and 2.0's extensions)."""
     duration: str
     skipoffset: str | None
     tracking: tuple[TrackingVM, ...]
@@ -204,6 +207,9 @@ class VersionVM:
     """VAST 4.x: namespace, AdServingId, Category, UniversalAdId elements."""
     v41: bool
     """4.1+: Mezzanine attributes, ``adType``."""
+    v42: bool
+    """4.2+: several ``UniversalAdId`` (the 4.0 and 4.1 XSDs allow one),
+    ``IconClickFallbackImages`` (not in the 4.1 XSD, though the 4.1 text has it)."""
     v3: bool
     """3.0: Pricing/Advertiser elements."""
     sequenced: bool
@@ -226,6 +232,7 @@ class VersionVM:
             version=version,
             v4=v4,
             v41=v4 and version != "4.0",
+            v42=v4 and version not in ("4.0", "4.1"),
             v3=version == "3.0",
             sequenced=version != "2.0",
             ad_system_version=__version__,
@@ -542,6 +549,7 @@ class Renderer:
             advertiser_ad_id=cr.ad_id,
             universal_ad_id=cr.universal_ad_id,
             universal_ad_id_registry=cr.universal_ad_id_registry,
+            more_universal_ad_ids=cr.more_universal_ad_ids,
             duration=duration(cr.duration_ms),
             skipoffset=None
             if cr.skip_offset_ms is None or version == "2.0"

@@ -63,6 +63,7 @@ from vastserver.catalog.model import (
     Slot,
     Targeting,
     Tier,
+    UniversalAdId,
     Verification,
 )
 from vastserver.tracking import (
@@ -877,6 +878,43 @@ ICON = Obj(
 )
 
 
+MAX_UNIVERSAL_AD_IDS = 8
+"""Other registries' ids a creative may carry beside its primary ``universal_ad_id``."""
+
+UNIVERSAL_AD_ID = Obj(
+    "universal ad id",
+    {
+        "registry": F(NAME),
+        "value": F(string(_NO_SPACE, what="an id without spaces (at most 128)")),
+    },
+    lambda d: UniversalAdId(**d),
+)
+
+
+def _distinct_universal_ad_ids(
+    d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues
+) -> None:
+    """Each of ``universal_ad_ids`` is another registry's real id of the creative: not
+    ``unknown`` (the primary says that) and neither the primary id nor another one again.
+    Read from ``raw``, so that it is reported beside errors in other entries."""
+    extra = raw.get("universal_ad_ids")
+    if not isinstance(extra, list):
+        return
+    seen = {(raw.get("universal_ad_id_registry", "ad-id.org"), raw.get("universal_ad_id"))}
+    for n, u in enumerate(extra):
+        if not isinstance(u, dict):
+            continue
+        registry, value = u.get("registry"), u.get("value")
+        if not isinstance(registry, str) or not isinstance(value, str):
+            continue
+        where = f"{path}.universal_ad_ids[{n}].value"
+        if value.strip().lower() == "unknown":
+            _fail(errs, where, "an extra universal ad id must be a real id, not 'unknown'")
+        elif (registry, value) in seen:
+            _fail(errs, where, f"{_show(registry)} id {_show(value)} is already given")
+        seen.add((registry, value))
+
+
 def _skip_before_end(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
     duration, skip = _seconds_or_ms(d, "duration"), _seconds_or_ms(d, "skip_offset")
     if duration is not None and skip is not None and skip >= duration:
@@ -946,6 +984,7 @@ def _creative(d: dict[str, Any]) -> Creative:
         or any(has_privacy_macros(u) for us in d["trackers"].values() for u in us),
         universal_ad_id=d["universal_ad_id"],
         universal_ad_id_registry=d["universal_ad_id_registry"],
+        more_universal_ad_ids=d["universal_ad_ids"],
         ad_id=d["ad_id"],
         mezzanine=d["mezzanine"],
         click_through=d["click_through"],
@@ -979,6 +1018,7 @@ CREATIVE = Obj(
         ),
         "universal_ad_id": F(string(_NO_SPACE, what="an id without spaces (at most 128)")),
         "universal_ad_id_registry": F(NAME, "ad-id.org"),
+        "universal_ad_ids": F(list_of(UNIVERSAL_AD_ID, max_len=MAX_UNIVERSAL_AD_IDS), ()),
         "ad_id": F(nullable(NAME), None),
         "mezzanine": F(nullable(MEZZANINE), None),
         "click_through": F(nullable(creative_click_url), None),
@@ -1000,6 +1040,7 @@ CREATIVE = Obj(
         _skip_before_end,
         _media_or_tag,
         _skip_tracker_needs_offset,
+        _distinct_universal_ad_ids,
     ],
 )
 
@@ -1465,9 +1506,10 @@ def _parse(data: object, errs: Issues) -> Catalog | None:
 
 def media_keys(creatives: Mapping[str, Creative]) -> dict[str, Creative]:
     """``creatives`` with their :attr:`Creative.media_key`: creatives that share a video
-    file (any rendition URL), a third-party tag or a Universal Ad Id show the viewer the
-    same ad, so they share one key (the least of their identities), and a pod holds one of
-    them at most. (Two creatives can share a file at one rendition and not at another.)"""
+    file (any rendition URL), a third-party tag or a Universal Ad Id (of any registry) show
+    the viewer the same ad, so they share one key (the least of their identities), and a pod
+    holds one of them at most. (Two creatives can share a file at one rendition and not at
+    another.)"""
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -1484,6 +1526,7 @@ def media_keys(creatives: Mapping[str, Creative]) -> dict[str, Creative]:
             out.append(f"url:{c.vast_tag_url}")
         if c.universal_ad_id.strip().lower() not in ("", "unknown"):
             out.append(f"uaid:{c.universal_ad_id_registry}:{c.universal_ad_id}")
+        out += [f"uaid:{u.registry}:{u.value}" for u in c.more_universal_ad_ids]
         return out or [f"creative:{c.id}"]
 
     for c in creatives.values():

@@ -118,6 +118,14 @@ class Verification:
 
 
 @dataclass(frozen=True, slots=True)
+class UniversalAdId:
+    """One registry's id of a creative (a VAST ``<UniversalAdId>``)."""
+
+    registry: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class Icon:
     program: str
     width: int
@@ -141,6 +149,10 @@ class Creative:
     """Empty for a third-party tag (``vast_tag_url``)."""
     universal_ad_id: str
     universal_ad_id_registry: str = "ad-id.org"
+    more_universal_ad_ids: tuple[UniversalAdId, ...] = ()
+    """Other registries' ids of the creative (the catalog's ``universal_ad_ids``), after the
+    primary one (``universal_ad_id``, which ``Creative@adId`` carries): VAST 4.2+ sends them
+    all, earlier versions only the primary one."""
     ad_id: str | None = None
     """The advertiser's own creative id: an ``<Extension type="AdvertiserAdId">`` (VAST
     has no element for it: ``Creative@adId`` is the Ad-ID, the universal ad id)."""
