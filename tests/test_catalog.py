@@ -1102,3 +1102,56 @@ def test_creatives_sharing_any_universal_ad_id_are_one_ad() -> None:
     second["universal_ad_ids"] = [{"registry": "registry.example", "value": "X"}, shared]
     creatives = parse_catalog(doc).creatives
     assert creatives[first["id"]].media_key == creatives[second["id"]].media_key
+
+
+def test_icon_fallback_images_and_trackers_load() -> None:
+    doc = demo_doc()
+    icon = doc["creatives"][0]["icons"][0]
+    cr_id = doc["creatives"][0]["id"]
+    (plain,) = parse_catalog(doc).creatives[cr_id].icons
+    assert (plain.click_fallback_images, plain.view_tracking_urls) == ((), ())
+    assert plain.click_tracking_urls == ()
+    view = "https://px.example/iv?cb=[CACHEBUSTING]&gdpr=${GDPR}"
+    click = "https://px.example/ic?ts=[TIMESTAMP]"
+    icon.update(
+        click_fallback_images=[
+            {"image_url": "https://i.example/a.png", "width": 400, "height": 300},
+            {"image_url": "https://i.example/b.png", "width": 40, "height": 30, "alt_text": "Why"},
+        ],
+        view_tracking_urls=[view],
+        click_tracking_urls=[click],
+    )
+    loaded = parse_catalog(doc).creatives[cr_id]
+    (i,) = loaded.icons
+    assert [(f.image_url, f.width, f.height, f.alt_text) for f in i.click_fallback_images] == [
+        ("https://i.example/a.png", 400, 300, None),
+        ("https://i.example/b.png", 40, 30, "Why"),
+    ]
+    assert (i.view_tracking_urls, i.click_tracking_urls) == ((view,), (click,))
+    # the renderer fills the privacy macro of the icon's tracker in
+    assert loaded.privacy_macros
+
+
+def test_every_error_of_an_icon_is_reported() -> None:
+    doc = demo_doc()
+    doc["creatives"][0]["icons"][0].update(
+        click_fallback_images=[
+            {"image_url": "http://i.example/a.png", "width": 400, "height": 300},
+            {"image_url": "https://i.example/b.png", "height": 30, "alt_text": ""},
+        ],
+        view_tracking_urls=["https://px.example/iv?s=[STOREID]", "http://px.example/iv"],
+        click_tracking_urls=["https://px.example/ic?x=${ADDTL_CONSENT}"] * 9,
+    )
+    p = "$.creatives[0].icons[0]"
+    assert_exactly(
+        errors_of(doc),
+        [
+            (f"{p}.click_fallback_images[0].image_url", "must be https"),
+            (f"{p}.click_fallback_images[1].width", "required field"),
+            (f"{p}.click_fallback_images[1].alt_text", "must not be empty"),
+            (f"{p}.view_tracking_urls[0]", "[STOREID] is no IAB VAST macro"),
+            (f"{p}.view_tracking_urls[1]", "must be https"),
+            *((f"{p}.click_tracking_urls[{n}]", "no privacy macro") for n in range(9)),
+            (f"{p}.click_tracking_urls", "at most 8 items"),
+        ],
+    )

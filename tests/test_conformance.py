@@ -184,7 +184,7 @@ def _odd_creative(key: str, n: int, **fields: Any) -> tuple[dict[str, Any], dict
     return cr, li
 
 
-def _icon(program: str) -> dict[str, Any]:
+def _icon(program: str, **more: Any) -> dict[str, Any]:
     return {
         "program": program,
         "width": 20,
@@ -193,7 +193,25 @@ def _icon(program: str) -> dict[str, Any]:
         "y_position": "top",
         "image_url": f"https://icons.example/{program}.png",
         "creative_type": "image/png",
+        **more,
     }
+
+
+ICON_VIEW = "https://px.example/icon-view?gdpr=${GDPR}&cb=[CACHEBUSTING]"
+ICON_CLICK = "https://px.example/icon-click?ts=[TIMESTAMP]"
+FALLBACK = {
+    "image_url": "https://icons.example/why-this-ad.png",
+    "width": 400,
+    "height": 300,
+    "alt_text": "Why this ad? <see> & scan",
+}
+ADCHOICES_ICON = _icon(
+    "AdChoices",
+    click_through="https://optout.example/",
+    click_fallback_images=[FALLBACK, {**FALLBACK, "alt_text": None, "width": 200}],
+    view_tracking_urls=[ICON_VIEW],
+    click_tracking_urls=[ICON_CLICK, ICON_CLICK + "&n=2"],
+)
 
 
 MACROS = sorted(IAB_MACROS)
@@ -213,11 +231,11 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the AdChoices icon second, so that keeping "the first" would be wrong
     "icons": {
         "click_through": "https://odd.example/",
-        "icons": [_icon("Logo"), _icon("AdChoices")],
+        "icons": [_icon("Logo"), ADCHOICES_ICON],
     },
     "wrapper-icons": {
         "vast_tag_url": "https://tag.example/vast?id=1",
-        "icons": [_icon("Logo"), _icon("AdChoices")],
+        "icons": [_icon("Logo"), ADCHOICES_ICON],
     },
     "no-click": {},
     # every IAB macro the catalog takes, in a third-party tracker: vastlint knows them all
@@ -282,6 +300,18 @@ def odd_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _local(e: etree._Element) -> str:
+    return str(etree.QName(e).localname)
+
+
+def _children(e: etree._Element) -> list[str]:
+    return [_local(x) for x in e if isinstance(x.tag, str)]
+
+
+def _text(e: etree._Element) -> str:
+    return (e.text or "").strip()
+
+
 def _icon_programs(xml: bytes) -> list[str]:
     return [str(e.get("program")) for e in etree.fromstring(xml).iter("{*}Icon")]
 
@@ -306,6 +336,38 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
     )
     assert _icon_programs(docs["icons"]) == want
     assert _icon_programs(docs["wrapper-icons"]) == want
+    # the AdChoices icon's clicks, fallback images (4.2+) and trackers, in schema order
+    for key in ("icons", "wrapper-icons") if want else ():
+        (icon,) = (
+            e
+            for e in etree.fromstring(docs[key]).iter("{*}Icon")
+            if e.get("program") == "AdChoices"
+        )
+        assert _children(icon) == ["StaticResource", "IconClicks", "IconViewTracking"], key
+        assert [_text(e) for e in icon.iter("{*}IconViewTracking")] == [
+            ICON_VIEW.replace("${GDPR}", "")  # no privacy signal in the request
+        ]
+        (clicks,) = icon.iter("{*}IconClicks")
+        tracking = ["IconClickTracking"] * 2
+        if version == "3.0":
+            assert _children(clicks) == [*tracking, "IconClickThrough"], key
+        elif version in ("4.0", "4.1"):
+            assert _children(clicks) == ["IconClickThrough", *tracking], key
+        else:
+            assert _children(clicks) == ["IconClickFallbackImages", "IconClickThrough", *tracking]
+            images = [
+                (e.get("width"), e.get("height"), [(_local(x), _text(x)) for x in e])
+                for e in clicks.iter("{*}IconClickFallbackImage")
+            ]
+            url = ("StaticResource", FALLBACK["image_url"])
+            assert images == [
+                ("400", "300", [("AltText", FALLBACK["alt_text"]), url]),
+                ("200", "300", [url]),
+            ]
+        assert [_text(e) for e in clicks.iter("{*}IconClickTracking")] == [
+            ICON_CLICK,
+            ICON_CLICK + "&n=2",
+        ]
     # no click-through and no click tracker: no <VideoClicks> at all (players warn on an
     # empty one); a click tracker alone still goes out
     assert list(etree.fromstring(docs["no-click"]).iter("{*}VideoClicks")) == []
@@ -358,8 +420,21 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
         allowed = c.UNAVOIDABLE_CLIENT_WARNINGS[version]
         for key, result in zip(docs, parsed, strict=True):
             assert result["ok"], (key, result["error"])
-            bad = [w for w in result["warnings"] if not w.startswith(allowed)]
+            fallback = key.endswith("icons") and version in ("4.2", "4.3")
+            also = (FALLBACK_STATIC_RESOURCE,) if fallback else ()
+            bad = [w for w in result["warnings"] if not w.startswith((*allowed, *also))]
             assert bad == [], (key, bad)
+        # the player library reads every id (the primary one first) where they go out
+        result = parsed[list(docs).index("universal-ad-ids")]
+        (creative,) = result["ads"][0]["creatives"]
+        read = [(u["idRegistry"], u["value"]) for u in creative["universalAdIds"]]
+        assert read == (ids if version.startswith("4") else []), read
+
+
+FALLBACK_STATIC_RESOURCE = "Element 'StaticResource' missing required attribute(s) 'creativeType'"
+"""vast-client 6.4.5 asks every ``StaticResource`` for ``creativeType``; the one inside an
+``IconClickFallbackImage`` (4.2+) is a bare ``anyURI`` in the XSD, which refuses the
+attribute there."""
 
 
 @pytest.mark.parametrize("version", ["4.0", "4.1", "4.2"])

@@ -15,7 +15,7 @@ from lxml import etree
 from tests.conftest import DEMO_CATALOG, FIXED_NOW, ClientFactory, FakeClock, make_settings
 from vastserver.app import RUNTIME, create_app
 from vastserver.catalog.gen import generate_catalog
-from vastserver.catalog.model import Caption, Mezzanine
+from vastserver.catalog.model import AdRules, Caption, Mezzanine
 from vastserver.params import client_info, parse_vast_request
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, PlacedAd
@@ -67,7 +67,23 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
             cr.pop("click_through", None)
         if n % 5 == 2:
             cr["skip_offset"] = 5
-            cr["icons"] = [{**icon, "image_url": icon["image_url"] + "?x=1&y=2", "duration": 5}]
+            cr["icons"] = [
+                {
+                    **icon,
+                    "image_url": icon["image_url"] + "?x=1&y=2",
+                    "duration": 5,
+                    "click_fallback_images": [
+                        {
+                            "image_url": f"https://cdn.example/fb/{n}.png?a=1&b=2",
+                            "width": 300,
+                            "height": 200,
+                            "alt_text": 'Why "this" <ad> & more',
+                        }
+                    ],
+                    "view_tracking_urls": [f"https://px.example/iv?c={n}&a=1"],
+                    "click_tracking_urls": ["https://px.example/ic?x=1&y=2"],
+                }
+            ]
         if n % 4 == 3:
             cr["captions"] = [
                 {
@@ -332,6 +348,14 @@ async def test_pricing_follows_what_each_placed_ad_costs(catalog: Path) -> None:
         assert micros.price_micros == round(price * 1_000_000)
 
 
+def _served_4_2(doc: dict[str, Any], tmp_path: Path) -> tuple[Any, Renderer, VersionVM, AdRules]:
+    """A runtime on catalog ``doc``, its renderer, VAST 4.2 and the default ad rules."""
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc))
+    rt = _runtime(path)
+    return rt, rt.renderer, VersionVM.of("4.2"), rt.service.snapshot.catalog.rules_for(None)
+
+
 async def test_privacy_macros_fill_in_the_cached_fragment_per_request(
     tmp_path: Path,
 ) -> None:
@@ -350,12 +374,7 @@ async def test_privacy_macros_fill_in_the_cached_fragment_per_request(
                 cr.pop(key, None)
             cr.pop("trackers", None)
             cr["vast_tag_url"] = f"https://tp.example/v?n={n}&g=${{GDPR}}&c=${{GDPR_CONSENT_1}}"
-    path = tmp_path / "catalog.json"
-    path.write_text(json.dumps(doc))
-    rt = _runtime(path)
-    r: Renderer = rt.renderer
-    ver = VersionVM.of("4.2")
-    rules = rt.service.snapshot.catalog.rules_for(None)
+    rt, r, ver, rules = _served_4_2(doc, tmp_path)
     got: dict[str, list[str]] = {}
     for consent in ("CPaaaaaa.one", "CPbbbbbb.two"):
         q = {
@@ -382,3 +401,33 @@ async def test_privacy_macros_fill_in_the_cached_fragment_per_request(
                 assert "https://px.example/s?u=1YNN&s=7&t=[TIMESTAMP]" in fast
                 got.setdefault(consent, []).append(fast)
     assert len(got) == 4
+
+
+async def test_privacy_macros_of_icon_trackers_fill_in_per_request(tmp_path: Path) -> None:
+    """An icon's view and click trackers may carry privacy macros, like the creative's: the
+    cached fragment gets each request's values, as the template would write them."""
+    doc = generate_catalog(60, 5, now=FIXED_NOW)
+    icon = next(cr["icons"][0] for cr in doc["creatives"] if cr.get("icons"))
+    for n, cr in enumerate(doc["creatives"]):
+        cr.pop("trackers", None)
+        cr["icons"] = []
+        if n % 2 == 0:
+            view = f"https://px.example/iv?n={n}&g=${{GDPR}}&a=1"
+            click = "https://px.example/ic?c=${GDPR_CONSENT_755}"
+            cr["icons"] = [{**icon, "view_tracking_urls": [view], "click_tracking_urls": [click]}]
+    rt, r, ver, rules = _served_4_2(doc, tmp_path)
+    seen = []
+    for consent in ("CPaaaaaa.one", "CPbbbbbb.two"):
+        q = {"pod_duration": "120", "max_ads": "4", "gdpr": "1", "gdpr_consent": consent}
+        d = await rt.service.decide(parse_vast_request(q, client_info({}, "127.0.0.1"), rules))
+        for a in d.ads:
+            fast = r._ad_fast(d, a, ver)
+            assert fast == r._ad_full(d, a, ver, None)
+            if a.candidate.creative.icons:
+                assert a.candidate.creative.privacy_macros
+                assert "&g=1&a=1]]></IconViewTracking>" in fast
+                assert f"<IconClickTracking><![CDATA[https://px.example/ic?c={consent}]]>" in fast
+                seen.append(consent)
+            else:
+                assert not a.candidate.creative.privacy_macros
+    assert sorted(set(seen)) == ["CPaaaaaa.one", "CPbbbbbb.two"]

@@ -137,6 +137,14 @@ class VerificationVM:
 
 
 @dataclass(frozen=True, slots=True)
+class FallbackImageVM:
+    url: Markup
+    width: int
+    height: int
+    alt_text: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class IconVM:
     program: str
     width: int
@@ -148,6 +156,10 @@ class IconVM:
     creative_type: str
     image_url: Markup
     click_through: Markup | None
+    fallback_images: tuple[FallbackImageVM, ...]
+    """``IconClickFallbackImages``, where the version has them (:attr:`VersionVM.v42`)."""
+    view_tracking: tuple[Markup, ...]
+    click_tracking: tuple[Markup, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,11 +528,15 @@ class Renderer:
         events = list(LINEAR_EVENTS_BY_VERSION[version])
         if cr.skip_offset_ms is not None and version != "2.0":
             events.append("skip")
+
+        def fill(u: str) -> str:  # a third party's URL, with its privacy macros filled in
+            return fill_privacy(u, privacy) if cr.privacy_macros else u
+
         extra = cr.trackers
         tag = cr.vast_tag_url
         if cr.privacy_macros:
-            extra = {e: tuple(fill_privacy(u, privacy) for u in us) for e, us in extra.items()}
-            tag = None if tag is None else fill_privacy(tag, privacy)
+            extra = {e: tuple(map(fill, us)) for e, us in extra.items()}
+            tag = None if tag is None else fill(tag)
         tracking = []
         for e in events:  # ours, then the third-party trackers of the same event
             tracking.append(TrackingVM(e, url(e)))
@@ -593,6 +609,14 @@ class Renderer:
                     creative_type=i.creative_type,
                     image_url=_cdata(i.image_url),
                     click_through=None if i.click_through is None else _cdata(i.click_through),
+                    fallback_images=tuple(
+                        FallbackImageVM(_cdata(f.image_url), f.width, f.height, f.alt_text)
+                        for f in i.click_fallback_images
+                    )
+                    if ver.v42
+                    else (),
+                    view_tracking=tuple(_cdata(fill(u)) for u in i.view_tracking_urls),
+                    click_tracking=tuple(_cdata(fill(u)) for u in i.click_tracking_urls),
                 )
                 for i in icons_for(cr.icons, ver.max_icons)
             ),

@@ -55,6 +55,7 @@ from vastserver.catalog.model import (
     Delivery,
     FrequencyCap,
     Icon,
+    IconFallbackImage,
     LineItem,
     Mezzanine,
     Pacing,
@@ -456,8 +457,9 @@ def _url(
 ) -> str | _Invalid:
     """:func:`url`; with ``privacy_macros``, ``${GDPR}``-style privacy macros (which the
     renderer fills in, :func:`vastserver.tracking.fill_privacy`) may stand after the host:
-    in a creative's trackers and its ``vast_tag_url``. ``more_macros``: IAB macros allowed
-    here beside :data:`IAB_MACROS` (``REASON`` in ``verificationNotExecuted`` URLs)."""
+    in a creative's trackers (its icons' too) and its ``vast_tag_url``. ``more_macros``: IAB
+    macros allowed here beside :data:`IAB_MACROS` (``REASON`` in ``verificationNotExecuted``
+    URLs)."""
     if not isinstance(v, str):
         return _wrong_type(errs, path, "an http(s) URL", v)
     if len(v) > 4096:
@@ -484,7 +486,7 @@ def _url(
         if c in "{}" and any(is_privacy_macro(m.group()) for m in DOLLAR_MACRO.finditer(v)):
             hint = (
                 "; privacy macros such as ${GDPR} are filled in only in a creative's"
-                " trackers and vast_tag_url"
+                " trackers (its icons' too) and vast_tag_url"
             )
         return _fail(
             errs,
@@ -851,8 +853,24 @@ def _icon(d: dict[str, Any]) -> Icon:
         click_through=d["click_through"],
         duration_ms=_seconds_or_ms(d, "duration"),
         offset_ms=_seconds_or_ms(d, "offset"),
+        click_fallback_images=d["click_fallback_images"],
+        view_tracking_urls=d["view_tracking_urls"],
+        click_tracking_urls=d["click_tracking_urls"],
     )
 
+
+ICON_FALLBACK_IMAGE = Obj(
+    "icon click fallback image",
+    {
+        "image_url": F(https_only("icon click fallback images")),
+        # vastlint warns on a fallback image without its size
+        "width": F(PIXELS),
+        "height": F(PIXELS),
+        "alt_text": F(nullable(NAME), None),
+    },
+    lambda d: IconFallbackImage(**d),
+)
+_ICON_TRACKERS = list_of(tracker_url, max_len=MAX_TRACKERS_PER_EVENT)
 
 ICON = Obj(
     "icon",
@@ -869,6 +887,9 @@ ICON = Obj(
         "duration_ms": F(MILLIS, _ABSENT),
         "offset": F(OFFSET_SECONDS, _ABSENT),
         "offset_ms": F(OFFSET_MILLIS, _ABSENT),
+        "click_fallback_images": F(list_of(ICON_FALLBACK_IMAGE, max_len=8), ()),
+        "view_tracking_urls": F(_ICON_TRACKERS, ()),
+        "click_tracking_urls": F(_ICON_TRACKERS, ()),
     },
     _icon,
     checks=[
@@ -968,6 +989,11 @@ def _media_or_tag(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Is
             _fail(errs, f"{path}.{key}", "not with 'vast_tag_url' (the tag's ad has its own)")
 
 
+def _icon_trackers(icon: Icon) -> tuple[str, ...]:
+    """An icon's third-party tracking URLs (which may carry privacy macros)."""
+    return icon.view_tracking_urls + icon.click_tracking_urls
+
+
 def _creative(d: dict[str, Any]) -> Creative:
     duration_ms = _seconds_or_ms(d, "duration")
     assert duration_ms is not None  # guaranteed by the either() check
@@ -981,7 +1007,8 @@ def _creative(d: dict[str, Any]) -> Creative:
         captions=d["captions"],
         trackers=d["trackers"],
         privacy_macros=has_privacy_macros(d["vast_tag_url"] or "")
-        or any(has_privacy_macros(u) for us in d["trackers"].values() for u in us),
+        or any(has_privacy_macros(u) for us in d["trackers"].values() for u in us)
+        or any(has_privacy_macros(u) for i in d["icons"] for u in _icon_trackers(i)),
         universal_ad_id=d["universal_ad_id"],
         universal_ad_id_registry=d["universal_ad_id_registry"],
         more_universal_ad_ids=d["universal_ad_ids"],

@@ -126,6 +126,17 @@ class UniversalAdId:
 
 
 @dataclass(frozen=True, slots=True)
+class IconFallbackImage:
+    """An image a player shows when it cannot open an icon's click-through (a TV cannot
+    open a web page): VAST 4.2+ ``IconClickFallbackImage``."""
+
+    image_url: str
+    width: int
+    height: int
+    alt_text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Icon:
     program: str
     width: int
@@ -137,6 +148,12 @@ class Icon:
     click_through: str | None = None
     duration_ms: int | None = None
     offset_ms: int | None = None
+    click_fallback_images: tuple[IconFallbackImage, ...] = ()
+    """``IconClickFallbackImages`` (VAST 4.2+: the 4.1 XSD lacks the element)."""
+    view_tracking_urls: tuple[str, ...] = ()
+    """``IconViewTracking``: third-party URLs the player calls when it shows the icon."""
+    click_tracking_urls: tuple[str, ...] = ()
+    """``IconClickTracking``: third-party URLs the player calls on a click on the icon."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +195,9 @@ class Creative:
     """Third-party tracking URLs by event (``impression``, ``click``, linear events): sent
     beside ours, as the advertiser's ad server or a measurement vendor requires."""
     privacy_macros: bool = field(default=False, compare=False)
-    """Whether a tracker or the ``vast_tag_url`` carries privacy macros (``${GDPR}``...) for
-    the renderer to fill in (set at load, so that ads without them skip the work)."""
+    """Whether a tracker (an icon's too) or the ``vast_tag_url`` carries privacy macros
+    (``${GDPR}``...) for the renderer to fill in (set at load, so that ads without them skip
+    the work)."""
     media_key: str = field(default="", compare=False)
     """The video's identity, shared by every creative of the catalog showing the same video
     (set at load, see ``catalog.load.media_keys``); empty: the creative's own."""
