@@ -538,23 +538,48 @@ def test_what_only_loading_finds_wrong_is_a_clean_start_up_error(tmp_path: Path)
     geo.write_text("nonsense,US\n10.0.0.0/8,US\n11.0.0.0/8,USA\n")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    for args, env, expected in (
-        (("--catalog", str(bad)), _env(), ("2 errors in catalog", ".price", ".campaign_id")),
+    state = tmp_path / "state.json"
+    state.write_text("not json\n")
+    for args, env, expected, events in (
+        (
+            ("--catalog", str(bad)),
+            _env(),
+            ("2 errors in catalog", ".price", ".campaign_id"),
+            ["catalog_invalid"],
+        ),
         (  # a bad catalog and a bad geo table: both told at once, every row of each
             ("--catalog", str(bad)),
             _env(VASTSERVER_GEO_DB=str(geo)),
             ("2 errors in catalog", ".price", "2 bad rows in geo table", "geo.csv:1:", ":3:"),
+            ["geo_invalid", "catalog_invalid"],
         ),
         (
             ("--event-log", str(blocker / "events")),
             _env(),
             ("cannot start", "a-file/events"),
+            ["start_failed"],
+        ),
+        (
+            ("--event-log", "off", "--state-file", str(state)),
+            _env(),
+            (str(state), "move it away"),
+            ["state_file_invalid"],
         ),
     ):
         srv = Server(*args, env=env)
         out = srv.proc.stdout.read().decode() if srv.proc.stdout else ""
         assert srv.proc.wait(20) == 2, out
         assert all(x in out for x in expected) and "Traceback" not in out, out
+        # One JSON object per line, as every other log line: the failure is an event
+        # with its message for a human, not plain text.
+        lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+        failed = [x for x in lines if x["level"] == "error"]
+        assert [x["event"] for x in failed] == events, out
+        assert all(x["msg"] for x in failed)
+        for x in failed:
+            if x["event"] == "catalog_invalid":
+                assert len(x["issues"]) == 2 and x["path"] == str(bad), x
+                assert any(".price" in i for i in x["issues"]), x
 
 
 def test_an_unknown_log_level_is_a_settings_error() -> None:

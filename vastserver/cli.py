@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -128,22 +129,12 @@ def _run_worker(
         pass
     try:
         app = create_app(settings)
-    except StateFileError as e:
-        hint = (
-            "stop the other server, or give this one another --state-file"
-            if e.in_use
-            else "move it away to start with empty state"
-        )
-        print(f"{e} ({hint})", file=sys.stderr)
-        sys.exit(2)
-    except StartupErrors as e:  # several files bad: every problem of each
-        print(f"cannot start:\n{e}", file=sys.stderr)
-        sys.exit(2)
-    except (CatalogError, GeoError, OSError, TemplateError) as e:
-        # What the settings name but only loading finds wrong: the catalog's contents, the
-        # geo database's rows, an event-log directory that cannot be made, the templates.
-        what = "templates" if isinstance(e, TemplateError) else type(e).__name__
-        print(f"cannot start: {what}: {e}", file=sys.stderr)
+    except (StateFileError, StartupErrors, CatalogError, GeoError, OSError, TemplateError) as e:
+        # What the settings name but only loading finds wrong: the state file, the catalog's
+        # contents, the geo database's rows, an event-log directory that cannot be made, the
+        # templates.
+        for error in e.errors if isinstance(e, StartupErrors) else [e]:
+            _load_failed(settings, error)
         sys.exit(2)
     # Everything loaded at start-up is long-lived: keep it out of the GC's generations.
     gc.collect()
@@ -301,6 +292,44 @@ def _settings_invalid(problems: list[str]) -> None:
         problems=problems,
         msg="invalid settings: " + "; ".join(problems),
     )
+
+
+def _load_failed(settings: Settings, e: Exception) -> None:
+    """A file the settings name that loading found wrong, as one JSON log line with a
+    message for a human (exit status 2, the caller's): ``catalog_invalid`` (with every
+    issue), ``geo_invalid``, ``state_file_invalid`` (``state_file_in_use`` when another
+    server holds it), ``templates_invalid``, else ``start_failed``."""
+    from jinja2 import TemplateError
+
+    from vastserver.catalog.load import CatalogError
+    from vastserver.geo import GeoError
+    from vastserver.store.statefile import StateFileError
+
+    fields: dict[str, Any] = {"error": str(e)}
+    if isinstance(e, StateFileError):
+        hint = (
+            "stop the other server, or give this one another --state-file"
+            if e.in_use
+            else "move it away to start with empty state"
+        )
+        name = "state_file_in_use" if e.in_use else "state_file_invalid"
+        event(
+            log, name, logging.ERROR, path=str(settings.state_file), **fields, msg=f"{e} ({hint})"
+        )
+        return
+    if isinstance(e, CatalogError):
+        name = "catalog_invalid"
+        fields = {"path": e.source, "issues": [str(issue) for issue in e.errors]}
+    elif isinstance(e, GeoError):
+        name = "geo_invalid"
+        fields["path"] = str(settings.geo_path)
+    elif isinstance(e, TemplateError):
+        name = "templates_invalid"
+    else:
+        name = "start_failed"
+        fields["error_type"] = type(e).__name__
+    what = "templates" if isinstance(e, TemplateError) else type(e).__name__
+    event(log, name, logging.ERROR, **fields, msg=f"cannot start: {what}: {e}")
 
 
 def _listen_failed(host: str, port: int, e: OSError, *, metrics: bool = False) -> None:
