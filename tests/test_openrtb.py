@@ -281,6 +281,26 @@ def test_dai_like_pre_roll_with_required_durations() -> None:
     assert req.viewer_key() == "session:sess-9"
 
 
+@pytest.mark.parametrize(
+    "device",
+    [{"lmt": 1}, {"ifa": "00000000-0000-0000-0000-000000000000"}, {"ifa": "0", "lmt": 0}],
+)
+def test_limited_ad_tracking_drops_the_ifa_and_the_segments(device: dict[str, Any]) -> None:
+    """``device.lmt`` = 1 kept ``user.data`` segments, and the all-zero IFA without ``lmt``
+    fell back to an IP + UA key: both are the device's opt-out of tracking and of
+    interest-based ads, as ``lmt=1`` on /vast. Neither the IFA nor the segments are used."""
+    doc = dynamic_pod()
+    doc["device"].update(device)
+    req = parse(doc).request
+    assert req.device.lmt is True and req.device.ifa is None
+    assert req.segments == ()
+    assert not req.permissions.device_id and not req.permissions.segments
+    assert req.viewer_key() is None  # no session: never an "ipua:" fingerprint
+    plain = parse(dynamic_pod()).request
+    assert plain.segments == ("cord_cutters", "adults_21plus") and plain.device.ifa
+    assert plain.permissions.device_id and plain.permissions.segments
+
+
 def test_structured_pod_of_three_slots() -> None:
     pod = parse(structured_pod())
     brk = pod.request.brk

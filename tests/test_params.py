@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from vastserver.consent import Permissions
 from vastserver.params import ClientInfo, ParamError, client_info, header_text
 
 PEER = "192.0.2.10"
@@ -131,27 +132,44 @@ ZERO_IFA = "00000000-0000-0000-0000-000000000000"
 
 
 @pytest.mark.parametrize("ifa", [ZERO_IFA, "00000000000000000000000000000000", "0"])
-def test_the_all_zero_ifa_names_no_viewer(ifa: str) -> None:
-    """A tvOS app without tracking consent sends the all-zero IFA: keyed as an IFA it made
-    every such household one viewer, sharing caps. It is dropped as OpenRTB drops it: each
-    household is then known by its IP + UA, and ``lmt`` stays as sent."""
+def test_the_all_zero_ifa_counts_as_limited_ad_tracking(ifa: str) -> None:
+    """A tvOS app without ATT consent (an Android device with limit ad tracking on) sends
+    the all-zero IFA: the viewer refused tracking. Keyed as an IFA it made every such
+    household one viewer; it then fell back to an IP + UA fingerprint for caps, history
+    and arms, and kept the audience segments. It counts as ``lmt=1``: caps on the session
+    only, no segments, no fingerprint."""
     from vastserver.catalog.model import AdRules
-    from vastserver.params import parse_targeting, parse_vast_request
+    from vastserver.params import parse_vast_request
 
-    keys = set()
-    for n in range(3):
-        client = client_info(
-            {"X-Forwarded-For": f"203.0.113.{n}", "User-Agent": f"AppleTV/17.{n}"}, PEER
-        )
-        req = parse_vast_request({"device_id": ifa}, client, AdRules())
-        assert req.device.ifa is None and req.device.lmt is False
-        assert req.viewer_key() == parse_vast_request({}, client, AdRules()).viewer_key()
-        keys.add(req.viewer_key())
-        assert parse_targeting({"device_id": ifa, "lmt": "1"}, client).device.lmt is True
-    assert len(keys) == 3
+    client = client_info({"X-Forwarded-For": "203.0.113.9", "User-Agent": "AppleTV/17.1"}, PEER)
+    q = {"device_id": ifa, "segments": "sports_fans,auto_intenders"}
+    req = parse_vast_request(q, client, AdRules())
+    assert req.device.ifa is None and req.device.lmt is True
+    assert req.segments == ()
+    assert req.permissions == Permissions(device_id=False, segments=False)
+    assert req.viewer_key() is None  # no session: no viewer to know, never "ipua:..."
+    with_session = parse_vast_request({**q, "session": "s-1"}, client, AdRules())
+    assert with_session.viewer_key() == "session:s-1"
     real = "6D92078A-8246-4BA4-AE5B-76104861E7DC"
+    req = parse_vast_request({**q, "device_id": real}, client, AdRules())
+    assert req.device.ifa == real and req.device.lmt is False
+    assert req.segments == ("sports_fans", "auto_intenders")
+    assert req.viewer_key() == f"ifa:{real}"
+
+
+def test_lmt_drops_the_audience_segments() -> None:
+    """Limit ad tracking is the device's opt-out of interest-based ads: ``lmt=1`` kept the
+    segments (a US opt-out already dropped them). Both are now dropped, with the IFA."""
+    from vastserver.params import parse_targeting
+
     client = client_info({}, PEER)
-    assert parse_vast_request({"device_id": real}, client, AdRules()).device.ifa == real
+    q = {"device_id": "6D92078A-8246-4BA4-AE5B-76104861E7DC", "segments": "sports_fans"}
+    assert parse_targeting(q, client).segments == ("sports_fans",)
+    for lmt in ("1", "true"):
+        got = parse_targeting({**q, "lmt": lmt}, client)
+        assert got.segments == () and got.device.lmt is True and got.device.ifa is None
+        assert got.permissions == Permissions(device_id=False, segments=False)
+    assert parse_targeting({**q, "lmt": "0"}, client).segments == ("sports_fans",)
 
 
 def test_device_ip_and_ua_parameters_rank_below_the_ssai_headers() -> None:

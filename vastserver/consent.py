@@ -48,9 +48,11 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "ALL",
     "MAX_GPP_SECTIONS",
     "MAX_TC_STRING",
     "MAX_US_PRIVACY",
+    "NONE",
     "NO_SIGNALS",
     "US_SECTIONS",
     "GppSignals",

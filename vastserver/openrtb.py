@@ -50,8 +50,10 @@ of the pod must agree.
 
 Mapped elsewhere
 ----------------
-* ``device``: ip/ipv6 (else the HTTP layer's device IP), ua, ifa (the all-zero IFA sent under
-  limited ad tracking is dropped), lmt, devicetype (AdCOM list), os/make -> platform,
+* ``device``: ip/ipv6 (else the HTTP layer's device IP), ua, ifa, lmt (``lmt`` = 1, or the
+  all-zero IFA of a device that does not allow tracking, counts as limited ad tracking: the
+  IFA and the segments are dropped, as ``lmt=1`` on ``/vast``), devicetype (AdCOM list),
+  os/make -> platform,
   ``geo.country`` (alpha-3 -> alpha-2; alpha-2 accepted too), ``geo.region`` (prefixed with
   the country: ``NY`` -> ``US-NY``, the catalog's ISO 3166-2 form), ``geo.metro`` -> dma,
   language/langb (primary subtag, lowercased), ``device.ext.ifa_type`` or ``ext.ifa_type``.
@@ -124,7 +126,7 @@ from vastserver.params import (
     ClientInfo,
     ParamError,
     is_id,
-    real_ifa,
+    limit_tracking,
 )
 from vastserver.pipeline.context import (
     VAST_VERSIONS,
@@ -725,7 +727,6 @@ def _device(root: Obj, client: ClientInfo) -> Device:
     ifa = _opt_str(dev, "ifa", "device")
     if ifa is not None and not is_id(ifa):
         ifa = None
-    ifa = real_ifa(ifa)
     ifa_type = _opt_str(ext, "ifa_type", "device.ext") or _opt_str(top_ext, "ifa_type", "ext")
     if ifa_type is not None:
         ifa_type = ifa_type.lower() if _TOKEN_RE.match(ifa_type) else None
@@ -1002,8 +1003,8 @@ def parse_bid_request(
     content, content_language = _content(root)
     allowed, privacy = _consent(root, tcf_vendor_id, child_directed=content.kids)
     device = _device(root, client)
-    if not allowed.device_id:
-        device = replace(device, ifa=None, lmt=True)
+    allowed, ifa = limit_tracking(allowed, device.ifa, device.lmt)
+    device = replace(device, ifa=ifa, lmt=not allowed.device_id)
     if device.language is None and content_language is not None:
         device = replace(device, language=content_language)
 
@@ -1036,6 +1037,7 @@ def parse_bid_request(
         mimes=_pod_mimes(imps),
         test=_opt_flag(root, "test", "") is True,
         privacy=privacy,
+        permissions=allowed,
     )
     return OpenRtbPod(
         request=request,

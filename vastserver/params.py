@@ -15,9 +15,11 @@ from types import MappingProxyType
 
 from vastserver.catalog.model import MAX_ADS, MAX_POD_S, RATINGS, AdRules, BreakPosition
 from vastserver.consent import (
+    ALL,
     MAX_TC_STRING,
     MAX_US_PRIVACY,
     NO_SIGNALS,
+    NONE,
     Permissions,
     PrivacySignals,
     parse_gpp_sid,
@@ -173,15 +175,25 @@ def _id(q: Mapping[str, str], name: str) -> str | None:
     return got[1]
 
 
-def real_ifa(ifa: str | None) -> str | None:
-    """``ifa`` unless it is the all-zero IFA (``00000000-0000-0000-0000-000000000000``) a
-    device sends when tracking is not allowed (tvOS/iOS without ATT consent, Android with
-    the ad ID deleted): that names no viewer, and keyed as one it would make every such
-    household one viewer with shared caps. /vast, /vmap, /decide and OpenRTB drop it alike;
-    the viewer is then known as any without an IFA is (``lmt`` as sent)."""
-    if ifa is None or _ZERO_IFA_RE.fullmatch(ifa):
-        return None
-    return ifa
+def is_zero_ifa(ifa: str | None) -> bool:
+    """Whether ``ifa`` is the all-zero IFA (``00000000-0000-0000-0000-000000000000``) a
+    device sends when the viewer does not allow tracking (tvOS/iOS without ATT consent,
+    Android with limit ad tracking on or the ad ID deleted)."""
+    return ifa is not None and _ZERO_IFA_RE.fullmatch(ifa) is not None
+
+
+def limit_tracking(
+    allowed: Permissions, ifa: str | None, lmt: bool
+) -> tuple[Permissions, str | None]:
+    """The device's own opt-outs on top of what the consent allows, and the IFA left to key
+    on. ``lmt`` (limit ad tracking) is the device's opt-out of interest-based ads, and the
+    all-zero IFA says the same (the viewer refused tracking; keyed as an IFA it would also
+    make every such household one viewer): either refuses the device identifier (caps on
+    the session only) and the audience segments, as a refused consent does. /vast, /vmap,
+    /decide and OpenRTB read them alike."""
+    if lmt or is_zero_ifa(ifa):
+        allowed = NONE
+    return allowed, ifa if allowed.device_id else None
 
 
 def _choice(
@@ -332,6 +344,8 @@ class Targeting:
     segments: tuple[str, ...]
     key_values: Mapping[str, str]
     privacy: PrivacySignals = NO_SIGNALS
+    permissions: Permissions = ALL
+    """What the consent and ``lmt`` allow (:func:`limit_tracking`)."""
 
     def request(self, brk: BreakSpec, *, require_https: bool = True) -> AdRequest:
         return AdRequest(
@@ -350,6 +364,7 @@ class Targeting:
             caller_user_agent=self.client.caller_user_agent,
             require_https=require_https,
             privacy=self.privacy,
+            permissions=self.permissions,
         )
 
 
@@ -394,9 +409,11 @@ def parse_targeting(
 ) -> Targeting:
     """Viewer, device and content parameters shared by /vast, /vmap and /decide. Without
     consent to use a device identifier the viewer counts as under limited ad tracking, and
-    without consent to personalised ads the segments are ignored (:mod:`vastserver.consent`)."""
+    without consent to personalised ads the segments are ignored (:mod:`vastserver.consent`);
+    ``lmt`` and the all-zero IFA refuse both (:func:`limit_tracking`)."""
     kids = _flag(q, "kids", False)
-    allowed, privacy = parse_consent(q, tcf_vendor_id, child_directed=kids)
+    consented, privacy = parse_consent(q, tcf_vendor_id, child_directed=kids)
+    allowed, ifa = limit_tracking(consented, _id(q, "device_id"), _flag(q, "lmt", False))
     rating = _choice(q, "rating", RATINGS)
     country = _text(q, "country")
     if country is not None and not _COUNTRY_RE.match(country):
@@ -408,9 +425,9 @@ def parse_targeting(
     device = Device(
         ip=client.device_ip,
         user_agent=client.device_user_agent,
-        ifa=real_ifa(_id(q, "device_id")) if allowed.device_id else None,
+        ifa=ifa,
         ifa_type=_token(q, "ifa_type"),
-        lmt=_flag(q, "lmt", False) or not allowed.device_id,
+        lmt=not allowed.device_id,
         device_type=_choice(q, "device_type", DEVICE_TYPES),
         platform=_choice(q, "platform", PLATFORMS),
         country=country.upper() if country else None,
@@ -449,6 +466,7 @@ def parse_targeting(
         segments=_list(q, "segments") if allowed.segments else (),
         key_values=MappingProxyType(kv),
         privacy=privacy,
+        permissions=allowed,
     )
 
 

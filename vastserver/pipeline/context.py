@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 from vastserver.catalog import model as catalog_model
 from vastserver.catalog.model import BreakPosition
-from vastserver.consent import NO_SIGNALS, PrivacySignals
+from vastserver.consent import ALL, NO_SIGNALS, Permissions, PrivacySignals
 from vastserver.pipeline.pod import SlotRule
 
 Clock = Callable[[], datetime]
@@ -135,9 +135,15 @@ class AdRequest:
     remembered and the ads' beacons count nothing (their tokens carry the flag)."""
     privacy: PrivacySignals = NO_SIGNALS
     """The privacy signals, for the privacy macros in third parties' trackers."""
+    permissions: Permissions = ALL
+    """What the consent and the device's own opt-outs (``lmt``, the all-zero IFA) let the
+    decision use: the device identifier and ``segments`` are already left out where they
+    may not be; this says so (the decision record keeps it)."""
 
     def viewer_key(self) -> str | None:
         """Stable key for frequency capping: IFA, else a hash input of IP + UA; never cookies.
+        (A device that refuses tracking, ``lmt`` or the all-zero IFA, arrives with ``lmt``
+        set: :func:`vastserver.params.limit_tracking`.)
 
         With ``lmt`` the viewer has no per-device profile; the session stands in for it, and
         without a session there is no viewer to know: None (no caps, exposures or history
