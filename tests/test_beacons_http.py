@@ -209,6 +209,52 @@ async def test_a_beacon_behind_a_proxy_logs_the_device_as_vast_reads_it(
     assert {b["caller_ip"] for b in beacons} == {"127.0.0.1"}
 
 
+@pytest.mark.parametrize(
+    ("query", "personal"),
+    [
+        ("device_id=d1", True),
+        ("device_id=d1&kids=1", True),  # no segments, but the device may be known
+        ("device_id=d1&lmt=1", False),
+        ("device_id=00000000-0000-0000-0000-000000000000", False),
+        ("device_id=d1&gdpr=1", False),  # the GDPR applies, no consent string
+    ],
+)
+async def test_a_beacon_of_a_viewer_who_refused_tracking_logs_no_device_ip_or_ua(
+    make_client: ClientFactory, tmp_path: Path, query: str, personal: bool
+) -> None:
+    """Every beacon logged the device's full IP and user agent, whatever the consent: a
+    viewer under ``lmt=1``, the all-zero IFA or ``gdpr=1`` without consent was kept out of
+    caps and profiles, and still left a fingerprint on every beacon. Their tokens carry
+    ``lmt``: those beacons log ``device_ip`` and ``device_user_agent`` as null; they still
+    count, and the others are logged as before."""
+    client: Any = await make_client(event_log=str(tmp_path))
+    ad = await _first_ad(client, "pod_duration=30&max_ads=1&session=s-1&" + query)
+    device = {"X-Forwarded-For": "198.51.100.23", "User-Agent": "Roku/DVP-12.0 serial=YH00AB1"}
+    imp = _local(_tracking(ad, "impression"))
+    assert (await client.get(imp, headers=device)).status == 204
+    assert (await client.get(imp, headers=device)).status == 204  # a replay
+    start = _local(_tracking(ad, "start"))
+    ssai = {"X-Device-IP": "198.51.100.23", "X-Device-User-Agent": "Roku/9", **device}
+    assert (await client.get(start, headers=ssai)).status == 204
+    await client.close()  # flushes the log
+    beacons = [r for r in read_events([tmp_path]) if r["type"] == "beacon"]
+    assert [(b["event"], b["result"]) for b in beacons] == [
+        ("impression", "ok"),
+        ("impression", "replay"),
+        ("start", "ok"),
+    ]
+    seen = [(b["device_ip"], b["device_user_agent"]) for b in beacons]
+    if personal:
+        assert seen == [
+            ("198.51.100.23", "Roku/DVP-12.0 serial=YH00AB1"),
+            ("198.51.100.23", "Roku/DVP-12.0 serial=YH00AB1"),
+            ("198.51.100.23", "Roku/9"),
+        ]
+    else:
+        assert seen == [(None, None)] * 3
+    assert {b["caller_ip"] for b in beacons} == {"127.0.0.1"}  # the peer, as before
+
+
 async def test_report_from_event_log(
     make_client: ClientFactory, tmp_path: Path, capsys: Any
 ) -> None:

@@ -585,11 +585,13 @@ def _record_beacon(
     error_code: int | None,
 ) -> None:
     """Every beacon goes to the event log, counted or not (replays are evidence too). Runs
-    after the count: whatever the record holds, the beacon's answer stays the same."""
+    after the count: whatever the record holds, the beacon's answer stays the same. The ad
+    of a viewer who refused tracking (its token's ``lmt``: ``lmt=1``, the all-zero IFA, no
+    GDPR consent to a device identifier) leaves no device IP or user agent in the log."""
     if isinstance(rt.events, NullSink):
         return  # no log: not even the record's construction
     params = beacon_log_params(request.query)  # what only the log reads
-    device_ip, ua = _beacon_device(request)
+    device_ip, ua = (None, None) if token is not None and token.lmt else _beacon_device(request)
     try:
         rt.events.append(
             beacon_record(
