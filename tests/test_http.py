@@ -267,6 +267,43 @@ async def test_device_ip_and_ua_parameters_are_read_and_carried_into_vmap_tags(
         assert q["device_ip"] == ["2001:db8::7"] and q["device_ua"] == ["Roku/DVP 12.0"]
 
 
+@pytest.mark.parametrize(
+    ("extra", "kept"),
+    [
+        ("", {"device_id", "segments"}),
+        ("&gdpr=1", set()),  # the GDPR applies, no consent string
+        ("&lmt=1", set()),
+        ("&us_privacy=1YYN", {"device_id"}),  # an opt-out of sale: no segments
+    ],
+)
+async def test_vmap_tags_carry_no_ifa_or_segments_the_consent_forbids(
+    client: Any, extra: str, kept: set[str]
+) -> None:
+    """A VMAP under ``gdpr=1`` without consent repeated the viewer's IFA and segments in
+    every break's ad tag, to the player, the stitcher and their logs, though the /vast
+    behind the tag may use neither. They are left out where the consent (or ``lmt``)
+    forbids them, and that /vast decides the same either way."""
+    from vastserver.catalog.model import AdRules
+    from vastserver.params import client_info, parse_vast_request
+
+    ifa, segments = "6D92078A-8246-4BA4-AE5B-76104861E7DC", "sports_fans,auto_intenders"
+    query = f"content_duration=600&cue_points=300&session=s-1&device_id={ifa}&segments={segments}"
+    resp = await client.get(f"/vmap?{query}&device_ip=198.51.100.23{extra}")
+    assert resp.status == 200
+    root = etree.fromstring(await resp.read())
+    tags = [t.text.strip() for t in root.iterfind(".//vmap:AdTagURI", NS)]
+    assert len(tags) == 3
+    device = client_info({}, "127.0.0.1")
+    for tag in tags:
+        q = {k: v[0] for k, v in parse_qs(urlsplit(tag).query).items()}
+        assert {"device_id", "segments"} & q.keys() == kept
+        assert q["device_ip"] == "198.51.100.23" and q["session"] == "s-1"
+        full = {**q, "device_id": ifa, "segments": segments}
+        assert parse_vast_request(q, device, AdRules()) == parse_vast_request(
+            full, device, AdRules()
+        )
+
+
 async def test_non_utf8_user_agents_are_served_and_logged(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:

@@ -29,6 +29,7 @@ from yarl import URL as YarlURL
 
 from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import BreakPosition, Catalog
+from vastserver.consent import Permissions
 from vastserver.delivery import DeliveryControl, claim_window_s
 from vastserver.eventlog import EventLog
 from vastserver.explain import decision_json
@@ -434,6 +435,7 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
     if targeting.session is None:
         targeting = replace(targeting, session=new_ad_serving_id(rt.rng))
     session = targeting.session or ""
+    q = _carried_to_tags(q, targeting.permissions)
 
     def as_vast(params: Mapping[str, str]) -> AdRequest:  # what each tag's /vast will parse
         return parse_vast_request(
@@ -468,6 +470,18 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         breaks, decisions, tags, session=session, debug=base.debug, vast_version=version
     )
     return _xml(body)
+
+
+def _carried_to_tags(q: dict[str, str], allowed: Permissions) -> dict[str, str]:
+    """The VMAP's parameters less what its consent (or ``lmt``) forbids the decision to use:
+    the ad tags would repeat a viewer's IFA and segments in every break's URL (to the
+    player, the stitcher and their logs) for a ``/vast`` that ignores them anyway."""
+    dropped = {
+        name
+        for name, ok in (("device_id", allowed.device_id), ("segments", allowed.segments))
+        if not ok
+    }
+    return {k: v for k, v in q.items() if k not in dropped}
 
 
 INLINE_HORIZON_DIVISOR = 4
