@@ -236,6 +236,13 @@ def test_a_core_segment_cut_at_any_character_still_decodes() -> None:
         (True, tc_string({1, 2, 3}, li={4}), None, True, False),
         (True, tc_string({1, 2, 3, 4}, vendors={5}), 5, True, True),
         (True, tc_string({1, 2, 3, 4}, vendors={5}), 6, False, False),  # not our vendor
+        # purpose 2 on legitimate interest alone: our vendor's must be listed too (TCF 2.2),
+        # else the viewer objected to it
+        (True, tc_string({1}, li={2}, vendors={5}), 5, False, False),
+        (True, tc_string({1}, li={2}, vendors={5}, li_vendors={6}), 5, False, False),
+        (True, tc_string({1}, li={2}, vendors={5}, li_vendors={5}), 5, True, False),
+        (True, tc_string({1, 2}, li={2}, vendors={5}), 5, True, False),  # consented: enough
+        (True, tc_string({1}, li={2}, vendors={5}), None, True, False),  # no id to look up
     ],
 )
 def test_permissions(
@@ -396,7 +403,12 @@ P1_2_4 = {1, 2, 4}
         (tc_string({1, 2}, {2}, {77}, restrictions=[(2, 1, [(77, 77)])]), 77, True, False),
         # purpose 2 consented only, and the publisher requires legitimate interest for it
         (tc_string({1, 2}, set(), {77}, restrictions=[(2, 2, [(77, 77)])]), 77, False, False),
-        (tc_string({1, 2}, {2}, {77}, restrictions=[(2, 2, [(77, 77)])]), 77, True, False),
+        (
+            tc_string({1, 2}, {2}, {77}, restrictions=[(2, 2, [(77, 77)])], li_vendors={77}),
+            77,
+            True,
+            False,
+        ),
         # "require legitimate interest" on purpose 1, which has none: purpose 1 is lost
         (tc_string(P1_2_4, vendors={77}, restrictions=[(1, 2, [(77, 77)])]), 77, False, False),
         # several restrictions; the one on vendor 77 is in the second
@@ -435,7 +447,7 @@ def test_tc_strings_of_the_reference_library_read_alike() -> None:
     proc = subprocess.run(
         ["node", "tcf.mjs", "300", "11"], cwd=node_dir, capture_output=True, check=True, timeout=120
     )
-    restricted = 0
+    restricted = objected = 0
     for case in json.loads(proc.stdout):
         tc = decode_tc_string(case["tc"])
         assert tc.purposes_consent == set(case["purposes"]), case
@@ -453,11 +465,16 @@ def test_tc_strings_of_the_reference_library_read_alike() -> None:
             consent = {p for p in case["purposes"] if not kinds.get(p, set()) & {0, 2}}
             li = {p for p in case["li"] if not kinds.get(p, set()) & {0, 1}}
             mine = vendor in vendors and 1 in consent
+            # purpose 2 on legitimate interest alone: our vendor's legitimate interest too
+            interest = 2 in li and vendor in case["li_vendors"]
+            objected += mine and 2 not in consent and 2 in li and not interest
             expected = Permissions(
-                device_id=mine and (2 in consent or 2 in li), segments=mine and 4 in consent
+                device_id=mine and (2 in consent or interest), segments=mine and 4 in consent
             )
             assert permissions(True, case["tc"], vendor) == expected, (case, vendor)
+            assert tc.vendor_legitimate_interest(vendor) is (vendor in case["li_vendors"])
     assert restricted > 200
+    assert objected > 5  # the library wrote strings where the vendor LI decides
 
 
 def test_the_vendor_id_setting_is_range_checked() -> None:

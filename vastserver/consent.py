@@ -16,10 +16,11 @@ What the server makes of it (:func:`permissions`):
   limited ad tracking (session-level caps only, no IFA). **Audience segments** are used
   only with consent to purposes 1 and 4 (select personalised ads); without it they are
   ignored. With ``VASTSERVER_TCF_VENDOR_ID`` set, the string must also give that vendor
-  consent, and the publisher's restrictions on that vendor apply (:meth:`TcString.
-  restrictions`): a purpose the publisher does not allow it counts as refused, "require
-  consent" leaves legitimate interest out, and "require legitimate interest" leaves consent
-  out;
+  consent (and, where purpose 2 rests on legitimate interest alone, list it in the vendor
+  legitimate interest section: the viewer did not object to ours), and the publisher's
+  restrictions on that vendor apply (:meth:`TcString.restrictions`): a purpose the
+  publisher does not allow it counts as refused, "require consent" leaves legitimate
+  interest out, and "require legitimate interest" leaves consent out;
 * GDPR applies but the string is missing, not a version 2 TC string, or cannot be
   decoded: no consent (the same as refusing all).
 
@@ -126,14 +127,25 @@ class TcString:
             return 1 <= vendor_id <= max_id and bits.flag(_VENDOR_SECTION + vendor_id - 1)
         return _vendor_section(bits.text(), _MAX_VENDOR_ID[0], vendor_id)[0]
 
+    def vendor_legitimate_interest(self, vendor_id: int) -> bool:
+        """Whether the vendor legitimate interest section lists ``vendor_id`` (the viewer
+        did not object to its legitimate interest; ``ValueError`` when cut short)."""
+        return self._legitimate_interests(vendor_id)[1]
+
+    def _legitimate_interests(self, vendor_id: int) -> tuple[str, bool, int]:
+        """The bits as text, whether the vendor legitimate interest section (after the
+        vendor consents) lists ``vendor_id``, and where that section ends."""
+        text = self._bits.text()
+        at = _vendor_section(text, _MAX_VENDOR_ID[0], vendor_id)[1]  # consents
+        listed, end = _vendor_section(text, at, vendor_id)
+        return text, listed, end
+
     def restrictions(self, vendor_id: int) -> dict[int, frozenset[int]]:
         """The publisher's restrictions on ``vendor_id``: purpose id -> restriction types
         (:data:`NOT_ALLOWED`, :data:`REQUIRE_CONSENT`, :data:`REQUIRE_LI`). They follow the
         vendor consent and vendor legitimate interest sections; ``ValueError`` when the
         string is cut short before they end."""
-        text = self._bits.text()
-        at = _vendor_section(text, _MAX_VENDOR_ID[0], vendor_id)[1]  # consents
-        at = _vendor_section(text, at, vendor_id)[1]  # legitimate interests
+        text, _, at = self._legitimate_interests(vendor_id)
         count = _field(text, at, 12)
         at += 12
         out: dict[int, set[int]] = {}
@@ -238,10 +250,11 @@ def permissions(
         return NONE
     consented = set(tc.purposes_consent)
     interests = set(tc.purposes_legitimate_interest)
-    vendor = True
+    vendor = vendor_interest = True
     if vendor_id is not None:
         try:
             vendor = tc.vendor_consents(vendor_id)
+            vendor_interest = tc.vendor_legitimate_interest(vendor_id)
             restricted = tc.restrictions(vendor_id)
         except ValueError:  # a vendor section or the restrictions cut short
             return NONE
@@ -250,7 +263,9 @@ def permissions(
                 consented.discard(purpose)
             if kinds & {NOT_ALLOWED, REQUIRE_CONSENT}:
                 interests.discard(purpose)
-    basic = 2 in consented or 2 in interests
+    # purpose 2 on legitimate interest alone needs ours too: the viewer may have objected
+    # to it (our vendor id missing from the vendor legitimate interest section)
+    basic = 2 in consented or (2 in interests and vendor_interest)
     return Permissions(
         device_id=1 in consented and basic and vendor,
         segments=1 in consented and 4 in consented and vendor,
