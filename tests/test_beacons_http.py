@@ -122,6 +122,34 @@ async def test_event_log_records_decisions_and_beacons(
     assert decisions[0]["ads"][0]["currency"] == "USD"  # the demo catalog's
 
 
+@pytest.mark.parametrize(
+    ("query", "why"),
+    [
+        ("", (False, None, True, True, False)),
+        ("&kids=1", (True, None, True, False, False)),
+        ("&lmt=1", (False, None, False, False, True)),
+        ("&gdpr=1", (False, True, False, False, True)),  # no consent string
+        ("&gdpr=0", (False, False, True, True, False)),
+        ("&us_privacy=1YYN", (False, None, True, False, False)),
+    ],
+)
+async def test_a_decision_record_says_why_the_decision_was_restricted(
+    make_client: ClientFactory, tmp_path: Path, query: str, why: tuple[Any, ...]
+) -> None:
+    """A decision record kept ``lmt`` and the (possibly emptied) segments, but not why:
+    child-directed content, the GDPR, a refused consent and a US opt-out looked alike. Its
+    context now holds ``kids``, ``gdpr`` and the resolved permissions."""
+    client: Any = await make_client(event_log=str(tmp_path))
+    resp = await client.get("/vast?pod_duration=30&device_id=d1&segments=sports_fans" + query)
+    assert resp.status == 200
+    await client.close()  # flushes the log
+    [decision] = [r for r in read_events([tmp_path]) if r["type"] == "decision"]
+    ctx = decision["context"]
+    fields = ("kids", "gdpr", "device_id_allowed", "segments_allowed", "lmt")
+    assert tuple(ctx[k] for k in fields) == why
+    assert ctx["segments"] == (["sports_fans"] if ctx["segments_allowed"] else [])
+
+
 async def test_a_beacon_answered_503_in_a_store_outage_is_in_the_event_log(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:

@@ -50,6 +50,12 @@ def context_record(req: AdRequest) -> dict[str, Any]:
         "session": req.session,
         "placement": req.placement,
         "segments": list(req.segments),
+        # why the decision was restricted: child-directed content (no segments), the GDPR
+        # as resolved, and what the consent, lmt and a US opt-out left it to use
+        "kids": c.kids,
+        "gdpr": req.privacy.gdpr,
+        "device_id_allowed": req.permissions.device_id,
+        "segments_allowed": req.permissions.segments,
     }
 
 
