@@ -172,6 +172,20 @@ def test_lmt_drops_the_audience_segments() -> None:
     assert parse_targeting({**q, "lmt": "0"}, client).segments == ("sports_fans",)
 
 
+def test_key_values_are_not_consent_gated_but_segments_are() -> None:
+    """Key-values describe the content and the placement (the catalogs and the simulator
+    target kv_league, kv_tier): they stay whatever the consent says, as README documents,
+    while the audience segments go."""
+    from vastserver.params import parse_targeting
+
+    client = client_info({}, PEER)
+    q = {"kv_league": "nfl", "kv_tier": "premium", "segments": "sports_fans"}
+    for refusal in ({"gdpr": "1"}, {"lmt": "1"}, {"us_privacy": "1YYN"}, {"kids": "1"}):
+        got = parse_targeting({**q, **refusal}, client)
+        assert dict(got.key_values) == {"league": "nfl", "tier": "premium"}, refusal
+        assert got.segments == (), refusal
+
+
 def test_device_ip_and_ua_parameters_rank_below_the_ssai_headers() -> None:
     """MediaTailor sends no X-Device-* headers but can put ``[session.client_ip]`` and
     ``[session.user_agent]`` in the ad tag: X-Device-* first, then device_ip / device_ua,

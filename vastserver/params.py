@@ -444,6 +444,8 @@ def parse_targeting(
         channel=_token(q, "channel"),
         kids=kids,
     )
+    # Key-values describe the content and the placement (kv_league, kv_tier): not consent-
+    # gated, so they must carry no audience data (README); segments are for that.
     kv = {k[len(KV_PREFIX) :]: v for k, v in q.items() if k.startswith(KV_PREFIX)}
     if len(kv) > MAX_LIST:
         raise ParamError("kv_*", f"at most {MAX_LIST} key-values")
