@@ -417,8 +417,11 @@ async def test_beacon_candidates_follow_the_catalog_snapshot() -> None:
     new = parse_catalog(cat)
     again = svc.delivery.candidate(new, tok)
     assert again is not None and again.line_item is new.line_items[tok.line_item_id]
+    # gone: it stands in by its id, under the campaign and advertiser it was served under
     cat["line_items"] = [li for li in cat["line_items"] if li["id"] != tok.line_item_id]
-    assert svc.delivery.candidate(parse_catalog(cat), tok) is None
+    gone = svc.delivery.candidate(parse_catalog(cat), tok)
+    assert gone.line_item.id == tok.line_item_id
+    assert (gone.campaign.id, gone.advertiser.id) == (tok.campaign_id, tok.advertiser_id)
 
 
 async def test_a_catalog_reload_drops_the_old_candidates_gate_entries(tmp_path: Any) -> None:
@@ -518,6 +521,113 @@ async def test_impressions_of_a_creative_rotated_out_still_count_to_budgets_and_
         ]
     after = await _li_a_tokens(svc, "a", 30)
     assert len(after) == 7 and {t.creative_id for t in after} == {"cr-a-v2"}
+
+
+def _two_campaigns(budget: int) -> dict[str, Any]:
+    """cmp-a (budget ``budget``) with li-a (CPM 20) and li-a2 (CPM 10) on cr-a; cmp-a2, of the
+    same advertiser, with the same budget and no line item yet."""
+    cat = base_catalog()
+    cat["campaigns"][0]["budget"] = {"impressions": budget}
+    cmp2 = {**copy.deepcopy(cat["campaigns"][0]), "id": "cmp-a2", "name": "A2"}
+    cat["campaigns"].append(cmp2)
+    li2 = {**copy.deepcopy(cat["line_items"][0]), "id": "li-a2", "name": "A2", "price": 10}
+    cat["line_items"].append(li2)
+    return cat
+
+
+def _reload(svc: Any, tmp_path: Any, cat: dict[str, Any]) -> None:
+    path = tmp_path / "reloaded.json"
+    path.write_text(json.dumps(cat))
+    svc.reload_catalog(path)
+
+
+async def _line_items_served(svc: Any, prefix: str, n: int) -> list[str]:
+    """The adv-a line items served to viewers ``prefix0 ..`` (each impression counted)."""
+    out = []
+    for i in range(n):
+        out += [li for li in await _serve_and_confirm(svc, request(f"{prefix}{i}")) if li != "li-b"]
+    return out
+
+
+async def test_impressions_of_a_removed_line_item_charge_its_campaigns_budget(
+    tmp_path: Any,
+) -> None:
+    """A reload that removes a line item while its ads are in flight: their impressions
+    counted only the line item's own counters, never the campaign's budget, so once the
+    reservations lapsed its sibling played the budget again (6 played against 3: a reviewer
+    found it). They now charge the campaign the token names."""
+    cat = _two_campaigns(3)
+    svc, clock = _setup(cat)
+    before = await _li_a_tokens(svc, "b", 4)
+    assert len(before) == 3  # the 4th found the budget reserved
+    cat["line_items"] = [li for li in cat["line_items"] if li["id"] != "li-a"]
+    _reload(svc, tmp_path, cat)
+    for tok in before:
+        assert (await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)).counted
+    clock.now += timedelta(minutes=6)  # past the reservations' window: only counts hold
+    assert await _line_items_served(svc, "a", 5) == []
+    delivered = await svc.delivery.store.read([Read("cp:cmp-a:imp:life", LIFETIME)], 0)
+    assert delivered == [3]
+
+
+async def test_not_used_of_a_removed_line_item_releases_its_campaigns_budget(
+    tmp_path: Any,
+) -> None:
+    """``notUsed`` of an ad whose line item a reload removed released nothing: the campaign's
+    budget stayed reserved for the reservations' whole window."""
+    cat = _two_campaigns(3)
+    svc, _ = _setup(cat)
+    before = await _li_a_tokens(svc, "b", 3)
+    assert len(before) == 3
+    cat["line_items"] = [li for li in cat["line_items"] if li["id"] != "li-a"]
+    _reload(svc, tmp_path, cat)
+    for tok in before:
+        assert (await svc.delivery.on_beacon("notUsed", tok, svc.snapshot.catalog)).counted
+    assert await _line_items_served(svc, "a", 5) == ["li-a2"] * 3
+
+
+async def test_impressions_of_a_moved_line_item_charge_the_campaign_they_were_served_under(
+    tmp_path: Any,
+) -> None:
+    """A reload that moves a line item to another campaign while its ads are in flight:
+    their impressions were booked to the new campaign, so the old one played its budget
+    again and the new one lost what it never served."""
+    cat = _two_campaigns(3)
+    svc, clock = _setup(cat)
+    before = await _li_a_tokens(svc, "b", 3)
+    assert len(before) == 3
+    cat["line_items"][0]["campaign_id"] = "cmp-a2"
+    _reload(svc, tmp_path, cat)
+    for tok in before:
+        assert (await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)).counted
+    clock.now += timedelta(minutes=6)
+    # cmp-a is spent (li-a2 never plays); cmp-a2's 3 go to li-a, now its line item
+    assert await _line_items_served(svc, "a", 5) == ["li-a"] * 3
+    got = await svc.delivery.store.read(
+        [Read("cp:cmp-a:imp:life", LIFETIME), Read("cp:cmp-a2:imp:life", LIFETIME)], 0
+    )
+    assert got == [3, 3]
+
+
+async def test_impressions_of_a_removed_campaign_still_count_advertiser_caps(
+    tmp_path: Any,
+) -> None:
+    """A reload that removes a campaign with its line item: their ads' impressions counted
+    no cap at all, so the advertiser's cap (set by its other campaign) let the viewer see
+    the advertiser again. What is keyed by ids still counts: advertiser and creative caps."""
+    cat = _two_campaigns(100)
+    li2 = cat["line_items"][-1]
+    li2["campaign_id"] = "cmp-a2"
+    li2["frequency_caps"] = [{"scope": "advertiser", "max": 1, "window": "1d"}]
+    svc, clock = _setup(cat)
+    [tok] = await _li_a_tokens(svc, "v", 1)
+    cat["campaigns"] = [c for c in cat["campaigns"] if c["id"] != "cmp-a"]
+    cat["line_items"] = [li for li in cat["line_items"] if li["id"] != "li-a"]
+    _reload(svc, tmp_path, cat)
+    assert (await svc.delivery.on_beacon("impression", tok, svc.snapshot.catalog)).counted
+    clock.now += timedelta(minutes=6)
+    assert await _line_items_served(svc, "v", 1) == []  # v0 met the advertiser's cap
+    assert await _line_items_served(svc, "w", 1) == ["li-a2"]
 
 
 def _spy_reads(store: Any) -> list[set[str]]:

@@ -28,11 +28,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from vastserver.catalog.model import (
+    Advertiser,
     Campaign,
     Catalog,
     Creative,
     Delivery,
     LineItem,
+    Tier,
     billed_cpm,
 )
 from vastserver.logs import Sampler, event
@@ -193,7 +195,7 @@ class DeliveryControl:
         self.cap_hits: Counter[str] = Counter()
         self.completion_rates: dict[str, float] = {}
         self._scopes: tuple[Catalog, ScopeCaps] | None = None
-        self._cands: tuple[Catalog, dict[tuple[str, str], Candidate | None]] | None = None
+        self._cands: tuple[Catalog, dict[tuple[str, str, str, str], Candidate]] | None = None
         self.active: set[str] = set()
         """Line items this instance has served or counted beacons for."""
         self._rated: set[str] = set()
@@ -307,13 +309,14 @@ class DeliveryControl:
         except StoreUnavailable as e:
             self._store_error(e)
 
-    def candidate(self, catalog: Catalog, token: AdToken) -> Candidate | None:
-        """The token's candidate in ``catalog`` (None if the catalog no longer has it). Every
-        counted beacon needs it: kept per snapshot, as each ad's beacons come in a burst."""
+    def candidate(self, catalog: Catalog, token: AdToken) -> Candidate:
+        """The token's candidate in ``catalog`` (see :func:`_candidate`). Every counted beacon
+        needs it: kept per snapshot, as each ad's beacons come in a burst."""
         cached = self._cands
         if cached is None or cached[0] is not catalog or len(cached[1]) >= CANDIDATE_CACHE_SIZE:
             cached = self._cands = (catalog, {})
-        cands, key = cached[1], (token.line_item_id, token.creative_id)
+        cands = cached[1]
+        key = (token.line_item_id, token.creative_id, token.campaign_id, token.advertiser_id)
         if key not in cands:
             cands[key] = _candidate(catalog, token)
         return cands[key]
@@ -452,29 +455,26 @@ class DeliveryControl:
         price = token.price_micros / 1_000_000
         incrs: list[Incr] = []
         if event == "notUsed":
-            if cand is not None:
-                viewer = Viewer(token.viewer_hash, token.session or None, token.lmt)
-                served_dt = datetime.fromtimestamp(served_at, UTC)
-                incrs += release_increments(
-                    cand, viewer, served_at, served_dt, price, self.scopes(catalog)
-                )
+            viewer = Viewer(token.viewer_hash, token.session or None, token.lmt)
+            served_dt = datetime.fromtimestamp(served_at, UTC)
+            incrs += release_increments(
+                cand, viewer, served_at, served_dt, price, self.scopes(catalog)
+            )
         else:
             li = token.line_item_id
             ev_key = _ev_key(li, event)
             incrs.append(Incr(ev_key, LIFETIME, 1))
-            if cand is not None:
-                day = local_day_at(served_at, cand.campaign.timezone)
-                incrs.append(Incr(f"{ev_key}:d:{day}", LIFETIME, 1, ttl_s=3 * 86400))
+            day = local_day_at(served_at, cand.campaign.timezone)
+            incrs.append(Incr(f"{ev_key}:d:{day}", LIFETIME, 1, ttl_s=3 * 86400))
             if event == "impression":
                 viewer = Viewer(token.viewer_hash, token.session or None, token.lmt)
                 incrs.append(Incr(spend_key(li), LIFETIME, spend_micros(token.price_micros)))
                 exposure = exposure_read(viewer)
                 if exposure is not None:
                     incrs.append(Incr(exposure.key, EXPOSURE_WINDOW, 1))
-                if cand is not None:
-                    incrs += impression_plan(
-                        cand, viewer, served_at, price, self.scopes(catalog), self.gate_cache
-                    )
+                incrs += impression_plan(
+                    cand, viewer, served_at, price, self.scopes(catalog), self.gate_cache
+                )
         # Claimed and counted in one atomic call: a failure leaves no claim behind, so the
         # retried beacon is counted (a claim that outlived a failed count lost the beacon).
         # A claim lasts until an hour after its token stops verifying: an expiry fixed by the
@@ -813,20 +813,49 @@ def _li_budget(li: LineItem) -> int | None:
 CANDIDATE_CACHE_SIZE = 50_000
 
 
-def _candidate(catalog: Catalog, token: AdToken) -> Candidate | None:
-    """The token's line item with its campaign and advertiser, and its creative. A creative
-    rotated out of the catalog since the serve stands in by its id alone: its impression
-    still counts towards the line item's budgets and caps (and the creative's own caps, which
-    are keyed by that id), and releases what the serve reserved."""
+def _candidate(catalog: Catalog, token: AdToken) -> Candidate:
+    """The ad the token was served as, rebuilt from ``catalog``, so that its impression commits
+    (and its ``notUsed`` releases) what the serve reserved, whatever a reload changed since.
+
+    The campaign and advertiser are the token's, the ones it was served under, not the line
+    item's current ones: a line item moved to another campaign still charges the campaign's
+    budgets, campaign and advertiser caps (and daily day, in that campaign's time zone) of
+    the serve. What the catalog no longer has stands in by its id alone, with no budgets or
+    caps of its own (nothing serves against their counters any more):
+
+    * a line item gone: its campaign's budgets and the campaign, advertiser and creative caps
+      other line items define still count;
+    * a campaign gone too: the advertiser and creative caps still count (its budgets, and
+      the campaign caps only its own line items could read, are gone with it); its local
+      day is taken in the zone of the line item's current campaign, else UTC;
+    * an advertiser gone: its caps, keyed by id, still count;
+    * a creative rotated out: its impression still counts towards the line item's budgets
+      and caps (and the creative's own caps, keyed by its id)."""
     li = catalog.line_items.get(token.line_item_id)
-    if li is None:
-        return None
-    camp = catalog.campaigns.get(li.campaign_id)
+    camp = catalog.campaigns.get(token.campaign_id)
     if camp is None:
-        return None
-    adv = catalog.advertisers.get(camp.advertiser_id)
-    if adv is None:
-        return None
+        current = None if li is None else catalog.campaigns.get(li.campaign_id)
+        camp = Campaign(
+            id=token.campaign_id,
+            advertiser_id=token.advertiser_id,
+            name="",
+            start=_EPOCH,
+            end=_EPOCH,
+            timezone="UTC" if current is None else current.timezone,
+        )
+    if li is None:
+        li = LineItem(
+            id=token.line_item_id,
+            campaign_id=camp.id,
+            name="",
+            tier=Tier.STANDARD,
+            creative_ids=(token.creative_id,),
+            start=_EPOCH,
+            end=_EPOCH,
+        )
+    adv = catalog.advertisers.get(token.advertiser_id) or Advertiser(
+        id=token.advertiser_id, name="", domain=""
+    )
     cr = catalog.creatives.get(token.creative_id) or Creative(
         id=token.creative_id,
         advertiser_id=adv.id,
@@ -836,3 +865,6 @@ def _candidate(catalog: Catalog, token: AdToken) -> Candidate | None:
         universal_ad_id="",
     )
     return Candidate(li, cr, camp, adv)
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
