@@ -630,6 +630,39 @@ async def test_impressions_of_a_removed_campaign_still_count_advertiser_caps(
     assert await _line_items_served(svc, "w", 1) == ["li-a2"]
 
 
+async def test_a_reload_that_respells_a_caps_window_starts_its_counts_over(
+    tmp_path: Any,
+) -> None:
+    """As docs/catalog.md says: the counter key holds the window as written, so ``1d`` to
+    ``24h`` starts every viewer at zero; a new ``max`` alone keeps the counts."""
+    cat = _with_li_a(frequency_caps=[{"scope": "line_item", "max": 1, "window": "1d"}])
+    svc, _ = _setup(cat)
+    assert "li-a" in await _serve_and_confirm(svc, request("v"))
+    assert "li-a" not in await _serve_and_confirm(svc, request("v"))
+    cat["line_items"][0]["frequency_caps"][0]["max"] = 2  # the one seen still counts
+    _reload(svc, tmp_path, cat)
+    assert "li-a" in await _serve_and_confirm(svc, request("v"))
+    assert "li-a" not in await _serve_and_confirm(svc, request("v"))
+    cat["line_items"][0]["frequency_caps"][0]["window"] = "24h"
+    _reload(svc, tmp_path, cat)
+    got = [await _serve_and_confirm(svc, request("v")) for _ in range(3)]
+    assert ["li-a" in ids for ids in got] == [True, True, False]
+
+
+async def test_a_reload_that_changes_a_campaigns_zone_opens_its_new_day_at_once(
+    tmp_path: Any,
+) -> None:
+    """As docs/catalog.md says: at 20:00 UTC, New York's 25th is spent; Tokyo is on the 26th,
+    a new budget day, as soon as the reload lands."""
+    cat = base_catalog()
+    cat["campaigns"][0].update(budget={"daily_impressions": 2}, timezone="America/New_York")
+    svc, _ = _setup(cat, now=T0 + timedelta(hours=20))
+    assert await _line_items_served(svc, "a", 4) == ["li-a"] * 2
+    cat["campaigns"][0]["timezone"] = "Asia/Tokyo"
+    _reload(svc, tmp_path, cat)
+    assert await _line_items_served(svc, "b", 4) == ["li-a"] * 2
+
+
 def _spy_reads(store: Any) -> list[set[str]]:
     """The keys of each ``read`` on ``store`` from now on (an instance attribute shadows the
     method)."""

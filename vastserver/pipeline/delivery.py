@@ -907,8 +907,9 @@ def impression_increments(
 ) -> list[Incr]:
     """What one counted impression changes: caps and budgets move from reserved to delivered.
 
-    ``now`` picks the daily budget key; use the serve time so a late beacon lands on the day
-    its reservation was made."""
+    ``now`` picks the daily budget key: use the serve time, so a late beacon lands on the local
+    day of its serve in the campaign's time zone. That is the day its reservation was made
+    unless a reload changed the zone since: then it is the serve time's day in the new zone."""
     out: list[Incr] = []
     for cap in counted_caps(cand, scopes):
         chk = cap_checks(cap, cand, viewer)
