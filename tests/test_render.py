@@ -19,6 +19,7 @@ from vastserver.catalog.model import AdRules, Caption, Mezzanine
 from vastserver.params import client_info, parse_vast_request
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, PlacedAd
+from vastserver.pipeline.schedule import plan_breaks
 from vastserver.render import LINEAR_EVENTS_BY_VERSION, Renderer, VersionVM
 
 VERSIONS = sorted(LINEAR_EVENTS_BY_VERSION)
@@ -262,6 +263,43 @@ async def test_debug_render_carries_the_explanation_once(catalog: Path) -> None:
     for ext in root.iter("{*}Extensions"):
         ext.getparent().remove(ext)
     assert etree.tostring(root) == etree.tostring(etree.fromstring(plain.encode()))
+
+
+def _expires(xml: str) -> list[str | None]:
+    return [e.text for e in etree.fromstring(xml.encode()).iter("{*}Expires")]
+
+
+def _each_inline(r: Renderer, d: Decision) -> list[str | None]:
+    """``r.expires_s`` once per ``InLine`` ad of ``d`` (a wrapper has no ``<Expires>``)."""
+    return [str(r.expires_s) for a in d.ads if not a.candidate.creative.vast_tag_url]
+
+
+@pytest.mark.parametrize("debug", [False, True])
+async def test_inline_vmap_pods_carry_no_expires_while_vast_keeps_it(
+    catalog: Path, debug: bool
+) -> None:
+    """An inline VMAP's pod plays at its break's offset, hours after the VMAP was served:
+    the 5-minute ``<Expires>`` of a ``/vast`` answer would make a player drop it. So its
+    ads carry none (full render and cached fragment alike), and the cache keeps the two
+    apart: ``/vast`` still says ``<Expires>`` for the very same ads, whichever came first."""
+    rt = _runtime(catalog)
+    r: Renderer = rt.renderer
+    ds = [d for d in await _decisions(rt, "4.2", 12) if d.ads][:2]
+    rules = rt.service.snapshot.catalog.rules_for(None)
+    breaks = plan_breaks(rules, (3 * 3600.0,), preroll=True, postroll=False)
+    assert len(breaks) == len(ds) == 2
+    assert _expires(r.vast(ds[1])) == _each_inline(r, ds[1])  # its fragments cached first
+    vmap = r.vmap_inline(breaks, ds, ["", ""], session="s", debug=debug)
+    root = etree.fromstring(vmap.encode())
+    assert len(list(root.iter("{*}InLine"))) == sum(len(_each_inline(r, d)) for d in ds) > 0
+    assert list(root.iter("{*}Expires")) == []
+    for d in ds:  # /vast after the VMAP: the inline fragments did not replace its own
+        assert _expires(r.vast(d)) == _each_inline(r, d)
+    ver = VersionVM.of("4.2")
+    for d in ds:
+        for a in d.ads:
+            assert r._ad_fast(d, a, ver, False) == r._ad_full(d, a, ver, None, False)
+            assert "<Expires>" not in r._ad_fast(d, a, ver, False)
 
 
 def test_fragment_cache_is_bounded(catalog: Path) -> None:

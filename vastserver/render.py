@@ -74,8 +74,8 @@ _Fragment = tuple[tuple[str, ...], tuple[int, ...]]
 _Media = tuple[frozenset[str] | None, bool]
 """Which media an ad lists (:func:`media_of`): the rendition types (None: all of them,
 :func:`listed_types`) and whether http media is left out (:func:`https_only`)."""
-_FragmentKey = tuple[int, str, bool, _Media]
-"""(candidate id, VAST version, priced, media)."""
+_FragmentKey = tuple[int, str, bool, _Media, bool]
+"""(candidate id, VAST version, priced, media, expires)."""
 
 
 def _cdata(url: str) -> Markup:
@@ -203,7 +203,8 @@ class AdVM:
     """A wrapper's click beacon (``/t/click``): its click-through is the tag's."""
     captions: tuple[CaptionVM, ...] = ()
     expires_s: int | None = None
-    """``<Expires>`` (4.1+ inline): how many seconds the ad stays valid to play."""
+    """``<Expires>`` (4.1+ inline): how many seconds the ad stays valid to play; None (no
+    ``<Expires>``) in an inline VMAP's pods (:meth:`Renderer.vmap_inline`)."""
     extra_impressions: tuple[Markup, ...] = ()
     """The creative's third-party impression trackers (after ours)."""
     click_trackers: tuple[Markup, ...] = ()
@@ -368,9 +369,11 @@ class Renderer:
         *,
         debug: Mapping[str, Any] | None = None,
         declaration: bool = True,
+        expires: bool = True,
     ) -> str:
+        """``expires``: whether 4.1+ ads carry ``<Expires>`` (:meth:`vast_vm`)."""
         return self.vast_template.render(
-            vm=self.vast_vm(decision, debug=debug), declaration=declaration
+            vm=self.vast_vm(decision, debug=debug, expires=expires), declaration=declaration
         )
 
     def vast_vm(
@@ -378,7 +381,10 @@ class Renderer:
         decision: Decision,
         *,
         debug: Mapping[str, Any] | None = None,
+        expires: bool = True,
     ) -> VastVM:
+        """``expires``: whether 4.1+ ads carry ``<Expires>`` (:attr:`expires_s`); an inline
+        VMAP's pods do not (:meth:`vmap_inline`)."""
         version = decision.request.vast_version
         ver = self._versions[version]
         debug_json = debug_comment = None
@@ -390,10 +396,10 @@ class Renderer:
                 safe = text.replace("--", "-\\u002d")
                 debug_comment = Markup(f"<!-- {DEBUG_EXTENSION} {safe} -->")
         if debug_json is None:
-            ads = tuple(self._ad_fast(decision, ad, ver) for ad in decision.ads)
+            ads = tuple(self._ad_fast(decision, ad, ver, expires) for ad in decision.ads)
         else:
             ads = tuple(
-                self._ad_full(decision, ad, ver, debug_json if n == 0 else None)
+                self._ad_full(decision, ad, ver, debug_json if n == 0 else None, expires)
                 for n, ad in enumerate(decision.ads)
             )
         error_url = None
@@ -438,7 +444,12 @@ class Renderer:
         return (*tokens, click_token, str(ad.slot), ad.ad_serving_id, cpm_text(base.price_micros))
 
     def _ad_full(
-        self, decision: Decision, ad: PlacedAd, ver: VersionVM, debug_json: Markup | None
+        self,
+        decision: Decision,
+        ad: PlacedAd,
+        ver: VersionVM,
+        debug_json: Markup | None,
+        expires: bool = True,
     ) -> Markup:
         dyn = self._dynamic(decision, ad)
         vm = self._ad_vm(
@@ -449,13 +460,16 @@ class Renderer:
             dyn[:_N_SCOPES],
             *dyn[_N_SCOPES:],
             privacy=_privacy(decision),
+            expires=expires,
         )
         return Markup(self.ad_template.render(ver=ver, ad=vm, debug_json=debug_json))
 
-    def _ad_fast(self, decision: Decision, ad: PlacedAd, ver: VersionVM) -> Markup:
+    def _ad_fast(
+        self, decision: Decision, ad: PlacedAd, ver: VersionVM, expires: bool = True
+    ) -> Markup:
         cr = ad.candidate.creative
         media = media_of(cr, decision)
-        statics, slots = self._fragment(ad.candidate, ver, _micros(ad) > 0, media)
+        statics, slots = self._fragment(ad.candidate, ver, _micros(ad) > 0, media, expires)
         dyn = self._dynamic(decision, ad)
         # The tokens are base64url, dots and hex (nothing to escape); the rest is escaped
         # as the template would (a test holds this path equal to the template's). Only a
@@ -470,7 +484,9 @@ class Renderer:
             out.append(text)
         return Markup("".join(out))
 
-    def _fragment(self, c: Candidate, ver: VersionVM, priced: bool, media: _Media) -> _Fragment:
+    def _fragment(
+        self, c: Candidate, ver: VersionVM, priced: bool, media: _Media, expires: bool = True
+    ) -> _Fragment:
         """The ad template's text for ``c`` cut at the placeholders: the static pieces, and
         between each two the index of the :data:`_DYNAMIC` value that goes there. With and
         without ``<Pricing>`` (``priced``): one line item's impression may cost nothing in
@@ -478,8 +494,8 @@ class Renderer:
         the rendition types listed, ``None`` (all of them) sharing the entry of every
         request that filters nothing out of this creative; and whether http media is left
         out, so that a fragment without it never answers a request that may have it, nor
-        the other way round."""
-        key = (id(c), ver.version, priced, media)
+        the other way round. With and without ``<Expires>`` (``expires``, :meth:`vast_vm`)."""
+        key = (id(c), ver.version, priced, media, expires)
         hit = self._fragments.get(key)
         if hit is not None and hit[0] is c:  # the entry holds ``c``: its id is not reused
             return hit[1]
@@ -493,6 +509,7 @@ class Renderer:
             ph[_N_SCOPES] if _has_click_token(c.creative) else "",
             *ph[_N_SCOPES + 1 : _N_AD],
             privacy=ph[_N_AD:],
+            expires=expires,
         )
         pieces = self._split.split(self.ad_template.render(ver=ver, ad=vm, debug_json=None))
         frag = (tuple(pieces[0::2]), tuple(self._slot_of[p] for p in pieces[1::2]))
@@ -512,11 +529,13 @@ class Renderer:
         price: str,
         *,
         privacy: Sequence[str],
+        expires: bool = True,
     ) -> AdVM:
         """``media``: the rendition types to list (None: all) and whether to leave out http
         renditions, mezzanine and caption files (:func:`media_of`); ``tokens``: the ad's token
         signed for each of :data:`BEACON_SCOPES`, in order;
-        ``privacy``: the values of the privacy macros (:data:`PRIVACY_MACROS` order)."""
+        ``privacy``: the values of the privacy macros (:data:`PRIVACY_MACROS` order);
+        ``expires``: whether the ad carries ``<Expires>`` (4.1+)."""
 
         def url(event: str) -> Markup:
             return _cdata(self.urls.event(event, tokens[_SCOPE_INDEX[scope_of(event)]]))
@@ -576,7 +595,7 @@ class Renderer:
             ),
             wrapper_url=_cdata(tag) if tag is not None else None,
             click_tracking=_cdata(self.urls.event("click", click_token)) if wrapper else None,
-            expires_s=self.expires_s,
+            expires_s=self.expires_s if expires else None,
             captions=tuple(
                 CaptionVM(_cdata(x.url), x.mime, x.language)
                 for x in cr.captions
@@ -718,14 +737,20 @@ class Renderer:
         vast_version: str = DEFAULT_VAST_VERSION,
     ) -> str:
         """Each decided break's pod inline; a break without a decision (None) as an ad tag
-        with its query (:meth:`tag_queries`), which answers VAST ``vast_version``."""
+        with its query (:meth:`tag_queries`), which answers VAST ``vast_version``.
+
+        Inline pods carry no ``<Expires>``: a break plays at its offset into the content
+        (hours after the VMAP is served, more when the viewer pauses), long after the
+        :attr:`expires_s` a ``/vast`` answer carries, so a player honouring it would drop
+        every inline mid-roll. Their tokens count for ``VASTSERVER_TOKEN_MAX_AGE`` and only
+        breaks due within a quarter of it go inline (``INLINE_HORIZON_DIVISOR``)."""
         template_type = vmap_template_type(vast_version)
         out: list[VmapBreakVM] = []
         rows = zip(breaks, decisions, tag_queries, strict=True)
         for n, (b, d, tag_query) in enumerate(rows, start=1):
             if d is not None:
                 explain = decision_json(d) if debug else None
-                doc = Markup(self.vast(d, debug=explain, declaration=False))
+                doc = Markup(self.vast(d, debug=explain, declaration=False, expires=False))
                 out.append(self._break_vm(b, n, session, template_type, tag_url=None, vast=doc))
             else:
                 url = _cdata(f"{self.urls.public_url}/vast?{tag_query}")
