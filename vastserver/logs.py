@@ -11,13 +11,25 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from contextvars import ContextVar
 from typing import Any
 
-from aiohttp.http_exceptions import HttpProcessingError, InvalidURLError
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    BadStatusLine,
+    ContentEncodingError,
+    ContentLengthError,
+    HttpBadRequest,
+    HttpProcessingError,
+    InvalidHeader,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+    TransferEncodingError,
+)
 from aiohttp.web_protocol import RequestPayloadError
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("vastserver_request_id", default=None)
@@ -129,32 +141,49 @@ class MalformedRequests(logging.Filter):
         return True
 
 
-# A bytes/str repr as aiohttp quotes what it read: b'...', bytearray(b'...'), '...', "...".
-_QUOTED = re.compile(r"""(?:bytearray\()?b?(?:'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")\)?""")
-_FIXED_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9 ,.()`-]*")
-_WRAPPED = re.compile(r"^\d{3}, message:")  # str() of an HttpProcessingError
+REASONS: dict[type[BaseException], str] = {
+    InvalidURLError: "Invalid URL",
+    BadHttpMethod: "Bad HTTP method in the request line",
+    BadStatusLine: "Bad status line",
+    InvalidHeader: "Invalid HTTP header",
+    LineTooLong: "Request line or header line too long",
+    ContentEncodingError: "Cannot decode the body's content-encoding",
+    TransferEncodingError: "Bad chunked transfer encoding",
+    ContentLengthError: "Body shorter than its Content-Length",
+    PayloadEncodingError: "Cannot decode the body",
+    HttpBadRequest: "Bad request",
+    BadHttpMessage: "Bad HTTP message",
+    HttpProcessingError: "HTTP processing error",
+}
+"""The reason logged for each of aiohttp's parse errors (:func:`parse_error_reason`); a
+subclass not listed takes its nearest listed base's."""
+UNKNOWN_REASON = "Unparseable request"
+"""The reason of an error no class of :data:`REASONS` covers."""
+BODY_REASON = "Cannot read the request body"
+"""A :class:`RequestPayloadError` without the parser's error as its cause."""
 
 
 def parse_error_reason(exc: BaseException) -> str:
-    """What aiohttp's parser found wrong, without anything the client sent.
-
-    Its messages quote the offending bytes (the request line with its query string, a
-    header line with its value: consent strings, bearer tokens); those quoted parts are
-    dropped, and only the leading segments made of plain words are kept, so text that is
-    not recognisably the parser's own ends the reason. The Python parser's
-    :class:`InvalidURLError` is the request target alone: it becomes ``Invalid URL``.
-    """
-    text = exc.message if isinstance(exc, HttpProcessingError) else str(exc)
-    text = _WRAPPED.sub("", str(text), count=1)
-    if isinstance(exc, InvalidURLError) and "\n" not in text:
-        return "Invalid URL"
-    text = re.split(r"['\"]", _QUOTED.sub("", text), maxsplit=1)[0]  # an unbalanced quote: stop
-    kept: list[str] = []
-    for segment in re.split(r"[:\n]", text):
-        segment = " ".join(segment.split())
-        if not segment:
+    """What aiohttp's parser found wrong, without anything the client sent: a fixed text
+    for the error's class (:data:`REASONS`), never its message. The messages quote what
+    the client sent (the request line with its query string, a header line with its value:
+    consent strings, bearer tokens; the pure-Python parser's bad chunk-size error is the
+    chunk-size line itself), and no filter of that text can tell the parser's words from
+    the client's. A :class:`RequestPayloadError` (the body failed to decode) is told by the
+    parser error that caused it; a :class:`LineTooLong` says the limit it passed (the
+    server's own setting)."""
+    if isinstance(exc, RequestPayloadError):
+        cause = exc.__cause__
+        if cause is None or isinstance(cause, RequestPayloadError):
+            return BODY_REASON
+        exc = cause
+    for cls in type(exc).__mro__:
+        reason = REASONS.get(cls)
+        if reason is None:
             continue
-        if not _FIXED_TEXT.fullmatch(segment):
-            break
-        kept.append(segment)
-    return ": ".join(kept)
+        if isinstance(exc, LineTooLong) and len(exc.args) > 1:
+            limit = exc.args[1]  # the parser's max_line_size or max_field_size
+            if isinstance(limit, int) or (isinstance(limit, str) and limit.isdigit()):
+                return f"{reason}: more than {int(limit)} bytes"
+        return reason
+    return UNKNOWN_REASON
