@@ -183,6 +183,56 @@ async def test_a_beacon_answered_503_in_a_store_outage_is_in_the_event_log(
     assert beacons[0]["line_item_id"] == beacons[1]["line_item_id"]
 
 
+async def test_a_click_in_a_store_outage_redirects_and_is_logged_as_uncounted(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A click the store cannot count still takes the viewer to the advertiser (a 302, so
+    nothing retries it): it was labelled ``store_unavailable``, which says "answered 503, its
+    retry gets a record". Now the metric and the record say ``redirected_uncounted``, and
+    the same click once the store is back is counted. A click token without a click-through
+    (nothing to redirect to) is answered 503 for a retry, as a beacon is."""
+    from dataclasses import replace
+
+    from vastserver.app import RUNTIME
+    from vastserver.store.base import StoreUnavailable
+    from vastserver.tracking import CLICK_SCOPE, sign, verify
+
+    client: Any = await make_client(event_log=str(tmp_path))
+    rt = client.server.app[RUNTIME]
+    ad = await _first_ad(client)
+    click = ad.find(".//v:ClickThrough", NS)
+    assert click is not None
+    c = _local(click.text)
+    raw = parse_qs(urlsplit(c).query)["tk"][0]
+    now = int(rt.clock().timestamp())
+    token = verify(raw, rt.keyring, now, rt.settings.token_max_age_s, CLICK_SCOPE)
+    bare = f"/c?tk={sign(replace(token, click_url=''), rt.keyring, CLICK_SCOPE)}"
+    inner = rt.store.inner
+    working = inner.claim_and_add
+
+    async def down(*args: Any, **kw: Any) -> Any:
+        raise StoreUnavailable("connection refused")
+
+    inner.claim_and_add = down
+    resp = await client.get(c, allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"].startswith("http")
+    resp = await client.get(bare, allow_redirects=False)
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    text = await (await client.get("/metrics")).text()
+    assert 'vastserver_beacons_total{event="click",result="redirected_uncounted"} 1.0' in text
+    assert 'vastserver_beacons_total{event="click",result="store_unavailable"} 1.0' in text
+    assert 'vastserver_beacons_total{event="click",result="ok"}' not in text
+    inner.claim_and_add = working
+    assert (await client.get(c, allow_redirects=False)).status == 302
+    await client.close()  # flushes the log
+    beacons = [r for r in read_events([tmp_path]) if r["type"] == "beacon"]
+    assert [(b["event"], b["counted"], b["result"]) for b in beacons] == [
+        ("click", False, "redirected_uncounted"),
+        ("click", False, "store_unavailable"),
+        ("click", True, "ok"),
+    ]
+
+
 async def test_a_header_that_is_not_utf8_neither_fails_a_beacon_nor_its_record(
     make_client: ClientFactory, tmp_path: Path
 ) -> None:

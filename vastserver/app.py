@@ -545,15 +545,28 @@ def _verify(rt: Runtime, raw: str | None, event: str) -> AdToken:
     )
 
 
+STORE_UNAVAILABLE = "store_unavailable"
+"""A beacon's result when the store could not count it: answered 503, so the player retries."""
+REDIRECTED_UNCOUNTED = "redirected_uncounted"
+"""A click's result when the store could not count it: the viewer is redirected all the same
+(a 503 would strand her), so nothing retries it and the click is never counted."""
+
+
 async def _count(
-    rt: Runtime, request: web.Request, event: str, token: AdToken, error_code: int | None
+    rt: Runtime,
+    request: web.Request,
+    event: str,
+    token: AdToken,
+    error_code: int | None,
+    unavailable: str = STORE_UNAVAILABLE,
 ) -> web.StreamResponse | None:
-    """Count a verified beacon once; None when done, else the response to send (503)."""
+    """Count a verified beacon once; None when done, else the response to send (503). A
+    beacon the store cannot count is labelled ``unavailable`` (metric and record)."""
     try:
         result = await rt.delivery.on_beacon(event, token, rt.service.snapshot.catalog)
     except StoreUnavailable:
-        rt.metrics.beacons_by(event, "store_unavailable").inc()
-        _record_beacon(rt, request, event, token, False, "store_unavailable", error_code)
+        rt.metrics.beacons_by(event, unavailable).inc()
+        _record_beacon(rt, request, event, token, False, unavailable, error_code)
         return web.Response(status=503, text="try again", headers={"Retry-After": "1"})
     label = "ok" if result.counted else ("replay" if result.replay else result.reason)
     rt.metrics.beacons_by(event, label).inc()
@@ -659,10 +672,12 @@ async def click_handler(request: web.Request) -> web.StreamResponse:
             )
         status = 400 if e.kind is TokenErrorKind.MALFORMED else 403
         return web.Response(status=status, text=e.kind.value)
-    # A click that cannot be counted right now still takes the viewer to the advertiser.
-    await _count(rt, request, "click", token, None)
-    if not token.click_url:
-        return web.Response(status=204)
+    if not token.click_url:  # nothing to redirect to: a store outage's 503 gets a retry
+        failed = await _count(rt, request, "click", token, None)
+        return failed or web.Response(status=204)
+    # A click that cannot be counted right now still takes the viewer to the advertiser,
+    # so nothing retries it: it is lost, and labelled so (not store_unavailable's 503).
+    await _count(rt, request, "click", token, None, REDIRECTED_UNCOUNTED)
     location = fill_click_macros(
         token.click_url,
         now=rt.clock(),
