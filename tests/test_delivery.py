@@ -7,7 +7,7 @@ import copy
 import json
 import random
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,16 +24,19 @@ from vastserver.pipeline.delivery import (
     RESERVATION_WINDOW,
     ROOMY_IMPRESSIONS,
     ROOMY_S,
+    PacingCurve,
     PIController,
     SeparationRules,
     cap_window,
     daily_target_fraction,
     history_entries,
+    pacing_curve,
     recent_from_history,
     spend_micros,
     target_fraction,
 )
 from vastserver.pipeline.reasons import Reason
+from vastserver.pipeline.stages import _in_daypart
 from vastserver.store.base import Incr, Read, StoreUnavailable, Window
 from vastserver.store.memory import MemoryStore
 
@@ -1330,3 +1333,107 @@ async def test_the_pacing_pass_reads_each_budget_counter_once() -> None:
     day = T0.strftime("%Y-%m-%d")
     want = {f"li:{i}:imp:d:{day}" for i in ids} | {"li:li-p0:spend:life", "cp:cmp-a:imp:life"}
     assert sorted(keys) == sorted(want)
+
+
+def _brute_traffic(tz: str, dayparts: tuple[Daypart, ...], start: float, end: float) -> float:
+    """Expected traffic of ``[start, end)`` summed minute by minute from the CTV day and the
+    serve-time daypart test: what :class:`PacingCurve` must equal."""
+    zone, total, t = ZoneInfo(tz), 0.0, start
+    while t < end:
+        at = datetime.fromtimestamp(t, UTC)
+        if not dayparts or any(_in_daypart(dp, at, tz) for dp in dayparts):
+            total += HOURLY_SHARE[at.astimezone(zone).hour] / 60
+        t += 60
+    return total
+
+
+_KOLKATA_MONDAY = Daypart(frozenset({0}), 5, 9, "Asia/Kolkata")
+_NY_WEEKEND = Daypart(frozenset({5, 6}), 18, 23, "America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("tz", "dayparts", "start", "hours"),
+    [("America/Santiago", (Daypart(frozenset(range(7)), 0, 2),), "2026-09-05T20:15:00Z", 48),
+     ("America/Santiago", (), "2026-04-04T12:00:00Z", 30),
+     ("Australia/Lord_Howe", (), "2026-10-03T10:30:00Z", 30),
+     ("Europe/London", (_KOLKATA_MONDAY,), "2026-03-28T18:45:00Z", 60),
+     ("Asia/Kathmandu", (_NY_WEEKEND,), "2026-12-30T06:00:00Z", 72),
+     ("America/New_York", (), "2026-10-31T23:00:00Z", 30)],
+)  # fmt: skip
+def test_the_pacing_curve_is_the_minute_by_minute_traffic(
+    tz: str, dayparts: tuple[Daypart, ...], start: str, hours: int
+) -> None:
+    """Across clock changes (Santiago's skipped midnight, Lord Howe's half hour, a daypart
+    in another zone) and a new year, the curve's traffic of a period is the brute-force
+    integral."""
+    pacing_curve.cache_clear()
+    c = pacing_curve(tz, dayparts)
+    s = datetime.fromisoformat(start).timestamp()
+    e = s + hours * 3600
+    assert c.at(e) - c.at(s) == pytest.approx(_brute_traffic(tz, dayparts, s, e), abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("tz", "dayparts"),
+    [("Africa/Casablanca", ()), ("America/Santiago", (Daypart(frozenset(range(7)), 0, 2),)),
+     ("Asia/Gaza", ()), ("Europe/London", (Daypart(frozenset({0, 4}), 5, 9, "Asia/Kolkata"),))],
+)  # fmt: skip
+def test_the_pacing_curve_over_years_is_the_sum_of_its_days(
+    tz: str, dayparts: tuple[Daypart, ...]
+) -> None:
+    """Over years (Casablanca's clock changes around Ramadan, Gaza's, Santiago's at
+    midnight) and in years the curve knows by their calendar (from 2100), the curve adds up
+    its days as a walk day by day does."""
+    pacing_curve.cache_clear()
+    c = pacing_curve(tz, dayparts)
+
+    def walk(first: date, last: date) -> float:
+        return sum(c.day(o).cum[-1] for o in range(first.toordinal(), last.toordinal()))
+
+    def curve(first: date, last: date) -> float:
+        return c.before(last.toordinal()) - c.before(first.toordinal())
+
+    spans = [
+        (date(2025, 6, 3), date(2029, 2, 11)),
+        (date(2101, 1, 1), date(2102, 3, 1)),
+        (date(2543, 2, 27), date(2544, 1, 5)),
+        (date(2029, 1, 1), date(2027, 5, 5)),
+    ]
+    for first, last in spans:
+        want = walk(first, last) if first <= last else -walk(last, first)
+        assert curve(first, last) == pytest.approx(want, rel=1e-12)
+    # a year from 2100 on is worth any other with its calendar (same weekday, both leap)
+    weekday = date(2104, 1, 1).weekday()
+    twin = next(y for y in range(2960, 3000) if date(y, 1, 1).weekday() == weekday and y % 4 == 0)
+    assert curve(date(2104, 1, 1), date(2105, 1, 1)) == pytest.approx(
+        walk(date(twin, 1, 1), date(twin + 1, 1, 1)), rel=1e-12
+    )
+
+
+def test_a_flight_ending_far_off_costs_no_more_than_a_near_one(monkeypatch: Any) -> None:
+    """The curve walked day by day from its origin: a flight ending in 2999 stalled the
+    pacing pass for seconds (12 such line items: 16 s). Now the days it looks at are a few
+    per year up to 2100 and a few per kind of year after, however far the end."""
+    calls = 0
+    day = PacingCurve.day
+
+    def counted(self: PacingCurve, ordinal: int) -> Any:
+        nonlocal calls
+        calls += 1
+        return day(self, ordinal)
+
+    monkeypatch.setattr(PacingCurve, "day", counted)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    now = datetime(2026, 11, 27, 8, tzinfo=UTC)
+    near = target_fraction(
+        now, start, datetime(2027, 1, 1, tzinfo=UTC), Delivery.EVEN, "America/New_York"
+    )
+    for tz in ("America/New_York", "America/Sao_Paulo"):
+        pacing_curve.cache_clear()
+        calls = 0
+        end = datetime(2999, 12, 31, 23, tzinfo=UTC)
+        far = target_fraction(
+            now, start, end, Delivery.EVEN, tz, (Daypart(frozenset({1, 2}), 6, 23),)
+        )
+        assert calls < 3000, calls  # day by day: over 356,000
+        assert 0 < far < near / 500

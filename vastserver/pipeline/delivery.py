@@ -19,6 +19,7 @@ Counting model
 
 from __future__ import annotations
 
+import calendar
 import functools
 import random
 import re
@@ -315,6 +316,98 @@ def _weights(tz: str, dayparts: tuple[Daypart, ...], start: float, end: float) -
     return tuple(cum)
 
 
+_RULES_FROM = 2100
+"""The first year from which every zone follows its standing tz rule: the tz database lists
+explicit clock changes no later than 2087 (Africa/Casablanca), and a rule places its changes
+by the calendar alone (a weekday of a month, a day of the year). From then on a year's
+traffic is that of any other year with the weekday of its 1 January and its length."""
+
+_SAMPLE_DAYS = 6
+"""No zone changes its clocks twice within 6 days (the closest two changes in the tz
+database since 1970 are 6.9 days apart), so a zone whose offset is the same at two local
+midnights 6 days apart has not changed it in between."""
+
+
+class _Run(NamedTuple):
+    """Days of a local year alike: ``days`` days from date ordinal ``first`` whose traffic
+    depends only on their weekday and ``key`` (the zones' UTC offsets; for a single day with
+    a clock change, also when each zone changes, so that day's weights are known by it)."""
+
+    first: int
+    days: int
+    key: tuple[object, ...]
+
+
+def _day_start(zone: ZoneInfo, ordinal: int) -> float:
+    """The unix time of the local midnight that begins date ordinal ``ordinal``."""
+    d = date.fromordinal(ordinal)
+    return datetime(d.year, d.month, d.day, tzinfo=zone).timestamp()
+
+
+def _offsets(zones: tuple[ZoneInfo, ...], ts: float) -> tuple[float, ...]:
+    """Each zone's UTC offset (seconds) at unix time ``ts``."""
+    out = []
+    for z in zones:
+        off = datetime.fromtimestamp(ts, z).utcoffset()
+        assert off is not None
+        out.append(off.total_seconds())
+    return tuple(out)
+
+
+def _change(zone: ZoneInfo, start: float, end: float) -> tuple[float, float, float]:
+    """A zone's offset at ``start``, the seconds after ``start`` when it changes within
+    ``[start, end)`` (0 when it does not), and its offset at ``end - 1``."""
+    (before,) = _offsets((zone,), start)
+    (after,) = _offsets((zone,), end - 1)
+    if before == after:
+        return before, 0.0, after
+    lo, hi = int(start), int(end - 1)  # offset(lo) == before, offset(hi) == after
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _offsets((zone,), mid)[0] == before:
+            lo = mid
+        else:
+            hi = mid
+    return before, hi - start, after
+
+
+@functools.lru_cache(maxsize=8192)
+def _year_runs(tz: str, zones: tuple[str, ...], year: int) -> tuple[_Run, ...]:
+    """The local year ``year`` of zone ``tz`` as runs of days alike, for the clocks of
+    ``zones`` (``tz`` and the dayparts' zones): offsets are read at every
+    :data:`_SAMPLE_DAYS`-th midnight and day by day only where they differ, so a year costs
+    some 70 reads per zone, whatever its dayparts (shared by every curve on these zones)."""
+    zone = ZoneInfo(tz)
+    zs = tuple(ZoneInfo(z) for z in zones)
+    o, stop = date(year, 1, 1).toordinal(), date(year + 1, 1, 1).toordinal()
+    runs: list[_Run] = []
+    start = _day_start(zone, o)
+    state = _offsets(zs, start)
+    while o < stop:
+        end = _day_start(zone, o + 1)
+        if end - start != 86400 or _offsets(zs, end) != state:
+            # a clock changes that day, or changed at its midnight (a day of 23 or 25 hours)
+            key = ("change", end - start, tuple(_change(z, start, end) for z in zs))
+            runs.append(_Run(o, 1, key))
+            o, start = o + 1, end
+            state = _offsets(zs, start)
+            continue
+        j = o + 1  # days o..j-1 have the offsets ``state`` throughout, and 24 hours
+        while (
+            j + _SAMPLE_DAYS <= stop and _offsets(zs, _day_start(zone, j + _SAMPLE_DAYS)) == state
+        ):
+            j += _SAMPLE_DAYS
+        while j < stop:
+            nxt = _day_start(zone, j + 1)
+            if _offsets(zs, nxt) != state or nxt - _day_start(zone, j) != 86400:
+                break
+            j += 1
+        runs.append(_Run(o, j - o, ("steady", state)))
+        o = j
+        start = _day_start(zone, o)
+    return tuple(runs)
+
+
 class PacingCurve:
     """Expected traffic of a line item over time, in days of traffic: the CTV day
     (:data:`HOURLY_SHARE`) in the campaign's time zone, restricted to the hours its dayparts
@@ -322,19 +415,37 @@ class PacingCurve:
     passed at ``t`` is ``(at(t) - at(s)) / (at(e) - at(s))``. Shared by every line item with
     the same zone and dayparts (:func:`pacing_curve`); days are computed once and kept."""
 
-    __slots__ = ("_back", "_base", "_days", "_fwd", "_shapes", "dayparts", "tz", "zone")
+    __slots__ = (
+        "_back",
+        "_base",
+        "_days",
+        "_fwd",
+        "_runs",
+        "_shapes",
+        "_years",
+        "_zones",
+        "dayparts",
+        "tz",
+        "zone",
+    )
 
     def __init__(self, tz: str, dayparts: tuple[Daypart, ...]) -> None:
         self.tz = tz
         self.zone = ZoneInfo(tz)
         self.dayparts = dayparts
+        self._zones = tuple(sorted({tz, *(dp.timezone for dp in dayparts if dp.timezone)}))
+        """The zones whose clocks the curve follows: the campaign's and the dayparts'."""
         self._days: dict[int, _Day] = {}
         self._shapes: dict[tuple[object, ...], tuple[float, ...]] = {}
+        self._runs: dict[tuple[object, ...], float] = {}
+        """(weekday of the first day, days, :attr:`_Run.key`) -> traffic of those days."""
+        self._years: dict[tuple[int, bool], float] = {}
+        """(weekday of 1 January, leap) -> traffic of a year from :data:`_RULES_FROM` on."""
         self._base: int | None = None
         self._fwd = [0.0]
-        """``_fwd[i]``: traffic of the ``i`` days from the origin ``_base`` on."""
+        """``_fwd[i]``: traffic of the ``i`` local years from the origin year ``_base`` on."""
         self._back = [0.0]
-        """``_back[i]``: traffic of the ``i`` days before the origin."""
+        """``_back[i]``: traffic of the ``i`` local years before the origin year."""
 
     def day(self, ordinal: int) -> _Day:
         """The local day of date ordinal ``ordinal``. A day without a clock change (in the
@@ -372,20 +483,59 @@ class PacingCurve:
         return datetime.fromtimestamp(ts, self.zone).toordinal()
 
     def before(self, ordinal: int) -> float:
-        """Traffic of the days from a fixed origin (the first day asked for) to ``ordinal``,
-        negative before the origin: only differences mean anything, and they never change."""
+        """Traffic of the days from a fixed origin (1 January of the first year asked for)
+        to ``ordinal``, negative before the origin: only differences mean anything, and they
+        never change. The cost does not grow with the distance from the origin: whole years
+        add up from their runs of days alike (:func:`_year_runs`), and from
+        :data:`_RULES_FROM` on a year is known by its calendar."""
+        year = date.fromordinal(ordinal).year
         if self._base is None:
-            self._base = ordinal
-        i = ordinal - self._base
+            self._base = year
+        i = year - self._base
         if i >= 0:
             fwd = self._fwd
             while len(fwd) <= i:
-                fwd.append(fwd[-1] + self.day(self._base + len(fwd) - 1).cum[-1])
-            return fwd[i]
-        back = self._back
-        while len(back) <= -i:
-            back.append(back[-1] + self.day(self._base - len(back)).cum[-1])
-        return -back[-i]
+                fwd.append(fwd[-1] + self._year(self._base + len(fwd) - 1))
+            whole = fwd[i]
+        else:
+            back = self._back
+            while len(back) <= -i:
+                back.append(back[-1] + self._year(self._base - len(back)))
+            whole = -back[-i]
+        return whole + self._span(year, ordinal)
+
+    def _year(self, year: int) -> float:
+        """Traffic of the local year ``year``."""
+        if year < _RULES_FROM:
+            return self._span(year, date(year + 1, 1, 1).toordinal())
+        key = (date(year, 1, 1).weekday(), calendar.isleap(year))
+        found = self._years.get(key)
+        if found is None:
+            found = self._years[key] = self._span(year, date(year + 1, 1, 1).toordinal())
+        return found
+
+    def _span(self, year: int, ordinal: int) -> float:
+        """Traffic from local 1 January of ``year`` to the day ``ordinal`` of that year (or
+        the next 1 January)."""
+        total = 0.0
+        for run in _year_runs(self.tz, self._zones, year):
+            if run.first >= ordinal:
+                break
+            total += self._run(run, min(run.days, ordinal - run.first))
+        return total
+
+    def _run(self, run: _Run, days: int) -> float:
+        """Traffic of the first ``days`` days of ``run``: each weekday's once, times the
+        number of its days (the same for every run alike, so computed once)."""
+        key = (date.fromordinal(run.first).weekday(), days, run.key)
+        found = self._runs.get(key)
+        if found is None:
+            if len(self._runs) >= 4096:
+                self._runs.clear()
+            found = self._runs[key] = sum(
+                self.day(run.first + k).cum[-1] * ((days - k + 6) // 7) for k in range(min(7, days))
+            )
+        return found
 
     def at(self, ts: float) -> float:
         """Cumulative traffic at unix time ``ts``."""
