@@ -1437,3 +1437,18 @@ def test_a_flight_ending_far_off_costs_no_more_than_a_near_one(monkeypatch: Any)
         )
         assert calls < 3000, calls  # day by day: over 356,000
         assert 0 < far < near / 500
+
+
+async def test_an_exhausted_line_item_shows_on_an_instance_that_never_served_it() -> None:
+    """Serving refuses an exhausted line item, so an instance that had not served it (a
+    restart, another worker) never counted it as its own and never exported the gauge: the
+    line item was refused with no ``exhausted`` series. Now every exhausted one shows."""
+    cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 5}})
+    svc, _ = _setup(cat)
+    await svc.delivery.store.add([Incr("li:li-a:imp:life", LIFETIME, 5)], T0.timestamp())
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    assert "li-a" in svc.delivery.exhausted and "li-a" not in svc.delivery.active
+    text = svc.metrics.render().decode()
+    assert 'vastserver_line_item_exhausted{line_item="li-a"} 1.0' in text
+    assert 'vastserver_line_item_throttle{line_item="li-a"}' in text
+

@@ -647,9 +647,10 @@ class DeliveryControl:
             throttle[li.id] = state.controller.update(delivered, target)
 
     async def _export_pacing(self, now: datetime, items: Sequence[LineItem]) -> None:
-        """Per-line-item gauges, only for budgeted line items in flight (bounded labels):
-        throttle and exhausted for each, delivered impressions and the pacing ratio for
-        those with an impression budget to pace.
+        """Per-line-item gauges, only for budgeted line items in flight (bounded labels)
+        that this instance has served or that are exhausted: throttle and exhausted for
+        each, delivered impressions and the pacing ratio for those with an impression budget
+        to pace.
 
         The values are gathered first (yielding to the event loop); then, with no await, the
         new ones are set and only the stale label sets removed: a scrape in between sees the
@@ -661,8 +662,11 @@ class DeliveryControl:
         for n, li in enumerate(items, start=1):
             if n % PACING_CHUNK == 0:
                 await asyncio.sleep(0)
-            if li.id not in self.active:
-                continue  # only line items this instance has served: bounded label sets
+            if li.id not in self.active and li.id not in self.exhausted:
+                # only line items this instance has served, or that serving refuses as
+                # exhausted (it never serves them, so they would never show after a
+                # restart): label sets bounded by the catalog
+                continue
             state = self.pacing.get(li.id)
             delivered = None if state is None else float(state.delivered)
             ratio = None
