@@ -1452,3 +1452,22 @@ async def test_an_exhausted_line_item_shows_on_an_instance_that_never_served_it(
     assert 'vastserver_line_item_exhausted{line_item="li-a"} 1.0' in text
     assert 'vastserver_line_item_throttle{line_item="li-a"}' in text
 
+
+@pytest.mark.parametrize(("room_cpm", "exhausted"), [(7.0, False), (4.0, True)])
+async def test_exhaustion_is_judged_at_the_cheapest_slot_price(
+    room_cpm: float, exhausted: bool
+) -> None:
+    """A $10 line item whose first slot bills $5, with a spend budget that has room for a
+    $5 impression but not a $10 one: the pass judged it at $10 and refused it in every slot,
+    though serving would allow a first-slot impression. It is exhausted only when not even
+    the cheapest slot's impression fits."""
+    cat = _with_li_a(
+        price=10.0,
+        slot_prices={"first": 5.0},
+        pacing={"delivery": "asap", "budget": {"spend": 1000}},
+    )
+    svc, _ = _setup(cat)
+    used = 1000 * 1_000_000 - spend_micros(round(room_cpm * 1_000_000))
+    await svc.delivery.store.add([Incr("li:li-a:spend:life", LIFETIME, used)], T0.timestamp())
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    assert ("li-a" in svc.delivery.exhausted) is exhausted

@@ -160,6 +160,12 @@ class _Mark:
         return _Mark(curve.at(ts), day.start, day.end, curve.at(day.start), curve.at(day.end))
 
 
+def _lowest_price(li: LineItem) -> float:
+    """The lowest CPM an impression of ``li`` can be served at: its price, or a slot's
+    price below it (while that impression fits a spend budget, serving may allow it)."""
+    return min(p for p in (li.price, li.first_slot_price, li.last_slot_price) if p is not None)
+
+
 _DayChecks = dict[str, tuple[str, tuple[BudgetCheck, ...]]]
 """Line item id -> (local day, the budget checks serving applies to it that day)."""
 
@@ -506,11 +512,12 @@ class DeliveryControl:
 
         A line item is exhausted when any budget serving checks for it (its own impression
         and spend budgets, lifetime and daily, and its campaign's: :func:`budget_checks` at
-        its price) has no room left for one more impression by the delivered counters alone
-        (the test serving applies, :func:`over_budget`): serving refuses it until the next
-        local day (a daily budget) or for good. Each budget's counter is read once a pass (a
-        campaign's once for all its line items); the paced impression budget's is what
-        pacing compares against its target."""
+        the lowest price it can bill, its own or a slot's) has no room left for one more
+        impression by the delivered counters alone (the test serving applies,
+        :func:`over_budget`): serving refuses it until the next local day (a daily budget)
+        or for good. Each budget's counter is read once a pass (a campaign's once for all
+        its line items); the paced impression budget's is what pacing compares against its
+        target."""
         self._forget_retired(catalog)
         now = self.clock()
         items = [li for li in self._budgeted(catalog) if li.start <= now < li.end]
@@ -556,15 +563,16 @@ class DeliveryControl:
     def _budget_checks(
         self, catalog: Catalog, li: LineItem, camp: Campaign, day: str
     ) -> tuple[BudgetCheck, ...]:
-        """The budgets serving checks for ``li`` at its price on the local ``day`` (kept per
-        snapshot and line item until the day changes: the pass asks for every budgeted line
-        item every period)."""
+        """The budgets serving checks for ``li`` on the local ``day``, at the lowest price it
+        can bill (its price or a cheaper slot's: exhausted means not even that impression
+        fits). Kept per snapshot and line item until the day changes: the pass asks for
+        every budgeted line item every period."""
         cached = self._checks_of
         if cached is None or cached[0] is not catalog:
             cached = self._checks_of = (catalog, {})
         found = cached[1].get(li.id)
         if found is None or found[0] != day:
-            checks = line_item_budget_checks(li, camp, day, billed_cpm(li, li.price))
+            checks = line_item_budget_checks(li, camp, day, billed_cpm(li, _lowest_price(li)))
             found = cached[1][li.id] = (day, tuple(checks))
         return found[1]
 
