@@ -43,7 +43,7 @@ from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.decide import Decision, close_ranks
 from vastserver.pipeline.delivery import (
     LIFETIME,
-    BudgetCheck,
+    BudgetTest,
     CountsGate,
     GateCache,
     PacingCurve,
@@ -58,7 +58,7 @@ from vastserver.pipeline.delivery import (
     history_key,
     impression_plan,
     is_cap_key,
-    line_item_budget_checks,
+    line_item_budget_tests,
     line_item_budgeted,
     local_day,
     local_day_at,
@@ -166,8 +166,12 @@ def _lowest_price(li: LineItem) -> float:
     return min(p for p in (li.price, li.first_slot_price, li.last_slot_price) if p is not None)
 
 
-_DayChecks = dict[str, tuple[str, tuple[BudgetCheck, ...]]]
-"""Line item id -> (local day, the budget checks serving applies to it that day)."""
+_DayChecks = dict[str, tuple[str, tuple[BudgetTest, ...]]]
+"""Line item id -> (local day, the budget checks serving applies to it that day): plain
+tuples of strings and ints, which the garbage collector stops tracking."""
+
+SCAN_CHUNK = 1000
+"""Line items per step of a scan with no store read (~0.5 ms each at 100k)."""
 
 
 @dataclass(slots=True)
@@ -520,7 +524,7 @@ class DeliveryControl:
         target."""
         self._forget_retired(catalog)
         now = self.clock()
-        items = [li for li in self._budgeted(catalog) if li.start <= now < li.end]
+        items = await self._in_flight(await self._budgeted(catalog), now)
         days: dict[str, str] = {}
         throttle: dict[str, float] = {}
         exhausted: set[str] = set()
@@ -529,7 +533,7 @@ class DeliveryControl:
         """Budget counter -> delivered, as read this pass."""
         for start in range(0, len(items), PACING_CHUNK):
             chunk = items[start : start + PACING_CHUNK]
-            plans: list[tuple[LineItem, str, tuple[BudgetCheck, ...]]] = []
+            plans: list[tuple[LineItem, str, tuple[BudgetTest, ...]]] = []
             reads: dict[str, Read] = {}
             for li in chunk:
                 camp = catalog.campaigns[li.campaign_id]
@@ -537,9 +541,9 @@ class DeliveryControl:
                 day = days.get(tz) or days.setdefault(tz, local_day(now, tz))
                 checks = self._budget_checks(catalog, li, camp, day)
                 plans.append((li, day, checks))
-                for b in checks:
-                    if b.delivered.key not in used:
-                        reads.setdefault(b.delivered.key, b.delivered)
+                for key, _, _ in checks:
+                    if key not in used and key not in reads:
+                        reads[key] = Read(key, LIFETIME)
             want = list(reads.values())
             try:
                 values = await self.store.read(want, now.timestamp())
@@ -548,7 +552,7 @@ class DeliveryControl:
                 return
             used.update(zip(reads, values, strict=True))
             for li, day, checks in plans:
-                if any(over_budget(used[b.delivered.key], b.amount, b.limit) for b in checks):
+                if any(over_budget(used[key], amount, limit) for key, amount, limit in checks):
                     exhausted.add(li.id)
                 if _li_budget(li) is not None:
                     self._pace_one(catalog, li, now, day, used, throttle, marks)
@@ -562,7 +566,7 @@ class DeliveryControl:
 
     def _budget_checks(
         self, catalog: Catalog, li: LineItem, camp: Campaign, day: str
-    ) -> tuple[BudgetCheck, ...]:
+    ) -> tuple[BudgetTest, ...]:
         """The budgets serving checks for ``li`` on the local ``day``, at the lowest price it
         can bill (its price or a cheaper slot's: exhausted means not even that impression
         fits). Kept per snapshot and line item until the day changes: the pass asks for
@@ -572,8 +576,8 @@ class DeliveryControl:
             cached = self._checks_of = (catalog, {})
         found = cached[1].get(li.id)
         if found is None or found[0] != day:
-            checks = line_item_budget_checks(li, camp, day, billed_cpm(li, _lowest_price(li)))
-            found = cached[1][li.id] = (day, tuple(checks))
+            checks = line_item_budget_tests(li, camp, day, billed_cpm(li, _lowest_price(li)))
+            found = cached[1][li.id] = (day, checks)
         return found[1]
 
     def _forget_retired(self, catalog: Catalog) -> None:
@@ -589,19 +593,34 @@ class DeliveryControl:
             del self.pacing[li_id]
         self.active.intersection_update(ids)
 
-    def _budgeted(self, catalog: Catalog) -> list[LineItem]:
+    async def _budgeted(self, catalog: Catalog) -> list[LineItem]:
         """The catalog's line items with a budget serving checks: an impression or spend
         budget of their own or their campaign's (kept per snapshot: scanning a 100k catalog
-        each pacing period would stall serving)."""
+        each pacing period would stall serving; the one scan yields every
+        :data:`SCAN_CHUNK`, as it took ~60 ms at 100k)."""
         cached = self._budgeted_of
-        if cached is None or cached[0] is not catalog:
-            items = [
-                li
-                for li in catalog.line_items.values()
-                if line_item_budgeted(li, catalog.campaigns[li.campaign_id])
-            ]
-            cached = self._budgeted_of = (catalog, items)
-        return cached[1]
+        if cached is not None and cached[0] is catalog:
+            return cached[1]
+        camps = catalog.campaigns
+        items: list[LineItem] = []
+        for n, li in enumerate(catalog.line_items.values(), start=1):
+            if n % SCAN_CHUNK == 0:
+                await asyncio.sleep(0)
+            if line_item_budgeted(li, camps[li.campaign_id]):
+                items.append(li)
+        self._budgeted_of = (catalog, items)
+        return items
+
+    @staticmethod
+    async def _in_flight(items: Sequence[LineItem], now: datetime) -> list[LineItem]:
+        """Those of ``items`` whose flight ``now`` falls in, yielding every
+        :data:`SCAN_CHUNK` (every pass filters every budgeted line item)."""
+        out: list[LineItem] = []
+        for start in range(0, len(items), SCAN_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            out += [li for li in items[start : start + SCAN_CHUNK] if li.start <= now < li.end]
+        return out
 
     def _curve(self, catalog: Catalog, li: LineItem) -> tuple[PacingCurve, float, float]:
         """``li``'s pacing curve, and its cumulative traffic at the flight's start and end."""
