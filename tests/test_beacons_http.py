@@ -330,7 +330,9 @@ async def test_a_beacon_of_a_viewer_who_refused_tracking_logs_no_device_ip_or_ua
         ]
     else:
         assert seen == [(None, None)] * 3
-    assert {b["caller_ip"] for b in beacons} == {"127.0.0.1"}  # the peer, as before
+    # the peer, as before; under a refusal only its network (a player calling us directly
+    # is the device)
+    assert {b["caller_ip"] for b in beacons} == {"127.0.0.1" if personal else "127.0.0.0"}
 
 
 async def test_report_from_event_log(

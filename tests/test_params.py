@@ -236,3 +236,22 @@ def test_the_nginx_example_keeps_the_stitchers_forwarded_for() -> None:
     player, stitcher = "198.51.100.4", "52.94.10.1"
     sent = f"{player}, {stitcher}"
     assert client_info({"X-Forwarded-For": sent}, "10.0.0.2").device_ip == player
+
+
+@pytest.mark.parametrize(
+    ("text", "network"),
+    [
+        ("198.51.100.23", "198.51.100.0"),
+        ("2001:db8:abcd:12:1:2:3:4", "2001:db8:abcd::"),
+        ("::ffff:198.51.100.23", "198.51.100.0"),
+        (" 10.1.2.3 ", "10.1.2.0"),
+        ("not-an-ip", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_ip_prefix_keeps_the_network_not_the_host(text: str | None, network: str | None) -> None:
+    """What the event log keeps of the caller of a beacon whose viewer refused tracking."""
+    from vastserver.params import ip_prefix
+
+    assert ip_prefix(text) == network

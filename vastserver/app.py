@@ -43,6 +43,7 @@ from vastserver.params import (
     ParamError,
     client_info,
     header_text,
+    ip_prefix,
     parse_targeting,
     parse_vast_request,
     parse_vmap_query,
@@ -614,11 +615,14 @@ def _record_beacon(
     """Every beacon goes to the event log, counted or not (replays are evidence too). Runs
     after the count: whatever the record holds, the beacon's answer stays the same. The ad
     of a viewer who refused tracking (its token's ``lmt``: ``lmt=1``, the all-zero IFA, no
-    GDPR consent to a device identifier) leaves no device IP or user agent in the log."""
+    GDPR consent to a device identifier) leaves no device IP or user agent in the log, and
+    only the network of its caller (:func:`ip_prefix`): a player calling us directly is the
+    device."""
     if isinstance(rt.events, NullSink):
         return  # no log: not even the record's construction
     params = beacon_log_params(request.query)  # what only the log reads
-    device_ip, ua = (None, None) if token is not None and token.lmt else _beacon_device(request)
+    refused = token is not None and token.lmt
+    device_ip, ua = (None, None) if refused else _beacon_device(request)
     try:
         rt.events.append(
             beacon_record(
@@ -626,7 +630,7 @@ def _record_beacon(
                 token,
                 counted=counted,
                 result=result,
-                caller_ip=request.remote,
+                caller_ip=ip_prefix(request.remote) if refused else request.remote,
                 device_ip=device_ip,
                 device_user_agent=ua[:MAX_LOGGED_UA] if ua else None,
                 error_code=error_code,

@@ -280,6 +280,21 @@ def ip_or_none(text: str | None) -> str | None:
         return None
 
 
+def ip_prefix(text: str | None) -> str | None:
+    """``text``'s network, not its host: the first three bytes of an IPv4 address (a /24) or
+    the first six of an IPv6 one (a /48), the rest zeroed, as IP anonymisation in analytics
+    does; None when absent or not an address. What the event log keeps of a beacon's peer
+    when the viewer refused tracking: enough to trace abuse to a network, not to a home."""
+    ip = ip_or_none(text)
+    if ip is None:
+        return None
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped  # a dual-stack socket's IPv4 peer: its /48 would be "::"
+    bits = 24 if addr.version == 4 else 48
+    return str(ipaddress.ip_network(f"{addr}/{bits}", strict=False).network_address)
+
+
 MAX_UA = 2048
 """The longest ``device_ua`` parameter read (as OpenRTB's ``device.ua``)."""
 
