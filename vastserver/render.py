@@ -21,7 +21,7 @@ from cachetools import LRUCache
 from markupsafe import Markup, escape
 
 from vastserver import __version__
-from vastserver.catalog.model import Creative, Icon, UniversalAdId
+from vastserver.catalog.model import Creative, Icon, UniversalAdId, is_https
 from vastserver.explain import decision_json
 from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
@@ -599,7 +599,7 @@ class Renderer:
             captions=tuple(
                 CaptionVM(_cdata(x.url), x.mime, x.language)
                 for x in cr.captions
-                if not secure or _is_https(x.url)
+                if not secure or is_https(x.url)
             ),
             extra_impressions=tuple(_cdata(u) for u in extra.get("impression", ())),
             click_trackers=tuple(_cdata(u) for u in extra.get("click", ())),
@@ -848,23 +848,13 @@ def media_of(cr: Creative, decision: Decision) -> _Media:
     return listed_types(cr, req.mimes), https_only(cr, req.require_https)
 
 
-def _is_https(url: str) -> bool:
-    return url[:8].lower() == "https://"
-
-
 def https_only(cr: Creative, require_https: bool) -> bool:
     """Whether ``cr``'s ad leaves out its http media files, mezzanine and caption files: when
     the request requires https media (``VASTSERVER_REQUIRE_HTTPS_MEDIA``, OpenRTB
     ``imp.secure``) and the creative has any. False for a creative whose every such URL is
-    https, so that its requests share one cached fragment whatever they require."""
-    if not require_https:
-        return False
-    m = cr.mezzanine
-    return (
-        any(not _is_https(r.url) for r in cr.renditions)
-        or any(not _is_https(x.url) for x in cr.captions)
-        or (m is not None and not _is_https(m.url))
-    )
+    https, so that its requests share one cached fragment whatever they require
+    (:attr:`Creative.http_media`, known from the creative's creation on)."""
+    return require_https and cr.http_media
 
 
 def _media_files(
@@ -884,14 +874,14 @@ def _media_files(
             url=_cdata(r.url),
         )
         for n, r in enumerate(cr.renditions, start=1)
-        if (media is None or r.mime.lower() in media) and (not secure or _is_https(r.url))
+        if (media is None or r.mime.lower() in media) and (not secure or is_https(r.url))
     )
 
 
 def _mezzanine(cr: Creative, secure: bool = False) -> MezzanineVM | None:
     """The creative's mezzanine; none when it is http and ``secure`` asks for https."""
     m = cr.mezzanine
-    if m is None or (secure and not _is_https(m.url)):
+    if m is None or (secure and not is_https(m.url)):
         return None
     return MezzanineVM(
         url=_cdata(m.url),

@@ -1150,23 +1150,27 @@ def fill_click_macros(url: str, *, now: datetime, cachebuster: int, ad_serving_i
         "TIMESTAMP": click_timestamp(now),
         "ADSERVINGID": ad_serving_id,
     }
-    return _MACRO_RE.sub(lambda m: _q(values.get(m.group(1), "-1")), url)
+    return expand_macros(url, values, defaults={})
 
 
-def expand_macros(url: str, values: Mapping[str, str] | None = None) -> str:
+def expand_macros(
+    url: str,
+    values: Mapping[str, str] | None = None,
+    *,
+    defaults: Mapping[str, str] = DEFAULT_MACRO_VALUES,
+) -> str:
     """Replace every ``[MACRO]`` like a VAST 4 player would, percent-encoding the values.
 
-    ``values`` (raw, unencoded, keyed by macro name without brackets) override
-    :data:`DEFAULT_MACRO_VALUES`; macros known to neither become ``-1`` (VAST 4: "unknown").
+    ``values`` (raw, unencoded, keyed by macro name without brackets) override ``defaults``
+    (:data:`DEFAULT_MACRO_VALUES`, a player's test values); macros known to neither become
+    ``-1`` (VAST 4: "unknown").
     """
+
+    given = values or {}
 
     def repl(m: re.Match[str]) -> str:
         name = m.group(1)
-        if values is not None and name in values:
-            value = values[name]
-        else:
-            value = DEFAULT_MACRO_VALUES.get(name, "-1")
-        return _q(value)
+        return _q(given[name] if name in given else defaults.get(name, "-1"))
 
     return _MACRO_RE.sub(repl, url)
 

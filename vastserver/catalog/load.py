@@ -66,6 +66,7 @@ from vastserver.catalog.model import (
     Tier,
     UniversalAdId,
     Verification,
+    is_https,
 )
 from vastserver.tracking import (
     CLICK_MACROS,
@@ -785,7 +786,7 @@ def https_only(
 
     def parse(v: object, path: str, errs: Issues) -> str | _Invalid:
         got = _url(v, path, errs, privacy_macros=privacy_macros, more_macros=more_macros)
-        if isinstance(got, str) and got[:8].lower() != "https://":
+        if isinstance(got, str) and not is_https(got):
             return _fail(errs, path, f"{what} must be https")
         return got
 

@@ -156,6 +156,11 @@ class Icon:
     """``IconClickTracking``: third-party URLs the player calls on a click on the icon."""
 
 
+def is_https(url: str) -> bool:
+    """Whether ``url`` is an https one (scheme compared without case)."""
+    return url[:8].lower() == "https://"
+
+
 @dataclass(frozen=True, slots=True)
 class Creative:
     id: str
@@ -201,6 +206,19 @@ class Creative:
     media_key: str = field(default="", compare=False)
     """The video's identity, shared by every creative of the catalog showing the same video
     (set at load, see ``catalog.load.media_keys``); empty: the creative's own."""
+    http_media: bool = field(init=False, default=False, compare=False, repr=False)
+    """Whether a rendition, the mezzanine or a caption file is http (derived on creation):
+    an ad that must carry https media only leaves them out, and an ad without any shares
+    its rendering with every request whatever it requires."""
+
+    def __post_init__(self) -> None:
+        m = self.mezzanine
+        http = (
+            any(not is_https(r.url) for r in self.renditions)
+            or any(not is_https(x.url) for x in self.captions)
+            or (m is not None and not is_https(m.url))
+        )
+        object.__setattr__(self, "http_media", http)
 
     @property
     def duration_s(self) -> float:

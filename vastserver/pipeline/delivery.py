@@ -25,7 +25,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -476,22 +476,13 @@ class PacingCurve:
             return d
         if len(self._days) >= 4096:
             self._days.clear()
-        day = date.fromordinal(ordinal)
-        nxt = day + timedelta(days=1)
-        start = datetime(day.year, day.month, day.day, tzinfo=self.zone).timestamp()
-        end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=self.zone).timestamp()
-        key: tuple[object, ...] | None = (day.weekday(), end - start)
-        for z in {self.tz, *(dp.timezone for dp in self.dayparts if dp.timezone)}:
-            zone = ZoneInfo(z)
-            first = datetime.fromtimestamp(start, zone).utcoffset()
-            if first != datetime.fromtimestamp(end - 1, zone).utcoffset():
-                key = None  # a clock change that day
-                break
-            assert key is not None
-            key = (*key, z, first)
-        if key is None:
+        start, end = _day_start(self.zone, ordinal), _day_start(self.zone, ordinal + 1)
+        zones = tuple(ZoneInfo(z) for z in self._zones)
+        first = _offsets(zones, start)
+        if first != _offsets(zones, end - 1):  # a clock change that day
             cum = _weights(self.tz, self.dayparts, start, end)
         else:
+            key = (date.fromordinal(ordinal).weekday(), end - start, first)
             cum = self._shapes.get(key) or self._shapes.setdefault(
                 key, _weights(self.tz, self.dayparts, start, end)
             )

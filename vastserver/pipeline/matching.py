@@ -33,6 +33,7 @@ from vastserver.catalog.model import (
     BreakPosition,
     Catalog,
     Slot,
+    is_https,
 )
 from vastserver.pipeline.candidates import (
     Candidate,
@@ -767,22 +768,22 @@ def build_bit_index(
         anyp = playable_urls(cr, PLAYABLE_MIMES)
         if ctv:
             ctv_playable.add(i)
-        if any(u[:8].lower() == "https://" for u in ctv):
+        if any(is_https(u) for u in ctv):
             ctv_https.add(i)
         if anyp:
             any_playable.add(i)
-        if any(u[:8].lower() == "https://" for u in anyp):
+        if any(is_https(u) for u in anyp):
             any_https.add(i)
         if cr.vast_tag_url is not None:
             wrappers[0].add(i)
-            if cr.vast_tag_url[:8].lower() == "https://":
+            if is_https(cr.vast_tag_url):
                 wrappers[1].add(i)
         else:  # a tag's own renditions are never played (see playable_urls)
             for rend in cr.renditions:
                 mime = rend.mime.lower()
                 if mime in PLAYABLE_MIMES:
                     by_mime[mime][0].add(i)
-                    if rend.url[:8].lower() == "https://":
+                    if is_https(rend.url):
                         by_mime[mime][1].add(i)
         duration[cr.duration_ms].add(i)
         if li.targeting.dayparts or li.targeting.key_values:

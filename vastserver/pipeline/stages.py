@@ -16,6 +16,7 @@ from vastserver.catalog.model import (
     RATING_RANK,
     Creative,
     Daypart,
+    is_https,
 )
 from vastserver.pipeline.candidates import Candidate, request_values
 from vastserver.pipeline.context import AdRequest
@@ -156,7 +157,7 @@ def policy(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
         playable = playable_urls(cr, mimes & req.mimes)
         if not playable:
             return Reason.MIME_TYPE
-    if req.require_https and not any(u[:8].lower() == "https://" for u in playable):
+    if req.require_https and not any(is_https(u) for u in playable):
         return Reason.INSECURE_MEDIA
     return None
 
