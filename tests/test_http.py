@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from lxml import etree
 
-from tests.conftest import PUBLIC_URL, ClientFactory, FakeClock, raw_request
+from tests.conftest import DEMO_CATALOG, PUBLIC_URL, ClientFactory, FakeClock, raw_request
 from vastserver.app import RUNTIME
 from vastserver.eventlog import read_events
 from vastserver.tracking import expand_macros
@@ -705,6 +706,35 @@ async def test_an_explained_request_moves_the_rejection_metrics_as_a_plain_one(
         after = _rejections(await (await client.get("/metrics")).text())
         moved.append({k: v - before[k] for k, v in after.items() if v != before[k]})
     assert moved[0] and moved[1] == moved[0] and moved[2] == moved[0], moved
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "pod_duration=120&rating=TV-Y7&device_type=ctv",  # a daypart and the rating fail
+        "pod_duration=90&genre=sports&live=1",
+        "pod_duration=60",
+    ],
+)
+async def test_the_explanation_names_the_reason_the_metrics_count(
+    make_client: Any, tmp_path: Path, query: str
+) -> None:
+    """Every candidate the explanation drops is counted under the same reason: an
+    unapproved creative was ``creative_not_approved`` in ``debug`` and ``inactive`` in the
+    metrics, and one failing its daypart and the content rating had one reason in each."""
+    cat = json.loads(DEMO_CATALOG.read_text())
+    cat["creatives"][0]["approved"] = False
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(cat))
+    client = await make_client(catalog=str(path))
+    before = _rejections(await (await client.get("/metrics")).text())
+    resp = await client.get(f"/decide?{query}&device_id=viewer-explained")
+    assert resp.status == 200
+    explained = Counter(c["reason"] for c in (await resp.json())["candidates"] if c["reason"])
+    after = _rejections(await (await client.get("/metrics")).text())
+    moved = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+    assert explained["creative_not_approved"] >= 1
+    assert moved == dict(explained)
 
 
 async def test_admin_reload_requires_token(client: Any) -> None:

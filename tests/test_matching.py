@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -134,8 +135,10 @@ def test_bitsets_agree_with_the_filters(case: tuple[int, dict[str, str], timedel
     fast, dropped = index.select(req, env)
     slow = screen(req, index.candidates, env, PRE_DELIVERY_FILTERS)
     assert [c.key for c in fast] == [c.key for c in slow.survivors]
-    # Every dropped candidate is counted once.
+    # Every dropped candidate is counted once, under the reason the filters name first (the
+    # one the debug explanation gives it).
     assert sum(dropped.values()) == len(index.candidates) - len(fast)
+    assert dropped == dict(Counter(t.reason for t in slow.traces))
 
 
 def test_ten_thousand_line_items_do_not_cost_ten_thousand_evaluations(

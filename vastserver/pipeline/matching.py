@@ -52,9 +52,9 @@ from vastserver.pipeline.stages import (
     PLAYABLE_MIMES,
     UNKNOWN_CONTENT_RATING,
     StageEnv,
-    _in_daypart,
     floor,
     playable_urls,
+    rules,
 )
 
 DIMENSIONS: tuple[str, ...] = (
@@ -253,7 +253,9 @@ class BitIndex:
     all_counts: tuple[int, ...]
     """Popcount of each chunk of ``all`` (the last chunk may be partial)."""
     static_ok: Chunks
-    """Line item and campaign active, creative approved."""
+    """Line item and campaign active."""
+    approved: Chunks
+    """Creative approved."""
     position: Mapping[BreakPosition, Chunks]
     include: Mapping[str, Mapping[str, Chunks]]
     restricted: Mapping[str, Chunks]
@@ -332,9 +334,10 @@ class BitIndex:
         excepted)."""
         b = req.brk
         before: list[_Step] = [
-            (True, Reason.INACTIVE, self.static_ok),  # (unapproved creatives counted here)
+            (True, Reason.INACTIVE, self.static_ok),
             (True, Reason.OUT_OF_FLIGHT, self.in_flight(env.now)),
             (True, Reason.BREAK_POSITION, self.position[b.position]),
+            (True, Reason.CREATIVE_NOT_APPROVED, self.approved),
         ]
         for reason, rule, bound in (
             (Reason.LONGER_THAN_POD, "pod", fitting_ms(b.pod_duration_ms)),
@@ -687,14 +690,8 @@ class _SlotQuota:
 
 
 def residual_check(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
-    """What bitsets cannot answer: key-values, dayparts, the per-second price floor."""
-    t = c.line_item.targeting
-    for key, rule in t.key_values.items():
-        if not rule.allows(req.key_values.get(key)):
-            return Reason.TARGETING
-    if t.dayparts and not any(_in_daypart(dp, env.now, c.campaign.timezone) for dp in t.dayparts):
-        return Reason.DAYPART
-    return floor(req, c, env)
+    """What bitsets cannot answer: key-values, dayparts, the price floors."""
+    return rules(req, c, env) or floor(req, c, env)
 
 
 def _category_keys(codes: Iterable[str]) -> set[str]:
@@ -720,6 +717,7 @@ def build_bit_index(
     domain: dict[str, set[int]] = defaultdict(set)
     duration: dict[int, set[int]] = defaultdict(set)
     static_ok: set[int] = set()
+    approved: set[int] = set()
     alcohol: set[int] = set()
     vpaid: set[int] = set()
     ctv_playable: set[int] = set()
@@ -734,8 +732,10 @@ def build_bit_index(
 
     for i, c in enumerate(candidates):
         li, cr, camp, adv = c.line_item, c.creative, c.campaign, c.advertiser
-        if li.status == "active" and camp.status == "active" and cr.approved:
+        if li.status == "active" and camp.status == "active":
             static_ok.add(i)
+        if cr.approved:
+            approved.add(i)
         start, end = max(li.start, camp.start), min(li.end, camp.end)
         if start < end:
             flights[(start, end)].add(i)
@@ -809,6 +809,7 @@ def build_bit_index(
         all=every,
         all_counts=tuple(c.bit_count() for c in every),
         static_ok=chunks(static_ok),
+        approved=chunks(approved),
         position={p: chunks(s) for p, s in position.items()},
         include={d: bitmap(m) for d, m in include.items()},
         restricted={d: chunks(s) for d, s in restricted.items() if s},

@@ -115,13 +115,20 @@ def _in_daypart(dp: Daypart, now: datetime, default_tz: str) -> bool:
 
 
 def targeting(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
-    t = c.line_item.targeting
-    for dim, rule in t.rules.items():
+    """The targeting dimensions (key-values and dayparts are in :func:`rules`)."""
+    for dim, rule in c.line_item.targeting.rules.items():
         if not rule.allows_any(request_values(req, dim)):
             return Reason.TARGETING
+    return None
+
+
+def rules(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
+    """Key-values and dayparts. After :func:`policy`, where the bitset index checks them (one
+    candidate at a time, after every bitset): a candidate failing several checks is counted
+    in the metrics under the reason the ``debug`` explanation gives it."""
+    t = c.line_item.targeting
     for key, rule in t.key_values.items():
-        v = req.key_values.get(key)
-        if not rule.allows(v):
+        if not rule.allows(req.key_values.get(key)):
             return Reason.TARGETING
     if t.dayparts and not any(_in_daypart(dp, env.now, c.campaign.timezone) for dp in t.dayparts):
         return Reason.DAYPART
@@ -192,8 +199,9 @@ def delivery(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     return env.gate.check(req, c)
 
 
-PRE_DELIVERY_FILTERS: tuple[Filter, ...] = (eligibility, targeting, policy, floor)
-"""Filters that need no counters; delivery runs after the counters are fetched."""
+PRE_DELIVERY_FILTERS: tuple[Filter, ...] = (eligibility, targeting, policy, rules, floor)
+"""Filters that need no counters; delivery runs after the counters are fetched. In the order
+the bitset index checks them, so both name the same first failing check."""
 DELIVERY_FILTERS: tuple[Filter, ...] = (stream_separation, delivery)
 """Filters that read state fetched from the store (one round trip after the pure filters)."""
 FILTERS: tuple[Filter, ...] = (*PRE_DELIVERY_FILTERS, *DELIVERY_FILTERS)
