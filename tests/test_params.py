@@ -255,3 +255,59 @@ def test_ip_prefix_keeps_the_network_not_the_host(text: str | None, network: str
     from vastserver.params import ip_prefix
 
     assert ip_prefix(text) == network
+
+
+@pytest.mark.parametrize(
+    ("country", "region", "expected"),
+    [
+        ("US", "NY", "US-NY"),  # a bare subdivision gets the country, as in the geo table
+        ("us", "ny", "US-NY"),
+        ("GB", "ENG", "GB-ENG"),
+        (None, "US-NY", "US-NY"),
+        (None, "us-ny", "US-NY"),
+        ("CA", "CA-ON", "CA-ON"),
+        ("US", "CA-ON", "CA-ON"),  # a full code is taken as written
+    ],
+)
+def test_region_is_normalised_as_the_geo_table_reads_it(
+    country: str | None, region: str, expected: str
+) -> None:
+    """``country=US&region=NY`` was kept as ``NY``, which never matched a line item's
+    ``region include ["US-NY"]``, while the geo table (and OpenRTB's ``device.geo.region``)
+    read the same ``NY`` as ``US-NY``. The request parameter now goes through the geo
+    table's normaliser, and what it yields is a value the catalog accepts."""
+    from vastserver.catalog.load import DIMENSIONS, CatalogIssue
+    from vastserver.geo import normalize
+    from vastserver.params import parse_targeting
+
+    q = {"region": region} | ({"country": country} if country else {})
+    got = parse_targeting(q, client_info({}, PEER)).device
+    assert got.region == expected
+    assert normalize(country, region, None).region == expected
+    errs: list[CatalogIssue] = []
+    assert DIMENSIONS["region"](expected, "$.region", errs) == expected
+    assert errs == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"region": "NY"},  # a bare subdivision of no known country
+        {"region": "California"},
+        {"country": "US", "region": "California"},
+        {"region": "US-NEWY"},
+        {"region": "USA-NY"},
+        {"region": "US_NY"},
+        {"region": "US-NY "},
+        {"country": "US", "region": "N\u0131"},  # dotless i: its upper() is "I", not ASCII
+    ],
+)
+def test_a_malformed_region_is_refused(query: dict[str, str]) -> None:
+    """Any token passed as a region (``region=California``): it answered 200 and matched
+    nothing, where README promises a 400 naming a malformed known parameter."""
+    from vastserver.params import parse_targeting
+
+    with pytest.raises(ParamError) as err:
+        parse_targeting(query, client_info({}, PEER))
+    assert err.value.field == "region"
+    assert "ISO 3166-2" in err.value.why

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from vastserver.catalog.model import REGION_RE
 from vastserver.logs import event
 from vastserver.pipeline.context import Device
 from vastserver.settings import PROJECT_ROOT
@@ -34,8 +35,7 @@ log = logging.getLogger("vastserver.geo")
 DEFAULT_GEO_CSV = PROJECT_ROOT / "fixtures" / "geo-cidr.csv"
 
 _COUNTRY_RE = re.compile(r"^[A-Z]{2}$")
-_SUBDIVISION_RE = re.compile(r"^[A-Z0-9]{1,3}$")
-_REGION_RE = re.compile(r"^[A-Z]{2}-[A-Z0-9]{1,3}$")
+_SUBDIVISION_RE = re.compile(r"[A-Z0-9]{1,3}")
 _DMA_RE = re.compile(r"^\d{3}$")
 _V4_MAPPED_LO = 0xFFFF_0000_0000
 _V4_MAPPED_HI = 0xFFFF_FFFF_FFFF
@@ -59,16 +59,27 @@ class GeoLookup(Protocol):
     def lookup(self, ip: str) -> GeoInfo | None: ...
 
 
+def region_code(region: str | None, country: str | None) -> str | None:
+    """``region`` in the catalog's ISO 3166-2 form (:data:`~vastserver.catalog.model.REGION_RE`),
+    as the geo tables, ``region`` on ``/vast`` and OpenRTB's ``device.geo.region`` are read:
+    a full code in any case (``us-ny`` -> ``US-NY``), or a bare subdivision code (``NY``)
+    prefixed with ``country`` (alpha-2, upper case) when there is one. None for anything else,
+    a bare subdivision without a country included."""
+    if region is None or not region.isascii():  # "\u0131".upper() is "I": ASCII codes only
+        return None
+    r = region.upper()
+    if REGION_RE.fullmatch(r):
+        return r
+    if country is not None and _SUBDIVISION_RE.fullmatch(r):
+        return f"{country}-{r}"
+    return None
+
+
 def normalize(country: str | None, region: str | None, dma: str | int | None) -> GeoInfo:
     """Clean codes: unknown shapes become ``None``; a bare subdivision gets its country."""
     c = (country or "").strip().upper()
     c_ok = c if _COUNTRY_RE.match(c) else None
-    r = (region or "").strip().upper()
-    r_ok: str | None = None
-    if _REGION_RE.match(r):
-        r_ok = r
-    elif c_ok is not None and _SUBDIVISION_RE.match(r):
-        r_ok = f"{c_ok}-{r}"
+    r_ok = region_code((region or "").strip(), c_ok)
     d = f"{dma:03d}" if isinstance(dma, int) and not isinstance(dma, bool) else (dma or "")
     d = d.strip() if isinstance(d, str) else ""
     return GeoInfo(country=c_ok, region=r_ok, dma=d if _DMA_RE.match(d) else None)

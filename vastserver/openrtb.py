@@ -117,6 +117,7 @@ from vastserver.consent import (
     applicable_sections,
     read_privacy,
 )
+from vastserver.geo import region_code
 from vastserver.params import (
     MAX_AD_S,
     MAX_DOMAIN,
@@ -161,8 +162,6 @@ RulesFor = Callable[[str | None], AdRules]
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,128}$")
 _BAD_CHARS_RE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _ALPHA_RE = re.compile(r"^[A-Za-z]{2,3}$")
-_SUBDIVISION_RE = re.compile(r"^[A-Za-z0-9]{1,3}$")
-_REGION_RE = re.compile(r"^[A-Za-z]{2}-[A-Za-z0-9]{1,3}$")
 _DMA_RE = re.compile(r"^\d{3}$")
 _LANG_RE = re.compile(r"^([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]{1,8})*$")
 _MIME_RE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+\-]*/[a-z0-9][a-z0-9!#$&^_.+\-]*$")
@@ -681,17 +680,6 @@ def country_alpha2(raw: str | None) -> str | None:
     if len(code) == 2:
         return code
     return COUNTRY_ALPHA3.get(code)
-
-
-def region_code(raw: str | None, country: str | None) -> str | None:
-    """ISO 3166-2 as the catalog writes it (``US-NY``); a bare subdivision gets the country."""
-    if raw is None:
-        return None
-    if _REGION_RE.match(raw):
-        return raw.upper()
-    if country is not None and _SUBDIVISION_RE.match(raw):
-        return f"{country}-{raw.upper()}"
-    return None
 
 
 def language_code(raw: str | None) -> str | None:

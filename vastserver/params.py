@@ -25,6 +25,7 @@ from vastserver.consent import (
     parse_gpp_sid,
     read_privacy,
 )
+from vastserver.geo import region_code
 from vastserver.pipeline.context import (
     DEVICE_TYPES,
     PLATFORMS,
@@ -222,10 +223,6 @@ def _list(q: Mapping[str, str], *names: str, max_len: int = 64) -> tuple[str, ..
     return items
 
 
-def _upper(v: str | None) -> str | None:
-    return None if v is None else v.upper()
-
-
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
 
@@ -419,6 +416,22 @@ def _long_text(q: Mapping[str, str], name: str, max_len: int) -> str | None:
     return value.strip() or None if value else None  # as OpenRTB strips its strings
 
 
+def _region(q: Mapping[str, str], country: str | None) -> str | None:
+    """``region`` as the geo table reads its rows (:func:`~vastserver.geo.region_code`): an
+    ISO 3166-2 code (``US-NY``, any case), or a bare subdivision (``NY``) of ``country``."""
+    got = _get(q, "region")
+    if got is None:
+        return None
+    code = region_code(got[1], country)
+    if code is None:
+        raise ParamError(
+            "region",
+            "must be an ISO 3166-2 code such as US-NY, or a subdivision code such as NY "
+            "with country",
+        )
+    return code
+
+
 def parse_targeting(
     q: Mapping[str, str], client: ClientInfo, *, tcf_vendor_id: int | None = None
 ) -> Targeting:
@@ -433,6 +446,9 @@ def parse_targeting(
     country = _text(q, "country")
     if country is not None and not _COUNTRY_RE.match(country):
         raise ParamError("country", "must be an ISO 3166-1 alpha-2 code")
+    if country is not None:
+        country = country.upper()
+    region = _region(q, country)
     language = _text(q, "language")
     if language is not None and not _LANG_RE.match(language):
         raise ParamError("language", "must be a language code such as en or en-US")
@@ -445,8 +461,8 @@ def parse_targeting(
         lmt=not allowed.device_id,
         device_type=_choice(q, "device_type", DEVICE_TYPES),
         platform=_choice(q, "platform", PLATFORMS),
-        country=country.upper() if country else None,
-        region=_upper(_token(q, "region")),
+        country=country,
+        region=region,
         dma=_token(q, "dma"),
         language=language.split("-")[0].lower() if language else None,
     )

@@ -42,6 +42,7 @@ from vastserver.catalog.model import (
     MAX_POD_S,
     PLATFORMS,
     RATINGS,
+    REGION_RE,
     AdRules,
     Advertiser,
     BreakPosition,
@@ -1117,7 +1118,6 @@ CAMPAIGN = Obj(
 # ---- targeting
 
 _COUNTRY = re.compile(r"[A-Z]{2}")
-_REGION = re.compile(r"[A-Z]{2}-[A-Z0-9]{1,3}")
 _DMA = re.compile(r"[0-9]{3}")
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
 FREE_VALUE = string(max_len=256)
@@ -1125,7 +1125,7 @@ FREE_VALUE = string(max_len=256)
 DIMENSIONS: Mapping[str, Parser[str]] = MappingProxyType(
     {
         "country": string(_COUNTRY, what="an ISO 3166-1 alpha-2 country code like 'US'"),
-        "region": string(_REGION, what="an ISO 3166-2 region code like 'US-NY'"),
+        "region": string(REGION_RE, what="an ISO 3166-2 region code like 'US-NY'"),
         "dma": string(_DMA, what="a 3-digit Nielsen DMA code like '501'"),
         "device_type": enum_of(*DEVICE_TYPES),
         "platform": enum_of(*PLATFORMS),

@@ -6,6 +6,7 @@ handling only reads it; a reload builds a new :class:`Catalog` and swaps the ref
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,6 +29,9 @@ PLATFORMS: tuple[str, ...] = (
     "vizio",
     "web",
 )
+REGION_RE = re.compile(r"[A-Z]{2}-[A-Z0-9]{1,3}")
+"""A region as the catalog, the geo tables and requests write it: ISO 3166-2 with its country
+prefix, upper case (``US-NY``). :func:`vastserver.geo.region_code` brings other spellings to it."""
 
 
 class Tier(IntEnum):
