@@ -29,6 +29,7 @@ from vastserver.catalog.model import (
     BreakPosition,
     BreakRule,
     Catalog,
+    Rule,
     Slot,
     Tier,
 )
@@ -1155,3 +1156,18 @@ def test_every_error_of_an_icon_is_reported() -> None:
             (f"{p}.click_tracking_urls", "at most 8 items"),
         ],
     )
+
+
+def test_ifa_type_and_genre_rules_are_case_folded() -> None:
+    """Requests lower-case ``ifa_type`` (OpenRTB did, /vast now does too), as they do
+    ``genre``: a catalog's ``ifa_type include ["RIDA"]`` was kept as written and matched no
+    request. The catalog folds both dimensions' values."""
+    doc = demo_doc()
+    li = doc["line_items"][LI_BLUEFIN]
+    li["targeting"]["ifa_type"] = {"include": ["RIDA", "aaid"], "exclude": ["IDFA"]}
+    li["targeting"]["genre"] = {"include": ["Sports"]}
+    rules = parse_catalog(doc).line_items[li["id"]].targeting.rules
+    assert rules["ifa_type"] == Rule(
+        include=frozenset({"rida", "aaid"}), exclude=frozenset({"idfa"})
+    )
+    assert rules["genre"] == Rule(include=frozenset({"sports"}))

@@ -311,3 +311,14 @@ def test_a_malformed_region_is_refused(query: dict[str, str]) -> None:
         parse_targeting(query, client_info({}, PEER))
     assert err.value.field == "region"
     assert "ISO 3166-2" in err.value.why
+
+
+def test_ifa_type_is_case_folded_as_openrtb_folds_it() -> None:
+    """OpenRTB lower-cased ``ext.ifa_type`` and /vast kept it as sent: ``ifa_type=RIDA``
+    missed a line item targeting ``rida`` that the same device's OpenRTB request matched."""
+    from vastserver.params import parse_targeting
+
+    client = client_info({}, PEER)
+    for raw in ("RIDA", "Rida", "rida"):
+        assert parse_targeting({"ifa_type": raw}, client).device.ifa_type == "rida"
+    assert parse_targeting({}, client).device.ifa_type is None

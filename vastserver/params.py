@@ -223,6 +223,11 @@ def _list(q: Mapping[str, str], *names: str, max_len: int = 64) -> tuple[str, ..
     return items
 
 
+def _lower(v: str | None) -> str | None:
+    """A value matched in any case, as OpenRTB and the catalog fold it (``RIDA`` is ``rida``)."""
+    return None if v is None else v.lower()
+
+
 def _ms(seconds: float | None) -> int | None:
     return None if seconds is None else round(seconds * 1000)
 
@@ -457,7 +462,7 @@ def parse_targeting(
         ip=client.device_ip,
         user_agent=client.device_user_agent,
         ifa=ifa,
-        ifa_type=_token(q, "ifa_type"),
+        ifa_type=_lower(_token(q, "ifa_type")),
         lmt=not allowed.device_id,
         device_type=_choice(q, "device_type", DEVICE_TYPES),
         platform=_choice(q, "platform", PLATFORMS),

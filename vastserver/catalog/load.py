@@ -1178,7 +1178,7 @@ DAYPART = Obj(
 EMPTY_MAP: Mapping[str, Rule] = MappingProxyType({})
 
 
-CASE_FOLDED = frozenset({"genre"})
+CASE_FOLDED = frozenset({"genre", "ifa_type"})
 """Dimensions matched case-insensitively: requests lower-case them, so the catalog does too."""
 
 
