@@ -1171,3 +1171,26 @@ def test_ifa_type_and_genre_rules_are_case_folded() -> None:
         include=frozenset({"rida", "aaid"}), exclude=frozenset({"idfa"})
     )
     assert rules["genre"] == Rule(include=frozenset({"sports"}))
+
+
+def test_every_rule_value_with_a_comma_is_reported() -> None:
+    """A request lists several values with commas (``genre``, ``segments``, ``kv_<key>``),
+    so a rule value such as ``"house,daypart"`` matches no request: it loaded silently and
+    the line item never served. Every such value is an error, with its path."""
+    doc = demo_doc()
+    t = doc["line_items"][LI_BLUEFIN]["targeting"]
+    t["genre"] = {"include": ["sports", "drama,comedy"]}
+    t["segment"] = {"exclude": ["a,b"]}
+    t["key_values"] = {"t": {"include": ["house,daypart", "daypart"], "exclude": [","]}}
+    doc["line_items"][LI_CTV]["targeting"]["ifa_type"] = {"include": ["rida,aaid"]}
+    p, q = f"$.line_items[{LI_BLUEFIN}].targeting", f"$.line_items[{LI_CTV}].targeting"
+    assert_exactly(
+        errors_of(doc),
+        [
+            (f"{p}.genre.include[1]", "contains a comma"),
+            (f"{p}.segment.exclude[0]", "contains a comma"),
+            (f"{p}.key_values.t.include[0]", "contains a comma"),
+            (f"{p}.key_values.t.exclude[0]", "contains a comma"),
+            (f"{q}.ifa_type.include[0]", "contains a comma"),
+        ],
+    )

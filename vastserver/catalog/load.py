@@ -1120,7 +1120,27 @@ CAMPAIGN = Obj(
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _DMA = re.compile(r"[0-9]{3}")
 _LANGUAGE = re.compile(r"[a-z]{2,3}")
-FREE_VALUE = string(max_len=256)
+
+
+def _no_comma(p: Parser[str]) -> Parser[str]:
+    """A rule's value that a request can send: requests list several values separated by
+    commas (``genre``, ``segments``, ``kv_<key>``), so one with a comma would match none."""
+
+    def parse(v: object, path: str, errs: Issues) -> str | _Invalid:
+        got = p(v, path, errs)
+        if isinstance(got, str) and "," in got:
+            return _fail(
+                errs,
+                path,
+                f"{_show(got)} contains a comma, which separates a request's values: "
+                "no request can match it (list the values separately)",
+            )
+        return got
+
+    return parse
+
+
+FREE_VALUE = _no_comma(string(max_len=256))
 
 DIMENSIONS: Mapping[str, Parser[str]] = MappingProxyType(
     {

@@ -123,12 +123,16 @@ def targeting(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
 
 
 def rules(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
-    """Key-values and dayparts. After :func:`policy`, where the bitset index checks them (one
-    candidate at a time, after every bitset): a candidate failing several checks is counted
-    in the metrics under the reason the ``debug`` explanation gives it."""
+    """Key-values and dayparts. A request's key-value is a comma-separated list, as publisher
+    ad servers send them (``kv_t=house,daypart``, GAM's ``cust_params``): a rule's include
+    matches when any listed value is included, its exclude refuses when any is excluded.
+    After :func:`policy`, where the bitset index checks them (one candidate at a time, after
+    every bitset): a candidate failing several checks is counted in the metrics under the
+    reason the ``debug`` explanation gives it."""
     t = c.line_item.targeting
     for key, rule in t.key_values.items():
-        if not rule.allows(req.key_values.get(key)):
+        listed = (req.key_values.get(key) or "").split(",")
+        if not rule.allows_any(tuple(v.strip(" \t") for v in listed if v.strip(" \t"))):
             return Reason.TARGETING
     if t.dayparts and not any(_in_daypart(dp, env.now, c.campaign.timezone) for dp in t.dayparts):
         return Reason.DAYPART
