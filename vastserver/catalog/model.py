@@ -295,7 +295,7 @@ class Daypart:
     start_hour: int = 0
     end_hour: int = 24
     timezone: str | None = None
-    """None: the viewer's time zone when known, else the campaign's."""
+    """None: the campaign's ``timezone`` (never the viewer's: requests carry no time zone)."""
 
 
 @dataclass(frozen=True, slots=True)
