@@ -162,6 +162,49 @@ async def test_claims_move_with_the_token_lifetime_across_a_restart(
     assert not await claim(new, "bc:2:impression", 60)
 
 
+def _unwindowed_file(path: Path, saved_at: int, claims: dict[str, int]) -> None:
+    """A state file as servers up to e9206d6 wrote it: no ``claim_window_s`` nor
+    ``claim_horizon`` in the header; a claim's value is its beacon time plus the claim window
+    (the token max age and an hour) of that server."""
+    entries = [["\x01" + key, exp] for key, exp in claims.items()]
+    entries.append(["li:li-a:served", 7])
+    header = {"format": FORMAT, "version": 1, "saved_at": saved_at, "keys": len(entries)}
+    path.write_text(json.dumps(header) + "\n" + json.dumps(entries) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("old_age", "new_age", "later"),
+    [
+        (86400, 2 * 86400, 26 * 3600),  # the default, raised: the old claims lapsed at 25 h
+        (3600, 3600, 1800),  # a short max age kept: assuming the default lost every claim
+        (3600, 86400, 3 * 3600),  # a short one raised to the default
+    ],
+)
+async def test_claims_of_a_file_without_its_claim_window_move_with_the_new_one(
+    tmp_path: Path, old_age: int, new_age: int, later: int
+) -> None:
+    """Files of earlier servers do not say their claim window: their claims were read back
+    unmoved, so after a raised VASTSERVER_TOKEN_MAX_AGE they lapsed 25 h after their beacon
+    while their tokens still verified, and a replay counted again. The window is now taken
+    as at most the one they used (the latest claim expiry less the save time)."""
+    saved = 1_800_000_000
+    old_window = old_age + 3600
+    beacons = {"bc:ad-1:impression": saved - 3 * 60, "bc:ad-2:impression": saved - 20}
+    path = tmp_path / "s.json"
+    _unwindowed_file(path, saved, {k: t + old_window for k, t in beacons.items()})
+    clock = Clock(saved + later)
+    new = MemoryStore(clock=clock)
+    new.claim_window_s = new_age + 3600
+    assert load_state(new, path) == 3
+    assert await new.read([Read("li:li-a:served", LIFETIME)], clock.t) == [7]
+    for key, beacon in beacons.items():
+        # the token verifies until its serve time (before its beacon) plus the new max age
+        for t in (saved + later, beacon + new_age):
+            clock.t = t
+            assert not await claim(new, key, new.claim_window_s), (key, t)
+    assert new.claim_horizon == 0
+
+
 async def test_a_big_store_is_written_in_chunks(tmp_path: Path) -> None:
     clock = Clock(1_800_000_000.0)
     old = MemoryStore(clock=clock)

@@ -33,13 +33,14 @@ import fcntl
 import gc
 import itertools
 import json
+import math
 import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .memory import MemoryStore, entry_expired
+from .memory import _CLAIM, MemoryStore, entry_expired
 
 __all__ = ["FORMAT", "VERSION", "StateFileError", "StateLock", "load_state", "save_state"]
 
@@ -48,6 +49,10 @@ VERSION = 1
 CHUNK = 2_500
 """Keys encoded per line (and per turn of the event loop: ~7 ms)."""
 MAX_HEADER = 4096
+LEAST_CLAIM_WINDOW_S = 60 + 3600
+"""The shortest claim window any server can have used: the least ``VASTSERVER_TOKEN_MAX_AGE``
+(60 s) and the hour's grace. Files written before the header kept ``claim_window_s``
+(versions up to e9206d6) never used less."""
 _SEQ = itertools.count()
 
 
@@ -198,7 +203,8 @@ def _header(f: IO[str], path: Path, store: MemoryStore) -> tuple[Any, int]:
     """The header's key count, and how far the claims' expiries move: their window is the
     token lifetime plus an hour (:attr:`MemoryStore.claim_window_s`), and a server started
     with another ``VASTSERVER_TOKEN_MAX_AGE`` moves them (and the claim horizon) with it, so
-    that claim expiries keep the order of the tokens' serve times."""
+    that claim expiries keep the order of the tokens' serve times (a file of an earlier
+    server, which did not record its window, moves them at least that far)."""
     header = json.loads(f.readline(MAX_HEADER) or "null")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StateFileError(f"{path}: not a vastserver state file")
@@ -213,11 +219,39 @@ def _header(f: IO[str], path: Path, store: MemoryStore) -> tuple[Any, int]:
     if window is not None and (type(window) is not int or window <= 0):
         raise StateFileError(f"{path}: claim_window_s is not a duration")
     shift = 0
-    if window is not None and store.claim_window_s is not None:
+    if store.claim_window_s is not None:
+        if window is None:
+            window = _unrecorded_window(f, path, header, horizon)
         shift = store.claim_window_s - window
     if horizon:
         store.claim_horizon = max(store.claim_horizon, horizon + shift)
     return header.get("keys"), shift
+
+
+def _unrecorded_window(f: IO[str], path: Path, header: dict[str, Any], horizon: int) -> int:
+    """A claim window for a file whose header lacks it, at most the one its server used, so
+    that moving its claims by the difference never moves them short of the new window.
+
+    Those servers gave a claim ``VASTSERVER_TOKEN_MAX_AGE`` plus an hour from its beacon (or
+    its token's serve time), both before the save: no claim in the file (nor the claim
+    horizon, an evicted claim's expiry) lies further past ``saved_at`` than that window. So
+    the latest of them less ``saved_at`` is at most the window (about it when beacons came
+    until the save); assuming the default window instead (90,000 s) would expire at once the
+    claims of a server that ran with a shorter one. One extra pass over the file, once."""
+    pos = f.tell()
+    latest = horizon
+    for key, raw in _entries(f, path, header.get("keys")):
+        if key[:1] == _CLAIM and type(raw) is int and raw > latest:
+            latest = raw
+    f.seek(pos)
+    saved_at = header.get("saved_at")
+    if (
+        type(saved_at) is bool
+        or not isinstance(saved_at, int | float)
+        or not math.isfinite(saved_at)
+    ):
+        return LEAST_CLAIM_WINDOW_S
+    return max(LEAST_CLAIM_WINDOW_S, math.floor(latest - saved_at))
 
 
 def _entries(f: IO[str], path: Path, expected: Any) -> Iterator[tuple[str, Any]]:
