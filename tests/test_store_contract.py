@@ -39,7 +39,7 @@ from vastserver.store import (
     Window,
     open_store,
 )
-from vastserver.store.redis import CLAIM_MARGIN_S
+from vastserver.store.redis import CLAIM_MARGIN_S, LEGACY_CLAIM_WINDOW_S
 
 T0 = 1_800_000_000.0
 """A multiple of every bucket width used here (so bucket edges are easy to reason about)."""
@@ -714,6 +714,50 @@ async def test_redis_claim_window_unused_for_its_length_drops_out(
     finally:
         await fleet.close()
         await once.close()
+
+
+async def test_redis_claims_left_by_versions_that_recorded_no_window_are_not_counted_twice(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Versions up to e9206d6 claimed for the token max age and an hour from the beacon
+    (90,000 s by default) and recorded no claim window. A first instance with a raised max
+    age then judged their tokens with its own window: a replay of one, after the old claim
+    lapsed (25 h) but while the new instance still verified it (48 h), counted again."""
+    two_days = 2 * 86400 + 3600
+    new = RedisStore(redis_url)
+    new.claim_window_s = two_days
+    served = T0 - 60
+    keys, inc = ["tok:impression"], [Incr("n", LIFE)]
+    try:
+        # as the old version left it: the claim and its count, no claim-windows keys
+        await new._client.set("vs:d:tok:impression", "1", ex=LEGACY_CLAIM_WINDOW_S)
+        await new.add(inc, served + 5)
+        assert not await new._client.exists("vs:claim-windows", "vs:claim-windows:used")
+        now = served + 26 * 3600  # the new instance's first beacon
+        assert await new.claim_and_add(["other"], two_days, [], now, served_at=now - 30) == [True]
+        await new._client.delete("vs:d:tok:impression")  # lapsed at beacon + 90,000 s
+        with pytest.raises(ClaimExpired):
+            await new.claim_and_add(keys, two_days, inc, now + 5, served_at=served)
+        assert await new.read([Read("n", LIFE)], now + 5) == [1]
+        # its tokens are still judged by the claims they left while those live
+        early = T0 + 3600
+        assert await new.claim_and_add(["tok2:impression"], 60, [], early, served_at=served) == [
+            True
+        ]
+        # nothing else is recorded: the new instance's claims last its own window
+        assert await new._client.ttl("vs:d:other") > two_days - 60
+        assert await new._client.zrange("vs:claim-windows", 0, -1) == [str(two_days)]
+    finally:
+        await new.close()
+    # a recorded window shorter than the legacy one still answers for what came before it
+    short = RedisStore(redis_url, prefix="y:")
+    short.claim_window_s = 7200
+    try:
+        assert await short.claim_and_add(["a"], 7200, [], T0, served_at=T0 - 10) == [True]
+        with pytest.raises(ClaimExpired):
+            await short.claim_and_add(["b"], 60, [], T0 - 10 + 7200, served_at=T0 - 10)
+    finally:
+        await short.close()
 
 
 async def test_redis_claim_windows_never_count_a_replay_twice(

@@ -18,7 +18,9 @@ Key layout (``prefix`` defaults to ``"vs:"``):
   the caller's (instances with different ``VASTSERVER_TOKEN_MAX_AGE`` values share the
   claims); a beacon served before the longest window in force then (compared as numbers),
   past that window less :data:`CLAIM_MARGIN_S`, raises :class:`~.base.ClaimExpired`: its
-  claim may have lapsed, and counting it might count it twice. A window unused for its own
+  claim may have lapsed, and counting it might count it twice. A token served before every
+  recorded window is judged with the shortest, or :data:`LEGACY_CLAIM_WINDOW_S` if shorter
+  (earlier versions claimed with it and recorded nothing). A window unused for its own
   length drops out (never the shortest, which answers for tokens served before every
   recorded window): dropping one only shortens the window a lookup finds for a token, never
   a claim already written, so it can refuse more, never count twice;
@@ -76,6 +78,13 @@ _PLAIN_ARGS = frozenset({str, bytes, int})
 CLAIM_MARGIN_S = 600
 """A token served under a shorter claim window is refused this long before a claim written
 with that window expires: claims written by instances whose clocks run ahead still live."""
+
+LEGACY_CLAIM_WINDOW_S = 86400 + 3600
+"""The claim window of versions that recorded none (up to e9206d6, with the default
+``VASTSERVER_TOKEN_MAX_AGE``): their claims lasted this long from their beacon. A token served
+before every recorded window is judged with it when it is shorter than the shortest recorded,
+so that a first instance started with a raised max age on their Redis does not count a replay
+of a token whose claim they let lapse."""
 
 
 def _pack_command(self: AbstractConnection, *args: Any) -> list[bytes]:
@@ -197,7 +206,7 @@ CLAIM_ADD_LUA = (
 --   last claimed with (a hash: window -> time), the claim keys, then the counter hash of
 --   every increment.
 -- ARGV: nclaims, ttl, served_at, window, now, margin (served_at and window '' when not
---   known), then per incr: field, amount, ttl, trim (as in COMMIT_LUA).
+--   known), the legacy window, then per incr: field, amount, ttl, trim (as in COMMIT_LUA).
 -- Returns 1/0 per claim (SET NX EX); the increments apply only if every claim is new.
 -- Returns -1 (nothing claimed or counted) for a token served before the longest window in
 -- force when it was served allowed, older than that window less the margin: a claim of it
@@ -249,7 +258,9 @@ if ARGV[3] ~= '' and ARGV[4] ~= '' then
       if e[3] < served and (at == nil or e[2] > at) then at = e[2] end
     end
   end
-  if at == nil then at = least end
+  -- served before every window recorded: maybe by a version that recorded none, whose
+  -- claims lasted the legacy window from their beacon
+  if at == nil then at = math.min(least, tonumber(ARGV[7])) end
   if now > served + at - margin then return -1 end
   local need = math.ceil(served + longest - now)
   if need > ttl then ttl = need end
@@ -264,7 +275,7 @@ for i = 1, n do
   end
 end
 if all == 1 then
-  local a = 7
+  local a = 8
   for k = n + 3, #KEYS do
     incr(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
     a = a + 4
@@ -397,6 +408,7 @@ class RedisStore:
             "" if window is None else window,
             math.floor(now),
             CLAIM_MARGIN_S,
+            LEGACY_CLAIM_WINDOW_S,
         ]
         self._incr_args(incrs, now, redis_keys, args)
         try:
