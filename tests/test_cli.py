@@ -826,6 +826,25 @@ def test_every_commands_help_lists_its_options_with_their_defaults(
                 assert "default" in line, where
 
 
+def test_metrics_port_help_says_metrics_leave_the_main_port(
+    monkeypatch: pytest.MonkeyPatch, server_factory: Any
+) -> None:
+    """``--metrics-port``'s help said each worker "also" served /metrics on its own port;
+    since then the main port answers 404 for /metrics when one is set (it is public and
+    /metrics has no authentication). The help says what the server does."""
+    (serve,) = [p for p in _parsers(monkeypatch) if p.prog == "vastserver serve"]
+    (action,) = [a for a in serve._actions if a.dest == "metrics_port"]
+    text = " ".join(serve._get_formatter()._expand_help(action).split())
+    assert "also" not in text
+    assert "no longer on the main port" in text, text
+    mport = free_port()
+    srv = server_factory("--event-log", "off", "--metrics-port", str(mport))
+    srv.wait_ready()
+    assert _get(srv.base + "/metrics")[0] == 404
+    assert _get(f"http://127.0.0.1:{mport}/metrics")[0] == 200
+    assert srv.stop() == 0
+
+
 def test_help_shows_the_default_of_an_option_that_did_not_say_it() -> None:
     from vastserver.cliargs import HelpWithDefaults
 

@@ -72,8 +72,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--metrics-port",
         dest="metrics_port",
         type=int,
-        help="worker i also serves /metrics on this port + i (VASTSERVER_METRICS_PORT, "
-        "default none)",
+        help="worker i serves /metrics alone on this port + i, and no longer on the main port "
+        "(VASTSERVER_METRICS_PORT, default none)",
     )
     p.add_argument(
         "--event-log",
@@ -178,7 +178,7 @@ async def _serve_until_signal(
     side: web.AppRunner | None = None
     if metrics_sock is not None:
         # The workers share the main port, so a scrape there reaches one of them at random:
-        # each worker also answers /metrics on a port of its own.
+        # each worker answers /metrics on a port of its own (the main port then does not).
         side = web.AppRunner(
             metrics_app(app), access_log=None, handle_signals=False, keepalive_timeout=keepalive
         )
