@@ -1103,3 +1103,39 @@ async def test_gc_maintenance_without_a_sweep_never_unfreezes(
         await asyncio.wait_for(task, 1.0)
         assert calls.count("freeze") == 2, calls
         assert ("unfreeze" in calls) is expect_unfreeze, calls
+
+
+def test_check_catalog_lists_every_problem_and_exits_by_the_outcome(tmp_path: Path) -> None:
+    """``vastserver check-catalog`` validates as ``serve`` and a reload do (an operator checks
+    a catalog before an upgrade or a push): exit 0 with the counts, exit 1 with every
+    problem, past the 25 a start-up error lists."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "vastserver", "check-catalog", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+
+    ok = run(str(DEMO_CATALOG))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith(f"ok: catalog {DEMO_CATALOG}") and "14 line items" in ok.stdout
+    cat = json.loads(DEMO_CATALOG.read_text())
+    for li in cat["line_items"]:
+        li["tier"] = "premium"  # 14 problems
+    for cr in cat["creatives"]:
+        cr["duration"] = -1  # 14 more
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(cat))
+    out = run(str(bad))
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[0] == f"28 errors in catalog {bad}"
+    assert sum(".tier:" in ln for ln in out.stdout.splitlines()) == 14
+    assert sum(".duration:" in ln for ln in out.stdout.splitlines()) == 14
+    got = json.loads(run(str(bad), "--json").stdout)
+    assert got["ok"] is False and len(got["errors"]) == 28
+    assert {"path", "message"} == set(got["errors"][0])
+    assert json.loads(run(str(DEMO_CATALOG), "--json").stdout)["line_items"] == 14
+    assert run().returncode == 2  # no path: usage

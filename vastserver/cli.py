@@ -1,4 +1,4 @@
-"""``vastserver`` command line: ``serve``, ``gen-catalog``."""
+"""``vastserver`` command line: ``serve``, ``check-catalog``, ``gen-catalog``..."""
 
 from __future__ import annotations
 
@@ -580,14 +580,16 @@ def _main(argv: Sequence[str] | None) -> int:
     configure_logs(level)
     if not argv or argv[0] in ("-h", "--help"):
         print(
-            "usage: vastserver {serve,gen-catalog,gen-events,train,report,simulate,bench} ...\n\n"
-            "  serve        run the ad server (vastserver serve --help)\n"
-            "  gen-catalog  write a synthetic catalog (vastserver gen-catalog --help)\n"
-            "  gen-events   write a synthetic event log from a hidden viewer model\n"
-            "  train        train the completion model from event logs\n"
-            "  report       delivery per line item from the event log (vastserver report --help)\n"
-            "  simulate     CTV households against the real server, guarantees checked\n"
-            "  bench        throughput and latency against a static baseline"
+            "usage: vastserver {serve,check-catalog,gen-catalog,gen-events,train,report,simulate,"
+            "bench} ...\n\n"
+            "  serve          run the ad server (vastserver serve --help)\n"
+            "  check-catalog  validate a catalog as the server loads it (every problem)\n"
+            "  gen-catalog    write a synthetic catalog (vastserver gen-catalog --help)\n"
+            "  gen-events     write a synthetic event log from a hidden viewer model\n"
+            "  train          train the completion model from event logs\n"
+            "  report         delivery per line item from the event log (report --help)\n"
+            "  simulate       CTV households against the real server, guarantees checked\n"
+            "  bench          throughput and latency against a static baseline"
         )
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
@@ -613,6 +615,10 @@ def _main(argv: Sequence[str] | None) -> int:
         from vastserver.report import main_report
 
         return main_report(rest)
+    if cmd == "check-catalog":
+        from vastserver.catalog.load import main_check_catalog
+
+        return main_check_catalog(rest)
     if cmd == "gen-catalog":
         from vastserver.catalog.gen import main_gen_catalog
 

@@ -1734,3 +1734,49 @@ def load_catalog(path: Path) -> Catalog:
             [CatalogIssue("$", f"cannot read file: {exc.strerror or exc}")], source=source
         ) from None
     return parse_catalog(decode_json(raw, source=source), source=source)
+
+
+def main_check_catalog(argv: Sequence[str]) -> int:
+    """``check-catalog PATH [--json]``: validate a catalog as ``serve`` and a reload would.
+
+    Exit 0 when it loads, 1 listing every problem (not only the first 25), 2 on usage."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="vastserver check-catalog",
+        description="Validate a catalog (JSON, see docs/catalog.md) as the server loads it: "
+        "every problem with its JSON path. Exit 0 when it loads, 1 when it does not.",
+    )
+    parser.add_argument("path", type=Path, metavar="PATH", help="the catalog file")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:  # --help or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        cat = load_catalog(args.path)
+    except CatalogError as e:
+        if args.json:
+            errors = [{"path": i.path, "message": i.message} for i in e.errors]
+            print(json.dumps({"ok": False, "source": e.source, "errors": errors}))
+        else:
+            n = len(e.errors)
+            print(f"{n} error{'s' if n != 1 else ''} in catalog {e.source}")
+            for issue in e.errors:
+                print(f"  {issue}")
+        sys.stdout.flush()
+        return 1
+    counts = {
+        "advertisers": len(cat.advertisers),
+        "campaigns": len(cat.campaigns),
+        "line_items": len(cat.line_items),
+        "creatives": len(cat.creatives),
+    }
+    if args.json:
+        print(json.dumps({"ok": True, "source": str(args.path), "version": cat.version, **counts}))
+    else:
+        parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
+        print(f"ok: catalog {args.path} (version {cat.version}): {parts}")
+    sys.stdout.flush()
+    return 0
