@@ -16,7 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.delivery_support import Clock, base_catalog, make_service, request, tokens_for
+from tests.delivery_support import (
+    Clock,
+    _creative,
+    base_catalog,
+    make_service,
+    request,
+    tokens_for,
+)
 from vastserver.catalog.model import Daypart, Delivery
 from vastserver.pipeline.delivery import (
     HOURLY_SHARE,
@@ -691,19 +698,25 @@ async def test_a_roomy_budget_skips_the_pre_check_but_never_overdelivers() -> No
     read_keys = _spy_reads(store)
     budget_key = "li:li-a:imp:life"
 
-    assert _li_a_outcome(await svc.decide(request("v0"))) == (True, None)
+    assert _li_a_outcome(await svc.decide(request("v0"), explain=True)) == (True, None)
     assert budget_key in read_keys[-1]
     # another instance spends the rest: 1,499 delivered + this instance's 1 reservation
     await store.add([Incr(budget_key, LIFETIME, 1499)], clock.now.timestamp())
 
     clock.now = T0 + timedelta(seconds=ROOMY_S / 2)
     n = len(read_keys)
-    assert _li_a_outcome(await svc.decide(request("v1"))) == (False, Reason.BUDGET_EXHAUSTED)
+    assert _li_a_outcome(await svc.decide(request("v1"), explain=True)) == (
+        False,
+        Reason.BUDGET_EXHAUSTED,
+    )
     # not read by the pre-check; refused by the reservation, then read back to name the guard
     assert budget_key not in read_keys[n] and budget_key in read_keys[n + 1]
 
     clock.now = T0 + timedelta(seconds=ROOMY_S * 2)
-    assert _li_a_outcome(await svc.decide(request("v2"))) == (False, Reason.BUDGET_EXHAUSTED)
+    assert _li_a_outcome(await svc.decide(request("v2"), explain=True)) == (
+        False,
+        Reason.BUDGET_EXHAUSTED,
+    )
     assert budget_key in read_keys[-1]  # read again: the pre-check dropped it
     ts = clock.now.timestamp()
     counted = await store.read(
@@ -713,6 +726,8 @@ async def test_a_roomy_budget_skips_the_pre_check_but_never_overdelivers() -> No
 
 
 def _li_a_outcome(d: Any) -> tuple[bool, Any]:
+    """Served, and why not (an explained decision: a line item the pacing loop found out of
+    budget is dropped by the selection, named only by the explanation)."""
     served = "li-a" in [a.candidate.line_item.id for a in d.ads]
     return served, next(t.reason for t in d.traces if t.line_item_id == "li-a")
 
@@ -728,10 +743,16 @@ async def test_a_refused_reservation_names_the_guard_that_failed() -> None:
     when the budget ran out, the cap when the cap did (read back after the refusal)."""
     svc, clock = _setup(_with_li_a(**_CAPPED_AND_BUDGETED))
     store = svc.delivery.store
-    assert _li_a_outcome(await svc.decide(request("v0"))) == (True, None)  # budget now roomy
+    assert _li_a_outcome(await svc.decide(request("v0"), explain=True)) == (
+        True,
+        None,
+    )  # budget now roomy
     await store.add([Incr("li:li-a:imp:life", LIFETIME, 1499)], clock.now.timestamp())
     clock.now = T0 + timedelta(seconds=ROOMY_S / 2)
-    assert _li_a_outcome(await svc.decide(request("v1"))) == (False, Reason.BUDGET_EXHAUSTED)
+    assert _li_a_outcome(await svc.decide(request("v1"), explain=True)) == (
+        False,
+        Reason.BUDGET_EXHAUSTED,
+    )
 
     # the cap: another request of the same viewer reserves it between prefetch and commit
     svc, clock = _setup(_with_li_a(**_CAPPED_AND_BUDGETED))
@@ -745,7 +766,10 @@ async def test_a_refused_reservation_names_the_guard_that_failed() -> None:
         return await real_commit(batch, now)
 
     store.commit = commit
-    assert _li_a_outcome(await svc.decide(request("v2"))) == (False, Reason.FREQUENCY_CAP)
+    assert _li_a_outcome(await svc.decide(request("v2"), explain=True)) == (
+        False,
+        Reason.FREQUENCY_CAP,
+    )
 
 
 async def test_a_store_failure_at_commit_drops_budgeted_ads_as_budget_exhausted() -> None:
@@ -756,7 +780,10 @@ async def test_a_store_failure_at_commit_drops_budgeted_ads_as_budget_exhausted(
 
     svc.delivery.store.commit = down
     # budgets fail closed; the capped line item's loss is not a cap hit
-    assert _li_a_outcome(await svc.decide(request("v0"))) == (False, Reason.BUDGET_EXHAUSTED)
+    assert _li_a_outcome(await svc.decide(request("v0"), explain=True)) == (
+        False,
+        Reason.BUDGET_EXHAUSTED,
+    )
 
 
 @pytest.mark.parametrize(
@@ -1313,7 +1340,10 @@ async def test_a_line_item_is_exhausted_once_any_budget_serving_checks_is_used_u
     assert row["exhausted"] is True
     assert gauge().endswith(" 1.0")
     # serving refuses it for the same reason, before reading a counter
-    assert _li_a_outcome(await svc.decide(request("fresh"))) == (False, Reason.BUDGET_EXHAUSTED)
+    assert _li_a_outcome(await svc.decide(request("fresh"), explain=True)) == (
+        False,
+        Reason.BUDGET_EXHAUSTED,
+    )
 
 
 async def test_the_pacing_pass_reads_each_budget_counter_once() -> None:
@@ -1527,3 +1557,113 @@ async def test_exhaustion_is_judged_at_the_cheapest_slot_price(
     await svc.delivery.store.add([Incr("li:li-a:spend:life", LIFETIME, used)], T0.timestamp())
     await svc.delivery.update_pacing(svc.snapshot.catalog)
     assert ("li-a" in svc.delivery.exhausted) is exhausted
+
+
+# ------------------------------------------------------- refusals take no competitor's place
+
+
+def _crowded_group(**li_a: Any) -> dict[str, Any]:
+    """li-a, guaranteed with three creatives, and li-c, a standard competitor (the same
+    competitive category, so one separation group): the selection keeps at most 3
+    candidates a group, all li-a's."""
+    cat = base_catalog()
+    cat["advertisers"].append(
+        {"id": "adv-c", "name": "C", "domain": "c.example", "competitive_category": "auto"}
+    )
+    cat["campaigns"].append({**cat["campaigns"][1], "id": "cmp-c", "advertiser_id": "adv-c"})
+    cat["creatives"] += [
+        _creative("cr-a2", "adv-a", "AAAA0002000H"),
+        _creative("cr-a3", "adv-a", "AAAA0003000H"),
+        _creative("cr-c", "adv-c", "CCCC0001000H"),
+    ]
+    cat["line_items"][0].update(tier="guaranteed", creative_ids=["cr-a", "cr-a2", "cr-a3"], **li_a)
+    cat["line_items"].append(
+        {
+            "id": "li-c",
+            "campaign_id": "cmp-c",
+            "name": "C",
+            "tier": "standard",
+            "price": 10,
+            "creative_ids": ["cr-c"],
+        }
+    )
+    return cat
+
+
+def _ads(d: Any) -> list[str]:
+    return [a.candidate.line_item.id for a in d.ads]
+
+
+async def test_a_capped_line_item_with_several_creatives_leaves_the_break_to_a_competitor() -> None:
+    """The three places of a separation group went to a line item's creatives before the
+    viewer's caps were read: once she had seen it, its competitor was ``outranked`` and the
+    break went unfilled. The counters now send the selection round again without it."""
+    cap = {"scope": "line_item", "max": 1, "window": "1d"}
+    svc, _ = _setup(_crowded_group(frequency_caps=[cap]))
+    one = request("v", pod_s=15, max_ads=1)
+    assert await _serve_and_confirm(svc, one) == ["li-a"]
+    assert _ads(await svc.decide(one)) == ["li-c"]
+    assert svc.metrics.refills._value.get() == 1
+    assert svc.delivery.cap_hits["li-a"] == 3  # its three creatives, refused by their caps
+    d = await svc.decide(one, explain=True)
+    assert _ads(d) == ["li-c"]
+    assert (
+        sorted(t.reason.value for t in d.traces if t.line_item_id == "li-a" and t.reason)
+        == ["frequency_cap"] * 3
+    )
+    # a viewer who has not seen li-a gets it, with no second selection
+    assert _ads(await svc.decide(request("w", pod_s=15, max_ads=1))) == ["li-a"]
+    assert svc.metrics.refills._value.get() == 2  # (the explained decision's)
+
+
+async def test_a_throttled_line_item_with_several_creatives_leaves_the_break_to_a_competitor() -> (
+    None
+):
+    """Pacing throttled a line item after the selection kept three of its creatives in a
+    group of three: its competitor was ``outranked``. The throttle is now drawn before."""
+    svc, _ = _setup(_crowded_group())
+    svc.delivery.throttle = {"li-a": 0.0}
+    svc.delivery.paced = frozenset({"li-a"})
+    before = {r: svc.metrics.rejected[r]._value.get() for r in Reason}
+    assert _ads(await svc.decide(request("v", pod_s=15, max_ads=1))) == ["li-c"]
+    moved = {r: svc.metrics.rejected[r]._value.get() - n for r, n in before.items()}
+    assert moved[Reason.PACING_THROTTLE] == 3
+    assert svc.metrics.refills._value.get() == 0
+
+
+async def test_a_throttle_is_drawn_once_a_request_for_a_line_item_with_several_creatives() -> None:
+    """Each creative drew the throttle again, so a line item of three creatives throttled to
+    0.5 passed 1 - 0.5**3 = 87.5 % of requests, and the controller's tuning depended on how
+    many creatives a line item has."""
+    svc, _ = _setup(_crowded_group())
+    svc.delivery.throttle = {"li-a": 0.5}
+    svc.delivery.paced = frozenset({"li-a"})
+    n = 2000
+    served = 0
+    for i in range(n):
+        served += _ads(await svc.decide(request(f"v{i}", pod_s=15, max_ads=1))) == ["li-a"]
+    assert abs(served / n - 0.5) < 0.05  # binomial sd 0.011
+
+
+async def test_when_the_second_selection_cannot_read_its_counters_the_first_stands() -> None:
+    cap = {"scope": "line_item", "max": 1, "window": "1d"}
+    svc, _ = _setup(_crowded_group(frequency_caps=[cap]))
+    one = request("v", pod_s=15, max_ads=1)
+    assert await _serve_and_confirm(svc, one) == ["li-a"]
+    store = svc.delivery.store
+    real = store.read
+    calls = 0
+
+    async def second_read_fails(reads: Any, now: float) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise StoreUnavailable("down")
+        return await real(reads, now)
+
+    store.read = second_read_fails
+    d = await svc.decide(one)
+    assert calls == 2 and "li-c" not in _ads(d) and "li-a" not in _ads(d)
+    assert svc.metrics.degradations.labels("refill_skipped")._value.get() == 1
+    assert svc.metrics.refills._value.get() == 0
+    assert svc.delivery.cap_hits["li-a"] == 3  # refused in the decision, as before

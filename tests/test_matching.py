@@ -25,7 +25,7 @@ from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import screen
 from vastserver.pipeline.matching import CatalogIndex, build_index
 from vastserver.pipeline.reasons import Reason
-from vastserver.pipeline.stages import PRE_DELIVERY_FILTERS, StageEnv, floor, policy
+from vastserver.pipeline.stages import PRE_DELIVERY_FILTERS, PreGate, StageEnv, floor, policy
 
 NOW = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 CLIENT = ClientInfo("198.51.100.7", "ua", "198.51.100.7", "ua")
@@ -139,6 +139,38 @@ def test_bitsets_agree_with_the_filters(case: tuple[int, dict[str, str], timedel
     # one the debug explanation gives it).
     assert sum(dropped.values()) == len(index.candidates) - len(fast)
     assert dropped == dict(Counter(t.reason for t in slow.traces))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.integers(0, 2**32 - 1))
+def test_the_selection_applies_pacing_as_the_filters_do(
+    case: tuple[int, dict[str, str], timedelta], pacing_seed: int
+) -> None:
+    """Line items out of budget or throttled (one draw per line item, shared by the selection
+    and the filters as by a request and its explanation) drop the same candidates under the
+    same reasons, with or without a candidate limit."""
+    seed, q, shift = case
+    catalog, index = catalog_and_index(seed)
+    req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=True)
+    rng = random.Random(pacing_seed)
+    ids = sorted(catalog.line_items)
+    exhausted = frozenset(rng.sample(ids, len(ids) // 6))
+    throttle = {li: rng.choice((0.0, 0.3, 0.7)) for li in rng.sample(ids, len(ids) // 3)}
+    pre = PreGate(
+        paced=exhausted | frozenset(throttle),
+        exhausted=exhausted,
+        throttle=throttle,
+        rng=random.Random(pacing_seed),
+    )
+    env = replace(_env(req, shift), pre=pre)
+    fast, dropped = index.select(req, env)
+    slow = screen(req, index.candidates, env, PRE_DELIVERY_FILTERS)
+    assert [c.key for c in fast] == [c.key for c in slow.survivors]
+    assert dropped == dict(Counter(t.reason for t in slow.traces))
+    # a candidate limit keeps only candidates the pacing admits, and counts each once
+    kept, counted = index.select(req, env, 4)
+    assert {c.key for c in kept} <= {c.key for c in fast}
+    assert len(kept) + sum(counted.values()) == len(index.candidates)
 
 
 def test_ten_thousand_line_items_do_not_cost_ten_thousand_evaluations(

@@ -22,9 +22,10 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 from vastserver.catalog.model import (
@@ -73,6 +74,7 @@ from vastserver.pipeline.delivery import (
     spend_micros,
 )
 from vastserver.pipeline.reasons import Reason
+from vastserver.pipeline.stages import PreGate
 from vastserver.store.base import (
     ClaimExpired,
     Guarded,
@@ -201,6 +203,9 @@ class DeliveryControl:
         self.token_max_age_s = token_max_age_s
         self.throttle: dict[str, float] = {}
         self.exhausted: frozenset[str] = frozenset()
+        self.paced: frozenset[str] = frozenset()
+        """``exhausted`` and the line items throttled below 1: the pacing pass's, one
+        object until the next (:attr:`PreGate.paced`)."""
         self.pacing: dict[str, LineItemPacing] = {}
         self.cap_hits: Counter[str] = Counter()
         self.completion_rates: dict[str, float] = {}
@@ -239,6 +244,12 @@ class DeliveryControl:
 
     # ------------------------------------------------------------------ decisions
 
+    def pre_gate(self) -> PreGate:
+        """A request's pacing checks: the last pacing pass's, with draws of its own."""
+        return PreGate(
+            paced=self.paced, exhausted=self.exhausted, throttle=self.throttle, rng=self.rng
+        )
+
     async def prefetch(
         self,
         cands: Sequence[Candidate],
@@ -247,6 +258,7 @@ class DeliveryControl:
         *,
         session: str | None = None,
         avail: int | None = 0,
+        pre: PreGate | None = None,
     ) -> Prefetched:
         """Everything the delivery filters need, fetched together: cap and budget counters,
         the viewer's recent exposures (one ``read``) and, with a session, its recent history
@@ -268,15 +280,14 @@ class DeliveryControl:
                 values, entries = await self.store.read(reads, now.timestamp()), []
         except StoreUnavailable as e:
             self._store_error(e)
-            return self.degraded(cands, viewer, now)
+            return self.degraded(cands, viewer, now, pre)
         counts = {r.key: v for r, v in zip(reads, values, strict=True)}
         note_headroom(cands, checks, counts, now, self.gate_cache)
         gate = CountsGate(
             counts=counts,
             viewer=viewer,
             now=now,
-            throttle=self.throttle,
-            rng=self.rng,
+            pre=self.pre_gate() if pre is None else pre,
             exhausted=self.exhausted,
             checks=checks,
         )
@@ -284,7 +295,30 @@ class DeliveryControl:
         exposures = 0 if exposure is None else counts.get(exposure.key, 0)
         return Prefetched(gate, exposures, creatives, comps)
 
-    def degraded(self, cands: Sequence[Candidate], viewer: Viewer, now: datetime) -> Prefetched:
+    async def prefetch_more(
+        self, gate: CountsGate, cands: Sequence[Candidate], viewer: Viewer, now: datetime
+    ) -> None:
+        """The counters of more candidates, added to ``gate`` (one ``read``). Raises
+        :class:`StoreUnavailable` (counted) and leaves ``gate`` as it was."""
+        checks, reads = gate_checks(cands, viewer, now, self.gate_cache)
+        try:
+            values = await self.store.read(reads, now.timestamp())
+        except StoreUnavailable as e:
+            self._store_error(e)
+            raise
+        counts = {r.key: v for r, v in zip(reads, values, strict=True)}
+        note_headroom(cands, checks, counts, now, self.gate_cache)
+        gate.counts.update(counts)
+        if gate.checks is not None:
+            gate.checks.update(checks)
+
+    def degraded(
+        self,
+        cands: Sequence[Candidate],
+        viewer: Viewer,
+        now: datetime,
+        pre: PreGate | None = None,
+    ) -> Prefetched:
         """No counters (store down or too slow): caps and stream separation fail open,
         budgeted line items fail closed."""
         exhausted = self.exhausted | {
@@ -296,8 +330,7 @@ class DeliveryControl:
             counts={},
             viewer=viewer,
             now=now,
-            throttle=self.throttle,
-            rng=self.rng,
+            pre=self.pre_gate() if pre is None else pre,
             exhausted=exhausted,
         )
         return Prefetched(gate, 0, frozenset(), frozenset(), degraded=True)
@@ -440,10 +473,18 @@ class DeliveryControl:
             out.append(reason)
         return out
 
-    def note_rejections(self, d: Decision) -> None:
-        for t in d.traces:
+    def note_rejections(
+        self, d: Decision, skip: int = 0, refused: Iterable[tuple[str, Reason]] = ()
+    ) -> None:
+        """Count frequency-cap refusals per line item: the decision's traces after the first
+        ``skip`` (an explanation's view of what the selection dropped) and the
+        ``(line item id, reason)`` refusals the selection applied."""
+        for t in islice(d.traces, skip, None):
             if t.reason is Reason.FREQUENCY_CAP:
                 self.cap_hits[t.line_item_id] += 1
+        for li_id, reason in refused:
+            if reason is Reason.FREQUENCY_CAP:
+                self.cap_hits[li_id] += 1
 
     # ------------------------------------------------------------------ beacons
 
@@ -559,6 +600,7 @@ class DeliveryControl:
             await asyncio.sleep(0)
         self.throttle = throttle
         self.exhausted = frozenset(exhausted)
+        self.paced = self.exhausted.union(li for li, p in throttle.items() if p < 1.0)
         paced = {li.id for li in items}
         for li_id in [k for k in self.pacing if k not in paced]:
             del self.pacing[li_id]  # its flight ended (or has not begun): no stale target

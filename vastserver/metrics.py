@@ -138,6 +138,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.refills = Counter(
+            "vastserver_selection_refills_total",
+            "Decisions that selected candidates again because the counters refused every "
+            "kept candidate of a separation group",
+            registry=r,
+        )
         self.store_seconds = Histogram(
             "vastserver_store_seconds",
             "State-store call latency by operation",

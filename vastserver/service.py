@@ -24,14 +24,14 @@ from vastserver.models import ModelManager
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import Decision, Trace, decide, screen
-from vastserver.pipeline.delivery import GateCache, Viewer
+from vastserver.pipeline.delivery import CountsGate, GateCache, Viewer
 from vastserver.pipeline.matching import CANDIDATE_LIMIT, CatalogIndex, build_index
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.schedule import PlannedBreak
 from vastserver.pipeline.scoring import PriceScorer, Scorer, ScoringContext
 from vastserver.pipeline.stages import DELIVERY_FILTERS, PRE_DELIVERY_FILTERS, StageEnv
 from vastserver.records import EventSink, NullSink, decision_record
-from vastserver.store.base import within
+from vastserver.store.base import StoreUnavailable, within
 from vastserver.tracking import Keyring, anonymous_viewer_hash, new_ad_serving_id, viewer_hash
 
 log = logging.getLogger("vastserver.service")
@@ -190,8 +190,10 @@ class AdService:
 
         snap = self._snapshot
         now = self.clock()
-        env = self._env(req, now)
-        kept, dropped = snap.index.select(req, env, self.candidate_limit)
+        pacing = self.delivery.pre_gate()
+        env = replace(self._env(req, now), pre=pacing)
+        ordinals: list[int] = []
+        kept, dropped = snap.index.select(req, env, self.candidate_limit, ordinals)
         key = req.viewer_key()
         vh = anonymous_viewer_hash(self.rng) if key is None else viewer_hash(key, self.keyring)
         viewer = Viewer.of(req, vh)
@@ -199,16 +201,26 @@ class AdService:
             pre = await within(
                 self.delivery.store,
                 self.delivery.prefetch(
-                    kept, viewer, now, session=req.session, avail=req.brk.session_avail
+                    kept,
+                    viewer,
+                    now,
+                    session=req.session,
+                    avail=req.brk.session_avail,
+                    pre=pacing,
                 ),
                 left(MIN_STORE_WAIT_S),
             )
         except TimeoutError:
             self.metrics.degradations.labels("store_timeout").inc()
-            pre = self.delivery.degraded(kept, viewer, now)
+            pre = self.delivery.degraded(kept, viewer, now, pacing)
         else:
             if pre.degraded:  # the store failed at once (down, refused)
                 self.metrics.degradations.labels("store_unavailable").inc()
+        refusals: list[tuple[str, Reason]] = []
+        if not pre.degraded and dropped.get(Reason.OUTRANKED):
+            kept, dropped, refusals = await self._refill(
+                snap, req, env, viewer, now, pre.gate, kept, dropped, ordinals, left
+            )
         env = replace(
             env,
             gate=pre.gate,
@@ -251,7 +263,11 @@ class AdService:
         # the reasons a candidate fails, and leaves nothing ``outranked`` unexamined.
         self._observe(d, dropped, explained=len(prior))
         if not req.test:
-            self.delivery.note_rejections(d)
+            self.delivery.note_rejections(
+                d,
+                skip=len(prior),
+                refused=refusals,
+            )
         shadow = None
         if d.ads and self.models.shadow is not None:
             ctx = ScoringContext(now, pre.exposures, env.completion_rates)
@@ -317,6 +333,63 @@ class AdService:
             req = replace(base, brk=break_spec(b, base.brk))
             out.append(await self.decide(req, request_id=rid, deadline=deadline))
         return out
+
+    async def _refill(
+        self,
+        snap: Snapshot,
+        req: AdRequest,
+        env: StageEnv,
+        viewer: Viewer,
+        now: datetime,
+        gate: CountsGate,
+        kept: list[Candidate],
+        dropped: dict[Reason, int],
+        ordinals: list[int],
+        left: Callable[[float], float | None],
+    ) -> tuple[list[Candidate], dict[Reason, int], list[tuple[str, Reason]]]:
+        """Select again when the counters refuse every kept candidate of a separation group
+        (the viewer's caps, a budget spent since the last pacing pass) and the selection
+        left candidates out: at most ``per_group`` are kept per group, so a capped line
+        item with several creatives otherwise shuts its competitors out of the break. The
+        refused candidates take no place the second time (they are counted under their
+        reasons by the selection), and the new ones' counters come in one more store
+        read. Once a request; on a store failure or timeout the first selection stands.
+        Returns the candidates, the drop counts and the ``(line item id, reason)`` of the
+        candidates refused this way."""
+        refused: dict[int, Reason] = {}
+        refused_at: set[int] = set()
+        alive: set[str] = set()
+        for c, i in zip(kept, ordinals, strict=True):
+            reason = gate.counted(c)
+            if reason is None:
+                alive.add(c.group)
+            else:
+                refused[id(c)] = reason
+                refused_at.add(i)
+        if all(c.group in alive for c in kept if id(c) in refused):
+            return kept, dropped, []  # (nothing refused, or every group has an ad left)
+        pre = env.pre
+        pre.refused, pre.refused_at = refused, frozenset(refused_at)
+        again, dropped_again = snap.index.select(req, env, self.candidate_limit)
+        before = {id(c) for c in kept}
+        new = [c for c in again if id(c) not in before]
+        if new:
+            try:
+                await within(
+                    self.delivery.store,
+                    self.delivery.prefetch_more(gate, new, viewer, now),
+                    left(MIN_STORE_WAIT_S),
+                )
+            except (TimeoutError, StoreUnavailable):
+                self.metrics.degradations.labels("refill_skipped").inc()
+                pre.refused, pre.refused_at = {}, frozenset()
+                return kept, dropped, []
+        self.metrics.refills.inc()
+        return (
+            again,
+            dropped_again,
+            [(c.line_item.id, refused[id(c)]) for c in kept if id(c) in refused],
+        )
 
     def _explain_dropped(
         self, snap: Snapshot, req: AdRequest, env: StageEnv, kept: list[Candidate]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import calendar
 import functools
-import random
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from vastserver.catalog.model import (
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.reasons import Reason
-from vastserver.pipeline.stages import DeliveryGate, _in_daypart
+from vastserver.pipeline.stages import DeliveryGate, PreGate, _in_daypart
 from vastserver.store.base import Guard, Incr, Read, Window
 
 RESERVATION_S = 300
@@ -906,21 +905,24 @@ def line_item_budgeted(li: LineItem, camp: Campaign, spends: bool = True) -> boo
 class CountsGate(DeliveryGate):
     """Checks caps, budgets and pacing against counts fetched before the decision."""
 
-    counts: Mapping[str, int]
+    counts: dict[str, int]
     """Counter key -> value."""
     viewer: Viewer
     now: datetime
-    throttle: Mapping[str, float] = field(default_factory=dict)
-    """Line item id -> serve probability from pacing (absent = 1)."""
-    rng: random.Random = field(default_factory=random.Random)
+    pre: PreGate = field(default_factory=PreGate)
+    """The request's pacing (its throttle draws: a line item is drawn once a request)."""
     exhausted: frozenset[str] = frozenset()
-    """Line items known to be out of budget (from the pacing loop)."""
-    checks: Mapping[int, CandidateChecks] | None = None
+    """Line items known to be out of budget (the pacing loop's; with the store down, every
+    budgeted one)."""
+    checks: dict[int, CandidateChecks] | None = None
     """Precomputed per candidate (``gate_checks``); computed on demand when absent."""
 
     def check(self, req: AdRequest, cand: Candidate) -> Reason | None:
-        li = cand.line_item
-        if li.id in self.exhausted:
+        return self.counted(cand) or self.pre.pacing(cand.line_item.id)
+
+    def counted(self, cand: Candidate) -> Reason | None:
+        """Out of budget, capped or over budget by the counters (no throttle draw)."""
+        if cand.line_item.id in self.exhausted:
             return Reason.BUDGET_EXHAUSTED
         chk = None if self.checks is None else self.checks.get(id(cand))
         if chk is None:
@@ -933,9 +935,6 @@ class CountsGate(DeliveryGate):
         for dlv, rsv, limit, amount in chk.budgets:
             if over_budget(counts.get(dlv, 0) + counts.get(rsv, 0), amount, limit):
                 return Reason.BUDGET_EXHAUSTED
-        p = self.throttle.get(li.id, 1.0)
-        if p < 1.0 and self.rng.random() >= p:
-            return Reason.PACING_THROTTLE
         return None
 
 

@@ -51,6 +51,7 @@ from vastserver.pipeline.stages import (
     CTV_MIMES,
     PLAYABLE_MIMES,
     UNKNOWN_CONTENT_RATING,
+    PreGate,
     StageEnv,
     floor,
     playable_urls,
@@ -135,6 +136,12 @@ def chunk_ordinals(chunks: Chunks, width: int) -> list[int]:
 class _FlightCache:
     valid_from: datetime | None = None
     valid_until: datetime | None = None
+    mask: Chunks = ()
+
+
+@dataclass(slots=True)
+class _PacedCache:
+    paced: frozenset[str] | None = None
     mask: Chunks = ()
 
 
@@ -293,7 +300,11 @@ class BitIndex:
     """(start, end, ordinals) per distinct flight window; the in-flight bitset is built from
     them at each flight boundary (as bitsets they took 200 MB on a 100k catalog)."""
     boundaries: tuple[datetime, ...]
+    line_item_no: npt.NDArray[np.int32]
+    """The number of each candidate's line item (in ``line_item_nos``)."""
+    line_item_nos: Mapping[str, int]
     _flight_cache: _FlightCache = field(default_factory=_FlightCache)
+    _paced_cache: _PacedCache = field(default_factory=_PacedCache)
     _domain_masks: dict[str, Chunks] = field(default_factory=dict)
     _duration_masks: dict[tuple[str, DurationBound], Chunks] = field(default_factory=dict)
     _passes: dict[tuple[str, tuple[str, ...]], Chunks] = field(default_factory=dict)
@@ -492,6 +503,39 @@ class BitIndex:
             cache[key] = mask
         return mask
 
+    def paced_mask(self, paced: frozenset[str]) -> Chunks:
+        """The candidates of the line items in ``paced`` (a pacing pass's set: rebuilt when
+        another set object comes, every pacing period, not per request)."""
+        cache = self._paced_cache
+        if cache.paced is not paced:
+            nos = self.line_item_nos
+            wanted = np.fromiter((nos[li] for li in paced if li in nos), dtype=np.int32)
+            ords = np.flatnonzero(np.isin(self.line_item_no, wanted)).astype(np.int32)
+            cache.mask, cache.paced = self._chunks(ords), paced
+        return cache.mask
+
+    def _pre_gated(
+        self,
+        m: int,
+        k: int,
+        look: int,
+        pre: PreGate,
+        dropped: dict[Reason, int],
+    ) -> int:
+        """Chunk ``k``'s matches ``m`` less those of ``look`` (the matches ``pre`` may
+        refuse) that ``pre`` refuses, each counted under its reason."""
+        width = self.chunk_bits
+        cands = self.candidates
+        off: list[int] = []
+        for j in bit_ordinals(look).tolist():
+            reason = pre.check(cands[k * width + j])
+            if reason is not None:
+                dropped[reason] = dropped.get(reason, 0) + 1
+                off.append(j)
+        if not off:
+            return m
+        return m ^ split_chunks(np.asarray(off, dtype=np.int32), width, width)[0]
+
     def _domain_mask(self, domain: str) -> Chunks:
         cache = self._domain_masks
         mask = cache.get(domain)
@@ -510,6 +554,7 @@ class BitIndex:
         limit: int | None = None,
         per_group: int = 3,
         per_slot_role: int = PER_SLOT_ROLE,
+        ordinals: list[int] | None = None,
     ) -> tuple[list[Candidate], dict[Reason, int]]:
         """Candidates passing every pre-delivery check (bitsets, then residual rules one by
         one) and the drop counts by reason.
@@ -524,10 +569,22 @@ class BitIndex:
         one rule it fits (:class:`_SlotQuota`), and stops at the chunk where the limit fills:
         what follows was not examined and counts as ``outranked``, whatever it would have
         failed. So the drop counts by check cover the chunks examined, and the work is
-        bounded by the limit, not by the catalog or how many candidates match."""
+        bounded by the limit, not by the catalog or how many candidates match.
+
+        The request's :class:`PreGate` (pacing, refusals of a first counter fetch) is applied
+        to the matches before the quotas: a throttled or refused candidate takes no place.
+        ``ordinals``, when given, receives the kept candidates' ordinals."""
         plan = self.plan(req, env)
         dropped: dict[Reason, int] = {}
         out: list[Candidate] = []
+        pre = env.pre
+        paced = self.paced_mask(pre.paced) if pre.paced else None
+        refused = (
+            self._chunks(np.asarray(sorted(pre.refused_at), dtype=np.int32))
+            if pre.refused_at
+            else None
+        )
+        gated = paced is not None or refused is not None
         check_all = req.floor_cpm_per_s is not None or req.floor_cpm is not None
         residual = self.residual_flags
         cands = self.candidates
@@ -541,6 +598,12 @@ class BitIndex:
         if limit is None:
             for k in range(n_chunks):
                 m = self.match_chunk(plan, k, dropped)
+                if m and gated:
+                    look = (m & paced[k] if paced is not None else 0) | (
+                        m & refused[k] if refused is not None else 0
+                    )
+                    if look:
+                        m = self._pre_gated(m, k, look, pre, dropped)
                 for i in (bit_ordinals(m) + k * width).tolist() if m else ():
                     c = cands[i]
                     if check_all or residual[i]:
@@ -549,6 +612,8 @@ class BitIndex:
                             dropped[reason] = dropped.get(reason, 0) + 1
                             continue
                     out.append(c)
+                    if ordinals is not None:
+                        ordinals.append(i)
             return out, dropped
         # Per group: matches seen (for the 2 x per_group skip) and candidates kept.
         seen = [0] * self.n_groups
@@ -562,6 +627,12 @@ class BitIndex:
         # full by the time the limit is; ``full`` stops the scan should the shares fall short)
         while k < n_chunks and len(out) < limit and not (rules is not None and rules.full):
             m = self.match_chunk(plan, k, dropped)
+            if m and gated:
+                look = (m & paced[k] if paced is not None else 0) | (
+                    m & refused[k] if refused is not None else 0
+                )
+                if look:
+                    m = self._pre_gated(m, k, look, pre, dropped)
             k += 1
             if not m:
                 continue
@@ -592,6 +663,8 @@ class BitIndex:
                 if rules is not None:
                     rules.keep(c.creative.duration_ms)
                 out.append(c)
+                if ordinals is not None:
+                    ordinals.append(i)
                 if len(out) >= limit:
                     break
         # Every examined match neither kept nor dropped by a residual rule, and every
@@ -789,6 +862,12 @@ def build_bit_index(
         if li.targeting.dayparts or li.targeting.key_values:
             residual.add(i)
 
+    line_item_nos: dict[str, int] = {}
+    line_item_no = np.fromiter(
+        (line_item_nos.setdefault(c.line_item.id, len(line_item_nos)) for c in candidates),
+        dtype=np.int32,
+        count=n,
+    )
     group_ids: dict[str, int] = {}
     group = tuple(group_ids.setdefault(separation_group(c), len(group_ids)) for c in candidates)
 
@@ -832,6 +911,8 @@ def build_bit_index(
         slot_role=bytes(_SLOT_ROLE[c.line_item.slot] for c in candidates),
         flights=tuple((s, e, _ordinals(ix)) for (s, e), ix in flights.items()),
         boundaries=tuple(sorted(boundaries)),
+        line_item_no=line_item_no,
+        line_item_nos=line_item_nos,
     )
 
 
@@ -854,11 +935,16 @@ class CatalogIndex:
         ]
 
     def select(
-        self, req: AdRequest, env: StageEnv, limit: int | None = None
+        self,
+        req: AdRequest,
+        env: StageEnv,
+        limit: int | None = None,
+        ordinals: list[int] | None = None,
     ) -> tuple[list[Candidate], dict[Reason, int]]:
         """The best ``limit`` candidates passing every pre-delivery check (all without a
-        limit), and drop counts by reason (``outranked`` for those beyond the limit)."""
-        return self.bits.survivors(req, env, limit)
+        limit), and drop counts by reason (``outranked`` for those beyond the limit);
+        ``ordinals`` receives the kept ones' ordinals (for :attr:`PreGate.refused_at`)."""
+        return self.bits.survivors(req, env, limit, ordinals=ordinals)
 
 
 def upper_bound(c: Candidate) -> float:

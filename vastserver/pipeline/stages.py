@@ -6,6 +6,7 @@ injected time and the pre-fetched delivery state, never app globals.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,11 +60,61 @@ class DeliveryGate:
         return None
 
 
+_NOT_DRAWN = object()
+
+
+@dataclass(slots=True)
+class PreGate:
+    """The delivery checks a request can make before it fetches any counter, applied by the
+    selection before its quotas (a candidate they refuse takes no competitor's place among
+    the few kept per separation group) and by the ``debug`` explanation alike:
+
+    * line items the pacing loop found out of budget (``exhausted``);
+    * pacing throttles: one draw per line item per request from the injected ``rng``, so a
+      line item with several creatives passes with its throttle's probability, not once
+      per creative;
+    * candidates a first counter fetch of this request refused (``refused``: caps and
+      budgets), when the selection is made again without them.
+
+    The default admits everything (pure callers without delivery control)."""
+
+    paced: frozenset[str] = frozenset()
+    """Line items :meth:`pacing` may refuse: ``exhausted`` and those throttled below 1 (the
+    same object from one pacing pass to the next, so the selection caches its bitset)."""
+    exhausted: frozenset[str] = frozenset()
+    throttle: Mapping[str, float] = field(default_factory=dict)
+    """Line item id -> serve probability (absent = 1)."""
+    rng: random.Random | None = None
+    refused: Mapping[int, Reason] = field(default_factory=dict)
+    """``id(candidate)`` -> the reason a counter check refused it."""
+    refused_at: frozenset[int] = frozenset()
+    """The refused candidates' ordinals in the catalog index (where the selection looks)."""
+    _drawn: dict[str, object] = field(default_factory=dict)
+
+    def pacing(self, line_item_id: str) -> Reason | None:
+        if line_item_id not in self.paced:
+            return None
+        if line_item_id in self.exhausted:
+            return Reason.BUDGET_EXHAUSTED
+        got = self._drawn.get(line_item_id, _NOT_DRAWN)
+        if got is _NOT_DRAWN:
+            p = self.throttle.get(line_item_id, 1.0)
+            rng = self.rng if self.rng is not None else random
+            got = Reason.PACING_THROTTLE if p < 1.0 and rng.random() >= p else None
+            self._drawn[line_item_id] = got
+        return got  # type: ignore[return-value]
+
+    def check(self, c: Candidate) -> Reason | None:
+        return self.pacing(c.line_item.id) or (self.refused.get(id(c)) if self.refused else None)
+
+
 @dataclass(frozen=True, slots=True)
 class StageEnv:
     now: datetime
     blocked_categories: frozenset[str] = frozenset()
     blocked_domains: frozenset[str] = frozenset()
+    pre: PreGate = field(default_factory=PreGate)
+    """Delivery checks known before the counters (pacing, a first fetch's refusals)."""
     gate: DeliveryGate = field(default_factory=DeliveryGate)
     recent_creatives: frozenset[str] = frozenset()
     """Creatives already shown in this session's separation window."""
@@ -199,11 +250,16 @@ def floor(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     return None
 
 
+def pre_gate(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
+    """:class:`PreGate`: out of budget, throttled, refused by a first counter fetch."""
+    return env.pre.check(c)
+
+
 def delivery(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     return env.gate.check(req, c)
 
 
-PRE_DELIVERY_FILTERS: tuple[Filter, ...] = (eligibility, targeting, policy, rules, floor)
+PRE_DELIVERY_FILTERS: tuple[Filter, ...] = (eligibility, targeting, policy, pre_gate, rules, floor)
 """Filters that need no counters; delivery runs after the counters are fetched. In the order
 the bitset index checks them, so both name the same first failing check."""
 DELIVERY_FILTERS: tuple[Filter, ...] = (stream_separation, delivery)
