@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from vastserver.pipeline import pod as pod_module
 from vastserver.pipeline.pod import (
+    HOUSE_WEIGHT,
     TIER_BASE,
     PodConstraints,
     PodItem,
@@ -27,6 +28,7 @@ from vastserver.pipeline.pod import (
     build_pod,
     capacity_seconds,
     eligible,
+    house_weight,
     tier_bases,
 )
 
@@ -146,34 +148,58 @@ def _free(it: PodItem) -> bool:
     return it.value_first is None and it.value_last is None and it.middle_allowed
 
 
-def pod_score(ordered: Sequence[PodItem], all_items: Sequence[PodItem]) -> float | None:
-    """Score of an ordered pod (None if a slot is not allowed); TIER_BASE as in the spec."""
+def spec_bases(max_ads: int) -> tuple[float, float, float, float]:
+    """The tier bases as the module docstring states them: a standard ad adds 0.001; for pods
+    of up to n = max(max_ads, 10) ads guaranteed adds G = floor(1.001 n) + 1 and sponsorship
+    S = n (G + 1) + 1."""
+    n = max(max_ads, 10)
+    g = math.floor(n * 1.001) + 1
+    return (0.0, 0.001, float(g), float(n * (g + 1) + 1))
+
+
+def spec_gain(tier: int, v: float, scale: float, max_ads: int) -> float:
+    """One ad's gain: its tier's base plus its normalised value, a house ad's weighted by
+    0.001 / max(max_ads, 10) (divided by ``scale`` over that weight, as the spec says)."""
+    if tier == 0:
+        return v / (scale / (0.001 / max(max_ads, 10)))
+    return spec_bases(max_ads)[tier] + v / scale
+
+
+def pod_score(
+    ordered: Sequence[PodItem], all_items: Sequence[PodItem], max_ads: int = 10
+) -> float | None:
+    """Score of an ordered pod (None if a slot is not allowed), as in the spec."""
     vals = _slot_values(ordered)
     if vals is None:
         return None
     scale = _scale(all_items)
-    return sum(TIER_BASE[it.tier] + v / scale for it, v in zip(ordered, vals, strict=True))
+    return sum(spec_gain(it.tier, v, scale, max_ads) for it, v in zip(ordered, vals, strict=True))
 
 
 def oracle(items: Sequence[PodItem], c: PodConstraints) -> float | None:
     """Best score over every valid subset and every first/last assignment (None: nothing fits)."""
-    best: float | None = None
+    scores = [pod_score(o, items, c.max_ads) for o in _valid_pods(items, c)]
+    return max([x for x in scores if x is not None], default=None)
+
+
+def _valid_pods(items: Sequence[PodItem], c: PodConstraints) -> Iterator[list[PodItem]]:
+    """Every valid pod in play order: each valid subset with each first/last assignment that
+    its slot permissions allow."""
     for n in range(1, min(c.max_ads, len(items)) + 1):
         for subset in itertools.combinations(items, n):
             if not _set_ok(subset, c):
                 continue
-            if n == 1:
-                orders: list[Sequence[PodItem]] = [subset]
-            else:
-                orders = []
-                for f, la in itertools.permutations(range(n), 2):
-                    mid = [subset[i] for i in range(n) if i not in (f, la)]
-                    orders.append([subset[f], *mid, subset[la]])
+            orders = (
+                [list(subset)]
+                if n == 1
+                else [
+                    [subset[f], *(subset[i] for i in range(n) if i not in (f, la)), subset[la]]
+                    for f, la in itertools.permutations(range(n), 2)
+                ]
+            )
             for o in orders:
-                s = pod_score(o, items)
-                if s is not None and (best is None or s > best):
-                    best = s
-    return best
+                if _slot_values(o) is not None:
+                    yield o
 
 
 def assert_valid(r: PodResult, items: Sequence[PodItem], c: PodConstraints) -> None:
@@ -193,11 +219,41 @@ def assert_valid(r: PodResult, items: Sequence[PodItem], c: PodConstraints) -> N
         assert (-a.value, a.key) <= (-b.value, b.key), "free ads out of value order"
     assert r.total_duration_ms == sum(it.duration_ms for it in pod)
     assert r.value == pytest.approx(sum(vals), rel=1e-12, abs=1e-12)
-    score = pod_score(pod, items)
+    score = pod_score(pod, items, c.max_ads)
     assert score is not None
     assert r.objective[0] == pytest.approx(score, rel=0, abs=1e-9)
     tiers = [it.tier for it in pod]
     assert r.objective[1:5] == tuple(float(tiers.count(t)) for t in (3, 2, 1, 0))
+
+
+def assert_objective_promises(r: PodResult, items: Sequence[PodItem], c: PodConstraints) -> None:
+    """The invariants the scalar score stands for, checked against every valid pod: more
+    sponsorships, then more guaranteed ads always win; then paid value, plus 0.001 per
+    standard ad, decides up to the house ads' part (under 0.001 in all); a pod with a
+    standard ad beats one with the same higher-tier ads (at the same slot values) and only
+    house ads besides."""
+    if not r.items:
+        return
+    scale = _scale(items)
+
+    def facts(
+        pod: Sequence[PodItem],
+    ) -> tuple[tuple[int, int], float, int, frozenset[tuple[int, float]]]:
+        vals = _slot_values(pod)
+        assert vals is not None
+        paid = sum(v / scale for it, v in zip(pod, vals, strict=True) if it.tier > 0)
+        n1 = sum(it.tier == 1 for it in pod)
+        high = frozenset((it.key, v) for it, v in zip(pod, vals, strict=True) if it.tier >= 2)
+        return ((sum(it.tier == 3 for it in pod), sum(it.tier == 2 for it in pod)), paid, n1, high)
+
+    counts, paid, n1, high = facts(r.items)
+    for pod in _valid_pods(items, c):
+        p_counts, p_paid, p_n1, p_high = facts(pod)
+        assert p_counts <= counts
+        if p_counts == counts:  # house ads add less than 0.001 in all
+            assert p_paid + 0.001 * p_n1 < paid + 0.001 * n1 + 0.001 + 1e-9
+        if p_high == high and p_n1:
+            assert n1, "house ads won over a standard ad"
 
 
 # --- property test -----------------------------------------------------------------------------
@@ -272,6 +328,7 @@ def test_matches_brute_force_oracle(path: str, items: list[PodItem], c: PodConst
         else:
             assert r.items, "a valid pod exists but none was returned"
             assert r.objective[0] == pytest.approx(best, rel=0, abs=1e-9)
+        assert_objective_promises(r, items, c)
         # Deterministic and independent of input order.
         assert build_pod(items, c) == r
         assert build_pod(list(reversed(items)), c) == r
@@ -367,12 +424,65 @@ def test_one_higher_tier_item_beats_ten_lower() -> None:
 
 
 def test_tier_dominance_beyond_ten_ads() -> None:
-    assert tier_bases(10) == TIER_BASE
-    assert tier_bases(12) == (0, 13, 169, 2197)
+    assert tier_bases(10) == TIER_BASE == spec_bases(10) == (0.0, 0.001, 11.0, 121.0)
+    assert house_weight(10) == HOUSE_WEIGHT == 0.0001
+    assert tier_bases(12) == spec_bases(12) == (0.0, 0.001, 13.0, 169.0)
+    assert house_weight(12) == 0.001 / 12
+    assert tier_bases(20) == spec_bases(20) == (0.0, 0.001, 21.0, 441.0)
     guaranteed = item(0, 120, 0.0, tier=2)
     standard = [item(k, 10, 100.0, tier=1) for k in range(1, 13)]
     r = build_pod([guaranteed, *standard], PodConstraints(pod_duration_ms=120_000, max_ads=12))
     assert keys(r) == [0]
+
+
+def test_standard_ads_rank_by_value_not_by_count() -> None:
+    # Two standard :15s at $5 and $6 CPM against one standard :30 at $60: the :30 earns more.
+    items = [item(0, 30, 60.0), item(1, 15, 5.0), item(2, 15, 6.0)]
+    for path in PATHS:
+        with pod_path(path):
+            r = build_pod(items, PodConstraints(pod_duration_ms=30_000, max_ads=2))
+        assert keys(r) == [0], path
+    # With value to spare, more ads still win: 2 x $40 > $60.
+    items = [item(0, 30, 60.0), item(1, 15, 40.0), item(2, 15, 40.0)]
+    assert sorted(keys(build_pod(items, PodConstraints(30_000, 2)))) == [1, 2]
+    # Equal value: the extra standard ad's base tips it to the pod with more ads.
+    items = [item(0, 30, 10.0), item(1, 15, 5.0), item(2, 15, 5.0)]
+    assert sorted(keys(build_pod(items, PodConstraints(30_000, 2)))) == [1, 2]
+
+
+def test_guaranteed_and_sponsorship_still_count_ads_first() -> None:
+    for tier in (2, 3):
+        items = [
+            item(0, 30, 60.0, tier=tier),
+            item(1, 15, 1.0, tier=tier),
+            item(2, 15, 0.0, tier=tier),
+        ]
+        assert sorted(keys(build_pod(items, PodConstraints(30_000, 2)))) == [1, 2]
+    # One guaranteed ad beats a full pod of standard ads at any price, at any pod size, and
+    # one sponsorship a full pod of guaranteed ones.
+    for n in (2, 10, 20):
+        for low, high in ((1, 2), (2, 3)):
+            items = [item(0, 30, 0.0, tier=high)]
+            items += [item(k, 30, 100.0, tier=low) for k in range(1, n + 1)]
+            r = build_pod(items, PodConstraints(30_000 * n, n))
+            assert 0 in keys(r)
+            assert r.objective[4 - high] == 1.0 and r.objective[4 - low] == float(n - 1)
+
+
+def test_a_paid_ad_beats_any_house_ads_and_house_fills_the_rest() -> None:
+    # A zero-value standard ad beats two house ads of any value in the same time...
+    items = [item(0, 30, 0.0), item(1, 15, 100.0, tier=0), item(2, 15, 100.0, tier=0)]
+    assert keys(build_pod(items, PodConstraints(30_000, 2))) == [0]
+    # ... also next to the same guaranteed ad, at the largest pod size...
+    items = [item(0, 30, 50.0, tier=2), item(1, 30, 0.0)]
+    items += [item(k, 1, 100.0, tier=0) for k in range(2, 22)]
+    r = build_pod(items, PodConstraints(60_000, 20))
+    assert 0 in keys(r) and 1 in keys(r)
+    # ... and house ads still fill the time the paid ones leave.
+    items = [item(0, 15, 1.0), item(1, 15, 0.5, tier=0), item(2, 30, 100.0, tier=0)]
+    r = build_pod(items, PodConstraints(30_000, 2))
+    assert sorted(keys(r)) == [0, 1]
+    assert r.objective[1:5] == (0.0, 0.0, 1.0, 1.0)
 
 
 def test_higher_value_wins_within_tier() -> None:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_pod import NEG_INF, assert_valid, pod_path
+from tests.test_pod import NEG_INF, assert_valid, pod_path, spec_gain
 from vastserver.pipeline import pod as pod_module
 from vastserver.pipeline.pod import PodConstraints, PodItem, PodResult, build_pod, eligible
 
@@ -321,7 +321,6 @@ def options_by_the_rules(
 ) -> list[list[tuple[int, int, float, int]]]:
     """The DP's options after both dominance tests, written out from the documented rules:
     groups by smallest key, options ``(role, seconds, gain, key)`` by key then role."""
-    bases = pod_module.tier_bases(c.max_ads)
     scale = _scale(items)
     cands = sorted((it for it in items if eligible(it, c)), key=lambda it: it.key)
     groups: dict[str, list[tuple[int, int, float, int]]] = {}
@@ -335,7 +334,7 @@ def options_by_the_rules(
         )
         for role, v in enumerate(slot):
             if v != NEG_INF and c.max_ads >= role + 1:
-                opts.append((role, w, bases[it.tier] + v / scale, it.key))
+                opts.append((role, w, spec_gain(it.tier, v, scale, c.max_ads), it.key))
     # Within a group: dropped if a same-role option before it by (seconds, -gain, key) has no
     # more seconds and at least its gain.
     kept = [
@@ -378,7 +377,8 @@ def dp_options(
 ) -> list[list[tuple[int, int, float, int]]]:
     bases = pod_module.tier_bases(c.max_ads)
     cands = sorted(pod_module._eligible(items, c), key=lambda it: it.key)
-    groups = pod_module._group_options(cands, bases, _scale(items), c.max_ads)
+    scales = pod_module._tier_scales(items, c.max_ads)
+    groups = pod_module._group_options(cands, bases, scales, c.max_ads)
     groups = pod_module._prune_dominated(groups, min(c.max_ads, len(groups)))
     return [[(role, w, g, it.key) for role, w, g, it in opts] for opts in groups]
 
@@ -386,10 +386,10 @@ def dp_options(
 def search_options(items: Sequence[PodItem], c: PodConstraints) -> set[tuple[int, int, float, int]]:
     """Every (role, seconds, gain, key) the search's per-candidate tests keep."""
     bases = pod_module.tier_bases(c.max_ads)
-    scale = _scale(items)
+    scales = pod_module._tier_scales(items, c.max_ads)
     light = []
     for it in pod_module._eligible(items, c):
-        gains = pod_module._role_gains(it, bases, scale, c.max_ads)
+        gains = pod_module._role_gains(it, bases, scales, c.max_ads)
         if max(gains) != NEG_INF:
             light.append((max(gains), it, gains, pod_module.capacity_seconds(it.duration_ms)))
     light.sort(key=lambda e: e[0], reverse=True)

@@ -16,14 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import vastserver.pipeline.pod as pod_module
-from tests.test_pod import _item_ok, _scale, item, keys, pod_items
+from tests.test_pod import _item_ok, _scale, item, keys, pod_items, spec_gain
 from vastserver.pipeline.pod import (
     PodConstraints,
     PodItem,
     PodResult,
     SlotRule,
     build_pod,
-    tier_bases,
 )
 
 NEG_INF = float("-inf")
@@ -43,7 +42,7 @@ def _role_value(it: PodItem, position: int, n: int) -> float:
 
 
 def _gain(it: PodItem, v: float, c: PodConstraints, scale: float) -> float:
-    return tier_bases(c.max_ads)[it.tier] + v / scale
+    return spec_gain(it.tier, v, scale, c.max_ads)
 
 
 def _fits_break(it: PodItem, c: PodConstraints) -> bool:

@@ -17,18 +17,32 @@ Score (the objective)
 ---------------------
 Values are normalised to ``[0, 1)``: ``v_norm = v / scale`` with ``scale = 1.0000001 * m`` where
 ``m`` is the largest finite slot value (``value``, ``value_first``, ``value_last``) over *all*
-candidates passed in, or ``scale = 1`` when every such value is 0. The score of a pod is::
+candidates passed in, or ``scale = 1`` when every such value is 0. With ``n = max(max_ads,
+10)``, the score of a pod is::
 
-    score = sum(TIER_BASE[item.tier] + v_norm(realised slot value of item))
+    score = sum(gain(item)), gain = TIER_BASES[tier] + v_norm     (paid tiers 1, 2, 3)
+                             gain = v_norm * HOUSE_W               (house, tier 0)
 
-with ``TIER_BASE = (0, 11, 121, 1331)`` (tier 0 house, 1 standard, 2 guaranteed, 3 sponsorship).
-A pod holds at most 10 ads and each normalised value is < 1, so one item of a higher tier beats
-any number of lower-tier items: the score orders pods lexicographically by (number of tier-3
-items, tier-2, tier-1, total value). Tier 0 has no base, so house ads only count through their
-value (a zero-value house ad adds nothing and, by the tie rule below, is left out). When
-``max_ads > 10`` the bases are generalised to ``(0, B, B**2, B**3)`` with ``B = max_ads + 1``
-(:func:`tier_bases`), which keeps tiers strictly ahead of price; for ``max_ads <= 10`` they are
-exactly ``TIER_BASE``.
+over the realised slot values, where ``TIER_BASES = (0, 0.001, G, S)`` (tier 0 house, 1
+standard, 2 guaranteed, 3 sponsorship) with ``G = floor(1.001 * n) + 1`` and ``S = n * (G + 1)
++ 1``, and ``HOUSE_W = 0.001 / n``; a house gain is computed as ``v / (scale / HOUSE_W)``, a
+paid one as ``base + v / scale``. For ``max_ads <= 10`` these are ``TIER_BASE = (0, 0.001, 11,
+121)`` and ``HOUSE_WEIGHT = 0.0001`` (:func:`tier_bases`, :func:`house_weight`). A pod holds at
+most ``n`` ads and every ``v_norm`` is < 1, so the score orders pods by
+
+1. the number of sponsorships: every other ad adds less than ``G + 1``, ``n`` of them less
+   than ``S`` -- a sponsorship always wins its slot;
+2. then the number of guaranteed ads: what is left (values, standard bases, house ads) is
+   less than ``n * 1.001 < G``. Delivering the guaranteed impressions sold comes first;
+3. then the paid value: the sum of the paid ads' ``v_norm`` plus 0.001 per standard ad, with
+   the house ads' part, less than 0.001 in all, last. So standard ads rank by value (by
+   revenue, under price scoring), not by number: two standard :15s worth 5 and 6 lose to one
+   :30 worth 60; the 0.001 per standard ad only tips near ties (equal value: more ads win).
+
+A standard ad adds at least 0.001, more than all the house ads of a pod: of two pods with the
+same higher-tier ads, one with a standard ad beats every one with only house ads besides.
+House ads still add their value, so they fill the time paid ads leave; a zero-value house ad
+adds nothing and, by the tie rule below, is left out.
 
 Capacity is counted in whole seconds, each ad taking ``ceil(duration_ms / 1000)`` seconds out of
 ``pod_duration_ms // 1000``. This is conservative: since ``1000 * ceil(d / 1000) >= d``, every pod
@@ -49,9 +63,9 @@ of a partial pod built from the groups processed so far that uses exactly ``k`` 
 a time (by their smallest key); a group contributes nothing or exactly one of its (item, role)
 options (by key, then role), where the role is
 
-* first:  ``(0, l) -> (1, l)``, gain ``TIER_BASE + v_first``;
-* last:   ``(f, 0) -> (f, 1)``, gain ``TIER_BASE + v_last``;
-* middle: ``(f, l) -> (f, l)``, gain ``TIER_BASE + v``;
+* first:  ``(0, l) -> (1, l)``, the gain at ``value_first``;
+* last:   ``(f, 0) -> (f, 1)``, the gain at ``value_last``;
+* middle: ``(f, l) -> (f, l)``, the gain at ``value``;
 
 each also moving ``(k, s) -> (k + 1, s + ceil_seconds)``. Each option is one vectorised numpy
 max-update of a shifted slice of the previous layer over the whole ``(k, s)`` grid, restricted to
@@ -172,6 +186,8 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "HOUSE_WEIGHT",
+    "STANDARD_BASE",
     "TIER_BASE",
     "PodConstraints",
     "PodItem",
@@ -180,11 +196,22 @@ __all__ = [
     "build_pod",
     "capacity_seconds",
     "eligible",
+    "house_weight",
     "tier_bases",
 ]
 
-TIER_BASE: tuple[int, int, int, int] = (0, 11, 121, 1331)
-"""Score added per item of tier 0 (house), 1 (standard), 2 (guaranteed), 3 (sponsorship)."""
+Bases = tuple[float, float, float, float]
+"""Per tier 0 (house), 1 (standard), 2 (guaranteed), 3 (sponsorship)."""
+
+STANDARD_BASE = 0.001
+"""What a standard ad adds on top of its value: the least paid ad beats any house ads."""
+
+TIER_BASE: Bases = (0.0, STANDARD_BASE, 11.0, 121.0)
+"""Score added per item of tier 0 (house), 1 (standard), 2 (guaranteed), 3 (sponsorship),
+for pods of at most 10 ads (:func:`tier_bases`)."""
+
+HOUSE_WEIGHT = STANDARD_BASE / 10
+"""A house ad's value counts this much, for pods of at most 10 ads (:func:`house_weight`)."""
 
 _NORM_HEADROOM = 1.0000001
 _NEG_INF = float("-inf")
@@ -295,7 +322,8 @@ class PodResult:
     """The chosen pod.
 
     ``objective`` is ``(score, n_tier3, n_tier2, n_tier1, n_tier0, normalised_value)``: the scalar
-    that was maximised (module doc) followed by its explanation. All zeros for an empty pod.
+    that was maximised (module doc) followed by its explanation, the normalised value being the
+    score less the tier bases (house values at their weight). All zeros for an empty pod.
     """
 
     items: tuple[PodItem, ...]
@@ -344,13 +372,28 @@ def eligible(item: PodItem, c: PodConstraints) -> bool:
     return d <= c.pod_duration_ms and capacity_seconds(d) <= c.pod_duration_ms // 1000
 
 
-def tier_bases(max_ads: int) -> tuple[int, int, int, int]:
-    """Per-tier score bases: :data:`TIER_BASE` up to 10 ads, ``(0, B, B**2, B**3)`` with
-    ``B = max_ads + 1`` beyond, so a higher tier always beats a full pod of lower tiers."""
+def tier_bases(max_ads: int) -> Bases:
+    """Per-tier score bases for pods of up to ``n = max(max_ads, 10)`` ads (module docstring):
+    ``(0, STANDARD_BASE, G, S)`` with ``G = floor(n * (1 + STANDARD_BASE)) + 1``, above what
+    ``n`` standard ads add, and ``S = n * (G + 1) + 1``, above what ``n`` non-sponsorship ads
+    add beyond the sponsorships' bases: :data:`TIER_BASE` up to 10 ads."""
     if max_ads <= 10:
         return TIER_BASE
-    b = max_ads + 1
-    return (0, b, b * b, b * b * b)
+    g = math.floor(max_ads * (1 + STANDARD_BASE)) + 1
+    return (0.0, STANDARD_BASE, float(g), float(max_ads * (g + 1) + 1))
+
+
+def house_weight(max_ads: int) -> float:
+    """What a house ad's normalised value is multiplied by: ``STANDARD_BASE / max(max_ads,
+    10)``, so the house ads of a pod add less than one standard ad's base."""
+    return HOUSE_WEIGHT if max_ads <= 10 else STANDARD_BASE / max_ads
+
+
+def _tier_scales(items: Sequence[PodItem], max_ads: int) -> Bases:
+    """What a value of each tier is divided by: the scale, and for house ads the scale over
+    :func:`house_weight` (a paid tier's gain is thus ``base + v / scale`` exactly)."""
+    s = _value_scale(items)
+    return (s / house_weight(max_ads), s, s, s)
 
 
 def _value_scale(items: Sequence[PodItem]) -> float:
@@ -385,17 +428,17 @@ def build_pod(items: Sequence[PodItem], c: PodConstraints) -> PodResult:
     if not cands:
         return _EMPTY
     bases = tier_bases(c.max_ads)
-    scale = _value_scale(items)
+    scales = _tier_scales(items, c.max_ads)
     chosen: list[_Option] | None
     try:
         if c.max_ads > _SEARCH_MAX_ADS:
             raise _OverBudget
-        chosen = _search(cands, c, bases, scale, _SEARCH_BUDGET)
+        chosen = _search(cands, c, bases, scales, _SEARCH_BUDGET)
     except _OverBudget:
-        chosen = _dp_pod(cands, c, bases, scale)
+        chosen = _dp_pod(cands, c, bases, scales)
     if chosen is None:
         return _EMPTY
-    return _result(chosen, bases, scale)
+    return _result(chosen, bases, scales)
 
 
 def _eligible(items: Sequence[PodItem], c: PodConstraints) -> list[PodItem]:
@@ -423,11 +466,12 @@ _third = operator.itemgetter(2)
 
 
 def _role_gains(
-    it: PodItem, bases: tuple[int, int, int, int], scale: float, max_ads: int
+    it: PodItem, bases: Bases, scales: Bases, max_ads: int
 ) -> tuple[float, float, float]:
     """The item's gain as first, last and middle; -inf where the DP has no such option (not
     allowed there, or no such slot in pods of at most ``max_ads``)."""
     base = bases[it.tier]
+    scale = scales[it.tier]
     v = it.value
     vf = it.value_first
     vl = it.value_last
@@ -473,8 +517,8 @@ _Entry = tuple[list[_Rec], list[tuple[int, int]]]
 def _search(
     cands: list[PodItem],
     c: PodConstraints,
-    bases: tuple[int, int, int, int],
-    scale: float,
+    bases: Bases,
+    scales: Bases,
     budget: int,
 ) -> list[_Option] | None:
     """The pod :func:`_dp_pod` returns (the same options and roles), or None when no pod is
@@ -494,11 +538,11 @@ def _search(
     slotless: list[PodItem] = []
     for it in cands:
         if it.value_first is None and it.value_last is None and it.middle_allowed:
-            g = bases[it.tier] + it.value / scale
+            g = bases[it.tier] + it.value / scales[it.tier]
             gains = (g, g if allow_last else _NEG_INF, g if allow_mid else _NEG_INF)
             light.append((g, it, gains, capacity_seconds(it.duration_ms)))
         else:
-            gains = _role_gains(it, bases, scale, max_ads)
+            gains = _role_gains(it, bases, scales, max_ads)
             top = max(gains)
             if top == _NEG_INF:
                 slotless.append(it)  # no option, but it still counts for its group's rank
@@ -948,7 +992,7 @@ _Opt = tuple[int, int, float, PodItem]
 
 
 def _group_options(
-    cands: list[PodItem], bases: tuple[int, int, int, int], scale: float, max_ads: int
+    cands: list[PodItem], bases: Bases, scales: Bases, max_ads: int
 ) -> list[list[_Opt]]:
     """The (item, role) options by group -- groups by smallest key, options by key then role --
     without the options dominated within their group; groups left without options are dropped.
@@ -970,10 +1014,10 @@ def _group_options(
         rows: list[tuple[int, tuple[float, float, float], PodItem]] = []
         for it in members:
             if it.value_first is None and it.value_last is None and it.middle_allowed:
-                g = bases[it.tier] + it.value / scale
+                g = bases[it.tier] + it.value / scales[it.tier]
                 gains = (g, g if allow_last else _NEG_INF, g if allow_mid else _NEG_INF)
             else:
-                gains = _role_gains(it, bases, scale, max_ads)
+                gains = _role_gains(it, bases, scales, max_ads)
             rows.append((capacity_seconds(it.duration_ms), gains, it))
         opts: list[_Opt] = []
         for w, gains, it in rows:
@@ -1057,10 +1101,10 @@ def _neg_gain(e: tuple[float, int, int, int]) -> float:
 
 
 def _dp_pod(
-    cands: list[PodItem], c: PodConstraints, bases: tuple[int, int, int, int], scale: float
+    cands: list[PodItem], c: PodConstraints, bases: Bases, scales: Bases
 ) -> list[_Option] | None:
     """The optimal pod by the DP (module docstring); None if no pod is possible."""
-    groups = _group_options(sorted(cands, key=_item_key), bases, scale, c.max_ads)
+    groups = _group_options(sorted(cands, key=_item_key), bases, scales, c.max_ads)
     groups = _prune_dominated(groups, min(c.max_ads, len(groups)))
     if not groups:
         return None
@@ -1171,7 +1215,7 @@ def _play_order(first: list[_Option], middle: list[_Option], last: list[_Option]
     return [*first, *mid, *last]
 
 
-def _result(chosen: list[_Option], bases: tuple[int, int, int, int], scale: float) -> PodResult:
+def _result(chosen: list[_Option], bases: Bases, scales: Bases) -> PodResult:
     first = [o for o in chosen if o.role == _FIRST]
     last = [o for o in chosen if o.role == _LAST]
     middle = sorted(
@@ -1187,7 +1231,7 @@ def _result(chosen: list[_Option], bases: tuple[int, int, int, int], scale: floa
         for o in ordered
     ]
     tiers = [o.item.tier for o in ordered]
-    norm = math.fsum(v / scale for v in realised)
+    norm = math.fsum(v / scales[t] for v, t in zip(realised, tiers, strict=True))
     score = math.fsum(bases[t] for t in tiers) + norm
     return PodResult(
         items=tuple(o.item for o in ordered),
@@ -1299,13 +1343,13 @@ def _slotted_pod(items: Sequence[PodItem], c: PodConstraints) -> PodResult:
     k = len(slots)
     max_ads = min(c.max_ads, k)
     bases = tier_bases(c.max_ads)
-    scale = _value_scale(items)
+    scales = _tier_scales(items, c.max_ads)
     cap = c.pod_duration_ms // 1000
     rows: list[tuple[float, int, PodItem, tuple[float, float, float]]] = []
     for it in _eligible(items, c):
         gains = tuple(
             g if g > 0 else _NEG_INF  # an ad that adds nothing is left out
-            for g in _role_gains(it, bases, scale, max_ads)
+            for g in _role_gains(it, bases, scales, max_ads)
         )
         top = max(gains)
         if top != _NEG_INF:
@@ -1461,7 +1505,7 @@ def _slotted_pod(items: Sequence[PodItem], c: PodConstraints) -> PodResult:
         it = rec.item
         realised.append(it.first_value if p == 0 else it.last_value if p == n - 1 else it.value)
     tiers = [rec.item.tier for _, rec in best]
-    norm = math.fsum(v / scale for v in realised)
+    norm = math.fsum(v / scales[t] for v, t in zip(realised, tiers, strict=True))
     return PodResult(
         items=tuple(rec.item for _, rec in best),
         objective=(
