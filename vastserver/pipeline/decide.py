@@ -1,11 +1,13 @@
 """The decision: filters -> score -> pod, with a trace of every candidate.
 
 ``decide`` is pure and synchronous: retrieval, counter pre-fetch and rendering happen around it
-(``vastserver.service``). Time comes in ``env.now``; randomness (pacing) lives in ``env.gate``.
+(``vastserver.service``). Time comes in ``env.now``; randomness (pacing, creative rotation) is
+the delivery gate's injected ``rng`` (``env.gate``); a gate without one rotates nothing.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -14,7 +16,13 @@ from typing import NamedTuple
 from vastserver.catalog.model import Slot, billed_cpm
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
-from vastserver.pipeline.pod import PodConstraints, PodItem, PodResult, build_pod
+from vastserver.pipeline.pod import (
+    PodConstraints,
+    PodItem,
+    PodResult,
+    build_pod,
+    capacity_seconds,
+)
 from vastserver.pipeline.reasons import Reason, Stage
 from vastserver.pipeline.scoring import (
     PriceScorer,
@@ -179,6 +187,53 @@ def _pod_item(i: int, c: Candidate, value: float, group: str) -> PodItem:
     )
 
 
+def rotation_keys(
+    cands: Sequence[Candidate], vals: Sequence[float], rng: random.Random | None
+) -> list[int]:
+    """The optimiser's key for each candidate: its index, except that the creatives of one line
+    item the optimiser cannot tell apart (the same value and capacity seconds) trade their
+    indices at random. The optimiser gives exact ties to the lowest key, so each of ``N`` such
+    creatives wins ``1/N`` of the requests, while a creative of higher value (one the model
+    prefers) still wins outright; the pod stays exact, and a given ``rng`` state gives the
+    same pod. ``rng`` None (a caller without one) keeps the indices."""
+    keys = list(range(len(cands)))
+    if rng is None:
+        return keys
+    by_line_item: dict[str, list[int]] = {}
+    for i, c in enumerate(cands):
+        by_line_item.setdefault(c.line_item.id, []).append(i)
+    for members in by_line_item.values():
+        if len(members) < 2:
+            continue
+        if len(members) == 2:  # the common case, without a shuffle's overhead
+            i, j = members
+            if (
+                vals[i] == vals[j]
+                and capacity_seconds(cands[i].creative.duration_ms)
+                == capacity_seconds(cands[j].creative.duration_ms)
+                and rng.getrandbits(1)
+            ):
+                keys[i], keys[j] = j, i
+            continue
+        ties: dict[tuple[float, int], list[int]] = {}
+        for i in members:
+            tie = (vals[i], capacity_seconds(cands[i].creative.duration_ms))
+            ties.setdefault(tie, []).append(i)
+        for same in ties.values():
+            if len(same) > 1:
+                drawn = same[:]
+                rng.shuffle(drawn)
+                for i, k in zip(same, drawn, strict=True):
+                    keys[i] = k
+    return keys
+
+
+def _injected_rng(env: StageEnv) -> random.Random | None:
+    """The pipeline's injected randomness: the delivery gate's (the service's seeded RNG)."""
+    rng = getattr(env.gate, "rng", None)
+    return rng if isinstance(rng, random.Random) else None
+
+
 @dataclass(frozen=True, slots=True)
 class Screened:
     survivors: tuple[Candidate, ...]
@@ -224,11 +279,13 @@ def decide(
     vals = values(survivors, predictions)
     groups = [c.group for c in survivors]
     dup_media = _media_duplicates(survivors, vals, groups)
+    kept = [i for i in range(len(survivors)) if i not in dup_media]
+    keys = rotation_keys([survivors[i] for i in kept], [vals[i] for i in kept], _injected_rng(env))
     items = [
-        _pod_item(i, c, v, g)
-        for i, (c, v, g) in enumerate(zip(survivors, vals, groups, strict=True))
-        if i not in dup_media
+        _pod_item(kept[k], survivors[i], vals[i], groups[i])
+        for i, k in zip(kept, keys, strict=True)
     ]
+    of_key = {kept[k]: i for i, k in zip(kept, keys, strict=True)}  # pod key -> survivor
     b = req.brk
     if b.max_ads < 1 or b.pod_duration_ms < 1000:
         pod = PodResult((), (), 0, 0.0)  # the ad rules disable this break
@@ -244,21 +301,18 @@ def decide(
                 slots=b.slots,
             ),
         )
-    slot_of = {it.key: n for n, it in enumerate(pod.items, start=1)}
+    slot_of = {of_key[it.key]: n for n, it in enumerate(pod.items, start=1)}
     chosen_groups = {groups[k]: k for k in slot_of}
     placed: list[PlacedAd] = []
     n_ads = len(pod.items)
-    for it in pod.items:
-        c = survivors[it.key]
-        position = slot_of[it.key]
+    for i, position in slot_of.items():
+        c = survivors[i]
         # The value was computed at the ranking CPM (with its house floor); a slot price
         # scales it. The price paid is the slot's, else the line item's own: a house ad at
         # 0 is billed 0, not the floor that only ranks it.
         price = slot_price(c, position, n_ads)
-        value = vals[it.key] * (1.0 if price is None else price / effective_cpm(c))
-        placed.append(
-            PlacedAd(c, position, predictions[it.key], value, billed_at(c, position, n_ads))
-        )
+        value = vals[i] * (1.0 if price is None else price / effective_cpm(c))
+        placed.append(PlacedAd(c, position, predictions[i], value, billed_at(c, position, n_ads)))
     if pod.slots:  # a structured pod: which slot rule each ad fills
         placed = [
             SlottedAd(a.candidate, a.slot, a.prediction, a.value, a.price_cpm, slot_rule=j)

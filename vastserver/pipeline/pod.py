@@ -125,7 +125,8 @@ input order: (1) the smallest total capacity seconds wins, then (2) the fewest a
 ties follow a fixed processing order -- groups by their smallest key, options by item key then
 role first/last/middle -- in which an option replaces the incumbent only when strictly better,
 which in effect prefers pods that use lower-keyed groups (two identical ads: the lower key).
-Keys must be unique.
+Keys must be unique. (The decision draws the keys of a line item's equivalent creatives at
+random per request, ``decide.rotation_keys``, so such ties rotate.)
 
 Play order: the first-slot item, then middle items by descending ``value`` (ties by key), then the
 last-slot item.
