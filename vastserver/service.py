@@ -162,6 +162,7 @@ class AdService:
         rules = cat.rules_for(req.placement)
         return StageEnv(
             now=now,
+            rng=self.rng,
             blocked_categories=(
                 cat.blocked_categories | rules.blocked_categories | req.blocked_categories
             ),

@@ -1,8 +1,8 @@
 """The decision: filters -> score -> pod, with a trace of every candidate.
 
 ``decide`` is pure and synchronous: retrieval, counter pre-fetch and rendering happen around it
-(``vastserver.service``). Time comes in ``env.now``; randomness (pacing, creative rotation) is
-the delivery gate's injected ``rng`` (``env.gate``); a gate without one rotates nothing.
+(``vastserver.service``). Time comes in ``env.now``; randomness (creative rotation) is the
+injected ``env.rng``; an environment without one rotates nothing.
 """
 
 from __future__ import annotations
@@ -228,12 +228,6 @@ def rotation_keys(
     return keys
 
 
-def _injected_rng(env: StageEnv) -> random.Random | None:
-    """The pipeline's injected randomness: the delivery gate's (the service's seeded RNG)."""
-    rng = getattr(env.gate, "rng", None)
-    return rng if isinstance(rng, random.Random) else None
-
-
 @dataclass(frozen=True, slots=True)
 class Screened:
     survivors: tuple[Candidate, ...]
@@ -280,7 +274,7 @@ def decide(
     groups = [c.group for c in survivors]
     dup_media = _media_duplicates(survivors, vals, groups)
     kept = [i for i in range(len(survivors)) if i not in dup_media]
-    keys = rotation_keys([survivors[i] for i in kept], [vals[i] for i in kept], _injected_rng(env))
+    keys = rotation_keys([survivors[i] for i in kept], [vals[i] for i in kept], env.rng)
     items = [
         _pod_item(kept[k], survivors[i], vals[i], groups[i])
         for i, k in zip(kept, keys, strict=True)

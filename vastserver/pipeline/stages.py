@@ -115,6 +115,8 @@ class StageEnv:
     blocked_domains: frozenset[str] = frozenset()
     pre: PreGate = field(default_factory=PreGate)
     """Delivery checks known before the counters (pacing, a first fetch's refusals)."""
+    rng: random.Random | None = None
+    """The injected randomness (creative rotation); None: ties go to the lowest key."""
     gate: DeliveryGate = field(default_factory=DeliveryGate)
     recent_creatives: frozenset[str] = frozenset()
     """Creatives already shown in this session's separation window."""
