@@ -500,6 +500,48 @@ async def test_a_budget_a_reload_adds_while_ads_are_in_flight_is_not_overdeliver
     assert stats["delivered_impressions"] == 10
 
 
+@pytest.mark.parametrize(
+    ("owner", "budget"),
+    [
+        ("line_item", {"impressions": 15}),
+        ("line_item", {"daily_impressions": 15}),
+        ("line_item", {"spend": 0.3}),  # 15 impressions at CPM 20
+        ("campaign", {"impressions": 15}),
+        ("campaign", {"spend": 0.3}),
+    ],
+)
+async def test_a_budget_a_reload_adds_counts_what_was_delivered_before_it(
+    tmp_path: Any, owner: str, budget: dict[str, Any]
+) -> None:
+    """li-a delivers 10 with no budget; a reload gives it (or its campaign) a budget of 15
+    impressions' worth. Its counters were moved only while a budget existed, so it went on
+    to deliver 15 more (25 against 15, while the gauge said 15 and the pacing ratio 1.0; a
+    reviewer found it). The budget now counts the 10: 5 more, and ``/admin`` and the gauges
+    agree on what was delivered."""
+    svc, clock = _setup(_with_li_a())
+    before = [await _serve_and_confirm(svc, request(f"b{i}")) for i in range(10)]
+    assert sum("li-a" in ids for ids in before) == 10
+    cat = _with_li_a()
+    if owner == "line_item":
+        cat["line_items"][0]["pacing"] = {"delivery": "asap", "budget": budget}
+    else:
+        cat["campaigns"][0]["budget"] = budget
+    _reload(svc, tmp_path, cat)
+    clock.now += timedelta(minutes=1)
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    after = [await _serve_and_confirm(svc, request(f"a{i}")) for i in range(30)]
+    assert sum("li-a" in ids for ids in after) == 5
+    await svc.delivery.update_pacing(svc.snapshot.catalog)
+    [stats] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
+    assert stats["delivered_impressions"] == stats["delivered_today"] == 15
+    assert stats["spend"] == pytest.approx(0.3) and stats["exhausted"]
+    text = svc.metrics.render().decode()
+    assert 'vastserver_line_item_exhausted{line_item="li-a"} 1.0' in text
+    if owner == "line_item" and "spend" not in budget:  # an impression budget to pace
+        assert 'vastserver_line_item_delivered_impressions{line_item="li-a"} 15.0' in text
+        assert 'vastserver_line_item_pacing_ratio{line_item="li-a"} 1.0' in text
+
+
 async def test_impressions_of_a_creative_rotated_out_still_count_to_budgets_and_caps(
     tmp_path: Any,
 ) -> None:
@@ -696,7 +738,7 @@ async def test_a_roomy_budget_skips_the_pre_check_but_never_overdelivers() -> No
     svc, clock = _setup(cat)
     store = svc.delivery.store
     read_keys = _spy_reads(store)
-    budget_key = "li:li-a:imp:life"
+    budget_key = "li:li-a:ev:impression"
 
     assert _li_a_outcome(await svc.decide(request("v0"), explain=True)) == (True, None)
     assert budget_key in read_keys[-1]
@@ -720,7 +762,7 @@ async def test_a_roomy_budget_skips_the_pre_check_but_never_overdelivers() -> No
     assert budget_key in read_keys[-1]  # read again: the pre-check dropped it
     ts = clock.now.timestamp()
     counted = await store.read(
-        [Read(budget_key, LIFETIME), Read(budget_key + ":r", RESERVATION_WINDOW)], ts
+        [Read(budget_key, LIFETIME), Read("li:li-a:imp:life:r", RESERVATION_WINDOW)], ts
     )
     assert counted == [1499, 1]  # one reservation (the first serve): the budget is exactly spent
 
@@ -747,7 +789,7 @@ async def test_a_refused_reservation_names_the_guard_that_failed() -> None:
         True,
         None,
     )  # budget now roomy
-    await store.add([Incr("li:li-a:imp:life", LIFETIME, 1499)], clock.now.timestamp())
+    await store.add([Incr("li:li-a:ev:impression", LIFETIME, 1499)], clock.now.timestamp())
     clock.now = T0 + timedelta(seconds=ROOMY_S / 2)
     assert _li_a_outcome(await svc.decide(request("v1"), explain=True)) == (
         False,
@@ -895,7 +937,10 @@ async def test_daily_budget_counters_expire_and_lifetime_ones_do_not() -> None:
         )
     )
     assert "li-a" in await _serve_and_confirm(svc, request("v"))
-    reads = [Read("li:li-a:imp:d:2026-11-25", LIFETIME), Read("li:li-a:imp:life", LIFETIME)]
+    reads = [
+        Read("li:li-a:ev:impression:d:2026-11-25", LIFETIME),
+        Read("li:li-a:ev:impression", LIFETIME),
+    ]
     store = svc.delivery.store
     assert await store.read(reads, clock.now.timestamp()) == [1, 1]
     clock.now += timedelta(days=3, hours=1)
@@ -1015,7 +1060,7 @@ async def test_a_budget_near_its_end_is_read_on_every_request() -> None:
     for i in range(3):
         clock.now = T0 + timedelta(milliseconds=10 * i)
         await svc.decide(request(f"v{i}"))
-        assert "li:li-a:imp:life" in read_keys[-1]
+        assert "li:li-a:ev:impression" in read_keys[-1]
 
 
 async def test_budget_holds_under_parallel_burst() -> None:
@@ -1145,7 +1190,8 @@ async def test_completion_rates_cover_line_items_this_instance_has_not_served() 
     a line item's completes, but only line items served here were read: the model got no
     rate where training gave it one (a reviewer found it). The first pass reads them all,
     then those with impressions, and all again every RATES_SCAN_S."""
-    from vastserver.delivery import RATES_SCAN_S, _ev_key
+    from vastserver.delivery import RATES_SCAN_S
+    from vastserver.pipeline.delivery import event_key as _ev_key
 
     svc, clock = _setup(base_catalog())
     d = svc.delivery
@@ -1362,7 +1408,10 @@ async def test_the_pacing_pass_reads_each_budget_counter_once() -> None:
     await svc.delivery.update_pacing(svc.snapshot.catalog)
     keys = [k for chunk in read_keys for k in chunk]
     day = T0.strftime("%Y-%m-%d")
-    want = {f"li:{i}:imp:d:{day}" for i in ids} | {"li:li-p0:spend:life", "cp:cmp-a:imp:life"}
+    want = {f"li:{i}:ev:impression:d:{day}" for i in ids} | {
+        "li:li-p0:spend_micros",
+        "cp:cmp-a:imp:life",
+    }
     assert sorted(keys) == sorted(want)
 
 
@@ -1394,7 +1443,7 @@ async def test_the_budget_checks_a_pacing_pass_keeps_leave_the_collector_nothing
     assert svc.delivery._budget_checks(
         catalog, catalog.line_items["li-s7"], catalog.campaigns["cmp-a"], day
     ) == (
-        ("li:li-s7:spend:life", micros, 5_000_000),
+        ("li:li-s7:spend_micros", micros, 5_000_000),
         (f"li:li-s7:spend:d:{day}", micros, 1_000_000),
     )
 
@@ -1531,7 +1580,7 @@ async def test_an_exhausted_line_item_shows_on_an_instance_that_never_served_it(
     line item was refused with no ``exhausted`` series. Now every exhausted one shows."""
     cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 5}})
     svc, _ = _setup(cat)
-    await svc.delivery.store.add([Incr("li:li-a:imp:life", LIFETIME, 5)], T0.timestamp())
+    await svc.delivery.store.add([Incr("li:li-a:ev:impression", LIFETIME, 5)], T0.timestamp())
     await svc.delivery.update_pacing(svc.snapshot.catalog)
     assert "li-a" in svc.delivery.exhausted and "li-a" not in svc.delivery.active
     text = svc.metrics.render().decode()
@@ -1554,7 +1603,7 @@ async def test_exhaustion_is_judged_at_the_cheapest_slot_price(
     )
     svc, _ = _setup(cat)
     used = 1000 * 1_000_000 - spend_micros(round(room_cpm * 1_000_000))
-    await svc.delivery.store.add([Incr("li:li-a:spend:life", LIFETIME, used)], T0.timestamp())
+    await svc.delivery.store.add([Incr("li:li-a:spend_micros", LIFETIME, used)], T0.timestamp())
     await svc.delivery.update_pacing(svc.snapshot.catalog)
     assert ("li-a" in svc.delivery.exhausted) is exhausted
 

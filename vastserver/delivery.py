@@ -52,8 +52,9 @@ from vastserver.pipeline.delivery import (
     ScopeCaps,
     SeparationRules,
     Viewer,
-    budget_key,
     curve_fraction,
+    delivered_key,
+    event_key,
     gate_checks,
     history_entries,
     history_key,
@@ -71,6 +72,7 @@ from vastserver.pipeline.delivery import (
     release_increments,
     reservation_plan,
     scope_caps,
+    spend_key,
     spend_micros,
 )
 from vastserver.pipeline.reasons import Reason
@@ -98,10 +100,6 @@ those passes, for the ones known to have impressions)."""
 (~3-5 ms of work per chunk: a request arriving meanwhile waits at most that long)."""
 
 
-def _ev_key(li_id: str, event: str) -> str:
-    return f"li:{li_id}:ev:{event}"
-
-
 CLAIM_GRACE_S = 3600
 """A beacon claim outlives its token's last verifying second by this much."""
 
@@ -113,10 +111,6 @@ def claim_window_s(token_max_age_s: int) -> int:
 
 def served_key(li_id: str) -> str:
     return f"li:{li_id}:served"
-
-
-def spend_key(li_id: str) -> str:
-    return f"li:{li_id}:spend_micros"
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,7 +507,7 @@ class DeliveryControl:
             )
         else:
             li = token.line_item_id
-            ev_key = _ev_key(li, event)
+            ev_key = event_key(li, event)
             incrs.append(Incr(ev_key, LIFETIME, 1))
             day = local_day_at(served_at, cand.campaign.timezone)
             incrs.append(Incr(f"{ev_key}:d:{day}", LIFETIME, 1, ttl_s=3 * 86400))
@@ -701,13 +695,13 @@ class DeliveryControl:
         prefix = f"li:{li.id}"
         if b.daily_impressions is not None:
             budget: float = b.daily_impressions
-            delivered = used[budget_key(prefix, "imp", day)]
+            delivered = used[delivered_key(prefix, "imp", day)]
             # the local day, clipped to the flight
             lo = w_start if li.start.timestamp() > mark.day_start else mark.w_day_start
             hi = w_end if li.end.timestamp() < mark.day_end else mark.w_day_end
         else:
             budget = float(b.impressions or 0)
-            delivered = used[budget_key(prefix, "imp", None)]
+            delivered = used[delivered_key(prefix, "imp", None)]
             lo, hi = w_start, w_end
         frac = curve_fraction(mark.w_now - lo, hi - lo, li.pacing.delivery)
         target = budget * frac
@@ -782,7 +776,9 @@ class DeliveryControl:
         for start in range(0, len(ids), PACING_CHUNK):
             chunk = ids[start : start + PACING_CHUNK]
             reads = [
-                Read(_ev_key(li, ev), LIFETIME) for li in chunk for ev in ("impression", "complete")
+                Read(event_key(li, ev), LIFETIME)
+                for li in chunk
+                for ev in ("impression", "complete")
             ]
             try:
                 values = await self.store.read(reads, self.clock().timestamp())
@@ -823,10 +819,10 @@ class DeliveryControl:
             tz = catalog.campaigns[catalog.line_items[li_id].campaign_id].timezone
             reads += [
                 Read(served_key(li_id), LIFETIME),
-                Read(_ev_key(li_id, "impression"), LIFETIME),
-                Read(_ev_key(li_id, "complete"), LIFETIME),
+                Read(event_key(li_id, "impression"), LIFETIME),
+                Read(event_key(li_id, "complete"), LIFETIME),
                 Read(spend_key(li_id), LIFETIME),
-                Read(f"{_ev_key(li_id, 'impression')}:d:{local_day(now, tz)}", LIFETIME),
+                Read(f"{event_key(li_id, 'impression')}:d:{local_day(now, tz)}", LIFETIME),
             ]
         values = await self.store.read(reads, now.timestamp()) if reads else []
         out = []

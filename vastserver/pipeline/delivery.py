@@ -185,6 +185,9 @@ class BudgetCheck:
     limit: int
     amount: int
     ttl_s: int | None
+    kept: bool = False
+    """Whether ``delivered`` is a counter every counted impression moves, whatever the
+    catalog says (:func:`delivered_key`): the beacon path increments it, not the budget."""
 
 
 def spend_micros(price_micros: int) -> int:
@@ -195,9 +198,55 @@ def spend_micros(price_micros: int) -> int:
 
 
 def budget_key(prefix: str, kind: str, day: str | None) -> str:
-    """The counter of a budget of ``kind`` (``imp``, ``spend``) of ``prefix`` (``li:ID``,
-    ``cp:ID``): the local ``day``'s for a daily budget, else the lifetime one."""
+    """The reservation counter (with ``:r``) of a budget of ``kind`` (``imp``, ``spend``) of
+    ``prefix`` (``li:ID``, ``cp:ID``): the local ``day``'s for a daily budget, else the
+    lifetime one; without ``:r``, the delivered counter of a budget :func:`delivered_key`
+    does not keep for every impression."""
     return f"{prefix}:{kind}:{'d:' + day if day is not None else 'life'}"
+
+
+def event_key(li_id: str, event: str) -> str:
+    """The counter of line item ``li_id``'s counted beacons of ``event`` (every one, budget
+    or not; ``:d:DAY`` appended: those of the campaign's local day of their serve)."""
+    return f"li:{li_id}:ev:{event}"
+
+
+def spend_key(li_id: str) -> str:
+    """What line item ``li_id``'s counted impressions billed, in micros (every one)."""
+    return f"li:{li_id}:spend_micros"
+
+
+def delivered_key(prefix: str, kind: str, day: str | None) -> str:
+    """The counter a budget (as :func:`budget_key`) checks delivery against. Those of the
+    budgets a reload may add or raise count every impression whatever the catalog said when
+    it was counted, so such a budget counts what was delivered before it: a line item's
+    impressions (lifetime, and per local day: the counters ``/admin`` reports) and lifetime
+    spend, and its campaign's lifetime impressions and spend (:func:`kept_increments`). A
+    daily spend budget and a campaign's daily budgets count only while they exist."""
+    if prefix.startswith("li:"):
+        li_id = prefix[3:]
+        if kind == "imp":
+            return event_key(li_id, "impression") + ("" if day is None else f":d:{day}")
+        if day is None:
+            return spend_key(li_id)
+    return budget_key(prefix, kind, day)
+
+
+def _kept(prefix: str, kind: str, day: str | None) -> bool:
+    """Whether :func:`delivered_key` is moved by every counted impression."""
+    return day is None or (kind == "imp" and prefix.startswith("li:"))
+
+
+def kept_increments(camp_id: str, price_cpm: float) -> tuple[Incr, ...]:
+    """The campaign's lifetime delivery counters one counted impression billed at
+    ``price_cpm`` moves, budget or not (the beacon path moves the line item's own: its event
+    and spend counters), so that a budget a reload adds counts what came before it."""
+    prefix = f"cp:{camp_id}"
+    spend = spend_micros(round(price_cpm * 1_000_000))
+    imp = Incr(budget_key(prefix, "imp", None), LIFETIME, 1)
+    if spend <= 0:
+        return (imp,)
+    return (imp, Incr(budget_key(prefix, "spend", None), LIFETIME, spend))
 
 
 def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> list[BudgetCheck]:
@@ -208,15 +257,17 @@ def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> 
     def add(kind: str, limit: float | None, amount: int, daily: bool) -> None:
         if limit is None:
             return
-        key = budget_key(prefix, kind, day if daily else None)
+        on = day if daily else None
+        key = budget_key(prefix, kind, on)
         lim = int(limit * 1_000_000) if kind == "spend" else int(limit)
         out.append(
             BudgetCheck(
-                delivered=Read(key, LIFETIME),
+                delivered=Read(delivered_key(prefix, kind, on), LIFETIME),
                 reservations=Read(key + ":r", RESERVATION_WINDOW),
                 limit=lim,
                 amount=amount,
                 ttl_s=DAY_TTL_S if daily else None,
+                kept=_kept(prefix, kind, on),
             )
         )
 
@@ -1069,7 +1120,11 @@ def impression_increments(
 
     ``now`` picks the daily budget key: use the serve time, so a late beacon lands on the local
     day of its serve in the campaign's time zone. That is the day its reservation was made
-    unless a reload changed the zone since: then it is the serve time's day in the new zone."""
+    unless a reload changed the zone since: then it is the serve time's day in the new zone.
+
+    A budget's delivered counter that every impression moves (:attr:`BudgetCheck.kept`) is
+    not moved here: the campaign's are, always (:func:`kept_increments`), and the line item's
+    are the beacon path's event and spend counters."""
     out: list[Incr] = []
     for cap in counted_caps(cand, scopes):
         chk = cap_checks(cap, cand, viewer)
@@ -1077,8 +1132,10 @@ def impression_increments(
             continue
         out.append(Incr(chk.impressions.key, chk.impressions.window, 1, ttl_s=chk.ttl_s))
         out.append(Incr(chk.reservations.key, RESERVATION_WINDOW, -1, at=served_at))
+    out += kept_increments(cand.campaign.id, price_cpm)
     for b in budget_checks(cand, now, price_cpm):
-        out.append(Incr(b.delivered.key, LIFETIME, b.amount, ttl_s=b.ttl_s))
+        if not b.kept:
+            out.append(Incr(b.delivered.key, LIFETIME, b.amount, ttl_s=b.ttl_s))
         out.append(Incr(b.reservations.key, RESERVATION_WINDOW, -b.amount, at=served_at))
     return out
 
@@ -1104,12 +1161,14 @@ def impression_plan(
         base = t.prefix + subject
         out.append(Incr(base + ":i", t.window, 1, None, t.ttl_s))
         out.append(Incr(base + ":r", RESERVATION_WINDOW, -1, served_at))
+    out += kept_increments(cand.campaign.id, price_cpm)
     if e.tz is None:
         return out
     day = local_day_at(served_at, e.tz)
     served = datetime.fromtimestamp(served_at, UTC)
     for b in _priced(e, served, day, price_cpm):
-        out.append(Incr(b.delivered.key, LIFETIME, b.amount, None, b.ttl_s))
+        if not b.kept:
+            out.append(Incr(b.delivered.key, LIFETIME, b.amount, None, b.ttl_s))
         out.append(Incr(b.reservations.key, RESERVATION_WINDOW, -b.amount, served_at))
     return out
 
