@@ -45,15 +45,17 @@ async def _stats(client: Any, li: str) -> dict[str, Any]:
     return dict(await resp.json())
 
 
+async def _served_line_item(client: Any) -> str:
+    """The line item of the one ad served so far."""
+    rows = await (await client.get("/admin/line-items", headers=AUTH)).json()
+    return str(next(x for x in rows if x["served"] == 1)["id"])
+
+
 async def test_impression_counted_once_and_forgeries_ignored(client: Any, clock: FakeClock) -> None:
     ad = await _first_ad(client)
     imp = _tracking(ad, "impression")
     tk = parse_qs(urlsplit(imp).query)["tk"][0]
-    li = next(
-        x
-        for x in (await (await client.get("/admin/line-items", headers=AUTH)).json())
-        if x["served"] == 1
-    )["id"]
+    li = await _served_line_item(client)
     for _ in range(3):
         assert (await client.get(_local(imp))).status == 204
     complete = _tracking(ad, "complete")
@@ -406,11 +408,7 @@ async def test_head_neither_decides_nor_counts(client: Any) -> None:
     for path in ("/vast?pod_duration=30", "/vmap?content_duration=600", "/decide"):
         assert (await client.head(path)).status == 405
     ad = await _first_ad(client)
-    li = next(
-        x
-        for x in (await (await client.get("/admin/line-items", headers=AUTH)).json())
-        if x["served"] == 1
-    )["id"]
+    li = await _served_line_item(client)
     imp = _local(_tracking(ad, "impression"))
     assert (await client.head(imp)).status == 405
     click = _local(ad.find(".//v:ClickThrough", NS).text)
@@ -428,11 +426,7 @@ async def test_a_token_counts_only_on_its_own_events_path(client: Any) -> None:
     complete, a quartile or a click is a bad signature and counts nothing; the complete
     URL's as an impression neither. notUsed takes the impression's token."""
     ad = await _first_ad(client)
-    li = next(
-        x
-        for x in (await (await client.get("/admin/line-items", headers=AUTH)).json())
-        if x["served"] == 1
-    )["id"]
+    li = await _served_line_item(client)
     imp_tk = parse_qs(urlsplit(_tracking(ad, "impression")).query)["tk"][0]
     complete_tk = parse_qs(urlsplit(_tracking(ad, "complete")).query)["tk"][0]
     pause_tk = parse_qs(urlsplit(_tracking(ad, "pause")).query)["tk"][0]
@@ -461,6 +455,28 @@ async def test_a_token_counts_only_on_its_own_events_path(client: Any) -> None:
     assert 'vastserver_beacons_total{event="complete",result="bad_signature"} 1.0' in text
     assert 'vastserver_beacons_total{event="notUsed",result="ok"} 1.0' in text
     assert 'vastserver_beacons_total{event="impression",result="already_settled"} 1.0' in text
+
+
+async def test_an_ad_not_used_counts_no_complete_quartile_or_click(client: Any) -> None:
+    """``notUsed`` settles an ad as never played. Its impression was refused, but its
+    ``complete``, quartiles and click were still counted (completion rates past 100 %, and
+    the model credited an unshown ad; a reviewer found it). Now each is ``already_settled``;
+    the click still redirects the viewer."""
+    ad = await _first_ad(client)
+    li = await _served_line_item(client)
+    imp = _local(_tracking(ad, "impression"))
+    assert (await client.get(imp.replace("/t/impression", "/t/notUsed"))).status == 204
+    for url in [imp, *(_local(_tracking(ad, e)) for e in ("firstQuartile", "complete"))]:
+        assert (await client.get(url)).status == 204
+    click = _local(ad.find(".//v:ClickThrough", NS).text)
+    resp = await client.get(click, allow_redirects=False)
+    assert resp.status == 302 and resp.headers["Location"].startswith("http")
+    stats = await _stats(client, li)
+    assert stats["delivered_impressions"] == 0 and stats["completes"] == 0
+    text = await (await client.get("/metrics")).text()
+    for event in ("impression", "firstQuartile", "complete", "click"):
+        assert f'vastserver_beacons_total{{event="{event}",result="already_settled"}} 1.0' in text
+    assert 'result="ok"} 1.0' not in text.replace('event="notUsed",result="ok"} 1.0', "")
 
 
 async def test_a_replay_after_its_claim_was_evicted_is_not_counted(

@@ -338,6 +338,30 @@ async def test_not_used_releases_and_blocks_late_impression() -> None:
     assert not late.counted and late.reason == "already_settled"
 
 
+async def test_after_not_used_only_the_impression_s_own_events_decide() -> None:
+    """``notUsed`` first: no event of the ad counts (the ad did not play), each
+    ``already_settled``, replays too, while a replay of the ``notUsed`` is a replay.
+    Impression first: the ``notUsed`` is refused and the ad's events count."""
+    svc, _ = _setup(_with_li_a())
+    cat = svc.snapshot.catalog
+    unused, played = tokens_for(svc, await svc.decide(request("v")))
+    assert (await svc.delivery.on_beacon("notUsed", unused, cat)).counted
+    assert (await svc.delivery.on_beacon("notUsed", unused, cat)).replay
+    for event in ("impression", "firstQuartile", "complete", "click", "complete"):
+        got = await svc.delivery.on_beacon(event, unused, cat)
+        assert not got.counted and got.reason == "already_settled", event
+    assert (await svc.delivery.on_beacon("impression", played, cat)).counted
+    got = await svc.delivery.on_beacon("notUsed", played, cat)
+    assert not got.counted and got.reason == "already_settled"
+    assert (await svc.delivery.on_beacon("complete", played, cat)).counted
+    assert (await svc.delivery.on_beacon("click", played, cat)).counted
+    stats = {s["id"]: s for s in await svc.delivery.line_item_stats(cat, ["li-a", "li-b"])}
+    assert {i: (s["delivered_impressions"], s["completes"]) for i, s in stats.items()} == {
+        unused.line_item_id: (0, 0),
+        played.line_item_id: (1, 1),
+    }
+
+
 async def test_lmt_uses_session_caps_only() -> None:
     cat = _with_li_a(
         frequency_caps=[
@@ -388,10 +412,19 @@ class _CountFailsOnce:
         await self.inner.add(incrs, now)
 
     async def claim_and_add(
-        self, keys: Any, ttl_s: int, incrs: Any, now: float, *, served_at: float | None = None
+        self,
+        keys: Any,
+        ttl_s: int,
+        incrs: Any,
+        now: float,
+        *,
+        served_at: float | None = None,
+        unless: str | None = None,
     ) -> list[bool]:
         self._fail_once()
-        return await self.inner.claim_and_add(keys, ttl_s, incrs, now, served_at=served_at)
+        return await self.inner.claim_and_add(
+            keys, ttl_s, incrs, now, served_at=served_at, unless=unless
+        )
 
 
 async def test_a_beacon_whose_count_failed_is_counted_when_retried() -> None:

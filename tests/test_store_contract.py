@@ -28,6 +28,7 @@ from tests.support.redis_server import (  # noqa: F401  (pytest fixtures)
 from tests.support.stores import claim, claim_many
 from vastserver.store import (
     ClaimExpired,
+    ClaimHeld,
     Guard,
     Guarded,
     Incr,
@@ -314,6 +315,30 @@ async def test_claim_and_add_counts_only_new_claims(h: Harness) -> None:
     assert await claim_many(s, ["z"], 60) == [True]
     with pytest.raises(ValueError):
         await s.claim_and_add(["w"], 0, [], T0)
+
+
+async def test_claim_and_add_unless_a_key_is_claimed(h: Harness) -> None:
+    """``unless``: while that key is claimed the call claims and counts nothing (how a
+    ``notUsed`` keeps the ad's later beacons from counting), in the same atomic step."""
+    s = h.store
+    n = [Read("beacons", LIFE)]
+    add = [Incr("beacons", LIFE, 1)]
+    assert await s.claim_and_add(["a:complete"], 60, add, T0, unless="a:unused") == [True]
+    assert await s.claim_and_add(["a:notUsed", "a:unused"], 60, [], T0) == [True, True]
+    with pytest.raises(ClaimHeld):
+        await s.claim_and_add(["a:click"], 60, add, T0, unless="a:unused")
+    with pytest.raises(ClaimHeld):  # a replay too: the held key answers first
+        await s.claim_and_add(["a:complete"], 60, add, T0, unless="a:unused")
+    assert await s.read(n, T0) == [1]
+    assert await claim_many(s, ["a:click"], 60) == [True]  # nothing was claimed
+    # another ad's calls are not held, and an expired ``unless`` no longer holds
+    assert await s.claim_and_add(["b:click"], 60, add, T0, unless="b:unused") == [True]
+    assert await s.claim_and_add(["c:unused"], 1, [], T0) == [True]
+    await h.pass_time(2.5)
+    assert await s.claim_and_add(["c:click"], 60, add, T0 + 3, unless="c:unused") == [True]
+    assert await s.read(n, T0 + 3) == [3]
+    with pytest.raises(ValueError):
+        await s.claim_and_add([], 60, add, T0, unless="a:unused")
 
 
 async def test_kinds_do_not_collide(h: Harness) -> None:

@@ -79,6 +79,7 @@ from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.stages import PreGate
 from vastserver.store.base import (
     ClaimExpired,
+    ClaimHeld,
     Guarded,
     Incr,
     Read,
@@ -123,6 +124,9 @@ class BeaconResult:
 REPLAY = BeaconResult(counted=False, replay=True, reason="replay")
 EXPIRED = BeaconResult(counted=False, reason="expired")
 """The store refused the beacon: served under a shorter claim window (see ClaimExpired)."""
+ALREADY_SETTLED = BeaconResult(counted=False, reason="already_settled")
+"""The ad was settled by the other of ``impression`` and ``notUsed``, or by ``notUsed``
+before another counted event."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,16 +489,24 @@ class DeliveryControl:
     async def on_beacon(self, event: str, token: AdToken, catalog: Catalog) -> BeaconResult:
         """Count a verified beacon once per (ad serving id, event).
 
-        ``notUsed`` releases the serve's reservations when no impression came first; an
-        impression after ``notUsed`` (or the reverse) is not counted."""
+        ``impression`` and ``notUsed`` settle the ad, played or not, and the first one wins:
+        ``notUsed`` releases the serve's reservations when no impression came first. The
+        other settling event, and after ``notUsed`` every other counted event (a quartile,
+        ``complete``, a click: the ad did not play), are not counted
+        (``already_settled``)."""
         if token.test:  # served for a test request: it reserved nothing, it counts nothing
             return BeaconResult(counted=False, reason="test")
         if event not in COUNTED_EVENTS and event != "notUsed":
             return BeaconResult(counted=False, reason="not_counted_event")
-        settle_event = event in ("impression", "notUsed")
-        keys = [f"bc:{token.ad_serving_id}:{event}"]
-        if settle_event:
-            keys.append(f"bc:{token.ad_serving_id}:settled")
+        ad = f"bc:{token.ad_serving_id}"
+        # ``settled``: an impression counted; ``unused``: a notUsed counted. Each refuses the
+        # other settling event, and ``unused`` every event, in the call that would count it.
+        keys = [f"{ad}:{event}"]
+        if event == "impression":
+            keys.append(f"{ad}:settled")
+        elif event == "notUsed":
+            keys.append(f"{ad}:unused")
+        unless = f"{ad}:settled" if event == "notUsed" else f"{ad}:unused"
         cand = self.candidate(catalog, token)
         served_at = float(token.served_at)
         price = token.price_micros / 1_000_000
@@ -528,17 +540,21 @@ class DeliveryControl:
         now = self.clock().timestamp()
         ttl = max(1, math.ceil(served_at + claim_window_s(self.token_max_age_s) - now))
         try:
-            claims = await self.store.claim_and_add(keys, ttl, incrs, now, served_at=served_at)
+            claims = await self.store.claim_and_add(
+                keys, ttl, incrs, now, served_at=served_at, unless=unless
+            )
         except ClaimExpired:
             return EXPIRED
+        except ClaimHeld:
+            return ALREADY_SETTLED
         except StoreUnavailable as e:
             self._store_error(e, "beacon")  # the caller answers 503
             raise
         if not claims[0]:
             return REPLAY
-        if settle_event and not claims[1]:
-            # the other settling event came first
-            return BeaconResult(counted=False, reason="already_settled")
+        if not all(claims):  # an impression after a notUsed that claimed ``settled`` (before
+            # ``unused`` existed)
+            return ALREADY_SETTLED
         self.active.add(token.line_item_id)
         return BeaconResult(counted=True)
 

@@ -10,7 +10,17 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .base import ClaimExpired, Guard, Guarded, Incr, Read, Store, StoreUnavailable, Window
+from .base import (
+    ClaimExpired,
+    ClaimHeld,
+    Guard,
+    Guarded,
+    Incr,
+    Read,
+    Store,
+    StoreUnavailable,
+    Window,
+)
 from .memory import MAX_KEYS, MemoryStore
 
 if TYPE_CHECKING:
@@ -18,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClaimExpired",
+    "ClaimHeld",
     "Guard",
     "Guarded",
     "Incr",

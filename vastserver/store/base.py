@@ -90,6 +90,11 @@ class ClaimExpired(Exception):
     window then allowed, so a claim of that time may have lapsed (see :mod:`.redis`)."""
 
 
+class ClaimHeld(Exception):
+    """``claim_and_add`` refused a call (nothing claimed, nothing counted) because its
+    ``unless`` key is claimed: e.g. a beacon of an ad that ``notUsed`` settled as unplayed."""
+
+
 class Store(Protocol):
     name: str
     local: bool
@@ -119,11 +124,16 @@ class Store(Protocol):
         now: float,
         *,
         served_at: float | None = None,
+        unless: str | None = None,
     ) -> list[bool]:
         """Dedupe: claim each key (True the first time it is claimed within ``ttl_s``, False
         after, and for a repeat within ``keys``) and, when every claim is new, ``add(incrs)``:
         atomically, in one round trip. A failed call has done neither, so a beacon whose count
         failed can be retried and counted; one that got through is never counted twice.
+
+        ``unless``: a claim key (not among ``keys``) that, while claimed, refuses the call
+        in the same atomic step: nothing is claimed or counted, and :class:`ClaimHeld` is
+        raised. Needs ``keys``.
 
         ``served_at``: when the beacon's ad was served (its claims expire a fixed window after
         it). A store shared by instances whose claim windows differ may lengthen ``ttl_s``

@@ -58,7 +58,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from .base import Guarded, Incr, Read, Window
+from .base import ClaimHeld, Guarded, Incr, Read, Window
 
 _ESC = "\x00"
 _CLAIM = "\x01"
@@ -293,12 +293,21 @@ class MemoryStore:
         now: float,
         *,
         served_at: float | None = None,
+        unless: str | None = None,
     ) -> list[bool]:
         # ``served_at`` is not needed: one process has one claim window, and the state file
         # moves the claims when a restart changes it.
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
+        if unless is not None and not keys:
+            raise ValueError("unless needs keys to claim")
         validate((Guarded((), tuple(incrs)),))  # before anything is applied
+        if unless is not None:
+            # an evicted ``unless`` reads as free, but the claims of its token, made with
+            # the same expiry, are then refused as possibly forgotten (see the docstring)
+            held: int | None = self._data.get(_CLAIM + unless)
+            if held is not None and held > self._clock():
+                raise ClaimHeld(f"{unless} is claimed")
         claims = self._claim_many(keys, ttl_s)
         if incrs and all(claims):
             wall = self._clock()

@@ -62,7 +62,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from .base import ClaimExpired, Guarded, Incr, Read, StoreUnavailable
+from .base import ClaimExpired, ClaimHeld, Guarded, Incr, Read, StoreUnavailable
 from .memory import bucket_bounds, incr_plan
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -203,14 +203,15 @@ CLAIM_ADD_LUA = (
     _INCR_LUA
     + """
 -- KEYS: the claim windows (a sorted set: window -> when it came into force), when each was
---   last claimed with (a hash: window -> time), the claim keys, then the counter hash of
---   every increment.
+--   last claimed with (a hash: window -> time), the claim keys, the claim key ``unless``
+--   when given, then the counter hash of every increment.
 -- ARGV: nclaims, ttl, served_at, window, now, margin (served_at and window '' when not
---   known), the legacy window, then per incr: field, amount, ttl, trim (as in COMMIT_LUA).
+--   known), the legacy window, 1 when ``unless`` is given (else 0), then per incr: field,
+--   amount, ttl, trim (as in COMMIT_LUA).
 -- Returns 1/0 per claim (SET NX EX); the increments apply only if every claim is new.
 -- Returns -1 (nothing claimed or counted) for a token served before the longest window in
 -- force when it was served allowed, older than that window less the margin: a claim of it
--- may have lapsed.
+-- may have lapsed; -2 (nothing claimed or counted) when ``unless`` is claimed.
 local n = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 if ARGV[3] ~= '' and ARGV[4] ~= '' then
@@ -265,6 +266,11 @@ if ARGV[3] ~= '' and ARGV[4] ~= '' then
   local need = math.ceil(served + longest - now)
   if need > ttl then ttl = need end
 end
+local first = n + 3
+if ARGV[8] == '1' then
+  if redis.call('EXISTS', KEYS[first]) == 1 then return -2 end
+  first = first + 1
+end
 local out, all = {}, 1
 for i = 1, n do
   if redis.call('SET', KEYS[i + 2], '1', 'NX', 'EX', ttl) then
@@ -275,8 +281,8 @@ for i = 1, n do
   end
 end
 if all == 1 then
-  local a = 8
-  for k = n + 3, #KEYS do
+  local a = 9
+  for k = first, #KEYS do
     incr(KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
     a = a + 4
   end
@@ -393,13 +399,18 @@ class RedisStore:
         now: float,
         *,
         served_at: float | None = None,
+        unless: str | None = None,
     ) -> list[bool]:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
         if not keys:
+            if unless is not None:
+                raise ValueError("unless needs keys to claim")
             await self.add(incrs, now)
             return []
         redis_keys = [self._cw, self._cw_used, *(self._d + key for key in keys)]
+        if unless is not None:
+            redis_keys.append(self._d + unless)
         window = self.claim_window_s
         args: list[int | str] = [
             len(keys),
@@ -409,6 +420,7 @@ class RedisStore:
             math.floor(now),
             CLAIM_MARGIN_S,
             LEGACY_CLAIM_WINDOW_S,
+            0 if unless is None else 1,
         ]
         self._incr_args(incrs, now, redis_keys, args)
         try:
@@ -417,6 +429,8 @@ class RedisStore:
             raise StoreUnavailable(f"redis claim failed: {e!r}") from e
         if res == -1:
             raise ClaimExpired(f"token served at {served_at} is past the claim window then")
+        if res == -2:
+            raise ClaimHeld(f"{unless} is claimed")
         return [bool(x) for x in res]
 
     async def history(self, key: str) -> list[str]:

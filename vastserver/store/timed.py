@@ -44,10 +44,13 @@ class TimedStore:
         now: float,
         *,
         served_at: float | None = None,
+        unless: str | None = None,
     ) -> list[bool]:
         t = time.perf_counter()
         try:
-            return await self.inner.claim_and_add(keys, ttl_s, incrs, now, served_at=served_at)
+            return await self.inner.claim_and_add(
+                keys, ttl_s, incrs, now, served_at=served_at, unless=unless
+            )
         finally:
             self._observe("claim", time.perf_counter() - t)
 
