@@ -6,9 +6,11 @@ import asyncio
 import copy
 import gc
 import json
+import math
 import random
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -35,6 +37,7 @@ from vastserver.pipeline.delivery import (
     PacingCurve,
     PIController,
     SeparationRules,
+    amount_micros,
     cap_window,
     daily_target_fraction,
     history_entries,
@@ -488,14 +491,28 @@ async def test_a_catalog_reload_drops_the_old_candidates_gate_entries(tmp_path: 
 # ----------------------------------------------------------------------------- budgets
 
 
+async def _li_a_played(svc: Any, clock: Clock, n: int) -> int:
+    """Serve viewers ``v0 ..`` a second apart, every ad played: how many got li-a."""
+    played = 0
+    for i in range(n):
+        clock.now = T0 + timedelta(seconds=i)
+        played += "li-a" in await _serve_and_confirm(svc, request(f"v{i}"))
+    return played
+
+
+def _budgeted(cat: dict[str, Any], owner: str, budget: dict[str, Any]) -> dict[str, Any]:
+    """``cat`` with ``budget`` on li-a (``owner`` "line_item") or on its campaign."""
+    if owner == "line_item":
+        cat["line_items"][0]["pacing"] = {"delivery": "asap", "budget": budget}
+    else:
+        cat["campaigns"][0]["budget"] = budget
+    return cat
+
+
 async def test_lifetime_budget_not_overdelivered() -> None:
     cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 30}})
     svc, clock = _setup(cat)
-    n = 0
-    for i in range(200):
-        clock.now = T0 + timedelta(seconds=i)
-        n += "li-a" in await _serve_and_confirm(svc, request(f"v{i}"))
-    assert n == 30
+    assert await _li_a_played(svc, clock, 200) == 30
 
 
 async def _li_a_tokens(svc: Any, prefix: str, n: int) -> list[Any]:
@@ -554,12 +571,7 @@ async def test_a_budget_a_reload_adds_counts_what_was_delivered_before_it(
     svc, clock = _setup(_with_li_a())
     before = [await _serve_and_confirm(svc, request(f"b{i}")) for i in range(10)]
     assert sum("li-a" in ids for ids in before) == 10
-    cat = _with_li_a()
-    if owner == "line_item":
-        cat["line_items"][0]["pacing"] = {"delivery": "asap", "budget": budget}
-    else:
-        cat["campaigns"][0]["budget"] = budget
-    _reload(svc, tmp_path, cat)
+    _reload(svc, tmp_path, _budgeted(_with_li_a(), owner, budget))
     clock.now += timedelta(minutes=1)
     await svc.delivery.update_pacing(svc.snapshot.catalog)
     after = [await _serve_and_confirm(svc, request(f"a{i}")) for i in range(30)]
@@ -573,6 +585,25 @@ async def test_a_budget_a_reload_adds_counts_what_was_delivered_before_it(
     if owner == "line_item" and "spend" not in budget:  # an impression budget to pace
         assert 'vastserver_line_item_delivered_impressions{line_item="li-a"} 15.0' in text
         assert 'vastserver_line_item_pacing_ratio{line_item="li-a"} 1.0' in text
+
+
+@pytest.mark.parametrize("owner", ["line_item", "campaign"])
+@pytest.mark.parametrize("field", ["spend", "daily_spend"])
+async def test_a_spend_budget_reached_exactly_delivers_its_last_impression(
+    owner: str, field: str
+) -> None:
+    """A spend budget of 0.0157 at CPM 1.57 (1,570 micros an impression) holds exactly 10
+    impressions. It was read as ``int(0.0157 * 1e6)`` = 15,699 micros: 9."""
+    svc, clock = _setup(_budgeted(_with_li_a(price=1.57), owner, {field: 0.0157}))
+    assert await _li_a_played(svc, clock, 20) == 10
+    [stats] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
+    assert round(stats["spend"] * 1_000_000) == 15_700
+
+
+def test_amount_micros_is_exact_to_the_decimal_written() -> None:
+    for text in ("0.0157", "0.3", "1000", "5.07", "123456.789012", "0.29", "1e-7", "2.0000015"):
+        want = math.floor(Decimal(text) * 1_000_000)
+        assert amount_micros(json.loads(text)) == want, text
 
 
 async def test_impressions_of_a_creative_rotated_out_still_count_to_budgets_and_caps(

@@ -566,6 +566,24 @@ def test_budget_rows_count_no_spend_for_flat_impressions() -> None:
     assert row["limit"] == "spend" and row["delivered"] == pytest.approx(0.018)
 
 
+def test_budget_rows_take_a_spend_limit_in_exact_micros() -> None:
+    """A spend budget of 0.0157 spent exactly (10 impressions at CPM 1.57) is no
+    overdelivery: it was read as ``int(0.0157 * 1e6)`` = 15,699 micros, 0.006 % over."""
+    doc = sim_catalog()
+    next(c for c in doc["campaigns"] if c["id"] == "cmp-tel")["budget"] = {"spend": 0.0157}
+    catalog = parse_catalog(doc, source="test")
+    tel = {"campaign": "cmp-tel", "advertiser": "adv-tel", "category": "telecom"}
+    ads = [
+        _ad(f"t{i}", line_item="li-tel", creative="cr-tel-15", price_micros=1_570_000, **tel)
+        for i in range(10)
+    ]
+    [row] = _budget_rows(
+        "cmp-tel", "campaign", catalog.campaigns["cmp-tel"].budget, ads, catalog, START
+    )
+    assert row["budget"] == row["delivered"] == 0.0157
+    assert row["overdelivery_pct"] == row["overdelivery_with_late_pct"] == 0.0
+
+
 def test_overdelivery_verdict_reads_impressions_counted_within_their_reservation() -> None:
     """A late beacon (counted after its ad's reservation lapsed) can push a correct server
     past a budget: that excess is reported apart, the verdict reads the rest."""

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import calendar
 import functools
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -197,6 +199,15 @@ def spend_micros(price_micros: int) -> int:
     return price_micros // 1000
 
 
+def amount_micros(amount: float) -> int:
+    """A currency amount of the catalog (a spend budget) in whole micros: the most micros
+    not above the amount as written (its shortest decimal form, which the JSON number
+    was), computed exactly. ``int(amount * 1_000_000)`` went through a binary float:
+    ``0.0157`` became 15,699 micros, and a budget reached exactly stopped an impression
+    short."""
+    return math.floor(Decimal(repr(amount)).scaleb(6))
+
+
 def budget_key(prefix: str, kind: str, day: str | None) -> str:
     """The reservation counter (with ``:r``) of a budget of ``kind`` (``imp``, ``spend``) of
     ``prefix`` (``li:ID``, ``cp:ID``): the local ``day``'s for a daily budget, else the
@@ -259,7 +270,7 @@ def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> 
             return
         on = day if daily else None
         key = budget_key(prefix, kind, on)
-        lim = int(limit * 1_000_000) if kind == "spend" else int(limit)
+        lim = amount_micros(limit) if kind == "spend" else int(limit)
         out.append(
             BudgetCheck(
                 delivered=Read(delivered_key(prefix, kind, on), LIFETIME),

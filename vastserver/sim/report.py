@@ -17,7 +17,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from vastserver.catalog.model import Budget, Catalog, Delivery, LineItem
-from vastserver.pipeline.delivery import RESERVATION_S, SeparationRules, local_day, spend_micros
+from vastserver.pipeline.delivery import (
+    RESERVATION_S,
+    SeparationRules,
+    amount_micros,
+    local_day,
+    spend_micros,
+)
 from vastserver.sim.checks import check_frequency_caps, check_separation, check_viewer_identity
 from vastserver.sim.engine import Engine
 from vastserver.sim.records import ServedAd
@@ -74,7 +80,7 @@ def _budget_rows(
     def add(limit_kind: str, limit: float | None, daily: bool, spend: bool) -> None:
         if limit is None:
             return
-        lim = int(limit * 1_000_000) if spend else int(limit)
+        lim = amount_micros(limit) if spend else int(limit)
         groups: dict[str, list[ServedAd]] = defaultdict(list)
         for a in counted:
             day = ""
