@@ -367,6 +367,43 @@ async def test_report_from_event_log(
     assert main_report([str(tmp_path / "missing")]) == 2
 
 
+async def test_report_spend_is_what_the_server_billed(
+    make_client: ClientFactory, tmp_path: Path, capsys: Any
+) -> None:
+    """The server bills each impression whole micros (its price as a CPM in micros // 1000:
+    ``spend`` in ``/admin``, spend budgets); ``report`` summed ``price_cpm / 1000``, fractions
+    of a micro included, and told another spend (and the experiment report another
+    revenue). At CPMs with micros of CPM below a micro of spend, both now agree."""
+    import json
+
+    from tests.conftest import DEMO_CATALOG
+    from vastserver.report import experiment_report, main_report
+
+    doc = json.loads(DEMO_CATALOG.read_text())
+    for li in doc["line_items"]:
+        if li.get("pricing_model", "CPM") == "CPM" and li["price"]:
+            li["price"] += 0.000567  # 567 micros of CPM: 0.567 of a micro per impression
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(doc))
+    logs = tmp_path / "events"
+    client: Any = await make_client(event_log=str(logs), catalog=str(catalog))
+    for i in range(12):
+        ad = await _first_ad(client, f"pod_duration=30&max_ads=1&device_id=s{i}")
+        assert (await client.get(_local(_tracking(ad, "impression")))).status == 204
+    rows = await (await client.get("/admin/line-items", headers=AUTH)).json()
+    billed = {r["id"]: r["spend"] for r in rows if r["delivered_impressions"]}
+    await client.close()
+    assert main_report([str(logs), "--json"]) == 0
+    got = {r["line_item_id"]: r["spend"] for r in json.loads(capsys.readouterr().out)["line_items"]}
+    assert {li: got[li] for li in billed} == billed and sum(billed.values()) > 0
+    records = [
+        {**r, "experiment": "x", "arm": "a", "scorer": "model"} if r["type"] == "decision" else r
+        for r in read_events([logs])
+    ]
+    [arm] = experiment_report(records, "x")["arms"]
+    assert arm["revenue"] == pytest.approx(sum(billed.values()), abs=1e-12)
+
+
 async def test_report_reads_where_the_server_writes_by_default(
     make_client: ClientFactory,
     tmp_path: Path,

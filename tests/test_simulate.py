@@ -26,7 +26,13 @@ from vastserver.sim.checks import check_frequency_caps, check_separation, check_
 from vastserver.sim.cli import main_simulate
 from vastserver.sim.config import Faults, SimConfig
 from vastserver.sim.records import Pod, ServedAd
-from vastserver.sim.report import _budget_rows, deterministic_part, render_text, write_outputs
+from vastserver.sim.report import (
+    _budget_rows,
+    billed_revenue,
+    deterministic_part,
+    render_text,
+    write_outputs,
+)
 from vastserver.sim.runner import fit_budgets, run_comparison, run_simulation
 from vastserver.sim.vastdoc import parse_duration_ms, parse_vast, parse_vmap
 
@@ -582,6 +588,15 @@ def test_budget_rows_take_a_spend_limit_in_exact_micros() -> None:
     )
     assert row["budget"] == row["delivered"] == 0.0157
     assert row["overdelivery_pct"] == row["overdelivery_with_late_pct"] == 0.0
+
+
+def test_revenue_is_what_the_server_bills() -> None:
+    """Whole micros per counted impression, as the server's spend: 3 at CPM 1.234567 bill
+    3 x 1,234 micros, not 3 x 1,234.567; an ad without a counted impression bills nothing."""
+    ads = [_ad(f"r{i}", price_micros=1_234_567) for i in range(4)]
+    ads[3].impression_arrival_ms = None
+    ads[3].played_ms = None
+    assert billed_revenue(ads) == 0.003702
 
 
 def test_overdelivery_verdict_reads_impressions_counted_within_their_reservation() -> None:

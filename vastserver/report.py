@@ -22,7 +22,12 @@ from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import Catalog, LineItem
 from vastserver.cliargs import HelpWithDefaults
 from vastserver.eventlog import EventLogCorruptError, ReadStats, read_events
-from vastserver.pipeline.delivery import daily_target_fraction, local_day_bounds, target_fraction
+from vastserver.pipeline.delivery import (
+    daily_target_fraction,
+    local_day_bounds,
+    spend_micros,
+    target_fraction,
+)
 from vastserver.settings import event_log_dir
 
 QUARTER_S = 900
@@ -37,7 +42,8 @@ class LineItemDelivery:
     completes: int = 0
     clicks: int = 0
     errors: int = 0
-    spend: float = 0.0
+    spend_micros: int = 0
+    """What the counted impressions billed, in micros, as the server bills them."""
     currency: str | None = None
     """The currency of the line item's price, from its served ads (None: none logged)."""
     by_hour: dict[str, int] = field(default_factory=dict)
@@ -52,8 +58,20 @@ class LineItemDelivery:
         return sum(n for q, n in self.by_quarter.items() if lo <= q < hi)
 
     @property
+    def spend(self) -> float:
+        return self.spend_micros / 1_000_000
+
+    @property
     def completion_rate(self) -> float | None:
         return self.completes / self.impressions if self.impressions else None
+
+
+def billed_micros(rec: Mapping[str, Any]) -> int:
+    """What a counted impression's beacon record billed, in whole micros: the server's
+    :func:`spend_micros` of the price it was served at (``price_cpm``, exact to the micro
+    of CPM), so sums match its ``spend`` (``/admin/line-items``, spend budgets). Summing
+    ``price_cpm / 1000`` counted the fractions of a micro the server does not bill."""
+    return spend_micros(round(float(rec.get("price_cpm") or 0) * 1_000_000))
 
 
 @dataclass(slots=True)
@@ -178,7 +196,7 @@ def build_report(records: Iterable[Mapping[str, Any]]) -> DeliveryReport:
             match rec.get("event"):
                 case "impression":
                     it.impressions += 1
-                    it.spend += float(rec.get("price_cpm") or 0) / 1000
+                    it.spend_micros += billed_micros(rec)
                     if at is not None:
                         hour = at.strftime("%Y-%m-%dT%H")
                         it.by_hour[hour] = it.by_hour.get(hour, 0) + 1
@@ -470,7 +488,8 @@ class _Arm:
     filled: int = 0
     impressions: int = 0
     completes: int = 0
-    revenue_by_decision: dict[str, float] = field(default_factory=dict)
+    revenue_by_decision: dict[str, int] = field(default_factory=dict)
+    """Decision -> what its counted impressions billed, in micros."""
     scorer_mix: dict[str, int] = field(default_factory=dict)
     """Decisions per scorer that made them, all of the arm's (excluded ones too)."""
     fallback: list[Mapping[str, Any]] = field(default_factory=list)
@@ -494,7 +513,7 @@ def experiment_report(records: Iterable[Mapping[str, Any]], name: str) -> dict[s
     def count(arm_name: str, arm: _Arm, rec: Mapping[str, Any]) -> None:
         arm.decisions += 1
         did = f"{rec.get('seq')}-{rec.get('at')}"
-        arm.revenue_by_decision[did] = 0.0
+        arm.revenue_by_decision[did] = 0
         if rec.get("ads"):
             arm.filled += 1
         for asid in rec.get("ad_serving_ids") or []:
@@ -524,13 +543,13 @@ def experiment_report(records: Iterable[Mapping[str, Any]], name: str) -> dict[s
         arm = arms[hit[0]]
         if b.get("event") == "impression":
             arm.impressions += 1
-            arm.revenue_by_decision[hit[1]] += float(b.get("price_cpm") or 0) / 1000
+            arm.revenue_by_decision[hit[1]] += billed_micros(b)
         elif b.get("event") == "complete":
             arm.completes += 1
     out = []
     for arm_name in sorted(arms):
         a = arms[arm_name]
-        rev = list(a.revenue_by_decision.values())
+        rev = [m / 1_000_000 for m in a.revenue_by_decision.values()]
         rev_mean, rev_lo, rev_hi = mean_ci(rev)
         out.append(
             {
@@ -543,7 +562,7 @@ def experiment_report(records: Iterable[Mapping[str, Any]], name: str) -> dict[s
                 "impressions": a.impressions,
                 "completion_rate": a.completes / a.impressions if a.impressions else None,
                 "completion_rate_ci": wilson(a.completes, a.impressions),
-                "revenue": round(sum(rev), 6),
+                "revenue": sum(a.revenue_by_decision.values()) / 1_000_000,
                 "revenue_per_decision": rev_mean,
                 "revenue_per_decision_ci": (rev_lo, rev_hi),
             }

@@ -129,6 +129,14 @@ def _budget_rows(
     return rows
 
 
+def billed_revenue(ads: Sequence[ServedAd]) -> float:
+    """What the ads with a counted impression billed, in currency, as the server bills it:
+    whole micros per impression (:func:`spend_micros`, what its ``spend`` adds up), divided
+    once. ``price_micros / 1e9`` per impression counted fractions of a micro it does not."""
+    micros = sum(spend_micros(a.price_micros) for a in ads if a.impression_arrival_ms is not None)
+    return micros / 1_000_000
+
+
 def _hourly(engine: Engine) -> list[dict[str, Any]]:
     per: dict[int, Counter[str]] = defaultdict(Counter)
     for p in engine.pods:
@@ -294,7 +302,7 @@ def build_report(
     expected_sq = sum((a.p_complete or 0.0) ** 2 for a in played)
     counted_imps = sum(engine.counted[(li, "impression")] for li in catalog.line_items)
     counted_completes = sum(engine.counted[(li, "complete")] for li in catalog.line_items)
-    revenue = sum(a.price_micros / 1e9 for a in ads if a.impression_arrival_ms is not None)
+    revenue = billed_revenue(ads)
     statuses = dict(sorted(engine.statuses.items()))
     report: dict[str, Any] = {
         "config": dict(config),
