@@ -98,8 +98,18 @@ async def test_admin_line_items_auth(client: Any) -> None:
         "target_now",
         "throttle",
         "cap_hits",
+        "campaign_id",
+        "campaign_budget",
     } <= set(rows[0])
     assert (await client.get("/admin/line-items/nope", headers=AUTH)).status == 404
+    # a line item exhausted by its campaign's budget shows that budget (its own may be none)
+    row = next(r for r in rows if r["campaign_id"] == "cmp-northstar-winter")
+    assert row["campaign_budget"] == {
+        "impressions": 20000000,
+        "daily_impressions": None,
+        "spend": 700000,
+        "daily_spend": None,
+    }
 
 
 async def test_event_log_records_decisions_and_beacons(

@@ -30,6 +30,7 @@ from typing import Any
 
 from vastserver.catalog.model import (
     Advertiser,
+    Budget,
     Campaign,
     Catalog,
     Creative,
@@ -848,18 +849,16 @@ class DeliveryControl:
             v = dict(zip(per, values[n * k : n * k + k], strict=True))
             pacing = self.pacing.get(li_id)
             b = li.pacing.budget
+            cb = catalog.campaigns[li.campaign_id].budget
             out.append(
                 {
                     "id": li_id,
                     "name": li.name,
                     "tier": li.tier.name.lower(),
                     "delivery": li.pacing.delivery.value,
-                    "budget": {
-                        "impressions": b.impressions,
-                        "daily_impressions": b.daily_impressions,
-                        "spend": b.spend,
-                        "daily_spend": b.daily_spend,
-                    },
+                    "budget": _budget_json(b),
+                    "campaign_id": li.campaign_id,
+                    "campaign_budget": _budget_json(cb),
                     "served": v["served"],
                     "delivered_impressions": v["impression"],
                     "delivered_today": v["today"],
@@ -874,6 +873,15 @@ class DeliveryControl:
                 }
             )
         return out
+
+
+def _budget_json(b: Budget) -> dict[str, float | int | None]:
+    return {
+        "impressions": b.impressions,
+        "daily_impressions": b.daily_impressions,
+        "spend": b.spend,
+        "daily_spend": b.daily_spend,
+    }
 
 
 EXPOSURE_WINDOW = Window(86400, 3600)
