@@ -179,9 +179,9 @@ def rules(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     """Key-values and dayparts. A request's key-value is a comma-separated list, as publisher
     ad servers send them (``kv_t=house,daypart``, GAM's ``cust_params``): a rule's include
     matches when any listed value is included, its exclude refuses when any is excluded.
-    After :func:`policy`, where the bitset index checks them (one candidate at a time, after
-    every bitset): a candidate failing several checks is counted in the metrics under the
-    reason the ``debug`` explanation gives it."""
+    After :func:`policy` and :func:`pre_gate`, where the bitset index checks them (one
+    candidate at a time, after every bitset and the pacing): a candidate failing several
+    checks is counted in the metrics under the reason the ``debug`` explanation gives it."""
     t = c.line_item.targeting
     for key, rule in t.key_values.items():
         listed = (req.key_values.get(key) or "").split(",")
