@@ -978,12 +978,22 @@ class CountsGate(DeliveryGate):
     budgeted one)."""
     checks: dict[int, CandidateChecks] | None = None
     """Precomputed per candidate (``gate_checks``); computed on demand when absent."""
+    _counted: dict[int, Reason | None] = field(default_factory=dict)
 
     def check(self, req: AdRequest, cand: Candidate) -> Reason | None:
         return self.counted(cand) or self.pre.pacing(cand.line_item.id)
 
     def counted(self, cand: Candidate) -> Reason | None:
-        """Out of budget, capped or over budget by the counters (no throttle draw)."""
+        """Out of budget, capped or over budget by the counters (no throttle draw). Judged
+        once a candidate: a request's refill asks before its delivery filter does."""
+        key = id(cand)
+        memo = self._counted
+        if key in memo:
+            return memo[key]
+        got = memo[key] = self._judge(cand)
+        return got
+
+    def _judge(self, cand: Candidate) -> Reason | None:
         if cand.line_item.id in self.exhausted:
             return Reason.BUDGET_EXHAUSTED
         chk = None if self.checks is None else self.checks.get(id(cand))
