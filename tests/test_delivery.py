@@ -1675,21 +1675,21 @@ async def test_exhaustion_is_judged_at_the_cheapest_slot_price(
 # ------------------------------------------------------- refusals take no competitor's place
 
 
-def _crowded_group(**li_a: Any) -> dict[str, Any]:
-    """li-a, guaranteed with three creatives, and li-c, a standard competitor (the same
-    competitive category, so one separation group): the selection keeps at most 3
+def _crowded_group(n_creatives: int = 3, **li_a: Any) -> dict[str, Any]:
+    """li-a, guaranteed with ``n_creatives`` creatives, and li-c, a standard competitor (the
+    same competitive category, so one separation group): the selection keeps at most 3
     candidates a group, all li-a's."""
     cat = base_catalog()
     cat["advertisers"].append(
         {"id": "adv-c", "name": "C", "domain": "c.example", "competitive_category": "auto"}
     )
     cat["campaigns"].append({**cat["campaigns"][1], "id": "cmp-c", "advertiser_id": "adv-c"})
+    more = [f"cr-a{k}" for k in range(2, n_creatives + 1)]
     cat["creatives"] += [
-        _creative("cr-a2", "adv-a", "AAAA0002000H"),
-        _creative("cr-a3", "adv-a", "AAAA0003000H"),
+        *(_creative(cid, "adv-a", f"AAAA000{k}000H") for k, cid in enumerate(more, 2)),
         _creative("cr-c", "adv-c", "CCCC0001000H"),
     ]
-    cat["line_items"][0].update(tier="guaranteed", creative_ids=["cr-a", "cr-a2", "cr-a3"], **li_a)
+    cat["line_items"][0].update(tier="guaranteed", creative_ids=["cr-a", *more], **li_a)
     cat["line_items"].append(
         {
             "id": "li-c",
@@ -1707,12 +1707,17 @@ def _ads(d: Any) -> list[str]:
     return [a.candidate.line_item.id for a in d.ads]
 
 
-async def test_a_capped_line_item_with_several_creatives_leaves_the_break_to_a_competitor() -> None:
+@pytest.mark.parametrize("n_creatives", [3, 6])
+async def test_a_capped_line_item_with_several_creatives_leaves_the_break_to_a_competitor(
+    n_creatives: int,
+) -> None:
     """The three places of a separation group went to a line item's creatives before the
     viewer's caps were read: once she had seen it, its competitor was ``outranked`` and the
-    break went unfilled. The counters now send the selection round again without it."""
+    break went unfilled. The counters now send the selection round again without it (without
+    any of its creatives: a line item cap refuses them all, and with six the second round
+    took the next three)."""
     cap = {"scope": "line_item", "max": 1, "window": "1d"}
-    svc, _ = _setup(_crowded_group(frequency_caps=[cap]))
+    svc, _ = _setup(_crowded_group(n_creatives, frequency_caps=[cap]))
     one = request("v", pod_s=15, max_ads=1)
     assert await _serve_and_confirm(svc, one) == ["li-a"]
     assert _ads(await svc.decide(one)) == ["li-c"]
@@ -1722,7 +1727,7 @@ async def test_a_capped_line_item_with_several_creatives_leaves_the_break_to_a_c
     assert _ads(d) == ["li-c"]
     assert (
         sorted(t.reason.value for t in d.traces if t.line_item_id == "li-a" and t.reason)
-        == ["frequency_cap"] * 3
+        == ["frequency_cap"] * n_creatives
     )
     # a viewer who has not seen li-a gets it, with no second selection
     assert _ads(await svc.decide(request("w", pod_s=15, max_ads=1))) == ["li-a"]
@@ -1780,3 +1785,20 @@ async def test_when_the_second_selection_cannot_read_its_counters_the_first_stan
     assert svc.metrics.degradations.labels("refill_skipped")._value.get() == 1
     assert svc.metrics.refills._value.get() == 0
     assert svc.delivery.cap_hits["li-a"] == 3  # refused in the decision, as before
+
+
+async def test_with_the_store_down_a_budgeted_line_item_leaves_the_break_to_a_competitor() -> None:
+    """Budgets fail closed with the store down, but the budgeted line item's creatives still
+    took their group's three places: its unbudgeted competitor was ``outranked`` and a
+    house ad played. The selection runs again without them, reading nothing."""
+    budget = {"delivery": "asap", "budget": {"impressions": 1000}}
+    svc, _ = _setup(_crowded_group(pacing=budget))
+    one = request("v", pod_s=15, max_ads=1)
+    assert _ads(await svc.decide(one)) == ["li-a"]
+
+    async def down(*_: Any, **__: Any) -> Any:
+        raise StoreUnavailable("down")
+
+    svc.delivery.store.read = down
+    assert _ads(await svc.decide(request("w", pod_s=15, max_ads=1))) == ["li-c"]
+    assert svc.metrics.refills._value.get() == 1

@@ -17,14 +17,14 @@ from pathlib import Path
 
 from vastserver.catalog.load import gc_paused, load_catalog
 from vastserver.catalog.model import Catalog
-from vastserver.delivery import DeliveryControl
+from vastserver.delivery import DeliveryControl, Prefetched
 from vastserver.logs import REQUEST_ID, event
 from vastserver.metrics import Metrics
 from vastserver.models import ModelManager
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import Decision, Trace, decide, screen
-from vastserver.pipeline.delivery import CountsGate, GateCache, Viewer
+from vastserver.pipeline.delivery import GateCache, Viewer
 from vastserver.pipeline.matching import CANDIDATE_LIMIT, CatalogIndex, build_index
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.schedule import PlannedBreak
@@ -218,9 +218,9 @@ class AdService:
             if pre.degraded:  # the store failed at once (down, refused)
                 self.metrics.degradations.labels("store_unavailable").inc()
         refusals: list[tuple[str, Reason]] = []
-        if not pre.degraded and dropped.get(Reason.OUTRANKED):
+        if dropped.get(Reason.OUTRANKED):
             kept, dropped, refusals = await self._refill(
-                snap, req, env, viewer, now, pre.gate, kept, dropped, ordinals, left
+                snap, req, env, viewer, now, pre, kept, dropped, ordinals, left
             )
         env = replace(
             env,
@@ -342,7 +342,7 @@ class AdService:
         env: StageEnv,
         viewer: Viewer,
         now: datetime,
-        gate: CountsGate,
+        pre: Prefetched,
         kept: list[Candidate],
         dropped: dict[Reason, int],
         ordinals: list[int],
@@ -355,26 +355,38 @@ class AdService:
         refused candidates take no place the second time (they are counted under their
         reasons by the selection), and the new ones' counters come in one more store
         read. Once a request; on a store failure or timeout the first selection stands.
+        A refusal that holds for every creative of the line item (a budget; a cap but a
+        creative's own) refuses them all the second time. With the store down (``pre``
+        degraded: budgeted line items refused, caps open) nothing is read.
         Returns the candidates, the drop counts and the ``(line item id, reason)`` of the
-        candidates refused this way."""
+        kept candidates refused this way."""
+        gate = pre.gate
         refused: dict[int, Reason] = {}
         refused_at: set[int] = set()
+        lines: dict[str, Reason] = {}
         alive: set[str] = set()
+        emptied = False
         for c, i in zip(kept, ordinals, strict=True):
             reason = gate.counted(c)
             if reason is None:
                 alive.add(c.group)
+            elif gate.refuses_line_item(c):
+                lines.setdefault(c.line_item.id, reason)
             else:
                 refused[id(c)] = reason
                 refused_at.add(i)
-        if all(c.group in alive for c in kept if id(c) in refused):
+        for c in kept:
+            if c.group not in alive and (id(c) in refused or c.line_item.id in lines):
+                emptied = True
+                break
+        if not emptied:
             return kept, dropped, []  # (nothing refused, or every group has an ad left)
-        pre = env.pre
-        pre.refused, pre.refused_at = refused, frozenset(refused_at)
+        gated = env.pre
+        gated.refused, gated.refused_at, gated.refused_lines = refused, frozenset(refused_at), lines
         again, dropped_again = snap.index.select(req, env, self.candidate_limit)
         before = {id(c) for c in kept}
         new = [c for c in again if id(c) not in before]
-        if new:
+        if new and not pre.degraded:
             try:
                 await within(
                     self.delivery.store,
@@ -383,13 +395,17 @@ class AdService:
                 )
             except (TimeoutError, StoreUnavailable):
                 self.metrics.degradations.labels("refill_skipped").inc()
-                pre.refused, pre.refused_at = {}, frozenset()
+                gated.refused, gated.refused_at, gated.refused_lines = {}, frozenset(), {}
                 return kept, dropped, []
         self.metrics.refills.inc()
         return (
             again,
             dropped_again,
-            [(c.line_item.id, refused[id(c)]) for c in kept if id(c) in refused],
+            [
+                (c.line_item.id, refused.get(id(c)) or lines[c.line_item.id])
+                for c in kept
+                if id(c) in refused or c.line_item.id in lines
+            ],
         )
 
     def _explain_dropped(

@@ -1140,7 +1140,9 @@ def _no_comma(p: Parser[str]) -> Parser[str]:
     return parse
 
 
-FREE_VALUE = _no_comma(string(max_len=256))
+FREE_VALUE = string(max_len=256)
+LISTED_VALUE = _no_comma(FREE_VALUE)
+"""A value of a dimension requests send as a comma list (genre, segments, key-values)."""
 
 DIMENSIONS: Mapping[str, Parser[str]] = MappingProxyType(
     {
@@ -1149,14 +1151,14 @@ DIMENSIONS: Mapping[str, Parser[str]] = MappingProxyType(
         "dma": string(_DMA, what="a 3-digit Nielsen DMA code like '501'"),
         "device_type": enum_of(*DEVICE_TYPES),
         "platform": enum_of(*PLATFORMS),
-        "genre": FREE_VALUE,
+        "genre": LISTED_VALUE,
         "rating": enum_of(*RATINGS),
         "live": enum_of("1", "0"),
         "series": FREE_VALUE,
         "channel": FREE_VALUE,
         "content_id": FREE_VALUE,
         "language": string(_LANGUAGE, what="an ISO 639 language code like 'en'"),
-        "segment": FREE_VALUE,
+        "segment": LISTED_VALUE,
         "break": enum_of(*(p.value for p in BreakPosition)),
         "ifa_type": FREE_VALUE,
     }
@@ -1226,7 +1228,7 @@ TARGETING = Obj(
         "key_values": F(
             map_of(
                 string(_KEY, what="a key name (letters, digits, '_.:-')"),
-                rule(FREE_VALUE, "key-value rule"),
+                rule(LISTED_VALUE, "key-value rule"),
             ),
             EMPTY_MAP,
         ),

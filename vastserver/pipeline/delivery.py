@@ -134,6 +134,7 @@ def cap_key_prefix(cap: FrequencyCap, cand: Candidate) -> str:
 
 
 _CAP_KEY = "fc:"
+_CREATIVE_CAP_KEY = f"{_CAP_KEY}creative:"
 
 
 def is_cap_key(key: str) -> bool:
@@ -978,7 +979,8 @@ class CountsGate(DeliveryGate):
     budgeted one)."""
     checks: dict[int, CandidateChecks] | None = None
     """Precomputed per candidate (``gate_checks``); computed on demand when absent."""
-    _counted: dict[int, Reason | None] = field(default_factory=dict)
+    _counted: dict[int, tuple[Reason | None, bool]] = field(default_factory=dict)
+    """``id(candidate)`` -> (:meth:`counted`, :meth:`refuses_line_item`)."""
 
     def check(self, req: AdRequest, cand: Candidate) -> Reason | None:
         return self.counted(cand) or self.pre.pacing(cand.line_item.id)
@@ -989,13 +991,20 @@ class CountsGate(DeliveryGate):
         key = id(cand)
         memo = self._counted
         if key in memo:
-            return memo[key]
+            return memo[key][0]
         got = memo[key] = self._judge(cand)
-        return got
+        return got[0]
 
-    def _judge(self, cand: Candidate) -> Reason | None:
+    def refuses_line_item(self, cand: Candidate) -> bool:
+        """Whether what :meth:`counted` refused ``cand`` for refuses every creative of its
+        line item too (a budget, a line item, campaign or advertiser cap; not a creative's
+        own cap)."""
+        got = self._counted.get(id(cand))
+        return got is not None and got[1]
+
+    def _judge(self, cand: Candidate) -> tuple[Reason | None, bool]:
         if cand.line_item.id in self.exhausted:
-            return Reason.BUDGET_EXHAUSTED
+            return Reason.BUDGET_EXHAUSTED, True
         chk = None if self.checks is None else self.checks.get(id(cand))
         if chk is None:
             found, _ = gate_checks([cand], self.viewer, self.now)
@@ -1003,11 +1012,11 @@ class CountsGate(DeliveryGate):
         counts = self.counts
         for imp, rsv, limit in chk.caps:
             if counts.get(imp, 0) + counts.get(rsv, 0) >= limit:
-                return Reason.FREQUENCY_CAP
+                return Reason.FREQUENCY_CAP, not imp.startswith(_CREATIVE_CAP_KEY)
         for dlv, rsv, limit, amount in chk.budgets:
             if over_budget(counts.get(dlv, 0) + counts.get(rsv, 0), amount, limit):
-                return Reason.BUDGET_EXHAUSTED
-        return None
+                return Reason.BUDGET_EXHAUSTED, True
+        return None, False
 
 
 ScopeCaps = Mapping[tuple[str, str], tuple[str, ...]]

@@ -508,11 +508,18 @@ class BitIndex:
         another set object comes, every pacing period, not per request)."""
         cache = self._paced_cache
         if cache.paced is not paced:
-            nos = self.line_item_nos
-            wanted = np.fromiter((nos[li] for li in paced if li in nos), dtype=np.int32)
-            ords = np.flatnonzero(np.isin(self.line_item_no, wanted)).astype(np.int32)
-            cache.mask, cache.paced = self._chunks(ords), paced
+            cache.mask, cache.paced = self._chunks(self._line_item_ordinals(paced)), paced
         return cache.mask
+
+    def _line_item_ordinals(
+        self, line_items: Iterable[str], also: Iterable[int] = ()
+    ) -> npt.NDArray[np.int32]:
+        """The ordinals of every candidate of ``line_items``, and ``also``, ascending."""
+        nos = self.line_item_nos
+        wanted = np.fromiter((nos[li] for li in line_items if li in nos), dtype=np.int32)
+        ords = np.flatnonzero(np.isin(self.line_item_no, wanted)).astype(np.int32)
+        more = np.fromiter(also, dtype=np.int32)
+        return np.union1d(ords, more).astype(np.int32) if len(more) else ords
 
     def _pre_gated(
         self,
@@ -580,8 +587,8 @@ class BitIndex:
         pre = env.pre
         paced = self.paced_mask(pre.paced) if pre.paced else None
         refused = (
-            self._chunks(np.asarray(sorted(pre.refused_at), dtype=np.int32))
-            if pre.refused_at
+            self._chunks(self._line_item_ordinals(pre.refused_lines, pre.refused_at))
+            if pre.refused_at or pre.refused_lines
             else None
         )
         gated = paced is not None or refused is not None

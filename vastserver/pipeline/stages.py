@@ -89,6 +89,9 @@ class PreGate:
     """``id(candidate)`` -> the reason a counter check refused it."""
     refused_at: frozenset[int] = frozenset()
     """The refused candidates' ordinals in the catalog index (where the selection looks)."""
+    refused_lines: Mapping[str, Reason] = field(default_factory=dict)
+    """Line item id -> the reason a counter check refused one of its candidates for, when
+    that refuses all of them (a budget; a cap but a creative's own)."""
     _drawn: dict[str, object] = field(default_factory=dict)
 
     def pacing(self, line_item_id: str) -> Reason | None:
@@ -105,7 +108,12 @@ class PreGate:
         return got  # type: ignore[return-value]
 
     def check(self, c: Candidate) -> Reason | None:
-        return self.pacing(c.line_item.id) or (self.refused.get(id(c)) if self.refused else None)
+        got = self.pacing(c.line_item.id)
+        if got is None and self.refused:
+            got = self.refused.get(id(c))
+        if got is None and self.refused_lines:
+            got = self.refused_lines.get(c.line_item.id)
+        return got
 
 
 @dataclass(frozen=True, slots=True)
