@@ -1675,10 +1675,11 @@ async def test_exhaustion_is_judged_at_the_cheapest_slot_price(
 # ------------------------------------------------------- refusals take no competitor's place
 
 
-def _crowded_group(n_creatives: int = 3, **li_a: Any) -> dict[str, Any]:
-    """li-a, guaranteed with ``n_creatives`` creatives, and li-c, a standard competitor (the
-    same competitive category, so one separation group): the selection keeps at most 3
-    candidates a group, all li-a's."""
+def _crowded_group(n_creatives: int = 3, *, tied: bool = False, **li_a: Any) -> dict[str, Any]:
+    """li-a, guaranteed with ``n_creatives`` creatives (of 15, 16, 17... s, or all of 15 s
+    when ``tied``), and li-c, a standard competitor of 15 s (the same competitive category,
+    so one separation group): the selection keeps at most 3 candidates a group, all li-a's
+    when their lengths differ (creatives of one line item and length share a place)."""
     cat = base_catalog()
     cat["advertisers"].append(
         {"id": "adv-c", "name": "C", "domain": "c.example", "competitive_category": "auto"}
@@ -1689,6 +1690,8 @@ def _crowded_group(n_creatives: int = 3, **li_a: Any) -> dict[str, Any]:
         *(_creative(cid, "adv-a", f"AAAA000{k}000H") for k, cid in enumerate(more, 2)),
         _creative("cr-c", "adv-c", "CCCC0001000H"),
     ]
+    for k, cr in enumerate(c for c in cat["creatives"] if c["advertiser_id"] == "adv-a"):
+        cr["duration"] = 15 if tied else 15 + k
     cat["line_items"][0].update(tier="guaranteed", creative_ids=["cr-a", *more], **li_a)
     cat["line_items"].append(
         {
@@ -1718,7 +1721,7 @@ async def test_a_capped_line_item_with_several_creatives_leaves_the_break_to_a_c
     took the next three)."""
     cap = {"scope": "line_item", "max": 1, "window": "1d"}
     svc, _ = _setup(_crowded_group(n_creatives, frequency_caps=[cap]))
-    one = request("v", pod_s=15, max_ads=1)
+    one = request("v", pod_s=30, max_ads=1)
     assert await _serve_and_confirm(svc, one) == ["li-a"]
     assert _ads(await svc.decide(one)) == ["li-c"]
     assert svc.metrics.refills._value.get() == 1
@@ -1730,7 +1733,7 @@ async def test_a_capped_line_item_with_several_creatives_leaves_the_break_to_a_c
         == ["frequency_cap"] * n_creatives
     )
     # a viewer who has not seen li-a gets it, with no second selection
-    assert _ads(await svc.decide(request("w", pod_s=15, max_ads=1))) == ["li-a"]
+    assert _ads(await svc.decide(request("w", pod_s=30, max_ads=1))) == ["li-a"]
     assert svc.metrics.refills._value.get() == 2  # (the explained decision's)
 
 
@@ -1743,7 +1746,7 @@ async def test_a_throttled_line_item_with_several_creatives_leaves_the_break_to_
     svc.delivery.throttle = {"li-a": 0.0}
     svc.delivery.paced = frozenset({"li-a"})
     before = {r: svc.metrics.rejected[r]._value.get() for r in Reason}
-    assert _ads(await svc.decide(request("v", pod_s=15, max_ads=1))) == ["li-c"]
+    assert _ads(await svc.decide(request("v", pod_s=30, max_ads=1))) == ["li-c"]
     moved = {r: svc.metrics.rejected[r]._value.get() - n for r, n in before.items()}
     assert moved[Reason.PACING_THROTTLE] == 3
     assert svc.metrics.refills._value.get() == 0
@@ -1759,14 +1762,14 @@ async def test_a_throttle_is_drawn_once_a_request_for_a_line_item_with_several_c
     n = 2000
     served = 0
     for i in range(n):
-        served += _ads(await svc.decide(request(f"v{i}", pod_s=15, max_ads=1))) == ["li-a"]
+        served += _ads(await svc.decide(request(f"v{i}", pod_s=30, max_ads=1))) == ["li-a"]
     assert abs(served / n - 0.5) < 0.05  # binomial sd 0.011
 
 
 async def test_when_the_second_selection_cannot_read_its_counters_the_first_stands() -> None:
     cap = {"scope": "line_item", "max": 1, "window": "1d"}
     svc, _ = _setup(_crowded_group(frequency_caps=[cap]))
-    one = request("v", pod_s=15, max_ads=1)
+    one = request("v", pod_s=30, max_ads=1)
     assert await _serve_and_confirm(svc, one) == ["li-a"]
     store = svc.delivery.store
     real = store.read
@@ -1793,12 +1796,32 @@ async def test_with_the_store_down_a_budgeted_line_item_leaves_the_break_to_a_co
     house ad played. The selection runs again without them, reading nothing."""
     budget = {"delivery": "asap", "budget": {"impressions": 1000}}
     svc, _ = _setup(_crowded_group(pacing=budget))
-    one = request("v", pod_s=15, max_ads=1)
+    one = request("v", pod_s=30, max_ads=1)
     assert _ads(await svc.decide(one)) == ["li-a"]
 
     async def down(*_: Any, **__: Any) -> Any:
         raise StoreUnavailable("down")
 
     svc.delivery.store.read = down
-    assert _ads(await svc.decide(request("w", pod_s=15, max_ads=1))) == ["li-c"]
+    assert _ads(await svc.decide(request("w", pod_s=30, max_ads=1))) == ["li-c"]
     assert svc.metrics.refills._value.get() == 1
+
+
+async def test_a_line_items_creatives_of_one_length_all_rotate_and_share_one_place() -> None:
+    """The selection kept at most 3 candidates a group by rank, so a line item's fourth and
+    fifth creatives of the same length never served (rotation only saw the first three), and
+    three such creatives took every place of their group. Creatives of one line item and
+    length now take one place and rotate."""
+    svc, _ = _setup(_crowded_group(5, tied=True))
+    served: dict[str, int] = {}
+    n = 1000
+    for i in range(n):
+        d = await svc.decide(request(f"v{i}", pod_s=30, max_ads=1))
+        for a in d.ads:
+            served[a.candidate.creative.id] = served.get(a.candidate.creative.id, 0) + 1
+    assert set(served) == {"cr-a", "cr-a2", "cr-a3", "cr-a4", "cr-a5"}
+    assert all(abs(k / n - 0.2) < 0.06 for k in served.values()), served  # sd 0.013
+    # the competitor keeps its place among the candidates (scored, beaten by li-a's tier)
+    d = await svc.decide(request("w", pod_s=30, max_ads=1), explain=True)
+    li_c = [t.reason for t in d.traces if t.line_item_id == "li-c"]
+    assert li_c and Reason.OUTRANKED not in li_c

@@ -24,6 +24,7 @@ from vastserver.pipeline.candidates import Candidate, all_candidates
 from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import screen
 from vastserver.pipeline.matching import CatalogIndex, build_index
+from vastserver.pipeline.pod import capacity_seconds
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.stages import PRE_DELIVERY_FILTERS, PreGate, StageEnv, floor, policy
 
@@ -230,27 +231,45 @@ def _reference_survivors(
     out: list[str] = []
     per: dict[int, int] = {}
     roles: dict[Slot, int] = {}
+    # creatives of a line item and length kept after the first take no place of the group
+    tie_kept: dict[tuple[str, int], int] = {}
+
+    def fails_residual(i: int, c: Any) -> bool:
+        if req.floor_cpm_per_s is None and not bits.residual_flags[i]:
+            return False
+        reason = matching.residual_check(req, c, env)
+        if reason is not None:
+            residual[reason] = residual.get(reason, 0) + 1
+        return reason is not None
+
     for i in ords:
         c = bits.candidates[i]
-        slot = c.line_item.slot
-        if slot is not Slot.ANY and roles.get(slot, 0) >= per_role:
-            outranked += 1  # not counted in its group: skipped for its role, not its rank
-            continue
-        g = bits.group[i]
-        seen[g] = seen.get(g, 0) + 1
-        if seen[g] > 2 * per_group:
-            outranked += 1
-            continue
-        if req.floor_cpm_per_s is not None or bits.residual_flags[i]:
-            reason = matching.residual_check(req, c, env)
-            if reason is not None:
-                residual[reason] = residual.get(reason, 0) + 1
+        tie = (c.line_item.id, capacity_seconds(c.creative.duration_ms))
+        if tie in tie_kept and req.brk.slots is None:
+            if tie_kept[tie] >= matching.PER_TIE:
+                outranked += 1
                 continue
-        if per.get(g, 0) >= per_group:
-            outranked += 1
-            continue
-        per[g] = per.get(g, 0) + 1
-        roles[slot] = roles.get(slot, 0) + 1
+            if fails_residual(i, c):
+                continue
+            tie_kept[tie] += 1
+        else:
+            slot = c.line_item.slot
+            if slot is not Slot.ANY and roles.get(slot, 0) >= per_role:
+                outranked += 1  # not counted in its group: skipped for its role, not its rank
+                continue
+            g = bits.group[i]
+            seen[g] = seen.get(g, 0) + 1
+            if seen[g] > 2 * per_group:
+                outranked += 1
+                continue
+            if fails_residual(i, c):
+                continue
+            if per.get(g, 0) >= per_group:
+                outranked += 1
+                continue
+            per[g] = per.get(g, 0) + 1
+            roles[slot] = roles.get(slot, 0) + 1
+            tie_kept[tie] = 1
         out.append(c.key)
         if len(out) == limit:
             width = bits.chunk_bits

@@ -42,7 +42,7 @@ from vastserver.pipeline.candidates import (
     separation_group,
 )
 from vastserver.pipeline.context import AdRequest
-from vastserver.pipeline.pod import SlotRule, fitting_ms, rounded_seconds
+from vastserver.pipeline.pod import SlotRule, capacity_seconds, fitting_ms, rounded_seconds
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.scoring import TIER_WEIGHT, effective_cpm
 from vastserver.pipeline.stages import (
@@ -244,6 +244,11 @@ CANDIDATE_LIMIT = 48
 :data:`PER_SLOT_ROLE`, 48 chose the same pods as 64 on 1,000 benchmark requests at 1k and
 10k line items, and 995 of 1,000 at 100k (the 5 others worth a millionth less); without
 that limit, 48 changed a fifth of the pods at 100k, for worse."""
+PER_TIE = 8
+"""Creatives of one line item and length the selection keeps: the first takes its group's
+place as any candidate does, the others none. They rotate per request, as the optimiser's
+ties (``decide.rotation_keys``); a line item's ninth creative of one length never serves."""
+
 PER_SLOT_ROLE = 8
 """Candidates kept that may only play first (and, apart, only last). A pod takes one of
 each; spares cover caps, budgets and pacing, checked later. In a large catalog the
@@ -302,6 +307,10 @@ class BitIndex:
     boundaries: tuple[datetime, ...]
     line_item_no: npt.NDArray[np.int32]
     """The number of each candidate's line item (in ``line_item_nos``)."""
+    tie: tuple[int, ...]
+    """Each candidate's tie number, -1 for none: the creatives of one line item of the same
+    whole-second length (as the pod optimiser counts them) share one, so the selection
+    keeps them together as one place of their group (:data:`PER_TIE`)."""
     line_item_nos: Mapping[str, int]
     _flight_cache: _FlightCache = field(default_factory=_FlightCache)
     _paced_cache: _PacedCache = field(default_factory=_PacedCache)
@@ -625,6 +634,8 @@ class BitIndex:
         # Per group: matches seen (for the 2 x per_group skip) and candidates kept.
         seen = [0] * self.n_groups
         per = [0] * self.n_groups
+        ties = self.tie
+        tie_kept: dict[int, int] = {}  # tie number -> its creatives kept
         roles = self.slot_role
         role_kept = [0, 0, 0]  # any (unlimited), first only, last only
         rules = _SlotQuota(req.brk.slots, limit) if req.brk.slots is not None else None
@@ -646,16 +657,24 @@ class BitIndex:
             ords = (bit_ordinals(m) + (k - 1) * width).tolist()
             examined += len(ords)
             for i in ords:
-                r = roles[i]
-                if r and role_kept[r] >= per_slot_role:
-                    continue  # before the group's count: it must not crowd out the group
-                if rules is not None and not rules.room(cands[i].creative.duration_ms):
-                    continue  # the same: every slot it fits has its share
-                g = groups[i]
-                rank = seen[g]
-                seen[g] = rank + 1
-                if rank >= cap:
-                    continue
+                t = ties[i]
+                # another creative of a line item and length already kept takes no place of
+                # the group's (ties rotate in the optimiser)
+                sibling = t >= 0 and rules is None and t in tie_kept
+                if sibling:
+                    if tie_kept[t] >= PER_TIE:
+                        continue
+                else:
+                    r = roles[i]
+                    if r and role_kept[r] >= per_slot_role:
+                        continue  # before the group's count: it must not crowd out the group
+                    if rules is not None and not rules.room(cands[i].creative.duration_ms):
+                        continue  # the same: every slot it fits has its share
+                    g = groups[i]
+                    rank = seen[g]
+                    seen[g] = rank + 1
+                    if rank >= cap:
+                        continue
                 c = cands[i]
                 if check_all or residual[i]:
                     reason = residual_check(req, c, env)
@@ -663,12 +682,17 @@ class BitIndex:
                         dropped[reason] = dropped.get(reason, 0) + 1
                         failed += 1
                         continue
-                if per[g] >= per_group:
-                    continue
-                per[g] += 1
-                role_kept[r] += 1
-                if rules is not None:
-                    rules.keep(c.creative.duration_ms)
+                if sibling:
+                    tie_kept[t] += 1
+                else:
+                    if per[g] >= per_group:
+                        continue
+                    per[g] += 1
+                    role_kept[r] += 1
+                    if t >= 0:
+                        tie_kept[t] = 1
+                    if rules is not None:
+                        rules.keep(c.creative.duration_ms)
                 out.append(c)
                 if ordinals is not None:
                     ordinals.append(i)
@@ -869,6 +893,13 @@ def build_bit_index(
         if li.targeting.dayparts or li.targeting.key_values:
             residual.add(i)
 
+    tie_keys: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for i, c in enumerate(candidates):
+        tie_keys[(c.line_item.id, capacity_seconds(c.creative.duration_ms))].append(i)
+    tie = [-1] * n
+    for t, members in enumerate(m for m in tie_keys.values() if len(m) > 1):
+        for i in members:
+            tie[i] = t
     line_item_nos: dict[str, int] = {}
     line_item_no = np.fromiter(
         (line_item_nos.setdefault(c.line_item.id, len(line_item_nos)) for c in candidates),
@@ -920,6 +951,7 @@ def build_bit_index(
         boundaries=tuple(sorted(boundaries)),
         line_item_no=line_item_no,
         line_item_nos=line_item_nos,
+        tie=tuple(tie),
     )
 
 
