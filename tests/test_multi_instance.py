@@ -21,7 +21,8 @@ from tests.delivery_support import Clock, base_catalog, make_service, request, t
 from tests.support.redis_server import RedisServer
 from tests.test_cli import Server, _env, _two_free_ports
 from vastserver.delivery import claim_window_s
-from vastserver.store.base import StoreUnavailable
+from vastserver.pipeline.delivery import LIFETIME, RESERVATION_WINDOW
+from vastserver.store.base import Guard, Guarded, Read, StoreUnavailable
 from vastserver.store.redis import CLAIM_MARGIN_S, RedisStore
 from vastserver.tracking import expand_macros
 
@@ -68,6 +69,41 @@ async def test_two_instances_share_caps_and_budgets(redis_url: str) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_an_earlier_versions_instance_sees_this_ones_budget_delivery(
+    redis_url: str,
+) -> None:
+    """Versions before 49ba610 judge a line item's lifetime and daily impression budgets
+    and its lifetime spend budget on ``li:X:imp:life``, ``li:X:imp:d:DAY`` and
+    ``li:X:spend:life``. This version judged them on the counters every impression moves and
+    stopped moving those, so during a rolling upgrade an old instance on the same Redis
+    served the budget again (a reviewer's repro: budget 2, the new instance served 2, the
+    old one 2 more). A counted impression moves them again while the budget exists (a
+    ``notUsed`` none): the old instance's serve guard and pacing read them spent."""
+    clock = Clock(T0)
+    budget = {"impressions": 2, "daily_impressions": 5, "spend": 1}
+    store = RedisStore(redis_url)
+    svc = make_service(_cat(pacing={"delivery": "asap", "budget": budget}), store, clock)
+    try:
+        events = iter(["notUsed", "impression", "impression"])
+        for i in range(6):
+            for tok in tokens_for(svc, await svc.decide(request(f"v{i}"))):
+                if tok.line_item_id == "li-a":
+                    event = next(events)
+                    assert (await svc.delivery.on_beacon(event, tok, svc.snapshot.catalog)).counted
+        assert next(events, None) is None
+        legacy = ["li:li-a:imp:life", f"li:li-a:imp:d:{T0:%Y-%m-%d}", "li:li-a:spend:life"]
+        now = clock.now.timestamp()
+        assert await store.read([Read(k, LIFETIME) for k in legacy], now) == [2, 2, 40_000]
+        # what an old instance's serve checks of the lifetime budget: refused
+        reserved = Read("li:li-a:imp:life:r", RESERVATION_WINDOW)
+        old_guard = Guard("li:li-a:imp:life", LIFETIME, 2, 1, (reserved,))
+        assert await store.commit([Guarded((old_guard,), ())], now) == [False]
+        [stats] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
+        assert stats["delivered_impressions"] == 2  # this version's own counter: once
+    finally:
+        await store.close()
 
 
 async def test_redis_outage_degrades_by_policy_and_counting_resumes(

@@ -188,9 +188,14 @@ class BudgetCheck:
     limit: int
     amount: int
     ttl_s: int | None
-    kept: bool = False
-    """Whether ``delivered`` is a counter every counted impression moves, whatever the
-    catalog says (:func:`delivered_key`): the beacon path increments it, not the budget."""
+    moves: str | None = None
+    """The counter a counted impression increments for this budget (by ``amount``, with
+    ``ttl_s``), beside the ones every impression moves: ``delivered`` when only the budget
+    moves it; for a line item's budget judged on a counter every impression moves
+    (:func:`delivered_key`), the one versions before 49ba610 judged it on
+    (:func:`budget_key`'s), kept moving so that their instances on the same store count
+    this one's delivery (a later version may drop it); None for a campaign's lifetime
+    budgets, whose counter every impression moves already (:func:`kept_increments`)."""
 
 
 def spend_micros(price_micros: int) -> int:
@@ -212,8 +217,9 @@ def amount_micros(amount: float) -> int:
 def budget_key(prefix: str, kind: str, day: str | None) -> str:
     """The reservation counter (with ``:r``) of a budget of ``kind`` (``imp``, ``spend``) of
     ``prefix`` (``li:ID``, ``cp:ID``): the local ``day``'s for a daily budget, else the
-    lifetime one; without ``:r``, the delivered counter of a budget :func:`delivered_key`
-    does not keep for every impression."""
+    lifetime one; without ``:r``, the counter versions before 49ba610 judged the budget's
+    delivery on (still moved: :attr:`BudgetCheck.moves`), which this one judges it on too
+    unless :func:`delivered_key` names a counter every impression moves."""
     return f"{prefix}:{kind}:{'d:' + day if day is not None else 'life'}"
 
 
@@ -244,9 +250,11 @@ def delivered_key(prefix: str, kind: str, day: str | None) -> str:
     return budget_key(prefix, kind, day)
 
 
-def _kept(prefix: str, kind: str, day: str | None) -> bool:
-    """Whether :func:`delivered_key` is moved by every counted impression."""
-    return day is None or (kind == "imp" and prefix.startswith("li:"))
+def _moves(prefix: str, kind: str, day: str | None) -> str | None:
+    """:attr:`BudgetCheck.moves` of the budget :func:`budget_key` names."""
+    key = budget_key(prefix, kind, day)
+    kept = day is None or (kind == "imp" and prefix.startswith("li:"))
+    return None if kept and delivered_key(prefix, kind, day) == key else key
 
 
 def kept_increments(camp_id: str, price_cpm: float) -> tuple[Incr, ...]:
@@ -279,7 +287,7 @@ def _budget_checks(prefix: str, budget: Budget, day: str, price_micros: int) -> 
                 limit=lim,
                 amount=amount,
                 ttl_s=DAY_TTL_S if daily else None,
-                kept=_kept(prefix, kind, on),
+                moves=_moves(prefix, kind, on),
             )
         )
 
@@ -1152,9 +1160,9 @@ def impression_increments(
     day of its serve in the campaign's time zone. That is the day its reservation was made
     unless a reload changed the zone since: then it is the serve time's day in the new zone.
 
-    A budget's delivered counter that every impression moves (:attr:`BudgetCheck.kept`) is
-    not moved here: the campaign's are, always (:func:`kept_increments`), and the line item's
-    are the beacon path's event and spend counters."""
+    A budget's delivered counter that every impression moves is not moved here: the
+    campaign's are, always (:func:`kept_increments`), and the line item's are the beacon
+    path's event and spend counters. Each budget moves :attr:`BudgetCheck.moves`."""
     out: list[Incr] = []
     for cap in counted_caps(cand, scopes):
         chk = cap_checks(cap, cand, viewer)
@@ -1164,8 +1172,8 @@ def impression_increments(
         out.append(Incr(chk.reservations.key, RESERVATION_WINDOW, -1, at=served_at))
     out += kept_increments(cand.campaign.id, price_cpm)
     for b in budget_checks(cand, now, price_cpm):
-        if not b.kept:
-            out.append(Incr(b.delivered.key, LIFETIME, b.amount, ttl_s=b.ttl_s))
+        if b.moves is not None:
+            out.append(Incr(b.moves, LIFETIME, b.amount, ttl_s=b.ttl_s))
         out.append(Incr(b.reservations.key, RESERVATION_WINDOW, -b.amount, at=served_at))
     return out
 
@@ -1197,8 +1205,8 @@ def impression_plan(
     day = local_day_at(served_at, e.tz)
     served = datetime.fromtimestamp(served_at, UTC)
     for b in _priced(e, served, day, price_cpm):
-        if not b.kept:
-            out.append(Incr(b.delivered.key, LIFETIME, b.amount, None, b.ttl_s))
+        if b.moves is not None:
+            out.append(Incr(b.moves, LIFETIME, b.amount, None, b.ttl_s))
         out.append(Incr(b.reservations.key, RESERVATION_WINDOW, -b.amount, served_at))
     return out
 
