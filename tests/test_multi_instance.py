@@ -22,7 +22,7 @@ from tests.support.redis_server import RedisServer
 from tests.test_cli import Server, _env, _two_free_ports
 from vastserver.delivery import claim_window_s
 from vastserver.pipeline.delivery import LIFETIME, RESERVATION_WINDOW
-from vastserver.store.base import Guard, Guarded, Read, StoreUnavailable
+from vastserver.store.base import Guard, Guarded, Incr, Read, StoreUnavailable
 from vastserver.store.redis import CLAIM_MARGIN_S, RedisStore
 from vastserver.tracking import expand_macros
 
@@ -102,6 +102,47 @@ async def test_an_earlier_versions_instance_sees_this_ones_budget_delivery(
         assert await store.commit([Guarded((old_guard,), ())], now) == [False]
         [stats] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
         assert stats["delivered_impressions"] == 2  # this version's own counter: once
+    finally:
+        await store.close()
+
+
+async def test_an_ad_not_used_here_is_not_counted_by_an_earlier_versions_instance(
+    redis_url: str,
+) -> None:
+    """Versions before a2b3eb0 claim ``bc:ID:settled`` for an impression and refuse it when
+    that is claimed. This version's ``notUsed`` claimed ``bc:ID:unused`` alone, so an old
+    instance on the same Redis counted the impression of an ad a new one released (a
+    reviewer's repro): a counted ``notUsed`` claims ``settled`` too. Its replay is still a
+    replay, an impression here is still refused, and a ``notUsed`` after an impression
+    either version counted is refused."""
+    clock = Clock(T0)
+    store = RedisStore(redis_url)
+    svc = make_service(base_catalog(), store, clock)
+    cat = svc.snapshot.catalog
+    old_ev = Incr("old-instance-impressions", LIFETIME, 1)
+
+    async def old_beacon(ad: str, event: str) -> list[bool]:
+        """An earlier version's settling beacon: its claims and (all new) its count."""
+        keys = [f"bc:{ad}:{event}", f"bc:{ad}:settled"]
+        return await store.claim_and_add(keys, 3600, [old_ev], clock.now.timestamp())
+
+    try:
+        toks = []
+        for i in range(3):
+            toks += tokens_for(svc, await svc.decide(request(f"v{i}", pod_s=15, max_ads=1)))
+        unused, played, later = toks
+        assert (await svc.delivery.on_beacon("notUsed", unused, cat)).counted
+        assert (await svc.delivery.on_beacon("notUsed", unused, cat)).replay
+        got = await svc.delivery.on_beacon("impression", unused, cat)
+        assert got.reason == "already_settled"
+        assert await old_beacon(unused.ad_serving_id, "impression") == [True, False]
+        # an impression counted, by this version or an earlier one, refuses notUsed
+        assert (await svc.delivery.on_beacon("impression", played, cat)).counted
+        assert await old_beacon(later.ad_serving_id, "impression") == [True, True]
+        for tok in (played, later):
+            got = await svc.delivery.on_beacon("notUsed", tok, cat)
+            assert got.reason == "already_settled"
+        assert await store.read([Read(old_ev.key, LIFETIME)], clock.now.timestamp()) == [1]
     finally:
         await store.close()
 

@@ -500,14 +500,18 @@ class DeliveryControl:
         if event not in COUNTED_EVENTS and event != "notUsed":
             return BeaconResult(counted=False, reason="not_counted_event")
         ad = f"bc:{token.ad_serving_id}"
-        # ``settled``: an impression counted; ``unused``: a notUsed counted. Each refuses the
-        # other settling event, and ``unused`` every event, in the call that would count it.
+        # ``settled``: the ad is settled, played or not (what versions before a2b3eb0 check
+        # and claim for either settling event); ``unused``: a notUsed counted. A notUsed
+        # claims both, so an impression is refused whichever version gets it, and ``unused``
+        # refuses every other event, in the call that would count it. A notUsed is refused
+        # once the ad's impression is claimed: not by ``settled``, which its own replay
+        # finds claimed (a replay is a replay).
         keys = [f"{ad}:{event}"]
         if event == "impression":
             keys.append(f"{ad}:settled")
         elif event == "notUsed":
-            keys.append(f"{ad}:unused")
-        unless = f"{ad}:settled" if event == "notUsed" else f"{ad}:unused"
+            keys += (f"{ad}:unused", f"{ad}:settled")
+        unless = f"{ad}:impression" if event == "notUsed" else f"{ad}:unused"
         cand = self.candidate(catalog, token)
         served_at = float(token.served_at)
         price = token.price_micros / 1_000_000
@@ -553,8 +557,8 @@ class DeliveryControl:
             raise
         if not claims[0]:
             return REPLAY
-        if not all(claims):  # an impression after a notUsed that claimed ``settled`` (before
-            # ``unused`` existed)
+        if not all(claims):  # an impression after a notUsed of a version before a2b3eb0
+            # (it claims ``settled`` alone)
             return ALREADY_SETTLED
         self.active.add(token.line_item_id)
         return BeaconResult(counted=True)
