@@ -785,6 +785,34 @@ async def test_redis_claims_left_by_versions_that_recorded_no_window_are_not_cou
         await short.close()
 
 
+async def test_redis_a_new_redis_judges_its_first_tokens_with_the_legacy_window(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """What README says of ``VASTSERVER_TOKEN_MAX_AGE`` on a new Redis: the first window is
+    in force only from its first beacon plus the margin, and a token served before that is
+    judged as one a version that recorded no window could have served, with at most
+    90,000 s (its beacons ``expired`` from 24 h 50 min after the serve with a 2-day max
+    age), though its claims last the window; one served after it, with the window."""
+    two_days = 2 * 86400 + 3600
+    st_ = RedisStore(redis_url)
+    st_.claim_window_s = two_days
+    early, late = T0 - 60, T0 + CLAIM_MARGIN_S + 1
+    try:
+        assert await st_.claim_and_add(["a:impression"], two_days, [], T0, served_at=early) == [
+            True
+        ]
+        assert await st_._client.ttl("vs:d:a:impression") > two_days - 120
+        cutoff = early + LEGACY_CLAIM_WINDOW_S - CLAIM_MARGIN_S
+        assert cutoff - early == 24 * 3600 + 50 * 60
+        assert await st_.claim_and_add(["a:complete"], 60, [], cutoff, served_at=early) == [True]
+        with pytest.raises(ClaimExpired):
+            await st_.claim_and_add(["a:click"], 60, [], cutoff + 1, served_at=early)
+        at = late + 30 * 3600
+        assert await st_.claim_and_add(["b:impression"], 60, [], at, served_at=late) == [True]
+    finally:
+        await st_.close()
+
+
 async def test_redis_claim_windows_never_count_a_replay_twice(
     redis_url: str,  # noqa: F811
 ) -> None:
