@@ -34,14 +34,14 @@ def base_catalog() -> dict[str, Any]:
                 "advertiser_id": "adv-a",
                 "name": "A",
                 "start": "2026-01-01T00:00:00Z",
-                "end": "2027-12-31T00:00:00Z",
+                "end": "2099-12-31T23:59:59Z",
             },
             {
                 "id": "cmp-b",
                 "advertiser_id": "adv-b",
                 "name": "B",
                 "start": "2026-01-01T00:00:00Z",
-                "end": "2027-12-31T00:00:00Z",
+                "end": "2099-12-31T23:59:59Z",
             },
         ],
         "creatives": [

@@ -84,8 +84,9 @@ def test_demo_catalog_loads(demo: Catalog) -> None:
     assert len(demo.campaigns) == 8
     assert len(demo.line_items) == 14
     assert {li.tier for li in demo.line_items.values()} == set(Tier)
-    # Everything serves today and until the end of 2028.
-    for when in (NOW, datetime(2028, 12, 31, 12, tzinfo=UTC)):
+    # Everything serves today and for decades: tests that run the demo on the real clock and
+    # `make serve` must not stop filling on a date (flights ran to 2028-12-31).
+    for when in (NOW, datetime(2029, 6, 1, tzinfo=UTC), datetime(2099, 12, 31, 12, tzinfo=UTC)):
         for li in demo.line_items.values():
             camp = demo.campaigns[li.campaign_id]
             assert li.start <= when < li.end and camp.start <= when < camp.end
@@ -387,7 +388,7 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
      "$.line_items[0].end", "after start"),
     ("li end before campaign start", _set("line_items.0.end", "2025-06-01T00:00:00Z"),
      "$.line_items[0].end", "end must be after start"),
-    ("li outside campaign", _set("line_items.0.end", "2030-01-01T00:00:00Z"),
+    ("li outside campaign", _set("line_items.0.end", "2100-01-01T00:00:00Z"),
      "$.line_items[0].end", "ends after its campaign"),
     ("li before campaign", _set("line_items.0.start", "2025-01-01T00:00:00Z"),
      "$.line_items[0].start", "starts before its campaign"),

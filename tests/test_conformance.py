@@ -281,7 +281,7 @@ def _with_odd_advertiser() -> dict[str, Any]:
             "advertiser_id": "adv-odd",
             "name": "Odd",
             "start": "2026-01-01T00:00:00Z",
-            "end": "2028-12-31T23:59:59Z",
+            "end": "2099-12-31T23:59:59Z",
         }
     )
     return doc
