@@ -27,6 +27,7 @@ from vastserver.catalog.load import load_catalog
 from vastserver.cli import _bind
 
 SECRET = "cli-test-secret-0123456789"
+CHECKOUT_EVENTS = ROOT / "var" / "events"  # the server's default event-log directory
 
 
 def free_port() -> int:
@@ -58,6 +59,9 @@ def _env(**extra: str) -> dict[str, str]:
         VASTSERVER_SECRET=SECRET,
         VASTSERVER_ADMIN_TOKEN="cli-admin-token-0123456789",
         VASTSERVER_DRAIN_MS="200",
+        # the default directory is the checkout's var/events: a test that wants an event log
+        # passes its own (--event-log DIR)
+        VASTSERVER_EVENT_LOG_DIR="off",
     )
     env.update(extra)
     return env
@@ -128,6 +132,9 @@ def server_factory() -> Iterator[Any]:
     yield make
     for s in servers:
         s.kill()  # the group: workers too, even when the parent is already gone
+    # none of them wrote its event log into the checkout (segment names carry the pid)
+    leaked = [p for s in servers for p in CHECKOUT_EVENTS.glob(f"events-*-{s.proc.pid}-*")]
+    assert not leaked, f"a test server wrote into the checkout: {leaked}"
 
 
 def test_serve_two_workers_and_clean_shutdown(server_factory: Any, redis_url: str) -> None:
