@@ -492,16 +492,27 @@ async def test_inline_vmap_with_breaks_left_as_tags_at_the_deadline(
     """Breaks not decided by the deadline go out as ad tags beside the inline pods: the
     mixed document is valid VMAP, and the player library reads both kinds of break."""
     c.require_spec()
-    client: Any = await make_client(deadline_ms=60)
+    # A generous deadline, so that a loaded machine still makes the first two decisions in
+    # time; the second then ends past it (a busy server), wherever the loop's clock stands:
+    # no race between fixed sleeps and the deadline.
+    client: Any = await make_client(deadline_ms=1500)
     service = client.server.app[RUNTIME].service
     decide = service.decide
+    loop = asyncio.get_running_loop()
+    calls = 0
 
-    async def slow_decide(*args: Any, **kw: Any) -> Any:
-        await asyncio.sleep(0.04)  # a busy server: two decisions fill the deadline
-        return await decide(*args, **kw)
+    async def second_decision_overruns(*args: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        out = await decide(*args, **kw)
+        if calls == 2:
+            assert loop.time() < kw["deadline"], "the first two decisions took 1.5 s"
+            await asyncio.sleep(kw["deadline"] - loop.time() + 0.005)
+        return out
 
-    service.decide = slow_decide
+    service.decide = second_decision_overruns
     resp = await client.get("/vmap?content_duration=3600&midroll_interval=600&inline=1")
+    assert calls == 2  # the breaks after the deadline are not decided at all
     assert resp.status == 200
     xml = bytes(await resp.read())
     root = etree.fromstring(xml)
