@@ -363,15 +363,27 @@ async def test_gc_maintenance_freezes_on_schedule_and_stops_at_once() -> None:
 
     from vastserver.cli import gc_maintenance
 
+    loop = asyncio.get_running_loop()
+
+    async def frozen(limit_s: float = 10.0) -> float:
+        """Loop time at which a freeze is seen: polled, as a loaded machine's loop runs late
+        (a fixed sleep raced the task's own timers)."""
+        deadline = loop.time() + limit_s
+        while gc.get_freeze_count() == 0:
+            assert loop.time() < deadline, f"no gc.freeze() within {limit_s} s"
+            await asyncio.sleep(0.005)
+        return loop.time()
+
     gc.unfreeze()
     stop = asyncio.Event()
+    t0 = loop.time()
     task = asyncio.create_task(gc_maintenance(stop, at_s=(0.05, 0.1), every_s=0.1))
     try:
-        await asyncio.sleep(0.08)
-        assert gc.get_freeze_count() > 0  # the first scheduled freeze has run
+        assert await frozen() - t0 >= 0.05  # the first scheduled freeze, not before its time
         gc.unfreeze()
-        await asyncio.sleep(0.3)
-        assert gc.get_freeze_count() > 0  # and the later ones keep coming
+        await frozen()  # and the later ones keep coming
+        gc.unfreeze()
+        await frozen()  # past the scheduled times too (every_s)
         stop.set()
         await asyncio.wait_for(task, 1.0)  # returns promptly once stopped
     finally:
