@@ -13,10 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 
 from tests.conftest import DEMO_CATALOG, ROOT, make_settings
 from vastserver.catalog.load import load_catalog
-from vastserver.cli import _bind
+from vastserver.cli import YOUNG_S, _bind
 
 SECRET = "cli-test-secret-0123456789"
 CHECKOUT_EVENTS = ROOT / "var" / "events"  # the server's default event-log directory
@@ -120,6 +121,34 @@ class Server:
         self.proc.wait()
 
 
+class _Output:
+    """A process's output lines, read by a thread as they come: a test can wait for a line
+    with a deadline instead of sleeping for a time that a loaded machine may overrun."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self._stdout = proc.stdout
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for raw in iter(self._stdout.readline, b""):
+            self.lines.append(raw.decode())
+
+    def wait_for(self, done: Callable[[list[str]], bool], limit_s: float) -> None:
+        deadline = time.monotonic() + limit_s
+        while not done(list(self.lines)):
+            assert time.monotonic() < deadline, "".join(self.lines)
+            time.sleep(0.05)
+
+    def finish(self, limit_s: float = 15.0) -> list[str]:
+        """Every line, once the process has closed its output."""
+        self._thread.join(limit_s)
+        assert not self._thread.is_alive(), "the output is still open"
+        return self.lines
+
+
 @pytest.fixture
 def server_factory() -> Iterator[Any]:
     servers: list[Server] = []
@@ -171,6 +200,7 @@ def test_a_worker_that_dies_is_replaced(server_factory: Any, redis_url: str) -> 
     still 200 and nothing logged: the parent logs ``worker_exited`` and starts another,
     which serves; a SIGTERM then stops the server cleanly (exit 0)."""
     mport = _two_free_ports()
+    launched = time.monotonic()  # before any worker's start
     srv = server_factory(
         "--workers", "2", "--redis", redis_url, "--event-log", "off", "--metrics-port", str(mport)
     )
@@ -188,6 +218,9 @@ def test_a_worker_that_dies_is_replaced(server_factory: Any, redis_url: str) -> 
         time.sleep(0.1)
     victim = sorted(before)[0]
     os.kill(int(victim), signal.SIGKILL)
+    # it surely died young (within YOUNG_S of its start) when killed that soon after launch;
+    # a loaded machine can take longer to get here, and then it may not have
+    surely_young = time.monotonic() - launched < YOUNG_S
     deadline = time.monotonic() + 30
     while True:
         now = workers()
@@ -213,8 +246,9 @@ def test_a_worker_that_dies_is_replaced(server_factory: Any, redis_url: str) -> 
     lines = [json.loads(x) for x in srv.proc.stdout.read().decode().splitlines() if x]
     exited = [x for x in lines if x["event"] == "worker_exited"]
     assert len(exited) == 1 and exited[0]["pid"] == int(victim)
-    # it died young (seconds after its start): started again after a second
-    assert exited[0]["code"] == -signal.SIGKILL and exited[0]["restart_in_s"] == 1.0
+    # died young: started again after a second; else at once
+    assert exited[0]["code"] == -signal.SIGKILL
+    assert exited[0]["restart_in_s"] in ((1.0,) if surely_young else (0.0, 1.0)), exited
     accepting = {x["pid"] for x in lines if x["event"] == "accepting"}
     assert int(replacement) in accepting
 
@@ -280,16 +314,23 @@ def test_a_sighup_during_start_up_reloads_once_started(
         lines.append(line)
     # "listening" is logged before the catalog and the model are loaded (by each worker).
     srv.proc.send_signal(sig)
+    out = _Output(srv.proc)
     srv.wait_ready()
     assert _get(srv.base + "/vast?pod_duration=60")[0] == 200
     assert srv.proc.poll() is None
-    time.sleep(1.0)  # the reload runs in the background once the server is up
+
+    def count(event: str, got: list[str]) -> int:
+        return sum(f'"event":"{event}"' in line for line in lines + got)
+
+    reloads = workers if sig == signal.SIGHUP else 0
+    # the reload runs in the background once the server is up: wait for what it logs (a
+    # model loaded at start, then once more for the signal), then that nothing more came
+    out.wait_for(lambda got: count("model_loaded", got) >= 2 * workers, 60)
+    out.wait_for(lambda got: count("catalog_reload", got) >= reloads, 60)
     assert srv.stop() == 0
-    lines += srv.proc.stdout.read().decode().splitlines()
-    reloads = [line for line in lines if '"event":"catalog_reload"' in line]
-    assert len(reloads) == (workers if sig == signal.SIGHUP else 0), lines
-    models = [line for line in lines if '"event":"model_loaded"' in line]
-    assert len(models) == 2 * workers, lines  # at start, then once more for the signal
+    lines += out.finish()
+    assert count("catalog_reload", []) == reloads, lines
+    assert count("model_loaded", []) == 2 * workers, lines
 
 
 def test_invalid_settings_list_every_problem() -> None:
@@ -745,8 +786,10 @@ def test_an_admin_model_reload_reaches_every_worker(
     with urllib.request.urlopen(req, timeout=30) as r:
         assert json.loads(r.read())["reloaded"] is True
     answered = time.monotonic()
+    # The model watch is off: only the signal can bring the model to the other worker, so a
+    # generous bound (a loaded machine) proves as much as a tight one.
     while (now := scorers(answered + 30)) != ["model", "model"]:
-        assert time.monotonic() < answered + 3.0, now  # far sooner than any watch would
+        assert time.monotonic() < answered + 30, now
         time.sleep(0.05)
     assert srv.stop() == 0
     assert srv.proc.stdout is not None
