@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import settings as hypothesis_settings
 
 from vastserver.app import create_app
 from vastserver.settings import Settings, load_settings
@@ -21,6 +23,13 @@ FIXED_NOW = datetime(2026, 11, 25, 20, 0, 0, tzinfo=UTC)
 SECRET = "test-secret-0123456789abcdef"
 ADMIN = "admin-token-0123456789"
 PUBLIC_URL = "https://ads.example.com"
+
+# Property tests: no per-example deadline (Hypothesis's default, 200 ms, fails a test whose
+# example a loaded CI runner merely descheduled); examples stay random, and a failure prints
+# the blob that replays it (@reproduce_failure). Loaded here, before the test modules, so
+# their own @settings(...) inherit it. HYPOTHESIS_PROFILE picks another registered profile.
+hypothesis_settings.register_profile("vastserver", deadline=None, print_blob=True)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "vastserver"))
 
 
 class FakeClock:
