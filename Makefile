@@ -8,10 +8,11 @@ PORT   ?= 8080
 
 .PHONY: serve test lint node-deps clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package (the tools too) to the versions last tested together
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,geo]'
+	$(BIN)/pip install --quiet -c constraints.txt --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,geo]'
 	touch $(STAMP)
 
 serve: $(STAMP)
