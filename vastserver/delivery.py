@@ -198,7 +198,9 @@ class DeliveryControl:
         self.metrics = metrics
         self.separation = separation or SeparationRules()
         self.clock = clock
-        self.rng = rng
+        self.rng = random.Random(rng.random())
+        """Pacing's throttle draws: a fast generator seeded from ``rng`` (in production
+        ``SystemRandom``, one system call per draw)."""
         self.token_max_age_s = token_max_age_s
         self.throttle: dict[str, float] = {}
         self.exhausted: frozenset[str] = frozenset()

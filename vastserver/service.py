@@ -110,6 +110,9 @@ class AdService:
         self.keyring = keyring
         self.delivery = delivery
         self.rng = rng
+        self.draws = random.Random(rng.random())
+        """Creative rotation's draws: a fast generator seeded from ``rng``, which in
+        production is ``SystemRandom`` (unpredictable ids, one system call per draw)."""
         self.models = models or ModelManager.fixed(metrics, scorer)
         self._fallback: Scorer = PriceScorer()
         self.events: EventSink = events or NullSink()
@@ -162,7 +165,7 @@ class AdService:
         rules = cat.rules_for(req.placement)
         return StageEnv(
             now=now,
-            rng=self.rng,
+            rng=self.draws,
             blocked_categories=(
                 cat.blocked_categories | rules.blocked_categories | req.blocked_categories
             ),
