@@ -25,11 +25,11 @@ node-deps:
 
 test: $(STAMP) node-deps
 	$(BIN)/python -m pytest -q
-	$(BIN)/ruff check vastserver tests
+	$(BIN)/ruff check vastserver tests benchmarks
 	$(BIN)/mypy
 
 lint: $(STAMP)
-	$(BIN)/ruff check vastserver tests
+	$(BIN)/ruff check vastserver tests benchmarks
 	$(BIN)/mypy
 
 clean:

@@ -43,6 +43,31 @@ def command(port: int, *args: str, timeout: float = 1.0) -> bytes:
     return buf.strip()
 
 
+def server_pid(port: int, timeout: float = 1.0) -> int | None:
+    """The ``process_id`` of the redis-server answering on ``port`` (``INFO server``)."""
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        s.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+        buf = b""
+        while b"\r\n" not in buf:
+            chunk = s.recv(4096)
+            if not chunk:
+                return None
+            buf += chunk
+        head, _, body = buf.partition(b"\r\n")
+        if not head.startswith(b"$"):
+            return None
+        size = int(head[1:])
+        while len(body) < size:
+            chunk = s.recv(65536)
+            if not chunk:
+                return None
+            body += chunk
+    for line in body[:size].decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
 class RedisServer:
     """One ``redis-server`` process; ``restart()`` keeps the port (and so the URL)."""
 
@@ -95,9 +120,15 @@ class RedisServer:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 return False  # exited, e.g. "Address already in use"
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
+                # PONG from our process: another redis that took the port between
+                # free_port() and the bind would answer too (and tests FLUSHALL theirs)
                 if command(port, "PING", timeout=0.2) == b"+PONG":
-                    return True
+                    if server_pid(port, timeout=0.5) == proc.pid:
+                        return True
+                    proc.kill()  # not ours; ours cannot bind the port
+                    proc.wait(timeout=5)
+                    return False
             time.sleep(0.02)
         return False
 

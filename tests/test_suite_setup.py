@@ -3,10 +3,15 @@ a defect (a loaded CI runner)."""
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from benchmarks.redisproc import RedisServer, command
 
 
 @settings(max_examples=3)  # as the property tests set theirs: the profile fills in the rest
@@ -21,3 +26,26 @@ def test_the_profile_keeps_examples_random_and_prints_how_to_replay() -> None:
     assert settings.default.deadline is None
     assert settings.default.derandomize is False
     assert settings.default.print_blob is True
+
+
+def test_a_test_redis_never_takes_another_redis_for_its_own(tmp_path: Path) -> None:
+    """The test Redis picks a free port, releases it and starts redis-server on it; another
+    redis that took the port in between answered PING, and the fixture (which FLUSHALLs
+    its Redis) took it for its own. It now checks the answering process is its own."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server not installed")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    other = RedisServer(exe, tmp_path / "a")
+    other.start()
+    try:
+        assert command(other.port or 0, "SET", "k", "kept") == b"+OK"
+        ours = RedisServer(exe, tmp_path / "b")
+        ours.port = other.port  # the port someone else now holds
+        with pytest.raises(RuntimeError):
+            ours.start(attempts=2)
+        assert ours.proc is None
+        assert command(other.port or 0, "EXISTS", "k") == b":1"
+    finally:
+        other.stop()
