@@ -845,7 +845,7 @@ class DeliveryControl:
                 Read(event_key(li_id, "impression"), LIFETIME),
                 Read(event_key(li_id, "complete"), LIFETIME),
                 Read(spend_key(li_id), LIFETIME),
-                Read(f"{event_key(li_id, 'impression')}:d:{local_day(now, tz)}", LIFETIME),
+                Read(delivered_key(f"li:{li_id}", "imp", local_day(now, tz)), LIFETIME),
             ]
         values = await self.store.read(reads, now.timestamp()) if reads else []
         out = []

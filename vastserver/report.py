@@ -23,9 +23,9 @@ from vastserver.catalog.model import Catalog, LineItem
 from vastserver.cliargs import HelpWithDefaults
 from vastserver.eventlog import EventLogCorruptError, ReadStats, read_events
 from vastserver.pipeline.delivery import (
+    cpm_spend_micros,
     daily_target_fraction,
     local_day_bounds,
-    spend_micros,
     target_fraction,
 )
 from vastserver.settings import event_log_dir
@@ -71,7 +71,7 @@ def billed_micros(rec: Mapping[str, Any]) -> int:
     :func:`spend_micros` of the price it was served at (``price_cpm``, exact to the micro
     of CPM), so sums match its ``spend`` (``/admin/line-items``, spend budgets). Summing
     ``price_cpm / 1000`` counted the fractions of a micro the server does not bill."""
-    return spend_micros(round(float(rec.get("price_cpm") or 0) * 1_000_000))
+    return cpm_spend_micros(float(rec.get("price_cpm") or 0))
 
 
 @dataclass(slots=True)

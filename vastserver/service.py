@@ -368,21 +368,19 @@ class AdService:
         refused_at: set[int] = set()
         lines: dict[str, Reason] = {}
         alive: set[str] = set()
-        emptied = False
+        hit: set[str] = set()  # groups with a refused candidate
         for c, i in zip(kept, ordinals, strict=True):
             reason = gate.counted(c)
             if reason is None:
                 alive.add(c.group)
-            elif gate.refuses_line_item(c):
+                continue
+            hit.add(c.group)
+            if gate.refuses_line_item(c):
                 lines.setdefault(c.line_item.id, reason)
             else:
                 refused[id(c)] = reason
                 refused_at.add(i)
-        for c in kept:
-            if c.group not in alive and (id(c) in refused or c.line_item.id in lines):
-                emptied = True
-                break
-        if not emptied:
+        if hit <= alive:
             return kept, dropped, []  # (nothing refused, or every group has an ad left)
         gated = env.pre
         gated.refused, gated.refused_at, gated.refused_lines = refused, frozenset(refused_at), lines

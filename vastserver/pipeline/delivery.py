@@ -205,6 +205,11 @@ def spend_micros(price_micros: int) -> int:
     return price_micros // 1000
 
 
+def cpm_spend_micros(price_cpm: float) -> int:
+    """:func:`spend_micros` of an impression billed at ``price_cpm`` (currency per thousand)."""
+    return spend_micros(round(price_cpm * 1_000_000))
+
+
 def amount_micros(amount: float) -> int:
     """A currency amount of the catalog (a spend budget) in whole micros: the most micros
     not above the amount as written (its shortest decimal form, which the JSON number
@@ -262,7 +267,7 @@ def kept_increments(camp_id: str, price_cpm: float) -> tuple[Incr, ...]:
     ``price_cpm`` moves, budget or not (the beacon path moves the line item's own: its event
     and spend counters), so that a budget a reload adds counts what came before it."""
     prefix = f"cp:{camp_id}"
-    spend = spend_micros(round(price_cpm * 1_000_000))
+    spend = cpm_spend_micros(price_cpm)
     imp = Incr(budget_key(prefix, "imp", None), LIFETIME, 1)
     if spend <= 0:
         return (imp,)
@@ -947,7 +952,7 @@ def moves_budget(c: Candidate, price_cpm: float) -> bool:
     """Whether an impression of ``c`` billed at ``price_cpm`` moves a budget: any impression
     budget of the line item or its campaign, or a spend budget when it costs something
     (a flat line item's billed price is 0). Who fails closed when the store is down."""
-    return _budgeted(c, spend_micros(round(price_cpm * 1_000_000)) > 0)
+    return _budgeted(c, cpm_spend_micros(price_cpm) > 0)
 
 
 def has_budget(c: Candidate) -> bool:

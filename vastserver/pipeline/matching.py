@@ -534,12 +534,18 @@ class BitIndex:
         self,
         m: int,
         k: int,
-        look: int,
+        paced: Chunks | None,
+        refused: Chunks | None,
         pre: PreGate,
         dropped: dict[Reason, int],
     ) -> int:
-        """Chunk ``k``'s matches ``m`` less those of ``look`` (the matches ``pre`` may
-        refuse) that ``pre`` refuses, each counted under its reason."""
+        """Chunk ``k``'s matches ``m`` less those ``pre`` refuses among the ones it may refuse
+        (in ``paced`` or ``refused``), each counted under its reason."""
+        look = (m & paced[k] if paced is not None else 0) | (
+            m & refused[k] if refused is not None else 0
+        )
+        if not look:
+            return m
         width = self.chunk_bits
         cands = self.candidates
         off: list[int] = []
@@ -615,11 +621,7 @@ class BitIndex:
             for k in range(n_chunks):
                 m = self.match_chunk(plan, k, dropped)
                 if m and gated:
-                    look = (m & paced[k] if paced is not None else 0) | (
-                        m & refused[k] if refused is not None else 0
-                    )
-                    if look:
-                        m = self._pre_gated(m, k, look, pre, dropped)
+                    m = self._pre_gated(m, k, paced, refused, pre, dropped)
                 for i in (bit_ordinals(m) + k * width).tolist() if m else ():
                     c = cands[i]
                     if check_all or residual[i]:
@@ -646,11 +648,7 @@ class BitIndex:
         while k < n_chunks and len(out) < limit and not (rules is not None and rules.full):
             m = self.match_chunk(plan, k, dropped)
             if m and gated:
-                look = (m & paced[k] if paced is not None else 0) | (
-                    m & refused[k] if refused is not None else 0
-                )
-                if look:
-                    m = self._pre_gated(m, k, look, pre, dropped)
+                m = self._pre_gated(m, k, paced, refused, pre, dropped)
             k += 1
             if not m:
                 continue

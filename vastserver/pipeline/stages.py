@@ -60,9 +60,6 @@ class DeliveryGate:
         return None
 
 
-_NOT_DRAWN = object()
-
-
 @dataclass(slots=True)
 class PreGate:
     """The delivery checks a request can make before it fetches any counter, applied by the
@@ -84,7 +81,8 @@ class PreGate:
     exhausted: frozenset[str] = frozenset()
     throttle: Mapping[str, float] = field(default_factory=dict)
     """Line item id -> serve probability (absent = 1)."""
-    rng: random.Random | None = None
+    rng: random.Random = field(default_factory=random.Random)
+    """The injected randomness; a pure caller's default draws from an unseeded one."""
     refused: Mapping[int, Reason] = field(default_factory=dict)
     """``id(candidate)`` -> the reason a counter check refused it."""
     refused_at: frozenset[int] = frozenset()
@@ -92,20 +90,18 @@ class PreGate:
     refused_lines: Mapping[str, Reason] = field(default_factory=dict)
     """Line item id -> the reason a counter check refused one of its candidates for, when
     that refuses all of them (a budget; a cap but a creative's own)."""
-    _drawn: dict[str, object] = field(default_factory=dict)
+    _drawn: dict[str, Reason | None] = field(default_factory=dict)
 
     def pacing(self, line_item_id: str) -> Reason | None:
         if line_item_id not in self.paced:
             return None
         if line_item_id in self.exhausted:
             return Reason.BUDGET_EXHAUSTED
-        got = self._drawn.get(line_item_id, _NOT_DRAWN)
-        if got is _NOT_DRAWN:
+        drawn = self._drawn
+        if line_item_id not in drawn:
             p = self.throttle.get(line_item_id, 1.0)
-            rng = self.rng if self.rng is not None else random
-            got = Reason.PACING_THROTTLE if p < 1.0 and rng.random() >= p else None
-            self._drawn[line_item_id] = got
-        return got  # type: ignore[return-value]
+            drawn[line_item_id] = Reason.PACING_THROTTLE if self.rng.random() >= p else None
+        return drawn[line_item_id]
 
     def check(self, c: Candidate) -> Reason | None:
         got = self.pacing(c.line_item.id)
