@@ -28,7 +28,11 @@ PUBLIC_URL = "https://ads.example.com"
 # example a loaded CI runner merely descheduled); examples stay random, and a failure prints
 # the blob that replays it (@reproduce_failure). Loaded here, before the test modules, so
 # their own @settings(...) inherit it. HYPOTHESIS_PROFILE picks another registered profile.
-hypothesis_settings.register_profile("vastserver", deadline=None, print_blob=True)
+# Every setting we rely on is spelled out: a profile inherits from the default, and on a CI
+# runner (the CI variable set) Hypothesis's default is its "ci" profile, which derandomizes.
+hypothesis_settings.register_profile(
+    "vastserver", deadline=None, print_blob=True, derandomize=False
+)
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "vastserver"))
 
 

@@ -3,7 +3,10 @@ a defect (a loaded CI runner)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks.redisproc import RedisServer, command
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @settings(max_examples=3)  # as the property tests set theirs: the profile fills in the rest
@@ -26,6 +31,30 @@ def test_the_profile_keeps_examples_random_and_prints_how_to_replay() -> None:
     assert settings.default.deadline is None
     assert settings.default.derandomize is False
     assert settings.default.print_blob is True
+
+
+def test_the_profile_is_the_same_on_a_ci_runner() -> None:
+    """With the CI variable set, Hypothesis's default profile is its "ci" one (derandomized);
+    a profile registered without saying otherwise inherited that, and CI failed the test
+    above while every local run passed."""
+    probe = (
+        "import tests.conftest\n"
+        "from hypothesis import settings as s\n"
+        "d = s.default\n"
+        "print(d.deadline, d.derandomize, d.print_blob)\n"
+    )
+    env = {**os.environ, "CI": "true"}
+    env.pop("HYPOTHESIS_PROFILE", None)
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.split() == ["None", "False", "True"]
 
 
 def test_a_test_redis_never_takes_another_redis_for_its_own(tmp_path: Path) -> None:
