@@ -1196,3 +1196,60 @@ def test_every_rule_value_with_a_comma_is_reported() -> None:
             (f"{p}.key_values.t.exclude[0]", "contains a comma"),
         ],
     )
+
+
+def test_every_error_names_its_entity_by_id() -> None:
+    """A trafficker with thousands of line items cannot find ``$.line_items[4211]``: every
+    error inside an advertiser, campaign, line item or creative also names it by its id
+    (the path is kept as it was), and one whose id is missing, not a string, malformed or
+    given twice says so. Every error is still reported."""
+    doc = demo_doc()
+    adv, camp, li, cr = (doc[k] for k in ("advertisers", "campaigns", "line_items", "creatives"))
+    adv[0]["domain"] = "Not A Domain"
+    camp[1]["status"] = "live"
+    li[2]["tier"] = "premium"
+    cr[3]["duration"] = -1
+    li[4]["id"] = li[5]["id"]  # given twice
+    li[4]["price"] = -3
+    del li[6]["id"]
+    li[6]["tier"] = "gold"
+    cr[7]["id"] = 42
+    cr[7]["rating"] = "R"
+    li[8]["id"] = "bad id"
+    li[8]["slot"] = "middle"
+    li[9] = 5  # not an object: nothing to name it by
+    twice = li[5]["id"]
+    errors = errors_of(doc)
+    by_path = {e.path: e for e in errors}
+    named = [
+        ("$.advertisers[0].domain", adv[0]["id"], f'(in advertiser "{adv[0]["id"]}")'),
+        ("$.campaigns[1].status", camp[1]["id"], f'(in campaign "{camp[1]["id"]}")'),
+        ("$.line_items[2].tier", li[2]["id"], f'(in line item "{li[2]["id"]}")'),
+        ("$.creatives[3].duration", cr[3]["id"], f'(in creative "{cr[3]["id"]}")'),
+        (
+            "$.line_items[4].price",
+            twice,
+            f'(in line item "{twice}", an id given to more than one line item)',
+        ),
+        ("$.line_items[6].tier", None, "(in a line item with no id)"),
+        ("$.creatives[7].rating", None, "(in a creative whose id 42 is not a string)"),
+        ("$.line_items[8].slot", "bad id", '(in line item "bad id", an invalid id)'),
+    ]
+    for path, ident, where in named:
+        issue = by_path[path]
+        assert (issue.id, str(issue)) == (ident, f"{path}: {issue.message} {where}"), issue
+    # the errors about the id itself say what is wrong with it, and are not told twice
+    for path, ident, fragment in [
+        ("$.line_items[5].id", twice, "duplicate line item id"),
+        ("$.line_items[6].id", None, "required field of line item is missing"),
+        ("$.creatives[7].id", None, "expected a string, got integer 42"),
+        ("$.line_items[8].id", "bad id", "is not a valid id"),
+    ]:
+        issue = by_path[path]
+        assert fragment in issue.message and issue.entity is None and issue.id == ident, issue
+        assert str(issue) == f"{path}: {issue.message}"
+    assert by_path["$.line_items[9]"].id is None and by_path["$.line_items[9]"].entity is None
+    # what is in no entity names none
+    doc["version"] = "bad version!"
+    version = {e.path: e for e in errors_of(doc)}["$.version"]
+    assert (version.entity, version.id) == (None, None)

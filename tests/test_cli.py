@@ -1196,8 +1196,19 @@ def test_check_catalog_lists_every_problem_and_exits_by_the_outcome(tmp_path: Pa
     assert out.stdout.splitlines()[0] == f"28 errors in catalog {bad}"
     assert sum(".tier:" in ln for ln in out.stdout.splitlines()) == 14
     assert sum(".duration:" in ln for ln in out.stdout.splitlines()) == 14
+    # each names its line item or creative by id, after the path and message
+    li0 = cat["line_items"][0]["id"]
+    assert '  $.line_items[0].tier: "premium" is not one of ' in out.stdout
+    assert f'(in line item "{li0}")\n' in out.stdout
     got = json.loads(run(str(bad), "--json").stdout)
     assert got["ok"] is False and len(got["errors"]) == 28
-    assert {"path", "message"} == set(got["errors"][0])
+    assert {"path", "message", "id"} == set(got["errors"][0])
+    ids = {(e["path"], e["id"]) for e in got["errors"]}
+    assert ("$.line_items[0].tier", li0) in ids
+    assert ("$.creatives[1].duration", cat["creatives"][1]["id"]) in ids
+    cat["version"] = "not a version!"  # in no entity: id null
+    bad.write_text(json.dumps(cat))
+    got = json.loads(run(str(bad), "--json").stdout)
+    assert {"path": "$.version", "id": None}.items() <= got["errors"][0].items(), got
     assert json.loads(run(str(DEMO_CATALOG), "--json").stdout)["line_items"] == 14
     assert run().returncode == 2  # no path: usage

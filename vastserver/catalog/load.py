@@ -161,13 +161,23 @@ MAX_COUNT: Final = 10**12
 
 @dataclass(frozen=True, slots=True)
 class CatalogIssue:
-    """One problem found in a catalog document, at a JSON path such as ``$.line_items[3].tier``."""
+    """One problem found in a catalog document, at a JSON path such as ``$.line_items[3].tier``.
+
+    An issue inside an advertiser, campaign, line item or creative also names that entity
+    (:attr:`entity`, e.g. ``line item "li-summer-30s"``, and :attr:`id`, the id as written),
+    since a trafficker looks an entity up by its id, not by its place in the array."""
 
     path: str
     message: str
+    entity: str | None = None
+    """The entity the issue is in, told by its id (or why it has none to tell it by), when
+    that is not the issue itself; shown after the message."""
+    id: str | None = None
+    """The id of the entity the issue is in, when it has a string id."""
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        where = f" (in {self.entity})" if self.entity else ""
+        return f"{self.path}: {self.message}{where}"
 
 
 class CatalogError(Exception):
@@ -1490,8 +1500,79 @@ def parse_catalog(data: object, *, source: str = "<memory>") -> Catalog:
             errs.append(CatalogIssue("$", "document is nested too deeply"))
             catalog = None
     if errs or catalog is None:
-        raise CatalogError(errs or [CatalogIssue("$", "invalid catalog")], source=source)
+        issues = _with_entities(errs, data) if errs else [CatalogIssue("$", "invalid catalog")]
+        raise CatalogError(issues, source=source)
     return catalog
+
+
+_COLLECTIONS: Final = MappingProxyType(
+    {
+        "advertisers": "advertiser",
+        "campaigns": "campaign",
+        "line_items": "line item",
+        "creatives": "creative",
+    }
+)
+_ENTITY_PATH = re.compile(r"\$\.(advertisers|campaigns|line_items|creatives)\[([0-9]+)\]")
+
+
+def _duplicate_ids(items: Sequence[object]) -> frozenset[str]:
+    """The string ids given to more than one entry of ``items``."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for item in items:
+        ident = item.get("id") if isinstance(item, dict) else None
+        if isinstance(ident, str):
+            (twice if ident in seen else seen).add(ident)
+    return frozenset(twice)
+
+
+def _entity_label(kind: str, item: Mapping[Any, Any], duplicates: frozenset[str]) -> str:
+    """How an issue names the entity it is in: by its id, or by what is wrong with it."""
+    if "id" not in item:
+        return f"a {kind} with no id"
+    ident = item["id"]
+    if not isinstance(ident, str):
+        return f"a {kind} whose id {_show(ident)} is not a string"
+    if ident in duplicates:
+        return f"{kind} {_show(ident)}, an id given to more than one {kind}"
+    if not _ID.fullmatch(ident):
+        return f"{kind} {_show(ident)}, an invalid id"
+    return f"{kind} {_show(ident)}"
+
+
+def _with_entities(errs: Issues, data: object) -> Issues:
+    """``errs``, each issue inside an advertiser, campaign, line item or creative naming
+    that entity by its id (the path alone gives its index: of little help among thousands
+    of line items). Works on the raw document, so an entity whose id is missing, not a
+    string, malformed or duplicated is named by that, and the issue is still reported."""
+    if not isinstance(data, dict):
+        return errs
+    items: dict[str, Sequence[object]] = {}
+    duplicates: dict[str, frozenset[str]] = {}
+    for name in _COLLECTIONS:
+        raw = data.get(name)
+        if isinstance(raw, list | tuple):
+            items[name] = raw
+    out: Issues = []
+    for issue in errs:
+        m = _ENTITY_PATH.match(issue.path)
+        entries = items.get(m.group(1)) if m is not None else None
+        if m is None or entries is None or int(m.group(2)) >= len(entries):
+            out.append(issue)
+            continue
+        item = entries[int(m.group(2))]
+        if not isinstance(item, dict):  # reported as not an object: nothing to name it by
+            out.append(issue)
+            continue
+        name = m.group(1)
+        if name not in duplicates:
+            duplicates[name] = _duplicate_ids(entries)
+        ident = item.get("id")
+        about_id = issue.path == f"{m.group()}.id"  # its message tells the id's problem
+        entity = None if about_id else _entity_label(_COLLECTIONS[name], item, duplicates[name])
+        out.append(replace(issue, entity=entity, id=ident if isinstance(ident, str) else None))
+    return out
 
 
 def _parse(data: object, errs: Issues) -> Catalog | None:
@@ -1760,7 +1841,7 @@ def main_check_catalog(argv: Sequence[str]) -> int:
         cat = load_catalog(args.path)
     except CatalogError as e:
         if args.json:
-            errors = [{"path": i.path, "message": i.message} for i in e.errors]
+            errors = [{"path": i.path, "message": i.message, "id": i.id} for i in e.errors]
             print(json.dumps({"ok": False, "source": e.source, "errors": errors}))
         else:
             n = len(e.errors)
