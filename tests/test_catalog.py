@@ -1253,3 +1253,35 @@ def test_every_error_names_its_entity_by_id() -> None:
     doc["version"] = "bad version!"
     version = {e.path: e for e in errors_of(doc)}["$.version"]
     assert (version.entity, version.id) == (None, None)
+
+
+def test_values_differing_only_in_case_conflict_where_matching_folds_case() -> None:
+    """``genre`` and ``ifa_type`` are matched in any case, so ``include ["Drama"]`` with
+    ``exclude ["drama"]`` is one value both included and excluded: it loaded, and the
+    exclude silently won. Every such value is an error; a dimension matched case-sensitively
+    (``series``, ``segment``, a key-value) keeps its two values."""
+    doc = demo_doc()
+    t = doc["line_items"][LI_BLUEFIN]["targeting"]
+    t["genre"] = {"include": ["Drama", "news"], "exclude": ["drama", "NEWS", "kids"]}
+    t["ifa_type"] = {"include": ["rida"], "exclude": ["RIDA"]}
+    p = f"$.line_items[{LI_BLUEFIN}].targeting"
+    errors = errors_of(doc)
+    assert_exactly(
+        errors,
+        [
+            (f"{p}.genre.exclude", '"NEWS" is both included (as "news") and excluded'),
+            (f"{p}.genre.exclude", '"drama" is both included (as "Drama") and excluded'),
+            (f"{p}.ifa_type.exclude", '"RIDA" is both included (as "rida") and excluded'),
+        ],
+    )
+    assert all("matched in any case" in e.message for e in errors), describe(errors)
+    sensitive = demo_doc()
+    t = sensitive["line_items"][LI_BLUEFIN]["targeting"]
+    t["series"] = {"include": ["Drama"], "exclude": ["drama"]}
+    t["segment"] = {"include": ["Auto"], "exclude": ["auto"]}
+    t["key_values"] = {"t": {"include": ["House"], "exclude": ["house"]}}
+    li_id = sensitive["line_items"][LI_BLUEFIN]["id"]
+    targeting = parse_catalog(sensitive).line_items[li_id].targeting
+    assert targeting.rules["series"] == Rule(frozenset({"Drama"}), frozenset({"drama"}))
+    assert targeting.rules["segment"] == Rule(frozenset({"Auto"}), frozenset({"auto"}))
+    assert targeting.key_values["t"] == Rule(frozenset({"House"}), frozenset({"house"}))

@@ -1176,22 +1176,40 @@ DIMENSIONS: Mapping[str, Parser[str]] = MappingProxyType(
 """Targeting dimension name to the parser of its values."""
 
 
-def _rule_sane(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
-    include, exclude = d.get("include"), d.get("exclude")
-    if include is None or exclude is None:
-        return
-    if not include and not exclude:
-        _fail(errs, path, "rule lists no values: give 'include' and/or 'exclude' values")
-    for value in sorted(include & exclude):
-        _fail(errs, f"{path}.exclude", f"{_show(value)} is both included and excluded")
+def _rule_sane(*, any_case: bool) -> Check:
+    """A rule lists some value, and none both included and excluded; ``any_case``: its
+    dimension is matched in any case (:data:`CASE_FOLDED`), so ``include ["Drama"]`` and
+    ``exclude ["drama"]`` are one value, both included and excluded."""
+
+    def check(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
+        include, exclude = d.get("include"), d.get("exclude")
+        if include is None or exclude is None:
+            return
+        if not include and not exclude:
+            _fail(errs, path, "rule lists no values: give 'include' and/or 'exclude' values")
+        included = {v.lower() if any_case else v: v for v in sorted(include)}
+        for value in sorted(exclude):
+            same = included.get(value.lower() if any_case else value)
+            if same == value:
+                _fail(errs, f"{path}.exclude", f"{_show(value)} is both included and excluded")
+            elif same is not None:
+                _fail(
+                    errs,
+                    f"{path}.exclude",
+                    f"{_show(value)} is both included (as {_show(same)}) and excluded: "
+                    "values are matched in any case here",
+                )
+
+    return check
 
 
-def rule(values: Parser[str], what: str) -> Obj[Rule]:
+def rule(values: Parser[str], what: str, *, any_case: bool = False) -> Obj[Rule]:
+    """A rule over ``values``; ``any_case``: matched in any case (see :func:`_rule_sane`)."""
     return Obj(
         what,
         {"include": F(set_of(values), frozenset()), "exclude": F(set_of(values), frozenset())},
         lambda d: Rule(**d),
-        checks=[_rule_sane],
+        checks=[_rule_sane(any_case=any_case)],
     )
 
 
@@ -1233,7 +1251,10 @@ def _targeting(d: dict[str, Any]) -> Targeting:
 TARGETING = Obj(
     "targeting",
     {
-        **{dim: F(rule(values, f"{dim} rule"), _ABSENT) for dim, values in DIMENSIONS.items()},
+        **{
+            dim: F(rule(values, f"{dim} rule", any_case=dim in CASE_FOLDED), _ABSENT)
+            for dim, values in DIMENSIONS.items()
+        },
         "dayparts": F(list_of(DAYPART), ()),
         "key_values": F(
             map_of(
