@@ -155,6 +155,7 @@ BAD_INPUT = [
     ("device_type=fridge", "device_type"),
     ("platform=amiga", "platform"),
     ("country=USA", "country"),
+    ("country=CA&region=US-NY", "region"),  # a region of another country
     ("rating=R", "rating"),
     ("live=maybe", "live"),
     ("lmt=2", "lmt"),
@@ -211,6 +212,7 @@ BAD_VMAP = [
     ("inline=2", "inline"),
     ("midroll_duration=-1", "midroll_duration"),
     ("device_type=toaster", "device_type"),
+    ("country=CA&region=US-NY", "region"),  # a region of another country
 ]
 
 

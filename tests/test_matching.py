@@ -94,7 +94,9 @@ def requests(draw: st.DrawFn) -> tuple[int, dict[str, str], timedelta]:
     maybe("device_type", ["ctv", "stb", "mobile", "desktop"])
     maybe("platform", ["roku", "tvos", "androidtv", "firetv", "web"])
     maybe("country", [v for v in _vocab(catalog, "country") if len(v) == 2] or ["US"])
-    maybe("region", _vocab(catalog, "region"))
+    country = q.get("country")  # a region of another country is a 400
+    regions = [r for r in _vocab(catalog, "region") if r.startswith(country or "")]
+    maybe("region", regions or [f"{country}-ZZ"])
     maybe("dma", [v for v in _vocab(catalog, "dma") if v.isdigit()] or ["501"])
     maybe("rating", list(RATINGS))
     maybe("live", ["0", "1"])

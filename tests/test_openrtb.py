@@ -571,6 +571,20 @@ def test_region_without_country_is_dropped_and_full_codes_kept() -> None:
     assert parse(doc).request.device.region == "US-NY"
 
 
+def test_region_of_another_country_is_dropped() -> None:
+    """``geo.country`` CAN with ``geo.region`` US-NY names no place: the region was taken
+    as written. As for any ill-shaped targeting code, it is dropped (the country stays)
+    and the request serves; ``/vast`` answers the same a 400."""
+    doc = dynamic_pod()
+    doc["device"]["geo"] = {"country": "CAN", "region": "US-NY"}
+    d = parse(doc).request.device
+    assert (d.country, d.region) == ("CA", None)
+    doc["device"]["geo"] = {"country": "CAN", "region": "ca-on"}
+    assert parse(doc).request.device.region == "CA-ON"
+    doc["device"]["geo"] = {"country": "XYZ", "region": "US-NY"}  # no country to disagree
+    assert parse(doc).request.device.region == "US-NY"
+
+
 def test_language_from_langb() -> None:
     doc = dynamic_pod()
     del doc["device"]["language"]

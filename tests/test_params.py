@@ -266,7 +266,7 @@ def test_ip_prefix_keeps_the_network_not_the_host(text: str | None, network: str
         (None, "US-NY", "US-NY"),
         (None, "us-ny", "US-NY"),
         ("CA", "CA-ON", "CA-ON"),
-        ("US", "CA-ON", "CA-ON"),  # a full code is taken as written
+        ("ca", "ca-on", "CA-ON"),
     ],
 )
 def test_region_is_normalised_as_the_geo_table_reads_it(
@@ -311,6 +311,23 @@ def test_a_malformed_region_is_refused(query: dict[str, str]) -> None:
         parse_targeting(query, client_info({}, PEER))
     assert err.value.field == "region"
     assert "ISO 3166-2" in err.value.why
+
+
+@pytest.mark.parametrize(
+    ("country", "region", "other"),
+    [("CA", "US-NY", "US"), ("us", "ca-on", "CA"), ("GB", "US-NY", "US")],
+)
+def test_a_region_of_another_country_is_refused(country: str, region: str, other: str) -> None:
+    """``country=CA&region=US-NY`` names no place: it was taken as written, so the viewer
+    matched both a Canada country rule and a New York region rule. A 400 names ``region``
+    and why, as for a malformed one."""
+    from vastserver.params import parse_targeting
+
+    with pytest.raises(ParamError) as err:
+        parse_targeting({"country": country, "region": region}, client_info({}, PEER))
+    assert err.value.field == "region"
+    code, of = region.upper(), country.upper()
+    assert err.value.why == f"{code} is a region of {other}, not of country {of}"
 
 
 def test_ifa_type_is_case_folded_as_openrtb_folds_it() -> None:

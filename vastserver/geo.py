@@ -75,6 +75,12 @@ def region_code(region: str | None, country: str | None) -> str | None:
     return None
 
 
+def region_in(code: str, country: str | None) -> bool:
+    """Whether the region ``code`` (the catalog's form, :func:`region_code`) lies in
+    ``country`` (alpha-2, upper case); any country's does when there is none."""
+    return country is None or code.partition("-")[0] == country
+
+
 def normalize(country: str | None, region: str | None, dma: str | int | None) -> GeoInfo:
     """Clean codes: unknown shapes become ``None``; a bare subdivision gets its country."""
     c = (country or "").strip().upper()

@@ -55,7 +55,8 @@ Mapped elsewhere
   IFA and the segments are dropped, as ``lmt=1`` on ``/vast``), devicetype (AdCOM list),
   os/make -> platform,
   ``geo.country`` (alpha-3 -> alpha-2; alpha-2 accepted too), ``geo.region`` (prefixed with
-  the country: ``NY`` -> ``US-NY``, the catalog's ISO 3166-2 form), ``geo.metro`` -> dma,
+  the country: ``NY`` -> ``US-NY``, the catalog's ISO 3166-2 form; dropped when it is
+  another country's, ``US-NY`` with ``CAN``), ``geo.metro`` -> dma,
   language/langb (primary subtag, lowercased), ``device.ext.ifa_type`` or ``ext.ifa_type``.
 * ``app.content`` (else ``site.content``): id, genre (comma string) + cat codes -> genres,
   contentrating, livestream, series, channel.name (else network.name), language (a fallback
@@ -117,7 +118,7 @@ from vastserver.consent import (
     applicable_sections,
     read_privacy,
 )
-from vastserver.geo import region_code
+from vastserver.geo import region_code, region_in
 from vastserver.params import (
     MAX_AD_S,
     MAX_DOMAIN,
@@ -727,6 +728,7 @@ def _device(root: Obj, client: ClientInfo) -> Device:
     geo = _opt_obj(dev, "geo", "device") or {}
     country = country_alpha2(_opt_str(geo, "country", "device.geo", 16))
     metro = _opt_str(geo, "metro", "device.geo", 16)
+    region = region_code(_opt_str(geo, "region", "device.geo", 16), country)
 
     language = language_code(_opt_str(dev, "language", "device", 32)) or language_code(
         _opt_str(dev, "langb", "device", 64)
@@ -743,7 +745,7 @@ def _device(root: Obj, client: ClientInfo) -> Device:
             _opt_str(dev, "os", "device", 64), _opt_str(dev, "make", "device", 64), device_type
         ),
         country=country,
-        region=region_code(_opt_str(geo, "region", "device.geo", 16), country),
+        region=region if region is not None and region_in(region, country) else None,
         dma=metro if metro is not None and _DMA_RE.match(metro) else None,
         language=language,
     )

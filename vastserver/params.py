@@ -25,7 +25,7 @@ from vastserver.consent import (
     parse_gpp_sid,
     read_privacy,
 )
-from vastserver.geo import region_code
+from vastserver.geo import region_code, region_in
 from vastserver.pipeline.context import (
     DEVICE_TYPES,
     PLATFORMS,
@@ -423,7 +423,9 @@ def _long_text(q: Mapping[str, str], name: str, max_len: int) -> str | None:
 
 def _region(q: Mapping[str, str], country: str | None) -> str | None:
     """``region`` as the geo table reads its rows (:func:`~vastserver.geo.region_code`): an
-    ISO 3166-2 code (``US-NY``, any case), or a bare subdivision (``NY``) of ``country``."""
+    ISO 3166-2 code (``US-NY``, any case), or a bare subdivision (``NY``) of ``country``.
+    A full code must be one of ``country``'s when that is given (``country=CA&region=US-NY``
+    names no place)."""
     got = _get(q, "region")
     if got is None:
         return None
@@ -433,6 +435,10 @@ def _region(q: Mapping[str, str], country: str | None) -> str | None:
             "region",
             "must be an ISO 3166-2 code such as US-NY, or a subdivision code such as NY "
             "with country",
+        )
+    if not region_in(code, country):
+        raise ParamError(
+            "region", f"{code} is a region of {code.partition('-')[0]}, not of country {country}"
         )
     return code
 
