@@ -15,6 +15,11 @@ Segments are files ``events-<UTC yyyymmddTHHMMSS>-<pid>-<nnnnnn>.jsonl`` in one 
 pid keeps several server workers writing into the same directory apart. A segment is closed and
 a new one started before a line would take it over ``segment_max_bytes``; lines are never split.
 
+With ``retention_s`` the writer deletes finished segments (of every process sharing the
+directory) last written more than that long ago: when it opens a segment, at start-up and every
+``retention_check_s`` (default an hour) of the log's clock, so a quiet log that never rotates
+still prunes.
+
 When writing fails (disk full, I/O error, read-only remount) serving continues: the events stay
 queued (at most ``buffer_max_events``; beyond that the oldest are dropped, counted in
 ``dropped_total`` and reported through ``on_drop``) and the writer retries every interval, so the
@@ -34,7 +39,9 @@ import gzip
 import itertools
 import json
 import logging
+import math
 import os
+import stat
 import threading
 import time
 import weakref
@@ -45,7 +52,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 from vastserver.logs import event
 
@@ -92,6 +99,8 @@ class EventLog:
         *,
         segment_max_bytes: int = 64 * MiB,
         max_segments: int | None = None,
+        retention_s: float | None = None,
+        retention_check_s: float = 3600.0,
         commit_interval_s: float = 0.05,
         buffer_max_events: int = 100_000,
         on_drop: Callable[[int, str], None] | None = None,
@@ -101,6 +110,10 @@ class EventLog:
             raise ValueError("segment_max_bytes must be >= 1")
         if max_segments is not None and max_segments < 1:
             raise ValueError("max_segments must be >= 1 or None")
+        if retention_s is not None and not (retention_s > 0 and math.isfinite(retention_s)):
+            raise ValueError("retention_s must be a finite number > 0 or None")
+        if not (retention_check_s > 0 and math.isfinite(retention_check_s)):
+            raise ValueError("retention_check_s must be a finite number > 0")
         if not commit_interval_s > 0:
             raise ValueError("commit_interval_s must be > 0")
         if buffer_max_events < 1:
@@ -109,6 +122,8 @@ class EventLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.segment_max_bytes = segment_max_bytes
         self.max_segments = max_segments
+        self.retention_s = retention_s
+        self.retention_check_s = retention_check_s
         self.commit_interval_s = commit_interval_s
         self.buffer_max_events = buffer_max_events
         self._on_drop = on_drop
@@ -140,6 +155,7 @@ class EventLog:
         self._seg_counter = 0
         self._last_name_time = 0.0
         self._failing = False
+        self._next_expiry_check = -math.inf  # log clock; the first writer iteration prunes
 
         # File operations, replaceable by tests to simulate a full or failing disk.
         self._os_open: Callable[[Path, int, int], int] = os.open
@@ -299,6 +315,8 @@ class EventLog:
                 self._note_outcome(err, written)
             for count, reason in reports:
                 self._report_drop(count, reason)
+            if self.retention_s is not None and not stopping:
+                self._prune_expired(periodic=True)
             with self._cond:
                 self._attempts_done = attempt
                 self._cond.notify_all()
@@ -450,6 +468,8 @@ class EventLog:
             self._segments_created += 1
         if self.max_segments is not None:
             self._prune(self.max_segments, name)
+        if self.retention_s is not None:
+            self._prune_expired(periodic=False)
 
     def _close_segment(self) -> None:
         fd, path, size = self._fd, self._seg_path, self._seg_size
@@ -483,8 +503,39 @@ class EventLog:
         for name in names:
             if excess <= 0 or name >= current:
                 break
-            if _delete_if_inactive(self.directory / name):
+            if _delete_if_inactive(self.directory / name) != "kept":
                 excess -= 1
+
+    def _prune_expired(self, *, periodic: bool) -> None:
+        """Writer thread: delete the finished segments last written (mtime) more than
+        ``retention_s`` before the log's clock says it is now; ``periodic``: only if the
+        last pass is ``retention_check_s`` old. Logs what it freed; never raises."""
+        retention_s = self.retention_s
+        assert retention_s is not None
+        try:
+            now = self._clock()
+            if periodic and now < self._next_expiry_check:
+                return
+            self._next_expiry_check = now + self.retention_check_s
+            deleted, freed = _delete_older_than(self.directory, now - retention_s, self._seg_path)
+        except Exception as e:
+            event(
+                log,
+                "event_log_prune_failed",
+                logging.WARNING,
+                directory=str(self.directory),
+                error=str(e) or repr(e),
+            )
+            return
+        if deleted:
+            event(
+                log,
+                "event_log_pruned",
+                directory=str(self.directory),
+                segments=deleted,
+                bytes=freed,
+                retention_days=retention_s / 86400,
+            )
 
     def _after_fork_in_child(self) -> None:
         # The writer thread does not exist in the child and the lock may be held by it.
@@ -529,29 +580,55 @@ def _is_segment_name(name: str) -> bool:
     )
 
 
-def _delete_if_inactive(path: Path) -> bool:
-    """Unlink ``path`` unless a writer holds its lock. True if it is gone afterwards."""
+Deletion: TypeAlias = Literal["deleted", "gone", "kept"]
+
+
+def _delete_if_inactive(path: Path) -> Deletion:
+    """Unlink ``path`` unless a writer holds its lock: ``deleted`` (by us), ``gone`` (another
+    pruner was first) or ``kept`` (being written, or the unlink failed: logged)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return True
-    except OSError:
-        return False
+        return "gone"
+    except OSError as e:
+        event(log, "event_log_prune_failed", logging.WARNING, segment=str(path), error=str(e))
+        return "kept"
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            return False  # being written
+            return "kept"  # being written
         try:
             path.unlink()
         except FileNotFoundError:
-            pass
+            return "gone"
         except OSError as e:
             event(log, "event_log_prune_failed", logging.WARNING, segment=str(path), error=str(e))
-            return False
-        return True
+            return "kept"
+        return "deleted"
     finally:
         os.close(fd)
+
+
+def _delete_older_than(directory: Path, cutoff: float, own: Path | None) -> tuple[int, int]:
+    """Delete the segments (plain and gzip'd, of every process) in ``directory`` whose mtime
+    is before ``cutoff``, except ``own`` and any still being written (flock'ed). A file
+    another pruner removes meanwhile is skipped. Returns how many we deleted, and their bytes."""
+    with os.scandir(directory) as entries:
+        candidates = [e for e in entries if _is_segment_name(e.name)]
+    deleted = freed = 0
+    for entry in candidates:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        path = Path(entry.path)
+        if not stat.S_ISREG(st.st_mode) or st.st_mtime >= cutoff or path == own:
+            continue
+        if _delete_if_inactive(path) == "deleted":
+            deleted += 1
+            freed += st.st_size
+    return deleted, freed
 
 
 def _close_all_at_exit() -> None:
