@@ -962,6 +962,9 @@ def create_app(
             settings.event_log_dir,
             clock=lambda: clock().timestamp(),
             commit_interval_s=settings.event_log_commit_ms / 1000,
+            retention_s=None
+            if settings.event_log_retention_days is None
+            else settings.event_log_retention_days * 86_400,
             on_drop=lambda n, why: _events_dropped(metrics, n, why),
         )
     models = ModelManager(

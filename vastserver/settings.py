@@ -6,6 +6,7 @@ Every problem is collected before start-up stops, so one run shows all of them.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import secrets
 from collections.abc import Mapping
@@ -81,6 +82,9 @@ class Settings:
     event_log_dir: Path | None = None
     """Directory of the durable event log; None disables it (tests of other features)."""
     event_log_commit_ms: int = 50
+    event_log_retention_days: float | None = None
+    """Finished event-log segments last written longer ago than this are deleted; None keeps
+    them all."""
     state_file: Path | None = None
     """The in-memory store's state file (caps, budgets, beacon claims across restarts);
     None keeps the state in memory only."""
@@ -142,6 +146,7 @@ def _int(problems: list[str], name: str, raw: str | None, lo: int, hi: int) -> i
 
 
 DEFAULT_EVENT_LOG_DIR = PROJECT_ROOT / "var" / "events"
+MAX_RETENTION_DAYS = 3650
 
 
 def event_log_dir(raw: str | None) -> Path | None:
@@ -309,6 +314,19 @@ def load_settings(
     event_dir_raw = pick("event_log", "VASTSERVER_EVENT_LOG_DIR")
     event_dir = event_log_dir(event_dir_raw)
     commit_ms = integer("event_log_commit_ms", "VASTSERVER_EVENT_LOG_COMMIT_MS", 1, 10_000, 50)
+    retention_raw = pick("event_log_retention_days", "VASTSERVER_EVENT_LOG_RETENTION_DAYS")
+    retention_days = None
+    if retention_raw is not None:
+        try:
+            retention_days = float(retention_raw)
+        except ValueError:
+            retention_days = math.nan
+        if not 0 < retention_days <= MAX_RETENTION_DAYS:  # NaN too
+            problems.append(
+                "VASTSERVER_EVENT_LOG_RETENTION_DAYS: days, a number above 0 and at most "
+                f"{MAX_RETENTION_DAYS} (fractions allowed), got {retention_raw[:40]!r}"
+            )
+            retention_days = None
     state_raw = pick("state_file", "VASTSERVER_STATE_FILE")
     state_file = None
     if state_raw is not None and state_raw.lower() not in ("", "off", "none"):
@@ -401,6 +419,7 @@ def load_settings(
         event_log_dir=event_dir,
         geo_path=geo_path,
         event_log_commit_ms=commit_ms,
+        event_log_retention_days=retention_days,
         state_file=state_file,
         state_save_s=state_save_s,
         gc_sweep_s=gc_sweep_s,
