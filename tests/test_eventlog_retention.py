@@ -58,7 +58,7 @@ def logs() -> Iterator[list[EventLog]]:
 
 def open_log(logs: list[EventLog], directory: Path, clock: Clock, **kwargs: Any) -> EventLog:
     kwargs.setdefault("commit_interval_s", 0.01)
-    event_log = EventLog(directory, clock=clock, retention_s=7 * DAY, **kwargs)
+    event_log = EventLog(directory, clock=clock, wall_clock=clock, retention_s=7 * DAY, **kwargs)
     logs.append(event_log)
     return event_log
 

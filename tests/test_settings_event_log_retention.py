@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import FIXED_NOW, ClientFactory
+from tests.conftest import ClientFactory
 from vastserver.app import RUNTIME
 from vastserver.eventlog import EventLog
 from vastserver.settings import SettingsError, load_settings
@@ -18,10 +19,11 @@ DAY = 86_400.0
 
 
 def aged_segment(directory: Path, name: str, age_days: float) -> Path:
-    """A finished segment last written ``age_days`` before the test server's clock."""
+    """A finished segment last written ``age_days`` ago, in real time (the files' clock; the
+    test server's own clock is fixed elsewhere and must not age them)."""
     path = directory / name
     path.write_bytes(b'{"old":1}\n')
-    mtime = FIXED_NOW.timestamp() - age_days * DAY
+    mtime = time.time() - age_days * DAY
     os.utime(path, (mtime, mtime))
     return path
 
@@ -52,7 +54,7 @@ async def test_server_prunes_at_start_up(
 ) -> None:
     directory = tmp_path / "events"
     directory.mkdir()
-    # Ages on the server's (injected) clock, which is the log's.
+    # Real ages, while the server's injected clock says 2026-11-25: retention follows the files.
     old = aged_segment(directory, "events-20261101T000000-11-000001.jsonl", 8)
     recent = aged_segment(directory, "events-20261120T000000-12-000001.jsonl", 1)
     overrides: dict[str, Any] = {"event_log": str(directory)}

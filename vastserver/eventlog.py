@@ -17,8 +17,8 @@ a new one started before a line would take it over ``segment_max_bytes``; lines 
 
 With ``retention_s`` the writer deletes finished segments (of every process sharing the
 directory) last written more than that long ago: when it opens a segment, at start-up and every
-``retention_check_s`` (default an hour) of the log's clock, so a quiet log that never rotates
-still prunes.
+``retention_check_s`` (default an hour), so a quiet log that never rotates still prunes. Ages
+are judged on ``wall_clock`` (real time, as the filesystem stamps files), not ``clock``.
 
 When writing fails (disk full, I/O error, read-only remount) serving continues: the events stay
 queued (at most ``buffer_max_events``; beyond that the oldest are dropped, counted in
@@ -105,6 +105,7 @@ class EventLog:
         buffer_max_events: int = 100_000,
         on_drop: Callable[[int, str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if segment_max_bytes < 1:
             raise ValueError("segment_max_bytes must be >= 1")
@@ -128,6 +129,9 @@ class EventLog:
         self.buffer_max_events = buffer_max_events
         self._on_drop = on_drop
         self._clock = clock
+        # Retention compares files' mtimes, which the filesystem stamps in real time: an
+        # accelerated or fixed ``clock`` (the simulator's, a test server's) must not age them.
+        self._wall_clock = wall_clock
         self._pid = os.getpid()
 
         # Shared state, guarded by _lock.
@@ -155,7 +159,7 @@ class EventLog:
         self._seg_counter = 0
         self._last_name_time = 0.0
         self._failing = False
-        self._next_expiry_check = -math.inf  # log clock; the first writer iteration prunes
+        self._next_expiry_check = -math.inf  # wall clock; the first writer iteration prunes
 
         # File operations, replaceable by tests to simulate a full or failing disk.
         self._os_open: Callable[[Path, int, int], int] = os.open
@@ -508,12 +512,12 @@ class EventLog:
 
     def _prune_expired(self, *, periodic: bool) -> None:
         """Writer thread: delete the finished segments last written (mtime) more than
-        ``retention_s`` before the log's clock says it is now; ``periodic``: only if the
+        ``retention_s`` before the wall clock says it is now; ``periodic``: only if the
         last pass is ``retention_check_s`` old. Logs what it freed; never raises."""
         retention_s = self.retention_s
         assert retention_s is not None
         try:
-            now = self._clock()
+            now = self._wall_clock()
             if periodic and now < self._next_expiry_check:
                 return
             self._next_expiry_check = now + self.retention_check_s
