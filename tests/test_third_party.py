@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from lxml import etree
 
-from tests.conftest import DEMO_CATALOG, ClientFactory
+from tests.conftest import DEMO_CATALOG, PUBLIC_URL, ClientFactory
 from tests.support import conformance as c
 from tests.test_catalog import demo_doc, errors_of, has_issue
 from vastserver.catalog.load import parse_catalog
@@ -416,15 +416,23 @@ async def test_privacy_macros_are_filled_in_per_request(
     assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
 
 
-async def _openrtb_pod(client: Any, regs: dict[str, Any], user: dict[str, Any]) -> bytes:
-    """The VAST of a ``/openrtb2/pod`` bid for a Tag Show break with these privacy signals."""
-    body = {
+async def _openrtb_pod(
+    client: Any,
+    regs: dict[str, Any],
+    user: dict[str, Any],
+    device: dict[str, Any] | None = None,
+) -> bytes:
+    """The VAST of a ``/openrtb2/pod`` bid for a Tag Show break with these privacy signals
+    (and ``device``, when given)."""
+    body: dict[str, Any] = {
         "id": "r1",
         "imp": [{"id": "1", "video": {"poddur": 90, "maxseq": 3, "mimes": ["video/mp4"]}}],
         "site": {"content": {"series": "tag-show"}},
         "user": user,
         "regs": regs,
     }
+    if device is not None:
+        body["device"] = device
     resp = await client.post("/openrtb2/pod", data=json.dumps(body))
     assert resp.status == 200, await resp.text()
     text = await resp.text()
@@ -594,3 +602,222 @@ async def test_openrtb_privacy_signals_fill_the_vast_tag_url(
     tcf = GPP_WITH_TCF.split("~")[1]
     assert got == _tag(gdpr="1", tc=tcf, us="1YNN", gpp=GPP_WITH_TCF, sid="2")
     assert await tag_uri({}, {}) == _tag()
+
+
+# --------------------------------------------------------------------------------------------
+# Device macros: withheld (VAST 4.3 section 6.1's -2) for a viewer who refused tracking
+# --------------------------------------------------------------------------------------------
+
+DEVICE_QUERY = (
+    "ifa=[IFA]&ifa_type=[IFATYPE]&ip=[DEVICEIP]&ua=[DEVICEUA]&ll=[LATLONG]"
+    "&lmt=[LIMITADTRACKING]&ord=[CACHEBUSTING]&player=[CLIENTUA]"
+)
+WITHHELD_QUERY = "ifa=-2&ifa_type=-2&ip=-2&ua=-2&ll=-2&lmt=1&ord=[CACHEBUSTING]&player=[CLIENTUA]"
+DEVICE_MACRO_NAMES = ("[IFA]", "[IFATYPE]", "[DEVICEIP]", "[DEVICEUA]", "[LATLONG]")
+ZERO_IFA = "00000000-0000-0000-0000-000000000000"
+
+
+def device_doc() -> dict[str, Any]:
+    """:func:`wrapper_doc` with the device macros in every URL of every creative a third
+    party answers: the tag, trackers of several events, icons' trackers, click-through and
+    image, verification scripts and their ``verificationNotExecuted`` trackers, media,
+    mezzanine and caption files."""
+    doc = wrapper_doc(f"https://ad.thirdparty.example/vast?{DEVICE_QUERY}")
+    for cr in doc["creatives"]:
+        cr["trackers"] = {
+            "impression": [f"https://px.example/imp?{DEVICE_QUERY}&g=${{GDPR}}"],
+            "complete": [f"https://px.example/done?{DEVICE_QUERY}"],
+            "click": [f"https://px.example/c?{DEVICE_QUERY}"],
+        }
+        for r in (*cr.get("renditions", ()), *cr.get("captions", ())):
+            r["url"] += f"?{DEVICE_QUERY}"
+        if cr.get("mezzanine"):
+            cr["mezzanine"]["url"] += f"?{DEVICE_QUERY}"
+        cr["icons"] = [
+            {
+                "program": "AdChoices",
+                "width": 20,
+                "height": 20,
+                "x_position": "right",
+                "y_position": "top",
+                "image_url": f"https://icons.example/adchoices.png?{DEVICE_QUERY}",
+                "creative_type": "image/png",
+                "click_through": f"https://icons.example/why?{DEVICE_QUERY}",
+                "view_tracking_urls": [f"https://icons.example/v?{DEVICE_QUERY}"],
+                "click_tracking_urls": [f"https://icons.example/c?{DEVICE_QUERY}"],
+            }
+        ]
+        cr["verifications"] = [
+            {
+                "vendor": "verify.example-omid",
+                "js_url": f"https://verify.example/omid.js?{DEVICE_QUERY}",
+                "parameters": "{}",
+                "not_executed_urls": [f"https://verify.example/ne?r=[REASON]&{DEVICE_QUERY}"],
+            }
+        ]
+    return doc
+
+
+async def _device_client(make_client: ClientFactory, tmp_path: Path) -> Any:
+    """A server of :func:`device_doc`."""
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(device_doc()))
+    return await make_client(catalog=str(path))
+
+
+def _third_party_urls(xml: bytes) -> list[str]:
+    """Every URL of the document that is not ours: the catalog's."""
+    out = []
+    for e in etree.fromstring(xml).iter():
+        text = (e.text or "").strip()
+        if text.startswith("http") and not text.startswith(PUBLIC_URL):
+            out.append(text)
+    return out
+
+
+def _own_urls(xml: bytes) -> list[str]:
+    """Our beacons and click-throughs (tokens cut off: they differ between requests)."""
+    out = []
+    for e in etree.fromstring(xml).iter():
+        text = (e.text or "").strip()
+        if text.startswith(PUBLIC_URL):
+            out.append(re.sub(r"tk=[^&]*", "tk=", text))
+    return out
+
+
+def _assert_withheld(xml: bytes) -> None:
+    text = xml.decode()
+    for name in (*DEVICE_MACRO_NAMES, "[LIMITADTRACKING]"):
+        assert name not in text, name
+    urls = _third_party_urls(xml)
+    assert len(urls) >= 8, urls
+    assert [u for u in urls if WITHHELD_QUERY not in u] == []
+
+
+def _assert_untouched(xml: bytes) -> None:
+    urls = _third_party_urls(xml)
+    assert len(urls) >= 8, urls
+    assert [u for u in urls if DEVICE_QUERY not in u] == []
+    assert "=-2" not in xml.decode()
+
+
+def _refusals() -> dict[str, str]:
+    from tests.test_consent import tc_string
+
+    return {
+        "lmt": "lmt=1",
+        "zero_ifa": f"device_id={ZERO_IFA}",
+        "gdpr_without_consent": f"gdpr=1&gdpr_consent={tc_string({2, 3, 4})}",
+    }
+
+
+def _consents() -> dict[str, str]:
+    from tests.test_consent import tc_string
+
+    return {
+        "lmt0": "lmt=0&device_id=6d92078a-8246-4ba4-ae5b-76104861e7dc",
+        "gdpr_consent": f"gdpr=1&gdpr_consent={tc_string({1, 2, 3, 4})}",
+        "nothing": "",
+    }
+
+
+def test_the_device_macros_are_withheld_with_the_value_vast_gives_for_policy() -> None:
+    from vastserver.tracking import (
+        DEVICE_MACROS,
+        WITHHELD,
+        has_device_macros,
+        withhold_device_macros,
+    )
+
+    assert WITHHELD == "-2"  # VAST 4.3, 6.1: known, but not shared because of policy
+    assert DEVICE_MACROS["LIMITADTRACKING"] == "1"
+    url = f"https://px.example/i?{DEVICE_QUERY}"
+    assert has_device_macros(url)
+    assert withhold_device_macros(url) == f"https://px.example/i?{WITHHELD_QUERY}"
+    plain = "https://px.example/i?ord=[CACHEBUSTING]&t=[TIMESTAMP]&c=[CLIENTUA]&s=[SERVERUA]"
+    assert not has_device_macros(plain)
+    assert withhold_device_macros(plain) == plain
+    # percent-encoded brackets are literal text, which no player fills in
+    assert withhold_device_macros("https://px.example/%5BIFA%5D") == "https://px.example/%5BIFA%5D"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_device_macros_are_withheld_for_a_viewer_who_refused_tracking(
+    make_client: ClientFactory, tmp_path: Path, version: str
+) -> None:
+    c.require_spec()
+    client = await _device_client(make_client, tmp_path)
+    base = f"/vast?vast={version}&series=tag-show&pod_duration=90&max_ads=3"
+    refusals, consents = _refusals(), _consents()
+    sessions = iter(range(100))
+
+    async def get(q: str) -> bytes:  # a session of its own: no caps from the others
+        resp = await client.get(f"{base}&session=s{next(sessions)}&{q}")
+        assert resp.status == 200, await resp.text()
+        return bytes(await resp.read())
+
+    docs = []
+    # refused and consenting viewers in turn, twice: the cached fragments of one never
+    # answer the other
+    for _ in range(2):
+        for (_, refused), (_, consented) in zip(refusals.items(), consents.items(), strict=True):
+            xml = await get(refused)
+            _assert_withheld(xml)
+            docs.append(xml)
+            other = await get(consented)
+            _assert_untouched(other)
+            docs.append(other)
+            # our own beacons carry no device macro to withhold, and keep their macros
+            for doc in (xml, other):
+                own = _own_urls(doc)
+                assert own and all("[CACHEBUSTING]" in u and "=-2" not in u for u in own)
+                macros = {m for u in own for m in re.findall(r"\[([A-Z]+)\]", u)}
+                assert macros <= {"CACHEBUSTING", "TIMESTAMP", "ADPLAYHEAD", "ERRORCODE"}
+    # the debug render (the full template path) withholds alike
+    xml = await get("lmt=1&debug=1")
+    _assert_withheld(xml)
+    docs.append(xml)
+    _assert_untouched(await get("debug=1"))
+    for xml in docs[:4]:
+        assert c.validate_vast_xsd(xml, version) == []
+        lint_errors, lint_warnings = c.vastlint_report(xml)
+        assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
+    if c.node_available():
+        for result in c.node_parse_many([d.decode() for d in docs[:2]], "vast"):
+            assert result["ok"], result["error"]
+
+
+async def test_device_macros_are_withheld_in_an_inline_vmap(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    c.require_spec()
+    client = await _device_client(make_client, tmp_path)
+    base = "/vmap?inline=1&series=tag-show&content_duration=1200&preroll=1&midroll_interval=600"
+    for refused, consented in zip(_refusals().values(), _consents().values(), strict=True):
+        resp = await client.get(f"{base}&{refused}")
+        assert resp.status == 200, await resp.text()
+        xml = bytes(await resp.read())
+        assert b"<vmap:VASTAdData>" in xml
+        _assert_withheld(xml)
+        assert c.validate_vmap_xsd(xml) == []
+        xml = bytes(await (await client.get(f"{base}&{consented}")).read())
+        _assert_untouched(xml)
+
+
+async def test_openrtb_withholds_the_device_macros_of_a_viewer_who_refused_tracking(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    from tests.test_consent import tc_string
+
+    client = await _device_client(make_client, tmp_path)
+
+    async def pod(device: dict[str, Any], regs: dict[str, Any], user: dict[str, Any]) -> bytes:
+        return await _openrtb_pod(client, regs, user, device)
+
+    no_consent = {"consent": tc_string({2, 3, 4})}
+    for _ in range(2):
+        _assert_withheld(await pod({"lmt": 1}, {}, {}))
+        _assert_untouched(await pod({"lmt": 0}, {}, {}))
+        _assert_withheld(await pod({"ifa": ZERO_IFA}, {}, {}))
+        _assert_untouched(await pod({}, {"gdpr": 1}, {"consent": tc_string({1, 2, 3, 4})}))
+        _assert_withheld(await pod({}, {"gdpr": 1}, no_consent))

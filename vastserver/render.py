@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,10 +37,12 @@ from vastserver.tracking import (
     Keyring,
     TrackingUrls,
     fill_privacy,
+    has_device_macros,
     privacy_values,
     scope_of,
     sign_scopes,
     sign_with_click,
+    withhold_device_macros,
 )
 
 AD_SYSTEM = "vastserver"
@@ -74,8 +76,8 @@ _Fragment = tuple[tuple[str, ...], tuple[int, ...]]
 _Media = tuple[frozenset[str] | None, bool]
 """Which media an ad lists (:func:`media_of`): the rendition types (None: all of them,
 :func:`listed_types`) and whether http media is left out (:func:`https_only`)."""
-_FragmentKey = tuple[int, str, bool, _Media, bool]
-"""(candidate id, VAST version, priced, media, expires)."""
+_FragmentKey = tuple[int, str, bool, _Media, bool, bool]
+"""(candidate id, VAST version, priced, media, expires, withheld)."""
 
 
 def _cdata(url: str) -> Markup:
@@ -359,6 +361,11 @@ class Renderer:
         self._fragments: LRUCache[_FragmentKey, tuple[Candidate, _Fragment]] = LRUCache(
             maxsize=fragment_cache_size
         )
+        self._device_macros: LRUCache[int, tuple[Creative, bool]] = LRUCache(
+            maxsize=fragment_cache_size
+        )
+        """Whether a creative's URLs carry :data:`~vastserver.tracking.DEVICE_MACROS`, by
+        ``id`` (read only for viewers who refused tracking: :meth:`_withheld`)."""
         self._versions = {v: VersionVM.of(v) for v in LINEAR_EVENTS_BY_VERSION}
 
     # ------------------------------------------------------------------ VAST
@@ -414,6 +421,19 @@ class Renderer:
             debug_comment=debug_comment,
         )
 
+    def _withheld(self, decision: Decision, cr: Creative) -> bool:
+        """Whether ``cr``'s ad withholds its third-party URLs' device macros: when the viewer
+        refused tracking (``lmt``, which the all-zero IFA and a GDPR refusal set) and the
+        creative has any, so that every other request shares the one fragment."""
+        if not decision.request.device.lmt:
+            return False
+        hit = self._device_macros.get(id(cr))
+        if hit is not None and hit[0] is cr:  # the entry holds ``cr``: its id is not reused
+            return hit[1]
+        has = any(map(has_device_macros, catalog_urls(cr)))
+        self._device_macros[id(cr)] = (cr, has)
+        return has
+
     def _dynamic(self, decision: Decision, ad: PlacedAd) -> tuple[str, ...]:
         """The request-dependent values of one ad, in :data:`_DYNAMIC` order."""
         req = decision.request
@@ -461,6 +481,7 @@ class Renderer:
             *dyn[_N_SCOPES:],
             privacy=_privacy(decision),
             expires=expires,
+            withheld=self._withheld(decision, ad.candidate.creative),
         )
         return Markup(self.ad_template.render(ver=ver, ad=vm, debug_json=debug_json))
 
@@ -469,7 +490,10 @@ class Renderer:
     ) -> Markup:
         cr = ad.candidate.creative
         media = media_of(cr, decision)
-        statics, slots = self._fragment(ad.candidate, ver, _micros(ad) > 0, media, expires)
+        withheld = self._withheld(decision, cr)
+        statics, slots = self._fragment(
+            ad.candidate, ver, _micros(ad) > 0, media, expires, withheld
+        )
         dyn = self._dynamic(decision, ad)
         # The tokens are base64url, dots and hex (nothing to escape); the rest is escaped
         # as the template would (a test holds this path equal to the template's). Only a
@@ -485,7 +509,13 @@ class Renderer:
         return Markup("".join(out))
 
     def _fragment(
-        self, c: Candidate, ver: VersionVM, priced: bool, media: _Media, expires: bool = True
+        self,
+        c: Candidate,
+        ver: VersionVM,
+        priced: bool,
+        media: _Media,
+        expires: bool = True,
+        withheld: bool = False,
     ) -> _Fragment:
         """The ad template's text for ``c`` cut at the placeholders: the static pieces, and
         between each two the index of the :data:`_DYNAMIC` value that goes there. With and
@@ -494,8 +524,11 @@ class Renderer:
         the rendition types listed, ``None`` (all of them) sharing the entry of every
         request that filters nothing out of this creative; and whether http media is left
         out, so that a fragment without it never answers a request that may have it, nor
-        the other way round. With and without ``<Expires>`` (``expires``, :meth:`vast_vm`)."""
-        key = (id(c), ver.version, priced, media, expires)
+        the other way round. With and without ``<Expires>`` (``expires``, :meth:`vast_vm`).
+        With and without device macros withheld (``withheld``, :meth:`_withheld`): a
+        refused viewer's variant never answers a viewer who did not refuse, nor the other
+        way round."""
+        key = (id(c), ver.version, priced, media, expires, withheld)
         hit = self._fragments.get(key)
         if hit is not None and hit[0] is c:  # the entry holds ``c``: its id is not reused
             return hit[1]
@@ -510,6 +543,7 @@ class Renderer:
             *ph[_N_SCOPES + 1 : _N_AD],
             privacy=ph[_N_AD:],
             expires=expires,
+            withheld=withheld,
         )
         pieces = self._split.split(self.ad_template.render(ver=ver, ad=vm, debug_json=None))
         frag = (tuple(pieces[0::2]), tuple(self._slot_of[p] for p in pieces[1::2]))
@@ -530,12 +564,15 @@ class Renderer:
         *,
         privacy: Sequence[str],
         expires: bool = True,
+        withheld: bool = False,
     ) -> AdVM:
         """``media``: the rendition types to list (None: all) and whether to leave out http
         renditions, mezzanine and caption files (:func:`media_of`); ``tokens``: the ad's token
         signed for each of :data:`BEACON_SCOPES`, in order;
         ``privacy``: the values of the privacy macros (:data:`PRIVACY_MACROS` order);
-        ``expires``: whether the ad carries ``<Expires>`` (4.1+)."""
+        ``expires``: whether the ad carries ``<Expires>`` (4.1+); ``withheld``: whether the
+        device macros in the catalog's URLs (:func:`catalog_urls`) are replaced by their
+        withheld values (:func:`~vastserver.tracking.withhold_device_macros`)."""
 
         def url(event: str) -> Markup:
             return _cdata(self.urls.event(event, tokens[_SCOPE_INDEX[scope_of(event)]]))
@@ -548,12 +585,17 @@ class Renderer:
         if cr.skip_offset_ms is not None and version != "2.0":
             events.append("skip")
 
+        def cat(u: str) -> Markup:  # a URL from the catalog, which a third party answers
+            return _cdata(withhold_device_macros(u) if withheld else u)
+
         def fill(u: str) -> str:  # a third party's URL, with its privacy macros filled in
+            if withheld:
+                u = withhold_device_macros(u)
             return fill_privacy(u, privacy) if cr.privacy_macros else u
 
         extra = cr.trackers
         tag = cr.vast_tag_url
-        if cr.privacy_macros:
+        if cr.privacy_macros or withheld:
             extra = {e: tuple(map(fill, us)) for e, us in extra.items()}
             tag = None if tag is None else fill(tag)
         tracking = []
@@ -597,22 +639,22 @@ class Renderer:
             click_tracking=_cdata(self.urls.event("click", click_token)) if wrapper else None,
             expires_s=self.expires_s if expires else None,
             captions=tuple(
-                CaptionVM(_cdata(x.url), x.mime, x.language)
+                CaptionVM(cat(x.url), x.mime, x.language)
                 for x in cr.captions
                 if not secure or is_https(x.url)
             ),
             extra_impressions=tuple(_cdata(u) for u in extra.get("impression", ())),
             click_trackers=tuple(_cdata(u) for u in extra.get("click", ())),
-            media_files=_media_files(cr, types, secure),
-            mezzanine=_mezzanine(cr, secure),
+            media_files=_media_files(cr, types, secure, cat),
+            mezzanine=_mezzanine(cr, secure, cat),
             verifications=tuple(
                 VerificationVM(
                     v.vendor,
                     v.api_framework,
-                    _cdata(v.js_url),
+                    cat(v.js_url),
                     _cdata(v.parameters),
                     v.browser_optional,
-                    tuple(_cdata(u) for u in v.not_executed_urls),
+                    tuple(map(cat, v.not_executed_urls)),
                 )
                 for v in cr.verifications
             ),
@@ -626,10 +668,10 @@ class Renderer:
                     duration=None if i.duration_ms is None else duration(i.duration_ms),
                     offset=None if i.offset_ms is None else duration(i.offset_ms),
                     creative_type=i.creative_type,
-                    image_url=_cdata(i.image_url),
-                    click_through=None if i.click_through is None else _cdata(i.click_through),
+                    image_url=cat(i.image_url),
+                    click_through=None if i.click_through is None else cat(i.click_through),
                     fallback_images=tuple(
-                        FallbackImageVM(_cdata(f.image_url), f.width, f.height, f.alt_text)
+                        FallbackImageVM(cat(f.image_url), f.width, f.height, f.alt_text)
                         for f in i.click_fallback_images
                     )
                     if ver.v42
@@ -857,8 +899,36 @@ def https_only(cr: Creative, require_https: bool) -> bool:
     return require_https and cr.http_media
 
 
+def catalog_urls(cr: Creative) -> Iterator[str]:
+    """Every URL of ``cr``'s ad that comes from the catalog: what the player (or a stitcher
+    for it) fetches or opens from third parties, our own beacons and ``/c`` aside. The
+    click-through is not among them: it travels in the click token, and ``/c`` fills in
+    the few macros it may carry (:data:`~vastserver.tracking.CLICK_MACROS`)."""
+    for us in cr.trackers.values():
+        yield from us
+    if cr.vast_tag_url is not None:
+        yield cr.vast_tag_url
+    yield from (r.url for r in cr.renditions)
+    if cr.mezzanine is not None:
+        yield cr.mezzanine.url
+    yield from (x.url for x in cr.captions)
+    for v in cr.verifications:
+        yield v.js_url
+        yield from v.not_executed_urls
+    for i in cr.icons:
+        yield i.image_url
+        if i.click_through is not None:
+            yield i.click_through
+        yield from (f.image_url for f in i.click_fallback_images)
+        yield from i.view_tracking_urls
+        yield from i.click_tracking_urls
+
+
 def _media_files(
-    cr: Creative, media: frozenset[str] | None, secure: bool = False
+    cr: Creative,
+    media: frozenset[str] | None,
+    secure: bool = False,
+    cat: Callable[[str], Markup] = _cdata,
 ) -> tuple[MediaFileVM, ...]:
     """The renditions (of the ``media`` types, when given; https ones only when ``secure``),
     numbered as in the catalog."""
@@ -871,20 +941,23 @@ def _media_files(
             height=r.height,
             bitrate=r.bitrate_kbps,
             codec=r.codec,
-            url=_cdata(r.url),
+            url=cat(r.url),
         )
         for n, r in enumerate(cr.renditions, start=1)
         if (media is None or r.mime.lower() in media) and (not secure or is_https(r.url))
     )
 
 
-def _mezzanine(cr: Creative, secure: bool = False) -> MezzanineVM | None:
-    """The creative's mezzanine; none when it is http and ``secure`` asks for https."""
+def _mezzanine(
+    cr: Creative, secure: bool = False, cat: Callable[[str], Markup] = _cdata
+) -> MezzanineVM | None:
+    """The creative's mezzanine; none when it is http and ``secure`` asks for https.
+    ``cat``: how a catalog URL goes out (``_media_files`` too)."""
     m = cr.mezzanine
     if m is None or (secure and not is_https(m.url)):
         return None
     return MezzanineVM(
-        url=_cdata(m.url),
+        url=cat(m.url),
         delivery="progressive",
         type=m.mime,
         width=m.width,

@@ -112,6 +112,7 @@ __all__ = [
     "CLICK_SCOPE",
     "COUNTED_EVENTS",
     "DEFAULT_MACRO_VALUES",
+    "DEVICE_MACROS",
     "DOLLAR_MACRO",
     "EVENTS",
     "FORMAT_VERSION",
@@ -133,6 +134,7 @@ __all__ = [
     "PRIVACY_MACROS",
     "VIEWER_HASH_LEN",
     "VMAP_BREAK_EVENTS",
+    "WITHHELD",
     "AdToken",
     "BeaconLogParams",
     "BeaconParams",
@@ -145,6 +147,7 @@ __all__ = [
     "expand_macros",
     "fill_click_macros",
     "fill_privacy",
+    "has_device_macros",
     "has_privacy_macros",
     "is_privacy_macro",
     "new_ad_serving_id",
@@ -156,6 +159,7 @@ __all__ = [
     "sign_with_click",
     "verify",
     "viewer_hash",
+    "withhold_device_macros",
 ]
 
 FORMAT_VERSION = 2
@@ -1246,6 +1250,48 @@ def fill_privacy(url: str, values: Sequence[str]) -> str:
     """``url`` with its privacy macros replaced by ``values`` (:func:`privacy_values`, or
     anything in that order); other text, IAB ``[MACROS]`` included, stays as it is."""
     return _PRIVACY_MACRO.sub(lambda m: values[(m.lastindex or 1) - 1], url)
+
+
+# --------------------------------------------------------------------------------------------
+# Device macros: withheld here, at serve time, for a viewer who refused tracking
+# --------------------------------------------------------------------------------------------
+
+WITHHELD = "-2"
+"""VAST 4.3 section 6.1 ("Marking Macro Values as Unknown or Unavailable"): a macro whose
+value is known but may not be shared by policy is replaced with ``-2`` (``-1``: unknown)."""
+DEVICE_MACROS: Mapping[str, str] = MappingProxyType(
+    {
+        "IFA": WITHHELD,
+        "IFATYPE": WITHHELD,
+        "DEVICEIP": WITHHELD,
+        "DEVICEUA": WITHHELD,
+        "LATLONG": WITHHELD,
+        "LIMITADTRACKING": "1",
+    }
+)
+"""The IAB macros that identify or locate a viewer's device, with what they become in a
+third party's URL served to a viewer who refused tracking (``lmt=1``, the all-zero IFA, no
+GDPR consent to a device identifier): a player fills in every macro it supports, so left
+in they would hand the vendor what the viewer refused. The advertising id, its type (it
+says which id scheme, hence the device's platform, and means nothing without the id), the
+device's IP address and user agent and its geolocation are withheld (:data:`WITHHELD`);
+``[LIMITADTRACKING]`` is ``1``, as the player may not know of a refusal only the server
+decided (a GDPR one). ``[CLIENTUA]`` and ``[SERVERUA]`` name software (the player, the
+stitcher), ``[GDPRCONSENT]`` is the refusal itself: those stay for the player."""
+_DEVICE_MACRO = re.compile(r"\[(" + "|".join(DEVICE_MACROS) + r")\]")
+
+
+def has_device_macros(url: str) -> bool:
+    """Whether ``url`` carries one of :data:`DEVICE_MACROS`."""
+    return "[" in url and _DEVICE_MACRO.search(url) is not None
+
+
+def withhold_device_macros(url: str) -> str:
+    """``url`` with its :data:`DEVICE_MACROS` replaced by their values for a viewer who
+    refused tracking; other text, other macros (``[CACHEBUSTING]``) included, stays."""
+    if "[" not in url:
+        return url
+    return _DEVICE_MACRO.sub(lambda m: DEVICE_MACROS[m.group(1)], url)
 
 
 @dataclass(frozen=True, slots=True)
