@@ -727,8 +727,11 @@ def test_metrics_port_settings() -> None:
     s = make_settings(metrics_port="9100", workers="2", redis="redis://127.0.0.1:6379/0")
     assert (s.metrics_port, s.workers) == (9100, 2)
     assert make_settings().metrics_port is None
+    # 0: each worker's metrics port is picked by the system, so no range of ports to check
+    s = make_settings(metrics_port="0", port="0", workers="2", redis="redis://127.0.0.1:6379/0")
+    assert (s.metrics_port, s.port) == (0, 0)
     for bad, why in [
-        ({"metrics_port": "0"}, "between 1 and 65535"),
+        ({"metrics_port": "-1"}, "between 0 and 65535"),
         ({"metrics_port": "65535", "workers": "2", "redis": "redis://x"}, "ports 65535-65536"),
         ({"metrics_port": "8079", "workers": "2", "redis": "redis://x"}, "include VASTSERVER_PORT"),
     ]:

@@ -43,7 +43,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     # wins over the default), so the parser's own are None and the help says them.
     p = sub.add_parser("serve", help="run the ad server", formatter_class=HelpWithDefaults)
     p.add_argument("--host", help="bind address (VASTSERVER_HOST, default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (VASTSERVER_PORT, default 8080)")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="port; 0: a free one the system picks, named in the start-up 'listening' log line "
+        "(VASTSERVER_PORT, default 8080)",
+    )
     p.add_argument(
         "--catalog", help=f"catalog JSON (VASTSERVER_CATALOG, default {DEFAULT_CATALOG})"
     )
@@ -72,7 +77,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--metrics-port",
         dest="metrics_port",
         type=int,
-        help="worker i serves /metrics alone on this port + i, and no longer on the main port "
+        help="worker i serves /metrics alone on this port + i, and no longer on the main port; "
+        "0: each worker on a free port of its own, named in the 'listening' log line "
         "(VASTSERVER_METRICS_PORT, default none)",
     )
     p.add_argument(
@@ -373,7 +379,9 @@ def serve(argv: Sequence[str]) -> int:
     metrics_socks: list[socket.socket | None] = [None] * settings.workers
     if settings.metrics_port is not None:
         for i in range(settings.workers):
-            port = settings.metrics_port + i
+            # 0: each worker's own port is the system's pick (a worker started again in
+            # its place gets the same socket, so the port it is scraped on stays)
+            port = settings.metrics_port + i if settings.metrics_port else 0
             try:
                 metrics_socks[i] = _bind(settings, port)
             except OSError as e:
@@ -389,17 +397,39 @@ def serve(argv: Sequence[str]) -> int:
             "players on https pages may block them, and beacons travel in the clear; "
             "set VASTSERVER_PUBLIC_URL to an https:// URL",
         )
-    event(
-        log,
-        "listening",
-        url=f"http://{settings.host}:{sock.getsockname()[1]}",
-        public_url=settings.public_url,
-        workers=settings.workers,
-    )
+    _log_listening(settings, sock, metrics_socks)
     if settings.workers == 1:
         _run_worker(settings, sock, metrics_socks[0])
         return 0
     return _supervise(settings, sock, metrics_socks)
+
+
+def _log_listening(
+    settings: Settings, sock: socket.socket, metrics_socks: Sequence[socket.socket | None]
+) -> None:
+    """The ``listening`` log line, once every port is bound and before any worker loads:
+    the ports as bound, so with port 0 (``--port 0``, ``--metrics-port 0``) the ones the
+    system picked. ``port`` and ``url`` are the main socket's; with a metrics port,
+    ``metrics_ports`` lists worker ``i``'s at index ``i``. A supervisor (or a test) that
+    starts the server on port 0 reads its ports here: none can be taken by another process
+    between a pick and the bind."""
+    port = sock.getsockname()[1]
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{port}"
+    fields: dict[str, Any] = {"url": url, "port": port}
+    msg = f"listening on {url}"
+    if settings.metrics_port is not None:
+        ports = [s.getsockname()[1] for s in metrics_socks if s is not None]
+        fields["metrics_ports"] = ports
+        msg += ", /metrics on port " + ", ".join(map(str, ports))
+    event(
+        log,
+        "listening",
+        **fields,
+        public_url=settings.public_url,
+        workers=settings.workers,
+        msg=msg,
+    )
 
 
 _FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}

@@ -52,7 +52,8 @@ class Settings:
     port: int = 8080
     workers: int = 1
     metrics_port: int | None = None
-    """Worker ``i`` (0-based) also answers ``GET /metrics`` on ``metrics_port + i``."""
+    """Worker ``i`` (0-based) answers ``GET /metrics`` on ``metrics_port + i``; with 0, on a
+    free port of its own that the system picks (the ``listening`` log line names them)."""
     tcf_vendor_id: int | None = None
     """Our IAB TCF vendor id: under the GDPR, consent strings must also consent to it."""
     public_url: str = "http://127.0.0.1:8080"
@@ -204,10 +205,10 @@ def load_settings(
         problems,
         "metrics_port (VASTSERVER_METRICS_PORT)",
         pick("metrics_port", "VASTSERVER_METRICS_PORT"),
-        1,
+        0,
         65535,
     )
-    if metrics_port is not None:
+    if metrics_port:  # 0: each worker's port is picked by the system, none is in a range
         last = metrics_port + (workers or 1) - 1
         if last > 65535:
             problems.append(
