@@ -32,26 +32,11 @@ CHECKOUT_EVENTS = ROOT / "var" / "events"  # the server's default event-log dire
 
 
 def free_port() -> int:
+    """A port nothing listened on a moment ago (for a connection that must fail); a server
+    under test binds port 0 instead: see :class:`Server`."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _two_free_ports() -> int:
-    """A port p with p and p + 1 free."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            p = int(a.getsockname()[1])
-            if p >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", p + 1))
-                except OSError:
-                    continue
-                return p
-    raise AssertionError("no two consecutive free ports")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -76,11 +61,29 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def _is_listening(line: str) -> bool:
+    return '"event":"listening"' in line
+
+
+LISTENING_LIMIT_S = 60.0
+"""Longest wait for a server's ``listening`` line (settings and bundle checks come first)."""
+
+
 class Server:
+    """``vastserver serve`` in a process of its own, on ``--port 0`` unless ``args`` give a
+    port: it binds a free port the system picks and names it in its ``listening`` log line,
+    read when :attr:`port` is first asked for. A port picked here and bound by the server
+    later could be taken in between (by a parallel job, or by an outgoing connection of this
+    run: ephemeral ports come from the same range), failing a test for no defect.
+
+    A test that reads the server's output itself reads what follows that line: the lines
+    up to it are in :meth:`head`."""
+
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "vastserver", "serve", "--port", str(self.port), *args]
+        given = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--port"]
+        self._port = (int(given[-1]) if given else 0) or None  # 0: the one it logs it got
+        port_args = () if given else ("--port", "0")
+        cmd = [sys.executable, "-m", "vastserver", "serve", *port_args, *args]
         self.proc = subprocess.Popen(
             cmd,
             env=env or _env(),
@@ -89,13 +92,49 @@ class Server:
             cwd=ROOT,
             start_new_session=True,  # its own process group: the tests can pause it whole
         )
+        self._head: _Output | None = None
+
+    def head(self, limit_s: float = LISTENING_LIMIT_S) -> list[str]:
+        """The output lines up to and including ``listening`` (waited for up to ``limit_s``;
+        an AssertionError, with the output, when the server exits without it)."""
+        if self._head is None:
+            self._head = _Output(self.proc, until=_is_listening)
+        out = self._head
+        out.wait_for(lambda lines: out.closed or any(map(_is_listening, lines)), limit_s)
+        assert any(map(_is_listening, out.lines)), "no listening line: " + "".join(out.lines)
+        return out.lines
+
+    def listening(self) -> dict[str, Any]:
+        """The server's ``listening`` log line: its ports as bound."""
+        (line,) = [json.loads(x) for x in self.head() if _is_listening(x)]
+        return line
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            self._port = int(self.listening()["port"])
+        return self._port
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_ports(self) -> list[int]:
+        """Each worker's metrics port (worker i's at index i), from the ``listening`` line."""
+        return [int(p) for p in self.listening()["metrics_ports"]]
+
+    def output(self) -> str:
+        """All the server wrote, once it has closed its output (stopped)."""
+        assert self.proc.stdout is not None
+        head = "".join(self._head.finish()) if self._head is not None else ""
+        return head + self.proc.stdout.read().decode()
 
     def wait_ready(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
-                raise AssertionError(f"server exited early: {out}")
+                raise AssertionError(f"server exited early: {self.output()}")
             try:
                 if _get(self.base + "/readyz", 0.5)[0] == 200:
                     return
@@ -125,16 +164,29 @@ class _Output:
     """A process's output lines, read by a thread as they come: a test can wait for a line
     with a deadline instead of sleeping for a time that a loaded machine may overrun."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], until: Callable[[str], bool] | None = None
+    ) -> None:
+        """With ``until``, reading stops after the first line it is true of: what follows
+        stays in the process's pipe, for another reader."""
         assert proc.stdout is not None
         self._stdout = proc.stdout
+        self._until = until
         self.lines: list[str] = []
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         for raw in iter(self._stdout.readline, b""):
-            self.lines.append(raw.decode())
+            line = raw.decode()
+            self.lines.append(line)
+            if self._until is not None and self._until(line):
+                return
+
+    @property
+    def closed(self) -> bool:
+        """Whether reading has ended: the output closed, or the ``until`` line came."""
+        return not self._thread.is_alive()
 
     def wait_for(self, done: Callable[[list[str]], bool], limit_s: float) -> None:
         deadline = time.monotonic() + limit_s
@@ -199,10 +251,9 @@ def test_a_worker_that_dies_is_replaced(server_factory: Any, redis_url: str) -> 
     """An OOM kill of one worker must not leave the instance at half capacity with /readyz
     still 200 and nothing logged: the parent logs ``worker_exited`` and starts another,
     which serves; a SIGTERM then stops the server cleanly (exit 0)."""
-    mport = _two_free_ports()
     launched = time.monotonic()  # before any worker's start
     srv = server_factory(
-        "--workers", "2", "--redis", redis_url, "--event-log", "off", "--metrics-port", str(mport)
+        "--workers", "2", "--redis", redis_url, "--event-log", "off", "--metrics-port", "0"
     )
     srv.wait_ready()
 
@@ -230,7 +281,7 @@ def test_a_worker_that_dies_is_replaced(server_factory: Any, redis_url: str) -> 
         time.sleep(0.1)
     replacement = (now - before).pop()
     deadline = time.monotonic() + 30
-    for port in (mport, mport + 1):  # each worker's own port: the new one's once it is up
+    for port in srv.metrics_ports:  # each worker's own port: the new one's once it is up
         while True:
             try:
                 if _get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)[0] == 200:
@@ -242,8 +293,7 @@ def test_a_worker_that_dies_is_replaced(server_factory: Any, redis_url: str) -> 
     for i in range(20):
         assert _get(srv.base + f"/vast?pod_duration=30&device_id=r{i}")[0] == 200
     assert srv.stop() == 0
-    assert srv.proc.stdout is not None
-    lines = [json.loads(x) for x in srv.proc.stdout.read().decode().splitlines() if x]
+    lines = [json.loads(x) for x in srv.output().splitlines() if x]
     exited = [x for x in lines if x["event"] == "worker_exited"]
     assert len(exited) == 1 and exited[0]["pid"] == int(victim)
     # died young: started again after a second; else at once
@@ -257,7 +307,7 @@ def test_serve_refuses_workers_without_a_shared_store() -> None:
     """Forked workers cannot share the in-memory store: without Redis each would count caps,
     budgets and beacon replays on its own, so ``--workers 2`` alone is a settings error."""
     r = subprocess.run(
-        [sys.executable, "-m", "vastserver", "serve", "--port", str(free_port()), "--workers", "2"],
+        [sys.executable, "-m", "vastserver", "serve", "--port", "0", "--workers", "2"],
         env=_env(),
         capture_output=True,
         text=True,
@@ -306,12 +356,7 @@ def test_a_sighup_during_start_up_reloads_once_started(
     The same for SIGUSR1 (the model alone), which a worker's admin model reload sends."""
     extra = ("--workers", "2", "--redis", redis_url) if workers == 2 else ()
     srv = server_factory("--event-log", "off", *extra)
-    assert srv.proc.stdout is not None
-    lines: list[str] = []
-    while not any('"listening"' in line for line in lines):
-        line = srv.proc.stdout.readline().decode()
-        assert line, "server exited before listening: " + "".join(lines)
-        lines.append(line)
+    lines = list(srv.head())
     # "listening" is logged before the catalog and the model are loaded (by each worker).
     srv.proc.send_signal(sig)
     out = _Output(srv.proc)
@@ -471,8 +516,7 @@ def test_start_up_logs_listening_then_accepting(server_factory: Any) -> None:
     srv = server_factory("--event-log", "off")
     srv.wait_ready()
     assert srv.stop() == 0
-    assert srv.proc.stdout is not None
-    events = [json.loads(line)["event"] for line in srv.proc.stdout.read().decode().splitlines()]
+    events = [json.loads(line)["event"] for line in srv.output().splitlines()]
     assert events.index("listening") < events.index("accepting") < events.index("stopped")
 
 
@@ -490,11 +534,9 @@ def test_a_port_taken_while_loading_is_a_clean_start_up_error(workers: int, redi
         first = port - (workers - 1)  # the last worker's metrics port is the busy one
         extra = ("--workers", "2", "--redis", redis_url) if workers == 2 else ()
         srv = Server("--metrics-port", str(first), "--event-log", "off", *extra)
-        assert srv.proc.stdout is not None
-        line = srv.proc.stdout.readline().decode()
+        srv.head()  # the server has bound the port too
         os.killpg(srv.proc.pid, signal.SIGSTOP)
         try:
-            assert '"listening"' in line, line  # the server has bound the port too
             busy.listen(1)
         finally:
             os.killpg(srv.proc.pid, signal.SIGCONT)
@@ -508,7 +550,7 @@ def test_a_port_taken_while_loading_is_a_clean_start_up_error(workers: int, redi
             time.sleep(0.2)
         if srv.proc.poll() is None:
             srv.kill()
-        out = srv.proc.stdout.read().decode()
+        out = srv.output()
         assert srv.proc.wait(30) == 2, out
     assert f"cannot listen on 127.0.0.1:{port}" in out and "Traceback" not in out
 
@@ -525,7 +567,7 @@ def test_a_second_server_on_a_running_servers_port_is_refused(
     first.wait_ready()
     second = server_factory("--port", str(first.port), "--event-log", "off", *extra)
     assert second.proc.wait(20) == 2
-    out = second.proc.stdout.read().decode() if second.proc.stdout else ""
+    out = second.output()
     assert f"cannot listen on 127.0.0.1:{first.port}" in out and "Traceback" not in out
     assert {_get(first.base + "/healthz")[0] for _ in range(20)} == {200}
     assert first.stop() == 0
@@ -537,7 +579,7 @@ def test_a_busy_metrics_port_is_a_clean_start_up_error() -> None:
         busy.listen(1)
         port = busy.getsockname()[1]
         srv = Server("--metrics-port", str(port))
-        out = srv.proc.stdout.read().decode() if srv.proc.stdout else ""
+        out = srv.output()
         assert srv.proc.wait(20) == 2
     assert f"cannot listen on 127.0.0.1:{port} (metrics)" in out and "Traceback" not in out
     lines = [json.loads(x) for x in out.splitlines()]  # JSON lines, the failure too
@@ -627,7 +669,7 @@ def test_what_only_loading_finds_wrong_is_a_clean_start_up_error(tmp_path: Path)
         ),
     ):
         srv = Server(*args, env=env)
-        out = srv.proc.stdout.read().decode() if srv.proc.stdout else ""
+        out = srv.output()
         assert srv.proc.wait(20) == 2, out
         assert all(x in out for x in expected) and "Traceback" not in out, out
         # One JSON object per line, as every other log line: the failure is an event
@@ -660,13 +702,9 @@ def test_an_unknown_log_level_is_a_settings_error() -> None:
 def test_port_zero_puts_the_port_it_got_in_the_tracking_urls() -> None:
     """``--port 0`` lets the system pick; the default public URL said port 0, so every
     tracking URL pointed nowhere."""
-    cmd = [sys.executable, "-m", "vastserver", "serve", "--port", "0", "--event-log", "off"]
-    proc = subprocess.Popen(
-        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
-    )
+    srv = Server("--port", "0", "--event-log", "off")
     try:
-        assert proc.stdout is not None
-        listening = json.loads(proc.stdout.readline())
+        listening = srv.listening()
         port = int(listening["url"].rsplit(":", 1)[1])
         assert port > 0 and listening["public_url"] == f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20
@@ -679,8 +717,48 @@ def test_port_zero_puts_the_port_it_got_in_the_tracking_urls() -> None:
                 time.sleep(0.1)
         assert status == 200 and f"http://127.0.0.1:{port}/t/impression?".encode() in body
     finally:
-        proc.terminate()
-        proc.wait(15)
+        srv.kill()
+
+
+def _until_up(url: str, limit_s: float = 30.0) -> tuple[int, bytes]:
+    """``url``'s answer once its port listens (a worker listens once it has loaded)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            return _get(url, timeout=1.0)
+        except OSError:
+            assert time.monotonic() < deadline, url
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_port_zero_and_metrics_port_zero_serve_on_the_ports_the_log_names(
+    server_factory: Any, workers: int, redis_url: str
+) -> None:
+    """Picking a free port and passing it to ``serve`` races anything else that binds in
+    between (a parallel job; an outgoing connection, which takes an ephemeral port from the
+    same range): ``--port 0`` and ``--metrics-port 0`` bind ports the system picks, and the
+    ``listening`` line names them: each worker's metrics port its own, not ``0 + i`` (port
+    1 for a second worker); ``--metrics-port 0`` was a settings error."""
+    extra = ("--workers", "2", "--redis", redis_url) if workers == 2 else ()
+    srv = server_factory("--port", "0", "--metrics-port", "0", "--event-log", "off", *extra)
+    listening = srv.listening()
+    port, mports = listening["port"], listening["metrics_ports"]
+    assert listening["url"] == f"http://127.0.0.1:{port}" and port >= 1024
+    assert len(mports) == workers and len({port, *mports}) == workers + 1, listening
+    assert all(p >= 1024 for p in mports), mports  # picked by the system, not 0 + i
+    assert listening["msg"] == f"listening on http://127.0.0.1:{port}, /metrics on port " + (
+        ", ".join(map(str, mports))
+    )
+    assert listening["level"] == "info" and listening["workers"] == workers
+    srv.wait_ready()
+    status, body = _get(f"{srv.base}/vast?pod_duration=30")
+    assert status == 200 and f"http://127.0.0.1:{port}/t/impression?".encode() in body
+    assert _get(f"{srv.base}/metrics")[0] == 404  # only on the metrics ports
+    for mport in mports:
+        status, text = _until_up(f"http://127.0.0.1:{mport}/metrics")
+        assert status == 200 and b"vastserver_requests_total" in text
+    assert srv.stop() == 0
 
 
 def test_the_default_public_url_brackets_an_ipv6_host() -> None:
@@ -750,10 +828,9 @@ def test_an_admin_model_reload_reaches_every_worker(
     model_file = bundle / "model.ubj"
     saved = model_file.read_bytes()
     model_file.unlink()  # a broken bundle: both workers start on the price scorer
-    mport = _two_free_ports()
     srv = server_factory(
         "--model", str(bundle), "--workers", "2", "--redis", redis_url, "--event-log", "off",
-        "--metrics-port", str(mport),
+        "--metrics-port", "0",
         env=_env(VASTSERVER_MODEL_WATCH_S="0"),
     )  # fmt: skip
     srv.wait_ready()
@@ -761,7 +838,7 @@ def test_an_admin_model_reload_reaches_every_worker(
     def scorers(deadline: float) -> list[str]:
         """Each worker's scorer, read from its own metrics port."""
         found = []
-        for port in (mport, mport + 1):
+        for port in srv.metrics_ports:
             while True:
                 try:
                     status, text = _get(f"http://127.0.0.1:{port}/metrics", timeout=1.0)
@@ -792,8 +869,7 @@ def test_an_admin_model_reload_reaches_every_worker(
         assert time.monotonic() < answered + 30, now
         time.sleep(0.05)
     assert srv.stop() == 0
-    assert srv.proc.stdout is not None
-    lines = [json.loads(x) for x in srv.proc.stdout.read().decode().splitlines() if x]
+    lines = [json.loads(x) for x in srv.output().splitlines() if x]
     assert sum(x["event"] == "model_loaded" for x in lines) == 2, lines
     assert not [x for x in lines if x["event"] == "catalog_reload"], lines
 
@@ -817,12 +893,7 @@ def test_an_http_public_url_off_loopback_is_warned_about_at_start(
     The server still starts, with one warning line; a loopback URL is development."""
     srv = Server("--event-log", "off", "--public-url", public_url)
     try:
-        assert srv.proc.stdout is not None
-        lines: list[dict[str, Any]] = []
-        while not lines or lines[-1]["event"] != "listening":
-            line = srv.proc.stdout.readline().decode()
-            assert line, f"server exited before listening: {lines}"
-            lines.append(json.loads(line))
+        lines = [json.loads(line) for line in srv.head()]
     finally:
         srv.kill()
     found = [x for x in lines if x["event"] == "insecure_public_url"]
@@ -899,11 +970,10 @@ def test_metrics_port_help_says_metrics_leave_the_main_port(
     text = " ".join(serve._get_formatter()._expand_help(action).split())
     assert "also" not in text
     assert "no longer on the main port" in text, text
-    mport = free_port()
-    srv = server_factory("--event-log", "off", "--metrics-port", str(mport))
+    srv = server_factory("--event-log", "off", "--metrics-port", "0")
     srv.wait_ready()
     assert _get(srv.base + "/metrics")[0] == 404
-    assert _get(f"http://127.0.0.1:{mport}/metrics")[0] == 200
+    assert _get(f"http://127.0.0.1:{srv.metrics_ports[0]}/metrics")[0] == 200
     assert srv.stop() == 0
 
 
@@ -988,7 +1058,7 @@ def test_serve_reports_a_broken_arm_bundle_as_a_settings_problem(tmp_path: Path)
         "VASTSERVER_ADMIN_TOKEN": "short",
     }
     r = subprocess.run(
-        [sys.executable, "-m", "vastserver", "serve", "--port", str(free_port())],
+        [sys.executable, "-m", "vastserver", "serve", "--port", "0"],
         env=env,
         capture_output=True,
         text=True,

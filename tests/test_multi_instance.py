@@ -19,7 +19,7 @@ from lxml import etree
 
 from tests.delivery_support import Clock, base_catalog, make_service, request, tokens_for
 from tests.support.redis_server import RedisServer
-from tests.test_cli import Server, _env, _two_free_ports
+from tests.test_cli import Server, _env
 from vastserver.delivery import claim_window_s
 from vastserver.pipeline.delivery import LIFETIME, RESERVATION_WINDOW
 from vastserver.store.base import Guard, Guarded, Incr, Read, StoreUnavailable
@@ -272,8 +272,8 @@ def _counter(text: str, prefix: str) -> float:
 
 def test_each_worker_answers_metrics_on_its_own_port(redis_url: str) -> None:
     """--workers 2 on one port: a scrape of the shared port reaches one worker, so each
-    worker also serves /metrics on METRICS_PORT + i, and their counts add up."""
-    mport = _two_free_ports()
+    worker also serves /metrics on a port of its own (here each one the system picked, as
+    the ``listening`` line names them), and their counts add up."""
     srv = Server(
         "--workers",
         "2",
@@ -282,15 +282,16 @@ def test_each_worker_answers_metrics_on_its_own_port(redis_url: str) -> None:
         "--event-log",
         "off",
         "--metrics-port",
-        str(mport),
+        "0",
     )
     try:
+        mports = srv.metrics_ports
         srv.wait_ready()  # one worker is up: the other may still be loading
         deadline = time.monotonic() + 30
-        for i in range(2):  # each worker's own port listens once that worker is up
+        for i, mport in enumerate(mports):  # each worker's port listens once it is up
             while True:
                 try:
-                    _get(f"http://127.0.0.1:{mport + i}/metrics")
+                    _get(f"http://127.0.0.1:{mport}/metrics")
                     break
                 except OSError:
                     assert time.monotonic() < deadline, f"worker {i} never listened"
@@ -303,11 +304,11 @@ def test_each_worker_answers_metrics_on_its_own_port(redis_url: str) -> None:
                 )
             )
         assert statuses == [200] * n
-        texts = [_get(f"http://127.0.0.1:{mport + i}/metrics")[1].decode() for i in range(2)]
+        texts = [_get(f"http://127.0.0.1:{mport}/metrics")[1].decode() for mport in mports]
         per_worker = [_counter(t, 'vastserver_requests_total{endpoint="vast"') for t in texts]
         assert sum(per_worker) == n
         with pytest.raises(urllib.error.HTTPError) as e:  # only /metrics there
-            _get(f"http://127.0.0.1:{mport}/vast")
+            _get(f"http://127.0.0.1:{mports[0]}/vast")
         assert e.value.code == 404
     finally:
         assert srv.stop() == 0
