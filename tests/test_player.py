@@ -16,21 +16,17 @@ from tests.support import conformance as c
 from vastserver.app import create_app
 
 PLAY_SCRIPT = c.NODE_DIR / "play.mjs"
-PORTS = range(19600, 19900)
-"""Where the server listens: it must know its own URL (every tracking URL is absolute)."""
 VMAP_QUERY = "content_duration=1800&cue_points=600&postroll=0&device_type=ctv&device_id=player-1"
 COUNTED = re.compile(r'^vastserver_beacons_total\{event="([A-Za-z]+)",result="([a-z_]+)"\} (\S+)$')
 
 
-def _free_port() -> int:
-    for port in random.Random().sample(PORTS, len(PORTS)):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 19600-19899")
+def _bound_socket() -> socket.socket:
+    """The server's socket, bound to a port the system picks before the app is made: the
+    app must know its own URL (every tracking URL is absolute), and a port picked, released
+    and bound again by the test server could be taken in between."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 async def _beacons(client: Any) -> Counter[tuple[str, str]]:
@@ -66,11 +62,13 @@ async def test_a_player_plays_the_schedule_and_every_pixel_counts_once(
     with a code and a notUsed, as the libraries fire them: every pixel answers 204 (the
     click 302), each counts once, and firing them all again counts nothing more."""
     c.require_node()
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    sock = _bound_socket()
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = make_settings(public_url=base)
     app = create_app(settings, clock=FakeClock(), rng=random.Random(7))
-    client = await aiohttp_client(app, server_kwargs={"port": port})
+    # the test server serves on that socket (closed with it), never binding a port itself
+    client = await aiohttp_client(app, server_kwargs={"socket_factory": lambda *_: sock})
+    assert str(client.make_url("/")) == base + "/"
 
     played = await _play(base)
     ads, pixels = played["ads"], played["pixels"]
