@@ -821,3 +821,59 @@ async def test_openrtb_withholds_the_device_macros_of_a_viewer_who_refused_track
         _assert_withheld(await pod({"ifa": ZERO_IFA}, {}, {}))
         _assert_untouched(await pod({}, {"gdpr": 1}, {"consent": tc_string({1, 2, 3, 4})}))
         _assert_withheld(await pod({}, {"gdpr": 1}, no_consent))
+
+
+CHILD_QUERY = (
+    "ifa=-2&ifa_type=-2&ip=-2&ua=-2&ll=-2"
+    "&lmt=[LIMITADTRACKING]&ord=[CACHEBUSTING]&player=[CLIENTUA]"
+)
+""":data:`DEVICE_QUERY` served on child-directed content: the identifiers withheld, the
+device's own limit-ad-tracking setting left for the player (the viewer refused nothing)."""
+
+
+def _assert_child_directed(xml: bytes) -> None:
+    text = xml.decode()
+    for name in DEVICE_MACRO_NAMES:
+        assert name not in text, name
+    urls = _third_party_urls(xml)
+    assert len(urls) >= 8, urls
+    assert [u for u in urls if CHILD_QUERY not in u] == []
+
+
+def test_child_directed_content_withholds_the_identifiers_but_not_the_lat_setting() -> None:
+    from vastserver.tracking import withhold_device_macros
+
+    url = f"https://px.example/i?{DEVICE_QUERY}"
+    assert withhold_device_macros(url, refused=False) == f"https://px.example/i?{CHILD_QUERY}"
+    assert withhold_device_macros(url, refused=True) == f"https://px.example/i?{WITHHELD_QUERY}"
+
+
+async def test_device_macros_are_withheld_on_child_directed_content(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """COPPA: no persistent identifier of a child to a third party (Google's child-directed
+    treatment passes no device id either). ``kids=1`` (OpenRTB ``regs.coppa``) withheld
+    nothing: a player filled the vendors' [IFA] in. Served in turn with the other variants:
+    the fragment cache keeps them apart."""
+    c.require_spec()
+    client = await _device_client(make_client, tmp_path)
+    base = "/vast?vast=4.2&series=tag-show&pod_duration=90&max_ads=3"
+    n = iter(range(100))
+
+    async def get(q: str) -> bytes:
+        resp = await client.get(f"{base}&session=k{next(n)}&{q}")
+        assert resp.status == 200, await resp.text()
+        return bytes(await resp.read())
+
+    for _ in range(2):
+        kids = await get("kids=1")
+        _assert_child_directed(kids)
+        _assert_withheld(await get("kids=1&lmt=1"))  # a refusal besides: LAT is 1 too
+        _assert_untouched(await get("kids=0"))
+        _assert_withheld(await get("lmt=1"))
+    assert c.validate_vast_xsd(kids, "4.2") == []
+    lint_errors, lint_warnings = c.vastlint_report(kids)
+    assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
+    for _ in range(2):
+        _assert_child_directed(await _openrtb_pod(client, {"coppa": 1}, {}, {}))
+        _assert_untouched(await _openrtb_pod(client, {"coppa": 0}, {}, {}))

@@ -76,8 +76,12 @@ _Fragment = tuple[tuple[str, ...], tuple[int, ...]]
 _Media = tuple[frozenset[str] | None, bool]
 """Which media an ad lists (:func:`media_of`): the rendition types (None: all of them,
 :func:`listed_types`) and whether http media is left out (:func:`https_only`)."""
-_FragmentKey = tuple[int, str, bool, _Media, bool, bool]
+_FragmentKey = tuple[int, str, bool, _Media, bool, str]
 """(candidate id, VAST version, priced, media, expires, withheld)."""
+REFUSED = "refused"
+"""``withheld`` (:meth:`Renderer._withheld`): the viewer refused tracking."""
+CHILD_DIRECTED = "child_directed"
+"""``withheld``: the content is child-directed (and the viewer did not refuse tracking)."""
 
 
 def _cdata(url: str) -> Markup:
@@ -421,18 +425,22 @@ class Renderer:
             debug_comment=debug_comment,
         )
 
-    def _withheld(self, decision: Decision, cr: Creative) -> bool:
-        """Whether ``cr``'s ad withholds its third-party URLs' device macros: when the viewer
-        refused tracking (``lmt``, which the all-zero IFA and a GDPR refusal set) and the
-        creative has any, so that every other request shares the one fragment."""
-        if not decision.request.device.lmt:
-            return False
+    def _withheld(self, decision: Decision, cr: Creative) -> str:
+        """Why ``cr``'s ad withholds its third-party URLs' device macros, or ``""``: the
+        viewer refused tracking (:data:`REFUSED`: ``lmt``, which the all-zero IFA and a GDPR
+        refusal set), or the content is child-directed (:data:`CHILD_DIRECTED`: ``kids``,
+        OpenRTB ``regs.coppa``; COPPA: no persistent identifier to third parties), and the
+        creative has any; so every other request shares the one fragment."""
+        req = decision.request
+        why = REFUSED if req.device.lmt else CHILD_DIRECTED if req.content.kids else ""
+        if not why:
+            return ""
         hit = self._device_macros.get(id(cr))
         if hit is not None and hit[0] is cr:  # the entry holds ``cr``: its id is not reused
-            return hit[1]
+            return why if hit[1] else ""
         has = any(map(has_device_macros, catalog_urls(cr)))
         self._device_macros[id(cr)] = (cr, has)
-        return has
+        return why if has else ""
 
     def _dynamic(self, decision: Decision, ad: PlacedAd) -> tuple[str, ...]:
         """The request-dependent values of one ad, in :data:`_DYNAMIC` order."""
@@ -515,7 +523,7 @@ class Renderer:
         priced: bool,
         media: _Media,
         expires: bool = True,
-        withheld: bool = False,
+        withheld: str = "",
     ) -> _Fragment:
         """The ad template's text for ``c`` cut at the placeholders: the static pieces, and
         between each two the index of the :data:`_DYNAMIC` value that goes there. With and
@@ -525,8 +533,8 @@ class Renderer:
         request that filters nothing out of this creative; and whether http media is left
         out, so that a fragment without it never answers a request that may have it, nor
         the other way round. With and without ``<Expires>`` (``expires``, :meth:`vast_vm`).
-        With and without device macros withheld (``withheld``, :meth:`_withheld`): a
-        refused viewer's variant never answers a viewer who did not refuse, nor the other
+        With and without device macros withheld, and why (``withheld``, :meth:`_withheld`):
+        a refused viewer's variant never answers a viewer who did not refuse, nor the other
         way round."""
         key = (id(c), ver.version, priced, media, expires, withheld)
         hit = self._fragments.get(key)
@@ -564,15 +572,16 @@ class Renderer:
         *,
         privacy: Sequence[str],
         expires: bool = True,
-        withheld: bool = False,
+        withheld: str = "",
     ) -> AdVM:
         """``media``: the rendition types to list (None: all) and whether to leave out http
         renditions, mezzanine and caption files (:func:`media_of`); ``tokens``: the ad's token
         signed for each of :data:`BEACON_SCOPES`, in order;
         ``privacy``: the values of the privacy macros (:data:`PRIVACY_MACROS` order);
-        ``expires``: whether the ad carries ``<Expires>`` (4.1+); ``withheld``: whether the
-        device macros in the catalog's URLs (:func:`catalog_urls`) are replaced by their
-        withheld values (:func:`~vastserver.tracking.withhold_device_macros`)."""
+        ``expires``: whether the ad carries ``<Expires>`` (4.1+); ``withheld``: why the device
+        macros in the catalog's URLs (:func:`catalog_urls`) are replaced by their withheld
+        values (:func:`~vastserver.tracking.withhold_device_macros`), ``""`` if they are not
+        (:meth:`_withheld`)."""
 
         def url(event: str) -> Markup:
             return _cdata(self.urls.event(event, tokens[_SCOPE_INDEX[scope_of(event)]]))
@@ -586,11 +595,11 @@ class Renderer:
             events.append("skip")
 
         def cat(u: str) -> Markup:  # a URL from the catalog, which a third party answers
-            return _cdata(withhold_device_macros(u) if withheld else u)
+            return _cdata(withhold_device_macros(u, refused=withheld == REFUSED) if withheld else u)
 
         def fill(u: str) -> str:  # a third party's URL, with its privacy macros filled in
             if withheld:
-                u = withhold_device_macros(u)
+                u = withhold_device_macros(u, refused=withheld == REFUSED)
             return fill_privacy(u, privacy) if cr.privacy_macros else u
 
         extra = cr.trackers

@@ -1286,12 +1286,20 @@ def has_device_macros(url: str) -> bool:
     return "[" in url and _DEVICE_MACRO.search(url) is not None
 
 
-def withhold_device_macros(url: str) -> str:
+def withhold_device_macros(url: str, *, refused: bool = True) -> str:
     """``url`` with its :data:`DEVICE_MACROS` replaced by their values for a viewer who
-    refused tracking; other text, other macros (``[CACHEBUSTING]``) included, stays."""
+    refused tracking; other text, other macros (``[CACHEBUSTING]``) included, stays.
+    ``refused=False``: for child-directed content (COPPA: no persistent identifier to a third
+    party) the identifiers are withheld alike, but ``[LIMITADTRACKING]``, the device's own
+    setting, stays for the player: the viewer refused nothing."""
     if "[" not in url:
         return url
-    return _DEVICE_MACRO.sub(lambda m: DEVICE_MACROS[m.group(1)], url)
+    if refused:
+        return _DEVICE_MACRO.sub(lambda m: DEVICE_MACROS[m.group(1)], url)
+    return _DEVICE_MACRO.sub(
+        lambda m: m.group(0) if m.group(1) == "LIMITADTRACKING" else DEVICE_MACROS[m.group(1)],
+        url,
+    )
 
 
 @dataclass(frozen=True, slots=True)
