@@ -1394,8 +1394,8 @@ async def test_a_pacing_pass_yields_once_its_time_slice_is_spent(
     """A chunk of 100 line items held the event loop 15-50 ms on the first pass after a
     start, a reload or a local midnight (budget checks and pacing curves computed then), and
     building the pass's sets at its end ~12 ms at 100k line items: requests waited behind
-    it. The pass now yields whenever its slice (``SLICE_S``) is spent, wherever it is; with a
-    slice of 0 that is at every line item, and the outcome is the same."""
+    it. The pass now yields whenever its slice (``SLICE_S``) is spent (checked every fourth
+    line item paced); with a slice of 0 it yields that often, and the outcome is the same."""
     cat = base_catalog()
     li_a = cat["line_items"][0]
     li_a["pacing"] = {"delivery": "even", "budget": {"impressions": 500}}
@@ -1417,7 +1417,7 @@ async def test_a_pacing_pass_yields_once_its_time_slice_is_spent(
     assert outcomes[0] == outcomes[1]
     assert "li-gone" not in outcomes[0][3] and len(outcomes[0][3]) == len(ids)
     assert turns[1e9] < 20  # the chunks and scans: 3 chunks of 100
-    assert turns[0.0] >= 2 * len(ids)  # both loops over the line items, and the clean-up
+    assert turns[0.0] >= len(ids) // 4  # every 4th line item paced, and more
 
 
 async def test_a_reload_that_renames_line_items_drops_their_pacing_state(

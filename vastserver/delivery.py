@@ -621,9 +621,7 @@ class DeliveryControl:
             chunk = items[start : start + PACING_CHUNK]
             plans: list[tuple[LineItem, str, tuple[BudgetTest, ...]]] = []
             reads: dict[str, Read] = {}
-            for li in chunk:
-                if slices.due():
-                    await slices.yielded()
+            for li in chunk:  # ~28 µs a line item on a first pass: no yield needed here
                 camp = catalog.campaigns[li.campaign_id]
                 tz = camp.timezone
                 day = days.get(tz) or days.setdefault(tz, local_day(now, tz))
@@ -639,8 +637,8 @@ class DeliveryControl:
                 self._store_error(e)
                 return
             used.update(zip(reads, values, strict=True))
-            for li, day, checks in plans:
-                if slices.due():
+            for n, (li, day, checks) in enumerate(plans):
+                if not n & 3 and slices.due():  # the clock read every 4th: a pass's 6 %
                     await slices.yielded()
                 if any(over_budget(used[key], amount, limit) for key, amount, limit in checks):
                     exhausted.add(li.id)
@@ -655,8 +653,8 @@ class DeliveryControl:
         self.throttle = throttle
         self.exhausted = frozenset(exhausted)
         self.paced = frozenset(refused | exhausted)
-        for li_id in list(self.pacing):
-            if slices.due():
+        for n, li_id in enumerate(list(self.pacing)):
+            if not n & 63 and slices.due():
                 await slices.yielded()
             if li_id not in in_pass and li_id in self.pacing:
                 del self.pacing[li_id]  # its flight ended (or has not begun): no stale target
