@@ -297,8 +297,39 @@ def _wait_ready(srv: Server, path: str, timeout_s: float) -> dict[str, Any]:
     raise RuntimeError(f"server not ready after {timeout_s:.0f}s: {last}")
 
 
+PORT_ATTEMPTS = 3
+"""Starts of a server whose port another process took: the harness picks a free port and
+passes it on, and something else (an outgoing connection of this run too: ephemeral ports
+come from the same range) can bind it in between. The server then exits at once, saying
+so, and is started again on another port. (``--port 0`` would need the server's
+``listening`` line, which the bench's ``VASTSERVER_LOG_LEVEL=WARNING`` leaves out.)"""
+
+
+class PortTakenError(RuntimeError):
+    """A server exited at start-up because its port was taken (see :data:`PORT_ATTEMPTS`)."""
+
+
+def _port_taken(srv: Server) -> bool:
+    """Whether ``srv`` exited because its port was in use when it bound it."""
+    if srv.proc.poll() is None:
+        return False
+    return "Address already in use" in srv.logfile.read_text(errors="replace")[-4000:]
+
+
 def start_real(
     opts: Options, catalog: Path, workers: int, workdir: Path, redis_url: str | None = None
+) -> tuple[Server, dict[str, Any]]:
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return _start_real(opts, catalog, workers, workdir, redis_url)
+        except PortTakenError:
+            if attempt == PORT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_real(
+    opts: Options, catalog: Path, workers: int, workdir: Path, redis_url: str | None
 ) -> tuple[Server, dict[str, Any]]:
     port = free_port()
     logfile = workdir / f"server-{workers}w-{port}.log"
@@ -323,8 +354,10 @@ def start_real(
         ready = _wait_ready(srv, "/readyz", 600)
         if workers > 1:  # /readyz answers once one worker is up: wait for them all
             _wait_workers(srv, workers, 600)
-    except Exception:
+    except Exception as e:
         stop(srv)
+        if _port_taken(srv):
+            raise PortTakenError(f"port {port} taken before the server bound it") from e
         raise
     srv.started_s = time.perf_counter() - t0
     return srv, ready
@@ -341,6 +374,16 @@ def _wait_workers(srv: Server, workers: int, timeout_s: float) -> None:
 
 
 def start_static(vast: Path, vmap: Path, workers: int, workdir: Path) -> Server:
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return _start_static(vast, vmap, workers, workdir)
+        except PortTakenError:
+            if attempt == PORT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_static(vast: Path, vmap: Path, workers: int, workdir: Path) -> Server:
     port = free_port()
     logfile = workdir / f"static-{workers}w-{port}.log"
     cmd = _py("-m", "benchmarks.static_server", "--port", str(port), "--workers", str(workers))
@@ -353,8 +396,10 @@ def start_static(vast: Path, vmap: Path, workers: int, workdir: Path) -> Server:
         _wait_ready(srv, "/healthz", 60)
         if workers > 1:
             _wait_workers(srv, workers, 60)
-    except Exception:
+    except Exception as e:
         stop(srv)
+        if _port_taken(srv):
+            raise PortTakenError(f"port {port} taken before the server bound it") from e
         raise
     srv.started_s = time.perf_counter() - t0
     return srv

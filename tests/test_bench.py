@@ -653,3 +653,56 @@ def test_micro_model_figures_score_instead_of_hitting_the_cache(tmp_path: Path) 
     first = predict_cold(m, req, cands, now)
     assert predict_cold(m, req, cands, now) == first
     assert m.predictions_total == 200 and m.cache_hits_total == 0
+
+
+def test_a_server_whose_port_was_taken_is_started_again_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The harness picks a free port and passes it on; anything binding it in between (an
+    outgoing connection of the run itself takes ports from the same range) made the server
+    exit and the run fail for no defect. Such a start is now made again on another port,
+    for the real server and the static one alike."""
+    import socket
+
+    from benchmarks import harness
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    taken = int(busy.getsockname()[1])
+    real_free_port = harness.free_port
+    picks: list[int] = []
+
+    def first_the_taken_one() -> int:
+        port = taken if len(picks) % 2 == 0 else real_free_port()
+        picks.append(port)
+        return port
+
+    monkeypatch.setattr(harness, "free_port", first_the_taken_one)
+    (tmp_path / "vast.xml").write_bytes(b"<VAST/>")
+    (tmp_path / "vmap.xml").write_bytes(b"<vmap/>")
+    try:
+        srv = harness.start_static(tmp_path / "vast.xml", tmp_path / "vmap.xml", 1, tmp_path)
+        try:
+            assert picks[0] == taken and srv.port == picks[1] != taken
+        finally:
+            harness.stop(srv)
+        opts = harness.Options(
+            quick=True, duration=1.0, connections=1, sizes=[1000], http_sizes=[1000],
+            workers=[1], out=None, cache_dir=tmp_path, model=None, model_source="none",
+            event_log="off", tool="aiohttp", seed=1, store_viewers=10, micro_budget=1.0,
+            harvest_s=1.0, profile=False, warmup=0.0,
+        )  # fmt: skip
+        catalog = harness.ROOT / "fixtures" / "demo-catalog.json"
+        real, ready = harness.start_real(opts, catalog, 1, tmp_path)
+        try:
+            assert picks[2] == taken and real.port == picks[3] != taken
+            assert ready  # /readyz answered
+        finally:
+            harness.stop(real)
+        # a start that fails for another reason is not retried
+        with pytest.raises(RuntimeError) as info:
+            harness.start_real(opts, tmp_path / "missing.json", 1, tmp_path)
+        assert not isinstance(info.value, harness.PortTakenError)
+    finally:
+        busy.close()
