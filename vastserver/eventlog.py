@@ -495,13 +495,7 @@ class EventLog:
         try:
             names = sorted(n for n in os.listdir(self.directory) if _is_segment_name(n))
         except OSError as e:
-            event(
-                log,
-                "event_log_prune_failed",
-                logging.WARNING,
-                directory=str(self.directory),
-                error=str(e),
-            )
+            self._prune_failed(e)
             return
         excess = len(names) - keep
         for name in names:
@@ -509,6 +503,15 @@ class EventLog:
                 break
             if _delete_if_inactive(self.directory / name) != "kept":
                 excess -= 1
+
+    def _prune_failed(self, e: Exception) -> None:
+        event(
+            log,
+            "event_log_prune_failed",
+            logging.WARNING,
+            directory=str(self.directory),
+            error=str(e) or repr(e),
+        )
 
     def _prune_expired(self, *, periodic: bool) -> None:
         """Writer thread: delete the finished segments last written (mtime) more than
@@ -523,13 +526,7 @@ class EventLog:
             self._next_expiry_check = now + self.retention_check_s
             deleted, freed = _delete_older_than(self.directory, now - retention_s, self._seg_path)
         except Exception as e:
-            event(
-                log,
-                "event_log_prune_failed",
-                logging.WARNING,
-                directory=str(self.directory),
-                error=str(e) or repr(e),
-            )
+            self._prune_failed(e)
             return
         if deleted:
             event(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,7 +37,6 @@ from vastserver.tracking import (
     Keyring,
     TrackingUrls,
     fill_privacy,
-    has_device_macros,
     privacy_values,
     scope_of,
     sign_scopes,
@@ -365,11 +364,6 @@ class Renderer:
         self._fragments: LRUCache[_FragmentKey, tuple[Candidate, _Fragment]] = LRUCache(
             maxsize=fragment_cache_size
         )
-        self._device_macros: LRUCache[int, tuple[Creative, bool]] = LRUCache(
-            maxsize=fragment_cache_size
-        )
-        """Whether a creative's URLs carry :data:`~vastserver.tracking.DEVICE_MACROS`, by
-        ``id`` (read only for viewers who refused tracking: :meth:`_withheld`)."""
         self._versions = {v: VersionVM.of(v) for v in LINEAR_EVENTS_BY_VERSION}
 
     # ------------------------------------------------------------------ VAST
@@ -430,17 +424,12 @@ class Renderer:
         viewer refused tracking (:data:`REFUSED`: ``lmt``, which the all-zero IFA and a GDPR
         refusal set), or the content is child-directed (:data:`CHILD_DIRECTED`: ``kids``,
         OpenRTB ``regs.coppa``; COPPA: no persistent identifier to third parties), and the
-        creative has any; so every other request shares the one fragment."""
-        req = decision.request
-        why = REFUSED if req.device.lmt else CHILD_DIRECTED if req.content.kids else ""
-        if not why:
+        creative has any (``device_macros``, known at load); so every other request shares
+        the one fragment."""
+        if not cr.device_macros:
             return ""
-        hit = self._device_macros.get(id(cr))
-        if hit is not None and hit[0] is cr:  # the entry holds ``cr``: its id is not reused
-            return why if hit[1] else ""
-        has = any(map(has_device_macros, catalog_urls(cr)))
-        self._device_macros[id(cr)] = (cr, has)
-        return why if has else ""
+        req = decision.request
+        return REFUSED if req.device.lmt else CHILD_DIRECTED if req.content.kids else ""
 
     def _dynamic(self, decision: Decision, ad: PlacedAd) -> tuple[str, ...]:
         """The request-dependent values of one ad, in :data:`_DYNAMIC` order."""
@@ -579,9 +568,9 @@ class Renderer:
         signed for each of :data:`BEACON_SCOPES`, in order;
         ``privacy``: the values of the privacy macros (:data:`PRIVACY_MACROS` order);
         ``expires``: whether the ad carries ``<Expires>`` (4.1+); ``withheld``: why the device
-        macros in the catalog's URLs (:func:`catalog_urls`) are replaced by their withheld
-        values (:func:`~vastserver.tracking.withhold_device_macros`), ``""`` if they are not
-        (:meth:`_withheld`)."""
+        macros in the catalog's URLs (:func:`~vastserver.catalog.model.catalog_urls`) are
+        replaced by their withheld values (:func:`~vastserver.tracking.withhold_device_macros`),
+        ``""`` if they are not (:meth:`_withheld`)."""
 
         def url(event: str) -> Markup:
             return _cdata(self.urls.event(event, tokens[_SCOPE_INDEX[scope_of(event)]]))
@@ -906,31 +895,6 @@ def https_only(cr: Creative, require_https: bool) -> bool:
     https, so that its requests share one cached fragment whatever they require
     (:attr:`Creative.http_media`, known from the creative's creation on)."""
     return require_https and cr.http_media
-
-
-def catalog_urls(cr: Creative) -> Iterator[str]:
-    """Every URL of ``cr``'s ad that comes from the catalog: what the player (or a stitcher
-    for it) fetches or opens from third parties, our own beacons and ``/c`` aside. The
-    click-through is not among them: it travels in the click token, and ``/c`` fills in
-    the few macros it may carry (:data:`~vastserver.tracking.CLICK_MACROS`)."""
-    for us in cr.trackers.values():
-        yield from us
-    if cr.vast_tag_url is not None:
-        yield cr.vast_tag_url
-    yield from (r.url for r in cr.renditions)
-    if cr.mezzanine is not None:
-        yield cr.mezzanine.url
-    yield from (x.url for x in cr.captions)
-    for v in cr.verifications:
-        yield v.js_url
-        yield from v.not_executed_urls
-    for i in cr.icons:
-        yield i.image_url
-        if i.click_through is not None:
-            yield i.click_through
-        yield from (f.image_url for f in i.click_fallback_images)
-        yield from i.view_tracking_urls
-        yield from i.click_tracking_urls
 
 
 def _media_files(

@@ -1279,6 +1279,10 @@ device's IP address and user agent and its geolocation are withheld (:data:`WITH
 decided (a GDPR one). ``[CLIENTUA]`` and ``[SERVERUA]`` name software (the player, the
 stitcher), ``[GDPRCONSENT]`` is the refusal itself: those stay for the player."""
 _DEVICE_MACRO = re.compile(r"\[(" + "|".join(DEVICE_MACROS) + r")\]")
+_CHILD_DIRECTED_MACROS: Mapping[str, str] = MappingProxyType(
+    {k: v for k, v in DEVICE_MACROS.items() if k != "LIMITADTRACKING"}
+)
+""":data:`DEVICE_MACROS` on child-directed content: the identifiers alone."""
 
 
 def has_device_macros(url: str) -> bool:
@@ -1294,12 +1298,8 @@ def withhold_device_macros(url: str, *, refused: bool = True) -> str:
     setting, stays for the player: the viewer refused nothing."""
     if "[" not in url:
         return url
-    if refused:
-        return _DEVICE_MACRO.sub(lambda m: DEVICE_MACROS[m.group(1)], url)
-    return _DEVICE_MACRO.sub(
-        lambda m: m.group(0) if m.group(1) == "LIMITADTRACKING" else DEVICE_MACROS[m.group(1)],
-        url,
-    )
+    values = DEVICE_MACROS if refused else _CHILD_DIRECTED_MACROS
+    return _DEVICE_MACRO.sub(lambda m: values.get(m.group(1), m.group(0)), url)
 
 
 @dataclass(frozen=True, slots=True)

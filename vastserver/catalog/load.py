@@ -67,12 +67,14 @@ from vastserver.catalog.model import (
     Tier,
     UniversalAdId,
     Verification,
+    catalog_urls,
     is_https,
 )
 from vastserver.tracking import (
     CLICK_MACROS,
     DOLLAR_MACRO,
     LINEAR_EVENTS_BY_VERSION,
+    has_device_macros,
     has_privacy_macros,
     is_privacy_macro,
 )
@@ -1009,7 +1011,7 @@ def _icon_trackers(icon: Icon) -> tuple[str, ...]:
 def _creative(d: dict[str, Any]) -> Creative:
     duration_ms = _seconds_or_ms(d, "duration")
     assert duration_ms is not None  # guaranteed by the either() check
-    return Creative(
+    cr = Creative(
         id=d["id"],
         advertiser_id=d["advertiser_id"],
         title=d["title"],
@@ -1035,6 +1037,7 @@ def _creative(d: dict[str, Any]) -> Creative:
         verifications=d["verifications"],
         icons=d["icons"],
     )
+    return replace(cr, device_macros=any(map(has_device_macros, catalog_urls(cr))))
 
 
 CREATIVE = Obj(

@@ -7,7 +7,7 @@ handling only reads it; a reload builds a new :class:`Catalog` and swaps the ref
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import IntEnum, StrEnum
@@ -207,6 +207,11 @@ class Creative:
     """Whether a tracker (an icon's too) or the ``vast_tag_url`` carries privacy macros
     (``${GDPR}``...) for the renderer to fill in (set at load, so that ads without them skip
     the work)."""
+    device_macros: bool = field(default=False, compare=False)
+    """Whether a URL of the ad from the catalog (:func:`catalog_urls`) carries a device macro
+    (``[IFA]``...: :data:`~vastserver.tracking.DEVICE_MACROS`) that the renderer withholds
+    from third parties for some viewers (set at load, so that ads without them skip the
+    work and share one fragment)."""
     media_key: str = field(default="", compare=False)
     """The video's identity, shared by every creative of the catalog showing the same video
     (set at load, see ``catalog.load.media_keys``); empty: the creative's own."""
@@ -227,6 +232,31 @@ class Creative:
     @property
     def duration_s(self) -> float:
         return self.duration_ms / 1000.0
+
+
+def catalog_urls(cr: Creative) -> Iterator[str]:
+    """Every URL of ``cr``'s ad that comes from the catalog: what the player (or a stitcher
+    for it) fetches or opens from third parties, our own beacons and ``/c`` aside. The
+    click-through is not among them: it travels in the click token, and ``/c`` fills in
+    the few macros it may carry (``CLICK_MACROS`` in :mod:`vastserver.tracking`)."""
+    for us in cr.trackers.values():
+        yield from us
+    if cr.vast_tag_url is not None:
+        yield cr.vast_tag_url
+    yield from (r.url for r in cr.renditions)
+    if cr.mezzanine is not None:
+        yield cr.mezzanine.url
+    yield from (x.url for x in cr.captions)
+    for v in cr.verifications:
+        yield v.js_url
+        yield from v.not_executed_urls
+    for i in cr.icons:
+        yield i.image_url
+        if i.click_through is not None:
+            yield i.click_through
+        yield from (f.image_url for f in i.click_fallback_images)
+        yield from i.view_tracking_urls
+        yield from i.click_tracking_urls
 
 
 @dataclass(frozen=True, slots=True)
