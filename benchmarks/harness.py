@@ -1035,7 +1035,12 @@ def http_real(
         stop(srv)
 
 
-def http_baseline(opts: Options, workers: int, hv: Harvest, workdir: Path) -> dict[str, Any]:
+def http_baseline(
+    opts: Options, workers: int, hv: Harvest, workdir: Path, floor_rate: float | None = None
+) -> dict[str, Any]:
+    """The static server's runs; ``floor_rate``: the real server's half-load rate, at which
+    the fixed-rate generator is run against the static server too (``fixed_rate_floor``):
+    the latency the generator and the stack add whatever the server does."""
     log(f"static baseline: {workers} worker(s)")
     entry: dict[str, Any] = {"server": "static", "workers": workers}
     vast = workdir / "static-vast.xml"
@@ -1068,6 +1073,11 @@ def http_baseline(opts: Options, workers: int, hv: Harvest, workdir: Path) -> di
             entry["noise"] = {"same_work_rps_spread": round(abs(a - b) / ((a + b) / 2), 3)}
         if a > 0:
             entry["fixed_rate"] = run_load(opts, srv, hv.files["vast_pod4"], workdir, rate=a / 2)
+        if floor_rate:
+            log(f"  vast_pod4 at the real server's fixed {floor_rate:.1f} req/s (the floor)")
+            entry["fixed_rate_floor"] = run_load(
+                opts, srv, hv.files["vast_pod4"], workdir, rate=floor_rate
+            )
         return entry
     except Exception as e:
         entry["error"] = f"{type(e).__name__}: {e}"
@@ -1386,6 +1396,7 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     # 2. p99 at half of that load
     fr = (ref or {}).get("fixed_rate") or {}
     p99 = (fr.get("latency_ms") or {}).get("p99")
+    floor_lat = ((base1 or {}).get("fixed_rate_floor") or {}).get("latency_ms")
     notes2 = ["the load generator could not keep the schedule: latencies are inflated"]
     if not fr.get("generator_saturated"):
         notes2 = []
@@ -1410,6 +1421,10 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "requests": fr.get("requests"),
                 "p50_ms": (fr.get("latency_ms") or {}).get("p50"),
                 "service_p99_ms": (fr.get("service_ms") or {}).get("p99"),
+                # the generator against the static server at the same rate: what the
+                # measurement itself adds
+                "floor_p50_ms": (floor_lat or {}).get("p50"),
+                "floor_p99_ms": (floor_lat or {}).get("p99"),
                 "generator_saturated": fr.get("generator_saturated"),
                 "errors": fr.get("errors"),
                 "bytes_per_response": fr.get("bytes_per_response"),
@@ -1575,10 +1590,12 @@ def render_table(report: dict[str, Any]) -> str:
                 f"| {_f(e.get('cpu_us_per_req'), 0):>10} | {_f(e.get('rss_mb'), 0):>7} "
                 f"| {_f(ratio.get('throughput'), 3):>9} | {_f(ratio.get('cpu'), 1):>9} |"
             )
-        fr = r.get("fixed_rate")
-        if fr:
+        for key, label in (("fixed_rate", "@half"), ("fixed_rate_floor", "@floor")):
+            fr = r.get(key)
+            if not fr:
+                continue
             lat = fr.get("latency_ms") or {}
-            half = "@half*" if fr.get("generator_saturated") else "@half"
+            half = f"{label}*" if fr.get("generator_saturated") else label
             lines.append(
                 f"| {r['workers']:>7} | {name:>10} | {half:<10} | {_f(fr.get('rps')):>9} "
                 f"| {_f(lat.get('p50'), 2):>7} | {_f(lat.get('p90'), 2):>7} "
@@ -1874,7 +1891,15 @@ def main(argv: Sequence[str]) -> int:
                         }
                     )
                     continue
-                base = http_baseline(opts, w, harvested, workdir)
+                floor = next(
+                    (
+                        r["fixed_rate"].get("target_rate")
+                        for r in report["http"]["runs"]
+                        if r["workers"] == w and r["line_items"] == ref_size and r.get("fixed_rate")
+                    ),
+                    None,
+                )
+                base = http_baseline(opts, w, harvested, workdir, floor_rate=floor)
                 report["http"]["baseline"].append(base)
                 for r in report["http"]["runs"]:
                     if r["workers"] == w:
@@ -1897,7 +1922,9 @@ def main(argv: Sequence[str]) -> int:
     text = "\n\n".join(
         [
             "HTTP (ratios: this row / the static baseline with the same workers; @half: vast_pod4 "
-            "at a fixed rate of half its maximum, * = the load generator could not keep up)",
+            "at a fixed rate of half its maximum; @floor: the static server at the real "
+            "server's half rate, what the generator itself adds; * = the load generator could "
+            "not keep up)",
             render_table(report),
             "Idle server, 1 worker (background work blocking the event loop)",
             render_idle(report),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,13 @@ def test_quick_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     for b in bases:
         assert "error" not in b, b.get("error")
         assert b["vast_doc_bytes"] > 1000  # a real pre-rendered pod, not a stub
+        # the generator's floor: the static server at the real 10k server's half rate
+        floor = b["fixed_rate_floor"]
+        ref_rate = next(
+            r["fixed_rate"]["target_rate"] for r in runs if r["workers"] == b["workers"]
+        )
+        assert floor["target_rate"] == ref_rate and floor["tool"] == "sockets"
+        assert floor["errors"] == {} and _num(floor["latency_ms"]["p99"])
 
     # every target is evaluated one way or the other, with its measured value
     targets = {t["id"]: t for t in doc["targets"]}
@@ -183,6 +191,8 @@ def test_quick_bench_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         if throughput and with_wrk:
             assert not any("not wrk" in n for n in t["notes"]), t
         assert _num(t["measured"])
+    half = targets["vast_p99_half_load"]["detail"]
+    assert _num(half["floor_p50_ms"]) and _num(half["floor_p99_ms"])
     assert targets["scaling_100k_vs_1k"]["status"] == "not measured"  # one size in --quick
     assert targets["beacon_throughput"]["detail"]["endpoint"] == "beacon_new"
     # the two throughput targets take their ratio from runs in turns with a static server
@@ -482,7 +492,7 @@ def test_throughput_without_wrk_is_not_judged() -> None:
         assert t[tid]["status"] == "not measured", t[tid]
         assert t[tid]["measured"] is not None
         assert any("not wrk" in n for n in t[tid]["notes"])
-    assert t["vast_p99_half_load"]["status"] == "met"  # fixed rate: always the aiohttp generator
+    assert t["vast_p99_half_load"]["status"] == "met"  # fixed rate: always the sockets generator
 
 
 def test_failed_requests_stay_in_the_percentiles() -> None:
@@ -501,15 +511,49 @@ def test_failed_requests_stay_in_the_percentiles() -> None:
     assert got["bytes_per_response"] == 30_000.0  # over the answers only
 
 
-def test_answers_are_checked(tmp_path: Path) -> None:
-    """The aiohttp generator against a toy server: non-2xx, shed (200 + X-Shed) and a 4-ad
-    request answered with an empty VAST are errors; a pod with ads is not."""
+def _drive_toy_server(
+    handler: Callable[[Any], Awaitable[Any]], lines: Path, *, connections: int, rate: float
+) -> dict[str, Any]:
+    """``benchmarks.loadgen.run`` at a fixed rate for 1 s against an aiohttp app whose
+    ``GET /vast`` is ``handler``, on a free loopback port."""
     import argparse
     import asyncio
 
     from aiohttp import web
 
     from benchmarks import loadgen
+
+    async def go() -> dict[str, Any]:
+        app = web.Application()
+        app.router.add_get("/vast", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        try:
+            args = argparse.Namespace(
+                requests=lines,
+                url=f"http://127.0.0.1:{port}",
+                connections=connections,
+                timeout=10.0,
+                warmup=0.0,
+                server_pid=None,
+                rate=rate,
+                duration=1.0,
+            )
+            return await loadgen.run(args)
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(go())
+
+
+def test_answers_are_checked(tmp_path: Path) -> None:
+    """The fixed-rate generator against a toy server: non-2xx, shed (200 + X-Shed) and a 4-ad
+    request answered with an empty VAST are errors; a pod with ads is not."""
+
+    from aiohttp import web
 
     full = '<VAST version="4.2"><Ad id="1"><InLine/></Ad></VAST>'
     empty = '<VAST version="4.2"><Error><![CDATA[x]]></Error></VAST>'
@@ -526,33 +570,55 @@ def test_answers_are_checked(tmp_path: Path) -> None:
     lines = tmp_path / "l.txt"
     reqmix.write_lines(lines, [reqmix.Line("vast_pod4", f"/vast?a={a}") for a in answers])
 
-    async def go() -> dict[str, Any]:
-        app = web.Application()
-        app.router.add_get("/vast", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        try:
-            args = argparse.Namespace(
-                requests=lines,
-                url=f"http://127.0.0.1:{port}",
-                connections=1,
-                timeout=10.0,
-                warmup=0.0,
-                server_pid=None,
-                rate=40.0,
-                duration=1.0,
-            )
-            return await loadgen.run(args)
-        finally:
-            await runner.cleanup()
-
-    got = asyncio.run(go())
+    got = _drive_toy_server(handler, lines, connections=1, rate=40.0)
     assert got["requests"] == 40
     assert got["errors"] == {"status": 10, "shed": 10, "empty_vast": 10}
     assert got["statuses"] == {"200": 30, "500": 10}
+
+
+def test_fixed_rate_reads_chunked_closing_and_bodyless_answers(tmp_path: Path) -> None:
+    """The fixed-rate generator parses HTTP itself: a chunked body, an answer after which
+    the server closes the connection, and a 204 are read whole, on the next request too."""
+
+    from aiohttp import web
+
+    full = '<VAST version="4.2"><Ad id="1"><InLine/></Ad></VAST>'
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        what = request.query["a"]
+        seen.append(request.headers.get("X-Device-IP", ""))
+        if what == "chunked":
+            resp = web.StreamResponse()
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            await resp.write(full[:20].encode())
+            await resp.write(full[20:].encode())
+            await resp.write_eof()
+            return resp
+        if what == "close":
+            r = web.Response(text=full)
+            r.force_close()
+            return r
+        return web.Response(status=204)
+
+    lines = tmp_path / "l.txt"
+    reqmix.write_lines(
+        lines,
+        [
+            reqmix.Line("vast_pod4", "/vast?a=chunked", (("X-Device-IP", "203.0.113.9"),)),
+            reqmix.Line("vast_pod4", "/vast?a=close"),
+            reqmix.Line("beacon", "/vast?a=none"),
+        ],
+    )
+
+    got = _drive_toy_server(handler, lines, connections=2, rate=60.0)
+    assert got["tool"] == "sockets" and got["mode"] == "fixed-rate"
+    assert got["requests"] == 60
+    assert got["errors"] == {}
+    assert got["statuses"] == {"200": 40, "204": 20}
+    assert got["bytes"] == 40 * len(full)
+    assert seen.count("203.0.113.9") == 20  # the line's own headers are sent
 
 
 def test_the_benchmarked_server_gets_no_caller_settings(monkeypatch: pytest.MonkeyPatch) -> None:
