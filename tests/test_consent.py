@@ -485,6 +485,21 @@ def test_the_vendor_id_setting_is_range_checked() -> None:
             load_settings({"VASTSERVER_TCF_VENDOR_ID": bad})
 
 
+def test_the_gdpr_by_geo_setting_is_a_boolean() -> None:
+    assert load_settings({}).gdpr_by_geo is False
+    assert load_settings({"VASTSERVER_GDPR_BY_GEO": ""}).gdpr_by_geo is False  # unset
+    for on in ("1", "true", "TRUE"):
+        assert load_settings({"VASTSERVER_GDPR_BY_GEO": on}).gdpr_by_geo is True
+    for off in ("0", "false", "False"):
+        assert load_settings({"VASTSERVER_GDPR_BY_GEO": off}).gdpr_by_geo is False
+    # the name overrides use (vastserver simulate --setting gdpr_by_geo=1), over the variable
+    overridden = load_settings({"VASTSERVER_GDPR_BY_GEO": "0"}, {"gdpr_by_geo": "1"})
+    assert overridden.gdpr_by_geo is True
+    for bad in ("yes", "on", "2", "-1"):
+        with pytest.raises(SettingsError, match="VASTSERVER_GDPR_BY_GEO: must be 0 or 1"):
+            load_settings({"VASTSERVER_GDPR_BY_GEO": bad})
+
+
 @settings(max_examples=400, deadline=None)
 @given(
     st.text(

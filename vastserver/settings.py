@@ -56,6 +56,10 @@ class Settings:
     free port of its own that the system picks (the ``listening`` log line names them)."""
     tcf_vendor_id: int | None = None
     """Our IAB TCF vendor id: under the GDPR, consent strings must also consent to it."""
+    gdpr_by_geo: bool = False
+    """Whether a request with no GDPR signal at all from a country where the GDPR applies
+    (:data:`vastserver.consent.GDPR_COUNTRIES`) is decided as under ``gdpr=1`` without
+    consent; off: such a request is decided as if the GDPR did not apply."""
     public_url: str = "http://127.0.0.1:8080"
     secrets: tuple[str, ...] = ()
     """HMAC keys for tracking tokens; the first signs, all verify (key rotation)."""
@@ -195,6 +199,14 @@ def load_settings(
         v = _int(problems, env_name, pick(key, env_name), lo, hi)
         return default if v is None else v
 
+    def boolean(key: str, env_name: str, default: bool) -> bool:
+        raw = pick(key, env_name)
+        if raw is None:
+            return default
+        if raw.lower() not in ("0", "1", "true", "false"):
+            problems.append(f"{env_name}: must be 0 or 1")
+        return raw.lower() in ("1", "true")
+
     host = pick("host", "VASTSERVER_HOST") or "127.0.0.1"
     port = _int(problems, "port (VASTSERVER_PORT)", pick("port", "VASTSERVER_PORT"), 0, 65535)
     workers = _int(
@@ -300,12 +312,8 @@ def load_settings(
             "replays on its own; share them through Redis or run one worker"
         )
     max_age = integer("token_max_age", "VASTSERVER_TOKEN_MAX_AGE", 60, 30 * 86400, 86400)
-    https_raw = pick("require_https_media", "VASTSERVER_REQUIRE_HTTPS_MEDIA")
-    require_https = True
-    if https_raw is not None:
-        if https_raw.lower() not in ("0", "1", "true", "false"):
-            problems.append("VASTSERVER_REQUIRE_HTTPS_MEDIA: must be 0 or 1")
-        require_https = https_raw.lower() in ("1", "true")
+    require_https = boolean("require_https_media", "VASTSERVER_REQUIRE_HTTPS_MEDIA", True)
+    gdpr_by_geo = boolean("gdpr_by_geo", "VASTSERVER_GDPR_BY_GEO", False)
 
     geo_raw = pick("geo", "VASTSERVER_GEO_DB")
     geo_path = Path(geo_raw) if geo_raw else None
@@ -397,6 +405,7 @@ def load_settings(
         workers=workers or 1,
         metrics_port=metrics_port,
         tcf_vendor_id=tcf_vendor_id,
+        gdpr_by_geo=gdpr_by_geo,
         public_url=public,
         secrets=keys,
         admin_token=admin,
