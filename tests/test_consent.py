@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import shutil
@@ -295,28 +296,32 @@ async def test_vast_without_consent_neither_keys_on_the_device_nor_uses_segments
     assert resp.status in (400, 414)
 
 
+async def _viewer_hash(client: Any, query: str) -> str:
+    """The viewer hash (the key its caps and history follow) in the signed impression
+    token of the first ad of a 30-second ``/vast`` pod for ``query``."""
+    resp = await client.get("/vast?pod_duration=30&max_ads=1&" + query)
+    assert resp.status == 200
+    m = re.search(r"<Impression[^>]*>\s*<!\[CDATA\[(.*?)\]\]>", await resp.text())
+    assert m is not None
+    raw = parse_qs(urlsplit(m.group(1)).query)["tk"][0]
+    rt = client.server.app[RUNTIME]
+    now = int(rt.clock().timestamp())
+    return verify(raw, rt.keyring, now=now, max_age_s=3600, event="impression").viewer_hash
+
+
 async def test_without_consent_caps_follow_the_session_not_the_device(
     make_client: ClientFactory,
 ) -> None:
     """Two sessions of one device: with consent both are the device's viewer (one history,
     one set of caps); without it each session is a viewer of its own, as under ``lmt=1``."""
     client: Any = await make_client()
-    rt = client.server.app[RUNTIME]
     consented = f"gdpr=1&gdpr_consent={tc_string({1, 2})}"
     hashes: dict[tuple[str, str], str] = {}
     for label, extra in (("consent", consented), ("none", "gdpr=1")):
         for session in ("a", "b"):
-            resp = await client.get(
-                "/vast?pod_duration=30&max_ads=1&device_id=ifa-gdpr-2"
-                f"&session={label}-{session}&{extra}"
+            hashes[label, session] = await _viewer_hash(
+                client, f"device_id=ifa-gdpr-2&session={label}-{session}&{extra}"
             )
-            assert resp.status == 200
-            m = re.search(r"<Impression[^>]*>\s*<!\[CDATA\[(.*?)\]\]>", await resp.text())
-            assert m is not None
-            raw = parse_qs(urlsplit(m.group(1)).query)["tk"][0]
-            now = int(rt.clock().timestamp())
-            token = verify(raw, rt.keyring, now=now, max_age_s=3600, event="impression")
-            hashes[label, session] = token.viewer_hash
     assert hashes["consent", "a"] == hashes["consent", "b"]
     assert hashes["none", "a"] != hashes["none", "b"]
     assert hashes["consent", "a"] not in (hashes["none", "a"], hashes["none", "b"])
@@ -836,3 +841,162 @@ def test_read_privacy_keeps_the_signals_for_third_parties(
         gdpr=signals.pop("gdpr", None), tc_string=signals.pop("tc_string", None), **signals
     )
     assert got == expected
+
+
+# ---------------------------------------------------------------------------- by geography
+
+PERSONAL = {"limited_tracking": False, "segments": ["adults_21plus"]}
+IMPERSONAL = {"limited_tracking": True, "segments": []}
+SEGMENT_LINE_ITEM = "li-ridgeway-gameday-sports"
+"""The demo catalog's line item for sports fans aged 21+ (segment ``adults_21plus``)."""
+
+EEA_VIEWERS = [
+    "device_ip=2001:db8::5",  # Germany, by the IP (fixtures/geo-cidr.csv)
+    "device_ip=2001:db8:1::5",  # France
+    "device_ip=192.0.2.10",  # the UK
+    "country=CH",  # Switzerland, by the request's country
+    "country=de&device_ip=198.51.100.7",  # the request's country wins over a US IP
+]
+US_VIEWERS = ["device_ip=198.51.100.7", "country=US", "country=US&device_ip=2001:db8::5"]
+
+_calls = itertools.count()
+
+
+async def _sports_break(client: Any, where: str) -> tuple[dict[str, Any], bool]:
+    """What a sports break for a 21+ viewer with an IFA in ``where`` used of the viewer,
+    and whether the segment-targeted line item matched (it cannot win otherwise). A viewer
+    and session of their own each time: no caps or separation carried over."""
+    n = next(_calls)
+    resp = await client.get(
+        f"/decide?pod_duration=60&max_ads=1&genre=sports&rating=TV-14&session=geo-{n}"
+        f"&device_id=ifa-geo-{n}&segments=adults_21plus&{where}"
+    )
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    reasons = {t["reason"] for t in body["candidates"] if t["line_item_id"] == SEGMENT_LINE_ITEM}
+    assert reasons, body["candidates"]
+    matched = "targeting" not in reasons
+    if not matched:
+        assert SEGMENT_LINE_ITEM not in [a["line_item_id"] for a in body["pod"]["ads"]]
+    return body["viewer"], matched
+
+
+@pytest.mark.parametrize("where", EEA_VIEWERS)
+async def test_gdpr_by_geo_decides_a_viewer_in_europe_without_signals_as_under_gdpr_1(
+    make_client: ClientFactory, where: str
+) -> None:
+    """``VASTSERVER_GDPR_BY_GEO``: a request that says nothing about the GDPR, from the
+    EEA, the UK or Switzerland, used the viewer's IFA and segments; it is decided as under
+    ``gdpr=1`` without consent, and what the caller says (``gdpr=0``, a consent string)
+    is respected. Off (the default), nothing changes."""
+    client: Any = await make_client(gdpr_by_geo="1")
+    assert await _sports_break(client, where + "&gdpr=1") == (IMPERSONAL, False)
+    assert await _sports_break(client, where) == (IMPERSONAL, False)
+    assert await _sports_break(client, where + "&gdpr=0") == (PERSONAL, True)
+    full = tc_string({1, 2, 3, 4})
+    assert await _sports_break(client, f"{where}&gdpr_consent={full}") == (PERSONAL, True)
+    # signals other than the GDPR's do not say whether it applies
+    assert await _sports_break(client, where + "&us_privacy=1YNN") == (IMPERSONAL, False)
+    assert await _sports_break(client, f"{where}&gpp={GPP_WITH_TCF}&gpp_sid=7") == (
+        IMPERSONAL,
+        False,
+    )
+    off: Any = await make_client()
+    assert await _sports_break(off, where) == (PERSONAL, True)
+    # ... an applicable EU TCF section of a GPP string does: decided as without the setting
+    tcf = f"{where}&gpp={GPP_WITH_TCF}"
+    assert await _sports_break(client, tcf) == await _sports_break(off, tcf)
+
+
+@pytest.mark.parametrize("where", [*US_VIEWERS, "", "country=ZZ"])
+async def test_gdpr_by_geo_leaves_viewers_elsewhere_or_unknown_alone(
+    make_client: ClientFactory, where: str
+) -> None:
+    """Outside Europe, or where the country is unknown (the test client's 127.0.0.1 is in
+    no geo table), a request without GDPR signals stays personalised."""
+    client: Any = await make_client(gdpr_by_geo="true")
+    assert await _sports_break(client, where) == (PERSONAL, True)
+
+
+async def test_gdpr_by_geo_keys_caps_on_the_session_not_the_device(
+    make_client: ClientFactory,
+) -> None:
+    """The device identifier is not used: two sessions of one IFA in Germany are two
+    viewers (as under ``gdpr=1`` without consent), in the US one."""
+    client: Any = await make_client(gdpr_by_geo="1")
+    hashes = {
+        (where, session): await _viewer_hash(
+            client, f"device_id=ifa-geo-2&session={session}&device_ip={ip}"
+        )
+        for where, ip in (("DE", "2001:db8::5"), ("US", "198.51.100.7"))
+        for session in ("a", "b")
+    }
+    assert hashes["DE", "a"] != hashes["DE", "b"]
+    assert hashes["US", "a"] == hashes["US", "b"]
+
+
+async def test_gdpr_by_geo_is_in_the_decision_record(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The event log's context says the GDPR applied (as resolved), so an operator sees
+    why a decision without signals was not personalised."""
+    from vastserver.eventlog import read_events
+
+    client: Any = await make_client(event_log=str(tmp_path), gdpr_by_geo="1")
+    for where in ("device_ip=2001:db8::5", "device_ip=2001:db8::5&gdpr=0", "country=US"):
+        resp = await client.get(f"/vast?pod_duration=30&device_id=d1&segments=sports&{where}")
+        assert resp.status == 200
+    await client.close()  # flushes the log
+    contexts = [r["context"] for r in read_events([tmp_path]) if r["type"] == "decision"]
+    fields = ("country", "gdpr", "device_id_allowed", "segments_allowed", "lmt", "segments")
+    assert [tuple(c[k] for k in fields) for c in contexts] == [
+        ("DE", True, False, False, True, []),
+        ("DE", False, True, True, False, ["sports"]),
+        ("US", None, True, True, False, ["sports"]),
+    ]
+
+
+async def test_gdpr_by_geo_vmap_tags_carry_no_ifa_or_segments(make_client: ClientFactory) -> None:
+    """A VMAP for a viewer in Germany without signals leaves the IFA and segments out of
+    its ad tags, as under ``gdpr=1``; with ``gdpr=0`` they are carried."""
+    client: Any = await make_client(gdpr_by_geo="1")
+    query = "content_duration=600&cue_points=300&device_id=ifa-geo-3&segments=sports"
+    for extra, kept in (("", set()), ("&gdpr=0", {"device_id", "segments"})):
+        resp = await client.get(f"/vmap?{query}&device_ip=2001:db8::5{extra}")
+        assert resp.status == 200
+        tags = re.findall(r"<vmap:AdTagURI[^>]*><!\[CDATA\[(.*?)\]\]>", await resp.text())
+        assert len(tags) == 3
+        for tag in tags:
+            assert {"device_id", "segments"} & parse_qs(urlsplit(tag).query).keys() == kept
+
+
+async def test_gdpr_by_geo_on_openrtb(make_client: ClientFactory) -> None:
+    """The OpenRTB endpoint: ``device.geo.country`` (or the IP) in Europe and no
+    ``regs.gdpr`` or consent: decided as under ``regs.gdpr`` = 1 without consent."""
+    client: Any = await make_client(gdpr_by_geo="1")
+
+    def bid(country: str | None, regs: dict[str, Any], ip: str | None = None) -> dict[str, Any]:
+        device: dict[str, Any] = {"ifa": "ifa-rtb-geo", "devicetype": 3}
+        if country is not None:
+            device["geo"] = {"country": country}
+        if ip is not None:
+            device["ipv6"] = ip
+        return {
+            "id": "r1",
+            "imp": [{"id": "1", "video": {"poddur": 60, "maxseq": 2, "mimes": ["video/mp4"]}}],
+            "device": device,
+            "user": {"data": [{"segment": [{"id": "sports"}]}]},
+            "regs": regs,
+            "ext": {"vastserver": {"debug": 1, "session": "rtb-geo"}},
+        }
+
+    personal = {"limited_tracking": False, "segments": ["sports"]}
+    for country in ("DEU", "FRA", "GBR", "CHE", "NO"):
+        assert await _rtb_viewer(client, bid(country, {})) == IMPERSONAL, country
+        assert await _rtb_viewer(client, bid(country, {"gdpr": 0})) == personal
+        assert await _rtb_viewer(client, bid(country, {"ext": {"gdpr": 0}})) == personal
+    assert await _rtb_viewer(client, bid(None, {}, ip="2001:db8:1::5")) == IMPERSONAL  # France
+    assert await _rtb_viewer(client, bid("USA", {})) == personal
+    assert await _rtb_viewer(client, bid(None, {})) == personal  # 127.0.0.1: no country
+    off: Any = await make_client()
+    assert await _rtb_viewer(off, bid("DEU", {})) == personal

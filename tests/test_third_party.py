@@ -472,6 +472,60 @@ async def test_openrtb_privacy_signals_fill_the_macros(
     assert clicks == ["https://px.example/c?us=&gpp=&sid="]
 
 
+async def test_gdpr_by_geo_fills_the_macros_as_gdpr_1(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``VASTSERVER_GDPR_BY_GEO``: a request without GDPR signals from Germany tells the
+    third parties ``${GDPR}`` = 1 (and no TC string), as an explicit ``gdpr=1`` without
+    consent does: /vast, an inline VMAP's pods and OpenRTB. ``gdpr=0`` stays 0, and the US
+    (or the setting off) leaves it empty, for the callee to decide."""
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(privacy_doc()))
+    client: Any = await make_client(catalog=str(path), gdpr_by_geo="1")
+    off: Any = await make_client(catalog=str(path))
+    base = "/vast?series=tag-show&pod_duration=90&max_ads=3"
+    gdpr_1 = "https://px.example/imp?gdpr=1&gdpr_consent=&gdpr_pd=1&ord=[CACHEBUSTING]"
+    unsaid = "https://px.example/imp?gdpr=&gdpr_consent=&gdpr_pd=1&ord=[CACHEBUSTING]"
+
+    async def first_imp(c: Any, url: str) -> str:
+        return _trackers(bytes(await (await c.get(url)).read()))[0][0]
+
+    explicit = await first_imp(client, f"{base}&country=US&gdpr=1")
+    assert explicit == gdpr_1
+    for where in ("device_ip=2001:db8::5", "country=FR", "device_ip=192.0.2.10", "country=CH"):
+        assert await first_imp(client, f"{base}&{where}") == explicit, where
+        assert (await first_imp(client, f"{base}&{where}&gdpr=0")).startswith(
+            "https://px.example/imp?gdpr=0&"
+        )
+        assert await first_imp(off, f"{base}&{where}") == unsaid
+    assert await first_imp(client, f"{base}&country=US") == unsaid
+    _, _, done = _trackers(bytes(await (await client.get(f"{base}&country=DE")).read()))
+    assert done == ["https://px.example/done/?g=1"]
+
+    # an inline VMAP's pods are decided as their tags' /vast would decide them
+    resp = await client.get(
+        "/vmap?inline=1&content_duration=600&cue_points=300&series=tag-show&country=DE"
+    )
+    assert resp.status == 200
+    vmap = await resp.read()
+    pods = [etree.tostring(v) for v in etree.fromstring(vmap).iter("{*}VAST")]
+    assert pods
+    for pod in pods:
+        imps = [u for u in _all_imps(pod) if "px.example" in u]
+        assert imps and all(u == gdpr_1 for u in imps), imps
+
+    imps, _, _ = _trackers(await _openrtb_pod(client, {}, {}, {"geo": {"country": "DEU"}}))
+    assert imps[0] == gdpr_1
+    imps, _, _ = _trackers(await _openrtb_pod(client, {"gdpr": 0}, {}, {"geo": {"country": "DEU"}}))
+    assert imps[0].startswith("https://px.example/imp?gdpr=0&")
+    imps, _, _ = _trackers(await _openrtb_pod(client, {}, {}, {"geo": {"country": "USA"}}))
+    assert imps[0] == unsaid
+
+
+def _all_imps(xml: bytes) -> list[str]:
+    return [(e.text or "").strip() for e in etree.fromstring(xml).iter("{*}Impression")]
+
+
 PRIVACY_TAG = (
     "https://ad.thirdparty.example/vast?id=123&gdpr=${GDPR}&gdpr_consent=${GDPR_CONSENT_755}"
     "&gdpr_pd=${GDPR_PD}&us_privacy=${US_PRIVACY}&gpp=${GPP_STRING_755}&gpp_sid=${GPP_SID}"

@@ -33,17 +33,19 @@ from vastserver.consent import Permissions
 from vastserver.delivery import DeliveryControl, claim_window_s
 from vastserver.eventlog import EventLog
 from vastserver.explain import decision_json
-from vastserver.geo import GeoError, GeoLookup, MaxMindLookup, fill_geo, open_geo
+from vastserver.geo import GeoError, GeoLookup, MaxMindLookup, open_geo
 from vastserver.logs import REQUEST_ID, Sampler
 from vastserver.logs import event as log_event
 from vastserver.metrics import Metrics
 from vastserver.models import ModelManager
 from vastserver.openrtb import parse_bid_request
 from vastserver.params import (
+    Located,
     ParamError,
     client_info,
     header_text,
     ip_prefix,
+    locate,
     parse_targeting,
     parse_vast_request,
     parse_vmap_query,
@@ -355,7 +357,15 @@ def _ad_request(request: web.Request) -> AdRequest:
         require_https=rt.settings.require_https_media,
         tcf_vendor_id=rt.settings.tcf_vendor_id,
     )
-    return replace(req, device=fill_geo(req.device, rt.geo))
+    return _locate(rt, req)
+
+
+def _locate(rt: Runtime, x: Located) -> Located:
+    """The request located by its country or IP, and the GDPR applied by that country when
+    ``VASTSERVER_GDPR_BY_GEO`` is on (:func:`vastserver.params.locate`)."""
+    return locate(
+        x, rt.geo, gdpr_by_geo=rt.settings.gdpr_by_geo, tcf_vendor_id=rt.settings.tcf_vendor_id
+    )
 
 
 async def vast_handler(request: web.Request) -> web.StreamResponse:
@@ -422,7 +432,7 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         targeting = parse_targeting(q, client, tcf_vendor_id=rt.settings.tcf_vendor_id)
     except ParamError as e:
         return _bad_request(e)
-    targeting = replace(targeting, device=fill_geo(targeting.device, rt.geo))
+    targeting = _locate(rt, targeting)
     rules = rt.service.snapshot.catalog.rules_for(q.get("placement"))
     breaks = plan_breaks(
         rules,
@@ -461,8 +471,14 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
     if not vq.inline or first is None:
         return _xml(rt.renderer.vmap_tags(breaks, tags, session=session, vast_version=version))
     # The breaks are decided as their tags would be (ad duration rules included), with
-    # the geolocated device; those that play past the horizon go out as tags.
-    base = replace(first, device=targeting.device)
+    # the geolocated device and the privacy resolved by its country (as the tags' /vast
+    # resolves it); those that play past the horizon go out as tags.
+    base = replace(
+        first,
+        device=targeting.device,
+        privacy=targeting.privacy,
+        permissions=targeting.permissions,
+    )
     horizon_s = rt.settings.token_max_age_s / INLINE_HORIZON_DIVISOR
     near = [b for b in breaks if _plays_within(b, vq.content_duration_s, horizon_s)]
     decisions = await rt.service.decide_stream(base, near, deadline=_deadline(rt))
@@ -520,8 +536,7 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
     except ParamError as e:
         return _bad_request(e)
     req = replace(
-        pod.request,
-        device=fill_geo(pod.request.device, rt.geo),
+        _locate(rt, pod.request),
         floor_cpm_per_s=pod.floor_cpm_per_s,
         floor_cpm=pod.floor_cpm,
     )

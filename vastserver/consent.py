@@ -9,7 +9,10 @@ as ``gdpr=1&gdpr_consent=...`` (OpenRTB: ``regs.gdpr``, ``user.consent``; in 2.5
 
 What the server makes of it (:func:`permissions`):
 
-* no ``gdpr`` flag, or ``gdpr=0``: everything as before;
+* no ``gdpr`` flag, or ``gdpr=0``: everything as before (but with
+  ``VASTSERVER_GDPR_BY_GEO`` on, a request that carries no GDPR signal at all and whose
+  country is one of :data:`GDPR_COUNTRIES` is decided as under ``gdpr=1`` without a
+  consent string: :func:`vastserver.params.gdpr_by_geo`);
 * GDPR applies: the **device identifier** is used only with consent to purposes 1 (store
   and access information on a device) and 2 (select basic ads, which covers frequency
   capping; consent or legitimate interest); without it the viewer is treated as under
@@ -50,6 +53,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ALL",
+    "GDPR_COUNTRIES",
     "MAX_GPP_SECTIONS",
     "MAX_TC_STRING",
     "MAX_US_PRIVACY",
@@ -234,6 +238,24 @@ class Permissions:
 
 ALL = Permissions()
 NONE = Permissions(device_id=False, segments=False)
+
+GDPR_COUNTRIES: frozenset[str] = frozenset(
+    {
+        # the EU 27 (ISO 3166-1 alpha-2: Greece is GR, not EL)
+        *("AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU"),
+        *("IE", "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE"),
+        # parts of the EU with ISO codes of their own, as geo databases name them: Aland
+        # (Finland) and France's outermost regions (French Guiana, Guadeloupe, Martinique,
+        # Reunion, Mayotte, Saint-Martin)
+        *("AX", "GF", "GP", "MQ", "RE", "YT", "MF"),
+        *("IS", "LI", "NO"),  # the rest of the EEA
+        "GB",  # the UK GDPR
+        "CH",  # Switzerland (its FADP; ad servers treat it as the GDPR's)
+    }
+)
+"""Where the GDPR (or its like) applies by the viewer's location: the EEA, the UK and
+Switzerland. With ``VASTSERVER_GDPR_BY_GEO`` on, a request from one of them that says
+nothing about the GDPR is decided as if it applied."""
 
 
 def permissions(

@@ -10,12 +10,14 @@ import ipaddress
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import TypeVar
 
 from vastserver.catalog.model import MAX_ADS, MAX_POD_S, RATINGS, AdRules, BreakPosition
 from vastserver.consent import (
     ALL,
+    GDPR_COUNTRIES,
     MAX_TC_STRING,
     MAX_US_PRIVACY,
     NO_SIGNALS,
@@ -25,7 +27,7 @@ from vastserver.consent import (
     parse_gpp_sid,
     read_privacy,
 )
-from vastserver.geo import region_code, region_in
+from vastserver.geo import GeoLookup, fill_geo, region_code, region_in
 from vastserver.pipeline.context import (
     DEVICE_TYPES,
     PLATFORMS,
@@ -509,6 +511,53 @@ def parse_targeting(
         blocked_domains=frozenset(d.lower() for d in _list(q, "badv", max_len=MAX_DOMAIN)),
         segments=_list(q, "segments") if allowed.segments else (),
         key_values=MappingProxyType(kv),
+        privacy=privacy,
+        permissions=allowed,
+    )
+
+
+Located = TypeVar("Located", AdRequest, Targeting)
+"""A request to locate: a break's (/vast, /decide, OpenRTB) or a VMAP's targeting."""
+
+
+def locate(
+    x: Located, geo: GeoLookup, *, gdpr_by_geo: bool, tcf_vendor_id: int | None = None
+) -> Located:
+    """``x`` with its device located (:func:`~vastserver.geo.fill_geo`: the request's
+    ``country``, else the IP's), and then, with ``gdpr_by_geo`` (``VASTSERVER_GDPR_BY_GEO``),
+    the GDPR applied by that country (:func:`apply_gdpr_by_geo`). Every decision request
+    (/vast, /vmap, /decide, OpenRTB) is located here, once, before it is decided."""
+    located = replace(x, device=fill_geo(x.device, geo))
+    if not gdpr_by_geo:  # the setting's default: nothing more to do
+        return located
+    return apply_gdpr_by_geo(located, tcf_vendor_id)
+
+
+def apply_gdpr_by_geo(x: Located, tcf_vendor_id: int | None = None) -> Located:
+    """A request that carries no GDPR signal at all (no ``gdpr`` flag, no consent string,
+    no applicable EU TCF section of a GPP string: its resolved ``privacy.gdpr`` is None)
+    from a country where the GDPR applies (:data:`~vastserver.consent.GDPR_COUNTRIES`),
+    decided as under ``gdpr=1`` without a consent string: what that allows
+    (:func:`~vastserver.consent.read_privacy`, with the request's other signals) on top of
+    the device's own opt-outs (:func:`limit_tracking`), and ``${GDPR}`` = 1 for third
+    parties. An explicit ``gdpr=0``, or an unknown country, leaves the request as it is."""
+    p = x.privacy
+    if p.gdpr is not None or x.device.country not in GDPR_COUNTRIES:
+        return x
+    consented, privacy = read_privacy(
+        gdpr=True,
+        tc_string=None,
+        vendor_id=tcf_vendor_id,
+        us_privacy=p.us_privacy,
+        gpp=p.gpp,
+        gpp_sid=p.gpp_sid,
+        child_directed=x.content.kids,
+    )
+    allowed, ifa = limit_tracking(consented, x.device.ifa, x.device.lmt)
+    return replace(
+        x,
+        device=replace(x.device, ifa=ifa, lmt=not allowed.device_id),
+        segments=x.segments if allowed.segments else (),
         privacy=privacy,
         permissions=allowed,
     )
