@@ -272,18 +272,22 @@ async def test_vast_without_consent_neither_keys_on_the_device_nor_uses_segments
     assert (await _viewer(client, base))[0] == {
         "limited_tracking": False,
         "segments": ["sports", "auto"],
+        "gdpr": None,
     }
     assert (await _viewer(client, base + "&gdpr=1"))[0] == {
         "limited_tracking": True,
         "segments": [],
+        "gdpr": True,
     }
     assert (await _viewer(client, f"{base}&gdpr=1&gdpr_consent={full}"))[0] == {
         "limited_tracking": False,
         "segments": ["sports", "auto"],
+        "gdpr": True,
     }
     assert (await _viewer(client, f"{base}&gdpr_consent={tc_string({1, 2})}"))[0] == {
         "limited_tracking": False,
         "segments": [],
+        "gdpr": True,
     }
     assert (await _viewer(client, f"{base}&gdpr=0&gdpr_consent=junk"))[0]["segments"] == [
         "sports",
@@ -356,21 +360,21 @@ async def test_openrtb_reads_regs_gdpr_and_user_consent(make_client: ClientFacto
         return await _rtb_viewer(client, body)
 
     full = tc_string({1, 2, 3, 4})
-    assert await viewer(bid({}, {})) == {"limited_tracking": False, "segments": ["sports"]}
-    assert await viewer(bid({"gdpr": 1}, {})) == {"limited_tracking": True, "segments": []}
-    assert await viewer(bid({"gdpr": 1}, {"consent": full})) == {
-        "limited_tracking": False,
-        "segments": ["sports"],
+    personal = {"limited_tracking": False, "segments": ["sports"]}
+    assert await viewer(bid({}, {})) == {**personal, "gdpr": None}
+    assert await viewer(bid({"gdpr": 1}, {})) == {
+        "limited_tracking": True,
+        "segments": [],
+        "gdpr": True,
     }
+    assert await viewer(bid({"gdpr": 1}, {"consent": full})) == {**personal, "gdpr": True}
     assert await viewer(bid({"ext": {"gdpr": 1}}, {"ext": {"consent": tc_string({1, 2})}})) == {
         "limited_tracking": False,
         "segments": [],
+        "gdpr": True,
     }
     # an ext of another shape is someone else's extension: not ours to refuse
-    assert await viewer(bid({"ext": "x"}, {"ext": 5})) == {
-        "limited_tracking": False,
-        "segments": ["sports"],
-    }
+    assert await viewer(bid({"ext": "x"}, {"ext": 5})) == {**personal, "gdpr": None}
     resp = await client.post("/openrtb2/pod", data=json.dumps(bid({"gdpr": 2}, {})))
     assert resp.status == 400
     assert (await resp.json())["field"] == "regs.gdpr"
@@ -387,6 +391,7 @@ async def test_with_a_vendor_id_the_string_must_consent_to_our_vendor(
     assert (await _viewer(client, f"{base}&gdpr_consent={others}"))[0] == {
         "limited_tracking": True,
         "segments": [],
+        "gdpr": True,
     }
 
 
@@ -734,8 +739,8 @@ async def test_us_privacy_gpp_and_kids_drop_segments_not_the_device(
 ) -> None:
     client: Any = await make_client()
     base = "device_id=ifa-usp-1&segments=sports,auto"
-    keep = {"limited_tracking": False, "segments": ["sports", "auto"]}
-    drop = {"limited_tracking": False, "segments": []}
+    keep = {"limited_tracking": False, "segments": ["sports", "auto"], "gdpr": None}
+    drop = {"limited_tracking": False, "segments": [], "gdpr": None}
     assert (await _viewer(client, base + "&us_privacy=1YNN"))[0] == keep
     assert (await _viewer(client, base + "&us_privacy=1YYN"))[0] == drop
     assert (await _viewer(client, base + "&us_privacy=garbage"))[0] == drop
@@ -748,6 +753,7 @@ async def test_us_privacy_gpp_and_kids_drop_segments_not_the_device(
     assert (await _viewer(client, base + "&gpp_sid=2"))[0] == {
         "limited_tracking": True,
         "segments": [],
+        "gdpr": True,
     }
     assert (await _viewer(client, base + "&gpp=DBABQw~BmYAAABA.QA&gpp_sid=-1"))[0] == keep
     assert (await _viewer(client, base + "&gpp=DBABQw~BmYAAABA.QA&gpp_sid=,"))[0] == drop
@@ -780,15 +786,19 @@ async def test_openrtb_reads_us_privacy_gpp_and_coppa(make_client: ClientFactory
     async def viewer(regs: dict[str, Any]) -> Any:
         return await _rtb_viewer(client, bid(regs))
 
-    keep = {"limited_tracking": False, "segments": ["sports"]}
-    drop = {"limited_tracking": False, "segments": []}
+    keep = {"limited_tracking": False, "segments": ["sports"], "gdpr": None}
+    drop = {"limited_tracking": False, "segments": [], "gdpr": None}
     assert await viewer({"us_privacy": "1YNN"}) == keep
     assert await viewer({"us_privacy": "1YYN"}) == drop
     assert await viewer({"ext": {"us_privacy": "1YYN"}}) == drop
     assert await viewer({"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": [14]}) == drop
     assert await viewer({"gpp": "DBAC16s~BVoAAAEA.QA~BWAAAACA~Biog.AAA", "gpp_sid": [13]}) == keep
     assert await viewer({"coppa": 1}) == drop
-    assert await viewer({"gpp_sid": [2]}) == {"limited_tracking": True, "segments": []}
+    assert await viewer({"gpp_sid": [2]}) == {
+        "limited_tracking": True,
+        "segments": [],
+        "gdpr": True,
+    }
     assert await viewer({"ext": {"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": [14]}}) == drop
     assert await viewer({"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": [-1]}) == keep
     assert await viewer({"gpp": "DBABQw~BmYAAABA.QA", "gpp_sid": []}) == drop
@@ -845,8 +855,15 @@ def test_read_privacy_keeps_the_signals_for_third_parties(
 
 # ---------------------------------------------------------------------------- by geography
 
-PERSONAL = {"limited_tracking": False, "segments": ["adults_21plus"]}
-IMPERSONAL = {"limited_tracking": True, "segments": []}
+IMPERSONAL = {"limited_tracking": True, "segments": [], "gdpr": True}
+"""What ``/decide`` shows of a viewer under ``gdpr=1`` without consent."""
+
+
+def personal(gdpr: bool | None, segments: tuple[str, ...] = ("adults_21plus",)) -> dict[str, Any]:
+    """What ``/decide`` shows of a viewer whose IFA and segments were used."""
+    return {"limited_tracking": False, "segments": list(segments), "gdpr": gdpr}
+
+
 SEGMENT_LINE_ITEM = "li-ridgeway-gameday-sports"
 """The demo catalog's line item for sports fans aged 21+ (segment ``adults_21plus``)."""
 
@@ -892,9 +909,9 @@ async def test_gdpr_by_geo_decides_a_viewer_in_europe_without_signals_as_under_g
     client: Any = await make_client(gdpr_by_geo="1")
     assert await _sports_break(client, where + "&gdpr=1") == (IMPERSONAL, False)
     assert await _sports_break(client, where) == (IMPERSONAL, False)
-    assert await _sports_break(client, where + "&gdpr=0") == (PERSONAL, True)
+    assert await _sports_break(client, where + "&gdpr=0") == (personal(False), True)
     full = tc_string({1, 2, 3, 4})
-    assert await _sports_break(client, f"{where}&gdpr_consent={full}") == (PERSONAL, True)
+    assert await _sports_break(client, f"{where}&gdpr_consent={full}") == (personal(True), True)
     # signals other than the GDPR's do not say whether it applies
     assert await _sports_break(client, where + "&us_privacy=1YNN") == (IMPERSONAL, False)
     assert await _sports_break(client, f"{where}&gpp={GPP_WITH_TCF}&gpp_sid=7") == (
@@ -902,7 +919,7 @@ async def test_gdpr_by_geo_decides_a_viewer_in_europe_without_signals_as_under_g
         False,
     )
     off: Any = await make_client()
-    assert await _sports_break(off, where) == (PERSONAL, True)
+    assert await _sports_break(off, where) == (personal(None), True)
     # ... an applicable EU TCF section of a GPP string does: decided as without the setting
     tcf = f"{where}&gpp={GPP_WITH_TCF}"
     assert await _sports_break(client, tcf) == await _sports_break(off, tcf)
@@ -915,7 +932,7 @@ async def test_gdpr_by_geo_leaves_viewers_elsewhere_or_unknown_alone(
     """Outside Europe, or where the country is unknown (the test client's 127.0.0.1 is in
     no geo table), a request without GDPR signals stays personalised."""
     client: Any = await make_client(gdpr_by_geo="true")
-    assert await _sports_break(client, where) == (PERSONAL, True)
+    assert await _sports_break(client, where) == (personal(None), True)
 
 
 async def test_gdpr_by_geo_keys_caps_on_the_session_not_the_device(
@@ -990,13 +1007,13 @@ async def test_gdpr_by_geo_on_openrtb(make_client: ClientFactory) -> None:
             "ext": {"vastserver": {"debug": 1, "session": "rtb-geo"}},
         }
 
-    personal = {"limited_tracking": False, "segments": ["sports"]}
+    said_no, unsaid = personal(False, ("sports",)), personal(None, ("sports",))
     for country in ("DEU", "FRA", "GBR", "CHE", "NO"):
         assert await _rtb_viewer(client, bid(country, {})) == IMPERSONAL, country
-        assert await _rtb_viewer(client, bid(country, {"gdpr": 0})) == personal
-        assert await _rtb_viewer(client, bid(country, {"ext": {"gdpr": 0}})) == personal
+        assert await _rtb_viewer(client, bid(country, {"gdpr": 0})) == said_no
+        assert await _rtb_viewer(client, bid(country, {"ext": {"gdpr": 0}})) == said_no
     assert await _rtb_viewer(client, bid(None, {}, ip="2001:db8:1::5")) == IMPERSONAL  # France
-    assert await _rtb_viewer(client, bid("USA", {})) == personal
-    assert await _rtb_viewer(client, bid(None, {})) == personal  # 127.0.0.1: no country
+    assert await _rtb_viewer(client, bid("USA", {})) == unsaid
+    assert await _rtb_viewer(client, bid(None, {})) == unsaid  # 127.0.0.1: no country
     off: Any = await make_client()
-    assert await _rtb_viewer(off, bid("DEU", {})) == personal
+    assert await _rtb_viewer(off, bid("DEU", {})) == unsaid

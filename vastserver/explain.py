@@ -59,6 +59,9 @@ def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
             # caps and history follow the session, not the device
             "limited_tracking": d.request.device.lmt,
             "segments": list(d.request.segments),
+            # whether the GDPR applies, as resolved (by the signals, or by the country
+            # with VASTSERVER_GDPR_BY_GEO); None: nothing says
+            "gdpr": d.request.privacy.gdpr,
         },
         "at": d.now.isoformat(),
         "scorer": d.scorer,
