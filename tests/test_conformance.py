@@ -70,9 +70,10 @@ async def test_pods_of_1_to_8_ads(
         )
         xml = await _fetch(client, query)
         ads = _ads_in(xml)
-        assert len(ads) == n, f"{query}: wanted a full pod of {n}, got {len(ads)}"
+        want = 1 if version == "2.0" else n  # VAST 2.0 has no pods: its player plays one
+        assert len(ads) == want, f"{query}: wanted a full pod of {want}, got {len(ads)}"
         _check_static(xml, version, query)
-        docs.append((query, xml, n))
+        docs.append((query, xml, want))
     if not c.node_available():
         return
     parsed = c.node_parse_many([d[1].decode() for d in docs], "vast")
@@ -128,13 +129,13 @@ async def test_flat_sponsorship_carries_no_price(client: Any, version: str) -> N
         client, f"vast={version}&break=pre&series=galaxy-patrol&pod_duration=60&max_ads=2"
     )
     ads = _ads_in(xml)
-    assert len(ads) == 2
-    first, second = ads
+    assert len(ads) == (1 if version == "2.0" else 2)  # 2.0 has no pods: one ad a break
+    first, *rest = ads
     assert str(first.get("id")).startswith("li-streamly-galaxy-sponsor-")
-    assert not str(second.get("id")).startswith("li-streamly-galaxy-sponsor-")
     assert list(first.iter("{*}Pricing")) == []
-    assert str(second.get("id")).startswith("li-house-promo-")
-    assert list(second.iter("{*}Pricing")) == []
+    for second in rest:
+        assert str(second.get("id")).startswith("li-house-promo-")
+        assert list(second.iter("{*}Pricing")) == []
     paid = _ads_in(await _fetch(client, f"vast={version}&pod_duration=30&max_ads=1"))
     prices = [float(str(e.text)) for e in paid[0].iter("{*}Pricing")]
     if version == "2.0":

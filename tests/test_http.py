@@ -14,8 +14,17 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 from lxml import etree
 
-from tests.conftest import DEMO_CATALOG, PUBLIC_URL, ClientFactory, FakeClock, raw_request
+from tests.conftest import (
+    ADMIN,
+    DEMO_CATALOG,
+    FIXED_NOW,
+    PUBLIC_URL,
+    ClientFactory,
+    FakeClock,
+    raw_request,
+)
 from vastserver.app import RUNTIME
+from vastserver.catalog.gen import generate_catalog
 from vastserver.eventlog import read_events
 from vastserver.tracking import expand_macros
 
@@ -508,6 +517,75 @@ async def test_vmap_template_type_follows_the_tags_vast_version(
         tags = root.findall("vmap:AdBreak/vmap:AdSource/vmap:AdTagURI", NS)
         assert tags  # all 3 breaks; the 7 of the inline one but the first decided
         assert {t.get("templateType") for t in tags} == {template_type}
+
+
+@pytest.fixture(scope="module")
+def many_ads_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough advertisers for a full pod of 4 in 120 s (the demo catalog fills 2)."""
+    path = tmp_path_factory.mktemp("catalog") / "catalog.json"
+    path.write_text(json.dumps(generate_catalog(400, seed=7, now=FIXED_NOW)))
+    return path
+
+
+async def _served(client: Any) -> int:
+    """Ads reserved so far: the store's served counters, one per ad a decision reserved."""
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    rows = await (await client.get("/admin/line-items", headers=auth)).json()
+    return sum(int(r["served"]) for r in rows)
+
+
+def _any_ns_ads(root: etree._Element) -> list[etree._Element]:
+    return root.findall("{*}Ad")  # 2.0 and 3.0 have no namespace
+
+
+@pytest.mark.parametrize(("version", "n_ads"), [("2.0", 1), ("3.0", 4), ("4.2", 4)])
+async def test_a_vast_2_0_break_holds_the_one_ad_its_player_plays(
+    make_client: ClientFactory, many_ads_catalog: Path, version: str, n_ads: int
+) -> None:
+    """VAST 2.0 has no ad pods (Ad@sequence came with 3.0) and its players play one ad of a
+    response. A 2.0 request for a pod of 4 used to answer 4 <Ad>s, all 4 reserved against
+    caps and budgets, 3 never played. Now its break allows 1 ad (the explanation's break
+    says max_ads 1), the one max_ads=1 gets, and only it is reserved; 3.0 on keep pods."""
+    query = "max_ads=4&pod_duration=120&device_id=v2pod&debug=1"
+    client: Any = await make_client(catalog=str(many_ads_catalog))
+    root = await _vast(client, f"vast={version}&{query}")
+    ads = _any_ns_ads(root)
+    assert len(ads) == n_ads
+    assert await _served(client) == n_ads
+    explanation = root.find(".//{*}Extension[@type='vastserver-debug']/{*}Explanation")
+    assert explanation is not None
+    decision = json.loads(str(explanation.text))
+    assert decision["break"]["max_ads"] == n_ads
+    assert len(decision["pod"]["ads"]) == n_ads
+    if version == "2.0":  # the best single ad, as a pod of one (on a fresh store) gets it
+        single: Any = await make_client(catalog=str(many_ads_catalog))
+        one = await _vast(single, f"vast=3.0&{query.replace('max_ads=4', 'max_ads=1')}")
+        assert [a.get("id") for a in ads] == [a.get("id") for a in _any_ns_ads(one)]
+
+
+async def test_a_vmap_asking_for_vast_2_0_gets_breaks_of_one_ad(
+    make_client: ClientFactory, many_ads_catalog: Path
+) -> None:
+    """A VMAP whose tags ask for VAST 2.0: each tag's /vast answers one ad, and an inline
+    VMAP's pods hold one ad each, reserved alone (3.0 inline pods hold more)."""
+    query = "content_duration=1800&cue_points=600&postroll=0&device_id=v2vmap&vast=2.0"
+    client: Any = await make_client(catalog=str(many_ads_catalog))
+    root = etree.fromstring(await (await client.get(f"/vmap?{query}")).read())
+    tags = _urls(root, "vmap:AdBreak/vmap:AdSource/vmap:AdTagURI")
+    assert len(tags) == 2
+    for tag in tags:
+        assert parse_qs(urlsplit(tag).query)["max_ads"] != ["1"]  # the break's, as planned
+        assert len(_any_ns_ads(await _vast(client, _local(tag)))) == 1
+    assert await _served(client) == 2
+    for version, most in (("2.0", 1), ("3.0", 8)):
+        inline: Any = await make_client(catalog=str(many_ads_catalog))
+        resp = await inline.get(f"/vmap?{query.replace('2.0', version)}&inline=1")
+        root = etree.fromstring(await resp.read())
+        pods = [len(v.findall("{*}Ad")) for v in root.iterfind(".//vmap:VASTAdData/{*}VAST", NS)]
+        assert len(pods) == 2 and all(1 <= n <= most for n in pods)
+        assert await _served(inline) == sum(pods)
+        if version == "3.0":
+            assert max(pods) > 1
 
 
 async def test_vmap_tags_stay_within_what_vast_reads(client: Any) -> None:

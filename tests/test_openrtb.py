@@ -629,6 +629,31 @@ def test_vast_version_from_protocols() -> None:
         assert parse(doc).request.vast_version == expected
 
 
+def test_a_vast_2_0_pod_allows_one_ad() -> None:
+    """VAST 2.0 has no ad pods: a player listing only VAST 2.0 (protocols 2/5), or
+    ``ext.vastserver.vast`` 2.0, plays one ad of a pod, so the break allows 1 (it used to
+    keep maxseq, reserving ads never played). A player that lists 3.0 too keeps its pod."""
+    for protocols, vast, max_ads in (
+        ([2, 5], None, 1),
+        ([2], None, 1),
+        ([13], "2.0", 1),
+        ([2, 3], None, 4),
+        ([2], "3.0", 4),
+    ):
+        doc = dynamic_pod()
+        doc["imp"][0]["video"]["protocols"] = protocols
+        if vast is not None:
+            doc["ext"] = {"vastserver": {"vast": vast}}
+        brk = parse(doc).request.brk
+        assert (brk.max_ads, brk.pod_duration_ms) == (max_ads, 120_000), (protocols, vast)
+    doc = structured_pod()
+    for imp in doc["imp"]:
+        imp["video"]["protocols"] = [2, 5]
+    brk = parse(doc).request.brk
+    assert brk.max_ads == 1  # one ad, in a slot it fits
+    assert brk.slots == parse(structured_pod()).request.brk.slots
+
+
 def test_body_may_be_text() -> None:
     pod = parse_bid_request(json.dumps(dynamic_pod()), CLIENT, RULES)
     assert pod.imp_ids == ("1",)
@@ -1059,6 +1084,28 @@ async def test_slots_of_different_lengths_each_get_an_ad_that_fits(
     assert resp.status == 200, await resp.text()
     xml = bytes(await resp.read())
     assert _ads(xml) == [(1, 30.0), (2, 15.0)]
+    _xsd_valid(xml)
+
+
+@pytest.mark.parametrize(("protocols", "n_ads"), [([2, 5], 1), ([2, 3], 2)])
+async def test_a_vast_2_0_bid_request_serves_and_reserves_one_ad(
+    make_client: ClientFactory, protocols: list[int], n_ads: int
+) -> None:
+    """A stitcher whose player reads only VAST 2.0 asks for two slots: it gets one ad (it
+    used to get both, the second reserved and never played), and one is reserved."""
+    from tests.conftest import ADMIN
+
+    client = await make_client()
+    doc = _exact_slots(30, 15, rqddurs=False)
+    for imp in doc["imp"]:
+        imp["video"]["protocols"] = protocols
+    resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+    assert resp.status == 200, await resp.text()
+    xml = bytes(await resp.read())
+    assert len(_ads(xml)) == n_ads
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    rows = await (await client.get("/admin/line-items", headers=auth)).json()
+    assert sum(int(r["served"]) for r in rows) == n_ads
     _xsd_valid(xml)
 
 

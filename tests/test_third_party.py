@@ -116,7 +116,8 @@ async def test_wrapper_pods_pass_the_xsd_vastlint_and_the_player(
         xml = bytes(await resp.read())
         root = etree.fromstring(xml)
         ads = [e for e in root if isinstance(e.tag, str) and etree.QName(e).localname == "Ad"]
-        assert len(ads) >= 2
+        # VAST 2.0 has no pods: its break holds one ad, the sponsorship's
+        assert (len(ads) == 1) if version == "2.0" else (len(ads) >= 2)
         first = ads[0][0]
         assert etree.QName(first).localname == "Wrapper"  # the sponsorship owns slot 1
         assert first.findtext("{*}VASTAdTagURI", "").strip() == TAG
@@ -129,7 +130,8 @@ async def test_wrapper_pods_pass_the_xsd_vastlint_and_the_player(
         return
     for result in c.node_parse_many([d.decode() for d in docs], "vast"):
         assert result["ok"], result["error"]
-        assert len(result["ads"]) >= 2
+        n = len(result["ads"])
+        assert (n == 1) if version == "2.0" else (n >= 2)
 
 
 async def test_a_wrapper_counts_its_impression_and_its_click(
@@ -186,10 +188,16 @@ async def test_third_party_trackers_go_beside_ours(
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps(doc))
     client: Any = await make_client(catalog=str(path))
-    resp = await client.get(f"/vast?vast={version}&series=tag-show&pod_duration=90&max_ads=3")
-    xml = bytes(await resp.read())
-    root = etree.fromstring(xml)
-    ads = [e for e in root if isinstance(e.tag, str) and etree.QName(e).localname == "Ad"]
+    queries = [f"vast={version}&series=tag-show&pod_duration=90&max_ads=3"]
+    if version == "2.0":  # one ad a break (no pods): the sponsorship's wrapper, so an inline
+        queries.append(f"vast={version}&pod_duration=30")  # ad from another break
+    xmls = [bytes(await (await client.get(f"/vast?{q}")).read()) for q in queries]
+    ads = [
+        e
+        for xml in xmls
+        for e in etree.fromstring(xml)
+        if isinstance(e.tag, str) and etree.QName(e).localname == "Ad"
+    ]
     assert {etree.QName(a[0]).localname for a in ads} == {"Wrapper", "InLine"}
     for ad in ads:
         imps = [(e.text or "").strip() for e in ad.iter("{*}Impression")]
@@ -205,12 +213,13 @@ async def test_third_party_trackers_go_beside_ours(
         assert by_event["creativeView"][1:] == TRACKERS["creativeView"]  # 4.x too (vast4.xsd)
         if "loaded" in by_event:
             assert by_event["loaded"][1:] == TRACKERS["loaded"]
-    assert c.validate_vast_xsd(xml, version) == []
-    lint_errors, lint_warnings = c.vastlint_report(xml)
-    assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
+    for xml in xmls:
+        assert c.validate_vast_xsd(xml, version) == []
+        lint_errors, lint_warnings = c.vastlint_report(xml)
+        assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
     if c.node_available():
-        (result,) = c.node_parse_many([xml.decode()], "vast")
-        assert result["ok"], result["error"]
+        for result in c.node_parse_many([xml.decode() for xml in xmls], "vast"):
+            assert result["ok"], result["error"]
 
 
 def test_trackers_are_checked() -> None:
@@ -739,18 +748,18 @@ def _own_urls(xml: bytes) -> list[str]:
     return out
 
 
-def _assert_withheld(xml: bytes) -> None:
+def _assert_withheld(xml: bytes, least: int = 8) -> None:
     text = xml.decode()
     for name in (*DEVICE_MACRO_NAMES, "[LIMITADTRACKING]"):
         assert name not in text, name
     urls = _third_party_urls(xml)
-    assert len(urls) >= 8, urls
+    assert len(urls) >= least, urls
     assert [u for u in urls if WITHHELD_QUERY not in u] == []
 
 
-def _assert_untouched(xml: bytes) -> None:
+def _assert_untouched(xml: bytes, least: int = 8) -> None:
     urls = _third_party_urls(xml)
-    assert len(urls) >= 8, urls
+    assert len(urls) >= least, urls
     assert [u for u in urls if DEVICE_QUERY not in u] == []
     assert "=-2" not in xml.decode()
 
@@ -802,6 +811,9 @@ async def test_device_macros_are_withheld_for_a_viewer_who_refused_tracking(
     c.require_spec()
     client = await _device_client(make_client, tmp_path)
     base = f"/vast?vast={version}&series=tag-show&pod_duration=90&max_ads=3"
+    # VAST 2.0 has no pods: its one ad is the sponsorship's wrapper (tag, trackers and
+    # verification: 6 URLs; 2.0 has no icons)
+    least = 6 if version == "2.0" else 8
     refusals, consents = _refusals(), _consents()
     sessions = iter(range(100))
 
@@ -816,10 +828,10 @@ async def test_device_macros_are_withheld_for_a_viewer_who_refused_tracking(
     for _ in range(2):
         for (_, refused), (_, consented) in zip(refusals.items(), consents.items(), strict=True):
             xml = await get(refused)
-            _assert_withheld(xml)
+            _assert_withheld(xml, least)
             docs.append(xml)
             other = await get(consented)
-            _assert_untouched(other)
+            _assert_untouched(other, least)
             docs.append(other)
             # our own beacons carry no device macro to withhold, and keep their macros
             for doc in (xml, other):
@@ -829,9 +841,9 @@ async def test_device_macros_are_withheld_for_a_viewer_who_refused_tracking(
                 assert macros <= {"CACHEBUSTING", "TIMESTAMP", "ADPLAYHEAD", "ERRORCODE"}
     # the debug render (the full template path) withholds alike
     xml = await get("lmt=1&debug=1")
-    _assert_withheld(xml)
+    _assert_withheld(xml, least)
     docs.append(xml)
-    _assert_untouched(await get("debug=1"))
+    _assert_untouched(await get("debug=1"), least)
     for xml in docs[:4]:
         assert c.validate_vast_xsd(xml, version) == []
         lint_errors, lint_warnings = c.vastlint_report(xml)

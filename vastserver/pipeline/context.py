@@ -6,7 +6,7 @@ Built by the HTTP layer (query string, OpenRTB JSON) and never mutated afterward
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
@@ -51,6 +51,10 @@ class SimClock:
 VAST_VERSIONS: tuple[str, ...] = ("2.0", "3.0", "4.0", "4.1", "4.2", "4.3")
 DEFAULT_VAST_VERSION = "4.2"
 """The VAST version of a request that does not name one."""
+PODLESS_VAST_VERSIONS: frozenset[str] = frozenset({"2.0"})
+"""VAST versions without ad pods (``Ad@sequence`` came with 3.0): a player of one plays one
+``<Ad>`` of a response (vast-client's ``VASTClient.get`` returns the first), so a break asked
+in one of them holds at most one ad."""
 DEVICE_TYPES: frozenset[str] = frozenset(catalog_model.DEVICE_TYPES)
 PLATFORMS: frozenset[str] = frozenset(catalog_model.PLATFORMS)
 
@@ -139,6 +143,14 @@ class AdRequest:
     """What the consent and the device's own opt-outs (``lmt``, the all-zero IFA) let the
     decision use: the device identifier and ``segments`` are already left out where they
     may not be; this says so (the decision record keeps it)."""
+
+    def __post_init__(self) -> None:
+        # A VAST 2.0 player plays one ad of a pod: decide (and reserve caps and budgets for)
+        # at most the one it plays, as for max_ads=1. Here, where every request is made
+        # (/vast, /decide, /vmap's tags and inline breaks, OpenRTB), never in the renderer,
+        # so the explanation's break shows max_ads 1 and nothing reserved goes unsent.
+        if self.vast_version in PODLESS_VAST_VERSIONS and self.brk.max_ads > 1:
+            object.__setattr__(self, "brk", replace(self.brk, max_ads=1))
 
     def viewer_key(self) -> str | None:
         """Stable key for frequency capping: IFA, else a hash input of IP + UA; never cookies.
