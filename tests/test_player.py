@@ -39,12 +39,12 @@ async def _beacons(client: Any) -> Counter[tuple[str, str]]:
     return out
 
 
-async def _play(base: str) -> dict[str, Any]:
+async def _play(base: str, query: str = VMAP_QUERY) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
         "node",
         str(PLAY_SCRIPT),
         base,
-        VMAP_QUERY,
+        query,
         cwd=c.NODE_DIR,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -55,13 +55,8 @@ async def _play(base: str) -> dict[str, Any]:
     return result
 
 
-async def test_a_player_plays_the_schedule_and_every_pixel_counts_once(
-    aiohttp_client: Any,
-) -> None:
-    """VMAP -> each break's ad tag -> impression, quartiles and complete, a click, an error
-    with a code and a notUsed, as the libraries fire them: every pixel answers 204 (the
-    click 302), each counts once, and firing them all again counts nothing more."""
-    c.require_node()
+async def _serve(aiohttp_client: Any) -> tuple[str, Any]:
+    """A server on loopback that knows its own URL: that URL and a client of it."""
     sock = _bound_socket()
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
     settings = make_settings(public_url=base)
@@ -69,7 +64,35 @@ async def test_a_player_plays_the_schedule_and_every_pixel_counts_once(
     # the test server serves on that socket (closed with it), never binding a port itself
     client = await aiohttp_client(app, server_kwargs={"socket_factory": lambda *_: sock})
     assert str(client.make_url("/")) == base + "/"
+    return base, client
 
+
+async def _served(client: Any) -> int:
+    """Ads reserved: the store's served counters, one per ad a decision reserved."""
+    admin = await client.get("/admin/line-items", headers={"Authorization": f"Bearer {ADMIN}"})
+    return sum(int(row["served"]) for row in await admin.json())
+
+
+async def test_a_vast_2_0_player_is_served_only_the_ad_it_plays(aiohttp_client: Any) -> None:
+    """VAST 2.0 has no pods: a 2.0 response of several ads used to reserve them all while
+    the player played one. Each break of a VMAP asking for VAST 2.0 now answers one ad,
+    which VASTClient.get returns and the player plays: every reserved ad is played."""
+    c.require_node()
+    base, client = await _serve(aiohttp_client)
+    assert "max_ads" not in VMAP_QUERY  # the breaks' own, pods of several ads in 3.0 on
+    played = await _play(base, VMAP_QUERY + "&vast=2.0")
+    assert Counter(a["break"] for a in played["ads"]) == {"preroll": 1, "midroll-1": 1}
+    assert await _served(client) == len(played["ads"]) == 2
+
+
+async def test_a_player_plays_the_schedule_and_every_pixel_counts_once(
+    aiohttp_client: Any,
+) -> None:
+    """VMAP -> each break's ad tag -> impression, quartiles and complete, a click, an error
+    with a code and a notUsed, as the libraries fire them: every pixel answers 204 (the
+    click 302), each counts once, and firing them all again counts nothing more."""
+    c.require_node()
+    base, client = await _serve(aiohttp_client)
     played = await _play(base)
     ads, pixels = played["ads"], played["pixels"]
     scenarios = Counter(a["scenario"] for a in ads)
@@ -108,3 +131,4 @@ async def test_a_player_plays_the_schedule_and_every_pixel_counts_once(
     admin = await client.get("/admin/line-items", headers={"Authorization": f"Bearer {ADMIN}"})
     delivered = sum(row["delivered_impressions"] for row in await admin.json())
     assert delivered == played_through
+    assert await _served(client) == len(ads)  # every ad reserved was played
