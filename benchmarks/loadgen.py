@@ -95,7 +95,10 @@ class Recorder:
     dispatch_late: int = 0
     """Fixed rate: requests the generator itself dispatched more than 1 ms late."""
     dispatch_rate: float | None = None
-    """Fixed rate: requests dispatched per second, as achieved by the generator."""
+    """Fixed rate: requests sent per second (a server stall that holds connections busy
+    lowers it too, so it does not mark the generator saturated)."""
+    generator_cpu_share: float | None = None
+    """Fixed rate: the generator's own CPU time over the window, in cores."""
 
     def ok(
         self,
@@ -218,6 +221,8 @@ class _Conn:
         self.timeout = timeout
         self.sock: socket.socket | None = None
         self.buf = b""
+        self.deadline = math.inf
+        self.got_bytes = False
 
     def connect(self) -> socket.socket:
         if self.sock is None:
@@ -231,11 +236,30 @@ class _Conn:
             self.sock.close()
         self.sock, self.buf = None, b""
 
+    def _closed_by_peer(self) -> bool:
+        """Whether the server closed this idle connection (a keep-alive timeout): a
+        non-blocking peek reads its end of stream (or a reset)."""
+        assert self.sock is not None
+        self.sock.setblocking(False)
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            self.sock.settimeout(self.timeout)
+
     def _more(self) -> None:
         assert self.sock is not None
+        left = self.deadline - time.perf_counter()
+        if left <= 0:
+            raise TimeoutError("no complete answer within the timeout")
+        self.sock.settimeout(left)
         chunk = self.sock.recv(262144)
         if not chunk:
             raise ConnectionResetError("connection closed by the server")
+        self.got_bytes = True
         self.buf += chunk
 
     def _take(self, n: int) -> bytes:
@@ -250,10 +274,7 @@ class _Conn:
         out, self.buf = self.buf[:i], self.buf[i + 2 :]
         return out
 
-    def exchange(self, data: bytes) -> tuple[int, dict[str, str], bytes]:
-        """Send one request, read its whole answer: (status, headers lower-cased, body)."""
-        sock = self.connect()
-        sock.sendall(data)
+    def _head(self) -> tuple[int, dict[str, str]]:
         while (end := self.buf.find(b"\r\n\r\n")) < 0:
             self._more()
         head, self.buf = self.buf[:end].decode("latin-1"), self.buf[end + 4 :]
@@ -263,9 +284,37 @@ class _Conn:
         for ln in lines:
             k, _, v = ln.partition(":")
             headers[k.strip().lower()] = v.strip()
-        if "content-length" in headers:
-            body = self._take(int(headers["content-length"]))
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
+        return status, headers
+
+    def exchange(self, data: bytes) -> tuple[int, dict[str, str], bytes]:
+        """Send one GET and read its whole answer within the timeout: (status, headers
+        lower-cased, body). A reused connection the server closed while it was idle is
+        opened again first; one that fails before any byte of the answer is tried once
+        more on a new one (what a client pool does for an idempotent request)."""
+        self.deadline = time.perf_counter() + self.timeout
+        reused = self.sock is not None
+        if reused and self._closed_by_peer():
+            self.close()
+            reused = False
+        try:
+            return self._exchange(data)
+        except (ConnectionError, TimeoutError) as e:
+            self.close()
+            if not reused or self.got_bytes or isinstance(e, TimeoutError):
+                raise
+        return self._exchange(data)
+
+    def _exchange(self, data: bytes) -> tuple[int, dict[str, str], bytes]:
+        self.got_bytes = False
+        sock = self.connect()
+        sock.settimeout(max(0.001, self.deadline - time.perf_counter()))
+        sock.sendall(data)
+        status, headers = self._head()
+        while 100 <= status < 200 and status != 101:  # interim answers (103 Early Hints)
+            status, headers = self._head()
+        if status in (204, 304) or 100 <= status < 200:
+            body = b""
+        elif "chunked" in headers.get("transfer-encoding", "").lower():
             parts = []
             while size := int(self._line().split(b";", 1)[0], 16):
                 parts.append(self._take(size))
@@ -273,8 +322,8 @@ class _Conn:
             while self._line():  # trailers, up to the empty line
                 pass
             body = b"".join(parts)
-        elif status in (204, 304) or 100 <= status < 200:
-            body = b""
+        elif "content-length" in headers:
+            body = self._take(int(headers["content-length"]))
         else:  # delimited by the end of the connection
             try:
                 while True:
@@ -300,6 +349,12 @@ class _Outcome:
     error: str | None = None
 
 
+SATURATED_CPU_SHARE = 0.85
+"""Fixed rate: the generator's own CPU time over the window (all its threads, one core's
+worth = 1.0) from which it counts as saturated: its threads then wait for the GIL and for a
+core, and that wait is timed as the server's."""
+
+
 def fixed_rate(
     base_url: str,
     reqs: Sequence[tuple[str, str, dict[str, str]]],
@@ -315,7 +370,9 @@ def fixed_rate(
     time with ``time.sleep`` (an asyncio timer wakes up to a millisecond late: ``epoll``
     takes its timeout in whole milliseconds, rounded up) and reading the answer itself (no
     event loop between the socket and the clock). A request whose connection is still busy
-    with an earlier one goes out late, and that wait counts in its latency."""
+    with an earlier one goes out late, and that wait counts in its latency. Each request has
+    ``timeout`` seconds for its whole answer; requests still unsent once the window and one
+    timeout have passed are not sent, and count as ``TimeoutError`` failures."""
     u = urlsplit(base_url)
     host, port = u.hostname or "127.0.0.1", u.port or 80
     total = max(1, int(duration * rate))
@@ -323,10 +380,14 @@ def fixed_rate(
     wire = [_encode(base_url, r) for r in reqs]
     conns = [_Conn(host, port, timeout) for _ in range(k)]
     for c in conns:  # connected before the window, as the warm-up's were
-        c.connect()
+        try:
+            c.connect()
+        except OSError:
+            c.close()  # tried again by the first request, whose failure is counted
     outcomes: list[list[_Outcome]] = [[] for _ in range(k)]
-    late: list[list[int]] = [[0, 0, 0] for _ in range(k)]  # late_sends, dispatch_late, last
+    late: list[list[int]] = [[0, 0] for _ in range(k)]  # late_sends, dispatch_late
     start = time.perf_counter() + 0.02
+    give_up = start + duration + timeout
 
     def worker(j: int) -> None:
         conn, out, counts = conns[j], outcomes[j], late[j]
@@ -339,6 +400,9 @@ def fixed_rate(
             if delay > 0:
                 time.sleep(delay)
             sent = time.perf_counter()
+            if sent > give_up:
+                out.append(_Outcome(kind, due, sent, sent, error="TimeoutError"))
+                continue
             if sent - due > 0.001:
                 counts[0] += 1
                 if free_at <= due:  # the connection was free: the generator was late
@@ -356,11 +420,14 @@ def fixed_rate(
                 out.append(_Outcome(kind, due, sent, done, status, len(body), problem))
             free_at = done
 
+    cpu0 = time.process_time()
     threads = [threading.Thread(target=worker, args=(j,), daemon=True) for j in range(k)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    end = time.perf_counter()
+    cpu = time.process_time() - cpu0
     for c in conns:
         c.close()
     rec.window_end = math.inf  # every scheduled request counts, however late it completes
@@ -376,6 +443,7 @@ def fixed_rate(
     rec.dispatch_late = sum(c[1] for c in late)
     spent = last_sent - start
     rec.dispatch_rate = (total - 1) / spent if spent > 0 else None
+    rec.generator_cpu_share = cpu / (end - start) if end > start else None
 
 
 async def _sample_at(when: float, pid: int | None) -> procstat.TreeSample | None:
@@ -419,10 +487,13 @@ def summarize(
         "dispatch_rate": rec.dispatch_rate,
         # fixed rate: the generator itself could not keep the schedule, so the latencies
         # measure the generator as much as the server
+        "generator_cpu_share": None
+        if rec.generator_cpu_share is None
+        else round(rec.generator_cpu_share, 3),
         "generator_saturated": rate is not None
         and (
             rec.dispatch_late > 0.05 * max(1, n)
-            or (rec.dispatch_rate is not None and rec.dispatch_rate < 0.95 * rate)
+            or (rec.generator_cpu_share or 0.0) >= SATURATED_CPU_SHARE
         ),
         "server_cpu_s": cpu_s,
     }
