@@ -680,22 +680,22 @@ DEVICE_MACRO_NAMES = ("[IFA]", "[IFATYPE]", "[DEVICEIP]", "[DEVICEUA]", "[LATLON
 ZERO_IFA = "00000000-0000-0000-0000-000000000000"
 
 
-def device_doc() -> dict[str, Any]:
-    """:func:`wrapper_doc` with the device macros in every URL of every creative a third
-    party answers: the tag, trackers of several events, icons' trackers, click-through and
-    image, verification scripts and their ``verificationNotExecuted`` trackers, media,
-    mezzanine and caption files."""
-    doc = wrapper_doc(f"https://ad.thirdparty.example/vast?{DEVICE_QUERY}")
+def device_doc(query: str = DEVICE_QUERY) -> dict[str, Any]:
+    """:func:`wrapper_doc` with the device macros (or ``query``) in every URL of every
+    creative a third party answers: the tag, trackers of several events, icons' trackers,
+    click-through and image, verification scripts and their ``verificationNotExecuted``
+    trackers, media, mezzanine and caption files."""
+    doc = wrapper_doc(f"https://ad.thirdparty.example/vast?{query}")
     for cr in doc["creatives"]:
         cr["trackers"] = {
-            "impression": [f"https://px.example/imp?{DEVICE_QUERY}&g=${{GDPR}}"],
-            "complete": [f"https://px.example/done?{DEVICE_QUERY}"],
-            "click": [f"https://px.example/c?{DEVICE_QUERY}"],
+            "impression": [f"https://px.example/imp?{query}&g=${{GDPR}}"],
+            "complete": [f"https://px.example/done?{query}"],
+            "click": [f"https://px.example/c?{query}"],
         }
         for r in (*cr.get("renditions", ()), *cr.get("captions", ())):
-            r["url"] += f"?{DEVICE_QUERY}"
+            r["url"] += f"?{query}"
         if cr.get("mezzanine"):
-            cr["mezzanine"]["url"] += f"?{DEVICE_QUERY}"
+            cr["mezzanine"]["url"] += f"?{query}"
         cr["icons"] = [
             {
                 "program": "AdChoices",
@@ -703,19 +703,19 @@ def device_doc() -> dict[str, Any]:
                 "height": 20,
                 "x_position": "right",
                 "y_position": "top",
-                "image_url": f"https://icons.example/adchoices.png?{DEVICE_QUERY}",
+                "image_url": f"https://icons.example/adchoices.png?{query}",
                 "creative_type": "image/png",
-                "click_through": f"https://icons.example/why?{DEVICE_QUERY}",
-                "view_tracking_urls": [f"https://icons.example/v?{DEVICE_QUERY}"],
-                "click_tracking_urls": [f"https://icons.example/c?{DEVICE_QUERY}"],
+                "click_through": f"https://icons.example/why?{query}",
+                "view_tracking_urls": [f"https://icons.example/v?{query}"],
+                "click_tracking_urls": [f"https://icons.example/c?{query}"],
             }
         ]
         cr["verifications"] = [
             {
                 "vendor": "verify.example-omid",
-                "js_url": f"https://verify.example/omid.js?{DEVICE_QUERY}",
+                "js_url": f"https://verify.example/omid.js?{query}",
                 "parameters": "{}",
-                "not_executed_urls": [f"https://verify.example/ne?r=[REASON]&{DEVICE_QUERY}"],
+                "not_executed_urls": [f"https://verify.example/ne?r=[REASON]&{query}"],
             }
         ]
     return doc
@@ -943,3 +943,183 @@ async def test_device_macros_are_withheld_on_child_directed_content(
     for _ in range(2):
         _assert_child_directed(await _openrtb_pod(client, {"coppa": 1}, {}, {}))
         _assert_untouched(await _openrtb_pod(client, {"coppa": 0}, {}, {}))
+
+
+# --------------------------------------------------------------------------------------------
+# Regulation macros: [GDPR] and [REGULATIONS] filled in when the GDPR applies
+# --------------------------------------------------------------------------------------------
+
+REGULATION_QUERY = "gdpr=[GDPR]&regs=[REGULATIONS]&consent=[GDPRCONSENT]&ord=[CACHEBUSTING]"
+"""The regulation macros a player fills in (and ``[GDPRCONSENT]``, which stays its own)."""
+GDPR_QUERY = "gdpr=1&regs=gdpr&consent=[GDPRCONSENT]&ord=[CACHEBUSTING]"
+""":data:`REGULATION_QUERY` served when the GDPR applies: VAST 4.1's ``[REGULATIONS]`` is a
+list of the values ``coppa`` and ``gdpr``."""
+COPPA_GDPR_QUERY = "gdpr=1&regs=coppa,gdpr&consent=[GDPRCONSENT]&ord=[CACHEBUSTING]"
+""":data:`GDPR_QUERY` on child-directed content (``kids=1``, OpenRTB ``regs.coppa``)."""
+
+
+def _assert_query(xml: bytes, query: str, least: int = 8) -> None:
+    """Every third party's URL of ``xml`` carries ``query``, and no other of its values."""
+    urls = _third_party_urls(xml)
+    assert len(urls) >= least, urls
+    assert [u for u in urls if query not in u] == []
+    for other in {REGULATION_QUERY, GDPR_QUERY, COPPA_GDPR_QUERY} - {query}:
+        assert other not in xml.decode()
+
+
+def _regulation_imps(xml: bytes) -> list[str]:
+    return [u for u in _all_imps(xml) if u.startswith("https://px.example/")]
+
+
+def test_the_regulation_macros_are_filled_with_the_values_vast_gives() -> None:
+    from vastserver.tracking import fill_server_macros, has_device_macros, has_server_macros
+    from vastserver.tracking import server_macros as values
+
+    url = f"https://px.example/i?{REGULATION_QUERY}&g=${{GDPR}}&lmt=[LIMITADTRACKING]"
+    assert has_server_macros(url) and not has_device_macros(f"https://px.example/i?{GDPR_QUERY}")
+    assert not has_server_macros("https://px.example/i?c=[GDPRCONSENT]&g=${GDPR}")
+    gdpr = values(refused=False, child_directed=False, gdpr=True)
+    assert fill_server_macros(url, gdpr) == (
+        f"https://px.example/i?{GDPR_QUERY}&g=${{GDPR}}&lmt=[LIMITADTRACKING]"
+    )
+    kids = values(refused=False, child_directed=True, gdpr=True)
+    assert fill_server_macros(url, kids) == (
+        f"https://px.example/i?{COPPA_GDPR_QUERY}&g=${{GDPR}}&lmt=[LIMITADTRACKING]"
+    )
+    refused = values(refused=True, child_directed=False, gdpr=True)
+    assert fill_server_macros(url, refused) == (
+        f"https://px.example/i?{GDPR_QUERY}&g=${{GDPR}}&lmt=1"
+    )
+    # without the GDPR, nothing regulation-wise: the player's, as the device's own COPPA
+    for r in (False, True):
+        for k in (False, True):
+            assert "[GDPR]&regs=[REGULATIONS]" in fill_server_macros(
+                url, values(refused=r, child_directed=k, gdpr=False)
+            )
+    assert values(refused=False, child_directed=False, gdpr=False) == ()
+    # the values are what a fragment is keyed on: equal outputs, one key
+    assert values(refused=True, child_directed=True, gdpr=False) == values(
+        refused=True, child_directed=False, gdpr=False
+    )
+    assert hash(kids) != hash(gdpr)
+
+
+def test_a_creative_with_only_regulation_macros_is_filled_in() -> None:
+    """Decided at load, as for the device macros: a creative whose URLs carry ``[GDPR]`` or
+    ``[REGULATIONS]`` and no device macro is one the renderer fills in."""
+    catalog = parse_catalog(device_doc(REGULATION_QUERY))
+    assert all(cr.server_macros for cr in catalog.creatives.values())
+    assert not parse_catalog(wrapper_doc()).creatives["cr-tp-30"].server_macros
+    consent_only = parse_catalog(device_doc("consent=[GDPRCONSENT]"))
+    assert not any(cr.server_macros for cr in consent_only.creatives.values())
+
+
+@pytest.mark.parametrize("version", ("4.0", "4.1", "4.2", "4.3"))
+async def test_gdpr_by_geo_fills_the_regulation_macros(
+    make_client: ClientFactory, tmp_path: Path, version: str
+) -> None:
+    """``VASTSERVER_GDPR_BY_GEO``: a viewer in Germany who sent no GDPR signal has the GDPR
+    applied by the server, which the player does not know of: left in, the player would
+    fill ``[GDPR]`` with 0 and leave ``gdpr`` out of ``[REGULATIONS]``, against
+    ``${GDPR}`` = 1 in the same URL. Every third party's URL gets ``[GDPR]`` = 1 and
+    ``[REGULATIONS]`` = ``gdpr`` (``coppa,gdpr`` on child-directed content); ``[GDPRCONSENT]``
+    stays the player's. The setting off, the US, ``gdpr=0``: left for the player. The
+    documents still pass the XSD, vastlint and the player library."""
+    c.require_spec()
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(device_doc(REGULATION_QUERY)))
+    client: Any = await make_client(catalog=str(path), gdpr_by_geo="1")
+    off: Any = await make_client(catalog=str(path))
+    base = f"/vast?vast={version}&series=tag-show&pod_duration=90&max_ads=3"
+    n = iter(range(100))
+
+    async def get(cl: Any, q: str) -> bytes:
+        resp = await cl.get(f"{base}&session=g{next(n)}&{q}")
+        assert resp.status == 200, await resp.text()
+        return bytes(await resp.read())
+
+    de = await get(client, "country=DE")
+    _assert_query(de, GDPR_QUERY)
+    imps = _regulation_imps(de)
+    assert imps and all(u.endswith("&g=1") for u in imps), imps  # as ${GDPR} says
+    by_ip = await get(client, "device_ip=2001:db8::5")
+    _assert_query(by_ip, GDPR_QUERY)
+    kids = await get(client, "country=DE&kids=1")
+    _assert_query(kids, COPPA_GDPR_QUERY)
+    _assert_query(await get(client, "country=DE&debug=1"), GDPR_QUERY)  # the full template
+    for cl, q in ((off, "country=DE"), (client, "country=US"), (client, "country=DE&gdpr=0")):
+        xml = await get(cl, q)
+        _assert_query(xml, REGULATION_QUERY)
+        imps = _regulation_imps(xml)
+        assert imps and not any(u.endswith("&g=1") for u in imps), (q, imps)
+    for xml in (de, kids):
+        assert c.validate_vast_xsd(xml, version) == []
+        lint_errors, lint_warnings = c.vastlint_report(xml)
+        assert lint_errors == [] and lint_warnings == [], lint_errors + lint_warnings
+    if c.node_available():
+        for result in c.node_parse_many([de.decode(), kids.decode()], "vast"):
+            assert result["ok"], result["error"]
+
+
+async def test_the_regulation_macros_follow_the_gdpr_as_resolved_fragment_by_fragment(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The same creatives served in turn to viewers under the GDPR and not (Germany without
+    a signal and the US, either way round; an explicit ``gdpr=1`` with consent, which
+    refuses nothing, and no signal at all: only the GDPR tells their fragments apart; a TC
+    string without a flag, which makes the GDPR apply) each carry their own values: the
+    fragment cache never serves one viewer's filled macros to another. The player that
+    said ``gdpr=1`` gets the values it would have filled in itself."""
+    from tests.test_consent import tc_string
+
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(device_doc(REGULATION_QUERY)))
+    client: Any = await make_client(catalog=str(path), gdpr_by_geo="1")
+    base = "/vast?vast=4.3&series=tag-show&pod_duration=90&max_ads=3"
+    consent = tc_string({1, 2, 3, 4})
+    turns = (
+        ("country=DE", GDPR_QUERY),
+        ("country=US", REGULATION_QUERY),
+        ("country=DE", GDPR_QUERY),
+        ("country=DE&kids=1", COPPA_GDPR_QUERY),
+        ("country=US&kids=1", REGULATION_QUERY),
+        (f"country=US&gdpr=1&gdpr_consent={consent}", GDPR_QUERY),
+        ("", REGULATION_QUERY),
+        (f"gdpr=1&gdpr_consent={consent}", GDPR_QUERY),
+        (f"gdpr_consent={consent}", GDPR_QUERY),
+        ("country=US&gdpr=1", GDPR_QUERY),
+        ("country=US&lmt=1", REGULATION_QUERY),
+    )
+    n = iter(range(100))
+    for _ in range(2):
+        for q, want in (*turns, *reversed(turns)):
+            resp = await client.get(f"{base}&session=f{next(n)}&{q}")
+            assert resp.status == 200, await resp.text()
+            xml = bytes(await resp.read())
+            assert b'<Ad id="li-tp-cr-tp-30"' in xml, q  # every turn: the sponsorship
+            _assert_query(xml, want)
+
+
+async def test_the_regulation_macros_in_an_inline_vmap_and_openrtb(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The GDPR applied by country fills them in an inline VMAP's pods and in an OpenRTB
+    pod too; a US viewer's are left for the player."""
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(device_doc(REGULATION_QUERY)))
+    client: Any = await make_client(catalog=str(path), gdpr_by_geo="1")
+    base = "/vmap?inline=1&series=tag-show&content_duration=1200&preroll=1&midroll_interval=600"
+    for country, want in (("DE", GDPR_QUERY), ("US", REGULATION_QUERY)):
+        resp = await client.get(f"{base}&country={country}")
+        assert resp.status == 200, await resp.text()
+        xml = bytes(await resp.read())
+        assert b"<vmap:VASTAdData>" in xml
+        _assert_query(xml, want)
+    _assert_query(await _openrtb_pod(client, {}, {}, {"geo": {"country": "DEU"}}), GDPR_QUERY)
+    kids = await _openrtb_pod(client, {"coppa": 1}, {}, {"geo": {"country": "DEU"}})
+    _assert_query(kids, COPPA_GDPR_QUERY)
+    us = await _openrtb_pod(client, {}, {}, {"geo": {"country": "USA"}})
+    _assert_query(us, REGULATION_QUERY)
+    _assert_query(
+        await _openrtb_pod(client, {"gdpr": 0}, {}, {"geo": {"country": "DEU"}}), REGULATION_QUERY
+    )

@@ -35,13 +35,15 @@ from vastserver.tracking import (
     PRIVACY_MACROS,
     AdToken,
     Keyring,
+    MacroValues,
     TrackingUrls,
     fill_privacy,
+    fill_server_macros,
     privacy_values,
     scope_of,
+    server_macros,
     sign_scopes,
     sign_with_click,
-    withhold_device_macros,
 )
 
 AD_SYSTEM = "vastserver"
@@ -75,12 +77,8 @@ _Fragment = tuple[tuple[str, ...], tuple[int, ...]]
 _Media = tuple[frozenset[str] | None, bool]
 """Which media an ad lists (:func:`media_of`): the rendition types (None: all of them,
 :func:`listed_types`) and whether http media is left out (:func:`https_only`)."""
-_FragmentKey = tuple[int, str, bool, _Media, bool, str]
-"""(candidate id, VAST version, priced, media, expires, withheld)."""
-REFUSED = "refused"
-"""``withheld`` (:meth:`Renderer._withheld`): the viewer refused tracking."""
-CHILD_DIRECTED = "child_directed"
-"""``withheld``: the content is child-directed (and the viewer did not refuse tracking)."""
+_FragmentKey = tuple[int, str, bool, _Media, bool, MacroValues]
+"""(candidate id, VAST version, priced, media, expires, filled macros)."""
 
 
 def _cdata(url: str) -> Markup:
@@ -419,17 +417,23 @@ class Renderer:
             debug_comment=debug_comment,
         )
 
-    def _withheld(self, decision: Decision, cr: Creative) -> str:
-        """Why ``cr``'s ad withholds its third-party URLs' device macros, or ``""``: the
-        viewer refused tracking (:data:`REFUSED`: ``lmt``, which the all-zero IFA and a GDPR
-        refusal set), or the content is child-directed (:data:`CHILD_DIRECTED`: ``kids``,
-        OpenRTB ``regs.coppa``; COPPA: no persistent identifier to third parties), and the
-        creative has any (``device_macros``, known at load); so every other request shares
-        the one fragment."""
-        if not cr.device_macros:
-            return ""
+    def _filled(self, decision: Decision, cr: Creative) -> MacroValues:
+        """The IAB macros of ``cr``'s third-party URLs that we fill in for this request,
+        with their values (:func:`~vastserver.tracking.server_macros`): the device macros
+        withheld when the viewer refused tracking (``lmt``, which the all-zero IFA and a
+        GDPR refusal set) or the content is child-directed (``kids``, OpenRTB
+        ``regs.coppa``), ``[GDPR]`` and ``[REGULATIONS]`` when the GDPR applies as resolved
+        (by the viewer's country too); ``()`` when the creative has none of these macros
+        (``server_macros``, known at load), so every other request shares the one
+        fragment."""
+        if not cr.server_macros:
+            return ()
         req = decision.request
-        return REFUSED if req.device.lmt else CHILD_DIRECTED if req.content.kids else ""
+        return server_macros(
+            refused=req.device.lmt,
+            child_directed=req.content.kids,
+            gdpr=req.privacy.gdpr is True,
+        )
 
     def _dynamic(self, decision: Decision, ad: PlacedAd) -> tuple[str, ...]:
         """The request-dependent values of one ad, in :data:`_DYNAMIC` order."""
@@ -478,7 +482,7 @@ class Renderer:
             *dyn[_N_SCOPES:],
             privacy=_privacy(decision),
             expires=expires,
-            withheld=self._withheld(decision, ad.candidate.creative),
+            filled=self._filled(decision, ad.candidate.creative),
         )
         return Markup(self.ad_template.render(ver=ver, ad=vm, debug_json=debug_json))
 
@@ -487,10 +491,8 @@ class Renderer:
     ) -> Markup:
         cr = ad.candidate.creative
         media = media_of(cr, decision)
-        withheld = self._withheld(decision, cr)
-        statics, slots = self._fragment(
-            ad.candidate, ver, _micros(ad) > 0, media, expires, withheld
-        )
+        filled = self._filled(decision, cr)
+        statics, slots = self._fragment(ad.candidate, ver, _micros(ad) > 0, media, expires, filled)
         dyn = self._dynamic(decision, ad)
         # The tokens are base64url, dots and hex (nothing to escape); the rest is escaped
         # as the template would (a test holds this path equal to the template's). Only a
@@ -512,7 +514,7 @@ class Renderer:
         priced: bool,
         media: _Media,
         expires: bool = True,
-        withheld: str = "",
+        filled: MacroValues = (),
     ) -> _Fragment:
         """The ad template's text for ``c`` cut at the placeholders: the static pieces, and
         between each two the index of the :data:`_DYNAMIC` value that goes there. With and
@@ -522,10 +524,10 @@ class Renderer:
         request that filters nothing out of this creative; and whether http media is left
         out, so that a fragment without it never answers a request that may have it, nor
         the other way round. With and without ``<Expires>`` (``expires``, :meth:`vast_vm`).
-        With and without device macros withheld, and why (``withheld``, :meth:`_withheld`):
-        a refused viewer's variant never answers a viewer who did not refuse, nor the other
-        way round."""
-        key = (id(c), ver.version, priced, media, expires, withheld)
+        With the IAB macros we fill in and their values (``filled``, :meth:`_filled`): a
+        refused viewer's variant never answers a viewer who did not refuse, a viewer under
+        the GDPR's never one who is not, nor the other way round."""
+        key = (id(c), ver.version, priced, media, expires, filled)
         hit = self._fragments.get(key)
         if hit is not None and hit[0] is c:  # the entry holds ``c``: its id is not reused
             return hit[1]
@@ -540,7 +542,7 @@ class Renderer:
             *ph[_N_SCOPES + 1 : _N_AD],
             privacy=ph[_N_AD:],
             expires=expires,
-            withheld=withheld,
+            filled=filled,
         )
         pieces = self._split.split(self.ad_template.render(ver=ver, ad=vm, debug_json=None))
         frag = (tuple(pieces[0::2]), tuple(self._slot_of[p] for p in pieces[1::2]))
@@ -561,16 +563,15 @@ class Renderer:
         *,
         privacy: Sequence[str],
         expires: bool = True,
-        withheld: str = "",
+        filled: MacroValues = (),
     ) -> AdVM:
         """``media``: the rendition types to list (None: all) and whether to leave out http
         renditions, mezzanine and caption files (:func:`media_of`); ``tokens``: the ad's token
         signed for each of :data:`BEACON_SCOPES`, in order;
         ``privacy``: the values of the privacy macros (:data:`PRIVACY_MACROS` order);
-        ``expires``: whether the ad carries ``<Expires>`` (4.1+); ``withheld``: why the device
-        macros in the catalog's URLs (:func:`~vastserver.catalog.model.catalog_urls`) are
-        replaced by their withheld values (:func:`~vastserver.tracking.withhold_device_macros`),
-        ``""`` if they are not (:meth:`_withheld`)."""
+        ``expires``: whether the ad carries ``<Expires>`` (4.1+); ``filled``: the IAB macros
+        of the catalog's URLs (:func:`~vastserver.catalog.model.catalog_urls`) that we fill
+        in, with their values (:meth:`_filled`; ``()``: none)."""
 
         def url(event: str) -> Markup:
             return _cdata(self.urls.event(event, tokens[_SCOPE_INDEX[scope_of(event)]]))
@@ -584,16 +585,15 @@ class Renderer:
             events.append("skip")
 
         def cat(u: str) -> Markup:  # a URL from the catalog, which a third party answers
-            return _cdata(withhold_device_macros(u, refused=withheld == REFUSED) if withheld else u)
+            return _cdata(fill_server_macros(u, filled))
 
         def fill(u: str) -> str:  # a third party's URL, with its privacy macros filled in
-            if withheld:
-                u = withhold_device_macros(u, refused=withheld == REFUSED)
+            u = fill_server_macros(u, filled)
             return fill_privacy(u, privacy) if cr.privacy_macros else u
 
         extra = cr.trackers
         tag = cr.vast_tag_url
-        if cr.privacy_macros or withheld:
+        if cr.privacy_macros or filled:
             extra = {e: tuple(map(fill, us)) for e, us in extra.items()}
             tag = None if tag is None else fill(tag)
         tracking = []

@@ -147,13 +147,16 @@ __all__ = [
     "expand_macros",
     "fill_click_macros",
     "fill_privacy",
+    "fill_server_macros",
     "has_device_macros",
     "has_privacy_macros",
+    "has_server_macros",
     "is_privacy_macro",
     "new_ad_serving_id",
     "parse_beacon_query",
     "privacy_values",
     "scope_of",
+    "server_macros",
     "sign",
     "sign_scopes",
     "sign_with_click",
@@ -1283,6 +1286,54 @@ _CHILD_DIRECTED_MACROS: Mapping[str, str] = MappingProxyType(
     {k: v for k, v in DEVICE_MACROS.items() if k != "LIMITADTRACKING"}
 )
 """:data:`DEVICE_MACROS` on child-directed content: the identifiers alone."""
+REGULATION_MACROS: tuple[str, ...] = ("GDPR", "REGULATIONS")
+"""The IAB macros that say which privacy regulations apply, filled in here when the GDPR
+applies as the server resolved it (:func:`server_macros`): ``[GDPR]``, the ``0``/``1``
+flag players know (the ``vastlint`` linter too; the IAB's VAST 4.x list has no such
+macro), becomes ``1``, and ``[REGULATIONS]`` (VAST 4.1+: "list of applicable
+regulations", of the values ``coppa`` and ``gdpr``) lists ``gdpr``, after ``coppa`` on
+child-directed content. The player may not know the GDPR applies: the server applied it by
+the viewer's country (``VASTSERVER_GDPR_BY_GEO``), or read it from a TC string or a GPP
+EU TCF section alone; left in, they would contradict ``${GDPR}`` = 1 in the same URL.
+``[GDPRCONSENT]`` stays for the player: the server has no consent string to give when the
+player has none."""
+_SERVER_MACRO = re.compile(r"\[(" + "|".join((*DEVICE_MACROS, *REGULATION_MACROS)) + r")\]")
+
+MacroValues = tuple[tuple[str, str], ...]
+"""IAB macros the server fills in, with their values, as ``(name, value)`` pairs sorted by
+name (:func:`server_macros`): hashable, so that a rendered fragment can be keyed on exactly
+what it filled in."""
+
+
+def _server_macro_values(refused: bool, child_directed: bool, gdpr: bool) -> MacroValues:
+    values: dict[str, str] = {}
+    if refused or child_directed:
+        values.update(DEVICE_MACROS if refused else _CHILD_DIRECTED_MACROS)
+    if gdpr:
+        values["GDPR"] = "1"
+        values["REGULATIONS"] = "coppa,gdpr" if child_directed else "gdpr"
+    return tuple(sorted(values.items()))
+
+
+_SERVER_MACROS: Mapping[tuple[bool, bool, bool], MacroValues] = MappingProxyType(
+    {
+        (r, k, g): _server_macro_values(r, k, g)
+        for r in (False, True)
+        for k in (False, True)
+        for g in (False, True)
+    }
+)
+
+
+def server_macros(*, refused: bool, child_directed: bool, gdpr: bool) -> MacroValues:
+    """The IAB macros the server fills in, in a third party's URL, for a request: the
+    :data:`DEVICE_MACROS` of a viewer who ``refused`` tracking (``lmt``, which the all-zero
+    IFA and a GDPR refusal set), the identifiers alone on ``child_directed`` content (COPPA:
+    no persistent identifier to a third party; ``[LIMITADTRACKING]``, the device's own
+    setting, stays for the player: the viewer refused nothing), and the
+    :data:`REGULATION_MACROS` when the ``gdpr`` applies as resolved. ``()``: none, the
+    player fills in every macro."""
+    return _SERVER_MACROS[(refused, child_directed, gdpr)]
 
 
 def has_device_macros(url: str) -> bool:
@@ -1290,16 +1341,29 @@ def has_device_macros(url: str) -> bool:
     return "[" in url and _DEVICE_MACRO.search(url) is not None
 
 
+def has_server_macros(url: str) -> bool:
+    """Whether ``url`` carries one of the macros :func:`server_macros` may fill in: the
+    :data:`DEVICE_MACROS` or the :data:`REGULATION_MACROS`."""
+    return "[" in url and _SERVER_MACRO.search(url) is not None
+
+
+def fill_server_macros(url: str, values: MacroValues) -> str:
+    """``url`` with the macros of ``values`` (:func:`server_macros`) replaced by their
+    values; other text, other macros (``[CACHEBUSTING]``, ``[GDPRCONSENT]``) included,
+    stays."""
+    if "[" not in url or not values:
+        return url
+    found = dict(values)
+    return _SERVER_MACRO.sub(lambda m: found.get(m.group(1), m.group(0)), url)
+
+
 def withhold_device_macros(url: str, *, refused: bool = True) -> str:
     """``url`` with its :data:`DEVICE_MACROS` replaced by their values for a viewer who
-    refused tracking; other text, other macros (``[CACHEBUSTING]``) included, stays.
-    ``refused=False``: for child-directed content (COPPA: no persistent identifier to a third
-    party) the identifiers are withheld alike, but ``[LIMITADTRACKING]``, the device's own
-    setting, stays for the player: the viewer refused nothing."""
-    if "[" not in url:
-        return url
-    values = DEVICE_MACROS if refused else _CHILD_DIRECTED_MACROS
-    return _DEVICE_MACRO.sub(lambda m: values.get(m.group(1), m.group(0)), url)
+    refused tracking, or (``refused=False``) on child-directed content
+    (:func:`server_macros`); other text, other macros included, stays."""
+    return fill_server_macros(
+        url, server_macros(refused=refused, child_directed=not refused, gdpr=False)
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,8 +74,8 @@ from vastserver.tracking import (
     CLICK_MACROS,
     DOLLAR_MACRO,
     LINEAR_EVENTS_BY_VERSION,
-    has_device_macros,
     has_privacy_macros,
+    has_server_macros,
     is_privacy_macro,
 )
 
@@ -1037,7 +1037,7 @@ def _creative(d: dict[str, Any]) -> Creative:
         verifications=d["verifications"],
         icons=d["icons"],
     )
-    return replace(cr, device_macros=any(map(has_device_macros, catalog_urls(cr))))
+    return replace(cr, server_macros=any(map(has_server_macros, catalog_urls(cr))))
 
 
 CREATIVE = Obj(

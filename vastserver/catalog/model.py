@@ -207,11 +207,12 @@ class Creative:
     """Whether a tracker (an icon's too) or the ``vast_tag_url`` carries privacy macros
     (``${GDPR}``...) for the renderer to fill in (set at load, so that ads without them skip
     the work)."""
-    device_macros: bool = field(default=False, compare=False)
-    """Whether a URL of the ad from the catalog (:func:`catalog_urls`) carries a device macro
-    (``[IFA]``...: :data:`~vastserver.tracking.DEVICE_MACROS`) that the renderer withholds
-    from third parties for some viewers (set at load, so that ads without them skip the
-    work and share one fragment)."""
+    server_macros: bool = field(default=False, compare=False)
+    """Whether a URL of the ad from the catalog (:func:`catalog_urls`) carries an IAB macro
+    that the renderer fills in for some viewers (:func:`~vastserver.tracking.server_macros`):
+    a device macro (``[IFA]``...) it withholds from third parties, or ``[GDPR]`` and
+    ``[REGULATIONS]`` (set at load, so that ads without them skip the work and share one
+    fragment)."""
     media_key: str = field(default="", compare=False)
     """The video's identity, shared by every creative of the catalog showing the same video
     (set at load, see ``catalog.load.media_keys``); empty: the creative's own."""
