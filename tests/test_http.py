@@ -556,6 +556,7 @@ async def test_a_vast_2_0_break_holds_the_one_ad_its_player_plays(
     assert explanation is not None
     decision = json.loads(str(explanation.text))
     assert decision["break"]["max_ads"] == n_ads
+    assert decision["break"]["vast_version"] == version  # why the one slot, for 2.0
     assert len(decision["pod"]["ads"]) == n_ads
     if version == "2.0":  # the best single ad, as a pod of one (on a fresh store) gets it
         single: Any = await make_client(catalog=str(many_ads_catalog))

@@ -52,6 +52,8 @@ def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
                 None if b.required_durations_s is None else sorted(b.required_durations_s)
             ),
             "avail": b.avail,
+            # the VAST version asked for: a 2.0 break holds one ad whatever max_ads says
+            "vast_version": d.request.vast_version,
             **_slots(b),
         },
         "viewer": {
