@@ -589,6 +589,81 @@ async def test_a_vmap_asking_for_vast_2_0_gets_breaks_of_one_ad(
             assert max(pods) > 1
 
 
+async def _decided(client: Any, query: str) -> list[tuple[str, str]]:
+    """The (line item, creative) pairs a ``/decide`` pod holds."""
+    resp = await client.get(f"/decide?{query}")
+    assert resp.status == 200, await resp.text()
+    ads = (await resp.json())["pod"]["ads"]
+    return [(a["line_item_id"], a["creative_id"]) for a in ads]
+
+
+async def test_decide_test_1_previews_without_reserving(client: Any) -> None:
+    """``/decide`` was always a real decision: previewing what a viewer would get reserved
+    that viewer's caps, budgets and session history. ``test=1`` decides it as an OpenRTB
+    test request: the same pod every time, nothing reserved; without it the first call
+    reserves its pod and the second, for the same viewer's session, gets another."""
+    query = "pod_duration=60&device_id=preview-viewer&session=preview-session"
+    preview = await _decided(client, f"{query}&test=1")
+    assert preview, "a preview is decided as usual"
+    assert await _decided(client, f"{query}&test=true") == preview
+    assert await _served(client) == 0
+    real = await _decided(client, query)
+    assert real == preview  # what the preview said the viewer would get
+    assert await _served(client) == len(real)
+    assert await _decided(client, query) != real  # the real one left its mark
+    assert await _decided(client, f"{query}&test=0") != real  # test=0: a real decision
+
+
+async def test_vast_test_1_beacons_are_answered_but_not_counted(client: Any) -> None:
+    """A ``/vast?test=1`` pod renders as usual, but reserves nothing, and its impression
+    beacon answers 204 counted as ``test``: no delivered impression."""
+    root = await _vast(client, "pod_duration=60&device_id=preview-vast&test=1")
+    ads = _ads(root)
+    assert ads
+    for ad in ads:
+        imp = _urls(ad, ".//v:Impression")[0]
+        assert (await client.get(_local(imp))).status == 204
+    assert await _served(client) == 0
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    rows = await (await client.get("/admin/line-items", headers=auth)).json()
+    assert sum(int(r["delivered_impressions"]) for r in rows) == 0
+    metrics = await (await client.get("/metrics")).text()
+    assert f'vastserver_beacons_total{{event="impression",result="test"}} {len(ads)}.0' in metrics
+    assert 'vastserver_beacons_total{event="impression",result="ok"}' not in metrics
+
+
+async def test_vmap_test_1_tags_carry_it_and_inline_pods_reserve_nothing(
+    make_client: ClientFactory,
+) -> None:
+    """``/vmap?test=1``: every ad tag asks its ``/vast`` for a test decision, and an inline
+    VMAP's pods are decided as test requests: a preview schedule reserves nothing."""
+    query = "content_duration=1800&cue_points=600&device_id=preview-vmap&test=1"
+    client: Any = await make_client()
+    root = etree.fromstring(await (await client.get(f"/vmap?{query}")).read())
+    tags = _urls(root, "vmap:AdBreak/vmap:AdSource/vmap:AdTagURI")
+    assert len(tags) == 3
+    for tag in tags:
+        assert parse_qs(urlsplit(tag).query)["test"] == ["1"]
+        await _vast(client, _local(tag))
+    assert await _served(client) == 0
+    inline: Any = await make_client()
+    root = etree.fromstring(await (await inline.get(f"/vmap?{query}&inline=1")).read())
+    pods = [len(v.findall("{*}Ad")) for v in root.iterfind(".//vmap:VASTAdData/{*}VAST", NS)]
+    assert len(pods) == 3 and sum(pods) > 0
+    assert await _served(inline) == 0
+    real = etree.fromstring(await (await inline.get(f"/vmap?{query[:-7]}&inline=1")).read())
+    assert real.find(".//vmap:VASTAdData", NS) is not None
+    assert await _served(inline) > 0  # without test=1 the same schedule reserves
+
+
+@pytest.mark.parametrize("path", ["/vast", "/decide", "/vmap"])
+@pytest.mark.parametrize("value", ["2", "yes"])
+async def test_a_bad_test_flag_is_a_400_naming_it(client: Any, path: str, value: str) -> None:
+    resp = await client.get(f"{path}?test={value}")
+    assert resp.status == 400
+    assert (await resp.json())["field"] == "test"
+
+
 async def test_vmap_tags_stay_within_what_vast_reads(client: Any) -> None:
     """A VMAP query whose ad tags /vast would refuse (over 4 KiB once encoded) is a 400,
     not a schedule whose every break goes unfilled; at the limit, each tag is served."""

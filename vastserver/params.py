@@ -365,6 +365,9 @@ class Targeting:
     privacy: PrivacySignals = NO_SIGNALS
     permissions: Permissions = ALL
     """What the consent and ``lmt`` allow (:func:`limit_tracking`)."""
+    test: bool = False
+    """``test=1``: a preview, decided as an OpenRTB ``test`` = 1 request
+    (:attr:`~vastserver.pipeline.context.AdRequest.test`)."""
 
     def request(self, brk: BreakSpec, *, require_https: bool = True) -> AdRequest:
         return AdRequest(
@@ -384,6 +387,7 @@ class Targeting:
             require_https=require_https,
             privacy=self.privacy,
             permissions=self.permissions,
+            test=self.test,
         )
 
 
@@ -513,6 +517,7 @@ def parse_targeting(
         key_values=MappingProxyType(kv),
         privacy=privacy,
         permissions=allowed,
+        test=_flag(q, "test", False),
     )
 
 

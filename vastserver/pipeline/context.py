@@ -135,8 +135,9 @@ class AdRequest:
     """OpenRTB ``bidfloor`` (where no ``mincpmpersec`` is given): an ad's CPM must reach
     this."""
     test: bool = False
-    """OpenRTB ``test`` = 1: decided and rendered as usual, but nothing is reserved or
-    remembered and the ads' beacons count nothing (their tokens carry the flag)."""
+    """OpenRTB ``test`` = 1 (``test=1`` on /vast, /decide and /vmap): decided and rendered
+    as usual, but nothing is reserved or remembered and the ads' beacons count nothing
+    (their tokens carry the flag)."""
     privacy: PrivacySignals = NO_SIGNALS
     """The privacy signals, for the privacy macros in third parties' trackers."""
     permissions: Permissions = ALL
