@@ -948,6 +948,32 @@ async def test_explanations_need_the_admin_token_by_default(make_client: ClientF
     assert (await client.get("/vmap?content_duration=1800&cue_points=600")).status == 200
 
 
+async def test_a_test_request_needs_the_admin_token_by_default(
+    make_client: ClientFactory,
+) -> None:
+    """``test=1`` shows ads that are counted and billed nowhere: a player sending it on a
+    live server would deliver them for free. Like an explanation, it needs the admin bearer
+    token (``/decide`` always does); the tags of a test VMAP carry it, and need it too."""
+    client = await make_client(debug_access="admin")
+    ok = {"Authorization": "Bearer admin-token-0123456789"}
+    vmap = "/vmap?content_duration=1800&cue_points=600&device_id=preview-auth&test=1"
+    for path in ("/vast?pod_duration=60&device_id=preview-auth&test=1", vmap, vmap + "&inline=1"):
+        resp = await client.get(path)
+        assert resp.status == 401, (path, await resp.text())
+        body = await resp.json()
+        assert body["field"] == "test" and "test request" in body["why"]
+        assert (await client.get(path, headers=ok)).status == 200, path
+    tags = _urls(
+        etree.fromstring(await (await client.get(vmap, headers=ok)).read()),
+        "vmap:AdBreak/vmap:AdSource/vmap:AdTagURI",
+    )
+    assert tags and (await client.get(_local(tags[0]))).status == 401
+    assert (await client.get(_local(tags[0]), headers=ok)).status == 200
+    assert await _served(client) == 0
+    # without test, nothing changes for players
+    assert (await client.get("/vast?pod_duration=60&test=0")).status == 200
+
+
 async def test_a_debug_vmaps_tags_play_without_the_admin_token(make_client: ClientFactory) -> None:
     """``debug=1`` asks for the VMAP's own explanation: its ad tags do not carry it, since
     the player fetching them sends no bearer token and would get a 401 for every break."""

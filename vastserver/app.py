@@ -376,6 +376,8 @@ async def vast_handler(request: web.Request) -> web.StreamResponse:
         return _bad_request(e)
     if req.debug and not _may_explain(request):
         return _explain_refused("debug")
+    if req.test and not _may_explain(request):  # a player's test=1 would show unbilled ads
+        return _explain_refused("test", TEST_NEEDS)
     decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=_deadline(rt))
     debug = decision_json(decision, request_id=REQUEST_ID.get()) if req.debug else None
     return _xml(rt.renderer.vast(decision, debug=debug))
@@ -392,11 +394,14 @@ _BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 """What a 401 asks for (RFC 7235 §3.1: a 401 carries a challenge)."""
 
 
-def _explain_refused(field: str) -> web.Response:
+TEST_NEEDS = "a test request (a preview: its ads are shown, and counted and billed nowhere)"
+
+
+def _explain_refused(field: str, what: str = "a decision explanation") -> web.Response:
     body = {
         "error": "unauthorized",
         "field": field,
-        "why": "a decision explanation needs 'Authorization: Bearer <VASTSERVER_ADMIN_TOKEN>' "
+        "why": f"{what} needs 'Authorization: Bearer <VASTSERVER_ADMIN_TOKEN>' "
         "(or VASTSERVER_DEBUG_ACCESS=open)",
     }
     return web.json_response(body, status=401, headers=_BEARER_CHALLENGE)
@@ -467,6 +472,8 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         return _bad_request(e)
     if first is not None and first.debug and not _may_explain(request):
         return _explain_refused("debug")  # inline, or in every break's tag
+    if targeting.test and not _may_explain(request):  # its tags carry it: they need it too
+        return _explain_refused("test", TEST_NEEDS)
     version = DEFAULT_VAST_VERSION if first is None else first.vast_version
     if not vq.inline or first is None:
         return _xml(rt.renderer.vmap_tags(breaks, tags, session=session, vast_version=version))
