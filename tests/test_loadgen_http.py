@@ -182,5 +182,11 @@ def test_a_server_stall_is_not_the_generator_falling_behind(
     got = _run(srv.port, rate=50.0, duration=2.0, connections=8)
     assert got["errors"] == {} and got["requests"] == 100
     assert got["latency_ms"]["max"] >= 500.0  # the stall is charged to the requests
-    assert got["generator_saturated"] is False
-    assert got["generator_cpu_share"] is not None and got["generator_cpu_share"] < 0.85
+    # the requests queued behind the stall on its connection went out late, and are not
+    # the generator's lateness (~2-3 of them: the stall is 20 requests from the end)
+    assert got["late_sends"] - got["dispatch_late"] >= 2
+    # flagged only for the generator's own lateness or CPU (a busy CI machine can make
+    # its threads wake late), never for the stall
+    share = got["generator_cpu_share"]
+    assert share is not None
+    assert got["generator_saturated"] is (got["dispatch_late"] > 5 or share >= 0.85)
