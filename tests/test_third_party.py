@@ -788,17 +788,23 @@ def test_the_device_macros_are_withheld_with_the_value_vast_gives_for_policy() -
     from vastserver.tracking import (
         DEVICE_MACROS,
         WITHHELD,
-        has_device_macros,
-        withhold_device_macros,
+        fill_server_macros,
+        has_server_macros,
+        server_macros,
     )
+
+    refused = server_macros(refused=True, child_directed=False, gdpr=False)
+
+    def withhold_device_macros(url: str) -> str:
+        return fill_server_macros(url, refused)
 
     assert WITHHELD == "-2"  # VAST 4.3, 6.1: known, but not shared because of policy
     assert DEVICE_MACROS["LIMITADTRACKING"] == "1"
     url = f"https://px.example/i?{DEVICE_QUERY}"
-    assert has_device_macros(url)
+    assert has_server_macros(url)
     assert withhold_device_macros(url) == f"https://px.example/i?{WITHHELD_QUERY}"
     plain = "https://px.example/i?ord=[CACHEBUSTING]&t=[TIMESTAMP]&c=[CLIENTUA]&s=[SERVERUA]"
-    assert not has_device_macros(plain)
+    assert not has_server_macros(plain)
     assert withhold_device_macros(plain) == plain
     # percent-encoded brackets are literal text, which no player fills in
     assert withhold_device_macros("https://px.example/%5BIFA%5D") == "https://px.example/%5BIFA%5D"
@@ -907,7 +913,11 @@ def _assert_child_directed(xml: bytes) -> None:
 
 
 def test_child_directed_content_withholds_the_identifiers_but_not_the_lat_setting() -> None:
-    from vastserver.tracking import withhold_device_macros
+    from vastserver.tracking import fill_server_macros, server_macros
+
+    def withhold_device_macros(url: str, *, refused: bool) -> str:
+        macros = server_macros(refused=refused, child_directed=not refused, gdpr=False)
+        return fill_server_macros(url, macros)
 
     url = f"https://px.example/i?{DEVICE_QUERY}"
     assert withhold_device_macros(url, refused=False) == f"https://px.example/i?{CHILD_QUERY}"
@@ -972,11 +982,13 @@ def _regulation_imps(xml: bytes) -> list[str]:
 
 
 def test_the_regulation_macros_are_filled_with_the_values_vast_gives() -> None:
-    from vastserver.tracking import fill_server_macros, has_device_macros, has_server_macros
+    from vastserver.tracking import fill_server_macros, has_server_macros
     from vastserver.tracking import server_macros as values
 
     url = f"https://px.example/i?{REGULATION_QUERY}&g=${{GDPR}}&lmt=[LIMITADTRACKING]"
-    assert has_server_macros(url) and not has_device_macros(f"https://px.example/i?{GDPR_QUERY}")
+    filled = f"https://px.example/i?{GDPR_QUERY}"  # no device macro left to withhold
+    device_only = values(refused=True, child_directed=False, gdpr=False)
+    assert has_server_macros(url) and fill_server_macros(filled, device_only) == filled
     assert not has_server_macros("https://px.example/i?c=[GDPRCONSENT]&g=${GDPR}")
     gdpr = values(refused=False, child_directed=False, gdpr=True)
     assert fill_server_macros(url, gdpr) == (

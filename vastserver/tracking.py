@@ -148,7 +148,6 @@ __all__ = [
     "fill_click_macros",
     "fill_privacy",
     "fill_server_macros",
-    "has_device_macros",
     "has_privacy_macros",
     "has_server_macros",
     "is_privacy_macro",
@@ -162,7 +161,6 @@ __all__ = [
     "sign_with_click",
     "verify",
     "viewer_hash",
-    "withhold_device_macros",
 ]
 
 FORMAT_VERSION = 2
@@ -1281,7 +1279,6 @@ device's IP address and user agent and its geolocation are withheld (:data:`WITH
 ``[LIMITADTRACKING]`` is ``1``, as the player may not know of a refusal only the server
 decided (a GDPR one). ``[CLIENTUA]`` and ``[SERVERUA]`` name software (the player, the
 stitcher), ``[GDPRCONSENT]`` is the refusal itself: those stay for the player."""
-_DEVICE_MACRO = re.compile(r"\[(" + "|".join(DEVICE_MACROS) + r")\]")
 _CHILD_DIRECTED_MACROS: Mapping[str, str] = MappingProxyType(
     {k: v for k, v in DEVICE_MACROS.items() if k != "LIMITADTRACKING"}
 )
@@ -1336,11 +1333,6 @@ def server_macros(*, refused: bool, child_directed: bool, gdpr: bool) -> MacroVa
     return _SERVER_MACROS[(refused, child_directed, gdpr)]
 
 
-def has_device_macros(url: str) -> bool:
-    """Whether ``url`` carries one of :data:`DEVICE_MACROS`."""
-    return "[" in url and _DEVICE_MACRO.search(url) is not None
-
-
 def has_server_macros(url: str) -> bool:
     """Whether ``url`` carries one of the macros :func:`server_macros` may fill in: the
     :data:`DEVICE_MACROS` or the :data:`REGULATION_MACROS`."""
@@ -1355,15 +1347,6 @@ def fill_server_macros(url: str, values: MacroValues) -> str:
         return url
     found = dict(values)
     return _SERVER_MACRO.sub(lambda m: found.get(m.group(1), m.group(0)), url)
-
-
-def withhold_device_macros(url: str, *, refused: bool = True) -> str:
-    """``url`` with its :data:`DEVICE_MACROS` replaced by their values for a viewer who
-    refused tracking, or (``refused=False``) on child-directed content
-    (:func:`server_macros`); other text, other macros included, stays."""
-    return fill_server_macros(
-        url, server_macros(refused=refused, child_directed=not refused, gdpr=False)
-    )
 
 
 @dataclass(frozen=True, slots=True)
