@@ -25,6 +25,7 @@ from tests.conftest import (
 )
 from vastserver.app import RUNTIME
 from vastserver.catalog.gen import generate_catalog
+from vastserver.catalog.model import BreakPosition
 from vastserver.eventlog import read_events
 from vastserver.tracking import expand_macros
 
@@ -568,14 +569,22 @@ async def test_a_vmap_asking_for_vast_2_0_gets_breaks_of_one_ad(
     make_client: ClientFactory, many_ads_catalog: Path
 ) -> None:
     """A VMAP whose tags ask for VAST 2.0: each tag's /vast answers one ad, and an inline
-    VMAP's pods hold one ad each, reserved alone (3.0 inline pods hold more)."""
+    VMAP's pods hold one ad each, reserved alone (3.0 inline pods hold more). The 2.0 tags
+    used to carry the breaks' planned max_ads (2 and 4 here), which their /vast cut to 1:
+    now they ask for the one ad they get; 4.2 tags keep the planned pods."""
     query = "content_duration=1800&cue_points=600&postroll=0&device_id=v2vmap&vast=2.0"
     client: Any = await make_client(catalog=str(many_ads_catalog))
-    root = etree.fromstring(await (await client.get(f"/vmap?{query}")).read())
-    tags = _urls(root, "vmap:AdBreak/vmap:AdSource/vmap:AdTagURI")
-    assert len(tags) == 2
-    for tag in tags:
-        assert parse_qs(urlsplit(tag).query)["max_ads"] != ["1"]  # the break's, as planned
+    rules = client.server.app[RUNTIME].service.snapshot.catalog.rules_for(None)
+    planned = [str(rules.for_position(p).max_ads) for p in (BreakPosition.PRE, BreakPosition.MID)]
+    assert planned == ["2", "4"]  # pods of several ads, as 4.2 tags ask for them
+    tags: dict[str, list[str]] = {}
+    for version in ("4.2", "2.0"):
+        vmap = await client.get(f"/vmap?{query.replace('2.0', version)}")
+        root = etree.fromstring(await vmap.read())
+        tags[version] = _urls(root, "vmap:AdBreak/vmap:AdSource/vmap:AdTagURI")
+    max_ads = {v: [parse_qs(urlsplit(t).query)["max_ads"] for t in ts] for v, ts in tags.items()}
+    assert max_ads == {"4.2": [[n] for n in planned], "2.0": [["1"], ["1"]]}
+    for tag in tags["2.0"]:
         assert len(_any_ns_ads(await _vast(client, _local(tag)))) == 1
     assert await _served(client) == 2
     for version, most in (("2.0", 1), ("3.0", 8)):

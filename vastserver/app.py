@@ -447,6 +447,7 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         preroll_duration_s=vq.preroll_duration_s,
         midroll_duration_s=vq.midroll_duration_s,
         postroll_duration_s=vq.postroll_duration_s,
+        vast_version=targeting.vast_version,
     )
     if targeting.session is None:
         targeting = replace(targeting, session=new_ad_serving_id(rt.rng))

@@ -59,6 +59,12 @@ DEVICE_TYPES: frozenset[str] = frozenset(catalog_model.DEVICE_TYPES)
 PLATFORMS: frozenset[str] = frozenset(catalog_model.PLATFORMS)
 
 
+def ads_per_break(max_ads: int, vast_version: str) -> int:
+    """The most ads a break of ``max_ads`` holds when answered in VAST ``vast_version``:
+    ``max_ads``, but at most 1 in a version without pods (:data:`PODLESS_VAST_VERSIONS`)."""
+    return min(max_ads, 1) if vast_version in PODLESS_VAST_VERSIONS else max_ads
+
+
 @dataclass(frozen=True, slots=True)
 class BreakSpec:
     position: BreakPosition
@@ -150,8 +156,9 @@ class AdRequest:
         # at most the one it plays, as for max_ads=1. Here, where every request is made
         # (/vast, /decide, /vmap's tags and inline breaks, OpenRTB), never in the renderer,
         # so the explanation's break shows max_ads 1 and nothing reserved goes unsent.
-        if self.vast_version in PODLESS_VAST_VERSIONS and self.brk.max_ads > 1:
-            object.__setattr__(self, "brk", replace(self.brk, max_ads=1))
+        max_ads = ads_per_break(self.brk.max_ads, self.vast_version)
+        if max_ads != self.brk.max_ads:
+            object.__setattr__(self, "brk", replace(self.brk, max_ads=max_ads))
 
     def viewer_key(self) -> str | None:
         """Stable key for frequency capping: IFA, else a hash input of IP + UA; never cookies.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vastserver.catalog.model import AdRules, BreakPosition
+from vastserver.pipeline.context import DEFAULT_VAST_VERSION, ads_per_break
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +45,14 @@ def plan_breaks(
     preroll_duration_s: float | None = None,
     midroll_duration_s: float | None = None,
     postroll_duration_s: float | None = None,
+    vast_version: str = DEFAULT_VAST_VERSION,
 ) -> list[PlannedBreak]:
     """Pre-roll, one mid-roll per cue point (sorted, ascending), post-roll; avail = index.
 
-    Breaks the ad rules disable (``max_ads`` 0 or no duration) are left out."""
+    Breaks the ad rules disable (``max_ads`` 0 or no duration) are left out. A break
+    answered in ``vast_version`` holds at most what that version plays: one ad in VAST 2.0
+    (:func:`~vastserver.pipeline.context.ads_per_break`), so its ad tag asks for one, as
+    ``/vast`` would cut it to anyway."""
     out: list[PlannedBreak] = []
 
     def add(pos: BreakPosition, offset: float | None, override: float | None, bid: str) -> None:
@@ -60,7 +65,7 @@ def plan_breaks(
                 position=pos,
                 offset_s=offset,
                 duration_s=override if override is not None else float(rule.duration_s),
-                max_ads=rule.max_ads,
+                max_ads=ads_per_break(rule.max_ads, vast_version),
                 avail=len(out),
             )
         )
