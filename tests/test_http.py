@@ -665,6 +665,48 @@ async def test_vmap_test_1_tags_carry_it_and_inline_pods_reserve_nothing(
     assert await _served(inline) > 0  # without test=1 the same schedule reserves
 
 
+async def _inline_breaks(client: Any, query: str) -> list[list[str]]:
+    """The creatives of each inline pod of ``/vmap?query``, in play order."""
+    resp = await client.get(f"/vmap?{query}")
+    assert resp.status == 200, await resp.text()
+    root = etree.fromstring(await resp.read())
+    return [
+        [str(c.get("id")) for c in v.iterfind(".//{*}Creative")]
+        for v in root.iterfind(".//vmap:VASTAdData/{*}VAST", NS)
+    ]
+
+
+@pytest.mark.parametrize("capped", [False, True], ids=["separation", "line-item-cap"])
+async def test_an_inline_vmap_preview_separates_its_breaks_as_the_real_one(
+    make_client: ClientFactory, tmp_path: Path, capped: bool
+) -> None:
+    """A real inline VMAP's breaks each leave their ads in the session's history and their
+    reservations in the counters before the next is decided: a creative is not shown again
+    within the separation window, nor a line item past its cap. A preview (``test=1``)
+    writes neither, and its breaks repeated the creative (or the capped line item's other
+    creative) of the break before. Its breaks now see what its earlier ones chose, in the
+    request alone: the preview is the real schedule, and the store is left untouched."""
+    cat = json.loads(DEMO_CATALOG.read_text())
+    if capped:  # the house promo, two creatives: once a day (separation alone allows both)
+        (house,) = (li for li in cat["line_items"] if li["id"] == "li-house-promo")
+        house["frequency_caps"] = [{"scope": "line_item", "max": 1, "window": "1d"}]
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(cat))
+    query = "content_duration=1800&cue_points=600,1200&device_id=sep-viewer&session=sep&inline=1"
+    preview_client: Any = await make_client(catalog=str(path))
+    preview = await _inline_breaks(preview_client, f"{query}&test=1")
+    real = await _inline_breaks(await make_client(catalog=str(path)), query)
+    assert len(real) == 4 and preview == real
+    shown = [c for pod in preview for c in pod]
+    if capped:
+        assert sum(c.startswith("cr-house-promo") for c in shown) == 1
+    else:
+        assert len(shown) == len(set(shown))  # none again within 3 breaks (30 minutes)
+    # nothing reached the store: no reservation, no history, no cap counted
+    assert await _served(preview_client) == 0
+    assert await _inline_breaks(preview_client, query) == real
+
+
 @pytest.mark.parametrize("path", ["/vast", "/decide", "/vmap"])
 @pytest.mark.parametrize("value", ["2", "yes"])
 async def test_a_bad_test_flag_is_a_400_naming_it(client: Any, path: str, value: str) -> None:

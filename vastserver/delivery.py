@@ -131,6 +131,15 @@ ALREADY_SETTLED = BeaconResult(counted=False, reason="already_settled")
 before another counted event."""
 
 
+def decision_history(d: Decision) -> list[str]:
+    """The session-history entries a decided break leaves (:meth:`DeliveryControl.remember`)."""
+    return history_entries(
+        d.request.brk.avail,
+        d.now.timestamp(),
+        [(a.candidate.creative.id, a.candidate.advertiser.competitive_category) for a in d.ads],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Prefetched:
     gate: CountsGate
@@ -365,11 +374,7 @@ class DeliveryControl:
         session = d.request.session
         if not session or not d.ads:
             return
-        entries = history_entries(
-            d.request.brk.avail,
-            d.now.timestamp(),
-            [(a.candidate.creative.id, a.candidate.advertiser.competitive_category) for a in d.ads],
-        )
+        entries = decision_history(d)
         try:
             await self.store.push_history(
                 history_key(session), entries, keep=HISTORY_KEEP, ttl_s=HISTORY_TTL_S

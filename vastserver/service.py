@@ -10,21 +10,26 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from itertools import islice
 from pathlib import Path
 
 from vastserver.catalog.load import gc_paused, load_catalog
 from vastserver.catalog.model import Catalog
-from vastserver.delivery import DeliveryControl, Prefetched
+from vastserver.delivery import DeliveryControl, Prefetched, decision_history
 from vastserver.logs import REQUEST_ID, event
 from vastserver.metrics import Metrics
 from vastserver.models import ModelManager
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import Decision, Trace, decide, screen
-from vastserver.pipeline.delivery import GateCache, Viewer
+from vastserver.pipeline.delivery import (
+    GateCache,
+    Viewer,
+    recent_from_history,
+    reservation_plan,
+)
 from vastserver.pipeline.matching import CANDIDATE_LIMIT, CatalogIndex, build_index
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.schedule import PlannedBreak
@@ -81,6 +86,27 @@ class TimedScorer:
             return self.inner.predict(req, cands, ctx)
         finally:
             self._hist.observe(time.perf_counter() - t)
+
+
+@dataclass(slots=True)
+class Preview:
+    """What the earlier breaks of one preview stream (an ``inline=1`` VMAP with ``test=1``)
+    would have written to the store had they been real, for its later breaks to see: a
+    real inline VMAP's breaks each reserve their ads and enter the session's history before
+    the next is decided, so its later breaks keep out a creative or competitive category
+    shown before and an ad whose cap an earlier break's reservation reached. A test decision
+    writes nothing, so without this its breaks would repeat what a viewer never gets.
+    Request-local: it lives as long as the request and nothing of it reaches the store."""
+
+    history: list[str] = field(default_factory=list)
+    """Session-history entries of the breaks decided so far (as ``remember`` writes)."""
+    reserved: dict[str, int] = field(default_factory=dict)
+    """Counter key -> what the breaks' reservations would have added (as ``commit``)."""
+
+    def add_to(self, counts: dict[str, int]) -> None:
+        """The counters as they would read after the earlier breaks' reservations."""
+        for k, n in self.reserved.items():
+            counts[k] = counts.get(k, 0) + n
 
 
 class AdService:
@@ -179,6 +205,7 @@ class AdService:
         request_id: str | None = None,
         explain: bool = False,
         deadline: float | None = None,
+        preview: Preview | None = None,
     ) -> Decision:
         """retrieve -> pure filters -> counters (one store round trip) -> delivery filter,
         score, pod -> reserve (one round trip) -> ad serving ids -> metrics and event log.
@@ -186,7 +213,11 @@ class AdService:
         ``deadline`` (event-loop time) bounds the store calls; when it runs short the decision
         degrades instead of waiting: counters missing -> the store failure policy (caps open,
         budgets closed); no time left to score -> price-only values; a slow reservation ->
-        budgeted ads dropped. Each degradation is counted by reason."""
+        budgeted ads dropped. Each degradation is counted by reason.
+
+        ``preview`` (a test request's stream, :meth:`decide_stream`): the counters and
+        session history are read as the stream's earlier breaks would have left them, and
+        this break's ads are added to it instead of the store."""
         loop = asyncio.get_running_loop()
 
         def left(floor: float = 0.0) -> float | None:
@@ -220,11 +251,16 @@ class AdService:
         else:
             if pre.degraded:  # the store failed at once (down, refused)
                 self.metrics.degradations.labels("store_unavailable").inc()
+        if preview is not None and not pre.degraded:  # (degraded: caps and history open)
+            pre = self._previewed(pre, preview, req, now)
         refusals: list[tuple[str, Reason]] = []
         if dropped.get(Reason.OUTRANKED):
+            counts = pre.gate.counts
+            ours = {k: counts[k] for k in preview.reserved} if preview is not None else {}
             kept, dropped, refusals = await self._refill(
                 snap, req, env, viewer, now, pre, kept, dropped, ordinals, left
             )
+            counts.update(ours)  # a refill reads counters again: keep the preview's
         env = replace(
             env,
             gate=pre.gate,
@@ -257,6 +293,8 @@ class AdService:
                 await within(self.delivery.store, self.delivery.remember(d), left(MIN_STORE_WAIT_S))
             except TimeoutError:
                 self.metrics.degradations.labels("history_timeout").inc()
+        elif preview is not None:
+            self._preview_reserve(d, viewer, snap, preview)
         d = replace(
             d,
             viewer_hash=vh,
@@ -304,6 +342,38 @@ class AdService:
             )
         return d
 
+    def _previewed(
+        self, pre: Prefetched, preview: Preview, req: AdRequest, now: datetime
+    ) -> Prefetched:
+        """``pre`` as the preview stream's earlier breaks would have left the store."""
+        preview.add_to(pre.gate.counts)
+        if not req.session:
+            return pre
+        creatives, comps = recent_from_history(
+            preview.history, req.brk.session_avail, now.timestamp(), self.delivery.separation
+        )
+        return replace(
+            pre,
+            recent_creatives=pre.recent_creatives | creatives,
+            recent_competitive=pre.recent_competitive | comps,
+        )
+
+    def _preview_reserve(
+        self, d: Decision, viewer: Viewer, snap: Snapshot, preview: Preview
+    ) -> None:
+        """Add what committing and remembering ``d`` would have written to ``preview``."""
+        if not d.ads:
+            return
+        scopes = self.delivery.scopes(snap.catalog)
+        for a in d.ads:
+            _, incrs = reservation_plan(
+                a.candidate, viewer, d.now, a.price_cpm, scopes, self.delivery.gate_cache
+            )
+            for incr in incrs:
+                preview.reserved[incr.key] = preview.reserved.get(incr.key, 0) + incr.amount
+        if d.request.session:
+            preview.history += decision_history(d)
+
     @property
     def scorer(self) -> Scorer:
         """The primary scorer (the model, or the price fallback)."""
@@ -323,19 +393,23 @@ class AdService:
     ) -> list[Decision | None]:
         """Decide the breaks of a stream in order, sharing one deadline. Each decision lands
         in the session's history before the next is made, so stream-level separation applies
-        across them. The first break is always decided; once the deadline has passed the
-        later ones are not (None): the caller sends those as ad tags to fetch when due, so
-        a long schedule costs at most about a deadline of work. Every break's decision
-        record carries ``request_id``, by default the id of the request being served."""
+        across them; a test stream's (a preview's) lands in a request-local :class:`Preview`
+        instead, with its reservations, so it shows the separation and caps a real one
+        would have while writing nothing. The first break is always decided; once the
+        deadline has passed the later ones are not (None): the caller sends those as ad
+        tags to fetch when due, so a long schedule costs at most about a deadline of work.
+        Every break's decision record carries ``request_id``, by default the id of the
+        request being served."""
         loop = asyncio.get_running_loop()
         rid = REQUEST_ID.get() if request_id is None else request_id
         out: list[Decision | None] = []
+        preview = Preview() if base.test else None
         for b in breaks:
             if out and deadline is not None and loop.time() >= deadline:
                 out.append(None)
                 continue
             req = replace(base, brk=break_spec(b, base.brk))
-            out.append(await self.decide(req, request_id=rid, deadline=deadline))
+            out.append(await self.decide(req, request_id=rid, deadline=deadline, preview=preview))
         return out
 
     async def _refill(
