@@ -623,6 +623,21 @@ async def test_decide_test_1_previews_without_reserving(client: Any) -> None:
     assert await _decided(client, f"{query}&test=0") != real  # test=0: a real decision
 
 
+async def test_an_explanation_says_whether_it_was_a_preview(client: Any) -> None:
+    """``/decide?test=1`` answered the same JSON as a real decision: nothing in it told a
+    preview (nothing reserved) from a decision that reserved its ads. ``test`` says which,
+    in ``/decide`` and in the ``debug=1`` explanation a VAST carries."""
+    query = "pod_duration=60&device_id=explained-preview"
+    for flag, preview in (("&test=1", True), ("&test=0", False), ("", False)):
+        resp = await client.get(f"/decide?{query}{flag}")
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["test"] is preview, flag
+        root = await _vast(client, f"{query}{flag}&debug=1")
+        explanation = root.find(".//v:Extension[@type='vastserver-debug']/v:Explanation", NS)
+        assert explanation is not None, flag
+        assert json.loads(str(explanation.text))["test"] is preview, flag
+
+
 async def test_vast_test_1_beacons_are_answered_but_not_counted(client: Any) -> None:
     """A ``/vast?test=1`` pod renders as usual, but reserves nothing, and its impression
     beacon answers 204 counted as ``test``: no delivered impression."""

@@ -42,6 +42,8 @@ def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
     b = d.request.brk
     return {
         "request_id": REQUEST_ID.get() if request_id is None else request_id,
+        # a preview (test=1, OpenRTB test = 1): nothing reserved, remembered or counted
+        "test": d.request.test,
         "break": {
             "position": b.position.value,
             "pod_duration_ms": b.pod_duration_ms,
