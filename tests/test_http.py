@@ -680,6 +680,63 @@ async def test_vmap_test_1_tags_carry_it_and_inline_pods_reserve_nothing(
     assert await _served(inline) > 0  # without test=1 the same schedule reserves
 
 
+def _decision_series(text: str) -> dict[str, float]:
+    """The samples of the metrics that count decisions, by their exposition line's name and
+    labels; the zero-valued ones left out (a label set bound up front reads 0)."""
+    names = (
+        "vastserver_pods_total",
+        "vastserver_ads_per_pod_count",
+        "vastserver_pod_seconds_requested_total",
+        "vastserver_pod_seconds_filled_total",
+        "vastserver_rejections_total",
+        "vastserver_model_score_count",
+        "vastserver_experiment_decisions_total",
+    )
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(names):
+            series, value = line.rsplit(" ", 1)
+            if float(value):
+                out[series] = float(value)
+    return out
+
+
+async def test_previews_count_apart_from_the_decision_metrics(
+    make_client: ClientFactory,
+) -> None:
+    """A preview counted as a viewer's decision in ``vastserver_pods_total`` and the other
+    decision metrics, so ad-ops previewing on a live server moved the fill rate and the
+    delivery the dashboards show. It now counts in ``vastserver_previews_total{endpoint}``
+    alone (once a request, an inline VMAP's breaks together); every request still counts
+    in ``vastserver_requests_total``. The same requests without ``test=1`` count as ever."""
+    client: Any = await make_client(experiment="exp1", arms="a:50,b:50")
+    previews = (
+        "/vast?pod_duration=60&device_id=metrics-preview&test=1",
+        "/decide?pod_duration=60&device_id=metrics-preview&test=1",
+        "/vmap?content_duration=1800&cue_points=600&device_id=metrics-preview&inline=1&test=1",
+    )
+    for path in previews:
+        resp = await client.get(path)
+        assert resp.status == 200, await resp.text()
+        assert b"<Ad " in await resp.read() or path.startswith("/decide")
+    text = await (await client.get("/metrics")).text()
+    assert _decision_series(text) == {}
+    for endpoint in ("vast", "decide", "vmap"):
+        assert f'vastserver_previews_total{{endpoint="{endpoint}"}} 1.0' in text
+        assert f'vastserver_requests_total{{endpoint="{endpoint}",outcome="2xx"}} 1.0' in text
+    for path in previews:  # the same, for real
+        assert (await client.get(path.replace("&test=1", ""))).status == 200
+    text = await (await client.get("/metrics")).text()
+    counted = _decision_series(text)
+    pods = sum(v for k, v in counted.items() if k.startswith("vastserver_pods_total"))
+    assert pods == 1 + 1 + 3  # the VMAP's 3 breaks
+    assert counted["vastserver_ads_per_pod_count"] == 5
+    assert any(k.startswith("vastserver_rejections_total") for k in counted)
+    assert any(k.startswith("vastserver_experiment_decisions_total") for k in counted)
+    for endpoint in ("vast", "decide", "vmap"):
+        assert f'vastserver_previews_total{{endpoint="{endpoint}"}} 1.0' in text
+
+
 async def _inline_breaks(client: Any, query: str) -> list[list[str]]:
     """The creatives of each inline pod of ``/vmap?query``, in play order."""
     resp = await client.get(f"/vmap?{query}")

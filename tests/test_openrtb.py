@@ -1392,6 +1392,9 @@ async def test_a_test_request_reserves_nothing_and_its_beacons_count_nothing(
     assert await served() == start
     text = await (await client.get("/metrics")).text()
     assert f'vastserver_beacons_total{{event="impression",result="test"}} {len(ads)}.0' in text
+    # a preview, not a viewer's pod: fill rate leaves it out
+    assert 'vastserver_previews_total{endpoint="openrtb_pod"} 1.0' in text
+    assert "vastserver_pods_total{" not in text
 
     real = await serve(0, "real-viewer")
     for _, url in real:
@@ -1399,6 +1402,8 @@ async def test_a_test_request_reserves_nothing_and_its_beacons_count_nothing(
     after = await served()
     assert sum(s for s, _ in after.values()) == len(real)
     assert sum(d for _, d in after.values()) == len(real)
+    text = await (await client.get("/metrics")).text()
+    assert 'vastserver_pods_total{result="filled"} 1.0' in text
 
 
 def test_test_flag_is_read_and_checked() -> None:

@@ -378,9 +378,17 @@ async def vast_handler(request: web.Request) -> web.StreamResponse:
         return _explain_refused("debug")
     if req.test and not _may_explain(request):  # a player's test=1 would show unbilled ads
         return _explain_refused("test", TEST_NEEDS)
+    _count_preview(rt, req.test, "vast")
     decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=_deadline(rt))
     debug = decision_json(decision, request_id=REQUEST_ID.get()) if req.debug else None
     return _xml(rt.renderer.vast(decision, debug=debug))
+
+
+def _count_preview(rt: Runtime, test: bool, endpoint: str) -> None:
+    """A preview is counted in ``vastserver_previews_total`` alone: the decision metrics
+    (pods, ads, rejections) leave it out, so ad-ops previewing do not move fill rate."""
+    if test:
+        rt.metrics.previews_by(endpoint).inc()
 
 
 def _may_explain(request: web.Request) -> bool:
@@ -422,6 +430,7 @@ async def decide_handler(request: web.Request) -> web.StreamResponse:
         req = _ad_request(request)
     except ParamError as e:
         return _bad_request(e)
+    _count_preview(rt, req.test, "decide")
     decision = await rt.service.decide(
         req, request_id=REQUEST_ID.get(), explain=True, deadline=_deadline(rt)
     )
@@ -475,6 +484,7 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         return _explain_refused("debug")  # inline, or in every break's tag
     if targeting.test and not _may_explain(request):  # its tags carry it: they need it too
         return _explain_refused("test", TEST_NEEDS)
+    _count_preview(rt, targeting.test, "vmap")
     version = DEFAULT_VAST_VERSION if first is None else first.vast_version
     if not vq.inline or first is None:
         return _xml(rt.renderer.vmap_tags(breaks, tags, session=session, vast_version=version))
@@ -552,6 +562,7 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
         return _explain_refused("imp[].ext.vastserver.debug")
     if req.session is None:
         req = replace(req, session=new_ad_serving_id(rt.rng))
+    _count_preview(rt, req.test, "openrtb_pod")
     deadline = _deadline(rt, pod.decision_budget_ms(rt.settings.deadline_ms))
     decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=deadline)
     debug = decision_json(decision, request_id=REQUEST_ID.get()) if req.debug else None

@@ -40,6 +40,13 @@ class Metrics:
         self.pods = Counter(
             "vastserver_pods_total", "Ad pods decided, by filled or empty", ["result"], registry=r
         )
+        self.previews = Counter(
+            "vastserver_previews_total",
+            "Previews answered (test=1, OpenRTB test = 1), by endpoint: counted here only, "
+            "not in the pod, ad, rejection or experiment counters",
+            ["endpoint"],
+            registry=r,
+        )
         self.ads_per_pod = Histogram(
             "vastserver_ads_per_pod",
             "Ads in each decided pod",
@@ -208,6 +215,7 @@ class Metrics:
         self.beacons_by = Children(self.beacons)
         self.store_seconds_by = Children(self.store_seconds)
         self.pods_by = Children(self.pods)
+        self.previews_by = Children(self.previews)
         self.model_score_by = Children(self.model_score)
         self.model_seconds_by = Children(self.model_seconds)
 

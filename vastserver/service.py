@@ -300,16 +300,20 @@ class AdService:
             viewer_hash=vh,
             ads=tuple(replace(a, ad_serving_id=new_ad_serving_id(self.rng)) for a in d.ads),
         )
+        if req.test:
+            # A preview counts in none of the decision metrics (the handler counts it in
+            # ``previews``: fill rate and delivery are the viewers'), and is no serve to
+            # learn from: no decision record.
+            return d
         # The metrics count the index's drops whether or not the request is explained: the
         # explanation's own screen of the same candidates (``prior``) may name another of
         # the reasons a candidate fails, and leaves nothing ``outranked`` unexamined.
         self._observe(d, dropped, explained=len(prior))
-        if not req.test:
-            self.delivery.note_rejections(
-                d,
-                skip=len(prior),
-                refused=refusals,
-            )
+        self.delivery.note_rejections(
+            d,
+            skip=len(prior),
+            refused=refusals,
+        )
         shadow = None
         if d.ads and self.models.shadow is not None:
             ctx = ScoringContext(now, pre.exposures, env.completion_rates)
@@ -323,8 +327,7 @@ class AdService:
             self.metrics.experiment_decisions.labels(
                 self.models.experiment or "", arm, "filled" if d.ads else "empty"
             ).inc()
-        # no log: skip building the record; a test request is no serve to learn from
-        if not req.test and not isinstance(self.events, NullSink):
+        if not isinstance(self.events, NullSink):  # no log: skip building the record
             self.events.append(
                 decision_record(
                     d,
