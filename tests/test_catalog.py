@@ -624,6 +624,43 @@ def test_many_errors_in_one_line_item() -> None:
     assert_exactly(errors, expected)
 
 
+def test_competitive_labels_of_line_items_and_creatives() -> None:
+    """Line items and creatives may carry competitive labels (slugs, each once); an ad's
+    labels are those and its advertiser's category."""
+    doc = demo_doc()
+    li, cr = doc["line_items"][0], doc["creatives"][0]
+    li["competitive_categories"] = ["beer", "fast_food"]
+    cr["competitive_categories"] = []
+    cat = parse_catalog(doc)
+    assert cat.line_items[li["id"]].competitive_categories == ("beer", "fast_food")
+    assert cat.creatives[cr["id"]].competitive_categories == ()
+    assert cat.line_items[doc["line_items"][1]["id"]].competitive_categories == ()
+
+
+def test_competitive_label_errors_name_the_entity() -> None:
+    """A malformed slug, a non-array and a duplicate are each reported, all of them at once,
+    with the entity's id."""
+    doc = demo_doc()
+    li0, li1, cr0 = doc["line_items"][0], doc["line_items"][1], doc["creatives"][0]
+    li0["competitive_categories"] = ["beer", "Fast Food"]
+    li1["competitive_categories"] = "beer"
+    cr0["competitive_categories"] = ["wine", "wine"]
+    errors = errors_of(doc)
+    assert_exactly(
+        errors,
+        [
+            ("$.line_items[0].competitive_categories[1]", "lowercase slug"),
+            ("$.line_items[1].competitive_categories", "an array"),
+            ("$.creatives[0].competitive_categories[1]", "duplicate value"),
+        ],
+    )
+    by_path = {e.path: e for e in errors}
+    assert by_path["$.line_items[0].competitive_categories[1]"].id == li0["id"]
+    assert by_path["$.line_items[1].competitive_categories"].id == li1["id"]
+    assert by_path["$.creatives[0].competitive_categories[1]"].id == cr0["id"]
+    assert f'line item "{li0["id"]}"' in str(by_path["$.line_items[0].competitive_categories[1]"])
+
+
 def test_error_message_lists_issues() -> None:
     doc = demo_doc()
     doc["line_items"][0]["tier"] = "premium"

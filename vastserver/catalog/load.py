@@ -734,6 +734,10 @@ HOST = string(_HOST, what="a lowercase domain name like 'brand.example'")
 IAB = string(_IAB, what="an IAB category code like 'IAB8-5'")
 MIME = string(_MIME, what="a MIME type like 'video/mp4'")
 CATEGORIES = list_of(IAB, unique=True)
+COMPETITIVE_SLUG = string(_SLUG, what="a lowercase slug like 'fast_food'")
+COMPETITIVE_LABELS = list_of(COMPETITIVE_SLUG, unique=True)
+"""A line item's or a creative's ``competitive_categories``: slugs as the advertiser's
+``competitive_category``, each once."""
 SECONDS = number(0.001, MAX_SECONDS)
 MILLIS = integer(1, MAX_SECONDS * 1000)
 OFFSET_SECONDS = number(0, MAX_SECONDS)
@@ -1036,6 +1040,7 @@ def _creative(d: dict[str, Any]) -> Creative:
         api_framework=d["api_framework"],
         verifications=d["verifications"],
         icons=d["icons"],
+        competitive_categories=d["competitive_categories"],
     )
     return replace(cr, server_macros=any(map(has_server_macros, catalog_urls(cr))))
 
@@ -1074,6 +1079,7 @@ CREATIVE = Obj(
         "api_framework": F(nullable(enum_of(*CREATIVE_API_FRAMEWORKS)), None),
         "verifications": F(list_of(VERIFICATION), ()),
         "icons": F(list_of(ICON), ()),
+        "competitive_categories": F(COMPETITIVE_LABELS, ()),
     },
     _creative,
     checks=[
@@ -1093,9 +1099,7 @@ ADVERTISER = Obj(
         "name": F(NAME),
         "domain": F(HOST),
         "categories": F(CATEGORIES, ()),
-        "competitive_category": F(
-            nullable(string(_SLUG, what="a lowercase slug like 'fast_food'")), None
-        ),
+        "competitive_category": F(nullable(COMPETITIVE_SLUG), None),
     },
     lambda d: Advertiser(**d),
 )
@@ -1369,6 +1373,7 @@ LINE_ITEM = Obj(
         "slot": F(enum_of(*(s.value for s in Slot)), "any"),
         "slot_prices": F(SLOT_PRICES, {}),
         "value_cpm": F(number(0, MAX_MONEY), _ABSENT),
+        "competitive_categories": F(COMPETITIVE_LABELS, ()),
     },
     _line_item,
     checks=[ordered("start", "end"), _flat_pricing],

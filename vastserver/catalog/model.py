@@ -71,7 +71,8 @@ class Advertiser:
     categories: tuple[str, ...] = ()
     """IAB ad-product taxonomy codes of what the advertiser sells (e.g. ``IAB8-5``)."""
     competitive_category: str | None = None
-    """Two advertisers with the same competitive category never share a pod."""
+    """A competitive label of every ad of the advertiser: two ads sharing a label never
+    share a pod (see :attr:`LineItem.competitive_categories`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +199,9 @@ class Creative:
     tracking; ``duration_ms`` is then the duration the tag's ad was trafficked at."""
     captions: tuple[Caption, ...] = ()
     """Closed-caption files (sent from VAST 4.1, which has the element)."""
+    competitive_categories: tuple[str, ...] = ()
+    """Competitive labels of this creative's ads, on top of its line item's and advertiser's
+    (see :attr:`LineItem.competitive_categories`)."""
     trackers: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -364,6 +368,12 @@ class LineItem:
     value_cpm: float | None = None
     """Flat line items only: the CPM the line item is worth when it competes for a slot
     (what ad servers call its value CPM). See :func:`ranking_cpm`."""
+    competitive_categories: tuple[str, ...] = ()
+    """Competitive exclusion labels of the line item's ads (an ad server's "competitive
+    exclusion labels" or industry separation): an ad's labels are its advertiser's
+    ``competitive_category``, these and its creative's; two ads sharing any label never share
+    a pod, and a label sits out the session's next breaks (stream separation). A
+    conglomerate's beer line item and its snack line item each carry their own."""
     rank_cpm: float = field(init=False, compare=False, repr=False)
     """:func:`ranking_cpm` of this line item (computed once: every decision asks)."""
     floor_cpm: float = field(init=False, compare=False, repr=False)
