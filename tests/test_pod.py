@@ -12,6 +12,7 @@ import itertools
 import math
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import pytest
@@ -25,6 +26,7 @@ from vastserver.pipeline.pod import (
     PodConstraints,
     PodItem,
     PodResult,
+    SlotRule,
     build_pod,
     capacity_seconds,
     eligible,
@@ -498,6 +500,110 @@ def test_separation_one_item_per_group() -> None:
     items = [item(0, 15, 5.0, group="auto"), item(1, 15, 8.0, group="auto"), item(2, 15, 1.0)]
     r = build_pod(items, PodConstraints(pod_duration_ms=60_000, max_ads=4))
     assert sorted(keys(r)) == [1, 2]
+
+
+# --- overlapping groups (ads with several competitive labels) -----------------------------------
+
+# Groups name their keys, space-separated, as ``Candidate.group`` does; a one-key group's only
+# key is its name.
+_OVERLAPPING = ("a", "b", "c", "a b", "b c", "a c", "a b c", "c d")
+
+
+def _keys_of(group: str) -> frozenset[str]:
+    return frozenset(group.split())
+
+
+def _overlap_keys(items: Sequence[PodItem]) -> dict[str, frozenset[str]]:
+    return {it.group: _keys_of(it.group) for it in items if " " in it.group}
+
+
+def _keys_apart(pod: Sequence[PodItem]) -> bool:
+    seen: set[str] = set()
+    for it in pod:
+        ks = _keys_of(it.group)
+        if not seen.isdisjoint(ks):
+            return False
+        seen |= ks
+    return True
+
+
+@st.composite
+def overlapping_items(draw: st.DrawFn, max_size: int = 8) -> list[PodItem]:
+    return [
+        replace(it, group=draw(st.sampled_from(_OVERLAPPING)))
+        for it in draw(pod_items(max_size=max_size))
+    ]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=overlapping_items(), c=constraints())
+def test_overlapping_groups_match_brute_force_oracle(
+    path: str, items: list[PodItem], c: PodConstraints
+) -> None:
+    """Groups sharing keys: the pod holds no two items sharing a key, and it is the best such
+    pod (the oracle: every valid pod whose items share no key)."""
+    keys_of = _overlap_keys(items)
+    with pod_path(path), pytest.MonkeyPatch.context() as m:
+        m.setattr(pod_module, "_SPLIT_DEPTH", len(_OVERLAPPING))  # never merged: exact
+        r = build_pod(items, c, keys_of)
+        assert r.exact
+        assert_valid(r, items, c)
+        assert _keys_apart(r.items), "two ads sharing a key in one pod"
+        scores = [pod_score(o, items, c.max_ads) for o in _valid_pods(items, c) if _keys_apart(o)]
+        best = max([x for x in scores if x is not None], default=None)
+        if best is None:
+            assert r.items == ()
+        else:
+            assert r.objective[0] == pytest.approx(best, rel=0, abs=1e-9)
+        assert build_pod(list(reversed(items)), c, keys_of) == r
+
+
+def test_overlapping_groups_share_a_pod_when_their_keys_differ() -> None:
+    """'a b' shares a key with 'a' and with 'b', not with 'c'; 'a' and 'b' may share a pod.
+    Without the keys the groups are a partition and all four ads fit."""
+    items = [
+        item(0, 15, 9.0, group="a b"),
+        item(1, 15, 5.0, group="a"),
+        item(2, 15, 5.0, group="b"),
+        item(3, 15, 1.0, group="c"),
+    ]
+    c = PodConstraints(pod_duration_ms=60_000, max_ads=4)
+    assert sorted(keys(build_pod(items, c))) == [0, 1, 2, 3]
+    r = build_pod(items, c, _overlap_keys(items))
+    assert sorted(keys(r)) == [1, 2, 3]  # 5 + 5 beat 9
+    items[0] = item(0, 15, 11.0, group="a b")
+    assert sorted(keys(build_pod(items, c, _overlap_keys(items)))) == [0, 3]
+
+
+def test_overlapping_groups_in_a_structured_pod() -> None:
+    items = [item(0, 30, 9.0, group="a b"), item(1, 15, 6.0, group="a"), item(2, 15, 1.0)]
+    c = PodConstraints(
+        pod_duration_ms=60_000,
+        max_ads=2,
+        slots=(SlotRule(max_ms=30_000), SlotRule(max_ms=30_000)),
+    )
+    r = build_pod(items, c, _overlap_keys(items))
+    assert sorted(keys(r)) == [0, 2]
+    assert _keys_apart(r.items)
+
+
+def test_overlapping_groups_past_the_split_depth_are_merged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No splits left: groups sharing keys are merged, the pod stays valid but is not claimed
+    exact ('a' and 'b' could share a pod, merged they cannot)."""
+    monkeypatch.setattr(pod_module, "_SPLIT_DEPTH", 0)
+    items = [
+        item(0, 15, 9.0, group="a b"),
+        item(1, 15, 5.0, group="a"),
+        item(2, 15, 5.0, group="b"),
+        item(3, 15, 1.0, group="c"),
+    ]
+    r = build_pod(items, PodConstraints(pod_duration_ms=60_000, max_ads=4), _overlap_keys(items))
+    assert not r.exact
+    assert _keys_apart(r.items)
+    assert sorted(keys(r)) == [0, 3]
 
 
 def test_required_durations_round_to_nearest_second() -> None:

@@ -118,6 +118,20 @@ candidates, a 300 s break and 8 ads about 4 ms (the DP); about 14 ms when no can
 dominates another (value rising with duration, every candidate in its own group, durations
 sharing no common unit).
 
+Overlapping groups
+------------------
+An ad may carry several separation keys (competitive labels, its advertiser): two ads sharing
+a key never share a pod, and an item's ``group`` then names its set of keys (``keys`` of
+:func:`build_pod`), so groups overlap instead of partitioning the items. The pod is still
+exact: while some group of several keys shares one with another group, the search splits in
+two -- that group kept and every group sharing a key with it dropped, or that group dropped --
+and builds the best pod of each partition it ends with (values normalised over all items, so
+the pods compare); the best of them wins, the first met on a tie. Each split settles one
+group of several keys, so a request with ``m`` such groups overlapping others builds at most
+``2 ** m`` pods; past ``_SPLIT_DEPTH`` splits the groups still overlapping are merged into one
+(a valid pod, maybe not the best, ``PodResult.exact`` False). Without ``keys`` nothing of this
+runs.
+
 Ties
 ----
 Ties are exact float ties of the score and are resolved deterministically, independently of the
@@ -179,7 +193,7 @@ from __future__ import annotations
 import bisect
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -419,17 +433,32 @@ class _Option:
     gain: float
 
 
-def build_pod(items: Sequence[PodItem], c: PodConstraints) -> PodResult:
-    """The optimal pod for one break (see the module docstring for objective, rules and ties)."""
+def build_pod(
+    items: Sequence[PodItem],
+    c: PodConstraints,
+    keys: Mapping[str, frozenset[str]] | None = None,
+) -> PodResult:
+    """The optimal pod for one break (see the module docstring for objective, rules and ties).
+
+    ``keys``: the separation keys of the groups that have several (any other group's only
+    key is its name), when groups overlap: a pod then holds no two items whose groups share
+    a key (see "Overlapping groups" in the module docstring)."""
     if len({it.key for it in items}) != len(items):
         raise ValueError("PodItem keys must be unique")
+    if keys:
+        return _overlapping_pod(items, c, keys)
+    return _build(items, c, items)
+
+
+def _build(items: Sequence[PodItem], c: PodConstraints, scaled: Sequence[PodItem]) -> PodResult:
+    """:func:`build_pod` of a partition into groups, values normalised over ``scaled``."""
     if c.slots is not None:
-        return _slotted_pod(items, c)
+        return _slotted_pod(items, c, scaled)
     cands = _eligible(items, c)
     if not cands:
         return _EMPTY
     bases = tier_bases(c.max_ads)
-    scales = _tier_scales(items, c.max_ads)
+    scales = _tier_scales(scaled, c.max_ads)
     chosen: list[_Option] | None
     try:
         if c.max_ads > _SEARCH_MAX_ADS:
@@ -440,6 +469,80 @@ def build_pod(items: Sequence[PodItem], c: PodConstraints) -> PodResult:
     if chosen is None:
         return _EMPTY
     return _result(chosen, bases, scales)
+
+
+_SPLIT_DEPTH = 4
+"""Overlapping groups: the most groups :func:`_overlapping_pod` splits on (at most
+``2 ** _SPLIT_DEPTH`` pods built); past it, the groups still overlapping are merged."""
+
+
+def _overlapping_pod(
+    items: Sequence[PodItem], c: PodConstraints, keys: Mapping[str, frozenset[str]]
+) -> PodResult:
+    """The optimal pod when groups overlap (module docstring, "Overlapping groups")."""
+    by_group: dict[str, list[PodItem]] = {}  # groups by smallest key: ties ignore input order
+    for it in _eligible(sorted(items, key=_item_key), c):
+        lst = by_group.get(it.group)
+        if lst is None:
+            by_group[it.group] = [it]
+        else:
+            lst.append(it)
+    of = {g: keys.get(g) or frozenset((g,)) for g in by_group}
+    best = _EMPTY
+    exact = True
+
+    def leaf(groups: list[str], merged: bool) -> None:
+        nonlocal best, exact
+        leaf_items = [it for g in groups for it in by_group[g]]
+        if merged:
+            leaf_items = _merge_overlapping(leaf_items, of)
+        got = _build(leaf_items, c, items)
+        if not got.exact or merged:
+            exact = False
+        if got.items and (not best.items or _rank(got) > _rank(best)):
+            best = got
+
+    def split(groups: list[str], depth: int) -> None:
+        holders: dict[str, int] = {}
+        for g in groups:
+            for k in of[g]:
+                holders[k] = holders.get(k, 0) + 1
+        shared = next((g for g in groups if g in keys and any(holders[k] > 1 for k in of[g])), None)
+        if shared is None:  # the groups left are a partition: build_pod is exact on them
+            leaf(groups, False)
+        elif depth >= _SPLIT_DEPTH:
+            leaf(groups, True)
+        else:
+            mine = of[shared]  # with ``shared``: no group sharing a key; then without it
+            split([g for g in groups if g == shared or mine.isdisjoint(of[g])], depth + 1)
+            split([g for g in groups if g != shared], depth + 1)
+
+    split(list(by_group), 0)
+    return best if exact else replace(best, exact=False)
+
+
+def _rank(r: PodResult) -> tuple[float, int, int]:
+    """Pods compared as the search compares them: score, then fewer seconds, fewer ads."""
+    return (r.objective[0], -sum(capacity_seconds(it.duration_ms) for it in r.items), -len(r.items))
+
+
+def _merge_overlapping(items: list[PodItem], of: Mapping[str, frozenset[str]]) -> list[PodItem]:
+    """``items`` with the groups that share keys, directly or through others, merged into one
+    (a pod of them is valid, though maybe not the best)."""
+    root: dict[str, str] = {}
+
+    def find(k: str) -> str:
+        while root.setdefault(k, k) != k:
+            k = root[k]
+        return k
+
+    for it in items:
+        ks = sorted(of[it.group])
+        for k in ks[1:]:
+            a, b = find(ks[0]), find(k)
+            if a != b:
+                root[max(a, b)] = min(a, b)
+    return [replace(it, group=find(min(of[it.group]))) for it in items]
 
 
 def _eligible(items: Sequence[PodItem], c: PodConstraints) -> list[PodItem]:
@@ -1336,15 +1439,17 @@ def _neg_first_group(e: _GroupBound) -> tuple[float, str]:
     return (-e[0], e[1])
 
 
-def _slotted_pod(items: Sequence[PodItem], c: PodConstraints) -> PodResult:
+def _slotted_pod(
+    items: Sequence[PodItem], c: PodConstraints, scaled: Sequence[PodItem]
+) -> PodResult:
     """The optimal structured pod: each slot ``j`` of ``c.slots`` holds at most one ad that
-    fits its rule (module docstring, "Structured pods")."""
+    fits its rule (module docstring, "Structured pods"); values normalised over ``scaled``."""
     slots = c.slots
     assert slots is not None
     k = len(slots)
     max_ads = min(c.max_ads, k)
     bases = tier_bases(c.max_ads)
-    scales = _tier_scales(items, c.max_ads)
+    scales = _tier_scales(scaled, c.max_ads)
     cap = c.pod_duration_ms // 1000
     rows: list[tuple[float, int, PodItem, tuple[float, float, float]]] = []
     for it in _eligible(items, c):
