@@ -1351,6 +1351,23 @@ def test_separation_without_avail_is_by_time_only() -> None:
     assert recent_from_history(old, 3, now, rules) == (frozenset(), frozenset())
 
 
+def test_history_keeps_every_competitive_label_of_an_ad() -> None:
+    """An ad with several labels (its advertiser's, its line item's, its creative's) keeps
+    each out of the next breaks; entries of one category (written before labels) still read."""
+    now = 1_800_000_000.0
+    rules = SeparationRules(competitive_breaks=1)
+    shown = [("cr-pub-15", frozenset({"restaurants", "beer"})), ("cr-tv-30", frozenset())]
+    entries = history_entries(4, now - 60, shown)
+    assert entries == [
+        f"4|{now - 60:.3f}|cr-pub-15|beer,restaurants",
+        f"4|{now - 60:.3f}|cr-tv-30|",
+    ]
+    assert recent_from_history(entries, 5, now, rules)[1] == {"beer", "restaurants"}
+    assert recent_from_history(entries, 6, now, rules)[1] == frozenset()
+    single = [f"4|{now - 60:.3f}|cr-car-30|auto"]
+    assert recent_from_history(single, 5, now, rules)[1] == {"auto"}
+
+
 async def test_a_scrape_during_the_pacing_export_sees_every_series() -> None:
     cat = base_catalog()
     li_a = cat["line_items"][0]

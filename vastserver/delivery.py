@@ -136,7 +136,7 @@ def decision_history(d: Decision) -> list[str]:
     return history_entries(
         d.request.brk.avail,
         d.now.timestamp(),
-        [(a.candidate.creative.id, a.candidate.advertiser.competitive_category) for a in d.ads],
+        [(a.candidate.creative.id, a.candidate.labels) for a in d.ads],
     )
 
 

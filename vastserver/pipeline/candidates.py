@@ -29,6 +29,13 @@ class Candidate:
     their catalog snapshot and every decision asks)."""
     group: str = field(init=False, compare=False, repr=False)
     """:func:`separation_group` of the candidate."""
+    labels: frozenset[str] = field(init=False, compare=False, repr=False)
+    """The ad's competitive labels: its advertiser's ``competitive_category`` and its line
+    item's and creative's ``competitive_categories`` (two ads sharing one never share a pod;
+    each sits out the session's next breaks)."""
+    separation_keys: frozenset[str] | None = field(init=False, compare=False, repr=False)
+    """The pod-separation keys of an ad that has more than one (:func:`separation_keys`), None
+    for the usual ad that has just its ``group``: a pod holds no two ads sharing a key."""
     categories: tuple[str, ...] = field(init=False, compare=False, repr=False)
     """The ad's IAB categories: the advertiser's, then those the creative adds (each once).
     Brand safety (kids content, ``bcat``, blocklists) judges these and the VAST
@@ -36,7 +43,16 @@ class Candidate:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "media_key", _media_key(self.creative))
-        object.__setattr__(self, "group", _group(self.advertiser))
+        adv = self.advertiser
+        labels = frozenset(
+            (*self.line_item.competitive_categories, *self.creative.competitive_categories)
+        )
+        if adv.competitive_category is not None:
+            labels |= {adv.competitive_category}
+        keys = _keys(adv, labels)
+        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "separation_keys", keys if len(keys) > 1 else None)
+        object.__setattr__(self, "group", " ".join(sorted(keys)))
         codes = (*self.advertiser.categories, *self.creative.categories)
         object.__setattr__(self, "categories", tuple(dict.fromkeys(codes)))
 
@@ -106,8 +122,13 @@ def _media_key(creative: Creative) -> str:
     return min(urls, default=creative.id)
 
 
-def _group(adv: Advertiser) -> str:
-    return f"comp:{adv.competitive_category}" if adv.competitive_category else f"adv:{adv.id}"
+def _keys(adv: Advertiser, labels: frozenset[str]) -> frozenset[str]:
+    """``comp:<label>`` per label, and ``adv:<id>`` when the advertiser has no category of its
+    own (with one, every ad of the advertiser carries it: a key of its own adds nothing)."""
+    keys = {f"comp:{x}" for x in labels}
+    if adv.competitive_category is None:
+        keys.add(f"adv:{adv.id}")
+    return frozenset(keys)
 
 
 def unique_media_key(creative: Creative) -> str:
@@ -117,5 +138,18 @@ def unique_media_key(creative: Creative) -> str:
 
 def separation_group(c: Candidate) -> str:
     """Separation group: the competitive category, else the advertiser. Creatives belong to
-    one advertiser, so the group also keeps a creative from playing twice in a pod."""
+    one advertiser, so the group also keeps a creative from playing twice in a pod.
+
+    An ad with several keys (:func:`separation_keys`) has them all, space-separated (ids
+    and slugs have no spaces), as its group: ads of one group share every key, so one of
+    them is as good a pod member as another, while ads of other groups sharing a key are
+    kept apart by the pod builder."""
     return c.group
+
+
+def separation_keys(c: Candidate) -> frozenset[str]:
+    """What keeps two ads out of one pod: ``comp:<label>`` per competitive label, and the
+    advertiser (``adv:<id>``) when it has no category -- one ad per advertiser. Two ads
+    sharing a key never share a pod. Most ads have one key: their :func:`separation_group`."""
+    keys = c.separation_keys
+    return frozenset((c.group,)) if keys is None else keys

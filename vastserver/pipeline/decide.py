@@ -7,6 +7,7 @@ injected ``env.rng``; an environment without one rotates nothing.
 
 from __future__ import annotations
 
+import operator
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -14,7 +15,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from vastserver.catalog.model import Slot, billed_cpm
-from vastserver.pipeline.candidates import Candidate
+from vastserver.pipeline.candidates import Candidate, separation_keys
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.pod import (
     PodConstraints,
@@ -34,6 +35,7 @@ from vastserver.pipeline.scoring import (
 from vastserver.pipeline.stages import FILTERS, Filter, StageEnv
 
 NEG_INF = float("-inf")
+_SEPARATION_KEYS = operator.attrgetter("separation_keys")
 
 
 class Trace(NamedTuple):
@@ -272,6 +274,12 @@ def decide(
     predictions = scorer.predict(req, survivors, ctx) if survivors else []
     vals = values(survivors, predictions)
     groups = [c.group for c in survivors]
+    # the groups that name several keys (competitive labels), which then overlap: rare
+    overlap = (
+        {c.group: c.separation_keys for c in survivors if c.separation_keys is not None}
+        if any(map(_SEPARATION_KEYS, survivors))
+        else None
+    )
     dup_media = _media_duplicates(survivors, vals, groups)
     kept = [i for i in range(len(survivors)) if i not in dup_media]
     keys = rotation_keys([survivors[i] for i in kept], [vals[i] for i in kept], env.rng)
@@ -294,9 +302,13 @@ def decide(
                 required_durations_s=b.required_durations_s,
                 slots=b.slots,
             ),
+            overlap,
         )
     slot_of = {of_key[it.key]: n for n, it in enumerate(pod.items, start=1)}
     chosen_groups = {groups[k]: k for k in slot_of}
+    chosen_keys = (
+        {key: k for k in slot_of for key in separation_keys(survivors[k])} if overlap else None
+    )
     placed: list[PlacedAd] = []
     n_ads = len(pod.items)
     for i, position in slot_of.items():
@@ -319,6 +331,11 @@ def decide(
             reason = Reason.DUPLICATE_CREATIVE
         elif slot is None:
             winner = chosen_groups.get(groups[i])
+            if winner is None and chosen_keys:  # a pod ad sharing one of its keys
+                winner = next(
+                    (chosen_keys[k] for k in sorted(separation_keys(c)) if k in chosen_keys),
+                    None,
+                )
             if winner is None:
                 reason = Reason.NOT_SELECTED
             elif (

@@ -1245,22 +1245,30 @@ class SeparationRules:
     creative_minutes: float = 30.0
     """...nor within this many minutes."""
     competitive_breaks: int = 1
-    """A competitive category stays out of the next this-many breaks (0: off)."""
+    """A competitive label stays out of the next this-many breaks (0: off)."""
 
 
 def history_key(session: str) -> str:
     return f"ss:{session}"
 
 
-def history_entries(avail: int, at: float, shown: Iterable[tuple[str, str | None]]) -> list[str]:
-    """Session-history entries for the ads of one break: ``avail|unix|creative|category``."""
-    return [f"{avail}|{at:.3f}|{cr}|{comp or ''}" for cr, comp in shown]
+def history_entries(
+    avail: int, at: float, shown: Iterable[tuple[str, str | Iterable[str] | None]]
+) -> list[str]:
+    """Session-history entries for the ads of one break: ``avail|unix|creative|labels``, the
+    ad's competitive labels comma-separated (slugs have no commas), sorted; one label reads
+    as the single category entries held before ads had several."""
+    out: list[str] = []
+    for cr, comp in shown:
+        labels = comp if comp is None or isinstance(comp, str) else ",".join(sorted(comp))
+        out.append(f"{avail}|{at:.3f}|{cr}|{labels or ''}")
+    return out
 
 
 def recent_from_history(
     entries: Iterable[str], avail: int | None, now: float, rules: SeparationRules
 ) -> tuple[frozenset[str], frozenset[str]]:
-    """(creatives, competitive categories) a break at ``avail`` must avoid.
+    """(creatives, competitive labels) a break at ``avail`` must avoid.
 
     The same avail again (a retried request) counts as distance 0: it is blocked too.
     ``avail`` None (the request sent none, so every break of the session looks like avail 0):
@@ -1286,5 +1294,5 @@ def recent_from_history(
         if creative_out:
             creatives.add(parts[2])
         if parts[3] and rules.competitive_breaks > 0 and comp_out:
-            comps.add(parts[3])
+            comps.update(parts[3].split(","))
     return frozenset(creatives), frozenset(comps)

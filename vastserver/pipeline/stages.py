@@ -125,7 +125,8 @@ class StageEnv:
     recent_creatives: frozenset[str] = frozenset()
     """Creatives already shown in this session's separation window."""
     recent_competitive: frozenset[str] = frozenset()
-    """Competitive categories shown in this session's separation window."""
+    """Competitive labels shown in this session's separation window (every label of each
+    ad: its advertiser's, line item's and creative's)."""
     viewer_exposures: int = 0
     """Impressions this viewer counted in the last 24 h (for scoring)."""
     completion_rates: Mapping[str, float] = field(default_factory=dict)
@@ -235,8 +236,8 @@ def stream_separation(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | N
     recent break (windows from settings; history fetched with the delivery counters)."""
     if c.creative.id in env.recent_creatives:
         return Reason.STREAM_SEPARATION
-    comp = c.advertiser.competitive_category
-    if comp is not None and comp in env.recent_competitive:
+    labels = c.labels
+    if labels and not labels.isdisjoint(env.recent_competitive):
         return Reason.STREAM_SEPARATION
     return None
 
