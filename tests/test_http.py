@@ -1301,3 +1301,33 @@ async def test_separation_with_avail_counts_breaks(client: Any, clock: FakeClock
     later, seps = await _decided(client, q + "1")
     assert first and not set(first) & set(later)
     assert {seps[c] for c in first} == {"stream_separation"}
+
+
+async def test_decide_and_the_event_log_show_the_competitive_labels_of_each_ad(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Every line item labelled 'one_per_pod', every creative 'promo': each ad's labels are
+    those and its advertiser's category, /decide and the decision record show them, and the
+    shared label leaves one ad per pod."""
+    doc = json.loads(DEMO_CATALOG.read_text(encoding="utf-8"))
+    for li in doc["line_items"]:
+        li["competitive_categories"] = ["one_per_pod"]
+    for cr in doc["creatives"]:
+        cr["competitive_categories"] = ["promo"]
+    category = {a["id"]: a.get("competitive_category") for a in doc["advertisers"]}
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc), encoding="utf-8")
+    logs = tmp_path / "events"
+    client: Any = await make_client(catalog=str(path), event_log=str(logs))
+    resp = await client.get("/decide?pod_duration=120&max_ads=4&device_type=ctv")
+    assert resp.status == 200, await resp.text()
+    ads = (await resp.json())["pod"]["ads"]
+    assert len(ads) == 1
+    for a in ads:
+        own = category[a["advertiser_id"]]
+        assert a["competitive_labels"] == sorted({"one_per_pod", "promo", *([own] if own else [])})
+    await client.close()  # flushes the event log
+    (record,) = [r for r in read_events([logs]) if r["type"] == "decision"]
+    assert [a["competitive_labels"] for a in record["ads"]] == [
+        x["competitive_labels"] for x in ads
+    ]

@@ -80,6 +80,8 @@ def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
                     "line_item_id": a.candidate.line_item.id,
                     "creative_id": a.candidate.creative.id,
                     "advertiser_id": a.candidate.advertiser.id,
+                    # what keeps competitors out of the pod and of the session's next breaks
+                    "competitive_labels": sorted(a.candidate.labels),
                     "tier": a.candidate.line_item.tier.name.lower(),
                     "duration_ms": a.candidate.creative.duration_ms,
                     "prediction": round(a.prediction, 6),

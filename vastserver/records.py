@@ -111,6 +111,7 @@ def decision_record(
                 "creative_duration_ms": a.candidate.creative.duration_ms,
                 "categories": list(a.candidate.advertiser.categories),
                 "competitive_category": a.candidate.advertiser.competitive_category,
+                "competitive_labels": sorted(a.candidate.labels),
                 "price_cpm": a.price_cpm,
                 "currency": a.candidate.line_item.currency,
                 "prediction": a.prediction,
