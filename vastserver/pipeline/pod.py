@@ -123,14 +123,15 @@ Overlapping groups
 An ad may carry several separation keys (competitive labels, its advertiser): two ads sharing
 a key never share a pod, and an item's ``group`` then names its set of keys (``keys`` of
 :func:`build_pod`), so groups overlap instead of partitioning the items. The pod is still
-exact: while some group of several keys shares one with another group, the search splits in
-two -- that group kept and every group sharing a key with it dropped, or that group dropped --
-and builds the best pod of each partition it ends with (values normalised over all items, so
-the pods compare); the best of them wins, the first met on a tie. Each split settles one
-group of several keys, so a request with ``m`` such groups overlapping others builds at most
-``2 ** m`` pods; past ``_SPLIT_DEPTH`` splits the groups still overlapping are merged into one
-(a valid pod, maybe not the best, ``PodResult.exact`` False). Without ``keys`` nothing of this
-runs.
+exact, by branch and bound: the best pod with the groups taken as a partition (each group's
+other keys relaxed; values normalised over all items, so pods compare) bounds every pod of
+those groups, and is the answer when its ads share no key -- as when no two labelled ads
+would compete, the usual case: one build. Otherwise the search splits on a group of several
+keys that shares one in that pod -- that group kept and every group sharing a key with it
+dropped, or that group dropped -- and a branch whose bound does not beat the best pod found
+stops; the first met wins a tie. A request builds at most ``2 ** (_SPLIT_DEPTH + 1)`` pods;
+past ``_SPLIT_DEPTH`` splits the groups still overlapping are merged into one (a valid pod,
+maybe not the best, ``PodResult.exact`` False). Without ``keys`` nothing of this runs.
 
 Ties
 ----
@@ -480,6 +481,9 @@ def _overlapping_pod(
     items: Sequence[PodItem], c: PodConstraints, keys: Mapping[str, frozenset[str]]
 ) -> PodResult:
     """The optimal pod when groups overlap (module docstring, "Overlapping groups")."""
+    first = _build(items, c, items)
+    if _overlap_in(first.items, keys) is None:
+        return first  # the usual case: the best pod of the relaxation keeps the keys apart
     by_group: dict[str, list[PodItem]] = {}  # groups by smallest key: ties ignore input order
     for it in _eligible(sorted(items, key=_item_key), c):
         lst = by_group.get(it.group)
@@ -491,27 +495,21 @@ def _overlapping_pod(
     best = _EMPTY
     exact = True
 
-    def leaf(groups: list[str], merged: bool) -> None:
+    def split(groups: list[str], depth: int, merged: bool = False) -> None:
         nonlocal best, exact
-        leaf_items = [it for g in groups for it in by_group[g]]
+        subset = [it for g in groups for it in by_group[g]]
         if merged:
-            leaf_items = _merge_overlapping(leaf_items, of)
-        got = _build(leaf_items, c, items)
+            subset = _merge_overlapping(subset, of)
+        got = _build(subset, c, items)  # groups as a partition: its keys but the first relaxed
         if not got.exact or merged:
             exact = False
-        if got.items and (not best.items or _rank(got) > _rank(best)):
+        if not got.items or (best.items and _rank(got) <= _rank(best)):
+            return  # no pod of these groups beats the best (the first met wins a tie)
+        shared = _overlap_in(got.items, keys) if not merged else None
+        if shared is None:  # the best pod of the relaxation keeps every key apart
             best = got
-
-    def split(groups: list[str], depth: int) -> None:
-        holders: dict[str, int] = {}
-        for g in groups:
-            for k in of[g]:
-                holders[k] = holders.get(k, 0) + 1
-        shared = next((g for g in groups if g in keys and any(holders[k] > 1 for k in of[g])), None)
-        if shared is None:  # the groups left are a partition: build_pod is exact on them
-            leaf(groups, False)
         elif depth >= _SPLIT_DEPTH:
-            leaf(groups, True)
+            split(groups, depth, merged=True)
         else:
             mine = of[shared]  # with ``shared``: no group sharing a key; then without it
             split([g for g in groups if g == shared or mine.isdisjoint(of[g])], depth + 1)
@@ -519,6 +517,18 @@ def _overlapping_pod(
 
     split(list(by_group), 0)
     return best if exact else replace(best, exact=False)
+
+
+def _overlap_in(pod: Sequence[PodItem], keys: Mapping[str, frozenset[str]]) -> str | None:
+    """The first group (of several keys) of ``pod`` sharing a key with another of its items."""
+    for it in pod:
+        mine = keys.get(it.group)
+        if mine is None:
+            continue
+        for o in pod:
+            if o is not it and not mine.isdisjoint(keys.get(o.group) or (o.group,)):
+                return it.group
+    return None
 
 
 def _rank(r: PodResult) -> tuple[float, int, int]:
