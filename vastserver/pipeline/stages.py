@@ -236,8 +236,8 @@ def stream_separation(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | N
     recent break (windows from settings; history fetched with the delivery counters)."""
     if c.creative.id in env.recent_creatives:
         return Reason.STREAM_SEPARATION
-    labels = c.labels
-    if labels and not labels.isdisjoint(env.recent_competitive):
+    recent = env.recent_competitive
+    if recent and not recent.isdisjoint(c.labels):  # most requests have no recent label
         return Reason.STREAM_SEPARATION
     return None
 
