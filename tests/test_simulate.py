@@ -530,6 +530,8 @@ def _ad(sid: str, **kw: Any) -> ServedAd:
         "lmt": False,
     }
     base.update(kw)
+    category = base.pop("category")  # the advertiser's: the one label of most ads here
+    base.setdefault("labels", frozenset([category] if category else []))
     ad = ServedAd(**base)
     if ad.played_ms is None:
         ad.played_ms = ad.served_ms + 1000
@@ -746,6 +748,53 @@ def test_one_advertiser_twice_in_a_pod_fails_competitive_separation(
     assert "one advertiser twice in a pod 2 (a creative twice 1)" in render_text(
         {**first_run, "competitive_separation": rep.as_dict(), "verdicts": v}
     )
+
+
+def test_separation_checker_reads_every_competitive_label() -> None:
+    """Labels of line items and creatives separate as an advertiser's category does: two
+    advertisers without a category whose ads share a line-item label in one pod, or within
+    ``competitive_breaks`` breaks of one session, are violations; ads whose labels differ
+    are not."""
+    rules = SeparationRules(creative_breaks=0, creative_minutes=0, competitive_breaks=1)
+    labelled = [  # (id, pod, labels): each of its own advertiser with no category
+        ("a", 0, {"beer"}),
+        ("b", 0, {"snacks", "beer"}),
+        ("c", 1, {"snacks"}),
+        ("d", 2, {"auto"}),
+        ("e", 2, {"telecom"}),
+    ]
+    ads = {
+        x: _ad(
+            x, creative=f"cr-{x}", pod=p, advertiser=f"adv-{x}", category=None, labels=frozenset(ls)
+        )
+        for x, p, ls in labelled
+    }
+    pods = [
+        Pod(0, 0, "s1", 0, "pre", 30_000, 30_000, 0, ["a", "b"]),
+        Pod(1, 1, "s1", 1, "mid", 30_000, 15_000, 60_000, ["c"]),
+        Pod(2, 2, "s2", 0, "pre", 30_000, 30_000, 0, ["d", "e"]),
+    ]
+    rep = check_separation(pods, ads, rules)
+    assert rep.in_pod_competitive == 1  # beer: adv-a and adv-b in pod 0
+    assert rep.cross_break_competitive == 1  # snacks: pod 0 (b) and the next break (c)
+    assert rep.in_pod_same_advertiser == rep.in_pod_same_creative == 0
+    assert {e["category"] for e in rep.examples} == {"beer", "snacks"}
+
+
+def test_the_simulator_reads_an_ads_labels_from_the_catalog() -> None:
+    """The labels checked are the catalog's (advertiser, line item, creative), read on the
+    simulator's side."""
+    from vastserver.sim.engine import _labels
+
+    doc = sim_catalog()
+    li = next(x for x in doc["line_items"] if x["id"] == "li-tel")
+    li["competitive_categories"] = ["streaming"]
+    cr = next(x for x in doc["creatives"] if x["id"] == "cr-tel-15")
+    cr["competitive_categories"] = ["sports"]
+    catalog = parse_catalog(doc, source="test")
+    adv = catalog.advertisers["adv-tel"]
+    assert _labels(catalog, adv, "li-tel", "cr-tel-15") == {"telecom", "streaming", "sports"}
+    assert _labels(catalog, None, "li-gone", "cr-gone") == frozenset()
 
 
 def test_viewer_identity_checker() -> None:

@@ -21,10 +21,12 @@
   ``violations`` (must be 0) = ``server`` + ``scope_semantics``: the server had the
   information. ``beacon_faults`` are reported, not counted.
 
-* **Competitive separation**: no pod holds two advertisers of one competitive category, or one
-  advertiser twice (so no creative twice: ``in_pod_same_creative`` is reported apart, and is
-  always an advertiser twice too), and within a session a category does not come back within
-  ``competitive_breaks`` breaks. Checked on every served pod (played or not: the server's
+* **Competitive separation**: no pod holds two advertisers sharing a competitive label (an
+  advertiser's ``competitive_category``, a line item's or creative's
+  ``competitive_categories``), or one advertiser twice (so no creative twice:
+  ``in_pod_same_creative`` is reported apart, and is always an advertiser twice too), and
+  within a session a label does not come back within ``competitive_breaks`` breaks (the
+  examples name it ``category``). Checked on every served pod (played or not: the server's
   session history counts served breaks).
 * **Stream separation**: a creative does not come back in a session within
   ``creative_breaks`` breaks or ``creative_minutes`` minutes of its last serve.
@@ -259,11 +261,11 @@ def check_separation(
         out.pods_checked += 1
         by_session[pod.session].append(pod)
         members = [ads[s] for s in pod.ads]
-        # A category held by two advertisers; one advertiser twice is counted below, once.
+        # A label held by two advertisers; one advertiser twice is counted below, once.
         advertisers_of: dict[str, set[str]] = defaultdict(set)
         for a in members:
-            if a.category:
-                advertisers_of[a.category].add(a.advertiser)
+            for label in a.labels:
+                advertisers_of[label].add(a.advertiser)
         for c in sorted(c for c, held in advertisers_of.items() if len(held) > 1):
             out.in_pod_competitive += 1
             example("in_pod_competitive", category=c, session=pod.session, avail=pod.avail)
@@ -283,8 +285,8 @@ def check_separation(
                 distance = later.avail - earlier.avail
                 earlier_ads = [ads[s] for s in earlier.ads]
                 if rules.competitive_breaks > 0 and 1 <= distance <= rules.competitive_breaks:
-                    shared = {a.category for a in earlier_ads if a.category} & {
-                        a.category for a in later_ads if a.category
+                    shared = {x for a in earlier_ads for x in a.labels} & {
+                        x for a in later_ads for x in a.labels
                     }
                     for c in sorted(shared):
                         out.cross_break_competitive += 1

@@ -25,7 +25,7 @@ from datetime import UTC
 from typing import Any
 from urllib.parse import urlencode
 
-from vastserver.catalog.model import AdRules, Catalog
+from vastserver.catalog.model import AdRules, Advertiser, Catalog
 from vastserver.delivery import PACING_INTERVAL_S
 from vastserver.ml.truth import AdExposure, ViewerModel
 from vastserver.pipeline.delivery import local_day
@@ -65,6 +65,19 @@ LOOKAHEAD_BREAKS = 3
 """A look-ahead stitcher fetches the break that is due and the two after it at once (as a
 live or VOD SSAI that prepares its manifest ahead); the later ones play after their
 5-minute reservation lapsed, so their impressions count as late."""
+
+
+def _labels(
+    catalog: Catalog, adv: Advertiser | None, line_item_id: str, creative_id: str
+) -> frozenset[str]:
+    """An ad's competitive labels read from the catalog on the simulator's side, not the
+    server's: its advertiser's category and its line item's and creative's labels."""
+    li = catalog.line_items.get(line_item_id)
+    cr = catalog.creatives.get(creative_id)
+    labels = {adv.competitive_category} if adv and adv.competitive_category else set()
+    labels.update(li.competitive_categories if li else ())
+    labels.update(cr.competitive_categories if cr else ())
+    return frozenset(labels)
 
 
 def _hms(ms: int) -> str:
@@ -484,7 +497,7 @@ class Engine:
                 creative=tok.creative_id,
                 campaign=tok.campaign_id,
                 advertiser=tok.advertiser_id,
-                category=adv.competitive_category if adv else None,
+                labels=_labels(self.catalog, adv, tok.line_item_id, tok.creative_id),
                 price_micros=tok.price_micros,
                 served_ms=self.clock.ms,
                 duration_ms=ad.duration_ms,

@@ -17,8 +17,9 @@ class ServedAd:
     creative: str
     campaign: str
     advertiser: str
-    category: str | None
-    """The advertiser's competitive category."""
+    labels: frozenset[str]
+    """The ad's competitive labels: its advertiser's ``competitive_category`` and its line
+    item's and creative's ``competitive_categories``, as the catalog gives them."""
     price_micros: int
     served_ms: int
     duration_ms: int
