@@ -779,6 +779,83 @@ async def test_an_inline_vmap_preview_separates_its_breaks_as_the_real_one(
     assert await _inline_breaks(preview_client, query) == real
 
 
+async def test_a_preview_break_that_selects_again_keeps_both_counts(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """A break whose kept candidates the counters all refuse selects again and reads the
+    new ones' counters (the refill). A budget counter read then holds the store's count,
+    to which the preview's earlier breaks add theirs: the preview kept only its own and
+    showed a line item whose budget the real schedule had spent."""
+    cat = json.loads(DEMO_CATALOG.read_text())
+    cat["advertisers"] = [a for a in cat["advertisers"] if a["id"] == "adv-streamly"]
+    cat["advertisers"][0]["competitive_category"] = None
+    cat["campaigns"] = [c for c in cat["campaigns"] if c["advertiser_id"] == "adv-streamly"]
+    (orig,) = (c for c in cat["creatives"] if c["id"] == "cr-streamly-originals-30")
+    cat["creatives"], cat["line_items"] = [], []
+    for n, price in enumerate([40.0, 39.0, 38.0, 10.0], start=1):
+        cr = json.loads(json.dumps(orig))
+        cr["id"] = f"cr-{n}"
+        for r in cr["renditions"]:
+            r["url"] = r["url"].replace(".mp4", f"-{n}.mp4")
+        cat["creatives"].append(cr)
+        li: dict[str, Any] = {
+            "id": f"L{n}",
+            "campaign_id": "cmp-streamly-originals",
+            "name": f"L{n}",
+            "tier": "standard",
+            "creative_ids": [cr["id"]],
+            "price": price,
+        }
+        if n < 4:  # the three a group keeps: capped once a day
+            li["frequency_caps"] = [{"scope": "line_item", "max": 1, "window": "1d"}]
+        else:  # left out of the first selection: a budget of 2, one already reserved below
+            li["pacing"] = {"budget": {"impressions": 2}}
+        cat["line_items"].append(li)
+    cat.pop("blocklist", None)
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(cat))
+    client: Any = await make_client(catalog=str(path), separation_breaks=0, separation_minutes=0)
+
+    async def pod(viewer: str) -> list[str]:
+        resp = await client.get(f"/vast?pod_duration=30&max_ads=1&device_id={viewer}")
+        return [str(c.get("id")) for c in etree.fromstring(await resp.read()).iter("{*}Creative")]
+
+    assert [await pod("other") for _ in range(4)][-1] == ["cr-4"]  # L4: 1 of 2 reserved
+    assert [await pod("V") for _ in range(3)] == [["cr-1"], ["cr-2"], ["cr-3"]]  # V: capped
+    query = "content_duration=1800&cue_points=600,1200&device_id=V&session=sV&inline=1"
+    preview = await _inline_breaks(client, f"{query}&test=1")
+    real = await _inline_breaks(client, query)
+    assert real == [["cr-4"], [], [], []]  # the pre-roll spends L4's budget
+    assert preview == real
+
+
+async def test_a_preview_with_the_store_down_is_decided_as_the_real_one(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """With the store refusing, a decision follows the failure policy (caps open, budgets
+    closed) and reads no counters. A preview's later breaks then selected again with no
+    counters to add its earlier breaks' reservations to: a KeyError, answered as an empty
+    VMAP where the real one served every break. (The real breaks hold fewer ads: their
+    reservations fail, which drops the ads that needed one; a preview reserves nothing.)"""
+    from vastserver.store.base import StoreUnavailable
+
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(generate_catalog(300, seed=7, now=FIXED_NOW)))
+    client: Any = await make_client(catalog=str(path))
+    rt = client.server.app[RUNTIME]
+
+    async def down(*args: Any, **kw: Any) -> Any:
+        raise StoreUnavailable("connection refused")
+
+    for op in ("read", "commit", "claim_and_add", "history", "push_history"):
+        setattr(rt.store.inner, op, down)
+    query = "content_duration=1800&cue_points=600,1200&device_id=dv1&device_type=ctv&inline=1"
+    preview = await _inline_breaks(client, f"{query}&test=1")
+    real = await _inline_breaks(client, query)
+    assert len(real) == 4 and all(real)
+    assert len(preview) == 4 and all(preview)
+
+
 @pytest.mark.parametrize("path", ["/vast", "/decide", "/vmap"])
 @pytest.mark.parametrize("value", ["2", "yes"])
 async def test_a_bad_test_flag_is_a_400_naming_it(client: Any, path: str, value: str) -> None:

@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import islice
@@ -330,10 +330,17 @@ class DeliveryControl:
         return Prefetched(gate, exposures, creatives, comps)
 
     async def prefetch_more(
-        self, gate: CountsGate, cands: Sequence[Candidate], viewer: Viewer, now: datetime
+        self,
+        gate: CountsGate,
+        cands: Sequence[Candidate],
+        viewer: Viewer,
+        now: datetime,
+        pending: Mapping[str, int] | None = None,
     ) -> None:
         """The counters of more candidates, added to ``gate`` (one ``read``). Raises
-        :class:`StoreUnavailable` (counted) and leaves ``gate`` as it was."""
+        :class:`StoreUnavailable` (counted) and leaves ``gate`` as it was. ``pending``: what
+        the counters would also hold had earlier decisions been written (a preview's
+        reservations), added to what is read."""
         checks, reads = gate_checks(cands, viewer, now, self.gate_cache)
         try:
             values = await self.store.read(reads, now.timestamp())
@@ -341,6 +348,9 @@ class DeliveryControl:
             self._store_error(e)
             raise
         counts = {r.key: v for r, v in zip(reads, values, strict=True)}
+        if pending:
+            for k in counts.keys() & pending.keys():
+                counts[k] += pending[k]
         note_headroom(cands, checks, counts, now, self.gate_cache)
         gate.counts.update(counts)
         if gate.checks is not None:

@@ -255,12 +255,9 @@ class AdService:
             pre = self._previewed(pre, preview, req, now)
         refusals: list[tuple[str, Reason]] = []
         if dropped.get(Reason.OUTRANKED):
-            counts = pre.gate.counts
-            ours = {k: counts[k] for k in preview.reserved} if preview is not None else {}
             kept, dropped, refusals = await self._refill(
-                snap, req, env, viewer, now, pre, kept, dropped, ordinals, left
+                snap, req, env, viewer, now, pre, kept, dropped, ordinals, left, preview
             )
-            counts.update(ours)  # a refill reads counters again: keep the preview's
         env = replace(
             env,
             gate=pre.gate,
@@ -427,6 +424,7 @@ class AdService:
         dropped: dict[Reason, int],
         ordinals: list[int],
         left: Callable[[float], float | None],
+        preview: Preview | None = None,
     ) -> tuple[list[Candidate], dict[Reason, int], list[tuple[str, Reason]]]:
         """Select again when the counters refuse every kept candidate of a separation group
         (the viewer's caps, a budget spent since the last pacing pass) and the selection
@@ -437,7 +435,8 @@ class AdService:
         read. Once a request; on a store failure or timeout the first selection stands.
         A refusal that holds for every creative of the line item (a budget; a cap but a
         creative's own) refuses them all the second time. With the store down (``pre``
-        degraded: budgeted line items refused, caps open) nothing is read.
+        degraded: budgeted line items refused, caps open) nothing is read. A ``preview``
+        stream's reservations are added to the counters read, as to the first read's.
         Returns the candidates, the drop counts and the ``(line item id, reason)`` of the
         kept candidates refused this way."""
         gate = pre.gate
@@ -468,7 +467,9 @@ class AdService:
             try:
                 await within(
                     self.delivery.store,
-                    self.delivery.prefetch_more(gate, new, viewer, now),
+                    self.delivery.prefetch_more(
+                        gate, new, viewer, now, preview.reserved if preview else None
+                    ),
                     left(MIN_STORE_WAIT_S),
                 )
             except (TimeoutError, StoreUnavailable):
