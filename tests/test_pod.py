@@ -606,6 +606,40 @@ def test_overlapping_groups_past_the_split_depth_are_merged(
     assert sorted(keys(r)) == [0, 3]
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("labelled", [0, 1])
+def test_overlapping_groups_break_ties_by_the_tie_rule(path: str, labelled: int) -> None:
+    """Two equal ads of one advertiser, one with a label of its own: the lower key wins, as
+    without the label, whichever carries it (rotation draws the keys; the branch that keeps
+    the labelled group, met first, used to win every tie)."""
+    c = PodConstraints(pod_duration_ms=120_000, max_ads=4)
+    groups = {labelled: "a p", 1 - labelled: "a"}
+    items = [item(k, 30, 10.0, group=groups[k]) for k in (0, 1)] + [item(2, 30, 5.0, group="b")]
+    plain = [replace(it, group="a") if it.key < 2 else it for it in items]
+    with pod_path(path):
+        r = build_pod(items, c, _overlap_keys(items))
+        assert sorted(keys(r)) == [0, 2]
+        assert keys(r) == keys(build_pod(plain, c))
+        # Fewer seconds still come before the keys: a :15 of the same value beats both.
+        items[1 - labelled] = item(1 - labelled, 15, 10.0, group=groups[1 - labelled])
+        assert sorted(keys(build_pod(items, c, _overlap_keys(items)))) == [1 - labelled, 2]
+
+
+@pytest.mark.parametrize("labelled", [0, 1])
+def test_overlapping_groups_break_ties_by_the_tie_rule_in_a_structured_pod(labelled: int) -> None:
+    """The same in a structured pod, whose tie rule ranks ads by gain, then key."""
+    c = PodConstraints(
+        pod_duration_ms=60_000, max_ads=2, slots=(SlotRule(max_ms=30_000), SlotRule(max_ms=30_000))
+    )
+    groups = {labelled: "a p", 1 - labelled: "a"}
+    items = [item(k, 30, 10.0, group=groups[k]) for k in (0, 1)] + [item(2, 30, 5.0, group="b")]
+    plain = [replace(it, group="a") if it.key < 2 else it for it in items]
+    r = build_pod(items, c, _overlap_keys(items))
+    assert sorted(keys(r)) == [0, 2]
+    want = build_pod(plain, c)
+    assert (keys(r), r.slots) == (keys(want), want.slots)
+
+
 def test_required_durations_round_to_nearest_second() -> None:
     c = PodConstraints(pod_duration_ms=120_000, max_ads=4, required_durations_s=frozenset({15}))
     assert eligible(item(0, 15.4, 1.0), c)

@@ -11,12 +11,15 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
 from tests.delivery_support import Clock, _creative, base_catalog, make_service, request
 from vastserver.models import ModelManager
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
-from vastserver.pipeline.decide import rotation_keys
+from vastserver.pipeline.decide import decide, rotation_keys
 from vastserver.pipeline.scoring import PriceScorer, ScoringContext
+from vastserver.pipeline.stages import StageEnv
 from vastserver.store.memory import MemoryStore
 
 T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
@@ -109,3 +112,48 @@ def test_only_a_line_items_ties_trade_keys() -> None:
     longer = replace(cat.creatives["cr-a3"], duration_ms=16_000)
     pair[1] = Candidate(li_a, longer, pair[1].campaign, pair[1].advertiser)
     assert all(rotation_keys(pair, [20.0, 20.0], rng) == [0, 1] for _ in range(50))
+
+
+class _Bits(random.Random):
+    """An RNG whose every bit is ``bit``: two tied creatives swap keys (1) or keep them (0)."""
+
+    def __init__(self, bit: int) -> None:
+        super().__init__(0)
+        self.bit = bit
+
+    def getrandbits(self, k: int, /) -> int:
+        return self.bit
+
+
+@pytest.mark.parametrize("labelled", ["cr-a", "cr-a2"])
+def test_a_labelled_creative_still_takes_turns(labelled: str) -> None:
+    """li-a's two tied creatives, one with a competitive label of its own: the draw decides
+    which plays (the pod builder's search for groups sharing keys used to give the tie to
+    the labelled one, which then served every request)."""
+    cat = base_catalog()
+    cat["creatives"].append(_creative("cr-a2", "adv-a", "AAAA0002000H"))
+    next(c for c in cat["creatives"] if c["id"] == labelled)["competitive_categories"] = ["promo"]
+    cat["line_items"][0]["creative_ids"] = ["cr-a", "cr-a2"]
+    clock = Clock(T0)
+    svc = make_service(cat, MemoryStore(clock=lambda: clock.now.timestamp()), clock)
+    snap = svc.snapshot.catalog
+
+    def cand(li: str, cr: str) -> Candidate:
+        item = snap.line_items[li]
+        camp = snap.campaigns[item.campaign_id]
+        return Candidate(item, snap.creatives[cr], camp, snap.advertisers[camp.advertiser_id])
+
+    cands = [cand("li-a", "cr-a"), cand("li-a", "cr-a2"), cand("li-b", "cr-b")]
+    assert [c.separation_keys for c in cands[:2]] == [
+        frozenset({"comp:auto", "comp:promo"}) if c.creative.id == labelled else None
+        for c in cands[:2]
+    ]
+    served: dict[int, list[str]] = {}
+    for bit in (0, 1):
+        d = decide(
+            request(pod_s=30, max_ads=2), cands, StageEnv(now=T0, rng=_Bits(bit)), filters=()
+        )
+        assert len(d.ads) == 2
+        served[bit] = [a.candidate.creative.id for a in d.ads if a.candidate.line_item.id == "li-a"]
+    # Keys kept (0): cr-a has the lower key; swapped (1): cr-a2 has.
+    assert served == {0: ["cr-a"], 1: ["cr-a2"]}

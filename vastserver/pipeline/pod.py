@@ -129,9 +129,12 @@ those groups, and is the answer when its ads share no key -- as when no two labe
 would compete, the usual case: one build. Otherwise the search splits on a group of several
 keys that shares one in that pod -- that group kept and every group sharing a key with it
 dropped, or that group dropped -- and a branch whose bound does not beat the best pod found
-stops; the first met wins a tie. A request builds at most ``2 ** (_SPLIT_DEPTH + 1)`` pods;
-past ``_SPLIT_DEPTH`` splits the groups still overlapping are merged into one (a valid pod,
-maybe not the best, ``PodResult.exact`` False). Without ``keys`` nothing of this runs.
+stops. Pods of equal score are compared by the tie rule below (for a structured pod, its
+own), whichever branch met them, so ties go as they would without the labels: a line item's
+rotated creatives keep taking turns when one of them carries a label. A request builds at
+most ``2 ** (_SPLIT_DEPTH + 1)`` pods; past ``_SPLIT_DEPTH`` splits the groups still
+overlapping are merged into one (a valid pod, maybe not the best, ``PodResult.exact`` False).
+Without ``keys`` nothing of this runs.
 
 Ties
 ----
@@ -492,6 +495,7 @@ def _overlapping_pod(
         else:
             lst.append(it)
     of = {g: keys.get(g) or frozenset((g,)) for g in by_group}
+    tie = _tie_rule(items, c, by_group)
     best = _EMPTY
     exact = True
 
@@ -503,8 +507,8 @@ def _overlapping_pod(
         got = _build(subset, c, items)  # groups as a partition: its keys but the first relaxed
         if not got.exact or merged:
             exact = False
-        if not got.items or (best.items and _rank(got) <= _rank(best)):
-            return  # no pod of these groups beats the best (the first met wins a tie)
+        if not got.items or (best.items and not tie(got, best)):
+            return  # no pod of these groups beats the best, nor ties it and wins the tie
         shared = _overlap_in(got.items, keys) if not merged else None
         if shared is None:  # the best pod of the relaxation keeps every key apart
             best = got
@@ -534,6 +538,73 @@ def _overlap_in(pod: Sequence[PodItem], keys: Mapping[str, frozenset[str]]) -> s
 def _rank(r: PodResult) -> tuple[float, int, int]:
     """Pods compared as the search compares them: score, then fewer seconds, fewer ads."""
     return (r.objective[0], -sum(capacity_seconds(it.duration_ms) for it in r.items), -len(r.items))
+
+
+def _tie_rule(
+    items: Sequence[PodItem], c: PodConstraints, by_group: Mapping[str, list[PodItem]]
+) -> Callable[[PodResult, PodResult], bool]:
+    """Whether one pod beats another as :func:`_build` orders them, ties included (module
+    docstring, "Ties" and "Structured pods"), so that the overlapping search returns the pod
+    the tie rule prefers whichever branch met it -- rotation relies on the lower key winning.
+
+    ``by_group``: the eligible items by group, each list by key. A subset of whole groups is
+    built with the same groups (their keys relaxed), so this order is the one each build
+    breaks its own ties by, and the best pod of the relaxation is the first by it among the
+    pods it could have returned: a branch whose relaxed pod loses to the best holds no
+    better one."""
+    if c.slots is not None:
+        # Slotted: the score, then the ads' ranks per slot (best gain descending, then key;
+        # an empty slot after every ad), lexicographically smallest first.
+        n_slots = len(c.slots)
+        bases = tier_bases(c.max_ads)
+        scales = _tier_scales(items, c.max_ads)
+        max_ads = min(c.max_ads, n_slots)
+        rank = {
+            it.key: (-max(g for g in _role_gains(it, bases, scales, max_ads)), it.key)
+            for lst in by_group.values()
+            for it in lst
+        }
+        empty = (math.inf, 0)
+
+        def slot_ranks(r: PodResult) -> tuple[tuple[float, int], ...]:
+            per_slot = [empty] * n_slots
+            for it, j in zip(r.items, r.slots, strict=True):
+                per_slot[j] = rank[it.key]
+            return tuple(per_slot)
+
+        def slotted_beats(a: PodResult, b: PodResult) -> bool:
+            sa, sb = a.objective[0], b.objective[0]
+            return sa > sb if sa != sb else slot_ranks(a) < slot_ranks(b)
+
+        return slotted_beats
+
+    # The DP's walk (``_pick``): from the last group (groups by smallest key), the pod without
+    # it wins, else the one whose member there comes first by key, then role; and so on down.
+    # That is the members as (group's smallest key, key, role), largest first, compared
+    # lexicographically, smallest first (a pod ending first skips the groups left).
+    smallest = {it.key: lst[0].key for lst in by_group.values() for it in lst}
+
+    def walk(r: PodResult) -> tuple[tuple[int, int, int], ...]:
+        last = len(r.items) - 1
+        return tuple(
+            sorted(
+                (
+                    (
+                        smallest[it.key],
+                        it.key,
+                        _FIRST if i == 0 else _LAST if i == last else _MIDDLE,
+                    )
+                    for i, it in enumerate(r.items)
+                ),
+                reverse=True,
+            )
+        )
+
+    def beats(a: PodResult, b: PodResult) -> bool:
+        ra, rb = _rank(a), _rank(b)
+        return ra > rb if ra != rb else walk(a) < walk(b)
+
+    return beats
 
 
 def _merge_overlapping(items: list[PodItem], of: Mapping[str, frozenset[str]]) -> list[PodItem]:
