@@ -98,13 +98,22 @@ class Decision:
 
 
 def _media_duplicates(
-    cands: Sequence[Candidate], vals: Sequence[float], groups: Sequence[str]
+    cands: Sequence[Candidate],
+    vals: Sequence[float],
+    groups: Sequence[str],
+    overlapping: bool = False,
 ) -> set[int]:
     """Candidates to drop because the same media file serves in another group.
 
     Two advertisers sharing a video is rare; the best candidate for the file (tier, then
     value, then order) stays and the others from other groups go. (Keeping the choice out of
-    the optimiser keeps its groups a partition, which is what makes it exact.)"""
+    the optimiser keeps its groups a partition, which is what makes it exact.)
+
+    ``overlapping`` (some candidate has several separation keys): a copy whose keys overlap
+    those of every copy kept before it (the best first) stays too -- the pod builder never
+    puts two of them in one pod, so it may choose among them: one advertiser's creative in a
+    labelled line item and an unlabelled one, the labelled copy kept out of a pod by a
+    competitor the other may join."""
     best: dict[str, int] = {}
     for i, c in enumerate(cands):
         key = c.media_key
@@ -114,7 +123,20 @@ def _media_duplicates(
             vals[j],
         ):
             best[key] = i
-    return {i for i, c in enumerate(cands) if groups[best[c.media_key]] != groups[i]}
+    dup = {i for i, c in enumerate(cands) if groups[best[c.media_key]] != groups[i]}
+    if not overlapping or not dup:
+        return dup
+    by_media: dict[str, list[int]] = {}
+    for i in sorted(dup, key=lambda i: (-int(cands[i].line_item.tier), -vals[i], i)):
+        by_media.setdefault(cands[i].media_key, []).append(i)
+    for media, copies in by_media.items():
+        kept = [separation_keys(cands[best[media]])]  # its group's copies: the same keys
+        for i in copies:
+            mine = separation_keys(cands[i])
+            if all(not mine.isdisjoint(k) for k in kept):
+                dup.discard(i)
+                kept.append(mine)
+    return dup
 
 
 def slot_price(c: Candidate, slot: int, pod_size: int) -> float | None:
@@ -280,7 +302,7 @@ def decide(
         if any(map(_SEPARATION_KEYS, survivors))
         else None
     )
-    dup_media = _media_duplicates(survivors, vals, groups)
+    dup_media = _media_duplicates(survivors, vals, groups, overlap is not None)
     kept = [i for i in range(len(survivors)) if i not in dup_media]
     keys = rotation_keys([survivors[i] for i in kept], [vals[i] for i in kept], env.rng)
     items = [
