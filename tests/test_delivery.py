@@ -1351,6 +1351,19 @@ def test_separation_without_avail_is_by_time_only() -> None:
     assert recent_from_history(old, 3, now, rules) == (frozenset(), frozenset())
 
 
+def test_separation_by_breaks_goes_both_ways() -> None:
+    """A stitcher fetching ahead may ask for avail 5 before avail 4: the earlier break then
+    keeps out the creative and the competitive label the later one showed, as the later
+    would have kept out the earlier's (it used to count only breaks before it)."""
+    now = 1_800_000_000.0
+    rules = SeparationRules(creative_breaks=3, creative_minutes=0, competitive_breaks=1)
+    shown_at_5 = history_entries(5, now - 5, [("cr-beer-15", "beer")])
+    assert recent_from_history(shown_at_5, 4, now, rules) == ({"cr-beer-15"}, {"beer"})
+    assert recent_from_history(shown_at_5, 3, now, rules) == ({"cr-beer-15"}, frozenset())
+    assert recent_from_history(shown_at_5, 2, now, rules) == (frozenset(), frozenset())
+    assert recent_from_history(shown_at_5, 6, now, rules) == ({"cr-beer-15"}, {"beer"})
+
+
 def test_history_keeps_every_competitive_label_of_an_ad() -> None:
     """An ad with several labels (its advertiser's, its line item's, its creative's) keeps
     each out of the next breaks; entries of one category (written before labels) still read."""

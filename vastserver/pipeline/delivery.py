@@ -1270,7 +1270,9 @@ def recent_from_history(
 ) -> tuple[frozenset[str], frozenset[str]]:
     """(creatives, competitive labels) a break at ``avail`` must avoid.
 
-    The same avail again (a retried request) counts as distance 0: it is blocked too.
+    The same avail again (a retried request) counts as distance 0: it is blocked too. The
+    distance goes both ways: a stitcher fetching breaks ahead may ask for a later avail
+    before an earlier one, and the earlier break then keeps out what the later one showed.
     ``avail`` None (the request sent none, so every break of the session looks like avail 0):
     breaks cannot be counted, and separation goes by time alone: a creative or competitive
     category shown within ``creative_minutes`` is avoided, an older one is not."""
@@ -1288,9 +1290,9 @@ def recent_from_history(
         if avail is None:  # time only
             creative_out = comp_out = recent
         else:
-            distance = avail - e_avail
-            creative_out = recent or 0 <= distance < rules.creative_breaks
-            comp_out = 0 <= distance <= rules.competitive_breaks
+            distance = abs(avail - e_avail)
+            creative_out = recent or distance < rules.creative_breaks
+            comp_out = distance <= rules.competitive_breaks
         if creative_out:
             creatives.add(parts[2])
         if parts[3] and rules.competitive_breaks > 0 and comp_out:
