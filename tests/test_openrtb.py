@@ -1406,6 +1406,43 @@ async def test_a_test_request_reserves_nothing_and_its_beacons_count_nothing(
     assert 'vastserver_pods_total{result="filled"} 1.0' in text
 
 
+async def test_a_test_request_needs_the_admin_token(make_client: ClientFactory) -> None:
+    """An OpenRTB ``test`` = 1 request is a preview, as ``test=1`` on ``/vast``: its ads are
+    counted and billed nowhere, so anyone sending it got ads delivered for free. It needs
+    the admin bearer token (the scheme's name in any case, RFC 7235 §2.1); without
+    ``test`` nothing changes for callers."""
+    from tests.conftest import ADMIN
+
+    client: Any = await make_client(debug_access="admin")
+    doc = dynamic_pod()
+    doc["test"] = 1
+    body = json.dumps(doc)
+    resp = await client.post("/openrtb2/pod", data=body)
+    assert resp.status == 401
+    got = await resp.json()
+    assert got["field"] == "test" and "test request" in got["why"]
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        headers = {"Authorization": f"{scheme} {ADMIN}"}
+        resp = await client.post("/openrtb2/pod", data=body, headers=headers)
+        assert resp.status == 200, (scheme, await resp.text())
+    assert (
+        await client.post("/openrtb2/pod", data=body, headers={"Authorization": ADMIN})
+    ).status == 401
+    doc["test"] = 0
+    assert (await client.post("/openrtb2/pod", data=json.dumps(doc))).status == 200
+
+
+@pytest.mark.parametrize("ip", ["fe80::1%eth0", "::1%<a>", "2001:db8::1%25"])
+def test_a_device_ip_with_an_ipv6_zone_is_a_400(ip: str) -> None:
+    """``ipaddress`` takes any text after an IPv6 address's ``%`` (a zone): it was kept as
+    the device's IP, into viewer keys and the event log."""
+    doc = dynamic_pod()
+    doc["device"]["ip"] = ip
+    with pytest.raises(ParamError) as e:
+        parse(doc)
+    assert e.value.field == "device.ip"
+
+
 def test_test_flag_is_read_and_checked() -> None:
     doc = dynamic_pod()
     assert parse(doc).request.test is False  # "test": 0

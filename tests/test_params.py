@@ -51,13 +51,29 @@ def test_device_ip_wins_over_a_malformed_forwarded_for() -> None:
 
 
 @pytest.mark.parametrize(
-    "device_ip", ["not-an-ip", "198.51.100.4:80", "[2001:db8::1]", "unknown", "1.2.3.\udcff"]
+    "device_ip",
+    [
+        "not-an-ip",
+        "198.51.100.4:80",
+        "[2001:db8::1]",
+        "unknown",
+        "1.2.3.\udcff",
+        "fe80::1%eth0",  # a zone: ipaddress takes any text after the % (it was kept as the IP)
+        '::1%ATTACKER TEXT {"x":1} <a>',
+    ],
 )
 def test_a_malformed_device_ip_is_refused(device_ip: str) -> None:
     """X-Device-IP is set on purpose by the SSAI caller: it is held to the letter."""
     with pytest.raises(ParamError) as err:
         client_info({"X-Device-IP": device_ip, "X-Forwarded-For": "203.0.113.7"}, PEER)
     assert err.value.field == "X-Device-IP"
+
+
+def test_a_forwarded_for_with_an_ipv6_zone_is_not_an_address() -> None:
+    """X-Forwarded-For is read leniently: an entry with a zone is no address (the peer
+    stands), never its text."""
+    got = client_info({"X-Forwarded-For": "fe80::1%<script>"}, PEER)
+    assert got.caller_ip == got.device_ip == PEER
 
 
 def test_header_text() -> None:

@@ -560,6 +560,8 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
     )
     if req.debug and not _may_explain(request):
         return _explain_refused("imp[].ext.vastserver.debug")
+    if req.test and not _may_explain(request):  # as on /vast: free, uncounted ads otherwise
+        return _explain_refused("test", TEST_NEEDS)
     if req.session is None:
         req = replace(req, session=new_ad_serving_id(rt.rng))
     _count_preview(rt, req.test, "openrtb_pod")
@@ -851,11 +853,12 @@ def _authorized(request: web.Request) -> bool:
 
     token = _rt(request).settings.admin_token
     got = request.headers.get("Authorization", "")
-    if token is None or not got.startswith("Bearer "):
+    # the scheme is case-insensitive (RFC 7235 §2.1): "bearer" and "BEARER" are "Bearer"
+    if token is None or got[:7].lower() != "bearer ":
         return False
     # aiohttp decodes header bytes as UTF-8 with surrogateescape: encode them back the same
     # way (a byte that is not UTF-8 would otherwise raise, and answer 503 instead of 401)
-    given = got[len("Bearer ") :].encode("utf-8", "surrogateescape")
+    given = got[7:].encode("utf-8", "surrogateescape")
     return hmac.compare_digest(given, token.encode())
 
 

@@ -99,7 +99,6 @@ Mapped elsewhere
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import re
@@ -127,6 +126,7 @@ from vastserver.params import (
     MAX_UA,
     ClientInfo,
     ParamError,
+    bare_ip,
     is_id,
     limit_tracking,
 )
@@ -668,7 +668,7 @@ def _ip(dev: Obj, key: str) -> str | None:
     if s is None:
         return None
     try:
-        return str(ipaddress.ip_address(s))
+        return bare_ip(s)
     except ValueError:
         _fail(f"device.{key}", "not an IP address")
 

@@ -274,12 +274,23 @@ def _forwarded_ip(xff: str) -> str | None:
     return ip_or_none(first)
 
 
+def bare_ip(text: str) -> str:
+    """``text`` (spaces around it aside) as a normalised IPv4 or IPv6 address; ValueError
+    when it is not one, or is an IPv6 address with a zone (``fe80::1%eth0``): a zone names
+    an interface of the host that wrote it, and ``ipaddress`` takes any text after the
+    ``%``, which would travel into viewer keys and the event log as the device's IP."""
+    addr = ipaddress.ip_address(text.strip(_SPACE))
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        raise ValueError("an IPv6 zone")
+    return str(addr)
+
+
 def ip_or_none(text: str | None) -> str | None:
     """``text`` as a normalised IP address; None when absent or not one."""
     if not text:
         return None
     try:
-        return str(ipaddress.ip_address(text.strip(_SPACE)))
+        return bare_ip(text)
     except ValueError:
         return None
 
@@ -328,7 +339,7 @@ def client_info(
         field, dev_ip = got
     if dev_ip:
         try:
-            device_ip = str(ipaddress.ip_address(dev_ip.strip(_SPACE)))
+            device_ip = bare_ip(dev_ip)
         except ValueError:
             raise ParamError(field, "not an IP address") from None
     caller_ua = header_text(caller_ua) if caller_ua else caller_ua
