@@ -198,14 +198,15 @@ async def closed_loop(
 
 
 def _encode(base_url: str, req: tuple[str, str, dict[str, str]]) -> bytes:
-    """The request as the aiohttp client sends it (same default headers), pre-encoded."""
+    """The request as the aiohttp client sends it (same default headers but
+    ``Accept-Encoding``, which neither generator nor wrk sends: the server would compress
+    its XML, the static baseline does not), pre-encoded."""
     _, url, headers = req
     u = urlsplit(url)
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
     hdrs = {
         "Host": u.netloc,
         "Accept": "*/*",
-        "Accept-Encoding": "gzip, deflate",
         "User-Agent": SERVER_SOFTWARE,
         **headers,
     }
@@ -505,7 +506,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=args.connections, limit_per_host=args.connections)
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=("Accept-Encoding",),  # as wrk: see _encode
     ) as session:
         index = 0
         if args.warmup > 0:

@@ -233,6 +233,33 @@ async def test_bad_vmap_input_is_400(client: Any, query: str, field: str) -> Non
     assert (await resp.json())["field"] == field
 
 
+async def test_xml_is_compressed_for_a_caller_that_accepts_it(client: Any) -> None:
+    """A 4-ad pod is ~31 KB of XML, more than TCP's first window: compressed (~4 KB) it
+    reaches a stitcher or a player a round trip or two sooner. Only for a caller whose
+    ``Accept-Encoding`` takes it, and not for a small answer (a no-fill)."""
+    import gzip
+
+    pod = "/vast?pod_duration=120&max_ads=4&device_id=gz"
+    resp = await client.get(pod, headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert resp.status == 200 and resp.headers["Content-Encoding"] == "gzip"
+    assert resp.headers["Vary"] == "Accept-Encoding"
+    raw = await resp.read()
+    xml = gzip.decompress(raw)
+    assert len(raw) * 4 < len(xml)
+    assert etree.fromstring(xml).findall("{*}Ad")
+    plain = await client.get(pod, skip_auto_headers=["Accept-Encoding"])
+    assert "Content-Encoding" not in plain.headers
+    assert etree.fromstring(await plain.read()).findall("{*}Ad")
+    vmap = await client.get(
+        "/vmap?content_duration=1800&cue_points=600&inline=1",
+        headers={"Accept-Encoding": "GZIP, deflate"},
+        auto_decompress=False,
+    )
+    assert vmap.headers["Content-Encoding"] in ("gzip", "deflate")
+    empty = await client.get("/vast?pod_duration=1", headers={"Accept-Encoding": "gzip"})
+    assert "Content-Encoding" not in empty.headers  # a no-fill: too small to gain
+
+
 async def test_bad_device_ip_header_is_400(client: Any) -> None:
     resp = await client.get("/vast", headers={"X-Device-IP": "not-an-ip"})
     assert resp.status == 400

@@ -190,3 +190,12 @@ def test_a_server_stall_is_not_the_generator_falling_behind(
     share = got["generator_cpu_share"]
     assert share is not None
     assert got["generator_saturated"] is (got["dispatch_late"] > 5 or share >= 0.85)
+
+
+def test_requests_ask_for_no_compression() -> None:
+    """The server compresses XML for a caller whose Accept-Encoding takes it; the static
+    baseline does not, and wrk sends none: neither generator may ask for it, or the server
+    would pay for work the baseline never does."""
+    wire = loadgen._encode("http://127.0.0.1:1", ("vast", "http://127.0.0.1:1/vast?x=1", {}))
+    assert wire.startswith(b"GET /vast?x=1 HTTP/1.1\r\n")
+    assert b"accept-encoding" not in wire.lower()
