@@ -1499,7 +1499,7 @@ async def test_the_endpoint_decides_within_tmax(make_client: ClientFactory) -> N
     from vastserver.app import RUNTIME
     from vastserver.openrtb import TMAX_NETWORK_ALLOWANCE_MS
 
-    client = await make_client()
+    client = await make_client(deadline_ms=150)
     service = client.app[RUNTIME].service
     budgets: list[float] = []
     decide = service.decide
