@@ -8,7 +8,8 @@ pod (slot 1 plays first) that maximises the *score* below, subject to:
 * ``1 <= len(pod) <= max_ads``;
 * at most one item per ``group`` (competitive / creative separation);
 * every item is :func:`eligible` (min / max / required durations, fits in the break);
-* capacity: ``sum(ceil(duration_ms / 1000)) <= pod_duration_ms // 1000`` (see below);
+* capacity: ``sum(ceil(duration_ms / 1000)) <= ceil(pod_duration_ms / 1000)`` and
+  ``sum(duration_ms) <= pod_duration_ms`` (see below and "Fractional breaks");
 * slot permissions: slot 1 uses ``value_first``; the last slot (pods of >= 2 ads) uses
   ``value_last``; the slots in between use ``value`` and need ``middle_allowed``. A slot value of
   ``-inf`` means "not allowed there". A one-ad pod's only ad is slot 1.
@@ -44,11 +45,43 @@ same higher-tier ads, one with a standard ad beats every one with only house ads
 House ads still add their value, so they fill the time paid ads leave; a zero-value house ad
 adds nothing and, by the tie rule below, is left out.
 
-Capacity is counted in whole seconds, each ad taking ``ceil(duration_ms / 1000)`` seconds out of
-``pod_duration_ms // 1000``. This is conservative: since ``1000 * ceil(d / 1000) >= d``, every pod
-it accepts also satisfies ``sum(duration_ms) <= pod_duration_ms``, but a set whose millisecond
-total fits while its ceil-seconds total does not (e.g. two 15.2 s ads in a 30.5 s break) is
-**not** considered. :func:`eligible` applies the same rule to a single ad.
+Capacity is counted in whole seconds, each ad taking ``ceil(duration_ms / 1000)`` seconds. In a
+break of whole seconds, ``P = pod_duration_ms`` a multiple of 1000, that is the whole rule: the
+seconds are within ``P // 1000``, and since ``1000 * ceil(d / 1000) >= d`` the exact total is
+within ``P`` too. This is conservative: a set whose millisecond total fits while its
+ceil-seconds total does not (e.g. 15.2 s + 14.8 s in a 30 s break) is **not** considered.
+:func:`eligible` compares a single ad's exact ms with ``P`` (in a whole-second break, the same
+as its ceil seconds with ``P // 1000``).
+
+Fractional breaks
+-----------------
+Live avails come from SCTE-35 break durations, often fractional (29.97, 59.94 s), and NTSC
+creatives last 29.97 or 14.985 s. Counting such a break down to ``P // 1000`` seconds would
+refuse a 29.97 s ad in a 29.97 s break, so a fractional break has the *two* rules of the
+constraint above: ceil seconds within ``ceil(P / 1000)`` ("lenient") and exact ms within ``P``.
+Call F the pods meeting both, L those meeting the lenient seconds alone (F is in L), T those
+within ``P // 1000`` seconds ("strict"; T is in F, as above). :func:`_build` finds it so:
+
+1. only the ads no longer than ``P`` (exact ms) are kept -- no pod of F holds another;
+2. the pod is built as for a break of ``ceil(P / 1000)`` whole seconds: the best of L, by the
+   score and the tie rule below, with the same DP, search and cost as a whole-second break;
+3. if its exact total is within ``P`` it is in F, and since F is in L it is the best of F,
+   ties included: **exact**. This is always so for a one-ad pod (``d <= P`` gives ``ceil(d /
+   1000) <= ceil(P / 1000)``), for any pod of at most ``P // 1000`` seconds, and for ads of
+   durations that add up exactly (29.97 = 2 x 14.985);
+4. otherwise (that pod takes all ``ceil(P / 1000)`` seconds and its fractions overrun, e.g.
+   15.4 s + 15 s in a 30.2 s break) the pod is built again for ``P // 1000`` seconds: the best
+   of T, so a valid pod, as today's rule gave. It is **not always** the best of F: a pod of
+   ``ceil(P / 1000)`` seconds whose exact total fits (15.1 s + 15 s, beaten in step 2 by
+   15.4 s + 15 s, both 31 seconds in a 30.2 s break) may score more, and finding it would
+   need a second capacity dimension in milliseconds (the DP over 15 ms units of a 29.97 s
+   break is a thousand times larger). So the result has ``PodResult.exact`` False.
+
+Whole-second breaks skip all of it (one remainder test). With slots, the same two builds run
+(:func:`_slotted_pod` with the lenient, then the strict, seconds); overlapping groups build
+each branch this way, a fallback anywhere making the whole ``exact`` False. Pods that fit in
+ms but exceed the lenient seconds (three 10.1 s ads in a 30.5 s break: 33 seconds > 31) are
+not considered, as in whole-second breaks.
 
 Algorithm
 ---------
@@ -109,9 +142,10 @@ DP runs: many pods within the tolerance of the optimum (exact ties, large pods) 
 slow, never wrong.
 
 With ``m`` options (<= 3 per eligible candidate), ``G`` groups, ``K = min(max_ads, G)`` and
-``S = pod_duration_ms // 1000``, time is ``O(m * K * S)`` for the DP (numpy-vectorised over the
-``4 x K x S`` table) plus ``O(m log m)`` for the dominance pruning, and space is ``O(K * S)``
-floats for the table plus ``O(G * K * S)`` small ints for back-pointers. The search is
+``S = pod_duration_ms // 1000`` (rounded up for a fractional break), time is ``O(m * K * S)``
+for the DP (numpy-vectorised over the ``4 x K x S`` table) plus ``O(m log m)`` for the
+dominance pruning, and space is ``O(K * S)`` floats for the table plus ``O(G * K * S)`` small
+ints for back-pointers. The search is
 ``O(n log n)`` in the number of candidates plus its (budgeted) branching. Measured here: 60
 candidates in 25 groups, a 120 s break and 4 ads take about 0.1 ms (the DP alone 0.3 ms); 200
 candidates, a 300 s break and 8 ads about 4 ms (the DP); about 14 ms when no candidate
@@ -315,7 +349,8 @@ class PodConstraints:
     """The ad break's rules."""
 
     pod_duration_ms: int
-    """Total of chosen durations must be <= this (counted in ceil-seconds, see module doc)."""
+    """Total of chosen durations must be <= this, exact ms; ceil-seconds also count against it
+    rounded up to whole seconds (module docstring, "Fractional breaks")."""
     max_ads: int
     """>= 1."""
     min_ad_duration_ms: int | None = None
@@ -354,8 +389,9 @@ class PodResult:
     slots: tuple[int, ...] = ()
     """With :attr:`PodConstraints.slots`: the slot (0-based) of each item, ascending."""
     exact: bool = True
-    """False when a structured pod's search ran out of budget: the best pod it found, valid
-    but maybe not the optimum."""
+    """False when a structured pod's search ran out of budget, overlapping groups were merged,
+    or a fractional break fell back to its whole seconds (module docstring): a valid pod, maybe
+    not the optimum."""
 
 
 _EMPTY = PodResult(items=(), objective=(0.0,) * 6, total_duration_ms=0, value=0.0)
@@ -367,9 +403,9 @@ def capacity_seconds(duration_ms: int) -> int:
 
 
 def fitting_ms(pod_duration_ms: int) -> int:
-    """The longest ad a break of ``pod_duration_ms`` takes under the capacity rule
-    (``capacity_seconds(d) <= pod_duration_ms // 1000``, i.e. ``d <= 1000 * that``)."""
-    return pod_duration_ms // 1000 * 1000
+    """The longest ad a break of ``pod_duration_ms`` takes: the break itself, in exact ms (a
+    29.97 s creative fits a 29.97 s break; module docstring, "Fractional breaks")."""
+    return pod_duration_ms
 
 
 def rounded_seconds(duration_ms: int) -> int:
@@ -378,9 +414,9 @@ def rounded_seconds(duration_ms: int) -> int:
 
 
 def eligible(item: PodItem, c: PodConstraints) -> bool:
-    """Per-item rules: min / max ad duration, required durations, and fitting in the break
-    on its own (``ceil(duration_ms / 1000) <= pod_duration_ms // 1000``, which implies
-    ``duration_ms <= pod_duration_ms``)."""
+    """Per-item rules: min / max ad duration (exact ms), required durations (rounded to the
+    nearest second), and fitting in the break on its own (``duration_ms <= pod_duration_ms``,
+    exact ms; then ``ceil(duration_ms / 1000) <= ceil(pod_duration_ms / 1000)`` too)."""
     d = item.duration_ms
     if c.min_ad_duration_ms is not None and d < c.min_ad_duration_ms:
         return False
@@ -388,7 +424,7 @@ def eligible(item: PodItem, c: PodConstraints) -> bool:
         return False
     if c.required_durations_s is not None and rounded_seconds(d) not in c.required_durations_s:
         return False
-    return d <= c.pod_duration_ms and capacity_seconds(d) <= c.pod_duration_ms // 1000
+    return d <= c.pod_duration_ms
 
 
 def tier_bases(max_ads: int) -> Bases:
@@ -455,7 +491,28 @@ def build_pod(
 
 
 def _build(items: Sequence[PodItem], c: PodConstraints, scaled: Sequence[PodItem]) -> PodResult:
-    """:func:`build_pod` of a partition into groups, values normalised over ``scaled``."""
+    """:func:`build_pod` of a partition into groups, values normalised over ``scaled``.
+
+    A break of whole seconds is built once. A fractional one (module docstring, "Fractional
+    breaks") is built with the lenient capacity ``ceil(pod_duration_ms / 1000)`` over the ads
+    no longer than the break; when that pod's exact total exceeds the break, with the strict
+    capacity ``pod_duration_ms // 1000`` (``exact`` False)."""
+    p = c.pod_duration_ms
+    frac = p % 1000
+    if not frac:
+        return _build_whole(items, c, scaled)
+    fit = [it for it in items if it.duration_ms <= p]
+    lenient = _build_whole(fit, replace(c, pod_duration_ms=p - frac + 1000), scaled)
+    if lenient.total_duration_ms <= p:
+        return lenient
+    strict = _build_whole(fit, replace(c, pod_duration_ms=p - frac), scaled)
+    return replace(strict, exact=False)
+
+
+def _build_whole(
+    items: Sequence[PodItem], c: PodConstraints, scaled: Sequence[PodItem]
+) -> PodResult:
+    """:func:`_build` for a break of whole seconds (or counted as whole seconds)."""
     if c.slots is not None:
         return _slotted_pod(items, c, scaled)
     cands = _eligible(items, c)
@@ -628,7 +685,7 @@ def _merge_overlapping(items: list[PodItem], of: Mapping[str, frozenset[str]]) -
 
 def _eligible(items: Sequence[PodItem], c: PodConstraints) -> list[PodItem]:
     """The :func:`eligible` items, in input order (the same rules, bounds worked out once)."""
-    hi = (c.pod_duration_ms // 1000) * 1000  # ceil(d / 1000) <= S  <=>  d <= 1000 * S
+    hi = c.pod_duration_ms  # exact ms (module docstring, "Fractional breaks")
     if c.max_ad_duration_ms is not None and c.max_ad_duration_ms < hi:
         hi = c.max_ad_duration_ms
     lo = c.min_ad_duration_ms
