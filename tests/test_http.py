@@ -1435,3 +1435,22 @@ async def test_decide_and_the_event_log_show_the_competitive_labels_of_each_ad(
     assert [a["competitive_labels"] for a in record["ads"]] == [
         x["competitive_labels"] for x in ads
     ]
+
+
+async def test_vast_fills_a_fractional_avail_with_a_creative_as_long(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """An SCTE-35 avail of 29.97 s takes a 29.97 s (NTSC) creative: it was refused as
+    ``longer_than_pod`` when the break was counted down to 29 whole seconds."""
+    catalog = json.loads(DEMO_CATALOG.read_text())
+    (ntsc,) = [c for c in catalog["creatives"] if c["id"] == "cr-streamly-originals-30"]
+    ntsc.pop("duration", None)
+    ntsc["duration_ms"] = 29_970
+    path = tmp_path / "ntsc.json"
+    path.write_text(json.dumps(catalog))
+    client = await make_client(catalog=str(path))
+    root = await _vast(client, "pod_duration=29.97&min_ad_duration=29&device_type=ctv")
+    durations = [d.text for d in root.iterfind(".//v:Linear/v:Duration", NS)]
+    assert durations == ["00:00:29.970"]
+    ids = [c.get("id") or "" for c in root.iterfind(".//v:Creative", NS)]
+    assert len(ids) == 1 and "cr-streamly-originals-30" in ids[0], ids
