@@ -1454,3 +1454,16 @@ async def test_vast_fills_a_fractional_avail_with_a_creative_as_long(
     assert durations == ["00:00:29.970"]
     ids = [c.get("id") or "" for c in root.iterfind(".//v:Creative", NS)]
     assert len(ids) == 1 and "cr-streamly-originals-30" in ids[0], ids
+
+
+async def test_a_fractional_break_falling_back_to_whole_seconds_is_no_degradation(
+    client: Any,
+) -> None:
+    """Two 15 s ads overrun a 29.97 s avail, so the pod is built again for its 29 whole
+    seconds (one ad). That is how the optimiser treats such breaks, not a degradation:
+    ``pod_search_budget`` counts a structured pod's search out of budget only."""
+    root = await _vast(client, "pod_duration=29.97&max_ads=2&device_type=ctv&device_id=frac")
+    durations = [d.text for d in root.iterfind(".//v:Linear/v:Duration", NS)]
+    assert durations == ["00:00:15.000"]
+    text = await (await client.get("/metrics")).text()
+    assert 'reason="pod_search_budget"' not in text

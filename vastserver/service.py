@@ -277,7 +277,7 @@ class AdService:
             self.metrics.model_fallback.labels("deadline").inc()
             scorer = self._fallback
         d = decide(req, kept, env, scorer=scorer, filters=DELIVERY_FILTERS, prior=prior)
-        if not d.pod_exact:
+        if d.pod_budget_spent:
             self.metrics.degradations.labels("pod_search_budget").inc()
         if not req.test:  # a test request reserves nothing and leaves no session history
             before, errors = len(d.ads), self.delivery.store_errors

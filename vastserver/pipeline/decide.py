@@ -89,8 +89,12 @@ class Decision:
     now: datetime
     viewer_hash: str = ""
     pod_exact: bool = True
-    """False when the structured-pod search ran out of budget (``PodResult.exact``): the pod
-    is valid but may not be the best; the service counts it (``pod_search_budget``)."""
+    """False when the pod is valid but may not be the best (``PodResult.exact``: the
+    structured-pod search ran out of budget, overlapping labels were merged, a fractional
+    break fell back to its whole seconds)."""
+    pod_budget_spent: bool = False
+    """The structured-pod search ran out of budget (``PodResult.budget_spent``): a
+    degradation, which the service counts (``pod_search_budget``)."""
 
     @property
     def filled(self) -> bool:
@@ -387,4 +391,5 @@ def decide(
         scorer=scorer.name,
         now=env.now,
         pod_exact=pod.exact,
+        pod_budget_spent=pod.budget_spent,
     )

@@ -392,6 +392,10 @@ class PodResult:
     """False when a structured pod's search ran out of budget, overlapping groups were merged,
     or a fractional break fell back to its whole seconds (module docstring): a valid pod, maybe
     not the optimum."""
+    budget_spent: bool = False
+    """The structured pod's search ran out of budget (then ``exact`` is False too): the one
+    of those causes that is a degradation (the service counts it), the others being how the
+    optimiser treats such breaks and labels."""
 
 
 _EMPTY = PodResult(items=(), objective=(0.0,) * 6, total_duration_ms=0, value=0.0)
@@ -506,7 +510,7 @@ def _build(items: Sequence[PodItem], c: PodConstraints, scaled: Sequence[PodItem
     if lenient.total_duration_ms <= p:
         return lenient
     strict = _build_whole(fit, replace(c, pod_duration_ms=p - frac), scaled)
-    return replace(strict, exact=False)
+    return replace(strict, exact=False, budget_spent=strict.budget_spent or lenient.budget_spent)
 
 
 def _build_whole(
@@ -555,15 +559,17 @@ def _overlapping_pod(
     tie = _tie_rule(items, c, by_group)
     best = _EMPTY
     exact = True
+    spent = False
 
     def split(groups: list[str], depth: int, merged: bool = False) -> None:
-        nonlocal best, exact
+        nonlocal best, exact, spent
         subset = [it for g in groups for it in by_group[g]]
         if merged:
             subset = _merge_overlapping(subset, of)
         got = _build(subset, c, items)  # groups as a partition: its keys but the first relaxed
         if not got.exact or merged:
             exact = False
+        spent = spent or got.budget_spent
         if not got.items or (best.items and not tie(got, best)):
             return  # no pod of these groups beats the best, nor ties it and wins the tie
         shared = _overlap_in(got.items, keys) if not merged else None
@@ -577,7 +583,7 @@ def _overlapping_pod(
             split([g for g in groups if g != shared], depth + 1)
 
     split(list(by_group), 0)
-    return best if exact else replace(best, exact=False)
+    return best if exact else replace(best, exact=False, budget_spent=spent)
 
 
 def _overlap_in(pod: Sequence[PodItem], keys: Mapping[str, frozenset[str]]) -> str | None:
@@ -1742,7 +1748,7 @@ def _slotted_pod(
     except _SlotBudgetSpent:
         exact = False
     if not best:
-        return _EMPTY if exact else replace(_EMPTY, exact=False)
+        return _EMPTY if exact else replace(_EMPTY, exact=False, budget_spent=True)
     realised: list[float] = []
     n = len(best)
     for p, (_, rec) in enumerate(best):
@@ -1761,6 +1767,7 @@ def _slotted_pod(
         value=math.fsum(realised),
         slots=tuple(j for j, _ in best),
         exact=exact,
+        budget_spent=not exact,
     )
 
 
