@@ -412,6 +412,69 @@ async def test_each_write_pushes_a_counters_expiry_forward(h: Harness) -> None:
     assert await h.value("w", w, T0 + 2.4) == 1  # the bucket of the first left the window
 
 
+# ---------------------------------------------------------------------- locks
+
+
+async def test_a_lock_is_exclusive_until_released(h: Harness) -> None:
+    s = h.store
+    assert await s.acquire("sess", "a", 5000)
+    assert not await s.acquire("sess", "b", 5000)
+    assert await s.acquire("sess", "a", 5000)  # its owner may take it again
+    assert await s.acquire("other", "b", 5000)  # locks of other names are unrelated
+    await s.release("sess", "a")
+    assert await s.acquire("sess", "b", 5000)
+    assert not await s.acquire("sess", "a", 5000)
+
+
+async def test_releasing_another_owners_lock_does_nothing(h: Harness) -> None:
+    s = h.store
+    await s.release("sess", "a")  # nobody holds it: nothing to do
+    assert await s.acquire("sess", "a", 5000)
+    await s.release("sess", "b")
+    assert not await s.acquire("sess", "b", 5000)
+    await s.release("sess", "a")
+    assert await s.acquire("sess", "b", 5000)
+
+
+async def test_a_lock_expires_by_itself(h: Harness) -> None:
+    """A lock whose owner never releases it (a crashed instance) frees itself ``ttl_ms``
+    after it was last taken; the late owner's release then leaves the new owner's lock."""
+    s = h.store
+    assert await s.acquire("sess", "a", 300)
+    assert await s.acquire("long", "a", 60_000)
+    await h.pass_time(0.4)
+    assert await s.acquire("sess", "b", 5000)
+    assert not await s.acquire("long", "b", 5000)
+    await s.release("sess", "a")
+    assert not await s.acquire("sess", "c", 5000)
+    assert not await s.acquire("sess", "a", 5000)
+
+
+async def test_taking_a_lock_again_moves_its_expiry(h: Harness) -> None:
+    s = h.store
+    assert await s.acquire("sess", "a", 300)
+    await h.pass_time(0.2)
+    assert await s.acquire("sess", "a", 60_000)
+    await h.pass_time(0.2)  # past the first expiry, not the second
+    assert not await s.acquire("sess", "b", 5000)
+
+
+async def test_locks_are_apart_from_counters_claims_and_histories(h: Harness) -> None:
+    s = h.store
+    assert await s.acquire("k", "a", 5000)
+    await s.add([Incr("k", LIFE, 3)], T0)
+    await s.push_history("k", ["x"], keep=3, ttl_s=60)
+    assert await claim(s, "k", 60)
+    assert await h.value("k", LIFE, T0) == 3
+    assert await s.history("k") == ["x"]
+    assert not await s.acquire("k", "b", 5000)
+    await s.release("k", "a")
+    assert await h.value("k", LIFE, T0) == 3
+    assert await s.history("k") == ["x"]
+    with pytest.raises(ValueError):
+        await s.acquire("k", "a", 0)
+
+
 # ---------------------------------------------------------------------- reference model
 
 KEYS = ("k0", "k1", "k2", "k3")
@@ -926,6 +989,19 @@ async def test_open_store() -> None:
 
 
 # ---------------------------------------------------------------------- memory specifics
+
+
+async def test_memory_drops_expired_locks_whose_release_was_lost() -> None:
+    clock = FakeClock(T0)
+    s = MemoryStore(clock=clock)
+    for i in range(5000):
+        assert await s.acquire(f"lost-{i}", "a", 1000)
+    clock.t += 2
+    for i in range(5000):
+        assert await s.acquire(f"held-{i}", "a", 60_000)
+    assert len(s._locks) == 5000  # the expired ones went; the live ones stayed
+    assert not await s.acquire("held-0", "b", 1000)
+    assert len(s) == 0  # no key of the LRU map: never evicted, not in the state file
 
 
 async def test_memory_evicts_least_recently_touched() -> None:

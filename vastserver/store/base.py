@@ -10,6 +10,11 @@ oldest bucket*, so a read can over-count by up to one bucket but never under-cou
 checked against such reads are therefore never exceeded in any true sliding window.
 ``window_s=None`` is a lifetime counter (a single bucket, no expiry but ``ttl_s``).
 
+Locks. ``acquire``/``release`` give a short-lived exclusive lock on a name (the decisions of
+one viewing session take turns: each reads the session's history, decides and writes it back
+before the next one reads). A lock expires by itself ``ttl_ms`` after it was taken, so an
+owner that died never blocks anyone for longer.
+
 Round trips. ``read`` answers a whole batch in one round trip (Redis: one pipeline/Lua
 call); ``commit`` applies a batch of guarded increments atomically per guard group in one
 round trip; ``add`` applies unconditional increments in one round trip.
@@ -149,6 +154,18 @@ class Store(Protocol):
     ) -> None:
         """Prepend entries (the last of ``entries`` ends up newest), keep the newest ``keep``,
         and expire the whole history ``ttl_s`` after the last push."""
+        ...
+
+    async def acquire(self, key: str, owner: str, ttl_ms: int) -> bool:
+        """Take the lock ``key`` for ``owner`` for ``ttl_ms`` milliseconds: True when it was
+        free (never taken, released, or expired) or is already ``owner``'s (its expiry is
+        then moved to ``ttl_ms`` from now), False while another owner holds it. Locks are a
+        namespace of their own (a lock and a counter or history of one name are unrelated)."""
+        ...
+
+    async def release(self, key: str, owner: str) -> None:
+        """Free the lock ``key`` if ``owner`` holds it; otherwise (another owner took it after
+        ours expired, or nobody holds it) do nothing."""
         ...
 
     async def ping(self) -> bool: ...

@@ -45,6 +45,12 @@ Bounded memory:
   tokens were issued in: under memory pressure the first beacons of the oldest tokens are
   refused (lost, never counted twice), and newer tokens are claimed as usual.
 
+Locks live apart, in a plain ``dict`` ``key -> (owner, expiry)`` (float seconds of ``clock``):
+a lock is held for the length of one decision and released at once, so the dict stays small;
+when it grows past :data:`_LOCKS_SWEEP_AT` the expired ones are dropped (a lock whose release
+was lost). They are not LRU-evicted (an evicted lock would let two decisions of one session
+interleave) and not kept in the state file (no decision survives a restart).
+
 A key must always be used with the same ``Window`` (in both backends: buckets are indices of
 that window's ``bucket_s``).
 """
@@ -72,6 +78,8 @@ _INTERN_MAX = 8192
 MAX_KEYS = 2_000_000
 """Keys held by default before the least recently used are evicted
 (``VASTSERVER_MEMORY_MAX_KEYS``)."""
+_LOCKS_SWEEP_AT = 4096
+"""Locks held before expired ones are dropped (then again at twice as many still live)."""
 HORIZON_SLACK_S = 2
 """Two claims for one token made at different times may get expiries this far apart (each
 rounds the caller's relative TTL and the store's clock up)."""
@@ -177,6 +185,8 @@ class MemoryStore:
         path) fixes it so; kept in the state file, see :func:`~.statefile.load_state`."""
         self.expirations = 0
         """Expired keys reclaimed by the sweeper."""
+        self._locks: dict[str, tuple[str, float]] = {}
+        self._locks_sweep_at = _LOCKS_SWEEP_AT
 
     def __len__(self) -> int:
         """Keys held (counters, claims and histories; expired ones not yet swept included)."""
@@ -345,11 +355,33 @@ class MemoryStore:
         self._put(k, old_exp, (exp, new_items), exp)
         self._evict()
 
+    async def acquire(self, key: str, owner: str, ttl_ms: int) -> bool:
+        if ttl_ms <= 0:
+            raise ValueError("ttl_ms must be positive")
+        locks = self._locks
+        wall = self._clock()
+        held = locks.get(key)
+        if held is not None and held[0] != owner and held[1] > wall:
+            return False
+        locks[key] = (owner, wall + ttl_ms / 1000)
+        if len(locks) > self._locks_sweep_at:
+            for k in [k for k, (_, exp) in locks.items() if exp <= wall]:
+                del locks[k]
+            self._locks_sweep_at = max(_LOCKS_SWEEP_AT, 2 * len(locks))
+        return True
+
+    async def release(self, key: str, owner: str) -> None:
+        locks = self._locks
+        held = locks.get(key)
+        if held is not None and held[0] == owner:
+            del locks[key]
+
     async def ping(self) -> bool:
         return True
 
     async def close(self) -> None:
         self._data.clear()
+        self._locks.clear()
         self._wheel.clear()
         self._slots.clear()
         self._ints.clear()

@@ -25,7 +25,10 @@ Key layout (``prefix`` defaults to ``"vs:"``):
   recorded window): dropping one only shortens the window a lookup finds for a token, never
   a claim already written, so it can refuse more, never count twice;
 * history ``{prefix}h:{key}``: a list, newest first (``LPUSH``/``LTRIM``/``EXPIRE`` in one
-  ``MULTI``), read with ``LRANGE``.
+  ``MULTI``), read with ``LRANGE``;
+* lock ``{prefix}l:{key}``: a string holding its owner, with a ``PX`` expiry; taken by
+  :data:`ACQUIRE_LUA` (set when absent or already the caller's), freed by
+  :data:`RELEASE_LUA` (deleted only while it still holds the caller's name).
 
 Round trips: ``read`` is one ``EVALSHA`` (sums computed server-side over the window's
 fields, one consistent snapshot); ``commit`` and ``add`` are one ``EVALSHA`` of
@@ -33,14 +36,16 @@ fields, one consistent snapshot); ``commit`` and ``add`` are one ``EVALSHA`` of
 is summed in Lua, then the group's increments are applied only if all guards hold (``add`` is
 a single group without guards). ``claim_and_add`` is one ``EVALSHA`` of
 :data:`CLAIM_ADD_LUA` (claims, then the increments only if every claim is new: a beacon is
-claimed and counted together or not at all). ``push_history`` is one pipeline.
+claimed and counted together or not at all). ``push_history`` is one pipeline; ``acquire``
+and ``release`` are one ``EVALSHA`` each.
 Scripts are cached by SHA; after a server restart the first call re-loads them
 (redis-py's ``Script`` handles ``NOSCRIPT``). Every key a script touches is passed in
 ``KEYS``.
 
 Failures: every Redis or socket error is raised as :class:`StoreUnavailable`. Writes are
 **never retried** (a retried ``commit``, ``add``, claim or push after an ambiguous failure
-could apply twice or lose a claim); ``read`` and ``history`` retry once on a connection error.
+could apply twice or lose a claim); ``read`` and ``history`` retry once on a connection error,
+and so do ``acquire`` and ``release`` (repeating either with the same owner changes nothing).
 The connection pool checks a pooled connection before reuse and reconnects one the server
 closed, so after a server restart the next call simply works (a write racing the restart
 itself can still fail once). ``socket_timeout`` bounds connecting, each reply, and waiting for
@@ -291,6 +296,21 @@ return out
 """
 )
 
+ACQUIRE_LUA = """
+-- KEYS: the lock; ARGV: owner, ttl in ms. 1 when taken (free, or already the owner's: its
+-- expiry moves), 0 while another owner holds it.
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+RELEASE_LUA = """
+-- KEYS: the lock; ARGV: owner. Deletes the lock only while the owner holds it.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 
 class RedisStore:
     """Shared :class:`~vastserver.store.base.Store` on Redis (see the module docstring)."""
@@ -328,9 +348,12 @@ class RedisStore:
         self._read = self._client.register_script(READ_LUA)
         self._commit = self._client.register_script(COMMIT_LUA)
         self._claim_add = self._client.register_script(CLAIM_ADD_LUA)
+        self._acquire = self._client.register_script(ACQUIRE_LUA)
+        self._release = self._client.register_script(RELEASE_LUA)
         self._c = prefix + "c:"
         self._d = prefix + "d:"
         self._h = prefix + "h:"
+        self._l = prefix + "l:"
         self._cw = prefix + "claim-windows"
         self._cw_used = prefix + "claim-windows:used"
         self.claim_window_s: int | None = None
@@ -462,6 +485,30 @@ class RedisStore:
                 await pipe.execute()
         except _FAILURES as e:
             raise StoreUnavailable(f"redis history failed: {e!r}") from e
+
+    async def acquire(self, key: str, owner: str, ttl_ms: int) -> bool:
+        if ttl_ms <= 0:
+            raise ValueError("ttl_ms must be positive")
+        keys = [self._l + key]
+        args: list[str | int] = [owner, ttl_ms]
+        try:
+            try:
+                res = await self._acquire(keys=keys, args=args)
+            except RedisConnectionError:  # the same owner may take its lock again
+                res = await self._acquire(keys=keys, args=args)
+        except _FAILURES as e:
+            raise StoreUnavailable(f"redis acquire failed: {e!r}") from e
+        return bool(res)
+
+    async def release(self, key: str, owner: str) -> None:
+        keys, args = [self._l + key], [owner]
+        try:
+            try:
+                await self._release(keys=keys, args=args)
+            except RedisConnectionError:
+                await self._release(keys=keys, args=args)
+        except _FAILURES as e:
+            raise StoreUnavailable(f"redis release failed: {e!r}") from e
 
     async def ping(self) -> bool:
         """True when Redis answers; False (never raises) when it cannot be reached."""
