@@ -379,6 +379,24 @@ class DeliveryControl:
         )
         return Prefetched(gate, 0, frozenset(), frozenset(), degraded=True)
 
+    async def lock_session(self, session: str, owner: str, ttl_ms: int) -> bool | None:
+        """Take the lock on ``session``'s history for ``owner`` (see :meth:`Store.acquire`):
+        True when taken, False while another decision holds it, None when the store failed
+        (counted: the caller goes on unlocked, as separation fails open)."""
+        try:
+            return await self.store.acquire(history_key(session), owner, ttl_ms)
+        except StoreUnavailable as e:
+            self._store_error(e, "session_lock")
+            return None
+
+    async def unlock_session(self, session: str, owner: str) -> None:
+        """Free ``owner``'s lock on ``session``'s history; a store failure is counted and
+        otherwise ignored (the lock expires by itself)."""
+        try:
+            await self.store.release(history_key(session), owner)
+        except StoreUnavailable as e:
+            self._store_error(e, "session_lock")
+
     async def remember(self, d: Decision) -> None:
         """Add a decided break to its session's history (stream-level separation)."""
         session = d.request.session

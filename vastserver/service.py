@@ -6,7 +6,10 @@ Data flows one way: request -> retrieve candidates -> (counters) -> pure ``decid
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
+import os
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +43,7 @@ from vastserver.store.base import StoreUnavailable, within
 from vastserver.tracking import Keyring, anonymous_viewer_hash, new_ad_serving_id, viewer_hash
 
 log = logging.getLogger("vastserver.service")
+_owners = itertools.count()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,24 @@ MIN_STORE_WAIT_S = 0.005
 never reaches the store would let a cap overshoot)."""
 SCORING_RESERVE_S = 0.002
 """Score with the model only if at least this much of the deadline is left."""
+SESSION_LOCK_POLL_S = 0.003
+"""How often a decision whose session is being decided by another request asks again."""
+SESSION_LOCK_RESERVE_S = 0.025
+"""Stop waiting for a session's lock when less than this is left of the deadline: the
+decision then goes on unlocked (``session_lock_timeout``), with time to read, decide and
+reserve."""
+SESSION_LOCK_WAIT_S = 1.0
+"""Without a deadline, wait at most this long for a session's lock."""
+SESSION_LOCK_MARGIN_MS = 250
+"""A session's lock expires this long after its decision's deadline (a decision goes on a
+little past it: each store call gets at least ``MIN_STORE_WAIT_S``)."""
+SESSION_LOCK_LOCAL_TTL_MS = 1000
+"""The expiry of a session's lock in a local store: it is released by this process, on the
+way out of its decision (a local store's calls never suspend, so even a cancelled decision
+releases it), long before."""
+_LOCK_OWNER = os.urandom(6).hex() + ":"
+"""Names this process's decisions as lock owners (with a count): unique across the
+instances sharing a store."""
 
 
 class TimedScorer:
@@ -217,7 +239,90 @@ class AdService:
 
         ``preview`` (a test request's stream, :meth:`decide_stream`): the counters and
         session history are read as the stream's earlier breaks would have left them, and
-        this break's ads are added to it instead of the store."""
+        this break's ads are added to it instead of the store.
+
+        The decisions of one ``session`` take turns (:meth:`_lock_session`): from reading its
+        history to writing this break's into it, no other decision of the session (in this
+        process or another instance on the same store) reads it, so breaks fetched at once
+        (a stitcher's look-ahead) keep stream-level separation. A test request writes
+        nothing and takes no turn."""
+        session = req.session
+        if not session or req.test:
+            return await self._decide(req, request_id, explain, deadline, preview)
+        store = self.delivery.store
+        owner = _LOCK_OWNER + str(next(_owners))
+        got: bool | None = False
+        if store.local:  # answers at once: a free lock is one call, no deadline arithmetic
+            got = await self.delivery.lock_session(session, owner, SESSION_LOCK_LOCAL_TTL_MS)
+        if got is False:
+            got = await self._lock_session(session, owner, deadline)
+        if got is None:
+            self.metrics.degradations.labels("session_lock_unavailable").inc()
+        if not got:
+            return await self._decide(req, request_id, explain, deadline, preview)
+        try:
+            return await self._decide(req, request_id, explain, deadline, preview)
+        finally:
+            if store.local:
+                await self.delivery.unlock_session(session, owner)
+            else:
+                await self._unlock_session(session, owner, deadline)
+
+    async def _lock_session(self, session: str, owner: str, deadline: float | None) -> bool | None:
+        """Take the lock on ``session``'s history for ``owner``; while another decision holds
+        it, ask again every ``SESSION_LOCK_POLL_S`` until it is free or too little of the
+        deadline is left. True when taken; False when the decision goes on without its turn
+        (counted: ``session_lock_timeout``); None when the store failed (counted in the store
+        errors; the caller counts the degradation)."""
+        loop = asyncio.get_running_loop()
+        store = self.delivery.store
+        give_up = (
+            loop.time() + SESSION_LOCK_WAIT_S
+            if deadline is None
+            else deadline - SESSION_LOCK_RESERVE_S
+        )
+        while True:
+            left = SESSION_LOCK_WAIT_S if deadline is None else deadline - loop.time()
+            ttl_ms = max(1, math.ceil(left * 1000)) + SESSION_LOCK_MARGIN_MS
+            call = self.delivery.lock_session(session, owner, ttl_ms)
+            if store.local:
+                got = await call
+            else:
+                try:
+                    got = await within(
+                        store, call, None if deadline is None else max(MIN_STORE_WAIT_S, left)
+                    )
+                except TimeoutError:  # the deadline passed meanwhile
+                    got = False
+            if got is not False:
+                return got
+            if loop.time() + SESSION_LOCK_POLL_S > give_up:
+                self.metrics.degradations.labels("session_lock_timeout").inc()
+                return False
+            await asyncio.sleep(SESSION_LOCK_POLL_S)
+
+    async def _unlock_session(self, session: str, owner: str, deadline: float | None) -> None:
+        """Release ``owner``'s lock on ``session`` (a release that fails or times out leaves
+        it to expire)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await within(
+                self.delivery.store,
+                self.delivery.unlock_session(session, owner),
+                None if deadline is None else max(MIN_STORE_WAIT_S, deadline - loop.time()),
+            )
+        except TimeoutError:
+            pass
+
+    async def _decide(
+        self,
+        req: AdRequest,
+        request_id: str | None,
+        explain: bool,
+        deadline: float | None,
+        preview: Preview | None,
+    ) -> Decision:
+        """:meth:`decide`, once the session (if any) is this decision's to read and write."""
         loop = asyncio.get_running_loop()
 
         def left(floor: float = 0.0) -> float | None:
