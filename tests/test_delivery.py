@@ -1065,17 +1065,22 @@ async def test_creatives_showing_one_video_never_share_a_pod(shared: str) -> Non
         assert reasons["cr-b"] is Reason.DUPLICATE_CREATIVE
 
 
-async def test_an_ad_a_break_cannot_hold_in_whole_seconds_is_longer_than_the_pod() -> None:
-    """The optimiser counts an ad's seconds rounded up: a 15.2 s ad does not fit a 15.5 s
-    break, and its trace says so (not ``not_selected``, as if it were outbid)."""
+@pytest.mark.parametrize(("seconds", "fits"), [(15.2, True), (15.5, True), (15.6, False)])
+async def test_an_ad_longer_than_a_fractional_break_is_longer_than_the_pod(
+    seconds: float, fits: bool
+) -> None:
+    """A single ad fits a break by its exact length: a 15.2 s or 15.5 s ad plays in a 15.5 s
+    break (it used to be counted as 16 whole seconds against 15, and refused), a 15.6 s ad
+    does not, and its trace says so (not ``not_selected``, as if it were outbid)."""
     cat = _with_li_a()
-    cat["creatives"][0]["duration"] = 15.2
+    cat["creatives"][0]["duration"] = seconds
     svc, _ = _setup(cat)
     req = request("v0", pod_s=30, max_ads=2)
     req = replace(req, brk=replace(req.brk, pod_duration_ms=15_500))
     d = await svc.decide(req, explain=True)  # every candidate traced
-    assert "li-a" not in [a.candidate.line_item.id for a in d.ads]
-    assert {t.line_item_id: t.reason for t in d.traces}["li-a"] is Reason.LONGER_THAN_POD
+    assert ("li-a" in [a.candidate.line_item.id for a in d.ads]) is fits
+    if not fits:
+        assert {t.line_item_id: t.reason for t in d.traces}["li-a"] is Reason.LONGER_THAN_POD
 
 
 @pytest.mark.parametrize("flat", [False, True])
