@@ -116,13 +116,15 @@ def _labels(d: Decision) -> set[str]:
 
 
 def _assert_separated(by_avail: dict[int, Decision], order: list[int]) -> None:
-    """No creative twice among the breaks, and no competitive label in a break decided
-    after the one before it (``order``: the avails in the order their history landed)."""
+    """No creative twice among the breaks, and no competitive label in two breaks within
+    ``competitive_breaks`` of each other, whichever was decided first (the distance counts
+    both ways); ``order``, the avails in the order their history landed, names each once."""
+    assert sorted(order) == sorted(a for a, d in by_avail.items() if d.ads), order
     creatives = [a.candidate.creative.id for d in by_avail.values() for a in d.ads]
     assert len(creatives) == len(set(creatives)), creatives
-    for i, first in enumerate(order):
-        for later in order[i + 1 :]:
-            if 0 <= later - first <= RULES.competitive_breaks:
+    for first in by_avail:
+        for later in by_avail:
+            if 0 < later - first <= RULES.competitive_breaks:
                 shared = _labels(by_avail[first]) & _labels(by_avail[later])
                 assert not shared, (first, later, shared)
 
@@ -146,7 +148,9 @@ async def test_breaks_of_one_session_fetched_at_once_keep_separation_on_redis(
                     for i, a in enumerate(avails)
                 )
             )
-            assert all(d.ads for d in got)  # six ads in three categories: enough for three
+            # the first break decided fills: three categories, and breaks within one of
+            # a filled one keep out its labels (a middle break decided last may get none)
+            assert sum(len(d.ads) for d in got) >= 2
             _assert_separated(dict(zip(avails, got, strict=True)), written)
             written.clear()
         for svc in services:
