@@ -258,6 +258,10 @@ async def test_xml_is_compressed_for_a_caller_that_accepts_it(client: Any) -> No
     assert vmap.headers["Content-Encoding"] in ("gzip", "deflate")
     empty = await client.get("/vast?pod_duration=1", headers={"Accept-Encoding": "gzip"})
     assert "Content-Encoding" not in empty.headers  # a no-fill: too small to gain
+    # a weight of 0 refuses a coding (aiohttp's own choice went by the name alone)
+    for header, coding in (("gzip;q=0", None), ("gzip;q=0, deflate", "deflate")):
+        resp = await client.get(pod, headers={"Accept-Encoding": header}, auto_decompress=False)
+        assert resp.headers.get("Content-Encoding") == coding, header
 
 
 async def test_bad_device_ip_header_is_400(client: Any) -> None:

@@ -159,10 +159,36 @@ def _xml(body: str, request: web.Request | None = None) -> web.Response:
     resp.headers["Cache-Control"] = "no-store"
     if request is not None and len(body) >= COMPRESS_MIN:
         resp.headers["Vary"] = "Accept-Encoding"
-        accepted = request.headers.get("Accept-Encoding", "").lower()
-        if "gzip" in accepted or "deflate" in accepted:
-            resp.enable_compression()  # aiohttp picks the coding from the header
+        coding = accepted_coding(request.headers.get("Accept-Encoding", ""))
+        if coding is not None:
+            resp.enable_compression(coding)
     return resp
+
+
+def accepted_coding(header: str) -> web.ContentCoding | None:
+    """The coding to compress with for an ``Accept-Encoding`` (RFC 9110 §12.5.3): gzip when
+    it is listed with a weight above 0, else deflate so listed, else None. A coding listed
+    with ``q=0`` is refused, not taken (aiohttp's own choice looks for the name alone)."""
+    deflate = False
+    for part in header.lower().split(","):
+        name, _, params = part.partition(";")
+        name = name.strip()
+        if name not in ("gzip", "x-gzip", "deflate"):
+            continue
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # a weight that cannot be read: not a yes
+        if q <= 0:
+            continue
+        if name != "deflate":
+            return web.ContentCoding.gzip
+        deflate = True
+    return web.ContentCoding.deflate if deflate else None
 
 
 # ---------------------------------------------------------------------------- middlewares
