@@ -1343,9 +1343,9 @@ def test_separation_without_avail_is_by_time_only() -> None:
     are avoided for ``creative_minutes``, not for the session's whole history."""
     now = 1_800_000_000.0
     rules = SeparationRules()
-    old = history_entries(0, now - 3 * 3600, [("cr-car-30", "auto")])
+    old = history_entries(0, now - 3 * 3600, [("cr-car-30", {"auto"})])
     assert recent_from_history(old, None, now, rules) == (frozenset(), frozenset())
-    new = history_entries(0, now - 10 * 60, [("cr-car-30", "auto")])
+    new = history_entries(0, now - 10 * 60, [("cr-car-30", {"auto"})])
     assert recent_from_history(new, None, now, rules) == ({"cr-car-30"}, {"auto"})
     assert recent_from_history(new, None, now, SeparationRules(competitive_breaks=0)) == (
         {"cr-car-30"},
@@ -1362,7 +1362,7 @@ def test_separation_by_breaks_goes_both_ways() -> None:
     would have kept out the earlier's (it used to count only breaks before it)."""
     now = 1_800_000_000.0
     rules = SeparationRules(creative_breaks=3, creative_minutes=0, competitive_breaks=1)
-    shown_at_5 = history_entries(5, now - 5, [("cr-beer-15", "beer")])
+    shown_at_5 = history_entries(5, now - 5, [("cr-beer-15", {"beer"})])
     assert recent_from_history(shown_at_5, 4, now, rules) == ({"cr-beer-15"}, {"beer"})
     assert recent_from_history(shown_at_5, 3, now, rules) == ({"cr-beer-15"}, frozenset())
     assert recent_from_history(shown_at_5, 2, now, rules) == (frozenset(), frozenset())

@@ -415,19 +415,25 @@ async def vast_handler(request: web.Request) -> web.StreamResponse:
         return _bad_request(e)
     if req.debug and not _may_explain(request):
         return _explain_refused("debug")
-    if req.test and not _may_explain(request):  # a player's test=1 would show unbilled ads
-        return _explain_refused("test", TEST_NEEDS)
-    _count_preview(rt, req.test, "vast")
+    if (refused := _preview(rt, request, req.test, "vast")) is not None:
+        return refused
     decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=_deadline(rt))
     debug = decision_json(decision, request_id=REQUEST_ID.get()) if req.debug else None
     return _xml(rt.renderer.vast(decision, debug=debug), request)
 
 
-def _count_preview(rt: Runtime, test: bool, endpoint: str) -> None:
-    """A preview is counted in ``vastserver_previews_total`` alone: the decision metrics
-    (pods, ads, rejections) leave it out, so ad-ops previewing do not move fill rate."""
-    if test:
-        rt.metrics.previews_by(endpoint).inc()
+def _preview(rt: Runtime, request: web.Request, test: bool, endpoint: str) -> web.Response | None:
+    """A preview (``test``) shows ads counted and billed nowhere, so a player or anyone else
+    sending it on a live server would get them for free: like an explanation, it needs the
+    admin bearer token (the 401 returned); then it is counted in ``vastserver_previews_total``
+    alone (the decision metrics leave it out, so ad-ops previewing do not move fill rate).
+    None: go on."""
+    if not test:
+        return None
+    if not _may_explain(request):
+        return _explain_refused("test", TEST_NEEDS)
+    rt.metrics.previews_by(endpoint).inc()
+    return None
 
 
 def _may_explain(request: web.Request) -> bool:
@@ -469,7 +475,8 @@ async def decide_handler(request: web.Request) -> web.StreamResponse:
         req = _ad_request(request)
     except ParamError as e:
         return _bad_request(e)
-    _count_preview(rt, req.test, "decide")
+    if (refused := _preview(rt, request, req.test, "decide")) is not None:
+        return refused
     decision = await rt.service.decide(
         req, request_id=REQUEST_ID.get(), explain=True, deadline=_deadline(rt)
     )
@@ -521,9 +528,9 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         return _bad_request(e)
     if first is not None and first.debug and not _may_explain(request):
         return _explain_refused("debug")  # inline, or in every break's tag
-    if targeting.test and not _may_explain(request):  # its tags carry it: they need it too
-        return _explain_refused("test", TEST_NEEDS)
-    _count_preview(rt, targeting.test, "vmap")
+    # (its tags carry test=1: they need the token too)
+    if (refused := _preview(rt, request, targeting.test, "vmap")) is not None:
+        return refused
     version = DEFAULT_VAST_VERSION if first is None else first.vast_version
     if not vq.inline or first is None:
         return _xml(
@@ -601,11 +608,10 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
     )
     if req.debug and not _may_explain(request):
         return _explain_refused("imp[].ext.vastserver.debug")
-    if req.test and not _may_explain(request):  # as on /vast: free, uncounted ads otherwise
-        return _explain_refused("test", TEST_NEEDS)
+    if (refused := _preview(rt, request, req.test, "openrtb_pod")) is not None:
+        return refused
     if req.session is None:
         req = replace(req, session=new_ad_serving_id(rt.rng))
-    _count_preview(rt, req.test, "openrtb_pod")
     deadline = _deadline(rt, pod.decision_budget_ms(rt.settings.deadline_ms))
     decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=deadline)
     debug = decision_json(decision, request_id=REQUEST_ID.get()) if req.debug else None

@@ -1252,17 +1252,11 @@ def history_key(session: str) -> str:
     return f"ss:{session}"
 
 
-def history_entries(
-    avail: int, at: float, shown: Iterable[tuple[str, str | Iterable[str] | None]]
-) -> list[str]:
+def history_entries(avail: int, at: float, shown: Iterable[tuple[str, Iterable[str]]]) -> list[str]:
     """Session-history entries for the ads of one break: ``avail|unix|creative|labels``, the
     ad's competitive labels comma-separated (slugs have no commas), sorted; one label reads
     as the single category entries held before ads had several."""
-    out: list[str] = []
-    for cr, comp in shown:
-        labels = comp if comp is None or isinstance(comp, str) else ",".join(sorted(comp))
-        out.append(f"{avail}|{at:.3f}|{cr}|{labels or ''}")
-    return out
+    return [f"{avail}|{at:.3f}|{cr}|{','.join(sorted(labels))}" for cr, labels in shown]
 
 
 def recent_from_history(

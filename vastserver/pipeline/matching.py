@@ -42,7 +42,7 @@ from vastserver.pipeline.candidates import (
     separation_group,
 )
 from vastserver.pipeline.context import AdRequest
-from vastserver.pipeline.pod import SlotRule, capacity_seconds, fitting_ms, rounded_seconds
+from vastserver.pipeline.pod import SlotRule, capacity_seconds, rounded_seconds
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.scoring import TIER_WEIGHT, effective_cpm
 from vastserver.pipeline.stages import (
@@ -360,7 +360,7 @@ class BitIndex:
             (True, Reason.CREATIVE_NOT_APPROVED, self.approved),
         ]
         for reason, rule, bound in (
-            (Reason.LONGER_THAN_POD, "pod", fitting_ms(b.pod_duration_ms)),
+            (Reason.LONGER_THAN_POD, "pod", b.pod_duration_ms),
             (Reason.SHORTER_THAN_MIN, "min", b.min_ad_duration_ms),
             (Reason.LONGER_THAN_MAX, "max", b.max_ad_duration_ms),
             (Reason.DURATION_NOT_REQUIRED, "req", b.required_durations_s),

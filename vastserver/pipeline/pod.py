@@ -406,12 +406,6 @@ def capacity_seconds(duration_ms: int) -> int:
     return -(-duration_ms // 1000)
 
 
-def fitting_ms(pod_duration_ms: int) -> int:
-    """The longest ad a break of ``pod_duration_ms`` takes: the break itself, in exact ms (a
-    29.97 s creative fits a 29.97 s break; module docstring, "Fractional breaks")."""
-    return pod_duration_ms
-
-
 def rounded_seconds(duration_ms: int) -> int:
     """Duration rounded to the nearest whole second, halves up (15.5 s -> 16)."""
     return (duration_ms + 500) // 1000

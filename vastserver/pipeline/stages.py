@@ -21,7 +21,7 @@ from vastserver.catalog.model import (
 )
 from vastserver.pipeline.candidates import Candidate, request_values
 from vastserver.pipeline.context import AdRequest
-from vastserver.pipeline.pod import fitting_ms, rounded_seconds
+from vastserver.pipeline.pod import rounded_seconds
 from vastserver.pipeline.reasons import Reason
 
 ALCOHOL_CATEGORIES: frozenset[str] = frozenset({"IAB8-5", "IAB8-18"})
@@ -152,7 +152,7 @@ def eligibility(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
 
 def duration_fit(req: AdRequest, cr: Creative) -> Reason | None:
     b = req.brk
-    if cr.duration_ms > fitting_ms(b.pod_duration_ms):
+    if cr.duration_ms > b.pod_duration_ms:  # exact ms (pod.py, "Fractional breaks")
         return Reason.LONGER_THAN_POD
     if b.min_ad_duration_ms is not None and cr.duration_ms < b.min_ad_duration_ms:
         return Reason.SHORTER_THAN_MIN
