@@ -693,3 +693,58 @@ async def test_expires_is_the_sooner_of_token_and_reservation_lifetimes(
                 assert [e.text for e in inline.iter("{*}Expires")] == [str(want)]
             else:
                 assert "Expires" not in names
+
+
+@pytest.fixture(scope="module")
+def labelled_ntsc_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo catalog with competitive labels on line items and a creative, and one
+    creative of an NTSC length (29.97 s)."""
+    cat = json.loads(DEMO_CATALOG.read_text())
+    for n, li in enumerate(cat["line_items"]):
+        li["competitive_categories"] = [["snacks"], ["beer", "snacks"], []][n % 3]
+    (ntsc,) = [cr for cr in cat["creatives"] if cr["id"] == "cr-streamly-originals-30"]
+    ntsc.pop("duration", None)
+    ntsc["duration_ms"] = 29_970
+    ntsc["competitive_categories"] = ["streaming_tv"]
+    path = tmp_path_factory.mktemp("labelled") / "catalog.json"
+    path.write_text(json.dumps(cat))
+    return path
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_fractional_breaks_labels_and_previews(
+    make_client: ClientFactory, labelled_ntsc_catalog: Path, version: str
+) -> None:
+    """What the competitive labels, fractional (NTSC) avails, previews and compression can
+    change in what we emit, judged as everything else: pods from a labelled catalog, a
+    29.97 s creative in a 29.97 s avail (its Duration to the millisecond), a previewed
+    inline VMAP, a 2.0 VMAP's one-ad tags, and a gzipped pod once decompressed."""
+    import gzip
+
+    c.require_spec()
+    client: Any = await make_client(catalog=str(labelled_ntsc_catalog))
+    v = f"vast={version}"
+    for query in (
+        f"pod_duration=120&max_ads=4&device_type=ctv&{v}",
+        f"pod_duration=29.97&min_ad_duration=29&device_type=ctv&{v}",
+        f"pod_duration=59.94&max_ads=3&device_type=ctv&test=1&{v}",
+    ):
+        xml = await _fetch(client, query)
+        assert _ads_in(xml), query
+        c.assert_vast_conformant(xml, version)
+    ntsc = await _fetch(client, f"pod_duration=29.97&min_ad_duration=29&{v}")
+    assert b"00:00:29.970" in ntsc
+    resp = await client.get(
+        f"/vast?pod_duration=120&max_ads=4&{v}",
+        headers={"Accept-Encoding": "gzip"},
+        auto_decompress=False,
+    )
+    assert resp.headers["Content-Encoding"] == "gzip"
+    c.assert_vast_conformant(gzip.decompress(await resp.read()), version)
+    for vmap in (
+        f"content_duration=1800&cue_points=600,1200&inline=1&test=1&{v}",
+        f"content_duration=1800&cue_points=600,1200&{v}",
+    ):
+        resp = await client.get("/vmap?" + vmap)
+        assert resp.status == 200, await resp.text()
+        c.assert_vmap_conformant(bytes(await resp.read()))
