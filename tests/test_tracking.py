@@ -32,6 +32,7 @@ from vastserver.tracking import (
     TrackingUrls,
     expand_macros,
     new_ad_serving_id,
+    new_ad_serving_ids,
     parse_beacon_query,
     sign,
     verify,
@@ -907,6 +908,19 @@ def test_viewer_hash_stable_and_keyed() -> None:
     assert viewer_hash(device + "x", KEYRING) != h
     assert device.lower() not in h and device not in h
     assert viewer_hash("\ud800", KEYRING)  # never raises
+
+
+def test_new_ad_serving_ids_batch() -> None:
+    # seeded: the very ids n single calls draw (the golden files rely on it)
+    rng_a, rng_b = random.Random(5), random.Random(5)
+    assert new_ad_serving_ids(rng_a, 4) == [new_ad_serving_id(rng_b) for _ in range(4)]
+    assert rng_a.random() == rng_b.random()  # and the generator moved on alike
+    assert new_ad_serving_ids(random.Random(5), 0) == []
+    # from the OS: one read split into well-formed, distinct ids
+    ids = new_ad_serving_ids(random.SystemRandom(), 8)
+    assert len(ids) == 8 and len(set(ids)) == 8
+    for i in ids:
+        assert len(i) == 22 and set(i) <= set(B64_ALPHABET)
 
 
 def test_new_ad_serving_id_deterministic() -> None:

@@ -40,7 +40,7 @@ from vastserver.pipeline.scoring import PriceScorer, Scorer, ScoringContext
 from vastserver.pipeline.stages import DELIVERY_FILTERS, PRE_DELIVERY_FILTERS, StageEnv
 from vastserver.records import EventSink, NullSink, decision_record
 from vastserver.store.base import StoreUnavailable, within
-from vastserver.tracking import Keyring, anonymous_viewer_hash, new_ad_serving_id, viewer_hash
+from vastserver.tracking import Keyring, anonymous_viewer_hash, new_ad_serving_ids, viewer_hash
 
 log = logging.getLogger("vastserver.service")
 _owners = itertools.count()
@@ -400,7 +400,10 @@ class AdService:
         d = replace(
             d,
             viewer_hash=vh,
-            ads=tuple(replace(a, ad_serving_id=new_ad_serving_id(self.rng)) for a in d.ads),
+            ads=tuple(
+                replace(a, ad_serving_id=i)
+                for a, i in zip(d.ads, new_ad_serving_ids(self.rng, len(d.ads)), strict=True)
+            ),
         )
         if req.test:
             # A preview counts in none of the decision metrics (the handler counts it in

@@ -94,6 +94,7 @@ import enum
 import functools
 import hashlib
 import hmac
+import os
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -152,6 +153,7 @@ __all__ = [
     "has_server_macros",
     "is_privacy_macro",
     "new_ad_serving_id",
+    "new_ad_serving_ids",
     "parse_beacon_query",
     "privacy_values",
     "scope_of",
@@ -930,6 +932,16 @@ def new_ad_serving_id(rng: random.Random) -> str:
     ``random.SystemRandom()`` so ids are unpredictable.
     """
     return _b64e(rng.getrandbits(128).to_bytes(16, "big"))
+
+
+def new_ad_serving_ids(rng: random.Random, n: int) -> list[str]:
+    """``n`` ids as ``n`` calls of :func:`new_ad_serving_id` make them; from a
+    ``SystemRandom``, in one read of the OS's randomness instead of ``n`` (each is a system
+    call, ~7 µs here)."""
+    if isinstance(rng, random.SystemRandom):
+        raw = os.urandom(16 * n)
+        return [_b64e(raw[i : i + 16]) for i in range(0, 16 * n, 16)]
+    return [new_ad_serving_id(rng) for _ in range(n)]
 
 
 # --------------------------------------------------------------------------------------------
