@@ -31,7 +31,7 @@ from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import BreakPosition, Catalog
 from vastserver.consent import Permissions
 from vastserver.delivery import DeliveryControl, claim_window_s
-from vastserver.eventlog import EventLog
+from vastserver.eventlog import DROP_RATE_LIMITED, DROP_UNRECORDABLE, EventLog, RateLimit
 from vastserver.explain import decision_json
 from vastserver.geo import GeoError, GeoLookup, MaxMindLookup, open_geo
 from vastserver.logs import REQUEST_ID, Sampler
@@ -120,6 +120,9 @@ class Runtime:
     store: Store
     delivery: DeliveryControl
     events: EventSink
+    uncounted_log: RateLimit | None = None
+    """The limit on the event-log records of uncounted beacons (``VASTSERVER_UNCOUNTED_LOG_RATE``);
+    None: none."""
     ready: bool = False
     in_flight: int = 0
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -695,7 +698,9 @@ def _record_beacon(
     result: str,
     error_code: int | None,
 ) -> None:
-    """Every beacon goes to the event log, counted or not (replays are evidence too). Runs
+    """Every beacon goes to the event log, counted or not (replays are evidence too); but
+    the uncounted ones (anyone can send replays and tokenless beacons, without end) only
+    within ``rt.uncounted_log``, the rest counted as dropped (``rate_limited``). Runs
     after the count: whatever the record holds, the beacon's answer stays the same. The ad
     of a viewer who refused tracking (its token's ``lmt``: ``lmt=1``, the all-zero IFA, no
     GDPR consent to a device identifier) leaves no device IP or user agent in the log, and
@@ -703,6 +708,9 @@ def _record_beacon(
     device."""
     if isinstance(rt.events, NullSink):
         return  # no log: not even the record's construction
+    if not counted and rt.uncounted_log is not None and not rt.uncounted_log.allow():
+        rt.metrics.events_dropped.inc_by_reason(1, DROP_RATE_LIMITED)
+        return
     params = beacon_log_params(request.query)  # what only the log reads
     refused = token is not None and token.lmt
     device_ip, ua = (None, None) if refused else _beacon_device(request)
@@ -726,7 +734,7 @@ def _record_beacon(
         )
     except (TypeError, ValueError, RuntimeError):  # unencodable, or the log is closing
         log_event(log, "beacon_not_logged", logging.ERROR, beacon=event, exc_info=True)
-        rt.metrics.events_dropped.inc_by_reason(1, "unrecordable")
+        rt.metrics.events_dropped.inc_by_reason(1, DROP_UNRECORDABLE)
 
 
 MAX_LOGGED_UA = 1024
@@ -990,9 +998,11 @@ def create_app(
     clock: Callable[[], datetime] = system_clock,
     rng: random.Random | None = None,
     background_pacing: bool = True,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """Build the app. ``background_pacing=False`` leaves the pacing and completion-rate
-    updates to the caller (a simulator driving them on its own clock)."""
+    updates to the caller (a simulator driving them on its own clock). ``monotonic`` times
+    the rate limit of uncounted beacons' records (real seconds, whatever ``clock`` says)."""
     metrics = Metrics()
     catalog, geo = _load_catalog_and_geo(settings)
     snapshot = build_snapshot(catalog, str(settings.catalog_path), clock())
@@ -1083,6 +1093,9 @@ def create_app(
         store=store,
         delivery=delivery,
         events=events,
+        uncounted_log=None
+        if settings.uncounted_log_rate is None
+        else RateLimit(settings.uncounted_log_rate, settings.uncounted_log_rate, clock=monotonic),
     )
     app = web.Application(
         middlewares=[edge_mw],

@@ -59,8 +59,12 @@ from vastserver.logs import event
 __all__ = [
     "DROP_BUFFER_FULL",
     "DROP_CLOSED",
+    "DROP_RATE_LIMITED",
+    "DROP_REASONS",
+    "DROP_UNRECORDABLE",
     "EventLog",
     "EventLogCorruptError",
+    "RateLimit",
     "ReadStats",
     "read_events",
 ]
@@ -72,6 +76,12 @@ MiB: Final = 1024 * 1024
 #: ``on_drop`` reasons (stable tokens, fit for a metric label).
 DROP_BUFFER_FULL: Final = "buffer_full"
 DROP_CLOSED: Final = "closed"
+#: Records the server drops before they reach the log: one :meth:`EventLog.append` refused,
+#: and one beyond its :class:`RateLimit`.
+DROP_UNRECORDABLE: Final = "unrecordable"
+DROP_RATE_LIMITED: Final = "rate_limited"
+#: Every reason a record is dropped for: the closed set of the server's drop metric labels.
+DROP_REASONS: Final = (DROP_BUFFER_FULL, DROP_CLOSED, DROP_UNRECORDABLE, DROP_RATE_LIMITED)
 
 SEGMENT_PREFIX: Final = "events-"
 SEGMENT_SUFFIX: Final = ".jsonl"
@@ -648,6 +658,36 @@ def _after_fork_in_child() -> None:
 
 atexit.register(_close_all_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class RateLimit:
+    """A token bucket: lets ``rate`` records a second through on average, up to ``burst`` at
+    once after a quiet spell; ``rate=0`` lets none through. For one thread (the event loop)
+    on a monotonic ``clock`` (seconds), injectable for tests."""
+
+    __slots__ = ("_clock", "_last", "_tokens", "burst", "rate")
+
+    def __init__(
+        self, rate: float, burst: float, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if not (0 <= rate < math.inf and 0 <= burst < math.inf):
+            raise ValueError("rate and burst must be finite numbers >= 0")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._last = clock()
+
+    def allow(self) -> bool:
+        """Whether one more record may pass now (it takes a token if so)."""
+        now = self._clock()
+        tokens = min(self.burst, self._tokens + max(0.0, now - self._last) * self.rate)
+        self._last = now
+        if tokens >= 1:
+            self._tokens = tokens - 1
+            return True
+        self._tokens = tokens
+        return False
 
 
 # -- reading ---------------------------------------------------------------------------------

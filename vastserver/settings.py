@@ -40,6 +40,10 @@ DEFAULT_MODEL = PROJECT_ROOT / "fixtures" / "demo-model"
 TEMPLATE_DIR = PROJECT_ROOT / "templates"
 
 
+DEFAULT_UNCOUNTED_LOG_RATE = 200
+"""``VASTSERVER_UNCOUNTED_LOG_RATE``'s default: records a second (and burst) per process."""
+
+
 class SettingsError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("invalid settings:\n" + "\n".join(f"  - {p}" for p in problems))
@@ -90,6 +94,11 @@ class Settings:
     event_log_retention_days: float | None = None
     """Finished event-log segments last written longer ago than this are deleted; None keeps
     them all."""
+    uncounted_log_rate: int | None = DEFAULT_UNCOUNTED_LOG_RATE
+    """Event-log records of uncounted beacons and clicks (replays, advisory, not counted for
+    any reason) a second, per process, with a burst of as many; beyond it they are dropped
+    (``vastserver_event_log_dropped_total{reason="rate_limited"}``). 0: none is logged;
+    None: no limit. Counted beacons are always logged."""
     state_file: Path | None = None
     """The in-memory store's state file (caps, budgets, beacon claims across restarts);
     None keeps the state in memory only."""
@@ -152,6 +161,7 @@ def _int(problems: list[str], name: str, raw: str | None, lo: int, hi: int) -> i
 
 DEFAULT_EVENT_LOG_DIR = PROJECT_ROOT / "var" / "events"
 MAX_RETENTION_DAYS = 3650
+MAX_UNCOUNTED_LOG_RATE = 1_000_000
 
 
 def event_log_dir(raw: str | None) -> Path | None:
@@ -336,6 +346,21 @@ def load_settings(
                 f"{MAX_RETENTION_DAYS} (fractions allowed), got {retention_raw[:40]!r}"
             )
             retention_days = None
+    uncounted_raw = pick("uncounted_log_rate", "VASTSERVER_UNCOUNTED_LOG_RATE")
+    uncounted_rate: int | None = DEFAULT_UNCOUNTED_LOG_RATE
+    if uncounted_raw is not None:
+        try:
+            uncounted_rate = int(uncounted_raw)
+        except ValueError:
+            uncounted_rate = -2
+        if not -1 <= uncounted_rate <= MAX_UNCOUNTED_LOG_RATE:
+            problems.append(
+                "VASTSERVER_UNCOUNTED_LOG_RATE: records a second, an integer from 0 (log none)"
+                f" to {MAX_UNCOUNTED_LOG_RATE}, or -1 (no limit), got {uncounted_raw[:40]!r}"
+            )
+            uncounted_rate = DEFAULT_UNCOUNTED_LOG_RATE
+        elif uncounted_rate == -1:
+            uncounted_rate = None
     state_raw = pick("state_file", "VASTSERVER_STATE_FILE")
     state_file = None
     if state_raw is not None and state_raw.lower() not in ("", "off", "none"):
@@ -430,6 +455,7 @@ def load_settings(
         geo_path=geo_path,
         event_log_commit_ms=commit_ms,
         event_log_retention_days=retention_days,
+        uncounted_log_rate=uncounted_rate,
         state_file=state_file,
         state_save_s=state_save_s,
         gc_sweep_s=gc_sweep_s,
