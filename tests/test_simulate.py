@@ -444,6 +444,20 @@ def test_model_comparison_runs_every_arm(tmp_path: Path) -> None:
     assert "the perfect model" in render_text(r)
 
 
+def test_simulated_servers_log_every_uncounted_beacon(tmp_path: Path) -> None:
+    """The limit on uncounted beacons' records counts real seconds: a simulated day's log
+    would keep more or fewer of its replays as the host runs faster or slower. The
+    simulator's servers keep them all, unless the run's own settings say otherwise."""
+    from vastserver.sim.harness import server_settings
+
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(sim_catalog()))
+    kw: dict[str, Any] = {"catalog": path, "redis_url": None, "model": None, "event_log": None}
+    env = {"VASTSERVER_UNCOUNTED_LOG_RATE": "5"}
+    assert server_settings(extra={}, env=env, **kw).uncounted_log_rate is None
+    assert server_settings(extra={"uncounted_log_rate": 7}, env={}, **kw).uncounted_log_rate == 7
+
+
 def test_scope_cap_counts_the_whole_scope() -> None:
     """li-pre (no cap) plays in pre-rolls; li-mid, same campaign, allows one campaign
     impression per viewer per day but serves in the mid-roll right after."""

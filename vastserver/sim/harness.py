@@ -102,6 +102,10 @@ def server_settings(
         # of it degrades (store or scoring skipped), which would make a run depend on the
         # host's speed. Give it the most the settings allow; degradations are reported.
         "deadline_ms": DEADLINE_MS,
+        # Likewise the limit on uncounted beacons' records counts real seconds: under it, how
+        # many of a run's replays and advisories its event log keeps would depend on the
+        # host's speed. The simulated day's log keeps them all.
+        "uncounted_log_rate": -1,
         **extra,
     }
     if redis_url:
