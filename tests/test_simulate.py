@@ -795,6 +795,44 @@ def test_separation_checker_reads_every_competitive_label() -> None:
     assert {e["category"] for e in rep.examples} == {"beer", "snacks"}
 
 
+def test_separation_checker_excuses_an_ad_not_used_before_the_other_break() -> None:
+    """A notUsed the server counted takes the ad out of the session's history: a break served
+    after it may bring back its creative and label, not those of the ad that played beside
+    it. A notUsed counted after the other break was served excuses nothing (the server had
+    the ad in the history when it decided), nor does one of the break served second."""
+    rules = SeparationRules(creative_breaks=3, creative_minutes=30, competitive_breaks=1)
+    food = {"advertiser": "adv-food", "creative": "cr-food", "category": "food"}
+    food_b = {"advertiser": "adv-food-b", "creative": "cr-food-b", "category": "food"}
+
+    def run(unused_ms: int, avails: tuple[int, int] = (0, 1), second: str = "early") -> Any:
+        """An auto ad ``u`` (notUsed counted at ``unused_ms``) in the ``early`` pod (served
+        at 0) or the ``late`` one (served at 60 s), a played food ad beside it, and an auto
+        ad of the same creative and another food advertiser in the other pod."""
+        u_pod, o_pod = (0, 1) if second == "early" else (1, 0)
+        ads = {
+            x.serving_id: x
+            for x in (
+                _ad("u", pod=u_pod, served_ms=60_000 * u_pod, not_used_arrival_ms=unused_ms),
+                _ad("f", pod=u_pod, served_ms=60_000 * u_pod, slot=2, **food),
+                _ad("u2", pod=o_pod, served_ms=60_000 * o_pod),
+                _ad("f2", pod=o_pod, served_ms=60_000 * o_pod, slot=2, **food_b),
+            )
+        }
+        by_pod = {u_pod: ["u", "f"], o_pod: ["u2", "f2"]}
+        pods = [
+            Pod(0, 0, "s1", avails[0], "mid", 30_000, 30_000, 0, by_pod[0]),
+            Pod(1, 0, "s1", avails[1], "mid", 30_000, 30_000, 60_000, by_pod[1]),
+        ]
+        rep = check_separation(pods, ads, rules)
+        return rep.cross_break_competitive, rep.creative_repeats
+
+    assert run(unused_ms=5_000) == (1, 0)  # food only: auto and cr-auto-a-15 came back
+    assert run(unused_ms=60_000) == (1, 0)  # at the same simulated millisecond: excused
+    assert run(unused_ms=90_000) == (2, 1)  # counted after the later break: not excused
+    assert run(unused_ms=5_000, avails=(1, 0)) == (1, 0)  # a look-ahead fetched avail 1 first
+    assert run(unused_ms=70_000, second="late") == (2, 1)  # u was decided second
+
+
 def test_the_simulator_reads_an_ads_labels_from_the_catalog() -> None:
     """The labels checked are the catalog's (advertiser, line item, creative), read on the
     simulator's side."""

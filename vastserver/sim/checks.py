@@ -26,10 +26,12 @@
   ``competitive_categories``), or one advertiser twice (so no creative twice:
   ``in_pod_same_creative`` is reported apart, and is always an advertiser twice too), and
   within a session a label does not come back within ``competitive_breaks`` breaks (the
-  examples name it ``category``). Checked on every served pod (played or not: the server's
-  session history counts served breaks).
+  examples name it ``category``). Checked on every served pod, played or not (the server's
+  session history counts served breaks), but for an ad whose ``notUsed`` the server counted
+  before the other break was served: it never played, and it left the session's history.
 * **Stream separation**: a creative does not come back in a session within
-  ``creative_breaks`` breaks or ``creative_minutes`` minutes of its last serve.
+  ``creative_breaks`` breaks or ``creative_minutes`` minutes of its last serve (a serve a
+  ``notUsed`` settled before, as above, does not count).
 * **Viewer identity**: one simulated viewer maps to one viewer hash and back (SSAI headers and
   players land on the same key).
 """
@@ -280,10 +282,9 @@ def check_separation(
     for session, plist in by_session.items():
         plist.sort(key=lambda p: (p.avail, p.served_ms))
         for i, later in enumerate(plist):
-            later_ads = [ads[s] for s in later.ads]
             for earlier in plist[:i]:
                 distance = later.avail - earlier.avail
-                earlier_ads = [ads[s] for s in earlier.ads]
+                earlier_ads, later_ads = _in_history(earlier, later, ads)
                 if rules.competitive_breaks > 0 and 1 <= distance <= rules.competitive_breaks:
                     shared = {x for a in earlier_ads for x in a.labels} & {
                         x for a in later_ads for x in a.labels
@@ -310,6 +311,23 @@ def check_separation(
                             seconds_apart=(later.served_ms - earlier.served_ms) / 1000,
                         )
     return out
+
+
+def _in_history(
+    a: Pod, b: Pod, ads: Mapping[str, ServedAd]
+) -> tuple[list[ServedAd], list[ServedAd]]:
+    """The ads of pods ``a`` and ``b`` the server had to keep apart: the break served second
+    was decided on the session's history holding the other's ads, less those whose
+    ``notUsed`` it had counted by then (an ad counted at the same simulated millisecond is
+    given the benefit of the doubt)."""
+    second = b if (a.served_ms, a.index) <= (b.served_ms, b.index) else a
+
+    def kept(ad: ServedAd) -> bool:
+        return ad.not_used_arrival_ms is None or ad.not_used_arrival_ms > second.served_ms
+
+    a_ads = [ads[s] for s in a.ads if a is second or kept(ads[s])]
+    b_ads = [ads[s] for s in b.ads if b is second or kept(ads[s])]
+    return a_ads, b_ads
 
 
 def check_viewer_identity(ads: Iterable[ServedAd]) -> dict[str, Any]:

@@ -731,6 +731,8 @@ class Engine:
         if ad is None:
             return
         self.counted[(ad.line_item, event)] += 1
+        if event == "notUsed":
+            ad.not_used_arrival_ms = self.clock.ms
         if event == "impression":
             ad.impression_arrival_ms = self.clock.ms
             tz = self.catalog.campaigns[ad.campaign].timezone

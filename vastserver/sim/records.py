@@ -36,6 +36,10 @@ class ServedAd:
     """When its impression happened (the viewer saw it), None if never played."""
     impression_arrival_ms: int | None = None
     """When the server counted its impression (simulator's replica of the dedupe rules)."""
+    not_used_arrival_ms: int | None = None
+    """When the server counted its ``notUsed`` (the same replica): from then on the ad is out
+    of its session's history (it never played), so later breaks may bring back its creative
+    and competitive labels."""
     complete: bool = False
     """The viewer watched it to the end (ground truth)."""
     p_complete: float | None = None
