@@ -69,6 +69,58 @@ def base_catalog() -> dict[str, Any]:
     }
 
 
+CATEGORIES = ("auto", "food", "beer")
+
+
+CATEGORIES = ("auto", "food", "beer")
+"""The competitive categories of :func:`six_advertisers`, in turn."""
+
+
+def six_advertisers() -> dict[str, Any]:
+    """Six advertisers ``adv-0`` .. ``adv-5``, two per competitive category (auto, food,
+    beer, in turn), one 15 s creative ``cr-i`` each through line item ``li-i``; prices fall
+    from the first to the last, so every 2-ad break left alone picks the same two."""
+    cat = base_catalog()
+    tmpl_cr = cat["creatives"][0]
+    tmpl_li = cat["line_items"][0]
+    tmpl_cmp = cat["campaigns"][0]
+    cat["advertisers"], cat["campaigns"], cat["creatives"], cat["line_items"] = [], [], [], []
+    for i in range(6):
+        adv = f"adv-{i}"
+        cat["advertisers"].append(
+            {
+                "id": adv,
+                "name": adv,
+                "domain": f"{adv}.example",
+                "competitive_category": CATEGORIES[i % 3],
+            }
+        )
+        cat["campaigns"].append({**tmpl_cmp, "id": f"cmp-{i}", "advertiser_id": adv})
+        cat["creatives"].append(
+            {
+                **tmpl_cr,
+                "id": f"cr-{i}",
+                "advertiser_id": adv,
+                "universal_ad_id": f"UID{i:09d}",
+                "click_through": f"https://{adv}.example/click",
+                "renditions": [
+                    {**r, "url": f"https://cdn.example.com/cr-{i}/720.mp4"}
+                    for r in tmpl_cr["renditions"]
+                ],
+            }
+        )
+        cat["line_items"].append(
+            {
+                **tmpl_li,
+                "id": f"li-{i}",
+                "campaign_id": f"cmp-{i}",
+                "price": 30 - i,
+                "creative_ids": [f"cr-{i}"],
+            }
+        )
+    return cat
+
+
 def _creative(cid: str, adv: str, uid: str) -> dict[str, Any]:
     return {
         "id": cid,

@@ -10,9 +10,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
-from tests.delivery_support import Clock, base_catalog, make_service, request
+from tests.delivery_support import Clock, make_service, request, six_advertisers
 from tests.support.redis_server import (  # noqa: F401  (pytest fixtures)
     redis_server,
     redis_url,
@@ -27,51 +26,6 @@ from vastserver.store.timed import TimedStore
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 RULES = SeparationRules(creative_breaks=3, creative_minutes=30, competitive_breaks=1)
-CATEGORIES = ("auto", "food", "beer")
-
-
-def _catalog() -> dict[str, Any]:
-    """Six advertisers, two per competitive category, one 15 s creative each; prices fall
-    from the first to the last, so every break left alone picks the same two."""
-    cat = base_catalog()
-    tmpl_cr = cat["creatives"][0]
-    tmpl_li = cat["line_items"][0]
-    tmpl_cmp = cat["campaigns"][0]
-    cat["advertisers"], cat["campaigns"], cat["creatives"], cat["line_items"] = [], [], [], []
-    for i in range(6):
-        adv = f"adv-{i}"
-        cat["advertisers"].append(
-            {
-                "id": adv,
-                "name": adv,
-                "domain": f"{adv}.example",
-                "competitive_category": CATEGORIES[i % 3],
-            }
-        )
-        cat["campaigns"].append({**tmpl_cmp, "id": f"cmp-{i}", "advertiser_id": adv})
-        cat["creatives"].append(
-            {
-                **tmpl_cr,
-                "id": f"cr-{i}",
-                "advertiser_id": adv,
-                "universal_ad_id": f"UID{i:09d}",
-                "click_through": f"https://{adv}.example/click",
-                "renditions": [
-                    {**r, "url": f"https://cdn.example.com/cr-{i}/720.mp4"}
-                    for r in tmpl_cr["renditions"]
-                ],
-            }
-        )
-        cat["line_items"].append(
-            {
-                **tmpl_li,
-                "id": f"li-{i}",
-                "campaign_id": f"cmp-{i}",
-                "price": 30 - i,
-                "creative_ids": [f"cr-{i}"],
-            }
-        )
-    return cat
 
 
 def _break(session: str, avail: int, *, test: bool = False) -> AdRequest:
@@ -80,7 +34,7 @@ def _break(session: str, avail: int, *, test: bool = False) -> AdRequest:
 
 
 def _service(store: Store, seed: int = 1) -> AdService:
-    return make_service(_catalog(), store, Clock(T0), seed=seed, separation=RULES)
+    return make_service(six_advertisers(), store, Clock(T0), seed=seed, separation=RULES)
 
 
 def _degraded(svc: AdService, reason: str) -> float:

@@ -76,6 +76,7 @@ from vastserver.pipeline.delivery import (
     scope_caps,
     spend_key,
     spend_micros,
+    unused_entry,
 )
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.stages import PreGate
@@ -620,7 +621,22 @@ class DeliveryControl:
             # (it claims ``settled`` alone)
             return ALREADY_SETTLED
         self.active.add(token.line_item_id)
+        if event == "notUsed" and token.session:
+            await self._forget_unused(token)
         return BeaconResult(counted=True)
+
+    async def _forget_unused(self, token: AdToken) -> None:
+        """Take the ad a counted ``notUsed`` settled out of its session's history: it never
+        played, so its creative and competitive labels need not sit out the next breaks. A
+        store failure is counted as a history write's and changes nothing else: the beacon
+        was counted (the ad then stays in the history, as it did before)."""
+        entry = unused_entry(token.served_at, token.creative_id, token.ad_serving_id)
+        try:
+            await self.store.push_history(
+                history_key(token.session), [entry], keep=HISTORY_KEEP, ttl_s=HISTORY_TTL_S
+            )
+        except StoreUnavailable as e:
+            self._store_error(e)
 
     # ------------------------------------------------------------------ pacing
 

@@ -23,6 +23,7 @@ import calendar
 import functools
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -1259,6 +1260,52 @@ def history_entries(avail: int, at: float, shown: Iterable[tuple[str, Iterable[s
     return [f"{avail}|{at:.3f}|{cr}|{','.join(sorted(labels))}" for cr, labels in shown]
 
 
+UNUSED = "unused"
+"""First part of a tombstone entry (:func:`unused_entry`)."""
+
+
+def unused_entry(served_at: int, creative: str, ad_serving_id: str) -> str:
+    """The session-history entry a counted ``notUsed`` leaves: a tombstone
+    ``unused|served_at|creative|ad serving id|-`` that takes one shown entry of ``creative``
+    served at that unix second (its token's ``served_at``) out of the history, since the ad
+    never played. Five parts: a reader of the four-part entries alone (versions before it)
+    skips it and keeps the ad out, as before."""
+    return f"{UNUSED}|{served_at}|{creative}|{ad_serving_id}|-"
+
+
+_TOMBSTONE = "\x00" + UNUSED + "|"
+"""A tombstone's start, as found in the entries joined by NUL (an entry holding a NUL could
+only make :func:`_tombstones` look for none in vain)."""
+
+
+def _tombstones(entries: Iterable[str]) -> Counter[tuple[str, int]]:
+    """(creative, served second) -> how many tombstones name it; malformed ones ignored."""
+    out: Counter[tuple[str, int]] = Counter()
+    for e in entries:
+        if not e.startswith(UNUSED + "|"):
+            continue
+        parts = e.split("|")
+        if len(parts) != 5 or not parts[2] or not (parts[1].isascii() and parts[1].isdigit()):
+            continue
+        out[(parts[2], int(parts[1]))] += 1
+    return out
+
+
+def _unshown(unused: Counter[tuple[str, int]], creative: str, at: float) -> bool:
+    """Whether a tombstone takes out the shown entry of ``creative`` written at ``at`` (and,
+    if so, uses it up). The entry holds the decision's time rounded to milliseconds, the
+    token its whole second: a time in ``[S, S + 1)`` reads ``S.xyz``, or ``S+1.000`` when it
+    rounded up from ``S.9995`` or later."""
+    if not math.isfinite(at):
+        return False
+    second = math.floor(at)
+    for key in ((creative, second), (creative, second - 1)):
+        if unused[key] > 0 and (key[1] == second or at == second):
+            unused[key] -= 1
+            return True
+    return False
+
+
 def recent_from_history(
     entries: Iterable[str], avail: int | None, now: float, rules: SeparationRules
 ) -> tuple[frozenset[str], frozenset[str]]:
@@ -1269,9 +1316,15 @@ def recent_from_history(
     before an earlier one, and the earlier break then keeps out what the later one showed.
     ``avail`` None (the request sent none, so every break of the session looks like avail 0):
     breaks cannot be counted, and separation goes by time alone: a creative or competitive
-    category shown within ``creative_minutes`` is avoided, an older one is not."""
+    category shown within ``creative_minutes`` is avoided, an older one is not.
+
+    An ad a ``notUsed`` settled never played: its tombstone (:func:`unused_entry`) takes one
+    entry of its creative and serve second out, wherever it stands in the history."""
     creatives: set[str] = set()
     comps: set[str] = set()
+    entries = entries if isinstance(entries, list) else list(entries)
+    # one scan of the joined entries (~1 µs for 64) finds whether any is a tombstone
+    unused = _tombstones(entries) if _TOMBSTONE in "\x00".join(("", *entries)) else None
     for e in entries:
         parts = e.split("|")
         if len(parts) != 4:
@@ -1279,6 +1332,8 @@ def recent_from_history(
         try:
             e_avail, e_at = int(parts[0]), float(parts[1])
         except ValueError:
+            continue
+        if unused and _unshown(unused, parts[2], e_at):
             continue
         recent = now - e_at < rules.creative_minutes * 60
         if avail is None:  # time only
