@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 from yarl import URL as YarlURL
 
+from vastserver.bidresponse import bid_response
 from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import BreakPosition, Catalog
 from vastserver.consent import Permissions
@@ -38,7 +39,7 @@ from vastserver.logs import REQUEST_ID, Sampler
 from vastserver.logs import event as log_event
 from vastserver.metrics import Metrics
 from vastserver.models import ModelManager
-from vastserver.openrtb import parse_bid_request
+from vastserver.openrtb import OpenRtbPod, parse_bid_request
 from vastserver.params import (
     Located,
     ParamError,
@@ -56,6 +57,7 @@ from vastserver.pipeline.context import (
     AdRequest,
     system_clock,
 )
+from vastserver.pipeline.decide import Decision
 from vastserver.pipeline.delivery import SeparationRules
 from vastserver.pipeline.schedule import PlannedBreak, plan_breaks
 from vastserver.records import EventSink, NullSink, beacon_record
@@ -160,12 +162,19 @@ def _xml(body: str, request: web.Request | None = None) -> web.Response:
     a large body in a thread, off the event loop."""
     resp = web.Response(text=body, content_type=XML_TYPE, charset="utf-8")
     resp.headers["Cache-Control"] = "no-store"
-    if request is not None and len(body) >= COMPRESS_MIN:
+    if request is not None:
+        _compress(resp, request, len(body))
+    return resp
+
+
+def _compress(resp: web.Response, request: web.Request, size: int) -> None:
+    """gzip (or deflate) ``resp`` when the body of ``size`` characters is large enough to
+    gain from it and the request's ``Accept-Encoding`` takes it (:func:`_xml`)."""
+    if size >= COMPRESS_MIN:
         resp.headers["Vary"] = "Accept-Encoding"
         coding = accepted_coding(request.headers.get("Accept-Encoding", ""))
         if coding is not None:
             resp.enable_compression(coding)
-    return resp
 
 
 def accepted_coding(header: str) -> web.ContentCoding | None:
@@ -215,7 +224,7 @@ def _reset_request_ids() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_request_ids)
-DECISION_ENDPOINTS = frozenset({"vast", "vmap", "decide", "openrtb_pod"})
+DECISION_ENDPOINTS = frozenset({"vast", "vmap", "decide", "openrtb_pod", "openrtb_auction"})
 NO_CORS = ("/admin/", "/metrics")
 """Paths that answer no CORS preflight and carry no CORS headers: operators' tools, not
 players."""
@@ -347,7 +356,10 @@ async def _read_body(request: web.Request) -> web.StreamResponse | None:
 
 
 def _no_fill(rt: Runtime, request: web.Request, endpoint: str, reason: str) -> web.StreamResponse:
-    """The cheapest valid answer: an empty VAST (or VMAP) for players, 503 for JSON APIs."""
+    """The cheapest valid answer: an empty VAST (or VMAP) for players, OpenRTB's no-bid (204,
+    no body) for an exchange, 503 for JSON APIs."""
+    if endpoint == "openrtb_auction":
+        return web.Response(status=204)
     if endpoint == "vmap":
         return _xml(rt.renderer.empty_vmap())
     if endpoint in ("vast", "openrtb_pod"):
@@ -588,8 +600,14 @@ def _plays_within(b: PlannedBreak, content_s: float | None, horizon_s: float) ->
     return at is not None and at <= horizon_s
 
 
-async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
-    """OpenRTB 2.6 BidRequest for one CTV pod in, the VAST pod out (same pipeline)."""
+OpenRtbDecision = tuple[OpenRtbPod, Decision, dict[str, Any] | None]
+"""The parsed BidRequest, its decision and the decision's explanation (``debug``, else None)."""
+
+
+async def _openrtb_decision(request: web.Request, endpoint: str) -> OpenRtbDecision | web.Response:
+    """What ``/openrtb2/pod`` and ``/openrtb2/auction`` share up to the answer: the
+    BidRequest parsed (a 400 naming the field), the debug and preview gates (401), and the
+    pod decided within ``tmax`` (reserved and counted as any decision)."""
     rt = _rt(request)
     body = await request.read()
     try:
@@ -611,14 +629,52 @@ async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
     )
     if req.debug and not _may_explain(request):
         return _explain_refused("imp[].ext.vastserver.debug")
-    if (refused := _preview(rt, request, req.test, "openrtb_pod")) is not None:
+    if (refused := _preview(rt, request, req.test, endpoint)) is not None:
         return refused
     if req.session is None:
         req = replace(req, session=new_ad_serving_id(rt.rng))
     deadline = _deadline(rt, pod.decision_budget_ms(rt.settings.deadline_ms))
     decision = await rt.service.decide(req, request_id=REQUEST_ID.get(), deadline=deadline)
     debug = decision_json(decision, request_id=REQUEST_ID.get()) if req.debug else None
-    return _xml(rt.renderer.vast(decision, debug=debug), request)
+    return pod, decision, debug
+
+
+async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
+    """OpenRTB 2.6 BidRequest for one CTV pod in, the VAST pod out (same pipeline)."""
+    decided = await _openrtb_decision(request, "openrtb_pod")
+    if isinstance(decided, web.Response):
+        return decided
+    _, decision, debug = decided
+    return _xml(_rt(request).renderer.vast(decision, debug=debug), request)
+
+
+async def openrtb_auction_handler(request: web.Request) -> web.StreamResponse:
+    """The same BidRequest and decision as ``/openrtb2/pod``, answered with an OpenRTB 2.6
+    BidResponse (:mod:`vastserver.bidresponse`): a bid per ad, its VAST alone in ``adm``.
+    No ad: 204 and no body (OpenRTB's no-bid); with ``debug``, a 200 BidResponse without
+    ``seatbid`` carrying the explanation."""
+    decided = await _openrtb_decision(request, "openrtb_auction")
+    if isinstance(decided, web.Response):
+        return decided
+    pod, decision, debug = decided
+    if not decision.ads and debug is None:
+        return web.Response(status=204)
+    rt = _rt(request)
+    adms = [rt.renderer.vast(replace(decision, ads=(ad,))) for ad in decision.ads]
+    answer = bid_response(
+        pod,
+        decision,
+        adms,
+        bidid=new_ad_serving_id(rt.rng),
+        currency=rt.service.snapshot.catalog.currency,
+        exp_s=rt.renderer.expires_s,
+        debug=debug,
+    )
+    text = json.dumps(answer, separators=(",", ":"))
+    resp = web.Response(text=text, content_type="application/json")
+    resp.headers["Cache-Control"] = "no-store"
+    _compress(resp, request, len(text))
+    return resp
 
 
 def _verify(rt: Runtime, raw: str | None, event: str) -> AdToken:
@@ -1109,6 +1165,7 @@ def create_app(
     app.router.add_get("/vmap", vmap_handler, name="vmap", allow_head=False)
     app.router.add_get("/decide", decide_handler, name="decide", allow_head=False)
     app.router.add_post("/openrtb2/pod", openrtb_pod_handler, name="openrtb_pod")
+    app.router.add_post("/openrtb2/auction", openrtb_auction_handler, name="openrtb_auction")
     app.router.add_get("/t/{event}", beacon_handler, name="beacon", allow_head=False)
     app.router.add_get("/c", click_handler, name="click", allow_head=False)
     app.router.add_get("/healthz", healthz, name="healthz")

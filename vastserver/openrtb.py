@@ -247,6 +247,10 @@ class OpenRtbPod:
     pod_id: str | None = None
     tmax_ms: int | None = None
     """The caller's ``tmax``: see :func:`decision_budget_ms`."""
+    imp_maxseq: tuple[int | None, ...] = ()
+    """Aligned with :attr:`imp_ids`: the most ads a dynamic imp (one with ``poddur``) takes
+    (its ``maxseq``, else the ad rules'); None for a structured imp, one slot for one ad.
+    (Which imp each ad fills, for ``POST /openrtb2/auction``.)"""
 
     def decision_budget_ms(self, deadline_ms: int) -> int:
         """The decision's time budget: ``deadline_ms`` (``VASTSERVER_DEADLINE_MS``), or
@@ -1038,4 +1042,10 @@ def parse_bid_request(
         slots=tuple(imp.slot for imp in imps),
         pod_id=imps[0].pod_key,
         tmax_ms=tmax,
+        imp_maxseq=tuple(
+            None
+            if imp.poddur_s is None
+            else imp.maxseq or resolved.for_position(brk.position).max_ads
+            for imp in imps
+        ),
     )

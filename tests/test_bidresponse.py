@@ -1,0 +1,249 @@
+"""``POST /openrtb2/auction``: the BidRequest of ``/openrtb2/pod``, answered with an OpenRTB
+2.6 BidResponse (a bid per ad, each ad's VAST alone in ``adm``), over HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from lxml import etree
+
+from tests.conftest import ADMIN, ClientFactory
+from tests.support import conformance as c
+from tests.test_openrtb import _exact_slots, dynamic_pod, structured_pod
+
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+PROTOCOLS = {"2.0": 2, "3.0": 3, "4.0": 7, "4.1": 11, "4.2": 13, "4.3": 15}
+
+
+async def _auction(client: Any, doc: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc), **kw)
+    assert resp.status == 200, await resp.text()
+    assert resp.content_type == "application/json"
+    assert resp.headers["X-Request-Id"]
+    got: dict[str, Any] = await resp.json()
+    return got
+
+
+def _bids(answer: dict[str, Any]) -> list[dict[str, Any]]:
+    (seat,) = answer["seatbid"]
+    assert seat["seat"] == "vastserver"
+    bids: list[dict[str, Any]] = seat["bid"]
+    return bids
+
+
+def _ad(adm: str) -> etree._Element:
+    """The one ``<Ad>`` of a bid's VAST document."""
+    ads = list(etree.fromstring(adm.encode()).iter("{*}Ad"))
+    assert len(ads) == 1, adm
+    return ads[0]
+
+
+def _text(ad: etree._Element, tag: str) -> str | None:
+    e = next(ad.iter(f"{{*}}{tag}"), None)
+    return None if e is None else str(e.text).strip()
+
+
+def _seconds(ad: etree._Element) -> float:
+    h, m, s = str(_text(ad, "Duration")).split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def _check_bid(bid: dict[str, Any], version: str) -> etree._Element:
+    """The fields every bid carries agree with its own VAST: price = ``<Pricing>``, dur =
+    ``<Duration>`` in whole seconds, crid = ``Creative@id``, adomain = ``<Advertiser>``."""
+    ad = _ad(bid["adm"])
+    assert c.detect_vast_version(bid["adm"].encode()) == version
+    if version != "2.0":  # (VAST 2.0 has no <Pricing>)
+        pricing = _text(ad, "Pricing")
+        assert bid["price"] == (0.0 if pricing is None else float(pricing))
+    assert bid["dur"] == int(_seconds(ad) + 0.5)
+    assert bid["mtype"] == 2 and bid["protocol"] == PROTOCOLS[version]
+    creative = next(ad.iter("{*}Creative"))
+    assert bid["crid"] == creative.get("id") and bid["cid"]
+    if version in ("3.0", "4.0", "4.1", "4.2", "4.3"):
+        assert bid["adomain"] == [_text(ad, "Advertiser")]
+    if version in ("4.1", "4.2", "4.3"):
+        assert bid["id"] == _text(ad, "AdServingId")
+    if version.startswith("4"):
+        cats = [str(e.text).strip() for e in ad.iter("{*}Category")]
+        assert bid.get("cat", []) == cats
+        assert bid.get("cattax", 1) == 1
+    return ad
+
+
+async def test_a_dynamic_pod_is_a_bid_per_ad_in_pod_order(make_client: ClientFactory) -> None:
+    client = await make_client()
+    doc = dynamic_pod()
+    answer = await _auction(client, doc)
+    assert answer["id"] == doc["id"] and answer["cur"] == "USD" and answer["bidid"]
+    bids = _bids(answer)
+    assert len(bids) >= 2
+    assert len({b["id"] for b in bids}) == len(bids)
+    assert [int(str(_ad(b["adm"]).get("sequence"))) for b in bids] == list(range(1, len(bids) + 1))
+    for bid in bids:
+        assert bid["impid"] == "1"
+        assert "slotinpod" not in bid  # a dynamic pod's ads take any place
+        _check_bid(bid, "4.2")
+        assert bid["price"] > 0 and 6 <= bid["dur"] <= 30
+    # The same decision as /openrtb2/pod: the VAST pod of the same request, once more
+    again = await _auction(client, doc)
+    assert again["bidid"] != answer["bidid"]
+    assert {b["id"] for b in _bids(again)}.isdisjoint(b["id"] for b in bids)
+
+
+async def test_a_structured_pod_names_each_slots_imp(make_client: ClientFactory) -> None:
+    """Three imps of one rule (first, any, last): the ads fill them in play order, the
+    first is ``slotinpod`` 1 and the last -1; slots of different lengths (slot rules): each
+    ad names the imp whose rule it fits, as the debug explanation does."""
+    client = await make_client()
+    doc = structured_pod()
+    for imp in doc["imp"]:
+        imp["video"].update(minduration=5, maxduration=30)
+    bids = _bids(await _auction(client, doc))
+    assert [b["impid"] for b in bids] == ["slot-0", "slot-1", "slot-2"]
+    assert [b.get("slotinpod") for b in bids] == [1, None, -1]
+    for bid in bids:
+        _check_bid(bid, "4.2")
+
+    doc = _exact_slots(30, 15, rqddurs=True)
+    doc["device"]["ifa"] = "slots-viewer"
+    doc["imp"][0]["video"]["slotinpod"] = 0
+    doc["imp"][1]["video"]["slotinpod"] = 1  # plays first
+    doc["ext"] = {"vastserver": {"debug": 1}}
+    answer = await _auction(client, doc)
+    bids = _bids(answer)
+    assert [(b["impid"], b["dur"], b.get("slotinpod")) for b in bids] == [
+        ("slot-1", 15, 1),
+        ("slot-0", 30, -1),
+    ]
+    explained = answer["ext"]["vastserver"]["debug"]["pod"]["ads"]
+    assert [a["imp_id"] for a in explained] == ["slot-1", "slot-0"]
+    assert [b["crid"] for b in bids] == [a["creative_id"] for a in explained]
+
+
+async def test_ads_moved_up_past_an_empty_slot_name_their_imps(make_client: ClientFactory) -> None:
+    """[45 s, 30 s, 15 s]: no ad lasts 45 s; the ads play first and second and fill the
+    30 s and 15 s imps."""
+    client = await make_client()
+    bids = _bids(await _auction(client, _exact_slots(45, 30, 15, rqddurs=True)))
+    assert [(b["impid"], b["dur"], b.get("slotinpod")) for b in bids] == [
+        ("slot-1", 30, 1),
+        ("slot-2", 15, -1),
+    ]
+
+
+@pytest.mark.parametrize("version", ["2.0", "3.0", "4.0", "4.1", "4.2", "4.3"])
+async def test_every_adm_is_a_conformant_vast_of_the_asked_version(
+    make_client: ClientFactory, version: str
+) -> None:
+    """Each ``adm`` passes the IAB XSD of its version, vastlint and vast-client."""
+    c.require_spec()
+    c.require_node()
+    client = await make_client()
+    doc = dynamic_pod()
+    doc["imp"][0]["video"]["protocols"] = [PROTOCOLS[version]]
+    bids = _bids(await _auction(client, doc))
+    assert len(bids) == (1 if version == "2.0" else len(bids)) and bids
+    for bid in bids:
+        _check_bid(bid, version)
+        c.assert_vast_conformant(bid["adm"].encode(), version, parse_with_node=False)
+    parsed = c.node_parse_many([b["adm"] for b in bids])
+    allowed = c.UNAVOIDABLE_CLIENT_WARNINGS[version]
+    for bid, p in zip(bids, parsed, strict=True):
+        assert p["ok"], p["error"]
+        assert [w for w in p["warnings"] + p["xmlWarnings"] if not w.startswith(allowed)] == []
+        (ad,) = p["ads"]
+        assert ad["creatives"][0]["id"] == bid["crid"]
+
+
+async def _served(client: Any) -> dict[str, tuple[int, int]]:
+    rows = await (await client.get("/admin/line-items", headers=AUTH)).json()
+    return {r["id"]: (int(r["served"]), int(r["delivered_impressions"])) for r in rows}
+
+
+async def test_the_bids_are_reserved_and_their_beacons_count(make_client: ClientFactory) -> None:
+    """The served ads are reserved as /openrtb2/pod reserves them, and an ``adm``'s
+    impression beacon counts its impression (once)."""
+    client = await make_client()
+    start = await _served(client)
+    bids = _bids(await _auction(client, dynamic_pod()))
+    after = await _served(client)
+    assert sum(s for s, _ in after.values()) - sum(s for s, _ in start.values()) == len(bids)
+    assert sum(d for _, d in after.values()) == sum(d for _, d in start.values())
+    url = urlsplit(str(_text(_ad(bids[0]["adm"]), "Impression")))
+    assert (await client.get(f"{url.path}?{url.query}")).status == 204
+    assert (await client.get(f"{url.path}?{url.query}")).status == 204  # a replay
+    delivered = await _served(client)
+    assert sum(d for _, d in delivered.values()) == sum(d for _, d in start.values()) + 1
+    text = await (await client.get("/metrics")).text()
+    assert 'vastserver_beacons_total{event="impression",result="ok"} 1.0' in text
+    assert 'vastserver_requests_total{endpoint="openrtb_auction",outcome="2xx"}' in text
+
+
+async def test_no_fill_is_a_204_without_a_body(make_client: ClientFactory) -> None:
+    client = await make_client()
+    doc = dynamic_pod()
+    doc["imp"][0]["video"]["mincpmpersec"] = 9_999.0  # no ad pays that
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
+    assert resp.status == 204 and await resp.read() == b""
+    assert resp.headers["X-Request-Id"]
+    # with debug (admin): a BidResponse without seatbid, explaining why
+    doc["ext"] = {"vastserver": {"debug": 1}}
+    answer = await _auction(client, doc, headers=AUTH)
+    assert "seatbid" not in answer and answer["id"] == doc["id"]
+    assert answer["ext"]["vastserver"]["debug"]["filled"] is False
+
+
+async def test_an_overloaded_server_answers_no_bid(make_client: ClientFactory) -> None:
+    from vastserver.app import RUNTIME
+
+    client = await make_client(max_in_flight=1)
+    client.app[RUNTIME].in_flight = 1  # another decision holds the only place
+    resp = await client.post("/openrtb2/auction", data=json.dumps(dynamic_pod()))
+    assert resp.status == 204 and resp.headers["X-Shed"] == "1"
+    assert await resp.read() == b""
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"{not json", "body"),
+        (json.dumps({"imp": []}).encode(), "id"),
+        (json.dumps({**dynamic_pod(), "tmax": 0}).encode(), "tmax"),
+        (json.dumps({**dynamic_pod(), "cur": ["EUR"]}).encode(), "cur"),
+    ],
+)
+async def test_bad_requests_are_400s_as_on_the_pod_endpoint(
+    make_client: ClientFactory, body: bytes, field: str
+) -> None:
+    client = await make_client()
+    for path in ("/openrtb2/auction", "/openrtb2/pod"):
+        resp = await client.post(path, data=body)
+        assert resp.status == 400
+        got = await resp.json()
+        assert got["error"] == "bad_request" and got["field"] == field, (path, got)
+
+
+async def test_test_and_debug_need_the_admin_token(make_client: ClientFactory) -> None:
+    """``test`` = 1 (a preview) and ``debug`` answer 401 without the admin token, as on
+    ``/openrtb2/pod``; with it a preview bids as usual and reserves nothing."""
+    client = await make_client(debug_access="admin")
+    doc = dynamic_pod()
+    doc["test"] = 1
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
+    assert resp.status == 401 and (await resp.json())["field"] == "test"
+    start = await _served(client)
+    assert _bids(await _auction(client, doc, headers=AUTH))
+    assert await _served(client) == start
+    text = await (await client.get("/metrics")).text()
+    assert 'vastserver_previews_total{endpoint="openrtb_auction"} 1.0' in text
+    doc = dynamic_pod()
+    doc["ext"] = {"vastserver": {"debug": 1}}
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
+    assert resp.status == 401
+    answer = await _auction(client, doc, headers=AUTH)
+    explained = answer["ext"]["vastserver"]["debug"]["pod"]["ads"]
+    assert [a["creative_id"] for a in explained] == [b["crid"] for b in _bids(answer)]
