@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from tests.conftest import DEMO_CATALOG, FIXED_NOW, ROOT, ClientFactory
+from tests.conftest import DEMO_CATALOG, FIXED_NOW, PUBLIC_URL, ROOT, ClientFactory
 from tests.support import conformance as c
 from vastserver.app import RUNTIME
 from vastserver.catalog.gen import generate_catalog
@@ -228,6 +228,12 @@ MORE_UAIDS = [
     {"registry": "clearcast.co.uk", "value": "ODD/CLRC001/015"},
     {"registry": "registry.example", "value": "x<&>1"},
 ]
+SIMID_URL = "https://simid.example/shop.html?c=odd&cb=[CACHEBUSTING]"
+SIMID_GAME = "https://simid.example/game.html?c=odd"
+SIMID_FILES = [
+    {"url": SIMID_URL, "api_framework": "SIMID"},
+    {"url": SIMID_GAME, "api_framework": "SIMID", "type": "text/html", "variable_duration": True},
+]
 ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the AdChoices icon second, so that keeping "the first" would be wrong
     "icons": {
@@ -267,6 +273,18 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
     "wrapper-ad-id": {"vast_tag_url": "https://tag.example/vast?id=2", "ad_id": ADVERTISER_AD_ID},
     # other registries' ids beside the Ad-ID (text to escape in one)
     "universal-ad-ids": {"click_through": "https://odd.example/", "universal_ad_ids": MORE_UAIDS},
+    # an interactive (SIMID) layer over the video, a second one that may extend the ad
+    # (a mezzanine too: the files come after it)
+    "simid": {
+        "click_through": "https://odd.example/",
+        "interactive": SIMID_FILES,
+        "mezzanine": {
+            "url": "https://cdn.example.com/odd/simid-mezz.mov",
+            "mime": "video/quicktime",
+            "width": 1920,
+            "height": 1080,
+        },
+    },
 }
 
 
@@ -430,6 +448,65 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
         (creative,) = result["ads"][0]["creatives"]
         read = [(u["idRegistry"], u["value"]) for u in creative["universalAdIds"]]
         assert read == (ids if version.startswith("4") else []), read
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_simid_interactive_files(
+    make_client: ClientFactory, odd_catalog: Path, version: str
+) -> None:
+    """A creative's SIMID files go out as ``<InteractiveCreativeFile>``s after its
+    ``<MediaFile>``s from VAST 4.1 (the first version whose element has ``variableDuration``;
+    4.0 and earlier send the video alone), with an ``interactiveStart`` beacon of ours from
+    4.2 (the first schema with that event): valid, lint-clean, and read by the player
+    library, whose creative holds the first file."""
+    c.require_spec()
+    client: Any = await make_client(catalog=str(odd_catalog))
+    xml = await _fetch(client, f"vast={version}&series=odd-simid&pod_duration=15&max_ads=1")
+    (ad,) = _ads_in(xml)
+    assert str(ad.get("id")) == "li-odd-simid-cr-odd-simid"
+    _check_static(xml, version, f"simid {version}")
+    root = etree.fromstring(xml)
+    (media,) = root.iter("{*}MediaFiles")
+    files = [
+        (f.get("type"), f.get("apiFramework"), f.get("variableDuration"), _text(f))
+        for f in media.iter("{*}InteractiveCreativeFile")
+    ]
+    interactive = version in ("4.1", "4.2", "4.3")
+    if interactive:
+        # variableDuration="false" is the attribute's absence (vastlint warns on the value)
+        assert files == [
+            ("text/html", "SIMID", None, SIMID_URL),
+            ("text/html", "SIMID", "true", SIMID_GAME),
+        ]
+        names = _children(media)
+        assert names[-2:] == ["InteractiveCreativeFile"] * 2, names
+        assert names.index("MediaFile") < names.index("Mezzanine") < len(names) - 2, names
+    else:
+        assert files == []
+    starts = [_text(t) for t in root.iter("{*}Tracking") if t.get("event") == "interactiveStart"]
+    assert len(starts) == (1 if version in ("4.2", "4.3") else 0), starts
+    for url in starts:  # our beacon: the player fires it when the SIMID creative starts
+        beacon = await client.get(url.removeprefix(PUBLIC_URL))
+        assert beacon.status == 204, url
+    if not c.node_available():
+        return
+    (parsed,) = c.node_parse_many([xml.decode()], "vast")
+    assert parsed["ok"], parsed["error"]
+    allowed = c.UNAVOIDABLE_CLIENT_WARNINGS[version]
+    assert [w for w in parsed["warnings"] if not w.startswith(allowed)] == []
+    (creative,) = parsed["ads"][0]["creatives"]
+    assert creative["mediaFiles"] >= 1
+    read = creative["interactiveCreativeFile"]
+    if interactive:
+        assert read == {
+            "fileURL": SIMID_URL,
+            "type": "text/html",
+            "apiFramework": "SIMID",
+            "variableDuration": False,
+        }
+    else:
+        assert read is None
+    assert ("interactiveStart" in creative["trackingEvents"]) == (version in ("4.2", "4.3"))
 
 
 FALLBACK_STATIC_RESOURCE = "Element 'StaticResource' missing required attribute(s) 'creativeType'"

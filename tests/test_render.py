@@ -98,6 +98,18 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     "language": "es-MX",
                 },
             ]
+        if n % 5 == 4 and n % 7 != 3:  # SIMID files (4.1+; not in a wrapper, below)
+            cr["interactive"] = [
+                {
+                    "url": f"https://simid.example/{n}.html?a=1&cb=[CACHEBUSTING]",
+                    "api_framework": "SIMID",
+                },
+                {
+                    "url": f"https://simid.example/g{n}.html",
+                    "api_framework": "SIMID",
+                    "variable_duration": n % 4 == 1,  # may extend the ad
+                },
+            ]
         if n % 3 == 1:  # third-party trackers, some of events a version lacks
             cr["trackers"] = {
                 "impression": [f"https://px.example/i?c={n}&a=1", "https://dv.example/i"],
@@ -136,6 +148,7 @@ async def test_cached_fragment_equals_full_render(catalog: Path, version: str) -
     assert any(a.candidate.creative.vast_tag_url for _, a in ads)
     assert any(a.candidate.creative.trackers for _, a in ads)
     assert any(a.candidate.creative.captions for _, a in ads)
+    assert any(a.candidate.creative.interactive for _, a in ads)
     assert any(a.candidate.creative.trackers and a.candidate.creative.vast_tag_url for _, a in ads)
     filled = [
         (d, a)
@@ -146,6 +159,8 @@ async def test_cached_fragment_equals_full_render(catalog: Path, version: str) -
     assert any(not d.request.privacy.tc_string for d, _ in filled)
     assert any("<Wrapper" in r._ad_full(d, a, ver, None) for d, a in ads)
     assert any("&amp;" in r._ad_full(d, a, ver, None) for d, a in ads)
+    simid = any("<InteractiveCreativeFile" in r._ad_full(d, a, ver, None) for d, a in ads)
+    assert simid == ver.interactive  # 4.1+
     for _ in range(2):  # the second pass takes every fragment from the cache
         for d, a in ads:
             assert r._ad_fast(d, a, ver) == r._ad_full(d, a, ver, None)

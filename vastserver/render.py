@@ -129,6 +129,18 @@ class CaptionVM:
 
 
 @dataclass(frozen=True, slots=True)
+class InteractiveFileVM:
+    """An ``<InteractiveCreativeFile>`` (VAST 4.1+): a SIMID creative beside the media."""
+
+    url: Markup
+    type: str
+    api_framework: str
+    variable_duration: bool
+    """Sent as ``variableDuration="true"`` only: false is the attribute's absence, and
+    vastlint warns on ``variableDuration="false"`` (SIMID-1.0-simid-variable-duration-value)."""
+
+
+@dataclass(frozen=True, slots=True)
 class VerificationVM:
     vendor: str
     api_framework: str
@@ -205,6 +217,9 @@ class AdVM:
     click_tracking: Markup | None = None
     """A wrapper's click beacon (``/t/click``): its click-through is the tag's."""
     captions: tuple[CaptionVM, ...] = ()
+    interactive: tuple[InteractiveFileVM, ...] = ()
+    """``InteractiveCreativeFile``s, after the media files: where the version has them
+    (:attr:`VersionVM.interactive`)."""
     expires_s: int | None = None
     """``<Expires>`` (4.1+ inline): how many seconds the ad stays valid to play; None (no
     ``<Expires>``) in an inline VMAP's pods (:meth:`Renderer.vmap_inline`)."""
@@ -225,7 +240,15 @@ class VersionVM:
     """4.1+: Mezzanine attributes, ``adType``."""
     v42: bool
     """4.2+: several ``UniversalAdId`` (the 4.0 and 4.1 XSDs allow one),
-    ``IconClickFallbackImages`` (not in the 4.1 XSD, though the 4.1 text has it)."""
+    ``IconClickFallbackImages`` (not in the 4.1 XSD, though the 4.1 text has it), the
+    ``interactiveStart`` tracking event (in the 4.2 XSD, not the 4.1 one)."""
+    interactive: bool
+    """``InteractiveCreativeFile`` (4.1+), where our SIMID files go. VAST 4.0 introduced
+    the element but not its ``variableDuration`` (the 4.0 XSD has ``type`` and
+    ``apiFramework`` only), which SIMID relies on: a player that cannot let the creative
+    extend the ad must not play a variable-duration one. And 4.0 (2016) predates SIMID
+    (2019; VAST 4.1 began VPAID's deprecation in favour of this element), so no 4.0 player
+    runs one. 4.0 and earlier send the video alone, as players without SIMID play it."""
     v3: bool
     """3.0: Pricing/Advertiser elements."""
     sequenced: bool
@@ -249,6 +272,7 @@ class VersionVM:
             v4=v4,
             v41=v4 and version != "4.0",
             v42=v4 and version not in ("4.0", "4.1"),
+            interactive=v4 and version != "4.0",
             v3=version == "3.0",
             sequenced=version != "2.0",
             ad_system_version=__version__,
@@ -583,6 +607,9 @@ class Renderer:
         events = list(LINEAR_EVENTS_BY_VERSION[version])
         if cr.skip_offset_ms is not None and version != "2.0":
             events.append("skip")
+        interactive = cr.interactive if ver.interactive else ()
+        if interactive and ver.v42:  # the player's SIMID creative has started
+            events.append("interactiveStart")
 
         def cat(u: str) -> Markup:  # a URL from the catalog, which a third party answers
             return _cdata(fill_server_macros(u, filled))
@@ -640,6 +667,10 @@ class Renderer:
                 CaptionVM(cat(x.url), x.mime, x.language)
                 for x in cr.captions
                 if not secure or is_https(x.url)
+            ),
+            interactive=tuple(
+                InteractiveFileVM(cat(f.url), f.type, f.api_framework, f.variable_duration)
+                for f in interactive
             ),
             extra_impressions=tuple(_cdata(u) for u in extra.get("impression", ())),
             click_trackers=tuple(_cdata(u) for u in extra.get("click", ())),

@@ -91,6 +91,15 @@ function summariseCreative(c) {
             height: c.mezzanine.height,
           }
         : null,
+      // vast-client keeps the first <InteractiveCreativeFile> of <MediaFiles> only
+      interactiveCreativeFile: c.interactiveCreativeFile
+        ? {
+            fileURL: c.interactiveCreativeFile.fileURL,
+            type: c.interactiveCreativeFile.type,
+            apiFramework: c.interactiveCreativeFile.apiFramework,
+            variableDuration: c.interactiveCreativeFile.variableDuration,
+          }
+        : null,
       trackingEvents: Object.keys(c.trackingEvents || {}).sort(),
       clickThrough: c.videoClickThroughURLTemplate
         ? c.videoClickThroughURLTemplate.url || null

@@ -483,7 +483,9 @@ def node_parse_vast(xml: str | bytes) -> dict[str, Any]:
     ``id, adId, sequence, type ("linear"|"nonlinear"|"companion"),
     universalAdIds[{idRegistry,value}], creativeExtensions[{type,children}]`` and for linear
     ``duration (s), skipDelay, mediaFiles (count), mediaFileDetails[], mezzanine{...}|None,
-    trackingEvents (sorted names), clickThrough, clickTracking[], icons``.
+    interactiveCreativeFile{fileURL,type,apiFramework,variableDuration}|None (the first
+    one: the library keeps no other), trackingEvents (sorted names), clickThrough,
+    clickTracking[], icons``.
     Wrappers are not followed (no network).
     """
     result: dict[str, Any] = _run_node("vast", _as_text(xml))

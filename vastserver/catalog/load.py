@@ -57,6 +57,7 @@ from vastserver.catalog.model import (
     FrequencyCap,
     Icon,
     IconFallbackImage,
+    InteractiveFile,
     LineItem,
     Mezzanine,
     Pacing,
@@ -859,6 +860,41 @@ VERIFICATION = Obj(
 )
 
 
+INTERACTIVE_API_FRAMEWORKS: tuple[str, ...] = ("SIMID",)
+"""The frameworks of a creative's ``interactive`` files (``InteractiveCreativeFile@
+apiFramework``): SIMID, VPAID's successor, is the one CTV players run. Exact case, as
+the SIMID spec writes it (players ignore near misses, and vastlint warns on them)."""
+SIMID_TYPE = "text/html"
+"""The MIME type of a SIMID file: the SIMID spec requires ``type="text/html"`` (the
+creative is an HTML document the player loads in an iframe)."""
+MAX_INTERACTIVE_FILES = 8
+"""Interactive files a creative may carry."""
+
+
+def _simid_is_html(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
+    if d.get("api_framework") == "SIMID" and "type" in d and d["type"] != SIMID_TYPE:
+        _fail(
+            errs,
+            f"{path}.type",
+            f"a SIMID file is an HTML document: its type must be {SIMID_TYPE!r}",
+        )
+
+
+INTERACTIVE_FILE = Obj(
+    "interactive file",
+    {
+        # https only: the player loads it in an iframe of its (https) page, and vastlint
+        # warns on any other SIMID URL; IAB macros as in the other catalog URLs
+        "url": F(https_only("interactive files")),
+        "api_framework": F(enum_of(*INTERACTIVE_API_FRAMEWORKS)),
+        "type": F(MIME, SIMID_TYPE),
+        "variable_duration": F(boolean, False),
+    },
+    lambda d: InteractiveFile(**d),
+    checks=[_simid_is_html],
+)
+
+
 def _icon(d: dict[str, Any]) -> Icon:
     return Icon(
         program=d["program"],
@@ -981,6 +1017,7 @@ _NOT_WITH_TAG = (
     "skip_offset",
     "skip_offset_ms",
     "captions",
+    "interactive",
 )
 
 
@@ -997,7 +1034,8 @@ def _skip_tracker_needs_offset(
 
 def _media_or_tag(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
     """Renditions, or a third-party VAST tag (served as a Wrapper, which carries no media,
-    mezzanine, click-through, skip offset or captions of its own: the tag's ad has them)."""
+    mezzanine, click-through, skip offset, captions or interactive files of its own: the tag's
+    ad has them)."""
     if raw.get("vast_tag_url") is None:
         if "renditions" not in raw:
             _fail(errs, f"{path}.renditions", "required field is missing (or give 'vast_tag_url')")
@@ -1023,6 +1061,7 @@ def _creative(d: dict[str, Any]) -> Creative:
         renditions=d.get("renditions", ()),
         vast_tag_url=d["vast_tag_url"],
         captions=d["captions"],
+        interactive=d["interactive"],
         trackers=d["trackers"],
         privacy_macros=has_privacy_macros(d["vast_tag_url"] or "")
         or any(has_privacy_macros(u) for us in d["trackers"].values() for u in us)
@@ -1056,6 +1095,7 @@ CREATIVE = Obj(
         "renditions": F(list_of(RENDITION, min_len=1), _ABSENT),
         "vast_tag_url": F(nullable(tag_url), None),
         "captions": F(list_of(CAPTION), ()),
+        "interactive": F(list_of(INTERACTIVE_FILE, max_len=MAX_INTERACTIVE_FILES), ()),
         "trackers": F(
             map_of(
                 enum_of(*TRACKER_EVENTS),

@@ -107,6 +107,20 @@ class Caption:
 
 
 @dataclass(frozen=True, slots=True)
+class InteractiveFile:
+    """An interactive layer of a linear creative (VAST 4.1+ ``InteractiveCreativeFile``):
+    a SIMID HTML document the player runs beside the video. Players without the framework
+    play the video alone, so it adds to the renditions and never replaces them."""
+
+    url: str
+    api_framework: str = "SIMID"
+    type: str = "text/html"
+    variable_duration: bool = False
+    """``variableDuration``: whether the creative may extend the ad (pausing the video on
+    the viewer's request); a player that cannot allow that must not play the ad."""
+
+
+@dataclass(frozen=True, slots=True)
 class Verification:
     vendor: str
     js_url: str
@@ -199,6 +213,9 @@ class Creative:
     tracking; ``duration_ms`` is then the duration the tag's ad was trafficked at."""
     captions: tuple[Caption, ...] = ()
     """Closed-caption files (sent from VAST 4.1, which has the element)."""
+    interactive: tuple[InteractiveFile, ...] = ()
+    """SIMID interactive files (the catalog's ``interactive``), sent beside the media files
+    from VAST 4.1; never with ``vast_tag_url``."""
     competitive_categories: tuple[str, ...] = ()
     """Competitive labels of this creative's ads, on top of its line item's and advertiser's
     (see :attr:`LineItem.competitive_categories`)."""
@@ -252,6 +269,7 @@ def catalog_urls(cr: Creative) -> Iterator[str]:
     if cr.mezzanine is not None:
         yield cr.mezzanine.url
     yield from (x.url for x in cr.captions)
+    yield from (f.url for f in cr.interactive)
     for v in cr.verifications:
         yield v.js_url
         yield from v.not_executed_urls
