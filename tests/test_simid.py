@@ -168,3 +168,11 @@ async def test_an_interactive_file_alone_is_no_playable_ad(
     files = [(f.text or "").strip() for f in root.iter("{*}InteractiveCreativeFile")]
     assert files == [SIMID_URL, SIMID_GAME]
 
+
+def test_the_documented_example_loads() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "catalog.md").read_text()
+    section = text.split("### Interactive file", 1)[1].split("\n### ", 1)[0]
+    example = json.loads(section.split("```json", 1)[1].split("```", 1)[0])
+    cat = parse_catalog(_with(example))
+    (cr,) = (c for c in cat.creatives.values() if c.interactive)
+    assert cr.interactive == (InteractiveFile(example["url"], "SIMID"),)
