@@ -27,9 +27,9 @@ async def _auction(client: Any, doc: dict[str, Any], **kw: Any) -> dict[str, Any
     return got
 
 
-def _bids(answer: dict[str, Any]) -> list[dict[str, Any]]:
+def _bids(answer: dict[str, Any], seat_id: str = "vastserver") -> list[dict[str, Any]]:
     (seat,) = answer["seatbid"]
-    assert seat["seat"] == "vastserver"
+    assert seat["seat"] == seat_id
     bids: list[dict[str, Any]] = seat["bid"]
     return bids
 
@@ -247,3 +247,27 @@ async def test_test_and_debug_need_the_admin_token(make_client: ClientFactory) -
     answer = await _auction(client, doc, headers=AUTH)
     explained = answer["ext"]["vastserver"]["debug"]["pod"]["ads"]
     assert [a["creative_id"] for a in explained] == [b["crid"] for b in _bids(answer)]
+
+
+async def test_the_seat_is_the_one_the_setting_names(make_client: ClientFactory) -> None:
+    """``seatbid.seat`` is ``VASTSERVER_OPENRTB_SEAT`` (the exchange's id for us), read from
+    the environment as any setting; ``vastserver`` when it is unset or empty."""
+    from vastserver.settings import load_settings
+
+    from_env = load_settings({"VASTSERVER_OPENRTB_SEAT": "acme-ctv_01:east"})
+    assert from_env.openrtb_seat == "acme-ctv_01:east"
+    assert load_settings({"VASTSERVER_OPENRTB_SEAT": ""}).openrtb_seat == "vastserver"
+    client = await make_client(openrtb_seat=from_env.openrtb_seat)
+    bids = _bids(await _auction(client, dynamic_pod()), seat_id="acme-ctv_01:east")
+    assert bids and all(b["impid"] == "1" for b in bids)
+
+
+@pytest.mark.parametrize("seat", ["two words", "tab\there", "x" * 65, "s\u00e9at", "nl\n", "\x7f"])
+def test_an_invalid_seat_stops_start_up(seat: str) -> None:
+    """A seat id is 1-64 printable ASCII characters without a space: anything else is a
+    start-up error naming the setting (64 is fine)."""
+    from vastserver.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="VASTSERVER_OPENRTB_SEAT: a seat id, 1 to 64"):
+        load_settings({"VASTSERVER_OPENRTB_SEAT": seat})
+    assert load_settings({"VASTSERVER_OPENRTB_SEAT": "x" * 64}).openrtb_seat == "x" * 64

@@ -666,6 +666,7 @@ async def openrtb_auction_handler(request: web.Request) -> web.StreamResponse:
         decision,
         adms,
         bidid=new_ad_serving_id(rt.rng),
+        seat=rt.settings.openrtb_seat,
         currency=rt.service.snapshot.catalog.currency,
         exp_s=rt.renderer.expires_s,
         debug=debug,

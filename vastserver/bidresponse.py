@@ -1,8 +1,9 @@
 """A decided pod as an OpenRTB 2.6 BidResponse, for ``POST /openrtb2/auction``.
 
 The request is the one ``POST /openrtb2/pod`` takes (:mod:`vastserver.openrtb`), decided the
-same way; only the answer differs: one ``seatbid`` (seat :data:`SEAT`) holding one ``bid``
-per ad of the pod, in pod order, each carrying a VAST document of that ad alone in ``adm``.
+same way; only the answer differs: one ``seatbid`` (the seat ``VASTSERVER_OPENRTB_SEAT``
+names: the exchange's id for us) holding one ``bid`` per ad of the pod, in pod order, each
+carrying a VAST document of that ad alone in ``adm``.
 
 Which imp each ad fills (``bid.impid``):
 
@@ -28,8 +29,6 @@ from vastserver.openrtb import OpenRtbPod
 from vastserver.pipeline.decide import Decision, PlacedAd, SlottedAd
 from vastserver.pipeline.pod import rounded_seconds
 
-SEAT = "vastserver"
-"""``seatbid.seat``: the one seat every bid is made for."""
 MTYPE_VIDEO = 2
 """``bid.mtype``: the markup is video (VAST)."""
 CATTAX_IAB_1_0 = 1
@@ -134,11 +133,13 @@ def bid_response(
     adms: Sequence[str],
     *,
     bidid: str,
+    seat: str,
     currency: str,
     exp_s: int,
     debug: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The BidResponse of a decided pod: ``adms`` holds each ad's VAST document (pod order),
+    ``seat`` the ``seatbid.seat`` every bid is made for,
     ``exp_s`` how long the ads may wait to play (``bid.exp``: the VAST's ``<Expires>``),
     ``debug`` the decision's explanation (in ``ext.vastserver.debug``). A pod without ads
     gives a BidResponse without ``seatbid`` (a no-bid: sent only with ``debug``, else the
@@ -158,7 +159,7 @@ def bid_response(
         bids.append(_bid(ad, adm, impid, vast_version=version, slotinpod=slotinpod, exp_s=exp_s))
     out: dict[str, Any] = {"id": pod.request_id, "bidid": bidid, "cur": currency}
     if bids:
-        out["seatbid"] = [{"seat": SEAT, "bid": bids}]
+        out["seatbid"] = [{"seat": seat, "bid": bids}]
     if debug is not None:
         out["ext"] = {"vastserver": {"debug": debug}}
     return out

@@ -42,6 +42,10 @@ TEMPLATE_DIR = PROJECT_ROOT / "templates"
 
 DEFAULT_UNCOUNTED_LOG_RATE = 200
 """``VASTSERVER_UNCOUNTED_LOG_RATE``'s default: records a second (and burst) per process."""
+DEFAULT_OPENRTB_SEAT = "vastserver"
+"""``VASTSERVER_OPENRTB_SEAT``'s default: the ``seatbid.seat`` of ``/openrtb2/auction``."""
+MAX_OPENRTB_SEAT = 64
+"""Most characters of ``VASTSERVER_OPENRTB_SEAT``."""
 
 
 class SettingsError(ValueError):
@@ -128,6 +132,9 @@ class Settings:
     """Most candidates scored per request (best by price x tier; the rest are outranked)."""
     progress_offsets_s: tuple[float, ...] = ()
     """Extra ``progress`` tracking points (seconds into each ad), e.g. ``(2.0, 10.0)``."""
+    openrtb_seat: str = DEFAULT_OPENRTB_SEAT
+    """The ``seatbid.seat`` of every ``/openrtb2/auction`` BidResponse: the seat id the
+    exchange assigned us (1-64 printable ASCII characters, no space)."""
     ephemeral_secret: bool = field(default=False, compare=False)
 
 
@@ -162,6 +169,19 @@ def _int(problems: list[str], name: str, raw: str | None, lo: int, hi: int) -> i
 DEFAULT_EVENT_LOG_DIR = PROJECT_ROOT / "var" / "events"
 MAX_RETENTION_DAYS = 3650
 MAX_UNCOUNTED_LOG_RATE = 1_000_000
+
+
+def openrtb_seat_problem(raw: str) -> str | None:
+    """Why ``raw`` cannot be ``VASTSERVER_OPENRTB_SEAT`` (None: it can): a seat id is 1 to
+    :data:`MAX_OPENRTB_SEAT` printable ASCII characters without a space, as exchanges
+    assign them (``vastserver``, ``12345``, ``acme-ctv_01``), so it reaches the exchange
+    exactly as written, never mangled by whitespace or an encoding."""
+    if len(raw) > MAX_OPENRTB_SEAT or not all("!" <= ch <= "~" for ch in raw):
+        return (
+            f"VASTSERVER_OPENRTB_SEAT: a seat id, 1 to {MAX_OPENRTB_SEAT} printable ASCII "
+            f"characters without spaces, got {raw[:80]!r}"
+        )
+    return None
 
 
 def event_log_dir(raw: str | None) -> Path | None:
@@ -413,6 +433,10 @@ def load_settings(
                 break
             progress.append(v)
 
+    seat = pick("openrtb_seat", "VASTSERVER_OPENRTB_SEAT") or DEFAULT_OPENRTB_SEAT
+    if (why := openrtb_seat_problem(seat)) is not None:
+        problems.append(why)
+
     problems += [f"{k}: no such setting" for k in sorted(set(o) - read)]
     if problems:
         raise SettingsError(problems)
@@ -463,5 +487,6 @@ def load_settings(
         separation_breaks=sep_breaks,
         separation_minutes=sep_minutes,
         competitive_separation_breaks=comp_breaks,
+        openrtb_seat=seat,
         ephemeral_secret=ephemeral,
     )
