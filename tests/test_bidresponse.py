@@ -135,6 +135,76 @@ async def test_ads_moved_up_past_an_empty_slot_name_their_imps(make_client: Clie
     ]
 
 
+def _hybrid(dynamic_at: int, poddur: int, maxseq: int, *, ends: bool) -> dict[str, Any]:
+    """Three imps of pod 7, each up to 30 s: imp ``dynamic_at`` (id ``dyn``) dynamic, of
+    ``poddur`` seconds and ``maxseq`` ads; the others structured, the first and last in
+    request order claiming ``slotinpod`` 1 and -1 when ``ends``, else any (0)."""
+    doc = structured_pod()
+    for imp in doc["imp"]:
+        imp["video"].update(slotinpod=0, minduration=5, maxduration=30)
+    video = doc["imp"][dynamic_at]["video"]
+    del video["slotinpod"]
+    video.update(poddur=poddur, maxseq=maxseq)
+    doc["imp"][dynamic_at]["id"] = "dyn"
+    structured = [imp["video"] for imp in doc["imp"] if imp["id"] != "dyn"]
+    if ends:
+        structured[0]["slotinpod"], structured[-1]["slotinpod"] = 1, -1
+    doc["ext"] = {"vastserver": {"debug": 1}}
+    return doc
+
+
+async def _hybrid_bids(client: Any, doc: dict[str, Any]) -> list[tuple[str, int, Any]]:
+    """Each bid's (impid, dur, slotinpod), in pod order; the bids agree with their VAST
+    and with the explanation, and the dynamic imp's ads fit its ``poddur`` and ``maxseq``."""
+    answer = await _auction(client, doc)
+    bids = _bids(answer)
+    explained = answer["ext"]["vastserver"]["debug"]["pod"]["ads"]
+    assert [b["crid"] for b in bids] == [a["creative_id"] for a in explained]
+    assert [int(str(_ad(b["adm"]).get("sequence"))) for b in bids] == list(range(1, len(bids) + 1))
+    for bid in bids:
+        _check_bid(bid, "4.2")
+    (dyn,) = [imp["video"] for imp in doc["imp"] if "poddur" in imp["video"]]
+    in_dyn = [b["dur"] for b in bids if b["impid"] == "dyn"]
+    assert len(in_dyn) <= dyn["maxseq"] and sum(in_dyn) <= dyn["poddur"]
+    structured = [imp["id"] for imp in doc["imp"] if imp["id"] != "dyn"]
+    taken = [b["impid"] for b in bids if b["impid"] != "dyn"]
+    assert len(taken) == len(set(taken)) and set(taken) <= set(structured)  # one ad each
+    return [(b["impid"], b["dur"], b.get("slotinpod")) for b in bids]
+
+
+async def test_a_hybrid_pods_ads_name_their_imps(make_client: ClientFactory) -> None:
+    """A hybrid pod (structured imps and a dynamic one sharing the ``podid``): the first ad
+    fills the ``slotinpod`` 1 imp, the last the -1 imp, the others the dynamic imp (up to
+    its ``maxseq``), wherever it stands in the request; no bid carries ``slotinpod`` (set in
+    structured pods only). The demo catalog's best three ads for it last 15, 15 and 30 s."""
+    client = await make_client()
+    for at in (1, 0, 2):
+        doc = _hybrid(at, poddur=60, maxseq=2, ends=True)
+        ids = [imp["id"] for imp in doc["imp"] if imp["id"] != "dyn"]
+        assert await _hybrid_bids(client, doc) == [
+            (ids[0], 15, None),
+            ("dyn", 15, None),
+            (ids[1], 30, None),
+        ], at
+
+
+async def test_a_hybrid_pods_dynamic_imp_gets_ads_that_fit_its_poddur(
+    make_client: ClientFactory,
+) -> None:
+    """Two structured imps of any place and a dynamic imp of 15 or 20 s for one ad: the ad
+    in the dynamic imp must fit those seconds, so it gets a 15 s ad and the structured imps
+    take the others, the 30 s one included, in play order. (It used to get the last ad
+    played, 30 s, in its 15 s: the ads took the imps in play order whatever they lasted.)"""
+    client = await make_client()
+    for poddur in (15, 20):
+        doc = _hybrid(2, poddur=poddur, maxseq=1, ends=False)
+        assert await _hybrid_bids(client, doc) == [
+            ("dyn", 15, None),
+            ("slot-0", 15, None),
+            ("slot-1", 30, None),
+        ], poddur
+
+
 @pytest.mark.parametrize("version", ["2.0", "3.0", "4.0", "4.1", "4.2", "4.3"])
 async def test_every_adm_is_a_conformant_vast_of_the_asked_version(
     make_client: ClientFactory, version: str

@@ -251,6 +251,9 @@ class OpenRtbPod:
     """Aligned with :attr:`imp_ids`: the most ads a dynamic imp (one with ``poddur``) takes
     (its ``maxseq``, else the ad rules'); None for a structured imp, one slot for one ad.
     (Which imp each ad fills, for ``POST /openrtb2/auction``.)"""
+    imp_poddur_ms: tuple[int | None, ...] = ()
+    """Aligned with :attr:`imp_ids`: a dynamic imp's ``poddur`` in milliseconds, the seconds
+    its ads may take; None for a structured imp."""
 
     def decision_budget_ms(self, deadline_ms: int) -> int:
         """The decision's time budget: ``deadline_ms`` (``VASTSERVER_DEADLINE_MS``), or
@@ -1047,5 +1050,8 @@ def parse_bid_request(
             if imp.poddur_s is None
             else imp.maxseq or resolved.for_position(brk.position).max_ads
             for imp in imps
+        ),
+        imp_poddur_ms=tuple(
+            None if imp.poddur_s is None else round(imp.poddur_s * 1000) for imp in imps
         ),
     )
