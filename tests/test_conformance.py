@@ -234,6 +234,11 @@ SIMID_FILES = [
     {"url": SIMID_URL, "api_framework": "SIMID"},
     {"url": SIMID_GAME, "api_framework": "SIMID", "type": "text/html", "variable_duration": True},
 ]
+SIMID_STARTED = [
+    "https://px.example/simid-start?c=odd&cb=[CACHEBUSTING]",
+    "https://dv.example/interactive?ad=odd",
+]
+"""The advertiser's own ``interactiveStart`` pixels of the SIMID creative."""
 ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the AdChoices icon second, so that keeping "the first" would be wrong
     "icons": {
@@ -278,6 +283,7 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
     "simid": {
         "click_through": "https://odd.example/",
         "interactive": SIMID_FILES,
+        "trackers": {"interactiveStart": SIMID_STARTED, "start": ["https://px.example/s"]},
         "mezzanine": {
             "url": "https://cdn.example.com/odd/simid-mezz.mov",
             "mime": "video/quicktime",
@@ -457,8 +463,9 @@ async def test_simid_interactive_files(
     """A creative's SIMID files go out as ``<InteractiveCreativeFile>``s after its
     ``<MediaFile>``s from VAST 4.1 (the first version whose element has ``variableDuration``;
     4.0 and earlier send the video alone), with an ``interactiveStart`` beacon of ours from
-    4.2 (the first schema with that event): valid, lint-clean, and read by the player
-    library, whose creative holds the first file."""
+    4.2 (the first schema with that event), the creative's own ``interactiveStart``
+    trackers after it: valid, lint-clean, and read by the player library, whose creative
+    holds the first file and the ``interactiveStart`` event."""
     c.require_spec()
     client: Any = await make_client(catalog=str(odd_catalog))
     xml = await _fetch(client, f"vast={version}&series=odd-simid&pod_duration=15&max_ads=1")
@@ -484,8 +491,10 @@ async def test_simid_interactive_files(
     else:
         assert files == []
     starts = [_text(t) for t in root.iter("{*}Tracking") if t.get("event") == "interactiveStart"]
-    assert len(starts) == (1 if version in ("4.2", "4.3") else 0), starts
-    for url in starts:  # our beacon: the player fires it when the SIMID creative starts
+    # ours, then the advertiser's (none where the version has no such event)
+    assert starts[1:] == (SIMID_STARTED if version in ("4.2", "4.3") else []), starts
+    assert len(starts) == (3 if version in ("4.2", "4.3") else 0), starts
+    for url in starts[:1]:  # our beacon: the player fires it when the SIMID creative starts
         beacon = await client.get(url.removeprefix(PUBLIC_URL))
         assert beacon.status == 204, url
     if not c.node_available():

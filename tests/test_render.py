@@ -110,6 +110,11 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     "variable_duration": n % 4 == 1,  # may extend the ad
                 },
             ]
+            # the advertiser's interactiveStart pixels (4.2+), one carrying a privacy macro
+            cr.setdefault("trackers", {})["interactiveStart"] = [
+                f"https://px.example/is?c={n}&a=1",
+                "https://dv.example/is?gdpr=${GDPR}&cb=[CACHEBUSTING]",
+            ]
         if n % 3 == 1:  # third-party trackers, some of events a version lacks
             cr["trackers"] = {
                 "impression": [f"https://px.example/i?c={n}&a=1", "https://dv.example/i"],
@@ -161,6 +166,9 @@ async def test_cached_fragment_equals_full_render(catalog: Path, version: str) -
     assert any("&amp;" in r._ad_full(d, a, ver, None) for d, a in ads)
     simid = any("<InteractiveCreativeFile" in r._ad_full(d, a, ver, None) for d, a in ads)
     assert simid == ver.interactive  # 4.1+
+    # the advertiser's interactiveStart pixel after ours, from 4.2 (the event's first schema)
+    started = any("px.example/is?c=" in r._ad_full(d, a, ver, None) for d, a in ads)
+    assert started == ver.v42
     for _ in range(2):  # the second pass takes every fragment from the cache
         for d, a in ads:
             assert r._ad_fast(d, a, ver) == r._ad_full(d, a, ver, None)

@@ -102,6 +102,32 @@ def test_a_vast_tag_creative_cannot_carry_them() -> None:
         assert_exactly(errors_of(doc), [(f"{CR}.interactive", "not with 'vast_tag_url'")])
 
 
+def test_interactive_start_trackers_need_interactive_files() -> None:
+    """The advertiser's ``interactiveStart`` pixels (VAST 4.2+ sends the event) are taken
+    on a creative with interactive files; on one without (a wrapper included, whose tag
+    brings its own) the event is never sent, so they are refused rather than kept silent."""
+    pixels = ["https://px.example/is?cb=[CACHEBUSTING]", "https://dv.example/is?g=${GDPR}"]
+    doc = _with(*SIMID_FILES)
+    doc["creatives"][0]["trackers"] = {"interactiveStart": pixels}
+    cr = parse_catalog(doc).creatives[doc["creatives"][0]["id"]]
+    assert cr.trackers["interactiveStart"] == tuple(pixels)
+    assert cr.privacy_macros  # the vendor's ${GDPR} is filled in at serve time
+    why = "needs interactive files (only SIMID creatives send interactiveStart)"
+    for files in (None, []):
+        doc = demo_doc()
+        if files is not None:
+            doc["creatives"][0]["interactive"] = files
+        doc["creatives"][0]["trackers"] = {"interactiveStart": pixels}
+        assert_exactly(errors_of(doc), [(f"{CR}.trackers.interactiveStart", why)])
+    doc = demo_doc()
+    cr_doc = doc["creatives"][0]
+    for key in ("renditions", "mezzanine", "click_through", "captions"):
+        cr_doc.pop(key, None)
+    cr_doc["vast_tag_url"] = "https://tag.example/vast?id=1"
+    cr_doc["trackers"] = {"interactiveStart": pixels}
+    assert_exactly(errors_of(doc), [(f"{CR}.trackers.interactiveStart", why)])
+
+
 def test_every_error_is_reported_at_once() -> None:
     doc = _with(
         {"url": "http://simid.example/a.html", "api_framework": "simid", "type": "text/plain"},

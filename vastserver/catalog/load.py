@@ -1002,9 +1002,11 @@ TRACKER_EVENTS: tuple[str, ...] = (
     "click",
     *dict.fromkeys(e for events in LINEAR_EVENTS_BY_VERSION.values() for e in events),
     "skip",
+    "interactiveStart",
 )
 """Events a creative's third-party trackers may name (a VAST version without the event
-leaves its trackers out)."""
+leaves its trackers out). ``skip`` needs a skip offset and ``interactiveStart`` (VAST 4.2+)
+interactive files: :func:`_trackers_of_events_sent`."""
 
 
 CREATIVE_API_FRAMEWORKS: tuple[str, ...] = ("VPAID",)
@@ -1021,15 +1023,26 @@ _NOT_WITH_TAG = (
 )
 
 
-def _skip_tracker_needs_offset(
+def _trackers_of_events_sent(
     d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues
 ) -> None:
-    """A ``skip`` pixel needs a skip offset (the event is sent only for skippable ads).
-    Read from ``raw``, so that it is reported beside any error in the trackers' URLs."""
+    """A pixel of an event the creative's ads never send is refused, not left silent: a
+    ``skip`` pixel needs a skip offset (only skippable ads send skip), an
+    ``interactiveStart`` one interactive files (only SIMID creatives start; a wrapper's tag
+    brings its own). Read from ``raw``, so that it is reported beside any error in the
+    trackers' URLs."""
     trackers = raw.get("trackers")
+    if not isinstance(trackers, dict):
+        return
     skippable = raw.get("skip_offset") is not None or raw.get("skip_offset_ms") is not None
-    if isinstance(trackers, dict) and "skip" in trackers and not skippable:
+    if "skip" in trackers and not skippable:
         _fail(errs, f"{path}.trackers.skip", "needs a skip offset (only skippable ads send skip)")
+    if "interactiveStart" in trackers and not raw.get("interactive"):
+        _fail(
+            errs,
+            f"{path}.trackers.interactiveStart",
+            "needs interactive files (only SIMID creatives send interactiveStart)",
+        )
 
 
 def _media_or_tag(d: dict[str, Any], raw: Mapping[Any, Any], path: str, errs: Issues) -> None:
@@ -1127,7 +1140,7 @@ CREATIVE = Obj(
         either("skip_offset", "skip_offset_ms", required=False),
         _skip_before_end,
         _media_or_tag,
-        _skip_tracker_needs_offset,
+        _trackers_of_events_sent,
         _distinct_universal_ad_ids,
     ],
 )
