@@ -97,6 +97,9 @@ def decision_json(d: Decision, request_id: str | None = None) -> dict[str, Any]:
                 "line_item_id": t.line_item_id,
                 "creative_id": t.creative_id,
                 "advertiser_id": t.advertiser_id,
+                # as in the pod's ads: a candidate dropped by competitive_separation shares
+                # one with an ad of the pod or of the session's recent breaks
+                "competitive_labels": sorted(t.labels),
                 "selected": t.reason is None,
                 "stage": None if t.stage is None else t.stage.value,
                 "reason": None if t.reason is None else t.reason.value,

@@ -608,7 +608,13 @@ class AdService:
         return (
             *screened.traces,
             *(
-                Trace(c.line_item.id, c.creative.id, c.advertiser.id, Reason.OUTRANKED)
+                Trace(
+                    c.line_item.id,
+                    c.creative.id,
+                    c.advertiser.id,
+                    Reason.OUTRANKED,
+                    labels=c.labels,
+                )
                 for c in screened.survivors
             ),
         )

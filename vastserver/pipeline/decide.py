@@ -49,6 +49,9 @@ class Trace(NamedTuple):
     prediction: float | None = None
     value: float | None = None
     slot: int | None = None
+    labels: frozenset[str] = frozenset()
+    """The candidate's competitive labels (:attr:`Candidate.labels`), which the
+    explanation shows: they say why ``competitive_separation`` dropped it."""
 
     @property
     def stage(self) -> Stage | None:
@@ -277,7 +280,9 @@ def screen(
         if reason is None:
             survivors.append(c)
         else:
-            traces.append(Trace(c.line_item.id, c.creative.id, c.advertiser.id, reason))
+            traces.append(
+                Trace(c.line_item.id, c.creative.id, c.advertiser.id, reason, labels=c.labels)
+            )
     return Screened(tuple(survivors), tuple(traces))
 
 
@@ -380,6 +385,7 @@ def decide(
                 prediction=predictions[i],
                 value=vals[i],
                 slot=slot,
+                labels=c.labels,
             )
         )
     return Decision(
