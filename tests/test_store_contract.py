@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 
 from tests.support.redis_server import (  # noqa: F401  (pytest fixtures)
     RedisServer,
@@ -473,6 +474,59 @@ async def test_locks_are_apart_from_counters_claims_and_histories(h: Harness) ->
     assert await s.history("k") == ["x"]
     with pytest.raises(ValueError):
         await s.acquire("k", "a", 0)
+
+
+async def test_a_history_push_releases_its_owners_lock(h: Harness) -> None:
+    """``push_history(release=(lock, owner))``: the break is written and the turn freed in
+    one call (a decision's last round trip)."""
+    s = h.store
+    assert await s.acquire("sess", "a", 5000)
+    await s.push_history("sess", ["x", "y"], keep=3, ttl_s=60, release=("sess", "a"))
+    assert await s.history("sess") == ["y", "x"]
+    assert await s.acquire("sess", "b", 5000)  # freed
+    # nothing to push (keep: the history is trimmed, not refreshed or emptied) and keep=0
+    await s.push_history("sess", [], keep=1, ttl_s=60, release=("sess", "b"))
+    assert await s.history("sess") == ["y"]
+    assert await s.acquire("sess", "c", 5000)
+    await s.push_history("sess", ["z"], keep=0, ttl_s=60, release=("sess", "c"))
+    assert await s.history("sess") == []
+    assert await s.acquire("sess", "d", 5000)
+    # the lock may have another name than the history; other locks are untouched
+    assert await s.acquire("other", "d", 5000)
+    await s.push_history("h2", ["w"], keep=3, ttl_s=60, release=("lock2", "d"))
+    assert await s.history("h2") == ["w"]
+    assert not await s.acquire("sess", "e", 5000)
+    assert not await s.acquire("other", "e", 5000)
+
+
+async def test_a_history_push_keeps_a_lock_its_owner_lost(h: Harness) -> None:
+    """The release in a push compares the owner as ``release`` does: a lock that expired
+    and was taken by another decision is kept, and the history is written all the same."""
+    s = h.store
+    assert await s.acquire("sess", "b", 5000)
+    await s.push_history("sess", ["x"], keep=3, ttl_s=60, release=("sess", "a"))
+    assert await s.history("sess") == ["x"]
+    assert not await s.acquire("sess", "c", 5000)  # still b's
+    # a's lock expired, b took it; a's late write keeps b's lock
+    assert await s.acquire("late", "a", 300)
+    await h.pass_time(0.5)
+    assert await s.acquire("late", "b", 5000)
+    await s.push_history("late", ["y"], keep=3, ttl_s=60, release=("late", "a"))
+    assert await s.history("late") == ["y"]
+    assert not await s.acquire("late", "a", 5000)
+    # nobody holds it: nothing to release, the push happens
+    await s.push_history("free", ["z"], keep=3, ttl_s=60, release=("free", "a"))
+    assert await s.history("free") == ["z"]
+    assert await s.acquire("free", "b", 5000)
+
+
+async def test_a_refused_history_push_releases_nothing(h: Harness) -> None:
+    s = h.store
+    assert await s.acquire("sess", "a", 5000)
+    with pytest.raises(ValueError):
+        await s.push_history("sess", ["x"], keep=3, ttl_s=0, release=("sess", "a"))
+    assert await s.history("sess") == []
+    assert not await s.acquire("sess", "b", 5000)
 
 
 # ---------------------------------------------------------------------- reference model
@@ -947,6 +1001,7 @@ async def test_redis_restart(request: pytest.FixtureRequest) -> None:
             lambda: store.claim_and_add(["c"], 60, [Incr("k", LIFE)], T0),
             lambda: store.history("h"),
             lambda: store.push_history("h", ["x"], keep=3, ttl_s=60),
+            lambda: store.push_history("h", ["x"], keep=3, ttl_s=60, release=("h", "a")),
         ]
         for op in ops:
             with pytest.raises(StoreUnavailable):
@@ -964,6 +1019,34 @@ async def test_redis_restart(request: pytest.FixtureRequest) -> None:
     finally:
         if server.proc is None:
             server.start()
+        await store.close()
+
+
+async def test_redis_history_push_that_fails_releases_nothing(redis_url: str) -> None:  # noqa: F811
+    """A push that Redis refuses (here: the history key holds another type) raises
+    StoreUnavailable and leaves the lock held: the write and the release are one script,
+    and the release comes after the write, so a failed write never frees the session."""
+    store = RedisStore(redis_url)
+    raw = Redis.from_url(redis_url)
+    try:
+        await raw.set("vs:h:sess", "not a list")
+        assert await store.acquire("sess", "a", 5000)
+        with pytest.raises(StoreUnavailable):
+            await store.push_history("sess", ["x"], keep=3, ttl_s=60, release=("sess", "a"))
+        assert await raw.get("vs:h:sess") == b"not a list"
+        assert not await store.acquire("sess", "b", 5000)  # still a's
+        # the owner then releases on its own (as DeliveryControl.remember does)
+        await store.release("sess", "a")
+        assert await store.acquire("sess", "b", 5000)
+        # one EVALSHA, no MULTI: the script is all of the call
+        await raw.config_resetstat()
+        await store.push_history("ok", ["x"], keep=3, ttl_s=60, release=("sess", "b"))
+        stats = await raw.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] == 1
+        assert "cmdstat_multi" not in stats and "cmdstat_exec" not in stats
+        assert await store.acquire("sess", "c", 5000)
+    finally:
+        await raw.aclose()
         await store.close()
 
 

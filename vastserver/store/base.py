@@ -17,7 +17,8 @@ owner that died never blocks anyone for longer.
 
 Round trips. ``read`` answers a whole batch in one round trip (Redis: one pipeline/Lua
 call); ``commit`` applies a batch of guarded increments atomically per guard group in one
-round trip; ``add`` applies unconditional increments in one round trip.
+round trip; ``add`` applies unconditional increments in one round trip; ``push_history`` writes
+a history and may free a lock in one round trip.
 """
 
 from __future__ import annotations
@@ -150,10 +151,21 @@ class Store(Protocol):
         ...
 
     async def push_history(
-        self, key: str, entries: Sequence[str], *, keep: int, ttl_s: int
+        self,
+        key: str,
+        entries: Sequence[str],
+        *,
+        keep: int,
+        ttl_s: int,
+        release: tuple[str, str] | None = None,
     ) -> None:
         """Prepend entries (the last of ``entries`` ends up newest), keep the newest ``keep``,
-        and expire the whole history ``ttl_s`` after the last push."""
+        and expire the whole history ``ttl_s`` after the last push.
+
+        ``release``: a lock's ``(key, owner)``, released as :meth:`release` does (only while
+        ``owner`` holds it) in the same atomic step and round trip as the push: a session's
+        decision writes its break and frees its turn together. A failed call has done neither
+        (the caller may release on its own: releasing twice changes nothing)."""
         ...
 
     async def acquire(self, key: str, owner: str, ttl_ms: int) -> bool:

@@ -337,7 +337,13 @@ class MemoryStore:
         return list(cur[1])
 
     async def push_history(
-        self, key: str, entries: Sequence[str], *, keep: int, ttl_s: int
+        self,
+        key: str,
+        entries: Sequence[str],
+        *,
+        keep: int,
+        ttl_s: int,
+        release: tuple[str, str] | None = None,
     ) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
@@ -350,10 +356,12 @@ class MemoryStore:
         new_items = (tuple(reversed(entries)) + items)[: max(keep, 0)]
         if not new_items:
             self._put(k, old_exp, None, None)
-            return
-        exp = self._intern(math.ceil(wall + ttl_s))
-        self._put(k, old_exp, (exp, new_items), exp)
-        self._evict()
+        else:
+            exp = self._intern(math.ceil(wall + ttl_s))
+            self._put(k, old_exp, (exp, new_items), exp)
+            self._evict()
+        if release is not None:
+            self._release(*release)
 
     async def acquire(self, key: str, owner: str, ttl_ms: int) -> bool:
         if ttl_ms <= 0:
@@ -371,6 +379,9 @@ class MemoryStore:
         return True
 
     async def release(self, key: str, owner: str) -> None:
+        self._release(key, owner)
+
+    def _release(self, key: str, owner: str) -> None:
         locks = self._locks
         held = locks.get(key)
         if held is not None and held[0] == owner:

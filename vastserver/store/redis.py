@@ -25,7 +25,7 @@ Key layout (``prefix`` defaults to ``"vs:"``):
   recorded window): dropping one only shortens the window a lookup finds for a token, never
   a claim already written, so it can refuse more, never count twice;
 * history ``{prefix}h:{key}``: a list, newest first (``LPUSH``/``LTRIM``/``EXPIRE`` in one
-  ``MULTI``), read with ``LRANGE``;
+  script, :data:`HISTORY_LUA`), read with ``LRANGE``;
 * lock ``{prefix}l:{key}``: a string holding its owner, with a ``PX`` expiry; taken by
   :data:`ACQUIRE_LUA` (set when absent or already the caller's), freed by
   :data:`RELEASE_LUA` (deleted only while it still holds the caller's name).
@@ -36,7 +36,9 @@ fields, one consistent snapshot); ``commit`` and ``add`` are one ``EVALSHA`` of
 is summed in Lua, then the group's increments are applied only if all guards hold (``add`` is
 a single group without guards). ``claim_and_add`` is one ``EVALSHA`` of
 :data:`CLAIM_ADD_LUA` (claims, then the increments only if every claim is new: a beacon is
-claimed and counted together or not at all). ``push_history`` is one pipeline; ``acquire``
+claimed and counted together or not at all). ``push_history`` is one ``EVALSHA`` of
+:data:`HISTORY_LUA`, which also frees the caller's lock when asked to (as :data:`RELEASE_LUA`
+does: a decision writes its break and ends its session's turn in one round trip); ``acquire``
 and ``release`` are one ``EVALSHA`` each.
 Scripts are cached by SHA; after a server restart the first call re-loads them
 (redis-py's ``Script`` handles ``NOSCRIPT``). Every key a script touches is passed in
@@ -311,6 +313,27 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+HISTORY_LUA = """
+-- KEYS: the history, then the lock to release (optional); ARGV: keep, ttl in s, the lock's
+-- owner ('' without a lock), then the entries (pushed in order: the last ends up newest).
+local h = KEYS[1]
+local keep = tonumber(ARGV[1])
+if keep <= 0 then
+  redis.call('DEL', h)
+else
+  local n, i = #ARGV, 4
+  while i <= n do  -- in slices: unpack's arguments are bounded by Lua's C stack
+    local j = math.min(i + 999, n)
+    redis.call('LPUSH', h, unpack(ARGV, i, j))
+    i = j + 1
+  end
+  redis.call('LTRIM', h, 0, keep - 1)
+  redis.call('EXPIRE', h, ARGV[2])
+end
+if KEYS[2] and redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 0
+"""
+
 
 class RedisStore:
     """Shared :class:`~vastserver.store.base.Store` on Redis (see the module docstring)."""
@@ -350,6 +373,7 @@ class RedisStore:
         self._claim_add = self._client.register_script(CLAIM_ADD_LUA)
         self._acquire = self._client.register_script(ACQUIRE_LUA)
         self._release = self._client.register_script(RELEASE_LUA)
+        self._push_history = self._client.register_script(HISTORY_LUA)
         self._c = prefix + "c:"
         self._d = prefix + "d:"
         self._h = prefix + "h:"
@@ -468,21 +492,24 @@ class RedisStore:
         return [str(x) for x in res]
 
     async def push_history(
-        self, key: str, entries: Sequence[str], *, keep: int, ttl_s: int
+        self,
+        key: str,
+        entries: Sequence[str],
+        *,
+        keep: int,
+        ttl_s: int,
+        release: tuple[str, str] | None = None,
     ) -> None:
         if ttl_s <= 0:
             raise ValueError("ttl_s must be positive")
-        k = self._h + key
+        keys = [self._h + key]
+        args: list[str | int] = [keep, ttl_s, ""]
+        if release is not None:
+            keys.append(self._l + release[0])
+            args[2] = release[1]
+        args += entries
         try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                if keep <= 0:
-                    pipe.delete(k)
-                else:
-                    if entries:
-                        pipe.lpush(k, *entries)
-                    pipe.ltrim(k, 0, keep - 1)
-                    pipe.expire(k, ttl_s)
-                await pipe.execute()
+            await self._push_history(keys=keys, args=args)
         except _FAILURES as e:
             raise StoreUnavailable(f"redis history failed: {e!r}") from e
 

@@ -62,11 +62,20 @@ class TimedStore:
             self._observe("history", time.perf_counter() - t)
 
     async def push_history(
-        self, key: str, entries: Sequence[str], *, keep: int, ttl_s: int
+        self,
+        key: str,
+        entries: Sequence[str],
+        *,
+        keep: int,
+        ttl_s: int,
+        release: tuple[str, str] | None = None,
     ) -> None:
         t = time.perf_counter()
         try:
-            await self.inner.push_history(key, entries, keep=keep, ttl_s=ttl_s)
+            if release is None:  # the call as before the argument existed
+                await self.inner.push_history(key, entries, keep=keep, ttl_s=ttl_s)
+            else:
+                await self.inner.push_history(key, entries, keep=keep, ttl_s=ttl_s, release=release)
         finally:
             self._observe("push_history", time.perf_counter() - t)
 
