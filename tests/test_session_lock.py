@@ -59,10 +59,16 @@ class SlowHistory(TimedStore):
         return got
 
     async def push_history(
-        self, key: str, entries: Sequence[str], *, keep: int, ttl_s: int
+        self,
+        key: str,
+        entries: Sequence[str],
+        *,
+        keep: int,
+        ttl_s: int,
+        release: tuple[str, str] | None = None,
     ) -> None:
         self.written.append(int(entries[0].split("|", 1)[0]))
-        await self.inner.push_history(key, entries, keep=keep, ttl_s=ttl_s)
+        await self.inner.push_history(key, entries, keep=keep, ttl_s=ttl_s, release=release)
 
 
 def _labels(d: Decision) -> set[str]:

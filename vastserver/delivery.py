@@ -398,18 +398,34 @@ class DeliveryControl:
         except StoreUnavailable as e:
             self._store_error(e, "session_lock")
 
-    async def remember(self, d: Decision) -> None:
-        """Add a decided break to its session's history (stream-level separation)."""
+    async def remember(self, d: Decision, *, unlock: str | None = None) -> None:
+        """Add a decided break to its session's history (stream-level separation).
+
+        ``unlock``: the owner of the session's lock (:meth:`lock_session`), freed in the same
+        store call as the write (one round trip); a break without ads writes nothing and only
+        frees it. When the write fails the lock is released on its own, as
+        :meth:`unlock_session` does."""
         session = d.request.session
-        if not session or not d.ads:
+        if not session:
+            return
+        if not d.ads:
+            if unlock is not None:
+                await self.unlock_session(session, unlock)
             return
         entries = decision_history(d)
+        key = history_key(session)
         try:
             await self.store.push_history(
-                history_key(session), entries, keep=HISTORY_KEEP, ttl_s=HISTORY_TTL_S
+                key,
+                entries,
+                keep=HISTORY_KEEP,
+                ttl_s=HISTORY_TTL_S,
+                release=None if unlock is None else (key, unlock),
             )
         except StoreUnavailable as e:
             self._store_error(e)
+            if unlock is not None:  # releasing again changes nothing, whatever was applied
+                await self.unlock_session(session, unlock)
 
     def candidate(self, catalog: Catalog, token: AdToken) -> Candidate:
         """The token's candidate in ``catalog`` (see :func:`_candidate`). Every counted beacon

@@ -91,6 +91,18 @@ _LOCK_OWNER = os.urandom(6).hex() + ":"
 instances sharing a store."""
 
 
+@dataclass(slots=True)
+class _Turn:
+    """A decision's hold on its session's lock: ``owner`` names it; ``handed_off`` once the
+    history write that also frees it returned or timed out: the decision then releases
+    nothing more (a write that failed released on its own; one that timed out may still
+    land, and leaves the lock to expire rather than free the session before its break is in
+    the history). A decision that fails or is cancelled before that releases the lock."""
+
+    owner: str
+    handed_off: bool = False
+
+
 class TimedScorer:
     """Times each batched prediction for the model latency metric."""
 
@@ -260,10 +272,15 @@ class AdService:
             self.metrics.degradations.labels("session_lock_unavailable").inc()
         if not got:
             return await self._decide(req, request_id, explain, deadline, preview)
+        turn = _Turn(owner)
         try:
-            return await self._decide(req, request_id, explain, deadline, preview)
+            return await self._decide(req, request_id, explain, deadline, preview, turn)
         finally:
-            if store.local:
+            # the history write frees it (one round trip), unless the decision failed or was
+            # cancelled before that
+            if turn.handed_off:
+                pass
+            elif store.local:
                 await self.delivery.unlock_session(session, owner)
             else:
                 await self._unlock_session(session, owner, deadline)
@@ -321,8 +338,10 @@ class AdService:
         explain: bool,
         deadline: float | None,
         preview: Preview | None,
+        turn: _Turn | None = None,
     ) -> Decision:
-        """:meth:`decide`, once the session (if any) is this decision's to read and write."""
+        """:meth:`decide`, once the session (if any) is this decision's to read and write.
+        ``turn``: the session's lock, when this decision holds it: freed by the history write."""
         loop = asyncio.get_running_loop()
 
         def left(floor: float = 0.0) -> float | None:
@@ -391,10 +410,17 @@ class AdService:
             )
             if len(d.ads) < before and self.delivery.store_errors > errors:
                 self.metrics.degradations.labels("commit_failed").inc()
+            unlock = None if turn is None else turn.owner
             try:
-                await within(self.delivery.store, self.delivery.remember(d), left(MIN_STORE_WAIT_S))
+                await within(
+                    self.delivery.store,
+                    self.delivery.remember(d, unlock=unlock),
+                    left(MIN_STORE_WAIT_S),
+                )
             except TimeoutError:
                 self.metrics.degradations.labels("history_timeout").inc()
+            if turn is not None:
+                turn.handed_off = True
         elif preview is not None:
             self._preview_reserve(d, viewer, snap, preview)
         d = replace(
