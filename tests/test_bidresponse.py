@@ -115,9 +115,10 @@ async def test_a_structured_pod_names_each_slots_imp(make_client: ClientFactory)
     doc["ext"] = {"vastserver": {"debug": 1}}
     answer = await _auction(client, doc)
     bids = _bids(answer)
+    # slot-0 promises any place (0): its bid claims none, though its ad plays last
     assert [(b["impid"], b["dur"], b.get("slotinpod")) for b in bids] == [
         ("slot-1", 15, 1),
-        ("slot-0", 30, -1),
+        ("slot-0", 30, None),
     ]
     explained = answer["ext"]["vastserver"]["debug"]["pod"]["ads"]
     assert [a["imp_id"] for a in explained] == ["slot-1", "slot-0"]
@@ -126,11 +127,14 @@ async def test_a_structured_pod_names_each_slots_imp(make_client: ClientFactory)
 
 async def test_ads_moved_up_past_an_empty_slot_name_their_imps(make_client: ClientFactory) -> None:
     """[45 s, 30 s, 15 s]: no ad lasts 45 s; the ads play first and second and fill the
-    30 s and 15 s imps."""
+    30 s and 15 s imps. The 30 s imp promises any place (0), so its bid claims none, though
+    its ad moved up to play first: a bid's ``slotinpod`` never contradicts its imp's."""
     client = await make_client()
-    bids = _bids(await _auction(client, _exact_slots(45, 30, 15, rqddurs=True)))
+    doc = _exact_slots(45, 30, 15, rqddurs=True)
+    assert [imp["video"].get("slotinpod") for imp in doc["imp"]] == [1, 0, -1]
+    bids = _bids(await _auction(client, doc))
     assert [(b["impid"], b["dur"], b.get("slotinpod")) for b in bids] == [
-        ("slot-1", 30, 1),
+        ("slot-1", 30, None),
         ("slot-2", 15, -1),
     ]
 

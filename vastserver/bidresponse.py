@@ -18,9 +18,12 @@ Which imp each ad fills (``bid.impid``):
   ads does; the rest fill the other structured imps in play order, in request order. A
   dynamic pod's ads all fill its imp.
 
-``bid.slotinpod`` is set in a structured pod alone (several imps, none dynamic): 1 for the
-first ad played and -1 for the last, since first- and last-slot prices and restrictions
-follow the ad's place among those played; the others are left out (0, any).
+``bid.slotinpod`` is set in a structured pod alone (several imps, none dynamic), and only
+as the imp the bid fills claims it: 1 on a bid for the imp of ``slotinpod`` 1 (the first
+ad played), -1 for the imp of -1 (the last). A bid for an imp of any place (0) leaves it
+out, even when an empty slot before it moved its ad up to play first or last: a bid
+claiming a place its imp does not promise would contradict it (OpenRTB 2.6 reads
+``bid.slotinpod`` as the only position the bid may take).
 """
 
 from __future__ import annotations
@@ -169,6 +172,11 @@ def _bid(
     return bid
 
 
+_SLOTINPOD: Mapping[Slot | None, int] = {Slot.FIRST: 1, Slot.LAST: -1}
+"""``bid.slotinpod`` of a bid for an imp claiming that place (AdCOM "Slot Position in
+Pod"); an imp of any place gives none."""
+
+
 def bid_response(
     pod: OpenRtbPod,
     decision: Decision,
@@ -186,18 +194,14 @@ def bid_response(
     ``debug`` the decision's explanation (in ``ext.vastserver.debug``). A pod without ads
     gives a BidResponse without ``seatbid`` (a no-bid: sent only with ``debug``, else the
     answer is a 204)."""
-    n = len(decision.ads)
     structured = is_structured(pod)
+    slot_of = dict(zip(pod.imp_ids, pod.slots, strict=False))
     version = decision.request.vast_version
     bids = []
-    for k, (ad, adm, impid) in enumerate(
-        zip(decision.ads, adms, filled_imps(pod, decision), strict=True), start=1
-    ):
+    for ad, adm, impid in zip(decision.ads, adms, filled_imps(pod, decision), strict=True):
         slotinpod = None
-        if structured and k == 1:
-            slotinpod = 1
-        elif structured and k == n and n > 1:
-            slotinpod = -1
+        if structured:
+            slotinpod = _SLOTINPOD.get(slot_of.get(impid))
         bids.append(_bid(ad, adm, impid, vast_version=version, slotinpod=slotinpod, exp_s=exp_s))
     out: dict[str, Any] = {"id": pod.request_id, "bidid": bidid, "cur": currency}
     if bids:
