@@ -152,29 +152,28 @@ def _bad_request(err: ParamError) -> web.Response:
 
 
 COMPRESS_MIN = 1024
-"""XML answers from this many characters on are compressed for a caller that accepts it."""
+"""XML and BidResponse answers from this many characters on are compressed for a caller that
+accepts it."""
 
 
 def _xml(body: str, request: web.Request | None = None) -> web.Response:
-    """An XML answer; with the ``request``, gzip (or deflate) when its ``Accept-Encoding``
-    takes it and the body is large enough to gain from it (a 4-ad pod of ~31 KB is ~4 KB
-    compressed, which a stitcher or a player on a slow link feels). aiohttp compresses
-    a large body in a thread, off the event loop."""
-    resp = web.Response(text=body, content_type=XML_TYPE, charset="utf-8")
+    """An XML answer (:func:`_answer`)."""
+    return _answer(body, XML_TYPE, request)
+
+
+def _answer(body: str, content_type: str, request: web.Request | None = None) -> web.Response:
+    """A generated document, never cached; with the ``request``, gzip (or deflate) when its
+    ``Accept-Encoding`` takes it and the body is large enough to gain from it (a 4-ad pod
+    of ~31 KB is ~4 KB compressed, which a stitcher or a player on a slow link feels).
+    aiohttp compresses a large body in a thread, off the event loop."""
+    resp = web.Response(text=body, content_type=content_type, charset="utf-8")
     resp.headers["Cache-Control"] = "no-store"
-    if request is not None:
-        _compress(resp, request, len(body))
-    return resp
-
-
-def _compress(resp: web.Response, request: web.Request, size: int) -> None:
-    """gzip (or deflate) ``resp`` when the body of ``size`` characters is large enough to
-    gain from it and the request's ``Accept-Encoding`` takes it (:func:`_xml`)."""
-    if size >= COMPRESS_MIN:
+    if request is not None and len(body) >= COMPRESS_MIN:
         resp.headers["Vary"] = "Accept-Encoding"
         coding = accepted_coding(request.headers.get("Accept-Encoding", ""))
         if coding is not None:
             resp.enable_compression(coding)
+    return resp
 
 
 def accepted_coding(header: str) -> web.ContentCoding | None:
@@ -671,11 +670,7 @@ async def openrtb_auction_handler(request: web.Request) -> web.StreamResponse:
         exp_s=rt.renderer.expires_s,
         debug=debug,
     )
-    text = json.dumps(answer, separators=(",", ":"))
-    resp = web.Response(text=text, content_type="application/json")
-    resp.headers["Cache-Control"] = "no-store"
-    _compress(resp, request, len(text))
-    return resp
+    return _answer(json.dumps(answer, separators=(",", ":")), "application/json", request)
 
 
 def _verify(rt: Runtime, raw: str | None, event: str) -> AdToken:

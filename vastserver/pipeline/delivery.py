@@ -1299,8 +1299,9 @@ def _unshown(unused: Counter[tuple[str, int]], creative: str, at: float) -> bool
     if not math.isfinite(at):
         return False
     second = math.floor(at)
-    for key in ((creative, second), (creative, second - 1)):
-        if unused[key] > 0 and (key[1] == second or at == second):
+    seconds = (second, second - 1) if at == second else (second,)
+    for key in ((creative, s) for s in seconds):
+        if unused[key] > 0:
             unused[key] -= 1
             return True
     return False
