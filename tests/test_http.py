@@ -937,10 +937,10 @@ async def test_vmap_cue_points_are_told_apart_as_written(client: Any) -> None:
 
 async def test_vmap_offsets_keep_two_digit_hours(client: Any) -> None:
     """The longest offset VMAP's HH:MM:SS[.mmm] can write is 99:59:59.999, in any form."""
-    last = "content_duration=359999.999&cue_points=99:59:59.998,359999.997,50%25"
+    last = "content_duration=359999.999&cue_points=99:59:59.998,359699.997,50%25"
     assert await _offsets(client, f"{last}&preroll=0&postroll=0") == [
         "50:00:00.000",
-        "99:59:59.997",
+        "99:54:59.997",
         "99:59:59.998",
     ]
     assert await _offsets(client, "cue_points=359999.999&preroll=0&postroll=0") == ["99:59:59.999"]
@@ -950,6 +950,102 @@ async def test_vmap_offsets_keep_two_digit_hours(client: Any) -> None:
         body = await resp.json()
         assert body["field"] in ("cue_points", "content_duration")
         assert "99:59:59.999" in body["why"] or "359999.999" in body["why"]
+
+
+async def test_vmap_midrolls_follow_the_placements_ad_rules(client: Any) -> None:
+    """Without cue points or an interval, content of a known length gets a mid-roll every
+    ``midroll_interval`` of its placement's ad rules (the demo's default 600 s, kids_app
+    900 s); live content (no length) and ``midroll=0`` get none."""
+    mids = ["00:10:00.000", "00:20:00.000", "00:30:00.000", "00:40:00.000", "00:50:00.000"]
+    assert await _offsets(client, "content_duration=3600") == ["start", *mids, "end"]
+    kids = await _offsets(client, "content_duration=3600&placement=kids_app")
+    assert kids == ["start", "00:15:00.000", "00:30:00.000", "00:45:00.000", "end"]
+    assert await _offsets(client, "content_duration=3600&midroll=0") == ["start", "end"]
+    assert await _offsets(client, "content_duration=3600&cue_points=900&midroll=0") == [
+        "start",
+        "end",
+    ]
+    assert await _offsets(client, "preroll=1") == ["start", "end"]
+
+
+async def test_vmap_midrolls_keep_the_min_spacing(client: Any) -> None:
+    """A mid-roll closer than the ad rules' ``min_midroll_spacing`` (300 s in the demo) to the
+    one kept before it is left out, whether it comes from cue points or an interval."""
+    q = "content_duration=3600&preroll=0&postroll=0"
+    close = await _offsets(client, f"{q}&cue_points=600,610,620,899.999,900,1000")
+    assert close == ["00:10:00.000", "00:15:00.000"]
+    every = await _offsets(client, f"{q}&midroll_interval=60")
+    assert every == [f"00:{m:02d}:00.000" for m in range(1, 60, 5)]  # 1, 6, 11, ...
+
+
+async def test_vmap_too_many_midrolls_is_a_400_naming_their_source(client: Any) -> None:
+    """More than 100 mid-rolls is refused, never a schedule cut short: the interval asked
+    for, else the content length the placement's interval fills."""
+    resp = await client.get("/vmap?content_duration=359999&midroll_interval=300")
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["field"] == "midroll_interval" and "100 mid-rolls" in body["why"]
+    resp = await client.get("/vmap?content_duration=70000")
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["field"] == "content_duration" and "600 s" in body["why"], body
+    # 100 exactly is fine: 60,000 s at 600 s gives 99, 60,600 gives 100
+    assert len(await _offsets(client, "content_duration=60600&preroll=0&postroll=0")) == 100
+
+
+async def test_vmap_pod_duration_and_max_ads_shape_every_break(client: Any) -> None:
+    """``pod_duration`` and ``max_ads`` on ``/vmap`` set every break's tag (a position's own
+    ``*_duration`` wins); malformed ones are a 400 as on ``/vast``."""
+    q = "content_duration=1800&cue_points=900&pod_duration=45.5&max_ads=3&postroll_duration=20"
+    resp = await client.get(f"/vmap?{q}")
+    assert resp.status == 200, await resp.text()
+    root = etree.fromstring(await resp.read())
+    tags = [
+        parse_qs(urlsplit(u.text.strip()).query) for u in root.iter(f"{{{NS['vmap']}}}AdTagURI")
+    ]
+    assert [(t["pod_duration"][0], t["max_ads"][0]) for t in tags] == [
+        ("45.500", "3"),
+        ("45.500", "3"),
+        ("20", "3"),
+    ]
+    for bad, field in (
+        ("max_ads=abc", "max_ads"),
+        ("maxseq=0", "maxseq"),
+        ("poddur=901", "poddur"),
+    ):
+        resp = await client.get(f"/vmap?content_duration=1800&{bad}")
+        assert resp.status == 400 and (await resp.json())["field"] == field, bad
+    # VAST 2.0 plays one ad a break whatever is asked
+    resp = await client.get("/vmap?content_duration=1800&max_ads=3&vast=2.0")
+    root = etree.fromstring(await resp.read())
+    tags = [
+        parse_qs(urlsplit(u.text.strip()).query) for u in root.iter(f"{{{NS['vmap']}}}AdTagURI")
+    ]
+    assert {t["max_ads"][0] for t in tags} == {"1"}
+
+
+async def test_a_break_length_is_never_rounded_up(client: Any) -> None:
+    """A break of 29.9999 s holds no 30 s ad: limits are taken to the millisecond below (a
+    lower bound to the one above), and a VMAP's tags carry them so."""
+    resp = await client.get("/vast?pod_duration=29.9999&max_ads=4&device_type=ctv")
+    body = await resp.read()
+    root = etree.fromstring(body)
+    durations = [
+        d.text.strip() for d in root.iter() if isinstance(d.tag, str) and d.tag.endswith("Duration")
+    ]
+    assert durations, body[:300]
+    assert "00:00:30.000" not in durations
+    total = 0
+    for d in durations:
+        h, m, s = d.split(":")
+        total += round((int(h) * 3600 + int(m) * 60 + float(s)) * 1000)
+    assert total <= 29_999
+    resp = await client.get("/vmap?content_duration=1800&cue_points=900&midroll_duration=29.9999")
+    root = etree.fromstring(await resp.read())
+    tags = [
+        parse_qs(urlsplit(u.text.strip()).query) for u in root.iter(f"{{{NS['vmap']}}}AdTagURI")
+    ]
+    assert tags[1]["pod_duration"] == ["29.999"]
 
 
 async def test_vmap_interval_and_no_breaks(client: Any) -> None:

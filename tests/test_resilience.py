@@ -182,9 +182,10 @@ async def test_an_inline_vmap_past_its_deadline_sends_the_rest_as_tags(
     rt.store.inner.commit = hang
     rt.store.inner.push_history = hang
     rt.store.local = False
-    cues = ",".join(str(60 * i) for i in range(1, 41))
+    cues = ",".join(str(300 * i) for i in range(1, 41))  # the demo's min spacing: 300 s
     resp = await asyncio.wait_for(
-        client.get(f"/vmap?content_duration=3600&cue_points={cues}&inline=1&session=s9&lmt=1"), 20
+        client.get(f"/vmap?content_duration=12600&cue_points={cues}&inline=1&session=s9&lmt=1"),
+        20,
     )
     assert resp.status == 200
     root = etree.fromstring(await resp.read())

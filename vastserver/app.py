@@ -50,6 +50,7 @@ from vastserver.params import (
     parse_targeting,
     parse_vast_request,
     parse_vmap_query,
+    vmap_midrolls,
 )
 from vastserver.pipeline.context import (
     DEFAULT_VAST_VERSION,
@@ -508,14 +509,20 @@ async def vmap_handler(request: web.Request) -> web.StreamResponse:
         return _bad_request(e)
     targeting = _locate(rt, targeting)
     rules = rt.service.snapshot.catalog.rules_for(q.get("placement"))
+    try:
+        midrolls = vmap_midrolls(vq, rules)
+    except ParamError as e:
+        return _bad_request(e)
     breaks = plan_breaks(
         rules,
-        vq.cue_points_s,
+        midrolls,
         preroll=vq.preroll,
         postroll=vq.postroll,
         preroll_duration_s=vq.preroll_duration_s,
         midroll_duration_s=vq.midroll_duration_s,
         postroll_duration_s=vq.postroll_duration_s,
+        duration_s=vq.pod_duration_s,
+        max_ads=vq.max_ads,
         vast_version=targeting.vast_version,
     )
     if targeting.session is None:

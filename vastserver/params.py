@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from decimal import Decimal
 from types import MappingProxyType
 from typing import TypeVar
 
@@ -230,8 +231,18 @@ def _lower(v: str | None) -> str | None:
     return None if v is None else v.lower()
 
 
-def _ms(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1000)
+def floor_ms(seconds: float) -> int:
+    """Whole milliseconds not above ``seconds``, as written: ``29.9999`` is 29,999 (a limit
+    rounded up would let a 30 s ad into a 29.9999 s avail) and ``29.97`` 29,970 (not the
+    29,969 of ``floor(29.97 * 1000)``). A parsed number's ``repr`` is its decimal text
+    (at most 12 digits before the point and 9 after, :data:`_DEC_RE`)."""
+    return math.floor(Decimal(repr(seconds)) * 1000)
+
+
+def ceil_ms(seconds: float) -> int:
+    """Whole milliseconds not below ``seconds`` (:func:`floor_ms`'s counterpart, for lower
+    bounds)."""
+    return math.ceil(Decimal(repr(seconds)) * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,10 +633,10 @@ def parse_vast_request(
     targeting = parse_targeting(q, client, tcf_vendor_id=tcf_vendor_id)
     brk = BreakSpec(
         position=position,
-        pod_duration_ms=default.duration_s * 1000 if pod_s is None else round(pod_s * 1000),
+        pod_duration_ms=default.duration_s * 1000 if pod_s is None else floor_ms(pod_s),
         max_ads=default.max_ads if max_ads is None else max_ads,
-        min_ad_duration_ms=_ms(min_ad),
-        max_ad_duration_ms=_ms(max_ad),
+        min_ad_duration_ms=None if min_ad is None else ceil_ms(min_ad),
+        max_ad_duration_ms=None if max_ad is None else floor_ms(max_ad),
         required_durations_s=required,
         avail=avail or 0,
         avail_given=avail is not None,
@@ -665,23 +676,33 @@ def parse_offset(raw: str, field: str, content_s: float | None) -> float:
 @dataclass(frozen=True, slots=True)
 class VmapQuery:
     content_duration_s: float | None
-    cue_points_s: tuple[float, ...]
+    cue_points_s: tuple[float, ...] | None
+    """The mid-rolls asked for (``cue_points``, or every ``midroll_interval``), before the
+    placement's spacing (:func:`vmap_midrolls`); None when the request names neither."""
+    cue_points_from: str | None
+    """The parameter ``cue_points_s`` comes from: ``cue_points`` or ``midroll_interval``."""
     preroll: bool
+    midroll: bool
+    """``midroll=0``: no mid-rolls, whatever the cue points or ad rules say."""
     postroll: bool
     preroll_duration_s: float | None
     midroll_duration_s: float | None
     postroll_duration_s: float | None
+    pod_duration_s: float | None
+    """Every break's length, where its own ``*_duration`` is not given."""
+    max_ads: int | None
+    """Every break's most ads, for the breaks the ad rules do not disable."""
     inline: bool
 
 
 def parse_vmap_query(q: Mapping[str, str]) -> VmapQuery:
     content_s = _num(q, "content_duration", lo=1, hi=MAX_CONTENT_S)
-    interval = _num(q, "midroll_interval", lo=30, hi=MAX_CONTENT_S)
+    interval = _num(q, "midroll_interval", lo=MIN_MIDROLL_INTERVAL_S, hi=MAX_CONTENT_S)
     content_ms = None if content_s is None else round(content_s * 1000)
     # timeOffset is written to the millisecond: cue points are compared, de-duplicated and
     # told from the pre-roll's 0 as they will be written (10.0001 and 10.0002 would
     # otherwise be two breaks at 00:00:10.000, and 0.0001 a mid-roll beside "start").
-    cues_ms: set[int] = set()
+    cues_ms: set[int] | None = None
     got = _get(q, "cue_points")
     if got is not None:
         raw_points = [p for p in got[1].split(",") if p.strip(_SPACE)]
@@ -693,17 +714,65 @@ def parse_vmap_query(q: Mapping[str, str]) -> VmapQuery:
     elif interval is not None:
         if content_ms is None:
             raise ParamError("midroll_interval", "needs content_duration")
-        n = 1
-        while (t := round(n * interval * 1000)) < content_ms and n <= MAX_CUE_POINTS:
-            cues_ms.add(t)
-            n += 1
+        cues_ms = set(range(floor_ms(interval), content_ms, floor_ms(interval)))
     return VmapQuery(
         content_duration_s=content_s,
-        cue_points_s=tuple(c / 1000 for c in sorted(cues_ms) if c > 0),
+        cue_points_s=None if cues_ms is None else tuple(c / 1000 for c in sorted(cues_ms) if c),
+        cue_points_from=None if cues_ms is None else "cue_points" if got else "midroll_interval",
         preroll=_flag(q, "preroll", True),
+        midroll=_flag(q, "midroll", True),
         postroll=_flag(q, "postroll", True),
-        preroll_duration_s=_num(q, "preroll_duration", lo=1, hi=MAX_POD_S),
-        midroll_duration_s=_num(q, "midroll_duration", lo=1, hi=MAX_POD_S),
-        postroll_duration_s=_num(q, "postroll_duration", lo=1, hi=MAX_POD_S),
+        preroll_duration_s=_break_s(q, "preroll_duration"),
+        midroll_duration_s=_break_s(q, "midroll_duration"),
+        postroll_duration_s=_break_s(q, "postroll_duration"),
+        pod_duration_s=_break_s(q, "pod_duration", "poddur"),
+        max_ads=_int(q, "max_ads", "maxseq", lo=1, hi=MAX_ADS),
         inline=_flag(q, "inline", False),
     )
+
+
+MIN_MIDROLL_INTERVAL_S = 30
+"""The shortest ``midroll_interval`` a ``/vmap`` request may ask for."""
+
+
+def _break_s(q: Mapping[str, str], *names: str) -> float | None:
+    """A VMAP break length (1-900 s), to the millisecond below: its tags carry it as
+    written, and ``/vast`` must not read a longer break than asked (:func:`floor_ms`)."""
+    v = _num(q, *names, lo=1, hi=MAX_POD_S)
+    return None if v is None else floor_ms(v) / 1000
+
+
+def vmap_midrolls(vq: VmapQuery, rules: AdRules) -> tuple[float, ...]:
+    """Where a VMAP's mid-rolls go, in seconds, ascending (none with ``midroll=0``): the cue
+    points asked for, else every ``midroll_interval`` of the placement's ad
+    rules through content of a known length (none for live content of unknown length);
+    then the rules' ``min_midroll_spacing``: a mid-roll closer than that to the one kept
+    before it is left out. More than :data:`MAX_CUE_POINTS` left is a 400 naming what made
+    them, never a schedule cut short."""
+    if not vq.midroll:
+        return ()
+    cues = vq.cue_points_s
+    source = vq.cue_points_from or "content_duration"
+    if cues is None:
+        if vq.content_duration_s is None:
+            return ()
+        step = rules.midroll_interval_s * 1000
+        content_ms = round(vq.content_duration_s * 1000)
+        cues = tuple(t / 1000 for t in range(step, content_ms, step))
+    spacing_ms = rules.min_midroll_spacing_s * 1000
+    kept: list[float] = []
+    last_ms: int | None = None
+    for c in cues:
+        at = round(c * 1000)
+        if last_ms is None or at - last_ms >= spacing_ms:
+            kept.append(c)
+            last_ms = at
+            if len(kept) > MAX_CUE_POINTS:
+                why = f"makes more than {MAX_CUE_POINTS} mid-rolls"
+                if source == "content_duration":
+                    why += (
+                        f" at the placement's midroll_interval of {rules.midroll_interval_s} s:"
+                        " send cue_points or a longer midroll_interval"
+                    )
+                raise ParamError(source, why)
+    return tuple(kept)

@@ -858,6 +858,7 @@ _VMAP_ONLY = frozenset(
         "cue_points",
         "midroll_interval",
         "preroll",
+        "midroll",
         "postroll",
         "preroll_duration",
         "midroll_duration",

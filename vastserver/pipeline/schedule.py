@@ -45,27 +45,32 @@ def plan_breaks(
     preroll_duration_s: float | None = None,
     midroll_duration_s: float | None = None,
     postroll_duration_s: float | None = None,
+    duration_s: float | None = None,
+    max_ads: int | None = None,
     vast_version: str = DEFAULT_VAST_VERSION,
 ) -> list[PlannedBreak]:
     """Pre-roll, one mid-roll per cue point (sorted, ascending), post-roll; avail = index.
 
-    Breaks the ad rules disable (``max_ads`` 0 or no duration) are left out. A break
-    answered in ``vast_version`` holds at most what that version plays: one ad in VAST 2.0
+    A break's length is its position's ``*_duration_s``, else ``duration_s``, else the ad
+    rules'; its most ads ``max_ads``, else the rules'. Breaks the ad rules disable
+    (``max_ads`` 0, or no duration and none given) are left out. A break answered in
+    ``vast_version`` holds at most what that version plays: one ad in VAST 2.0
     (:func:`~vastserver.pipeline.context.ads_per_break`), so its ad tag asks for one, as
     ``/vast`` would cut it to anyway."""
     out: list[PlannedBreak] = []
 
     def add(pos: BreakPosition, offset: float | None, override: float | None, bid: str) -> None:
         rule = rules.for_position(pos)
-        if rule.max_ads < 1 or (override is None and rule.duration_s < 1):
+        length = override if override is not None else duration_s
+        if rule.max_ads < 1 or (length is None and rule.duration_s < 1):
             return  # the placement's ad rules disable this break
         out.append(
             PlannedBreak(
                 break_id=bid,
                 position=pos,
                 offset_s=offset,
-                duration_s=override if override is not None else float(rule.duration_s),
-                max_ads=ads_per_break(rule.max_ads, vast_version),
+                duration_s=length if length is not None else float(rule.duration_s),
+                max_ads=ads_per_break(rule.max_ads if max_ads is None else max_ads, vast_version),
                 avail=len(out),
             )
         )
