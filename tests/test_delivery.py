@@ -994,6 +994,32 @@ async def test_a_floor_is_met_by_a_price_equal_to_it(
     assert reason is (None if served else Reason.BELOW_FLOOR)
 
 
+@pytest.mark.parametrize(("per_ad", "served"), [(None, True), (0.01, False), (5.0, False)])
+async def test_a_flat_line_item_meets_no_floor(per_ad: float | None, served: bool) -> None:
+    """A flat line item's impression is billed nothing (its fee does not grow with them):
+    its bid would carry price 0, below any non-zero floor, however high its value CPM."""
+    cat = _with_li_a(pricing_model="flat", price=50_000.0, value_cpm=60.0)
+    svc, _ = _setup(cat)
+    d = await svc.decide(replace(request("v", max_ads=1), floor_cpm=per_ad), explain=True)
+    assert ("li-a" in [a.candidate.line_item.id for a in d.ads]) is served
+    reason = {t.line_item_id: t.reason for t in d.traces}["li-a"]
+    assert reason is (None if served else Reason.BELOW_FLOOR)
+
+
+@pytest.mark.parametrize(("per_s", "served"), [(20.0 / 30, True), (20.0 / 29.97, False)])
+async def test_a_per_second_floor_counts_the_seconds_the_bid_states(
+    per_s: float, served: bool
+) -> None:
+    """``mincpmpersec`` is met per second of the bid's whole seconds too (``bid.dur``: 30
+    for a 29.97 s ad), since an exchange divides the bid's price by them."""
+    cat = base_catalog()
+    cat["creatives"][0]["duration"] = 29.97
+    cat["line_items"][0]["price"] = 20.0
+    svc, _ = _setup(cat)
+    d = await svc.decide(replace(request("v", max_ads=1), floor_cpm_per_s=per_s), explain=True)
+    assert ("li-a" in [a.candidate.line_item.id for a in d.ads]) is served
+
+
 async def test_daily_budget_counters_expire_and_lifetime_ones_do_not() -> None:
     """A daily budget's counter (one per line item and local day) lasts three days, else
     the store (Redis, the state file) would grow by a key a day per budget for good."""

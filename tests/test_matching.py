@@ -408,9 +408,10 @@ def test_values_no_rule_names_share_one_cached_bitset() -> None:
     assert len(index.bits._passes) <= len(matching.DIMENSIONS)
 
 
-def test_price_floor_reads_a_flat_line_items_value_cpm_not_its_fee() -> None:
-    """OpenRTB ``mincpmpersec`` compares the CPM a line item competes with: a CPM line
-    item's price, a flat one's value CPM (its fee is for the whole flight)."""
+def test_price_floor_reads_what_an_impression_is_billed() -> None:
+    """OpenRTB ``mincpmpersec`` compares what an impression of the line item is billed, the
+    price its bid carries: a CPM line item's price; nothing for a flat one, whatever its
+    value CPM (its fee is for the whole flight), so any non-zero floor drops it."""
     doc = json.loads((Path(__file__).parents[1] / "fixtures" / "demo-catalog.json").read_text())
     sponsor = next(li for li in doc["line_items"] if li.get("pricing_model") == "flat")
     sponsor["value_cpm"] = 9.0
@@ -425,8 +426,7 @@ def test_price_floor_reads_a_flat_line_items_value_cpm_not_its_fee() -> None:
         req = AdRequest(brk=BreakSpec(BreakPosition.PRE, 60_000, 2), floor_cpm_per_s=per_s)
         return floor(req, c, env)
 
-    # 9 passes the sponsorship (value CPM 9), 9.5 does not; its fee (25,000) plays no part
-    assert at(9.0, flat) is None and at(9.5, flat) is Reason.BELOW_FLOOR
+    assert at(0.01, flat) is Reason.BELOW_FLOOR and at(0.0, flat) is None
     assert at(cpm.line_item.price, cpm) is None
     assert at(cpm.line_item.price + 1, cpm) is Reason.BELOW_FLOOR
 

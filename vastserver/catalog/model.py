@@ -395,14 +395,15 @@ class LineItem:
     rank_cpm: float = field(init=False, compare=False, repr=False)
     """:func:`ranking_cpm` of this line item (computed once: every decision asks)."""
     floor_cpm: float = field(init=False, compare=False, repr=False)
-    """What price floors compare: the least the line item competes with or pays in any
-    slot (its ranking CPM, or a lower slot price)."""
+    """What price floors compare: the least an impression of the line item is billed in any
+    slot (:func:`billed_cpm`: its price, or a lower slot price; 0 for a flat line item,
+    whose fee does not grow with impressions). A bid must not go below the floor it answers,
+    and the bid carries this price."""
 
     def __post_init__(self) -> None:
-        rank = ranking_cpm(self)
         slots = [p for p in (self.first_slot_price, self.last_slot_price) if p is not None]
-        object.__setattr__(self, "rank_cpm", rank)
-        object.__setattr__(self, "floor_cpm", min([rank, *slots]))
+        object.__setattr__(self, "rank_cpm", ranking_cpm(self))
+        object.__setattr__(self, "floor_cpm", billed_cpm(self, min([self.price, *slots])))
 
 
 FLAT = "flat"

@@ -249,13 +249,17 @@ def stream_separation(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | N
 
 def floor(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     """Price floors (OpenRTB ``mincpmpersec`` per second of ad time, ``bidfloor`` per ad)
-    against the least the line item pays in any slot: its CPM, or a lower slot price (a
-    flat line item's value CPM, not its fee)."""
+    against the least an impression of the line item is billed in any slot: its CPM, or a
+    lower slot price; 0 for a flat line item (:attr:`LineItem.floor_cpm`), so a non-zero
+    floor drops it. Per second, the ad's seconds are its exact length or the whole seconds
+    its bid states (``bid.dur``), whichever is longer: an exchange divides the bid's price
+    by the latter."""
     per_s, per_ad = req.floor_cpm_per_s, req.floor_cpm
     if per_s is None and per_ad is None:
         return None
     least = c.line_item.floor_cpm
-    if per_s is not None and least < per_s * c.creative.duration_ms / 1000:
+    ms = c.creative.duration_ms
+    if per_s is not None and least < per_s * max(ms, 1000 * rounded_seconds(ms)) / 1000:
         return Reason.BELOW_FLOOR
     if per_ad is not None and least < per_ad:
         return Reason.BELOW_FLOOR
