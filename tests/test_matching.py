@@ -675,21 +675,49 @@ MIME_CHOICES = ["video/mp4", "application/x-mpegurl", "video/webm", "video/ogg"]
     requests(),
     st.none() | st.frozensets(st.sampled_from(MIME_CHOICES), min_size=1),
     st.booleans(),
+    st.sampled_from([(True, True), (True, False), (False, True), (False, False)]),
 )
 def test_bitsets_agree_with_the_filters_on_mimes(
-    case: tuple[int, dict[str, str], timedelta], mimes: frozenset[str] | None, https: bool
+    case: tuple[int, dict[str, str], timedelta],
+    mimes: frozenset[str] | None,
+    https: bool,
+    forms: tuple[bool, bool],
 ) -> None:
-    """OpenRTB ``video.mimes``: the bitsets keep exactly the candidates the policy filter
-    keeps, with and without https media required, wrappers included."""
+    """OpenRTB ``video.mimes`` and the ad forms ``video.protocols`` admits (inline ads,
+    third-party tags): the bitsets keep exactly the candidates the policy filter keeps,
+    with and without https media required, wrappers included, and count each drop under
+    the reason the filter gives."""
     seed, q, _ = case
     catalog, index = _catalog_with_tags(seed)
     req = parse_vast_request(q, CLIENT, catalog.rules_for(None), require_https=https)
-    req = replace(req, mimes=mimes)
+    req = replace(req, mimes=mimes, inline_ads=forms[0], wrapper_ads=forms[1])
     env = _env(req, timedelta(0))
     fast, dropped = index.select(req, env)
     slow = screen(req, index.candidates, env, PRE_DELIVERY_FILTERS)
     assert [c.key for c in fast] == [c.key for c in slow.survivors]
     assert sum(dropped.values()) == len(index.candidates) - len(fast)
+    assert dropped == dict(Counter(t.reason for t in slow.traces))
+
+
+def test_protocols_keep_the_ad_forms_the_player_takes() -> None:
+    """``video.protocols`` without the wrapper code: tags are ``protocol_not_accepted``,
+    inline ads stay; without the inline code, the reverse; ``/vast`` (both) keeps both."""
+    _, index = _catalog_with_tags(1)
+    base = AdRequest(brk=BreakSpec(BreakPosition.MID, 120_000, 4), require_https=False)
+    env = StageEnv(now=NOW)
+    passing = [c for c in index.candidates if policy(base, c, env) is None]
+    tag = next(c for c in passing if c.creative.vast_tag_url is not None)
+    inline = next(c for c in passing if c.creative.vast_tag_url is None)
+    no_tags = replace(base, wrapper_ads=False)
+    tags_only = replace(base, inline_ads=False)
+    assert policy(no_tags, tag, env) is Reason.PROTOCOL_NOT_ACCEPTED
+    assert policy(no_tags, inline, env) is None
+    assert policy(tags_only, inline, env) is Reason.PROTOCOL_NOT_ACCEPTED
+    assert policy(tags_only, tag, env) is None
+    for req, kept in ((no_tags, False), (tags_only, True)):
+        fast, dropped = index.select(req, env)
+        assert fast and {c.creative.vast_tag_url is not None for c in fast} == {kept}
+        assert dropped.get(Reason.PROTOCOL_NOT_ACCEPTED, 0) > 0
 
 
 def test_mimes_drop_creatives_without_a_listed_type_but_keep_tags() -> None:

@@ -135,6 +135,14 @@ class AdRequest:
     """OpenRTB ``video.mimes``, lowercased without parameters: only renditions of these
     types may play (a creative with none is dropped, the VAST lists only these); ``None``:
     any type."""
+    inline_ads: bool = True
+    """OpenRTB ``video.protocols``: False when the player takes no ``<InLine>`` ad in
+    :attr:`vast_version` (it lists that version's wrapper code, not its inline one): only
+    third-party tags may play, the others are ``protocol_not_accepted``."""
+    wrapper_ads: bool = True
+    """OpenRTB ``video.protocols``: False when the player takes no ``<Wrapper>`` in
+    :attr:`vast_version` (it lists that version's inline code, not its wrapper one):
+    third-party tags are ``protocol_not_accepted``."""
     floor_cpm_per_s: float | None = None
     """OpenRTB ``mincpmpersec``: an ad's CPM divided by its seconds must reach this."""
     floor_cpm: float | None = None

@@ -291,7 +291,7 @@ class BitIndex:
     tag's; an https tag counts as https media), for requests listing ``video.mimes``."""
     wrappers: tuple[Chunks, Chunks]
     """Third-party tags (and the https ones): the ``by_mime`` sets of a type no creative
-    of the catalog has."""
+    of the catalog has; the first, the ads served as ``<Wrapper>`` (``video.protocols``)."""
     duration: Mapping[int, Chunks]
     residual_flags: bytes
     """One byte per candidate: 1 for dayparts or key-value rules (checked one by one)."""
@@ -391,6 +391,11 @@ class BitIndex:
             got = self.category.get(code)
             if got is not None:
                 after.append((False, Reason.BLOCKED_CATEGORY, got))
+        # OpenRTB video.protocols: the ad forms (inline, wrapper) the player takes
+        if not req.inline_ads:
+            after.append((True, Reason.PROTOCOL_NOT_ACCEPTED, self.wrappers[0]))
+        if not req.wrapper_ads:
+            after.append((False, Reason.PROTOCOL_NOT_ACCEPTED, self.wrappers[0]))
         if req.device.device_type in CTV_DEVICE_TYPES:
             after.append((False, Reason.VPAID_ON_CTV, self.vpaid))
             after.append((True, Reason.NO_PLAYABLE_MEDIA, self.ctv_playable))

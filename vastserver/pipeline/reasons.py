@@ -45,6 +45,10 @@ class Reason(StrEnum):
     MIME_TYPE = "mime_type"
     """Playable media, but no rendition of a type the request lists (OpenRTB
     ``video.mimes``)."""
+    PROTOCOL_NOT_ACCEPTED = "protocol_not_accepted"
+    """A third-party tag (a ``<Wrapper>``) for a player whose OpenRTB ``video.protocols``
+    lists the VAST version's inline code only, or an inline ad for one listing its wrapper
+    code only."""
     VPAID_ON_CTV = "vpaid_on_ctv"
     STREAM_SEPARATION = "stream_separation"
     # delivery control
@@ -84,6 +88,7 @@ _STAGE_OF: dict[Reason, Stage] = {
     Reason.NO_PLAYABLE_MEDIA: Stage.POLICY,
     Reason.INSECURE_MEDIA: Stage.POLICY,
     Reason.MIME_TYPE: Stage.POLICY,
+    Reason.PROTOCOL_NOT_ACCEPTED: Stage.POLICY,
     Reason.VPAID_ON_CTV: Stage.POLICY,
     Reason.STREAM_SEPARATION: Stage.POLICY,
     Reason.FREQUENCY_CAP: Stage.FREQUENCY,
