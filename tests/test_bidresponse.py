@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,7 +13,8 @@ from lxml import etree
 
 from tests.conftest import ADMIN, ClientFactory
 from tests.support import conformance as c
-from tests.test_openrtb import _exact_slots, dynamic_pod, structured_pod
+from tests.test_openrtb import _exact_slots, _tag_show, dynamic_pod, structured_pod
+from tests.test_third_party import wrapper_doc
 
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 PROTOCOLS = {"2.0": 2, "3.0": 3, "4.0": 7, "4.1": 11, "4.2": 13, "4.3": 15}
@@ -231,6 +233,58 @@ async def test_every_adm_is_a_conformant_vast_of_the_asked_version(
         assert [w for w in p["warnings"] + p["xmlWarnings"] if not w.startswith(allowed)] == []
         (ad,) = p["ads"]
         assert ad["creatives"][0]["id"] == bid["crid"]
+
+
+TAG_CREATIVE = "cr-tp-30"
+""":func:`wrapper_doc`'s third-party tag, Tag Show's first-slot sponsorship."""
+
+
+@pytest.mark.parametrize(
+    ("protocols", "inline", "wrapper"),
+    [
+        ([3], 3, None),  # inline codes only: no tag (it used to bid with protocol 6)
+        ([11], 11, None),
+        ([3, 5], 3, None),  # 5 is a 2.0 wrapper, no 3.0 one
+        ([6], None, 6),  # wrapper codes only: only the tag
+        ([14], None, 14),
+        ([5], None, 5),  # (it used to get an inline ad, protocol 2)
+        ([3, 6], 3, 6),
+        ([13, 14], 13, 14),
+        ([2, 3, 5, 6, 7, 8, 11, 12, 13, 14], 13, 14),
+        (None, 13, 14),  # no protocols: as before
+    ],
+)
+async def test_a_bid_protocol_is_always_one_its_imp_lists(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    protocols: list[int] | None,
+    inline: int | None,
+    wrapper: int | None,
+) -> None:
+    """A third-party tag bids (as a ``<Wrapper>``, with the wrapper code) only where the
+    imp lists that version's wrapper code, an inline ad only where it lists the inline
+    code; the refused ads are ``protocol_not_accepted`` in the explanation."""
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(wrapper_doc()))
+    client = await make_client(catalog=str(path))
+    answer = await _auction(client, _tag_show(protocols, "auction-forms"))
+    bids = _bids(answer)
+    got = set()
+    for bid in bids:
+        assert protocols is None or bid["protocol"] in protocols
+        form = etree.QName(_ad(bid["adm"])[0]).localname
+        assert (form == "Wrapper") is (bid["crid"] == TAG_CREATIVE), bid["crid"]
+        got.add((form, bid["protocol"]))
+    expected = {("InLine", inline), ("Wrapper", wrapper)}
+    assert got == {(form, code) for form, code in expected if code is not None}
+    reasons = {
+        c["creative_id"]: c["reason"] for c in answer["ext"]["vastserver"]["debug"]["candidates"]
+    }
+    assert (reasons[TAG_CREATIVE] == "protocol_not_accepted") is (wrapper is None)
+    refused_inline = [
+        cr for cr, why in reasons.items() if why == "protocol_not_accepted" and cr != TAG_CREATIVE
+    ]
+    assert bool(refused_inline) is (inline is None)
 
 
 async def _served(client: Any) -> dict[str, tuple[int, int]]:

@@ -629,6 +629,92 @@ def test_vast_version_from_protocols() -> None:
         assert parse(doc).request.vast_version == expected
 
 
+def _protocols(*lists: list[int] | None) -> dict[str, Any]:
+    """:func:`structured_pod` (three slots) with these ``video.protocols``, one list an
+    imp (None: the imp lists none)."""
+    doc = structured_pod()
+    for imp, protocols in zip(doc["imp"], lists, strict=True):
+        if protocols is not None:
+            imp["video"]["protocols"] = protocols
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("lists", "expected"),
+    [
+        (([2, 3, 13], [3, 13], None), "4.2"),  # 4.2 when every imp takes it
+        (([2, 3, 7], [3, 7, 13], [1, 4]), "4.0"),  # else the highest all take
+        (([2, 3], [3, 13], [3, 15]), "3.0"),  # (the union's 4.3 or 4.2 would not play)
+        (([15, 16], None, None), "4.3"),  # an imp listing none (or none known) takes any
+        (([1, 4], [], None), "4.2"),
+    ],
+)
+def test_the_vast_version_is_one_every_imp_accepts(
+    lists: tuple[list[int] | None, ...], expected: str
+) -> None:
+    """Any ad of a pod may fill any imp, so the version is one every imp listing a known
+    code accepts. It used to be picked from the union: imps taking 2.0 only and 4.2 only
+    got 4.2, which the first cannot play."""
+    assert parse(_protocols(*lists)).request.vast_version == expected
+
+
+@pytest.mark.parametrize(
+    ("lists", "field", "why"),
+    [
+        (([2], [13], None), "imp[1].video.protocols", "accept VAST 2.0 inline, this one VAST 4.2"),
+        (([3], None, [11]), "imp[2].video.protocols", "accept VAST 3.0 inline, this one VAST 4.1"),
+        (([2, 3], [3, 13], [7]), "imp[2].video.protocols", "accept VAST 3.0 inline, this"),
+        (([3], [6], None), "imp[1].video.protocols", "VAST 3.0 inline, this one VAST 3.0 wrapper"),
+    ],
+)
+def test_imps_without_a_common_vast_version_are_a_400(
+    lists: tuple[list[int] | None, ...], field: str, why: str
+) -> None:
+    """A pod is answered in one VAST version, in one form (inline or wrapper) for every
+    imp: when the imps share none, a 400 names the first imp that leaves none and says
+    what each side accepts."""
+    with pytest.raises(ParamError) as e:
+        parse(_protocols(*lists))
+    assert e.value.field == field
+    assert why in e.value.why and "no VAST version is accepted by every imp" in e.value.why
+
+
+@pytest.mark.parametrize(
+    ("lists", "version", "inline", "wrapper"),
+    [
+        (([3], None, None), "3.0", True, False),  # inline codes only: no <Wrapper>
+        (([6], None, None), "3.0", False, True),  # wrapper codes only: only <Wrapper>s
+        (([3, 6], [3, 6, 13], None), "3.0", True, True),
+        (([5], None, None), "2.0", False, True),
+        (([3, 5], None, None), "3.0", True, False),  # a 2.0 wrapper is no 3.0 one
+        (([2, 6, 5], None, None), "2.0", True, True),  # 2.0 both ways (2, 5)
+        (([13, 16], None, None), "4.2", True, False),  # 4.3 wrappers are no 4.2 ones
+        (([3, 6], [6, 13], None), "3.0", False, True),  # no inline version all take
+        (([13, 14], [13], None), "4.2", True, False),
+        (([1, 4], None, None), "4.2", True, True),  # nothing known: as without protocols
+        ((None, None, None), "4.2", True, True),
+    ],
+)
+def test_inline_and_wrapper_codes_are_kept_apart(
+    lists: tuple[list[int] | None, ...], version: str, inline: bool, wrapper: bool
+) -> None:
+    """AdCOM lists each VAST version twice, inline (2, 3, 7, 11, 13, 15) and wrapper (5, 6,
+    8, 12, 14, 16); they used to be one version, so a player listing inline codes only got
+    third-party tags as ``<Wrapper>`` and one listing wrapper codes only got inline ads.
+    The version is picked among those every imp takes inline, else as a wrapper; then each
+    form may play only if every imp lists its code."""
+    req = parse(_protocols(*lists)).request
+    assert (req.vast_version, req.inline_ads, req.wrapper_ads) == (version, inline, wrapper)
+
+
+def test_the_vast_extension_overrides_the_protocols() -> None:
+    """``ext.vastserver.vast`` (ours) names the version outright: any ad, no 400."""
+    doc = _protocols([2], [13], [6])
+    doc["ext"] = {"vastserver": {"vast": "4.1"}}
+    req = parse(doc).request
+    assert (req.vast_version, req.inline_ads, req.wrapper_ads) == ("4.1", True, True)
+
+
 def test_a_vast_2_0_pod_allows_one_ad() -> None:
     """VAST 2.0 has no ad pods: a player listing only VAST 2.0 (protocols 2/5), or
     ``ext.vastserver.vast`` 2.0, plays one ad of a pod, so the break allows 1 (it used to
@@ -1517,3 +1603,94 @@ async def test_the_endpoint_decides_within_tmax(make_client: ClientFactory) -> N
         assert resp.status == 200, await resp.text()
     assert 0.1 < budgets[0] <= 0.150
     assert 0 < budgets[1] <= (80 - TMAX_NETWORK_ALLOWANCE_MS) / 1000
+
+
+def _tag_show(protocols: list[int] | None, ifa: str) -> dict[str, Any]:
+    """A 90 s break of Tag Show, whose first-slot sponsorship is a third-party tag (the
+    catalog of :func:`tests.test_third_party.wrapper_doc`), with these ``video.protocols``."""
+    video: dict[str, Any] = {"poddur": 90, "maxseq": 3, "mimes": ["video/mp4"]}
+    if protocols is not None:
+        video["protocols"] = protocols
+    return {
+        "id": f"tag-show-{ifa}",
+        "imp": [{"id": "1", "video": video}],
+        "site": {"content": {"series": "tag-show"}},
+        "device": {"ifa": ifa},
+        "ext": {"vastserver": {"debug": 1}},
+    }
+
+
+def _forms(xml: bytes) -> list[str]:
+    """``InLine`` or ``Wrapper``, for each ad of a VAST document."""
+    from lxml import etree
+
+    return [etree.QName(ad[0]).localname for ad in etree.fromstring(xml).iter("{*}Ad")]
+
+
+@pytest.mark.parametrize(
+    ("protocols", "version", "forms"),
+    [
+        ([3], "3.0", {"InLine"}),
+        ([6], "3.0", {"Wrapper"}),
+        ([3, 6], "3.0", {"InLine", "Wrapper"}),
+        ([13, 16], "4.2", {"InLine"}),
+        (None, "4.2", {"InLine", "Wrapper"}),
+    ],
+)
+async def test_the_pod_has_only_the_ad_forms_the_protocols_list(
+    make_client: ClientFactory,
+    tmp_path: Path,
+    protocols: list[int] | None,
+    version: str,
+    forms: set[str],
+) -> None:
+    """A third-party tag goes out as a ``<Wrapper>``: only to a player listing the version's
+    wrapper code (it used to go to one listing ``[3]``), and inline ads only to one listing
+    its inline code; the ads refused are ``protocol_not_accepted`` (a policy reason, in the
+    metrics too). Without ``protocols``, as before: both."""
+    from tests.support import conformance
+    from tests.test_third_party import wrapper_doc
+
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(wrapper_doc()))
+    client = await make_client(catalog=str(path))
+    resp = await client.post("/openrtb2/pod", data=json.dumps(_tag_show(protocols, "forms-1")))
+    assert resp.status == 200, await resp.text()
+    xml = bytes(await resp.read())
+    assert conformance.detect_vast_version(xml) == version
+    assert set(_forms(xml)) == forms
+    _xsd_valid(xml)
+    candidates = _explanation(xml)["candidates"]
+    refused = {c["creative_id"] for c in candidates if c["reason"] == "protocol_not_accepted"}
+    assert {c["stage"] for c in candidates if c["reason"] == "protocol_not_accepted"} <= {"policy"}
+    tags = {"cr-tp-30"}
+    if "Wrapper" not in forms:
+        assert refused == tags
+    elif "InLine" not in forms:
+        assert refused and not refused & tags  # every inline ad the policy reached
+    else:
+        assert not refused
+    text = await (await client.get("/metrics")).text()
+    line = 'vastserver_rejections_total{reason="protocol_not_accepted",stage="policy"}'
+    assert any(x.startswith(line) for x in text.splitlines())
+
+
+async def test_imps_without_a_common_vast_version_are_a_400_on_both_endpoints(
+    make_client: ClientFactory,
+) -> None:
+    """Imps taking VAST 2.0 only and 4.2 only: one answer cannot play in both, a 400 on
+    the second imp's protocols (it used to serve 4.2 to both)."""
+    client = await make_client()
+    doc = {
+        "id": "r",
+        "imp": [
+            {"id": "a", "video": {"podid": "p", "maxduration": 30, "protocols": [2]}},
+            {"id": "b", "video": {"podid": "p", "maxduration": 30, "protocols": [13]}},
+        ],
+    }
+    for endpoint in ("/openrtb2/pod", "/openrtb2/auction"):
+        resp = await client.post(endpoint, data=json.dumps(doc))
+        assert resp.status == 400, endpoint
+        got = await resp.json()
+        assert got["field"] == "imp[1].video.protocols", got
+        assert "VAST 2.0 inline" in got["why"] and "VAST 4.2 inline" in got["why"], got

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vastserver.catalog.model import Slot
-from vastserver.openrtb import OpenRtbPod
+from vastserver.openrtb import VAST_PROTOCOLS, OpenRtbPod
 from vastserver.pipeline.decide import Decision, PlacedAd, SlottedAd
 from vastserver.pipeline.pod import capacity_seconds, rounded_seconds
 
@@ -41,20 +41,12 @@ MTYPE_VIDEO = 2
 CATTAX_IAB_1_0 = 1
 """``bid.cattax``: the catalog's categories are IAB Content Category Taxonomy 1.0."""
 
-_PROTOCOLS: Mapping[str, tuple[int, int]] = {
-    "2.0": (2, 5),
-    "3.0": (3, 6),
-    "4.0": (7, 8),
-    "4.1": (11, 12),
-    "4.2": (13, 14),
-    "4.3": (15, 16),
-}
-"""AdCOM List: Creative Subtypes - Audio/Video: (inline, wrapper) code of each VAST version."""
-
 
 def protocol(vast_version: str, *, wrapper: bool) -> int:
-    """``bid.protocol``: the VAST version's code, the wrapper one for a third-party tag."""
-    inline, wrapped = _PROTOCOLS[vast_version]
+    """``bid.protocol``: the VAST version's code, the wrapper one for a third-party tag
+    (one the imps list whenever they list any: the decision takes only the ads whose form
+    they accept)."""
+    inline, wrapped = VAST_PROTOCOLS[vast_version]
     return wrapped if wrapper else inline
 
 

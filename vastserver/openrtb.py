@@ -76,8 +76,15 @@ Mapped elsewhere
   imp listing it takes (any ad may go in any slot). Only renditions of those types count (a
   creative with none is ``mime_type``) and the VAST lists only them; a third-party tag stays
   (its media are the tag's). An empty list or a malformed type is a 400.
-* ``video.protocols`` picks the VAST version: 4.2 when listed (or nothing known is listed),
-  else the highest listed.
+* ``video.protocols`` picks the VAST version, one every imp listing a known code accepts
+  (any ad may go in any slot; an imp listing none restricts nothing): among those every
+  such imp lists the inline code of, else among those it lists the wrapper code of, 4.2
+  when there, else the highest. Inline ads may then play only when every such imp lists
+  that version's inline code (:attr:`AdRequest.inline_ads`), third-party tags (served as
+  ``<Wrapper>``) only when every one lists its wrapper code
+  (:attr:`AdRequest.wrapper_ads`); the others are ``protocol_not_accepted``. No version
+  every imp accepts: a 400 on the first imp that leaves none. No known code anywhere: 4.2,
+  any ad. ``ext.vastserver.vast`` overrides it all: that version, any ad.
 * ``video.mincpmpersec`` -> :attr:`OpenRtbPod.floor_cpm_per_s` (the highest over the imps);
   where an imp has none, a non-zero ``bidfloor`` -> :attr:`OpenRtbPod.floor_cpm` (OpenRTB
   2.6 7.6). Only in the catalog's currency (``bidfloorcur``, which defaults to USD).
@@ -131,6 +138,7 @@ from vastserver.params import (
     limit_tracking,
 )
 from vastserver.pipeline.context import (
+    DEFAULT_VAST_VERSION,
     VAST_VERSIONS,
     AdRequest,
     BreakSpec,
@@ -177,23 +185,28 @@ _SLOTS: Mapping[int, Slot] = MappingProxyType(
     {1: Slot.FIRST, -1: Slot.LAST, 0: Slot.ANY, 2: Slot.ANY}
 )
 
-_VAST_BY_PROTOCOL: Mapping[int, str] = MappingProxyType(
+VAST_PROTOCOLS: Mapping[str, tuple[int, int]] = MappingProxyType(
     {
-        2: "2.0",
-        5: "2.0",
-        3: "3.0",
-        6: "3.0",
-        7: "4.0",
-        8: "4.0",
-        11: "4.1",
-        12: "4.1",
-        13: "4.2",
-        14: "4.2",
-        15: "4.3",
-        16: "4.3",
+        "2.0": (2, 5),
+        "3.0": (3, 6),
+        "4.0": (7, 8),
+        "4.1": (11, 12),
+        "4.2": (13, 14),
+        "4.3": (15, 16),
     }
 )
-"""AdCOM List: Creative Subtypes - Audio/Video (VAST inline and wrapper codes)."""
+"""AdCOM List: Creative Subtypes - Audio/Video: the (inline, wrapper) code of each VAST
+version. A player listing only the inline code of a version takes no ``<Wrapper>`` in it
+(a third-party tag), one listing only the wrapper code no ``<InLine>`` ad."""
+
+_VAST_BY_PROTOCOL: Mapping[int, tuple[str, bool]] = MappingProxyType(
+    {
+        code: (version, code == codes[1])
+        for version, codes in VAST_PROTOCOLS.items()
+        for code in codes
+    }
+)
+"""AdCOM code -> (VAST version, whether it is the wrapper code)."""
 
 _COUNTRY_PAIRS = """
 USA:US CAN:CA MEX:MX BRA:BR ARG:AR CHL:CL COL:CO PER:PE VEN:VE ECU:EC URY:UY PRY:PY
@@ -402,7 +415,10 @@ class _Imp:
     floor: float | None
     floor_cpm: float | None
     secure: bool
-    vast_versions: frozenset[str]
+    inline_versions: frozenset[str]
+    """The VAST versions whose inline code ``video.protocols`` lists."""
+    wrapper_versions: frozenset[str]
+    """The VAST versions whose wrapper code it lists (both empty: no known code, any)."""
     mimes: frozenset[str] | None
     ext: Obj | None
     tagid: str | None
@@ -490,13 +506,14 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
                 + ("" if "bidfloorcur" in imp else " (absent, bidfloorcur means USD)"),
             )
 
-    versions: set[str] = set()
+    inline: set[str] = set()
+    wrapper: set[str] = set()
     if video.get("protocols") is not None:
         ppath = f"{vpath}.protocols"
         for j, code in enumerate(_arr(video["protocols"], ppath, MAX_LIST)):
-            v = _VAST_BY_PROTOCOL.get(_int(code, f"{ppath}[{j}]", lo=0, hi=1000))
-            if v is not None:
-                versions.add(v)
+            known = _VAST_BY_PROTOCOL.get(_int(code, f"{ppath}[{j}]", lo=0, hi=1000))
+            if known is not None:
+                (wrapper if known[1] else inline).add(known[0])
 
     tagid = _opt_str(imp, "tagid", path)
     return _Imp(
@@ -514,7 +531,8 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
         floor=floor,
         floor_cpm=floor_cpm,
         secure=_opt_flag(imp, "secure", path) is True,
-        vast_versions=frozenset(versions),
+        inline_versions=frozenset(inline),
+        wrapper_versions=frozenset(wrapper),
         mimes=_mimes(video, vpath),
         ext=_opt_obj(imp, "ext", path),
         tagid=tagid if tagid is not None and _TOKEN_RE.match(tagid) else None,
@@ -660,11 +678,67 @@ def _slot_rules(imps: list[_Imp]) -> tuple[SlotRule, ...]:
     )
 
 
-def _vast_version(imps: list[_Imp]) -> str:
-    versions = {v for imp in imps for v in imp.vast_versions}
-    if not versions or "4.2" in versions:
-        return "4.2"
-    return max(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+@dataclass(frozen=True, slots=True)
+class _VastForm:
+    """The VAST version of the pod's documents, and which ads may be in it."""
+
+    version: str
+    inline: bool = True
+    """Ads served inline (every imp listing known codes lists the version's inline one)."""
+    wrapper: bool = True
+    """Third-party tags, served as ``<Wrapper>`` (every such imp lists the wrapper code)."""
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split("."))
+
+
+def _preferred(versions: frozenset[str]) -> str:
+    """4.2 (the default) when allowed, else the highest: the preference of old."""
+    if DEFAULT_VAST_VERSION in versions:
+        return DEFAULT_VAST_VERSION
+    return max(versions, key=_version_key)
+
+
+def _forms(inline: frozenset[str], wrapper: frozenset[str]) -> str:
+    """``VAST 2.0, 3.0 inline; 4.2 wrapper`` (for an error message)."""
+    parts = [
+        f"{', '.join(sorted(versions, key=_version_key))} {form}"
+        for versions, form in ((inline, "inline"), (wrapper, "wrapper"))
+        if versions
+    ]
+    return f"VAST {'; '.join(parts)}" if parts else "no VAST version"
+
+
+def _vast_form(imps: list[_Imp]) -> _VastForm:
+    """``video.protocols``: the version every imp listing a known code accepts, each imp
+    taking any ad of the pod (as for ``mimes``). Picked among those every such imp accepts
+    inline, else among those it accepts as a wrapper (:func:`_preferred`); inline ads and
+    third-party tags may then play only when every such imp lists that version's code for
+    them. No imp listing a known code: 4.2, any ad. No version every imp accepts: a 400
+    naming the first imp that leaves none."""
+    inline: frozenset[str] | None = None
+    wrapper: frozenset[str] = frozenset()
+    for imp in imps:
+        if not (imp.inline_versions or imp.wrapper_versions):
+            continue  # lists no known code: restricts nothing
+        if inline is None:
+            inline, wrapper = imp.inline_versions, imp.wrapper_versions
+            continue
+        before = _forms(inline, wrapper)
+        inline &= imp.inline_versions
+        wrapper &= imp.wrapper_versions
+        if not (inline or wrapper):
+            _fail(
+                f"imp[{imp.index}].video.protocols",
+                "no VAST version is accepted by every imp in one form, inline or wrapper "
+                f"(a pod is answered in one): the imps before this one accept {before}, "
+                f"this one {_forms(imp.inline_versions, imp.wrapper_versions)}",
+            )
+    if inline is None:
+        return _VastForm(DEFAULT_VAST_VERSION)
+    version = _preferred(inline or wrapper)
+    return _VastForm(version, inline=version in inline, wrapper=version in wrapper)
 
 
 # --------------------------------------------------------------------------- device, content
@@ -1014,6 +1088,8 @@ def parse_bid_request(
             "cattax", "bcat in a taxonomy other than 1 (IAB Content Category 1.0) is not supported"
         )
     blocked_domains = _str_list(root, "badv", "", max_items=MAX_BLOCKLIST, max_len=MAX_DOMAIN)
+    # ext.vastserver.vast overrides video.protocols: that version, any ad
+    form = _VastForm(ours.vast) if ours.vast is not None else _vast_form(imps)
     floors = [imp.floor for imp in imps if imp.floor is not None]
     ad_floors = [imp.floor_cpm for imp in imps if imp.floor_cpm is not None]
     request = AdRequest(
@@ -1022,7 +1098,7 @@ def parse_bid_request(
         content=content,
         session=ours.session,
         placement=placement,
-        vast_version=ours.vast or _vast_version(imps),
+        vast_version=form.version,
         debug=ours.debug is True,
         blocked_categories=frozenset(blocked_categories),
         blocked_domains=frozenset(d.lower() for d in blocked_domains),
@@ -1032,6 +1108,8 @@ def parse_bid_request(
         caller_user_agent=client.caller_user_agent,
         require_https=require_https or any(imp.secure for imp in imps),
         mimes=_pod_mimes(imps),
+        inline_ads=form.inline,
+        wrapper_ads=form.wrapper,
         test=_opt_flag(root, "test", "") is True,
         privacy=privacy,
         permissions=allowed,
