@@ -162,6 +162,35 @@ async def test_claims_move_with_the_token_lifetime_across_a_restart(
     assert not await claim(new, "bc:2:impression", 60)
 
 
+async def test_a_raised_lifetime_refuses_tokens_whose_claims_lapsed_before_the_save(
+    tmp_path: Path,
+) -> None:
+    """A restart with a longer VASTSERVER_TOKEN_MAX_AGE makes tokens verify again whose
+    claims had lapsed (served longer than the old window before the save): their beacons
+    are refused, never counted a second time. Tokens served since still count."""
+    clock = Clock(1_800_000_000.0)
+    served = clock.t
+    old = MemoryStore(clock=clock)
+    old.claim_window_s = 60 + 3600  # VASTSERVER_TOKEN_MAX_AGE=60
+    assert await claim(old, "bc:old:impression", old.claim_window_s)
+    clock.t += old.claim_window_s + 300  # its claim lapses (and is swept)
+    await old.add([Incr("k", LIFETIME, 1)], clock.t)
+    path = tmp_path / "s.json"
+    await save_state(old, path)
+    new = MemoryStore(clock=clock)
+    new.claim_window_s = 86400 + 3600  # raised to the default
+    load_state(new, path)
+
+    def ttl(served_at: float) -> int:  # as the beacon path sets it: from the serve time
+        return math.ceil(served_at + new.claim_window_s - clock.t)
+
+    assert not await claim(new, "bc:old:impression", ttl(served))  # a replay: refused
+    assert new.forgotten == 1
+    assert await claim(new, "bc:new:impression", ttl(clock.t - 60))  # served since: counts
+    # served within the old window before the save: its claim would be in the file
+    assert await claim(new, "bc:recent:impression", ttl(clock.t - 3000))
+
+
 def _unwindowed_file(path: Path, saved_at: int, claims: dict[str, int]) -> None:
     """A state file as servers up to e9206d6 wrote it: no ``claim_window_s`` nor
     ``claim_horizon`` in the header; a claim's value is its beacon time plus the claim window
@@ -202,7 +231,10 @@ async def test_claims_of_a_file_without_its_claim_window_move_with_the_new_one(
         for t in (saved + later, beacon + new_age):
             clock.t = t
             assert not await claim(new, key, new.claim_window_s), (key, t)
-    assert new.claim_horizon == 0
+    # a token served at the save still counts its first beacon (the horizon a raised
+    # lifetime sets stops at the tokens whose claims could have lapsed before the save)
+    clock.t = saved + later
+    assert await claim(new, "bc:fresh:impression", math.ceil(saved + new.claim_window_s - clock.t))
 
 
 async def test_a_big_store_is_written_in_chunks(tmp_path: Path) -> None:

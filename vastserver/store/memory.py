@@ -408,6 +408,10 @@ class MemoryStore:
         :func:`vastserver.store.statefile.save_state`."""
         return self._clock(), list(dict.keys(self._data)), list(dict.values(self._data))
 
+    def clock_now(self) -> float:
+        """The store's clock: the seconds its expiries are in."""
+        return self._clock()
+
     def restore(self, entries: Iterable[tuple[str, Any]], claim_shift_s: int = 0) -> int:
         """Put back entries written by :meth:`items_snapshot` (values as JSON gives them
         back: arrays for tuples), in order (the later ones are evicted last); expired ones are

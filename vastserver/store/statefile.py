@@ -204,7 +204,8 @@ def _header(f: IO[str], path: Path, store: MemoryStore) -> tuple[Any, int]:
     token lifetime plus an hour (:attr:`MemoryStore.claim_window_s`), and a server started
     with another ``VASTSERVER_TOKEN_MAX_AGE`` moves them (and the claim horizon) with it, so
     that claim expiries keep the order of the tokens' serve times (a file of an earlier
-    server, which did not record its window, moves them at least that far)."""
+    server, which did not record its window, moves them at least that far). A raised one
+    also puts the horizon past the tokens whose claims had lapsed by the save."""
     header = json.loads(f.readline(MAX_HEADER) or "null")
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise StateFileError(f"{path}: not a vastserver state file")
@@ -225,6 +226,20 @@ def _header(f: IO[str], path: Path, store: MemoryStore) -> tuple[Any, int]:
         shift = store.claim_window_s - window
     if horizon:
         store.claim_horizon = max(store.claim_horizon, horizon + shift)
+    if shift > 0:
+        # A raised lifetime makes tokens verify again whose claims had lapsed before the
+        # save (served over the old window before it): nothing marks their beacons as
+        # replays. Their new claims would expire by saved_at + shift: refused, as evicted
+        # ones are (lost rather than counted twice).
+        saved_at = header.get("saved_at")
+        base = store.clock_now()
+        if (
+            isinstance(saved_at, int | float)
+            and type(saved_at) is not bool
+            and math.isfinite(saved_at)
+        ):
+            base = float(saved_at)
+        store.claim_horizon = max(store.claim_horizon, math.ceil(base) + shift)
     return header.get("keys"), shift
 
 
