@@ -82,6 +82,28 @@ async def test_impression_counted_once_and_forgeries_ignored(client: Any, clock:
     assert 'vastserver_beacons_total{event="impression",result="expired"} 1.0' in text
 
 
+async def test_an_expired_click_still_takes_the_viewer_to_the_advertiser(
+    client: Any, clock: FakeClock
+) -> None:
+    """A click on an ad whose token has expired is not counted, but the viewer is sent to
+    the click-through we signed (a 403 page would strand her); a forged one still is not."""
+    ad = await _first_ad(client)
+    click = ad.find(".//v:ClickThrough", NS).text
+    fresh = await client.get(_local(click), allow_redirects=False)
+    assert fresh.status == 302
+    clock.now += timedelta(hours=25)
+    late = await client.get(_local(click), allow_redirects=False)
+    assert late.status == 302
+    assert urlsplit(late.headers["Location"]).netloc == urlsplit(fresh.headers["Location"]).netloc
+    text = await (await client.get("/metrics")).text()
+    assert 'vastserver_beacons_total{event="click",result="ok"} 1.0' in text
+    assert 'vastserver_beacons_total{event="click",result="expired"} 1.0' in text
+    tk = parse_qs(urlsplit(click).query)["tk"][0]
+    payload, kid, sig = tk.split(".")
+    forged = await client.get(f"/c?tk={payload}.{kid}.{sig[::-1]}", allow_redirects=False)
+    assert forged.status in (400, 403) and "Location" not in forged.headers
+
+
 async def test_admin_line_items_auth(client: Any) -> None:
     assert (await client.get("/admin/line-items")).status == 401
     assert (

@@ -295,8 +295,8 @@ def _expires(xml: str) -> list[str | None]:
 
 
 def _each_inline(r: Renderer, d: Decision) -> list[str | None]:
-    """``r.expires_s`` once per ``InLine`` ad of ``d`` (a wrapper has no ``<Expires>``)."""
-    return [str(r.expires_s) for a in d.ads if not a.candidate.creative.vast_tag_url]
+    """``d``'s ``<Expires>`` once per ``InLine`` ad (a wrapper has none)."""
+    return [str(r.expires_for(d)) for a in d.ads if not a.candidate.creative.vast_tag_url]
 
 
 @pytest.mark.parametrize("debug", [False, True])

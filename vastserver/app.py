@@ -674,7 +674,7 @@ async def openrtb_auction_handler(request: web.Request) -> web.StreamResponse:
         bidid=new_ad_serving_id(rt.rng),
         seat=rt.settings.openrtb_seat,
         currency=rt.service.snapshot.catalog.currency,
-        exp_s=rt.renderer.expires_s,
+        exp_s=rt.renderer.expires_for(decision),
         debug=debug,
     )
     return _answer(json.dumps(answer, separators=(",", ":")), "application/json", request)
@@ -820,6 +820,12 @@ async def click_handler(request: web.Request) -> web.StreamResponse:
         token = _verify(rt, raw_token, "click")
     except TokenError as e:
         rt.metrics.beacons_by("click", e.kind.value).inc()
+        late = _signed_click(rt, raw_token) if e.kind is TokenErrorKind.EXPIRED else None
+        if late is not None and late.click_url:
+            # Too old to count, but ours: the viewer still reaches the advertiser (the
+            # destination is the one we signed), uncounted, rather than a 403 page.
+            _record_beacon(rt, request, "click", late, False, e.kind.value, None)
+            return _click_redirect(rt, late.click_url, late.ad_serving_id)
         if rt.log_sampler():
             log_event(
                 log, "beacon_rejected", beacon="click", why=e.kind.value, caller=request.remote
@@ -832,11 +838,25 @@ async def click_handler(request: web.Request) -> web.StreamResponse:
     # A click that cannot be counted right now still takes the viewer to the advertiser,
     # so nothing retries it: it is lost, and labelled so (not store_unavailable's 503).
     await _count(rt, request, "click", token, None, REDIRECTED_UNCOUNTED)
+    return _click_redirect(rt, token.click_url, token.ad_serving_id)
+
+
+def _signed_click(rt: Runtime, raw: str | None) -> AdToken | None:
+    """An expired click token whose signature holds (for the click scope), else None."""
+    try:
+        return verify(
+            raw or "", rt.keyring, now=int(rt.clock().timestamp()), max_age_s=2**40, event="click"
+        )
+    except TokenError:
+        return None
+
+
+def _click_redirect(rt: Runtime, click_url: str, ad_serving_id: str) -> web.Response:
     location = fill_click_macros(
-        token.click_url,
+        click_url,
         now=rt.clock(),
         cachebuster=rt.rng.randrange(10_000_000, 100_000_000),
-        ad_serving_id=token.ad_serving_id,
+        ad_serving_id=ad_serving_id,
     )
     # returned, not raised: a raised HTTPFound's traceback holds the frames in a cycle
     return web.Response(status=302, headers={"Location": ascii_url(location)})

@@ -46,6 +46,9 @@ from vastserver.tracking import (
     sign_with_click,
 )
 
+EXPIRES_PLAY_MARGIN_S = 60
+"""Pauses and buffering allowed for, beyond a pod's length, before its tokens expire."""
+
 AD_SYSTEM = "vastserver"
 CATEGORY_AUTHORITY = "https://iabtechlab.com"
 UNIVERSAL_AD_ID_EXTENSION = "UniversalAdId"
@@ -77,8 +80,8 @@ _Fragment = tuple[tuple[str, ...], tuple[int, ...]]
 _Media = tuple[frozenset[str] | None, bool]
 """Which media an ad lists (:func:`media_of`): the rendition types (None: all of them,
 :func:`listed_types`) and whether http media is left out (:func:`https_only`)."""
-_FragmentKey = tuple[int, str, bool, _Media, bool, MacroValues]
-"""(candidate id, VAST version, priced, media, expires, filled macros)."""
+_FragmentKey = tuple[int, str, bool, _Media, int | None, MacroValues]
+"""(candidate id, VAST version, priced, media, Expires seconds, filled macros)."""
 
 
 def _cdata(url: str) -> Markup:
@@ -357,7 +360,7 @@ class Renderer:
         token_max_age_s: int = 24 * 3600,
     ) -> None:
         """``token_max_age_s``: how long a tracking token counts (``VASTSERVER_TOKEN_MAX_AGE``),
-        one bound of ``<Expires>`` (:attr:`expires_s`)."""
+        one bound of ``<Expires>`` (:meth:`expires_for`)."""
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(template_dir)),
             autoescape=True,
@@ -372,10 +375,7 @@ class Renderer:
         self.urls = urls
         self.keyring = keyring
         self.progress_offsets_s = tuple(progress_offsets_s)
-        self.expires_s = min(token_max_age_s, RESERVATION_S)
-        """An ad's ``<Expires>``: the sooner of its tokens' expiry (its beacons no longer
-        count) and the end of its cap and budget reservation (an impression after it may
-        overshoot them), so that a prefetching stitcher knows how long it may hold it."""
+        self.token_max_age_s = token_max_age_s
         # Placeholders in the token alphabet (they pass URL quoting and escaping untouched),
         # random per process so no catalog text can contain one; all of one length, so none
         # is a prefix of another.
@@ -403,6 +403,15 @@ class Renderer:
             vm=self.vast_vm(decision, debug=debug, expires=expires), declaration=declaration
         )
 
+    def expires_for(self, decision: Decision) -> int:
+        """The ``<Expires>`` of a pod's ads (and ``bid.exp``): how long a prefetching player or
+        stitcher may hold them before it starts the pod. The end of their cap and budget
+        reservation (an impression after it may overshoot them), and no later than leaves
+        the whole pod, and a minute of pauses, to play before its tokens expire (their
+        beacons no longer count: a click would find a 403); at least a second."""
+        play_s = -(-decision.total_duration_ms // 1000) + EXPIRES_PLAY_MARGIN_S
+        return max(1, min(RESERVATION_S, self.token_max_age_s - play_s))
+
     def vast_vm(
         self,
         decision: Decision,
@@ -410,9 +419,10 @@ class Renderer:
         debug: Mapping[str, Any] | None = None,
         expires: bool = True,
     ) -> VastVM:
-        """``expires``: whether 4.1+ ads carry ``<Expires>`` (:attr:`expires_s`); an inline
+        """``expires``: whether 4.1+ ads carry ``<Expires>`` (:meth:`expires_for`); an inline
         VMAP's pods do not (:meth:`vmap_inline`)."""
         version = decision.request.vast_version
+        expires_s = self.expires_for(decision) if expires else None
         ver = self._versions[version]
         debug_json = debug_comment = None
         if debug is not None:
@@ -423,10 +433,10 @@ class Renderer:
                 safe = text.replace("--", "-\\u002d")
                 debug_comment = Markup(f"<!-- {DEBUG_EXTENSION} {safe} -->")
         if debug_json is None:
-            ads = tuple(self._ad_fast(decision, ad, ver, expires) for ad in decision.ads)
+            ads = tuple(self._ad_fast(decision, ad, ver, expires_s) for ad in decision.ads)
         else:
             ads = tuple(
-                self._ad_full(decision, ad, ver, debug_json if n == 0 else None, expires)
+                self._ad_full(decision, ad, ver, debug_json if n == 0 else None, expires_s)
                 for n, ad in enumerate(decision.ads)
             )
         error_url = None
@@ -494,7 +504,7 @@ class Renderer:
         ad: PlacedAd,
         ver: VersionVM,
         debug_json: Markup | None,
-        expires: bool = True,
+        expires_s: int | None = None,
     ) -> Markup:
         dyn = self._dynamic(decision, ad)
         vm = self._ad_vm(
@@ -505,18 +515,20 @@ class Renderer:
             dyn[:_N_SCOPES],
             *dyn[_N_SCOPES:],
             privacy=_privacy(decision),
-            expires=expires,
+            expires_s=expires_s,
             filled=self._filled(decision, ad.candidate.creative),
         )
         return Markup(self.ad_template.render(ver=ver, ad=vm, debug_json=debug_json))
 
     def _ad_fast(
-        self, decision: Decision, ad: PlacedAd, ver: VersionVM, expires: bool = True
+        self, decision: Decision, ad: PlacedAd, ver: VersionVM, expires_s: int | None = None
     ) -> Markup:
         cr = ad.candidate.creative
         media = media_of(cr, decision)
         filled = self._filled(decision, cr)
-        statics, slots = self._fragment(ad.candidate, ver, _micros(ad) > 0, media, expires, filled)
+        statics, slots = self._fragment(
+            ad.candidate, ver, _micros(ad) > 0, media, expires_s, filled
+        )
         dyn = self._dynamic(decision, ad)
         # The tokens are base64url, dots and hex (nothing to escape); the rest is escaped
         # as the template would (a test holds this path equal to the template's). Only a
@@ -537,7 +549,7 @@ class Renderer:
         ver: VersionVM,
         priced: bool,
         media: _Media,
-        expires: bool = True,
+        expires_s: int | None = None,
         filled: MacroValues = (),
     ) -> _Fragment:
         """The ad template's text for ``c`` cut at the placeholders: the static pieces, and
@@ -547,11 +559,12 @@ class Renderer:
         the rendition types listed, ``None`` (all of them) sharing the entry of every
         request that filters nothing out of this creative; and whether http media is left
         out, so that a fragment without it never answers a request that may have it, nor
-        the other way round. With and without ``<Expires>`` (``expires``, :meth:`vast_vm`).
+        the other way round. With ``<Expires>`` of ``expires_s`` seconds, or without (None,
+        :meth:`vast_vm`).
         With the IAB macros we fill in and their values (``filled``, :meth:`_filled`): a
         refused viewer's variant never answers a viewer who did not refuse, a viewer under
         the GDPR's never one who is not, nor the other way round."""
-        key = (id(c), ver.version, priced, media, expires, filled)
+        key = (id(c), ver.version, priced, media, expires_s, filled)
         hit = self._fragments.get(key)
         if hit is not None and hit[0] is c:  # the entry holds ``c``: its id is not reused
             return hit[1]
@@ -565,7 +578,7 @@ class Renderer:
             ph[_N_SCOPES] if _has_click_token(c.creative) else "",
             *ph[_N_SCOPES + 1 : _N_AD],
             privacy=ph[_N_AD:],
-            expires=expires,
+            expires_s=expires_s,
             filled=filled,
         )
         pieces = self._split.split(self.ad_template.render(ver=ver, ad=vm, debug_json=None))
@@ -586,14 +599,14 @@ class Renderer:
         price: str,
         *,
         privacy: Sequence[str],
-        expires: bool = True,
+        expires_s: int | None = None,
         filled: MacroValues = (),
     ) -> AdVM:
         """``media``: the rendition types to list (None: all) and whether to leave out http
         renditions, mezzanine and caption files (:func:`media_of`); ``tokens``: the ad's token
         signed for each of :data:`BEACON_SCOPES`, in order;
         ``privacy``: the values of the privacy macros (:data:`PRIVACY_MACROS` order);
-        ``expires``: whether the ad carries ``<Expires>`` (4.1+); ``filled``: the IAB macros
+        ``expires_s``: the ad's ``<Expires>`` (4.1+), None for none; ``filled``: the IAB macros
         of the catalog's URLs (:func:`~vastserver.catalog.model.catalog_urls`) that we fill
         in, with their values (:meth:`_filled`; ``()``: none)."""
 
@@ -662,7 +675,7 @@ class Renderer:
             ),
             wrapper_url=_cdata(tag) if tag is not None else None,
             click_tracking=_cdata(self.urls.event("click", click_token)) if wrapper else None,
-            expires_s=self.expires_s if expires else None,
+            expires_s=expires_s,
             captions=tuple(
                 CaptionVM(cat(x.url), x.mime, x.language)
                 for x in cr.captions
