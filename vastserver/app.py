@@ -341,18 +341,32 @@ async def _read_body(request: web.Request) -> web.StreamResponse | None:
         async with asyncio.timeout(BODY_TIMEOUT_S):
             await request.read()
     except TimeoutError:
-        return web.Response(status=408, text="body: not received in time")
+        resp = _bad_request(ParamError("body", f"not received within {BODY_TIMEOUT_S:g} s"))
+        resp.set_status(408)
+        return resp
     except web.RequestPayloadError as e:  # a bad Content-Encoding, a broken chunked body
         # The rest of the body cannot be parsed: mark it read, so aiohttp does not read it
         # again after the answer (and log that as an unhandled error), and close the
         # connection after the answer.
         request.content.feed_eof()
-        resp = web.Response(status=400, text="body: " + " ".join(str(e).split())[:200])
+        resp = _bad_request(ParamError("body", _unreadable(request, e)))
         resp.force_close()
         return resp
     except ConnectionError:  # the client went away mid-body: nobody reads the answer
-        return web.Response(status=400, text="body: connection lost")
+        return _bad_request(ParamError("body", "connection lost"))
     return None
+
+
+def _unreadable(request: web.Request, e: web.RequestPayloadError) -> str:
+    """Why a body could not be read, in the caller's terms (aiohttp's own message may name
+    a library to install)."""
+    coding = request.headers.get("Content-Encoding", "").strip()
+    if "content-encoding" in str(e).lower():
+        return (
+            f"cannot be decoded as Content-Encoding {coding[:40]!r}"
+            " (gzip, deflate or none are accepted)"
+        )
+    return "malformed: " + " ".join(str(e).split())[:200]
 
 
 def _no_fill(rt: Runtime, request: web.Request, endpoint: str, reason: str) -> web.StreamResponse:
