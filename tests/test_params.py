@@ -170,7 +170,9 @@ def test_the_all_zero_ifa_counts_as_limited_ad_tracking(ifa: str) -> None:
     req = parse_vast_request({**q, "device_id": real}, client, AdRules())
     assert req.device.ifa == real and req.device.lmt is False
     assert req.segments == ("sports_fans", "auto_intenders")
-    assert req.viewer_key() == f"ifa:{real}"
+    assert req.viewer_key() == f"ifa:{real.lower()}"  # one device in either case
+    lower = parse_vast_request({**q, "device_id": real.lower()}, client, AdRules())
+    assert lower.viewer_key() == req.viewer_key()
 
 
 def test_lmt_drops_the_audience_segments() -> None:

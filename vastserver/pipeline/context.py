@@ -181,5 +181,8 @@ class AdRequest:
         if d.lmt:
             return f"session:{self.session}" if self.session else None
         if d.ifa:
-            return f"ifa:{d.ifa}"
+            # Advertising ids are UUIDs (IDFA, AAID, RIDA, TIFA...), whose case means nothing:
+            # a client tag sending one upper case and a stitcher's macro lower case are one
+            # device, for its caps too.
+            return f"ifa:{d.ifa.lower()}"
         return f"ipua:{d.ip or ''}|{d.user_agent or ''}"
