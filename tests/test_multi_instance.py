@@ -71,6 +71,43 @@ async def test_two_instances_share_caps_and_budgets(redis_url: str) -> None:
             await s.close()
 
 
+async def test_a_pod_lost_to_a_commit_race_is_decided_again(redis_url: str) -> None:
+    """Two instances read one viewer's counters before either commits: both pick the line
+    item with one exposure left, one wins its reservation. The other's pod, empty after
+    its commit, is decided once more with fresh counters, and gets the house ad rather
+    than leaving the break empty."""
+    clock = Clock(T0)
+    cat = _cat(frequency_caps=[{"scope": "line_item", "max": 1, "window": "1d"}])
+    stores = [RedisStore(redis_url), RedisStore(redis_url)]
+    services = [make_service(cat, s, clock, seed=i) for i, s in enumerate(stores)]
+    both_read = asyncio.Barrier(2)
+    for svc in services:
+        first = svc.delivery.prefetch
+        waited: list[bool] = []
+
+        async def prefetch(
+            *args: Any, _first: Any = first, _w: list[bool] = waited, **kw: Any
+        ) -> Any:
+            got = await _first(*args, **kw)
+            if not _w:  # the first decision of each instance waits for the other's read
+                _w.append(True)
+                await asyncio.wait_for(both_read.wait(), 5)
+            return got
+
+        svc.delivery.prefetch = prefetch  # type: ignore[method-assign]
+    try:
+        got = await asyncio.gather(*(s.decide(request("viewer-1", max_ads=1)) for s in services))
+        served = sorted(a.candidate.line_item.id for d in got for a in d.ads)
+        assert served == ["li-a", "li-b"]
+        retries = [
+            s.metrics.degradations.labels("commit_race_retry")._value.get() for s in services
+        ]
+        assert sorted(retries) == [0, 1]
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_an_earlier_versions_instance_sees_this_ones_budget_delivery(
     redis_url: str,
 ) -> None:

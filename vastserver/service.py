@@ -91,6 +91,10 @@ _LOCK_OWNER = os.urandom(6).hex() + ":"
 instances sharing a store."""
 
 
+RETRY_MIN_S = 0.02
+"""The least of the deadline left for deciding a pod again after a lost commit race."""
+
+
 @dataclass(slots=True)
 class _Turn:
     """A decision's hold on its session's lock: ``owner`` names it; ``handed_off`` once the
@@ -339,9 +343,16 @@ class AdService:
         deadline: float | None,
         preview: Preview | None,
         turn: _Turn | None = None,
+        retried: bool = False,
     ) -> Decision:
         """:meth:`decide`, once the session (if any) is this decision's to read and write.
-        ``turn``: the session's lock, when this decision holds it: freed by the history write."""
+        ``turn``: the session's lock, when this decision holds it: freed by the history write.
+
+        A pod whose every ad the commit refused (another instance or request reserved the
+        last of a cap or budget since the counters were read: a race, not a store fault) is
+        decided once more, the counters read again, when the deadline leaves the time
+        (``retried``: this is that second decision); else the break would go empty while
+        other ads, the house ones at least, were eligible."""
         loop = asyncio.get_running_loop()
 
         def left(floor: float = 0.0) -> float | None:
@@ -410,6 +421,13 @@ class AdService:
             )
             if len(d.ads) < before and self.delivery.store_errors > errors:
                 self.metrics.degradations.labels("commit_failed").inc()
+            elif (
+                before and not d.ads and not retried and ((r := left()) is None or r >= RETRY_MIN_S)
+            ):
+                self.metrics.degradations.labels("commit_race_retry").inc()
+                return await self._decide(
+                    req, request_id, explain, deadline, preview, turn, retried=True
+                )
             unlock = None if turn is None else turn.owner
             try:
                 await within(
