@@ -714,7 +714,8 @@ def parse_vmap_query(q: Mapping[str, str]) -> VmapQuery:
     elif interval is not None:
         if content_ms is None:
             raise ParamError("midroll_interval", "needs content_duration")
-        cues_ms = set(range(floor_ms(interval), content_ms, floor_ms(interval)))
+        step = floor_ms(interval)
+        cues_ms = set(range(step, content_ms, step))
     return VmapQuery(
         content_duration_s=content_s,
         cue_points_s=None if cues_ms is None else tuple(c / 1000 for c in sorted(cues_ms) if c),
