@@ -127,6 +127,26 @@ async def test_a_structured_pod_names_each_slots_imp(make_client: ClientFactory)
     assert [b["crid"] for b in bids] == [a["creative_id"] for a in explained]
 
 
+async def test_a_first_or_last_imp_takes_a_free_end(make_client: ClientFactory) -> None:
+    """``slotinpod`` 2 (first or last) with the first slot claimed (1): the imp is the last
+    slot, so its ad plays last and its bid claims -1, never a place in the middle."""
+    client = await make_client()
+    doc = structured_pod()
+    codes = (1, 2, 0)
+    for imp, code in zip(doc["imp"], codes, strict=True):
+        imp["video"].update(minduration=5, maxduration=30, slotinpod=code)
+    bids = _bids(await _auction(client, doc))
+    assert [(b["impid"], b.get("slotinpod")) for b in bids] == [
+        ("slot-0", 1),
+        ("slot-2", None),
+        ("slot-1", -1),
+    ]
+    doc["imp"][2]["video"]["slotinpod"] = -1  # both ends claimed: 2 cannot be kept
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
+    assert resp.status == 400
+    assert "imp[1].video.slotinpod" in await resp.text()
+
+
 async def test_ads_moved_up_past_an_empty_slot_name_their_imps(make_client: ClientFactory) -> None:
     """[45 s, 30 s, 15 s]: no ad lasts 45 s; the ads play first and second and fill the
     30 s and 15 s imps. The 30 s imp promises any place (0), so its bid claims none, though

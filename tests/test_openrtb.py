@@ -320,6 +320,37 @@ def test_structured_pod_of_three_slots() -> None:
     assert d.user_agent == CLIENT.device_user_agent
 
 
+@pytest.mark.parametrize(
+    ("codes", "slots", "order"),
+    [
+        # 2 (first or last) takes the first slot when no imp claims it, else the last
+        ((2, 0, 2), (Slot.FIRST, Slot.ANY, Slot.LAST), ("slot-0", "slot-1", "slot-2")),
+        ((0, 2, 1), (Slot.ANY, Slot.LAST, Slot.FIRST), ("slot-2", "slot-0", "slot-1")),
+        ((0, -1, 2), (Slot.ANY, Slot.LAST, Slot.FIRST), ("slot-2", "slot-0", "slot-1")),
+    ],
+)
+def test_slotinpod_2_takes_a_free_end_of_the_pod(
+    codes: tuple[int, ...], slots: tuple[Slot, ...], order: tuple[str, ...]
+) -> None:
+    doc = structured_pod()
+    for imp, code in zip(doc["imp"], codes, strict=True):
+        imp["video"]["slotinpod"] = code
+    pod = parse(doc)
+    assert pod.slots == slots
+    # the slot rules play in that order: the first-slot imp first, the last-slot imp last
+    rules = pod.request.brk.slots
+    assert rules is not None and tuple(r.imp_id for r in rules) == order
+    assert [r.role for r in rules] == ["first", None, "last"]
+
+
+def test_slotinpod_2_with_both_ends_claimed_is_a_400() -> None:
+    doc = structured_pod()  # slotinpod 1, 0, -1
+    doc["imp"][1]["video"]["slotinpod"] = 2
+    with pytest.raises(ParamError) as e:
+        parse(doc)
+    assert e.value.field == "imp[1].video.slotinpod" and "first or last" in str(e.value)
+
+
 def test_structured_slot_lengths_from_rqddurs() -> None:
     doc = structured_pod()
     for imp in doc["imp"]:

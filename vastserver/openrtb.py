@@ -22,7 +22,10 @@ Pods
 * Structured pod: several imps sharing a ``podid`` (or all without one) and no ``poddur``;
   each imp is one slot. Pod duration = sum of each slot's ``maxduration`` (or the largest of
   its ``rqddurs``), max ads = number of imps. ``slotinpod`` per imp: 1 first, -1 last,
-  0 any, 2 first-or-last (reported as ``Slot.ANY``: the catalog has no first-or-last slot).
+  0 any, 2 first-or-last (AdCOM): such an imp takes the first slot when no imp claims it
+  (1), else the last when none claims that (-1), in request order, and is from then on that
+  imp (its slot rule's place, its bid's ``impid`` and ``slotinpod``); with both ends
+  claimed already, 400 on its ``slotinpod``.
 * Hybrid pod (structured imps plus a dynamic imp with the same ``podid``): durations and ad
   counts add up.
 * A single imp with neither ``poddur`` nor ``podid``: a one-ad break whose length is its
@@ -422,6 +425,9 @@ class _Imp:
     mimes: frozenset[str] | None
     ext: Obj | None
     tagid: str | None
+    first_or_last: bool = False
+    """``slotinpod`` 2: the imp takes whichever end of the pod no other imp claims
+    (:func:`_either_end` turns it into ``Slot.FIRST`` or ``Slot.LAST``)."""
 
     @property
     def slot_max_s(self) -> float | None:
@@ -526,6 +532,7 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
         max_s=max_s,
         required=required,
         slot=_SLOTS[slot_code or 0],
+        first_or_last=slot_code == 2,
         by_startdelay=None if startdelay is None else _position_from_startdelay(startdelay),
         by_podseq=None if podseq is None else _position_from_podseq(podseq),
         floor=floor,
@@ -577,6 +584,27 @@ def _position(imps: list[_Imp]) -> BreakPosition:
         if found is not None:
             return found
     return BreakPosition.MID
+
+
+def _either_end(imps: list[_Imp]) -> list[_Imp]:
+    """Each imp of ``slotinpod`` 2 (first or last) given the first slot when no imp claims
+    it, else the last, in request order; a 400 on its ``slotinpod`` when both are claimed."""
+    if not any(imp.first_or_last for imp in imps):
+        return imps
+    taken = {imp.slot for imp in imps}
+    out: list[_Imp] = []
+    for imp in imps:
+        if imp.first_or_last:
+            end = next((s for s in (Slot.FIRST, Slot.LAST) if s not in taken), None)
+            if end is None:
+                _fail(
+                    f"imp[{imp.index}].video.slotinpod",
+                    "2 (first or last), but other imps claim both the first and the last slot",
+                )
+            taken.add(end)
+            imp = replace(imp, slot=end)
+        out.append(imp)
+    return out
 
 
 def _break(imps: list[_Imp], rules: AdRules, avail: int) -> BreakSpec:
@@ -1056,7 +1084,7 @@ def parse_bid_request(
     raw_imps = _arr(root["imp"], "imp", MAX_IMPS)
     if not raw_imps:
         _fail("imp", "at least one imp is required")
-    imps = [_parse_imp(raw, i, currency) for i, raw in enumerate(raw_imps)]
+    imps = _either_end([_parse_imp(raw, i, currency) for i, raw in enumerate(raw_imps)])
     _check_currency(root, currency)  # (after the floors: their error names the imp)
     seen: set[str] = set()
     for imp in imps:
