@@ -29,6 +29,7 @@ from tests.delivery_support import (
 )
 from vastserver.catalog.model import Daypart, Delivery
 from vastserver.delivery import LineItemPacing
+from vastserver.pipeline.context import DurationFloors
 from vastserver.pipeline.delivery import (
     HOURLY_SHARE,
     HOURLY_TRAFFIC,
@@ -1018,6 +1019,40 @@ async def test_a_per_second_floor_counts_the_seconds_the_bid_states(
     svc, _ = _setup(cat)
     d = await svc.decide(replace(request("v", max_ads=1), floor_cpm_per_s=per_s), explain=True)
     assert ("li-a" in [a.candidate.line_item.id for a in d.ads]) is served
+
+
+@pytest.mark.parametrize(
+    ("ranges", "default", "served"),
+    [
+        (((1, 15, 20.0),), 0.0, True),  # 15 s in 1-15 (inclusive) at exactly the price
+        (((1, 15, 20.01),), 0.0, False),
+        (((16, 30, 50.0),), 0.0, True),  # in no range: the imp's bidfloor (none)
+        (((16, 30, 50.0),), 20.01, False),  # in no range: the imp's bidfloor rules
+        (((None, 15, 5.0), (10, None, 25.0)), 0.0, False),  # in both: the higher floor
+        (((15, 15, 1.0),), 99.0, True),  # in a range: the imp's bidfloor does not apply
+    ],
+)
+async def test_duration_floors_price_an_ad_by_its_seconds(
+    ranges: tuple[tuple[int | None, int | None, float], ...], default: float, served: bool
+) -> None:
+    """OpenRTB ``imp.durfloors``: the floor of the range holding the ad's whole seconds
+    (the highest where several do), else the imp's ``bidfloor``."""
+    svc, _ = _setup(base_catalog())
+    floors = (DurationFloors(ranges=ranges, default=default),)
+    req = replace(request("v", max_ads=1), duration_floors=floors)
+    d = await svc.decide(req, explain=True)
+    assert ([a.candidate.line_item.id for a in d.ads] == ["li-a"]) is served
+    reason = {t.line_item_id: t.reason for t in d.traces}["li-a"]
+    assert reason is (None if served else Reason.BELOW_FLOOR)
+
+
+async def test_every_imps_duration_floors_hold() -> None:
+    """Any ad may fill any imp of the pod: it must reach each imp's floor for its length."""
+    svc, _ = _setup(base_catalog())
+    low = DurationFloors(ranges=((1, 30, 1.0),))
+    high = DurationFloors(ranges=((1, 30, 25.0),))
+    d = await svc.decide(replace(request("v", max_ads=1), duration_floors=(low, high)))
+    assert "li-a" not in [a.candidate.line_item.id for a in d.ads]
 
 
 async def test_daily_budget_counters_expire_and_lifetime_ones_do_not() -> None:

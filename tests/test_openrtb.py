@@ -415,6 +415,49 @@ def test_bidfloor_is_the_floor_where_mincpmpersec_is_not_given() -> None:
     assert parse(doc).floor_cpm is None
 
 
+def test_durfloors_are_each_imps_floors_by_duration() -> None:
+    """OpenRTB 2.6 ``imp.durfloors``: ranges of whole seconds, each with its floor; the imp's
+    ``bidfloor`` is the floor outside them (and no longer a floor for every ad)."""
+    doc = dynamic_pod()
+    del doc["imp"][0]["video"]["mincpmpersec"]
+    doc["imp"][0]["durfloors"] = [
+        {"mindur": 1, "maxdur": 15, "bidfloor": 5},
+        {"mindur": 16, "maxdur": 30, "bidfloor": 10.5},
+        {"mindur": 31},
+    ]
+    pod = parse(doc)
+    assert pod.floor_cpm is None  # the bidfloor (12) is the durfloors' default instead
+    (f,) = pod.duration_floors
+    assert f.ranges == ((1, 15, 5.0), (16, 30, 10.5), (31, None, 0.0))
+    assert [f.floor_for(s) for s in (15, 16, 30, 31, 0)] == [5.0, 10.5, 10.5, 0.0, 12.0]
+    doc["imp"][0]["video"]["mincpmpersec"] = 0.5  # the per-second floor rules the rest
+    pod = parse(doc)
+    assert pod.floor_cpm_per_s == 0.5 and pod.duration_floors[0].floor_for(0) == 0.0
+    doc["imp"][0]["durfloors"] = []
+    assert parse(doc).duration_floors == ()
+
+
+@pytest.mark.parametrize(
+    ("durfloors", "field"),
+    [
+        ({"mindur": 5}, "imp[0].durfloors"),
+        ([5], "imp[0].durfloors[0]"),
+        ([{"bidfloor": 3}], "imp[0].durfloors[0]"),
+        ([{"mindur": 30, "maxdur": 15}], "imp[0].durfloors[0].mindur"),
+        ([{"mindur": -1}], "imp[0].durfloors[0].mindur"),
+        ([{"maxdur": "15"}], "imp[0].durfloors[0].maxdur"),
+        ([{"mindur": 1, "bidfloor": -2}], "imp[0].durfloors[0].bidfloor"),
+        ([{"mindur": 1}] * 33, "imp[0].durfloors"),
+    ],
+)
+def test_bad_durfloors_are_a_400_naming_them(durfloors: object, field: str) -> None:
+    doc = dynamic_pod()
+    doc["imp"][0]["durfloors"] = durfloors
+    with pytest.raises(ParamError) as e:
+        parse(doc)
+    assert e.value.field == field
+
+
 def test_single_imp_without_pod_is_one_ad() -> None:
     doc = {"id": "r", "imp": [{"id": "a", "video": {"maxduration": 30, "startdelay": 0}}]}
     brk = parse(doc).request.brk
@@ -1097,6 +1140,33 @@ async def test_the_endpoint_takes_floors_in_the_catalogs_currency(
     eur["cur"] = ["EUR"]
     resp = await client.post("/openrtb2/pod", data=json.dumps(eur))
     assert resp.status == 200, await resp.text()
+
+
+async def test_durfloors_hold_over_http(make_client: ClientFactory) -> None:
+    """The same pod without and with a floor of 1,000 CPM on ads of up to 20 s: short ads
+    serve, then only longer ones (a range under no floor)."""
+    from lxml import etree
+
+    client = await make_client()
+
+    async def seconds(pod: dict[str, Any]) -> list[float]:
+        resp = await client.post("/openrtb2/pod", data=json.dumps(pod))
+        assert resp.status == 200, await resp.text()
+        out = []
+        for ad in etree.fromstring(await resp.read()).iter("{*}Ad"):
+            h, m, sec = str(next(ad.iter("{*}Duration")).text).split(":")
+            out.append(int(h) * 3600 + int(m) * 60 + float(sec))
+        return out
+
+    pod = dynamic_pod()
+    del pod["imp"][0]["video"]["mincpmpersec"]
+    pod["imp"][0]["bidfloor"] = 0
+    pod["device"]["ifa"] = "durfloors-a"
+    assert any(s <= 20 for s in await seconds(pod))
+    pod["imp"][0]["durfloors"] = [{"maxdur": 20, "bidfloor": 1000}]
+    pod["device"]["ifa"] = "durfloors-b"
+    got = await seconds(pod)
+    assert got and all(s > 20.5 for s in got), got
 
 
 async def test_floors_hold_against_the_least_a_line_item_pays(

@@ -646,6 +646,7 @@ async def _openrtb_decision(request: web.Request, endpoint: str) -> OpenRtbDecis
         _locate(rt, pod.request),
         floor_cpm_per_s=pod.floor_cpm_per_s,
         floor_cpm=pod.floor_cpm,
+        duration_floors=pod.duration_floors,
     )
     if req.debug and not _may_explain(request):
         return _explain_refused("imp[].ext.vastserver.debug")

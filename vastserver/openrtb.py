@@ -91,6 +91,10 @@ Mapped elsewhere
 * ``video.mincpmpersec`` -> :attr:`OpenRtbPod.floor_cpm_per_s` (the highest over the imps);
   where an imp has none, a non-zero ``bidfloor`` -> :attr:`OpenRtbPod.floor_cpm` (OpenRTB
   2.6 7.6). Only in the catalog's currency (``bidfloorcur``, which defaults to USD).
+* ``imp.durfloors`` -> :attr:`OpenRtbPod.duration_floors` (one entry per imp listing them):
+  an ad's CPM must reach, for each such imp, the highest ``bidfloor`` of the ranges holding
+  its whole seconds (``bid.dur``; ``mindur`` and ``maxdur`` inclusive), else that imp's
+  ``bidfloor`` (0 when the imp gives ``mincpmpersec``, which still holds per second).
 * ``tmax`` (1-600,000 ms) -> :meth:`OpenRtbPod.decision_budget_ms`: the decision's deadline
   is ``tmax`` minus :data:`TMAX_NETWORK_ALLOWANCE_MS` when that is shorter than
   ``VASTSERVER_DEADLINE_MS``.
@@ -147,6 +151,7 @@ from vastserver.pipeline.context import (
     BreakSpec,
     Content,
     Device,
+    DurationFloors,
 )
 from vastserver.pipeline.pod import SlotRule
 
@@ -156,6 +161,8 @@ MAX_BLOCKLIST = 512
 MAX_SEGMENTS = 256
 MAX_FLOOR_CPM_PER_S = 10_000.0
 MAX_BIDFLOOR_CPM = 1_000_000.0
+MAX_DURFLOORS = 32
+"""Ranges in one imp's ``durfloors``."""
 MAX_START_DELAY_S = 7 * 24 * 3600
 """``video.startdelay`` only picks the break position, so it is not held to /vmap's
 99:59:59.999 (nothing writes it as a VMAP timeOffset)."""
@@ -254,12 +261,16 @@ class OpenRtbPod:
     """``video.mincpmpersec`` (the catalog's currency per second of ad), the highest over
     the pod's imps."""
     floor_cpm: float | None
-    """``bidfloor`` of the imps without ``mincpmpersec`` (a CPM per ad), the highest."""
+    """``bidfloor`` of the imps without ``mincpmpersec`` nor ``durfloors`` (a CPM per ad),
+    the highest."""
     imp_ids: tuple[str, ...]
     """In request order; a structured pod has one ad per imp."""
     request_id: str
     slots: tuple[Slot, ...] = ()
     """``slotinpod`` of each imp, aligned with :attr:`imp_ids`."""
+    duration_floors: tuple[DurationFloors, ...] = ()
+    """``imp.durfloors`` of each imp listing them (with that imp's ``bidfloor`` for the
+    durations no range holds)."""
     pod_id: str | None = None
     tmax_ms: int | None = None
     """The caller's ``tmax``: see :func:`decision_budget_ms`."""
@@ -417,6 +428,7 @@ class _Imp:
     by_podseq: BreakPosition | None
     floor: float | None
     floor_cpm: float | None
+    durfloors: DurationFloors | None
     secure: bool
     inline_versions: frozenset[str]
     """The VAST versions whose inline code ``video.protocols`` lists."""
@@ -441,6 +453,32 @@ class _Imp:
         if self.required is not None:
             return float(min(self.required))
         return self.min_s
+
+
+def _durfloors(imp: Obj, path: str, default: float) -> DurationFloors | None:
+    """``imp.durfloors`` (OpenRTB 2.6 3.2.35): ranges of whole seconds, each bound inclusive
+    and either one absent (open) but not both, with a ``bidfloor`` (default 0); the imp's
+    ``bidfloor`` (``default``) holds for durations outside every range. None when absent;
+    an empty list counts as absent."""
+    raw = imp.get("durfloors")
+    if raw is None:
+        return None
+    dpath = f"{path}.durfloors"
+    ranges: list[tuple[int | None, int | None, float]] = []
+    for j, item in enumerate(_arr(raw, dpath, MAX_DURFLOORS)):
+        ipath = f"{dpath}[{j}]"
+        entry = _obj(item, ipath)
+        lo = _opt_int(entry, "mindur", ipath, lo=0, hi=MAX_AD_S)
+        hi = _opt_int(entry, "maxdur", ipath, lo=0, hi=MAX_AD_S)
+        if lo is None and hi is None:
+            _fail(ipath, "needs mindur or maxdur")
+        if lo is not None and hi is not None and lo > hi:
+            _fail(f"{ipath}.mindur", "greater than maxdur")
+        cpm = _opt_num(entry, "bidfloor", ipath, lo=0, hi=MAX_BIDFLOOR_CPM) or 0.0
+        ranges.append((lo, hi, cpm))
+    if not ranges:
+        return None
+    return DurationFloors(ranges=tuple(ranges), default=default)
 
 
 def _position_from_startdelay(v: int) -> BreakPosition:
@@ -502,8 +540,9 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
     floor = _opt_num(video, "mincpmpersec", vpath, lo=0, hi=MAX_FLOOR_CPM_PER_S)
     # OpenRTB 2.6 7.6: mincpmpersec when given, else the per-ad bidfloor (default 0)
     bidfloor = _opt_num(imp, "bidfloor", path, lo=0, hi=MAX_BIDFLOOR_CPM)
-    floor_cpm = bidfloor if floor is None and bidfloor else None
-    if floor is not None or floor_cpm is not None:
+    durfloors = _durfloors(imp, path, 0.0 if floor is not None else bidfloor or 0.0)
+    floor_cpm = bidfloor if floor is None and bidfloor and durfloors is None else None
+    if floor is not None or floor_cpm is not None or durfloors is not None:
         cur = (_opt_str(imp, "bidfloorcur", path, 8) or "USD").upper()  # OpenRTB's default
         if cur != currency:
             _fail(
@@ -537,6 +576,7 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
         by_podseq=None if podseq is None else _position_from_podseq(podseq),
         floor=floor,
         floor_cpm=floor_cpm,
+        durfloors=durfloors,
         secure=_opt_flag(imp, "secure", path) is True,
         inline_versions=frozenset(inline),
         wrapper_versions=frozenset(wrapper),
@@ -1149,6 +1189,7 @@ def parse_bid_request(
         imp_ids=tuple(imp.id for imp in imps),
         request_id=request_id,
         slots=tuple(imp.slot for imp in imps),
+        duration_floors=tuple(imp.durfloors for imp in imps if imp.durfloors is not None),
         pod_id=imps[0].pod_key,
         tmax_ms=tmax,
         imp_maxseq=tuple(

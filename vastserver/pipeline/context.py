@@ -115,6 +115,26 @@ class Content:
 
 
 @dataclass(frozen=True, slots=True)
+class DurationFloors:
+    """One OpenRTB imp's ``durfloors``: the floor CPM of an ad by its whole seconds (the
+    ``bid.dur`` an exchange reads), each range's bounds inclusive and either open; an ad in
+    several ranges takes the highest, an ad in none the imp's ``default``."""
+
+    ranges: tuple[tuple[int | None, int | None, float], ...]
+    """``(mindur, maxdur, bidfloor)``."""
+    default: float = 0.0
+    """The imp's ``bidfloor`` (0 where ``mincpmpersec`` says the floor per second)."""
+
+    def floor_for(self, seconds: int) -> float:
+        found = [
+            cpm
+            for lo, hi, cpm in self.ranges
+            if (lo is None or seconds >= lo) and (hi is None or seconds <= hi)
+        ]
+        return max(found) if found else self.default
+
+
+@dataclass(frozen=True, slots=True)
 class AdRequest:
     brk: BreakSpec
     device: Device = field(default_factory=Device)
@@ -148,6 +168,9 @@ class AdRequest:
     floor_cpm: float | None = None
     """OpenRTB ``bidfloor`` (where no ``mincpmpersec`` is given): an ad's CPM must reach
     this."""
+    duration_floors: tuple[DurationFloors, ...] = ()
+    """OpenRTB ``imp.durfloors``, one entry per imp listing them: an ad's CPM must reach
+    each entry's floor for its seconds."""
     test: bool = False
     """OpenRTB ``test`` = 1 (``test=1`` on /vast, /decide and /vmap): decided and rendered
     as usual, but nothing is reserved or remembered and the ads' beacons count nothing

@@ -612,7 +612,9 @@ class BitIndex:
             else None
         )
         gated = paced is not None or refused is not None
-        check_all = req.floor_cpm_per_s is not None or req.floor_cpm is not None
+        check_all = bool(req.duration_floors) or (
+            req.floor_cpm_per_s is not None or req.floor_cpm is not None
+        )
         residual = self.residual_flags
         cands = self.candidates
         groups = self.group

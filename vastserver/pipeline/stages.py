@@ -250,14 +250,14 @@ def stream_separation(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | N
 
 
 def floor(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
-    """Price floors (OpenRTB ``mincpmpersec`` per second of ad time, ``bidfloor`` per ad)
-    against the least an impression of the line item is billed in any slot: its CPM, or a
-    lower slot price; 0 for a flat line item (:attr:`LineItem.floor_cpm`), so a non-zero
-    floor drops it. Per second, the ad's seconds are its exact length or the whole seconds
-    its bid states (``bid.dur``), whichever is longer: an exchange divides the bid's price
-    by the latter."""
-    per_s, per_ad = req.floor_cpm_per_s, req.floor_cpm
-    if per_s is None and per_ad is None:
+    """Price floors (OpenRTB ``mincpmpersec`` per second of ad time, ``bidfloor`` per ad,
+    ``durfloors`` per ad by its whole seconds) against the least an impression of the line
+    item is billed in any slot: its CPM, or a lower slot price; 0 for a flat line item
+    (:attr:`LineItem.floor_cpm`), so a non-zero floor drops it. Per second, the ad's
+    seconds are its exact length or the whole seconds its bid states (``bid.dur``),
+    whichever is longer: an exchange divides the bid's price by the latter."""
+    per_s, per_ad, by_dur = req.floor_cpm_per_s, req.floor_cpm, req.duration_floors
+    if per_s is None and per_ad is None and not by_dur:
         return None
     least = c.line_item.floor_cpm
     ms = c.creative.duration_ms
@@ -265,6 +265,10 @@ def floor(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
         return Reason.BELOW_FLOOR
     if per_ad is not None and least < per_ad:
         return Reason.BELOW_FLOOR
+    if by_dur:
+        seconds = rounded_seconds(ms)
+        if any(least < f.floor_for(seconds) for f in by_dur):
+            return Reason.BELOW_FLOOR
     return None
 
 
