@@ -689,6 +689,42 @@ def test_report_skips_and_counts_damaged_records(
     assert json.loads(capsys.readouterr().out)["decisions"] == 1
 
 
+def test_report_counts_a_beacon_counted_again_after_a_crash_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a ``kill -9`` between two saves of the state file the server has lost its
+    claims, so a replayed impression is counted (and logged as counted) a second time: the
+    report counts each ad's event once, and says how many it read as repeats."""
+    from vastserver.report import main_report
+
+    at, later = "2026-11-26T12:00:00+00:00", "2026-11-26T12:05:00+00:00"
+    beacon = {
+        "type": "beacon",
+        "at": at,
+        "counted": True,
+        "line_item_id": "li-1",
+        "ad_serving_id": "a1",
+        "event": "impression",
+        "price_cpm": 20.0,
+    }
+    recs = [
+        {"type": "decision", "at": at, "ads": [{"line_item_id": "li-1", "ad_serving_id": "a1"}]},
+        beacon,
+        dict(beacon, event="complete"),
+        dict(beacon, at=later),  # the replay, after the restart
+        dict(beacon, at=later, counted=False, result="replay"),  # refused: no repeat
+        dict(beacon, at=later, ad_serving_id="a2"),  # another ad: counted
+    ]
+    (tmp_path / "events-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main_report([str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (row,) = doc["line_items"]
+    assert (row["impressions"], row["completes"], row["spend"]) == (2, 1, 0.04)
+    assert doc["repeated_beacons"] == 1
+    assert main_report([str(tmp_path)]) == 0
+    assert "repeated beacons not counted: 1" in capsys.readouterr().out
+
+
 def test_report_paces_a_daily_budget_on_the_days_impressions(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -84,6 +84,9 @@ class DeliveryReport:
     torn_lines: int = 0
     invalid_records: int = 0
     """Lines that were not JSON objects, and records with fields of the wrong type."""
+    repeated_beacons: int = 0
+    """Beacons logged as counted for an ad and event counted before (see
+    :func:`counted_once`), read as not counted."""
     not_gzip_files: int = 0
     """Files named ``.jsonl.gz`` that are not gzip-compressed (skipped unread)."""
 
@@ -163,6 +166,27 @@ def well_formed(
             yield rec
         else:
             skipped[0] += 1
+
+
+def counted_once(
+    records: Iterable[Mapping[str, Any]], repeats: list[int]
+) -> Iterator[Mapping[str, Any]]:
+    """``records`` with a counted beacon whose ad (``ad_serving_id``) and event were counted
+    before passed on as not counted, and counted in ``repeats[0]``. The server counts each
+    once, but its claims live in the store: after a crash (``kill -9`` between two saves of
+    the state file) a replayed beacon is counted again, and the log holds both records."""
+    seen: set[tuple[str, str]] = set()
+    for rec in records:
+        if rec.get("type") == "beacon" and rec.get("counted"):
+            asid, event = rec.get("ad_serving_id"), rec.get("event")
+            if isinstance(asid, str) and isinstance(event, str):
+                key = (asid, event)
+                if key in seen:
+                    repeats[0] += 1
+                    yield {**rec, "counted": False}
+                    continue
+                seen.add(key)
+        yield rec
 
 
 def build_report(records: Iterable[Mapping[str, Any]]) -> DeliveryReport:
@@ -264,7 +288,8 @@ def render_text(rep: DeliveryReport, catalog: Catalog | None, out: TextIO) -> No
     out.write(
         f"decisions: {rep.decisions}  filled: {rep.filled}  fill rate: {_fmt(rep.fill_rate, True)}"
         f"  torn lines skipped: {rep.torn_lines}"
-        f"  invalid records skipped: {rep.invalid_records}\n\n"
+        f"  invalid records skipped: {rep.invalid_records}"
+        f"  repeated beacons not counted: {rep.repeated_beacons}\n\n"
     )
     header = (
         f"{'line item':<34}{'served':>8}{'impr':>8}{'compl':>8}{'compl%':>8}"
@@ -319,6 +344,7 @@ def report_json(rep: DeliveryReport, catalog: Catalog | None) -> dict[str, Any]:
         "last_at": rep.last_at.isoformat() if rep.last_at else None,
         "torn_lines": rep.torn_lines,
         "invalid_records": rep.invalid_records,
+        "repeated_beacons": rep.repeated_beacons,
         "not_gzip_files": rep.not_gzip_files,
         "line_items": rows,
     }
@@ -411,7 +437,8 @@ def main_report(argv: Sequence[str]) -> int:
     stats = ReadStats()
     if args.experiment or args.model:
         try:
-            records = list(well_formed(read_events(paths, stats=stats, skip_invalid=True), [0]))
+            read = read_events(paths, stats=stats, skip_invalid=True)
+            records = list(counted_once(well_formed(read, [0]), [0]))
         except (OSError, EventLogCorruptError) as e:
             print(f"cannot read the event log: {e}", file=sys.stderr)
             return 2
@@ -427,15 +454,17 @@ def main_report(argv: Sequence[str]) -> int:
         else:
             _render_extras(doc, sys.stdout)
         return 0
-    skipped = [0]
+    skipped, repeats = [0], [0]
     try:
-        rep = build_report(well_formed(read_events(paths, stats=stats, skip_invalid=True), skipped))
+        read = read_events(paths, stats=stats, skip_invalid=True)
+        rep = build_report(counted_once(well_formed(read, skipped), repeats))
     except (OSError, EventLogCorruptError) as e:
         print(f"cannot read the event log: {e}", file=sys.stderr)
         return 2
     # the counts are known once the records have been read
     rep.torn_lines = stats.torn_lines
     rep.invalid_records = stats.invalid_lines + skipped[0]
+    rep.repeated_beacons = repeats[0]
     rep.not_gzip_files = stats.not_gzip_files
     _warn_not_gzip(stats)
     if args.json:
