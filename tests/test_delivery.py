@@ -1399,6 +1399,32 @@ def test_the_daily_target_never_steps_back_across_a_clock_change(tz: str, day: s
     assert last > 0.99
 
 
+async def test_separation_keeps_out_another_creative_of_the_same_ad() -> None:
+    """Two creatives of one Universal Ad Id are one ad to the viewer: the one shown at
+    avail 0 kept its twin (another line item, advertiser and creative id) out of the pod
+    but not out of the next break, which showed the same spot again."""
+    cat = base_catalog()
+    cat["creatives"][1]["universal_ad_id"] = cat["creatives"][0]["universal_ad_id"]
+    cat["advertisers"][1]["competitive_category"] = None  # no competitive label shared
+    cat["line_items"][1].update(tier="standard", price=10)
+    svc, clock = _setup(cat)
+
+    async def at(avail: int) -> tuple[list[str], dict[str, Reason | None]]:
+        req = request("v", max_ads=1, session="s-twins")
+        req = replace(req, brk=replace(req.brk, avail=avail))
+        d = await svc.decide(req, explain=True)
+        return [a.candidate.line_item.id for a in d.ads], {
+            t.line_item_id: t.reason for t in d.traces
+        }
+
+    assert (await at(0))[0] == ["li-a"]
+    clock.now += timedelta(minutes=1)
+    served, reasons = await at(1)
+    assert served == [] and reasons["li-b"] is Reason.STREAM_SEPARATION
+    clock.now += timedelta(minutes=31)
+    assert (await at(4))[0] == ["li-a"]  # out of the window: the dearer twin again
+
+
 def test_separation_without_avail_is_by_time_only() -> None:
     """No ``avail`` (None): breaks cannot be counted; a creative and its competitive category
     are avoided for ``creative_minutes``, not for the session's whole history."""

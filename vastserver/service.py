@@ -24,7 +24,7 @@ from vastserver.delivery import DeliveryControl, Prefetched, decision_history
 from vastserver.logs import REQUEST_ID, event
 from vastserver.metrics import Metrics
 from vastserver.models import ModelManager
-from vastserver.pipeline.candidates import Candidate
+from vastserver.pipeline.candidates import Candidate, unique_media_key
 from vastserver.pipeline.context import AdRequest, BreakSpec
 from vastserver.pipeline.decide import Decision, Trace, decide, screen
 from vastserver.pipeline.delivery import (
@@ -54,6 +54,15 @@ class Snapshot:
     index: CatalogIndex
     source: str
     loaded_at: datetime
+
+
+def _media_of(catalog: Catalog, creatives: frozenset[str]) -> frozenset[str]:
+    """The media keys of the session's recent creatives still in the catalog (none for most
+    requests: no session history)."""
+    if not creatives:
+        return frozenset()
+    found = (catalog.creatives.get(cid) for cid in creatives)
+    return frozenset(unique_media_key(cr) for cr in found if cr is not None)
 
 
 def build_snapshot(catalog: Catalog, source: str, now: datetime) -> Snapshot:
@@ -398,6 +407,7 @@ class AdService:
             gate=pre.gate,
             viewer_exposures=pre.exposures,
             recent_creatives=pre.recent_creatives,
+            recent_media=_media_of(snap.catalog, pre.recent_creatives),
             recent_competitive=pre.recent_competitive,
             completion_rates=self.delivery.completion_rates,
         )

@@ -129,6 +129,9 @@ class StageEnv:
     gate: DeliveryGate = field(default_factory=DeliveryGate)
     recent_creatives: frozenset[str] = frozenset()
     """Creatives already shown in this session's separation window."""
+    recent_media: frozenset[str] = frozenset()
+    """Their media keys (:attr:`Candidate.media_key`): another creative of the same video or
+    Universal Ad Id is the same ad to the viewer, kept out as well."""
     recent_competitive: frozenset[str] = frozenset()
     """Competitive labels shown in this session's separation window (every label of each
     ad: its advertiser's, line item's and creative's)."""
@@ -239,9 +242,10 @@ def policy(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
 
 
 def stream_separation(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
-    """Within a session: no creative again inside the separation window, no competitor of a
-    recent break (windows from settings; history fetched with the delivery counters)."""
-    if c.creative.id in env.recent_creatives:
+    """Within a session: no creative again inside the separation window (nor one showing the
+    same ad: its video or Universal Ad Id), no competitor of a recent break (windows from
+    settings; history fetched with the delivery counters)."""
+    if c.creative.id in env.recent_creatives or c.media_key in env.recent_media:
         return Reason.STREAM_SEPARATION
     recent = env.recent_competitive
     if recent and not recent.isdisjoint(c.labels):  # most requests have no recent label
