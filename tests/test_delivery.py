@@ -1399,6 +1399,24 @@ def test_the_daily_target_never_steps_back_across_a_clock_change(tz: str, day: s
     assert last > 0.99
 
 
+async def test_a_match_behind_a_group_of_dayparted_line_items_still_serves() -> None:
+    """Six dearer line items of one advertiser outside their daypart and a seventh with none:
+    the selection passed over a group's match after six matches of it, counted before their
+    daypart check, so the one line item allowed to serve was lost as outranked (no fill)."""
+    cat = base_catalog()
+    tmpl = cat["line_items"][0]
+    cat["line_items"] = [
+        {**tmpl, "id": f"li-{n}", "price": 80 - 10 * n, "creative_ids": ["cr-a"]}
+        | ({"targeting": {"dayparts": [{"start_hour": 12, "end_hour": 13}]}} if n < 7 else {})
+        for n in range(1, 8)
+    ]
+    svc, _ = _setup(cat)  # at midnight UTC: no daypart holds
+    d = await svc.decide(request("v", max_ads=1), explain=True)
+    assert [a.candidate.line_item.id for a in d.ads] == ["li-7"]
+    reasons = {t.line_item_id: t.reason for t in d.traces}
+    assert {reasons[f"li-{n}"] for n in range(1, 7)} == {Reason.DAYPART}
+
+
 async def test_separation_keeps_out_another_creative_of_the_same_ad() -> None:
     """Two creatives of one Universal Ad Id are one ad to the viewer: the one shown at
     avail 0 kept its twin (another line item, advertiser and creative id) out of the pod

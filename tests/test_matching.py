@@ -217,19 +217,16 @@ def _reference_survivors(
     per_role: int,
 ) -> tuple[list[str], dict[Any, int]]:
     """The limited scan written plainly over the whole catalog's match: skip a match that
-    may only play first (or only last) when ``per_role`` such are kept, and one with
-    2 x per_group better matches (not so skipped) in its group, then take the best
-    ``limit`` passing the residual rules, at most ``per_group`` per group. The scan stops in
-    the chunk where the
-    limit fills: the checks' counts cover the chunks up to it (a catalog of just those
-    candidates, matched whole), and every candidate after the last one kept that is not
-    counted by a check is outranked."""
+    may only play first (or only last) when ``per_role`` such are kept, and one whose group
+    keeps ``per_group`` already, then take the best ``limit`` passing the residual rules.
+    The scan stops in the chunk where the limit fills: the checks' counts cover the chunks
+    up to it (a catalog of just those candidates, matched whole), and every candidate after
+    the last one kept that is not counted by a check is outranked."""
     bits = index.bits
     mask, checks = bits.match(req, env)
     ords = [i for i in range(len(bits.candidates)) if mask >> i & 1]
     outranked = 0
     residual: dict[Any, int] = {}
-    seen: dict[int, int] = {}
     out: list[str] = []
     per: dict[int, int] = {}
     roles: dict[Slot, int] = {}
@@ -260,14 +257,10 @@ def _reference_survivors(
                 outranked += 1  # not counted in its group: skipped for its role, not its rank
                 continue
             g = bits.group[i]
-            seen[g] = seen.get(g, 0) + 1
-            if seen[g] > 2 * per_group:
+            if per.get(g, 0) >= per_group:  # its group is full: passed over unread
                 outranked += 1
                 continue
             if fails_residual(i, c):
-                continue
-            if per.get(g, 0) >= per_group:
-                outranked += 1
                 continue
             per[g] = per.get(g, 0) + 1
             roles[slot] = roles.get(slot, 0) + 1

@@ -619,10 +619,11 @@ class BitIndex:
         cands = self.candidates
         groups = self.group
         width = self.chunk_bits
-        # A candidate with 2 x per_group better matching candidates in its group cannot make
-        # the cut unless most of those fail a residual rule: skipped without a look, so the
-        # work stays bounded when a few groups hold most of the matches.
-        cap = 2 * per_group
+        # A candidate whose group already keeps per_group candidates cannot make the cut:
+        # skipped without a look (no residual check), so the work stays bounded when a few
+        # groups hold most of the matches. (It used to be skipped after 2 x per_group
+        # matches of its group, counted before their residual checks: when those all failed
+        # one, dayparts or key-values, a candidate that passes was lost as outranked.)
         n_chunks = len(self.all)
         if limit is None:
             for k in range(n_chunks):
@@ -640,8 +641,7 @@ class BitIndex:
                     if ordinals is not None:
                         ordinals.append(i)
             return out, dropped
-        # Per group: matches seen (for the 2 x per_group skip) and candidates kept.
-        seen = [0] * self.n_groups
+        # Per group: candidates kept (a full group's later matches are passed over unread).
         per = [0] * self.n_groups
         ties = self.tie
         tie_kept: dict[int, int] = {}  # tie number -> its creatives kept
@@ -676,10 +676,8 @@ class BitIndex:
                     if rules is not None and not rules.room(cands[i].creative.duration_ms):
                         continue  # the same: every slot it fits has its share
                     g = groups[i]
-                    rank = seen[g]
-                    seen[g] = rank + 1
-                    if rank >= cap:
-                        continue
+                    if per[g] >= per_group:
+                        continue  # the group is full: no residual check can change that
                 c = cands[i]
                 if check_all or residual[i]:
                     reason = residual_check(req, c, env)
@@ -690,8 +688,6 @@ class BitIndex:
                 if sibling:
                     tie_kept[t] += 1
                 else:
-                    if per[g] >= per_group:
-                        continue
                     per[g] += 1
                     role_kept[r] += 1
                     if t >= 0:
