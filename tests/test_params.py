@@ -357,3 +357,24 @@ def test_ifa_type_is_case_folded_as_openrtb_folds_it() -> None:
     for raw in ("RIDA", "Rida", "rida"):
         assert parse_targeting({"ifa_type": raw}, client).device.ifa_type == "rida"
     assert parse_targeting({}, client).device.ifa_type is None
+
+
+def test_series_channel_and_content_id_are_free_text() -> None:
+    """The catalog takes any text for them (``"Law & Order, SVU"``, a single value) and
+    OpenRTB passes it through, but /vast answered such a value with a 400 (a token was
+    required): a line item targeting that series could never serve there."""
+    from vastserver.params import parse_targeting
+
+    client = client_info({}, PEER)
+    q = {"series": "Law & Order, SVU", "channel": "Canal+ Séries", "content_id": "ep 7/12"}
+    content = parse_targeting(q, client).content
+    assert (content.series, content.channel, content.id) == (
+        "Law & Order, SVU",
+        "Canal+ Séries",
+        "ep 7/12",
+    )
+    for name in q:
+        for bad in ("a\nb", "x" * 257):
+            with pytest.raises(ParamError) as e:
+                parse_targeting({name: bad}, client)
+            assert e.value.field == name

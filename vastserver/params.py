@@ -506,12 +506,12 @@ def parse_targeting(
         language=language.split("-")[0].lower() if language else None,
     )
     content = Content(
-        id=_token(q, "content_id"),
+        id=_text(q, "content_id"),
         genres=tuple(g.lower() for g in _list(q, "genre")),
         rating=rating,
         live=None if live_raw is None else _flag(q, "live", False),
-        series=_token(q, "series"),
-        channel=_token(q, "channel"),
+        series=_text(q, "series"),
+        channel=_text(q, "channel"),
         kids=kids,
     )
     # Key-values describe the content and the placement (kv_league, kv_tier): not consent-
