@@ -553,6 +553,33 @@ def test_sigterm_drains_then_flushes(tmp_path: Path) -> None:
     assert len(decisions) == 5
 
 
+def test_sigterm_answers_connections_accepted_before_the_listener_closed(tmp_path: Path) -> None:
+    """A connection accepted during the drain whose request arrives just after the listener
+    closes is answered (it was cut off or left waiting 30 s unanswered, aiohttp#2298), and a
+    connection still sending half a request holds the exit a few seconds, not 30."""
+    import socket
+
+    srv = Server(env=_env(VASTSERVER_DRAIN_MS="1000", VASTSERVER_EVENT_LOG_DIR="off"))
+    try:
+        srv.wait_ready()
+        srv.proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        time.sleep(0.3)
+        late = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        stalled = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        stalled.sendall(b"GET /vast?pod_duration=30 HTTP/1.1\r\nHost: x\r\n")  # never ends
+        time.sleep(1.0 - (time.monotonic() - t0) + 0.3)  # the listener has closed
+        late.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = late.recv(64)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        assert srv.proc.wait(15) == 0
+        assert time.monotonic() - t0 < 10, "the exit waited on the stalled connection"
+        late.close()
+        stalled.close()
+    finally:
+        srv.kill()
+
+
 def test_malformed_http_is_logged_sampled_without_tracebacks() -> None:
     """Requests aiohttp cannot parse get its 400; the server's log keeps them as sampled
     one-line warnings, so a client cannot fill the disk with tracebacks."""

@@ -177,7 +177,7 @@ async def _serve_until_signal(
         app,
         access_log=None,
         handle_signals=False,
-        shutdown_timeout=30,
+        shutdown_timeout=max(SHUTDOWN_TIMEOUT_S, settings.deadline_ms / 1000 + 1),
         keepalive_timeout=keepalive,
     )
     await runner.setup()
@@ -216,6 +216,13 @@ async def _serve_until_signal(
     rt.ready = False
     event(log, "draining", seconds=settings.drain_s, in_flight=rt.in_flight)
     await asyncio.sleep(settings.drain_s)
+    # The listener closes first; connections accepted until then get SHUTDOWN_SETTLE_S to
+    # send their request before every connection is told to close: from then on aiohttp
+    # drops what arrives, and a request that came just after (aiohttp#2298) would wait for
+    # the shutdown timeout unanswered.
+    for site in list(runner.sites):
+        await site.stop()
+    await asyncio.sleep(SHUTDOWN_SETTLE_S)
     await runner.cleanup()
     if side is not None:
         await side.cleanup()
@@ -223,6 +230,12 @@ async def _serve_until_signal(
     return 0
 
 
+SHUTDOWN_SETTLE_S = 1.0
+"""After the listener closes, how long connections it accepted have to send their request."""
+SHUTDOWN_TIMEOUT_S = 5.0
+"""Then how long in-flight requests have to finish (longer with a ``DEADLINE_MS`` over 4 s:
+that plus 1 s): a connection still sending is closed after it, so the state file is saved
+within a short termination grace period (Kubernetes': 30 s)."""
 GC_FREEZE_AT_S = (10.0, 30.0, 60.0, 120.0, 300.0)
 GC_FREEZE_EVERY_S = 600.0
 GC_SWEEP_EVERY_S = 3600.0
