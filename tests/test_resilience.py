@@ -426,6 +426,22 @@ async def test_garbage_over_http_never_500(client: Any) -> None:
     assert (await client.post("/openrtb2/pod", data=big)).status == 413
 
 
+async def test_a_body_announced_too_large_is_a_413_at_once(client: Any) -> None:
+    """A ``Content-Length`` over 256 KiB with no body behind it was read for 10 s, then
+    answered 408: it is a 413 naming the body at once, and the connection closes."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        b"POST /openrtb2/pod HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 99999999\r\n\r\n{"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert head.startswith(b"HTTP/1.1 413"), head
+    body = await asyncio.wait_for(reader.read(), 2)  # then EOF: the connection is closed
+    assert json.loads(body)["field"] == "body"
+    writer.close()
+
+
 async def test_request_id_echoed_and_in_debug(client: Any) -> None:
     resp = await client.get("/vast?pod_duration=60&debug=1", headers={"X-Request-Id": "abc-123"})
     assert resp.headers["X-Request-Id"] == "abc-123"

@@ -92,6 +92,8 @@ MAX_QUERY = 4096
 """Longest query string we read; aiohttp itself refuses request lines over 8190 bytes."""
 READYZ_STORE_TIMEOUT_S = 0.25
 """How long ``/readyz`` waits for the store's ping."""
+MAX_BODY = 256 * 1024
+"""The largest request body read (aiohttp's ``client_max_size``): a larger one is a 413."""
 BODY_TIMEOUT_S = 10.0
 """A request body must arrive within this long (408 after it). Bodies are read before a
 request takes a decision slot, so slow or stalled uploads cannot hold the slots."""
@@ -336,7 +338,14 @@ async def _guarded(
 
 async def _read_body(request: web.Request) -> web.StreamResponse | None:
     """Read (and keep: ``request.read()`` returns it again) the whole body; None when read,
-    else the answer. Over ``client_max_size`` aiohttp raises its 413 (an HTTPException)."""
+    else the answer. Over ``client_max_size`` aiohttp raises its 413 (an HTTPException);
+    a ``Content-Length`` announcing more is a 413 at once, without waiting for the body."""
+    if (request.content_length or 0) > MAX_BODY:
+        request.content.feed_eof()  # not read: the connection closes after the answer
+        resp = _bad_request(ParamError("body", f"larger than {MAX_BODY} bytes"))
+        resp.set_status(413)
+        resp.force_close()
+        return resp
     try:
         async with asyncio.timeout(BODY_TIMEOUT_S):
             await request.read()
@@ -1193,7 +1202,7 @@ def create_app(
     )
     app = web.Application(
         middlewares=[edge_mw],
-        client_max_size=256 * 1024,
+        client_max_size=MAX_BODY,
     )
     app[RUNTIME] = rt
     # A HEAD is safe by HTTP's rules: it must not make a decision (which reserves caps and
