@@ -208,3 +208,51 @@ def test_setting_invalid_is_a_start_up_error(raw: str) -> None:
         "VASTSERVER_UNCOUNTED_LOG_RATE: records a second, an integer from 0 (log none) to "
         f"1000000, or -1 (no limit), got {raw!r}"
     ]
+
+
+def _gauge(text: str, name: str) -> float:
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert m is not None, f"no {name}"
+    return float(m.group(1))
+
+
+async def test_a_failing_event_log_disk_shows_in_the_metrics_before_anything_drops(
+    server: Server,
+) -> None:
+    """The disk failing left /metrics silent until 100,000 records had been dropped: the
+    records waiting and whether the last write failed are gauges, from the first failure."""
+    import asyncio
+
+    from tests.test_eventlog import FaultyDisk
+    from vastserver.app import RUNTIME
+    from vastserver.eventlog import EventLog
+
+    client = await server()
+    log_ = client.server.app[RUNTIME].events
+    assert isinstance(log_, EventLog)
+    disk = FaultyDisk(log_)
+
+    async def metrics() -> str:
+        return await (await client.get("/metrics")).text()
+
+    text = await metrics()
+    assert _gauge(text, "vastserver_event_log_write_failing") == 0.0
+    disk.mode = "enospc"
+    for n in range(3):
+        assert (await client.get(f"/vast?pod_duration=30&device_id=f{n}")).status == 200
+    for _ in range(200):  # the writer retries every commit interval (50 ms)
+        text = await metrics()
+        if _gauge(text, "vastserver_event_log_write_failing") == 1.0:
+            break
+        await asyncio.sleep(0.02)
+    assert _gauge(text, "vastserver_event_log_write_failing") == 1.0
+    assert _gauge(text, "vastserver_event_log_pending_records") >= 3
+    assert _dropped(text, "buffer_full") == 0
+    disk.mode = None
+    for _ in range(200):
+        text = await metrics()
+        if _gauge(text, "vastserver_event_log_write_failing") == 0.0:
+            break
+        await asyncio.sleep(0.02)
+    assert _gauge(text, "vastserver_event_log_write_failing") == 0.0
+    assert _gauge(text, "vastserver_event_log_pending_records") == 0.0

@@ -1164,6 +1164,11 @@ def create_app(
             else settings.event_log_retention_days * 86_400,
             on_drop=lambda n, why: _events_dropped(metrics, n, why),
         )
+        log_ = events  # read when /metrics is scraped
+        metrics.event_log_pending.set_function(lambda: float(log_.stats()["pending"]))
+        metrics.event_log_failing.set_function(
+            lambda: 0.0 if log_.stats()["last_error"] is None else 1.0
+        )
     models = ModelManager(
         metrics,
         model_path=settings.model_path,

@@ -99,6 +99,17 @@ class Metrics:
                 registry=r,
             )
         )
+        self.event_log_pending = Gauge(
+            "vastserver_event_log_pending_records",
+            "Event-log records appended and not yet written (grows while the disk fails; past "
+            "100,000 the oldest are dropped as buffer_full)",
+            registry=r,
+        )
+        self.event_log_failing = Gauge(
+            "vastserver_event_log_write_failing",
+            "1 while the event log's last write failed (disk full, directory unwritable), else 0",
+            registry=r,
+        )
         li_labels = ["line_item"]
         self.li_delivered = Gauge(
             "vastserver_line_item_delivered_impressions",
