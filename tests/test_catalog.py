@@ -661,6 +661,53 @@ def test_competitive_label_errors_name_the_entity() -> None:
     assert f'line item "{li0["id"]}"' in str(by_path["$.line_items[0].competitive_categories[1]"])
 
 
+def test_creative_attributes_are_declared_and_derived() -> None:
+    """A creative's AdCOM attributes are those it declares plus 13 (user interactive) for
+    SIMID files or VPAID, ascending; a skip offset adds no 16 (the player's skip button is
+    not the ad's)."""
+    doc = demo_doc()
+    declared, simid, vpaid, skippable = doc["creatives"][:4]
+    declared["attributes"] = [16, 9]
+    simid["interactive"] = [{"url": "https://simid.example/a.html", "api_framework": "SIMID"}]
+    simid["attributes"] = [13, 1]  # declared and derived: once
+    vpaid["api_framework"] = "VPAID"
+    skippable["skip_offset"] = 5
+    cat = parse_catalog(doc)
+    got = {cr["id"]: cat.creatives[cr["id"]].attributes for cr in doc["creatives"][:4]}
+    assert got == {
+        declared["id"]: (9, 16),
+        simid["id"]: (1, 13),
+        vpaid["id"]: (13,),
+        skippable["id"]: (),
+    }
+    assert all(not cr.attributes for cr in list(cat.creatives.values())[4:])
+
+
+def test_bad_creative_attributes_are_each_reported_at_their_path() -> None:
+    """Not an array, not an integer, 0, beyond AdCOM's 17, twice: every one reported, all at
+    once, with the creative's id."""
+    doc = demo_doc()
+    doc["creatives"][0]["attributes"] = 13
+    doc["creatives"][1]["attributes"] = [9, "13", 0, 18, 2.5, True, 9]
+    doc["creatives"][2]["attributes"] = None
+    errors = errors_of(doc)
+    assert_exactly(
+        errors,
+        [
+            ("$.creatives[0].attributes", "expected an array"),
+            ("$.creatives[1].attributes[1]", "expected an integer"),
+            ("$.creatives[1].attributes[2]", "out of range [1, 17]"),
+            ("$.creatives[1].attributes[3]", "out of range [1, 17]"),
+            ("$.creatives[1].attributes[4]", "expected an integer"),
+            ("$.creatives[1].attributes[5]", "expected an integer"),
+            ("$.creatives[1].attributes[6]", "duplicate value 9"),
+            ("$.creatives[2].attributes", "expected an array"),
+        ],
+    )
+    by_path = {e.path: e for e in errors}
+    assert by_path["$.creatives[1].attributes[3]"].id == doc["creatives"][1]["id"]
+
+
 def test_error_message_lists_issues() -> None:
     doc = demo_doc()
     doc["line_items"][0]["tier"] = "premium"

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from yarl import URL as YarlURL
 
 from vastserver.catalog.model import (
+    CREATIVE_ATTRIBUTES,
     DEVICE_TYPES,
     FLAT,
     MAX_ADS,
@@ -735,6 +736,8 @@ HOST = string(_HOST, what="a lowercase domain name like 'brand.example'")
 IAB = string(_IAB, what="an IAB category code like 'IAB8-5'")
 MIME = string(_MIME, what="a MIME type like 'video/mp4'")
 CATEGORIES = list_of(IAB, unique=True)
+ATTRIBUTES = list_of(integer(min(CREATIVE_ATTRIBUTES), max(CREATIVE_ATTRIBUTES)), unique=True)
+"""A creative's ``attributes``: AdCOM 1.0 creative attribute codes, each once."""
 COMPETITIVE_SLUG = string(_SLUG, what="a lowercase slug like 'fast_food'")
 COMPETITIVE_LABELS = list_of(COMPETITIVE_SLUG, unique=True)
 """A line item's or a creative's ``competitive_categories``: slugs as the advertiser's
@@ -1093,6 +1096,7 @@ def _creative(d: dict[str, Any]) -> Creative:
         verifications=d["verifications"],
         icons=d["icons"],
         competitive_categories=d["competitive_categories"],
+        attributes=d["attributes"],
     )
     return replace(cr, server_macros=any(map(has_server_macros, catalog_urls(cr))))
 
@@ -1133,6 +1137,8 @@ CREATIVE = Obj(
         "verifications": F(list_of(VERIFICATION), ()),
         "icons": F(list_of(ICON), ()),
         "competitive_categories": F(COMPETITIVE_LABELS, ()),
+        # AdCOM creative attributes; 13 is added for SIMID files or VPAID (model.Creative)
+        "attributes": F(ATTRIBUTES, ()),
     },
     _creative,
     checks=[

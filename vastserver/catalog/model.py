@@ -175,6 +175,44 @@ class Icon:
     """``IconClickTracking``: third-party URLs the player calls on a click on the icon."""
 
 
+CREATIVE_ATTRIBUTES: Mapping[int, str] = MappingProxyType(
+    {
+        1: "audio ad (auto-play)",
+        2: "audio ad (user initiated)",
+        3: "expandable (automatic)",
+        4: "expandable (user initiated, click)",
+        5: "expandable (user initiated, rollover)",
+        6: "in-banner video ad (auto-play)",
+        7: "in-banner video ad (user initiated)",
+        8: "pop (e.g. over, under, or upon exit)",
+        9: "provocative or suggestive imagery",
+        10: "shaky, flashing, flickering, extreme animation, smileys",
+        11: "surveys",
+        12: "text only",
+        13: "user interactive (e.g. embedded games)",
+        14: "windows dialog or alert style",
+        15: "has audio on/off button",
+        16: "ad provides skip button (e.g. VPAID-rendered skip button)",
+        17: "Adobe Flash",
+    }
+)
+"""AdCOM 1.0 "Creative Attribute" codes a creative may declare (its ``attributes``), what
+OpenRTB's ``video.battr`` blocks and ``bid.attr`` reports."""
+USER_INTERACTIVE = 13
+"""The AdCOM attribute a creative with SIMID files or a VPAID ``api_framework`` has,
+declared or not (:func:`derived_attributes`)."""
+
+
+def derived_attributes(
+    interactive: tuple[InteractiveFile, ...], api_framework: str | None
+) -> frozenset[int]:
+    """The AdCOM creative attributes a creative has by what it is: 13 (user interactive)
+    with SIMID files or a VPAID ``api_framework``. Never 16 (the ad provides a skip button)
+    for a skip offset: in VAST the player draws that button, not the ad."""
+    vpaid = api_framework is not None and api_framework.upper().startswith("VPAID")
+    return frozenset({USER_INTERACTIVE}) if interactive or vpaid else frozenset()
+
+
 def is_https(url: str) -> bool:
     """Whether ``url`` is an https one (scheme compared without case)."""
     return url[:8].lower() == "https://"
@@ -219,6 +257,11 @@ class Creative:
     competitive_categories: tuple[str, ...] = ()
     """Competitive labels of this creative's ads, on top of its line item's and advertiser's
     (see :attr:`LineItem.competitive_categories`)."""
+    attributes: tuple[int, ...] = ()
+    """AdCOM creative attributes (:data:`CREATIVE_ATTRIBUTES`), ascending: those given (the
+    catalog's ``attributes``) and, added on creation, those it has by what it is
+    (:func:`derived_attributes`). OpenRTB ``video.battr`` (``battr`` on ``/vast``) blocks
+    them, and ``bid.attr`` lists them."""
     trackers: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: MappingProxyType({}), hash=False
     )
@@ -250,6 +293,8 @@ class Creative:
             or (m is not None and not is_https(m.url))
         )
         object.__setattr__(self, "http_media", http)
+        derived = derived_attributes(self.interactive, self.api_framework)
+        object.__setattr__(self, "attributes", tuple(sorted({*self.attributes, *derived})))
 
     @property
     def duration_s(self) -> float:
