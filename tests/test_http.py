@@ -176,6 +176,15 @@ BAD_INPUT = [
     ("session=%00bad", "session"),
     ("device_ip=203.0.113.999", "device_ip"),
     ("device_ua=Roku%0A", "device_ua"),
+    ("battr=abc", "battr"),
+    ("battr=13,x", "battr"),
+    ("battr=0", "battr"),
+    ("battr=1001", "battr"),
+    ("battr=-1", "battr"),
+    ("battr=2.5", "battr"),
+    ("battr=1_3", "battr"),
+    ("battr=%D9%A1%D9%A3", "battr"),
+    ("battr=" + ",".join(["9"] * 40), "battr"),
 ]
 
 
@@ -223,6 +232,7 @@ BAD_VMAP = [
     ("midroll_duration=-1", "midroll_duration"),
     ("device_type=toaster", "device_type"),
     ("country=CA&region=US-NY", "region"),  # a region of another country
+    ("content_duration=600&battr=0", "battr"),
 ]
 
 
@@ -381,6 +391,39 @@ async def test_badv_takes_domain_names_of_any_legal_length(client: Any) -> None:
     # other lists keep their 64-character entries
     resp = await client.get(f"/vast?bcat={'c' * 65}")
     assert resp.status == 400 and (await resp.json())["field"] == "bcat"
+
+
+async def test_battr_is_carried_into_every_vmap_tag(client: Any) -> None:
+    """``battr`` (blocked AdCOM creative attributes) goes to each break's ``/vast`` as the
+    other targeting does, and an ``inline=1`` VMAP's pods are decided with it."""
+    resp = await client.get("/vmap?content_duration=1800&cue_points=900&battr=13,%209")
+    assert resp.status == 200, await resp.text()
+    root = etree.fromstring(await resp.read())
+    tags = [parse_qs(urlsplit(u).query) for u in _urls(root, ".//vmap:AdTagURI")]
+    assert len(tags) == 3 and all(t["battr"] == ["13, 9"] for t in tags)
+    for tag in tags:
+        query = {k: v[0] for k, v in tag.items()}
+        assert (await client.get("/vast", params=query)).status == 200
+
+
+async def test_an_inline_vmap_is_decided_with_its_battr(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """The breaks of an ``inline=1`` VMAP are decided as their tags would be: with its
+    ``battr``, no SIMID, VPAID or declared-13 ad in any break."""
+    from tests.test_openrtb import ATTR_SHOW, INTERACTIVE, attributes_catalog
+
+    client: Any = await make_client(catalog=str(attributes_catalog(tmp_path)))
+    query = f"content_duration=600&series={ATTR_SHOW}&rating=TV-14&device_type=desktop&inline=1"
+
+    async def served(extra: str) -> set[str]:
+        resp = await client.get(f"/vmap?{query}{extra}")
+        assert resp.status == 200, await resp.text()
+        root = etree.fromstring(await resp.read())
+        return {str(c.get("id")) for c in root.iter("{*}Creative")}
+
+    assert await served("") & INTERACTIVE
+    assert not await served("&battr=13") & INTERACTIVE
 
 
 async def test_unknown_params_ignored_and_long_query_refused(client: Any) -> None:

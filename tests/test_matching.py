@@ -57,6 +57,15 @@ def _mutate(data: dict[str, Any], seed: int) -> dict[str, Any]:
             cr["api_framework"] = "VPAID"
         if rng.random() < 0.3:
             cr["rating"] = rng.choice(RATINGS)
+    # AdCOM creative attributes, declared or (13) derived from SIMID files: a draw of their
+    # own, so that the mutations above stay what they were for every seed
+    attrs = random.Random(seed + 1000)
+    for cr in data["creatives"]:
+        r = attrs.random()
+        if r < 0.2:
+            cr["attributes"] = attrs.sample([1, 9, 13, 16], k=attrs.randint(1, 2))
+        elif r < 0.3:
+            cr["interactive"] = [{"url": "https://simid.example/i.html", "api_framework": "SIMID"}]
     return data
 
 
@@ -110,6 +119,7 @@ def requests(draw: st.DrawFn) -> tuple[int, dict[str, str], timedelta]:
     maybe("channel", _vocab(catalog, "channel"))
     maybe("segments", _vocab(catalog, "segment"))
     maybe("bcat", ["IAB8", "IAB8-5", "IAB19", "IAB1-7", "IAB22"])
+    maybe("battr", ["13", "9", "9,13", "1,16", "2"])
     domains = sorted({a.domain for a in catalog.advertisers.values()})
     if draw(st.booleans()):
         picked = draw(st.lists(st.sampled_from(domains), min_size=1, max_size=3))
@@ -734,3 +744,41 @@ def test_mimes_drop_creatives_without_a_listed_type_but_keep_tags() -> None:
     assert policy(both, by_kind["hls"], env) is None
     _, dropped = index.select(mp4, env)
     assert dropped.get(Reason.MIME_TYPE, 0) > 0
+
+
+def test_blocked_attributes_drop_the_creatives_having_one() -> None:
+    """``battr``: a creative declaring a blocked attribute, or having 13 by its SIMID files
+    or VPAID, is ``blocked_attribute`` (after ``blocked_category``), by the filter and the
+    bitsets alike; without ``battr`` no candidate is."""
+    _, index = catalog_and_index(0)
+    base = AdRequest(brk=BreakSpec(BreakPosition.MID, 120_000, 4), require_https=False)
+    env = StageEnv(now=NOW)
+    passing = [c for c in index.candidates if policy(base, c, env) is None]
+    simid = next(c for c in passing if c.creative.interactive and c.categories)
+    vpaid = next(c for c in passing if c.creative.api_framework == "VPAID")
+    nine = next(
+        c for c in passing if 9 in c.creative.attributes and 13 not in c.creative.attributes
+    )
+    plain = next(c for c in passing if not c.creative.attributes)
+    assert 13 in simid.creative.attributes and 13 in vpaid.creative.attributes
+    interactive = replace(base, blocked_attributes=frozenset({13}))
+    for c, blocked in ((simid, True), (vpaid, True), (nine, False), (plain, False)):
+        got = policy(interactive, c, env)
+        assert got is (Reason.BLOCKED_ATTRIBUTE if blocked else None), c.key
+    # codes beyond AdCOM's 17 block nothing, and several codes block any of them
+    assert policy(replace(base, blocked_attributes=frozenset({9, 500})), nine, env) is (
+        Reason.BLOCKED_ATTRIBUTE
+    )
+    assert policy(replace(base, blocked_attributes=frozenset({500})), nine, env) is None
+    # a blocked category is named first
+    cat_env = StageEnv(now=NOW, blocked_categories=frozenset({simid.categories[0]}))
+    assert policy(interactive, simid, cat_env) is Reason.BLOCKED_CATEGORY
+    for env_ in (env, cat_env):
+        fast, dropped = index.select(interactive, env_)
+        slow = screen(interactive, index.candidates, env_, PRE_DELIVERY_FILTERS)
+        assert [c.key for c in fast] == [c.key for c in slow.survivors]
+        assert dropped == dict(Counter(t.reason for t in slow.traces))
+        assert dropped.get(Reason.BLOCKED_ATTRIBUTE, 0) > 0
+        assert not any(13 in c.creative.attributes for c in fast)
+    _, unblocked = index.select(base, env)
+    assert Reason.BLOCKED_ATTRIBUTE not in unblocked

@@ -1795,3 +1795,202 @@ async def test_imps_without_a_common_vast_version_are_a_400_on_both_endpoints(
         got = await resp.json()
         assert got["field"] == "imp[1].video.protocols", got
         assert "VAST 2.0 inline" in got["why"] and "VAST 4.2 inline" in got["why"], got
+
+
+# ------------------------------------------------------------------ creative attributes
+
+ATTR_SHOW = "attr-show"
+ATTR_CREATIVES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "simid": {"interactive": [{"url": "https://simid.example/a.html", "api_framework": "SIMID"}]},
+    "vpaid": {"api_framework": "VPAID"},
+    "game": {"attributes": [13]},
+    "racy": {"attributes": [15, 9]},
+    "skippable": {"skip_offset": 5},
+}
+"""One 15 s creative each, of an advertiser of its own (a pod takes one ad an advertiser),
+served by a sponsorship of :data:`ATTR_SHOW`: ``simid``, ``vpaid`` and ``game`` have AdCOM
+attribute 13 (user interactive), ``racy`` 9 and 15, ``skippable`` none (a skip offset makes
+no 16: VAST's skip button is the player's)."""
+INTERACTIVE = {"cr-attr-simid", "cr-attr-vpaid", "cr-attr-game"}
+
+
+def attributes_doc() -> dict[str, Any]:
+    """The demo catalog plus :data:`ATTR_CREATIVES`."""
+    doc: dict[str, Any] = json.loads(DEMO_CATALOG.read_text())
+    for n, (key, fields) in enumerate(ATTR_CREATIVES.items()):
+        doc["advertisers"].append(
+            {"id": f"adv-attr-{key}", "name": key, "domain": f"{key}.example"}
+        )
+        doc["campaigns"].append(
+            {
+                "id": f"cmp-attr-{key}",
+                "advertiser_id": f"adv-attr-{key}",
+                "name": key,
+                "start": "2026-01-01T00:00:00Z",
+                "end": "2099-12-31T23:59:59Z",
+            }
+        )
+        doc["creatives"].append(
+            {
+                "id": f"cr-attr-{key}",
+                "advertiser_id": f"adv-attr-{key}",
+                "title": f"attributes {key}",
+                "duration": 15,
+                "universal_ad_id": f"ATTR{n:04d}000H",
+                "renditions": [
+                    {
+                        "url": f"https://cdn.example.com/attr/{key}.mp4",
+                        "mime": "video/mp4",
+                        "width": 1920,
+                        "height": 1080,
+                    }
+                ],
+                **fields,
+            }
+        )
+        doc["line_items"].append(
+            {
+                "id": f"li-attr-{key}",
+                "campaign_id": f"cmp-attr-{key}",
+                "name": key,
+                "tier": "sponsorship",
+                "creative_ids": [f"cr-attr-{key}"],
+                "price": 30 - n,
+                "targeting": {"series": {"include": [ATTR_SHOW]}},
+            }
+        )
+    return doc
+
+
+def attributes_catalog(tmp_path: Path) -> Path:
+    path = tmp_path / "attributes-catalog.json"
+    path.write_text(json.dumps(attributes_doc()))
+    return path
+
+
+def attr_pod(*battrs: list[int] | None, viewer: str = "attr-viewer") -> dict[str, Any]:
+    """A mid-roll of the attributes show with room for every one of its ads, one imp per
+    ``battr`` (None: the imp has none), on a desktop player (VPAID plays there) and with
+    the explanation."""
+
+    def imp(i: int, battr: list[int] | None) -> dict[str, Any]:
+        video: dict[str, Any] = {"podid": "p", "maxduration": 30, "protocols": [13]}
+        if len(battrs) == 1:
+            video.update(poddur=120, maxseq=8)
+        if battr is not None:
+            video["battr"] = battr
+        return {"id": f"i{i}", "video": video}
+
+    return {
+        "id": f"attr-{viewer}",
+        "imp": [imp(i, b) for i, b in enumerate(battrs)],
+        "app": {"id": "a", "content": {"series": ATTR_SHOW, "contentrating": "TV-14"}},
+        "device": {"devicetype": 2, "ip": "203.0.113.9", "ifa": viewer},
+        "ext": {"vastserver": {"debug": 1}},
+    }
+
+
+async def _attr_decision(client: Any, doc: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
+    """The creatives a pod serves, and the reason of each creative not served."""
+    resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+    assert resp.status == 200, await resp.text()
+    data = _explanation(bytes(await resp.read()))
+    served = {a["creative_id"] for a in data["pod"]["ads"]}
+    reasons = {c["creative_id"]: c["reason"] for c in data["candidates"] if not c["selected"]}
+    for c in data["candidates"]:
+        if c["reason"] == "blocked_attribute":
+            assert c["stage"] == "policy"
+    return served, reasons
+
+
+async def test_battr_blocks_interactive_creatives_declared_or_derived(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``video.battr`` used to be ignored: a player blocking 13 (user interactive) got a
+    SIMID or VPAID ad. Now a creative declaring a blocked attribute, or having 13 by its
+    SIMID files or VPAID, is ``blocked_attribute`` (a policy reason, in the metrics too);
+    a skip offset is no 16, and a code past AdCOM's 17 blocks nothing."""
+    client = await make_client(catalog=str(attributes_catalog(tmp_path)))
+    mine = {f"cr-attr-{k}" for k in ATTR_CREATIVES}
+    served, _ = await _attr_decision(client, attr_pod(None, viewer="v0"))
+    assert served >= mine  # without battr every one of them serves
+
+    served, reasons = await _attr_decision(client, attr_pod([13], viewer="v1"))
+    assert not served & INTERACTIVE
+    assert served >= mine - INTERACTIVE
+    assert {cr for cr, why in reasons.items() if why == "blocked_attribute"} == INTERACTIVE
+
+    served, reasons = await _attr_decision(client, attr_pod([15, 16, 999], viewer="v2"))
+    assert "cr-attr-racy" not in served and reasons["cr-attr-racy"] == "blocked_attribute"
+    assert served >= mine - {"cr-attr-racy"}  # the skippable ad is no 16
+    text = await (await client.get("/metrics")).text()
+    line = 'vastserver_rejections_total{reason="blocked_attribute",stage="policy"}'
+    assert any(x.startswith(line) and not x.endswith(" 0.0") for x in text.splitlines())
+
+    # /decide (and /vast) take it as a query parameter
+    resp = await client.get(
+        "/decide", params={"series": ATTR_SHOW, "pod_duration": "120", "max_ads": "8",
+                           "rating": "TV-14", "device_type": "desktop", "battr": "13,9"}
+    )  # fmt: skip
+    assert resp.status == 200, await resp.text()
+    data = await resp.json()
+    blocked = INTERACTIVE | {"cr-attr-racy"}
+    assert not {a["creative_id"] for a in data["pod"]["ads"]} & blocked
+    got = {c["creative_id"] for c in data["candidates"] if c["reason"] == "blocked_attribute"}
+    assert got == blocked
+
+
+async def test_battr_of_every_imp_applies_to_the_whole_pod(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Any ad may go in any slot (as for ``mimes``): what one imp blocks, no imp gets."""
+    client = await make_client(catalog=str(attributes_catalog(tmp_path)))
+    doc = attr_pod([9], None, [13], viewer="v3")
+    served, reasons = await _attr_decision(client, doc)
+    blocked = INTERACTIVE | {"cr-attr-racy"}
+    assert not served & blocked
+    assert {cr for cr, why in reasons.items() if why == "blocked_attribute"} == blocked
+
+
+def test_battr_is_the_union_of_the_imps() -> None:
+    doc = structured_pod()
+    doc["imp"][0]["video"]["battr"] = [13, 9]
+    doc["imp"][1]["video"]["battr"] = []
+    doc["imp"][2]["video"]["battr"] = [16.0, 1000]
+    assert parse(doc).request.blocked_attributes == frozenset({9, 13, 16, 1000})
+    for imp in doc["imp"]:
+        del imp["video"]["battr"]
+    assert parse(doc).request.blocked_attributes == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("battr", "field"),
+    [
+        (13, "imp[0].video.battr"),
+        ("13", "imp[0].video.battr"),
+        ({"13": 1}, "imp[0].video.battr"),
+        ([13, "9"], "imp[0].video.battr[1]"),
+        ([0], "imp[0].video.battr[0]"),
+        ([13, 1001], "imp[0].video.battr[1]"),
+        ([-1], "imp[0].video.battr[0]"),
+        ([2.5], "imp[0].video.battr[0]"),
+        ([True], "imp[0].video.battr[0]"),
+        ([None], "imp[0].video.battr[0]"),
+        (list(range(1, 40)), "imp[0].video.battr"),
+    ],
+)
+async def test_a_malformed_battr_is_a_400_naming_it_on_both_endpoints(
+    make_client: ClientFactory, battr: object, field: str
+) -> None:
+    doc = dynamic_pod()
+    doc["imp"][0]["video"]["battr"] = battr
+    with pytest.raises(ParamError) as e:
+        parse(doc)
+    assert e.value.field == field
+    client = await make_client()
+    for endpoint in ("/openrtb2/pod", "/openrtb2/auction"):
+        resp = await client.post(endpoint, data=json.dumps(doc))
+        assert resp.status == 400, endpoint
+        got = await resp.json()
+        assert got["error"] == "bad_request" and got["field"] == field, got

@@ -79,6 +79,11 @@ Mapped elsewhere
   imp listing it takes (any ad may go in any slot). Only renditions of those types count (a
   creative with none is ``mime_type``) and the VAST lists only them; a third-party tag stays
   (its media are the tag's). An empty list or a malformed type is a 400.
+* ``video.battr`` -> :attr:`AdRequest.blocked_attributes`: the AdCOM creative attribute codes
+  any imp blocks (any ad may go in any slot); a creative with one of them (declared in the
+  catalog, or 13 for SIMID and VPAID) is ``blocked_attribute``. Codes 1 to
+  :data:`~vastserver.params.MAX_ATTRIBUTE_CODE` (AdCOM lists 17: later ones block nothing
+  rather than fail the request); anything else is a 400 on ``imp[i].video.battr[j]``.
 * ``video.protocols`` picks the VAST version, one every imp listing a known code accepts
   (any ad may go in any slot; an imp listing none restricts nothing): among those every
   such imp lists the inline code of, else among those it lists the wrapper code of, 4.2
@@ -134,6 +139,7 @@ from vastserver.consent import (
 from vastserver.geo import region_code, region_in
 from vastserver.params import (
     MAX_AD_S,
+    MAX_ATTRIBUTE_CODE,
     MAX_DOMAIN,
     MAX_LIST,
     MAX_TEXT,
@@ -435,6 +441,8 @@ class _Imp:
     wrapper_versions: frozenset[str]
     """The VAST versions whose wrapper code it lists (both empty: no known code, any)."""
     mimes: frozenset[str] | None
+    battr: frozenset[int]
+    """``video.battr``: the AdCOM creative attributes the imp blocks."""
     ext: Obj | None
     tagid: str | None
     first_or_last: bool = False
@@ -560,6 +568,14 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
             if known is not None:
                 (wrapper if known[1] else inline).add(known[0])
 
+    battr: frozenset[int] = frozenset()
+    if video.get("battr") is not None:
+        bpath = f"{vpath}.battr"
+        battr = frozenset(
+            _int(code, f"{bpath}[{j}]", lo=1, hi=MAX_ATTRIBUTE_CODE)
+            for j, code in enumerate(_arr(video["battr"], bpath, MAX_LIST))
+        )
+
     tagid = _opt_str(imp, "tagid", path)
     return _Imp(
         index=i,
@@ -581,6 +597,7 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
         inline_versions=frozenset(inline),
         wrapper_versions=frozenset(wrapper),
         mimes=_mimes(video, vpath),
+        battr=battr,
         ext=_opt_obj(imp, "ext", path),
         tagid=tagid if tagid is not None and _TOKEN_RE.match(tagid) else None,
     )
@@ -1170,6 +1187,8 @@ def parse_bid_request(
         debug=ours.debug is True,
         blocked_categories=frozenset(blocked_categories),
         blocked_domains=frozenset(d.lower() for d in blocked_domains),
+        # any ad may go in any slot (as for mimes): what any imp blocks
+        blocked_attributes=frozenset[int]().union(*(imp.battr for imp in imps)),
         segments=_segments(root) if allowed.segments else (),
         key_values=ours.kv if ours.kv is not None else MappingProxyType({}),
         caller_ip=client.caller_ip,

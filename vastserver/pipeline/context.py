@@ -145,6 +145,9 @@ class AdRequest:
     debug: bool = False
     blocked_categories: frozenset[str] = frozenset()
     blocked_domains: frozenset[str] = frozenset()
+    blocked_attributes: frozenset[int] = frozenset()
+    """AdCOM creative attributes no ad may have (OpenRTB ``video.battr``, ``battr`` on
+    ``/vast``): a creative with one is ``blocked_attribute``."""
     segments: tuple[str, ...] = ()
     key_values: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     caller_ip: str | None = None

@@ -3,11 +3,11 @@
 Each candidate (line item x creative) has an ordinal, best first (tier, then value); a set of
 candidates is a bitset, cut into chunks of :data:`CHUNK_BITS` candidates, each a Python
 ``int``. At load time we build, for every targeting dimension and value, every content
-rating, category, domain, duration, media capability and flight boundary, the bitset of
-candidates it admits or excludes. A request then costs a few dozen AND/XOR operations per
-chunk, plus a per-candidate look only at the candidates with rules no bitset can answer
-(dayparts, key-values, price floors), and it stops at the chunk where its candidate limit
-fills: the work grows with the limit, not with the catalog size.
+rating, category, creative attribute, domain, duration, media capability and flight
+boundary, the bitset of candidates it admits or excludes. A request then costs a few dozen
+AND/XOR operations per chunk, plus a per-candidate look only at the candidates with rules
+no bitset can answer (dayparts, key-values, price floors), and it stops at the chunk where
+its candidate limit fills: the work grows with the limit, not with the catalog size.
 
 The per-candidate filters in :mod:`stages` remain the specification: ``tests/test_matching``
 checks on random catalogs and requests that a candidate survives the bitsets (plus
@@ -177,7 +177,7 @@ class MatchPlan:
     targeting: tuple[_DimCheck, ...]
     """Targeting of the dimensions where it has several."""
     after: tuple[_Step, ...]
-    """Kids, rating, blocklists, media: after targeting."""
+    """Kids, rating, blocklists, blocked attributes, media: after targeting."""
 
 
 def _apply(
@@ -276,6 +276,9 @@ class BitIndex:
     alcohol: Chunks
     category: Mapping[str, Chunks]
     """IAB code (and its top-level prefix) -> candidates whose advertiser or creative has it."""
+    attribute: Mapping[int, Chunks]
+    """AdCOM creative attribute -> candidates whose creative has it (declared or derived:
+    ``Creative.attributes``); only the codes some creative has."""
     domain: Mapping[str, npt.NDArray[np.int32]]
     """Advertiser domain -> its candidates' ordinals. A few candidates in a bitset as wide
     as the catalog: kept as ordinals and built when a blocklist names the domain (dense, the
@@ -391,6 +394,10 @@ class BitIndex:
             got = self.category.get(code)
             if got is not None:
                 after.append((False, Reason.BLOCKED_CATEGORY, got))
+        for attr in req.blocked_attributes:  # OpenRTB video.battr
+            got_attr = self.attribute.get(attr)
+            if got_attr is not None:
+                after.append((False, Reason.BLOCKED_ATTRIBUTE, got_attr))
         # OpenRTB video.protocols: the ad forms (inline, wrapper) the player takes
         if not req.inline_ads:
             after.append((True, Reason.PROTOCOL_NOT_ACCEPTED, self.wrappers[0]))
@@ -819,6 +826,7 @@ def build_bit_index(
     restricted: dict[str, set[int]] = {d: set() for d in DIMENSIONS}
     rating_ok: dict[str, set[int]] = {r: set() for r in RATINGS}
     category: dict[str, set[int]] = defaultdict(set)
+    attribute: dict[int, set[int]] = defaultdict(set)
     domain: dict[str, set[int]] = defaultdict(set)
     duration: dict[int, set[int]] = defaultdict(set)
     static_ok: set[int] = set()
@@ -866,6 +874,8 @@ def build_bit_index(
             alcohol.add(i)
         for key in _category_keys(codes):
             category[key].add(i)
+        for attr in cr.attributes:
+            attribute[attr].add(i)
         domain[adv.domain].add(i)
         if cr.api_framework is not None and cr.api_framework.upper().startswith("VPAID"):
             vpaid.add(i)
@@ -935,6 +945,7 @@ def build_bit_index(
         rating_ok=bitmap(rating_ok),
         alcohol=chunks(alcohol),
         category=bitmap(category),
+        attribute={a: chunks(s) for a, s in attribute.items()},
         domain={d: _ordinals(ix) for d, ix in domain.items()},
         vpaid=chunks(vpaid),
         ctv_playable=chunks(ctv_playable),

@@ -39,6 +39,9 @@ class Reason(StrEnum):
     CONTENT_RATING = "content_rating"
     KIDS_CONTENT = "kids_content"
     BLOCKED_CATEGORY = "blocked_category"
+    BLOCKED_ATTRIBUTE = "blocked_attribute"
+    """The creative has an AdCOM creative attribute the request blocks (OpenRTB
+    ``video.battr``, ``battr`` on ``/vast``): see ``Creative.attributes``."""
     BLOCKED_ADVERTISER = "blocked_advertiser"
     NO_PLAYABLE_MEDIA = "no_playable_media"
     INSECURE_MEDIA = "insecure_media"
@@ -84,6 +87,7 @@ _STAGE_OF: dict[Reason, Stage] = {
     Reason.CONTENT_RATING: Stage.POLICY,
     Reason.KIDS_CONTENT: Stage.POLICY,
     Reason.BLOCKED_CATEGORY: Stage.POLICY,
+    Reason.BLOCKED_ATTRIBUTE: Stage.POLICY,
     Reason.BLOCKED_ADVERTISER: Stage.POLICY,
     Reason.NO_PLAYABLE_MEDIA: Stage.POLICY,
     Reason.INSECURE_MEDIA: Stage.POLICY,

@@ -223,6 +223,8 @@ def policy(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
         return Reason.BLOCKED_ADVERTISER
     if env.blocked_categories and _category_blocked(categories, env.blocked_categories):
         return Reason.BLOCKED_CATEGORY
+    if req.blocked_attributes and not req.blocked_attributes.isdisjoint(cr.attributes):
+        return Reason.BLOCKED_ATTRIBUTE
     if not (req.wrapper_ads if cr.vast_tag_url is not None else req.inline_ads):
         return Reason.PROTOCOL_NOT_ACCEPTED
     ctv = req.device.device_type in CTV_DEVICE_TYPES
