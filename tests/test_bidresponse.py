@@ -419,3 +419,29 @@ def test_an_invalid_seat_stops_start_up(seat: str) -> None:
     with pytest.raises(SettingsError, match="VASTSERVER_OPENRTB_SEAT: a seat id, 1 to 64"):
         load_settings({"VASTSERVER_OPENRTB_SEAT": seat})
     assert load_settings({"VASTSERVER_OPENRTB_SEAT": "x" * 64}).openrtb_seat == "x" * 64
+
+
+async def test_a_bid_lists_its_creatives_attributes(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``bid.attr``: the creative's AdCOM attributes, ascending, declared (``[15, 9]``) or
+    derived (13 for SIMID files or VPAID); absent when it has none (a skip offset makes no
+    16); what ``video.battr`` judges, so no bid carries a code the request blocks."""
+    from tests.test_openrtb import attr_pod, attributes_catalog
+
+    client = await make_client(catalog=str(attributes_catalog(tmp_path)))
+    bids = _bids(await _auction(client, attr_pod(None, viewer="bid-attr")))
+    got = {b["crid"]: b.get("attr") for b in bids if b["crid"].startswith("cr-attr-")}
+    assert got == {
+        "cr-attr-plain": None,
+        "cr-attr-simid": [13],
+        "cr-attr-vpaid": [13],
+        "cr-attr-game": [13],
+        "cr-attr-racy": [9, 15],
+        "cr-attr-skippable": None,
+    }
+    for bid in bids:
+        _check_bid(bid, "4.2")
+    bids = _bids(await _auction(client, attr_pod([13], viewer="bid-attr-2")))
+    assert bids and all(13 not in b.get("attr", []) for b in bids)
+    assert {b["crid"] for b in bids} >= {"cr-attr-plain", "cr-attr-racy", "cr-attr-skippable"}

@@ -155,6 +155,8 @@ def _bid(
     if c.categories:
         bid["cattax"] = CATTAX_IAB_1_0
         bid["cat"] = list(c.categories)
+    if cr.attributes:  # AdCOM creative attributes, declared and derived (ascending)
+        bid["attr"] = list(cr.attributes)
     bid["protocol"] = protocol(vast_version, wrapper=cr.vast_tag_url is not None)
     bid["exp"] = exp_s
     bid["dur"] = rounded_seconds(cr.duration_ms)
