@@ -277,6 +277,15 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the advertiser's own id (text to escape), inline and in a wrapper
     "ad-id": {"click_through": "https://odd.example/", "ad_id": ADVERTISER_AD_ID},
     "wrapper-ad-id": {"vast_tag_url": "https://tag.example/vast?id=2", "ad_id": ADVERTISER_AD_ID},
+    # text that starts like a URI (vastlint wants it in CDATA): in every text element
+    "uri-like-text": {
+        "click_through": "https://odd.example/",
+        "title": "Acme: Spring & Sale",
+        "ad_id": "acme:42",
+        "universal_ad_id_registry": "clearcast",
+        "universal_ad_id": "isci:ABC123",
+        "universal_ad_ids": [{"registry": "other", "value": "urn:x:1"}],
+    },
     # other registries' ids beside the Ad-ID (text to escape in one)
     "universal-ad-ids": {"click_through": "https://odd.example/", "universal_ad_ids": MORE_UAIDS},
     # an interactive (SIMID) layer over the video, a second one that may extend the ad
@@ -360,6 +369,12 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
     want = {"2.0": [], "4.0": ["AdChoices"], "4.1": ["AdChoices"]}.get(
         version, ["Logo", "AdChoices"]
     )
+    odd = etree.fromstring(docs["uri-like-text"])
+    assert [_text(e) for e in odd.iter("{*}AdTitle")] == ["Acme: Spring & Sale"]
+    assert [_text(e) for e in odd.iter("{*}AdvertiserAdId")] == ["acme:42"]
+    uaids = [_text(e) for e in odd.iter("{*}UniversalAdId")]
+    assert uaids[:1] == ([] if version == "3.0" else ["isci:ABC123"])
+    assert set(uaids) <= {"isci:ABC123", "urn:x:1"}
     assert _icon_programs(docs["icons"]) == want
     assert _icon_programs(docs["wrapper-icons"]) == want
     # the AdChoices icon's clicks, fallback images (4.2+) and trackers, in schema order
@@ -427,6 +442,8 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
     # Creative@adId (AdID before 4.0) is the Ad-ID, the universal ad id; the advertiser's
     # own ad_id goes in an extension, and only where the catalog has one
     for n, key in enumerate(ODD_CREATIVES):
+        if key == "uri-like-text":  # its own ids (above)
+            continue
         root = etree.fromstring(docs[key])
         (creative,) = root.iter("{*}Creative")
         assert creative.get("adId" if version.startswith("4") else "AdID") == f"ODDX{n:04d}000H"

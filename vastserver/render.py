@@ -90,6 +90,17 @@ def _cdata(url: str) -> Markup:
     return Markup("<![CDATA[" + url.replace("]]>", "]]]]><![CDATA[>") + "]]>")
 
 
+_URI_LIKE = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:")
+"""Text that starts like a URI scheme (``Acme: Spring Sale``, ``isci:ABC123``): linters and
+players read such an element's text as a URI, which VAST wants in CDATA."""
+
+
+def _text(value: str) -> str:
+    """Catalog text for an element's content: in CDATA when it starts like a URI (a
+    ``Markup``, printed as is), else plain (escaped by the template)."""
+    return _cdata(value) if _URI_LIKE.match(value) else value
+
+
 def duration(ms: int) -> str:
     return hms(ms / 1000)
 
@@ -203,6 +214,8 @@ class AdVM:
     """The catalog's ``ad_id`` (the advertiser's own creative id), in an
     ``<Extension type="AdvertiserAdId">``."""
     universal_ad_id: str
+    """For attributes (``idValue``); the element's text is :attr:`universal_ad_id_text`."""
+    universal_ad_id_text: str
     universal_ad_id_registry: str
     more_universal_ad_ids: tuple[UniversalAdId, ...]
     """Other registries' ids, after the primary one: where the version has room for them
@@ -651,7 +664,7 @@ class Renderer:
             id=f"{c.line_item.id}-{cr.id}",
             sequence=sequence,
             ad_serving_id=ad_serving_id,
-            title=cr.title,
+            title=_text(cr.title),
             advertiser=c.advertiser.domain,
             categories=c.categories,
             price=price,
@@ -661,10 +674,13 @@ class Renderer:
             error_url=url("error"),
             creative_id=cr.id,
             creative_ad_id=cr.universal_ad_id,
-            advertiser_ad_id=cr.ad_id,
+            advertiser_ad_id=None if cr.ad_id is None else _text(cr.ad_id),
             universal_ad_id=cr.universal_ad_id,
+            universal_ad_id_text=_text(cr.universal_ad_id),
             universal_ad_id_registry=cr.universal_ad_id_registry,
-            more_universal_ad_ids=cr.more_universal_ad_ids,
+            more_universal_ad_ids=tuple(
+                UniversalAdId(u.registry, _text(u.value)) for u in cr.more_universal_ad_ids
+            ),
             duration=duration(cr.duration_ms),
             skipoffset=None
             if cr.skip_offset_ms is None or version == "2.0"
@@ -713,7 +729,12 @@ class Renderer:
                     image_url=cat(i.image_url),
                     click_through=None if i.click_through is None else cat(i.click_through),
                     fallback_images=tuple(
-                        FallbackImageVM(cat(f.image_url), f.width, f.height, f.alt_text)
+                        FallbackImageVM(
+                            cat(f.image_url),
+                            f.width,
+                            f.height,
+                            None if f.alt_text is None else _text(f.alt_text),
+                        )
                         for f in i.click_fallback_images
                     )
                     if ver.v42
