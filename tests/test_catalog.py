@@ -404,8 +404,11 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
      f"$.line_items[{LI_PRIME}].targeting.dayparts[0].days[1]", "out of range"),
     # numbers
     ("negative price", _set("line_items.0.price", -1), "$.line_items[0].price", ">= 0"),
-    ("negative duration", _set("creatives.0.duration", -15), "$.creatives[0].duration", ">= 0.001"),
-    ("zero duration", _set("creatives.0.duration", 0), "$.creatives[0].duration", ">= 0.001"),
+    ("negative duration", _set("creatives.0.duration", -15), "$.creatives[0].duration", ">= 1"),
+    ("zero duration", _set("creatives.0.duration", 0), "$.creatives[0].duration", ">= 1"),
+    # under 1 s: players and vastlint read "00:00:00.500" as an ad of no length
+    ("half a second", _set("creatives.0.duration", 0.5), "$.creatives[0].duration", ">= 1"),
+    ("999 ms", _set("creatives.0.duration_ms", 999), "$.creatives[0].duration_ms", "[1000,"),
     ("nan duration", _set("creatives.0.duration", float("nan")), "$.creatives[0].duration",
      "finite"),
     ("negative duration_ms", _ms(-5),

@@ -744,6 +744,10 @@ COMPETITIVE_LABELS = list_of(COMPETITIVE_SLUG, unique=True)
 ``competitive_category``, each once."""
 SECONDS = number(0.001, MAX_SECONDS)
 MILLIS = integer(1, MAX_SECONDS * 1000)
+AD_SECONDS = number(1, MAX_SECONDS)
+AD_MILLIS = integer(1000, MAX_SECONDS * 1000)
+"""A creative's length: at least 1 s (players and vastlint read ``00:00:00.500`` as an ad
+of no length, which fires no quartile)."""
 OFFSET_SECONDS = number(0, MAX_SECONDS)
 OFFSET_MILLIS = integer(0, MAX_SECONDS * 1000)
 PIXELS = integer(1, 16384)
@@ -1107,8 +1111,8 @@ CREATIVE = Obj(
         "id": F(ID),
         "advertiser_id": F(ID),
         "title": F(NAME),
-        "duration": F(SECONDS, _ABSENT),
-        "duration_ms": F(MILLIS, _ABSENT),
+        "duration": F(AD_SECONDS, _ABSENT),
+        "duration_ms": F(AD_MILLIS, _ABSENT),
         "renditions": F(list_of(RENDITION, min_len=1), _ABSENT),
         "vast_tag_url": F(nullable(tag_url), None),
         "captions": F(list_of(CAPTION), ()),
