@@ -172,7 +172,7 @@ def _odd_creative(key: str, n: int, **fields: Any) -> tuple[dict[str, Any], dict
         "universal_ad_id": f"ODDX{n:04d}000H",
         **fields,
     }
-    if "vast_tag_url" not in fields:
+    if "vast_tag_url" not in fields and "renditions" not in fields:
         cr["renditions"] = demo["creatives"][0]["renditions"]
     li = {
         "id": f"li-odd-{key}",
@@ -277,6 +277,25 @@ ODD_CREATIVES: dict[str, dict[str, Any]] = {
     # the advertiser's own id (text to escape), inline and in a wrapper
     "ad-id": {"click_through": "https://odd.example/", "ad_id": ADVERTISER_AD_ID},
     "wrapper-ad-id": {"vast_tag_url": "https://tag.example/vast?id=2", "ad_id": ADVERTISER_AD_ID},
+    # a VPAID unit (served off CTV): its script is marked apiFramework (before VAST 4.1)
+    "vpaid": {
+        "click_through": "https://odd.example/",
+        "api_framework": "VPAID",
+        "renditions": [
+            {
+                "url": "https://cdn.example.com/odd/vpaid.js",
+                "mime": "application/javascript",
+                "width": 640,
+                "height": 360,
+            },
+            {
+                "url": "https://cdn.example.com/odd/vpaid.mp4",
+                "mime": "video/mp4",
+                "width": 640,
+                "height": 360,
+            },
+        ],
+    },
     # text that starts like a URI (vastlint wants it in CDATA): in every text element
     "uri-like-text": {
         "click_through": "https://odd.example/",
@@ -369,6 +388,13 @@ async def test_odd_creatives(make_client: ClientFactory, odd_catalog: Path, vers
     want = {"2.0": [], "4.0": ["AdChoices"], "4.1": ["AdChoices"]}.get(
         version, ["Logo", "AdChoices"]
     )
+    files = {
+        str(m.get("type")): m.get("apiFramework")
+        for m in etree.fromstring(docs["vpaid"]).iter("{*}MediaFile")
+    }
+    # VAST 4.1 deprecated VPAID (vastlint warns on it): from then on its video alone
+    script = {} if version in ("4.1", "4.2", "4.3") else {"application/javascript": "VPAID"}
+    assert files == {**script, "video/mp4": None}
     odd = etree.fromstring(docs["uri-like-text"])
     assert [_text(e) for e in odd.iter("{*}AdTitle")] == ["Acme: Spring & Sale"]
     assert [_text(e) for e in odd.iter("{*}AdvertiserAdId")] == ["acme:42"]

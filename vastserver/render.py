@@ -21,7 +21,7 @@ from cachetools import LRUCache
 from markupsafe import Markup, escape
 
 from vastserver import __version__
-from vastserver.catalog.model import Creative, Icon, UniversalAdId, is_https
+from vastserver.catalog.model import Creative, Icon, UniversalAdId, is_https, is_vpaid
 from vastserver.explain import decision_json
 from vastserver.params import ParamError
 from vastserver.pipeline.candidates import Candidate
@@ -122,6 +122,9 @@ class MediaFileVM:
     bitrate: int | None
     codec: str | None
     url: Markup
+    api_framework: str | None = None
+    """``VPAID`` on a VPAID creative's script (``application/javascript``): what tells a
+    player to run the file rather than play it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,7 +706,7 @@ class Renderer:
             ),
             extra_impressions=tuple(_cdata(u) for u in extra.get("impression", ())),
             click_trackers=tuple(_cdata(u) for u in extra.get("click", ())),
-            media_files=_media_files(cr, types, secure, cat),
+            media_files=_media_files(cr, types, secure, cat, vpaid_scripts=not ver.v41),
             mezzanine=_mezzanine(cr, secure, cat),
             verifications=tuple(
                 VerificationVM(
@@ -963,14 +966,21 @@ def https_only(cr: Creative, require_https: bool) -> bool:
     return require_https and cr.http_media
 
 
+VPAID_SCRIPT_MIMES = frozenset({"application/javascript", "text/javascript"})
+"""A VPAID unit's file types (Flash is long gone)."""
+
+
 def _media_files(
     cr: Creative,
     media: frozenset[str] | None,
     secure: bool = False,
     cat: Callable[[str], Markup] = _cdata,
+    vpaid_scripts: bool = True,
 ) -> tuple[MediaFileVM, ...]:
     """The renditions (of the ``media`` types, when given; https ones only when ``secure``),
-    numbered as in the catalog."""
+    numbered as in the catalog; a VPAID creative's scripts marked ``apiFramework``, or left
+    out without ``vpaid_scripts`` (VAST 4.1 deprecated VPAID: its video plays)."""
+    vpaid = cr.api_framework if is_vpaid(cr.api_framework) else None
     return tuple(
         MediaFileVM(
             id=f"{cr.id}-{n}",
@@ -981,9 +991,12 @@ def _media_files(
             bitrate=r.bitrate_kbps,
             codec=r.codec,
             url=cat(r.url),
+            api_framework=vpaid if r.mime.lower() in VPAID_SCRIPT_MIMES else None,
         )
         for n, r in enumerate(cr.renditions, start=1)
-        if (media is None or r.mime.lower() in media) and (not secure or is_https(r.url))
+        if (media is None or r.mime.lower() in media)
+        and (not secure or is_https(r.url))
+        and (vpaid_scripts or vpaid is None or r.mime.lower() not in VPAID_SCRIPT_MIMES)
     )
 
 

@@ -203,14 +203,18 @@ USER_INTERACTIVE = 13
 declared or not (:func:`derived_attributes`)."""
 
 
+def is_vpaid(api_framework: str | None) -> bool:
+    """Whether a creative's ``api_framework`` names VPAID (any version, any case)."""
+    return api_framework is not None and api_framework.upper().startswith("VPAID")
+
+
 def derived_attributes(
     interactive: tuple[InteractiveFile, ...], api_framework: str | None
 ) -> frozenset[int]:
     """The AdCOM creative attributes a creative has by what it is: 13 (user interactive)
     with SIMID files or a VPAID ``api_framework``. Never 16 (the ad provides a skip button)
     for a skip offset: in VAST the player draws that button, not the ad."""
-    vpaid = api_framework is not None and api_framework.upper().startswith("VPAID")
-    return frozenset({USER_INTERACTIVE}) if interactive or vpaid else frozenset()
+    return frozenset({USER_INTERACTIVE}) if interactive or is_vpaid(api_framework) else frozenset()
 
 
 def is_https(url: str) -> bool:

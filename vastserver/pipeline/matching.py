@@ -34,6 +34,7 @@ from vastserver.catalog.model import (
     Catalog,
     Slot,
     is_https,
+    is_vpaid,
 )
 from vastserver.pipeline.candidates import (
     Candidate,
@@ -877,7 +878,7 @@ def build_bit_index(
         for attr in cr.attributes:
             attribute[attr].add(i)
         domain[adv.domain].add(i)
-        if cr.api_framework is not None and cr.api_framework.upper().startswith("VPAID"):
+        if is_vpaid(cr.api_framework):
             vpaid.add(i)
         ctv = playable_urls(cr, CTV_MIMES)
         anyp = playable_urls(cr, PLAYABLE_MIMES)

@@ -18,6 +18,7 @@ from vastserver.catalog.model import (
     Creative,
     Daypart,
     is_https,
+    is_vpaid,
 )
 from vastserver.pipeline.candidates import Candidate, request_values
 from vastserver.pipeline.context import AdRequest
@@ -228,7 +229,7 @@ def policy(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     if not (req.wrapper_ads if cr.vast_tag_url is not None else req.inline_ads):
         return Reason.PROTOCOL_NOT_ACCEPTED
     ctv = req.device.device_type in CTV_DEVICE_TYPES
-    if ctv and cr.api_framework is not None and cr.api_framework.upper().startswith("VPAID"):
+    if ctv and is_vpaid(cr.api_framework):
         return Reason.VPAID_ON_CTV
     mimes = CTV_MIMES if ctv else PLAYABLE_MIMES
     playable = playable_urls(cr, mimes)
