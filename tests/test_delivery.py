@@ -12,13 +12,16 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lxml import etree
 
 import vastserver.delivery as delivery_mod
+from tests.conftest import ADMIN
 from tests.delivery_support import (
     Clock,
     _creative,
@@ -53,6 +56,7 @@ from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.stages import _in_daypart
 from vastserver.store.base import Incr, Read, StoreUnavailable, Window
 from vastserver.store.memory import MemoryStore
+from vastserver.tracking import expand_macros
 
 T0 = datetime(2026, 11, 25, 0, 0, tzinfo=UTC)
 
@@ -2011,3 +2015,181 @@ async def test_a_line_items_creatives_of_one_length_all_rotate_and_share_one_pla
     d = await svc.decide(request("w", pod_s=30, max_ads=1), explain=True)
     li_c = [t.reason for t in d.traces if t.line_item_id == "li-c"]
     assert li_c and Reason.OUTRANKED not in li_c
+
+
+# ------------------------------------------- slot prices a nearly spent budget cannot pay
+
+
+def _slot_priced_catalog() -> dict[str, Any]:
+    """Review 5's catalog: li-slotfirst ($1 CPM, $3 first, a $5 spend budget), li-fillerlast
+    ($0.005, $0.05 last, 4 impressions), li-mid ($0.004, $0.04 first, one a day a viewer);
+    one advertiser, campaign and 10 s creative (``UAID<n>``) each."""
+    lis = [
+        ("slotfirst", 1000, {"first": 3000}, {"pacing": {"budget": {"spend": 5}}}),
+        ("fillerlast", 5, {"last": 50}, {"pacing": {"budget": {"impressions": 4}}}),
+        (
+            "mid",
+            4,
+            {"first": 40},
+            {"frequency_caps": [{"scope": "line_item", "max": 1, "window": "1d"}]},
+        ),
+    ]
+    cat: dict[str, Any] = {
+        "version": "r5",
+        "advertisers": [],
+        "campaigns": [],
+        "line_items": [],
+        "creatives": [],
+    }
+    for n, (name, price, slot_prices, extra) in enumerate(lis, start=1):
+        cat["advertisers"].append(
+            {"id": f"adv-{n}", "name": f"Adv {n}", "domain": f"adv{n}.example"}
+        )
+        cat["campaigns"].append(
+            {
+                "id": f"cmp-{n}",
+                "advertiser_id": f"adv-{n}",
+                "name": f"C {n}",
+                "start": "2026-01-01T00:00:00Z",
+                "end": "2099-01-01T00:00:00Z",
+                "timezone": "UTC",
+            }
+        )
+        cat["line_items"].append(
+            {
+                "id": f"li-{name}",
+                "campaign_id": f"cmp-{n}",
+                "name": f"L {name}",
+                "tier": "standard",
+                "creative_ids": [f"cr-{n}"],
+                "price": price,
+                "slot_prices": slot_prices,
+                **extra,
+            }
+        )
+        cat["creatives"].append(
+            {
+                "id": f"cr-{n}",
+                "advertiser_id": f"adv-{n}",
+                "title": f"T {n}",
+                "duration": 10,
+                "universal_ad_id": f"UAID{n}",
+                "renditions": [
+                    {
+                        "url": f"https://cdn.example.com/{n}.mp4",
+                        "mime": "video/mp4",
+                        "width": 1280,
+                        "height": 720,
+                    }
+                ],
+            }
+        )
+    return cat
+
+
+_VAST_NS = {"v": "http://www.iab.com/VAST"}
+_LI_OF_UAID = {"UAID1": "li-slotfirst", "UAID2": "li-fillerlast", "UAID3": "li-mid"}
+
+
+async def _vast_pod(client: Any, device: str) -> list[tuple[str, float, str]]:
+    """``/vast`` for a 30 s, 3-ad break: each ad's (line item, ``<Pricing>``, impression
+    URL), in sequence."""
+    q = f"/vast?pod_duration=30&max_ads=3&device_id={device}"
+    resp = await client.get(q)
+    assert resp.status == 200
+    root = etree.fromstring(await resp.read())
+    out = []
+    for ad in sorted(root.iterfind("v:Ad", _VAST_NS), key=lambda a: int(a.get("sequence"))):
+        uaid = ad.find(".//v:UniversalAdId", _VAST_NS).text.strip()
+        price = float(ad.find(".//v:Pricing", _VAST_NS).text)
+        parts = urlsplit(expand_macros(ad.find(".//v:Impression", _VAST_NS).text.strip()))
+        out.append((_LI_OF_UAID[uaid], price, f"{parts.path}?{parts.query}"))
+    return out
+
+
+async def _line_item_rows(client: Any) -> dict[str, dict[str, Any]]:
+    resp = await client.get("/admin/line-items", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert resp.status == 200
+    return {r["id"]: r for r in await resp.json()}
+
+
+async def test_a_slot_price_the_budget_cannot_pay_is_not_given_and_the_pods_stay_full(
+    make_client: Any, tmp_path: Any
+) -> None:
+    """li-slotfirst plays first at $3 CPM; after that impression its $5 budget has $2 left:
+    two impressions at its $1 price, none at $3. The pre-check judged it at $1, the pod put
+    it first, the commit refused it there, the ads moved up lost their slot prices and went
+    too (their reservations held): every later break was empty, and a retry built the same
+    pod. Now the gate knows it can pay only the other slots: it plays there until its budget
+    is spent, every break is filled, and nothing is reserved that was not served."""
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(_slot_priced_catalog()))
+    client = await make_client(catalog=str(path))
+
+    pods = []
+    for n in range(6):
+        device = f"00000000-0000-4000-8000-{n:012d}"
+        if n == 1:  # a preview shows the pod serving then delivers
+            resp = await client.get(f"/decide?pod_duration=30&max_ads=3&device_id={device}&test=1")
+            preview = [
+                (a["line_item_id"], a["price_cpm"]) for a in (await resp.json())["pod"]["ads"]
+            ]
+        pod = await _vast_pod(client, device)
+        if n == 1:
+            assert [(li, price) for li, price, _ in pod] == preview
+        for _, _, imp in pod:
+            assert (await client.get(imp)).status == 204
+        pods.append([(li, price) for li, price, _ in pod])
+
+    assert pods == [
+        [("li-slotfirst", 3000.0), ("li-mid", 4.0), ("li-fillerlast", 50.0)],
+        # the $2 left pay two impressions at $1, in a slot that bills its price
+        [("li-mid", 40.0), ("li-slotfirst", 1000.0), ("li-fillerlast", 50.0)],
+        [("li-mid", 40.0), ("li-slotfirst", 1000.0), ("li-fillerlast", 50.0)],
+        # spent; li-fillerlast has one impression of its 4 left
+        [("li-mid", 40.0), ("li-fillerlast", 50.0)],
+        [("li-mid", 40.0)],
+        [("li-mid", 40.0)],
+    ]
+    rows = await _line_item_rows(client)
+    assert rows["li-slotfirst"]["spend"] == 5.0
+    for li, row in rows.items():  # nothing reserved that was not served and played
+        assert row["served"] == row["delivered_impressions"], li
+    metrics = await (await client.get("/metrics")).text()
+    assert 'reason="commit_race_retry"' not in metrics
+    assert 'vastserver_pods_total{result="empty"}' not in metrics
+
+
+@pytest.mark.parametrize(
+    ("price", "slot_prices", "room_cpm", "placed"),
+    [
+        # room for the $3 first slot: anywhere (first, for its value there)
+        (1.0, {"first": 3.0}, 3.5, [("li-a", 1, 3.0), ("li-b", 2, 0.0)]),
+        # room for $1, not $3: not first, but last at its price (it was put first, refused)
+        (1.0, {"first": 3.0}, 2.0, [("li-b", 1, 0.0), ("li-a", 2, 1.0)]),
+        # a cheaper first slot: room for $5, not $10: first only (it was refused outright)
+        (10.0, {"first": 5.0}, 7.0, [("li-a", 1, 5.0), ("li-b", 2, 0.0)]),
+        (10.0, {"last": 5.0}, 7.0, [("li-b", 1, 0.0), ("li-a", 2, 5.0)]),
+        # room for no price of it
+        (10.0, {"first": 5.0}, 4.0, [("li-b", 1, 0.0)]),
+    ],
+)
+async def test_a_slot_priced_line_item_plays_only_in_the_slots_its_budget_pays(
+    price: float, slot_prices: dict[str, float], room_cpm: float, placed: list[Any]
+) -> None:
+    """li-a's spend budget has room for one impression at ``room_cpm``: the pod gives it
+    only a slot whose price that pays, and the commit reserves it there."""
+    cat = _with_li_a(
+        price=price,
+        slot_prices=slot_prices,
+        pacing={"delivery": "asap", "budget": {"spend": 1000}},
+    )
+    svc, _ = _setup(cat)
+    used = 1000 * 1_000_000 - spend_micros(round(room_cpm * 1_000_000))
+    await svc.delivery.store.add([Incr("li:li-a:spend_micros", LIFETIME, used)], T0.timestamp())
+    d = await svc.decide(request("v0", pod_s=30, max_ads=2), explain=True)
+    assert [(a.candidate.line_item.id, a.slot, a.price_cpm) for a in d.ads] == placed
+    li_a = next(t.reason for t in d.traces if t.line_item_id == "li-a")
+    assert li_a is (None if len(placed) == 2 else Reason.BUDGET_EXHAUSTED)
+    retries = svc.metrics.degradations.labels("commit_race_retry")._value.get()
+    assert retries == 0

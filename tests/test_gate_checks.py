@@ -182,3 +182,34 @@ def test_local_day_memo_equals_the_direct_conversion(tz: str) -> None:
         for k in range(0, 2 * 86400, 7):
             now = start + timedelta(seconds=k, microseconds=k % 1000)
             assert local_day(now, tz) == now.astimezone(zone).strftime("%Y-%m-%d")
+
+
+def test_gate_checks_of_a_slot_priced_line_item_hold_its_budgets_at_each_price() -> None:
+    """A slot price that bills otherwise moves a spend budget by its own amount: checked
+    apart (``first`` / ``last``), each as ``budget_checks`` at that price; an impression
+    budget alone, or a price that bills the same, adds nothing."""
+    from tests.delivery_support import base_catalog
+
+    cat = base_catalog()
+    cat["line_items"][0].update(
+        price=2.0,
+        slot_prices={"first": 6.0, "last": 2.0},
+        pacing={"delivery": "asap", "budget": {"spend": 100, "impressions": 50}},
+    )
+    cat["line_items"][1].update(
+        slot_prices={"first": 9.0}, pacing={"delivery": "asap", "budget": {"impressions": 5}}
+    )
+    cands = all_candidates(parse_catalog(cat))
+    checks, reads = gate_checks(cands, VIEWERS[0], FIXED_NOW, GateCache())
+    a, b = (checks[id(c)] for c in cands)
+
+    def at(c: Candidate, price: float) -> tuple[tuple[str, str, int, int], ...]:
+        return tuple(
+            (x.delivered.key, x.reservations.key, x.limit, x.amount)
+            for x in budget_checks(c, FIXED_NOW, price)
+        )
+
+    assert a.budgets == at(cands[0], 2.0) and a.first == at(cands[0], 6.0) and a.last is None
+    assert a.first != a.budgets  # the spend budget's amount: 6,000 micros, not 2,000
+    assert b.budgets == at(cands[1], 0.0) and b.first is None and b.last is None
+    assert {r.key for r in reads} == {k for c in (a, b) for x in c.budgets for k in x[:2]}

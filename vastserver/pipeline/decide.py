@@ -32,7 +32,7 @@ from vastserver.pipeline.scoring import (
     effective_cpm,
     values,
 )
-from vastserver.pipeline.stages import FILTERS, Filter, StageEnv
+from vastserver.pipeline.stages import FILTERS, Filter, SlotPay, StageEnv
 
 NEG_INF = float("-inf")
 _SEPARATION_KEYS = operator.attrgetter("separation_keys")
@@ -198,9 +198,12 @@ def close_ranks(ads: Sequence[PlacedAd]) -> tuple[list[PlacedAd], list[PlacedAd]
         dropped.append(kept.pop(bad))
 
 
-def _pod_item(i: int, c: Candidate, value: float, group: str) -> PodItem:
+def _pod_item(
+    i: int, c: Candidate, value: float, group: str, pay: SlotPay | None = None
+) -> PodItem:
     """Slot restrictions become -inf slot values; slot prices scale the value (value is
-    linear in price)."""
+    linear in price). ``pay``: the slots the candidate's budgets can pay for, when not all
+    (the others are not allowed, as a slot rule would forbid them)."""
     li = c.line_item
     slot = li.slot
     first = last = None
@@ -212,10 +215,15 @@ def _pod_item(i: int, c: Candidate, value: float, group: str) -> PodItem:
         last = NEG_INF
     elif li.last_slot_price is not None:
         last = value * li.last_slot_price / effective_cpm(c)
+    middle = slot is Slot.ANY
+    if pay is not None:
+        if not pay.first:
+            first = NEG_INF
+        if not pay.last:
+            last = NEG_INF
+        middle = middle and pay.middle
     # positional: a decision builds one per candidate, and keywords cost a third of the call
-    return PodItem(
-        i, c.creative.duration_ms, value, int(li.tier), group, first, last, slot is Slot.ANY
-    )
+    return PodItem(i, c.creative.duration_ms, value, int(li.tier), group, first, last, middle)
 
 
 def rotation_keys(
@@ -314,8 +322,15 @@ def decide(
     dup_media = _media_duplicates(survivors, vals, groups, overlap is not None)
     kept = [i for i in range(len(survivors)) if i not in dup_media]
     keys = rotation_keys([survivors[i] for i in kept], [vals[i] for i in kept], env.rng)
+    limits = env.gate.slot_limits()  # (empty unless a slot-priced budget is nearly spent)
     items = [
-        _pod_item(kept[k], survivors[i], vals[i], groups[i])
+        _pod_item(
+            kept[k],
+            survivors[i],
+            vals[i],
+            groups[i],
+            limits.get(id(survivors[i])) if limits else None,
+        )
         for i, k in zip(kept, keys, strict=True)
     ]
     of_key = {kept[k]: i for i, k in zip(kept, keys, strict=True)}  # pod key -> survivor

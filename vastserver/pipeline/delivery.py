@@ -44,7 +44,7 @@ from vastserver.catalog.model import (
 from vastserver.pipeline.candidates import Candidate
 from vastserver.pipeline.context import AdRequest
 from vastserver.pipeline.reasons import Reason
-from vastserver.pipeline.stages import DeliveryGate, PreGate, _in_daypart
+from vastserver.pipeline.stages import DeliveryGate, PreGate, SlotPay, _in_daypart
 from vastserver.store.base import Guard, Incr, Read, Window
 
 RESERVATION_S = 300
@@ -748,12 +748,21 @@ class PIController:
 # --------------------------------------------------------------------------- the gate
 
 
+BudgetTuple = tuple[str, str, int, int]
+"""A budget check by counter key: (delivered, reservations, limit, amount)."""
+
+
 class CandidateChecks(NamedTuple):
     """The counters that decide one candidate, by counter key: caps as (impressions,
-    reservations, limit), budgets as (delivered, reservations, limit, amount)."""
+    reservations, limit), budgets as (delivered, reservations, limit, amount) at the line
+    item's price. ``first`` and ``last``: the budgets at its first- and last-slot price, for
+    a line item with such a price that bills otherwise (None: as ``budgets``), so the gate
+    knows which slots it can still pay for (:class:`~vastserver.pipeline.stages.SlotPay`)."""
 
     caps: tuple[tuple[str, str, int], ...]
-    budgets: tuple[tuple[str, str, int, int], ...]
+    budgets: tuple[BudgetTuple, ...]
+    first: tuple[BudgetTuple, ...] | None = None
+    last: tuple[BudgetTuple, ...] | None = None
 
 
 NO_CHECKS = CandidateChecks((), ())
@@ -782,9 +791,13 @@ class _GateEntry:
     day: str = ""
     """The local day the budget fields below are for."""
     reads: dict[str, Read] = field(default_factory=dict)
-    budgets: tuple[tuple[str, str, int, int], ...] = ()
+    budgets: tuple[BudgetTuple, ...] = ()
+    first: tuple[BudgetTuple, ...] | None = None
+    last: tuple[BudgetTuple, ...] | None = None
+    """The budgets at the slot prices (:attr:`CandidateChecks.first`, ``last``)."""
     checks: CandidateChecks = NO_CHECKS
-    """``CandidateChecks((), budgets)``: the whole answer for a candidate without caps."""
+    """``CandidateChecks((), budgets, first, last)``: the whole answer for a candidate
+    without caps."""
     roomy_until: float = 0.0
     """Unix time until which the budgets of ``day`` are taken to have room (not read)."""
     counted: tuple[object, tuple[_CapTemplate, ...]] | None = None
@@ -856,13 +869,32 @@ def _subjects(viewer: Viewer) -> tuple[str | None, str | None]:
     )
 
 
+def _budget_tuples(found: Iterable[BudgetCheck]) -> tuple[BudgetTuple, ...]:
+    return tuple((b.delivered.key, b.reservations.key, b.limit, b.amount) for b in found)
+
+
 def _set_day(e: _GateEntry, now: datetime, day: str, days: dict[str, str]) -> None:
     li = e.cand.line_item
     found = _priced(e, now, day, billed_cpm(li, li.price), days)
     e.day = day
     e.reads = {r.key: r for b in found for r in (b.delivered, b.reservations)}
-    e.budgets = tuple((b.delivered.key, b.reservations.key, b.limit, b.amount) for b in found)
-    e.checks = CandidateChecks((), e.budgets)
+    e.budgets = _budget_tuples(found)
+    e.first = e.last = None
+    # A slot price that bills otherwise moves a spend budget by another amount (and a line
+    # item priced 0 checks a spend budget only at a slot price): its checks, kept apart.
+    for slot, price in ((1, li.first_slot_price), (2, li.last_slot_price)):
+        if price is None:
+            continue
+        at = _priced(e, now, day, billed_cpm(li, price), days)
+        tuples = _budget_tuples(at)
+        if tuples == e.budgets:
+            continue
+        e.reads.update((r.key, r) for b in at for r in (b.delivered, b.reservations))
+        if slot == 1:
+            e.first = tuples
+        else:
+            e.last = tuples
+    e.checks = CandidateChecks((), e.budgets, e.first, e.last)
     e.roomy_until = 0.0
 
 
@@ -878,8 +910,10 @@ def gate_checks(
     candidate without caps costs a lookup and a dict update.
 
     Equivalent to :func:`cap_checks` and :func:`budget_checks` per candidate (a test holds
-    them together), except for the budgets of a candidate that :func:`note_headroom` found
-    roomy within the last :data:`ROOMY_S`: those are neither read nor checked."""
+    them together; at the line item's price, and at each slot price that bills otherwise in
+    :attr:`CandidateChecks.first` / ``last``), except for the budgets of a candidate that
+    :func:`note_headroom` found roomy within the last :data:`ROOMY_S`: those are neither read
+    nor checked."""
     cache = cache if cache is not None else GateCache()
     cache._room()
     entries = cache.entries
@@ -892,8 +926,9 @@ def gate_checks(
         e = entries.get(id(c))
         if e is None or e.cand is not c:
             e = entries[id(c)] = _gate_entry(c)
-        budgets: tuple[tuple[str, str, int, int], ...] = ()
+        budgets: tuple[BudgetTuple, ...] = ()
         plain = NO_CHECKS
+        slotted = False
         if e.tz is not None:
             day = days.get(e.tz)
             if day is None:
@@ -903,6 +938,7 @@ def gate_checks(
             if e.roomy_until <= ts:
                 reads.update(e.reads)
                 budgets, plain = e.budgets, e.checks
+                slotted = e.first is not None or e.last is not None
         if not e.caps:
             by_id[id(c)] = plain
             continue
@@ -917,7 +953,11 @@ def gate_checks(
                 reads[imp] = Read(imp, t.window)
                 reads[rsv] = Read(rsv, RESERVATION_WINDOW)
             found.append((imp, rsv, t.limit))
-        by_id[id(c)] = CandidateChecks(tuple(found), budgets)
+        by_id[id(c)] = (
+            CandidateChecks(tuple(found), budgets, e.first, e.last)
+            if slotted
+            else CandidateChecks(tuple(found), budgets)
+        )
     return by_id, list(reads.values())
 
 
@@ -932,7 +972,7 @@ def note_headroom(
     budget has room for :data:`ROOMY_IMPRESSIONS` more impressions, so the next requests of
     the coming :data:`ROOMY_S` neither read nor pre-check those budgets (most budgets are far
     from spent, and their counters were most of a decision's reads). A budget near its end is
-    read on every request."""
+    read on every request. A line item with slot prices needs that room at each of them."""
     ts = now.timestamp()
     entries = cache.entries
     for c in cands:
@@ -942,7 +982,10 @@ def note_headroom(
         e = entries.get(id(c))
         if e is None or e.cand is not c or chk.budgets is not e.budgets:
             continue
-        for dlv, rsv, limit, amount in chk.budgets:
+        budgets = chk.budgets
+        if chk.first is not None or chk.last is not None:
+            budgets = (*budgets, *(chk.first or ()), *(chk.last or ()))
+        for dlv, rsv, limit, amount in budgets:
             if limit - counts.get(dlv, 0) - counts.get(rsv, 0) < ROOMY_IMPRESSIONS * amount:
                 break
         else:
@@ -995,6 +1038,11 @@ class CountsGate(DeliveryGate):
     """Precomputed per candidate (``gate_checks``); computed on demand when absent."""
     _counted: dict[int, tuple[Reason | None, bool]] = field(default_factory=dict)
     """``id(candidate)`` -> (:meth:`counted`, :meth:`refuses_line_item`)."""
+    _limits: dict[int, SlotPay] = field(default_factory=dict)
+    """:meth:`slot_limits`: the admitted candidates whose budgets pay for some slots only."""
+
+    def slot_limits(self) -> Mapping[int, SlotPay]:
+        return self._limits
 
     def check(self, req: AdRequest, cand: Candidate) -> Reason | None:
         return self.counted(cand) or self.pre.pacing(cand.line_item.id)
@@ -1027,10 +1075,30 @@ class CountsGate(DeliveryGate):
         for imp, rsv, limit in chk.caps:
             if counts.get(imp, 0) + counts.get(rsv, 0) >= limit:
                 return Reason.FREQUENCY_CAP, not imp.startswith(_CREATIVE_CAP_KEY)
-        for dlv, rsv, limit, amount in chk.budgets:
-            if over_budget(counts.get(dlv, 0) + counts.get(rsv, 0), amount, limit):
-                return Reason.BUDGET_EXHAUSTED, True
+        if chk.first is None and chk.last is None:  # one price (most line items)
+            for dlv, rsv, limit, amount in chk.budgets:
+                if over_budget(counts.get(dlv, 0) + counts.get(rsv, 0), amount, limit):
+                    return Reason.BUDGET_EXHAUSTED, True
+            return None, False
+        middle = _pays(chk.budgets, counts)
+        pay = SlotPay(
+            first=middle if chk.first is None else _pays(chk.first, counts),
+            last=middle if chk.last is None else _pays(chk.last, counts),
+            middle=middle,
+        )
+        if not any(pay):
+            return Reason.BUDGET_EXHAUSTED, True
+        if not all(pay):
+            self._limits[id(cand)] = pay
         return None, False
+
+
+def _pays(budgets: Iterable[BudgetTuple], counts: Mapping[str, int]) -> bool:
+    """Whether every one of ``budgets`` has room for one more impression."""
+    return not any(
+        over_budget(counts.get(dlv, 0) + counts.get(rsv, 0), amount, limit)
+        for dlv, rsv, limit, amount in budgets
+    )
 
 
 ScopeCaps = Mapping[tuple[str, str], tuple[str, ...]]

@@ -10,6 +10,8 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from vastserver.catalog.model import (
@@ -52,6 +54,21 @@ def playable_urls(cr: Creative, mimes: frozenset[str]) -> list[str]:
     return [r.url for r in cr.renditions if r.mime.lower() in mimes]
 
 
+class SlotPay(NamedTuple):
+    """Which slots of a pod a candidate's budgets can still pay for: slot 1 (billed at its
+    line item's first-slot price, else its price), the last slot of a pod of two or more
+    (its last-slot price, else its price) and the slots in between (its price). Only a line
+    item with slot prices can afford some but not all (its spend budget's remainder between
+    the costs of two of its prices)."""
+
+    first: bool
+    last: bool
+    middle: bool
+
+
+_NO_LIMITS: Mapping[int, SlotPay] = MappingProxyType({})
+
+
 class DeliveryGate:
     """Caps, budgets and pacing over pre-fetched counters (``pipeline.delivery.CountsGate``).
 
@@ -59,6 +76,12 @@ class DeliveryGate:
 
     def check(self, req: AdRequest, cand: Candidate) -> Reason | None:
         return None
+
+    def slot_limits(self) -> Mapping[int, SlotPay]:
+        """``id(candidate)`` -> the slots it can pay for, for the candidates :meth:`check`
+        admitted that cannot pay for every slot (absent: any slot). Complete once
+        :meth:`check` has seen every candidate."""
+        return _NO_LIMITS
 
 
 _UNSEEDED = random.Random()
