@@ -2193,3 +2193,39 @@ async def test_a_slot_priced_line_item_plays_only_in_the_slots_its_budget_pays(
     assert li_a is (None if len(placed) == 2 else Reason.BUDGET_EXHAUSTED)
     retries = svc.metrics.degradations.labels("commit_race_retry")._value.get()
     assert retries == 0
+
+
+def _refusing(store: Any, line_item: str) -> list[list[str]]:
+    """Make ``store``'s commit refuse every ad of ``line_item`` with nothing to show for it
+    in the counters (a guard the pre-check cannot see, as a slot price's once was), and
+    commit the rest. Returns the line items of each commit's batch, as they come."""
+    real_commit = store.commit
+    batches: list[list[str]] = []
+
+    def owner(group: Any) -> str:
+        return next(i.key.split(":")[1] for i in group.incrs if i.key.endswith(":served"))
+
+    async def commit(batch: Any, now: float) -> list[bool]:
+        batches.append([owner(g) for g in batch])
+        rest = [g for g in batch if owner(g) != line_item]
+        done = iter(await real_commit(rest, now))
+        return [False if owner(g) == line_item else next(done) for g in batch]
+
+    store.commit = commit
+    return batches
+
+
+async def test_the_retry_of_a_refused_pod_leaves_out_the_line_items_the_commit_refused() -> None:
+    """A one-ad pod whose ad the commit refused is decided again; read again, the counters
+    admitted the same line item and the retry built the same pod, refused the same way:
+    the break went empty. The retry leaves the refused line item out."""
+    cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 1500}})
+    svc, _ = _setup(cat)
+    batches = _refusing(svc.delivery.store, "li-a")
+    d = await svc.decide(request("v0", max_ads=1), explain=True)
+    assert batches == [["li-a"], ["li-b"]]
+    assert _ads(d) == ["li-b"]
+    reasons = {t.line_item_id: t.reason for t in d.traces}
+    assert reasons["li-a"] is Reason.BUDGET_EXHAUSTED and reasons["li-b"] is None
+    retries = svc.metrics.degradations.labels("commit_race_retry")._value.get()
+    assert retries == 1

@@ -26,7 +26,7 @@ from vastserver.metrics import Metrics
 from vastserver.models import ModelManager
 from vastserver.pipeline.candidates import Candidate, unique_media_key
 from vastserver.pipeline.context import AdRequest, BreakSpec
-from vastserver.pipeline.decide import Decision, Trace, decide, screen
+from vastserver.pipeline.decide import Decision, PlacedAd, Trace, decide, screen
 from vastserver.pipeline.delivery import (
     GateCache,
     Viewer,
@@ -352,7 +352,7 @@ class AdService:
         deadline: float | None,
         preview: Preview | None,
         turn: _Turn | None = None,
-        retried: bool = False,
+        retried: Mapping[str, Reason] | None = None,
     ) -> Decision:
         """:meth:`decide`, once the session (if any) is this decision's to read and write.
         ``turn``: the session's lock, when this decision holds it: freed by the history write.
@@ -360,8 +360,10 @@ class AdService:
         A pod whose every ad the commit refused (another instance or request reserved the
         last of a cap or budget since the counters were read: a race, not a store fault) is
         decided once more, the counters read again, when the deadline leaves the time
-        (``retried``: this is that second decision); else the break would go empty while
-        other ads, the house ones at least, were eligible."""
+        (``retried``: this is that second decision, and the line items the commit refused,
+        by the reason it refused each, which it leaves out: whatever made the commit refuse
+        one, the counters read again could admit it again and build the same pod); else the
+        break would go empty while other ads, the house ones at least, were eligible."""
         loop = asyncio.get_running_loop()
 
         def left(floor: float = 0.0) -> float | None:
@@ -370,6 +372,8 @@ class AdService:
         snap = self._snapshot
         now = self.clock()
         pacing = self.delivery.pre_gate()
+        if retried:
+            pacing.refused_lines = retried
         env = replace(self._env(req, now), pre=pacing)
         ordinals: list[int] = []
         kept, dropped = snap.index.select(req, env, self.candidate_limit, ordinals)
@@ -425,18 +429,21 @@ class AdService:
         if d.pod_budget_spent:
             self.metrics.degradations.labels("pod_search_budget").inc()
         if not req.test:  # a test request reserves nothing and leaves no session history
-            before, errors = len(d.ads), self.delivery.store_errors
+            picked, errors = d.ads, self.delivery.store_errors
             d = await self.delivery.commit(
                 d, viewer, within=left(MIN_STORE_WAIT_S), catalog=snap.catalog
             )
-            if len(d.ads) < before and self.delivery.store_errors > errors:
+            if len(d.ads) < len(picked) and self.delivery.store_errors > errors:
                 self.metrics.degradations.labels("commit_failed").inc()
             elif (
-                before and not d.ads and not retried and ((r := left()) is None or r >= RETRY_MIN_S)
+                picked
+                and not d.ads
+                and retried is None
+                and ((r := left()) is None or r >= RETRY_MIN_S)
             ):
                 self.metrics.degradations.labels("commit_race_retry").inc()
                 return await self._decide(
-                    req, request_id, explain, deadline, preview, turn, retried=True
+                    req, request_id, explain, deadline, preview, turn, _commit_refused(d, picked)
                 )
             unlock = None if turn is None else turn.owner
             try:
@@ -621,6 +628,9 @@ class AdService:
         if hit <= alive:
             return kept, dropped, []  # (nothing refused, or every group has an ad left)
         gated = env.pre
+        earlier = gated.refused_lines  # (a retry's: the line items its first commit refused)
+        if earlier:
+            lines = {**earlier, **lines}
         gated.refused, gated.refused_at, gated.refused_lines = refused, frozenset(refused_at), lines
         again, dropped_again = snap.index.select(req, env, self.candidate_limit)
         before = {id(c) for c in kept}
@@ -636,7 +646,7 @@ class AdService:
                 )
             except (TimeoutError, StoreUnavailable):
                 self.metrics.degradations.labels("refill_skipped").inc()
-                gated.refused, gated.refused_at, gated.refused_lines = {}, frozenset(), {}
+                gated.refused, gated.refused_at, gated.refused_lines = {}, frozenset(), earlier
                 return kept, dropped, []
         self.metrics.refills.inc()
         return (
@@ -690,6 +700,21 @@ class AdService:
                 tally[t.reason] = tally.get(t.reason, 0) + 1
         for reason, n in tally.items():
             rejected[reason].inc(n)
+
+
+_COMMIT_REFUSALS = frozenset({Reason.BUDGET_EXHAUSTED, Reason.FREQUENCY_CAP})
+
+
+def _commit_refused(d: Decision, chosen: Sequence[PlacedAd]) -> dict[str, Reason]:
+    """The line items of the ``chosen`` ads that the commit of ``d`` refused (a cap or a
+    budget guard failed), each with its trace's reason; not those it dropped only to close
+    the ranks (``not_selected``: their reservations were given back)."""
+    keys = {a.candidate.key for a in chosen}
+    return {
+        t.line_item_id: t.reason
+        for t in d.traces
+        if t.reason in _COMMIT_REFUSALS and f"{t.line_item_id}/{t.creative_id}" in keys
+    }
 
 
 def break_spec(b: PlannedBreak, like: BreakSpec) -> BreakSpec:
