@@ -2229,3 +2229,32 @@ async def test_the_retry_of_a_refused_pod_leaves_out_the_line_items_the_commit_r
     assert reasons["li-a"] is Reason.BUDGET_EXHAUSTED and reasons["li-b"] is None
     retries = svc.metrics.degradations.labels("commit_race_retry")._value.get()
     assert retries == 1
+
+
+async def test_an_ad_dropped_after_its_reservation_gives_it_back_at_once() -> None:
+    """li-a (first) is refused at commit; li-b, reserved last at its $30 last-slot price,
+    would be first at $10 and is dropped: its reservation used to hold its budget (and
+    count it served) for 5 minutes. It is given back at once, so the retry and the next
+    viewer find li-b's budget of two impressions untouched by it."""
+    cat = _with_li_a(pacing={"delivery": "asap", "budget": {"impressions": 1500}})
+    cat["line_items"][1].update(
+        tier="standard",
+        price=10,
+        slot_prices={"last": 30},
+        pacing={"delivery": "asap", "budget": {"impressions": 2}},
+    )
+    svc, clock = _setup(cat)
+    store = svc.delivery.store
+    batches = _refusing(store, "li-a")
+    d = await svc.decide(request("v0", pod_s=30, max_ads=2))
+    # the pod [li-a, li-b], then the retry without li-a: li-b alone, at its price
+    assert batches == [["li-a", "li-b"], ["li-b"]]
+    assert [(a.candidate.line_item.id, a.slot, a.price_cpm) for a in d.ads] == [("li-b", 1, 10.0)]
+    ts = clock.now.timestamp()
+    reserved, served = await store.read(
+        [Read("li:li-b:imp:life:r", RESERVATION_WINDOW), Read("li:li-b:served", LIFETIME)], ts
+    )
+    assert (reserved, served) == (1, 1)  # the retry's ad only
+    # the budget's second impression is there for the next viewer
+    assert _ads(await svc.decide(request("v1", pod_s=30, max_ads=2))) == ["li-b"]
+    assert _ads(await svc.decide(request("v2", pod_s=30, max_ads=2))) == []

@@ -454,7 +454,11 @@ class DeliveryControl:
         catalog: Catalog | None = None,
     ) -> Decision:
         """Reserve caps and budgets for the chosen ads; drop any that lost a race. A store
-        failure or a commit slower than ``within`` seconds applies the failure policy."""
+        failure or a commit slower than ``within`` seconds applies the failure policy.
+
+        An ad the refusals leave in a slot it may not play or at another price
+        (:func:`close_ranks`) is dropped too, and what its reservation took is given back
+        at once (:meth:`_release`): it holds no cap or budget and is not counted served."""
         if not d.ads:
             return d
         self.active.update(ad.candidate.line_item.id for ad in d.ads)
@@ -496,6 +500,13 @@ class DeliveryControl:
         kept, moved_out = close_ranks([ad for ad, fine in zip(d.ads, ok, strict=True) if fine])
         for ad in moved_out:
             lost[ad.candidate.key] = Reason.NOT_SELECTED
+        if moved_out and not store_failed:  # (failed: nothing known reserved, nothing to undo)
+            dropped = {id(ad) for ad in moved_out}
+            await self._release(
+                [g for ad, g in zip(d.ads, batch, strict=True) if id(ad) in dropped],
+                now,
+                within,
+            )
         slots = {a.candidate.key: a.slot for a in kept}
         traces = tuple(
             t._replace(reason=lost[k], slot=None)
@@ -510,6 +521,20 @@ class DeliveryControl:
             value=sum(a.value for a in kept),
             total_duration_ms=sum(a.candidate.creative.duration_ms for a in kept),
         )
+
+    async def _release(
+        self, reserved: Sequence[Guarded], now: datetime, within: float | None
+    ) -> None:
+        """Give back what the commit's increments of ``reserved`` took (the ads were not
+        served), in one store call: their cap and budget reservations and their ``served``
+        counts, in the buckets they were made in. On a failure or timeout (counted) the
+        reservations lapse on their own with the reservation window (5 minutes)."""
+        ts = now.timestamp()
+        undo = [i._replace(amount=-i.amount, at=ts) for g in reserved for i in g.incrs]
+        try:
+            await within_timeout(self.store, self.store.add(undo, ts), within)
+        except (StoreUnavailable, TimeoutError) as e:
+            self._store_error(e, "release")
 
     async def _refusal_reasons(
         self, refused: Sequence[Guarded], now: datetime, within: float | None
