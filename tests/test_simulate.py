@@ -389,6 +389,66 @@ def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert main_simulate(["--catalog", str(tmp_path / "missing.json")]) == 2
 
 
+def test_an_unusable_out_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run can take minutes: a --out that cannot take the report is a set-up error
+    found before it starts, not a traceback after it ends."""
+    from vastserver.sim import cli
+
+    def no_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise AssertionError("the simulation ran")
+
+    monkeypatch.setattr(cli, "run_simulation", no_run)
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(sim_catalog()))
+    in_the_way = tmp_path / "report.json"
+    in_the_way.write_text("{}")
+    for out, why in ((in_the_way, "is not a directory"), (in_the_way / "sub", "Not a directory")):
+        assert main_simulate(["--catalog", str(catalog), "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith("simulate: ") and why in captured.err, captured.err
+        assert str(out) in captured.err and "Traceback" not in captured.err
+        assert captured.out == ""
+    # a directory that is not there yet is created before the run
+    assert cli._out_problem(tmp_path / "new" / "dir") is None
+    assert (tmp_path / "new" / "dir").is_dir()
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_a_report_that_cannot_be_written_is_printed_anyway(
+    passed: bool,
+    first_run: dict[str, Any],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writing fails after the run (a full disk): the verdicts are printed all the same, and
+    the exit status is 2 (the files are missing), also when a verdict failed."""
+    import copy
+    import errno
+
+    from vastserver.sim import cli
+
+    report = copy.deepcopy(first_run)
+    report["verdicts"]["frequency_caps"] = passed
+    monkeypatch.setattr(cli, "run_simulation", lambda *a, **k: report)
+
+    def disk_full(report: dict[str, Any], out: Path) -> list[str]:
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "report.json"))
+
+    monkeypatch.setattr(cli, "write_outputs", disk_full)
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(sim_catalog()))
+    out = tmp_path / "out"
+    assert main_simulate(["--catalog", str(catalog), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "Guarantees" in captured.out
+    assert ("[FAIL] frequency-cap" in captured.out) is not passed
+    assert captured.err.startswith(f"simulate: could not write the report into {out}: ")
+    assert "No space left on device" in captured.err and "Traceback" not in captured.err
+
+
 def test_an_unreachable_redis_is_a_set_up_error(capsys: pytest.CaptureFixture[str]) -> None:
     """docs/simulator.md: exit 2 on a set-up error (1 is a failed guarantee), a message and
     no traceback; a password in the URL is not printed."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,7 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"(generated catalogs: default {DEFAULT_BUDGET_PER_HOUSEHOLD}; "
         "--catalog: keep its budgets unless given)",
     )
-    p.add_argument("--out", type=Path, metavar="DIR", help="write report.json, report.txt, plots")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="write report.json, report.txt, plots (created and checked before the run)",
+    )
     p.add_argument(
         "--instances",
         type=int,
@@ -207,9 +213,24 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     )
 
 
+def _out_problem(out: Path) -> str | None:
+    """Why ``--out`` cannot take the report, or None when it can. Checked (and the directory
+    created) before the run, which can take minutes, so that it is not lost at its end."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is not a directory"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        return f"cannot write the report into --out {out}: {e.strerror or e}"
+    return None
+
+
 def main_simulate(argv: Sequence[str]) -> int:
     """``vastserver simulate ...``: 0 when every guarantee held, 1 when one failed, 2 on a
-    usage or set-up error."""
+    usage or set-up error, and 2 when the report could not be written into ``--out`` (it is
+    printed all the same)."""
     parser = build_parser()
     try:
         args = parser.parse_args(list(argv))
@@ -217,6 +238,9 @@ def main_simulate(argv: Sequence[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     if args.compare_model and args.model is None:
         print("simulate: --compare-model needs --model PATH", file=sys.stderr)
+        return 2
+    if args.out is not None and (problem := _out_problem(args.out)) is not None:
+        print(f"simulate: {problem}", file=sys.stderr)
         return 2
     try:
         config = config_from_args(args)
@@ -230,13 +254,22 @@ def main_simulate(argv: Sequence[str]) -> int:
     except (SimError, OSError, ValueError) as e:
         print(f"simulate: {e}", file=sys.stderr)
         return 2
+    write_error = None
     if args.out is not None:
-        written = write_outputs(report, args.out)
-        print(f"simulate: wrote {', '.join(written)} to {args.out}", file=sys.stderr)
+        try:
+            written = write_outputs(report, args.out)
+        except OSError as e:  # a full disk, the directory removed meanwhile: keep the run
+            write_error = f"simulate: could not write the report into {args.out}: {e}"
+        else:
+            print(f"simulate: wrote {', '.join(written)} to {args.out}", file=sys.stderr)
     if args.json:
         import json
 
         print(json.dumps(report, indent=2))
     else:
         print(render_text(report))
+    if write_error is not None:
+        # 2 even when a verdict failed: the verdicts are on stdout, the files are missing
+        print(f"{write_error} (the report is on stdout)", file=sys.stderr)
+        return 2
     return 0 if ok else 1
