@@ -102,8 +102,19 @@ def test_price_scorer_and_generated_catalog(tmp_path: Path) -> None:
     assert any(d["ads"] for d in decisions)
 
 
-def test_cli_refuses_bad_usage(tmp_path: Path, small_log: Path) -> None:
+def test_cli_refuses_bad_usage(
+    tmp_path: Path, small_log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main_gen_events(["--out", str(small_log), "--seed", "1"]) == 2  # not empty
+    assert "already holds event segments" in capsys.readouterr().err
+    # nor a directory whose subdirectory holds a log: readers would read both as one
+    assert main_gen_events(["--out", str(small_log.parent), "--seed", "1"]) == 2
+    assert capsys.readouterr().err == (
+        f"gen-events: {small_log.parent} already holds event segments; use an empty directory\n"
+    )
+    (tmp_path / "file").write_text("")
+    assert main_gen_events(["--out", str(tmp_path / "file"), "--seed", "1"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
     both = ["--out", str(tmp_path / "x"), "--seed", "1", "--catalog", str(DEMO_CATALOG)]
     assert main_gen_events([*both, "--line-items", "5"]) == 2
     assert main_gen_events(["--out", str(tmp_path / "y"), "--seed", "1", "--days", "0"]) == 2

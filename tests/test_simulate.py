@@ -415,6 +415,31 @@ def test_an_unusable_out_is_refused_before_the_run(
     assert (tmp_path / "new" / "dir").is_dir()
 
 
+def test_an_event_log_directory_holding_a_log_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second run into one --event-log directory would be read back (report, train) as
+    one log of two worlds: refused as gen-events refuses it, before anything runs."""
+    from vastserver.sim.harness import SimError
+
+    log = tmp_path / "log"
+    (log / "instance-0").mkdir(parents=True)
+    (log / "instance-0" / "events-20261125T050031-13260-000001.jsonl").write_text("")
+    args = ["--households", "5", "--hours", "0.2", "--event-log", str(log)]
+    assert main_simulate(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"simulate: --event-log: {log} already holds event segments; use an empty directory\n"
+    )
+    # --compare-model: refused before the first arm runs, whichever arm's directory holds it
+    (log / "instance-0").rename(tmp_path / "elsewhere")
+    (log / "truth" / "instance-0").mkdir(parents=True)
+    (log / "truth" / "instance-0" / "events-1.jsonl.gz").write_bytes(b"")
+    with pytest.raises(SimError, match="already holds event segments"):
+        run_comparison(_config(event_log_dir=log, model_path=tmp_path / "no-model"))
+
+
 @pytest.mark.parametrize("passed", [True, False])
 def test_a_report_that_cannot_be_written_is_printed_anyway(
     passed: bool,

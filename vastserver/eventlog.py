@@ -66,6 +66,7 @@ __all__ = [
     "EventLogCorruptError",
     "RateLimit",
     "ReadStats",
+    "new_log_problem",
     "read_events",
 ]
 
@@ -786,6 +787,24 @@ def _segment_files(directory: Path, st: ReadStats, depth: int = 0) -> list[Path]
 
 _MAX_DEPTH = 4
 """How deep directories are searched for segments (no symlinked directories: no loops)."""
+
+
+def new_log_problem(directory: Path) -> str | None:
+    """Why a tool that writes a log of its own (``gen-events``, ``simulate --event-log``)
+    must not write it into ``directory``, or None when it may: not a directory, or one that
+    already holds event segments, itself or in a subdirectory. Readers read them all as one
+    log, so a second run there would mix two worlds (two runs of the same hours)."""
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} is not a directory"
+    if not directory.is_dir():
+        return None
+    try:
+        found = _segment_files(directory, ReadStats())
+    except OSError as e:
+        return f"cannot read {directory}: {e.strerror or e}"
+    if found:
+        return f"{directory} already holds event segments; use an empty directory"
+    return None
 
 
 _GZIP_MAGIC: Final = b"\x1f\x8b"

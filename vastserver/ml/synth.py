@@ -74,7 +74,7 @@ from vastserver.cliargs import (
     positive_int,
 )
 from vastserver.delivery import DeliveryControl
-from vastserver.eventlog import EventLog
+from vastserver.eventlog import EventLog, new_log_problem
 from vastserver.metrics import Metrics
 from vastserver.ml.truth import AdExposure, Outcome, ViewerModel
 from vastserver.pipeline.candidates import Candidate
@@ -642,14 +642,8 @@ def main_gen_events(argv: Sequence[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     out: Path = args.out
-    if out.exists() and not out.is_dir():
-        print(f"gen-events: {out} is not a directory", file=sys.stderr)
-        return 2
-    if out.is_dir() and any(out.glob("events-*.jsonl*")):
-        print(
-            f"gen-events: {out} already holds event segments; use an empty directory",
-            file=sys.stderr,
-        )
+    if (problem := new_log_problem(out)) is not None:
+        print(f"gen-events: {problem}", file=sys.stderr)
         return 2
     try:
         if args.line_items is not None:

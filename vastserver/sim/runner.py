@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from vastserver.catalog.gen import generate_catalog
 from vastserver.catalog.load import CatalogError, load_catalog
+from vastserver.eventlog import new_log_problem
 from vastserver.geo import DEFAULT_GEO_CSV
 from vastserver.pipeline.delivery import SeparationRules
 from vastserver.settings import Settings, SettingsError
@@ -217,11 +218,19 @@ def _config_summary(
     }
 
 
+def _check_new_log(directory: Path | None) -> None:
+    """A log directory that already holds a log would be read back as one log with it."""
+    problem = None if directory is None else new_log_problem(directory)
+    if problem is not None:
+        raise SimError(f"--event-log: {problem}")
+
+
 async def run_simulation_async(config: SimConfig, workdir: Path | None = None) -> dict[str, Any]:
     """Run one simulation; ``workdir`` receives a generated catalog (else a temp dir)."""
     problems = config.validate()
     if problems:
         raise SimError("invalid simulation config:\n" + "\n".join(f"  - {p}" for p in problems))
+    _check_new_log(config.event_log_dir)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vastserver-sim-") as tmp:
         catalog_path = config.catalog_path
@@ -316,6 +325,7 @@ async def run_comparison_async(config: SimConfig, workdir: Path | None = None) -
     truth itself (the perfect model, the ceiling of the lift); with the lifts."""
     if config.model_path is None:
         raise SimError("a model comparison needs a model bundle (--model PATH)")
+    _check_new_log(config.event_log_dir)  # before the first arm: each arm checks its own
     t0 = time.perf_counter()
 
     def arm(name: str) -> SimConfig:  # each arm logs apart: one log must not hold both
