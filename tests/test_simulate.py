@@ -370,13 +370,15 @@ def test_cli_writes_report_files(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert doc["config"]["ssai_share"] == 0.5 and doc["config"]["faults"]["lost"] == 0.05
     assert doc["config"]["settings"] == {"competitive_separation_breaks": "2"}
     assert "Guarantees" in (out / "report.txt").read_text()
+    captured = capsys.readouterr()
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         assert not list(out.glob("*.png"))  # plots are skipped cleanly without matplotlib
+        assert "skipped the plots pacing.png, traffic.png" in captured.err
     else:
         assert (out / "pacing.png").exists()
-    assert "Guarantees" in capsys.readouterr().out
+    assert "Guarantees" in captured.out
 
 
 def test_cli_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -459,7 +461,7 @@ def test_a_report_that_cannot_be_written_is_printed_anyway(
     report["verdicts"]["frequency_caps"] = passed
     monkeypatch.setattr(cli, "run_simulation", lambda *a, **k: report)
 
-    def disk_full(report: dict[str, Any], out: Path) -> list[str]:
+    def disk_full(report: dict[str, Any], out: Path) -> tuple[list[str], list[str]]:
         raise OSError(errno.ENOSPC, "No space left on device", str(out / "report.json"))
 
     monkeypatch.setattr(cli, "write_outputs", disk_full)
@@ -977,8 +979,33 @@ def test_write_outputs_for_a_comparison(tmp_path: Path, first_run: dict[str, Any
     # close to the drawn ones, not equal
     assert 0.5 < c["expected_rate"] < 1.0 and c["expected_completes"] != c["completes"]
     assert abs(c["expected_completes"] - c["completes"]) < 0.05 * c["impressions"]
-    files = write_outputs(both, tmp_path)
+    files, _ = write_outputs(both, tmp_path)
     assert "report.json" in files and "price arm" in (tmp_path / "report.txt").read_text()
+
+
+def test_without_matplotlib_the_skipped_plots_are_named(
+    tmp_path: Path,
+    first_run: dict[str, Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vastserver.sim import cli
+    from vastserver.sim.report import comparison_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib: ImportError
+    files, skipped = write_outputs(comparison_report(first_run, first_run), tmp_path / "c")
+    assert files == ["report.json", "report.txt"]
+    want = ["price-pacing.png", "price-traffic.png", "model-pacing.png", "model-traffic.png"]
+    assert skipped == want
+    monkeypatch.setattr(cli, "run_simulation", lambda *a, **k: first_run)
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(sim_catalog()))
+    assert main_simulate(["--catalog", str(catalog), "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "simulate: skipped the plots pacing.png, traffic.png: matplotlib is not installed "
+        "(pip install matplotlib)"
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["report.json", "report.txt"]
 
 
 def test_comparison_verdict_on_the_models_expected_completion_rate(

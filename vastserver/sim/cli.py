@@ -18,7 +18,7 @@ from vastserver.cliargs import (
 )
 from vastserver.sim.config import DEFAULT_START, Faults, SimConfig
 from vastserver.sim.harness import SimError
-from vastserver.sim.report import render_text, write_outputs
+from vastserver.sim.report import PLOTS_HINT, render_text, write_outputs
 from vastserver.sim.runner import generated_catalog, run_comparison, run_simulation
 
 __all__ = ["build_parser", "config_from_args", "main_simulate"]
@@ -257,11 +257,17 @@ def main_simulate(argv: Sequence[str]) -> int:
     write_error = None
     if args.out is not None:
         try:
-            written = write_outputs(report, args.out)
+            written, skipped = write_outputs(report, args.out)
         except OSError as e:  # a full disk, the directory removed meanwhile: keep the run
             write_error = f"simulate: could not write the report into {args.out}: {e}"
         else:
             print(f"simulate: wrote {', '.join(written)} to {args.out}", file=sys.stderr)
+            if skipped:
+                print(
+                    f"simulate: skipped the plots {', '.join(skipped)}: matplotlib is not "
+                    f"installed ({PLOTS_HINT})",
+                    file=sys.stderr,
+                )
     if args.json:
         import json
 

@@ -30,6 +30,7 @@ from vastserver.sim.records import ServedAd
 
 __all__ = [
     "OVERDELIVERY_LIMIT_PCT",
+    "PLOTS_HINT",
     "build_report",
     "comparison_report",
     "deterministic_part",
@@ -681,14 +682,29 @@ def render_text(report: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------------------- files
 
 
-def _plots(report: Mapping[str, Any], out: Path, prefix: str = "") -> list[str]:
-    """PNG plots when matplotlib is installed; an empty list otherwise."""
+PLOTS_HINT = "pip install matplotlib"
+"""How to get the plots (matplotlib is no dependency of the server, nor an extra)."""
+
+
+def _pyplot() -> Any | None:
+    """``matplotlib.pyplot`` drawing to files, or None when matplotlib is not installed."""
     try:
         mpl: Any = importlib.import_module("matplotlib")
         mpl.use("Agg")
-        plt: Any = importlib.import_module("matplotlib.pyplot")
+        return importlib.import_module("matplotlib.pyplot")
     except ImportError:
-        return []
+        return None
+
+
+def _plot_names(report: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The plots a report has data for."""
+    return [
+        *([f"{prefix}pacing.png"] if report["delivery"]["pacing"] else []),
+        *([f"{prefix}traffic.png"] if report["hourly"] else []),
+    ]
+
+
+def _plots(plt: Any, report: Mapping[str, Any], out: Path, prefix: str = "") -> list[str]:
     written: list[str] = []
     pacing = report["delivery"]["pacing"]
     if pacing:
@@ -732,15 +748,23 @@ def _plots(report: Mapping[str, Any], out: Path, prefix: str = "") -> list[str]:
     return written
 
 
-def write_outputs(report: dict[str, Any], out: Path) -> list[str]:
-    """``report.json``, ``report.txt`` and the plots (when matplotlib is installed)."""
+def write_outputs(report: dict[str, Any], out: Path) -> tuple[list[str], list[str]]:
+    """``report.json``, ``report.txt`` and the plots (when matplotlib is installed). Returns
+    the files written and the plots left out for want of matplotlib (see ``PLOTS_HINT``)."""
     out.mkdir(parents=True, exist_ok=True)
+    parts = (
+        [(f"{name}-", arm) for name, arm in report["arms"].items()]
+        if "arms" in report
+        else [("", report)]
+    )
+    plt = _pyplot()
     plots: list[str] = []
-    if "arms" in report:
-        for name, arm in report["arms"].items():
-            plots += _plots(arm, out, prefix=f"{name}-")
-    else:
-        plots = _plots(report, out)
+    skipped: list[str] = []
+    for prefix, part in parts:
+        if plt is None:
+            skipped += _plot_names(part, prefix)
+        else:
+            plots += _plots(plt, part, out, prefix)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
     (out / "report.txt").write_text(render_text(report) + "\n")
-    return ["report.json", "report.txt", *plots]
+    return ["report.json", "report.txt", *plots], skipped
