@@ -224,6 +224,65 @@ def test_a_log_read_twice_gives_each_served_ad_once(logs: dict[int, Path], tmp_p
     assert twice.duplicate_records > 0 and once.duplicate_records == 0
 
 
+def test_the_summary_counts_skipped_and_duplicate_records(
+    logs: dict[int, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Duplicates were left out silently: two runs of the same simulated hours in one log
+    directory (their ad serving ids collide) trained on a mix with no word of it."""
+    import shutil
+
+    assert main_train(["--events", str(logs[1]), "--out", str(tmp_path / "once")]) == 0
+    err = capsys.readouterr().err
+    assert "duplicates" not in err and "records (damaged" not in err
+    twice = tmp_path / "twice"
+    shutil.copytree(logs[1], twice / "a")
+    shutil.copytree(logs[1], twice / "b")
+    _write_log(twice / "c", [{"type": "decision", "at": "not a time"}] * 3)
+    ds = load_dataset([twice], label_horizon_s=600)
+    assert ds.skipped_records == 3 and ds.duplicate_records > 0.05 * ds.records
+    assert main_train(["--events", str(twice), "--out", str(tmp_path / "m")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert (
+        f"skipped 3 of {ds.records} records (damaged, or missing fields the features need)" in lines
+    )
+    dup = [line for line in lines if line.startswith(f"left out {ds.duplicate_records} of ")]
+    assert dup and "as duplicates" in dup[0]
+    warning = lines[-1]
+    assert (
+        warning.startswith("warning: ")
+        and "two simulate runs of the same simulated hours" in warning
+    )
+
+
+def test_a_single_label_says_what_the_label_horizon_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log the server has just written: the default horizon leaves out the last 10 minutes'
+    impressions that have no complete yet, so only completes remain. The error says so and
+    how to train on it."""
+    end = datetime(2026, 11, 1, 20, 0, tzinfo=UTC)
+    s = timedelta(seconds=1)
+    recs: list[dict[str, Any]] = []
+    for i in range(120):
+        at = end - (300 - 2 * i) * s
+        recs += [
+            _decision(at, f"v{i}", [(f"a{i}", "li-1")]),
+            _beacon(at, "impression", f"a{i}", "li-1"),
+        ]
+        if i % 2:
+            recs.append(_beacon(at + s, "complete", f"a{i}", "li-1"))
+    _write_log(tmp_path / "ev", recs)
+    argv = ["--events", str(tmp_path / "ev"), "--out", str(tmp_path / "m")]
+    assert main_train(argv) == 1
+    assert capsys.readouterr().err == (
+        "train: the training rows hold a single completion label; nothing to learn; left out "
+        "60 impressions of the last 600 s of the log with no outcome yet (--label-horizon): when "
+        "no beacon of the log is still to come (the server stopped), train with "
+        "--label-horizon 0\n"
+    )
+    assert main_train([*argv, "--label-horizon", "0"]) == 0, capsys.readouterr().err
+
+
 def test_a_log_that_starts_late_trains_on_what_was_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -469,11 +469,60 @@ def _holdout_start(times: Vector, config: TrainConfig) -> float:
     return float(times[min(n - 1, max(1, round(n * (1.0 - config.holdout_frac))))])
 
 
+def _pending_note(ds: Dataset) -> str:
+    return (
+        f"left out {ds.pending_impressions} impressions of the last "
+        f"{ds.label_horizon_s:g} s of the log with no outcome yet (--label-horizon)"
+    )
+
+
+def _horizon_hint(ds: Dataset) -> str:
+    """For too few rows or one label: what the label horizon left out, when it did. On a log
+    that just ended (a short one above all) it can leave out most non-completions."""
+    if not ds.pending_impressions:
+        return ""
+    return (
+        f"; {_pending_note(ds)}: when no beacon of the log is still to come (the server "
+        "stopped), train with --label-horizon 0"
+    )
+
+
+DUPLICATE_WARNING_SHARE = 0.05
+"""Past this share of the records read, duplicates are more than a copied segment: the
+summary warns that two logs whose ad serving ids collide were read together."""
+
+
+def _data_notes(ds: Dataset) -> list[str]:
+    """The records the summary must not keep quiet about: skipped, duplicates."""
+    notes = []
+    if ds.skipped_records:
+        notes.append(
+            f"skipped {ds.skipped_records} of {ds.records} records (damaged, or missing "
+            "fields the features need)"
+        )
+    if ds.duplicate_records:
+        notes.append(
+            f"left out {ds.duplicate_records} of {ds.records} records as duplicates (a "
+            "decision whose ads, or a counted beacon whose ad and event, were read before)"
+        )
+        if ds.duplicate_records > DUPLICATE_WARNING_SHARE * ds.records:
+            notes.append(
+                f"warning: {100 * ds.duplicate_records / ds.records:.0f} % of the records are "
+                "duplicates: the events hold a log twice, or two runs whose ad serving ids "
+                "collide (two simulate runs of the same simulated hours in one --event-log "
+                "directory, or the price/model/truth arms of --compare-model read together); "
+                "train on one run's log"
+            )
+    return notes
+
+
 def train_bundle(ds: Dataset, out: Path, config: TrainConfig) -> dict[str, Any]:
     """Train on ``ds`` and write the bundle into ``out``; returns the metrics document."""
     n = len(ds.rows)
     if n < 50:
-        raise TrainError(f"only {n} served ads with a counted impression; need at least 50")
+        raise TrainError(
+            f"only {n} served ads with a counted impression; need at least 50" + _horizon_hint(ds)
+        )
     if not 0.0 < config.holdout_frac < 1.0:
         raise TrainError("holdout fraction must be in (0, 1)")
     times = np.asarray(ds.times, dtype=np.float64)
@@ -492,7 +541,9 @@ def train_bundle(ds: Dataset, out: Path, config: TrainConfig) -> dict[str, Any]:
     ho = np.flatnonzero(~train_mask)
     y_tr, y_ho = y_all[tr], y_all[ho]
     if y_tr.min() == y_tr.max():
-        raise TrainError("the training rows hold a single completion label; nothing to learn")
+        raise TrainError(
+            "the training rows hold a single completion label; nothing to learn" + _horizon_hint(ds)
+        )
 
     rows_tr = [ds.rows[i] for i in tr]
     rows_ho = [ds.rows[i] for i in ho]
@@ -724,11 +775,9 @@ def main_train(argv: Sequence[str]) -> int:
     )
     print(_summary(metrics), file=sys.stderr)
     if ds.pending_impressions:
-        print(
-            f"left out {ds.pending_impressions} impressions of the last "
-            f"{ds.label_horizon_s:g} s of the log with no outcome yet (--label-horizon)",
-            file=sys.stderr,
-        )
+        print(_pending_note(ds), file=sys.stderr)
+    for note in _data_notes(ds):
+        print(note, file=sys.stderr)
     return 0
 
 
