@@ -47,7 +47,7 @@ import aiohttp
 
 from benchmarks import procstat, profiling, redisproc, reqmix, wrkdrv
 from benchmarks.micro import interleaved as interleaved_cpu
-from vastserver.cliargs import HelpWithDefaults
+from vastserver.cliargs import HelpWithDefaults, positive_float, positive_int
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-secret-0123456789abcdef-not-for-production"
@@ -113,13 +113,19 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=HelpWithDefaults,
     )
     ap.add_argument("--quick", action="store_true", help="small sizes, short runs (the test)")
-    ap.add_argument("--duration", type=float, help="seconds per load run (default 10; quick 1)")
-    ap.add_argument("--connections", type=int, help="concurrent connections (default 32)")
-    ap.add_argument("--sizes", type=_int_list, help="catalog sizes (default 1000,10000,100000)")
+    ap.add_argument(
+        "--duration", type=positive_float, help="seconds per load run (default 10; quick 1)"
+    )
+    ap.add_argument(
+        "--connections", type=positive_int, help="concurrent connections (default 32; quick 8)"
+    )
+    ap.add_argument(
+        "--sizes", type=_int_list, help="catalog sizes (default 1000,10000,100000; quick 1000)"
+    )
     ap.add_argument(
         "--http-sizes", type=_int_list, help="catalog sizes for the HTTP runs (default: --sizes)"
     )
-    ap.add_argument("--workers", type=_int_list, help="server worker counts (default 1,2)")
+    ap.add_argument("--workers", type=_int_list, help="server worker counts (default 1,2; quick 1)")
     ap.add_argument("--out", type=Path, help="write the JSON report here")
     ap.add_argument(
         "--cache-dir", type=Path, default=None, help="generated catalogs (default var/bench-cache)"
@@ -140,7 +146,11 @@ def parser() -> argparse.ArgumentParser:
         help="load generator (auto: wrk when installed, else aiohttp)",
     )
     ap.add_argument("--seed", type=int, default=1, help="random seed")
-    ap.add_argument("--store-viewers", type=int, help="viewers in the store test (default 1M)")
+    ap.add_argument(
+        "--store-viewers",
+        type=positive_int,
+        help="viewers in the store test (default 1M; quick 10,000)",
+    )
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy runs")
     ap.add_argument(
         "--compare",

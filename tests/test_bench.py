@@ -27,6 +27,34 @@ def _num(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+def test_options_are_range_checked_and_help_gives_the_quick_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A negative --duration, --connections or --store-viewers was taken as given; --help
+    gave only the full run's defaults, not the ones --quick uses."""
+    from benchmarks import harness
+
+    for flag, value, why in (
+        ("--duration", "-1", "must be > 0 and finite"),
+        ("--duration", "nan", "must be > 0 and finite"),
+        ("--connections", "0", "must be >= 1"),
+        ("--store-viewers", "-5", "must be >= 1"),
+    ):
+        assert main_bench([flag, value]) == 2, flag
+        assert f"vastserver bench: error: argument {flag}: {why}" in capsys.readouterr().err
+    text = " ".join(harness.parser().format_help().split())
+    for quick in (
+        "concurrent connections (default 32; quick 8)",
+        "worker counts (default 1,2; quick 1)",
+        "catalog sizes (default 1000,10000,100000; quick 1000)",
+        "viewers in the store test (default 1M; quick 10,000)",
+    ):
+        assert quick in text, quick
+    opts = harness.resolve(harness.parser().parse_args(["--quick"]))
+    assert (opts.connections, opts.workers, opts.sizes, opts.store_viewers) == (
+        8, [1], [1000], 10_000)  # fmt: skip
+
+
 def test_percentile_and_summary() -> None:
     xs = [i / 1000 for i in range(1, 1001)]  # 1..1000 ms
     assert percentile(xs, 50) == 0.5

@@ -692,6 +692,18 @@ def test_what_only_loading_finds_wrong_is_a_clean_start_up_error(tmp_path: Path)
                 assert any(".price" in i for i in x["issues"]), x
 
 
+def test_a_serve_usage_error_names_vastserver_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    """The usage line came from a wrapper parser: ``usage: vastserver [-h] {serve} ...``."""
+    from vastserver.cli import serve
+
+    with pytest.raises(SystemExit) as exc:
+        serve(["--bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: vastserver serve [-h] [--host HOST]")
+    assert err.endswith("vastserver serve: error: unrecognized arguments: --bogus\n")
+
+
 def test_an_unknown_log_level_is_a_settings_error() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "vastserver", "serve", "--help"],

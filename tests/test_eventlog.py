@@ -670,9 +670,15 @@ def test_report_skips_and_counts_damaged_records(
     ]
     lines = [json.dumps(r) for r in good + bad] + ["not json at all", '{"torn": ']
     (tmp_path / "events-1.jsonl").write_text("\n".join(lines))  # the last line has no \n
-    for extra in ([], ["--model"], ["--experiment", "x"]):
+    for extra in ([], ["--model"]):
         assert main_report([str(tmp_path), "--json", *extra]) == 0
         doc = json.loads(capsys.readouterr().out)
+    # no decision of experiment x in the log: said, exit 2, not a traceback
+    assert main_report([str(tmp_path), "--json", "--experiment", "x"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        "report: no decision of experiment 'x' in the event log (no decision in it names one)\n"
+    )
     assert main_report([str(tmp_path), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["decisions"] == 1 and doc["torn_lines"] == 1
@@ -878,6 +884,6 @@ def test_train_and_report_on_a_deep_line_and_a_file_not_gzip(
     doc = json.loads(captured.out)
     assert (doc["decisions"], doc["invalid_records"], doc["not_gzip_files"]) == (1, 1, 1)
     assert "skipped 1 file(s) named .jsonl.gz that are not gzip" in captured.err
-    for extra in (["--model"], ["--experiment", "x"]):
-        assert main_report([str(events), *extra]) == 0
+    for extra, code in ((["--model"], 0), (["--experiment", "x"], 2)):  # 2: no experiment x
+        assert main_report([str(events), *extra]) == code
         assert "not gzip" in capsys.readouterr().err

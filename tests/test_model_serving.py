@@ -366,6 +366,12 @@ def test_experiment_compares_the_decisions_each_arms_model_scored(
     out = capsys.readouterr().out
     assert "model: decisions by scorer: model 10, price 10; 10 scored by the price" in out
     assert "price: decisions by scorer: price 10\n" in out
+    # an experiment no decision of the log belongs to: said, with those that are there
+    assert main_report([str(events), "--experiment", "nosuch"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == (
+        "report: no decision of experiment 'nosuch' in the event log (experiments in it: x)\n"
+    )
 
 
 def test_lmt_requests_without_a_session_split_across_arms() -> None:

@@ -476,6 +476,31 @@ def test_a_report_that_cannot_be_written_is_printed_anyway(
     assert "No space left on device" in captured.err and "Traceback" not in captured.err
 
 
+def test_a_run_without_a_session_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """10 households in 6 minutes start no session: the fill verdict failed with 'n/a of
+    pods' and nothing said why."""
+    assert main_simulate(["--households", "10", "--hours", "0.1", "--line-items", "5"]) == 1
+    captured = capsys.readouterr()
+    note = (
+        "No session was simulated: 10 households started none in 0.1 h (give more "
+        "--households or --hours); the checks had nothing to check."
+    )
+    assert captured.out.splitlines()[2] == note
+    assert f"simulate: {note}" in captured.err
+
+
+def test_a_model_that_does_not_load_is_named_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-model"
+    assert main_simulate(["--households", "5", "--hours", "0.2", "--model", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "simulate: the servers score with ['price'], not 'model' "
+        f"(model bundle {missing}: not a directory)\n"
+    )
+
+
 def test_an_unreachable_redis_is_a_set_up_error(capsys: pytest.CaptureFixture[str]) -> None:
     """docs/simulator.md: exit 2 on a set-up error (1 is a failed guarantee), a message and
     no traceback; a password in the URL is not printed."""

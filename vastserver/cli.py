@@ -38,10 +38,12 @@ from vastserver.settings import (
 log = logging.getLogger("vastserver")
 
 
-def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _serve_parser() -> argparse.ArgumentParser:
     # The defaults are the settings' (a flag wins over its environment variable, which
     # wins over the default), so the parser's own are None and the help says them.
-    p = sub.add_parser("serve", help="run the ad server", formatter_class=HelpWithDefaults)
+    p = argparse.ArgumentParser(
+        prog="vastserver serve", description="Run the ad server.", formatter_class=HelpWithDefaults
+    )
     p.add_argument("--host", help="bind address (VASTSERVER_HOST, default 127.0.0.1)")
     p.add_argument(
         "--port",
@@ -93,6 +95,7 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="keep the in-memory store's caps, budgets and beacon claims in this file across "
         "restarts, or 'off' (VASTSERVER_STATE_FILE, default off)",
     )
+    return p
 
 
 BACKLOG = 1024
@@ -367,14 +370,11 @@ def _listen_failed(host: str, port: int, e: OSError, *, metrics: bool = False) -
 
 
 def serve(argv: Sequence[str]) -> int:
-    ap = argparse.ArgumentParser(prog="vastserver")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    _serve_parser(sub)
-    args = ap.parse_args(["serve", *argv])
+    args = _serve_parser().parse_args(list(argv))  # usage errors name `vastserver serve`
     from vastserver.app import hold_sighup
 
     hold_sighup()  # a SIGHUP during start-up reloads once started; its default kills
-    overrides = {k: v for k, v in vars(args).items() if k != "cmd" and v is not None}
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
         settings = load_settings(os.environ, overrides, check_bundles=True)
     except SettingsError as e:

@@ -446,6 +446,9 @@ def main_report(argv: Sequence[str]) -> int:
         doc: dict[str, Any] = {}
         if args.experiment:
             doc["experiment"] = experiment_report(records, args.experiment)
+            if not doc["experiment"]["arms"]:
+                print(_no_experiment(records, args.experiment), file=sys.stderr)
+                return 2
         if args.model:
             doc["calibration"] = calibration_report(records)
         if args.json:
@@ -473,6 +476,19 @@ def main_report(argv: Sequence[str]) -> int:
     else:
         render_text(rep, catalog, sys.stdout)
     return 0
+
+
+def _no_experiment(records: Iterable[Mapping[str, Any]], name: str) -> str:
+    """``--experiment NAME`` that no decision of the log belongs to: say which ones do."""
+    names = sorted(
+        {
+            str(r["experiment"])
+            for r in records
+            if r.get("type") == "decision" and r.get("experiment") is not None
+        }
+    )
+    found = f"experiments in it: {', '.join(names)}" if names else "no decision in it names one"
+    return f"report: no decision of experiment {name!r} in the event log ({found})"
 
 
 def _warn_not_gzip(stats: ReadStats) -> None:

@@ -18,7 +18,7 @@ from vastserver.cliargs import (
 )
 from vastserver.sim.config import DEFAULT_START, Faults, SimConfig
 from vastserver.sim.harness import SimError
-from vastserver.sim.report import PLOTS_HINT, render_text, write_outputs
+from vastserver.sim.report import PLOTS_HINT, no_session_note, render_text, write_outputs
 from vastserver.sim.runner import generated_catalog, run_comparison, run_simulation
 
 __all__ = ["build_parser", "config_from_args", "main_simulate"]
@@ -254,6 +254,9 @@ def main_simulate(argv: Sequence[str]) -> int:
     except (SimError, OSError, ValueError) as e:
         print(f"simulate: {e}", file=sys.stderr)
         return 2
+    first = next(iter(report["arms"].values())) if "arms" in report else report
+    if (none := no_session_note(first)) is not None:  # the arms share the seed and the world
+        print(f"simulate: {none}", file=sys.stderr)
     write_error = None
     if args.out is not None:
         try:

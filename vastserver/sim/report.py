@@ -34,6 +34,7 @@ __all__ = [
     "build_report",
     "comparison_report",
     "deterministic_part",
+    "no_session_note",
     "render_text",
     "verdicts",
     "write_outputs",
@@ -516,6 +517,17 @@ def _nonzero(server: Mapping[str, Any]) -> str:
     return json.dumps(bad) if bad else ""
 
 
+def no_session_note(report: Mapping[str, Any]) -> str | None:
+    """What to say of a run in which no session started (its verdicts checked nothing)."""
+    if report["traffic"]["sessions"]:
+        return None
+    cfg = report["config"]
+    return (
+        f"No session was simulated: {cfg['households']} households started none in "
+        f"{cfg['hours']} h (give more --households or --hours); the checks had nothing to check."
+    )
+
+
 def render_text(report: Mapping[str, Any]) -> str:
     if "arms" in report:
         c = report["comparison"]
@@ -577,10 +589,12 @@ def render_text(report: Mapping[str, Any]) -> str:
     def ok(flag: bool) -> str:
         return "PASS" if flag else "FAIL"
 
+    none = no_session_note(report)
     lines = [
         f"vastserver simulate: seed {cfg['seed']}, {cfg['households']} households, "
         f"{cfg['hours']} h from {cfg['start']}, {cfg['instances']} instance(s)"
         f"{' on Redis' if cfg.get('redis') else ''}, scorer {report['scorer'].get('name')}",
+        *(["", none] if none else []),
         "",
         "Guarantees",
         f"  [{ok(v['frequency_caps'])}] frequency-cap violations: {caps['violations']} "

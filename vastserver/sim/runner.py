@@ -175,9 +175,11 @@ def _scorer(servers: Servers, model: Path | None, truth: bool = False) -> dict[s
     name, version, error = scorers[0]
     want = TRUTH_SCORER if truth else "price" if model is None else "model"
     if any(n != want for n, _, _ in scorers):
+        why = ""
+        if error:  # a load error names its bundle as a rule ("model bundle PATH: ...")
+            why = f" ({error})" if str(model) in error else f" (model bundle {model}: {error})"
         raise SimError(
-            f"the servers score with {sorted({n for n, _, _ in scorers})}, not {want!r}"
-            + (f" (model bundle {model}: {error})" if error else "")
+            f"the servers score with {sorted({n for n, _, _ in scorers})}, not {want!r}{why}"
         )
     return {"name": name, "version": version}
 
