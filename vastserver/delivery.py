@@ -43,9 +43,10 @@ from vastserver.catalog.model import (
 from vastserver.logs import Sampler, event
 from vastserver.metrics import Metrics
 from vastserver.pipeline.candidates import Candidate
-from vastserver.pipeline.decide import Decision, close_ranks
+from vastserver.pipeline.decide import Decision, PlacedAd, close_ranks
 from vastserver.pipeline.delivery import (
     LIFETIME,
+    RESERVATION_WINDOW,
     BudgetTest,
     CountsGate,
     GateCache,
@@ -54,6 +55,7 @@ from vastserver.pipeline.delivery import (
     ScopeCaps,
     SeparationRules,
     Viewer,
+    budget_key,
     curve_fraction,
     delivered_key,
     event_key,
@@ -96,6 +98,13 @@ from vastserver.tracking import COUNTED_EVENTS, AdToken
 log = logging.getLogger("vastserver.delivery")
 
 PACING_INTERVAL_S = 10.0
+PACING_LEAD_S = 2 * PACING_INTERVAL_S
+"""How far ahead of the pass a paced line item's allowance reaches: it may serve up to its
+target at this much later (two periods: a pass that comes late, or a slow one, leaves it
+room until the next)."""
+ALLOWANCE_FLOOR = 1
+"""The least a paced line item may serve per pass and instance, ahead of its target or not
+(so that its delivery can be observed; the throttle keeps it at a trickle)."""
 PACING_CHUNK = 100
 RATES_SCAN_S = 600.0
 """How often the completion rates are read for every line item of the catalog (between
@@ -157,10 +166,12 @@ HISTORY_TTL_S = 12 * 3600
 
 @dataclass(frozen=True, slots=True)
 class _Mark:
-    """A pacing curve read at the pass's time: cumulative traffic now and at the bounds of
-    the local day now falls in (unix times ``day_start``, ``day_end``)."""
+    """A pacing curve read at the pass's time: cumulative traffic now, :data:`PACING_LEAD_S`
+    later (``w_ahead``) and at the bounds of the local day now falls in (unix times
+    ``day_start``, ``day_end``)."""
 
     w_now: float
+    w_ahead: float
     day_start: float
     day_end: float
     w_day_start: float
@@ -169,7 +180,14 @@ class _Mark:
     @staticmethod
     def of(curve: PacingCurve, ts: float) -> _Mark:
         day = curve.day(curve.ordinal(ts))
-        return _Mark(curve.at(ts), day.start, day.end, curve.at(day.start), curve.at(day.end))
+        return _Mark(
+            curve.at(ts),
+            curve.at(ts + PACING_LEAD_S),
+            day.start,
+            day.end,
+            curve.at(day.start),
+            curve.at(day.end),
+        )
 
 
 def _lowest_price(li: LineItem) -> float:
@@ -215,6 +233,18 @@ class LineItemPacing:
     target_now: float = 0.0
     delivered: int = 0
     budget: float | None = None
+    allowance: int | None = None
+    """What the last pass allowed this instance to serve of it until the next (None: ASAP,
+    no allowance)."""
+
+
+def _paced_keys(li: LineItem, day: str) -> tuple[str, str]:
+    """The counters of ``li``'s paced impression budget (the daily one when it has one, on
+    the local ``day``, else the lifetime one): delivered impressions, and the reservations
+    of its serves not yet settled."""
+    on = day if li.pacing.budget.daily_impressions is not None else None
+    prefix = f"li:{li.id}"
+    return delivered_key(prefix, "imp", on), budget_key(prefix, "imp", on) + ":r"
 
 
 class DeliveryControl:
@@ -239,8 +269,13 @@ class DeliveryControl:
         self.throttle: dict[str, float] = {}
         self.exhausted: frozenset[str] = frozenset()
         self.paced: frozenset[str] = frozenset()
-        """``exhausted`` and the line items throttled below 1: the pacing pass's, one
-        object until the next (:attr:`PreGate.paced`)."""
+        """``exhausted`` and the line items with an allowance in :attr:`room` (every one
+        the throttle may hold back): the pacing pass's, one object until the next
+        (:attr:`PreGate.paced`)."""
+        self.room: dict[str, int] = {}
+        """Paced (not ASAP) line item id -> what this instance may still serve of it until
+        the next pacing pass: the pass's allowance, less each ad of it :meth:`commit`
+        reserves since. A new dict each pass (the serves before it count no more)."""
         self.pacing: dict[str, LineItemPacing] = {}
         self.cap_hits: Counter[str] = Counter()
         self.completion_rates: dict[str, float] = {}
@@ -282,7 +317,11 @@ class DeliveryControl:
     def pre_gate(self) -> PreGate:
         """A request's pacing checks: the last pacing pass's, with draws of its own."""
         return PreGate(
-            paced=self.paced, exhausted=self.exhausted, throttle=self.throttle, rng=self.rng
+            paced=self.paced,
+            exhausted=self.exhausted,
+            throttle=self.throttle,
+            room=self.room,
+            rng=self.rng,
         )
 
     async def prefetch(
@@ -462,6 +501,7 @@ class DeliveryControl:
         if not d.ads:
             return d
         self.active.update(ad.candidate.line_item.id for ad in d.ads)
+        room = self._take_allowance(d.ads)
         now = d.now
         batch: list[Guarded] = []
         for ad in d.ads:
@@ -500,6 +540,9 @@ class DeliveryControl:
         kept, moved_out = close_ranks([ad for ad, fine in zip(d.ads, ok, strict=True) if fine])
         for ad in moved_out:
             lost[ad.candidate.key] = Reason.NOT_SELECTED
+        self._give_back_allowance(
+            room, [*(ad for ad, fine in zip(d.ads, ok, strict=True) if not fine), *moved_out]
+        )
         if moved_out and not store_failed:  # (failed: nothing known reserved, nothing to undo)
             dropped = {id(ad) for ad in moved_out}
             await self._release(
@@ -535,6 +578,28 @@ class DeliveryControl:
             await within_timeout(self.store, self.store.add(undo, ts), within)
         except (StoreUnavailable, TimeoutError) as e:
             self._store_error(e, "release")
+
+    def _take_allowance(self, ads: Sequence[PlacedAd]) -> dict[str, int]:
+        """Count the ads about to be reserved against their line items' pacing allowances
+        (:attr:`room`), before the store is asked: the decisions that follow on this
+        instance see them at once. Returns the allowances counted against."""
+        room = self.room
+        for ad in ads:
+            li = ad.candidate.line_item.id
+            if li in room:
+                room[li] -= 1
+        return room
+
+    def _give_back_allowance(self, room: dict[str, int], ads: Sequence[PlacedAd]) -> None:
+        """Undo :meth:`_take_allowance` for ads the commit dropped (not served: refused by
+        the store, or moved out by the refusals), unless a pacing pass has set new
+        allowances since (which never counted them)."""
+        if room is not self.room:
+            return
+        for ad in ads:
+            li = ad.candidate.line_item.id
+            if li in room:
+                room[li] += 1
 
     async def _refusal_reasons(
         self, refused: Sequence[Guarded], now: datetime, within: float | None
@@ -693,18 +758,18 @@ class DeliveryControl:
         :func:`over_budget`): serving refuses it until the next local day (a daily budget)
         or for good. Each budget's counter is read once a pass (a campaign's once for all
         its line items); the paced impression budget's is what pacing compares against its
-        target."""
+        target, and with its reservations (serves not yet settled, every instance's), what
+        sets a paced line item's allowance (:attr:`room`, :meth:`_pace_one`)."""
         self._forget_retired(catalog)
         now = self.clock()
         items = await self._in_flight(await self._budgeted(catalog), now)
         days: dict[str, str] = {}
         throttle: dict[str, float] = {}
+        room: dict[str, int] = {}
         exhausted: set[str] = set()
         marks: dict[PacingCurve, _Mark] = {}
         used: dict[str, int] = {}
-        """Budget counter -> delivered, as read this pass."""
-        refused: set[str] = set()
-        """Line items the throttle may refuse (below 1)."""
+        """Budget counter -> delivered (reservation counter -> reserved), as read this pass."""
         in_pass: set[str] = set()
         slices = _Slices()
         for start in range(0, len(items), PACING_CHUNK):
@@ -720,6 +785,9 @@ class DeliveryControl:
                 for key, _, _ in checks:
                     if key not in used and key not in reads:
                         reads[key] = Read(key, LIFETIME)
+                if li.pacing.delivery is not Delivery.ASAP and _li_budget(li) is not None:
+                    rsv = _paced_keys(li, day)[1]
+                    reads[rsv] = Read(rsv, RESERVATION_WINDOW)
             want = list(reads.values())
             try:
                 values = await self.store.read(want, now.timestamp())
@@ -733,16 +801,15 @@ class DeliveryControl:
                 if any(over_budget(used[key], amount, limit) for key, amount, limit in checks):
                     exhausted.add(li.id)
                 if _li_budget(li) is not None:
-                    self._pace_one(catalog, li, now, day, used, throttle, marks)
-                    if throttle.get(li.id, 1.0) < 1.0:
-                        refused.add(li.id)
+                    self._pace_one(catalog, li, now, day, used, throttle, room, marks)
                 in_pass.add(li.id)
             await slices.yielded()
         # gathered in the loop: at 100k line items, building these sets here held the event
         # loop ~12 ms; what is left of it (two frozensets) takes ~1 ms each
         self.throttle = throttle
+        self.room = room  # the serves since the last pass count no more: they are reserved
         self.exhausted = frozenset(exhausted)
-        self.paced = frozenset(refused | exhausted)
+        self.paced = frozenset(exhausted.union(room))
         for n, li_id in enumerate(list(self.pacing)):
             if not n & 63 and slices.due():
                 await slices.yielded()
@@ -828,6 +895,7 @@ class DeliveryControl:
         day: str,
         used: dict[str, int],
         throttle: dict[str, float],
+        room: dict[str, int],
         marks: dict[PacingCurve, _Mark],
     ) -> None:
         """The target and throttle of a line item with an impression budget: the daily one
@@ -835,29 +903,40 @@ class DeliveryControl:
         lifetime one. ``used``: the budget counters read this pass. The curve (the CTV day
         in the campaign's zone, in the hours its dayparts allow) is read once per pass per
         curve: the same as :func:`daily_target_fraction` and :func:`target_fraction` (a test
-        holds them together)."""
+        holds them together).
+
+        A paced (not ASAP) line item also gets its allowance in ``room``: what it may serve
+        until the next pass, its target :data:`PACING_LEAD_S` from now less what it
+        delivered and has reserved, at least :data:`ALLOWANCE_FLOOR`. Without it, a line
+        item behind its target (after a start, a reload, a new day, an outage) served at
+        its throttle's rate, up to 1, until the next pass: half a daily budget of 50 in a
+        few seconds at 02:00."""
         b = li.pacing.budget
         state = self.pacing.setdefault(li.id, LineItemPacing())
         curve, w_start, w_end = self._curve(catalog, li)
         mark = marks.get(curve)
         if mark is None:
             mark = marks[curve] = _Mark.of(curve, now.timestamp())
-        prefix = f"li:{li.id}"
+        dlv, rsv = _paced_keys(li, day)
+        delivered = used[dlv]
         if b.daily_impressions is not None:
             budget: float = b.daily_impressions
-            delivered = used[delivered_key(prefix, "imp", day)]
             # the local day, clipped to the flight
             lo = w_start if li.start.timestamp() > mark.day_start else mark.w_day_start
             hi = w_end if li.end.timestamp() < mark.day_end else mark.w_day_end
         else:
             budget = float(b.impressions or 0)
-            delivered = used[delivered_key(prefix, "imp", None)]
             lo, hi = w_start, w_end
-        frac = curve_fraction(mark.w_now - lo, hi - lo, li.pacing.delivery)
-        target = budget * frac
+        delivery = li.pacing.delivery
+        target = budget * curve_fraction(mark.w_now - lo, hi - lo, delivery)
         state.budget, state.delivered, state.target_now = budget, delivered, target
-        if li.pacing.delivery is not Delivery.ASAP:
-            throttle[li.id] = state.controller.update(delivered, target)
+        if delivery is Delivery.ASAP:
+            state.allowance = None
+            return
+        throttle[li.id] = state.controller.update(delivered, target)
+        ahead = budget * curve_fraction(mark.w_ahead - lo, hi - lo, delivery)
+        allowance = max(ALLOWANCE_FLOOR, math.floor(ahead - delivered - used.get(rsv, 0)))
+        room[li.id] = state.allowance = allowance
 
     async def _export_pacing(self, now: datetime, items: Sequence[LineItem]) -> None:
         """Per-line-item gauges, only for budgeted line items in flight (bounded labels)

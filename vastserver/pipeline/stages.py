@@ -94,6 +94,8 @@ class PreGate:
     the few kept per separation group) and by the ``debug`` explanation alike:
 
     * line items the pacing loop found out of budget (``exhausted``);
+    * pacing allowances: a paced line item whose ``room`` (what this instance may still
+      serve of it until the next pacing pass) is used up;
     * pacing throttles: one draw per line item per request from the injected ``rng``, so a
       line item with several creatives passes with its throttle's probability, not once
       per creative;
@@ -103,11 +105,16 @@ class PreGate:
     The default admits everything (pure callers without delivery control)."""
 
     paced: frozenset[str] = frozenset()
-    """Line items :meth:`pacing` may refuse: ``exhausted`` and those throttled below 1 (the
-    same object from one pacing pass to the next, so the selection caches its bitset)."""
+    """Line items :meth:`pacing` may refuse: ``exhausted``, those with an allowance in
+    ``room`` and those throttled below 1 (the same object from one pacing pass to the next,
+    so the selection caches its bitset)."""
     exhausted: frozenset[str] = frozenset()
     throttle: Mapping[str, float] = field(default_factory=dict)
     """Line item id -> serve probability (absent = 1)."""
+    room: Mapping[str, int] = field(default_factory=dict)
+    """Line item id -> impressions this instance may still serve of it until the next pacing
+    pass (absent: no allowance). Read live, not once a request: the caller counts each
+    serve into it as the serve is reserved."""
     rng: random.Random = field(default_factory=lambda: _UNSEEDED)
     """The injected randomness; a pure caller's default draws from an unseeded one (one for
     all: seeding a new one reads the OS's entropy, ~35 µs a request for a default the
@@ -126,6 +133,8 @@ class PreGate:
             return None
         if line_item_id in self.exhausted:
             return Reason.BUDGET_EXHAUSTED
+        if self.room.get(line_item_id, 1) <= 0:
+            return Reason.PACING_THROTTLE
         drawn = self._drawn
         if line_item_id not in drawn:
             p = self.throttle.get(line_item_id, 1.0)
