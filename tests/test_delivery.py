@@ -1058,6 +1058,36 @@ async def test_an_ad_the_store_refuses_gives_its_allowance_back() -> None:
     assert await _serve_li_a(svc, 30, "w") == 1
 
 
+async def _soon(cond: Any, within_s: float = 2.0) -> None:
+    """Wait (real time) until ``cond()`` holds, at most ``within_s``."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + within_s
+    while not cond():
+        assert loop.time() < until, "not in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_line_item_a_reload_adds_gets_its_allowance_at_once(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paced line item a reload added had no allowance (and no throttle) until the next
+    pass, up to a period later; the pacing loop now runs a pass as soon as it sees the new
+    catalog."""
+    monkeypatch.setattr(delivery_mod, "RELOAD_POLL_S", 0.02)
+    cat = _with_li_a(pacing={"delivery": "even", "budget": {"daily_impressions": 50}})
+    svc, _ = _setup(cat, now=TWO_AM)
+    stop = asyncio.Event()
+    task = asyncio.create_task(svc.delivery.run_pacing(lambda: svc.snapshot.catalog, stop))
+    try:
+        await _soon(lambda: "li-a" in svc.delivery.room)
+        cat["line_items"].append({**copy.deepcopy(cat["line_items"][0]), "id": "li-c"})
+        _reload(svc, tmp_path, cat)
+        await _soon(lambda: "li-c" in svc.delivery.room, within_s=1.0)  # a period is 10 s
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 1.0)
+
+
 async def test_a_capped_line_item_leaves_its_slot_to_another_ad() -> None:
     """A cap already reached is seen before the pod is built (the prefetched counters), so
     another ad takes the slot, rather than the capped one winning it and being refused at

@@ -10,7 +10,7 @@ Failure policy when the store is unreachable (documented per counter type):
   missing an ad break costs more than an extra exposure);
 * **budgets fail closed**: line items with an impression or spend budget do not serve until the
   store answers again (overdelivery is money we cannot bill);
-* **pacing** keeps the last throttle it computed.
+* **pacing** keeps the last throttle it computed, and what is left of its allowances.
 * Beacons that cannot be counted are answered 503 so a stitcher or player retries them; the
   dedupe key makes the retry safe.
 """
@@ -102,6 +102,10 @@ PACING_LEAD_S = 2 * PACING_INTERVAL_S
 """How far ahead of the pass a paced line item's allowance reaches: it may serve up to its
 target at this much later (two periods: a pass that comes late, or a slow one, leaves it
 room until the next)."""
+RELOAD_POLL_S = 1.0
+"""How often the pacing loop looks, between passes, for a catalog a reload installed: it
+runs a pass for it at once, so the line items the reload added (or gave a budget) get their
+allowance and throttle within about a second, not up to a period later."""
 ALLOWANCE_FLOOR = 1
 """The least a paced line item may serve per pass and instance, ahead of its target or not
 (so that its delivery can be observed; the throttle keeps it at a trickle)."""
@@ -1027,16 +1031,23 @@ class DeliveryControl:
             self._rates_scan = (catalog, now)
 
     async def run_pacing(self, catalog_ref: Callable[[], Catalog], stop: asyncio.Event) -> None:
+        """A pacing pass (and completion rates) every :data:`PACING_INTERVAL_S`, and one
+        at once for a catalog a reload installs (looked for every :data:`RELOAD_POLL_S`)."""
+        loop = asyncio.get_running_loop()
         while not stop.is_set():
+            catalog = catalog_ref()
             try:
-                await self.update_pacing(catalog_ref())
-                await self.update_rates(catalog_ref())
+                await self.update_pacing(catalog)
+                await self.update_rates(catalog)
             except Exception:  # a pacing bug must never take serving down
                 event(log, "pacing_update_failed", logging.ERROR, exc_info=True)
-            try:
-                await asyncio.wait_for(stop.wait(), PACING_INTERVAL_S)
-            except TimeoutError:
-                pass
+            due = loop.time() + PACING_INTERVAL_S
+            while catalog_ref() is catalog and (left := due - loop.time()) > 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), min(left, RELOAD_POLL_S))
+                except TimeoutError:
+                    continue
+                return
 
     # ------------------------------------------------------------------ reporting
 
