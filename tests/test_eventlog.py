@@ -614,6 +614,19 @@ def test_reader_directories_and_gzip(tmp_path: Path) -> None:
     assert [r["i"] for r in read_events([str(next(tmp_path.glob("*-000002.jsonl")))])] == [2]
 
 
+def _counted_impression(at: str) -> dict[str, Any]:
+    """A counted impression beacon record of ad ``a1`` of line item ``li-1`` at 20 CPM."""
+    return {
+        "type": "beacon",
+        "at": at,
+        "counted": True,
+        "line_item_id": "li-1",
+        "ad_serving_id": "a1",
+        "event": "impression",
+        "price_cpm": 20.0,
+    }
+
+
 def test_report_skips_and_counts_damaged_records(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -628,15 +641,7 @@ def test_report_skips_and_counts_damaged_records(
             "at": at,
             "ads": [{"line_item_id": "li-1", "ad_serving_id": "a1", "currency": "EUR"}],
         },
-        {
-            "type": "beacon",
-            "at": at,
-            "counted": True,
-            "line_item_id": "li-1",
-            "ad_serving_id": "a1",
-            "event": "impression",
-            "price_cpm": 20.0,
-        },
+        _counted_impression(at),
     ]
     bad = [
         {"type": "decision", "at": at, "ads": "abc"},
@@ -704,15 +709,7 @@ def test_report_counts_a_beacon_counted_again_after_a_crash_once(
     from vastserver.report import main_report
 
     at, later = "2026-11-26T12:00:00+00:00", "2026-11-26T12:05:00+00:00"
-    beacon = {
-        "type": "beacon",
-        "at": at,
-        "counted": True,
-        "line_item_id": "li-1",
-        "ad_serving_id": "a1",
-        "event": "impression",
-        "price_cpm": 20.0,
-    }
+    beacon = _counted_impression(at)
     recs = [
         {"type": "decision", "at": at, "ads": [{"line_item_id": "li-1", "ad_serving_id": "a1"}]},
         beacon,

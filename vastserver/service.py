@@ -709,11 +709,11 @@ def _commit_refused(d: Decision, chosen: Sequence[PlacedAd]) -> dict[str, Reason
     """The line items of the ``chosen`` ads that the commit of ``d`` refused (a cap or a
     budget guard failed), each with its trace's reason; not those it dropped only to close
     the ranks (``not_selected``: their reservations were given back)."""
-    keys = {a.candidate.key for a in chosen}
+    ids = {(a.candidate.line_item.id, a.candidate.creative.id) for a in chosen}
     return {
         t.line_item_id: t.reason
         for t in d.traces
-        if t.reason in _COMMIT_REFUSALS and f"{t.line_item_id}/{t.creative_id}" in keys
+        if t.reason in _COMMIT_REFUSALS and (t.line_item_id, t.creative_id) in ids
     }
 
 

@@ -1075,12 +1075,9 @@ class CountsGate(DeliveryGate):
         for imp, rsv, limit in chk.caps:
             if counts.get(imp, 0) + counts.get(rsv, 0) >= limit:
                 return Reason.FREQUENCY_CAP, not imp.startswith(_CREATIVE_CAP_KEY)
-        if chk.first is None and chk.last is None:  # one price (most line items)
-            for dlv, rsv, limit, amount in chk.budgets:
-                if over_budget(counts.get(dlv, 0) + counts.get(rsv, 0), amount, limit):
-                    return Reason.BUDGET_EXHAUSTED, True
-            return None, False
         middle = _pays(chk.budgets, counts)
+        if chk.first is None and chk.last is None:  # one price (most line items)
+            return (None, False) if middle else (Reason.BUDGET_EXHAUSTED, True)
         pay = SlotPay(
             first=middle if chk.first is None else _pays(chk.first, counts),
             last=middle if chk.last is None else _pays(chk.last, counts),
@@ -1094,11 +1091,12 @@ class CountsGate(DeliveryGate):
 
 
 def _pays(budgets: Iterable[BudgetTuple], counts: Mapping[str, int]) -> bool:
-    """Whether every one of ``budgets`` has room for one more impression."""
-    return not any(
-        over_budget(counts.get(dlv, 0) + counts.get(rsv, 0), amount, limit)
-        for dlv, rsv, limit, amount in budgets
-    )
+    """Whether every one of ``budgets`` has room for one more impression (a plain loop: it
+    runs for every candidate with a budget)."""
+    for dlv, rsv, limit, amount in budgets:
+        if over_budget(counts.get(dlv, 0) + counts.get(rsv, 0), amount, limit):
+            return False
+    return True
 
 
 ScopeCaps = Mapping[tuple[str, str], tuple[str, ...]]
