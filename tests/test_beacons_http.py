@@ -119,6 +119,8 @@ async def test_admin_line_items_auth(client: Any) -> None:
         "spend",
         "target_now",
         "throttle",
+        "allowance",
+        "allowance_left",
         "cap_hits",
         "campaign_id",
         "campaign_budget",

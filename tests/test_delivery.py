@@ -1430,9 +1430,17 @@ async def test_admin_view_fields() -> None:
     assert row["spend"] == pytest.approx(0.02) and row["currency"] == "USD"  # at a $20 CPM
     assert row["cap_hits"] == 1
     assert row["budget"]["impressions"] == 500
+    # the pass's allowance, and what is left of it: one less after each serve
+    allowance = svc.delivery.pacing["li-a"].allowance
+    assert allowance is not None and allowance >= 1
+    assert row["allowance"] == row["allowance_left"] == allowance
+    await _serve_and_confirm(svc, request("v2"))
+    [row] = await svc.delivery.line_item_stats(svc.snapshot.catalog, ["li-a"])
+    assert (row["allowance"], row["allowance_left"]) == (allowance, allowance - 1)
     text = svc.metrics.render().decode()
     assert 'vastserver_line_item_delivered_impressions{line_item="li-a"} 1.0' in text
     assert 'vastserver_line_item_throttle{line_item="li-a"}' in text
+    assert f'vastserver_line_item_pacing_allowance{{line_item="li-a"}} {allowance}.0' in text
     assert 'line_item="li-b"' not in text  # no budget: no per-line-item series
 
 
@@ -1697,6 +1705,7 @@ async def test_a_reload_that_renames_line_items_drops_their_pacing_state(
     assert "li-a" in svc.delivery.pacing and "li-a" in svc.delivery.active
     text = svc.metrics.render().decode()
     assert 'vastserver_line_item_throttle{line_item="li-a"}' in text
+    assert 'vastserver_line_item_pacing_allowance{line_item="li-a"}' in text
     for li in cat["line_items"]:  # the trafficking system ends them and books new ones
         li["id"] = "new-" + li["id"]
     path = tmp_path / "renamed.json"

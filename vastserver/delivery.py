@@ -299,7 +299,12 @@ class DeliveryControl:
         self._curves: tuple[Catalog, dict[str, tuple[PacingCurve, float, float]]] | None = None
         """Per snapshot: each paced line item's curve, and its cumulative traffic at the
         flight's start and end (fixed, so computed once)."""
-        self._exported: tuple[set[str], set[str], set[str]] = (set(), set(), set())
+        self._exported: tuple[set[str], set[str], set[str], set[str]] = (
+            set(),
+            set(),
+            set(),
+            set(),
+        )
         """Line items with throttle/exhausted gauges, those with a delivered one, and those
         with a pacing-ratio one."""
         self._pruned_for: Catalog | None = None
@@ -946,7 +951,7 @@ class DeliveryControl:
         """Per-line-item gauges, only for budgeted line items in flight (bounded labels)
         that this instance has served or that are exhausted: throttle and exhausted for
         each, delivered impressions and the pacing ratio for those with an impression budget
-        to pace.
+        to pace, and the allowance of those paced (not ASAP).
 
         The values are gathered first (yielding to the event loop); then, with no await, the
         new ones are set and only the stale label sets removed: a scrape in between sees the
@@ -954,7 +959,7 @@ class DeliveryControl:
         m = self.metrics
         if m is None:
             return
-        rows: list[tuple[str, float | None, float | None, float, bool]] = []
+        rows: list[tuple[str, float | None, float | None, float, bool, int | None]] = []
         for n, li in enumerate(items, start=1):
             if n % PACING_CHUNK == 0:
                 await asyncio.sleep(0)
@@ -969,18 +974,22 @@ class DeliveryControl:
             if state is not None and state.target_now > 0:
                 ratio = state.delivered / state.target_now
             throttle = self.throttle.get(li.id, 1.0)
-            rows.append((li.id, delivered, ratio, throttle, li.id in self.exhausted))
+            allowance = None if state is None else state.allowance
+            rows.append((li.id, delivered, ratio, throttle, li.id in self.exhausted, allowance))
         ids = {r[0] for r in rows}
         delivered_ids = {r[0] for r in rows if r[1] is not None}
         ratio_ids = {r[0] for r in rows if r[2] is not None}
-        for li_id, delivered, ratio, throttle, exhausted in rows:
+        allowance_ids = {r[0] for r in rows if r[5] is not None}
+        for li_id, delivered, ratio, throttle, exhausted, allowance in rows:
             if delivered is not None:
                 m.li_delivered.labels(li_id).set(delivered)
             if ratio is not None:
                 m.li_pacing_ratio.labels(li_id).set(ratio)
+            if allowance is not None:
+                m.li_allowance.labels(li_id).set(allowance)
             m.li_throttle.labels(li_id).set(throttle)
             m.li_exhausted.labels(li_id).set(1.0 if exhausted else 0.0)
-        old_ids, old_delivered, old_ratio = self._exported
+        old_ids, old_delivered, old_ratio, old_allowance = self._exported
         for stale in old_ids - ids:
             m.li_throttle.remove(stale)
             m.li_exhausted.remove(stale)
@@ -988,7 +997,9 @@ class DeliveryControl:
             m.li_delivered.remove(stale)
         for stale in old_ratio - ratio_ids:
             m.li_pacing_ratio.remove(stale)
-        self._exported = (ids, delivered_ids, ratio_ids)
+        for stale in old_allowance - allowance_ids:
+            m.li_allowance.remove(stale)
+        self._exported = (ids, delivered_ids, ratio_ids, allowance_ids)
 
     async def update_rates(self, catalog: Catalog, min_impressions: int = 20) -> None:
         """Historic completion rate (a model feature) of the line items with impressions,
@@ -1091,6 +1102,8 @@ class DeliveryControl:
                     "currency": li.currency,
                     "target_now": None if pacing is None else round(pacing.target_now, 3),
                     "throttle": self.throttle.get(li_id, 1.0),
+                    "allowance": None if pacing is None else pacing.allowance,
+                    "allowance_left": self.room.get(li_id),
                     "exhausted": li_id in self.exhausted,
                     "cap_hits": self.cap_hits.get(li_id, 0),
                 }

@@ -130,6 +130,13 @@ class Metrics:
             li_labels,
             registry=r,
         )
+        self.li_allowance = Gauge(
+            "vastserver_line_item_pacing_allowance",
+            "What the last pacing pass allowed this process to serve of a paced (even or"
+            " frontloaded) line item until the next pass",
+            li_labels,
+            registry=r,
+        )
         self.li_exhausted = Gauge(
             "vastserver_line_item_exhausted",
             "1 when a budget serving checks (impressions or spend, lifetime or daily, the line"
