@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -21,11 +20,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
-from yarl import URL as YarlURL
 
 from vastserver.bidresponse import bid_response
 from vastserver.catalog.load import CatalogError, load_catalog
@@ -78,6 +75,7 @@ from vastserver.tracking import (
     TokenError,
     TokenErrorKind,
     TrackingUrls,
+    ascii_url,
     beacon_counting_params,
     beacon_log_params,
     fill_click_macros,
@@ -884,36 +882,6 @@ def _click_redirect(rt: Runtime, click_url: str, ad_serving_id: str) -> web.Resp
     )
     # returned, not raised: a raised HTTPFound's traceback holds the frames in a cycle
     return web.Response(status=302, headers={"Location": ascii_url(location)})
-
-
-_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
-
-
-def _escape_non_ascii(text: str) -> str:
-    return _NON_ASCII.sub(lambda m: quote(m.group(), safe=""), text)
-
-
-def ascii_url(url: str) -> str:
-    """``url`` (an http(s) URL the catalog loader accepted) as a ``Location`` header must
-    carry it: an internationalised host in its IDNA form (``xn--``), every other non-ASCII
-    character percent-encoded as UTF-8, and all the rest (escapes, ``+``, an empty query)
-    exactly as it was."""
-    if url.isascii():
-        return url  # the common case
-    start = url.index("//") + 2
-    end = len(url)
-    for sep in "/?#":
-        found = url.find(sep, start)
-        if found != -1:
-            end = min(end, found)
-    userinfo, at, hostport = url[start:end].rpartition("@")
-    host, colon, port = hostport, "", ""
-    if not hostport.endswith("]"):  # an IPv6 literal is ASCII, and holds colons
-        host, colon, port = hostport.partition(":")
-    if not host.isascii():
-        host = YarlURL.build(scheme="http", host=host).raw_host or host
-    authority = f"{_escape_non_ascii(userinfo)}{at}{host}{colon}{port}"
-    return f"{url[:start]}{authority}{_escape_non_ascii(url[end:])}"
 
 
 async def reload_model_handler(request: web.Request) -> web.StreamResponse:

@@ -104,6 +104,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote, urlsplit
 
+from yarl import URL as YarlURL
+
 if TYPE_CHECKING:
     from hashlib import _Hash
 
@@ -1491,3 +1493,34 @@ def beacon_counting_params(query: Mapping[str, str]) -> tuple[str | None, int | 
         token if token is not None and len(token) <= MAX_TOKEN_LEN else None,
         int(ec) if ec is not None else None,
     )
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
+
+
+def _escape_non_ascii(text: str) -> str:
+    return _NON_ASCII.sub(lambda m: quote(m.group(), safe=""), text)
+
+
+def ascii_url(url: str) -> str:
+    """``url`` (an http(s) URL the catalog loader accepted) as a ``Location`` header must
+    carry it, and as the URLs of the VAST we emit carry it (an IRI is a valid ``anyURI``,
+    but not every CTV player's HTTP stack fetches one): an internationalised host in its
+    IDNA form (``xn--``), every other non-ASCII character percent-encoded as UTF-8, and all
+    the rest (escapes, ``+``, an empty query, IAB macros' brackets) exactly as it was."""
+    if url.isascii():
+        return url  # the common case
+    start = url.index("//") + 2
+    end = len(url)
+    for sep in "/?#":
+        found = url.find(sep, start)
+        if found != -1:
+            end = min(end, found)
+    userinfo, at, hostport = url[start:end].rpartition("@")
+    host, colon, port = hostport, "", ""
+    if not hostport.endswith("]"):  # an IPv6 literal is ASCII, and holds colons
+        host, colon, port = hostport.partition(":")
+    if not host.isascii():
+        host = YarlURL.build(scheme="http", host=host).raw_host or host
+    authority = f"{_escape_non_ascii(userinfo)}{at}{host}{colon}{port}"
+    return f"{url[:start]}{authority}{_escape_non_ascii(url[end:])}"

@@ -76,6 +76,7 @@ from vastserver.tracking import (
     CLICK_MACROS,
     DOLLAR_MACRO,
     LINEAR_EVENTS_BY_VERSION,
+    ascii_url,
     has_privacy_macros,
     has_server_macros,
     is_privacy_macro,
@@ -470,12 +471,18 @@ def _url(
     *,
     privacy_macros: bool,
     more_macros: frozenset[str] = frozenset(),
+    as_ascii: bool = True,
 ) -> str | _Invalid:
     """:func:`url`; with ``privacy_macros``, ``${GDPR}``-style privacy macros (which the
     renderer fills in, :func:`vastserver.tracking.fill_privacy`) may stand after the host:
     in a creative's trackers (its icons' too) and its ``vast_tag_url``. ``more_macros``: IAB
     macros allowed here beside :data:`IAB_MACROS` (``REASON`` in ``verificationNotExecuted``
-    URLs)."""
+    URLs).
+
+    An accepted URL is returned in its ASCII form (:func:`~vastserver.tracking.ascii_url`:
+    an IDNA host, other non-ASCII percent-encoded), as the VAST carries it; with
+    ``as_ascii`` false, as written (a click-through, which only the ``/c`` redirect sends,
+    in that form)."""
     if not isinstance(v, str):
         return _wrong_type(errs, path, "an http(s) URL", v)
     if len(v) > 4096:
@@ -540,7 +547,7 @@ def _url(
             path,
             f"{_show(v)} is not a valid URI once a player fills in its IAB macros: {problem}",
         )
-    return v
+    return ascii_url(v) if as_ascii else v
 
 
 def _not_any_uri(v: str, authority: str, authority_end: int) -> str | None:
@@ -565,8 +572,9 @@ unservable."""
 
 
 def click_url(v: object, path: str, errs: Issues) -> str | _Invalid:
-    """:func:`url`, short enough for the click token, and one a redirect can carry."""
-    got = url(v, path, errs)
+    """:func:`url`, short enough for the click token, and one a redirect can carry; as
+    written (the redirect sends it in ASCII form, :func:`vastserver.tracking.ascii_url`)."""
+    got = _url(v, path, errs, privacy_macros=False, as_ascii=False)
     if isinstance(got, _Invalid):
         return got
     size = len(got.encode("utf-8"))
