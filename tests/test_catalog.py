@@ -568,6 +568,32 @@ def test_all_errors_in_one_document_are_reported() -> None:
         assert has_issue(errors, path, fragment), f"{name}:\n{describe(errors)}"
 
 
+@pytest.mark.parametrize(
+    ("section", "value", "got"),
+    [
+        ("advertisers", {}, "object"),
+        ("campaigns", "cmp-a", 'string "cmp-a"'),
+        ("creatives", 5, "integer 5"),
+    ],
+)
+def test_a_section_of_the_wrong_type_is_reported_once(
+    section: str, value: object, got: str
+) -> None:
+    """An ``advertisers`` object instead of an array was reported, and then every campaign
+    and creative "refers to unknown advertiser": 23 issues for one mistake. References to a
+    section that is no array are not judged (the section's own issue says what is wrong);
+    a missing entry of an array still is."""
+    doc = demo_doc()
+    doc[section] = value
+    errors = errors_of(doc)
+    assert [(e.path, e.message) for e in errors] == [
+        (f"$.{section}", f"expected an array, got {got}")
+    ]
+    doc = demo_doc()
+    doc[section] = [e for e in doc[section] if e["id"] != doc[section][0]["id"]]
+    assert any("refers to unknown" in e.message for e in errors_of(doc))
+
+
 def test_every_error_of_a_verification_is_reported() -> None:
     doc = demo_doc()
     verification = doc["creatives"][CR_VERIFIED]["verifications"][0]

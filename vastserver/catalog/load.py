@@ -1562,8 +1562,13 @@ def _index(entries: list[_Entry], kind: str, errs: Issues) -> dict[str, _Entry]:
     return by_id
 
 
-def _raw_ids(items: Sequence[object]) -> frozenset[str]:
-    """Ids as written, even of otherwise invalid entries (avoids cascades of dangling refs)."""
+def _raw_ids(data: object, section: str) -> frozenset[str] | None:
+    """The ids of ``section``'s entries as written, even of otherwise invalid entries
+    (avoids cascades of dangling refs); None when the section is there but no array (it is
+    reported as such, and every reference to it would be reported again)."""
+    items = data.get(section, ()) if isinstance(data, dict) else ()
+    if not isinstance(items, list | tuple):
+        return None
     return frozenset(
         item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)
     )
@@ -1689,14 +1694,14 @@ def _parse(data: object, errs: Issues) -> Catalog | None:
     camp_by_id = _index(campaigns, "campaign", errs)
     cre_by_id = _index(creatives, "creative", errs)
     _index(line_items, "line item", errs)
-    known_adv = _raw_ids(root.get("advertisers", ()))
-    known_camp = _raw_ids(root.get("campaigns", ()))
-    known_cre = _raw_ids(root.get("creatives", ()))
+    known_adv = _raw_ids(data, "advertisers")
+    known_camp = _raw_ids(data, "campaigns")
+    known_cre = _raw_ids(data, "creatives")
 
     for kind, entries in (("campaign", campaigns), ("creative", creatives)):
         for e in entries:
             adv = e.fields.get("advertiser_id")
-            if adv is not None and adv not in known_adv:
+            if adv is not None and known_adv is not None and adv not in known_adv:
                 _fail(
                     errs, f"{e.path}.advertiser_id", f"{kind} refers to unknown advertiser {adv!r}"
                 )
@@ -1793,15 +1798,17 @@ def _check_currency(line_items: Sequence[_Entry], currency: str, errs: Issues) -
 def _check_line_item_refs(
     e: _Entry,
     camp_by_id: Mapping[str, _Entry],
-    known_camp: frozenset[str],
+    known_camp: frozenset[str] | None,
     cre_by_id: Mapping[str, _Entry],
-    known_cre: frozenset[str],
+    known_cre: frozenset[str] | None,
     errs: Issues,
 ) -> None:
+    """A line item's campaign and creatives exist (unless their section is no array:
+    ``known_*`` None) and belong to one advertiser."""
     d, path = e.fields, e.path
     camp_id = d.get("campaign_id")
     camp = camp_by_id.get(camp_id) if camp_id is not None else None
-    if camp_id is not None and camp_id not in known_camp:
+    if camp_id is not None and known_camp is not None and camp_id not in known_camp:
         _fail(errs, f"{path}.campaign_id", f"line item refers to unknown campaign {camp_id!r}")
     camp_adv = camp.fields.get("advertiser_id") if camp is not None else None
     raw_ids = e.raw.get("creative_ids")
@@ -1809,7 +1816,7 @@ def _check_line_item_refs(
         cpath = f"{path}.creative_ids[{i}]"
         if not isinstance(cre_id, str) or not _ID.fullmatch(cre_id):
             continue  # already reported as malformed
-        if cre_id not in known_cre:
+        if known_cre is not None and cre_id not in known_cre:
             _fail(errs, cpath, f"line item refers to unknown creative {cre_id!r}")
             continue
         cre = cre_by_id.get(cre_id)
