@@ -369,6 +369,11 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
     ("dup line item", _dup_first("line_items"), f"$.line_items[{N_LI}].id", "duplicate"),
     ("dup creative ref", _set("line_items.0.creative_ids", ["cr-streamly-bumper-6"] * 2),
      "$.line_items[0].creative_ids[1]", "duplicate"),
+    ("registry with a space", _set("creatives.0.universal_ad_id_registry", "AD ID"),
+     "$.creatives[0].universal_ad_id_registry", "is not a registry name or domain"),
+    ("registry with a slash",
+     _set("creatives.0.universal_ad_ids", [{"registry": "a/b", "value": "X1"}]),
+     "$.creatives[0].universal_ad_ids[0].registry", "is not a registry name or domain"),
     # dangling references
     ("li campaign", _set("line_items.0.campaign_id", "cmp-nope"), "$.line_items[0].campaign_id",
      "unknown campaign"),

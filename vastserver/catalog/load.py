@@ -110,6 +110,9 @@ _HOST = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a
 _IAB = re.compile(r"IAB[1-9][0-9]?(-[1-9][0-9]?)?")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_]{0,63}")
 _MIME = re.compile(r"[a-z]+/[A-Za-z0-9][A-Za-z0-9.+-]{0,100}")
+_REGISTRY = re.compile(r"[A-Za-z0-9._-]{1,256}")
+"""A Universal Ad Id registry: a name (``Ad-ID``) or a domain (``ad-id.org``). vastlint
+warns on anything else (a space, ``!``, ``/``, non-ASCII) in the id VAST 2.0 carries."""
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _NO_SPACE = re.compile(r"\S{1,128}")
 _WINDOW = re.compile(r"[1-9][0-9]{0,4}[mhdw]|lifetime|pod|session")
@@ -743,6 +746,10 @@ NAME = string(max_len=256)
 HOST = string(_HOST, what="a lowercase domain name like 'brand.example'")
 IAB = string(_IAB, what="an IAB category code like 'IAB8-5'")
 MIME = string(_MIME, what="a MIME type like 'video/mp4'")
+REGISTRY = string(
+    _REGISTRY,
+    what="a registry name or domain of letters, digits, '.', '_' and '-' (like 'ad-id.org')",
+)
 CATEGORIES = list_of(IAB, unique=True)
 ATTRIBUTES = list_of(integer(min(CREATIVE_ATTRIBUTES), max(CREATIVE_ATTRIBUTES)), unique=True)
 """A creative's ``attributes``: AdCOM 1.0 creative attribute codes, each once."""
@@ -974,7 +981,7 @@ MAX_UNIVERSAL_AD_IDS = 8
 UNIVERSAL_AD_ID = Obj(
     "universal ad id",
     {
-        "registry": F(NAME),
+        "registry": F(REGISTRY),
         "value": F(string(_NO_SPACE, what="an id without spaces (at most 128)")),
     },
     lambda d: UniversalAdId(**d),
@@ -1133,7 +1140,7 @@ CREATIVE = Obj(
             MappingProxyType({}),
         ),
         "universal_ad_id": F(string(_NO_SPACE, what="an id without spaces (at most 128)")),
-        "universal_ad_id_registry": F(NAME, "ad-id.org"),
+        "universal_ad_id_registry": F(REGISTRY, "ad-id.org"),
         "universal_ad_ids": F(list_of(UNIVERSAL_AD_ID, max_len=MAX_UNIVERSAL_AD_IDS), ()),
         "ad_id": F(nullable(NAME), None),
         "mezzanine": F(nullable(MEZZANINE), None),
