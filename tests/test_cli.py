@@ -636,6 +636,21 @@ def test_keepalive_setting_is_range_checked() -> None:
         make_settings(keepalive_s="0")
 
 
+async def test_redis_pool_size_setting_is_range_checked_and_sizes_the_pool() -> None:
+    from vastserver.settings import SettingsError
+    from vastserver.store import RedisStore, open_store
+
+    assert make_settings().redis_pool_size == 64
+    size = make_settings(redis_pool_size="200").redis_pool_size
+    assert size == 200
+    for bad in ("0", "10001", "many"):
+        with pytest.raises(SettingsError, match=r"VASTSERVER_REDIS_POOL_SIZE: (must be|not an)"):
+            make_settings(redis_pool_size=bad)
+    store = open_store("redis://127.0.0.1:1/0", redis_pool_size=size)  # no I/O until used
+    assert isinstance(store, RedisStore) and store._pool.max_connections == 200
+    await store.close()
+
+
 def test_what_only_loading_finds_wrong_is_a_clean_start_up_error(tmp_path: Path) -> None:
     """A catalog whose contents are invalid (every problem listed), an event-log directory
     that cannot be made: exit 2 with the problem, not a traceback and exit 1."""

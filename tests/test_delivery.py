@@ -54,7 +54,7 @@ from vastserver.pipeline.delivery import (
 )
 from vastserver.pipeline.reasons import Reason
 from vastserver.pipeline.stages import _in_daypart
-from vastserver.store.base import Incr, Read, StoreUnavailable, Window
+from vastserver.store.base import Incr, Read, StorePoolExhausted, StoreUnavailable, Window
 from vastserver.store.memory import MemoryStore
 from vastserver.tracking import expand_macros
 
@@ -897,6 +897,37 @@ async def test_a_store_failure_at_commit_drops_budgeted_ads_as_budget_exhausted(
         False,
         Reason.BUDGET_EXHAUSTED,
     )
+
+
+async def test_a_full_redis_pool_is_counted_apart_from_other_store_errors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both are store errors (the fail-open/closed policy is the same); the pool's also
+    counts in vastserver_store_pool_exhausted_total, and the log says what failed rather
+    than the exception's class."""
+    svc, _ = _setup(_with_li_a(**_CAPPED_AND_BUDGETED))
+    for n, err in enumerate(
+        [
+            StoreUnavailable("redis commit failed: ConnectionError: refused"),
+            StorePoolExhausted("redis commit failed: pool_exhausted: all 64 connections busy"),
+        ]
+    ):
+
+        async def down(batch: Any, now: float, err: Exception = err) -> list[bool]:
+            raise err
+
+        svc.delivery.store.commit = down
+        await svc.decide(request(f"v{n}"))
+    text = svc.metrics.render().decode()
+    errors = [ln for ln in text.splitlines() if ln.startswith("vastserver_store_errors_total{")]
+    full = [
+        ln for ln in text.splitlines() if ln.startswith("vastserver_store_pool_exhausted_total{")
+    ]
+    assert sum(float(ln.rsplit(" ", 1)[1]) for ln in errors) == 2
+    assert len(full) == 1 and full[0].endswith(" 1.0")
+    logged = [getattr(r, "fields", {}).get("error", "") for r in caplog.records]
+    assert "StorePoolExhausted: redis commit failed: pool_exhausted: all 64" in logged[-1]
+    assert logged[0] == "StoreUnavailable: redis commit failed: ConnectionError: refused"
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import math
 import random
+import socket
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from vastserver.store import (
     Read,
     RedisStore,
     Store,
+    StorePoolExhausted,
     StoreUnavailable,
     Window,
     open_store,
@@ -714,6 +716,39 @@ async def test_two_redis_clients_share_guards(redis_url: str) -> None:  # noqa: 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_full_redis_pool_is_told_apart_from_redis_down(
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Under a burst, every pooled connection busy for the pool's wait failed a call as
+    ``network:ConnectionError``, word for word what a Redis that refuses connections gave:
+    an overloaded instance read as Redis down. A full pool is now its own error, saying so;
+    a refused connection says what it was."""
+    store = RedisStore(redis_url, max_connections=1, pool_timeout=0.05)
+    w = Window(3600, 300)
+    try:
+        assert await store.read([Read("k", w)], T0) == [0]
+        held = await store._pool.get_connection()  # the one connection, busy
+        try:
+            with pytest.raises(StorePoolExhausted, match="pool_exhausted: all 1 connections"):
+                await store.read([Read("k", w)], T0)
+        finally:
+            await store._pool.release(held)
+        assert await store.read([Read("k", w)], T0) == [0]  # free again
+    finally:
+        await store.close()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = RedisStore(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            await down.read([Read("k", w)], T0)
+        assert not isinstance(info.value, StorePoolExhausted)
+        assert "redis read failed: ConnectionError: Error 111" in str(info.value)
+    finally:
+        await down.close()
 
 
 async def test_redis_claims_last_the_longest_claim_window_of_any_client(

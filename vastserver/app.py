@@ -1094,6 +1094,7 @@ def create_app(
         clock=store_clock,
         max_keys=settings.memory_max_keys,
         claim_window_s=claim_window_s(settings.token_max_age_s),
+        redis_pool_size=settings.redis_pool_size,
     )
     if isinstance(inner, MemoryStore):
         metrics.watch_store_evictions(lambda: inner.evictions, lambda: inner.forgotten)

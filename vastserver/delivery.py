@@ -89,6 +89,7 @@ from vastserver.store.base import (
     Incr,
     Read,
     Store,
+    StorePoolExhausted,
     StoreUnavailable,
     Window,
 )
@@ -318,8 +319,11 @@ class DeliveryControl:
         self.store_errors += 1
         if self.metrics is not None:
             self.metrics.store_errors.labels(op).inc()
+            if isinstance(err, StorePoolExhausted):
+                self.metrics.store_pool_exhausted.labels(op).inc()
         if self._error_sampler():
-            event(log, "store_error", logging.WARNING, op=op, error=repr(err)[:200])
+            error = f"{type(err).__name__}: {err}"[:300]
+            event(log, "store_error", logging.WARNING, op=op, error=error)
 
     # ------------------------------------------------------------------ decisions
 

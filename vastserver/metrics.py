@@ -150,6 +150,13 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.store_pool_exhausted = Counter(
+            "vastserver_store_pool_exhausted_total",
+            "Of vastserver_store_errors_total: calls that found every pooled Redis connection"
+            " busy for the pool's wait (this process overloaded, Redis may be fine)",
+            ["op"],
+            registry=r,
+        )
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory...
         self.in_flight = Gauge(
             "vastserver_in_flight_requests", "Decision requests being served now", registry=r

@@ -87,6 +87,8 @@ class Settings:
     model_watch_s: float = 5.0
     """How often the model bundle's files are checked for changes (0: never)."""
     redis_url: str | None = None
+    redis_pool_size: int = 64
+    """Most Redis connections one process holds; a command waits up to a second for one."""
     token_max_age_s: int = 24 * 3600
     template_dir: Path = TEMPLATE_DIR
     require_https_media: bool = True
@@ -411,6 +413,7 @@ def load_settings(
 
     deadline_ms = integer("deadline_ms", "VASTSERVER_DEADLINE_MS", 5, 10_000, 150)
     max_in_flight = integer("max_in_flight", "VASTSERVER_MAX_IN_FLIGHT", 1, 100_000, 256)
+    redis_pool_size = integer("redis_pool_size", "VASTSERVER_REDIS_POOL_SIZE", 1, 10_000, 64)
     drain_ms = integer("drain_ms", "VASTSERVER_DRAIN_MS", 0, 120_000, 2000)
     keepalive_s = integer("keepalive_s", "VASTSERVER_KEEPALIVE_S", 1, 7200, 75)
     candidate_limit = integer(
@@ -467,6 +470,7 @@ def load_settings(
         arms=arms,
         model_watch_s=float(watch_s),
         redis_url=redis_url,
+        redis_pool_size=redis_pool_size,
         token_max_age_s=max_age,
         require_https_media=require_https,
         progress_offsets_s=tuple(sorted(set(progress))),

@@ -18,6 +18,7 @@ from .base import (
     Incr,
     Read,
     Store,
+    StorePoolExhausted,
     StoreUnavailable,
     Window,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "Read",
     "RedisStore",
     "Store",
+    "StorePoolExhausted",
     "StoreUnavailable",
     "Window",
     "open_store",
@@ -56,15 +58,17 @@ def open_store(
     clock: Callable[[], float] = time.time,
     max_keys: int = MAX_KEYS,
     claim_window_s: int | None = None,
+    redis_pool_size: int = 64,
 ) -> Store:
     """``RedisStore`` when a URL is configured (several instances share state), else the
     single-process ``MemoryStore`` (whose expiries follow ``clock``, holding at most
     ``max_keys``). ``claim_window_s``: how long after its ad was served a beacon claim
-    expires (each store's ``claim_window_s``). No I/O here: Redis connects on first use."""
+    expires (each store's ``claim_window_s``); ``redis_pool_size``: the most connections
+    to Redis. No I/O here: Redis connects on first use."""
     if redis_url:
         from .redis import RedisStore
 
-        shared = RedisStore(redis_url)
+        shared = RedisStore(redis_url, max_connections=redis_pool_size)
         shared.claim_window_s = claim_window_s
         return shared
     local = MemoryStore(max_keys=max_keys, clock=clock)

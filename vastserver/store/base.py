@@ -90,6 +90,12 @@ class StoreUnavailable(Exception):
     """The backend cannot be reached; callers apply their fail-open/closed policy."""
 
 
+class StorePoolExhausted(StoreUnavailable):
+    """Every pooled connection stayed busy for the pool's wait: this process is overloaded
+    (the backend may be fine). Handled as :class:`StoreUnavailable`; told apart in the
+    metrics and the log."""
+
+
 class ClaimExpired(Exception):
     """``claim_and_add`` refused a beacon's claims (nothing claimed, nothing counted): its
     token was served while the claim window was shorter than now, and is older than the

@@ -69,7 +69,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.maint_notifications import MaintNotificationsConfig
 
-from .base import ClaimExpired, ClaimHeld, Guarded, Incr, Read, StoreUnavailable
+from .base import (
+    ClaimExpired,
+    ClaimHeld,
+    Guarded,
+    Incr,
+    Read,
+    StorePoolExhausted,
+    StoreUnavailable,
+)
 from .memory import bucket_bounds, incr_plan
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -367,6 +375,7 @@ class RedisStore:
             maint_notifications_config=MaintNotificationsConfig(enabled=False),
         )
         self._pool.connection_class = _hiredis_packing(self._pool.connection_class)
+        self._pool_limits = (max_connections, pool_timeout)
         self._client = Redis(connection_pool=self._pool)
         self._read = self._client.register_script(READ_LUA)
         self._commit = self._client.register_script(COMMIT_LUA)
@@ -384,6 +393,19 @@ class RedisStore:
         """How long after its ad was served this instance's beacon claims expire (set by the
         app from ``VASTSERVER_TOKEN_MAX_AGE``); None: no claim window bookkeeping."""
 
+    def _unavailable(self, what: str, e: BaseException) -> StoreUnavailable:
+        """The error a failed ``what`` call raises, saying what failed: the message, not
+        redis-py's repr (``network:ConnectionError`` alike for a refused connection and a
+        full pool). A full pool is this process's overload, not Redis failing:
+        :class:`StorePoolExhausted`."""
+        if isinstance(e, RedisConnectionError) and "No connection available" in str(e):
+            size, wait = self._pool_limits
+            return StorePoolExhausted(
+                f"redis {what} failed: pool_exhausted: all {size} connections busy for"
+                f" {wait:g} s (this process is overloaded; VASTSERVER_REDIS_POOL_SIZE)"
+            )
+        return StoreUnavailable(f"redis {what} failed: {type(e).__name__}: {e}"[:300])
+
     async def read(self, reads: Sequence[Read], now: float) -> list[int]:
         if not reads:
             return []
@@ -399,7 +421,7 @@ class RedisStore:
             except RedisConnectionError:  # e.g. a pooled connection the server closed
                 res = await self._read(keys=keys, args=args)  # reads are safe to repeat
         except _FAILURES as e:
-            raise StoreUnavailable(f"redis read failed: {e!r}") from e
+            raise self._unavailable("read", e) from e
         return [int(x) for x in res]
 
     async def add(self, incrs: Sequence[Incr], now: float) -> None:
@@ -425,7 +447,7 @@ class RedisStore:
         try:
             res = await self._commit(keys=keys, args=args)
         except _FAILURES as e:
-            raise StoreUnavailable(f"redis commit failed: {e!r}") from e
+            raise self._unavailable("commit", e) from e
         return [bool(x) for x in res]
 
     def _incr_args(
@@ -473,7 +495,7 @@ class RedisStore:
         try:
             res = await self._claim_add(keys=redis_keys, args=args)
         except _FAILURES as e:
-            raise StoreUnavailable(f"redis claim failed: {e!r}") from e
+            raise self._unavailable("claim", e) from e
         if res == -1:
             raise ClaimExpired(f"token served at {served_at} is past the claim window then")
         if res == -2:
@@ -488,7 +510,7 @@ class RedisStore:
             except RedisConnectionError:
                 res = await self._client.lrange(k, 0, -1)
         except _FAILURES as e:
-            raise StoreUnavailable(f"redis history failed: {e!r}") from e
+            raise self._unavailable("history", e) from e
         return [str(x) for x in res]
 
     async def push_history(
@@ -511,7 +533,7 @@ class RedisStore:
         try:
             await self._push_history(keys=keys, args=args)
         except _FAILURES as e:
-            raise StoreUnavailable(f"redis history failed: {e!r}") from e
+            raise self._unavailable("history", e) from e
 
     async def acquire(self, key: str, owner: str, ttl_ms: int) -> bool:
         if ttl_ms <= 0:
@@ -524,7 +546,7 @@ class RedisStore:
             except RedisConnectionError:  # the same owner may take its lock again
                 res = await self._acquire(keys=keys, args=args)
         except _FAILURES as e:
-            raise StoreUnavailable(f"redis acquire failed: {e!r}") from e
+            raise self._unavailable("acquire", e) from e
         return bool(res)
 
     async def release(self, key: str, owner: str) -> None:
@@ -535,7 +557,7 @@ class RedisStore:
             except RedisConnectionError:
                 await self._release(keys=keys, args=args)
         except _FAILURES as e:
-            raise StoreUnavailable(f"redis release failed: {e!r}") from e
+            raise self._unavailable("release", e) from e
 
     async def ping(self) -> bool:
         """True when Redis answers; False (never raises) when it cannot be reached."""
