@@ -253,6 +253,14 @@ async def test_xml_is_compressed_for_a_caller_that_accepts_it(client: Any) -> No
     resp = await client.get(pod, headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
     assert resp.status == 200 and resp.headers["Content-Encoding"] == "gzip"
     assert resp.headers["Vary"] == "Accept-Encoding"
+    # a player page's cross-origin fetch: both headers it varies on (CORS replaced it)
+    cors = await client.get(
+        pod,
+        headers={"Accept-Encoding": "gzip", "Origin": "https://p.example"},
+        auto_decompress=False,
+    )
+    assert cors.headers["Content-Encoding"] == "gzip"
+    assert cors.headers.getall("Vary") == ["Accept-Encoding, Origin"]
     raw = await resp.read()
     xml = gzip.decompress(raw)
     assert len(raw) * 4 < len(xml)

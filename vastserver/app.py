@@ -405,7 +405,8 @@ def _cors_headers(resp: web.StreamResponse, origin: str) -> None:
     resp.headers["Access-Control-Allow-Origin"] = origin
     resp.headers["Access-Control-Allow-Credentials"] = "true"
     resp.headers["Access-Control-Expose-Headers"] = "X-Request-Id"
-    resp.headers["Vary"] = "Origin"
+    vary = resp.headers.get("Vary")  # a compressible answer's Accept-Encoding stays
+    resp.headers["Vary"] = f"{vary}, Origin" if vary and "Origin" not in vary else vary or "Origin"
 
 
 # ---------------------------------------------------------------------------- handlers
