@@ -1802,6 +1802,18 @@ def _loop_name() -> str:
     return "uvloop"
 
 
+def _model_problem(path: Path) -> str | None:
+    """Why the bundle at ``path`` would not load (what ``serve --model`` would say), or
+    None."""
+    from vastserver.ml.model import ModelBundle, ModelError
+
+    try:
+        ModelBundle.load(path)
+    except ModelError as e:
+        return str(e)
+    return None
+
+
 def main(argv: Sequence[str]) -> int:
     try:
         args = parser().parse_args(list(argv))
@@ -1828,6 +1840,11 @@ def main(argv: Sequence[str]) -> int:
         print(text)
         return 0
     opts = resolve(args)
+    if opts.model_source == "--model" and opts.model is not None:
+        problem = _model_problem(opts.model)
+        if problem is not None:  # before anything runs, not as every server's start-up error
+            print(f"bench: --model: {problem}", file=sys.stderr)
+            return 2
     t_start = time.perf_counter()
     started = datetime.now(UTC).isoformat(timespec="seconds")
     if opts.out is not None:

@@ -343,6 +343,26 @@ def test_first_time_lists_give_the_warm_up_beacons_of_its_own(tmp_path: Path) ->
     assert split_fresh(replace(opts, warmup=0.0), path) == (None, path)  # --quick: no warm-up
 
 
+def test_a_model_that_would_not_load_is_refused_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--model`` was not checked: a wrong path ran the catalogs' generation and then
+    failed every server's start. Now it is a usage error at once, saying why."""
+    import benchmarks.harness as harness
+
+    def never(opts: Any, n: int) -> Path:
+        raise AssertionError("the run began")
+
+    monkeypatch.setattr(harness, "ensure_catalog", never)
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "metadata.json").write_text("{}")
+    for bundle, why in ((tmp_path / "none", "not a directory"), (broken, "not supported")):
+        assert main_bench(["--quick", "--model", str(bundle)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bench: --model: model bundle") and why in err, err
+
+
 def test_compare_refuses_what_is_not_a_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
