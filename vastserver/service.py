@@ -70,8 +70,13 @@ def build_snapshot(catalog: Catalog, source: str, now: datetime) -> Snapshot:
 
 
 def _load_snapshot(source: Path, now: datetime) -> Snapshot:
-    catalog = load_catalog(source)
-    with gc_paused():  # the index is acyclic too; collections would hold the GIL meanwhile
+    """Load and index ``source`` with the cyclic GC paused throughout (the catalog and its
+    index are acyclic; collections would hold the GIL, stalling the serving loop of a
+    reload) and what was built frozen out of the collector's way, as start-up does after
+    loading: a reload of 100k line items otherwise stopped serving for 4-6 s in the first
+    full collection after the swap."""
+    with gc_paused(freeze=True):
+        catalog = load_catalog(source)
         return build_snapshot(catalog, str(source), now)
 
 
