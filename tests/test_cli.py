@@ -478,6 +478,14 @@ async def test_gc_maintenance_freezes_on_schedule_and_stops_at_once() -> None:
         await frozen()  # and the later ones keep coming
         gc.unfreeze()
         await frozen()  # past the scheduled times too (every_s)
+        gc.unfreeze()
+        gc.disable()  # a catalog reload building: its runs are skipped, not made
+        try:
+            await asyncio.sleep(0.35)
+            assert gc.get_freeze_count() == 0
+        finally:
+            gc.enable()
+        await frozen()  # and come again once it is done
         stop.set()
         await asyncio.wait_for(task, 1.0)  # returns promptly once stopped
     finally:

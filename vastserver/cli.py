@@ -264,7 +264,8 @@ async def gc_maintenance(
     those (one longer pause, logged as ``gc_sweep``: measured ~150 ms with a warm 10k
     line-item catalog, ~250k objects, and ~1 s at 100k, 1.7M objects, on 2 shared CPUs).
     ``sweep_every_s`` None never sweeps (``VASTSERVER_GC_SWEEP_S=0``: no such pause, and
-    those connections stay in memory)."""
+    those connections stay in memory). A run due while the collector is paused (a catalog
+    reload building) is skipped."""
     loop = asyncio.get_running_loop()
     start = last_sweep = loop.time()
     times = list(at_s)
@@ -276,6 +277,11 @@ async def gc_maintenance(
             return
         except TimeoutError:
             pass
+        if not gc.isenabled():
+            # a catalog reload is building with the collector paused: a collection now would
+            # walk everything it built so far (seconds at 100k line items, with the loop
+            # stopped), and the reload freezes what it built when it is done
+            continue
         if sweep_every_s is not None and loop.time() - last_sweep >= sweep_every_s:
             last_sweep = loop.time()
             t0 = time.perf_counter()
