@@ -1495,16 +1495,16 @@ async def test_a_reloaded_catalog_is_kept_out_of_the_collectors_way(
     path = tmp_path / "catalog.json"
     path.write_text(DEMO_CATALOG.read_text())
     client: Any = await make_client(catalog=str(path))
-    frozen = gc.get_freeze_count()
+    gc.unfreeze()  # what tests before froze: their objects' frees would move the count
     try:
         path.write_text('{"line_items": 5}')
         refused = await client.post("/admin/catalog/reload", headers=ok)
-        assert refused.status == 422 and gc.get_freeze_count() == frozen
+        assert refused.status == 422 and gc.get_freeze_count() == 0
         assert gc.isenabled()
         path.write_text(DEMO_CATALOG.read_text())
         done = await client.post("/admin/catalog/reload", headers=ok)
         assert done.status == 200 and gc.isenabled()
-        assert gc.get_freeze_count() > frozen
+        assert gc.get_freeze_count() > 1000
         rt = client.server.app[RUNTIME]
         catalog = rt.service.snapshot.catalog
         built = [catalog.line_items, next(iter(catalog.line_items.values())), catalog.creatives]
