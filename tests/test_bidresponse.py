@@ -445,3 +445,46 @@ async def test_a_bid_lists_its_creatives_attributes(
     bids = _bids(await _auction(client, attr_pod([13], viewer="bid-attr-2")))
     assert bids and all(13 not in b.get("attr", []) for b in bids)
     assert {b["crid"] for b in bids} >= {"cr-attr-plain", "cr-attr-racy", "cr-attr-skippable"}
+
+
+def _sponsored_preroll(viewer: str) -> dict[str, Any]:
+    """A pre-roll of the series a flat sponsorship (price 0 per impression) targets, no
+    floor at all."""
+    return {
+        "id": f"flat-{viewer}",
+        "imp": [
+            {
+                "id": "1",
+                "video": {"mimes": ["video/mp4"], "poddur": 30, "maxseq": 3, "startdelay": 0},
+            }
+        ],
+        "device": {"ua": "Roku/DVP-9.10", "ip": "8.8.8.8", "devicetype": 3, "ifa": viewer},
+        "app": {"content": {"series": "galaxy-patrol", "genre": "scifi"}},
+    }
+
+
+async def test_an_ad_billed_nothing_is_never_bid(make_client: ClientFactory) -> None:
+    """A flat line item's ad (billed 0 an impression) would be a bid of price 0, which an
+    exchange drops (no deal): the auction's per-ad floor is one micro, so it is dropped as
+    ``below_floor`` before anything is reserved, and every bid is positive; the pod endpoint
+    (a VAST, no bid) still serves it."""
+    client = await make_client()
+    vast = await client.post("/openrtb2/pod", data=json.dumps(_sponsored_preroll("flat-a")))
+    assert vast.status == 200 and "cr-streamly-bumper-6" in await vast.text()
+    start = await _served(client)
+    doc = _sponsored_preroll("flat-b")
+    doc["ext"] = {"vastserver": {"debug": 1}}
+    answer = await _auction(client, doc, headers=AUTH)
+    bids = _bids(answer)
+    assert bids and all(b["price"] > 0 for b in bids)
+    assert "cr-streamly-bumper-6" not in {b["crid"] for b in bids}
+    reasons = {
+        c["creative_id"]: c["reason"] for c in answer["ext"]["vastserver"]["debug"]["candidates"]
+    }
+    assert reasons["cr-streamly-bumper-6"] == "below_floor"
+    assert reasons["cr-house-promo-15"] == "below_floor"
+    after = await _served(client)
+    assert (
+        after["li-streamly-galaxy-sponsor"] == start["li-streamly-galaxy-sponsor"]
+    )  # nothing reserved
+    assert sum(s for s, _ in after.values()) - sum(s for s, _ in start.values()) == len(bids)

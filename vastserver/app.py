@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 
-from vastserver.bidresponse import bid_response
+from vastserver.bidresponse import auction_floor_cpm, bid_response
 from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import BreakPosition, Catalog
 from vastserver.consent import Permissions
@@ -653,7 +653,7 @@ async def _openrtb_decision(request: web.Request, endpoint: str) -> OpenRtbDecis
     req = replace(
         _locate(rt, pod.request),
         floor_cpm_per_s=pod.floor_cpm_per_s,
-        floor_cpm=pod.floor_cpm,
+        floor_cpm=auction_floor_cpm(pod) if endpoint == "openrtb_auction" else pod.floor_cpm,
         duration_floors=pod.duration_floors,
     )
     if req.debug and not _may_explain(request):

@@ -40,6 +40,11 @@ MTYPE_VIDEO = 2
 """``bid.mtype``: the markup is video (VAST)."""
 CATTAX_IAB_1_0 = 1
 """``bid.cattax``: the catalog's categories are IAB Content Category Taxonomy 1.0."""
+MIN_BID_CPM = 0.000_001
+"""The least ``bid.price``: one micro (prices are given to the micro). The auction's
+per-ad floor is never below it, so an ad billed 0 (a flat line item, a house ad of price
+0) is dropped as ``below_floor`` before anything is reserved: an exchange drops a bid of
+price 0 that carries no deal (Prebid Server does), and we hold no deals."""
 
 
 def protocol(vast_version: str, *, wrapper: bool) -> int:
@@ -48,6 +53,13 @@ def protocol(vast_version: str, *, wrapper: bool) -> int:
     they accept)."""
     inline, wrapped = VAST_PROTOCOLS[vast_version]
     return wrapped if wrapper else inline
+
+
+def auction_floor_cpm(pod: OpenRtbPod) -> float:
+    """The per-ad floor of ``POST /openrtb2/auction``: the request's (``bidfloor``), never
+    below :data:`MIN_BID_CPM` (``/openrtb2/pod``, whose VAST carries no bid, keeps the
+    request's, and serves ads billed 0)."""
+    return max(pod.floor_cpm or 0.0, MIN_BID_CPM)
 
 
 def is_structured(pod: OpenRtbPod) -> bool:
