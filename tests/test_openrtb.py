@@ -1140,6 +1140,14 @@ async def test_the_endpoint_takes_floors_in_the_catalogs_currency(
     eur["cur"] = ["EUR"]
     resp = await client.post("/openrtb2/pod", data=json.dumps(eur))
     assert resp.status == 200, await resp.text()
+    # No cur means USD (OpenRTB's default): answered as cur ["USD"] is, a 400 on cur
+    for path in ("/openrtb2/pod", "/openrtb2/auction"):
+        for cur in (["USD"], None):
+            eur["cur"] = cur
+            resp = await client.post(path, data=json.dumps(eur))
+            assert resp.status == 400, (path, cur)
+            got = await resp.json()
+            assert got["field"] == "cur" and "EUR" in got["why"], (path, cur, got)
 
 
 async def test_durfloors_hold_over_http(make_client: ClientFactory) -> None:
@@ -1644,7 +1652,8 @@ def test_test_flag_is_read_and_checked() -> None:
 def test_cur_without_the_catalogs_currency_is_a_400() -> None:
     """``cur`` used to be ignored: a caller accepting only EUR got USD prices. The catalog
     prices in one currency, so a ``cur`` without it is a 400 naming ``cur`` (as a floor in
-    another currency is one naming ``bidfloorcur``); absent, any currency goes."""
+    another currency is one naming ``bidfloorcur``); absent, it means USD (OpenRTB's
+    default), so it is a 400 on ``cur`` only when the catalog's currency is another."""
     doc = dynamic_pod()
     body = json.dumps(doc).encode()
     parse_bid_request(body, CLIENT, RULES, currency="USD")
@@ -1657,6 +1666,10 @@ def test_cur_without_the_catalogs_currency_is_a_400() -> None:
     parse(doc)
     del doc["cur"]
     parse(doc)
+    del doc["imp"][0]["bidfloor"], doc["imp"][0]["video"]["mincpmpersec"]
+    with pytest.raises(ParamError) as e:
+        parse_bid_request(json.dumps(doc).encode(), CLIENT, RULES, currency="EUR")
+    assert e.value.field == "cur" and "means USD" in e.value.why
 
 
 @pytest.mark.parametrize("tmax", [0, -5, 1.5, "100", 600_001])

@@ -104,7 +104,7 @@ Mapped elsewhere
   is ``tmax`` minus :data:`TMAX_NETWORK_ALLOWANCE_MS` when that is shorter than
   ``VASTSERVER_DEADLINE_MS``.
 * ``cur``: must list the catalog's currency (else a 400 on ``cur``: no price could be given
-  in an accepted one).
+  in an accepted one); absent, it means USD (OpenRTB's default).
 * ``test`` = 1 -> :attr:`AdRequest.test`: the pod is decided and rendered as usual, but the
   service reserves nothing (caps, budgets, pacing), leaves no session history and logs no
   decision record, and the ads' tokens carry the test flag, so their beacons count nothing.
@@ -1102,8 +1102,15 @@ def _load(body: bytes | str) -> Obj:
 
 def _check_currency(root: Obj, currency: str) -> None:
     """``cur``, the currencies the caller accepts: the catalog prices in one, so a list
-    without it can never be answered (a 400, as a floor in another currency is)."""
+    without it can never be answered (a 400, as a floor in another currency is). Absent, it
+    means USD (OpenRTB's default), as an absent ``bidfloorcur`` does."""
     if root.get("cur") is None:
+        if currency != "USD":
+            _fail(
+                "cur",
+                f"absent, cur means USD (OpenRTB's default), and the catalog's prices are in "
+                f"{currency}: list {currency} in cur",
+            )
         return
     listed = _str_list(root, "cur", "", max_items=MAX_LIST, max_len=8)
     if not listed:
