@@ -488,3 +488,23 @@ async def test_an_ad_billed_nothing_is_never_bid(make_client: ClientFactory) -> 
         after["li-streamly-galaxy-sponsor"] == start["li-streamly-galaxy-sponsor"]
     )  # nothing reserved
     assert sum(s for s, _ in after.values()) - sum(s for s, _ in start.values()) == len(bids)
+
+
+async def test_ids_are_echoed_exactly_as_sent(make_client: ClientFactory) -> None:
+    """``id`` and ``imp[].id`` come back untrimmed (the exchange matches them against its
+    own), and imp ids differing only by a space are two imps; a blank id is a 400."""
+    client = await make_client()
+    doc = structured_pod()
+    doc["id"] = " req-7 "
+    for imp, imp_id in zip(doc["imp"], ["1", " 1", "imp 1 "], strict=True):
+        imp["id"] = imp_id
+        imp["video"].update(minduration=5, maxduration=30)
+    answer = await _auction(client, doc)
+    assert answer["id"] == " req-7 "
+    assert [b["impid"] for b in _bids(answer)] == ["1", " 1", "imp 1 "]
+    doc["imp"][2]["id"] = " 1"
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
+    assert resp.status == 400 and (await resp.json())["field"] == "imp[2].id"
+    doc["id"] = "  "
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
+    assert resp.status == 400 and (await resp.json())["field"] == "id"

@@ -7,6 +7,9 @@ the impression ids, the slot of each impression).
 
 Policy for malformed input, so callers know what to expect:
 
+* ``id`` and ``imp[].id`` are kept exactly as sent (the BidResponse echoes them, the
+  exchange matches them); blank is a 400.
+
 * Anything that shapes the pod (ids, imp list, durations, counts, positions) and every JSON
   type error raises :class:`~vastserver.params.ParamError` naming a JSON path such as
   ``imp[0].video.poddur``. The HTTP layer answers 400.
@@ -387,6 +390,16 @@ def _opt_str(parent: Obj, key: str, path: str, max_len: int = MAX_TEXT) -> str |
     return s or None
 
 
+def _opt_id(parent: Obj, key: str, path: str) -> str | None:
+    """An id the answer echoes (``id``, ``imp[].id``): exactly as sent, never trimmed (the
+    exchange matches the echo against its own); None when absent, empty or blank."""
+    value = parent.get(key)
+    if value is None:
+        return None
+    s = _str(value, _join(path, key), MAX_ID)
+    return s if s.strip() else None
+
+
 def _opt_token(parent: Obj, key: str, path: str, *, ident: bool = False) -> str | None:
     """Our own identifiers (``ext.vastserver``): the same alphabet ``/vast`` accepts, which
     for a session id (``ident``) takes ``=`` too."""
@@ -508,7 +521,7 @@ def _position_from_podseq(v: int) -> BreakPosition:
 def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
     path = f"imp[{i}]"
     imp = _obj(raw, path)
-    imp_id = _opt_str(imp, "id", path, MAX_ID)
+    imp_id = _opt_id(imp, "id", path)
     if imp_id is None:
         _fail(f"{path}.id", "required")
     vpath = f"{path}.video"
@@ -1139,7 +1152,7 @@ def parse_bid_request(
     may be in. Raises :class:`ParamError` (and only that) on bad input.
     """
     root = _load(body)
-    request_id = _opt_str(root, "id", "", MAX_ID)
+    request_id = _opt_id(root, "id", "")
     if request_id is None:
         _fail("id", "required")
     tmax = _opt_int(root, "tmax", "", lo=1, hi=MAX_TMAX_MS)
