@@ -490,6 +490,60 @@ async def test_an_ad_billed_nothing_is_never_bid(make_client: ClientFactory) -> 
     assert sum(s for s, _ in after.values()) - sum(s for s, _ in start.values()) == len(bids)
 
 
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"bseat": ["other", "vastserver"]}, "bseat"),
+        ({"wseat": ["someone-else"]}, "wseat"),
+        ({"imp.pmp": {"private_auction": 1, "deals": [{"id": "d-1", "wseat": ["x"]}]}}, "imp[0]"),
+    ],
+)
+async def test_a_request_excluding_us_is_a_no_bid_reserving_nothing(
+    make_client: ClientFactory, change: dict[str, Any], why: str
+) -> None:
+    """Our seat in ``bseat``, a ``wseat`` without it, or a private auction (deals only: we
+    hold none): a 204 before any decision, so nothing is reserved; with ``debug`` the
+    no-bid BidResponse says why. Seats listed otherwise (``wseat`` with ours, ``bseat``
+    without it, ``private_auction`` 0) change nothing."""
+    client = await make_client()
+    doc = dynamic_pod()
+    for key, value in change.items():
+        if key.startswith("imp."):
+            doc["imp"][0][key[4:]] = value
+        else:
+            doc[key] = value
+    start = await _served(client)
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
+    assert resp.status == 204 and await resp.read() == b""
+    doc["ext"] = {"vastserver": {"debug": 1}}
+    answer = await _auction(client, doc, headers=AUTH)
+    assert "seatbid" not in answer and answer["id"] == doc["id"] and answer["cur"] == "USD"
+    debug = answer["ext"]["vastserver"]["debug"]
+    assert debug["filled"] is False and debug["no_bid"].startswith(why)
+    assert await _served(client) == start
+    ours = dynamic_pod()
+    ours.update(wseat=["vastserver"], bseat=["other"])
+    ours["imp"][0]["pmp"] = {"private_auction": 0, "deals": [{"id": "d-1"}]}
+    assert _bids(await _auction(client, ours))
+
+
+async def test_a_pod_with_one_private_imp_is_private(make_client: ClientFactory) -> None:
+    """A structured pod is answered whole: one imp of ``private_auction`` 1 makes it a
+    no-bid; a malformed ``pmp`` is a 400 naming it."""
+    client = await make_client()
+    doc = structured_pod()
+    doc["imp"][1]["pmp"] = {"private_auction": 1}
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
+    assert resp.status == 204
+    doc["imp"][1]["pmp"] = {"private_auction": 2}
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
+    assert resp.status == 400 and (await resp.json())["field"] == "imp[1].pmp.private_auction"
+    doc["imp"][1]["pmp"] = None
+    doc["bseat"] = "vastserver"
+    resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
+    assert resp.status == 400 and (await resp.json())["field"] == "bseat"
+
+
 async def test_ids_are_echoed_exactly_as_sent(make_client: ClientFactory) -> None:
     """``id`` and ``imp[].id`` come back untrimmed (the exchange matches them against its
     own), and imp ids differing only by a space are two imps; a blank id is a 400."""

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 
-from vastserver.bidresponse import auction_floor_cpm, bid_response
+from vastserver.bidresponse import auction_floor_cpm, bid_response, excluded, no_bid
 from vastserver.catalog.load import CatalogError, load_catalog
 from vastserver.catalog.model import BreakPosition, Catalog
 from vastserver.consent import Permissions
@@ -660,6 +660,17 @@ async def _openrtb_decision(request: web.Request, endpoint: str) -> OpenRtbDecis
         return _explain_refused("imp[].ext.vastserver.debug")
     if (refused := _preview(rt, request, req.test, endpoint)) is not None:
         return refused
+    if endpoint == "openrtb_auction" and (why := excluded(pod, rt.settings.openrtb_seat)):
+        # The request takes no bid of ours: no-bid before deciding (nothing reserved).
+        if not req.debug:
+            return web.Response(status=204)
+        answer = no_bid(
+            pod,
+            bidid=new_ad_serving_id(rt.rng),
+            currency=rt.service.snapshot.catalog.currency,
+            debug={"request_id": REQUEST_ID.get(), "filled": False, "no_bid": why},
+        )
+        return _answer(json.dumps(answer, separators=(",", ":")), "application/json", request)
     if req.session is None:
         req = replace(req, session=new_ad_serving_id(rt.rng))
     deadline = _deadline(rt, pod.decision_budget_ms(rt.settings.deadline_ms))

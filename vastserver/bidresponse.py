@@ -55,6 +55,20 @@ def protocol(vast_version: str, *, wrapper: bool) -> int:
     return wrapped if wrapper else inline
 
 
+def excluded(pod: OpenRtbPod, seat: str) -> str | None:
+    """Why the BidRequest takes no bid of ours at all (``seat`` being ours), else None:
+    ``bseat`` lists our seat, ``wseat`` does not, or an imp is ``pmp.private_auction`` = 1
+    (deals only: we hold no deals, and the pod is answered whole, so one private imp makes
+    the pod private). Decided before the pod, so nothing is reserved."""
+    if seat in pod.blocked_seats:
+        return f"bseat lists our seat {seat!r}"
+    if pod.allowed_seats is not None and seat not in pod.allowed_seats:
+        return f"wseat does not list our seat {seat!r}"
+    if pod.private_imp is not None:
+        return f"imp[{pod.private_imp}].pmp.private_auction is 1 (deals only), and we hold no deals"
+    return None
+
+
 def auction_floor_cpm(pod: OpenRtbPod) -> float:
     """The per-ad floor of ``POST /openrtb2/auction``: the request's (``bidfloor``), never
     below :data:`MIN_BID_CPM` (``/openrtb2/pod``, whose VAST carries no bid, keeps the
@@ -209,9 +223,18 @@ def bid_response(
         if structured:
             slotinpod = _SLOTINPOD.get(slot_of.get(impid))
         bids.append(_bid(ad, adm, impid, vast_version=version, slotinpod=slotinpod, exp_s=exp_s))
-    out: dict[str, Any] = {"id": pod.request_id, "bidid": bidid, "cur": currency}
+    out = no_bid(pod, bidid=bidid, currency=currency, debug=debug)
     if bids:
         out["seatbid"] = [{"seat": seat, "bid": bids}]
+    return out
+
+
+def no_bid(
+    pod: OpenRtbPod, *, bidid: str, currency: str, debug: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A BidResponse without ``seatbid`` (OpenRTB's no-bid, in the form ``debug`` gets),
+    carrying ``debug`` in ``ext.vastserver.debug`` when given."""
+    out: dict[str, Any] = {"id": pod.request_id, "bidid": bidid, "cur": currency}
     if debug is not None:
         out["ext"] = {"vastserver": {"debug": debug}}
     return out

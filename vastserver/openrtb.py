@@ -112,6 +112,9 @@ Mapped elsewhere
   service reserves nothing (caps, budgets, pacing), leaves no session history and logs no
   decision record, and the ads' tokens carry the test flag, so their beacons count nothing.
 * ``cattax`` other than 1 with a ``bcat``: a 400 (the catalog's categories are IAB 1.0).
+* ``bseat``, ``wseat`` and ``imp.pmp.private_auction`` -> :attr:`OpenRtbPod.blocked_seats`,
+  :attr:`OpenRtbPod.allowed_seats`, :attr:`OpenRtbPod.private_imp`: whether the request
+  takes a bid of ours at all (``POST /openrtb2/auction``); ``pmp.deals`` is not read.
 * Our own extension ``ext.vastserver`` (top level) and ``imp[].ext.vastserver``:
   ``placement`` (else ``imp[0].tagid`` when it is a plain token), ``session``, ``avail``,
   ``debug`` (0/1), ``vast``, ``kv`` (an object of string values), checked as ``/vast``
@@ -290,6 +293,12 @@ class OpenRtbPod:
     imp_poddur_ms: tuple[int | None, ...] = ()
     """Aligned with :attr:`imp_ids`: a dynamic imp's ``poddur`` in milliseconds, the seconds
     its ads may take; None for a structured imp."""
+    blocked_seats: frozenset[str] = frozenset()
+    """``bseat``: the buyer seats that may not bid."""
+    allowed_seats: frozenset[str] | None = None
+    """``wseat``: the only buyer seats that may bid; None when absent or empty (any)."""
+    private_imp: int | None = None
+    """The index of the first imp of ``pmp.private_auction`` = 1 (deals only), if any."""
 
     def decision_budget_ms(self, deadline_ms: int) -> int:
         """The decision's time budget: ``deadline_ms`` (``VASTSERVER_DEADLINE_MS``), or
@@ -458,6 +467,8 @@ class _Imp:
     """``video.battr``: the AdCOM creative attributes the imp blocks."""
     ext: Obj | None
     tagid: str | None
+    private: bool = False
+    """``pmp.private_auction`` = 1: only the deals of ``pmp.deals`` may bid (we hold none)."""
     first_or_last: bool = False
     """``slotinpod`` 2: the imp takes whichever end of the pod no other imp claims
     (:func:`_either_end` turns it into ``Slot.FIRST`` or ``Slot.LAST``)."""
@@ -590,6 +601,8 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
         )
 
     tagid = _opt_str(imp, "tagid", path)
+    pmp = _opt_obj(imp, "pmp", path)
+    private = pmp is not None and _opt_flag(pmp, "private_auction", f"{path}.pmp") is True
     return _Imp(
         index=i,
         id=imp_id,
@@ -613,6 +626,7 @@ def _parse_imp(raw: object, i: int, currency: str) -> _Imp:
         battr=battr,
         ext=_opt_obj(imp, "ext", path),
         tagid=tagid if tagid is not None and _TOKEN_RE.match(tagid) else None,
+        private=private,
     )
 
 
@@ -1221,6 +1235,7 @@ def parse_bid_request(
         privacy=privacy,
         permissions=allowed,
     )
+    wseat = _str_list(root, "wseat", "", max_items=MAX_BLOCKLIST, max_len=MAX_ID)
     return OpenRtbPod(
         request=request,
         floor_cpm_per_s=max(floors) if floors else None,
@@ -1240,4 +1255,9 @@ def parse_bid_request(
         imp_poddur_ms=tuple(
             None if imp.poddur_s is None else round(imp.poddur_s * 1000) for imp in imps
         ),
+        blocked_seats=frozenset(
+            _str_list(root, "bseat", "", max_items=MAX_BLOCKLIST, max_len=MAX_ID)
+        ),
+        allowed_seats=frozenset(wseat) if wseat else None,
+        private_imp=next((imp.index for imp in imps if imp.private), None),
     )
