@@ -242,7 +242,8 @@ def test_dynamic_pod_maps_everything() -> None:
     assert c.kids is False
     assert req.segments == ("cord_cutters", "adults_21plus")
     assert req.blocked_categories == frozenset({"IAB25", "IAB26"})
-    assert req.blocked_domains == frozenset({"competitor.example"})
+    # the domain badv names, with and without www. (domain_forms)
+    assert req.blocked_domains == frozenset({"competitor.example", "www.competitor.example"})
     assert req.vast_version == "4.2"
     assert req.require_https is True  # imp.secure = 1
     assert req.caller_ip == "198.51.100.10"
@@ -1231,6 +1232,58 @@ def test_bcat_in_another_taxonomy_is_refused_not_ignored() -> None:
     del doc["bcat"]
     doc["cattax"] = 7  # nothing to block: nothing misread
     parse(doc)
+
+
+async def test_bcat_and_badv_match_however_they_are_written(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """``bcat`` whatever its case (``iab8-5`` blocks ``IAB8-5``); ``badv`` lower-cased, less a
+    trailing dot and a leading ``www.`` on both sides: ``Harbor-Lager.example.`` blocks an
+    advertiser written ``www.harbor-lager.example``, ``WWW.Northstar-Motors.example`` one
+    written ``northstar-motors.example``."""
+    from tests.conftest import ADMIN
+
+    catalog = json.loads(DEMO_CATALOG.read_text())
+    ids = {}
+    for adv in catalog["advertisers"]:
+        if adv["domain"] == "harbor-lager.example":
+            adv["domain"] = "www.harbor-lager.example"
+        ids[adv["domain"]] = adv["id"]
+    path = tmp_path / "www.json"
+    path.write_text(json.dumps(catalog))
+    client = await make_client(catalog=str(path))
+
+    async def reasons(doc: dict[str, Any]) -> dict[str, set[str | None]]:
+        doc["ext"] = {"vastserver": {"debug": 1}}
+        resp = await client.post(
+            "/openrtb2/auction", data=json.dumps(doc), headers={"Authorization": f"Bearer {ADMIN}"}
+        )
+        assert resp.status == 200, await resp.text()
+        out: dict[str, set[str | None]] = {}
+        for c in (await resp.json())["ext"]["vastserver"]["debug"]["candidates"]:
+            out.setdefault(c["advertiser_id"], set()).add(c["reason"])
+        return out
+
+    def pod(viewer: str) -> dict[str, Any]:
+        doc = dynamic_pod()
+        del doc["bcat"], doc["badv"]
+        doc["device"]["ifa"] = viewer
+        doc["app"]["content"] = {"genre": "sports", "livestream": 1, "contentrating": "TV-14"}
+        return doc
+
+    harbor, northstar = ids["www.harbor-lager.example"], ids["northstar-motors.example"]
+    ridgeway = ids["ridgeway-brewing.example"]
+    free = await reasons(pod("blocks-0"))
+    for adv in (harbor, northstar, ridgeway):
+        assert not free[adv] & {"blocked_advertiser", "blocked_category"}, free[adv]
+    doc = pod("blocks-1")
+    doc["bcat"] = ["iab8-5"]
+    doc["badv"] = ["Harbor-Lager.example.", "WWW.Northstar-Motors.example"]
+    got = await reasons(doc)
+    assert "blocked_advertiser" in got[harbor] and "blocked_advertiser" in got[northstar]
+    assert "blocked_category" in got[ridgeway]
+    for adv in (harbor, northstar, ridgeway):
+        assert None not in got[adv]  # none selected
 
 
 def _ads(xml: bytes) -> list[tuple[int, float]]:

@@ -67,8 +67,9 @@ Mapped elsewhere
 * ``app.content`` (else ``site.content``): id, genre (comma string) + cat codes -> genres,
   contentrating, livestream, series, channel.name (else network.name), language (a fallback
   for the device language).
-* ``user.data[].segment[].id`` -> segments; ``bcat`` / ``badv`` -> blocked categories /
-  domains; ``regs.coppa`` = 1 -> kids content.
+* ``user.data[].segment[].id`` -> segments; ``bcat`` / ``badv`` -> blocked categories
+  (upper-cased: the catalog's IAB codes are) / domains (:func:`domain_forms`);
+  ``regs.coppa`` = 1 -> kids content.
 * GDPR: ``regs.gdpr`` (2.5: ``regs.ext.gdpr``) and the TCF v2 string in ``user.consent``
   (2.5: ``user.ext.consent``), as ``gdpr``/``gdpr_consent`` on ``/vast``
   (:mod:`vastserver.consent`): without consent to a device identifier the IFA is dropped and
@@ -866,6 +867,17 @@ def _ip(dev: Obj, key: str) -> str | None:
         _fail(f"device.{key}", "not an IP address")
 
 
+def domain_forms(raw: str) -> tuple[str, ...]:
+    """The advertiser domains a ``badv`` entry blocks: lowercased, less one trailing dot and
+    one leading ``www.``, and that with ``www.`` again (the catalog's domains are lowercase
+    without a trailing dot, with or without ``www.``): ``WWW.X.example.`` blocks ``x.example``
+    and ``www.x.example``. None when nothing is left."""
+    d = raw.lower()
+    d = d.removesuffix(".")
+    d = d.removeprefix("www.")
+    return (d, f"www.{d}") if d else ()
+
+
 def country_alpha2(raw: str | None) -> str | None:
     """OpenRTB's alpha-3 country (alpha-2 tolerated) -> alpha-2; unknown -> None."""
     if raw is None or not _ALPHA_RE.match(raw):
@@ -1219,8 +1231,8 @@ def parse_bid_request(
         placement=placement,
         vast_version=form.version,
         debug=ours.debug is True,
-        blocked_categories=frozenset(blocked_categories),
-        blocked_domains=frozenset(d.lower() for d in blocked_domains),
+        blocked_categories=frozenset(c.upper() for c in blocked_categories),
+        blocked_domains=frozenset(f for d in blocked_domains for f in domain_forms(d)),
         # any ad may go in any slot (as for mimes): what any imp blocks
         blocked_attributes=frozenset[int]().union(*(imp.battr for imp in imps)),
         segments=_segments(root) if allowed.segments else (),
