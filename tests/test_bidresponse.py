@@ -352,6 +352,7 @@ async def test_an_overloaded_server_answers_no_bid(make_client: ClientFactory) -
     client.app[RUNTIME].in_flight = 1  # another decision holds the only place
     resp = await client.post("/openrtb2/auction", data=json.dumps(dynamic_pod()))
     assert resp.status == 204 and resp.headers["X-Shed"] == "1"
+    assert resp.headers["X-OpenRTB-Version"] == "2.6"
     assert await resp.read() == b""
 
 
@@ -562,3 +563,28 @@ async def test_ids_are_echoed_exactly_as_sent(make_client: ClientFactory) -> Non
     doc["id"] = "  "
     resp = await client.post("/openrtb2/auction", data=json.dumps(doc))
     assert resp.status == 400 and (await resp.json())["field"] == "id"
+
+
+async def test_a_refused_debug_names_the_field_sent_and_answers_carry_the_version(
+    make_client: ClientFactory,
+) -> None:
+    """The 401 for ``debug`` without the token names where it was sent (the top level's
+    ``ext.vastserver.debug``, or the imp's); every answer of both endpoints, bids, no-bids,
+    400s and 401s, carries ``X-OpenRTB-Version: 2.6``."""
+    client = await make_client(debug_access="admin")
+    top = dynamic_pod()
+    top["ext"] = {"vastserver": {"debug": 1}}
+    in_imp = dynamic_pod()
+    in_imp["imp"][0]["ext"] = {"vastserver": {"debug": 1}}
+    no_bid = dynamic_pod()
+    no_bid["bseat"] = ["vastserver"]
+    for path in ("/openrtb2/auction", "/openrtb2/pod"):
+        for doc, field in ((top, "ext.vastserver.debug"), (in_imp, "imp[0].ext.vastserver.debug")):
+            resp = await client.post(path, data=json.dumps(doc))
+            assert resp.status == 401 and (await resp.json())["field"] == field, path
+            assert resp.headers["X-OpenRTB-Version"] == "2.6"
+        for doc, status in ((dynamic_pod(), 200), ({"imp": []}, 400), (no_bid, 204)):
+            resp = await client.post(path, data=json.dumps(doc))
+            expected = 200 if path.endswith("pod") and status == 204 else status
+            assert resp.status == expected, (path, await resp.text())
+            assert resp.headers["X-OpenRTB-Version"] == "2.6"

@@ -1306,7 +1306,7 @@ async def test_explanations_need_the_admin_token_by_default(make_client: ClientF
         ("GET", "/vast?pod_duration=60&debug=1", "debug"),
         ("GET", "/vmap?content_duration=1800&cue_points=600&debug=1", "debug"),
         ("GET", "/vmap?content_duration=1800&cue_points=600&debug=1&inline=1", "debug"),
-        ("POST", "/openrtb2/pod", "imp[].ext.vastserver.debug"),
+        ("POST", "/openrtb2/pod", "imp[0].ext.vastserver.debug"),
     ]
     for method, path, field in refused:
         data = json.dumps(rtb) if method == "POST" else None

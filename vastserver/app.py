@@ -380,11 +380,12 @@ def _no_fill(rt: Runtime, request: web.Request, endpoint: str, reason: str) -> w
     """The cheapest valid answer: an empty VAST (or VMAP) for players, OpenRTB's no-bid (204,
     no body) for an exchange, 503 for JSON APIs."""
     if endpoint == "openrtb_auction":
-        return web.Response(status=204)
+        return _openrtb_version(web.Response(status=204))
     if endpoint == "vmap":
         return _xml(rt.renderer.empty_vmap())
     if endpoint in ("vast", "openrtb_pod"):
-        return _xml(rt.renderer.empty_vast(reason, _asked_vast_version(request, endpoint)))
+        empty = _xml(rt.renderer.empty_vast(reason, _asked_vast_version(request, endpoint)))
+        return _openrtb_version(empty) if endpoint == "openrtb_pod" else empty
     return web.json_response({"error": reason}, status=503, headers={"Retry-After": "1"})
 
 
@@ -657,7 +658,7 @@ async def _openrtb_decision(request: web.Request, endpoint: str) -> OpenRtbDecis
         duration_floors=pod.duration_floors,
     )
     if req.debug and not _may_explain(request):
-        return _explain_refused("imp[].ext.vastserver.debug")
+        return _explain_refused(pod.debug_field)
     if (refused := _preview(rt, request, req.test, endpoint)) is not None:
         return refused
     if endpoint == "openrtb_auction" and (why := excluded(pod, rt.settings.openrtb_seat)):
@@ -679,16 +680,30 @@ async def _openrtb_decision(request: web.Request, endpoint: str) -> OpenRtbDecis
     return pod, decision, debug
 
 
+OPENRTB_VERSION = "2.6"
+"""The ``X-OpenRTB-Version`` every answer of the OpenRTB endpoints carries (the version of
+the BidRequest they read and of the BidResponse ``/openrtb2/auction`` writes)."""
+
+
+def _openrtb_version(resp: web.StreamResponse) -> web.StreamResponse:
+    resp.headers["X-OpenRTB-Version"] = OPENRTB_VERSION
+    return resp
+
+
 async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
     """OpenRTB 2.6 BidRequest for one CTV pod in, the VAST pod out (same pipeline)."""
     decided = await _openrtb_decision(request, "openrtb_pod")
     if isinstance(decided, web.Response):
-        return decided
+        return _openrtb_version(decided)
     _, decision, debug = decided
-    return _xml(_rt(request).renderer.vast(decision, debug=debug), request)
+    return _openrtb_version(_xml(_rt(request).renderer.vast(decision, debug=debug), request))
 
 
 async def openrtb_auction_handler(request: web.Request) -> web.StreamResponse:
+    return _openrtb_version(await _openrtb_auction(request))
+
+
+async def _openrtb_auction(request: web.Request) -> web.StreamResponse:
     """The same BidRequest and decision as ``/openrtb2/pod``, answered with an OpenRTB 2.6
     BidResponse (:mod:`vastserver.bidresponse`): a bid per ad, its VAST alone in ``adm``.
     No ad: 204 and no body (OpenRTB's no-bid); with ``debug``, a 200 BidResponse without

@@ -300,6 +300,9 @@ class OpenRtbPod:
     """``wseat``: the only buyer seats that may bid; None when absent or empty (any)."""
     private_imp: int | None = None
     """The index of the first imp of ``pmp.private_auction`` = 1 (deals only), if any."""
+    debug_field: str = "ext.vastserver.debug"
+    """Where the ``debug`` the request asks for was read (``imp[0].ext.vastserver.debug``):
+    what a 401 for it names."""
 
     def decision_budget_ms(self, deadline_ms: int) -> int:
         """The decision's time budget: ``deadline_ms`` (``VASTSERVER_DEADLINE_MS``), or
@@ -1195,8 +1198,11 @@ def parse_bid_request(
             _fail(f"imp[{imp.index}].id", "duplicate imp id")
         seen.add(imp.id)
 
-    layers = [_ours(imp.ext, f"imp[{imp.index}].ext") for imp in imps]
-    ours = _merge_ours([*layers, _ours(_opt_obj(root, "ext", ""), "ext")])
+    paths = [*(f"imp[{imp.index}].ext" for imp in imps), "ext"]
+    layers = [_ours(imp.ext, path) for imp, path in zip(imps, paths, strict=False)]
+    layers.append(_ours(_opt_obj(root, "ext", ""), "ext"))
+    ours = _merge_ours(layers)
+    debug_at = next((p for o, p in zip(layers, paths, strict=True) if o.debug is not None), "ext")
     placement = ours.placement or imps[0].tagid
 
     resolved = rules if isinstance(rules, AdRules) else rules(placement)
@@ -1272,4 +1278,5 @@ def parse_bid_request(
         ),
         allowed_seats=frozenset(wseat) if wseat else None,
         private_imp=next((imp.index for imp in imps if imp.private), None),
+        debug_field=f"{debug_at}.vastserver.debug",
     )
