@@ -588,3 +588,133 @@ async def test_a_refused_debug_names_the_field_sent_and_answers_carry_the_versio
             expected = 200 if path.endswith("pod") and status == 204 else status
             assert resp.status == expected, (path, await resp.text())
             assert resp.headers["X-OpenRTB-Version"] == "2.6"
+
+
+def _report_pod(viewer: str, *imps: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """A live sports mid-roll on a Roku in the US, one ``podid``, the given imps."""
+    return {
+        "id": f"hybrid-{viewer}",
+        "imp": [
+            {"id": imp_id, "video": {"mimes": ["video/mp4"], "podid": "pp", "startdelay": -1, **v}}
+            for imp_id, v in imps
+        ],
+        "device": {"ua": "Roku/DVP-9.10", "ip": "8.8.8.8", "devicetype": 3, "ifa": viewer},
+        "app": {"content": {"genre": "sports", "livestream": 1, "contentrating": "TV-14"}},
+        "ext": {"vastserver": {"debug": 1}},
+    }
+
+
+def _durations(vast: bytes) -> list[int]:
+    """Each ad's ``<Duration>`` in whole seconds, in pod order."""
+    out = []
+    for d in etree.fromstring(vast).iter("{*}Duration"):
+        h, m, sec = str(d.text).split(":")
+        out.append(round(int(h) * 3600 + int(m) * 60 + float(sec)))
+    return out
+
+
+S1 = {"slotinpod": 1, "maxduration": 30}
+
+
+@pytest.mark.parametrize(
+    ("imps", "pod", "expected"),
+    [
+        # the optimiser plays 15, 15, 30 s: 45 s on d; the 30 s ad plays first instead, in s1
+        (
+            (("s1", S1), ("d", {"poddur": 30, "maxseq": 3, "maxduration": 30})),
+            [15, 15, 30],
+            [("s1", 30), ("d", 15), ("d", 15)],
+        ),
+        # two 30 s ads (rqddurs): the 15 s dynamic imp takes neither, one is left out
+        (
+            (("i0", {"rqddurs": [30, 60]}), ("i1", {"poddur": 15, "rqddurs": [6, 30]})),
+            [30, 30],
+            [("i0", 30)],
+        ),
+        # (the report's: 50 s on a dynamic imp of 45 s)
+        (
+            (("a", S1), ("d", {"poddur": 45, "maxseq": 3, "maxduration": 30})),
+            None,
+            None,
+        ),
+    ],
+)
+async def test_a_hybrid_pods_bids_fit_their_imps(
+    make_client: ClientFactory,
+    imps: tuple[tuple[str, dict[str, Any]], ...],
+    pod: list[int] | None,
+    expected: list[tuple[str, int]] | None,
+) -> None:
+    """The decision splits a hybrid pod's ads among its imps: a dynamic imp never gets more
+    seconds than its ``poddur`` (nor more ads than its ``maxseq``). Where the optimiser's
+    play order fits no split, another order of its ads that one fits is played; where none
+    does, the ads no split takes are left out (reason ``fits_no_slot``) before anything is
+    reserved. The pod endpoint (VAST, no imps to fill) keeps the optimiser's pod."""
+    client = await make_client()
+    doc = _report_pod(f"hybrid-{imps[1][0]}-{imps[1][1]['poddur']}", *imps)
+    if pod is not None:
+        plain = {k: v for k, v in doc.items() if k != "ext"}
+        resp = await client.post("/openrtb2/pod", data=json.dumps(plain))
+        assert _durations(await resp.read()) == pod
+    start = await _served(client)
+    answer = await _auction(client, doc, headers=AUTH)
+    bids = _bids(answer)
+    got = [(b["impid"], b["dur"]) for b in bids]
+    if expected is not None:
+        assert got == expected
+    for imp_id, video in imps:
+        mine = [dur for impid, dur in got if impid == imp_id]
+        if "poddur" in video:
+            assert sum(mine) <= video["poddur"] and len(mine) <= video.get("maxseq", 20), got
+        else:
+            assert len(mine) <= 1, got
+    for bid in bids:
+        _check_bid(bid, "4.2")
+    assert [int(str(_ad(b["adm"]).get("sequence"))) for b in bids] == list(range(1, len(bids) + 1))
+    debug = answer["ext"]["vastserver"]["debug"]
+    assert [a["imp_id"] for a in debug["pod"]["ads"]] == [b["impid"] for b in bids]
+    selected = {c["creative_id"] for c in debug["candidates"] if c["selected"]}
+    assert selected == {b["crid"] for b in bids}
+    if pod is not None and len(pod) > len(bids):
+        assert "fits_no_slot" in {c["reason"] for c in debug["candidates"]}
+    after = await _served(client)
+    assert sum(s for s, _ in after.values()) - sum(s for s, _ in start.values()) == len(bids)
+
+
+def test_fit_imps_splits_reorders_and_leaves_out() -> None:
+    """:func:`fit_imps` on its own: two dynamic imps packed (15, 10, 20, 15 s as 20 + 10 and
+    15 + 15 in 30 s each, which first-fit in play order misses); an ad moved to the first
+    imp only where its line item may play first; the least valuable ad left out when no
+    order fits; bounded work on the largest pods."""
+    import time
+
+    from vastserver.pipeline.imps import PodImp, fit_imps
+    from vastserver.pipeline.pod import PodItem
+
+    def item(key: int, seconds: int, value: float = 1.0, *, first: bool = True) -> PodItem:
+        return PodItem(key, seconds * 1000, value, 1, f"g{key}", None if first else -1e309)
+
+    two = [PodImp("x", max_ads=2, capacity_s=30), PodImp("y", max_ads=2, capacity_s=30)]
+    items = [item(0, 15), item(1, 10), item(2, 20), item(3, 15)]
+    kept, imps, out = fit_imps(items, two)
+    assert kept == items and not out
+    for imp in (0, 1):
+        assert sum(it.duration_ms for it, i in zip(kept, imps, strict=True) if i == imp) <= 30_000
+
+    hybrid = [PodImp("a", role="first"), PodImp("d", max_ads=2, capacity_s=30)]
+    items = [item(0, 15), item(1, 15), item(2, 30)]
+    kept, imps, out = fit_imps(items, hybrid)
+    assert [it.key for it in kept] == [2, 0, 1] and imps == [0, 1, 1] and not out
+    items = [item(0, 15), item(1, 15), item(2, 30, first=False)]  # may not play first
+    kept, imps, out = fit_imps(items, hybrid)
+    assert [it.key for it in out] == [0] and [it.key for it in kept] == [1, 2]
+    assert imps == [0, 1]
+
+    crowded = [PodImp("a", role="first"), PodImp("z", role="last")] + [
+        PodImp(f"d{i}", max_ads=3, capacity_s=7) for i in range(6)
+    ]
+    items = [item(k, 15 + k % 3, 1.0 + k) for k in range(20)]
+    began = time.perf_counter()
+    kept, imps, out = fit_imps(items, crowded)
+    assert time.perf_counter() - began < 2.0
+    assert len(kept) == 2 and len(out) == 18 and imps == [0, 1]

@@ -651,8 +651,12 @@ async def _openrtb_decision(request: web.Request, endpoint: str) -> OpenRtbDecis
         )
     except ParamError as e:
         return _bad_request(e)
+    located = _locate(rt, pod.request)
+    if endpoint == "openrtb_auction" and pod.hybrid_imps is not None:
+        # each bid names its imp: the ads must split among the imps (a dynamic imp's poddur)
+        located = replace(located, brk=replace(located.brk, imps=pod.hybrid_imps))
     req = replace(
-        _locate(rt, pod.request),
+        located,
         floor_cpm_per_s=pod.floor_cpm_per_s,
         floor_cpm=auction_floor_cpm(pod) if endpoint == "openrtb_auction" else pod.floor_cpm,
         duration_floors=pod.duration_floors,

@@ -9,14 +9,15 @@ Which imp each ad fills (``bid.impid``):
 
 * an ad placed by a structured pod's slot rules (:class:`~vastserver.pipeline.decide.SlottedAd`)
   fills the imp of its rule, as the ``debug`` explanation names it;
-* otherwise the first ad played fills the imp of ``slotinpod`` 1 and the last (of two or
-  more) the imp of ``slotinpod`` -1. Of the ads in between, as many as the other structured
-  imps cannot take (one ad each) go to the dynamic imps of a hybrid pod: the shortest of
-  them, each to the first dynamic imp (request order) with a place left (its ``maxseq``)
-  and the seconds for it (its ``poddur``, counted as the pod optimiser counts: each ad's
-  seconds rounded up), so that every dynamic imp's ads fit it whenever any split of those
-  ads does; the rest fill the other structured imps in play order, in request order. A
-  dynamic pod's ads all fill its imp.
+* an ad of a hybrid pod (structured imps and dynamic ones, or several dynamic imps) fills
+  the imp the decision split it into (:class:`~vastserver.pipeline.decide.ImpAd`,
+  :mod:`vastserver.pipeline.imps`): the first ad played the imp of ``slotinpod`` 1, the
+  last the imp of -1, the longest of the others the structured imps of any place, the rest
+  the dynamic imps, within each one's ``maxseq`` and ``poddur`` (the decision leaves out
+  the ads no split takes);
+* otherwise (a structured pod whose slots share one rule) the first ad played fills the imp
+  of ``slotinpod`` 1 and the last (of two or more) the imp of ``slotinpod`` -1, the others
+  the other imps in play order, in request order. A dynamic pod's ads all fill its imp.
 
 ``bid.slotinpod`` is set in a structured pod alone (several imps, none dynamic), and only
 as the imp the bid fills claims it: 1 on a bid for the imp of ``slotinpod`` 1 (the first
@@ -33,8 +34,8 @@ from typing import Any
 
 from vastserver.catalog.model import Slot
 from vastserver.openrtb import VAST_PROTOCOLS, OpenRtbPod
-from vastserver.pipeline.decide import Decision, PlacedAd, SlottedAd
-from vastserver.pipeline.pod import capacity_seconds, rounded_seconds
+from vastserver.pipeline.decide import Decision, ImpAd, PlacedAd, SlottedAd
+from vastserver.pipeline.pod import rounded_seconds
 
 MTYPE_VIDEO = 2
 """``bid.mtype``: the markup is video (VAST)."""
@@ -86,68 +87,25 @@ def filled_imps(pod: OpenRtbPod, decision: Decision) -> list[str]:
     ads = decision.ads
     n = len(ads)
     rules = decision.request.brk.slots
-    structured = [i for i, m in enumerate(pod.imp_maxseq) if m is None]
-    first = next((i for i in structured if pod.slots[i] is Slot.FIRST), None)
-    last = next((i for i in structured if pod.slots[i] is Slot.LAST), None)
-    others = [i for i in structured if i not in (first, last)]
-    out: list[str | None] = [None] * n
-    middle: list[int] = []  # the ads (0-based, play order) neither end imp takes
+    imps = decision.request.brk.imps
+    first = next((i for i, s in enumerate(pod.slots) if s is Slot.FIRST), None)
+    last = next((i for i, s in enumerate(pod.slots) if s is Slot.LAST), None)
+    others = [i for i in range(len(pod.imp_ids)) if i not in (first, last)]
+    out: list[str] = []
     for k, ad in enumerate(ads):
-        if isinstance(ad, SlottedAd) and rules is not None:
-            imp_id = rules[ad.slot_rule].imp_id
-            if imp_id is not None:  # (every rule of a BidRequest's pod names its imp)
-                out[k] = imp_id
-                continue
-        if k == 0 and first is not None:
-            out[k], first = pod.imp_ids[first], None
+        if isinstance(ad, ImpAd) and imps is not None:  # a hybrid pod, split by the decision
+            out.append(imps[ad.imp].imp_id)
+        elif isinstance(ad, SlottedAd) and rules is not None and rules[ad.slot_rule].imp_id:
+            out.append(str(rules[ad.slot_rule].imp_id))  # (every rule of a BidRequest has one)
+        elif k == 0 and first is not None:
+            out.append(pod.imp_ids[first])
         elif k == n - 1 and n > 1 and last is not None:
-            out[k], last = pod.imp_ids[last], None
-        else:
-            middle.append(k)
-    # The dynamic imps take the ads the other structured imps cannot: the shortest of them,
-    # so that their seconds fit the imps' poddur whenever a choice of those ads can.
-    by_length = sorted(middle, key=lambda k: ads[k].candidate.creative.duration_ms)
-    to_dynamic = set(by_length[: max(0, len(middle) - len(others))])
-    dynamic = _DynamicImps(pod)
-    for k in middle:
-        taken = dynamic.take(ads[k].candidate.creative.duration_ms) if k in to_dynamic else None
-        if taken is None and others:
-            taken = others.pop(0)
-        if taken is None and last is not None:  # a pod of one ad whose only slot is the last
-            taken, last = last, None
-        if taken is None:  # more ads than the imps take (the ad rules' cap): the last imp
-            taken = (structured or [len(pod.imp_ids) - 1])[-1]
-        out[k] = pod.imp_ids[taken]
-    return [str(imp_id) for imp_id in out]
-
-
-class _DynamicImps:
-    """The dynamic imps of a pod, filled in request order: each takes up to its ``maxseq``
-    ads whose seconds (each rounded up, as the pod optimiser counts them) fit its
-    ``poddur``."""
-
-    def __init__(self, pod: OpenRtbPod) -> None:
-        self.imps = [i for i, m in enumerate(pod.imp_maxseq) if m is not None]
-        self.room = {i: pod.imp_maxseq[i] or 0 for i in self.imps}
-        self.seconds = {
-            i: capacity_seconds(pod.imp_poddur_ms[i] or 0) if pod.imp_poddur_ms else 0
-            for i in self.imps
-        }
-
-    def take(self, duration_ms: int) -> int | None:
-        """The imp an ad of ``duration_ms`` fills: the first with room for it, else the
-        first with a place left (a decision no split fits), else the last; None when the
-        pod has no dynamic imp."""
-        need = capacity_seconds(duration_ms)
-        fits = [i for i in self.imps if self.room[i] > 0 and self.seconds[i] >= need]
-        placed = [i for i in self.imps if self.room[i] > 0]
-        candidates = fits or placed or self.imps[-1:]
-        if not candidates:
-            return None
-        taken = candidates[0]
-        self.room[taken] -= 1
-        self.seconds[taken] -= need
-        return taken
+            out.append(pod.imp_ids[last])
+        elif others:
+            out.append(pod.imp_ids[others.pop(0)])
+        else:  # a pod of one ad whose only slot is the last; more ads than imps: the last
+            out.append(pod.imp_ids[last if last is not None else -1])
+    return out
 
 
 def _price(ad: PlacedAd) -> float:

@@ -6,7 +6,7 @@ from typing import Any
 
 from vastserver.logs import REQUEST_ID
 from vastserver.pipeline.context import BreakSpec
-from vastserver.pipeline.decide import Decision, PlacedAd, SlottedAd
+from vastserver.pipeline.decide import Decision, ImpAd, PlacedAd, SlottedAd
 
 
 def _slots(b: BreakSpec) -> dict[str, Any]:
@@ -28,7 +28,10 @@ def _slots(b: BreakSpec) -> dict[str, Any]:
 
 
 def _slot_fill(b: BreakSpec, a: PlacedAd) -> dict[str, Any]:
-    """Which slot rule (an index into ``break.slots``) and imp a placed ad fills."""
+    """Which slot rule (an index into ``break.slots``) and imp a placed ad fills; in a
+    hybrid pod split among its imps (``break.imps``), the imp."""
+    if b.imps is not None:
+        return {"imp_id": b.imps[a.imp].imp_id if isinstance(a, ImpAd) else None}
     if b.slots is None:
         return {}
     if not isinstance(a, SlottedAd):

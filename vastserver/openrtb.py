@@ -30,7 +30,9 @@ Pods
   imp (its slot rule's place, its bid's ``impid`` and ``slotinpod``); with both ends
   claimed already, 400 on its ``slotinpod``.
 * Hybrid pod (structured imps plus a dynamic imp with the same ``podid``): durations and ad
-  counts add up.
+  counts add up. :attr:`OpenRtbPod.hybrid_imps` describes the imps, which
+  ``POST /openrtb2/auction`` has the decision split the ads among (``BreakSpec.imps``:
+  each dynamic imp within its ``maxseq`` and ``poddur``).
 * A single imp with neither ``poddur`` nor ``podid``: a one-ad break whose length is its
   ``maxduration`` (else the ad rules' default).
 * Imps with different ``podid`` values: 400 (``imp``, one pod per request).
@@ -166,7 +168,8 @@ from vastserver.pipeline.context import (
     Device,
     DurationFloors,
 )
-from vastserver.pipeline.pod import SlotRule
+from vastserver.pipeline.imps import PodImp
+from vastserver.pipeline.pod import SlotRule, capacity_seconds
 
 MAX_IMPS = 64
 MAX_ID = 256
@@ -290,16 +293,17 @@ class OpenRtbPod:
     imp_maxseq: tuple[int | None, ...] = ()
     """Aligned with :attr:`imp_ids`: the most ads a dynamic imp (one with ``poddur``) takes
     (its ``maxseq``, else the ad rules'); None for a structured imp, one slot for one ad.
-    (Which imp each ad fills, for ``POST /openrtb2/auction``.)"""
-    imp_poddur_ms: tuple[int | None, ...] = ()
-    """Aligned with :attr:`imp_ids`: a dynamic imp's ``poddur`` in milliseconds, the seconds
-    its ads may take; None for a structured imp."""
+    (Whether the pod is structured, for ``bid.slotinpod`` on ``POST /openrtb2/auction``.)"""
     blocked_seats: frozenset[str] = frozenset()
     """``bseat``: the buyer seats that may not bid."""
     allowed_seats: frozenset[str] | None = None
     """``wseat``: the only buyer seats that may bid; None when absent or empty (any)."""
     private_imp: int | None = None
     """The index of the first imp of ``pmp.private_auction`` = 1 (deals only), if any."""
+    hybrid_imps: tuple[PodImp, ...] | None = None
+    """A pod of several imps, one of them dynamic (a hybrid pod): each imp, in request
+    order, for splitting the ads among them (``BreakSpec.imps``, which
+    ``POST /openrtb2/auction`` sets: its bids name their imps); None otherwise."""
     debug_field: str = "ext.vastserver.debug"
     """Where the ``debug`` the request asks for was read (``imp[0].ext.vastserver.debug``):
     what a 401 for it names."""
@@ -1270,13 +1274,27 @@ def parse_bid_request(
             else imp.maxseq or resolved.for_position(brk.position).max_ads
             for imp in imps
         ),
-        imp_poddur_ms=tuple(
-            None if imp.poddur_s is None else round(imp.poddur_s * 1000) for imp in imps
-        ),
         blocked_seats=frozenset(
             _str_list(root, "bseat", "", max_items=MAX_BLOCKLIST, max_len=MAX_ID)
         ),
         allowed_seats=frozenset(wseat) if wseat else None,
         private_imp=next((imp.index for imp in imps if imp.private), None),
         debug_field=f"{debug_at}.vastserver.debug",
+        hybrid_imps=_hybrid_imps(imps, resolved.for_position(brk.position).max_ads),
+    )
+
+
+def _hybrid_imps(imps: list[_Imp], default_max_ads: int) -> tuple[PodImp, ...] | None:
+    """Each imp of a hybrid pod (several imps, one dynamic) as :class:`PodImp`; else None."""
+    if len(imps) < 2 or all(imp.poddur_s is None for imp in imps):
+        return None
+    return tuple(
+        PodImp(imp.id, role=None if imp.slot is Slot.ANY else imp.slot.value)
+        if imp.poddur_s is None
+        else PodImp(
+            imp.id,
+            max_ads=imp.maxseq or default_max_ads,
+            capacity_s=capacity_seconds(round(imp.poddur_s * 1000)),
+        )
+        for imp in imps
     )

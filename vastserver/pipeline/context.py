@@ -13,6 +13,7 @@ from types import MappingProxyType
 from vastserver.catalog import model as catalog_model
 from vastserver.catalog.model import BreakPosition
 from vastserver.consent import ALL, NO_SIGNALS, Permissions, PrivacySignals
+from vastserver.pipeline.imps import PodImp
 from vastserver.pipeline.pod import SlotRule
 
 Clock = Callable[[], datetime]
@@ -81,6 +82,9 @@ class BreakSpec:
     slots: tuple[SlotRule, ...] | None = None
     """A structured pod whose slots take different durations: slot ``i``'s rule (the ad in
     it must fit it, on top of the rules above); ``None``: any ad fits any slot."""
+    imps: tuple[PodImp, ...] | None = None
+    """An OpenRTB hybrid pod (``POST /openrtb2/auction``): the imps its ads are split among,
+    each ad filling one (:func:`~vastserver.pipeline.imps.fit_imps`); ``None``: no split."""
 
     @property
     def session_avail(self) -> int | None:

@@ -17,6 +17,7 @@ from typing import NamedTuple
 from vastserver.catalog.model import Slot, billed_cpm
 from vastserver.pipeline.candidates import Candidate, separation_keys
 from vastserver.pipeline.context import AdRequest
+from vastserver.pipeline.imps import fit_imps
 from vastserver.pipeline.pod import (
     PodConstraints,
     PodItem,
@@ -79,6 +80,15 @@ class SlottedAd(PlacedAd):
     slot_rule: int = field(kw_only=True)
     """The index in ``BreakSpec.slots`` of the rule whose slot this ad fills: ``slot`` is its
     place among the ads played, which an empty slot before it moves up."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImpAd(PlacedAd):
+    """An ad of an OpenRTB hybrid pod (``BreakSpec.imps``), which says whose imp it fills
+    (a subclass for the reason :class:`SlottedAd` is one)."""
+
+    imp: int = field(kw_only=True)
+    """The index in ``BreakSpec.imps`` of the imp this ad fills."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,13 +360,21 @@ def decide(
             ),
             overlap,
         )
-    slot_of = {of_key[it.key]: n for n, it in enumerate(pod.items, start=1)}
+    ordered: Sequence[PodItem] = pod.items
+    imp_of: list[int] = []
+    unfit: set[int] = set()  # (survivors no split of a hybrid pod's imps takes)
+    total_ms = pod.total_duration_ms
+    if b.imps is not None and pod.items:
+        ordered, imp_of, left_out = fit_imps(pod.items, b.imps)
+        unfit = {of_key[it.key] for it in left_out}
+        total_ms = sum(it.duration_ms for it in ordered)
+    slot_of = {of_key[it.key]: n for n, it in enumerate(ordered, start=1)}
     chosen_groups = {groups[k]: k for k in slot_of}
     chosen_keys = (
         {key: k for k in slot_of for key in separation_keys(survivors[k])} if overlap else None
     )
     placed: list[PlacedAd] = []
-    n_ads = len(pod.items)
+    n_ads = len(ordered)
     for i, position in slot_of.items():
         c = survivors[i]
         # The value was computed at the ranking CPM (with its house floor); a slot price
@@ -370,11 +388,18 @@ def decide(
             SlottedAd(a.candidate, a.slot, a.prediction, a.value, a.price_cpm, slot_rule=j)
             for a, j in zip(placed, pod.slots, strict=True)
         ]
+    elif imp_of:  # a hybrid pod: which imp each ad fills
+        placed = [
+            ImpAd(a.candidate, a.slot, a.prediction, a.value, a.price_cpm, imp=j)
+            for a, j in zip(placed, imp_of, strict=True)
+        ]
     for i, c in enumerate(survivors):
         slot = slot_of.get(i)
         reason = None
         if i in dup_media:
             reason = Reason.DUPLICATE_CREATIVE
+        elif i in unfit:
+            reason = Reason.FITS_NO_SLOT
         elif slot is None:
             winner = chosen_groups.get(groups[i])
             if winner is None and chosen_keys:  # a pod ad sharing one of its keys
@@ -408,7 +433,7 @@ def decide(
         ads=tuple(placed),
         traces=tuple(traces),
         value=sum(p.value for p in placed),
-        total_duration_ms=pod.total_duration_ms,
+        total_duration_ms=total_ms,
         scorer=scorer.name,
         now=env.now,
         pod_exact=pod.exact,

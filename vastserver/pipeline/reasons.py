@@ -31,7 +31,8 @@ class Reason(StrEnum):
     LONGER_THAN_MAX = "longer_than_max_duration"
     DURATION_NOT_REQUIRED = "duration_not_in_required"
     FITS_NO_SLOT = "fits_no_slot"
-    """A structured pod whose slots take different durations: no slot takes this one."""
+    """A structured pod whose slots take different durations: no slot takes this one; or an
+    OpenRTB hybrid pod's ads (``BreakSpec.imps``): no split among its imps takes this one."""
     # targeting
     TARGETING = "targeting"
     DAYPART = "daypart"
