@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -134,6 +135,158 @@ async def test_admin_line_items_auth(client: Any) -> None:
         "spend": 700000,
         "daily_spend": None,
     }
+
+
+async def test_the_line_item_listing_is_the_array_it_was_and_pages_slice_it(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing is streamed a few line items at a time; its bytes are still the one
+    ``json_response`` it was (every line item, in id order, the same fields), and ``offset``
+    and ``limit`` cut a page of it, with the total in ``X-Total-Count``."""
+    from vastserver import delivery
+    from vastserver.app import RUNTIME
+
+    monkeypatch.setattr(delivery, "LISTING_CHUNK", 3)  # 14 line items: 5 chunks
+    ad = await _first_ad(client)
+    assert (await client.get(_local(_tracking(ad, "impression")))).status == 204
+    rt = client.server.app[RUNTIME]
+    catalog = rt.service.snapshot.catalog
+    expected = await rt.delivery.line_item_stats(catalog, sorted(catalog.line_items))
+    assert sum(r["delivered_impressions"] for r in expected) == 1  # not all zeros
+    resp = await client.get("/admin/line-items", headers=AUTH)
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert resp.headers["X-Total-Count"] == "14" and resp.headers["X-Request-Id"]
+    assert await resp.read() == json.dumps(expected).encode()  # what json_response sent
+
+    for query, page in [
+        ("offset=0&limit=3", expected[:3]),
+        ("offset=3&limit=3", expected[3:6]),
+        ("offset=4&limit=5", expected[4:9]),
+        ("offset=12", expected[12:]),
+        ("limit=7", expected[:7]),
+        ("offset=12&limit=100", expected[12:]),
+        ("offset=14", []),
+        ("offset=1000000&limit=2", []),
+        ("limit=0", []),
+        ("offset=&limit=", expected),  # empty: not given, as everywhere in the API
+    ]:
+        resp = await client.get(f"/admin/line-items?{query}", headers=AUTH)
+        assert resp.status == 200 and resp.headers["X-Total-Count"] == "14", query
+        assert await resp.read() == json.dumps(page).encode(), query
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("offset=-1", "offset"),
+        ("offset=x", "offset"),
+        ("offset=1.5", "offset"),
+        ("offset=10000000000", "offset"),
+        ("limit=-5", "limit"),
+        ("limit=ten", "limit"),
+        ("offset=2&limit=+3", "limit"),
+    ],
+)
+async def test_a_bad_page_of_line_items_is_a_400_naming_the_field(
+    client: Any, query: str, field: str
+) -> None:
+    resp = await client.get(f"/admin/line-items?{query}", headers=AUTH)
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["error"] == "bad_request" and body["field"] == field and body["why"]
+    # the admin API's 401 comes first: a bad page tells no one without the token anything
+    assert (await client.get(f"/admin/line-items?{query}")).status == 401
+
+
+async def test_a_store_down_during_the_listing_is_a_503_or_a_cut_connection(
+    client: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Down before anything is sent: a 503, as before. Down mid-listing, once the 200 is
+    sent: the connection is cut before the array closes, so no client takes the rows it
+    got for every line item; the server serves on."""
+    import aiohttp
+
+    from vastserver import delivery
+    from vastserver.app import RUNTIME
+    from vastserver.store.base import StoreUnavailable
+
+    monkeypatch.setattr(delivery, "LISTING_CHUNK", 3)
+    inner = client.server.app[RUNTIME].store.inner
+    working = inner.read
+    reads = 0
+
+    async def fails_on(n: int, *args: Any, **kw: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads >= n:
+            raise StoreUnavailable("connection refused")
+        return await working(*args, **kw)
+
+    monkeypatch.setattr(inner, "read", lambda *a, **kw: fails_on(1, *a, **kw))
+    resp = await client.get("/admin/line-items", headers=AUTH)
+    assert resp.status == 503 and await resp.json() == {"error": "store_unavailable"}
+
+    reads = 0
+    monkeypatch.setattr(inner, "read", lambda *a, **kw: fails_on(3, *a, **kw))
+    resp = await client.get("/admin/line-items", headers=AUTH)
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
+    assert "line_items_cut" in caplog.text
+    monkeypatch.setattr(inner, "read", working)
+    resp = await client.get("/admin/line-items", headers=AUTH)
+    assert len(await resp.json()) == 14
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_a_large_listing_lets_other_requests_through(
+    make_client: ClientFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 100k line items the listing was built in one go on the event loop (~7 s) and no
+    other request was answered meanwhile. It now reads, builds and sends a chunk at a time,
+    yielding in between: a /healthz sent once the first chunk is read is answered while
+    chunks are still being read (counted, not timed). The line items come in id order
+    whatever the file's order (sorted in slices, then merged)."""
+    import random
+
+    from tests.conftest import FIXED_NOW
+    from vastserver import delivery
+    from vastserver.app import RUNTIME
+    from vastserver.catalog.gen import generate_catalog
+
+    doc = generate_catalog(3000, 5, now=FIXED_NOW)
+    random.Random(1).shuffle(doc["line_items"])
+    path = tmp_path / "catalog.json"
+    path.write_text(json.dumps(doc))
+    monkeypatch.setattr(delivery, "LISTING_CHUNK", 25)  # 120 chunks
+    monkeypatch.setattr(delivery, "SCAN_CHUNK", 128)  # 24 sorted runs to merge
+    client: Any = await make_client(catalog=str(path))
+    rt = client.server.app[RUNTIME]
+    timeline: list[str] = []
+    started = asyncio.Event()
+    real = rt.delivery.line_item_stats
+
+    async def counted(catalog: Any, ids: Any) -> Any:
+        timeline.append("chunk")
+        started.set()
+        return await real(catalog, ids)
+
+    monkeypatch.setattr(rt.delivery, "line_item_stats", counted)
+
+    async def listing() -> list[dict[str, Any]]:
+        resp = await client.get("/admin/line-items", headers=AUTH)
+        assert resp.status == 200
+        return list(await resp.json())
+
+    task = asyncio.create_task(listing())
+    await started.wait()
+    assert (await client.get("/healthz")).status == 200
+    timeline.append("healthz")
+    rows = await task
+    answered = timeline.index("healthz")
+    assert timeline.count("chunk") == 120 and 0 < answered < 120, timeline
+    assert [r["id"] for r in rows] == sorted(li["id"] for li in doc["line_items"])
 
 
 async def test_event_log_records_decisions_and_beacons(

@@ -44,6 +44,7 @@ from vastserver.params import (
     header_text,
     ip_prefix,
     locate,
+    parse_page,
     parse_targeting,
     parse_vast_request,
     parse_vmap_query,
@@ -936,14 +937,74 @@ async def line_items_handler(request: web.Request) -> web.StreamResponse:
     rt = _rt(request)
     catalog = rt.service.snapshot.catalog
     li_id = request.match_info.get("id")
-    if li_id is not None and li_id not in catalog.line_items:
+    if li_id is None:
+        return await _list_line_items(request, rt, catalog)
+    if li_id not in catalog.line_items:
         return web.json_response({"error": "not_found", "id": li_id[:128]}, status=404)
-    ids = [li_id] if li_id is not None else sorted(catalog.line_items)
     try:
-        stats = await rt.delivery.line_item_stats(catalog, ids)
+        stats = await rt.delivery.line_item_stats(catalog, [li_id])
     except StoreUnavailable:
-        return web.json_response({"error": "store_unavailable"}, status=503)
-    return web.json_response(stats[0] if li_id is not None else stats)
+        return _store_unavailable()
+    return web.json_response(stats[0])
+
+
+def _store_unavailable() -> web.Response:
+    return web.json_response({"error": "store_unavailable"}, status=503)
+
+
+async def _list_line_items(
+    request: web.Request, rt: Runtime, catalog: Catalog
+) -> web.StreamResponse:
+    """``GET /admin/line-items``: the JSON array of every line item's stats (or the page
+    ``offset`` and ``limit`` ask for), streamed a chunk at a time as
+    :meth:`DeliveryControl.line_item_pages` reads them (yielding to serving in between),
+    byte for byte what one ``json_response`` of the whole list was. The first chunk is read
+    before the status is sent: a store that is down then is a 503. One that fails later
+    cuts the connection before the array is closed (with chunked encoding, before its last
+    chunk), so that no client takes a short list for the whole."""
+    try:
+        offset, limit = parse_page(request.query)
+    except ParamError as e:
+        return _bad_request(e)
+    pages = rt.delivery.line_item_pages(catalog, offset, limit)
+    try:
+        try:
+            chunk = await anext(pages, None)
+        except StoreUnavailable:
+            return _store_unavailable()
+        resp = web.StreamResponse(headers={"X-Total-Count": str(len(catalog.line_items))})
+        # set here: the edge middleware sets it once the handler returns, too late for a
+        # response already sent
+        resp.headers["X-Request-Id"] = REQUEST_ID.get() or _new_request_id()
+        resp.content_type = "application/json"
+        resp.charset = "utf-8"
+        await resp.prepare(request)
+        sent = 0
+        try:
+            await resp.write(b"[")
+            while chunk is not None:
+                if chunk:  # json.dumps(list)'s own separators: the same bytes as before
+                    text = json.dumps(chunk)[1:-1]
+                    await resp.write((", " + text if sent else text).encode())
+                    sent += len(chunk)
+                chunk = await anext(pages, None)
+            await resp.write(b"]")
+        except StoreUnavailable as e:
+            log_event(
+                log,
+                "line_items_cut",
+                logging.WARNING,
+                sent=sent,
+                error=str(e)[:200],
+                detail="the store failed mid-listing: the connection was cut",
+            )
+            if request.transport is not None:
+                request.transport.abort()
+        except ConnectionError:
+            pass  # the client went away: nothing more to send
+        return resp
+    finally:
+        await pages.aclose()
 
 
 async def healthz(request: web.Request) -> web.StreamResponse:

@@ -18,12 +18,13 @@ Failure policy when the store is unreachable (documented per counter type):
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import math
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from itertools import islice
@@ -207,6 +208,10 @@ tuples of strings and ints, which the garbage collector stops tracking."""
 
 SCAN_CHUNK = 1000
 """Line items per step of a scan with no store read (~0.5 ms each at 100k)."""
+LISTING_CHUNK = 50
+"""Line items per store read and per written chunk of ``GET /admin/line-items``: ~1 ms of
+work (their counters, rows and JSON), a request arriving meanwhile waits about that long
+(100 took ~3.5 ms)."""
 SLICE_S = 0.002
 """Most time a pacing pass holds the event loop between two yields (wall time, not the
 injected clock: it schedules work, it decides nothing). A chunk of :data:`PACING_CHUNK`
@@ -1066,6 +1071,32 @@ class DeliveryControl:
 
     # ------------------------------------------------------------------ reporting
 
+    async def line_item_pages(
+        self, catalog: Catalog, offset: int = 0, limit: int | None = None
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """:meth:`line_item_stats` of the catalog's line items in id order, from the
+        ``offset``-th, at most ``limit`` of them (None: all), :data:`LISTING_CHUNK` at a time,
+        yielding to the event loop between chunks: at 100k line items the listing built in
+        one go (500k counters read, 62 MB of JSON) held the loop ~7 s, and every request
+        waited. Each chunk is read from the store when it is asked for; a
+        :class:`~vastserver.store.base.StoreUnavailable` comes out of the chunk it hit."""
+        ids = await _sorted_in_slices(catalog.line_items)
+        while offset > 0:  # the skipped ones, a slice at a time
+            step = min(SCAN_CHUNK, offset)
+            if next(islice(ids, step - 1, step), None) is None:
+                return  # fewer line items than that
+            offset -= step
+            await asyncio.sleep(0)
+        left = limit
+        while left is None or left > 0:
+            chunk = list(islice(ids, LISTING_CHUNK if left is None else min(LISTING_CHUNK, left)))
+            if not chunk:
+                return
+            if left is not None:
+                left -= len(chunk)
+            yield await self.line_item_stats(catalog, chunk)
+            await asyncio.sleep(0)
+
     async def line_item_stats(self, catalog: Catalog, ids: Sequence[str]) -> list[dict[str, Any]]:
         now = self.clock()
         reads: list[Read] = []
@@ -1113,6 +1144,18 @@ class DeliveryControl:
                 }
             )
         return out
+
+
+async def _sorted_in_slices(ids: Iterable[str]) -> Iterator[str]:
+    """``ids`` in order, without holding the event loop for the whole sort (~55 ms for 100k
+    ids in no order): runs of :data:`SCAN_CHUNK` are sorted between yields, then merged
+    lazily as the ids are taken."""
+    pending = list(ids)
+    runs: list[list[str]] = []
+    for start in range(0, len(pending), SCAN_CHUNK):
+        runs.append(sorted(pending[start : start + SCAN_CHUNK]))
+        await asyncio.sleep(0)
+    return heapq.merge(*runs)
 
 
 def _budget_json(b: Budget) -> dict[str, float | int | None]:

@@ -608,6 +608,17 @@ def apply_gdpr_by_geo(x: Located, tcf_vendor_id: int | None = None) -> Located:
     )
 
 
+PAGE_MAX = 999_999_999
+"""The largest ``offset`` or ``limit`` of a listing (nine digits, as :func:`_int` reads)."""
+
+
+def parse_page(q: Mapping[str, str]) -> tuple[int, int | None]:
+    """A listing's ``offset`` (default 0) and ``limit`` (default None: every item), each a
+    non-negative integer."""
+    offset = _int(q, "offset", lo=0, hi=PAGE_MAX)
+    return 0 if offset is None else offset, _int(q, "limit", lo=0, hi=PAGE_MAX)
+
+
 def parse_break_position(q: Mapping[str, str]) -> BreakPosition:
     got = _get(q, "break")
     if got is None:
