@@ -353,7 +353,7 @@ def test_sighup_reloads_catalog_and_keeps_old_on_error(server_factory: Any, tmp_
     assert srv.stop() == 0
 
 
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_sighup_during_start_up_reloads_once_started(
     server_factory: Any, redis_url: str, workers: int, sig: signal.Signals
@@ -361,7 +361,8 @@ def test_a_sighup_during_start_up_reloads_once_started(
     """An operator's SIGHUP can reach the server while it is still loading its catalog (a
     deploy tool that reloads right after starting, a 100k catalog that takes 20 s). Its
     default action kills the process; the server notes it instead and reloads once up.
-    The same for SIGUSR1 (the model alone), which a worker's admin model reload sends."""
+    The same for SIGUSR1 (the model alone) and SIGUSR2 (the catalog alone), which a worker's
+    admin model and catalog reloads send."""
     extra = ("--workers", "2", "--redis", redis_url) if workers == 2 else ()
     srv = server_factory("--event-log", "off", *extra)
     lines = list(srv.head())
@@ -375,15 +376,17 @@ def test_a_sighup_during_start_up_reloads_once_started(
     def count(event: str, got: list[str]) -> int:
         return sum(f'"event":"{event}"' in line for line in lines + got)
 
-    reloads = workers if sig == signal.SIGHUP else 0
+    reloads = 0 if sig == signal.SIGUSR1 else workers
+    models = workers if sig == signal.SIGUSR2 else 2 * workers
     # the reload runs in the background once the server is up: wait for what it logs (a
-    # model loaded at start, then once more for the signal), then that nothing more came
-    out.wait_for(lambda got: count("model_loaded", got) >= 2 * workers, 60)
+    # model loaded at start, then once more for a signal that reloads it), then that
+    # nothing more came
+    out.wait_for(lambda got: count("model_loaded", got) >= models, 60)
     out.wait_for(lambda got: count("catalog_reload", got) >= reloads, 60)
     assert srv.stop() == 0
     lines += out.finish()
     assert count("catalog_reload", []) == reloads, lines
-    assert count("model_loaded", []) == 2 * workers, lines
+    assert count("model_loaded", []) == models, lines
 
 
 def test_invalid_settings_list_every_problem() -> None:
@@ -832,13 +835,32 @@ def test_an_admin_reload_reaches_every_worker(
 ) -> None:
     """POST /admin/catalog/reload lands on one worker; with --workers 2 the other kept the
     old catalog for good (a line item paused through the API served on; a reviewer found
-    it). The worker that reloaded asks the parent to SIGHUP them all."""
+    it). The worker that reloaded asks the parent to send them all a signal that reloads
+    the catalog, and only the catalog: it was SIGHUP, which reloaded the model too in the
+    other worker (its model then differed from the answering worker's when the bundle had
+    changed, until the model watch ran; for good with the watch off). Now SIGUSR2."""
     catalog = tmp_path / "catalog.json"
     shutil.copy(DEMO_CATALOG, catalog)
     srv = server_factory(
-        "--catalog", str(catalog), "--workers", "2", "--redis", redis_url, "--event-log", "off"
-    )
+        "--catalog", str(catalog), "--workers", "2", "--redis", redis_url, "--event-log", "off",
+        "--metrics-port", "0",
+    )  # fmt: skip
     srv.wait_ready()
+
+    def reloads(port: int) -> tuple[float, float]:
+        """A worker's catalog reloads and model reloads (``ok``), from its own metrics."""
+        status, text = _until_up(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+
+        def ok(family: bytes) -> float:
+            m = re.search(
+                rb'^vastserver_%s_reloads_total\{result="ok"\} (\S+)' % family, text, re.M
+            )
+            return 0.0 if m is None else float(m.group(1))
+
+        return ok(b"catalog"), ok(b"model")
+
+    assert [reloads(port) for port in srv.metrics_ports] == [(0, 0), (0, 0)]
     data = json.loads(catalog.read_text())
     data["version"] = "admin-2"
     catalog.write_text(json.dumps(data))
@@ -850,13 +872,16 @@ def test_an_admin_reload_reaches_every_worker(
     with urllib.request.urlopen(req, timeout=30) as r:
         assert json.loads(r.read())["version"].startswith("admin-2+")
     deadline = time.monotonic() + 15
-    while True:  # fresh connections: either worker may accept each
-        seen = {json.loads(_get(srv.base + "/readyz")[1])["catalog"]["version"] for _ in range(30)}
-        if all(v.startswith("admin-2+") for v in seen) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
-    assert all(v.startswith("admin-2+") for v in seen), seen
+    while (got := [reloads(port) for port in srv.metrics_ports]) != [(1, 0), (1, 0)]:
+        assert time.monotonic() < deadline, got  # each worker reloads its catalog, not its model
+        time.sleep(0.1)
+    for _ in range(30):  # fresh connections: either worker may accept each
+        version = json.loads(_get(srv.base + "/readyz")[1])["catalog"]["version"]
+        assert version.startswith("admin-2+"), version
     assert srv.stop() == 0
+    lines = [json.loads(x) for x in srv.output().splitlines() if x]
+    assert sum(x["event"] == "catalog_reload" for x in lines) == 2, lines
+    assert sum(x["event"] == "model_loaded" for x in lines) == 2, lines  # the two at start
 
 
 def test_an_admin_model_reload_reaches_every_worker(
@@ -1162,7 +1187,7 @@ def test_an_orphaned_worker_signals_no_one_but_reloads_itself(
     sent: list[tuple[int, int]] = []
     monkeypatch.setattr(app.os, "kill", lambda pid, sig: sent.append((pid, sig)))
     rt: Any = SimpleNamespace(settings=SimpleNamespace(workers=2))
-    reload = app.SignalReload(signal.SIGUSR1, model_only=True)
+    reload = app.SignalReload(signal.SIGUSR1, catalog=False)
     monkeypatch.setattr(app, "SUPERVISOR_PID", os.getppid() + 1)  # not the parent any more
     with caplog.at_level(logging.WARNING, logger="vastserver.http"):
         app._reload_the_other_workers(rt, reload)

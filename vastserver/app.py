@@ -104,7 +104,10 @@ class SignalReload:
     during it, and whether to let the next one pass."""
 
     signum: signal.Signals
-    model_only: bool = False
+    model: bool = True
+    """Whether it reloads the model."""
+    catalog: bool = True
+    """Whether it reloads the catalog."""
     task: asyncio.Task[None] | None = None
     again: bool = False
     skip: bool = False
@@ -133,9 +136,11 @@ class Runtime:
     sighup: SignalReload = field(default_factory=lambda: SignalReload(signal.SIGHUP))
     """SIGHUP: reload the catalog and the model."""
     sigusr1: SignalReload = field(
-        default_factory=lambda: SignalReload(signal.SIGUSR1, model_only=True)
+        default_factory=lambda: SignalReload(signal.SIGUSR1, catalog=False)
     )
     """SIGUSR1: reload the model alone (a catalog of 100k line items takes seconds)."""
+    sigusr2: SignalReload = field(default_factory=lambda: SignalReload(signal.SIGUSR2, model=False))
+    """SIGUSR2: reload the catalog alone, as ``POST /admin/catalog/reload`` does."""
     log_sampler: Sampler = field(default_factory=Sampler)
 
 
@@ -1093,7 +1098,7 @@ async def reload_catalog_handler(request: web.Request) -> web.StreamResponse:
     except OSError as e:
         _log_reload_rejected([str(e)], logging.WARNING, "admin")
         return web.json_response({"error": "catalog_unreadable", "why": str(e)}, status=422)
-    _reload_the_other_workers(rt, rt.sighup)
+    _reload_the_other_workers(rt, rt.sigusr2)
     return web.json_response({"version": snap.catalog.version})
 
 
@@ -1103,11 +1108,12 @@ SUPERVISOR_PID: int | None = None
 
 def _reload_the_other_workers(rt: Runtime, reload: SignalReload) -> None:
     """An admin reload reaches one worker (the one its connection landed on): with several,
-    ask the supervisor to send them all the reload's signal (SIGHUP for the catalog, SIGUSR1
-    for the model alone), as that signal to the server does; this worker, which has just
-    reloaded, lets it pass (a 100k catalog takes seconds to load). Only while the supervisor
-    is still this worker's parent: once it died, the process that adopted the worker (init,
-    as root PID 1) must not get a signal meant for it."""
+    ask the supervisor to send them all the reload's signal (SIGUSR2 for the catalog alone,
+    SIGUSR1 for the model alone: what the admin reload did here, no more), as that signal to
+    the server does; this worker, which has just reloaded, lets it pass (a 100k catalog
+    takes seconds to load). Only while the supervisor is still this worker's parent: once it
+    died, the process that adopted the worker (init, as root PID 1) must not get a signal
+    meant for it."""
     if rt.settings.workers > 1:
         if SUPERVISOR_PID is None or os.getppid() != SUPERVISOR_PID:
             log_event(
@@ -1425,7 +1431,8 @@ async def _readiness(app: web.Application) -> AsyncIterator[None]:
 
 def reload_from_signal(rt: Runtime, reload: SignalReload | None = None) -> None:
     """SIGHUP (``reload`` defaults to ``rt.sighup``): reload the catalog and the model, in the
-    background; SIGUSR1 (``rt.sigusr1``): the model alone. Whatever fails validation is
+    background; SIGUSR1 (``rt.sigusr1``): the model alone; SIGUSR2 (``rt.sigusr2``): the
+    catalog alone. Whatever fails validation is
     logged and the old one keeps serving. Signals that arrive while a reload runs make one
     more reload after it, not one each (a burst of SIGHUPs queued a full catalog load
     apiece)."""
@@ -1444,8 +1451,9 @@ def reload_from_signal(rt: Runtime, reload: SignalReload | None = None) -> None:
 
 async def _reload_on_signal(rt: Runtime, reload: SignalReload) -> None:
     while True:
-        await rt.service.models.reload()
-        if not reload.model_only:
+        if reload.model:
+            await rt.service.models.reload()
+        if reload.catalog:
             await _reload_catalog_logged(rt)
         if not reload.again:
             return
@@ -1472,16 +1480,17 @@ def _log_reload_rejected(problems: list[str], level: int, via: str) -> None:
     )
 
 
-RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
-"""SIGHUP reloads the catalog and the model, SIGUSR1 the model alone."""
+RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+"""SIGHUP reloads the catalog and the model, SIGUSR1 the model alone, SIGUSR2 the catalog
+alone."""
 _early_signals: set[int] = set()
 
 
 def hold_sighup() -> None:
     """From process start until the server's loop takes the reload signals over
-    (:func:`_sighup`), a SIGHUP or SIGUSR1 is noted instead of taking its default action,
-    which kills the process: before, a reload signal sent while a worker loaded its catalog
-    (15-25 s at 100k line items) stopped the server. A noted signal makes one reload once
+    (:func:`_sighup`), a SIGHUP, SIGUSR1 or SIGUSR2 is noted instead of taking its default
+    action, which kills the process: before, a reload signal sent while a worker loaded its
+    catalog (15-25 s at 100k line items) stopped the server. A noted signal makes one reload once
     the server runs, since the files may have changed after start-up read them. Forked
     workers inherit the holder, and start with nothing noted: a signal the parent noted
     before the fork is the parent's to pass on."""
@@ -1504,7 +1513,7 @@ def take_early_signals() -> list[signal.Signals]:
 async def _sighup(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     rt = app[RUNTIME]
-    reloads = {signal.SIGHUP: rt.sighup, signal.SIGUSR1: rt.sigusr1}
+    reloads = {signal.SIGHUP: rt.sighup, signal.SIGUSR1: rt.sigusr1, signal.SIGUSR2: rt.sigusr2}
     before = {sig: signal.getsignal(sig) for sig in RELOAD_SIGNALS}
     try:
         for sig, reload in reloads.items():

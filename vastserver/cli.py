@@ -451,7 +451,7 @@ def _log_listening(
     )
 
 
-_FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1}
+_FORWARDED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 
 
 PR_SET_PDEATHSIG = 1
@@ -482,8 +482,8 @@ def _worker_process(
     supervisor: int,
 ) -> None:
     """A forked worker, with the signal dispositions of a fresh start (SIGTERM and SIGINT
-    stop it while it loads, without a traceback; a SIGHUP or SIGUSR1 is held until it
-    serves), then unblocked. It stops when ``supervisor`` dies."""
+    stop it while it loads, without a traceback; a SIGHUP, SIGUSR1 or SIGUSR2 is held until
+    it serves), then unblocked. It stops when ``supervisor`` dies."""
     from vastserver import app
     from vastserver.app import hold_sighup
 
@@ -558,8 +558,9 @@ def _supervise(
     signal.signal(signal.SIGINT, stop)
     for i in range(n):
         spawn(i)
-    # until every worker exists a SIGHUP (catalog and model) or SIGUSR1 (model) stays held
-    # (noted), then it is passed on to all; a worker's admin reload sends one here too
+    # until every worker exists a SIGHUP (catalog and model), SIGUSR1 (model) or SIGUSR2
+    # (catalog) stays held (noted), then it is passed on to all; a worker's admin reload
+    # sends one here too
     for sig in RELOAD_SIGNALS:
         signal.signal(sig, stop)
     for sig in take_early_signals():  # came while the workers were being started
