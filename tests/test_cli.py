@@ -389,6 +389,35 @@ def test_a_sighup_during_start_up_reloads_once_started(
     assert count("model_loaded", []) == models, lines
 
 
+CHILD_LAUNCH = """
+import signal, sys, types
+sys.argv = ["vastserver", "serve", "--port", "0"]
+fake = types.ModuleType("vastserver.cli")  # what serve would import, reduced to a report
+def main():
+    held = [signal.getsignal(s).__name__ for s in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)]
+    print(held, "aiohttp" in sys.modules)
+    return 0
+fake.main = main
+sys.modules["vastserver.cli"] = fake
+from vastserver.launch import main as launch
+raise SystemExit(launch())
+"""
+
+
+def test_the_reload_signals_are_held_before_the_heavy_imports() -> None:
+    """``serve`` held the reload signals once it had imported the CLI and the server (1-2 s
+    on a small machine): a SIGHUP in that window killed it (exit 129, no log line). The
+    command's entry point now holds them before importing anything else."""
+    got = subprocess.run(
+        [sys.executable, "-c", CHILD_LAUNCH], capture_output=True, text=True, timeout=60
+    )
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.strip() == "['_note_signal', '_note_signal', '_note_signal'] False"
+    script = Path(sys.executable).with_name("vastserver")
+    if script.exists():  # the installed command goes through the same entry point
+        assert "from vastserver.launch import main" in script.read_text()
+
+
 def test_invalid_settings_list_every_problem() -> None:
     env = _env(
         VASTSERVER_PUBLIC_URL="ftp://nope",

@@ -1,3 +1,3 @@
-from vastserver.cli import main
+from vastserver.launch import main
 
 raise SystemExit(main())

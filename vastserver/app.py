@@ -63,6 +63,7 @@ from vastserver.records import EventSink, NullSink, beacon_record
 from vastserver.render import Renderer
 from vastserver.service import AdService, build_snapshot
 from vastserver.settings import Settings
+from vastserver.signals import RELOAD_SIGNALS, take_early_signals
 from vastserver.store import open_store
 from vastserver.store.base import Store, StoreUnavailable, within
 from vastserver.store.memory import MemoryStore
@@ -1478,36 +1479,6 @@ def _log_reload_rejected(problems: list[str], level: int, via: str) -> None:
         problem_count=len(problems),
         via=via,
     )
-
-
-RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
-"""SIGHUP reloads the catalog and the model, SIGUSR1 the model alone, SIGUSR2 the catalog
-alone."""
-_early_signals: set[int] = set()
-
-
-def hold_sighup() -> None:
-    """From process start until the server's loop takes the reload signals over
-    (:func:`_sighup`), a SIGHUP, SIGUSR1 or SIGUSR2 is noted instead of taking its default
-    action, which kills the process: before, a reload signal sent while a worker loaded its
-    catalog (15-25 s at 100k line items) stopped the server. A noted signal makes one reload once
-    the server runs, since the files may have changed after start-up read them. Forked
-    workers inherit the holder, and start with nothing noted: a signal the parent noted
-    before the fork is the parent's to pass on."""
-    _early_signals.clear()
-    for sig in RELOAD_SIGNALS:
-        signal.signal(sig, _note_signal)
-
-
-def _note_signal(signum: int, _frame: object) -> None:
-    _early_signals.add(signum)
-
-
-def take_early_signals() -> list[signal.Signals]:
-    """The reload signals that came while they were held, and forget them."""
-    noted = [sig for sig in RELOAD_SIGNALS if sig in _early_signals]
-    _early_signals.clear()
-    return noted
 
 
 async def _sighup(app: web.Application) -> AsyncIterator[None]:

@@ -377,9 +377,11 @@ def _listen_failed(host: str, port: int, e: OSError, *, metrics: bool = False) -
 
 def serve(argv: Sequence[str]) -> int:
     args = _serve_parser().parse_args(list(argv))  # usage errors name `vastserver serve`
-    from vastserver.app import hold_sighup
+    from vastserver.signals import hold_sighup
 
-    hold_sighup()  # a SIGHUP during start-up reloads once started; its default kills
+    # a reload signal during start-up reloads once started; its default kills (installed
+    # first by vastserver.launch, before the imports: keep what it noted)
+    hold_sighup(keep_noted=True)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     try:
         settings = load_settings(os.environ, overrides, check_bundles=True)
@@ -485,7 +487,7 @@ def _worker_process(
     stop it while it loads, without a traceback; a SIGHUP, SIGUSR1 or SIGUSR2 is held until
     it serves), then unblocked. It stops when ``supervisor`` dies."""
     from vastserver import app
-    from vastserver.app import hold_sighup
+    from vastserver.signals import hold_sighup
 
     if not _die_with(supervisor):
         return  # the supervisor died while forking it
@@ -514,7 +516,7 @@ def _supervise(
     worker of the first start that exits 2 could not start (its port, its settings): the
     server is not what was asked for, so the others stop too and the exit status is 2. After
     SIGTERM/SIGINT: 0 when every worker stopped as asked, else 1."""
-    from vastserver.app import RELOAD_SIGNALS, take_early_signals
+    from vastserver.signals import RELOAD_SIGNALS, take_early_signals
 
     ctx = multiprocessing.get_context("fork")
     n = settings.workers
