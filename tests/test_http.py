@@ -89,6 +89,12 @@ async def test_vast_headers_and_cors(client: Any) -> None:
     )
     assert pre.status == 204
     assert pre.headers["Access-Control-Allow-Origin"] == "https://p.example"
+    # a path we do not serve has nothing to preflight: its 404, not a 204 allowing methods
+    nowhere = await client.options(
+        "/nope/x",
+        headers={"Origin": "https://p.example", "Access-Control-Request-Method": "GET"},
+    )
+    assert nowhere.status == 404 and "Access-Control-Allow-Methods" not in nowhere.headers
 
 
 async def test_no_fill_is_valid_empty_vast(client: Any) -> None:

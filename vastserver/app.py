@@ -293,7 +293,13 @@ async def _guarded(
     rt: Runtime, request: web.Request, handler: Handler, endpoint: str, origin: str | None
 ) -> web.StreamResponse:
     """Steps 3-5 of :func:`edge_mw` (CORS preflight, limits, guard) around the handler."""
-    if origin and request.method == "OPTIONS":
+    unmatched = (
+        request.match_info.http_exception
+        if isinstance(request.match_info, MatchInfoError)
+        else None
+    )
+    if origin and request.method == "OPTIONS" and (unmatched is None or unmatched.status != 404):
+        # a preflight of a path we serve (its other methods: the router's 405)
         resp: web.StreamResponse = web.Response(status=204)
         resp.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
         req_headers = request.headers.get("Access-Control-Request-Headers")
@@ -301,10 +307,9 @@ async def _guarded(
             resp.headers["Access-Control-Allow-Headers"] = req_headers[:512]
         resp.headers["Access-Control-Max-Age"] = "600"
         return resp
-    if isinstance(request.match_info, MatchInfoError):
+    if unmatched is not None:
         # 404/405: answered, not raised (aiohttp's handler raises it; the traceback would
         # hold the frames in a cycle)
-        unmatched = request.match_info.http_exception
         return web.Response(
             status=unmatched.status,
             text=unmatched.text,
