@@ -21,12 +21,19 @@ from vastserver.catalog.model import RATINGS, BreakPosition, Catalog, Slot
 from vastserver.params import ClientInfo, parse_vast_request
 from vastserver.pipeline import matching
 from vastserver.pipeline.candidates import Candidate, all_candidates
-from vastserver.pipeline.context import AdRequest, BreakSpec
+from vastserver.pipeline.context import AdRequest, BreakSpec, DurationFloors, ImpFloors
 from vastserver.pipeline.decide import screen
 from vastserver.pipeline.matching import CatalogIndex, build_index
-from vastserver.pipeline.pod import capacity_seconds
+from vastserver.pipeline.pod import SlotRule, capacity_seconds
 from vastserver.pipeline.reasons import Reason
-from vastserver.pipeline.stages import PRE_DELIVERY_FILTERS, PreGate, StageEnv, floor, policy
+from vastserver.pipeline.stages import (
+    PRE_DELIVERY_FILTERS,
+    PreGate,
+    StageEnv,
+    floor,
+    policy,
+    slot_floor_mask,
+)
 
 NOW = datetime(2026, 11, 25, 20, 0, tzinfo=UTC)
 CLIENT = ClientInfo("198.51.100.7", "ua", "198.51.100.7", "ua")
@@ -432,6 +439,47 @@ def test_price_floor_reads_what_an_impression_is_billed() -> None:
     assert at(0.01, flat) is Reason.BELOW_FLOOR and at(0.0, flat) is None
     assert at(cpm.line_item.price, cpm) is None
     assert at(cpm.line_item.price + 1, cpm) is Reason.BELOW_FLOOR
+
+
+def test_slot_floors_read_the_price_billed_in_each_slot() -> None:
+    """Per-slot floors (each imp's own, OpenRTB): an ad may fill a slot whose imp's floors
+    its price there meets, in any place the slot may make it play (the first slot first,
+    the last last or alone, one between anywhere); none such: ``below_floor``."""
+    doc = json.loads((Path(__file__).parents[1] / "fixtures" / "demo-catalog.json").read_text())
+    li = next(li for li in doc["line_items"] if li["id"] == "li-streamly-originals-ron")
+    li["price"], li["slot_prices"] = 30.0, {"first": 45.0}
+    c = next(
+        c
+        for c in all_candidates(parse_catalog(doc))
+        if c.line_item.id == li["id"] and c.creative.duration_ms == 30_000
+    )
+    env = StageEnv(now=datetime(2026, 11, 25, 20, tzinfo=UTC))
+    rule = SlotRule(max_ms=30_000)
+    brk = BreakSpec(BreakPosition.MID, 90_000, 3, slots=(rule, rule, rule))
+
+    def mask(*floors: ImpFloors) -> int:
+        req = AdRequest(brk=brk, slot_floors=floors)
+        assert (floor(req, c, env) is None) is (slot_floor_mask(req, c) != 0)
+        return slot_floor_mask(req, c)
+
+    per_ad = [ImpFloors(per_ad=f) for f in (40.0, 1.0, 35.0)]
+    assert mask(*per_ad) == 0b011  # first: 45; between: 30 at the least; last: 30 (or 45)
+    assert mask(ImpFloors(per_ad=30.0), ImpFloors(per_ad=30.01), ImpFloors(per_ad=30.0)) == 0b101
+    assert mask(*[ImpFloors(per_s=1.5)] * 3) == 0b001  # 45 for 30 s in the first alone
+    durs = DurationFloors(ranges=((30, 30, 44.0),), default=99.0)
+    assert mask(ImpFloors(by_duration=durs), ImpFloors(), ImpFloors(per_ad=50.0)) == 0b011
+    req = AdRequest(brk=brk, slot_floors=(ImpFloors(per_ad=46.0),) * 3)
+    assert floor(req, c, env) is Reason.BELOW_FLOOR
+    short = replace(brk, slots=(SlotRule(max_ms=15_000), rule, rule))  # it fits no first slot
+    req = AdRequest(
+        brk=short, slot_floors=(ImpFloors(per_ad=40.0), ImpFloors(per_ad=99.0), ImpFloors())
+    )
+    assert slot_floor_mask(req, c) == 0b100
+    req = AdRequest(
+        brk=short,
+        slot_floors=(ImpFloors(per_ad=40.0), ImpFloors(per_ad=99.0), ImpFloors(per_ad=99.0)),
+    )
+    assert floor(req, c, env) is Reason.BELOW_FLOOR
 
 
 def _creative(n: str, secs: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -122,6 +123,8 @@ def slotted_oracle(
         walk(j + 1, [*chosen, None])
         for it in items:
             fits = it.key in rank and _fits_break(it, c) and _fits_slot(it, c.slots[j])
+            if c.slot_masks is not None and it.key in c.slot_masks:
+                fits = fits and bool(c.slot_masks[it.key] >> j & 1)  # (its price, slot j)
             if fits and it.key not in chosen:
                 walk(j + 1, [*chosen, it.key])
 
@@ -194,6 +197,38 @@ def slotted(draw: st.DrawFn) -> PodConstraints:
 @given(items=pod_items(max_size=7), c=slotted())
 def test_matches_brute_force_oracle(items: list[PodItem], c: PodConstraints) -> None:
     check(items, c)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(items=pod_items(max_size=7), c=slotted(), data=st.data())
+def test_slot_masks_match_the_oracle(
+    items: list[PodItem], c: PodConstraints, data: st.DataObject
+) -> None:
+    """``slot_masks`` (the slots each ad's price lets it fill: per-imp floors) on top of the
+    rules: the oracle's best assignment among those the masks allow, an unlisted ad any."""
+    assert c.slots is not None
+    full = (1 << len(c.slots)) - 1
+    listed = data.draw(st.sets(st.sampled_from([it.key for it in items]))) if items else set()
+    masks = {key: data.draw(st.integers(0, full)) for key in sorted(listed)}
+    c = replace(c, slot_masks=masks)
+    r = check(items, c)
+    for it, j in zip(r.items, r.slots, strict=True):
+        assert masks.get(it.key, full) >> j & 1
+
+
+def test_a_slot_its_floor_closes_to_an_ad_goes_to_another() -> None:
+    """The best ad (9) may not fill the first slot (its imp's floor is above its price):
+    it fills the next, and the first takes the best ad that may; none that may: empty."""
+    rule = SlotRule(max_ms=30000)
+    items = [item(1, 15, 9.0, group="a"), item(2, 15, 4.0, group="b"), item(3, 15, 1.0, group="c")]
+    c = PodConstraints(45000, 2, slots=(rule, rule), slot_masks={1: 0b10, 3: 0b10})
+    r = build_pod(items, c)
+    assert (keys(r), r.slots) == ([2, 1], (0, 1))
+    c = PodConstraints(45000, 2, slots=(rule, rule), slot_masks={1: 0b10, 2: 0b10, 3: 0b10})
+    r = build_pod(items, c)
+    assert (keys(r), r.slots) == ([1], (1,))
+    c = PodConstraints(45000, 2, slots=(rule, rule), slot_masks={1: 0, 2: 0, 3: 0})
+    assert build_pod(items, c).items == ()
 
 
 def test_many_seeded_instances_with_ties_and_duplicates() -> None:

@@ -5,7 +5,7 @@ Built by the HTTP layer (query string, OpenRTB JSON) and never mutated afterward
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -14,7 +14,7 @@ from vastserver.catalog import model as catalog_model
 from vastserver.catalog.model import BreakPosition
 from vastserver.consent import ALL, NO_SIGNALS, Permissions, PrivacySignals
 from vastserver.pipeline.imps import PodImp
-from vastserver.pipeline.pod import SlotRule
+from vastserver.pipeline.pod import SlotRule, rounded_seconds
 
 Clock = Callable[[], datetime]
 """Returns the current time as an aware UTC datetime; injected so tests control time."""
@@ -138,6 +138,45 @@ class DurationFloors:
         return max(found) if found else self.default
 
 
+def below_floors(
+    price_cpm: float,
+    duration_ms: int,
+    per_s: float | None,
+    per_ad: float | None,
+    by_duration: Sequence[DurationFloors],
+) -> bool:
+    """Whether an ad of ``duration_ms`` billed ``price_cpm`` is under one of these floors:
+    ``mincpmpersec`` (``per_s``), ``bidfloor`` (``per_ad``), each ``durfloors``. Per second,
+    the ad's seconds are its exact length or the whole seconds its bid states (``bid.dur``),
+    whichever is longer: an exchange divides the bid's price by the latter."""
+    if (
+        per_s is not None
+        and price_cpm < per_s * max(duration_ms, 1000 * rounded_seconds(duration_ms)) / 1000
+    ):
+        return True
+    if per_ad is not None and price_cpm < per_ad:
+        return True
+    if by_duration:
+        seconds = rounded_seconds(duration_ms)
+        return any(price_cpm < f.floor_for(seconds) for f in by_duration)
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class ImpFloors:
+    """One OpenRTB imp's price floors, which the ad filling that imp must meet at the price
+    it is billed there: ``mincpmpersec`` (``per_s``), else ``bidfloor`` (``per_ad``), and
+    its ``durfloors``."""
+
+    per_s: float | None = None
+    per_ad: float | None = None
+    by_duration: DurationFloors | None = None
+
+    def admits(self, price_cpm: float, duration_ms: int) -> bool:
+        by_duration = () if self.by_duration is None else (self.by_duration,)
+        return not below_floors(price_cpm, duration_ms, self.per_s, self.per_ad, by_duration)
+
+
 @dataclass(frozen=True, slots=True)
 class AdRequest:
     brk: BreakSpec
@@ -178,6 +217,11 @@ class AdRequest:
     duration_floors: tuple[DurationFloors, ...] = ()
     """OpenRTB ``imp.durfloors``, one entry per imp listing them: an ad's CPM must reach
     each entry's floor for its seconds."""
+    slot_floors: tuple[ImpFloors, ...] | None = None
+    """OpenRTB, a structured pod whose imps' floors differ: the floors of each slot's imp,
+    aligned with ``brk.slots``. The ad filling a slot meets them at the price it is billed
+    there (:func:`~vastserver.pipeline.stages.slot_floor_mask`); an ad no slot takes at its
+    price is ``below_floor``. ``None``: the floors above hold for every ad."""
     test: bool = False
     """OpenRTB ``test`` = 1 (``test=1`` on /vast, /decide and /vmap): decided and rendered
     as usual, but nothing is reserved or remembered and the ads' beacons count nothing

@@ -33,7 +33,7 @@ from vastserver.pipeline.scoring import (
     effective_cpm,
     values,
 )
-from vastserver.pipeline.stages import FILTERS, Filter, SlotPay, StageEnv
+from vastserver.pipeline.stages import FILTERS, Filter, SlotPay, StageEnv, slot_floor_mask
 
 NEG_INF = float("-inf")
 _SEPARATION_KEYS = operator.attrgetter("separation_keys")
@@ -357,6 +357,9 @@ def decide(
                 max_ad_duration_ms=b.max_ad_duration_ms,
                 required_durations_s=b.required_durations_s,
                 slots=b.slots,
+                slot_masks=None
+                if req.slot_floors is None
+                else {k: slot_floor_mask(req, survivors[i]) for k, i in of_key.items()},
             ),
             overlap,
         )

@@ -621,7 +621,9 @@ class BitIndex:
         )
         gated = paced is not None or refused is not None
         check_all = bool(req.duration_floors) or (
-            req.floor_cpm_per_s is not None or req.floor_cpm is not None
+            req.floor_cpm_per_s is not None
+            or req.floor_cpm is not None
+            or req.slot_floors is not None
         )
         residual = self.residual_flags
         cands = self.candidates

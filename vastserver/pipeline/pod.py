@@ -186,8 +186,9 @@ last-slot item.
 Structured pods
 ---------------
 With ``PodConstraints.slots`` (a structured pod whose slots take different durations), slot
-``j`` holds at most one ad, which must fit ``slots[j]`` on top of every rule above (groups,
-capacity, ``max_ads``, slot permissions). The ads play in slot order and an empty slot is
+``j`` holds at most one ad, which must fit ``slots[j]`` (and be one ``PodConstraints.slot_masks``
+lets fill it: a slot's own price floor) on top of every rule above (groups, capacity,
+``max_ads``, slot permissions). The ads play in slot order and an empty slot is
 skipped: the first *filled* slot is the pod's first (``value_first``), the last filled one of
 a pod of >= 2 ads its last (``value_last``), the others middles. The score is the one above,
 summed with ``math.fsum`` (exactly rounded, so independent of order); an option of gain 0 (a
@@ -361,6 +362,10 @@ class PodConstraints:
     """A structured pod whose slots take different durations: the ad in slot ``i`` must fit
     ``slots[i]`` (on top of the rules above) and the pod is built by :func:`_slotted_pod`
     (see "Structured pods" in the module docstring). ``None``: any ad fits any slot."""
+    slot_masks: Mapping[int, int] | None = None
+    """With :attr:`slots`: the slots each item (by key) may fill on top of fitting their
+    rules, bit ``j`` for ``slots[j]`` (its price meets that slot's floors); an item not
+    listed, every slot. ``None``: every item, every slot it fits."""
 
     def __post_init__(self) -> None:
         if self.slots is not None and not self.slots:
@@ -1600,11 +1605,14 @@ def _slotted_pod(
             rows.append((-top, it.key, it, (gains[0], gains[1], gains[2])))
     rows.sort(key=_rank_key)
     cands: list[_SlotCand] = []
+    allowed = c.slot_masks
     for rank, (_, _, it, gains) in enumerate(rows):
         mask = 0
         for j, rule in enumerate(slots):
             if rule.fits(it.duration_ms):
                 mask |= 1 << j
+        if allowed is not None:
+            mask &= allowed.get(it.key, mask)
         if mask:
             cands.append(_SlotCand(rank, it, gains, mask))
     cands = _undominated(cands, max_ads)

@@ -19,11 +19,12 @@ from vastserver.catalog.model import (
     RATING_RANK,
     Creative,
     Daypart,
+    billed_cpm,
     is_https,
     is_vpaid,
 )
 from vastserver.pipeline.candidates import Candidate, request_values
-from vastserver.pipeline.context import AdRequest
+from vastserver.pipeline.context import AdRequest, below_floors
 from vastserver.pipeline.pod import rounded_seconds
 from vastserver.pipeline.reasons import Reason
 
@@ -292,23 +293,43 @@ def floor(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
     """Price floors (OpenRTB ``mincpmpersec`` per second of ad time, ``bidfloor`` per ad,
     ``durfloors`` per ad by its whole seconds) against the least an impression of the line
     item is billed in any slot: its CPM, or a lower slot price; 0 for a flat line item
-    (:attr:`LineItem.floor_cpm`), so a non-zero floor drops it. Per second, the ad's
-    seconds are its exact length or the whole seconds its bid states (``bid.dur``),
-    whichever is longer: an exchange divides the bid's price by the latter."""
+    (:attr:`LineItem.floor_cpm`), so a non-zero floor drops it (:func:`below_floors`).
+    With per-slot floors (:attr:`AdRequest.slot_floors`), also an ad that no slot it fits
+    takes at its price there (:func:`slot_floor_mask`)."""
     per_s, per_ad, by_dur = req.floor_cpm_per_s, req.floor_cpm, req.duration_floors
     if per_s is None and per_ad is None and not by_dur:
-        return None
-    least = c.line_item.floor_cpm
-    ms = c.creative.duration_ms
-    if per_s is not None and least < per_s * max(ms, 1000 * rounded_seconds(ms)) / 1000:
+        if req.slot_floors is None:
+            return None
+    elif below_floors(c.line_item.floor_cpm, c.creative.duration_ms, per_s, per_ad, by_dur):
         return Reason.BELOW_FLOOR
-    if per_ad is not None and least < per_ad:
+    if req.slot_floors is not None and not slot_floor_mask(req, c):
         return Reason.BELOW_FLOOR
-    if by_dur:
-        seconds = rounded_seconds(ms)
-        if any(least < f.floor_for(seconds) for f in by_dur):
-            return Reason.BELOW_FLOOR
     return None
+
+
+def slot_floor_mask(req: AdRequest, c: Candidate) -> int:
+    """The slots of a pod with per-slot floors (:attr:`AdRequest.slot_floors`) the ad may
+    fill: bit ``j`` set when it fits ``brk.slots[j]`` and its price meets that slot's imp's
+    floors wherever the slot may make it play: the first slot plays first, the last one
+    last (or first, the pod's only ad), a slot between them anywhere (an empty slot before
+    or after it moves its ad up to first or last). So each place's price counts, a
+    first-slot price in the first slot (:func:`~vastserver.pipeline.decide.billed_at`).
+    0 when the request has no per-slot floors."""
+    floors, rules = req.slot_floors, req.brk.slots
+    if floors is None or rules is None:
+        return 0
+    li = c.line_item
+    ms = c.creative.duration_ms
+    own = billed_cpm(li, li.price)
+    first = own if li.first_slot_price is None else billed_cpm(li, li.first_slot_price)
+    last = own if li.last_slot_price is None else billed_cpm(li, li.last_slot_price)
+    end = len(floors) - 1
+    mask = 0
+    for j, (rule, f) in enumerate(zip(rules, floors, strict=True)):
+        least = first if j == 0 else min(first, last) if j == end else min(first, own, last)
+        if rule.fits(ms) and f.admits(least, ms):  # (the higher the price, the more it admits)
+            mask |= 1 << j
+    return mask
 
 
 def pre_gate(req: AdRequest, c: Candidate, env: StageEnv) -> Reason | None:
