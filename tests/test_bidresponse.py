@@ -718,3 +718,105 @@ def test_fit_imps_splits_reorders_and_leaves_out() -> None:
     kept, imps, out = fit_imps(items, crowded)
     assert time.perf_counter() - began < 2.0
     assert len(kept) == 2 and len(out) == 18 and imps == [0, 1]
+
+
+def _premium_first_slot(viewer: str, floors: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A structured pod of three 30 s slots (first, any, last) of one rule, each imp with
+    the floors given for it (``bidfloor``, ``durfloors``; ``mincpmpersec`` goes under
+    ``video``)."""
+    imps = []
+    for imp_id, slot in (("a", 1), ("b", 0), ("c", -1)):
+        video: dict[str, Any] = {
+            "mimes": ["video/mp4"],
+            "podid": "p",
+            "startdelay": -1,
+            "slotinpod": slot,
+            "maxduration": 30,
+        }
+        imp: dict[str, Any] = {"id": imp_id, "video": video}
+        for k, v in floors.get(imp_id, {}).items():
+            (video if k == "mincpmpersec" else imp)[k] = v
+        imps.append(imp)
+    return {
+        "id": f"floors-{viewer}",
+        "imp": imps,
+        "device": {
+            "ua": "Roku/DVP-9.10",
+            "ip": "8.8.8.8",
+            "devicetype": 3,
+            "ifa": viewer,
+            "geo": {"country": "USA"},
+        },
+        "app": {"content": {"genre": "sports", "livestream": 1, "contentrating": "TV-MA"}},
+    }
+
+
+def _imp_floor(imp: dict[str, Any], seconds: int) -> float:
+    """The least price OpenRTB lets a bid of ``seconds`` (``bid.dur``) for ``imp`` have."""
+    per_s = imp["video"].get("mincpmpersec")
+    bidfloor = imp.get("bidfloor", 0.0)
+    least = 0.0 if per_s is None else per_s * seconds
+    ranges = imp.get("durfloors")
+    if ranges:
+        held = [
+            r.get("bidfloor", 0.0)
+            for r in ranges
+            if r.get("mindur", 0) <= seconds <= r.get("maxdur", seconds)
+        ]
+        return max(least, max(held) if held else 0.0 if per_s is not None else bidfloor)
+    return least if per_s is not None else bidfloor
+
+
+def _check_imp_floors(doc: dict[str, Any], bids: list[dict[str, Any]]) -> dict[str, float]:
+    """Every bid meets the floors of the imp it names; the price of each imp's bid."""
+    imps = {imp["id"]: imp for imp in doc["imp"]}
+    for bid in bids:
+        assert bid["price"] >= _imp_floor(imps[bid["impid"]], bid["dur"]), (bid["impid"], bid)
+    return {bid["impid"]: bid["price"] for bid in bids}
+
+
+async def test_each_imp_of_a_pod_has_its_own_floor(make_client: ClientFactory) -> None:
+    """``imp.bidfloor`` is the least bid for that impression: a premium floor on the first
+    slot (40) held every ad of the pod to it, so a pod that fills its three slots without
+    it got one bid. Each bid now meets the floor of the imp it names, and the others fill."""
+    client = await make_client()
+    low = {"bidfloor": 1}
+    bare = _bids(await _auction(client, _premium_first_slot("pf-0", {"b": low, "c": low})))
+    assert [b["impid"] for b in bare] == ["a", "b", "c"]
+    doc = _premium_first_slot("pf-1", {"a": {"bidfloor": 40}, "b": low, "c": low})
+    bids = _bids(await _auction(client, doc))
+    prices = _check_imp_floors(doc, bids)
+    assert len(bids) == 3 and prices["a"] >= 40, prices
+    assert bids[0]["slotinpod"] == 1 and bids[-1]["slotinpod"] == -1
+    # A floor no ad meets leaves its imp unfilled, not the pod: the others still bid.
+    doc = _premium_first_slot("pf-2", {"a": {"bidfloor": 400}, "b": low, "c": low})
+    bids = _bids(await _auction(client, doc))
+    prices = _check_imp_floors(doc, bids)
+    assert "a" not in prices and set(prices) == {"b", "c"}, prices
+    # The pod endpoint serves the same three ads.
+    doc = _premium_first_slot("pf-3", {"a": {"bidfloor": 40}, "b": low, "c": low})
+    resp = await client.post("/openrtb2/pod", data=json.dumps(doc))
+    assert resp.status == 200
+    assert len(list(etree.fromstring(await resp.read()).iter("{*}Ad"))) == 3
+
+
+async def test_per_second_and_duration_floors_are_each_imps_own(
+    make_client: ClientFactory,
+) -> None:
+    """``mincpmpersec`` and ``durfloors`` differing per imp: each ad meets those of the imp
+    its bid names (at its ``bid.dur``), not the highest of every imp's."""
+    client = await make_client()
+    floors: dict[str, dict[str, Any]] = {
+        "a": {"mincpmpersec": 2.0},  # a :15 at 42 passes (30), a :30 would need 60
+        "b": {"bidfloor": 1, "durfloors": [{"maxdur": 16, "bidfloor": 30}]},
+        "c": {"mincpmpersec": 0.5},
+    }
+    doc = _premium_first_slot("pf-s-1", floors)
+    bids = _bids(await _auction(client, doc))
+    prices = _check_imp_floors(doc, bids)
+    assert len(bids) == 3, prices
+    # The highest of them all held every ad: 2.0 a second and 30 for :15s left one bid.
+    assert any(
+        price < max(_imp_floor(imp, bid["dur"]) for imp in doc["imp"])
+        for bid, price in zip(bids, prices.values(), strict=True)
+    ), prices

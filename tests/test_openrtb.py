@@ -22,6 +22,7 @@ from vastserver.openrtb import (
     platform_of,
 )
 from vastserver.params import ClientInfo, ParamError
+from vastserver.pipeline.context import DurationFloors, ImpFloors
 from vastserver.pipeline.pod import SlotRule
 
 CLIENT = ClientInfo(
@@ -357,6 +358,9 @@ def test_structured_slot_lengths_from_rqddurs() -> None:
     for imp in doc["imp"]:
         del imp["video"]["maxduration"], imp["video"]["minduration"]
         imp["video"]["rqddurs"] = [15, 30]
+        # the same floors too (imps of different floors are slots of their own:
+        # test_each_slot_keeps_its_imps_floors)
+        imp["video"]["mincpmpersec"] = 0.5
     brk = parse(doc).request.brk
     assert brk.pod_duration_ms == 90_000
     assert brk.required_durations_s == frozenset({15, 30})
@@ -398,6 +402,42 @@ def test_slots_of_different_rules_each_keep_their_rule() -> None:
         SlotRule(required_s=frozenset({15})),
     )
     assert brk.pod_duration_ms == 75_000
+
+
+def test_each_slot_keeps_its_imps_floors() -> None:
+    """Imps of one duration rule and different floors: each is a slot of its own (so the
+    pod says which imp each ad fills), with its imp's floors in slot order; the floors
+    every ad meets are then none (``pod_floors``), the highest being kept for the pods
+    that cannot say (one dynamic imp, a hybrid pod)."""
+    doc = structured_pod()
+    for imp in doc["imp"]:
+        imp["video"]["maxduration"] = 30
+    doc["imp"] = [doc["imp"][2], doc["imp"][0], doc["imp"][1]]  # last, first, any
+    doc["imp"][2]["bidfloor"] = 40
+    del doc["imp"][2]["video"]["mincpmpersec"]
+    doc["imp"][0]["durfloors"] = [{"maxdur": 15, "bidfloor": 9}]
+    pod = parse(doc)
+    assert pod.request.brk.slots == (SlotRule(5_000, 30_000),) * 3
+    durs = DurationFloors(ranges=((None, 15, 9.0),), default=0.0)
+    assert pod.slot_floors == (
+        ImpFloors(per_s=0.3),  # slot-0, slotinpod 1
+        ImpFloors(per_ad=40.0),  # slot-1, any
+        ImpFloors(per_s=0.5, by_duration=durs),  # slot-2, slotinpod -1
+    )
+    assert pod.pod_floors == (None, None, ())
+    assert pod.floor_cpm_per_s == 0.5 and pod.floor_cpm == 40.0  # (the highest)
+    # The same floors everywhere: one shared rule, as before, every ad meets them.
+    same = structured_pod()
+    for imp in same["imp"]:
+        imp["video"].update(maxduration=30, mincpmpersec=0.4)
+    pod = parse(same)
+    assert pod.request.brk.slots is None and pod.slot_floors is None
+    assert pod.pod_floors == (0.4, None, ())
+    # A hybrid pod (a dynamic imp too): no per-slot floors, the highest for every ad.
+    doc["imp"][1]["video"].update(poddur=60, maxseq=2)
+    pod = parse(doc)
+    assert pod.slot_floors is None and pod.request.brk.slots is None
+    assert pod.pod_floors[:2] == (0.5, 40.0)
 
 
 def test_bidfloor_is_the_floor_where_mincpmpersec_is_not_given() -> None:

@@ -667,11 +667,13 @@ async def _openrtb_decision(request: web.Request, endpoint: str) -> OpenRtbDecis
     if endpoint == "openrtb_auction" and pod.hybrid_imps is not None:
         # each bid names its imp: the ads must split among the imps (a dynamic imp's poddur)
         located = replace(located, brk=replace(located.brk, imps=pod.hybrid_imps))
+    per_s, per_ad, by_duration = pod.pod_floors
     req = replace(
         located,
-        floor_cpm_per_s=pod.floor_cpm_per_s,
-        floor_cpm=auction_floor_cpm(pod) if endpoint == "openrtb_auction" else pod.floor_cpm,
-        duration_floors=pod.duration_floors,
+        floor_cpm_per_s=per_s,
+        floor_cpm=auction_floor_cpm(pod) if endpoint == "openrtb_auction" else per_ad,
+        duration_floors=by_duration,
+        slot_floors=pod.slot_floors,
     )
     if req.debug and not _may_explain(request):
         return _explain_refused(pod.debug_field)

@@ -71,10 +71,11 @@ def excluded(pod: OpenRtbPod, seat: str) -> str | None:
 
 
 def auction_floor_cpm(pod: OpenRtbPod) -> float:
-    """The per-ad floor of ``POST /openrtb2/auction``: the request's (``bidfloor``), never
-    below :data:`MIN_BID_CPM` (``/openrtb2/pod``, whose VAST carries no bid, keeps the
+    """The per-ad floor of ``POST /openrtb2/auction`` for every ad of the pod: the
+    request's (``bidfloor``, :attr:`OpenRtbPod.pod_floors`), never below
+    :data:`MIN_BID_CPM` (``/openrtb2/pod``, whose VAST carries no bid, keeps the
     request's, and serves ads billed 0)."""
-    return max(pod.floor_cpm or 0.0, MIN_BID_CPM)
+    return max(pod.pod_floors[1] or 0.0, MIN_BID_CPM)
 
 
 def is_structured(pod: OpenRtbPod) -> bool:

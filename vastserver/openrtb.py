@@ -106,6 +106,12 @@ Mapped elsewhere
   an ad's CPM must reach, for each such imp, the highest ``bidfloor`` of the ranges holding
   its whole seconds (``bid.dur``; ``mindur`` and ``maxdur`` inclusive), else that imp's
   ``bidfloor`` (0 when the imp gives ``mincpmpersec``, which still holds per second).
+* Floors are each imp's own (``imp.bidfloor`` is the least bid for *that* impression): in a
+  structured pod whose imps' floors differ, each imp is a slot of its own rule and floors
+  (:attr:`OpenRtbPod.slot_floors`), and the ad filling a slot meets that imp's floors at
+  the price it is billed there. Where the pod does not say which imp an ad fills (a hybrid
+  pod, a pod of one dynamic imp), every ad meets the highest of them
+  (:attr:`OpenRtbPod.pod_floors`).
 * ``tmax`` (1-600,000 ms) -> :meth:`OpenRtbPod.decision_budget_ms`: the decision's deadline
   is ``tmax`` minus :data:`TMAX_NETWORK_ALLOWANCE_MS` when that is shorter than
   ``VASTSERVER_DEADLINE_MS``.
@@ -167,6 +173,7 @@ from vastserver.pipeline.context import (
     Content,
     Device,
     DurationFloors,
+    ImpFloors,
 )
 from vastserver.pipeline.imps import PodImp
 from vastserver.pipeline.pod import SlotRule, capacity_seconds
@@ -275,7 +282,8 @@ class OpenRtbPod:
     request: AdRequest
     floor_cpm_per_s: float | None
     """``video.mincpmpersec`` (the catalog's currency per second of ad), the highest over
-    the pod's imps."""
+    the pod's imps: what every ad meets where the pod does not say which imp an ad fills
+    (:attr:`slot_floors` None; see :attr:`pod_floors`)."""
     floor_cpm: float | None
     """``bidfloor`` of the imps without ``mincpmpersec`` nor ``durfloors`` (a CPM per ad),
     the highest."""
@@ -287,6 +295,11 @@ class OpenRtbPod:
     duration_floors: tuple[DurationFloors, ...] = ()
     """``imp.durfloors`` of each imp listing them (with that imp's ``bidfloor`` for the
     durations no range holds)."""
+    slot_floors: tuple[ImpFloors, ...] | None = None
+    """A structured pod (one slot rule per imp, ``BreakSpec.slots``) whose imps' floors
+    differ: each slot's imp's floors, aligned with the slot rules, which the ad filling
+    that slot meets (:attr:`AdRequest.slot_floors`) instead of the highest of them all;
+    None otherwise."""
     pod_id: str | None = None
     tmax_ms: int | None = None
     """The caller's ``tmax``: see :func:`decision_budget_ms`."""
@@ -307,6 +320,15 @@ class OpenRtbPod:
     debug_field: str = "ext.vastserver.debug"
     """Where the ``debug`` the request asks for was read (``imp[0].ext.vastserver.debug``):
     what a 401 for it names."""
+
+    @property
+    def pod_floors(self) -> tuple[float | None, float | None, tuple[DurationFloors, ...]]:
+        """``(mincpmpersec, bidfloor, durfloors)`` every ad of the pod meets: the highest
+        over the imps (and each imp's ``durfloors``) where the pod does not say which imp an
+        ad fills; none where each slot has its own imp's (:attr:`slot_floors`)."""
+        if self.slot_floors is not None:
+            return None, None, ()
+        return self.floor_cpm_per_s, self.floor_cpm, self.duration_floors
 
     def decision_budget_ms(self, deadline_ms: int) -> int:
         """The decision's time budget: ``deadline_ms`` (``VASTSERVER_DEADLINE_MS``), or
@@ -480,6 +502,11 @@ class _Imp:
     first_or_last: bool = False
     """``slotinpod`` 2: the imp takes whichever end of the pod no other imp claims
     (:func:`_either_end` turns it into ``Slot.FIRST`` or ``Slot.LAST``)."""
+
+    @property
+    def floors(self) -> ImpFloors:
+        """Its floors, for the ad filling it."""
+        return ImpFloors(self.floor, self.floor_cpm, self.durfloors)
 
     @property
     def slot_max_s(self) -> float | None:
@@ -737,8 +764,10 @@ def _break(imps: list[_Imp], rules: AdRules, avail: int) -> BreakSpec:
 
     if not dynamic and len(structured) > 1:
         rules_by_slot = _slot_rules(structured)
-        if len(set(rules_by_slot)) > 1:
-            # Slots of different lengths: the ad in each slot fits that slot's rule.
+        if len(set(rules_by_slot)) > 1 or len({imp.floors for imp in structured}) > 1:
+            # Slots of different lengths: the ad in each slot fits that slot's rule. Slots
+            # of different floors: the ad in each slot meets that slot's imp's floors
+            # (slot_floors), so the pod says which imp each ad fills.
             return BreakSpec(
                 position=position,
                 pod_duration_ms=round(pod_s * 1000),
@@ -785,7 +814,6 @@ def _slot_rules(imps: list[_Imp]) -> tuple[SlotRule, ...]:
     """Each slot's duration rule, in play order: the imp claiming the first slot
     (``slotinpod`` 1), the others in request order, the one claiming the last (-1); each
     labelled with its imp and role, for the explanation."""
-    ordered = sorted(imps, key=lambda imp: (imp.slot is Slot.LAST) - (imp.slot is Slot.FIRST))
     return tuple(
         SlotRule(
             min_ms=None if imp.min_s is None else round(imp.min_s * 1000),
@@ -794,8 +822,23 @@ def _slot_rules(imps: list[_Imp]) -> tuple[SlotRule, ...]:
             imp_id=imp.id,
             role=None if imp.slot is Slot.ANY else imp.slot.value,
         )
-        for imp in ordered
+        for imp in _play_order(imps)
     )
+
+
+def _play_order(imps: list[_Imp]) -> list[_Imp]:
+    """A structured pod's imps in the order of their slots: the imp of ``slotinpod`` 1, the
+    others in request order, the imp of -1."""
+    return sorted(imps, key=lambda imp: (imp.slot is Slot.LAST) - (imp.slot is Slot.FIRST))
+
+
+def _slot_floors(imps: list[_Imp], brk: BreakSpec) -> tuple[ImpFloors, ...] | None:
+    """Each slot's imp's floors (aligned with ``brk.slots``) when the pod has slot rules
+    and its imps' floors differ; else None (the same floors hold for every ad)."""
+    if brk.slots is None:
+        return None
+    floors = tuple(imp.floors for imp in _play_order(imps))
+    return floors if len(set(floors)) > 1 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -1266,6 +1309,7 @@ def parse_bid_request(
         request_id=request_id,
         slots=tuple(imp.slot for imp in imps),
         duration_floors=tuple(imp.durfloors for imp in imps if imp.durfloors is not None),
+        slot_floors=_slot_floors(imps, brk),
         pod_id=imps[0].pod_key,
         tmax_ms=tmax,
         imp_maxseq=tuple(
