@@ -2100,3 +2100,24 @@ async def test_a_malformed_battr_is_a_400_naming_it_on_both_endpoints(
         assert resp.status == 400, endpoint
         got = await resp.json()
         assert got["error"] == "bad_request" and got["field"] == field, got
+
+
+async def test_imps_without_podid_are_one_pod(make_client: ClientFactory) -> None:
+    """A request is one pod, ``podid`` or not (README): a Prebid-style pre-roll imp and
+    mid-roll imp without ``podid`` are a 400 naming the second imp's ``startdelay``."""
+    client = await make_client()
+    video = {"mimes": ["video/mp4"], "maxduration": 30}
+    doc = {
+        "id": "prebid-1",
+        "imp": [
+            {"id": "pre", "video": {**video, "startdelay": 0}},
+            {"id": "mid", "video": {**video, "startdelay": -1}},
+        ],
+        "device": {"ua": "Roku/DVP-9.10", "ip": "8.8.8.8", "devicetype": 3},
+    }
+    for path in ("/openrtb2/pod", "/openrtb2/auction"):
+        resp = await client.post(path, data=json.dumps(doc))
+        assert resp.status == 400, path
+        got = await resp.json()
+        assert got["field"] == "imp[1].video.startdelay", got
+        assert "one pod" in got["why"]
