@@ -7,22 +7,28 @@ and ads (:mod:`vastserver.pipeline.pod`), so the pod it builds may fit no split 
 imps (15 + 20 + 15 s for a dynamic imp of 45 s). :func:`fit_imps` turns it into one that
 does: the optimiser's play order when it fits, else another order of the same ads (a
 different ad played first or last, where the line items allow it there), else with the
-fewest and least valuable ads left out. Pure and cheap: it runs only for hybrid pods, on
-a handful of ads, within :data:`MAX_TRIES` assignments.
+fewest and least valuable ads left out (the lowest tier first: a sponsorship or a
+guaranteed ad stays before a standard one, as in the optimiser). Pure and bounded: it runs
+only for hybrid pods, within :data:`MAX_TRIES` assignments and :data:`MAX_PACK_STEPS` steps
+of bin packing in all, whatever the request (a pod of 14 imps whose dynamic imps fit no
+packing took 10 s when the steps were bounded per packing only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vastserver.pipeline.pod import PodItem, capacity_seconds
 
-MAX_TRIES = 2_000
+MAX_TRIES = 500
 """Assignments :func:`fit_imps` tries (each order of each set of ads it considers) before
-it settles for leaving out the least valuable ad, one at a time, in the play order it has."""
-_PACK_STEPS = 2_000
-"""Steps of one bin-packing search of the ads among several dynamic imps."""
+it settles for leaving out the least valuable ad, one at a time, in the play order it has
+(a pod of n ads has up to n x n orders worth trying: first and last ad)."""
+MAX_PACK_STEPS = 5_000
+"""Steps of bin packing (the ads among several dynamic imps) one :func:`fit_imps` call
+takes in all, over every order and set of ads it tries; once spent, no packing is found
+and ads are left out (never a bid past a ``poddur``)."""
 
 _NEG_INF = float("-inf")
 
@@ -59,22 +65,27 @@ def _value(items: Sequence[PodItem]) -> float:
     return total
 
 
-def _pack(needs: Sequence[int], bins: Sequence[PodImp]) -> list[int] | None:
+def _pack(needs: Sequence[int], bins: Sequence[PodImp], budget: list[int]) -> list[int] | None:
     """Each need (seconds) in a bin (an index into ``bins``) with a place and the seconds
-    for it, longest first; None when no packing is found."""
+    for it, longest first; None when no packing is found within ``budget[0]`` steps (what
+    is left of it after: the caller's other packings share it)."""
     order = sorted(range(len(needs)), key=lambda j: -needs[j])
     places = [b.max_ads for b in bins]
     room = [b.capacity_s or 0 for b in bins]
     out = [-1] * len(needs)
-    steps = _PACK_STEPS
+    if needs:
+        # bounds that tell most packings that cannot be at once (a search would try them all)
+        least = min(needs)
+        fits = sum(min(p, r // least) for p, r in zip(places, room, strict=True))
+        if len(needs) > fits or sum(needs) > sum(room):
+            return None
 
     def place(t: int) -> bool:
-        nonlocal steps
         if t == len(order):
             return True
-        steps -= 1
-        if steps < 0:
+        if budget[0] <= 0:
             return False
+        budget[0] -= 1
         j = order[t]
         tried: set[tuple[int, int]] = set()
         for b in range(len(bins)):
@@ -94,12 +105,15 @@ def _pack(needs: Sequence[int], bins: Sequence[PodImp]) -> list[int] | None:
     return out if place(0) else None
 
 
-def assign(items: Sequence[PodItem], imps: Sequence[PodImp]) -> list[int] | None:
+def assign(
+    items: Sequence[PodItem], imps: Sequence[PodImp], budget: list[int] | None = None
+) -> list[int] | None:
     """The imp (an index into ``imps``) of each item, played in this order, or None when no
     split fits: the first ad to the ``slotinpod`` 1 imp, the last (of two or more) to the
     -1 imp; of the others, the longest to the structured imps of any place (in play
     order, the imps in request order), the rest packed into the dynamic imps. A pod of one
-    ad with no first imp and nowhere else to go takes the last imp."""
+    ad with no first imp and nowhere else to go takes the last imp. ``budget``: the steps
+    of packing left (:data:`MAX_PACK_STEPS` when not given), spent in place."""
     n = len(items)
     first = next((i for i, m in enumerate(imps) if m.role == "first"), None)
     last = next((i for i, m in enumerate(imps) if m.role == "last"), None)
@@ -118,7 +132,9 @@ def assign(items: Sequence[PodItem], imps: Sequence[PodImp]) -> list[int] | None
     for k, imp in zip(sorted(by_length[len(to_dynamic) :]), anys, strict=False):
         out[k] = imp
     needs = [capacity_seconds(items[k].duration_ms) for k in to_dynamic]
-    packed = _pack(needs, [imps[i] for i in dynamic])
+    packed = _pack(
+        needs, [imps[i] for i in dynamic], [MAX_PACK_STEPS] if budget is None else budget
+    )
     if packed is None:
         if n == 1 and first is None and last is not None:
             return [last]
@@ -147,6 +163,8 @@ def _orders(n: int, ends: tuple[bool, bool]) -> Iterator[list[int]]:
 class _Search:
     imps: Sequence[PodImp]
     tries: int = MAX_TRIES
+    budget: list[int] = field(default_factory=lambda: [MAX_PACK_STEPS])
+    """Steps of packing left to every assignment of this search."""
 
     def best(self, items: Sequence[PodItem]) -> tuple[list[PodItem], list[int], float] | None:
         """The most valuable order of ``items`` that some split fits (the given order first
@@ -157,14 +175,14 @@ class _Search:
         )
         found: tuple[list[PodItem], list[int], float] | None = None
         for tried, order in enumerate(_orders(len(items), ends)):
-            if tried and self.tries <= 0:
+            if tried and (self.tries <= 0 or self.budget[0] <= 0):
                 break  # (the given order is always tried)
             self.tries -= 1
             ordered = [items[k] for k in order]
             value = _value(ordered)
             if value == _NEG_INF or (found is not None and value <= found[2]):
                 continue
-            imps = assign(ordered, self.imps)
+            imps = assign(ordered, self.imps, self.budget)
             if imps is not None:
                 found = (ordered, imps, value)
         return found
@@ -175,9 +193,9 @@ def fit_imps(
 ) -> tuple[list[PodItem], list[int], list[PodItem]]:
     """The pod's items (in play order) as a split among ``imps`` fits them: the items kept,
     in their play order, the imp of each (an index into ``imps``), and the items left out
-    (no split takes them). Kept: all of them when an order of them fits; else all but the
-    one whose absence leaves the most value; else, one at a time, all but the least
-    valuable, until a split fits."""
+    (no split takes them). Kept: all of them when an order of them fits; else all but one,
+    of the lowest tier, whose absence leaves the most value; else, one at a time, all but
+    the least valuable of the lowest tier, until a split fits."""
     search = _Search(imps)
     kept = list(items)
     dropped: list[PodItem] = []
@@ -190,10 +208,10 @@ def fit_imps(
             for j in range(len(kept)):
                 got = search.best([*kept[:j], *kept[j + 1 :]])
                 if got is not None:
-                    options.append((got[2], -j, got))
+                    options.append((-kept[j].tier, got[2], -j, got))
             if options:
-                _, neg_j, (order, fitted, _) = max(options, key=lambda o: (o[0], o[1]))
+                *_, neg_j, (order, fitted, _) = max(options, key=lambda o: o[:3])
                 return order, fitted, [kept[-neg_j]]
-        j = min(range(len(kept)), key=lambda k: (kept[k].value, -k))
+        j = min(range(len(kept)), key=lambda k: (kept[k].tier, kept[k].value, -k))
         dropped.append(kept.pop(j))
     return [], [], dropped
