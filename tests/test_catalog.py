@@ -394,6 +394,12 @@ ERROR_CASES: list[tuple[str, Mutation, str, str]] = [
     ("registry with a slash",
      _set("creatives.0.universal_ad_ids", [{"registry": "a/b", "value": "X1"}]),
      "$.creatives[0].universal_ad_ids[0].registry", "is not a registry name or domain"),
+    # a host IDNA cannot encode (a 64-character label, an empty one): the loader raised
+    ("unencodable host",
+     _set("creatives.0.renditions.0.url", "https://" + "\u00e4" * 64 + ".example/a.mp4"),
+     "$.creatives[0].renditions[0].url", "has a host that cannot be encoded"),
+    ("unencodable click host", _set("creatives.0.click_through", "https://cdn\u00e4..example/a"),
+     "$.creatives[0].click_through", "has a host that cannot be encoded"),
     # dangling references
     ("li campaign", _set("line_items.0.campaign_id", "cmp-nope"), "$.line_items[0].campaign_id",
      "unknown campaign"),

@@ -550,7 +550,11 @@ def _url(
             path,
             f"{_show(v)} is not a valid URI once a player fills in its IAB macros: {problem}",
         )
-    return ascii_url(v) if as_ascii else v
+    try:
+        ascii_form = ascii_url(v)  # what the VAST, or the /c redirect, carries
+    except ValueError as e:  # (UnicodeError too) a host IDNA cannot encode
+        return _fail(errs, path, f"{_show(v)} has a host that cannot be encoded ({e})")
+    return ascii_form if as_ascii else v
 
 
 def _not_any_uri(v: str, authority: str, authority_end: int) -> str | None:
