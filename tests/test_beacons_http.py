@@ -234,9 +234,29 @@ async def test_a_store_down_during_the_listing_is_a_503_or_a_cut_connection(
     with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()
     assert "line_items_cut" in caplog.text
+    # any other error once the 200 went out: cut as well (a second status line was written
+    # into the chunked body, and the connection kept for the next request)
+    reads = 0
+
+    async def breaks_on_3(*args: Any, **kw: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        if reads >= 3:
+            raise RuntimeError("a bug")
+        return await working(*args, **kw)
+
+    monkeypatch.setattr(inner, "read", breaks_on_3)
+    resp = await client.get("/admin/line-items", headers=AUTH)
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()
     monkeypatch.setattr(inner, "read", working)
     resp = await client.get("/admin/line-items", headers=AUTH)
     assert len(await resp.json()) == 14
+    assert (await client.get("/healthz")).status == 200
+    # no HEAD: the streamed body would follow HEAD's headers and break the connection
+    head = await client.head("/admin/line-items", headers=AUTH)
+    assert head.status == 405
     assert (await client.get("/healthz")).status == 200
 
 

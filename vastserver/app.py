@@ -1015,6 +1015,10 @@ async def _list_line_items(
                 request.transport.abort()
         except ConnectionError:
             pass  # the client went away: nothing more to send
+        except Exception:  # the status went out: no other answer can follow, only a cut
+            log.exception("line_items_cut")
+            if request.transport is not None:
+                request.transport.abort()
         return resp
     finally:
         await pages.aclose()
@@ -1303,8 +1307,13 @@ def create_app(
         app.router.add_get("/metrics", metrics_handler, name="metrics")
     app.router.add_post("/admin/catalog/reload", reload_catalog_handler, name="admin_reload")
     app.router.add_post("/admin/model/reload", reload_model_handler, name="admin_model_reload")
-    app.router.add_get("/admin/line-items", line_items_handler, name="admin_line_items")
-    app.router.add_get("/admin/line-items/{id}", line_items_handler, name="admin_line_item")
+    # no HEAD (405): a streamed list's body would go out after HEAD's headers
+    app.router.add_get(
+        "/admin/line-items", line_items_handler, name="admin_line_items", allow_head=False
+    )
+    app.router.add_get(
+        "/admin/line-items/{id}", line_items_handler, name="admin_line_item", allow_head=False
+    )
     app.cleanup_ctx.append(_resources)
     if settings.state_file is not None and isinstance(inner, MemoryStore):
         app.cleanup_ctx.append(
