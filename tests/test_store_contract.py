@@ -730,10 +730,21 @@ async def test_a_full_redis_pool_is_told_apart_from_redis_down(
     try:
         assert await store.read([Read("k", w)], T0) == [0]
         held = await store._pool.get_connection()  # the one connection, busy
+        waits = 0
+        real = store._pool.get_connection
+
+        async def counted(*args: Any, **kw: Any) -> Any:
+            nonlocal waits
+            waits += 1
+            return await real(*args, **kw)
+
+        store._pool.get_connection = counted  # type: ignore[method-assign]
         try:
             with pytest.raises(StorePoolExhausted, match="pool_exhausted: all 1 connections"):
                 await store.read([Read("k", w)], T0)
+            assert waits == 1  # not retried: a second wait doubled the documented second
         finally:
+            store._pool.get_connection = real  # type: ignore[method-assign]
             await store._pool.release(held)
         assert await store.read([Read("k", w)], T0) == [0]  # free again
     finally:

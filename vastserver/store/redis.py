@@ -88,6 +88,12 @@ except ImportError:  # pragma: no cover - a dependency; without it redis-py pack
 
 _FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
+
+def _pool_full(e: BaseException) -> bool:
+    """Whether redis-py found every pooled connection busy for the pool's wait."""
+    return isinstance(e, RedisConnectionError) and "No connection available" in str(e)
+
+
 _PLAIN_ARGS = frozenset({str, bytes, int})
 
 CLAIM_MARGIN_S = 600
@@ -398,7 +404,7 @@ class RedisStore:
         redis-py's repr (``network:ConnectionError`` alike for a refused connection and a
         full pool). A full pool is this process's overload, not Redis failing:
         :class:`StorePoolExhausted`."""
-        if isinstance(e, RedisConnectionError) and "No connection available" in str(e):
+        if _pool_full(e):
             size, wait = self._pool_limits
             return StorePoolExhausted(
                 f"redis {what} failed: pool_exhausted: all {size} connections busy for"
@@ -418,7 +424,9 @@ class RedisStore:
         try:
             try:
                 res = await self._read(keys=keys, args=args)
-            except RedisConnectionError:  # e.g. a pooled connection the server closed
+            except RedisConnectionError as e:  # e.g. a pooled connection the server closed
+                if _pool_full(e):
+                    raise  # waited for a connection once already: no second wait
                 res = await self._read(keys=keys, args=args)  # reads are safe to repeat
         except _FAILURES as e:
             raise self._unavailable("read", e) from e
@@ -507,7 +515,9 @@ class RedisStore:
         try:
             try:
                 res = await self._client.lrange(k, 0, -1)
-            except RedisConnectionError:
+            except RedisConnectionError as e:
+                if _pool_full(e):
+                    raise  # waited for a connection once already: no second wait
                 res = await self._client.lrange(k, 0, -1)
         except _FAILURES as e:
             raise self._unavailable("history", e) from e
@@ -543,7 +553,9 @@ class RedisStore:
         try:
             try:
                 res = await self._acquire(keys=keys, args=args)
-            except RedisConnectionError:  # the same owner may take its lock again
+            except RedisConnectionError as e:  # the same owner may take its lock again
+                if _pool_full(e):
+                    raise  # waited for a connection once already: no second wait
                 res = await self._acquire(keys=keys, args=args)
         except _FAILURES as e:
             raise self._unavailable("acquire", e) from e
@@ -554,7 +566,9 @@ class RedisStore:
         try:
             try:
                 await self._release(keys=keys, args=args)
-            except RedisConnectionError:
+            except RedisConnectionError as e:
+                if _pool_full(e):
+                    raise  # waited for a connection once already: no second wait
                 await self._release(keys=keys, args=args)
         except _FAILURES as e:
             raise self._unavailable("release", e) from e
