@@ -475,3 +475,52 @@ def test_a_second_server_on_the_file_and_a_failed_last_save(
     assert first.stop() == 1
     out = first.proc.stdout.read().decode() if first.proc.stdout else ""
     assert "state_save_failed" in out and "the last state save failed" in out
+
+
+async def test_a_reload_during_a_state_save_still_freezes_what_it_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state save (on the loop, across awaits) and a catalog reload (in a thread) each
+    paused the collector by saving and restoring its one flag: a reload that began during a
+    save found it off, so it froze nothing (the multi-second collection after a large
+    reload came back) and the save's end turned the collector on mid-reload. The pauses are
+    now counted: the reload freezes, and the collector resumes when both are done."""
+    import asyncio
+    import gc
+    from datetime import UTC, datetime
+
+    import vastserver.store.statefile as statefile
+    from tests.conftest import DEMO_CATALOG
+    from vastserver import service
+    from vastserver.store.memory import MemoryStore
+
+    now = time.time()
+    store = MemoryStore()
+    await store.add([Incr(f"k{n}", LIFETIME, 1) for n in range(3000)], now)
+    saving, reloaded = asyncio.Event(), asyncio.Event()
+
+    class Paused:  # the save's asyncio, whose sleep between chunks waits for the reload
+        def __getattr__(self, name: str) -> Any:
+            return getattr(asyncio, name)
+
+        async def sleep(self, delay: float) -> None:
+            saving.set()
+            await reloaded.wait()
+
+    monkeypatch.setattr(statefile, "asyncio", Paused())
+    gc.unfreeze()
+    assert gc.isenabled()
+    try:
+        save = asyncio.ensure_future(statefile.save_state(store, tmp_path / "state.json"))
+        await saving.wait()
+        assert not gc.isenabled()
+        snap = await asyncio.to_thread(service._load_snapshot, DEMO_CATALOG, datetime.now(UTC))
+        assert snap.catalog.line_items and gc.get_freeze_count() > 1000
+        assert not save.done() and not gc.isenabled()  # the save's pause still holds
+        reloaded.set()
+        assert await save == 3000
+        assert gc.isenabled()
+    finally:
+        reloaded.set()
+        gc.enable()
+        gc.unfreeze()

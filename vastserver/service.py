@@ -18,9 +18,10 @@ from datetime import datetime
 from itertools import islice
 from pathlib import Path
 
-from vastserver.catalog.load import gc_paused, load_catalog
+from vastserver.catalog.load import load_catalog
 from vastserver.catalog.model import Catalog
 from vastserver.delivery import DeliveryControl, Prefetched, decision_history
+from vastserver.gcpause import gc_paused
 from vastserver.logs import REQUEST_ID, event
 from vastserver.metrics import Metrics
 from vastserver.models import ModelManager

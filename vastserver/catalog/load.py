@@ -15,7 +15,6 @@ import difflib
 import enum
 import errno
 import functools
-import gc
 import hashlib
 import json
 import math
@@ -24,7 +23,6 @@ import re
 import stat
 import zoneinfo
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cache
@@ -72,6 +70,7 @@ from vastserver.catalog.model import (
     catalog_urls,
     is_https,
 )
+from vastserver.gcpause import gc_paused
 from vastserver.tracking import (
     CLICK_MACROS,
     DOLLAR_MACRO,
@@ -1616,29 +1615,6 @@ def _canonical_pieces(value: object, depth: int) -> Iterator[str]:
         yield "]"
     else:
         yield _canonical(value)
-
-
-@contextmanager
-def gc_paused(*, freeze: bool = False) -> Iterator[None]:
-    """Pause the cyclic GC while building the (acyclic) snapshot: large catalogs build ~40%
-    faster without the collector rescanning the growing heap.
-
-    With ``freeze``, what was built is moved out of the collector's generations
-    (``gc.freeze()``) when the block succeeds, before the collector is on again: otherwise
-    the first collection after the pause walks every object the block made (a 100k
-    catalog's 1.7M), holding the GIL, and the server's loop with it, for seconds. Only the
-    outermost pause freezes or resumes (nested ones find the collector off)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    ok = False
-    try:
-        yield
-        ok = True
-    finally:
-        if was_enabled:
-            if freeze and ok:
-                gc.freeze()
-            gc.enable()
 
 
 def parse_catalog(data: object, *, source: str = "<memory>") -> Catalog:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import gc
 import itertools
 import json
 import math
@@ -39,6 +38,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from vastserver.gcpause import gc_paused
 
 from .memory import _CLAIM, MemoryStore, entry_expired
 
@@ -98,9 +99,7 @@ async def save_state(store: MemoryStore, path: Path) -> int:
     # The pairs each chunk allocates would set off the cyclic collector over and over, and
     # every young collection would walk the two big lists (a full one stalled the loop for
     # ~140 ms at 2M keys): collection waits until the encoding is done.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with gc_paused():
         wall, keys, values = store.items_snapshot()
         lines: list[str] = []
         kept = 0
@@ -116,9 +115,6 @@ async def save_state(store: MemoryStore, path: Path) -> int:
             lines.append(json.dumps(chunk, separators=(",", ":")))
             await asyncio.sleep(0)  # one chunk per turn: requests keep being served
         del keys, values
-    finally:
-        if collecting:
-            gc.enable()
     header = {
         "format": FORMAT,
         "version": VERSION,
