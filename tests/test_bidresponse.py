@@ -588,6 +588,15 @@ async def test_a_refused_debug_names_the_field_sent_and_answers_carry_the_versio
             expected = 200 if path.endswith("pod") and status == 204 else status
             assert resp.status == expected, (path, await resp.text())
             assert resp.headers["X-OpenRTB-Version"] == "2.6"
+        # and the ones refused before the handler: a method, a body too large, undecodable
+        refusals = (
+            (await client.get(path), 405),
+            (await client.post(path, data=b"x", headers={"Content-Length": "300000"}), 413),
+            (await client.post(path, data=b"x", headers={"Content-Encoding": "gzip"}), 400),
+        )
+        for resp, status in refusals:
+            assert resp.status == status, (path, status)
+            assert resp.headers["X-OpenRTB-Version"] == "2.6", (path, status)
 
 
 def _report_pod(viewer: str, *imps: tuple[str, dict[str, Any]]) -> dict[str, Any]:

@@ -280,6 +280,10 @@ async def edge_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         if origin:
             _cors_headers(resp, origin)
         resp.headers["X-Request-Id"] = rid
+        if status >= 400 and request.path.startswith("/openrtb2/"):
+            # refused before its handler (405, 413, an undecodable body): the OpenRTB
+            # endpoints' every answer says the version (their handlers' own ones do)
+            resp.headers["X-OpenRTB-Version"] = OPENRTB_VERSION
         return resp
     finally:
         outcome = f"{status // 100}xx"
