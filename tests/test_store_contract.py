@@ -703,6 +703,13 @@ async def test_matches_reference_model(h: Harness, ops: list[tuple[Any, ...]]) -
 # ---------------------------------------------------------------------- Redis specifics
 
 
+def _patient(url: str, **kw: Any) -> RedisStore:
+    """A store on the test's Redis with generous timeouts: these tests prove what is
+    counted, not latency, and a connect on a loaded 2-core machine took over the default
+    second (a CI run failed so)."""
+    return RedisStore(url, socket_timeout=5.0, pool_timeout=5.0, **kw)
+
+
 async def test_two_redis_clients_share_guards(redis_url: str) -> None:  # noqa: F811
     # Generous timeouts: this proves atomicity across clients, not latency on a busy machine.
     a = RedisStore(redis_url, socket_timeout=2.0, pool_timeout=5.0)
@@ -770,7 +777,7 @@ async def test_redis_claims_last_the_longest_claim_window_of_any_client(
     started first, so none lets a replay through to one that still verifies the token; a
     token served before the longest window grew is refused past the window it had then."""
     day, week = 86400 + 3600, 7 * 86400 + 3600
-    long, short = RedisStore(redis_url), RedisStore(redis_url)
+    long, short = _patient(redis_url), _patient(redis_url)
     long.claim_window_s, short.claim_window_s = week, day
     try:
         # the longer one claims first; the shorter one, later, does not shorten the window
@@ -787,7 +794,7 @@ async def test_redis_claims_last_the_longest_claim_window_of_any_client(
         await long.close()
         await short.close()
     # the shorter one first (on other keys), then the longer one
-    long, short = RedisStore(redis_url, prefix="x:"), RedisStore(redis_url, prefix="x:")
+    long, short = _patient(redis_url, prefix="x:"), _patient(redis_url, prefix="x:")
     long.claim_window_s, short.claim_window_s = week, day
     try:
         assert await short.claim_and_add(["a"], day, [], T0, served_at=T0) == [True]
@@ -815,7 +822,7 @@ async def test_redis_claim_window_grown_by_a_slow_clock_refuses_what_it_cannot_c
     it before tokens another instance served and claimed under the shorter window, and a
     replay of one, after its claim lapsed, was counted again."""
     short_w, long_w, skew = 7200, 18000, 60
-    a, b = RedisStore(redis_url), RedisStore(redis_url)
+    a, b = _patient(redis_url), _patient(redis_url)
     a.claim_window_s, b.claim_window_s = short_w, long_w
     try:
         assert await a.claim_and_add(["warm"], short_w, [], T0, served_at=T0) == [True]
@@ -848,7 +855,7 @@ async def test_redis_claim_windows_recorded_in_the_same_second_compare_as_number
     scores, which Redis orders by member string: '90000' passed for longer than '176400',
     the longer window's time was moved on each claim, and a valid token was refused."""
     day, two_days = 86400 + 3600, 2 * 86400 + 3600
-    a, b = RedisStore(redis_url), RedisStore(redis_url)
+    a, b = _patient(redis_url), _patient(redis_url)
     a.claim_window_s, b.claim_window_s = day, two_days
     try:
         assert await a.claim_and_add(["x"], day, [], T0 + 0.2, served_at=T0 - 3) == [True]
@@ -870,7 +877,7 @@ async def test_redis_claim_window_unused_for_its_length_drops_out(
     long, for good. A window no instance claimed with for its own length drops out; the
     tokens served while it was in force stay covered until then."""
     day, month = 86400 + 3600, 30 * 86400 + 3600
-    fleet, once = RedisStore(redis_url), RedisStore(redis_url)
+    fleet, once = _patient(redis_url), _patient(redis_url)
     fleet.claim_window_s, once.claim_window_s = day, month
     try:
         assert await fleet.claim_and_add(["a"], day, [], T0, served_at=T0) == [True]
@@ -916,7 +923,7 @@ async def test_redis_claims_left_by_versions_that_recorded_no_window_are_not_cou
     age then judged their tokens with its own window: a replay of one, after the old claim
     lapsed (25 h) but while the new instance still verified it (48 h), counted again."""
     two_days = 2 * 86400 + 3600
-    new = RedisStore(redis_url)
+    new = _patient(redis_url)
     new.claim_window_s = two_days
     served = T0 - 60
     keys, inc = ["tok:impression"], [Incr("n", LIFE)]
@@ -942,7 +949,7 @@ async def test_redis_claims_left_by_versions_that_recorded_no_window_are_not_cou
     finally:
         await new.close()
     # a recorded window shorter than the legacy one still answers for what came before it
-    short = RedisStore(redis_url, prefix="y:")
+    short = _patient(redis_url, prefix="y:")
     short.claim_window_s = 7200
     try:
         assert await short.claim_and_add(["a"], 7200, [], T0, served_at=T0 - 10) == [True]
@@ -961,7 +968,7 @@ async def test_redis_a_new_redis_judges_its_first_tokens_with_the_legacy_window(
     90,000 s (its beacons ``expired`` from 24 h 50 min after the serve with a 2-day max
     age), though its claims last the window; one served after it, with the window."""
     two_days = 2 * 86400 + 3600
-    st_ = RedisStore(redis_url)
+    st_ = _patient(redis_url)
     st_.claim_window_s = two_days
     early, late = T0 - 60, T0 + CLAIM_MARGIN_S + 1
     try:
@@ -988,7 +995,7 @@ async def test_redis_claim_windows_never_count_a_replay_twice(
     dropped here once Redis would have let it lapse, and no token ever counts twice."""
     rng = random.Random(7)
     ages = [3600, 86400, 7 * 86400, 30 * 86400]
-    stores = [RedisStore(redis_url) for _ in ages]
+    stores = [_patient(redis_url) for _ in ages]
     for st_, age in zip(stores, ages, strict=True):
         st_.claim_window_s = age + 3600
     skews = [rng.uniform(-CLAIM_MARGIN_S / 2.5, CLAIM_MARGIN_S / 2.5) for _ in ages]
@@ -1076,7 +1083,7 @@ async def test_redis_history_push_that_fails_releases_nothing(redis_url: str) ->
     """A push that Redis refuses (here: the history key holds another type) raises
     StoreUnavailable and leaves the lock held: the write and the release are one script,
     and the release comes after the write, so a failed write never frees the session."""
-    store = RedisStore(redis_url)
+    store = _patient(redis_url)
     raw = Redis.from_url(redis_url)
     try:
         await raw.set("vs:h:sess", "not a list")
@@ -1297,7 +1304,7 @@ async def test_redis_store_connections_pack_with_hiredis(redis_url: str) -> None
     """Whatever the URL's connection class, the store's pool makes it pack with hiredis."""
     from vastserver.store.redis import _pack_command
 
-    store = RedisStore(redis_url)
+    store = _patient(redis_url)
     try:
         cls = store._pool.connection_class
         assert cls.pack_command is _pack_command
