@@ -280,9 +280,8 @@ async def edge_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         if origin:
             _cors_headers(resp, origin)
         resp.headers["X-Request-Id"] = rid
-        if status >= 400 and request.path.startswith("/openrtb2/"):
-            # refused before its handler (405, 413, an undecodable body): the OpenRTB
-            # endpoints' every answer says the version (their handlers' own ones do)
+        if request.path.startswith("/openrtb2/"):
+            # every answer of the OpenRTB endpoints, theirs or the edge's (405, 413, shed)
             resp.headers["X-OpenRTB-Version"] = OPENRTB_VERSION
         return resp
     finally:
@@ -396,12 +395,11 @@ def _no_fill(rt: Runtime, request: web.Request, endpoint: str, reason: str) -> w
     """The cheapest valid answer: an empty VAST (or VMAP) for players, OpenRTB's no-bid (204,
     no body) for an exchange, 503 for JSON APIs."""
     if endpoint == "openrtb_auction":
-        return _openrtb_version(web.Response(status=204))
+        return web.Response(status=204)
     if endpoint == "vmap":
         return _xml(rt.renderer.empty_vmap())
     if endpoint in ("vast", "openrtb_pod"):
-        empty = _xml(rt.renderer.empty_vast(reason, _asked_vast_version(request, endpoint)))
-        return _openrtb_version(empty) if endpoint == "openrtb_pod" else empty
+        return _xml(rt.renderer.empty_vast(reason, _asked_vast_version(request, endpoint)))
     return web.json_response({"error": reason}, status=503, headers={"Retry-After": "1"})
 
 
@@ -707,25 +705,16 @@ OPENRTB_VERSION = "2.6"
 the BidRequest they read and of the BidResponse ``/openrtb2/auction`` writes)."""
 
 
-def _openrtb_version(resp: web.StreamResponse) -> web.StreamResponse:
-    resp.headers["X-OpenRTB-Version"] = OPENRTB_VERSION
-    return resp
-
-
 async def openrtb_pod_handler(request: web.Request) -> web.StreamResponse:
     """OpenRTB 2.6 BidRequest for one CTV pod in, the VAST pod out (same pipeline)."""
     decided = await _openrtb_decision(request, "openrtb_pod")
     if isinstance(decided, web.Response):
-        return _openrtb_version(decided)
+        return decided
     _, decision, debug = decided
-    return _openrtb_version(_xml(_rt(request).renderer.vast(decision, debug=debug), request))
+    return _xml(_rt(request).renderer.vast(decision, debug=debug), request)
 
 
 async def openrtb_auction_handler(request: web.Request) -> web.StreamResponse:
-    return _openrtb_version(await _openrtb_auction(request))
-
-
-async def _openrtb_auction(request: web.Request) -> web.StreamResponse:
     """The same BidRequest and decision as ``/openrtb2/pod``, answered with an OpenRTB 2.6
     BidResponse (:mod:`vastserver.bidresponse`): a bid per ad, its VAST alone in ``adm``.
     No ad: 204 and no body (OpenRTB's no-bid); with ``debug``, a 200 BidResponse without
